@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Installs everything dockyard needs on a Debian 12 host, as root: system packages, a private
+# CRIU 4 (Debian 12's 3.17 fails on new kernels, see deploy/install-criu.sh), and a Python
+# virtualenv in .venv with dockyard installed in it. Safe to run again.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+cd "$here"
+
+export DEBIAN_FRONTEND=noninteractive
+pkgs=(
+  python3 python3-venv python3-dev gcc make git         # the agent and the scheduler
+  iproute2 iptables procps util-linux kmod              # namespaces, bridge, veth, port publishing
+  busybox-static                                        # the base image (deploy/images/busybox.sh)
+  etcd-server etcd-client                               # the scheduler's state
+  prometheus                                            # promtool and the monitoring tests
+  docker-registry skopeo umoci                          # registry and image-format peers
+  runc crun docker.io                                   # baselines for the benchmarks
+  openssh-server openssh-client                         # cluster bootstrap over SSH
+  zstd curl ca-certificates
+)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+bash deploy/install-criu.sh || echo "install: CRIU could not be installed; live migration will be unavailable" >&2
+
+# A virtualenv keeps us clear of Debian's externally-managed system Python (PEP 668).
+py=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  "$py" -m venv .venv
+fi
+.venv/bin/pip install -q --upgrade pip
+.venv/bin/pip install -q -e '.[test]'
+ln -sf "$here/.venv/bin/dockyard" /usr/local/bin/dockyard
+echo "install: done ($(.venv/bin/dockyard --version 2>/dev/null || echo dockyard))"
