@@ -1,0 +1,227 @@
+"""One host's container network: a Linux bridge, veth pairs into container netns, published ports.
+
+Flow: ensure() once per agent start -> allocate() when a container is created (IPAM + ports)
+-> attach() when its init exists (veth, ports) -> the init calls configure_inside() -> detach()
+when it stops -> release() when it is removed. destroy() undoes everything (tests, --cleanup).
+
+Host -> container and container <-> container on the bridge need no ip_forward: the bridge is
+directly attached, so the host routes to it as to any local link, and bridged frames are switched,
+not routed. ip_forward stays as the host has it; see README.md for what would need it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import random
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from agent.runtime.network import iptables
+from agent.runtime.network.ipam import Ipam, mac_for
+from agent.runtime.network.model import Endpoint, NetworkError, PortMapping
+from agent.runtime.network.ports import resolve_ports
+
+ENODEV = 19
+EEXIST = 17
+ESRCH = 3
+
+_IFNAME = re.compile(r"^[A-Za-z0-9_.-]{1,15}$")
+_CONTAINER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def _ipr() -> Any:
+    from pyroute2 import IPRoute
+
+    return IPRoute()
+
+
+def _netlink_code(e: BaseException) -> int | None:
+    code = getattr(e, "code", None)
+    return code if isinstance(code, int) else None
+
+
+def host_ifname(bridge: str, container_id: str) -> str:
+    """15 characters at most (IFNAMSIZ); the bridge is in the hash so that two agents side by side
+    may reuse container ids without their veths colliding."""
+    return "dy" + hashlib.sha256(f"{bridge}/{container_id}".encode()).hexdigest()[:13]
+
+
+class BridgeNetwork:
+    def __init__(self, state_dir: Path, name: str = "dockyard0", subnet: str = "172.29.0.0/16") -> None:
+        if not _IFNAME.match(name):
+            raise NetworkError(f"bridge name {name!r}: 1-15 letters, digits, '_', '.' or '-'")
+        try:
+            net = ipaddress.IPv4Network(subnet, strict=True)
+        except ValueError as e:
+            raise NetworkError(f"subnet {subnet!r}: {e}") from None
+        if net.prefixlen > 30:
+            raise NetworkError(f"subnet {subnet}: too small, at most /30")
+        self.state_dir = Path(state_dir)
+        self.name = name
+        self.subnet = net
+        self.gateway = net.network_address + 1
+        self._ipam = Ipam(self.state_dir, name, net)
+        self._rng = random.Random()
+
+    # ---- the bridge and its chains
+
+    def ensure(self) -> None:
+        with self._ipam.locked():
+            self._ipam.load()  # refuses a state file made for another subnet
+            with _ipr() as ipr:
+                found = ipr.link_lookup(ifname=self.name)
+                if found:
+                    index = found[0]
+                    kind = ipr.get_links(index)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
+                    if kind != "bridge":
+                        raise NetworkError(f"{self.name} exists and is a {kind or 'plain'} link, not a bridge")
+                else:
+                    self._check_subnet_free(ipr)
+                    ipr.link("add", ifname=self.name, kind="bridge", address=mac_for(self.gateway))
+                    index = ipr.link_lookup(ifname=self.name)[0]
+                have = {
+                    (a.get_attr("IFA_ADDRESS"), a["prefixlen"]) for a in ipr.get_addr(index=index, family=2)
+                }
+                if (str(self.gateway), self.subnet.prefixlen) not in have:
+                    ipr.addr("add", index=index, address=str(self.gateway), prefixlen=self.subnet.prefixlen)
+                ipr.link("set", index=index, state="up")
+            self._sysctl(f"net/ipv4/conf/{self.name}/route_localnet", "1")
+            iptables.ensure_base(self.name)
+
+    def _check_subnet_free(self, ipr: Any) -> None:
+        for a in ipr.get_addr(family=2):
+            addr = ipaddress.IPv4Interface(f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}")
+            if addr.network.overlaps(self.subnet):
+                label = a.get_attr("IFA_LABEL") or f"link {a['index']}"
+                raise NetworkError(f"subnet {self.subnet} overlaps {addr} on {label}")
+
+    @staticmethod
+    def _sysctl(key: str, value: str) -> None:
+        path = Path("/proc/sys") / key
+        try:
+            if path.read_text().strip() != value:
+                path.write_text(value)
+        except OSError as e:
+            raise NetworkError(f"sysctl {key.replace('/', '.')}={value}: {e}") from e
+
+    def destroy(self) -> None:
+        for ep in self.endpoints():
+            self.detach(ep)
+        with self._ipam.locked():
+            iptables.remove_base(self.name)
+            with _ipr() as ipr:
+                try:
+                    ipr.link("del", ifname=self.name)
+                except Exception as e:
+                    if _netlink_code(e) != ENODEV:
+                        raise NetworkError(f"delete bridge {self.name}: {e}") from e
+            try:
+                self._ipam.path.unlink()
+            except FileNotFoundError:
+                pass
+        try:
+            self._ipam.lock_path.unlink()
+        except FileNotFoundError:
+            pass
+
+    # ---- addresses and ports
+
+    def allocate(self, container_id: str, ports: Sequence[PortMapping]) -> Endpoint:
+        if not _CONTAINER_ID.match(container_id):
+            raise NetworkError(f"container id {container_id!r}: letters, digits, '_', '.', '-' (at most 128)")
+        with self._ipam.locked():
+            data = self._ipam.load()
+            if container_id in data["endpoints"]:
+                raise NetworkError(f"container {container_id} already has an address on {self.name}")
+            ours: dict[PortMapping, str] = {}
+            for cid, e in data["endpoints"].items():
+                for p in e["ports"]:
+                    ours[PortMapping(p[0], p[1], p[2], p[3])] = cid
+            taken = list(ours)
+            if ports:
+                # other dockyard networks of this host (another agent's bridge) DNAT ports too
+                for m in iptables.published_elsewhere():
+                    if m not in ours:
+                        ours.setdefault(m, "of another dockyard network")
+                        taken.append(m)
+            resolved = resolve_ports(ports, taken, self._rng, ours)
+            ip = self._ipam.next_free(data)
+            ep = Endpoint(
+                container_id=container_id,
+                ip=str(ip),
+                prefixlen=self.subnet.prefixlen,
+                gateway=str(self.gateway),
+                mac=mac_for(ip),
+                host_ifname=host_ifname(self.name, container_id),
+                bridge=self.name,
+                ports=tuple(resolved),
+            )
+            stored = ep.to_dict()
+            data["endpoints"][container_id] = {k: stored[k] for k in ("ip", "mac", "host_ifname", "ports")}
+            self._ipam.save(data)
+            return ep
+
+    def release(self, container_id: str) -> None:
+        with self._ipam.locked():
+            data = self._ipam.load()
+            if data["endpoints"].pop(container_id, None) is not None:
+                self._ipam.save(data)
+
+    def endpoints(self) -> list[Endpoint]:
+        with self._ipam.locked():
+            data = self._ipam.load()
+        return [
+            Endpoint.from_dict(
+                {
+                    **e,
+                    "container_id": cid,
+                    "prefixlen": self.subnet.prefixlen,
+                    "gateway": str(self.gateway),
+                    "bridge": self.name,
+                }
+            )
+            for cid, e in sorted(data["endpoints"].items())
+        ]
+
+    # ---- links
+
+    def attach(self, endpoint: Endpoint, pid: int) -> None:
+        with _ipr() as ipr:
+            found = ipr.link_lookup(ifname=endpoint.bridge)
+            if not found:
+                raise NetworkError(f"bridge {endpoint.bridge} does not exist (call ensure() first)")
+            spec = {
+                "ifname": endpoint.host_ifname,
+                "kind": "veth",
+                "master": found[0],
+                "state": "up",
+                "peer": {"ifname": "eth0", "address": endpoint.mac, "net_ns_pid": pid},
+            }
+            try:
+                ipr.link("add", **spec)
+            except Exception as e:
+                if _netlink_code(e) != EEXIST:
+                    raise NetworkError(f"veth {endpoint.host_ifname} into pid {pid}: {e}") from e
+                # a leftover of a crashed agent: its container is gone, the name is ours
+                ipr.link("del", ifname=endpoint.host_ifname)
+                try:
+                    ipr.link("add", **spec)
+                except Exception as e2:
+                    raise NetworkError(f"veth {endpoint.host_ifname} into pid {pid}: {e2}") from e2
+        try:
+            iptables.publish(endpoint)
+        except NetworkError:
+            self.detach(endpoint)
+            raise
+
+    def detach(self, endpoint: Endpoint) -> None:
+        iptables.unpublish(endpoint.bridge, endpoint.container_id)
+        with _ipr() as ipr:
+            try:
+                ipr.link("del", ifname=endpoint.host_ifname)
+            except Exception as e:
+                if _netlink_code(e) != ENODEV:
+                    raise NetworkError(f"delete veth {endpoint.host_ifname}: {e}") from e

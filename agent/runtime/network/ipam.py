@@ -1,0 +1,96 @@
+"""Addresses of one bridge network, in a JSON file shared by every process of the host.
+
+The file is read and rewritten whole under an exclusive flock on a sibling lock file, and
+replaced by rename, so a crash never leaves half a file and two agents (or an agent and the
+CLI) never hand out the same address or host port.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import ipaddress
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from agent.runtime.network.model import NetworkError
+
+FORMAT = 1
+
+
+def mac_for(ip: ipaddress.IPv4Address) -> str:
+    """A locally administered MAC derived from the address, as docker does: stable across restarts."""
+    return "02:42:" + ":".join(f"{b:02x}" for b in ip.packed)
+
+
+class Ipam:
+    def __init__(self, state_dir: Path, name: str, subnet: ipaddress.IPv4Network) -> None:
+        self.path = state_dir / f"{name}.ipam.json"
+        self.lock_path = state_dir / f"{name}.lock"
+        self.name = name
+        self.subnet = subnet
+
+    @contextmanager
+    def locked(self) -> Iterator[None]:
+        """Exclusive hold on the network's state (IPAM and the bridge's iptables chains)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def load(self) -> dict[str, Any]:
+        try:
+            raw = self.path.read_text()
+        except FileNotFoundError:
+            return {"format": FORMAT, "bridge": self.name, "subnet": str(self.subnet), "next": 2, "endpoints": {}}
+        try:
+            data: dict[str, Any] = json.loads(raw)
+        except ValueError as e:
+            raise NetworkError(f"{self.path}: not valid JSON ({e})") from None
+        if data.get("format") != FORMAT or not isinstance(data.get("endpoints"), dict):
+            raise NetworkError(f"{self.path}: unknown IPAM format {data.get('format')!r}")
+        if data.get("subnet") != str(self.subnet):
+            raise NetworkError(
+                f"{self.path}: network {self.name} was made with subnet {data.get('subnet')}, "
+                f"not {self.subnet}; destroy it first"
+            )
+        return data
+
+    def save(self, data: dict[str, Any]) -> None:
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        with open(tmp, "w") as f:
+            json.dump(data, f, indent=1, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.path)
+
+    def next_free(self, data: dict[str, Any]) -> ipaddress.IPv4Address:
+        """Round-robin from where the last allocation stopped, so a freed address rests a while
+        before reuse (stale ARP entries in other containers then age out)."""
+        used = {e["ip"] for e in data["endpoints"].values()}
+        first = int(self.subnet.network_address) + 2  # +1 is the gateway
+        last = int(self.subnet.broadcast_address) - 1
+        size = last - first + 1
+        if size <= 0:
+            raise NetworkError(f"subnet {self.subnet} has no room for containers")
+        start = int(data.get("next", 2))
+        for i in range(size):
+            offset = (start - 2 + i) % size
+            cand = ipaddress.IPv4Address(first + offset)
+            if str(cand) not in used:
+                data["next"] = offset + 3
+                return cand
+        raise NetworkError(f"network {self.name}: no free address left in {self.subnet}")
+
+    def remove(self) -> None:
+        for p in (self.path, self.lock_path):
+            try:
+                p.unlink()
+            except FileNotFoundError:
+                pass
