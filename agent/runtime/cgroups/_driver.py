@@ -1,0 +1,83 @@
+"""The driver interface both cgroup versions implement; the rest of the agent codes against this only."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Protocol
+
+from ._resources import Resources, Stats
+
+
+class CgroupDriver(ABC):
+    """Containers' cgroups under one parent. `name` is a container id everywhere.
+
+    Every method raises CgroupError (naming the operation and the path) on failure.
+    """
+
+    version: int
+    parent: str
+
+    @abstractmethod
+    def create(self, name: str, resources: Resources) -> None:
+        """Make the cgroup and apply resources; idempotent; on failure removes what it made."""
+
+    @abstractmethod
+    def update(self, name: str, resources: Resources) -> None:
+        """Apply resources (the whole configuration, see Resources) to an existing cgroup."""
+
+    @abstractmethod
+    def add_process(self, name: str, pid: int) -> None:
+        """Move pid into the cgroup of every controller."""
+
+    @abstractmethod
+    def procs(self, name: str) -> list[int]:
+        """Pids in the cgroup (and any child cgroups a container made), sorted."""
+
+    @abstractmethod
+    def freeze(self, name: str) -> None:
+        """Freeze every process; returns once the kernel reports the cgroup frozen."""
+
+    @abstractmethod
+    def thaw(self, name: str) -> None: ...
+
+    @abstractmethod
+    def frozen(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def stats(self, name: str) -> Stats:
+        """Read the kernel's counters now."""
+
+    @abstractmethod
+    def oom_kills(self, name: str) -> int:
+        """How many processes the OOM killer has killed in this cgroup."""
+
+    @abstractmethod
+    def exists(self, name: str) -> bool: ...
+
+    @abstractmethod
+    def destroy(self, name: str) -> None:
+        """Kill what is left (SIGKILL, thawing first), wait for it to leave, remove the cgroup. Idempotent."""
+
+    @abstractmethod
+    def list(self) -> list[str]:
+        """Names of the cgroups under parent, sorted."""
+
+    @abstractmethod
+    def paths(self, name: str) -> dict[str, str]:
+        """controller -> absolute cgroup directory (v2: every controller maps to the one directory)."""
+
+
+class Controller(Protocol):
+    """One controller's share of the work, as in runc's fs and fs2 packages.
+
+    prepare() runs on each directory level the driver makes, before any process joins it;
+    apply() writes the limits; stat() adds what this controller knows to a Stats.
+    """
+
+    name: str
+
+    def prepare(self, path: str) -> None: ...
+
+    def apply(self, path: str, resources: Resources) -> None: ...
+
+    def stat(self, path: str, stats: Stats) -> None: ...

@@ -1,0 +1,167 @@
+"""The cgroup v1 driver: one directory per controller hierarchy, one small module per controller."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from .. import _fs
+from .._driver import CgroupDriver, Controller
+from .._errors import CgroupError
+from .._resources import Resources, Stats
+from . import freezer, memory
+from .blkio import Blkio
+from .cpu import Cpu
+from .cpuacct import CpuAcct
+from .cpuset import CpuSet
+from .devices import Devices
+from .freezer import Freezer
+from .memory import Memory
+from .pids import Pids
+
+log = logging.getLogger(__name__)
+
+# cpuset first: its cgroup can take no process until cpus and mems are copied in.
+CONTROLLERS: tuple[Controller, ...] = (
+    CpuSet(),
+    Memory(),
+    Cpu(),
+    CpuAcct(),
+    Pids(),
+    Blkio(),
+    Freezer(),
+    Devices(),
+)
+NAMES = tuple(c.name for c in CONTROLLERS)
+
+
+class V1Driver(CgroupDriver):
+    """bases maps each mounted controller to the directory the parent lives in."""
+
+    version = 1
+
+    def __init__(self, bases: dict[str, str], parent: str, *, freeze_timeout: float = 10.0) -> None:
+        missing = [n for n in ("memory", "cpu", "cpuacct", "pids", "freezer") if n not in bases]
+        if missing:
+            raise CgroupError(f"cgroup v1: controllers {', '.join(missing)} are not mounted", op="detect")
+        self.bases = dict(bases)
+        self.parent = parent.strip("/")
+        self.freeze_timeout = freeze_timeout
+        self._controllers = [c for c in CONTROLLERS if c.name in bases]
+
+    # where things are
+    def paths(self, name: str) -> dict[str, str]:
+        _check_name(name)
+        return {c.name: os.path.join(self.bases[c.name], self.parent, name) for c in self._controllers}
+
+    def _dirs(self, name: str) -> list[str]:
+        """Distinct directories: co-mounted controllers (cpu,cpuacct) share one."""
+        return list(dict.fromkeys(self.paths(name).values()))
+
+    def _path(self, name: str, controller: str) -> str:
+        return os.path.join(self.bases[controller], self.parent, name)
+
+    # lifecycle
+    def create(self, name: str, resources: Resources) -> None:
+        resources.validate()
+        made: list[str] = []
+        try:
+            for c in self._controllers:
+                path = self.bases[c.name]
+                for part in [*self.parent.split("/"), name]:
+                    if not part:
+                        continue
+                    path = os.path.join(path, part)
+                    if _fs.mkdir(path):
+                        made.append(path)
+                    c.prepare(path)
+            self._apply(name, resources)
+        except BaseException:
+            for path in reversed(made):
+                try:
+                    _fs.rmdir(path)
+                except CgroupError as e:
+                    log.warning("create %s: cleanup: %s", name, e)
+            raise
+
+    def update(self, name: str, resources: Resources) -> None:
+        resources.validate()
+        self._require(name)
+        self._apply(name, resources)
+
+    def _apply(self, name: str, resources: Resources) -> None:
+        for c in self._controllers:
+            c.apply(self._path(name, c.name), resources)
+
+    def add_process(self, name: str, pid: int) -> None:
+        self._require(name)
+        for d in self._dirs(name):
+            _fs.write(os.path.join(d, "cgroup.procs"), str(pid))
+
+    def procs(self, name: str) -> list[int]:
+        out: set[int] = set()
+        for d in self._dirs(name):
+            out |= _fs.pids_in(d)
+        return sorted(out)
+
+    def exists(self, name: str) -> bool:
+        """True while any controller's directory is left (a half-made cgroup still needs destroy)."""
+        return any(os.path.isdir(d) for d in self._dirs(name))
+
+    def destroy(self, name: str) -> None:
+        if not self.exists(name):
+            return
+        fz = self._path(name, "freezer")
+        if os.path.isdir(fz):
+            # Frozen, nothing can fork between our listing and our kill; SIGKILL stays pending
+            # on a frozen task, and the thaw lets it die.
+            try:
+                freezer.set_state(fz, "FROZEN", min(self.freeze_timeout, 1.0))
+            except CgroupError as e:
+                log.warning("destroy %s: could not freeze first: %s", name, e)
+            _fs.signal_all(self.procs(name))
+            freezer.set_state(fz, "THAWED", self.freeze_timeout)
+        _fs.kill_all(lambda: self.procs(name), self._path(name, "memory"))
+        for d in self._dirs(name):
+            _fs.rmdir(d)
+
+    def list(self) -> list[str]:
+        names: set[str] = set()
+        for c in self._controllers:
+            d = os.path.join(self.bases[c.name], self.parent)
+            if os.path.isdir(d):
+                names.update(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+        return sorted(names)
+
+    # freezer
+    def freeze(self, name: str) -> None:
+        self._require(name)
+        freezer.set_state(self._path(name, "freezer"), "FROZEN", self.freeze_timeout)
+
+    def thaw(self, name: str) -> None:
+        self._require(name)
+        freezer.set_state(self._path(name, "freezer"), "THAWED", self.freeze_timeout)
+
+    def frozen(self, name: str) -> bool:
+        return freezer.state(self._path(name, "freezer")) == "FROZEN"
+
+    # numbers
+    def stats(self, name: str) -> Stats:
+        self._require(name)
+        s = Stats()
+        for c in self._controllers:
+            c.stat(self._path(name, c.name), s)
+        return s
+
+    def oom_kills(self, name: str) -> int:
+        return memory.oom_kills(self._path(name, "memory"))
+
+    def _require(self, name: str) -> None:
+        d = self._path(name, "memory")
+        if not os.path.isdir(d):
+            raise CgroupError(f"cgroup {name}: {d} does not exist", op="lookup", path=d)
+
+
+def _check_name(name: str) -> None:
+    if not name or "/" in name or name in (".", ".."):
+        raise CgroupError(f"cgroup name {name!r} must be one path component", op="lookup", field="name")
