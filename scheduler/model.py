@@ -1,0 +1,304 @@
+"""Domain dataclasses of the scheduler: nodes, services, tasks.
+
+Nothing here imports protobuf or etcd. The store turns these into JSON, the gRPC servicer (next)
+turns them into messages. Resources are integers (nano-CPUs as Swarm counts them, bytes) so sums
+of reservations never drift the way floats would.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+NANO = 1_000_000_000
+
+
+class NodeStatus(enum.StrEnum):
+    READY = "ready"
+    DOWN = "down"
+
+
+class Availability(enum.StrEnum):
+    ACTIVE = "active"
+    DRAIN = "drain"
+
+
+class DesiredState(enum.StrEnum):
+    RUNNING = "running"
+    SHUTDOWN = "shutdown"
+
+
+class TaskState(enum.StrEnum):
+    """Observed state, as the agent reports it (the scheduler sets only pending and assigned)."""
+
+    PENDING = "pending"  # no node fits yet; Task.error says why
+    ASSIGNED = "assigned"  # a node was chosen; the agent has not reported yet
+    STARTING = "starting"
+    RUNNING = "running"
+    COMPLETE = "complete"  # exited 0
+    FAILED = "failed"  # exited non-zero, or unhealthy and killed
+    REJECTED = "rejected"  # the agent could not start it (unknown image, bad mount, ...)
+    SHUTDOWN = "shutdown"  # stopped because it was asked to
+
+    @property
+    def terminal(self) -> bool:
+        return self in _TERMINAL
+
+    @property
+    def active(self) -> bool:
+        """Holds (or may hold) a container on its node."""
+        return self in _ACTIVE
+
+
+_TERMINAL = frozenset({TaskState.COMPLETE, TaskState.FAILED, TaskState.REJECTED, TaskState.SHUTDOWN})
+_ACTIVE = frozenset({TaskState.ASSIGNED, TaskState.STARTING, TaskState.RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class Resources:
+    nano_cpus: int = 0
+    memory_bytes: int = 0
+
+    def __add__(self, other: Resources) -> Resources:
+        return Resources(self.nano_cpus + other.nano_cpus, self.memory_bytes + other.memory_bytes)
+
+    def __sub__(self, other: Resources) -> Resources:
+        return Resources(self.nano_cpus - other.nano_cpus, self.memory_bytes - other.memory_bytes)
+
+    @property
+    def cpus(self) -> float:
+        return self.nano_cpus / NANO
+
+    @property
+    def is_zero(self) -> bool:
+        return self.nano_cpus == 0 and self.memory_bytes == 0
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    criu: bool = False
+    cgroup_version: int = 2
+
+
+@dataclass(slots=True)
+class Node:
+    name: str
+    address: str = ""
+    labels: dict[str, str] = field(default_factory=dict)
+    capacity: Resources = Resources()
+    # Reserved by the tasks assigned here. Derived by the scheduler from the tasks (never trusted
+    # from etcd), so a crash between writing a task and a node can never leak capacity.
+    allocated: Resources = Resources()
+    capabilities: Capabilities = Capabilities()
+    status: NodeStatus = NodeStatus.READY
+    availability: Availability = Availability.ACTIVE
+    role: str = "worker"
+    hostname: str = ""  # defaults to name
+    os: str = "linux"
+    arch: str = "x86_64"
+    engine_labels: dict[str, str] = field(default_factory=dict)
+    images: frozenset[str] = frozenset()  # images already on the node, for the locality scorer
+    mod_revision: int = 0  # etcd metadata, not part of the value
+
+    def __post_init__(self) -> None:
+        if not self.hostname:
+            self.hostname = self.name
+
+    @property
+    def schedulable(self) -> bool:
+        return self.status is NodeStatus.READY and self.availability is Availability.ACTIVE
+
+
+class RestartCondition(enum.StrEnum):
+    NONE = "none"
+    ON_FAILURE = "on-failure"
+    ANY = "any"
+
+
+class UpdateOrder(enum.StrEnum):
+    STOP_FIRST = "stop-first"
+    START_FIRST = "start-first"
+
+
+class FailureAction(enum.StrEnum):
+    PAUSE = "pause"
+    CONTINUE = "continue"
+    ROLLBACK = "rollback"
+
+
+@dataclass(frozen=True, slots=True)
+class PortSpec:
+    target: int
+    published: int | None = None  # None: no host port (not reachable from outside the node)
+    protocol: str = "tcp"
+    mode: str = "host"  # dockyard has no routing mesh; "ingress" is accepted and binds the host
+
+
+@dataclass(frozen=True, slots=True)
+class ResourceSpec:
+    limits: Resources = Resources()
+    reservations: Resources = Resources()
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementSpec:
+    constraints: tuple[str, ...] = ()
+    spread: tuple[str, ...] = ()  # e.g. "node.labels.zone", from preferences: [{spread: ...}]
+    max_replicas_per_node: int = 0  # 0: no limit
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateConfig:
+    parallelism: int = 1  # 0: all at once
+    delay: float = 0.0
+    order: UpdateOrder = UpdateOrder.STOP_FIRST
+    failure_action: FailureAction = FailureAction.PAUSE
+    monitor: float = 5.0
+    max_failure_ratio: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    condition: RestartCondition = RestartCondition.ANY
+    delay: float = 5.0
+    max_attempts: int = 0  # 0: unlimited
+    window: float = 0.0  # a task that ran this long before failing resets the attempt count
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    test: tuple[str, ...] = ()
+    interval: float = 30.0
+    timeout: float = 30.0
+    retries: int = 3
+    start_period: float = 0.0
+    disable: bool = False
+
+    @property
+    def enabled(self) -> bool:
+        return not self.disable and bool(self.test) and self.test[0] != "NONE"
+
+
+@dataclass(frozen=True, slots=True)
+class ServiceSpec:
+    name: str
+    image: str
+    command: tuple[str, ...] | None = None
+    entrypoint: tuple[str, ...] | None = None
+    env: tuple[tuple[str, str], ...] = ()  # sorted pairs, so equal specs hash equal
+    ports: tuple[PortSpec, ...] = ()
+    replicas: int = 1
+    resources: ResourceSpec = ResourceSpec()
+    placement: PlacementSpec = PlacementSpec()
+    update_config: UpdateConfig = UpdateConfig()
+    rollback_config: UpdateConfig = UpdateConfig(failure_action=FailureAction.PAUSE)
+    restart_policy: RestartPolicy = RestartPolicy()
+    healthcheck: HealthCheck | None = None
+    labels: tuple[tuple[str, str], ...] = ()
+    strategy: str = "spread"  # or "binpack"
+
+    @property
+    def digest(self) -> str:
+        """Content digest: tasks record it, so rolling back to an older spec makes its tasks current again."""
+        from scheduler import codec  # local: codec imports this module
+
+        raw = json.dumps(codec.encode(self), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(raw.encode()).hexdigest()[:16]
+
+    @property
+    def host_ports(self) -> tuple[tuple[int, str], ...]:
+        return tuple((p.published, p.protocol) for p in self.ports if p.published is not None)
+
+
+class UpdateState(enum.StrEnum):
+    NONE = ""
+    UPDATING = "updating"
+    PAUSED = "paused"
+    COMPLETED = "completed"
+    ROLLBACK_STARTED = "rollback_started"
+    ROLLBACK_PAUSED = "rollback_paused"
+    ROLLBACK_COMPLETED = "rollback_completed"
+
+    @property
+    def rolling_back(self) -> bool:
+        return self in (UpdateState.ROLLBACK_STARTED, UpdateState.ROLLBACK_PAUSED,
+                        UpdateState.ROLLBACK_COMPLETED)
+
+    @property
+    def paused(self) -> bool:
+        return self in (UpdateState.PAUSED, UpdateState.ROLLBACK_PAUSED)
+
+
+@dataclass(frozen=True, slots=True)
+class UpdateStatus:
+    state: UpdateState = UpdateState.NONE
+    target: str = ""  # digest the update moves to
+    started_at: float = 0.0
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """A service as stored: its spec, the one before it (for rollback), and its update progress."""
+
+    spec: ServiceSpec
+    version: int = 1  # bumped on every spec change, rollback included
+    previous_spec: ServiceSpec | None = None
+    update: UpdateStatus = UpdateStatus()
+    created_at: float = 0.0
+    mod_revision: int = 0  # etcd metadata, not part of the value
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@dataclass(slots=True)
+class Task:
+    service: str
+    slot: int
+    id: str
+    spec_version: str  # ServiceSpec.digest of the spec this task runs
+    node: str | None = None  # desired node; None while pending
+    desired_state: DesiredState = DesiredState.RUNNING
+    state: TaskState = TaskState.PENDING  # observed
+    state_at: float = 0.0  # when the observed state last changed
+    started_at: float = 0.0  # when it last became running
+    created_at: float = 0.0
+    container_id: str = ""
+    exit_code: int | None = None
+    healthy: bool | None = None  # None: no health check, or no verdict yet
+    attempt: int = 0  # restarts of this slot so far
+    error: str = ""  # why pending, rejected, failed or stopped
+    mod_revision: int = 0  # etcd metadata, not part of the value
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}.{self.slot}"
+
+    @property
+    def live(self) -> bool:
+        """Wanted running and not finished: the slot's current occupant."""
+        return self.desired_state is DesiredState.RUNNING and not self.state.terminal
+
+    def with_(self, **changes: Any) -> Task:
+        return replace(self, **changes)
+
+
+def task_name(stack_or_service: str, slot: int) -> str:
+    return f"{stack_or_service}.{slot}"
+
+
+def format_bytes(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size:
+            value = n / size
+            return f"{value:g} {unit}" if value == int(value) else f"{value:.1f} {unit}"
+    return f"{n} B"
+
+
+def format_cpus(nano: int) -> str:
+    return f"{nano / NANO:g} CPU" + ("" if nano == NANO else "s")

@@ -1,0 +1,181 @@
+"""What placement looks at: a request built once per service, and each node's usage as tasks land.
+
+NodeState is mutable on purpose: one planning pass places thousands of tasks and each placement
+must see the ones before it. It is built from (nodes, tasks) and thrown away after the pass.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from scheduler.constraints import Constraint, node_attribute, parse_all
+from scheduler.model import Node, Resources, ServiceSpec, Task
+
+NO_RESOURCES = Resources()
+SpecLookup = Callable[[Task], ServiceSpec | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Reason:
+    """Why one node cannot take a task, phrased to be counted: '3 nodes lack 512 MiB memory'."""
+
+    code: str
+    plural: str  # "lack 512 MiB memory"
+    singular: str  # "lacks 512 MiB memory"
+
+
+@dataclass(frozen=True, slots=True)
+class PlacementRequest:
+    service: str
+    image: str = ""
+    reservations: Resources = NO_RESOURCES
+    host_ports: tuple[tuple[int, str], ...] = ()
+    constraints: tuple[Constraint, ...] = ()
+    spread: tuple[str, ...] = ()  # label keys to spread across, e.g. node.labels.zone
+    max_replicas_per_node: int = 0
+    strategy: str = "spread"
+    # key -> label value -> tasks of this service on nodes with that value. Owned and kept
+    # current by ClusterState; empty for requests built by hand without one.
+    spread_counts: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
+    spread_values: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+
+    @classmethod
+    def for_spec(cls, spec: ServiceSpec) -> PlacementRequest:
+        return cls(
+            service=spec.name,
+            image=spec.image,
+            reservations=spec.resources.reservations,
+            host_ports=spec.host_ports,
+            constraints=parse_all(spec.placement.constraints),
+            spread=spec.placement.spread,
+            max_replicas_per_node=spec.placement.max_replicas_per_node,
+            strategy=spec.strategy,
+        )
+
+
+class NodeState:
+    __slots__ = ("cpu_used", "mem_used", "node", "ports", "service_tasks", "tasks")
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.cpu_used = 0
+        self.mem_used = 0
+        self.ports: dict[tuple[int, str], int] = {}  # a count: a broken past may have doubled one
+        self.service_tasks: dict[str, int] = {}
+        self.tasks = 0
+
+    def add(self, service: str, reservations: Resources, ports: Iterable[tuple[int, str]]) -> None:
+        self.cpu_used += reservations.nano_cpus
+        self.mem_used += reservations.memory_bytes
+        for p in ports:
+            self.ports[p] = self.ports.get(p, 0) + 1
+        self.service_tasks[service] = self.service_tasks.get(service, 0) + 1
+        self.tasks += 1
+
+    def remove(self, service: str, reservations: Resources, ports: Iterable[tuple[int, str]]) -> None:
+        self.cpu_used -= reservations.nano_cpus
+        self.mem_used -= reservations.memory_bytes
+        for p in ports:
+            left = self.ports.get(p, 0) - 1
+            if left > 0:
+                self.ports[p] = left
+            else:
+                self.ports.pop(p, None)
+        left = self.service_tasks.get(service, 0) - 1
+        if left > 0:
+            self.service_tasks[service] = left
+        else:
+            self.service_tasks.pop(service, None)
+        self.tasks -= 1
+
+    @property
+    def allocated(self) -> Resources:
+        return Resources(self.cpu_used, self.mem_used)
+
+
+def holds_resources(task: Task) -> bool:
+    """A task counts against its node while it is wanted there or may still be running there."""
+    return task.node is not None and (task.live or task.state.active)
+
+
+class ClusterState:
+    """Every node's usage during one planning pass, plus a walk order for the limited scan."""
+
+    def __init__(self, nodes: Iterable[Node], tasks: Iterable[Task], spec_of: SpecLookup,
+                 rng: random.Random) -> None:
+        """`spec_of(task)` gives the spec a task was started with (its reservations and ports)."""
+        self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in nodes}
+        self.spec_of = spec_of
+        self._requests: dict[str, PlacementRequest] = {}
+        for t in tasks:
+            if not holds_resources(t):
+                continue
+            ns = self.nodes.get(t.node or "")
+            spec = spec_of(t)
+            if ns is None:
+                continue
+            if spec is None:
+                ns.add(t.service, Resources(), ())
+            else:
+                ns.add(t.service, spec.resources.reservations, spec.host_ports)
+        # One shuffle per pass, then a rotating cursor: each placement looks at the next few nodes,
+        # as Nomad does, instead of shuffling all N nodes for every task.
+        self.order: list[NodeState] = list(self.nodes.values())
+        rng.shuffle(self.order)
+        self.cursor = 0
+
+    def request(self, spec: ServiceSpec) -> PlacementRequest:
+        """The request for a service's tasks, cached for the pass, wired to live spread counts."""
+        req = self._requests.get(spec.name)
+        if req is None:
+            base = PlacementRequest.for_spec(spec)
+            counts: dict[str, dict[str, int]] = {}
+            values: dict[str, tuple[str, ...]] = {}
+            for key in base.spread:
+                per: dict[str, int] = {}
+                seen: set[str] = set()
+                for ns in self.nodes.values():
+                    v = node_attribute(ns.node, key) or ""
+                    if ns.node.schedulable:
+                        seen.add(v)
+                    c = ns.service_tasks.get(spec.name, 0)
+                    if c:
+                        per[v] = per.get(v, 0) + c
+                counts[key] = per
+                values[key] = tuple(sorted(seen))
+            req = PlacementRequest(
+                service=base.service, image=base.image, reservations=base.reservations,
+                host_ports=base.host_ports, constraints=base.constraints, spread=base.spread,
+                max_replicas_per_node=base.max_replicas_per_node, strategy=base.strategy,
+                spread_counts=counts, spread_values=values,
+            )
+            self._requests[spec.name] = req
+        return req
+
+    def assign(self, req: PlacementRequest, node: str) -> None:
+        ns = self.nodes[node]
+        ns.add(req.service, req.reservations, req.host_ports)
+        for key in req.spread:
+            v = node_attribute(ns.node, key) or ""
+            per = req.spread_counts.setdefault(key, {})
+            per[v] = per.get(v, 0) + 1
+
+    def release(self, task: Task) -> None:
+        """Give back what a task held, when the plan stops it or moves it away."""
+        ns = self.nodes.get(task.node or "")
+        if ns is None or not holds_resources(task) or task.service not in ns.service_tasks:
+            return
+        spec = self.spec_of(task)
+        if spec is None:
+            ns.remove(task.service, Resources(), ())
+            return
+        ns.remove(task.service, spec.resources.reservations, spec.host_ports)
+        req = self._requests.get(task.service)
+        if req is not None:
+            for key in req.spread:
+                v = node_attribute(ns.node, key) or ""
+                per = req.spread_counts.get(key, {})
+                if per.get(v, 0) > 0:
+                    per[v] -= 1
