@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import os
 import random
 import re
 from collections.abc import Sequence
@@ -77,7 +78,9 @@ class BridgeNetwork:
                     index = found[0]
                     kind = ipr.get_links(index)[0].get_nested("IFLA_LINKINFO", "IFLA_INFO_KIND")
                     if kind != "bridge":
-                        raise NetworkError(f"{self.name} exists and is a {kind or 'plain'} link, not a bridge")
+                        raise NetworkError(
+                            f"{self.name} exists and is a {kind or 'plain'} link, not a bridge"
+                        )
                 else:
                     self._check_subnet_free(ipr)
                     ipr.link("add", ifname=self.name, kind="bridge", address=mac_for(self.gateway))
@@ -189,6 +192,15 @@ class BridgeNetwork:
     # ---- links
 
     def attach(self, endpoint: Endpoint, pid: int) -> None:
+        try:
+            same = os.stat(f"/proc/{pid}/ns/net").st_ino == os.stat("/proc/self/ns/net").st_ino
+        except OSError as e:
+            raise NetworkError(f"attach {endpoint.container_id}: pid {pid}: {e.strerror}") from None
+        if same:
+            # the peer would land in the host's namespace as "eth0": call attach after the unshare
+            raise NetworkError(
+                f"attach {endpoint.container_id}: pid {pid} is in the host's network namespace"
+            )
         with _ipr() as ipr:
             found = ipr.link_lookup(ifname=endpoint.bridge)
             if not found:

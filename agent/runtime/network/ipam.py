@@ -48,7 +48,13 @@ class Ipam:
         try:
             raw = self.path.read_text()
         except FileNotFoundError:
-            return {"format": FORMAT, "bridge": self.name, "subnet": str(self.subnet), "next": 2, "endpoints": {}}
+            return {
+                "format": FORMAT,
+                "bridge": self.name,
+                "subnet": str(self.subnet),
+                "next": 2,
+                "endpoints": {},
+            }
         try:
             data: dict[str, Any] = json.loads(raw)
         except ValueError as e:

@@ -89,7 +89,9 @@ def base_rules(bridge: str) -> dict[str, list[tuple[str, str]]]:
         return f"-m comment --comment {_quoted(network_tag(bridge) + ':' + what)}"
 
     def rules(*pairs: tuple[str, str]) -> list[tuple[str, str]]:
-        return [(_quoted(network_tag(bridge) + ":" + what), rule.format(tag=tag(what))) for what, rule in pairs]
+        return [
+            (_quoted(network_tag(bridge) + ":" + what), rule.format(tag=tag(what))) for what, rule in pairs
+        ]
 
     return {
         "nat": rules(
@@ -100,7 +102,10 @@ def base_rules(bridge: str) -> dict[str, list[tuple[str, str]]]:
         "filter": rules(
             ("forward", f"-I FORWARD 1 -o {bridge} {{tag}} -j {chain}"),
             ("same-bridge", f"-A {chain} -i {bridge} -o {bridge} {{tag}} -j ACCEPT"),
-            ("replies", f"-A {chain} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {{tag}} -j ACCEPT"),
+            (
+                "replies",
+                f"-A {chain} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {{tag}} -j ACCEPT",
+            ),
         ),
     }
 
