@@ -368,7 +368,9 @@ def test_published_port_answers_on_loopback_and_gateway(
     ep = net.allocate("web", [PortMapping("", 0, 80), PortMapping("127.0.0.1", 0, 81)])
     any_port, lo_port = ep.ports[0].host_port, ep.ports[1].host_port
     assert 49153 <= any_port <= 65535 and lo_port != any_port
+    t = time.perf_counter()
     net.attach(ep, c.pid)
+    _timing("attach with 2 published ports", time.perf_counter() - t)
     c.configure(ep)
     _serve(c, tmp_path / "www", 80, "published")
     _serve(c, tmp_path / "www81", 81, "loopback only")
@@ -509,3 +511,57 @@ def test_loopback_up_in_a_fresh_namespace() -> None:
     )
     assert r.returncode == 0, r.stderr
     _timing("loopback_up", float(r.stdout))
+
+
+def _forward_drop_scenario(state_dir: str) -> None:
+    """Runs inside a private netns standing in for a host whose FORWARD policy is DROP (as on any
+    host with docker) and whose bridged traffic passes iptables (bridge-nf-call-iptables=1)."""
+    from agent.runtime.network import loopback_up
+
+    loopback_up()
+    _run("iptables", "-w", "-P", "FORWARD", "DROP")
+    assert _run("cat", "/proc/sys/net/bridge/bridge-nf-call-iptables").strip() == "1"
+    assert _run("cat", "/proc/sys/net/ipv4/ip_forward").strip() == "0"
+    net = BridgeNetwork(Path(state_dir), "dytfwd", "172.30.7.0/24")
+    made: list[Container] = []
+    try:
+        net.ensure()
+        a, b = Container(), Container()
+        made += [a, b]
+        ea = net.allocate("a", [])
+        eb = net.allocate("b", [PortMapping("", 8080, 80)])
+        for c, e in ((a, ea), (b, eb)):
+            net.attach(e, c.pid)
+            c.configure(e)
+        _serve(b, Path(state_dir) / "www", 80, "through FORWARD DROP")
+        assert a.run(BUSYBOX, "ping", "-c", "1", "-W", "2", eb.ip).returncode == 0
+        code = (
+            f"import urllib.request as u; print(u.urlopen('http://{eb.ip}:80/', timeout=3).read().decode())"
+        )
+        r = a.run(sys.executable, "-c", code)
+        assert r.stdout.strip() == "through FORWARD DROP", r.stderr
+        assert _get("http://127.0.0.1:8080/") == "through FORWARD DROP"
+        assert _get("http://172.30.7.1:8080/") == "through FORWARD DROP"
+        assert _run("cat", "/proc/sys/net/ipv4/ip_forward").strip() == "0"
+    finally:
+        for c in made:
+            c.stop()
+        net.destroy()
+    print("FORWARD-DROP-OK")
+
+
+@root
+def test_works_with_forward_drop_and_without_ip_forward(tmp_path: Path) -> None:
+    """In a private netns (so the real host's policies stay untouched): FORWARD policy DROP,
+    ip_forward=0, br_netfilter on. Container <-> container and published ports still work."""
+    code = f"import test_network; test_network._forward_drop_scenario({str(tmp_path)!r})"
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+    r = subprocess.run(
+        ["unshare", "--net", "--", sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert r.returncode == 0 and "FORWARD-DROP-OK" in r.stdout, r.stdout + r.stderr
