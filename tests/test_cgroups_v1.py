@@ -247,11 +247,10 @@ def test_device_read_bps_throttles_and_counts(driver: V1Driver, spawn: Spawner, 
 
 
 def test_memory_and_swap_update_in_both_directions(driver: V1Driver) -> None:
-    mem = lambda: driver.paths("m")["memory"]  # noqa: E731
-    limits = lambda: (  # noqa: E731
-        int(read(f"{mem()}/memory.limit_in_bytes")),
-        int(read(f"{mem()}/memory.memsw.limit_in_bytes")),
-    )
+    def limits() -> tuple[int, int]:
+        mem = driver.paths("m")["memory"]
+        return int(read(f"{mem}/memory.limit_in_bytes")), int(read(f"{mem}/memory.memsw.limit_in_bytes"))
+
     driver.create("m", Resources(memory=64 * MIB))
     assert limits() == (64 * MIB, 128 * MIB)  # docker's default: memsw = 2 x memory
     driver.update("m", Resources(memory=512 * MIB, memory_swap=1024 * MIB))  # raise both past the old memsw
