@@ -7,6 +7,7 @@ to the bridge's own address and to those namespaces. Every fixture removes what 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import multiprocessing
 import os
@@ -203,7 +204,9 @@ def _new_network(state_dir: Path) -> BridgeNetwork:
             continue
         n = BridgeNetwork(state_dir, "dyt" + secrets.token_hex(4), f"172.30.{x}.0/24")
         try:
+            t = time.perf_counter()
             n.ensure()
+            _timing("ensure (new bridge)", time.perf_counter() - t)
         except NetworkError as e:
             n.destroy()
             if "overlaps" in str(e):
@@ -461,6 +464,22 @@ def test_attach_refuses_a_process_in_the_host_namespace(net: BridgeNetwork) -> N
     with pytest.raises(NetworkError, match="host's network namespace"):
         net.attach(ep, os.getpid())
     assert not _link_exists(ep.host_ifname)
+
+
+@root
+def test_attach_twice_and_after_a_crash(net: BridgeNetwork, containers: Callable[[], Container]) -> None:
+    c = containers()
+    ep = net.allocate("twice", [])
+    net.attach(ep, c.pid)
+    with pytest.raises(NetworkError, match="already has an eth0"):
+        net.attach(dataclasses.replace(ep, host_ifname="dytmpother"), c.pid)
+    assert not _link_exists("dytmpother")
+    # a leftover host veth of a dead container (agent crashed before detach) is replaced
+    c2 = containers()
+    net.attach(ep, c2.pid)
+    assert "eth0" in c2.run("ip", "-o", "link").stdout
+    assert "eth0" not in c.run("ip", "-o", "link").stdout
+    net.detach(ep)
 
 
 @root

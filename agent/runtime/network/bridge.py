@@ -217,6 +217,10 @@ class BridgeNetwork:
             except Exception as e:
                 if _netlink_code(e) != EEXIST:
                     raise NetworkError(f"veth {endpoint.host_ifname} into pid {pid}: {e}") from e
+                if not ipr.link_lookup(ifname=endpoint.host_ifname):
+                    raise NetworkError(
+                        f"attach {endpoint.container_id}: pid {pid} already has an eth0"
+                    ) from e
                 # a leftover of a crashed agent: its container is gone, the name is ours
                 ipr.link("del", ifname=endpoint.host_ifname)
                 try:
