@@ -1,0 +1,747 @@
+"""The container manager: lifecycle, state on disk, adoption after a restart, restart policies.
+
+It decides and records; the shim (agent/runtime/shim.py) does the kernel work. Every container
+has a directory <root>/containers/<id> with config.json (this module's record), runtime.json (the
+spec the shim ran), init.pid and exit.json (written by the shim) and container.log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime
+import json
+import logging
+import os
+import shutil
+import signal
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from agent import names
+from agent.model import (
+    AgentError,
+    Conflict,
+    Container,
+    ContainerConfig,
+    InvalidArgument,
+    NotFound,
+    Port,
+)
+from agent.runtime import cgroups, frames
+from agent.runtime.shim import ShimFiles, pid_start_time
+from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
+from agent.runtime.zygote_client import Reply, Zygote
+
+log = logging.getLogger("dockyard.agent")
+
+RESTART_BACKOFF_MAX = 60.0
+USERNS_REMAP_BASE = 100000
+USERNS_REMAP_SIZE = 65536
+
+
+def parse_signal(sig: str | int | None, default: int = signal.SIGKILL) -> int:
+    if sig is None or sig == "":
+        return default
+    if isinstance(sig, int) or str(sig).isdigit():
+        num = int(sig)
+        if not 0 < num < 65:
+            raise InvalidArgument(f"invalid signal: {sig}")
+        return num
+    name = str(sig).upper()
+    if not name.startswith("SIG"):
+        name = "SIG" + name
+    try:
+        return int(signal.Signals[name])
+    except KeyError:
+        raise InvalidArgument(f"invalid signal: {sig}") from None
+
+
+class ContainerManager:
+    def __init__(self, root: Path, images: Any, network: Any, cgroup_driver: cgroups.CgroupDriver,
+                 zygote: Zygote, run_dir: Path) -> None:
+        self.root = root
+        self.dir = root / "containers"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.images = images
+        self.network = network
+        self.cg = cgroup_driver
+        self.zygote = zygote
+        self.containers: dict[str, Container] = {}
+        self._exited: dict[str, asyncio.Event] = {}
+        self._monitors: dict[str, asyncio.Task[None]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.on_change: list[Callable[[Container], None]] = []
+
+    # --- bookkeeping --------------------------------------------------------------------------
+
+    def files(self, c: Container) -> ShimFiles:
+        return ShimFiles(self.dir / c.id, self.run_dir / f"{c.id[:12]}.sock")
+
+    def _save(self, c: Container) -> None:
+        c.save(self.dir / c.id / "config.json")
+        for cb in self.on_change:
+            with contextlib.suppress(Exception):
+                cb(c)
+
+    def _lock(self, c: Container) -> asyncio.Lock:
+        return self._locks.setdefault(c.id, asyncio.Lock())
+
+    def _event(self, c: Container) -> asyncio.Event:
+        return self._exited.setdefault(c.id, asyncio.Event())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def get(self, ref: str) -> Container:
+        """By full id, exact name, or unique id prefix, as docker resolves them."""
+        if ref in self.containers:
+            return self.containers[ref]
+        name = ref.lstrip("/")
+        for c in self.containers.values():
+            if c.name == name:
+                return c
+        matches = [c for c in self.containers.values() if c.id.startswith(ref)] if ref else []
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise InvalidArgument(f"multiple containers match the prefix {ref!r}: be more specific")
+        raise NotFound(f"No such container: {ref}")
+
+    def list(self, all_: bool = False) -> list[Container]:
+        cs = sorted(self.containers.values(), key=lambda c: c.created, reverse=True)
+        return cs if all_ else [c for c in cs if c.state.status in ("running", "paused", "restarting")]
+
+    def users_of_image(self, image_id: str) -> list[str]:
+        return [f"{c.name} ({c.state.status})" for c in self.containers.values() if c.image_id == image_id]
+
+    # --- create -------------------------------------------------------------------------------
+
+    def create(self, cfg: ContainerConfig) -> Container:
+        self._validate(cfg)
+        name = cfg.name.lstrip("/") if cfg.name else self._free_name()
+        if any(c.name == name for c in self.containers.values()):
+            other = next(c for c in self.containers.values() if c.name == name)
+            raise Conflict(f'Conflict. The container name "/{name}" is already in use by container '
+                           f'"{other.id}". You have to remove (or rename) that container to be able to reuse that name.')
+        try:
+            image = self.images.get(cfg.image)
+        except Exception as e:
+            raise NotFound(f"Unable to find image '{cfg.image}' locally: {e}") from e
+        cid = names.new_id()
+        args = self._args(cfg, image.config)
+        if not args:
+            raise InvalidArgument("no command specified: the image has no Cmd or Entrypoint and none was given")
+        cdir = self.dir / cid
+        cdir.mkdir(parents=True)
+        try:
+            self.images.snapshotter.prepare(cid, image.chain_id)
+            c = Container(id=cid, name=name, created=time.time(), config=cfg, image_id=image.id,
+                          image_ref=cfg.image, snapshot=cid, args=args,
+                          ports=[Port(**asdict(p)) for p in cfg.ports])
+            self._save(c)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.images.snapshotter.remove(cid)
+            shutil.rmtree(cdir, ignore_errors=True)
+            raise
+        self.containers[cid] = c
+        return c
+
+    def _free_name(self) -> str:
+        taken = {c.name for c in self.containers.values()}
+        for _ in range(100):
+            n = names.random_name()
+            if n not in taken:
+                return n
+        return names.random_name() + "_" + names.new_id()[:6]
+
+    def _validate(self, cfg: ContainerConfig) -> None:
+        if cfg.name and not names.valid_name(cfg.name):
+            raise InvalidArgument(f'Invalid container name ({cfg.name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
+        if not cfg.image:
+            raise InvalidArgument("an image is required")
+        if cfg.network_mode not in ("", "bridge", "none", "host", "default"):
+            raise InvalidArgument(f"--network {cfg.network_mode}: must be bridge, none or host")
+        if cfg.pid_mode not in ("", "host"):
+            raise InvalidArgument(f"--pid {cfg.pid_mode}: must be host or empty")
+        if cfg.ipc_mode not in ("", "host", "private", "shareable"):
+            raise InvalidArgument(f"--ipc {cfg.ipc_mode}: must be host or private")
+        if cfg.userns_mode not in ("", "host", "remap"):
+            raise InvalidArgument(f"--userns {cfg.userns_mode}: must be remap or host")
+        if cfg.restart_policy.name not in ("", "no", "always", "on-failure", "unless-stopped"):
+            raise InvalidArgument(f"invalid restart policy '{cfg.restart_policy.name}'")
+        if cfg.auto_remove and cfg.restart_policy.name not in ("", "no"):
+            raise InvalidArgument("conflicting options: --restart and --rm")
+        if cfg.network_mode in ("none", "host") and cfg.ports:
+            raise InvalidArgument(f"conflicting options: port publishing and the {cfg.network_mode} network mode")
+        for p in cfg.ports:
+            if not 0 <= p.host_port <= 65535 or not 0 < p.container_port <= 65535:
+                raise InvalidArgument(f"invalid port mapping {p.host_port}:{p.container_port}")
+            if p.protocol not in ("tcp", "udp"):
+                raise InvalidArgument(f"invalid protocol {p.protocol!r} for port {p.container_port}")
+        try:
+            cgroups.Resources(**_resources_kwargs(cfg)).validate()
+        except cgroups.CgroupError as e:
+            raise InvalidArgument(str(e)) from e
+        parse_signal(cfg.stop_signal or None, signal.SIGTERM)
+
+    @staticmethod
+    def _args(cfg: ContainerConfig, ic: Any) -> list[str]:
+        entry = list(cfg.entrypoint) if cfg.entrypoint_set else list(ic.entrypoint or [])
+        if cfg.cmd:
+            cmd = list(cfg.cmd)
+        elif cfg.entrypoint_set:
+            cmd = []  # docker: --entrypoint discards the image's CMD
+        else:
+            cmd = list(ic.cmd or [])
+        return entry + cmd
+
+    # --- start --------------------------------------------------------------------------------
+
+    async def start(self, ref: str, hold: bool = False) -> Container:
+        c = self.get(ref)
+        async with self._lock(c):
+            if c.state.status in ("running", "paused"):
+                if hold:
+                    raise Conflict(f"container {c.name} is already running")
+                return c
+            await self._start_locked(c, hold)
+            return c
+
+    def _runtime_spec(self, c: Container) -> RuntimeSpec:
+        cfg = c.config
+        image = self.images.get(c.image_id)
+        ic = image.config
+        env: dict[str, str] = {}
+        for item in [*(ic.env or []), *cfg.env]:
+            k, _, v = item.partition("=")
+            env[k] = v
+        hostname = cfg.hostname or c.id[:12]
+        namespaces = ["mnt", "uts", "ipc", "pid", "net"]
+        if cfg.network_mode == "host":
+            namespaces.remove("net")
+            namespaces.remove("uts")
+            hostname = os.uname().nodename
+        if cfg.pid_mode == "host":
+            namespaces.remove("pid")
+        if cfg.ipc_mode == "host":
+            namespaces.remove("ipc")
+        uid_map: list[IdMap] = []
+        if cfg.userns_mode == "remap":
+            namespaces.insert(0, "user")
+            uid_map = [IdMap(0, USERNS_REMAP_BASE, USERNS_REMAP_SIZE)]
+        files = self.files(c)
+        mounts = [MountSpec(m.type, m.source, list(m.options)) for m in self.images.snapshotter.mounts(c.snapshot)]
+        hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+        if c.endpoint:
+            hosts += f"{c.endpoint['ip']}\t{hostname}\n"
+        return RuntimeSpec(
+            id=c.id, state_dir=str(files.dir), rootfs=str(files.dir / "rootfs"), mounts=mounts,
+            process=ProcessSpec(
+                args=c.args, env=[f"{k}={v}" for k, v in env.items()],
+                cwd=cfg.workdir or ic.workdir or "/", user=cfg.user or ic.user or "",
+                tty=cfg.tty, stdin=cfg.open_stdin, init=cfg.init,
+            ),
+            hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
+            cgroup=_resources_kwargs(cfg, as_json=True), cgroup_parent=self.cg.parent,
+            cgroup_root=getattr(self.cg, "root", "/sys/fs/cgroup"),
+            network=c.endpoint, network_state_dir=str(getattr(self.network, "state_dir", "")),
+            bridge=getattr(self.network, "name", ""), subnet=str(getattr(self.network, "subnet", "")),
+            etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log),
+        )
+
+    async def _start_locked(self, c: Container, hold: bool) -> None:
+        files = self.files(c)
+        with contextlib.suppress(FileNotFoundError):
+            files.exit.unlink()
+        if c.config.network_mode in ("", "bridge", "default"):
+            from agent.runtime import network
+
+            mappings = [network.PortMapping(p.host_ip, p.host_port, p.container_port, p.protocol)
+                        for p in c.config.ports]
+            try:
+                ep = await asyncio.to_thread(self.network.allocate, c.id, mappings)
+            except network.PortInUse as e:
+                raise Conflict(str(e)) from e
+            except network.NetworkError as e:
+                raise InvalidArgument(str(e)) from e
+            c.endpoint = ep.to_dict()
+            c.ip_address = ep.ip
+            c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
+        spec = self._runtime_spec(c)
+        spec.hold = hold
+        files.spec.write_text(spec.to_json())
+        reply = self.zygote.request({"op": "start", "spec": json.loads(spec.to_json()),
+                                     "files": {"dir": str(files.dir), "socket": str(files.socket)}})
+        try:
+            msg, _ = await reply.recv(timeout=60)
+        finally:
+            reply.close()
+        if msg is None or "error" in msg:
+            self._release_network(c)
+            err = (msg or {}).get("error", "the shim exited before it reported")
+            c.state.error = err
+            c.state.exit_code = int((msg or {}).get("exit_code", 128))
+            self._save(c)
+            raise AgentError(f"failed to start container {c.name}: {err}")
+        c.state.status = "running"
+        c.state.pid = int(msg["pid"])
+        c.state.started_at = time.time()
+        c.state.exit_code = 0
+        c.state.oom_killed = False
+        c.state.error = ""
+        self._event(c).clear()
+        self._save(c)
+        self._watch(c)
+
+    def _release_network(self, c: Container) -> None:
+        if c.endpoint is not None:
+            with contextlib.suppress(Exception):
+                self.network.release(c.id)
+            c.endpoint = None
+            c.ip_address = ""
+
+    # --- exit monitoring ----------------------------------------------------------------------
+
+    def _watch(self, c: Container) -> None:
+        old = self._monitors.get(c.id)
+        if old is not None and not old.done():
+            return
+        self._monitors[c.id] = asyncio.get_running_loop().create_task(self._monitor(c))
+
+    async def _monitor(self, c: Container) -> None:
+        files = self.files(c)
+        try:
+            reader, writer = await asyncio.open_unix_connection(str(files.socket))
+        except OSError:
+            reader = None
+        if reader is not None:
+            dec = frames.Decoder()
+            try:
+                while True:
+                    data = await reader.read(65536)
+                    if not data:
+                        break
+                    if any(kind == frames.EXIT for kind, _ in dec.feed(data)):
+                        break
+            except (OSError, ValueError):
+                pass
+            writer.close()
+        # The shim writes exit.json before it says EXIT or closes; wait for it briefly if it died.
+        for _ in range(50):
+            if files.exit.exists() or not self._shim_alive(c):
+                break
+            await asyncio.sleep(0.1)
+        await self._on_exit(c)
+
+    def _shim_alive(self, c: Container) -> bool:
+        info = self._init_info(c)
+        if not info:
+            return False
+        try:
+            return pid_start_time(int(info["shim_pid"])) == int(info["shim_start_time"])
+        except (OSError, ValueError, KeyError):
+            return False
+
+    def _init_info(self, c: Container) -> dict[str, Any]:
+        try:
+            return dict(json.loads(self.files(c).init_pid.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    async def _on_exit(self, c: Container) -> None:
+        files = self.files(c)
+        try:
+            result = json.loads(files.exit.read_text())
+        except (OSError, ValueError):
+            result = {"exit_code": 255, "oom_killed": False, "finished_at": time.time(),
+                      "error": "the container's shim died without recording an exit status"}
+            await asyncio.to_thread(self._cleanup_after_lost_shim, c)
+        c.state.status = "exited"
+        c.state.pid = 0
+        c.state.exit_code = int(result["exit_code"])
+        c.state.oom_killed = bool(result.get("oom_killed"))
+        c.state.finished_at = float(result.get("finished_at") or time.time())
+        if result.get("error"):
+            c.state.error = str(result["error"])
+        self._release_network(c)
+        self._save(c)
+        self._event(c).set()
+        self._monitors.pop(c.id, None)
+        if c.config.auto_remove:
+            with contextlib.suppress(AgentError):
+                await self.remove(c.id, force=True)
+            return
+        if self._should_restart(c):
+            c.state.status = "restarting"
+            self._save(c)
+            self._spawn(self._restart_later(c))
+
+    def _should_restart(self, c: Container) -> bool:
+        policy = c.config.restart_policy
+        if c.state.stopped_by_user:
+            return False
+        if policy.name == "always" or policy.name == "unless-stopped":
+            return True
+        if policy.name == "on-failure" and c.state.exit_code != 0:
+            return policy.max_retries == 0 or c.state.restart_count < policy.max_retries
+        return False
+
+    async def _restart_later(self, c: Container) -> None:
+        delay = min(RESTART_BACKOFF_MAX, 0.1 * (2 ** min(c.state.restart_count, 10)))
+        await asyncio.sleep(delay)
+        if c.id not in self.containers or c.state.status != "restarting" or c.state.stopped_by_user:
+            return
+        c.state.restart_count += 1
+        async with self._lock(c):
+            try:
+                await self._start_locked(c, hold=False)
+            except AgentError as e:
+                log.warning("restart of %s failed: %s", c.name, e)
+                c.state.status = "exited"
+                self._save(c)
+
+    def _cleanup_after_lost_shim(self, c: Container) -> None:
+        """A shim killed outright leaves its mount, cgroup and veth: undo them here."""
+        from agent.runtime import syscalls as sc
+
+        info = self._init_info(c)
+        pid = int(info.get("pid", 0))
+        if pid:
+            with contextlib.suppress(OSError, ValueError):
+                if pid_start_time(pid) == int(info["start_time"]):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            self.cg.destroy(c.id)
+        rootfs = str(self.files(c).dir / "rootfs")
+        with contextlib.suppress(OSError):
+            sc.umount(rootfs, sc.MNT_DETACH)
+        if c.endpoint:
+            from agent.runtime import network
+
+            with contextlib.suppress(Exception):
+                self.network.detach(network.Endpoint.from_dict(c.endpoint))
+
+    # --- adoption -----------------------------------------------------------------------------
+
+    async def adopt(self) -> None:
+        """After a restart: load every container; reconnect to live shims; settle the rest."""
+        for d in sorted(self.dir.iterdir()):
+            cfg = d / "config.json"
+            if not cfg.exists():
+                shutil.rmtree(d, ignore_errors=True)  # a create that never finished
+                continue
+            try:
+                c = Container.load(cfg)
+            except (OSError, ValueError, TypeError) as e:
+                log.error("cannot read %s: %s", cfg, e)
+                continue
+            self.containers[c.id] = c
+            if c.state.status in ("running", "paused", "restarting"):
+                if self._shim_alive(c):
+                    with contextlib.suppress(Exception):
+                        c.state.status = "paused" if self.cg.frozen(c.id) else "running"
+                    self._watch(c)
+                elif c.state.status == "restarting":
+                    self._spawn(self._restart_later(c))
+                else:
+                    await self._on_exit(c)
+
+    # --- stop, kill, pause --------------------------------------------------------------------
+
+    def _signal(self, c: Container, sig: int) -> None:
+        info = self._init_info(c)
+        pid = int(info.get("pid", 0) or c.state.pid)
+        if not pid:
+            raise Conflict(f"Container {c.id[:12]} is not running")
+        try:
+            if "start_time" in info and pid_start_time(pid) != int(info["start_time"]):
+                return  # that pid is somebody else now: our container is gone
+            os.kill(pid, sig)
+        except (ProcessLookupError, FileNotFoundError):
+            pass
+
+    async def kill(self, ref: str, sig: str = "KILL") -> Container:
+        c = self.get(ref)
+        if c.state.status not in ("running", "paused"):
+            raise Conflict(f"Cannot kill container: {ref}: Container {c.id[:12]} is not running")
+        num = parse_signal(sig)
+        self._signal(c, num)
+        if c.state.status == "paused" and num == signal.SIGKILL:
+            await asyncio.to_thread(self.cg.thaw, c.id)
+        return c
+
+    async def stop(self, ref: str, timeout: int | None = None) -> Container:
+        c = self.get(ref)
+        c.state.stopped_by_user = True
+        if c.state.status == "restarting":
+            c.state.status = "exited"
+            self._save(c)
+            return c
+        if c.state.status not in ("running", "paused"):
+            self._save(c)
+            return c
+        self._save(c)
+        grace = timeout if timeout is not None and timeout >= 0 else (c.config.stop_timeout or 10)
+        sig = parse_signal(c.config.stop_signal or None, signal.SIGTERM)
+        self._signal(c, sig)
+        if c.state.status == "paused":
+            await asyncio.to_thread(self.cg.thaw, c.id)
+        ev = self._event(c)
+        try:
+            await asyncio.wait_for(ev.wait(), grace)
+        except TimeoutError:
+            self._signal(c, signal.SIGKILL)
+            await asyncio.wait_for(ev.wait(), 30)
+        return c
+
+    async def restart(self, ref: str, timeout: int | None = None) -> Container:
+        c = await self.stop(ref, timeout)
+        c.state.stopped_by_user = False
+        return await self.start(c.id)
+
+    async def pause(self, ref: str) -> Container:
+        c = self.get(ref)
+        if c.state.status == "paused":
+            raise Conflict(f"Container {c.id[:12]} is already paused")
+        if c.state.status != "running":
+            raise Conflict(f"Container {c.id[:12]} is not running")
+        await asyncio.to_thread(self.cg.freeze, c.id)
+        c.state.status = "paused"
+        self._save(c)
+        return c
+
+    async def unpause(self, ref: str) -> Container:
+        c = self.get(ref)
+        if c.state.status != "paused":
+            raise Conflict(f"Container {c.id[:12]} is not paused")
+        await asyncio.to_thread(self.cg.thaw, c.id)
+        c.state.status = "running"
+        self._save(c)
+        return c
+
+    async def wait(self, ref: str) -> Container:
+        c = self.get(ref)
+        if c.state.status in ("running", "paused", "restarting"):
+            await self._event(c).wait()
+        return c
+
+    async def remove(self, ref: str, force: bool = False) -> None:
+        c = self.get(ref)
+        if c.state.status in ("running", "paused", "restarting"):
+            if not force:
+                raise Conflict(f"You cannot remove a {c.state.status} container {c.id}. Stop the container "
+                               "before attempting removal or force remove")
+            c.config.auto_remove = False
+            c.state.stopped_by_user = True
+            if c.state.status != "restarting":
+                self._signal(c, signal.SIGKILL)
+                if c.state.status == "paused":
+                    await asyncio.to_thread(self.cg.thaw, c.id)
+                await asyncio.wait_for(self._event(c).wait(), 30)
+        if self.containers.pop(c.id, None) is None:
+            return
+        self._release_network(c)
+        await asyncio.to_thread(self._remove_files, c)
+        self._exited.pop(c.id, None)
+        self._locks.pop(c.id, None)
+
+    def _remove_files(self, c: Container) -> None:
+        from agent.runtime import syscalls as sc
+
+        with contextlib.suppress(OSError):
+            sc.umount(str(self.files(c).dir / "rootfs"), sc.MNT_DETACH)
+        with contextlib.suppress(Exception):
+            self.cg.destroy(c.id)
+        with contextlib.suppress(Exception):
+            self.images.snapshotter.remove(c.snapshot)
+        shutil.rmtree(self.dir / c.id, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            self.files(c).socket.unlink()
+
+    def rename(self, ref: str, new: str) -> None:
+        c = self.get(ref)
+        if not names.valid_name(new):
+            raise InvalidArgument(f"Invalid container name ({new})")
+        if any(o.name == new.lstrip("/") for o in self.containers.values() if o is not c):
+            raise Conflict(f'Conflict. The container name "/{new}" is already in use')
+        c.name = new.lstrip("/")
+        self._save(c)
+
+    # --- logs ---------------------------------------------------------------------------------
+
+    async def logs(self, ref: str, follow: bool = False, tail: int = -1, since: float = 0,
+                   until: float = 0) -> AsyncIterator[tuple[str, bytes, float]]:
+        c = self.get(ref)
+        path = self.files(c).log
+        lines: list[bytes] = []
+        pos = 0
+        if path.exists():
+            with open(path, "rb") as f:
+                data = f.read()
+                pos = f.tell()
+            lines = data.splitlines()
+            if tail >= 0:
+                lines = lines[-tail:] if tail else []
+        for raw in lines:
+            rec = _parse_log(raw)
+            if rec and (not since or rec[2] >= since) and (not until or rec[2] <= until):
+                yield rec
+        if not follow:
+            return
+        ev = self._event(c)
+        buf = b""
+        while True:
+            running = c.state.status in ("running", "paused", "restarting") and c.id in self.containers
+            chunk = b""
+            if path.exists():
+                with open(path, "rb") as f:
+                    f.seek(pos)
+                    chunk = f.read()
+                    pos = f.tell()
+            buf += chunk
+            *complete, buf = buf.split(b"\n")
+            for raw in complete:
+                rec = _parse_log(raw)
+                if rec and (not until or rec[2] <= until):
+                    yield rec
+            if not running and not chunk:
+                return
+            if not chunk:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(ev.wait()), 0.1)
+
+    # --- attach and exec ----------------------------------------------------------------------
+
+    async def attach(self, ref: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        c = self.get(ref)
+        if c.state.status not in ("running", "paused"):
+            raise Conflict(f"You cannot attach to a stopped container, start it first")
+        return await asyncio.open_unix_connection(str(self.files(c).socket))
+
+    def exec_request(self, ref: str, proc: ProcessSpec, fds: list[int]) -> Reply:
+        c = self.get(ref)
+        if c.state.status == "paused":
+            raise Conflict(f"Container {c.id} is paused, unpause the container before exec")
+        if c.state.status != "running":
+            raise Conflict(f"Container {c.id} is not running")
+        image = self.images.get(c.image_id)
+        env: dict[str, str] = {}
+        for item in [*(image.config.env or []), *c.config.env, *proc.env]:
+            k, _, v = item.partition("=")
+            env[k] = v
+        proc.env = [f"{k}={v}" for k, v in env.items()]
+        if not proc.user:
+            proc.user = c.config.user or image.config.user or ""
+        if not proc.cwd:
+            proc.cwd = c.config.workdir or image.config.workdir or "/"
+        info = self._init_info(c)
+        req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": asdict(proc),
+               "cgroup": {"root": getattr(self.cg, "root", "/sys/fs/cgroup"), "parent": self.cg.parent,
+                          "name": c.id}}
+        return self.zygote.request(req, fds)
+
+    # --- top and stats ------------------------------------------------------------------------
+
+    def top(self, ref: str) -> tuple[list[str], list[list[str]]]:
+        c = self.get(ref)
+        if c.state.status not in ("running", "paused"):
+            raise Conflict(f"Container {c.id[:12]} is not running")
+        pids = sorted(self.cg.procs(c.id))
+        rows = [r for r in (_ps_row(p) for p in pids) if r is not None]
+        return ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], rows
+
+    def stats(self, c: Container) -> dict[str, Any]:
+        st = self.cg.stats(c.id)
+        rx = tx = 0
+        info = self._init_info(c)
+        pid = int(info.get("pid", 0))
+        if pid and c.config.network_mode != "host":
+            with contextlib.suppress(OSError):
+                for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
+                    iface, _, rest = line.partition(":")
+                    if iface.strip() == "lo":
+                        continue
+                    vals = rest.split()
+                    rx += int(vals[0])
+                    tx += int(vals[8])
+        return {"stats": st, "rx": rx, "tx": tx}
+
+    async def shutdown(self) -> None:
+        for t in list(self._monitors.values()) + list(self._tasks):
+            t.cancel()
+
+
+def _resources_kwargs(cfg: ContainerConfig, as_json: bool = False) -> dict[str, Any]:
+    r = cfg.resources
+    out: dict[str, Any] = {
+        "memory": r.memory, "memory_swap": r.memory_swap, "nano_cpus": r.nano_cpus,
+        "cpu_shares": r.cpu_shares, "pids_limit": r.pids_limit, "blkio_weight": r.blkio_weight,
+    }
+    if as_json:
+        out["device_read_bps"] = [asdict(d) for d in r.device_read_bps]
+        out["device_write_bps"] = [asdict(d) for d in r.device_write_bps]
+    else:
+        out["device_read_bps"] = tuple(cgroups.DeviceRate(d.path, d.rate) for d in r.device_read_bps)
+        out["device_write_bps"] = tuple(cgroups.DeviceRate(d.path, d.rate) for d in r.device_write_bps)
+    return out
+
+
+def _resolv_conf() -> str:
+    """The host's resolv.conf without loopback nameservers, which mean nothing in a container."""
+    try:
+        text = Path("/etc/resolv.conf").read_text()
+    except OSError:
+        return ""
+    keep = [ln for ln in text.splitlines()
+            if not (ln.startswith("nameserver") and (" 127." in ln or " ::1" in ln))]
+    return "\n".join(keep) + "\n"
+
+
+def _parse_log(raw: bytes) -> tuple[str, bytes, float] | None:
+    try:
+        rec = json.loads(raw)
+    except ValueError:
+        return None
+    ts = rec.get("time", "")
+    try:
+        t = datetime.datetime.strptime(ts[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(
+            tzinfo=datetime.UTC).timestamp() if ts else 0.0
+    except ValueError:
+        t = 0.0
+    return rec.get("stream", "stdout"), rec.get("log", "").encode(), t
+
+
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _ps_row(pid: int) -> list[str] | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        status = Path(f"/proc/{pid}/status").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()
+    ppid = fields[1]
+    utime, stime_ticks, start = int(fields[11]), int(fields[12]), int(fields[19])
+    uid = next((ln.split()[1] for ln in status.splitlines() if ln.startswith("Uid:")), "0")
+    with open("/proc/uptime") as f:
+        uptime = float(f.read().split()[0])
+    boot = time.time() - uptime
+    started = time.strftime("%H:%M", time.localtime(boot + start / _CLK_TCK))
+    cpu = (utime + stime_ticks) // _CLK_TCK
+    comm = stat[stat.index("(") + 1: stat.rindex(")")]
+    user = "root" if uid == "0" else uid
+    return [user, str(pid), ppid, "0", started, "?", f"{cpu // 3600:02d}:{cpu // 60 % 60:02d}:{cpu % 60:02d}",
+            cmdline or f"[{comm}]"]
+

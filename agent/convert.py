@@ -1,0 +1,117 @@
+"""protobuf <-> the agent's dataclasses. Nothing past this module and server.py sees *_pb2."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agent.model import Container, ContainerConfig, DeviceRate, Port, Resources, RestartPolicy
+from protos import agent_pb2 as pb
+
+
+def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
+    r = m.resources
+    return ContainerConfig(
+        name=m.name, image=m.image, cmd=list(m.cmd), entrypoint=list(m.entrypoint),
+        entrypoint_set=m.entrypoint_set, env=list(m.env), workdir=m.workdir, user=m.user,
+        hostname=m.hostname, tty=m.tty, open_stdin=m.open_stdin, labels=dict(m.labels),
+        ports=[Port(p.host_ip, p.host_port, p.container_port, p.protocol or "tcp") for p in m.ports],
+        resources=Resources(
+            memory=r.memory, memory_swap=r.memory_swap, nano_cpus=r.nano_cpus, cpu_shares=r.cpu_shares,
+            pids_limit=r.pids_limit, blkio_weight=r.blkio_weight,
+            device_read_bps=[DeviceRate(d.path, d.rate) for d in r.device_read_bps],
+            device_write_bps=[DeviceRate(d.path, d.rate) for d in r.device_write_bps],
+        ),
+        network_mode=m.network_mode or "bridge", pid_mode=m.pid_mode, ipc_mode=m.ipc_mode,
+        userns_mode=m.userns_mode,
+        restart_policy=RestartPolicy(m.restart_policy.name or "no", m.restart_policy.max_retries),
+        auto_remove=m.auto_remove, init=m.init, stop_timeout=m.stop_timeout, stop_signal=m.stop_signal,
+    )
+
+
+def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
+    r = c.resources
+    return pb.ContainerConfig(
+        name=c.name, image=c.image, cmd=c.cmd, entrypoint=c.entrypoint, entrypoint_set=c.entrypoint_set,
+        env=c.env, workdir=c.workdir, user=c.user, hostname=c.hostname, tty=c.tty,
+        open_stdin=c.open_stdin, labels=c.labels, ports=[port_to_pb(p) for p in c.ports],
+        resources=pb.Resources(
+            memory=r.memory, memory_swap=r.memory_swap, nano_cpus=r.nano_cpus, cpu_shares=r.cpu_shares,
+            pids_limit=r.pids_limit, blkio_weight=r.blkio_weight,
+            device_read_bps=[pb.DeviceRate(path=d.path, rate=d.rate) for d in r.device_read_bps],
+            device_write_bps=[pb.DeviceRate(path=d.path, rate=d.rate) for d in r.device_write_bps],
+        ),
+        network_mode=c.network_mode, pid_mode=c.pid_mode, ipc_mode=c.ipc_mode, userns_mode=c.userns_mode,
+        restart_policy=pb.RestartPolicy(name=c.restart_policy.name, max_retries=c.restart_policy.max_retries),
+        auto_remove=c.auto_remove, init=c.init, stop_timeout=c.stop_timeout, stop_signal=c.stop_signal,
+    )
+
+
+def port_to_pb(p: Port) -> pb.PortMapping:
+    return pb.PortMapping(host_ip=p.host_ip, host_port=p.host_port, container_port=p.container_port,
+                          protocol=p.protocol)
+
+
+def summary(c: Container) -> pb.ContainerSummary:
+    s = c.state
+    return pb.ContainerSummary(
+        id=c.id, name=c.name, image=c.image_ref, image_id=c.image_id, command=" ".join(c.args),
+        created=c.created, state=s.status, exit_code=s.exit_code,
+        ports=[port_to_pb(p) for p in c.ports] if s.status in ("running", "paused") else [],
+        started_at=s.started_at, finished_at=s.finished_at, pid=s.pid, oom_killed=s.oom_killed,
+        labels=c.config.labels, ip_address=c.ip_address, error=s.error, restart_count=s.restart_count,
+    )
+
+
+def _iso(t: float) -> str:
+    import datetime
+
+    if not t:
+        return "0001-01-01T00:00:00Z"
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
+    """The shape of `docker inspect`, for the fields dockyard has."""
+    s, cfg = c.state, c.config
+    r = cfg.resources
+    ports: dict[str, list[dict[str, str]] | None] = {}
+    for p in c.ports:
+        ports.setdefault(f"{p.container_port}/{p.protocol}", []).append(  # type: ignore[union-attr]
+            {"HostIp": p.host_ip or "0.0.0.0", "HostPort": str(p.host_port)})
+    return {
+        "Id": c.id,
+        "Created": _iso(c.created),
+        "Path": c.args[0] if c.args else "",
+        "Args": c.args[1:],
+        "State": {
+            "Status": s.status, "Running": s.status in ("running", "paused"), "Paused": s.status == "paused",
+            "Restarting": s.status == "restarting", "OOMKilled": s.oom_killed, "Dead": s.status == "dead",
+            "Pid": s.pid, "ExitCode": s.exit_code, "Error": s.error, "StartedAt": _iso(s.started_at),
+            "FinishedAt": _iso(s.finished_at),
+        },
+        "Image": c.image_id,
+        "Name": "/" + c.name,
+        "RestartCount": s.restart_count,
+        "HostConfig": {
+            "Memory": r.memory, "MemorySwap": r.memory_swap, "NanoCpus": r.nano_cpus, "CpuShares": r.cpu_shares,
+            "PidsLimit": r.pids_limit or None, "BlkioWeight": r.blkio_weight,
+            "NetworkMode": cfg.network_mode, "PidMode": cfg.pid_mode, "IpcMode": cfg.ipc_mode or "private",
+            "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
+            "RestartPolicy": {"Name": cfg.restart_policy.name, "MaximumRetryCount": cfg.restart_policy.max_retries},
+            "PortBindings": {f"{p.container_port}/{p.protocol}": [{"HostIp": p.host_ip, "HostPort": str(p.host_port or "")}]
+                             for p in cfg.ports},
+        },
+        "Config": {
+            "Hostname": cfg.hostname or c.id[:12], "User": cfg.user, "Tty": cfg.tty, "OpenStdin": cfg.open_stdin,
+            "Env": cfg.env, "Cmd": cfg.cmd or None, "Entrypoint": cfg.entrypoint or None, "Image": c.image_ref,
+            "WorkingDir": cfg.workdir, "Labels": cfg.labels, "StopSignal": cfg.stop_signal or "SIGTERM",
+            "StopTimeout": cfg.stop_timeout or 10,
+        },
+        "NetworkSettings": {
+            "IPAddress": c.ip_address,
+            "Gateway": (c.endpoint or {}).get("gateway", ""),
+            "MacAddress": (c.endpoint or {}).get("mac", ""),
+            "Ports": ports,
+        },
+        **extra,
+    }

@@ -1,0 +1,117 @@
+"""`dockyard agent`: the per-host daemon. Wires the image store, network, cgroups, zygote and the
+container manager together and serves the node API on a unix socket (and TCP, for the scheduler).
+
+Containers outlive the agent: stopping it (or kill -9) leaves them running under their shims,
+and the next agent on the same --root adopts them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+
+from agent.containers import ContainerManager
+from agent.runtime import cgroups
+from agent.runtime.zygote_client import Zygote
+from agent.server import AgentServicer
+from protos import agent_pb2_grpc as pbg
+
+log = logging.getLogger("dockyard.agent")
+
+DEFAULT_ROOT = "/var/lib/dockyard"
+DEFAULT_SOCKET = "/run/dockyard/agent.sock"
+
+
+@dataclass
+class AgentOptions:
+    root: str = DEFAULT_ROOT
+    socket: str = DEFAULT_SOCKET
+    listen: str = ""                 # host:port for TCP (scheduler and other agents)
+    name: str = field(default_factory=socket.gethostname)
+    bridge: str = "dockyard0"
+    subnet: str = "172.29.0.0/16"
+    cgroup_parent: str | None = None
+    cgroup_root: str = "/sys/fs/cgroup"
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(self, opts: AgentOptions) -> None:
+        self.opts = opts
+        self.root = Path(opts.root)
+        self.server: grpc.aio.Server | None = None
+        self.manager: ContainerManager | None = None
+        self.zygote = Zygote()
+
+    async def start(self) -> None:
+        from agent.images import ImageStore
+        from agent.runtime import network
+
+        o = self.opts
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        images = ImageStore(self.root / "images")
+        net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
+        await asyncio.to_thread(net.ensure)
+        driver = cgroups.detect(o.cgroup_root, o.cgroup_parent)
+        self.zygote.ensure()
+        self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
+        await self.manager.adopt()
+        criu = await asyncio.to_thread(_criu_works)
+        servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, criu, o.labels)
+        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
+                                               ("grpc.max_send_message_length", 64 << 20)])
+        pbg.add_AgentServicer_to_server(servicer, self.server)
+        Path(o.socket).parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(o.socket)
+        self.server.add_insecure_port(f"unix://{o.socket}")
+        if o.listen:
+            self.server.add_insecure_port(o.listen)
+        await self.server.start()
+        os.chmod(o.socket, 0o660)
+        log.info("agent %s serving on %s (root %s, cgroup v%d)", o.name, o.socket, self.root, driver.version)
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await self.server.stop(grace=1)
+        if self.manager is not None:
+            await self.manager.shutdown()
+        self.zygote.stop()
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.opts.socket)
+
+
+def _criu_works() -> bool:
+    try:
+        from agent.checkpoint.criu import find_criu
+
+        c = find_criu()
+        return bool(c and c.check().works)
+    except Exception:
+        return False
+
+
+async def serve(opts: AgentOptions) -> None:
+    agent = Agent(opts)
+    await agent.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"dockyard agent {opts.name}: listening on unix://{opts.socket}", flush=True)
+    await stop.wait()
+    await agent.stop()
+
+
+def run(opts: AgentOptions) -> None:
+    logging.basicConfig(level=os.environ.get("DOCKYARD_LOG", "INFO"),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    asyncio.run(serve(opts))

@@ -1,0 +1,151 @@
+"""The agent's own view of a container: plain dataclasses, saved as JSON, free of protobuf."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from agent.runtime.spec import write_atomic
+
+
+class AgentError(Exception):
+    """Base of the agent's errors; the servicer maps each subclass to one gRPC status code."""
+
+
+class NotFound(AgentError):
+    pass
+
+
+class Conflict(AgentError):
+    pass
+
+
+class InvalidArgument(AgentError):
+    pass
+
+
+class Unavailable(AgentError):
+    pass
+
+
+@dataclass
+class Port:
+    host_ip: str = ""
+    host_port: int = 0
+    container_port: int = 0
+    protocol: str = "tcp"
+
+
+@dataclass
+class DeviceRate:
+    path: str
+    rate: int
+
+
+@dataclass
+class Resources:
+    memory: int = 0
+    memory_swap: int = 0
+    nano_cpus: int = 0
+    cpu_shares: int = 0
+    pids_limit: int = 0
+    blkio_weight: int = 0
+    device_read_bps: list[DeviceRate] = field(default_factory=list)
+    device_write_bps: list[DeviceRate] = field(default_factory=list)
+
+
+@dataclass
+class RestartPolicy:
+    name: str = "no"
+    max_retries: int = 0
+
+
+@dataclass
+class ContainerConfig:
+    name: str = ""
+    image: str = ""
+    cmd: list[str] = field(default_factory=list)
+    entrypoint: list[str] = field(default_factory=list)
+    entrypoint_set: bool = False
+    env: list[str] = field(default_factory=list)
+    workdir: str = ""
+    user: str = ""
+    hostname: str = ""
+    tty: bool = False
+    open_stdin: bool = False
+    labels: dict[str, str] = field(default_factory=dict)
+    ports: list[Port] = field(default_factory=list)
+    resources: Resources = field(default_factory=Resources)
+    network_mode: str = "bridge"
+    pid_mode: str = ""
+    ipc_mode: str = ""
+    userns_mode: str = ""
+    restart_policy: RestartPolicy = field(default_factory=RestartPolicy)
+    auto_remove: bool = False
+    init: bool = False
+    stop_timeout: int = 0
+    stop_signal: str = ""
+
+
+@dataclass
+class ContainerState:
+    status: str = "created"          # created | running | paused | restarting | exited | dead
+    pid: int = 0
+    exit_code: int = 0
+    oom_killed: bool = False
+    error: str = ""
+    started_at: float = 0.0
+    finished_at: float = 0.0
+    restart_count: int = 0
+    stopped_by_user: bool = False    # for unless-stopped and for on-failure after `stop`
+
+
+@dataclass
+class Container:
+    id: str
+    name: str
+    created: float
+    config: ContainerConfig
+    image_id: str
+    image_ref: str
+    snapshot: str
+    state: ContainerState = field(default_factory=ContainerState)
+    ports: list[Port] = field(default_factory=list)   # resolved host ports
+    ip_address: str = ""
+    endpoint: dict[str, Any] | None = None
+    args: list[str] = field(default_factory=list)      # entrypoint + cmd, as run
+
+    def save(self, path: Path) -> None:
+        write_atomic(path, json.dumps(asdict(self), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Container:
+        return from_dict(cls, json.loads(path.read_text()))
+
+
+def from_dict(cls: Any, data: Any) -> Any:
+    """Rebuild nested dataclasses from JSON; unknown keys (from newer versions) are ignored."""
+    if not hasattr(cls, "__dataclass_fields__") or not isinstance(data, dict):
+        return data
+    kwargs = {}
+    hints = {f.name: f.type for f in fields(cls)}
+    for name, typ in hints.items():
+        if name not in data:
+            continue
+        value = data[name]
+        t = str(typ)
+        target = _NESTED.get(t.replace("list[", "").replace("]", "").replace(" | None", ""))
+        if target is not None and t.startswith("list["):
+            value = [from_dict(target, v) for v in value]
+        elif target is not None:
+            value = from_dict(target, value)
+        kwargs[name] = value
+    return cls(**kwargs)
+
+
+_NESTED: dict[str, Any] = {
+    "Port": Port, "DeviceRate": DeviceRate, "Resources": Resources, "RestartPolicy": RestartPolicy,
+    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
+}

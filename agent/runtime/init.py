@@ -1,0 +1,164 @@
+"""The container init: pid 1 of the new pid namespace, from fork to execve.
+
+It runs in a process forked by the shim after unshare, and talks to the shim over a SEQPACKET
+control socket (JSON messages, and the pty master passed back with SCM_RIGHTS). The stages:
+
+  shim: "configure" (cgroup joined, veth moved in) -> init: network, hostname, mounts, pivot_root,
+  pty, resolve user and command -> "ready" -> shim: "go" -> init: drop privileges, execve.
+
+An error at any stage is sent as {"error", "exit_code"} and the process exits; the shim sees EOF
+on the socket (it is close-on-exec) when execve succeeds.
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import termios
+import traceback
+from typing import Any, NoReturn
+
+from agent.runtime import process, rootfs
+from agent.runtime import syscalls as sc
+from agent.runtime.spec import RuntimeSpec
+
+
+def send(ctl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
+    data = json.dumps(msg).encode()
+    if fds:
+        ctl.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        ctl.send(data)
+
+
+def recv(ctl: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    fds = array.array("i")
+    data, ancdata, _flags, _addr = ctl.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize))
+    for level, kind, cdata in ancdata:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+    if not data:
+        return None, list(fds)
+    return json.loads(data), list(fds)
+
+
+def _open_pty() -> tuple[int, int]:
+    """A pty from the container's own devpts instance (runc's console socket approach)."""
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, termios.TIOCSPTLCK, array.array("i", [0]))
+    n = array.array("i", [0])
+    fcntl.ioctl(master, termios.TIOCGPTN, n)
+    slave = os.open(f"/dev/pts/{n[0]}", os.O_RDWR | os.O_NOCTTY)
+    return master, slave
+
+
+def _take_terminal(slave: int) -> None:
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    for fd in (0, 1, 2):
+        os.dup2(slave, fd)
+    if slave > 2:
+        os.close(slave)
+
+
+def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | None) -> NoReturn:
+    """Entry point in the forked child. Never returns."""
+    code = 127
+    try:
+        os.setsid()  # CRIU needs the container's tree to be its own session
+        msg, _ = recv(ctl)
+        if msg is None or msg.get("op") != "configure":
+            os._exit(1)
+        _configure(spec, msg)
+        pty_slave = -1
+        if spec.process.tty:
+            master, pty_slave = _open_pty()
+            send(ctl, {"op": "pty"}, [master])
+            os.close(master)
+        prepared = process.prepare(spec.process, spec.hostname)
+        send(ctl, {"op": "ready"})
+        msg, _ = recv(ctl)
+        if msg is None or msg.get("op") != "go":
+            os._exit(1)
+        if pty_slave >= 0:
+            _take_terminal(pty_slave)
+        elif stdio is not None:
+            for target, fd in enumerate(stdio):
+                os.dup2(fd, target)
+        if spec.process.init:
+            _reaper(spec, prepared, ctl)
+        process.become(spec.process, prepared)
+        process.execute(prepared)
+        raise process.ProcessSetupError("execve returned")
+    except process.ProcessSetupError as e:
+        code = e.exit_code
+        _report(ctl, str(e), code)
+    except BaseException as e:  # anything else is our bug or the kernel's refusal: say which
+        detail = f"{type(e).__name__}: {e}"
+        if not isinstance(e, OSError):
+            detail += "\n" + traceback.format_exc(limit=3)
+        _report(ctl, f"container init failed: {detail}", code)
+    os._exit(code)
+
+
+def _report(ctl: socket.socket, message: str, code: int) -> None:
+    with contextlib.suppress(OSError):
+        send(ctl, {"op": "error", "error": message, "exit_code": code})
+
+
+def _configure(spec: RuntimeSpec, msg: dict[str, Any]) -> None:
+    from agent.runtime import network
+
+    share_net = "net" not in spec.namespaces
+    if not share_net:
+        endpoint = msg.get("endpoint")
+        if endpoint:
+            network.configure_inside(network.Endpoint.from_dict(endpoint))
+        else:
+            network.loopback_up()
+    if "uts" in spec.namespaces and spec.hostname:
+        sc.sethostname(spec.hostname)
+    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net)
+    rootfs.pivot(spec.rootfs)
+    rootfs.mask_paths(spec.masked_paths, spec.readonly_paths)
+
+
+def _reaper(spec: RuntimeSpec, prepared: process.Prepared, ctl: socket.socket) -> NoReturn:
+    """--init: stay pid 1, run the command as a child, forward signals, reap every orphan."""
+    child = os.fork()
+    if child == 0:
+        try:
+            os.setpgid(0, 0)
+            if spec.process.tty:
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(0, termios.TIOCSPGRP, array.array("i", [os.getpid()]))
+            process.become(spec.process, prepared)
+            process.execute(prepared)
+        except process.ProcessSetupError as e:
+            _report(ctl, str(e), e.exit_code)
+            os._exit(e.exit_code)
+        os._exit(127)
+    ctl.close()
+    # Hold nothing of the shim's: its pipes must see EOF, and CRIU must find no outside fds.
+    os.closerange(3, os.sysconf("SC_OPEN_MAX"))
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT, signal.SIGUSR1,
+              signal.SIGUSR2, signal.SIGWINCH):
+        signal.signal(s, forward)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            os._exit(0)
+        except InterruptedError:
+            continue
+        if pid == child:
+            os._exit(os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status))

@@ -1,0 +1,110 @@
+"""The container's filesystem view, built by the container init inside its new mount namespace.
+
+Order matters and follows runc: make every mount private (nothing leaks back to the host), mount
+/proc, /sys, /dev and friends under the new root, pivot_root into it, then hide and freeze the
+/proc and /sys paths docker hides. CRIU needs the pivot_root and no mount borrowed from outside
+the rootfs, so device nodes are made with mknod, not bind-mounted from the host's /dev.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import stat
+
+from agent.runtime import syscalls as sc
+from agent.runtime.spec import MountSpec
+
+_DEVICES = [  # name, major, minor (docker's default devices)
+    ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0),
+]
+_DEV_LINKS = [
+    ("/proc/self/fd", "fd"), ("/proc/self/fd/0", "stdin"), ("/proc/self/fd/1", "stdout"),
+    ("/proc/self/fd/2", "stderr"), ("pts/ptmx", "ptmx"), ("/proc/kcore", "core"),
+]
+
+
+def mount_rootfs(mounts: list[MountSpec], target: str) -> None:
+    """Apply the snapshotter's mount descriptions (overlay or bind) at target, on the host."""
+    for m in mounts:
+        flags = 0
+        data = []
+        for opt in m.options:
+            if opt in ("rbind", "bind"):
+                flags |= sc.MS_BIND | (sc.MS_REC if opt == "rbind" else 0)
+            elif opt == "ro":
+                flags |= sc.MS_RDONLY
+            elif opt == "rw":
+                pass
+            else:
+                data.append(opt)
+        sc.mount(m.source, target, None if flags & sc.MS_BIND else m.type, flags, ",".join(data) or None)
+
+
+def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool) -> None:
+    """Everything before pivot_root: private propagation, then the kernel filesystems in rootfs."""
+    sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
+    # The rootfs must be a mount point of its own for pivot_root.
+    sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
+
+    def under(p: str) -> str:
+        path = os.path.join(rootfs, p.lstrip("/"))
+        os.makedirs(path, exist_ok=True)
+        return path
+
+    nosuid_nodev_noexec = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
+    sc.mount("proc", under("/proc"), "proc", nosuid_nodev_noexec)
+    if share_net:
+        # --network host: a new sysfs needs its own net namespace; borrow the host's, read-only.
+        sc.mount("/sys", under("/sys"), None, sc.MS_BIND | sc.MS_REC)
+        sc.mount(None, under("/sys"), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
+    else:
+        sc.mount("sysfs", under("/sys"), "sysfs", nosuid_nodev_noexec | sc.MS_RDONLY)
+    dev = under("/dev")
+    sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
+    for name, major, minor in _DEVICES:
+        path = os.path.join(dev, name)
+        if userns:
+            # mknod is not allowed in a user namespace: bind the host's node instead.
+            open(path, "a").close()
+            sc.mount(f"/dev/{name}", path, None, sc.MS_BIND)
+        else:
+            os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(major, minor))
+            os.chmod(path, 0o666)
+    for src, name in _DEV_LINKS:
+        os.symlink(src, os.path.join(dev, name))
+    sc.mount("devpts", under("/dev/pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+             "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5"))
+    sc.mount("shm", under("/dev/shm"), "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k")
+    sc.mount("mqueue", under("/dev/mqueue"), "mqueue", nosuid_nodev_noexec)
+
+
+def pivot(rootfs: str) -> None:
+    """pivot_root(".", ".") then detach the old root: no put_old directory is left in the image."""
+    os.chdir(rootfs)
+    sc.pivot_root(".", ".")
+    sc.umount(".", sc.MNT_DETACH)
+    os.chdir("/")
+
+
+def mask_paths(masked: list[str], readonly: list[str]) -> None:
+    for path in masked:
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                sc.mount("tmpfs", path, "tmpfs", sc.MS_RDONLY)
+            else:
+                sc.mount("/dev/null", path, None, sc.MS_BIND)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.EACCES):
+                raise
+    for path in readonly:
+        if not os.path.exists(path):
+            continue
+        sc.mount(path, path, None, sc.MS_BIND | sc.MS_REC)
+        with contextlib.suppress(OSError):
+            sc.mount(None, path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)

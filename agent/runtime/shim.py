@@ -1,0 +1,521 @@
+"""The shim: one small process per container that outlives the agent (as conmon does for podman).
+
+Forked from the zygote and detached (its own session, reparented to init), it
+
+  * sets up the cgroup and the rootfs mount, forks the container init into new namespaces,
+    joins it to the cgroup and the network, and lets it exec;
+  * holds the container's stdio: writes every byte to the log file (docker's json-file format)
+    and relays it to attached clients; takes stdin and terminal resizes from them;
+  * is the subreaper of everything in the container, so it always learns the real exit status,
+    which it writes to exit.json before it tears down mounts, cgroup and network and exits.
+
+A restarted agent finds a running shim by its pid file and socket; an exited one by exit.json.
+The shim is a forked copy of the zygote, so its memory is mostly shared pages (see BENCHMARKS.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import selectors
+import signal
+import socket
+import struct
+import termios
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+from agent.runtime import cgroups, frames, init, rootfs
+from agent.runtime import syscalls as sc
+from agent.runtime.spec import RuntimeSpec, write_atomic
+
+DRAIN_SECONDS = 2.0
+
+
+class ShimFiles:
+    """Where a container's runtime files live; shared by the shim and the agent."""
+
+    def __init__(self, state_dir: str | Path, socket_path: str | Path) -> None:
+        self.dir = Path(state_dir)
+        self.spec = self.dir / "runtime.json"
+        self.shim_pid = self.dir / "shim.pid"
+        self.init_pid = self.dir / "init.pid"
+        self.exit = self.dir / "exit.json"
+        self.log = self.dir / "container.log"
+        self.socket = Path(socket_path)
+
+
+def pid_start_time(pid: int) -> int:
+    """Field 22 of /proc/PID/stat: with the pid it names one process, even after pid reuse."""
+    with open(f"/proc/{pid}/stat") as f:
+        data = f.read()
+    return int(data[data.rindex(")") + 2:].split()[19])
+
+
+def resources_from_dict(d: dict[str, Any]) -> cgroups.Resources:
+    d = dict(d)
+    for key in ("device_read_bps", "device_write_bps"):
+        d[key] = tuple(cgroups.DeviceRate(path=r["path"], rate=int(r["rate"])) for r in d.get(key, ()))
+    return cgroups.Resources(**d)
+
+
+def _now_rfc3339() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _LogWriter:
+    def __init__(self, path: str) -> None:
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+
+    def write(self, stream: str, data: bytes) -> None:
+        ts = _now_rfc3339()
+        lines = data.split(b"\n")
+        out = []
+        for i, line in enumerate(lines):
+            last = i == len(lines) - 1
+            if last and not line:
+                break
+            text = line.decode("utf-8", "replace") + ("" if last else "\n")
+            out.append(json.dumps({"log": text, "stream": stream, "time": ts}))
+        if out:
+            os.write(self.fd, ("\n".join(out) + "\n").encode())
+
+
+def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket) -> NoReturn:
+    """Runs in the double-forked shim process. Replies {"pid"} or {"error"} on `reply`, then serves."""
+    try:
+        shim = _Shim(spec, files)
+        pid = shim.launch()
+    except BaseException as e:
+        msg = e.args[0] if isinstance(e, _LaunchError) else f"{type(e).__name__}: {e}"
+        code = e.args[1] if isinstance(e, _LaunchError) else 128
+        with contextlib.suppress(OSError):
+            reply.send(json.dumps({"error": msg, "exit_code": code}).encode())
+        os._exit(1)
+    reply.send(json.dumps({"pid": pid, "shim_pid": os.getpid()}).encode())
+    reply.close()
+    shim.serve()
+    os._exit(0)
+
+
+class _LaunchError(Exception):
+    pass
+
+
+class _Shim:
+    def __init__(self, spec: RuntimeSpec, files: ShimFiles) -> None:
+        self.spec = spec
+        self.files = files
+        self.sel = selectors.DefaultSelector()
+        self.clients: dict[socket.socket, frames.Decoder] = {}
+        self.pid = 0
+        self.pidfd = -1
+        self.ctl: socket.socket | None = None
+        self.pty = -1
+        self.stdin_w = -1
+        self.stdin_buf = bytearray()
+        self.outputs: dict[int, bytes] = {}   # fd -> frame kind
+        self.log: _LogWriter | None = None
+        self.released = not spec.hold
+        self.ready = False
+        self.status: int | None = None
+        self.cg: cgroups.CgroupDriver | None = None
+        self.net: Any = None
+        self.endpoint: Any = None
+        self.mounted = False
+        self.listener: socket.socket | None = None
+        self.started_at = 0.0
+
+    # --- launch -------------------------------------------------------------------------------
+
+    def launch(self) -> int:
+        spec = self.spec
+        sc.set_child_subreaper()
+        try:
+            return self._launch()
+        except BaseException:
+            self._teardown()
+            raise
+
+    def _launch(self) -> int:
+        spec = self.spec
+        self.log = _LogWriter(spec.log_path or str(self.files.log))
+        with contextlib.suppress(FileNotFoundError):
+            self.files.socket.unlink()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.listener.bind(str(self.files.socket))
+        self.listener.listen(16)
+
+        self.cg = cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
+        self.cg.create(spec.id, resources_from_dict(spec.cgroup))
+        os.makedirs(spec.rootfs, exist_ok=True)
+        rootfs.mount_rootfs(spec.mounts, spec.rootfs)
+        self.mounted = True
+        self._write_etc_files()
+
+        stdio: tuple[int, int, int] | None = None
+        child_ends: list[int] = []
+        if not spec.process.tty:
+            if spec.process.stdin:
+                r, self.stdin_w = os.pipe()
+                os.set_blocking(self.stdin_w, False)
+            else:
+                r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            stdio = (r, out_w, err_w)
+            child_ends = [r, out_w, err_w]
+            self.outputs = {out_r: frames.STDOUT, err_r: frames.STDERR}
+
+        parent_ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        flags = 0
+        for ns in spec.namespaces:
+            flags |= sc.NAMESPACE_FLAGS[ns]
+        uid_r, uid_w = os.pipe()
+        pid_r, pid_w = os.pipe()
+        a = os.fork()
+        if a == 0:  # stage A: unshare, then fork pid 1 of the new pid namespace
+            try:
+                parent_ctl.close()
+                os.close(uid_w)
+                os.close(pid_r)
+                sc.unshare(flags)
+                if "user" in spec.namespaces:
+                    os.write(pid_w, b"u")
+                    os.read(uid_r, 1)
+                    os.setresgid(0, 0, 0)
+                    os.setresuid(0, 0, 0)
+                b = os.fork()
+                if b == 0:
+                    os.close(pid_w)
+                    init.run(spec, child_ctl, stdio)
+                os.write(pid_w, struct.pack("i", b))
+                os._exit(0)
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    init.send(child_ctl, {"op": "error", "error": f"unshare: {e}", "exit_code": 128})
+                os._exit(1)
+        child_ctl.close()
+        for fd in child_ends:
+            os.close(fd)
+        os.close(uid_r)
+        os.close(pid_w)
+        self.ctl = parent_ctl
+        if "user" in spec.namespaces:
+            if os.read(pid_r, 1) == b"u":
+                self._write_id_maps(a)
+            os.write(uid_w, b"1")
+        os.close(uid_w)
+        raw = b""
+        while len(raw) < 4:
+            chunk = os.read(pid_r, 4 - len(raw))
+            if not chunk:
+                break
+            raw += chunk
+        os.close(pid_r)
+        os.waitpid(a, 0)
+        if len(raw) < 4:
+            msg, _ = init.recv(parent_ctl)
+            raise _LaunchError((msg or {}).get("error", "container init could not be forked"), 128)
+        self.pid = struct.unpack("i", raw)[0]
+        self.pidfd = sc.pidfd_open(self.pid)
+        self.started_at = time.time()
+        write_atomic(self.files.init_pid, json.dumps(
+            {"pid": self.pid, "start_time": pid_start_time(self.pid), "shim_pid": os.getpid(),
+             "shim_start_time": pid_start_time(os.getpid()), "started_at": self.started_at}))
+
+        self.cg.add_process(spec.id, self.pid)
+        configure: dict[str, Any] = {"op": "configure"}
+        if spec.network is not None:
+            from agent.runtime import network
+
+            self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
+            self.endpoint = network.Endpoint.from_dict(spec.network)
+            self.net.attach(self.endpoint, self.pid)
+            configure["endpoint"] = spec.network
+        init.send(parent_ctl, configure)
+        while True:
+            msg, fds = init.recv(parent_ctl)
+            if msg is None:
+                raise _LaunchError("container init exited during setup", 128)
+            if msg["op"] == "pty":
+                self.pty = fds[0]
+                os.set_inheritable(self.pty, False)
+                self.outputs = {self.pty: frames.STDOUT}
+            elif msg["op"] == "error":
+                raise _LaunchError(msg["error"], int(msg.get("exit_code", 127)))
+            elif msg["op"] == "ready":
+                break
+        self.ready = True
+        return self.pid
+
+    def _write_id_maps(self, pid: int) -> None:
+        def fmt(maps: list[Any]) -> str:
+            return "".join(f"{m.container} {m.host} {m.size}\n" for m in maps)
+
+        Path(f"/proc/{pid}/setgroups").write_text("deny")
+        Path(f"/proc/{pid}/uid_map").write_text(fmt(self.spec.uid_map))
+        Path(f"/proc/{pid}/gid_map").write_text(fmt(self.spec.gid_map))
+
+    def _write_etc_files(self) -> None:
+        """/etc/hosts, hostname and resolv.conf go into the container's own upper layer, not
+        bind-mounted from the host: nothing outside the rootfs stays mounted (CRIU's rule)."""
+        etc = os.path.join(self.spec.rootfs, "etc")
+        if os.path.islink(etc):
+            return
+        os.makedirs(etc, exist_ok=True)
+        for name, text in (("hosts", self.spec.etc_hosts), ("hostname", self.spec.hostname + "\n"),
+                           ("resolv.conf", self.spec.etc_resolv)):
+            if not text.strip():
+                continue
+            path = os.path.join(etc, name)
+            if os.path.islink(path):
+                os.unlink(path)  # never follow a link planted by the image out of the rootfs
+            with open(path, "w") as f:
+                f.write(text)
+
+    # --- serve --------------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        assert self.listener is not None and self.ctl is not None
+        self.sel.register(self.listener, selectors.EVENT_READ, "accept")
+        self.sel.register(self.pidfd, selectors.EVENT_READ, "exit")
+        self.sel.register(self.ctl, selectors.EVENT_READ, "ctl")
+        for fd in self.outputs:
+            os.set_blocking(fd, False)
+            self.sel.register(fd, selectors.EVENT_READ, "output")
+        write_atomic(self.files.shim_pid, str(os.getpid()))
+        if self.released:
+            self._go()
+        while self.status is None:
+            for key, mask in self.sel.select(timeout=5.0):
+                self._dispatch(key, mask)
+            self._reap()
+        self._finish()
+
+    def _go(self) -> None:
+        assert self.ctl is not None
+        with contextlib.suppress(OSError):
+            init.send(self.ctl, {"op": "go"})
+
+    def _dispatch(self, key: selectors.SelectorKey, mask: int) -> None:
+        what = key.data
+        if what == "accept":
+            assert self.listener is not None
+            conn, _ = self.listener.accept()
+            conn.setblocking(True)
+            hello = {"pid": self.pid, "started_at": self.started_at, "tty": self.spec.process.tty}
+            try:
+                conn.sendall(frames.encode_json(frames.HELLO, hello))
+            except OSError:
+                conn.close()
+                return
+            self.clients[conn] = frames.Decoder()
+            self.sel.register(conn, selectors.EVENT_READ, "client")
+        elif what == "client":
+            self._client_input(key.fileobj)  # type: ignore[arg-type]
+        elif what == "output":
+            self._output(key.fd)
+        elif what == "stdin":
+            self._flush_stdin()
+        elif what == "ctl":
+            assert self.ctl is not None
+            try:
+                msg, _ = init.recv(self.ctl)
+            except OSError:
+                msg = None
+            if msg is None:  # execve happened (close-on-exec) or the init died
+                self.sel.unregister(self.ctl)
+                self.ctl.close()
+                self.ctl = None
+            elif msg.get("op") == "error" and self.log is not None:
+                self.exec_error = msg
+                self.log.write("stderr", (msg["error"] + "\n").encode())
+                self._broadcast(frames.STDERR, (msg["error"] + "\n").encode())
+        elif what == "exit":
+            self._reap()
+
+    def _output(self, fd: int) -> None:
+        try:
+            data = os.read(fd, 65536)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if e.errno != errno.EIO:  # EIO: the pty's last writer has gone
+                raise
+            data = b""
+        if not data:
+            self.sel.unregister(fd)
+            self.outputs.pop(fd, None)
+            if fd != self.pty:
+                os.close(fd)
+            return
+        kind = self.outputs[fd]
+        assert self.log is not None
+        self.log.write("stdout" if kind == frames.STDOUT else "stderr", data)
+        self._broadcast(kind, data)
+
+    def _broadcast(self, kind: bytes, data: bytes) -> None:
+        frame = frames.encode(kind, data)
+        for conn in list(self.clients):
+            try:
+                conn.sendall(frame)
+            except OSError:
+                self._drop(conn)
+
+    def _drop(self, conn: socket.socket) -> None:
+        self.clients.pop(conn, None)
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(conn)
+        conn.close()
+
+    def _client_input(self, conn: socket.socket) -> None:
+        try:
+            data = conn.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self._drop(conn)
+            return
+        try:
+            msgs = self.clients[conn].feed(data)
+        except ValueError:
+            self._drop(conn)
+            return
+        for kind, payload in msgs:
+            if kind == frames.STDIN:
+                if self.pty >= 0:
+                    self._write_all(self.pty, payload)
+                elif self.stdin_w >= 0:
+                    self.stdin_buf += payload
+                    self._flush_stdin()
+            elif kind == frames.CLOSE_STDIN:
+                self._close_stdin()
+            elif kind == frames.RESIZE and self.pty >= 0:
+                size = json.loads(payload)
+                with contextlib.suppress(OSError):
+                    fcntl.ioctl(self.pty, termios.TIOCSWINSZ,
+                                struct.pack("HHHH", int(size["rows"]), int(size["cols"]), 0, 0))
+            elif kind == frames.RELEASE and not self.released:
+                self.released = True
+                self._go()
+
+    @staticmethod
+    def _write_all(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                n = os.write(fd, view)
+            except BlockingIOError:
+                time.sleep(0.001)
+                continue
+            except OSError:
+                return
+            view = view[n:]
+
+    def _flush_stdin(self) -> None:
+        while self.stdin_buf and self.stdin_w >= 0:
+            try:
+                n = os.write(self.stdin_w, self.stdin_buf)
+            except BlockingIOError:
+                break
+            except OSError:  # the container closed its stdin
+                self.stdin_buf.clear()
+                self._close_stdin()
+                return
+            del self.stdin_buf[:n]
+        watching = self.stdin_w >= 0 and self.stdin_w in self.sel.get_map()
+        if self.stdin_buf and not watching:
+            self.sel.register(self.stdin_w, selectors.EVENT_WRITE, "stdin")
+        elif not self.stdin_buf and watching:
+            self.sel.unregister(self.stdin_w)
+        if getattr(self, "_close_pending", False) and not self.stdin_buf:
+            self._close_stdin()
+
+    def _close_stdin(self) -> None:
+        if self.stdin_w < 0:
+            return
+        if self.stdin_buf:
+            self._close_pending = True
+            return
+        with contextlib.suppress(KeyError, ValueError):
+            self.sel.unregister(self.stdin_w)
+        os.close(self.stdin_w)
+        self.stdin_w = -1
+
+    def _reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            if pid == self.pid:
+                self.status = status
+
+    # --- exit ---------------------------------------------------------------------------------
+
+    def _finish(self) -> None:
+        assert self.status is not None
+        finished_at = time.time()
+        # Whatever is still buffered in the pipes belongs in the log.
+        deadline = time.monotonic() + DRAIN_SECONDS
+        while self.outputs and time.monotonic() < deadline:
+            for key, _mask in self.sel.select(timeout=0.1):
+                if key.data == "output":
+                    self._output(key.fd)
+        status = self.status
+        code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
+        oom = False
+        if self.cg is not None:
+            with contextlib.suppress(Exception):
+                oom = self.cg.oom_kills(self.spec.id) > 0
+        result = {"exit_code": code, "oom_killed": oom, "finished_at": finished_at,
+                  "error": getattr(self, "exec_error", {}).get("error", "")}
+        self._teardown()
+        write_atomic(self.files.exit, json.dumps(result))
+        self._broadcast(frames.EXIT, json.dumps(result).encode())
+        for conn in list(self.clients):
+            self._drop(conn)
+        with contextlib.suppress(OSError):
+            self.files.socket.unlink()
+        with contextlib.suppress(OSError):
+            self.files.shim_pid.unlink()
+
+    def _teardown(self) -> None:
+        """Undo the launch: also used when a launch fails half-way. Each step is idempotent."""
+        if self.net is not None and self.endpoint is not None:
+            with contextlib.suppress(Exception):
+                self.net.detach(self.endpoint)
+        if self.mounted:
+            with contextlib.suppress(OSError):
+                sc.umount(self.spec.rootfs, sc.MNT_DETACH)
+            self.mounted = False
+        if self.pid and self.status is None:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
+            self._reap_all()
+        if self.cg is not None:
+            with contextlib.suppress(Exception):
+                self.cg.destroy(self.spec.id)
+        if self.listener is not None and not self.ready:
+            with contextlib.suppress(OSError):
+                self.files.socket.unlink()
+
+    def _reap_all(self) -> None:
+        deadline = time.monotonic() + 2
+        while time.monotonic() < deadline:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == self.pid and self.status is None:
+                self.status = status
+            if pid == 0:
+                time.sleep(0.005)

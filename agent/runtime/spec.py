@@ -1,0 +1,127 @@
+"""The runtime spec: everything the shim and the container init need to start one container.
+
+The agent (which owns names, images, addresses) computes it; the shim executes it. It is plain
+data, saved as JSON in the container's state directory, so a restarted agent can re-read it and a
+checkpoint can carry it (like runc's config.json under containerd).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# Docker's default capability set (moby/oci/caps/defaults.go).
+DEFAULT_CAPABILITIES = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
+    "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+]
+
+CAPABILITY_NUMBERS = {
+    "CAP_CHOWN": 0, "CAP_DAC_OVERRIDE": 1, "CAP_DAC_READ_SEARCH": 2, "CAP_FOWNER": 3, "CAP_FSETID": 4,
+    "CAP_KILL": 5, "CAP_SETGID": 6, "CAP_SETUID": 7, "CAP_SETPCAP": 8, "CAP_LINUX_IMMUTABLE": 9,
+    "CAP_NET_BIND_SERVICE": 10, "CAP_NET_BROADCAST": 11, "CAP_NET_ADMIN": 12, "CAP_NET_RAW": 13,
+    "CAP_IPC_LOCK": 14, "CAP_IPC_OWNER": 15, "CAP_SYS_MODULE": 16, "CAP_SYS_RAWIO": 17,
+    "CAP_SYS_CHROOT": 18, "CAP_SYS_PTRACE": 19, "CAP_SYS_PACCT": 20, "CAP_SYS_ADMIN": 21,
+    "CAP_SYS_BOOT": 22, "CAP_SYS_NICE": 23, "CAP_SYS_RESOURCE": 24, "CAP_SYS_TIME": 25,
+    "CAP_SYS_TTY_CONFIG": 26, "CAP_MKNOD": 27, "CAP_LEASE": 28, "CAP_AUDIT_WRITE": 29,
+    "CAP_AUDIT_CONTROL": 30, "CAP_SETFCAP": 31, "CAP_MAC_OVERRIDE": 32, "CAP_MAC_ADMIN": 33,
+    "CAP_SYSLOG": 34, "CAP_WAKE_ALARM": 35, "CAP_BLOCK_SUSPEND": 36, "CAP_AUDIT_READ": 37,
+    "CAP_PERFMON": 38, "CAP_BPF": 39, "CAP_CHECKPOINT_RESTORE": 40,
+}
+
+# Docker's defaults: hidden (masked) and read-only paths under /proc and /sys.
+MASKED_PATHS = [
+    "/proc/asound", "/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/proc/scsi", "/sys/firmware",
+    "/sys/devices/virtual/powercap",
+]
+READONLY_PATHS = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass
+class ProcessSpec:
+    args: list[str]
+    env: list[str] = field(default_factory=list)
+    cwd: str = "/"
+    user: str = ""                # "name", "uid", "uid:gid", "name:group"; resolved inside the rootfs
+    tty: bool = False
+    stdin: bool = False
+    init: bool = False            # --init: a pid-1 reaper runs the command as its child
+    capabilities: list[str] = field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
+    no_new_privileges: bool = True
+
+
+@dataclass
+class MountSpec:
+    type: str
+    source: str
+    options: list[str]
+
+
+@dataclass
+class IdMap:
+    container: int
+    host: int
+    size: int
+
+
+@dataclass
+class RuntimeSpec:
+    id: str
+    state_dir: str
+    rootfs: str                                  # where the shim mounts the rootfs on the host
+    mounts: list[MountSpec]                      # rootfs mounts from the snapshotter, applied in order
+    process: ProcessSpec
+    hostname: str = ""
+    namespaces: list[str] = field(default_factory=lambda: ["mnt", "uts", "ipc", "pid", "net"])
+    uid_map: list[IdMap] = field(default_factory=list)   # set when "user" is among namespaces
+    gid_map: list[IdMap] = field(default_factory=list)
+    cgroup: dict[str, Any] = field(default_factory=dict)   # Resources fields for the cgroup driver
+    cgroup_parent: str | None = None
+    cgroup_root: str = "/sys/fs/cgroup"
+    network: dict[str, Any] | None = None        # an Endpoint (bridge mode) as a dict
+    network_state_dir: str = ""
+    bridge: str = ""
+    subnet: str = ""
+    etc_hosts: str = ""
+    etc_resolv: str = ""
+    log_path: str = ""
+    hold: bool = False                           # wait for an attach client's release before exec
+    masked_paths: list[str] = field(default_factory=lambda: list(MASKED_PATHS))
+    readonly_paths: list[str] = field(default_factory=lambda: list(READONLY_PATHS))
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=1)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> RuntimeSpec:
+        d = dict(d)
+        d["process"] = ProcessSpec(**d["process"])
+        d["mounts"] = [MountSpec(**m) for m in d.get("mounts", [])]
+        d["uid_map"] = [IdMap(**m) for m in d.get("uid_map", [])]
+        d["gid_map"] = [IdMap(**m) for m in d.get("gid_map", [])]
+        return cls(**d)
+
+    @classmethod
+    def load(cls, path: str | Path) -> RuntimeSpec:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o644) -> None:
+    """Write to a temporary name, fsync, rename: a reader sees the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    raw = data.encode() if isinstance(data, str) else data
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
+    try:
+        os.write(fd, raw)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)

@@ -1,0 +1,110 @@
+"""The zygote: a single-threaded fork server the agent starts beside itself.
+
+The agent is an asyncio gRPC server with threads, which must never fork or unshare (STYLE.md).
+The zygote has imported the runtime and frozen its heap (gc.freeze), so forking it costs about a
+millisecond, and each shim it forks shares most of its memory pages with the others.
+
+Protocol, on a SOCK_SEQPACKET pair: the agent sends one JSON request with file descriptors
+(SCM_RIGHTS); the first descriptor is a fresh socket for that request's replies, so requests run
+concurrently and the zygote goes straight back to listening.
+
+  {"op": "start", "spec": RuntimeSpec, "files": {...}}         -> {"pid", "shim_pid"} | {"error"}
+  {"op": "exec", "pid": N, "process": ProcessSpec, "namespaces": [...], "cgroup": {...}}
+        + fds [reply, stdin, stdout, stderr] (or [reply] with tty)  -> {"pid"} ... {"exit_code"}
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import gc
+import json
+import os
+import signal
+import socket
+import sys
+from typing import Any, NoReturn
+
+from agent.runtime import execproc, init, shim
+from agent.runtime import syscalls as sc
+from agent.runtime.spec import ProcessSpec, RuntimeSpec
+
+
+def _recv_request(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
+    fds = array.array("i")
+    data, anc, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(8 * fds.itemsize))
+    for level, kind, cdata in anc:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
+    if not data:
+        return None, list(fds)
+    return json.loads(data), list(fds)
+
+
+def _handle(req: dict[str, Any], fds: list[int]) -> NoReturn:
+    reply = socket.socket(fileno=fds[0])
+    try:
+        if req["op"] == "start":
+            # Double fork: the shim must not be the zygote's child, so that it survives the agent.
+            os.setsid()
+            if os.fork() != 0:
+                os._exit(0)
+            spec = RuntimeSpec.from_dict(req["spec"])
+            files = shim.ShimFiles(req["files"]["dir"], req["files"]["socket"])
+            devnull = os.open("/dev/null", os.O_RDWR)
+            for fd in (0, 1, 2):
+                os.dup2(devnull, fd)
+            shim.start(spec, files, reply)
+        elif req["op"] == "exec":
+            execproc.run(req, reply, fds[1:])
+        elif req["op"] == "ping":
+            reply.send(b'{"ok": true}')
+            os._exit(0)
+        raise ValueError(f"unknown op {req.get('op')!r}")
+    except BaseException as e:
+        with contextlib.suppress(OSError):
+            reply.send(json.dumps({"error": f"{type(e).__name__}: {e}", "exit_code": 128}).encode())
+        os._exit(1)
+
+
+def serve(sock: socket.socket) -> NoReturn:
+    sc.set_pdeathsig(signal.SIGKILL)  # an agent that dies takes its zygote, never its shims
+    signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+    gc.collect()
+    gc.freeze()
+    while True:
+        try:
+            req, fds = _recv_request(sock)
+        except InterruptedError:
+            continue
+        if req is None:
+            os._exit(0)
+        pid = os.fork()
+        if pid == 0:
+            sock.close()
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            _handle(req, fds)
+        for fd in fds:
+            os.close(fd)
+        # Reap finished workers without blocking; shims are not our children (double fork).
+        while True:
+            try:
+                done, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if done == 0:
+                break
+
+
+def main() -> None:
+    fd = int(sys.argv[1])
+    sock = socket.socket(fileno=fd)
+    # Pre-import what children will need so forks share it.
+    from agent.runtime import cgroups, network, process, rootfs  # noqa: F401
+
+    _ = (init, ProcessSpec)
+    serve(sock)
+
+
+if __name__ == "__main__":
+    main()

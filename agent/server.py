@@ -1,0 +1,506 @@
+"""The gRPC servicer of the node API (protos/agent.proto): thin, converting at the edge.
+
+Errors: every AgentError or ImageError subclass maps to one gRPC status code in `_STATUS`, so a
+CLI shows the message as is and exits non-zero.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import functools
+import json
+import os
+import platform
+import struct
+import tempfile
+import termios
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from agent import convert
+from agent.containers import ContainerManager
+from agent.model import AgentError, Conflict, InvalidArgument, NotFound, Unavailable
+from agent.runtime import frames
+from agent.runtime.spec import ProcessSpec
+from protos import agent_pb2 as pb
+from protos import agent_pb2_grpc as pbg
+
+T = TypeVar("T")
+VERSION = "0.1.0"
+CHUNK = 256 * 1024
+
+
+def _status(e: Exception) -> grpc.StatusCode:
+    from agent import images
+
+    table: list[tuple[type[Exception], grpc.StatusCode]] = [
+        (NotFound, grpc.StatusCode.NOT_FOUND),
+        (images.ImageNotFound, grpc.StatusCode.NOT_FOUND),
+        (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+        (images.ImageInUse, grpc.StatusCode.FAILED_PRECONDITION),
+        (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+        (images.InvalidArchive, grpc.StatusCode.INVALID_ARGUMENT),
+        (Unavailable, grpc.StatusCode.UNAVAILABLE),
+        (images.ImageError, grpc.StatusCode.INVALID_ARGUMENT),
+        (AgentError, grpc.StatusCode.UNKNOWN),
+    ]
+    for cls, code in table:
+        if isinstance(e, cls):
+            return code
+    return grpc.StatusCode.INTERNAL
+
+
+def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except (AgentError, ValueError, OSError) as e:
+            await context.abort(_status(e), str(e))
+        except Exception as e:
+            from agent import images
+
+            if isinstance(e, images.ImageError):
+                await context.abort(_status(e), str(e))
+            raise
+        raise AssertionError("unreachable")
+
+    return wrapper
+
+
+def _mapped_stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIterator[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
+        try:
+            async for item in fn(self, request, context):
+                yield item
+        except Exception as e:
+            from agent import images
+
+            if isinstance(e, (AgentError, ValueError, OSError, images.ImageError)):
+                await context.abort(_status(e), str(e))
+            raise
+
+    return wrapper
+
+
+class AgentServicer(pbg.AgentServicer):
+    def __init__(self, name: str, root: str, manager: ContainerManager, images: Any, cgroup_version: int,
+                 criu: bool, labels: dict[str, str]) -> None:
+        self.name = name
+        self.root = root
+        self.m = manager
+        self.images = images
+        self.cgroup_version = cgroup_version
+        self.criu = criu
+        self.labels = labels
+
+    # --- containers ---------------------------------------------------------------------------
+
+    @_mapped
+    async def Info(self, request: pb.Empty, context: Any) -> pb.AgentInfo:
+        cs = list(self.m.containers.values())
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return pb.AgentInfo(
+            name=self.name, version=VERSION, kernel=platform.release(), cgroup_version=self.cgroup_version,
+            memory_bytes=mem, cpus=os.cpu_count() or 1, criu=self.criu, root=self.root,
+            containers=len(cs), containers_running=sum(c.state.status == "running" for c in cs),
+            containers_paused=sum(c.state.status == "paused" for c in cs),
+            containers_stopped=sum(c.state.status not in ("running", "paused") for c in cs),
+            images=len(self.images.list()), labels=self.labels,
+        )
+
+    @_mapped
+    async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.ContainerSummary:
+        cfg = convert.config_from_pb(request.config)
+        c = await asyncio.to_thread(self.m.create, cfg)
+        return convert.summary(c)
+
+    @_mapped
+    async def StartContainer(self, request: pb.ContainerRef, context: Any) -> pb.ContainerSummary:
+        return convert.summary(await self.m.start(request.id))
+
+    @_mapped
+    async def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> pb.ListContainersResponse:
+        cs = self.m.list(request.all)
+        f = dict(request.filters)
+        if "name" in f:
+            cs = [c for c in cs if f["name"] in c.name]
+        if "status" in f:
+            cs = [c for c in cs if c.state.status == f["status"]]
+        if "label" in f:
+            k, _, v = f["label"].partition("=")
+            cs = [c for c in cs if k in c.config.labels and (not v or c.config.labels[k] == v)]
+        return pb.ListContainersResponse(containers=[convert.summary(c) for c in cs])
+
+    @_mapped
+    async def InspectContainer(self, request: pb.ContainerRef, context: Any) -> pb.JsonDocument:
+        c = self.m.get(request.id)
+        extra = {"LogPath": str(self.m.files(c).log), "Driver": "overlay"}
+        return pb.JsonDocument(json=json.dumps(convert.inspect(c, extra)))
+
+    @_mapped
+    async def StopContainer(self, request: pb.StopContainerRequest, context: Any) -> pb.ContainerSummary:
+        timeout = None if request.timeout < 0 else request.timeout
+        return convert.summary(await self.m.stop(request.id, timeout))
+
+    @_mapped
+    async def RestartContainer(self, request: pb.StopContainerRequest, context: Any) -> pb.ContainerSummary:
+        timeout = None if request.timeout < 0 else request.timeout
+        return convert.summary(await self.m.restart(request.id, timeout))
+
+    @_mapped
+    async def KillContainer(self, request: pb.KillContainerRequest, context: Any) -> pb.ContainerSummary:
+        return convert.summary(await self.m.kill(request.id, request.signal or "KILL"))
+
+    @_mapped
+    async def PauseContainer(self, request: pb.ContainerRef, context: Any) -> pb.ContainerSummary:
+        return convert.summary(await self.m.pause(request.id))
+
+    @_mapped
+    async def UnpauseContainer(self, request: pb.ContainerRef, context: Any) -> pb.ContainerSummary:
+        return convert.summary(await self.m.unpause(request.id))
+
+    @_mapped
+    async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: Any) -> pb.Empty:
+        await self.m.remove(request.id, request.force)
+        return pb.Empty()
+
+    @_mapped
+    async def WaitContainer(self, request: pb.ContainerRef, context: Any) -> pb.WaitResponse:
+        c = await self.m.wait(request.id)
+        return pb.WaitResponse(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed, error=c.state.error)
+
+    @_mapped
+    async def RenameContainer(self, request: pb.RenameContainerRequest, context: Any) -> pb.Empty:
+        self.m.rename(request.id, request.new_name)
+        return pb.Empty()
+
+    @_mapped_stream
+    async def ContainerLogs(self, request: pb.LogsRequest, context: Any) -> AsyncIterator[pb.LogEntry]:
+        want = {s for s, on in (("stdout", request.stdout), ("stderr", request.stderr)) if on} or {"stdout", "stderr"}
+        tail = request.tail if request.tail >= 0 else -1
+        async for stream, data, t in self.m.logs(request.id, request.follow, tail, request.since, request.until):
+            if stream in want:
+                yield pb.LogEntry(stream=stream, data=data, time=t)
+
+    @_mapped
+    async def Top(self, request: pb.TopRequest, context: Any) -> pb.TopResponse:
+        titles, rows = await asyncio.to_thread(self.m.top, request.id)
+        return pb.TopResponse(titles=titles, processes=[pb.ProcessRow(fields=r) for r in rows])
+
+    @_mapped_stream
+    async def Stats(self, request: pb.StatsRequest, context: Any) -> AsyncIterator[pb.StatsResponse]:
+        prev: dict[str, tuple[int, float]] = {}
+
+        async def sample() -> pb.StatsResponse:
+            cs = [self.m.get(i) for i in request.ids] if request.ids else self.m.list(False)
+            out = []
+            for c in cs:
+                if c.state.status not in ("running", "paused"):
+                    out.append(pb.ContainerStats(id=c.id, name=c.name))
+                    continue
+                try:
+                    s = await asyncio.to_thread(self.m.stats, c)
+                except Exception:
+                    continue
+                st, now = s["stats"], time.monotonic()
+                cpu_pct = 0.0
+                if c.id in prev and now > prev[c.id][1]:
+                    cpu_pct = (st.cpu_usage_ns - prev[c.id][0]) / ((now - prev[c.id][1]) * 1e9) * 100.0
+                prev[c.id] = (st.cpu_usage_ns, now)
+                out.append(pb.ContainerStats(
+                    id=c.id, name=c.name, cpu_percent=cpu_pct, cpu_usage_ns=st.cpu_usage_ns,
+                    memory_usage=st.working_set, memory_limit=st.memory_limit, net_rx_bytes=s["rx"],
+                    net_tx_bytes=s["tx"], block_read_bytes=st.blkio_read_bytes,
+                    block_write_bytes=st.blkio_write_bytes, pids=st.pids_current))
+            return pb.StatsResponse(stats=out)
+
+        # Like docker stats --no-stream, sample twice a moment apart so CPU % means something.
+        first = await sample()
+        if not request.stream:
+            await asyncio.sleep(0.5)
+            yield await sample()
+            return
+        yield first
+        while True:
+            await asyncio.sleep(1.0)
+            yield await sample()
+
+    # --- attach ------------------------------------------------------------------------------
+
+    async def Attach(self, request_iterator: AsyncIterator[pb.StreamInput],
+                     context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamOutput]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("open"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
+            return
+        o = first.open
+        try:
+            c = self.m.get(o.container)
+            if o.start:
+                await self.m.start(c.id, hold=True)
+            reader, writer = await self.m.attach(c.id)
+        except AgentError as e:
+            await context.abort(_status(e), str(e))
+            return
+        if o.HasField("size") and o.size.rows:
+            writer.write(frames.encode_json(frames.RESIZE, {"rows": o.size.rows, "cols": o.size.cols}))
+        if o.start:
+            writer.write(frames.encode(frames.RELEASE))
+        await writer.drain()
+
+        async def pump_in() -> None:
+            async for msg in request_iterator:
+                kind = msg.WhichOneof("kind")
+                if kind == "stdin" and o.stdin:
+                    writer.write(frames.encode(frames.STDIN, msg.stdin))
+                elif kind == "close_stdin" and o.stdin:
+                    writer.write(frames.encode(frames.CLOSE_STDIN))
+                elif kind == "resize":
+                    writer.write(frames.encode_json(frames.RESIZE, {"rows": msg.resize.rows, "cols": msg.resize.cols}))
+                elif kind == "signal":
+                    with contextlib.suppress(AgentError):
+                        await self.m.kill(c.id, msg.signal)
+                await writer.drain()
+
+        pump = asyncio.ensure_future(pump_in())
+        dec = frames.Decoder()
+        exit_sent = False
+        try:
+            while True:
+                data = await reader.read(65536)
+                if not data:
+                    break
+                for kind, payload in dec.feed(data):
+                    if kind == frames.STDOUT:
+                        yield pb.StreamOutput(stdout=payload)
+                    elif kind == frames.STDERR:
+                        yield pb.StreamOutput(stderr=payload)
+                    elif kind == frames.HELLO:
+                        yield pb.StreamOutput(started=c.id)
+                    elif kind == frames.EXIT:
+                        r = json.loads(payload)
+                        exit_sent = True
+                        yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=r["exit_code"], oom_killed=r["oom_killed"],
+                                                                 error=r.get("error", "")))
+                        return
+            if not exit_sent:
+                c = await self.m.wait(c.id)
+                yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed,
+                                                         error=c.state.error))
+        finally:
+            pump.cancel()
+            writer.close()
+
+    # --- exec ---------------------------------------------------------------------------------
+
+    async def Exec(self, request_iterator: AsyncIterator[pb.StreamInput],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.StreamOutput]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("open"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
+            return
+        o = first.open
+        if not o.exec.cmd:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "exec needs a command")
+            return
+        proc = ProcessSpec(args=list(o.exec.cmd), env=list(o.exec.env), cwd=o.exec.workdir, user=o.exec.user,
+                           tty=o.tty, stdin=o.stdin)
+        ours: dict[int, str] = {}
+        theirs: list[int] = []
+        stdin_w = -1
+        if not o.tty:
+            if o.stdin:
+                r, stdin_w = os.pipe()
+            else:
+                r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            theirs = [r, out_w, err_w]
+            ours = {out_r: "stdout", err_r: "stderr"}
+        try:
+            reply = self.m.exec_request(o.container, proc, theirs)
+        except AgentError as e:
+            for fd in [*theirs, *ours, stdin_w]:
+                if fd >= 0:
+                    os.close(fd)
+            await context.abort(_status(e), str(e))
+            return
+        finally:
+            for fd in theirs:
+                os.close(fd)
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
+        master = -1
+
+        def watch(fd: int, stream: str) -> None:
+            os.set_blocking(fd, False)
+
+            def readable() -> None:
+                try:
+                    data = os.read(fd, 65536)
+                except BlockingIOError:
+                    return
+                except OSError:
+                    data = b""
+                if not data:
+                    loop.remove_reader(fd)
+                    queue.put_nowait(("eof", stream))
+                    return
+                queue.put_nowait((stream, data))
+
+            loop.add_reader(fd, readable)
+
+        for fd, stream in ours.items():
+            watch(fd, stream)
+
+        async def replies() -> None:
+            while True:
+                msg, fds = await reply.recv()
+                if msg is None:
+                    queue.put_nowait(("exit", {"exit_code": 126, "error": "exec process vanished"}))
+                    return
+                if msg.get("op") == "pty":
+                    queue.put_nowait(("pty", fds[0]))
+                elif msg.get("op") == "error":
+                    queue.put_nowait(("stderr", (msg["error"] + "\n").encode()))
+                elif msg.get("op") == "exit" or "exit_code" in msg:
+                    queue.put_nowait(("exit", msg))
+                    return
+
+        rtask = asyncio.ensure_future(replies())
+
+        stdin_fd = [stdin_w]
+
+        async def pump_in() -> None:
+            async for msg in request_iterator:
+                kind = msg.WhichOneof("kind")
+                target = master if master >= 0 else stdin_fd[0]
+                if kind == "stdin" and target >= 0:
+                    await asyncio.to_thread(_write_all, target, msg.stdin)
+                elif kind == "close_stdin" and stdin_fd[0] >= 0:
+                    os.close(stdin_fd[0])
+                    stdin_fd[0] = -1
+                elif kind == "resize" and master >= 0:
+                    with contextlib.suppress(OSError):
+                        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", msg.resize.rows, msg.resize.cols, 0, 0))
+
+        pump = asyncio.ensure_future(pump_in())
+        open_streams = len(ours)
+        exit_msg: dict[str, Any] | None = None
+        try:
+            while exit_msg is None or open_streams > 0:
+                try:
+                    kind, value = await asyncio.wait_for(queue.get(), 2.0 if exit_msg else None)
+                except TimeoutError:
+                    break
+                if kind == "pty":
+                    master = value
+                    if o.HasField("size") and o.size.rows:
+                        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", o.size.rows, o.size.cols, 0, 0))
+                    watch(master, "stdout")
+                    open_streams += 1
+                elif kind == "eof":
+                    open_streams -= 1
+                elif kind == "exit":
+                    exit_msg = value
+                else:
+                    yield pb.StreamOutput(stdout=value) if kind == "stdout" else pb.StreamOutput(stderr=value)
+            assert exit_msg is not None
+            yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=int(exit_msg.get("exit_code", 126)),
+                                                     error=str(exit_msg.get("error", ""))))
+        finally:
+            pump.cancel()
+            rtask.cancel()
+            reply.close()
+            if stdin_fd[0] >= 0:
+                os.close(stdin_fd[0])
+            for fd in [*ours, master]:
+                if fd >= 0:
+                    with contextlib.suppress(OSError, ValueError):
+                        loop.remove_reader(fd)
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
+
+    # --- images -------------------------------------------------------------------------------
+
+    @_mapped
+    async def ImportImage(self, request_iterator: AsyncIterator[pb.DataChunk], context: Any) -> pb.ImageSummary:
+        header: pb.ImportHeader | None = None
+        with tempfile.TemporaryFile(dir=self.root) as tmp:
+            async for chunk in request_iterator:
+                if chunk.HasField("import_header"):
+                    header = chunk.import_header
+                else:
+                    tmp.write(chunk.data)
+            tmp.seek(0)
+            if header is None:
+                raise InvalidArgument("import: the stream did not start with a header")
+            image = await asyncio.to_thread(self.images.import_tar, tmp, header.reference or None,
+                                            list(header.changes), header.message)
+        return self._image_summary(image)
+
+    async def ExportContainer(self, request: pb.ContainerRef, context: Any) -> AsyncIterator[pb.DataChunk]:
+        try:
+            c = self.m.get(request.id)
+        except AgentError as e:
+            await context.abort(_status(e), str(e))
+            return
+        with tempfile.TemporaryFile(dir=self.root) as tmp:
+            await asyncio.to_thread(self.images.export_container, c.snapshot, tmp)
+            tmp.seek(0)
+            while True:
+                data = tmp.read(CHUNK)
+                if not data:
+                    break
+                yield pb.DataChunk(data=data)
+
+    def _image_summary(self, image: Any) -> pb.ImageSummary:
+        used = sum(1 for c in self.m.containers.values() if c.image_id == image.id)
+        return pb.ImageSummary(id=image.id, repo_tags=image.repo_tags, repo_digests=image.repo_digests,
+                               created=image.created, size=image.size, containers=used,
+                               labels=image.config.labels or {})
+
+    @_mapped
+    async def ListImages(self, request: pb.ListImagesRequest, context: Any) -> pb.ListImagesResponse:
+        imgs = await asyncio.to_thread(self.images.list)
+        return pb.ListImagesResponse(images=[self._image_summary(i) for i in imgs])
+
+    @_mapped
+    async def InspectImage(self, request: pb.ImageRef, context: Any) -> pb.JsonDocument:
+        i = self.images.get(request.ref)
+        doc = {
+            "Id": i.id, "RepoTags": i.repo_tags, "RepoDigests": i.repo_digests,
+            "Created": convert._iso(i.created), "Size": i.size, "Architecture": i.architecture, "Os": i.os,
+            "Config": i.config.to_oci() if hasattr(i.config, "to_oci") else {},
+            "RootFS": {"Type": "layers", "Layers": i.diff_ids}, "History": i.history,
+        }
+        return pb.JsonDocument(json=json.dumps(doc))
+
+    @_mapped
+    async def RemoveImage(self, request: pb.RemoveImageRequest, context: Any) -> pb.RemoveImageResponse:
+        untagged, deleted = await asyncio.to_thread(
+            self.images.remove, request.ref, request.force, self.m.users_of_image)
+        return pb.RemoveImageResponse(untagged=untagged, deleted=deleted)
+
+    @_mapped
+    async def TagImage(self, request: pb.TagImageRequest, context: Any) -> pb.Empty:
+        await asyncio.to_thread(self.images.tag, request.source, request.target)
+        return pb.Empty()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            n = os.write(fd, view)
+        except BlockingIOError:
+            time.sleep(0.001)
+            continue
+        view = view[n:]

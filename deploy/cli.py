@@ -1,0 +1,795 @@
+"""`dockyard`: docker's verbs and flags on one host (through the local agent's socket).
+
+The agent is found with -H/--host unix:///path or DOCKYARD_HOST, as docker uses DOCKER_HOST.
+Errors from the agent are printed as "Error response from daemon: ..." with a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import click
+import grpc
+
+from deploy import display
+from protos import agent_pb2 as pb
+from protos import agent_pb2_grpc as pbg
+
+DEFAULT_HOST = "unix:///run/dockyard/agent.sock"
+CHUNK = 256 * 1024
+
+
+class Client:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        target = host if host.startswith("unix:") else host.removeprefix("tcp://")
+        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
+                                                              ("grpc.max_send_message_length", 64 << 20)])
+        self.stub = pbg.AgentStub(self.channel)
+
+    def call(self, method: str, request: Any, **kw: Any) -> Any:
+        try:
+            return getattr(self.stub, method)(request, **kw)
+        except grpc.RpcError as e:
+            fail_rpc(e, self.host)
+
+
+def fail_rpc(e: grpc.RpcError, host: str) -> NoReturn:
+    code = e.code()  # type: ignore[attr-defined]
+    if code == grpc.StatusCode.UNAVAILABLE:
+        fail(f"Cannot connect to the dockyard agent at {host}. Is the agent running? "
+             f"({e.details()})")  # type: ignore[attr-defined]
+    fail(f"Error response from daemon: {e.details()}")  # type: ignore[attr-defined]
+
+
+def fail(msg: str, code: int = 1) -> NoReturn:
+    click.echo(msg, err=True)
+    sys.exit(code)
+
+
+def client(ctx: click.Context) -> Client:
+    obj = ctx.find_root().obj
+    if "client" not in obj:
+        obj["client"] = Client(obj["host"])
+    c: Client = obj["client"]
+    return c
+
+
+@click.group(context_settings={"help_option_names": ["--help"]})
+@click.option("-H", "--host", envvar="DOCKYARD_HOST", default=DEFAULT_HOST, show_default=True,
+              help="The agent to talk to: unix:///path/to/agent.sock or tcp://host:port")
+@click.version_option("0.1.0", prog_name="dockyard")
+@click.pass_context
+def main(ctx: click.Context, host: str) -> None:
+    """dockyard: containers on one host, and a cluster of hosts."""
+    ctx.obj = {"host": host}
+
+
+# --- the agent --------------------------------------------------------------------------------
+
+@main.command("agent")
+@click.option("--root", default="/var/lib/dockyard", show_default=True, help="State directory")
+@click.option("--socket", "sock", default="/run/dockyard/agent.sock", show_default=True)
+@click.option("--listen", default="", help="Also serve on TCP host:port")
+@click.option("--name", default="", help="Node name (default: the hostname)")
+@click.option("--bridge", default="dockyard0", show_default=True)
+@click.option("--subnet", default="172.29.0.0/16", show_default=True)
+@click.option("--cgroup-parent", default=None)
+@click.option("--label", "labels", multiple=True, help="Node label k=v")
+def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
+              cgroup_parent: str | None, labels: tuple[str, ...]) -> None:
+    """Run the per-host agent."""
+    import socket as _socket
+
+    from agent.daemon import AgentOptions, run
+
+    run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
+                     bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
+                     labels=dict(label.partition("=")[::2] for label in labels)))
+
+
+# --- run and create ---------------------------------------------------------------------------
+
+def _env_file(path: str) -> list[str]:
+    out = []
+    try:
+        with open(path) as f:
+            for n, line in enumerate(f, 1):
+                line = line.strip()
+                if not line or line.startswith("#"):
+                    continue
+                if "=" not in line:
+                    val = os.environ.get(line)
+                    if val is None:
+                        continue
+                    line = f"{line}={val}"
+                if line.startswith("="):
+                    fail(f"poorly formatted environment: {path}:{n}: variable name is empty")
+                out.append(line)
+    except OSError as e:
+        fail(f"open {path}: {e.strerror}")
+    return out
+
+
+def _parse_ports(specs: tuple[str, ...]) -> list[pb.PortMapping]:
+    from agent.runtime.network.ports import parse_publish
+    from agent.runtime.network.model import NetworkError
+
+    out = []
+    for s in specs:
+        try:
+            for p in parse_publish(s):
+                out.append(pb.PortMapping(host_ip=p.host_ip, host_port=p.host_port,
+                                          container_port=p.container_port, protocol=p.protocol))
+        except NetworkError as e:
+            raise click.BadParameter(str(e), param_hint="'-p' / '--publish'") from e
+    return out
+
+
+def _device_rates(specs: tuple[str, ...], flag: str) -> list[pb.DeviceRate]:
+    out = []
+    for s in specs:
+        path, sep, rate = s.rpartition(":")
+        if not sep or not path.startswith("/dev/"):
+            raise click.BadParameter(f"{s}: expected /dev/DEVICE:RATE", param_hint=f"'{flag}'")
+        out.append(pb.DeviceRate(path=path, rate=display.parse_size(rate, flag)))
+    return out
+
+
+def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    opts = [
+        click.option("--name", default="", help="Assign a name to the container"),
+        click.option("-e", "--env", multiple=True, help="Set environment variables"),
+        click.option("--env-file", multiple=True, help="Read in a file of environment variables"),
+        click.option("-w", "--workdir", default="", help="Working directory inside the container"),
+        click.option("-u", "--user", default="", help="Username or UID (format: <name|uid>[:<group|gid>])"),
+        click.option("-h", "--hostname", default="", help="Container host name"),
+        click.option("--entrypoint", default=None, help="Overwrite the default ENTRYPOINT of the image"),
+        click.option("--init", is_flag=True, help="Run an init inside the container that forwards signals and reaps processes"),
+        click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open even if not attached"),
+        click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY"),
+        click.option("-p", "--publish", multiple=True, help="Publish a container's port(s) to the host"),
+        click.option("-m", "--memory", default="", help="Memory limit"),
+        click.option("--memory-swap", default="", help="Swap limit equal to memory plus swap: '-1' to enable unlimited swap"),
+        click.option("--cpus", default="", help="Number of CPUs"),
+        click.option("-c", "--cpu-shares", type=int, default=0, help="CPU shares (relative weight)"),
+        click.option("--pids-limit", type=int, default=0, help="Tune container pids limit (-1 for unlimited)"),
+        click.option("--blkio-weight", type=int, default=0, help="Block IO (relative weight), between 10 and 1000"),
+        click.option("--device-read-bps", multiple=True, help="Limit read rate (bytes per second) from a device"),
+        click.option("--device-write-bps", multiple=True, help="Limit write rate (bytes per second) to a device"),
+        click.option("--network", "--net", "network", default="bridge", help="Connect a container to a network: bridge, none, host"),
+        click.option("--pid", "pid_mode", default="", help="PID namespace to use"),
+        click.option("--ipc", "ipc_mode", default="", help="IPC mode to use"),
+        click.option("--userns", "userns_mode", default="", help="User namespace to use (remap, host)"),
+        click.option("--restart", default="no", help="Restart policy to apply when a container exits"),
+        click.option("--rm", "auto_remove", is_flag=True, help="Automatically remove the container when it exits"),
+        click.option("-l", "--label", multiple=True, help="Set meta data on a container"),
+        click.option("--stop-timeout", type=int, default=0, help="Timeout (in seconds) to stop a container"),
+        click.option("--stop-signal", default="", help="Signal to stop the container"),
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.ContainerConfig:
+    env = [*(_env_file(p) for p in o["env_file"])]
+    env_list = [e for group in env for e in group]
+    for e in o["env"]:
+        if "=" not in e:
+            val = os.environ.get(e)
+            if val is None:
+                continue
+            e = f"{e}={val}"
+        env_list.append(e)
+    res = pb.Resources()
+    if o["memory"]:
+        res.memory = display.parse_size(o["memory"], "-m, --memory")
+    if o["memory_swap"]:
+        res.memory_swap = -1 if o["memory_swap"] == "-1" else display.parse_size(o["memory_swap"], "--memory-swap")
+    if o["cpus"]:
+        try:
+            cpus = float(o["cpus"])
+        except ValueError:
+            raise click.BadParameter(f'invalid argument "{o["cpus"]}" for "--cpus" flag: not a number') from None
+        if cpus <= 0 or cpus > (os.cpu_count() or 1):
+            raise click.BadParameter(f"range of CPUs is from 0.01 to {float(os.cpu_count() or 1):.2f}, as there are only {os.cpu_count()} CPUs available", param_hint="'--cpus'")
+        res.nano_cpus = int(cpus * 1e9)
+    res.cpu_shares = o["cpu_shares"]
+    res.pids_limit = 0 if o["pids_limit"] < 0 else o["pids_limit"]
+    res.blkio_weight = o["blkio_weight"]
+    res.device_read_bps.extend(_device_rates(o["device_read_bps"], "--device-read-bps"))
+    res.device_write_bps.extend(_device_rates(o["device_write_bps"], "--device-write-bps"))
+    restart = o["restart"] or "no"
+    rname, _, rmax = restart.partition(":")
+    if rname not in ("no", "always", "on-failure", "unless-stopped") or (rmax and (rname != "on-failure" or not rmax.isdigit())):
+        raise click.BadParameter(f"invalid restart policy '{restart}'", param_hint="'--restart'")
+    labels = dict(label.partition("=")[::2] for label in o["label"])
+    entry: list[str] = []
+    entry_set = o["entrypoint"] is not None
+    if entry_set and o["entrypoint"]:
+        entry = [o["entrypoint"]]
+    return pb.ContainerConfig(
+        name=o["name"], image=image, cmd=list(command), entrypoint=entry, entrypoint_set=entry_set,
+        env=env_list, workdir=o["workdir"], user=o["user"], hostname=o["hostname"], tty=o["tty"],
+        open_stdin=o["interactive"], labels=labels, ports=_parse_ports(o["publish"]), resources=res,
+        network_mode=o["network"], pid_mode=o["pid_mode"], ipc_mode=o["ipc_mode"], userns_mode=o["userns_mode"],
+        restart_policy=pb.RestartPolicy(name=rname, max_retries=int(rmax or 0)), auto_remove=o["auto_remove"],
+        init=o["init"], stop_timeout=o["stop_timeout"], stop_signal=o["stop_signal"],
+    )
+
+
+@main.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@container_options
+@click.option("-d", "--detach", is_flag=True, help="Run container in background and print container ID")
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def run(ctx: click.Context, image: str, command: tuple[str, ...], detach: bool, **o: Any) -> None:
+    """Create and run a new container from an image."""
+    cfg = build_config(image, command, o)
+    cl = client(ctx)
+    created = cl.call("CreateContainer", pb.CreateContainerRequest(config=cfg))
+    if detach:
+        cl.call("StartContainer", pb.ContainerRef(id=created.id))
+        click.echo(created.id)
+        return
+    sys.exit(_attach_session(cl, created.id, start=True, tty=cfg.tty, stdin=cfg.open_stdin))
+
+
+def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool) -> int:
+    from deploy.streams import Session
+
+    sess = Session(pb.OpenStream(container=cid, tty=tty, stdin=stdin, start=start), interactive=stdin, tty=tty)
+    try:
+        code = sess.run(cl.stub.Attach)
+    except grpc.RpcError as e:
+        fail_rpc(e, cl.host)
+    if code is None:
+        click.echo("\r\nread escape sequence", err=True)
+        return 0
+    return code
+
+
+@main.command()
+@container_options
+@click.argument("image")
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.pass_context
+def create(ctx: click.Context, image: str, command: tuple[str, ...], **o: Any) -> None:
+    """Create a new container."""
+    created = client(ctx).call("CreateContainer", pb.CreateContainerRequest(config=build_config(image, command, o)))
+    click.echo(created.id)
+
+
+@main.command()
+@click.option("-a", "--attach", is_flag=True, help="Attach STDOUT/STDERR and forward signals")
+@click.option("-i", "--interactive", is_flag=True, help="Attach container's STDIN")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def start(ctx: click.Context, containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
+    """Start one or more stopped containers."""
+    cl = client(ctx)
+    if attach or interactive:
+        c = cl.call("InspectContainer", pb.ContainerRef(id=containers[0]))
+        cfg = json.loads(c.json)["Config"]
+        sys.exit(_attach_session(cl, containers[0], start=True, tty=cfg["Tty"], stdin=interactive))
+    _each(cl, containers, lambda ref: cl.call("StartContainer", pb.ContainerRef(id=ref)))
+
+
+def _each(cl: Client, refs: tuple[str, ...], fn: Callable[[str], Any], echo: bool = True) -> None:
+    """docker's multi-container verbs: go on after an error, print each, exit 1 if any failed."""
+    failed = False
+    for ref in refs:
+        try:
+            fn(ref)
+            if echo:
+                click.echo(ref)
+        except SystemExit:
+            failed = True
+    if failed:
+        sys.exit(1)
+
+
+# --- inspection --------------------------------------------------------------------------------
+
+def _status(c: pb.ContainerSummary) -> str:
+    now = time.time()
+    if c.state == "running":
+        return f"Up {display.human_duration(now - c.started_at)}"
+    if c.state == "paused":
+        return f"Up {display.human_duration(now - c.started_at)} (Paused)"
+    if c.state == "restarting":
+        return f"Restarting ({c.exit_code}) {display.ago(c.finished_at)}"
+    if c.state == "exited":
+        if not c.finished_at:
+            return "Created"
+        return f"Exited ({c.exit_code}) {display.ago(c.finished_at)}"
+    return c.state.capitalize()
+
+
+def _ports(ports: Any) -> str:
+    out = []
+    for p in ports:
+        host = p.host_ip or "0.0.0.0"
+        out.append(f"{host}:{p.host_port}->{p.container_port}/{p.protocol}")
+    return ", ".join(out)
+
+
+@main.command()
+@click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default shows just running)")
+@click.option("-q", "--quiet", is_flag=True, help="Only display container IDs")
+@click.option("--no-trunc", is_flag=True, help="Don't truncate output")
+@click.option("-f", "--filter", "filters", multiple=True, help="Filter output (name=, status=, label=)")
+@click.option("--format", "fmt", default="", help="'json' to print JSON")
+@click.pass_context
+def ps(ctx: click.Context, all_: bool, quiet: bool, no_trunc: bool, filters: tuple[str, ...], fmt: str) -> None:
+    """List containers."""
+    f = dict(x.partition("=")[::2] for x in filters)
+    resp = client(ctx).call("ListContainers", pb.ListContainersRequest(all=all_, filters=f))
+    cs = resp.containers
+    if quiet:
+        for c in cs:
+            click.echo(c.id if no_trunc else c.id[:12])
+        return
+    if fmt == "json":
+        from google.protobuf.json_format import MessageToDict
+
+        display.emit_json([MessageToDict(c, preserving_proto_field_name=True) for c in cs])
+        return
+    rows = [[c.id if no_trunc else c.id[:12], c.image, c.command if no_trunc else display.trunc_command(c.command),
+             display.ago(c.created), _status(c), _ports(c.ports), c.name] for c in cs]
+    display.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], rows)
+
+
+@main.command()
+@click.option("-f", "--follow", is_flag=True, help="Follow log output")
+@click.option("-n", "--tail", default="all", help="Number of lines to show from the end of the logs")
+@click.option("-t", "--timestamps", is_flag=True, help="Show timestamps")
+@click.option("--since", default="", help="Show logs since timestamp (unix seconds) or relative (e.g. 42s, 5m)")
+@click.option("--until", default="", help="Show logs before a timestamp or relative")
+@click.argument("container")
+@click.pass_context
+def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps: bool, since: str, until: str) -> None:
+    """Fetch the logs of a container."""
+    n = -1 if tail == "all" else int(tail) if tail.lstrip("-").isdigit() else None
+    if n is None:
+        fail(f'invalid value for "--tail": {tail}')
+    req = pb.LogsRequest(id=container, follow=follow, tail=n, since=_time_arg(since), until=_time_arg(until),
+                         stdout=True, stderr=True)
+    cl = client(ctx)
+    try:
+        for entry in cl.stub.ContainerLogs(req):
+            data = entry.data
+            if timestamps:
+                ts = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(entry.time)) + f".{int(entry.time % 1 * 1e9):09d}Z "
+                data = ts.encode() + data
+            out = sys.stdout if entry.stream == "stdout" else sys.stderr
+            out.buffer.write(data)
+            out.flush()
+    except grpc.RpcError as e:
+        fail_rpc(e, cl.host)
+    except KeyboardInterrupt:
+        pass
+
+
+def _time_arg(v: str) -> float:
+    if not v:
+        return 0.0
+    units = {"s": 1, "m": 60, "h": 3600}
+    if v[-1] in units and v[:-1].replace(".", "", 1).isdigit():
+        return time.time() - float(v[:-1]) * units[v[-1]]
+    try:
+        return float(v)
+    except ValueError:
+        import datetime
+
+        try:
+            return datetime.datetime.fromisoformat(v.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            fail(f"invalid time value {v!r}: use unix seconds, RFC 3339 or a duration like 10m")
+
+
+@main.command()
+@click.argument("targets", nargs=-1, required=True)
+@click.option("--type", "kind", type=click.Choice(["container", "image", ""]), default="")
+@click.pass_context
+def inspect(ctx: click.Context, targets: tuple[str, ...], kind: str) -> None:
+    """Return low-level information on containers or images."""
+    cl = client(ctx)
+    docs = []
+    for t in targets:
+        doc = None
+        if kind in ("", "container"):
+            try:
+                doc = json.loads(cl.stub.InspectContainer(pb.ContainerRef(id=t)).json)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND or kind == "container":  # type: ignore[attr-defined]
+                    fail_rpc(e, cl.host)
+        if doc is None and kind in ("", "image"):
+            try:
+                doc = json.loads(cl.stub.InspectImage(pb.ImageRef(ref=t)).json)
+            except grpc.RpcError as e:
+                if e.code() != grpc.StatusCode.NOT_FOUND:  # type: ignore[attr-defined]
+                    fail_rpc(e, cl.host)
+        if doc is None:
+            display.emit_json(docs)
+            fail(f"Error: No such object: {t}")
+        docs.append(doc)
+    display.emit_json(docs)
+
+
+@main.command()
+@click.argument("container")
+@click.argument("args", nargs=-1)
+@click.pass_context
+def top(ctx: click.Context, container: str, args: tuple[str, ...]) -> None:
+    """Display the running processes of a container."""
+    r = client(ctx).call("Top", pb.TopRequest(id=container, ps_args=list(args)))
+    display.table(r.titles, [list(p.fields) for p in r.processes])
+
+
+@main.command()
+@click.argument("container")
+@click.argument("private_port", required=False)
+@click.pass_context
+def port(ctx: click.Context, container: str, private_port: str | None) -> None:
+    """List port mappings or a specific mapping for the container."""
+    cl = client(ctx)
+    doc = json.loads(cl.call("InspectContainer", pb.ContainerRef(id=container)).json)
+    ports: dict[str, list[dict[str, str]]] = doc["NetworkSettings"]["Ports"] or {}
+    want = None
+    if private_port:
+        want = private_port if "/" in private_port else f"{private_port}/tcp"
+        if want not in ports:
+            fail(f"Error: No public port '{want}' published for {container}")
+    for key, binds in sorted(ports.items()):
+        if want and key != want:
+            continue
+        for b in binds:
+            line = f"{b['HostIp']}:{b['HostPort']}"
+            click.echo(line if want else f"{key} -> {line}")
+
+
+@main.command()
+@click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default shows just running)")
+@click.option("--no-stream", is_flag=True, help="Disable streaming stats and only pull the first result")
+@click.option("--format", "fmt", default="")
+@click.argument("containers", nargs=-1)
+@click.pass_context
+def stats(ctx: click.Context, all_: bool, no_stream: bool, fmt: str, containers: tuple[str, ...]) -> None:
+    """Display a live stream of container(s) resource usage statistics."""
+    cl = client(ctx)
+    try:
+        for resp in cl.stub.Stats(pb.StatsRequest(ids=list(containers), stream=not no_stream)):
+            if fmt == "json":
+                from google.protobuf.json_format import MessageToDict
+
+                display.emit_json([MessageToDict(s, preserving_proto_field_name=True) for s in resp.stats])
+            else:
+                if not no_stream:
+                    click.echo("\033[2J\033[H", nl=False)
+                rows = []
+                for s in resp.stats:
+                    lim = s.memory_limit if 0 < s.memory_limit < (1 << 62) else os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+                    pct = 100.0 * s.memory_usage / lim if lim else 0.0
+                    rows.append([s.id[:12], s.name, f"{s.cpu_percent:.2f}%",
+                                 f"{display.human_bytes_binary(s.memory_usage)} / {display.human_bytes_binary(lim)}",
+                                 f"{pct:.2f}%",
+                                 f"{display.human_size(s.net_rx_bytes)} / {display.human_size(s.net_tx_bytes)}",
+                                 f"{display.human_size(s.block_read_bytes)} / {display.human_size(s.block_write_bytes)}",
+                                 str(s.pids)])
+                display.table(["CONTAINER ID", "NAME", "CPU %", "MEM USAGE / LIMIT", "MEM %", "NET I/O",
+                               "BLOCK I/O", "PIDS"], rows)
+            if no_stream:
+                return
+    except grpc.RpcError as e:
+        fail_rpc(e, cl.host)
+    except KeyboardInterrupt:
+        pass
+
+
+# --- lifecycle ---------------------------------------------------------------------------------
+
+@main.command()
+@click.option("-t", "--time", "timeout", type=int, default=-1, help="Seconds to wait before killing the container")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def stop(ctx: click.Context, timeout: int, containers: tuple[str, ...]) -> None:
+    """Stop one or more running containers."""
+    cl = client(ctx)
+    _each(cl, containers, lambda ref: cl.call("StopContainer", pb.StopContainerRequest(id=ref, timeout=timeout)))
+
+
+@main.command()
+@click.option("-t", "--time", "timeout", type=int, default=-1)
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def restart(ctx: click.Context, timeout: int, containers: tuple[str, ...]) -> None:
+    """Restart one or more containers."""
+    cl = client(ctx)
+    _each(cl, containers, lambda ref: cl.call("RestartContainer", pb.StopContainerRequest(id=ref, timeout=timeout)))
+
+
+@main.command()
+@click.option("-s", "--signal", "sig", default="KILL", help="Signal to send to the container")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def kill(ctx: click.Context, sig: str, containers: tuple[str, ...]) -> None:
+    """Kill one or more running containers."""
+    cl = client(ctx)
+    _each(cl, containers, lambda ref: cl.call("KillContainer", pb.KillContainerRequest(id=ref, signal=sig)))
+
+
+@main.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def pause(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Pause all processes within one or more containers."""
+    cl = client(ctx)
+    _each(cl, containers, lambda ref: cl.call("PauseContainer", pb.ContainerRef(id=ref)))
+
+
+@main.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Unpause all processes within one or more containers."""
+    cl = client(ctx)
+    _each(cl, containers, lambda ref: cl.call("UnpauseContainer", pb.ContainerRef(id=ref)))
+
+
+@main.command()
+@click.option("-f", "--force", is_flag=True, help="Force the removal of a running container (uses SIGKILL)")
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:
+    """Remove one or more containers."""
+    cl = client(ctx)
+    _each(cl, containers, lambda ref: cl.call("RemoveContainer", pb.RemoveContainerRequest(id=ref, force=force)))
+
+
+@main.command()
+@click.argument("containers", nargs=-1, required=True)
+@click.pass_context
+def wait(ctx: click.Context, containers: tuple[str, ...]) -> None:
+    """Block until one or more containers stop, then print their exit codes."""
+    cl = client(ctx)
+    for ref in containers:
+        click.echo(cl.call("WaitContainer", pb.ContainerRef(id=ref)).exit_code)
+
+
+@main.command()
+@click.argument("container")
+@click.argument("new_name")
+@click.pass_context
+def rename(ctx: click.Context, container: str, new_name: str) -> None:
+    """Rename a container."""
+    client(ctx).call("RenameContainer", pb.RenameContainerRequest(id=container, new_name=new_name))
+
+
+@main.command(context_settings={"allow_interspersed_args": False})
+@click.option("-d", "--detach", is_flag=True, help="Detached mode: run command in the background")
+@click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open even if not attached")
+@click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY")
+@click.option("-e", "--env", multiple=True, help="Set environment variables")
+@click.option("-w", "--workdir", default="", help="Working directory inside the container")
+@click.option("-u", "--user", default="", help="Username or UID (format: <name|uid>[:<group|gid>])")
+@click.argument("container")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@click.pass_context
+def exec(ctx: click.Context, container: str, command: tuple[str, ...], detach: bool, interactive: bool, tty: bool,
+         env: tuple[str, ...], workdir: str, user: str) -> None:
+    """Execute a command in a running container."""
+    from deploy.streams import Session
+
+    cl = client(ctx)
+    spec = pb.ExecSpec(cmd=list(command), env=list(env), workdir=workdir, user=user)
+    sess = Session(pb.OpenStream(container=container, tty=tty, stdin=interactive, exec=spec),
+                   interactive=interactive and not detach, tty=tty)
+    try:
+        code = sess.run(cl.stub.Exec)
+    except grpc.RpcError as e:
+        fail_rpc(e, cl.host)
+    sys.exit(code or 0)
+
+
+@main.command()
+@click.option("--no-stdin", is_flag=True, help="Do not attach STDIN")
+@click.argument("container")
+@click.pass_context
+def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
+    """Attach local standard input, output, and error streams to a running container."""
+    cl = client(ctx)
+    cfg = json.loads(cl.call("InspectContainer", pb.ContainerRef(id=container)).json)["Config"]
+    sys.exit(_attach_session(cl, container, start=False, tty=cfg["Tty"], stdin=cfg["OpenStdin"] and not no_stdin))
+
+
+# --- images ------------------------------------------------------------------------------------
+
+def _upload(cl: Client, fileobj: Any, header: pb.ImportHeader) -> pb.ImageSummary:
+    def chunks() -> Iterator[pb.DataChunk]:
+        yield pb.DataChunk(import_header=header)
+        while True:
+            data = fileobj.read(CHUNK)
+            if not data:
+                return
+            yield pb.DataChunk(data=data)
+
+    return cl.call("ImportImage", chunks())
+
+
+@main.command("import")
+@click.option("-c", "--change", multiple=True, help="Apply Dockerfile instruction to the created image")
+@click.option("-m", "--message", default="", help="Set commit message for imported image")
+@click.argument("source")
+@click.argument("reference", required=False, default="")
+@click.pass_context
+def import_(ctx: click.Context, source: str, reference: str, change: tuple[str, ...], message: str) -> None:
+    """Import the contents from a tarball to create a filesystem image ('-' reads stdin)."""
+    cl = client(ctx)
+    header = pb.ImportHeader(reference=reference, changes=list(change), message=message)
+    if source == "-":
+        img = _upload(cl, sys.stdin.buffer, header)
+    else:
+        try:
+            with open(source, "rb") as f:
+                img = _upload(cl, f, header)
+        except OSError as e:
+            fail(f"open {source}: {e.strerror}")
+    click.echo(img.id)
+
+
+@main.command()
+@click.option("-o", "--output", default="", help="Write to a file, instead of STDOUT")
+@click.argument("container")
+@click.pass_context
+def export(ctx: click.Context, container: str, output: str) -> None:
+    """Export a container's filesystem as a tar archive."""
+    cl = client(ctx)
+    if not output and sys.stdout.isatty():
+        fail("cowardly refusing to save to a terminal. Use the -o flag or redirect")
+    tmp = output + ".partial" if output else ""
+    out = open(tmp, "wb") if output else sys.stdout.buffer
+    try:
+        for chunk in cl.stub.ExportContainer(pb.ContainerRef(id=container)):
+            out.write(chunk.data)
+    except grpc.RpcError as e:
+        if output:
+            out.close()
+            os.unlink(tmp)
+        fail_rpc(e, cl.host)
+    if output:
+        out.close()
+        os.replace(tmp, output)
+
+
+def _images_table(ctx: click.Context, quiet: bool, fmt: str, all_: bool = False) -> None:
+    resp = client(ctx).call("ListImages", pb.ListImagesRequest(all=all_))
+    if quiet:
+        for i in resp.images:
+            click.echo(i.id.removeprefix("sha256:")[:12])
+        return
+    if fmt == "json":
+        from google.protobuf.json_format import MessageToDict
+
+        display.emit_json([MessageToDict(i, preserving_proto_field_name=True) for i in resp.images])
+        return
+    rows = []
+    for i in resp.images:
+        tags = list(i.repo_tags) or ["<none>:<none>"]
+        for t in tags:
+            repo, _, tag = t.rpartition(":")
+            rows.append([repo, tag, i.id.removeprefix("sha256:")[:12], display.ago(i.created),
+                         display.human_size(i.size)])
+    display.table(["REPOSITORY", "TAG", "IMAGE ID", "CREATED", "SIZE"], rows)
+
+
+@main.command()
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("-a", "--all", "all_", is_flag=True)
+@click.option("--format", "fmt", default="")
+@click.pass_context
+def images(ctx: click.Context, quiet: bool, all_: bool, fmt: str) -> None:
+    """List images."""
+    _images_table(ctx, quiet, fmt, all_)
+
+
+def _rmi(ctx: click.Context, refs: tuple[str, ...], force: bool) -> None:
+    cl = client(ctx)
+    failed = False
+    for ref in refs:
+        try:
+            r = cl.stub.RemoveImage(pb.RemoveImageRequest(ref=ref, force=force))
+        except grpc.RpcError as e:
+            click.echo(f"Error response from daemon: {e.details()}", err=True)  # type: ignore[attr-defined]
+            failed = True
+            continue
+        for t in r.untagged:
+            click.echo(f"Untagged: {t}")
+        for d in r.deleted:
+            click.echo(f"Deleted: {d}")
+    if failed:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("-f", "--force", is_flag=True)
+@click.argument("images", nargs=-1, required=True)
+@click.pass_context
+def rmi(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
+    """Remove one or more images."""
+    _rmi(ctx, images, force)
+
+
+@main.command()
+@click.argument("source")
+@click.argument("target")
+@click.pass_context
+def tag(ctx: click.Context, source: str, target: str) -> None:
+    """Create a tag TARGET_IMAGE that refers to SOURCE_IMAGE."""
+    client(ctx).call("TagImage", pb.TagImageRequest(source=source, target=target))
+
+
+@main.group()
+def image() -> None:
+    """Manage images."""
+
+
+@image.command("ls")
+@click.option("-q", "--quiet", is_flag=True)
+@click.option("--format", "fmt", default="")
+@click.pass_context
+def image_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
+    """List images."""
+    _images_table(ctx, quiet, fmt)
+
+
+@image.command("rm")
+@click.option("-f", "--force", is_flag=True)
+@click.argument("images", nargs=-1, required=True)
+@click.pass_context
+def image_rm(ctx: click.Context, images: tuple[str, ...], force: bool) -> None:
+    """Remove one or more images."""
+    _rmi(ctx, images, force)
+
+
+@image.command("inspect")
+@click.argument("images", nargs=-1, required=True)
+@click.pass_context
+def image_inspect(ctx: click.Context, images: tuple[str, ...]) -> None:
+    """Display detailed information on one or more images."""
+    cl = client(ctx)
+    display.emit_json([json.loads(cl.call("InspectImage", pb.ImageRef(ref=i)).json) for i in images])
+
+
+image.add_command(tag, "tag")
+image.add_command(import_, "import")
+
+
+@main.command()
+@click.pass_context
+def info(ctx: click.Context) -> None:
+    """Display system-wide information."""
+    i = client(ctx).call("Info", pb.Empty())
+    for k, v in [("Name", i.name), ("Server Version", i.version), ("Kernel Version", i.kernel),
+                 ("Cgroup Version", i.cgroup_version), ("CPUs", i.cpus),
+                 ("Total Memory", display.human_bytes_binary(i.memory_bytes)), ("Containers", i.containers),
+                 (" Running", i.containers_running), (" Paused", i.containers_paused),
+                 (" Stopped", i.containers_stopped), ("Images", i.images), ("Docker Root Dir", i.root),
+                 ("CRIU", "yes" if i.criu else "no")]:
+        click.echo(f"{k}: {v}")
+
+
+def shell_join(args: list[str]) -> str:
+    return " ".join(shlex.quote(a) for a in args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,89 @@
+"""How the CLI prints: docker's tables, human durations and sizes, and --format json."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+
+
+def parse_size(value: str, flag: str) -> int:
+    """docker's RAMInBytes: 64m, 1g, 512k, 1024 (bytes). Errors name the flag and the value."""
+    m = _SIZE_RE.match(value)
+    if not m:
+        raise click.BadParameter(f'invalid argument "{value}" for "{flag}" flag: invalid size: \'{value}\'')
+    return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
+
+
+def human_size(n: float) -> str:
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.3g}{unit}" if unit != "B" else f"{int(n)}B"
+        n /= 1000
+    return f"{n}B"
+
+
+def human_bytes_binary(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.4g}{unit}"
+        n /= 1024
+    return f"{n}B"
+
+
+def human_duration(seconds: float) -> str:
+    """go-units HumanDuration, as docker ps prints it."""
+    s = int(seconds)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    m = s // 60
+    if m == 1:
+        return "About a minute"
+    if m < 60:
+        return f"{m} minutes"
+    h = round(s / 3600)
+    if h == 1:
+        return "About an hour"
+    if h < 48:
+        return f"{h} hours"
+    if h < 24 * 7 * 2:
+        return f"{h // 24} days"
+    if h < 24 * 30 * 2:
+        return f"{h // 24 // 7} weeks"
+    if h < 24 * 365 * 2:
+        return f"{h // 24 // 30} months"
+    return f"{h // 24 // 365} years"
+
+
+def ago(t: float) -> str:
+    return f"{human_duration(time.time() - t)} ago" if t else ""
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """docker's tabwriter look: columns padded to the widest cell, three spaces apart."""
+    cells = [[str(h) for h in headers]] + [[str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    for r in cells:
+        click.echo("   ".join(c.ljust(widths[i]) for i, c in enumerate(r)).rstrip())
+
+
+def emit_json(obj: Any) -> None:
+    click.echo(json.dumps(obj, indent=2))
+
+
+def trunc_command(cmd: str, width: int = 20) -> str:
+    q = json.dumps(cmd)
+    if len(cmd) > width:
+        q = json.dumps(cmd[: width - 1] + "…")
+    return q
