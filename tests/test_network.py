@@ -303,12 +303,18 @@ def _timing(name: str, seconds: float) -> None:
     print(f"\nTIMING {name}: {seconds * 1000:.1f} ms")
 
 
-def _nat_rules() -> str:
-    return _run("iptables", "-w", "-t", "nat", "-S")
+def _nat_rules(bridge: str = "") -> str:
+    """The nat table, or only its lines about one bridge (tests may run side by side)."""
+    return _rules("nat", bridge)
 
 
-def _filter_rules() -> str:
-    return _run("iptables", "-w", "-t", "filter", "-S")
+def _filter_rules(bridge: str = "") -> str:
+    return _rules("filter", bridge)
+
+
+def _rules(table: str, bridge: str) -> str:
+    out = _run("iptables", "-w", "-t", table, "-S")
+    return "\n".join(line for line in out.splitlines() if bridge in line) if bridge else out
 
 
 def _link_exists(name: str) -> bool:
@@ -317,11 +323,11 @@ def _link_exists(name: str) -> bool:
 
 @root
 def test_ensure_is_idempotent_and_fast(net: BridgeNetwork) -> None:
-    before_nat, before_filter = _nat_rules(), _filter_rules()
+    before_nat, before_filter = _nat_rules(net.name), _filter_rules(net.name)
     t = time.perf_counter()
     net.ensure()
     _timing("ensure (already there)", time.perf_counter() - t)
-    assert _nat_rules() == before_nat and _filter_rules() == before_filter
+    assert _nat_rules(net.name) == before_nat and _filter_rules(net.name) == before_filter
     assert _run("cat", f"/proc/sys/net/ipv4/conf/{net.name}/route_localnet").strip() == "1"
     addr = _run("ip", "-4", "-o", "addr", "show", "dev", net.name)
     assert f"{net.gateway}/24" in addr
@@ -407,7 +413,7 @@ def test_published_port_answers_on_loopback_and_gateway(
     net.release("web3")
 
     net.detach(ep)
-    assert "dy:web" not in _nat_rules() and "dy:web" not in _filter_rules()
+    assert "dy:web" not in _nat_rules(net.name) and "dy:web" not in _filter_rules(net.name)
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://127.0.0.1:{any_port}/", timeout=1)
 
@@ -421,12 +427,14 @@ def test_detach_release_destroy_leave_nothing(tmp_path: Path, containers: Callab
         net.attach(ep, c.pid)
         c.configure(ep)
         assert _link_exists(ep.host_ifname)
-        assert _nat_rules().count('"dy:gone"') == 2 and _filter_rules().count('"dy:gone"') == 2
+        assert (
+            _nat_rules(net.name).count('"dy:gone"') == 2 and _filter_rules(net.name).count('"dy:gone"') == 2
+        )
 
         net.detach(ep)
         net.detach(ep)  # idempotent
         assert not _link_exists(ep.host_ifname)
-        assert "dy:gone" not in _nat_rules() and "dy:gone" not in _filter_rules()
+        assert "dy:gone" not in _nat_rules(net.name) and "dy:gone" not in _filter_rules(net.name)
         assert "eth0" not in c.run("ip", "-o", "link").stdout
         net.release("gone")
         net.release("gone")
@@ -441,7 +449,7 @@ def test_detach_release_destroy_leave_nothing(tmp_path: Path, containers: Callab
         while _link_exists(ep2.host_ifname) and time.monotonic() < deadline:
             time.sleep(0.02)
         net.detach(ep2)
-        assert "dy:dies" not in _nat_rules()
+        assert "dy:dies" not in _nat_rules(net.name)
 
         # destroy with a still attached endpoint cleans it up too
         c3 = containers()
@@ -453,8 +461,7 @@ def test_detach_release_destroy_leave_nothing(tmp_path: Path, containers: Callab
     assert not _link_exists(net.name)
     assert not _link_exists(ep3.host_ifname)
     for rules in (_nat_rules(), _filter_rules()):
-        assert net.name not in rules
-        assert "dy:left" not in rules
+        assert net.name not in rules  # its chain (which held "dy:left") and every jump to it
     assert not list((tmp_path / "net").iterdir())
 
 
