@@ -1,0 +1,482 @@
+"""The image store: images (config + manifest in the content store, layers in the snapshotter) and
+the references that name them, with docker's import, tag, rm, save, load and export semantics.
+
+Layout under ``root``: ``blobs/`` and ``ingest/`` (content store), ``snapshots/`` (snapshotter),
+``images.json`` (image records and references, rewritten atomically under ``images.lock``) and
+``tmp/`` (scratch space for load and save, emptied on start).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, BinaryIO
+
+from . import reference as refs
+from .config import (
+    MEDIA_OCI_CONFIG,
+    MEDIA_OCI_LAYER,
+    MEDIA_OCI_MANIFEST,
+    Image,
+    ImageConfig,
+    apply_changes,
+    build_oci_config,
+    canonical_json,
+    chain_id,
+    chain_ids,
+    parse_time,
+)
+from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
+from .layers import decompressed
+from .snapshotter import Snapshotter
+from .store import ContentStore, Writer, check_digest
+
+_RUNNING_STATES = ("(running)", "(paused)", "(restarting)")
+
+
+class _Tee:
+    """Reads from ``src`` and copies every byte to a content-store writer."""
+
+    def __init__(self, src: IO[bytes], writer: Writer) -> None:
+        self._src = src
+        self._writer = writer
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        if data:
+            self._writer.write(data)
+        return data
+
+    def peek(self, n: int = 0) -> bytes:
+        # No compression sniffing through the tee: the stream is already plain tar.
+        return b"\0" * 8
+
+
+@dataclass
+class _Records:
+    images: dict[str, dict[str, Any]] = field(default_factory=dict)
+    refs: dict[str, str] = field(default_factory=dict)
+
+
+class ImageStore:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.content = ContentStore(self.root)
+        self.snapshotter = Snapshotter(self.root / "snapshots")
+        self._lock_path = self.root / "images.lock"
+        self._lock_path.touch(exist_ok=True)
+        self.tmp = self.root / "tmp"
+        self.tmp.mkdir(exist_ok=True)
+        for entry in self.tmp.iterdir():
+            pid = entry.name.split("-")[1] if entry.name.count("-") >= 1 else ""
+            if pid.isdigit() and _alive(int(pid)):
+                continue
+            shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
+        self._configs: dict[str, dict[str, Any]] = {}
+
+    # --- records ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[_Records]:
+        with open(self._lock_path, "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            records = self._read()
+            before = self._dump(records)
+            yield records
+            if self._dump(records) != before:
+                tmp = self.root / f"images.json.{os.getpid()}.tmp"
+                tmp.write_text(self._dump(records))
+                with open(tmp, "rb") as f:
+                    os.fsync(f.fileno())
+                os.rename(tmp, self.root / "images.json")
+
+    @staticmethod
+    def _dump(records: _Records) -> str:
+        return json.dumps({"images": records.images, "refs": records.refs}, sort_keys=True, indent=1)
+
+    def _read(self) -> _Records:
+        try:
+            data = json.loads((self.root / "images.json").read_text())
+        except FileNotFoundError:
+            return _Records()
+        return _Records(images=data.get("images", {}), refs=data.get("refs", {}))
+
+    def _config_json(self, image_id: str) -> dict[str, Any]:
+        cached = self._configs.get(image_id)
+        if cached is None:
+            cached = json.loads(self.content.read_bytes(image_id))
+            self._configs[image_id] = cached
+        return cached
+
+    def _image(self, records: _Records, image_id: str) -> Image:
+        rec = records.images[image_id]
+        cfg = self._config_json(image_id)
+        diff_ids = list(cfg.get("rootfs", {}).get("diff_ids", []))
+        tags = sorted(refs.parse(r).familiar() for r, i in records.refs.items() if i == image_id and "@" not in r)
+        digests = sorted(refs.parse(r).familiar() for r, i in records.refs.items() if i == image_id and "@" in r)
+        digests = sorted(set(digests) | set(rec.get("repo_digests", [])))
+        return Image(
+            id=image_id,
+            repo_tags=tags,
+            repo_digests=digests,
+            config=ImageConfig.from_oci(cfg.get("config")),
+            created=parse_time(cfg.get("created")) or rec.get("created", 0.0),
+            size=int(rec.get("size", 0)),
+            diff_ids=diff_ids,
+            chain_id=chain_id(diff_ids),
+            history=list(cfg.get("history", [])),
+            architecture=str(cfg.get("architecture", "")),
+            os=str(cfg.get("os", "")),
+            manifest_digest=rec.get("manifest", ""),
+            layer_digests=list(rec.get("layers", [])),
+        )
+
+    def _resolve(self, records: _Records, ref: str) -> tuple[str, str | None]:
+        """(image id, the normalised reference when ``ref`` named a tag or digest) or ImageNotFound."""
+        if not ref:
+            raise ImageNotFound("No such image: (empty reference)")
+        if ref.startswith("sha256:"):
+            return self._by_prefix(records, ref[len("sha256:") :], ref), None
+        named: str | None = None
+        with contextlib.suppress(InvalidReference):
+            named = str(refs.parse(ref))
+        if named is not None and named in records.refs:
+            return records.refs[named], named
+        if all(c in "0123456789abcdef" for c in ref) and ref:
+            return self._by_prefix(records, ref, ref), None
+        if named is None:
+            refs.parse(ref)  # raise the reference error itself
+        raise ImageNotFound(f"No such image: {ref}")
+
+    @staticmethod
+    def _by_prefix(records: _Records, prefix: str, ref: str) -> str:
+        matches = [i for i in records.images if i[len("sha256:") :].startswith(prefix)]
+        if not matches or not prefix:
+            raise ImageNotFound(f"No such image: {ref}")
+        if len(matches) > 1:
+            raise ImageNotFound(f"image id prefix {ref!r} is ambiguous ({len(matches)} images match)")
+        return matches[0]
+
+    # --- public interface ----------------------------------------------------------------------------
+
+    def get(self, ref: str) -> Image:
+        records = self._read()
+        image_id, _ = self._resolve(records, ref)
+        return self._image(records, image_id)
+
+    def list(self) -> builtins.list[Image]:
+        records = self._read()
+        images = [self._image(records, i) for i in records.images]
+        return sorted(images, key=lambda im: (-im.created, im.id))
+
+    def tag(self, source: str, target: str) -> None:
+        ref = refs.parse(target)
+        if ref.digest:
+            raise InvalidReference(f"refusing to create a tag with a digest reference: {target}")
+        with self._locked() as records:
+            image_id, _ = self._resolve(records, source)
+            records.refs[str(ref)] = image_id
+
+    def import_tar(
+        self,
+        fileobj: BinaryIO,
+        reference: str | None = None,
+        changes: Sequence[str] = (),
+        message: str = "",
+    ) -> Image:
+        """docker import: one layer from a plain/gzip/zstd tar, a config from ``changes``."""
+        named = str(refs.parse(reference)) if reference else None
+        if named and refs.parse(reference or "").digest:
+            raise InvalidReference(f"import needs a name:tag, not a digest reference: {reference}")
+        config = apply_changes(ImageConfig(), changes)
+        created = time.time()
+        with self.content.writer() as blob:
+            stream, _ = decompressed(fileobj)
+            _, stats = self.snapshotter.apply("", _Tee(stream, blob), what="import")  # type: ignore[arg-type]
+            layer_digest = blob.commit(stats.diff_id, what="import layer")
+        history = [{"created": _rfc3339(created), "comment": message or "Imported from -"}]
+        return self._commit_image(
+            config=config,
+            diff_ids=[stats.diff_id],
+            layers=[(layer_digest, blob.size, MEDIA_OCI_LAYER)],
+            history=history,
+            created=created,
+            names=[named] if named else [],
+        )
+
+    def _commit_image(
+        self,
+        config: ImageConfig,
+        diff_ids: Sequence[str],
+        layers: Sequence[tuple[str, int, str]],
+        history: Sequence[dict[str, Any]],
+        created: float,
+        names: Sequence[str],
+        architecture: str | None = None,
+    ) -> Image:
+        cfg = build_oci_config(config, diff_ids, history, created, architecture)
+        return self._record_image(canonical_json(cfg), layers, names)
+
+    def _record_image(
+        self,
+        config_bytes: bytes,
+        layers: Sequence[tuple[str, int, str]],
+        names: Sequence[str],
+        manifest_bytes: bytes | None = None,
+        repo_digests: Sequence[str] = (),
+    ) -> Image:
+        """Store config and manifest blobs and the image record; the layers must be unpacked already."""
+        image_id = self.content.write_bytes(config_bytes, what="image config")
+        cfg = json.loads(config_bytes)
+        diff_ids = cfg.get("rootfs", {}).get("diff_ids", [])
+        if manifest_bytes is None:
+            manifest = {
+                "schemaVersion": 2,
+                "mediaType": MEDIA_OCI_MANIFEST,
+                "config": {"mediaType": MEDIA_OCI_CONFIG, "digest": image_id, "size": len(config_bytes)},
+                "layers": [{"mediaType": mt, "digest": d, "size": s} for d, s, mt in layers],
+            }
+            manifest_bytes = canonical_json(manifest)
+        manifest_digest = self.content.write_bytes(manifest_bytes, what="image manifest")
+        size = sum(self.snapshotter.stat(c).size for c in chain_ids(diff_ids))
+        with self._locked() as records:
+            rec = records.images.get(image_id, {})
+            rec.update(
+                {
+                    "manifest": manifest_digest,
+                    "layers": [d for d, _, _ in layers],
+                    "created": parse_time(cfg.get("created")) or time.time(),
+                    "size": size,
+                    "repo_digests": sorted(set(rec.get("repo_digests", [])) | set(repo_digests)),
+                }
+            )
+            records.images[image_id] = rec
+            for name in names:
+                records.refs[name] = image_id
+            return self._image(records, image_id)
+
+    def remove(
+        self,
+        ref: str,
+        force: bool = False,
+        in_use: Callable[[str], builtins.list[str]] = lambda image_id: [],
+    ) -> tuple[builtins.list[str], builtins.list[str]]:
+        """docker rmi. Returns (untagged references, deleted image and layer ids).
+
+        ``in_use(image_id)`` names the containers using the image, each optionally followed by its
+        state ("web (running)"); a running (or paused/restarting) container blocks even ``force``,
+        as in docker, and a stopped one blocks unless ``force``. Removing one of several tags only
+        untags; removing by id with tags in several repositories needs ``force``.
+        """
+        untagged: builtins.list[str] = []
+        deleted: builtins.list[str] = []
+        with self._locked() as records:
+            image_id, named = self._resolve(records, ref)
+            users: builtins.list[str] = [str(u) for u in in_use(image_id)]
+            running = [u for u in users if u.rstrip().endswith(_RUNNING_STATES)]
+            image_refs = sorted(r for r, i in records.refs.items() if i == image_id)
+            single = _is_single_reference(image_refs)
+            if named is not None:
+                # A reference was given: untag it first.
+                if not force and single and users:
+                    raise ImageInUse(
+                        f"image {refs.parse(named).familiar()} is in use by {_containers(users)}"
+                    )
+                del records.refs[named]
+                untagged.append(refs.parse(named).familiar())
+                parsed = refs.parse(named)
+                if not parsed.digest:
+                    # Tag removed: if only digest references of that repository remain, drop them too.
+                    rest = [r for r, i in records.refs.items() if i == image_id]
+                    if not any(refs.parse(r).name == parsed.name and "@" not in r for r in rest):
+                        for r in rest:
+                            if "@" in r and refs.parse(r).name == parsed.name:
+                                del records.refs[r]
+                                untagged.append(refs.parse(r).familiar())
+                if any(i == image_id for i in records.refs.values()):
+                    return untagged, deleted
+                if users and (running or not force):
+                    # Now dangling but still used: docker keeps it quietly.
+                    return untagged, deleted
+            else:
+                if running:
+                    raise ImageInUse(
+                        f"image {_short(image_id)} is in use by {_containers(running)} and cannot be forced"
+                    )
+                if users and not force:
+                    raise ImageInUse(
+                        f"image {_short(image_id)} is in use by {_containers(users)} (must be forced)"
+                    )
+                if not single and not force:
+                    raise ImageInUse(
+                        f"unable to delete {_short(image_id)} (must be forced) - image is referenced in "
+                        f"multiple repositories: {', '.join(refs.parse(r).familiar() for r in image_refs)}"
+                    )
+                for r in image_refs:
+                    del records.refs[r]
+                    untagged.append(refs.parse(r).familiar())
+            rec = records.images.pop(image_id)
+            deleted.append(image_id)
+            diff_ids = self._config_json(image_id).get("rootfs", {}).get("diff_ids", [])
+            keep_blobs, keep_chains = self._referenced(records)
+            for blob in [image_id, rec.get("manifest", ""), *rec.get("layers", [])]:
+                if blob and blob not in keep_blobs:
+                    self.content.delete(blob)
+            for chain in reversed(chain_ids(diff_ids)):
+                if chain in keep_chains or not self.snapshotter.exists(chain):
+                    break
+                if self.snapshotter.children(chain):
+                    break  # a container (forced removal) or another layer still stands on it
+                self.snapshotter.remove(chain)
+                deleted.append(chain)
+            self._configs.pop(image_id, None)
+        return untagged, deleted
+
+    def _referenced(self, records: _Records) -> tuple[set[str], set[str]]:
+        blobs: set[str] = set()
+        chains: set[str] = set()
+        for image_id, rec in records.images.items():
+            blobs.update([image_id, rec.get("manifest", ""), *rec.get("layers", [])])
+            chains.update(chain_ids(self._config_json(image_id).get("rootfs", {}).get("diff_ids", [])))
+        return blobs, chains
+
+    def gc(self) -> builtins.list[str]:
+        """Remove blobs and unpacked layers no image references and nothing stands on (image prune's
+        second half, and the cleanup after a forced removal once its containers are gone)."""
+        removed: builtins.list[str] = []
+        with self._locked() as records:
+            keep_blobs, keep_chains = self._referenced(records)
+            for blob in list(self.content.list()):
+                if blob not in keep_blobs and self.content.delete(blob):
+                    removed.append(blob)
+            changed = True
+            while changed:
+                changed = False
+                for info in self.snapshotter.list():
+                    if (
+                        info.kind == "committed"
+                        and info.key not in keep_chains
+                        and not self.snapshotter.children(info.key)
+                    ):
+                        self.snapshotter.remove(info.key)
+                        removed.append(info.key)
+                        changed = True
+        return removed
+
+    def _forget_new(self, blobs: Sequence[str], chains: Sequence[str]) -> None:
+        """After a failed load/import: drop what it created that no image references."""
+        with self._locked() as records:
+            keep_blobs, keep_chains = self._referenced(records)
+            for chain in reversed(chains):
+                if chain not in keep_chains and self.snapshotter.exists(chain) and not self.snapshotter.children(chain):
+                    self.snapshotter.remove(chain)
+            for blob in blobs:
+                if blob not in keep_blobs:
+                    self.content.delete(blob)
+
+    def save(self, refs_: Sequence[str], out: BinaryIO, format: str = "docker") -> None:
+        from .archive import save
+
+        save(self, refs_, out, format)
+
+    def load(self, fileobj: BinaryIO) -> builtins.list[Image]:
+        from .archive import load
+
+        return load(self, fileobj)
+
+    def export_container(self, snapshot_key: str, out: BinaryIO) -> None:
+        """docker export: the flattened filesystem of a container's snapshot."""
+        self.snapshotter.export(snapshot_key, out)
+
+    def disk_usage(self) -> dict[str, Any]:
+        records = self._read()
+        images = [self._image(records, i) for i in records.images]
+        layer_users: dict[str, int] = {}
+        for im in images:
+            for c in chain_ids(im.diff_ids):
+                layer_users[c] = layer_users.get(c, 0) + 1
+        snaps = self.snapshotter.list()
+        sizes = {s.key: s.size for s in snaps if s.kind == "committed"}
+        containers = [s for s in snaps if s.kind == "active"]
+        active_parents = set()
+        for s in containers:
+            key = s.parent
+            while key:
+                active_parents.add(key)
+                key = next((x.parent for x in snaps if x.key == key), "")
+        per_image = []
+        for im in images:
+            chains = chain_ids(im.diff_ids)
+            shared = sum(sizes.get(c, 0) for c in chains if layer_users.get(c, 0) > 1)
+            per_image.append(
+                {
+                    "id": im.id,
+                    "repo_tags": im.repo_tags,
+                    "size": im.size,
+                    "shared_size": shared,
+                    "unique_size": im.size - shared,
+                    "in_use": bool(im.chain_id and im.chain_id in active_parents),
+                }
+            )
+        layers_size = sum(sizes.values())
+        reclaimable = sum(v for k, v in sizes.items() if k not in active_parents)
+        return {
+            "images": {"count": len(images), "size": layers_size, "reclaimable": reclaimable, "items": per_image},
+            "containers": {
+                "count": len(containers),
+                "size": sum(self.snapshotter.usage(s.key) for s in containers),
+                "items": [{"key": s.key, "size": self.snapshotter.usage(s.key)} for s in containers],
+            },
+            "content_size": self.content.total_size(),
+        }
+
+
+def _is_single_reference(image_refs: Sequence[str]) -> bool:
+    """docker's isSingleReference: at most one tag, and digest references only of that repository."""
+    if len(image_refs) <= 1:
+        return len(image_refs) == 1
+    tags = [r for r in image_refs if "@" not in r]
+    if len(tags) > 1:
+        return False
+    names = {refs.parse(r).name for r in image_refs}
+    return len(names) == 1
+
+
+def _short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
+def _containers(users: Sequence[str]) -> str:
+    return ("container " if len(users) == 1 else "containers ") + ", ".join(users)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _rfc3339(ts: float) -> str:
+    from .config import format_time
+
+    return format_time(ts)
+
+
+def check_image_id(image_id: str) -> str:
+    return check_digest(image_id, "image id")
+
+
+__all__ = ["ImageError", "ImageStore", "InvalidArchive"]

@@ -1,0 +1,689 @@
+"""Layer tarballs: apply one to a directory (overlay format), diff a directory back to a tarball,
+flatten a stack of layer directories (docker export). Tarballs are hostile until proven otherwise.
+
+Applying (``apply_layer``) never uses tarfile.extract*: every member is checked and created here.
+The rules, each with a test in tests/test_images_layers.py:
+
+* a member name that is absolute (``/etc/x``) or has a ``..`` component is refused;
+* a member whose parent path is a symlink (placed by an earlier member) is refused; the final
+  component is created with O_EXCL|O_NOFOLLOW after removing what was there, so nothing is ever
+  written through a link;
+* a symlink's target is kept as written when absolute (it means the container's root, and nothing on
+  the host follows it); a relative target that climbs above the root (``../../etc``) is refused;
+* a hardlink must name a member inside the root, already extracted in this same layer, not a
+  directory;
+* character and block devices are refused (the runtime creates /dev; docker's rootless mode drops
+  them too); FIFOs are allowed;
+* setuid/setgid/sticky bits are kept, as docker keeps them; ownership is applied when running as root;
+* xattrs in pax headers are ignored (a layer must not be able to set trusted.overlay.*);
+* a truncated stream, corrupt gzip/zstd data or a non-tar input raise InvalidArchive.
+
+OCI whiteouts become overlay whiteouts: ``.wh.NAME`` makes a 0:0 character device NAME,
+``.wh..wh..opq`` sets trusted.overlay.opaque=y on its directory. ``write_diff`` does the reverse.
+Callers apply into a fresh private directory and rename it into place only on success, so a refused
+layer leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import errno
+import gzip
+import hashlib
+import io
+import lzma
+import os
+import stat
+import tarfile
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import zstandard
+
+from .errors import InvalidArchive
+
+WHITEOUT_PREFIX = ".wh."
+WHITEOUT_OPAQUE = ".wh..wh..opq"
+WHITEOUT_META_PREFIX = ".wh..wh."
+OPAQUE_XATTR = "trusted.overlay.opaque"
+CHUNK = 1 << 20
+
+_DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
+    tarfile.TarError,
+    EOFError,
+    zlib.error,
+    gzip.BadGzipFile,
+    zstandard.ZstdError,
+    lzma.LZMAError,
+    OSError,
+    ValueError,
+)
+
+
+# --- streams --------------------------------------------------------------------------------------
+
+class HashingReader(io.RawIOBase):
+    """Passes a stream through while hashing it: the diff_id of a layer is the sha256 of its tar."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        data = self._raw.read(len(b))
+        n = len(data)
+        b[:n] = data
+        self._hash.update(data)
+        self.size += n
+        return n
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+    def finish(self) -> str:
+        """Hash whatever the tar reader did not consume (end-of-archive padding) and return the digest."""
+        while True:
+            data = self._raw.read(CHUNK)
+            if not data:
+                break
+            self._hash.update(data)
+            self.size += len(data)
+        return self.digest()
+
+
+class HashingWriter(io.RawIOBase):
+    def __init__(self, out: IO[bytes] | None) -> None:
+        self._out = out
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b: Any) -> int:
+        data = bytes(b)
+        if self._out is not None:
+            self._out.write(data)
+        self._hash.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def compression_of(head: bytes) -> str:
+    if head.startswith(b"\x1f\x8b"):
+        return "gzip"
+    if head.startswith(b"\x28\xb5\x2f\xfd"):
+        return "zstd"
+    if head.startswith(b"BZh"):
+        return "bzip2"
+    if head.startswith(b"\xfd7zXZ\x00"):
+        return "xz"
+    return ""
+
+
+def decompressed(fileobj: IO[bytes]) -> tuple[IO[bytes], str]:
+    """A stream of the tar inside ``fileobj`` (plain, gzip, zstd, bzip2 or xz), and the compression."""
+    peekable: Any = fileobj if hasattr(fileobj, "peek") else io.BufferedReader(fileobj)  # type: ignore[arg-type]
+    head = peekable.peek(8)[:8]
+    kind = compression_of(head)
+    if kind == "gzip":
+        return gzip.GzipFile(fileobj=peekable, mode="rb"), kind  # type: ignore[return-value]
+    if kind == "zstd":
+        return zstandard.ZstdDecompressor().stream_reader(peekable, read_across_frames=True), kind
+    if kind == "bzip2":
+        return bz2.BZ2File(peekable, "rb"), kind
+    if kind == "xz":
+        return lzma.LZMAFile(peekable, "rb"), kind
+    return peekable, kind
+
+
+# --- names ----------------------------------------------------------------------------------------
+
+def member_parts(name: str, what: str) -> list[str]:
+    """Split a member name into safe components, refusing absolute paths and ``..``."""
+    if name.startswith("/"):
+        raise InvalidArchive(f"{what}: member {name!r} has an absolute path")
+    if "\x00" in name:
+        raise InvalidArchive(f"{what}: member {name!r} has a NUL byte in its name")
+    parts = [p for p in name.split("/") if p not in ("", ".")]
+    if ".." in parts:
+        raise InvalidArchive(f"{what}: member {name!r} escapes the root with '..'")
+    return parts
+
+
+def _symlink_escapes(parent: Sequence[str], target: str) -> bool:
+    if target.startswith("/"):
+        return False  # absolute targets resolve inside the container's root; nothing here follows them
+    depth = len(parent)
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            depth -= 1
+            if depth < 0:
+                return True
+        else:
+            depth += 1
+    return False
+
+
+# --- apply ----------------------------------------------------------------------------------------
+
+@dataclass
+class LayerStats:
+    diff_id: str = ""
+    tar_size: int = 0  # uncompressed bytes
+    files: int = 0
+    size: int = 0  # bytes of regular file content
+    whiteouts: int = 0
+    compression: str = ""
+
+
+@dataclass
+class _Applier:
+    root: Path
+    what: str
+    is_root: bool = field(default_factory=lambda: os.geteuid() == 0)
+    dirs: list[tuple[Path, tarfile.TarInfo]] = field(default_factory=list)
+    created_whiteouts: set[str] = field(default_factory=set)
+
+    def parent_dir(self, parts: Sequence[str], name: str) -> Path:
+        """The real directory that will hold ``parts[-1]``; missing parents are made (0755)."""
+        cur = self.root
+        for i, part in enumerate(parts[:-1]):
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                os.mkdir(cur, 0o755)
+                continue
+            if stat.S_ISLNK(st.st_mode):
+                raise InvalidArchive(
+                    f"{self.what}: member {name!r} goes through symlink {'/'.join(parts[: i + 1])!r}; refused"
+                )
+            if not stat.S_ISDIR(st.st_mode):
+                if self._is_whiteout(st):
+                    # A directory re-created under a name this layer whited out: replaces lower's.
+                    os.unlink(cur)
+                    os.mkdir(cur, 0o755)
+                    self.set_opaque(cur)
+                    continue
+                raise InvalidArchive(
+                    f"{self.what}: member {name!r}: {'/'.join(parts[: i + 1])!r} is not a directory"
+                )
+        return cur
+
+    @staticmethod
+    def _is_whiteout(st: os.stat_result) -> bool:
+        return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+    def set_opaque(self, path: Path) -> None:
+        os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
+
+    def clear(self, path: Path, new_is_dir: bool) -> bool:
+        """Make room for a new entry at ``path``. Returns True when it replaces this layer's whiteout."""
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            return False
+        if stat.S_ISDIR(st.st_mode):
+            if new_is_dir:
+                return False
+            _rmtree(path)
+            return False
+        os.unlink(path)
+        return self._is_whiteout(st)
+
+    def whiteout(self, parts: list[str], name: str) -> None:
+        base = parts[-1]
+        if base == WHITEOUT_OPAQUE:
+            directory = self._ensure_dir(parts[:-1], name) if len(parts) > 1 else self.root
+            self.set_opaque(directory)
+            return
+        if base.startswith(WHITEOUT_META_PREFIX):
+            return  # aufs metadata (.wh..wh.plnk, .wh..wh.aufs): meaningless here
+        target = base[len(WHITEOUT_PREFIX) :]
+        if target in ("", ".", ".."):
+            raise InvalidArchive(f"{self.what}: whiteout {name!r} names nothing")
+        parent = self.parent_dir(parts, name)
+        path = parent / target
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mknod(path, 0o600 | stat.S_IFCHR, 0)
+            self.created_whiteouts.add("/".join([*parts[:-1], target]))
+            return
+        # Same layer holds NAME and .wh.NAME: the whiteout applies only to lower layers (OCI spec).
+        if stat.S_ISDIR(st.st_mode):
+            self.set_opaque(path)
+
+    def _ensure_dir(self, parts: list[str], name: str) -> Path:
+        parent = self.parent_dir(parts, name)
+        path = parent / parts[-1]
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            os.mkdir(path, 0o755)
+            return path
+        if stat.S_ISLNK(st.st_mode):
+            raise InvalidArchive(f"{self.what}: member {name!r} goes through symlink {'/'.join(parts)!r}; refused")
+        if not stat.S_ISDIR(st.st_mode):
+            raise InvalidArchive(f"{self.what}: member {name!r}: {'/'.join(parts)!r} is not a directory")
+        return path
+
+    def member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, stats: LayerStats) -> None:
+        name = m.name
+        parts = member_parts(name, self.what)
+        if not parts:
+            return  # "./": the root itself
+        if parts[-1].startswith(WHITEOUT_PREFIX):
+            self.whiteout(parts, name)
+            stats.whiteouts += 1
+            return
+        if m.ischr() or m.isblk():
+            kind = "character" if m.ischr() else "block"
+            raise InvalidArchive(
+                f"{self.what}: member {name!r} is a {kind} device {m.devmajor}:{m.devminor}; "
+                "device nodes are refused in layers"
+            )
+        parent = self.parent_dir(parts, name)
+        path = parent / parts[-1]
+        replaced_whiteout = self.clear(path, m.isdir())
+        if m.isdir():
+            if not path.is_dir() or path.is_symlink():
+                os.mkdir(path, 0o700)
+            if replaced_whiteout:
+                self.set_opaque(path)
+            self.dirs.append((path, m))
+            return
+        if m.issym():
+            if _symlink_escapes(parts[:-1], m.linkname):
+                raise InvalidArchive(
+                    f"{self.what}: symlink {name!r} -> {m.linkname!r} points outside the root"
+                )
+            os.symlink(m.linkname, path)
+            self.attrs(path, m, symlink=True)
+            stats.files += 1
+            return
+        if m.islnk():
+            target_parts = member_parts(m.linkname, self.what)
+            if not target_parts:
+                raise InvalidArchive(f"{self.what}: hardlink {name!r} -> {m.linkname!r} points at the root")
+            target_parent = self.parent_dir_existing(target_parts, name, m.linkname)
+            target = target_parent / target_parts[-1]
+            try:
+                st = os.lstat(target)
+            except FileNotFoundError:
+                raise InvalidArchive(
+                    f"{self.what}: hardlink {name!r} -> {m.linkname!r}: target is not in this layer"
+                ) from None
+            if stat.S_ISDIR(st.st_mode) or self._is_whiteout(st):
+                raise InvalidArchive(f"{self.what}: hardlink {name!r} -> {m.linkname!r}: target is not a file")
+            os.link(target, path, follow_symlinks=False)
+            stats.files += 1
+            return
+        if m.isfifo():
+            os.mkfifo(path, 0o600)
+            self.attrs(path, m)
+            stats.files += 1
+            return
+        if m.isreg():
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            written = 0
+            try:
+                src = tf.extractfile(m)
+                assert src is not None
+                while True:
+                    chunk = src.read(CHUNK)
+                    if not chunk:
+                        break
+                    _write_all(fd, chunk)
+                    written += len(chunk)
+            finally:
+                os.close(fd)
+            if written != m.size:
+                raise InvalidArchive(f"{self.what}: member {name!r} is truncated ({written} of {m.size} bytes)")
+            self.attrs(path, m)
+            stats.files += 1
+            stats.size += m.size
+            return
+        raise InvalidArchive(f"{self.what}: member {name!r} has unsupported type {m.type!r}")
+
+    def parent_dir_existing(self, parts: Sequence[str], name: str, linkname: str) -> Path:
+        cur = self.root
+        for i, part in enumerate(parts[:-1]):
+            cur = cur / part
+            try:
+                st = os.lstat(cur)
+            except FileNotFoundError:
+                raise InvalidArchive(
+                    f"{self.what}: hardlink {name!r} -> {linkname!r}: target is not in this layer"
+                ) from None
+            if not stat.S_ISDIR(st.st_mode):
+                raise InvalidArchive(
+                    f"{self.what}: hardlink {name!r} -> {linkname!r} goes through "
+                    f"{'/'.join(parts[: i + 1])!r}, which is not a directory; refused"
+                )
+        return cur
+
+    def attrs(self, path: Path, m: tarfile.TarInfo, symlink: bool = False) -> None:
+        # chown before chmod: chown clears setuid/setgid bits.
+        if self.is_root:
+            os.chown(path, m.uid, m.gid, follow_symlinks=False)
+        if not symlink:
+            os.chmod(path, m.mode & 0o7777)
+        os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+
+    def finish(self) -> None:
+        # Directory modes and times last, deepest first: a 0555 directory must not block its children.
+        for path, m in sorted(self.dirs, key=lambda d: len(d[0].parts), reverse=True):
+            self.attrs(path, m)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path)
+
+
+class TarReader:
+    """Reads a (possibly compressed) tar stream member by member, strictly.
+
+    Every reading error becomes InvalidArchive naming ``what``; the end-of-archive marker is
+    checked (tarfile alone stops quietly at a stream cut on a member boundary, or at garbage);
+    the uncompressed stream is hashed, so ``diff_id`` is known when ``members()`` is exhausted.
+    """
+
+    def __init__(self, fileobj: IO[bytes], what: str) -> None:
+        self.what = what
+        self.compression = ""
+        self.diff_id = ""
+        self.size = 0
+        self._fileobj = fileobj
+
+    def members(self) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+        what = self.what
+        with reading_errors(what):
+            stream, self.compression = decompressed(self._fileobj)
+            hashing = HashingReader(stream)
+            reader = io.BufferedReader(hashing, CHUNK)
+            tail = _TailReader(reader)
+            with tarfile.open(fileobj=tail, mode="r|", errorlevel=2) as tf:  # type: ignore[call-overload]
+                for m in tf:
+                    yield tf, m
+                tail.check_end(tf.offset, what)
+            # What the tar reader left in its buffer plus the rest of the stream (zero padding).
+            self.diff_id = _finish_hash(reader, hashing)
+            self.size = hashing.size
+
+
+@contextlib.contextmanager
+def reading_errors(what: str, member: str = "") -> Iterator[None]:
+    """Turn what a broken stream raises (tar, gzip, zstd, EOF) into InvalidArchive naming ``what``;
+    errors of the local filesystem (no space, permissions) pass through unchanged."""
+    where = f"{what}: member {member!r}" if member else what
+    try:
+        yield
+    except InvalidArchive:
+        raise
+    except tarfile.ReadError as e:
+        raise InvalidArchive(f"{where}: not a valid tar stream or truncated: {e}") from None
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EROFS, errno.EIO):
+            raise
+        raise InvalidArchive(f"{where}: corrupt or truncated stream: {e}") from None
+    except _DECOMPRESS_ERRORS as e:
+        raise InvalidArchive(f"{where}: corrupt or truncated stream: {type(e).__name__}: {e}") from None
+
+
+def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer") -> LayerStats:
+    """Apply a layer tarball (plain or compressed) to ``dest``, a fresh directory, in overlay format.
+
+    Returns the stats, with ``diff_id`` the sha256 of the uncompressed tar. On error the directory
+    is left partially written: the caller owns it and removes it (it is always a private temp dir).
+    """
+    stats = LayerStats()
+    applier = _Applier(Path(dest), what)
+    reader = TarReader(fileobj, what)
+    for tf, m in reader.members():
+        with reading_errors(what, m.name):
+            applier.member(tf, m, stats)
+    applier.finish()
+    stats.diff_id, stats.tar_size, stats.compression = reader.diff_id, reader.size, reader.compression
+    return stats
+
+
+class _TailReader:
+    """Keeps the last bytes read, so the end of the archive can be checked: tarfile stops quietly at
+    a truncated or garbage header once it has read a member; docker (Go) would fail there."""
+
+    WINDOW = 1 << 16
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+        self._buf = bytearray()
+        self._start = 0  # stream offset of _buf[0]
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._raw.read(n)
+        self._buf += data
+        if len(self._buf) > 2 * self.WINDOW:
+            drop = len(self._buf) - self.WINDOW
+            del self._buf[:drop]
+            self._start += drop
+        return data
+
+    def check_end(self, offset: int, what: str) -> None:
+        # Make sure the block at the end offset was read (tarfile may not have asked for it yet).
+        while self._start + len(self._buf) < offset + tarfile.BLOCKSIZE:
+            if not self.read(tarfile.BLOCKSIZE):
+                break
+        if offset < self._start:
+            return
+        block = bytes(self._buf[offset - self._start : offset - self._start + tarfile.BLOCKSIZE])
+        if len(block) < tarfile.BLOCKSIZE:
+            raise InvalidArchive(f"{what}: truncated tar stream: it ends at byte {offset + len(block)} "
+                                 "without an end-of-archive marker")
+        if block != bytes(tarfile.BLOCKSIZE):
+            raise InvalidArchive(f"{what}: invalid tar header at byte {offset}")
+
+
+def _finish_hash(reader: Any, hashing: HashingReader) -> str:
+    while reader.read(CHUNK):
+        pass
+    return hashing.digest()
+
+
+def digest_tar_stream(fileobj: IO[bytes], what: str = "layer") -> tuple[str, int]:
+    """diff_id and uncompressed size of a (possibly compressed) layer, checking that it decompresses."""
+    try:
+        stream, _ = decompressed(fileobj)
+        h = hashlib.sha256()
+        size = 0
+        while True:
+            chunk = stream.read(CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+            size += len(chunk)
+    except _DECOMPRESS_ERRORS as e:
+        raise InvalidArchive(f"{what}: corrupt or truncated stream: {type(e).__name__}: {e}") from None
+    return "sha256:" + h.hexdigest(), size
+
+
+# --- diff and flatten -------------------------------------------------------------------------------
+
+def _is_whiteout_entry(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+def _is_opaque(path: Path) -> bool:
+    try:
+        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+    except OSError:
+        return False
+
+
+class _TarWriter:
+    def __init__(self, out: IO[bytes] | None) -> None:
+        self.hashing = HashingWriter(out)
+        self.tf = tarfile.open(  # noqa: SIM115 - closed in close()
+            fileobj=self.hashing, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
+        self.links: dict[tuple[int, int], str] = {}
+
+    def add(self, name: str, path: Path, st: os.stat_result) -> None:
+        info = tarfile.TarInfo(name)
+        info.mode = stat.S_IMODE(st.st_mode)
+        info.uid, info.gid = st.st_uid, st.st_gid
+        info.uname = info.gname = ""
+        info.mtime = int(st.st_mtime)
+        if stat.S_ISREG(st.st_mode):
+            key = (st.st_dev, st.st_ino)
+            if st.st_nlink > 1 and key in self.links:
+                info.type = tarfile.LNKTYPE
+                info.linkname = self.links[key]
+                self.tf.addfile(info)
+                return
+            if st.st_nlink > 1:
+                self.links[key] = name
+            info.type = tarfile.REGTYPE
+            info.size = st.st_size
+            with open(path, "rb") as f:
+                self.tf.addfile(info, f)
+            return
+        if stat.S_ISDIR(st.st_mode):
+            info.type = tarfile.DIRTYPE
+        elif stat.S_ISLNK(st.st_mode):
+            info.type = tarfile.SYMTYPE
+            info.linkname = os.readlink(path)
+        elif stat.S_ISFIFO(st.st_mode):
+            info.type = tarfile.FIFOTYPE
+        elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
+            info.type = tarfile.CHRTYPE if stat.S_ISCHR(st.st_mode) else tarfile.BLKTYPE
+            info.devmajor, info.devminor = os.major(st.st_rdev), os.minor(st.st_rdev)
+        else:
+            return  # sockets are not archived (as tar and docker do)
+        self.tf.addfile(info)
+
+    def whiteout(self, name: str, st: os.stat_result | None = None) -> None:
+        info = tarfile.TarInfo(name)
+        info.type = tarfile.REGTYPE
+        info.mode = 0o644
+        info.mtime = int(st.st_mtime) if st else 0
+        self.tf.addfile(info, io.BytesIO(b""))
+
+    def close(self) -> str:
+        self.tf.close()
+        return self.hashing.digest()
+
+
+def _entries(path: Path) -> list[os.DirEntry[str]]:
+    with os.scandir(path) as it:
+        return sorted(it, key=lambda e: e.name)
+
+
+def write_diff(upper: Path, out: IO[bytes] | None) -> str:
+    """Tar of an overlay upper (or layer) directory with overlay whiteouts turned into OCI ones.
+
+    Returns the diff_id (sha256 of the tar written). Entries are sorted, so the same tree gives the
+    same digest.
+    """
+    writer = _TarWriter(out)
+
+    def walk(directory: Path, prefix: str) -> None:
+        for entry in _entries(directory):
+            path = Path(entry.path)
+            name = prefix + entry.name
+            st = os.lstat(path)
+            if _is_whiteout_entry(st):
+                writer.whiteout(prefix + WHITEOUT_PREFIX + entry.name, st)
+                continue
+            writer.add(name, path, st)
+            if stat.S_ISDIR(st.st_mode):
+                if _is_opaque(path):
+                    writer.whiteout(name + "/" + WHITEOUT_OPAQUE, st)
+                walk(path, name + "/")
+
+    walk(Path(upper), "")
+    return writer.close()
+
+
+def write_flattened(layers: Sequence[Path], out: IO[bytes]) -> str:
+    """docker export: the merged filesystem of layer directories (``layers[0]`` on top), as overlay
+    would show it, without mounting anything. Returns the sha256 of the tar written."""
+    writer = _TarWriter(out)
+
+    def walk(stack: list[Path], prefix: str) -> None:
+        names: set[str] = set()
+        for d in stack:
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                names.update(os.listdir(d))
+        for name in sorted(names):
+            top: tuple[Path, os.stat_result] | None = None
+            below: list[Path] = []
+            for d in stack:
+                p = d / name
+                try:
+                    st = os.lstat(p)
+                except (FileNotFoundError, NotADirectoryError):
+                    continue
+                if top is None:
+                    top = (p, st)
+                    if not stat.S_ISDIR(st.st_mode) or _is_opaque(p):
+                        if stat.S_ISDIR(st.st_mode):
+                            below.append(p)
+                        break
+                    below.append(p)
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    break  # a whiteout or file below a directory ends the merge
+                below.append(p)
+                if _is_opaque(p):
+                    break
+            if top is None or _is_whiteout_entry(top[1]):
+                continue
+            path, st = top
+            writer.add(prefix + name, path, st)
+            if stat.S_ISDIR(st.st_mode):
+                walk(below, prefix + name + "/")
+
+    walk([Path(p) for p in layers], "")
+    return writer.close()
+
+
+def iter_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """Every entry under ``root`` (relative name, lstat), sorted; used for sizes and comparisons."""
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(dirnames + filenames):
+            p = os.path.join(dirpath, name)
+            yield os.path.relpath(p, root), os.lstat(p)
+
+
+def tree_size(root: Path) -> int:
+    """Bytes of regular-file content under ``root``, each inode once (``docker ps -s`` counts this)."""
+    seen: set[tuple[int, int]] = set()
+    total = 0
+    for _name, st in iter_files(root):
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            total += st.st_size
+    return total

@@ -1,0 +1,445 @@
+"""Overlay snapshotter, modelled on containerd's (Prepare/View/Commit/Mounts/Remove).
+
+It never mounts: it returns ``Mount`` descriptions and the runtime mounts them (``mount_all`` does
+it correctly, in the runtime's own child process). Layout under ``root`` (= store root/snapshots)::
+
+    metadata.json   every snapshot: key -> id, kind, parent, size (rewritten atomically under ``lock``)
+    <id>/fs         the layer (committed) or the upper dir (active)
+    <id>/work       overlay's workdir (active only)
+    l/<LINK>        short symlink -> ../<id>/fs, as docker's overlay2
+
+Committed snapshots are image layers, keyed by their chain id ("sha256:..."), immutable, and
+unpacked once however many images share them. Active snapshots (containers) and views are keyed by
+the caller. A snapshot with children cannot be removed: children go first.
+
+The overlay option string must fit in one page (the kernel truncates mount data at 4096 bytes).
+Options name lower layers by their ``l/`` links; when a deep stack still does not fit, ``mount_all``
+mounts from a child process whose cwd is ``l/`` with relative names (containerd does the same):
+10 bytes per layer, so even 400 layers fit (overlay itself allows 500).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import fcntl
+import json
+import os
+import secrets
+import shutil
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive
+from .layers import LayerStats, apply_layer, tree_size, write_diff, write_flattened
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+_LINK_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+LINK_LEN = 10
+
+KIND_COMMITTED = "committed"
+KIND_ACTIVE = "active"
+KIND_VIEW = "view"
+
+
+@dataclass(frozen=True)
+class Mount:
+    """A mount to make, as containerd describes one: ``mount -t TYPE -o OPTIONS SOURCE TARGET``."""
+
+    type: str
+    source: str
+    options: list[str]
+
+    def data(self) -> str:
+        return ",".join(o for o in self.options if o not in _FLAG_OPTIONS)
+
+
+_FLAG_OPTIONS = {"ro", "rw", "bind", "rbind"}
+
+
+class SnapshotExists(ImageError):
+    pass
+
+
+@dataclass
+class SnapshotInfo:
+    key: str
+    id: str
+    kind: str
+    parent: str
+    created: float
+    size: int
+    link: str
+
+
+def _chain(parent: str, diff_id: str) -> str:
+    from .config import chain_id
+
+    if not parent:
+        return diff_id
+    return chain_id([parent, diff_id])
+
+
+class Snapshotter:
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        (self.root / "l").mkdir(parents=True, exist_ok=True)
+        self._lock_path = self.root / "lock"
+        self._lock_path.touch(exist_ok=True)
+        self._clean()
+
+    # --- metadata ---------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """Exclusive access to the metadata; changes to the dict yielded are written back atomically."""
+        with open(self._lock_path, "rb") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            meta = self._read()
+            before = json.dumps(meta, sort_keys=True)
+            yield meta
+            if json.dumps(meta, sort_keys=True) != before:
+                self._write(meta)
+
+    def _read(self) -> dict[str, dict[str, Any]]:
+        try:
+            with open(self.root / "metadata.json") as f:
+                data = json.load(f)
+        except FileNotFoundError:
+            return {}
+        snaps: dict[str, dict[str, Any]] = data.get("snapshots", {})
+        return snaps
+
+    def _write(self, meta: dict[str, dict[str, Any]]) -> None:
+        tmp = self.root / f"metadata.json.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            json.dump({"snapshots": meta}, f, sort_keys=True)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, self.root / "metadata.json")
+
+    def _clean(self) -> None:
+        """Remove what an interrupted apply/remove left: temp dirs of dead processes, orphan dirs/links."""
+        with self._locked() as meta:
+            ids = {m["id"] for m in meta.values()}
+            links = {m["link"] for m in meta.values()}
+            for entry in self.root.iterdir():
+                name = entry.name
+                if name in ("l", "lock", "metadata.json") or name in ids:
+                    continue
+                if name.startswith(("tmp-", "trash-")) or name.endswith(".tmp"):
+                    pid = name.split("-")[1] if name.startswith(("tmp-", "trash-")) else name.split(".")[-2]
+                    if pid.isdigit() and _alive(int(pid)):
+                        continue
+                _remove_path(entry)
+            for link in (self.root / "l").iterdir():
+                if link.name not in links:
+                    with contextlib.suppress(FileNotFoundError):
+                        link.unlink()
+
+    def _info(self, meta: dict[str, dict[str, Any]], key: str) -> SnapshotInfo:
+        m = meta.get(key)
+        if m is None:
+            raise ImageNotFound(f"snapshot {key!r} does not exist")
+        return SnapshotInfo(key=key, **m)
+
+    def stat(self, key: str) -> SnapshotInfo:
+        return self._info(self._read(), key)
+
+    def exists(self, key: str) -> bool:
+        return key in self._read()
+
+    def list(self) -> builtins.list[SnapshotInfo]:
+        return [SnapshotInfo(key=k, **m) for k, m in sorted(self._read().items())]
+
+    def _chain_of(self, meta: dict[str, dict[str, Any]], key: str) -> builtins.list[SnapshotInfo]:
+        """The snapshot and its ancestors, top first."""
+        out = []
+        while key:
+            info = self._info(meta, key)
+            out.append(info)
+            key = info.parent
+        return out
+
+    # --- containerd's interface -------------------------------------------------------------------
+
+    def prepare(self, key: str, parent_chain_id: str) -> builtins.list[Mount]:
+        """A writable snapshot on top of ``parent_chain_id`` (a committed layer; "" for scratch)."""
+        return self._create(key, parent_chain_id, KIND_ACTIVE)
+
+    def view(self, key: str, parent_chain_id: str) -> builtins.list[Mount]:
+        """A read-only view of a committed layer stack."""
+        if not parent_chain_id:
+            raise ImageError("a view needs a parent layer")
+        return self._create(key, parent_chain_id, KIND_VIEW)
+
+    def mounts(self, key: str) -> builtins.list[Mount]:
+        meta = self._read()
+        info = self._info(meta, key)
+        return self._mounts(meta, info)
+
+    def commit(self, key: str) -> str:
+        """Turn an active snapshot into an immutable layer named by its chain id; returns its diff_id.
+
+        If that layer already exists (same parent, same content) the active snapshot is just removed.
+        """
+        meta = self._read()
+        info = self._info(meta, key)
+        if info.kind != KIND_ACTIVE:
+            raise ImageError(f"snapshot {key!r} is {info.kind}, only an active snapshot can be committed")
+        fs = self.root / info.id / "fs"
+        diff_id = write_diff(fs, None)
+        size = tree_size(fs)
+        chain = _chain(info.parent, diff_id)
+        with self._locked() as meta:
+            info = self._info(meta, key)
+            if chain in meta:
+                del meta[key]
+                duplicate = True
+            else:
+                meta[chain] = {**meta.pop(key), "kind": KIND_COMMITTED, "size": size, "created": time.time()}
+                duplicate = False
+        if duplicate:
+            self._delete_files(info)
+        else:
+            _remove_path(self.root / info.id / "work")
+        return diff_id
+
+    def diff(self, key: str, out: IO[bytes]) -> str:
+        """The snapshot's own changes (upper dir) as an OCI layer tar; returns its diff_id."""
+        info = self.stat(key)
+        return write_diff(self.root / info.id / "fs", out)
+
+    def remove(self, key: str) -> None:
+        with self._locked() as meta:
+            info = self._info(meta, key)
+            children = sorted(k for k, m in meta.items() if m["parent"] == key)
+            if children:
+                raise ImageInUse(f"snapshot {key!r} has children ({', '.join(children)}); remove them first")
+            del meta[key]
+        self._delete_files(info)
+
+    def usage(self, key: str) -> int:
+        info = self.stat(key)
+        if info.kind == KIND_COMMITTED:
+            return info.size
+        return tree_size(self.root / info.id / "fs")
+
+    # --- used by the image store ---------------------------------------------------------------------
+
+    def apply(
+        self, parent_chain_id: str, stream: IO[bytes], expected_diff_id: str | None = None, what: str = "layer"
+    ) -> tuple[str, LayerStats]:
+        """Unpack a layer tarball on top of ``parent_chain_id`` as a committed snapshot.
+
+        The layer is applied into a private temp dir and renamed into place only when it is whole and
+        its diff_id matches; a refused or truncated layer leaves nothing. Returns (chain id, stats).
+        """
+        if parent_chain_id and not self.exists(parent_chain_id):
+            raise ImageNotFound(f"parent layer {parent_chain_id} is not unpacked")
+        sid = secrets.token_hex(12)
+        tmp = self.root / f"tmp-{os.getpid()}-{sid}"
+        try:
+            (tmp / "fs").mkdir(parents=True)
+            os.chmod(tmp / "fs", 0o755)
+            stats = apply_layer(stream, tmp / "fs", what)
+            if expected_diff_id and stats.diff_id != expected_diff_id:
+                raise InvalidArchive(
+                    f"{what}: diff_id mismatch: config says {expected_diff_id}, content is {stats.diff_id}"
+                )
+            chain = _chain(parent_chain_id, stats.diff_id)
+            with self._locked() as meta:
+                if chain in meta:
+                    return chain, stats
+                link = self._new_link()
+                os.rename(tmp, self.root / sid)
+                os.symlink(f"../{sid}/fs", self.root / "l" / link)
+                meta[chain] = {
+                    "id": sid,
+                    "kind": KIND_COMMITTED,
+                    "parent": parent_chain_id,
+                    "created": time.time(),
+                    "size": stats.size,
+                    "link": link,
+                }
+            return chain, stats
+        finally:
+            _remove_path(tmp)
+
+    def layer_dirs(self, key: str) -> builtins.list[Path]:
+        """Directories of the snapshot and its parents, top first (for docker export)."""
+        return [self.root / i.id / "fs" for i in self._chain_of(self._read(), key)]
+
+    def export(self, key: str, out: IO[bytes]) -> str:
+        return write_flattened(self.layer_dirs(key), out)
+
+    def children(self, key: str) -> builtins.list[str]:
+        return sorted(k for k, m in self._read().items() if m["parent"] == key)
+
+    # --- internals ----------------------------------------------------------------------------------
+
+    def _create(self, key: str, parent: str, kind: str) -> builtins.list[Mount]:
+        if not key:
+            raise ImageError("snapshot key must not be empty")
+        sid = secrets.token_hex(12)
+        with self._locked() as meta:
+            if key in meta:
+                raise SnapshotExists(f"snapshot {key!r} already exists")
+            if parent:
+                p = self._info(meta, parent)
+                if p.kind != KIND_COMMITTED:
+                    raise ImageError(f"parent {parent!r} is not a committed snapshot")
+            d = self.root / sid
+            (d / "fs").mkdir(parents=True)
+            os.chmod(d / "fs", 0o755)
+            if kind == KIND_ACTIVE:
+                (d / "work").mkdir()
+            link = self._new_link()
+            os.symlink(f"../{sid}/fs", self.root / "l" / link)
+            meta[key] = {"id": sid, "kind": kind, "parent": parent, "created": time.time(), "size": 0, "link": link}
+            info = self._info(meta, key)
+            return self._mounts(meta, info)
+
+    def _mounts(self, meta: dict[str, dict[str, Any]], info: SnapshotInfo) -> builtins.list[Mount]:
+        d = self.root / info.id
+        lowers = self._chain_of(meta, info.parent) if info.parent else []
+        if info.kind == KIND_COMMITTED:
+            lowers = self._chain_of(meta, info.key)
+            info = SnapshotInfo(**{**info.__dict__, "kind": KIND_VIEW})
+        if info.kind == KIND_VIEW:
+            if len(lowers) == 1:
+                return [Mount("bind", str(self.root / lowers[0].id / "fs"), ["ro", "rbind"])]
+            return [Mount("overlay", "overlay", [self._lowerdir(lowers)])]
+        if not lowers:
+            return [Mount("bind", str(d / "fs"), ["rw", "rbind"])]
+        return [
+            Mount(
+                "overlay",
+                "overlay",
+                [f"workdir={d / 'work'}", f"upperdir={d / 'fs'}", self._lowerdir(lowers)],
+            )
+        ]
+
+    def _lowerdir(self, lowers: Sequence[SnapshotInfo]) -> str:
+        return "lowerdir=" + ":".join(str(self.root / "l" / i.link) for i in lowers)
+
+    def _new_link(self) -> str:
+        while True:
+            link = "".join(secrets.choice(_LINK_ALPHABET) for _ in range(LINK_LEN))
+            if not os.path.lexists(self.root / "l" / link):
+                return link
+
+    def _delete_files(self, info: SnapshotInfo) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            (self.root / "l" / info.link).unlink()
+        src = self.root / info.id
+        trash = self.root / f"trash-{os.getpid()}-{info.id}"
+        try:
+            os.rename(src, trash)
+        except FileNotFoundError:
+            return
+        _remove_path(trash)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_path(path: Path) -> None:
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if stat.S_ISDIR(st.st_mode):
+        # Overlay's work/work dir is mode 000; as root rmtree copes, otherwise make it writable first.
+        def onerror(func: Any, p: str, exc: Any) -> None:
+            with contextlib.suppress(OSError):
+                os.chmod(os.path.dirname(p), 0o700)
+                os.chmod(p, 0o700)
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                if os.path.isdir(p) and not os.path.islink(p):
+                    shutil.rmtree(p)
+                else:
+                    os.unlink(p)
+
+        shutil.rmtree(path, onerror=onerror)
+    else:
+        os.unlink(path)
+
+
+# --- mounting (the runtime calls this in its own child process) --------------------------------------
+
+def overlay_mount_data(mount: Mount) -> tuple[str | None, str]:
+    """(directory to chdir to or None, the data string for mount(2)) that fits in one page."""
+    data = mount.data()
+    if mount.type != "overlay" or len(data) < PAGE_SIZE:
+        return None, data
+    options = list(mount.options)
+    for i, opt in enumerate(options):
+        if opt.startswith("lowerdir="):
+            dirs = opt[len("lowerdir=") :].split(":")
+            parents = {os.path.dirname(d) for d in dirs}
+            if len(parents) != 1:
+                break
+            cwd = parents.pop()
+            options[i] = "lowerdir=" + ":".join(os.path.basename(d) for d in dirs)
+            compact = ",".join(o for o in options if o not in _FLAG_OPTIONS)
+            if len(compact) >= PAGE_SIZE:
+                break
+            return cwd, compact
+    raise ImageError(f"overlay mount options are {len(data)} bytes, over the kernel's {PAGE_SIZE}-byte limit")
+
+
+def mount_all(mounts: Sequence[Mount], target: str) -> None:
+    """Mount the descriptions on ``target`` in order (containerd's mount.All)."""
+    from agent.runtime import syscalls
+
+    for m in mounts:
+        if m.type == "bind":
+            flags = syscalls.MS_BIND | (syscalls.MS_REC if "rbind" in m.options else 0)
+            syscalls.mount(m.source, target, None, flags, None)
+            if "ro" in m.options:
+                syscalls.mount(None, target, None, flags | syscalls.MS_REMOUNT | syscalls.MS_RDONLY, None)
+            continue
+        cwd, data = overlay_mount_data(m)
+        flags = syscalls.MS_RDONLY if "ro" in m.options else 0
+        if cwd is None:
+            syscalls.mount(m.source, target, m.type, flags, data)
+        else:
+            _mount_in(cwd, m.source, os.path.abspath(target), m.type, flags, data)
+
+
+def _mount_in(cwd: str, source: str, target: str, fstype: str, flags: int, data: str) -> None:
+    """mount(2) from a forked child whose cwd is ``cwd``, so relative lowerdirs resolve there."""
+    from agent.runtime import syscalls
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 0
+        try:
+            os.close(r)
+            os.chdir(cwd)
+            syscalls.mount(source, target, fstype, flags, data)
+        except OSError as e:
+            code = e.errno or 1
+        finally:
+            os.write(w, str(code).encode())
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        result = f.read()
+    os.waitpid(pid, 0)
+    code = int(result or "1")
+    if code:
+        raise OSError(code, f"mount {fstype} on {target}: {os.strerror(code)}", target)
