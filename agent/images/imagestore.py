@@ -213,6 +213,61 @@ class ImageStore:
             names=[named] if named else [],
         )
 
+    def commit(
+        self,
+        snapshot_key: str,
+        base: str | None = None,
+        reference: str | None = None,
+        changes: Sequence[str] = (),
+        message: str = "",
+        created_by: str = "",
+    ) -> Image:
+        """docker commit: a new image = ``base`` + the snapshot's changes as one more layer.
+
+        The container's snapshot is left as it is (its diff is unpacked again as a committed layer),
+        so it keeps running; ``base`` must be the image the snapshot was prepared from (None for
+        scratch). Used by build steps and cold migration too.
+        """
+        named = str(refs.parse(reference)) if reference else None
+        base_image = self.get(base) if base else None
+        parent_chain = base_image.chain_id if base_image else ""
+        info = self.snapshotter.stat(snapshot_key)
+        if info.parent != parent_chain:
+            raise ImageError(
+                f"snapshot {snapshot_key!r} is not on top of {base or 'scratch'} "
+                f"(its parent layer is {info.parent or 'none'})"
+            )
+        config = apply_changes(base_image.config if base_image else ImageConfig(), changes)
+        created = time.time()
+        with self.content.writer() as blob:
+            diff_id = self.snapshotter.diff(snapshot_key, blob)  # type: ignore[arg-type]
+            layer_digest = blob.commit(diff_id, what=f"diff of {snapshot_key}")
+        created_chain = not self.snapshotter.exists(chain_id([parent_chain, diff_id]) if parent_chain else diff_id)
+        try:
+            with self.content.open(layer_digest) as f:
+                self.snapshotter.apply(parent_chain, f, diff_id, what=f"diff of {snapshot_key}")
+            entry: dict[str, Any] = {"created": _rfc3339(created), "created_by": created_by}
+            if message:
+                entry["comment"] = message
+            history = [*(base_image.history if base_image else []), entry]
+            layers = [*(self._layer_descriptors(base_image) if base_image else []), (layer_digest, blob.size, MEDIA_OCI_LAYER)]
+            return self._commit_image(
+                config=config,
+                diff_ids=[*(base_image.diff_ids if base_image else []), diff_id],
+                layers=layers,
+                history=history,
+                created=created,
+                names=[named] if named else [],
+                architecture=base_image.architecture if base_image else None,
+            )
+        except BaseException:
+            self._forget_new([layer_digest], [chain_id([parent_chain, diff_id]) if parent_chain else diff_id] if created_chain else [])
+            raise
+
+    def _layer_descriptors(self, image: Image) -> builtins.list[tuple[str, int, str]]:
+        manifest = json.loads(self.content.read_bytes(image.manifest_digest))
+        return [(d["digest"], int(d["size"]), str(d.get("mediaType", MEDIA_OCI_LAYER))) for d in manifest["layers"]]
+
     def _commit_image(
         self,
         config: ImageConfig,
