@@ -8,22 +8,35 @@
 # `dpkg -x` into a private prefix, and write a wrapper that runs criu through that prefix's own
 # loader (trixie's criu needs a newer glibc than bookworm's).
 #
+# Linux 6.16 restricted SO_PASSCRED/SO_PASSSEC to unix and netlink sockets, and criu < 4.2 then
+# fails to dump ANY inet socket ("sockets: Can't get 1:16 opt: Operation not supported";
+# checkpoint-restore/criu#2705, fixed in 4.2). So on such kernels we need criu >= 4.2, which
+# trixie (4.1.1) lacks: the suites are tried in order, stable first, and the first whose criu is
+# new enough for this kernel wins (today: trixie on kernels < 6.16, forky on newer ones).
+#
 # Never fails the caller: if CRIU cannot be installed it warns and exits 0, and live migration
 # is simply unavailable on this host (the agent's `criu check` at start says so).
 set -uo pipefail
 
 PREFIX=${DOCKYARD_CRIU_PREFIX:-/opt/dockyard/criu}
-SUITE=${DOCKYARD_CRIU_SUITE:-trixie}
-# criu's own dependencies; apt-get resolves the rest of the library closure.
-PKGS=(criu libcompel1 libc6 libgnutls30t64 libnftables1 libnl-3-200 libprotobuf-c1 libbsd0 libnet1 libuuid1)
+# Candidate suites, most stable first (space-separated; DOCKYARD_CRIU_SUITE forces one).
+SUITES=${DOCKYARD_CRIU_SUITE:-trixie trixie-backports forky}
+# apt-get resolves criu's library closure (libc6, libcompel1, libgnutls30t64, libnftables1, libnet,
+# libnl-3-200, libprotobuf-c1, libbsd0, libuuid1, ...) from the chosen suite.
+PKGS=(criu)
 
 log() { echo "install-criu: $*" >&2; }
 warn_out() { log "WARNING: $*; live migration will be unavailable on this host"; exit 0; }
 
-# "criu version 4.1.1" (or "Version: 4.1.1") -> 4
-criu_major() {
-  "$@" --version 2>/dev/null | sed -n 's/^[Vv]ersion:\{0,1\} *\([0-9][0-9]*\)\..*/\1/p; s/^criu version \([0-9][0-9]*\)\..*/\1/p' | head -n1
+# "Version: 4.1.1" (or "criu version 3.17.1") -> 4.1.1
+criu_version() {
+  "$@" --version 2>/dev/null | sed -n 's/^[Vv]ersion:\{0,1\} *\([0-9][0-9.]*\).*/\1/p; s/^criu version \([0-9][0-9.]*\).*/\1/p' | head -n1
 }
+version_ge() { [ -n "$1" ] && dpkg --compare-versions "$1" ge "$2"; }
+
+# The oldest criu that works on this kernel (see above).
+kernel=$(uname -r)
+if dpkg --compare-versions "${kernel%%-*}" ge 6.16; then need=4.2; else need=4.0; fi
 
 check_criu() {
   local out
@@ -38,22 +51,22 @@ check_criu() {
 
 # 1. A system criu >= 4 wins.
 if sys=$(command -v criu) && [ "${sys}" != "$PREFIX/bin/criu" ]; then
-  major=$(criu_major "$sys")
-  if [ -n "$major" ] && [ "$major" -ge 4 ]; then
-    log "using the system's $sys (version $major)"
+  have=$(criu_version "$sys")
+  if version_ge "$have" "$need"; then
+    log "using the system's $sys (version $have)"
     exit 0
   fi
-  log "system criu at $sys is version ${major:-unknown}; installing a private criu 4"
+  log "system criu at $sys is version ${have:-unknown}, kernel $kernel needs >= $need; installing a private criu"
 fi
 
 # 2. Already installed in the prefix: done.
 if [ -x "$PREFIX/bin/criu" ]; then
-  major=$(criu_major "$PREFIX/bin/criu")
-  if [ -n "$major" ] && [ "$major" -ge 4 ]; then
-    log "$PREFIX/bin/criu already installed (version $major)"
+  have=$(criu_version "$PREFIX/bin/criu")
+  if version_ge "$have" "$need"; then
+    log "$PREFIX/bin/criu already installed (version $have)"
     exit 0
   fi
-  log "$PREFIX/bin/criu is broken or too old; reinstalling"
+  log "$PREFIX/bin/criu is version ${have:-broken}, kernel $kernel needs >= $need; reinstalling"
 fi
 
 [ "$(id -u)" -eq 0 ] || warn_out "must run as root"
@@ -125,7 +138,7 @@ keyring=$(cut -s -f2 <<<"$found")
 if [ -z "$keyring" ] || [ ! -f "$keyring" ]; then
   keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 fi
-log "fetching criu from $mirror $SUITE (keyring $keyring)"
+log "looking for criu >= $need (kernel $kernel) in $mirror $SUITES (keyring $keyring)"
 
 # 4. Download with private apt state. An empty dpkg status makes apt resolve the whole library
 # closure from trixie (the host's bookworm libc6 cannot satisfy trixie's criu).
@@ -133,7 +146,9 @@ work=$(mktemp -d /tmp/dockyard-criu.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "$work/lists/partial" "$work/archives/partial" "$work/cache" "$work/state" "$work/root"
 : >"$work/state/status"
-echo "deb [signed-by=$keyring] $mirror $SUITE main" >"$work/sources.list"
+for suite in $SUITES; do
+  echo "deb [signed-by=$keyring] $mirror $suite main"
+done >"$work/sources.list"
 apt_opts=(
   -q -o Dir::Etc::sourcelist="$work/sources.list" -o Dir::Etc::sourceparts=-
   -o Dir::Etc::preferences=/dev/null -o Dir::Etc::preferencesparts=-
@@ -145,11 +160,26 @@ apt_opts=(
   -o Acquire::Languages=none -o Debug::NoLocking=true
   -o APT::Get::List-Cleanup=false
 )
-if ! apt-get "${apt_opts[@]}" update >"$work/apt.log" 2>&1; then
-  tail -n 5 "$work/apt.log" >&2
-  warn_out "apt-get update for $SUITE failed"
+# A suite missing on the mirror (no backports, say) is no failure while another one answers.
+apt-get "${apt_opts[@]}" update >"$work/apt.log" 2>&1
+# "criu | 4.1.1-1 | http://deb.debian.org/debian trixie/main amd64 Packages" -> "trixie 4.1.1-1"
+apt-cache "${apt_opts[@]}" madison criu 2>/dev/null |
+  awk -F'|' '{ gsub(/ /, "", $2); split($3, w, " "); split(w[2], s, "/"); print s[1], $2 }' >"$work/candidates"
+SUITE="" fallback=""
+for suite in $SUITES; do
+  v=$(awk -v s="$suite" '$1 == s { print $2; exit }' "$work/candidates")
+  [ -n "$v" ] || continue
+  [ -n "$fallback" ] || fallback=$suite
+  if version_ge "$v" "$need"; then SUITE=$suite; break; fi
+done
+if [ -z "$SUITE" ]; then
+  [ -n "$fallback" ] || { tail -n 5 "$work/apt.log" >&2; warn_out "no criu found in $SUITES"; }
+  SUITE=$fallback
+  log "WARNING: no criu >= $need in $SUITES; taking $SUITE's, which cannot dump inet sockets on kernel $kernel"
 fi
-if ! apt-get "${apt_opts[@]}" -y --download-only install "${PKGS[@]}" >>"$work/apt.log" 2>&1; then
+log "fetching criu $(awk -v s="$SUITE" '$1 == s { print $2; exit }' "$work/candidates") from $SUITE"
+# -t makes the whole library closure come from the chosen suite.
+if ! apt-get "${apt_opts[@]}" -t "$SUITE" -y --download-only install "${PKGS[@]}" >>"$work/apt.log" 2>&1; then
   tail -n 10 "$work/apt.log" >&2
   warn_out "apt-get could not download criu from $SUITE"
 fi
@@ -181,10 +211,7 @@ rm -rf "$PREFIX.old"
 mv "$work/root" "$PREFIX" || warn_out "could not move the criu prefix into $PREFIX"
 rm -rf "$PREFIX.old"
 
-major=$(criu_major "$PREFIX/bin/criu")
-if [ -z "$major" ] || [ "$major" -lt 4 ]; then
-  warn_out "$PREFIX/bin/criu does not run"
-fi
+version_ge "$(criu_version "$PREFIX/bin/criu")" 4.0 || warn_out "$PREFIX/bin/criu does not run"
 log "installed criu $("$PREFIX/bin/criu" --version 2>/dev/null | head -n1 | awk '{print $NF}') from $n packages into $PREFIX"
 check_criu "$PREFIX/bin/criu"
 exit 0
