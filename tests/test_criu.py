@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.checkpoint import Criu, CriuError, find_criu, parse_version
+from agent.checkpoint import Criu, CriuError, find_criu, needed_version, parse_version
 from agent.runtime import syscalls
 
 CONTAINER_NAMESPACES = (
@@ -73,9 +73,11 @@ def spawn_container(
     binds: Sequence[tuple[str, str]] = (),
     env: dict[str, str] | None = None,
     hostname: str = "criu-test",
+    stdout: int | None = None,
 ) -> int:
     """Start argv as pid 1 of new pid, mnt, uts, ipc and net namespaces, pivot_root'ed into root;
-    returns its host pid. `binds` are read-only (host path, path in root) bind mounts.
+    returns its host pid. `binds` are read-only (host path, path in root) bind mounts; `stdout`
+    (a pipe, say) becomes the init's fd 1, else it gets /dev/null.
 
     The caller must be a child subreaper (the middle process exits at once, so the container
     init is re-parented to the caller, which reaps it).
@@ -89,7 +91,7 @@ def spawn_container(
             syscalls.unshare(CONTAINER_NAMESPACES)
             init = os.fork()
             if init == 0:
-                _container_init(root, argv, binds, env or {"PATH": "/bin:/usr/bin"}, hostname, w)
+                _container_init(root, argv, binds, env or {"PATH": "/bin:/usr/bin"}, hostname, w, stdout)
             os.write(w, f"pid {init}\n".encode())
             code = 0
         except BaseException as e:
@@ -120,6 +122,7 @@ def _container_init(
     env: dict[str, str],
     hostname: str,
     w: int,
+    stdout: int | None,
 ) -> None:  # pragma: no cover - runs in the child
     try:
         syscalls.mount(None, "/", None, syscalls.MS_REC | syscalls.MS_PRIVATE)
@@ -139,6 +142,8 @@ def _container_init(
         null = os.open("/dev/null", os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(null, fd)
+        if stdout is not None:
+            os.dup2(stdout, 1)
         # No fds on anything outside the rootfs may reach the container (CRIU refuses them).
         os.closerange(3, w)
         os.closerange(w + 1, 65536)
@@ -210,6 +215,12 @@ def test_parse_version() -> None:
     assert parse_version("GitID: v4.1") is None
 
 
+def test_needed_version_follows_the_kernel() -> None:
+    assert needed_version("6.1.0-21-amd64") == (4, 0)
+    assert needed_version("6.16.0") == (4, 2)
+    assert needed_version("6.18.44-fc-v782") == (4, 2)
+
+
 def test_override_that_does_not_run_finds_nothing(tmp_path: Path) -> None:
     assert find_criu({"DOCKYARD_CRIU": str(tmp_path / "missing"), "PATH": ""}) is None
     old = tmp_path / "criu"
@@ -261,7 +272,8 @@ def test_criu_check_looks_good(criu: Criu) -> None:
     caps = criu.check()
     assert caps.works, caps.reason
     assert caps.version.startswith(tuple(str(n) for n in range(4, 10)))
-    assert set(caps.features) >= {"uffd", "uffd-noncoop", "mem_dirty_track"}
+    assert set(caps.features) >= {"uffd", "uffd-noncoop", "mem_dirty_track", "inet_sockets"}
+    assert caps.inet_sockets, f"criu {caps.version} cannot dump inet sockets here: {caps.reason}"
 
 
 @pytest.mark.criu
@@ -308,6 +320,128 @@ def test_counter_continues_after_dump_and_restore(criu: Criu, workdir: Path) -> 
             # Continues from where it was: no restart at 1, no gap, no repeat.
             assert values == list(range(1, len(values) + 1)), f"counter broke around {last}"
             assert values.count(1) == 1 and len(values) > last
+        finally:
+            for p in pids:
+                kill_and_reap(p)
+
+
+def _read_available(fd: int) -> str:
+    chunks = []
+    with contextlib.suppress(BlockingIOError):
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+    return b"".join(chunks).decode()
+
+
+@pytest.mark.criu
+@pytest.mark.root
+@needs_criu
+def test_stdout_pipe_is_handed_over_with_inherit_fd(criu: Criu, workdir: Path) -> None:
+    """The container's stdout is a pipe to us (as a log pipe would be). After restore the process
+    writes into a new pipe we pass with --inherit-fd under the old pipe's key."""
+    root = workdir / "rootfs"
+    make_busybox_rootfs(root)
+    script = COUNTER_SCRIPT.replace("usleep", 'echo "$i"; usleep')
+    old_r, old_w = os.pipe()
+    new_r, new_w = os.pipe()
+    os.set_blocking(old_r, False)
+    os.set_blocking(new_r, False)
+    pids: list[int] = []
+    with child_subreaper():
+        try:
+            pid = spawn_container(root, ["/bin/sh", "-c", script], stdout=old_w)
+            pids.append(pid)
+            key = f"pipe:[{os.fstat(old_w).st_ino}]"
+            os.close(old_w)
+            wait_for(lambda: len(read_counter(root)) >= 5, 10, "the counter to start")
+            criu.dump(pid, workdir / "images", root=str(root))
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            pids.remove(pid)
+            last = read_counter(root)[-1]
+            assert _read_available(old_r).split()[-1] == str(last)
+
+            restored = criu.restore(workdir / "images", root=str(root), inherit_fds=[(new_w, key)])
+            pids.append(restored)
+            os.close(new_w)
+            seen: list[str] = []
+            wait_for(
+                lambda: len(seen.extend(_read_available(new_r).split()) or seen) >= 5,
+                10,
+                "output on the new pipe",
+            )
+            assert [int(x) for x in seen[:5]] == list(range(last + 1, last + 6))
+        finally:
+            for p in pids:
+                kill_and_reap(p)
+            for fd in (old_r, new_r, new_w):
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+
+def _recv_values(root: Path) -> list[int]:
+    try:
+        text = (root / "var" / "recv").read_text()
+    except FileNotFoundError:
+        return []
+    return [int(x) for x in text.split("\n")[:-1] if x]
+
+
+@pytest.mark.criu
+@pytest.mark.root
+@needs_criu
+def test_established_tcp_connection_survives(criu: Criu, workdir: Path) -> None:
+    """Two processes in the container talk over loopback TCP; with tcp_established the connection
+    is dumped (TCP repair) and restored, and the stream goes on without a gap."""
+    root = workdir / "rootfs"
+    make_busybox_rootfs(root)
+    script = """
+ip link set lo up
+nc -l -p 7000 -e sh -c "cat > /var/recv" &
+usleep 200000
+i=0
+while :; do i=$((i+1)); echo "$i"; usleep 20000; done | nc 127.0.0.1 7000
+"""
+    pids: list[int] = []
+    with child_subreaper():
+        try:
+            pid = spawn_container(root, ["/bin/sh", "-c", script])
+            pids.append(pid)
+            wait_for(lambda: len(_recv_values(root)) >= 5, 10, "data over the TCP connection")
+            criu.dump(pid, workdir / "images", root=str(root), tcp_established=True)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            pids.remove(pid)
+            last = _recv_values(root)[-1]
+
+            restored = criu.restore(workdir / "images", root=str(root), tcp_established=True)
+            pids.append(restored)
+            wait_for(lambda: _recv_values(root)[-1] >= last + 10, 10, "the stream to go on after restore")
+            values = _recv_values(root)
+            assert values == list(range(1, len(values) + 1)), f"the stream broke around {last}"
+        finally:
+            for p in pids:
+                kill_and_reap(p)
+
+
+@pytest.mark.criu
+@pytest.mark.root
+@needs_criu
+def test_leave_running_keeps_the_source(criu: Criu, workdir: Path) -> None:
+    """A dump with leave_running is a snapshot: the source goes on (migration rolls back to it)."""
+    root = workdir / "rootfs"
+    make_busybox_rootfs(root)
+    pids: list[int] = []
+    with child_subreaper():
+        try:
+            pid = spawn_container(root, ["/bin/sh", "-c", COUNTER_SCRIPT])
+            pids.append(pid)
+            wait_for(lambda: len(read_counter(root)) >= 5, 10, "the counter to start")
+            criu.dump(pid, workdir / "images", root=str(root), leave_running=True)
+            after = read_counter(root)[-1]
+            wait_for(lambda: read_counter(root)[-1] >= after + 5, 10, "the source to go on")
+            assert is_running(pid)
+            assert (workdir / "images" / "inventory.img").exists()
         finally:
             for p in pids:
                 kill_and_reap(p)

@@ -7,6 +7,7 @@ from agent.checkpoint.criu import (
     CriuCapabilities,
     CriuError,
     find_criu,
+    needed_version,
     parse_version,
 )
 
@@ -17,5 +18,6 @@ __all__ = [
     "CriuCapabilities",
     "CriuError",
     "find_criu",
+    "needed_version",
     "parse_version",
 ]

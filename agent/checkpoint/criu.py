@@ -26,7 +26,11 @@ from pathlib import Path
 # Where deploy/install-criu.sh puts Debian 13's criu when the system has no criu >= 4.
 PRIVATE_CRIU = "/opt/dockyard/criu/bin/criu"
 ENV_OVERRIDE = "DOCKYARD_CRIU"
-MIN_MAJOR = 4
+MIN_VERSION = (4, 0)
+# Linux 6.16 restricted SO_PASSCRED/SO_PASSSEC to unix and netlink sockets; criu < 4.2 then fails to
+# dump any inet socket ("Can't get 1:16 opt: Operation not supported", checkpoint-restore/criu#2705).
+INET_SOCKETS_KERNEL = (6, 16)
+INET_SOCKETS_CRIU = (4, 2)
 
 # Features probed with `criu check --feature NAME` (each exits 0 when supported).
 #   uffd, uffd-noncoop: post-copy migration with lazy pages;
@@ -73,6 +77,11 @@ class CriuCapabilities:
         return self.works and self.features.get("uffd", False) and self.features.get("uffd-noncoop", False)
 
     @property
+    def inet_sockets(self) -> bool:
+        """Can dump TCP/UDP sockets on this kernel (not derived from a probe: see needed_version)."""
+        return self.works and self.features.get("inet_sockets", False)
+
+    @property
     def mem_dirty_track(self) -> bool:
         """Pre-copy (criu pre-dump) needs soft-dirty tracking."""
         return self.works and self.features.get("mem_dirty_track", False)
@@ -82,6 +91,17 @@ def parse_version(text: str) -> tuple[int, ...] | None:
     """`criu --version` prints "Version: 4.1.1" (older ones "criu version 3.17.1")."""
     m = re.search(r"[Vv]ersion:?\s+(\d+(?:\.\d+)*)", text)
     return tuple(int(p) for p in m.group(1).split(".")) if m else None
+
+
+def _leading_ints(text: str) -> tuple[int, ...]:
+    m = re.match(r"\d+(?:\.\d+)*", text)
+    return tuple(int(p) for p in m.group(0).split(".")) if m else ()
+
+
+def needed_version(kernel_release: str | None = None) -> tuple[int, ...]:
+    """The oldest criu that can dump a networked container on this kernel."""
+    kernel = _leading_ints(kernel_release if kernel_release is not None else os.uname().release)
+    return INET_SOCKETS_CRIU if kernel >= INET_SOCKETS_KERNEL else MIN_VERSION
 
 
 def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
@@ -139,9 +159,10 @@ class Criu:
     def check(self, features: Iterable[str] = PROBED_FEATURES) -> CriuCapabilities:
         """`criu check` plus one `criu check --feature` per feature. Never raises."""
         try:
-            version = ".".join(map(str, self.version()))
+            v = self.version()
         except CriuError as e:
             return CriuCapabilities(False, str(e))
+        version = ".".join(map(str, v))
         try:
             proc = self._run(["check"], timeout=60)
         except (OSError, subprocess.TimeoutExpired) as e:
@@ -155,6 +176,9 @@ class Criu:
                 found[name] = self._run(["check", "--feature", name], timeout=30).returncode == 0
             except (OSError, subprocess.TimeoutExpired):
                 found[name] = False
+        found["inet_sockets"] = v >= needed_version()
+        if works and not found["inet_sockets"]:
+            reason = f"Looks good, but criu {version} cannot dump inet sockets on Linux {os.uname().release}"
         return CriuCapabilities(works, reason, version, found)
 
     def dump(
@@ -320,24 +344,30 @@ def _first_error(text: str) -> str:
     return ""
 
 
-def _usable(path: str) -> bool:
+def _version_of(path: str) -> tuple[int, ...]:
     try:
-        v = Criu(path).version()
+        return Criu(path).version()
     except CriuError:
-        return False
-    return v[0] >= MIN_MAJOR
+        return ()
 
 
-def find_criu(env: Mapping[str, str] | None = None) -> Criu | None:
-    """The criu to use: $DOCKYARD_CRIU if set (and nothing else), else a system criu >= 4, else
-    the private one deploy/install-criu.sh installs. None when there is no usable criu."""
+def find_criu(env: Mapping[str, str] | None = None, kernel_release: str | None = None) -> Criu | None:
+    """The criu to use: $DOCKYARD_CRIU if set (and nothing else), else a system criu >= 4, else the
+    private one deploy/install-criu.sh installs; one new enough for this kernel's sockets
+    (needed_version) is preferred over an older one. None when there is no criu >= 4."""
     env = os.environ if env is None else env
     override = env.get(ENV_OVERRIDE)
     if override:
-        return Criu(override) if _usable(override) else None
+        return Criu(override) if _version_of(override) >= MIN_VERSION else None
+    candidates = []
     system = shutil.which("criu", path=env.get("PATH", os.defpath))
-    if system and os.path.realpath(system) != os.path.realpath(PRIVATE_CRIU) and _usable(system):
-        return Criu(system)
-    if os.access(PRIVATE_CRIU, os.X_OK) and _usable(PRIVATE_CRIU):
-        return Criu(PRIVATE_CRIU)
+    if system and os.path.realpath(system) != os.path.realpath(PRIVATE_CRIU):
+        candidates.append(system)
+    if os.access(PRIVATE_CRIU, os.X_OK):
+        candidates.append(PRIVATE_CRIU)
+    versions = {path: _version_of(path) for path in candidates}
+    for floor in (needed_version(kernel_release), MIN_VERSION):
+        for path in candidates:
+            if versions[path] >= floor:
+                return Criu(path)
     return None
