@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -313,6 +315,33 @@ def test_add_process_and_destroy_with_cgroup_kill(kernel: FakeKernel, driver: V2
     assert not driver.exists("d")
     assert driver.list() == []
     driver.destroy("d")  # idempotent
+
+
+def test_destroy_without_cgroup_kill_freezes_kills_thaws(kernel: FakeKernel, driver: V2Driver) -> None:
+    """Kernels before 5.14 have no cgroup.kill: freeze, SIGKILL each member, thaw, wait for them to go."""
+    driver.create("old", Resources())
+    c = kernel.root / PARENT / "old"
+    (c / "cgroup.kill").unlink()
+    p = subprocess.Popen(["sleep", "60"])
+    try:
+        (c / "cgroup.procs").write_text(f"{p.pid}\n")
+
+        def exit_leaves_cgroup() -> None:  # what the kernel does when a member exits
+            p.wait()
+            (c / "cgroup.procs").write_text("")
+
+        reaper = threading.Thread(target=exit_leaves_cgroup)
+        reaper.start()
+        kernel.writes.clear()
+        driver.destroy("old")
+        reaper.join(timeout=5)
+        assert p.returncode == -signal.SIGKILL
+        assert kernel.writes == [(f"{PARENT}/old/cgroup.freeze", "1"), (f"{PARENT}/old/cgroup.freeze", "0")]
+        assert not driver.exists("old")
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
 
 
 def test_a_controller_not_delegated_is_an_error_and_create_cleans_up(

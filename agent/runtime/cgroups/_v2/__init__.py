@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 
@@ -102,7 +103,18 @@ class V2Driver(CgroupDriver):
             on = {x.lstrip("+") for x in _fs.read(sc).split()}
             add = [n for n in wanted if n in have and n not in on]
             if add:
-                _fs.write(sc, " ".join("+" + n for n in add))
+                try:
+                    _fs.write(sc, " ".join("+" + n for n in add))
+                except CgroupError as e:
+                    if e.errno != errno.EBUSY:
+                        raise
+                    raise CgroupError(
+                        f"{e} (a cgroup with processes of its own cannot delegate controllers: run the "
+                        "agent in a leaf cgroup, or give detect() a parent outside its cgroup)",
+                        op=e.op,
+                        path=e.path,
+                        errno=e.errno,
+                    ) from e
 
     def update(self, name: str, resources: Resources) -> None:
         resources.validate()
