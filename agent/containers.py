@@ -30,6 +30,7 @@ from agent.model import (
     InvalidArgument,
     NotFound,
     Port,
+    StartFailed,
 )
 from agent.runtime import cgroups, frames
 from agent.runtime.shim import ShimFiles, pid_start_time
@@ -292,7 +293,9 @@ class ContainerManager:
             c.state.error = err
             c.state.exit_code = int((msg or {}).get("exit_code", 128))
             self._save(c)
-            raise AgentError(f"failed to start container {c.name}: {err}")
+            if c.config.auto_remove:
+                self._spawn(self.remove(c.id, force=True))
+            raise StartFailed(f"failed to start container {c.name}: {err}", c.state.exit_code)
         c.state.status = "running"
         c.state.pid = int(msg["pid"])
         c.state.started_at = time.time()
@@ -625,7 +628,7 @@ class ContainerManager:
     async def attach(self, ref: str) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
         c = self.get(ref)
         if c.state.status not in ("running", "paused"):
-            raise Conflict(f"You cannot attach to a stopped container, start it first")
+            raise Conflict("You cannot attach to a stopped container, start it first")
         return await asyncio.open_unix_connection(str(self.files(c).socket))
 
     def exec_request(self, ref: str, proc: ProcessSpec, fds: list[int]) -> Reply:

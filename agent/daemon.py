@@ -12,7 +12,7 @@ import contextlib
 import logging
 import os
 import signal
-import socket
+import socket as _socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +35,7 @@ class AgentOptions:
     root: str = DEFAULT_ROOT
     socket: str = DEFAULT_SOCKET
     listen: str = ""                 # host:port for TCP (scheduler and other agents)
-    name: str = field(default_factory=socket.gethostname)
+    name: str = field(default_factory=_socket.gethostname)
     bridge: str = "dockyard0"
     subnet: str = "172.29.0.0/16"
     cgroup_parent: str | None = None
@@ -52,7 +52,7 @@ class Agent:
         self.zygote = Zygote()
 
     async def start(self) -> None:
-        from agent.images import ImageStore
+        from agent.images.imagestore import ImageStore
         from agent.runtime import network
 
         o = self.opts
@@ -60,12 +60,13 @@ class Agent:
         images = ImageStore(self.root / "images")
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
         await asyncio.to_thread(net.ensure)
-        driver = cgroups.detect(o.cgroup_root, o.cgroup_parent)
+        driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()
-        criu = await asyncio.to_thread(_criu_works)
-        servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, criu, o.labels)
+        servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, False, o.labels)
+        # `criu check` takes a second: answer requests meanwhile, report the capability once known.
+        self._criu_task = asyncio.get_running_loop().create_task(self._check_criu(servicer))
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                                ("grpc.max_send_message_length", 64 << 20)])
         pbg.add_AgentServicer_to_server(servicer, self.server)
@@ -79,6 +80,10 @@ class Agent:
         os.chmod(o.socket, 0o660)
         log.info("agent %s serving on %s (root %s, cgroup v%d)", o.name, o.socket, self.root, driver.version)
 
+    @staticmethod
+    async def _check_criu(servicer: AgentServicer) -> None:
+        servicer.criu = await asyncio.to_thread(_criu_works)
+
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(grace=1)
@@ -87,6 +92,29 @@ class Agent:
         self.zygote.stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.opts.socket)
+
+
+def _cgroup_parent(root: Path, configured: str | None) -> str:
+    """Where this agent's container cgroups live, the same in every controller, fixed at first start.
+
+    By default they nest under the agent's own cgroup (the deepest of its controller paths: here the
+    memory controller's /process_api/<id>), so a host's own limits still apply to them. The choice is
+    written to <root>/cgroup-parent so that an agent restarted from another cgroup finds them again.
+    """
+    if configured:
+        return configured.strip("/")
+    saved = root / "cgroup-parent"
+    if saved.exists():
+        return saved.read_text().strip()
+    own = "/"
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            path = line.rstrip("\n").split(":", 2)[2]
+            if len(path) > len(own):
+                own = path
+    parent = (own.rstrip("/") + "/dockyard").strip("/")
+    saved.write_text(parent + "\n")
+    return parent
 
 
 def _criu_works() -> bool:

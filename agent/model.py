@@ -30,6 +30,14 @@ class Unavailable(AgentError):
     pass
 
 
+class StartFailed(AgentError):
+    """The container's process could not be started; exit_code is docker's (127: no such command)."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
 @dataclass
 class Port:
     host_ip: str = ""

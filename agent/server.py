@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import functools
 import json
+import logging
 import os
 import platform
 import struct
@@ -24,7 +25,7 @@ import grpc
 
 from agent import convert
 from agent.containers import ContainerManager
-from agent.model import AgentError, Conflict, InvalidArgument, NotFound, Unavailable
+from agent.model import AgentError, Conflict, InvalidArgument, NotFound, StartFailed, Unavailable
 from agent.runtime import frames
 from agent.runtime.spec import ProcessSpec
 from protos import agent_pb2 as pb
@@ -36,7 +37,7 @@ CHUNK = 256 * 1024
 
 
 def _status(e: Exception) -> grpc.StatusCode:
-    from agent import images
+    from agent.images import errors as images
 
     table: list[tuple[type[Exception], grpc.StatusCode]] = [
         (NotFound, grpc.StatusCode.NOT_FOUND),
@@ -63,7 +64,7 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
         except (AgentError, ValueError, OSError) as e:
             await context.abort(_status(e), str(e))
         except Exception as e:
-            from agent import images
+            from agent.images import errors as images
 
             if isinstance(e, images.ImageError):
                 await context.abort(_status(e), str(e))
@@ -80,7 +81,7 @@ def _mapped_stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIt
             async for item in fn(self, request, context):
                 yield item
         except Exception as e:
-            from agent import images
+            from agent.images import errors as images
 
             if isinstance(e, (AgentError, ValueError, OSError, images.ImageError)):
                 await context.abort(_status(e), str(e))
@@ -207,7 +208,8 @@ class AgentServicer(pbg.AgentServicer):
                     continue
                 try:
                     s = await asyncio.to_thread(self.m.stats, c)
-                except Exception:
+                except Exception as e:
+                    logging.getLogger("dockyard.agent").warning("stats of %s: %s", c.name, e)
                     continue
                 st, now = s["stats"], time.monotonic()
                 cpu_pct = 0.0
@@ -246,6 +248,9 @@ class AgentServicer(pbg.AgentServicer):
             if o.start:
                 await self.m.start(c.id, hold=True)
             reader, writer = await self.m.attach(c.id)
+        except StartFailed as e:
+            yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=e.exit_code, error=f"Error response from daemon: {e}"))
+            return
         except AgentError as e:
             await context.abort(_status(e), str(e))
             return

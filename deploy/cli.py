@@ -118,8 +118,8 @@ def _env_file(path: str) -> list[str]:
 
 
 def _parse_ports(specs: tuple[str, ...]) -> list[pb.PortMapping]:
-    from agent.runtime.network.ports import parse_publish
     from agent.runtime.network.model import NetworkError
+    from agent.runtime.network.ports import parse_publish
 
     out = []
     for s in specs:
@@ -655,19 +655,23 @@ def export(ctx: click.Context, container: str, output: str) -> None:
     cl = client(ctx)
     if not output and sys.stdout.isatty():
         fail("cowardly refusing to save to a terminal. Use the -o flag or redirect")
-    tmp = output + ".partial" if output else ""
-    out = open(tmp, "wb") if output else sys.stdout.buffer
-    try:
-        for chunk in cl.stub.ExportContainer(pb.ContainerRef(id=container)):
-            out.write(chunk.data)
-    except grpc.RpcError as e:
-        if output:
+    if not output:
+        try:
+            for chunk in cl.stub.ExportContainer(pb.ContainerRef(id=container)):
+                sys.stdout.buffer.write(chunk.data)
+        except grpc.RpcError as e:
+            fail_rpc(e, cl.host)
+        return
+    tmp = output + ".partial"  # a failed export leaves no half file under the asked name
+    with open(tmp, "wb") as out:
+        try:
+            for chunk in cl.stub.ExportContainer(pb.ContainerRef(id=container)):
+                out.write(chunk.data)
+        except grpc.RpcError as e:
             out.close()
             os.unlink(tmp)
-        fail_rpc(e, cl.host)
-    if output:
-        out.close()
-        os.replace(tmp, output)
+            fail_rpc(e, cl.host)
+    os.replace(tmp, output)
 
 
 def _images_table(ctx: click.Context, quiet: bool, fmt: str, all_: bool = False) -> None:

@@ -83,7 +83,7 @@ def emit_json(obj: Any) -> None:
 
 
 def trunc_command(cmd: str, width: int = 20) -> str:
-    q = json.dumps(cmd)
+    q = json.dumps(cmd, ensure_ascii=False)
     if len(cmd) > width:
-        q = json.dumps(cmd[: width - 1] + "…")
+        q = json.dumps(cmd[: width - 1] + "…", ensure_ascii=False)
     return q

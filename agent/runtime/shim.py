@@ -35,6 +35,14 @@ from agent.runtime import syscalls as sc
 from agent.runtime.spec import RuntimeSpec, write_atomic
 
 DRAIN_SECONDS = 2.0
+_TRACE = os.environ.get("DOCKYARD_TRACE")
+
+
+def trace(what: str) -> None:
+    """DOCKYARD_TRACE=FILE: time stamps of the start and exit path, for finding slow steps."""
+    if _TRACE:
+        with open(_TRACE, "a") as f:
+            f.write(f"{time.monotonic():.6f} {os.getpid()} {what}\n")
 
 
 class ShimFiles:
@@ -134,7 +142,6 @@ class _Shim:
     # --- launch -------------------------------------------------------------------------------
 
     def launch(self) -> int:
-        spec = self.spec
         sc.set_child_subreaper()
         try:
             return self._launch()
@@ -151,12 +158,15 @@ class _Shim:
         self.listener.bind(str(self.files.socket))
         self.listener.listen(16)
 
+        trace("launch")
         self.cg = cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
         self.cg.create(spec.id, resources_from_dict(spec.cgroup))
+        trace("cgroup created")
         os.makedirs(spec.rootfs, exist_ok=True)
         rootfs.mount_rootfs(spec.mounts, spec.rootfs)
         self.mounted = True
         self._write_etc_files()
+        trace("rootfs mounted")
 
         stdio: tuple[int, int, int] | None = None
         child_ends: list[int] = []
@@ -223,6 +233,7 @@ class _Shim:
             msg, _ = init.recv(parent_ctl)
             raise _LaunchError((msg or {}).get("error", "container init could not be forked"), 128)
         self.pid = struct.unpack("i", raw)[0]
+        trace("forked")
         self.pidfd = sc.pidfd_open(self.pid)
         self.started_at = time.time()
         write_atomic(self.files.init_pid, json.dumps(
@@ -236,7 +247,9 @@ class _Shim:
 
             self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
             self.endpoint = network.Endpoint.from_dict(spec.network)
+            trace("attach net")
             self.net.attach(self.endpoint, self.pid)
+            trace("attached net")
             configure["endpoint"] = spec.network
         init.send(parent_ctl, configure)
         while True:
@@ -252,6 +265,7 @@ class _Shim:
             elif msg["op"] == "ready":
                 break
         self.ready = True
+        trace("ready")
         return self.pid
 
     def _write_id_maps(self, pid: int) -> None:
@@ -463,6 +477,7 @@ class _Shim:
 
     def _finish(self) -> None:
         assert self.status is not None
+        trace("exited")
         finished_at = time.time()
         # Whatever is still buffered in the pipes belongs in the log.
         deadline = time.monotonic() + DRAIN_SECONDS
@@ -478,7 +493,9 @@ class _Shim:
                 oom = self.cg.oom_kills(self.spec.id) > 0
         result = {"exit_code": code, "oom_killed": oom, "finished_at": finished_at,
                   "error": getattr(self, "exec_error", {}).get("error", "")}
+        trace("drained")
         self._teardown()
+        trace("torn down")
         write_atomic(self.files.exit, json.dumps(result))
         self._broadcast(frames.EXIT, json.dumps(result).encode())
         for conn in list(self.clients):

@@ -1,0 +1,301 @@
+"""Containers on one host, end to end through the CLI and a real agent, as root on the real kernel."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.agent_harness import AgentProcess, agent, clean_agent  # noqa: F401
+from tests.images import busybox_tar_path  # noqa: F401
+
+pytestmark = pytest.mark.root
+
+
+def _pid(a: AgentProcess, ref: str) -> int:
+    return int(a.inspect(ref)["State"]["Pid"])
+
+
+def test_run_echo_and_exit_code(clean_agent: AgentProcess) -> None:
+    r = clean_agent.cli("run", "--rm", "busybox", "echo", "hello")
+    assert (r.returncode, r.stdout) == (0, "hello\n")
+    r = clean_agent.cli("run", "--rm", "busybox", "sh", "-c", "echo oops >&2; exit 3")
+    assert r.returncode == 3
+    assert r.stderr == "oops\n"
+    assert clean_agent.cli("ps", "-a", "-q").stdout == ""  # --rm removed both
+
+
+def test_namespaces_differ_from_the_host(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("busybox", "sleep", "60")
+    pid = _pid(clean_agent, cid)
+    for ns in ("pid", "net", "mnt", "ipc", "uts"):
+        assert os.stat(f"/proc/{pid}/ns/{ns}").st_ino != os.stat(f"/proc/self/ns/{ns}").st_ino, ns
+    r = clean_agent.cli("exec", cid, "sh", "-c", "echo $$; cat /proc/1/cmdline | tr '\\0' ' '")
+    lines = r.stdout.splitlines()
+    assert int(lines[0]) < 10  # a pid of the container's own namespace
+    assert lines[1].strip() == "sleep 60"
+
+
+def test_pid_one_hostname_env_workdir_user(clean_agent: AgentProcess) -> None:
+    r = clean_agent.cli("run", "--rm", "-h", "box1", "-e", "FOO=bar", "-w", "/work/dir", "-u", "nobody",
+                        "busybox", "sh", "-c", 'echo $$ $(hostname) $FOO $(pwd) $(id -u)')
+    assert r.stdout.split() == ["1", "box1", "bar", "/work/dir", "65534"], r.stderr
+
+
+def test_env_file_and_entrypoint(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    env = tmp_path / "env"
+    env.write_text("# comment\nA=1\nB=two words\n")
+    r = clean_agent.cli("run", "--rm", "--env-file", str(env), "--entrypoint", "/bin/sh", "busybox",
+                        "-c", 'echo "$A|$B"')
+    assert r.stdout == "1|two words\n", r.stderr
+
+
+def test_stdin_is_piped(clean_agent: AgentProcess) -> None:
+    r = clean_agent.cli("run", "-i", "--rm", "busybox", "cat", input="hi there\n")
+    assert r.stdout == "hi there\n", r.stderr
+
+
+def test_rootfs_is_isolated_and_masked(clean_agent: AgentProcess) -> None:
+    r = clean_agent.cli("run", "--rm", "busybox", "sh", "-c",
+                        "ls /dev | sort | tr '\\n' ' '; echo; cat /proc/kcore | wc -c; "
+                        "(echo x > /proc/sys/kernel/hostname) 2>&1 | grep -c Read-only; grep -c ' / ' /proc/mounts; "
+                        "cat /proc/self/status | grep CapEff")
+    out = r.stdout.splitlines()
+    for dev in ("null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx"):
+        assert dev in out[0].split(), out[0]
+    assert out[1].strip() == "0"  # /proc/kcore is masked with /dev/null
+    assert out[2].strip() == "1"  # /proc/sys is read-only
+    # docker's default capability set: 0x00000000a80425fb
+    assert out[4].split()[1] == "00000000a80425fb"
+
+
+def test_copy_on_write_leaves_the_image_alone(clean_agent: AgentProcess) -> None:
+    clean_agent.cli("run", "--name", "cow", "busybox", "sh", "-c", "echo changed > /bin/sh.txt; rm /bin/ls", check=True)
+    r = clean_agent.cli("run", "--rm", "busybox", "sh", "-c", "test -e /bin/sh.txt; echo $?; test -e /bin/ls; echo $?")
+    assert r.stdout.split() == ["1", "0"]
+
+
+def test_oom_kill_shows_137_and_oomkilled(clean_agent: AgentProcess) -> None:
+    r = clean_agent.cli("run", "--name", "oom", "-m", "16m", "--memory-swap", "16m", "busybox", "sh", "-c",
+                        "x=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived")
+    assert r.returncode == 137, (r.stdout, r.stderr)
+    assert "survived" not in r.stdout
+    state = clean_agent.inspect("oom")["State"]
+    assert state["OOMKilled"] is True and state["ExitCode"] == 137
+
+
+def test_pids_limit(clean_agent: AgentProcess) -> None:
+    r = clean_agent.cli("run", "--rm", "--pids-limit", "8", "busybox", "sh", "-c",
+                        "for i in $(seq 20); do sleep 2 & done 2>&1; wait")
+    assert re.search(r"can't fork|Resource temporarily unavailable", r.stdout + r.stderr), (r.stdout, r.stderr)
+
+
+def _cgroup_dir(pid: int, controller: str) -> Path:
+    for line in Path(f"/proc/{pid}/cgroup").read_text().splitlines():
+        _, names, path = line.split(":", 2)
+        if controller in names.split(","):
+            return Path("/sys/fs/cgroup") / controller / path.lstrip("/")
+    raise AssertionError(f"no {controller} cgroup for {pid}")
+
+
+def test_cpu_quota_throttles(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("--cpus", "0.2", "busybox", "sh", "-c", "while :; do :; done")
+    pid = _pid(clean_agent, cid)
+    d = _cgroup_dir(pid, "cpu")
+    assert (d / "cpu.cfs_quota_us").read_text().strip() == "20000"
+    time.sleep(1.5)
+    stat = dict(line.split() for line in (d / "cpu.stat").read_text().splitlines())
+    assert int(stat["nr_throttled"]) > 0
+    usage = int((_cgroup_dir(pid, "cpuacct") / "cpuacct.usage").read_text())
+    assert usage < 0.6e9  # 1.5 s of wall time at 0.2 CPU is about 0.3 s
+
+
+def test_memory_limit_is_written(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("-m", "64m", "busybox", "sleep", "60")
+    d = _cgroup_dir(_pid(clean_agent, cid), "memory")
+    assert int((d / "memory.limit_in_bytes").read_text()) == 64 << 20
+
+
+def _log_lines(a: AgentProcess, ref: str) -> int:
+    return len(a.cli("logs", ref).stdout.splitlines())
+
+
+def test_pause_stops_progress_and_unpause_resumes(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("busybox", "sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done")
+    clean_agent.wait_for(lambda: _log_lines(clean_agent, cid) > 3, what="output")
+    clean_agent.cli("pause", cid, check=True)
+    assert clean_agent.inspect(cid)["State"]["Status"] == "paused"
+    assert "(Paused)" in clean_agent.cli("ps").stdout
+    n1 = _log_lines(clean_agent, cid)
+    time.sleep(0.6)
+    assert _log_lines(clean_agent, cid) == n1
+    assert clean_agent.cli("exec", cid, "true").returncode != 0  # docker refuses exec while paused
+    clean_agent.cli("unpause", cid, check=True)
+    clean_agent.wait_for(lambda: _log_lines(clean_agent, cid) > n1 + 3, what="progress after unpause")
+
+
+def _http_get(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        return str(resp.read().decode())
+
+
+def test_published_port_serves_http(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached(
+        "-p", "127.0.0.1::80", "--name", "web", "busybox", "sh", "-c",
+        "mkdir /www && echo hello-from-web > /www/index.html && exec httpd -f -p 80 -h /www")
+    out = clean_agent.cli("port", cid, "80").stdout.strip()
+    host, port = out.rsplit(":", 1)
+    assert host == "127.0.0.1" and int(port) > 0
+    body = clean_agent.wait_for(lambda: _try(lambda: _http_get(f"http://127.0.0.1:{port}/")), what="httpd")
+    assert body == "hello-from-web\n"
+    ip = clean_agent.inspect(cid)["NetworkSettings"]["IPAddress"]
+    assert _http_get(f"http://{ip}:80/") == "hello-from-web\n"  # the host reaches the container directly
+
+
+def test_containers_reach_each_other(clean_agent: AgentProcess) -> None:
+    a = clean_agent.run_detached("busybox", "sh", "-c", "echo pong > /tmp/i; exec httpd -f -p 8000 -h /tmp")
+    ip = clean_agent.inspect(a)["NetworkSettings"]["IPAddress"]
+    r = clean_agent.cli("run", "--rm", "busybox", "sh", "-c",
+                        f"for i in 1 2 3 4 5 6 7 8 9 10; do wget -q -O - http://{ip}:8000/i && exit 0; sleep 0.2; done; exit 1")
+    assert (r.returncode, r.stdout) == (0, "pong\n"), r.stderr
+
+
+def _try(fn):  # type: ignore[no-untyped-def]
+    try:
+        return fn()
+    except OSError:
+        return None
+
+
+def test_network_none_and_host(clean_agent: AgentProcess) -> None:
+    r = clean_agent.cli("run", "--rm", "--network", "none", "busybox", "sh", "-c", "ls /sys/class/net | tr '\\n' ' '")
+    assert r.stdout.split() == ["lo"]
+    r = clean_agent.cli("run", "--rm", "--network", "host", "busybox", "hostname")
+    assert r.stdout.strip() == socket.gethostname()
+
+
+def test_pid_host(clean_agent: AgentProcess) -> None:
+    r = clean_agent.cli("run", "--rm", "--pid", "host", "busybox", "sh", "-c", "test -d /proc/1 && echo $$")
+    assert int(r.stdout) > 1
+
+
+def test_logs_tail_follow_timestamps(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done; sleep 1; echo last")
+    clean_agent.cli("wait", cid, check=True)
+    assert clean_agent.cli("logs", "--tail", "2", cid).stdout == "line5\nlast\n"
+    ts = clean_agent.cli("logs", "-t", "--tail", "1", cid).stdout
+    assert re.match(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{9}Z last\n", ts), ts
+    cid2 = clean_agent.run_detached("busybox", "sh", "-c", "echo a; sleep 0.5; echo b")
+    r = clean_agent.cli("logs", "-f", cid2, timeout=15)
+    assert r.stdout == "a\nb\n"
+
+
+def test_stop_kills_after_grace_and_restart_policy(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("busybox", "sleep", "100")  # pid 1 ignores SIGTERM
+    t0 = time.monotonic()
+    clean_agent.cli("stop", "-t", "1", cid, check=True)
+    assert 0.9 < time.monotonic() - t0 < 8
+    assert clean_agent.inspect(cid)["State"]["ExitCode"] == 137
+    cid = clean_agent.run_detached("--init", "busybox", "sleep", "100")  # --init forwards SIGTERM
+    t0 = time.monotonic()
+    clean_agent.cli("stop", "-t", "10", cid, check=True)
+    assert time.monotonic() - t0 < 5
+    assert clean_agent.inspect(cid)["State"]["ExitCode"] == 143
+    cid = clean_agent.run_detached("--restart", "on-failure:2", "busybox", "sh", "-c", "exit 1")
+    clean_agent.wait_for(lambda: clean_agent.inspect(cid)["RestartCount"] == 2
+                         and clean_agent.inspect(cid)["State"]["Status"] == "exited", what="two restarts")
+
+
+def test_kill_signal_and_restart(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("busybox", "sh", "-c", "trap 'echo got-usr1' USR1; while :; do sleep 0.1; done")
+    time.sleep(0.3)
+    clean_agent.cli("kill", "-s", "USR1", cid, check=True)
+    clean_agent.wait_for(lambda: "got-usr1" in clean_agent.cli("logs", cid).stdout, what="trap")
+    pid1 = _pid(clean_agent, cid)
+    clean_agent.cli("restart", "-t", "0", cid, check=True)
+    assert clean_agent.inspect(cid)["State"]["Running"] and _pid(clean_agent, cid) != pid1
+
+
+def test_exec_joins_namespaces_and_cgroup(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("-e", "FROMRUN=1", "busybox", "sleep", "60")
+    pid = _pid(clean_agent, cid)
+    r = clean_agent.cli("exec", "-e", "X=2", "-w", "/tmp", cid, "sh", "-c",
+                        "echo $FROMRUN$X $(pwd) $(hostname); cat /proc/self/cgroup | grep memory; ps -o pid,args")
+    lines = r.stdout.splitlines()
+    assert lines[0] == f"12 /tmp {cid[:12]}"
+    assert lines[1].split(":", 2)[2] == Path(f"/proc/{pid}/cgroup").read_text().split("memory:")[1].splitlines()[0]
+    assert any(ln.split()[0] == "1" and "sleep 60" in ln for ln in lines[2:])
+    assert clean_agent.cli("exec", cid, "sh", "-c", "exit 5").returncode == 5
+    r = clean_agent.cli("exec", cid, "nosuch")
+    assert r.returncode in (126, 127) and "executable file not found" in r.stderr
+
+
+def test_top_inspect_ps_format(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("--name", "topme", "-l", "app=x", "busybox", "sleep", "60")
+    assert "sleep 60" in clean_agent.cli("top", "topme").stdout
+    doc = clean_agent.inspect("topme")
+    assert doc["Id"] == cid and doc["Name"] == "/topme" and doc["Config"]["Labels"] == {"app": "x"}
+    assert cid[:12] in clean_agent.cli("ps", "-q", "-f", "label=app=x").stdout
+    import json
+
+    rows = json.loads(clean_agent.cli("ps", "--format", "json").stdout)
+    assert rows[0]["name"] == "topme"
+
+
+# --- bad input ---------------------------------------------------------------------------------
+
+
+def test_bad_input_is_refused_and_leaves_nothing(clean_agent: AgentProcess) -> None:
+    cases = [
+        (["run", "--rm", "nosuchimage"], "nosuchimage"),
+        (["run", "-m", "12x", "busybox", "true"], "12x"),
+        (["run", "-p", "99999:80", "busybox", "true"], "99999"),
+        (["run", "--cpus", "abc", "busybox", "true"], "abc"),
+        (["run", "--restart", "sometimes", "busybox", "true"], "sometimes"),
+        (["run", "--name", "bad name!", "busybox", "true"], "bad name!"),
+        (["run", "--rm", "busybox", "nosuchcmd"], "nosuchcmd"),
+        (["exec", "nosuchcontainer", "true"], "nosuchcontainer"),
+        (["rm", "nosuchcontainer"], "nosuchcontainer"),
+    ]
+    for args, named in cases:
+        r = clean_agent.cli(*args)
+        assert r.returncode != 0, args
+        assert named in r.stderr, (args, r.stderr)
+    r = clean_agent.cli("run", "--rm", "busybox", "nosuchcmd")
+    assert r.returncode == 127
+    assert "executable file not found" in r.stderr
+    clean_agent.wait_for(lambda: clean_agent.cli("ps", "-a", "-q").stdout == "", what="--rm after a failed start")
+
+
+def test_name_taken_and_port_in_use(clean_agent: AgentProcess) -> None:
+    dup = clean_agent.run_detached("--name", "dup", "-p", "127.0.0.1::80", "busybox", "sleep", "60")
+    r = clean_agent.cli("run", "--name", "dup", "busybox", "true")
+    assert r.returncode != 0 and "already in use" in r.stderr
+    port = int(clean_agent.cli("port", "dup", "80").stdout.strip().rsplit(":", 1)[1])
+    r = clean_agent.cli("run", "-d", "-p", f"127.0.0.1:{port}:80", "busybox", "sleep", "60")
+    assert r.returncode != 0 and str(port) in r.stderr
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        r = clean_agent.cli("run", "-d", "-p", f"127.0.0.1:{busy}:80", "busybox", "sleep", "60")
+        assert r.returncode != 0 and str(busy) in r.stderr
+    # The failed starts left created containers only, holding no address, mount, cgroup or veth.
+    left = clean_agent.leftovers()
+    assert [x for x in left if dup not in x and not x.startswith("dy")] == []
+    assert len([x for x in left if x.startswith("dy")]) == 1
+
+
+def test_remove_running_needs_force_and_image_in_use(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("--name", "busy", "busybox", "sleep", "60")
+    r = clean_agent.cli("rm", cid)
+    assert r.returncode != 0 and "Stop the container" in r.stderr
+    r = clean_agent.cli("rmi", "busybox")
+    assert r.returncode != 0 and "busy" in r.stderr  # names the container that uses it
+    clean_agent.cli("rm", "-f", cid, check=True)
+    assert clean_agent.cli("ps", "-a", "-q").stdout == ""
