@@ -16,7 +16,7 @@ import stat
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -172,8 +172,7 @@ def child_subreaper() -> Iterator[None]:
         syscalls.prctl(syscalls.PR_SET_CHILD_SUBREAPER, 0)
 
 
-def wait_for(predicate: object, timeout: float, what: str) -> None:
-    assert callable(predicate)
+def wait_for(predicate: Callable[[], object], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -365,11 +364,12 @@ def test_stdout_pipe_is_handed_over_with_inherit_fd(criu: Criu, workdir: Path) -
             pids.append(restored)
             os.close(new_w)
             seen: list[str] = []
-            wait_for(
-                lambda: len(seen.extend(_read_available(new_r).split()) or seen) >= 5,
-                10,
-                "output on the new pipe",
-            )
+
+            def five_lines() -> bool:
+                seen.extend(_read_available(new_r).split())
+                return len(seen) >= 5
+
+            wait_for(five_lines, 10, "output on the new pipe")
             assert [int(x) for x in seen[:5]] == list(range(last + 1, last + 6))
         finally:
             for p in pids:
