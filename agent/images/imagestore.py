@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
-from . import reference as refs
+from . import reference as _ref
 from .config import (
     MEDIA_OCI_CONFIG,
     MEDIA_OCI_LAYER,
@@ -121,8 +121,8 @@ class ImageStore:
         rec = records.images[image_id]
         cfg = self._config_json(image_id)
         diff_ids = list(cfg.get("rootfs", {}).get("diff_ids", []))
-        tags = sorted(refs.parse(r).familiar() for r, i in records.refs.items() if i == image_id and "@" not in r)
-        digests = sorted(refs.parse(r).familiar() for r, i in records.refs.items() if i == image_id and "@" in r)
+        tags = sorted(_ref.parse(r).familiar() for r, i in records.refs.items() if i == image_id and "@" not in r)
+        digests = sorted(_ref.parse(r).familiar() for r, i in records.refs.items() if i == image_id and "@" in r)
         digests = sorted(set(digests) | set(rec.get("repo_digests", [])))
         return Image(
             id=image_id,
@@ -148,13 +148,13 @@ class ImageStore:
             return self._by_prefix(records, ref[len("sha256:") :], ref), None
         named: str | None = None
         with contextlib.suppress(InvalidReference):
-            named = str(refs.parse(ref))
+            named = str(_ref.parse(ref))
         if named is not None and named in records.refs:
             return records.refs[named], named
         if all(c in "0123456789abcdef" for c in ref) and ref:
             return self._by_prefix(records, ref, ref), None
         if named is None:
-            refs.parse(ref)  # raise the reference error itself
+            _ref.parse(ref)  # raise the reference error itself
         raise ImageNotFound(f"No such image: {ref}")
 
     @staticmethod
@@ -179,7 +179,7 @@ class ImageStore:
         return sorted(images, key=lambda im: (-im.created, im.id))
 
     def tag(self, source: str, target: str) -> None:
-        ref = refs.parse(target)
+        ref = _ref.parse(target)
         if ref.digest:
             raise InvalidReference(f"refusing to create a tag with a digest reference: {target}")
         with self._locked() as records:
@@ -194,8 +194,8 @@ class ImageStore:
         message: str = "",
     ) -> Image:
         """docker import: one layer from a plain/gzip/zstd tar, a config from ``changes``."""
-        named = str(refs.parse(reference)) if reference else None
-        if named and refs.parse(reference or "").digest:
+        named = str(_ref.parse(reference)) if reference else None
+        if named and _ref.parse(reference or "").digest:
             raise InvalidReference(f"import needs a name:tag, not a digest reference: {reference}")
         config = apply_changes(ImageConfig(), changes)
         created = time.time()
@@ -228,7 +228,7 @@ class ImageStore:
         so it keeps running; ``base`` must be the image the snapshot was prepared from (None for
         scratch). Used by build steps and cold migration too.
         """
-        named = str(refs.parse(reference)) if reference else None
+        named = str(_ref.parse(reference)) if reference else None
         base_image = self.get(base) if base else None
         parent_chain = base_image.chain_id if base_image else ""
         info = self.snapshotter.stat(snapshot_key)
@@ -344,19 +344,19 @@ class ImageStore:
                 # A reference was given: untag it first.
                 if not force and single and users:
                     raise ImageInUse(
-                        f"image {refs.parse(named).familiar()} is in use by {_containers(users)}"
+                        f"image {_ref.parse(named).familiar()} is in use by {_containers(users)}"
                     )
                 del records.refs[named]
-                untagged.append(refs.parse(named).familiar())
-                parsed = refs.parse(named)
+                untagged.append(_ref.parse(named).familiar())
+                parsed = _ref.parse(named)
                 if not parsed.digest:
                     # Tag removed: if only digest references of that repository remain, drop them too.
                     rest = [r for r, i in records.refs.items() if i == image_id]
-                    if not any(refs.parse(r).name == parsed.name and "@" not in r for r in rest):
+                    if not any(_ref.parse(r).name == parsed.name and "@" not in r for r in rest):
                         for r in rest:
-                            if "@" in r and refs.parse(r).name == parsed.name:
+                            if "@" in r and _ref.parse(r).name == parsed.name:
                                 del records.refs[r]
-                                untagged.append(refs.parse(r).familiar())
+                                untagged.append(_ref.parse(r).familiar())
                 if any(i == image_id for i in records.refs.values()):
                     return untagged, deleted
                 if users and (running or not force):
@@ -374,11 +374,11 @@ class ImageStore:
                 if not single and not force:
                     raise ImageInUse(
                         f"unable to delete {_short(image_id)} (must be forced) - image is referenced in "
-                        f"multiple repositories: {', '.join(refs.parse(r).familiar() for r in image_refs)}"
+                        f"multiple repositories: {', '.join(_ref.parse(r).familiar() for r in image_refs)}"
                     )
                 for r in image_refs:
                     del records.refs[r]
-                    untagged.append(refs.parse(r).familiar())
+                    untagged.append(_ref.parse(r).familiar())
             rec = records.images.pop(image_id)
             deleted.append(image_id)
             diff_ids = self._config_json(image_id).get("rootfs", {}).get("diff_ids", [])
@@ -438,10 +438,11 @@ class ImageStore:
                 if blob not in keep_blobs:
                     self.content.delete(blob)
 
-    def save(self, refs_: Sequence[str], out: BinaryIO, format: str = "docker") -> None:
+    def save(self, refs: Sequence[str], out: BinaryIO, format: str = "docker") -> None:
+        """docker save: a docker-archive, or with format="oci" an OCI image layout, as a tar."""
         from .archive import save
 
-        save(self, refs_, out, format)
+        save(self, refs, out, format)
 
     def load(self, fileobj: BinaryIO) -> builtins.list[Image]:
         from .archive import load
@@ -502,7 +503,7 @@ def _is_single_reference(image_refs: Sequence[str]) -> bool:
     tags = [r for r in image_refs if "@" not in r]
     if len(tags) > 1:
         return False
-    names = {refs.parse(r).name for r in image_refs}
+    names = {_ref.parse(r).name for r in image_refs}
     return len(names) == 1
 
 
