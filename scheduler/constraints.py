@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from functools import lru_cache
 
 from scheduler.model import Node
 
@@ -41,21 +42,32 @@ class Constraint:
     equal: bool  # True for ==, False for !=
     value: str
     text: str  # as written, for reasons shown to people
+    # Resolved once at parse time: evaluation runs for every node a task looks at.
+    get: Callable[[Node], str | None] = field(default=lambda n: None, compare=False, repr=False)
+    folded: str = field(default="", compare=False, repr=False)
 
     def matches(self, node: Node) -> bool:
-        actual = node_attribute(node, self.key)
-        same = actual is not None and actual.casefold() == self.value.casefold()
+        actual = self.get(node)
+        same = actual is not None and (actual == self.value or actual.casefold() == self.folded)
         return same if self.equal else not same
+
+
+@lru_cache(maxsize=1024)
+def attribute_getter(key: str) -> Callable[[Node], str | None]:
+    """A function reading the attribute `key` names (node.labels.zone, node.hostname ...) from a node."""
+    if key.startswith("node.labels."):
+        label = key[len("node.labels."):]
+        return lambda n: n.labels.get(label)
+    if key.startswith("engine.labels."):
+        label = key[len("engine.labels."):]
+        return lambda n: n.engine_labels.get(label)
+    fixed = _FIXED.get(key)
+    return fixed if fixed is not None else (lambda n: None)
 
 
 def node_attribute(node: Node, key: str) -> str | None:
     """The value a constraint or spread preference key names on this node, or None if it has none."""
-    if key.startswith("node.labels."):
-        return node.labels.get(key[len("node.labels."):])
-    if key.startswith("engine.labels."):
-        return node.engine_labels.get(key[len("engine.labels."):])
-    getter = _FIXED.get(key)
-    return getter(node) if getter else None
+    return attribute_getter(key)(node)
 
 
 def check_key(key: str, what: str = "key") -> None:
@@ -87,7 +99,8 @@ def parse(expr: str) -> Constraint:
         check_key(key, f"constraint {expr!r}: key")
         if not _VALUE.match(value):
             raise ConstraintError(f"constraint {expr!r}: invalid value {value!r}")
-        return Constraint(key=key, equal=equal, value=value, text=f"{key} {op} {value}")
+        return Constraint(key=key, equal=equal, value=value, text=f"{key} {op} {value}",
+                          get=attribute_getter(key), folded=value.casefold())
     raise ConstraintError(f"constraint {expr!r}: needs == or != (as in 'node.labels.zone == a')")
 
 

@@ -133,7 +133,8 @@ def _restart_due(task: Task, spec: ServiceSpec) -> tuple[bool, float, int]:
 
 class _Pass:
     def __init__(self, services: Mapping[str, Service], tasks: list[Task], nodes: list[Node], now: float,
-                 new_id: IdFactory, rng: random.Random, pipeline: Pipeline, history: int) -> None:
+                 new_id: IdFactory, rng: random.Random, pipeline: Pipeline, history: int,
+                 cluster: ClusterState | None) -> None:
         self.services = services
         self.tasks = tasks
         self.nodes = {n.name: n for n in nodes}
@@ -151,7 +152,11 @@ class _Pass:
             if svc.previous_spec is not None:
                 self.by_digest[svc.name, svc.previous_spec.digest] = svc.previous_spec
             self.by_digest[svc.name, self.digest(svc.spec)] = svc.spec
-        self.cluster = ClusterState(nodes, tasks, self.spec_of, rng)
+        if cluster is None:
+            cluster = ClusterState(nodes, tasks, self.spec_of, rng)
+        else:
+            cluster.spec_of = self.spec_of
+        self.cluster = cluster
 
     def node_ok(self, name: str | None) -> bool:
         node = self.nodes.get(name or "")
@@ -179,16 +184,27 @@ class _Pass:
         return d
 
     def new_task(self, spec: ServiceSpec, slot: int, attempt: int = 0) -> tuple[Task, Placed | None]:
-        task = Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=self.digest(spec),
-                    created_at=self.now, state_at=self.now, attempt=attempt)
-        return self.assign(spec, task)
+        decision = self.decide(spec)
+        if isinstance(decision, Placed):
+            return Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=self.digest(spec),
+                        node=decision.node, state=TaskState.ASSIGNED, created_at=self.now, state_at=self.now,
+                        attempt=attempt), decision
+        return Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=self.digest(spec),
+                    created_at=self.now, state_at=self.now, attempt=attempt, error=decision.message), None
+
+    def decide(self, spec: ServiceSpec) -> Placed | Pending:
+        memo = self.pending.get(spec.name)
+        if memo is not None:
+            return memo
+        decision = self.pipeline.place(self.cluster, self.cluster.request(spec))
+        if isinstance(decision, Pending):
+            self.pending[spec.name] = decision
+        return decision
 
     def assign(self, spec: ServiceSpec, task: Task) -> tuple[Task, Placed | None]:
-        memo = self.pending.get(spec.name)
-        decision = memo if memo is not None else self.pipeline.place(self.cluster, self.cluster.request(spec))
+        decision = self.decide(spec)
         if isinstance(decision, Placed):
             return task.with_(node=decision.node, state=TaskState.ASSIGNED, state_at=self.now, error=""), decision
-        self.pending[spec.name] = decision
         return task.with_(node=None, state=TaskState.PENDING, error=decision.message), None
 
     # -- the steps -------------------------------------------------------------------------------
@@ -394,9 +410,15 @@ class _Pass:
 
 def reconcile(services: Mapping[str, Service], tasks: Iterable[Task], nodes: Iterable[Node], now: float, *,
               new_id: IdFactory, rng: random.Random, pipeline: Pipeline | None = None,
-              history: int = 5) -> Plan:
-    """Decide what has to change so that `tasks` on `nodes` become what `services` ask for."""
-    return _Pass(services, list(tasks), list(nodes), now, new_id, rng, pipeline or Pipeline(), history).run()
+              history: int = 5, cluster: ClusterState | None = None) -> Plan:
+    """Decide what has to change so that `tasks` on `nodes` become what `services` ask for.
+
+    `cluster` lets a long-running scheduler keep node usage between passes (updated as plans are
+    applied) instead of rebuilding it from every task each time; it must already count `tasks`
+    of other services. Without it, usage is computed from `tasks`.
+    """
+    return _Pass(services, list(tasks), list(nodes), now, new_id, rng, pipeline or Pipeline(), history,
+                 cluster).run()
 
 
 def apply(plan: Plan, services: Mapping[str, Service], tasks: Iterable[Task]

@@ -47,14 +47,17 @@ Decision = Placed | Pending
 
 class Pipeline:
     def __init__(self, *, score_all_up_to: int = 64) -> None:
-        # Filters, cheapest and most common rejection first; a node's reason is the first failure.
-        self.filters: tuple[tuple[str, Filter], ...] = (
+        # Node filters: they never read the request, so they run once per planning pass over all
+        # nodes (as Nomad selects ready nodes once per evaluation), not once per task.
+        self.node_filters: tuple[tuple[str, Filter], ...] = (
             ("ready", filters.node_ready),  # down nodes: no lease, so nothing else about them matters
             ("active", filters.node_active),  # drained nodes keep nothing new
+        )
+        # Task filters, cheapest and most common rejection first; a node's reason is the first failure.
+        self.filters: tuple[tuple[str, Filter], ...] = (
             ("constraints", filters.constraints),  # node.labels.zone == a, node.hostname != h1, node.role
             ("max_replicas", filters.max_replicas_per_node),  # per-node count of this service's tasks
-            ("cpu", filters.cpu),  # reservations against capacity minus what tasks hold
-            ("memory", filters.memory),
+            ("resources", filters.resources),  # cpu, then memory reservations against what is left
             ("ports", filters.host_ports),  # published ports bind the host: one task per port per node
         )
         # Scorers and their weights per strategy; the final score is the weighted mean, 0..100.
@@ -72,20 +75,65 @@ class Pipeline:
             ),
         }
         self.score_all_up_to = score_all_up_to
+        self._stage_cache: dict[tuple[object, ...], tuple[list[Filter], list[tuple[Scorer, float]]]] = {}
 
     def limit(self, n_nodes: int) -> int:
         if n_nodes <= self.score_all_up_to:
             return n_nodes
         return max(2, math.ceil(math.log2(n_nodes)))
 
+    def _stages(self, req: PlacementRequest) -> tuple[list[Filter], list[tuple[Scorer, float]]]:
+        """The filters and scorers that can matter for this request (as kube's PreFilter Skip):
+        no constraints, ports or reservations means those filters always pass; no spread
+        preference or image means those scores are equal on every node."""
+        key = (req.strategy, bool(req.constraints), bool(req.max_replicas_per_node),
+               bool(req.reservations.nano_cpus), bool(req.reservations.memory_bytes), bool(req.host_ports),
+               bool(req.spread), bool(req.image))
+        cached = self._stage_cache.get(key)
+        if cached is not None:
+            return cached
+        skip = set()
+        if not req.constraints:
+            skip.add("constraints")
+        if not req.max_replicas_per_node:
+            skip.add("max_replicas")
+        if req.reservations.is_zero:
+            skip.add("resources")
+        if not req.host_ports:
+            skip.add("ports")
+        if not req.spread:
+            skip.add("spread_label")
+        if not req.image:
+            skip.add("image_locality")
+        fs = [f for name, f in self.filters if name not in skip]
+        ss = [(s, w) for name, s, w in self.scorers.get(req.strategy, self.scorers["spread"]) if name not in skip]
+        self._stage_cache[key] = (fs, ss)
+        return fs, ss
+
+    def prepare(self, cluster: ClusterState) -> None:
+        """Run the node filters once: the walk order keeps only nodes that pass them."""
+        probe = PlacementRequest(service="")
+        order, excluded = [], Counter[Reason]()
+        for node in cluster.order:
+            for _, f in self.node_filters:
+                reason = f(node, probe)
+                if reason is not None:
+                    excluded[reason] += 1
+                    break
+            else:
+                order.append(node)
+        cluster.order, cluster.excluded, cluster.prepared = order, excluded, True
+
     def check(self, node: NodeState, req: PlacementRequest) -> Reason | None:
-        for _, f in self.filters:
+        """The first filter this node fails for `req`, node filters included; None when it fits."""
+        for _, f in (*self.node_filters, *self.filters):
             reason = f(node, req)
             if reason is not None:
                 return reason
         return None
 
-    def score(self, node: NodeState, req: PlacementRequest) -> tuple[float, tuple[tuple[str, float], ...]]:
+    def explain(self, node: NodeState, req: PlacementRequest) -> tuple[float, tuple[tuple[str, float], ...]]:
+        """Every scorer's value on this node and the weighted total, 0..100."""
         stages = self.scorers.get(req.strategy, self.scorers["spread"])
         total = weights = 0.0
         why = []
@@ -94,41 +142,53 @@ class Pipeline:
             why.append((name, round(s, 1)))
             total += weight * s
             weights += weight
-        return total / weights, tuple(why)
+        return round(total / weights, 2), tuple(why)
 
     def place(self, cluster: ClusterState, req: PlacementRequest) -> Decision:
         """Choose a node for one task and record it in `cluster`, or say why no node fits."""
+        if not cluster.prepared:
+            self.prepare(cluster)
         order = cluster.order
         n = len(order)
         limit = self.limit(n)
-        feasible: list[NodeState] = []
-        rejected: Counter[Reason] = Counter()
-        filters_ = [f for _, f in self.filters]
-        start = cluster.cursor
-        i = 0
-        while i < n:
-            node = order[(start + i) % n]
+        filters_, scorers_ = self._stages(req)
+        # Walk from the cursor; score each feasible node as it is found; stop after `limit` of them.
+        found = 0
+        best: NodeState | None = None
+        best_score = -1.0
+        i = start = cluster.cursor if cluster.cursor < n else 0
+        for _ in range(n):
+            node = order[i]
             i += 1
+            if i == n:
+                i = 0
+            for f in filters_:
+                if f(node, req) is not None:
+                    break
+            else:
+                s = 0.0
+                for scorer, weight in scorers_:
+                    s += weight * scorer(node, req)
+                if s > best_score:
+                    best, best_score = node, s
+                found += 1
+                if found >= limit:
+                    break
+        cluster.cursor = i
+        if best is None:
+            return self.reasons(cluster, req, filters_, start)
+        score, why = self.explain(best, req)  # recorded for the winner only: the others cost nothing
+        cluster.assign(req, best.node.name)
+        return Placed(best.node.name, score, why, found)
+
+    def reasons(self, cluster: ClusterState, req: PlacementRequest, filters_: list[Filter], start: int) -> Pending:
+        """Every node's reason, counted. Only walked when nothing fits, so the fast scan records none."""
+        rejected: Counter[Reason] = Counter(cluster.excluded)
+        for node in cluster.order:
             for f in filters_:
                 reason = f(node, req)
                 if reason is not None:
                     rejected[reason] += 1
                     break
-            else:
-                feasible.append(node)
-                if len(feasible) >= limit:
-                    break
-        cluster.cursor = (start + i) % n if n else 0
-        if not feasible:
-            ranked = sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0].plural))
-            return Pending(tuple((count, reason) for reason, count in ranked))
-        best: NodeState | None = None
-        best_score = -1.0
-        best_why: tuple[tuple[str, float], ...] = ()
-        for node in feasible:
-            s, why = self.score(node, req)
-            if s > best_score:
-                best, best_score, best_why = node, s, why
-        assert best is not None
-        cluster.assign(req, best.node.name)
-        return Placed(best.node.name, round(best_score, 2), best_why, len(feasible))
+        ranked = sorted(rejected.items(), key=lambda kv: (-kv[1], kv[0].plural))
+        return Pending(tuple((count, reason) for reason, count in ranked))

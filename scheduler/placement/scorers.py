@@ -8,17 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from scheduler.constraints import node_attribute
+from scheduler.constraints import attribute_getter
 from scheduler.placement.state import NodeState, PlacementRequest
 
 Scorer = Callable[[NodeState, PlacementRequest], float]
 
 
-def free_fraction(used: int, want: int, capacity: int) -> float:
-    """Share of capacity left after placing `want`; 1.0 for a resource the node does not count."""
-    if capacity <= 0:
-        return 1.0
-    return max(0.0, (capacity - used - want) / capacity)
+def free_share(cpu_used: int, cpu_want: int, cpu_cap: int, mem_used: int, mem_want: int, mem_cap: int) -> float:
+    """0..100: mean share of CPU and memory left after placing; a resource without capacity counts as free."""
+    cpu = (cpu_cap - cpu_used - cpu_want) / cpu_cap if cpu_cap > 0 else 1.0
+    mem = (mem_cap - mem_used - mem_want) / mem_cap if mem_cap > 0 else 1.0
+    return 50.0 * ((cpu if cpu > 0.0 else 0.0) + (mem if mem > 0.0 else 0.0))
 
 
 def fewer_is_better(count: int, lowest: int, highest: int) -> float:
@@ -27,10 +27,13 @@ def fewer_is_better(count: int, lowest: int, highest: int) -> float:
 
 
 def least_allocated(node: NodeState, req: PlacementRequest) -> float:
-    cap = node.node.capacity
+    # free_share's math, inlined: this runs for every scored node of every placement.
     r = req.reservations
-    return 50.0 * (free_fraction(node.cpu_used, r.nano_cpus, cap.nano_cpus)
-                   + free_fraction(node.mem_used, r.memory_bytes, cap.memory_bytes))
+    cap = node.cpu_cap
+    cpu = (cap - node.cpu_used - r.nano_cpus) / cap if cap > 0 else 1.0
+    cap = node.mem_cap
+    mem = (cap - node.mem_used - r.memory_bytes) / cap if cap > 0 else 1.0
+    return 50.0 * ((cpu if cpu > 0.0 else 0.0) + (mem if mem > 0.0 else 0.0))
 
 
 def most_allocated(node: NodeState, req: PlacementRequest) -> float:
@@ -50,7 +53,7 @@ def label_spread(node: NodeState, req: PlacementRequest) -> float:
     for key in req.spread:
         counts = req.spread_counts.get(key, {})
         values = req.spread_values.get(key, ())
-        mine = counts.get(node_attribute(node.node, key) or "", 0)
+        mine = counts.get(attribute_getter(key)(node.node) or "", 0)
         if values:
             per = [counts.get(v, 0) for v in values]
             total += fewer_is_better(mine, min(per), max(max(per), mine))
@@ -61,4 +64,4 @@ def label_spread(node: NodeState, req: PlacementRequest) -> float:
 
 def image_locality(node: NodeState, req: PlacementRequest) -> float:
     """A node that already has the image starts the task without a pull."""
-    return 100.0 if req.image and req.image in node.node.images else 0.0
+    return 100.0 if req.image in node.images else 0.0
