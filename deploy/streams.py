@@ -78,7 +78,7 @@ class Session:
         old_handlers: dict[int, Any] = {}
         if self.tty:
             saved = termios.tcgetattr(sys.stdin.fileno())
-            ttymod.setraw(sys.stdin.fileno())
+            ttymod.setraw(sys.stdin.fileno(), termios.TCSANOW)  # keep what was typed ahead
 
             def winch(_s: int, _f: object) -> None:
                 r, c = terminal_size()

@@ -47,12 +47,16 @@ def recv(ctl: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     return json.loads(data), list(fds)
 
 
+_TIOCSPTLCK = 0x40045431  # unlockpt(); not in Python's termios module
+_TIOCGPTN = 0x80045430    # ptsname()'s number
+
+
 def _open_pty() -> tuple[int, int]:
     """A pty from the container's own devpts instance (runc's console socket approach)."""
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
-    fcntl.ioctl(master, termios.TIOCSPTLCK, array.array("i", [0]))
+    fcntl.ioctl(master, _TIOCSPTLCK, array.array("i", [0]))
     n = array.array("i", [0])
-    fcntl.ioctl(master, termios.TIOCGPTN, n)
+    fcntl.ioctl(master, _TIOCGPTN, n)
     slave = os.open(f"/dev/pts/{n[0]}", os.O_RDWR | os.O_NOCTTY)
     return master, slave
 
@@ -122,8 +126,9 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any]) -> None:
             network.loopback_up()
     if "uts" in spec.namespaces and spec.hostname:
         sc.sethostname(spec.hostname)
+    # The rootfs is our working directory (the shim's stage A entered it before unshare).
     rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net)
-    rootfs.pivot(spec.rootfs)
+    rootfs.pivot(".")
     rootfs.mask_paths(spec.masked_paths, spec.readonly_paths)
 
 

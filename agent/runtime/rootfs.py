@@ -43,10 +43,16 @@ def mount_rootfs(mounts: list[MountSpec], target: str) -> None:
 
 
 def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool) -> None:
-    """Everything before pivot_root: private propagation, then the kernel filesystems in rootfs."""
+    """Everything before pivot_root: private propagation, then the kernel filesystems in rootfs.
+
+    Called with the rootfs as working directory; `rootfs` is its absolute path on the host.
+    """
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
-    # The rootfs must be a mount point of its own for pivot_root.
-    sc.mount(rootfs, rootfs, None, sc.MS_BIND | sc.MS_REC)
+    # pivot_root refuses a new root that a user namespace has locked (every mount copied from the
+    # host is): bind the rootfs onto itself and step back in through its name to stand on the bind.
+    sc.mount(".", ".", None, sc.MS_BIND | sc.MS_REC)
+    os.chdir(os.path.join("..", os.path.basename(rootfs.rstrip("/"))))
+    rootfs = "."
 
     def under(p: str) -> str:
         path = os.path.join(rootfs, p.lstrip("/"))

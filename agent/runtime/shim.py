@@ -194,6 +194,10 @@ class _Shim:
                 parent_ctl.close()
                 os.close(uid_w)
                 os.close(pid_r)
+                # Enter the rootfs while still host root: in a user namespace its path may cross
+                # directories (mode 0700) that the remapped root cannot search. unshare(CLONE_NEWNS)
+                # moves the working directory to its copy in the new mount namespace.
+                os.chdir(spec.rootfs)
                 sc.unshare(flags)
                 if "user" in spec.namespaces:
                     os.write(pid_w, b"u")
@@ -272,7 +276,7 @@ class _Shim:
         def fmt(maps: list[Any]) -> str:
             return "".join(f"{m.container} {m.host} {m.size}\n" for m in maps)
 
-        Path(f"/proc/{pid}/setgroups").write_text("deny")
+        # setgroups stays allowed: a map written by host root may permit it, and -u needs it.
         Path(f"/proc/{pid}/uid_map").write_text(fmt(self.spec.uid_map))
         Path(f"/proc/{pid}/gid_map").write_text(fmt(self.spec.gid_map))
 
