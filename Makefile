@@ -9,7 +9,7 @@ install:
 	bash deploy/install.sh
 
 up: install
-	$(VENV)/bin/dockyard demo
+	$(VENV)/bin/dockyard up
 
 test: install
 	$(MAKE) lint

@@ -117,7 +117,7 @@ class ContainerManager:
             raise InvalidArgument(f"multiple containers match the prefix {ref!r}: be more specific")
         raise NotFound(f"No such container: {ref}")
 
-    def list(self, all_: bool = False) -> list[Container]:
+    def listing(self, all_: bool = False) -> list[Container]:
         cs = sorted(self.containers.values(), key=lambda c: c.created, reverse=True)
         return cs if all_ else [c for c in cs if c.state.status in ("running", "paused", "restarting")]
 

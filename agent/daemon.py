@@ -69,7 +69,7 @@ class Agent:
         self._criu_task = asyncio.get_running_loop().create_task(self._check_criu(servicer))
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                                ("grpc.max_send_message_length", 64 << 20)])
-        pbg.add_AgentServicer_to_server(servicer, self.server)
+        pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         Path(o.socket).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(o.socket)

@@ -130,7 +130,8 @@ class Container:
 
     @classmethod
     def load(cls, path: Path) -> Container:
-        return from_dict(cls, json.loads(path.read_text()))
+        c: Container = from_dict(cls, json.loads(path.read_text()))
+        return c
 
 
 def from_dict(cls: Any, data: Any) -> Any:

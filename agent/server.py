@@ -128,7 +128,7 @@ class AgentServicer(pbg.AgentServicer):
 
     @_mapped
     async def ListContainers(self, request: pb.ListContainersRequest, context: Any) -> pb.ListContainersResponse:
-        cs = self.m.list(request.all)
+        cs = self.m.listing(request.all)
         f = dict(request.filters)
         if "name" in f:
             cs = [c for c in cs if f["name"] in c.name]
@@ -200,7 +200,7 @@ class AgentServicer(pbg.AgentServicer):
         prev: dict[str, tuple[int, float]] = {}
 
         async def sample() -> pb.StatsResponse:
-            cs = [self.m.get(i) for i in request.ids] if request.ids else self.m.list(False)
+            cs = [self.m.get(i) for i in request.ids] if request.ids else self.m.listing(False)
             out = []
             for c in cs:
                 if c.state.status not in ("running", "paused"):

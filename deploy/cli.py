@@ -31,7 +31,7 @@ class Client:
         target = host if host.startswith("unix:") else host.removeprefix("tcp://")
         self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
                                                               ("grpc.max_send_message_length", 64 << 20)])
-        self.stub = pbg.AgentStub(self.channel)
+        self.stub = pbg.AgentStub(self.channel)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any, **kw: Any) -> Any:
         try:
@@ -92,6 +92,20 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels)))
+
+
+@main.command("up")
+@click.option("--root", default="/var/lib/dockyard", show_default=True, help="State directory")
+@click.option("--socket", "sock", default="/run/dockyard/agent.sock", show_default=True)
+@click.option("--example/--no-example", default=True, show_default=True,
+              help="Deploy the example web server on 127.0.0.1:--port")
+@click.option("--port", default=8080, show_default=True)
+@click.option("--exit", "exit_after", is_flag=True, help="Check that everything answers, then stop it all")
+def up_cmd(root: str, sock: str, example: bool, port: int, exit_after: bool) -> None:
+    """Run everything on this host in the foreground (Ctrl-C stops it all)."""
+    from deploy.up import up
+
+    up(root, sock, example, port, exit_after)
 
 
 # --- run and create ---------------------------------------------------------------------------
@@ -231,7 +245,7 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def run(ctx: click.Context, image: str, command: tuple[str, ...], detach: bool, **o: Any) -> None:
+def run(ctx: click.Context, /, image: str, command: tuple[str, ...], detach: bool, **o: Any) -> None:
     """Create and run a new container from an image."""
     cfg = build_config(image, command, o)
     cl = client(ctx)
@@ -262,7 +276,7 @@ def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool) -
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
-def create(ctx: click.Context, image: str, command: tuple[str, ...], **o: Any) -> None:
+def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any) -> None:
     """Create a new container."""
     created = client(ctx).call("CreateContainer", pb.CreateContainerRequest(config=build_config(image, command, o)))
     click.echo(created.id)
@@ -403,7 +417,7 @@ def _time_arg(v: str) -> float:
 def inspect(ctx: click.Context, targets: tuple[str, ...], kind: str) -> None:
     """Return low-level information on containers or images."""
     cl = client(ctx)
-    docs = []
+    docs: list[Any] = []
     for t in targets:
         doc = None
         if kind in ("", "container"):
@@ -622,7 +636,8 @@ def _upload(cl: Client, fileobj: Any, header: pb.ImportHeader) -> pb.ImageSummar
                 return
             yield pb.DataChunk(data=data)
 
-    return cl.call("ImportImage", chunks())
+    summary: pb.ImageSummary = cl.call("ImportImage", chunks())
+    return summary
 
 
 @main.command("import")

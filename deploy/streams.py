@@ -75,7 +75,7 @@ class Session:
         if rows:
             self.open.size.rows, self.open.size.cols = rows, cols
         saved: Any = None
-        old_handlers: dict[int, Any] = {}
+        old_handlers: dict[signal.Signals, Any] = {}
         if self.tty:
             saved = termios.tcgetattr(sys.stdin.fileno())
             ttymod.setraw(sys.stdin.fileno(), termios.TCSANOW)  # keep what was typed ahead

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.agent_harness import AgentProcess, agent, clean_agent  # noqa: F401
-from tests.images import busybox_tar_path  # noqa: F401
+from tests.agent_harness import AgentProcess
 
 pytestmark = pytest.mark.root
 
@@ -62,7 +62,7 @@ def test_userns_remap(clean_agent: AgentProcess) -> None:
     cid = a.run_detached("--userns", "remap", "busybox", "sh", "-c", "id -u > /tmp/me; sleep 60")
     pid = int(a.inspect(cid)["State"]["Pid"])
     assert os.stat(f"/proc/{pid}/ns/user").st_ino != os.stat("/proc/self/ns/user").st_ino
-    uid_map = open(f"/proc/{pid}/uid_map").read().split()
+    uid_map = Path(f"/proc/{pid}/uid_map").read_text().split()
     assert uid_map == ["0", "100000", "65536"]
     assert os.stat(f"/proc/{pid}").st_uid == 100000  # root inside is an unprivileged uid outside
     assert a.cli("exec", cid, "cat", "/tmp/me").stdout == "0\n"

@@ -13,8 +13,7 @@ import time
 
 import pytest
 
-from tests.agent_harness import CLI, REPO, AgentProcess, _env, agent, clean_agent  # noqa: F401
-from tests.images import busybox_tar_path  # noqa: F401
+from tests.agent_harness import CLI, REPO, AgentProcess, _env
 
 pytestmark = pytest.mark.root
 

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.agent_harness import AgentProcess, agent, clean_agent  # noqa: F401
-from tests.images import busybox_tar_path  # noqa: F401
+from tests.agent_harness import AgentProcess
 
 pytestmark = pytest.mark.root
 
