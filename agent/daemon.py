@@ -19,6 +19,7 @@ from pathlib import Path
 import grpc
 
 from agent.containers import ContainerManager
+from agent.metrics import AgentMetrics, MetricsServer, serve_metrics
 from agent.runtime import cgroups
 from agent.runtime.zygote_client import Zygote
 from agent.server import AgentServicer
@@ -41,6 +42,7 @@ class AgentOptions:
     cgroup_parent: str | None = None
     cgroup_root: str = "/sys/fs/cgroup"
     labels: dict[str, str] = field(default_factory=dict)
+    metrics_addr: str = "127.0.0.1:9323"  # HTTP /metrics, as dockerd's; "" serves none
 
 
 class Agent:
@@ -50,6 +52,7 @@ class Agent:
         self.server: grpc.aio.Server | None = None
         self.manager: ContainerManager | None = None
         self.zygote = Zygote()
+        self.metrics_server: MetricsServer | None = None
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
@@ -64,6 +67,10 @@ class Agent:
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()
+        if o.metrics_addr:
+            # Scrapes read the kernel on the server's own thread, never on the event loop.
+            self.metrics_server = serve_metrics(o.metrics_addr, AgentMetrics(o.name, self.manager).registry)
+            log.info("metrics on http://%s:%d/metrics", *self.metrics_server.address)
         servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, False, o.labels)
         # `criu check` takes a second: answer requests meanwhile, report the capability once known.
         self._criu_task = asyncio.get_running_loop().create_task(self._check_criu(servicer))
@@ -87,6 +94,9 @@ class Agent:
     async def stop(self) -> None:
         if self.server is not None:
             await self.server.stop(grace=1)
+        if self.metrics_server is not None:
+            await asyncio.to_thread(self.metrics_server.close)
+            self.metrics_server = None
         if self.manager is not None:
             await self.manager.shutdown()
         self.zygote.stop()

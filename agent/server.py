@@ -23,7 +23,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from agent import convert
+from agent import convert, metrics
 from agent.containers import ContainerManager
 from agent.model import AgentError, Conflict, InvalidArgument, NotFound, StartFailed, Unavailable
 from agent.runtime import frames
@@ -60,7 +60,8 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
-            return await fn(self, request, context)
+            with metrics.observe(fn.__name__):
+                return await fn(self, request, context)
         except (AgentError, ValueError, OSError) as e:
             await context.abort(_status(e), str(e))
         except Exception as e:
@@ -78,8 +79,9 @@ def _mapped_stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIt
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[T]:
         try:
-            async for item in fn(self, request, context):
-                yield item
+            with metrics.observe(fn.__name__):
+                async for item in fn(self, request, context):
+                    yield item
         except Exception as e:
             from agent.images import errors as images
 
@@ -207,19 +209,20 @@ class AgentServicer(pbg.AgentServicer):
                     out.append(pb.ContainerStats(id=c.id, name=c.name))
                     continue
                 try:
-                    s = await asyncio.to_thread(self.m.stats, c)
+                    # The same reading as the /metrics collector's, so both show the same numbers.
+                    s = await asyncio.to_thread(metrics.read_container, self.m, c)
                 except Exception as e:
                     logging.getLogger("dockyard.agent").warning("stats of %s: %s", c.name, e)
                     continue
-                st, now = s["stats"], time.monotonic()
+                st, now = s.stats, time.monotonic()
                 cpu_pct = 0.0
                 if c.id in prev and now > prev[c.id][1]:
                     cpu_pct = (st.cpu_usage_ns - prev[c.id][0]) / ((now - prev[c.id][1]) * 1e9) * 100.0
                 prev[c.id] = (st.cpu_usage_ns, now)
                 out.append(pb.ContainerStats(
                     id=c.id, name=c.name, cpu_percent=cpu_pct, cpu_usage_ns=st.cpu_usage_ns,
-                    memory_usage=st.working_set, memory_limit=st.memory_limit, net_rx_bytes=s["rx"],
-                    net_tx_bytes=s["tx"], block_read_bytes=st.blkio_read_bytes,
+                    memory_usage=st.working_set, memory_limit=st.memory_limit, net_rx_bytes=s.rx_bytes,
+                    net_tx_bytes=s.tx_bytes, block_read_bytes=st.blkio_read_bytes,
                     block_write_bytes=st.blkio_write_bytes, pids=st.pids_current))
             return pb.StatsResponse(stats=out)
 

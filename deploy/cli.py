@@ -82,16 +82,25 @@ def main(ctx: click.Context, host: str) -> None:
 @click.option("--subnet", default="172.29.0.0/16", show_default=True)
 @click.option("--cgroup-parent", default=None)
 @click.option("--label", "labels", multiple=True, help="Node label k=v")
+@click.option("--metrics-addr", default="127.0.0.1:9323", show_default=True,
+              help='HOST:PORT for Prometheus /metrics over HTTP; "" disables it')
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
-              cgroup_parent: str | None, labels: tuple[str, ...]) -> None:
+              cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
     from agent.daemon import AgentOptions, run
+    from agent.metrics import parse_addr
+
+    if metrics_addr:
+        try:
+            parse_addr(metrics_addr)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--metrics-addr") from None
 
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
-                     labels=dict(label.partition("=")[::2] for label in labels)))
+                     labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr))
 
 
 @main.command("up")

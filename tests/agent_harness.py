@@ -16,6 +16,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -52,15 +53,23 @@ class AgentProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = base / "agent.log"
         self._channel: grpc.Channel | None = None
+        self.metrics_port = 0
 
     # --- process ------------------------------------------------------------------------------
 
+    @property
+    def metrics_url(self) -> str:
+        """http://127.0.0.1:PORT/metrics of the running agent (a free port picked at each start)."""
+        return f"http://127.0.0.1:{self.metrics_port}/metrics"
+
     def start(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
+        self.metrics_port = free_port()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
-                 "--subnet", self.subnet, "--name", f"test-{self.bridge}"],
+                 "--subnet", self.subnet, "--name", f"test-{self.bridge}",
+                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}"],
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -176,6 +185,12 @@ class AgentProcess:
                     with contextlib.suppress(OSError):
                         d.rmdir()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def import_busybox(agent: AgentProcess, tar: Path, ref: str = "busybox:latest") -> None:
