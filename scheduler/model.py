@@ -202,15 +202,23 @@ class ServiceSpec:
 
     @property
     def digest(self) -> str:
-        """Content digest: tasks record it, so rolling back to an older spec makes its tasks current again."""
+        """Digest of what a task runs (Swarm's TaskTemplate): tasks record it, so rolling back to an
+        older spec makes its tasks current again, and scaling or changing the update policy does
+        not restart anything."""
         from scheduler import codec  # local: codec imports this module
 
-        raw = json.dumps(codec.encode(self), sort_keys=True, separators=(",", ":"))
+        data = codec.encode(self)
+        for not_in_task in _NOT_IN_TASK:
+            data.pop(not_in_task, None)
+        raw = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
     @property
     def host_ports(self) -> tuple[tuple[int, str], ...]:
         return tuple((p.published, p.protocol) for p in self.ports if p.published is not None)
+
+
+_NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels")
 
 
 class UpdateState(enum.StrEnum):

@@ -146,7 +146,7 @@ class _Pass:
         # A service whose task fit nowhere will not fit for its next replica either, until
         # something is released: skip the full scan for the rest of its replicas.
         self.pending: dict[str, Pending] = {}
-        self.digests: dict[str, str] = {}
+        self.digests: dict[int, str] = {}  # by id(): specs live as long as the pass
         self.by_digest: dict[tuple[str, str], ServiceSpec] = {}
         for svc in services.values():
             if svc.previous_spec is not None:
@@ -178,9 +178,10 @@ class _Pass:
         return spec
 
     def digest(self, spec: ServiceSpec) -> str:
-        d = self.digests.get(spec.name)
+        key = id(spec)
+        d = self.digests.get(key)
         if d is None:
-            d = self.digests[spec.name] = spec.digest
+            d = self.digests[key] = spec.digest
         return d
 
     def new_task(self, spec: ServiceSpec, slot: int, attempt: int = 0) -> tuple[Task, Placed | None]:
@@ -338,7 +339,8 @@ class _Pass:
                 assert old is not None
                 outdated.append((slot, old))
         rolling = status.target == digest and status.state in (UpdateState.UPDATING, UpdateState.ROLLBACK_STARTED)
-        if outdated and status.target != digest:
+        changed = svc.previous_spec is not None and self.digest(svc.previous_spec) != digest
+        if status.target != digest and (outdated or changed):
             # A new spec reached tasks that run an older one: an update begins now.
             state = UpdateState.ROLLBACK_STARTED if status.state.rolling_back else UpdateState.UPDATING
             status = UpdateStatus(state=state, target=digest, started_at=self.now,
@@ -376,7 +378,8 @@ class _Pass:
             if t.state is TaskState.RUNNING:
                 self.plan.wake(t.started_at + cfg.monitor)
         if not outdated:
-            if not in_flight:
+            current = all(any(t.live and t.spec_version == digest for t in slots.get(s, [])) for s in live_slots)
+            if not in_flight and current:
                 done = UpdateState.ROLLBACK_COMPLETED if status.state.rolling_back else UpdateState.COMPLETED
                 self.plan.actions.append(SetService(
                     replace(svc, update=replace(status, state=done, message=f"{done.value.replace('_', ' ')}")),
