@@ -21,6 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
+from scheduler import constraints as constraint_lang
 from scheduler.model import (
     DesiredState,
     FailureAction,
@@ -487,3 +488,39 @@ def rollback_service(svc: Service, now: float) -> Service | None:
     return replace(svc, spec=svc.previous_spec, version=svc.version + 1, previous_spec=svc.spec,
                    update=UpdateStatus(UpdateState.ROLLBACK_STARTED, svc.previous_spec.digest, now,
                                        "manual rollback"))
+
+
+def plan_migration(task: Task, services: Mapping[str, Service], tasks: Iterable[Task], nodes: Iterable[Node],
+                   now: float, *, new_id: IdFactory, rng: random.Random, to: str | None = None,
+                   pipeline: Pipeline | None = None) -> Migrate | Pending:
+    """`dockyard migrate web.1 [--to host3]`: where the task goes, through the same filters and scorers.
+
+    The new task keeps the old one's spec version, so a migration never doubles as an update; how it
+    moves (cold export/import or live CRIU) is the migration module's business, not this decision's.
+    Raises ValueError for a task that is not running or whose service is gone (a user error);
+    a target that does not fit is a Pending with the reason, like any placement.
+    """
+    svc = services.get(task.service)
+    if svc is None:
+        raise ValueError(f"service {task.service} of {task.name} no longer exists")
+    if not task.live or task.node is None:
+        raise ValueError(f"{task.name} is not running on a node ({task.state.value})")
+    spec = svc.spec
+    if svc.previous_spec is not None and svc.previous_spec.digest == task.spec_version:
+        spec = svc.previous_spec
+    by_version = {(svc.name, spec.digest): spec}
+    node_list = list(nodes)
+    cluster = ClusterState(node_list, tasks, lambda t: by_version.get((t.service, t.spec_version), spec), rng)
+    extra = [constraint_lang.parse(f"node.id != {task.node}")]
+    if to is not None:
+        if to == task.node:
+            raise ValueError(f"{task.name} already runs on {to}")
+        extra.append(constraint_lang.parse(f"node.id == {to}"))
+    base = cluster.request(spec)
+    req = replace(base, constraints=base.constraints + tuple(extra))
+    decision = (pipeline or Pipeline()).place(cluster, req)
+    if isinstance(decision, Pending):
+        return decision
+    new = Task(service=task.service, slot=task.slot, id=new_id(), spec_version=task.spec_version,
+               node=decision.node, state=TaskState.ASSIGNED, created_at=now, state_at=now, attempt=task.attempt)
+    return Migrate(task, new, f"migrate {task.name} from {task.node} to {decision.node}")

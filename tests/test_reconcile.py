@@ -446,3 +446,31 @@ def test_property_rollback_restores_the_old_spec(replicas: int, parallelism: int
     assert svc.spec == good, svc.update
     assert converged(sim, "web")
     assert {t.spec_version for t in sim.running("web")} == {good.digest}
+
+
+def test_explicit_migration_goes_where_asked_or_says_why() -> None:
+    from scheduler.reconcile import plan_migration
+
+    sim = Sim(3)
+    sim.deploy(web(3, resources=ResourceSpec(reservations=Resources(0, 1 << 30))))
+    sim.run(2)
+    t = next(t for t in sim.running("web") if t.node == "n1")
+    got = plan_migration(t, sim.services, sim.tasks.values(), sim.nodes.values(), sim.now, new_id=sim.new_id,
+                         rng=random.Random(0), to="n3")
+    assert isinstance(got, Migrate) and got.new.node == "n3" and got.new.slot == t.slot
+    assert got.new.spec_version == t.spec_version
+    anywhere = plan_migration(t, sim.services, sim.tasks.values(), sim.nodes.values(), sim.now,
+                              new_id=sim.new_id, rng=random.Random(0))
+    assert isinstance(anywhere, Migrate) and anywhere.new.node in {"n2", "n3"}
+    small = dict(sim.nodes, n3=replace(sim.nodes["n3"], capacity=Resources(NANO, 1 << 30)))  # full already
+    nope = plan_migration(t, sim.services, sim.tasks.values(), small.values(), sim.now, new_id=sim.new_id,
+                          rng=random.Random(0), to="n3")
+    assert not isinstance(nope, Migrate)
+    assert nope.message == ("pending: 1 node does not match node.id != n1, 1 node does not match node.id == n3, "
+                            "1 node lacks 1 GiB memory")
+    # applied like any plan: the old copy is told to stop, the slot keeps one live task
+    sim.services, sim.tasks = apply(Plan([got]), sim.services, sim.tasks.values())
+    sim.agents()
+    check_invariants(sim)
+    sim.run(2)
+    assert converged(sim, "web") and per_node(sim) == {"n2": 1, "n3": 2}
