@@ -33,7 +33,7 @@ from agent.model import (
     StartFailed,
 )
 from agent.runtime import cgroups, frames
-from agent.runtime.shim import ShimFiles, pid_start_time
+from agent.runtime.shim import ShimFiles, pid_start_time, process_alive
 from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 
@@ -351,8 +351,8 @@ class ContainerManager:
         if not info:
             return False
         try:
-            return pid_start_time(int(info["shim_pid"])) == int(info["shim_start_time"])
-        except (OSError, ValueError, KeyError):
+            return process_alive(int(info["shim_pid"]), int(info["shim_start_time"]))
+        except (ValueError, KeyError):
             return False
 
     def _init_info(self, c: Container) -> dict[str, Any]:

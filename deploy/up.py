@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -46,7 +47,7 @@ def _ensure_busybox(stub: pbg.AgentStub) -> None:
     click.echo("making the busybox base image from /bin/busybox (deploy/images/busybox.sh)")
     tar = subprocess.run(["sh", str(REPO / "deploy/images/busybox.sh")], capture_output=True, check=True).stdout
 
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks() -> Iterator[pb.DataChunk]:
         yield pb.DataChunk(import_header=pb.ImportHeader(reference="busybox:latest", changes=['CMD ["sh"]']))
         for i in range(0, len(tar), 256 * 1024):
             yield pb.DataChunk(data=tar[i:i + 256 * 1024])

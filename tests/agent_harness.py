@@ -41,6 +41,17 @@ def _env() -> dict[str, str]:
     return env
 
 
+def _own_cgroup() -> str:
+    """The deepest of this process's cgroup paths (here the memory controller's /process_api/<id>)."""
+    own = "/"
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            path = line.rstrip("\n").split(":", 2)[2]
+            if len(path) > len(own):
+                own = path
+    return own
+
+
 class AgentProcess:
     def __init__(self, base: Path) -> None:
         tag = secrets.token_hex(3)
@@ -50,6 +61,7 @@ class AgentProcess:
         self.bridge = f"dyk{tag}"
         self.subnet = f"172.28.{secrets.randbelow(250) + 1}.0/24"
         self.host = f"unix://{self.socket}"
+        self.cgroup_parent = _own_cgroup().strip("/") + f"/dockyard-test-{tag}"  # ours alone
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = base / "agent.log"
         self._channel: grpc.Channel | None = None
@@ -148,13 +160,11 @@ class AgentProcess:
         out = []
         with open("/proc/mounts") as f:
             out += [ln.split()[1] for ln in f if str(self.root) in ln.split()[1]]
-        parent_file = self.root / "cgroup-parent"
-        if parent_file.exists():
-            parent = parent_file.read_text().strip()
-            for ctl in ("memory", "cpu", "pids", "freezer", "blkio"):
-                d = Path("/sys/fs/cgroup") / ctl / parent
-                if d.is_dir():
-                    out += [str(p) for p in d.iterdir() if p.is_dir()]
+        parent = self.cgroup_parent
+        for ctl in ("memory", "cpu", "pids", "freezer", "blkio"):
+            d = Path("/sys/fs/cgroup") / ctl / parent
+            if d.is_dir():
+                out += [str(p) for p in d.iterdir() if p.is_dir()]
         links = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True, text=True)
         out += [ln.split(":")[1].strip() for ln in links.stdout.splitlines() if ":" in ln]
         return out
@@ -172,18 +182,16 @@ class AgentProcess:
             mounts = [ln.split()[1] for ln in f if str(self.root) in ln.split()[1]]
         for m in sorted(mounts, key=len, reverse=True):
             subprocess.run(["umount", "-l", m], capture_output=True)
-        parent_file = self.root / "cgroup-parent"
-        if parent_file.exists():
-            parent = parent_file.read_text().strip()
-            for ctl in os.listdir("/sys/fs/cgroup"):
-                d = Path("/sys/fs/cgroup") / ctl / parent
-                if d.is_dir():
-                    for sub in sorted(d.rglob("*"), key=lambda p: len(str(p)), reverse=True):
-                        if sub.is_dir():
-                            with contextlib.suppress(OSError):
-                                sub.rmdir()
-                    with contextlib.suppress(OSError):
-                        d.rmdir()
+        parent = self.cgroup_parent
+        for ctl in os.listdir("/sys/fs/cgroup"):
+            d = Path("/sys/fs/cgroup") / ctl / parent
+            if d.is_dir():
+                for sub in sorted(d.rglob("*"), key=lambda p: len(str(p)), reverse=True):
+                    if sub.is_dir():
+                        with contextlib.suppress(OSError):
+                            sub.rmdir()
+                with contextlib.suppress(OSError):
+                    d.rmdir()
         shutil.rmtree(self.base, ignore_errors=True)
 
 

@@ -116,6 +116,7 @@ def _report(ctl: socket.socket, message: str, code: int) -> None:
 
 def _configure(spec: RuntimeSpec, msg: dict[str, Any]) -> None:
     from agent.runtime import network
+    from agent.runtime.shim import trace
 
     share_net = "net" not in spec.namespaces
     if not share_net:
@@ -124,12 +125,16 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any]) -> None:
             network.configure_inside(network.Endpoint.from_dict(endpoint))
         else:
             network.loopback_up()
+    trace("init: network configured")
     if "uts" in spec.namespaces and spec.hostname:
         sc.sethostname(spec.hostname)
     # The rootfs is our working directory (the shim's stage A entered it before unshare).
     rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net)
+    trace("init: kernel filesystems mounted")
     rootfs.pivot(".")
+    trace("init: pivoted")
     rootfs.mask_paths(spec.masked_paths, spec.readonly_paths)
+    trace("init: masked")
 
 
 def _reaper(spec: RuntimeSpec, prepared: process.Prepared, ctl: socket.socket) -> NoReturn:

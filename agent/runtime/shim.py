@@ -41,7 +41,7 @@ _TRACE = os.environ.get("DOCKYARD_TRACE")
 def trace(what: str) -> None:
     """DOCKYARD_TRACE=FILE: time stamps of the start and exit path, for finding slow steps."""
     if _TRACE:
-        with open(_TRACE, "a") as f:
+        with contextlib.suppress(OSError), open(_TRACE, "a") as f:
             f.write(f"{time.monotonic():.6f} {os.getpid()} {what}\n")
 
 
@@ -70,6 +70,17 @@ def resources_from_dict(d: dict[str, Any]) -> cgroups.Resources:
     for key in ("device_read_bps", "device_write_bps"):
         d[key] = tuple(cgroups.DeviceRate(path=r["path"], rate=int(r["rate"])) for r in d.get(key, ()))
     return cgroups.Resources(**d)
+
+
+def process_alive(pid: int, start_time: int) -> bool:
+    """This very process (pid and start time) exists and has not exited (a zombie has)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            data = f.read()
+    except OSError:
+        return False
+    rest = data[data.rindex(")") + 2:].split()
+    return rest[0] not in ("Z", "X") and int(rest[19]) == start_time
 
 
 def _now_rfc3339() -> str:
@@ -102,6 +113,8 @@ def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket) -> NoReturn
     except BaseException as e:
         msg = e.args[0] if isinstance(e, _LaunchError) else f"{type(e).__name__}: {e}"
         code = e.args[1] if isinstance(e, _LaunchError) else 128
+        with contextlib.suppress(OSError):
+            files.socket.unlink()
         with contextlib.suppress(OSError):
             reply.send(json.dumps({"error": msg, "exit_code": code}).encode())
         os._exit(1)
@@ -142,34 +155,22 @@ class _Shim:
     # --- launch -------------------------------------------------------------------------------
 
     def launch(self) -> int:
-        sc.set_child_subreaper()
-        try:
-            return self._launch()
-        except BaseException:
-            self._teardown()
-            raise
+        """Start the container; returns its init's pid once it is ready to exec.
 
-    def _launch(self) -> int:
+        The heavy work (cgroup, mounts, namespaces, netlink) runs in a short-lived child, the
+        launcher, and this process only receives the result. A forked Python process keeps private
+        every page it touches, so the long-lived monitor touches as little as it can (BENCHMARKS.md).
+        The container init ends up our child anyway: we are its subreaper.
+        """
         spec = self.spec
+        sc.set_child_subreaper()
         self.log = _LogWriter(spec.log_path or str(self.files.log))
         with contextlib.suppress(FileNotFoundError):
             self.files.socket.unlink()
         self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.listener.bind(str(self.files.socket))
         self.listener.listen(16)
-
-        trace("launch")
-        self.cg = cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
-        self.cg.create(spec.id, resources_from_dict(spec.cgroup))
-        trace("cgroup created")
-        os.makedirs(spec.rootfs, exist_ok=True)
-        rootfs.mount_rootfs(spec.mounts, spec.rootfs)
-        self.mounted = True
-        self._write_etc_files()
-        trace("rootfs mounted")
-
         stdio: tuple[int, int, int] | None = None
-        child_ends: list[int] = []
         if not spec.process.tty:
             if spec.process.stdin:
                 r, self.stdin_w = os.pipe()
@@ -179,8 +180,64 @@ class _Shim:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             stdio = (r, out_w, err_w)
-            child_ends = [r, out_w, err_w]
             self.outputs = {out_r: frames.STDOUT, err_r: frames.STDERR}
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        launcher = os.fork()
+        if launcher == 0:
+            ours.close()
+            self.listener.close()
+            for fd in [*self.outputs, self.stdin_w]:
+                if fd >= 0:
+                    os.close(fd)
+            try:
+                pid, ctl, pty = self._launch(stdio)
+                init.send(theirs, {"op": "launched", "pid": pid}, [ctl.fileno()] + ([pty] if pty >= 0 else []))
+                os._exit(0)
+            except BaseException as e:
+                msg = e.args[0] if isinstance(e, _LaunchError) else f"{type(e).__name__}: {e}"
+                code = e.args[1] if isinstance(e, _LaunchError) else 128
+                self._teardown()
+                with contextlib.suppress(OSError):
+                    init.send(theirs, {"op": "error", "error": msg, "exit_code": code})
+                os._exit(1)
+        theirs.close()
+        for fd in stdio or ():
+            os.close(fd)
+        try:
+            msg, fds = init.recv(ours)
+        finally:
+            ours.close()
+            os.waitpid(launcher, 0)
+        if msg is None or msg.get("op") != "launched":
+            err = (msg or {}).get("error", "the launcher died")
+            raise _LaunchError(err, int((msg or {}).get("exit_code", 128)))
+        self.pid = int(msg["pid"])
+        self.ctl = socket.socket(fileno=fds[0])
+        if len(fds) > 1:
+            self.pty = fds[1]
+            self.outputs = {self.pty: frames.STDOUT}
+        self.mounted = True
+        self.pidfd = sc.pidfd_open(self.pid)
+        self.started_at = time.time()
+        write_atomic(self.files.init_pid, json.dumps(
+            {"pid": self.pid, "start_time": pid_start_time(self.pid), "shim_pid": os.getpid(),
+             "shim_start_time": pid_start_time(os.getpid()), "started_at": self.started_at}))
+        self.ready = True
+        trace("ready")
+        return self.pid
+
+    def _launch(self, stdio: tuple[int, int, int] | None) -> tuple[int, socket.socket, int]:
+        """In the launcher: cgroup, rootfs, namespaces, network; returns (pid, control socket, pty)."""
+        spec = self.spec
+        trace("launch")
+        self.cg = cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
+        self.cg.create(spec.id, resources_from_dict(spec.cgroup))
+        trace("cgroup created")
+        os.makedirs(spec.rootfs, exist_ok=True)
+        rootfs.mount_rootfs(spec.mounts, spec.rootfs)
+        self.mounted = True
+        self._write_etc_files()
+        trace("rootfs mounted")
 
         parent_ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         flags = 0
@@ -215,7 +272,7 @@ class _Shim:
                     init.send(child_ctl, {"op": "error", "error": f"unshare: {e}", "exit_code": 128})
                 os._exit(1)
         child_ctl.close()
-        for fd in child_ends:
+        for fd in stdio or ():
             os.close(fd)
         os.close(uid_r)
         os.close(pid_w)
@@ -238,39 +295,33 @@ class _Shim:
             raise _LaunchError((msg or {}).get("error", "container init could not be forked"), 128)
         self.pid = struct.unpack("i", raw)[0]
         trace("forked")
-        self.pidfd = sc.pidfd_open(self.pid)
-        self.started_at = time.time()
-        write_atomic(self.files.init_pid, json.dumps(
-            {"pid": self.pid, "start_time": pid_start_time(self.pid), "shim_pid": os.getpid(),
-             "shim_start_time": pid_start_time(os.getpid()), "started_at": self.started_at}))
-
         self.cg.add_process(spec.id, self.pid)
+        trace("joined cgroup")
         configure: dict[str, Any] = {"op": "configure"}
         if spec.network is not None:
             from agent.runtime import network
 
             self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
+            trace("network object")
             self.endpoint = network.Endpoint.from_dict(spec.network)
             trace("attach net")
             self.net.attach(self.endpoint, self.pid)
             trace("attached net")
             configure["endpoint"] = spec.network
         init.send(parent_ctl, configure)
+        trace("configure sent")
+        pty = -1
         while True:
             msg, fds = init.recv(parent_ctl)
             if msg is None:
                 raise _LaunchError("container init exited during setup", 128)
             if msg["op"] == "pty":
-                self.pty = fds[0]
-                os.set_inheritable(self.pty, False)
-                self.outputs = {self.pty: frames.STDOUT}
+                pty = fds[0]
             elif msg["op"] == "error":
                 raise _LaunchError(msg["error"], int(msg.get("exit_code", 127)))
             elif msg["op"] == "ready":
                 break
-        self.ready = True
-        trace("ready")
-        return self.pid
+        return self.pid, parent_ctl, pty
 
     def _write_id_maps(self, pid: int) -> None:
         def fmt(maps: list[Any]) -> str:
@@ -492,9 +543,9 @@ class _Shim:
         status = self.status
         code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
         oom = False
-        if self.cg is not None:
-            with contextlib.suppress(Exception):
-                oom = self.cg.oom_kills(self.spec.id) > 0
+        with contextlib.suppress(Exception):
+            self.cg = self.cg or cgroups.detect(self.spec.cgroup_root, self.spec.cgroup_parent)
+            oom = self.cg.oom_kills(self.spec.id) > 0
         result = {"exit_code": code, "oom_killed": oom, "finished_at": finished_at,
                   "error": getattr(self, "exec_error", {}).get("error", "")}
         trace("drained")
@@ -511,13 +562,23 @@ class _Shim:
 
     def _teardown(self) -> None:
         """Undo the launch: also used when a launch fails half-way. Each step is idempotent."""
+        spec = self.spec
+        if self.cg is None and self.ready:
+            self.cg = cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
+        if self.net is None and self.ready and spec.network is not None:
+            from agent.runtime import network
+
+            self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
+            self.endpoint = network.Endpoint.from_dict(spec.network)
         if self.net is not None and self.endpoint is not None:
             with contextlib.suppress(Exception):
                 self.net.detach(self.endpoint)
+            trace("teardown: network")
         if self.mounted:
             with contextlib.suppress(OSError):
                 sc.umount(self.spec.rootfs, sc.MNT_DETACH)
             self.mounted = False
+            trace("teardown: umount")
         if self.pid and self.status is None:
             with contextlib.suppress(OSError):
                 os.kill(self.pid, signal.SIGKILL)

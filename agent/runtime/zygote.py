@@ -20,6 +20,7 @@ import contextlib
 import gc
 import json
 import os
+import select
 import signal
 import socket
 import sys
@@ -45,10 +46,9 @@ def _handle(req: dict[str, Any], fds: list[int]) -> NoReturn:
     reply = socket.socket(fileno=fds[0])
     try:
         if req["op"] == "start":
-            # Double fork: the shim must not be the zygote's child, so that it survives the agent.
+            # The shim is our child (we reap it); its own session keeps it clear of the agent's
+            # signals. If the agent dies we die too, and shims are adopted by init.
             os.setsid()
-            if os.fork() != 0:
-                os._exit(0)
             spec = RuntimeSpec.from_dict(req["spec"])
             files = shim.ShimFiles(req["files"]["dir"], req["files"]["socket"])
             devnull = os.open("/dev/null", os.O_RDWR)
@@ -67,12 +67,29 @@ def _handle(req: dict[str, Any], fds: list[int]) -> NoReturn:
         os._exit(1)
 
 
+def _reap() -> None:
+    while True:
+        try:
+            done, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if done == 0:
+            return
+
+
 def serve(sock: socket.socket) -> NoReturn:
     sc.set_pdeathsig(signal.SIGKILL)  # an agent that dies takes its zygote, never its shims
+    # Shims and exec workers are our children, and so is whatever they orphan: we reap them all
+    # (this host's pid 1 does not reap orphans).
+    sc.set_child_subreaper()
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     gc.collect()
     gc.freeze()
     while True:
+        ready, _, _ = select.select([sock], [], [], 0.5)
+        _reap()
+        if not ready:
+            continue
         try:
             req, fds = _recv_request(sock)
         except InterruptedError:
@@ -86,14 +103,6 @@ def serve(sock: socket.socket) -> NoReturn:
             _handle(req, fds)
         for fd in fds:
             os.close(fd)
-        # Reap finished workers without blocking; shims are not our children (double fork).
-        while True:
-            try:
-                done, _ = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                break
-            if done == 0:
-                break
 
 
 def main() -> None:
