@@ -77,6 +77,7 @@ class Agent:
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                                ("grpc.max_send_message_length", 64 << 20)])
         pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
+        __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server(self.server, self.manager, images)
         Path(o.socket).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(o.socket)

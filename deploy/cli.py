@@ -819,5 +819,7 @@ def shell_join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
+from deploy import cli_images  # noqa: E402,F401
+
 if __name__ == "__main__":
     main()

@@ -173,9 +173,14 @@ class ImageStore:
         image_id, _ = self._resolve(records, ref)
         return self._image(records, image_id)
 
-    def list(self) -> builtins.list[Image]:
+    def list(self, all: bool = False) -> builtins.list[Image]:
+        """Images, newest first. As docker, untagged images that are the parent of another image
+        (build steps) are left out unless ``all``."""
         records = self._read()
-        images = [self._image(records, i) for i in records.images]
+        parents = {rec.get("parent", "") for rec in records.images.values()}
+        tagged = set(records.refs.values())
+        ids = [i for i in records.images if all or i in tagged or i not in parents]
+        images = [self._image(records, i) for i in ids]
         return sorted(images, key=lambda im: (-im.created, im.id))
 
     def tag(self, source: str, target: str) -> None:
@@ -259,10 +264,117 @@ class ImageStore:
                 created=created,
                 names=[named] if named else [],
                 architecture=base_image.architecture if base_image else None,
+                parent=base_image.id if base_image else "",
             )
         except BaseException:
             self._forget_new([layer_digest], [chain_id([parent_chain, diff_id]) if parent_chain else diff_id] if created_chain else [])
             raise
+
+    def derive(
+        self,
+        base: str | None,
+        config: ImageConfig,
+        created_by: str,
+        reference: str | None = None,
+    ) -> Image:
+        """A build step that changes only the config (ENV, CMD...): ``base``'s layers, a new config and
+        one more history entry marked ``empty_layer``, as docker records such steps."""
+        named = str(_ref.parse(reference)) if reference else None
+        base_image = self.get(base) if base else None
+        created = time.time()
+        entry: dict[str, Any] = {"created": _rfc3339(created), "created_by": created_by, "empty_layer": True}
+        return self._commit_image(
+            config=config,
+            diff_ids=base_image.diff_ids if base_image else [],
+            layers=self._layer_descriptors(base_image) if base_image else [],
+            history=[*(base_image.history if base_image else []), entry],
+            created=created,
+            names=[named] if named else [],
+            architecture=base_image.architecture if base_image else None,
+            parent=base_image.id if base_image else "",
+        )
+
+    def parent(self, ref: str) -> str:
+        """The image a build step or commit was made from ("" when unknown or none)."""
+        records = self._read()
+        image_id, _ = self._resolve(records, ref)
+        return str(records.images[image_id].get("parent", ""))
+
+    def history(self, ref: str) -> builtins.list[dict[str, Any]]:
+        """docker history: one row per history entry, newest first, with the id of the local image
+        made by that step (or "<missing>") and the size of the layer it added."""
+        records = self._read()
+        image_id, _ = self._resolve(records, ref)
+        image = self._image(records, image_id)
+        chains = chain_ids(image.diff_ids)
+        # Walk the parent chain: the image whose history has n entries made entry n-1.
+        ids_by_len: dict[int, str] = {}
+        cur = image_id
+        while cur and cur in records.images:
+            n = len(self._config_json(cur).get("history", []))
+            ids_by_len.setdefault(n, cur)
+            cur = str(records.images[cur].get("parent", ""))
+        rows: builtins.list[dict[str, Any]] = []
+        layer = 0
+        for i, entry in enumerate(image.history):
+            empty = bool(entry.get("empty_layer"))
+            size = 0
+            if not empty and layer < len(chains):
+                with contextlib.suppress(ImageNotFound):
+                    size = self.snapshotter.stat(chains[layer]).size
+                layer += 1
+            rows.append({
+                "id": ids_by_len.get(i + 1, "<missing>"),
+                "created": parse_time(entry.get("created")),
+                "created_by": str(entry.get("created_by", "")),
+                "size": size,
+                "comment": str(entry.get("comment", "")),
+                "empty_layer": empty,
+            })
+        if not image.history:
+            for chain in chains:
+                rows.append({"id": "<missing>", "created": image.created, "created_by": "", "comment": "",
+                             "size": self.snapshotter.stat(chain).size, "empty_layer": False})
+            if rows:
+                rows[-1]["id"] = image_id
+        return list(reversed(rows))
+
+    def prune(
+        self,
+        all: bool = False,
+        in_use: Callable[[str], builtins.list[str]] = lambda image_id: [],
+    ) -> tuple[builtins.list[str], builtins.list[str], int]:
+        """docker image prune: remove dangling images (untagged, nothing built on them) and, as they
+        go, the build steps below them; with ``all`` every image no container uses. Then drop the
+        blobs and layers nothing references. Returns (untagged, deleted, bytes reclaimed)."""
+        before = self.content.total_size() + sum(s.size for s in self.snapshotter.list() if s.kind == "committed")
+        untagged: builtins.list[str] = []
+        deleted: builtins.list[str] = []
+        changed = True
+        while changed:
+            changed = False
+            records = self._read()
+            parents = {rec.get("parent", "") for rec in records.images.values()}
+            tagged = set(records.refs.values())
+            for image_id in sorted(records.images):
+                if image_id in parents or in_use(image_id):
+                    continue
+                if image_id in tagged and not all:
+                    continue
+                if image_id in tagged:
+                    for r in sorted(r for r, i in records.refs.items() if i == image_id):
+                        u, d = self.remove(r, force=True, in_use=in_use)
+                        untagged += u
+                        deleted += d
+                else:
+                    u, d = self.remove(image_id, force=False, in_use=in_use)
+                    untagged += u
+                    deleted += d
+                changed = True
+                break
+        deleted += [d for d in self.gc() if d not in deleted]
+        after = self.content.total_size() + sum(s.size for s in self.snapshotter.list() if s.kind == "committed")
+        return untagged, deleted, max(0, before - after)
 
     def _layer_descriptors(self, image: Image) -> builtins.list[tuple[str, int, str]]:
         manifest = json.loads(self.content.read_bytes(image.manifest_digest))
@@ -277,9 +389,10 @@ class ImageStore:
         created: float,
         names: Sequence[str],
         architecture: str | None = None,
+        parent: str = "",
     ) -> Image:
         cfg = build_oci_config(config, diff_ids, history, created, architecture)
-        return self._record_image(canonical_json(cfg), layers, names)
+        return self._record_image(canonical_json(cfg), layers, names, parent=parent)
 
     def _record_image(
         self,
@@ -288,6 +401,7 @@ class ImageStore:
         names: Sequence[str],
         manifest_bytes: bytes | None = None,
         repo_digests: Sequence[str] = (),
+        parent: str = "",
     ) -> Image:
         """Store config and manifest blobs and the image record; the layers must be unpacked already."""
         image_id = self.content.write_bytes(config_bytes, what="image config")
@@ -314,6 +428,8 @@ class ImageStore:
                     "repo_digests": sorted(set(rec.get("repo_digests", [])) | set(repo_digests)),
                 }
             )
+            if parent:
+                rec["parent"] = parent
             records.images[image_id] = rec
             for name in names:
                 records.refs[name] = image_id

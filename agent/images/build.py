@@ -1,0 +1,805 @@
+"""Dockerfile builds: the executor for what dockerfile.py parses.
+
+Flow of one build (docker's classic builder, with its output)::
+
+    context tar (from the client) -> unpacked with the layer checks into tmp/build-*/context
+    for each stage needed by --target, for each instruction:   "Step 2/4 : COPY test /tmp/test"
+        cache key = sha256(parent image id, instruction as expanded, content digest, build args)
+        hit  -> " ---> CACHED", the step's image again
+        FROM      -> a local image, a pulled one, an earlier stage, or scratch (no image yet)
+        COPY/ADD  -> prepare a snapshot on the parent's layers, write the files into its upper dir,
+                     ImageStore.commit (one more layer), remove the snapshot
+        RUN       -> a real container over the parent image through the ContainerManager (create,
+                     start, stream its output, wait), ImageStore.commit of its snapshot; the
+                     container is removed even when the step fails or the client goes away
+        ENV, CMD, LABEL, ... -> ImageStore.derive: same layers, new config, an empty_layer history entry
+    tag the last image; "Successfully built <id>"
+
+Every step's image is kept (untagged, with its parent recorded) as the build cache; `image ls`
+hides them as docker does and `image prune` removes them once nothing is built on them.
+Blocking work runs in threads; the builder itself is an async generator of BuildEvents.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fnmatch
+import hashlib
+import json
+import os
+import secrets
+import shutil
+import stat
+import tarfile
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import IO, Any, Protocol
+
+from . import dockerfile as df
+from .config import ImageConfig, apply_change
+from .dockerfile import Dockerfile, DockerfileError, Instruction, Stage
+from .errors import ImageError, ImageNotFound
+from .imagestore import ImageStore
+from .layers import apply_layer, compression_of, decompressed
+from .tree import MergedTree, OutsideRoot, clean, split
+
+DEFAULT_SHELL = ("/bin/sh", "-c")
+CACHE_FILE = "build-cache.json"
+
+
+@dataclass
+class BuildOptions:
+    dockerfile: str                                  # the Dockerfile's text
+    dockerfile_name: str = "Dockerfile"
+    tags: list[str] = field(default_factory=list)
+    build_args: dict[str, str] = field(default_factory=dict)
+    no_cache: bool = False
+    target: str = ""
+    network: str = "bridge"                          # network mode of RUN containers
+    labels: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class BuildEvent:
+    kind: str             # "step" | "output" | "result"
+    text: str = ""        # a line of progress or a chunk of a RUN's output
+    step: int = 0
+    total: int = 0
+    cached: bool = False
+    image_id: str = ""
+
+
+class ContainerRunner(Protocol):
+    """What a RUN step needs of the container manager (agent/containers.py's ContainerManager)."""
+
+    def create(self, cfg: Any) -> Any: ...
+    async def start(self, ref: str, hold: bool = False) -> Any: ...
+    async def wait(self, ref: str) -> Any: ...
+    async def remove(self, ref: str, force: bool = False) -> None: ...
+    def logs(self, ref: str, follow: bool = False, tail: int = -1, since: float = 0,
+             until: float = 0) -> AsyncIterator[tuple[str, bytes, float]]: ...
+
+
+Puller = Callable[[str], Awaitable[str]]  # reference -> image id, pulling it into the store
+
+
+class BuildCache:
+    """Step key -> image id, in one JSON file rewritten atomically. Entries whose image is gone
+    are ignored (and dropped on the next write)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, str]:
+        try:
+            data = json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError):
+            return {}
+        return {str(k): str(v) for k, v in data.items()} if isinstance(data, dict) else {}
+
+    def get(self, key: str) -> str | None:
+        return self._read().get(key)
+
+    def put(self, key: str, image_id: str, alive: Callable[[str], bool]) -> None:
+        entries = {k: v for k, v in self._read().items() if alive(v)}
+        entries[key] = image_id
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+        tmp.write_text(json.dumps(entries, sort_keys=True))
+        os.replace(tmp, self.path)
+
+
+def cache_key(*parts: Any) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+# --- the context ------------------------------------------------------------------------------------
+
+def unpack_context(fileobj: IO[bytes], dest: Path) -> None:
+    """The build context tar from the client, with the same hostile-input checks as a layer."""
+    dest.mkdir(parents=True, exist_ok=True)
+    stream, _ = decompressed(fileobj)
+    apply_layer(stream, dest, what="build context")
+
+
+# --- the executor ------------------------------------------------------------------------------------
+
+@dataclass
+class _State:
+    stage: Stage
+    image: str | None = None                         # None: scratch and nothing built yet
+    config: ImageConfig = field(default_factory=ImageConfig)
+    args: dict[str, str] = field(default_factory=dict)
+    shell: list[str] = field(default_factory=lambda: list(DEFAULT_SHELL))
+
+
+class Builder:
+    def __init__(self, store: ImageStore, runner: ContainerRunner | None = None,
+                 pull: Puller | None = None) -> None:
+        self.store = store
+        self.runner = runner
+        self.pull = pull
+        self.cache = BuildCache(store.root / CACHE_FILE)
+
+    def _alive(self, image_id: str) -> bool:
+        try:
+            self.store.get(image_id)
+            return True
+        except ImageError:
+            return False
+
+    async def build(self, context: Path, opts: BuildOptions) -> AsyncIterator[BuildEvent]:
+        dfile = df.parse(opts.dockerfile, opts.dockerfile_name)
+        name = opts.dockerfile_name
+        stages = _needed_stages(dfile, opts.target)
+        total = sum(1 + len(s.instructions) for s in stages)
+        global_args = _global_args(dfile, opts.build_args)
+        used_args: set[str] = set()
+        results: dict[int, str | None] = {}
+        step = 0
+        ctx_tree = MergedTree([context])
+        final: _State | None = None
+        for stage in stages:
+            state = _State(stage)
+            # FROM
+            step += 1
+            ins = stage.from_instruction
+            yield BuildEvent("step", f"Step {step}/{total} : {ins.original}\n", step, total)
+            try:
+                base = df.expand(stage.base, global_args, dfile.escape)
+            except ValueError as e:
+                raise DockerfileError(str(e), ins.line, name) from None
+            used_args.update(k for k in global_args if k in stage.base)
+            state.image = await self._from(dfile, base, results, ins, name)
+            if state.image:
+                img = await asyncio.to_thread(self.store.get, state.image)
+                state.config = img.config
+                yield BuildEvent("step", f" ---> {_short(state.image)}\n", step, total)
+            for ins in stage.instructions:
+                step += 1
+                yield BuildEvent("step", f"Step {step}/{total} : {ins.original}\n", step, total)
+                async for ev in self._step(state, ins, dfile, global_args, opts, ctx_tree, results, used_args):
+                    ev.step, ev.total = step, total
+                    yield ev
+                if state.image:
+                    yield BuildEvent("step", f" ---> {_short(state.image)}\n", step, total)
+            results[stage.index] = state.image
+            final = state
+        assert final is not None
+        if not final.image:
+            img = await asyncio.to_thread(self.store.derive, None, final.config, "")
+            final.image = img.id
+        if opts.labels:
+            cfg = replace(final.config, labels={**final.config.labels, **opts.labels})
+            img = await asyncio.to_thread(self.store.derive, final.image, cfg, "")
+            final.image = img.id
+        unused = sorted(set(opts.build_args) - used_args)
+        if unused:
+            yield BuildEvent("step", f"[Warning] One or more build-args {unused} were not consumed\n")
+        yield BuildEvent("step", f"Successfully built {_short(final.image)}\n")
+        for tag in opts.tags:
+            await asyncio.to_thread(self.store.tag, final.image, tag)
+            yield BuildEvent("step", f"Successfully tagged {tag}\n")
+        yield BuildEvent("result", image_id=final.image)
+
+    async def _from(self, dfile: Dockerfile, base: str, results: Mapping[int, str | None],
+                    ins: Instruction, name: str) -> str | None:
+        if base == "scratch":
+            return None
+        for s in dfile.stages:
+            if s.name and s.name == base.lower() and s.index in results:
+                return results[s.index]
+        try:
+            return (await asyncio.to_thread(self.store.get, base)).id
+        except ImageNotFound:
+            if self.pull is None:
+                raise DockerfileError(f"FROM {base}: no such image, and no registry to pull it from",
+                                      ins.line, name) from None
+        except ImageError as e:
+            raise DockerfileError(f"FROM {base}: {e}", ins.line, name) from None
+        try:
+            return await self.pull(base)
+        except ImageError as e:
+            raise DockerfileError(f"FROM {base}: {e}", ins.line, name) from None
+
+    async def _step(self, state: _State, ins: Instruction, dfile: Dockerfile, global_args: Mapping[str, str],
+                    opts: BuildOptions, ctx_tree: MergedTree, results: Mapping[int, str | None],
+                    used_args: set[str]) -> AsyncIterator[BuildEvent]:
+        name = opts.dockerfile_name
+        env = {**state.args, **state.config.env_dict()}
+        kw = ins.keyword
+        try:
+            if kw == "ARG":
+                for key, value in df.key_values("ARG", ins.args, env, dfile.escape):
+                    if key in opts.build_args:
+                        state.args[key] = opts.build_args[key]
+                        used_args.add(key)
+                    elif value != "\0":
+                        state.args[key] = value
+                    elif key in global_args:
+                        state.args[key] = global_args[key]
+                    else:
+                        state.args.setdefault(key, "")
+                return
+            if kw == "SHELL":
+                shell = ins.json_args()
+                if not shell:
+                    raise DockerfileError('SHELL requires the exec form: SHELL ["executable", "parameters"]',
+                                          ins.line, name)
+                state.shell = shell
+                return
+            if kw == "RUN":
+                async for ev in self._run(state, ins, opts):
+                    yield ev
+                return
+            if kw in ("COPY", "ADD"):
+                image, cached = await asyncio.to_thread(
+                    self._copy, state, ins, dfile, env, opts, ctx_tree, results)
+                if cached:
+                    yield BuildEvent("step", " ---> CACHED\n", cached=True)
+                state.image = image
+                return
+            # Config-only instructions.
+            config = self._config_step(state, ins, env, dfile.escape)
+            original = ins.original if kw not in EXPANDED_DISPLAY else f"{kw} {df.expand(ins.args, env, dfile.escape)}"
+            key = cache_key(state.image or "scratch", "config", original, config.to_oci())
+            cached_id = None if opts.no_cache else self.cache.get(key)
+            if cached_id and self._alive(cached_id):
+                yield BuildEvent("step", " ---> CACHED\n", cached=True)
+                state.image, state.config = cached_id, config
+                return
+            img = await asyncio.to_thread(self.store.derive, state.image, config, f"/bin/sh -c #(nop)  {original}")
+            self.cache.put(key, img.id, self._alive)
+            state.image, state.config = img.id, config
+        except DockerfileError:
+            raise
+        except (ImageError, ValueError, OSError) as e:
+            raise DockerfileError(f"{kw}: {e}", ins.line, name) from None
+
+    def _config_step(self, state: _State, ins: Instruction, env: Mapping[str, str], escape: str) -> ImageConfig:
+        kw = ins.keyword
+        cfg = state.config
+        if kw == "ENV":
+            items = list(cfg.env)
+            for key, value in df.key_values("ENV", ins.args, env, escape):
+                items = [e for e in items if e.partition("=")[0] != key]
+                items.append(f"{key}={value}")
+                env = {**env, key: value}
+            return replace(cfg, env=items)
+        if kw == "LABEL":
+            return replace(cfg, labels={**cfg.labels, **dict(df.key_values("LABEL", ins.args, env, escape))})
+        if kw == "MAINTAINER":
+            return replace(cfg, labels={**cfg.labels, "maintainer": ins.args})
+        if kw in ("CMD", "ENTRYPOINT"):
+            new = apply_change(cfg, f"{kw} {ins.args}", shell=state.shell)
+            return new
+        # EXPOSE, USER, WORKDIR, STOPSIGNAL: expanded here, "$" kept literal for apply_change.
+        text = df.expand(ins.args, env, escape)
+        if kw != "EXPOSE":
+            text = text.replace("$", "\\$")
+        return apply_change(cfg, f"{kw} {text}")
+
+    # --- RUN ----------------------------------------------------------------------------------------
+
+    async def _run(self, state: _State, ins: Instruction, opts: BuildOptions) -> AsyncIterator[BuildEvent]:
+        name = opts.dockerfile_name
+        argv = ins.json_args()
+        if argv is None:
+            argv = [*state.shell, ins.args]
+        if not argv:
+            raise DockerfileError("RUN needs a command", ins.line, name)
+        image_env = state.config.env_dict()
+        arg_env = {k: v for k, v in sorted(state.args.items()) if k not in image_env}
+        created_by = " ".join(argv)
+        if arg_env:
+            created_by = f"|{len(arg_env)} " + " ".join(f"{k}={v}" for k, v in arg_env.items()) + " " + created_by
+        key = cache_key(state.image or "scratch", "RUN", argv, arg_env, ins.flags.get("network", opts.network))
+        cached_id = None if opts.no_cache else self.cache.get(key)
+        if cached_id and self._alive(cached_id):
+            yield BuildEvent("step", " ---> CACHED\n", cached=True)
+            state.image = cached_id
+            return
+        if self.runner is None:
+            raise DockerfileError("RUN needs the agent's container manager", ins.line, name)
+        if not state.image:
+            state.image = (await asyncio.to_thread(self.store.derive, None, state.config, "")).id
+        from agent.model import ContainerConfig
+
+        network = ins.flags.get("network", opts.network)
+        network = {"default": "bridge", "sandbox": "bridge"}.get(network, network)
+        cfg = ContainerConfig(
+            image=state.image, cmd=list(argv), entrypoint=[], entrypoint_set=True,
+            env=[f"{k}={v}" for k, v in arg_env.items()], workdir=state.config.workdir,
+            user=state.config.user, network_mode=network, labels={"dockyard.build": "1"},
+        )
+        runner = self.runner
+        try:
+            c = await asyncio.to_thread(runner.create, cfg)
+        except Exception as e:
+            raise DockerfileError(f"RUN: creating the container failed: {e}", ins.line, name) from None
+        try:
+            yield BuildEvent("step", f" ---> Running in {c.id[:12]}\n")
+            try:
+                await runner.start(c.id)
+            except Exception as e:
+                raise DockerfileError(f"RUN: {e}", ins.line, name) from None
+            async for _stream, data, _ts in runner.logs(c.id, follow=True):
+                yield BuildEvent("output", data.decode(errors="replace"))
+            done = await runner.wait(c.id)
+            code = int(done.state.exit_code)
+            if code != 0:
+                shown = json.dumps(argv) if ins.json_args() is not None else " ".join(argv)
+                raise DockerfileError(f"The command '{shown}' returned a non-zero code: {code}", ins.line, name)
+            img = await asyncio.to_thread(self.store.commit, c.snapshot, state.image, None, (), "", created_by)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(runner.remove(c.id, force=True))
+        yield BuildEvent("step", f"Removing intermediate container {c.id[:12]}\n")
+        self.cache.put(key, img.id, self._alive)
+        state.image = img.id
+
+    # --- COPY and ADD ---------------------------------------------------------------------------------
+
+    def _copy(self, state: _State, ins: Instruction, dfile: Dockerfile, env: Mapping[str, str],
+              opts: BuildOptions, ctx_tree: MergedTree, results: Mapping[int, str | None]) -> tuple[str, bool]:
+        kw, name = ins.keyword, opts.dockerfile_name
+        words = ins.json_args()
+        if words is None:
+            words = df.words(ins.args, env, dfile.escape)
+        else:
+            words = [df.expand(w, env, dfile.escape) for w in words]
+        if len(words) < 2:
+            raise DockerfileError(f"{kw} requires at least two arguments: {kw} <src>... <dest>", ins.line, name)
+        srcs, dest = words[:-1], words[-1]
+        # Where the sources come from: the context, an earlier stage, or an image.
+        strict = True
+        source = ctx_tree
+        src_name = "build context"
+        if "from" in ins.flags:
+            if kw == "ADD":
+                raise DockerfileError("ADD does not take --from; use COPY --from", ins.line, name)
+            ref = df.expand(ins.flags["from"], env, dfile.escape)
+            stage = dfile.stage(ref)
+            if stage is not None and stage.index >= state.stage.index:
+                raise DockerfileError(f"COPY --from={ref}: a stage can only copy from an earlier stage",
+                                      ins.line, name)
+            if stage is not None:
+                image_id = results.get(stage.index)
+            else:
+                try:
+                    image_id = self.store.get(ref).id
+                except ImageError as e:
+                    raise DockerfileError(f"COPY --from={ref}: {e}", ins.line, name) from None
+            source = MergedTree(self._layer_dirs(image_id))
+            strict = False
+            src_name = f"stage {ref}"
+        entries: list[tuple[str, list[str]]] = []  # (source as written, resolved components)
+        for src in srcs:
+            if kw == "ADD" and src.startswith(("http://", "https://", "git@")):
+                raise DockerfileError(f"ADD {src}: remote sources are not supported; fetch them with RUN",
+                                      ins.line, name)
+            parts = _relative_parts(src)
+            if parts is None and strict:
+                raise DockerfileError(f"{kw} failed: forbidden path outside the build context: {src}",
+                                      ins.line, name)
+            matches = _glob(source, parts or [], strict) if _has_magic(src) else [parts or []]
+            if not matches:
+                raise DockerfileError(f"{kw} failed: no source files were specified by {src!r} in the {src_name}",
+                                      ins.line, name)
+            for m in matches:
+                try:
+                    resolved = source.resolve(m, strict=strict)
+                except OutsideRoot:
+                    raise DockerfileError(f"{kw} failed: forbidden path outside the build context: {src}",
+                                          ins.line, name) from None
+                if source.lookup(resolved) is None:
+                    raise DockerfileError(
+                        f"{kw} failed: file not found in {src_name}: stat {src}: file does not exist",
+                        ins.line, name)
+                entries.append((src, resolved))
+        dest_abs = dest if dest.startswith("/") else (state.config.workdir or "/").rstrip("/") + "/" + dest
+        dest_is_dir = dest.endswith("/") or dest in (".", "..") or dest.endswith("/.")
+        if len(entries) > 1 and not dest_is_dir:
+            raise DockerfileError(f"When using {kw} with more than one source file, the destination must be "
+                                  f"a directory and end with a /", ins.line, name)
+        lower = MergedTree(self._layer_dirs(state.image))
+        uid_gid = _chown(ins.flags.get("chown", ""), lower, ins, name) if "chown" in ins.flags else None
+        chmod = _chmod(ins.flags.get("chmod", ""), ins, name) if "chmod" in ins.flags else None
+        # The cache key covers every byte and attribute that would be copied.
+        h = hashlib.sha256()
+        for src, resolved in entries:
+            h.update(f"{src}\0".encode())
+            _digest_tree(source, resolved, h, kw == "ADD")
+        digest = "sha256:" + h.hexdigest()
+        key = cache_key(state.image or "scratch", kw, clean(dest_abs) + ("/" if dest_is_dir else ""),
+                        [s for s, _ in entries], digest, uid_gid, chmod)
+        cached_id = None if opts.no_cache else self.cache.get(key)
+        if cached_id and self._alive(cached_id):
+            return cached_id, True
+        snap = f"build-{os.getpid()}-{secrets.token_hex(6)}"
+        base_chain = self.store.get(state.image).chain_id if state.image else ""
+        self.store.snapshotter.prepare(snap, base_chain)
+        try:
+            upper = self.store.snapshotter.layer_dirs(snap)[0]
+            writer = _LayerWriter(upper, lower)
+            dest_dir_exists = _is_dir(lower, split(dest_abs))
+            for _src, resolved in entries:
+                found = source.lookup(resolved)
+                assert found is not None
+                path, st = found
+                if stat.S_ISDIR(st.st_mode):
+                    writer.copy_tree(source, resolved, split(dest_abs), uid_gid, chmod)
+                elif kw == "ADD" and stat.S_ISREG(st.st_mode) and _is_archive(path):
+                    self._extract(path, writer, split(dest_abs), uid_gid)
+                else:
+                    target = split(dest_abs)
+                    if dest_is_dir or dest_dir_exists:
+                        target = [*target, resolved[-1]] if resolved else target
+                    writer.copy_entry(source, resolved, target, uid_gid, chmod)
+            kind = "dir" if len(entries) == 1 and entries[0][1] and _is_dir(source, entries[0][1]) else "file"
+            if len(entries) > 1:
+                kind = "multi"
+            created_by = f"/bin/sh -c #(nop) {kw} {kind}:{digest.removeprefix('sha256:')} in {dest_abs} "
+            img = self.store.commit(snap, state.image, None, (), "", created_by)
+        finally:
+            with contextlib.suppress(ImageError):
+                self.store.snapshotter.remove(snap)
+        self.cache.put(key, img.id, self._alive)
+        return img.id, False
+
+    def _layer_dirs(self, image_id: str | None) -> list[Path]:
+        if not image_id:
+            return []
+        chain = self.store.get(image_id).chain_id
+        return self.store.snapshotter.layer_dirs(chain) if chain else []
+
+    def _extract(self, archive: Path, writer: _LayerWriter, dest: list[str], uid_gid: tuple[int, int] | None) -> None:
+        tmp = self.store.tmp / f"add-{os.getpid()}-{secrets.token_hex(6)}"
+        tmp.mkdir()
+        try:
+            with open(archive, "rb") as f:
+                stream, _ = decompressed(f)
+                apply_layer(stream, tmp, what=f"ADD {archive.name}")
+            tree = MergedTree([tmp])
+            writer.copy_tree(tree, [], dest, uid_gid, None, keep_owner=uid_gid is None)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+EXPANDED_DISPLAY = ("ENV", "LABEL", "EXPOSE", "USER", "WORKDIR", "STOPSIGNAL")
+
+
+class _LayerWriter:
+    """Writes copied files into a snapshot's upper dir; parent directories that exist in the layers
+    below are created with their attributes (as overlay's copy-up would), new ones 0755 root."""
+
+    def __init__(self, upper: Path, lower: MergedTree) -> None:
+        self.upper = upper
+        self.lower = lower
+
+    def _parents(self, parts: Sequence[str]) -> Path:
+        p = self.upper
+        for i, comp in enumerate(parts):
+            p = p / comp
+            st = _lstat(p)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                continue
+            if st is not None:
+                p.unlink()
+            below = self.lower.lookup(list(parts[: i + 1]))
+            os.mkdir(p)
+            if below is not None and stat.S_ISDIR(below[1].st_mode):
+                bst = below[1]
+                os.chmod(p, stat.S_IMODE(bst.st_mode))
+                os.lchown(p, bst.st_uid, bst.st_gid)
+                os.utime(p, ns=(bst.st_atime_ns, bst.st_mtime_ns))
+            else:
+                os.chmod(p, 0o755)
+        return p
+
+    def copy_entry(self, src: MergedTree, src_parts: Sequence[str], dest: Sequence[str],
+                   owner: tuple[int, int] | None, chmod: int | None, keep_owner: bool = False) -> None:
+        found = src.lookup(list(src_parts))
+        if found is None:
+            return
+        path, st = found
+        if stat.S_ISDIR(st.st_mode):
+            self.copy_tree(src, src_parts, dest, owner, chmod, keep_owner)
+            return
+        if not dest:
+            raise ImageError(f"cannot copy a file onto / ({'/'.join(src_parts)})")
+        parent = self._parents(dest[:-1])
+        target = parent / dest[-1]
+        existing = _lstat(target)
+        if existing is not None:
+            shutil.rmtree(target) if stat.S_ISDIR(existing.st_mode) else target.unlink()
+        uid, gid = owner if owner is not None else ((st.st_uid, st.st_gid) if keep_owner else (0, 0))
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(path), target)
+            os.lchown(target, uid, gid)
+            return
+        if stat.S_ISFIFO(st.st_mode):
+            os.mkfifo(target, stat.S_IMODE(st.st_mode))
+        elif stat.S_ISREG(st.st_mode):
+            with open(path, "rb") as fin, open(target, "xb") as fout:
+                shutil.copyfileobj(fin, fout, 1 << 20)
+        else:
+            return  # sockets and devices are not copied
+        os.chown(target, uid, gid)
+        os.chmod(target, chmod if chmod is not None else stat.S_IMODE(st.st_mode))
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+    def copy_tree(self, src: MergedTree, src_parts: Sequence[str], dest: Sequence[str],
+                  owner: tuple[int, int] | None, chmod: int | None, keep_owner: bool = False) -> None:
+        """The contents of directory ``src_parts`` into directory ``dest`` (COPY dir/ /dest/)."""
+        d = self._parents(dest)
+        found = src.lookup(list(src_parts)) if src_parts else None
+        if found is not None and dest:
+            st = found[1]
+            uid, gid = owner if owner is not None else ((st.st_uid, st.st_gid) if keep_owner else (0, 0))
+            os.chown(d, uid, gid)
+            os.chmod(d, chmod if chmod is not None else stat.S_IMODE(st.st_mode))
+        for name in src.listdir(list(src_parts)):
+            child = [*src_parts, name]
+            entry = src.lookup(child)
+            if entry is None:
+                continue
+            if stat.S_ISDIR(entry[1].st_mode):
+                target = d / name
+                tst = _lstat(target)
+                if tst is not None and not stat.S_ISDIR(tst.st_mode):
+                    target.unlink()
+                if tst is None or not stat.S_ISDIR(tst.st_mode):
+                    os.mkdir(target)
+                self.copy_tree(src, child, [*dest, name], owner, chmod, keep_owner)
+                os.utime(target, ns=(entry[1].st_atime_ns, entry[1].st_mtime_ns))
+            else:
+                self.copy_entry(src, child, [*dest, name], owner, chmod, keep_owner)
+        if found is not None and dest:
+            os.utime(d, ns=(found[1].st_atime_ns, found[1].st_mtime_ns))
+
+
+def _lstat(p: Path) -> os.stat_result | None:
+    try:
+        return os.lstat(p)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+
+
+def _is_dir(tree: MergedTree, parts: list[str]) -> bool:
+    try:
+        resolved = tree.resolve(parts)
+    except ImageError:
+        return False
+    found = tree.lookup(resolved)
+    return found is not None and stat.S_ISDIR(found[1].st_mode)
+
+
+def _is_archive(path: Path) -> bool:
+    """A tar (plain, gzip, bzip2, xz or zstd) by its content, as docker's ADD decides."""
+    try:
+        with open(path, "rb") as f:
+            if compression_of(f.read(8)):
+                f.seek(0)
+                stream, _ = decompressed(f)
+                head = stream.read(512)
+            else:
+                f.seek(0)
+                head = f.read(512)
+    except Exception:
+        return False
+    return len(head) >= 262 and head[257:262] == b"ustar"
+
+
+def _digest_tree(tree: MergedTree, parts: list[str], h: Any, follow_archives: bool) -> None:
+    found = tree.lookup(parts)
+    if found is None:
+        return
+    path, st = found
+    rel = "/".join(parts)
+    mode = st.st_mode
+    h.update(f"{rel}\0{stat.S_IFMT(mode)}\0{stat.S_IMODE(mode)}\0{st.st_uid if follow_archives else 0}\0".encode())
+    if stat.S_ISREG(mode):
+        with open(path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                h.update(chunk)
+    elif stat.S_ISLNK(mode):
+        h.update(os.readlink(path).encode())
+    elif stat.S_ISDIR(mode):
+        for name in tree.listdir(parts):
+            _digest_tree(tree, [*parts, name], h, follow_archives)
+
+
+def _relative_parts(src: str) -> list[str] | None:
+    """Components of a context path, or None when it leads outside the context (../x)."""
+    out: list[str] = []
+    for p in src.split("/"):
+        if p in ("", "."):
+            continue
+        if p == "..":
+            if not out:
+                return None
+            out.pop()
+            continue
+        out.append(p)
+    return out
+
+
+def _has_magic(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def _glob(tree: MergedTree, parts: list[str], strict: bool) -> list[list[str]]:
+    """Go's filepath.Match applied component by component, as docker matches COPY sources."""
+    found: list[list[str]] = [[]]
+    for comp in parts:
+        nxt: list[list[str]] = []
+        for base in found:
+            if not _has_magic(comp):
+                if tree.lookup([*base, comp]) is not None:
+                    nxt.append([*base, comp])
+                continue
+            try:
+                resolved = tree.resolve(base, strict=strict)
+            except OutsideRoot:
+                continue
+            pattern = comp.replace("[^", "[!")
+            for name in tree.listdir(resolved):
+                if fnmatch.fnmatchcase(name, pattern):
+                    nxt.append([*base, name])
+        found = nxt
+    return found
+
+
+def _chown(spec: str, tree: MergedTree, ins: Instruction, name: str) -> tuple[int, int]:
+    user, _, group = spec.partition(":")
+
+    def lookup(file: str, key: str) -> int:
+        if key.isdigit():
+            return int(key)
+        found = tree.lookup(tree.resolve(split(file)))
+        if found is not None:
+            for line in found[0].read_text(errors="replace").splitlines():
+                fields = line.split(":")
+                if len(fields) >= 3 and fields[0] == key and fields[2].isdigit():
+                    return int(fields[2])
+        raise DockerfileError(f"{ins.keyword} --chown={spec}: unable to find {'user' if 'passwd' in file else 'group'} "
+                              f"{key} in the image's {file}", ins.line, name)
+
+    if not user:
+        raise DockerfileError(f"{ins.keyword} --chown={spec}: a user is required", ins.line, name)
+    uid = lookup("/etc/passwd", user)
+    if group:
+        gid = lookup("/etc/group", group)
+    elif user.isdigit():
+        gid = uid
+    else:
+        gid = _primary_gid(tree, user, uid)
+    return uid, gid
+
+
+def _primary_gid(tree: MergedTree, user: str, uid: int) -> int:
+    found = tree.lookup(tree.resolve(split("/etc/passwd")))
+    if found is not None:
+        for line in found[0].read_text(errors="replace").splitlines():
+            fields = line.split(":")
+            if len(fields) >= 4 and fields[0] == user and fields[3].isdigit():
+                return int(fields[3])
+    return uid
+
+
+def _chmod(spec: str, ins: Instruction, name: str) -> int:
+    try:
+        mode = int(spec, 8)
+    except ValueError:
+        raise DockerfileError(f"{ins.keyword} --chmod={spec}: must be an octal mode like 0755", ins.line, name) from None
+    if not 0 <= mode <= 0o7777:
+        raise DockerfileError(f"{ins.keyword} --chmod={spec}: out of range", ins.line, name)
+    return mode
+
+
+def _needed_stages(dfile: Dockerfile, target: str) -> list[Stage]:
+    """The target stage (the last by default) and the stages it builds on, in Dockerfile order."""
+    if target:
+        stage = dfile.stage(target)
+        if stage is None:
+            raise DockerfileError(f"target stage {target!r} could not be found", 0, dfile.filename)
+    else:
+        stage = dfile.stages[-1]
+    needed: set[int] = set()
+
+    def visit(s: Stage) -> None:
+        if s.index in needed:
+            return
+        needed.add(s.index)
+        refs = [s.base] + [i.flags["from"] for i in s.instructions if "from" in i.flags]
+        for ref in refs:
+            dep = dfile.stage(ref)
+            if dep is not None and dep.index < s.index:
+                visit(dep)
+
+    visit(stage)
+    return [s for s in dfile.stages if s.index in needed]
+
+
+def _global_args(dfile: Dockerfile, build_args: Mapping[str, str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for ins in dfile.global_args:
+        try:
+            pairs = df.key_values("ARG", ins.args, out, dfile.escape)
+        except ValueError as e:
+            raise DockerfileError(str(e), ins.line, dfile.filename) from None
+        for key, value in pairs:
+            if key in build_args:
+                out[key] = build_args[key]
+            elif value != "\0":
+                out[key] = value
+    return out
+
+
+def _short(image_id: str) -> str:
+    return image_id.removeprefix("sha256:")[:12]
+
+
+def iter_context(root: Path, dockerfile: str = "Dockerfile") -> Iterator[str]:
+    """Relative paths of the context that .dockerignore keeps (the client sends only these)."""
+    from .dockerignore import Matcher
+
+    matcher = Matcher.from_file(root / ".dockerignore")
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        keep_dirs = []
+        for d in sorted(dirnames):
+            rel = f"{rel_dir}/{d}" if rel_dir else d
+            if matcher.excluded(rel) and not matcher.may_include_below(rel):
+                continue
+            keep_dirs.append(d)
+            if not matcher.excluded(rel):
+                yield rel
+        dirnames[:] = keep_dirs
+        for f in sorted(filenames):
+            rel = f"{rel_dir}/{f}" if rel_dir else f
+            if rel in (dockerfile, ".dockerignore") or not matcher.excluded(rel):
+                yield rel
+
+
+def write_context(root: Path, out: IO[bytes], dockerfile: str = "Dockerfile") -> int:
+    """Tar the context (owner 0:0 as docker sends it); returns the number of entries."""
+    n = 0
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
+        for rel in iter_context(root, dockerfile):
+            info = tf.gettarinfo(str(root / rel), arcname=rel)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            if info.islnk():  # a hardlink: send the content again, as a plain file
+                info.type, info.linkname = tarfile.REGTYPE, ""
+                info.size = os.stat(root / rel).st_size
+            if info.isreg():
+                with open(root / rel, "rb") as f:
+                    tf.addfile(info, f)
+            elif info.isdir() or info.issym() or info.islnk():
+                tf.addfile(info)
+            n += 1
+    return n

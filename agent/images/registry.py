@@ -1,0 +1,654 @@
+"""Registry client: pull and push over the OCI distribution API (what docker-registry, Docker Hub,
+GHCR and Harbor speak), into and out of the image store.
+
+Authentication, as docker does it: a request answered 401 carries ``WWW-Authenticate``;
+``Basic`` -> the credentials on every request; ``Bearer realm=..,service=..,scope=..`` -> a token
+from the realm (GET with basic credentials, or POST grant_type=refresh_token with an identity token,
+anonymous when there are none), cached per scope, then the request again with it.
+Plain HTTP is used only for loopback registries (https is tried first), as docker treats them.
+
+Pull: manifest (an index -> the manifest for linux/<host arch>), every digest checked: the manifest
+against the digest asked for and Docker-Content-Digest, config and layers through the content
+store's verified writer (a wrong digest or size keeps nothing). Layers already unpacked and stored
+are skipped ("Already exists"); gzip, zstd and plain layers are unpacked by the snapshotter. A failed
+pull removes every blob and layer it added.
+
+Push: for each blob, HEAD (the registry has it: "Layer already exists"), else a cross-repository
+mount from a repository of the same registry the image came from or went to, else a chunked upload
+(POST, PATCH with Content-Range per chunk, PUT ?digest=). Then the manifest, and the registry's
+digest for it is recorded as a repo digest. Blobs are pushed as they are stored (built and imported
+layers are uncompressed OCI layers; pulled ones keep their compression).
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import http.client
+import ipaddress
+import json
+import ssl
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import IO, Any
+
+from . import reference as refs
+from .config import (
+    LAYER_MEDIA_TYPES,
+    MEDIA_DOCKER_LIST,
+    MEDIA_DOCKER_MANIFEST,
+    MEDIA_OCI_INDEX,
+    MEDIA_OCI_LAYER,
+    MEDIA_OCI_MANIFEST,
+    chain_ids,
+    host_architecture,
+)
+from .errors import ImageError, ImageNotFound, InvalidArchive
+from .imagestore import ImageStore
+from .layers import decompressed
+from .store import check_digest, sha256_bytes
+
+MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST])
+MAX_MANIFEST = 4 << 20
+CHUNK_SIZE = 8 << 20            # upload chunk (PATCH) size
+READ = 1 << 20
+DOCKER_HUB = "registry-1.docker.io"
+DOCKER_INDEX_SERVER = "https://index.docker.io/v1/"
+
+
+class RegistryError(ImageError):
+    """The registry refused, failed or answered something that is not the distribution API."""
+
+
+class Unauthorized(RegistryError):
+    pass
+
+
+class RegistryUnavailable(RegistryError):
+    pass
+
+
+@dataclass
+class Auth:
+    username: str = ""
+    password: str = ""
+    identity_token: str = ""
+    registry_token: str = ""
+
+
+@dataclass
+class Progress:
+    id: str
+    status: str
+    current: int = 0
+    total: int = 0
+    image_id: str = ""
+    digest: str = ""
+
+
+ProgressFn = Callable[[Progress], None]
+
+
+def registry_host(domain: str) -> str:
+    """The host to talk to for a reference's domain (docker.io -> registry-1.docker.io)."""
+    return DOCKER_HUB if domain == refs.DEFAULT_DOMAIN else domain
+
+
+def config_key(domain: str) -> str:
+    """The key of a registry in config.json's "auths" (docker.io's is its v1 index URL, as docker's)."""
+    return DOCKER_INDEX_SERVER if domain in (refs.DEFAULT_DOMAIN, DOCKER_HUB, "index.docker.io") else domain
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0].strip("[]") if not host.startswith("[") else host[1:host.index("]")]
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def _parse_challenge(header: str) -> tuple[str, dict[str, str]]:
+    scheme, _, rest = header.strip().partition(" ")
+    params: dict[str, str] = {}
+    i = 0
+    while i < len(rest):
+        eq = rest.find("=", i)
+        if eq == -1:
+            break
+        key = rest[i:eq].strip().strip(",").strip().lower()
+        j = eq + 1
+        if j < len(rest) and rest[j] == '"':
+            end = rest.find('"', j + 1)
+            end = len(rest) if end == -1 else end
+            params[key] = rest[j + 1:end]
+            i = end + 1
+        else:
+            end = rest.find(",", j)
+            end = len(rest) if end == -1 else end
+            params[key] = rest[j:end].strip()
+            i = end
+        while i < len(rest) and rest[i] in ", ":
+            i += 1
+    return scheme.lower(), params
+
+
+@dataclass
+class _Response:
+    status: int
+    headers: dict[str, str]
+    resp: http.client.HTTPResponse
+    conn: http.client.HTTPConnection
+
+    def read(self, n: int = -1) -> bytes:
+        return self.resp.read(n) if n >= 0 else self.resp.read()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.resp.read()
+        self.resp.close()
+
+
+@dataclass
+class Client:
+    """One registry host. Not thread-safe; one per pull or push."""
+
+    host: str
+    auth: Auth = field(default_factory=Auth)
+    timeout: float = 60.0
+    scheme: str = ""
+    _tokens: dict[str, str] = field(default_factory=dict)
+    _basic: bool = False
+    _conns: dict[tuple[str, str], http.client.HTTPConnection] = field(default_factory=dict)
+
+    # --- transport -----------------------------------------------------------------------------------
+
+    def _conn(self, scheme: str, netloc: str) -> http.client.HTTPConnection:
+        key = (scheme, netloc)
+        conn = self._conns.get(key)
+        if conn is None:
+            if scheme == "https":
+                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=ssl.create_default_context())
+            else:
+                conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
+            self._conns[key] = conn
+        return conn
+
+    def close(self) -> None:
+        for conn in self._conns.values():
+            conn.close()
+        self._conns.clear()
+
+    def _scheme(self) -> str:
+        if self.scheme:
+            return self.scheme
+        if not _is_loopback(self.host):
+            self.scheme = "https"
+            return self.scheme
+        # Loopback registries may be plain HTTP (docker's default insecure registries).
+        try:
+            conn = http.client.HTTPSConnection(self.host, timeout=5, context=ssl._create_unverified_context())
+            conn.request("GET", "/v2/")
+            conn.getresponse().read()
+            conn.close()
+            self.scheme = "https"
+        except (ssl.SSLError, ConnectionError, OSError, http.client.HTTPException):
+            self.scheme = "http"
+        return self.scheme
+
+    def _send(self, method: str, url: str, headers: dict[str, str], body: Any) -> _Response:
+        parsed = urllib.parse.urlsplit(url)
+        path = parsed.path + (f"?{parsed.query}" if parsed.query else "")
+        for attempt in range(2):
+            conn = self._conn(parsed.scheme, parsed.netloc)
+            try:
+                conn.request(method, path, body=body, headers=headers)
+                resp = conn.getresponse()
+            except (ConnectionError, http.client.RemoteDisconnected, BrokenPipeError) as e:
+                conn.close()
+                self._conns.pop((parsed.scheme, parsed.netloc), None)
+                if attempt == 0 and (body is None or isinstance(body, bytes)):
+                    continue
+                raise RegistryUnavailable(f"{method} {url}: {e}") from None
+            except (OSError, http.client.HTTPException) as e:
+                conn.close()
+                self._conns.pop((parsed.scheme, parsed.netloc), None)
+                raise RegistryUnavailable(f"{method} {url}: {e}") from None
+            return _Response(resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp, conn)
+        raise AssertionError("unreachable")
+
+    def request(self, method: str, path: str, headers: dict[str, str] | None = None, body: Any = None,
+                scope: str = "", ok: Sequence[int] = (200,)) -> _Response:
+        """A request to the registry with authentication and redirects handled; raises unless the
+        status is one of ``ok``."""
+        url = path if "://" in path else f"{self._scheme()}://{self.host}{path}"
+        hdrs = dict(headers or {})
+        for _ in range(5):
+            send = dict(hdrs)
+            same_host = urllib.parse.urlsplit(url).netloc == self.host
+            if same_host:
+                send.update(self._auth_header(scope))
+            resp = self._send(method, url, send, body)
+            if resp.status == 401 and same_host and "www-authenticate" in resp.headers:
+                resp.close()
+                if not self._authenticate(resp.headers["www-authenticate"], scope):
+                    raise Unauthorized(f"{self.host}: unauthorized: authentication required")
+                resp = self._send(method, url, {**hdrs, **self._auth_header(scope)}, body)
+            if resp.status in (301, 302, 303, 307, 308) and "location" in resp.headers:
+                resp.close()
+                url = urllib.parse.urljoin(url, resp.headers["location"])
+                if resp.status == 303:
+                    method, body = "GET", None
+                continue
+            if resp.status not in ok:
+                text = resp.read(64 << 10).decode(errors="replace")
+                resp.close()
+                raise _status_error(resp.status, method, path, text, self.host)
+            return resp
+        raise RegistryError(f"{method} {path}: too many redirects")
+
+    def _auth_header(self, scope: str) -> dict[str, str]:
+        if self.auth.registry_token:
+            return {"Authorization": f"Bearer {self.auth.registry_token}"}
+        token = self._tokens.get(scope) or self._tokens.get("*")
+        if token:
+            return {"Authorization": f"Bearer {token}"}
+        if self._basic and self.auth.username:
+            cred = base64.b64encode(f"{self.auth.username}:{self.auth.password}".encode()).decode()
+            return {"Authorization": f"Basic {cred}"}
+        return {}
+
+    def _authenticate(self, challenge: str, scope: str) -> bool:
+        scheme, params = _parse_challenge(challenge)
+        if scheme == "basic":
+            if not self.auth.username or self._basic:
+                return False
+            self._basic = True
+            return True
+        if scheme != "bearer" or "realm" not in params:
+            raise RegistryError(f"{self.host}: unsupported authentication challenge {challenge!r}")
+        scopes = [s for s in {scope, params.get("scope", "")} if s]
+        token = self._fetch_token(params["realm"], params.get("service", ""), scopes)
+        if not token or self._tokens.get(scope or "*") == token:
+            return False
+        self._tokens[scope or "*"] = token
+        return True
+
+    def _fetch_token(self, realm: str, service: str, scopes: Sequence[str]) -> str:
+        query = [("service", service)] if service else []
+        query += [("scope", s) for s in scopes]
+        headers: dict[str, str] = {}
+        if self.auth.identity_token:
+            form = urllib.parse.urlencode([("grant_type", "refresh_token"), ("refresh_token", self.auth.identity_token),
+                                           ("client_id", "dockyard"), *query]).encode()
+            resp = self._send("POST", realm, {"Content-Type": "application/x-www-form-urlencoded"}, form)
+        else:
+            if self.auth.username:
+                cred = base64.b64encode(f"{self.auth.username}:{self.auth.password}".encode()).decode()
+                headers["Authorization"] = f"Basic {cred}"
+            sep = "&" if "?" in realm else "?"
+            resp = self._send("GET", realm + (sep + urllib.parse.urlencode(query) if query else ""), headers, None)
+        data = resp.read(1 << 20)
+        resp.close()
+        if resp.status in (401, 403):
+            raise Unauthorized(f"{self.host}: unauthorized: the token server {realm} refused the credentials")
+        if resp.status != 200:
+            raise RegistryError(f"{self.host}: token server {realm} answered {resp.status}")
+        try:
+            doc = json.loads(data)
+            token = doc.get("token") or doc.get("access_token") or ""
+        except (json.JSONDecodeError, AttributeError):
+            raise RegistryError(f"{self.host}: token server {realm} did not answer JSON") from None
+        if not isinstance(token, str):
+            raise RegistryError(f"{self.host}: token server {realm}: token is not a string")
+        return token
+
+    def ping(self) -> None:
+        """GET /v2/ with authentication (what login checks)."""
+        resp = self.request("GET", "/v2/", scope="")
+        resp.close()
+
+    # --- manifests and blobs --------------------------------------------------------------------------
+
+    def get_manifest(self, path: str, ref: str) -> tuple[bytes, str, str]:
+        """(body, media type, digest) of a manifest, the digest checked."""
+        resp = self.request("GET", f"/v2/{path}/manifests/{ref}", {"Accept": MANIFEST_ACCEPT},
+                            scope=f"repository:{path}:pull")
+        length = int(resp.headers.get("content-length", "0") or 0)
+        if length > MAX_MANIFEST:
+            resp.close()
+            raise InvalidArchive(f"manifest {path}:{ref} is larger than {MAX_MANIFEST} bytes")
+        body = resp.read(MAX_MANIFEST + 1)
+        resp.close()
+        if len(body) > MAX_MANIFEST:
+            raise InvalidArchive(f"manifest {path}:{ref} is larger than {MAX_MANIFEST} bytes")
+        digest = sha256_bytes(body)
+        if ref.startswith("sha256:") and digest != ref:
+            raise InvalidArchive(f"manifest {path}@{ref}: digest mismatch: the registry sent content of {digest}")
+        header = resp.headers.get("docker-content-digest", "")
+        if header and header.startswith("sha256:") and header != digest:
+            raise InvalidArchive(f"manifest {path}:{ref}: Docker-Content-Digest {header} does not match its content ({digest})")
+        try:
+            doc = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InvalidArchive(f"manifest {path}:{ref}: not valid JSON") from None
+        if not isinstance(doc, dict):
+            raise InvalidArchive(f"manifest {path}:{ref}: must be a JSON object")
+        media = resp.headers.get("content-type", "").split(";")[0].strip()
+        media = doc.get("mediaType") or media
+        return body, str(media), digest
+
+    def open_blob(self, path: str, digest: str) -> _Response:
+        return self.request("GET", f"/v2/{path}/blobs/{digest}", scope=f"repository:{path}:pull")
+
+    def has_blob(self, path: str, digest: str, scope: str) -> bool:
+        resp = self.request("HEAD", f"/v2/{path}/blobs/{digest}", scope=scope, ok=(200, 404))
+        resp.close()
+        return resp.status == 200
+
+    def mount_blob(self, path: str, digest: str, source: str) -> str | None:
+        """Cross-repository mount; returns None when mounted, else the upload URL it started."""
+        scope = f"repository:{path}:pull,push"
+        resp = self.request("POST", f"/v2/{path}/blobs/uploads/?mount={digest}&from={source}",
+                            {"Content-Length": "0"}, b"", scope=scope, ok=(201, 202))
+        resp.close()
+        if resp.status == 201:
+            return None
+        return self._location(resp)
+
+    def start_upload(self, path: str) -> str:
+        resp = self.request("POST", f"/v2/{path}/blobs/uploads/", {"Content-Length": "0"}, b"",
+                            scope=f"repository:{path}:pull,push", ok=(202,))
+        resp.close()
+        return self._location(resp)
+
+    def _location(self, resp: _Response) -> str:
+        loc = resp.headers.get("location", "")
+        if not loc:
+            raise RegistryError(f"{self.host}: upload answered without a Location")
+        return urllib.parse.urljoin(f"{self._scheme()}://{self.host}/", loc)
+
+    def upload(self, path: str, location: str, src: IO[bytes], digest: str, size: int,
+               progress: Callable[[int], None], chunk_size: int = CHUNK_SIZE) -> None:
+        """Chunked upload: PATCH each chunk with its Content-Range, then PUT ?digest= to close it."""
+        scope = f"repository:{path}:pull,push"
+        offset = 0
+        while offset < size or size == 0:
+            data = src.read(min(chunk_size, size - offset)) if size else b""
+            if not data and size:
+                raise InvalidArchive(f"blob {digest}: the store's copy is shorter than {size} bytes")
+            if not data:
+                break
+            resp = self.request("PATCH", location, {
+                "Content-Type": "application/octet-stream", "Content-Length": str(len(data)),
+                "Content-Range": f"{offset}-{offset + len(data) - 1}"}, data, scope=scope, ok=(202, 204))
+            resp.close()
+            location = self._location(resp)
+            offset += len(data)
+            progress(offset)
+        sep = "&" if "?" in location else "?"
+        resp = self.request("PUT", f"{location}{sep}digest={urllib.parse.quote(digest)}",
+                            {"Content-Length": "0"}, b"", scope=scope, ok=(201, 204))
+        resp.close()
+
+    def put_manifest(self, path: str, tag: str, body: bytes, media_type: str) -> str:
+        resp = self.request("PUT", f"/v2/{path}/manifests/{tag}", {"Content-Type": media_type,
+                            "Content-Length": str(len(body))}, body, scope=f"repository:{path}:pull,push", ok=(201, 200))
+        resp.close()
+        digest = sha256_bytes(body)
+        header = resp.headers.get("docker-content-digest", "")
+        if header and header != digest:
+            raise RegistryError(f"{self.host}: the registry stored manifest {header}, we sent {digest}")
+        return digest
+
+
+def _status_error(status: int, method: str, path: str, text: str, host: str) -> RegistryError:
+    detail = text.strip()
+    try:
+        errs = json.loads(text).get("errors") or []
+        detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errs) or detail
+    except (json.JSONDecodeError, AttributeError):
+        pass
+    msg = f"{host}: {method} {path}: {status} {detail[:500]}".rstrip()
+    if status == 401:
+        return Unauthorized(msg)
+    if status == 403:
+        return Unauthorized(f"{msg} (denied)")
+    if status == 404:
+        return _NotFound(msg)
+    if status >= 500:
+        return RegistryUnavailable(msg)
+    return RegistryError(msg)
+
+
+class _NotFound(RegistryError, ImageNotFound):
+    pass
+
+
+# --- pull -----------------------------------------------------------------------------------------------
+
+def _choose_platform(index: dict[str, Any], what: str) -> dict[str, Any]:
+    manifests = index.get("manifests")
+    if not isinstance(manifests, list) or not manifests:
+        raise InvalidArchive(f"{what}: the image index lists no manifests")
+    arch = host_architecture()
+    for m in manifests:
+        if not isinstance(m, dict):
+            continue
+        plat = m.get("platform") or {}
+        if plat.get("os") == "linux" and plat.get("architecture") == arch:
+            return m
+    found = sorted({f"{(m.get('platform') or {}).get('os')}/{(m.get('platform') or {}).get('architecture')}"
+                    for m in manifests if isinstance(m, dict)})
+    raise ImageNotFound(f"{what}: no manifest for linux/{arch} in the index (it has {', '.join(found)})")
+
+
+def _descriptor(desc: Any, what: str) -> tuple[str, int, str]:
+    if not isinstance(desc, dict):
+        raise InvalidArchive(f"{what}: descriptor must be an object")
+    digest = check_digest(desc.get("digest"), f"{what}.digest")
+    size = desc.get("size")
+    if not isinstance(size, int) or size < 0:
+        raise InvalidArchive(f"{what}.size: must be a non-negative integer")
+    return digest, size, str(desc.get("mediaType", ""))
+
+
+def _reporter(emit: ProgressFn, short: str, status: str, total: int) -> Callable[[int], None]:
+    return lambda n: emit(Progress(short, status, n, total))
+
+
+class _Counting:
+    def __init__(self, raw: Any, cb: Callable[[int], None]) -> None:
+        self.raw = raw
+        self.n = 0
+        self.cb = cb
+        self.last = 0.0
+
+    def read(self, n: int = -1) -> bytes:
+        data: bytes = self.raw.read(n)
+        self.n += len(data)
+        now = time.monotonic()
+        if now - self.last > 0.1 or not data:
+            self.last = now
+            self.cb(self.n)
+        return data
+
+
+def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: ProgressFn | None = None,
+         client: Client | None = None) -> str:
+    """Pull ``ref`` into the store; returns the image id."""
+    emit = progress or (lambda p: None)
+    r = refs.parse(ref)
+    cl = client or Client(registry_host(r.domain), auth or Auth())
+    created_blobs: list[str] = []
+    created_chains: list[str] = []
+    try:
+        tag_or_digest = r.digest or r.tag
+        emit(Progress("", f"{r.tag or r.digest}: Pulling from {r.familiar_name}"))
+        body, media, digest = cl.get_manifest(r.path, tag_or_digest)
+        doc = json.loads(body)
+        if media in (MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST) or "manifests" in doc:
+            chosen = _choose_platform(doc, f"{r.familiar()}")
+            child, _, _ = _descriptor(chosen, f"{r.familiar()} index entry")
+            body, media, manifest_digest = cl.get_manifest(r.path, child)
+            doc = json.loads(body)
+        else:
+            manifest_digest = digest
+        if media not in (MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST, ""):
+            raise InvalidArchive(f"{r.familiar()}: unsupported manifest media type {media!r}")
+        if not isinstance(doc.get("layers"), list):
+            raise InvalidArchive(f"{r.familiar()}: the manifest has no layers list")
+        cdigest, csize, _ = _descriptor(doc.get("config"), "manifest config")
+        if csize > MAX_MANIFEST:
+            raise InvalidArchive(f"config {cdigest} is larger than {MAX_MANIFEST} bytes")
+        if not store.content.exists(cdigest):
+            resp = cl.open_blob(r.path, cdigest)
+            try:
+                store.content.ingest(resp.resp, cdigest, csize, what=f"config {cdigest}")  # type: ignore[arg-type]
+            finally:
+                resp.close()
+            created_blobs.append(cdigest)
+        config_bytes = store.content.read_bytes(cdigest)
+        try:
+            cfg = json.loads(config_bytes)
+            diff_ids = cfg["rootfs"]["diff_ids"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise InvalidArchive(f"config {cdigest}: no rootfs.diff_ids") from None
+        if not isinstance(diff_ids, list) or len(diff_ids) != len(doc["layers"]):
+            raise InvalidArchive(f"config {cdigest}: {len(diff_ids)} diff_ids for {len(doc['layers'])} layers")
+        for d in diff_ids:
+            check_digest(d, f"config {cdigest}: rootfs.diff_ids")
+        layers: list[tuple[str, int, str]] = []
+        chains = chain_ids(diff_ids)
+        parent = ""
+        for i, (ldesc, diff_id, chain) in enumerate(zip(doc["layers"], diff_ids, chains, strict=True)):
+            ldigest, lsize, lmedia = _descriptor(ldesc, f"layer {i}")
+            if lmedia and lmedia not in LAYER_MEDIA_TYPES:
+                raise InvalidArchive(f"layer {i} ({ldigest}): unsupported media type {lmedia!r}")
+            short = ldigest.removeprefix("sha256:")[:12]
+            layers.append((ldigest, lsize, lmedia or MEDIA_OCI_LAYER))
+            if store.snapshotter.exists(chain) and store.content.exists(ldigest):
+                emit(Progress(short, "Already exists", lsize, lsize))
+                parent = chain
+                continue
+            if not store.content.exists(ldigest):
+                emit(Progress(short, "Pulling fs layer", 0, lsize))
+                resp = cl.open_blob(r.path, ldigest)
+                try:
+                    counting = _Counting(resp.resp, _reporter(emit, short, "Downloading", lsize))
+                    store.content.ingest(counting, ldigest, lsize, what=f"layer {ldigest}")  # type: ignore[arg-type]
+                finally:
+                    resp.close()
+                created_blobs.append(ldigest)
+                emit(Progress(short, "Download complete", lsize, lsize))
+            if not store.snapshotter.exists(chain):
+                emit(Progress(short, "Extracting", 0, lsize))
+                with store.content.open(ldigest) as f:
+                    stream, _ = decompressed(f)
+                    store.snapshotter.apply(parent, stream, diff_id, what=f"layer {ldigest}")
+                created_chains.append(chain)
+            emit(Progress(short, "Pull complete", lsize, lsize))
+            parent = chain
+        names = [str(r)] if r.tag else []
+        image = store._record_image(config_bytes, layers, names, manifest_bytes=body,
+                                    repo_digests=[f"{r.familiar_name}@{manifest_digest}"])
+        emit(Progress("", f"Digest: {manifest_digest}", digest=manifest_digest))
+        emit(Progress("", f"Status: Downloaded newer image for {r.familiar()}", image_id=image.id,
+                      digest=manifest_digest))
+        return image.id
+    except BaseException:
+        store._forget_new(created_blobs, created_chains)
+        raise
+    finally:
+        if client is None:
+            cl.close()
+
+
+# --- push ----------------------------------------------------------------------------------------------
+
+def _mount_sources(store: ImageStore, image_repo_digests: Sequence[str], domain: str, path: str) -> list[str]:
+    out = []
+    for rd in image_repo_digests:
+        with contextlib.suppress(ImageError):
+            p = refs.parse(rd, default_tag=False)
+            if p.domain == domain and p.path != path:
+                out.append(p.path)
+    return out
+
+
+def push(store: ImageStore, ref: str, auth: Auth | None = None, progress: ProgressFn | None = None,
+         client: Client | None = None, chunk_size: int = CHUNK_SIZE) -> str:
+    """Push the image ``ref`` names to its registry; returns the manifest digest."""
+    emit = progress or (lambda p: None)
+    r = refs.parse(ref)
+    if r.digest and not r.tag:
+        raise ImageError(f"push needs a tag: {ref}")
+    image = store.get(ref)
+    cl = client or Client(registry_host(r.domain), auth or Auth())
+    scope = f"repository:{r.path}:pull,push"
+    try:
+        emit(Progress("", f"The push refers to repository [{r.familiar_name if r.domain == refs.DEFAULT_DOMAIN else r.name}]"))
+        manifest_bytes = store.content.read_bytes(image.manifest_digest)
+        manifest = json.loads(manifest_bytes)
+        media = str(manifest.get("mediaType") or MEDIA_OCI_MANIFEST)
+        blobs = [(d["digest"], int(d["size"])) for d in manifest["layers"]]
+        blobs.append((manifest["config"]["digest"], int(manifest["config"]["size"])))
+        sources = _mount_sources(store, image.repo_digests, r.domain, r.path)
+        for digest, size in blobs:
+            short = digest.removeprefix("sha256:")[:12]
+            emit(Progress(short, "Preparing", 0, size))
+            if cl.has_blob(r.path, digest, scope):
+                emit(Progress(short, "Layer already exists", size, size))
+                continue
+            location = None
+            for src in sources:
+                try:
+                    location = cl.mount_blob(r.path, digest, src)
+                except RegistryError:
+                    continue
+                if location is None:
+                    emit(Progress(short, f"Mounted from {src}", size, size))
+                    break
+            else:
+                location = location or cl.start_upload(r.path)
+            if location is None:
+                continue
+            with store.content.open(digest) as f:
+                cl.upload(r.path, location, f, digest, size, _reporter(emit, short, "Pushing", size), chunk_size)
+            emit(Progress(short, "Pushed", size, size))
+        digest = cl.put_manifest(r.path, r.tag, manifest_bytes, media)
+        with store._locked() as records:
+            rec = records.images.get(image.id)
+            if rec is not None:
+                rec["repo_digests"] = sorted(set(rec.get("repo_digests", [])) | {f"{r.familiar_name}@{digest}"})
+        emit(Progress("", f"{r.tag}: digest: {digest} size: {len(manifest_bytes)}", digest=digest))
+        return digest
+    finally:
+        if client is None:
+            cl.close()
+
+
+def login(host: str, auth: Auth) -> str:
+    """Check credentials against a registry (GET /v2/ through its authentication)."""
+    cl = Client(registry_host(host), auth)
+    try:
+        cl.ping()
+    finally:
+        cl.close()
+    return "Login Succeeded"
+
+
+def digest_of(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def iter_chunks(f: IO[bytes], n: int = READ) -> Iterator[bytes]:
+    while chunk := f.read(n):
+        yield chunk
+
+
+__all__ = ["Auth", "Client", "Progress", "RegistryError", "Unauthorized", "login", "pull", "push"]
