@@ -194,6 +194,29 @@ class _Pass:
         return Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=self.digest(spec),
                     created_at=self.now, state_at=self.now, attempt=attempt, error=decision.message), None
 
+    def new_tasks(self, spec: ServiceSpec, slots: list[int]) -> list[tuple[Task, Placed | None]]:
+        """New tasks for many slots of one service at once (Pipeline.place_many)."""
+        if not slots:
+            return []
+        memo = self.pending.get(spec.name)
+        decisions: list[Placed | Pending]
+        if memo is not None:
+            decisions = [memo] * len(slots)
+        else:
+            decisions = self.pipeline.place_many(self.cluster, self.cluster.request(spec), len(slots))
+        digest = self.digest(spec)
+        now = self.now
+        out: list[tuple[Task, Placed | None]] = []
+        for slot, d in zip(slots, decisions, strict=True):
+            if isinstance(d, Placed):
+                out.append((Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=digest, node=d.node,
+                                 state=TaskState.ASSIGNED, created_at=now, state_at=now), d))
+            else:
+                self.pending[spec.name] = d
+                out.append((Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=digest,
+                                 created_at=now, state_at=now, error=d.message), None))
+        return out
+
     def decide(self, spec: ServiceSpec) -> Placed | Pending:
         memo = self.pending.get(spec.name)
         if memo is not None:
@@ -298,12 +321,11 @@ class _Pass:
                 for t in slots[slot]:
                     self.release(t)
                     self.plan.actions.append(Stop(t, f"scaled down to {spec.replicas}"))
-        for slot in range(1, spec.replicas + 1):
-            if slot not in slots:
-                new, placed = self.new_task(spec, slot)
-                self.plan.actions.append(Place(new, f"scale to {spec.replicas}", placed=placed))
-                slots[slot].append(new)
-                touched.add(slot)
+        missing = [slot for slot in range(1, spec.replicas + 1) if slot not in slots]
+        for slot, (new, placed) in zip(missing, self.new_tasks(spec, missing), strict=True):
+            self.plan.actions.append(Place(new, f"scale to {spec.replicas}", placed=placed))
+            slots[slot].append(new)
+            touched.add(slot)
 
         # start-first leftovers: once the slot's current-spec task runs, the old one stops
         for slot in sorted(slots):

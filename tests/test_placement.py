@@ -223,3 +223,40 @@ def test_scores_are_bounded(cpu_used: int, mem_used: int, cpu_want: int, mem_wan
         assert 0.0 <= f(ns, req) <= 100.0
     total, _ = Pipeline().explain(ns, req)
     assert 0.0 <= total <= 100.0
+
+
+def test_place_many_spreads_like_one_by_one() -> None:
+    c = cluster([N(f"n{i}") for i in range(1000)])
+    got = Pipeline().place_many(c, c.request(spec(mem=MiB)), 1000)
+    assert all(isinstance(x, Placed) for x in got)
+    assert max(ns.service_tasks.get("web", 0) for ns in c.nodes.values()) == 1
+    assert all(x.considered >= 10 for x in got if isinstance(x, Placed))  # each is a best of >= log2(N)
+
+
+def test_place_many_binpacks_and_then_says_why() -> None:
+    nodes = [N(f"n{i}", cpus=2, running=[("db", 1, 0, ())] if i == 3 else []) for i in range(50)]
+    c = cluster(nodes)
+    got = Pipeline().place_many(c, c.request(spec(cpus=0.5, strategy="binpack")), 6)
+    assert [x.node for x in got if isinstance(x, Placed)][:2] == ["n3", "n3"]  # the fullest node first
+    c = cluster([N("a", cpus=1), N("b", cpus=1)])
+    got = Pipeline().place_many(c, c.request(spec(cpus=0.5)), 6)
+    assert sum(isinstance(x, Placed) for x in got) == 4
+    assert [x.message for x in got if isinstance(x, Pending)] == ["pending: 2 nodes lack 0.5 CPUs"] * 2
+
+
+@given(n_nodes=st.integers(1, 80), count=st.integers(1, 60), cpus=st.sampled_from([0, 0.25, 1]),
+       port=st.booleans(), max_per_node=st.integers(0, 3), strategy=st.sampled_from(["spread", "binpack"]),
+       seed=st.integers(0, 50))
+def test_place_many_never_overcommits(n_nodes: int, count: int, cpus: float, port: bool, max_per_node: int,
+                                      strategy: str, seed: int) -> None:
+    c = cluster([N(f"n{i}", cpus=2) for i in range(n_nodes)], seed)
+    s = spec(cpus=cpus, ports=(80,) if port else (), max_per_node=max_per_node, strategy=strategy)
+    got = Pipeline().place_many(c, c.request(s), count)
+    placed = sum(isinstance(x, Placed) for x in got)
+    for ns in c.nodes.values():
+        assert ns.cpu_used <= ns.cpu_cap
+        assert ns.ports.get((80, "tcp"), 0) <= 1
+        assert not max_per_node or ns.service_tasks.get("web", 0) <= max_per_node
+    # it places as many as fit: everything, or up to the capacity of the cluster
+    per_node = min(x for x in (int(2 / cpus) if cpus else count, 1 if port else count, max_per_node or count))
+    assert placed == min(count, per_node * n_nodes)

@@ -9,6 +9,7 @@ value (Pending), never an exception.
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -180,6 +181,70 @@ class Pipeline:
         score, why = self.explain(best, req)  # recorded for the winner only: the others cost nothing
         cluster.assign(req, best.node.name)
         return Placed(best.node.name, score, why, found)
+
+    def place_many(self, cluster: ClusterState, req: PlacementRequest, count: int) -> list[Decision]:
+        """Place `count` tasks of one request: the same choices as `count` calls of place(), cheaper.
+
+        Each choice is still the best of at least `limit` feasible nodes from the walk, but the
+        candidates are kept in a heap between choices: after a task lands, only that node's score
+        changes (every scorer here is per node), so only it is re-checked and re-scored, and one
+        more node is pulled from the walk. About 2 nodes are looked at per task instead of log2(N).
+        Label spread changes the score of every node with the same label value, so requests with a
+        spread preference are placed one by one.
+        """
+        if count <= 1 or req.spread:
+            return [self.place(cluster, req) for _ in range(count)]
+        if not cluster.prepared:
+            self.prepare(cluster)
+        order = cluster.order
+        n = len(order)
+        filters_, scorers_ = self._stages(req)
+        heap: list[tuple[float, int, NodeState]] = []  # (-score, walk position: the tie-break, node)
+        seq = 0
+        walked = 0
+        i = start = cluster.cursor if cluster.cursor < n else 0
+
+        def fits(node: NodeState) -> bool:
+            return all(f(node, req) is None for f in filters_)
+
+        def score(node: NodeState) -> float:
+            s = 0.0
+            for scorer, weight in scorers_:
+                s += weight * scorer(node, req)
+            return s
+
+        def pull(k: int) -> None:
+            nonlocal i, walked, seq
+            added = 0
+            while added < k and walked < n:
+                node = order[i]
+                i += 1
+                walked += 1
+                if i == n:
+                    i = 0
+                if fits(node):
+                    heapq.heappush(heap, (-score(node), seq, node))
+                    seq += 1
+                    added += 1
+
+        pull(self.limit(n))
+        out: list[Decision] = []
+        for placed_so_far in range(count):
+            if not heap:
+                cluster.cursor = i
+                pending = self.reasons(cluster, req, filters_, start)
+                out.extend([pending] * (count - placed_so_far))
+                return out
+            considered = len(heap)
+            _, pos, best = heapq.heappop(heap)
+            score_, why = self.explain(best, req)
+            cluster.assign(req, best.node.name)
+            out.append(Placed(best.node.name, score_, why, considered))
+            if fits(best):  # only this node changed: the rest of the heap is still exact
+                heapq.heappush(heap, (-score(best), pos, best))
+            pull(1)
+        cluster.cursor = i
+        return out
 
     def reasons(self, cluster: ClusterState, req: PlacementRequest, filters_: list[Filter], start: int) -> Pending:
         """Every node's reason, counted. Only walked when nothing fits, so the fast scan records none."""
