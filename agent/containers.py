@@ -31,6 +31,7 @@ from agent.model import (
     NotFound,
     Port,
     StartFailed,
+    Unavailable,
 )
 from agent.runtime import cgroups, frames
 from agent.runtime.shim import ShimFiles, pid_start_time, process_alive
@@ -78,6 +79,7 @@ class ContainerManager:
         self._monitors: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._checkpointing: set[str] = set()
         self.on_change: list[Callable[[Container], None]] = []
 
     # --- bookkeeping --------------------------------------------------------------------------
@@ -260,11 +262,11 @@ class ContainerManager:
             etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log),
         )
 
-    async def _start_locked(self, c: Container, hold: bool) -> None:
+    async def _start_locked(self, c: Container, hold: bool, restore: bool = False) -> None:
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
-        if c.config.network_mode in ("", "bridge", "default"):
+        if c.endpoint is None and c.config.network_mode in ("", "bridge", "default"):
             from agent.runtime import network
 
             mappings = [network.PortMapping(p.host_ip, p.host_port, p.container_port, p.protocol)
@@ -280,6 +282,8 @@ class ContainerManager:
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
         spec = self._runtime_spec(c)
         spec.hold = hold
+        if restore:
+            spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key}
         files.spec.write_text(spec.to_json())
         reply = self.zygote.request({"op": "start", "spec": json.loads(spec.to_json()),
                                      "files": {"dir": str(files.dir), "socket": str(files.socket)}})
@@ -299,6 +303,9 @@ class ContainerManager:
         c.state.status = "running"
         c.state.pid = int(msg["pid"])
         c.state.started_at = time.time()
+        if c.state.checkpoint:
+            shutil.rmtree(c.state.checkpoint, ignore_errors=True)  # used, or made stale by a fresh start
+            c.state.checkpoint = ""
         c.state.exit_code = 0
         c.state.oom_killed = False
         c.state.error = ""
@@ -376,10 +383,16 @@ class ContainerManager:
         c.state.finished_at = float(result.get("finished_at") or time.time())
         if result.get("error"):
             c.state.error = str(result["error"])
+        self._monitors.pop(c.id, None)
+        if c.id in self._checkpointing:
+            # CRIU ended the process: not a failure, and the address stays for the restore.
+            c.state.exit_code = 0
+            self._save(c)
+            self._event(c).set()
+            return
         self._release_network(c)
         self._save(c)
         self._event(c).set()
-        self._monitors.pop(c.id, None)
         if c.config.auto_remove:
             with contextlib.suppress(AgentError):
                 await self.remove(c.id, force=True)
@@ -570,6 +583,128 @@ class ContainerManager:
         shutil.rmtree(self.dir / c.id, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.files(c).socket.unlink()
+
+    # --- checkpoint and restore (CRIU) ---------------------------------------------------------
+
+    async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None) -> dict[str, Any]:
+        """CRIU-dump the container's process tree; with `export`, write a checkpoint archive to it."""
+        from agent.checkpoint.criu import find_criu
+
+        c = self.get(ref)
+        if c.state.status != "running":
+            raise Conflict(f"container {c.name} is not running")
+        if c.config.tty:
+            raise InvalidArgument(f"container {c.name} has a terminal (-t): checkpointing it is not supported")
+        if c.config.userns_mode == "remap":
+            raise InvalidArgument(f"container {c.name} runs in a user namespace: checkpointing it is not supported")
+        criu = find_criu()
+        if criu is None:
+            raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")
+        info = self._init_info(c)
+        pid = int(info["pid"])
+        images = self.dir / c.id / "checkpoint"
+        shutil.rmtree(images, ignore_errors=True)
+        c.stdio_keys = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)]
+        external = []
+        c.netns_key = ""
+        if c.config.network_mode != "host":
+            ino = os.stat(f"/proc/{pid}/ns/net").st_ino
+            c.netns_key = "extnetns"
+            external.append(f"net[{ino}]:{c.netns_key}")
+        async with self._lock(c):
+            if not leave_running:
+                self._checkpointing.add(c.id)
+            try:
+                seconds = await asyncio.to_thread(
+                    criu.dump, pid, images, root=str(self.files(c).dir / "rootfs"), leave_running=leave_running,
+                    tcp_established=True, file_locks=True, external=external,
+                    log_file=self.dir / c.id / "dump.log")
+            except Exception as e:
+                self._checkpointing.discard(c.id)
+                raise AgentError(f"checkpoint of {c.name} failed: {e}") from e
+            c.state.checkpoint = str(images)
+            self._save(c)
+            if not leave_running:
+                await asyncio.wait_for(self._event(c).wait(), 30)
+                self._checkpointing.discard(c.id)
+        stats = {"dump_seconds": seconds, "container": c.id}
+        if export is not None:
+            await asyncio.to_thread(self._export_checkpoint, c, export, stats)
+        return stats
+
+    def _export_checkpoint(self, c: Container, out: Any, stats: dict[str, Any]) -> None:
+        import tempfile
+
+        from agent.checkpoint import archive
+
+        with tempfile.TemporaryDirectory(dir=self.root) as tmp:
+            diff = Path(tmp) / "rootfs-diff.tar"
+            with open(diff, "wb") as f:
+                self.images.snapshotter.diff(c.snapshot, f)
+            spec = json.loads(self.files(c).spec.read_text()) if self.files(c).spec.exists() else {}
+            archive.pack(out, config=asdict(c), spec=spec, images_dir=Path(c.state.checkpoint), rootfs_diff=diff,
+                         network=c.endpoint, stats=stats)
+
+    async def restore(self, ref: str) -> Container:
+        """Bring back a container from its last checkpoint on this host."""
+        c = self.get(ref)
+        async with self._lock(c):
+            if c.state.status in ("running", "paused"):
+                raise Conflict(f"container {c.name} is running")
+            if not c.state.checkpoint or not Path(c.state.checkpoint).is_dir():
+                raise Conflict(f"container {c.name} has no checkpoint to restore")
+            c.state.stopped_by_user = False
+            await self._start_locked(c, hold=False, restore=True)
+        return c
+
+    async def restore_archive(self, src: Any, name: str = "") -> Container:
+        """A new container from a checkpoint archive (`dockyard restore -i`), here or on another host."""
+        from agent.checkpoint import archive
+        from agent.model import from_dict
+
+        cid = names.new_id()
+        cdir = self.dir / cid
+        tmp = cdir / "unpack"
+        try:
+            meta = await asyncio.to_thread(archive.unpack, src, tmp)
+        except archive.ArchiveError as e:
+            shutil.rmtree(cdir, ignore_errors=True)
+            raise InvalidArgument(str(e)) from e
+        try:
+            old = from_dict(Container, meta["config"])
+            cfg = old.config
+            cfg.name = name or cfg.name
+            if any(o.name == cfg.name for o in self.containers.values()):
+                raise Conflict(f'the container name "/{cfg.name}" is already in use: restore with --name')
+            try:
+                image = self.images.get(old.image_id)
+            except Exception as e:
+                raise NotFound(f"the checkpoint needs image {old.image_ref} ({old.image_id[:19]}), "
+                               f"which is not on this host: pull or load it first") from e
+            with open(tmp / "rootfs-diff.tar", "rb") as f:
+                chain, _ = await asyncio.to_thread(self.images.snapshotter.apply, image.chain_id, f, None,
+                                                   "rootfs-diff.tar")
+            await asyncio.to_thread(self.images.snapshotter.prepare, cid, chain)
+            os.rename(tmp / "checkpoint", cdir / "checkpoint")
+            c = Container(id=cid, name=cfg.name, created=time.time(), config=cfg, image_id=image.id,
+                          image_ref=old.image_ref, snapshot=cid, args=old.args,
+                          ports=[Port(**asdict(p)) for p in cfg.ports], stdio_keys=old.stdio_keys,
+                          netns_key=old.netns_key)
+            c.state.checkpoint = str(cdir / "checkpoint")
+            shutil.rmtree(tmp, ignore_errors=True)
+            self._save(c)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self.images.snapshotter.remove(cid)
+            shutil.rmtree(cdir, ignore_errors=True)
+            raise
+        self.containers[cid] = c
+        try:
+            await self.restore(cid)
+        except BaseException:
+            await self.remove(cid, force=True)
+            raise
+        return c
 
     def rename(self, ref: str, new: str) -> None:
         c = self.get(ref)

@@ -108,6 +108,7 @@ class ContainerState:
     finished_at: float = 0.0
     restart_count: int = 0
     stopped_by_user: bool = False    # for unless-stopped and for on-failure after `stop`
+    checkpoint: str = ""             # CRIU images of the last checkpoint, until restored or removed
 
 
 @dataclass
@@ -124,6 +125,8 @@ class Container:
     ip_address: str = ""
     endpoint: dict[str, Any] | None = None
     args: list[str] = field(default_factory=list)      # entrypoint + cmd, as run
+    stdio_keys: list[str] = field(default_factory=list)   # CRIU's names for fds 0-2 at the last dump
+    netns_key: str = ""
 
     def save(self, path: Path) -> None:
         write_atomic(path, json.dumps(asdict(self), indent=1))

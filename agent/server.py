@@ -436,6 +436,42 @@ class AgentServicer(pbg.AgentServicer):
                     with contextlib.suppress(OSError):
                         os.close(fd)
 
+    # --- checkpoint and restore ---------------------------------------------------------------
+
+    async def CheckpointContainer(self, request: pb.CheckpointRequest,
+                                  context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CheckpointChunk]:
+        try:
+            if not request.export:
+                stats = await self.m.checkpoint(request.id, request.leave_running)
+                yield pb.CheckpointChunk(stats_json=json.dumps(stats))
+                return
+            with tempfile.TemporaryFile(dir=self.root) as tmp:
+                stats = await self.m.checkpoint(request.id, request.leave_running, export=tmp)
+                yield pb.CheckpointChunk(stats_json=json.dumps(stats))
+                tmp.seek(0)
+                while data := tmp.read(CHUNK):
+                    yield pb.CheckpointChunk(data=data)
+        except AgentError as e:
+            await context.abort(_status(e), str(e))
+
+    @_mapped
+    async def RestoreContainer(self, request_iterator: AsyncIterator[pb.RestoreChunk], context: Any) -> pb.ContainerSummary:
+        header: pb.RestoreHeader | None = None
+        with tempfile.TemporaryFile(dir=self.root) as tmp:
+            got_data = False
+            async for chunk in request_iterator:
+                if chunk.HasField("header"):
+                    header = chunk.header
+                else:
+                    tmp.write(chunk.data)
+                    got_data = True
+            if header is None:
+                raise InvalidArgument("restore: the stream did not start with a header")
+            if not got_data:
+                return convert.summary(await self.m.restore(header.id))
+            tmp.seek(0)
+            return convert.summary(await self.m.restore_archive(tmp, header.name))
+
     # --- images -------------------------------------------------------------------------------
 
     @_mapped

@@ -6,6 +6,7 @@ Errors from the agent are printed as "Error response from daemon: ..." with a no
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -632,6 +633,64 @@ def attach(ctx: click.Context, container: str, no_stdin: bool) -> None:
     cl = client(ctx)
     cfg = json.loads(cl.call("InspectContainer", pb.ContainerRef(id=container)).json)["Config"]
     sys.exit(_attach_session(cl, container, start=False, tty=cfg["Tty"], stdin=cfg["OpenStdin"] and not no_stdin))
+
+
+# --- checkpoint and restore --------------------------------------------------------------------
+
+@main.command()
+@click.option("-o", "--output", default="", help="Write a checkpoint archive (tar.zst, Podman's layout) to a file")
+@click.option("--leave-running", is_flag=True, help="Leave the container running after the checkpoint")
+@click.argument("container")
+@click.pass_context
+def checkpoint(ctx: click.Context, container: str, output: str, leave_running: bool) -> None:
+    """Checkpoint a running container with CRIU (restore it with `dockyard restore`)."""
+    cl = client(ctx)
+    req = pb.CheckpointRequest(id=container, leave_running=leave_running, export=bool(output))
+    tmp = output + ".partial"
+    try:
+        out = open(tmp, "wb") if output else None  # noqa: SIM115 - closed below on every path
+        try:
+            for chunk in cl.stub.CheckpointContainer(req):
+                if chunk.HasField("stats_json"):
+                    stats = json.loads(chunk.stats_json)
+                    click.echo(f"checkpointed {container} (dump {stats['dump_seconds']:.3f} s)", err=True)
+                elif out is not None:
+                    out.write(chunk.data)
+        finally:
+            if out is not None:
+                out.close()
+    except grpc.RpcError as e:
+        if output:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        fail_rpc(e, cl.host)
+    if output:
+        os.replace(tmp, output)
+        click.echo(output)
+
+
+@main.command()
+@click.option("-i", "--input", "input_", default="", help="Restore a new container from a checkpoint archive")
+@click.option("--name", default="", help="Name for the restored container (with -i)")
+@click.argument("container", required=False, default="")
+@click.pass_context
+def restore(ctx: click.Context, input_: str, name: str, container: str) -> None:
+    """Restore a container from its last checkpoint, or a new one from an archive (-i)."""
+    cl = client(ctx)
+    if bool(input_) == bool(container):
+        fail("restore: give a CONTAINER to restore here, or -i ARCHIVE (not both)")
+
+    def chunks() -> Iterator[pb.RestoreChunk]:
+        yield pb.RestoreChunk(header=pb.RestoreHeader(id=container, name=name))
+        if input_:
+            with open(input_, "rb") as f:
+                while data := f.read(CHUNK):
+                    yield pb.RestoreChunk(data=data)
+
+    if input_ and not os.path.exists(input_):
+        fail(f"open {input_}: no such file")
+    c = cl.call("RestoreContainer", chunks())
+    click.echo(c.id)
 
 
 # --- images ------------------------------------------------------------------------------------

@@ -541,3 +541,37 @@ class TagImageRequest(_message.Message):
     source: str
     target: str
     def __init__(self, source: _Optional[str] = ..., target: _Optional[str] = ...) -> None: ...
+
+class CheckpointRequest(_message.Message):
+    __slots__ = ("id", "leave_running", "export")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    LEAVE_RUNNING_FIELD_NUMBER: _ClassVar[int]
+    EXPORT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    leave_running: bool
+    export: bool
+    def __init__(self, id: _Optional[str] = ..., leave_running: _Optional[bool] = ..., export: _Optional[bool] = ...) -> None: ...
+
+class CheckpointChunk(_message.Message):
+    __slots__ = ("stats_json", "data")
+    STATS_JSON_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    stats_json: str
+    data: bytes
+    def __init__(self, stats_json: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RestoreHeader(_message.Message):
+    __slots__ = ("id", "name")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class RestoreChunk(_message.Message):
+    __slots__ = ("header", "data")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    header: RestoreHeader
+    data: bytes
+    def __init__(self, header: _Optional[_Union[RestoreHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...

@@ -124,6 +124,16 @@ class AgentStub:
                 request_serializer=protos_dot_agent__pb2.StreamInput.SerializeToString,
                 response_deserializer=protos_dot_agent__pb2.StreamOutput.FromString,
                 _registered_method=True)
+        self.CheckpointContainer = channel.unary_stream(
+                '/dockyard.agent.Agent/CheckpointContainer',
+                request_serializer=protos_dot_agent__pb2.CheckpointRequest.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.CheckpointChunk.FromString,
+                _registered_method=True)
+        self.RestoreContainer = channel.stream_unary(
+                '/dockyard.agent.Agent/RestoreContainer',
+                request_serializer=protos_dot_agent__pb2.RestoreChunk.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.ContainerSummary.FromString,
+                _registered_method=True)
         self.ImportImage = channel.stream_unary(
                 '/dockyard.agent.Agent/ImportImage',
                 request_serializer=protos_dot_agent__pb2.DataChunk.SerializeToString,
@@ -270,6 +280,20 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckpointContainer(self, request, context):
+        """CRIU: dump a running container (optionally streaming a checkpoint archive back), and restore
+        one, from its last checkpoint on this host or from an archive streamed in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RestoreContainer(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ImportImage(self, request_iterator, context):
         """Images: a content store of layers on this host.
         first chunk carries `import_header`
@@ -400,6 +424,16 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=protos_dot_agent__pb2.StreamInput.FromString,
                     response_serializer=protos_dot_agent__pb2.StreamOutput.SerializeToString,
+            ),
+            'CheckpointContainer': grpc.unary_stream_rpc_method_handler(
+                    servicer.CheckpointContainer,
+                    request_deserializer=protos_dot_agent__pb2.CheckpointRequest.FromString,
+                    response_serializer=protos_dot_agent__pb2.CheckpointChunk.SerializeToString,
+            ),
+            'RestoreContainer': grpc.stream_unary_rpc_method_handler(
+                    servicer.RestoreContainer,
+                    request_deserializer=protos_dot_agent__pb2.RestoreChunk.FromString,
+                    response_serializer=protos_dot_agent__pb2.ContainerSummary.SerializeToString,
             ),
             'ImportImage': grpc.stream_unary_rpc_method_handler(
                     servicer.ImportImage,
@@ -918,6 +952,60 @@ class Agent:
             '/dockyard.agent.Agent/Exec',
             protos_dot_agent__pb2.StreamInput.SerializeToString,
             protos_dot_agent__pb2.StreamOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckpointContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dockyard.agent.Agent/CheckpointContainer',
+            protos_dot_agent__pb2.CheckpointRequest.SerializeToString,
+            protos_dot_agent__pb2.CheckpointChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RestoreContainer(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/dockyard.agent.Agent/RestoreContainer',
+            protos_dot_agent__pb2.RestoreChunk.SerializeToString,
+            protos_dot_agent__pb2.ContainerSummary.FromString,
             options,
             channel_credentials,
             insecure,

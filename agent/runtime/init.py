@@ -38,7 +38,7 @@ def send(ctl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) 
 
 def recv(ctl: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
     fds = array.array("i")
-    data, ancdata, _flags, _addr = ctl.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize))
+    data, ancdata, _flags, _addr = ctl.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
     for level, kind, cdata in ancdata:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
             fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])

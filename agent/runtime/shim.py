@@ -176,7 +176,10 @@ class _Shim:
                 r, self.stdin_w = os.pipe()
                 os.set_blocking(self.stdin_w, False)
             else:
-                r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
+                # A pipe with no writer reads as EOF like /dev/null, but is not a host file that
+                # CRIU would have to find a mount for.
+                r, w = os.pipe()
+                os.close(w)
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             stdio = (r, out_w, err_w)
@@ -191,7 +194,8 @@ class _Shim:
                     os.close(fd)
             try:
                 pid, ctl, pty = self._launch(stdio)
-                init.send(theirs, {"op": "launched", "pid": pid}, [ctl.fileno()] + ([pty] if pty >= 0 else []))
+                fds = ([ctl.fileno()] if ctl is not None else []) + ([pty] if pty >= 0 else [])
+                init.send(theirs, {"op": "launched", "pid": pid, "ctl": ctl is not None}, fds)
                 os._exit(0)
             except BaseException as e:
                 msg = e.args[0] if isinstance(e, _LaunchError) else f"{type(e).__name__}: {e}"
@@ -212,9 +216,10 @@ class _Shim:
             err = (msg or {}).get("error", "the launcher died")
             raise _LaunchError(err, int((msg or {}).get("exit_code", 128)))
         self.pid = int(msg["pid"])
-        self.ctl = socket.socket(fileno=fds[0])
-        if len(fds) > 1:
-            self.pty = fds[1]
+        if msg.get("ctl"):
+            self.ctl = socket.socket(fileno=fds.pop(0))
+        if fds:
+            self.pty = fds[0]
             self.outputs = {self.pty: frames.STDOUT}
         self.mounted = True
         self.pidfd = sc.pidfd_open(self.pid)
@@ -226,7 +231,7 @@ class _Shim:
         trace("ready")
         return self.pid
 
-    def _launch(self, stdio: tuple[int, int, int] | None) -> tuple[int, socket.socket, int]:
+    def _launch(self, stdio: tuple[int, int, int] | None) -> tuple[int, socket.socket | None, int]:
         """In the launcher: cgroup, rootfs, namespaces, network; returns (pid, control socket, pty)."""
         spec = self.spec
         trace("launch")
@@ -236,6 +241,8 @@ class _Shim:
         os.makedirs(spec.rootfs, exist_ok=True)
         rootfs.mount_rootfs(spec.mounts, spec.rootfs)
         self.mounted = True
+        if spec.restore is not None:
+            return self._restore(stdio)
         self._write_etc_files()
         trace("rootfs mounted")
 
@@ -323,6 +330,88 @@ class _Shim:
                 break
         return self.pid, parent_ctl, pty
 
+    def _restore(self, stdio: tuple[int, int, int] | None) -> tuple[int, socket.socket | None, int]:
+        """In the launcher: bring a CRIU checkpoint back to life in a fresh cgroup, rootfs and netns.
+
+        The restored tree inherits our cgroups (we join first and tell CRIU to leave cgroups
+        alone), runs in a network namespace we made and wired like a new container's (CRIU was told
+        at dump time that the netns is external), and gets our stdio pipes in place of the dumped
+        ones. Its init is re-parented to the shim, our subreaper parent, when CRIU exits.
+        """
+        from agent.checkpoint.criu import find_criu
+
+        spec = self.spec
+        r = spec.restore or {}
+        if stdio is None:
+            raise _LaunchError("restoring a container with a terminal (-t) is not supported", 128)
+        criu = find_criu()
+        if criu is None:
+            raise _LaunchError("CRIU is not installed (deploy/install-criu.sh)", 128)
+        assert self.cg is not None
+        self.cg.add_process(spec.id, os.getpid())
+        inherit = [(fd, key) for fd, key in zip(stdio, r["stdio"], strict=True) if key]
+        holder = -1
+        if r.get("netns_key"):
+            holder, netns_fd = self._netns_holder()
+            inherit.append((netns_fd, r["netns_key"]))
+        try:
+            pid = criu.restore(r["images_dir"], root=spec.rootfs, inherit_fds=inherit, tcp_established=True,
+                               file_locks=True, manage_cgroups="ignore",
+                               pidfile=os.path.join(spec.state_dir, "restore.pid"),
+                               log_file=os.path.join(spec.state_dir, "restore.log"))
+        except Exception as e:
+            raise _LaunchError(f"restore failed: {e}", 128) from e
+        finally:
+            if holder > 0:
+                with contextlib.suppress(OSError):
+                    os.kill(holder, signal.SIGKILL)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(holder, 0)
+        self.pid = pid
+        trace("restored")
+        return pid, None, -1
+
+    def _netns_holder(self) -> tuple[int, int]:
+        """A new network namespace wired to the bridge (or just lo), held open by a child."""
+        spec = self.spec
+        r_go, w_go = os.pipe()
+        r_up, w_up = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                from agent.runtime import network
+
+                os.close(w_go)
+                os.close(r_up)
+                sc.unshare(sc.CLONE_NEWNET)
+                os.write(w_up, b"u")
+                os.read(r_go, 1)
+                if spec.network is not None:
+                    network.configure_inside(network.Endpoint.from_dict(spec.network))
+                else:
+                    network.loopback_up()
+                os.write(w_up, b"c")
+                os.read(r_go, 1)
+            finally:
+                os._exit(0)
+        os.close(r_go)
+        os.close(w_up)
+        if os.read(r_up, 1) != b"u":
+            raise _LaunchError("could not make a network namespace for the restore", 128)
+        if spec.network is not None:
+            from agent.runtime import network
+
+            self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
+            self.endpoint = network.Endpoint.from_dict(spec.network)
+            self.net.attach(self.endpoint, child)
+        os.write(w_go, b"g")
+        if os.read(r_up, 1) != b"c":
+            raise _LaunchError("could not configure the network namespace for the restore", 128)
+        fd = os.open(f"/proc/{child}/ns/net", os.O_RDONLY)
+        os.close(r_up)
+        os.close(w_go)
+        return child, fd
+
     def _write_id_maps(self, pid: int) -> None:
         def fmt(maps: list[Any]) -> str:
             return "".join(f"{m.container} {m.host} {m.size}\n" for m in maps)
@@ -351,10 +440,11 @@ class _Shim:
     # --- serve --------------------------------------------------------------------------------
 
     def serve(self) -> None:
-        assert self.listener is not None and self.ctl is not None
+        assert self.listener is not None
         self.sel.register(self.listener, selectors.EVENT_READ, "accept")
         self.sel.register(self.pidfd, selectors.EVENT_READ, "exit")
-        self.sel.register(self.ctl, selectors.EVENT_READ, "ctl")
+        if self.ctl is not None:  # None when restored: the process already runs
+            self.sel.register(self.ctl, selectors.EVENT_READ, "ctl")
         for fd in self.outputs:
             os.set_blocking(fd, False)
             self.sel.register(fd, selectors.EVENT_READ, "output")
@@ -368,7 +458,8 @@ class _Shim:
         self._finish()
 
     def _go(self) -> None:
-        assert self.ctl is not None
+        if self.ctl is None:
+            return
         with contextlib.suppress(OSError):
             init.send(self.ctl, {"op": "go"})
 

@@ -93,6 +93,9 @@ class RuntimeSpec:
     etc_resolv: str = ""
     log_path: str = ""
     hold: bool = False                           # wait for an attach client's release before exec
+    # Set to restore a CRIU checkpoint instead of starting the process: {"images_dir": str,
+    # "stdio": ["pipe:[N]", "pipe:[N]", "pipe:[N]"] (the dumped keys of fds 0-2), "netns_key": str}
+    restore: dict[str, Any] | None = None
     masked_paths: list[str] = field(default_factory=lambda: list(MASKED_PATHS))
     readonly_paths: list[str] = field(default_factory=lambda: list(READONLY_PATHS))
 

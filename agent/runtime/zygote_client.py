@@ -39,7 +39,7 @@ class Reply:
         while True:
             try:
                 fds = array.array("i")
-                data, anc, _f, _a = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * fds.itemsize))
+                data, anc, _f, _a = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
             except BlockingIOError:
                 loop.add_reader(self.sock.fileno(), ready)
                 try:

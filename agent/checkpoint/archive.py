@@ -1,0 +1,104 @@
+"""Checkpoint archives in the layout Podman and checkpointctl use, zstd-compressed:
+
+    config.dump       the container's record (dockyard's own config, as JSON)
+    spec.dump         the runtime spec the container ran with
+    checkpoint/       CRIU's images
+    rootfs-diff.tar   the container's writable layer (OCI whiteouts for deletions)
+    deleted.files     paths deleted from the image, one JSON list (also as whiteouts above)
+    network.status    the container's network endpoint, JSON
+    stats-dump        how long the dump took, JSON
+
+Unpacking is hostile-input safe: only these names, no links, no paths out of the target.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tarfile
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import zstandard
+
+ALLOWED_TOP = {"config.dump", "spec.dump", "checkpoint", "rootfs-diff.tar", "deleted.files", "network.status",
+               "stats-dump"}
+
+
+class ArchiveError(Exception):
+    pass
+
+
+def pack(out: BinaryIO, *, config: dict[str, Any], spec: dict[str, Any], images_dir: Path, rootfs_diff: Path,
+         network: dict[str, Any] | None, stats: dict[str, Any]) -> None:
+    cctx = zstandard.ZstdCompressor(level=3, threads=-1)
+    with cctx.stream_writer(out, closefd=False) as z, tarfile.open(fileobj=z, mode="w|") as tar:
+        def add_bytes(name: str, data: bytes) -> None:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            tar.addfile(info, io.BytesIO(data))
+
+        add_bytes("config.dump", json.dumps(config, indent=1).encode())
+        add_bytes("spec.dump", json.dumps(spec, indent=1).encode())
+        add_bytes("network.status", json.dumps(network or {}).encode())
+        add_bytes("stats-dump", json.dumps(stats).encode())
+        deleted = _deleted_files(rootfs_diff)
+        add_bytes("deleted.files", json.dumps(deleted).encode())
+        tar.add(str(rootfs_diff), arcname="rootfs-diff.tar")
+        for p in sorted(images_dir.iterdir()):
+            if p.is_file():
+                tar.add(str(p), arcname=f"checkpoint/{p.name}")
+
+
+def _deleted_files(diff: Path) -> list[str]:
+    out = []
+    with tarfile.open(diff) as t:
+        for m in t:
+            base = os.path.basename(m.name)
+            if base.startswith(".wh.") and base != ".wh..wh..opq":
+                out.append("/" + os.path.join(os.path.dirname(m.name), base[4:]).lstrip("./"))
+    return out
+
+
+def unpack(src: BinaryIO, target: Path) -> dict[str, Any]:
+    """Unpack into target (which must be empty); returns {"config", "spec", "network", "stats"}."""
+    target.mkdir(parents=True, exist_ok=True)
+    (target / "checkpoint").mkdir(exist_ok=True)
+    dctx = zstandard.ZstdDecompressor()
+    try:
+        with dctx.stream_reader(src) as z, tarfile.open(fileobj=z, mode="r|") as tar:
+            for m in tar:
+                name = m.name.lstrip("./")
+                top = name.split("/", 1)[0]
+                if top not in ALLOWED_TOP or ".." in name.split("/") or name.startswith("/"):
+                    raise ArchiveError(f"checkpoint archive: unexpected member {m.name!r}")
+                if m.isdir():
+                    continue
+                if not m.isfile():
+                    raise ArchiveError(f"checkpoint archive: {m.name!r} is not a regular file")
+                if top == "checkpoint" and name.count("/") != 1:
+                    raise ArchiveError(f"checkpoint archive: nested member {m.name!r}")
+                f = tar.extractfile(m)
+                assert f is not None
+                dest = target / name
+                with open(dest, "wb") as out:
+                    while chunk := f.read(1 << 20):
+                        out.write(chunk)
+    except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
+        raise ArchiveError(f"checkpoint archive is corrupt or truncated: {e}") from e
+    for needed in ("config.dump", "spec.dump", "rootfs-diff.tar"):
+        if not (target / needed).exists():
+            raise ArchiveError(f"checkpoint archive: {needed} is missing")
+    if not any((target / "checkpoint").iterdir()):
+        raise ArchiveError("checkpoint archive: checkpoint/ holds no CRIU images")
+    try:
+        return {
+            "config": json.loads((target / "config.dump").read_text()),
+            "spec": json.loads((target / "spec.dump").read_text()),
+            "network": json.loads((target / "network.status").read_text()) if (target / "network.status").exists() else {},
+            "stats": json.loads((target / "stats-dump").read_text()) if (target / "stats-dump").exists() else {},
+        }
+    except ValueError as e:
+        raise ArchiveError(f"checkpoint archive: bad JSON: {e}") from e
