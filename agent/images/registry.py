@@ -553,7 +553,7 @@ def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
                 created_chains.append(chain)
             emit(Progress(short, "Pull complete", lsize, lsize))
             parent = chain
-        names = [str(r)] if r.tag else []
+        names = [str(r)]
         image = store._record_image(config_bytes, layers, names, manifest_bytes=body,
                                     repo_digests=[f"{r.familiar_name}@{manifest_digest}"])
         emit(Progress("", f"Digest: {manifest_digest}", digest=manifest_digest))
