@@ -12,7 +12,16 @@ import types
 import typing
 from typing import Any, TypeVar
 
-from scheduler.model import DesiredState, Task, TaskState
+from scheduler.model import (
+    Availability,
+    Capabilities,
+    DesiredState,
+    Node,
+    NodeStatus,
+    Resources,
+    Task,
+    TaskState,
+)
 
 T = TypeVar("T")
 
@@ -62,6 +71,8 @@ def decode(cls: type[T], data: Any) -> T:
 def _decode(tp: Any, data: Any, where: str) -> Any:
     if tp is Task:
         return decode_task(data)
+    if tp is Node:
+        return decode_node(data)
     origin = typing.get_origin(tp)
     if origin is typing.Union or origin is types.UnionType:
         args = typing.get_args(tp)
@@ -133,3 +144,28 @@ def decode_task(d: Any, mod_revision: int = 0) -> Task:
         )
     except (KeyError, TypeError, ValueError) as e:
         raise DecodeError(f"Task: {e}") from e
+
+
+def _str_map(d: Any, where: str) -> dict[str, str]:
+    if not isinstance(d, dict):
+        raise DecodeError(f"{where}: expected a mapping")
+    return {str(k): str(v) for k, v in d.items()}
+
+
+def decode_node(d: Any) -> Node:
+    """Hand-written like decode_task: a new leader decodes every node at once."""
+    try:
+        cap = d.get("capacity") or {}
+        caps = d.get("capabilities") or {}
+        return Node(
+            name=d["name"], address=d.get("address", ""), labels=_str_map(d.get("labels", {}), "Node.labels"),
+            capacity=Resources(int(cap.get("nano_cpus", 0)), int(cap.get("memory_bytes", 0))),
+            capabilities=Capabilities(criu=bool(caps.get("criu", False)),
+                                      cgroup_version=int(caps.get("cgroup_version", 2))),
+            status=NodeStatus(d.get("status", "ready")), availability=Availability(d.get("availability", "active")),
+            role=d.get("role", "worker"), hostname=d.get("hostname", ""), os=d.get("os", "linux"),
+            arch=d.get("arch", "x86_64"), engine_labels=_str_map(d.get("engine_labels", {}), "Node.engine_labels"),
+            images=frozenset(str(i) for i in d.get("images", ())),
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise DecodeError(f"Node: {e}") from e

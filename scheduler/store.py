@@ -134,8 +134,11 @@ class BatchResult:
     conflicts: list[tuple[list[Op], Conflict]] = field(default_factory=list)  # batches that lost
 
 
+_encode_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per value
+
+
 def _dumps(obj: Any) -> bytes:
-    return json.dumps(codec.encode(obj), separators=(",", ":")).encode()
+    return _encode_json(codec.encode(obj)).encode()
 
 
 def _loads(raw: bytes, key: bytes) -> Any:
@@ -283,7 +286,7 @@ class Store:
         return Delete(self.keys.service(svc.name), svc.mod_revision)
 
     def put_task_op(self, task: Task) -> Put:
-        raw = json.dumps(codec.encode_task(task), separators=(",", ":")).encode()
+        raw = _encode_json(codec.encode_task(task)).encode()
         return Put(self.keys.task(task.service, task.id), raw, task.mod_revision)
 
     def delete_task_op(self, task: Task) -> Delete:

@@ -24,7 +24,7 @@ from scheduler.placement.state import ClusterState, NodeState, PlacementRequest,
 class Placed:
     node: str
     score: float
-    why: tuple[tuple[str, float], ...]  # each scorer's 0..100, as ("binpack", 83.0)
+    why: tuple[tuple[str, float], ...]  # each scorer's 0..100, as ("binpack", 83.3); round when shown
     considered: int  # feasible nodes scored
 
 
@@ -140,10 +140,10 @@ class Pipeline:
         why = []
         for name, scorer, weight in stages:
             s = scorer(node, req)
-            why.append((name, round(s, 1)))
+            why.append((name, s))
             total += weight * s
             weights += weight
-        return round(total / weights, 2), tuple(why)
+        return total / weights, tuple(why)
 
     def place(self, cluster: ClusterState, req: PlacementRequest) -> Decision:
         """Choose a node for one task and record it in `cluster`, or say why no node fits."""
@@ -205,7 +205,10 @@ class Pipeline:
         i = start = cluster.cursor if cluster.cursor < n else 0
 
         def fits(node: NodeState) -> bool:
-            return all(f(node, req) is None for f in filters_)
+            for f in filters_:  # noqa: SIM110 - a plain loop: all() over a generator costs a frame per node
+                if f(node, req) is not None:
+                    return False
+            return True
 
         def score(node: NodeState) -> float:
             s = 0.0

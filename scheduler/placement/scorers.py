@@ -51,14 +51,9 @@ def label_spread(node: NodeState, req: PlacementRequest) -> float:
         return 100.0
     total = 0.0
     for key in req.spread:
-        counts = req.spread_counts.get(key, {})
-        values = req.spread_values.get(key, ())
-        mine = counts.get(attribute_getter(key)(node.node) or "", 0)
-        if values:
-            per = [counts.get(v, 0) for v in values]
-            total += fewer_is_better(mine, min(per), max(max(per), mine))
-        else:
-            total += fewer_is_better(mine, 0, mine)
+        mine = req.spread_counts.get(key, {}).get(attribute_getter(key)(node.node) or "", 0)
+        lo, hi = req.spread_bounds.get(key, (0, 0))
+        total += fewer_is_better(mine, min(lo, mine), max(hi, mine))
     return total / len(req.spread)
 
 

@@ -41,6 +41,14 @@ class PlacementRequest:
     # current by ClusterState; empty for requests built by hand without one.
     spread_counts: dict[str, dict[str, int]] = field(default_factory=dict, compare=False)
     spread_values: dict[str, tuple[str, ...]] = field(default_factory=dict, compare=False)
+    # key -> (lowest, highest) count over spread_values: kept with the counts, so a scorer reads it
+    # instead of recomputing it for every node it looks at.
+    spread_bounds: dict[str, tuple[int, int]] = field(default_factory=dict, compare=False)
+
+    def recount(self, key: str) -> None:
+        counts = self.spread_counts.get(key, {})
+        per = [counts.get(v, 0) for v in self.spread_values.get(key, ())] or [0]
+        self.spread_bounds[key] = (min(per), max(per))
 
     @classmethod
     def for_spec(cls, spec: ServiceSpec) -> PlacementRequest:
@@ -162,6 +170,8 @@ class ClusterState:
                 max_replicas_per_node=base.max_replicas_per_node, strategy=base.strategy,
                 spread_counts=counts, spread_values=values,
             )
+            for key in req.spread:
+                req.recount(key)
             self._requests[spec.name] = req
         return req
 
@@ -182,6 +192,7 @@ class ClusterState:
             v = node_attribute(ns.node, key) or ""
             per = req.spread_counts.setdefault(key, {})
             per[v] = per.get(v, 0) + 1
+            req.recount(key)
 
     def release(self, task: Task) -> None:
         """Give back what a task held, when the plan stops it or moves it away."""
@@ -200,3 +211,4 @@ class ClusterState:
                 per = req.spread_counts.get(key, {})
                 if per.get(v, 0) > 0:
                     per[v] -= 1
+                    req.recount(key)

@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import gc
 import itertools
+import os
 import random
 import sys
 import time
@@ -41,6 +42,13 @@ from scheduler.placement import ClusterState, Pipeline
 from scheduler.reconcile import Plan, new_service, reconcile
 from scheduler.store import Store
 from tests.etcd_server import running_etcd
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU time of a process, from /proc (the scheduler's own, or etcd's)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def rss(field: str = "VmRSS") -> int:
@@ -104,10 +112,13 @@ class Result:
     rss_peak: int
     etcd_rss: int
     rebuild_seconds: float
+    cpu_self: float
+    cpu_etcd: float
+    load: str
 
 
 async def run(n_nodes: int, n_tasks: int, n_services: int, chunk: int, concurrency: int, host: str,
-              port: int, etcd_rss: Callable[[], int]) -> Result:
+              port: int, etcd_rss: Callable[[], int], etcd_pid: int) -> Result:
     rng = random.Random(42)
     store = await Store.connect(host, port)
     nodes = make_nodes(n_nodes, rng)
@@ -133,6 +144,7 @@ async def run(n_nodes: int, n_tasks: int, n_services: int, chunk: int, concurren
     placed = pending = transactions = conflicts = 0
     decide = 0.0
     gc.freeze()  # the loaded records are long-lived: keep the collector from rescanning them
+    c0, e0 = cpu_seconds(), cpu_seconds(etcd_pid)
     t0 = time.perf_counter()
     # One planning state for the whole run (usage accumulates as chunks are placed), one plan per
     # chunk of services, each chunk's writes in flight while the next chunk is decided.
@@ -167,6 +179,9 @@ async def run(n_nodes: int, n_tasks: int, n_services: int, chunk: int, concurren
         transactions += res.transactions
         conflicts += len(res.dropped)
     elapsed = time.perf_counter() - t0
+    cpu_self, cpu_etcd = cpu_seconds() - c0, cpu_seconds(etcd_pid) - e0
+    with open("/proc/loadavg") as f:
+        load = f.read().split()[0]
     del all_tasks, results, plan, cluster
     gc.unfreeze()
     gc.collect()
@@ -189,7 +204,7 @@ async def run(n_nodes: int, n_tasks: int, n_services: int, chunk: int, concurren
     gc.collect()
     loaded = rss()
     result = Result(n_nodes, n_tasks, placed, pending, elapsed, decide, transactions, conflicts, loaded,
-                    rss("VmHWM"), etcd_rss(), rebuild)
+                    rss("VmHWM"), etcd_rss(), rebuild, cpu_self, cpu_etcd, load)
     del check
     await store.close()
     return result
@@ -204,6 +219,8 @@ def table(r: Result) -> str:
         ("etcd transactions", f"{r.transactions:,} (<= 128 ops each), {r.conflicts} dropped on conflict"),
         ("placements/s", f"{rate:,.0f}   (target >= 5,000; Nomad C1M published: 3,750 on 5 servers)"),
         ("decisions/s alone", f"{r.tasks / r.decide_seconds:,.0f}"),
+        ("CPU used", f"scheduler {r.cpu_self:.1f} s, etcd {r.cpu_etcd:.1f} s (2 cores; 1-min load {r.load} at the end)"),
+        ("per scheduler CPU-second", f"{r.tasks / r.cpu_self:,.0f} placements (what an uncontended core would do)"),
         ("rebuild from etcd", f"{r.rebuild_seconds:.2f} s (one snapshot: nodes, services, tasks)"),
         ("scheduler RSS, all loaded", f"{r.rss_loaded / (1 << 20):.0f} MiB (peak {r.rss_peak / (1 << 20):.0f} MiB)"),
         ("etcd RSS", f"{r.etcd_rss / (1 << 20):.0f} MiB"),
@@ -223,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     with running_etcd(extra_args=("--quota-backend-bytes", str(4 << 30))) as server:
         r = asyncio.run(asyncio.wait_for(
             run(args.nodes, args.tasks, args.services, args.chunk, args.concurrency, server.host, server.port,
-                server.rss_bytes),
+                server.rss_bytes, server.process.pid),
             timeout=280))
     print(table(r))
     return 0 if r.tasks / r.seconds >= 5000 else 1
