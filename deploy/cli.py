@@ -281,7 +281,7 @@ def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool) -
     return code
 
 
-@main.command()
+@main.command(context_settings={"allow_interspersed_args": False})
 @container_options
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)

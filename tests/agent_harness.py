@@ -52,6 +52,9 @@ def _own_cgroup() -> str:
     return own
 
 
+STARTED: list[AgentProcess] = []  # every agent a test started, checked for leftovers at the end
+
+
 class AgentProcess:
     def __init__(self, base: Path) -> None:
         tag = secrets.token_hex(3)
@@ -75,6 +78,8 @@ class AgentProcess:
         return f"http://127.0.0.1:{self.metrics_port}/metrics"
 
     def start(self) -> None:
+        if self not in STARTED:
+            STARTED.append(self)
         self.base.mkdir(parents=True, exist_ok=True)
         self.metrics_port = free_port()
         with open(self.log, "ab") as log:

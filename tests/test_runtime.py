@@ -298,3 +298,39 @@ def test_remove_running_needs_force_and_image_in_use(clean_agent: AgentProcess) 
     assert r.returncode != 0 and "busy" in r.stderr  # names the container that uses it
     clean_agent.cli("rm", "-f", cid, check=True)
     assert clean_agent.cli("ps", "-a", "-q").stdout == ""
+
+
+def test_resource_flags_reach_the_cgroup(clean_agent: AgentProcess) -> None:
+    args = ["--cpu-shares", "512", "-m", "32m", "--memory-swap", "64m", "--pids-limit", "77", "--blkio-weight", "300"]
+    disk = next((d for d in ("/dev/vda", "/dev/sda", "/dev/nvme0n1") if os.path.exists(d)), None)
+    if disk:
+        args += ["--device-read-bps", f"{disk}:1mb", "--device-write-bps", f"{disk}:2mb"]
+    cid = clean_agent.run_detached(*args, "busybox", "sleep", "60")
+    pid = _pid(clean_agent, cid)
+    assert (_cgroup_dir(pid, "cpu") / "cpu.shares").read_text().strip() == "512"
+    mem = _cgroup_dir(pid, "memory")
+    assert int((mem / "memory.limit_in_bytes").read_text()) == 32 << 20
+    if (mem / "memory.memsw.limit_in_bytes").exists():
+        assert int((mem / "memory.memsw.limit_in_bytes").read_text()) == 64 << 20
+    assert (_cgroup_dir(pid, "pids") / "pids.max").read_text().strip() == "77"
+    blkio = _cgroup_dir(pid, "blkio")
+    weight = next((blkio / f for f in ("blkio.weight", "blkio.bfq.weight") if (blkio / f).exists()), None)
+    if weight is not None:
+        assert "300" in weight.read_text()
+    if disk:
+        st = os.stat(disk).st_rdev
+        dev = f"{os.major(st)}:{os.minor(st)}"
+        assert f"{dev} 1048576" in (blkio / "blkio.throttle.read_bps_device").read_text()
+        assert f"{dev} 2097152" in (blkio / "blkio.throttle.write_bps_device").read_text()
+    doc = clean_agent.inspect(cid)["HostConfig"]
+    assert (doc["Memory"], doc["MemorySwap"], doc["CpuShares"]) == (32 << 20, 64 << 20, 512)
+
+
+def test_create_then_start_and_rename(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.cli("create", "--name", "later", "busybox", "sh", "-c", "echo started-late", check=True).stdout.strip()
+    assert clean_agent.inspect(cid)["State"]["Status"] == "created"
+    assert "Created" in clean_agent.cli("ps", "-a").stdout
+    clean_agent.cli("rename", "later", "later2", check=True)
+    r = clean_agent.cli("start", "-a", "later2")
+    assert (r.returncode, r.stdout) == (0, "started-late\n")
+    assert clean_agent.cli("wait", "later2").stdout.strip() == "0"
