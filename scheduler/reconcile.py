@@ -148,6 +148,7 @@ class _Pass:
         # something is released: skip the full scan for the rest of its replicas.
         self.pending: dict[str, Pending] = {}
         self.digests: dict[int, str] = {}  # by id(): specs live as long as the pass
+        self.service_action: dict[str, int] = {}  # service -> index of its SetService in the plan
         self.by_digest: dict[tuple[str, str], ServiceSpec] = {}
         for svc in services.values():
             if svc.previous_spec is not None:
@@ -342,6 +343,16 @@ class _Pass:
         # 6. rolling update
         self.update(svc, digest, slots, touched)
 
+    def set_service(self, action: SetService) -> None:
+        """One write per service per plan: a later decision in the pass replaces an earlier one
+        (both were computed from the same stored value, so the later one already includes it)."""
+        at = self.service_action.get(action.service.name)
+        if at is None:
+            self.service_action[action.service.name] = len(self.plan.actions)
+            self.plan.actions.append(action)
+        else:
+            self.plan.actions[at] = action
+
     def settled(self, t: Task, cfg: UpdateConfig, spec: ServiceSpec) -> bool:
         if t.state is not TaskState.RUNNING or t.healthy is False:
             return False
@@ -368,7 +379,7 @@ class _Pass:
             state = UpdateState.ROLLBACK_STARTED if status.state.rolling_back else UpdateState.UPDATING
             status = UpdateStatus(state=state, target=digest, started_at=self.now,
                                   message="rollback started" if state.rolling_back else "update in progress")
-            self.plan.actions.append(SetService(replace(svc, update=status), f"update {spec.name} to {digest}"))
+            self.set_service(SetService(replace(svc, update=status), f"update {spec.name} to {digest}"))
             rolling = True
         if not rolling:
             return
@@ -389,10 +400,10 @@ class _Pass:
                                update=UpdateStatus(UpdateState.ROLLBACK_STARTED, svc.previous_spec.digest,
                                                    self.now, f"rollback: update failed: {why}"),
                                created_at=svc.created_at, mod_revision=svc.mod_revision)
-                self.plan.actions.append(SetService(back, f"roll back {spec.name}: {why}"))
+                self.set_service(SetService(back, f"roll back {spec.name}: {why}"))
             else:
                 paused = UpdateState.ROLLBACK_PAUSED if status.state.rolling_back else UpdateState.PAUSED
-                self.plan.actions.append(SetService(
+                self.set_service(SetService(
                     replace(svc, update=replace(status, state=paused, message=f"update paused: {why}")),
                     f"pause update of {spec.name}: {why}"))
             return
@@ -404,7 +415,7 @@ class _Pass:
             current = all(any(t.live and t.spec_version == digest for t in slots.get(s, [])) for s in live_slots)
             if not in_flight and current:
                 done = UpdateState.ROLLBACK_COMPLETED if status.state.rolling_back else UpdateState.COMPLETED
-                self.plan.actions.append(SetService(
+                self.set_service(SetService(
                     replace(svc, update=replace(status, state=done, message=f"{done.value.replace('_', ' ')}")),
                     f"{spec.name} is at {digest}"))
             return
