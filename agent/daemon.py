@@ -69,7 +69,7 @@ class Agent:
         await self.manager.adopt()
         if o.metrics_addr:
             # Scrapes read the kernel on the server's own thread, never on the event loop.
-            self.metrics_server = serve_metrics(o.metrics_addr, AgentMetrics(o.name, self.manager).registry)
+            self.metrics_server = serve_metrics(o.metrics_addr, AgentMetrics(o.name, self.manager))
             log.info("metrics on http://%s:%d/metrics", *self.metrics_server.address)
         servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, False, o.labels)
         # `criu check` takes a second: answer requests meanwhile, report the capability once known.

@@ -172,6 +172,66 @@ def test_parse_addr_rejects(addr: str) -> None:
         am.parse_addr(addr)
 
 
+class FakeCgroups:
+    """Stats for any container, with a pids path that has no cgroup.procs (0 processes)."""
+
+    def stats(self, name: str) -> Any:
+        from agent.runtime.cgroups import Stats
+
+        return Stats(cpu_usage_ns=1_500_000_000, cpu_user_ns=10**9, cpu_system_ns=5 * 10**8, memory_usage=3 << 20,
+                     working_set=2 << 20, memory_limit=64 << 20, pids_current=2, oom_kills=1)
+
+    def paths(self, name: str) -> dict[str, str]:
+        return {"pids": f"/nonexistent/{name}"}
+
+
+class FakeManager:
+    def __init__(self, containers: list[Any]) -> None:
+        self.cg = FakeCgroups()
+        self.containers = {c.id: c for c in containers}
+
+    def files(self, c: Any) -> Any:
+        raise AssertionError("not needed: state.pid is set")
+
+
+def fake_containers() -> list[Any]:
+    from agent.model import Container, ContainerConfig, ContainerState, Resources
+
+    weird = 'we"ird\\name\nline'
+    return [
+        Container(id="a" * 64, name="web", created=0, image_id="sha256:x", image_ref="busybox", snapshot="",
+                  config=ContainerConfig(labels={"dockyard.service": weird, "dockyard.task": "web.1"},
+                                         resources=Resources(memory=64 << 20, nano_cpus=250_000_000)),
+                  state=ContainerState(status="running", pid=os.getpid(), started_at=1000.5)),
+        Container(id="b" * 64, name="gone", created=0, image_id="sha256:x", image_ref="busybox", snapshot="",
+                  config=ContainerConfig(), state=ContainerState(status="exited", oom_killed=True, restart_count=2)),
+    ]
+
+
+def test_fast_text_equals_prometheus_client_encoding() -> None:
+    from prometheus_client import generate_latest
+
+    m = am.AgentMetrics("node1", FakeManager(fake_containers()))  # type: ignore[arg-type]
+    fast = parse(m.exposition().decode())
+    slow = parse(generate_latest(m.registry).decode())
+    skip = ("dockyard_agent_scrape_duration_seconds", "container_last_seen")
+    for k in skip:
+        fast.pop(k, None), slow.pop(k, None)
+    def norm(x: Samples) -> dict[str, list[tuple[tuple[tuple[str, str], ...], float]]]:
+        return {k: sorted((tuple(sorted(lab.items())), v) for lab, v in vs) for k, vs in x.items()}
+
+    assert norm(fast) == norm(slow)
+    svc = 'we"ird\\name\nline'
+    assert value(fast, "container_cpu_usage_seconds_total", name="web", service=svc, cpu="total") == 1.5
+    assert value(fast, "container_spec_cpu_quota", name="web") == 25_000
+    assert value(fast, "container_oom_events_total", name="gone") == 1   # from its state: no cgroup left
+    assert value(fast, "dockyard_container_restarts_total", name="gone") == 2
+    assert value(fast, "dockyard_containers", node="node1", state="exited") == 1
+    assert value(fast, "dockyard_node_memory_allocated_bytes", node="node1") == 64 << 20
+    if PROMTOOL:
+        check_metrics(m.exposition())
+
+
 @dataclass
 class FakeNode:
     name: str
