@@ -19,7 +19,7 @@ from pathlib import Path
 import grpc
 
 from agent.containers import ContainerManager
-from agent.metrics import AgentMetrics, MetricsServer, serve_metrics
+from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serve_metrics
 from agent.runtime import cgroups
 from agent.runtime.zygote_client import Zygote
 from agent.server import AgentServicer
@@ -68,9 +68,13 @@ class Agent:
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()
         if o.metrics_addr:
-            # Scrapes read the kernel on the server's own thread, never on the event loop.
-            self.metrics_server = serve_metrics(o.metrics_addr, AgentMetrics(o.name, self.manager))
-            log.info("metrics on http://%s:%d/metrics", *self.metrics_server.address)
+            # Scrapes read the kernel on the server's own thread, never on the event loop. A taken
+            # port must not keep the agent from adopting and running containers: say so and go on.
+            try:
+                self.metrics_server = serve_metrics(o.metrics_addr, AgentMetrics(o.name, self.manager))
+                log.info("metrics on http://%s:%d/metrics", *self.metrics_server.address)
+            except MetricsAddressError as e:
+                log.error("no /metrics: %s", e)
         servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, False, o.labels)
         # `criu check` takes a second: answer requests meanwhile, report the capability once known.
         self._criu_task = asyncio.get_running_loop().create_task(self._check_criu(servicer))

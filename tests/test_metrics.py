@@ -531,3 +531,21 @@ def test_real_prometheus_discovers_two_agents_and_reads_containers(
             sd.close()
     finally:
         b.destroy()
+
+
+@pytest.mark.root
+def test_agent_runs_without_metrics_when_the_port_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+
+    import tests.agent_harness as harness
+
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen()
+        monkeypatch.setattr(harness, "free_port", lambda: held.getsockname()[1])
+        a = AgentProcess(tmp_path / "agent")
+        try:
+            a.start()   # serves gRPC all the same
+            assert "no /metrics" in a.log.read_text()
+        finally:
+            a.destroy()
