@@ -23,7 +23,7 @@ from scheduler.model import (
     Task,
     TaskState,
 )
-from scheduler.reconcile import Plan, Stop, apply, new_service, reconcile
+from scheduler.reconcile import Migrate, Plan, Stop, apply, new_service, reconcile
 from scheduler.store import Conflict, Delete, Put, Store, Unavailable
 from tests.etcd_server import EtcdServer, etcd, etcd_server, free_port
 
@@ -273,5 +273,49 @@ def test_executor_drops_a_decision_whose_basis_moved(etcd: EtcdServer) -> None:
         assert res.applied == 0 and len(res.dropped) == 1 and "changed meanwhile" in res.dropped[0][1]
         now = await s.get_task("web", "t1")
         assert now is not None and now.desired_state is DesiredState.RUNNING
+
+    run(etcd, body)
+
+
+def test_lost_lease_to_tasks_placed_elsewhere_end_to_end(etcd: EtcdServer) -> None:
+    """Heartbeats stop on n1 -> its lease expires -> a snapshot shows it down -> reconcile moves its
+    tasks -> the executor commits the move, each step on the real etcd."""
+    ids = itertools.count()
+    spec = ServiceSpec(name="web", image="nginx", replicas=4)
+
+    async def body(s: Store) -> None:
+        nodes = [Node("n1", capacity=Resources(4 * NANO, 8 << 30)), Node("n2", capacity=Resources(4 * NANO, 8 << 30))]
+        await s.commit([s.put_service_op(new_service(spec, 0.0))] + [s.put_node_op(n) for n in nodes])
+        leases = {n.name: await s.grant_lease(1) for n in nodes}
+        for name, lease in leases.items():
+            await s.mark_alive(name, lease)
+        ex = Executor(s)
+
+        async def converge(now: float) -> Plan:
+            snap = await s.snapshot()
+            plan = reconcile(snap.services, snap.tasks.values(), snap.nodes.values(), now,
+                             new_id=lambda: f"id{next(ids)}", rng=random.Random(1))
+            res = await ex.apply(plan)
+            assert not res.dropped
+            return plan
+
+        await converge(1.0)
+        for t in await s.list_tasks("web"):  # the agents report their tasks running
+            await s.commit([s.put_task_op(t.with_(state=TaskState.RUNNING, started_at=1.0))])
+        on_n1 = {t.id for t in await s.list_tasks("web") if t.node == "n1"}
+        assert len(on_n1) == 2
+        lost = time.monotonic()
+        while "n1" in await s.alive_nodes():  # only n2 keeps heartbeating
+            await s.keep_alive(leases["n2"])
+            await asyncio.sleep(0.1)
+        plan = await converge(2.0)
+        took = time.monotonic() - lost
+        moved = [a for a in plan.actions if isinstance(a, Migrate)]
+        assert {a.old.id for a in moved} == on_n1
+        tasks = await s.list_tasks("web")
+        live = [t for t in tasks if t.desired_state is DesiredState.RUNNING]
+        assert len(live) == 4 and {t.node for t in live} == {"n2"}
+        assert all(t.desired_state is DesiredState.SHUTDOWN for t in tasks if t.id in on_n1)
+        assert took < 5.0, f"lease of 1 s, yet {took:.1f} s from the last heartbeat to the move"
 
     run(etcd, body)
