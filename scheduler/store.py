@@ -134,7 +134,9 @@ class BatchResult:
     conflicts: list[tuple[list[Op], Conflict]] = field(default_factory=list)  # batches that lost
 
 
-_encode_json = json.JSONEncoder(separators=(",", ":")).encode  # one encoder, not one per value
+# One encoder for every value; values are trees, so the circular-reference check (which more than
+# doubles the cost of a small task) buys nothing.
+_encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False, ensure_ascii=False).encode
 
 
 def _dumps(obj: Any) -> bytes:

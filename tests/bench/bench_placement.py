@@ -36,10 +36,9 @@ from scheduler.model import (
     ResourceSpec,
     Service,
     ServiceSpec,
-    Task,
 )
 from scheduler.placement import ClusterState, Pipeline
-from scheduler.reconcile import Plan, new_service, reconcile
+from scheduler.reconcile import Place, Plan, new_service, reconcile
 from scheduler.store import Store
 from tests.etcd_server import running_etcd
 
@@ -148,7 +147,6 @@ async def run(n_nodes: int, n_tasks: int, n_services: int, chunk: int, concurren
     t0 = time.perf_counter()
     # One planning state for the whole run (usage accumulates as chunks are placed), one plan per
     # chunk of services, each chunk's writes in flight while the next chunk is decided.
-    all_tasks: list[Task] = []
     cluster = ClusterState(node_list, [], lambda t: snap.services[t.service].spec, rng)
     inflight: set[asyncio.Task[ApplyResult]] = set()
     results: list[asyncio.Task[ApplyResult]] = []
@@ -159,10 +157,8 @@ async def run(n_nodes: int, n_tasks: int, n_services: int, chunk: int, concurren
                                cluster=cluster)
         decide += time.perf_counter() - d0
         for a in plan.actions:
-            t = getattr(a, "task", None)
-            if isinstance(t, Task):
-                all_tasks.append(t)
-                if t.node is None:
+            if isinstance(a, Place):
+                if a.task.node is None:
                     pending += 1
                 else:
                     placed += 1
@@ -182,7 +178,7 @@ async def run(n_nodes: int, n_tasks: int, n_services: int, chunk: int, concurren
     cpu_self, cpu_etcd = cpu_seconds() - c0, cpu_seconds(etcd_pid) - e0
     with open("/proc/loadavg") as f:
         load = f.read().split()[0]
-    del all_tasks, results, plan, cluster
+    del results, plan, cluster
     gc.unfreeze()
     gc.collect()
 
