@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
+import math
 import types
 import typing
 from typing import Any, TypeVar
@@ -129,6 +131,30 @@ def encode_task(t: Task) -> dict[str, Any]:
         "container_id": t.container_id, "exit_code": t.exit_code, "healthy": t.healthy,
         "attempt": t.attempt, "error": t.error,
     }
+
+
+_q = json.encoder.encode_basestring_ascii  # type: ignore[attr-defined]  # the C string quoter json uses
+
+
+def _num(x: float) -> str:
+    if x != x or x in (math.inf, -math.inf):
+        raise ValueError(f"{x} cannot be stored as JSON")
+    return repr(float(x))
+
+
+def task_json(t: Task) -> bytes:
+    """encode_task + json, written out: the same JSON (json.loads gives encode_task's dict back)
+    at a fraction of the cost, since every placement writes one."""
+    node = "null" if t.node is None else _q(t.node)
+    exit_code = "null" if t.exit_code is None else str(int(t.exit_code))
+    healthy = "null" if t.healthy is None else ("true" if t.healthy else "false")
+    return (
+        f'{{"service":{_q(t.service)},"slot":{int(t.slot)},"id":{_q(t.id)},"spec_version":{_q(t.spec_version)},'
+        f'"node":{node},"desired_state":"{t.desired_state.value}","state":"{t.state.value}",'
+        f'"state_at":{_num(t.state_at)},"started_at":{_num(t.started_at)},"created_at":{_num(t.created_at)},'
+        f'"container_id":{_q(t.container_id)},"exit_code":{exit_code},"healthy":{healthy},'
+        f'"attempt":{int(t.attempt)},"error":{_q(t.error)}}}'
+    ).encode()
 
 
 def decode_task(d: Any, mod_revision: int = 0) -> Task:

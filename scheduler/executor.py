@@ -102,6 +102,11 @@ class Executor:
         result = ApplyResult()
         units: list[tuple[Action, list[_Write], list[Op]]] = []
         for action in plan.actions:
+            if type(action) is Place and action.replaces is None and not action.task.mod_revision:
+                # The common case by far (a new task): one create, nothing to re-base.
+                t = action.task
+                units.append((action, [_Write(t, None, t.id, t.service)], [self.store.put_task_op(t)]))
+                continue
             writes = self._writes(action)
             ops = self._ops(action, writes)
             if ops:

@@ -288,7 +288,7 @@ class Store:
         return Delete(self.keys.service(svc.name), svc.mod_revision)
 
     def put_task_op(self, task: Task) -> Put:
-        raw = _encode_json(codec.encode_task(task)).encode()
+        raw = codec.task_json(task)
         return Put(self.keys.task(task.service, task.id), raw, task.mod_revision)
 
     def delete_task_op(self, task: Task) -> Delete:
