@@ -487,7 +487,7 @@ class ImageStore:
                     raise ImageInUse(
                         f"image {_short(image_id)} is in use by {_containers(users)} (must be forced)"
                     )
-                if not single and not force:
+                if image_refs and not single and not force:
                     raise ImageInUse(
                         f"unable to delete {_short(image_id)} (must be forced) - image is referenced in "
                         f"multiple repositories: {', '.join(_ref.parse(r).familiar() for r in image_refs)}"
@@ -510,6 +510,14 @@ class ImageStore:
                 self.snapshotter.remove(chain)
                 deleted.append(chain)
             self._configs.pop(image_id, None)
+        # As docker's rmi: build steps below the removed image go too, while untagged and unused.
+        parent = str(rec.get("parent", ""))
+        if parent:
+            records = self._read()
+            if (parent in records.images and parent not in records.refs.values() and not in_use(parent)
+                    and not any(r.get("parent") == parent for r in records.images.values())):
+                with contextlib.suppress(ImageError):
+                    deleted += self.remove(parent, in_use=in_use)[1]
         return untagged, deleted
 
     def _referenced(self, records: _Records) -> tuple[set[str], set[str]]:
