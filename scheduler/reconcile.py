@@ -437,7 +437,12 @@ class _Pass:
         for tasks in by_service.values():
             per_slot: dict[int, list[Task]] = defaultdict(list)
             for t in tasks:
-                if t.desired_state is DesiredState.SHUTDOWN and (t.state.terminal or t.state is TaskState.PENDING):
+                if t.desired_state is not DesiredState.SHUTDOWN:
+                    continue
+                if t.node is not None and t.node not in self.nodes:
+                    # its node was removed from the cluster: no agent will ever report on it
+                    self.plan.actions.append(Remove(t, f"node {t.node} removed"))
+                elif t.state.terminal or t.state is TaskState.PENDING:
                     per_slot[t.slot].append(t)
             for group in per_slot.values():
                 group.sort(key=lambda t: (t.created_at, t.id), reverse=True)

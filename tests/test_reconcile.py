@@ -474,3 +474,17 @@ def test_explicit_migration_goes_where_asked_or_says_why() -> None:
     check_invariants(sim)
     sim.run(2)
     assert converged(sim, "web") and per_node(sim) == {"n2": 1, "n3": 2}
+
+
+def test_tasks_of_a_removed_node_are_replaced_then_forgotten() -> None:
+    sim = Sim(2)
+    sim.deploy(web(2))
+    sim.run(2)
+    gone = [t.id for t in sim.running("web") if t.node == "n1"]
+    del sim.nodes["n1"]  # `dockyard node rm n1`
+    plan = sim.step()
+    assert {a.old.id for a in plan.of(Migrate) if isinstance(a, Migrate)} == set(gone)
+    for _ in range(6):  # a later pass lets go of records no agent will ever report on
+        sim.step()
+    assert not set(gone) & set(sim.tasks)
+    assert converged(sim, "web")
