@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 from hypothesis import given
@@ -260,3 +260,47 @@ def test_place_many_never_overcommits(n_nodes: int, count: int, cpus: float, por
     # it places as many as fit: everything, or up to the capacity of the cluster
     per_node = min(x for x in (int(2 / cpus) if cpus else count, 1 if port else count, max_per_node or count))
     assert placed == min(count, per_node * n_nodes)
+
+
+@given(ops=st.lists(st.tuples(st.sampled_from(["place", "stop", "finish", "down", "up", "add"]),
+                              st.integers(0, 5), st.integers(0, 30)), max_size=60),
+       seed=st.integers(0, 20))
+def test_kept_cluster_state_matches_a_rebuild(ops: list[tuple[str, int, int]], seed: int) -> None:
+    """A leader keeps one ClusterState and feeds it changes; it must equal one built from scratch."""
+    from scheduler.model import DesiredState, Task, TaskState
+
+    specs = {"web": spec("web", cpus=0.5, mem=256 * MiB, ports=(80,), spread=("node.labels.zone",)),
+             "db": spec("db", cpus=1, mem=GiB)}
+    nodes = {f"n{i}": N(f"n{i}", labels={"zone": "ab"[i % 2]}).node() for i in range(4)}
+    tasks: dict[str, Task] = {}
+    kept = ClusterState(nodes.values(), [], lambda t: specs[t.service], random.Random(seed))
+    p = Pipeline()
+    for i, (kind, k, j) in enumerate(ops):
+        live = sorted(tasks)
+        if kind == "place":
+            name = ["web", "db"][k % 2]
+            got = p.place(kept, kept.request(specs[name]))
+            if isinstance(got, Placed):
+                tasks[f"t{i}"] = Task(name, i, f"t{i}", "v", node=got.node, state=TaskState.ASSIGNED)
+        elif kind in ("stop", "finish") and live:
+            old = tasks[live[j % len(live)]]
+            new = (old.with_(desired_state=DesiredState.SHUTDOWN, state=TaskState.SHUTDOWN) if kind == "stop"
+                   else old.with_(state=TaskState.FAILED))
+            kept.track(old, new)
+            tasks[old.id] = new
+        elif kind in ("down", "up"):
+            name = f"n{k % 4}"
+            nodes[name] = replace(nodes[name], status=NodeStatus.DOWN if kind == "down" else NodeStatus.READY)
+            kept.set_node(nodes[name])
+        elif kind == "add" and f"x{k}" not in nodes:
+            nodes[f"x{k}"] = N(f"x{k}", labels={"zone": "c"}).node()
+            kept.set_node(nodes[f"x{k}"])
+    fresh = ClusterState(nodes.values(), tasks.values(), lambda t: specs[t.service], random.Random(0))
+    for name in nodes:
+        a, b = kept.nodes[name], fresh.nodes[name]
+        assert (a.cpu_used, a.mem_used, a.ports, a.service_tasks, a.ready) == \
+               (b.cpu_used, b.mem_used, b.ports, b.service_tasks, b.ready), name
+    ra, rb = kept.request(specs["web"]), fresh.request(specs["web"])
+    assert {k: v for k, v in ra.spread_counts["node.labels.zone"].items() if v} == \
+           {k: v for k, v in rb.spread_counts["node.labels.zone"].items() if v}
+    assert ra.spread_bounds == rb.spread_bounds

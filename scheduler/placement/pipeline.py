@@ -115,7 +115,7 @@ class Pipeline:
         """Run the node filters once: the walk order keeps only nodes that pass them."""
         probe = PlacementRequest(service="")
         order, excluded = [], Counter[Reason]()
-        for node in cluster.order:
+        for node in cluster.walk:
             for _, f in self.node_filters:
                 reason = f(node, probe)
                 if reason is not None:

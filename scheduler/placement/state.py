@@ -118,14 +118,19 @@ def holds_resources(task: Task) -> bool:
 
 
 class ClusterState:
-    """Every node's usage during one planning pass, plus a walk order for the limited scan."""
+    """Every node's usage, plus a walk order for the limited scan.
+
+    Built from (nodes, tasks) for one planning pass, or kept by a long-running leader and fed
+    what changes (track() for each task written or reported, set_node()/remove_node() for nodes),
+    so a pass over the few services a node failure touches does not rebuild 100,000 tasks.
+    """
 
     def __init__(self, nodes: Iterable[Node], tasks: Iterable[Task], spec_of: SpecLookup,
                  rng: random.Random) -> None:
         """`spec_of(task)` gives the spec a task was started with (its reservations and ports)."""
         self.nodes: dict[str, NodeState] = {n.name: NodeState(n) for n in nodes}
         self.spec_of = spec_of
-        self._requests: dict[str, PlacementRequest] = {}
+        self._requests: dict[str, tuple[ServiceSpec, PlacementRequest]] = {}
         self._labels: dict[str, tuple[list[tuple[NodeState, str]], tuple[str, ...]]] = {}
         for t in tasks:
             if not holds_resources(t):
@@ -140,8 +145,10 @@ class ClusterState:
                 ns.add(t.service, spec.resources.reservations, spec.host_ports)
         # One shuffle per pass, then a rotating cursor: each placement looks at the next few nodes,
         # as Nomad does, instead of shuffling all N nodes for every task.
-        self.order: list[NodeState] = list(self.nodes.values())
-        rng.shuffle(self.order)
+        self.rng = rng
+        self.walk: list[NodeState] = list(self.nodes.values())
+        rng.shuffle(self.walk)
+        self.order: list[NodeState] = self.walk
         self.cursor = 0
         # Set by Pipeline.prepare: order then holds only nodes that pass the node filters, and
         # excluded counts why the others were left out (for the pending message).
@@ -150,29 +157,30 @@ class ClusterState:
 
     def request(self, spec: ServiceSpec) -> PlacementRequest:
         """The request for a service's tasks, cached for the pass, wired to live spread counts."""
-        req = self._requests.get(spec.name)
-        if req is None:
-            base = PlacementRequest.for_spec(spec)
-            counts: dict[str, dict[str, int]] = {}
-            values: dict[str, tuple[str, ...]] = {}
-            for key in base.spread:
-                by_node, seen = self._label_index(key)
-                per: dict[str, int] = {}
-                for ns, v in by_node:
-                    c = ns.service_tasks.get(spec.name, 0)
-                    if c:
-                        per[v] = per.get(v, 0) + c
-                counts[key] = per
-                values[key] = seen
-            req = PlacementRequest(
-                service=base.service, image=base.image, reservations=base.reservations,
-                host_ports=base.host_ports, constraints=base.constraints, spread=base.spread,
-                max_replicas_per_node=base.max_replicas_per_node, strategy=base.strategy,
-                spread_counts=counts, spread_values=values,
-            )
-            for key in req.spread:
-                req.recount(key)
-            self._requests[spec.name] = req
+        cached = self._requests.get(spec.name)
+        if cached is not None and (cached[0] is spec or cached[0] == spec):
+            return cached[1]
+        base = PlacementRequest.for_spec(spec)
+        counts: dict[str, dict[str, int]] = {}
+        values: dict[str, tuple[str, ...]] = {}
+        for key in base.spread:
+            by_node, seen = self._label_index(key)
+            per: dict[str, int] = {}
+            for ns, v in by_node:
+                c = ns.service_tasks.get(spec.name, 0)
+                if c:
+                    per[v] = per.get(v, 0) + c
+            counts[key] = per
+            values[key] = seen
+        req = PlacementRequest(
+            service=base.service, image=base.image, reservations=base.reservations,
+            host_ports=base.host_ports, constraints=base.constraints, spread=base.spread,
+            max_replicas_per_node=base.max_replicas_per_node, strategy=base.strategy,
+            spread_counts=counts, spread_values=values,
+        )
+        for key in req.spread:
+            req.recount(key)
+        self._requests[spec.name] = (spec, req)
         return req
 
     def _label_index(self, key: str) -> tuple[list[tuple[NodeState, str]], tuple[str, ...]]:
@@ -204,11 +212,64 @@ class ClusterState:
             ns.remove(task.service, Resources(), ())
             return
         ns.remove(task.service, spec.resources.reservations, spec.host_ports)
-        req = self._requests.get(task.service)
-        if req is not None:
+        cached = self._requests.get(task.service)
+        if cached is not None:
+            req = cached[1]
             for key in req.spread:
                 v = node_attribute(ns.node, key) or ""
                 per = req.spread_counts.get(key, {})
                 if per.get(v, 0) > 0:
                     per[v] -= 1
                     req.recount(key)
+
+    def hold(self, task: Task) -> None:
+        """Count a task against its node (the counterpart of release, for tasks placed elsewhere)."""
+        ns = self.nodes.get(task.node or "")
+        if ns is None or not holds_resources(task):
+            return
+        spec = self.spec_of(task)
+        if spec is None:
+            ns.add(task.service, Resources(), ())
+            return
+        ns.add(task.service, spec.resources.reservations, spec.host_ports)
+        cached = self._requests.get(task.service)
+        if cached is not None:
+            req = cached[1]
+            for key in req.spread:
+                v = node_attribute(ns.node, key) or ""
+                per = req.spread_counts.setdefault(key, {})
+                per[v] = per.get(v, 0) + 1
+                req.recount(key)
+
+    def track(self, old: Task | None, new: Task | None) -> None:
+        """A task changed in etcd (a plan written, an agent's report, a watch event): move its usage."""
+        if old is not None:
+            self.release(old)
+        if new is not None:
+            self.hold(new)
+
+    def set_node(self, node: Node) -> None:
+        """A node joined, changed (labels, capacity) or went down/up; what its tasks hold stays."""
+        ns = self.nodes.get(node.name)
+        if ns is None:
+            ns = self.nodes[node.name] = NodeState(node)
+            self.walk.insert(self.rng.randrange(len(self.walk) + 1), ns)
+        else:
+            ns.node = node
+            ns.ready = node.status is NodeStatus.READY
+            ns.active = node.availability is Availability.ACTIVE
+            ns.cpu_cap, ns.mem_cap, ns.images = node.capacity.nano_cpus, node.capacity.memory_bytes, node.images
+        self._changed()
+
+    def remove_node(self, name: str) -> None:
+        ns = self.nodes.pop(name, None)
+        if ns is not None:
+            self.walk.remove(ns)
+            self._changed()
+
+    def _changed(self) -> None:
+        # The walk order, label values and spread counts derive from the nodes: recompute on use.
+        self.prepared = False
+        self.order = self.walk
+        self._labels.clear()
+        self._requests.clear()
