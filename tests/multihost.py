@@ -70,6 +70,7 @@ AGENT_PORT = 7070                                     # each host has its own ad
 METRICS_PORT = 9323
 MAX_HOSTS = 200
 _LOCK = Path("/run/dockyard-multihost.lock")          # serialises subnet picking between sessions
+RECORDS = Path("/run/dockyard-multihost")             # <tag>.json per live cluster: who owns it, what it made
 _TAGS: set[str] = set()                               # every cluster tag this session made
 
 
@@ -211,7 +212,7 @@ class Host(AgentProcess):
         self.address = f"{self.ip}:{AGENT_PORT}"          # the agent's gRPC over TCP
         self.bridge = f"dyh{tag}c{n}"                     # the agent's container bridge, in the netns
         self.subnet = CONTAINER_SUBNET.format(n=n)
-        self.cgroup_parent = f"{_own_cgroup().strip('/')}/dyh{tag}h{n}"
+        self.cgroup_parent = f"{cluster.cgroup_base}/dyh{tag}h{n}"
         self.metrics_port = METRICS_PORT
         self.dead = False
         self._tcp: grpc.Channel | None = None
@@ -333,6 +334,8 @@ class Host(AgentProcess):
     def processes(self) -> set[int]:
         """Every live process of this host: in its netns (agent, zygote, shims, helpers), in its
         cgroups (containers and their execs), and the shims and inits its state files name."""
+        with contextlib.suppress(OSError):
+            self._netns_inode = os.stat(f"/run/netns/{self.netns}").st_ino
         pids = pids_in_netns(self._netns_inode) if self._netns_inode else set()
         pids |= pids_in_cgroups(self.cgroup_parent)
         for f in (self.root / "containers").glob("*/init.pid"):
@@ -420,12 +423,13 @@ class Host(AgentProcess):
 class Cluster:
     """n hosts on one private bridge. Hosts are numbered from 1: cluster[1] .. cluster[n]."""
 
-    def __init__(self, n: int, base: Path, busybox_tar: Path | None = None) -> None:
+    def __init__(self, n: int, base: Path, busybox_tar: Path | None = None, tag: str | None = None) -> None:
         if not 1 <= n <= MAX_HOSTS:
             raise ValueError(f"{n} hosts: between 1 and {MAX_HOSTS}")
-        self.tag = secrets.token_hex(2)
+        self.tag = tag or _claim_tag()
         _TAGS.add(self.tag)
         self.n = n
+        self.cgroup_base = _own_cgroup().strip("/")  # hosts' cgroup parents nest under ours
         self.base = Path(base) / f"cluster-{self.tag}"
         self.bridge = f"dyh{self.tag}br"
         self.subnet = ipaddress.IPv4Network("10.213.0.0/24")  # the real one is picked in start()
@@ -487,6 +491,7 @@ class Cluster:
             if not free:
                 raise HarnessError(f"no free /24 left in {NET_POOL}")
             self.subnet = free[secrets.randbelow(len(free))]
+            self._save_record()
             _ip_batch([f"link add {self.bridge} type bridge forward_delay 0",
                        f"addr add {self.gateway}/{self.subnet.prefixlen} dev {self.bridge}",
                        f"link set {self.bridge} up"])
@@ -494,7 +499,29 @@ class Cluster:
         if policy != ["-P FORWARD ACCEPT"]:
             self._forward_rule = ["FORWARD", "-i", self.bridge, "-o", self.bridge,
                                   "-m", "comment", "--comment", f"dyh{self.tag}", "-j", "ACCEPT"]
+            self._save_record()
             _run("iptables", "-w", "-I", *self._forward_rule)
+
+    # --- the record that lets a later session clean up after a killed one
+
+    def _save_record(self) -> None:
+        me = os.getpid()
+        rec = {"owner": me, "owner_start": start_time(me), "n": self.n, "base": str(self.base),
+               "cgroup_base": self.cgroup_base, "subnet": str(self.subnet), "forward_rule": self._forward_rule}
+        tmp = RECORDS / f".{self.tag}.tmp"
+        tmp.write_text(json.dumps(rec))
+        tmp.rename(RECORDS / f"{self.tag}.json")
+
+    @classmethod
+    def from_record(cls, tag: str) -> Cluster:
+        rec = json.loads((RECORDS / f"{tag}.json").read_text())
+        c = cls(int(rec["n"]), Path(rec["base"]).parent, tag=tag)
+        c.base = Path(rec["base"])
+        c.cgroup_base = str(rec["cgroup_base"])
+        c.subnet = ipaddress.IPv4Network(rec["subnet"])
+        c._forward_rule = rec["forward_rule"]
+        c.hosts = [Host(c, i) for i in range(1, c.n + 1)]
+        return c
 
     def processes(self) -> set[int]:
         return set().union(*(h.processes() for h in self.hosts)) if self.hosts else set()
@@ -516,6 +543,8 @@ class Cluster:
         shutil.rmtree(self.base, ignore_errors=True)
         if errors:
             raise HarnessError("destroy: " + "; ".join(errors))
+        with contextlib.suppress(FileNotFoundError):
+            (RECORDS / f"{self.tag}.json").unlink()
 
     def leftovers(self) -> list[str]:
         """What of this cluster is still on the machine (empty after destroy())."""
@@ -525,6 +554,47 @@ class Cluster:
         if self.base.exists():
             out.append(f"state {self.base}")
         return sorted(set(out))
+
+
+def _claim_tag() -> str:
+    """4 hex digits no other cluster on this machine holds (its record is created exclusively)."""
+    RECORDS.mkdir(parents=True, exist_ok=True)
+    while True:
+        tag = secrets.token_hex(2)
+        try:
+            fd = os.open(RECORDS / f"{tag}.json", os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+        except FileExistsError:
+            continue
+        me = os.getpid()
+        os.write(fd, json.dumps({"owner": me, "owner_start": start_time(me)}).encode())
+        os.close(fd)
+        return tag
+
+
+def sweep_stale() -> list[str]:
+    """Destroys the clusters whose owning process is gone (a test run killed by a timeout or
+    SIGKILL); returns their tags. Clusters of live sessions are left alone."""
+    swept = []
+    for f in sorted(RECORDS.glob("*.json")) if RECORDS.is_dir() else []:
+        try:
+            rec = json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+        if alive(int(rec.get("owner", 0)), rec.get("owner_start")):
+            continue
+        tag = f.stem
+        if "n" in rec:
+            with contextlib.suppress(HarnessError):
+                Cluster.from_record(tag).destroy()
+        for kind, name in tagged_leftovers(tag):  # a cluster that died before its first record
+            if kind == "netns":
+                _run("ip", "netns", "del", name, check=False)
+            elif kind == "link":
+                _run("ip", "link", "del", name, check=False)
+        with contextlib.suppress(FileNotFoundError):
+            f.unlink()
+        swept.append(tag)
+    return swept
 
 
 def tagged_leftovers(tag: str = "") -> list[tuple[str, str]]:
@@ -564,6 +634,7 @@ def make_cluster_fixture(tmp_path: Path, busybox_tar_path: Path,
                          multihost_session_check: None) -> Iterator[Callable[[int], Cluster]]:
     """make_cluster(n) -> a started Cluster with busybox on every host; destroyed after the test."""
     _needs_root()
+    sweep_stale()
     made: list[Cluster] = []
 
     def make(n: int) -> Cluster:
@@ -585,5 +656,6 @@ def make_cluster_fixture(tmp_path: Path, busybox_tar_path: Path,
 def cluster(n: int, base: Path, busybox_tar: Path | None = None) -> Iterator[Cluster]:
     """For wider-scoped fixtures: `with cluster(3, tmp_path_factory.mktemp("c"), tar) as c: yield c`."""
     _needs_root()
+    sweep_stale()
     with Cluster(n, base, busybox_tar) as c:
         yield c

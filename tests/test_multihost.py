@@ -4,6 +4,8 @@ from the root namespace, partition/heal, a host's death, and a destroy that leav
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -12,6 +14,7 @@ import grpc
 import pytest
 
 from protos import agent_pb2 as pb
+from tests.agent_harness import REPO
 from tests.multihost import (  # noqa: F401  (fixtures)
     Cluster,
     Host,
@@ -20,6 +23,7 @@ from tests.multihost import (  # noqa: F401  (fixtures)
     make_cluster_fixture,
     multihost_session_check_fixture,
     pids_in_netns,
+    sweep_stale,
     tagged_leftovers,
     wait_for,
 )
@@ -200,3 +204,21 @@ def test_a_failed_start_cleans_up(tmp_path: Path, multihost_session_check: None)
         Host.agent_argv = bad  # type: ignore[method-assign]
     assert c.leftovers() == []
     assert json.dumps(tagged_leftovers(c.tag)) == "[]"
+
+
+def test_a_killed_session_is_swept_by_the_next(tmp_path: Path, multihost_session_check: None) -> None:
+    """A test run killed by a timeout leaves its cluster; the next one to make a cluster removes it."""
+    script = ("import os, signal, sys; from pathlib import Path; from tests.multihost import Cluster; "
+              "c = Cluster(1, Path(sys.argv[1])).start(); print(c.tag, c[1].proc.pid, flush=True); "
+              "os.kill(os.getpid(), signal.SIGKILL)")
+    r = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True,
+                       cwd=REPO, timeout=60)
+    tag, agent_pid = r.stdout.split()
+    assert r.returncode == -9, r.stderr
+    assert _alive(int(agent_pid))  # orphaned, still running in its netns
+    assert {kind for kind, _ in tagged_leftovers(tag)} >= {"netns", "link"}
+    assert tag in sweep_stale()
+    assert tagged_leftovers(tag) == []
+    assert not _alive(int(agent_pid))
+    assert not list(tmp_path.glob(f"cluster-{tag}/*"))
+    assert tag not in sweep_stale()
