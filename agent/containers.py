@@ -34,7 +34,7 @@ from agent.model import (
     Unavailable,
 )
 from agent.runtime import cgroups, frames
-from agent.runtime.shim import ShimFiles, pid_start_time, process_alive
+from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace
 from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 
@@ -263,6 +263,7 @@ class ContainerManager:
         )
 
     async def _start_locked(self, c: Container, hold: bool, restore: bool = False) -> None:
+        trace("agent: start")
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
@@ -281,10 +282,12 @@ class ContainerManager:
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
         spec = self._runtime_spec(c)
+        trace("agent: spec built")
         spec.hold = hold
         if restore:
             spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key}
         files.spec.write_text(spec.to_json())
+        trace("agent: spec written")
         reply = self.zygote.request({"op": "start", "spec": json.loads(spec.to_json()),
                                      "files": {"dir": str(files.dir), "socket": str(files.socket)}})
         try:
@@ -300,6 +303,7 @@ class ContainerManager:
             if c.config.auto_remove:
                 self._spawn(self.remove(c.id, force=True))
             raise StartFailed(f"failed to start container {c.name}: {err}", c.state.exit_code)
+        trace("agent: shim replied")
         c.state.status = "running"
         c.state.pid = int(msg["pid"])
         c.state.started_at = time.time()
@@ -312,6 +316,7 @@ class ContainerManager:
         self._event(c).clear()
         self._save(c)
         self._watch(c)
+        trace("agent: started")
 
     def _release_network(self, c: Container) -> None:
         if c.endpoint is not None:

@@ -116,9 +116,10 @@ def _cgroup_parent(root: Path, configured: str | None) -> str:
     memory controller's /process_api/<id>), so a host's own limits still apply to them. The choice is
     written to <root>/cgroup-parent so that an agent restarted from another cgroup finds them again.
     """
-    if configured:
-        return configured.strip("/")
     saved = root / "cgroup-parent"
+    if configured:
+        saved.write_text(configured.strip("/") + "\n")  # also read by tools and tests
+        return configured.strip("/")
     if saved.exists():
         return saved.read_text().strip()
     own = "/"

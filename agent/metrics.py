@@ -29,6 +29,7 @@ import errno
 import logging
 import os
 import socket
+import socketserver
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -524,6 +525,11 @@ def serve_metrics(addr: str, metrics: AgentMetrics) -> MetricsServer:
     class Server(ThreadingHTTPServer):
         daemon_threads = True
         address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
+
+        def server_bind(self) -> None:
+            # HTTPServer.server_bind looks up the host's FQDN: with no DNS that stalls ~10 s.
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     try:
         httpd = Server((host, port), Handler)

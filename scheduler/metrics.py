@@ -29,6 +29,7 @@ import contextlib
 import inspect
 import json
 import re
+import socketserver
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
@@ -281,6 +282,11 @@ def serve(addr: str, registry: CollectorRegistry, nodes: NodesSource | None = No
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
+
+        def server_bind(self) -> None:
+            # HTTPServer.server_bind looks up the host's FQDN: with no DNS that stalls ~10 s.
+            socketserver.TCPServer.server_bind(self)
+            self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     if ":" in host:
         import socket

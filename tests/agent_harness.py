@@ -123,7 +123,7 @@ class AgentProcess:
     def stub(self) -> pbg.AgentStub:
         if self._channel is None:
             self._channel = grpc.insecure_channel(self.host)
-        return pbg.AgentStub(self._channel)
+        return pbg.AgentStub(self._channel)  # type: ignore[no-untyped-call]
 
     def cli(self, *args: str, input: bytes | str | None = None, timeout: float = 60,
             check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -163,6 +163,7 @@ class _Shim:
         The container init ends up our child anyway: we are its subreaper.
         """
         spec = self.spec
+        trace("shim: launch")
         sc.set_child_subreaper()
         self.log = _LogWriter(spec.log_path or str(self.files.log))
         with contextlib.suppress(FileNotFoundError):
@@ -251,56 +252,35 @@ class _Shim:
         for ns in spec.namespaces:
             flags |= sc.NAMESPACE_FLAGS[ns]
         uid_r, uid_w = os.pipe()
-        pid_r, pid_w = os.pipe()
-        a = os.fork()
-        if a == 0:  # stage A: unshare, then fork pid 1 of the new pid namespace
+        # Enter the rootfs while still host root: in a user namespace its path may cross
+        # directories (mode 0700) that the remapped root cannot search. A new mount namespace
+        # moves the working directory to its copy. (We are the launcher: our cwd is ours to change.)
+        os.chdir(spec.rootfs)
+        b = sc.clone(flags)
+        if b == 0:  # pid 1 of the new pid namespace, in every new namespace at once
             try:
                 parent_ctl.close()
                 os.close(uid_w)
-                os.close(pid_r)
-                # Enter the rootfs while still host root: in a user namespace its path may cross
-                # directories (mode 0700) that the remapped root cannot search. unshare(CLONE_NEWNS)
-                # moves the working directory to its copy in the new mount namespace.
-                os.chdir(spec.rootfs)
-                sc.unshare(flags)
                 if "user" in spec.namespaces:
-                    os.write(pid_w, b"u")
-                    os.read(uid_r, 1)
+                    os.read(uid_r, 1)  # wait for our uid/gid maps
                     os.setresgid(0, 0, 0)
                     os.setresuid(0, 0, 0)
-                b = os.fork()
-                if b == 0:
-                    os.close(pid_w)
-                    init.run(spec, child_ctl, stdio)
-                os.write(pid_w, struct.pack("i", b))
-                os._exit(0)
+                os.close(uid_r)
+                init.run(spec, child_ctl, stdio)
             except BaseException as e:
                 with contextlib.suppress(OSError):
-                    init.send(child_ctl, {"op": "error", "error": f"unshare: {e}", "exit_code": 128})
-                os._exit(1)
+                    init.send(child_ctl, {"op": "error", "error": f"container init: {e}", "exit_code": 128})
+            os._exit(1)
         child_ctl.close()
         for fd in stdio or ():
             os.close(fd)
         os.close(uid_r)
-        os.close(pid_w)
         self.ctl = parent_ctl
         if "user" in spec.namespaces:
-            if os.read(pid_r, 1) == b"u":
-                self._write_id_maps(a)
+            self._write_id_maps(b)
             os.write(uid_w, b"1")
         os.close(uid_w)
-        raw = b""
-        while len(raw) < 4:
-            chunk = os.read(pid_r, 4 - len(raw))
-            if not chunk:
-                break
-            raw += chunk
-        os.close(pid_r)
-        os.waitpid(a, 0)
-        if len(raw) < 4:
-            msg, _ = init.recv(parent_ctl)
-            raise _LaunchError((msg or {}).get("error", "container init could not be forked"), 128)
-        self.pid = struct.unpack("i", raw)[0]
+        self.pid = b
         trace("forked")
         self.cg.add_process(spec.id, self.pid)
         trace("joined cgroup")

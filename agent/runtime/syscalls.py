@@ -58,6 +58,7 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 PR_CAP_AMBIENT_CLEAR_ALL = 4
 
+SYS_clone = 56
 SYS_pivot_root = 155
 SYS_setns = 308
 SYS_pidfd_open = 434
@@ -97,6 +98,19 @@ def umount(target: str, flags: int = 0) -> None:
 
 def unshare(flags: int) -> None:
     _check(_libc.unshare(flags), f"unshare({flags:#x})")
+
+
+def clone(flags: int) -> int:
+    """fork(2) straight into new namespaces: returns the child's pid, 0 in the child.
+
+    One process instead of fork + unshare + fork (a pid namespace only applies to children). No
+    stack is given, so the child runs on a copy of ours, as after fork. Python's after-fork
+    bookkeeping does not run in the child: use it only from a single-threaded process, and have the
+    child exec or _exit (as the container init does).
+    """
+    import signal
+
+    return _check(_libc.syscall(SYS_clone, flags | signal.SIGCHLD, 0, 0, 0, 0), f"clone({flags:#x})")
 
 
 def setns(fd: int, nstype: int = 0) -> None:

@@ -46,6 +46,7 @@ def _handle(req: dict[str, Any], fds: list[int]) -> NoReturn:
     reply = socket.socket(fileno=fds[0])
     try:
         if req["op"] == "start":
+            shim.trace("zygote: forked")
             # The shim is our child (we reap it); its own session keeps it clear of the agent's
             # signals. If the agent dies we die too, and shims are adopted by init.
             os.setsid()
