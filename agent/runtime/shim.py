@@ -282,21 +282,20 @@ class _Shim:
         os.close(uid_w)
         self.pid = b
         trace("forked")
-        self.cg.add_process(spec.id, self.pid)
-        trace("joined cgroup")
         configure: dict[str, Any] = {"op": "configure"}
         if spec.network is not None:
             from agent.runtime import network
 
             self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
-            trace("network object")
             self.endpoint = network.Endpoint.from_dict(spec.network)
-            trace("attach net")
             self.net.attach(self.endpoint, self.pid)
             trace("attached net")
             configure["endpoint"] = spec.network
         init.send(parent_ctl, configure)
-        trace("configure sent")
+        # The init sets up its mounts meanwhile: joining six v1 hierarchies costs an RCU grace
+        # period each, and it only has to be done before the init reports ready (it forks nothing).
+        self.cg.add_process(spec.id, self.pid)
+        trace("joined cgroup")
         pty = -1
         while True:
             msg, fds = init.recv(parent_ctl)
@@ -620,10 +619,12 @@ class _Shim:
         result = {"exit_code": code, "oom_killed": oom, "finished_at": finished_at,
                   "error": getattr(self, "exec_error", {}).get("error", "")}
         trace("drained")
-        self._teardown()
-        trace("torn down")
+        # Report first, tidy up after: whoever waits for the exit code need not wait for the
+        # unmount and the cgroup removal (the agent's rm repeats both, idempotently, if it races).
         write_atomic(self.files.exit, json.dumps(result))
         self._broadcast(frames.EXIT, json.dumps(result).encode())
+        self._teardown()
+        trace("torn down")
         for conn in list(self.clients):
             self._drop(conn)
         with contextlib.suppress(OSError):
