@@ -18,6 +18,7 @@ from pathlib import Path
 
 import grpc
 
+from agent.cluster import ClusterMember
 from agent.containers import ContainerManager
 from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serve_metrics
 from agent.runtime import cgroups
@@ -43,6 +44,8 @@ class AgentOptions:
     cgroup_root: str = "/sys/fs/cgroup"
     labels: dict[str, str] = field(default_factory=dict)
     metrics_addr: str = "127.0.0.1:9323"  # HTTP /metrics, as dockerd's; "" serves none
+    join: str = ""                   # scheduler replicas host:port[,host:port...] (agent/cluster.py)
+    advertise: str = ""              # the address the scheduler reaches this agent at (default: listen)
 
 
 class Agent:
@@ -53,6 +56,7 @@ class Agent:
         self.manager: ContainerManager | None = None
         self.zygote = Zygote()
         self.metrics_server: MetricsServer | None = None
+        self.member: ClusterMember | None = None
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
@@ -90,6 +94,13 @@ class Agent:
             self.server.add_insecure_port(o.listen)
         await self.server.start()
         os.chmod(o.socket, 0o660)
+        if o.join:
+            self.member = ClusterMember(
+                schedulers=[a.strip() for a in o.join.split(",") if a.strip()], name=o.name,
+                address=o.advertise or o.listen, labels=o.labels, root=self.root, manager=self.manager,
+                socket=o.socket, metrics_addr=o.metrics_addr if self.metrics_server else "",
+                cgroup_version=driver.version, criu=lambda: servicer.criu)
+            self.member.start()
         log.info("agent %s serving on %s (root %s, cgroup v%d)", o.name, o.socket, self.root, driver.version)
 
     @staticmethod
@@ -97,6 +108,8 @@ class Agent:
         servicer.criu = await asyncio.to_thread(_criu_works)
 
     async def stop(self) -> None:
+        if self.member is not None:
+            await self.member.stop()
         if self.server is not None:
             await self.server.stop(grace=1)
         if self.metrics_server is not None:

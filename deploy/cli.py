@@ -85,8 +85,11 @@ def main(ctx: click.Context, host: str) -> None:
 @click.option("--label", "labels", multiple=True, help="Node label k=v")
 @click.option("--metrics-addr", default="127.0.0.1:9323", show_default=True,
               help='HOST:PORT for Prometheus /metrics over HTTP; "" disables it')
+@click.option("--join", default="", help="Join the cluster of these scheduler(s): HOST:PORT[,HOST:PORT...]")
+@click.option("--advertise", default="", help="HOST:PORT the scheduler reaches this agent at (default: --listen)")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
-              cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str) -> None:
+              cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
+              advertise: str = "") -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -99,9 +102,12 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--metrics-addr") from None
 
+    if join and not listen:
+        listen = "127.0.0.1:7070"  # --join implies --listen: the scheduler calls the agent over TCP
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
-                     labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr))
+                     labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
+                     join=join, advertise=advertise))
 
 
 @main.command("up")
@@ -598,6 +604,11 @@ def rename(ctx: click.Context, container: str, new_name: str) -> None:
     client(ctx).call("RenameContainer", pb.RenameContainerRequest(id=container, new_name=new_name))
 
 
+# Other command modules may route `exec` elsewhere (deploy/cli_cluster.py: a task through the
+# scheduler): a route gets (ctx, container) and returns the Exec call to use, or None for the agent's.
+EXEC_ROUTES: list[Callable[[click.Context, str], Any]] = []
+
+
 @main.command(context_settings={"allow_interspersed_args": False})
 @click.option("-d", "--detach", is_flag=True, help="Detached mode: run command in the background")
 @click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open even if not attached")
@@ -617,8 +628,9 @@ def exec(ctx: click.Context, container: str, command: tuple[str, ...], detach: b
     spec = pb.ExecSpec(cmd=list(command), env=list(env), workdir=workdir, user=user)
     sess = Session(pb.OpenStream(container=container, tty=tty, stdin=interactive, exec=spec),
                    interactive=interactive and not detach, tty=tty)
+    call = next((c for route in EXEC_ROUTES if (c := route(ctx, container)) is not None), cl.stub.Exec)
     try:
-        code = sess.run(cl.stub.Exec)
+        code = sess.run(call)
     except grpc.RpcError as e:
         fail_rpc(e, cl.host)
     sys.exit(code or 0)
@@ -878,7 +890,7 @@ def shell_join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-from deploy import cli_images  # noqa: E402,F401
+from deploy import cli_cluster, cli_images  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

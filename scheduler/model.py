@@ -101,6 +101,8 @@ class Node:
     arch: str = "x86_64"
     engine_labels: dict[str, str] = field(default_factory=dict)
     images: frozenset[str] = frozenset()  # images already on the node, for the locality scorer
+    metrics_addr: str = ""  # the agent's /metrics host:port, for the scheduler's /sd
+    agent_id: str = ""  # stable id of the agent that registered this name (a restart keeps it)
     mod_revision: int = 0  # etcd metadata, not part of the value
 
     def __post_init__(self) -> None:

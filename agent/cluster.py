@@ -1,0 +1,285 @@
+"""`dockyard agent --join ADDR[,ADDR...]`: the agent's side of the cluster.
+
+Registers the node (name, address, labels, capacity, capabilities, metrics address) with a
+scheduler replica, heartbeats its lease every second, and reports its task containers (the ones
+labelled dockyard.task): at once on every change (ContainerManager.on_change) and in full every
+few seconds. When a replica stops answering it moves on to the next one. Whatever happens to the
+schedulers or etcd, the containers keep running: this loop only reports and retries.
+
+It also runs the health checks of task containers (the dockyard.healthcheck label the scheduler
+sets from the service's healthcheck) with the agent's own Exec, and reports healthy/unhealthy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import secrets
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from agent.model import Container
+from protos import agent_pb2 as apb
+from protos import agent_pb2_grpc as apbg
+from protos import cluster_pb2 as pb
+from protos import cluster_pb2_grpc as pbg
+
+log = logging.getLogger("dockyard.agent.cluster")
+
+TASK_LABEL = "dockyard.task"
+SERVICE_LABEL = "dockyard.service"
+HEALTH_LABEL = "dockyard.healthcheck"
+FULL_REPORT = 3.0
+
+
+def agent_id(root: Path) -> str:
+    """A stable id for this agent's state directory: a restarted agent is the same node."""
+    path = root / "node-id"
+    with contextlib.suppress(OSError):
+        text = path.read_text().strip()
+        if text:
+            return text
+    new = secrets.token_hex(8)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(new + "\n")
+    os.replace(tmp, path)
+    return new
+
+
+def report_of(c: Container, healthy: bool | None) -> pb.TaskReport:
+    s = c.state
+    return pb.TaskReport(
+        task_id=c.config.labels.get(TASK_LABEL, ""), service=c.config.labels.get(SERVICE_LABEL, ""),
+        container_id=c.id, container_state=s.status, exit_code=s.exit_code, error=s.error,
+        started_at=s.started_at, finished_at=s.finished_at,
+        healthy="" if healthy is None else ("healthy" if healthy else "unhealthy"))
+
+
+class ClusterMember:
+    def __init__(self, *, schedulers: list[str], name: str, address: str, labels: dict[str, str], root: Path,
+                 manager: Any, socket: str, metrics_addr: str, cgroup_version: int, criu: Any) -> None:
+        self.schedulers = schedulers
+        self.name = name
+        self.address = address
+        self.labels = labels
+        self.root = root
+        self.manager = manager
+        self.socket = socket
+        self.metrics_addr = metrics_addr
+        self.cgroup_version = cgroup_version
+        self.criu = criu  # callable -> bool (known once `criu check` ran)
+        self.agent_id = agent_id(root)
+        self.current = 0
+        self.lease = 0
+        self.heartbeat = 1.0
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: pbg.SchedulerStub | None = None
+        self._changed: dict[str, Container] = {}
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.health: dict[str, bool | None] = {}  # container id -> verdict
+        self._health_tasks: dict[str, asyncio.Task[None]] = {}
+        self.refused = ""
+
+    # --- connection to a scheduler replica -----------------------------------------------------
+
+    def stub(self) -> pbg.SchedulerStub:
+        if self._stub is None:
+            addr = self.schedulers[self.current % len(self.schedulers)]
+            self._channel = grpc.aio.insecure_channel(
+                addr, options=[("grpc.enable_http_proxy", 0), ("grpc.initial_reconnect_backoff_ms", 100),
+                               ("grpc.max_reconnect_backoff_ms", 500)])
+            self._stub = pbg.SchedulerStub(self._channel)  # type: ignore[no-untyped-call]
+        return self._stub
+
+    async def next_replica(self) -> None:
+        if len(self.schedulers) > 1:
+            self.current += 1
+            log.info("moving on to scheduler %s", self.schedulers[self.current % len(self.schedulers)])
+        ch, self._channel, self._stub = self._channel, None, None
+        if ch is not None:
+            with contextlib.suppress(Exception):
+                await ch.close()
+
+    # --- lifecycle -----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self.manager.on_change.append(self._on_change)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._membership(), name="join"),
+                       loop.create_task(self._reporter(), name="report"),
+                       loop.create_task(self._health_loop(), name="health")]
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.manager.on_change.remove(self._on_change)
+        for t in [*self._tasks, *self._health_tasks.values()]:
+            t.cancel()
+        for t in [*self._tasks, *self._health_tasks.values()]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        if self._channel is not None:
+            with contextlib.suppress(Exception):
+                await self._channel.close()
+
+    def _on_change(self, c: Container) -> None:
+        if TASK_LABEL in c.config.labels:
+            self._changed[c.id] = c
+            self._wake.set()
+
+    # --- register + heartbeat --------------------------------------------------------------------
+
+    def _register_request(self) -> pb.RegisterRequest:
+        import platform
+
+        mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return pb.RegisterRequest(
+            name=self.name, agent_id=self.agent_id, address=self.address, hostname=platform.node(),
+            labels=self.labels, nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=mem,
+            capabilities=pb.Capabilities(criu=bool(self.criu()), cgroup_version=self.cgroup_version),
+            metrics_addr=self.metrics_addr, engine_version="0.1.0")
+
+    async def _membership(self) -> None:
+        while True:
+            try:
+                resp = await self.stub().Register(self._register_request(), timeout=5)
+                self.lease, self.refused = resp.lease_id, ""
+                self.heartbeat = max(0.2, resp.heartbeat_ms / 1000 or 1.0)
+                log.info("joined the cluster as %s through %s", self.name,
+                         self.schedulers[self.current % len(self.schedulers)])
+                self._wake.set()  # a full report right away
+                await self._heartbeats()
+            except asyncio.CancelledError:
+                raise
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.ALREADY_EXISTS:
+                    if self.refused != e.details():
+                        log.error("the scheduler refused this node: %s", e.details())
+                    self.refused = e.details() or ""
+                    await asyncio.sleep(2)
+                    continue
+                log.warning("scheduler %s: %s", self.schedulers[self.current % len(self.schedulers)],
+                            e.details())
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    await self.next_replica()
+                await asyncio.sleep(0.3)
+            except Exception as e:
+                log.exception("join: %s", e)
+                await asyncio.sleep(1)
+
+    async def _heartbeats(self) -> None:
+        """Until the lease is lost (then register again); moves to another replica when this one fails."""
+        failures = 0
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            try:
+                r = await self.stub().Heartbeat(pb.HeartbeatRequest(name=self.name, lease_id=self.lease),
+                                                timeout=max(0.5, self.heartbeat))
+                failures = 0
+                if not r.ok:
+                    log.warning("lease %x expired: registering again", self.lease)
+                    return
+            except grpc.aio.AioRpcError as e:
+                failures += 1
+                if e.code() == grpc.StatusCode.UNAVAILABLE and "etcd" in (e.details() or ""):
+                    continue  # the replica answers, etcd does not: nothing better elsewhere
+                if failures >= 2:
+                    await self.next_replica()
+                    return
+
+    # --- reports -------------------------------------------------------------------------------
+
+    async def _reporter(self) -> None:
+        last_full = 0.0
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), FULL_REPORT)
+            self._wake.clear()
+            if not self.lease:
+                continue
+            full = time.monotonic() - last_full >= FULL_REPORT or not last_full
+            if full:
+                cs = [c for c in self.manager.listing(True) if TASK_LABEL in c.config.labels]
+                self._changed.clear()
+            else:
+                cs, self._changed = list(self._changed.values()), {}
+            req = pb.ReportTasksRequest(node=self.name, full=full,
+                                        tasks=[report_of(c, self.health.get(c.id)) for c in cs])
+            try:
+                await self.stub().ReportTasks(req, timeout=5)
+                if full:
+                    last_full = time.monotonic()
+            except grpc.aio.AioRpcError as e:
+                log.debug("report: %s", e.details())
+                for c in cs:
+                    self._changed.setdefault(c.id, c)
+                await asyncio.sleep(0.3)
+
+    # --- health checks -------------------------------------------------------------------------
+
+    async def _health_loop(self) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            running = {c.id: c for c in self.manager.listing(False)
+                       if HEALTH_LABEL in c.config.labels and c.state.status == "running"}
+            for cid in list(self._health_tasks):
+                if cid not in running:
+                    self._health_tasks.pop(cid).cancel()
+                    self.health.pop(cid, None)
+            for cid, c in running.items():
+                if cid not in self._health_tasks:
+                    self._health_tasks[cid] = asyncio.create_task(self._check(c))
+
+    async def _check(self, c: Container) -> None:
+        cfg = json.loads(c.config.labels[HEALTH_LABEL])
+        test = list(cfg.get("test") or [])
+        if not test:
+            return
+        kind, args = test[0], test[1:]
+        cmd = ["sh", "-c", " ".join(args)] if kind == "CMD-SHELL" else (args if kind == "CMD" else test)
+        interval = max(0.2, float(cfg.get("interval", 30)))
+        timeout = max(0.2, float(cfg.get("timeout", 30)))
+        retries = max(1, int(cfg.get("retries", 3)))
+        start_period = float(cfg.get("start_period", 0))
+        started = time.monotonic()
+        fails = 0
+        channel = grpc.aio.insecure_channel(f"unix://{self.socket}")
+        stub = apbg.AgentStub(channel)  # type: ignore[no-untyped-call]
+        try:
+            while True:
+                await asyncio.sleep(interval)
+                code = await self._exec(stub, c.id, cmd, timeout)
+                if code == 0:
+                    fails = 0
+                    verdict: bool | None = True
+                else:
+                    fails += 1
+                    in_grace = time.monotonic() - started < start_period
+                    verdict = False if fails >= retries and not in_grace else self.health.get(c.id)
+                if verdict != self.health.get(c.id):
+                    self.health[c.id] = verdict
+                    self._changed[c.id] = c
+                    self._wake.set()
+        finally:
+            await channel.close()
+
+    @staticmethod
+    async def _exec(stub: apbg.AgentStub, cid: str, cmd: list[str], timeout: float) -> int:
+        async def inputs() -> AsyncIterator[apb.StreamInput]:
+            yield apb.StreamInput(open=apb.OpenStream(container=cid, exec=apb.ExecSpec(cmd=cmd)))
+
+        try:
+            code = -1
+            async for out in stub.Exec(inputs(), timeout=timeout):
+                if out.HasField("exit"):
+                    code = out.exit.exit_code
+            return code
+        except grpc.aio.AioRpcError:
+            return -1

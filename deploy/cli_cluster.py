@@ -1,0 +1,462 @@
+"""Cluster commands of `dockyard` (added to deploy/cli.py's `main`): scheduler, node, deploy,
+service, and exec into a task anywhere through the scheduler.
+
+The scheduler is found with `--scheduler ADDR[,ADDR...]` (an option of `dockyard` itself) or
+DOCKYARD_SCHEDULER: any replica will do, and a call moves on to the next address when one does
+not answer. Names follow Swarm: `deploy --name bar` makes services bar_web, bar_worker; their
+tasks are bar_web.1, bar_web.2, ... (containers on the nodes: bar_web.1.<task id>).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
+
+import click
+import grpc
+
+from deploy import display
+from protos import agent_pb2 as apb
+from protos import cluster_pb2 as pb
+from protos import cluster_pb2_grpc as pbg
+
+DEFAULT_SCHEDULER = "127.0.0.1:2377"
+TIMEOUT = 15.0
+
+
+def fail(msg: str, code: int = 1) -> NoReturn:
+    click.echo(msg, err=True)
+    sys.exit(code)
+
+
+class SchedulerClient:
+    """Calls any scheduler replica of a list; moves on when one is down."""
+
+    def __init__(self, addresses: str) -> None:
+        self.addresses = [a.strip().removeprefix("tcp://") for a in addresses.split(",") if a.strip()]
+        if not self.addresses:
+            fail("no scheduler address: give --scheduler HOST:PORT or set DOCKYARD_SCHEDULER")
+        self.current = 0
+        self._channels: dict[str, grpc.Channel] = {}
+
+    def stub(self, addr: str) -> pbg.SchedulerStub:
+        ch = self._channels.get(addr)
+        if ch is None:
+            ch = self._channels[addr] = grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)])
+        return pbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
+
+    def call(self, method: str, request: Any, timeout: float = TIMEOUT) -> Any:
+        errors = []
+        n = len(self.addresses)
+        for i in range(n):
+            addr = self.addresses[(self.current + i) % n]
+            try:
+                out = getattr(self.stub(addr), method)(request, timeout=timeout, wait_for_ready=False)
+                self.current = (self.current + i) % n
+                return out
+            except grpc.RpcError as e:
+                code = e.code()  # type: ignore[attr-defined]
+                if code == grpc.StatusCode.UNAVAILABLE and "etcd" not in (e.details() or ""):  # type: ignore[attr-defined]
+                    errors.append(f"{addr}: {e.details()}")  # type: ignore[attr-defined]
+                    continue
+                fail(f"Error response from scheduler: {e.details()}")  # type: ignore[attr-defined]
+        fail("Cannot connect to the dockyard scheduler at " + ", ".join(self.addresses)
+             + ". Is it running? (" + "; ".join(errors) + ")")
+
+    def live_stub(self) -> pbg.SchedulerStub:
+        """The stub of the first replica that answers Status (for streams)."""
+        self.call("Status", pb.Empty(), timeout=5)
+        return self.stub(self.addresses[self.current])
+
+
+def scheduler_addr(ctx: click.Context) -> str:
+    obj = ctx.find_root().obj or {}
+    addr: str = obj.get("scheduler") or ""
+    return addr
+
+
+def sched(ctx: click.Context) -> SchedulerClient:
+    obj = ctx.find_root().obj
+    if "scheduler_client" not in obj:
+        obj["scheduler_client"] = SchedulerClient(scheduler_addr(ctx) or DEFAULT_SCHEDULER)
+    c: SchedulerClient = obj["scheduler_client"]
+    return c
+
+
+def _json_or_table(fmt: str, items: list[dict[str, Any]], headers: list[str], row: Callable[[dict[str, Any]], list[Any]]
+                   ) -> None:
+    if fmt == "json":
+        display.emit_json(items)
+    elif fmt:
+        for it in items:
+            click.echo(fmt.replace("{{", "{").replace("}}", "}").replace("{.", "{").format(**it))
+    else:
+        display.table(headers, [row(it) for it in items])
+
+
+def _msg_dict(msg: Any) -> dict[str, Any]:
+    from google.protobuf.json_format import MessageToDict
+
+    d: dict[str, Any] = MessageToDict(msg, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    return d
+
+
+# --- the scheduler itself ----------------------------------------------------------------------
+
+@click.command("scheduler")
+@click.option("--etcd", default="", help="etcd client URLs (http://h:2379,...); default: start our own")
+@click.option("--listen", default="127.0.0.1:2377", show_default=True, help="gRPC HOST:PORT for agents and the CLI")
+@click.option("--advertise", default="", help="HOST:PORT others reach this replica at (default: --listen)")
+@click.option("--metrics-addr", default="127.0.0.1:9324", show_default=True,
+              help='HOST:PORT for /metrics and /sd over HTTP; "" disables it')
+@click.option("--state-dir", default="/var/lib/dockyard-scheduler", show_default=True,
+              help="State directory (the embedded etcd's data lives here)")
+@click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
+def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, state_dir: str, ttl: int) -> None:
+    """Run a scheduler replica (with its own etcd unless --etcd is given)."""
+    from scheduler.main import SchedulerError, SchedulerOptions, run
+
+    if ttl < 2:
+        raise click.BadParameter("at least 2 seconds (etcd's minimum lease)", param_hint="--ttl")
+    try:
+        run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
+                             state_dir=state_dir, ttl=ttl))
+    except SchedulerError as e:
+        fail(f"dockyard scheduler: {e}")
+
+
+# --- nodes -------------------------------------------------------------------------------------
+
+@click.group("node")
+def node() -> None:
+    """Manage the cluster's nodes."""
+
+
+def _node_row(n: dict[str, Any]) -> list[Any]:
+    return [n["name"], n["address"], n["status"].capitalize(), n["availability"].capitalize(), n["tasks"],
+            display.human_bytes_binary(int(n["memory_bytes"])), f"{int(n['nano_cpus']) / 1e9:g}",
+            ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))]
+
+
+@node.command("ls")
+@click.option("--format", "fmt", default="", help="json, or a template")
+@click.pass_context
+def node_ls(ctx: click.Context, fmt: str) -> None:
+    """List nodes."""
+    r = sched(ctx).call("ListNodes", pb.Empty())
+    _json_or_table(fmt, [_msg_dict(n) for n in r.nodes],
+                   ["NAME", "ADDRESS", "STATUS", "AVAILABILITY", "TASKS", "MEMORY", "CPUS", "LABELS"], _node_row)
+
+
+@node.command("inspect")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def node_inspect(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Display detailed information on nodes."""
+    display.emit_json([_msg_dict(sched(ctx).call("InspectNode", pb.NodeRef(name=n))) for n in names])
+
+
+def _set_availability(ctx: click.Context, names: tuple[str, ...], availability: str) -> None:
+    for n in names:
+        sched(ctx).call("UpdateNode", pb.UpdateNodeRequest(name=n, availability=availability))
+        click.echo(n)
+
+
+@node.command("drain")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def node_drain(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Move every task off the nodes, and place none there."""
+    _set_availability(ctx, names, "drain")
+
+
+@node.command("activate")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def node_activate(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Let tasks be placed on the nodes again."""
+    _set_availability(ctx, names, "active")
+
+
+@node.command("label")
+@click.option("--add", "adds", multiple=True, help="KEY=VALUE")
+@click.option("--rm", "rms", multiple=True, help="KEY")
+@click.argument("name")
+@click.pass_context
+def node_label(ctx: click.Context, adds: tuple[str, ...], rms: tuple[str, ...], name: str) -> None:
+    """Add or remove node labels (used by constraints: node.labels.KEY == VALUE)."""
+    add = {}
+    for a in adds:
+        k, sep, v = a.partition("=")
+        if not sep or not k:
+            raise click.BadParameter(f"{a!r}: expected KEY=VALUE", param_hint="--add")
+        add[k] = v
+    sched(ctx).call("UpdateNode", pb.UpdateNodeRequest(name=name, label_add=add, label_rm=list(rms)))
+    click.echo(name)
+
+
+@node.command("rm")
+@click.option("-f", "--force", is_flag=True, help="Remove the node even while it is up")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def node_rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
+    """Remove nodes from the cluster."""
+    for n in names:
+        sched(ctx).call("RemoveNode", pb.RemoveNodeRequest(name=n, force=force))
+        click.echo(n)
+
+
+# --- deploy --------------------------------------------------------------------------------------
+
+@click.command("deploy")
+@click.option("-f", "--compose-file", "--file", "files", multiple=True, required=True, help="Stack file (Compose)")
+@click.option("--name", default=None, help="Stack name (default: `name:` in the file)")
+@click.option("--prune", is_flag=True, help="Remove services of the stack that the file no longer has")
+@click.pass_context
+def deploy(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: bool) -> None:
+    """Deploy a stack (idempotent: shows what changed)."""
+    from deploy.stack import StackError, load_stack
+    from scheduler.convert import spec_to_pb
+
+    specs = {}
+    stack_name = name
+    for f in files:
+        try:
+            stack = load_stack(f, stack_name)
+        except StackError as e:
+            fail(f"dockyard deploy: {e}")
+        for w in stack.warnings:
+            click.echo(f"warning: {w}", err=True)
+        stack_name = stack.name
+        for s in stack.services:
+            specs[s.name] = s
+    assert stack_name is not None
+    r = sched(ctx).call("Deploy", pb.DeployRequest(stack=stack_name, services=[spec_to_pb(s) for s in specs.values()],
+                                                   prune=prune), timeout=30)
+    verbs = {"created": "Creating service", "updated": "Updating service", "unchanged": "Unchanged service",
+             "removed": "Removing service"}
+    for c in r.changes:
+        extra = f" ({', '.join(c.fields)})" if c.fields else ""
+        click.echo(f"{verbs.get(c.action, c.action)} {c.service}{extra}")
+
+
+# --- services ------------------------------------------------------------------------------------
+
+@click.group("service")
+def service() -> None:
+    """Manage services."""
+
+
+@service.command("ls")
+@click.option("--format", "fmt", default="", help="json, or a template")
+@click.option("--stack", default="", help="Only the services of this stack")
+@click.pass_context
+def service_ls(ctx: click.Context, fmt: str, stack: str) -> None:
+    """List services."""
+    r = sched(ctx).call("ListServices", pb.ListServicesRequest(stack=stack))
+    items = []
+    for s in r.services:
+        d = _msg_dict(s)
+        d.pop("spec_json", None)
+        d.pop("previous_spec_json", None)
+        items.append(d)
+    _json_or_table(fmt, items, ["NAME", "MODE", "REPLICAS", "IMAGE", "PORTS", "UPDATE"],
+                   lambda s: [s["name"], "replicated", f"{s['running']}/{s['replicas']}", s["image"], s["ports"],
+                              s["update_state"]])
+
+
+def _state_text(t: Any) -> str:
+    state = t.state.capitalize()
+    when = display.ago(t.state_at)
+    return f"{state} {when}".strip()
+
+
+@service.command("ps")
+@click.option("--format", "fmt", default="", help="json, or a template")
+@click.option("--no-trunc", is_flag=True)
+@click.option("--running", is_flag=True, help="Only tasks wanted running (hide the history)")
+@click.argument("services", nargs=-1, required=True)
+@click.pass_context
+def service_ps(ctx: click.Context, fmt: str, no_trunc: bool, running: bool, services: tuple[str, ...]) -> None:
+    """List the tasks of services (or tasks by name), with their node, state and error."""
+    r = sched(ctx).call("ListTasks", pb.ListTasksRequest(services=list(services), all=not running))
+    if fmt == "json":
+        display.emit_json([_msg_dict(t) for t in r.tasks])
+        return
+    rows = []
+    last = ""
+    for t in r.tasks:
+        name = t.name if t.name != last else f" \\_ {t.name}"
+        last = t.name
+        err = t.error if no_trunc or len(t.error) <= 60 else t.error[:59] + "…"
+        if t.healthy and t.state == "running":
+            err = f"({t.healthy}) {err}".strip()
+        rows.append([t.id if no_trunc else t.id[:12], name, t.image, t.node or "", t.desired_state.capitalize(),
+                     _state_text(t), err])
+    display.table(["ID", "NAME", "IMAGE", "NODE", "DESIRED STATE", "CURRENT STATE", "ERROR"], rows)
+
+
+@service.command("inspect")
+@click.option("--pretty", is_flag=True)
+@click.argument("services", nargs=-1, required=True)
+@click.pass_context
+def service_inspect(ctx: click.Context, pretty: bool, services: tuple[str, ...]) -> None:
+    """Display detailed information on services."""
+    out = []
+    for name in services:
+        s = sched(ctx).call("InspectService", pb.ServiceRef(name=name))
+        d = _msg_dict(s)
+        d["spec"] = json.loads(d.pop("spec_json"))
+        prev = d.pop("previous_spec_json")
+        d["previous_spec"] = json.loads(prev) if prev else None
+        out.append(d)
+    if pretty:
+        for d in out:
+            click.echo(f"Name:\t\t{d['name']}\nImage:\t\t{d['image']}\nReplicas:\t{d['running']}/{d['replicas']}\n"
+                       f"Ports:\t\t{d['ports']}\nUpdateStatus:\t{d['update_state'] or '-'} {d['update_message']}")
+        return
+    display.emit_json(out)
+
+
+@service.command("scale")
+@click.argument("pairs", nargs=-1, required=True)
+@click.pass_context
+def service_scale(ctx: click.Context, pairs: tuple[str, ...]) -> None:
+    """Scale services: dockyard service scale web=5 worker=2."""
+    for p in pairs:
+        name, sep, n = p.partition("=")
+        if not sep or not n.isdigit():
+            fail(f"invalid scale specifier {p!r}: expected SERVICE=REPLICAS")
+        sched(ctx).call("ScaleService", pb.ScaleRequest(name=name, replicas=int(n)))
+        click.echo(f"{name} scaled to {n}")
+
+
+@service.command("update")
+@click.option("--image", default="", help="Service image")
+@click.option("--env-add", multiple=True, help="Add or update an environment variable KEY=VALUE")
+@click.option("--replicas", type=int, default=None)
+@click.option("--force", is_flag=True, help="Restart the tasks even if nothing changed")
+@click.argument("name")
+@click.pass_context
+def service_update(ctx: click.Context, image: str, env_add: tuple[str, ...], replicas: int | None, force: bool,
+                   name: str) -> None:
+    """Update a service (a rolling update, as its update_config says)."""
+    sched(ctx).call("UpdateService", pb.UpdateServiceRequest(name=name, image=image, env_add=list(env_add),
+                                                             replicas=replicas or 0, has_replicas=replicas is not None,
+                                                             force=force))
+    click.echo(name)
+
+
+@service.command("rollback")
+@click.argument("name")
+@click.pass_context
+def service_rollback(ctx: click.Context, name: str) -> None:
+    """Go back to a service's previous spec."""
+    sched(ctx).call("RollbackService", pb.ServiceRef(name=name))
+    click.echo(name)
+
+
+@service.command("rm")
+@click.argument("names", nargs=-1, required=True)
+@click.pass_context
+def service_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
+    """Remove services (their tasks are stopped)."""
+    r = sched(ctx).call("RemoveServices", pb.RemoveServicesRequest(names=list(names)))
+    for n in r.removed:
+        click.echo(n)
+
+
+@service.command("logs")
+@click.option("-f", "--follow", is_flag=True)
+@click.option("-n", "--tail", default="all", help="Lines from the end of each task's log")
+@click.option("--raw", is_flag=True, help="No task prefix")
+@click.argument("target")
+@click.pass_context
+def service_logs(ctx: click.Context, follow: bool, tail: str, raw: bool, target: str) -> None:
+    """Logs of a service's tasks, or of one task (web.1), wherever they run."""
+    stub = sched(ctx).live_stub()
+    n = -1 if tail == "all" else int(tail)
+    out = sys.stdout.buffer
+    try:
+        for line in stub.Logs(pb.LogsRequest(target=target, follow=follow, tail=n)):
+            prefix = b"" if raw else f"{line.task}.{line.task_id}@{line.node}    | ".encode()
+            data = line.entry.data
+            target_stream = sys.stderr.buffer if line.entry.stream == "stderr" else out
+            for piece in data.splitlines(keepends=True):
+                target_stream.write(prefix + piece)
+            target_stream.flush()
+    except KeyboardInterrupt:
+        pass
+    except grpc.RpcError as e:
+        fail(f"Error response from scheduler: {e.details()}")  # type: ignore[attr-defined]
+
+
+@click.command("stack-rm")
+@click.argument("stacks", nargs=-1, required=True)
+@click.pass_context
+def stack_rm(ctx: click.Context, stacks: tuple[str, ...]) -> None:
+    """Remove every service of stacks."""
+    r = sched(ctx).call("RemoveServices", pb.RemoveServicesRequest(names=list(stacks), stack=True))
+    for n in r.removed:
+        click.echo(f"Removing service {n}")
+
+
+# --- exec into a task through the scheduler -----------------------------------------------------
+
+def exec_route(ctx: click.Context, container: str) -> Callable[[Iterator[apb.StreamInput]], Any] | None:
+    """`dockyard exec` goes through the scheduler when one is configured and the target is not a
+    container of the local agent (a task name like bar_web.1 is not: its container is
+    bar_web.1.<id>)."""
+    if not scheduler_addr(ctx):
+        return None
+    from deploy.cli import client
+
+    try:
+        client(ctx).stub.InspectContainer(apb.ContainerRef(id=container), timeout=3)
+        return None  # a local container: the agent's own exec
+    except grpc.RpcError:
+        pass
+    stub = sched(ctx).live_stub()
+    call: Callable[[Iterator[apb.StreamInput]], Any] = stub.Exec
+    return call
+
+
+def _cli_modules() -> list[Any]:
+    """deploy.cli, and also __main__ when `python -m deploy.cli` runs it (a second module object)."""
+    import deploy.cli as cli
+
+    mods: list[Any] = [cli]
+    entry = sys.modules.get("__main__")
+    if entry is not None and entry is not cli and getattr(entry, "__file__", "") == cli.__file__:
+        mods.append(entry)
+    return mods
+
+
+def _install() -> None:
+    import functools
+
+    for mod in _cli_modules():
+        main = mod.main
+        for cmd in (scheduler_cmd, node, deploy, service, stack_rm):
+            main.add_command(cmd)
+        if not any(p.name == "scheduler" for p in main.params):
+            main.params.append(click.Option(
+                ["--scheduler"], envvar="DOCKYARD_SCHEDULER", default="",
+                help="Scheduler replica(s) for cluster commands: HOST:PORT[,HOST:PORT...]"))
+            callback = main.callback
+
+            @functools.wraps(callback)
+            def with_scheduler(*args: Any, _cb: Any = callback, **kw: Any) -> Any:
+                scheduler = kw.pop("scheduler", "")
+                out = _cb(*args, **kw)
+                click.get_current_context().obj["scheduler"] = scheduler
+                return out
+
+            main.callback = with_scheduler
+        if exec_route not in mod.EXEC_ROUTES:
+            mod.EXEC_ROUTES.append(exec_route)
+
+
+_install()

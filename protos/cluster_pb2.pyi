@@ -1,0 +1,401 @@
+from protos import agent_pb2 as _agent_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Empty(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class SchedulerStatus(_message.Message):
+    __slots__ = ("replica", "leader", "leader_replica", "etcd_ok", "etcd", "revision")
+    REPLICA_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    LEADER_REPLICA_FIELD_NUMBER: _ClassVar[int]
+    ETCD_OK_FIELD_NUMBER: _ClassVar[int]
+    ETCD_FIELD_NUMBER: _ClassVar[int]
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    replica: str
+    leader: bool
+    leader_replica: str
+    etcd_ok: bool
+    etcd: str
+    revision: int
+    def __init__(self, replica: _Optional[str] = ..., leader: _Optional[bool] = ..., leader_replica: _Optional[str] = ..., etcd_ok: _Optional[bool] = ..., etcd: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
+
+class Capabilities(_message.Message):
+    __slots__ = ("criu", "cgroup_version")
+    CRIU_FIELD_NUMBER: _ClassVar[int]
+    CGROUP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    criu: bool
+    cgroup_version: int
+    def __init__(self, criu: _Optional[bool] = ..., cgroup_version: _Optional[int] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("name", "address", "hostname", "labels", "nano_cpus", "memory_bytes", "status", "availability", "role", "capabilities", "metrics_addr", "tasks", "reserved_nano_cpus", "reserved_memory_bytes", "engine_version")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NANO_CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDR_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_NANO_CPUS_FIELD_NUMBER: _ClassVar[int]
+    RESERVED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    address: str
+    hostname: str
+    labels: _containers.ScalarMap[str, str]
+    nano_cpus: int
+    memory_bytes: int
+    status: str
+    availability: str
+    role: str
+    capabilities: Capabilities
+    metrics_addr: str
+    tasks: int
+    reserved_nano_cpus: int
+    reserved_memory_bytes: int
+    engine_version: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., nano_cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., status: _Optional[str] = ..., availability: _Optional[str] = ..., role: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics_addr: _Optional[str] = ..., tasks: _Optional[int] = ..., reserved_nano_cpus: _Optional[int] = ..., reserved_memory_bytes: _Optional[int] = ..., engine_version: _Optional[str] = ...) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class NodeRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class UpdateNodeRequest(_message.Message):
+    __slots__ = ("name", "availability", "label_add", "label_rm")
+    class LabelAddEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AVAILABILITY_FIELD_NUMBER: _ClassVar[int]
+    LABEL_ADD_FIELD_NUMBER: _ClassVar[int]
+    LABEL_RM_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    availability: str
+    label_add: _containers.ScalarMap[str, str]
+    label_rm: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., availability: _Optional[str] = ..., label_add: _Optional[_Mapping[str, str]] = ..., label_rm: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class RemoveNodeRequest(_message.Message):
+    __slots__ = ("name", "force")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    force: bool
+    def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
+
+class ServiceSpec(_message.Message):
+    __slots__ = ("name", "spec_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    spec_json: str
+    def __init__(self, name: _Optional[str] = ..., spec_json: _Optional[str] = ...) -> None: ...
+
+class DeployRequest(_message.Message):
+    __slots__ = ("stack", "services", "prune")
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    PRUNE_FIELD_NUMBER: _ClassVar[int]
+    stack: str
+    services: _containers.RepeatedCompositeFieldContainer[ServiceSpec]
+    prune: bool
+    def __init__(self, stack: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceSpec, _Mapping]]] = ..., prune: _Optional[bool] = ...) -> None: ...
+
+class Change(_message.Message):
+    __slots__ = ("service", "action", "fields")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    action: str
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, service: _Optional[str] = ..., action: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class DeployResponse(_message.Message):
+    __slots__ = ("changes",)
+    CHANGES_FIELD_NUMBER: _ClassVar[int]
+    changes: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+
+class ServiceRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListServicesRequest(_message.Message):
+    __slots__ = ("stack",)
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    stack: str
+    def __init__(self, stack: _Optional[str] = ...) -> None: ...
+
+class ServiceInfo(_message.Message):
+    __slots__ = ("name", "image", "replicas", "running", "spec_json", "previous_spec_json", "version", "update_state", "update_message", "ports", "stack", "created_at")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_STATE_FIELD_NUMBER: _ClassVar[int]
+    UPDATE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PORTS_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    image: str
+    replicas: int
+    running: int
+    spec_json: str
+    previous_spec_json: str
+    version: int
+    update_state: str
+    update_message: str
+    ports: str
+    stack: str
+    created_at: float
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., spec_json: _Optional[str] = ..., previous_spec_json: _Optional[str] = ..., version: _Optional[int] = ..., update_state: _Optional[str] = ..., update_message: _Optional[str] = ..., ports: _Optional[str] = ..., stack: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class ListServicesResponse(_message.Message):
+    __slots__ = ("services",)
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedCompositeFieldContainer[ServiceInfo]
+    def __init__(self, services: _Optional[_Iterable[_Union[ServiceInfo, _Mapping]]] = ...) -> None: ...
+
+class TaskInfo(_message.Message):
+    __slots__ = ("id", "name", "service", "slot", "node", "desired_state", "state", "state_at", "error", "container_id", "exit_code", "has_exit_code", "image", "spec_version", "healthy", "attempt", "created_at")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    SLOT_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    DESIRED_STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    STATE_AT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    HAS_EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    name: str
+    service: str
+    slot: int
+    node: str
+    desired_state: str
+    state: str
+    state_at: float
+    error: str
+    container_id: str
+    exit_code: int
+    has_exit_code: bool
+    image: str
+    spec_version: str
+    healthy: str
+    attempt: int
+    created_at: float
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., service: _Optional[str] = ..., slot: _Optional[int] = ..., node: _Optional[str] = ..., desired_state: _Optional[str] = ..., state: _Optional[str] = ..., state_at: _Optional[float] = ..., error: _Optional[str] = ..., container_id: _Optional[str] = ..., exit_code: _Optional[int] = ..., has_exit_code: _Optional[bool] = ..., image: _Optional[str] = ..., spec_version: _Optional[str] = ..., healthy: _Optional[str] = ..., attempt: _Optional[int] = ..., created_at: _Optional[float] = ...) -> None: ...
+
+class ListTasksRequest(_message.Message):
+    __slots__ = ("services", "all")
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    ALL_FIELD_NUMBER: _ClassVar[int]
+    services: _containers.RepeatedScalarFieldContainer[str]
+    all: bool
+    def __init__(self, services: _Optional[_Iterable[str]] = ..., all: _Optional[bool] = ...) -> None: ...
+
+class ListTasksResponse(_message.Message):
+    __slots__ = ("tasks",)
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskInfo]
+    def __init__(self, tasks: _Optional[_Iterable[_Union[TaskInfo, _Mapping]]] = ...) -> None: ...
+
+class ScaleRequest(_message.Message):
+    __slots__ = ("name", "replicas")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    replicas: int
+    def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
+
+class UpdateServiceRequest(_message.Message):
+    __slots__ = ("name", "image", "env_add", "replicas", "has_replicas", "force", "spec_json")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    ENV_ADD_FIELD_NUMBER: _ClassVar[int]
+    REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    HAS_REPLICAS_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    image: str
+    env_add: _containers.RepeatedScalarFieldContainer[str]
+    replicas: int
+    has_replicas: bool
+    force: bool
+    spec_json: str
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., env_add: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., has_replicas: _Optional[bool] = ..., force: _Optional[bool] = ..., spec_json: _Optional[str] = ...) -> None: ...
+
+class RemoveServicesRequest(_message.Message):
+    __slots__ = ("names", "stack")
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    STACK_FIELD_NUMBER: _ClassVar[int]
+    names: _containers.RepeatedScalarFieldContainer[str]
+    stack: bool
+    def __init__(self, names: _Optional[_Iterable[str]] = ..., stack: _Optional[bool] = ...) -> None: ...
+
+class RemoveServicesResponse(_message.Message):
+    __slots__ = ("removed",)
+    REMOVED_FIELD_NUMBER: _ClassVar[int]
+    removed: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class LogsRequest(_message.Message):
+    __slots__ = ("target", "follow", "tail", "timestamps")
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    FOLLOW_FIELD_NUMBER: _ClassVar[int]
+    TAIL_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMPS_FIELD_NUMBER: _ClassVar[int]
+    target: str
+    follow: bool
+    tail: int
+    timestamps: bool
+    def __init__(self, target: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., timestamps: _Optional[bool] = ...) -> None: ...
+
+class LogLine(_message.Message):
+    __slots__ = ("task", "task_id", "node", "entry")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    task_id: str
+    node: str
+    entry: _agent_pb2.LogEntry
+    def __init__(self, task: _Optional[str] = ..., task_id: _Optional[str] = ..., node: _Optional[str] = ..., entry: _Optional[_Union[_agent_pb2.LogEntry, _Mapping]] = ...) -> None: ...
+
+class RegisterRequest(_message.Message):
+    __slots__ = ("name", "agent_id", "address", "hostname", "labels", "nano_cpus", "memory_bytes", "capabilities", "metrics_addr", "engine_version")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    AGENT_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    HOSTNAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    NANO_CPUS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    METRICS_ADDR_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    agent_id: str
+    address: str
+    hostname: str
+    labels: _containers.ScalarMap[str, str]
+    nano_cpus: int
+    memory_bytes: int
+    capabilities: Capabilities
+    metrics_addr: str
+    engine_version: str
+    def __init__(self, name: _Optional[str] = ..., agent_id: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., nano_cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics_addr: _Optional[str] = ..., engine_version: _Optional[str] = ...) -> None: ...
+
+class RegisterResponse(_message.Message):
+    __slots__ = ("lease_id", "heartbeat_ms", "ttl_s", "schedulers")
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    HEARTBEAT_MS_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULERS_FIELD_NUMBER: _ClassVar[int]
+    lease_id: int
+    heartbeat_ms: int
+    ttl_s: int
+    schedulers: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, lease_id: _Optional[int] = ..., heartbeat_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., schedulers: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("name", "lease_id")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    lease_id: int
+    def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[int] = ...) -> None: ...
+
+class HeartbeatResponse(_message.Message):
+    __slots__ = ("ok",)
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ok: bool
+    def __init__(self, ok: _Optional[bool] = ...) -> None: ...
+
+class TaskReport(_message.Message):
+    __slots__ = ("task_id", "service", "container_id", "container_state", "exit_code", "error", "started_at", "finished_at", "healthy")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_STATE_FIELD_NUMBER: _ClassVar[int]
+    EXIT_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    FINISHED_AT_FIELD_NUMBER: _ClassVar[int]
+    HEALTHY_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    service: str
+    container_id: str
+    container_state: str
+    exit_code: int
+    error: str
+    started_at: float
+    finished_at: float
+    healthy: str
+    def __init__(self, task_id: _Optional[str] = ..., service: _Optional[str] = ..., container_id: _Optional[str] = ..., container_state: _Optional[str] = ..., exit_code: _Optional[int] = ..., error: _Optional[str] = ..., started_at: _Optional[float] = ..., finished_at: _Optional[float] = ..., healthy: _Optional[str] = ...) -> None: ...
+
+class ReportTasksRequest(_message.Message):
+    __slots__ = ("node", "full", "tasks")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    FULL_FIELD_NUMBER: _ClassVar[int]
+    TASKS_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    full: bool
+    tasks: _containers.RepeatedCompositeFieldContainer[TaskReport]
+    def __init__(self, node: _Optional[str] = ..., full: _Optional[bool] = ..., tasks: _Optional[_Iterable[_Union[TaskReport, _Mapping]]] = ...) -> None: ...

@@ -1,0 +1,129 @@
+"""protobuf (protos/cluster.proto) <-> the scheduler's dataclasses: the only scheduler module that
+knows the cluster messages, besides the thin servicer and the agent dispatcher at the edges."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+
+from protos import agent_pb2 as apb
+from protos import cluster_pb2 as pb
+from scheduler import codec
+from scheduler.model import (
+    Availability,
+    Capabilities,
+    Node,
+    Resources,
+    Service,
+    ServiceSpec,
+    Task,
+)
+from scheduler.observe import ContainerReport
+
+STACK_LABEL = "com.docker.stack.namespace"
+
+
+# --- nodes -------------------------------------------------------------------------------------
+
+def node_from_register(req: pb.RegisterRequest) -> Node:
+    return Node(
+        name=req.name, address=req.address, labels=dict(req.labels),
+        capacity=Resources(int(req.nano_cpus), int(req.memory_bytes)),
+        capabilities=Capabilities(criu=req.capabilities.criu, cgroup_version=req.capabilities.cgroup_version or 2),
+        hostname=req.hostname or req.name, metrics_addr=req.metrics_addr, agent_id=req.agent_id,
+        engine_labels={"version": req.engine_version} if req.engine_version else {},
+    )
+
+
+def node_info(n: Node, tasks: Iterable[Task] = (), reserved: Resources = Resources()) -> pb.NodeInfo:
+    return pb.NodeInfo(
+        name=n.name, address=n.address, hostname=n.hostname, labels=n.labels,
+        nano_cpus=n.capacity.nano_cpus, memory_bytes=n.capacity.memory_bytes, status=n.status.value,
+        availability=n.availability.value, role=n.role,
+        capabilities=pb.Capabilities(criu=n.capabilities.criu, cgroup_version=n.capabilities.cgroup_version),
+        metrics_addr=n.metrics_addr, tasks=sum(1 for _ in tasks),
+        reserved_nano_cpus=reserved.nano_cpus, reserved_memory_bytes=reserved.memory_bytes,
+        engine_version=n.engine_labels.get("version", ""),
+    )
+
+
+def availability(text: str) -> Availability:
+    try:
+        return Availability(text)
+    except ValueError:
+        raise ValueError(f"availability {text!r}: expected active or drain") from None
+
+
+# --- services ----------------------------------------------------------------------------------
+
+def spec_to_pb(spec: ServiceSpec) -> pb.ServiceSpec:
+    return pb.ServiceSpec(name=spec.name, spec_json=spec_json(spec))
+
+
+def spec_json(spec: ServiceSpec) -> str:
+    return json.dumps(codec.encode(spec), sort_keys=True)
+
+
+def spec_from_json(text: str) -> ServiceSpec:
+    """A spec from its JSON; ValueError naming the bad field."""
+    try:
+        data = json.loads(text)
+    except ValueError as e:
+        raise ValueError(f"spec_json: not JSON: {e}") from e
+    spec = codec.decode(ServiceSpec, data)
+    if not spec.name or not spec.image:
+        raise ValueError("a service needs a name and an image")
+    if spec.replicas < 0:
+        raise ValueError(f"{spec.name}: replicas must be >= 0")
+    return spec
+
+
+def spec_from_pb(msg: pb.ServiceSpec) -> ServiceSpec:
+    spec = spec_from_json(msg.spec_json)
+    if msg.name and msg.name != spec.name:
+        raise ValueError(f"service {msg.name!r}: its spec is named {spec.name!r}")
+    return spec
+
+
+def ports_text(spec: ServiceSpec) -> str:
+    return ", ".join(f"*:{p.published}->{p.target}/{p.protocol}" if p.published is not None
+                     else f"{p.target}/{p.protocol}" for p in spec.ports)
+
+
+def stack_of(spec: ServiceSpec) -> str:
+    return dict(spec.labels).get(STACK_LABEL, "")
+
+
+def service_info(svc: Service, running: int) -> pb.ServiceInfo:
+    return pb.ServiceInfo(
+        name=svc.name, image=svc.spec.image, replicas=svc.spec.replicas, running=running,
+        spec_json=spec_json(svc.spec),
+        previous_spec_json=spec_json(svc.previous_spec) if svc.previous_spec is not None else "",
+        version=svc.version, update_state=svc.update.state.value, update_message=svc.update.message,
+        ports=ports_text(svc.spec), stack=stack_of(svc.spec), created_at=svc.created_at,
+    )
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+def task_info(t: Task, image: str = "") -> pb.TaskInfo:
+    return pb.TaskInfo(
+        id=t.id, name=t.name, service=t.service, slot=t.slot, node=t.node or "",
+        desired_state=t.desired_state.value, state=t.state.value, state_at=t.state_at, error=t.error,
+        container_id=t.container_id, exit_code=t.exit_code or 0, has_exit_code=t.exit_code is not None,
+        image=image, spec_version=t.spec_version,
+        healthy="" if t.healthy is None else ("healthy" if t.healthy else "unhealthy"),
+        attempt=t.attempt, created_at=t.created_at,
+    )
+
+
+def report_from_pb(r: pb.TaskReport) -> ContainerReport:
+    return ContainerReport(
+        task_id=r.task_id, service=r.service, container_id=r.container_id, state=r.container_state,
+        exit_code=r.exit_code, error=r.error, started_at=r.started_at, finished_at=r.finished_at,
+        healthy=None if not r.healthy else r.healthy == "healthy",
+    )
+
+
+def log_line(t: Task, entry: apb.LogEntry) -> pb.LogLine:
+    return pb.LogLine(task=t.name, task_id=t.id, node=t.node or "", entry=entry)

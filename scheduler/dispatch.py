@@ -1,0 +1,258 @@
+"""The leader's hands: make each ready node's agent hold exactly the containers its tasks ask for.
+
+Level-driven, not action-driven: for a node it lists the agent's task containers (label
+dockyard.task) and compares them with the tasks assigned there in the view, so a lost call, an
+agent restart or a new leader all converge the same way.
+  - a task wanted running and `assigned` with no container: CreateContainer + StartContainer,
+    named `<service>.<slot>.<task id>` (a retry finds the name taken and only starts it);
+  - a container whose task is wanted shut down (or moved: the fence when a node comes back), or
+    is unknown: StopContainer; a container whose task is gone from the store: RemoveContainer;
+  - a create the agent refuses (unknown image, ...): the task becomes `rejected` with the reason.
+Calls go over TCP to the node's address, concurrently, each with a deadline; a node that does not
+answer is retried on the next pass (every `period` seconds, and at once on any change of its tasks).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+
+import grpc
+
+from protos import agent_pb2 as apb
+from protos import agent_pb2_grpc as apbg
+from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState
+from scheduler.observe import ContainerReport, observed
+from scheduler.store import Conflict, Store, StoreError
+from scheduler.view import View
+
+log = logging.getLogger("dockyard.scheduler.dispatch")
+
+TASK_LABEL = "dockyard.task"
+SERVICE_LABEL = "dockyard.service"
+SLOT_LABEL = "dockyard.slot"
+STACK_LABEL = "dockyard.stack"
+HEALTH_LABEL = "dockyard.healthcheck"  # the service's health check, run by the agent's join loop
+STOP_TIMEOUT = 3  # seconds from SIGTERM to SIGKILL when a task is stopped
+CALL_TIMEOUT = 5.0
+
+
+def container_name(t: Task) -> str:
+    return f"{t.name}.{t.id}"
+
+
+def container_config(t: Task, spec: ServiceSpec, stack: str) -> apb.ContainerConfig:
+    cfg = apb.ContainerConfig(
+        name=container_name(t), image=spec.image, env=[f"{k}={v}" for k, v in spec.env],
+        labels={SERVICE_LABEL: t.service, TASK_LABEL: t.id, SLOT_LABEL: str(t.slot), STACK_LABEL: stack},
+        hostname=f"{t.name}",
+        resources=apb.Resources(memory=spec.resources.limits.memory_bytes,
+                                nano_cpus=spec.resources.limits.nano_cpus),
+        restart_policy=apb.RestartPolicy(name="no"),  # restarts are the scheduler's (restart_policy)
+        stop_timeout=STOP_TIMEOUT,
+    )
+    if spec.command is not None:
+        cfg.cmd.extend(spec.command)
+    if spec.entrypoint is not None:
+        cfg.entrypoint.extend(spec.entrypoint)
+        cfg.entrypoint_set = True
+    for p in spec.ports:
+        # A published port binds the host; an unpublished one gets a free host port from the agent
+        # (docker's `-p 80`), so replicas of one service can share a host.
+        cfg.ports.append(apb.PortMapping(host_port=p.published or 0, container_port=p.target, protocol=p.protocol))
+    if spec.healthcheck is not None and spec.healthcheck.enabled:
+        h = spec.healthcheck
+        cfg.labels[HEALTH_LABEL] = json.dumps({"test": list(h.test), "interval": h.interval, "timeout": h.timeout,
+                                               "retries": h.retries, "start_period": h.start_period})
+    return cfg
+
+
+def _code(e: grpc.aio.AioRpcError) -> grpc.StatusCode:
+    code: grpc.StatusCode = e.code()
+    return code
+
+
+class Agents:
+    """One channel per agent address, shared by the dispatcher and the log/exec proxies."""
+
+    def __init__(self) -> None:
+        self._channels: dict[str, grpc.aio.Channel] = {}
+
+    def stub(self, address: str) -> apbg.AgentStub:
+        ch = self._channels.get(address)
+        if ch is None:
+            ch = self._channels[address] = grpc.aio.insecure_channel(
+                address.removeprefix("tcp://"),
+                options=[("grpc.enable_http_proxy", 0), ("grpc.max_receive_message_length", 64 << 20),
+                         ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)])
+        return apbg.AgentStub(ch)  # type: ignore[no-untyped-call]
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            with contextlib.suppress(Exception):
+                await ch.close()
+        self._channels.clear()
+
+
+class Dispatcher:
+    def __init__(self, view: View, store: Store, agents: Agents, *, period: float = 2.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.view = view
+        self.store = store
+        self.agents = agents
+        self.period = period
+        self.clock = clock
+        self._dirty: set[str] = set()
+        self._wake = asyncio.Event()
+        self._running: dict[str, asyncio.Task[None]] = {}
+        self._inflight: set[str] = set()  # task ids being created, container ids being stopped
+        self._background: set[asyncio.Task[None]] = set()
+        view.listeners.append(self.kick)
+
+    def kick(self, nodes: set[str]) -> None:
+        self._dirty |= nodes
+        self._wake.set()
+
+    async def run(self, active: Callable[[], bool]) -> None:
+        last_full = 0.0
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), self.period / 4)
+                self._wake.clear()
+                if not active() or not self.view.loaded.is_set():
+                    continue
+                now = time.monotonic()
+                if now - last_full >= self.period:
+                    last_full = now
+                    self._dirty |= set(self.view.nodes)
+                dirty, self._dirty = self._dirty, set()
+                for name in dirty:
+                    node = self.view.nodes.get(name)
+                    if node is None or node.status is not NodeStatus.READY or not node.address:
+                        continue
+                    running = self._running.get(name)
+                    if running is not None and not running.done():
+                        self._dirty.add(name)  # again when the pass in flight is done
+                        continue
+                    self._running[name] = asyncio.create_task(self._sync(node, active))
+        finally:
+            for t in [*self._running.values(), *self._background]:
+                t.cancel()
+
+    async def _sync(self, node: Node, active: Callable[[], bool]) -> None:
+        stub = self.agents.stub(node.address)
+        try:
+            resp = await stub.ListContainers(apb.ListContainersRequest(all=True, filters={"label": TASK_LABEL}),
+                                             timeout=CALL_TIMEOUT)
+        except grpc.aio.AioRpcError as e:
+            log.debug("node %s at %s: %s", node.name, node.address, e.details())
+            return
+        if not active():
+            return
+        held = {c.labels[TASK_LABEL]: c for c in resp.containers}
+        for t in self.view.tasks_on(node.name):
+            if t.desired_state is not DesiredState.RUNNING or t.state.terminal or t.id in self._inflight:
+                continue
+            c = held.get(t.id)
+            if c is None and t.state is TaskState.ASSIGNED:
+                self._spawn(t.id, self._create(node, stub, t))
+            elif c is not None and c.state == "created":
+                self._spawn(t.id, self._start(node, stub, t, c.id))
+        for tid, c in held.items():
+            owner = self.view.tasks.get(tid)
+            if c.id in self._inflight:
+                continue
+            wanted = owner is not None and owner.node == node.name and owner.desired_state is DesiredState.RUNNING
+            if not wanted and c.state in ("running", "paused", "restarting", "created"):
+                why = "unknown task" if owner is None else (
+                    "fenced: it runs elsewhere now" if owner.node != node.name else owner.error or "shutdown")
+                log.info("node %s: stopping %s (%s)", node.name, c.name, why)
+                self._spawn(c.id, self._stop(stub, c.id, remove=owner is None))
+            elif owner is None:
+                self._spawn(c.id, self._remove(stub, c.id))
+
+    def _spawn(self, key: str, coro: object) -> None:
+        self._inflight.add(key)
+
+        async def run() -> None:
+            try:
+                await coro  # type: ignore[misc]
+            except Exception as e:
+                log.warning("dispatch %s: %s", key, e)
+            finally:
+                self._inflight.discard(key)
+
+        t = asyncio.create_task(run())
+        self._background.add(t)
+        t.add_done_callback(self._background.discard)
+
+    async def _create(self, node: Node, stub: apbg.AgentStub, t: Task) -> None:
+        svc = self.view.services.get(t.service)
+        if svc is None:
+            return
+        spec = svc.spec
+        if svc.previous_spec is not None and svc.previous_spec.digest == t.spec_version:
+            spec = svc.previous_spec
+        stack = dict(spec.labels).get("com.docker.stack.namespace", "")
+        cfg = container_config(t, spec, stack)
+        try:
+            c = await stub.CreateContainer(apb.CreateContainerRequest(config=cfg), timeout=CALL_TIMEOUT * 4)
+        except grpc.aio.AioRpcError as e:
+            if _code(e) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return  # the node is away: the next pass (or its replacement) handles it
+            if _code(e) == grpc.StatusCode.FAILED_PRECONDITION and "already in use" in (e.details() or ""):
+                return  # created by an earlier pass: the next pass starts it
+            await self._reject(t, e.details() or str(e))
+            return
+        await self._start(node, stub, t, c.id)
+
+    async def _start(self, node: Node, stub: apbg.AgentStub, t: Task, cid: str) -> None:
+        try:
+            await stub.StartContainer(apb.ContainerRef(id=cid), timeout=CALL_TIMEOUT * 4)
+        except grpc.aio.AioRpcError as e:
+            if _code(e) in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                return
+            await self._reject(t, e.details() or str(e))
+
+    async def _stop(self, stub: apbg.AgentStub, cid: str, remove: bool) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await stub.StopContainer(apb.StopContainerRequest(id=cid, timeout=STOP_TIMEOUT),
+                                     timeout=STOP_TIMEOUT + CALL_TIMEOUT)
+            if remove:
+                await stub.RemoveContainer(apb.RemoveContainerRequest(id=cid, force=True), timeout=CALL_TIMEOUT)
+
+    async def _remove(self, stub: apbg.AgentStub, cid: str) -> None:
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await stub.RemoveContainer(apb.RemoveContainerRequest(id=cid, force=True), timeout=CALL_TIMEOUT)
+
+    async def _reject(self, t: Task, why: str) -> None:
+        log.info("task %s (%s) rejected: %s", t.name, t.id, why)
+        report = ContainerReport(task_id=t.id, service=t.service, container_id="", state="dead", exit_code=0,
+                                 error=why)
+        await write_observed(self.store, self.view, report, t.node or "", self.clock())
+
+
+async def write_observed(store: Store, view: View, report: ContainerReport, node: str, now: float,
+                         retries: int = 3) -> bool:
+    """Write what a container says about its task (guarded; re-read and retried on a conflict).
+    A report from a node the task is not assigned to is ignored: that copy is being fenced."""
+    task = view.tasks.get(report.task_id)
+    for _ in range(retries):
+        if task is None or task.node != node:
+            return False
+        new = observed(task, report, now)
+        if new is None:
+            return False
+        try:
+            await store.commit([store.put_task_op(new)])
+            return True
+        except Conflict:
+            task = await store.get_task(report.service or task.service, report.task_id)
+        except StoreError:
+            raise
+    return False

@@ -1,0 +1,95 @@
+"""The leader loop: view (snapshot + watch) -> reconcile -> executor -> the dispatcher acts.
+
+Each pass reconciles every service against the view, writes the plan with guarded transactions,
+then waits until the view has seen its own writes before deciding again: a pass never decides
+from a view older than the last plan, so a slot is never filled twice. It runs on any change the
+watch brings (a report, a deploy, a node lost) and at the plan's wake_at (restart delays, update
+monitors); only while this replica is the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable
+
+from scheduler.executor import Executor
+from scheduler.metrics import SchedulerMetrics
+from scheduler.model import DesiredState, TaskState
+from scheduler.reconcile import Place, reconcile
+from scheduler.store import Store, StoreError
+from scheduler.view import View
+
+log = logging.getLogger("dockyard.scheduler.loop")
+
+
+def new_task_id() -> str:
+    return secrets.token_hex(6)
+
+
+class LeaderLoop:
+    def __init__(self, view: View, store: Store, metrics: SchedulerMetrics, *,
+                 clock: Callable[[], float] = time.time, idle: float = 1.0) -> None:
+        self.view = view
+        self.store = store
+        self.metrics = metrics
+        self.executor = Executor(store)
+        self.clock = clock
+        self.idle = idle
+        self.rng = random.Random()
+        self.passes = 0
+
+    async def run(self, active: Callable[[], bool]) -> None:
+        wake_at: float | None = None
+        while True:
+            timeout = self.idle if wake_at is None else max(0.0, min(self.idle, wake_at - self.clock()))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.view.changed.wait(), timeout)
+            self.view.changed.clear()
+            self.update_gauges(active())
+            if not active() or not self.view.loaded.is_set() or not self.view.etcd_ok:
+                continue
+            try:
+                wake_at = await self.one_pass()
+            except StoreError as e:
+                log.warning("reconcile pass not written: %s", e)
+                await asyncio.sleep(0.2)
+            except Exception as e:  # keep leading: the next change retries
+                log.exception("reconcile pass failed: %s", e)
+                await asyncio.sleep(0.5)
+
+    async def one_pass(self) -> float | None:
+        now = self.clock()
+        v = self.view
+        with self.metrics.reconcile():
+            plan = reconcile(v.services, list(v.tasks.values()), v.node_list(), now, new_id=new_task_id,
+                             rng=self.rng)
+        self.passes += 1
+        if not plan.actions:
+            return plan.wake_at
+        for a in plan.actions:
+            if isinstance(a, Place):
+                self.metrics.attempt("scheduled" if a.task.node else "unschedulable")
+        log.info("plan: %s", plan.summary())
+        with self.metrics.etcd("txn"):
+            result = await self.executor.apply(plan)
+        for action, why in result.dropped:
+            log.info("dropped %s: %s", type(action).__name__, why)
+        if result.revision:
+            await v.wait_revision(result.revision)
+        return plan.wake_at
+
+    def update_gauges(self, leader: bool) -> None:
+        m, v = self.metrics, self.view
+        m.set_leader(leader)
+        m.set_nodes(v.nodes.values())
+        live = [t for t in v.tasks.values() if t.desired_state is DesiredState.RUNNING]
+        running = Counter(t.service for t in live if t.state is TaskState.RUNNING)
+        m.set_services({s.name: s.spec.replicas for s in v.services.values()},
+                       {name: running.get(name, 0) for name in v.services})
+        m.set_pending(sum(1 for t in live if t.state is TaskState.PENDING))

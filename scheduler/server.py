@@ -1,0 +1,502 @@
+"""The thin gRPC servicer of protos/cluster.proto: messages in, dataclasses through convert.py,
+reads from the replica's view, writes as guarded etcd transactions, logs and exec proxied to
+the task's agent. Errors map to status codes in one place (`_fail`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import grpc
+
+from protos import agent_pb2 as apb
+from protos import cluster_pb2 as pb
+from protos import cluster_pb2_grpc as pbg
+from scheduler import convert
+from scheduler.dispatch import Agents, container_name, write_observed
+from scheduler.leader import Election
+from scheduler.model import Availability, DesiredState, Node, Resources, Service, Task, TaskState
+from scheduler.observe import ContainerReport
+from scheduler.reconcile import new_service, rollback_service, update_service
+from scheduler.store import Conflict, Delete, Op, Put, Store, StoreError, Unavailable
+from scheduler.view import View
+
+log = logging.getLogger("dockyard.scheduler.server")
+T = TypeVar("T")
+
+
+class ClusterError(Exception):
+    code = grpc.StatusCode.UNKNOWN
+
+
+class NotFound(ClusterError):
+    code = grpc.StatusCode.NOT_FOUND
+
+
+class Invalid(ClusterError):
+    code = grpc.StatusCode.INVALID_ARGUMENT
+
+
+class Exists(ClusterError):
+    code = grpc.StatusCode.ALREADY_EXISTS
+
+
+class Refused(ClusterError):
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
+def _status(e: Exception) -> tuple[grpc.StatusCode, str]:
+    if isinstance(e, ClusterError):
+        return e.code, str(e)
+    if isinstance(e, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE, f"{e} (the change was not made; try again)"
+    if isinstance(e, Conflict):
+        return grpc.StatusCode.ABORTED, f"{e}; try again"
+    if isinstance(e, StoreError):
+        return grpc.StatusCode.INTERNAL, str(e)
+    if isinstance(e, ValueError):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(e)
+    return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
+
+
+def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
+        try:
+            return await fn(self, request, context)
+        except (ClusterError, StoreError, ValueError) as e:
+            code, msg = _status(e)
+            await context.abort(code, msg)
+            raise AssertionError("unreachable") from e
+
+    return wrapper
+
+
+class SchedulerServicer(pbg.SchedulerServicer):
+    def __init__(self, store: Store, view: View, election: Election, agents: Agents, *, replica: str,
+                 etcd: str, ttl: int = 3, heartbeat: float = 1.0, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.view = view
+        self.election = election
+        self.agents = agents
+        self.replica = replica
+        self.etcd = etcd
+        self.ttl = ttl
+        self.heartbeat = heartbeat
+        self.clock = clock
+
+    # --- status and nodes ------------------------------------------------------------------------
+
+    @_mapped
+    async def Status(self, request: pb.Empty, context: Any) -> pb.SchedulerStatus:
+        return pb.SchedulerStatus(replica=self.replica, leader=self.election.is_leader,
+                                  leader_replica=self.election.leader_replica, etcd_ok=self.view.etcd_ok,
+                                  etcd=self.etcd, revision=self.view.revision)
+
+    def _node_info(self, n: Node) -> pb.NodeInfo:
+        live = [t for t in self.view.tasks_on(n.name) if t.live]
+        reserved = Resources()
+        for t in live:
+            svc = self.view.services.get(t.service)
+            if svc is not None:
+                reserved = reserved + svc.spec.resources.reservations
+        return convert.node_info(n, live, reserved)
+
+    @_mapped
+    async def ListNodes(self, request: pb.Empty, context: Any) -> pb.ListNodesResponse:
+        return pb.ListNodesResponse(nodes=[self._node_info(n) for n in sorted(self.view.nodes.values(),
+                                                                              key=lambda n: n.name)])
+
+    def _node(self, name: str) -> Node:
+        n = self.view.nodes.get(name)
+        if n is None:
+            raise NotFound(f"node {name} not found")
+        return n
+
+    @_mapped
+    async def InspectNode(self, request: pb.NodeRef, context: Any) -> pb.NodeInfo:
+        return self._node_info(self._node(request.name))
+
+    @_mapped
+    async def UpdateNode(self, request: pb.UpdateNodeRequest, context: Any) -> pb.NodeInfo:
+        for _ in range(5):
+            n = await self.store.get_node(request.name)
+            if n is None:
+                raise NotFound(f"node {request.name} not found")
+            if request.availability:
+                n.availability = convert.availability(request.availability)
+            labels = dict(n.labels)
+            labels.update(request.label_add)
+            for k in request.label_rm:
+                labels.pop(k, None)
+            n.labels = labels
+            try:
+                rev = await self.store.commit([self.store.put_node_op(n)])
+            except Conflict:
+                continue
+            await self.view.wait_revision(rev)
+            return self._node_info(self.view.nodes.get(n.name, n))
+        raise Refused(f"node {request.name} keeps changing; try again")
+
+    @_mapped
+    async def RemoveNode(self, request: pb.RemoveNodeRequest, context: Any) -> pb.Empty:
+        n = await self.store.get_node(request.name)
+        if n is None:
+            raise NotFound(f"node {request.name} not found")
+        if request.name in await self.store.alive_nodes() and not request.force:
+            raise Refused(f"node {request.name} is up: drain it and stop its agent first, or use --force")
+        rev = await self.store.commit([Delete(self.store.keys.node(n.name), n.mod_revision),
+                                       Delete(self.store.keys.alive(n.name), None)])
+        await self.view.wait_revision(rev)
+        return pb.Empty()
+
+    # --- services --------------------------------------------------------------------------------
+
+    @_mapped
+    async def Deploy(self, request: pb.DeployRequest, context: Any) -> pb.DeployResponse:
+        if not request.stack:
+            raise Invalid("deploy needs a stack name")
+        now = self.clock()
+        specs = []
+        for msg in request.services:
+            spec = convert.spec_from_pb(msg)
+            if not spec.name.startswith(request.stack + "_"):
+                raise Invalid(f"service {spec.name} is not in stack {request.stack}")
+            labels = dict(spec.labels)
+            labels[convert.STACK_LABEL] = request.stack
+            specs.append(replace(spec, labels=tuple(sorted(labels.items()))))
+        current = {s.name: s for s in await self.store.list_services()}
+        ops: list[Op] = []
+        changes = []
+        for spec in specs:
+            old = current.get(spec.name)
+            if old is None:
+                ops.append(self.store.put_service_op(new_service(spec, now)))
+                changes.append(pb.Change(service=spec.name, action="created"))
+                continue
+            new = update_service(old, spec)
+            if new is old:
+                changes.append(pb.Change(service=spec.name, action="unchanged"))
+                continue
+            ops.append(self.store.put_service_op(new))
+            changes.append(pb.Change(service=spec.name, action="updated", fields=_changed_fields(old, spec)))
+        if request.prune:
+            wanted = {s.name for s in specs}
+            for svc in current.values():
+                if convert.stack_of(svc.spec) == request.stack and svc.name not in wanted:
+                    ops.append(self.store.delete_service_op(svc))
+                    changes.append(pb.Change(service=svc.name, action="removed"))
+        if len(ops) > 128:
+            raise Invalid(f"{len(ops)} services in one deploy: at most 128")
+        if ops:
+            rev = await self.store.commit(ops)
+            await self.view.wait_revision(rev)
+        return pb.DeployResponse(changes=changes)
+
+    def _running(self, name: str) -> int:
+        return sum(1 for t in self.view.tasks_of(name)
+                   if t.desired_state is DesiredState.RUNNING and t.state is TaskState.RUNNING)
+
+    @_mapped
+    async def ListServices(self, request: pb.ListServicesRequest, context: Any) -> pb.ListServicesResponse:
+        out = [convert.service_info(s, self._running(s.name)) for s in sorted(self.view.services.values(),
+                                                                                key=lambda s: s.name)
+               if not request.stack or convert.stack_of(s.spec) == request.stack]
+        return pb.ListServicesResponse(services=out)
+
+    def _service(self, name: str) -> Service:
+        svc = self.view.services.get(name)
+        if svc is None:
+            raise NotFound(f"service {name} not found")
+        return svc
+
+    @_mapped
+    async def InspectService(self, request: pb.ServiceRef, context: Any) -> pb.ServiceInfo:
+        svc = self._service(request.name)
+        return convert.service_info(svc, self._running(svc.name))
+
+    @_mapped
+    async def ListTasks(self, request: pb.ListTasksRequest, context: Any) -> pb.ListTasksResponse:
+        picked: list[Task] = []
+        for name in request.services or sorted(self.view.services):
+            if name in self.view.services:
+                picked.extend(self.view.tasks_of(name))
+            else:
+                picked.append(self.resolve_task(name))
+        out = []
+        for t in sorted(picked, key=lambda t: (t.service, t.slot, -t.created_at)):
+            if not request.all and t.desired_state is DesiredState.SHUTDOWN and t.state.terminal:
+                continue
+            svc = self.view.services.get(t.service)
+            image = ""
+            if svc is not None:
+                image = svc.spec.image
+                if svc.previous_spec is not None and svc.previous_spec.digest == t.spec_version:
+                    image = svc.previous_spec.image
+            out.append(convert.task_info(t, image))
+        return pb.ListTasksResponse(tasks=out)
+
+    async def _write_service(self, name: str, change: Callable[[Service], Service | None]) -> Service:
+        for _ in range(5):
+            svc = await self.store.get_service(name)
+            if svc is None:
+                raise NotFound(f"service {name} not found")
+            new = change(svc)
+            if new is None or new is svc:
+                return svc
+            try:
+                rev = await self.store.commit([self.store.put_service_op(new)])
+            except Conflict:
+                continue
+            await self.view.wait_revision(rev)
+            return self.view.services.get(name, new)
+        raise Refused(f"service {name} keeps changing; try again")
+
+    @_mapped
+    async def ScaleService(self, request: pb.ScaleRequest, context: Any) -> pb.ServiceInfo:
+        if request.replicas < 0:
+            raise Invalid("replicas must be >= 0")
+        svc = await self._write_service(request.name, lambda s: replace(s, spec=replace(s.spec,
+                                                                                         replicas=request.replicas)))
+        return convert.service_info(svc, self._running(svc.name))
+
+    @_mapped
+    async def UpdateService(self, request: pb.UpdateServiceRequest, context: Any) -> pb.ServiceInfo:
+        def change(s: Service) -> Service | None:
+            spec = convert.spec_from_json(request.spec_json) if request.spec_json else s.spec
+            if spec.name != s.name:
+                raise Invalid(f"the spec is named {spec.name}, not {s.name}")
+            if request.image:
+                spec = replace(spec, image=request.image)
+            if request.env_add:
+                env = dict(spec.env)
+                for item in request.env_add:
+                    k, sep, v = item.partition("=")
+                    if not sep or not k:
+                        raise Invalid(f"--env-add {item!r}: expected KEY=VALUE")
+                    env[k] = v
+                spec = replace(spec, env=tuple(sorted(env.items())))
+            if request.has_replicas:
+                spec = replace(spec, replicas=request.replicas)
+            if request.force:
+                labels = dict(spec.env)
+                labels["DOCKYARD_FORCE_UPDATE"] = str(s.version + 1)
+                spec = replace(spec, env=tuple(sorted(labels.items())))
+            return update_service(s, spec)
+
+        svc = await self._write_service(request.name, change)
+        return convert.service_info(svc, self._running(svc.name))
+
+    @_mapped
+    async def RollbackService(self, request: pb.ServiceRef, context: Any) -> pb.ServiceInfo:
+        def change(s: Service) -> Service | None:
+            new = rollback_service(s, self.clock())
+            if new is None:
+                raise Refused(f"service {s.name} has no previous spec to roll back to")
+            return new
+
+        svc = await self._write_service(request.name, change)
+        return convert.service_info(svc, self._running(svc.name))
+
+    @_mapped
+    async def RemoveServices(self, request: pb.RemoveServicesRequest, context: Any) -> pb.RemoveServicesResponse:
+        services = await self.store.list_services()
+        if request.stack:
+            doomed = [s for s in services if convert.stack_of(s.spec) in request.names]
+            if not doomed:
+                raise NotFound(f"nothing found in stack: {', '.join(request.names)}")
+        else:
+            by_name = {s.name: s for s in services}
+            missing = [n for n in request.names if n not in by_name]
+            if missing:
+                raise NotFound(f"service {', '.join(missing)} not found")
+            doomed = [by_name[n] for n in request.names]
+        # The services go now; their tasks are wanted shut down in the same transaction, so no
+        # reconcile pass ever sees a task without its service, and the dispatcher stops them.
+        ops: list[Op] = [self.store.delete_service_op(s) for s in doomed]
+        for s in doomed:
+            for t in await self.store.list_tasks(s.name):
+                if t.desired_state is DesiredState.RUNNING:
+                    ops.append(self.store.put_task_op(t.with_(desired_state=DesiredState.SHUTDOWN,
+                                                              error="service removed")))
+        rev = 0
+        from scheduler.store import chunks
+
+        for batch in chunks(ops):
+            rev = await self.store.commit(batch)
+        await self.view.wait_revision(rev)
+        return pb.RemoveServicesResponse(removed=[s.name for s in doomed])
+
+    # --- tasks: logs and exec through the agent --------------------------------------------------
+
+    def resolve_task(self, ref: str) -> Task:
+        """`web.1` (the slot's current task), a task id (or prefix), or a container name."""
+        tasks = self.view.tasks
+        if ref in tasks:
+            return tasks[ref]
+        service, _, slot = ref.rpartition(".")
+        if service and slot.isdigit():
+            cands = [t for t in tasks.values() if t.service == service and t.slot == int(slot)]
+            if cands:
+                live = [t for t in cands if t.live] or cands
+                return max(live, key=lambda t: (t.created_at, t.id))
+        head, _, tid = ref.rpartition(".")
+        if head and tid in tasks:
+            return tasks[tid]
+        by_prefix = [t for t in tasks.values() if t.id.startswith(ref)] if len(ref) >= 4 else []
+        if len(by_prefix) == 1:
+            return by_prefix[0]
+        raise NotFound(f"no such task: {ref}")
+
+    def _agent_of(self, t: Task) -> tuple[Node, Any]:
+        if t.node is None:
+            raise Refused(f"task {t.name} is not on a node ({t.state.value}: {t.error})")
+        node = self._node(t.node)
+        return node, self.agents.stub(node.address)
+
+    async def Logs(self, request: pb.LogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogLine]:
+        try:
+            if request.target in self.view.services:
+                tasks = [t for t in self.view.tasks_of(request.target) if t.node and t.container_id]
+                tasks.sort(key=lambda t: (t.slot, t.created_at))
+            else:
+                tasks = [self.resolve_task(request.target)]
+        except ClusterError as e:
+            await context.abort(e.code, str(e))
+            return
+        queue: asyncio.Queue[pb.LogLine | None] = asyncio.Queue(maxsize=1000)
+
+        async def pump(t: Task) -> None:
+            try:
+                _, stub = self._agent_of(t)
+                req = apb.LogsRequest(id=t.container_id or container_name(t), follow=request.follow,
+                                      tail=request.tail if request.tail else -1, stdout=True, stderr=True)
+                async for entry in stub.ContainerLogs(req):
+                    await queue.put(convert.log_line(t, entry))
+            except (grpc.aio.AioRpcError, ClusterError) as e:
+                msg = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+                if len(tasks) == 1:
+                    await queue.put(pb.LogLine(task=t.name, task_id=t.id, node=t.node or "",
+                                               entry=apb.LogEntry(stream="error", data=(msg or "").encode())))
+            finally:
+                await queue.put(None)
+
+        pumps = [asyncio.create_task(pump(t)) for t in tasks]
+        try:
+            left = len(pumps)
+            while left:
+                item = await queue.get()
+                if item is None:
+                    left -= 1
+                    continue
+                if item.entry.stream == "error":
+                    await context.abort(grpc.StatusCode.UNAVAILABLE, f"logs of {item.task}: {item.entry.data.decode()}")
+                    return
+                yield item
+        finally:
+            for p in pumps:
+                p.cancel()
+
+    async def Exec(self, request_iterator: AsyncIterator[apb.StreamInput],
+                   context: grpc.aio.ServicerContext) -> AsyncIterator[apb.StreamOutput]:
+        first = await anext(aiter(request_iterator), None)
+        if first is None or not first.HasField("open"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
+            return
+        try:
+            t = self.resolve_task(first.open.container)
+            if not t.live:
+                raise Refused(f"task {t.name} is not running ({t.state.value})")
+            _, stub = self._agent_of(t)
+        except ClusterError as e:
+            await context.abort(e.code, str(e))
+            return
+        opened = apb.StreamInput()
+        opened.CopyFrom(first)
+        opened.open.container = t.container_id or container_name(t)
+
+        async def forward() -> AsyncIterator[apb.StreamInput]:
+            yield opened
+            async for msg in request_iterator:
+                yield msg
+
+        call = stub.Exec(forward())
+        try:
+            async for out in call:
+                yield out
+        except grpc.aio.AioRpcError as e:
+            await context.abort(e.code(), f"{t.name} on {t.node}: {e.details()}")
+        finally:
+            call.cancel()
+
+    # --- agents ----------------------------------------------------------------------------------
+
+    @_mapped
+    async def Register(self, request: pb.RegisterRequest, context: Any) -> pb.RegisterResponse:
+        if not request.name or not request.address:
+            raise Invalid("register needs a node name and an address")
+        node = convert.node_from_register(request)
+        old = await self.store.get_node(node.name)
+        alive = node.name in await self.store.alive_nodes()
+        if old is not None:
+            if alive and old.agent_id and old.agent_id != node.agent_id:
+                raise Exists(f"node name {node.name} is taken by a live agent at {old.address}; "
+                             f"give this one another --name")
+            # what operators set stays: availability, and labels added with `node label`
+            node.availability = old.availability
+            node.labels = {**old.labels, **node.labels}
+            node.mod_revision = old.mod_revision
+        lease = await self.store.grant_lease(self.ttl)
+        ops: list[Op] = [self.store.put_node_op(node), Put(self.store.keys.alive(node.name), b"", None, lease=lease)]
+        try:
+            rev = await self.store.commit(ops)
+        except Conflict as e:
+            with contextlib.suppress(StoreError):
+                await self.store.revoke_lease(lease)
+            raise Refused(f"node {node.name} changed while registering; try again") from e
+        await self.view.wait_revision(rev, timeout=2)
+        log.info("node %s registered from %s (lease %x)", node.name, node.address, lease)
+        return pb.RegisterResponse(lease_id=lease, heartbeat_ms=int(self.heartbeat * 1000), ttl_s=self.ttl)
+
+    @_mapped
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+        ok = await self.store.keep_alive(request.lease_id)
+        return pb.HeartbeatResponse(ok=ok)
+
+    @_mapped
+    async def ReportTasks(self, request: pb.ReportTasksRequest, context: Any) -> pb.Empty:
+        now = self.clock()
+        seen = set()
+        for r in request.tasks:
+            report = convert.report_from_pb(r)
+            seen.add(report.task_id)
+            await write_observed(self.store, self.view, report, request.node, now)
+        if request.full:
+            # A task this node should be running whose container it no longer has (a host that
+            # rebooted, a container removed by hand): failed, so the restart policy replaces it.
+            for t in self.view.tasks_on(request.node):
+                if t.id not in seen and t.state in (TaskState.STARTING, TaskState.RUNNING):
+                    gone = ContainerReport(task_id=t.id, service=t.service, container_id=t.container_id,
+                                           state="removed")
+                    await write_observed(self.store, self.view, gone, request.node, now)
+        return pb.Empty()
+
+
+def _changed_fields(old: Service, spec: Any) -> list[str]:
+    a, b = convert.spec_json(old.spec), convert.spec_json(spec)
+    if a == b:
+        return []
+    import json
+
+    da, db = json.loads(a), json.loads(b)
+    return sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
+
+
+def _availability_ok(text: str) -> bool:
+    return text in (Availability.ACTIVE.value, Availability.DRAIN.value)
