@@ -637,7 +637,14 @@ class ContainerManager:
             await asyncio.to_thread(self._export_checkpoint, c, export, stats)
         return stats
 
-    def _export_checkpoint(self, c: Container, out: Any, stats: dict[str, Any]) -> None:
+    def export_cold(self, ref: str, out: Any) -> None:
+        """A stopped container's writable layer and config, in the checkpoint archive's layout."""
+        c = self.get(ref)
+        if c.state.status in ("running", "paused", "restarting"):
+            raise Conflict(f"container {c.name} must be stopped for a cold export")
+        self._export_checkpoint(c, out, {"cold": True}, with_images=False)
+
+    def _export_checkpoint(self, c: Container, out: Any, stats: dict[str, Any], with_images: bool = True) -> None:
         import tempfile
 
         from agent.checkpoint import archive
@@ -647,7 +654,8 @@ class ContainerManager:
             with open(diff, "wb") as f:
                 self.images.snapshotter.diff(c.snapshot, f)
             spec = json.loads(self.files(c).spec.read_text()) if self.files(c).spec.exists() else {}
-            archive.pack(out, config=asdict(c), spec=spec, images_dir=Path(c.state.checkpoint), rootfs_diff=diff,
+            archive.pack(out, config=asdict(c), spec=spec,
+                         images_dir=Path(c.state.checkpoint) if with_images else None, rootfs_diff=diff,
                          network=c.endpoint, stats=stats)
 
     async def restore(self, ref: str) -> Container:
@@ -662,8 +670,11 @@ class ContainerManager:
             await self._start_locked(c, hold=False, restore=True)
         return c
 
-    async def restore_archive(self, src: Any, name: str = "") -> Container:
-        """A new container from a checkpoint archive (`dockyard restore -i`), here or on another host."""
+    async def restore_archive(self, src: Any, name: str = "", cold: bool = False) -> Container:
+        """A new container from a checkpoint archive (`dockyard restore -i`), here or on another host.
+
+        cold: the archive holds a stopped container (no CRIU images): create it and start it fresh.
+        """
         from agent.checkpoint import archive
         from agent.model import from_dict
 
@@ -671,7 +682,7 @@ class ContainerManager:
         cdir = self.dir / cid
         tmp = cdir / "unpack"
         try:
-            meta = await asyncio.to_thread(archive.unpack, src, tmp)
+            meta = await asyncio.to_thread(archive.unpack, src, tmp, cold)
         except archive.ArchiveError as e:
             shutil.rmtree(cdir, ignore_errors=True)
             raise InvalidArgument(str(e)) from e
@@ -690,12 +701,14 @@ class ContainerManager:
                 chain, _ = await asyncio.to_thread(self.images.snapshotter.apply, image.chain_id, f, None,
                                                    "rootfs-diff.tar")
             await asyncio.to_thread(self.images.snapshotter.prepare, cid, chain)
-            os.rename(tmp / "checkpoint", cdir / "checkpoint")
+            if not cold:
+                os.rename(tmp / "checkpoint", cdir / "checkpoint")
             c = Container(id=cid, name=cfg.name, created=time.time(), config=cfg, image_id=image.id,
                           image_ref=old.image_ref, snapshot=cid, args=old.args,
                           ports=[Port(**asdict(p)) for p in cfg.ports], stdio_keys=old.stdio_keys,
                           netns_key=old.netns_key)
-            c.state.checkpoint = str(cdir / "checkpoint")
+            if not cold:
+                c.state.checkpoint = str(cdir / "checkpoint")
             shutil.rmtree(tmp, ignore_errors=True)
             self._save(c)
         except BaseException:
@@ -705,7 +718,10 @@ class ContainerManager:
             raise
         self.containers[cid] = c
         try:
-            await self.restore(cid)
+            if cold:
+                await self.start(cid)
+            else:
+                await self.restore(cid)
         except BaseException:
             await self.remove(cid, force=True)
             raise

@@ -469,8 +469,50 @@ class AgentServicer(pbg.AgentServicer):
                 raise InvalidArgument("restore: the stream did not start with a header")
             if not got_data:
                 return convert.summary(await self.m.restore(header.id))
+            if header.sha256:
+                from agent.migration import _sha256
+
+                got = await asyncio.to_thread(_sha256, tmp)
+                if got != header.sha256:
+                    raise InvalidArgument(f"restore: the archive's sha256 is {got}, the sender said {header.sha256}")
             tmp.seek(0)
-            return convert.summary(await self.m.restore_archive(tmp, header.name))
+            return convert.summary(await self.m.restore_archive(tmp, header.name, header.cold))
+
+    async def MigrateContainer(self, request: pb.MigrateRequest,
+                               context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MigrateProgress]:
+        from agent import migration
+
+        queue: asyncio.Queue[pb.MigrateProgress | BaseException] = asyncio.Queue()
+        last_transfer = [0.0]
+
+        def emit(p: pb.MigrateProgress) -> None:
+            if p.phase == "transfer":  # at most ten a second
+                now = time.monotonic()
+                if now - last_transfer[0] < 0.1 and p.bytes < p.total:
+                    return
+                last_transfer[0] = now
+            queue.put_nowait(p)
+
+        async def run() -> None:
+            try:
+                queue.put_nowait(await migration.migrate(self.m, request.id, request.target, request.live, emit))
+            except BaseException as e:
+                queue.put_nowait(e)
+
+        task = asyncio.ensure_future(run())
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, BaseException):
+                    code = _status(item) if isinstance(item, Exception) else grpc.StatusCode.CANCELLED
+                    await context.abort(code, str(item))
+                    return
+                yield item
+                if item.phase == "done":
+                    return
+        finally:
+            if not task.done():
+                await task  # never leave a migration half-way because the client went away
 
     # --- images -------------------------------------------------------------------------------
 

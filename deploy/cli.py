@@ -705,6 +705,29 @@ def restore(ctx: click.Context, input_: str, name: str, container: str) -> None:
     click.echo(c.id)
 
 
+@main.command()
+@click.option("--to", "target", required=True, help="The target agent's address (host:port)")
+@click.option("--live/--cold", default=True, show_default=True, help="CRIU live migration, or stop-copy-start")
+@click.argument("container")
+@click.pass_context
+def migrate(ctx: click.Context, container: str, target: str, live: bool) -> None:
+    """Move a container to another host's agent; prints downtime and total time."""
+    cl = client(ctx)
+    try:
+        for p in cl.stub.MigrateContainer(pb.MigrateRequest(id=container, target=target, live=live)):
+            if p.phase == "transfer":
+                pct = 100 * p.bytes // p.total if p.total else 100
+                click.echo(f"\rtransfer: {display.human_size(p.bytes)} / {display.human_size(p.total)} ({pct}%)",
+                           nl=p.bytes >= p.total, err=True)
+            elif p.phase == "done":
+                click.echo(f"migrated {container} to {target} as {p.new_id[:12]}: "
+                           f"downtime {p.downtime_seconds * 1000:.0f} ms, total {p.total_seconds:.2f} s")
+            else:
+                click.echo(f"{p.phase}: {p.message}", err=True)
+    except grpc.RpcError as e:
+        fail_rpc(e, cl.host)
+
+
 # --- images ------------------------------------------------------------------------------------
 
 def _upload(cl: Client, fileobj: Any, header: pb.ImportHeader) -> pb.ImageSummary:

@@ -561,12 +561,44 @@ class CheckpointChunk(_message.Message):
     def __init__(self, stats_json: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RestoreHeader(_message.Message):
-    __slots__ = ("id", "name")
+    __slots__ = ("id", "name", "cold", "sha256")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
+    COLD_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+    cold: bool
+    sha256: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cold: _Optional[bool] = ..., sha256: _Optional[str] = ...) -> None: ...
+
+class MigrateRequest(_message.Message):
+    __slots__ = ("id", "target", "live")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    LIVE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    target: str
+    live: bool
+    def __init__(self, id: _Optional[str] = ..., target: _Optional[str] = ..., live: _Optional[bool] = ...) -> None: ...
+
+class MigrateProgress(_message.Message):
+    __slots__ = ("phase", "bytes", "total", "downtime_seconds", "total_seconds", "new_id", "message")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    NEW_ID_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    bytes: int
+    total: int
+    downtime_seconds: float
+    total_seconds: float
+    new_id: str
+    message: str
+    def __init__(self, phase: _Optional[str] = ..., bytes: _Optional[int] = ..., total: _Optional[int] = ..., downtime_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ..., new_id: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class RestoreChunk(_message.Message):
     __slots__ = ("header", "data")

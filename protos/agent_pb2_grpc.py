@@ -134,6 +134,11 @@ class AgentStub:
                 request_serializer=protos_dot_agent__pb2.RestoreChunk.SerializeToString,
                 response_deserializer=protos_dot_agent__pb2.ContainerSummary.FromString,
                 _registered_method=True)
+        self.MigrateContainer = channel.unary_stream(
+                '/dockyard.agent.Agent/MigrateContainer',
+                request_serializer=protos_dot_agent__pb2.MigrateRequest.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.MigrateProgress.FromString,
+                _registered_method=True)
         self.ImportImage = channel.stream_unary(
                 '/dockyard.agent.Agent/ImportImage',
                 request_serializer=protos_dot_agent__pb2.DataChunk.SerializeToString,
@@ -294,6 +299,14 @@ class AgentServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateContainer(self, request, context):
+        """Move a container to another agent: live (CRIU) or cold (stop, ship the writable layer, start).
+        This agent drives it and streams progress; the copy here is removed only once the target runs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ImportImage(self, request_iterator, context):
         """Images: a content store of layers on this host.
         first chunk carries `import_header`
@@ -434,6 +447,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.RestoreContainer,
                     request_deserializer=protos_dot_agent__pb2.RestoreChunk.FromString,
                     response_serializer=protos_dot_agent__pb2.ContainerSummary.SerializeToString,
+            ),
+            'MigrateContainer': grpc.unary_stream_rpc_method_handler(
+                    servicer.MigrateContainer,
+                    request_deserializer=protos_dot_agent__pb2.MigrateRequest.FromString,
+                    response_serializer=protos_dot_agent__pb2.MigrateProgress.SerializeToString,
             ),
             'ImportImage': grpc.stream_unary_rpc_method_handler(
                     servicer.ImportImage,
@@ -1006,6 +1024,33 @@ class Agent:
             '/dockyard.agent.Agent/RestoreContainer',
             protos_dot_agent__pb2.RestoreChunk.SerializeToString,
             protos_dot_agent__pb2.ContainerSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dockyard.agent.Agent/MigrateContainer',
+            protos_dot_agent__pb2.MigrateRequest.SerializeToString,
+            protos_dot_agent__pb2.MigrateProgress.FromString,
             options,
             channel_credentials,
             insecure,

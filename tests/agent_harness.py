@@ -65,6 +65,7 @@ class AgentProcess:
         self.subnet = f"172.28.{secrets.randbelow(250) + 1}.0/24"
         self.host = f"unix://{self.socket}"
         self.cgroup_parent = _own_cgroup().strip("/") + f"/dockyard-test-{tag}"  # ours alone
+        self.extra_args: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = base / "agent.log"
         self._channel: grpc.Channel | None = None
@@ -85,8 +86,8 @@ class AgentProcess:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
-                 "--subnet", self.subnet, "--name", f"test-{self.bridge}",
-                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}"],
+                 "--subnet", self.subnet, "--name", f"test-{self.bridge}", "--cgroup-parent", self.cgroup_parent,
+                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}", *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -30,7 +30,7 @@ class ArchiveError(Exception):
     pass
 
 
-def pack(out: BinaryIO, *, config: dict[str, Any], spec: dict[str, Any], images_dir: Path, rootfs_diff: Path,
+def pack(out: BinaryIO, *, config: dict[str, Any], spec: dict[str, Any], images_dir: Path | None, rootfs_diff: Path,
          network: dict[str, Any] | None, stats: dict[str, Any]) -> None:
     cctx = zstandard.ZstdCompressor(level=3, threads=-1)
     with cctx.stream_writer(out, closefd=False) as z, tarfile.open(fileobj=z, mode="w|") as tar:
@@ -47,7 +47,7 @@ def pack(out: BinaryIO, *, config: dict[str, Any], spec: dict[str, Any], images_
         deleted = _deleted_files(rootfs_diff)
         add_bytes("deleted.files", json.dumps(deleted).encode())
         tar.add(str(rootfs_diff), arcname="rootfs-diff.tar")
-        for p in sorted(images_dir.iterdir()):
+        for p in sorted(images_dir.iterdir()) if images_dir is not None else ():
             if p.is_file():
                 tar.add(str(p), arcname=f"checkpoint/{p.name}")
 
@@ -62,8 +62,11 @@ def _deleted_files(diff: Path) -> list[str]:
     return out
 
 
-def unpack(src: BinaryIO, target: Path) -> dict[str, Any]:
-    """Unpack into target (which must be empty); returns {"config", "spec", "network", "stats"}."""
+def unpack(src: BinaryIO, target: Path, cold: bool = False) -> dict[str, Any]:
+    """Unpack into target (which must be empty); returns {"config", "spec", "network", "stats"}.
+
+    A cold archive (a stopped container's layer and config, for cold migration) has no CRIU images.
+    """
     target.mkdir(parents=True, exist_ok=True)
     (target / "checkpoint").mkdir(exist_ok=True)
     dctx = zstandard.ZstdDecompressor()
@@ -91,7 +94,7 @@ def unpack(src: BinaryIO, target: Path) -> dict[str, Any]:
     for needed in ("config.dump", "spec.dump", "rootfs-diff.tar"):
         if not (target / needed).exists():
             raise ArchiveError(f"checkpoint archive: {needed} is missing")
-    if not any((target / "checkpoint").iterdir()):
+    if not cold and not any((target / "checkpoint").iterdir()):
         raise ArchiveError("checkpoint archive: checkpoint/ holds no CRIU images")
     try:
         return {

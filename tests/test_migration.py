@@ -1,0 +1,87 @@
+"""Agent-to-agent migration on one machine: two agents (two "hosts" with their own roots, bridges
+and TCP node APIs on loopback), a container moved live with CRIU and cold by stop-copy-start."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.agent_harness import AgentProcess, free_port, import_busybox
+
+pytestmark = [pytest.mark.root, pytest.mark.criu]
+
+COUNTER = "echo hi > /tmp/index.html; httpd -p 80 -h /tmp; i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done"
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path) -> Iterator[tuple[AgentProcess, AgentProcess]]:
+    from agent.checkpoint.criu import find_criu
+
+    if find_criu() is None:
+        pytest.skip("CRIU is not installed (deploy/install-criu.sh)")
+    a = AgentProcess(tmp_path_factory.mktemp("source"))
+    b = AgentProcess(tmp_path_factory.mktemp("target"))
+    for x in (a, b):
+        x.tcp = f"127.0.0.1:{free_port()}"  # type: ignore[attr-defined]
+        x.extra_args = ["--listen", x.tcp]  # type: ignore[attr-defined]
+    try:
+        a.start()
+        b.start()
+        import_busybox(a, busybox_tar_path)  # only the source has the image: migration sends it
+        yield a, b
+    finally:
+        a.destroy()
+        b.destroy()
+
+
+def _numbers(a: AgentProcess, ref: str) -> list[int]:
+    return [int(x) for x in a.cli("logs", ref).stdout.split() if x.isdigit()]
+
+
+def test_live_migration_keeps_memory_files_and_ports(pair: tuple[AgentProcess, AgentProcess]) -> None:
+    a, b = pair
+    cid = a.run_detached("--name", "mover", "-p", "127.0.0.1::80", "-e", "K=v", "-m", "64m", "busybox", "sh", "-c", COUNTER)
+    a.cli("exec", cid, "sh", "-c", "echo before > /root/f", check=True)
+    a.wait_for(lambda: len(_numbers(a, cid)) > 10, what="counting")
+    r = a.cli("migrate", "--live", "--to", b.tcp, "mover")  # type: ignore[attr-defined]
+    assert r.returncode == 0, r.stderr
+    assert "downtime" in r.stdout
+    last = _numbers(a, cid)[-1] if a.cli("logs", cid).returncode == 0 else None
+    assert a.cli("ps", "-a", "-q").stdout == ""  # the source copy is gone
+    b.wait_for(lambda: len(_numbers(b, "mover")) > 3, what="counting on the target")
+    nums = _numbers(b, "mover")
+    assert nums[0] > 10 and (last is None or nums[0] == last + 1)  # went on, did not start over
+    doc = b.inspect("mover")
+    assert "K=v" in doc["Config"]["Env"] and doc["HostConfig"]["Memory"] == 64 << 20
+    assert b.cli("exec", "mover", "cat", "/root/f").stdout == "before\n"
+    port = b.cli("port", "mover", "80").stdout.strip().rsplit(":", 1)[1]
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/index.html", timeout=5) as resp:
+        assert resp.read() == b"hi\n"
+    b.cli("rm", "-f", "mover", check=True)
+
+
+def test_cold_migration_keeps_files(pair: tuple[AgentProcess, AgentProcess]) -> None:
+    a, b = pair
+    cid = a.run_detached("--name", "cold", "busybox", "sh", "-c", "test -e /root/f && echo restarted; sleep 600")
+    a.cli("exec", cid, "sh", "-c", "echo written > /root/f; rm /bin/vi", check=True)
+    r = a.cli("migrate", "--cold", "--to", b.tcp, "cold")  # type: ignore[attr-defined]
+    assert r.returncode == 0, r.stderr
+    assert b.inspect("cold")["State"]["Running"]
+    assert b.cli("exec", "cold", "sh", "-c", "cat /root/f; test -e /bin/vi || echo vi-gone").stdout.split() == [
+        "written", "vi-gone"]
+    b.wait_for(lambda: "restarted" in b.cli("logs", "cold").stdout, what="the command started again")
+    assert a.cli("ps", "-a", "-q").stdout == ""
+    b.cli("rm", "-f", "cold", check=True)
+
+
+def test_failed_migration_rolls_back(pair: tuple[AgentProcess, AgentProcess]) -> None:
+    a, _ = pair
+    cid = a.run_detached("--name", "stay", "busybox", "sh", "-c", COUNTER)
+    a.wait_for(lambda: len(_numbers(a, cid)) > 5, what="counting")
+    r = a.cli("migrate", "--live", "--to", f"127.0.0.1:{free_port()}", "stay")  # nobody listens there
+    assert r.returncode != 0 and "does not answer" in r.stderr
+    assert a.inspect("stay")["State"]["Running"]
+    a.cli("rm", "-f", "stay", check=True)
