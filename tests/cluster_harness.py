@@ -1,0 +1,185 @@
+"""Scheduler replicas and joined agents for tests: real processes, stopped by their PIDs.
+
+    s = SchedulerProcess(base, etcd=server.endpoint); s.start()
+    a = JoinedAgent(base / "agent", join=s.address); a.start()
+    r = cli(s.address, "service", "ps", "web")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from protos import cluster_pb2 as cpb
+from protos import cluster_pb2_grpc as cpbg
+from tests.agent_harness import CLI, REPO, STARTED, AgentProcess, _env, free_port
+
+BUSYBOX = "busybox:latest"
+
+
+def cli(scheduler: str, *args: str, timeout: float = 60, host: str = "") -> subprocess.CompletedProcess[str]:
+    env = _env()
+    env["DOCKYARD_SCHEDULER"] = scheduler
+    pre = ["-H", host] if host else []
+    return subprocess.run([*CLI, *pre, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
+
+
+def wait_for(pred: Any, timeout: float = 20, what: str = "condition", every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            last = pred()
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+class SchedulerProcess:
+    def __init__(self, base: Path, etcd: str = "", listen: str = "", metrics: bool = True,
+                 netns: str = "") -> None:
+        self.base = base
+        self.etcd = etcd
+        self.address = listen or f"127.0.0.1:{free_port()}"
+        self.metrics_addr = f"127.0.0.1:{free_port()}" if metrics else ""
+        self.netns = netns
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log = base / "scheduler.log"
+        self._channel: grpc.Channel | None = None
+
+    def argv(self) -> list[str]:
+        args = [*CLI, "scheduler", "--listen", self.address, "--state-dir", str(self.base / "state"),
+                "--metrics-addr", self.metrics_addr]
+        if self.etcd:
+            args += ["--etcd", self.etcd]
+        return args
+
+    def spawn(self) -> None:
+        self.base.mkdir(parents=True, exist_ok=True)
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(self.argv(), stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO,
+                                         start_new_session=True)
+
+    def start(self, timeout: float = 30) -> None:
+        self.spawn()
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float = 30) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"scheduler exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            with contextlib.suppress(grpc.RpcError):
+                self.status()
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"scheduler did not come up:\n{self.log.read_text()[-3000:]}")
+
+    @property
+    def stub(self) -> cpbg.SchedulerStub:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.address, options=[("grpc.enable_http_proxy", 0)])
+        return cpbg.SchedulerStub(self._channel)  # type: ignore[no-untyped-call]
+
+    def status(self) -> cpb.SchedulerStatus:
+        s: cpb.SchedulerStatus = self.stub.Status(cpb.Empty(), timeout=2)
+        return s
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._close()
+
+    def kill9(self) -> None:
+        """A power cut of the scheduler process (its embedded etcd, if any, is left to stop())."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._close()
+
+    def _close(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+    def embedded_etcd_pid(self) -> int | None:
+        """The PID of the etcd this scheduler started (its child), if any."""
+        ports = self.base / "state" / "etcd.json"
+        if not ports.exists() or self.proc is None:
+            return None
+        port = json.loads(ports.read_text())["client"]
+        for p in Path("/proc").iterdir():
+            if not p.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                cmd = (p / "cmdline").read_bytes().split(b"\0")
+                if cmd and cmd[0].endswith(b"etcd") and f"http://127.0.0.1:{port}".encode() in cmd:
+                    return int(p.name)
+        return None
+
+
+class JoinedAgent(AgentProcess):
+    """A test agent (tests/agent_harness.py) that also serves TCP and joins a scheduler."""
+
+    def __init__(self, base: Path, join: str, name: str = "") -> None:
+        super().__init__(base)
+        self.join = join
+        self.listen = f"127.0.0.1:{free_port()}"
+        self.node = name or f"node-{self.bridge}"
+
+    def start(self) -> None:
+        if self not in STARTED:
+            STARTED.append(self)
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.metrics_port = free_port()
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
+                 "--subnet", self.subnet, "--name", self.node, "--cgroup-parent", self.cgroup_parent,
+                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--listen", self.listen, "--join", self.join],
+                stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
+        deadline = time.monotonic() + 30
+        from protos import agent_pb2 as pb
+
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            if self.socket.exists():
+                with contextlib.suppress(grpc.RpcError):
+                    self.stub.Info(pb.Empty(), timeout=2)
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"agent did not come up:\n{self.log.read_text()[-3000:]}")
+
+    def task_containers(self, running_only: bool = True) -> list[Any]:
+        from protos import agent_pb2 as pb
+
+        cs = self.stub.ListContainers(pb.ListContainersRequest(all=not running_only,
+                                                               filters={"label": "dockyard.task"}), timeout=10)
+        return list(cs.containers)
+
+
+def tasks(s: SchedulerProcess, *services: str, all_: bool = False) -> list[cpb.TaskInfo]:
+    r = s.stub.ListTasks(cpb.ListTasksRequest(services=list(services), all=all_), timeout=5)
+    return list(r.tasks)
+
+
+def running(s: SchedulerProcess, service: str) -> list[cpb.TaskInfo]:
+    return [t for t in tasks(s, service) if t.desired_state == "running" and t.state == "running"]
