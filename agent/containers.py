@@ -285,7 +285,8 @@ class ContainerManager:
         trace("agent: spec built")
         spec.hold = hold
         if restore:
-            spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key}
+            spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key,
+                            "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else ""}
         files.spec.write_text(spec.to_json())
         trace("agent: spec written")
         reply = self.zygote.request({"op": "start", "spec": json.loads(spec.to_json()),
@@ -706,7 +707,7 @@ class ContainerManager:
             c = Container(id=cid, name=cfg.name, created=time.time(), config=cfg, image_id=image.id,
                           image_ref=old.image_ref, snapshot=cid, args=old.args,
                           ports=[Port(**asdict(p)) for p in cfg.ports], stdio_keys=old.stdio_keys,
-                          netns_key=old.netns_key)
+                          netns_key=old.netns_key, restored_from_ip=str((meta.get("network") or {}).get("ip", "")))
             if not cold:
                 c.state.checkpoint = str(cdir / "checkpoint")
             shutil.rmtree(tmp, ignore_errors=True)

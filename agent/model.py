@@ -127,6 +127,7 @@ class Container:
     args: list[str] = field(default_factory=list)      # entrypoint + cmd, as run
     stdio_keys: list[str] = field(default_factory=list)   # CRIU's names for fds 0-2 at the last dump
     netns_key: str = ""
+    restored_from_ip: str = ""   # its address on the host it was checkpointed on (see restore)
 
     def save(self, path: Path) -> None:
         write_atomic(path, json.dumps(asdict(self), indent=1))

@@ -83,3 +83,29 @@ def test_checkpoint_refusals_and_bad_archives(clean_agent: AgentProcess, tmp_pat
     assert len(a.cli("ps", "-a", "-q").stdout.split()) == 1  # nothing half-made
     r = a.cli("restore", tty)
     assert r.returncode != 0
+
+
+def test_established_tcp_connection_survives_checkpoint_on_this_host(clean_agent: AgentProcess) -> None:
+
+    a = clean_agent
+    cid = a.run_detached("--name", "tcp", "busybox", "sh", "-c", "nc -l -p 9000 > /tmp/got; sleep 600")
+    ip = a.inspect(cid)["NetworkSettings"]["IPAddress"]
+    s = a.wait_for(lambda: _try_connect(ip, 9000), what="nc listening")
+    try:
+        s.sendall(b"before\n")
+        time.sleep(0.3)
+        a.cli("checkpoint", cid, check=True)
+        a.cli("restore", cid, check=True)  # same host: same address, the connection goes on
+        s.sendall(b"after\n")
+    finally:
+        s.close()
+    a.wait_for(lambda: a.cli("exec", cid, "cat", "/tmp/got").stdout == "before\nafter\n", what="both lines")
+
+
+def _try_connect(ip: str, port: int):  # type: ignore[no-untyped-def]
+    import socket
+
+    try:
+        return socket.create_connection((ip, port), timeout=1)
+    except OSError:
+        return None

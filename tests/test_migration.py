@@ -85,3 +85,33 @@ def test_failed_migration_rolls_back(pair: tuple[AgentProcess, AgentProcess]) ->
     assert r.returncode != 0 and "does not answer" in r.stderr
     assert a.inspect("stay")["State"]["Running"]
     a.cli("rm", "-f", "stay", check=True)
+
+
+def test_live_migration_with_an_open_connection(pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """The container moves to another bridge and address: CRIU still restores its socket (the old
+    address is kept on eth0), though the peer cannot reach it there."""
+
+    a, b = pair
+    cid = a.run_detached("--name", "conn", "busybox", "sh", "-c", "nc -l -p 9000 > /tmp/got; sleep 600")
+    ip = a.inspect(cid)["NetworkSettings"]["IPAddress"]
+    s = a.wait_for(lambda: _connect(ip, 9000), what="nc listening")
+    try:
+        s.sendall(b"hello\n")
+        r = a.cli("migrate", "--live", "--to", b.tcp, "conn")  # type: ignore[attr-defined]
+        assert r.returncode == 0, r.stderr
+    finally:
+        s.close()
+    assert b.inspect("conn")["State"]["Running"]
+    assert b.cli("exec", "conn", "cat", "/tmp/got").stdout == "hello\n"
+    addrs = b.cli("exec", "conn", "ip", "-o", "addr", "show", "eth0").stdout
+    assert ip in addrs and b.inspect("conn")["NetworkSettings"]["IPAddress"] in addrs
+    b.cli("rm", "-f", "conn", check=True)
+
+
+def _connect(ip: str, port: int):  # type: ignore[no-untyped-def]
+    import socket
+
+    try:
+        return socket.create_connection((ip, port), timeout=1)
+    except OSError:
+        return None

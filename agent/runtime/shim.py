@@ -367,6 +367,14 @@ class _Shim:
                 os.read(r_go, 1)
                 if spec.network is not None:
                     network.configure_inside(network.Endpoint.from_dict(spec.network))
+                    old_ip = (spec.restore or {}).get("old_ip")
+                    if old_ip:
+                        # Moved from another host: keep its old address too, so that CRIU can put
+                        # back sockets bound to it (their peers cannot reach it here; see README).
+                        from pyroute2 import IPRoute
+
+                        with IPRoute() as ipr:
+                            ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=old_ip, prefixlen=32)
                 else:
                     network.loopback_up()
                 os.write(w_up, b"c")
