@@ -114,14 +114,18 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
 @click.option("--root", default="/var/lib/dockyard", show_default=True, help="State directory")
 @click.option("--socket", "sock", default="/run/dockyard/agent.sock", show_default=True)
 @click.option("--example/--no-example", default=True, show_default=True,
-              help="Deploy the example web server on 127.0.0.1:--port")
-@click.option("--port", default=8080, show_default=True)
+              help="Deploy the example stack (deploy/examples/stack.yaml)")
+@click.option("--port", default=2377, show_default=True, help="The scheduler's port on 127.0.0.1")
+@click.option("--bridge", default="dockyard0", show_default=True, help="The agent's container bridge")
+@click.option("--subnet", default="172.29.0.0/16", show_default=True, help="The agent's container subnet")
+@click.option("--cgroup-parent", default=None, help="The agent's cgroup parent")
 @click.option("--exit", "exit_after", is_flag=True, help="Check that everything answers, then stop it all")
-def up_cmd(root: str, sock: str, example: bool, port: int, exit_after: bool) -> None:
-    """Run everything on this host in the foreground (Ctrl-C stops it all)."""
+def up_cmd(root: str, sock: str, example: bool, port: int, bridge: str, subnet: str, cgroup_parent: str | None,
+           exit_after: bool) -> None:
+    """Run etcd, a scheduler and an agent on this host in the foreground (Ctrl-C stops them all)."""
     from deploy.up import up
 
-    up(root, sock, example, port, exit_after)
+    up(root, sock, example, port, exit_after, bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent)
 
 
 # --- run and create ---------------------------------------------------------------------------

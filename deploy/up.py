@@ -1,8 +1,11 @@
-"""`dockyard up`: everything on one host in one command, in the foreground; Ctrl-C stops it all.
+"""`dockyard up`: a whole one-host cluster in one command, in the foreground; Ctrl-C stops it all.
 
-It starts the agent as a child process (its own state under --root), makes the busybox base
-image from Debian's busybox-static if the agent has none, and with --example deploys a small web
-server published on the host. Children are stopped by their PIDs on the way out.
+It starts a scheduler (which starts and owns its etcd, data under <root>/scheduler) and an agent
+joined to it (state under <root>), makes the busybox base image from Debian's busybox-static if
+the agent has none, and deploys deploy/examples/stack.yaml (a busybox httpd `web` with 2 replicas
+and a `worker`) unless --no-example. On the way out the scheduler (and with it etcd) is stopped,
+the agent's task containers are removed (the services stay in etcd and come back with the next
+`dockyard up`), and the agent is stopped; each by its PID. The agent listens on 127.0.0.1:port+1.
 """
 
 from __future__ import annotations
@@ -22,22 +25,25 @@ import grpc
 
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
+from protos import cluster_pb2 as cpb
+from protos import cluster_pb2_grpc as cpbg
 
 REPO = Path(__file__).resolve().parent.parent
-EXAMPLE_NAME = "dockyard-example-web"
+EXAMPLE = REPO / "deploy" / "examples" / "stack.yaml"
 
 
-def _wait_for_agent(stub: pbg.AgentStub, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + 30
+def _wait(what: str, check: object, proc: subprocess.Popen[bytes], log: Path, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise click.ClickException(f"the agent exited ({proc.returncode}); its log:\n{log.read_text()[-2000:]}")
+            raise click.ClickException(f"the {what} exited ({proc.returncode}); its log:\n{log.read_text()[-2000:]}")
         try:
-            stub.Info(pb.Empty(), timeout=1)
-            return
+            if check():  # type: ignore[operator]
+                return
         except grpc.RpcError:
-            time.sleep(0.1)
-    raise click.ClickException("the agent did not answer within 30 s")
+            pass
+        time.sleep(0.1)
+    raise click.ClickException(f"the {what} did not answer within {timeout:.0f} s (log {log})")
 
 
 def _ensure_busybox(stub: pbg.AgentStub) -> None:
@@ -55,41 +61,68 @@ def _ensure_busybox(stub: pbg.AgentStub) -> None:
     stub.ImportImage(chunks())
 
 
-def _deploy_example(stub: pbg.AgentStub, port: int) -> str:
-    with contextlib.suppress(grpc.RpcError):
-        stub.RemoveContainer(pb.RemoveContainerRequest(id=EXAMPLE_NAME, force=True))
-    script = ("mkdir -p /www && echo '<h1>hello from dockyard</h1>' > /www/index.html && "
-              "exec httpd -f -v -p 80 -h /www")
-    cfg = pb.ContainerConfig(
-        name=EXAMPLE_NAME, image="busybox:latest", cmd=["sh", "-c", script],
-        ports=[pb.PortMapping(host_ip="127.0.0.1", host_port=port, container_port=80, protocol="tcp")],
-        resources=pb.Resources(memory=64 << 20, nano_cpus=500_000_000, pids_limit=50),
-        restart_policy=pb.RestartPolicy(name="unless-stopped"),
-    )
-    c = stub.CreateContainer(pb.CreateContainerRequest(config=cfg))
-    stub.StartContainer(pb.ContainerRef(id=c.id))
-    url = f"http://127.0.0.1:{port}/"
-    deadline = time.monotonic() + 10
+def _deploy_example(sched: cpbg.SchedulerStub, agent: pbg.AgentStub) -> list[str]:
+    from deploy.stack import load_stack
+    from scheduler.convert import spec_to_pb
+
+    stack = load_stack(str(EXAMPLE))
+    r = sched.Deploy(cpb.DeployRequest(stack=stack.name, services=[spec_to_pb(s) for s in stack.services]),
+                     timeout=30)
+    for c in r.changes:
+        click.echo(f"example: {c.action} service {c.service}")
+    want = sum(s.replicas for s in stack.services)
+    deadline = time.monotonic() + 30
     while True:
+        ts = sched.ListTasks(cpb.ListTasksRequest(services=[s.name for s in stack.services]), timeout=5).tasks
+        if sum(1 for t in ts if t.state == "running" and t.desired_state == "running") >= want:
+            break
+        if time.monotonic() > deadline:
+            raise click.ClickException("the example's tasks did not start: "
+                                       + "; ".join(f"{t.name} {t.state} {t.error}" for t in ts))
+        time.sleep(0.2)
+    urls = []
+    cs = agent.ListContainers(pb.ListContainersRequest(filters={"label": "dockyard.service=example_web"})).containers
+    for c in cs:
+        for p in c.ports:
+            if p.container_port == 80 and p.host_port:
+                urls.append(f"http://127.0.0.1:{p.host_port}/")
+    for url in urls:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as resp:
+                    click.echo(f"example: {url} answers {resp.read().decode().strip()!r}")
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise click.ClickException(f"the example web server did not answer on {url}") from None
+                time.sleep(0.1)
+    return urls
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
         try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                body = r.read().decode().strip()
-                click.echo(f"example: {url} answers {body!r}")
-                return url
-        except OSError:
-            if time.monotonic() > deadline:
-                raise click.ClickException(f"the example web server did not answer on {url}") from None
-            time.sleep(0.1)
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
 
 
-def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool) -> None:
+def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, *, bridge: str = "dockyard0",
+       subnet: str = "172.29.0.0/16", cgroup_parent: str | None = None) -> None:
     root_p = Path(root)
     root_p.mkdir(parents=True, exist_ok=True)
-    log = root_p / "agent.log"
-    with open(log, "ab") as f:
-        agent = subprocess.Popen([sys.executable, "-m", "deploy.cli", "agent", "--root", root, "--socket", socket_path],
-                                 stdout=f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True,
-                                 env={**os.environ, "PYTHONPATH": str(REPO)})
+    sched_addr = f"127.0.0.1:{port}"
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cli = [sys.executable, "-m", "deploy.cli"]
+    sched_log, agent_log = root_p / "scheduler.log", root_p / "agent.log"
+    with open(sched_log, "ab") as f:
+        scheduler = subprocess.Popen([*cli, "scheduler", "--listen", sched_addr, "--state-dir", str(root_p / "scheduler")],
+                                     stdout=f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, env=env)
+    agent: subprocess.Popen[bytes] | None = None
+    sched = cpbg.SchedulerStub(grpc.insecure_channel(sched_addr))  # type: ignore[no-untyped-call]
     stub = pbg.AgentStub(grpc.insecure_channel(f"unix://{socket_path}"))  # type: ignore[no-untyped-call]
     stopping = False
 
@@ -100,25 +133,35 @@ def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool) 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        _wait_for_agent(stub, agent, log)
-        click.echo(f"agent: pid {agent.pid}, unix://{socket_path}, state in {root} (log {log})")
+        _wait("scheduler", lambda: sched.Status(cpb.Empty(), timeout=1).leader, scheduler, sched_log)
+        click.echo(f"scheduler: pid {scheduler.pid}, {sched_addr}, etcd under {root_p / 'scheduler'} (log {sched_log})")
+        agent_args = [*cli, "agent", "--root", root, "--socket", socket_path, "--bridge", bridge, "--subnet", subnet,
+                      "--listen", f"127.0.0.1:{port + 1}", "--join", sched_addr]
+        if cgroup_parent:
+            agent_args += ["--cgroup-parent", cgroup_parent]
+        with open(agent_log, "ab") as f:
+            agent = subprocess.Popen(agent_args, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
+                                     start_new_session=True, env=env)
+        _wait("agent", lambda: stub.Info(pb.Empty(), timeout=1) is not None, agent, agent_log)
+        _wait("agent's registration",
+              lambda: any(n.status == "ready" for n in sched.ListNodes(cpb.Empty(), timeout=1).nodes), agent, agent_log)
+        click.echo(f"agent: pid {agent.pid}, unix://{socket_path}, state in {root} (log {agent_log})")
         _ensure_busybox(stub)
         if example:
-            _deploy_example(stub, port)
-        click.echo(f"try: dockyard -H unix://{socket_path} ps")
+            _deploy_example(sched, stub)
+        click.echo(f"try: DOCKYARD_SCHEDULER={sched_addr} dockyard service ps example_web")
         if exit_after:
             return
         click.echo("running; Ctrl-C stops everything")
-        while not stopping and agent.poll() is None:
+        while not stopping and agent.poll() is None and scheduler.poll() is None:
             time.sleep(0.2)
     finally:
-        if example:
+        _stop(scheduler)  # first, so that nothing places the tasks again while they are removed
+        if agent is not None and agent.poll() is None:
             with contextlib.suppress(grpc.RpcError):
-                stub.RemoveContainer(pb.RemoveContainerRequest(id=EXAMPLE_NAME, force=True), timeout=30)
-        if agent.poll() is None:
-            agent.send_signal(signal.SIGTERM)
-            try:
-                agent.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                agent.kill()
+                for c in stub.ListContainers(pb.ListContainersRequest(all=True, filters={"label": "dockyard.task"}),
+                                             timeout=10).containers:
+                    stub.RemoveContainer(pb.RemoveContainerRequest(id=c.id, force=True), timeout=30)
+        if agent is not None:
+            _stop(agent)
         click.echo("stopped")

@@ -231,3 +231,27 @@ def test_etcd_away_reads_answer_containers_run_and_state_converges(env: Env) -> 
     env.ok("service", "scale", "s1_web=2")
     wait_for(lambda: len(running(env.sched, "s1_web")) == 2, 30, "2 running after etcd returned")
     assert before <= {c.id for c in env.agent.task_containers()}  # nothing that ran was restarted
+
+
+def test_up_exit_runs_etcd_scheduler_agent_and_the_example(tmp_path: Path, busybox_tar_path: Path) -> None:
+    from tests.agent_harness import CLI, REPO, STARTED, AgentProcess, _env
+
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    a = AgentProcess(tmp_path / "up")  # only for its names and its cleanup
+    STARTED.append(a)
+    a.base.mkdir(parents=True)
+    port = free_port()
+    try:
+        r = subprocess.run([*CLI, "up", "--exit", "--root", str(a.root), "--socket", str(a.socket), "--port", str(port),
+                            "--bridge", a.bridge, "--subnet", a.subnet, "--cgroup-parent", a.cgroup_parent],
+                           capture_output=True, text=True, timeout=180, env=_env(), cwd=REPO)
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+        assert r.stdout.count("answers '<h1>hello from example_web.") == 2, r.stdout
+        assert "stopped" in r.stdout
+        etcd_data = a.root / "scheduler" / "etcd"
+        assert etcd_data.is_dir() and (etcd_data.stat().st_mode & 0o777) == 0o700
+        leftover = subprocess.run(["pgrep", "-f", str(a.root)], capture_output=True, text=True).stdout.split()
+        assert not leftover, f"processes of `up` still running: {leftover}"
+    finally:
+        a.destroy()
