@@ -1,0 +1,193 @@
+"""`dockyard cluster up|down|status -i hosts.yaml` (added to deploy/cli.py's `main`): a cluster of
+hosts bootstrapped over SSH; the work is in deploy/bootstrap.py, this is its face (rich progress
+per host, a table of processes, exit codes: 0 done, 1 a host or a step failed, 2 a bad inventory).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from deploy import bootstrap as b
+
+
+class RichReporter:
+    """One line per finished step, a spinner per host while a step runs (on a terminal)."""
+
+    def __init__(self, console: Console, hosts: list[str]) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.console = console
+        self.width = max((len(h) for h in hosts), default=4)
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+                                 console=console, transient=True)
+        self.tasks = {h: self.progress.add_task(f"{h:<{self.width}}  waiting", total=None) for h in hosts}
+        self.started: dict[tuple[str, str], float] = {}
+
+    def __enter__(self) -> RichReporter:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def begin(self, host: str, step: str) -> None:
+        self.started[host, step] = time.monotonic()
+        self.progress.update(self.tasks[host], description=f"{host:<{self.width}}  {step}...")
+
+    def _took(self, host: str, step: str) -> str:
+        t = self.started.get((host, step))
+        return f" [dim]({time.monotonic() - t:.1f} s)[/]" if t is not None else ""
+
+    def ok(self, host: str, step: str, detail: str = "") -> None:
+        self.progress.console.print(f"[green]✓[/] {host:<{self.width}}  {step}: {detail}{self._took(host, step)}",
+                                    highlight=False)
+        self.progress.update(self.tasks[host], description=f"{host:<{self.width}}  {step} done")
+
+    def failed(self, host: str, step: str, message: str) -> None:
+        took = self._took(host, step)
+        self.progress.console.print(f"[red]✗[/] {host:<{self.width}}  {step} [bold red]failed[/]{took}: ",
+                                    end="", highlight=False)
+        self.progress.console.print(message, markup=False, highlight=False)  # logs may hold [brackets]
+        self.progress.update(self.tasks[host], description=f"{host:<{self.width}}  {step} FAILED")
+
+
+def _load(path: str) -> b.Inventory:
+    try:
+        return b.load_inventory(path)
+    except b.InventoryError as e:
+        click.echo(f"dockyard cluster: bad inventory:\n{e}", err=True)
+        sys.exit(2)
+
+
+def _options(timeout: float, install: bool = True) -> b.Options:
+    return b.Options(install=install, connect_timeout=timeout)
+
+
+def _console() -> Console:
+    return Console(stderr=False, highlight=False)
+
+
+def _report(failed: list[b.StepFailed], console: Console, what: str) -> None:
+    if not failed:
+        return
+    console.print(f"[bold red]{what} failed[/] on {len(failed)} host(s):", highlight=False)
+    for f in failed:
+        console.print(f"  {f.host}: {f.step}: ", end="", highlight=False)
+        console.print(f.message.splitlines()[0] if f.message else "", markup=False, highlight=False)
+    sys.exit(1)
+
+
+@click.group("cluster")
+def cluster() -> None:
+    """A cluster of hosts over SSH: up, status, down (see deploy/examples/hosts.yaml)."""
+
+
+inventory_opt = click.option("-i", "--inventory", required=True, type=click.Path(dir_okay=False),
+                             help="The hosts (YAML): address, user, port, key, role, labels")
+timeout_opt = click.option("--timeout", default=15.0, show_default=True, help="SSH connect timeout per host, seconds")
+
+
+@cluster.command("up")
+@inventory_opt
+@timeout_opt
+@click.option("--install/--no-install", default=True, show_default=True,
+              help="Run deploy/install.sh on every host (--no-install: assume it is installed)")
+@click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds a scheduler or agent has to be ready")
+def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: float) -> None:
+    """Copy the project to every host, install it, start the scheduler(s) and an agent per host.
+
+    Safe to run again: what is running stays running. When a host or a step fails, nothing is
+    started (or what this run started is stopped again) and the host and the step are named."""
+    inv = _load(inventory)
+    console = _console()
+    try:
+        bundle = b.make_bundle()
+    except OSError as e:
+        click.echo(f"dockyard cluster up: cannot bundle the project: {e}", err=True)
+        sys.exit(1)
+    o = b.Options(install=install, connect_timeout=timeout, ready_timeout=ready_timeout)
+    with RichReporter(console, [h.name for h in inv.hosts]) as r:
+        failed = asyncio.run(b.up(inv, r, o, bundle))
+    if failed:
+        _report(failed, console, "cluster up")
+    console.print(f"[bold green]cluster up[/]: {len(inv.schedulers)} scheduler(s), {len(inv.hosts)} agent(s). "
+                  f"Try: dockyard --scheduler {inv.join} node ls", highlight=False)
+
+
+@cluster.command("down")
+@inventory_opt
+@timeout_opt
+def cluster_down(inventory: str, timeout: float) -> None:
+    """Stop the agents, then the scheduler(s), on every host (by the PIDs `up` recorded).
+    Containers keep running under their shims, as when an agent restarts."""
+    inv = _load(inventory)
+    console = _console()
+    with RichReporter(console, [h.name for h in inv.hosts]) as r:
+        failed = asyncio.run(b.down(inv, r, _options(timeout)))
+    _report(failed, console, "cluster down")
+    console.print("[bold green]cluster down[/]: stopped", highlight=False)
+
+
+def _uptime(s: Any) -> str:
+    if s is None:
+        return "-"
+    s = int(s)
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+@cluster.command("status")
+@inventory_opt
+@timeout_opt
+@click.option("--format", "fmt", default="", help="'json' for JSON")
+def cluster_status(inventory: str, timeout: float, fmt: str) -> None:
+    """Each host's dockyard processes: pid, running or not, uptime, log file."""
+    inv = _load(inventory)
+    console = _console()
+    found, failed = asyncio.run(b.status(inv, b.QuietReporter(), _options(timeout)))
+    errors = {f.host: f"{f.step}: {f.message}" for f in failed}
+    if fmt == "json":
+        import json
+
+        click.echo(json.dumps({h.name: found.get(h.name, {"error": errors.get(h.name, "")}) for h in inv.hosts},
+                              indent=2))
+        sys.exit(1 if failed else 0)
+    table = Table(box=None, header_style="bold")
+    for col in ("HOST", "ADDRESS", "ROLE", "PROCESS", "PID", "STATE", "UPTIME", "LOG"):
+        table.add_column(col)
+    for h in inv.hosts:
+        if h.name in errors:
+            table.add_row(h.name, h.address, h.role, "-", "-", f"[red]unreachable[/]: {errors[h.name]}", "-", "-")
+            continue
+        procs = found.get(h.name, {})
+        wanted = ["scheduler", "agent"] if h.is_scheduler else ["agent"]
+        for name in wanted + sorted(set(procs) - set(wanted)):
+            p = procs.get(name)
+            if p is None:
+                table.add_row(h.name, h.address, h.role, name, "-", "[yellow]not started[/]", "-", "-")
+            else:
+                state = "[green]running[/]" if p["running"] else "[red]dead[/] (pid file left)"
+                table.add_row(h.name, h.address, h.role, name, str(p["pid"]), state, _uptime(p["uptime"]), p["log"])
+    console.print(table)
+    sys.exit(1 if failed else 0)
+
+
+def _cli_modules() -> list[Any]:
+    """deploy.cli, and also __main__ when `python -m deploy.cli` runs it (a second module object)."""
+    import deploy.cli as cli
+
+    mods: list[Any] = [cli]
+    entry = sys.modules.get("__main__")
+    if entry is not None and entry is not cli and getattr(entry, "__file__", "") == cli.__file__:
+        mods.append(entry)
+    return mods
+
+
+for _mod in _cli_modules():
+    _mod.main.add_command(cluster)
