@@ -169,6 +169,7 @@ def _compose(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:
                     raise InventoryError([f"{file}:{k.start_mark.line + 1}: {_dotted((*path, key))}: "
                                           "given twice"])
                 out[key] = walk(v, (*path, key))
+                lines[(*path, key)] = k.start_mark.line + 1  # a field's problems point at its key
             return out
         if isinstance(node, yaml.SequenceNode):
             return [walk(v, (*path, i)) for i, v in enumerate(node.value)]
@@ -341,7 +342,8 @@ def parse_inventory(text: str, file: Path) -> Inventory:
         if n_sched == 0:
             c.bad(("hosts",), "no host has `role: scheduler`: one host must run the scheduler")
         elif n_sched > 1 and not etcd:
-            c.bad(("hosts",), f"{n_sched} hosts have `role: scheduler`: replicas share one etcd, so give "
+            second = [i for i, h in enumerate(hosts_v) if isinstance(h, dict) and h.get("role") == "scheduler"][1:2]
+            c.bad(("hosts", *second, "role"), f"{n_sched} hosts have `role: scheduler`: replicas share one etcd, so give "
                               "`etcd: http://HOST:PORT,...` (with no etcd, each scheduler starts its own "
                               "and only one scheduler is possible)")
     if c.problems:
@@ -569,9 +571,9 @@ def remote_status(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def remote_check(req: dict[str, Any]) -> dict[str, Any]:
-    import deploy.cli  # noqa: F401  (the whole command imports: dependencies are installed)
+    import deploy.cli  # the whole command imports: its dependencies are installed
 
-    return {"python": sys.executable, "version": sys.version.split()[0]}
+    return {"python": sys.executable, "version": sys.version.split()[0], "module": deploy.cli.__file__}
 
 
 REMOTE_OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
