@@ -654,6 +654,18 @@ class Session:
                              + (f":\n{out[-3000:]}" if out else ""))
         return str(r.stdout or "")
 
+    async def installed(self, step: str) -> bool:
+        """Whether the host has a copy of the project and its python (a host never set up has not)."""
+        s = self.spec
+        try:
+            await self.run(step, ["sh", "-c", 'test -f "$1/deploy/bootstrap.py" && test -x "$2"', "sh",
+                                  s.project_dir, s.python], 60)
+        except StepFailed as e:
+            if "exited with 1" in e.message:
+                return False
+            raise
+        return True
+
     async def helper(self, step: str, req: dict[str, Any], timeout: float) -> dict[str, Any]:
         """This module's remote_main on the host, from its copy of the project."""
         s = self.spec
@@ -823,6 +835,9 @@ async def _start(s: Session, inv: Inventory, what: str, o: Options) -> dict[str,
 async def _stop(s: Session, what: str, o: Options) -> dict[str, Any]:
     h, step = s.spec, f"stop {what}"
     s.reporter.begin(h.name, step)
+    if not await s.installed(step):
+        s.reporter.ok(h.name, step, f"not running (dockyard is not in {h.project_dir})")
+        return {"state": "not running"}
     out = await s.helper(step, {"op": "stop", "names": [what], "state_dir": h.state_dir,
                                 "timeout": o.stop_timeout}, o.stop_timeout + 30)
     res: dict[str, Any] = out.get(what, {})
@@ -893,6 +908,8 @@ async def status(inv: Inventory, reporter: Reporter, o: Options) -> tuple[dict[s
     try:
         async def one(s: Session) -> dict[str, Any]:
             s.reporter.begin(s.spec.name, "status")
+            if not await s.installed("status"):
+                return {}
             return await s.helper("status", {"op": "status", "state_dir": s.spec.state_dir}, 60)
 
         done, f = await _each(sessions.values(), one, reporter, lambda s: (s.spec.name, "status"))

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import secrets
@@ -270,6 +271,9 @@ class Env:
         f.write_text(json.dumps({"defaults": d, "hosts": hosts}, indent=1))  # JSON is YAML
         return f
 
+    def host_empty(self, h: Host) -> bool:
+        return not self.netns_pids(h)
+
     def netns_pids(self, h: Host) -> set[int]:
         sshd = self.sshd[h.n].pid
         return {p for p in pids_in_netns(os.stat(f"/run/netns/{h.netns}").st_ino) if p != sshd}
@@ -279,10 +283,13 @@ def dockyard(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[st
     return subprocess.run([*CLI, *args], capture_output=True, text=True, env=_env(), cwd=REPO, timeout=timeout)
 
 
-def _port_open(ip: str, port: int) -> bool:
+def _sshd_up(e: Env, h: Host) -> bool:
+    """sshd answers on the host's address (or has exited: the fixture then shows its log)."""
+    if e.sshd[h.n].poll() is not None:
+        return True
     with socket.socket() as s:
         s.settimeout(0.5)
-        return s.connect_ex((ip, port)) == 0
+        return s.connect_ex((h.ip, e.ports[h.n])) == 0
 
 
 @pytest.fixture(scope="module")
@@ -331,7 +338,7 @@ LogLevel VERBOSE
             known.append(f"[{h.ip}]:{port} {host_pub}")
         (ssh / "known_hosts").write_text("\n".join(known) + "\n")
         for h in c:
-            wait_for(lambda h=h: _port_open(h.ip, e.ports[h.n]) or e.sshd[h.n].poll() is not None, 15, "sshd")
+            wait_for(functools.partial(_sshd_up, e, h), 15, "sshd")
             assert e.sshd[h.n].poll() is None, (tmp / f"sshd.{h.n}.log").read_text()
         yield e
     finally:
@@ -421,7 +428,7 @@ def test_up_status_down(env: Env) -> None:
     for pid in pids.values():
         assert not alive(pid)
     for h in env.c:
-        wait_for(lambda h=h: not env.netns_pids(h), 10, f"{h.name}'s processes to end")
+        wait_for(functools.partial(env.host_empty, h), 10, f"{h.name}'s processes to end")
     assert status(inv) == {"host1": {}, "host2": {}}
     r4 = dockyard("cluster", "down", "-i", str(inv))  # down twice is fine too
     assert r4.returncode == 0 and r4.stdout.count("not running") == 3, r4.stdout
@@ -508,7 +515,7 @@ def test_agent_that_cannot_start_rolls_back(env: Env) -> None:
     assert "host1  stop agent: stopped" in r.stdout and "host1  stop scheduler: stopped" in r.stdout, r.stdout
     assert status(inv) == {"host1": {}, "host2": {}}
     for h in env.c:
-        wait_for(lambda h=h: not env.netns_pids(h), 10, f"{h.name}'s processes to end")
+        wait_for(functools.partial(env.host_empty, h), 10, f"{h.name}'s processes to end")
 
 
 # ================================================================================================
