@@ -14,7 +14,7 @@
     status: each host's processes (pid, alive, uptime, log)
 
 On the host, processes are run by this same module, copied there: `python -m deploy.bootstrap
-'<json request>'` (start|stop|status|check; see `remote_main`). It starts a process detached (its
+'<json request>'` (start|stop|status|check, and up-local for provisioning without SSH; see `remote_main`). It starts a process detached (its
 own session, stdin from /dev/null, output appended to <state_dir>/log/<name>.log) and records
 <state_dir>/run/<name>.pid as {pid, start_time, argv}: the start time (field 22 of /proc/PID/stat)
 tells our process from a later one that reused the PID, so a stale pid file never kills a stranger.
@@ -188,7 +188,7 @@ def _compose(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:
         loader.dispose()
 
 
-def _field(c: _Checker, path: Path_, name: str, v: Any, base: Path) -> Any:
+def _field(c: _Checker, path: Path_, name: str, v: Any, base: Path | None) -> Any:
     """One field's value checked and normalised; None (after a problem is recorded) when bad."""
     def port() -> int | None:
         if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 65535:
@@ -214,6 +214,8 @@ def _field(c: _Checker, path: Path_, name: str, v: Any, base: Path) -> Any:
         if s is None:
             return None
         p = Path(s).expanduser()
+        if base is None:  # on a host itself: the SSH side's files are not there, and not needed
+            return str(p)
         p = p if p.is_absolute() else base / p
         if not p.is_file():
             c.bad(path, f"no such file: {p}")
@@ -273,7 +275,7 @@ def _field(c: _Checker, path: Path_, name: str, v: Any, base: Path) -> Any:
     raise AssertionError(name)  # pragma: no cover - _HOST_FIELDS and this function go together
 
 
-def _fields(c: _Checker, path: Path_, d: Any, base: Path, allowed: tuple[str, ...]) -> dict[str, Any]:
+def _fields(c: _Checker, path: Path_, d: Any, base: Path | None, allowed: tuple[str, ...]) -> dict[str, Any]:
     if not isinstance(d, dict):
         c.bad(path, f"must be a mapping of field: value, got {d!r}")
         return {}
@@ -289,10 +291,11 @@ def _fields(c: _Checker, path: Path_, d: Any, base: Path, allowed: tuple[str, ..
     return out
 
 
-def parse_inventory(text: str, file: Path) -> Inventory:
+def parse_inventory(text: str, file: Path, check_files: bool = True) -> Inventory:
+    """check_files=False: key and known_hosts files are not looked for (on a host, see up_local)."""
     data, lines = _compose(text, file)
     c = _Checker(file, lines)
-    base = file.resolve().parent
+    base = file.resolve().parent if check_files else None
     if not isinstance(data, dict):
         c.bad((), "must be a mapping with `hosts:` (and optionally `defaults:` and `etcd:`)")
         raise InventoryError(c.problems)
@@ -351,13 +354,13 @@ def parse_inventory(text: str, file: Path) -> Inventory:
     return Inventory(path=file, hosts=hosts, etcd=etcd)
 
 
-def load_inventory(path: str | Path) -> Inventory:
+def load_inventory(path: str | Path, check_files: bool = True) -> Inventory:
     p = Path(path)
     try:
         text = p.read_text()
     except OSError as e:
         raise InventoryError([f"{p}: cannot read the inventory: {e.strerror or e}"]) from None
-    return parse_inventory(text, p)
+    return parse_inventory(text, p, check_files)
 
 
 # ================================================================================================
@@ -576,8 +579,27 @@ def remote_check(req: dict[str, Any]) -> dict[str, Any]:
     return {"python": sys.executable, "version": sys.version.split()[0], "module": deploy.cli.__file__}
 
 
+def up_local(req: dict[str, Any]) -> dict[str, Any]:
+    """On a host, without SSH: what `cluster up` starts there (its scheduler if it has the role, then
+    its agent), from an inventory file on the host (vagrant/provision.sh runs this in each guest)."""
+    inv = load_inventory(req["inventory"], check_files=False)
+    h = next((x for x in inv.hosts if x.name == req["host"]), None)
+    if h is None:
+        return {"error": f"{req['inventory']}: no host named {req['host']!r}"}
+    out: dict[str, Any] = {}
+    for what in (["scheduler"] if h.is_scheduler else []) + ["agent"]:
+        argv = scheduler_argv(inv, h) if what == "scheduler" else agent_argv(inv, h)
+        ready = {"scheduler": h.scheduler_addr} if what == "scheduler" else {"scheduler": inv.join, "node": h.name}
+        out[what] = remote_start({"name": what, "argv": argv, "cwd": h.project_dir, "state_dir": h.state_dir,
+                                  "ready": ready, "timeout": req.get("timeout", 60)})
+        if "error" in out[what]:
+            return {"error": f"{h.name}: start {what}: {out[what]['error']}", **out}
+    return out
+
+
 REMOTE_OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "start": remote_start, "stop": remote_stop, "status": remote_status, "check": remote_check}
+    "start": remote_start, "stop": remote_stop, "status": remote_status, "check": remote_check,
+    "up-local": up_local}
 
 
 def remote_main(argv: list[str]) -> int:

@@ -215,6 +215,17 @@ def test_remote_start_failure_is_reported_and_cleaned(tmp_path: Path) -> None:
     assert not Path(state, "run", "bad.pid").exists()
 
 
+def test_up_local_reads_the_inventory_on_the_host(tmp_path: Path) -> None:
+    # On a host, the SSH side's key files are absent: not an error there (check_files=False).
+    f = tmp_path / "hosts.yaml"
+    f.write_text(GOOD.replace("  port: 22\n", "  port: 22\n  key: .vagrant/machines/n1/libvirt/private_key\n"))
+    with pytest.raises(b.InventoryError, match="no such file"):
+        b.load_inventory(f)
+    assert b.load_inventory(f, check_files=False).hosts[0].key == ".vagrant/machines/n1/libvirt/private_key"
+    out = b.up_local({"inventory": str(f), "host": "nope"})
+    assert out["error"].endswith("no host named 'nope'")
+
+
 # ================================================================================================
 # Against real sshd in netns hosts
 # ================================================================================================
@@ -374,6 +385,7 @@ def test_up_status_down(env: Env) -> None:
     r = dockyard("cluster", "up", "-i", str(inv), "--no-install")
     took = time.monotonic() - t0
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    print(r.stdout)
     for step in ("connect", "copy", "check", "start agent"):
         assert f"host1  {step}" in r.stdout and f"host2  {step}" in r.stdout, r.stdout
     assert "host1  start scheduler" in r.stdout and "host2  start scheduler" not in r.stdout
@@ -516,6 +528,41 @@ def test_agent_that_cannot_start_rolls_back(env: Env) -> None:
     assert status(inv) == {"host1": {}, "host2": {}}
     for h in env.c:
         wait_for(functools.partial(env.host_empty, h), 10, f"{h.name}'s processes to end")
+
+
+# ================================================================================================
+# Real hosts (the VMs of vagrant/, or any): only when DOCKYARD_TEST_INVENTORY names their inventory
+# ================================================================================================
+
+def _ready_nodes(join: str) -> set[str]:
+    r = dockyard("--scheduler", join, "node", "ls", "--format", "json", timeout=60)
+    return {n["name"] for n in json.loads(r.stdout or "[]") if n["status"] == "ready"} if r.returncode == 0 else set()
+
+
+@pytest.mark.multinode
+@pytest.mark.slow
+def test_external_hosts() -> None:
+    """DOCKYARD_TEST_INVENTORY=vagrant/hosts.yaml pytest -m multinode tests/test_bootstrap.py -k external
+    (DOCKYARD_TEST_INSTALL=0 adds --no-install). Leaves the cluster up, as it found it or newly made."""
+    path = os.environ.get("DOCKYARD_TEST_INVENTORY", "")
+    if not path:
+        pytest.skip("set DOCKYARD_TEST_INVENTORY to an inventory of real hosts (vagrant/hosts.yaml)")
+    inv = b.load_inventory(path)
+    flags = [] if os.environ.get("DOCKYARD_TEST_INSTALL", "1") != "0" else ["--no-install"]
+    names = {h.name for h in inv.hosts}
+    r = dockyard("cluster", "up", "-i", path, *flags, "--ready-timeout", "600", timeout=3600)
+    assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+    wait_for(lambda: _ready_nodes(inv.join) == names, 120, "every node ready")
+    st = status(Path(path))
+    assert all(p["running"] for procs in st.values() for p in procs.values()), st
+    assert sum(len(procs) for procs in st.values()) == len(names) + len(inv.schedulers), st
+    again = dockyard("cluster", "up", "-i", path, "--no-install", timeout=600)
+    assert again.returncode == 0 and again.stdout.count("already running") == len(names) + len(inv.schedulers)
+    assert dockyard("cluster", "down", "-i", path, timeout=600).returncode == 0
+    assert all(procs == {} for procs in status(Path(path)).values())
+    back = dockyard("cluster", "up", "-i", path, "--no-install", "--ready-timeout", "600", timeout=1800)
+    assert back.returncode == 0, f"{back.stdout}\n{back.stderr}"
+    wait_for(lambda: _ready_nodes(inv.join) == names, 120, "every node ready again")
 
 
 # ================================================================================================
