@@ -68,6 +68,7 @@ class Agent:
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
         await asyncio.to_thread(net.ensure)
         driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
+        self.cgroup_driver = driver
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()
@@ -120,6 +121,16 @@ class Agent:
         self.zygote.stop()
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.opts.socket)
+        self._remove_empty_cgroup_parent()
+
+    def _remove_empty_cgroup_parent(self) -> None:
+        """Leave no empty cgroup directory behind; one with containers in it stays (rmdir refuses)."""
+        driver = getattr(self, "cgroup_driver", None)
+        if driver is None or driver.list():
+            return
+        for path in {os.path.dirname(p) for p in driver.paths("x").values()}:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
 
 
 def _cgroup_parent(root: Path, configured: str | None) -> str:

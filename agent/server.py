@@ -335,7 +335,7 @@ class AgentServicer(pbg.AgentServicer):
         try:
             reply = self.m.exec_request(o.container, proc, theirs)
         except AgentError as e:
-            for fd in [*theirs, *ours, stdin_w]:
+            for fd in [*ours, stdin_w]:  # `theirs` are closed just below
                 if fd >= 0:
                     os.close(fd)
             await context.abort(_status(e), str(e))

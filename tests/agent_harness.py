@@ -41,6 +41,21 @@ def _env() -> dict[str, str]:
     return env
 
 
+_TAKEN: set[str] = set()
+
+
+def _free_subnet() -> str:
+    """A 172.28.X.0/24 that no interface of this host uses (agents refuse overlapping subnets)."""
+    used = subprocess.run(["ip", "-4", "-o", "addr"], capture_output=True, text=True).stdout
+    for _ in range(500):
+        x = secrets.randbelow(250) + 1
+        net = f"172.28.{x}.0/24"
+        if net not in _TAKEN and f" 172.28.{x}." not in used:
+            _TAKEN.add(net)
+            return net
+    raise RuntimeError("no free 172.28.X.0/24 subnet for a test agent")
+
+
 def _own_cgroup() -> str:
     """The deepest of this process's cgroup paths (here the memory controller's /process_api/<id>)."""
     own = "/"
@@ -62,7 +77,7 @@ class AgentProcess:
         self.root = base / "root"
         self.socket = base / "agent.sock"
         self.bridge = f"dyk{tag}"
-        self.subnet = f"172.28.{secrets.randbelow(250) + 1}.0/24"
+        self.subnet = _free_subnet()
         self.host = f"unix://{self.socket}"
         self.cgroup_parent = _own_cgroup().strip("/") + f"/dockyard-test-{tag}"  # ours alone
         self.extra_args: list[str] = []

@@ -194,7 +194,8 @@ class FakeManager:
         raise AssertionError("not needed: state.pid is set")
 
 
-def fake_containers() -> list[Any]:
+def fake_containers(pid: int | None = None) -> list[Any]:
+    """`pid` stands in for the running container's init (its /proc/PID/net/dev is read)."""
     from agent.model import Container, ContainerConfig, ContainerState, Resources
 
     weird = 'we"ird\\name\nline'
@@ -202,7 +203,7 @@ def fake_containers() -> list[Any]:
         Container(id="a" * 64, name="web", created=0, image_id="sha256:x", image_ref="busybox", snapshot="",
                   config=ContainerConfig(labels={"dockyard.service": weird, "dockyard.task": "web.1"},
                                          resources=Resources(memory=64 << 20, nano_cpus=250_000_000)),
-                  state=ContainerState(status="running", pid=os.getpid(), started_at=1000.5)),
+                  state=ContainerState(status="running", pid=pid or os.getpid(), started_at=1000.5)),
         Container(id="b" * 64, name="gone", created=0, image_id="sha256:x", image_ref="busybox", snapshot="",
                   config=ContainerConfig(), state=ContainerState(status="exited", oom_killed=True, restart_count=2)),
     ]
@@ -211,9 +212,17 @@ def fake_containers() -> list[Any]:
 def test_fast_text_equals_prometheus_client_encoding() -> None:
     from prometheus_client import generate_latest
 
-    m = am.AgentMetrics("node1", FakeManager(fake_containers()))  # type: ignore[arg-type]
-    fast = parse(m.exposition().decode())
-    slow = parse(generate_latest(m.registry).decode())
+    # A process in a network namespace of its own, so that the two scrapes compared below read the
+    # same counters (this process's would be the host's, which move between the two reads).
+    quiet = subprocess.Popen(["unshare", "--net", "sleep", "30"])
+    try:
+        time.sleep(0.2)
+        m = am.AgentMetrics("node1", FakeManager(fake_containers(quiet.pid)))  # type: ignore[arg-type]
+        fast = parse(m.exposition().decode())
+        slow = parse(generate_latest(m.registry).decode())
+    finally:
+        quiet.kill()
+        quiet.wait()
     skip = ("dockyard_agent_scrape_duration_seconds", "container_last_seen")
     for k in skip:
         fast.pop(k, None), slow.pop(k, None)
