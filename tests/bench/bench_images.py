@@ -18,9 +18,7 @@ import argparse
 import contextlib
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -31,6 +29,7 @@ _HERE = Path(__file__).resolve()
 sys.path[:0] = [str(_HERE.parents[2])]
 
 from tests.agent_harness import AgentProcess, import_busybox  # noqa: E402
+from tests.bench.common import Dockerd, run  # noqa: E402,F401  (kept importable from here)
 from tests.images import busybox_tar  # noqa: E402
 from tests.test_images_registry import Registry  # noqa: E402
 
@@ -63,79 +62,6 @@ def make_big_context(base: Path) -> Path:
         f.write(os.urandom(50 * 1000 * 1000))
     (ctx / "Dockerfile").write_text("FROM busybox\nCOPY blob.bin /blob.bin\n")
     return ctx
-
-
-def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 600) -> str:
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({r.returncode}):\n{r.stdout[-2000:]}\n{r.stderr[-2000:]}")
-    return r.stdout
-
-
-class Dockerd:
-    """dockerd started by hand as FACTS.md describes; everything it creates is removed afterwards."""
-
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.sock = base / "docker.sock"
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.log = base / "dockerd.log"
-        self.etc_before = set(os.listdir("/etc/docker")) if os.path.isdir("/etc/docker") else None
-        self.run_before = {p: os.path.exists(p) for p in ("/run/docker", "/run/containerd", "/run/docker.sock")}
-        self.cg_before = {p for p in Path("/sys/fs/cgroup").glob("*/docker")}
-
-    def cli(self, *args: str, timeout: float = 600) -> str:
-        env = {**os.environ, "DOCKER_BUILDKIT": "0", "DOCKER_CONFIG": str(self.base / "cli-config")}
-        return run(["docker", "-H", f"unix://{self.sock}", *args], env=env, timeout=timeout)
-
-    def start(self) -> None:
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(
-                ["dockerd", "--data-root", str(self.base / "data"), "--exec-root", str(self.base / "exec"),
-                 "-H", f"unix://{self.sock}", "--pidfile", str(self.base / "docker.pid"), "--iptables=false",
-                 "--ip6tables=false", "--ip-forward=false", "--ip-masq=false", "--bridge=none",
-                 "--userland-proxy=false"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"dockerd exited {self.proc.returncode}: {self.log.read_text()[-2000:]}")
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                self.cli("version", timeout=5)
-                return
-            time.sleep(0.2)
-        raise RuntimeError(f"dockerd did not answer: {self.log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        # What dockerd leaves behind (FACTS.md), only what was not there before.
-        with open("/proc/mounts") as f:
-            mounts = [ln.split()[1] for ln in f if str(self.base) in ln.split()[1]]
-        for m in sorted(mounts, key=len, reverse=True):
-            subprocess.run(["umount", "-l", m], capture_output=True)
-        if self.etc_before is not None:
-            for name in set(os.listdir("/etc/docker")) - self.etc_before:
-                p = Path("/etc/docker") / name
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-        elif os.path.isdir("/etc/docker"):
-            shutil.rmtree("/etc/docker", ignore_errors=True)
-        for p, existed in self.run_before.items():
-            if not existed and os.path.lexists(p):
-                shutil.rmtree(p, ignore_errors=True) if os.path.isdir(p) else os.unlink(p)
-        for cg in set(Path("/sys/fs/cgroup").glob("*/docker")) - self.cg_before:
-            for sub in sorted(cg.rglob("*"), key=lambda q: len(str(q)), reverse=True):
-                if sub.is_dir():
-                    with contextlib.suppress(OSError):
-                        sub.rmdir()
-            with contextlib.suppress(OSError):
-                cg.rmdir()
-        shutil.rmtree(self.base / "data", ignore_errors=True)
-        shutil.rmtree(self.base / "exec", ignore_errors=True)
 
 
 def bench_dockyard(a: AgentProcess, ctx: Path, big: Path, reg: Registry, work: Path, repeat: int) -> dict[str, float]:
