@@ -37,6 +37,7 @@ TASK_LABEL = "dockyard.task"
 SERVICE_LABEL = "dockyard.service"
 HEALTH_LABEL = "dockyard.healthcheck"
 FULL_REPORT = 3.0
+CALL_DEADLINE = 5.0  # the longest deadline of a call to a scheduler replica
 
 
 def agent_id(root: Path) -> str:
@@ -60,6 +61,12 @@ def report_of(c: Container, healthy: bool | None) -> pb.TaskReport:
         container_id=c.id, container_state=s.status, exit_code=s.exit_code, error=s.error,
         started_at=s.started_at, finished_at=s.finished_at,
         healthy="" if healthy is None else ("healthy" if healthy else "unhealthy"))
+
+
+def _being_cancelled() -> bool:
+    """True when this task itself is being cancelled (not merely a grpc call it awaited)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class ClusterMember:
@@ -87,6 +94,7 @@ class ClusterMember:
         self.health: dict[str, bool | None] = {}  # container id -> verdict
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
         self.refused = ""
+        self._closing: set[asyncio.Task[None]] = set()
 
     # --- connection to a scheduler replica -----------------------------------------------------
 
@@ -105,8 +113,19 @@ class ClusterMember:
             log.info("moving on to scheduler %s", self.schedulers[self.current % len(self.schedulers)])
         ch, self._channel, self._stub = self._channel, None, None
         if ch is not None:
-            with contextlib.suppress(Exception):
-                await ch.close()
+            # Not closed now: the reporter may have a call in flight on it, and closing a grpc.aio
+            # channel cancels its calls with asyncio.CancelledError, which once ended the reporter
+            # task silently (a healed host then heartbeated but never reported again). Closed
+            # once every call on it has run out its deadline.
+            t = asyncio.get_running_loop().create_task(self._close_later(ch))
+            self._closing.add(t)
+            t.add_done_callback(self._closing.discard)
+
+    @staticmethod
+    async def _close_later(ch: grpc.aio.Channel) -> None:
+        await asyncio.sleep(CALL_DEADLINE + 1)
+        with contextlib.suppress(Exception):
+            await ch.close()
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -120,9 +139,9 @@ class ClusterMember:
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
             self.manager.on_change.remove(self._on_change)
-        for t in [*self._tasks, *self._health_tasks.values()]:
+        for t in [*self._tasks, *self._health_tasks.values(), *self._closing]:
             t.cancel()
-        for t in [*self._tasks, *self._health_tasks.values()]:
+        for t in [*self._tasks, *self._health_tasks.values(), *self._closing]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self._channel is not None:
@@ -149,7 +168,7 @@ class ClusterMember:
     async def _membership(self) -> None:
         while True:
             try:
-                resp = await self.stub().Register(self._register_request(), timeout=5)
+                resp = await self.stub().Register(self._register_request(), timeout=CALL_DEADLINE)
                 self.lease, self.refused = resp.lease_id, ""
                 self.heartbeat = max(0.2, resp.heartbeat_ms / 1000 or 1.0)
                 log.info("joined the cluster as %s through %s", self.name,
@@ -213,14 +232,23 @@ class ClusterMember:
             req = pb.ReportTasksRequest(node=self.name, full=full,
                                         tasks=[report_of(c, self.health.get(c.id)) for c in cs])
             try:
-                await self.stub().ReportTasks(req, timeout=5)
+                await self.stub().ReportTasks(req, timeout=CALL_DEADLINE)
                 if full:
                     last_full = time.monotonic()
+                continue
+            except asyncio.CancelledError:
+                if _being_cancelled():
+                    raise
+                why = "the call was cancelled (its channel closed)"
             except grpc.aio.AioRpcError as e:
-                log.debug("report: %s", e.details())
-                for c in cs:
-                    self._changed.setdefault(c.id, c)
-                await asyncio.sleep(0.3)
+                why = e.details() or str(e.code())
+            except Exception as e:  # grpc.aio.UsageError and the like: never end the reporter
+                why = f"{type(e).__name__}: {e}"
+            log.debug("report: %s", why)
+            for c in cs:
+                self._changed.setdefault(c.id, c)
+            self._wake.set()  # again soon, with whatever was not delivered
+            await asyncio.sleep(0.3)
 
     # --- health checks -------------------------------------------------------------------------
 
