@@ -14,9 +14,9 @@
     status: each host's processes (pid, alive, uptime, log)
 
 On the host, processes are run by this same module, copied there: `python -m deploy.bootstrap
-'<json request>'` (start|stop|status|check, and up-local for provisioning without SSH; see `remote_main`). It starts a process detached (its
-own session, stdin from /dev/null, output appended to <state_dir>/log/<name>.log) and records
-<state_dir>/run/<name>.pid as {pid, start_time, argv}: the start time (field 22 of /proc/PID/stat)
+'<json request>'` (start|stop|status|check, and up-local for provisioning without SSH; see
+`remote_main`). It starts a process detached (its own session, stdin from /dev/null, output
+appended to <state_dir>/log/<name>.log) and records <state_dir>/run/<name>.pid as {pid, start_time, argv}: the start time (field 22 of /proc/PID/stat)
 tells our process from a later one that reused the PID, so a stale pid file never kills a stranger.
 A process already running is left alone, which is what makes `up` idempotent.
 """
@@ -466,9 +466,19 @@ def _ready(req: dict[str, Any]) -> bool:
     """The started process answers: a scheduler (Status) or a node that is ready (ListNodes)."""
     import grpc
 
+    from protos import agent_pb2 as apb
+    from protos import agent_pb2_grpc as apbg
     from protos import cluster_pb2 as cpb
     from protos import cluster_pb2_grpc as cpbg
 
+    if "agent" in req:
+        # The agent itself first: the scheduler may still list the node as ready from before (its
+        # lease has not run out yet) while this new process has already failed.
+        with grpc.insecure_channel(str(req["agent"]), options=[("grpc.enable_http_proxy", 0)]) as ch:
+            try:
+                apbg.AgentStub(ch).Info(apb.Empty(), timeout=2)  # type: ignore[no-untyped-call]
+            except grpc.RpcError:
+                return False
     for addr in str(req["scheduler"]).split(","):
         with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as ch:
             stub = cpbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
@@ -529,7 +539,13 @@ def remote_start(req: dict[str, Any]) -> dict[str, Any]:
             why = f"exited with code {code}"
             break
         if "ready" not in req or _ready(req["ready"]):
-            return {"name": name, "pid": proc.pid, "state": "running", "already": False, "log": str(log)}
+            # Ready, and still ours: the answer must not come from an older instance of it.
+            time.sleep(0.5)
+            code = proc.poll()
+            if code is None:
+                return {"name": name, "pid": proc.pid, "state": "running", "already": False, "log": str(log)}
+            why = f"exited with code {code}"
+            break
         if time.monotonic() > deadline:
             what = f"node {req['ready']['node']} ready" if "node" in req["ready"] else "the scheduler answering"
             why = f"not ready after {req.get('timeout', 60)} s (waited for {what} at {req['ready']['scheduler']})"
@@ -579,6 +595,13 @@ def remote_check(req: dict[str, Any]) -> dict[str, Any]:
     return {"python": sys.executable, "version": sys.version.split()[0], "module": deploy.cli.__file__}
 
 
+def readiness(inv: Inventory, h: HostSpec, what: str) -> dict[str, str]:
+    """What `start` waits for: the scheduler answering, or the agent answering and its node ready."""
+    if what == "scheduler":
+        return {"scheduler": h.scheduler_addr}
+    return {"scheduler": inv.join, "node": h.name, "agent": h.agent_addr}
+
+
 def up_local(req: dict[str, Any]) -> dict[str, Any]:
     """On a host, without SSH: what `cluster up` starts there (its scheduler if it has the role, then
     its agent), from an inventory file on the host (vagrant/provision.sh runs this in each guest)."""
@@ -589,7 +612,7 @@ def up_local(req: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for what in (["scheduler"] if h.is_scheduler else []) + ["agent"]:
         argv = scheduler_argv(inv, h) if what == "scheduler" else agent_argv(inv, h)
-        ready = {"scheduler": h.scheduler_addr} if what == "scheduler" else {"scheduler": inv.join, "node": h.name}
+        ready = readiness(inv, h, what)
         out[what] = remote_start({"name": what, "argv": argv, "cwd": h.project_dir, "state_dir": h.state_dir,
                                   "ready": ready, "timeout": req.get("timeout", 60)})
         if "error" in out[what]:
@@ -841,8 +864,7 @@ async def _start(s: Session, inv: Inventory, what: str, o: Options) -> dict[str,
     h, step = s.spec, f"start {what}"
     s.reporter.begin(h.name, step)
     argv = scheduler_argv(inv, h) if what == "scheduler" else agent_argv(inv, h)
-    ready: dict[str, str] = ({"scheduler": h.scheduler_addr} if what == "scheduler"
-                             else {"scheduler": inv.join, "node": h.name})
+    ready = readiness(inv, h, what)
     req = {"op": "start", "name": what, "argv": argv, "cwd": h.project_dir, "state_dir": h.state_dir,
            "ready": ready, "timeout": o.ready_timeout}
     out = await s.helper(step, req, o.ready_timeout + 30)

@@ -118,7 +118,7 @@ def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: flo
     if failed:
         _report(failed, console, "cluster up")
     console.print(f"[bold green]cluster up[/]: {len(inv.schedulers)} scheduler(s), {len(inv.hosts)} agent(s). "
-                  f"Try: dockyard --scheduler {inv.join} node ls", highlight=False)
+                  f"Try: dockyard --scheduler {inv.join} node ls", highlight=False, soft_wrap=True)
 
 
 @cluster.command("down")
