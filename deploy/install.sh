@@ -16,6 +16,7 @@ pkgs=(
   docker-registry skopeo umoci                          # registry and image-format peers
   runc crun docker.io                                   # baselines for the benchmarks
   openssh-server openssh-client                         # cluster bootstrap over SSH
+  vagrant vagrant-libvirt                               # vagrant/ (validated offline by the tests)
   zstd curl ca-certificates
 )
 missing=()
