@@ -592,7 +592,8 @@ class ContainerManager:
 
     # --- checkpoint and restore (CRIU) ---------------------------------------------------------
 
-    async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None) -> dict[str, Any]:
+    async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,
+                         level: int = 3) -> dict[str, Any]:
         """CRIU-dump the container's process tree; with `export`, write a checkpoint archive to it."""
         from agent.checkpoint.criu import find_criu
 
@@ -635,17 +636,18 @@ class ContainerManager:
                 self._checkpointing.discard(c.id)
         stats = {"dump_seconds": seconds, "container": c.id}
         if export is not None:
-            await asyncio.to_thread(self._export_checkpoint, c, export, stats)
+            await asyncio.to_thread(self._export_checkpoint, c, export, stats, True, level)
         return stats
 
-    def export_cold(self, ref: str, out: Any) -> None:
+    def export_cold(self, ref: str, out: Any, level: int = 3) -> None:
         """A stopped container's writable layer and config, in the checkpoint archive's layout."""
         c = self.get(ref)
         if c.state.status in ("running", "paused", "restarting"):
             raise Conflict(f"container {c.name} must be stopped for a cold export")
-        self._export_checkpoint(c, out, {"cold": True}, with_images=False)
+        self._export_checkpoint(c, out, {"cold": True}, with_images=False, level=level)
 
-    def _export_checkpoint(self, c: Container, out: Any, stats: dict[str, Any], with_images: bool = True) -> None:
+    def _export_checkpoint(self, c: Container, out: Any, stats: dict[str, Any], with_images: bool = True,
+                           level: int = 3) -> None:
         import tempfile
 
         from agent.checkpoint import archive
@@ -657,7 +659,7 @@ class ContainerManager:
             spec = json.loads(self.files(c).spec.read_text()) if self.files(c).spec.exists() else {}
             archive.pack(out, config=asdict(c), spec=spec,
                          images_dir=Path(c.state.checkpoint) if with_images else None, rootfs_diff=diff,
-                         network=c.endpoint, stats=stats)
+                         network=c.endpoint, stats=stats, level=level)
 
     async def restore(self, ref: str) -> Container:
         """Bring back a container from its last checkpoint on this host."""

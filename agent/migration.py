@@ -36,13 +36,22 @@ class MigrationFailed(AgentError):
     pass
 
 
-def _sha256(f: Any) -> str:
-    f.seek(0)
-    h = hashlib.sha256()
-    while data := f.read(CHUNK):
-        h.update(data)
-    f.seek(0)
-    return h.hexdigest()
+class HashingWriter:
+    """Hashes what it writes, so the archive's digest costs no second pass over it."""
+
+    def __init__(self, out: Any) -> None:
+        self.out = out
+        self.h = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.h.update(data)
+        return int(self.out.write(data))
+
+    def flush(self) -> None:
+        self.out.flush()
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
 
 
 async def _ensure_image(m: ContainerManager, channel: grpc.aio.Channel, image_id: str, ref: str,
@@ -75,8 +84,8 @@ async def _ensure_image(m: ContainerManager, channel: grpc.aio.Channel, image_id
         await istub.Load(chunks(), timeout=600)
 
 
-async def _send_archive(channel: grpc.aio.Channel, f: Any, name: str, cold: bool, emit: Progress) -> str:
-    digest = _sha256(f)
+async def _send_archive(channel: grpc.aio.Channel, f: Any, name: str, cold: bool, emit: Progress,
+                        digest: str) -> str:
     f.seek(0, os.SEEK_END)
     total = f.tell()
     f.seek(0)
@@ -110,16 +119,17 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
         was_running = c.state.status in ("running", "paused")
         with tempfile.TemporaryFile(dir=m.root) as tmp:
             down = time.monotonic()
+            out = HashingWriter(tmp)
             if live:
                 emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU"))
-                await m.checkpoint(c.id, export=tmp)
+                await m.checkpoint(c.id, export=out, level=1)
             else:
                 if was_running:
                     emit(pb.MigrateProgress(phase="stop", message=f"stopping {c.name}"))
                     await m.stop(c.id)
-                await asyncio.to_thread(m.export_cold, c.id, tmp)
+                await asyncio.to_thread(m.export_cold, c.id, out, 1)
             try:
-                new_id = await _send_archive(channel, tmp, c.name, not live, emit)
+                new_id = await _send_archive(channel, tmp, c.name, not live, emit, out.hexdigest())
             except (grpc.aio.AioRpcError, OSError) as e:
                 detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
                 emit(pb.MigrateProgress(phase="rollback", message=f"target failed ({detail}): bringing {c.name} back here"))

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import fcntl
 import functools
+import hashlib
 import json
 import logging
 import os
@@ -459,20 +460,20 @@ class AgentServicer(pbg.AgentServicer):
         header: pb.RestoreHeader | None = None
         with tempfile.TemporaryFile(dir=self.root) as tmp:
             got_data = False
+            digest = hashlib.sha256()
             async for chunk in request_iterator:
                 if chunk.HasField("header"):
                     header = chunk.header
                 else:
                     tmp.write(chunk.data)
+                    digest.update(chunk.data)
                     got_data = True
             if header is None:
                 raise InvalidArgument("restore: the stream did not start with a header")
             if not got_data:
                 return convert.summary(await self.m.restore(header.id))
             if header.sha256:
-                from agent.migration import _sha256
-
-                got = await asyncio.to_thread(_sha256, tmp)
+                got = digest.hexdigest()
                 if got != header.sha256:
                     raise InvalidArgument(f"restore: the archive's sha256 is {got}, the sender said {header.sha256}")
             tmp.seek(0)

@@ -31,8 +31,9 @@ class ArchiveError(Exception):
 
 
 def pack(out: BinaryIO, *, config: dict[str, Any], spec: dict[str, Any], images_dir: Path | None, rootfs_diff: Path,
-         network: dict[str, Any] | None, stats: dict[str, Any]) -> None:
-    cctx = zstandard.ZstdCompressor(level=3, threads=-1)
+         network: dict[str, Any] | None, stats: dict[str, Any], level: int = 3) -> None:
+    """level: zstd's; migrations use 1 (memory pages hardly compress, and every ms is downtime)."""
+    cctx = zstandard.ZstdCompressor(level=level, threads=-1)
     with cctx.stream_writer(out, closefd=False) as z, tarfile.open(fileobj=z, mode="w|") as tar:
         def add_bytes(name: str, data: bytes) -> None:
             info = tarfile.TarInfo(name)
