@@ -95,6 +95,7 @@ class ClusterMember:
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
         self.refused = ""
         self._closing: set[asyncio.Task[None]] = set()
+        self._registered_criu = False
 
     # --- connection to a scheduler replica -----------------------------------------------------
 
@@ -168,7 +169,9 @@ class ClusterMember:
     async def _membership(self) -> None:
         while True:
             try:
-                resp = await self.stub().Register(self._register_request(), timeout=CALL_DEADLINE)
+                req = self._register_request()
+                resp = await self.stub().Register(req, timeout=CALL_DEADLINE)
+                self._registered_criu = req.capabilities.criu
                 self.lease, self.refused = resp.lease_id, ""
                 self.heartbeat = max(0.2, resp.heartbeat_ms / 1000 or 1.0)
                 log.info("joined the cluster as %s through %s", self.name,
@@ -204,6 +207,11 @@ class ClusterMember:
                 failures = 0
                 if not r.ok:
                     log.warning("lease %x expired: registering again", self.lease)
+                    return
+                if bool(self.criu()) != self._registered_criu:
+                    # `criu check` finished after we registered: the scheduler picks live
+                    # migration by this capability, so tell it.
+                    log.info("criu capability now %s: registering again", bool(self.criu()))
                     return
             except grpc.aio.AioRpcError as e:
                 failures += 1

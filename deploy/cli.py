@@ -710,12 +710,21 @@ def restore(ctx: click.Context, input_: str, name: str, container: str) -> None:
 
 
 @main.command()
-@click.option("--to", "target", required=True, help="The target agent's address (host:port)")
-@click.option("--live/--cold", default=True, show_default=True, help="CRIU live migration, or stop-copy-start")
+@click.option("--to", "target", required=True,
+              help="A node's name (a task, through the scheduler), or an agent's host:port (a container)")
+@click.option("--live/--cold", default=None,
+              help="CRIU live migration, or stop-copy-start (default: live where both ends can, else cold)")
 @click.argument("container")
 @click.pass_context
-def migrate(ctx: click.Context, container: str, target: str, live: bool) -> None:
-    """Move a container to another host's agent; prints downtime and total time."""
+def migrate(ctx: click.Context, container: str, target: str, live: bool | None) -> None:
+    """Move a task to another node (through the scheduler), or a container to another host's agent;
+    prints downtime and total time."""
+    if ":" not in target:
+        from deploy.cli_cluster import migrate_task
+
+        migrate_task(ctx, container, target, "" if live is None else ("live" if live else "cold"))
+        return
+    live = True if live is None else live
     cl = client(ctx)
     try:
         for p in cl.stub.MigrateContainer(pb.MigrateRequest(id=container, target=target, live=live)):

@@ -165,11 +165,75 @@ def _set_availability(ctx: click.Context, names: tuple[str, ...], availability: 
 
 
 @node.command("drain")
+@click.option("--live/--cold", default=None, help="How to move tasks (default: live where both ends can, else cold)")
+@click.option("--no-move", is_flag=True, help="Only stop placing tasks there (Swarm's drain: tasks restart elsewhere)")
 @click.argument("names", nargs=-1, required=True)
 @click.pass_context
-def node_drain(ctx: click.Context, names: tuple[str, ...]) -> None:
-    """Move every task off the nodes, and place none there."""
-    _set_availability(ctx, names, "drain")
+def node_drain(ctx: click.Context, names: tuple[str, ...], live: bool | None, no_move: bool) -> None:
+    """Move every task off the nodes (migrated, live where both ends can), and place none there."""
+    if no_move:
+        _set_availability(ctx, names, "drain")
+        return
+    mode = "" if live is None else ("live" if live else "cold")
+    failed = 0
+    for n in names:
+        failed += _follow(ctx, "DrainNode", pb.DrainRequest(node=n, mode=mode))
+        click.echo(f"{n} drained" + (f" ({failed} task(s) not moved)" if failed else ""))
+    if failed:
+        sys.exit(1)
+
+
+def _progress_line(p: pb.MigrationProgress) -> str:
+    head = f"{p.task} {p.from_node}->{p.to_node}" if p.to_node else p.task
+    if p.phase == "transfer" and p.total:
+        return f"{head}: transfer {display.human_size(p.bytes)} / {display.human_size(p.total)} ({100 * p.bytes // p.total}%)"
+    return f"{head}: {p.phase}" + (f": {p.message}" if p.message else "")
+
+
+def _follow(ctx: click.Context, method: str, request: Any) -> int:
+    """Print a migration stream's progress; the number of moves that did not happen."""
+    stub = sched(ctx).live_stub()
+    failed = 0
+    try:
+        for p in getattr(stub, method)(request):
+            if p.phase == "done":
+                click.echo(f"migrated {p.task} from {p.from_node} to {p.to_node} ({p.mode}): "
+                           f"downtime {p.downtime_seconds * 1000:.0f} ms, total {p.total_seconds:.2f} s")
+            elif p.phase in ("skipped", "rolled_back", "dropped", "lost") or p.phase.startswith("lost"):
+                failed += 1
+                click.echo(_progress_line(p), err=True)
+            elif p.phase == "transfer":
+                if p.bytes >= p.total:
+                    click.echo(_progress_line(p), err=True)
+            else:
+                click.echo(_progress_line(p), err=True)
+    except grpc.RpcError as e:
+        fail(f"Error response from scheduler: {e.details()}")  # type: ignore[attr-defined]
+    return failed
+
+
+def migrate_task(ctx: click.Context, task: str, node_name: str, mode: str) -> None:
+    """`dockyard migrate TASK --to NODE`: through the scheduler."""
+    if _follow(ctx, "MigrateTask", pb.MigrateTaskRequest(task=task, to=node_name, mode=mode)):
+        sys.exit(1)
+
+
+@click.command("rebalance")
+@click.option("--dry-run", is_flag=True, help="Say what would move; move nothing")
+@click.pass_context
+def rebalance(ctx: click.Context, dry_run: bool) -> None:
+    """Move tasks onto new or under-used nodes (live where both ends can)."""
+    _follow(ctx, "Rebalance", pb.RebalanceRequest(dry_run=dry_run))
+
+
+@click.command("migrations")
+@click.option("--format", "fmt", default="", help="json, or a template")
+@click.pass_context
+def migrations_ls(ctx: click.Context, fmt: str) -> None:
+    """List migrations in progress (recorded in etcd)."""
+    r = sched(ctx).call("ListMigrations", pb.Empty())
+    _json_or_table(fmt, [_msg_dict(m) for m in r.migrations], ["ID", "TASK ID", "SERVICE", "FROM", "TO", "MODE", "PHASE"],
+                   lambda m: [m["id"], m["task_id"], m["service"], m["from_node"], m["to_node"], m["mode"], m["phase"]])
 
 
 @node.command("activate")
@@ -439,7 +503,7 @@ def _install() -> None:
 
     for mod in _cli_modules():
         main = mod.main
-        for cmd in (scheduler_cmd, node, deploy, service, stack_rm):
+        for cmd in (scheduler_cmd, node, deploy, service, stack_rm, rebalance, migrations_ls):
             main.add_command(cmd)
         if not any(p.name == "scheduler" for p in main.params):
             main.params.append(click.Option(

@@ -399,3 +399,83 @@ class ReportTasksRequest(_message.Message):
     full: bool
     tasks: _containers.RepeatedCompositeFieldContainer[TaskReport]
     def __init__(self, node: _Optional[str] = ..., full: _Optional[bool] = ..., tasks: _Optional[_Iterable[_Union[TaskReport, _Mapping]]] = ...) -> None: ...
+
+class MigrateTaskRequest(_message.Message):
+    __slots__ = ("task", "to", "mode")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    TO_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    to: str
+    mode: str
+    def __init__(self, task: _Optional[str] = ..., to: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class DrainRequest(_message.Message):
+    __slots__ = ("node", "mode")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    mode: str
+    def __init__(self, node: _Optional[str] = ..., mode: _Optional[str] = ...) -> None: ...
+
+class RebalanceRequest(_message.Message):
+    __slots__ = ("dry_run",)
+    DRY_RUN_FIELD_NUMBER: _ClassVar[int]
+    dry_run: bool
+    def __init__(self, dry_run: _Optional[bool] = ...) -> None: ...
+
+class MigrationProgress(_message.Message):
+    __slots__ = ("migration_id", "task", "task_id", "from_node", "to_node", "mode", "phase", "bytes", "total", "message", "downtime_seconds", "total_seconds")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    TO_NODE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    DOWNTIME_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    task: str
+    task_id: str
+    from_node: str
+    to_node: str
+    mode: str
+    phase: str
+    bytes: int
+    total: int
+    message: str
+    downtime_seconds: float
+    total_seconds: float
+    def __init__(self, migration_id: _Optional[str] = ..., task: _Optional[str] = ..., task_id: _Optional[str] = ..., from_node: _Optional[str] = ..., to_node: _Optional[str] = ..., mode: _Optional[str] = ..., phase: _Optional[str] = ..., bytes: _Optional[int] = ..., total: _Optional[int] = ..., message: _Optional[str] = ..., downtime_seconds: _Optional[float] = ..., total_seconds: _Optional[float] = ...) -> None: ...
+
+class MigrationInfo(_message.Message):
+    __slots__ = ("id", "task_id", "service", "from_node", "to_node", "mode", "phase", "started_at", "leader")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    FROM_NODE_FIELD_NUMBER: _ClassVar[int]
+    TO_NODE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    STARTED_AT_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    task_id: str
+    service: str
+    from_node: str
+    to_node: str
+    mode: str
+    phase: str
+    started_at: float
+    leader: str
+    def __init__(self, id: _Optional[str] = ..., task_id: _Optional[str] = ..., service: _Optional[str] = ..., from_node: _Optional[str] = ..., to_node: _Optional[str] = ..., mode: _Optional[str] = ..., phase: _Optional[str] = ..., started_at: _Optional[float] = ..., leader: _Optional[str] = ...) -> None: ...
+
+class ListMigrationsResponse(_message.Message):
+    __slots__ = ("migrations",)
+    MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
+    migrations: _containers.RepeatedCompositeFieldContainer[MigrationInfo]
+    def __init__(self, migrations: _Optional[_Iterable[_Union[MigrationInfo, _Mapping]]] = ...) -> None: ...

@@ -110,6 +110,26 @@ class SchedulerStub:
                 request_serializer=protos_dot_agent__pb2.StreamInput.SerializeToString,
                 response_deserializer=protos_dot_agent__pb2.StreamOutput.FromString,
                 _registered_method=True)
+        self.MigrateTask = channel.unary_stream(
+                '/dockyard.cluster.Scheduler/MigrateTask',
+                request_serializer=protos_dot_cluster__pb2.MigrateTaskRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.MigrationProgress.FromString,
+                _registered_method=True)
+        self.DrainNode = channel.unary_stream(
+                '/dockyard.cluster.Scheduler/DrainNode',
+                request_serializer=protos_dot_cluster__pb2.DrainRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.MigrationProgress.FromString,
+                _registered_method=True)
+        self.Rebalance = channel.unary_stream(
+                '/dockyard.cluster.Scheduler/Rebalance',
+                request_serializer=protos_dot_cluster__pb2.RebalanceRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.MigrationProgress.FromString,
+                _registered_method=True)
+        self.ListMigrations = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/ListMigrations',
+                request_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.ListMigrationsResponse.FromString,
+                _registered_method=True)
         self.Register = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/Register',
                 request_serializer=protos_dot_cluster__pb2.RegisterRequest.SerializeToString,
@@ -224,6 +244,34 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def MigrateTask(self, request, context):
+        """--- moving tasks (recorded in etcd under /dockyard/migrations/; run by the leader) ---
+        One task to a node; the progress of its migration, then `done` (downtime, total) or an error.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DrainNode(self, request, context):
+        """Drain the node (no new placements) and move every task off it, live where both ends can.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Rebalance(self, request, context):
+        """Move tasks from over-used nodes onto new or under-used ones.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListMigrations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Register(self, request, context):
         """--- agents ---
         """
@@ -320,6 +368,26 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Exec,
                     request_deserializer=protos_dot_agent__pb2.StreamInput.FromString,
                     response_serializer=protos_dot_agent__pb2.StreamOutput.SerializeToString,
+            ),
+            'MigrateTask': grpc.unary_stream_rpc_method_handler(
+                    servicer.MigrateTask,
+                    request_deserializer=protos_dot_cluster__pb2.MigrateTaskRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.MigrationProgress.SerializeToString,
+            ),
+            'DrainNode': grpc.unary_stream_rpc_method_handler(
+                    servicer.DrainNode,
+                    request_deserializer=protos_dot_cluster__pb2.DrainRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.MigrationProgress.SerializeToString,
+            ),
+            'Rebalance': grpc.unary_stream_rpc_method_handler(
+                    servicer.Rebalance,
+                    request_deserializer=protos_dot_cluster__pb2.RebalanceRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.MigrationProgress.SerializeToString,
+            ),
+            'ListMigrations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListMigrations,
+                    request_deserializer=protos_dot_cluster__pb2.Empty.FromString,
+                    response_serializer=protos_dot_cluster__pb2.ListMigrationsResponse.SerializeToString,
             ),
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
@@ -742,6 +810,114 @@ class Scheduler:
             '/dockyard.cluster.Scheduler/Exec',
             protos_dot_agent__pb2.StreamInput.SerializeToString,
             protos_dot_agent__pb2.StreamOutput.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def MigrateTask(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/MigrateTask',
+            protos_dot_cluster__pb2.MigrateTaskRequest.SerializeToString,
+            protos_dot_cluster__pb2.MigrationProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DrainNode(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/DrainNode',
+            protos_dot_cluster__pb2.DrainRequest.SerializeToString,
+            protos_dot_cluster__pb2.MigrationProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Rebalance(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/Rebalance',
+            protos_dot_cluster__pb2.RebalanceRequest.SerializeToString,
+            protos_dot_cluster__pb2.MigrationProgress.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListMigrations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/ListMigrations',
+            protos_dot_cluster__pb2.Empty.SerializeToString,
+            protos_dot_cluster__pb2.ListMigrationsResponse.FromString,
             options,
             channel_credentials,
             insecure,

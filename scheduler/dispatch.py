@@ -154,9 +154,12 @@ class Dispatcher:
             return
         if not active():
             return
-        held = {c.labels[TASK_LABEL]: c for c in resp.containers}
+        # A task being migrated is the migration's alone, on both nodes, until its record is gone.
+        migrating = self.view.migrating()
+        held = {c.labels[TASK_LABEL]: c for c in resp.containers if c.labels[TASK_LABEL] not in migrating}
         for t in self.view.tasks_on(node.name):
-            if t.desired_state is not DesiredState.RUNNING or t.state.terminal or t.id in self._inflight:
+            if t.desired_state is not DesiredState.RUNNING or t.state.terminal or t.id in self._inflight \
+                    or t.id in migrating:
                 continue
             c = held.get(t.id)
             if c is None and t.state is TaskState.ASSIGNED:
@@ -242,6 +245,8 @@ async def write_observed(store: Store, view: View, report: ContainerReport, node
     """Write what a container says about its task (guarded; re-read and retried on a conflict).
     A report from a node the task is not assigned to is ignored: that copy is being fenced."""
     task = view.tasks.get(report.task_id)
+    if report.task_id in view.migrating():
+        return False  # mid-migration a checkpointed container reads as exited: the migration decides
     for _ in range(retries):
         if task is None or task.node != node:
             return False

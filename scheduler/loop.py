@@ -21,11 +21,19 @@ from collections.abc import Callable
 from scheduler.executor import Executor
 from scheduler.metrics import SchedulerMetrics
 from scheduler.model import DesiredState, TaskState
-from scheduler.reconcile import Place, reconcile
+from scheduler.reconcile import Action, Migrate, Place, Remove, Stop, Update, reconcile
 from scheduler.store import Store, StoreError
 from scheduler.view import View
 
 log = logging.getLogger("dockyard.scheduler.loop")
+
+
+def _touches(a: Action) -> set[str]:
+    if isinstance(a, (Update, Migrate)):
+        return {a.old.id}
+    if isinstance(a, (Stop, Remove)):
+        return {a.task.id}
+    return set()
 
 
 def new_task_id() -> str:
@@ -70,6 +78,9 @@ class LeaderLoop:
             plan = reconcile(v.services, list(v.tasks.values()), v.node_list(), now, new_id=new_task_id,
                              rng=self.rng)
         self.passes += 1
+        migrating = v.migrating()
+        if migrating:  # a task being moved is the migration's: act on it once its record is gone
+            plan.actions = [a for a in plan.actions if not (_touches(a) & migrating)]
         if not plan.actions:
             return plan.wake_at
         for a in plan.actions:

@@ -32,6 +32,7 @@ from scheduler import metrics as metrics_mod
 from scheduler.dispatch import Agents, Dispatcher
 from scheduler.leader import Election
 from scheduler.loop import LeaderLoop
+from scheduler.migrate import Migrator
 from scheduler.server import SchedulerServicer
 from scheduler.store import Store, Unavailable
 from scheduler.view import View, cancel
@@ -188,6 +189,8 @@ class Scheduler:
         dispatcher = self.dispatcher = Dispatcher(view, store, self.agents)
         servicer = SchedulerServicer(store, view, election, self.agents, replica=self.replica, etcd=self.etcd_url,
                                      ttl=o.ttl, heartbeat=o.heartbeat)
+        migrator = self.migrator = Migrator(view, store, self.agents, m, replica=self.replica)
+        servicer.migrator = migrator
         self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
                                                ("grpc.max_send_message_length", 64 << 20)])
         pbg.add_SchedulerServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
@@ -202,7 +205,8 @@ class Scheduler:
         active = lambda: election.is_leader  # noqa: E731
         self.tasks += [asyncio.create_task(election.run(), name="election"),
                        asyncio.create_task(loop.run(active), name="leader-loop"),
-                       asyncio.create_task(dispatcher.run(active), name="dispatch")]
+                       asyncio.create_task(dispatcher.run(active), name="dispatch"),
+                       asyncio.create_task(migrator.watch(active), name="migrations")]
         await self.server.start()
         if o.metrics_addr:
             try:

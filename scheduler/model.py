@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import hashlib
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 NANO = 1_000_000_000
@@ -312,3 +312,40 @@ def format_bytes(n: int) -> str:
 
 def format_cpus(nano: int) -> str:
     return f"{nano / NANO:g} CPU" + ("" if nano == NANO else "s")
+
+
+# /dockyard/migrations/<id>: one task being moved (scheduler/migrate.py); JSON, not the codec: a
+# record is small, short-lived and read by every replica's view.
+@dataclass(slots=True)
+class Migration:
+    id: str
+    task_id: str
+    service: str
+    slot: int
+    source: str
+    target: str
+    mode: str  # live | cold
+    phase: str  # recorded | running | recovering
+    reason: str = ""  # why cold, when live was not possible
+    started_at: float = 0.0
+    leader: str = ""
+    mod_revision: int = 0
+
+    @property
+    def task_name(self) -> str:
+        return f"{self.service}.{self.slot}"
+
+    def encode(self) -> bytes:
+        d = asdict(self)
+        d.pop("mod_revision")
+        return json.dumps(d, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, raw: bytes, rev: int) -> Migration:
+        d = json.loads(raw)
+        d["mod_revision"] = rev
+        return cls(**{k: d[k] for k in _MIGRATION_FIELDS if k in d})
+
+
+_MIGRATION_FIELDS = ("id", "task_id", "service", "slot", "source", "target", "mode", "phase", "reason",
+                     "started_at", "leader", "mod_revision")

@@ -546,9 +546,18 @@ def plan_migration(task: Task, services: Mapping[str, Service], tasks: Iterable[
     spec = svc.spec
     if svc.previous_spec is not None and svc.previous_spec.digest == task.spec_version:
         spec = svc.previous_spec
-    by_version = {(svc.name, spec.digest): spec}
     node_list = list(nodes)
-    cluster = ClusterState(node_list, tasks, lambda t: by_version.get((t.service, t.spec_version), spec), rng)
+
+    def spec_of(t: Task) -> ServiceSpec | None:
+        # each task holds what its own service's spec reserves (ports, resources), not this one's
+        s = services.get(t.service)
+        if s is None:
+            return None
+        if s.previous_spec is not None and s.previous_spec.digest == t.spec_version:
+            return s.previous_spec
+        return s.spec
+
+    cluster = ClusterState(node_list, tasks, spec_of, rng)
     extra = [constraint_lang.parse(f"node.id != {task.node}")]
     if to is not None:
         if to == task.node:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
@@ -26,6 +26,9 @@ from scheduler.observe import ContainerReport
 from scheduler.reconcile import new_service, rollback_service, update_service
 from scheduler.store import Conflict, Delete, Op, Put, Store, StoreError, Unavailable
 from scheduler.view import View
+
+if TYPE_CHECKING:
+    from scheduler.migrate import Migrator
 
 log = logging.getLogger("dockyard.scheduler.server")
 T = TypeVar("T")
@@ -90,6 +93,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         self.ttl = ttl
         self.heartbeat = heartbeat
         self.clock = clock
+        self.migrator: Migrator | None = None  # set by main: the leader runs migrations
 
     # --- status and nodes ------------------------------------------------------------------------
 
@@ -435,6 +439,71 @@ class SchedulerServicer(pbg.SchedulerServicer):
         finally:
             call.cancel()
 
+    # --- moving tasks: run by the leader (scheduler/migrate.py); a follower passes the call on ---
+
+    async def _migration_stream(self, method: str, request: Any, context: grpc.aio.ServicerContext,
+                                run: Callable[[], AsyncIterator[pb.MigrationProgress]]
+                                ) -> AsyncIterator[pb.MigrationProgress]:
+        if not self.election.is_leader or self.migrator is None:
+            addr = self.election.leader_address
+            if not addr or addr == self.election.address:
+                await context.abort(grpc.StatusCode.UNAVAILABLE, "no scheduler leader right now; try again")
+                return
+            async with grpc.aio.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as ch:
+                call = getattr(pbg.SchedulerStub(ch), method)(request)  # type: ignore[no-untyped-call]
+                try:
+                    async for p in call:
+                        yield p
+                except grpc.aio.AioRpcError as e:
+                    await context.abort(e.code(), e.details() or "")
+            return
+        from scheduler.migrate import MigrationError
+
+        try:
+            async for p in run():
+                yield p
+        except (MigrationError, ClusterError, StoreError) as e:
+            code, msg = _status(e) if not isinstance(e, MigrationError) else (grpc.StatusCode.FAILED_PRECONDITION,
+                                                                             str(e))
+            await context.abort(code, msg)
+
+    async def MigrateTask(self, request: pb.MigrateTaskRequest,
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MigrationProgress]:
+        if request.mode not in ("", "live", "cold"):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"mode {request.mode!r}: live or cold")
+
+        def run() -> AsyncIterator[pb.MigrationProgress]:
+            assert self.migrator is not None
+            return self.migrator.run(self.resolve_task(request.task), request.to, request.mode)
+
+        async for p in self._migration_stream("MigrateTask", request, context, run):
+            yield p
+
+    async def DrainNode(self, request: pb.DrainRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MigrationProgress]:
+        def run() -> AsyncIterator[pb.MigrationProgress]:
+            assert self.migrator is not None
+            return self.migrator.drain(request.node, request.mode)
+
+        async for p in self._migration_stream("DrainNode", request, context, run):
+            yield p
+
+    async def Rebalance(self, request: pb.RebalanceRequest,
+                        context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MigrationProgress]:
+        def run() -> AsyncIterator[pb.MigrationProgress]:
+            assert self.migrator is not None
+            return self.migrator.rebalance(request.dry_run)
+
+        async for p in self._migration_stream("Rebalance", request, context, run):
+            yield p
+
+    @_mapped
+    async def ListMigrations(self, request: pb.Empty, context: Any) -> pb.ListMigrationsResponse:
+        return pb.ListMigrationsResponse(migrations=[
+            pb.MigrationInfo(id=m.id, task_id=m.task_id, service=m.service, from_node=m.source, to_node=m.target,
+                             mode=m.mode, phase=m.phase, started_at=m.started_at, leader=m.leader)
+            for m in sorted(self.view.migrations.values(), key=lambda m: m.started_at)])
+
     # --- agents ----------------------------------------------------------------------------------
 
     @_mapped
@@ -480,8 +549,9 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if request.full:
             # A task this node should be running whose container it no longer has (a host that
             # rebooted, a container removed by hand): failed, so the restart policy replaces it.
+            migrating = self.view.migrating()
             for t in self.view.tasks_on(request.node):
-                if t.id not in seen and t.state in (TaskState.STARTING, TaskState.RUNNING):
+                if t.id not in seen and t.id not in migrating and t.state in (TaskState.STARTING, TaskState.RUNNING):
                     gone = ContainerReport(task_id=t.id, service=t.service, container_id=t.container_id,
                                            state="removed")
                     await write_observed(self.store, self.view, gone, request.node, now)

@@ -17,6 +17,7 @@ whether its decision still holds.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ import grpc
 from aetcd import rpc
 
 from scheduler import codec
-from scheduler.model import Node, NodeStatus, Service, Task
+from scheduler.model import Migration, Node, NodeStatus, Service, Task
 
 ROOT = b"/dockyard/"
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -124,6 +125,7 @@ class Snapshot:
     services: dict[str, Service] = field(default_factory=dict)
     tasks: dict[str, Task] = field(default_factory=dict)
     alive: set[str] = field(default_factory=set)
+    migrations: dict[str, Migration] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -334,6 +336,7 @@ class Store:
         snap = Snapshot(revision=rev)
         p_nodes, p_alive = self.keys.nodes(), self.keys.alive()
         p_svc, p_tasks = self.keys.service(), self.keys.tasks()
+        p_mig = self.keys.migration()
         nodes: list[Node] = []
         for kv in kvs:
             key = bytes(kv.key)
@@ -347,6 +350,10 @@ class Store:
                 snap.services[s.name] = s
             elif key.startswith(p_alive):
                 snap.alive.add(self.keys.name_of(key, p_alive))
+            elif key.startswith(p_mig):
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    m = Migration.decode(kv.value, int(kv.mod_revision))
+                    snap.migrations[m.id] = m
         for n in nodes:
             n.status = NodeStatus.READY if n.name in snap.alive else NodeStatus.DOWN
             snap.nodes[n.name] = n

@@ -12,7 +12,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 
-from scheduler.model import Node, NodeStatus, Service, Task
+from scheduler.model import Migration, Node, NodeStatus, Service, Task
 from scheduler.store import Store, StoreError, WatchEvent
 
 log = logging.getLogger("dockyard.scheduler.view")
@@ -26,6 +26,7 @@ class View:
         self.services: dict[str, Service] = {}
         self.tasks: dict[str, Task] = {}
         self.alive: set[str] = set()
+        self.migrations: dict[str, Migration] = {}  # /dockyard/migrations/: tasks being moved
         self.revision = 0
         self.etcd_ok = False
         self.loaded = asyncio.Event()
@@ -45,6 +46,10 @@ class View:
     def tasks_on(self, node: str) -> list[Task]:
         return [t for t in self.tasks.values() if t.node == node]
 
+    def migrating(self) -> set[str]:
+        """Ids of the tasks being moved: nobody but the migration touches them."""
+        return {m.task_id for m in self.migrations.values()}
+
     async def wait_revision(self, revision: int, timeout: float = 5.0) -> bool:
         """Wait until the view has seen `revision` (a write of ours); False on timeout."""
         if self.revision >= revision:
@@ -63,6 +68,7 @@ class View:
         while True:
             try:
                 snap = await self.store.snapshot()
+                self.migrations = snap.migrations
                 self._load(snap.revision, snap.nodes, snap.services, snap.tasks, snap.alive)
                 async for ev in self.store.watch(self.store.keys.root, start_revision=snap.revision + 1):
                     self._event(ev)
@@ -136,6 +142,15 @@ class View:
                 rec.status = NodeStatus.READY if name in self.alive else NodeStatus.DOWN
                 self.nodes[name] = rec
             touched.add(name)
+        elif ev.key.startswith(k.migration()):
+            mid = k.name_of(ev.key, k.migration())
+            old_m = self.migrations.pop(mid, None)
+            if ev.kind == "put":
+                with contextlib.suppress(ValueError, TypeError, KeyError):
+                    self.migrations[mid] = Migration.decode(ev.value, ev.mod_revision)
+            for m in (old_m, self.migrations.get(mid)):
+                if m is not None:
+                    touched |= {m.source, m.target}
         elif ev.key.startswith(k.service()):
             name = k.name_of(ev.key, k.service())
             self.services.pop(name, None)
