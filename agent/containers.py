@@ -262,8 +262,17 @@ class ContainerManager:
             etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log),
         )
 
+    async def _shim_gone(self, c: Container, timeout: float = 10.0) -> None:
+        """A shim reports the exit before it tears down (so that `wait` is quick); a new run of the
+        same container, or its removal, waits for that teardown, which would otherwise remove the
+        new run's cgroup and port rules (they are named after the container)."""
+        deadline = time.monotonic() + timeout
+        while self._shim_alive(c) and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+
     async def _start_locked(self, c: Container, hold: bool, restore: bool = False) -> None:
         trace("agent: start")
+        await self._shim_gone(c)
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
@@ -570,6 +579,7 @@ class ContainerManager:
                 if c.state.status == "paused":
                     await asyncio.to_thread(self.cg.thaw, c.id)
                 await asyncio.wait_for(self._event(c).wait(), 30)
+        await self._shim_gone(c)
         if self.containers.pop(c.id, None) is None:
             return
         self._release_network(c)
