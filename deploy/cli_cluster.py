@@ -199,7 +199,7 @@ def _follow(ctx: click.Context, method: str, request: Any) -> int:
             if p.phase == "done":
                 click.echo(f"migrated {p.task} from {p.from_node} to {p.to_node} ({p.mode}): "
                            f"downtime {p.downtime_seconds * 1000:.0f} ms, total {p.total_seconds:.2f} s")
-            elif p.phase in ("skipped", "rolled_back", "dropped", "lost") or p.phase.startswith("lost"):
+            elif p.phase in ("skipped", "rolled_back", "dropped", "lost"):
                 failed += 1
                 click.echo(_progress_line(p), err=True)
             elif p.phase == "transfer":

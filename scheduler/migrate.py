@@ -149,13 +149,21 @@ class Migrator:
     # --- running -------------------------------------------------------------------------------
 
     async def record(self, m: Migration, t: Task) -> Migration:
-        ops = [Put(self.store.keys.migration(m.id), m.encode(), 0), self.store.put_task_op(t)]
-        try:
-            rev = await self.store.commit(ops)
-        except Conflict as e:
-            raise MigrationError(f"{t.name} changed while the migration was being recorded; try again") from e
-        await self.view.wait_revision(rev)
-        return replace(m, mod_revision=rev)
+        """The record and the unchanged task in one txn guarded by both: the task is still where
+        and as we decided (a report that changed nothing that matters is re-read and retried)."""
+        for _ in range(5):
+            cur = await self.store.get_task(t.service, t.id)
+            if cur is None or cur.node != m.source or not cur.live or cur.state is not TaskState.RUNNING:
+                raise MigrationError(f"{t.name} is no longer running on {m.source}")
+            try:
+                rev = await self.store.commit([Put(self.store.keys.migration(m.id), m.encode(), 0),
+                                               self.store.put_task_op(cur)])
+            except Conflict:
+                await asyncio.sleep(0.05)
+                continue
+            await self.view.wait_revision(rev)
+            return replace(m, mod_revision=rev)
+        raise MigrationError(f"{t.name} keeps changing while the migration is recorded; try again")
 
     async def _set_phase(self, m: Migration, phase: str) -> Migration:
         new = replace(m, phase=phase, leader=self.replica)
@@ -164,6 +172,7 @@ class Migrator:
 
     async def run(self, t: Task, to: str, asked: str) -> AsyncIterator[pb.MigrationProgress]:
         """Plan, record and run one migration, yielding its progress."""
+        t = self.view.tasks.get(t.id, t)
         m = self.plan(t, to, asked)
         if m.reason:
             yield progress(m, "planned", f"cold, not live: {m.reason}")
@@ -221,8 +230,8 @@ class Migrator:
             emit(progress(m, "failed", why or type(e).__name__))
             outcome = await self.recover_until_settled(m)
             self.metrics.migration(m.mode, "failed" if outcome != "finished" else "succeeded")
-            emit(progress(m, "rolled_back" if outcome == "rolled back" else outcome.replace(" ", "_"),
-                          f"{m.task_name}: {outcome}", total_seconds=time.monotonic() - t0))
+            phase = {"rolled": "rolled_back"}.get(outcome.split(" ")[0], outcome.split(" ")[0])
+            emit(progress(m, phase, f"{m.task_name}: {outcome}", total_seconds=time.monotonic() - t0))
 
     def _container(self, m: Migration) -> str:
         t = self.view.tasks.get(m.task_id)
@@ -373,10 +382,16 @@ class Migrator:
     # --- many at once ---------------------------------------------------------------------------
 
     async def drain(self, node: str, asked: str) -> AsyncIterator[pb.MigrationProgress]:
-        """The node is set to drain (nothing new placed there), then each of its tasks moved off."""
-        n = self.view.nodes.get(node)
-        if n is None:
+        """Each task of the node moved off (placement picks where), then the node set to drain.
+        Not drain first: the leader loop replaces (restarts elsewhere) every task of a drained node,
+        which would race the moves. A task placed there meanwhile is replaced once it is drained."""
+        if self.view.nodes.get(node) is None:
             raise MigrationError(f"node {node} not found")
+        for t in sorted(self.view.tasks_on(node), key=lambda t: (t.service, t.slot)):
+            if not (t.desired_state is DesiredState.RUNNING and t.state is TaskState.RUNNING):
+                continue
+            async for p in self._one(t, "", asked):
+                yield p
         for _ in range(5):
             cur = await self.store.get_node(node)
             if cur is None:
@@ -390,11 +405,6 @@ class Migrator:
                 break
             except Conflict:
                 continue
-        for t in sorted(self.view.tasks_on(node), key=lambda t: (t.service, t.slot)):
-            if not (t.desired_state is DesiredState.RUNNING and t.state is TaskState.RUNNING):
-                continue
-            async for p in self._one(t, "", asked):
-                yield p
 
     async def _one(self, t: Task, to: str, asked: str) -> AsyncIterator[pb.MigrationProgress]:
         try:

@@ -197,23 +197,33 @@ def test_drain_empties_a_node_by_moving_its_tasks_and_rebalance_fills_it_again(e
     ts = env.deploy("dr", service("w", replicas=3), replicas=3)
     busy = Counter(t.node for t in ts).most_common(1)[0][0]
     ids = {t.id for t in ts}
-    r = cli(env.addresses, "node", "drain", busy)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert f"{busy} drained" in r.stdout
-    now = running(env.live(), "dr_w")
-    assert {t.id for t in now} == ids  # moved, not replaced
-    assert all(t.node != busy for t in now)
-    assert not [t for t in ids if busy in env.copies(t)]
-    for t in ids:
-        env.settled(t)
-    # back in service, empty: rebalance moves tasks onto it
-    assert cli(env.addresses, "node", "activate", busy).returncode == 0
+    try:
+        r = cli(env.addresses, "node", "drain", busy)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"{busy} drained" in r.stdout
+        print("\n" + r.stdout.strip())
+        now = running(env.live(), "dr_w")
+        assert {t.id for t in now} == ids  # moved, not replaced
+        assert all(t.node != busy for t in now)
+        assert not [t for t in ids if busy in env.copies(t)]
+        for t in ids:
+            env.settled(t)
+        wait_for(lambda: not env.host(busy).stub.ListContainers(
+            apb.ListContainersRequest(filters={"label": "dockyard.task"}), timeout=10).containers, 30,
+            f"{busy} empty")  # every service's tasks moved off it
+    finally:  # back in service, empty: rebalance moves tasks onto it
+        assert cli(env.addresses, "node", "activate", busy).returncode == 0
     r = cli(env.addresses, "rebalance")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "migrated" in r.stdout, r.stdout
-    wait_for(lambda: any(t.node == busy for t in running(env.live(), "dr_w")), 30, "a task back on the node")
-    for t in ids:
+    print(r.stdout.strip())
+    moved = wait_for(lambda: [t for t in tasks(env.live()) if t.node == busy and t.state == "running"
+                              and t.desired_state == "running"], 30,
+                     "tasks moved onto the emptied node")
+    for t in [*ids, *(t.id for t in moved)]:
         env.settled(t)
+    per = Counter(t.node for t in tasks(env.live()) if t.state == "running" and t.desired_state == "running")
+    assert max(per.values()) - min(per.values()) <= 1, per
 
 
 def _migrate_in_background(env: Env, task: str, to: str, *mode: str) -> subprocess.Popen[str]:
