@@ -1,0 +1,92 @@
+"""The pure parts of scheduler/migrate.py: live or cold (and why), the migration record's JSON, and
+which tasks a rebalance moves. Tables of {name, input, want}."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from scheduler.migrate import MigrationError, Migrator, choose_mode
+from scheduler.model import (
+    Availability,
+    Capabilities,
+    DesiredState,
+    Migration,
+    Node,
+    NodeStatus,
+    Task,
+    TaskState,
+)
+
+
+def node(name: str, criu: bool = True, cgroup: int = 2, **kw: Any) -> Node:
+    return Node(name=name, capabilities=Capabilities(criu=criu, cgroup_version=cgroup), **kw)
+
+
+@pytest.mark.parametrize("name, source, target, asked, want", [
+    ("both have criu: live", node("a"), node("b"), "", ("live", "")),
+    ("asked cold", node("a"), node("b"), "cold", ("cold", "")),
+    ("no criu on the source", node("a", criu=False), node("b"), "", ("cold", "a has no working CRIU")),
+    ("no criu on the target", node("a"), node("b", criu=False), "", ("cold", "b has no working CRIU")),
+    ("cgroup versions differ", node("a", cgroup=1), node("b"), "", ("cold", "cgroup v1 on a, v2 on b")),
+])
+def test_choose_mode(name: str, source: Node, target: Node, asked: str, want: tuple[str, str]) -> None:
+    assert choose_mode(source, target, asked) == want
+
+
+def test_live_asked_where_it_cannot_be_is_an_error_saying_why() -> None:
+    with pytest.raises(MigrationError, match="cannot migrate live: b has no working CRIU"):
+        choose_mode(node("a"), node("b", criu=False), "live")
+
+
+def test_the_record_round_trips_through_json() -> None:
+    m = Migration(id="m1", task_id="t1", service="web", slot=2, source="a", target="b", mode="live",
+                  phase="running", reason="", started_at=12.5, leader="r1")
+    back = Migration.decode(m.encode(), 42)
+    assert back.mod_revision == 42 and back.task_name == "web.2"
+    back.mod_revision = 0
+    assert back == m
+
+
+def _migrator(nodes: list[Node], tasks: list[Task], migrating: tuple[str, ...] = ()) -> Migrator:
+    view = SimpleNamespace(nodes={n.name: n for n in nodes}, tasks={t.id: t for t in tasks},
+                           migrations={f"m{i}": SimpleNamespace(task_id=tid) for i, tid in enumerate(migrating)})
+    return Migrator(view, None, None, None, replica="r")  # type: ignore[arg-type]
+
+
+def _tasks(spec: dict[str, int], service: str = "web") -> list[Task]:
+    out, slot = [], 0
+    for n, count in spec.items():
+        for _ in range(count):
+            slot += 1
+            out.append(Task(service=service, slot=slot, id=f"{service}{slot}", spec_version="v", node=n,
+                            desired_state=DesiredState.RUNNING, state=TaskState.RUNNING))
+    return out
+
+
+@pytest.mark.parametrize("name, nodes, load, migrating, want", [
+    ("balanced: nothing", ["a", "b"], {"a": 2, "b": 2}, (), {"a": 2, "b": 2}),
+    ("a new empty node gets its share", ["a", "b", "c"], {"a": 3, "b": 3}, (), {"a": 2, "b": 2, "c": 2}),
+    ("off by one is balanced", ["a", "b"], {"a": 3, "b": 2}, (), {"a": 3, "b": 2}),
+    ("down and drained nodes take nothing", ["a", "b", "down", "drained"], {"a": 4, "b": 0}, (),
+     {"a": 2, "b": 2}),
+    ("a task being migrated is not moved again", ["a", "b"], {"a": 4, "b": 0}, ("web1", "web2", "web3"),
+     {"a": 4, "b": 0}),
+])
+def test_rebalance_plan(name: str, nodes: list[str], load: dict[str, int], migrating: tuple[str, ...],
+                        want: dict[str, int]) -> None:
+    ns = [node(n, status=NodeStatus.DOWN if n == "down" else NodeStatus.READY,
+               availability=Availability.DRAIN if n == "drained" else Availability.ACTIVE) for n in nodes]
+    ts = _tasks(load)
+    moves = _migrator(ns, ts, migrating).rebalance_plan()
+    after = {n: 0 for n in load}
+    where = {t.id: t.node for t in ts}
+    for t, to in moves:
+        assert to != t.node and t.id not in migrating
+        where[t.id] = to
+    for n in where.values():
+        assert n is not None
+        after[n] = after.get(n, 0) + 1
+    assert {k: v for k, v in after.items() if v or k in want} == want
