@@ -194,8 +194,10 @@ def _follow(ctx: click.Context, method: str, request: Any) -> int:
     """Print a migration stream's progress; the number of moves that did not happen."""
     stub = sched(ctx).live_stub()
     failed = 0
+    current = ""
     try:
         for p in getattr(stub, method)(request):
+            current = p.migration_id or current
             if p.phase == "done":
                 click.echo(f"migrated {p.task} from {p.from_node} to {p.to_node} ({p.mode}): "
                            f"downtime {p.downtime_seconds * 1000:.0f} ms, total {p.total_seconds:.2f} s")
@@ -208,6 +210,9 @@ def _follow(ctx: click.Context, method: str, request: Any) -> int:
             else:
                 click.echo(_progress_line(p), err=True)
     except grpc.RpcError as e:
+        if current and e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):  # type: ignore[attr-defined]
+            fail(f"lost the scheduler during migration {current} ({e.details()}): it is recorded, and the "  # type: ignore[attr-defined]
+                 "next leader finishes it or rolls it back; see `dockyard migrations` and `dockyard service ps`")
         fail(f"Error response from scheduler: {e.details()}")  # type: ignore[attr-defined]
     return failed
 

@@ -279,3 +279,18 @@ def test_leader_killed_after_the_move_before_the_record_is_finished(env: Env) ->
     assert env.settled(t.id) == to
     assert env.task(t.id).node == to
     leader.start()  # back as a follower
+
+
+def test_leader_killed_before_the_agent_is_called_rolls_back(env: Env) -> None:
+    (t,) = env.deploy("fb", service("a", pause="running:6"))
+    to = _other(env, t.node)
+    leader = next(s for s in env.scheds if s.alive() and s.status().leader)
+    proc = _migrate_in_background(env, t.name, to, "--live")
+    _wait_phase(env, "running")
+    leader.kill9()
+    out, _ = proc.communicate(timeout=90)
+    print("\n" + out.strip())
+    assert proc.returncode != 0 and "recorded" in out
+    # the new leader finds the record, sees nothing on the target: the source copy stays, record gone
+    assert env.settled(t.id) == t.node
+    leader.start()
