@@ -294,3 +294,28 @@ def test_leader_killed_before_the_agent_is_called_rolls_back(env: Env) -> None:
     # the new leader finds the record, sees nothing on the target: the source copy stays, record gone
     assert env.settled(t.id) == t.node
     leader.start()
+
+
+def test_leader_killed_after_the_checkpoint_restores_the_source_copy_from_it(env: Env) -> None:
+    """The dump happened (done here through the agent, as MigrateContainer's first step does), then
+    the leader died: the next leader finds nothing on the target and restores the source copy from
+    its checkpoint, memory intact, and no checkpoint data stays behind."""
+    (t,) = env.deploy("fc", service("a", pause="running:8"))
+    src, to = env.host(t.node), _other(env, t.node)
+    name = f"{t.name}.{t.id}"
+    wait_for(lambda: len(_numbers(src, name)) > 20, 20, "counting")
+    leader = next(s for s in env.scheds if s.alive() and s.status().leader)
+    proc = _migrate_in_background(env, t.name, to, "--live")
+    _wait_phase(env, "running")
+    for _ in src.stub.CheckpointContainer(apb.CheckpointRequest(id=name), timeout=60):
+        pass
+    assert src.inspect(name)["State"]["Status"] == "exited"
+    before = _numbers(src, name)[-1]
+    leader.kill9()
+    proc.communicate(timeout=90)
+    assert env.settled(t.id) == t.node
+    wait_for(lambda: _numbers(src, name)[-1] > before + 3, 20, "counting again")
+    nums = _numbers(src, name)
+    assert nums.count(1) == 1 and before + 1 in nums  # went on from where it was, not from 1
+    assert not list((src.root / "containers").glob("*/checkpoint"))  # no checkpoint data left
+    leader.start()
