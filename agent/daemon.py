@@ -133,6 +133,17 @@ class Agent:
                 os.rmdir(path)
 
 
+def own_cgroup() -> str:
+    """The deepest of this process's cgroup paths (here the memory controller's /process_api/<id>)."""
+    own = "/"
+    with open("/proc/self/cgroup") as f:
+        for line in f:
+            path = line.rstrip("\n").split(":", 2)[2]
+            if len(path) > len(own):
+                own = path
+    return own
+
+
 def _cgroup_parent(root: Path, configured: str | None) -> str:
     """Where this agent's container cgroups live, the same in every controller, fixed at first start.
 
@@ -146,13 +157,7 @@ def _cgroup_parent(root: Path, configured: str | None) -> str:
         return configured.strip("/")
     if saved.exists():
         return saved.read_text().strip()
-    own = "/"
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            path = line.rstrip("\n").split(":", 2)[2]
-            if len(path) > len(own):
-                own = path
-    parent = (own.rstrip("/") + "/dockyard").strip("/")
+    parent = (own_cgroup().rstrip("/") + "/dockyard").strip("/")
     saved.write_text(parent + "\n")
     return parent
 

@@ -392,7 +392,7 @@ class AgentServicer(pbg.AgentServicer):
                 kind = msg.WhichOneof("kind")
                 target = master if master >= 0 else stdin_fd[0]
                 if kind == "stdin" and target >= 0:
-                    await asyncio.to_thread(_write_all, target, msg.stdin)
+                    await asyncio.to_thread(frames.write_all, target, msg.stdin)
                 elif kind == "close_stdin" and stdin_fd[0] >= 0:
                     os.close(stdin_fd[0])
                     stdin_fd[0] = -1
@@ -581,13 +581,3 @@ class AgentServicer(pbg.AgentServicer):
         await asyncio.to_thread(self.images.tag, request.source, request.target)
         return pb.Empty()
 
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        try:
-            n = os.write(fd, view)
-        except BlockingIOError:
-            time.sleep(0.001)
-            continue
-        view = view[n:]

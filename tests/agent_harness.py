@@ -57,14 +57,9 @@ def _free_subnet() -> str:
 
 
 def _own_cgroup() -> str:
-    """The deepest of this process's cgroup paths (here the memory controller's /process_api/<id>)."""
-    own = "/"
-    with open("/proc/self/cgroup") as f:
-        for line in f:
-            path = line.rstrip("\n").split(":", 2)[2]
-            if len(path) > len(own):
-                own = path
-    return own
+    from agent.daemon import own_cgroup
+
+    return own_cgroup()
 
 
 STARTED: list[AgentProcess] = []  # every agent a test started, checked for leftovers at the end

@@ -15,7 +15,6 @@ from __future__ import annotations
 import array
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import socket
@@ -23,28 +22,17 @@ import termios
 import traceback
 from typing import Any, NoReturn
 
-from agent.runtime import process, rootfs
+from agent.runtime import frames, process, rootfs
 from agent.runtime import syscalls as sc
 from agent.runtime.spec import RuntimeSpec
 
 
 def send(ctl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(msg).encode()
-    if fds:
-        ctl.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    else:
-        ctl.send(data)
+    frames.send_json(ctl, msg, fds)
 
 
 def recv(ctl: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    fds = array.array("i")
-    data, ancdata, _flags, _addr = ctl.recvmsg(65536, socket.CMSG_SPACE(4 * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
-    for level, kind, cdata in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
-    if not data:
-        return None, list(fds)
-    return json.loads(data), list(fds)
+    return frames.recv_json(ctl, 65536, 4)
 
 
 _TIOCSPTLCK = 0x40045431  # unlockpt(); not in Python's termios module

@@ -537,7 +537,7 @@ class _Shim:
         for kind, payload in msgs:
             if kind == frames.STDIN:
                 if self.pty >= 0:
-                    self._write_all(self.pty, payload)
+                    frames.write_all(self.pty, payload)
                 elif self.stdin_w >= 0:
                     self.stdin_buf += payload
                     self._flush_stdin()
@@ -551,19 +551,6 @@ class _Shim:
             elif kind == frames.RELEASE and not self.released:
                 self.released = True
                 self._go()
-
-    @staticmethod
-    def _write_all(fd: int, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            try:
-                n = os.write(fd, view)
-            except BlockingIOError:
-                time.sleep(0.001)
-                continue
-            except OSError:
-                return
-            view = view[n:]
 
     def _flush_stdin(self) -> None:
         while self.stdin_buf and self.stdin_w >= 0:

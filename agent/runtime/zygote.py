@@ -15,7 +15,6 @@ concurrently and the zygote goes straight back to listening.
 
 from __future__ import annotations
 
-import array
 import contextlib
 import gc
 import json
@@ -26,20 +25,13 @@ import socket
 import sys
 from typing import Any, NoReturn
 
-from agent.runtime import execproc, init, shim
+from agent.runtime import execproc, frames, init, shim
 from agent.runtime import syscalls as sc
 from agent.runtime.spec import ProcessSpec, RuntimeSpec
 
 
 def _recv_request(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    fds = array.array("i")
-    data, anc, _flags, _addr = sock.recvmsg(1 << 20, socket.CMSG_SPACE(8 * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
-    for level, kind, cdata in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
-    if not data:
-        return None, list(fds)
-    return json.loads(data), list(fds)
+    return frames.recv_json(sock, 1 << 20, 8)
 
 
 def _handle(req: dict[str, Any], fds: list[int]) -> NoReturn:

@@ -16,6 +16,8 @@ import sys
 import threading
 from typing import Any
 
+from agent.runtime import frames
+
 
 class ZygoteError(Exception):
     pass
@@ -38,8 +40,7 @@ class Reply:
 
         while True:
             try:
-                fds = array.array("i")
-                data, anc, _f, _a = self.sock.recvmsg(1 << 20, socket.CMSG_SPACE(4 * fds.itemsize), socket.MSG_CMSG_CLOEXEC)
+                return frames.recv_json(self.sock, 1 << 20, 4)
             except BlockingIOError:
                 loop.add_reader(self.sock.fileno(), ready)
                 try:
@@ -47,13 +48,6 @@ class Reply:
                 finally:
                     loop.remove_reader(self.sock.fileno())
                 fut = loop.create_future()
-                continue
-            for level, kind, cdata in anc:
-                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                    fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
-            if not data:
-                return None, list(fds)
-            return json.loads(data), list(fds)
 
     def close(self) -> None:
         self.sock.close()
