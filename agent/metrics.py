@@ -495,32 +495,23 @@ class MetricsServer:
         self.thread.join(timeout=5)
 
 
-def serve_metrics(addr: str, metrics: AgentMetrics) -> MetricsServer:
-    """Serve GET /metrics on HOST:PORT from a daemon thread; scrapes never touch the event loop."""
+class QuietHandler(BaseHTTPRequestHandler):
+    """A request handler that logs nothing (scrapes every few seconds would drown the log)."""
+
+    def reply(self, code: int, content_type: str, body: bytes) -> None:
+        self.send_response(code)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+def start_http(addr: str, handler: type[BaseHTTPRequestHandler]) -> MetricsServer:
+    """An HTTP server on HOST:PORT on daemon threads (the agent's and the scheduler's /metrics)."""
     host, port = parse_addr(addr)
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            if self.path.split("?", 1)[0] not in ("/metrics", "/"):
-                self._reply(404, "text/plain; charset=utf-8", b"not found: try /metrics\n")
-                return
-            try:
-                body = metrics.exposition()
-            except Exception as e:
-                log.exception("metrics: scrape failed")
-                self._reply(500, "text/plain; charset=utf-8", f"{type(e).__name__}: {e}\n".encode())
-                return
-            self._reply(200, CONTENT_TYPE_LATEST, body)
-
-        def _reply(self, code: int, content_type: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
 
     class Server(ThreadingHTTPServer):
         daemon_threads = True
@@ -532,9 +523,28 @@ def serve_metrics(addr: str, metrics: AgentMetrics) -> MetricsServer:
             self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
 
     try:
-        httpd = Server((host, port), Handler)
+        httpd = Server((host, port), handler)
     except OSError as e:
         raise MetricsAddressError(f"--metrics-addr {addr}: {e.strerror or e}") from e
     thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
     thread.start()
     return MetricsServer(httpd, thread)
+
+
+def serve_metrics(addr: str, metrics: AgentMetrics) -> MetricsServer:
+    """Serve GET /metrics on HOST:PORT from a daemon thread; scrapes never touch the event loop."""
+
+    class Handler(QuietHandler):
+        def do_GET(self) -> None:
+            if self.path.split("?", 1)[0] not in ("/metrics", "/"):
+                self.reply(404, "text/plain; charset=utf-8", b"not found: try /metrics\n")
+                return
+            try:
+                body = metrics.exposition()
+            except Exception as e:
+                log.exception("metrics: scrape failed")
+                self.reply(500, "text/plain; charset=utf-8", f"{type(e).__name__}: {e}\n".encode())
+                return
+            self.reply(200, CONTENT_TYPE_LATEST, body)
+
+    return start_http(addr, Handler)

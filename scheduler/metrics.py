@@ -29,16 +29,16 @@ import contextlib
 import inspect
 import json
 import re
-import socketserver
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
+
+from agent.metrics import MetricsServer as MetricsServer  # re-exported for scheduler.main
+from agent.metrics import QuietHandler, start_http
 
 AGENT_METRICS_PORT = 9323  # the agent's default --metrics-addr port, as dockerd's
 NODE_STATUSES = ("ready", "down")
@@ -217,31 +217,10 @@ def http_sd_targets(nodes: Iterable[Any], target: Callable[[Any], str] = metrics
 NodesSource = Callable[[], Iterable[Any] | Awaitable[Iterable[Any]]]
 
 
-@dataclass
-class MetricsServer:
-    httpd: ThreadingHTTPServer
-    thread: threading.Thread
-
-    @property
-    def address(self) -> tuple[str, int]:
-        a: Any = self.httpd.server_address
-        return str(a[0]), int(a[1])
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
 def serve(addr: str, registry: CollectorRegistry, nodes: NodesSource | None = None,
           loop: asyncio.AbstractEventLoop | None = None, timeout: float = 5.0) -> MetricsServer:
     """Serve GET /metrics (the registry) and, when `nodes` is given, GET /sd on HOST:PORT from a
     daemon thread. `nodes` may be an async function if `loop` (the loop it belongs to) is given."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"--metrics-addr {addr!r}: expected HOST:PORT")
-    host = host.removeprefix("[").removesuffix("]")
-
     def current_nodes() -> Iterable[Any]:
         assert nodes is not None
         got = nodes()
@@ -255,47 +234,19 @@ def serve(addr: str, registry: CollectorRegistry, nodes: NodesSource | None = No
             return asyncio.run_coroutine_threadsafe(wait(), loop).result(timeout)
         return got
 
-    class Handler(BaseHTTPRequestHandler):
+    class Handler(QuietHandler):
         def do_GET(self) -> None:
             path = self.path.split("?", 1)[0]
             try:
                 if path == "/metrics":
                     encoder, content_type = choose_encoder(self.headers.get("Accept", ""))
-                    self._reply(200, content_type, encoder(registry))
+                    self.reply(200, content_type, encoder(registry))
                 elif path == "/sd" and nodes is not None:
                     body = json.dumps(http_sd_targets(current_nodes())).encode()
-                    self._reply(200, "application/json", body)
+                    self.reply(200, "application/json", body)
                 else:
-                    self._reply(404, "text/plain", b"not found: try /metrics or /sd\n")
+                    self.reply(404, "text/plain", b"not found: try /metrics or /sd\n")
             except Exception as e:  # Prometheus keeps the last good targets on a failed /sd
-                self._reply(500, "text/plain", f"{type(e).__name__}: {e}\n".encode())
+                self.reply(500, "text/plain", f"{type(e).__name__}: {e}\n".encode())
 
-        def _reply(self, code: int, content_type: str, body: bytes) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-
-        def server_bind(self) -> None:
-            # HTTPServer.server_bind looks up the host's FQDN: with no DNS that stalls ~10 s.
-            socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-    if ":" in host:
-        import socket
-
-        Server.address_family = socket.AF_INET6
-    try:
-        httpd = Server((host, int(port)), Handler)
-    except OSError as e:
-        raise ValueError(f"--metrics-addr {addr}: {e.strerror or e}") from e
-    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
-    thread.start()
-    return MetricsServer(httpd, thread)
+    return start_http(addr, Handler)
