@@ -70,6 +70,8 @@ class ContainerManager:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.trash = root / "trash"   # removed containers' files, deleted after rm returns
+        self.trash.mkdir(exist_ok=True)
         self.images = images
         self.network = network
         self.cg = cgroup_driver
@@ -77,6 +79,7 @@ class ContainerManager:
         self.containers: dict[str, Container] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._monitors: dict[str, asyncio.Task[None]] = {}
+        self._teardowns: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._checkpointing: set[str] = set()
@@ -262,17 +265,18 @@ class ContainerManager:
             etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log),
         )
 
-    async def _shim_gone(self, c: Container, timeout: float = 10.0) -> None:
-        """A shim reports the exit before it tears down (so that `wait` is quick); a new run of the
+    async def _torn_down(self, c: Container) -> None:
+        """The exit is reported before the teardown (so that `wait` is quick); a new run of the
         same container, or its removal, waits for that teardown, which would otherwise remove the
         new run's cgroup and port rules (they are named after the container)."""
-        deadline = time.monotonic() + timeout
-        while self._shim_alive(c) and time.monotonic() < deadline:
-            await asyncio.sleep(0.005)
+        t = self._teardowns.get(c.id)
+        if t is not None:
+            with contextlib.suppress(Exception):
+                await t
 
     async def _start_locked(self, c: Container, hold: bool, restore: bool = False) -> None:
         trace("agent: start")
-        await self._shim_gone(c)
+        await self._torn_down(c)
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
@@ -388,9 +392,16 @@ class ContainerManager:
         try:
             result = json.loads(files.exit.read_text())
         except (OSError, ValueError):
-            result = {"exit_code": 255, "oom_killed": False, "finished_at": time.time(),
+            result = {"exit_code": 255, "finished_at": time.time(),
                       "error": "the container's shim died without recording an exit status"}
-            await asyncio.to_thread(self._cleanup_after_lost_shim, c)
+        if "oom_killed" not in result:  # the monitor leaves it to us: the cgroup is still there
+            try:
+                result["oom_killed"] = await asyncio.to_thread(self.cg.oom_kills, c.id) > 0
+            except Exception:
+                result["oom_killed"] = False
+        trace("agent: exit seen")
+        self._teardowns[c.id] = asyncio.get_running_loop().create_task(
+            asyncio.to_thread(self._teardown, c, c.endpoint))
         c.state.status = "exited"
         c.state.pid = 0
         c.state.exit_code = int(result["exit_code"])
@@ -441,31 +452,34 @@ class ContainerManager:
                 c.state.status = "exited"
                 self._save(c)
 
-    def _cleanup_after_lost_shim(self, c: Container) -> None:
-        """A shim killed outright leaves its mount, cgroup and veth: undo them here."""
+    def _teardown(self, c: Container, endpoint: dict[str, Any] | None) -> None:
+        """Undo a run once its init has exited (or its shim was killed, and the init with it): the
+        cgroup (killing what is left in it), the rootfs mount, the veth and port rules."""
         from agent.runtime import syscalls as sc
 
+        trace("agent: teardown")
         info = self._init_info(c)
         pid = int(info.get("pid", 0))
         if pid:
-            with contextlib.suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError, KeyError):
                 if pid_start_time(pid) == int(info["start_time"]):
                     os.kill(pid, signal.SIGKILL)
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
-        rootfs = str(self.files(c).dir / "rootfs")
         with contextlib.suppress(OSError):
-            sc.umount(rootfs, sc.MNT_DETACH)
-        if c.endpoint:
+            sc.umount(str(self.files(c).dir / "rootfs"), sc.MNT_DETACH)
+        if endpoint:  # as it was at the exit: the caller may release it meanwhile
             from agent.runtime import network
 
             with contextlib.suppress(Exception):
-                self.network.detach(network.Endpoint.from_dict(c.endpoint))
+                self.network.detach(network.Endpoint.from_dict(endpoint))
+        trace("agent: teardown done")
 
     # --- adoption -----------------------------------------------------------------------------
 
     async def adopt(self) -> None:
         """After a restart: load every container; reconnect to live shims; settle the rest."""
+        self._spawn(asyncio.to_thread(self._purge, list(self.trash.iterdir())))
         for d in sorted(self.dir.iterdir()):
             cfg = d / "config.json"
             if not cfg.exists():
@@ -579,26 +593,45 @@ class ContainerManager:
                 if c.state.status == "paused":
                     await asyncio.to_thread(self.cg.thaw, c.id)
                 await asyncio.wait_for(self._event(c).wait(), 30)
-        await self._shim_gone(c)
+        trace("agent: remove")
+        await self._torn_down(c)
+        trace("agent: torn down")
         if self.containers.pop(c.id, None) is None:
             return
         self._release_network(c)
-        await asyncio.to_thread(self._remove_files, c)
+        trash = await asyncio.to_thread(self._remove_files, c)
+        self._spawn(asyncio.to_thread(self._purge, trash))
+        trace("agent: removed")
         self._exited.pop(c.id, None)
         self._locks.pop(c.id, None)
+        self._teardowns.pop(c.id, None)
 
-    def _remove_files(self, c: Container) -> None:
+    def _remove_files(self, c: Container) -> list[Path]:
         from agent.runtime import syscalls as sc
 
         with contextlib.suppress(OSError):
             sc.umount(str(self.files(c).dir / "rootfs"), sc.MNT_DETACH)
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
+        trash: list[Path] = []
         with contextlib.suppress(Exception):
-            self.images.snapshotter.remove(c.snapshot)
-        shutil.rmtree(self.dir / c.id, ignore_errors=True)
+            if (t := self.images.snapshotter.remove(c.snapshot, purge=False)) is not None:
+                trash.append(t)
+        # Moved aside at once, deleted after rm has returned: a big upper dir takes a while.
+        try:
+            os.rename(self.dir / c.id, self.trash / c.id)
+            trash.append(self.trash / c.id)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            shutil.rmtree(self.dir / c.id, ignore_errors=True)
         with contextlib.suppress(OSError):
             self.files(c).socket.unlink()
+        return trash
+
+    def _purge(self, trash: list[Path]) -> None:
+        for path in trash:
+            self.images.snapshotter.purge(path)
 
     # --- checkpoint and restore (CRIU) ---------------------------------------------------------
 

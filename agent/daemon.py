@@ -69,6 +69,9 @@ class Agent:
         await asyncio.to_thread(net.ensure)
         driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
         self.cgroup_driver = driver
+        from agent.runtime import monitor
+
+        await asyncio.to_thread(monitor.binary)  # built here if missing or older than its source
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()

@@ -280,9 +280,9 @@ class AgentServicer(pbg.AgentServicer):
 
         pump = asyncio.ensure_future(pump_in())
         dec = frames.Decoder()
-        exit_sent = False
         try:
-            while True:
+            exited = False
+            while not exited:
                 data = await reader.read(65536)
                 if not data:
                     break
@@ -294,15 +294,11 @@ class AgentServicer(pbg.AgentServicer):
                     elif kind == frames.HELLO:
                         yield pb.StreamOutput(started=c.id)
                     elif kind == frames.EXIT:
-                        r = json.loads(payload)
-                        exit_sent = True
-                        yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=r["exit_code"], oom_killed=r["oom_killed"],
-                                                                 error=r.get("error", "")))
-                        return
-            if not exit_sent:
-                c = await self.m.wait(c.id)
-                yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed,
-                                                         error=c.state.error))
+                        exited = True
+            # The exit status as the agent recorded it: the monitor's, with the OOM count added.
+            c = await self.m.wait(c.id)
+            yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed,
+                                                     error=c.state.error))
         finally:
             pump.cancel()
             writer.close()

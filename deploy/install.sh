@@ -8,7 +8,7 @@ cd "$here"
 
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(
-  python3 python3-venv python3-dev gcc make git         # the agent and the scheduler
+  python3 python3-venv python3-dev gcc libc6-dev make git   # the agent, its C monitor, the scheduler
   iproute2 iptables procps util-linux kmod              # namespaces, bridge, veth, port publishing
   busybox-static                                        # the base image (deploy/images/busybox.sh)
   etcd-server etcd-client                               # the scheduler's state
@@ -37,5 +37,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
+.venv/bin/python -m agent.runtime.monitor >/dev/null   # the C container monitor (agent/runtime/monitor)
 ln -sf "$here/.venv/bin/dockyard" /usr/local/bin/dockyard
 echo "install: done ($(.venv/bin/dockyard --version 2>/dev/null || echo dockyard))"

@@ -214,14 +214,22 @@ class Snapshotter:
         info = self.stat(key)
         return write_diff(self.root / info.id / "fs", out)
 
-    def remove(self, key: str) -> None:
+    def remove(self, key: str, *, purge: bool = True) -> Path | None:
+        """Forget the snapshot and delete its files. With purge=False the files are only moved
+        aside, to a trash directory whose path is returned for the caller to purge() when it likes
+        (a container's rm need not wait for its upper dir to be deleted); one that is never purged
+        is swept at the next start, like the trash of an interrupted remove."""
         with self._locked() as meta:
             info = self._info(meta, key)
             children = sorted(k for k, m in meta.items() if m["parent"] == key)
             if children:
                 raise ImageInUse(f"snapshot {key!r} has children ({', '.join(children)}); remove them first")
             del meta[key]
-        self._delete_files(info)
+        return self._delete_files(info, purge)
+
+    @staticmethod
+    def purge(trash: Path) -> None:
+        _remove_path(trash)
 
     def usage(self, key: str) -> int:
         info = self.stat(key)
@@ -333,7 +341,7 @@ class Snapshotter:
             if not os.path.lexists(self.root / "l" / link):
                 return link
 
-    def _delete_files(self, info: SnapshotInfo) -> None:
+    def _delete_files(self, info: SnapshotInfo, purge: bool = True) -> Path | None:
         with contextlib.suppress(FileNotFoundError):
             (self.root / "l" / info.link).unlink()
         src = self.root / info.id
@@ -341,8 +349,11 @@ class Snapshotter:
         try:
             os.rename(src, trash)
         except FileNotFoundError:
-            return
+            return None
+        if not purge:
+            return trash
         _remove_path(trash)
+        return None
 
 
 def _alive(pid: int) -> bool:

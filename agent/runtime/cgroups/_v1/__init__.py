@@ -114,7 +114,8 @@ class V1Driver(CgroupDriver):
         if not self.exists(name):
             return
         fz = self._path(name, "freezer")
-        if os.path.isdir(fz):
+        if os.path.isdir(fz) and self.procs(name):
+            # (Usually empty: the container's pid 1 has exited and took the rest with it.)
             # Frozen, nothing can fork between our listing and our kill; SIGKILL stays pending
             # on a frozen task, and the thaw lets it die.
             try:
