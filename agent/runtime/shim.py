@@ -20,6 +20,7 @@ import json
 import os
 import signal
 import socket
+import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
@@ -113,6 +114,8 @@ class _Shim:
         self.net: Any = None
         self.endpoint: Any = None
         self.mounted = False
+        self.joining: threading.Thread | None = None
+        self.join_error = ""
 
     # --- launch -------------------------------------------------------------------------------
 
@@ -171,8 +174,9 @@ class _Shim:
     def become_monitor(self) -> NoReturn:
         """Let the container run, and exec the monitor with everything it serves (monitor.c)."""
         assert self.listener is not None
+        self._joined()
         released = not self.spec.hold
-        if released and self.ctl is not None:
+        if released and self.ctl is not None and not self.join_error:
             with contextlib.suppress(OSError):
                 init.send(self.ctl, {"op": "go"})
         tty = self.spec.process.tty
@@ -182,7 +186,7 @@ class _Shim:
         args = [str(monitor.BINARY), "--pid", str(self.pid), "--started-at", f"{self.started_at:.6f}",
                 "--tty", str(int(tty)), "--released", str(int(released)),
                 "--socket", str(self.files.socket), "--log", self.spec.log_path or str(self.files.log),
-                "--exit", str(self.files.exit)]
+                "--exit", str(self.files.exit), "--error", self.join_error]
         for flag, fd in fds.items():
             if fd >= 0:
                 os.set_inheritable(fd, True)
@@ -283,14 +287,13 @@ class _Shim:
             trace("attached net")
             configure["endpoint"] = spec.network
         init.send(parent_ctl, configure)
-        # The init sets up its mounts meanwhile, and we make its cgroup and join it to it: that only
-        # has to be done before the init reports ready (it forks nothing until it execs). The join
-        # waits for an RCU grace period (the kernel's cgroup_threadgroup_rwsem), several ms here,
-        # and a clone would wait behind it too: hence cgroup after clone, not before.
-        self.cg.create(spec.id, resources_from_dict(spec.cgroup))
-        trace("cgroup created")
-        self.cg.add_process(spec.id, self.pid)
-        trace("joined cgroup")
+        # The cgroup is made and the init joined to it on a thread, while the init sets up its
+        # mounts and we reply to the agent: it only has to be done before the init may exec (it
+        # forks nothing until then). The join waits for an RCU grace period (the kernel's
+        # cgroup_threadgroup_rwsem), about 10 ms here, and a clone would wait behind it too:
+        # hence the cgroup after the clone, not before.
+        self.joining = threading.Thread(target=self._join_cgroup, daemon=True)
+        self.joining.start()
         pty = -1
         while True:
             msg, fds = init.recv(parent_ctl)
@@ -303,6 +306,25 @@ class _Shim:
             elif msg["op"] == "ready":
                 break
         return self.pid, parent_ctl, pty
+
+    def _join_cgroup(self) -> None:
+        assert self.cg is not None
+        try:
+            self.cg.create(self.spec.id, resources_from_dict(self.spec.cgroup))
+            trace("cgroup created")
+            self.cg.add_process(self.spec.id, self.pid)
+            trace("joined cgroup")
+        except BaseException as e:
+            self.join_error = f"cgroup: {e}"
+
+    def _joined(self) -> None:
+        """Wait for the cgroup join; a failed one ends the container before it can exec."""
+        if self.joining is not None:
+            self.joining.join()
+            self.joining = None
+        if self.join_error and self.pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, signal.SIGKILL)
 
     def _restore(self, stdio: tuple[int, int, int] | None) -> tuple[int, socket.socket | None, int]:
         """In a child of the shim: bring a CRIU checkpoint back to life in a fresh cgroup, rootfs and netns.
@@ -423,6 +445,7 @@ class _Shim:
 
     def _undo(self) -> None:
         """Undo what the launch did so far; each step is idempotent."""
+        self._joined()  # never race the join thread's mkdir with our rmdir
         if self.net is not None and self.endpoint is not None:
             with contextlib.suppress(Exception):
                 self.net.detach(self.endpoint)

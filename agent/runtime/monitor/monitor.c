@@ -25,6 +25,7 @@
  *   --stdout FD --stderr FD   output pipes (-1 with a tty)   --pty FD | -1   the pty master
  *   --stdin FD | -1      the write end of the init's stdin pipe
  *   --log PATH           container.log                        --exit PATH   exit.json
+ *   --error TEXT         optional: why the container was ended before it could run (for exit.json)
  * DOCKYARD_TRACE=FILE appends monotonic time stamps, like agent/runtime/shim.py trace().
  */
 #define _GNU_SOURCE
@@ -624,6 +625,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--stdin")) m.in_w = fd_arg(v);
         else if (!strcmp(k, "--log")) m.log_path = v;
         else if (!strcmp(k, "--exit")) m.exit_path = v;
+        else if (!strcmp(k, "--error")) m.exec_error = *v ? strdup(v) : NULL;
         else die("unknown argument %s", k);
     }
     if (m.pid <= 0 || m.listen_fd < 0 || !m.socket_path || !m.log_path || !m.exit_path)

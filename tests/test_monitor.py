@@ -1,0 +1,84 @@
+"""The container monitor (agent/runtime/monitor/monitor.c): what stays of a shim while a container runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from agent.runtime import monitor
+from tests.agent_harness import AgentProcess
+
+pytestmark = pytest.mark.root
+
+
+def _info(a: AgentProcess, cid: str) -> dict[str, int]:
+    return dict(json.loads((a.root / "containers" / cid / "init.pid").read_text()))
+
+
+def _private_kib(pid: int) -> int:
+    fields = {}
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]:
+        k, v = line.split(":", 1)
+        fields[k] = int(v.split()[0])
+    return fields["Private_Clean"] + fields["Private_Dirty"]
+
+
+def test_the_long_lived_process_is_the_small_monitor_and_the_init_is_its_child(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("busybox", "sleep", "60")
+    info = _info(clean_agent, cid)
+    shim, init = int(info["shim_pid"]), int(info["pid"])
+    assert os.readlink(f"/proc/{shim}/exe") == str(monitor.BINARY)
+    stat = Path(f"/proc/{init}/stat").read_text()
+    assert int(stat[stat.rindex(")") + 2:].split()[1]) == shim  # the init's parent
+    # A forked CPython kept ~2.8 MiB private; the monitor must stay far below the 2 MiB target.
+    assert _private_kib(shim) < 1024, _private_kib(shim)
+    clean_agent.cli("rm", "-f", cid, check=True)
+    clean_agent.wait_for(lambda: not os.path.exists(f"/proc/{shim}"), 5, "the monitor to exit and be reaped")
+
+
+def test_log_is_docker_json_file_with_partial_lines_and_bad_utf8(clean_agent: AgentProcess) -> None:
+    script = "printf 'q\"b\\\\s\\tc\\001 \\303\\251 \\377\\n'; printf 'err\\n' >&2; printf 'partial'"
+    cid = clean_agent.run_detached("--name", "logfmt", "busybox", "sh", "-c", script)
+    assert clean_agent.cli("wait", cid).stdout.strip() == "0"
+    lines = (clean_agent.root / "containers" / cid / "container.log").read_bytes().splitlines()
+    entries = [json.loads(ln) for ln in lines]
+    assert all(list(e) == ["log", "stream", "time"] for e in entries), entries
+    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", e["time"]) for e in entries)
+    out = [e["log"] for e in entries if e["stream"] == "stdout"]
+    err = [e["log"] for e in entries if e["stream"] == "stderr"]
+    # Valid UTF-8 (é) passes through; the lone 0xff byte becomes U+FFFD, as docker's reader does.
+    assert "".join(out) == 'q"b\\s\tc\x01 \u00e9 \ufffd\npartial'
+    assert out[-1] == "partial"  # no newline: a partial entry, as json-file writes it
+    assert err == ["err\n"]
+    logs = clean_agent.cli("logs", "logfmt")
+    assert logs.stdout.endswith("partial") and "\u00e9" in logs.stdout
+    clean_agent.cli("rm", "logfmt", check=True)
+
+
+def test_a_missing_program_fails_the_start_like_docker(clean_agent: AgentProcess) -> None:
+    r = clean_agent.cli("run", "--name", "noexec", "busybox", "/no/such/program")
+    assert r.returncode == 127, (r.returncode, r.stderr)
+    assert "/no/such/program" in r.stderr
+    state = clean_agent.inspect("noexec")["State"]
+    assert state["ExitCode"] == 127 and "/no/such/program" in state["Error"]
+    clean_agent.cli("rm", "noexec", check=True)
+
+
+def test_an_execve_failure_after_the_start_reaches_the_log_and_the_exit_status(
+        clean_agent: AgentProcess, tmp_path: Path) -> None:
+    # An executable file that is no program: only execve itself can tell, after the start, so the
+    # init reports it to the monitor, which logs it and puts it in exit.json.
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nRUN printf 'not a program' > /x && chmod +x /x\n")
+    clean_agent.cli("build", "-t", "badexec", str(tmp_path), check=True, timeout=120)
+    r = clean_agent.cli("run", "--name", "badexec", "badexec", "/x")
+    assert r.returncode == 126, (r.returncode, r.stderr)
+    assert "exec format error" in r.stderr.lower(), r.stderr
+    state = clean_agent.inspect("badexec")["State"]
+    assert state["ExitCode"] == 126 and "/x" in state["Error"], state
+    assert "/x" in clean_agent.cli("logs", "badexec").stderr
+    clean_agent.cli("rm", "badexec", check=True)
+    clean_agent.cli("rmi", "badexec", check=True)
