@@ -198,6 +198,7 @@ class ContainerManager:
             cgroups.Resources(**_resources_kwargs(cfg)).validate()
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
+        _security(cfg)
         parse_signal(cfg.stop_signal or None, signal.SIGTERM)
 
     @staticmethod
@@ -246,6 +247,7 @@ class ContainerManager:
             namespaces.insert(0, "user")
             uid_map = [IdMap(0, USERNS_REMAP_BASE, USERNS_REMAP_SIZE)]
         files = self.files(c)
+        sec = _security(cfg)
         mounts = [MountSpec(m.type, m.source, list(m.options)) for m in self.images.snapshotter.mounts(c.snapshot)]
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         if c.endpoint:
@@ -256,6 +258,7 @@ class ContainerManager:
                 args=c.args, env=[f"{k}={v}" for k, v in env.items()],
                 cwd=cfg.workdir or ic.workdir or "/", user=cfg.user or ic.user or "",
                 tty=cfg.tty, stdin=cfg.open_stdin, init=cfg.init,
+                seccomp=sec["seccomp"], no_new_privileges=sec["no_new_privileges"],
             ),
             hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
             cgroup=_resources_kwargs(cfg, as_json=True), cgroup_parent=self.cg.parent,
@@ -849,6 +852,8 @@ class ContainerManager:
             proc.user = c.config.user or image.config.user or ""
         if not proc.cwd:
             proc.cwd = c.config.workdir or image.config.workdir or "/"
+        sec = _security(c.config)
+        proc.seccomp, proc.no_new_privileges = sec["seccomp"], sec["no_new_privileges"]
         info = self._init_info(c)
         req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": asdict(proc),
                "cgroup": {"root": getattr(self.cg, "root", "/sys/fs/cgroup"), "parent": self.cg.parent,
@@ -884,6 +889,25 @@ class ContainerManager:
     async def shutdown(self) -> None:
         for t in list(self._monitors.values()) + list(self._tasks):
             t.cancel()
+
+
+def _security(cfg: ContainerConfig) -> dict[str, bool]:
+    """--security-opt, as docker spells it: seccomp=unconfined|builtin, no-new-privileges[=true|false].
+    Containers get the seccomp filter and no_new_privs unless told otherwise."""
+    out = {"seccomp": True, "no_new_privileges": True}
+    for opt in cfg.security_opt:
+        key, _, value = opt.partition("=")
+        if key == "seccomp" and value in ("unconfined", "builtin"):
+            out["seccomp"] = value == "builtin"
+        elif key == "seccomp":
+            raise InvalidArgument(f"--security-opt {opt}: custom seccomp profiles are not supported "
+                                  "(use seccomp=unconfined or seccomp=builtin)")
+        elif key == "no-new-privileges" and value in ("", "true", "false"):
+            out["no_new_privileges"] = value != "false"
+        else:
+            raise InvalidArgument(f"--security-opt {opt}: must be seccomp=unconfined|builtin "
+                                  "or no-new-privileges[=true|false]")
+    return out
 
 
 def _resources_kwargs(cfg: ContainerConfig, as_json: bool = False) -> dict[str, Any]:

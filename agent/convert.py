@@ -25,6 +25,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         userns_mode=m.userns_mode,
         restart_policy=RestartPolicy(m.restart_policy.name or "no", m.restart_policy.max_retries),
         auto_remove=m.auto_remove, init=m.init, stop_timeout=m.stop_timeout, stop_signal=m.stop_signal,
+        security_opt=list(m.security_opt),
     )
 
 
@@ -43,6 +44,7 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         network_mode=c.network_mode, pid_mode=c.pid_mode, ipc_mode=c.ipc_mode, userns_mode=c.userns_mode,
         restart_policy=pb.RestartPolicy(name=c.restart_policy.name, max_retries=c.restart_policy.max_retries),
         auto_remove=c.auto_remove, init=c.init, stop_timeout=c.stop_timeout, stop_signal=c.stop_signal,
+        security_opt=c.security_opt,
     )
 
 
@@ -97,6 +99,7 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "PidsLimit": r.pids_limit or None, "BlkioWeight": r.blkio_weight,
             "NetworkMode": cfg.network_mode, "PidMode": cfg.pid_mode, "IpcMode": cfg.ipc_mode or "private",
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
+            "SecurityOpt": list(cfg.security_opt) or None,
             "RestartPolicy": {"Name": cfg.restart_policy.name, "MaximumRetryCount": cfg.restart_policy.max_retries},
             "PortBindings": {f"{p.container_port}/{p.protocol}": [{"HostIp": p.host_ip, "HostPort": str(p.host_port or "")}]
                              for p in cfg.ports},

@@ -95,6 +95,7 @@ class ContainerConfig:
     init: bool = False
     stop_timeout: int = 0
     stop_signal: str = ""
+    security_opt: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -206,6 +206,8 @@ def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("-l", "--label", multiple=True, help="Set meta data on a container"),
         click.option("--stop-timeout", type=int, default=0, help="Timeout (in seconds) to stop a container"),
         click.option("--stop-signal", default="", help="Signal to stop the container"),
+        click.option("--security-opt", multiple=True,
+                     help="Security options: seccomp=unconfined|builtin, no-new-privileges[=true|false]"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -256,6 +258,7 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
         network_mode=o["network"], pid_mode=o["pid_mode"], ipc_mode=o["ipc_mode"], userns_mode=o["userns_mode"],
         restart_policy=pb.RestartPolicy(name=rname, max_retries=int(rmax or 0)), auto_remove=o["auto_remove"],
         init=o["init"], stop_timeout=o["stop_timeout"], stop_signal=o["stop_signal"],
+        security_opt=list(o["security_opt"]),
     )
 
 

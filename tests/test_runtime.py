@@ -334,3 +334,20 @@ def test_create_then_start_and_rename(clean_agent: AgentProcess) -> None:
     r = clean_agent.cli("start", "-a", "later2")
     assert (r.returncode, r.stdout) == (0, "started-late\n")
     assert clean_agent.cli("wait", "later2").stdout.strip() == "0"
+
+
+def test_seccomp_filter_refuses_namespace_and_mount_syscalls_unless_unconfined(clean_agent: AgentProcess) -> None:
+    # unshare -U needs no capability: only the seccomp filter can refuse it (EPERM), as docker's does.
+    r = clean_agent.cli("run", "--rm", "busybox", "sh", "-c",
+                        "grep Seccomp: /proc/self/status; unshare -U true; echo rc=$?")
+    assert "Seccomp:\t2" in r.stdout, r.stdout
+    assert "rc=0" not in r.stdout and "Operation not permitted" in r.stderr, (r.stdout, r.stderr)
+    r = clean_agent.cli("run", "--rm", "--security-opt", "seccomp=unconfined", "busybox", "sh", "-c",
+                        "grep Seccomp: /proc/self/status; unshare -U true; echo rc=$?")
+    assert "Seccomp:\t0" in r.stdout and "rc=0" in r.stdout, (r.stdout, r.stderr)
+    cid = clean_agent.run_detached("busybox", "sleep", "30")
+    r = clean_agent.cli("exec", cid, "sh", "-c", "grep Seccomp: /proc/self/status; unshare -U true; echo rc=$?")
+    assert "Seccomp:\t2" in r.stdout and "rc=0" not in r.stdout, r.stdout  # exec gets it too
+    assert clean_agent.inspect(cid)["HostConfig"]["SecurityOpt"] is None
+    r = clean_agent.cli("run", "--rm", "--security-opt", "seccomp=/etc/profile.json", "busybox", "true")
+    assert r.returncode != 0 and "custom seccomp profiles are not supported" in r.stderr, r.stderr

@@ -114,6 +114,12 @@ def prepare(spec: ProcessSpec, hostname: str) -> Prepared:
 
 def become(spec: ProcessSpec, p: Prepared) -> None:
     """Drop to the target identity and capability set. Irreversible; call right before execve."""
+    if spec.seccomp:
+        # First, while we still hold CAP_SYS_ADMIN (no no_new_privs needed); nothing below is
+        # a syscall the filter refuses.
+        from agent.runtime import seccomp
+
+        sc.seccomp_set_filter(seccomp.DEFAULT)
     try:
         os.chdir(spec.cwd or "/")
     except OSError as e:

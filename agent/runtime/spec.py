@@ -55,6 +55,7 @@ class ProcessSpec:
     init: bool = False            # --init: a pid-1 reaper runs the command as its child
     capabilities: list[str] = field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
     no_new_privileges: bool = True
+    seccomp: bool = True          # the default filter (agent/runtime/seccomp.py); False: unconfined
 
 
 @dataclass

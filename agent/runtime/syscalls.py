@@ -64,6 +64,8 @@ SYS_setns = 308
 SYS_pidfd_open = 434
 SYS_capset = 126
 SYS_capget = 125
+SYS_seccomp = 317
+SECCOMP_SET_MODE_FILTER = 1
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
 _libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
@@ -111,6 +113,18 @@ def clone(flags: int) -> int:
     import signal
 
     return _check(_libc.syscall(SYS_clone, flags | signal.SIGCHLD, 0, 0, 0, 0), f"clone({flags:#x})")
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def seccomp_set_filter(program: bytes) -> None:
+    """Install a classic BPF program (struct sock_filter[], 8 bytes each) as this thread's seccomp
+    filter; it is inherited across fork and kept across execve. Needs no_new_privs or CAP_SYS_ADMIN."""
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    _check(_libc.syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, ctypes.byref(prog)), "seccomp")
 
 
 def setns(fd: int, nstype: int = 0) -> None:

@@ -130,7 +130,8 @@ def main() -> None:
     fd = int(sys.argv[1])
     sock = socket.socket(fileno=fd)
     # Pre-import what children will need so forks share it.
-    from agent.runtime import cgroups, network, process, rootfs  # noqa: F401
+    # (seccomp compiles the containers' filter once, here.)
+    from agent.runtime import cgroups, network, process, rootfs, seccomp  # noqa: F401
 
     network.preload()  # pyroute2 takes 0.2 s to import: pay it once, here, not per container
     _ = (init, ProcessSpec)
