@@ -46,6 +46,7 @@ class AgentOptions:
     metrics_addr: str = "127.0.0.1:9323"  # HTTP /metrics, as dockerd's; "" serves none
     join: str = ""                   # scheduler replicas host:port[,host:port...] (agent/cluster.py)
     advertise: str = ""              # the address the scheduler reaches this agent at (default: listen)
+    cgroup_favor_dynmods: bool = False  # agent/runtime/cgroups/_dynmods.py
 
 
 class Agent:
@@ -69,6 +70,8 @@ class Agent:
         await asyncio.to_thread(net.ensure)
         driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
         self.cgroup_driver = driver
+        if o.cgroup_favor_dynmods:
+            cgroups.favor_dynmods(str(self.root / "cgroup-dynmods"))
         from agent.runtime import monitor
 
         await asyncio.to_thread(monitor.binary)  # built here if missing or older than its source
@@ -122,6 +125,8 @@ class Agent:
         if self.manager is not None:
             await self.manager.shutdown()
         self.zygote.stop()
+        if self.opts.cgroup_favor_dynmods:
+            cgroups.release_dynmods(str(self.root / "cgroup-dynmods"))
         with contextlib.suppress(FileNotFoundError):
             os.unlink(self.opts.socket)
         self._remove_empty_cgroup_parent()

@@ -87,9 +87,11 @@ def main(ctx: click.Context, host: str) -> None:
               help='HOST:PORT for Prometheus /metrics over HTTP; "" disables it')
 @click.option("--join", default="", help="Join the cluster of these scheduler(s): HOST:PORT[,HOST:PORT...]")
 @click.option("--advertise", default="", help="HOST:PORT the scheduler reaches this agent at (default: --listen)")
+@click.option("--cgroup-favor-dynmods", is_flag=True,
+              help="Make cgroup joins cheap (kernel favordynmods; forks and exits host-wide pay a little)")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
-              advertise: str = "") -> None:
+              advertise: str = "", cgroup_favor_dynmods: bool = False) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -107,7 +109,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
-                     join=join, advertise=advertise))
+                     join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods))
 
 
 @main.command("up")

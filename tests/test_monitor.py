@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from agent.runtime import monitor
-from tests.agent_harness import AgentProcess
+from tests.agent_harness import AgentProcess, import_busybox
+from tests.images import busybox_tar
 
 pytestmark = pytest.mark.root
 
@@ -82,3 +83,22 @@ def test_an_execve_failure_after_the_start_reaches_the_log_and_the_exit_status(
     assert "/x" in clean_agent.cli("logs", "badexec").stderr
     clean_agent.cli("rm", "badexec", check=True)
     clean_agent.cli("rmi", "badexec", check=True)
+
+
+def test_cgroup_favor_dynmods_mounts_its_hierarchy_for_the_agents_life(tmp_path: Path) -> None:
+    a = AgentProcess(tmp_path / "fdm")
+    a.extra_args = ["--cgroup-favor-dynmods"]
+    point = str(a.root / "cgroup-dynmods")
+    try:
+        a.start()
+        mounts = Path("/proc/self/mounts").read_text()
+        assert any(ln.split()[1] == point and "favordynmods" in ln and "name=dockyard" in ln
+                   for ln in mounts.splitlines()), mounts
+        import_busybox(a, busybox_tar(tmp_path / "busybox.tar"))
+        r = a.cli("run", "--rm", "busybox", "cat", "/proc/self/cgroup")
+        assert r.returncode == 0 and "name=dockyard" in r.stdout, r.stdout
+        a.stop()
+        assert point not in Path("/proc/self/mounts").read_text()
+        assert not os.path.exists(point)
+    finally:
+        a.destroy()

@@ -13,6 +13,8 @@ per-controller modules (_v1/*.py, _v2/*.py), as runc's libcontainer/cgroups is b
 
 from ._detect import detect
 from ._driver import CgroupDriver
+from ._dynmods import favor_dynmods
+from ._dynmods import release as release_dynmods
 from ._errors import CgroupError
 from ._resources import MIB, DeviceRate, Resources, Stats
 from ._v1 import V1Driver
@@ -28,4 +30,6 @@ __all__ = [
     "V1Driver",
     "V2Driver",
     "detect",
+    "favor_dynmods",
+    "release_dynmods",
 ]
