@@ -457,8 +457,15 @@ class ContainerManager:
 
     def _teardown(self, c: Container, endpoint: dict[str, Any] | None) -> None:
         """Undo a run once its init has exited (or its shim was killed, and the init with it): the
-        cgroup (killing what is left in it), the rootfs mount, the veth and port rules."""
+        cgroup (killing what is left in it), the rootfs mount, the veth and port rules.
+
+        The monitor has started on the first two (monitor.c): wait for it to finish first, so that
+        it cannot unmount or remove what a new run of this container makes."""
         from agent.runtime import syscalls as sc
+
+        deadline = time.monotonic() + 5
+        while self._shim_alive(c) and time.monotonic() < deadline:
+            time.sleep(0.001)
 
         trace("agent: teardown")
         info = self._init_info(c)

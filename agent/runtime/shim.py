@@ -186,7 +186,10 @@ class _Shim:
         args = [str(monitor.BINARY), "--pid", str(self.pid), "--started-at", f"{self.started_at:.6f}",
                 "--tty", str(int(tty)), "--released", str(int(released)),
                 "--socket", str(self.files.socket), "--log", self.spec.log_path or str(self.files.log),
-                "--exit", str(self.files.exit), "--error", self.join_error]
+                "--exit", str(self.files.exit), "--error", self.join_error, "--rootfs", self.spec.rootfs]
+        if self.cg is not None:
+            for d in dict.fromkeys(self.cg.paths(self.spec.id).values()):
+                args += ["--cgroup", d]
         for flag, fd in fds.items():
             if fd >= 0:
                 os.set_inheritable(fd, True)

@@ -15,8 +15,11 @@
  *     records the exec error the init may report there ({"op": "error", "error": ...});
  *   - reaps every child (orphans of --pid host containers included).
  * When the init has exited: drain the pipes (at most 2 s), unlink the socket, write exit.json
- * {"exit_code", "finished_at", "error"}, send EXIT to the clients, exit. The agent reads the OOM
- * count and tears the container down (agent/containers.py), so nothing here outlives the report.
+ * {"exit_code", "finished_at", "error"}, send EXIT to the clients; then unmount the rootfs and
+ * remove the (now empty) cgroup directories, and exit. Those two are the slow part of a teardown
+ * (an RCU grace period each) and start here a few ms before the agent hears of the exit. The agent
+ * reads the OOM count first, waits for this process to end, and then finishes the teardown
+ * (agent/containers.py): whatever is left in the cgroup, the network; all of it idempotent.
  *
  * Arguments (all required unless said):
  *   --pid N --started-at FLOAT --tty 0|1 --released 0|1
@@ -26,6 +29,8 @@
  *   --stdin FD | -1      the write end of the init's stdin pipe
  *   --log PATH           container.log                        --exit PATH   exit.json
  *   --error TEXT         optional: why the container was ended before it could run (for exit.json)
+ *   --rootfs PATH        optional: the rootfs mount to detach after the exit
+ *   --cgroup DIR         optional, repeated: cgroup directories to remove after the exit
  * DOCKYARD_TRACE=FILE appends monotonic time stamps, like agent/runtime/shim.py trace().
  */
 #define _GNU_SOURCE
@@ -39,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
@@ -50,6 +56,7 @@
 #define MAX_CLIENTS 64
 #define MAX_FRAME (1u << 20)
 #define DRAIN_MS 2000
+#define MAX_CGROUPS 16
 
 enum { F_STDIN = 'i', F_CLOSE_STDIN = 'c', F_RESIZE = 'r', F_RELEASE = 'g',
        F_HELLO = 'h', F_STDOUT = 'o', F_STDERR = 'e', F_EXIT = 'x' };
@@ -63,7 +70,9 @@ static struct {
     double started_at;
     int tty, released;
     int listen_fd, ctl, out, err, pty, in_w;
-    const char *socket_path, *log_path, *exit_path, *trace_path;
+    const char *socket_path, *log_path, *exit_path, *trace_path, *rootfs;
+    const char *cgroups[MAX_CGROUPS];
+    int ncgroups;
     int log_fd, sig_fd;
     struct client clients[MAX_CLIENTS];
     int nclients;
@@ -601,6 +610,19 @@ static void write_exit(void) {
     buf_free(&b);
 }
 
+/* The rootfs mount and the cgroup directories. A cgroup that still has processes (--pid host
+ * leaves them) refuses rmdir with EBUSY, as it does for a moment after its last task has left:
+ * retried for up to 50 ms in all, then left to the agent, which kills what is left. */
+static void teardown(void) {
+    if (m.rootfs)
+        umount2(m.rootfs, MNT_DETACH);
+    int budget = 50;
+    for (int i = 0; i < m.ncgroups; i++) {
+        while (rmdir(m.cgroups[i]) != 0 && errno == EBUSY && budget-- > 0)
+            usleep(1000);
+    }
+}
+
 static int fd_arg(const char *v) {
     char *end;
     long x = strtol(v, &end, 10);
@@ -626,6 +648,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--log")) m.log_path = v;
         else if (!strcmp(k, "--exit")) m.exit_path = v;
         else if (!strcmp(k, "--error")) m.exec_error = *v ? strdup(v) : NULL;
+        else if (!strcmp(k, "--rootfs")) m.rootfs = v;
+        else if (!strcmp(k, "--cgroup") && m.ncgroups < MAX_CGROUPS) m.cgroups[m.ncgroups++] = v;
         else die("unknown argument %s", k);
     }
     if (m.pid <= 0 || m.listen_fd < 0 || !m.socket_path || !m.log_path || !m.exit_path)
@@ -678,5 +702,7 @@ int main(int argc, char **argv) {
     while (m.nclients)
         drop_client(m.nclients - 1);
     reap();
+    teardown();
+    trace("monitor: torn down");
     return 0;
 }
