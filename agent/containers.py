@@ -397,9 +397,10 @@ class ContainerManager:
         except (OSError, ValueError):
             result = {"exit_code": 255, "finished_at": time.time(),
                       "error": "the container's shim died without recording an exit status"}
-        if "oom_killed" not in result:  # the monitor leaves it to us: the cgroup is still there
+        if "oom_killed" not in result:  # (a restored container's monitor does not know its cgroup)
             try:
-                result["oom_killed"] = await asyncio.to_thread(self.cg.oom_kills, c.id) > 0
+                # One small read of a kernel file: not worth a thread hop on the way to `wait`.
+                result["oom_killed"] = self.cg.oom_kills(c.id) > 0
             except Exception:
                 result["oom_killed"] = False
         trace("agent: exit seen")

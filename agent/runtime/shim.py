@@ -188,8 +188,12 @@ class _Shim:
                 "--socket", str(self.files.socket), "--log", self.spec.log_path or str(self.files.log),
                 "--exit", str(self.files.exit), "--error", self.join_error, "--rootfs", self.spec.rootfs]
         if self.cg is not None:
-            for d in dict.fromkeys(self.cg.paths(self.spec.id).values()):
+            paths = self.cg.paths(self.spec.id)
+            for d in dict.fromkeys(paths.values()):
                 args += ["--cgroup", d]
+            if "memory" in paths:
+                events = "memory.oom_control" if self.cg.version == 1 else "memory.events"
+                args += ["--oom-events", os.path.join(paths["memory"], events)]
         for flag, fd in fds.items():
             if fd >= 0:
                 os.set_inheritable(fd, True)

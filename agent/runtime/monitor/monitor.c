@@ -31,6 +31,8 @@
  *   --error TEXT         optional: why the container was ended before it could run (for exit.json)
  *   --rootfs PATH        optional: the rootfs mount to detach after the exit
  *   --cgroup DIR         optional, repeated: cgroup directories to remove after the exit
+ *   --oom-events FILE    optional: memory.oom_control (v1) or memory.events (v2), read for its
+ *                        "oom_kill N" line before the cgroup goes; exit.json then has "oom_killed"
  * DOCKYARD_TRACE=FILE appends monotonic time stamps, like agent/runtime/shim.py trace().
  */
 #define _GNU_SOURCE
@@ -70,7 +72,7 @@ static struct {
     double started_at;
     int tty, released;
     int listen_fd, ctl, out, err, pty, in_w;
-    const char *socket_path, *log_path, *exit_path, *trace_path, *rootfs;
+    const char *socket_path, *log_path, *exit_path, *trace_path, *rootfs, *oom_events;
     const char *cgroups[MAX_CGROUPS];
     int ncgroups;
     int log_fd, sig_fd;
@@ -583,14 +585,35 @@ static void poll_once(int timeout_ms, int serving) {
     if (pf[i_listen].revents) accept_client();
 }
 
+/* The "oom_kill N" count of the memory cgroup: -1 if unknown. */
+static long oom_kills(void) {
+    if (!m.oom_events)
+        return -1;
+    FILE *f = fopen(m.oom_events, "re");
+    if (!f)
+        return -1;
+    char line[256];
+    long n = -1;
+    while (fgets(line, sizeof(line), f)) {
+        if (strncmp(line, "oom_kill ", 9) == 0) {
+            n = strtol(line + 9, NULL, 10);
+            break;
+        }
+    }
+    fclose(f);
+    return n;
+}
+
 static void write_exit(void) {
     int code = WIFEXITED(m.status) ? WEXITSTATUS(m.status) : 128 + WTERMSIG(m.status);
     struct timeval tv;
     gettimeofday(&tv, NULL);
     struct buf b = { 0 };
-    char head[128];
-    int n = snprintf(head, sizeof(head), "{\"exit_code\": %d, \"finished_at\": %ld.%06ld, \"error\": \"",
-                     code, (long)tv.tv_sec, (long)tv.tv_usec);
+    char head[160];
+    long oom = oom_kills();
+    int n = snprintf(head, sizeof(head), "{\"exit_code\": %d, \"finished_at\": %ld.%06ld, %s\"error\": \"",
+                     code, (long)tv.tv_sec, (long)tv.tv_usec,
+                     oom < 0 ? "" : oom > 0 ? "\"oom_killed\": true, " : "\"oom_killed\": false, ");
     buf_add(&b, head, (size_t)n);
     if (m.exec_error)
         json_escape(&b, (const unsigned char *)m.exec_error, strlen(m.exec_error));
@@ -649,6 +672,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--exit")) m.exit_path = v;
         else if (!strcmp(k, "--error")) m.exec_error = *v ? strdup(v) : NULL;
         else if (!strcmp(k, "--rootfs")) m.rootfs = v;
+        else if (!strcmp(k, "--oom-events")) m.oom_events = v;
         else if (!strcmp(k, "--cgroup") && m.ncgroups < MAX_CGROUPS) m.cgroups[m.ncgroups++] = v;
         else die("unknown argument %s", k);
     }
