@@ -28,6 +28,7 @@ import os
 import secrets
 import shutil
 import stat
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -91,6 +92,10 @@ class Snapshotter:
         self._lock_path = self.root / "lock"
         self._lock_path.touch(exist_ok=True)
         self._clean()
+        # Empty active-snapshot directories made ahead of need (see _take_spare).
+        self._spares: builtins.list[Path] = []
+        self._spares_lock = threading.Lock()
+        self._refilling = False
 
     # --- metadata ---------------------------------------------------------------------------------
 
@@ -302,10 +307,14 @@ class Snapshotter:
                 if p.kind != KIND_COMMITTED:
                     raise ImageError(f"parent {parent!r} is not a committed snapshot")
             d = self.root / sid
-            (d / "fs").mkdir(parents=True)
-            os.chmod(d / "fs", 0o755)
-            if kind == KIND_ACTIVE:
-                (d / "work").mkdir()
+            spare = self._take_spare() if kind == KIND_ACTIVE else None
+            if spare is not None:
+                os.rename(spare, d)
+            else:
+                (d / "fs").mkdir(parents=True)
+                os.chmod(d / "fs", 0o755)
+                if kind == KIND_ACTIVE:
+                    (d / "work").mkdir()
             link = self._new_link()
             os.symlink(f"../{sid}/fs", self.root / "l" / link)
             meta[key] = {"id": sid, "kind": kind, "parent": parent, "created": time.time(), "size": 0, "link": link}
@@ -334,6 +343,37 @@ class Snapshotter:
 
     def _lowerdir(self, lowers: Sequence[SnapshotInfo]) -> str:
         return "lowerdir=" + ":".join(str(self.root / "l" / i.link) for i in lowers)
+
+    # A container's create should not wait for three mkdirs (about 0.75 ms each on the ext4 we
+    # measured): its snapshot's directories are made ahead, on a thread, as tmp-<pid>-spare-<n>,
+    # which _clean sweeps like any temp dir of a process that has gone.
+    SPARES = 2
+
+    def _take_spare(self) -> Path | None:
+        with self._spares_lock:
+            spare = self._spares.pop() if self._spares else None
+            if not self._refilling:
+                self._refilling = True
+                threading.Thread(target=self._refill, daemon=True).start()
+        return spare
+
+    def _refill(self) -> None:
+        try:
+            while True:
+                with self._spares_lock:
+                    if len(self._spares) >= self.SPARES:
+                        return
+                d = self.root / f"tmp-{os.getpid()}-spare-{secrets.token_hex(6)}"
+                (d / "fs").mkdir(parents=True)
+                os.chmod(d / "fs", 0o755)
+                (d / "work").mkdir()
+                with self._spares_lock:
+                    self._spares.append(d)
+        except OSError:
+            pass  # the root went away (tests), or is full: prepare makes its own
+        finally:
+            with self._spares_lock:
+                self._refilling = False
 
     def _new_link(self) -> str:
         while True:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from protos import agent_pb2 as pb
@@ -32,18 +34,28 @@ def _p90_ms(xs: list[float]) -> str:
     return f"{sorted(xs)[int(len(xs) * 0.9) - 1] * 1000:.1f}"
 
 
-def bench_dockyard(a: AgentProcess, network: str) -> list[float]:
-    out = []
+def dockyard_once(a: AgentProcess, network: str) -> float:
     cfg = pb.ContainerConfig(image="busybox:latest", cmd=["/bin/true"], network_mode=network)
-    for _ in range(RUNS + 2):
-        t0 = time.perf_counter()
-        c = a.stub.CreateContainer(pb.CreateContainerRequest(config=cfg))
-        a.stub.StartContainer(pb.ContainerRef(id=c.id))
-        w = a.stub.WaitContainer(pb.ContainerRef(id=c.id))
-        a.stub.RemoveContainer(pb.RemoveContainerRequest(id=c.id))
-        out.append(time.perf_counter() - t0)
-        assert w.exit_code == 0, w
-    return out[2:]  # the first runs warm caches
+    t0 = time.perf_counter()
+    c = a.stub.CreateContainer(pb.CreateContainerRequest(config=cfg))
+    a.stub.StartContainer(pb.ContainerRef(id=c.id))
+    w = a.stub.WaitContainer(pb.ContainerRef(id=c.id))
+    a.stub.RemoveContainer(pb.RemoveContainerRequest(id=c.id))
+    took = time.perf_counter() - t0
+    assert w.exit_code == 0, w
+    return took
+
+
+def interleaved(contenders: list[tuple[str, Callable[[], float]]]) -> list[tuple[str, list[float]]]:
+    """RUNS rounds, each running every contender once, in turn: a machine whose load changes
+    during the bench (a shared one) then weighs on all of them alike. Two warm-up rounds."""
+    out: dict[str, list[float]] = {name: [] for name, _ in contenders}
+    for i in range(RUNS + 2):
+        for name, once in contenders:
+            took = once()
+            if i >= 2:
+                out[name].append(took)
+    return list(out.items())
 
 
 def _bundle(tmp: Path, tar: Path, runtime: str) -> Path:
@@ -58,14 +70,11 @@ def _bundle(tmp: Path, tar: Path, runtime: str) -> Path:
     return bundle
 
 
-def bench_oci(runtime: str, bundle: Path, state: Path) -> list[float]:
-    out = []
-    for i in range(RUNS + 2):
-        t0 = time.perf_counter()
-        subprocess.run([runtime, "--root", str(state), "run", "--bundle", str(bundle), f"bench-{runtime}-{i}"],
-                       check=True, stdin=subprocess.DEVNULL, capture_output=True)
-        out.append(time.perf_counter() - t0)
-    return out[2:]
+def oci_once(runtime: str, bundle: Path, state: Path) -> float:
+    t0 = time.perf_counter()
+    subprocess.run([runtime, "--root", str(state), "run", "--bundle", str(bundle), f"bench-{secrets.token_hex(4)}"],
+                   check=True, stdin=subprocess.DEVNULL, capture_output=True)
+    return time.perf_counter() - t0
 
 
 @contextlib.contextmanager
@@ -121,22 +130,25 @@ def main() -> None:
         tar = busybox_tar(tmp / "busybox.tar")
         a.start()
         import_busybox(a, tar)
-        rows = []
-        none = bench_dockyard(a, "none")
-        rows.append(("dockyard run /bin/true (--network none)", none))
-        bridge = bench_dockyard(a, "bridge")
-        rows.append(("dockyard run /bin/true (--network bridge)", bridge))
+        # The pair the target compares, interleaved; bridge apart (its teardown runs iptables, which
+        # would land in the next contender's time).
+        contenders: list[tuple[str, Callable[[], float]]] = [
+            ("dockyard run /bin/true (--network none)", lambda: dockyard_once(a, "none"))]
         if shutil.which("runc"):
-            rows.append(("runc run /bin/true (own netns, lo only)",
-                         bench_oci("runc", _bundle(tmp, tar, "runc"), tmp / "runc-state")))
-        if shutil.which("crun"):
-            with _hugetlb_on_v1() as ok:
-                if ok:
-                    try:
-                        rows.append(("crun run /bin/true (own netns, lo only)",
-                                     bench_oci("crun", _bundle(tmp, tar, "crun"), tmp / "crun-state")))
-                    except subprocess.CalledProcessError as e:
-                        print(f"crun failed: {e.stderr.decode()[-300:]}")
+            runc_bundle = _bundle(tmp, tar, "runc")
+            contenders.append(("runc run /bin/true (own netns, lo only)",
+                               lambda: oci_once("runc", runc_bundle, tmp / "runc-state")))
+        rows = interleaved(contenders)
+        rows += interleaved([("dockyard run /bin/true (--network bridge)", lambda: dockyard_once(a, "bridge"))])
+        # crun on its own: it needs hugetlb moved to v1, which would give runc one more hierarchy.
+        with _hugetlb_on_v1() as ok:
+            if ok and shutil.which("crun"):
+                crun_bundle = _bundle(tmp, tar, "crun")
+                try:
+                    rows += interleaved([("crun run /bin/true (own netns, lo only)",
+                                          lambda: oci_once("crun", crun_bundle, tmp / "crun-state"))])
+                except subprocess.CalledProcessError as e:
+                    print(f"crun failed: {e.stderr.decode()[-300:]}")
         # The same again with the kernel's favordynmods on (dockyard agent --cgroup-favor-dynmods): a
         # host-wide setting that makes every cgroup join cheap, so runc is measured under it too.
         fav = AgentProcess(tmp / "agent-favor")
@@ -144,10 +156,11 @@ def main() -> None:
         try:
             fav.start()
             import_busybox(fav, tar)
-            rows.append(("dockyard --network none, favordynmods on", bench_dockyard(fav, "none")))
+            favored: list[tuple[str, Callable[[], float]]] = [
+                ("dockyard --network none, favordynmods on", lambda: dockyard_once(fav, "none"))]
             if shutil.which("runc"):
-                rows.append(("runc, favordynmods on",
-                             bench_oci("runc", tmp / "bundle-runc", tmp / "runc-state-favor")))
+                favored.append(("runc, favordynmods on", lambda: oci_once("runc", runc_bundle, tmp / "runc-state")))
+            rows += interleaved(favored)
         finally:
             fav.destroy()
         print(f"\nrun-to-exit of /bin/true, {RUNS} runs each (ms)")
