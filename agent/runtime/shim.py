@@ -165,15 +165,17 @@ class _Shim:
         if self.pty >= 0:
             self.outputs = [self.pty]
         self.started_at = time.time()
-        write_atomic(self.files.init_pid, json.dumps(
-            {"pid": self.pid, "start_time": pid_start_time(self.pid), "shim_pid": os.getpid(),
-             "shim_start_time": pid_start_time(os.getpid()), "started_at": self.started_at}))
         trace("ready")
         return self.pid
 
     def become_monitor(self) -> NoReturn:
         """Let the container run, and exec the monitor with everything it serves (monitor.c)."""
         assert self.listener is not None
+        # Written after the reply (the agent has the pids from it): a file create is about a
+        # millisecond on the disks we measured, and the start need not wait for it.
+        write_atomic(self.files.init_pid, json.dumps(
+            {"pid": self.pid, "start_time": pid_start_time(self.pid), "shim_pid": os.getpid(),
+             "shim_start_time": pid_start_time(os.getpid()), "started_at": self.started_at}))
         self._joined()
         released = not self.spec.hold
         if released and self.ctl is not None and not self.join_error:

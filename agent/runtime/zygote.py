@@ -6,7 +6,7 @@ most of its memory pages with the others. It keeps one child forked ahead of the
 
 Protocol, on a SOCK_SEQPACKET pair: the agent sends one JSON request with file descriptors
 (SCM_RIGHTS); the first descriptor is a fresh socket for that request's replies, so requests run
-concurrently and the zygote goes straight back to listening.
+concurrently. The request is read by a child the zygote forked ahead of it (_fork_spare).
 
   {"op": "start", "spec": RuntimeSpec, "files": {...}}         -> {"pid", "shim_pid"} | {"error"}
   {"op": "exec", "pid": N, "process": ProcessSpec, "namespaces": [...], "cgroup": {...}}
@@ -71,18 +71,26 @@ def _reap() -> None:
 
 
 def _fork_spare(sock: socket.socket) -> socket.socket:
-    """A child forked ahead of need, waiting for the next request: forking this 35 MB process
-    takes about 5 ms here, and a container start should not wait for it (Android's zygote keeps
-    such a pool, its USAP). Returns our end of the pair the request is handed over on."""
+    """A child forked ahead of need that takes the next request off the agent's socket itself:
+    forking this 35 MB process takes about 5 ms here, and a container start should wait neither for
+    that nor for a hand-over (Android's zygote keeps such a pool, its USAP). It tells us on the
+    pair whose end we get back: b"t" when it has taken a request, b"e" when the agent has gone."""
     ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     pid = os.fork()
     if pid == 0:
-        sock.close()
         ours.close()
         signal.signal(signal.SIGINT, signal.SIG_DFL)
-        req, fds = _recv_request(theirs)
-        if req is None:  # the zygote is gone, or is replacing us
+        while True:
+            try:
+                req, fds = _recv_request(sock)
+                break
+            except InterruptedError:
+                continue
+        sock.close()
+        if req is None:
+            theirs.send(b"e")
             os._exit(0)
+        theirs.send(b"t")
         theirs.close()
         _handle(req, fds)
     theirs.close()
@@ -97,32 +105,22 @@ def serve(sock: socket.socket) -> NoReturn:
     signal.signal(signal.SIGCHLD, signal.SIG_DFL)
     gc.collect()
     gc.freeze()
-    spare: socket.socket | None = _fork_spare(sock)
+    # We never read the agent's socket ourselves: there is always one spare reading it.
+    spare = _fork_spare(sock)
     while True:
-        ready, _, _ = select.select([sock], [], [], 0.5)
+        ready, _, _ = select.select([spare], [], [], 0.5)
         _reap()
         if not ready:
             continue
         try:
-            req, fds = _recv_request(sock)
+            said = spare.recv(1)
         except InterruptedError:
             continue
-        if req is None:
+        except OSError:
+            said = b""
+        if said == b"e":  # the agent has gone
             os._exit(0)
-        try:
-            if spare is None:
-                raise OSError("no spare")
-            frames.send_json(spare, req, fds)
-        except OSError:  # no spare, or it died: fork one for this request, as it comes
-            pid = os.fork()
-            if pid == 0:
-                sock.close()
-                signal.signal(signal.SIGINT, signal.SIG_DFL)
-                _handle(req, fds)
-        for fd in fds:
-            os.close(fd)
-        if spare is not None:
-            spare.close()
+        spare.close()  # it took a request (b"t"), or died (b""): the next one reads from now on
         spare = _fork_spare(sock)
 
 
