@@ -49,6 +49,8 @@ def test_live_migration_keeps_memory_files_and_ports(pair: tuple[AgentProcess, A
     r = a.cli("migrate", "--live", "--to", b.tcp, "mover")  # type: ignore[attr-defined]
     assert r.returncode == 0, r.stderr
     assert "downtime" in r.stdout
+    assert "post-copy" in r.stderr and "pages:" in r.stderr, r.stderr  # both ends can: lazy pages
+    print("\n" + r.stderr + r.stdout)
     last = _numbers(a, cid)[-1] if a.cli("logs", cid).returncode == 0 else None
     assert a.cli("ps", "-a", "-q").stdout == ""  # the source copy is gone
     b.wait_for(lambda: len(_numbers(b, "mover")) > 3, what="counting on the target")
