@@ -676,6 +676,7 @@ class ContainerManager:
             self._checkpointing.add(c.id)
             start = time.monotonic()
             try:
+                trace("agent: lazy dump")
                 dump = await LazyDump.start(criu, pid, images, root=str(self.files(c).dir / "rootfs"),
                                             address=address, port=port, external=external,
                                             log_file=self.dir / c.id / "dump.log")
@@ -683,6 +684,7 @@ class ContainerManager:
                 self._checkpointing.discard(c.id)
                 shutil.rmtree(images, ignore_errors=True)
                 raise AgentError(f"checkpoint of {c.name} failed: {e}") from e
+            trace("agent: lazy dump ready")
             # For the next agent, should this one die before the dump ends (see adopt).
             (self.dir / c.id / "lazy-dump.json").write_text(json.dumps(
                 {"pid": dump.proc.pid, "start_time": pid_start_time(dump.proc.pid), "address": address,
@@ -779,6 +781,7 @@ class ContainerManager:
         cid = names.new_id()
         cdir = self.dir / cid
         tmp = cdir / "unpack"
+        trace("agent: unpack")
         try:
             meta = await asyncio.to_thread(archive.unpack, src, tmp, cold)
         except archive.ArchiveError as e:
@@ -795,6 +798,7 @@ class ContainerManager:
             except Exception as e:
                 raise NotFound(f"the checkpoint needs image {old.image_ref} ({old.image_id[:19]}), "
                                f"which is not on this host: pull or load it first") from e
+            trace("agent: unpacked")
             with open(tmp / "rootfs-diff.tar", "rb") as f:
                 chain, _ = await asyncio.to_thread(self.images.snapshotter.apply, image.chain_id, f, None,
                                                    "rootfs-diff.tar")
@@ -809,6 +813,7 @@ class ContainerManager:
                 c.state.checkpoint = str(cdir / "checkpoint")
             shutil.rmtree(tmp, ignore_errors=True)
             self._save(c)
+            trace("agent: layer applied")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.images.snapshotter.remove(cid)
@@ -836,12 +841,14 @@ class ContainerManager:
         criu = find_criu()
         if criu is None:
             raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")
+        trace("agent: lazy-pages daemon")
         try:
             daemon = await PageDaemon.start(criu, Path(c.state.checkpoint), page_server,
                                             restore_pidfile=self.files(c).dir / "restore.pid",
                                             log_file=self.dir / c.id / "lazy-pages.log")
         except Exception as e:
             raise AgentError(f"restore of {c.name}: no lazy-pages daemon: {e}") from e
+        trace("agent: lazy-pages daemon ready")
         self._lazy_restores.add(c.id)
         self._pulling.add(c.id)
         try:

@@ -170,6 +170,10 @@ def _criu_works() -> tuple[bool, bool]:
         from agent.checkpoint.lazy import pipes_ready
 
         c = find_criu()
+        if c is not None:
+            from agent.checkpoint import kdat
+
+            log.info("criu kdat cache: %s", kdat.seed(c.path))
         caps = c.check() if c else None
         if caps is None or not caps.works:
             return False, False

@@ -33,6 +33,7 @@ import grpc
 
 from agent.containers import ContainerManager
 from agent.model import AgentError, Conflict, Unavailable
+from agent.runtime.shim import trace
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
@@ -187,6 +188,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU (post-copy)"))
         # Level 1: the archive holds the small images and the writable layer, not the memory.
         dump = await m.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1)
+        trace("migrate: archive written")
         await _fault_pause(m)
         try:
             new_id = await _send_archive(channel, tmp, c.name, False, emit, out.hexdigest(), dump.page_server)
@@ -197,6 +199,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
             await m.lazy_dump_ended(c.id, ok=False)
             raise MigrationFailed(f"migration of {c.name} to {target} failed, rolled back: {detail}") from e
         downtime = time.monotonic() - down
+        trace("migrate: the target runs it")
     emit(pb.MigrateProgress(phase="pages", message=f"{c.name} runs on the target; its memory follows from here"))
     try:
         await dump.wait(timeout=600)

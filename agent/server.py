@@ -29,6 +29,7 @@ from agent.checkpoint import host_features
 from agent.containers import ContainerManager
 from agent.model import AgentError, Conflict, InvalidArgument, NotFound, StartFailed, Unavailable
 from agent.runtime import frames
+from agent.runtime.shim import trace
 from agent.runtime.spec import ProcessSpec
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
@@ -462,6 +463,7 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def RestoreContainer(self, request_iterator: AsyncIterator[pb.RestoreChunk], context: Any) -> pb.ContainerSummary:
         header: pb.RestoreHeader | None = None
+        trace("agent: restore stream")
         with tempfile.TemporaryFile(dir=self.root) as tmp:
             got_data = False
             digest = hashlib.sha256()
