@@ -59,8 +59,3 @@ def probe() -> HostFeatures:
         info = ""
     return HostFeatures(kernel=os.uname().release, arch=arch, cpu_features=cpu_features(info, arch))
 
-
-def kernel_version(release: str) -> tuple[int, ...]:
-    """"6.18.44-fc-v782" -> (6, 18, 44); () when it does not start with a number."""
-    m = re.match(r"\d+(?:\.\d+)*", release)
-    return tuple(int(p) for p in m.group(0).split(".")) if m else ()
