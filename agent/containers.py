@@ -703,11 +703,16 @@ class ContainerManager:
         """ok: the target took every page and CRIU ended the tree here (wait for that exit); else
         CRIU should have unfrozen the tree. Returns whether it runs here (a failure after CRIU
         ended the tree is seen within a second)."""
+        from agent.checkpoint.lazy import unlock_network
+
         c = self.get(ref)
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event(c).wait(), 30 if ok else 1)
-            return c.state.status in ("running", "paused")
+            running = c.state.status in ("running", "paused")
+            if running and not ok:
+                await asyncio.to_thread(unlock_network, int(self._init_info(c)["pid"]))
+            return running
         finally:
             self._checkpointing.discard(c.id)
             shutil.rmtree(self.dir / c.id / "lazy-checkpoint", ignore_errors=True)
@@ -731,6 +736,11 @@ class ContainerManager:
             await abort_page_server(str(info["address"]), int(info["port"]))
             while process_alive(pid, start):
                 await asyncio.sleep(0.2)
+        if c.state.status in ("running", "paused") and self._shim_alive(c):
+            from agent.checkpoint.lazy import unlock_network
+
+            with contextlib.suppress(KeyError, ValueError):
+                await asyncio.to_thread(unlock_network, int(self._init_info(c)["pid"]))
         shutil.rmtree(self.dir / c.id / "lazy-checkpoint", ignore_errors=True)
         path.unlink(missing_ok=True)
 

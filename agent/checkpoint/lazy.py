@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import socket
+import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -178,9 +179,9 @@ class LazyDump:
             raise CriuError("dump --lazy-pages", _first_error(tail) or f"exited {rc}", returncode=rc, log_tail=tail)
 
     async def abort(self, grace: float = 10.0) -> None:
-        """End the dump with the tree running here: a connection that closes at once makes criu's
-        page server fail, and criu then unfreezes the tree and unlocks its network itself. (A
-        SIGKILL would leave the network locked.) Harmless if the target is connected already."""
+        """End the dump with the tree running here: a torn request makes criu's page server fail,
+        and criu then unfreezes the tree and unlocks its network itself. (A SIGKILL would leave the
+        network locked.) Harmless if the target is connected already: criu serves one connection."""
         await abort_page_server(self.address, self.port)
         try:
             await asyncio.wait_for(self.proc.wait(), grace)
@@ -192,11 +193,39 @@ class LazyDump:
 
 
 async def abort_page_server(address: str, port: int) -> None:
+    """One byte of a 24-byte request, then EOF: criu's page server fails ("Can't read pagemap from
+    socket"). Not an empty connection: criu takes that for a lazy-pages daemon that is done, and
+    ends the tree as after a successful transfer."""
     with contextlib.suppress(OSError, TimeoutError):
         _, w = await asyncio.wait_for(asyncio.open_connection(address, port), 5)
+        w.write(b"\0")
+        await w.drain()
         w.close()
         with contextlib.suppress(OSError):
             await w.wait_closed()
+
+
+# The rules `criu dump --tcp-established` adds to lock the tree's network (criu/net.c), undone.
+_UNLOCK_RULES = """*filter
+-D INPUT -j CRIU
+-D OUTPUT -j CRIU
+-F CRIU
+-X CRIU
+COMMIT
+"""
+
+
+def unlock_network(pid: int) -> None:
+    """Remove CRIU's network lock from the netns of `pid` after a failed lazy dump.
+
+    criu decides whether to unlock the network before it serves the lazy pages (cr_dump_finish),
+    so when that transfer fails it unfreezes the tree but leaves its DROP rules: the container
+    would run on with no network at all. Without the rules this does nothing (restore fails as a
+    whole)."""
+    for tool in ("iptables-restore", "ip6tables-restore"):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(["nsenter", "-t", str(pid), "-n", tool, "--noflush", "-w"], input=_UNLOCK_RULES,
+                           text=True, capture_output=True, timeout=30, check=False)
 
 
 class PageDaemon:
