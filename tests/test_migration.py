@@ -7,6 +7,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.agent_harness import AgentProcess, free_port, import_busybox
@@ -77,6 +78,58 @@ def test_cold_migration_keeps_files(pair: tuple[AgentProcess, AgentProcess]) -> 
     b.wait_for(lambda: "restarted" in b.cli("logs", "cold").stdout, what="the command started again")
     assert a.cli("ps", "-a", "-q").stdout == ""
     b.cli("rm", "-f", "cold", check=True)
+
+
+def _lazy_dumps(root: Path) -> list[int]:
+    """Pids of `criu dump --lazy-pages` runs on containers under this agent root."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0") if d.name.isdigit() else []
+        except OSError:
+            continue
+        if b"dump" in argv and b"--lazy-pages" in argv and any(str(root).encode() in a for a in argv):
+            found.append(int(d.name))
+    return found
+
+
+def test_page_source_lost_while_pages_are_pulled_keeps_the_source_copy(
+        pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """Post-copy's own risk: the target runs while its memory still comes from the source. Here the
+    source's page server (criu dump) dies half-way: the target's watchdog kills its copy (it would
+    run on with zeros for memory), CRIU's tree on the source runs on, with its memory and its network."""
+    import os
+    import signal
+
+    from protos import agent_pb2 as pb
+
+    a, b = pair
+    # 400 MiB to pull: long enough (about a second here) to cut the transfer in the middle
+    hold = "x=$(head -c 314572800 /dev/urandom | base64 -w 0); echo held; " + COUNTER
+    cid = a.run_detached("--name", "pulled", "busybox", "sh", "-c", hold)
+    a.wait_for(lambda: len(_numbers(a, cid)) > 5, 120, what="memory held and counting")
+    phases, killed = [], []
+    try:
+        for p in a.stub.MigrateContainer(pb.MigrateRequest(id=cid, target=b.tcp, live=True), timeout=120):
+            phases.append(p.phase)
+            if p.phase == "pages":  # the target runs it and pulls its pages: cut the source off
+                for pid in _lazy_dumps(a.root):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        raise AssertionError(f"the migration succeeded: {phases}")
+    except grpc.RpcError as e:
+        assert "while its memory was pulled" in (e.details() or ""), e.details()
+    assert killed, "the pages were all pulled before the page server could be killed"
+    assert a.inspect(cid)["State"]["Running"]
+    before = _numbers(a, cid)[-1]
+    a.wait_for(lambda: _numbers(a, cid)[-1] > before + 3, 10, what="counting on at the source")
+    assert _numbers(a, cid).count(1) == 1  # its memory: it went on, did not start over
+    r = a.cli("exec", cid, "timeout", "5", "wget", "-q", "-O-", "http://127.0.0.1/index.html")
+    assert r.stdout == "hi\n", r  # CRIU's network lock is gone
+    b.wait_for(lambda: b.cli("ps", "-a", "-q").stdout == "", 10, what="the target's copy removed")
+    assert "its memory could not all be pulled from the source, so it was killed" in b.log.read_text()
+    assert not list((a.root / "containers").glob("*/lazy-*"))
+    a.cli("rm", "-f", cid, check=True)
 
 
 def test_failed_migration_rolls_back(pair: tuple[AgentProcess, AgentProcess]) -> None:
