@@ -47,6 +47,8 @@ def test_live_migration_keeps_memory_files_and_ports(pair: tuple[AgentProcess, A
     cid = a.run_detached("--name", "mover", "-p", "127.0.0.1::80", "-e", "K=v", "-m", "64m", "busybox", "sh", "-c", COUNTER)
     a.cli("exec", cid, "sh", "-c", "echo before > /root/f", check=True)
     a.wait_for(lambda: len(_numbers(a, cid)) > 10, what="counting")
+    for x in (a, b):  # known once `criu check` ran at the agent's start
+        x.wait_for(lambda x=x: "Post-copy migration: yes" in x.cli("info").stdout, 20, what="post-copy possible")
     r = a.cli("migrate", "--live", "--to", b.tcp, "mover")  # type: ignore[attr-defined]
     assert r.returncode == 0, r.stderr
     assert "downtime" in r.stdout
