@@ -134,6 +134,34 @@ def test_page_source_lost_while_pages_are_pulled_keeps_the_source_copy(
     a.cli("rm", "-f", cid, check=True)
 
 
+def test_removing_the_source_copy_while_pages_are_pulled_does_not_cut_them_off(
+        pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """What a new scheduler leader does when it finds the target running the task: it removes the
+    source copy, maybe while pages are still being pulled. criu's page server holds the pages in its
+    pipes, so the target still gets all of them: the 200 MB string it holds has its full length
+    (a page that never came would read as zeros and cut it short)."""
+    from protos import agent_pb2 as pb
+
+    a, b = pair
+    n = 200_000_000  # base64 of 150 MB
+    hold = (f"x=$(head -c {n * 3 // 4} /dev/urandom | base64 -w 0); i=0; while :; do i=$((i+1)); echo $i; "
+            "[ $((i % 20)) = 0 ] && echo len=${#x}; sleep 0.05; done")
+    cid = a.run_detached("--name", "cutoff", "busybox", "sh", "-c", hold)
+    a.wait_for(lambda: f"len={n}" in a.cli("logs", cid).stdout, 120, what="memory held")
+    removed_during_pull = False
+    for p in a.stub.MigrateContainer(pb.MigrateRequest(id=cid, target=b.tcp, live=True), timeout=120):
+        if p.phase == "pages":
+            removed_during_pull = bool(_lazy_dumps(a.root))
+            a.stub.RemoveContainer(pb.RemoveContainerRequest(id=cid, force=True))
+    assert removed_during_pull, "every page was in before the source copy could be removed"
+    assert a.cli("ps", "-a", "-q").stdout == ""
+    b.wait_for(lambda: "len=" in b.cli("logs", "cutoff").stdout, 20, what="the length printed on the target")
+    lens = [x for x in b.cli("logs", "cutoff").stdout.split() if x.startswith("len=")]
+    assert set(lens) == {f"len={n}"}, lens
+    assert _numbers(b, "cutoff")[0] > 20  # went on from where it was
+    b.cli("rm", "-f", "cutoff", check=True)
+
+
 def test_failed_migration_rolls_back(pair: tuple[AgentProcess, AgentProcess]) -> None:
     a, _ = pair
     cid = a.run_detached("--name", "stay", "busybox", "sh", "-c", COUNTER)
