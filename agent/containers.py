@@ -702,10 +702,14 @@ class ContainerManager:
     async def lazy_dump_ended(self, ref: str, ok: bool) -> bool:
         """ok: the target took every page and CRIU ended the tree here (wait for that exit); else
         CRIU should have unfrozen the tree. Returns whether it runs here (a failure after CRIU
-        ended the tree is seen within a second)."""
+        ended the tree is seen within a second). The container may be gone already: a scheduler
+        that saw the target run it removes the source copy, pages pulled or not."""
         from agent.checkpoint.lazy import unlock_network
 
-        c = self.get(ref)
+        c = self.containers.get(ref)
+        if c is None:
+            self._checkpointing.discard(ref)
+            return False
         try:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._event(c).wait(), 30 if ok else 1)

@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 
 from agent.containers import ContainerManager
-from agent.model import AgentError, Conflict, Unavailable
+from agent.model import AgentError, Conflict, NotFound, Unavailable
 from agent.runtime.shim import trace
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
@@ -205,9 +205,10 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         await dump.wait(timeout=600)
     except CriuError as e:
         if not await m.lazy_dump_ended(c.id, ok=False):
-            # CRIU failed after it had ended the tree here: the target's copy is the one left.
+            # CRIU failed after it had ended the tree here (or someone removed it): the target's
+            # copy is the one left.
             log.warning("%s: criu dump failed after the move (%s); the target's copy is kept", c.name, e)
-            await m.remove(c.id, force=True)
+            await _remove_source_copy(m, c.id)
             return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
                                       total_seconds=time.monotonic() - t0)
         # The target's copy lost its page source: its watchdog killed it, and CRIU unfroze ours.
@@ -218,6 +219,12 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
                               f"rolled back: {e}") from e
     await m.lazy_dump_ended(c.id, ok=True)
     emit(pb.MigrateProgress(phase="cleanup", message=f"removing {c.name} here"))
-    await m.remove(c.id, force=True)
+    await _remove_source_copy(m, c.id)
     return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
                               total_seconds=time.monotonic() - t0)
+
+
+async def _remove_source_copy(m: ContainerManager, cid: str) -> None:
+    """Gone already is fine: a scheduler that saw the target run it may have removed it meanwhile."""
+    with contextlib.suppress(NotFound):
+        await m.remove(cid, force=True)
