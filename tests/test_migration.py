@@ -162,6 +162,36 @@ def test_removing_the_source_copy_while_pages_are_pulled_does_not_cut_them_off(
     b.cli("rm", "-f", "cutoff", check=True)
 
 
+def test_target_agent_killed_while_pages_are_pulled_the_move_completes(
+        pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """The target's lazy-pages daemon (and its watchdog) run in a session of their own: the agent
+    dying does not stop the pull. The move completes, and the next agent adopts the container."""
+    from protos import agent_pb2 as pb
+
+    a, b = pair
+    n = 200_000_000
+    hold = (f"x=$(head -c {n * 3 // 4} /dev/urandom | base64 -w 0); i=0; while :; do i=$((i+1)); echo $i; "
+            "[ $((i % 20)) = 0 ] && echo len=${#x}; sleep 0.05; done")
+    cid = a.run_detached("--name", "orphaned", "busybox", "sh", "-c", hold)
+    a.wait_for(lambda: f"len={n}" in a.cli("logs", cid).stdout, 120, what="memory held")
+    pulling = False
+    try:
+        for p in a.stub.MigrateContainer(pb.MigrateRequest(id=cid, target=b.tcp, live=True), timeout=120):
+            if p.phase == "pages":
+                pulling = bool(_lazy_dumps(a.root))
+                b.kill9()
+            last = p
+        assert last.phase == "done" and pulling, (last, pulling)
+    finally:
+        b.start()
+    assert a.cli("ps", "-a", "-q").stdout == ""
+    assert b.inspect("orphaned")["State"]["Running"]
+    b.wait_for(lambda: "len=" in b.cli("logs", "orphaned").stdout, 20, what="the length printed on the target")
+    lens = [x for x in b.cli("logs", "orphaned").stdout.split() if x.startswith("len=")]
+    assert set(lens) == {f"len={n}"}, lens
+    b.cli("rm", "-f", "orphaned", check=True)
+
+
 def test_failed_migration_rolls_back(pair: tuple[AgentProcess, AgentProcess]) -> None:
     a, _ = pair
     cid = a.run_detached("--name", "stay", "busybox", "sh", "-c", COUNTER)
