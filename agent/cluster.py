@@ -25,6 +25,7 @@ from typing import Any
 
 import grpc
 
+from agent.checkpoint import host_features
 from agent.model import Container
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
@@ -71,7 +72,8 @@ def _being_cancelled() -> bool:
 
 class ClusterMember:
     def __init__(self, *, schedulers: list[str], name: str, address: str, labels: dict[str, str], root: Path,
-                 manager: Any, socket: str, metrics_addr: str, cgroup_version: int, criu: Any) -> None:
+                 manager: Any, socket: str, metrics_addr: str, cgroup_version: int, criu: Any,
+                 lazy_pages: Any = lambda: False) -> None:
         self.schedulers = schedulers
         self.name = name
         self.address = address
@@ -82,6 +84,8 @@ class ClusterMember:
         self.metrics_addr = metrics_addr
         self.cgroup_version = cgroup_version
         self.criu = criu  # callable -> bool (known once `criu check` ran)
+        self.lazy_pages = lazy_pages  # callable -> bool (likewise)
+        self.host = host_features.probe()
         self.agent_id = agent_id(root)
         self.current = 0
         self.lease = 0
@@ -95,7 +99,7 @@ class ClusterMember:
         self._health_tasks: dict[str, asyncio.Task[None]] = {}
         self.refused = ""
         self._closing: set[asyncio.Task[None]] = set()
-        self._registered_criu = False
+        self._registered_criu = (False, False)
 
     # --- connection to a scheduler replica -----------------------------------------------------
 
@@ -163,7 +167,9 @@ class ClusterMember:
         return pb.RegisterRequest(
             name=self.name, agent_id=self.agent_id, address=self.address, hostname=platform.node(),
             labels=self.labels, nano_cpus=(os.cpu_count() or 1) * 1_000_000_000, memory_bytes=mem,
-            capabilities=pb.Capabilities(criu=bool(self.criu()), cgroup_version=self.cgroup_version),
+            capabilities=pb.Capabilities(criu=bool(self.criu()), cgroup_version=self.cgroup_version,
+                                         lazy_pages=bool(self.lazy_pages()), kernel=self.host.kernel,
+                                         arch=self.host.arch, cpu_features=self.host.cpu_features),
             metrics_addr=self.metrics_addr, engine_version="0.1.0")
 
     async def _membership(self) -> None:
@@ -171,7 +177,7 @@ class ClusterMember:
             try:
                 req = self._register_request()
                 resp = await self.stub().Register(req, timeout=CALL_DEADLINE)
-                self._registered_criu = req.capabilities.criu
+                self._registered_criu = (req.capabilities.criu, req.capabilities.lazy_pages)
                 self.lease, self.refused = resp.lease_id, ""
                 self.heartbeat = max(0.2, resp.heartbeat_ms / 1000 or 1.0)
                 log.info("joined the cluster as %s through %s", self.name,
@@ -208,10 +214,11 @@ class ClusterMember:
                 if not r.ok:
                     log.warning("lease %x expired: registering again", self.lease)
                     return
-                if bool(self.criu()) != self._registered_criu:
+                if (bool(self.criu()), bool(self.lazy_pages())) != self._registered_criu:
                     # `criu check` finished after we registered: the scheduler picks live
                     # migration by this capability, so tell it.
-                    log.info("criu capability now %s: registering again", bool(self.criu()))
+                    log.info("criu capability now %s (lazy pages %s): registering again", bool(self.criu()),
+                             bool(self.lazy_pages()))
                     return
             except grpc.aio.AioRpcError as e:
                 failures += 1

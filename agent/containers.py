@@ -83,6 +83,8 @@ class ContainerManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._checkpointing: set[str] = set()
+        self._lazy_restores: set[str] = set()  # restoring with lazy pages (post-copy)
+        self._pulling: set[str] = set()  # restored, pages still coming: never restarted here
         self.on_change: list[Callable[[Container], None]] = []
 
     # --- bookkeeping --------------------------------------------------------------------------
@@ -302,7 +304,8 @@ class ContainerManager:
         spec.hold = hold
         if restore:
             spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key,
-                            "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else ""}
+                            "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
+                            "lazy": c.id in self._lazy_restores}
         files.spec.write_text(spec.to_json())
         trace("agent: spec written")
         reply = self.zygote.request({"op": "start", "spec": json.loads(spec.to_json()),
@@ -434,7 +437,7 @@ class ContainerManager:
 
     def _should_restart(self, c: Container) -> bool:
         policy = c.config.restart_policy
-        if c.state.stopped_by_user:
+        if c.state.stopped_by_user or c.id in self._pulling:
             return False
         if policy.name == "always" or policy.name == "unless-stopped":
             return True
@@ -502,6 +505,8 @@ class ContainerManager:
                 log.error("cannot read %s: %s", cfg, e)
                 continue
             self.containers[c.id] = c
+            if (d / "lazy-dump.json").exists():
+                self._spawn(self._end_stale_lazy_dump(c))
             if c.state.status in ("running", "paused", "restarting"):
                 if self._shim_alive(c):
                     with contextlib.suppress(Exception):
@@ -646,9 +651,9 @@ class ContainerManager:
 
     # --- checkpoint and restore (CRIU) ---------------------------------------------------------
 
-    async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,
-                         level: int = 3) -> dict[str, Any]:
-        """CRIU-dump the container's process tree; with `export`, write a checkpoint archive to it."""
+    def _dump_plan(self, ref: str) -> tuple[Container, Any, int, list[str]]:
+        """What a CRIU dump of the container needs: (container, criu, init's host pid, externals).
+        Records the container's stdio and netns keys, which its restore maps back."""
         from agent.checkpoint.criu import find_criu
 
         c = self.get(ref)
@@ -661,10 +666,7 @@ class ContainerManager:
         criu = find_criu()
         if criu is None:
             raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")
-        info = self._init_info(c)
-        pid = int(info["pid"])
-        images = self.dir / c.id / "checkpoint"
-        shutil.rmtree(images, ignore_errors=True)
+        pid = int(self._init_info(c)["pid"])
         c.stdio_keys = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)]
         external = []
         c.netns_key = ""
@@ -672,6 +674,14 @@ class ContainerManager:
             ino = os.stat(f"/proc/{pid}/ns/net").st_ino
             c.netns_key = "extnetns"
             external.append(f"net[{ino}]:{c.netns_key}")
+        return c, criu, pid, external
+
+    async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,
+                         level: int = 3) -> dict[str, Any]:
+        """CRIU-dump the container's process tree; with `export`, write a checkpoint archive to it."""
+        c, criu, pid, external = self._dump_plan(ref)
+        images = self.dir / c.id / "checkpoint"
+        shutil.rmtree(images, ignore_errors=True)
         async with self._lock(c):
             if not leave_running:
                 self._checkpointing.add(c.id)
@@ -690,17 +700,106 @@ class ContainerManager:
                 self._checkpointing.discard(c.id)
         stats = {"dump_seconds": seconds, "container": c.id}
         if export is not None:
-            await asyncio.to_thread(self._export_checkpoint, c, export, stats, True, level)
+            await asyncio.to_thread(self._export_checkpoint, c, export, stats, images, level)
         return stats
+
+    async def checkpoint_lazy(self, ref: str, address: str, port: int, export: Any, level: int = 1) -> Any:
+        """Post-copy: freeze and dump the container without its memory pages, which CRIU keeps and
+        serves on address:port (agent/checkpoint/lazy.py), and write the archive to `export`.
+
+        Returns the running LazyDump; give it to lazy_dump_ended once it ends. The images are not
+        a checkpoint this host could restore from (the pages are not in them), so they are kept
+        apart from c.state.checkpoint and removed at the end.
+        """
+        from agent.checkpoint.lazy import LazyDump
+
+        c, criu, pid, external = self._dump_plan(ref)
+        images = self.dir / c.id / "lazy-checkpoint"
+        shutil.rmtree(images, ignore_errors=True)
+        async with self._lock(c):
+            self._checkpointing.add(c.id)
+            start = time.monotonic()
+            try:
+                trace("agent: lazy dump")
+                dump = await LazyDump.start(criu, pid, images, root=str(self.files(c).dir / "rootfs"),
+                                            address=address, port=port, external=external,
+                                            log_file=self.dir / c.id / "dump.log")
+            except Exception as e:
+                self._checkpointing.discard(c.id)
+                shutil.rmtree(images, ignore_errors=True)
+                raise AgentError(f"checkpoint of {c.name} failed: {e}") from e
+            trace("agent: lazy dump ready")
+            # For the next agent, should this one die before the dump ends (see adopt).
+            (self.dir / c.id / "lazy-dump.json").write_text(json.dumps(
+                {"pid": dump.proc.pid, "start_time": pid_start_time(dump.proc.pid), "address": address,
+                 "port": port}))
+            self._save(c)
+        stats = {"dump_seconds": time.monotonic() - start, "container": c.id, "lazy_pages": dump.page_server}
+        try:
+            await asyncio.to_thread(self._export_checkpoint, c, export, stats, images, level)
+        except BaseException:
+            await dump.abort()
+            await self.lazy_dump_ended(c.id, ok=False)
+            raise
+        return dump
+
+    async def lazy_dump_ended(self, ref: str, ok: bool) -> bool:
+        """ok: the target took every page and CRIU ended the tree here (wait for that exit); else
+        CRIU should have unfrozen the tree. Returns whether it runs here (a failure after CRIU
+        ended the tree is seen within a second). The container may be gone already: a scheduler
+        that saw the target run it removes the source copy, pages pulled or not."""
+        from agent.checkpoint.lazy import unlock_network
+
+        c = self.containers.get(ref)
+        if c is None:
+            self._checkpointing.discard(ref)
+            return False
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._event(c).wait(), 30 if ok else 1)
+            running = c.state.status in ("running", "paused")
+            if running and not ok:
+                await asyncio.to_thread(unlock_network, int(self._init_info(c)["pid"]))
+            return running
+        finally:
+            self._checkpointing.discard(c.id)
+            shutil.rmtree(self.dir / c.id / "lazy-checkpoint", ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / c.id / "lazy-dump.json").unlink()
+
+    async def _end_stale_lazy_dump(self, c: Container) -> None:
+        """After a restart: a lazy dump the previous agent left. If its target never connected, the
+        abort makes CRIU unfreeze the container; if the target is pulling pages, the dump ends when
+        it has them (and CRIU ends the container here, which then reads as exited)."""
+        from agent.checkpoint.lazy import abort_page_server
+
+        path = self.dir / c.id / "lazy-dump.json"
+        try:
+            info = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return
+        pid, start = int(info["pid"]), int(info["start_time"])
+        if process_alive(pid, start):
+            log.warning("%s: ending the lazy dump (criu pid %d) the previous agent left", c.name, pid)
+            await abort_page_server(str(info["address"]), int(info["port"]))
+            while process_alive(pid, start):
+                await asyncio.sleep(0.2)
+        if c.state.status in ("running", "paused") and self._shim_alive(c):
+            from agent.checkpoint.lazy import unlock_network
+
+            with contextlib.suppress(KeyError, ValueError):
+                await asyncio.to_thread(unlock_network, int(self._init_info(c)["pid"]))
+        shutil.rmtree(self.dir / c.id / "lazy-checkpoint", ignore_errors=True)
+        path.unlink(missing_ok=True)
 
     def export_cold(self, ref: str, out: Any, level: int = 3) -> None:
         """A stopped container's writable layer and config, in the checkpoint archive's layout."""
         c = self.get(ref)
         if c.state.status in ("running", "paused", "restarting"):
             raise Conflict(f"container {c.name} must be stopped for a cold export")
-        self._export_checkpoint(c, out, {"cold": True}, with_images=False, level=level)
+        self._export_checkpoint(c, out, {"cold": True}, None, level=level)
 
-    def _export_checkpoint(self, c: Container, out: Any, stats: dict[str, Any], with_images: bool = True,
+    def _export_checkpoint(self, c: Container, out: Any, stats: dict[str, Any], images_dir: Path | None,
                            level: int = 3) -> None:
         import tempfile
 
@@ -712,7 +811,7 @@ class ContainerManager:
                 self.images.snapshotter.diff(c.snapshot, f)
             spec = json.loads(self.files(c).spec.read_text()) if self.files(c).spec.exists() else {}
             archive.pack(out, config=asdict(c), spec=spec,
-                         images_dir=Path(c.state.checkpoint) if with_images else None, rootfs_diff=diff,
+                         images_dir=images_dir, rootfs_diff=diff,
                          network=c.endpoint, stats=stats, level=level)
 
     async def restore(self, ref: str) -> Container:
@@ -727,10 +826,12 @@ class ContainerManager:
             await self._start_locked(c, hold=False, restore=True)
         return c
 
-    async def restore_archive(self, src: Any, name: str = "", cold: bool = False) -> Container:
+    async def restore_archive(self, src: Any, name: str = "", cold: bool = False, page_server: str = "") -> Container:
         """A new container from a checkpoint archive (`dockyard restore -i`), here or on another host.
 
         cold: the archive holds a stopped container (no CRIU images): create it and start it fresh.
+        page_server: post-copy; the archive's images lack the memory pages, which come from the
+        source's CRIU page server at host:port once the container runs (agent/checkpoint/lazy.py).
         """
         from agent.checkpoint import archive
         from agent.model import from_dict
@@ -738,6 +839,7 @@ class ContainerManager:
         cid = names.new_id()
         cdir = self.dir / cid
         tmp = cdir / "unpack"
+        trace("agent: unpack")
         try:
             meta = await asyncio.to_thread(archive.unpack, src, tmp, cold)
         except archive.ArchiveError as e:
@@ -754,6 +856,7 @@ class ContainerManager:
             except Exception as e:
                 raise NotFound(f"the checkpoint needs image {old.image_ref} ({old.image_id[:19]}), "
                                f"which is not on this host: pull or load it first") from e
+            trace("agent: unpacked")
             with open(tmp / "rootfs-diff.tar", "rb") as f:
                 chain, _ = await asyncio.to_thread(self.images.snapshotter.apply, image.chain_id, f, None,
                                                    "rootfs-diff.tar")
@@ -768,6 +871,7 @@ class ContainerManager:
                 c.state.checkpoint = str(cdir / "checkpoint")
             shutil.rmtree(tmp, ignore_errors=True)
             self._save(c)
+            trace("agent: layer applied")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.images.snapshotter.remove(cid)
@@ -777,12 +881,59 @@ class ContainerManager:
         try:
             if cold:
                 await self.start(cid)
+            elif page_server:
+                await self._restore_lazy(c, page_server)
             else:
                 await self.restore(cid)
         except BaseException:
             await self.remove(cid, force=True)
             raise
         return c
+
+    async def _restore_lazy(self, c: Container, page_server: str) -> None:
+        """Start the lazy-pages daemon, then restore with --lazy-pages: the container runs when this
+        returns, while its memory still comes in; a watcher follows the daemon to its end."""
+        from agent.checkpoint.criu import find_criu
+        from agent.checkpoint.lazy import PageDaemon
+
+        criu = find_criu()
+        if criu is None:
+            raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")
+        trace("agent: lazy-pages daemon")
+        try:
+            daemon = await PageDaemon.start(criu, Path(c.state.checkpoint), page_server,
+                                            restore_pidfile=self.files(c).dir / "restore.pid",
+                                            log_file=self.dir / c.id / "lazy-pages.log")
+        except Exception as e:
+            raise AgentError(f"restore of {c.name}: no lazy-pages daemon: {e}") from e
+        trace("agent: lazy-pages daemon ready")
+        self._lazy_restores.add(c.id)
+        self._pulling.add(c.id)
+        try:
+            await self.restore(c.id)
+        except BaseException:
+            daemon.stop()
+            self._pulling.discard(c.id)
+            raise
+        finally:
+            self._lazy_restores.discard(c.id)
+        self._spawn(self._follow_page_daemon(c, daemon))
+
+    async def _follow_page_daemon(self, c: Container, daemon: Any) -> None:
+        from agent.checkpoint.criu import CriuError
+
+        t0 = time.monotonic()
+        try:
+            await daemon.wait()
+            log.info("%s: every page pulled from the source in %.2f s", c.name, time.monotonic() - t0)
+        except CriuError as e:
+            # Its watchdog killed the container: it would have run on with zeros for memory.
+            c.state.stopped_by_user = True
+            c.state.error = f"its memory could not all be pulled from the source, so it was killed: {e}"
+            self._save(c)
+            log.error("%s: %s", c.name, c.state.error)
+        finally:
+            self._pulling.discard(c.id)
 
     def rename(self, ref: str, new: str) -> None:
         c = self.get(ref)

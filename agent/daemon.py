@@ -106,13 +106,14 @@ class Agent:
                 schedulers=[a.strip() for a in o.join.split(",") if a.strip()], name=o.name,
                 address=o.advertise or o.listen, labels=o.labels, root=self.root, manager=self.manager,
                 socket=o.socket, metrics_addr=o.metrics_addr if self.metrics_server else "",
-                cgroup_version=driver.version, criu=lambda: servicer.criu)
+                cgroup_version=driver.version, criu=lambda: servicer.criu,
+                lazy_pages=lambda: servicer.lazy_pages)
             self.member.start()
         log.info("agent %s serving on %s (root %s, cgroup v%d)", o.name, o.socket, self.root, driver.version)
 
     @staticmethod
     async def _check_criu(servicer: AgentServicer) -> None:
-        servicer.criu = await asyncio.to_thread(_criu_works)
+        servicer.criu, servicer.lazy_pages = await asyncio.to_thread(_criu_works)
 
     async def stop(self) -> None:
         if self.member is not None:
@@ -170,14 +171,28 @@ def _cgroup_parent(root: Path, configured: str | None) -> str:
     return parent
 
 
-def _criu_works() -> bool:
+def _criu_works() -> tuple[bool, bool]:
+    """(criu works, post-copy with lazy pages works)."""
     try:
         from agent.checkpoint.criu import find_criu
+        from agent.checkpoint.lazy import pipes_ready
 
         c = find_criu()
-        return bool(c and c.check().works)
+        if c is not None:
+            from agent.checkpoint import kdat
+
+            log.info("criu kdat cache: %s", kdat.seed(c.path))
+        caps = c.check() if c else None
+        if caps is None or not caps.works:
+            return False, False
+        lazy = caps.lazy_pages
+        if lazy:
+            lazy, why = pipes_ready()
+            if not lazy:
+                log.warning("no post-copy migration: %s", why)
+        return True, lazy
     except Exception:
-        return False
+        return False, False
 
 
 async def serve(opts: AgentOptions) -> None:

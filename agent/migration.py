@@ -1,5 +1,8 @@
 """Moving a container to another agent, driven by the source agent.
 
+    post-copy (live, when both ends can): CRIU-dump it without its memory pages, which CRIU keeps
+          and serves here (downtime starts) -> stream the small archive -> the target restores it
+          with lazy pages (downtime ends) -> the target pulls every page -> remove it here
     live: CRIU-dump it (downtime starts) -> stream the checkpoint archive -> the target restores it
           (downtime ends) -> remove it here
     cold: stop it (downtime starts) -> stream its writable layer and config -> the target creates
@@ -9,12 +12,17 @@ The image goes first if the target lacks it (as a docker-archive through the tar
 The archive is streamed in chunks with its sha256 in the header, which the target checks before it
 makes anything. If anything fails before the target runs the container, the source brings its own
 copy back (restore from the checkpoint, or start again): there is always exactly one copy.
+Post-copy has one more window: the target runs while its pages still come from here. If the page
+transfer fails then, the target kills its copy (its memory is incomplete) and CRIU unfreezes ours,
+which runs on; the source copy is removed only once the target has every page (agent/checkpoint/lazy.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import logging
 import os
 import tempfile
 import time
@@ -24,9 +32,12 @@ from typing import Any
 import grpc
 
 from agent.containers import ContainerManager
-from agent.model import AgentError, Conflict, Unavailable
+from agent.model import AgentError, Conflict, NotFound, Unavailable
+from agent.runtime.shim import trace
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
+
+log = logging.getLogger("dockyard.agent.migration")
 
 CHUNK = 1 << 20
 Progress = Callable[[pb.MigrateProgress], None]
@@ -85,7 +96,7 @@ async def _ensure_image(m: ContainerManager, channel: grpc.aio.Channel, image_id
 
 
 async def _send_archive(channel: grpc.aio.Channel, f: Any, name: str, cold: bool, emit: Progress,
-                        digest: str) -> str:
+                        digest: str, page_server: str = "") -> str:
     f.seek(0, os.SEEK_END)
     total = f.tell()
     f.seek(0)
@@ -93,7 +104,7 @@ async def _send_archive(channel: grpc.aio.Channel, f: Any, name: str, cold: bool
 
     async def chunks() -> AsyncIterator[pb.RestoreChunk]:
         nonlocal sent
-        yield pb.RestoreChunk(header=pb.RestoreHeader(name=name, cold=cold, sha256=digest))
+        yield pb.RestoreChunk(header=pb.RestoreHeader(name=name, cold=cold, sha256=digest, page_server=page_server))
         while data := f.read(CHUNK):
             sent += len(data)
             emit(pb.MigrateProgress(phase="transfer", bytes=sent, total=total))
@@ -104,7 +115,9 @@ async def _send_archive(channel: grpc.aio.Channel, f: Any, name: str, cold: bool
     return str(summary.id)
 
 
-async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: Progress) -> pb.MigrateProgress:
+async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: Progress,
+                  lazy_pages: bool = False) -> pb.MigrateProgress:
+    """lazy_pages: post-copy is possible on this host (the target says for itself)."""
     c = m.get(ref)
     if c.state.status not in ("running", "paused") and live:
         raise Conflict(f"container {c.name} is not running: nothing to migrate live (use cold)")
@@ -112,10 +125,12 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
     channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
     try:
         try:
-            await pbg.AgentStub(channel).Info(pb.Empty(), timeout=5)  # type: ignore[no-untyped-call]
+            info = await pbg.AgentStub(channel).Info(pb.Empty(), timeout=5)  # type: ignore[no-untyped-call]
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"target agent {target} does not answer: {e.details()}") from e
         await _ensure_image(m, channel, c.image_id, c.image_ref, emit)
+        if live and lazy_pages and info.lazy_pages and c.state.status == "running":
+            return await _migrate_post_copy(m, c.id, channel, target, emit, t0)
         was_running = c.state.status in ("running", "paused")
         with tempfile.TemporaryFile(dir=m.root) as tmp:
             down = time.monotonic()
@@ -146,3 +161,70 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
                                   total_seconds=time.monotonic() - t0)
     finally:
         await channel.close()
+
+
+# A pause after the dump, before the archive goes (DOCKYARD_FAULT_INJECTION=1 and this file in the
+# agent's root, holding seconds): tests kill the agent there, with CRIU's dump still running.
+FAULT_PAUSE_AFTER_DUMP = "fault-pause-after-dump"
+
+
+async def _fault_pause(m: ContainerManager) -> None:
+    path = m.root / FAULT_PAUSE_AFTER_DUMP
+    if os.environ.get("DOCKYARD_FAULT_INJECTION") == "1" and path.exists():
+        await asyncio.sleep(float(path.read_text() or 0))
+
+
+async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str,
+                             emit: Progress, t0: float) -> pb.MigrateProgress:
+    from agent.checkpoint.criu import CriuError
+    from agent.checkpoint.lazy import free_port, local_address_towards
+
+    c = m.get(cid)
+    host, _, port = target.rpartition(":")
+    address = local_address_towards(host.strip("[]"), int(port))
+    with tempfile.TemporaryFile(dir=m.root) as tmp:
+        down = time.monotonic()
+        out = HashingWriter(tmp)
+        emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU (post-copy)"))
+        # Level 1: the archive holds the small images and the writable layer, not the memory.
+        dump = await m.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1)
+        trace("migrate: archive written")
+        await _fault_pause(m)
+        try:
+            new_id = await _send_archive(channel, tmp, c.name, False, emit, out.hexdigest(), dump.page_server)
+        except (grpc.aio.AioRpcError, OSError) as e:
+            detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
+            emit(pb.MigrateProgress(phase="rollback", message=f"target failed ({detail}): {c.name} runs on here"))
+            await dump.abort()
+            await m.lazy_dump_ended(c.id, ok=False)
+            raise MigrationFailed(f"migration of {c.name} to {target} failed, rolled back: {detail}") from e
+        downtime = time.monotonic() - down
+        trace("migrate: the target runs it")
+    emit(pb.MigrateProgress(phase="pages", message=f"{c.name} runs on the target; its memory follows from here"))
+    try:
+        await dump.wait(timeout=600)
+    except CriuError as e:
+        if not await m.lazy_dump_ended(c.id, ok=False):
+            # CRIU failed after it had ended the tree here (or someone removed it): the target's
+            # copy is the one left.
+            log.warning("%s: criu dump failed after the move (%s); the target's copy is kept", c.name, e)
+            await _remove_source_copy(m, c.id)
+            return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
+                                      total_seconds=time.monotonic() - t0)
+        # The target's copy lost its page source: its watchdog killed it, and CRIU unfroze ours.
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            await pbg.AgentStub(channel).RemoveContainer(  # type: ignore[no-untyped-call]
+                pb.RemoveContainerRequest(id=new_id, force=True), timeout=30)
+        raise MigrationFailed(f"migration of {c.name} to {target} failed while its memory was pulled, "
+                              f"rolled back: {e}") from e
+    await m.lazy_dump_ended(c.id, ok=True)
+    emit(pb.MigrateProgress(phase="cleanup", message=f"removing {c.name} here"))
+    await _remove_source_copy(m, c.id)
+    return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
+                              total_seconds=time.monotonic() - t0)
+
+
+async def _remove_source_copy(m: ContainerManager, cid: str) -> None:
+    """Gone already is fine: a scheduler that saw the target run it may have removed it meanwhile."""
+    with contextlib.suppress(NotFound):
+        await m.remove(cid, force=True)

@@ -25,9 +25,11 @@ from typing import Any, TypeVar
 import grpc
 
 from agent import convert, metrics
+from agent.checkpoint import host_features
 from agent.containers import ContainerManager
 from agent.model import AgentError, Conflict, InvalidArgument, NotFound, StartFailed, Unavailable
 from agent.runtime import frames
+from agent.runtime.shim import trace
 from agent.runtime.spec import ProcessSpec
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
@@ -102,7 +104,9 @@ class AgentServicer(pbg.AgentServicer):
         self.images = images
         self.cgroup_version = cgroup_version
         self.criu = criu
+        self.lazy_pages = False  # known, like criu, once `criu check` ran
         self.labels = labels
+        self.host = host_features.probe()
 
     # --- containers ---------------------------------------------------------------------------
 
@@ -116,7 +120,8 @@ class AgentServicer(pbg.AgentServicer):
             containers=len(cs), containers_running=sum(c.state.status == "running" for c in cs),
             containers_paused=sum(c.state.status == "paused" for c in cs),
             containers_stopped=sum(c.state.status not in ("running", "paused") for c in cs),
-            images=len(self.images.list()), labels=self.labels,
+            images=len(self.images.list()), labels=self.labels, lazy_pages=self.lazy_pages,
+            arch=self.host.arch, cpu_features=self.host.cpu_features,
         )
 
     @_mapped
@@ -454,6 +459,7 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def RestoreContainer(self, request_iterator: AsyncIterator[pb.RestoreChunk], context: Any) -> pb.ContainerSummary:
         header: pb.RestoreHeader | None = None
+        trace("agent: restore stream")
         with tempfile.TemporaryFile(dir=self.root) as tmp:
             got_data = False
             digest = hashlib.sha256()
@@ -473,7 +479,7 @@ class AgentServicer(pbg.AgentServicer):
                 if got != header.sha256:
                     raise InvalidArgument(f"restore: the archive's sha256 is {got}, the sender said {header.sha256}")
             tmp.seek(0)
-            return convert.summary(await self.m.restore_archive(tmp, header.name, header.cold))
+            return convert.summary(await self.m.restore_archive(tmp, header.name, header.cold, header.page_server))
 
     async def MigrateContainer(self, request: pb.MigrateRequest,
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MigrateProgress]:
@@ -492,7 +498,8 @@ class AgentServicer(pbg.AgentServicer):
 
         async def run() -> None:
             try:
-                queue.put_nowait(await migration.migrate(self.m, request.id, request.target, request.live, emit))
+                queue.put_nowait(await migration.migrate(self.m, request.id, request.target, request.live, emit,
+                                                          lazy_pages=self.lazy_pages))
             except BaseException as e:
                 queue.put_nowait(e)
 

@@ -923,7 +923,9 @@ def info(ctx: click.Context) -> None:
                  ("Total Memory", display.human_bytes_binary(i.memory_bytes)), ("Containers", i.containers),
                  (" Running", i.containers_running), (" Paused", i.containers_paused),
                  (" Stopped", i.containers_stopped), ("Images", i.images), ("Docker Root Dir", i.root),
-                 ("CRIU", "yes" if i.criu else "no")]:
+                 ("CRIU", "yes" if i.criu else "no"),
+                 ("Post-copy migration", "yes" if i.lazy_pages else "no"), ("Architecture", i.arch),
+                 ("CPU features", " ".join(i.cpu_features))]:
         click.echo(f"{k}: {v}")
 
 

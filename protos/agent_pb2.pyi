@@ -17,7 +17,7 @@ class JsonDocument(_message.Message):
     def __init__(self, json: _Optional[str] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("name", "version", "kernel", "cgroup_version", "memory_bytes", "cpus", "criu", "root", "containers", "containers_running", "containers_paused", "containers_stopped", "images", "labels")
+    __slots__ = ("name", "version", "kernel", "cgroup_version", "memory_bytes", "cpus", "criu", "root", "containers", "containers_running", "containers_paused", "containers_stopped", "images", "labels", "lazy_pages", "arch", "cpu_features")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -39,6 +39,9 @@ class AgentInfo(_message.Message):
     CONTAINERS_STOPPED_FIELD_NUMBER: _ClassVar[int]
     IMAGES_FIELD_NUMBER: _ClassVar[int]
     LABELS_FIELD_NUMBER: _ClassVar[int]
+    LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    CPU_FEATURES_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     kernel: str
@@ -53,7 +56,10 @@ class AgentInfo(_message.Message):
     containers_stopped: int
     images: int
     labels: _containers.ScalarMap[str, str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kernel: _Optional[str] = ..., cgroup_version: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., criu: _Optional[bool] = ..., root: _Optional[str] = ..., containers: _Optional[int] = ..., containers_running: _Optional[int] = ..., containers_paused: _Optional[int] = ..., containers_stopped: _Optional[int] = ..., images: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+    lazy_pages: bool
+    arch: str
+    cpu_features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kernel: _Optional[str] = ..., cgroup_version: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., criu: _Optional[bool] = ..., root: _Optional[str] = ..., containers: _Optional[int] = ..., containers_running: _Optional[int] = ..., containers_paused: _Optional[int] = ..., containers_stopped: _Optional[int] = ..., images: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., lazy_pages: _Optional[bool] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PortMapping(_message.Message):
     __slots__ = ("host_ip", "host_port", "container_port", "protocol")
@@ -563,16 +569,18 @@ class CheckpointChunk(_message.Message):
     def __init__(self, stats_json: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RestoreHeader(_message.Message):
-    __slots__ = ("id", "name", "cold", "sha256")
+    __slots__ = ("id", "name", "cold", "sha256", "page_server")
     ID_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     COLD_FIELD_NUMBER: _ClassVar[int]
     SHA256_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SERVER_FIELD_NUMBER: _ClassVar[int]
     id: str
     name: str
     cold: bool
     sha256: str
-    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cold: _Optional[bool] = ..., sha256: _Optional[str] = ...) -> None: ...
+    page_server: str
+    def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cold: _Optional[bool] = ..., sha256: _Optional[str] = ..., page_server: _Optional[str] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
     __slots__ = ("id", "target", "live")

@@ -28,12 +28,20 @@ class SchedulerStatus(_message.Message):
     def __init__(self, replica: _Optional[str] = ..., leader: _Optional[bool] = ..., leader_replica: _Optional[str] = ..., etcd_ok: _Optional[bool] = ..., etcd: _Optional[str] = ..., revision: _Optional[int] = ...) -> None: ...
 
 class Capabilities(_message.Message):
-    __slots__ = ("criu", "cgroup_version")
+    __slots__ = ("criu", "cgroup_version", "lazy_pages", "kernel", "arch", "cpu_features")
     CRIU_FIELD_NUMBER: _ClassVar[int]
     CGROUP_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
+    KERNEL_FIELD_NUMBER: _ClassVar[int]
+    ARCH_FIELD_NUMBER: _ClassVar[int]
+    CPU_FEATURES_FIELD_NUMBER: _ClassVar[int]
     criu: bool
     cgroup_version: int
-    def __init__(self, criu: _Optional[bool] = ..., cgroup_version: _Optional[int] = ...) -> None: ...
+    lazy_pages: bool
+    kernel: str
+    arch: str
+    cpu_features: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, criu: _Optional[bool] = ..., cgroup_version: _Optional[int] = ..., lazy_pages: _Optional[bool] = ..., kernel: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
     __slots__ = ("name", "address", "hostname", "labels", "nano_cpus", "memory_bytes", "status", "availability", "role", "capabilities", "metrics_addr", "tasks", "reserved_nano_cpus", "reserved_memory_bytes", "engine_version")

@@ -29,7 +29,10 @@ def node_from_register(req: pb.RegisterRequest) -> Node:
     return Node(
         name=req.name, address=req.address, labels=dict(req.labels),
         capacity=Resources(int(req.nano_cpus), int(req.memory_bytes)),
-        capabilities=Capabilities(criu=req.capabilities.criu, cgroup_version=req.capabilities.cgroup_version or 2),
+        capabilities=Capabilities(criu=req.capabilities.criu, cgroup_version=req.capabilities.cgroup_version or 2,
+                                  lazy_pages=req.capabilities.lazy_pages, kernel=req.capabilities.kernel,
+                                  cpu_features=tuple(sorted(req.capabilities.cpu_features))),
+        arch=req.capabilities.arch or "x86_64",
         hostname=req.hostname or req.name, metrics_addr=req.metrics_addr, agent_id=req.agent_id,
         engine_labels={"version": req.engine_version} if req.engine_version else {},
     )
@@ -40,7 +43,9 @@ def node_info(n: Node, tasks: Iterable[Task] = (), reserved: Resources = Resourc
         name=n.name, address=n.address, hostname=n.hostname, labels=n.labels,
         nano_cpus=n.capacity.nano_cpus, memory_bytes=n.capacity.memory_bytes, status=n.status.value,
         availability=n.availability.value, role=n.role,
-        capabilities=pb.Capabilities(criu=n.capabilities.criu, cgroup_version=n.capabilities.cgroup_version),
+        capabilities=pb.Capabilities(criu=n.capabilities.criu, cgroup_version=n.capabilities.cgroup_version,
+                                     lazy_pages=n.capabilities.lazy_pages, kernel=n.capabilities.kernel,
+                                     arch=n.arch, cpu_features=n.capabilities.cpu_features),
         metrics_addr=n.metrics_addr, tasks=sum(1 for _ in tasks),
         reserved_nano_cpus=reserved.nano_cpus, reserved_memory_bytes=reserved.memory_bytes,
         engine_version=n.engine_labels.get("version", ""),

@@ -14,13 +14,15 @@
 
 While a record exists the dispatcher leaves the task's containers alone on both nodes, reports about
 the task are not written (a checkpointed container reads as exited), and the leader loop does not
-act on the task. Live needs CRIU on both ends and the same cgroup version; else cold, and we say why.
+act on the task. Live needs CRIU on both ends, the same cgroup version and architecture, a target kernel
+no older and a target CPU with every feature of the source's (choose_mode); else cold, and we say why.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable
@@ -48,21 +50,46 @@ class MigrationError(Exception):
 
 def choose_mode(source: Node, target: Node, asked: str) -> tuple[str, str]:
     """(mode, why not live) for a move from source to target; asked is live, cold or "" (auto).
-    Live needs a working CRIU on both nodes and the same cgroup version (the restored tree's
-    cgroup paths and controllers must exist on the target)."""
-    why = ""
-    if not source.capabilities.criu:
-        why = f"{source.name} has no working CRIU"
-    elif not target.capabilities.criu:
-        why = f"{target.name} has no working CRIU"
-    elif source.capabilities.cgroup_version != target.capabilities.cgroup_version:
-        why = (f"cgroup v{source.capabilities.cgroup_version} on {source.name}, "
-               f"v{target.capabilities.cgroup_version} on {target.name}")
+
+    Live needs a working CRIU on both nodes, the same cgroup version (the restored tree's cgroup
+    paths and controllers must exist on the target), the same architecture, a target kernel no
+    older than the source's (the process may use what the source kernel offers: syscalls, /proc
+    files, socket options), and every CPU feature of the source on the target (a process keeps
+    the instructions it picked at start: without one it dies of SIGILL after the move)."""
+    why = _why_not_live(source, target)
     if asked == "live" and why:
         raise MigrationError(f"cannot migrate live: {why}")
     if asked == "cold":
         return "cold", ""
     return ("cold", why) if why else ("live", "")
+
+
+def _why_not_live(source: Node, target: Node) -> str:
+    s, t = source.capabilities, target.capabilities
+    if not s.criu:
+        return f"{source.name} has no working CRIU"
+    if not t.criu:
+        return f"{target.name} has no working CRIU"
+    if s.cgroup_version != t.cgroup_version:
+        return f"cgroup v{s.cgroup_version} on {source.name}, v{t.cgroup_version} on {target.name}"
+    if source.arch != target.arch:
+        return f"{source.name} is {source.arch}, {target.name} is {target.arch}"
+    if not s.kernel or not t.kernel:
+        unknown = source.name if not s.kernel else target.name
+        return f"{unknown}'s kernel is unknown (its agent is too old to say)"
+    if kernel_version(t.kernel) < kernel_version(s.kernel):
+        return f"{target.name}'s kernel {t.kernel} is older than {source.name}'s {s.kernel}"
+    missing = sorted(set(s.cpu_features) - set(t.cpu_features))
+    if missing:
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        return f"{target.name}'s CPU lacks {shown}, which {source.name}'s has"
+    return ""
+
+
+def kernel_version(release: str) -> tuple[int, ...]:
+    """"6.18.44-fc-v782" -> (6, 18, 44)."""
+    m = re.match(r"\d+(?:\.\d+)*", release)
+    return tuple(int(p) for p in m.group(0).split(".")) if m else ()
 
 
 def progress(m: Migration, phase: str, message: str = "", **kw: Any) -> pb.MigrationProgress:

@@ -81,6 +81,9 @@ class Resources:
 class Capabilities:
     criu: bool = False
     cgroup_version: int = 2
+    lazy_pages: bool = False          # post-copy live migration works on the node
+    kernel: str = ""                  # uname -r ("" from an agent too old to say)
+    cpu_features: tuple[str, ...] = ()  # instruction-set flags a restored process may use
 
 
 @dataclass(slots=True)

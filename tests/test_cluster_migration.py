@@ -252,6 +252,54 @@ def test_source_agent_killed_mid_migration_leaves_one_copy(env: Env) -> None:
     src.restart_agent()
     env.slot_settled("fs_a")
 
+def _lazy_dumps(root: Path) -> list[int]:
+    """Pids of `criu dump --lazy-pages` runs on containers under this agent root."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"dump" in argv and b"--lazy-pages" in argv and any(str(root).encode() in a for a in argv):
+            found.append(int(d.name))
+    return found
+
+
+def test_source_agent_killed_during_the_criu_dump_leaves_one_copy(env: Env) -> None:
+    """Killed with CRIU's dump running (the container frozen, its pages held by criu for a target
+    that has not been told yet): the agent that comes back ends that dump, CRIU unfreezes the
+    container, and it counts on where it was; nothing stays frozen, no copy is made on the target."""
+    (t,) = env.deploy("fk", service("a"))
+    src, to = env.host(t.node), _other(env, t.node)
+    name = f"{t.name}.{t.id}"
+    wait_for(lambda: len(_numbers(src, name)) > 20, 20, "counting")
+    pause = src.root / "fault-pause-after-dump"  # agent/migration.py: it waits there after the dump
+    pause.write_text("30")
+    try:
+        proc = _migrate_in_background(env, t.name, to, "--live")
+        wait_for(lambda: _lazy_dumps(src.root), 30, "criu dump running on the source")
+        assert src.inspect(name)["State"]["Running"]
+        frozen_at = _numbers(src, name)[-1]
+        src.kill9()
+    finally:
+        pause.unlink()
+    assert _lazy_dumps(src.root), "the dump must outlive the agent (its own session), not die with it"
+    src.restart_agent()
+    out, _ = proc.communicate(timeout=90)
+    print("\n" + out.strip())
+    assert env.settled(t.id) == t.node  # rolled back: only the source runs it
+    wait_for(lambda: not _lazy_dumps(src.root), 20, "the stale dump ended")
+    wait_for(lambda: _numbers(src, name)[-1] > frozen_at + 5, 20, "counting again after the dump")
+    nums = _numbers(src, name)
+    assert nums.count(1) == 1  # went on, never started over
+    assert not list((src.root / "containers").glob("*/lazy-[cd]*"))  # no lazy-checkpoint/ or lazy-dump.json left
+    # CRIU's network lock is gone too (a failed lazy dump leaves it: agent/checkpoint/lazy.py)
+    r = src.cli("exec", name, "timeout", "5", "wget", "-q", "-O-", "http://127.0.0.1/index.html")
+    assert r.stdout == "hi\n", r
+
+
 def test_target_agent_killed_mid_migration_leaves_one_copy(env: Env) -> None:
     (t,) = env.deploy("ft", service("a", pause="running:4"))
     to = _other(env, t.node)

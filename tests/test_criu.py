@@ -445,3 +445,28 @@ def test_leave_running_keeps_the_source(criu: Criu, workdir: Path) -> None:
         finally:
             for p in pids:
                 kill_and_reap(p)
+
+
+def test_the_lazy_pages_watchdog_kills_the_restored_tree_only_when_the_daemon_fails(tmp_path: Path) -> None:
+    """The shell that runs `criu lazy-pages` (agent/checkpoint/lazy.py): a daemon that fails takes
+    the restored tree (the pid in the restore's pidfile) with it; one that succeeds leaves it."""
+    from agent.checkpoint.lazy import _WATCHDOG
+
+    for daemon_rc, survives in ((0, True), (3, False)):
+        tree = subprocess.Popen(["sleep", "60"])
+        try:
+            pidfile = tmp_path / "restore.pid"
+            pidfile.write_text(str(tree.pid))
+            r = subprocess.run(["/bin/sh", "-c", _WATCHDOG, "watchdog", str(pidfile), "sh", "-c", f"exit {daemon_rc}"],
+                               timeout=10, check=False)
+            assert r.returncode == daemon_rc
+            try:
+                tree.wait(timeout=1)
+            except subprocess.TimeoutExpired:
+                pass
+            assert (tree.poll() is None) == survives
+            if not survives:
+                assert tree.returncode == -signal.SIGKILL
+        finally:
+            tree.kill()
+            tree.wait()

@@ -20,9 +20,13 @@ from scheduler.model import (
     TaskState,
 )
 
+CPU = ("avx", "avx2", "fma", "sse4_2", "xsave")
 
-def node(name: str, criu: bool = True, cgroup: int = 2, **kw: Any) -> Node:
-    return Node(name=name, capabilities=Capabilities(criu=criu, cgroup_version=cgroup), **kw)
+
+def node(name: str, criu: bool = True, cgroup: int = 2, kernel: str = "6.18.44-fc-v782",
+         cpu: tuple[str, ...] = CPU, **kw: Any) -> Node:
+    return Node(name=name, capabilities=Capabilities(criu=criu, cgroup_version=cgroup, kernel=kernel,
+                                                     cpu_features=cpu), **kw)
 
 
 @pytest.mark.parametrize("name, source, target, asked, want", [
@@ -31,6 +35,20 @@ def node(name: str, criu: bool = True, cgroup: int = 2, **kw: Any) -> Node:
     ("no criu on the source", node("a", criu=False), node("b"), "", ("cold", "a has no working CRIU")),
     ("no criu on the target", node("a"), node("b", criu=False), "", ("cold", "b has no working CRIU")),
     ("cgroup versions differ", node("a", cgroup=1), node("b"), "", ("cold", "cgroup v1 on a, v2 on b")),
+    ("architectures differ", node("a"), node("b", arch="aarch64"), "", ("cold", "a is x86_64, b is aarch64")),
+    ("newer kernel on the target: live", node("a", kernel="6.1.0-18-amd64"), node("b"), "", ("live", "")),
+    ("same version, other build: live", node("a", kernel="6.18.44-debian"), node("b"), "", ("live", "")),
+    ("older kernel on the target", node("a"), node("b", kernel="6.1.0-18-amd64"), "",
+     ("cold", "b's kernel 6.1.0-18-amd64 is older than a's 6.18.44-fc-v782")),
+    ("older patch level on the target", node("a", kernel="6.18.45"), node("b", kernel="6.18.9"), "",
+     ("cold", "b's kernel 6.18.9 is older than a's 6.18.45")),
+    ("kernel unknown (an old agent)", node("a"), node("b", kernel=""), "",
+     ("cold", "b's kernel is unknown (its agent is too old to say)")),
+    ("the target's CPU has more: live", node("a"), node("b", cpu=(*CPU, "avx512f")), "", ("live", "")),
+    ("the target's CPU lacks features", node("a", cpu=(*CPU, "avx512f", "avx512bw")), node("b"), "",
+     ("cold", "b's CPU lacks avx512bw, avx512f, which a's has")),
+    ("many missing are counted", node("a", cpu=tuple(f"f{i:02}" for i in range(11))), node("b", cpu=()), "",
+     ("cold", "b's CPU lacks f00, f01, f02, f03, f04, f05, f06, f07 and 3 more, which a's has")),
 ])
 def test_choose_mode(name: str, source: Node, target: Node, asked: str, want: tuple[str, str]) -> None:
     assert choose_mode(source, target, asked) == want
@@ -39,6 +57,42 @@ def test_choose_mode(name: str, source: Node, target: Node, asked: str, want: tu
 def test_live_asked_where_it_cannot_be_is_an_error_saying_why() -> None:
     with pytest.raises(MigrationError, match="cannot migrate live: b has no working CRIU"):
         choose_mode(node("a"), node("b", criu=False), "live")
+    with pytest.raises(MigrationError, match="cannot migrate live: b's CPU lacks avx512f, which a's has"):
+        choose_mode(node("a", cpu=(*CPU, "avx512f")), node("b"), "live")
+
+
+def test_capabilities_go_from_registration_to_etcd_and_back() -> None:
+    """What the agent registers (kernel, arch, CPU features, lazy pages) reaches choose_mode's Node
+    through the register request, the etcd JSON and the NodeInfo a CLI sees."""
+    import json
+
+    from protos import cluster_pb2 as pb
+    from scheduler import codec
+    from scheduler.convert import node_from_register, node_info
+    from scheduler.store import _dumps
+
+    req = pb.RegisterRequest(name="n1", address="10.0.0.1:7000", capabilities=pb.Capabilities(
+        criu=True, cgroup_version=1, lazy_pages=True, kernel="6.18.44", arch="x86_64",
+        cpu_features=["avx2", "avx"]))
+    n = node_from_register(req)
+    assert n.capabilities == Capabilities(criu=True, cgroup_version=1, lazy_pages=True, kernel="6.18.44",
+                                          cpu_features=("avx", "avx2"))
+    back = codec.decode_node(json.loads(_dumps(n)))
+    assert back.capabilities == n.capabilities and back.arch == "x86_64"
+    info = node_info(back)
+    assert list(info.capabilities.cpu_features) == ["avx", "avx2"] and info.capabilities.kernel == "6.18.44"
+
+
+def test_the_agent_advertises_this_hosts_kernel_and_cpu_features() -> None:
+    from agent.checkpoint.host_features import cpu_features, probe
+
+    here = probe()
+    assert here.kernel == __import__("os").uname().release and here.arch
+    if here.arch == "x86_64":
+        assert "sse2" in here.cpu_features  # every x86_64 CPU has it
+    two_cpus = "flags\t\t: fpu sse sse2 avx2 constant_tsc\n\nflags\t\t: fpu sse sse2 rep_good\n"
+    assert cpu_features(two_cpus, "x86_64") == ("fpu", "sse", "sse2")  # common to all, instruction sets only
+    assert cpu_features("Features\t: fp asimd aes\n", "aarch64") == ("aes", "asimd", "fp")
 
 
 def test_the_record_round_trips_through_json() -> None:

@@ -7,6 +7,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import grpc
 import pytest
 
 from tests.agent_harness import AgentProcess, free_port, import_busybox
@@ -46,9 +47,13 @@ def test_live_migration_keeps_memory_files_and_ports(pair: tuple[AgentProcess, A
     cid = a.run_detached("--name", "mover", "-p", "127.0.0.1::80", "-e", "K=v", "-m", "64m", "busybox", "sh", "-c", COUNTER)
     a.cli("exec", cid, "sh", "-c", "echo before > /root/f", check=True)
     a.wait_for(lambda: len(_numbers(a, cid)) > 10, what="counting")
+    for x in (a, b):  # known once `criu check` ran at the agent's start
+        x.wait_for(lambda x=x: "Post-copy migration: yes" in x.cli("info").stdout, 20, what="post-copy possible")
     r = a.cli("migrate", "--live", "--to", b.tcp, "mover")  # type: ignore[attr-defined]
     assert r.returncode == 0, r.stderr
     assert "downtime" in r.stdout
+    assert "post-copy" in r.stderr and "pages:" in r.stderr, r.stderr  # both ends can: lazy pages
+    print("\n" + r.stderr + r.stdout)
     last = _numbers(a, cid)[-1] if a.cli("logs", cid).returncode == 0 else None
     assert a.cli("ps", "-a", "-q").stdout == ""  # the source copy is gone
     b.wait_for(lambda: len(_numbers(b, "mover")) > 3, what="counting on the target")
@@ -75,6 +80,116 @@ def test_cold_migration_keeps_files(pair: tuple[AgentProcess, AgentProcess]) -> 
     b.wait_for(lambda: "restarted" in b.cli("logs", "cold").stdout, what="the command started again")
     assert a.cli("ps", "-a", "-q").stdout == ""
     b.cli("rm", "-f", "cold", check=True)
+
+
+def _lazy_dumps(root: Path) -> list[int]:
+    """Pids of `criu dump --lazy-pages` runs on containers under this agent root."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            argv = (d / "cmdline").read_bytes().split(b"\0") if d.name.isdigit() else []
+        except OSError:
+            continue
+        if b"dump" in argv and b"--lazy-pages" in argv and any(str(root).encode() in a for a in argv):
+            found.append(int(d.name))
+    return found
+
+
+def test_page_source_lost_while_pages_are_pulled_keeps_the_source_copy(
+        pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """Post-copy's own risk: the target runs while its memory still comes from the source. Here the
+    source's page server (criu dump) dies half-way: the target's watchdog kills its copy (it would
+    run on with zeros for memory), CRIU's tree on the source runs on, with its memory and its network."""
+    import os
+    import signal
+
+    from protos import agent_pb2 as pb
+
+    a, b = pair
+    # 400 MiB to pull: long enough (about a second here) to cut the transfer in the middle
+    hold = "x=$(head -c 314572800 /dev/urandom | base64 -w 0); echo held; " + COUNTER
+    cid = a.run_detached("--name", "pulled", "busybox", "sh", "-c", hold)
+    a.wait_for(lambda: len(_numbers(a, cid)) > 5, 120, what="memory held and counting")
+    phases, killed = [], []
+    try:
+        for p in a.stub.MigrateContainer(pb.MigrateRequest(id=cid, target=b.tcp, live=True), timeout=120):
+            phases.append(p.phase)
+            if p.phase == "pages":  # the target runs it and pulls its pages: cut the source off
+                for pid in _lazy_dumps(a.root):
+                    os.kill(pid, signal.SIGKILL)
+                    killed.append(pid)
+        raise AssertionError(f"the migration succeeded: {phases}")
+    except grpc.RpcError as e:
+        assert "while its memory was pulled" in (e.details() or ""), e.details()
+    assert killed, "the pages were all pulled before the page server could be killed"
+    assert a.inspect(cid)["State"]["Running"]
+    before = _numbers(a, cid)[-1]
+    a.wait_for(lambda: _numbers(a, cid)[-1] > before + 3, 10, what="counting on at the source")
+    assert _numbers(a, cid).count(1) == 1  # its memory: it went on, did not start over
+    r = a.cli("exec", cid, "timeout", "5", "wget", "-q", "-O-", "http://127.0.0.1/index.html")
+    assert r.stdout == "hi\n", r  # CRIU's network lock is gone
+    b.wait_for(lambda: b.cli("ps", "-a", "-q").stdout == "", 10, what="the target's copy removed")
+    assert "its memory could not all be pulled from the source, so it was killed" in b.log.read_text()
+    assert not list((a.root / "containers").glob("*/lazy-[cd]*"))  # no lazy-checkpoint/ or lazy-dump.json
+    a.cli("rm", "-f", cid, check=True)
+
+
+def test_removing_the_source_copy_while_pages_are_pulled_does_not_cut_them_off(
+        pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """What a new scheduler leader does when it finds the target running the task: it removes the
+    source copy, maybe while pages are still being pulled. criu's page server holds the pages in its
+    pipes, so the target still gets all of them: the 200 MB string it holds has its full length
+    (a page that never came would read as zeros and cut it short)."""
+    from protos import agent_pb2 as pb
+
+    a, b = pair
+    n = 200_000_000  # base64 of 150 MB
+    hold = (f"x=$(head -c {n * 3 // 4} /dev/urandom | base64 -w 0); i=0; while :; do i=$((i+1)); echo $i; "
+            "[ $((i % 20)) = 0 ] && echo len=${#x}; sleep 0.05; done")
+    cid = a.run_detached("--name", "cutoff", "busybox", "sh", "-c", hold)
+    a.wait_for(lambda: f"len={n}" in a.cli("logs", cid).stdout, 120, what="memory held")
+    removed_during_pull = False
+    for p in a.stub.MigrateContainer(pb.MigrateRequest(id=cid, target=b.tcp, live=True), timeout=120):
+        if p.phase == "pages":
+            removed_during_pull = bool(_lazy_dumps(a.root))
+            a.stub.RemoveContainer(pb.RemoveContainerRequest(id=cid, force=True))
+    assert removed_during_pull, "every page was in before the source copy could be removed"
+    assert a.cli("ps", "-a", "-q").stdout == ""
+    b.wait_for(lambda: "len=" in b.cli("logs", "cutoff").stdout, 20, what="the length printed on the target")
+    lens = [x for x in b.cli("logs", "cutoff").stdout.split() if x.startswith("len=")]
+    assert set(lens) == {f"len={n}"}, lens
+    assert _numbers(b, "cutoff")[0] > 20  # went on from where it was
+    b.cli("rm", "-f", "cutoff", check=True)
+
+
+def test_target_agent_killed_while_pages_are_pulled_the_move_completes(
+        pair: tuple[AgentProcess, AgentProcess]) -> None:
+    """The target's lazy-pages daemon (and its watchdog) run in a session of their own: the agent
+    dying does not stop the pull. The move completes, and the next agent adopts the container."""
+    from protos import agent_pb2 as pb
+
+    a, b = pair
+    n = 200_000_000
+    hold = (f"x=$(head -c {n * 3 // 4} /dev/urandom | base64 -w 0); i=0; while :; do i=$((i+1)); echo $i; "
+            "[ $((i % 20)) = 0 ] && echo len=${#x}; sleep 0.05; done")
+    cid = a.run_detached("--name", "orphaned", "busybox", "sh", "-c", hold)
+    a.wait_for(lambda: f"len={n}" in a.cli("logs", cid).stdout, 120, what="memory held")
+    pulling = False
+    try:
+        for p in a.stub.MigrateContainer(pb.MigrateRequest(id=cid, target=b.tcp, live=True), timeout=120):
+            if p.phase == "pages":
+                pulling = bool(_lazy_dumps(a.root))
+                b.kill9()
+            last = p
+        assert last.phase == "done" and pulling, (last, pulling)
+    finally:
+        b.start()
+    assert a.cli("ps", "-a", "-q").stdout == ""
+    assert b.inspect("orphaned")["State"]["Running"]
+    b.wait_for(lambda: "len=" in b.cli("logs", "orphaned").stdout, 20, what="the length printed on the target")
+    lens = [x for x in b.cli("logs", "orphaned").stdout.split() if x.startswith("len=")]
+    assert set(lens) == {f"len={n}"}, lens
+    b.cli("rm", "-f", "orphaned", check=True)
 
 
 def test_failed_migration_rolls_back(pair: tuple[AgentProcess, AgentProcess]) -> None:

@@ -363,7 +363,9 @@ class _Shim:
             pid = criu.restore(r["images_dir"], root=spec.rootfs, inherit_fds=inherit, tcp_established=True,
                                file_locks=True, manage_cgroups="ignore",
                                pidfile=os.path.join(spec.state_dir, "restore.pid"),
-                               log_file=os.path.join(spec.state_dir, "restore.log"))
+                               log_file=os.path.join(spec.state_dir, "restore.log"),
+                               # post-copy: memory comes from the agent's lazy-pages daemon
+                               extra_args=["--lazy-pages"] if r.get("lazy") else [])
         except Exception as e:
             raise _LaunchError(f"restore failed: {e}", 128) from e
         finally:

@@ -1,9 +1,12 @@
 """Migration between two agents on this machine over loopback, beside runc and docker in the same run.
 
 * live: a busybox container whose shell holds N MiB (10, 100, 500) of touched memory in a variable,
-  moved with the MigrateContainer RPC (CRIU dump -> archive streamed over TCP to the target agent ->
-  restore there). Downtime and total time are the agent's own figures (MigrateProgress "done");
-  the client's wall time around the RPC is shown beside them. Beside it: `runc checkpoint` +
+  moved with the MigrateContainer RPC. Both agents can do post-copy here, so: CRIU dump without the
+  memory pages -> the small archive streamed over TCP to the target agent -> restore there with lazy
+  pages (downtime ends) -> the target pulls every page from the source's CRIU page server -> the
+  source copy is removed (total ends). Downtime and total time are the agent's own figures
+  (MigrateProgress "done"); the client's wall time around the RPC is shown beside them. The RSS on
+  the target is checked after the move: every page arrived. Beside it: `runc checkpoint` +
   `runc restore` of the same workload in a bundle of the same busybox rootfs, with the same criu
   (its directory first on PATH), on one host (no transfer): for runc the process is down from the
   start of the checkpoint to the end of the restore.
@@ -346,8 +349,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nlive migration (median of {args.repeat}; seconds). dockyard: agent to agent over loopback TCP, "
-          "downtime = dump + transfer + restore;\nrunc: checkpoint + restore on one host, no transfer "
-          "(the process is down for both)")
+          "post-copy: downtime = dump without the pages +\ntransfer of the rest + restore with lazy pages; "
+          "total adds the pull of every page and the source's cleanup;\nrunc: checkpoint + restore on one host, "
+          "no transfer (the process is down for both)")
     print(f"{'memory':>8} {'engine':<9} {'RSS MiB':>8} {'downtime':>9} {'total':>8} {'client wall':>12}")
     for mib in sizes:
         for eng in ("dockyard", "runc"):

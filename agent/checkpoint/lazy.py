@@ -1,0 +1,270 @@
+"""Post-copy migration with CRIU's lazy pages: the tree runs on the target before its memory is there.
+
+    source  `criu dump --lazy-pages --address A --port P` freezes the tree and writes every image
+            but the memory pages, which stay in pipes inside criu ("ready"). It then serves those
+            pages on A:P to one lazy-pages daemon. It exits 0 once the daemon has taken them all,
+            and kills the tree, as a plain dump would. It exits non-zero when that connection fails,
+            after unfreezing the tree and unlocking its network: the tree runs on as if never dumped.
+    target  `criu lazy-pages --page-server --address A --port P` starts first, in the images dir;
+            `criu restore --lazy-pages` hands it the restored tree's userfaultfds and returns at
+            once. The daemon fills pages as the tree faults on them and pulls the rest in the
+            background. It exits 0 when it has them all.
+
+If the daemon dies before it has every page, the kernel drops the userfaultfds and the missing
+pages read as zeros: the restored tree would run on with wrong memory. So the daemon runs under
+a watchdog (a shell, so that it does not depend on the agent living) that SIGKILLs the restored
+tree when the daemon fails; the source, whose dump then fails too, runs on instead.
+
+Why pipe-max-size: the dump's page server copies pages through a pipe it sizes to criu's
+PIPE_MAX_SIZE (819 pages, rounded to 4 MiB) and ignores the failure. Without CAP_SYS_RESOURCE, a
+pipe above /proc/sys/fs/pipe-max-size (1 MiB by default) is refused with EPERM, the pipe stays at
+64 KiB and the sink for skipped pages is never opened, so serving fails with "page-pipe: tee: 65536"
+or "page-pipe: splice: Bad file descriptor" (it splices into fd 0). Root on most hosts has
+CAP_SYS_RESOURCE; where it lacks it (this machine's sandbox), the agent raises pipe-max-size.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import subprocess
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from agent.checkpoint.criu import Criu, CriuError, _common_args, _first_error, _tail
+
+log = logging.getLogger("dockyard.agent.lazy")
+
+PIPE_MAX_SIZE_SYSCTL = "/proc/sys/fs/pipe-max-size"
+# criu's PIPE_MAX_SIZE: 8 pages of struct pipe_buffer (40 bytes) = 819 pages, which the kernel
+# rounds up to a power of two pages.
+LAZY_PIPE_BYTES = 4 << 20
+CAP_SYS_RESOURCE = 24
+
+# Kills the restored tree (its pid is in the restore's pidfile, which is removed before the daemon
+# starts, so it names this restore's tree) when the lazy-pages daemon fails. Arguments: the pidfile,
+# then the daemon's command line.
+_WATCHDOG = r"""
+pidfile=$1; shift
+"$@"; rc=$?
+if [ "$rc" -ne 0 ] && [ -s "$pidfile" ]; then
+    pid=$(cat "$pidfile")
+    kill -9 "$pid" 2>/dev/null
+fi
+exit "$rc"
+"""
+
+
+def has_cap_sys_resource(status: str | None = None) -> bool:
+    if status is None:
+        status = Path("/proc/self/status").read_text()
+    for line in status.splitlines():
+        if line.startswith("CapEff:"):
+            return bool(int(line.split()[1], 16) >> CAP_SYS_RESOURCE & 1)
+    return False
+
+
+def pipes_ready(raise_limit: bool = True) -> tuple[bool, str]:
+    """Can criu's page server size its pipes here? Raises pipe-max-size when it must and may.
+    Returns (ok, why not)."""
+    if has_cap_sys_resource():
+        return True, ""
+    try:
+        current = int(Path(PIPE_MAX_SIZE_SYSCTL).read_text())
+    except (OSError, ValueError) as e:
+        return False, f"cannot read {PIPE_MAX_SIZE_SYSCTL}: {e}"
+    if current >= LAZY_PIPE_BYTES:
+        return True, ""
+    if not raise_limit:
+        return False, f"{PIPE_MAX_SIZE_SYSCTL} is {current}, lazy pages need {LAZY_PIPE_BYTES} without CAP_SYS_RESOURCE"
+    try:
+        Path(PIPE_MAX_SIZE_SYSCTL).write_text(str(LAZY_PIPE_BYTES))
+    except OSError as e:
+        return False, f"no CAP_SYS_RESOURCE and cannot raise {PIPE_MAX_SIZE_SYSCTL} to {LAZY_PIPE_BYTES}: {e}"
+    log.info("raised %s from %d to %d for CRIU's lazy-pages server (no CAP_SYS_RESOURCE)",
+             PIPE_MAX_SIZE_SYSCTL, current, LAZY_PIPE_BYTES)
+    return True, ""
+
+
+def local_address_towards(host: str, port: int) -> str:
+    """The address of this host that `host` sees us by (the route's source address)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
+        s.connect((host, port))  # UDP: picks the route, sends nothing
+        return str(s.getsockname()[0])
+
+
+def free_port(address: str) -> int:
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return int(s.getsockname()[1])
+
+
+async def _wait_ready(proc: asyncio.subprocess.Process, status_r: int, what: str, log_file: Path,
+                      timeout: float) -> None:
+    """criu writes one byte to --status-fd when it is ready; EOF means it exited first."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader()
+    transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader),
+                                                os.fdopen(status_r, "rb", buffering=0))
+    try:
+        got = await asyncio.wait_for(reader.read(1), timeout)
+    except TimeoutError:
+        got = b""
+    finally:
+        transport.close()
+    if got:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()
+    await proc.wait()
+    tail = _tail(log_file)
+    raise CriuError(what, _first_error(tail) or f"exited {proc.returncode} before it was ready",
+                    returncode=proc.returncode, log_tail=tail)
+
+
+class LazyDump:
+    """A running `criu dump --lazy-pages`: the tree is frozen, its images written, its pages served."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, address: str, port: int, log_file: Path) -> None:
+        self.proc = proc
+        self.address = address
+        self.port = port
+        self.log_file = log_file
+
+    @property
+    def page_server(self) -> str:
+        return f"[{self.address}]:{self.port}" if ":" in self.address else f"{self.address}:{self.port}"
+
+    @classmethod
+    async def start(cls, criu: Criu, pid: int, images_dir: Path, *, root: str, address: str, port: int,
+                    external: Iterable[str] = (), log_file: Path, ready_timeout: float = 120.0) -> LazyDump:
+        """Returns once the images are written (the tree frozen, the page server listening)."""
+        ok, why = pipes_ready()
+        if not ok:
+            raise CriuError("dump --lazy-pages", why)
+        images_dir.mkdir(parents=True, exist_ok=True)
+        status_r, status_w = os.pipe()
+        args = ["dump", "--tree", str(pid), "--images-dir", str(images_dir), "--root", root,
+                "--log-file", str(log_file.absolute()), "-v4", "--lazy-pages", "--address", address,
+                "--port", str(port), "--status-fd", str(status_w)]
+        args += _common_args(tcp_established=True, ext_mounts=(), external=external, ext_unix_sk=False,
+                             file_locks=True, manage_cgroups=None, work_dir=None)
+        # Its own session: the agent's process group may be signalled, the dump must end its own way
+        # (unfreezing the tree on failure). No parent-death signal either: if the agent dies after
+        # the target connected, the move completes without it; if before, the next agent aborts it.
+        proc = await asyncio.create_subprocess_exec(
+            criu.path, *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, pass_fds=(status_w,), start_new_session=True)
+        os.close(status_w)
+        await _wait_ready(proc, status_r, "dump --lazy-pages", log_file, ready_timeout)
+        return cls(proc, address, port, log_file)
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until the target has every page (then the tree is gone); CriuError if the transfer failed
+        (then criu has unfrozen the tree: it runs on here)."""
+        try:
+            rc = await asyncio.wait_for(self.proc.wait(), timeout)
+        except TimeoutError:
+            await self.abort()
+            raise CriuError("dump --lazy-pages", f"pages not all taken within {timeout:.0f}s: aborted",
+                            log_tail=_tail(self.log_file)) from None
+        if rc != 0:
+            tail = _tail(self.log_file)
+            raise CriuError("dump --lazy-pages", _first_error(tail) or f"exited {rc}", returncode=rc, log_tail=tail)
+
+    async def abort(self, grace: float = 10.0) -> None:
+        """End the dump with the tree running here: a torn request makes criu's page server fail,
+        and criu then unfreezes the tree and unlocks its network itself. (A SIGKILL would leave the
+        network locked.) Harmless if the target is connected already: criu serves one connection."""
+        await abort_page_server(self.address, self.port)
+        try:
+            await asyncio.wait_for(self.proc.wait(), grace)
+        except TimeoutError:
+            log.warning("criu dump --lazy-pages (pid %d) did not end on abort: killing it", self.proc.pid)
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            await self.proc.wait()
+
+
+async def abort_page_server(address: str, port: int) -> None:
+    """One byte of a 24-byte request, then EOF: criu's page server fails ("Can't read pagemap from
+    socket"). Not an empty connection: criu takes that for a lazy-pages daemon that is done, and
+    ends the tree as after a successful transfer."""
+    with contextlib.suppress(OSError, TimeoutError):
+        _, w = await asyncio.wait_for(asyncio.open_connection(address, port), 5)
+        w.write(b"\0")
+        await w.drain()
+        w.close()
+        with contextlib.suppress(OSError):
+            await w.wait_closed()
+
+
+# The rules `criu dump --tcp-established` adds to lock the tree's network (criu/net.c), undone.
+_UNLOCK_RULES = """*filter
+-D INPUT -j CRIU
+-D OUTPUT -j CRIU
+-F CRIU
+-X CRIU
+COMMIT
+"""
+
+
+def unlock_network(pid: int) -> None:
+    """Remove CRIU's network lock from the netns of `pid` after a failed lazy dump.
+
+    criu decides whether to unlock the network before it serves the lazy pages (cr_dump_finish),
+    so when that transfer fails it unfreezes the tree but leaves its DROP rules: the container
+    would run on with no network at all. Without the rules this does nothing (restore fails as a
+    whole)."""
+    for tool in ("iptables-restore", "ip6tables-restore"):
+        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
+            subprocess.run(["nsenter", "-t", str(pid), "-n", tool, "--noflush", "-w"], input=_UNLOCK_RULES,
+                           text=True, capture_output=True, timeout=30, check=False)
+
+
+class PageDaemon:
+    """The target's `criu lazy-pages` for one restore, under a watchdog that kills the restored tree
+    (pid from `restore_pidfile`) if the daemon fails."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, log_file: Path) -> None:
+        self.proc = proc
+        self.log_file = log_file
+
+    @classmethod
+    async def start(cls, criu: Criu, images_dir: Path, page_server: str, *, restore_pidfile: Path,
+                    log_file: Path, ready_timeout: float = 60.0) -> PageDaemon:
+        host, _, port = page_server.rpartition(":")
+        host = host.strip("[]")
+        status_r, status_w = os.pipe()
+        restore_pidfile.unlink(missing_ok=True)  # a stale pid must never be killed
+        args: Sequence[str] = [
+            criu.path, "lazy-pages", "--page-server", "--address", host, "--port", port,
+            "--images-dir", str(images_dir), "--log-file", str(log_file.absolute()), "-v4",
+            "--status-fd", str(status_w)]
+        # A session of its own and no parent-death signal: it must go on (and keep its watchdog)
+        # if the agent dies while pages are still coming.
+        proc = await asyncio.create_subprocess_exec(
+            "/bin/sh", "-c", _WATCHDOG, "dockyard-lazy-pages", str(restore_pidfile), *args,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL, pass_fds=(status_w,), start_new_session=True)
+        os.close(status_w)
+        await _wait_ready(proc, status_r, "lazy-pages", log_file, ready_timeout)
+        return cls(proc, log_file)
+
+    async def wait(self) -> None:
+        """Until every page is in; CriuError if the daemon failed (the restored tree was killed)."""
+        rc = await self.proc.wait()
+        if rc != 0:
+            tail = _tail(self.log_file)
+            raise CriuError("lazy-pages", _first_error(tail) or f"exited {rc}", returncode=rc, log_tail=tail)
+
+    def stop(self) -> None:
+        """The restore failed: the daemon has nothing to serve."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
