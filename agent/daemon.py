@@ -61,9 +61,16 @@ class Agent:
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
-        from agent.runtime import network
+        from agent.runtime import monitor, network
 
         o = self.opts
+        # What this host must have, checked before anything is made (nothing to undo then).
+        await asyncio.to_thread(monitor.binary)  # built here if missing or older than its source
+        try:  # the zygote compiles the containers' seccomp filter: fail here, clearly, if it cannot
+            from agent.runtime import seccomp  # noqa: F401
+        except OSError as e:
+            raise RuntimeError(f"the containers' seccomp filter cannot be built (is libseccomp2 installed?): {e}") \
+                from e
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         images = ImageStore(self.root / "images")
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
@@ -72,9 +79,6 @@ class Agent:
         self.cgroup_driver = driver
         if o.cgroup_favor_dynmods:
             cgroups.favor_dynmods(str(self.root / "cgroup-dynmods"))
-        from agent.runtime import monitor
-
-        await asyncio.to_thread(monitor.binary)  # built here if missing or older than its source
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()
@@ -210,4 +214,9 @@ async def serve(opts: AgentOptions) -> None:
 def run(opts: AgentOptions) -> None:
     logging.basicConfig(level=os.environ.get("DOCKYARD_LOG", "INFO"),
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    asyncio.run(serve(opts))
+    from agent.runtime.monitor import MonitorError
+
+    try:
+        asyncio.run(serve(opts))
+    except (MonitorError, cgroups.CgroupError, RuntimeError) as e:  # what this host lacks: say it plainly
+        raise SystemExit(f"dockyard agent: {e}") from None
