@@ -102,3 +102,26 @@ def test_cgroup_favor_dynmods_mounts_its_hierarchy_for_the_agents_life(tmp_path:
         assert not os.path.exists(point)
     finally:
         a.destroy()
+
+
+def test_a_client_that_stops_reading_or_speaks_garbage_does_not_stall_the_container(clean_agent: AgentProcess) -> None:
+    import socket
+    import struct
+    import time
+
+    cid = clean_agent.run_detached("busybox", "sh", "-c",
+                                   "sleep 1; i=0; while [ $i -lt 20000 ]; do echo line$i; i=$((i+1)); done")
+    sock = clean_agent.root / "run" / f"{cid[:12]}.sock"
+    stuck = socket.socket(socket.AF_UNIX)
+    stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stuck.connect(str(sock))  # and never reads: the monitor drops it after its send timeout
+    bad = socket.socket(socket.AF_UNIX)
+    bad.connect(str(sock))
+    bad.sendall(struct.pack(">cI", b"i", 1 << 30))  # a frame longer than the monitor takes: dropped
+    t0 = time.monotonic()
+    assert clean_agent.cli("wait", cid, timeout=60).stdout.strip() == "0"
+    assert time.monotonic() - t0 < 30
+    out = clean_agent.cli("logs", cid).stdout.splitlines()
+    assert len(out) == 20000 and out[0] == "line0" and out[-1] == "line19999", (len(out), out[:2], out[-2:])
+    stuck.close()
+    bad.close()
