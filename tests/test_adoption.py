@@ -66,3 +66,21 @@ def test_userns_remap(clean_agent: AgentProcess) -> None:
     assert uid_map == ["0", "100000", "65536"]
     assert os.stat(f"/proc/{pid}").st_uid == 100000  # root inside is an unprivileged uid outside
     assert a.cli("exec", cid, "cat", "/tmp/me").stdout == "0\n"
+
+
+def test_userns_remap_root_owns_the_image_files_through_idmapped_layers(clean_agent: AgentProcess) -> None:
+    a = clean_agent
+    r = a.cli("run", "--name", "idm", "--userns", "remap", "busybox", "sh", "-c",
+              "stat -c '%u:%g' /bin/busybox /etc/hosts /; echo hi > /etc/motd && mkdir /srv2 && echo ok")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["0:0", "0:0", "0:0", "ok"], r.stdout  # not nobody (65534)
+    cid = a.inspect("idm")["Id"]
+    # The image's layers are untouched (still owned by host root); the writable layer holds the
+    # remapped ids, as docker's userns-remap does.
+    snaps = a.root / "images" / "snapshots"
+    motd = [p for p in snaps.glob("*/fs/etc/motd")]
+    assert len(motd) == 1 and motd[0].stat().st_uid == 100000, motd
+    busybox = [p for p in snaps.glob("*/fs/bin/busybox")]
+    assert busybox and all(p.stat().st_uid == 0 for p in busybox)
+    a.cli("rm", cid, check=True)
+    assert a.leftovers() == []

@@ -25,8 +25,19 @@ _DEV_LINKS = [
 ]
 
 
-def mount_rootfs(mounts: list[MountSpec], target: str) -> None:
-    """Apply the snapshotter's mount descriptions (overlay or bind) at target, on the host."""
+def mount_rootfs(mounts: list[MountSpec], target: str, userns_fd: int = -1,
+                 root_ids: tuple[int, int] = (0, 0)) -> None:
+    """Apply the snapshotter's mount descriptions (overlay or bind) at target, on the host.
+
+    With userns_fd (--userns remap), the image's layers are seen through idmapped mounts of that
+    user namespace's mapping, so the container's root owns the image's root-owned files. The
+    writable layer is not idmapped (overlay makes its work directory as the mounter, host root,
+    whom the mapping lacks): it holds the remapped ids on disk, as docker's userns-remap does, and
+    its top directory is given to the container's root (root_ids, host ids).
+    """
+    if userns_fd >= 0:
+        _mount_idmapped(mounts, target, userns_fd, root_ids)
+        return
     for m in mounts:
         flags = 0
         data = []
@@ -40,6 +51,46 @@ def mount_rootfs(mounts: list[MountSpec], target: str) -> None:
             else:
                 data.append(opt)
         sc.mount(m.source, target, None if flags & sc.MS_BIND else m.type, flags, ",".join(data) or None)
+
+
+def _mount_idmapped(mounts: list[MountSpec], target: str, userns_fd: int, root_ids: tuple[int, int]) -> None:
+    for m in mounts:
+        if m.type != "overlay":  # a bind of one directory (an image with no layers: scratch)
+            sc.idmapped_bind(m.source, target, userns_fd)
+            continue
+        # Each layer gets an idmapped bind on a scratch directory beside the rootfs; overlay keeps
+        # private clones of its layers' mounts, so the binds are detached as soon as it is up.
+        scratch = target.rstrip("/") + ".idmap"
+        os.makedirs(scratch, exist_ok=True)
+        binds: list[str] = []
+        opts: list[str] = []
+        try:
+            for opt in m.options:
+                key, _, value = opt.partition("=")
+                if key == "lowerdir":
+                    lowers = []
+                    for i, layer in enumerate(value.split(":")):
+                        at = os.path.join(scratch, f"l{i}")
+                        os.makedirs(at, exist_ok=True)
+                        binds.append(at)
+                        sc.idmapped_bind(layer, at, userns_fd)
+                        lowers.append(at)
+                    opts.append("lowerdir=" + ":".join(lowers))
+                else:
+                    if key == "upperdir":
+                        os.chown(value, *root_ids)
+                    if opt not in ("rw", "ro"):
+                        opts.append(opt)
+            sc.mount("overlay", target, "overlay", sc.MS_RDONLY if "ro" in m.options else 0, ",".join(opts))
+        finally:
+            # rmdir, never rmtree: a bind that failed to detach would be the image's own files.
+            for at in binds:
+                with contextlib.suppress(OSError):
+                    sc.umount(at, sc.MNT_DETACH)
+                with contextlib.suppress(OSError):
+                    os.rmdir(at)
+            with contextlib.suppress(OSError):
+                os.rmdir(scratch)
 
 
 def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool) -> None:

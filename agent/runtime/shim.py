@@ -16,16 +16,18 @@ The long-lived process is thus a small C program, not a forked CPython (BENCHMAR
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import signal
 import socket
+import stat
 import threading
 import time
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent.runtime import cgroups, init, monitor, rootfs
+from agent.runtime import cgroups, frames, init, monitor, rootfs
 from agent.runtime import syscalls as sc
 from agent.runtime.spec import RuntimeSpec, write_atomic
 
@@ -245,12 +247,24 @@ class _Shim:
         trace("launch")
         self.cg = cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
         os.makedirs(spec.rootfs, exist_ok=True)
-        rootfs.mount_rootfs(spec.mounts, spec.rootfs)
+        if "user" in spec.namespaces and spec.uid_map:
+            userns = self._mapped_userns()
+            try:
+                rootfs.mount_rootfs(spec.mounts, spec.rootfs, userns, (spec.uid_map[0].host, spec.gid_map[0].host))
+            finally:
+                os.close(userns)
+        else:
+            rootfs.mount_rootfs(spec.mounts, spec.rootfs)
         self.mounted = True
         if spec.restore is not None:
             self.cg.create(spec.id, resources_from_dict(spec.cgroup))
             return self._restore(stdio)
-        self._write_etc_files()
+        if "user" in spec.namespaces and spec.uid_map:
+            # Through idmapped layers a file is created as the mapped owner: host root is not in
+            # the mapping, so write as the container's root (its host ids) instead.
+            self._write_etc_files((spec.uid_map[0].host, spec.gid_map[0].host))
+        else:
+            self._write_etc_files()
         trace("rootfs mounted")
 
         parent_ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -427,6 +441,33 @@ class _Shim:
         os.close(w_go)
         return child, fd
 
+    def _mapped_userns(self) -> int:
+        """An fd of a user namespace with the container's id maps, for idmapped layers: made by a
+        child that unshares one and waits while we write its maps and open it."""
+        r_up, w_up = os.pipe()
+        r_done, w_done = os.pipe()
+        child = os.fork()
+        if child == 0:
+            try:
+                os.close(r_up)
+                os.close(w_done)
+                sc.unshare(sc.CLONE_NEWUSER)
+                os.write(w_up, b"u")
+                os.read(r_done, 1)
+            finally:
+                os._exit(0)
+        os.close(w_up)
+        os.close(r_done)
+        try:
+            if os.read(r_up, 1) != b"u":
+                raise _LaunchError("could not make a user namespace for the idmapped rootfs", 128)
+            self._write_id_maps(child)
+            return os.open(f"/proc/{child}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            os.close(r_up)
+            os.close(w_done)
+            os.waitpid(child, 0)
+
     def _write_id_maps(self, pid: int) -> None:
         def fmt(maps: list[Any]) -> str:
             return "".join(f"{m.container} {m.host} {m.size}\n" for m in maps)
@@ -435,22 +476,48 @@ class _Shim:
         Path(f"/proc/{pid}/uid_map").write_text(fmt(self.spec.uid_map))
         Path(f"/proc/{pid}/gid_map").write_text(fmt(self.spec.gid_map))
 
-    def _write_etc_files(self) -> None:
+    def _write_etc_files(self, as_ids: tuple[int, int] | None = None) -> None:
         """/etc/hosts, hostname and resolv.conf go into the container's own upper layer, not
-        bind-mounted from the host: nothing outside the rootfs stays mounted (CRIU's rule)."""
-        etc = os.path.join(self.spec.rootfs, "etc")
-        if os.path.islink(etc):
-            return
-        os.makedirs(etc, exist_ok=True)
-        for name, text in (("hosts", self.spec.etc_hosts), ("hostname", self.spec.hostname + "\n"),
-                           ("resolv.conf", self.spec.etc_resolv)):
-            if not text.strip():
-                continue
-            path = os.path.join(etc, name)
-            if os.path.islink(path):
-                os.unlink(path)  # never follow a link planted by the image out of the rootfs
-            with open(path, "w") as f:
-                f.write(text)
+        bind-mounted from the host: nothing outside the rootfs stays mounted (CRIU's rule).
+
+        Relative to a descriptor of the rootfs, opened first as host root (its path may cross
+        mode-0700 directories), and never through a link the image planted. With as_ids, the
+        files are created as those (fs) ids: through idmapped layers host root is unmapped.
+        """
+        root = os.open(self.spec.rootfs, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        etc = -1
+        try:
+            if as_ids is not None:
+                sc.setfsuid(as_ids[0])
+                sc.setfsgid(as_ids[1])
+            try:
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir("etc", 0o755, dir_fd=root)
+                etc = os.open("etc", os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=root)
+            except OSError as e:
+                if e.errno == errno.ELOOP or e.errno == errno.ENOTDIR:
+                    return  # /etc is a link (or no directory): leave the image's alone
+                raise
+            for name, text in (("hosts", self.spec.etc_hosts), ("hostname", self.spec.hostname + "\n"),
+                               ("resolv.conf", self.spec.etc_resolv)):
+                if not text.strip():
+                    continue
+                with contextlib.suppress(FileNotFoundError):
+                    if stat.S_ISLNK(os.lstat(name, dir_fd=etc).st_mode):
+                        os.unlink(name, dir_fd=etc)
+                fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644,
+                             dir_fd=etc)
+                try:
+                    frames.write_all(fd, text.encode())
+                finally:
+                    os.close(fd)
+        finally:
+            if as_ids is not None:
+                sc.setfsuid(0)
+                sc.setfsgid(0)
+            if etc >= 0:
+                os.close(etc)
+            os.close(root)
 
     # --- a launch that failed half-way -------------------------------------------------------------
 
