@@ -24,6 +24,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -392,80 +393,81 @@ class _Shim:
         trace("restored")
         return pid, None, -1
 
-    def _netns_holder(self) -> tuple[int, int]:
-        """A new network namespace wired to the bridge (or just lo), held open by a child."""
-        spec = self.spec
+    def _fork_unshared(self, flag: int, inside: Callable[[], None] | None = None) -> tuple[int, int, int]:
+        """A child in a new namespace (`flag`), for us to wire up and open; returns (pid, r_up, w_go).
+
+        It writes b"u" once it has unshared. On b"g" it runs `inside` there, writes b"c", and then
+        waits until w_go is closed. Whoever holds /proc/PID/ns/... keeps the namespace after it."""
         r_go, w_go = os.pipe()
         r_up, w_up = os.pipe()
         child = os.fork()
         if child == 0:
             try:
-                from agent.runtime import network
-
                 os.close(w_go)
                 os.close(r_up)
-                sc.unshare(sc.CLONE_NEWNET)
+                sc.unshare(flag)
                 os.write(w_up, b"u")
-                os.read(r_go, 1)
-                if spec.network is not None:
-                    network.configure_inside(network.Endpoint.from_dict(spec.network))
-                    old_ip = (spec.restore or {}).get("old_ip")
-                    if old_ip:
-                        # Moved from another host: keep its old address too, so that CRIU can put
-                        # back sockets bound to it (their peers cannot reach it here; see README).
-                        from pyroute2 import IPRoute
-
-                        with IPRoute() as ipr:
-                            ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=old_ip, prefixlen=32)
-                else:
-                    network.loopback_up()
-                os.write(w_up, b"c")
-                os.read(r_go, 1)
+                if os.read(r_go, 1) == b"g":
+                    if inside is not None:
+                        inside()
+                    os.write(w_up, b"c")
+                    os.read(r_go, 1)
             finally:
                 os._exit(0)
         os.close(r_go)
         os.close(w_up)
         if os.read(r_up, 1) != b"u":
-            raise _LaunchError("could not make a network namespace for the restore", 128)
-        if spec.network is not None:
+            os.close(r_up)
+            os.close(w_go)
+            os.waitpid(child, 0)
+            raise _LaunchError(f"could not make a namespace ({flag:#x}) for the container", 128)
+        return child, r_up, w_go
+
+    def _netns_holder(self) -> tuple[int, int]:
+        """A new network namespace wired to the bridge (or just lo), held open by a child."""
+        spec = self.spec
+
+        def configure() -> None:
             from agent.runtime import network
 
-            self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
-            self.endpoint = network.Endpoint.from_dict(spec.network)
-            self.net.attach(self.endpoint, child)
-        os.write(w_go, b"g")
-        if os.read(r_up, 1) != b"c":
-            raise _LaunchError("could not configure the network namespace for the restore", 128)
-        fd = os.open(f"/proc/{child}/ns/net", os.O_RDONLY)
-        os.close(r_up)
-        os.close(w_go)
-        return child, fd
+            if spec.network is None:
+                network.loopback_up()
+                return
+            network.configure_inside(network.Endpoint.from_dict(spec.network))
+            old_ip = (spec.restore or {}).get("old_ip")
+            if old_ip:
+                # Moved from another host: keep its old address too, so that CRIU can put back
+                # sockets bound to it (their peers cannot reach it here; see README).
+                from pyroute2 import IPRoute
+
+                with IPRoute() as ipr:
+                    ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=old_ip, prefixlen=32)
+
+        child, r_up, w_go = self._fork_unshared(sc.CLONE_NEWNET, configure)
+        try:
+            if spec.network is not None:
+                from agent.runtime import network
+
+                self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
+                self.endpoint = network.Endpoint.from_dict(spec.network)
+                self.net.attach(self.endpoint, child)
+            os.write(w_go, b"g")
+            if os.read(r_up, 1) != b"c":
+                raise _LaunchError("could not configure the network namespace for the restore", 128)
+            return child, os.open(f"/proc/{child}/ns/net", os.O_RDONLY)
+        finally:
+            os.close(r_up)
+            os.close(w_go)
 
     def _mapped_userns(self) -> int:
-        """An fd of a user namespace with the container's id maps, for idmapped layers: made by a
-        child that unshares one and waits while we write its maps and open it."""
-        r_up, w_up = os.pipe()
-        r_done, w_done = os.pipe()
-        child = os.fork()
-        if child == 0:
-            try:
-                os.close(r_up)
-                os.close(w_done)
-                sc.unshare(sc.CLONE_NEWUSER)
-                os.write(w_up, b"u")
-                os.read(r_done, 1)
-            finally:
-                os._exit(0)
-        os.close(w_up)
-        os.close(r_done)
+        """An fd of a user namespace with the container's id maps, for idmapped layers."""
+        child, r_up, w_go = self._fork_unshared(sc.CLONE_NEWUSER)
         try:
-            if os.read(r_up, 1) != b"u":
-                raise _LaunchError("could not make a user namespace for the idmapped rootfs", 128)
             self._write_id_maps(child)
             return os.open(f"/proc/{child}/ns/user", os.O_RDONLY | os.O_CLOEXEC)
         finally:
             os.close(r_up)
-            os.close(w_done)
+            os.close(w_go)
             os.waitpid(child, 0)
 
     def _write_id_maps(self, pid: int) -> None:
