@@ -2,7 +2,7 @@
 
 It decides and records; the shim (agent/runtime/shim.py) does the kernel work. Every container
 has a directory <root>/containers/<id> with config.json (this module's record), runtime.json (the
-spec the shim ran), init.pid and exit.json (written by the shim) and container.log.
+spec the shim ran), init.pid and exit.json (written by the shim and its monitor) and container.log.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from agent.model import (
     Unavailable,
 )
 from agent.runtime import cgroups, frames
-from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace
+from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace, wait_exit
 from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 
@@ -78,9 +78,11 @@ class ContainerManager:
         self.zygote = zygote
         self.containers: dict[str, Container] = {}
         self._exited: dict[str, asyncio.Event] = {}
+        self._gone: dict[str, asyncio.Event] = {}   # set once removed: `run --rm` returns after it
         self._monitors: dict[str, asyncio.Task[None]] = {}
         self._teardowns: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+        self._files: dict[str, ShimFiles] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._checkpointing: set[str] = set()
         self._lazy_restores: set[str] = set()  # restoring with lazy pages (post-copy)
@@ -90,7 +92,10 @@ class ContainerManager:
     # --- bookkeeping --------------------------------------------------------------------------
 
     def files(self, c: Container) -> ShimFiles:
-        return ShimFiles(self.dir / c.id, self.run_dir / f"{c.id[:12]}.sock")
+        f = self._files.get(c.id)
+        if f is None:  # (kept: a dozen Path joins, asked for several times per start and exit)
+            f = self._files[c.id] = ShimFiles(self.dir / c.id, self.run_dir / f"{c.id[:12]}.sock")
+        return f
 
     def _save(self, c: Container) -> None:
         c.save(self.dir / c.id / "config.json")
@@ -306,9 +311,8 @@ class ContainerManager:
             spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key,
                             "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
                             "lazy": c.id in self._lazy_restores}
-        files.spec.write_text(spec.to_json())
-        trace("agent: spec written")
-        reply = self.zygote.request({"op": "start", "spec": json.loads(spec.to_json()),
+        # (The shim writes it to runtime.json once the container runs.)
+        reply = self.zygote.request({"op": "start", "spec": spec,
                                      "files": {"dir": str(files.dir), "socket": str(files.socket)}})
         try:
             msg, _ = await reply.recv(timeout=60)
@@ -427,8 +431,11 @@ class ContainerManager:
         self._save(c)
         self._event(c).set()
         if c.config.auto_remove:
-            with contextlib.suppress(AgentError):
-                await self.remove(c.id, force=True)
+            try:
+                with contextlib.suppress(AgentError):
+                    await self.remove(c.id, force=True)
+            finally:
+                self._removed(c)
             return
         if self._should_restart(c):
             c.state.status = "restarting"
@@ -467,12 +474,10 @@ class ContainerManager:
         it cannot unmount or remove what a new run of this container makes."""
         from agent.runtime import syscalls as sc
 
-        deadline = time.monotonic() + 5
-        while self._shim_alive(c) and time.monotonic() < deadline:
-            time.sleep(0.001)
-
-        trace("agent: teardown")
         info = self._init_info(c)
+        with contextlib.suppress(KeyError, ValueError):
+            wait_exit(int(info["shim_pid"]), int(info["shim_start_time"]), 5)
+        trace("agent: teardown")
         pid = int(info.get("pid", 0))
         if pid:
             with contextlib.suppress(OSError, ValueError, KeyError):
@@ -596,6 +601,18 @@ class ContainerManager:
             await self._event(c).wait()
         return c
 
+    async def wait_removed(self, c: Container, timeout: float = 30) -> None:
+        """docker's wait condition "removed": what `run --rm` waits for, so that the name is free
+        again when it returns."""
+        if c.id not in self.containers:
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._gone.setdefault(c.id, asyncio.Event()).wait(), timeout)
+
+    def _removed(self, c: Container) -> None:
+        if (gone := self._gone.pop(c.id, None)) is not None:
+            gone.set()
+
     async def remove(self, ref: str, force: bool = False) -> None:
         c = self.get(ref)
         if c.state.status in ("running", "paused", "restarting"):
@@ -619,6 +636,8 @@ class ContainerManager:
         self._spawn(asyncio.to_thread(self._purge, trash))
         trace("agent: removed")
         self._exited.pop(c.id, None)
+        self._removed(c)
+        self._files.pop(c.id, None)
         self._locks.pop(c.id, None)
         self._teardowns.pop(c.id, None)
 
@@ -1014,7 +1033,7 @@ class ContainerManager:
         sec = _security(c.config)
         proc.seccomp, proc.no_new_privileges = sec["seccomp"], sec["no_new_privileges"]
         info = self._init_info(c)
-        req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": asdict(proc),
+        req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": proc,
                "cgroup": {"root": getattr(self.cg, "root", "/sys/fs/cgroup"), "parent": self.cg.parent,
                           "name": c.id}}
         return self.zygote.request(req, fds)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from agent.runtime.spec import write_atomic
+from agent.runtime.spec import dumps, write_atomic
 
 
 class AgentError(Exception):
@@ -131,7 +131,7 @@ class Container:
     restored_from_ip: str = ""   # its address on the host it was checkpointed on (see restore)
 
     def save(self, path: Path) -> None:
-        write_atomic(path, json.dumps(asdict(self), indent=1))
+        write_atomic(path, dumps(self))
 
     @classmethod
     def load(cls, path: Path) -> Container:

@@ -302,6 +302,8 @@ class AgentServicer(pbg.AgentServicer):
                         exited = True
             # The exit status as the agent recorded it: the monitor's, with the OOM count added.
             c = await self.m.wait(c.id)
+            if c.config.auto_remove:
+                await self.m.wait_removed(c)
             yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed,
                                                      error=c.state.error))
         finally:

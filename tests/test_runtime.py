@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from protos import agent_pb2 as pb
 from tests.agent_harness import AgentProcess
 
 pytestmark = pytest.mark.root
@@ -27,6 +28,17 @@ def test_run_echo_and_exit_code(clean_agent: AgentProcess) -> None:
     assert r.returncode == 3
     assert r.stderr == "oops\n"
     assert clean_agent.cli("ps", "-a", "-q").stdout == ""  # --rm removed both
+
+
+def test_run_rm_returns_once_removed(clean_agent: AgentProcess) -> None:
+    """As docker's `run --rm`: the exit status comes once the container is gone, so its name can
+    be taken again at once (the CLI's own start-up would hide a race: ask the API directly)."""
+    for _ in range(3):
+        cfg = pb.ContainerConfig(image="busybox", cmd=["true"], name="once", auto_remove=True, network_mode="none")
+        c = clean_agent.stub.CreateContainer(pb.CreateContainerRequest(config=cfg))
+        outs = list(clean_agent.stub.Attach(iter([pb.StreamInput(open=pb.OpenStream(container=c.id, start=True))])))
+        assert outs[-1].exit.exit_code == 0
+        assert clean_agent.stub.ListContainers(pb.ListContainersRequest(all=True)).containers == []
 
 
 def test_namespaces_differ_from_the_host(clean_agent: AgentProcess) -> None:

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import stat
@@ -77,6 +78,21 @@ def process_alive(pid: int, start_time: int) -> bool:
         return False
     rest = data[data.rindex(")") + 2:].split()
     return rest[0] not in ("Z", "X") and int(rest[19]) == start_time
+
+
+def wait_exit(pid: int, start_time: int, timeout: float) -> bool:
+    """Wait until this very process has exited; False if it still runs after `timeout` seconds."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # gone (ESRCH)
+        return True
+    try:
+        # Checked after the open: the pidfd is then this process's, not a later one's with its pid.
+        if not process_alive(pid, start_time):
+            return True
+        return bool(select.select([fd], [], [], timeout)[0])
+    finally:
+        os.close(fd)
 
 
 def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket) -> NoReturn:
@@ -157,7 +173,8 @@ class _Shim:
             if spec.restore is None:
                 pid, self.ctl, self.pty = self._launch(stdio)
             else:
-                pid = self._launch_in_child(stdio)
+                pid = self.pid = self._launch_in_child(stdio)
+                self._write_state()
         except BaseException:
             self._undo()
             raise
@@ -174,11 +191,6 @@ class _Shim:
     def become_monitor(self) -> NoReturn:
         """Let the container run, and exec the monitor with everything it serves (monitor.c)."""
         assert self.listener is not None
-        # Written after the reply (the agent has the pids from it): a file create is about a
-        # millisecond on the disks we measured, and the start need not wait for it.
-        write_atomic(self.files.init_pid, json.dumps(
-            {"pid": self.pid, "start_time": pid_start_time(self.pid), "shim_pid": os.getpid(),
-             "shim_start_time": pid_start_time(os.getpid()), "started_at": self.started_at}))
         self._joined()
         released = not self.spec.hold
         if released and self.ctl is not None and not self.join_error:
@@ -311,6 +323,9 @@ class _Shim:
             trace("attached net")
             configure["endpoint"] = spec.network
         init.send(parent_ctl, configure)
+        # While the init sets itself up: our state files. The monitor must be exec'd as soon as the
+        # init may run, for it is what notices the exit of a short-lived command.
+        self._write_state()
         # The cgroup is made and the init joined to it on a thread, while the init sets up its
         # mounts and we reply to the agent: it only has to be done before the init may exec (it
         # forks nothing until then). The join waits for an RCU grace period (the kernel's
@@ -330,6 +345,12 @@ class _Shim:
             elif msg["op"] == "ready":
                 break
         return self.pid, parent_ctl, pty
+
+    def _write_state(self) -> None:
+        write_atomic(self.files.init_pid, json.dumps(
+            {"pid": self.pid, "start_time": pid_start_time(self.pid), "shim_pid": os.getpid(),
+             "shim_start_time": pid_start_time(os.getpid()), "started_at": time.time()}))
+        write_atomic(self.files.spec, self.spec.to_json())
 
     def _join_cgroup(self) -> None:
         assert self.cg is not None
@@ -543,3 +564,5 @@ class _Shim:
                 self.cg.destroy(self.spec.id)
         with contextlib.suppress(OSError):
             self.files.socket.unlink()
+        with contextlib.suppress(OSError):
+            self.files.init_pid.unlink()

@@ -8,7 +8,6 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
-import json
 import os
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import threading
 from typing import Any
 
 from agent.runtime import frames
+from agent.runtime.spec import dumps
 
 
 class ZygoteError(Exception):
@@ -84,7 +84,7 @@ class Zygote:
         self.ensure()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            payload = json.dumps(req).encode()
+            payload = dumps(req).encode()
             with self._lock:
                 assert self._sock is not None
                 self._sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,

@@ -46,6 +46,22 @@ def dockyard_once(a: AgentProcess, network: str) -> float:
     return took
 
 
+def dockyard_run_rm_once(a: AgentProcess, network: str) -> float:
+    """What `dockyard run --rm IMAGE /bin/true` asks of the agent: a create, then one Attach stream
+    that starts the container and ends with its exit status once it has been removed (docker's
+    `run --rm` waits for the removal too). runc run also deletes its container before it returns."""
+    cfg = pb.ContainerConfig(image="busybox:latest", cmd=["/bin/true"], network_mode=network, auto_remove=True)
+    t0 = time.perf_counter()
+    c = a.stub.CreateContainer(pb.CreateContainerRequest(config=cfg))
+    code = None
+    for out in a.stub.Attach(iter([pb.StreamInput(open=pb.OpenStream(container=c.id, start=True))])):
+        if out.HasField("exit"):
+            code = out.exit.exit_code
+    took = time.perf_counter() - t0
+    assert code == 0, code
+    return took
+
+
 def interleaved(contenders: list[tuple[str, Callable[[], float]]]) -> list[tuple[str, list[float]]]:
     """RUNS rounds, each running every contender once, in turn: a machine whose load changes
     during the bench (a shared one) then weighs on all of them alike. Two warm-up rounds."""
@@ -133,13 +149,15 @@ def main() -> None:
         # The pair the target compares, interleaved; bridge apart (its teardown runs iptables, which
         # would land in the next contender's time).
         contenders: list[tuple[str, Callable[[], float]]] = [
-            ("dockyard run /bin/true (--network none)", lambda: dockyard_once(a, "none"))]
+            ("dockyard run --rm /bin/true (--network none)", lambda: dockyard_run_rm_once(a, "none")),
+            ("dockyard create+start+wait+rm (--network none)", lambda: dockyard_once(a, "none"))]
         if shutil.which("runc"):
             runc_bundle = _bundle(tmp, tar, "runc")
             contenders.append(("runc run /bin/true (own netns, lo only)",
                                lambda: oci_once("runc", runc_bundle, tmp / "runc-state")))
         rows = interleaved(contenders)
-        rows += interleaved([("dockyard run /bin/true (--network bridge)", lambda: dockyard_once(a, "bridge"))])
+        rows += interleaved([("dockyard run --rm /bin/true (--network bridge)",
+                              lambda: dockyard_run_rm_once(a, "bridge"))])
         # crun on its own: it needs hugetlb moved to v1, which would give runc one more hierarchy.
         with _hugetlb_on_v1() as ok:
             if ok and shutil.which("crun"):
@@ -157,7 +175,7 @@ def main() -> None:
             fav.start()
             import_busybox(fav, tar)
             favored: list[tuple[str, Callable[[], float]]] = [
-                ("dockyard --network none, favordynmods on", lambda: dockyard_once(fav, "none"))]
+                ("dockyard run --rm, none, favordynmods on", lambda: dockyard_run_rm_once(fav, "none"))]
             if shutil.which("runc"):
                 favored.append(("runc, favordynmods on", lambda: oci_once("runc", runc_bundle, tmp / "runc-state")))
             rows += interleaved(favored)

@@ -637,7 +637,9 @@ static void write_exit(void) {
  * leaves them) refuses rmdir with EBUSY, as it does for a moment after its last task has left:
  * retried for up to 50 ms in all, then left to the agent, which kills what is left. */
 static void teardown(void) {
-    if (m.rootfs)
+    /* A plain umount first: nothing should use the rootfs once the init is gone, and a lazy
+     * one waits for an RCU grace period here (1.9 ms against 0.7). */
+    if (m.rootfs && umount2(m.rootfs, 0) != 0 && errno == EBUSY)
         umount2(m.rootfs, MNT_DETACH);
     int budget = 50;
     for (int i = 0; i < m.ncgroups; i++) {
