@@ -52,6 +52,19 @@ def test_namespaces_differ_from_the_host(clean_agent: AgentProcess) -> None:
     assert lines[1].strip() == "sleep 60"
 
 
+def test_containers_share_no_namespace_and_hold_no_runtime_descriptor(clean_agent: AgentProcess) -> None:
+    """Inits are cloned ahead of their containers, by the zygote's spare child, which holds the
+    agent's request socket (shim.Precloned): each container must still get namespaces of its own,
+    and nothing open but its stdio."""
+    pids = [_pid(clean_agent, clean_agent.run_detached("busybox", "sleep", "60")) for _ in range(3)]
+    for ns in ("pid", "net", "mnt", "ipc", "uts"):
+        inodes = {os.stat(f"/proc/{pid}/ns/{ns}").st_ino for pid in pids}
+        assert len(inodes) == 3, ns
+    for pid in pids:
+        fds = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+        assert sorted(fds) == ["0", "1", "2"], fds
+
+
 def test_pid_one_hostname_env_workdir_user(clean_agent: AgentProcess) -> None:
     r = clean_agent.cli("run", "--rm", "-h", "box1", "-e", "FOO=bar", "-w", "/work/dir", "-u", "nobody",
                         "busybox", "sh", "-c", 'echo $$ $(hostname) $FOO $(pwd) $(id -u)')

@@ -1,7 +1,8 @@
 """The container init: pid 1 of the new pid namespace, from fork to execve.
 
-It runs in a process forked by the shim after unshare, and talks to the shim over a SEQPACKET
-control socket (JSON messages, and the pty master passed back with SCM_RIGHTS). The stages:
+It runs in a process the shim cloned into the container's new namespaces (or one cloned ahead of
+need: run_precloned), and talks to the shim over a SEQPACKET control socket (JSON messages, and
+the pty master passed back with SCM_RIGHTS). The stages:
 
   shim: "configure" (cgroup joined, veth moved in) -> init: network, hostname, mounts, pivot_root,
   pty, resolve user and command -> "ready" -> shim: "go" -> init: drop privileges, execve.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import array
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
@@ -55,6 +57,36 @@ def _take_terminal(slave: int) -> None:
         os.dup2(slave, fd)
     if slave > 2:
         os.close(slave)
+
+
+def run_precloned(ctl: socket.socket) -> NoReturn:
+    """Entry point of an init cloned before its container existed (shim.Precloned): in new uts,
+    ipc, pid and net namespaces, it waits for {"op": "spec"} with the stdio descriptors, then
+    enters the rootfs and unshares its mount namespace (whose copy now holds the rootfs mount),
+    and goes on as run() does.
+
+    What it inherited from the zygote's child that made it, the agent's request socket among
+    them, must not reach the container: all is close-on-exec from here on but `ctl`."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd != ctl.fileno():
+            with contextlib.suppress(OSError):
+                os.set_inheritable(fd, False)
+    try:
+        msg, fds = recv(ctl)
+    except OSError:
+        os._exit(1)
+    if msg is None or msg.get("op") != "spec":
+        os._exit(0)  # the spare that made us ended, or took another request
+    try:
+        spec = RuntimeSpec.from_dict(json.loads(msg["spec"]))
+        stdio = (fds[0], fds[1], fds[2]) if len(fds) == 3 else None
+        os.chdir(spec.rootfs)
+        sc.unshare(sc.CLONE_NEWNS)
+    except BaseException as e:
+        _report(ctl, f"container init: {e}", 128)
+        os._exit(1)
+    run(spec, ctl, stdio)
 
 
 def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | None) -> NoReturn:

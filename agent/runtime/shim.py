@@ -95,11 +95,52 @@ def wait_exit(pid: int, start_time: int, timeout: float) -> bool:
         os.close(fd)
 
 
-def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket) -> NoReturn:
+# The namespaces of a container on the default settings, but for its mount namespace, which
+# cannot be made before its rootfs is mounted (the init unshares it then).
+PRECLONED = ("uts", "ipc", "pid", "net")
+
+
+class Precloned:
+    """A container init cloned into new namespaces before there is a container for it.
+
+    The zygote's spare child makes one while it waits for the next request (zygote.py): the clone
+    of this large process is about 3.5 ms here, and a start on the default namespaces then does
+    not wait for it. The init waits on `ctl` for its spec (init.run_precloned)."""
+
+    def __init__(self) -> None:
+        self.ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        flags = 0
+        for ns in PRECLONED:
+            flags |= sc.NAMESPACE_FLAGS[ns]
+        pid = sc.clone(flags)
+        if pid == 0:
+            try:
+                self.ctl.close()
+                init.run_precloned(child_ctl)
+            finally:
+                os._exit(1)
+        child_ctl.close()
+        self.pid = pid
+
+    def fits(self, spec: RuntimeSpec) -> bool:
+        return sorted(spec.namespaces) == sorted((*PRECLONED, "mnt")) and spec.restore is None
+
+    def discard(self) -> None:
+        with contextlib.suppress(OSError):
+            os.kill(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+        self.ctl.close()
+
+
+def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket, pre: Precloned | None = None) -> NoReturn:
     """Runs in the forked shim. Replies {"pid", "shim_pid"} or {"error"} on `reply`, then execs the
     monitor, which keeps this pid (the agent knows the shim by it)."""
     try:
-        shim = _Shim(spec, files)
+        if pre is not None and not pre.fits(spec):
+            pre.discard()
+            pre = None
+        shim = _Shim(spec, files, pre)
         pid = shim.launch()
     except BaseException as e:
         msg = e.args[0] if isinstance(e, _LaunchError) else f"{type(e).__name__}: {e}"
@@ -119,9 +160,10 @@ class _LaunchError(Exception):
 
 
 class _Shim:
-    def __init__(self, spec: RuntimeSpec, files: ShimFiles) -> None:
+    def __init__(self, spec: RuntimeSpec, files: ShimFiles, pre: Precloned | None = None) -> None:
         self.spec = spec
         self.files = files
+        self.pre = pre
         self.pid = 0
         self.ctl: socket.socket | None = None
         self.pty = -1
@@ -280,38 +322,14 @@ class _Shim:
             self._write_etc_files()
         trace("rootfs mounted")
 
-        parent_ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        flags = 0
-        for ns in spec.namespaces:
-            flags |= sc.NAMESPACE_FLAGS[ns]
-        uid_r, uid_w = os.pipe()
-        # Enter the rootfs while still host root: in a user namespace its path may cross
-        # directories (mode 0700) that the remapped root cannot search. A new mount namespace
-        # moves the working directory to its copy. (We go back to / before we exec the monitor.)
-        os.chdir(spec.rootfs)
-        b = sc.clone(flags)
-        if b == 0:  # pid 1 of the new pid namespace, in every new namespace at once
-            try:
-                parent_ctl.close()
-                os.close(uid_w)
-                if "user" in spec.namespaces:
-                    os.read(uid_r, 1)  # wait for our uid/gid maps
-                    os.setresgid(0, 0, 0)
-                    os.setresuid(0, 0, 0)
-                os.close(uid_r)
-                init.run(spec, child_ctl, stdio)
-            except BaseException as e:
-                with contextlib.suppress(OSError):
-                    init.send(child_ctl, {"op": "error", "error": f"container init: {e}", "exit_code": 128})
-            os._exit(1)
-        child_ctl.close()
-        os.close(uid_r)
-        self.ctl = parent_ctl
-        if "user" in spec.namespaces:
-            self._write_id_maps(b)
-            os.write(uid_w, b"1")
-        os.close(uid_w)
-        self.pid = b
+        if self.pre is not None:
+            # Made ahead: it enters the rootfs and unshares its mount namespace on this message.
+            self.pid, self.ctl = self.pre.pid, self.pre.ctl
+            self.pre = None
+            parent_ctl = self.ctl
+            init.send(parent_ctl, {"op": "spec", "spec": spec.to_json()}, list(stdio) if stdio else None)
+        else:
+            parent_ctl = self._clone(stdio)
         trace("forked")
         configure: dict[str, Any] = {"op": "configure"}
         if spec.network is not None:
@@ -345,6 +363,43 @@ class _Shim:
             elif msg["op"] == "ready":
                 break
         return self.pid, parent_ctl, pty
+
+    def _clone(self, stdio: tuple[int, int, int] | None) -> socket.socket:
+        """The init, cloned now into every new namespace of the spec at once; returns its control socket."""
+        spec = self.spec
+        parent_ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        flags = 0
+        for ns in spec.namespaces:
+            flags |= sc.NAMESPACE_FLAGS[ns]
+        uid_r, uid_w = os.pipe()
+        # Enter the rootfs while still host root: in a user namespace its path may cross
+        # directories (mode 0700) that the remapped root cannot search. A new mount namespace
+        # moves the working directory to its copy. (We go back to / before we exec the monitor.)
+        os.chdir(spec.rootfs)
+        b = sc.clone(flags)
+        if b == 0:  # pid 1 of the new pid namespace, in every new namespace at once
+            try:
+                parent_ctl.close()
+                os.close(uid_w)
+                if "user" in spec.namespaces:
+                    os.read(uid_r, 1)  # wait for our uid/gid maps
+                    os.setresgid(0, 0, 0)
+                    os.setresuid(0, 0, 0)
+                os.close(uid_r)
+                init.run(spec, child_ctl, stdio)
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    init.send(child_ctl, {"op": "error", "error": f"container init: {e}", "exit_code": 128})
+            os._exit(1)
+        child_ctl.close()
+        os.close(uid_r)
+        self.ctl = parent_ctl
+        self.pid = b
+        if "user" in spec.namespaces:
+            self._write_id_maps(b)
+            os.write(uid_w, b"1")
+        os.close(uid_w)
+        return parent_ctl
 
     def _write_state(self) -> None:
         write_atomic(self.files.init_pid, json.dumps(
@@ -547,6 +602,9 @@ class _Shim:
     def _undo(self) -> None:
         """Undo what the launch did so far; each step is idempotent."""
         self._joined()  # never race the join thread's mkdir with our rmdir
+        if self.pre is not None:
+            self.pre.discard()
+            self.pre = None
         if self.net is not None and self.endpoint is not None:
             with contextlib.suppress(Exception):
                 self.net.detach(self.endpoint)
