@@ -221,14 +221,17 @@ class ContainerManager:
 
     # --- start --------------------------------------------------------------------------------
 
-    async def start(self, ref: str, hold: bool = False) -> Container:
+    async def start(self, ref: str, hold: bool = False, client: int = -1) -> Container:
+        """Start a created or exited container. `client`: one end of a socket pair that the
+        monitor serves as an attached client from the first byte of output (an Attach that
+        starts the container); with `hold` the process waits for that client's RELEASE."""
         c = self.get(ref)
         async with self._lock(c):
             if c.state.status in ("running", "paused"):
-                if hold:
+                if hold or client >= 0:
                     raise Conflict(f"container {c.name} is already running")
                 return c
-            await self._start_locked(c, hold)
+            await self._start_locked(c, hold, client=client)
             return c
 
     def _runtime_spec(self, c: Container) -> RuntimeSpec:
@@ -284,7 +287,7 @@ class ContainerManager:
             with contextlib.suppress(Exception):
                 await t
 
-    async def _start_locked(self, c: Container, hold: bool, restore: bool = False) -> None:
+    async def _start_locked(self, c: Container, hold: bool, restore: bool = False, client: int = -1) -> None:
         trace("agent: start")
         await self._torn_down(c)
         files = self.files(c)
@@ -313,12 +316,28 @@ class ContainerManager:
                             "lazy": c.id in self._lazy_restores}
         # (The shim writes it to runtime.json once the container runs.)
         reply = self.zygote.request({"op": "start", "spec": spec,
-                                     "files": {"dir": str(files.dir), "socket": str(files.socket)}})
+                                     "files": {"dir": str(files.dir), "socket": str(files.socket)}},
+                                    [client] if client >= 0 else None)
+        attached = False
         try:
-            msg, _ = await reply.recv(timeout=60)
+            while True:
+                msg, _ = await reply.recv(timeout=60)
+                if msg is None or msg.get("op") != "attach":
+                    break
+                # The shim asks us to wire the veth into its init's network namespace: the bridge
+                # and pyroute2 are ours (shim.py _ask_attach).
+                try:
+                    await asyncio.to_thread(self._attach_network, c, int(msg["pid"]))
+                    attached = True
+                    reply.send({"op": "attached"})
+                except Exception as e:
+                    reply.send({"op": "error", "error": str(e)})
         finally:
             reply.close()
         if msg is None or "error" in msg:
+            if attached and c.endpoint is not None:
+                endpoint = c.endpoint
+                await asyncio.to_thread(self._detach_network, endpoint)
             self._release_network(c)
             err = (msg or {}).get("error", "the shim exited before it reported")
             c.state.error = err
@@ -341,6 +360,18 @@ class ContainerManager:
         self._save(c)
         self._watch(c)
         trace("agent: started")
+
+    def _attach_network(self, c: Container, pid: int) -> None:
+        from agent.runtime import network
+
+        assert c.endpoint is not None
+        self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)
+
+    def _detach_network(self, endpoint: dict[str, Any]) -> None:
+        from agent.runtime import network
+
+        with contextlib.suppress(Exception):
+            self.network.detach(network.Endpoint.from_dict(endpoint))
 
     def _release_network(self, c: Container) -> None:
         if c.endpoint is not None:
@@ -488,10 +519,7 @@ class ContainerManager:
         with contextlib.suppress(OSError):
             sc.umount(str(self.files(c).dir / "rootfs"), sc.MNT_DETACH)
         if endpoint:  # as it was at the exit: the caller may release it meanwhile
-            from agent.runtime import network
-
-            with contextlib.suppress(Exception):
-                self.network.detach(network.Endpoint.from_dict(endpoint))
+            self._detach_network(endpoint)
         trace("agent: teardown done")
 
     # --- adoption -----------------------------------------------------------------------------

@@ -15,6 +15,7 @@ import json
 import logging
 import os
 import platform
+import socket
 import struct
 import tempfile
 import termios
@@ -255,8 +256,20 @@ class AgentServicer(pbg.AgentServicer):
         try:
             c = self.m.get(o.container)
             if o.start:
-                await self.m.start(c.id, hold=True)
-            reader, writer = await self.m.attach(c.id)
+                # Attached from birth: the monitor gets our socket's other end with the start, so
+                # no output is missed and the process need not wait for us. A terminal still
+                # waits for our RELEASE, so that it starts at the client's size.
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                try:
+                    await self.m.start(c.id, hold=o.tty, client=theirs.fileno())
+                except BaseException:
+                    ours.close()
+                    raise
+                finally:
+                    theirs.close()
+                reader, writer = await asyncio.open_unix_connection(sock=ours)
+            else:
+                reader, writer = await self.m.attach(c.id)
         except StartFailed as e:
             yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=e.exit_code, error=f"Error response from daemon: {e}"))
             return
@@ -265,7 +278,7 @@ class AgentServicer(pbg.AgentServicer):
             return
         if o.HasField("size") and o.size.rows:
             writer.write(frames.encode_json(frames.RESIZE, {"rows": o.size.rows, "cols": o.size.cols}))
-        if o.start:
+        if o.start and o.tty:
             writer.write(frames.encode(frames.RELEASE))
         await writer.drain()
 

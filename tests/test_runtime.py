@@ -30,6 +30,15 @@ def test_run_echo_and_exit_code(clean_agent: AgentProcess) -> None:
     assert clean_agent.cli("ps", "-a", "-q").stdout == ""  # --rm removed both
 
 
+def test_run_streams_all_output_from_the_first_byte(clean_agent: AgentProcess) -> None:
+    """`run` attaches from the container's birth (the monitor gets the stream with the start):
+    a command that writes at once and fast loses nothing, on either stream."""
+    r = clean_agent.cli("run", "--rm", "busybox", "sh", "-c", "seq 1 30000; seq 1 5000 >&2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == [str(i) for i in range(1, 30001)]
+    assert r.stderr.split() == [str(i) for i in range(1, 5001)]
+
+
 def test_run_rm_returns_once_removed(clean_agent: AgentProcess) -> None:
     """As docker's `run --rm`: the exit status comes once the container is gone, so its name can
     be taken again at once (the CLI's own start-up would hide a race: ask the API directly)."""

@@ -25,7 +25,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -133,14 +133,17 @@ class Precloned:
         self.ctl.close()
 
 
-def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket, pre: Precloned | None = None) -> NoReturn:
+def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket, pre: Precloned | None = None,
+          clients: Sequence[int] = ()) -> NoReturn:
     """Runs in the forked shim. Replies {"pid", "shim_pid"} or {"error"} on `reply`, then execs the
-    monitor, which keeps this pid (the agent knows the shim by it)."""
+    monitor, which keeps this pid (the agent knows the shim by it) and serves `clients` (connected
+    sockets) as attached from the start."""
     try:
         if pre is not None and not pre.fits(spec):
             pre.discard()
             pre = None
-        shim = _Shim(spec, files, pre)
+        shim = _Shim(spec, files, pre, reply)
+        shim.clients = list(clients)
         pid = shim.launch()
     except BaseException as e:
         msg = e.args[0] if isinstance(e, _LaunchError) else f"{type(e).__name__}: {e}"
@@ -160,10 +163,14 @@ class _LaunchError(Exception):
 
 
 class _Shim:
-    def __init__(self, spec: RuntimeSpec, files: ShimFiles, pre: Precloned | None = None) -> None:
+    def __init__(self, spec: RuntimeSpec, files: ShimFiles, pre: Precloned | None = None,
+                 reply: socket.socket | None = None) -> None:
         self.spec = spec
         self.files = files
+        self.reply = reply   # to the agent: our answer, and before it the network requests
+        self.asked_attach = False
         self.pre = pre
+        self.clients: list[int] = []
         self.pid = 0
         self.ctl: socket.socket | None = None
         self.pty = -1
@@ -172,8 +179,6 @@ class _Shim:
         self.listener: socket.socket | None = None
         self.started_at = 0.0
         self.cg: cgroups.CgroupDriver | None = None
-        self.net: Any = None
-        self.endpoint: Any = None
         self.mounted = False
         self.joining: threading.Thread | None = None
         self.join_error = ""
@@ -257,6 +262,9 @@ class _Shim:
             if fd >= 0:
                 os.set_inheritable(fd, True)
             args += [flag, str(fd)]
+        for fd in self.clients:
+            os.set_inheritable(fd, True)
+            args += ["--client", str(fd)]
         os.chdir("/")  # not the rootfs: the agent unmounts it after the exit
         try:
             os.execv(args[0], args)
@@ -301,6 +309,8 @@ class _Shim:
         spec = self.spec
         trace("launch")
         self.cg = cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
+        if self.pre is not None and spec.network is not None:
+            self._ask_attach(self.pre.pid)  # wired by the agent while we mount the rootfs
         os.makedirs(spec.rootfs, exist_ok=True)
         if "user" in spec.namespaces and spec.uid_map:
             userns = self._mapped_userns()
@@ -333,11 +343,9 @@ class _Shim:
         trace("forked")
         configure: dict[str, Any] = {"op": "configure"}
         if spec.network is not None:
-            from agent.runtime import network
-
-            self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
-            self.endpoint = network.Endpoint.from_dict(spec.network)
-            self.net.attach(self.endpoint, self.pid)
+            if not self.asked_attach:
+                self._ask_attach(self.pid)
+            self._attached()
             trace("attached net")
             configure["endpoint"] = spec.network
         init.send(parent_ctl, configure)
@@ -400,6 +408,20 @@ class _Shim:
             os.write(uid_w, b"1")
         os.close(uid_w)
         return parent_ctl
+
+    def _ask_attach(self, pid: int) -> None:
+        """The agent wires the container's veth into the network namespace of `pid` (it owns the
+        bridge and holds pyroute2, which would double this process's size and every fork's and
+        exec's cost): ask it on the reply socket; _attached() waits for its answer."""
+        assert self.reply is not None
+        init.send(self.reply, {"op": "attach", "pid": pid})
+        self.asked_attach = True
+
+    def _attached(self) -> None:
+        assert self.reply is not None
+        msg, _ = init.recv(self.reply)
+        if msg is None or msg.get("op") != "attached":
+            raise _LaunchError("network: " + str((msg or {}).get("error", "the agent went away during the start")), 128)
 
     def _write_state(self) -> None:
         write_atomic(self.files.init_pid, json.dumps(
@@ -513,20 +535,15 @@ class _Shim:
             old_ip = (spec.restore or {}).get("old_ip")
             if old_ip:
                 # Moved from another host: keep its old address too, so that CRIU can put back
-                # sockets bound to it (their peers cannot reach it here; see README).
-                from pyroute2 import IPRoute
-
-                with IPRoute() as ipr:
-                    ipr.addr("add", index=ipr.link_lookup(ifname="eth0")[0], address=old_ip, prefixlen=32)
+                # sockets bound to it (their peers cannot reach it here; see README). An alias
+                # label makes it a secondary address of eth0, with the classic ioctl.
+                sc.set_ipv4_address("eth0:0", old_ip, 32)
 
         child, r_up, w_go = self._fork_unshared(sc.CLONE_NEWNET, configure)
         try:
             if spec.network is not None:
-                from agent.runtime import network
-
-                self.net = network.BridgeNetwork(Path(spec.network_state_dir), spec.bridge, spec.subnet)
-                self.endpoint = network.Endpoint.from_dict(spec.network)
-                self.net.attach(self.endpoint, child)
+                self._ask_attach(child)
+                self._attached()
             os.write(w_go, b"g")
             if os.read(r_up, 1) != b"c":
                 raise _LaunchError("could not configure the network namespace for the restore", 128)
@@ -605,9 +622,6 @@ class _Shim:
         if self.pre is not None:
             self.pre.discard()
             self.pre = None
-        if self.net is not None and self.endpoint is not None:
-            with contextlib.suppress(Exception):
-                self.net.detach(self.endpoint)
         if self.mounted:
             with contextlib.suppress(OSError):
                 sc.umount(self.spec.rootfs, sc.MNT_DETACH)

@@ -9,6 +9,9 @@ Protocol, on a SOCK_SEQPACKET pair: the agent sends one JSON request with file d
 concurrently. The request is read by a child the zygote forked ahead of it (_fork_spare).
 
   {"op": "start", "spec": RuntimeSpec, "files": {...}}         -> {"pid", "shim_pid"} | {"error"}
+        (before it, with a bridge network: {"op": "attach", "pid"}, answered by the agent with
+        {"op": "attached"} or {"op": "error"} once the veth is in that pid's namespace)
+        + fds [reply] or [reply, client] (a socket the monitor serves as an attached client)
   {"op": "exec", "pid": N, "process": ProcessSpec, "namespaces": [...], "cgroup": {...}}
         + fds [reply, stdin, stdout, stderr] (or [reply] with tty)  -> {"pid"} ... {"exit_code"}
 """
@@ -49,7 +52,7 @@ def _handle(req: dict[str, Any], fds: list[int], pre: shim.Precloned | None = No
             devnull = os.open("/dev/null", os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
-            shim.start(spec, files, reply, pre)
+            shim.start(spec, files, reply, pre, clients=fds[1:])
         elif req["op"] == "exec":
             execproc.run(req, reply, fds[1:])
         elif req["op"] == "ping":
@@ -136,9 +139,10 @@ def main() -> None:
     sock = socket.socket(fileno=fd)
     # Pre-import what children will need so forks share it.
     # (seccomp compiles the containers' filter once, here.)
+    # Not pyroute2 (13 MB here, 0.2 s to import): the agent wires containers' veths (shim.py
+    # _ask_attach), and a zygote a third smaller is a third cheaper to fork, and its children
+    # to exec and to exit.
     from agent.runtime import cgroups, network, process, rootfs, seccomp  # noqa: F401
-
-    network.preload()  # pyroute2 takes 0.2 s to import: pay it once, here, not per container
     _ = (init, ProcessSpec)
     serve(sock)
 

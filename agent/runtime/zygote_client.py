@@ -49,6 +49,10 @@ class Reply:
                     loop.remove_reader(self.sock.fileno())
                 fut = loop.create_future()
 
+    def send(self, msg: dict[str, Any]) -> None:
+        """An answer to the other end (a short message: the socket has room for it)."""
+        frames.send_json(self.sock, msg)
+
     def close(self) -> None:
         self.sock.close()
 

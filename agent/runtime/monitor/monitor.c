@@ -31,6 +31,8 @@
  *   --error TEXT         optional: why the container was ended before it could run (for exit.json)
  *   --rootfs PATH        optional: the rootfs mount to detach after the exit
  *   --cgroup DIR         optional, repeated: cgroup directories to remove after the exit
+ *   --client FD          optional, repeated: a connected socket served as a client attached from
+ *                        the start (an attach that started the container), sent HELLO first
  *   --oom-events FILE    optional: memory.oom_control (v1) or memory.events (v2), read for its
  *                        "oom_kill N" line before the cgroup goes; exit.json then has "oom_killed"
  * DOCKYARD_TRACE=FILE appends monotonic time stamps, like agent/runtime/shim.py trace().
@@ -465,10 +467,7 @@ static void flush_stdin(void) {
 
 /* --- clients ------------------------------------------------------------------------------ */
 
-static void accept_client(void) {
-    int fd = accept4(m.listen_fd, NULL, NULL, SOCK_CLOEXEC);
-    if (fd < 0)
-        return;
+static void add_client(int fd) {
     if (m.nclients == MAX_CLIENTS) {
         close(fd);
         return;
@@ -483,6 +482,12 @@ static void accept_client(void) {
         return;
     }
     m.clients[m.nclients++] = (struct client){ .fd = fd };
+}
+
+static void accept_client(void) {
+    int fd = accept4(m.listen_fd, NULL, NULL, SOCK_CLOEXEC);
+    if (fd >= 0)
+        add_client(fd);
 }
 
 static void client_frame(char kind, const char *p, size_t len) {
@@ -657,6 +662,7 @@ static int fd_arg(const char *v) {
 }
 
 int main(int argc, char **argv) {
+    int born[MAX_CLIENTS], nborn = 0;   /* clients attached from the start (--client) */
     for (int i = 1; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--pid")) m.pid = (pid_t)atoi(v);
@@ -676,6 +682,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--rootfs")) m.rootfs = v;
         else if (!strcmp(k, "--oom-events")) m.oom_events = v;
         else if (!strcmp(k, "--cgroup") && m.ncgroups < MAX_CGROUPS) m.cgroups[m.ncgroups++] = v;
+        else if (!strcmp(k, "--client") && nborn < MAX_CLIENTS) born[nborn++] = fd_arg(v);
         else die("unknown argument %s", k);
     }
     if (m.pid <= 0 || m.listen_fd < 0 || !m.socket_path || !m.log_path || !m.exit_path)
@@ -700,6 +707,13 @@ int main(int argc, char **argv) {
         if (fds[i] >= 0) {
             fcntl(fds[i], F_SETFD, FD_CLOEXEC);
             fcntl(fds[i], F_SETFL, fcntl(fds[i], F_GETFL) | O_NONBLOCK);
+        }
+    }
+    for (int i = 0; i < nborn; i++) {
+        if (born[i] >= 0) {
+            fcntl(born[i], F_SETFD, FD_CLOEXEC);
+            fcntl(born[i], F_SETFL, fcntl(born[i], F_GETFL) | O_NONBLOCK);
+            add_client(born[i]);
         }
     }
     if (m.released)

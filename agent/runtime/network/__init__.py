@@ -4,7 +4,7 @@ See README.md for the flow and the iptables model; bridge.py holds the lifecycle
 """
 
 from agent.runtime.network.bridge import BridgeNetwork
-from agent.runtime.network.inside import configure_inside, loopback_up, preload
+from agent.runtime.network.inside import configure_inside, loopback_up
 from agent.runtime.network.model import Endpoint, NetworkError, PortInUse, PortMapping
 from agent.runtime.network.ports import parse_publish
 
@@ -17,5 +17,4 @@ __all__ = [
     "configure_inside",
     "loopback_up",
     "parse_publish",
-    "preload",
 ]

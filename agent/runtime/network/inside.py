@@ -6,12 +6,6 @@ from agent.runtime import syscalls
 from agent.runtime.network.model import Endpoint, NetworkError
 
 
-def preload() -> None:
-    """Imports pyroute2 now (about 0.3 s), so that a container init forked later from this process
-    configures its network in milliseconds. The agent calls it once at start."""
-    import pyroute2  # noqa: F401
-
-
 def configure_inside(endpoint: Endpoint) -> None:
     """lo up, eth0 address and up, default route via the gateway; in the current netns.
 
