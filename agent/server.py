@@ -28,6 +28,7 @@ import grpc
 from agent import convert, metrics
 from agent.checkpoint import host_features
 from agent.containers import ContainerManager
+from agent.images.errors import ImageError
 from agent.model import AgentError, Conflict, InvalidArgument, NotFound, StartFailed, Unavailable
 from agent.runtime import frames
 from agent.runtime.shim import trace
@@ -254,7 +255,11 @@ class AgentServicer(pbg.AgentServicer):
             return
         o = first.open
         try:
-            c = self.m.get(o.container)
+            if o.HasField("create"):
+                c = await asyncio.to_thread(self.m.create, convert.config_from_pb(o.create))
+                o.start = True
+            else:
+                c = self.m.get(o.container)
             if o.start:
                 # Attached from birth: the monitor gets our socket's other end with the start, so
                 # no output is missed and the process need not wait for us. A terminal still
@@ -273,7 +278,7 @@ class AgentServicer(pbg.AgentServicer):
         except StartFailed as e:
             yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=e.exit_code, error=f"Error response from daemon: {e}"))
             return
-        except AgentError as e:
+        except (AgentError, ImageError) as e:
             await context.abort(_status(e), str(e))
             return
         if o.HasField("size") and o.size.rows:

@@ -274,18 +274,22 @@ def run(ctx: click.Context, /, image: str, command: tuple[str, ...], detach: boo
     """Create and run a new container from an image."""
     cfg = build_config(image, command, o)
     cl = client(ctx)
-    created = cl.call("CreateContainer", pb.CreateContainerRequest(config=cfg))
     if detach:
+        created = cl.call("CreateContainer", pb.CreateContainerRequest(config=cfg))
         cl.call("StartContainer", pb.ContainerRef(id=created.id))
         click.echo(created.id)
         return
-    sys.exit(_attach_session(cl, created.id, start=True, tty=cfg.tty, stdin=cfg.open_stdin))
+    # One call creates, starts and streams it, and ends with its exit status (after its removal
+    # with --rm, as docker's run waits for).
+    sys.exit(_attach_session(cl, "", start=True, tty=cfg.tty, stdin=cfg.open_stdin, create=cfg))
 
 
-def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool) -> int:
+def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool,
+                    create: pb.ContainerConfig | None = None) -> int:
     from deploy.streams import Session
 
-    sess = Session(pb.OpenStream(container=cid, tty=tty, stdin=stdin, start=start), interactive=stdin, tty=tty)
+    sess = Session(pb.OpenStream(container=cid, tty=tty, stdin=stdin, start=start, create=create),
+                   interactive=stdin, tty=tty)
     try:
         code = sess.run(cl.stub.Attach)
     except grpc.RpcError as e:

@@ -393,7 +393,7 @@ class ExecSpec(_message.Message):
     def __init__(self, cmd: _Optional[_Iterable[str]] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., privileged: _Optional[bool] = ...) -> None: ...
 
 class OpenStream(_message.Message):
-    __slots__ = ("container", "tty", "stdin", "start", "exec", "size", "detach_keys")
+    __slots__ = ("container", "tty", "stdin", "start", "exec", "size", "detach_keys", "create")
     CONTAINER_FIELD_NUMBER: _ClassVar[int]
     TTY_FIELD_NUMBER: _ClassVar[int]
     STDIN_FIELD_NUMBER: _ClassVar[int]
@@ -401,6 +401,7 @@ class OpenStream(_message.Message):
     EXEC_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     DETACH_KEYS_FIELD_NUMBER: _ClassVar[int]
+    CREATE_FIELD_NUMBER: _ClassVar[int]
     container: str
     tty: bool
     stdin: bool
@@ -408,7 +409,8 @@ class OpenStream(_message.Message):
     exec: ExecSpec
     size: Resize
     detach_keys: str
-    def __init__(self, container: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin: _Optional[bool] = ..., start: _Optional[bool] = ..., exec: _Optional[_Union[ExecSpec, _Mapping]] = ..., size: _Optional[_Union[Resize, _Mapping]] = ..., detach_keys: _Optional[str] = ...) -> None: ...
+    create: ContainerConfig
+    def __init__(self, container: _Optional[str] = ..., tty: _Optional[bool] = ..., stdin: _Optional[bool] = ..., start: _Optional[bool] = ..., exec: _Optional[_Union[ExecSpec, _Mapping]] = ..., size: _Optional[_Union[Resize, _Mapping]] = ..., detach_keys: _Optional[str] = ..., create: _Optional[_Union[ContainerConfig, _Mapping]] = ...) -> None: ...
 
 class Resize(_message.Message):
     __slots__ = ("rows", "cols")

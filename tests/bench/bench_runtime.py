@@ -47,14 +47,13 @@ def dockyard_once(a: AgentProcess, network: str) -> float:
 
 
 def dockyard_run_rm_once(a: AgentProcess, network: str) -> float:
-    """What `dockyard run --rm IMAGE /bin/true` asks of the agent: a create, then one Attach stream
-    that starts the container and ends with its exit status once it has been removed (docker's
+    """What `dockyard run --rm IMAGE /bin/true` asks of the agent: one Attach stream that creates
+    the container, starts it, and ends with its exit status once it has been removed (docker's
     `run --rm` waits for the removal too). runc run also deletes its container before it returns."""
     cfg = pb.ContainerConfig(image="busybox:latest", cmd=["/bin/true"], network_mode=network, auto_remove=True)
     t0 = time.perf_counter()
-    c = a.stub.CreateContainer(pb.CreateContainerRequest(config=cfg))
     code = None
-    for out in a.stub.Attach(iter([pb.StreamInput(open=pb.OpenStream(container=c.id, start=True))])):
+    for out in a.stub.Attach(iter([pb.StreamInput(open=pb.OpenStream(create=cfg))])):
         if out.HasField("exit"):
             code = out.exit.exit_code
     took = time.perf_counter() - t0
