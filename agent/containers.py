@@ -236,8 +236,7 @@ class ContainerManager:
 
     def _runtime_spec(self, c: Container) -> RuntimeSpec:
         cfg = c.config
-        image = self.images.get(c.image_id)
-        ic = image.config
+        ic = self.images.config_of(c.image_id)
         env: dict[str, str] = {}
         for item in [*(ic.env or []), *cfg.env]:
             k, _, v = item.partition("=")

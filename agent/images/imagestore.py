@@ -168,6 +168,11 @@ class ImageStore:
 
     # --- public interface ----------------------------------------------------------------------------
 
+    def config_of(self, image_id: str) -> ImageConfig:
+        """The run configuration of an image known by its full id: a container's start needs only
+        this, and an id names immutable content, so no read of the store is needed after the first."""
+        return ImageConfig.from_oci(self._config_json(image_id).get("config"))
+
     def get(self, ref: str) -> Image:
         records = self._read()
         image_id, _ = self._resolve(records, ref)
