@@ -623,8 +623,12 @@ class ContainerManager:
         return c
 
     async def wait(self, ref: str) -> Container:
-        c = self.get(ref)
-        if c.state.status in ("running", "paused", "restarting"):
+        return await self.wait_for(self.get(ref))
+
+    async def wait_for(self, c: Container) -> Container:
+        """Until this container is no longer running; by the object, which keeps its final state
+        after a removal (a --rm container may be gone by the time its attach asks)."""
+        if c.id in self.containers and c.state.status in ("running", "paused", "restarting"):
             await self._event(c).wait()
         return c
 

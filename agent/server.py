@@ -319,7 +319,7 @@ class AgentServicer(pbg.AgentServicer):
                     elif kind == frames.EXIT:
                         exited = True
             # The exit status as the agent recorded it: the monitor's, with the OOM count added.
-            c = await self.m.wait(c.id)
+            c = await self.m.wait_for(c)
             if c.config.auto_remove:
                 await self.m.wait_removed(c)
             yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed,

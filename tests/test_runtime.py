@@ -42,10 +42,13 @@ def test_run_streams_all_output_from_the_first_byte(clean_agent: AgentProcess) -
 def test_run_rm_returns_once_removed(clean_agent: AgentProcess) -> None:
     """As docker's `run --rm`: the exit status comes once the container is gone, so its name can
     be taken again at once (the CLI's own start-up would hide a race: ask the API directly)."""
-    for _ in range(3):
+    for i in range(10):
         cfg = pb.ContainerConfig(image="busybox", cmd=["true"], name="once", auto_remove=True, network_mode="none")
-        c = clean_agent.stub.CreateContainer(pb.CreateContainerRequest(config=cfg))
-        outs = list(clean_agent.stub.Attach(iter([pb.StreamInput(open=pb.OpenStream(container=c.id, start=True))])))
+        if i % 2:  # as `dockyard run` does: one call that creates too
+            outs = list(clean_agent.stub.Attach(iter([pb.StreamInput(open=pb.OpenStream(create=cfg))])))
+        else:
+            c = clean_agent.stub.CreateContainer(pb.CreateContainerRequest(config=cfg))
+            outs = list(clean_agent.stub.Attach(iter([pb.StreamInput(open=pb.OpenStream(container=c.id, start=True))])))
         assert outs[-1].exit.exit_code == 0
         assert clean_agent.stub.ListContainers(pb.ListContainersRequest(all=True)).containers == []
 
