@@ -34,7 +34,7 @@ from agent.model import (
     Unavailable,
 )
 from agent.runtime import cgroups, frames
-from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace, wait_exit
+from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace
 from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 
@@ -97,8 +97,9 @@ class ContainerManager:
             f = self._files[c.id] = ShimFiles(self.dir / c.id, self.run_dir / f"{c.id[:12]}.sock")
         return f
 
-    def _save(self, c: Container) -> None:
-        c.save(self.dir / c.id / "config.json")
+    def _save(self, c: Container, write: bool = True) -> None:
+        if write:
+            c.save(self.dir / c.id / "config.json")
         for cb in self.on_change:
             with contextlib.suppress(Exception):
                 cb(c)
@@ -441,8 +442,7 @@ class ContainerManager:
             except Exception:
                 result["oom_killed"] = False
         trace("agent: exit seen")
-        self._teardowns[c.id] = asyncio.get_running_loop().create_task(
-            asyncio.to_thread(self._teardown, c, c.endpoint))
+        self._teardowns[c.id] = asyncio.get_running_loop().create_task(self._teardown(c, c.endpoint))
         c.state.status = "exited"
         c.state.pid = 0
         c.state.exit_code = int(result["exit_code"])
@@ -458,7 +458,9 @@ class ContainerManager:
             self._event(c).set()
             return
         self._release_network(c)
-        self._save(c)
+        # A --rm container's record is about to go: not worth a file write (about a millisecond
+        # here) on the way to its removal. An agent killed meanwhile finds exit.json at adoption.
+        self._save(c, write=not c.config.auto_remove)
         self._event(c).set()
         if c.config.auto_remove:
             try:
@@ -496,30 +498,38 @@ class ContainerManager:
                 c.state.status = "exited"
                 self._save(c)
 
-    def _teardown(self, c: Container, endpoint: dict[str, Any] | None) -> None:
+    async def _teardown(self, c: Container, endpoint: dict[str, Any] | None) -> None:
         """Undo a run once its init has exited (or its shim was killed, and the init with it): the
         cgroup (killing what is left in it), the rootfs mount, the veth and port rules.
 
         The monitor has started on the first two (monitor.c): wait for it to finish first, so that
-        it cannot unmount or remove what a new run of this container makes."""
-        from agent.runtime import syscalls as sc
+        it cannot unmount or remove what a new run of this container makes. It has usually done
+        them: what is left to check is a few syscalls, done here; a thread does the rest, if any
+        (a thread hop costs a millisecond or more while the loop is busy, for a GIL handoff)."""
 
         info = self._init_info(c)
         with contextlib.suppress(KeyError, ValueError):
-            wait_exit(int(info["shim_pid"]), int(info["shim_start_time"]), 5)
+            await _exited(int(info["shim_pid"]), int(info["shim_start_time"]), 5)
         trace("agent: teardown")
         pid = int(info.get("pid", 0))
         if pid:
             with contextlib.suppress(OSError, ValueError, KeyError):
                 if pid_start_time(pid) == int(info["start_time"]):
                     os.kill(pid, signal.SIGKILL)
+        rootfs = str(self.files(c).dir / "rootfs")
+        if self.cg.exists(c.id) or os.path.ismount(rootfs) or endpoint:
+            await asyncio.to_thread(self._teardown_rest, c, rootfs, endpoint)
+        trace("agent: teardown done")
+
+    def _teardown_rest(self, c: Container, rootfs: str, endpoint: dict[str, Any] | None) -> None:
+        from agent.runtime import syscalls as sc
+
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
         with contextlib.suppress(OSError):
-            sc.umount(str(self.files(c).dir / "rootfs"), sc.MNT_DETACH)
+            sc.umount(rootfs, sc.MNT_DETACH)
         if endpoint:  # as it was at the exit: the caller may release it meanwhile
             self._detach_network(endpoint)
-        trace("agent: teardown done")
 
     # --- adoption -----------------------------------------------------------------------------
 
@@ -663,7 +673,9 @@ class ContainerManager:
         if self.containers.pop(c.id, None) is None:
             return
         self._release_network(c)
-        trash = await asyncio.to_thread(self._remove_files, c)
+        # Inline: renames and one small record write, about a millisecond, where a thread hop
+        # would cost as much again while the loop is busy; the deletion itself is the purge's.
+        trash = self._remove_files(c)
         self._spawn(asyncio.to_thread(self._purge, trash))
         trace("agent: removed")
         self._exited.pop(c.id, None)
@@ -1098,6 +1110,33 @@ class ContainerManager:
     async def shutdown(self) -> None:
         for t in list(self._monitors.values()) + list(self._tasks):
             t.cancel()
+
+
+async def _exited(pid: int, start_time: int, timeout: float) -> None:
+    """Until this very process (pid and start time) has exited, or `timeout` seconds: a pidfd
+    becomes readable at the exit, which the loop watches with no thread."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:  # gone (ESRCH)
+        return
+    try:
+        if not process_alive(pid, start_time):  # checked after the open: the pidfd is this process's
+            return
+        loop = asyncio.get_running_loop()
+        gone: asyncio.Future[None] = loop.create_future()
+
+        def readable() -> None:
+            if not gone.done():
+                gone.set_result(None)
+
+        loop.add_reader(fd, readable)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(gone, timeout)
+        finally:
+            loop.remove_reader(fd)
+    finally:
+        os.close(fd)
 
 
 def _security(cfg: ContainerConfig) -> dict[str, bool]:

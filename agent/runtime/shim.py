@@ -19,7 +19,6 @@ import contextlib
 import errno
 import json
 import os
-import select
 import signal
 import socket
 import stat
@@ -78,21 +77,6 @@ def process_alive(pid: int, start_time: int) -> bool:
         return False
     rest = data[data.rindex(")") + 2:].split()
     return rest[0] not in ("Z", "X") and int(rest[19]) == start_time
-
-
-def wait_exit(pid: int, start_time: int, timeout: float) -> bool:
-    """Wait until this very process has exited; False if it still runs after `timeout` seconds."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:  # gone (ESRCH)
-        return True
-    try:
-        # Checked after the open: the pidfd is then this process's, not a later one's with its pid.
-        if not process_alive(pid, start_time):
-            return True
-        return bool(select.select([fd], [], [], timeout)[0])
-    finally:
-        os.close(fd)
 
 
 # The namespaces of a container on the default settings, but for its mount namespace, which
