@@ -50,6 +50,8 @@ def test_checkpoint_and_restore_keep_memory(clean_agent: AgentProcess) -> None:
     after = _numbers(a, cid)
     # The counter lives in the shell's memory: it goes on from `last`, it does not start at 1 again.
     assert after[: len(before) + 5] == list(range(1, last + 6))
+    status = Path(f"/proc/{a.inspect(cid)['State']['Pid']}/status").read_text()
+    assert "Seccomp:\t2" in status and "Seccomp_filters:\t1" in status, status  # CRIU gave the filter back
     port = a.cli("port", cid, "80").stdout.strip().rsplit(":", 1)[1]
     assert _get(f"http://127.0.0.1:{port}/index.html") == b"hi\n"
 

@@ -2,15 +2,26 @@
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import json
 import os
 import re
+import shutil
 import socket
+import subprocess
 import time
+import traceback
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from agent.runtime import process, seccomp
+from agent.runtime import syscalls as sc
+from agent.runtime.spec import ProcessSpec
 from protos import agent_pb2 as pb
 from tests.agent_harness import AgentProcess
 
@@ -388,3 +399,149 @@ def test_seccomp_filter_refuses_namespace_and_mount_syscalls_unless_unconfined(c
     assert clean_agent.inspect(cid)["HostConfig"]["SecurityOpt"] is None
     r = clean_agent.cli("run", "--rm", "--security-opt", "seccomp=/etc/profile.json", "busybox", "true")
     assert r.returncode != 0 and "custom seccomp profiles are not supported" in r.stderr, r.stderr
+
+
+# x86_64 numbers of the syscalls the seccomp tests make raw.
+SYS_PERSONALITY, SYS_KEYCTL, SYS_CLONE3, SYS_IO_URING_SETUP = 135, 250, 435, 425
+READ_IMPLIES_EXEC = 0x0400000  # a persona docker's list does not allow
+AF_VSOCK = 40
+
+# A static probe for the container test: each argument "name=nr[,arg...]" makes one raw syscall
+# (an argument "buf" is a zeroed 4 KiB buffer) and prints name=ok, or name=<errno> when it fails.
+PROBE_C = r"""
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+int main(int argc, char **argv) {
+    static char buf[4096];
+    for (int i = 1; i < argc; i++) {
+        char *name = argv[i], *p = strchr(name, '=');
+        long a[6] = {0};
+        int n = 0;
+        *p++ = 0;
+        long nr = strtol(p, &p, 0);
+        while (*p == ',' && n < 6) {
+            p++;
+            if (strncmp(p, "buf", 3) == 0) { a[n++] = (long)buf; p += 3; }
+            else a[n++] = strtol(p, &p, 0);
+        }
+        memset(buf, 0, sizeof buf);
+        long r = syscall(nr, a[0], a[1], a[2], a[3], a[4], a[5]);
+        if (r < 0) printf("%s=%d\n", name, errno); else printf("%s=ok\n", name);
+    }
+    return 0;
+}
+"""
+
+
+def _in_child(fn: Callable[[], Any]) -> Any:
+    """fn's JSON result, computed in a forked child (the filter and the identity changes stay there)."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        try:
+            out = {"result": fn()}
+        except BaseException as e:
+            out = {"error": f"{e!r}\n{traceback.format_exc()}"}
+        os.write(w, json.dumps(out).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    out = json.loads(data)
+    assert "error" not in out, out["error"]
+    return out["result"]
+
+
+def _errno_of(nr: int, *args: int) -> int:
+    """0 if the raw syscall succeeded, else its errno."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    ret = libc.syscall(ctypes.c_long(nr), *(ctypes.c_long(a) for a in args))
+    return ctypes.get_errno() if ret < 0 else 0
+
+
+@pytest.mark.parametrize("uid", [0, 65534])
+def test_seccomp_filter_lets_the_init_finish_its_setup_and_exec(uid: int) -> None:
+    """process.become loads the filter first, then the init's own steps run under it: chdir, the
+    bounding set, setgroups/setgid/setuid, ambient and (root) capset, no_new_privs, then execve."""
+    def run() -> int:
+        pid = os.fork()
+        if pid == 0:
+            try:
+                spec = ProcessSpec(args=["sh"], cwd="/tmp")
+                prepared = process.Prepared("/bin/sh", ["sh", "-c", 'grep -q "^Seccomp:[[:space:]]2$" /proc/self/status'],
+                                            {"PATH": "/usr/bin:/bin"}, process.Identity(uid, uid, [uid], "/"))
+                process.become(spec, prepared)
+                process.execute(prepared)
+            finally:
+                os._exit(99)
+        return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    assert _in_child(run) == 0
+
+
+def test_seccomp_filter_allows_dockers_list_and_refuses_the_rest() -> None:
+    def probe() -> dict[str, int]:
+        sc.seccomp_set_filter(seccomp.DEFAULT)
+        ring_params = ctypes.create_string_buffer(120)
+        child = os.fork()  # clone() without namespace flags
+        if child == 0:
+            os._exit(7)
+        forked = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM):
+            pass
+        os.chroot("/")  # CAP_SYS_CHROOT is a default capability: docker allows chroot
+        return {
+            "fork": forked,
+            "personality query": _errno_of(SYS_PERSONALITY, 0xFFFFFFFF),
+            "personality READ_IMPLIES_EXEC": _errno_of(SYS_PERSONALITY, READ_IMPLIES_EXEC),
+            "keyctl": _errno_of(SYS_KEYCTL, 0, -3, 0),  # KEYCTL_GET_KEYRING_ID of the session keyring
+            "io_uring_setup": _errno_of(SYS_IO_URING_SETUP, 1, ctypes.addressof(ring_params)),
+            "clone3": _errno_of(SYS_CLONE3, 0, 0),
+            "unshare user": _errno_of(272, sc.CLONE_NEWUSER),
+            "clone newnet": _errno_of(56, sc.CLONE_NEWNET | 17, 0, 0, 0, 0),
+            "socket vsock": _errno_of(41, AF_VSOCK, socket.SOCK_STREAM, 0),
+            "no such syscall": _errno_of(1000),
+        }
+    assert _in_child(probe) == {
+        "fork": 7, "personality query": 0,
+        "personality READ_IMPLIES_EXEC": errno.EPERM, "keyctl": errno.EPERM, "io_uring_setup": errno.EPERM,
+        "clone3": errno.ENOSYS, "unshare user": errno.EPERM, "clone newnet": errno.EPERM,
+        "socket vsock": errno.EPERM, "no such syscall": errno.EPERM,
+    }
+    # Unfiltered, the kernel itself answers the ones that need no privilege.
+    unfiltered = _in_child(lambda: {"keyctl": _errno_of(SYS_KEYCTL, 0, -3, 0), "no such syscall": _errno_of(1000)})
+    assert unfiltered == {"keyctl": 0, "no such syscall": errno.ENOSYS}
+
+
+def test_seccomp_is_an_allow_list_in_containers_unless_unconfined(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    """Syscalls docker's list leaves out, that no capability check would refuse first: EPERM under
+    the filter, served by the kernel with seccomp=unconfined."""
+    if shutil.which("cc") is None:
+        pytest.skip("no C compiler for the static probe")
+    (tmp_path / "probe.c").write_text(PROBE_C)
+    subprocess.run(["cc", "-static", "-O2", "-o", str(tmp_path / "probe"), str(tmp_path / "probe.c")], check=True)
+    (tmp_path / "Dockerfile").write_text("FROM busybox\nCOPY probe /probe\n")
+    clean_agent.cli("build", "-t", "sysprobe", str(tmp_path), check=True, timeout=120)
+    probes = ["getpid=39", f"io_uring_setup={SYS_IO_URING_SETUP},1,buf", f"personality_rix={SYS_PERSONALITY},{READ_IMPLIES_EXEC}",
+              f"personality_query={SYS_PERSONALITY},0xffffffff", f"clone3={SYS_CLONE3},0,0"]
+    script = f"grep Seccomp: /proc/self/status; /probe {' '.join(probes)}; chroot / true && echo chroot=ok"
+
+    def results(*opts: str) -> dict[str, str]:
+        r = clean_agent.cli("run", "--rm", *opts, "sysprobe", "sh", "-c", script)
+        assert r.returncode == 0, r.stderr
+        return dict(ln.replace(":\t", "=").split("=", 1) for ln in r.stdout.splitlines())
+
+    assert results() == {
+        "Seccomp": "2", "getpid": "ok", "io_uring_setup": str(errno.EPERM), "personality_rix": str(errno.EPERM),
+        "personality_query": "ok", "clone3": str(errno.ENOSYS), "chroot": "ok",
+    }
+    free = results("--security-opt", "seccomp=unconfined")
+    assert (free["Seccomp"], free["personality_rix"], free["clone3"]) == ("0", "ok", str(errno.EINVAL)), free
+    if Path("/proc/sys/kernel/io_uring_disabled").read_text().strip() == "0":
+        assert free["io_uring_setup"] == "ok", free
+    clean_agent.cli("rmi", "sysprobe", check=True)
