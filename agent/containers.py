@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
+import errno
 import json
 import logging
 import os
@@ -522,12 +523,9 @@ class ContainerManager:
         trace("agent: teardown done")
 
     def _teardown_rest(self, c: Container, rootfs: str, endpoint: dict[str, Any] | None) -> None:
-        from agent.runtime import syscalls as sc
-
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
-        with contextlib.suppress(OSError):
-            sc.umount(rootfs, sc.MNT_DETACH)
+        _unmount(rootfs)
         if endpoint:  # as it was at the exit: the caller may release it meanwhile
             self._detach_network(endpoint)
 
@@ -685,10 +683,7 @@ class ContainerManager:
         self._teardowns.pop(c.id, None)
 
     def _remove_files(self, c: Container) -> list[Path]:
-        from agent.runtime import syscalls as sc
-
-        with contextlib.suppress(OSError):
-            sc.umount(str(self.files(c).dir / "rootfs"), sc.MNT_DETACH)
+        _unmount(str(self.files(c).dir / "rootfs"))
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
         trash: list[Path] = []
@@ -1110,6 +1105,18 @@ class ContainerManager:
     async def shutdown(self) -> None:
         for t in list(self._monitors.values()) + list(self._tasks):
             t.cancel()
+
+
+def _unmount(path: str) -> None:
+    """A plain umount first: a lazy one waits for an RCU grace period (1.9 ms here, against 0.7)."""
+    from agent.runtime import syscalls as sc
+
+    try:
+        sc.umount(path, 0)
+    except OSError as e:
+        if e.errno == errno.EBUSY:
+            with contextlib.suppress(OSError):
+                sc.umount(path, sc.MNT_DETACH)
 
 
 async def _exited(pid: int, start_time: int, timeout: float) -> None:
