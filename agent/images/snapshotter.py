@@ -115,17 +115,19 @@ class Snapshotter:
             meta = self._read()
             before = self._split(meta)
             yield meta
+            # Compared as dicts, serialised only when changed: a store of many layers makes for
+            # a big metadata.json, and a container's create or rm changes only active.json.
             for (name, durable), old, new in zip(self._FILES, before, self._split(meta), strict=True):
                 if new != old:
-                    self._write(name, new, durable)
+                    self._write(name, json.dumps({"snapshots": new}, sort_keys=True) if new else "", durable)
 
     @staticmethod
-    def _split(meta: dict[str, dict[str, Any]]) -> tuple[str, str]:
-        """The JSON of metadata.json and of active.json for these records."""
-        active = {k: v for k, v in meta.items() if v.get("kind") == KIND_ACTIVE}
-        rest = {k: v for k, v in meta.items() if v.get("kind") != KIND_ACTIVE}
-        return (json.dumps({"snapshots": rest}, sort_keys=True),
-                json.dumps({"snapshots": active}, sort_keys=True) if active else "")
+    def _split(meta: dict[str, dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]:
+        """The records of metadata.json and of active.json (copies, one level deep: the records
+        are flat)."""
+        rest = {k: dict(v) for k, v in meta.items() if v.get("kind") != KIND_ACTIVE}
+        active = {k: dict(v) for k, v in meta.items() if v.get("kind") == KIND_ACTIVE}
+        return rest, active
 
     def _read(self) -> dict[str, dict[str, Any]]:
         snaps: dict[str, dict[str, Any]] = {}
