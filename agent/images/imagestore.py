@@ -82,6 +82,7 @@ class ImageStore:
                 continue
             shutil.rmtree(entry, ignore_errors=True) if entry.is_dir() else entry.unlink(missing_ok=True)
         self._configs: dict[str, dict[str, Any]] = {}
+        self._shared: tuple[bytes, _Records] | None = None
 
     # --- records ------------------------------------------------------------------------------------
 
@@ -109,6 +110,18 @@ class ImageStore:
         except FileNotFoundError:
             return _Records()
         return _Records(images=data.get("images", {}), refs=data.get("refs", {}))
+
+    def _read_shared(self) -> _Records:
+        """The records for reading only, parsed again only when images.json changed: a container's
+        create looks its image up here, and parsing is most of a lookup's cost."""
+        try:
+            raw = (self.root / "images.json").read_bytes()
+        except FileNotFoundError:
+            return _Records()
+        if self._shared is None or self._shared[0] != raw:
+            data = json.loads(raw)
+            self._shared = (raw, _Records(images=data.get("images", {}), refs=data.get("refs", {})))
+        return self._shared[1]
 
     def _config_json(self, image_id: str) -> dict[str, Any]:
         cached = self._configs.get(image_id)
@@ -174,7 +187,7 @@ class ImageStore:
         return ImageConfig.from_oci(self._config_json(image_id).get("config"))
 
     def get(self, ref: str) -> Image:
-        records = self._read()
+        records = self._read_shared()
         image_id, _ = self._resolve(records, ref)
         return self._image(records, image_id)
 
