@@ -393,15 +393,16 @@ static void send_go(void) {
         send(m.ctl, go, sizeof(go) - 1, MSG_NOSIGNAL);
 }
 
-static void ctl_read(void) {
+/* Returns 1 when a message was read, 0 when there was none (or the socket closed). */
+static int ctl_read(void) {
     char msg[65536];
     ssize_t n = recv(m.ctl, msg, sizeof(msg), 0);
     if (n < 0 && (errno == EINTR || errno == EAGAIN))
-        return;
+        return 0;
     if (n <= 0) {   /* execve happened (the init's end is close-on-exec) or the init died */
         close(m.ctl);
         m.ctl = -1;
-        return;
+        return 0;
     }
     char *op = json_string(msg, (size_t)n, "op");
     if (op && strcmp(op, "error") == 0) {
@@ -418,6 +419,7 @@ static void ctl_read(void) {
         }
     }
     free(op);
+    return 1;
 }
 
 /* Returns 0 at EOF (the fd is closed and forgotten). */
@@ -723,6 +725,9 @@ int main(int argc, char **argv) {
         poll_once(5000, 1);
         reap();
     }
+    /* An init that failed its execve before we were exec'd has said why on ctl: read it now,
+     * for the log and exit.json (the loop above never ran if it was gone at once). */
+    while (m.ctl >= 0 && ctl_read()) {}
     trace("exited");
 
     /* Whatever is still buffered in the pipes belongs in the log. */
