@@ -79,6 +79,7 @@ class Agent:
         self.cgroup_driver = driver
         if o.cgroup_favor_dynmods:
             cgroups.favor_dynmods(str(self.root / "cgroup-dynmods"))
+        self.zygote.cgroups = (getattr(driver, "root", "/sys/fs/cgroup"), driver.parent)  # as the specs say
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()

@@ -79,6 +79,10 @@ def process_alive(pid: int, start_time: int) -> bool:
     return rest[0] not in ("Z", "X") and int(rest[19]) == start_time
 
 
+# The cgroup driver of the agent's (root, parent), detected by the zygote before it forks us.
+DETECTED: dict[tuple[str, str | None], cgroups.CgroupDriver] = {}
+
+
 # The namespaces of a container on the default settings, but for its mount namespace, which
 # cannot be made before its rootfs is mounted (the init unshares it then).
 PRECLONED = ("uts", "ipc", "pid", "net")
@@ -292,7 +296,8 @@ class _Shim:
         """Cgroup, rootfs, namespaces, network; returns (pid, control socket, pty)."""
         spec = self.spec
         trace("launch")
-        self.cg = cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
+        self.cg = DETECTED.get((spec.cgroup_root, spec.cgroup_parent)) or \
+            cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
         if self.pre is not None and spec.network is not None:
             self._ask_attach(self.pre.pid)  # wired by the agent while we mount the rootfs
         os.makedirs(spec.rootfs, exist_ok=True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import array
 import asyncio
 import contextlib
+import json
 import os
 import socket
 import subprocess
@@ -63,11 +64,14 @@ class Zygote:
         self._sock: socket.socket | None = None
         self._lock = threading.Lock()
         self._env = env
+        self.cgroups: tuple[str, str] | None = None  # (root, parent), detected once in the zygote
 
     def _spawn(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         env = dict(self._env or os.environ)
+        if self.cgroups is not None:
+            env["DOCKYARD_ZYGOTE_CGROUPS"] = json.dumps(self.cgroups)
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
         self._proc = subprocess.Popen(
             [sys.executable, "-m", "agent.runtime.zygote", str(theirs.fileno())],
