@@ -59,11 +59,14 @@ def _take_terminal(slave: int) -> None:
         os.close(slave)
 
 
+_LO_UP = False  # set by a pre-cloned init, which brings lo up before it has a container
+
+
 def run_precloned(ctl: socket.socket) -> NoReturn:
     """Entry point of an init cloned before its container existed (shim.Precloned): in new uts,
-    ipc, pid and net namespaces, it waits for {"op": "spec"} with the stdio descriptors, then
-    enters the rootfs and unshares its mount namespace (whose copy now holds the rootfs mount),
-    and goes on as run() does.
+    ipc, pid and net namespaces, it waits for {"op": "spec"} with the stdio descriptors, then for
+    {"op": "mounted"}; it enters the rootfs and unshares its mount namespace (whose copy now holds
+    the rootfs mount), and goes on as run() does.
 
     What it inherited from the zygote's child that made it, the agent's request socket among
     them, must not reach the container: all is close-on-exec from here on but `ctl`."""
@@ -72,6 +75,13 @@ def run_precloned(ctl: socket.socket) -> NoReturn:
         if fd > 2 and fd != ctl.fileno():
             with contextlib.suppress(OSError):
                 os.set_inheritable(fd, False)
+    # Our network namespace needs lo up whatever the container's network: done while we wait.
+    from agent.runtime import network
+
+    global _LO_UP
+    with contextlib.suppress(OSError):
+        network.loopback_up()
+        _LO_UP = True
     try:
         msg, fds = recv(ctl)
     except OSError:
@@ -79,8 +89,12 @@ def run_precloned(ctl: socket.socket) -> NoReturn:
     if msg is None or msg.get("op") != "spec":
         os._exit(0)  # the spare that made us ended, or took another request
     try:
+        # Read while the shim mounts the rootfs; "mounted" then lets us in.
         spec = RuntimeSpec.from_dict(json.loads(msg["spec"]))
         stdio = (fds[0], fds[1], fds[2]) if len(fds) == 3 else None
+        msg, _ = recv(ctl)
+        if msg is None or msg.get("op") != "mounted":
+            os._exit(1)
         os.chdir(spec.rootfs)
         sc.unshare(sc.CLONE_NEWNS)
     except BaseException as e:
@@ -143,7 +157,7 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any]) -> None:
         endpoint = msg.get("endpoint")
         if endpoint:
             network.configure_inside(network.Endpoint.from_dict(endpoint))
-        else:
+        elif not _LO_UP:
             network.loopback_up()
     trace("init: network configured")
     if "uts" in spec.namespaces and spec.hostname:

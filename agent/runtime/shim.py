@@ -298,8 +298,13 @@ class _Shim:
         trace("launch")
         self.cg = DETECTED.get((spec.cgroup_root, spec.cgroup_parent)) or \
             cgroups.detect(spec.cgroup_root, spec.cgroup_parent)
-        if self.pre is not None and spec.network is not None:
-            self._ask_attach(self.pre.pid)  # wired by the agent while we mount the rootfs
+        if self.pre is not None:
+            # The init made ahead reads its spec, and the agent wires its veth, while we mount.
+            self.pid, self.ctl = self.pre.pid, self.pre.ctl
+            self.pre = None
+            init.send(self.ctl, {"op": "spec", "spec": spec.to_json()}, list(stdio) if stdio else None)
+            if spec.network is not None:
+                self._ask_attach(self.pid)
         os.makedirs(spec.rootfs, exist_ok=True)
         if "user" in spec.namespaces and spec.uid_map:
             userns = self._mapped_userns()
@@ -321,12 +326,10 @@ class _Shim:
             self._write_etc_files()
         trace("rootfs mounted")
 
-        if self.pre is not None:
+        if self.ctl is not None:
             # Made ahead: it enters the rootfs and unshares its mount namespace on this message.
-            self.pid, self.ctl = self.pre.pid, self.pre.ctl
-            self.pre = None
             parent_ctl = self.ctl
-            init.send(parent_ctl, {"op": "spec", "spec": spec.to_json()}, list(stdio) if stdio else None)
+            init.send(parent_ctl, {"op": "mounted"})
         else:
             parent_ctl = self._clone(stdio)
         trace("forked")
