@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime
-import errno
 import json
 import logging
 import os
@@ -35,6 +34,7 @@ from agent.model import (
     Unavailable,
 )
 from agent.runtime import cgroups, frames
+from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace
 from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
@@ -337,8 +337,7 @@ class ContainerManager:
             reply.close()
         if msg is None or "error" in msg:
             if attached and c.endpoint is not None:
-                endpoint = c.endpoint
-                await asyncio.to_thread(self._detach_network, endpoint)
+                await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
             err = (msg or {}).get("error", "the shim exited before it reported")
             c.state.error = err
@@ -507,7 +506,6 @@ class ContainerManager:
         it cannot unmount or remove what a new run of this container makes. It has usually done
         them: what is left to check is a few syscalls, done here; a thread does the rest, if any
         (a thread hop costs a millisecond or more while the loop is busy, for a GIL handoff)."""
-
         info = self._init_info(c)
         with contextlib.suppress(KeyError, ValueError):
             await _exited(int(info["shim_pid"]), int(info["shim_start_time"]), 5)
@@ -525,7 +523,7 @@ class ContainerManager:
     def _teardown_rest(self, c: Container, rootfs: str, endpoint: dict[str, Any] | None) -> None:
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
-        _unmount(rootfs)
+        unmount(rootfs)
         if endpoint:  # as it was at the exit: the caller may release it meanwhile
             self._detach_network(endpoint)
 
@@ -683,7 +681,7 @@ class ContainerManager:
         self._teardowns.pop(c.id, None)
 
     def _remove_files(self, c: Container) -> list[Path]:
-        _unmount(str(self.files(c).dir / "rootfs"))
+        unmount(str(self.files(c).dir / "rootfs"))
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
         trash: list[Path] = []
@@ -1105,18 +1103,6 @@ class ContainerManager:
     async def shutdown(self) -> None:
         for t in list(self._monitors.values()) + list(self._tasks):
             t.cancel()
-
-
-def _unmount(path: str) -> None:
-    """A plain umount first: a lazy one waits for an RCU grace period (1.9 ms here, against 0.7)."""
-    from agent.runtime import syscalls as sc
-
-    try:
-        sc.umount(path, 0)
-    except OSError as e:
-        if e.errno == errno.EBUSY:
-            with contextlib.suppress(OSError):
-                sc.umount(path, sc.MNT_DETACH)
 
 
 async def _exited(pid: int, start_time: int, timeout: float) -> None:

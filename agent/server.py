@@ -255,12 +255,12 @@ class AgentServicer(pbg.AgentServicer):
             return
         o = first.open
         try:
+            start = o.start or o.HasField("create")
             if o.HasField("create"):
                 c = await asyncio.to_thread(self.m.create, convert.config_from_pb(o.create))
-                o.start = True
             else:
                 c = self.m.get(o.container)
-            if o.start:
+            if start:
                 # Attached from birth: the monitor gets our socket's other end with the start, so
                 # no output is missed and the process need not wait for us. A terminal still
                 # waits for our RELEASE, so that it starts at the client's size.
@@ -283,7 +283,7 @@ class AgentServicer(pbg.AgentServicer):
             return
         if o.HasField("size") and o.size.rows:
             writer.write(frames.encode_json(frames.RESIZE, {"rows": o.size.rows, "cols": o.size.cols}))
-        if o.start and o.tty:
+        if start and o.tty:
             writer.write(frames.encode(frames.RELEASE))
         await writer.drain()
 

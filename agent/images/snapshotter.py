@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from agent.runtime.spec import write_atomic
+
 from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive
 from .layers import LayerStats, apply_layer, tree_size, write_diff, write_flattened
 
@@ -144,13 +146,7 @@ class Snapshotter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(self.root / name)
             return
-        tmp = self.root / f"{name}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(data)
-            if durable:
-                f.flush()
-                os.fsync(f.fileno())
-        os.rename(tmp, self.root / name)
+        write_atomic(self.root / name, data, fsync=durable)
 
     def _clean(self) -> None:
         """Remove what an interrupted apply/remove left: temp dirs of dead processes, orphan dirs/links."""

@@ -59,9 +59,6 @@ def _take_terminal(slave: int) -> None:
         os.close(slave)
 
 
-_LO_UP = False  # set by a pre-cloned init, which brings lo up before it has a container
-
-
 def run_precloned(ctl: socket.socket) -> NoReturn:
     """Entry point of an init cloned before its container existed (shim.Precloned): in new uts,
     ipc, pid and net namespaces, it waits for {"op": "spec"} with the stdio descriptors, then for
@@ -78,10 +75,10 @@ def run_precloned(ctl: socket.socket) -> NoReturn:
     # Our network namespace needs lo up whatever the container's network: done while we wait.
     from agent.runtime import network
 
-    global _LO_UP
+    lo_up = False
     with contextlib.suppress(OSError):
         network.loopback_up()
-        _LO_UP = True
+        lo_up = True
     try:
         msg, fds = recv(ctl)
     except OSError:
@@ -100,10 +97,10 @@ def run_precloned(ctl: socket.socket) -> NoReturn:
     except BaseException as e:
         _report(ctl, f"container init: {e}", 128)
         os._exit(1)
-    run(spec, ctl, stdio)
+    run(spec, ctl, stdio, lo_up)
 
 
-def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | None) -> NoReturn:
+def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | None, lo_up: bool = False) -> NoReturn:
     """Entry point in the forked child. Never returns."""
     code = 127
     try:
@@ -111,7 +108,7 @@ def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | Non
         msg, _ = recv(ctl)
         if msg is None or msg.get("op") != "configure":
             os._exit(1)
-        _configure(spec, msg)
+        _configure(spec, msg, lo_up)
         pty_slave = -1
         if spec.process.tty:
             master, pty_slave = _open_pty()
@@ -148,7 +145,7 @@ def _report(ctl: socket.socket, message: str, code: int) -> None:
         send(ctl, {"op": "error", "error": message, "exit_code": code})
 
 
-def _configure(spec: RuntimeSpec, msg: dict[str, Any]) -> None:
+def _configure(spec: RuntimeSpec, msg: dict[str, Any], lo_up: bool = False) -> None:
     from agent.runtime import network
     from agent.runtime.shim import trace
 
@@ -157,7 +154,7 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any]) -> None:
         endpoint = msg.get("endpoint")
         if endpoint:
             network.configure_inside(network.Endpoint.from_dict(endpoint))
-        elif not _LO_UP:
+        elif not lo_up:
             network.loopback_up()
     trace("init: network configured")
     if "uts" in spec.namespaces and spec.hostname:

@@ -130,8 +130,7 @@ def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket, pre: Preclo
         if pre is not None and not pre.fits(spec):
             pre.discard()
             pre = None
-        shim = _Shim(spec, files, pre, reply)
-        shim.clients = list(clients)
+        shim = _Shim(spec, files, pre, reply, clients)
         pid = shim.launch()
     except BaseException as e:
         msg = e.args[0] if isinstance(e, _LaunchError) else f"{type(e).__name__}: {e}"
@@ -152,13 +151,13 @@ class _LaunchError(Exception):
 
 class _Shim:
     def __init__(self, spec: RuntimeSpec, files: ShimFiles, pre: Precloned | None = None,
-                 reply: socket.socket | None = None) -> None:
+                 reply: socket.socket | None = None, clients: Sequence[int] = ()) -> None:
         self.spec = spec
         self.files = files
         self.reply = reply   # to the agent: our answer, and before it the network requests
         self.asked_attach = False
         self.pre = pre
-        self.clients: list[int] = []
+        self.clients = list(clients)   # sockets the monitor serves as attached from the start
         self.pid = 0
         self.ctl: socket.socket | None = None
         self.pty = -1
@@ -615,8 +614,7 @@ class _Shim:
             self.pre.discard()
             self.pre = None
         if self.mounted:
-            with contextlib.suppress(OSError):
-                sc.umount(self.spec.rootfs, sc.MNT_DETACH)
+            rootfs.unmount(self.spec.rootfs)
             self.mounted = False
         if self.pid:
             with contextlib.suppress(OSError):

@@ -130,10 +130,10 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, default=_fields)
 
 
-def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o644) -> None:
+def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o644, fsync: bool = False) -> None:
     """Write to a temporary name, rename: a reader sees the old file or the new one.
 
-    No fsync: these are the runtime's state files (a container's record, its pid, its exit code),
+    No fsync unless asked (image layers' records ask): these are the runtime's state files (a container's record, its pid, its exit code),
     written several times per container on the start and exit paths, where an fsync costs ~3 ms
     each here. The rename keeps them whole across a killed process, which is the failure we
     recover from (agent or shim kill -9); like runc's state.json they are not meant to survive a
@@ -144,7 +144,11 @@ def write_atomic(path: str | Path, data: str | bytes, mode: int = 0o644) -> None
     raw = data.encode() if isinstance(data, str) else data
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, mode)
     try:
-        os.write(fd, raw)
+        view = memoryview(raw)
+        while view:
+            view = view[os.write(fd, view):]
+        if fsync:
+            os.fsync(fd)
     finally:
         os.close(fd)
     os.replace(tmp, path)
