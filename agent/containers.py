@@ -36,8 +36,10 @@ from agent.model import (
 from agent.runtime import cgroups, frames
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace
-from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
+from agent.runtime.spec import ContainerMount, IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
+from agent.volumes import specs as mount_specs
+from agent.volumes.store import VolumeStore
 
 log = logging.getLogger("dockyard.agent")
 
@@ -89,6 +91,8 @@ class ContainerManager:
         self._lazy_restores: set[str] = set()  # restoring with lazy pages (post-copy)
         self._pulling: set[str] = set()  # restored, pages still coming: never restarted here
         self.on_change: list[Callable[[Container], None]] = []
+        self.volumes = VolumeStore(root / "volumes")
+        self.volumes.users = self.volume_users
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -138,6 +142,10 @@ class ContainerManager:
     def users_of_image(self, image_id: str) -> list[str]:
         return [f"{c.name} ({c.state.status})" for c in self.containers.values() if c.image_id == image_id]
 
+    def volume_users(self, name: str) -> list[str]:
+        return [f"{c.name} ({c.state.status})" for c in list(self.containers.values())
+                if any(m.type == "volume" and m.source == name for m in c.config.mounts)]
+
     # --- create -------------------------------------------------------------------------------
 
     def create(self, cfg: ContainerConfig) -> Container:
@@ -155,9 +163,10 @@ class ContainerManager:
         args = self._args(cfg, image.config)
         if not args:
             raise InvalidArgument("no command specified: the image has no Cmd or Entrypoint and none was given")
+        made = self._prepare_mounts(cfg)
         cdir = self.dir / cid
-        cdir.mkdir(parents=True)
         try:
+            cdir.mkdir(parents=True)
             self.images.snapshotter.prepare(cid, image.chain_id)
             c = Container(id=cid, name=name, created=time.time(), config=cfg, image_id=image.id,
                           image_ref=cfg.image, snapshot=cid, args=args,
@@ -167,9 +176,38 @@ class ContainerManager:
             with contextlib.suppress(Exception):
                 self.images.snapshotter.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
+            for name in made:
+                with contextlib.suppress(AgentError):
+                    self.volumes.remove(name, force=True)
             raise
         self.containers[cid] = c
         return c
+
+    def _prepare_mounts(self, cfg: ContainerConfig) -> list[str]:
+        """What the mounts need on this host, before the container is made: bind sources (-v makes
+        a missing one, --mount refuses it), named volumes (made if missing, as docker run does)
+        and anonymous ones. Returns the volumes made here, for an undo."""
+        for m in cfg.mounts:
+            if m.type == "bind" and not m.create_source and not os.path.lexists(m.source):
+                raise InvalidArgument(f'invalid mount config for type "bind": bind source path does not exist: '
+                                      f"{m.source}")
+        made: list[str] = []
+        try:
+            for m in cfg.mounts:
+                if m.type == "bind" and not os.path.lexists(m.source):
+                    os.makedirs(m.source, 0o755, exist_ok=True)
+                elif m.type == "volume" and (m.anonymous and not m.source):
+                    m.source = self.volumes.create(anonymous=True).name
+                    made.append(m.source)
+                elif m.type == "volume" and not self.volumes.exists(m.source):
+                    self.volumes.create(m.source, m.volume_driver or "local", m.volume_labels, m.volume_options)
+                    made.append(m.source)
+        except BaseException:
+            for name in made:
+                with contextlib.suppress(AgentError):
+                    self.volumes.remove(name, force=True)
+            raise
+        return made
 
     def _free_name(self) -> str:
         taken = {c.name for c in self.containers.values()}
@@ -209,6 +247,7 @@ class ContainerManager:
             raise InvalidArgument(str(e)) from e
         _security(cfg)
         parse_signal(cfg.stop_signal or None, signal.SIGTERM)
+        mount_specs.check_all(cfg.mounts)
 
     @staticmethod
     def _args(cfg: ContainerConfig, ic: Any) -> list[str]:
@@ -277,7 +316,53 @@ class ContainerManager:
             network=c.endpoint, network_state_dir=str(getattr(self.network, "state_dir", "")),
             bridge=getattr(self.network, "name", ""), subnet=str(getattr(self.network, "subnet", "")),
             etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log),
+            volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
+
+    def _container_mounts(self, c: Container) -> list[ContainerMount]:
+        out = []
+        for m in c.config.mounts:
+            if m.type == "tmpfs":
+                out.append(ContainerMount("tmpfs", "", m.target, m.readonly, list(m.tmpfs_options)))
+                continue
+            source = str(self.volumes.path(m.source)) if m.type == "volume" else m.source
+            out.append(ContainerMount("bind", source, m.target, m.readonly, [],
+                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target)))
+        return out
+
+    async def _acquire_volumes(self, c: Container) -> None:
+        """Volumes of the local driver with a device (-o type=... device=...) are mounted on
+        their directory while a running container uses them."""
+        for m in c.config.mounts:
+            if m.type == "volume" and self.volumes.get(m.source).options:
+                await asyncio.to_thread(self.volumes.acquire, m.source)
+
+    def _release_volumes(self, c: Container) -> None:
+        running = [o for o in list(self.containers.values()) if o is not c and o.state.status in ("running", "paused")]
+        for m in c.config.mounts:
+            if m.type != "volume":
+                continue
+            if not any(any(x.type == "volume" and x.source == m.source for x in o.config.mounts) for o in running):
+                self.volumes.release(m.source)
+
+    def mounts_info(self, c: Container) -> list[dict[str, Any]]:
+        """docker inspect's Mounts."""
+        out: list[dict[str, Any]] = []
+        for m in c.config.mounts:
+            if m.type == "tmpfs":
+                out.append({"Type": "tmpfs", "Source": "", "Destination": m.target, "Mode": ",".join(m.tmpfs_options),
+                            "RW": not m.readonly, "Propagation": ""})
+                continue
+            d: dict[str, Any] = {"Type": m.type}
+            if m.type == "volume":
+                d.update(Name=m.source, Source=str(self.volumes.path(m.source)), Driver="local")
+            else:
+                d["Source"] = m.source
+            mode = [x for x in ("ro" if m.readonly else "", m.selinux, "nocopy" if m.nocopy else "") if x]
+            d.update(Destination=m.target, Mode=",".join(mode), RW=not m.readonly,
+                     Propagation=(m.propagation or "rprivate") if m.type == "bind" else "")
+            out.append(d)
+        return out
 
     async def _torn_down(self, c: Container) -> None:
         """The exit is reported before the teardown (so that `wait` is quick); a new run of the
@@ -308,6 +393,12 @@ class ContainerManager:
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
+        if c.config.mounts:
+            try:
+                await self._acquire_volumes(c)
+            except BaseException:
+                self._release_network(c)
+                raise
         spec = self._runtime_spec(c)
         trace("agent: spec built")
         spec.hold = hold
@@ -339,6 +430,8 @@ class ContainerManager:
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
+            if c.config.mounts:
+                await asyncio.to_thread(self._release_volumes, c)
             err = (msg or {}).get("error", "the shim exited before it reported")
             c.state.error = err
             c.state.exit_code = int((msg or {}).get("exit_code", 128))
@@ -465,7 +558,7 @@ class ContainerManager:
         if c.config.auto_remove:
             try:
                 with contextlib.suppress(AgentError):
-                    await self.remove(c.id, force=True)
+                    await self.remove(c.id, force=True, volumes=True)
             finally:
                 self._removed(c)
             return
@@ -518,6 +611,8 @@ class ContainerManager:
         rootfs = str(self.files(c).dir / "rootfs")
         if self.cg.exists(c.id) or os.path.ismount(rootfs) or endpoint:
             await asyncio.to_thread(self._teardown_rest, c, rootfs, endpoint)
+        if c.config.mounts and c.state.status not in ("running", "paused"):
+            await asyncio.to_thread(self._release_volumes, c)
         trace("agent: teardown done")
 
     def _teardown_rest(self, c: Container, rootfs: str, endpoint: dict[str, Any] | None) -> None:
@@ -650,7 +745,8 @@ class ContainerManager:
         if (gone := self._gone.pop(c.id, None)) is not None:
             gone.set()
 
-    async def remove(self, ref: str, force: bool = False) -> None:
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        """docker rm; with `volumes` (-v, and --rm) the container's anonymous volumes go too."""
         c = self.get(ref)
         if c.state.status in ("running", "paused", "restarting"):
             if not force:
@@ -673,6 +769,9 @@ class ContainerManager:
         # would cost as much again while the loop is busy; the deletion itself is the purge's.
         trash = self._remove_files(c)
         self._spawn(asyncio.to_thread(self._purge, trash))
+        anonymous = [m.source for m in c.config.mounts if m.type == "volume" and m.anonymous and m.source]
+        if volumes and anonymous:
+            await asyncio.to_thread(self._remove_volumes, anonymous)
         trace("agent: removed")
         self._exited.pop(c.id, None)
         self._removed(c)
@@ -699,6 +798,13 @@ class ContainerManager:
         with contextlib.suppress(OSError):
             self.files(c).socket.unlink()
         return trash
+
+    def _remove_volumes(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                self.volumes.remove(name, force=True)
+            except AgentError as e:  # another container mounts it too: it stays, as in docker
+                log.info("volume %s kept: %s", name, e)
 
     def _purge(self, trash: list[Path]) -> None:
         for path in trash:
@@ -729,6 +835,9 @@ class ContainerManager:
             ino = os.stat(f"/proc/{pid}/ns/net").st_ino
             c.netns_key = "extnetns"
             external.append(f"net[{ino}]:{c.netns_key}")
+        # Volumes and bind mounts come from the host: CRIU names them, and the restore maps each
+        # name to the source there (shim._restore).
+        external += [f"mnt[{m.target}]:{mount_key(m.target)}" for m in c.config.mounts if m.type != "tmpfs"]
         return c, criu, pid, external
 
     async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,
@@ -1130,6 +1239,13 @@ async def _exited(pid: int, start_time: int, timeout: float) -> None:
             loop.remove_reader(fd)
     finally:
         os.close(fd)
+
+
+def mount_key(target: str) -> str:
+    """CRIU's name for the container's mount at `target`: the same on every host."""
+    import hashlib
+
+    return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
 
 
 def _security(cfg: ContainerConfig) -> dict[str, bool]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.model import Container, ContainerConfig, DeviceRate, Port, Resources, RestartPolicy
+from agent.model import Container, ContainerConfig, DeviceRate, Mount, Port, Resources, RestartPolicy
 from protos import agent_pb2 as pb
 
 
@@ -25,8 +25,22 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         userns_mode=m.userns_mode,
         restart_policy=RestartPolicy(m.restart_policy.name or "no", m.restart_policy.max_retries),
         auto_remove=m.auto_remove, init=m.init, stop_timeout=m.stop_timeout, stop_signal=m.stop_signal,
-        security_opt=list(m.security_opt),
+        security_opt=list(m.security_opt), mounts=[mount_from_pb(x) for x in m.mounts], read_only=m.read_only,
     )
+
+
+def mount_from_pb(m: pb.Mount) -> Mount:
+    return Mount(type=m.type or "volume", source=m.source, target=m.target, readonly=m.readonly,
+                 propagation=m.propagation, selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source,
+                 anonymous=m.anonymous, tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
+                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options))
+
+
+def mount_to_pb(m: Mount) -> pb.Mount:
+    return pb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.readonly, propagation=m.propagation,
+                    selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source, anonymous=m.anonymous,
+                    tmpfs_options=m.tmpfs_options, volume_driver=m.volume_driver, volume_labels=m.volume_labels,
+                    volume_options=m.volume_options)
 
 
 def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
@@ -44,7 +58,7 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         network_mode=c.network_mode, pid_mode=c.pid_mode, ipc_mode=c.ipc_mode, userns_mode=c.userns_mode,
         restart_policy=pb.RestartPolicy(name=c.restart_policy.name, max_retries=c.restart_policy.max_retries),
         auto_remove=c.auto_remove, init=c.init, stop_timeout=c.stop_timeout, stop_signal=c.stop_signal,
-        security_opt=c.security_opt,
+        security_opt=c.security_opt, mounts=[mount_to_pb(x) for x in c.mounts], read_only=c.read_only,
     )
 
 
@@ -100,6 +114,10 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "NetworkMode": cfg.network_mode, "PidMode": cfg.pid_mode, "IpcMode": cfg.ipc_mode or "private",
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
             "SecurityOpt": list(cfg.security_opt) or None,
+            "ReadonlyRootfs": cfg.read_only,
+            "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "")
+                      for m in cfg.mounts if m.type in ("bind", "volume") and not m.anonymous] or None,
+            "Tmpfs": {m.target: ",".join(m.tmpfs_options) for m in cfg.mounts if m.type == "tmpfs"} or None,
             "RestartPolicy": {"Name": cfg.restart_policy.name, "MaximumRetryCount": cfg.restart_policy.max_retries},
             "PortBindings": {f"{p.container_port}/{p.protocol}": [{"HostIp": p.host_ip, "HostPort": str(p.host_port or "")}]
                              for p in cfg.ports},

@@ -98,6 +98,9 @@ class Agent:
                                                ("grpc.max_send_message_length", 64 << 20)])
         pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server(self.server, self.manager, images)
+        from agent.volumes import service as volumes_service
+
+        volumes_service.add_to_server(self.server, self.manager.volumes)
         Path(o.socket).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(o.socket)

@@ -65,6 +65,27 @@ class Resources:
 
 
 @dataclass
+class Mount:
+    """One of the container's own mounts: a volume, a host path (bind) or a tmpfs.
+
+    Parsed from docker's three spellings (-v, --mount, --tmpfs) by agent/volumes/specs.py, which
+    checks them; an anonymous volume gets its name at create."""
+    type: str = "volume"            # volume | bind | tmpfs
+    source: str = ""                # the volume's name ("" until an anonymous one is made) or a host path
+    target: str = ""                # absolute, in the container
+    readonly: bool = False
+    propagation: str = ""           # bind: "" = rprivate (only private and rprivate are supported)
+    selinux: str = ""               # -v's z or Z (a relabel, which a host without SELinux does not need)
+    nocopy: bool = False            # volume: no copy-up of the image's content at the target
+    create_source: bool = False     # bind from -v: a missing host path is made (docker); --mount refuses
+    anonymous: bool = False         # volume: made for this container (-v /path); `rm -v` and --rm remove it
+    tmpfs_options: list[str] = field(default_factory=list)   # size=BYTES, mode=OCTAL, noexec, ...
+    volume_driver: str = ""         # a volume made by this mount: "" or local
+    volume_labels: dict[str, str] = field(default_factory=dict)
+    volume_options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
 class RestartPolicy:
     name: str = "no"
     max_retries: int = 0
@@ -96,6 +117,8 @@ class ContainerConfig:
     stop_timeout: int = 0
     stop_signal: str = ""
     security_opt: list[str] = field(default_factory=list)
+    mounts: list[Mount] = field(default_factory=list)
+    read_only: bool = False         # --read-only: the rootfs is read-only (volumes and tmpfs are not)
 
 
 @dataclass
@@ -161,5 +184,5 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceRate": DeviceRate, "Resources": Resources, "RestartPolicy": RestartPolicy,
-    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
+    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState, "Mount": Mount,
 }

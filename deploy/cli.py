@@ -210,10 +210,34 @@ def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--stop-signal", default="", help="Signal to stop the container"),
         click.option("--security-opt", multiple=True,
                      help="Security options: seccomp=unconfined|builtin, no-new-privileges[=true|false]"),
+        click.option("-v", "--volume", "volumes", multiple=True,
+                     help="Bind mount a volume: NAME:/path[:ro], /host:/path[:ro|rw,z,Z,rprivate], or /path"),
+        click.option("--mount", "mounts", multiple=True,
+                     help="Attach a filesystem mount: type=volume|bind|tmpfs,src=...,dst=...[,readonly]"),
+        click.option("--tmpfs", multiple=True, help="Mount a tmpfs directory: /path[:size=64m,mode=1777,...]"),
+        click.option("--read-only", is_flag=True, help="Mount the container's root filesystem as read only"),
     ]
     for o in reversed(opts):
         f = o(f)
     return f
+
+
+def _mounts(o: dict[str, Any]) -> list[pb.Mount]:
+    from agent.convert import mount_to_pb
+    from agent.model import InvalidArgument
+    from agent.volumes import specs
+
+    out = []
+    for flag, key, parse in (("'-v' / '--volume'", "volumes", specs.parse_volume),
+                             ("'--mount'", "mounts", specs.parse_mount), ("'--tmpfs'", "tmpfs", specs.parse_tmpfs)):
+        for spec in o.get(key, ()):
+            try:
+                m = parse(spec)
+                specs.check(m)
+            except InvalidArgument as e:
+                raise click.BadParameter(str(e), param_hint=flag) from None
+            out.append(mount_to_pb(m))
+    return out
 
 
 def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.ContainerConfig:
@@ -260,7 +284,7 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
         network_mode=o["network"], pid_mode=o["pid_mode"], ipc_mode=o["ipc_mode"], userns_mode=o["userns_mode"],
         restart_policy=pb.RestartPolicy(name=rname, max_retries=int(rmax or 0)), auto_remove=o["auto_remove"],
         init=o["init"], stop_timeout=o["stop_timeout"], stop_signal=o["stop_signal"],
-        security_opt=list(o["security_opt"]),
+        security_opt=list(o["security_opt"]), mounts=_mounts(o), read_only=o.get("read_only", False),
     )
 
 
@@ -590,12 +614,14 @@ def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
 
 @main.command()
 @click.option("-f", "--force", is_flag=True, help="Force the removal of a running container (uses SIGKILL)")
+@click.option("-v", "--volumes", is_flag=True, help="Remove anonymous volumes associated with the container")
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
-def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:
+def rm(ctx: click.Context, force: bool, volumes: bool, containers: tuple[str, ...]) -> None:
     """Remove one or more containers."""
     cl = client(ctx)
-    _each(cl, containers, lambda ref: cl.call("RemoveContainer", pb.RemoveContainerRequest(id=ref, force=force)))
+    _each(cl, containers, lambda ref: cl.call("RemoveContainer",
+                                              pb.RemoveContainerRequest(id=ref, force=force, volumes=volumes)))
 
 
 @main.command()
@@ -937,7 +963,7 @@ def shell_join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-from deploy import cli_bootstrap, cli_cluster, cli_images  # noqa: E402,F401
+from deploy import cli_bootstrap, cli_cluster, cli_images, cli_volumes  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

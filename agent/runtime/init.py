@@ -24,7 +24,7 @@ import termios
 import traceback
 from typing import Any, NoReturn
 
-from agent.runtime import frames, process, rootfs
+from agent.runtime import frames, mounts, process, rootfs
 from agent.runtime import syscalls as sc
 from agent.runtime.spec import RuntimeSpec
 
@@ -162,10 +162,18 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any], lo_up: bool = False) -> N
     # The rootfs is our working directory (the shim's stage A entered it before unshare).
     rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net)
     trace("init: kernel filesystems mounted")
-    rootfs.pivot(".")
+    held = mounts.open_sources(spec.volumes) if spec.volumes else []
+    try:
+        rootfs.pivot(".")
+    except BaseException:
+        mounts.close(held)
+        raise
     trace("init: pivoted")
     rootfs.mask_paths(spec.masked_paths, spec.readonly_paths)
     trace("init: masked")
+    if spec.volumes or spec.read_only:
+        mounts.attach(spec.volumes, held, spec.read_only)
+        trace("init: volumes mounted")
 
 
 def _reaper(spec: RuntimeSpec, prepared: process.Prepared, ctl: socket.socket) -> NoReturn:

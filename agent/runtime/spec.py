@@ -66,6 +66,18 @@ class MountSpec:
 
 
 @dataclass
+class ContainerMount:
+    """A volume, bind or tmpfs the init mounts in the container (agent/runtime/mounts.py)."""
+    type: str                    # bind (volumes too: their directory on the host) | tmpfs
+    source: str                  # host path; "" for a tmpfs
+    target: str                  # in the container
+    readonly: bool = False
+    options: list[str] = field(default_factory=list)   # tmpfs: mount(8) options
+    copy_up: bool = False        # an empty volume is filled from the image's content at target
+    key: str = ""                # CRIU's name for it (external on dump, mapped to source on restore)
+
+
+@dataclass
 class IdMap:
     container: int
     host: int
@@ -99,6 +111,8 @@ class RuntimeSpec:
     restore: dict[str, Any] | None = None
     masked_paths: list[str] = field(default_factory=lambda: list(MASKED_PATHS))
     readonly_paths: list[str] = field(default_factory=lambda: list(READONLY_PATHS))
+    volumes: list[ContainerMount] = field(default_factory=list)   # the container's own mounts
+    read_only: bool = False                      # --read-only rootfs
 
     def to_json(self) -> str:
         return dumps(self)
@@ -110,6 +124,7 @@ class RuntimeSpec:
         d["mounts"] = [MountSpec(**m) for m in d.get("mounts", [])]
         d["uid_map"] = [IdMap(**m) for m in d.get("uid_map", [])]
         d["gid_map"] = [IdMap(**m) for m in d.get("gid_map", [])]
+        d["volumes"] = [ContainerMount(**m) for m in d.get("volumes", [])]
         return cls(**d)
 
     @classmethod
