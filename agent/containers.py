@@ -771,7 +771,7 @@ class ContainerManager:
         self._spawn(asyncio.to_thread(self._purge, trash))
         anonymous = [m.source for m in c.config.mounts if m.type == "volume" and m.anonymous and m.source]
         if volumes and anonymous:
-            await asyncio.to_thread(self._remove_volumes, anonymous)
+            await asyncio.to_thread(self.remove_volumes, anonymous)
         trace("agent: removed")
         self._exited.pop(c.id, None)
         self._removed(c)
@@ -799,7 +799,7 @@ class ContainerManager:
             self.files(c).socket.unlink()
         return trash
 
-    def _remove_volumes(self, names: list[str]) -> None:
+    def remove_volumes(self, names: list[str]) -> None:
         for name in names:
             try:
                 self.volumes.remove(name, force=True)
@@ -976,7 +976,8 @@ class ContainerManager:
             spec = json.loads(self.files(c).spec.read_text()) if self.files(c).spec.exists() else {}
             archive.pack(out, config=asdict(c), spec=spec,
                          images_dir=images_dir, rootfs_diff=diff,
-                         network=c.endpoint, stats=stats, level=level)
+                         network=c.endpoint, stats=stats, level=level,
+                         volumes={n: self.volumes.carried(n) for n in volume_names(c)})
 
     async def restore(self, ref: str) -> Container:
         """Bring back a container from its last checkpoint on this host."""
@@ -1003,6 +1004,7 @@ class ContainerManager:
         cid = names.new_id()
         cdir = self.dir / cid
         tmp = cdir / "unpack"
+        adopted: list[str] = []   # volumes that came with it: removed again if it does not run here
         trace("agent: unpack")
         try:
             meta = await asyncio.to_thread(archive.unpack, src, tmp, cold)
@@ -1021,6 +1023,15 @@ class ContainerManager:
                 raise NotFound(f"the checkpoint needs image {old.image_ref} ({old.image_id[:19]}), "
                                f"which is not on this host: pull or load it first") from e
             trace("agent: unpacked")
+            # A volume of that name here is the one to use (a checkpoint restored on its own host);
+            # a migration asked first that none is here (migration_problems).
+            for vname, rec in meta.get("volumes", {}).items():
+                if self.volumes.exists(vname):
+                    continue
+                await asyncio.to_thread(self.volumes.adopt, vname, dict(rec.get("labels") or {}),
+                                        dict(rec.get("options") or {}), bool(rec.get("anonymous")),
+                                        tmp / "volumes" / vname if rec.get("carried") else None)
+                adopted.append(vname)
             with open(tmp / "rootfs-diff.tar", "rb") as f:
                 chain, _ = await asyncio.to_thread(self.images.snapshotter.apply, image.chain_id, f, None,
                                                    "rootfs-diff.tar")
@@ -1040,6 +1051,7 @@ class ContainerManager:
             with contextlib.suppress(Exception):
                 self.images.snapshotter.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
+            await asyncio.to_thread(self.remove_volumes, adopted)
             raise
         self.containers[cid] = c
         try:
@@ -1051,8 +1063,20 @@ class ContainerManager:
                 await self.restore(cid)
         except BaseException:
             await self.remove(cid, force=True)
+            await asyncio.to_thread(self.remove_volumes, adopted)
             raise
         return c
+
+    def migration_problems(self, binds: list[str], volumes: list[str]) -> list[str]:
+        """What keeps a container with these mounts from moving here (asked before anything stops)."""
+        problems = [f"bind mount source {b} does not exist on this host" for b in binds if not os.path.lexists(b)]
+        problems += [f"volume {v} already exists on this host" for v in volumes if self.volumes.exists(v)]
+        return problems
+
+    def volumes_shared(self, c: Container) -> list[str]:
+        """This container's volumes that other containers here mount too: they cannot move with it."""
+        return [f"volume {n} is also used by {', '.join(u)}" for n in volume_names(c)
+                if (u := [x for x in self.volume_users(n) if not x.startswith(f"{c.name} (")])]
 
     async def _restore_lazy(self, c: Container, page_server: str) -> None:
         """Start the lazy-pages daemon, then restore with --lazy-pages: the container runs when this
@@ -1239,6 +1263,10 @@ async def _exited(pid: int, start_time: int, timeout: float) -> None:
             loop.remove_reader(fd)
     finally:
         os.close(fd)
+
+
+def volume_names(c: Container) -> list[str]:
+    return list(dict.fromkeys(m.source for m in c.config.mounts if m.type == "volume" and m.source))
 
 
 def mount_key(target: str) -> str:

@@ -100,7 +100,7 @@ class Agent:
         __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server(self.server, self.manager, images)
         from agent.volumes import service as volumes_service
 
-        volumes_service.add_to_server(self.server, self.manager.volumes)
+        volumes_service.add_to_server(self.server, self.manager)
         Path(o.socket).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(o.socket)

@@ -6,6 +6,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class MigrationCheck(_message.Message):
+    __slots__ = ("bind_sources", "volumes")
+    BIND_SOURCES_FIELD_NUMBER: _ClassVar[int]
+    VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    bind_sources: _containers.RepeatedScalarFieldContainer[str]
+    volumes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bind_sources: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class MigrationCheckResult(_message.Message):
+    __slots__ = ("problems",)
+    PROBLEMS_FIELD_NUMBER: _ClassVar[int]
+    problems: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, problems: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class Volume(_message.Message):
     __slots__ = ("name", "driver", "mountpoint", "labels", "options", "created", "anonymous", "used_by", "size")
     class LabelsEntry(_message.Message):

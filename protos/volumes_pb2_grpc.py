@@ -59,6 +59,11 @@ class VolumesStub:
                 request_serializer=protos_dot_volumes__pb2.PruneRequest.SerializeToString,
                 response_deserializer=protos_dot_volumes__pb2.PruneResponse.FromString,
                 _registered_method=True)
+        self.CheckMigration = channel.unary_unary(
+                '/dockyard.volumes.Volumes/CheckMigration',
+                request_serializer=protos_dot_volumes__pb2.MigrationCheck.SerializeToString,
+                response_deserializer=protos_dot_volumes__pb2.MigrationCheckResult.FromString,
+                _registered_method=True)
 
 
 class VolumesServicer:
@@ -94,6 +99,14 @@ class VolumesServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CheckMigration(self, request, context):
+        """Asked by a migration's source before anything stops: can a container with these mounts move
+        here? Every problem found, one line each (empty: it can).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_VolumesServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -121,6 +134,11 @@ def add_VolumesServicer_to_server(servicer, server):
                     servicer.Prune,
                     request_deserializer=protos_dot_volumes__pb2.PruneRequest.FromString,
                     response_serializer=protos_dot_volumes__pb2.PruneResponse.SerializeToString,
+            ),
+            'CheckMigration': grpc.unary_unary_rpc_method_handler(
+                    servicer.CheckMigration,
+                    request_deserializer=protos_dot_volumes__pb2.MigrationCheck.FromString,
+                    response_serializer=protos_dot_volumes__pb2.MigrationCheckResult.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -258,6 +276,33 @@ class Volumes:
             '/dockyard.volumes.Volumes/Prune',
             protos_dot_volumes__pb2.PruneRequest.SerializeToString,
             protos_dot_volumes__pb2.PruneResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CheckMigration(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.volumes.Volumes/CheckMigration',
+            protos_dot_volumes__pb2.MigrationCheck.SerializeToString,
+            protos_dot_volumes__pb2.MigrationCheckResult.FromString,
             options,
             channel_credentials,
             insecure,

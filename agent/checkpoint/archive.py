@@ -7,15 +7,22 @@
     deleted.files     paths deleted from the image, one JSON list (also as whiteouts above)
     network.status    the container's network endpoint, JSON
     stats-dump        how long the dump took, JSON
+    volumes.json      dockyard's: the container's volumes (labels, options, carried or not)
+    volumes/NAME/...  dockyard's: each carried volume's content, as a tree (owners, modes, links)
 
-Unpacking is hostile-input safe: only these names, no links, no paths out of the target.
+Unpacking is hostile-input safe: only these names, no links, no paths out of the target. Inside a
+volume's tree links are data: they are made as links and never followed (every name is created
+relative to a descriptor of its parent, opened with O_NOFOLLOW).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
+import re
+import stat
 import tarfile
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -23,7 +30,8 @@ from typing import Any, BinaryIO
 import zstandard
 
 ALLOWED_TOP = {"config.dump", "spec.dump", "checkpoint", "rootfs-diff.tar", "deleted.files", "network.status",
-               "stats-dump"}
+               "stats-dump", "volumes.json", "volumes"}
+_VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 
 
 class ArchiveError(Exception):
@@ -31,8 +39,11 @@ class ArchiveError(Exception):
 
 
 def pack(out: BinaryIO, *, config: dict[str, Any], spec: dict[str, Any], images_dir: Path | None, rootfs_diff: Path,
-         network: dict[str, Any] | None, stats: dict[str, Any], level: int = 3) -> None:
-    """level: zstd's; migrations use 1 (memory pages hardly compress, and every ms is downtime)."""
+         network: dict[str, Any] | None, stats: dict[str, Any], level: int = 3,
+         volumes: dict[str, dict[str, Any]] | None = None) -> None:
+    """level: zstd's; migrations use 1 (memory pages hardly compress, and every ms is downtime).
+    volumes: name -> {"labels", "options", "anonymous", "path"}: path (the data directory) is
+    carried as volumes/NAME/, unless it is None (a volume whose content lives on its device)."""
     cctx = zstandard.ZstdCompressor(level=level, threads=-1)
     with cctx.stream_writer(out, closefd=False) as z, tarfile.open(fileobj=z, mode="w|") as tar:
         def add_bytes(name: str, data: bytes) -> None:
@@ -51,6 +62,13 @@ def pack(out: BinaryIO, *, config: dict[str, Any], spec: dict[str, Any], images_
         for p in sorted(images_dir.iterdir()) if images_dir is not None else ():
             if p.is_file():
                 tar.add(str(p), arcname=f"checkpoint/{p.name}")
+        if volumes:
+            records = {name: {k: v for k, v in rec.items() if k != "path"} | {"carried": rec.get("path") is not None}
+                       for name, rec in volumes.items()}
+            add_bytes("volumes.json", json.dumps(records).encode())
+            for name, rec in sorted(volumes.items()):
+                if rec.get("path") is not None:
+                    tar.add(str(rec["path"]), arcname=f"volumes/{name}", recursive=True)
 
 
 def _deleted_files(diff: Path) -> list[str]:
@@ -78,6 +96,9 @@ def unpack(src: BinaryIO, target: Path, cold: bool = False) -> dict[str, Any]:
                 top = name.split("/", 1)[0]
                 if top not in ALLOWED_TOP or ".." in name.split("/") or name.startswith("/"):
                     raise ArchiveError(f"checkpoint archive: unexpected member {m.name!r}")
+                if top == "volumes":
+                    _extract_volume_member(tar, m, name, target / "volumes")
+                    continue
                 if m.isdir():
                     continue
                 if not m.isfile():
@@ -98,7 +119,14 @@ def unpack(src: BinaryIO, target: Path, cold: bool = False) -> dict[str, Any]:
     if not cold and not any((target / "checkpoint").iterdir()):
         raise ArchiveError("checkpoint archive: checkpoint/ holds no CRIU images")
     try:
+        volumes = json.loads((target / "volumes.json").read_text()) if (target / "volumes.json").exists() else {}
+        if not isinstance(volumes, dict) or not all(isinstance(n, str) and _VOLUME_NAME.match(n) for n in volumes):
+            raise ArchiveError("checkpoint archive: volumes.json is not a map of volume names")
+        for n, rec in volumes.items():
+            if rec.get("carried") and not (target / "volumes" / n).is_dir():
+                raise ArchiveError(f"checkpoint archive: volume {n}'s content is missing")
         return {
+            "volumes": volumes,
             "config": json.loads((target / "config.dump").read_text()),
             "spec": json.loads((target / "spec.dump").read_text()),
             "network": json.loads((target / "network.status").read_text()) if (target / "network.status").exists() else {},
@@ -106,3 +134,76 @@ def unpack(src: BinaryIO, target: Path, cold: bool = False) -> dict[str, Any]:
         }
     except ValueError as e:
         raise ArchiveError(f"checkpoint archive: bad JSON: {e}") from e
+
+
+def _extract_volume_member(tar: tarfile.TarFile, m: tarfile.TarInfo, name: str, root: Path) -> None:
+    """One member of volumes/NAME/...: made under root/NAME without following any link, with its
+    owner, mode and times. (Kept in this one function so it can move to the project's safe
+    rootfs writer.)"""
+    parts = name.split("/")[1:]
+    if not parts or not _VOLUME_NAME.match(parts[0]) or any(p in ("", ".", "..") for p in parts):
+        raise ArchiveError(f"checkpoint archive: unexpected volume member {m.name!r}")
+    root.mkdir(exist_ok=True)
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for p in parts[:-1]:
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(p, 0o700, dir_fd=fd)
+            try:
+                nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            except OSError as e:
+                raise ArchiveError(f"checkpoint archive: {m.name!r} goes through a link or a file: {e}") from None
+            os.close(fd)
+            fd = nfd
+        leaf = parts[-1]
+        mode = stat.S_IMODE(m.mode)
+        if m.isdir():
+            with contextlib.suppress(FileExistsError):
+                os.mkdir(leaf, 0o700, dir_fd=fd)
+            d = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+            try:
+                os.fchown(d, m.uid, m.gid)
+                os.fchmod(d, mode)
+            finally:
+                os.close(d)
+            return
+        if m.isfile():
+            src = tar.extractfile(m)
+            assert src is not None
+            out = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
+            try:
+                while chunk := src.read(1 << 20):
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(out, view):]
+                os.fchown(out, m.uid, m.gid)
+                os.fchmod(out, mode)
+                os.utime(out, (m.mtime, m.mtime))
+            finally:
+                os.close(out)
+            return
+        if m.issym():
+            os.symlink(m.linkname, leaf, dir_fd=fd)
+        elif m.islnk():
+            link = m.linkname.lstrip("./").split("/")
+            if link[:2] != ["volumes", parts[0]] or any(p in ("", ".", "..") for p in link[2:]) or len(link) < 3:
+                raise ArchiveError(f"checkpoint archive: hard link {m.name!r} points out of its volume")
+            src_fd = os.open(root / parts[0], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            try:
+                for p in link[2:-1]:
+                    nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_fd)
+                    os.close(src_fd)
+                    src_fd = nfd
+                os.link(link[-1], leaf, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
+            finally:
+                os.close(src_fd)
+            return
+        elif m.isfifo():
+            os.mkfifo(leaf, mode, dir_fd=fd)
+        else:
+            raise ArchiveError(f"checkpoint archive: {m.name!r} is a device or an unknown kind of file")
+        os.chown(leaf, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
+        if not m.issym():
+            os.chmod(leaf, mode, dir_fd=fd)
+    finally:
+        os.close(fd)

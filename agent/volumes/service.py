@@ -37,8 +37,9 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 
 class VolumesServicer(pbg.VolumesServicer):
-    def __init__(self, store: VolumeStore) -> None:
+    def __init__(self, store: VolumeStore, problems: Callable[[list[str], list[str]], list[str]]) -> None:
         self.store = store
+        self.problems = problems   # the container manager's migration_problems
 
     def _pb(self, v: Volume, size: int = -1) -> pb.Volume:
         return pb.Volume(name=v.name, driver=v.driver, mountpoint=str(self.store.path(v.name)), labels=v.labels,
@@ -94,6 +95,12 @@ class VolumesServicer(pbg.VolumesServicer):
         return pb.PruneResponse(removed=removed, space_reclaimed=space)
 
 
-def add_to_server(server: grpc.aio.Server, store: VolumeStore) -> None:
+    @_mapped
+    async def CheckMigration(self, request: pb.MigrationCheck, context: Any) -> pb.MigrationCheckResult:
+        return pb.MigrationCheckResult(problems=self.problems(list(request.bind_sources), list(request.volumes)))
+
+
+def add_to_server(server: grpc.aio.Server, manager: Any) -> None:
     """Serve dockyard.volumes.Volumes on ``server`` (called by agent/daemon.py)."""
-    pbg.add_VolumesServicer_to_server(VolumesServicer(store), server)  # type: ignore[no-untyped-call]
+    servicer = VolumesServicer(manager.volumes, manager.migration_problems)
+    pbg.add_VolumesServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

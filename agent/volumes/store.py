@@ -126,6 +126,38 @@ class VolumeStore:
             os.rename(tmp, d)   # whole or not at all
         return v
 
+    def adopt(self, name: str, labels: dict[str, str], options: dict[str, str], anonymous: bool,
+              data: Path | None) -> Volume:
+        """A volume that came with a migrated container: its content (a directory unpacked on this
+        file system) is moved in as the volume's data. Refused if the name is taken here."""
+        check_volume_name(name)
+        check_options("local", options)
+        with self._lock:
+            if self.exists(name):
+                raise Conflict(f"volume {name} already exists on this host: remove it first (docker volume rm)")
+            v = Volume(name=name, labels=dict(labels), options=dict(options), created=time.time(),
+                       anonymous=anonymous)
+            tmp = self.root / f".{name}.{secrets.token_hex(4)}"
+            tmp.mkdir(mode=0o755)
+            try:
+                if data is not None:
+                    os.rename(data, tmp / "_data")
+                else:
+                    (tmp / "_data").mkdir(mode=0o755)
+                write_atomic(tmp / "volume.json", json.dumps(asdict(v)))
+                os.rename(tmp, self._dir(name))
+            except BaseException:
+                shutil.rmtree(tmp, ignore_errors=True)
+                raise
+        return v
+
+    def carried(self, name: str) -> dict[str, object]:
+        """What a migration archive holds of this volume: its record, and its data directory
+        unless the content lives on the volume's own device (then the target mounts that)."""
+        v = self.get(name)
+        return {"labels": v.labels, "options": v.options, "anonymous": v.anonymous,
+                "path": None if v.options else self.path(name)}
+
     def size(self, name: str) -> int:
         total = 0
         for dirpath, _dirs, files in os.walk(self.path(name)):
