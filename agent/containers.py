@@ -191,6 +191,8 @@ class ContainerManager:
             if m.type == "bind" and not m.create_source and not os.path.lexists(m.source):
                 raise InvalidArgument(f'invalid mount config for type "bind": bind source path does not exist: '
                                       f"{m.source}")
+            if m.type == "volume" and m.external and not self.volumes.exists(m.source):
+                raise NotFound(f"external volume {m.source} does not exist on this host (volume create it first)")
         made: list[str] = []
         try:
             for m in cfg.mounts:

@@ -33,14 +33,14 @@ def mount_from_pb(m: pb.Mount) -> Mount:
     return Mount(type=m.type or "volume", source=m.source, target=m.target, readonly=m.readonly,
                  propagation=m.propagation, selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source,
                  anonymous=m.anonymous, tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
-                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options))
+                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options), external=m.external)
 
 
 def mount_to_pb(m: Mount) -> pb.Mount:
     return pb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.readonly, propagation=m.propagation,
                     selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source, anonymous=m.anonymous,
                     tmpfs_options=m.tmpfs_options, volume_driver=m.volume_driver, volume_labels=m.volume_labels,
-                    volume_options=m.volume_options)
+                    volume_options=m.volume_options, external=m.external)
 
 
 def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:

@@ -79,6 +79,7 @@ class Mount:
     nocopy: bool = False            # volume: no copy-up of the image's content at the target
     create_source: bool = False     # bind from -v: a missing host path is made (docker); --mount refuses
     anonymous: bool = False         # volume: made for this container (-v /path); `rm -v` and --rm remove it
+    external: bool = False          # volume: must exist already (a stack's `external: true`), never made
     tmpfs_options: list[str] = field(default_factory=list)   # size=BYTES, mode=OCTAL, noexec, ...
     volume_driver: str = ""         # a volume made by this mount: "" or local
     volume_labels: dict[str, str] = field(default_factory=dict)

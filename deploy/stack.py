@@ -325,7 +325,7 @@ _TOP = frozenset({"version", "name", "services", "networks", "volumes", "configs
 _SERVICE = frozenset({"image", "command", "entrypoint", "environment", "ports", "deploy", "healthcheck",
                       "labels", "networks", "volumes", "hostname", "user", "working_dir", "stop_signal",
                       "stop_grace_period", "logging", "configs", "secrets", "env_file", "tty", "stdin_open",
-                      "init", "read_only", "ulimits", "sysctls", "extra_hosts", "dns", "cap_add", "cap_drop"})
+                      "init", "read_only", "tmpfs", "ulimits", "sysctls", "extra_hosts", "dns", "cap_add", "cap_drop"})
 # Compose options Swarm ignores too: a warning, not an error.
 _SERVICE_IGNORED = frozenset({"build", "container_name", "depends_on", "links", "network_mode", "restart",
                               "devices", "privileged", "security_opt", "userns_mode", "cgroup_parent",
@@ -384,17 +384,22 @@ def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
     services_at = root.child("services")
     if services_at is None:
         raise StackError(file, 1, "services", "missing: a stack needs at least one service")
+    from deploy.stack_volumes import top_volumes
+
+    volumes = top_volumes(root.child("volumes"), stack_name)
     specs = []
     for short, at in services_at.items():
         if not _NAME.match(short):
             raise StackError(file, at.line, at.field, f"invalid service name {short!r}")
-        specs.append(_service(at, f"{stack_name}_{short}", warnings))
+        specs.append(_service(at, f"{stack_name}_{short}", warnings, volumes))
     if not specs:
         raise StackError(file, services_at.line, "services", "no services defined")
     return Stack(stack_name, tuple(specs), tuple(warnings))
 
 
-def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
+def _service(at: _At, full_name: str, warnings: list[str], volumes: dict[str, Any] | None = None) -> ServiceSpec:
+    from deploy.stack_volumes import service_mounts
+
     at.mapping(_SERVICE, _SERVICE_IGNORED, warnings)
     image_at = at.child("image")
     if image_at is None:
@@ -413,6 +418,8 @@ def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
             (ports_at or at).fail(f"host port {p[0]}/{p[1]} published twice")
     labels = _labels(at.child("labels"))
     healthcheck = _healthcheck(at.child("healthcheck"))
+    mounts = service_mounts(at, volumes or {})
+    read_only = _opt(at, "read_only", _At.boolean, False)
 
     replicas, resources, placement = 1, ResourceSpec(), PlacementSpec()
     update, rollback, restart = UpdateConfig(), UpdateConfig(), RestartPolicy()
@@ -433,7 +440,7 @@ def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
         name=full_name, image=image, command=command, entrypoint=entrypoint, env=env, ports=ports,
         replicas=replicas, resources=resources, placement=placement, update_config=update,
         rollback_config=rollback, restart_policy=restart, healthcheck=healthcheck,
-        labels=tuple(sorted(dict(labels).items())),
+        labels=tuple(sorted(dict(labels).items())), mounts=mounts, read_only=read_only,
     )
 
 

@@ -64,6 +64,14 @@ def container_config(t: Task, spec: ServiceSpec, stack: str) -> apb.ContainerCon
         # A published port binds the host; an unpublished one gets a free host port from the agent
         # (docker's `-p 80`), so replicas of one service can share a host.
         cfg.ports.append(apb.PortMapping(host_port=p.published or 0, container_port=p.target, protocol=p.protocol))
+    for m in spec.mounts:
+        cfg.mounts.append(apb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.read_only,
+                                    nocopy=m.nocopy, propagation=m.propagation, external=m.external,
+                                    create_source=m.create_host_path,
+                                    anonymous=m.type == "volume" and not m.source,
+                                    tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
+                                    volume_options=dict(m.volume_options), volume_labels=dict(m.volume_labels)))
+    cfg.read_only = spec.read_only
     if spec.healthcheck is not None and spec.healthcheck.enabled:
         h = spec.healthcheck
         cfg.labels[HEALTH_LABEL] = json.dumps({"test": list(h.test), "interval": h.interval, "timeout": h.timeout,

@@ -174,6 +174,25 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class MountSpec:
+    """A task's volume, bind mount or tmpfs (a stack's `volumes:` and `tmpfs:`), as the agent's
+    Mount: a named volume is local to each node that runs a task of the service (and moves with
+    the task when it migrates); a bind source must exist on the node."""
+    type: str = "volume"                                 # volume | bind | tmpfs
+    source: str = ""                                     # volume name ("" = anonymous) or host path
+    target: str = ""
+    read_only: bool = False
+    nocopy: bool = False
+    propagation: str = ""
+    external: bool = False                               # the volume must exist on the node already
+    create_host_path: bool = False                       # bind: a missing source is made on the node
+    tmpfs_options: tuple[str, ...] = ()
+    volume_driver: str = ""
+    volume_options: tuple[tuple[str, str], ...] = ()
+    volume_labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class HealthCheck:
     test: tuple[str, ...] = ()
     interval: float = 30.0
@@ -204,6 +223,8 @@ class ServiceSpec:
     healthcheck: HealthCheck | None = None
     labels: tuple[tuple[str, str], ...] = ()
     strategy: str = "spread"  # or "binpack"
+    mounts: tuple[MountSpec, ...] = ()
+    read_only: bool = False
 
     @property
     def digest(self) -> str:
@@ -215,6 +236,9 @@ class ServiceSpec:
         data = codec.encode(self)
         for not_in_task in _NOT_IN_TASK:
             data.pop(not_in_task, None)
+        for newer, default in _NEWER_DEFAULTS.items():  # so that specs from before them keep their digest
+            if data.get(newer) == default:
+                data.pop(newer)
         raw = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
@@ -224,6 +248,7 @@ class ServiceSpec:
 
 
 _NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels")
+_NEWER_DEFAULTS: dict[str, Any] = {"mounts": [], "read_only": False}
 
 
 class UpdateState(enum.StrEnum):

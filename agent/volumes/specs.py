@@ -252,7 +252,7 @@ def check(m: Mount) -> None:
             raise InvalidArgument(f"{what}: the bind source {m.source!r} must be an absolute host path")
         if any(p == ".." for p in m.source.split("/")):
             raise InvalidArgument(f"{what}: the bind source {m.source!r} has a '..' in it")
-        if m.nocopy or m.tmpfs_options or m.volume_options or m.volume_labels or m.volume_driver:
+        if m.nocopy or m.tmpfs_options or m.volume_options or m.volume_labels or m.volume_driver or m.external:
             raise InvalidArgument(f"{what}: volume and tmpfs options do not apply to a bind mount")
     elif m.type == "volume":
         if m.anonymous and m.source and not VOLUME_NAME.match(m.source):
@@ -261,12 +261,14 @@ def check(m: Mount) -> None:
             check_volume_name(m.source)
         if m.tmpfs_options or m.create_source:
             raise InvalidArgument(f"{what}: tmpfs and bind options do not apply to a volume")
+        if m.external and (m.anonymous or m.volume_options or m.volume_labels):
+            raise InvalidArgument(f"{what}: an external volume is named, and has no options or labels of its own")
         if m.volume_driver not in ("", "local"):
             raise InvalidArgument(f"{what}: volume driver {m.volume_driver!r} not found (only local)")
     else:
         if m.source:
             raise InvalidArgument(f"{what}: a tmpfs has no source")
-        if m.nocopy or m.volume_options or m.volume_labels or m.volume_driver or m.create_source:
+        if m.nocopy or m.volume_options or m.volume_labels or m.volume_driver or m.create_source or m.external:
             raise InvalidArgument(f"{what}: volume and bind options do not apply to a tmpfs")
         m.tmpfs_options = normalize_tmpfs_options(m.tmpfs_options, what)
 
