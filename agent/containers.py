@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agent import names
+from agent import hostconfig, names
 from agent.model import (
     AgentError,
     Conflict,
@@ -247,7 +247,7 @@ class ContainerManager:
             cgroups.Resources(**_resources_kwargs(cfg)).validate()
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
-        _security(cfg)
+        hostconfig.check(cfg)
         parse_signal(cfg.stop_signal or None, signal.SIGTERM)
         mount_specs.check_all(cfg.mounts)
 
@@ -299,25 +299,32 @@ class ContainerManager:
             namespaces.insert(0, "user")
             uid_map = [IdMap(0, USERNS_REMAP_BASE, USERNS_REMAP_SIZE)]
         files = self.files(c)
-        sec = _security(cfg)
+        caps = hostconfig.capabilities(cfg)
+        sec = hostconfig.security(cfg)
         mounts = [MountSpec(m.type, m.source, list(m.options)) for m in self.images.snapshotter.mounts(c.snapshot)]
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         if c.endpoint:
             hosts += f"{c.endpoint['ip']}\t{hostname}\n"
+        if cfg.extra_hosts:
+            hosts += hostconfig.extra_hosts(cfg, str(getattr(self.network, "gateway", "")))
         return RuntimeSpec(
             id=c.id, state_dir=str(files.dir), rootfs=str(files.dir / "rootfs"), mounts=mounts,
             process=ProcessSpec(
                 args=c.args, env=[f"{k}={v}" for k, v in env.items()],
                 cwd=cfg.workdir or ic.workdir or "/", user=cfg.user or ic.user or "",
                 tty=cfg.tty, stdin=cfg.open_stdin, init=cfg.init,
-                seccomp=sec["seccomp"], no_new_privileges=sec["no_new_privileges"],
+                seccomp=sec.seccomp, no_new_privileges=sec.no_new_privileges, capabilities=caps,
+                seccomp_program=hostconfig.seccomp_program(sec, caps),
+                rlimits=[[hostconfig.ULIMITS[u.name], u.soft, u.hard] for u in cfg.ulimits],
+                additional_groups=list(cfg.group_add),
             ),
             hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
             cgroup=_resources_kwargs(cfg, as_json=True), cgroup_parent=self.cg.parent,
             cgroup_root=getattr(self.cg, "root", "/sys/fs/cgroup"),
             network=c.endpoint, network_state_dir=str(getattr(self.network, "state_dir", "")),
             bridge=getattr(self.network, "name", ""), subnet=str(getattr(self.network, "subnet", "")),
-            etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log),
+            etc_hosts=hosts, etc_resolv=hostconfig.resolv_conf(cfg, _resolv_conf()), log_path=str(files.log),
+            sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
 
@@ -1201,8 +1208,12 @@ class ContainerManager:
             proc.user = c.config.user or image.config.user or ""
         if not proc.cwd:
             proc.cwd = c.config.workdir or image.config.workdir or "/"
-        sec = _security(c.config)
-        proc.seccomp, proc.no_new_privileges = sec["seccomp"], sec["no_new_privileges"]
+        # docker exec: the container's capabilities, filter and groups
+        caps = hostconfig.capabilities(c.config)
+        sec = hostconfig.security(c.config)
+        proc.seccomp, proc.no_new_privileges = sec.seccomp, sec.no_new_privileges
+        proc.capabilities, proc.seccomp_program = caps, hostconfig.seccomp_program(sec, caps)
+        proc.additional_groups = list(c.config.group_add)
         info = self._init_info(c)
         req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": proc,
                "cgroup": {"root": getattr(self.cg, "root", "/sys/fs/cgroup"), "parent": self.cg.parent,
@@ -1276,25 +1287,6 @@ def mount_key(target: str) -> str:
     import hashlib
 
     return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
-
-
-def _security(cfg: ContainerConfig) -> dict[str, bool]:
-    """--security-opt, as docker spells it: seccomp=unconfined|builtin, no-new-privileges[=true|false].
-    Containers get the seccomp filter and no_new_privs unless told otherwise."""
-    out = {"seccomp": True, "no_new_privileges": True}
-    for opt in cfg.security_opt:
-        key, _, value = opt.partition("=")
-        if key == "seccomp" and value in ("unconfined", "builtin"):
-            out["seccomp"] = value == "builtin"
-        elif key == "seccomp":
-            raise InvalidArgument(f"--security-opt {opt}: custom seccomp profiles are not supported "
-                                  "(use seccomp=unconfined or seccomp=builtin)")
-        elif key == "no-new-privileges" and value in ("", "true", "false"):
-            out["no_new_privileges"] = value != "false"
-        else:
-            raise InvalidArgument(f"--security-opt {opt}: must be seccomp=unconfined|builtin "
-                                  "or no-new-privileges[=true|false]")
-    return out
 
 
 def _resources_kwargs(cfg: ContainerConfig, as_json: bool = False) -> dict[str, Any]:

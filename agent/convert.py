@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.model import Container, ContainerConfig, DeviceRate, Mount, Port, Resources, RestartPolicy
+from agent.model import Container, ContainerConfig, DeviceRate, Mount, Port, Resources, RestartPolicy, Ulimit
 from protos import agent_pb2 as pb
 
 
@@ -26,6 +26,10 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         restart_policy=RestartPolicy(m.restart_policy.name or "no", m.restart_policy.max_retries),
         auto_remove=m.auto_remove, init=m.init, stop_timeout=m.stop_timeout, stop_signal=m.stop_signal,
         security_opt=list(m.security_opt), mounts=[mount_from_pb(x) for x in m.mounts], read_only=m.read_only,
+        cap_add=list(m.cap_add), cap_drop=list(m.cap_drop),
+        ulimits=[Ulimit(u.name, u.soft, u.hard) for u in m.ulimits], dns=list(m.dns), dns_search=list(m.dns_search),
+        dns_options=list(m.dns_options), extra_hosts=list(m.extra_hosts), sysctls=dict(m.sysctls),
+        shm_size=m.shm_size, group_add=list(m.group_add),
     )
 
 
@@ -59,6 +63,10 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         restart_policy=pb.RestartPolicy(name=c.restart_policy.name, max_retries=c.restart_policy.max_retries),
         auto_remove=c.auto_remove, init=c.init, stop_timeout=c.stop_timeout, stop_signal=c.stop_signal,
         security_opt=c.security_opt, mounts=[mount_to_pb(x) for x in c.mounts], read_only=c.read_only,
+        cap_add=c.cap_add, cap_drop=c.cap_drop,
+        ulimits=[pb.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in c.ulimits], dns=c.dns,
+        dns_search=c.dns_search, dns_options=c.dns_options, extra_hosts=c.extra_hosts, sysctls=c.sysctls,
+        shm_size=c.shm_size, group_add=c.group_add,
     )
 
 
@@ -115,6 +123,11 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
             "SecurityOpt": list(cfg.security_opt) or None,
             "ReadonlyRootfs": cfg.read_only,
+            "CapAdd": list(cfg.cap_add) or None, "CapDrop": list(cfg.cap_drop) or None,
+            "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits] or None,
+            "Dns": list(cfg.dns), "DnsSearch": list(cfg.dns_search), "DnsOptions": list(cfg.dns_options),
+            "ExtraHosts": list(cfg.extra_hosts) or None, "Sysctls": dict(cfg.sysctls) or None,
+            "ShmSize": cfg.shm_size or 64 << 20, "GroupAdd": list(cfg.group_add) or None,
             "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "")
                       for m in cfg.mounts if m.type in ("bind", "volume") and not m.anonymous] or None,
             "Tmpfs": {m.target: ",".join(m.tmpfs_options) for m in cfg.mounts if m.type == "tmpfs"} or None,

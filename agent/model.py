@@ -87,6 +87,13 @@ class Mount:
 
 
 @dataclass
+class Ulimit:
+    name: str           # nofile, nproc, core, ... (agent/hostconfig.py ULIMITS)
+    soft: int           # -1: unlimited
+    hard: int
+
+
+@dataclass
 class RestartPolicy:
     name: str = "no"
     max_retries: int = 0
@@ -120,6 +127,16 @@ class ContainerConfig:
     security_opt: list[str] = field(default_factory=list)
     mounts: list[Mount] = field(default_factory=list)
     read_only: bool = False         # --read-only: the rootfs is read-only (volumes and tmpfs are not)
+    cap_add: list[str] = field(default_factory=list)    # names, with or without CAP_, or ALL
+    cap_drop: list[str] = field(default_factory=list)
+    ulimits: list[Ulimit] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    extra_hosts: list[str] = field(default_factory=list)  # NAME:IP, or NAME:host-gateway
+    sysctls: dict[str, str] = field(default_factory=dict)
+    shm_size: int = 0               # bytes of /dev/shm; 0: 64 MiB (docker's)
+    group_add: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -185,5 +202,5 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceRate": DeviceRate, "Resources": Resources, "RestartPolicy": RestartPolicy,
-    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState, "Mount": Mount,
+    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState, "Mount": Mount, "Ulimit": Ulimit,
 }

@@ -216,6 +216,18 @@ def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
                      help="Attach a filesystem mount: type=volume|bind|tmpfs,src=...,dst=...[,readonly]"),
         click.option("--tmpfs", multiple=True, help="Mount a tmpfs directory: /path[:size=64m,mode=1777,...]"),
         click.option("--read-only", is_flag=True, help="Mount the container's root filesystem as read only"),
+        click.option("--cap-add", multiple=True, help="Add Linux capabilities (or ALL)"),
+        click.option("--cap-drop", multiple=True, help="Drop Linux capabilities (or ALL)"),
+        click.option("--ulimit", "ulimits", multiple=True, help="Ulimit options: NAME=SOFT[:HARD]"),
+        click.option("--dns", multiple=True, help="Set custom DNS servers"),
+        click.option("--dns-search", multiple=True, help="Set custom DNS search domains"),
+        click.option("--dns-option", "dns_options", multiple=True, help="Set DNS options"),
+        click.option("--add-host", "add_hosts", multiple=True, help="Add a custom host-to-IP mapping (host:ip)"),
+        click.option("--sysctl", "sysctls", multiple=True, help="Sysctl options: KEY=VALUE (namespaced ones)"),
+        click.option("--shm-size", default="", help="Size of /dev/shm"),
+        click.option("--group-add", multiple=True, help="Add additional groups to join"),
+        click.option("--cidfile", default="", help="Write the container ID to the file"),
+        click.option("--label-file", multiple=True, help="Read in a line delimited file of labels"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -272,7 +284,10 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
     rname, _, rmax = restart.partition(":")
     if rname not in ("no", "always", "on-failure", "unless-stopped") or (rmax and (rname != "on-failure" or not rmax.isdigit())):
         raise click.BadParameter(f"invalid restart policy '{restart}'", param_hint="'--restart'")
-    labels = dict(label.partition("=")[::2] for label in o["label"])
+    labels = {}
+    for path in o.get("label_file", ()):
+        labels.update(_label_file(path))
+    labels.update(dict(label.partition("=")[::2] for label in o["label"]))
     entry: list[str] = []
     entry_set = o["entrypoint"] is not None
     if entry_set and o["entrypoint"]:
@@ -284,8 +299,70 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
         network_mode=o["network"], pid_mode=o["pid_mode"], ipc_mode=o["ipc_mode"], userns_mode=o["userns_mode"],
         restart_policy=pb.RestartPolicy(name=rname, max_retries=int(rmax or 0)), auto_remove=o["auto_remove"],
         init=o["init"], stop_timeout=o["stop_timeout"], stop_signal=o["stop_signal"],
-        security_opt=list(o["security_opt"]), mounts=_mounts(o), read_only=o.get("read_only", False),
+        security_opt=_security_opts(o["security_opt"]), mounts=_mounts(o), read_only=o.get("read_only", False),
+        cap_add=list(o.get("cap_add", ())), cap_drop=list(o.get("cap_drop", ())), ulimits=_ulimits(o.get("ulimits", ())),
+        dns=list(o.get("dns", ())), dns_search=list(o.get("dns_search", ())), dns_options=list(o.get("dns_options", ())),
+        extra_hosts=list(o.get("add_hosts", ())), sysctls=_sysctls(o.get("sysctls", ())),
+        shm_size=display.parse_size(o["shm_size"], "--shm-size") if o.get("shm_size") else 0,
+        group_add=list(o.get("group_add", ())),
     )
+
+
+def _label_file(path: str) -> dict[str, str]:
+    """docker's --label-file: KEY=VALUE lines; blank lines and # comments skipped."""
+    out = {}
+    try:
+        with open(path) as f:
+            for line in f:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    k, _, v = line.partition("=")
+                    out[k] = v
+    except OSError as e:
+        fail(f"open {path}: {e.strerror}")
+    return out
+
+
+def _security_opts(opts: tuple[str, ...]) -> list[str]:
+    """seccomp=FILE is read here and sent as the profile's JSON, as docker's CLI does."""
+    out = []
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if key == "seccomp" and sep and value not in ("unconfined", "builtin", "default") and not value.lstrip().startswith("{"):
+            try:
+                with open(value) as f:
+                    value = f.read()
+            except OSError as e:
+                raise click.BadParameter(f"opening seccomp profile ({value}) failed: {e.strerror}",
+                                         param_hint="'--security-opt'") from None
+            opt = f"seccomp={value}"
+        out.append(opt)
+    return out
+
+
+def _ulimits(specs: tuple[str, ...]) -> list[pb.Ulimit]:
+    from agent.hostconfig import check_ulimit, parse_ulimit
+    from agent.model import InvalidArgument
+
+    out = []
+    for s in specs:
+        try:
+            u = parse_ulimit(s)
+            check_ulimit(u)
+        except InvalidArgument as e:
+            raise click.BadParameter(str(e), param_hint="'--ulimit'") from None
+        out.append(pb.Ulimit(name=u.name, soft=u.soft, hard=u.hard))
+    return out
+
+
+def _sysctls(specs: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for s in specs:
+        k, sep, v = s.partition("=")
+        if not sep or not k:
+            raise click.BadParameter(f"{s!r}: expected KEY=VALUE", param_hint="'--sysctl'")
+        out[k] = v
+    return out
 
 
 @main.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
@@ -298,14 +375,29 @@ def run(ctx: click.Context, /, image: str, command: tuple[str, ...], detach: boo
     """Create and run a new container from an image."""
     cfg = build_config(image, command, o)
     cl = client(ctx)
-    if detach:
+    cidfile = o.get("cidfile") or ""
+    if cidfile and os.path.exists(cidfile):
+        fail(f"Container ID file found, make sure the other container isn't running or delete {cidfile}", 125)
+    if detach or cidfile:
         created = cl.call("CreateContainer", pb.CreateContainerRequest(config=cfg))
+        if cidfile:
+            _write_cidfile(cidfile, created.id)
+        if not detach:
+            sys.exit(_attach_session(cl, created.id, start=True, tty=cfg.tty, stdin=cfg.open_stdin))
         cl.call("StartContainer", pb.ContainerRef(id=created.id))
         click.echo(created.id)
         return
     # One call creates, starts and streams it, and ends with its exit status (after its removal
     # with --rm, as docker's run waits for).
     sys.exit(_attach_session(cl, "", start=True, tty=cfg.tty, stdin=cfg.open_stdin, create=cfg))
+
+
+def _write_cidfile(path: str, cid: str) -> None:
+    try:
+        with open(path, "x") as f:
+            f.write(cid)
+    except OSError as e:
+        fail(f"failed to write the container ID to {path}: {e.strerror}", 125)
 
 
 def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool,
@@ -331,7 +423,12 @@ def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool,
 @click.pass_context
 def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any) -> None:
     """Create a new container."""
+    cidfile = o.get("cidfile") or ""
+    if cidfile and os.path.exists(cidfile):
+        fail(f"Container ID file found, make sure the other container isn't running or delete {cidfile}", 125)
     created = client(ctx).call("CreateContainer", pb.CreateContainerRequest(config=build_config(image, command, o)))
+    if cidfile:
+        _write_cidfile(cidfile, created.id)
     click.echo(created.id)
 
 

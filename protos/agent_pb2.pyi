@@ -110,8 +110,15 @@ class RestartPolicy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class ContainerConfig(_message.Message):
-    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "mounts", "read_only")
+    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "mounts", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search", "dns_options", "extra_hosts", "sysctls", "shm_size", "group_add")
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class SysctlsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -144,6 +151,16 @@ class ContainerConfig(_message.Message):
     SECURITY_OPT_FIELD_NUMBER: _ClassVar[int]
     MOUNTS_FIELD_NUMBER: _ClassVar[int]
     READ_ONLY_FIELD_NUMBER: _ClassVar[int]
+    CAP_ADD_FIELD_NUMBER: _ClassVar[int]
+    CAP_DROP_FIELD_NUMBER: _ClassVar[int]
+    ULIMITS_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
+    DNS_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    DNS_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    EXTRA_HOSTS_FIELD_NUMBER: _ClassVar[int]
+    SYSCTLS_FIELD_NUMBER: _ClassVar[int]
+    SHM_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GROUP_ADD_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     cmd: _containers.RepeatedScalarFieldContainer[str]
@@ -170,7 +187,27 @@ class ContainerConfig(_message.Message):
     security_opt: _containers.RepeatedScalarFieldContainer[str]
     mounts: _containers.RepeatedCompositeFieldContainer[Mount]
     read_only: bool
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ...) -> None: ...
+    cap_add: _containers.RepeatedScalarFieldContainer[str]
+    cap_drop: _containers.RepeatedScalarFieldContainer[str]
+    ulimits: _containers.RepeatedCompositeFieldContainer[Ulimit]
+    dns: _containers.RepeatedScalarFieldContainer[str]
+    dns_search: _containers.RepeatedScalarFieldContainer[str]
+    dns_options: _containers.RepeatedScalarFieldContainer[str]
+    extra_hosts: _containers.RepeatedScalarFieldContainer[str]
+    sysctls: _containers.ScalarMap[str, str]
+    shm_size: int
+    group_add: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., shm_size: _Optional[int] = ..., group_add: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class Ulimit(_message.Message):
+    __slots__ = ("name", "soft", "hard")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SOFT_FIELD_NUMBER: _ClassVar[int]
+    HARD_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    soft: int
+    hard: int
+    def __init__(self, name: _Optional[str] = ..., soft: _Optional[int] = ..., hard: _Optional[int] = ...) -> None: ...
 
 class Mount(_message.Message):
     __slots__ = ("type", "source", "target", "readonly", "propagation", "selinux", "nocopy", "create_source", "anonymous", "tmpfs_options", "volume_driver", "volume_labels", "volume_options", "external")

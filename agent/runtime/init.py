@@ -160,7 +160,7 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any], lo_up: bool = False) -> N
     if "uts" in spec.namespaces and spec.hostname:
         sc.sethostname(spec.hostname)
     # The rootfs is our working directory (the shim's stage A entered it before unshare).
-    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net)
+    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net, spec.shm_size)
     trace("init: kernel filesystems mounted")
     held = mounts.open_sources(spec.volumes) if spec.volumes else []
     try:
@@ -169,6 +169,12 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any], lo_up: bool = False) -> N
         mounts.close(held)
         raise
     trace("init: pivoted")
+    for key, value in spec.sysctls.items():  # before /proc/sys is made read-only
+        try:
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise OSError(e.errno, f"--sysctl {key}={value}: {e.strerror}") from None
     rootfs.mask_paths(spec.masked_paths, spec.readonly_paths)
     trace("init: masked")
     if spec.volumes or spec.read_only:

@@ -104,7 +104,7 @@ def _mount_idmapped(mounts: list[MountSpec], target: str, userns_fd: int, root_i
                 os.rmdir(scratch)
 
 
-def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool) -> None:
+def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool, shm_size: int = 0) -> None:
     """Everything before pivot_root: private propagation, then the kernel filesystems in rootfs.
 
     Called with the rootfs as working directory; `rootfs` is its absolute path on the host.
@@ -144,7 +144,8 @@ def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool) -> None:
         os.symlink(src, os.path.join(dev, name))
     sc.mount("devpts", under("/dev/pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5"))
-    sc.mount("shm", under("/dev/shm"), "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k")
+    sc.mount("shm", under("/dev/shm"), "tmpfs", nosuid_nodev_noexec,
+             f"mode=1777,size={shm_size}" if shm_size else "mode=1777,size=65536k")
     sc.mount("mqueue", under("/dev/mqueue"), "mqueue", nosuid_nodev_noexec)
 
 

@@ -56,6 +56,9 @@ class ProcessSpec:
     capabilities: list[str] = field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
     no_new_privileges: bool = True
     seccomp: bool = True          # the default filter (agent/runtime/seccomp.py); False: unconfined
+    seccomp_program: str = ""     # base64 BPF compiled by the agent (other caps, a profile); "": the default
+    rlimits: list[list[int]] = field(default_factory=list)   # [resource, soft, hard] (-1: unlimited)
+    additional_groups: list[str] = field(default_factory=list)   # --group-add: names or gids
 
 
 @dataclass
@@ -113,6 +116,8 @@ class RuntimeSpec:
     readonly_paths: list[str] = field(default_factory=lambda: list(READONLY_PATHS))
     volumes: list[ContainerMount] = field(default_factory=list)   # the container's own mounts
     read_only: bool = False                      # --read-only rootfs
+    sysctls: dict[str, str] = field(default_factory=dict)   # namespaced ones (agent/hostconfig.py checks)
+    shm_size: int = 0                            # bytes; 0: 64 MiB
 
     def to_json(self) -> str:
         return dumps(self)
