@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from agent.images import dockerfile as df
-from agent.images.dockerignore import Matcher
 from tests.agent_harness import AgentProcess
 
 SEED = "FROM busybox\nCOPY test /tmp/test\nRUN mkdir /tmp/testdir\n"
@@ -23,54 +21,14 @@ SEED = "FROM busybox\nCOPY test /tmp/test\nRUN mkdir /tmp/testdir\n"
 
 # --- parser (no root) ---------------------------------------------------------------------------------
 
-def test_parse_continuations_comments_and_lines() -> None:
-    d = df.parse("# syntax=docker/dockerfile:1\nFROM busybox AS base\n\nRUN echo a \\\n  # a comment\n  && echo b\n"
-                 "copy --chown=1:2 a b\nFROM base\nCMD [\"sh\"]\n")
-    assert [s.name for s in d.stages] == ["base", ""]
-    run, copy = d.stages[0].instructions
-    assert (run.keyword, run.line, run.args) == ("RUN", 4, "echo a   && echo b")
-    assert (copy.keyword, copy.line, dict(copy.flags), copy.args) == ("COPY", 7, {"chown": "1:2"}, "a b")
-    assert d.stages[1].instructions[0].json_args() == ["sh"]
 
 
-def test_parse_escape_directive() -> None:
-    d = df.parse("# escape=`\nFROM busybox\nRUN echo a `\n  b\nCOPY c:\\dir\\ /x/\n")
-    run, copy = d.stages[0].instructions
-    assert run.args == "echo a   b"
-    assert copy.args == "c:\\dir\\ /x/"
 
 
-@pytest.mark.parametrize(("text", "line", "message"), [
-    ("FROM busybox\nFOO bar\n", 2, "unknown instruction: FOO"),
-    ("FROM busybox\n\nHEALTHCHECK CMD true\n", 3, "HEALTHCHECK is not supported"),
-    ("RUN true\n", 1, "RUN before FROM"),
-    ("FROM busybox\nCOPY --frm=a b c\n", 2, "unknown flag: --frm"),
-    ("FROM busybox\nRUN\n", 2, "RUN requires at least one argument"),
-    ("FROM a AS x\nFROM b AS x\n", 2, "duplicate stage name"),
-])
-def test_parse_errors_name_the_line(text: str, line: int, message: str) -> None:
-    with pytest.raises(df.DockerfileError) as e:
-        df.parse(text)
-    assert e.value.line == line
-    assert f"Dockerfile line {line}: " in str(e.value)
-    assert message in str(e.value)
 
 
-def test_words_and_expansion() -> None:
-    env = {"A": "1", "B": "two words"}
-    assert df.words("x=$A y=\"$B\" z='$A' w=\\$A ${C:-dflt} ${A:+set}", env) == [
-        "x=1", "y=two words", "z=$A", "w=$A", "dflt", "set"]
-    assert df.key_values("ENV", "K some value $A", env) == [("K", "some value 1")]
-    assert df.key_values("ARG", "X Y=2", env) == [("X", "\0"), ("Y", "2")]
 
 
-def test_dockerignore_rules() -> None:
-    m = Matcher(["# comment", "*.log", "build/", "!build/keep.txt", "**/secret*", "/abs/x"])
-    assert m.excluded("a.log") and not m.excluded("dir/a.log")
-    assert m.excluded("build/out.o") and not m.excluded("build/keep.txt")
-    assert m.may_include_below("build")
-    assert m.excluded("deep/dir/secret.key") and m.excluded("secret")
-    assert m.excluded("abs/x") and not m.excluded("src/main.c")
 
 
 # --- builds through a real agent ------------------------------------------------------------------------
@@ -101,6 +59,7 @@ def _no_build_containers(a: AgentProcess) -> None:
     assert a.cli("ps", "-a", "-q").stdout == "", "an intermediate container was left behind"
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_seed_example_gives_three_layers(clean_agent: AgentProcess, tmp_path: Path) -> None:
     a = clean_agent
@@ -123,6 +82,7 @@ def test_seed_example_gives_three_layers(clean_agent: AgentProcess, tmp_path: Pa
     assert r.stdout == "hello from the context\ndir\n1777\n", r.stderr  # COPY kept /tmp's mode from busybox
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_cache_hits_then_misses_after_a_change(clean_agent: AgentProcess, tmp_path: Path) -> None:
     a = clean_agent
@@ -144,6 +104,7 @@ def test_cache_hits_then_misses_after_a_change(clean_agent: AgentProcess, tmp_pa
     _no_build_containers(a)
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_multi_stage_copy_from_and_target(clean_agent: AgentProcess, tmp_path: Path) -> None:
     a = clean_agent
@@ -168,6 +129,7 @@ def test_multi_stage_copy_from_and_target(clean_agent: AgentProcess, tmp_path: P
     _no_build_containers(a)
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_arg_and_build_arg(clean_agent: AgentProcess, tmp_path: Path) -> None:
     a = clean_agent

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from agent.cluster import ClusterMember
 from agent.model import Container, ContainerConfig
@@ -52,6 +53,7 @@ async def _serve(servicer: Replica) -> tuple[grpc.aio.Server, str]:
     return server, f"127.0.0.1:{port}"
 
 
+@pytest.mark.slow
 def test_a_report_in_flight_when_moving_to_another_replica_does_not_end_the_reporter(tmp_path: Path) -> None:
     async def main() -> None:
         stuck, good = Replica(hang=True), Replica(hang=False)

@@ -41,6 +41,7 @@ def test_the_long_lived_process_is_the_small_monitor_and_the_init_is_its_child(c
     clean_agent.wait_for(lambda: not os.path.exists(f"/proc/{shim}"), 5, "the monitor to exit and be reaped")
 
 
+@pytest.mark.slow
 def test_log_is_docker_json_file_with_partial_lines_and_bad_utf8(clean_agent: AgentProcess) -> None:
     script = "printf 'q\"b\\\\s\\tc\\001 \\303\\251 \\377\\n'; printf 'err\\n' >&2; printf 'partial'"
     cid = clean_agent.run_detached("--name", "logfmt", "busybox", "sh", "-c", script)
@@ -60,6 +61,7 @@ def test_log_is_docker_json_file_with_partial_lines_and_bad_utf8(clean_agent: Ag
     clean_agent.cli("rm", "logfmt", check=True)
 
 
+@pytest.mark.slow
 def test_a_missing_program_fails_the_start_like_docker(clean_agent: AgentProcess) -> None:
     r = clean_agent.cli("run", "--name", "noexec", "busybox", "/no/such/program")
     assert r.returncode == 127, (r.returncode, r.stderr)
@@ -69,6 +71,7 @@ def test_a_missing_program_fails_the_start_like_docker(clean_agent: AgentProcess
     clean_agent.cli("rm", "noexec", check=True)
 
 
+@pytest.mark.slow
 def test_an_execve_failure_after_the_start_reaches_the_log_and_the_exit_status(
         clean_agent: AgentProcess, tmp_path: Path) -> None:
     # An executable file that is no program: only execve itself can tell, after the start, so the
@@ -85,6 +88,7 @@ def test_an_execve_failure_after_the_start_reaches_the_log_and_the_exit_status(
     clean_agent.cli("rmi", "badexec", check=True)
 
 
+@pytest.mark.slow
 def test_cgroup_favor_dynmods_mounts_its_hierarchy_for_the_agents_life(tmp_path: Path) -> None:
     a = AgentProcess(tmp_path / "fdm")
     a.extra_args = ["--cgroup-favor-dynmods"]
@@ -104,6 +108,7 @@ def test_cgroup_favor_dynmods_mounts_its_hierarchy_for_the_agents_life(tmp_path:
         a.destroy()
 
 
+@pytest.mark.slow
 def test_a_client_that_stops_reading_or_speaks_garbage_does_not_stall_the_container(clean_agent: AgentProcess) -> None:
     import socket
     import struct

@@ -24,7 +24,7 @@ from agent.images import (
     InvalidChange,
     InvalidReference,
 )
-from tests.test_images_layers import make_tar, tar_names
+from tests.images import make_tar, tar_names
 
 # The shared fixtures, bound here so pytest finds them by name.
 busybox_tar_path = _images.busybox_tar_path

@@ -25,7 +25,7 @@ from agent.images import (
     overlay_mount_data,
 )
 from agent.images.snapshotter import PAGE_SIZE
-from tests.test_images_layers import make_tar, tar_names
+from tests.images import make_tar, tar_names
 
 root = pytest.mark.root
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (overlay mounts, whiteouts)")

@@ -92,7 +92,7 @@ def test_killed_writer_leaves_no_blob_and_is_cleaned_on_open(tmp_path: Path) -> 
     script = textwrap.dedent(
         f"""
         import sys, time
-        sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[2])!r})
         from agent.images import ContentStore
         store = ContentStore(__import__("pathlib").Path({str(tmp_path)!r}))
         w = store.writer()

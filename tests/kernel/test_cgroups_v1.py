@@ -231,6 +231,7 @@ def test_unlimited_reads_as_zero(driver: V1Driver) -> None:
     assert read(f"{cpu}/cpu.shares") == "1024"
 
 
+@pytest.mark.slow
 def test_device_read_bps_throttles_and_counts(driver: V1Driver, spawn: Spawner, loop_device: str) -> None:
     driver.create("io", Resources(device_read_bps=(DeviceRate(loop_device, 2 * MIB),)))
     st = os.stat(loop_device)

@@ -17,7 +17,7 @@ from protos import cluster_pb2 as cpb
 from tests.agent_harness import free_port
 from tests.cluster_harness import SchedulerProcess, cli, running, tasks, wait_for
 from tests.etcd_server import EtcdServer
-from tests.multihost import Cluster, Host, cluster, multihost_session_check_fixture  # noqa: F401
+from tests.multihost import Cluster, Host, cluster, join, multihost_session_check_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.multinode, pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -62,16 +62,6 @@ class Env:
         p = self.tmp / f"{name}.yaml"
         p.write_text(text)
         return p
-
-
-def join(h: Host, addresses: str) -> None:
-    base = Host.agent_argv
-
-    def argv(h: Host = h) -> list[str]:
-        return [*base(h), "--join", addresses]
-
-    h.agent_argv = argv  # type: ignore[method-assign]
-    h.restart_agent()
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,7 @@ from protos import cluster_pb2 as cpb
 from tests.agent_harness import CLI, REPO, _env, free_port
 from tests.cluster_harness import SchedulerProcess, cli, running, tasks, wait_for
 from tests.etcd_server import EtcdServer
-from tests.multihost import Cluster, Host, cluster, http_get, multihost_session_check_fixture  # noqa: F401
-from tests.test_cluster_multihost import join
+from tests.multihost import Cluster, Host, cluster, http_get, join, multihost_session_check_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.multinode, pytest.mark.criu, pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 

@@ -93,6 +93,7 @@ def test_host1_reaches_host2_published_port(c3: Cluster) -> None:
     assert "host2" in h1.http_get(c3[2].metrics_url)
 
 
+@pytest.mark.slow
 def test_partition_and_heal(c3: Cluster) -> None:
     h2 = c3[2]
     pid = init_pid(h2, "web")
@@ -122,6 +123,7 @@ def _answers_tcp(h: Host) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_kill_leaves_nothing_of_host3_running_and_revive(c3: Cluster) -> None:
     h3 = c3[3]
     h3.run_detached("--name", "sleeper", "busybox", "sleep", "1000")
@@ -150,6 +152,7 @@ def test_kill_leaves_nothing_of_host3_running_and_revive(c3: Cluster) -> None:
     assert _answers_tcp(h3)
 
 
+@pytest.mark.slow
 def test_restart_agent_keeps_containers(c3: Cluster) -> None:
     h1 = c3[1]
     pid = init_pid(h1, "web")
@@ -166,6 +169,7 @@ def _alive(pid: int) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_destroy_leaves_nothing(make_cluster: Callable[[int], Cluster]) -> None:
     c = make_cluster(2)
     for h in c:
@@ -206,6 +210,7 @@ def test_a_failed_start_cleans_up(tmp_path: Path, multihost_session_check: None)
     assert json.dumps(tagged_leftovers(c.tag)) == "[]"
 
 
+@pytest.mark.slow
 def test_a_killed_session_is_swept_by_the_next(tmp_path: Path, multihost_session_check: None) -> None:
     """A test run killed by a timeout leaves its cluster; the next one to make a cluster removes it."""
     script = ("import os, signal, sys; from pathlib import Path; from tests.multihost import Cluster; "

@@ -23,6 +23,7 @@ def _build(a: AgentProcess, tmp: Path, tag: str, content: str) -> str:
     return str(json.loads(a.cli("image", "inspect", tag, check=True).stdout)[0]["Id"])
 
 
+@pytest.mark.slow
 def test_save_and_load_round_trip(clean_agent: AgentProcess, tmp_path: Path) -> None:
     a = clean_agent
     image_id = _build(a, tmp_path, "saved:1", "saved and loaded\n")
@@ -53,6 +54,7 @@ def test_save_and_load_round_trip(clean_agent: AgentProcess, tmp_path: Path) -> 
     assert r.returncode != 0 and "Error response from daemon" in r.stderr
 
 
+@pytest.mark.slow
 def test_history_prune_and_df(clean_agent: AgentProcess, tmp_path: Path) -> None:
     a = clean_agent
     _build(a, tmp_path, "prune-me:1", "one\n")

@@ -16,42 +16,9 @@ import zstandard
 
 from agent.images import InvalidArchive, Snapshotter, write_diff, write_flattened
 from agent.images.layers import OPAQUE_XATTR
+from tests.images import make_tar, tar_names
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="whiteouts (mknod, trusted.* xattrs) need root")
-
-
-def make_tar(*entries: tuple[Any, ...]) -> bytes:
-    """("file", name, data[, mode]), ("dir", name[, mode]), ("sym", name, target), ("link", name, target),
-    ("chr"|"blk", name, major, minor), ("fifo", name)."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
-        for kind, name, *rest in entries:
-            info = tarfile.TarInfo(name)
-            info.mtime = 1_700_000_000
-            data = None
-            if kind == "file":
-                data = rest[0]
-                info.size = len(data)
-                info.mode = rest[1] if len(rest) > 1 else 0o644
-            elif kind == "dir":
-                info.type = tarfile.DIRTYPE
-                info.mode = rest[0] if rest else 0o755
-            elif kind == "sym":
-                info.type, info.linkname = tarfile.SYMTYPE, rest[0]
-            elif kind == "link":
-                info.type, info.linkname = tarfile.LNKTYPE, rest[0]
-            elif kind in ("chr", "blk"):
-                info.type = tarfile.CHRTYPE if kind == "chr" else tarfile.BLKTYPE
-                info.devmajor, info.devminor = rest
-            elif kind == "fifo":
-                info.type = tarfile.FIFOTYPE
-            tf.addfile(info, io.BytesIO(data) if data is not None else None)
-    return buf.getvalue()
-
-
-def tar_names(data: bytes) -> list[str]:
-    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
-        return tf.getnames()
 
 
 @pytest.fixture
@@ -210,6 +177,7 @@ def _is_whiteout(p: Path) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
+@pytest.mark.root
 @root_only
 def test_oci_whiteouts_become_overlay_whiteouts_and_back(snaps: Snapshotter, tmp_path: Path) -> None:
     base = _apply(snaps, make_tar(("file", "keep", b"k"), ("file", "gone", b"g"), ("dir", "d"), ("file", "d/old", b"o"), ("dir", "e"), ("file", "e/x", b"x")))
@@ -240,6 +208,7 @@ def test_oci_whiteouts_become_overlay_whiteouts_and_back(snaps: Snapshotter, tmp
     assert sorted(tar_names(flat.getvalue())) == ["d", "d/new", "e", "e/x", "f", "keep"]
 
 
+@pytest.mark.root
 @root_only
 def test_directory_replacing_a_whiteout_is_opaque(snaps: Snapshotter) -> None:
     base = _apply(snaps, make_tar(("dir", "d"), ("file", "d/old", b"o")))
@@ -251,6 +220,7 @@ def test_directory_replacing_a_whiteout_is_opaque(snaps: Snapshotter) -> None:
     assert sorted(tar_names(flat.getvalue())) == ["d", "d/new"]
 
 
+@pytest.mark.root
 @root_only
 def test_layer_cannot_set_trusted_xattrs(snaps: Snapshotter) -> None:
     buf = io.BytesIO()

@@ -12,7 +12,7 @@ import pytest
 
 from tests.agent_harness import AgentProcess, free_port, import_busybox
 
-pytestmark = [pytest.mark.root, pytest.mark.criu]
+pytestmark = [pytest.mark.root, pytest.mark.criu, pytest.mark.slow]
 
 COUNTER = "echo hi > /tmp/index.html; httpd -p 80 -h /tmp; i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done"
 

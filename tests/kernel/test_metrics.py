@@ -27,7 +27,7 @@ from agent import metrics as am
 from scheduler import metrics as sm
 from tests.agent_harness import AgentProcess, free_port, import_busybox
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROM_DIR = REPO / "deploy" / "prometheus"
 PROMTOOL = shutil.which("promtool")
 PROMETHEUS = shutil.which("prometheus")
@@ -352,6 +352,7 @@ def test_dashboard_queries_are_valid_promql(tmp_path: Path) -> None:
 
 # --- the agent's /metrics, for real ---------------------------------------------------------------
 
+@pytest.mark.slow
 @pytest.mark.root
 @needs_promtool
 def test_agent_metrics_pass_promtool_and_match_the_cgroup(clean_agent: AgentProcess) -> None:
@@ -391,6 +392,7 @@ def test_agent_metrics_pass_promtool_and_match_the_cgroup(clean_agent: AgentProc
     assert value(s, "dockyard_agent_errors_total", operation="StartContainer", kind="NotFound") >= 1
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_dockyard_stats_shows_the_collectors_numbers(clean_agent: AgentProcess) -> None:
     a = clean_agent
@@ -410,6 +412,7 @@ def test_dockyard_stats_shows_the_collectors_numbers(clean_agent: AgentProcess) 
     assert int(st["pids"]) == value(s, "container_threads", name="st-idle")
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_oom_kill_is_counted_while_running_and_after_exit(clean_agent: AgentProcess) -> None:
     a = clean_agent
@@ -480,6 +483,7 @@ def query(url: str, promql: str) -> list[dict[str, Any]]:
     return result
 
 
+@pytest.mark.slow
 @pytest.mark.root
 @pytest.mark.peer
 @pytest.mark.skipif(PROMETHEUS is None, reason="prometheus missing: apt-get install prometheus")
@@ -543,6 +547,7 @@ def test_real_prometheus_discovers_two_agents_and_reads_containers(
         b.destroy()
 
 
+@pytest.mark.slow
 @pytest.mark.root
 def test_agent_runs_without_metrics_when_the_port_is_taken(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import socket

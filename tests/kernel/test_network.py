@@ -34,7 +34,7 @@ from agent.runtime.network import (
 )
 
 BUSYBOX = shutil.which("busybox") or "/bin/busybox"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 IS_ROOT = os.geteuid() == 0
 
 
@@ -152,6 +152,7 @@ def _allocate_many(state_dir: str, prefix: str, n: int, out: multiprocessing.Que
     out.put([net.allocate(f"{prefix}{i}", []).ip for i in range(n)])
 
 
+@pytest.mark.slow
 def test_ipam_is_shared_safely_between_processes(tmp_path: Path) -> None:
     ctx = multiprocessing.get_context("spawn")
     q: multiprocessing.Queue[list[str]] = ctx.Queue()
@@ -164,6 +165,7 @@ def test_ipam_is_shared_safely_between_processes(tmp_path: Path) -> None:
     assert len(ips) == 90 and len(set(ips)) == 90
 
 
+@root
 def test_invalid_names_and_subnets(tmp_path: Path) -> None:
     with pytest.raises(NetworkError, match="bridge name"):
         BridgeNetwork(tmp_path, "a-name-longer-than-15")
@@ -578,7 +580,7 @@ def test_works_with_forward_drop_and_without_ip_forward(tmp_path: Path) -> None:
     """In a private netns (so the real host's policies stay untouched): FORWARD policy DROP,
     ip_forward=0, br_netfilter on. Container <-> container and published ports still work."""
     code = f"import test_network; test_network._forward_drop_scenario({str(tmp_path)!r})"
-    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests'}"}
+    env = {**os.environ, "PYTHONPATH": f"{REPO}:{REPO / 'tests' / 'kernel'}"}
     r = subprocess.run(
         ["unshare", "--net", "--", sys.executable, "-c", code],
         capture_output=True,

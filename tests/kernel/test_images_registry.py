@@ -258,6 +258,7 @@ def _collect() -> tuple[list[reg.Progress], reg.ProgressFn]:
     return events, events.append
 
 
+@pytest.mark.slow
 def test_push_pull_basic_auth_skip_and_mount(tmp_path: Path, basic_registry: Registry, busybox_tar_path: Path) -> None:
     src = ImageStore(tmp_path / "src")
     with open(busybox_tar_path, "rb") as f:
@@ -499,6 +500,7 @@ def test_bearer_token_auth_against_the_real_registry(tmp_path: Path, busybox_tar
         registry.stop()
 
 
+@pytest.mark.slow
 def test_cli_login_push_pull_round_trip(clean_agent: AgentProcess, tmp_path: Path, basic_registry: Registry,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     a = clean_agent

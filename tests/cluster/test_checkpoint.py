@@ -11,7 +11,7 @@ import pytest
 
 from tests.agent_harness import AgentProcess
 
-pytestmark = [pytest.mark.root, pytest.mark.criu]
+pytestmark = [pytest.mark.root, pytest.mark.criu, pytest.mark.slow]
 
 COUNTER = "echo hi > /tmp/index.html; httpd -p 80 -h /tmp; i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done"
 

@@ -142,6 +142,7 @@ def test_records_round_trip(etcd: EtcdServer) -> None:
     run(etcd, body)
 
 
+@pytest.mark.slow
 def test_lease_expiry_marks_node_down(etcd: EtcdServer) -> None:
     async def body(s: Store) -> None:
         await s.commit([s.put_node_op(Node("n1")), s.put_node_op(Node("n2"))])
@@ -281,6 +282,7 @@ def test_executor_drops_a_decision_whose_basis_moved(etcd: EtcdServer) -> None:
     run(etcd, body)
 
 
+@pytest.mark.slow
 def test_lost_lease_to_tasks_placed_elsewhere_end_to_end(etcd: EtcdServer) -> None:
     """Heartbeats stop on n1 -> its lease expires -> a snapshot shows it down -> reconcile moves its
     tasks -> the executor commits the move, each step on the real etcd."""
@@ -334,6 +336,7 @@ tasks_ = st.builds(
     attempt=st.integers(0, 1000), error=text)
 
 
+@pytest.mark.slow
 @given(tasks_)
 def test_task_json_is_the_generic_encoding(task: Task) -> None:
     """The hand-written task encoder (the hot path) and decoder agree with the generic ones."""

@@ -32,6 +32,7 @@ def _pid(a: AgentProcess, ref: str) -> int:
     return int(a.inspect(ref)["State"]["Pid"])
 
 
+@pytest.mark.slow
 def test_run_echo_and_exit_code(clean_agent: AgentProcess) -> None:
     r = clean_agent.cli("run", "--rm", "busybox", "echo", "hello")
     assert (r.returncode, r.stdout) == (0, "hello\n")
@@ -121,6 +122,7 @@ def test_rootfs_is_isolated_and_masked(clean_agent: AgentProcess) -> None:
     assert out[4].split()[1] == "00000000a80425fb"
 
 
+@pytest.mark.slow
 def test_copy_on_write_leaves_the_image_alone(clean_agent: AgentProcess) -> None:
     clean_agent.cli("run", "--name", "cow", "busybox", "sh", "-c", "echo changed > /bin/sh.txt; rm /bin/ls", check=True)
     r = clean_agent.cli("run", "--rm", "busybox", "sh", "-c", "test -e /bin/sh.txt; echo $?; test -e /bin/ls; echo $?")
@@ -150,6 +152,7 @@ def _cgroup_dir(pid: int, controller: str) -> Path:
     raise AssertionError(f"no {controller} cgroup for {pid}")
 
 
+@pytest.mark.slow
 def test_cpu_quota_throttles(clean_agent: AgentProcess) -> None:
     cid = clean_agent.run_detached("--cpus", "0.2", "busybox", "sh", "-c", "while :; do :; done")
     pid = _pid(clean_agent, cid)
@@ -172,6 +175,7 @@ def _log_lines(a: AgentProcess, ref: str) -> int:
     return len(a.cli("logs", ref).stdout.splitlines())
 
 
+@pytest.mark.slow
 def test_pause_stops_progress_and_unpause_resumes(clean_agent: AgentProcess) -> None:
     cid = clean_agent.run_detached("busybox", "sh", "-c", "i=0; while :; do i=$((i+1)); echo $i; sleep 0.05; done")
     clean_agent.wait_for(lambda: _log_lines(clean_agent, cid) > 3, what="output")
@@ -219,6 +223,7 @@ def _try(fn):  # type: ignore[no-untyped-def]
         return None
 
 
+@pytest.mark.slow
 def test_network_none_and_host(clean_agent: AgentProcess) -> None:
     r = clean_agent.cli("run", "--rm", "--network", "none", "busybox", "sh", "-c", "ls /sys/class/net | tr '\\n' ' '")
     assert r.stdout.split() == ["lo"]
@@ -231,6 +236,7 @@ def test_pid_host(clean_agent: AgentProcess) -> None:
     assert int(r.stdout) > 1
 
 
+@pytest.mark.slow
 def test_logs_tail_follow_timestamps(clean_agent: AgentProcess) -> None:
     cid = clean_agent.run_detached("busybox", "sh", "-c", "for i in 1 2 3 4 5; do echo line$i; done; sleep 1; echo last")
     clean_agent.cli("wait", cid, check=True)
@@ -242,6 +248,7 @@ def test_logs_tail_follow_timestamps(clean_agent: AgentProcess) -> None:
     assert r.stdout == "a\nb\n"
 
 
+@pytest.mark.slow
 def test_stop_kills_after_grace_and_restart_policy(clean_agent: AgentProcess) -> None:
     cid = clean_agent.run_detached("busybox", "sleep", "100")  # pid 1 ignores SIGTERM
     t0 = time.monotonic()
@@ -258,6 +265,7 @@ def test_stop_kills_after_grace_and_restart_policy(clean_agent: AgentProcess) ->
                          and clean_agent.inspect(cid)["State"]["Status"] == "exited", what="two restarts")
 
 
+@pytest.mark.slow
 def test_kill_signal_and_restart(clean_agent: AgentProcess) -> None:
     cid = clean_agent.run_detached("busybox", "sh", "-c", "trap 'echo got-usr1' USR1; while :; do sleep 0.1; done")
     time.sleep(0.3)
@@ -268,6 +276,7 @@ def test_kill_signal_and_restart(clean_agent: AgentProcess) -> None:
     assert clean_agent.inspect(cid)["State"]["Running"] and _pid(clean_agent, cid) != pid1
 
 
+@pytest.mark.slow
 def test_exec_joins_namespaces_and_cgroup(clean_agent: AgentProcess) -> None:
     cid = clean_agent.run_detached("-e", "FROMRUN=1", "busybox", "sleep", "60")
     pid = _pid(clean_agent, cid)
@@ -282,6 +291,7 @@ def test_exec_joins_namespaces_and_cgroup(clean_agent: AgentProcess) -> None:
     assert r.returncode in (126, 127) and "executable file not found" in r.stderr
 
 
+@pytest.mark.slow
 def test_top_inspect_ps_format(clean_agent: AgentProcess) -> None:
     cid = clean_agent.run_detached("--name", "topme", "-l", "app=x", "busybox", "sleep", "60")
     assert "sleep 60" in clean_agent.cli("top", "topme").stdout
@@ -297,6 +307,7 @@ def test_top_inspect_ps_format(clean_agent: AgentProcess) -> None:
 # --- bad input ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bad_input_is_refused_and_leaves_nothing(clean_agent: AgentProcess) -> None:
     cases = [
         (["run", "--rm", "nosuchimage"], "nosuchimage"),
@@ -319,6 +330,7 @@ def test_bad_input_is_refused_and_leaves_nothing(clean_agent: AgentProcess) -> N
     clean_agent.wait_for(lambda: clean_agent.cli("ps", "-a", "-q").stdout == "", what="--rm after a failed start")
 
 
+@pytest.mark.slow
 def test_name_taken_and_port_in_use(clean_agent: AgentProcess) -> None:
     dup = clean_agent.run_detached("--name", "dup", "-p", "127.0.0.1::80", "busybox", "sleep", "60")
     r = clean_agent.cli("run", "--name", "dup", "busybox", "true")
@@ -338,6 +350,7 @@ def test_name_taken_and_port_in_use(clean_agent: AgentProcess) -> None:
     assert len([x for x in left if x.startswith("dy")]) == 1
 
 
+@pytest.mark.slow
 def test_remove_running_needs_force_and_image_in_use(clean_agent: AgentProcess) -> None:
     cid = clean_agent.run_detached("--name", "busy", "busybox", "sleep", "60")
     r = clean_agent.cli("rm", cid)
@@ -374,6 +387,7 @@ def test_resource_flags_reach_the_cgroup(clean_agent: AgentProcess) -> None:
     assert (doc["Memory"], doc["MemorySwap"], doc["CpuShares"]) == (32 << 20, 64 << 20, 512)
 
 
+@pytest.mark.slow
 def test_create_then_start_and_rename(clean_agent: AgentProcess) -> None:
     cid = clean_agent.cli("create", "--name", "later", "busybox", "sh", "-c", "echo started-late", check=True).stdout.strip()
     assert clean_agent.inspect(cid)["State"]["Status"] == "created"
@@ -384,6 +398,7 @@ def test_create_then_start_and_rename(clean_agent: AgentProcess) -> None:
     assert clean_agent.cli("wait", "later2").stdout.strip() == "0"
 
 
+@pytest.mark.slow
 def test_seccomp_filter_refuses_namespace_and_mount_syscalls_unless_unconfined(clean_agent: AgentProcess) -> None:
     # unshare -U needs no capability: only the seccomp filter can refuse it (EPERM), as docker's does.
     r = clean_agent.cli("run", "--rm", "busybox", "sh", "-c",
@@ -518,6 +533,7 @@ def test_seccomp_filter_allows_dockers_list_and_refuses_the_rest() -> None:
     assert unfiltered == {"keyctl": 0, "no such syscall": errno.ENOSYS}
 
 
+@pytest.mark.slow
 def test_seccomp_is_an_allow_list_in_containers_unless_unconfined(clean_agent: AgentProcess, tmp_path: Path) -> None:
     """Syscalls docker's list leaves out, that no capability check would refuse first: EPERM under
     the filter, served by the kernel with seccomp=unconfined."""

@@ -14,6 +14,7 @@ from tests.agent_harness import AgentProcess
 pytestmark = pytest.mark.root
 
 
+@pytest.mark.slow
 def test_agent_kill9_and_adoption(clean_agent: AgentProcess) -> None:
     a = clean_agent
     ticker = a.run_detached("--name", "ticker", "-p", "127.0.0.1::80", "busybox", "sh", "-c",
