@@ -177,7 +177,7 @@ class AgentProcess:
         with open("/proc/mounts") as f:
             out += [ln.split()[1] for ln in f if str(self.root) in ln.split()[1]]
         parent = self.cgroup_parent
-        for ctl in ("memory", "cpu", "pids", "freezer", "blkio"):
+        for ctl in ("memory", "cpu", "pids", "freezer", "blkio", "devices"):
             d = Path("/sys/fs/cgroup") / ctl / parent
             if d.is_dir():
                 out += [str(p) for p in d.iterdir() if p.is_dir()]

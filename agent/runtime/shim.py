@@ -65,6 +65,8 @@ def resources_from_dict(d: dict[str, Any]) -> cgroups.Resources:
     d = dict(d)
     for key in ("device_read_bps", "device_write_bps"):
         d[key] = tuple(cgroups.DeviceRate(path=r["path"], rate=int(r["rate"])) for r in d.get(key, ()))
+    if "devices" in d:  # (a spec written before device rules has none: docker's default then)
+        d["devices"] = tuple(cgroups.DeviceRule(**r) for r in d["devices"])
     return cgroups.Resources(**d)
 
 

@@ -21,10 +21,10 @@ from .pids import Pids
 
 log = logging.getLogger(__name__)
 
-# cpuset first: its cgroup can take no process until cpus and mems are copied in.
-# The controllers a container joins. cpuset and devices are left out until something configures
-# them (no --cpuset-cpus, no device rules yet): each v1 hierarchy joined costs an RCU-synchronised
-# attach on the container's start path, about 1.5 ms apiece on this kernel (BENCHMARKS.md).
+# The controllers a container joins. cpuset is left out until something configures it (no
+# --cpuset-cpus yet): each v1 hierarchy joined costs an RCU-synchronised attach, about 1.5 ms apiece
+# on this kernel (BENCHMARKS.md). devices is always joined: it is what keeps a container (whose root
+# may mknod) from opening the host's disks; a pre-cloned init joins all of them ahead (make_spare).
 CONTROLLERS: tuple[Controller, ...] = (
     Memory(),
     Cpu(),
@@ -32,8 +32,9 @@ CONTROLLERS: tuple[Controller, ...] = (
     Pids(),
     Blkio(),
     Freezer(),
+    Devices(),
 )
-UNUSED_CONTROLLERS: tuple[Controller, ...] = (CpuSet(), Devices())
+UNUSED_CONTROLLERS: tuple[Controller, ...] = (CpuSet(),)
 NAMES = tuple(c.name for c in CONTROLLERS)
 
 
@@ -43,7 +44,7 @@ class V1Driver(CgroupDriver):
     version = 1
 
     def __init__(self, bases: dict[str, str], parent: str, *, freeze_timeout: float = 10.0) -> None:
-        missing = [n for n in ("memory", "cpu", "cpuacct", "pids", "freezer") if n not in bases]
+        missing = [n for n in ("memory", "cpu", "cpuacct", "pids", "freezer", "devices") if n not in bases]
         if missing:
             raise CgroupError(f"cgroup v1: controllers {', '.join(missing)} are not mounted", op="detect")
         self.bases = dict(bases)
