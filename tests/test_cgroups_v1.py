@@ -405,3 +405,29 @@ def test_device_rule_syntax_round_trips() -> None:
     for bad in ("c 1 rwm", "c x:3 rwm", "q 1:3 r", "c 1:3"):
         with pytest.raises(CgroupError, match="devices: "):
             DeviceRule.parse(bad)
+
+
+def test_spare_is_made_ahead_and_taken_by_rename(driver: V1Driver, spawn: Spawner) -> None:
+    """A pre-cloned init's cgroups are made and joined ahead (shim.SpareCgroup); its container
+    renames them: the process stays in, in every controller, and the resources are applied."""
+    p = subprocess.Popen(["sleep", "60"])
+    spawn.procs.append(p)
+    assert driver.make_spare(".spare-1", p.pid)
+    assert driver.list() == []  # a spare is nobody's container
+    assert driver.procs(".spare-1") == [p.pid]
+    assert not driver.take_spare(".spare-nope", "c1", Resources())
+    driver.create("taken", Resources())
+    assert not driver.take_spare(".spare-1", "taken", Resources())  # the name is in use: nothing moves
+    assert driver.procs(".spare-1") == [p.pid]
+    assert driver.take_spare(".spare-1", "c1", Resources(memory=64 * MIB, pids_limit=9))
+    assert not driver.exists(".spare-1")
+    assert driver.procs("c1") == [p.pid]
+    with open(f"/proc/{p.pid}/cgroup") as f:
+        mine = {ctrl: path for _, ctrl, path in (line.strip().split(":", 2) for line in f)}
+    for ctrl, path in driver.paths("c1").items():
+        assert path.endswith(mine[ctrl]), (ctrl, path, mine[ctrl])
+    assert read(f"{driver.paths('c1')['memory']}/memory.limit_in_bytes") == str(64 * MIB)
+    assert read(f"{driver.paths('c1')['pids']}/pids.max") == "9"
+    assert sorted(devices.rules(driver.paths("c1")["devices"])) == sorted(str(r) for r in DEFAULT_DEVICE_RULES)
+    with pytest.raises(CgroupError, match=re.escape("must start with '.'")):
+        driver.make_spare("visible", p.pid)

@@ -65,3 +65,16 @@ def test_exec_is_held_to_the_same_device_rules(clean_agent: AgentProcess) -> Non
     cid = clean_agent.run_detached("--network", "none", "busybox", "sleep", "60")
     r = clean_agent.cli("exec", cid, "sh", "-c", _try(*BLOCK, "r"))
     assert r.stdout == "refused\n", r.stdout + r.stderr
+
+
+def test_container_cgroups_are_made_ahead_and_named_after_it(clean_agent: AgentProcess) -> None:
+    """The pre-cloned init waits in a spare cgroup of every controller, devices included; its
+    container takes it over by name (shim.SpareCgroup), and the next spare is there again."""
+    cid = clean_agent.run_detached("--network", "none", "busybox", "sleep", "60")
+    pid = clean_agent.inspect(cid)["State"]["Pid"]
+    with open(f"/proc/{pid}/cgroup") as f:
+        mine = {ctrl: path for _, ctrl, path in (line.strip().split(":", 2) for line in f)}
+    for ctrl in ("memory", "cpu", "cpuacct", "pids", "blkio", "freezer", "devices"):
+        assert mine[ctrl].endswith(f"/{clean_agent.cgroup_parent}/{cid}"), (ctrl, mine[ctrl])
+    devices = f"/sys/fs/cgroup/devices/{clean_agent.cgroup_parent}"
+    clean_agent.wait_for(lambda: any(n.startswith(".spare-") for n in os.listdir(devices)), what="a spare")

@@ -172,7 +172,7 @@ class V2Driver(CgroupDriver):
         d = self._parent_dir()
         if not os.path.isdir(d):
             return []
-        return sorted(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+        return sorted(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
 
     # freezer: core files in v2, no controller to enable
     def freeze(self, name: str) -> None:
