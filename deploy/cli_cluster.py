@@ -286,14 +286,25 @@ def node_rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
 @click.pass_context
 def deploy(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: bool) -> None:
     """Deploy a stack (idempotent: shows what changed)."""
+    import os
+
+    from deploy.compose.dotenv import DotEnvError, project_environment
     from deploy.stack import StackError, load_stack
     from scheduler.convert import spec_to_pb
 
     specs = {}
     stack_name = name
+    env_warnings: list[str] = []
+    try:
+        # As Compose: the .env beside the first file, the shell's variables over it
+        environ = project_environment(files[0], os.environ, env_warnings.append)
+    except DotEnvError as e:
+        fail(f"dockyard deploy: {e}")
+    for w in env_warnings:
+        click.echo(f"warning: {w}", err=True)
     for f in files:
         try:
-            stack = load_stack(f, stack_name)
+            stack = load_stack(f, stack_name, environ=environ)
         except StackError as e:
             fail(f"dockyard deploy: {e}")
         for w in stack.warnings:

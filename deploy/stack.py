@@ -8,23 +8,30 @@ invalid size '12X' (use a number with b, k, m or g, like 512M)`. Unknown fields 
 Swarm also ignores (build, depends_on, container_name, ...) are returned as warnings, as
 `docker stack deploy` prints "Ignoring unsupported options".
 
-Line numbers come from a SafeLoader whose mappings and sequences remember where each key and item
-was written. ${VAR} and ${VAR:-default} are interpolated from the `environ` given (pure: no
-os.environ unless the caller passes it).
+The YAML is read by deploy/compose/yamlload.py (bounded against hostile files; line numbers on
+every key and item; Compose's YAML 1.2 numbers and merge keys). ${VAR}, ${VAR:-default},
+${VAR:?message}, $$ ... are interpolated as Compose does (deploy/compose/interpolate.py) from the
+`environ` given: pure, so the CLI passes the shell's environment over the `.env` file beside the
+stack file (deploy/compose/dotenv.py). An unset variable becomes "" with a warning, as in Compose.
 """
 
 from __future__ import annotations
 
+import math
 import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import yaml
-
+from deploy.compose.interpolate import InterpolationError, interpolate
+from deploy.compose.yamlload import LineMap as _Map
+from deploy.compose.yamlload import LineSeq as _Seq
+from deploy.compose.yamlload import YAMLError
+from deploy.compose.yamlload import load as load_yaml
 from scheduler import constraints as constraint_lang
 from scheduler.model import (
+    MAX_REPLICAS,
     NANO,
     FailureAction,
     HealthCheck,
@@ -38,6 +45,12 @@ from scheduler.model import (
     UpdateConfig,
     UpdateOrder,
 )
+
+# Bounds of values (a clear error instead of an overflow further down, or a hang placing them).
+INT32_MAX = (1 << 31) - 1  # counts travel as int32 in the protos
+MAX_CPUS = 8192  # Linux's largest NR_CPUS on x86-64
+MAX_BYTES = 1 << 52  # 4 PiB: x86-64's physical address space
+MAX_SECONDS = float((1 << 63) // NANO)  # Go's time.Duration, as Compose reads durations
 
 
 class StackError(ValueError):
@@ -61,55 +74,6 @@ class Stack:
             if s.name == full:
                 return s
         raise KeyError(full)
-
-
-# -- a YAML loader that keeps line numbers -------------------------------------------------------
-
-class _Map(dict[Any, Any]):
-    line: int = 0
-    lines: dict[Any, int]
-
-
-class _Seq(list[Any]):
-    line: int = 0
-    lines: list[int]
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)  # merge keys (<<: *anchor)
-    out = _Map()
-    out.line = node.start_mark.line + 1
-    out.lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-        line = key_node.start_mark.line + 1
-        if not isinstance(key, str):
-            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is not a string",
-                                                    key_node.start_mark)
-        if key in out:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {out.lines[key]})", key_node.start_mark)
-        out[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
-        out.lines[key] = line
-    return out
-
-
-def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
-    out = _Seq()
-    out.line = node.start_mark.line + 1
-    out.lines = []
-    for item in node.value:
-        out.append(loader.construct_object(item, deep=True))  # type: ignore[no-untyped-call]
-        out.lines.append(item.start_mark.line + 1)
-    return out
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)  # type: ignore[arg-type]
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)  # type: ignore[arg-type]
 
 
 # -- a cursor over the document: every error it raises knows file, line and field ---------------
@@ -168,14 +132,16 @@ class _At:
             self.fail(f"expected a string, got {_kind(v)}")
         return str(v)
 
-    def integer(self, minimum: int = 0) -> int:
+    def integer(self, minimum: int = 0, maximum: int = INT32_MAX) -> int:
         v = self.value
-        if isinstance(v, str) and v.strip().isdigit():
+        if isinstance(v, str) and v.strip().isdigit() and len(v.strip()) <= 20:
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
             self.fail(f"expected a whole number, got {_kind(v)} {self.value!r}")
         if v < minimum:
             self.fail(f"must be at least {minimum}, got {v}")
+        if v > maximum:
+            self.fail(f"must be at most {maximum:,}, got {v:,}")
         return v
 
     def number(self) -> float:
@@ -186,6 +152,8 @@ class _At:
             f = float(v)
         except (TypeError, ValueError):
             self.fail(f"expected a number, got {_kind(v)} {v!r}")
+        if not math.isfinite(f):
+            self.fail(f"expected a finite number, got {v!r}")
         return f
 
     def boolean(self) -> bool:
@@ -237,11 +205,15 @@ _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
 def parse_size(at: _At) -> int:
     v = at.value
     if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    m = _SIZE.match(str(v)) if isinstance(v, str) else None
-    if m is None:
-        at.fail(f"invalid size {v!r} (use a number with b, k, m or g, like 512M)")
-    return int(float(m.group(1)) * _UNIT[m.group(2).lower()])
+        size = v
+    else:
+        m = _SIZE.match(v) if isinstance(v, str) and len(v) <= 64 else None
+        if m is None:
+            at.fail(f"invalid size {v!r} (use a number with b, k, m or g, like 512M)")
+        size = int(float(m.group(1)) * _UNIT[m.group(2).lower()])
+    if size > MAX_BYTES:
+        at.fail(f"size {v!r} is more than the {MAX_BYTES >> 50} PiB a host can address")
+    return size
 
 
 def parse_duration(at: _At) -> float:
@@ -259,64 +231,62 @@ def parse_duration(at: _At) -> float:
         pos = m.end()
     if pos != len(text) or pos == 0:
         at.fail(f"invalid duration {v!r} (use units, like 10s, 1m30s or 500ms)")
+    if total > MAX_SECONDS:
+        at.fail(f"duration {v!r} is longer than the {MAX_SECONDS // (365 * 86400):.0f} years a duration can hold")
     return total
 
 
 def parse_cpus(at: _At) -> int:
     v = at.value
     try:
-        if isinstance(v, bool):
+        if isinstance(v, bool) or (isinstance(v, str) and len(v) > 64):
             raise ValueError
         cpus = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         at.fail(f"invalid cpus {v!r} (a number of CPUs as a string, like '0.5')")
+    if not math.isfinite(cpus):
+        at.fail(f"invalid cpus {v!r}: a finite number of CPUs, like '0.5'")
     if cpus <= 0:
         at.fail(f"cpus must be more than 0, got {v!r}")
-    return round(cpus * NANO)
+    if cpus > MAX_CPUS:
+        at.fail(f"cpus {v!r} is more than the {MAX_CPUS} CPUs Linux supports on one host")
+    nano = round(cpus * NANO)
+    if nano == 0:
+        at.fail(f"cpus {v!r} is less than one billionth of a CPU")
+    return nano
 
 
-_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def _interpolate(value: Any, at: Callable[[], _At], environ: Mapping[str, str]) -> Any:
-    if not isinstance(value, str) or "$" not in value:
-        return value
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(1):
-            return "$"
-        name = m.group(2) or m.group(5)
-        op, arg = m.group(3), m.group(4) or ""
-        got = environ.get(name)
-        if op in (":-", "-"):
-            if got is None or (op == ":-" and got == ""):
-                return arg
-        elif op in (":?", "?") and (got is None or (op == ":?" and got == "")):
-            at().fail(f"variable {name} is required: {arg or 'not set'}")
-        return got if got is not None else ""
-
-    return _VAR.sub(sub, value)
-
-
-def _interpolate_tree(node: Any, file: str, environ: Mapping[str, str], field: str = "") -> None:
-    def locate(f: str, ln: int, v: Any) -> Callable[[], _At]:
-        return lambda: _At(file, f, ln, v)
-
-    if isinstance(node, _Map):
-        for k in list(node):
-            f = f"{field}.{k}" if field else k
-            v = node[k]
+def _interpolate_tree(root: _Map, file: str, environ: Mapping[str, str], warnings: list[str]) -> None:
+    """Interpolate every string value in place (not keys, as in Compose). A mapping or list that
+    aliases share is visited once, so `$$` is not unescaped twice."""
+    warned: set[str] = set()
+    seen: set[int] = set()
+    stack: list[tuple[_Map | _Seq, str]] = [(root, "")]
+    while stack:
+        node, field = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        entries: list[tuple[Any, str, int]]
+        if isinstance(node, _Map):
+            entries = [(k, f"{field}.{k}" if field else k, node.lines.get(k, node.line)) for k in node]
+        else:
+            entries = [(i, f"{field}[{i}]", node.lines[i] if i < len(node.lines) else node.line)
+                       for i in range(len(node))]
+        for key, f, line in entries:
+            v = node[key]
             if isinstance(v, _Map | _Seq):
-                _interpolate_tree(v, file, environ, f)
-            else:
-                node[k] = _interpolate(v, locate(f, node.lines.get(k, node.line), v), environ)
-    elif isinstance(node, _Seq):
-        for i, v in enumerate(node):
-            f = f"{field}[{i}]"
-            if isinstance(v, _Map | _Seq):
-                _interpolate_tree(v, file, environ, f)
-            else:
-                node[i] = _interpolate(v, locate(f, node.lines[i] if i < len(node.lines) else node.line, v), environ)
+                stack.append((v, f))
+            elif isinstance(v, str) and "$" in v:
+                def unset(name: str, f: str = f, line: int = line) -> None:
+                    if name not in warned:
+                        warned.add(name)
+                        warnings.append(f'{file}:{line}: {f}: the "{name}" variable is not set. '
+                                        "Defaulting to a blank string.")
+                try:
+                    node[key] = interpolate(v, environ, unset)
+                except InterpolationError as e:
+                    raise StackError(file, line, f, str(e)) from None
 
 
 # -- the schema ------------------------------------------------------------------------------------
@@ -356,19 +326,18 @@ def load_stack(path: str, name: str | None = None, *, environ: Mapping[str, str]
 def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
                 environ: Mapping[str, str] | None = None) -> Stack:
     try:
-        doc = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        raise StackError(file, line, "", f"not valid YAML: {e.problem or e}") from e
-    except yaml.YAMLError as e:
-        raise StackError(file, 0, "", f"not valid YAML: {e}") from e
+        doc = load_yaml(text)  # safe types only, bounded depth and alias expansion
+    except YAMLError as e:
+        raise StackError(file, e.line, "", e.problem) from None
     if doc is None:
         raise StackError(file, 1, "", "empty file: a stack needs `services:`")
     root = _At(file, "", getattr(doc, "line", 1), doc)
     warnings: list[str] = []
     top = root.mapping(_TOP)
-    _interpolate_tree(top, file, environ or {})
+    _interpolate_tree(top, file, environ or {}, warnings)
+    version = root.child("version")
+    if version is not None:
+        _version(version)
     stack_name = name
     if stack_name is None:
         at = root.child("name")
@@ -394,6 +363,20 @@ def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
     return Stack(stack_name, tuple(specs), tuple(warnings))
 
 
+_VERSION = re.compile(r"^3(?:\.[0-9])?$")
+
+
+def _version(at: _At) -> None:
+    """`version:` is optional (Compose calls it obsolete); docker stack deploy reads 3.0 to 3.9."""
+    v = at.value
+    text = v if isinstance(v, str) else repr(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    if text is None:
+        at.fail(f"expected a version string like \"3.8\", got {_kind(v)}")
+    if not _VERSION.match(text.strip()):
+        at.fail(f"unsupported Compose file version {text!r}: stack files are version 3.x (3.0 to 3.9), "
+                "or leave `version:` out")
+
+
 def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
     at.mapping(_SERVICE, _SERVICE_IGNORED, warnings)
     image_at = at.child("image")
@@ -407,10 +390,12 @@ def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
     env = _environment(at.child("environment"))
     ports_at = at.child("ports")
     ports = tuple(p for e in (ports_at.elements() if ports_at is not None else []) for p in _ports(e))
-    published = [(p.published, p.protocol) for p in ports if p.published is not None]
-    for p in set(published):
-        if published.count(p) > 1:
-            (ports_at or at).fail(f"host port {p[0]}/{p[1]} published twice")
+    published: set[tuple[int, str]] = set()
+    for p in ports:
+        if p.published is not None:
+            if (p.published, p.protocol) in published:
+                (ports_at or at).fail(f"host port {p.published}/{p.protocol} published twice")
+            published.add((p.published, p.protocol))
     labels = _labels(at.child("labels"))
     healthcheck = _healthcheck(at.child("healthcheck"))
 
@@ -422,7 +407,7 @@ def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
         mode = deploy.child("mode")
         if mode is not None and mode.choice(("replicated", "global")) == "global":
             mode.fail("global services are not supported yet (use replicas with max_replicas_per_node: 1)")
-        replicas = _opt(deploy, "replicas", _At.integer, 1)
+        replicas = _opt(deploy, "replicas", lambda a: a.integer(0, MAX_REPLICAS), 1)
         resources = _resources(deploy.child("resources"))
         placement = _placement(deploy.child("placement"))
         update = _update(deploy.child("update_config"), UpdateConfig())
@@ -483,7 +468,7 @@ _PORT_SHORT = re.compile(r"^(?:(?P<ip>\d+\.\d+\.\d+\.\d+|\[[0-9a-fA-F:]+\]):)?(?
 
 
 def _port_number(at: _At, text: str) -> int:
-    n = int(text)
+    n = int(text) if len(text) <= 10 else 1 << 40
     if not 1 <= n <= 65535:
         at.fail(f"port {n} is out of range 1-65535")
     return n

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 NANO = 1_000_000_000
+# The most tasks one service may ask for: the scale the scheduler is benchmarked at (100,000 tasks on
+# 5,000 nodes); beyond it a deploy would spend minutes placing and etcd would hold gigabytes.
+MAX_REPLICAS = 100_000
 
 
 class NodeStatus(enum.StrEnum):

@@ -140,7 +140,7 @@ def test_interpolation(tmp_path: Path) -> None:
     stack = parse_stack(text, "s", environ={"B": "b"})
     assert stack.services[0].image == "nginx:latest"
     assert stack.services[0].env == (("A", "$HOME"), ("B", "b"))
-    with pytest.raises(StackError, match=r"<stack>:3: services.web.image: variable TAG is required: set it"):
+    with pytest.raises(StackError, match=r"<stack>:3: services.web.image: required variable TAG is missing a value: set it"):
         parse_stack("services:\n  web:\n    image: nginx:${TAG:?set it}\n", "s", environ={})
 
 
