@@ -18,6 +18,7 @@ stack file (deploy/compose/dotenv.py). An unset variable becomes "" with a warni
 from __future__ import annotations
 
 import math
+import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
@@ -41,6 +42,7 @@ from scheduler.model import (
     ResourceSpec,
     RestartCondition,
     RestartPolicy,
+    ServiceMode,
     ServiceSpec,
     UpdateConfig,
     UpdateOrder,
@@ -50,6 +52,7 @@ from scheduler.model import (
 INT32_MAX = (1 << 31) - 1  # counts travel as int32 in the protos
 MAX_CPUS = 8192  # Linux's largest NR_CPUS on x86-64
 MAX_BYTES = 1 << 52  # 4 PiB: x86-64's physical address space
+MAX_PIDS = 1 << 22  # the kernel's largest pid_max
 MAX_SECONDS = float((1 << 63) // NANO)  # Go's time.Duration, as Compose reads durations
 
 
@@ -102,8 +105,10 @@ class _At:
         return [_At(self.file, f"{self.field}[{i}]", s.lines[i] if i < len(s.lines) else s.line, v)
                 for i, v in enumerate(s)]
 
-    def mapping(self, allowed: frozenset[str] | None = None, ignored: frozenset[str] = frozenset(),
-                warnings: list[str] | None = None) -> _Map:
+    def mapping(self, allowed: frozenset[str] | None = None, unsupported: Mapping[str, str] | None = None) -> _Map:
+        """The value as a mapping whose keys are all `allowed` (or x- extensions). A key of
+        `unsupported` (Compose has it, dockyard does not do it) is refused as `not supported` with
+        its hint; any other key is an `unknown field`."""
         if not isinstance(self.value, _Map):
             self.fail(f"expected a mapping, got {_kind(self.value)}")
         if allowed is not None:
@@ -112,13 +117,12 @@ class _At:
                     continue
                 line = self.value.lines.get(k, self.value.line)
                 field = f"{self.field}.{k}" if self.field else k
-                if k in ignored:
-                    if warnings is not None:
-                        warnings.append(f"{self.file}:{line}: {field}: ignored (not supported by dockyard deploy)")
-                    continue
-                hint = _close(k, allowed)
+                if unsupported is not None and k in unsupported:
+                    hint = unsupported[k]
+                    raise StackError(self.file, line, field, "not supported" + (f" ({hint})" if hint else ""))
+                close = _close(k, allowed | frozenset(unsupported or ()))
                 raise StackError(self.file, line, field,
-                                 "unknown field" + (f" (did you mean {hint!r}?)" if hint else ""))
+                                 "unknown field" + (f" (did you mean {close!r}?)" if close else ""))
         return self.value
 
     def seq(self) -> _Seq:
@@ -200,6 +204,8 @@ _UNIT = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$")
+_SIGNAL = re.compile(r"^(SIG)?[A-Z][A-Z0-9+-]*$|^[0-9]{1,2}$")
 
 
 def parse_size(at: _At) -> int:
@@ -291,25 +297,57 @@ def _interpolate_tree(root: _Map, file: str, environ: Mapping[str, str], warning
 
 # -- the schema ------------------------------------------------------------------------------------
 
-_TOP = frozenset({"version", "name", "services", "networks", "volumes", "configs", "secrets"})
-_SERVICE = frozenset({"image", "command", "entrypoint", "environment", "ports", "deploy", "healthcheck",
-                      "labels", "networks", "volumes", "hostname", "user", "working_dir", "stop_signal",
-                      "stop_grace_period", "logging", "configs", "secrets", "env_file", "tty", "stdin_open",
-                      "init", "read_only", "ulimits", "sysctls", "extra_hosts", "dns", "cap_add", "cap_drop"})
-# Compose options Swarm ignores too: a warning, not an error.
-_SERVICE_IGNORED = frozenset({"build", "container_name", "depends_on", "links", "network_mode", "restart",
-                              "devices", "privileged", "security_opt", "userns_mode", "cgroup_parent",
-                              "external_links", "profiles", "pull_policy", "platform", "expose"})
+# Every key either works or is refused: `supported` sets list what is read; the `_UNSUPPORTED_*`
+# maps list what Compose has and dockyard does not do (yet), each with a hint; anything else is an
+# unknown field. Nothing is read and then dropped.
+_TOP = frozenset({"version", "name", "services"})
+_UNSUPPORTED_TOP = {
+    "networks": "every task joins the node's bridge network; leave `networks:` out",
+    "volumes": "",
+    "configs": "",
+    "secrets": "",
+}
+_SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file", "ports", "deploy", "healthcheck",
+                      "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
+                      "stdin_open", "init"})
+_ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
+_UNSUPPORTED_SERVICE = {
+    "build": "build the image first with `dockyard image build -t NAME .` and name it in `image:`",
+    "container_name": "tasks are named <stack>_<service>.<slot>",
+    "depends_on": "a stack's services start in any order; make each one wait for what it needs",
+    "links": "services reach each other by published ports", "external_links": "",
+    "network_mode": "", "networks": "every task joins the node's bridge network",
+    "restart": "use deploy.restart_policy", "scale": "use deploy.replicas",
+    "expose": "every port of a task is reachable from the node; publish it with `ports:`",
+    "volumes": "", "volumes_from": "", "tmpfs": "", "configs": "", "secrets": "",
+    "devices": _ON_THE_NODE, "device_cgroup_rules": _ON_THE_NODE, "privileged": _ON_THE_NODE,
+    "cap_add": _ON_THE_NODE, "cap_drop": _ON_THE_NODE, "security_opt": _ON_THE_NODE, "read_only": _ON_THE_NODE,
+    "ulimits": _ON_THE_NODE, "sysctls": _ON_THE_NODE, "extra_hosts": _ON_THE_NODE, "dns": _ON_THE_NODE,
+    "dns_search": _ON_THE_NODE, "dns_opt": _ON_THE_NODE, "shm_size": _ON_THE_NODE, "group_add": _ON_THE_NODE,
+    "logging": _ON_THE_NODE, "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
+    "uts": "", "isolation": "", "domainname": "", "mac_address": "", "oom_score_adj": "",
+    "oom_kill_disable": "", "storage_opt": "", "runtime": "", "platform": "", "profiles": "",
+    "pull_policy": "", "extends": "", "credential_spec": "", "gpus": "", "annotations": "", "label_file": "",
+    "blkio_config": "", "stop_timeout": "use stop_grace_period",
+    **dict.fromkeys(("cpus", "cpu_count", "cpu_percent", "cpu_shares", "cpu_period", "cpu_quota", "cpuset",
+                     "cpu_rt_runtime", "cpu_rt_period", "mem_limit", "mem_reservation", "memswap_limit",
+                     "mem_swappiness", "pids_limit"), "use deploy.resources.limits and reservations"),
+}
 _DEPLOY = frozenset({"mode", "replicas", "resources", "placement", "update_config", "rollback_config",
-                     "restart_policy", "labels", "endpoint_mode"})
+                     "restart_policy", "labels"})
+_UNSUPPORTED_DEPLOY = {"endpoint_mode": "tasks are reached at their node's published ports (no virtual IP)"}
 _RESOURCES = frozenset({"limits", "reservations"})
 _LIMITS = frozenset({"cpus", "memory", "pids"})
-_RESERVATIONS = frozenset({"cpus", "memory", "generic_resources", "devices"})
+_RESERVATIONS = frozenset({"cpus", "memory"})
+_UNSUPPORTED_RESERVATIONS = {"generic_resources": "", "devices": ""}
 _PLACEMENT = frozenset({"constraints", "preferences", "max_replicas_per_node"})
 _UPDATE = frozenset({"parallelism", "delay", "order", "failure_action", "monitor", "max_failure_ratio"})
 _RESTART = frozenset({"condition", "delay", "max_attempts", "window"})
-_HEALTH = frozenset({"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"})
-_PORT_LONG = frozenset({"target", "published", "protocol", "mode", "host_ip", "name", "app_protocol"})
+_HEALTH = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
+_UNSUPPORTED_HEALTH = {"start_interval": "checks run every `interval` from the start"}
+_PORT_LONG = frozenset({"target", "published", "protocol", "mode"})
+_UNSUPPORTED_PORT = {"host_ip": "a published port binds every address of the node", "name": "",
+                     "app_protocol": ""}
 
 
 def load_stack(path: str, name: str | None = None, *, environ: Mapping[str, str] | None = None) -> Stack:
@@ -333,7 +371,7 @@ def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
         raise StackError(file, 1, "", "empty file: a stack needs `services:`")
     root = _At(file, "", getattr(doc, "line", 1), doc)
     warnings: list[str] = []
-    top = root.mapping(_TOP)
+    top = root.mapping(_TOP, _UNSUPPORTED_TOP)
     _interpolate_tree(top, file, environ or {}, warnings)
     version = root.child("version")
     if version is not None:
@@ -347,9 +385,6 @@ def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
     if not _NAME.match(stack_name):
         raise StackError(file, top.lines.get("name", 1), "name",
                          f"invalid stack name {stack_name!r} (letters, digits, '_', '.', '-')")
-    for ignored in ("configs", "secrets"):
-        if top.get(ignored):
-            warnings.append(f"{file}:{top.lines[ignored]}: {ignored}: ignored (not supported by dockyard deploy)")
     services_at = root.child("services")
     if services_at is None:
         raise StackError(file, 1, "services", "missing: a stack needs at least one service")
@@ -357,7 +392,7 @@ def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
     for short, at in services_at.items():
         if not _NAME.match(short):
             raise StackError(file, at.line, at.field, f"invalid service name {short!r}")
-        specs.append(_service(at, f"{stack_name}_{short}", warnings))
+        specs.append(_service(at, f"{stack_name}_{short}", environ or {}, warnings))
     if not specs:
         raise StackError(file, services_at.line, "services", "no services defined")
     return Stack(stack_name, tuple(specs), tuple(warnings))
@@ -377,8 +412,8 @@ def _version(at: _At) -> None:
                 "or leave `version:` out")
 
 
-def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
-    at.mapping(_SERVICE, _SERVICE_IGNORED, warnings)
+def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list[str]) -> ServiceSpec:
+    at.mapping(_SERVICE, _UNSUPPORTED_SERVICE)
     image_at = at.child("image")
     if image_at is None:
         at.fail("no image (dockyard deploy runs images; build them first with `dockyard image build`)")
@@ -387,7 +422,8 @@ def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
         image_at.fail(f"invalid image reference {image!r}")
     command = _opt(at, "command", _At.words)
     entrypoint = _opt(at, "entrypoint", _At.words)
-    env = _environment(at.child("environment"))
+    env = dict(_env_files(at.child("env_file"), environ, warnings))
+    env.update(_environment(at.child("environment"), environ))
     ports_at = at.child("ports")
     ports = tuple(p for e in (ports_at.elements() if ports_at is not None else []) for p in _ports(e))
     published: set[tuple[int, str]] = set()
@@ -396,29 +432,46 @@ def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
             if (p.published, p.protocol) in published:
                 (ports_at or at).fail(f"host port {p.published}/{p.protocol} published twice")
             published.add((p.published, p.protocol))
-    labels = _labels(at.child("labels"))
+    container_labels = _labels(at.child("labels"))
+    labels: tuple[tuple[str, str], ...] = ()
     healthcheck = _healthcheck(at.child("healthcheck"))
+    grace = _opt(at, "stop_grace_period", parse_duration)
+    hostname = _opt(at, "hostname", _At.string, "")
+    if hostname and not _HOSTNAME.match(hostname):
+        (at.child("hostname") or at).fail(f"invalid hostname {hostname!r} (letters, digits, '-' and '.', "
+                                          "at most 63 characters a label)")
+    workdir = _opt(at, "working_dir", _At.string, "")
+    if workdir and not workdir.startswith("/"):
+        (at.child("working_dir") or at).fail(f"{workdir!r} is not an absolute path")
+    stop_signal = _opt(at, "stop_signal", _At.string, "")
+    if stop_signal and not _SIGNAL.match(stop_signal):
+        (at.child("stop_signal") or at).fail(f"invalid signal {stop_signal!r} (a name like SIGINT or a number)")
 
-    replicas, resources, placement = 1, ResourceSpec(), PlacementSpec()
+    replicas, resources, placement, pids = 1, ResourceSpec(), PlacementSpec(), 0
+    mode = ServiceMode.REPLICATED
     update, rollback, restart = UpdateConfig(), UpdateConfig(), RestartPolicy()
     deploy = at.child("deploy")
     if deploy is not None:
-        deploy.mapping(_DEPLOY)
-        mode = deploy.child("mode")
-        if mode is not None and mode.choice(("replicated", "global")) == "global":
-            mode.fail("global services are not supported yet (use replicas with max_replicas_per_node: 1)")
+        deploy.mapping(_DEPLOY, _UNSUPPORTED_DEPLOY)
+        mode = ServiceMode(_opt(deploy, "mode", lambda a: a.choice(("replicated", "global")), "replicated"))
         replicas = _opt(deploy, "replicas", lambda a: a.integer(0, MAX_REPLICAS), 1)
-        resources = _resources(deploy.child("resources"))
+        if mode is ServiceMode.GLOBAL and deploy.child("replicas") is not None:
+            (deploy.child("replicas") or deploy).fail("a global service runs one task per node: leave replicas out")
+        resources, pids = _resources(deploy.child("resources"))
         placement = _placement(deploy.child("placement"))
         update = _update(deploy.child("update_config"), UpdateConfig())
         rollback = _update(deploy.child("rollback_config"), UpdateConfig())
         restart = _restart(deploy.child("restart_policy"))
         labels = labels + _labels(deploy.child("labels"))
     return ServiceSpec(
-        name=full_name, image=image, command=command, entrypoint=entrypoint, env=env, ports=ports,
+        name=full_name, image=image, command=command, entrypoint=entrypoint, env=tuple(sorted(env.items())), ports=ports,
         replicas=replicas, resources=resources, placement=placement, update_config=update,
         rollback_config=rollback, restart_policy=restart, healthcheck=healthcheck,
-        labels=tuple(sorted(dict(labels).items())),
+        labels=tuple(sorted(dict(labels).items())), mode=mode, hostname=hostname,
+        user=_opt(at, "user", _At.string, ""), workdir=workdir, stop_signal=stop_signal, stop_grace_period=grace,
+        tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
+        init=_opt(at, "init", _At.boolean, False), pids_limit=pids,
+        container_labels=tuple(sorted(dict(container_labels).items())),
     )
 
 
@@ -427,7 +480,9 @@ def _opt(at: _At, key: str, read: Callable[..., Any], default: Any = None) -> An
     return default if child is None else read(child)
 
 
-def _environment(at: _At | None) -> tuple[tuple[str, str], ...]:
+def _environment(at: _At | None, environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """`environment:` as a list or a mapping; a name without a value takes the deploying shell's
+    (as Compose does), and is an error when the shell has none."""
     if at is None:
         return ()
     env: dict[str, str] = {}
@@ -438,17 +493,41 @@ def _environment(at: _At | None) -> tuple[tuple[str, str], ...]:
             if not key or not re.match(r"^[^=\s]+$", key):
                 e.fail(f"invalid environment entry {entry!r} (use NAME=value)")
             if not sep:
-                e.fail(f"{key} has no value (write {key}=value; dockyard does not read the deploying shell)")
+                if key not in environ:
+                    e.fail(f"{key} has no value, and the environment has no {key} (write {key}=value)")
+                value = environ[key]
             env[key] = value
     else:
         for key, e in at.items():
             if e.value is None:
-                e.fail(f"{key} has no value (dockyard does not read the deploying shell)")
+                if key not in environ:
+                    e.fail(f"{key} has no value, and the environment has no {key} (write {key}: value)")
+                env[key] = environ[key]
+                continue
             if isinstance(e.value, bool):
                 env[key] = "true" if e.value else "false"
             else:
                 env[key] = e.string()
     return tuple(sorted(env.items()))
+
+
+def _env_files(at: _At | None, environ: Mapping[str, str], warnings: list[str]) -> dict[str, str]:
+    """`env_file:` (a path or a list, relative to the stack file), read as Compose reads .env files."""
+    from deploy.compose.dotenv import DotEnvError, read_env_file
+
+    if at is None:
+        return {}
+    out: dict[str, str] = {}
+    for e in [at] if isinstance(at.value, str) else at.elements():
+        path = e.string()
+        full = path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(e.file)), path)
+        try:
+            out.update(read_env_file(full, environ, warnings.append))
+        except FileNotFoundError:
+            e.fail(f"env file {full} not found")
+        except DotEnvError as err:
+            e.fail(str(err))
+    return out
 
 
 def _labels(at: _At | None) -> tuple[tuple[str, str], ...]:
@@ -485,7 +564,7 @@ def _port_range(at: _At, text: str) -> list[int]:
 
 def _ports(at: _At) -> list[PortSpec]:
     if isinstance(at.value, _Map):
-        at.mapping(_PORT_LONG)
+        at.mapping(_PORT_LONG, _UNSUPPORTED_PORT)
         target_at = at.child("target")
         if target_at is None:
             at.fail("a port needs `target` (the container port)")
@@ -494,8 +573,6 @@ def _ports(at: _At) -> list[PortSpec]:
         published = None if pub_at is None else _port_number(pub_at, str(pub_at.integer(1)))
         protocol = _opt(at, "protocol", lambda a: a.choice(("tcp", "udp", "sctp")), "tcp")
         mode = _opt(at, "mode", lambda a: a.choice(("ingress", "host")), "ingress")
-        if at.child("host_ip") is not None:
-            (at.child("host_ip") or at).fail("host_ip is not supported by Swarm-style deploys")
         return [PortSpec(target=target, published=published, protocol=protocol, mode=mode)]
     text = at.string() if not isinstance(at.value, int) else str(at.value)
     m = _PORT_SHORT.match(text.strip())
@@ -513,33 +590,31 @@ def _ports(at: _At) -> list[PortSpec]:
     return [PortSpec(target=t, published=p, protocol=proto, mode="ingress") for p, t in zip(pubs, targets, strict=True)]
 
 
-def _resources(at: _At | None) -> ResourceSpec:
+def _resources(at: _At | None) -> tuple[ResourceSpec, int]:
+    """The resources and the pids limit (0: none)."""
     if at is None:
-        return ResourceSpec()
+        return ResourceSpec(), 0
     at.mapping(_RESOURCES)
 
-    def read(sub: _At | None, allowed: frozenset[str]) -> Resources:
+    def read(sub: _At | None, allowed: frozenset[str], unsupported: Mapping[str, str]) -> Resources:
         if sub is None:
             return Resources()
-        sub.mapping(allowed)
-        for unsupported in ("generic_resources", "devices"):
-            if sub.child(unsupported) is not None:
-                (sub.child(unsupported) or sub).fail("not supported yet")
+        sub.mapping(allowed, unsupported)
         cpus = _opt(sub, "cpus", parse_cpus, 0)
         memory = _opt(sub, "memory", parse_size, 0)
         if sub.child("memory") is not None and memory <= 0:
             (sub.child("memory") or sub).fail("memory must be more than 0")
-        if sub.child("pids") is not None:
-            (sub.child("pids") or sub).integer(1)
         return Resources(cpus, memory)
 
-    limits = read(at.child("limits"), _LIMITS)
-    reservations = read(at.child("reservations"), _RESERVATIONS)
+    limits = read(at.child("limits"), _LIMITS, {})
+    limits_at = at.child("limits")
+    pids = 0 if limits_at is None else _opt(limits_at, "pids", lambda a: a.integer(1, MAX_PIDS), 0)
+    reservations = read(at.child("reservations"), _RESERVATIONS, _UNSUPPORTED_RESERVATIONS)
     for what, lim, res in (("cpus", limits.nano_cpus, reservations.nano_cpus),
                            ("memory", limits.memory_bytes, reservations.memory_bytes)):
         if lim and res > lim:
             (at.child("reservations") or at).fail(f"reserves more {what} than its limit allows")
-    return ResourceSpec(limits=limits, reservations=reservations)
+    return ResourceSpec(limits=limits, reservations=reservations), pids
 
 
 def _placement(at: _At | None) -> PlacementSpec:
@@ -605,7 +680,7 @@ def _restart(at: _At | None) -> RestartPolicy:
 def _healthcheck(at: _At | None) -> HealthCheck | None:
     if at is None:
         return None
-    at.mapping(_HEALTH)
+    at.mapping(_HEALTH, _UNSUPPORTED_HEALTH)
     d = HealthCheck()
     disable = _opt(at, "disable", _At.boolean, False)
     test: tuple[str, ...] = ()

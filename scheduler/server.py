@@ -21,7 +21,16 @@ from protos import cluster_pb2_grpc as pbg
 from scheduler import convert
 from scheduler.dispatch import Agents, container_name, write_observed
 from scheduler.leader import Election
-from scheduler.model import Availability, DesiredState, Node, Resources, Service, Task, TaskState
+from scheduler.model import (
+    MAX_REPLICAS,
+    Availability,
+    DesiredState,
+    Node,
+    Resources,
+    Service,
+    Task,
+    TaskState,
+)
 from scheduler.observe import ContainerReport
 from scheduler.reconcile import new_service, rollback_service, update_service
 from scheduler.store import Conflict, Delete, Op, Put, Store, StoreError, Unavailable
@@ -66,6 +75,11 @@ def _status(e: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(e, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(e)
     return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
+
+
+def _check_replicas(n: int, service: str = "") -> None:
+    if not 0 <= n <= MAX_REPLICAS:
+        raise Invalid((f"{service}: " if service else "") + f"replicas must be between 0 and {MAX_REPLICAS:,}, got {n:,}")
 
 
 def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -172,6 +186,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
             spec = convert.spec_from_pb(msg)
             if not spec.name.startswith(request.stack + "_"):
                 raise Invalid(f"service {spec.name} is not in stack {request.stack}")
+            _check_replicas(spec.replicas, spec.name)
             labels = dict(spec.labels)
             labels[convert.STACK_LABEL] = request.stack
             specs.append(replace(spec, labels=tuple(sorted(labels.items()))))
@@ -264,8 +279,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def ScaleService(self, request: pb.ScaleRequest, context: Any) -> pb.ServiceInfo:
-        if request.replicas < 0:
-            raise Invalid("replicas must be >= 0")
+        _check_replicas(request.replicas)
         svc = await self._write_service(request.name, lambda s: replace(s, spec=replace(s.spec,
                                                                                          replicas=request.replicas)))
         return convert.service_info(svc, self._running(svc.name))
@@ -288,6 +302,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
                 spec = replace(spec, env=tuple(sorted(env.items())))
             if request.has_replicas:
                 spec = replace(spec, replicas=request.replicas)
+            _check_replicas(spec.replicas)
             if request.force:
                 labels = dict(spec.env)
                 labels["DOCKYARD_FORCE_UPDATE"] = str(s.version + 1)

@@ -95,19 +95,29 @@ def _only_comment(rest: str) -> None:
         raise ValueError(f"unexpected {rest!r} after the closing quote")
 
 
-def project_environment(stack_file: str, shell: Mapping[str, str],
-                        warn: Callable[[str], None] | None = None) -> dict[str, str]:
-    """The variables a stack file's `${...}` see: `.env` beside the file, then the shell's on top."""
-    path = os.path.join(os.path.dirname(os.path.abspath(stack_file)), ".env")
+def read_env_file(path: str, environ: Mapping[str, str], warn: Callable[[str], None] | None = None
+                  ) -> dict[str, str]:
+    """A service's `env_file:` (the same format); FileNotFoundError when it is missing."""
     try:
         with open(path, encoding="utf-8") as f:
             text = f.read(MAX_BYTES + 1)
     except FileNotFoundError:
-        return dict(shell)
+        raise
     except UnicodeDecodeError as e:
         raise DotEnvError(path, 0, f"not UTF-8 text: {e}") from None
     except OSError as e:
         raise DotEnvError(path, 0, f"cannot read: {e.strerror or e}") from None
     if len(text) > MAX_BYTES:
         raise DotEnvError(path, 0, f"larger than {MAX_BYTES >> 20} MiB")
-    return {**parse(text, path, shell, warn), **shell}
+    return parse(text, path, environ, warn)
+
+
+def project_environment(stack_file: str, shell: Mapping[str, str],
+                        warn: Callable[[str], None] | None = None) -> dict[str, str]:
+    """The variables a stack file's `${...}` see: `.env` beside the file, then the shell's on top."""
+    path = os.path.join(os.path.dirname(os.path.abspath(stack_file)), ".env")
+    try:
+        from_file = read_env_file(path, shell, warn)
+    except FileNotFoundError:
+        return dict(shell)
+    return {**from_file, **shell}
