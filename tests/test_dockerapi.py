@@ -339,3 +339,41 @@ def test_docker_py_run_exec_attach_wait(client: Any) -> None:
         c.remove(force=True)
     with pytest.raises(docker_py.errors.NotFound):
         client.containers.get("pyc")
+
+
+# --- step 3: images ----------------------------------------------------------------------------------
+
+def test_images_tag_history_save_load_build_rmi(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    docker(da, dconf, "tag", "busybox", "mine:1")
+    rows = docker(da, dconf, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert {"busybox:latest", "mine:1"} <= set(rows)
+    assert "Imported from -" in docker(da, dconf, "history", "mine:1").stdout
+    docker(da, dconf, "save", "-o", str(tmp_path / "img.tar"), "mine:1")
+    with tarfile.open(tmp_path / "img.tar") as t:
+        assert "manifest.json" in t.getnames()
+    assert docker(da, dconf, "rmi", "mine:1").stdout == "Untagged: mine:1\n"
+    assert "Loaded image: mine:1" in docker(da, dconf, "load", "-i", str(tmp_path / "img.tar")).stdout
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text('FROM busybox\nARG WHO=nobody\nRUN echo "built by $WHO" > /b\nCMD ["cat", "/b"]\n')
+    out = docker(da, dconf, "build", "-t", "app:1", "--build-arg", "WHO=test", str(ctx), timeout=60).stdout
+    assert "Step 2/4 : ARG WHO=nobody" in out and "Successfully tagged app:1" in out
+    assert docker(da, dconf, "run", "--rm", "app:1").stdout == "built by test\n"
+    again = docker(da, dconf, "build", "-t", "app:1", "--build-arg", "WHO=test", str(ctx), timeout=60).stdout
+    assert "CACHED" in again
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN exit 3\n")
+    r = docker(da, dconf, "build", str(ctx), check=False, timeout=60)
+    assert r.returncode != 0 and "exit" in (r.stdout + r.stderr).lower()
+    df = docker(da, dconf, "system", "df", "--format", "{{.Type}} {{.TotalCount}}").stdout
+    assert "Images" in df
+    r = docker(da, dconf, "rmi", "nosuch:9", check=False)
+    assert r.returncode != 0 and "No such image: nosuch:9" in r.stderr
+    docker(da, dconf, "rmi", "app:1", "mine:1")
+
+
+def test_events_stream(da: AgentProcess, dconf: Path) -> None:
+    since = str(int(time.time()) - 1)
+    docker(da, dconf, "run", "--rm", "--name", "evt", "busybox", "true")
+    out = docker(da, dconf, "events", "--since", since, "--until", str(int(time.time()) + 1),
+                 "--filter", "container=evt", "--format", "{{.Action}}").stdout.split()
+    assert out[:1] == ["create"] and "start" in out and "die" in out and out[-1] == "destroy"
