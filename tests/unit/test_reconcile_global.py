@@ -24,7 +24,7 @@ from scheduler.model import (
     UpdateConfig,
 )
 from scheduler.reconcile import Place, Stop, Update
-from tests.test_reconcile import BAD_IMAGE, Sim
+from tests.unit.test_reconcile import BAD_IMAGE, Sim
 
 
 def agent(image: str = "agent:1", **kw: Any) -> ServiceSpec:
