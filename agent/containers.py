@@ -93,6 +93,7 @@ class ContainerManager:
         self.on_change: list[Callable[[Container], None]] = []
         self.volumes = VolumeStore(root / "volumes")
         self.volumes.users = self.volume_users
+        self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -784,6 +785,9 @@ class ContainerManager:
         trace("agent: removed")
         self._exited.pop(c.id, None)
         self._removed(c)
+        for cb in self.on_remove:
+            with contextlib.suppress(Exception):
+                cb(c)
         self._files.pop(c.id, None)
         self._locks.pop(c.id, None)
         self._teardowns.pop(c.id, None)

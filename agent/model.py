@@ -137,6 +137,8 @@ class ContainerConfig:
     sysctls: dict[str, str] = field(default_factory=dict)
     shm_size: int = 0               # bytes of /dev/shm; 0: 64 MiB (docker's)
     group_add: list[str] = field(default_factory=list)
+    exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
+    stdin_once: bool = False         # the container's stdin closes when the first attached client's does
 
 
 @dataclass

@@ -10,9 +10,10 @@
     volumes.json      dockyard's: the container's volumes (labels, options, carried or not)
     volumes/NAME/...  dockyard's: each carried volume's content, as a tree (owners, modes, links)
 
-Unpacking is hostile-input safe: only these names, no links, no paths out of the target. Inside a
-volume's tree links are data: they are made as links and never followed (every name is created
-relative to a descriptor of its parent, opened with O_NOFOLLOW).
+Unpacking is hostile-input safe: only these names, no links, no paths out of the target (each file
+is created below it through agent/images/safefs.py); rootfs-diff.tar is applied later as a layer,
+through the same checks as any image layer. Inside a volume's
+tree links are data: they are made as links and never followed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import zstandard
+
+from agent.images.safefs import Root
 
 ALLOWED_TOP = {"config.dump", "spec.dump", "checkpoint", "rootfs-diff.tar", "deleted.files", "network.status",
                "stats-dump", "volumes.json", "volumes"}
@@ -90,7 +93,7 @@ def unpack(src: BinaryIO, target: Path, cold: bool = False) -> dict[str, Any]:
     (target / "checkpoint").mkdir(exist_ok=True)
     dctx = zstandard.ZstdDecompressor()
     try:
-        with dctx.stream_reader(src) as z, tarfile.open(fileobj=z, mode="r|") as tar:
+        with Root(target) as root, dctx.stream_reader(src) as z, tarfile.open(fileobj=z, mode="r|") as tar:
             for m in tar:
                 name = m.name.lstrip("./")
                 top = name.split("/", 1)[0]
@@ -107,8 +110,11 @@ def unpack(src: BinaryIO, target: Path, cold: bool = False) -> dict[str, Any]:
                     raise ArchiveError(f"checkpoint archive: nested member {m.name!r}")
                 f = tar.extractfile(m)
                 assert f is not None
-                dest = target / name
-                with open(dest, "wb") as out:
+                try:
+                    fd = root.open(name.split("/"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    raise ArchiveError(f"checkpoint archive: {m.name!r} appears twice") from None
+                with os.fdopen(fd, "wb") as out:
                     while chunk := f.read(1 << 20):
                         out.write(chunk)
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:
@@ -137,73 +143,59 @@ def unpack(src: BinaryIO, target: Path, cold: bool = False) -> dict[str, Any]:
 
 
 def _extract_volume_member(tar: tarfile.TarFile, m: tarfile.TarInfo, name: str, root: Path) -> None:
-    """One member of volumes/NAME/...: made under root/NAME without following any link, with its
-    owner, mode and times. (Kept in this one function so it can move to the project's safe
-    rootfs writer.)"""
+    """One member of volumes/NAME/...: made under root/NAME through safefs (never through a link),
+    with its owner, mode and times."""
+    from agent.images.safefs import UnsafePath, set_attrs, set_attrs_fd
+
     parts = name.split("/")[1:]
     if not parts or not _VOLUME_NAME.match(parts[0]) or any(p in ("", ".", "..") for p in parts):
         raise ArchiveError(f"checkpoint archive: unexpected volume member {m.name!r}")
     root.mkdir(exist_ok=True)
-    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        for p in parts[:-1]:
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(p, 0o700, dir_fd=fd)
-            try:
-                nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            except OSError as e:
-                raise ArchiveError(f"checkpoint archive: {m.name!r} goes through a link or a file: {e}") from None
-            os.close(fd)
-            fd = nfd
+    mode = stat.S_IMODE(m.mode)
+    owner = (m.uid, m.gid)
+    times = (int(m.mtime * 1e9),) * 2
+    with Root(root) as r:
+        try:
+            parent = r.opendir(parts[:-1], create=True)
+        except (UnsafePath, OSError) as e:
+            raise ArchiveError(f"checkpoint archive: {m.name!r} goes through a link or a file: {e}") from None
         leaf = parts[-1]
-        mode = stat.S_IMODE(m.mode)
-        if m.isdir():
-            with contextlib.suppress(FileExistsError):
-                os.mkdir(leaf, 0o700, dir_fd=fd)
-            d = os.open(leaf, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
-            try:
-                os.fchown(d, m.uid, m.gid)
-                os.fchmod(d, mode)
-            finally:
-                os.close(d)
-            return
-        if m.isfile():
-            src = tar.extractfile(m)
-            assert src is not None
-            out = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=fd)
-            try:
-                while chunk := src.read(1 << 20):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(out, view):]
-                os.fchown(out, m.uid, m.gid)
-                os.fchmod(out, mode)
-                os.utime(out, (m.mtime, m.mtime))
-            finally:
-                os.close(out)
-            return
-        if m.issym():
-            os.symlink(m.linkname, leaf, dir_fd=fd)
-        elif m.islnk():
-            link = m.linkname.lstrip("./").split("/")
-            if link[:2] != ["volumes", parts[0]] or any(p in ("", ".", "..") for p in link[2:]) or len(link) < 3:
-                raise ArchiveError(f"checkpoint archive: hard link {m.name!r} points out of its volume")
-            src_fd = os.open(root / parts[0], os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-            try:
-                for p in link[2:-1]:
-                    nfd = os.open(p, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=src_fd)
-                    os.close(src_fd)
-                    src_fd = nfd
-                os.link(link[-1], leaf, src_dir_fd=src_fd, dst_dir_fd=fd, follow_symlinks=False)
-            finally:
-                os.close(src_fd)
-            return
-        elif m.isfifo():
-            os.mkfifo(leaf, mode, dir_fd=fd)
-        else:
-            raise ArchiveError(f"checkpoint archive: {m.name!r} is a device or an unknown kind of file")
-        os.chown(leaf, m.uid, m.gid, dir_fd=fd, follow_symlinks=False)
-        if not m.issym():
-            os.chmod(leaf, mode, dir_fd=fd)
-    finally:
-        os.close(fd)
+        try:
+            if m.isdir():
+                with contextlib.suppress(FileExistsError):
+                    os.mkdir(leaf, 0o700, dir_fd=parent)
+                set_attrs(parent, leaf, mode, owner, None)
+            elif m.isfile():
+                src = tar.extractfile(m)
+                assert src is not None
+                out = os.open(leaf, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                              dir_fd=parent)
+                try:
+                    while chunk := src.read(1 << 20):
+                        view = memoryview(chunk)
+                        while view:
+                            view = view[os.write(out, view):]
+                    set_attrs_fd(out, mode, owner, times)
+                finally:
+                    os.close(out)
+            elif m.issym():
+                os.symlink(m.linkname, leaf, dir_fd=parent)
+                set_attrs(parent, leaf, None, owner, times, symlink=True)
+            elif m.islnk():
+                link = m.linkname.lstrip("./").split("/")
+                if len(link) < 3 or link[:2] != ["volumes", parts[0]] or any(p in ("", ".", "..") for p in link[2:]):
+                    raise ArchiveError(f"checkpoint archive: hard link {m.name!r} points out of its volume")
+                src_dir = r.opendir(link[1:-1])
+                try:
+                    os.link(link[-1], leaf, src_dir_fd=src_dir, dst_dir_fd=parent, follow_symlinks=False)
+                finally:
+                    os.close(src_dir)
+            elif m.isfifo():
+                os.mkfifo(leaf, mode, dir_fd=parent)
+                set_attrs(parent, leaf, mode, owner, times)
+            else:
+                raise ArchiveError(f"checkpoint archive: {m.name!r} is a device or an unknown kind of file")
+        except FileExistsError:
+            raise ArchiveError(f"checkpoint archive: {m.name!r} appears twice") from None
+        finally:
+            os.close(parent)
