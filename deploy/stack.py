@@ -308,7 +308,9 @@ _UNSUPPORTED_TOP = {
 }
 _SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file", "ports", "deploy", "healthcheck",
                       "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
-                      "stdin_open", "init", "volumes", "tmpfs", "read_only"})
+                      "stdin_open", "init", "volumes", "tmpfs", "read_only", "cap_add", "cap_drop",
+                      "security_opt", "ulimits", "dns", "dns_search", "dns_opt", "extra_hosts", "sysctls",
+                      "shm_size", "group_add"})
 _ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
 _UNSUPPORTED_SERVICE = {
     "build": "build the image first with `dockyard image build -t NAME .` and name it in `image:`",
@@ -320,9 +322,6 @@ _UNSUPPORTED_SERVICE = {
     "expose": "every port of a task is reachable from the node; publish it with `ports:`",
     "volumes_from": "", "configs": "", "secrets": "",
     "devices": _ON_THE_NODE, "device_cgroup_rules": _ON_THE_NODE, "privileged": _ON_THE_NODE,
-    "cap_add": _ON_THE_NODE, "cap_drop": _ON_THE_NODE, "security_opt": _ON_THE_NODE,
-    "ulimits": _ON_THE_NODE, "sysctls": _ON_THE_NODE, "extra_hosts": _ON_THE_NODE, "dns": _ON_THE_NODE,
-    "dns_search": _ON_THE_NODE, "dns_opt": _ON_THE_NODE, "shm_size": _ON_THE_NODE, "group_add": _ON_THE_NODE,
     "logging": _ON_THE_NODE, "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
     "uts": "", "isolation": "", "domainname": "", "mac_address": "", "oom_score_adj": "",
     "oom_kill_disable": "", "storage_opt": "", "runtime": "", "platform": "", "profiles": "",
@@ -442,6 +441,9 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
     healthcheck = _healthcheck(at.child("healthcheck"))
     mounts = service_mounts(at, volumes or {})
     read_only = _opt(at, "read_only", _At.boolean, False)
+    from deploy import stack_hostconfig
+
+    host_settings = stack_hostconfig.read(at)
     grace = _opt(at, "stop_grace_period", parse_duration)
     hostname = _opt(at, "hostname", _At.string, "")
     if hostname and not _HOSTNAME.match(hostname):
@@ -479,6 +481,7 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
         tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
         init=_opt(at, "init", _At.boolean, False), pids_limit=pids,
         container_labels=tuple(sorted(dict(container_labels).items())), mounts=mounts, read_only=read_only,
+        **host_settings,
     )
 
 

@@ -82,6 +82,17 @@ def container_config(t: Task, spec: ServiceSpec, stack: str) -> apb.ContainerCon
                                     tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
                                     volume_options=dict(m.volume_options), volume_labels=dict(m.volume_labels)))
     cfg.read_only = spec.read_only
+    cfg.cap_add.extend(spec.cap_add)
+    cfg.cap_drop.extend(spec.cap_drop)
+    cfg.security_opt.extend(spec.security_opt)
+    cfg.ulimits.extend(apb.Ulimit(name=n, soft=s, hard=h) for n, s, h in spec.ulimits)
+    cfg.dns.extend(spec.dns)
+    cfg.dns_search.extend(spec.dns_search)
+    cfg.dns_options.extend(spec.dns_options)
+    cfg.extra_hosts.extend(spec.extra_hosts)
+    cfg.sysctls.update(dict(spec.sysctls))
+    cfg.shm_size = spec.shm_size
+    cfg.group_add.extend(spec.group_add)
     if spec.healthcheck is not None and spec.healthcheck.enabled:
         h = spec.healthcheck
         cfg.labels[HEALTH_LABEL] = json.dumps({"test": list(h.test), "interval": h.interval, "timeout": h.timeout,

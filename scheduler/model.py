@@ -245,6 +245,19 @@ class ServiceSpec:
     container_labels: tuple[tuple[str, str], ...] = ()  # the service's `labels:`, on every container
     mounts: tuple[MountSpec, ...] = ()
     read_only: bool = False
+    # docker run's host settings (agent/hostconfig.py checks them): capabilities, security options,
+    # ulimits (name, soft, hard), DNS, extra /etc/hosts lines, namespaced sysctls, /dev/shm, groups.
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    ulimits: tuple[tuple[str, int, int], ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    shm_size: int = 0
+    group_add: tuple[str, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -272,7 +285,9 @@ _NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels")
 _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "", "workdir": "", "stop_signal": "",
                                  "stop_grace_period": None, "tty": False, "stdin_open": False, "init": False,
                                  "pids_limit": 0, "container_labels": [],
-                                 "mounts": [], "read_only": False}
+                                 "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
+                                 "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
+                                 "sysctls": [], "shm_size": 0, "group_add": []}
 
 
 class UpdateState(enum.StrEnum):

@@ -125,7 +125,7 @@ def test_minimal_file_and_name_from_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("key", "value", "hint"), [
     ("build", ".", "dockyard image build"), ("depends_on", "[db]", "any order"), ("volumes_from", "[db]", ""),
-    ("restart", "always", "deploy.restart_policy"), ("cap_add", "[NET_ADMIN]", "does not pass on"),
+    ("restart", "always", "deploy.restart_policy"), ("privileged", "true", "does not pass on"),
     ("configs", "[c]", ""), ("secrets", "[s]", ""), ("networks", "[front]", "bridge"),
 ])
 def test_unsupported_service_keys_are_refused(tmp_path: Path, key: str, value: str, hint: str) -> None:

@@ -114,3 +114,54 @@ def test_bad_tmpfs_and_read_only() -> None:
                         ("read_only: maybe", "expected true or false")]:
         with pytest.raises(StackError, match=error):
             parse_stack(f"services:\n  web:\n    image: busybox\n    {body}\n", "bar", file="s.yaml")
+
+
+HOST_STACK = """\
+services:
+  web:
+    image: busybox
+    cap_add: [NET_ADMIN]
+    cap_drop: [ALL]
+    security_opt: ["no-new-privileges:true"]
+    ulimits:
+      nproc: 512
+      nofile: {soft: 1024, hard: 2048}
+    dns: 10.0.0.53
+    dns_search: [example.com]
+    dns_opt: ["ndots:2"]
+    extra_hosts: ["db:10.1.2.3", "gw=host-gateway"]
+    sysctls: {net.core.somaxconn: 1024}
+    shm_size: 128m
+    group_add: [audio]
+"""
+
+
+def test_docker_run_keys_of_a_service_reach_the_container() -> None:
+    svc = parse_stack(HOST_STACK, "bar").service("web")
+    assert (svc.cap_add, svc.cap_drop, svc.security_opt) == (("NET_ADMIN",), ("ALL",), ("no-new-privileges=true",))
+    assert svc.ulimits == (("nproc", 512, 512), ("nofile", 1024, 2048))
+    assert (svc.dns, svc.dns_search, svc.dns_options) == (("10.0.0.53",), ("example.com",), ("ndots:2",))
+    assert svc.extra_hosts == ("db:10.1.2.3", "gw:host-gateway")
+    assert (svc.sysctls, svc.shm_size, svc.group_add) == ((("net.core.somaxconn", "1024"),), 128 << 20, ("audio",))
+    cfg = container_config(Task(id="t1", service=svc.name, slot=1, spec_version=svc.digest), svc, "bar")
+    assert list(cfg.cap_add) == ["NET_ADMIN"] and [(u.name, u.soft, u.hard) for u in cfg.ulimits][1] == \
+        ("nofile", 1024, 2048)
+    assert dict(cfg.sysctls) == {"net.core.somaxconn": "1024"} and cfg.shm_size == 128 << 20
+    assert list(cfg.extra_hosts) == ["db:10.1.2.3", "gw:host-gateway"] and list(cfg.dns_options) == ["ndots:2"]
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ("cap_add: [WIZARDRY]", "unknown capability"),
+    ("ulimits: {nofile: {soft: 5, hard: 1}}", "soft limit is above the hard limit"),
+    ("ulimits: {wishes: 3}", "unknown limit"),
+    ("sysctls: [vm.swappiness=1]", "not a namespaced sysctl"),
+    ("dns: resolver", "not an IP address"),
+    ("extra_hosts: [db]", "expected NAME:IP"),
+    ("security_opt: [seccomp=rel.json]", "give an absolute path"),
+    ("security_opt: [apparmor=x]", "not supported"),
+    ("shm_size: lots", "invalid size"),
+])
+def test_bad_docker_run_keys_are_refused_at_their_line(body: str, error: str) -> None:
+    with pytest.raises(StackError, match=error) as e:
+        parse_stack(f"services:\n  web:\n    image: busybox\n    {body}\n", "bar", file="s.yaml")
+    assert e.value.line == 4, str(e.value)
