@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.model import Container, ContainerConfig, DeviceRate, Mount, Port, Resources, RestartPolicy, Ulimit
+from agent.model import (
+    Container,
+    ContainerConfig,
+    DeviceRate,
+    HealthCheck,
+    Mount,
+    Port,
+    Resources,
+    RestartPolicy,
+    Ulimit,
+)
 from protos import agent_pb2 as pb
 
 
@@ -30,6 +40,9 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         ulimits=[Ulimit(u.name, u.soft, u.hard) for u in m.ulimits], dns=list(m.dns), dns_search=list(m.dns_search),
         dns_options=list(m.dns_options), extra_hosts=list(m.extra_hosts), sysctls=dict(m.sysctls),
         shm_size=m.shm_size, group_add=list(m.group_add),
+        healthcheck=HealthCheck(list(m.healthcheck.test), m.healthcheck.interval, m.healthcheck.timeout,
+                                m.healthcheck.retries, m.healthcheck.start_period, m.healthcheck.start_interval)
+        if m.HasField("healthcheck") else None,
     )
 
 
@@ -67,6 +80,10 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         ulimits=[pb.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in c.ulimits], dns=c.dns,
         dns_search=c.dns_search, dns_options=c.dns_options, extra_hosts=c.extra_hosts, sysctls=c.sysctls,
         shm_size=c.shm_size, group_add=c.group_add,
+        healthcheck=pb.HealthCheck(test=c.healthcheck.test, interval=c.healthcheck.interval,
+                                   timeout=c.healthcheck.timeout, retries=c.healthcheck.retries,
+                                   start_period=c.healthcheck.start_period,
+                                   start_interval=c.healthcheck.start_interval) if c.healthcheck else None,
     )
 
 
@@ -83,6 +100,7 @@ def summary(c: Container) -> pb.ContainerSummary:
         ports=[port_to_pb(p) for p in c.ports] if s.status in ("running", "paused") else [],
         started_at=s.started_at, finished_at=s.finished_at, pid=s.pid, oom_killed=s.oom_killed,
         labels=c.config.labels, ip_address=c.ip_address, error=s.error, restart_count=s.restart_count,
+        health=s.health if s.status in ("running", "paused") else "",
     )
 
 
@@ -112,6 +130,10 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "Restarting": s.status == "restarting", "OOMKilled": s.oom_killed, "Dead": s.status == "dead",
             "Pid": s.pid, "ExitCode": s.exit_code, "Error": s.error, "StartedAt": _iso(s.started_at),
             "FinishedAt": _iso(s.finished_at),
+            **({"Health": {"Status": s.health, "FailingStreak": s.health_failing,
+                           "Log": [{"Start": _iso(e["Start"]), "End": _iso(e["End"]), "ExitCode": e["ExitCode"],
+                                    "Output": e["Output"]} for e in s.health_log]}}
+               if s.health and s.status in ("running", "paused") else {}),
         },
         "Image": c.image_id,
         "Name": "/" + c.name,

@@ -88,6 +88,7 @@ class Agent:
         _remove_spare_cgroups(driver)  # a killed agent's zygote may have left its spare's
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
+        self.manager.socket = o.socket   # (health checks exec through it; it serves before they first run)
         await self.manager.adopt()
         if o.metrics_addr:
             # Scrapes read the kernel on the server's own thread, never on the event loop. A taken

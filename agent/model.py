@@ -94,6 +94,19 @@ class Ulimit:
 
 
 @dataclass
+class HealthCheck:
+    """docker's: --health-cmd and friends, a Dockerfile's HEALTHCHECK, a stack's healthcheck:.
+    Durations in seconds; 0 takes docker's default (interval and timeout 30 s, 3 retries,
+    start_interval 5 s)."""
+    test: list[str] = field(default_factory=list)   # ["CMD", arg...] | ["CMD-SHELL", "cmd"] | ["NONE"]
+    interval: float = 0.0
+    timeout: float = 0.0
+    retries: int = 0
+    start_period: float = 0.0
+    start_interval: float = 0.0
+
+
+@dataclass
 class RestartPolicy:
     name: str = "no"
     max_retries: int = 0
@@ -137,6 +150,7 @@ class ContainerConfig:
     sysctls: dict[str, str] = field(default_factory=dict)
     shm_size: int = 0               # bytes of /dev/shm; 0: 64 MiB (docker's)
     group_add: list[str] = field(default_factory=list)
+    healthcheck: HealthCheck | None = None   # None: the image's; test ["NONE"]: none (--no-healthcheck)
     exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
 
@@ -153,6 +167,9 @@ class ContainerState:
     restart_count: int = 0
     stopped_by_user: bool = False    # for unless-stopped and for on-failure after `stop`
     checkpoint: str = ""             # CRIU images of the last checkpoint, until restored or removed
+    health: str = ""                 # "" (no check) | starting | healthy | unhealthy
+    health_failing: int = 0          # consecutive failed checks
+    health_log: list[dict[str, Any]] = field(default_factory=list)   # the last 5: Start, End, ExitCode, Output
 
 
 @dataclass
@@ -204,5 +221,5 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceRate": DeviceRate, "Resources": Resources, "RestartPolicy": RestartPolicy,
-    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState, "Mount": Mount, "Ulimit": Ulimit,
+    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState, "Mount": Mount, "Ulimit": Ulimit, "HealthCheck": HealthCheck,
 }

@@ -240,6 +240,13 @@ def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--group-add", multiple=True, help="Add additional groups to join"),
         click.option("--cidfile", default="", help="Write the container ID to the file"),
         click.option("--label-file", multiple=True, help="Read in a line delimited file of labels"),
+        click.option("--health-cmd", default=None, help="Command to run to check health"),
+        click.option("--health-interval", default="", help="Time between running the check (ms|s|m|h)"),
+        click.option("--health-timeout", default="", help="Maximum time to allow one check to run (ms|s|m|h)"),
+        click.option("--health-retries", type=int, default=0, help="Consecutive failures needed to report unhealthy"),
+        click.option("--health-start-period", default="", help="Start period for the container to initialize"),
+        click.option("--health-start-interval", default="", help="Time between checks during the start period"),
+        click.option("--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -316,8 +323,41 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
         dns=list(o.get("dns", ())), dns_search=list(o.get("dns_search", ())), dns_options=list(o.get("dns_options", ())),
         extra_hosts=list(o.get("add_hosts", ())), sysctls=_sysctls(o.get("sysctls", ())),
         shm_size=display.parse_size(o["shm_size"], "--shm-size") if o.get("shm_size") else 0,
-        group_add=list(o.get("group_add", ())),
+        group_add=list(o.get("group_add", ())), healthcheck=_healthcheck(o),
     )
+
+
+def _duration(text: str, flag: str) -> float:
+    import re
+
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise click.BadParameter(f"invalid duration {text!r} (like 30s, 1m30s, 500ms)", param_hint=f"'{flag}'")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def _healthcheck(o: dict[str, Any]) -> pb.HealthCheck | None:
+    flags = {k: o.get(k) for k in ("health_cmd", "health_interval", "health_timeout", "health_retries",
+                                   "health_start_period", "health_start_interval")}
+    given = any(v not in (None, "", 0) for v in flags.values())
+    if o.get("no_healthcheck"):
+        if given:
+            raise click.BadParameter("--no-healthcheck conflicts with --health-* options", param_hint="'--no-healthcheck'")
+        return pb.HealthCheck(test=["NONE"])
+    if not given:
+        return None
+    if o.get("health_cmd") is not None and not o["health_cmd"].strip():
+        raise click.BadParameter("the health command is empty", param_hint="'--health-cmd'")
+    if (o.get("health_retries") or 0) < 0:
+        raise click.BadParameter("must be 0 or more", param_hint="'--health-retries'")
+    h = pb.HealthCheck(test=["CMD-SHELL", o["health_cmd"]] if o.get("health_cmd") else [],
+                       retries=o.get("health_retries") or 0)
+    for key in ("interval", "timeout", "start_period", "start_interval"):
+        text = o.get(f"health_{key}") or ""
+        if text:
+            setattr(h, key, _duration(text, f"--health-{key.replace('_', '-')}"))
+    return h
 
 
 def _label_file(path: str) -> dict[str, str]:
@@ -478,7 +518,8 @@ def _each(cl: Client, refs: tuple[str, ...], fn: Callable[[str], Any], echo: boo
 def _status(c: pb.ContainerSummary) -> str:
     now = time.time()
     if c.state == "running":
-        return f"Up {display.human_duration(now - c.started_at)}"
+        health = {"": "", "starting": " (health: starting)"}.get(c.health, f" ({c.health})")
+        return f"Up {display.human_duration(now - c.started_at)}{health}"
     if c.state == "paused":
         return f"Up {display.human_duration(now - c.started_at)} (Paused)"
     if c.state == "restarting":

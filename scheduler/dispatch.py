@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -37,7 +36,6 @@ TASK_LABEL = "dockyard.task"
 SERVICE_LABEL = "dockyard.service"
 SLOT_LABEL = "dockyard.slot"
 STACK_LABEL = "dockyard.stack"
-HEALTH_LABEL = "dockyard.healthcheck"  # the service's health check, run by the agent's join loop
 STOP_TIMEOUT = 3  # seconds from SIGTERM to SIGKILL when a task is stopped
 CALL_TIMEOUT = 5.0
 
@@ -93,10 +91,13 @@ def container_config(t: Task, spec: ServiceSpec, stack: str) -> apb.ContainerCon
     cfg.sysctls.update(dict(spec.sysctls))
     cfg.shm_size = spec.shm_size
     cfg.group_add.extend(spec.group_add)
-    if spec.healthcheck is not None and spec.healthcheck.enabled:
+    if spec.healthcheck is not None:
+        # run by the node's agent like any container's (agent/health.py); disabled: not even the image's
         h = spec.healthcheck
-        cfg.labels[HEALTH_LABEL] = json.dumps({"test": list(h.test), "interval": h.interval, "timeout": h.timeout,
-                                               "retries": h.retries, "start_period": h.start_period})
+        test = list(h.test) if h.test and h.test[0] in ("CMD", "CMD-SHELL", "NONE") else ["CMD", *h.test]
+        cfg.healthcheck.CopyFrom(apb.HealthCheck(
+            test=test if h.enabled else ["NONE"], interval=h.interval, timeout=h.timeout, retries=h.retries,
+            start_period=h.start_period))
     return cfg
 
 

@@ -194,3 +194,26 @@ def test_checkpoint_and_restore_with_volumes_binds_and_tmpfs(va: AgentProcess, t
     assert va.cli("exec", cid, "cat", "/t/f", check=True).stdout == "in-tmpfs\n"
     r = va.cli("exec", cid, "touch", "/h/x")
     assert "Read-only file system" in r.stderr
+
+
+def test_an_images_volume_becomes_an_anonymous_volume_filled_from_it(va: AgentProcess, tmp_path: Path) -> None:
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN mkdir -p /data && echo seed > /data/f\nVOLUME /data\n"
+                                    'HEALTHCHECK --interval=5s --retries=2 CMD ["true"]\n')
+    va.cli("build", "-t", "withvol", str(ctx), check=True, timeout=120)
+    doc = json.loads(va.cli("image", "inspect", "withvol", check=True).stdout)[0]
+    assert doc["Config"]["Volumes"] == {"/data": {}}
+    assert doc["Config"]["Healthcheck"] == {"Interval": 5_000_000_000, "Retries": 2, "Test": ["CMD", "true"]}
+    before = set(_volumes(va))
+    cid = va.run_detached("withvol", "sleep", "60")
+    (m,) = va.inspect(cid)["Mounts"]
+    assert (m["Type"], m["Destination"]) == ("volume", "/data")
+    assert va.cli("exec", cid, "cat", "/data/f", check=True).stdout == "seed\n"
+    va.cli("rm", "-f", "-v", cid, check=True)
+    assert set(_volumes(va)) == before
+    # a mount of the run at that path replaces it
+    cid = va.run_detached("-v", "mine:/data", "withvol", "sleep", "60")
+    assert [x["Name"] for x in va.inspect(cid)["Mounts"]] == ["mine"]
+    va.cli("rm", "-f", cid, check=True)
+    va.cli("rmi", "withvol", check=True)

@@ -82,3 +82,38 @@ def test_tmpfs_flag_and_options_normalised() -> None:
     specs.check(m)
     # docker's defaults, then the spec's; exec cancels the default noexec.
     assert m.tmpfs_options == ["nosuid", "nodev", f"size={64 << 20}", "mode=1777", "exec"]
+
+
+def test_image_volume_and_healthcheck_instructions() -> None:
+    from agent.images.config import ImageConfig, InvalidChange, apply_change
+
+    c = apply_change(ImageConfig(), 'VOLUME ["/data", "/var/log/../lib"]')
+    c = apply_change(c, "VOLUME /cache")
+    assert c.volumes == ["/cache", "/data", "/var/lib"]
+    c = apply_change(c, "HEALTHCHECK --interval=1m30s --timeout=500ms --retries=4 CMD curl -f http://localhost/")
+    assert c.healthcheck == {"Interval": 90_000_000_000, "Timeout": 500_000_000, "Retries": 4,
+                             "Test": ["CMD-SHELL", "curl -f http://localhost/"]}
+    assert ImageConfig.from_oci(c.to_oci()) == c
+    assert apply_change(c, "HEALTHCHECK NONE").healthcheck == {"Test": ["NONE"]}
+    for bad, error in [("HEALTHCHECK --interval=soon CMD true", "invalid duration"), ("HEALTHCHECK true", "expected CMD"),
+                       ("HEALTHCHECK NONE now", "takes no arguments"), ("VOLUME", "at least one argument")]:
+        with pytest.raises(InvalidChange, match=error):
+            apply_change(ImageConfig(), bad)
+
+
+def test_health_check_merging_and_checks() -> None:
+    from agent import health
+    from agent.model import HealthCheck
+
+    image = health.from_image({"Test": ["CMD", "true"], "Interval": 5_000_000_000, "Retries": 2})
+    assert image == HealthCheck(test=["CMD", "true"], interval=5.0, retries=2)
+    assert health.effective(None, image) == image
+    assert health.effective(HealthCheck(test=["NONE"]), image) is None
+    assert health.effective(HealthCheck(interval=1.0), image) == HealthCheck(test=["CMD", "true"], interval=1.0, retries=2)
+    assert health.effective(HealthCheck(test=["CMD-SHELL", "x"]), image) == \
+        HealthCheck(test=["CMD-SHELL", "x"], interval=5.0, retries=2)
+    assert health.command(HealthCheck(test=["CMD-SHELL", "a && b"])) == ["/bin/sh", "-c", "a && b"]
+    for bad, error in [(HealthCheck(test=["RUN", "x"]), "must start with CMD"), (HealthCheck(test=["CMD"]), "no command"),
+                       (HealthCheck(test=["CMD", "x"], retries=-1), "negative")]:
+        with pytest.raises(InvalidArgument, match=error):
+            health.check(bad)
