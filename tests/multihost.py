@@ -274,7 +274,8 @@ class Host(AgentProcess):
         return ["nsenter", f"--net=/run/netns/{self.netns}", "--",
                 *CLI, "agent", "--root", str(self.root), "--socket", str(self.socket),
                 "--bridge", self.bridge, "--subnet", self.subnet, "--cgroup-parent", self.cgroup_parent,
-                "--listen", self.address, "--name", self.name, "--metrics-addr", f"{self.ip}:{self.metrics_port}"]
+                "--listen", self.address, "--name", self.name, "--metrics-addr", f"{self.ip}:{self.metrics_port}",
+                "--docker-socket", str(self.docker_socket)]
 
     def spawn(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)

@@ -7,6 +7,7 @@ with every process the test started, even when the test fails.
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import signal
 import subprocess
@@ -17,7 +18,18 @@ from pathlib import Path
 
 import pytest
 
-from agent.runtime.cgroups import MIB, CgroupError, DeviceRate, Resources, V1Driver, detect
+from agent.runtime.cgroups import (
+    ALL_DEVICES,
+    DEFAULT_DEVICE_RULES,
+    MIB,
+    CgroupError,
+    DeviceRate,
+    DeviceRule,
+    Resources,
+    V1Driver,
+    detect,
+)
+from agent.runtime.cgroups._v1 import devices
 
 pytestmark = [
     pytest.mark.root,
@@ -233,8 +245,10 @@ def test_unlimited_reads_as_zero(driver: V1Driver) -> None:
 
 @pytest.mark.slow
 def test_device_read_bps_throttles_and_counts(driver: V1Driver, spawn: Spawner, loop_device: str) -> None:
-    driver.create("io", Resources(device_read_bps=(DeviceRate(loop_device, 2 * MIB),)))
     st = os.stat(loop_device)
+    readable = DeviceRule("b", os.major(st.st_rdev), os.minor(st.st_rdev), "r")
+    driver.create("io", Resources(device_read_bps=(DeviceRate(loop_device, 2 * MIB),),
+                                  devices=(*DEFAULT_DEVICE_RULES, readable)))
     dev = f"{os.major(st.st_rdev)}:{os.minor(st.st_rdev)}"
     blkio = driver.paths("io")["blkio"]
     assert read(f"{blkio}/blkio.throttle.read_bps_device") == f"{dev} {2 * MIB}"
@@ -272,6 +286,7 @@ def test_create_is_idempotent_and_joins_every_controller(driver: V1Driver, spawn
     driver.create("j", Resources(memory=64 * MIB))
     driver.create("j", Resources(memory=64 * MIB))
     assert "cpuset" not in driver.paths("j")  # not joined until something configures it
+    assert "devices" in driver.paths("j")  # always: it keeps the host's disks closed
     p = spawn(driver, "j", ["sleep", "30"])
     with open(f"/proc/{p.pid}/cgroup") as f:
         mine = {ctrl: path for _, ctrl, path in (line.strip().split(":", 2) for line in f)}
@@ -342,3 +357,78 @@ def test_detect_nests_under_own_cgroup() -> None:
     for ctrl, path in d.paths("x").items():
         assert path == os.path.normpath(f"/sys/fs/cgroup/{ctrl}/{own[ctrl]}/dockyard/x")
     assert detect().paths("x") == d.paths("x")  # a restarted agent finds the same place
+
+
+def test_device_rules_default_update_and_privileged(driver: V1Driver, spawn: Spawner, loop_device: str) -> None:
+    """docker's default list; a process in the cgroup cannot open a block device, even as root; an
+    update that allows it takes effect on the running process; 'a' allows everything."""
+    driver.create("dev", Resources())
+    path = driver.paths("dev")["devices"]
+    assert sorted(devices.rules(path)) == sorted(str(r) for r in DEFAULT_DEVICE_RULES)
+    probe = (f"import os\ntry:\n    os.close(os.open({loop_device!r}, os.O_RDONLY)); print('opened')\n"
+             "except OSError as e:\n    print(e.strerror)\nimport sys; sys.stdin.readline()")
+    p = spawn.python(driver, "dev", probe)
+    assert p.stdout is not None
+    assert p.stdout.readline() == b"Operation not permitted\n"
+    st = os.stat(loop_device)
+    rule = DeviceRule("b", os.major(st.st_rdev), os.minor(st.st_rdev), "r")
+    driver.update("dev", Resources(devices=(*DEFAULT_DEVICE_RULES, rule)))
+    assert f"b {os.major(st.st_rdev)}:{os.minor(st.st_rdev)} r" in devices.rules(path)
+    p2 = spawn.python(driver, "dev", probe)
+    assert p2.stdout is not None
+    assert p2.stdout.readline() == b"opened\n"
+    driver.update("dev", Resources(devices=ALL_DEVICES))
+    assert devices.rules(path) == ["a *:* rwm"]
+    driver.update("dev", Resources())
+    assert sorted(devices.rules(path)) == sorted(str(r) for r in DEFAULT_DEVICE_RULES)
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    (DeviceRule("x", 1, 3), "device type 'x' must be 'a', 'b' or 'c'"),
+    (DeviceRule("c", 1, 3, "rwx"), "device access 'rwx' must be a combination of r, w and m"),
+    (DeviceRule("c", 1, 3, ""), "device access '' must be a combination of r, w and m"),
+    (DeviceRule("c", -2, 3), "major -2 is not a device number"),
+    (DeviceRule("a", 1, 3), "a rule for all devices ('a') takes no numbers and all of rwm"),
+])
+def test_bad_device_rules_are_refused_before_anything_is_made(driver: V1Driver, rule: DeviceRule,
+                                                               message: str) -> None:
+    with pytest.raises(CgroupError, match=re.escape(message)) as e:
+        driver.create("bad", Resources(devices=(rule,)))
+    assert e.value.field == "devices"
+    assert not driver.exists("bad")
+
+
+def test_device_rule_syntax_round_trips() -> None:
+    for text in ("c 1:3 rwm", "b *:* m", "c 136:* rw", "a *:* rwm"):
+        assert str(DeviceRule.parse(text)) == text
+    assert DeviceRule.parse("a") == DeviceRule("a")
+    assert str(DeviceRule("c", 1, 3, "mwr")) == "c 1:3 rwm"
+    for bad in ("c 1 rwm", "c x:3 rwm", "q 1:3 r", "c 1:3"):
+        with pytest.raises(CgroupError, match="devices: "):
+            DeviceRule.parse(bad)
+
+
+def test_spare_is_made_ahead_and_taken_by_rename(driver: V1Driver, spawn: Spawner) -> None:
+    """A pre-cloned init's cgroups are made and joined ahead (shim.SpareCgroup); its container
+    renames them: the process stays in, in every controller, and the resources are applied."""
+    p = subprocess.Popen(["sleep", "60"])
+    spawn.procs.append(p)
+    assert driver.make_spare(".spare-1", p.pid)
+    assert driver.list() == []  # a spare is nobody's container
+    assert driver.procs(".spare-1") == [p.pid]
+    assert not driver.take_spare(".spare-nope", "c1", Resources())
+    driver.create("taken", Resources())
+    assert not driver.take_spare(".spare-1", "taken", Resources())  # the name is in use: nothing moves
+    assert driver.procs(".spare-1") == [p.pid]
+    assert driver.take_spare(".spare-1", "c1", Resources(memory=64 * MIB, pids_limit=9))
+    assert not driver.exists(".spare-1")
+    assert driver.procs("c1") == [p.pid]
+    with open(f"/proc/{p.pid}/cgroup") as f:
+        mine = {ctrl: path for _, ctrl, path in (line.strip().split(":", 2) for line in f)}
+    for ctrl, path in driver.paths("c1").items():
+        assert path.endswith(mine[ctrl]), (ctrl, path, mine[ctrl])
+    assert read(f"{driver.paths('c1')['memory']}/memory.limit_in_bytes") == str(64 * MIB)
+    assert read(f"{driver.paths('c1')['pids']}/pids.max") == "9"
+    assert sorted(devices.rules(driver.paths("c1")["devices"])) == sorted(str(r) for r in DEFAULT_DEVICE_RULES)
+    with pytest.raises(CgroupError, match=re.escape("must start with '.'")):
+        driver.make_spare("visible", p.pid)

@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from agent.runtime.cgroups import (
+    DEFAULT_DEVICE_RULES,
     MIB,
     CgroupError,
     DeviceRate,
@@ -31,6 +32,7 @@ from agent.runtime.cgroups import (
     _fs,
 )
 from agent.runtime.cgroups._detect import _detect
+from agent.runtime.cgroups._v2 import devices as v2_devices
 from agent.runtime.cgroups._v2.cpu import shares_to_weight
 from agent.runtime.cgroups._v2.io import blkio_to_io_weight
 from agent.runtime.cgroups._v2.memory import swap_max
@@ -56,6 +58,7 @@ class FakeKernel:
     def __init__(self, root: Path, controllers: str = "cpuset cpu io memory hugetlb pids rdma misc") -> None:
         self.root = root
         self.writes: list[tuple[str, str]] = []
+        self.programs: list[tuple[str, bytes]] = []
         self.bfq = False
         self.freeze_delay = 0.05
         self.stuck = False
@@ -118,6 +121,8 @@ def kernel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> FakeKernel:
     monkeypatch.setattr(_fs, "mkdir", mkdir)
     monkeypatch.setattr(_fs, "write", write)
     monkeypatch.setattr(_fs, "remove_dir", shutil.rmtree)  # a real rmdir takes the interface files along
+    # bpf(2) cannot attach to a directory of a fake tree: record the device program instead.
+    monkeypatch.setattr(v2_devices, "attach", lambda path, prog: k.programs.append((k.rel(path), prog)))
     return k
 
 
@@ -168,6 +173,7 @@ def test_create_writes_exactly_these_files_for_full_resources(kernel: FakeKernel
         (f"{c}/io.weight", "default 2930"),  # 1 + (300 - 10) * 9999 // 990
         (f"{c}/io.max", f"{majmin} rbps={MIB} wbps={2 * MIB}"),
     ]
+    assert kernel.programs == [(c, v2_devices.program(DEFAULT_DEVICE_RULES))]  # docker's device rules
     assert driver.exists("c1")
     assert driver.list() == ["c1"]
     assert set(driver.paths("c1").values()) == {str(kernel.root / c)}
@@ -358,6 +364,7 @@ def test_a_controller_not_delegated_is_an_error_and_create_cleans_up(
 
     monkeypatch.setattr(_fs, "mkdir", mkdir)
     monkeypatch.setattr(_fs, "remove_dir", shutil.rmtree)
+    monkeypatch.setattr(v2_devices, "attach", lambda path, prog: k.programs.append((k.rel(path), prog)))
     d = V2Driver(str(k.root), str(k.root), PARENT)
     with pytest.raises(CgroupError, match=r"^apply .*/dockyard-test/x: controllers io are not enabled"):
         d.create("x", Resources(blkio_weight=500))

@@ -123,16 +123,64 @@ def test_minimal_file_and_name_from_file(tmp_path: Path) -> None:
     assert stack.services[0].replicas == 1
 
 
-def test_ignored_fields_warn_with_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize(("key", "value", "hint"), [
+    ("build", ".", "dockyard image build"), ("depends_on", "[db]", "any order"), ("volumes", "[/a:/b]", ""),
+    ("restart", "always", "deploy.restart_policy"), ("cap_add", "[NET_ADMIN]", "does not pass on"),
+    ("configs", "[c]", ""), ("secrets", "[s]", ""), ("networks", "[front]", "bridge"),
+])
+def test_unsupported_service_keys_are_refused(tmp_path: Path, key: str, value: str, hint: str) -> None:
+    path = write(tmp_path, f"services:\n  web:\n    image: nginx\n    {key}: {value}\n")
+    with pytest.raises(StackError) as e:
+        load_stack(path, "s")
+    assert (e.value.line, e.value.field) == (4, f"services.web.{key}")
+    assert str(e.value).startswith(f"{path}:4: services.web.{key}: not supported")
+    assert hint in str(e.value)
+
+
+@pytest.mark.parametrize(("text", "line", "field"), [
+    ("volumes: {data: {}}\n", 4, "volumes"), ("configs: {c: {file: ./c}}\n", 4, "configs"),
+    ("secrets: {s: {file: ./s}}\n", 4, "secrets"), ("networks: {front: {}}\n", 4, "networks"),
+    ("    deploy: {endpoint_mode: vip}\n", 4, "services.web.deploy.endpoint_mode"),
+    ("    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n", 4, "services.web.healthcheck.start_interval"),
+    ("    ports: [{target: 80, host_ip: 127.0.0.1}]\n", 4, "services.web.ports[0].host_ip"),
+    ("    deploy: {resources: {reservations: {generic_resources: []}}}\n", 4,
+     "services.web.deploy.resources.reservations.generic_resources"),
+])
+def test_unsupported_keys_elsewhere_are_refused(tmp_path: Path, text: str, line: int, field: str) -> None:
+    path = write(tmp_path, "services:\n  web:\n    image: nginx\n" + text)
+    with pytest.raises(StackError) as e:
+        load_stack(path, "s")
+    assert (e.value.line, e.value.field) == (line, field)
+    assert "not supported" in e.value.problem
+
+
+def test_service_keys_reach_the_spec(tmp_path: Path) -> None:
+    (tmp_path / "web.env").write_text("FROM_FILE=1\nOVERRIDDEN=file\n")
     stack = load_stack(write(tmp_path, """\
         services:
           web:
             image: nginx
-            build: .
-            depends_on: [db]
-        """), "s")
-    assert len(stack.warnings) == 2
-    assert stack.warnings[0].endswith("stack.yaml:4: services.web.build: ignored (not supported by dockyard deploy)")
+            env_file: web.env
+            environment: {OVERRIDDEN: env, FROM_SHELL: }
+            hostname: web-host
+            user: "1000:1000"
+            working_dir: /srv
+            stop_signal: SIGINT
+            stop_grace_period: 1m
+            tty: true
+            stdin_open: true
+            init: true
+            labels: {team: a}
+            deploy:
+              labels: {tier: front}
+              resources: {limits: {pids: 100}}
+        """), "s", environ={"FROM_SHELL": "shell"})
+    web = stack.service("web")
+    assert web.env == (("FROM_FILE", "1"), ("FROM_SHELL", "shell"), ("OVERRIDDEN", "env"))
+    assert (web.hostname, web.user, web.workdir, web.stop_signal, web.stop_grace_period) == (
+        "web-host", "1000:1000", "/srv", "SIGINT", 60.0)
+    assert (web.tty, web.stdin_open, web.init, web.pids_limit) == (True, True, True, 100)
+    assert web.container_labels == (("team", "a"),) and web.labels == (("tier", "front"),)
 
 
 def test_interpolation(tmp_path: Path) -> None:
@@ -140,7 +188,7 @@ def test_interpolation(tmp_path: Path) -> None:
     stack = parse_stack(text, "s", environ={"B": "b"})
     assert stack.services[0].image == "nginx:latest"
     assert stack.services[0].env == (("A", "$HOME"), ("B", "b"))
-    with pytest.raises(StackError, match=r"<stack>:3: services.web.image: variable TAG is required: set it"):
+    with pytest.raises(StackError, match=r"<stack>:3: services.web.image: required variable TAG is missing a value: set it"):
         parse_stack("services:\n  web:\n    image: nginx:${TAG:?set it}\n", "s", environ={})
 
 
@@ -267,7 +315,7 @@ BAD = [
             environment:
               - GOOD=1
               - SECRET
-        """, 6, "services.web.environment[1]", "SECRET has no value"),
+        """, 6, "services.web.environment[1]", "SECRET has no value, and the environment has no SECRET"),
     ("no image", """\
         services:
           web:
@@ -289,12 +337,24 @@ BAD = [
             healthcheck:
               test: ["curl", "-f", "http://localhost"]
         """, 5, "services.web.healthcheck.test", "starts with CMD"),
-    ("global mode", """\
+    ("bad working_dir", """\
         services:
           web:
             image: nginx
-            deploy: {mode: global}
-        """, 4, "services.web.deploy.mode", "not supported yet"),
+            working_dir: relative/dir
+        """, 4, "services.web.working_dir", "not an absolute path"),
+    ("bad hostname", """\
+        services:
+          web:
+            image: nginx
+            hostname: "under_score"
+        """, 4, "services.web.hostname", "invalid hostname"),
+    ("missing env_file", """\
+        services:
+          web:
+            image: nginx
+            env_file: [nope.env]
+        """, 4, "services.web.env_file[0]", "not found"),
     ("service is a list", """\
         services:
           web: [nginx]
@@ -339,3 +399,30 @@ def test_missing_file_and_empty_file(tmp_path: Path) -> None:
         load_stack(write(tmp_path, "services:\n  web: {image: nginx}\n"))
     with pytest.raises(StackError, match="invalid stack name"):
         load_stack(write(tmp_path, "services:\n  web: {image: nginx}\n"), "bad name")
+
+
+def test_service_keys_reach_the_container_config(tmp_path: Path) -> None:
+    from scheduler.dispatch import STOP_TIMEOUT, container_config, stop_timeout
+    from scheduler.model import Task
+
+    stack = load_stack(write(tmp_path, """\
+        services:
+          web:
+            image: nginx
+            user: nobody
+            working_dir: /srv
+            stop_signal: SIGINT
+            stop_grace_period: 1500ms
+            init: true
+            tty: true
+            labels: {team: a, dockyard.task: forged}
+            deploy: {resources: {limits: {pids: 64}}}
+          plain: {image: nginx}
+        """), "s")
+    web = stack.service("web")
+    cfg = container_config(Task(service="s_web", slot=1, id="t1", spec_version=web.digest), web, "s")
+    assert (cfg.user, cfg.workdir, cfg.stop_signal, cfg.init, cfg.tty, cfg.open_stdin) == (
+        "nobody", "/srv", "SIGINT", True, True, False)
+    assert cfg.hostname == "s_web.1" and cfg.stop_timeout == 2 and cfg.resources.pids_limit == 64
+    assert cfg.labels["team"] == "a" and cfg.labels["dockyard.task"] == "t1"  # ours win over the file's
+    assert stop_timeout(stack.service("plain")) == STOP_TIMEOUT
