@@ -99,7 +99,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
     import socket as _socket
 
     from agent.daemon import AgentOptions, run
-    from agent.metrics import parse_addr
+    from common.http import parse_addr
 
     if metrics_addr:
         try:
