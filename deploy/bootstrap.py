@@ -45,6 +45,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from common import settings
+
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = ".dockyard-files"     # the bundle's file list: lets a bootstrapped copy bootstrap again
 MARKER = ".dockyard-bundle"      # in project_dir: the sha256 of the bundle it was made from
@@ -77,10 +79,10 @@ class HostSpec:
     advertise: str = ""               # the address other hosts reach this one at (default: address)
     sudo: bool = False
     project_dir: str = "/opt/dockyard"
-    state_dir: str = "/var/lib/dockyard"
+    state_dir: str = settings.ROOT
     python: str = ""                  # default: <project_dir>/.venv/bin/python (made by install.sh)
-    socket: str = "/run/dockyard/agent.sock"
-    scheduler_port: int = 2377
+    socket: str = settings.AGENT_SOCKET
+    scheduler_port: int = settings.SCHEDULER_PORT
     agent_port: int = 7070
     agent_args: list[str] = field(default_factory=list)
     scheduler_args: list[str] = field(default_factory=list)
