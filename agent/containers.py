@@ -21,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agent import names
+from agent import names, restart
 from agent.model import (
     AgentError,
     Conflict,
@@ -41,7 +41,6 @@ from agent.runtime.zygote_client import Reply, Zygote
 
 log = logging.getLogger("dockyard.agent")
 
-RESTART_BACKOFF_MAX = 60.0
 USERNS_REMAP_BASE = 100000
 USERNS_REMAP_SIZE = 65536
 
@@ -470,24 +469,13 @@ class ContainerManager:
             finally:
                 self._removed(c)
             return
-        if self._should_restart(c):
+        if restart.should_restart(c.state, c.config.restart_policy, pulling=c.id in self._pulling):
             c.state.status = "restarting"
             self._save(c)
             self._spawn(self._restart_later(c))
 
-    def _should_restart(self, c: Container) -> bool:
-        policy = c.config.restart_policy
-        if c.state.stopped_by_user or c.id in self._pulling:
-            return False
-        if policy.name == "always" or policy.name == "unless-stopped":
-            return True
-        if policy.name == "on-failure" and c.state.exit_code != 0:
-            return policy.max_retries == 0 or c.state.restart_count < policy.max_retries
-        return False
-
     async def _restart_later(self, c: Container) -> None:
-        delay = min(RESTART_BACKOFF_MAX, 0.1 * (2 ** min(c.state.restart_count, 10)))
-        await asyncio.sleep(delay)
+        await asyncio.sleep(restart.backoff(c.state.restart_count))
         if c.id not in self.containers or c.state.status != "restarting" or c.state.stopped_by_user:
             return
         c.state.restart_count += 1

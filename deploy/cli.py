@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from common import transport
 from deploy import display
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
@@ -29,9 +30,7 @@ CHUNK = 256 * 1024
 class Client:
     def __init__(self, host: str) -> None:
         self.host = host
-        target = host if host.startswith("unix:") else host.removeprefix("tcp://")
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                              ("grpc.max_send_message_length", 64 << 20)])
+        self.channel = transport.dial_blocking(host, transport.CLI, transport.Role.AGENT)
         self.stub = pbg.AgentStub(self.channel)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any, **kw: Any) -> Any:
@@ -100,7 +99,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
     import socket as _socket
 
     from agent.daemon import AgentOptions, run
-    from agent.metrics import parse_addr
+    from common.http import parse_addr
 
     if metrics_addr:
         try:
