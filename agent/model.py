@@ -65,6 +65,15 @@ class Resources:
 
 
 @dataclass
+class DeviceMapping:
+    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's HostConfig.Devices."""
+
+    path_on_host: str
+    path_in_container: str = ""   # "" = path_on_host
+    permissions: str = "rwm"
+
+
+@dataclass
 class RestartPolicy:
     name: str = "no"
     max_retries: int = 0
@@ -96,6 +105,8 @@ class ContainerConfig:
     stop_timeout: int = 0
     stop_signal: str = ""
     security_opt: list[str] = field(default_factory=list)
+    devices: list[DeviceMapping] = field(default_factory=list)
+    privileged: bool = False
 
 
 @dataclass
@@ -160,6 +171,6 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 
 _NESTED: dict[str, Any] = {
-    "Port": Port, "DeviceRate": DeviceRate, "Resources": Resources, "RestartPolicy": RestartPolicy,
-    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
+    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "Resources": Resources,
+    "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
 }
