@@ -107,6 +107,8 @@ class ContainerConfig:
     security_opt: list[str] = field(default_factory=list)
     devices: list[DeviceMapping] = field(default_factory=list)
     privileged: bool = False
+    exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
+    stdin_once: bool = False         # the container's stdin closes when the first attached client's does
 
 
 @dataclass

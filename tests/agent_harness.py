@@ -71,6 +71,7 @@ class AgentProcess:
         self.base = base
         self.root = base / "root"
         self.socket = base / "agent.sock"
+        self.docker_socket = base / "docker.sock"   # Docker's Engine API (agent/dockerapi)
         self.bridge = f"dyk{tag}"
         self.subnet = _free_subnet()
         self.host = f"unix://{self.socket}"
@@ -97,7 +98,8 @@ class AgentProcess:
             self.proc = subprocess.Popen(
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
                  "--subnet", self.subnet, "--name", f"test-{self.bridge}", "--cgroup-parent", self.cgroup_parent,
-                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}", *self.extra_args],
+                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--docker-socket", str(self.docker_socket),
+                 *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

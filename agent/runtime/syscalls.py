@@ -311,6 +311,29 @@ def idmapped_bind(source: str, target: str, userns_fd: int) -> None:
         os.close(fd)
 
 
+# openat2(2) (Linux 5.6): resolve a path inside a directory fd with the kernel's own checks, so no
+# symlink at any component (RESOLVE_NO_SYMLINKS) and no `..` above it (RESOLVE_BENEATH) can lead
+# elsewhere. Unlike the wrappers above, it touches no process-wide state: safe in any process.
+SYS_openat2 = 437
+RESOLVE_NO_XDEV = 0x01
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
+_OPEN_HOW = struct.Struct("=QQQ")  # flags, mode, resolve
+
+
+def openat2(dir_fd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
+    """A new descriptor for ``path`` below ``dir_fd``; OSError with the kernel's errno otherwise
+    (ELOOP: a symlink on the way, EXDEV: it would leave dir_fd, ENOSYS: a kernel before 5.6)."""
+    how = ctypes.create_string_buffer(_OPEN_HOW.pack(flags, mode, resolve), _OPEN_HOW.size)
+    ret = _libc.syscall(SYS_openat2, ctypes.c_int(dir_fd), _b(path), how, ctypes.c_size_t(_OPEN_HOW.size))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(ret)
+
+
 # bpf(2): load a program and attach it to a cgroup (cgroup v2's device access control).
 SYS_bpf = 321
 BPF_PROG_LOAD = 5
