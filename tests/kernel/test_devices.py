@@ -48,6 +48,7 @@ def test_default_container_cannot_open_host_devices_even_after_mknod(
     assert "Operation not permitted" in r.stderr
 
 
+@pytest.mark.slow
 def test_default_devices_still_work(clean_agent: AgentProcess) -> None:
     """null, zero, full, random, urandom, tty's node, ptmx and pts: what docker allows."""
     script = ("head -c4 /dev/zero | wc -c; head -c4 /dev/urandom | wc -c; head -c4 /dev/random | wc -c;"
@@ -80,6 +81,7 @@ def test_container_cgroups_are_made_ahead_and_named_after_it(clean_agent: AgentP
     clean_agent.wait_for(lambda: any(n.startswith(".spare-") for n in os.listdir(devices)), what="a spare")
 
 
+@pytest.mark.slow
 def test_device_flag_opens_exactly_that_device(clean_agent: AgentProcess) -> None:
     """--device HOST:CONTAINER:r: the node is there with the host's numbers, it reads but does not
     write; another device (even with the same major) stays closed, after mknod too."""
@@ -119,6 +121,7 @@ def _cap_eff(status: str) -> str:
     return next(line.split()[1] for line in status.splitlines() if line.startswith("CapEff:"))
 
 
+@pytest.mark.slow
 def test_privileged_has_every_capability_and_device_no_seccomp_and_writable_sys(clean_agent: AgentProcess) -> None:
     with open("/proc/self/status") as f:
         host_caps = _cap_eff(f.read())  # what the agent holds: a container cannot get more
@@ -141,6 +144,7 @@ def test_privileged_has_every_capability_and_device_no_seccomp_and_writable_sys(
     assert r.stdout.split() == ["CapEff:", "00000000a80425fb", "Seccomp:", "2", "sys-ro"], r.stdout
 
 
+@pytest.mark.slow
 def test_privileged_exec_is_privileged_too(clean_agent: AgentProcess) -> None:
     with open("/proc/self/status") as f:
         host_caps = _cap_eff(f.read())

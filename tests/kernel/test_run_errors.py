@@ -58,6 +58,7 @@ def test_daemon_errors_exit_125(clean_agent: AgentProcess) -> None:
     assert "Error response from daemon: " in _refused(clean_agent, "no-such-image:latest", "true")
 
 
+@pytest.mark.slow
 def test_command_not_found_127_not_invocable_126(clean_agent: AgentProcess) -> None:
     assert "executable file not found" in _refused(clean_agent, "busybox", "no-such-command", code=127)
     assert "no such file or directory" in _refused(clean_agent, "busybox", "/no/such/file", code=127)
@@ -67,6 +68,7 @@ def test_command_not_found_127_not_invocable_126(clean_agent: AgentProcess) -> N
     assert (r.returncode, r.stderr) == (127, "")
 
 
+@pytest.mark.slow
 def test_rm_that_fails_on_a_taken_port_leaves_nothing(clean_agent: AgentProcess) -> None:
     port = free_port()
     with socket.socket() as taken:
@@ -81,6 +83,7 @@ def test_rm_that_fails_on_a_taken_port_leaves_nothing(clean_agent: AgentProcess)
         assert clean_agent.cli("ps", "-a", "-q").stdout == ""
 
 
+@pytest.mark.slow
 def test_image_with_a_dangling_dev_link_runs(clean_agent: AgentProcess, busybox_tar_path: Path,
                                             tmp_path: Path) -> None:
     """/dev is a link to a path that does not exist in the image: the container's /dev is mounted
