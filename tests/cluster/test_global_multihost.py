@@ -15,7 +15,7 @@ from protos import cluster_pb2 as cpb
 from tests.agent_harness import free_port
 from tests.cluster_harness import SchedulerProcess, cli, running, wait_for
 from tests.etcd_server import EtcdServer
-from tests.multihost import Cluster, Host, cluster, multihost_session_check_fixture  # noqa: F401
+from tests.multihost import Cluster, cluster, join, multihost_session_check_fixture  # noqa: F401
 
 pytestmark = [pytest.mark.multinode, pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -28,16 +28,6 @@ services:
     deploy:
       mode: global
 """
-
-
-def join(h: Host, address: str) -> None:
-    base = Host.agent_argv
-
-    def argv(h: Host = h) -> list[str]:
-        return [*base(h), "--join", address]
-
-    h.agent_argv = argv  # type: ignore[method-assign]
-    h.restart_agent()
 
 
 def containers_per_host(c: Cluster, service: str) -> Counter[str]:
