@@ -94,7 +94,7 @@ class DockerAPI:
             "ContainersRunning": sum(c.state.status == "running" for c in cs),
             "ContainersPaused": sum(c.state.status == "paused" for c in cs),
             "ContainersStopped": sum(c.state.status not in ("running", "paused") for c in cs),
-            "Images": len(self.images.list()), "Driver": "overlay2", "DriverStatus": [],
+            "Images": len(self.images.list(True)), "Driver": "overlay2", "DriverStatus": [],
             "DockerRootDir": self.root, "Plugins": {"Volume": [], "Network": ["bridge", "host", "null"],
                                                      "Authorization": None, "Log": ["json-file"]},
             "MemoryLimit": True, "SwapLimit": True, "CpuCfsPeriod": True, "CpuCfsQuota": True,

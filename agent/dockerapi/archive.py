@@ -80,3 +80,29 @@ def _add(tar: tarfile.TarFile, tree: MergedTree, parts: list[str], arcname: str)
         info.type = tarfile.FIFOTYPE
         tar.addfile(info)
     # sockets and devices are not archived (docker skips sockets; a container's /dev is the runtime's)
+
+
+def changes(layers: list[Path]) -> list[dict[str, Any]]:
+    """GET /containers/{id}/changes: the writable layer against the image's (Kind 0 modified,
+    1 added, 2 deleted), read from the upper directory as overlay wrote it."""
+    upper, lower = layers[0], MergedTree(layers[1:])
+    out: list[dict[str, Any]] = []
+    for dirpath, dirnames, filenames in os.walk(upper):
+        rel = os.path.relpath(dirpath, upper)
+        base = [] if rel == "." else rel.split(os.sep)
+        for name in sorted(dirnames + filenames):
+            parts = [*base, name]
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                kind = 2
+            else:
+                kind = 0 if lower.lookup(parts) is not None else 1
+            out.append({"Path": "/" + "/".join(parts), "Kind": kind})
+    # The runtime writes these for each run, where docker bind-mounts them: not the container's changes.
+    out = [d for d in out if d["Path"] not in RUNTIME_FILES]
+    out = [d for d in out if not (d["Path"] == "/etc" and d["Kind"] == 0
+                                  and not any(str(x["Path"]).startswith("/etc/") for x in out))]
+    return sorted(out, key=lambda d: str(d["Path"]))
+
+
+RUNTIME_FILES = {"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"}

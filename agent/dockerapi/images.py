@@ -245,18 +245,23 @@ def register(r: Any, api: DockerAPI) -> None:
 
     async def load(req: Request) -> Response:
         # (?quiet only hides progress bars, which a load from a file has none of: the names still go out)
-        with await _receive(req, store.tmp) as tmp:
+        tmp = await _receive(req, store.tmp)
+
+        async def chunks() -> AsyncIterator[bytes]:
             try:
                 imgs = await asyncio.to_thread(store.load, tmp)
-            except ImageError as e:
-                raise HTTPError(400, str(e)) from e
-        lines = b""
-        for i in imgs:
-            api.events.emit("image", "load", i.id, {"name": ",".join(i.repo_tags)})
-            for t in i.repo_tags or [i.id]:
-                word = "image" if t in i.repo_tags else "image ID"
-                lines += _line({"stream": f"Loaded {word}: {t}\n"})
-        return Body(200, lines, "application/json")
+            except ImageError as e:   # dockerd: a 200, and the error in the stream
+                yield _error(e)
+                return
+            finally:
+                tmp.close()
+            for i in imgs:
+                api.events.emit("image", "load", i.id, {"name": ",".join(i.repo_tags)})
+                for t in i.repo_tags or [i.id]:
+                    word = "image" if t in i.repo_tags else "image ID"
+                    yield _line({"stream": f"Loaded {word}: {t}\n"})
+
+        return Stream(200, chunks())
 
     async def commit(req: Request) -> Response:
         c = api.m.get(req.arg("container"))
@@ -338,12 +343,20 @@ def register(r: Any, api: DockerAPI) -> None:
             return await asyncio.to_thread(registry.pull, store, ref, auth)
 
         async def chunks() -> AsyncIterator[bytes]:
+            held: list[bytes] = []   # "Successfully built/tagged" come after the aux line, as dockerd sends them
             try:
                 async for ev in Builder(store, api.m, puller).build(work / "context", opts):
                     if ev.kind == "result":
                         yield _line({"aux": {"ID": ev.image_id}})
-                    elif ev.text and (not quiet or ev.text.startswith("Successfully built")):
-                        yield _line({"stream": ev.text})
+                        if quiet:   # docker build -q prints the id alone
+                            yield _line({"stream": ev.image_id + "\n"})
+                        for line in held:
+                            yield line
+                    elif ev.text and not quiet:
+                        if ev.text.startswith("Successfully "):
+                            held.append(_line({"stream": ev.text}))
+                        else:
+                            yield _line({"stream": ev.text})
             except Exception as e:
                 yield _error(e)
             finally:
