@@ -377,3 +377,17 @@ def test_events_stream(da: AgentProcess, dconf: Path) -> None:
     out = docker(da, dconf, "events", "--since", since, "--until", str(int(time.time()) + 1),
                  "--filter", "container=evt", "--format", "{{.Action}}").stdout.split()
     assert out[:1] == ["create"] and "start" in out and "die" in out and out[-1] == "destroy"
+
+
+def test_networks_and_volumes_as_far_as_dockyard_has_them(da: AgentProcess, dconf: Path) -> None:
+    names = docker(da, dconf, "network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout.split("\n")
+    assert {"bridge bridge", "host host", "none null"} <= set(names)
+    docker(da, dconf, "run", "-d", "--name", "onnet", "busybox", "sleep", "30")
+    net = json.loads(docker(da, dconf, "network", "inspect", "bridge").stdout)[0]
+    assert net["IPAM"]["Config"][0]["Subnet"] == da.subnet
+    assert [c["Name"] for c in net["Containers"].values()] == ["onnet"]
+    r = docker(da, dconf, "network", "create", "mine", check=False)
+    assert r.returncode != 0 and "user-defined networks are not supported" in r.stderr
+    assert docker(da, dconf, "volume", "ls", "-q").stdout == ""
+    r = docker(da, dconf, "volume", "create", "v1", check=False)
+    assert r.returncode != 0 and "named volumes are not supported" in r.stderr

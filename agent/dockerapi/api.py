@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import containers, images, system
+from . import containers, images, networks, system
 from .events import Events
 from .http import Server
 from .router import API_VERSION, Router
@@ -45,6 +45,7 @@ class DockerAPI:
         system.register(self.router, self)
         containers.register(self.router, self)
         images.register(self.router, self)
+        networks.register(self.router, self)
         self.server = Server(self.router, self.common_headers)
 
     def common_headers(self) -> list[tuple[str, str]]:
