@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: install up demo test test-fast lint bench protos
+.PHONY: install up demo test test-fast test-docker-api lint bench protos
 
 install:
 	bash deploy/install.sh
@@ -14,6 +14,11 @@ up: install
 test: install
 	$(MAKE) lint
 	$(PYTEST) -q -p no:cacheprovider tests --ignore=tests/bench
+	$(MAKE) test-docker-api
+
+# docker-py's own integration suite against a test agent's Docker API (tests/dockerpy_suite.py)
+test-docker-api:
+	$(PY) -m tests.dockerpy_suite
 
 test-fast:
 	$(PYTEST) -q -m "not slow" tests --ignore=tests/bench

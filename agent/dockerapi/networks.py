@@ -91,8 +91,12 @@ def register(r: Any, api: DockerAPI) -> None:
         return Json(200, {"Volumes": [], "Warnings": None})
 
     async def no_volume(req: Request) -> Response:
-        if req.method == "GET":
+        if req.method in ("GET", "DELETE"):   # there are none
             raise HTTPError(404, f"get {req.params.get('name', '')}: no such volume")
+        body = (await req.json() or {}) if req.method == "POST" else {}
+        driver = body.get("Driver") or "local"
+        if driver != "local":
+            raise HTTPError(404, f'error looking up volume plugin {driver}: plugin "{driver}" not found')
         raise HTTPError(501, "named volumes are not supported by a dockyard agent yet")
 
     async def volume_prune(req: Request) -> Response:
