@@ -85,6 +85,7 @@ class Agent:
         if o.cgroup_favor_dynmods:
             cgroups.favor_dynmods(str(self.root / "cgroup-dynmods"))
         self.zygote.cgroups = (getattr(driver, "root", "/sys/fs/cgroup"), driver.parent)  # as the specs say
+        _remove_spare_cgroups(driver)  # a killed agent's zygote may have left its spare's
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()
@@ -152,11 +153,24 @@ class Agent:
     def _remove_empty_cgroup_parent(self) -> None:
         """Leave no empty cgroup directory behind; one with containers in it stays (rmdir refuses)."""
         driver = getattr(self, "cgroup_driver", None)
+        if driver is not None:
+            _remove_spare_cgroups(driver)
         if driver is None or driver.list():
             return
         for path in {os.path.dirname(p) for p in driver.paths("x").values()}:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
+
+
+def _remove_spare_cgroups(driver: cgroups.CgroupDriver) -> None:
+    """Empty spare cgroups (made ahead for a pre-cloned init: shim.SpareCgroup) whose zygote is
+    gone; one with a process in it is in use, and rmdir refuses it."""
+    for parent in {os.path.dirname(p) for p in driver.paths("x").values()}:
+        with contextlib.suppress(OSError), os.scandir(parent) as entries:
+            for e in entries:
+                if e.name.startswith(".spare-") and e.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(e.path)
 
 
 def own_cgroup() -> str:

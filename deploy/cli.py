@@ -949,7 +949,7 @@ def shell_join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-from deploy import cli_bootstrap, cli_cluster, cli_images  # noqa: E402,F401
+from deploy import cli_bootstrap, cli_cluster, cli_groups, cli_images, cli_stack  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -114,6 +114,9 @@ class AgentProcess:
             time.sleep(0.05)
         raise RuntimeError(f"agent did not come up:\n{self.log.read_text()[-3000:]}")
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
     def kill9(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGKILL)
@@ -179,10 +182,13 @@ class AgentProcess:
         with open("/proc/mounts") as f:
             out += [ln.split()[1] for ln in f if str(self.root) in ln.split()[1]]
         parent = self.cgroup_parent
-        for ctl in ("memory", "cpu", "pids", "freezer", "blkio"):
+        for ctl in ("memory", "cpu", "pids", "freezer", "blkio", "devices"):
             d = Path("/sys/fs/cgroup") / ctl / parent
             if d.is_dir():
-                out += [str(p) for p in d.iterdir() if p.is_dir()]
+                # (not the spare a pre-cloned init waits in: shim.SpareCgroup; once the agent is
+                # stopped there must be none)
+                out += [str(p) for p in d.iterdir()
+                        if p.is_dir() and not (p.name.startswith(".spare-") and self.running())]
         links = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True, text=True)
         out += [ln.split(":")[1].strip() for ln in links.stdout.splitlines() if ":" in ln]
         return out
