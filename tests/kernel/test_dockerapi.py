@@ -113,6 +113,7 @@ def test_ping_version_info_and_errors(da: AgentProcess, dconf: Path) -> None:
     assert os.stat(da.docker_socket).st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_agent_flags_for_the_docker_socket(tmp_path: Path) -> None:
     from tests.agent_harness import CLI, REPO, _env
 
@@ -124,6 +125,7 @@ def test_agent_flags_for_the_docker_socket(tmp_path: Path) -> None:
 
 # --- step 2: containers with the docker CLI -------------------------------------------------------
 
+@pytest.mark.slow
 def test_docker_run_rm_ps_logs(da: AgentProcess, dconf: Path) -> None:
     assert docker(da, dconf, "run", "--rm", "busybox", "echo", "hi").stdout == "hi\n"
     r = docker(da, dconf, "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
@@ -163,6 +165,7 @@ def test_refused_with_the_field_named(da: AgentProcess, dconf: Path) -> None:
     assert docker(da, dconf, "ps", "-aq").stdout == ""   # nothing half-made
 
 
+@pytest.mark.slow
 def test_running_container_verbs(da: AgentProcess, dconf: Path) -> None:
     docker(da, dconf, "run", "-d", "--name", "srv", "-p", "127.0.0.1::80", "busybox", "httpd", "-f", "-p", "80",
            "-h", "/etc")
@@ -260,6 +263,7 @@ class Terminal:
             self.proc.wait()
 
 
+@pytest.mark.slow
 def test_docker_run_it_and_exec_it(da: AgentProcess, dconf: Path) -> None:
     t = Terminal(da, dconf, "run", "-it", "--name", "shell", "busybox", "sh", rows=30, cols=100)
     try:
@@ -343,6 +347,7 @@ def test_docker_py_run_exec_attach_wait(client: Any) -> None:
 
 # --- step 3: images ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_images_tag_history_save_load_build_rmi(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
     docker(da, dconf, "tag", "busybox", "mine:1")
     rows = docker(da, dconf, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
