@@ -106,3 +106,49 @@ def changes(layers: list[Path]) -> list[dict[str, Any]]:
 
 
 RUNTIME_FILES = {"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"}
+
+
+def put_archive(layers: list[Path], mounted: Path | None, path: str, tar: IO[bytes],
+                no_overwrite_dir_non_dir: bool) -> None:
+    """PUT /containers/{id}/archive: extract `tar` into the directory `path` of the container, with
+    the layer checks (agent/images/layers.py apply_tree: no member escapes, nothing is written
+    through a symlink). A running container is written through its mounted rootfs; a stopped one
+    into its writable layer, the directories on the way copied up with their attributes."""
+    from agent.images.layers import apply_tree
+    from agent.model import Conflict, InvalidArgument
+
+    tree = MergedTree(layers)
+    resolved = tree.resolve(split(path))
+    found = tree.lookup(resolved)
+    if found is None:
+        raise NotFound(f"Could not find the file {path} in container")
+    if not stat.S_ISDIR(found[1].st_mode):
+        raise InvalidArgument(f"extraction point is not a directory: {path}")
+
+    def check(parts: list[str], m: tarfile.TarInfo) -> None:
+        if not no_overwrite_dir_non_dir:
+            return
+        there = tree.lookup(parts)
+        if there is None:
+            return
+        is_dir = stat.S_ISDIR(there[1].st_mode)
+        if is_dir and not m.isdir():
+            raise Conflict(f"cannot overwrite directory \"/{'/'.join(parts)}\" with non-directory \"{m.name}\"")
+        if m.isdir() and not is_dir:
+            raise Conflict(f"cannot overwrite non-directory \"/{'/'.join(parts)}\" with directory \"{m.name}\"")
+
+    if mounted is not None:
+        apply_tree(tar, mounted, resolved, "archive", check)
+        return
+    upper = layers[0]
+    for i in range(1, len(resolved) + 1):   # copy up the directories on the way
+        target = upper.joinpath(*resolved[:i])
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise InvalidArgument(f"extraction point {path}: /{'/'.join(resolved[:i])} is not a directory")
+        if not target.exists():
+            st = tree.lookup(resolved[:i])
+            assert st is not None
+            os.mkdir(target, stat.S_IMODE(st[1].st_mode))
+            os.chown(target, st[1].st_uid, st[1].st_gid, follow_symlinks=False)
+            os.chmod(target, stat.S_IMODE(st[1].st_mode))
+    apply_tree(tar, upper, resolved, "archive", check)

@@ -8,6 +8,7 @@ import contextlib
 import dataclasses
 import datetime
 import json
+import os
 import secrets
 import socket
 import time
@@ -22,7 +23,7 @@ from agent.runtime import frames
 from agent.runtime.spec import ProcessSpec
 
 from . import convert
-from .http import Body, Hijack, HTTPError, Json, Request, Response, Stream, file_chunks, spooled
+from .http import Body, Hijack, HTTPError, Json, Request, Response, Stream, file_chunks, receive, spooled
 from .streams import DEFAULT_DETACH, STDERR, STDOUT, DetachScanner, mux, parse_detach_keys, relay_attach
 from .system import check_filters, parse_filters, parse_time
 
@@ -443,6 +444,23 @@ def register(r: Any, api: DockerAPI) -> None:
         await m.update(c.id, resources, policy)
         return Json(200, {"Warnings": []})
 
+    async def archive_put(req: Request) -> Response:
+        from .archive import put_archive
+
+        c = get(req)
+        path = req.arg("path")
+        if not path:
+            raise HTTPError(400, "archive needs a path (?path=)")
+        if req.flag("copyUIDGID"):
+            raise HTTPError(400, "copyUIDGID is not supported by dockyard: the tar's owners are kept")
+        layers = api.images.snapshotter.layer_dirs(c.snapshot)
+        rootfs = m.files(c).dir / "rootfs"
+        running = c.state.status in ("running", "paused") and os.path.ismount(rootfs)
+        with await receive(req, api.images.tmp) as tmp:
+            await asyncio.to_thread(put_archive, layers, rootfs if running else None, path, tmp,
+                                    req.flag("noOverwriteDirNonDir"))
+        return Body(200, b"")
+
     # --- exec -------------------------------------------------------------------------------------
 
     async def exec_create(req: Request) -> Response:
@@ -585,6 +603,7 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("GET", "/containers/{id}/stats", stats)
     r.add("GET", "/containers/{id}/export", export)
     r.add("GET", "/containers/{id}/archive", archive)
+    r.add("PUT", "/containers/{id}/archive", archive_put)
     r.add("GET", "/containers/{id}/changes", changes)
     r.add("POST", "/containers/{id}/update", update)
     r.add("POST", "/containers/{id}/exec", exec_create)

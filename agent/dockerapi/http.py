@@ -342,6 +342,19 @@ async def spooled(tmpdir: Any, fill: Callable[[Any], None]) -> Any:
     return f
 
 
+async def receive(req: Request, tmpdir: Any) -> Any:
+    """The request body in a temporary file, rewound (the caller closes it)."""
+    f = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 (the caller's to close)
+    try:
+        async for chunk in req.stream():
+            await asyncio.to_thread(f.write, chunk)
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
 async def file_chunks(f: Any, size: int = 256 * 1024) -> AsyncIterator[bytes]:
     """A file's bytes for a Stream, read in a thread; the file is closed at the end."""
     try:

@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from agent.images import registry
 from agent.images.errors import ImageError, ImageNotFound
 
 from . import convert
-from .http import Body, HTTPError, Json, Request, Response, Stream, file_chunks, spooled
+from .http import Body, HTTPError, Json, Request, Response, Stream, file_chunks, receive, spooled
 from .system import check_filters, parse_filters
 
 if TYPE_CHECKING:
@@ -212,7 +211,7 @@ def register(r: Any, api: DockerAPI) -> None:
         ref = (f"{repo}:{tag_}" if tag_ else repo) or None
         changes = req.query.get("changes", [])
         message = req.arg("message")
-        tmp = await _receive(req, store.tmp)
+        tmp = await receive(req, store.tmp)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -245,7 +244,7 @@ def register(r: Any, api: DockerAPI) -> None:
 
     async def load(req: Request) -> Response:
         # (?quiet only hides progress bars, which a load from a file has none of: the names still go out)
-        tmp = await _receive(req, store.tmp)
+        tmp = await receive(req, store.tmp)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -384,15 +383,3 @@ def _ref_match(tag: str, pattern: str) -> bool:
 
     return fnmatch.fnmatch(tag, pattern) or fnmatch.fnmatch(tag, pattern + ":*") or tag == pattern
 
-
-async def _receive(req: Request, tmpdir: Any) -> Any:
-    """The request body in a temporary file, rewound (the caller closes it)."""
-    f = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 (the caller's to close)
-    try:
-        async for chunk in req.stream():
-            await asyncio.to_thread(f.write, chunk)
-        f.seek(0)
-    except BaseException:
-        f.close()
-        raise
-    return f

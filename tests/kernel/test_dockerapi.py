@@ -396,3 +396,56 @@ def test_networks_and_volumes_as_far_as_dockyard_has_them(da: AgentProcess, dcon
     assert docker(da, dconf, "volume", "ls", "-q").stdout == ""
     r = docker(da, dconf, "volume", "create", "v1", check=False)
     assert r.returncode != 0 and "named volumes are not supported" in r.stderr
+
+
+def _tar(members: list[tuple[str, bytes | None, str]]) -> bytes:
+    """(name, data or None for a symlink, link target) -> a tar's bytes."""
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data, target in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                t.addfile(info)
+            else:
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _put(a: AgentProcess, cid: str, path: str, body: bytes) -> tuple[int, bytes]:
+    req = (f"PUT /containers/{cid}/archive?path={path}&noOverwriteDirNonDir=true HTTP/1.1\r\nHost: d\r\n"
+           f"Content-Type: application/x-tar\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    code, _, out = split(raw(a, req))
+    return code, out
+
+
+@pytest.mark.slow
+def test_copy_into_containers_running_and_stopped(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("copied in\n")
+    docker(da, dconf, "run", "-d", "--name", "cpr", "busybox", "sleep", "30")
+    docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cpr:/tmp/")
+    assert docker(da, dconf, "exec", "cpr", "cat", "/tmp/in.txt").stdout == "copied in\n"
+    docker(da, dconf, "create", "--name", "cps", "busybox", "cat", "/tmp/in.txt", "/etc/motd")
+    r = docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cps:/usr/share/x/", check=False)
+    assert r.returncode != 0 and "no such directory" in r.stderr   # the CLI asks HEAD first
+    docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cps:/tmp/")
+    docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cps:/etc/motd")
+    assert docker(da, dconf, "start", "-a", "cps").stdout == "copied in\ncopied in\n"
+    st = docker(da, dconf, "exec", "cpr", "stat", "-c", "%a", "/tmp").stdout.strip()
+    assert st == "1777"
+    assert docker(da, dconf, "run", "--rm", "busybox", "ls", "/tmp").stdout == ""   # the image is untouched
+    cid = docker(da, dconf, "inspect", "-f", "{{.Id}}", "cpr").stdout.strip()
+    # hostile archives: refused, nothing written outside the container
+    code, out = _put(da, cid, "/tmp", _tar([("../../escape", b"x", "")]))
+    assert code == 400 and b"escape" in out
+    code, out = _put(da, cid, "/tmp", _tar([("link", None, "/"), ("link/etc/evil", b"x", "")]))
+    assert code == 400 and b"symlink" in out
+    assert not Path("/etc/evil").exists()
+    code, out = _put(da, cid, "/tmp", _tar([(".wh.in.txt", b"", "")]))
+    assert code == 400 and b"whiteout" in out
+    code, out = _put(da, cid, "/", _tar([("tmp", b"not a dir", "")]))
+    assert code == 409 and b"cannot overwrite directory" in out
+    assert docker(da, dconf, "exec", "cpr", "cat", "/tmp/in.txt").stdout == "copied in\n"
