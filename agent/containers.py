@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import json
 import logging
@@ -31,6 +32,8 @@ from agent.model import (
     InvalidArgument,
     NotFound,
     Port,
+    Resources,
+    RestartPolicy,
     StartFailed,
     Unavailable,
 )
@@ -1015,6 +1018,25 @@ class ContainerManager:
             log.error("%s: %s", c.name, c.state.error)
         finally:
             self._pulling.discard(c.id)
+
+    async def update(self, ref: str, resources: Resources | None = None,
+                     restart_policy: RestartPolicy | None = None) -> Container:
+        """docker update: new limits (applied to a live cgroup at once) and restart policy."""
+        c = self.get(ref)
+        cfg = copy.deepcopy(c.config)
+        if resources is not None:
+            cfg.resources = resources
+        if restart_policy is not None:
+            cfg.restart_policy = restart_policy
+        self._validate(cfg)
+        if resources is not None and c.state.status in ("running", "paused") and self.cg.exists(c.id):
+            try:
+                await asyncio.to_thread(self.cg.update, c.id, cgroups.Resources(**_resources_kwargs(cfg)))
+            except cgroups.CgroupError as e:
+                raise InvalidArgument(str(e)) from e
+        c.config = cfg
+        self._save(c)
+        return c
 
     def rename(self, ref: str, new: str) -> None:
         c = self.get(ref)
