@@ -2,7 +2,7 @@
 flatten a stack of layer directories (docker export). Tarballs are hostile until proven otherwise.
 
 Applying (``apply_layer``) never uses tarfile.extract*: every member is checked and created here.
-The rules, each with a test in tests/test_images_layers.py:
+The rules, each with a test in tests/kernel/test_images_layers.py:
 
 * a member name that is absolute (``/etc/x``) or has a ``..`` component is refused;
 * a member whose parent path is a symlink (placed by an earlier member) is refused; the final
