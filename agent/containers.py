@@ -943,7 +943,7 @@ class ContainerManager:
             trace("agent: unpacked")
             with open(tmp / "rootfs-diff.tar", "rb") as f:
                 chain, _ = await asyncio.to_thread(self.images.snapshotter.apply, image.chain_id, f, None,
-                                                   "rootfs-diff.tar")
+                                                   "rootfs-diff.tar", self.images.limits.budget().bound())
             await asyncio.to_thread(self.images.snapshotter.prepare, cid, chain)
             if not cold:
                 os.rename(tmp / "checkpoint", cdir / "checkpoint")

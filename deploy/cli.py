@@ -129,10 +129,14 @@ def main(ctx: click.Context, host: str) -> None:
 @click.option("--docker-socket", default="/run/dockyard/docker.sock", show_default=True,
               help='Serve Docker\'s Engine API (docker, docker-py, compose) on this unix socket; "" serves none')
 @click.option("--docker-tcp", default="", help="Also serve Docker's API on loopback TCP HOST:PORT (no TLS yet)")
+@click.option("--max-layer-size", default="",
+              help="Refuse a layer that expands to more than this on import, load, pull or restore (e.g. 10g; "
+                   "default: no bound, as docker)")
+@click.option("--max-image-size", default="", help="The same for all the layers of one image")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
               advertise: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
-              docker_tcp: str = "") -> None:
+              docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "") -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -158,7 +162,9 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
                      join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods,
-                     docker_socket=docker_socket, docker_tcp=docker_tcp))
+                     docker_socket=docker_socket, docker_tcp=docker_tcp,
+                     max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
+                     max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 
 
 @main.command("up")
