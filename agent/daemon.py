@@ -52,6 +52,8 @@ class AgentOptions:
     cgroup_favor_dynmods: bool = False  # agent/runtime/cgroups/_dynmods.py
     docker_socket: str = DEFAULT_DOCKER_SOCKET   # Docker's Engine API (agent/dockerapi); "" serves none
     docker_tcp: str = ""             # and on loopback TCP, HOST:PORT (opt-in: no TLS yet)
+    max_layer_size: int | None = None  # bytes a layer may expand to on import/load/pull/restore (None: no bound)
+    max_image_size: int | None = None  # and all the layers of one image
 
 
 class Agent:
@@ -67,6 +69,7 @@ class Agent:
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
+        from agent.images.layers import Limits
         from agent.runtime import monitor, network
 
         o = self.opts
@@ -79,6 +82,7 @@ class Agent:
                 from e
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         images = ImageStore(self.root / "images")
+        images.limits = Limits(o.max_layer_size, o.max_image_size)
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
         await asyncio.to_thread(net.ensure)
         driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
