@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import json
 import logging
@@ -21,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agent import names
+from agent import names, restart
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.model import (
     AgentError,
@@ -31,6 +32,8 @@ from agent.model import (
     InvalidArgument,
     NotFound,
     Port,
+    Resources,
+    RestartPolicy,
     StartFailed,
     Unavailable,
 )
@@ -42,7 +45,6 @@ from agent.runtime.zygote_client import Reply, Zygote
 
 log = logging.getLogger("dockyard.agent")
 
-RESTART_BACKOFF_MAX = 60.0
 USERNS_REMAP_BASE = 100000
 USERNS_REMAP_SIZE = 65536
 
@@ -504,24 +506,13 @@ class ContainerManager:
             finally:
                 self._removed(c)
             return
-        if self._should_restart(c):
+        if restart.should_restart(c.state, c.config.restart_policy, pulling=c.id in self._pulling):
             c.state.status = "restarting"
             self._save(c)
             self._spawn(self._restart_later(c))
 
-    def _should_restart(self, c: Container) -> bool:
-        policy = c.config.restart_policy
-        if c.state.stopped_by_user or c.id in self._pulling:
-            return False
-        if policy.name == "always" or policy.name == "unless-stopped":
-            return True
-        if policy.name == "on-failure" and c.state.exit_code != 0:
-            return policy.max_retries == 0 or c.state.restart_count < policy.max_retries
-        return False
-
     async def _restart_later(self, c: Container) -> None:
-        delay = min(RESTART_BACKOFF_MAX, 0.1 * (2 ** min(c.state.restart_count, 10)))
-        await asyncio.sleep(delay)
+        await asyncio.sleep(restart.backoff(c.state.restart_count))
         if c.id not in self.containers or c.state.status != "restarting" or c.state.stopped_by_user:
             return
         c.state.restart_count += 1
@@ -952,7 +943,7 @@ class ContainerManager:
             trace("agent: unpacked")
             with open(tmp / "rootfs-diff.tar", "rb") as f:
                 chain, _ = await asyncio.to_thread(self.images.snapshotter.apply, image.chain_id, f, None,
-                                                   "rootfs-diff.tar")
+                                                   "rootfs-diff.tar", self.images.limits.budget().bound())
             await asyncio.to_thread(self.images.snapshotter.prepare, cid, chain)
             if not cold:
                 os.rename(tmp / "checkpoint", cdir / "checkpoint")
@@ -1027,6 +1018,25 @@ class ContainerManager:
             log.error("%s: %s", c.name, c.state.error)
         finally:
             self._pulling.discard(c.id)
+
+    async def update(self, ref: str, resources: Resources | None = None,
+                     restart_policy: RestartPolicy | None = None) -> Container:
+        """docker update: new limits (applied to a live cgroup at once) and restart policy."""
+        c = self.get(ref)
+        cfg = copy.deepcopy(c.config)
+        if resources is not None:
+            cfg.resources = resources
+        if restart_policy is not None:
+            cfg.restart_policy = restart_policy
+        self._validate(cfg)
+        if resources is not None and c.state.status in ("running", "paused") and self.cg.exists(c.id):
+            try:
+                await asyncio.to_thread(self.cg.update, c.id, cgroups.Resources(**_resources_kwargs(cfg)))
+            except cgroups.CgroupError as e:
+                raise InvalidArgument(str(e)) from e
+        c.config = cfg
+        self._save(c)
+        return c
 
     def rename(self, ref: str, new: str) -> None:
         c = self.get(ref)

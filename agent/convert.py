@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
+from agent import attachsession
 from agent.model import Container, ContainerConfig, DeviceMapping, DeviceRate, Port, Resources, RestartPolicy
+from agent.runtime.spec import ProcessSpec
 from protos import agent_pb2 as pb
 
 
@@ -126,3 +129,42 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
         },
         **extra,
     }
+
+
+# --- attach and exec sessions (agent/attachsession.py) -----------------------------------------------
+
+
+def session_size(o: pb.OpenStream) -> attachsession.Resize | None:
+    return attachsession.Resize(o.size.rows, o.size.cols) if o.HasField("size") and o.size.rows else None
+
+
+def attach_options(o: pb.OpenStream) -> attachsession.AttachOptions:
+    return attachsession.AttachOptions(container=o.container, start=o.start, tty=o.tty, stdin=o.stdin,
+                                  create=config_from_pb(o.create) if o.HasField("create") else None,
+                                  size=session_size(o))
+
+
+def exec_process(o: pb.OpenStream) -> ProcessSpec:
+    return ProcessSpec(args=list(o.exec.cmd), env=list(o.exec.env), cwd=o.exec.workdir, user=o.exec.user,
+                       tty=o.tty, stdin=o.stdin)
+
+
+async def session_inputs(requests: AsyncIterator[pb.StreamInput]) -> AsyncIterator[attachsession.Input]:
+    async for msg in requests:
+        kind = msg.WhichOneof("kind")
+        if kind == "stdin":
+            yield attachsession.Stdin(msg.stdin)
+        elif kind == "close_stdin":
+            yield attachsession.CloseStdin()
+        elif kind == "resize":
+            yield attachsession.Resize(msg.resize.rows, msg.resize.cols)
+        elif kind == "signal":
+            yield attachsession.Signal(msg.signal)
+
+
+def stream_output(ev: attachsession.Event) -> pb.StreamOutput:
+    if isinstance(ev, attachsession.Output):
+        return pb.StreamOutput(stdout=ev.data) if ev.stream == "stdout" else pb.StreamOutput(stderr=ev.data)
+    if isinstance(ev, attachsession.Started):
+        return pb.StreamOutput(started=ev.container)
+    return pb.StreamOutput(exit=pb.ExitStatus(exit_code=ev.exit_code, oom_killed=ev.oom_killed, error=ev.error))

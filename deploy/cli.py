@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from common import transport
 from deploy import display
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
@@ -29,9 +30,7 @@ CHUNK = 256 * 1024
 class Client:
     def __init__(self, host: str) -> None:
         self.host = host
-        target = host if host.startswith("unix:") else host.removeprefix("tcp://")
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                              ("grpc.max_send_message_length", 64 << 20)])
+        self.channel = transport.dial_blocking(host, transport.CLI, transport.Role.AGENT)
         self.stub = pbg.AgentStub(self.channel)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any, **kw: Any) -> Any:
@@ -130,15 +129,19 @@ def main(ctx: click.Context, host: str) -> None:
 @click.option("--docker-socket", default="/run/dockyard/docker.sock", show_default=True,
               help='Serve Docker\'s Engine API (docker, docker-py, compose) on this unix socket; "" serves none')
 @click.option("--docker-tcp", default="", help="Also serve Docker's API on loopback TCP HOST:PORT (no TLS yet)")
+@click.option("--max-layer-size", default="",
+              help="Refuse a layer that expands to more than this on import, load, pull or restore (e.g. 10g; "
+                   "default: no bound, as docker)")
+@click.option("--max-image-size", default="", help="The same for all the layers of one image")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
               advertise: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
-              docker_tcp: str = "") -> None:
+              docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "") -> None:
     """Run the per-host agent."""
     import socket as _socket
 
     from agent.daemon import AgentOptions, run
-    from agent.metrics import parse_addr
+    from common.http import parse_addr
 
     if metrics_addr:
         try:
@@ -159,7 +162,9 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
                      join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods,
-                     docker_socket=docker_socket, docker_tcp=docker_tcp))
+                     docker_socket=docker_socket, docker_tcp=docker_tcp,
+                     max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
+                     max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 
 
 @main.command("up")
