@@ -235,28 +235,15 @@ def _device_rates(specs: tuple[str, ...], flag: str) -> list[pb.DeviceRate]:
 
 
 def parse_device(spec: str) -> pb.DeviceMapping:
-    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's CLI splits it (opts.ParseDevice)."""
-    def mode(x: str) -> bool:
-        return bool(x) and not set(x) - set("rwm") and len(set(x)) == len(x)
+    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's CLI splits it."""
+    from agent.model import DeviceMapping
 
-    parts = spec.split(":")
-    if not 1 <= len(parts) <= 3 or not parts[0]:
-        raise click.BadParameter(f"invalid device specification: {spec}", param_hint="'--device'")
-    src, dst, perms = parts[0], "", "rwm"
-    if len(parts) == 3:
-        dst, perms = parts[1], parts[2]
-        if not mode(perms):
-            raise click.BadParameter(f"invalid device mode {perms!r} in {spec} (a combination of r, w and m)",
-                                     param_hint="'--device'")
-    elif len(parts) == 2:
-        if mode(parts[1]):
-            perms = parts[1]
-        else:
-            dst = parts[1]
-    for path in (src, dst or src):
-        if not path.startswith("/"):
-            raise click.BadParameter(f"bad format for path: {path}", param_hint="'--device'")
-    return pb.DeviceMapping(path_on_host=src, path_in_container=dst or src, permissions=perms)
+    try:
+        d = DeviceMapping.parse(spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--device'") from None
+    return pb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
+                            permissions=d.permissions)
 
 
 def container_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -12,7 +12,7 @@ import shlex
 import time
 from typing import Any
 
-from agent.model import Container, ContainerConfig, DeviceRate, Port, Resources, RestartPolicy
+from agent.model import Container, ContainerConfig, DeviceMapping, DeviceRate, Port, Resources, RestartPolicy
 
 from .http import HTTPError
 
@@ -29,7 +29,7 @@ _HOST_MAPPED = {
     "PortBindings", "PublishAllPorts", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "MemorySwap",
     "NanoCpus", "CpuShares", "PidsLimit", "BlkioWeight", "BlkioDeviceReadBps", "BlkioDeviceWriteBps",
     "PidMode", "IpcMode", "UsernsMode", "Init", "SecurityOpt", "LogConfig", "ConsoleSize", "CgroupnsMode",
-    "Isolation",
+    "Isolation", "Devices", "Privileged",
 }
 
 
@@ -134,6 +134,17 @@ def _rates(v: Any, field: str) -> list[DeviceRate]:
     return out
 
 
+def _devices(v: Any) -> list[DeviceMapping]:
+    """HostConfig.Devices: [{PathOnHost, PathInContainer, CgroupPermissions}] (the agent checks the host's node)."""
+    out = []
+    for d in v or []:
+        if not isinstance(d, dict) or not isinstance(d.get("PathOnHost"), str) or not d["PathOnHost"]:
+            raise HTTPError(400, f"HostConfig.Devices: each entry needs PathOnHost (got {d!r})")
+        out.append(DeviceMapping(d["PathOnHost"], str(d.get("PathInContainer") or ""),
+                                 str(d.get("CgroupPermissions") or "rwm")))
+    return out
+
+
 def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int, int] | None]:
     """A create body -> (ContainerConfig, the terminal's initial (rows, cols) if given)."""
     if not isinstance(body, dict):
@@ -219,6 +230,8 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         stop_timeout=_int(body.get("StopTimeout"), "Config.StopTimeout"),
         stop_signal=_str(body.get("StopSignal"), "Config.StopSignal"),
         security_opt=_strs(host.get("SecurityOpt"), "HostConfig.SecurityOpt"),
+        devices=_devices(host.get("Devices")),
+        privileged=_bool(host.get("Privileged"), "HostConfig.Privileged"),
     )
     size = host.get("ConsoleSize")
     console = None
@@ -370,7 +383,7 @@ def inspect(c: Container, log_path: str, image_config: Any) -> dict[str, Any]:
             "ConsoleSize": [0, 0], "CapAdd": None, "CapDrop": None, "CgroupnsMode": "host",
             "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None,
             "IpcMode": cfg.ipc_mode or "private", "Cgroup": "", "Links": None, "OomScoreAdj": 0,
-            "PidMode": cfg.pid_mode, "Privileged": False, "PublishAllPorts": False,
+            "PidMode": cfg.pid_mode, "Privileged": cfg.privileged, "PublishAllPorts": False,
             "ReadonlyRootfs": False, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": "",
             "UsernsMode": cfg.userns_mode, "ShmSize": 67108864, "Runtime": "dockyard", "Isolation": "",
             "CpuShares": r.cpu_shares, "Memory": r.memory, "NanoCpus": r.nano_cpus, "CgroupParent": "",
@@ -379,7 +392,9 @@ def inspect(c: Container, log_path: str, image_config: Any) -> dict[str, Any]:
             "BlkioDeviceWriteBps": [{"Path": d.path, "Rate": d.rate} for d in r.device_write_bps],
             "BlkioDeviceReadIOps": [], "BlkioDeviceWriteIOps": [], "CpuPeriod": 0, "CpuQuota": 0,
             "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "",
-            "Devices": [], "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
+            "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container or d.path_on_host,
+                         "CgroupPermissions": d.permissions} for d in cfg.devices],
+            "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
             "MemorySwap": r.memory_swap, "MemorySwappiness": None, "OomKillDisable": False,
             "PidsLimit": r.pids_limit or None, "Ulimits": [], "CpuCount": 0, "CpuPercent": 0,
             "IOMaximumIOps": 0, "IOMaximumBandwidth": 0, "Init": cfg.init or None,
