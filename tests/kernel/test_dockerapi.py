@@ -449,3 +449,36 @@ def test_copy_into_containers_running_and_stopped(da: AgentProcess, dconf: Path,
     code, out = _put(da, cid, "/", _tar([("tmp", b"not a dir", "")]))
     assert code == 409 and b"cannot overwrite directory" in out
     assert docker(da, dconf, "exec", "cpr", "cat", "/tmp/in.txt").stdout == "copied in\n"
+
+
+@pytest.mark.slow
+@pytest.mark.peer
+def test_docker_compose_up_ps_logs_down(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose (Debian's 1.29) is not installed")
+    (tmp_path / "docker-compose.yml").write_text(
+        'version: "3"\nservices:\n'
+        '  web:\n    image: busybox\n    command: httpd -f -p 80 -h /etc\n    network_mode: bridge\n'
+        '    ports: ["127.0.0.1::80"]\n'
+        '  worker:\n    image: busybox\n    command: sh -c "echo worker up; sleep 300"\n    network_mode: bridge\n')
+    env = denv(da, dconf)
+
+    def dc(*args: str) -> str:
+        r = subprocess.run([compose, "-p", "dyk", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, f"docker-compose {' '.join(args)}: {r.stdout}\n{r.stderr}"
+        return r.stdout + r.stderr
+
+    try:
+        dc("up", "-d")
+        ps = dc("ps")
+        assert "dyk_web_1" in ps and "dyk_worker_1" in ps and ps.count(" Up ") == 2
+        port = docker(da, dconf, "port", "dyk_web_1", "80").stdout.strip()
+        import urllib.request
+
+        assert urllib.request.urlopen(f"http://{port}/hostname", timeout=5).status == 200
+        da.wait_for(lambda: "worker up" in dc("logs", "worker"), what="the worker's log")
+    finally:
+        dc("down", "-t", "1")
+    assert docker(da, dconf, "ps", "-aq").stdout == ""
