@@ -40,7 +40,7 @@ test-cluster:
 	$(PYTEST_RUN) tests/cluster
 
 lint:
-	$(VENV)/bin/ruff check agent scheduler deploy protos tests
+	$(VENV)/bin/ruff check agent scheduler deploy protos tests common
 	$(VENV)/bin/mypy
 
 bench: install

@@ -67,13 +67,59 @@ _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
 
 # --- streams --------------------------------------------------------------------------------------
 
-class HashingReader(io.RawIOBase):
-    """Passes a stream through while hashing it: the diff_id of a layer is the sha256 of its tar."""
+@dataclass(frozen=True)
+class Bound:
+    """How far a layer may expand (uncompressed tar bytes), and what to say when it goes further."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    limit: int
+    reason: str  # "the agent's maximum for a layer (--max-layer-size 1GiB)"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Maximum expanded size per layer and per image; None is no bound (docker's default)."""
+
+    layer: int | None = None
+    image: int | None = None
+
+    def budget(self) -> Budget:
+        return Budget(self)
+
+
+@dataclass
+class Budget:
+    """One image's limits as its layers are unpacked one after the other."""
+
+    limits: Limits
+    used: int = 0
+
+    def bound(self) -> Bound | None:
+        """The bound for the next layer: the smaller of the per-layer one and what the image has left."""
+        layer, image = self.limits.layer, self.limits.image
+        left = None if image is None else max(image - self.used, 0)
+        if layer is not None and (left is None or layer <= left):
+            return Bound(layer, f"the agent's maximum for a layer (--max-layer-size {layer})")
+        if left is not None:
+            return Bound(left, f"the agent's maximum for an image (--max-image-size {image}; "
+                               f"{self.used} bytes in the layers before it)")
+        return None
+
+    def spend(self, n: int) -> None:
+        self.used += n
+
+
+class HashingReader(io.RawIOBase):
+    """Passes a stream through while hashing it: the diff_id of a layer is the sha256 of its tar.
+    With a ``bound``, the stream is refused as soon as it expands past it (a compression bomb stops
+    there, not at the end of the disk)."""
+
+    def __init__(self, raw: IO[bytes], bound: Bound | None = None, what: str = "layer") -> None:
         self._raw = raw
         self._hash = hashlib.sha256()
         self.size = 0
+        self._limit = bound.limit if bound is not None else -1
+        self._bound = bound
+        self._what = what
 
     def readable(self) -> bool:
         return True
@@ -84,7 +130,14 @@ class HashingReader(io.RawIOBase):
         b[:n] = data
         self._hash.update(data)
         self.size += n
+        if self._limit >= 0 and self.size > self._limit:
+            self._over()
         return n
+
+    def _over(self) -> None:
+        assert self._bound is not None
+        raise InvalidArchive(f"{self._what}: expands to more than {self._bound.limit} bytes, "
+                             f"{self._bound.reason}; refused")
 
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
@@ -97,6 +150,8 @@ class HashingReader(io.RawIOBase):
                 break
             self._hash.update(data)
             self.size += len(data)
+            if self._limit >= 0 and self.size > self._limit:
+                self._over()
         return self.digest()
 
 
@@ -438,8 +493,9 @@ class TarReader:
     the uncompressed stream is hashed, so ``diff_id`` is known when ``members()`` is exhausted.
     """
 
-    def __init__(self, fileobj: IO[bytes], what: str) -> None:
+    def __init__(self, fileobj: IO[bytes], what: str, bound: Bound | None = None) -> None:
         self.what = what
+        self.bound = bound
         self.compression = ""
         self.diff_id = ""
         self.size = 0
@@ -449,7 +505,7 @@ class TarReader:
         what = self.what
         with reading_errors(what):
             stream, self.compression = decompressed(self._fileobj)
-            hashing = HashingReader(stream)
+            hashing = HashingReader(stream, self.bound, what)
             reader = io.BufferedReader(hashing, CHUNK)
             tail = _TailReader(reader)
             with tarfile.open(fileobj=tail, mode="r|", errorlevel=2) as tf:  # type: ignore[call-overload]
@@ -480,14 +536,15 @@ def reading_errors(what: str, member: str = "") -> Iterator[None]:
         raise InvalidArchive(f"{where}: corrupt or truncated stream: {type(e).__name__}: {e}") from None
 
 
-def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer") -> LayerStats:
-    """Apply a layer tarball (plain or compressed) to ``dest``, a fresh directory, in overlay format.
+def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer", bound: Bound | None = None) -> LayerStats:
+    """Apply a layer tarball (plain or compressed) to ``dest``, a fresh directory, in overlay format;
+    refused (InvalidArchive naming ``what``) once it expands past ``bound``.
 
     Returns the stats, with ``diff_id`` the sha256 of the uncompressed tar. On error the directory
     is left partially written: the caller owns it and removes it (it is always a private temp dir).
     """
     stats = LayerStats()
-    reader = TarReader(fileobj, what)
+    reader = TarReader(fileobj, what, bound)
     with Root(dest) as root:
         applier = _Applier(root, what)
         for tf, m in reader.members():
