@@ -156,13 +156,19 @@ def test_docker_run_rm_ps_logs(da: AgentProcess, dconf: Path) -> None:
 
 
 def test_refused_with_the_field_named(da: AgentProcess, dconf: Path) -> None:
-    r = docker(da, dconf, "run", "--rm", "--privileged", "busybox", "true", check=False)
-    assert r.returncode == 125 and "HostConfig.Privileged is not supported by dockyard" in r.stderr
+    r = docker(da, dconf, "run", "--rm", "--tmpfs", "/scratch", "busybox", "true", check=False)
+    assert r.returncode == 125 and "HostConfig.Tmpfs is not supported by dockyard" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--log-driver", "syslog", "busybox", "true", check=False)
     assert r.returncode == 125 and "no log driver named 'syslog' is registered" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--cap-add", "NET_ADMIN", "busybox", "true", check=False)
     assert r.returncode == 125 and "HostConfig.CapAdd is not supported" in r.stderr
     assert docker(da, dconf, "ps", "-aq").stdout == ""   # nothing half-made
+    # what dockyard has, mapped: --device, --privileged
+    out = docker(da, dconf, "run", "--rm", "--device", "/dev/null:/dev/mynull", "busybox", "sh", "-c",
+                 "echo x > /dev/mynull && ls -l /dev/mynull").stdout
+    assert out.startswith("c") and "1,   3" in out
+    assert docker(da, dconf, "run", "--rm", "--privileged", "busybox", "sh", "-c",
+                  "grep CapEff /proc/self/status").stdout.split()[1] != "00000000a80425fb"
 
 
 @pytest.mark.slow
