@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from protos import agent_pb2 as pb
 from tests.agent_harness import AgentProcess
 
 pytestmark = pytest.mark.root
@@ -488,3 +489,23 @@ def test_docker_compose_up_ps_logs_down(da: AgentProcess, dconf: Path, tmp_path:
     finally:
         dc("down", "-t", "1")
     assert docker(da, dconf, "ps", "-aq").stdout == ""
+
+
+@pytest.mark.slow
+def test_testcontainers_python(da: AgentProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    tc = pytest.importorskip("testcontainers.core.container")
+    strategies = pytest.importorskip("testcontainers.core.wait_strategies")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{da.docker_socket}")
+    # Ryuk (its reaper) bind-mounts the Docker socket into a container: no bind mounts yet
+    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+    import urllib.request
+
+    c = tc.DockerContainer("busybox").with_command("sh -c 'echo ready; exec httpd -f -p 80 -h /etc'") \
+        .with_exposed_ports(80).waiting_for(strategies.LogMessageWaitStrategy("ready"))
+    with c:
+        port = c.get_exposed_port(80)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/hostname", timeout=5).status == 200
+        out, _err = c.get_logs()
+        assert out == b"ready\n"
+        cid = c.get_wrapped_container().id
+    assert cid not in [x.id for x in da.stub.ListContainers(pb.ListContainersRequest(all=True)).containers]
