@@ -509,3 +509,31 @@ def test_testcontainers_python(da: AgentProcess, monkeypatch: pytest.MonkeyPatch
         assert out == b"ready\n"
         cid = c.get_wrapped_container().id
     assert cid not in [x.id for x in da.stub.ListContainers(pb.ListContainersRequest(all=True)).containers]
+
+
+@pytest.mark.slow
+@pytest.mark.peer
+def test_login_push_pull_through_a_loopback_registry(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    from tests.kernel.test_images_registry import USERS, Registry
+
+    reg = Registry(tmp_path / "registry", "basic", USERS)
+    try:
+        reg.start()
+        ref = f"{reg.host}/team/bb:1"
+        docker(da, dconf, "tag", "busybox", ref)
+        r = docker(da, dconf, "push", ref, check=False)
+        assert r.returncode != 0 and ("unauthorized" in (r.stdout + r.stderr).lower()
+                                      or "authentication" in (r.stdout + r.stderr).lower())
+        r = docker(da, dconf, "login", "-u", "alice", "--password-stdin", reg.host, input="wrong\n", check=False)
+        assert r.returncode != 0
+        out = docker(da, dconf, "login", "-u", "alice", "--password-stdin", reg.host, input="s3cret-pw\n").stdout
+        assert "Login Succeeded" in out
+        out = docker(da, dconf, "push", ref, timeout=60).stdout
+        assert "digest: sha256:" in out or "Pushed" in out
+        docker(da, dconf, "rmi", ref)
+        out = docker(da, dconf, "pull", ref, timeout=60).stdout
+        assert ref in out or "Downloaded" in out or "up to date" in out.lower()
+        assert docker(da, dconf, "run", "--rm", ref, "echo", "pulled").stdout == "pulled\n"
+        docker(da, dconf, "rmi", ref)
+    finally:
+        reg.stop()
