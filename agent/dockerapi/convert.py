@@ -29,7 +29,7 @@ _HOST_MAPPED = {
     "PortBindings", "PublishAllPorts", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "MemorySwap",
     "NanoCpus", "CpuShares", "PidsLimit", "BlkioWeight", "BlkioDeviceReadBps", "BlkioDeviceWriteBps",
     "PidMode", "IpcMode", "UsernsMode", "Init", "SecurityOpt", "LogConfig", "ConsoleSize", "CgroupnsMode",
-    "Isolation", "Devices", "Privileged",
+    "Isolation", "Privileged", "Devices",
 }
 
 
@@ -46,11 +46,13 @@ def empty(v: Any) -> bool:
 
 # Fields whose "not set" is not their zero value (docker's CLI sends them so).
 _NOT_SET = {"MemorySwappiness": -1}
+# Maps whose keys carry the meaning ({"/scratch": ""} is a tmpfs): set as soon as they have a key.
+_MAPS = {"Tmpfs", "Sysctls", "StorageOpt", "Volumes", "Annotations", "DriverOpts", "ExposedPorts"}
 
 
 def _refuse_unmapped(obj: dict[str, Any], mapped: set[str], where: str) -> None:
     for k, v in obj.items():
-        if k not in mapped and not empty(v) and _NOT_SET.get(k) != v:
+        if k not in mapped and (bool(v) if k in _MAPS else not empty(v)) and _NOT_SET.get(k) != v:
             raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
 
 
@@ -135,13 +137,13 @@ def _rates(v: Any, field: str) -> list[DeviceRate]:
 
 
 def _devices(v: Any) -> list[DeviceMapping]:
-    """HostConfig.Devices: [{PathOnHost, PathInContainer, CgroupPermissions}] (the agent checks the host's node)."""
     out = []
     for d in v or []:
-        if not isinstance(d, dict) or not isinstance(d.get("PathOnHost"), str) or not d["PathOnHost"]:
+        if not isinstance(d, dict) or not d.get("PathOnHost"):
             raise HTTPError(400, f"HostConfig.Devices: each entry needs PathOnHost (got {d!r})")
-        out.append(DeviceMapping(d["PathOnHost"], str(d.get("PathInContainer") or ""),
-                                 str(d.get("CgroupPermissions") or "rwm")))
+        out.append(DeviceMapping(_str(d["PathOnHost"], "HostConfig.Devices.PathOnHost"),
+                                 _str(d.get("PathInContainer"), "HostConfig.Devices.PathInContainer"),
+                                 _str(d.get("CgroupPermissions"), "HostConfig.Devices.CgroupPermissions") or "rwm"))
     return out
 
 
