@@ -100,6 +100,11 @@ class Host:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
+    return make_host(tmp_path)
+
+
+def make_host(tmp_path: Path) -> Host:
+    """The victims under tmp_path/host and an empty tmp_path/store."""
     h = Host(tmp_path, tmp_path / "store", tmp_path / "host" / "victim", tmp_path / "host" / "vdir")
     h.vdir.mkdir(parents=True)
     (h.vdir / "q").mkdir()
