@@ -5,9 +5,15 @@ Applying (``apply_layer``) never uses tarfile.extract*: every member is checked 
 The rules, each with a test in tests/kernel/test_images_layers.py:
 
 * a member name that is absolute (``/etc/x``) or has a ``..`` component is refused;
-* a member whose parent path is a symlink (placed by an earlier member) is refused; the final
-  component is created with O_EXCL|O_NOFOLLOW after removing what was there, so nothing is ever
-  written through a link;
+* every path is resolved below the root through safefs.Root (openat2 RESOLVE_BENEATH |
+  RESOLVE_NO_SYMLINKS): a member whose path goes through a symlink at any component (placed by an
+  earlier member) is refused; the final component is created through its parent's descriptor
+  (O_EXCL|O_NOFOLLOW after removing what was there) and its attributes are set on a descriptor, so
+  nothing is ever written, chmod'ed, chown'ed or touched through a link;
+* directories get their mode, owner and times at the end of the layer, on the directory found
+  again below the root: one a later member replaced (by a symlink or a file) gets nothing, and the
+  replacing entry keeps its own attributes (the 6777/4242 symlink attack of issue 17);
+* with a Bound, a layer that expands past it is refused as it streams;
 * a symlink's target is kept as written when absolute (it means the container's root, and nothing on
   the host follows it); a relative target that climbs above the root (``../../etc``) is refused;
 * a hardlink must name a member inside the root, already extracted in this same layer, not a
