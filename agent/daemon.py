@@ -25,6 +25,7 @@ from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serv
 from agent.runtime import cgroups
 from agent.runtime.zygote_client import Zygote
 from agent.server import AgentServicer
+from common import transport
 from protos import agent_pb2_grpc as pbg
 
 log = logging.getLogger("dockyard.agent")
@@ -104,16 +105,15 @@ class Agent:
         servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, False, o.labels)
         # `criu check` takes a second: answer requests meanwhile, report the capability once known.
         self._criu_task = asyncio.get_running_loop().create_task(self._check_criu(servicer))
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                               ("grpc.max_send_message_length", 64 << 20)])
+        self.server = transport.server(transport.AGENT)
         pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server(self.server, self.manager, images)
         Path(o.socket).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(o.socket)
-        self.server.add_insecure_port(f"unix://{o.socket}")
+        transport.serve(self.server, f"unix://{o.socket}", transport.AGENT)
         if o.listen:
-            self.server.add_insecure_port(o.listen)
+            transport.serve(self.server, o.listen, transport.AGENT)
         await self.server.start()
         os.chmod(o.socket, 0o660)
         if o.docker_socket or o.docker_tcp:

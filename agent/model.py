@@ -65,6 +65,15 @@ class Resources:
 
 
 @dataclass
+class DeviceMapping:
+    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's HostConfig.Devices."""
+
+    path_on_host: str
+    path_in_container: str = ""   # "" = path_on_host
+    permissions: str = "rwm"
+
+
+@dataclass
 class RestartPolicy:
     name: str = "no"
     max_retries: int = 0
@@ -96,6 +105,8 @@ class ContainerConfig:
     stop_timeout: int = 0
     stop_signal: str = ""
     security_opt: list[str] = field(default_factory=list)
+    devices: list[DeviceMapping] = field(default_factory=list)
+    privileged: bool = False
     exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
 
@@ -162,6 +173,6 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 
 _NESTED: dict[str, Any] = {
-    "Port": Port, "DeviceRate": DeviceRate, "Resources": Resources, "RestartPolicy": RestartPolicy,
-    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
+    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "Resources": Resources,
+    "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
 }

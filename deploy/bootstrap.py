@@ -466,6 +466,7 @@ def _ready(req: dict[str, Any]) -> bool:
     """The started process answers: a scheduler (Status) or a node that is ready (ListNodes)."""
     import grpc
 
+    from common import transport
     from protos import agent_pb2 as apb
     from protos import agent_pb2_grpc as apbg
     from protos import cluster_pb2 as cpb
@@ -474,13 +475,13 @@ def _ready(req: dict[str, Any]) -> bool:
     if "agent" in req:
         # The agent itself first: the scheduler may still list the node as ready from before (its
         # lease has not run out yet) while this new process has already failed.
-        with grpc.insecure_channel(str(req["agent"]), options=[("grpc.enable_http_proxy", 0)]) as ch:
+        with transport.dial_blocking(str(req["agent"]), transport.CLI, transport.Role.AGENT) as ch:
             try:
                 apbg.AgentStub(ch).Info(apb.Empty(), timeout=2)  # type: ignore[no-untyped-call]
             except grpc.RpcError:
                 return False
     for addr in str(req["scheduler"]).split(","):
-        with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as ch:
+        with transport.dial_blocking(addr, transport.CLI, transport.Role.SCHEDULER) as ch:
             stub = cpbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
             try:
                 if "node" not in req:

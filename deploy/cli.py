@@ -18,6 +18,7 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from common import transport
 from deploy import display
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
@@ -29,9 +30,7 @@ CHUNK = 256 * 1024
 class Client:
     def __init__(self, host: str) -> None:
         self.host = host
-        target = host if host.startswith("unix:") else host.removeprefix("tcp://")
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                              ("grpc.max_send_message_length", 64 << 20)])
+        self.channel = transport.dial_blocking(host, transport.CLI, transport.Role.AGENT)
         self.stub = pbg.AgentStub(self.channel)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any, **kw: Any) -> Any:
@@ -49,9 +48,47 @@ def fail_rpc(e: grpc.RpcError, host: str) -> NoReturn:
     fail(f"Error response from daemon: {e.details()}")  # type: ignore[attr-defined]
 
 
-def fail(msg: str, code: int = 1) -> NoReturn:
+def fail(msg: str, code: int | None = None) -> NoReturn:
+    """Print and exit: with `code`, else the command's exit status for its own errors (1; `run`'s
+    is 125, as docker's, so that they do not pass for the container's)."""
+    if code is None:
+        ctx = click.get_current_context(silent=True)
+        code = int((ctx.find_root().obj or {}).get("error_exit", 1)) if ctx is not None else 1
     click.echo(msg, err=True)
     sys.exit(code)
+
+
+# docker run's exit status when the container's command could not be run (docker/cli's
+# runStartContainerErr): 127 not found, 126 not invocable, 125 anything else that failed.
+def start_error_code(error: str) -> int:
+    if any(s in error for s in ("executable file not found", "no such file or directory")):
+        return 127
+    if any(s in error for s in ("permission denied", "is a directory")):
+        return 126
+    return 125
+
+
+class _RunUsageError(click.UsageError):
+    exit_code = 125
+
+
+class RunCommand(click.Command):
+    """`run`: its own errors, a bad flag included, exit 125 as docker's do (see fail)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.find_root().obj = {**(ctx.find_root().obj or {}), "error_exit": 125}
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _RunUsageError(e.format_message(), e.ctx) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            if isinstance(e, _RunUsageError):
+                raise
+            raise _RunUsageError(e.format_message(), e.ctx) from None
 
 
 def client(ctx: click.Context) -> Client:
@@ -104,7 +141,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
     import socket as _socket
 
     from agent.daemon import AgentOptions, run
-    from agent.metrics import parse_addr
+    from common.http import parse_addr
 
     if metrics_addr:
         try:
@@ -196,6 +233,31 @@ def _device_rates(specs: tuple[str, ...], flag: str) -> list[pb.DeviceRate]:
     return out
 
 
+def parse_device(spec: str) -> pb.DeviceMapping:
+    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's CLI splits it (opts.ParseDevice)."""
+    def mode(x: str) -> bool:
+        return bool(x) and not set(x) - set("rwm") and len(set(x)) == len(x)
+
+    parts = spec.split(":")
+    if not 1 <= len(parts) <= 3 or not parts[0]:
+        raise click.BadParameter(f"invalid device specification: {spec}", param_hint="'--device'")
+    src, dst, perms = parts[0], "", "rwm"
+    if len(parts) == 3:
+        dst, perms = parts[1], parts[2]
+        if not mode(perms):
+            raise click.BadParameter(f"invalid device mode {perms!r} in {spec} (a combination of r, w and m)",
+                                     param_hint="'--device'")
+    elif len(parts) == 2:
+        if mode(parts[1]):
+            perms = parts[1]
+        else:
+            dst = parts[1]
+    for path in (src, dst or src):
+        if not path.startswith("/"):
+            raise click.BadParameter(f"bad format for path: {path}", param_hint="'--device'")
+    return pb.DeviceMapping(path_on_host=src, path_in_container=dst or src, permissions=perms)
+
+
 def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--name", default="", help="Assign a name to the container"),
@@ -228,6 +290,8 @@ def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--stop-signal", default="", help="Signal to stop the container"),
         click.option("--security-opt", multiple=True,
                      help="Security options: seccomp=unconfined|builtin, no-new-privileges[=true|false]"),
+        click.option("--device", multiple=True, help="Add a host device to the container (HOST[:CONTAINER][:rwm])"),
+        click.option("--privileged", is_flag=True, help="Give extended privileges to this container"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -244,6 +308,12 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
                 continue
             e = f"{e}={val}"
         env_list.append(e)
+    for e in env_list:
+        if not e.partition("=")[0]:
+            raise click.BadParameter(f"invalid environment variable: {e}", param_hint="'-e' / '--env'")
+    if o["workdir"] and not o["workdir"].startswith("/"):
+        raise click.BadParameter(f"the working directory '{o['workdir']}' is invalid, it needs to be an absolute path",
+                                 param_hint="'-w' / '--workdir'")
     res = pb.Resources()
     if o["memory"]:
         res.memory = display.parse_size(o["memory"], "-m, --memory")
@@ -278,11 +348,12 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
         network_mode=o["network"], pid_mode=o["pid_mode"], ipc_mode=o["ipc_mode"], userns_mode=o["userns_mode"],
         restart_policy=pb.RestartPolicy(name=rname, max_retries=int(rmax or 0)), auto_remove=o["auto_remove"],
         init=o["init"], stop_timeout=o["stop_timeout"], stop_signal=o["stop_signal"],
-        security_opt=list(o["security_opt"]),
+        security_opt=list(o["security_opt"]), devices=[parse_device(d) for d in o["device"]],
+        privileged=o["privileged"],
     )
 
 
-@main.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@main.command(cls=RunCommand, context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
 @container_options
 @click.option("-d", "--detach", is_flag=True, help="Run container in background and print container ID")
 @click.argument("image")
@@ -315,6 +386,8 @@ def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool,
     if code is None:
         click.echo("\r\nread escape sequence", err=True)
         return 0
+    if create is not None and sess.error:  # it never ran: run's own error
+        return start_error_code(sess.error)
     return code
 
 

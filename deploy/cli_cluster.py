@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from common import transport
 from deploy import display
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
@@ -44,7 +45,7 @@ class SchedulerClient:
     def stub(self, addr: str) -> pbg.SchedulerStub:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)])
+            ch = self._channels[addr] = transport.dial_blocking(addr, transport.CLI, transport.Role.SCHEDULER)
         return pbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any, timeout: float = TIMEOUT) -> Any:

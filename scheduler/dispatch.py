@@ -24,6 +24,7 @@ from collections.abc import Callable
 
 import grpc
 
+from common import transport
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState
@@ -95,10 +96,7 @@ class Agents:
     def stub(self, address: str) -> apbg.AgentStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(
-                address.removeprefix("tcp://"),
-                options=[("grpc.enable_http_proxy", 0), ("grpc.max_receive_message_length", 64 << 20),
-                         ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)])
+            ch = self._channels[address] = transport.dial(address, transport.SCHEDULER, transport.Role.AGENT)
         return apbg.AgentStub(ch)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grpc
 
+from common import transport
 from protos import cluster_pb2_grpc as pbg
 from scheduler import metrics as metrics_mod
 from scheduler.dispatch import Agents, Dispatcher
@@ -191,15 +192,12 @@ class Scheduler:
                                      ttl=o.ttl, heartbeat=o.heartbeat)
         migrator = self.migrator = Migrator(view, store, self.agents, m, replica=self.replica)
         servicer.migrator = migrator
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                               ("grpc.max_send_message_length", 64 << 20)])
+        self.server = transport.server(transport.SCHEDULER)
         pbg.add_SchedulerServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         try:
-            self.port = self.server.add_insecure_port(o.listen)
-        except RuntimeError as e:
-            raise SchedulerError(f"--listen {o.listen}: cannot bind ({e})") from e
-        if not self.port:
-            raise SchedulerError(f"--listen {o.listen}: cannot bind (address in use?)")
+            self.port = transport.serve(self.server, o.listen, transport.SCHEDULER)
+        except (transport.BindError, ValueError) as e:
+            raise SchedulerError(f"--listen {o.listen}: cannot bind ({getattr(e, 'reason', e)})") from e
         self.tasks = [asyncio.create_task(view.run(), name="view")]
         await asyncio.wait_for(view.loaded.wait(), 10)
         active = lambda: election.is_leader  # noqa: E731

@@ -43,7 +43,7 @@ import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -558,6 +558,32 @@ def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer", bound: Boun
                 applier.member(tf, m, stats)
         applier.finish()
     stats.diff_id, stats.tar_size, stats.compression = reader.diff_id, reader.size, reader.compression
+    return stats
+
+
+def apply_tree(fileobj: IO[bytes], dest: Path, under: Sequence[str], what: str,
+               check: Callable[[list[str], tarfile.TarInfo], None] | None = None) -> LayerStats:
+    """Extract a plain tar (docker cp's, PUT /containers/{id}/archive) into ``dest``, an existing
+    tree, below the directory ``under`` (components, no symlinks: the caller resolved them), with the
+    layer checks. It is not a layer: names that would be whiteouts are refused. ``check(parts, m)``
+    may refuse a member (docker's noOverwriteDirNonDir) before anything of it is written."""
+    stats = LayerStats()
+    reader = TarReader(fileobj, what)
+    with Root(dest) as root:
+        applier = _Applier(root, what)
+        for tf, m in reader.members():
+            with reading_errors(what, m.name):
+                parts = member_parts(m.name, what)
+                if parts and parts[-1].startswith(WHITEOUT_PREFIX):
+                    raise InvalidArchive(f"{what}: member {m.name!r}: names starting with {WHITEOUT_PREFIX!r} "
+                                         "are overlay whiteouts and cannot be copied into a container")
+                if check is not None:
+                    check([*under, *parts], m)
+                m.name = "/".join([*under, *parts]) or "."
+                if m.islnk():
+                    m.linkname = "/".join([*under, *member_parts(m.linkname, what)])
+                applier.member(tf, m, stats)
+        applier.finish()
     return stats
 
 

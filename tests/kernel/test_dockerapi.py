@@ -113,6 +113,7 @@ def test_ping_version_info_and_errors(da: AgentProcess, dconf: Path) -> None:
     assert os.stat(da.docker_socket).st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_agent_flags_for_the_docker_socket(tmp_path: Path) -> None:
     from tests.agent_harness import CLI, REPO, _env
 
@@ -124,6 +125,7 @@ def test_agent_flags_for_the_docker_socket(tmp_path: Path) -> None:
 
 # --- step 2: containers with the docker CLI -------------------------------------------------------
 
+@pytest.mark.slow
 def test_docker_run_rm_ps_logs(da: AgentProcess, dconf: Path) -> None:
     assert docker(da, dconf, "run", "--rm", "busybox", "echo", "hi").stdout == "hi\n"
     r = docker(da, dconf, "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
@@ -163,6 +165,7 @@ def test_refused_with_the_field_named(da: AgentProcess, dconf: Path) -> None:
     assert docker(da, dconf, "ps", "-aq").stdout == ""   # nothing half-made
 
 
+@pytest.mark.slow
 def test_running_container_verbs(da: AgentProcess, dconf: Path) -> None:
     docker(da, dconf, "run", "-d", "--name", "srv", "-p", "127.0.0.1::80", "busybox", "httpd", "-f", "-p", "80",
            "-h", "/etc")
@@ -260,6 +263,7 @@ class Terminal:
             self.proc.wait()
 
 
+@pytest.mark.slow
 def test_docker_run_it_and_exec_it(da: AgentProcess, dconf: Path) -> None:
     t = Terminal(da, dconf, "run", "-it", "--name", "shell", "busybox", "sh", rows=30, cols=100)
     try:
@@ -343,6 +347,7 @@ def test_docker_py_run_exec_attach_wait(client: Any) -> None:
 
 # --- step 3: images ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_images_tag_history_save_load_build_rmi(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
     docker(da, dconf, "tag", "busybox", "mine:1")
     rows = docker(da, dconf, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
@@ -377,3 +382,70 @@ def test_events_stream(da: AgentProcess, dconf: Path) -> None:
     out = docker(da, dconf, "events", "--since", since, "--until", str(int(time.time()) + 1),
                  "--filter", "container=evt", "--format", "{{.Action}}").stdout.split()
     assert out[:1] == ["create"] and "start" in out and "die" in out and out[-1] == "destroy"
+
+
+def test_networks_and_volumes_as_far_as_dockyard_has_them(da: AgentProcess, dconf: Path) -> None:
+    names = docker(da, dconf, "network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout.split("\n")
+    assert {"bridge bridge", "host host", "none null"} <= set(names)
+    docker(da, dconf, "run", "-d", "--name", "onnet", "busybox", "sleep", "30")
+    net = json.loads(docker(da, dconf, "network", "inspect", "bridge").stdout)[0]
+    assert net["IPAM"]["Config"][0]["Subnet"] == da.subnet
+    assert [c["Name"] for c in net["Containers"].values()] == ["onnet"]
+    r = docker(da, dconf, "network", "create", "mine", check=False)
+    assert r.returncode != 0 and "user-defined networks are not supported" in r.stderr
+    assert docker(da, dconf, "volume", "ls", "-q").stdout == ""
+    r = docker(da, dconf, "volume", "create", "v1", check=False)
+    assert r.returncode != 0 and "named volumes are not supported" in r.stderr
+
+
+def _tar(members: list[tuple[str, bytes | None, str]]) -> bytes:
+    """(name, data or None for a symlink, link target) -> a tar's bytes."""
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data, target in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                t.addfile(info)
+            else:
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _put(a: AgentProcess, cid: str, path: str, body: bytes) -> tuple[int, bytes]:
+    req = (f"PUT /containers/{cid}/archive?path={path}&noOverwriteDirNonDir=true HTTP/1.1\r\nHost: d\r\n"
+           f"Content-Type: application/x-tar\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    code, _, out = split(raw(a, req))
+    return code, out
+
+
+@pytest.mark.slow
+def test_copy_into_containers_running_and_stopped(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("copied in\n")
+    docker(da, dconf, "run", "-d", "--name", "cpr", "busybox", "sleep", "30")
+    docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cpr:/tmp/")
+    assert docker(da, dconf, "exec", "cpr", "cat", "/tmp/in.txt").stdout == "copied in\n"
+    docker(da, dconf, "create", "--name", "cps", "busybox", "cat", "/tmp/in.txt", "/etc/motd")
+    r = docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cps:/usr/share/x/", check=False)
+    assert r.returncode != 0 and "no such directory" in r.stderr   # the CLI asks HEAD first
+    docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cps:/tmp/")
+    docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cps:/etc/motd")
+    assert docker(da, dconf, "start", "-a", "cps").stdout == "copied in\ncopied in\n"
+    st = docker(da, dconf, "exec", "cpr", "stat", "-c", "%a", "/tmp").stdout.strip()
+    assert st == "1777"
+    assert docker(da, dconf, "run", "--rm", "busybox", "ls", "/tmp").stdout == ""   # the image is untouched
+    cid = docker(da, dconf, "inspect", "-f", "{{.Id}}", "cpr").stdout.strip()
+    # hostile archives: refused, nothing written outside the container
+    code, out = _put(da, cid, "/tmp", _tar([("../../escape", b"x", "")]))
+    assert code == 400 and b"escape" in out
+    code, out = _put(da, cid, "/tmp", _tar([("link", None, "/"), ("link/etc/evil", b"x", "")]))
+    assert code == 400 and b"symlink" in out
+    assert not Path("/etc/evil").exists()
+    code, out = _put(da, cid, "/tmp", _tar([(".wh.in.txt", b"", "")]))
+    assert code == 400 and b"whiteout" in out
+    code, out = _put(da, cid, "/", _tar([("tmp", b"not a dir", "")]))
+    assert code == 409 and b"cannot overwrite directory" in out
+    assert docker(da, dconf, "exec", "cpr", "cat", "/tmp/in.txt").stdout == "copied in\n"

@@ -1,0 +1,2 @@
+"""What the agent, the scheduler and the CLI share, so that none imports another's internals:
+transport.py (every gRPC channel and server)."""
