@@ -308,8 +308,8 @@ _UNSUPPORTED_TOP = {
 }
 _SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file", "ports", "deploy", "healthcheck",
                       "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
-                      "stdin_open", "init", "volumes", "tmpfs", "read_only", "cap_add", "cap_drop",
-                      "security_opt", "ulimits", "dns", "dns_search", "dns_opt", "extra_hosts", "sysctls",
+                      "stdin_open", "init", "devices", "privileged", "volumes", "tmpfs", "read_only", "cap_add",
+                      "cap_drop", "security_opt", "ulimits", "dns", "dns_search", "dns_opt", "extra_hosts", "sysctls",
                       "shm_size", "group_add"})
 _ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
 _UNSUPPORTED_SERVICE = {
@@ -321,7 +321,7 @@ _UNSUPPORTED_SERVICE = {
     "restart": "use deploy.restart_policy", "scale": "use deploy.replicas",
     "expose": "every port of a task is reachable from the node; publish it with `ports:`",
     "volumes_from": "", "configs": "", "secrets": "",
-    "devices": _ON_THE_NODE, "device_cgroup_rules": _ON_THE_NODE, "privileged": _ON_THE_NODE,
+    "device_cgroup_rules": _ON_THE_NODE,
     "logging": _ON_THE_NODE, "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
     "uts": "", "isolation": "", "domainname": "", "mac_address": "", "oom_score_adj": "",
     "oom_kill_disable": "", "storage_opt": "", "runtime": "", "platform": "", "profiles": "",
@@ -456,6 +456,8 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
     if stop_signal and not _SIGNAL.match(stop_signal):
         (at.child("stop_signal") or at).fail(f"invalid signal {stop_signal!r} (a name like SIGINT or a number)")
 
+    devices = _devices(at.child("devices"))
+
     replicas, resources, placement, pids = 1, ResourceSpec(), PlacementSpec(), 0
     mode = ServiceMode.REPLICATED
     update, rollback, restart = UpdateConfig(), UpdateConfig(), RestartPolicy()
@@ -480,9 +482,25 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
         user=_opt(at, "user", _At.string, ""), workdir=workdir, stop_signal=stop_signal, stop_grace_period=grace,
         tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
         init=_opt(at, "init", _At.boolean, False), pids_limit=pids,
-        container_labels=tuple(sorted(dict(container_labels).items())), mounts=mounts, read_only=read_only,
+        container_labels=tuple(sorted(dict(container_labels).items())), devices=devices,
+        privileged=_opt(at, "privileged", _At.boolean, False), mounts=mounts, read_only=read_only,
         **host_settings,
     )
+
+
+def _devices(at: _At | None) -> tuple[str, ...]:
+    """`devices:` as Compose's short syntax, HOST[:CONTAINER][:rwm] (the node checks the host's path)."""
+    from agent.model import DeviceMapping
+
+    out = []
+    for el in at.elements() if at is not None else []:
+        text = el.string()
+        try:
+            DeviceMapping.parse(text)
+        except ValueError as e:
+            el.fail(str(e))
+        out.append(text)
+    return tuple(out)
 
 
 def _opt(at: _At, key: str, read: Callable[..., Any], default: Any = None) -> Any:

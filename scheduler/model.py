@@ -243,6 +243,8 @@ class ServiceSpec:
     init: bool = False
     pids_limit: int = 0  # 0 = no limit
     container_labels: tuple[tuple[str, str], ...] = ()  # the service's `labels:`, on every container
+    devices: tuple[str, ...] = ()  # docker's --device syntax, HOST[:CONTAINER][:rwm] (agent.model.DeviceMapping)
+    privileged: bool = False
     mounts: tuple[MountSpec, ...] = ()
     read_only: bool = False
     # docker run's host settings (agent/hostconfig.py checks them): capabilities, security options,
@@ -284,7 +286,7 @@ _NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels")
 # Fields added to ServiceSpec after tasks were first stored, with their encoded defaults.
 _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "", "workdir": "", "stop_signal": "",
                                  "stop_grace_period": None, "tty": False, "stdin_open": False, "init": False,
-                                 "pids_limit": 0, "container_labels": [],
+                                 "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
                                  "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
                                  "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
                                  "sysctls": [], "shm_size": 0, "group_add": []}

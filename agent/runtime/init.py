@@ -160,7 +160,8 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any], lo_up: bool = False) -> N
     if "uts" in spec.namespaces and spec.hostname:
         sc.sethostname(spec.hostname)
     # The rootfs is our working directory (the shim's stage A entered it before unshare).
-    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net, spec.shm_size)
+    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net, spec.devices, spec.readonly_sysfs,
+                                spec.shm_size)
     trace("init: kernel filesystems mounted")
     held = mounts.open_sources(spec.volumes) if spec.volumes else []
     try:

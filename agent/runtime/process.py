@@ -130,6 +130,19 @@ def prepare(spec: ProcessSpec, hostname: str) -> Prepared:
     return Prepared(path, spec.args, env, ident)
 
 
+def _bounding() -> set[int]:
+    """Our own bounding set (read once, in the zygote): no container can get more."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapBnd:"):
+                bits = int(line.split()[1], 16)
+                return {n for n in range(sc.last_cap() + 1) if bits >> n & 1}
+    return set(range(sc.last_cap() + 1))
+
+
+_BOUNDING = _bounding()
+
+
 def become(spec: ProcessSpec, p: Prepared) -> None:
     """Drop to the target identity and capability set. Irreversible; call right before execve."""
     program = b""
@@ -155,12 +168,13 @@ def become(spec: ProcessSpec, p: Prepared) -> None:
             raise ProcessSetupError(f"--ulimit {_RLIMIT_NAMES.get(resource, resource)}={soft}:{hard}: {e} "
                                     "(raising a hard limit needs CAP_SYS_RESOURCE on the host)", 126) from e
     keep = {CAPABILITY_NUMBERS[c] for c in spec.capabilities if c in CAPABILITY_NUMBERS}
-    have = _permitted()
-    missing = sorted(c for c in spec.capabilities if CAPABILITY_NUMBERS.get(c, -1) not in have)
-    if missing and spec.capabilities != list(CAPABILITY_NUMBERS):
-        raise ProcessSetupError(f"capabilities {', '.join(missing)} are not available: the agent itself "
-                                "lacks them on this host", 126)
-    keep &= have  # ALL: every capability this host's root has
+    if set(spec.capabilities) >= set(CAPABILITY_NUMBERS):
+        keep &= _BOUNDING  # --privileged or --cap-add ALL: every one this kernel knows and we hold
+    else:
+        missing = sorted(c for c in spec.capabilities if CAPABILITY_NUMBERS.get(c, -1) not in _BOUNDING)
+        if missing:
+            raise ProcessSetupError(f"capabilities {', '.join(missing)} are not available: the agent itself "
+                                    "lacks them on this host", 126)
     sc.drop_bounding(keep)
     os.setgroups(p.ident.groups)
     os.setgid(p.ident.gid)
@@ -176,16 +190,6 @@ def become(spec: ProcessSpec, p: Prepared) -> None:
 
 _RLIMIT_NAMES = {4: "core", 0: "cpu", 2: "data", 1: "fsize", 10: "locks", 8: "memlock", 12: "msgqueue", 13: "nice",
                  7: "nofile", 6: "nproc", 5: "rss", 14: "rtprio", 15: "rttime", 11: "sigpending", 3: "stack", 9: "as"}
-
-
-def _permitted() -> set[int]:
-    """This process's permitted capabilities (CapPrm)."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("CapPrm:"):
-                mask = int(line.split()[1], 16)
-                return {c for c in range(64) if mask >> c & 1}
-    return set(range(64))
 
 
 def execute(p: Prepared) -> None:

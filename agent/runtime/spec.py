@@ -81,6 +81,21 @@ class ContainerMount:
 
 
 @dataclass
+class DeviceNode:
+    """A device node the init makes in the container's /dev beyond docker's default ones (--device,
+    --privileged); the devices cgroup's rules, in the cgroup resources, are what let it be opened."""
+
+    path: str          # absolute, in the container (under /dev)
+    type: str          # "c" or "b"
+    major: int
+    minor: int
+    mode: int = 0o666  # permission bits, as the host's node has them
+    uid: int = 0
+    gid: int = 0
+    host_path: str = ""  # bound instead in a user namespace (no mknod there)
+
+
+@dataclass
 class IdMap:
     container: int
     host: int
@@ -118,6 +133,8 @@ class RuntimeSpec:
     read_only: bool = False                      # --read-only rootfs
     sysctls: dict[str, str] = field(default_factory=dict)   # namespaced ones (agent/hostconfig.py checks)
     shm_size: int = 0                            # bytes; 0: 64 MiB
+    devices: list[DeviceNode] = field(default_factory=list)
+    readonly_sysfs: bool = True                  # False with --privileged
 
     def to_json(self) -> str:
         return dumps(self)
@@ -130,6 +147,7 @@ class RuntimeSpec:
         d["uid_map"] = [IdMap(**m) for m in d.get("uid_map", [])]
         d["gid_map"] = [IdMap(**m) for m in d.get("gid_map", [])]
         d["volumes"] = [ContainerMount(**m) for m in d.get("volumes", [])]
+        d["devices"] = [DeviceNode(**n) for n in d.get("devices", [])]
         return cls(**d)
 
     @classmethod
