@@ -397,6 +397,15 @@ class ContainerManager:
             if m.type == "volume" and self.volumes.get(m.source).options:
                 await asyncio.to_thread(self.volumes.acquire, m.source)
 
+    def _has_device_volume(self, c: Container) -> bool:
+        """Whether a volume of c's is the local driver's with a device (mounted while in use)."""
+        for m in c.config.mounts:
+            if m.type == "volume":
+                with contextlib.suppress(AgentError):
+                    if self.volumes.get(m.source).options:
+                        return True
+        return False
+
     def _release_volumes(self, c: Container) -> None:
         running = [o for o in list(self.containers.values()) if o is not c and o.state.status in ("running", "paused")]
         for m in c.config.mounts:
@@ -490,7 +499,7 @@ class ContainerManager:
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
-            if c.config.mounts:
+            if c.config.mounts and self._has_device_volume(c):
                 await asyncio.to_thread(self._release_volumes, c)
             err = (msg or {}).get("error", "the shim exited before it reported")
             c.state.error = err
@@ -685,7 +694,7 @@ class ContainerManager:
         rootfs = str(self.files(c).dir / "rootfs")
         if self.cg.exists(c.id) or os.path.ismount(rootfs) or endpoint:
             await asyncio.to_thread(self._teardown_rest, c, rootfs, endpoint)
-        if c.config.mounts and c.state.status not in ("running", "paused"):
+        if c.config.mounts and c.state.status not in ("running", "paused") and self._has_device_volume(c):
             await asyncio.to_thread(self._release_volumes, c)
         trace("agent: teardown done")
 

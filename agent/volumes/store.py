@@ -70,6 +70,7 @@ class VolumeStore:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True, mode=0o701)
         self._lock = threading.Lock()
+        self._records: dict[str, Volume] = {}   # read once: a start looks at each of its volumes
         # Who uses a volume: ["name (status)", ...]; wired to the container manager by the daemon.
         self.users: Callable[[str], list[str]] = lambda name: []
 
@@ -81,14 +82,18 @@ class VolumeStore:
         return self._dir(name) / "_data"
 
     def exists(self, name: str) -> bool:
-        return (self._dir(name) / "volume.json").exists()
+        return name in self._records or (self._dir(name) / "volume.json").exists()
 
     def get(self, name: str) -> Volume:
+        v = self._records.get(name)
+        if v is not None:
+            return v
         try:
             data = json.loads((self._dir(name) / "volume.json").read_text())
         except (OSError, ValueError):
             raise NotFound(f"no such volume: {name}") from None
-        return Volume(**{k: v for k, v in data.items() if k in Volume.__dataclass_fields__})
+        v = self._records[name] = Volume(**{k: v for k, v in data.items() if k in Volume.__dataclass_fields__})
+        return v
 
     def list(self) -> list[Volume]:
         out = []
@@ -180,6 +185,7 @@ class VolumeStore:
             d = self._dir(name)
             trash = self.root / f".rm-{name}.{secrets.token_hex(4)}"
             os.rename(d, trash)   # gone from the listing at once
+            self._records.pop(name, None)
         shutil.rmtree(trash, ignore_errors=True)
 
     def prune(self, all_: bool = False, labels: dict[str, str] | None = None) -> tuple[builtins.list[str], int]:
