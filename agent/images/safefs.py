@@ -35,7 +35,7 @@ from .errors import ImageError
 
 _RESOLVE = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_CACHE_MAX = 32
+_CACHE_MAX = 512  # directories of a layer open at once, at most (an fd each)
 
 # None until probed; False when the kernel lacks openat2 (ENOSYS) or a sandbox refuses it (EPERM).
 _have_openat2: bool | None = None
@@ -168,8 +168,9 @@ class Root:
         each directory made.
         """
         key = tuple(parts)
-        cached = self._dirs.get(key)
+        cached = self._dirs.pop(key, None)
         if cached is not None:
+            self._dirs[key] = cached  # most recently used: last
             return os.dup(cached)
         if not parts:
             fd = os.dup(self.fd)
@@ -182,8 +183,8 @@ class Root:
                 if e.errno not in (errno.ENOSYS, errno.EPERM, errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
                     raise
                 fd = self._walk(parts, create, replace, made)
-        if len(self._dirs) >= _CACHE_MAX:
-            self.forget()
+        if len(self._dirs) >= _CACHE_MAX:  # the least recently used goes (callers hold dups)
+            os.close(self._dirs.pop(next(iter(self._dirs))))
         self._dirs[key] = os.dup(fd)
         return fd
 
