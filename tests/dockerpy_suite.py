@@ -58,6 +58,7 @@ UNSUPPORTED: dict[str, list[str]] = {
     'the test reads logs right after start, without waiting (races a fast start); and .dockerignore is not applied by the daemon': [
         'api_build_test.py::BuildTest::test_build_in_context_dockerfile',
         'api_build_test.py::BuildTest::test_build_in_context_nested_dockerfile',
+        'api_build_test.py::BuildTest::test_build_in_context_abs_dockerfile',
     ],
     'the test reads logs right after start, without waiting (races a fast start)': [
         'api_build_test.py::BuildTest::test_build_out_of_context_dockerfile',
