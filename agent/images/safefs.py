@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import stat
 from collections.abc import Callable, Sequence
@@ -35,7 +36,10 @@ from .errors import ImageError
 
 _RESOLVE = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_CACHE_MAX = 512  # directories of a layer open at once, at most (an fd each)
+# Directory descriptors kept per Root: enough that a layer whose files alternate between a few
+# hundred directories hits the cache (BENCHMARKS.md), and at most 1/16 of the process's descriptor
+# limit (1024 under systemd's default: 64), since several layers may be applied at once.
+_CACHE_MAX = max(16, min(512, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 16))
 
 # None until probed; False when the kernel lacks openat2 (ENOSYS) or a sandbox refuses it (EPERM).
 _have_openat2: bool | None = None
@@ -180,6 +184,9 @@ class Root:
             try:
                 fd = _openat2(self.fd, "/".join(parts), _DIR_FLAGS)
             except OSError as e:
+                if e.errno == errno.EMFILE and self._dirs:
+                    self.forget()  # our cache is what holds them: give them back and try again
+                    return self.opendir(parts, create=create, replace=replace, made=made)
                 if e.errno not in (errno.ENOSYS, errno.EPERM, errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
                     raise
                 fd = self._walk(parts, create, replace, made)
