@@ -196,7 +196,8 @@ class Root:
         return fd
 
     def open(self, parts: Sequence[str], flags: int, mode: int = 0) -> int:
-        """openat of ``parts`` (not the root itself) with O_NOFOLLOW at every component."""
+        """openat of ``parts`` (not the root itself) with O_NOFOLLOW at every component; OSError
+        (ELOOP: a symlink on the way, ENOTDIR, ENOENT) otherwise, with openat2 or without."""
         if not parts:
             raise ValueError("open of the root itself")
         check_name(parts[-1])
@@ -205,7 +206,11 @@ class Root:
         except OSError as e:
             if e.errno not in (errno.ENOSYS, errno.EPERM):
                 raise
-        parent = self.opendir(parts[:-1])
+        try:
+            parent = self.opendir(parts[:-1])
+        except UnsafePath as e:  # the same errors as openat2's
+            code = errno.ELOOP if e.kind == "symlink" else errno.ENOTDIR
+            raise OSError(code, os.strerror(code), "/".join(parts)) from None
         try:
             return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
         finally:
