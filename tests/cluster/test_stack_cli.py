@@ -162,6 +162,10 @@ def test_service_create_global(env: Env) -> None:
     ls = env.ok("service", "ls")
     row = next(line.split() for line in ls.splitlines() if line.startswith("everywhere "))
     assert row[1:3] == ["global", "1/1"]
+    r = env.cli("service", "scale", "everywhere=3")
+    assert r.returncode == 1 and "scale can only be used with replicated mode" in r.stderr, r.stderr
+    r = env.cli("service", "update", "--replicas", "3", "everywhere")
+    assert r.returncode == 1 and "replicas can only be used with replicated mode" in r.stderr, r.stderr
     env.ok("service", "rm", "everywhere")
     wait_for(lambda: not env.containers("everywhere"), 30, "everywhere stopped")
 
