@@ -18,8 +18,10 @@ from pathlib import Path
 
 import grpc
 
+from agent import local_wire
 from agent.cluster import ClusterMember
 from agent.containers import ContainerManager
+from agent.local_api import LocalApi
 from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serve_metrics
 from agent.runtime import cgroups
 from agent.runtime.zygote_client import Zygote
@@ -58,6 +60,7 @@ class Agent:
         self.zygote = Zygote()
         self.metrics_server: MetricsServer | None = None
         self.member: ClusterMember | None = None
+        self.local_api: LocalApi | None = None
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
@@ -106,6 +109,9 @@ class Agent:
             self.server.add_insecure_port(o.listen)
         await self.server.start()
         os.chmod(o.socket, 0o660)
+        # The same API for the CLI's fast commands, without gRPC (agent/local_api.py).
+        self.local_api = LocalApi(servicer, local_wire.socket_path(o.socket))
+        await self.local_api.start()
         if o.join:
             self.member = ClusterMember(
                 schedulers=[a.strip() for a in o.join.split(",") if a.strip()], name=o.name,
@@ -123,6 +129,8 @@ class Agent:
     async def stop(self) -> None:
         if self.member is not None:
             await self.member.stop()
+        if self.local_api is not None:
+            await self.local_api.stop()
         if self.server is not None:
             await self.server.stop(grace=1)
         if self.metrics_server is not None:
