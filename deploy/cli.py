@@ -64,26 +64,30 @@ def client(ctx: click.Context) -> Client:
 
 
 # Commands other modules add to `main`, imported only when one of them runs (or --help lists
-# them all): command -> the module that defines it (or, for `image` and `exec`, completes it).
-# A new command module: list its commands here, and define them with @click.command (its own
-# module adds them to main, as cli_images.py does).
-LAZY = {
-    **dict.fromkeys(("build", "history", "save", "load", "pull", "push", "system", "login", "logout", "image"),
-                    "deploy.cli_images"),
-    **dict.fromkeys(("scheduler", "node", "deploy", "service", "stack-rm", "rebalance", "migrations", "exec"),
-                    "deploy.cli_cluster"),
-    "cluster": "deploy.cli_bootstrap",
+# them all): command -> the modules that define it or add to it (`image ls` is here, `image
+# build` in cli_images; exec's route through the scheduler is cli_cluster's). A new command
+# module: list its commands here; it adds them to main itself, as cli_images.py does.
+_IMAGES, _CLUSTER, _GROUPS = "deploy.cli_images", "deploy.cli_cluster", "deploy.cli_groups"
+LAZY: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("build", "history", "save", "load", "pull", "push", "login", "logout"), (_IMAGES,)),
+    **dict.fromkeys(("image", "system"), (_IMAGES, _GROUPS)),
+    **dict.fromkeys(("scheduler", "node", "deploy", "stack-rm", "rebalance", "migrations", "exec"), (_CLUSTER,)),
+    "service": (_CLUSTER, "deploy.cli_stack"),
+    "stack": ("deploy.cli_stack",),
+    "container": (_GROUPS,),
+    "network": (_GROUPS,),
+    "cluster": ("deploy.cli_bootstrap",),
 }
 
 
 class _Commands(click.Group):
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in LAZY:
-            importlib.import_module(LAZY[cmd_name])
+        for module in LAZY.get(cmd_name, ()):
+            importlib.import_module(module)
         return super().get_command(ctx, cmd_name)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        for module in set(LAZY.values()):
+        for module in sorted({m for ms in LAZY.values() for m in ms}):
             importlib.import_module(module)
         return super().list_commands(ctx)
 
@@ -117,9 +121,13 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
 @click.option("--advertise", default="", help="HOST:PORT the scheduler reaches this agent at (default: --listen)")
 @click.option("--cgroup-favor-dynmods", is_flag=True,
               help="Make cgroup joins cheap (kernel favordynmods; forks and exits host-wide pay a little)")
+@click.option("--docker-socket", default="/run/dockyard/docker.sock", show_default=True,
+              help='Serve Docker\'s Engine API (docker, docker-py, compose) on this unix socket; "" serves none')
+@click.option("--docker-tcp", default="", help="Also serve Docker's API on loopback TCP HOST:PORT (no TLS yet)")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
-              advertise: str = "", cgroup_favor_dynmods: bool = False) -> None:
+              advertise: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
+              docker_tcp: str = "") -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -131,13 +139,21 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
             parse_addr(metrics_addr)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--metrics-addr") from None
+    if docker_tcp:
+        from agent.dockerapi import parse_tcp
+
+        try:
+            parse_tcp(docker_tcp)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--docker-tcp") from None
 
     if join and not listen:
         listen = "127.0.0.1:7070"  # --join implies --listen: the scheduler calls the agent over TCP
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
-                     join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods))
+                     join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods,
+                     docker_socket=docker_socket, docker_tcp=docker_tcp))
 
 
 @main.command("up")
@@ -159,6 +175,14 @@ def up_cmd(root: str, sock: str, example: bool, port: int, bridge: str, subnet: 
 
 
 # --- run and create ---------------------------------------------------------------------------
+
+def _env_file(path: str) -> list[str]:
+    """--env-file's lines (deploy/containers.py), an unreadable file reported as click's commands do."""
+    try:
+        return containers.env_file(path)
+    except containers.BadOption as e:
+        fail(str(e))
+
 
 def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.ContainerConfig:
     """deploy/containers.py's config as the message, its BadOption as click's errors."""
