@@ -9,9 +9,8 @@ only returned before anything was sent, so nothing is done twice.
 
 from __future__ import annotations
 
-import binascii
+import _signal  # type: ignore[import-not-found]  # not signal: it imports enum (agent/local_wire.py)
 import os
-import signal
 import sys
 import time
 
@@ -95,16 +94,19 @@ def _attached(call: Call) -> int:
     """Stream the container's output to ours until its exit status comes; our SIGINT, SIGTERM and
     SIGHUP go to the container (as the gRPC session proxies them)."""
 
-    def proxy(signum: int, _frame: object) -> None:
-        call.send({"signal": signal.Signals(signum).name})
+    names = {_signal.SIGINT: "SIGINT", _signal.SIGTERM: "SIGTERM", _signal.SIGHUP: "SIGHUP"}
 
-    old: dict[int, Any] = {s: signal.signal(s, proxy) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    def proxy(signum: int, _frame: object) -> None:
+        call.send({"signal": names[signum]})
+
+    old: dict[int, Any] = {s: _signal.signal(s, proxy) for s in names}
     try:
         for out in call:
-            if "stdout" in out:
-                os.write(1, binascii.a2b_base64(out["stdout"]))
-            elif "stderr" in out:
-                os.write(2, binascii.a2b_base64(out["stderr"]))
+            if "stdout" in out or "stderr" in out:
+                from binascii import a2b_base64
+
+                fd, data = (1, out["stdout"]) if "stdout" in out else (2, out["stderr"])
+                os.write(fd, a2b_base64(data))
             elif "exit" in out:
                 ex = out["exit"]
                 if ex.get("error"):
@@ -113,7 +115,7 @@ def _attached(call: Call) -> int:
         raise CallError("INTERNAL", "the stream ended without an exit status")
     finally:
         for s, h in old.items():
-            signal.signal(s, h)
+            _signal.signal(s, h)
         call.close()
 
 

@@ -3,8 +3,6 @@ the fast commands of deploy/cli_local.py print through it too)."""
 
 from __future__ import annotations
 
-import json
-import re
 import sys
 import time
 
@@ -13,13 +11,15 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
     from typing import Any
 
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?\s*$", re.IGNORECASE)
+_SIZE_RE = r"^\s*(\d+(?:\.\d+)?)\s*([bkmgt]?)i?b?\s*$"  # re and json are imported where used: `ps` needs neither
 _UNITS = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def parse_size(value: str, flag: str) -> int:
     """docker's RAMInBytes: 64m, 1g, 512k, 1024 (bytes). Errors (ValueError) name the flag and the value."""
-    m = _SIZE_RE.match(value)
+    import re
+
+    m = re.match(_SIZE_RE, value, re.IGNORECASE)
     if not m:
         raise ValueError(f'invalid argument "{value}" for "{flag}" flag: invalid size: \'{value}\'')
     return int(float(m.group(1)) * _UNITS[m.group(2).lower()])
@@ -82,6 +82,8 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
 
 
 def emit_json(obj: Any) -> None:
+    import json
+
     echo(json.dumps(obj, indent=2))
 
 
@@ -93,7 +95,6 @@ def echo(line: str) -> None:
 
 
 def trunc_command(cmd: str, width: int = 20) -> str:
-    q = json.dumps(cmd, ensure_ascii=False)
-    if len(cmd) > width:
-        q = json.dumps(cmd[: width - 1] + "…", ensure_ascii=False)
-    return q
+    from _json import encode_basestring  # json.dumps(s, ensure_ascii=False) of a str, without json
+
+    return str(encode_basestring(cmd if len(cmd) <= width else cmd[: width - 1] + "…"))

@@ -5,8 +5,7 @@ that must start fast (deploy/cli_local.py).
 
 from __future__ import annotations
 
-import json
-import socket
+import _socket  # not socket: it imports enum and selectors (agent/local_wire.py)
 
 from agent import local_wire as wire
 
@@ -39,7 +38,7 @@ def daemon_error(code: str, details: str, host: str) -> str:
 class Call:
     """One call on its own connection: send() request messages, iterate the responses."""
 
-    def __init__(self, sock: socket.socket, method: str) -> None:
+    def __init__(self, sock: _socket.socket, method: str) -> None:
         self.sock = sock
         self._buf = b""
         sock.sendall(wire.encode(wire.CALL, {"method": method}))
@@ -62,7 +61,7 @@ class Call:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             kind, length = wire.header(self._read(wire.HEADER_SIZE))
-            payload: dict[str, Any] = json.loads(self._read(length)) if length else {}
+            payload: dict[str, Any] = wire.loads(self._read(length)) if length else {}
             if kind == wire.MESSAGE:
                 yield payload
             elif kind == wire.END:
@@ -85,7 +84,7 @@ class LocalClient:
 
     def open(self, method: str) -> Call:
         """A call on a new connection; NotServed if nothing listens at the local API's socket."""
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             s.connect(self.path)
         except (FileNotFoundError, ConnectionRefusedError) as e:

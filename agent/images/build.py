@@ -32,6 +32,7 @@ import secrets
 import shutil
 import stat
 import tarfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -121,6 +122,61 @@ def unpack_context(fileobj: IO[bytes], dest: Path) -> None:
     dest.mkdir(parents=True, exist_ok=True)
     stream, _ = decompressed(fileobj)
     apply_layer(stream, dest, what="build context")
+
+
+class ContextCache:
+    """Unpacked build contexts by the digest of their tar, kept for the next build of the same
+    context: a rebuild whose steps are all cached then neither unpacks nor removes a file (for a
+    context of 1,000 small files that was most of the build). The KEEP most recently used are kept,
+    each of at most MAX_BYTES of tar, below the image store's tmp/ (which the agent empties when it
+    starts); a context in use by a build is never removed. Builds only read their context."""
+
+    KEEP = 2
+    MAX_BYTES = 256 << 20
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._in_use: dict[Path, int] = {}
+
+    def acquire(self, tar: Path, digest: str, work: Path) -> Path:
+        """The unpacked context of this tar (unpacked into `work` first if not cached); release() it."""
+        d = self.root / digest.removeprefix("sha256:")
+        with self._lock:
+            hit = d.is_dir()
+            if hit:
+                self._in_use[d] = self._in_use.get(d, 0) + 1
+                os.utime(d)
+        if hit:
+            return d
+        fresh = work / "context"
+        with open(tar, "rb") as f:
+            unpack_context(f, fresh)
+        if tar.stat().st_size > self.MAX_BYTES:
+            return fresh
+        self.root.mkdir(exist_ok=True)
+        with self._lock:
+            try:
+                os.rename(fresh, d)
+            except OSError:  # a build of the same context published it meanwhile: ours goes with `work`
+                if not d.is_dir():
+                    return fresh
+            self._in_use[d] = self._in_use.get(d, 0) + 1
+        return d
+
+    def release(self, context: Path) -> None:
+        with self._lock:
+            if context in self._in_use:
+                self._in_use[context] -= 1
+                if not self._in_use[context]:
+                    del self._in_use[context]
+            try:
+                kept = sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+            except FileNotFoundError:
+                return
+            old = [p for p in kept[self.KEEP:] if p not in self._in_use]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
 
 
 # --- the executor ------------------------------------------------------------------------------------
@@ -786,20 +842,29 @@ def iter_context(root: Path, dockerfile: str = "Dockerfile") -> Iterator[str]:
 
 
 def write_context(root: Path, out: IO[bytes], dockerfile: str = "Dockerfile") -> int:
-    """Tar the context (owner 0:0 as docker sends it); returns the number of entries."""
+    """Tar the context (owner 0:0 as docker sends it); returns the number of entries.
+
+    Headers are made from lstat here, not by tarfile.gettarinfo (which looks each owner up in
+    the user and group databases), with whole-second mtimes (a float one costs every member a
+    PAX header of its own): a third of the time for a context of many small files."""
     n = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for rel in iter_context(root, dockerfile):
-            info = tf.gettarinfo(str(root / rel), arcname=rel)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if info.islnk():  # a hardlink: send the content again, as a plain file
-                info.type, info.linkname = tarfile.REGTYPE, ""
-                info.size = os.stat(root / rel).st_size
-            if info.isreg():
-                with open(root / rel, "rb") as f:
+            path = os.path.join(root, rel)
+            st = os.lstat(path)
+            info = tarfile.TarInfo(rel)
+            info.mode, info.mtime = stat.S_IMODE(st.st_mode), int(st.st_mtime)
+            if stat.S_ISREG(st.st_mode):  # a hardlink is sent as a plain file, its content again
+                info.size = st.st_size
+                with open(path, "rb") as f:
                     tf.addfile(info, f)
-            elif info.isdir() or info.issym() or info.islnk():
+            elif stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
                 tf.addfile(info)
+            elif stat.S_ISLNK(st.st_mode):
+                info.type, info.linkname = tarfile.SYMTYPE, os.readlink(path)
+                tf.addfile(info)
+            else:
+                continue  # sockets, fifos and devices are not sent, as tarfile.gettarinfo skipped them
             n += 1
     return n

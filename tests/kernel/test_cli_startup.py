@@ -4,6 +4,7 @@ as its gRPC API does (agent/local_api.py)."""
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import socket
@@ -19,23 +20,26 @@ from agent import local_wire as wire
 from deploy import cli, options
 from tests.agent_harness import REPO, AgentProcess
 
-# What no fast command may import: each costs 10-75 ms of a start on this machine.
+# What no fast command may import: each costs 10-75 ms of a start on this machine; and the
+# standard modules that together cost 12-15 ms of CPU (re, json, socket and their enum and
+# collections: agent/local_wire.py says how they are done without).
 HEAVY = ("grpc", "google.protobuf", "click", "yaml", "asyncssh", "rich", "prometheus_client", "deploy.cli",
-         "deploy.bootstrap", "deploy.stack", "agent.images", "protos", "typing", "dataclasses", "inspect")
+         "deploy.bootstrap", "deploy.stack", "agent.images", "protos", "typing", "dataclasses", "inspect",
+         "re", "json", "socket", "selectors", "enum", "collections", "signal", "struct")
 
 
 def _imports_of(argv: list[str]) -> tuple[int, list[str], str]:
     """Run deploy.entry.main(argv) in a fresh `python -I -S` (as the launcher does); its exit status,
     the heavy modules it imported, and its stdout."""
-    code = ("import sys, io, json\n"
+    code = ("import sys\n"
             f"sys.path[0:0] = {[str(REPO), *_site()]!r}\n"
             "from deploy.entry import main\n"
             "rc = main(sys.argv[1:])\n"
             f"heavy = sorted(m for m in sys.modules if m.split('.')[0] in {HEAVY!r} or m in {HEAVY!r}"
             f" or any(m.startswith(h + '.') for h in {HEAVY!r}))\n"
-            "sys.stderr.write(json.dumps([rc, heavy]))\n")
+            "sys.stderr.write(repr([rc, heavy]))\n")
     r = subprocess.run([sys.executable, "-I", "-S", "-c", code, *argv], capture_output=True, text=True, timeout=60)
-    rc, heavy = json.loads(r.stderr.strip().splitlines()[-1])
+    rc, heavy = ast.literal_eval(r.stderr.strip().splitlines()[-1])
     return rc, heavy, r.stdout
 
 
