@@ -148,7 +148,7 @@ class ImagesServicer(pbg.ImagesServicer):
                 auth = auths.get(registry.config_key(r.domain)) or auths.get(r.domain) or registry.Auth()
                 return await asyncio.to_thread(registry.pull, self.store, ref, auth)
 
-            builder = Builder(self.store, self.m, puller)
+            builder = Builder(self.store, self.m, puller, self.contexts)
             try:
                 async for ev in builder.build(context, opts):
                     yield pb.BuildEvent(stream=ev.text, step=ev.step, total=ev.total, cached=ev.cached,

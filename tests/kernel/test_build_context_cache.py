@@ -81,3 +81,43 @@ def test_a_big_context_is_not_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     got = cache.acquire(tar, digest, tmp_path / "w")
     assert got == tmp_path / "w" / "context" and not (tmp_path / "contexts").exists()
     cache.release(got)
+
+
+def test_context_tar_names_that_do_not_fit_ustar(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    deep = src / ("x" * 90) / ("y" * 90)
+    deep.mkdir(parents=True)
+    (deep / "f").write_text("deep")
+    (src / ("z" * 120)).write_text("long")
+    (src / "é.txt").write_bytes(b"\0" * 1000)
+    os.symlink("l" * 150, src / "dangling")
+    tar = tmp_path / "c.tar"
+    with open(tar, "wb") as f:
+        assert write_context(src, f) == 6
+    with tarfile.open(tar) as tf:
+        names = {m.name: m for m in tf.getmembers()}
+        assert tf.extractfile(f"{'x' * 90}/{'y' * 90}/f").read() == b"deep"  # type: ignore[union-attr]
+        assert tf.extractfile("z" * 120).read() == b"long"  # type: ignore[union-attr]
+        assert tf.extractfile("é.txt").read() == b"\0" * 1000  # type: ignore[union-attr]
+    assert names["dangling"].linkname == "l" * 150
+    assert names[f"{'x' * 90}/{'y' * 90}"].isdir()
+
+
+def test_digests_are_remembered_for_a_kept_context_only(tmp_path: Path) -> None:
+    cache = ContextCache(tmp_path / "contexts")
+    tar, digest = _context(tmp_path, "a", "hello")
+    (tmp_path / "w").mkdir()
+    kept = cache.acquire(tar, digest, tmp_path / "w")
+    calls: list[int] = []
+
+    def compute() -> str:
+        calls.append(1)
+        return "sha256:x"
+
+    assert cache.digest(kept, ("COPY", (("d", ("d",)),)), compute) == "sha256:x"
+    assert cache.digest(kept, ("COPY", (("d", ("d",)),)), compute) == "sha256:x"
+    assert len(calls) == 1
+    cache.digest(tmp_path / "w", ("COPY", ()), compute)  # not a kept context: computed each time
+    cache.digest(tmp_path / "w", ("COPY", ()), compute)
+    assert len(calls) == 3
+    cache.release(kept)
