@@ -19,7 +19,9 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from common import settings, transport
 from deploy import containers, display, options
+from deploy.containers import start_error_code
 from deploy.entry import DEFAULT_HOST, VERSION
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
@@ -30,9 +32,7 @@ CHUNK = 256 * 1024
 class Client:
     def __init__(self, host: str) -> None:
         self.host = host
-        target = host if host.startswith("unix:") else host.removeprefix("tcp://")
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                              ("grpc.max_send_message_length", 64 << 20)])
+        self.channel = transport.dial_blocking(host, transport.CLI, transport.Role.AGENT)
         self.stub = pbg.AgentStub(self.channel)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any, **kw: Any) -> Any:
@@ -50,9 +50,37 @@ def fail_rpc(e: grpc.RpcError, host: str) -> NoReturn:
     fail(f"Error response from daemon: {e.details()}")  # type: ignore[attr-defined]
 
 
-def fail(msg: str, code: int = 1) -> NoReturn:
+def fail(msg: str, code: int | None = None) -> NoReturn:
+    """Print and exit: with `code`, else the command's exit status for its own errors (1; `run`'s
+    is 125, as docker's, so that they do not pass for the container's)."""
+    if code is None:
+        ctx = click.get_current_context(silent=True)
+        code = int((ctx.find_root().obj or {}).get("error_exit", 1)) if ctx is not None else 1
     click.echo(msg, err=True)
     sys.exit(code)
+
+
+class _RunUsageError(click.UsageError):
+    exit_code = 125
+
+
+class RunCommand(click.Command):
+    """`run`: its own errors, a bad flag included, exit 125 as docker's do (see fail)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.find_root().obj = {**(ctx.find_root().obj or {}), "error_exit": 125}
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _RunUsageError(e.format_message(), e.ctx) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            if isinstance(e, _RunUsageError):
+                raise
+            raise _RunUsageError(e.format_message(), e.ctx) from None
 
 
 def client(ctx: click.Context) -> Client:
@@ -106,33 +134,38 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
 
 # --- the agent --------------------------------------------------------------------------------
 
-@main.command("agent")
-@click.option("--root", default="/var/lib/dockyard", show_default=True, help="State directory")
-@click.option("--socket", "sock", default="/run/dockyard/agent.sock", show_default=True)
+@main.command("agent", context_settings=settings.context("agent"))
+@settings.config_option("agent")
+@click.option("--root", default=settings.ROOT, show_default=True, help="State directory")
+@click.option("--socket", "sock", default=settings.AGENT_SOCKET, show_default=True)
 @click.option("--listen", default="", help="Also serve on TCP host:port")
 @click.option("--name", default="", help="Node name (default: the hostname)")
-@click.option("--bridge", default="dockyard0", show_default=True)
-@click.option("--subnet", default="172.29.0.0/16", show_default=True)
+@click.option("--bridge", default=settings.BRIDGE, show_default=True)
+@click.option("--subnet", default=settings.SUBNET, show_default=True)
 @click.option("--cgroup-parent", default=None)
 @click.option("--label", "labels", multiple=True, help="Node label k=v")
-@click.option("--metrics-addr", default="127.0.0.1:9323", show_default=True,
+@click.option("--metrics-addr", default=settings.AGENT_METRICS, show_default=True,
               help='HOST:PORT for Prometheus /metrics over HTTP; "" disables it')
 @click.option("--join", default="", help="Join the cluster of these scheduler(s): HOST:PORT[,HOST:PORT...]")
 @click.option("--advertise", default="", help="HOST:PORT the scheduler reaches this agent at (default: --listen)")
 @click.option("--cgroup-favor-dynmods", is_flag=True,
               help="Make cgroup joins cheap (kernel favordynmods; forks and exits host-wide pay a little)")
-@click.option("--docker-socket", default="/run/dockyard/docker.sock", show_default=True,
+@click.option("--docker-socket", default=settings.DOCKER_SOCKET, show_default=True,
               help='Serve Docker\'s Engine API (docker, docker-py, compose) on this unix socket; "" serves none')
 @click.option("--docker-tcp", default="", help="Also serve Docker's API on loopback TCP HOST:PORT (no TLS yet)")
+@click.option("--max-layer-size", default="",
+              help="Refuse a layer that expands to more than this on import, load, pull or restore (e.g. 10g; "
+                   "default: no bound, as docker)")
+@click.option("--max-image-size", default="", help="The same for all the layers of one image")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
               advertise: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
-              docker_tcp: str = "") -> None:
+              docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "") -> None:
     """Run the per-host agent."""
     import socket as _socket
 
     from agent.daemon import AgentOptions, run
-    from agent.metrics import parse_addr
+    from common.http import parse_addr
 
     if metrics_addr:
         try:
@@ -148,22 +181,24 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
             raise click.BadParameter(str(e), param_hint="--docker-tcp") from None
 
     if join and not listen:
-        listen = "127.0.0.1:7070"  # --join implies --listen: the scheduler calls the agent over TCP
+        listen = settings.AGENT_JOIN_LISTEN  # --join implies --listen: the scheduler calls the agent over TCP
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
                      join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods,
-                     docker_socket=docker_socket, docker_tcp=docker_tcp))
+                     docker_socket=docker_socket, docker_tcp=docker_tcp,
+                     max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
+                     max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 
 
 @main.command("up")
-@click.option("--root", default="/var/lib/dockyard", show_default=True, help="State directory")
-@click.option("--socket", "sock", default="/run/dockyard/agent.sock", show_default=True)
+@click.option("--root", default=settings.ROOT, show_default=True, help="State directory")
+@click.option("--socket", "sock", default=settings.AGENT_SOCKET, show_default=True)
 @click.option("--example/--no-example", default=True, show_default=True,
               help="Deploy the example stack (deploy/examples/stack.yaml)")
-@click.option("--port", default=2377, show_default=True, help="The scheduler's port on 127.0.0.1")
-@click.option("--bridge", default="dockyard0", show_default=True, help="The agent's container bridge")
-@click.option("--subnet", default="172.29.0.0/16", show_default=True, help="The agent's container subnet")
+@click.option("--port", default=settings.SCHEDULER_PORT, show_default=True, help="The scheduler's port on 127.0.0.1")
+@click.option("--bridge", default=settings.BRIDGE, show_default=True, help="The agent's container bridge")
+@click.option("--subnet", default=settings.SUBNET, show_default=True, help="The agent's container subnet")
 @click.option("--cgroup-parent", default=None, help="The agent's cgroup parent")
 @click.option("--exit", "exit_after", is_flag=True, help="Check that everything answers, then stop it all")
 def up_cmd(root: str, sock: str, example: bool, port: int, bridge: str, subnet: str, cgroup_parent: str | None,
@@ -197,7 +232,7 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
     return ParseDict(cfg, pb.ContainerConfig())
 
 
-@main.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@main.command(cls=RunCommand, context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
 @options.click_options(options.RUN)
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -229,6 +264,8 @@ def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool,
     if code is None:
         click.echo("\r\nread escape sequence", err=True)
         return 0
+    if create is not None and sess.error:  # it never ran: run's own error
+        return start_error_code(sess.error)
     return code
 
 

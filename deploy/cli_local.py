@@ -15,7 +15,7 @@ import sys
 import time
 
 from deploy import display
-from deploy.containers import BadOption, build_config
+from deploy.containers import RUN_ERROR, BadOption, build_config, start_error_code
 from deploy.local import Call, CallError, LocalClient, NotServed, daemon_error
 from deploy.options import PS, RUN, Unsupported, parse
 
@@ -39,7 +39,7 @@ def run(host: str, argv: Sequence[str]) -> int | None:
     except (Unsupported, BadOption, NotServed):
         return None
     except CallError as e:
-        return _failed(e, host)
+        return _failed(e, host, RUN_ERROR)
     try:
         if o["detach"]:
             cl.call("StartContainer", {"id": created["id"]})
@@ -50,9 +50,9 @@ def run(host: str, argv: Sequence[str]) -> int | None:
         call.send({"open": {"create": cfg, "start": True}})
         return _attached(call)
     except CallError as e:
-        return _failed(e, host)
+        return _failed(e, host, RUN_ERROR)
     except NotServed as e:
-        return _failed(CallError("UNAVAILABLE", str(e)), host)
+        return _failed(CallError("UNAVAILABLE", str(e)), host, RUN_ERROR)
 
 
 def create(host: str, argv: Sequence[str]) -> int | None:
@@ -85,9 +85,9 @@ def ps(host: str, argv: Sequence[str]) -> int | None:
     return 0
 
 
-def _failed(e: CallError, host: str) -> int:
+def _failed(e: CallError, host: str, code: int = 1) -> int:
     sys.stderr.write(daemon_error(e.code, e.details, host) + "\n")
-    return 1
+    return code
 
 
 def _attached(call: Call) -> int:
@@ -109,8 +109,9 @@ def _attached(call: Call) -> int:
                 os.write(fd, a2b_base64(data))
             elif "exit" in out:
                 ex = out["exit"]
-                if ex.get("error"):
+                if ex.get("error"):  # it never ran: run's own error
                     os.write(2, (ex["error"].rstrip() + "\n").encode())
+                    return start_error_code(ex["error"])
                 return int(ex.get("exit_code", 0))
         raise CallError("INTERNAL", "the stream ended without an exit status")
     finally:

@@ -15,6 +15,17 @@ if TYPE_CHECKING:
     from typing import Any
 
 RESTART_POLICIES = ("no", "always", "on-failure", "unless-stopped")
+RUN_ERROR = 125  # docker run's exit status for its own errors (a bad flag, a refused create)
+
+
+def start_error_code(error: str) -> int:
+    """docker run's exit status when the container's command could not be run (docker/cli's
+    runStartContainerErr): 127 not found, 126 not invocable, 125 anything else that failed."""
+    if any(s in error for s in ("executable file not found", "no such file or directory")):
+        return 127
+    if any(s in error for s in ("permission denied", "is a directory")):
+        return 126
+    return RUN_ERROR
 
 
 class BadOption(ValueError):
@@ -83,6 +94,23 @@ def device_rates(specs: tuple[str, ...], flag: str) -> list[dict[str, Any]]:
     return out
 
 
+def devices(specs: tuple[str, ...]) -> list[dict[str, Any]]:
+    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's CLI splits it."""
+    if not specs:
+        return []
+    from agent.model import DeviceMapping
+
+    out = []
+    for spec in specs:
+        try:
+            d = DeviceMapping.parse(spec)
+        except ValueError as e:
+            raise BadOption(str(e), "'--device'") from None
+        out.append({"path_on_host": d.path_on_host, "path_in_container": d.path_in_container,
+                    "permissions": d.permissions})
+    return out
+
+
 def resources(o: dict[str, Any]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if o["memory"]:
@@ -117,6 +145,12 @@ def build_config(image: str, command: tuple[str, ...] | list[str], o: dict[str, 
                 continue
             e = f"{e}={val}"
         env_list.append(e)
+    for e in env_list:
+        if not e.partition("=")[0]:
+            raise BadOption(f"invalid environment variable: {e}", "'-e' / '--env'")
+    if o["workdir"] and not o["workdir"].startswith("/"):
+        raise BadOption(f"the working directory '{o['workdir']}' is invalid, it needs to be an absolute path",
+                        "'-w' / '--workdir'")
     restart = o["restart"] or "no"
     rname, _, rmax = restart.partition(":")
     if rname not in RESTART_POLICIES or (rmax and (rname != "on-failure" or not rmax.isdigit())):
@@ -131,5 +165,5 @@ def build_config(image: str, command: tuple[str, ...] | list[str], o: dict[str, 
         "pid_mode": o["pid_mode"], "ipc_mode": o["ipc_mode"], "userns_mode": o["userns_mode"],
         "restart_policy": {"name": rname, "max_retries": int(rmax or 0)}, "auto_remove": o["auto_remove"],
         "init": o["init"], "stop_timeout": o["stop_timeout"], "stop_signal": o["stop_signal"],
-        "security_opt": list(o["security_opt"]),
+        "security_opt": list(o["security_opt"]), "devices": devices(o["device"]), "privileged": o["privileged"],
     }

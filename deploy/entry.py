@@ -17,7 +17,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Sequence
 
 VERSION = "0.1.0"
-DEFAULT_HOST = "unix:///run/dockyard/agent.sock"
+DEFAULT_HOST = "unix:///run/dockyard/agent.sock"  # common.settings.AGENT_SOCKET: not imported (tomllib,
+# typing); tests/kernel/test_cli_startup.py checks that they agree
 
 # command -> its fast version, deploy/cli_local.py's function of that name: (host, argv after the
 # command) -> exit status, or None to let click run the command.

@@ -81,6 +81,8 @@ CONTAINER: tuple[Opt, ...] = (
     opt("--stop-signal", help="Signal to stop the container"),
     opt("--security-opt", multiple=True,
         help="Security options: seccomp=unconfined|builtin, no-new-privileges[=true|false]"),
+    opt("--device", multiple=True, help="Add a host device to the container (HOST[:CONTAINER][:rwm])"),
+    opt("--privileged", flag=True, help="Give extended privileges to this container"),
 )
 
 RUN: tuple[Opt, ...] = (

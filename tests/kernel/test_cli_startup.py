@@ -49,6 +49,13 @@ def _site() -> list[str]:
     return site.getsitepackages()
 
 
+def test_the_default_agent_is_the_settings_one() -> None:
+    from common import settings
+    from deploy import entry
+
+    assert f"unix://{settings.AGENT_SOCKET}" == entry.DEFAULT_HOST
+
+
 def test_version_imports_nothing_heavy() -> None:
     rc, heavy, out = _imports_of(["--version"])
     assert (rc, heavy, out) == (0, [], "dockyard, version 0.1.0\n")
@@ -131,7 +138,7 @@ def test_launcher_runs_the_fast_path(clean_agent: AgentProcess, tmp_path: Path) 
     assert cid[:12] in ps and "fastd" in ps and "Up " in ps
     r = subprocess.run([str(path), "-H", clean_agent.host, "run", "--rm", "no-such-image:1"],
                        capture_output=True, text=True, timeout=60)
-    assert r.returncode == 1 and r.stderr.startswith("Error response from daemon: ") and "no-such-image" in r.stderr
+    assert r.returncode == 125 and r.stderr.startswith("Error response from daemon: ") and "no-such-image" in r.stderr
 
 
 def _local_call(a: AgentProcess, frames: list[bytes]) -> list[tuple[bytes, Any]]:
