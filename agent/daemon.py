@@ -25,14 +25,14 @@ from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serv
 from agent.runtime import cgroups
 from agent.runtime.zygote_client import Zygote
 from agent.server import AgentServicer
-from common import transport
+from common import settings, transport
 from protos import agent_pb2_grpc as pbg
 
 log = logging.getLogger("dockyard.agent")
 
-DEFAULT_ROOT = "/var/lib/dockyard"
-DEFAULT_SOCKET = "/run/dockyard/agent.sock"
-DEFAULT_DOCKER_SOCKET = "/run/dockyard/docker.sock"
+DEFAULT_ROOT = settings.ROOT
+DEFAULT_SOCKET = settings.AGENT_SOCKET
+DEFAULT_DOCKER_SOCKET = settings.DOCKER_SOCKET
 
 
 @dataclass
@@ -41,12 +41,12 @@ class AgentOptions:
     socket: str = DEFAULT_SOCKET
     listen: str = ""                 # host:port for TCP (scheduler and other agents)
     name: str = field(default_factory=_socket.gethostname)
-    bridge: str = "dockyard0"
-    subnet: str = "172.29.0.0/16"
+    bridge: str = settings.BRIDGE
+    subnet: str = settings.SUBNET
     cgroup_parent: str | None = None
     cgroup_root: str = "/sys/fs/cgroup"
     labels: dict[str, str] = field(default_factory=dict)
-    metrics_addr: str = "127.0.0.1:9323"  # HTTP /metrics, as dockerd's; "" serves none
+    metrics_addr: str = settings.AGENT_METRICS  # HTTP /metrics, as dockerd's; "" serves none
     join: str = ""                   # scheduler replicas host:port[,host:port...] (agent/cluster.py)
     advertise: str = ""              # the address the scheduler reaches this agent at (default: listen)
     cgroup_favor_dynmods: bool = False  # agent/runtime/cgroups/_dynmods.py

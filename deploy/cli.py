@@ -18,12 +18,12 @@ from typing import Any, NoReturn
 import click
 import grpc
 
-from common import transport
+from common import settings, transport
 from deploy import display
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
-DEFAULT_HOST = "unix:///run/dockyard/agent.sock"
+DEFAULT_HOST = f"unix://{settings.AGENT_SOCKET}"
 CHUNK = 256 * 1024
 
 
@@ -111,22 +111,23 @@ def main(ctx: click.Context, host: str) -> None:
 
 # --- the agent --------------------------------------------------------------------------------
 
-@main.command("agent")
-@click.option("--root", default="/var/lib/dockyard", show_default=True, help="State directory")
-@click.option("--socket", "sock", default="/run/dockyard/agent.sock", show_default=True)
+@main.command("agent", context_settings=settings.context("agent"))
+@settings.config_option("agent")
+@click.option("--root", default=settings.ROOT, show_default=True, help="State directory")
+@click.option("--socket", "sock", default=settings.AGENT_SOCKET, show_default=True)
 @click.option("--listen", default="", help="Also serve on TCP host:port")
 @click.option("--name", default="", help="Node name (default: the hostname)")
-@click.option("--bridge", default="dockyard0", show_default=True)
-@click.option("--subnet", default="172.29.0.0/16", show_default=True)
+@click.option("--bridge", default=settings.BRIDGE, show_default=True)
+@click.option("--subnet", default=settings.SUBNET, show_default=True)
 @click.option("--cgroup-parent", default=None)
 @click.option("--label", "labels", multiple=True, help="Node label k=v")
-@click.option("--metrics-addr", default="127.0.0.1:9323", show_default=True,
+@click.option("--metrics-addr", default=settings.AGENT_METRICS, show_default=True,
               help='HOST:PORT for Prometheus /metrics over HTTP; "" disables it')
 @click.option("--join", default="", help="Join the cluster of these scheduler(s): HOST:PORT[,HOST:PORT...]")
 @click.option("--advertise", default="", help="HOST:PORT the scheduler reaches this agent at (default: --listen)")
 @click.option("--cgroup-favor-dynmods", is_flag=True,
               help="Make cgroup joins cheap (kernel favordynmods; forks and exits host-wide pay a little)")
-@click.option("--docker-socket", default="/run/dockyard/docker.sock", show_default=True,
+@click.option("--docker-socket", default=settings.DOCKER_SOCKET, show_default=True,
               help='Serve Docker\'s Engine API (docker, docker-py, compose) on this unix socket; "" serves none')
 @click.option("--docker-tcp", default="", help="Also serve Docker's API on loopback TCP HOST:PORT (no TLS yet)")
 @click.option("--max-layer-size", default="",
@@ -157,7 +158,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
             raise click.BadParameter(str(e), param_hint="--docker-tcp") from None
 
     if join and not listen:
-        listen = "127.0.0.1:7070"  # --join implies --listen: the scheduler calls the agent over TCP
+        listen = settings.AGENT_JOIN_LISTEN  # --join implies --listen: the scheduler calls the agent over TCP
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
@@ -168,13 +169,13 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
 
 
 @main.command("up")
-@click.option("--root", default="/var/lib/dockyard", show_default=True, help="State directory")
-@click.option("--socket", "sock", default="/run/dockyard/agent.sock", show_default=True)
+@click.option("--root", default=settings.ROOT, show_default=True, help="State directory")
+@click.option("--socket", "sock", default=settings.AGENT_SOCKET, show_default=True)
 @click.option("--example/--no-example", default=True, show_default=True,
               help="Deploy the example stack (deploy/examples/stack.yaml)")
-@click.option("--port", default=2377, show_default=True, help="The scheduler's port on 127.0.0.1")
-@click.option("--bridge", default="dockyard0", show_default=True, help="The agent's container bridge")
-@click.option("--subnet", default="172.29.0.0/16", show_default=True, help="The agent's container subnet")
+@click.option("--port", default=settings.SCHEDULER_PORT, show_default=True, help="The scheduler's port on 127.0.0.1")
+@click.option("--bridge", default=settings.BRIDGE, show_default=True, help="The agent's container bridge")
+@click.option("--subnet", default=settings.SUBNET, show_default=True, help="The agent's container subnet")
 @click.option("--cgroup-parent", default=None, help="The agent's cgroup parent")
 @click.option("--exit", "exit_after", is_flag=True, help="Check that everything answers, then stop it all")
 def up_cmd(root: str, sock: str, example: bool, port: int, bridge: str, subnet: str, cgroup_parent: str | None,
@@ -234,28 +235,15 @@ def _device_rates(specs: tuple[str, ...], flag: str) -> list[pb.DeviceRate]:
 
 
 def parse_device(spec: str) -> pb.DeviceMapping:
-    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's CLI splits it (opts.ParseDevice)."""
-    def mode(x: str) -> bool:
-        return bool(x) and not set(x) - set("rwm") and len(set(x)) == len(x)
+    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's CLI splits it."""
+    from agent.model import DeviceMapping
 
-    parts = spec.split(":")
-    if not 1 <= len(parts) <= 3 or not parts[0]:
-        raise click.BadParameter(f"invalid device specification: {spec}", param_hint="'--device'")
-    src, dst, perms = parts[0], "", "rwm"
-    if len(parts) == 3:
-        dst, perms = parts[1], parts[2]
-        if not mode(perms):
-            raise click.BadParameter(f"invalid device mode {perms!r} in {spec} (a combination of r, w and m)",
-                                     param_hint="'--device'")
-    elif len(parts) == 2:
-        if mode(parts[1]):
-            perms = parts[1]
-        else:
-            dst = parts[1]
-    for path in (src, dst or src):
-        if not path.startswith("/"):
-            raise click.BadParameter(f"bad format for path: {path}", param_hint="'--device'")
-    return pb.DeviceMapping(path_on_host=src, path_in_container=dst or src, permissions=perms)
+    try:
+        d = DeviceMapping.parse(spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--device'") from None
+    return pb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
+                            permissions=d.permissions)
 
 
 def container_options(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 import grpc
 
-from common import transport
+from common import settings, transport
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 from protos import cluster_pb2 as cpb
@@ -111,8 +111,8 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
             proc.wait()
 
 
-def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, *, bridge: str = "dockyard0",
-       subnet: str = "172.29.0.0/16", cgroup_parent: str | None = None) -> None:
+def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, *, bridge: str = settings.BRIDGE,
+       subnet: str = settings.SUBNET, cgroup_parent: str | None = None) -> None:
     root_p = Path(root)
     root_p.mkdir(parents=True, exist_ok=True)
     sched_addr = f"127.0.0.1:{port}"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import grpc
 
-from common import transport
+from common import settings, transport
 from protos import cluster_pb2_grpc as pbg
 from scheduler import metrics as metrics_mod
 from scheduler.dispatch import Agents, Dispatcher
@@ -40,10 +40,10 @@ from scheduler.view import View, cancel
 
 log = logging.getLogger("dockyard.scheduler")
 
-DEFAULT_LISTEN = "127.0.0.1:2377"
-DEFAULT_METRICS = "127.0.0.1:9324"
-DEFAULT_STATE = "/var/lib/dockyard-scheduler"
-ETCD_BIN = os.environ.get("DOCKYARD_ETCD", "/usr/bin/etcd")
+DEFAULT_LISTEN = settings.SCHEDULER_LISTEN
+DEFAULT_METRICS = settings.SCHEDULER_METRICS
+DEFAULT_STATE = settings.SCHEDULER_STATE
+ETCD_BIN = os.environ.get("DOCKYARD_ETCD", settings.ETCD)
 
 
 class SchedulerError(Exception):

@@ -156,7 +156,26 @@ def test_docker_run_rm_ps_logs(da: AgentProcess, dconf: Path) -> None:
     assert r.returncode != 0 and "No such container: nosuch" in r.stderr
 
 
+def test_docker_run_device_and_privileged(da: AgentProcess, dconf: Path) -> None:
+    """docker's --device and --privileged through the Docker API (agent/devices.py does the work)."""
+    r = docker(da, dconf, "run", "--rm", "--device", "/dev/loop0:/dev/xloop:r", "busybox", "sh", "-c",
+               "head -c1 /dev/xloop >/dev/null && echo read; true >/dev/xloop 2>/dev/null || echo nowrite")
+    assert r.stdout.split() == ["read", "nowrite"], r.stdout + r.stderr
+    with open("/proc/self/status") as f:
+        caps = next(line.split()[1] for line in f if line.startswith("CapEff:"))
+    r = docker(da, dconf, "run", "--rm", "--privileged", "busybox", "grep", "CapEff", "/proc/self/status")
+    assert r.stdout.split() == ["CapEff:", caps]
+    cid = docker(da, dconf, "create", "--privileged", "--device", "/dev/net/tun", "busybox", "true").stdout.strip()
+    host = json.loads(docker(da, dconf, "inspect", cid).stdout)[0]["HostConfig"]
+    assert host["Privileged"] is True
+    assert host["Devices"] == [{"PathOnHost": "/dev/net/tun", "PathInContainer": "/dev/net/tun",
+                                "CgroupPermissions": "rwm"}]
+    docker(da, dconf, "rm", cid)
+
+
 def test_refused_with_the_field_named(da: AgentProcess, dconf: Path) -> None:
+    r = docker(da, dconf, "run", "--rm", "--device", "/etc/hostname", "busybox", "true", check=False)
+    assert r.returncode == 125 and "/etc/hostname is not a device node" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--tmpfs", "/scratch", "busybox", "true", check=False)
     assert r.returncode == 125 and "HostConfig.Tmpfs is not supported by dockyard" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--log-driver", "syslog", "busybox", "true", check=False)

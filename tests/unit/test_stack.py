@@ -426,3 +426,41 @@ def test_service_keys_reach_the_container_config(tmp_path: Path) -> None:
     assert cfg.hostname == "s_web.1" and cfg.stop_timeout == 2 and cfg.resources.pids_limit == 64
     assert cfg.labels["team"] == "a" and cfg.labels["dockyard.task"] == "t1"  # ours win over the file's
     assert stop_timeout(stack.service("plain")) == STOP_TIMEOUT
+
+
+def test_devices_and_privileged_reach_the_container_config(tmp_path: Path) -> None:
+    """`devices:` in Compose's short syntax (docker's --device) and `privileged:`."""
+    from scheduler.dispatch import container_config
+    from scheduler.model import Task
+
+    stack = load_stack(write(tmp_path, """\
+        services:
+          web:
+            image: nginx
+            devices: ["/dev/loop0:/dev/xloop:r", /dev/net/tun]
+            privileged: true
+          plain: {image: nginx}
+        """), "s")
+    web = stack.service("web")
+    assert web.devices == ("/dev/loop0:/dev/xloop:r", "/dev/net/tun") and web.privileged
+    cfg = container_config(Task(service="s_web", slot=1, id="t1", spec_version=web.digest), web, "s")
+    assert [(d.path_on_host, d.path_in_container, d.permissions) for d in cfg.devices] == [
+        ("/dev/loop0", "/dev/xloop", "r"), ("/dev/net/tun", "/dev/net/tun", "rwm")]
+    assert cfg.privileged
+    plain = stack.service("plain")
+    assert not container_config(Task(service="s_plain", slot=1, id="t2", spec_version=plain.digest), plain,
+                                "s").devices
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("[/dev/loop0:/dev/x:rwz]", "invalid device mode 'rwz'"),
+    ("[dev/loop0]", "bad format for path: dev/loop0"),
+    ("[/a:/b:rw:x]", "invalid device specification"),
+    ("/dev/loop0", "expected a list"),
+])
+def test_bad_devices_name_the_entry(tmp_path: Path, value: str, fragment: str) -> None:
+    path = write(tmp_path, f"services:\n  web:\n    image: nginx\n    devices: {value}\n")
+    with pytest.raises(StackError) as e:
+        load_stack(path, "s")
+    assert e.value.line == 4 and e.value.field.startswith("services.web.devices"), str(e.value)
+    assert fragment in str(e.value)
