@@ -575,6 +575,10 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
             (deploy.child("replicas") or deploy).fail("a global service runs one task per node: leave replicas out")
         resources, pids = _resources(deploy.child("resources"))
         placement = _placement(deploy.child("placement"))
+        placement_at = deploy.child("placement")
+        per_node = placement_at.child("max_replicas_per_node") if placement_at is not None else None
+        if mode is ServiceMode.GLOBAL and per_node is not None:
+            per_node.fail("a global service runs one task per node: max_replicas_per_node is for replicated ones")
         update = _update(deploy.child("update_config"), UpdateConfig())
         rollback = _update(deploy.child("rollback_config"), UpdateConfig())
         restart = _restart(deploy.child("restart_policy"))

@@ -355,6 +355,20 @@ BAD = [
             image: nginx
             env_file: [nope.env]
         """, 4, "services.web.env_file[0]", "not found"),
+    ("global with replicas", """\
+        services:
+          web:
+            image: nginx
+            deploy: {mode: global, replicas: 2}
+        """, 4, "services.web.deploy.replicas", "one task per node"),
+    ("global with max per node", """\
+        services:
+          web:
+            image: nginx
+            deploy:
+              mode: global
+              placement: {max_replicas_per_node: 2}
+        """, 6, "services.web.deploy.placement.max_replicas_per_node", "for replicated ones"),
     ("service is a list", """\
         services:
           web: [nginx]
