@@ -97,11 +97,6 @@ class ContainerManager:
         self.on_change: list[Callable[[Container], None]] = []
         self.volumes = VolumeStore(root / "volumes")
         self.volumes.users = self.volume_users
-        from agent.health import HealthMonitor
-
-        self.socket = ""   # the agent's own socket: health checks run through its Exec (set by the daemon)
-        self._health_channel: Any = None
-        self.health = HealthMonitor(self._health_exec, self._save)
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
 
     # --- bookkeeping --------------------------------------------------------------------------
@@ -173,6 +168,10 @@ class ContainerManager:
         args = self._args(cfg, image.config)
         if not args:
             raise InvalidArgument("no command specified: the image has no Cmd or Entrypoint and none was given")
+        # The image's HEALTHCHECK under the run's (docker merges them at create): a complete check, or none.
+        from agent.health import from_image, resolve
+
+        cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:
@@ -519,33 +518,13 @@ class ContainerManager:
         c.state.oom_killed = False
         c.state.error = ""
         self._event(c).clear()
-        self._watch_health(c)
         self._save(c)
         self._watch(c)
         trace("agent: started")
 
-    def health_check_of(self, c: Container) -> Any:
-        from agent.health import effective, from_image
-
-        image = None
-        with contextlib.suppress(Exception):
-            image = from_image(getattr(self.images.config_of(c.image_id), "healthcheck", None))
-        return effective(c.config.healthcheck, image)
-
-    def _watch_health(self, c: Container) -> None:
-        h = self.health_check_of(c) if c.config.healthcheck is not None or c.image_id else None
-        if h is not None and not self.socket:
-            h = None  # no agent socket to exec through (a manager made without a daemon)
-        self.health.watch(c, h)
-
-    async def _health_exec(self, c: Container, argv: list[str], timeout: float) -> tuple[int, bytes]:
-        from agent.health import exec_in
-        from common import transport
-        from protos import agent_pb2_grpc as apbg
-
-        if self._health_channel is None:
-            self._health_channel = transport.dial(f"unix://{self.socket}", transport.AGENT, transport.Role.AGENT)
-        return await exec_in(apbg.AgentStub(self._health_channel), c.id, argv, timeout)  # type: ignore[no-untyped-call]
+    def health_changed(self, c: Container) -> None:
+        """agent/health.py found a new health status: on_change listeners (a node's reporter) learn it."""
+        self._save(c, write=False)
 
     def _attach_network(self, c: Container, pid: int) -> None:
         from agent.runtime import network
@@ -637,7 +616,6 @@ class ContainerManager:
         if result.get("error"):
             c.state.error = str(result["error"])
         self._monitors.pop(c.id, None)
-        self.health.stop(c.id)
         if c.id in self._checkpointing:
             # CRIU ended the process: not a failure, and the address stays for the restore.
             c.state.exit_code = 0
@@ -728,7 +706,6 @@ class ContainerManager:
                     with contextlib.suppress(Exception):
                         c.state.status = "paused" if self.cg.frozen(c.id) else "running"
                     self._watch(c)
-                    self._watch_health(c)
                 elif c.state.status == "restarting":
                     self._spawn(self._restart_later(c))
                 else:
@@ -1349,11 +1326,9 @@ class ContainerManager:
         return {"stats": st, "rx": rx, "tx": tx}
 
     async def shutdown(self) -> None:
-        self.health.shutdown()
         for t in list(self._monitors.values()) + list(self._tasks):
             t.cancel()
-        if self._health_channel is not None:
-            await self._health_channel.close()
+
 
 
 async def _exited(pid: int, start_time: int, timeout: float) -> None:

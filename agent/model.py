@@ -94,19 +94,6 @@ class Ulimit:
 
 
 @dataclass
-class HealthCheck:
-    """docker's: --health-cmd and friends, a Dockerfile's HEALTHCHECK, a stack's healthcheck:.
-    Durations in seconds; 0 takes docker's default (interval and timeout 30 s, 3 retries,
-    start_interval 5 s)."""
-    test: list[str] = field(default_factory=list)   # ["CMD", arg...] | ["CMD-SHELL", "cmd"] | ["NONE"]
-    interval: float = 0.0
-    timeout: float = 0.0
-    retries: int = 0
-    start_period: float = 0.0
-    start_interval: float = 0.0
-
-
-@dataclass
 class DeviceMapping:
     """--device HOST[:CONTAINER][:PERMISSIONS], as docker's HostConfig.Devices."""
 
@@ -138,6 +125,18 @@ class DeviceMapping:
             if not path.startswith("/"):
                 raise ValueError(f"bad format for path: {path}")
         return cls(src, dst or src, perms)
+
+
+@dataclass
+class HealthCheck:
+    """docker's HEALTHCHECK / --health-*: test is ["CMD", args...] or ["CMD-SHELL", command]."""
+
+    test: list[str]
+    interval: float = 30.0      # seconds between probes
+    timeout: float = 30.0       # a probe running longer fails
+    retries: int = 3            # consecutive failures that make it unhealthy
+    start_period: float = 0.0   # failures in this time after the start do not count
+    start_interval: float = 5.0  # between probes during start_period (docker 25's --health-start-interval)
 
 
 @dataclass
@@ -184,11 +183,11 @@ class ContainerConfig:
     sysctls: dict[str, str] = field(default_factory=dict)
     shm_size: int = 0               # bytes of /dev/shm; 0: 64 MiB (docker's)
     group_add: list[str] = field(default_factory=list)
-    healthcheck: HealthCheck | None = None   # None: the image's; test ["NONE"]: none (--no-healthcheck)
     devices: list[DeviceMapping] = field(default_factory=list)
     privileged: bool = False
     exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
+    healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
 
 
 @dataclass
@@ -256,7 +255,8 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 
 _NESTED: dict[str, Any] = {
-    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "Resources": Resources,
+    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
+    "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState, "Mount": Mount,
-    "Ulimit": Ulimit, "HealthCheck": HealthCheck,
+    "Ulimit": Ulimit,
 }

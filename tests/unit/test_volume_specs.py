@@ -106,13 +106,14 @@ def test_health_check_merging_and_checks() -> None:
     from agent.model import HealthCheck
 
     image = health.from_image({"Test": ["CMD", "true"], "Interval": 5_000_000_000, "Retries": 2})
-    assert image == HealthCheck(test=["CMD", "true"], interval=5.0, retries=2)
-    assert health.effective(None, image) == image
-    assert health.effective(HealthCheck(test=["NONE"]), image) is None
-    assert health.effective(HealthCheck(interval=1.0), image) == HealthCheck(test=["CMD", "true"], interval=1.0, retries=2)
-    assert health.effective(HealthCheck(test=["CMD-SHELL", "x"]), image) == \
-        HealthCheck(test=["CMD-SHELL", "x"], interval=5.0, retries=2)
-    assert health.command(HealthCheck(test=["CMD-SHELL", "a && b"])) == ["/bin/sh", "-c", "a && b"]
+    assert image == HealthCheck(test=["CMD", "true"], interval=5.0, timeout=30.0, retries=2)
+    assert health.resolve(None, image) == image
+    assert health.resolve(HealthCheck(test=["NONE"]), image) == HealthCheck(test=["NONE"])
+    # what the CLI sends: 0 for a flag not given
+    assert health.resolve(HealthCheck([], 1.0, 0, 0, 0, 0), image) == \
+        HealthCheck(test=["CMD", "true"], interval=1.0, timeout=30.0, retries=2)
+    assert health.resolve(HealthCheck(["CMD-SHELL", "x"], 0, 0, 0, 0, 0), None) == HealthCheck(test=["CMD-SHELL", "x"])
+    assert health.resolve(HealthCheck([], 1.0, 0, 0, 0, 0), None) is None
     for bad, error in [(HealthCheck(test=["RUN", "x"]), "must start with CMD"), (HealthCheck(test=["CMD"]), "no command"),
                        (HealthCheck(test=["CMD", "x"], retries=-1), "negative")]:
         with pytest.raises(InvalidArgument, match=error):
