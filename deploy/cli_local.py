@@ -17,7 +17,7 @@ import time
 from deploy import display
 from deploy.containers import RUN_ERROR, BadOption, build_config, start_error_code
 from deploy.local import Call, CallError, LocalClient, NotServed, daemon_error
-from deploy.options import PS, RUN, Unsupported, parse
+from deploy.options import KILL, PS, RM, RUN, START, STOP, Opt, Unsupported, parse
 
 TYPE_CHECKING = False  # typing costs ~4 ms of a fast command's start: only for mypy (deploy/entry.py)
 if TYPE_CHECKING:
@@ -83,6 +83,55 @@ def ps(host: str, argv: Sequence[str]) -> int | None:
         return _failed(e, host)
     print_containers(resp["containers"], o["quiet"], o["no_trunc"], o["fmt"])
     return 0
+
+
+def start(host: str, argv: Sequence[str]) -> int | None:
+    return _each(host, argv, START, "StartContainer",
+                 lambda o, ref: None if o["attach"] or o["interactive"] else {"id": ref})
+
+
+def stop(host: str, argv: Sequence[str]) -> int | None:
+    return _each(host, argv, STOP, "StopContainer", lambda o, ref: {"id": ref, "timeout": o["timeout"]})
+
+
+def kill(host: str, argv: Sequence[str]) -> int | None:
+    return _each(host, argv, KILL, "KillContainer", lambda o, ref: {"id": ref, "signal": o["sig"]})
+
+
+def rm(host: str, argv: Sequence[str]) -> int | None:
+    return _each(host, argv, RM, "RemoveContainer", lambda o, ref: {"id": ref, "force": o["force"]})
+
+
+def _each(host: str, argv: Sequence[str], opts: Sequence[Opt], method: str,
+          request: Callable[[dict[str, Any], str], dict[str, Any] | None]) -> int | None:
+    """docker's multi-container verbs (deploy/cli.py _each): go on after an error, print each
+    container that worked, exit 1 if any failed."""
+    try:
+        o, refs = parse(opts, argv)
+        if not refs or any(request(o, ref) is None for ref in refs):
+            return None
+        cl = LocalClient(host)
+        first = cl.open(method)  # nothing listens: None, before anything was asked
+    except (Unsupported, NotServed):
+        return None
+    failed = False
+    for i, ref in enumerate(refs):
+        try:
+            call = first if i == 0 else cl.open(method)
+            try:
+                call.send(request(o, ref) or {})
+                for _ in call:
+                    pass
+            finally:
+                call.close()
+            display.echo(ref)
+        except CallError as e:
+            _failed(e, host)
+            failed = True
+        except NotServed as e:
+            _failed(CallError("UNAVAILABLE", str(e)), host)
+            failed = True
+    return 1 if failed else 0
 
 
 def _failed(e: CallError, host: str, code: int = 1) -> int:

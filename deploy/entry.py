@@ -22,7 +22,7 @@ DEFAULT_HOST = "unix:///run/dockyard/agent.sock"  # common.settings.AGENT_SOCKET
 
 # command -> its fast version, deploy/cli_local.py's function of that name: (host, argv after the
 # command) -> exit status, or None to let click run the command.
-FAST = ("run", "create", "ps")
+FAST = ("run", "create", "ps", "start", "stop", "kill", "rm")
 
 
 def _split(argv: "Sequence[str]") -> "tuple[str, str, list[str]] | None":
