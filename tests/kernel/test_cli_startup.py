@@ -49,11 +49,14 @@ def _site() -> list[str]:
     return site.getsitepackages()
 
 
-def test_the_default_agent_is_the_settings_one() -> None:
-    from common import settings
+def test_the_fast_path_constants_are_the_settings_ones() -> None:
+    """Written out where they are used, because importing their modules costs more than a fast
+    command may (common.settings: tomllib, typing; common.transport: grpc)."""
+    from common import settings, transport
     from deploy import entry
 
     assert f"unix://{settings.AGENT_SOCKET}" == entry.DEFAULT_HOST
+    assert transport.MAX_MESSAGE == wire.MAX_FRAME
 
 
 def test_version_imports_nothing_heavy() -> None:
