@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def run(host: str, argv: Sequence[str]) -> int | None:
     try:
         o, args = parse(RUN, argv, interspersed=False)
-        if not args or o["interactive"] or o["tty"]:
+        if not args or o["tty"]:  # a terminal: click's session (deploy/streams.py) sets it up
             return None
         cfg = build_config(args[0], args[1:], o)
         cl = LocalClient(host)
@@ -47,8 +47,8 @@ def run(host: str, argv: Sequence[str]) -> int | None:
             return 0
         # One call creates, starts and streams it, and ends with its exit status (after its removal
         # with --rm, as docker's run waits for).
-        call.send({"open": {"create": cfg, "start": True}})
-        return _attached(call)
+        call.send({"open": {"create": cfg, "start": True, "stdin": o["interactive"]}})
+        return _attached(call, o["interactive"])
     except CallError as e:
         return _failed(e, host, RUN_ERROR)
     except NotServed as e:
@@ -139,11 +139,15 @@ def _failed(e: CallError, host: str, code: int = 1) -> int:
     return code
 
 
-def _attached(call: Call) -> int:
+def _attached(call: Call, stdin: bool) -> int:
     """Stream the container's output to ours until its exit status comes; our SIGINT, SIGTERM and
-    SIGHUP go to the container (as the gRPC session proxies them)."""
+    SIGHUP go to the container, and with -i our stdin to its (as the gRPC session does)."""
 
     names = {_signal.SIGINT: "SIGINT", _signal.SIGTERM: "SIGTERM", _signal.SIGHUP: "SIGHUP"}
+    if stdin:
+        import _thread  # not threading: its import is a few ms, and this thread must not hold the exit
+
+        _thread.start_new_thread(_pump_stdin, (call,))
 
     def proxy(signum: int, _frame: object) -> None:
         call.send({"signal": names[signum]})
@@ -167,6 +171,17 @@ def _attached(call: Call) -> int:
         for s, h in old.items():
             _signal.signal(s, h)
         call.close()
+
+
+def _pump_stdin(call: Call) -> None:
+    from binascii import b2a_base64
+
+    try:
+        while data := os.read(0, 32768):
+            call.send({"stdin": b2a_base64(data, newline=False).decode()})
+        call.send({"close_stdin": True})
+    except OSError:
+        pass  # the call ended (its socket closed) while we read, or stdin is unreadable
 
 
 # --- printing, shared with the click commands -------------------------------------------------

@@ -7,7 +7,7 @@ main(): site and its .pth files cost about as much as the interpreter itself her
 
 Whole-process figures on this 2-core machine (BENCHMARKS.md): the interpreter alone ~12 ms, click
 ~30 ms, protobuf with agent.proto ~40 ms, grpc ~75 ms of CPU. So a command in FAST imports only
-deploy.cli_local and what it imports; the test in tests/test_cli_startup.py keeps it so.
+deploy.cli_local and what it imports; tests/kernel/test_cli_startup.py keeps it so.
 """
 
 import sys

@@ -155,6 +155,19 @@ def test_launcher_runs_the_fast_path(clean_agent: AgentProcess, tmp_path: Path) 
 
 
 @pytest.mark.root
+def test_fast_run_pipes_stdin(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    from deploy import launcher
+
+    path = tmp_path / "dockyard"
+    launcher.write(str(path))
+    r = subprocess.run([str(path), "-H", clean_agent.host, "run", "-i", "--rm", "busybox", "wc", "-c"],
+                       input=b"x" * 1_000_000, capture_output=True, timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (0, b"1000000"), r.stderr
+    rc, heavy, _ = _imports_of(["-H", clean_agent.host, "run", "-i", "--rm", "busybox", "true"])
+    assert (rc, heavy) == (0, [])
+
+
+@pytest.mark.root
 def test_lifecycle_verbs_go_the_fast_way(clean_agent: AgentProcess) -> None:
     cid = clean_agent.run_detached("--name", "verbs", "busybox", "sleep", "60")
     for argv, out in ((["stop", "-t", "0", "verbs"], "verbs\n"), (["start", "verbs"], "verbs\n"),
