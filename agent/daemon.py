@@ -69,6 +69,7 @@ class Agent:
         self.member: ClusterMember | None = None
         self.local_api: LocalApi | None = None
         self.docker_api: Any = None
+        self.health: Any = None
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
@@ -97,6 +98,9 @@ class Agent:
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()
+        from agent.health import HealthMonitor
+
+        self.health = HealthMonitor(self.manager)   # HEALTHCHECKs of the containers that have one
         if o.metrics_addr:
             # Scrapes read the kernel on the server's own thread, never on the event loop. A taken
             # port must not keep the agent from adopting and running containers: say so and go on.
@@ -126,7 +130,7 @@ class Agent:
             from agent import dockerapi
 
             self.docker_api = await dockerapi.start(self.manager, images, o.name, str(self.root), driver.version,
-                                                    o.docker_socket, o.docker_tcp)
+                                                    o.docker_socket, o.docker_tcp, self.health)
         if o.join:
             self.member = ClusterMember(
                 schedulers=[a.strip() for a in o.join.split(",") if a.strip()], name=o.name,
@@ -153,6 +157,8 @@ class Agent:
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.close)
             self.metrics_server = None
+        if self.health is not None:
+            self.health.close()
         if self.manager is not None:
             await self.manager.shutdown()
         self.zygote.stop()
