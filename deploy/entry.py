@@ -23,6 +23,8 @@ DEFAULT_HOST = "unix:///run/dockyard/agent.sock"  # common.settings.AGENT_SOCKET
 # command -> its fast version, deploy/cli_local.py's function of that name: (host, argv after the
 # command) -> exit status, or None to let click run the command.
 FAST = ("run", "create", "ps")
+# docker's group forms of the same commands (deploy/cli_groups.py): `container run` is `run`
+GROUPED = {"container": {"run": "run", "create": "create", "ps": "ps", "ls": "ps", "list": "ps"}}
 
 
 def _split(argv: "Sequence[str]") -> "tuple[str, str, list[str]] | None":
@@ -50,6 +52,8 @@ def main(argv: "Sequence[str] | None" = None, click_main: "Callable[..., object]
         sys.stdout.write(f"dockyard, version {VERSION}\n")
         return 0
     split = _split(args)
+    if split is not None and split[1] in GROUPED and split[2] and split[2][0] in GROUPED[split[1]]:
+        split = (split[0], GROUPED[split[1]][split[2][0]], split[2][1:])
     if split is not None and split[1] in FAST:
         from deploy import cli_local
 
