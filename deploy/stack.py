@@ -598,7 +598,7 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
 
 def _devices(at: _At | None) -> tuple[str, ...]:
     """`devices:` as Compose's short syntax, HOST[:CONTAINER][:rwm] (the node checks the host's path)."""
-    from agent.model import DeviceMapping
+    from common.devices import DeviceMapping
 
     out = []
     for el in at.elements() if at is not None else []:
