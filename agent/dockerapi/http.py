@@ -310,9 +310,9 @@ class Connection:
         return False
 
 
-async def _peer_read(writer: asyncio.StreamWriter, limit: float = 0.1) -> None:
+async def _peer_read(writer: asyncio.StreamWriter, limit: float = 2.0) -> None:
     """Until the client has read what we sent (the socket's send queue is empty), at most `limit`
-    seconds. docker-py reads a hijacked stream from the raw socket and loses bytes that came in
+    seconds (clients read the headers at once; on a loaded machine that can take a while). docker-py reads a hijacked stream from the raw socket and loses bytes that came in
     the same read as the response headers (docker-py #1732, #2466): send output only after."""
     sock = writer.get_extra_info("socket")
     if sock is None or sock.family != socket.AF_UNIX:
