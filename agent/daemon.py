@@ -19,8 +19,10 @@ from typing import Any
 
 import grpc
 
+from agent import local_wire
 from agent.cluster import ClusterMember
 from agent.containers import ContainerManager
+from agent.local_api import LocalApi
 from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serve_metrics
 from agent.runtime import cgroups
 from agent.runtime.zygote_client import Zygote
@@ -65,6 +67,7 @@ class Agent:
         self.zygote = Zygote()
         self.metrics_server: MetricsServer | None = None
         self.member: ClusterMember | None = None
+        self.local_api: LocalApi | None = None
         self.docker_api: Any = None
         self.health: Any = None
 
@@ -120,6 +123,9 @@ class Agent:
             transport.serve(self.server, o.listen, transport.AGENT)
         await self.server.start()
         os.chmod(o.socket, 0o660)
+        # The same API for the CLI's fast commands, without gRPC (agent/local_api.py).
+        self.local_api = LocalApi(servicer, local_wire.socket_path(o.socket))
+        await self.local_api.start()
         if o.docker_socket or o.docker_tcp:
             from agent import dockerapi
 
@@ -142,6 +148,8 @@ class Agent:
     async def stop(self) -> None:
         if self.member is not None:
             await self.member.stop()
+        if self.local_api is not None:
+            await self.local_api.stop()
         if self.docker_api is not None:
             await self.docker_api.close(self.opts.docker_socket)
         if self.server is not None:
