@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtime.spec import dumps, write_atomic
+from common.devices import DeviceMapping as DeviceMapping  # re-exported: the agent's users
 
 
 class AgentError(Exception):
@@ -65,12 +66,14 @@ class Resources:
 
 
 @dataclass
-class DeviceMapping:
-    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's HostConfig.Devices."""
+class HealthCheck:
+    """docker's HEALTHCHECK / --health-*: test is ["CMD", args...] or ["CMD-SHELL", command]."""
 
-    path_on_host: str
-    path_in_container: str = ""   # "" = path_on_host
-    permissions: str = "rwm"
+    test: list[str]
+    interval: float = 30.0      # seconds between probes
+    timeout: float = 30.0       # a probe running longer fails
+    retries: int = 3            # consecutive failures that make it unhealthy
+    start_period: float = 0.0   # failures in this time after the start do not count
 
 
 @dataclass
@@ -109,6 +112,7 @@ class ContainerConfig:
     privileged: bool = False
     exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
+    healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
 
 
 @dataclass
@@ -173,6 +177,7 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 
 _NESTED: dict[str, Any] = {
-    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "Resources": Resources,
+    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
+    "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
 }

@@ -86,6 +86,9 @@ class AgentServicer(pbg.AgentServicer):
         self.lazy_pages = False  # known, like criu, once `criu check` ran
         self.labels = labels
         self.host = host_features.probe()
+        from agent.dockerapi.events import Events
+
+        self.events = Events(manager)  # the Docker API's event source, for `dockyard system events`
 
     # --- containers ---------------------------------------------------------------------------
 
@@ -181,6 +184,18 @@ class AgentServicer(pbg.AgentServicer):
     async def Top(self, request: pb.TopRequest, context: Any) -> pb.TopResponse:
         titles, rows = await asyncio.to_thread(self.m.top, request.id)
         return pb.TopResponse(titles=titles, processes=[pb.ProcessRow(fields=r) for r in rows])
+
+    @_mapped_stream
+    async def Events(self, request: pb.EventsRequest, context: Any) -> AsyncIterator[pb.Event]:
+        since = request.since or None
+        until = request.until or None
+        if until is not None and since is None and until <= time.time():
+            return  # only past events were asked for, and there is no `since` to start them from
+        async for ev in self.events.subscribe(since, until, lambda ev: True):
+            actor = ev["Actor"]
+            yield pb.Event(type=ev["Type"], action=ev["Action"], actor_id=actor["ID"],
+                           attributes={str(k): str(v) for k, v in actor["Attributes"].items()},
+                           time_nano=ev["timeNano"])
 
     @_mapped_stream
     async def Stats(self, request: pb.StatsRequest, context: Any) -> AsyncIterator[pb.StatsResponse]:

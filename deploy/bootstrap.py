@@ -153,7 +153,11 @@ class _Checker:
 
 def _compose(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:
     """The document as plain data, and the line of every node in it (1-based)."""
-    loader = yaml.SafeLoader(text)
+    from deploy.compose.yamlload import Loader, YAMLLimitError
+
+    # the stack files' bounded loader: depth and alias expansion limited while composing, so the
+    # walk below (which expands aliases) stays small; YAML 1.2 numbers, as Compose reads them
+    loader: Any = Loader(text)  # type: ignore[call-arg]
     lines: dict[Path_, int] = {}
 
     def walk(node: yaml.Node, path: Path_) -> Any:
@@ -180,6 +184,8 @@ def _compose(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:
     try:
         node = loader.get_single_node()
         return (walk(node, ()) if node is not None else None), lines
+    except YAMLLimitError as e:
+        raise InventoryError([f"{file}:{e.line}: {e.problem}"]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"

@@ -297,10 +297,8 @@ def load_stacks(files: tuple[str, ...], name: str | None) -> tuple[str, dict[str
     import os
 
     from deploy.compose.dotenv import DotEnvError, project_environment
-    from deploy.stack import StackError, load_stack
+    from deploy.stack import StackError, load_stacks
 
-    specs: dict[str, Any] = {}
-    stack_name = name
     env_warnings: list[str] = []
     try:
         # As Compose: the .env beside the first file, the shell's variables over it
@@ -309,17 +307,14 @@ def load_stacks(files: tuple[str, ...], name: str | None) -> tuple[str, dict[str
         fail(f"dockyard deploy: {e}")
     for w in env_warnings:
         click.echo(f"warning: {w}", err=True)
-    for f in files:
-        try:
-            stack = load_stack(f, stack_name, environ=environ)
-        except StackError as e:
-            fail(f"dockyard deploy: {e}")
-        for w in stack.warnings:
-            click.echo(f"warning: {w}", err=True)
-        stack_name = stack.name
-        for s in stack.services:
-            specs[s.name] = s
-    assert stack_name is not None
+    try:
+        stack = load_stacks(files, name, environ=environ)  # later files override earlier ones
+    except StackError as e:
+        fail(f"dockyard deploy: {e}")
+    for w in stack.warnings:
+        click.echo(f"warning: {w}", err=True)
+    stack_name = stack.name
+    specs = {s.name: s for s in stack.services}
     return stack_name, specs
 
 
@@ -529,26 +524,10 @@ def _cli_modules() -> list[Any]:
 
 
 def _install() -> None:
-    import functools
-
     for mod in _cli_modules():
         main = mod.main
         for cmd in (scheduler_cmd, node, deploy, service, stack_rm, rebalance, migrations_ls):
             main.add_command(cmd)
-        if not any(p.name == "scheduler" for p in main.params):
-            main.params.append(click.Option(
-                ["--scheduler"], envvar="DOCKYARD_SCHEDULER", default="",
-                help="Scheduler replica(s) for cluster commands: HOST:PORT[,HOST:PORT...]"))
-            callback = main.callback
-
-            @functools.wraps(callback)
-            def with_scheduler(*args: Any, _cb: Any = callback, **kw: Any) -> Any:
-                scheduler = kw.pop("scheduler", "")
-                out = _cb(*args, **kw)
-                click.get_current_context().obj["scheduler"] = scheduler
-                return out
-
-            main.callback = with_scheduler
         if exec_route not in mod.EXEC_ROUTES:
             mod.EXEC_ROUTES.append(exec_route)
 

@@ -16,6 +16,7 @@ pkgs=(
   prometheus                                            # promtool and the monitoring tests
   docker-registry skopeo umoci                          # registry and image-format peers
   runc crun docker.io                                   # baselines for the benchmarks
+  docker-compose                                        # a Docker API client the tests drive (compose 1.29)
   openssh-server openssh-client                         # cluster bootstrap over SSH
   vagrant vagrant-libvirt                               # vagrant/ (validated offline by the tests)
   zstd curl ca-certificates
@@ -39,5 +40,7 @@ fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
 .venv/bin/python -m agent.runtime.monitor >/dev/null   # the C container monitor (agent/runtime/monitor)
-ln -sf "$here/.venv/bin/dockyard" /usr/local/bin/dockyard
+# The command: a launcher that skips site's start-up (deploy/launcher.py), not pip's console script.
+.venv/bin/python -m deploy.launcher "$here/.venv/bin/dockyard-launcher"
+ln -sf "$here/.venv/bin/dockyard-launcher" /usr/local/bin/dockyard
 echo "install: done ($(.venv/bin/dockyard --version 2>/dev/null || echo dockyard))"

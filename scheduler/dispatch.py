@@ -25,6 +25,7 @@ from collections.abc import Callable
 import grpc
 
 from common import transport
+from common.devices import DeviceMapping
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState
@@ -66,6 +67,11 @@ def container_config(t: Task, spec: ServiceSpec, stack: str) -> apb.ContainerCon
         restart_policy=apb.RestartPolicy(name="no"),  # restarts are the scheduler's (restart_policy)
         stop_timeout=stop_timeout(spec),
     )
+    for text in spec.devices:  # (checked when the stack was read)
+        d = DeviceMapping.parse(text)
+        cfg.devices.append(apb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
+                                             permissions=d.permissions))
+    cfg.privileged = spec.privileged
     if spec.command is not None:
         cfg.cmd.extend(spec.command)
     if spec.entrypoint is not None:

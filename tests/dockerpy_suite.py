@@ -58,6 +58,7 @@ UNSUPPORTED: dict[str, list[str]] = {
     'the test reads logs right after start, without waiting (races a fast start); and .dockerignore is not applied by the daemon': [
         'api_build_test.py::BuildTest::test_build_in_context_dockerfile',
         'api_build_test.py::BuildTest::test_build_in_context_nested_dockerfile',
+        'api_build_test.py::BuildTest::test_build_in_context_abs_dockerfile',
     ],
     'the test reads logs right after start, without waiting (races a fast start)': [
         'api_build_test.py::BuildTest::test_build_out_of_context_dockerfile',
@@ -139,12 +140,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     ],
     "Runtime 'runc': dockyard is its own runtime": [
         'api_container_test.py::ContainerCPUTest::test_create_with_runtime',
-    ],
-    'HEALTHCHECK / Config.Healthcheck: no health checks on a dockyard agent yet': [
-        'api_healthcheck_test.py::HealthcheckTest::test_healthcheck_fails',
-        'api_healthcheck_test.py::HealthcheckTest::test_healthcheck_passes',
-        'api_healthcheck_test.py::HealthcheckTest::test_healthcheck_shell_command',
-        'api_healthcheck_test.py::HealthcheckTest::test_healthcheck_start_period',
     ],
     "image inspect's Container/ContainerConfig of a commit: the image store does not record them": [
         'api_image_test.py::CommitTest::test_commit',

@@ -363,6 +363,23 @@ def register(r: Any, api: DockerAPI) -> None:
 
         return Stream(200, chunks())
 
+    async def auth(req: Request) -> Response:
+        body = await req.json() or {}
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the auth body must be a JSON object")
+        server = str(body.get("serveraddress") or registry.DOCKER_INDEX_SERVER)
+        host = server.removeprefix("https://").removeprefix("http://").rstrip("/").removesuffix("/v1")
+        if host == "index.docker.io":
+            host = "docker.io"
+        a = registry.Auth(str(body.get("username") or ""), str(body.get("password") or ""),
+                          str(body.get("identitytoken") or ""))
+        try:
+            status = await asyncio.to_thread(registry.login, host, a)
+        except registry.Unauthorized as e:
+            raise HTTPError(401, str(e)) from e
+        return Json(200, {"Status": status or "Login Succeeded", "IdentityToken": ""})
+
+    r.add("POST", "/auth", auth)
     r.add("GET", "/images/json", listing)
     r.add("POST", "/images/create", create)
     r.add("POST", "/images/load", load)

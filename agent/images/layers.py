@@ -5,9 +5,15 @@ Applying (``apply_layer``) never uses tarfile.extract*: every member is checked 
 The rules, each with a test in tests/kernel/test_images_layers.py:
 
 * a member name that is absolute (``/etc/x``) or has a ``..`` component is refused;
-* a member whose parent path is a symlink (placed by an earlier member) is refused; the final
-  component is created with O_EXCL|O_NOFOLLOW after removing what was there, so nothing is ever
-  written through a link;
+* every path is resolved below the root through safefs.Root (openat2 RESOLVE_BENEATH |
+  RESOLVE_NO_SYMLINKS): a member whose path goes through a symlink at any component (placed by an
+  earlier member) is refused; the final component is created through its parent's descriptor
+  (O_EXCL|O_NOFOLLOW after removing what was there) and its attributes are set on a descriptor, so
+  nothing is ever written, chmod'ed, chown'ed or touched through a link;
+* directories get their mode, owner and times at the end of the layer, on the directory found
+  again below the root: one a later member replaced (by a symlink or a file) gets nothing, and the
+  replacing entry keeps its own attributes (the 6777/4242 symlink attack of issue 17);
+* with a Bound, a layer that expands past it is refused as it streams;
 * a symlink's target is kept as written when absolute (it means the container's root, and nothing on
   the host follows it); a relative target that climbs above the root (``../../etc``) is refused;
 * a hardlink must name a member inside the root, already extracted in this same layer, not a
@@ -44,7 +50,7 @@ from typing import IO, Any
 
 import zstandard
 
-from .errors import InvalidArchive
+from .errors import ImageError, InvalidArchive
 from .safefs import Root, UnsafePath, open_dir_rd, set_attrs, set_attrs_fd, write_all
 
 WHITEOUT_PREFIX = ".wh."
@@ -645,9 +651,9 @@ def _is_whiteout_entry(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _is_opaque(path: Path) -> bool:
+def _is_opaque_fd(fd: int) -> bool:
     try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
+        return os.getxattr(fd, OPAQUE_XATTR) == b"y"
     except OSError:
         return False
 
@@ -659,7 +665,9 @@ class _TarWriter:
             fileobj=self.hashing, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
         self.links: dict[tuple[int, int], str] = {}
 
-    def add(self, name: str, path: Path, st: os.stat_result) -> None:
+    def add(self, name: str, path: Path, st: os.stat_result, dir_fd: int | None = None) -> None:
+        """One entry; with ``dir_fd``, ``path`` is a name in that directory, opened O_NOFOLLOW and
+        checked to be the inode ``st`` describes (a running container may swap it for a link)."""
         info = tarfile.TarInfo(name)
         info.mode = stat.S_IMODE(st.st_mode)
         info.uid, info.gid = st.st_uid, st.st_gid
@@ -676,14 +684,22 @@ class _TarWriter:
                 self.links[key] = name
             info.type = tarfile.REGTYPE
             info.size = st.st_size
-            with open(path, "rb") as f:
+            if dir_fd is None:
+                with open(path, "rb") as f:
+                    self.tf.addfile(info, f)
+                return
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            with os.fdopen(fd, "rb") as f:
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino, now.st_size) != (st.st_dev, st.st_ino, st.st_size):
+                    raise ImageError(f"{name} changed while it was archived; try again")
                 self.tf.addfile(info, f)
             return
         if stat.S_ISDIR(st.st_mode):
             info.type = tarfile.DIRTYPE
         elif stat.S_ISLNK(st.st_mode):
             info.type = tarfile.SYMTYPE
-            info.linkname = os.readlink(path)
+            info.linkname = os.readlink(path, dir_fd=dir_fd)
         elif stat.S_ISFIFO(st.st_mode):
             info.type = tarfile.FIFOTYPE
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -705,11 +721,6 @@ class _TarWriter:
         return self.hashing.digest()
 
 
-def _entries(path: Path) -> list[os.DirEntry[str]]:
-    with os.scandir(path) as it:
-        return sorted(it, key=lambda e: e.name)
-
-
 def write_diff(upper: Path, out: IO[bytes] | None) -> str:
     """Tar of an overlay upper (or layer) directory with overlay whiteouts turned into OCI ones.
 
@@ -718,21 +729,36 @@ def write_diff(upper: Path, out: IO[bytes] | None) -> str:
     """
     writer = _TarWriter(out)
 
-    def walk(directory: Path, prefix: str) -> None:
-        for entry in _entries(directory):
-            path = Path(entry.path)
-            name = prefix + entry.name
-            st = os.lstat(path)
+    # Walked with directory descriptors and O_NOFOLLOW at every step: the upper dir of a running
+    # container changes under us, and a directory swapped for a symlink to / must not put the
+    # host's files in the tar.
+    def walk(dfd: int, prefix: str) -> None:
+        with os.scandir(dfd) as it:
+            names = sorted(e.name for e in it)
+        for base in names:
+            name = prefix + base
+            try:
+                st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since it was listed
             if _is_whiteout_entry(st):
-                writer.whiteout(prefix + WHITEOUT_PREFIX + entry.name, st)
+                writer.whiteout(prefix + WHITEOUT_PREFIX + base, st)
                 continue
-            writer.add(name, path, st)
+            writer.add(name, Path(base), st, dir_fd=dfd)
             if stat.S_ISDIR(st.st_mode):
-                if _is_opaque(path):
-                    writer.whiteout(name + "/" + WHITEOUT_OPAQUE, st)
-                walk(path, name + "/")
+                cfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                try:
+                    if _is_opaque_fd(cfd):
+                        writer.whiteout(name + "/" + WHITEOUT_OPAQUE, st)
+                    walk(cfd, name + "/")
+                finally:
+                    os.close(cfd)
 
-    walk(Path(upper), "")
+    top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        walk(top, "")
+    finally:
+        os.close(top)
     return writer.close()
 
 
@@ -741,42 +767,63 @@ def write_flattened(layers: Sequence[Path], out: IO[bytes]) -> str:
     would show it, without mounting anything. Returns the sha256 of the tar written."""
     writer = _TarWriter(out)
 
-    def walk(stack: list[Path], prefix: str) -> None:
+    # Directory descriptors opened O_NOFOLLOW, as in write_diff: the top layer of a running
+    # container changes while it is exported.
+    def walk(stack: list[int], prefix: str) -> None:
         names: set[str] = set()
-        for d in stack:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                names.update(os.listdir(d))
+        for fd in stack:
+            names.update(os.listdir(fd))
         for name in sorted(names):
-            top: tuple[Path, os.stat_result] | None = None
-            below: list[Path] = []
-            for d in stack:
-                p = d / name
-                try:
-                    st = os.lstat(p)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                if top is None:
-                    top = (p, st)
-                    if not stat.S_ISDIR(st.st_mode) or _is_opaque(p):
-                        if stat.S_ISDIR(st.st_mode):
-                            below.append(p)
+            top: tuple[int, os.stat_result] | None = None
+            below: list[int] = []
+            try:
+                for fd in stack:
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if top is not None and not stat.S_ISDIR(st.st_mode):
+                        break  # a whiteout or file below a directory ends the merge
+                    if top is None:
+                        top = (fd, st)
+                        if not stat.S_ISDIR(st.st_mode):
+                            break
+                    cfd = _open_dir(fd, name)
+                    if cfd < 0:
                         break
-                    below.append(p)
+                    below.append(cfd)
+                    if _is_opaque_fd(cfd):
+                        break
+                if top is None or _is_whiteout_entry(top[1]):
                     continue
-                if not stat.S_ISDIR(st.st_mode):
-                    break  # a whiteout or file below a directory ends the merge
-                below.append(p)
-                if _is_opaque(p):
-                    break
-            if top is None or _is_whiteout_entry(top[1]):
-                continue
-            path, st = top
-            writer.add(prefix + name, path, st)
-            if stat.S_ISDIR(st.st_mode):
-                walk(below, prefix + name + "/")
+                writer.add(prefix + name, Path(name), top[1], dir_fd=top[0])
+                if stat.S_ISDIR(top[1].st_mode):
+                    walk(below, prefix + name + "/")
+            finally:
+                for cfd in below:
+                    os.close(cfd)
 
-    walk([Path(p) for p in layers], "")
+    tops: list[int] = []
+    try:
+        for layer in layers:
+            tops.append(os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        walk(tops, "")
+    finally:
+        for fd in tops:
+            os.close(fd)
     return writer.close()
+
+
+def _open_dir(parent: int, name: str) -> int:
+    """A descriptor of the directory ``name`` in ``parent``, or -1 if it is one no longer."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except (NotADirectoryError, FileNotFoundError):
+        return -1
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return -1
+        raise
 
 
 def iter_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:

@@ -214,7 +214,7 @@ class Client:
         try:
             conn = http.client.HTTPSConnection(self.host, timeout=5, context=ssl._create_unverified_context())
             conn.request("GET", "/v2/")
-            conn.getresponse().read()
+            conn.getresponse().read(DRAIN_MAX)  # only whether TLS answers matters, never the whole body
             conn.close()
             self.scheme = "https"
         except (ssl.SSLError, ConnectionError, OSError, http.client.HTTPException):

@@ -54,6 +54,16 @@ def docker_run(sock: Path, conf: Path, network: str) -> float:
     return took
 
 
+def docker_version(sock: Path, conf: Path) -> float:
+    """The docker CLI's own floor: a Go process start and one API call."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env.update(DOCKER_HOST=f"unix://{sock}", DOCKER_CONFIG=str(conf))
+    t0 = time.perf_counter()
+    subprocess.run(["docker", "version", "--format", "{{.Server.APIVersion}}"], env=env, capture_output=True,
+                   check=True, timeout=60)
+    return time.perf_counter() - t0
+
+
 def series(fn: object, n: int) -> list[float]:
     assert callable(fn)
     fn()  # warm: page cache, the agent's spare processes, dockerd's first container
@@ -81,15 +91,18 @@ def main() -> int:
         dy_none: list[float] = []
         dk_none: list[float] = []
         dy_bridge: list[float] = []
+        floor: list[float] = []
         docker_run(agent.docker_socket, conf, "none")
         docker_run(dockerd.sock, conf, "none")
         for _ in range(RUNS):
             dy_none.append(docker_run(agent.docker_socket, conf, "none"))
             dk_none.append(docker_run(dockerd.sock, conf, "none"))
             dy_bridge.append(docker_run(agent.docker_socket, conf, "bridge"))
+            floor.append(docker_version(agent.docker_socket, conf))
         rows += [("docker run --rm --network none busybox true -> dockyard", dy_none),
                  ("docker run --rm --network none busybox true -> dockerd", dk_none),
-                 ("docker run --rm busybox true (bridge) -> dockyard", dy_bridge)]
+                 ("docker run --rm busybox true (bridge) -> dockyard", dy_bridge),
+                 ("docker version (the CLI's floor: its start + one call) -> dockyard", floor)]
 
         # the API's own cost: container inspect over HTTP vs over gRPC, one connection each
         cid = agent.run_detached("--network", "none", "busybox", "sleep", "600")

@@ -75,3 +75,26 @@ def test_groups_and_short_forms_are_one_command(clean_agent: AgentProcess) -> No
     assert not clean_agent.cli("container", "ls", "-a", "-q", check=True).stdout.strip()
     r = clean_agent.cli("container", "nosuch")
     assert r.returncode == 2 and "No such command 'nosuch'" in r.stderr
+
+
+def test_system_events(clean_agent: AgentProcess) -> None:
+    import json
+
+    start = time.time() - 0.5
+    cid = clean_agent.cli("container", "run", "-d", "--name", "evented", "-l", "team=a", "busybox", "sh", "-c",
+                          "exit 3", check=True).stdout.strip()
+    clean_agent.cli("container", "wait", cid, check=True)
+    clean_agent.cli("container", "rm", cid, check=True)
+    until = str(time.time() + 0.5)
+    lines = clean_agent.cli("system", "events", "--since", str(start), "--until", until, "--format", "json",
+                            "-f", "container=evented", check=True).stdout.splitlines()
+    evs = [json.loads(ln) for ln in lines]
+    assert [e["Action"] for e in evs] == ["create", "start", "die", "destroy"], evs
+    assert evs[2]["Actor"]["Attributes"]["exitCode"] == "3" and evs[0]["Actor"]["ID"] == cid
+    text = clean_agent.cli("system", "events", "--since", str(start), "--until", until, "-f", "event=die",
+                           "-f", "label=team=a", check=True).stdout.splitlines()
+    assert len(text) == 1 and f"container die {cid} (" in text[0] and "name=evented" in text[0]
+    assert not clean_agent.cli("system", "events", "--since", str(start), "--until", until, "-f",
+                               "label=team=b", check=True).stdout.strip()
+    bad = clean_agent.cli("system", "events", "-f", "colour=red")
+    assert bad.returncode == 2 and "use container=" in bad.stderr

@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from protos import agent_pb2 as pb
 from tests.agent_harness import AgentProcess
 
 pytestmark = pytest.mark.root
@@ -155,14 +156,39 @@ def test_docker_run_rm_ps_logs(da: AgentProcess, dconf: Path) -> None:
     assert r.returncode != 0 and "No such container: nosuch" in r.stderr
 
 
+def test_docker_run_device_and_privileged(da: AgentProcess, dconf: Path) -> None:
+    """docker's --device and --privileged through the Docker API (agent/devices.py does the work)."""
+    r = docker(da, dconf, "run", "--rm", "--device", "/dev/loop0:/dev/xloop:r", "busybox", "sh", "-c",
+               "head -c1 /dev/xloop >/dev/null && echo read; true >/dev/xloop 2>/dev/null || echo nowrite")
+    assert r.stdout.split() == ["read", "nowrite"], r.stdout + r.stderr
+    with open("/proc/self/status") as f:
+        caps = next(line.split()[1] for line in f if line.startswith("CapEff:"))
+    r = docker(da, dconf, "run", "--rm", "--privileged", "busybox", "grep", "CapEff", "/proc/self/status")
+    assert r.stdout.split() == ["CapEff:", caps]
+    cid = docker(da, dconf, "create", "--privileged", "--device", "/dev/net/tun", "busybox", "true").stdout.strip()
+    host = json.loads(docker(da, dconf, "inspect", cid).stdout)[0]["HostConfig"]
+    assert host["Privileged"] is True
+    assert host["Devices"] == [{"PathOnHost": "/dev/net/tun", "PathInContainer": "/dev/net/tun",
+                                "CgroupPermissions": "rwm"}]
+    docker(da, dconf, "rm", cid)
+
+
 def test_refused_with_the_field_named(da: AgentProcess, dconf: Path) -> None:
-    r = docker(da, dconf, "run", "--rm", "--privileged", "busybox", "true", check=False)
-    assert r.returncode == 125 and "HostConfig.Privileged is not supported by dockyard" in r.stderr
+    r = docker(da, dconf, "run", "--rm", "--device", "/etc/hostname", "busybox", "true", check=False)
+    assert r.returncode == 125 and "/etc/hostname is not a device node" in r.stderr
+    r = docker(da, dconf, "run", "--rm", "--tmpfs", "/scratch", "busybox", "true", check=False)
+    assert r.returncode == 125 and "HostConfig.Tmpfs is not supported by dockyard" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--log-driver", "syslog", "busybox", "true", check=False)
     assert r.returncode == 125 and "no log driver named 'syslog' is registered" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--cap-add", "NET_ADMIN", "busybox", "true", check=False)
     assert r.returncode == 125 and "HostConfig.CapAdd is not supported" in r.stderr
     assert docker(da, dconf, "ps", "-aq").stdout == ""   # nothing half-made
+    # what dockyard has, mapped: --device, --privileged
+    out = docker(da, dconf, "run", "--rm", "--device", "/dev/null:/dev/mynull", "busybox", "sh", "-c",
+                 "echo x > /dev/mynull && ls -l /dev/mynull").stdout
+    assert out.startswith("c") and "1,   3" in out
+    assert docker(da, dconf, "run", "--rm", "--privileged", "busybox", "sh", "-c",
+                  "grep CapEff /proc/self/status").stdout.split()[1] != "00000000a80425fb"
 
 
 @pytest.mark.slow
@@ -449,3 +475,104 @@ def test_copy_into_containers_running_and_stopped(da: AgentProcess, dconf: Path,
     code, out = _put(da, cid, "/", _tar([("tmp", b"not a dir", "")]))
     assert code == 409 and b"cannot overwrite directory" in out
     assert docker(da, dconf, "exec", "cpr", "cat", "/tmp/in.txt").stdout == "copied in\n"
+
+
+@pytest.mark.slow
+@pytest.mark.peer
+def test_docker_compose_up_ps_logs_down(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose (Debian's 1.29) is not installed")
+    (tmp_path / "docker-compose.yml").write_text(
+        'version: "3"\nservices:\n'
+        '  web:\n    image: busybox\n    command: httpd -f -p 80 -h /etc\n    network_mode: bridge\n'
+        '    ports: ["127.0.0.1::80"]\n'
+        '  worker:\n    image: busybox\n    command: sh -c "echo worker up; sleep 300"\n    network_mode: bridge\n')
+    env = denv(da, dconf)
+
+    def dc(*args: str) -> str:
+        r = subprocess.run([compose, "-p", "dyk", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, f"docker-compose {' '.join(args)}: {r.stdout}\n{r.stderr}"
+        return r.stdout + r.stderr
+
+    try:
+        dc("up", "-d")
+        ps = dc("ps")
+        assert "dyk_web_1" in ps and "dyk_worker_1" in ps and ps.count(" Up ") == 2
+        port = docker(da, dconf, "port", "dyk_web_1", "80").stdout.strip()
+        import urllib.request
+
+        assert urllib.request.urlopen(f"http://{port}/hostname", timeout=5).status == 200
+        da.wait_for(lambda: "worker up" in dc("logs", "worker"), what="the worker's log")
+    finally:
+        dc("down", "-t", "1")
+    assert docker(da, dconf, "ps", "-aq").stdout == ""
+
+
+@pytest.mark.slow
+def test_testcontainers_python(da: AgentProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    tc = pytest.importorskip("testcontainers.core.container")
+    strategies = pytest.importorskip("testcontainers.core.wait_strategies")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{da.docker_socket}")
+    # Ryuk (its reaper) bind-mounts the Docker socket into a container: no bind mounts yet
+    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+    import urllib.request
+
+    c = tc.DockerContainer("busybox").with_command("sh -c 'echo ready; exec httpd -f -p 80 -h /etc'") \
+        .with_exposed_ports(80).waiting_for(strategies.LogMessageWaitStrategy("ready"))
+    with c:
+        port = c.get_exposed_port(80)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/hostname", timeout=5).status == 200
+        out, _err = c.get_logs()
+        assert out == b"ready\n"
+        cid = c.get_wrapped_container().id
+    assert cid not in [x.id for x in da.stub.ListContainers(pb.ListContainersRequest(all=True)).containers]
+
+
+@pytest.mark.slow
+@pytest.mark.peer
+def test_login_push_pull_through_a_loopback_registry(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    from tests.kernel.test_images_registry import USERS, Registry
+
+    reg = Registry(tmp_path / "registry", "basic", USERS)
+    try:
+        reg.start()
+        ref = f"{reg.host}/team/bb:1"
+        docker(da, dconf, "tag", "busybox", ref)
+        r = docker(da, dconf, "push", ref, check=False)
+        assert r.returncode != 0 and ("unauthorized" in (r.stdout + r.stderr).lower()
+                                      or "authentication" in (r.stdout + r.stderr).lower())
+        r = docker(da, dconf, "login", "-u", "alice", "--password-stdin", reg.host, input="wrong\n", check=False)
+        assert r.returncode != 0
+        out = docker(da, dconf, "login", "-u", "alice", "--password-stdin", reg.host, input="s3cret-pw\n").stdout
+        assert "Login Succeeded" in out
+        out = docker(da, dconf, "push", ref, timeout=60).stdout
+        assert "digest: sha256:" in out or "Pushed" in out
+        docker(da, dconf, "rmi", ref)
+        out = docker(da, dconf, "pull", ref, timeout=60).stdout
+        assert ref in out or "Downloaded" in out or "up to date" in out.lower()
+        assert docker(da, dconf, "run", "--rm", ref, "echo", "pulled").stdout == "pulled\n"
+        docker(da, dconf, "rmi", ref)
+    finally:
+        reg.stop()
+
+
+@pytest.mark.slow
+def test_healthchecks(da: AgentProcess, dconf: Path) -> None:
+    docker(da, dconf, "run", "-d", "--name", "ok", "--health-cmd", "test -e /bin/sh", "--health-interval", "200ms",
+           "--health-retries", "1", "busybox", "sleep", "60")
+    docker(da, dconf, "run", "-d", "--name", "bad", "--health-cmd", "echo nope; exit 1", "--health-interval",
+           "200ms", "--health-retries", "2", "busybox", "sleep", "60")
+
+    def status(name: str) -> str:
+        return docker(da, dconf, "inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()
+
+    assert status("ok") in ("starting", "healthy")
+    da.wait_for(lambda: status("ok") == "healthy", timeout=20, what="ok to be healthy")
+    da.wait_for(lambda: status("bad") == "unhealthy", timeout=20, what="bad to be unhealthy")
+    doc = json.loads(docker(da, dconf, "inspect", "bad").stdout)[0]
+    assert doc["Config"]["Healthcheck"]["Test"] == ["CMD-SHELL", "echo nope; exit 1"]
+    assert doc["State"]["Health"]["FailingStreak"] >= 2
+    assert doc["State"]["Health"]["Log"][-1]["ExitCode"] == 1 and doc["State"]["Health"]["Log"][-1]["Output"] == "nope\n"
+    assert "(healthy)" in docker(da, dconf, "ps", "--filter", "name=ok", "--format", "{{.Status}}").stdout

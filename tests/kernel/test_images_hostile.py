@@ -100,6 +100,11 @@ class Host:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
+    return make_host(tmp_path)
+
+
+def make_host(tmp_path: Path) -> Host:
+    """The victims under tmp_path/host and an empty tmp_path/store."""
     h = Host(tmp_path, tmp_path / "store", tmp_path / "host" / "victim", tmp_path / "host" / "vdir")
     h.vdir.mkdir(parents=True)
     (h.vdir / "q").mkdir()
@@ -445,6 +450,7 @@ def _endless(out: Any, fake: LyingRegistry) -> None:
         fake.sent += len(chunk)
 
 
+@pytest.mark.slow  # waits on a deadline / a socket close by design
 def test_a_blob_longer_than_declared_is_cut_without_reading_the_rest(host: Host, registry: LyingRegistry) -> None:
     manifest = registry.image("evil", "1", [layer_tar([("file", "f", b"x")])])
     layer = manifest["layers"][0]
@@ -460,6 +466,7 @@ def test_a_blob_longer_than_declared_is_cut_without_reading_the_rest(host: Host,
     assert store.snapshotter.list() == [] and list(store.content.list()) == []
 
 
+@pytest.mark.slow  # waits on a deadline / a socket close by design
 def test_a_trickling_blob_runs_into_the_download_deadline(host: Host, registry: LyingRegistry) -> None:
     manifest = registry.image("evil", "1", [layer_tar([("file", "f", b"x")])])
     layer = manifest["layers"][0]

@@ -7,7 +7,6 @@ each (mode, owner, times, ctime, content). Bounded: 200 examples, about 20 s on 
 from __future__ import annotations
 
 import io
-import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -18,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from agent.images import ImageError, ImageStore, safefs
-from tests.kernel.test_images_hostile import MTIME, Host, layer_tar
+from tests.kernel.test_images_hostile import Host, layer_tar, make_host
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -39,18 +38,6 @@ def _entry() -> st.SearchStrategy[tuple[Any, ...]]:
 
 
 LAYERS = st.lists(st.lists(_entry(), min_size=1, max_size=8), min_size=1, max_size=2)
-
-
-def _host(base: Path) -> Host:
-    h = Host(base, base / "store", base / "host" / "victim", base / "host" / "vdir")
-    (h.vdir / "q").mkdir(parents=True)
-    h.victim.write_text("victim\n")
-    (h.vdir / "victim2").write_text("victim2\n")
-    for p in (h.victim, h.vdir / "victim2", h.vdir / "q", h.vdir, h.victim.parent):
-        os.chmod(p, 0o755 if p.is_dir() else 0o644)
-        os.utime(p, (MTIME, MTIME))
-    h.store.mkdir()
-    return h
 
 
 def _resolve(h: Host, layers: list[list[tuple[Any, ...]]]) -> list[bytes]:
@@ -76,7 +63,7 @@ def _resolve(h: Host, layers: list[list[tuple[Any, ...]]]) -> list[bytes]:
 def test_no_tar_stream_changes_anything_outside_the_root(layers: list[list[tuple[Any, ...]]], walk: bool) -> None:
     base = Path(tempfile.mkdtemp(prefix="hostile-prop-"))
     try:
-        h = _host(base)
+        h = make_host(base)
         before = h.snapshot()
         store = ImageStore(h.store / "images")
         safefs.use_openat2(False if walk else None)
