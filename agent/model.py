@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtime.spec import dumps, write_atomic
-from common.devices import DeviceMapping
+from common.devices import DeviceMapping as DeviceMapping  # re-exported: the agent's users
 
 
 class AgentError(Exception):

@@ -1,4 +1,4 @@
-"""The --device syntax, shared by the CLI, the stack files, the scheduler's dispatcher and the agent."""
+"""docker's --device syntax, shared by the CLI, the stack files (scheduler) and the agent."""
 
 from __future__ import annotations
 
