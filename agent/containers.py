@@ -196,6 +196,8 @@ class ContainerManager:
             raise InvalidArgument(f"invalid restart policy '{cfg.restart_policy.name}'")
         if cfg.auto_remove and cfg.restart_policy.name not in ("", "no"):
             raise InvalidArgument("conflicting options: --restart and --rm")
+        if cfg.overlays and cfg.network_mode not in ("", "bridge", "default"):
+            raise InvalidArgument(f"conflicting options: cluster networks and the {cfg.network_mode} network mode")
         if cfg.network_mode in ("none", "host") and cfg.ports:
             raise InvalidArgument(f"conflicting options: port publishing and the {cfg.network_mode} network mode")
         for p in cfg.ports:
@@ -305,6 +307,15 @@ class ContainerManager:
                 raise Conflict(str(e)) from e
             except network.NetworkError as e:
                 raise InvalidArgument(str(e)) from e
+            if c.config.overlays:
+                from dataclasses import replace as _replace
+
+                try:
+                    ep = _replace(ep, overlays=self.network.overlay_endpoints(
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                except network.NetworkError as e:
+                    await asyncio.to_thread(self.network.release, c.id)
+                    raise InvalidArgument(str(e)) from e
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]

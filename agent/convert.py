@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from agent.model import Container, ContainerConfig, DeviceRate, Port, Resources, RestartPolicy
+from agent.model import Container, ContainerConfig, DeviceRate, Overlay, Port, Resources, RestartPolicy
 from protos import agent_pb2 as pb
 
 
@@ -26,6 +26,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         restart_policy=RestartPolicy(m.restart_policy.name or "no", m.restart_policy.max_retries),
         auto_remove=m.auto_remove, init=m.init, stop_timeout=m.stop_timeout, stop_signal=m.stop_signal,
         security_opt=list(m.security_opt),
+        overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu) for o in m.overlays],
     )
 
 
@@ -45,6 +46,8 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         restart_policy=pb.RestartPolicy(name=c.restart_policy.name, max_retries=c.restart_policy.max_retries),
         auto_remove=c.auto_remove, init=c.init, stop_timeout=c.stop_timeout, stop_signal=c.stop_signal,
         security_opt=c.security_opt,
+        overlays=[pb.OverlayAttachment(network=o.network, vni=o.vni, subnet=o.subnet, ip=o.ip, mac=o.mac, mtu=o.mtu)
+                  for o in c.overlays],
     )
 
 

@@ -21,7 +21,9 @@ import grpc
 from agent.cluster import ClusterMember
 from agent.containers import ContainerManager
 from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serve_metrics
+from agent.netsync import NetworkSync
 from agent.runtime import cgroups
+from agent.runtime.network.overlay import Overlays, underlay_host
 from agent.runtime.zygote_client import Zygote
 from agent.server import AgentServicer
 from protos import agent_pb2_grpc as pbg
@@ -58,6 +60,7 @@ class Agent:
         self.zygote = Zygote()
         self.metrics_server: MetricsServer | None = None
         self.member: ClusterMember | None = None
+        self.netsync: NetworkSync | None = None  # with --join
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
@@ -75,6 +78,8 @@ class Agent:
         images = ImageStore(self.root / "images")
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
         await asyncio.to_thread(net.ensure)
+        if o.join:  # cluster networks: the VXLAN endpoint is the address other agents reach us at
+            net.overlays = Overlays(o.bridge, underlay_host(o.advertise or o.listen))
         driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
         self.cgroup_driver = driver
         if o.cgroup_favor_dynmods:
@@ -114,6 +119,9 @@ class Agent:
                 cgroup_version=driver.version, criu=lambda: servicer.criu,
                 lazy_pages=lambda: servicer.lazy_pages)
             self.member.start()
+            assert net.overlays is not None
+            self.netsync = NetworkSync(o.name, net.overlays, self.member.stub)
+            self.netsync.start()
         log.info("agent %s serving on %s (root %s, cgroup v%d)", o.name, o.socket, self.root, driver.version)
 
     @staticmethod
@@ -121,6 +129,8 @@ class Agent:
         servicer.criu, servicer.lazy_pages = await asyncio.to_thread(_criu_works)
 
     async def stop(self) -> None:
+        if self.netsync is not None:  # the kernel keeps its tables: containers stay connected
+            await self.netsync.stop()
         if self.member is not None:
             await self.member.stop()
         if self.server is not None:

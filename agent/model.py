@@ -71,6 +71,17 @@ class RestartPolicy:
 
 
 @dataclass
+class Overlay:
+    """The container's address on a cluster network, as the scheduler allocated it."""
+    network: str = ""
+    vni: int = 0
+    subnet: str = ""
+    ip: str = ""
+    mac: str = ""
+    mtu: int = 0
+
+
+@dataclass
 class ContainerConfig:
     name: str = ""
     image: str = ""
@@ -96,6 +107,7 @@ class ContainerConfig:
     stop_timeout: int = 0
     stop_signal: str = ""
     security_opt: list[str] = field(default_factory=list)
+    overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
 
 
 @dataclass
@@ -161,5 +173,5 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceRate": DeviceRate, "Resources": Resources, "RestartPolicy": RestartPolicy,
-    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
+    "ContainerConfig": ContainerConfig, "ContainerState": ContainerState, "Overlay": Overlay,
 }

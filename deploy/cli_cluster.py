@@ -286,11 +286,13 @@ def node_rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
 @click.pass_context
 def deploy(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: bool) -> None:
     """Deploy a stack (idempotent: shows what changed)."""
+    from deploy.cli_network import ensure_stack_networks
     from deploy.stack import StackError, load_stack
     from scheduler.convert import spec_to_pb
 
     specs = {}
     stack_name = name
+    stacks = []
     for f in files:
         try:
             stack = load_stack(f, stack_name)
@@ -299,9 +301,12 @@ def deploy(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: 
         for w in stack.warnings:
             click.echo(f"warning: {w}", err=True)
         stack_name = stack.name
+        stacks.append(stack)
         for s in stack.services:
             specs[s.name] = s
     assert stack_name is not None
+    for stack in stacks:
+        ensure_stack_networks(ctx, stack)
     r = sched(ctx).call("Deploy", pb.DeployRequest(stack=stack_name, services=[spec_to_pb(s) for s in specs.values()],
                                                    prune=prune), timeout=30)
     verbs = {"created": "Creating service", "updated": "Updating service", "unchanged": "Unchanged service",
@@ -506,9 +511,11 @@ def _cli_modules() -> list[Any]:
 def _install() -> None:
     import functools
 
+    from deploy.cli_network import network
+
     for mod in _cli_modules():
         main = mod.main
-        for cmd in (scheduler_cmd, node, deploy, service, stack_rm, rebalance, migrations_ls):
+        for cmd in (scheduler_cmd, node, deploy, service, stack_rm, rebalance, migrations_ls, network):
             main.add_command(cmd)
         if not any(p.name == "scheduler" for p in main.params):
             main.params.append(click.Option(

@@ -28,6 +28,7 @@ from scheduler.model import (
     NANO,
     FailureAction,
     HealthCheck,
+    NetworkAttachment,
     PlacementSpec,
     PortSpec,
     Resources,
@@ -50,10 +51,25 @@ class StackError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class StackNetwork:
+    """A top-level `networks:` entry. `name` is the cluster network's full name: <stack>_<key>, or
+    the key (or its `name:`) when `external: true` (it must exist already; deploy does not make it)."""
+    key: str
+    name: str
+    external: bool = False
+    driver: str = "overlay"
+    subnet: str = ""
+    attachable: bool = False
+    internal: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Stack:
     name: str
     services: tuple[ServiceSpec, ...]
     warnings: tuple[str, ...] = ()
+    networks: tuple[StackNetwork, ...] = ()
 
     def service(self, short: str) -> ServiceSpec:
         full = f"{self.name}_{short}"
@@ -339,6 +355,10 @@ _PLACEMENT = frozenset({"constraints", "preferences", "max_replicas_per_node"})
 _UPDATE = frozenset({"parallelism", "delay", "order", "failure_action", "monitor", "max_failure_ratio"})
 _RESTART = frozenset({"condition", "delay", "max_attempts", "window"})
 _HEALTH = frozenset({"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"})
+_NETWORK = frozenset({"driver", "driver_opts", "ipam", "attachable", "internal", "external", "name", "labels"})
+_IPAM = frozenset({"driver", "config"})
+_IPAM_CONFIG = frozenset({"subnet"})
+_SERVICE_NETWORK = frozenset({"aliases"})
 _PORT_LONG = frozenset({"target", "published", "protocol", "mode", "host_ip", "name", "app_protocol"})
 
 
@@ -384,17 +404,98 @@ def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
     services_at = root.child("services")
     if services_at is None:
         raise StackError(file, 1, "services", "missing: a stack needs at least one service")
+    networks = _networks(root.child("networks"), stack_name)
     specs = []
     for short, at in services_at.items():
         if not _NAME.match(short):
             raise StackError(file, at.line, at.field, f"invalid service name {short!r}")
-        specs.append(_service(at, f"{stack_name}_{short}", warnings))
+        specs.append(_service(at, f"{stack_name}_{short}", warnings, networks))
     if not specs:
         raise StackError(file, services_at.line, "services", "no services defined")
-    return Stack(stack_name, tuple(specs), tuple(warnings))
+    return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()))
 
 
-def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
+def _networks(at: _At | None, stack: str) -> dict[str, StackNetwork]:
+    out: dict[str, StackNetwork] = {}
+    if at is None:
+        return out
+    for key, n in at.items():
+        if not _NAME.match(key):
+            n.fail(f"invalid network name {key!r}")
+        if n.value is None:
+            out[key] = StackNetwork(key, f"{stack}_{key}")
+            continue
+        n.mapping(_NETWORK)
+        external = _opt(n, "external", _At.boolean, False)
+        name_at = n.child("name")
+        name = name_at.string() if name_at is not None else (key if external else f"{stack}_{key}")
+        if external:
+            for f in ("driver", "ipam", "attachable", "internal", "driver_opts"):
+                if n.child(f) is not None:
+                    n.fail(f"an external network is made outside the stack: {f} cannot be set here")
+            out[key] = StackNetwork(key, name, external=True)
+            continue
+        driver_at = n.child("driver")
+        driver = driver_at.choice(("overlay",)) if driver_at is not None else "overlay"
+        if n.child("driver_opts") is not None:
+            n.child("driver_opts").fail("no driver options are supported")  # type: ignore[union-attr]
+        subnet = ""
+        ipam = n.child("ipam")
+        if ipam is not None:
+            ipam.mapping(_IPAM)
+            if ipam.child("driver") is not None:
+                ipam.child("driver").choice(("default",))  # type: ignore[union-attr]
+            configs = ipam.child("config")
+            elements = configs.elements() if configs is not None else []
+            if len(elements) > 1:
+                configs.fail("one subnet per network")  # type: ignore[union-attr]
+            for c in elements:
+                c.mapping(_IPAM_CONFIG)
+                sub = c.child("subnet")
+                if sub is not None:
+                    subnet = sub.string()
+                    import ipaddress
+
+                    try:
+                        ipaddress.IPv4Network(subnet, strict=True)
+                    except ValueError as e:
+                        sub.fail(f"invalid subnet {subnet!r}: {e}")
+        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet,
+                                attachable=_opt(n, "attachable", _At.boolean, False),
+                                internal=_opt(n, "internal", _At.boolean, False), labels=_labels(n.child("labels")))
+    return out
+
+
+def _service_networks(at: _At | None, declared: Mapping[str, StackNetwork]) -> tuple[NetworkAttachment, ...]:
+    if at is None:
+        return ()
+    entries: list[tuple[str, _At, _At | None]] = []
+    if isinstance(at.value, _Seq):
+        entries = [(e.string(), e, None) for e in at.elements()]
+    else:
+        entries = [(k, e, e if e.value is not None else None) for k, e in at.items()]
+    out: list[NetworkAttachment] = []
+    for key, where, body in entries:
+        net = declared.get(key)
+        if net is None:
+            where.fail(f"network {key!r} is not declared under the top-level networks:"
+                       + (f" (declared: {', '.join(sorted(declared))})" if declared else ""))
+        aliases: tuple[str, ...] = ()
+        if body is not None:
+            body.mapping(_SERVICE_NETWORK)
+            al = body.child("aliases")
+            if al is not None:
+                aliases = tuple(a.string() for a in al.elements())
+                for a, e in zip(aliases, al.elements(), strict=True):
+                    if not _NAME.match(a):
+                        e.fail(f"invalid alias {a!r}")
+        if any(x.name == net.name for x in out):
+            where.fail(f"network {key!r} listed twice")
+        out.append(NetworkAttachment(net.name, aliases))
+    return tuple(out)
+
+
+def _service(at: _At, full_name: str, warnings: list[str], networks: Mapping[str, StackNetwork]) -> ServiceSpec:
     at.mapping(_SERVICE, _SERVICE_IGNORED, warnings)
     image_at = at.child("image")
     if image_at is None:
@@ -413,6 +514,7 @@ def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
             (ports_at or at).fail(f"host port {p[0]}/{p[1]} published twice")
     labels = _labels(at.child("labels"))
     healthcheck = _healthcheck(at.child("healthcheck"))
+    attachments = _service_networks(at.child("networks"), networks)
 
     replicas, resources, placement = 1, ResourceSpec(), PlacementSpec()
     update, rollback, restart = UpdateConfig(), UpdateConfig(), RestartPolicy()
@@ -433,7 +535,7 @@ def _service(at: _At, full_name: str, warnings: list[str]) -> ServiceSpec:
         name=full_name, image=image, command=command, entrypoint=entrypoint, env=env, ports=ports,
         replicas=replicas, resources=resources, placement=placement, update_config=update,
         rollback_config=rollback, restart_policy=restart, healthcheck=healthcheck,
-        labels=tuple(sorted(dict(labels).items())),
+        labels=tuple(sorted(dict(labels).items())), networks=attachments,
     )
 
 

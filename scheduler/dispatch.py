@@ -26,6 +26,7 @@ import grpc
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState
+from scheduler.network import mac_for
 from scheduler.observe import ContainerReport, observed
 from scheduler.store import Conflict, Store, StoreError
 from scheduler.view import View
@@ -45,7 +46,21 @@ def container_name(t: Task) -> str:
     return f"{t.name}.{t.id}"
 
 
-def container_config(t: Task, spec: ServiceSpec, stack: str) -> apb.ContainerConfig:
+def overlays_of(t: Task, spec: ServiceSpec, view: View) -> list[apb.OverlayAttachment] | None:
+    """The task's addresses on its networks, or None while one is not allocated yet."""
+    out = []
+    for att in spec.networks:
+        net = view.networks.get(att.name)
+        ip = next((a.ip for a in view.allocations.values() if a.network == att.name and a.task_id == t.id), None)
+        if net is None or ip is None:
+            return None
+        out.append(apb.OverlayAttachment(network=net.name, vni=net.vni, subnet=net.subnet, ip=ip, mac=mac_for(ip),
+                                         mtu=net.mtu))
+    return out
+
+
+def container_config(t: Task, spec: ServiceSpec, stack: str,
+                     overlays: list[apb.OverlayAttachment] | None = None) -> apb.ContainerConfig:
     cfg = apb.ContainerConfig(
         name=container_name(t), image=spec.image, env=[f"{k}={v}" for k, v in spec.env],
         labels={SERVICE_LABEL: t.service, TASK_LABEL: t.id, SLOT_LABEL: str(t.slot), STACK_LABEL: stack},
@@ -54,6 +69,7 @@ def container_config(t: Task, spec: ServiceSpec, stack: str) -> apb.ContainerCon
                                 nano_cpus=spec.resources.limits.nano_cpus),
         restart_policy=apb.RestartPolicy(name="no"),  # restarts are the scheduler's (restart_policy)
         stop_timeout=STOP_TIMEOUT,
+        overlays=overlays or [],
     )
     if spec.command is not None:
         cfg.cmd.extend(spec.command)
@@ -202,7 +218,10 @@ class Dispatcher:
         if svc.previous_spec is not None and svc.previous_spec.digest == t.spec_version:
             spec = svc.previous_spec
         stack = dict(spec.labels).get("com.docker.stack.namespace", "")
-        cfg = container_config(t, spec, stack)
+        overlays = overlays_of(t, spec, self.view)
+        if overlays is None:
+            return  # its addresses are being allocated: the view's change brings the next pass
+        cfg = container_config(t, spec, stack, overlays)
         try:
             c = await stub.CreateContainer(apb.CreateContainerRequest(config=cfg), timeout=CALL_TIMEOUT * 4)
         except grpc.aio.AioRpcError as e:

@@ -143,6 +143,13 @@ class PortSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkAttachment:
+    """A service on a cluster network (scheduler/network.py), with extra names it answers to there."""
+    name: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ResourceSpec:
     limits: Resources = Resources()
     reservations: Resources = Resources()
@@ -204,6 +211,7 @@ class ServiceSpec:
     healthcheck: HealthCheck | None = None
     labels: tuple[tuple[str, str], ...] = ()
     strategy: str = "spread"  # or "binpack"
+    networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
 
     @property
     def digest(self) -> str:
@@ -215,6 +223,8 @@ class ServiceSpec:
         data = codec.encode(self)
         for not_in_task in _NOT_IN_TASK:
             data.pop(not_in_task, None)
+        if not data.get("networks"):
+            data.pop("networks", None)  # specs from before networks keep their digest (no restarts)
         raw = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 

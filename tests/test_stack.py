@@ -11,6 +11,7 @@ from deploy.stack import StackError, load_stack, parse_stack
 from scheduler.model import (
     NANO,
     FailureAction,
+    NetworkAttachment,
     PortSpec,
     Resources,
     RestartCondition,
@@ -313,6 +314,38 @@ BAD = [
         services:
           web: {image: nginx
         """, 3, "", "not valid YAML"),
+    ("undeclared network", """\
+        services:
+          web:
+            image: nginx
+            networks: [front, back]
+        networks:
+          front: {}
+        """, 4, "services.web.networks[1]", "network 'back' is not declared under the top-level networks: "
+                                              "(declared: front)"),
+    ("bad subnet", """\
+        services:
+          web: {image: nginx}
+        networks:
+          front:
+            ipam:
+              config:
+                - subnet: 10.1.0.0/33
+        """, 7, "networks.front.ipam.config[0].subnet", "invalid subnet '10.1.0.0/33'"),
+    ("external with driver", """\
+        services:
+          web: {image: nginx}
+        networks:
+          shared:
+            external: true
+            driver: overlay
+        """, 4, "networks.shared", "driver cannot be set here"),
+    ("network driver", """\
+        services:
+          web: {image: nginx}
+        networks:
+          front: {driver: bridge}
+        """, 4, "networks.front.driver", "'bridge' is not one of overlay"),
 ]
 
 
@@ -328,6 +361,41 @@ def test_bad_files_name_file_line_field(tmp_path: Path, name: str, body: str, li
     assert err.field == field, f"{name}: {err}"
     assert fragment in str(err), f"{name}: {err}"
     assert str(err).startswith(f"{path}:{line}: ")
+
+
+def test_networks_top_level_and_per_service(tmp_path: Path) -> None:
+    stack = load_stack(write(tmp_path, """\
+        services:
+          web:
+            image: nginx
+            networks:
+              front:
+                aliases: [www, site]
+              shared:
+          db:
+            image: postgres
+            networks: [back]
+          solo:
+            image: busybox
+        networks:
+          front:
+            driver: overlay
+            attachable: true
+            ipam: {config: [{subnet: 10.77.0.0/24}]}
+          back:
+            internal: true
+          shared:
+            external: true
+            name: company-net
+        """), "bar")
+    nets = {n.key: n for n in stack.networks}
+    assert (nets["front"].name, nets["front"].subnet, nets["front"].attachable) == ("bar_front", "10.77.0.0/24", True)
+    assert (nets["back"].name, nets["back"].internal) == ("bar_back", True)
+    assert (nets["shared"].name, nets["shared"].external) == ("company-net", True)
+    assert stack.service("web").networks == (NetworkAttachment("bar_front", ("www", "site")),
+                                              NetworkAttachment("company-net"))
+    assert stack.service("db").networks == (NetworkAttachment("bar_back"),)
+    assert stack.service("solo").networks == ()
 
 
 def test_missing_file_and_empty_file(tmp_path: Path) -> None:
