@@ -3,7 +3,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: install up demo test test-fast lint bench protos
+.PHONY: install up demo test test-fast test-unit test-kernel test-cluster lint bench protos
+
+# A test whose call takes longer than this without the `slow` marker fails the run (tests/conftest.py).
+SLOW_LIMIT ?= 2
+PYTEST_RUN := $(PYTEST) -q -p no:cacheprovider --max-unmarked-seconds=$(SLOW_LIMIT)
+# What make test-fast leaves out: anything slow, or needing root, etcd, CRIU or netns hosts.
+HEAVY := slow or root or etcd or criu or multinode
 
 install:
 	bash deploy/install.sh
@@ -13,10 +19,20 @@ up: install
 
 test: install
 	$(MAKE) lint
-	$(PYTEST) -q -p no:cacheprovider tests --ignore=tests/bench
+	$(PYTEST_RUN) tests --ignore=tests/bench
 
+# The quick ones, in every directory (a pure test beside kernel tests in one file runs too): ~25 s.
 test-fast:
-	$(PYTEST) -q -m "not slow" tests --ignore=tests/bench
+	$(PYTEST_RUN) -m "not ($(HEAVY))" tests --ignore=tests/bench
+
+test-unit:
+	$(PYTEST_RUN) tests/unit
+
+test-kernel:
+	$(PYTEST_RUN) tests/kernel
+
+test-cluster:
+	$(PYTEST_RUN) tests/cluster
 
 lint:
 	$(VENV)/bin/ruff check agent scheduler deploy protos tests

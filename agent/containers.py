@@ -89,6 +89,7 @@ class ContainerManager:
         self._lazy_restores: set[str] = set()  # restoring with lazy pages (post-copy)
         self._pulling: set[str] = set()  # restored, pages still coming: never restarted here
         self.on_change: list[Callable[[Container], None]] = []
+        self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -687,6 +688,9 @@ class ContainerManager:
         trace("agent: removed")
         self._exited.pop(c.id, None)
         self._removed(c)
+        for cb in self.on_remove:
+            with contextlib.suppress(Exception):
+                cb(c)
         self._files.pop(c.id, None)
         self._locks.pop(c.id, None)
         self._teardowns.pop(c.id, None)

@@ -15,6 +15,7 @@ import signal
 import socket as _socket
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -32,6 +33,7 @@ log = logging.getLogger("dockyard.agent")
 
 DEFAULT_ROOT = "/var/lib/dockyard"
 DEFAULT_SOCKET = "/run/dockyard/agent.sock"
+DEFAULT_DOCKER_SOCKET = "/run/dockyard/docker.sock"
 
 
 @dataclass
@@ -49,6 +51,10 @@ class AgentOptions:
     join: str = ""                   # scheduler replicas host:port[,host:port...] (agent/cluster.py)
     advertise: str = ""              # the address the scheduler reaches this agent at (default: listen)
     cgroup_favor_dynmods: bool = False  # agent/runtime/cgroups/_dynmods.py
+    docker_socket: str = DEFAULT_DOCKER_SOCKET   # Docker's Engine API (agent/dockerapi); "" serves none
+    docker_tcp: str = ""             # and on loopback TCP, HOST:PORT (opt-in: no TLS yet)
+    ip_forward: bool = True          # docker's --ip-forward: turn on net.ipv4.ip_forward
+    ip_masq: bool = True             # docker's --ip-masq: masquerade the bridge's subnet (egress)
 
 
 class Agent:
@@ -61,6 +67,7 @@ class Agent:
         self.metrics_server: MetricsServer | None = None
         self.member: ClusterMember | None = None
         self.netsync: NetworkSync | None = None  # with --join
+        self.docker_api: Any = None
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
@@ -77,7 +84,7 @@ class Agent:
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         images = ImageStore(self.root / "images")
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
-        await asyncio.to_thread(net.ensure)
+        await asyncio.to_thread(net.ensure, o.ip_forward, o.ip_masq)
         if o.join:  # cluster networks: the VXLAN endpoint is the address other agents reach us at
             net.overlays = Overlays(o.bridge, underlay_host(o.advertise or o.listen))
         driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
@@ -85,6 +92,7 @@ class Agent:
         if o.cgroup_favor_dynmods:
             cgroups.favor_dynmods(str(self.root / "cgroup-dynmods"))
         self.zygote.cgroups = (getattr(driver, "root", "/sys/fs/cgroup"), driver.parent)  # as the specs say
+        _remove_spare_cgroups(driver)  # a killed agent's zygote may have left its spare's
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         await self.manager.adopt()
@@ -111,6 +119,11 @@ class Agent:
             self.server.add_insecure_port(o.listen)
         await self.server.start()
         os.chmod(o.socket, 0o660)
+        if o.docker_socket or o.docker_tcp:
+            from agent import dockerapi
+
+            self.docker_api = await dockerapi.start(self.manager, images, o.name, str(self.root), driver.version,
+                                                    o.docker_socket, o.docker_tcp)
         if o.join:
             self.member = ClusterMember(
                 schedulers=[a.strip() for a in o.join.split(",") if a.strip()], name=o.name,
@@ -133,6 +146,8 @@ class Agent:
             await self.netsync.stop()
         if self.member is not None:
             await self.member.stop()
+        if self.docker_api is not None:
+            await self.docker_api.close(self.opts.docker_socket)
         if self.server is not None:
             await self.server.stop(grace=1)
         if self.metrics_server is not None:
@@ -150,11 +165,24 @@ class Agent:
     def _remove_empty_cgroup_parent(self) -> None:
         """Leave no empty cgroup directory behind; one with containers in it stays (rmdir refuses)."""
         driver = getattr(self, "cgroup_driver", None)
+        if driver is not None:
+            _remove_spare_cgroups(driver)
         if driver is None or driver.list():
             return
         for path in {os.path.dirname(p) for p in driver.paths("x").values()}:
             with contextlib.suppress(OSError):
                 os.rmdir(path)
+
+
+def _remove_spare_cgroups(driver: cgroups.CgroupDriver) -> None:
+    """Empty spare cgroups (made ahead for a pre-cloned init: shim.SpareCgroup) whose zygote is
+    gone; one with a process in it is in use, and rmdir refuses it."""
+    for parent in {os.path.dirname(p) for p in driver.paths("x").values()}:
+        with contextlib.suppress(OSError), os.scandir(parent) as entries:
+            for e in entries:
+                if e.name.startswith(".spare-") and e.is_dir(follow_symlinks=False):
+                    with contextlib.suppress(OSError):
+                        os.rmdir(e.path)
 
 
 def own_cgroup() -> str:

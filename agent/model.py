@@ -107,6 +107,8 @@ class ContainerConfig:
     stop_timeout: int = 0
     stop_signal: str = ""
     security_opt: list[str] = field(default_factory=list)
+    exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
+    stdin_once: bool = False         # the container's stdin closes when the first attached client's does
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
 
 

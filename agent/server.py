@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import fcntl
 import functools
 import hashlib
 import json
@@ -16,9 +15,7 @@ import logging
 import os
 import platform
 import socket
-import struct
 import tempfile
-import termios
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
@@ -28,6 +25,7 @@ import grpc
 from agent import convert, metrics
 from agent.checkpoint import host_features
 from agent.containers import ContainerManager
+from agent.execsession import ExecSession
 from agent.images.errors import ImageError
 from agent.model import AgentError, Conflict, InvalidArgument, NotFound, StartFailed, Unavailable
 from agent.runtime import frames
@@ -342,121 +340,32 @@ class AgentServicer(pbg.AgentServicer):
             return
         proc = ProcessSpec(args=list(o.exec.cmd), env=list(o.exec.env), cwd=o.exec.workdir, user=o.exec.user,
                            tty=o.tty, stdin=o.stdin)
-        ours: dict[int, str] = {}
-        theirs: list[int] = []
-        stdin_w = -1
-        if not o.tty:
-            if o.stdin:
-                r, stdin_w = os.pipe()
-            else:
-                r = os.open("/dev/null", os.O_RDONLY | os.O_CLOEXEC)
-            out_r, out_w = os.pipe()
-            err_r, err_w = os.pipe()
-            theirs = [r, out_w, err_w]
-            ours = {out_r: "stdout", err_r: "stderr"}
+        size = (o.size.rows, o.size.cols) if o.HasField("size") and o.size.rows else None
+        session = ExecSession(self.m, o.container, proc, size)
         try:
-            reply = self.m.exec_request(o.container, proc, theirs)
+            session.start()
         except AgentError as e:
-            for fd in [*ours, stdin_w]:  # `theirs` are closed just below
-                if fd >= 0:
-                    os.close(fd)
             await context.abort(_status(e), str(e))
             return
-        finally:
-            for fd in theirs:
-                os.close(fd)
-        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
-        loop = asyncio.get_running_loop()
-        master = -1
-
-        def watch(fd: int, stream: str) -> None:
-            os.set_blocking(fd, False)
-
-            def readable() -> None:
-                try:
-                    data = os.read(fd, 65536)
-                except BlockingIOError:
-                    return
-                except OSError:
-                    data = b""
-                if not data:
-                    loop.remove_reader(fd)
-                    queue.put_nowait(("eof", stream))
-                    return
-                queue.put_nowait((stream, data))
-
-            loop.add_reader(fd, readable)
-
-        for fd, stream in ours.items():
-            watch(fd, stream)
-
-        async def replies() -> None:
-            while True:
-                msg, fds = await reply.recv()
-                if msg is None:
-                    queue.put_nowait(("exit", {"exit_code": 126, "error": "exec process vanished"}))
-                    return
-                if msg.get("op") == "pty":
-                    queue.put_nowait(("pty", fds[0]))
-                elif msg.get("op") == "error":
-                    queue.put_nowait(("stderr", (msg["error"] + "\n").encode()))
-                elif msg.get("op") == "exit" or "exit_code" in msg:
-                    queue.put_nowait(("exit", msg))
-                    return
-
-        rtask = asyncio.ensure_future(replies())
-
-        stdin_fd = [stdin_w]
 
         async def pump_in() -> None:
             async for msg in request_iterator:
                 kind = msg.WhichOneof("kind")
-                target = master if master >= 0 else stdin_fd[0]
-                if kind == "stdin" and target >= 0:
-                    await asyncio.to_thread(frames.write_all, target, msg.stdin)
-                elif kind == "close_stdin" and stdin_fd[0] >= 0:
-                    os.close(stdin_fd[0])
-                    stdin_fd[0] = -1
-                elif kind == "resize" and master >= 0:
-                    with contextlib.suppress(OSError):
-                        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", msg.resize.rows, msg.resize.cols, 0, 0))
+                if kind == "stdin":
+                    await session.write(msg.stdin)
+                elif kind == "close_stdin":
+                    session.close_stdin()
+                elif kind == "resize":
+                    session.resize(msg.resize.rows, msg.resize.cols)
 
         pump = asyncio.ensure_future(pump_in())
-        open_streams = len(ours)
-        exit_msg: dict[str, Any] | None = None
         try:
-            while exit_msg is None or open_streams > 0:
-                try:
-                    kind, value = await asyncio.wait_for(queue.get(), 2.0 if exit_msg else None)
-                except TimeoutError:
-                    break
-                if kind == "pty":
-                    master = value
-                    if o.HasField("size") and o.size.rows:
-                        fcntl.ioctl(master, termios.TIOCSWINSZ, struct.pack("HHHH", o.size.rows, o.size.cols, 0, 0))
-                    watch(master, "stdout")
-                    open_streams += 1
-                elif kind == "eof":
-                    open_streams -= 1
-                elif kind == "exit":
-                    exit_msg = value
-                else:
-                    yield pb.StreamOutput(stdout=value) if kind == "stdout" else pb.StreamOutput(stderr=value)
-            assert exit_msg is not None
-            yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=int(exit_msg.get("exit_code", 126)),
-                                                     error=str(exit_msg.get("error", ""))))
+            async for stream, data in session.output():
+                yield pb.StreamOutput(stdout=data) if stream == "stdout" else pb.StreamOutput(stderr=data)
+            yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=session.exit_code or 0, error=session.error))
         finally:
             pump.cancel()
-            rtask.cancel()
-            reply.close()
-            if stdin_fd[0] >= 0:
-                os.close(stdin_fd[0])
-            for fd in [*ours, master]:
-                if fd >= 0:
-                    with contextlib.suppress(OSError, ValueError):
-                        loop.remove_reader(fd)
-                    with contextlib.suppress(OSError):
-                        os.close(fd)
+            session.close()
 
     # --- checkpoint and restore ---------------------------------------------------------------
 

@@ -854,7 +854,7 @@ def scheduler_argv(inv: Inventory, h: HostSpec) -> list[str]:
 def agent_argv(inv: Inventory, h: HostSpec) -> list[str]:
     argv = [h.python, "-m", "deploy.cli", "agent", "--root", str(PurePosixPath(h.state_dir) / "agent"),
             "--socket", h.socket, "--listen", h.agent_addr, "--advertise", h.agent_addr, "--name", h.name,
-            "--join", inv.join]
+            "--join", inv.join, "--docker-socket", str(PurePosixPath(h.socket).parent / "docker.sock")]
     for k, v in sorted(h.labels.items()):
         argv += ["--label", f"{k}={v}"]
     return [*argv, *h.agent_args]

@@ -89,9 +89,17 @@ def main(ctx: click.Context, host: str) -> None:
 @click.option("--advertise", default="", help="HOST:PORT the scheduler reaches this agent at (default: --listen)")
 @click.option("--cgroup-favor-dynmods", is_flag=True,
               help="Make cgroup joins cheap (kernel favordynmods; forks and exits host-wide pay a little)")
+@click.option("--docker-socket", default="/run/dockyard/docker.sock", show_default=True,
+              help='Serve Docker\'s Engine API (docker, docker-py, compose) on this unix socket; "" serves none')
+@click.option("--docker-tcp", default="", help="Also serve Docker's API on loopback TCP HOST:PORT (no TLS yet)")
+@click.option("--ip-forward", type=bool, default=True, show_default=True,
+              help="Turn on net.ipv4.ip_forward (published ports from other hosts, the routing mesh); as docker's")
+@click.option("--ip-masq", type=bool, default=True, show_default=True,
+              help="Masquerade the containers' subnet so they reach beyond the host; as docker's")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
-              advertise: str = "", cgroup_favor_dynmods: bool = False) -> None:
+              advertise: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
+              docker_tcp: str = "", ip_forward: bool = True, ip_masq: bool = True) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -103,13 +111,22 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
             parse_addr(metrics_addr)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--metrics-addr") from None
+    if docker_tcp:
+        from agent.dockerapi import parse_tcp
+
+        try:
+            parse_tcp(docker_tcp)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--docker-tcp") from None
 
     if join and not listen:
         listen = "127.0.0.1:7070"  # --join implies --listen: the scheduler calls the agent over TCP
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
-                     join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods))
+                     join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods,
+                     docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward,
+                     ip_masq=ip_masq))
 
 
 @main.command("up")
@@ -937,7 +954,7 @@ def shell_join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-from deploy import cli_bootstrap, cli_cluster, cli_images  # noqa: E402,F401
+from deploy import cli_bootstrap, cli_cluster, cli_groups, cli_images, cli_network, cli_stack  # noqa: E402,F401
 
 if __name__ == "__main__":
     main()

@@ -286,16 +286,37 @@ def node_rm(ctx: click.Context, force: bool, names: tuple[str, ...]) -> None:
 @click.pass_context
 def deploy(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: bool) -> None:
     """Deploy a stack (idempotent: shows what changed)."""
-    from deploy.cli_network import ensure_stack_networks
-    from deploy.stack import StackError, load_stack
-    from scheduler.convert import spec_to_pb
+    deploy_stack(ctx, files, name, prune)
 
-    specs = {}
+
+def load_stacks(files: tuple[str, ...], name: str | None) -> tuple[str, dict[str, Any]]:
+    """The stack's name and its services (ServiceSpecs by name) from its files, warnings printed;
+    a bad file ends the command with `dockyard deploy: file:line: field: problem`."""
+    stack_name, specs, _ = load_stack_files(files, name)
+    return stack_name, specs
+
+
+def load_stack_files(files: tuple[str, ...], name: str | None) -> tuple[str, dict[str, Any], list[Any]]:
+    """load_stacks, with the parsed Stack of each file (its networks: too)."""
+    import os
+
+    from deploy.compose.dotenv import DotEnvError, project_environment
+    from deploy.stack import StackError, load_stack
+
+    specs: dict[str, Any] = {}
     stack_name = name
     stacks = []
+    env_warnings: list[str] = []
+    try:
+        # As Compose: the .env beside the first file, the shell's variables over it
+        environ = project_environment(files[0], os.environ, env_warnings.append)
+    except DotEnvError as e:
+        fail(f"dockyard deploy: {e}")
+    for w in env_warnings:
+        click.echo(f"warning: {w}", err=True)
     for f in files:
         try:
-            stack = load_stack(f, stack_name)
+            stack = load_stack(f, stack_name, environ=environ)
         except StackError as e:
             fail(f"dockyard deploy: {e}")
         for w in stack.warnings:
@@ -305,6 +326,14 @@ def deploy(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: 
         for s in stack.services:
             specs[s.name] = s
     assert stack_name is not None
+    return stack_name, specs, stacks
+
+
+def deploy_stack(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: bool) -> None:
+    from deploy.cli_network import ensure_stack_networks
+    from scheduler.convert import spec_to_pb
+
+    stack_name, specs, stacks = load_stack_files(files, name)
     for stack in stacks:
         ensure_stack_networks(ctx, stack)
     r = sched(ctx).call("Deploy", pb.DeployRequest(stack=stack_name, services=[spec_to_pb(s) for s in specs.values()],
@@ -337,8 +366,8 @@ def service_ls(ctx: click.Context, fmt: str, stack: str) -> None:
         d.pop("previous_spec_json", None)
         items.append(d)
     _json_or_table(fmt, items, ["NAME", "MODE", "REPLICAS", "IMAGE", "PORTS", "UPDATE"],
-                   lambda s: [s["name"], "replicated", f"{s['running']}/{s['replicas']}", s["image"], s["ports"],
-                              s["update_state"]])
+                   lambda s: [s["name"], s["mode"] or "replicated", f"{s['running']}/{s['replicas']}", s["image"],
+                              s["ports"], s["update_state"]])
 
 
 def _state_text(t: Any) -> str:
@@ -511,11 +540,9 @@ def _cli_modules() -> list[Any]:
 def _install() -> None:
     import functools
 
-    from deploy.cli_network import network
-
     for mod in _cli_modules():
         main = mod.main
-        for cmd in (scheduler_cmd, node, deploy, service, stack_rm, rebalance, migrations_ls, network):
+        for cmd in (scheduler_cmd, node, deploy, service, stack_rm, rebalance, migrations_ls):
             main.add_command(cmd)
         if not any(p.name == "scheduler" for p in main.params):
             main.params.append(click.Option(

@@ -1,4 +1,8 @@
-"""`dockyard network create|ls|inspect|rm`: cluster networks, through the scheduler (docker's flags)."""
+"""`dockyard network create|ls|inspect|rm`: cluster networks, through the scheduler (docker's flags).
+
+The commands join the `network` group of deploy/cli_groups.py; `ls` lists the node's built-in
+networks (bridge, host, none: scope local) and, when a scheduler is given (--scheduler or
+DOCKYARD_SCHEDULER), the cluster's (scope swarm), as `docker network ls` does on a Swarm manager."""
 
 from __future__ import annotations
 
@@ -7,7 +11,8 @@ from typing import Any
 import click
 
 from deploy import display
-from deploy.cli_cluster import _json_or_table, _msg_dict, fail, sched
+from deploy.cli_cluster import _msg_dict, fail, sched, scheduler_addr
+from deploy.cli_groups import _BUILTIN, network
 from deploy.stack import Stack, StackNetwork
 from protos import cluster_pb2 as pb
 
@@ -20,11 +25,6 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
             raise click.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--label")
         out[k] = v if sep else ""
     return out
-
-
-@click.group("network")
-def network() -> None:
-    """Manage cluster networks (VXLAN overlays across every node)."""
 
 
 @network.command("create")
@@ -52,19 +52,31 @@ def network_create(ctx: click.Context, driver: str, subnet: str, attachable: boo
     click.echo(r.name)
 
 
-def _row(n: dict[str, Any]) -> list[Any]:
-    return [n["name"], n["driver"], n["subnet"], n["vni"], n["mtu"], len(n["endpoints"]),
-            ",".join(n["services"])]
+network.commands.pop("ls", None)  # the local-only listing of cli_groups: replaced by the one below
 
 
 @network.command("ls")
-@click.option("--format", "fmt", default="", help="json, or a template")
+@click.option("-q", "--quiet", is_flag=True, help="Only display network names")
+@click.option("--format", "fmt", default="", help="'json' to print JSON")
 @click.pass_context
-def network_ls(ctx: click.Context, fmt: str) -> None:
-    """List networks."""
-    r = sched(ctx).call("ListNetworks", pb.Empty())
-    _json_or_table(fmt, [_msg_dict(n) for n in r.networks],
-                   ["NAME", "DRIVER", "SUBNET", "VNI", "MTU", "ENDPOINTS", "SERVICES"], _row)
+def network_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
+    """List networks: this node's built-in ones and, with a scheduler, the cluster's."""
+    items: list[dict[str, Any]] = [{"Name": name, "Driver": driver, "Scope": "local", "Subnet": "", "VNI": "",
+                                    "Endpoints": "", "Services": ""} for name, driver in _BUILTIN]
+    if scheduler_addr(ctx):
+        for n in sched(ctx).call("ListNetworks", pb.Empty()).networks:
+            items.append({"Name": n.name, "Driver": n.driver, "Scope": "swarm", "Subnet": n.subnet, "VNI": n.vni,
+                          "Endpoints": len(n.endpoints), "Services": ",".join(n.services),
+                          "Attachable": n.attachable, "Internal": n.internal, "MTU": n.mtu})
+    if quiet:
+        for i in items:
+            click.echo(i["Name"])
+    elif fmt == "json":
+        display.emit_json(items)
+    else:
+        display.table(["NAME", "DRIVER", "SCOPE", "SUBNET", "VNI", "ENDPOINTS", "SERVICES"],
+                      [[i["Name"], i["Driver"], i["Scope"], i["Subnet"], i["VNI"], i["Endpoints"], i["Services"]]
+                       for i in items])
 
 
 @network.command("inspect")

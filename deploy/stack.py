@@ -8,23 +8,31 @@ invalid size '12X' (use a number with b, k, m or g, like 512M)`. Unknown fields 
 Swarm also ignores (build, depends_on, container_name, ...) are returned as warnings, as
 `docker stack deploy` prints "Ignoring unsupported options".
 
-Line numbers come from a SafeLoader whose mappings and sequences remember where each key and item
-was written. ${VAR} and ${VAR:-default} are interpolated from the `environ` given (pure: no
-os.environ unless the caller passes it).
+The YAML is read by deploy/compose/yamlload.py (bounded against hostile files; line numbers on
+every key and item; Compose's YAML 1.2 numbers and merge keys). ${VAR}, ${VAR:-default},
+${VAR:?message}, $$ ... are interpolated as Compose does (deploy/compose/interpolate.py) from the
+`environ` given: pure, so the CLI passes the shell's environment over the `.env` file beside the
+stack file (deploy/compose/dotenv.py). An unset variable becomes "" with a warning, as in Compose.
 """
 
 from __future__ import annotations
 
+import math
+import os
 import re
 import shlex
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-import yaml
-
+from deploy.compose.interpolate import InterpolationError, interpolate
+from deploy.compose.yamlload import LineMap as _Map
+from deploy.compose.yamlload import LineSeq as _Seq
+from deploy.compose.yamlload import YAMLError
+from deploy.compose.yamlload import load as load_yaml
 from scheduler import constraints as constraint_lang
 from scheduler.model import (
+    MAX_REPLICAS,
     NANO,
     FailureAction,
     HealthCheck,
@@ -35,10 +43,18 @@ from scheduler.model import (
     ResourceSpec,
     RestartCondition,
     RestartPolicy,
+    ServiceMode,
     ServiceSpec,
     UpdateConfig,
     UpdateOrder,
 )
+
+# Bounds of values (a clear error instead of an overflow further down, or a hang placing them).
+INT32_MAX = (1 << 31) - 1  # counts travel as int32 in the protos
+MAX_CPUS = 8192  # Linux's largest NR_CPUS on x86-64
+MAX_BYTES = 1 << 52  # 4 PiB: x86-64's physical address space
+MAX_PIDS = 1 << 22  # the kernel's largest pid_max
+MAX_SECONDS = float((1 << 63) // NANO)  # Go's time.Duration, as Compose reads durations
 
 
 class StackError(ValueError):
@@ -79,55 +95,6 @@ class Stack:
         raise KeyError(full)
 
 
-# -- a YAML loader that keeps line numbers -------------------------------------------------------
-
-class _Map(dict[Any, Any]):
-    line: int = 0
-    lines: dict[Any, int]
-
-
-class _Seq(list[Any]):
-    line: int = 0
-    lines: list[int]
-
-
-class _Loader(yaml.SafeLoader):
-    pass
-
-
-def _construct_map(loader: _Loader, node: yaml.MappingNode) -> _Map:
-    loader.flatten_mapping(node)  # merge keys (<<: *anchor)
-    out = _Map()
-    out.line = node.start_mark.line + 1
-    out.lines = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
-        line = key_node.start_mark.line + 1
-        if not isinstance(key, str):
-            raise yaml.constructor.ConstructorError(None, None, f"key {key!r} is not a string",
-                                                    key_node.start_mark)
-        if key in out:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r} (first on line {out.lines[key]})", key_node.start_mark)
-        out[key] = loader.construct_object(value_node, deep=True)  # type: ignore[no-untyped-call]
-        out.lines[key] = line
-    return out
-
-
-def _construct_seq(loader: _Loader, node: yaml.SequenceNode) -> _Seq:
-    out = _Seq()
-    out.line = node.start_mark.line + 1
-    out.lines = []
-    for item in node.value:
-        out.append(loader.construct_object(item, deep=True))  # type: ignore[no-untyped-call]
-        out.lines.append(item.start_mark.line + 1)
-    return out
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)  # type: ignore[arg-type]
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)  # type: ignore[arg-type]
-
-
 # -- a cursor over the document: every error it raises knows file, line and field ---------------
 
 class _At:
@@ -154,8 +121,10 @@ class _At:
         return [_At(self.file, f"{self.field}[{i}]", s.lines[i] if i < len(s.lines) else s.line, v)
                 for i, v in enumerate(s)]
 
-    def mapping(self, allowed: frozenset[str] | None = None, ignored: frozenset[str] = frozenset(),
-                warnings: list[str] | None = None) -> _Map:
+    def mapping(self, allowed: frozenset[str] | None = None, unsupported: Mapping[str, str] | None = None) -> _Map:
+        """The value as a mapping whose keys are all `allowed` (or x- extensions). A key of
+        `unsupported` (Compose has it, dockyard does not do it) is refused as `not supported` with
+        its hint; any other key is an `unknown field`."""
         if not isinstance(self.value, _Map):
             self.fail(f"expected a mapping, got {_kind(self.value)}")
         if allowed is not None:
@@ -164,13 +133,12 @@ class _At:
                     continue
                 line = self.value.lines.get(k, self.value.line)
                 field = f"{self.field}.{k}" if self.field else k
-                if k in ignored:
-                    if warnings is not None:
-                        warnings.append(f"{self.file}:{line}: {field}: ignored (not supported by dockyard deploy)")
-                    continue
-                hint = _close(k, allowed)
+                if unsupported is not None and k in unsupported:
+                    hint = unsupported[k]
+                    raise StackError(self.file, line, field, "not supported" + (f" ({hint})" if hint else ""))
+                close = _close(k, allowed | frozenset(unsupported or ()))
                 raise StackError(self.file, line, field,
-                                 "unknown field" + (f" (did you mean {hint!r}?)" if hint else ""))
+                                 "unknown field" + (f" (did you mean {close!r}?)" if close else ""))
         return self.value
 
     def seq(self) -> _Seq:
@@ -184,14 +152,16 @@ class _At:
             self.fail(f"expected a string, got {_kind(v)}")
         return str(v)
 
-    def integer(self, minimum: int = 0) -> int:
+    def integer(self, minimum: int = 0, maximum: int = INT32_MAX) -> int:
         v = self.value
-        if isinstance(v, str) and v.strip().isdigit():
+        if isinstance(v, str) and v.strip().isdigit() and len(v.strip()) <= 20:
             v = int(v)
         if isinstance(v, bool) or not isinstance(v, int):
             self.fail(f"expected a whole number, got {_kind(v)} {self.value!r}")
         if v < minimum:
             self.fail(f"must be at least {minimum}, got {v}")
+        if v > maximum:
+            self.fail(f"must be at most {maximum:,}, got {v:,}")
         return v
 
     def number(self) -> float:
@@ -202,6 +172,8 @@ class _At:
             f = float(v)
         except (TypeError, ValueError):
             self.fail(f"expected a number, got {_kind(v)} {v!r}")
+        if not math.isfinite(f):
+            self.fail(f"expected a finite number, got {v!r}")
         return f
 
     def boolean(self) -> bool:
@@ -248,16 +220,22 @@ _UNIT = {"": 1, "b": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)")
 _SECONDS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 _NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?(\.[a-zA-Z0-9]([a-zA-Z0-9-]{0,61}[a-zA-Z0-9])?)*$")
+_SIGNAL = re.compile(r"^(SIG)?[A-Z][A-Z0-9+-]*$|^[0-9]{1,2}$")
 
 
 def parse_size(at: _At) -> int:
     v = at.value
     if isinstance(v, int) and not isinstance(v, bool):
-        return v
-    m = _SIZE.match(str(v)) if isinstance(v, str) else None
-    if m is None:
-        at.fail(f"invalid size {v!r} (use a number with b, k, m or g, like 512M)")
-    return int(float(m.group(1)) * _UNIT[m.group(2).lower()])
+        size = v
+    else:
+        m = _SIZE.match(v) if isinstance(v, str) and len(v) <= 64 else None
+        if m is None:
+            at.fail(f"invalid size {v!r} (use a number with b, k, m or g, like 512M)")
+        size = int(float(m.group(1)) * _UNIT[m.group(2).lower()])
+    if size > MAX_BYTES:
+        at.fail(f"size {v!r} is more than the {MAX_BYTES >> 50} PiB a host can address")
+    return size
 
 
 def parse_duration(at: _At) -> float:
@@ -275,91 +253,120 @@ def parse_duration(at: _At) -> float:
         pos = m.end()
     if pos != len(text) or pos == 0:
         at.fail(f"invalid duration {v!r} (use units, like 10s, 1m30s or 500ms)")
+    if total > MAX_SECONDS:
+        at.fail(f"duration {v!r} is longer than the {MAX_SECONDS // (365 * 86400):.0f} years a duration can hold")
     return total
 
 
 def parse_cpus(at: _At) -> int:
     v = at.value
     try:
-        if isinstance(v, bool):
+        if isinstance(v, bool) or (isinstance(v, str) and len(v) > 64):
             raise ValueError
         cpus = float(v)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         at.fail(f"invalid cpus {v!r} (a number of CPUs as a string, like '0.5')")
+    if not math.isfinite(cpus):
+        at.fail(f"invalid cpus {v!r}: a finite number of CPUs, like '0.5'")
     if cpus <= 0:
         at.fail(f"cpus must be more than 0, got {v!r}")
-    return round(cpus * NANO)
+    if cpus > MAX_CPUS:
+        at.fail(f"cpus {v!r} is more than the {MAX_CPUS} CPUs Linux supports on one host")
+    nano = round(cpus * NANO)
+    if nano == 0:
+        at.fail(f"cpus {v!r} is less than one billionth of a CPU")
+    return nano
 
 
-_VAR = re.compile(r"\$(?:(\$)|\{([A-Za-z_][A-Za-z0-9_]*)(?:(:?[-?])([^}]*))?\}|([A-Za-z_][A-Za-z0-9_]*))")
-
-
-def _interpolate(value: Any, at: Callable[[], _At], environ: Mapping[str, str]) -> Any:
-    if not isinstance(value, str) or "$" not in value:
-        return value
-
-    def sub(m: re.Match[str]) -> str:
-        if m.group(1):
-            return "$"
-        name = m.group(2) or m.group(5)
-        op, arg = m.group(3), m.group(4) or ""
-        got = environ.get(name)
-        if op in (":-", "-"):
-            if got is None or (op == ":-" and got == ""):
-                return arg
-        elif op in (":?", "?") and (got is None or (op == ":?" and got == "")):
-            at().fail(f"variable {name} is required: {arg or 'not set'}")
-        return got if got is not None else ""
-
-    return _VAR.sub(sub, value)
-
-
-def _interpolate_tree(node: Any, file: str, environ: Mapping[str, str], field: str = "") -> None:
-    def locate(f: str, ln: int, v: Any) -> Callable[[], _At]:
-        return lambda: _At(file, f, ln, v)
-
-    if isinstance(node, _Map):
-        for k in list(node):
-            f = f"{field}.{k}" if field else k
-            v = node[k]
+def _interpolate_tree(root: _Map, file: str, environ: Mapping[str, str], warnings: list[str]) -> None:
+    """Interpolate every string value in place (not keys, as in Compose). A mapping or list that
+    aliases share is visited once, so `$$` is not unescaped twice."""
+    warned: set[str] = set()
+    seen: set[int] = set()
+    stack: list[tuple[_Map | _Seq, str]] = [(root, "")]
+    while stack:
+        node, field = stack.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        entries: list[tuple[Any, str, int]]
+        if isinstance(node, _Map):
+            entries = [(k, f"{field}.{k}" if field else k, node.lines.get(k, node.line)) for k in node]
+        else:
+            entries = [(i, f"{field}[{i}]", node.lines[i] if i < len(node.lines) else node.line)
+                       for i in range(len(node))]
+        for key, f, line in entries:
+            v = node[key]
             if isinstance(v, _Map | _Seq):
-                _interpolate_tree(v, file, environ, f)
-            else:
-                node[k] = _interpolate(v, locate(f, node.lines.get(k, node.line), v), environ)
-    elif isinstance(node, _Seq):
-        for i, v in enumerate(node):
-            f = f"{field}[{i}]"
-            if isinstance(v, _Map | _Seq):
-                _interpolate_tree(v, file, environ, f)
-            else:
-                node[i] = _interpolate(v, locate(f, node.lines[i] if i < len(node.lines) else node.line, v), environ)
+                stack.append((v, f))
+            elif isinstance(v, str) and "$" in v:
+                def unset(name: str, f: str = f, line: int = line) -> None:
+                    if name not in warned:
+                        warned.add(name)
+                        warnings.append(f'{file}:{line}: {f}: the "{name}" variable is not set. '
+                                        "Defaulting to a blank string.")
+                try:
+                    node[key] = interpolate(v, environ, unset)
+                except InterpolationError as e:
+                    raise StackError(file, line, f, str(e)) from None
 
 
 # -- the schema ------------------------------------------------------------------------------------
 
-_TOP = frozenset({"version", "name", "services", "networks", "volumes", "configs", "secrets"})
-_SERVICE = frozenset({"image", "command", "entrypoint", "environment", "ports", "deploy", "healthcheck",
-                      "labels", "networks", "volumes", "hostname", "user", "working_dir", "stop_signal",
-                      "stop_grace_period", "logging", "configs", "secrets", "env_file", "tty", "stdin_open",
-                      "init", "read_only", "ulimits", "sysctls", "extra_hosts", "dns", "cap_add", "cap_drop"})
-# Compose options Swarm ignores too: a warning, not an error.
-_SERVICE_IGNORED = frozenset({"build", "container_name", "depends_on", "links", "network_mode", "restart",
-                              "devices", "privileged", "security_opt", "userns_mode", "cgroup_parent",
-                              "external_links", "profiles", "pull_policy", "platform", "expose"})
+# Every key either works or is refused: `supported` sets list what is read; the `_UNSUPPORTED_*`
+# maps list what Compose has and dockyard does not do (yet), each with a hint; anything else is an
+# unknown field. Nothing is read and then dropped.
+_TOP = frozenset({"version", "name", "services", "networks"})
+_UNSUPPORTED_TOP = {
+    "volumes": "",
+    "configs": "",
+    "secrets": "",
+}
+_SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file", "ports", "deploy", "healthcheck",
+                      "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
+                      "stdin_open", "init", "networks"})
+_ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
+_UNSUPPORTED_SERVICE = {
+    "build": "build the image first with `dockyard image build -t NAME .` and name it in `image:`",
+    "container_name": "tasks are named <stack>_<service>.<slot>",
+    "depends_on": "a stack's services start in any order; make each one wait for what it needs",
+    "links": "services reach each other by published ports", "external_links": "",
+    "network_mode": "",
+    "restart": "use deploy.restart_policy", "scale": "use deploy.replicas",
+    "expose": "every port of a task is reachable from the node; publish it with `ports:`",
+    "volumes": "", "volumes_from": "", "tmpfs": "", "configs": "", "secrets": "",
+    "devices": _ON_THE_NODE, "device_cgroup_rules": _ON_THE_NODE, "privileged": _ON_THE_NODE,
+    "cap_add": _ON_THE_NODE, "cap_drop": _ON_THE_NODE, "security_opt": _ON_THE_NODE, "read_only": _ON_THE_NODE,
+    "ulimits": _ON_THE_NODE, "sysctls": _ON_THE_NODE, "extra_hosts": _ON_THE_NODE, "dns": _ON_THE_NODE,
+    "dns_search": _ON_THE_NODE, "dns_opt": _ON_THE_NODE, "shm_size": _ON_THE_NODE, "group_add": _ON_THE_NODE,
+    "logging": _ON_THE_NODE, "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
+    "uts": "", "isolation": "", "domainname": "", "mac_address": "", "oom_score_adj": "",
+    "oom_kill_disable": "", "storage_opt": "", "runtime": "", "platform": "", "profiles": "",
+    "pull_policy": "", "extends": "", "credential_spec": "", "gpus": "", "annotations": "", "label_file": "",
+    "blkio_config": "", "stop_timeout": "use stop_grace_period",
+    **dict.fromkeys(("cpus", "cpu_count", "cpu_percent", "cpu_shares", "cpu_period", "cpu_quota", "cpuset",
+                     "cpu_rt_runtime", "cpu_rt_period", "mem_limit", "mem_reservation", "memswap_limit",
+                     "mem_swappiness", "pids_limit"), "use deploy.resources.limits and reservations"),
+}
 _DEPLOY = frozenset({"mode", "replicas", "resources", "placement", "update_config", "rollback_config",
-                     "restart_policy", "labels", "endpoint_mode"})
+                     "restart_policy", "labels"})
+_UNSUPPORTED_DEPLOY = {"endpoint_mode": "tasks are reached at their node's published ports (no virtual IP)"}
 _RESOURCES = frozenset({"limits", "reservations"})
 _LIMITS = frozenset({"cpus", "memory", "pids"})
-_RESERVATIONS = frozenset({"cpus", "memory", "generic_resources", "devices"})
+_RESERVATIONS = frozenset({"cpus", "memory"})
+_UNSUPPORTED_RESERVATIONS = {"generic_resources": "", "devices": ""}
 _PLACEMENT = frozenset({"constraints", "preferences", "max_replicas_per_node"})
 _UPDATE = frozenset({"parallelism", "delay", "order", "failure_action", "monitor", "max_failure_ratio"})
 _RESTART = frozenset({"condition", "delay", "max_attempts", "window"})
-_HEALTH = frozenset({"test", "interval", "timeout", "retries", "start_period", "start_interval", "disable"})
+_HEALTH = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
+_UNSUPPORTED_HEALTH = {"start_interval": "checks run every `interval` from the start"}
 _NETWORK = frozenset({"driver", "driver_opts", "ipam", "attachable", "internal", "external", "name", "labels"})
 _IPAM = frozenset({"driver", "config"})
 _IPAM_CONFIG = frozenset({"subnet"})
 _SERVICE_NETWORK = frozenset({"aliases"})
-_PORT_LONG = frozenset({"target", "published", "protocol", "mode", "host_ip", "name", "app_protocol"})
+_PORT_LONG = frozenset({"target", "published", "protocol", "mode"})
+_UNSUPPORTED_PORT = {"host_ip": "a published port binds every address of the node", "name": "",
+                     "app_protocol": ""}
 
 
 def load_stack(path: str, name: str | None = None, *, environ: Mapping[str, str] | None = None) -> Stack:
@@ -376,19 +383,18 @@ def load_stack(path: str, name: str | None = None, *, environ: Mapping[str, str]
 def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
                 environ: Mapping[str, str] | None = None) -> Stack:
     try:
-        doc = yaml.load(text, Loader=_Loader)  # _Loader is a SafeLoader: no arbitrary objects
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark or e.context_mark
-        line = mark.line + 1 if mark is not None else 0
-        raise StackError(file, line, "", f"not valid YAML: {e.problem or e}") from e
-    except yaml.YAMLError as e:
-        raise StackError(file, 0, "", f"not valid YAML: {e}") from e
+        doc = load_yaml(text)  # safe types only, bounded depth and alias expansion
+    except YAMLError as e:
+        raise StackError(file, e.line, "", e.problem) from None
     if doc is None:
         raise StackError(file, 1, "", "empty file: a stack needs `services:`")
     root = _At(file, "", getattr(doc, "line", 1), doc)
     warnings: list[str] = []
-    top = root.mapping(_TOP)
-    _interpolate_tree(top, file, environ or {})
+    top = root.mapping(_TOP, _UNSUPPORTED_TOP)
+    _interpolate_tree(top, file, environ or {}, warnings)
+    version = root.child("version")
+    if version is not None:
+        _version(version)
     stack_name = name
     if stack_name is None:
         at = root.child("name")
@@ -398,9 +404,6 @@ def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
     if not _NAME.match(stack_name):
         raise StackError(file, top.lines.get("name", 1), "name",
                          f"invalid stack name {stack_name!r} (letters, digits, '_', '.', '-')")
-    for ignored in ("configs", "secrets"):
-        if top.get(ignored):
-            warnings.append(f"{file}:{top.lines[ignored]}: {ignored}: ignored (not supported by dockyard deploy)")
     services_at = root.child("services")
     if services_at is None:
         raise StackError(file, 1, "services", "missing: a stack needs at least one service")
@@ -409,10 +412,24 @@ def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
     for short, at in services_at.items():
         if not _NAME.match(short):
             raise StackError(file, at.line, at.field, f"invalid service name {short!r}")
-        specs.append(_service(at, f"{stack_name}_{short}", warnings, networks))
+        specs.append(_service(at, f"{stack_name}_{short}", environ or {}, warnings, networks))
     if not specs:
         raise StackError(file, services_at.line, "services", "no services defined")
     return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()))
+
+
+_VERSION = re.compile(r"^3(?:\.[0-9])?$")
+
+
+def _version(at: _At) -> None:
+    """`version:` is optional (Compose calls it obsolete); docker stack deploy reads 3.0 to 3.9."""
+    v = at.value
+    text = v if isinstance(v, str) else repr(v) if isinstance(v, int | float) and not isinstance(v, bool) else None
+    if text is None:
+        at.fail(f"expected a version string like \"3.8\", got {_kind(v)}")
+    if not _VERSION.match(text.strip()):
+        at.fail(f"unsupported Compose file version {text!r}: stack files are version 3.x (3.0 to 3.9), "
+                "or leave `version:` out")
 
 
 def _networks(at: _At | None, stack: str) -> dict[str, StackNetwork]:
@@ -495,8 +512,9 @@ def _service_networks(at: _At | None, declared: Mapping[str, StackNetwork]) -> t
     return tuple(out)
 
 
-def _service(at: _At, full_name: str, warnings: list[str], networks: Mapping[str, StackNetwork]) -> ServiceSpec:
-    at.mapping(_SERVICE, _SERVICE_IGNORED, warnings)
+def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list[str],
+             networks: Mapping[str, StackNetwork]) -> ServiceSpec:
+    at.mapping(_SERVICE, _UNSUPPORTED_SERVICE)
     image_at = at.child("image")
     if image_at is None:
         at.fail("no image (dockyard deploy runs images; build them first with `dockyard image build`)")
@@ -505,37 +523,57 @@ def _service(at: _At, full_name: str, warnings: list[str], networks: Mapping[str
         image_at.fail(f"invalid image reference {image!r}")
     command = _opt(at, "command", _At.words)
     entrypoint = _opt(at, "entrypoint", _At.words)
-    env = _environment(at.child("environment"))
+    env = dict(_env_files(at.child("env_file"), environ, warnings))
+    env.update(_environment(at.child("environment"), environ))
     ports_at = at.child("ports")
     ports = tuple(p for e in (ports_at.elements() if ports_at is not None else []) for p in _ports(e))
-    published = [(p.published, p.protocol) for p in ports if p.published is not None]
-    for p in set(published):
-        if published.count(p) > 1:
-            (ports_at or at).fail(f"host port {p[0]}/{p[1]} published twice")
-    labels = _labels(at.child("labels"))
+    published: set[tuple[int, str]] = set()
+    for p in ports:
+        if p.published is not None:
+            if (p.published, p.protocol) in published:
+                (ports_at or at).fail(f"host port {p.published}/{p.protocol} published twice")
+            published.add((p.published, p.protocol))
+    container_labels = _labels(at.child("labels"))
+    labels: tuple[tuple[str, str], ...] = ()
     healthcheck = _healthcheck(at.child("healthcheck"))
     attachments = _service_networks(at.child("networks"), networks)
+    grace = _opt(at, "stop_grace_period", parse_duration)
+    hostname = _opt(at, "hostname", _At.string, "")
+    if hostname and not _HOSTNAME.match(hostname):
+        (at.child("hostname") or at).fail(f"invalid hostname {hostname!r} (letters, digits, '-' and '.', "
+                                          "at most 63 characters a label)")
+    workdir = _opt(at, "working_dir", _At.string, "")
+    if workdir and not workdir.startswith("/"):
+        (at.child("working_dir") or at).fail(f"{workdir!r} is not an absolute path")
+    stop_signal = _opt(at, "stop_signal", _At.string, "")
+    if stop_signal and not _SIGNAL.match(stop_signal):
+        (at.child("stop_signal") or at).fail(f"invalid signal {stop_signal!r} (a name like SIGINT or a number)")
 
-    replicas, resources, placement = 1, ResourceSpec(), PlacementSpec()
+    replicas, resources, placement, pids = 1, ResourceSpec(), PlacementSpec(), 0
+    mode = ServiceMode.REPLICATED
     update, rollback, restart = UpdateConfig(), UpdateConfig(), RestartPolicy()
     deploy = at.child("deploy")
     if deploy is not None:
-        deploy.mapping(_DEPLOY)
-        mode = deploy.child("mode")
-        if mode is not None and mode.choice(("replicated", "global")) == "global":
-            mode.fail("global services are not supported yet (use replicas with max_replicas_per_node: 1)")
-        replicas = _opt(deploy, "replicas", _At.integer, 1)
-        resources = _resources(deploy.child("resources"))
+        deploy.mapping(_DEPLOY, _UNSUPPORTED_DEPLOY)
+        mode = ServiceMode(_opt(deploy, "mode", lambda a: a.choice(("replicated", "global")), "replicated"))
+        replicas = _opt(deploy, "replicas", lambda a: a.integer(0, MAX_REPLICAS), 1)
+        if mode is ServiceMode.GLOBAL and deploy.child("replicas") is not None:
+            (deploy.child("replicas") or deploy).fail("a global service runs one task per node: leave replicas out")
+        resources, pids = _resources(deploy.child("resources"))
         placement = _placement(deploy.child("placement"))
         update = _update(deploy.child("update_config"), UpdateConfig())
         rollback = _update(deploy.child("rollback_config"), UpdateConfig())
         restart = _restart(deploy.child("restart_policy"))
         labels = labels + _labels(deploy.child("labels"))
     return ServiceSpec(
-        name=full_name, image=image, command=command, entrypoint=entrypoint, env=env, ports=ports,
+        name=full_name, image=image, command=command, entrypoint=entrypoint, env=tuple(sorted(env.items())), ports=ports,
         replicas=replicas, resources=resources, placement=placement, update_config=update,
         rollback_config=rollback, restart_policy=restart, healthcheck=healthcheck,
-        labels=tuple(sorted(dict(labels).items())), networks=attachments,
+        labels=tuple(sorted(dict(labels).items())), mode=mode, hostname=hostname, networks=attachments,
+        user=_opt(at, "user", _At.string, ""), workdir=workdir, stop_signal=stop_signal, stop_grace_period=grace,
+        tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
+        init=_opt(at, "init", _At.boolean, False), pids_limit=pids,
+        container_labels=tuple(sorted(dict(container_labels).items())),
     )
 
 
@@ -544,7 +582,9 @@ def _opt(at: _At, key: str, read: Callable[..., Any], default: Any = None) -> An
     return default if child is None else read(child)
 
 
-def _environment(at: _At | None) -> tuple[tuple[str, str], ...]:
+def _environment(at: _At | None, environ: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """`environment:` as a list or a mapping; a name without a value takes the deploying shell's
+    (as Compose does), and is an error when the shell has none."""
     if at is None:
         return ()
     env: dict[str, str] = {}
@@ -555,17 +595,41 @@ def _environment(at: _At | None) -> tuple[tuple[str, str], ...]:
             if not key or not re.match(r"^[^=\s]+$", key):
                 e.fail(f"invalid environment entry {entry!r} (use NAME=value)")
             if not sep:
-                e.fail(f"{key} has no value (write {key}=value; dockyard does not read the deploying shell)")
+                if key not in environ:
+                    e.fail(f"{key} has no value, and the environment has no {key} (write {key}=value)")
+                value = environ[key]
             env[key] = value
     else:
         for key, e in at.items():
             if e.value is None:
-                e.fail(f"{key} has no value (dockyard does not read the deploying shell)")
+                if key not in environ:
+                    e.fail(f"{key} has no value, and the environment has no {key} (write {key}: value)")
+                env[key] = environ[key]
+                continue
             if isinstance(e.value, bool):
                 env[key] = "true" if e.value else "false"
             else:
                 env[key] = e.string()
     return tuple(sorted(env.items()))
+
+
+def _env_files(at: _At | None, environ: Mapping[str, str], warnings: list[str]) -> dict[str, str]:
+    """`env_file:` (a path or a list, relative to the stack file), read as Compose reads .env files."""
+    from deploy.compose.dotenv import DotEnvError, read_env_file
+
+    if at is None:
+        return {}
+    out: dict[str, str] = {}
+    for e in [at] if isinstance(at.value, str) else at.elements():
+        path = e.string()
+        full = path if os.path.isabs(path) else os.path.join(os.path.dirname(os.path.abspath(e.file)), path)
+        try:
+            out.update(read_env_file(full, environ, warnings.append))
+        except FileNotFoundError:
+            e.fail(f"env file {full} not found")
+        except DotEnvError as err:
+            e.fail(str(err))
+    return out
 
 
 def _labels(at: _At | None) -> tuple[tuple[str, str], ...]:
@@ -585,7 +649,7 @@ _PORT_SHORT = re.compile(r"^(?:(?P<ip>\d+\.\d+\.\d+\.\d+|\[[0-9a-fA-F:]+\]):)?(?
 
 
 def _port_number(at: _At, text: str) -> int:
-    n = int(text)
+    n = int(text) if len(text) <= 10 else 1 << 40
     if not 1 <= n <= 65535:
         at.fail(f"port {n} is out of range 1-65535")
     return n
@@ -602,7 +666,7 @@ def _port_range(at: _At, text: str) -> list[int]:
 
 def _ports(at: _At) -> list[PortSpec]:
     if isinstance(at.value, _Map):
-        at.mapping(_PORT_LONG)
+        at.mapping(_PORT_LONG, _UNSUPPORTED_PORT)
         target_at = at.child("target")
         if target_at is None:
             at.fail("a port needs `target` (the container port)")
@@ -611,8 +675,6 @@ def _ports(at: _At) -> list[PortSpec]:
         published = None if pub_at is None else _port_number(pub_at, str(pub_at.integer(1)))
         protocol = _opt(at, "protocol", lambda a: a.choice(("tcp", "udp", "sctp")), "tcp")
         mode = _opt(at, "mode", lambda a: a.choice(("ingress", "host")), "ingress")
-        if at.child("host_ip") is not None:
-            (at.child("host_ip") or at).fail("host_ip is not supported by Swarm-style deploys")
         return [PortSpec(target=target, published=published, protocol=protocol, mode=mode)]
     text = at.string() if not isinstance(at.value, int) else str(at.value)
     m = _PORT_SHORT.match(text.strip())
@@ -630,33 +692,31 @@ def _ports(at: _At) -> list[PortSpec]:
     return [PortSpec(target=t, published=p, protocol=proto, mode="ingress") for p, t in zip(pubs, targets, strict=True)]
 
 
-def _resources(at: _At | None) -> ResourceSpec:
+def _resources(at: _At | None) -> tuple[ResourceSpec, int]:
+    """The resources and the pids limit (0: none)."""
     if at is None:
-        return ResourceSpec()
+        return ResourceSpec(), 0
     at.mapping(_RESOURCES)
 
-    def read(sub: _At | None, allowed: frozenset[str]) -> Resources:
+    def read(sub: _At | None, allowed: frozenset[str], unsupported: Mapping[str, str]) -> Resources:
         if sub is None:
             return Resources()
-        sub.mapping(allowed)
-        for unsupported in ("generic_resources", "devices"):
-            if sub.child(unsupported) is not None:
-                (sub.child(unsupported) or sub).fail("not supported yet")
+        sub.mapping(allowed, unsupported)
         cpus = _opt(sub, "cpus", parse_cpus, 0)
         memory = _opt(sub, "memory", parse_size, 0)
         if sub.child("memory") is not None and memory <= 0:
             (sub.child("memory") or sub).fail("memory must be more than 0")
-        if sub.child("pids") is not None:
-            (sub.child("pids") or sub).integer(1)
         return Resources(cpus, memory)
 
-    limits = read(at.child("limits"), _LIMITS)
-    reservations = read(at.child("reservations"), _RESERVATIONS)
+    limits = read(at.child("limits"), _LIMITS, {})
+    limits_at = at.child("limits")
+    pids = 0 if limits_at is None else _opt(limits_at, "pids", lambda a: a.integer(1, MAX_PIDS), 0)
+    reservations = read(at.child("reservations"), _RESERVATIONS, _UNSUPPORTED_RESERVATIONS)
     for what, lim, res in (("cpus", limits.nano_cpus, reservations.nano_cpus),
                            ("memory", limits.memory_bytes, reservations.memory_bytes)):
         if lim and res > lim:
             (at.child("reservations") or at).fail(f"reserves more {what} than its limit allows")
-    return ResourceSpec(limits=limits, reservations=reservations)
+    return ResourceSpec(limits=limits, reservations=reservations), pids
 
 
 def _placement(at: _At | None) -> PlacementSpec:
@@ -722,7 +782,7 @@ def _restart(at: _At | None) -> RestartPolicy:
 def _healthcheck(at: _At | None) -> HealthCheck | None:
     if at is None:
         return None
-    at.mapping(_HEALTH)
+    at.mapping(_HEALTH, _UNSUPPORTED_HEALTH)
     d = HealthCheck()
     disable = _opt(at, "disable", _At.boolean, False)
     test: tuple[str, ...] = ()

@@ -136,7 +136,8 @@ def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, 
         _wait("scheduler", lambda: sched.Status(cpb.Empty(), timeout=1).leader, scheduler, sched_log)
         click.echo(f"scheduler: pid {scheduler.pid}, {sched_addr}, etcd under {root_p / 'scheduler'} (log {sched_log})")
         agent_args = [*cli, "agent", "--root", root, "--socket", socket_path, "--bridge", bridge, "--subnet", subnet,
-                      "--listen", f"127.0.0.1:{port + 1}", "--join", sched_addr]
+                      "--listen", f"127.0.0.1:{port + 1}", "--join", sched_addr,
+                      "--docker-socket", str(Path(socket_path).parent / "docker.sock")]
         if cgroup_parent:
             agent_args += ["--cgroup-parent", cgroup_parent]
         with open(agent_log, "ab") as f:

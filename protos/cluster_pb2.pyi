@@ -274,7 +274,7 @@ class ListServicesRequest(_message.Message):
     def __init__(self, stack: _Optional[str] = ...) -> None: ...
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "image", "replicas", "running", "spec_json", "previous_spec_json", "version", "update_state", "update_message", "ports", "stack", "created_at")
+    __slots__ = ("name", "image", "replicas", "running", "spec_json", "previous_spec_json", "version", "update_state", "update_message", "ports", "stack", "created_at", "mode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
@@ -287,6 +287,7 @@ class ServiceInfo(_message.Message):
     PORTS_FIELD_NUMBER: _ClassVar[int]
     STACK_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     replicas: int
@@ -299,7 +300,8 @@ class ServiceInfo(_message.Message):
     ports: str
     stack: str
     created_at: float
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., spec_json: _Optional[str] = ..., previous_spec_json: _Optional[str] = ..., version: _Optional[int] = ..., update_state: _Optional[str] = ..., update_message: _Optional[str] = ..., ports: _Optional[str] = ..., stack: _Optional[str] = ..., created_at: _Optional[float] = ...) -> None: ...
+    mode: str
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., spec_json: _Optional[str] = ..., previous_spec_json: _Optional[str] = ..., version: _Optional[int] = ..., update_state: _Optional[str] = ..., update_message: _Optional[str] = ..., ports: _Optional[str] = ..., stack: _Optional[str] = ..., created_at: _Optional[float] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class ListServicesResponse(_message.Message):
     __slots__ = ("services",)

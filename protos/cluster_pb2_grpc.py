@@ -65,6 +65,11 @@ class SchedulerStub:
                 request_serializer=protos_dot_cluster__pb2.DeployRequest.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.DeployResponse.FromString,
                 _registered_method=True)
+        self.CreateService = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/CreateService',
+                request_serializer=protos_dot_cluster__pb2.ServiceSpec.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.ServiceInfo.FromString,
+                _registered_method=True)
         self.ListServices = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/ListServices',
                 request_serializer=protos_dot_cluster__pb2.ListServicesRequest.SerializeToString,
@@ -208,6 +213,13 @@ class SchedulerServicer:
 
     def Deploy(self, request, context):
         """Creates or updates the stack's services in one etcd transaction; unchanged ones are left alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateService(self, request, context):
+        """`dockyard service create`: one service outside any stack; ALREADY_EXISTS when the name is taken.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -382,6 +394,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Deploy,
                     request_deserializer=protos_dot_cluster__pb2.DeployRequest.FromString,
                     response_serializer=protos_dot_cluster__pb2.DeployResponse.SerializeToString,
+            ),
+            'CreateService': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateService,
+                    request_deserializer=protos_dot_cluster__pb2.ServiceSpec.FromString,
+                    response_serializer=protos_dot_cluster__pb2.ServiceInfo.SerializeToString,
             ),
             'ListServices': grpc.unary_unary_rpc_method_handler(
                     servicer.ListServices,
@@ -651,6 +668,33 @@ class Scheduler:
             '/dockyard.cluster.Scheduler/Deploy',
             protos_dot_cluster__pb2.DeployRequest.SerializeToString,
             protos_dot_cluster__pb2.DeployResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateService(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/CreateService',
+            protos_dot_cluster__pb2.ServiceSpec.SerializeToString,
+            protos_dot_cluster__pb2.ServiceInfo.FromString,
             options,
             channel_credentials,
             insecure,

@@ -1,6 +1,6 @@
 """Regenerates the Python code for every protos/*.proto: `python -m protos.generate`.
 
-The generated *_pb2.py, *_pb2_grpc.py and *.pyi files are committed; tests/test_protos.py fails
+The generated *_pb2.py, *_pb2_grpc.py and *.pyi files are committed; tests/unit/test_protos.py fails
 when they are older than their .proto (run this, then commit).
 """
 

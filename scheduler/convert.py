@@ -15,6 +15,7 @@ from scheduler.model import (
     Node,
     Resources,
     Service,
+    ServiceMode,
     ServiceSpec,
     Task,
 )
@@ -100,9 +101,11 @@ def stack_of(spec: ServiceSpec) -> str:
     return dict(spec.labels).get(STACK_LABEL, "")
 
 
-def service_info(svc: Service, running: int) -> pb.ServiceInfo:
+def service_info(svc: Service, running: int, live: int = 0) -> pb.ServiceInfo:
+    """`live`: the tasks wanted running, which a global service's desired count is."""
+    replicas = live if svc.spec.mode is ServiceMode.GLOBAL else svc.spec.replicas
     return pb.ServiceInfo(
-        name=svc.name, image=svc.spec.image, replicas=svc.spec.replicas, running=running,
+        name=svc.name, image=svc.spec.image, replicas=replicas, running=running, mode=svc.spec.mode.value,
         spec_json=spec_json(svc.spec),
         previous_spec_json=spec_json(svc.previous_spec) if svc.previous_spec is not None else "",
         version=svc.version, update_state=svc.update.state.value, update_message=svc.update.message,

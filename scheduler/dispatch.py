@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import time
 from collections.abc import Callable
 
@@ -59,16 +60,25 @@ def overlays_of(t: Task, spec: ServiceSpec, view: View) -> list[apb.OverlayAttac
     return out
 
 
+def stop_timeout(spec: ServiceSpec | None) -> int:
+    """Seconds from SIGTERM to SIGKILL for a task of `spec` (its stop_grace_period, rounded up)."""
+    if spec is None or spec.stop_grace_period is None:
+        return STOP_TIMEOUT
+    return math.ceil(spec.stop_grace_period)
+
+
 def container_config(t: Task, spec: ServiceSpec, stack: str,
                      overlays: list[apb.OverlayAttachment] | None = None) -> apb.ContainerConfig:
+    labels = dict(spec.container_labels)
+    labels.update({SERVICE_LABEL: t.service, TASK_LABEL: t.id, SLOT_LABEL: str(t.slot), STACK_LABEL: stack})
     cfg = apb.ContainerConfig(
         name=container_name(t), image=spec.image, env=[f"{k}={v}" for k, v in spec.env],
-        labels={SERVICE_LABEL: t.service, TASK_LABEL: t.id, SLOT_LABEL: str(t.slot), STACK_LABEL: stack},
-        hostname=f"{t.name}",
+        labels=labels, hostname=spec.hostname or t.name, user=spec.user, workdir=spec.workdir,
+        tty=spec.tty, open_stdin=spec.stdin_open, init=spec.init, stop_signal=spec.stop_signal,
         resources=apb.Resources(memory=spec.resources.limits.memory_bytes,
-                                nano_cpus=spec.resources.limits.nano_cpus),
+                                nano_cpus=spec.resources.limits.nano_cpus, pids_limit=spec.pids_limit),
         restart_policy=apb.RestartPolicy(name="no"),  # restarts are the scheduler's (restart_policy)
-        stop_timeout=STOP_TIMEOUT,
+        stop_timeout=stop_timeout(spec),
         overlays=overlays or [],
     )
     if spec.command is not None:
@@ -191,7 +201,8 @@ class Dispatcher:
                 why = "unknown task" if owner is None else (
                     "fenced: it runs elsewhere now" if owner.node != node.name else owner.error or "shutdown")
                 log.info("node %s: stopping %s (%s)", node.name, c.name, why)
-                self._spawn(c.id, self._stop(stub, c.id, remove=owner is None))
+                grace = stop_timeout(self._spec_of(owner) if owner is not None else None)
+                self._spawn(c.id, self._stop(stub, c.id, remove=owner is None, grace=grace))
             elif owner is None:
                 self._spawn(c.id, self._remove(stub, c.id))
 
@@ -241,10 +252,18 @@ class Dispatcher:
                 return
             await self._reject(t, e.details() or str(e))
 
-    async def _stop(self, stub: apbg.AgentStub, cid: str, remove: bool) -> None:
+    def _spec_of(self, t: Task) -> ServiceSpec | None:
+        svc = self.view.services.get(t.service)
+        if svc is None:
+            return None
+        if svc.previous_spec is not None and svc.previous_spec.digest == t.spec_version:
+            return svc.previous_spec
+        return svc.spec
+
+    async def _stop(self, stub: apbg.AgentStub, cid: str, remove: bool, grace: int = STOP_TIMEOUT) -> None:
         with contextlib.suppress(grpc.aio.AioRpcError):
-            await stub.StopContainer(apb.StopContainerRequest(id=cid, timeout=STOP_TIMEOUT),
-                                     timeout=STOP_TIMEOUT + CALL_TIMEOUT)
+            await stub.StopContainer(apb.StopContainerRequest(id=cid, timeout=grace),
+                                     timeout=grace + CALL_TIMEOUT)
             if remove:
                 await stub.RemoveContainer(apb.RemoveContainerRequest(id=cid, force=True), timeout=CALL_TIMEOUT)
 

@@ -14,6 +14,9 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 NANO = 1_000_000_000
+# The most tasks one service may ask for: the scale the scheduler is benchmarked at (100,000 tasks on
+# 5,000 nodes); beyond it a deploy would spend minutes placing and etcd would hold gigabytes.
+MAX_REPLICAS = 100_000
 
 
 class NodeStatus(enum.StrEnum):
@@ -117,6 +120,11 @@ class Node:
         return self.status is NodeStatus.READY and self.availability is Availability.ACTIVE
 
 
+class ServiceMode(enum.StrEnum):
+    REPLICATED = "replicated"  # `replicas` tasks, placed where they fit
+    GLOBAL = "global"  # one task on every node that fits (constraints, resources); `replicas` unused
+
+
 class RestartCondition(enum.StrEnum):
     NONE = "none"
     ON_FAILURE = "on-failure"
@@ -211,6 +219,18 @@ class ServiceSpec:
     healthcheck: HealthCheck | None = None
     labels: tuple[tuple[str, str], ...] = ()
     strategy: str = "spread"  # or "binpack"
+    # What each task's container gets beyond the image's defaults (the stack's service keys).
+    mode: ServiceMode = ServiceMode.REPLICATED
+    hostname: str = ""  # "" = the task's name (web.1)
+    user: str = ""
+    workdir: str = ""
+    stop_signal: str = ""
+    stop_grace_period: float | None = None  # None = the dispatcher's default
+    tty: bool = False
+    stdin_open: bool = False
+    init: bool = False
+    pids_limit: int = 0  # 0 = no limit
+    container_labels: tuple[tuple[str, str], ...] = ()  # the service's `labels:`, on every container
     networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
 
     @property
@@ -223,8 +243,9 @@ class ServiceSpec:
         data = codec.encode(self)
         for not_in_task in _NOT_IN_TASK:
             data.pop(not_in_task, None)
-        if not data.get("networks"):
-            data.pop("networks", None)  # specs from before networks keep their digest (no restarts)
+        for added, default in _ADDED_FIELDS.items():
+            if data.get(added) == default:
+                data.pop(added)  # so a spec that leaves them out keeps the digest it had before they existed
         raw = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(raw.encode()).hexdigest()[:16]
 
@@ -234,6 +255,10 @@ class ServiceSpec:
 
 
 _NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels")
+# Fields added to ServiceSpec after tasks were first stored, with their encoded defaults.
+_ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "", "workdir": "", "stop_signal": "",
+                                 "stop_grace_period": None, "tty": False, "stdin_open": False, "init": False,
+                                 "pids_limit": 0, "container_labels": [], "networks": []}
 
 
 class UpdateState(enum.StrEnum):

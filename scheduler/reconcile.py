@@ -12,6 +12,13 @@ One pass, per service, in this order (each step sees what the steps before it de
   6. update   outdated slots -> Update, `parallelism` at a time, `delay` apart, each batch gated
               on its tasks running (and healthy) for `monitor`; failures pause, continue or roll back
   7. forget   finished tasks beyond the history limit -> Remove
+
+A global service (ServiceSpec.mode) has one task per node that is ready, active and fits it
+(constraints, resources, ports) instead of `replicas`: a node that joins or comes back gets one,
+a task on a node that goes down, is drained or removed, or no longer matches the constraints is
+stopped (not moved), and each task's slot is its own (web.1, web.2, ... in the order nodes got them).
+Restart and rolling update work per node as they work per slot. A node without room gets no task
+(it is not a pending one, as nothing else could run it).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from scheduler.model import (
     NodeStatus,
     RestartCondition,
     Service,
+    ServiceMode,
     ServiceSpec,
     Task,
     TaskState,
@@ -37,7 +45,7 @@ from scheduler.model import (
     UpdateState,
     UpdateStatus,
 )
-from scheduler.placement import ClusterState, Pending, Pipeline, Placed
+from scheduler.placement import ClusterState, Pending, Pipeline, Placed, filters
 
 IdFactory = Callable[[], str]
 
@@ -264,6 +272,9 @@ class _Pass:
                 self.plan.actions.append(Stop(t, f"stale copy of {t.name} on {t.node}", fence=True))
 
     def service(self, svc: Service, tasks: list[Task]) -> None:
+        if svc.spec.mode is ServiceMode.GLOBAL:
+            self.global_service(svc, tasks)
+            return
         spec = svc.spec
         digest = self.digest(spec)
         slots: dict[int, list[Task]] = defaultdict(list)
@@ -335,7 +346,13 @@ class _Pass:
             slots[slot].append(new)
             touched.add(slot)
 
-        # start-first leftovers: once the slot's current-spec task runs, the old one stops
+        self.start_first_leftovers(slots, digest)
+
+        # 6. rolling update
+        self.update(svc, digest, slots, touched)
+
+    def start_first_leftovers(self, slots: dict[int, list[Task]], digest: str) -> None:
+        """start-first leftovers: once the slot's current-spec task runs, the old one stops."""
         for slot in sorted(slots):
             group = [t for t in slots[slot] if t.live]
             fresh = [t for t in group if t.spec_version == digest and t.state is TaskState.RUNNING]
@@ -347,8 +364,89 @@ class _Pass:
                         slots[slot].remove(t)
                         self.plan.actions.append(Stop(t, f"replaced by {keep.id if keep else ''}"))
 
-        # 6. rolling update
-        self.update(svc, digest, slots, touched)
+    def new_task_on(self, spec: ServiceSpec, slot: int, node: str, attempt: int = 0) -> Task | None:
+        """A task of `spec` assigned to `node` when it fits there (every filter), else None."""
+        ns = self.cluster.nodes.get(node)
+        req = self.cluster.request(spec)
+        if ns is None or self.pipeline.check(ns, req) is not None:
+            return None
+        self.cluster.assign(req, node)
+        return Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=self.digest(spec), node=node,
+                    state=TaskState.ASSIGNED, created_at=self.now, state_at=self.now, attempt=attempt)
+
+    def global_service(self, svc: Service, tasks: list[Task]) -> None:
+        spec = svc.spec
+        digest = self.digest(spec)
+        req = self.cluster.request(spec)
+        by_node: dict[str, list[Task]] = defaultdict(list)
+        used = {t.slot for t in tasks if t.desired_state is DesiredState.RUNNING}
+        for t in tasks:
+            if t.desired_state is not DesiredState.RUNNING:
+                continue
+            if t.node is None:  # pending from before the service became global
+                self.plan.actions.append(Stop(t, "a global service runs one task per node"))
+                continue
+            by_node[t.node].append(t)
+        # 1. tasks on nodes that are gone, down, drained or no longer match -> stopped, not moved
+        for name in sorted(by_node):
+            node = self.nodes.get(name)
+            ns = self.cluster.nodes.get(name)
+            why = ("node removed" if node is None else f"node {name} is down" if node.status is NodeStatus.DOWN
+                   else f"node {name} drained" if not node.schedulable
+                   else f"node {name} no longer matches the constraints"
+                   if ns is not None and spec.placement.constraints and filters.constraints(ns, req) is not None
+                   else None)
+            if why is None:
+                continue
+            for t in by_node.pop(name):
+                if t.live:
+                    self.release(t)
+                    self.plan.actions.append(Stop(t, why))
+        slots: dict[int, list[Task]] = defaultdict(list)
+        touched: set[int] = set()
+        free_slot = 1
+        for name in sorted(self.nodes):
+            if not self.nodes[name].schedulable:
+                continue
+            group = by_node.get(name, [])
+            live = [t for t in group if t.live]
+            if live:
+                # one slot per node: a second one (two leaders' writes, a replicated past) stops
+                keep_slot = min(t.slot for t in live)
+                for t in live:
+                    if t.slot != keep_slot:
+                        self.release(t)
+                        self.plan.actions.append(Stop(t, f"a global service runs one task per node ({name})"))
+                    else:
+                        slots[t.slot].append(t)
+                continue
+            last = _newest(group)
+            if last is not None:  # 2. restart what finished here, as the restart policy says
+                restart, at, attempt = _restart_due(last, spec)
+                if not restart:
+                    continue
+                if at > self.now:
+                    self.plan.wake(at)
+                    continue
+                new = self.new_task_on(spec, last.slot, name, attempt)
+                if new is not None:
+                    why = f"restart {last.name}: {last.state.value}" + (f" ({last.error})" if last.error else "")
+                    self.plan.actions.append(Place(new, why, replaces=last))
+                    slots[new.slot].append(new)
+                    touched.add(new.slot)
+                continue
+            while free_slot in used:  # 3. a node without a task gets one
+                free_slot += 1
+            new = self.new_task_on(spec, free_slot, name)
+            if new is not None:
+                used.add(free_slot)
+                self.plan.actions.append(Place(new, f"global: one task on {name}"))
+                slots[new.slot].append(new)
+                touched.add(new.slot)
+        self.start_first_leftovers(slots, digest)
+        # 4. rolling update, node by node: each new task on its old one's node
+        self.update(svc, digest, slots, touched, live_slots=sorted(slots),
+                    place=lambda slot, old: self.new_task_on(spec, slot, old.node or ""))
 
     def set_service(self, action: SetService) -> None:
         """One write per service per plan: a later decision in the pass replaces an earlier one
@@ -367,11 +465,13 @@ class _Pass:
             return False
         return self.now - t.started_at >= cfg.monitor
 
-    def update(self, svc: Service, digest: str, slots: dict[int, list[Task]], touched: set[int]) -> None:
+    def update(self, svc: Service, digest: str, slots: dict[int, list[Task]], touched: set[int], *,
+               live_slots: Iterable[int] | None = None,
+               place: Callable[[int, Task], Task | None] | None = None) -> None:
         spec = svc.spec
         status = svc.update
         cfg = spec.rollback_config if status.state.rolling_back else spec.update_config
-        live_slots = range(1, spec.replicas + 1)
+        live_slots = list(range(1, spec.replicas + 1) if live_slots is None else live_slots)
         outdated: list[tuple[int, Task]] = []
         for slot in live_slots:
             group = [t for t in slots.get(slot, []) if t.live]
@@ -437,7 +537,15 @@ class _Pass:
             stop_first = cfg.order is UpdateOrder.STOP_FIRST
             if stop_first:
                 self.release(old)
-            new, _ = self.new_task(spec, slot)
+            if place is None:
+                new, _ = self.new_task(spec, slot)
+            else:
+                placed = place(slot, old)
+                if placed is None:  # the new spec does not fit where the old task runs
+                    if stop_first:
+                        self.cluster.hold(old)
+                    continue
+                new = placed
             self.plan.actions.append(Update(old, new, stop_old=stop_first))
 
     def forget(self, by_service: dict[str, list[Task]]) -> None:

@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import functools
 import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
@@ -22,7 +23,16 @@ from scheduler import convert
 from scheduler import network as netmod
 from scheduler.dispatch import Agents, container_name, write_observed
 from scheduler.leader import Election
-from scheduler.model import Availability, DesiredState, Node, Resources, Service, Task, TaskState
+from scheduler.model import (
+    MAX_REPLICAS,
+    Availability,
+    DesiredState,
+    Node,
+    Resources,
+    Service,
+    Task,
+    TaskState,
+)
 from scheduler.observe import ContainerReport
 from scheduler.reconcile import new_service, rollback_service, update_service
 from scheduler.store import Conflict, Delete, Op, Put, Store, StoreError, Unavailable
@@ -67,6 +77,14 @@ def _status(e: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(e, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(e)
     return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
+
+
+_SERVICE_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]{0,62}$")
+
+
+def _check_replicas(n: int, service: str = "") -> None:
+    if not 0 <= n <= MAX_REPLICAS:
+        raise Invalid((f"{service}: " if service else "") + f"replicas must be between 0 and {MAX_REPLICAS:,}, got {n:,}")
 
 
 def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -173,6 +191,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
             spec = convert.spec_from_pb(msg)
             if not spec.name.startswith(request.stack + "_"):
                 raise Invalid(f"service {spec.name} is not in stack {request.stack}")
+            _check_replicas(spec.replicas, spec.name)
             labels = dict(spec.labels)
             labels[convert.STACK_LABEL] = request.stack
             specs.append(replace(spec, labels=tuple(sorted(labels.items()))))
@@ -208,13 +227,32 @@ class SchedulerServicer(pbg.SchedulerServicer):
             await self.view.wait_revision(rev)
         return pb.DeployResponse(changes=changes)
 
+    def _live(self, name: str) -> int:
+        return sum(1 for t in self.view.tasks_of(name) if t.live)
+
+    @_mapped
+    async def CreateService(self, request: pb.ServiceSpec, context: Any) -> pb.ServiceInfo:
+        spec = convert.spec_from_pb(request)
+        if not _SERVICE_NAME.match(spec.name):
+            raise Invalid(f"invalid service name {spec.name!r} (letters, digits, '_', '.', '-')")
+        _check_replicas(spec.replicas, spec.name)
+        if await self.store.get_service(spec.name) is not None:
+            raise Exists(f"service {spec.name} already exists")
+        svc = new_service(spec, self.clock())
+        try:
+            rev = await self.store.commit([self.store.put_service_op(svc)])
+        except Conflict:
+            raise Exists(f"service {spec.name} already exists") from None
+        await self.view.wait_revision(rev)
+        return convert.service_info(svc, 0, 0)
+
     def _running(self, name: str) -> int:
         return sum(1 for t in self.view.tasks_of(name)
                    if t.desired_state is DesiredState.RUNNING and t.state is TaskState.RUNNING)
 
     @_mapped
     async def ListServices(self, request: pb.ListServicesRequest, context: Any) -> pb.ListServicesResponse:
-        out = [convert.service_info(s, self._running(s.name)) for s in sorted(self.view.services.values(),
+        out = [convert.service_info(s, self._running(s.name), self._live(s.name)) for s in sorted(self.view.services.values(),
                                                                                 key=lambda s: s.name)
                if not request.stack or convert.stack_of(s.spec) == request.stack]
         return pb.ListServicesResponse(services=out)
@@ -228,7 +266,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
     @_mapped
     async def InspectService(self, request: pb.ServiceRef, context: Any) -> pb.ServiceInfo:
         svc = self._service(request.name)
-        return convert.service_info(svc, self._running(svc.name))
+        return convert.service_info(svc, self._running(svc.name), self._live(svc.name))
 
     @_mapped
     async def ListTasks(self, request: pb.ListTasksRequest, context: Any) -> pb.ListTasksResponse:
@@ -269,11 +307,10 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def ScaleService(self, request: pb.ScaleRequest, context: Any) -> pb.ServiceInfo:
-        if request.replicas < 0:
-            raise Invalid("replicas must be >= 0")
+        _check_replicas(request.replicas)
         svc = await self._write_service(request.name, lambda s: replace(s, spec=replace(s.spec,
                                                                                          replicas=request.replicas)))
-        return convert.service_info(svc, self._running(svc.name))
+        return convert.service_info(svc, self._running(svc.name), self._live(svc.name))
 
     @_mapped
     async def UpdateService(self, request: pb.UpdateServiceRequest, context: Any) -> pb.ServiceInfo:
@@ -293,6 +330,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
                 spec = replace(spec, env=tuple(sorted(env.items())))
             if request.has_replicas:
                 spec = replace(spec, replicas=request.replicas)
+            _check_replicas(spec.replicas)
             if request.force:
                 labels = dict(spec.env)
                 labels["DOCKYARD_FORCE_UPDATE"] = str(s.version + 1)
@@ -300,7 +338,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
             return update_service(s, spec)
 
         svc = await self._write_service(request.name, change)
-        return convert.service_info(svc, self._running(svc.name))
+        return convert.service_info(svc, self._running(svc.name), self._live(svc.name))
 
     @_mapped
     async def RollbackService(self, request: pb.ServiceRef, context: Any) -> pb.ServiceInfo:
@@ -311,7 +349,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
             return new
 
         svc = await self._write_service(request.name, change)
-        return convert.service_info(svc, self._running(svc.name))
+        return convert.service_info(svc, self._running(svc.name), self._live(svc.name))
 
     @_mapped
     async def RemoveServices(self, request: pb.RemoveServicesRequest, context: Any) -> pb.RemoveServicesResponse:

@@ -71,6 +71,7 @@ class AgentProcess:
         self.base = base
         self.root = base / "root"
         self.socket = base / "agent.sock"
+        self.docker_socket = base / "docker.sock"   # Docker's Engine API (agent/dockerapi)
         self.bridge = f"dyk{tag}"
         self.subnet = _free_subnet()
         self.host = f"unix://{self.socket}"
@@ -97,7 +98,9 @@ class AgentProcess:
             self.proc = subprocess.Popen(
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
                  "--subnet", self.subnet, "--name", f"test-{self.bridge}", "--cgroup-parent", self.cgroup_parent,
-                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}", *self.extra_args],
+                 "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--docker-socket", str(self.docker_socket),
+                 # in the machine's own namespace: leave its forwarding and NAT alone (the network rule)
+                 "--ip-forward=false", "--ip-masq=false", *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
@@ -111,6 +114,9 @@ class AgentProcess:
                     pass
             time.sleep(0.05)
         raise RuntimeError(f"agent did not come up:\n{self.log.read_text()[-3000:]}")
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def kill9(self) -> None:
         assert self.proc is not None
@@ -177,10 +183,13 @@ class AgentProcess:
         with open("/proc/mounts") as f:
             out += [ln.split()[1] for ln in f if str(self.root) in ln.split()[1]]
         parent = self.cgroup_parent
-        for ctl in ("memory", "cpu", "pids", "freezer", "blkio"):
+        for ctl in ("memory", "cpu", "pids", "freezer", "blkio", "devices"):
             d = Path("/sys/fs/cgroup") / ctl / parent
             if d.is_dir():
-                out += [str(p) for p in d.iterdir() if p.is_dir()]
+                # (not the spare a pre-cloned init waits in: shim.SpareCgroup; once the agent is
+                # stopped there must be none)
+                out += [str(p) for p in d.iterdir()
+                        if p.is_dir() and not (p.name.startswith(".spare-") and self.running())]
         links = subprocess.run(["ip", "-o", "link", "show", "master", self.bridge], capture_output=True, text=True)
         out += [ln.split(":")[1].strip() for ln in links.stdout.splitlines() if ":" in ln]
         return out

@@ -41,7 +41,7 @@ leftovers() says what is still there (tests assert it is empty). Each cluster ha
 fixtures, destroys the clusters of sessions that were killed before they could clean up.
 
 Costs here (2 cores): 3 hosts up with busybox imported in 5-9 s (agents start side by side);
-destroy of 2 hosts with containers about 1.5 s; tests/test_multihost.py 28-45 s.
+destroy of 2 hosts with containers about 1.5 s; tests/cluster/test_multihost.py 28-45 s.
 """
 
 from __future__ import annotations
@@ -273,7 +273,8 @@ class Host(AgentProcess):
         return ["nsenter", f"--net=/run/netns/{self.netns}", "--",
                 *CLI, "agent", "--root", str(self.root), "--socket", str(self.socket),
                 "--bridge", self.bridge, "--subnet", self.subnet, "--cgroup-parent", self.cgroup_parent,
-                "--listen", self.address, "--name", self.name, "--metrics-addr", f"{self.ip}:{self.metrics_port}"]
+                "--listen", self.address, "--name", self.name, "--metrics-addr", f"{self.ip}:{self.metrics_port}",
+                "--docker-socket", str(self.docker_socket)]
 
     def spawn(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -664,3 +665,14 @@ def cluster(n: int, base: Path, busybox_tar: Path | None = None) -> Iterator[Clu
     sweep_stale()
     with Cluster(n, base, busybox_tar) as c:
         yield c
+
+
+def join(h: Host, addresses: str) -> None:
+    """Restart the agent of host h joined to the schedulers at addresses (comma-separated)."""
+    base = Host.agent_argv
+
+    def argv(h: Host = h) -> list[str]:
+        return [*base(h), "--join", addresses]
+
+    h.agent_argv = argv  # type: ignore[method-assign]
+    h.restart_agent()

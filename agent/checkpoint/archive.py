@@ -8,7 +8,9 @@
     network.status    the container's network endpoint, JSON
     stats-dump        how long the dump took, JSON
 
-Unpacking is hostile-input safe: only these names, no links, no paths out of the target.
+Unpacking is hostile-input safe: only these names, no links, no paths out of the target (each file
+is created below it through agent/images/safefs.py); rootfs-diff.tar is applied later as a layer,
+through the same checks as any image layer.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 import zstandard
+
+from agent.images.safefs import Root
 
 ALLOWED_TOP = {"config.dump", "spec.dump", "checkpoint", "rootfs-diff.tar", "deleted.files", "network.status",
                "stats-dump"}
@@ -72,7 +76,7 @@ def unpack(src: BinaryIO, target: Path, cold: bool = False) -> dict[str, Any]:
     (target / "checkpoint").mkdir(exist_ok=True)
     dctx = zstandard.ZstdDecompressor()
     try:
-        with dctx.stream_reader(src) as z, tarfile.open(fileobj=z, mode="r|") as tar:
+        with Root(target) as root, dctx.stream_reader(src) as z, tarfile.open(fileobj=z, mode="r|") as tar:
             for m in tar:
                 name = m.name.lstrip("./")
                 top = name.split("/", 1)[0]
@@ -86,8 +90,11 @@ def unpack(src: BinaryIO, target: Path, cold: bool = False) -> dict[str, Any]:
                     raise ArchiveError(f"checkpoint archive: nested member {m.name!r}")
                 f = tar.extractfile(m)
                 assert f is not None
-                dest = target / name
-                with open(dest, "wb") as out:
+                try:
+                    fd = root.open(name.split("/"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                except FileExistsError:
+                    raise ArchiveError(f"checkpoint archive: {m.name!r} appears twice") from None
+                with os.fdopen(fd, "wb") as out:
                     while chunk := f.read(1 << 20):
                         out.write(chunk)
     except (tarfile.TarError, zstandard.ZstdError, EOFError) as e:

@@ -16,6 +16,7 @@ import json
 import os
 import secrets
 import shutil
+import stat
 import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ from .config import (
 )
 from .errors import ImageError, InvalidArchive, InvalidReference
 from .layers import CHUNK, TarReader, decompressed, member_parts, reading_errors
+from .safefs import Root, UnsafePath
 from .store import check_digest, sha256_bytes
 
 if TYPE_CHECKING:
@@ -109,43 +111,59 @@ def _clean(name: str, what: str) -> list[str]:
 def _unpack(fileobj: IO[bytes], dest: Path) -> _Archive:
     archive = _Archive(dest)
     reader = TarReader(fileobj, "archive")
-    for tf, m in reader.members():
-        with reading_errors("archive", m.name):
-            parts = member_parts(m.name, "archive")
-            if not parts:
-                continue
-            name = "/".join(parts)
-            parent = dest
-            for part in parts[:-1]:
-                parent = parent / part
-                if not parent.is_dir():
-                    if parent.exists() or parent.is_symlink():
-                        raise InvalidArchive(f"archive: member {m.name!r}: {part!r} is not a directory")
-                    parent.mkdir()
-            path = parent / parts[-1]
-            if m.isdir():
-                path.mkdir(exist_ok=True)
-            elif m.isreg():
-                if path.exists():
-                    if path.is_dir():
-                        raise InvalidArchive(f"archive: member {m.name!r} would replace a directory")
-                    path.unlink()
-                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    src = tf.extractfile(m)
-                    assert src is not None
-                    shutil.copyfileobj(src, f, CHUNK)
-                    if f.tell() != m.size:
-                        raise InvalidArchive(f"archive: member {m.name!r} is truncated")
-            elif m.issym():
-                base = [] if m.linkname.startswith("/") else parts[:-1]
-                _clean("/".join([*base, m.linkname]), f"archive: symlink {m.name!r}")
-                archive.symlinks[name] = m.linkname
-            elif m.islnk():
-                archive.hardlinks[name] = "/".join(member_parts(m.linkname, "archive"))
-            else:
-                raise InvalidArchive(f"archive: member {m.name!r} has a type ({m.type!r}) an image archive never has")
+    with Root(dest) as root:
+        for tf, m in reader.members():
+            with reading_errors("archive", m.name):
+                _unpack_member(root, archive, tf, m)
     return archive
+
+
+def _unpack_member(root: Root, archive: _Archive, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+    """Directories and regular files go to disk below the root (safefs: never through a link);
+    links only into the archive's tables."""
+    parts = member_parts(m.name, "archive")
+    if not parts:
+        return
+    name = "/".join(parts)
+    if m.issym():
+        base = [] if m.linkname.startswith("/") else parts[:-1]
+        _clean("/".join([*base, m.linkname]), f"archive: symlink {m.name!r}")
+        archive.symlinks[name] = m.linkname
+        return
+    if m.islnk():
+        archive.hardlinks[name] = "/".join(member_parts(m.linkname, "archive"))
+        return
+    if not (m.isdir() or m.isreg()):
+        raise InvalidArchive(f"archive: member {m.name!r} has a type ({m.type!r}) an image archive never has")
+    try:
+        parent = root.opendir(parts[:-1], create=True)
+    except UnsafePath as e:
+        raise InvalidArchive(f"archive: member {m.name!r}: {e.where!r} is not a directory") from None
+    try:
+        try:
+            st: os.stat_result | None = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            st = None
+        if m.isdir():
+            if st is None:
+                os.mkdir(parts[-1], 0o755, dir_fd=parent)
+            elif not stat.S_ISDIR(st.st_mode):
+                raise InvalidArchive(f"archive: member {m.name!r} would replace a file")
+            return
+        if st is not None:
+            if stat.S_ISDIR(st.st_mode):
+                raise InvalidArchive(f"archive: member {m.name!r} would replace a directory")
+            os.unlink(parts[-1], dir_fd=parent)
+        fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=parent)
+        with os.fdopen(fd, "wb") as f:
+            src = tf.extractfile(m)
+            assert src is not None
+            shutil.copyfileobj(src, f, CHUNK)
+            if f.tell() != m.size:
+                raise InvalidArchive(f"archive: member {m.name!r} is truncated")
+    finally:
+        os.close(parent)
 
 
 # --- load -----------------------------------------------------------------------------------------------

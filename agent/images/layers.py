@@ -2,7 +2,7 @@
 flatten a stack of layer directories (docker export). Tarballs are hostile until proven otherwise.
 
 Applying (``apply_layer``) never uses tarfile.extract*: every member is checked and created here.
-The rules, each with a test in tests/test_images_layers.py:
+The rules, each with a test in tests/kernel/test_images_layers.py:
 
 * a member name that is absolute (``/etc/x``) or has a ``..`` component is refused;
 * a member whose parent path is a symlink (placed by an earlier member) is refused; the final
@@ -45,6 +45,7 @@ from typing import IO, Any
 import zstandard
 
 from .errors import InvalidArchive
+from .safefs import Root, UnsafePath, open_dir_rd, set_attrs, set_attrs_fd, write_all
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
@@ -190,66 +191,79 @@ class LayerStats:
     compression: str = ""
 
 
+def _ns(t: float) -> tuple[int, int]:
+    """A tar mtime as (atime, mtime) in nanoseconds (exact for the whole seconds most tars carry)."""
+    ns = t * 1_000_000_000 if isinstance(t, int) else round(t * 1e9)
+    return ns, ns
+
+
 @dataclass
 class _Applier:
-    root: Path
+    """Creates each member through a safefs.Root: every path is resolved below the layer's root
+    without following a symlink at any component, and attributes are set on descriptors."""
+
+    root: Root
     what: str
     is_root: bool = field(default_factory=lambda: os.geteuid() == 0)
-    dirs: list[tuple[Path, tarfile.TarInfo]] = field(default_factory=list)
+    dirs: dict[tuple[str, ...], tarfile.TarInfo] = field(default_factory=dict)
     created_whiteouts: set[str] = field(default_factory=set)
 
-    def parent_dir(self, parts: Sequence[str], name: str) -> Path:
-        """The real directory that will hold ``parts[-1]``; missing parents are made (0755)."""
-        cur = self.root
-        for i, part in enumerate(parts[:-1]):
-            cur = cur / part
-            try:
-                st = os.lstat(cur)
-            except FileNotFoundError:
-                os.mkdir(cur, 0o755)
-                continue
-            if stat.S_ISLNK(st.st_mode):
-                raise InvalidArchive(
-                    f"{self.what}: member {name!r} goes through symlink {'/'.join(parts[: i + 1])!r}; refused"
-                )
-            if not stat.S_ISDIR(st.st_mode):
-                if self._is_whiteout(st):
-                    # A directory re-created under a name this layer whited out: replaces lower's.
-                    os.unlink(cur)
-                    os.mkdir(cur, 0o755)
-                    self.set_opaque(cur)
-                    continue
-                raise InvalidArchive(
-                    f"{self.what}: member {name!r}: {'/'.join(parts[: i + 1])!r} is not a directory"
-                )
-        return cur
+    def _unsafe(self, name: str, e: UnsafePath) -> InvalidArchive:
+        if e.kind == "symlink":
+            return InvalidArchive(f"{self.what}: member {name!r} goes through symlink {e.where!r}; refused")
+        return InvalidArchive(f"{self.what}: member {name!r}: {e.where!r} is not a directory")
 
-    @staticmethod
-    def _is_whiteout(st: os.stat_result) -> bool:
-        return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+    def _owner(self, m: tarfile.TarInfo) -> tuple[int, int] | None:
+        return (m.uid, m.gid) if self.is_root else None
 
-    def set_opaque(self, path: Path) -> None:
-        os.setxattr(path, OPAQUE_XATTR, b"y", follow_symlinks=False)
-
-    def clear(self, path: Path, new_is_dir: bool) -> bool:
-        """Make room for a new entry at ``path``. Returns True when it replaces this layer's whiteout."""
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
+    def _replace_whiteout(self, parent: int, comp: str, st: os.stat_result) -> bool:
+        # A directory re-created under a name this layer whited out: it replaces lower's.
+        if not _is_whiteout(st):
             return False
+        os.unlink(comp, dir_fd=parent)
+        os.mkdir(comp, 0o755, dir_fd=parent)
+        _set_opaque(parent, comp)
+        return True
+
+    def parent_dir(self, parts: Sequence[str], name: str) -> int:
+        """A descriptor of the real directory that will hold ``parts[-1]``; missing parents are made
+        (0755). The caller closes it."""
+        try:
+            return self.root.opendir(parts[:-1], create=True, replace=self._replace_whiteout)
+        except UnsafePath as e:
+            raise self._unsafe(name, e) from None
+
+    def _forget_dirs(self, parts: Sequence[str]) -> None:
+        """A removed directory's pending attributes go with it (and those of everything below)."""
+        prefix = tuple(parts)
+        n = len(prefix)
+        for key in [k for k in self.dirs if k[:n] == prefix]:
+            del self.dirs[key]
+
+    def clear(self, parent: int, parts: Sequence[str], new_is_dir: bool) -> tuple[bool, bool]:
+        """Make room for a new entry. Returns (a directory is there and stays, it replaced this
+        layer's whiteout)."""
+        base = parts[-1]
+        try:
+            st = os.stat(base, dir_fd=parent, follow_symlinks=False)
+        except FileNotFoundError:
+            return False, False
         if stat.S_ISDIR(st.st_mode):
             if new_is_dir:
-                return False
-            _rmtree(path)
-            return False
-        os.unlink(path)
-        return self._is_whiteout(st)
+                return True, False
+            self.root.remove(parent, base, st)
+            self._forget_dirs(parts)
+            return False, False
+        os.unlink(base, dir_fd=parent)
+        return False, _is_whiteout(st)
 
     def whiteout(self, parts: list[str], name: str) -> None:
         base = parts[-1]
         if base == WHITEOUT_OPAQUE:
-            directory = self._ensure_dir(parts[:-1], name) if len(parts) > 1 else self.root
-            self.set_opaque(directory)
+            if len(parts) > 1:
+                self._ensure_dir(parts[:-1], name)
+            else:
+                _set_opaque(self.root.fd, ".")
             return
         if base.startswith(WHITEOUT_META_PREFIX):
             return  # aufs metadata (.wh..wh.plnk, .wh..wh.aufs): meaningless here
@@ -257,30 +271,36 @@ class _Applier:
         if target in ("", ".", ".."):
             raise InvalidArchive(f"{self.what}: whiteout {name!r} names nothing")
         parent = self.parent_dir(parts, name)
-        path = parent / target
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            os.mknod(path, 0o600 | stat.S_IFCHR, 0)
-            self.created_whiteouts.add("/".join([*parts[:-1], target]))
-            return
-        # Same layer holds NAME and .wh.NAME: the whiteout applies only to lower layers (OCI spec).
-        if stat.S_ISDIR(st.st_mode):
-            self.set_opaque(path)
+            try:
+                st = os.stat(target, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                os.mknod(target, 0o600 | stat.S_IFCHR, 0, dir_fd=parent)
+                self.created_whiteouts.add("/".join([*parts[:-1], target]))
+                return
+            # Same layer holds NAME and .wh.NAME: the whiteout applies only to lower layers (OCI spec).
+            if stat.S_ISDIR(st.st_mode):
+                _set_opaque(parent, target)
+        finally:
+            os.close(parent)
 
-    def _ensure_dir(self, parts: list[str], name: str) -> Path:
+    def _ensure_dir(self, parts: list[str], name: str) -> None:
+        """The directory at ``parts`` exists (made 0755) and is marked opaque."""
         parent = self.parent_dir(parts, name)
-        path = parent / parts[-1]
         try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            os.mkdir(path, 0o755)
-            return path
-        if stat.S_ISLNK(st.st_mode):
-            raise InvalidArchive(f"{self.what}: member {name!r} goes through symlink {'/'.join(parts)!r}; refused")
-        if not stat.S_ISDIR(st.st_mode):
-            raise InvalidArchive(f"{self.what}: member {name!r}: {'/'.join(parts)!r} is not a directory")
-        return path
+            try:
+                st = os.stat(parts[-1], dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                os.mkdir(parts[-1], 0o755, dir_fd=parent)
+            else:
+                if stat.S_ISLNK(st.st_mode):
+                    raise InvalidArchive(
+                        f"{self.what}: member {name!r} goes through symlink {'/'.join(parts)!r}; refused")
+                if not stat.S_ISDIR(st.st_mode):
+                    raise InvalidArchive(f"{self.what}: member {name!r}: {'/'.join(parts)!r} is not a directory")
+            _set_opaque(parent, parts[-1])
+        finally:
+            os.close(parent)
 
     def member(self, tf: tarfile.TarFile, m: tarfile.TarInfo, stats: LayerStats) -> None:
         name = m.name
@@ -297,49 +317,43 @@ class _Applier:
                 f"{self.what}: member {name!r} is a {kind} device {m.devmajor}:{m.devminor}; "
                 "device nodes are refused in layers"
             )
+        if m.issym() and _symlink_escapes(parts[:-1], m.linkname):
+            raise InvalidArchive(f"{self.what}: symlink {name!r} -> {m.linkname!r} points outside the root")
         parent = self.parent_dir(parts, name)
-        path = parent / parts[-1]
-        replaced_whiteout = self.clear(path, m.isdir())
+        try:
+            self._create(parent, parts, tf, m, stats)
+        finally:
+            os.close(parent)
+
+    def _create(self, parent: int, parts: list[str], tf: tarfile.TarFile, m: tarfile.TarInfo,
+                stats: LayerStats) -> None:
+        name, base = m.name, parts[-1]
+        is_dir, replaced_whiteout = self.clear(parent, parts, m.isdir())
         if m.isdir():
-            if not path.is_dir() or path.is_symlink():
-                os.mkdir(path, 0o700)
+            if not is_dir:
+                os.mkdir(base, 0o700, dir_fd=parent)
             if replaced_whiteout:
-                self.set_opaque(path)
-            self.dirs.append((path, m))
+                _set_opaque(parent, base)
+            self.dirs.pop(tuple(parts), None)  # the last entry for a directory gives its attributes
+            self.dirs[tuple(parts)] = m
             return
         if m.issym():
-            if _symlink_escapes(parts[:-1], m.linkname):
-                raise InvalidArchive(
-                    f"{self.what}: symlink {name!r} -> {m.linkname!r} points outside the root"
-                )
-            os.symlink(m.linkname, path)
-            self.attrs(path, m, symlink=True)
+            os.symlink(m.linkname, base, dir_fd=parent)
+            set_attrs(parent, base, None, self._owner(m), _ns(m.mtime), symlink=True)
             stats.files += 1
             return
         if m.islnk():
-            target_parts = member_parts(m.linkname, self.what)
-            if not target_parts:
-                raise InvalidArchive(f"{self.what}: hardlink {name!r} -> {m.linkname!r} points at the root")
-            target_parent = self.parent_dir_existing(target_parts, name, m.linkname)
-            target = target_parent / target_parts[-1]
-            try:
-                st = os.lstat(target)
-            except FileNotFoundError:
-                raise InvalidArchive(
-                    f"{self.what}: hardlink {name!r} -> {m.linkname!r}: target is not in this layer"
-                ) from None
-            if stat.S_ISDIR(st.st_mode) or self._is_whiteout(st):
-                raise InvalidArchive(f"{self.what}: hardlink {name!r} -> {m.linkname!r}: target is not a file")
-            os.link(target, path, follow_symlinks=False)
+            self._hardlink(parent, base, m)
             stats.files += 1
             return
         if m.isfifo():
-            os.mkfifo(path, 0o600)
-            self.attrs(path, m)
+            os.mkfifo(base, 0o600, dir_fd=parent)
+            set_attrs(parent, base, m.mode, self._owner(m), _ns(m.mtime))
             stats.files += 1
             return
         if m.isreg():
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=parent)
             written = 0
             try:
                 src = tf.extractfile(m)
@@ -348,60 +362,72 @@ class _Applier:
                     chunk = src.read(CHUNK)
                     if not chunk:
                         break
-                    _write_all(fd, chunk)
+                    write_all(fd, chunk)
                     written += len(chunk)
+                if written != m.size:
+                    raise InvalidArchive(f"{self.what}: member {name!r} is truncated ({written} of {m.size} bytes)")
+                set_attrs_fd(fd, m.mode, self._owner(m), _ns(m.mtime))
             finally:
                 os.close(fd)
-            if written != m.size:
-                raise InvalidArchive(f"{self.what}: member {name!r} is truncated ({written} of {m.size} bytes)")
-            self.attrs(path, m)
             stats.files += 1
             stats.size += m.size
             return
         raise InvalidArchive(f"{self.what}: member {name!r} has unsupported type {m.type!r}")
 
-    def parent_dir_existing(self, parts: Sequence[str], name: str, linkname: str) -> Path:
-        cur = self.root
-        for i, part in enumerate(parts[:-1]):
-            cur = cur / part
+    def _hardlink(self, parent: int, base: str, m: tarfile.TarInfo) -> None:
+        name = m.name
+        target_parts = member_parts(m.linkname, self.what)
+        if not target_parts:
+            raise InvalidArchive(f"{self.what}: hardlink {name!r} -> {m.linkname!r} points at the root")
+        not_here = InvalidArchive(f"{self.what}: hardlink {name!r} -> {m.linkname!r}: target is not in this layer")
+        try:
+            tparent = self.root.opendir(target_parts[:-1])
+        except FileNotFoundError:
+            raise not_here from None
+        except UnsafePath as e:
+            raise InvalidArchive(f"{self.what}: hardlink {name!r} -> {m.linkname!r} goes through "
+                                 f"{e.where!r}, which is not a directory; refused") from None
+        try:
             try:
-                st = os.lstat(cur)
+                st = os.stat(target_parts[-1], dir_fd=tparent, follow_symlinks=False)
             except FileNotFoundError:
-                raise InvalidArchive(
-                    f"{self.what}: hardlink {name!r} -> {linkname!r}: target is not in this layer"
-                ) from None
-            if not stat.S_ISDIR(st.st_mode):
-                raise InvalidArchive(
-                    f"{self.what}: hardlink {name!r} -> {linkname!r} goes through "
-                    f"{'/'.join(parts[: i + 1])!r}, which is not a directory; refused"
-                )
-        return cur
-
-    def attrs(self, path: Path, m: tarfile.TarInfo, symlink: bool = False) -> None:
-        # chown before chmod: chown clears setuid/setgid bits.
-        if self.is_root:
-            os.chown(path, m.uid, m.gid, follow_symlinks=False)
-        if not symlink:
-            os.chmod(path, m.mode & 0o7777)
-        os.utime(path, (m.mtime, m.mtime), follow_symlinks=False)
+                raise not_here from None
+            if stat.S_ISDIR(st.st_mode) or _is_whiteout(st):
+                raise InvalidArchive(f"{self.what}: hardlink {name!r} -> {m.linkname!r}: target is not a file")
+            # linkat without AT_SYMLINK_FOLLOW: a link to a symlink is a link to the symlink itself.
+            os.link(target_parts[-1], base, src_dir_fd=tparent, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(tparent)
 
     def finish(self) -> None:
         # Directory modes and times last, deepest first: a 0555 directory must not block its children.
-        for path, m in sorted(self.dirs, key=lambda d: len(d[0].parts), reverse=True):
-            self.attrs(path, m)
+        # Each is opened again below the root without following links: a directory that a later
+        # member replaced (by a symlink, a file, a whiteout) is not there any more and gets nothing.
+        for parts, m in sorted(self.dirs.items(), key=lambda d: len(d[0]), reverse=True):
+            try:
+                fd = self.root.open(parts, os.O_RDONLY | os.O_DIRECTORY)
+            except (FileNotFoundError, NotADirectoryError, UnsafePath):
+                continue
+            except OSError as e:
+                if e.errno in (errno.ELOOP, errno.EXDEV):
+                    continue
+                raise
+            try:
+                set_attrs_fd(fd, m.mode, self._owner(m), _ns(m.mtime))
+            finally:
+                os.close(fd)
 
 
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        n = os.write(fd, view)
-        view = view[n:]
+def _is_whiteout(st: os.stat_result) -> bool:
+    return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path)
+def _set_opaque(parent: int, name: str) -> None:
+    fd = open_dir_rd(parent, name)
+    try:
+        os.setxattr(fd, OPAQUE_XATTR, b"y")
+    finally:
+        os.close(fd)
 
 
 class TarReader:
@@ -461,12 +487,13 @@ def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer") -> LayerSta
     is left partially written: the caller owns it and removes it (it is always a private temp dir).
     """
     stats = LayerStats()
-    applier = _Applier(Path(dest), what)
     reader = TarReader(fileobj, what)
-    for tf, m in reader.members():
-        with reading_errors(what, m.name):
-            applier.member(tf, m, stats)
-    applier.finish()
+    with Root(dest) as root:
+        applier = _Applier(root, what)
+        for tf, m in reader.members():
+            with reading_errors(what, m.name):
+                applier.member(tf, m, stats)
+        applier.finish()
     stats.diff_id, stats.tar_size, stats.compression = reader.diff_id, reader.size, reader.compression
     return stats
 

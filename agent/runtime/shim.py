@@ -65,6 +65,8 @@ def resources_from_dict(d: dict[str, Any]) -> cgroups.Resources:
     d = dict(d)
     for key in ("device_read_bps", "device_write_bps"):
         d[key] = tuple(cgroups.DeviceRate(path=r["path"], rate=int(r["rate"])) for r in d.get(key, ()))
+    if "devices" in d:  # (a spec written before device rules has none: docker's default then)
+        d["devices"] = tuple(cgroups.DeviceRule(**r) for r in d["devices"])
     return cgroups.Resources(**d)
 
 
@@ -95,7 +97,7 @@ class Precloned:
     of this large process is about 3.5 ms here, and a start on the default namespaces then does
     not wait for it. The init waits on `ctl` for its spec (init.run_precloned)."""
 
-    def __init__(self) -> None:
+    def __init__(self, cg: cgroups.CgroupDriver | None = None) -> None:
         self.ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         flags = 0
         for ns in PRECLONED:
@@ -109,6 +111,9 @@ class Precloned:
                 os._exit(1)
         child_ctl.close()
         self.pid = pid
+        # Its cgroups too (docker's default resources and device rules), on a thread, so a request
+        # is read at once: the shim renames them after its container (SpareCgroup.take).
+        self.cgroup = SpareCgroup(cg, f".spare-{pid}", pid) if cg is not None else None
 
     def fits(self, spec: RuntimeSpec) -> bool:
         return sorted(spec.namespaces) == sorted((*PRECLONED, "mnt")) and spec.restore is None
@@ -119,6 +124,52 @@ class Precloned:
         with contextlib.suppress(ChildProcessError):
             os.waitpid(self.pid, 0)
         self.ctl.close()
+        if self.cgroup is not None:
+            self.cgroup.drop()
+
+
+class SpareCgroup:
+    """The cgroups of a pre-cloned init, made and joined ahead of its container (v1 only: a v2
+    cgroup cannot be renamed). Every join of a v1 hierarchy waits for an RCU grace period, about
+    1.5 ms each of the seven here: this keeps them off the start, the devices one included."""
+
+    def __init__(self, cg: cgroups.CgroupDriver, tag: str, pid: int) -> None:
+        self.cg = cg
+        self.tag = tag
+        self.made = False
+        self.error = ""
+        self._thread: threading.Thread | None = threading.Thread(target=self._make, args=(pid,), daemon=True)
+        self._thread.start()
+
+    def _make(self, pid: int) -> None:
+        try:
+            self.made = self.cg.make_spare(self.tag, pid)
+        except Exception as e:
+            self.error = str(e)
+            with contextlib.suppress(Exception):
+                self.cg.destroy(self.tag)
+
+    def settle(self) -> None:
+        """Wait for the thread: before the process forks, and before the cgroup is used."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def take(self, name: str, resources: cgroups.Resources) -> bool:
+        """Make it the cgroup `name` with these resources; False if the caller must create one."""
+        self.settle()
+        if not self.made:
+            return False
+        self.made = not self.cg.take_spare(self.tag, name, resources)
+        return not self.made
+
+    def drop(self) -> None:
+        """Remove it if it was not taken (killing what is in it)."""
+        self.settle()
+        if self.made:
+            with contextlib.suppress(Exception):
+                self.cg.destroy(self.tag)
+            self.made = False
 
 
 def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket, pre: Precloned | None = None,
@@ -166,6 +217,7 @@ class _Shim:
         self.listener: socket.socket | None = None
         self.started_at = 0.0
         self.cg: cgroups.CgroupDriver | None = None
+        self.spare: SpareCgroup | None = None   # the pre-cloned init's cgroups, made ahead
         self.mounted = False
         self.joining: threading.Thread | None = None
         self.join_error = ""
@@ -300,6 +352,10 @@ class _Shim:
         if self.pre is not None:
             # The init made ahead reads its spec, and the agent wires its veth, while we mount.
             self.pid, self.ctl = self.pre.pid, self.pre.ctl
+            if self.pre.cgroup is not None and self.pre.cgroup.cg is self.cg:
+                self.spare = self.pre.cgroup
+            elif self.pre.cgroup is not None:
+                self.pre.cgroup.drop()
             self.pre = None
             init.send(self.ctl, {"op": "spec", "spec": spec.to_json()}, list(stdio) if stdio else None)
             if spec.network is not None:
@@ -423,10 +479,16 @@ class _Shim:
     def _join_cgroup(self) -> None:
         assert self.cg is not None
         try:
-            self.cg.create(self.spec.id, resources_from_dict(self.spec.cgroup))
+            resources = resources_from_dict(self.spec.cgroup)
+            if self.spare is not None and self.spare.take(self.spec.id, resources):
+                trace("cgroup taken from the spare")
+                return
+            self.cg.create(self.spec.id, resources)
             trace("cgroup created")
             self.cg.add_process(self.spec.id, self.pid)
             trace("joined cgroup")
+            if self.spare is not None:
+                self.spare.drop()
         except BaseException as e:
             self.join_error = f"cgroup: {e}"
 
@@ -613,6 +675,8 @@ class _Shim:
         if self.pre is not None:
             self.pre.discard()
             self.pre = None
+        if self.spare is not None:
+            self.spare.drop()
         if self.mounted:
             rootfs.unmount(self.spec.rootfs)
             self.mounted = False

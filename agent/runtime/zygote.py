@@ -89,7 +89,8 @@ def _fork_spare(sock: socket.socket) -> socket.socket:
         pre: shim.Precloned | None = None
         if not select.select([sock], [], [], 0)[0]:  # (a request waiting is served first)
             with contextlib.suppress(OSError):
-                pre = shim.Precloned()
+                # (the agent's one cgroup driver, when the zygote was given it: its cgroups too)
+                pre = shim.Precloned(next(iter(shim.DETECTED.values()), None))
         while True:
             try:
                 req, fds = _recv_request(sock)
@@ -98,6 +99,8 @@ def _fork_spare(sock: socket.socket) -> socket.socket:
                 continue
         sock.close()
         if req is None:
+            if pre is not None:
+                pre.discard()
             theirs.send(b"e")
             os._exit(0)
         theirs.send(b"t")

@@ -21,7 +21,7 @@ from tests.bench.common import load, machine
 def main() -> int:
     here = Path(__file__).parent
     names = sorted(m.name for m in pkgutil.iter_modules([str(here)]) if m.name.startswith("bench_"))
-    wanted = sys.argv[1:]
+    wanted = [w.replace("-", "_") for w in sys.argv[1:]]  # `sec-unpack` names bench_sec_unpack
     if wanted:
         names = [n for n in names if n in wanted or n.removeprefix("bench_") in wanted]
     failed = []

@@ -31,7 +31,7 @@ sys.path[:0] = [str(_HERE.parents[2])]
 from tests.agent_harness import AgentProcess, import_busybox  # noqa: E402
 from tests.bench.common import Dockerd, run  # noqa: E402,F401  (kept importable from here)
 from tests.images import busybox_tar  # noqa: E402
-from tests.test_images_registry import Registry  # noqa: E402
+from tests.kernel.test_images_registry import Registry  # noqa: E402
 
 DOCKERFILE = "FROM busybox\nCOPY files /files\nRUN ls /files | wc -l > /count\n"
 

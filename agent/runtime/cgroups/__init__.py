@@ -12,6 +12,7 @@ per-controller modules (_v1/*.py, _v2/*.py), as runc's libcontainer/cgroups is b
 """
 
 from ._detect import detect
+from ._devices import ALL_DEVICES, DEFAULT_DEVICE_RULES, DeviceRule
 from ._driver import CgroupDriver
 from ._dynmods import favor_dynmods
 from ._dynmods import release as release_dynmods
@@ -21,10 +22,13 @@ from ._v1 import V1Driver
 from ._v2 import V2Driver
 
 __all__ = [
+    "ALL_DEVICES",
+    "DEFAULT_DEVICE_RULES",
     "MIB",
     "CgroupDriver",
     "CgroupError",
     "DeviceRate",
+    "DeviceRule",
     "Resources",
     "Stats",
     "V1Driver",

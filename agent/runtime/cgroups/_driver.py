@@ -62,6 +62,17 @@ class CgroupDriver(ABC):
     def list(self) -> list[str]:
         """Names of the cgroups under parent, sorted."""
 
+    def make_spare(self, tag: str, pid: int) -> bool:
+        """Ahead of need: a cgroup named `tag` (a name starting with ".", which list() leaves out)
+        with default resources, pid moved into it. take_spare() gives it its container's name.
+        False where a cgroup cannot be renamed (v2): the caller creates and joins at the start."""
+        return False
+
+    def take_spare(self, tag: str, name: str, resources: Resources) -> bool:
+        """Rename the spare cgroup `tag` (made by make_spare) to `name` and apply resources to it;
+        False, with nothing changed, if it cannot (no such spare, `name` taken)."""
+        return False
+
     @abstractmethod
     def paths(self, name: str) -> dict[str, str]:
         """controller -> absolute cgroup directory (v2: every controller maps to the one directory)."""

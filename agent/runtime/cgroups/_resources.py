@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from ._devices import DEFAULT_DEVICE_RULES, DeviceRule
 from ._errors import CgroupError
 
 MIB = 1024 * 1024
@@ -49,6 +50,8 @@ class Resources:
     """10..1000; 0 = kernel default"""
     device_read_bps: tuple[DeviceRate, ...] = ()
     device_write_bps: tuple[DeviceRate, ...] = ()
+    devices: tuple[DeviceRule, ...] = DEFAULT_DEVICE_RULES
+    """what the container may open (all else is denied); docker's default unless told otherwise"""
 
     def validate(self) -> None:
         """Raise CgroupError naming the first bad field, with docker's rules."""
@@ -89,6 +92,8 @@ class Resources:
                 if d.path in seen:
                     _bad(field, f"{d.path} is listed twice")
                 seen.add(d.path)
+        for rule in self.devices:
+            rule.validate()
 
     def swap_total(self) -> int:
         """memory+swap in bytes as the kernel should get it; -1 = unlimited."""

@@ -71,7 +71,10 @@ class BridgeNetwork:
 
     # ---- the bridge and its chains
 
-    def ensure(self) -> None:
+    def ensure(self, ip_forward: bool = False, ip_masq: bool = False) -> None:
+        """The bridge, its address and chains. ip_forward turns on the host's net.ipv4.ip_forward
+        (never off: another service may need it); ip_masq masquerades the subnet towards every
+        other interface (docker's --ip-forward and --ip-masq; the agent's defaults are on)."""
         with self._ipam.locked():
             self._ipam.load()  # refuses a state file made for another subnet
             with _ipr() as ipr:
@@ -94,7 +97,9 @@ class BridgeNetwork:
                     ipr.addr("add", index=index, address=str(self.gateway), prefixlen=self.subnet.prefixlen)
                 ipr.link("set", index=index, state="up")
             self._sysctl(f"net/ipv4/conf/{self.name}/route_localnet", "1")
-            iptables.ensure_base(self.name)
+            if ip_forward:
+                self._sysctl("net/ipv4/ip_forward", "1")
+            iptables.ensure_base(self.name, str(self.subnet), ip_masq)
 
     def _check_subnet_free(self, ipr: Any) -> None:
         for a in ipr.get_addr(family=2):

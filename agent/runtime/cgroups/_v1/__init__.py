@@ -21,10 +21,10 @@ from .pids import Pids
 
 log = logging.getLogger(__name__)
 
-# cpuset first: its cgroup can take no process until cpus and mems are copied in.
-# The controllers a container joins. cpuset and devices are left out until something configures
-# them (no --cpuset-cpus, no device rules yet): each v1 hierarchy joined costs an RCU-synchronised
-# attach on the container's start path, about 1.5 ms apiece on this kernel (BENCHMARKS.md).
+# The controllers a container joins. cpuset is left out until something configures it (no
+# --cpuset-cpus yet): each v1 hierarchy joined costs an RCU-synchronised attach, about 1.5 ms apiece
+# on this kernel (BENCHMARKS.md). devices is always joined: it is what keeps a container (whose root
+# may mknod) from opening the host's disks; a pre-cloned init joins all of them ahead (make_spare).
 CONTROLLERS: tuple[Controller, ...] = (
     Memory(),
     Cpu(),
@@ -32,8 +32,9 @@ CONTROLLERS: tuple[Controller, ...] = (
     Pids(),
     Blkio(),
     Freezer(),
+    Devices(),
 )
-UNUSED_CONTROLLERS: tuple[Controller, ...] = (CpuSet(), Devices())
+UNUSED_CONTROLLERS: tuple[Controller, ...] = (CpuSet(),)
 NAMES = tuple(c.name for c in CONTROLLERS)
 
 
@@ -43,7 +44,7 @@ class V1Driver(CgroupDriver):
     version = 1
 
     def __init__(self, bases: dict[str, str], parent: str, *, freeze_timeout: float = 10.0) -> None:
-        missing = [n for n in ("memory", "cpu", "cpuacct", "pids", "freezer") if n not in bases]
+        missing = [n for n in ("memory", "cpu", "cpuacct", "pids", "freezer", "devices") if n not in bases]
         if missing:
             raise CgroupError(f"cgroup v1: controllers {', '.join(missing)} are not mounted", op="detect")
         self.bases = dict(bases)
@@ -133,8 +134,39 @@ class V1Driver(CgroupDriver):
         for c in self._controllers:
             d = os.path.join(self.bases[c.name], self.parent)
             if os.path.isdir(d):
-                names.update(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+                names.update(e.name for e in os.scandir(d)
+                             if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
         return sorted(names)
+
+    # made ahead: every join of a v1 hierarchy waits for an RCU grace period (about 1.5 ms each
+    # here, seven of them), which a pre-cloned init pays while it waits for its container
+    def make_spare(self, tag: str, pid: int) -> bool:
+        if not tag.startswith("."):
+            raise CgroupError(f"spare cgroup {tag!r} must start with '.'", op="spare", field="name")
+        self.create(tag, Resources())
+        self.add_process(tag, pid)
+        return True
+
+    def take_spare(self, tag: str, name: str, resources: Resources) -> bool:
+        resources.validate()
+        pairs = [(d, os.path.join(os.path.dirname(d), name)) for d in self._dirs(tag)]
+        if not all(os.path.isdir(old) for old, _ in pairs) or any(os.path.exists(new) for _, new in pairs):
+            return False
+        done: list[tuple[str, str]] = []
+        try:
+            for old, new in pairs:
+                os.rename(old, new)  # cgroup v1 renames a cgroup in place, its processes with it
+                done.append((old, new))
+        except OSError as e:
+            for old, new in reversed(done):
+                try:
+                    os.rename(new, old)
+                except OSError as undo:
+                    log.warning("take spare %s as %s: undo %s: %s", tag, name, new, undo)
+            log.warning("take spare %s as %s: %s", tag, name, e)
+            return False
+        self._apply(name, resources)
+        return True
 
     # freezer
     def freeze(self, name: str) -> None:

@@ -12,6 +12,7 @@ from .._errors import CgroupError
 from .._resources import Resources, Stats
 from . import memory
 from .cpu import Cpu
+from .devices import Devices
 from .io import Io
 from .memory import Memory
 from .pids import Pids
@@ -19,6 +20,8 @@ from .pids import Pids
 log = logging.getLogger(__name__)
 
 CONTROLLERS: tuple[Controller, ...] = (Memory(), Cpu(), Pids(), Io())
+# Device rules are a BPF program on the cgroup, whatever controllers it has: applied to every one.
+DEVICES = Devices()
 
 
 def _needs(r: Resources) -> set[str]:
@@ -133,6 +136,7 @@ class V2Driver(CgroupDriver):
             )
         for c in enabled:
             c.apply(path, resources)
+        DEVICES.apply(path, resources)
 
     def add_process(self, name: str, pid: int) -> None:
         path = self._path(name)
@@ -168,7 +172,7 @@ class V2Driver(CgroupDriver):
         d = self._parent_dir()
         if not os.path.isdir(d):
             return []
-        return sorted(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False))
+        return sorted(e.name for e in os.scandir(d) if e.is_dir(follow_symlinks=False) and not e.name.startswith("."))
 
     # freezer: core files in v2, no controller to enable
     def freeze(self, name: str) -> None:

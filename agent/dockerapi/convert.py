@@ -1,0 +1,445 @@
+"""Docker's JSON <-> the agent's own types: the one conversion layer of the Engine API.
+
+A create body is mapped field by field onto ContainerConfig. What dockyard cannot do is refused
+with the field's name (400), never ignored: a field is accepted only when it is mapped, or when it
+holds its zero value (the docker CLI and docker-py send many fields at their defaults).
+"""
+
+from __future__ import annotations
+
+import datetime
+import shlex
+import time
+from typing import Any
+
+from agent.model import Container, ContainerConfig, DeviceRate, Port, Resources, RestartPolicy
+
+from .http import HTTPError
+
+SUPPORTED_LOG_DRIVERS = ("json-file",)
+
+# Config (the container's own) keys that are mapped; every other key must hold its zero value.
+_CONFIG_MAPPED = {
+    "Hostname", "User", "Env", "Cmd", "Entrypoint", "Image", "WorkingDir", "Labels", "Tty", "OpenStdin",
+    "StdinOnce", "StopSignal", "StopTimeout", "ExposedPorts", "HostConfig", "NetworkingConfig",
+    # The client's own attach choices (it attaches with /attach), and docker's Windows-only flag.
+    "AttachStdin", "AttachStdout", "AttachStderr", "ArgsEscaped",
+}
+_HOST_MAPPED = {
+    "PortBindings", "PublishAllPorts", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "MemorySwap",
+    "NanoCpus", "CpuShares", "PidsLimit", "BlkioWeight", "BlkioDeviceReadBps", "BlkioDeviceWriteBps",
+    "PidMode", "IpcMode", "UsernsMode", "Init", "SecurityOpt", "LogConfig", "ConsoleSize", "CgroupnsMode",
+    "Isolation",
+}
+
+
+def empty(v: Any) -> bool:
+    """The zero value of a Docker field: what a client sends for "not set"."""
+    if v is None or v is False or v == 0 or v == "":
+        return True
+    if isinstance(v, list):
+        return all(empty(x) for x in v)
+    if isinstance(v, dict):
+        return all(empty(x) for x in v.values())
+    return False
+
+
+# Fields whose "not set" is not their zero value (docker's CLI sends them so).
+_NOT_SET = {"MemorySwappiness": -1}
+
+
+def _refuse_unmapped(obj: dict[str, Any], mapped: set[str], where: str) -> None:
+    for k, v in obj.items():
+        if k not in mapped and not empty(v) and _NOT_SET.get(k) != v:
+            raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
+
+
+def _strs(v: Any, field: str) -> list[str]:
+    if v is None:
+        return []
+    if isinstance(v, str):
+        return shlex.split(v)
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise HTTPError(400, f"{field} must be a list of strings (got {v!r})")
+    return list(v)
+
+
+def _int(v: Any, field: str) -> int:
+    if v is None:
+        return 0
+    if isinstance(v, bool) or not isinstance(v, int):
+        raise HTTPError(400, f"{field} must be an integer (got {v!r})")
+    return v
+
+
+def _bool(v: Any, field: str) -> bool:
+    if v is None:
+        return False
+    if not isinstance(v, bool):
+        raise HTTPError(400, f"{field} must be true or false (got {v!r})")
+    return v
+
+
+def _str(v: Any, field: str) -> str:
+    if v is None:
+        return ""
+    if not isinstance(v, str):
+        raise HTTPError(400, f"{field} must be a string (got {v!r})")
+    return v
+
+
+def _ports(host: dict[str, Any], exposed: list[str]) -> list[Port]:
+    out: list[Port] = []
+    bindings = host.get("PortBindings") or {}
+    if not isinstance(bindings, dict):
+        raise HTTPError(400, "HostConfig.PortBindings must be an object")
+    for key, binds in bindings.items():
+        cport, proto = _port_key(key)
+        for b in binds or [{}]:
+            hp = str((b or {}).get("HostPort") or "0")
+            if "-" in hp:
+                raise HTTPError(400, f"HostConfig.PortBindings {key}: host port ranges ({hp}) are not supported")
+            try:
+                host_port = int(hp)
+            except ValueError:
+                raise HTTPError(400, f"HostConfig.PortBindings {key}: invalid host port {hp!r}") from None
+            out.append(Port(str((b or {}).get("HostIp") or ""), host_port, cport, proto))
+    if host.get("PublishAllPorts"):
+        bound = {(p.container_port, p.protocol) for p in out}
+        for key in exposed:
+            cport, proto = _port_key(key)
+            if (cport, proto) not in bound:
+                out.append(Port("", 0, cport, proto))
+    return out
+
+
+def _port_key(key: str) -> tuple[int, str]:
+    num, _, proto = key.partition("/")
+    proto = proto or "tcp"
+    try:
+        port = int(num)
+    except ValueError:
+        raise HTTPError(400, f"invalid port {key!r}: want PORT[/tcp|udp]") from None
+    if proto not in ("tcp", "udp"):
+        raise HTTPError(400, f"invalid port {key!r}: protocol {proto!r} is not supported (tcp or udp)")
+    return port, proto
+
+
+def _rates(v: Any, field: str) -> list[DeviceRate]:
+    out = []
+    for d in v or []:
+        if not isinstance(d, dict) or "Path" not in d:
+            raise HTTPError(400, f"HostConfig.{field}: each entry needs Path and Rate (got {d!r})")
+        out.append(DeviceRate(str(d["Path"]), _int(d.get("Rate"), f"HostConfig.{field}.Rate")))
+    return out
+
+
+def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int, int] | None]:
+    """A create body -> (ContainerConfig, the terminal's initial (rows, cols) if given)."""
+    if not isinstance(body, dict):
+        raise HTTPError(400, "the create body must be a JSON object")
+    host = body.get("HostConfig") or {}
+    if not isinstance(host, dict):
+        raise HTTPError(400, "HostConfig must be an object")
+    _refuse_unmapped(body, _CONFIG_MAPPED, "Config")
+    _refuse_unmapped(host, _HOST_MAPPED, "HostConfig")
+    if not body.get("Image"):
+        raise HTTPError(400, "Config.Image is required")
+
+    log = host.get("LogConfig") or {}
+    ltype = log.get("Type") or "json-file"
+    if ltype not in SUPPORTED_LOG_DRIVERS:
+        raise HTTPError(400, f"logger: no log driver named '{ltype}' is registered")
+    if not empty(log.get("Config")):
+        raise HTTPError(400, f"HostConfig.LogConfig.Config is not supported by dockyard (got {log.get('Config')!r})")
+    if (host.get("CgroupnsMode") or "host") != "host":
+        raise HTTPError(400, f"HostConfig.CgroupnsMode {host['CgroupnsMode']!r} is not supported: "
+                             "dockyard's containers share the host's cgroup namespace")
+    if (host.get("Isolation") or "default") != "default":
+        raise HTTPError(400, f"HostConfig.Isolation {host['Isolation']!r} is not supported (only default)")
+
+    entry_raw = body.get("Entrypoint")
+    entrypoint = _strs(entry_raw, "Config.Entrypoint")
+    if entrypoint == [""]:
+        entrypoint = []
+    exposed = sorted((body.get("ExposedPorts") or {}).keys())
+    for key in exposed:
+        _port_key(key)
+    rp = host.get("RestartPolicy") or {}
+    env = _strs(body.get("Env"), "Config.Env")
+    for e in env:
+        if not e or e.startswith("="):
+            raise HTTPError(400, f"invalid environment variable: {e!r}")
+    net = _str(host.get("NetworkMode"), "HostConfig.NetworkMode") or "bridge"
+    if net == "default":
+        net = "bridge"
+    endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
+    for netname, ep in endpoints.items():
+        if netname not in (net, "default", "bridge") or not empty(ep):
+            raise HTTPError(400, f"NetworkingConfig.EndpointsConfig.{netname}: only the container's own "
+                                 f"network ({net}) without settings is supported")
+    labels = body.get("Labels") or {}
+    if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+        raise HTTPError(400, "Config.Labels must be an object of strings")
+    pids = host.get("PidsLimit")
+    cfg = ContainerConfig(
+        name=name,
+        image=_str(body.get("Image"), "Config.Image"),
+        cmd=_strs(body.get("Cmd"), "Config.Cmd"),
+        entrypoint=entrypoint,
+        entrypoint_set=entry_raw is not None,
+        env=env,
+        workdir=_str(body.get("WorkingDir"), "Config.WorkingDir"),
+        user=_str(body.get("User"), "Config.User"),
+        hostname=_str(body.get("Hostname"), "Config.Hostname"),
+        tty=_bool(body.get("Tty"), "Config.Tty"),
+        open_stdin=_bool(body.get("OpenStdin"), "Config.OpenStdin"),
+        stdin_once=_bool(body.get("StdinOnce"), "Config.StdinOnce"),
+        labels=dict(labels),
+        ports=_ports(host, exposed),
+        exposed_ports=exposed,
+        resources=Resources(
+            memory=_int(host.get("Memory"), "HostConfig.Memory"),
+            memory_swap=_int(host.get("MemorySwap"), "HostConfig.MemorySwap"),
+            nano_cpus=_int(host.get("NanoCpus"), "HostConfig.NanoCpus"),
+            cpu_shares=_int(host.get("CpuShares"), "HostConfig.CpuShares"),
+            pids_limit=0 if pids is None or pids < 0 else _int(pids, "HostConfig.PidsLimit"),
+            blkio_weight=_int(host.get("BlkioWeight"), "HostConfig.BlkioWeight"),
+            device_read_bps=_rates(host.get("BlkioDeviceReadBps"), "BlkioDeviceReadBps"),
+            device_write_bps=_rates(host.get("BlkioDeviceWriteBps"), "BlkioDeviceWriteBps"),
+        ),
+        network_mode=net,
+        pid_mode=_str(host.get("PidMode"), "HostConfig.PidMode"),
+        ipc_mode=_str(host.get("IpcMode"), "HostConfig.IpcMode"),
+        userns_mode=_str(host.get("UsernsMode"), "HostConfig.UsernsMode"),
+        restart_policy=RestartPolicy(_str(rp.get("Name"), "HostConfig.RestartPolicy.Name") or "no",
+                                     _int(rp.get("MaximumRetryCount"), "HostConfig.RestartPolicy.MaximumRetryCount")),
+        auto_remove=_bool(host.get("AutoRemove"), "HostConfig.AutoRemove"),
+        init=_bool(host.get("Init"), "HostConfig.Init"),
+        stop_timeout=_int(body.get("StopTimeout"), "Config.StopTimeout"),
+        stop_signal=_str(body.get("StopSignal"), "Config.StopSignal"),
+        security_opt=_strs(host.get("SecurityOpt"), "HostConfig.SecurityOpt"),
+    )
+    size = host.get("ConsoleSize")
+    console = None
+    if isinstance(size, list) and len(size) == 2 and all(isinstance(x, int) and x > 0 for x in size):
+        console = (size[0], size[1])
+    return cfg, console
+
+
+# --- out --------------------------------------------------------------------------------------
+
+def iso(t: float) -> str:
+    if not t:
+        return "0001-01-01T00:00:00Z"
+    return datetime.datetime.fromtimestamp(t, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _port_map(c: Container) -> dict[str, list[dict[str, str]] | None]:
+    ports: dict[str, list[dict[str, str]] | None] = {k: None for k in c.config.exposed_ports}
+    if c.state.status in ("running", "paused"):
+        for p in c.ports:
+            lst = ports.get(f"{p.container_port}/{p.protocol}") or []
+            lst.append({"HostIp": p.host_ip or "0.0.0.0", "HostPort": str(p.host_port)})
+            ports[f"{p.container_port}/{p.protocol}"] = lst
+    return ports
+
+
+def _bindings(cfg: ContainerConfig) -> dict[str, list[dict[str, str]]]:
+    out: dict[str, list[dict[str, str]]] = {}
+    for p in cfg.ports:
+        out.setdefault(f"{p.container_port}/{p.protocol}", []).append(
+            {"HostIp": p.host_ip, "HostPort": str(p.host_port) if p.host_port else ""})
+    return out
+
+
+def _network(c: Container) -> dict[str, Any]:
+    ep = c.endpoint or {}
+    return {
+        "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": ep.get("mac", ""),
+        "NetworkID": c.config.network_mode, "EndpointID": c.id if ep else "", "Gateway": ep.get("gateway", ""),
+        "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0), "IPv6Gateway": "",
+        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None, "DNSNames": None,
+    }
+
+
+def status_text(c: Container, now: float | None = None) -> str:
+    """`docker ps`'s STATUS: "Up 5 minutes", "Exited (0) 2 seconds ago", "Created"."""
+    s = c.state
+    now = now or time.time()
+    if s.status in ("running", "paused"):
+        text = "Up " + _human(now - s.started_at)
+        return text + " (Paused)" if s.status == "paused" else text
+    if s.status == "restarting":
+        return f"Restarting ({s.exit_code}) {_human(now - s.finished_at)} ago"
+    if s.status == "exited" or s.finished_at:
+        return f"Exited ({s.exit_code}) {_human(now - s.finished_at)} ago"
+    return "Created"
+
+
+def _human(secs: float) -> str:
+    # docker's units.HumanDuration
+    s = int(secs)
+    if s < 1:
+        return "Less than a second"
+    if s == 1:
+        return "1 second"
+    if s < 60:
+        return f"{s} seconds"
+    m = s // 60
+    if m == 1:
+        return "About a minute"
+    if m < 60:
+        return f"{m} minutes"
+    h = round(s / 3600)
+    if h == 1:
+        return "About an hour"
+    if h < 48:
+        return f"{h} hours"
+    if h < 24 * 7 * 2:
+        return f"{h // 24} days"
+    return f"{h // (24 * 7)} weeks"
+
+
+def command_of(c: Container) -> str:
+    return " ".join(shlex.quote(a) if " " in a else a for a in c.args)
+
+
+def summary(c: Container, size: tuple[int, int] | None = None) -> dict[str, Any]:
+    """One row of GET /containers/json."""
+    ports = []
+    if c.state.status in ("running", "paused"):
+        for p in c.ports:
+            ports.append({"IP": p.host_ip or "0.0.0.0", "PrivatePort": p.container_port,
+                          "PublicPort": p.host_port, "Type": p.protocol})
+    seen = {(p["PrivatePort"], p["Type"]) for p in ports}
+    for key in c.config.exposed_ports:
+        cport, proto = _port_key(key)
+        if (cport, proto) not in seen:
+            ports.append({"PrivatePort": cport, "Type": proto})
+    row: dict[str, Any] = {
+        "Id": c.id, "Names": ["/" + c.name], "Image": c.image_ref, "ImageID": c.image_id,
+        "Command": command_of(c), "Created": int(c.created), "Ports": ports, "Labels": c.config.labels,
+        "State": c.state.status, "Status": status_text(c),
+        "HostConfig": {"NetworkMode": c.config.network_mode},
+        "NetworkSettings": {"Networks": {c.config.network_mode: _network(c)}},
+        "Mounts": [],
+    }
+    if size is not None:
+        row["SizeRw"], row["SizeRootFs"] = size
+    return row
+
+
+def inspect(c: Container, log_path: str, image_config: Any) -> dict[str, Any]:
+    """GET /containers/{id}/json: Docker's keys, with Docker's defaults where dockyard has no such thing."""
+    s, cfg = c.state, c.config
+    r = cfg.resources
+    env = list(image_config.env or []) if image_config is not None else []
+    keys = {e.partition("=")[0] for e in cfg.env}
+    env = [e for e in env if e.partition("=")[0] not in keys] + list(cfg.env)
+    img_labels = dict(getattr(image_config, "labels", None) or {})
+    health = None
+    return {
+        "Id": c.id,
+        "Created": iso(c.created),
+        "Path": c.args[0] if c.args else "",
+        "Args": c.args[1:],
+        "State": {
+            "Status": s.status, "Running": s.status in ("running", "paused"), "Paused": s.status == "paused",
+            "Restarting": s.status == "restarting", "OOMKilled": s.oom_killed, "Dead": s.status == "dead",
+            "Pid": s.pid, "ExitCode": s.exit_code, "Error": s.error, "StartedAt": iso(s.started_at),
+            "FinishedAt": iso(s.finished_at), **({"Health": health} if health else {}),
+        },
+        "Image": c.image_id,
+        "ResolvConfPath": "", "HostnamePath": "", "HostsPath": "",
+        "LogPath": log_path,
+        "Name": "/" + c.name,
+        "RestartCount": s.restart_count,
+        "Driver": "overlay2",
+        "Platform": "linux",
+        "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
+        "ExecIDs": None,
+        "HostConfig": {
+            "Binds": None, "ContainerIDFile": "",
+            "LogConfig": {"Type": "json-file", "Config": {}},
+            "NetworkMode": cfg.network_mode,
+            "PortBindings": _bindings(cfg),
+            "RestartPolicy": {"Name": cfg.restart_policy.name or "no",
+                              "MaximumRetryCount": cfg.restart_policy.max_retries},
+            "AutoRemove": cfg.auto_remove, "VolumeDriver": "", "VolumesFrom": None,
+            "ConsoleSize": [0, 0], "CapAdd": None, "CapDrop": None, "CgroupnsMode": "host",
+            "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None,
+            "IpcMode": cfg.ipc_mode or "private", "Cgroup": "", "Links": None, "OomScoreAdj": 0,
+            "PidMode": cfg.pid_mode, "Privileged": False, "PublishAllPorts": False,
+            "ReadonlyRootfs": False, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": "",
+            "UsernsMode": cfg.userns_mode, "ShmSize": 67108864, "Runtime": "dockyard", "Isolation": "",
+            "CpuShares": r.cpu_shares, "Memory": r.memory, "NanoCpus": r.nano_cpus, "CgroupParent": "",
+            "BlkioWeight": r.blkio_weight, "BlkioWeightDevice": [],
+            "BlkioDeviceReadBps": [{"Path": d.path, "Rate": d.rate} for d in r.device_read_bps],
+            "BlkioDeviceWriteBps": [{"Path": d.path, "Rate": d.rate} for d in r.device_write_bps],
+            "BlkioDeviceReadIOps": [], "BlkioDeviceWriteIOps": [], "CpuPeriod": 0, "CpuQuota": 0,
+            "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "",
+            "Devices": [], "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
+            "MemorySwap": r.memory_swap, "MemorySwappiness": None, "OomKillDisable": False,
+            "PidsLimit": r.pids_limit or None, "Ulimits": [], "CpuCount": 0, "CpuPercent": 0,
+            "IOMaximumIOps": 0, "IOMaximumBandwidth": 0, "Init": cfg.init or None,
+            "MaskedPaths": None, "ReadonlyPaths": None,
+        },
+        "GraphDriver": {"Name": "overlay2", "Data": None},
+        "Mounts": [],
+        "Config": {
+            "Hostname": cfg.hostname or c.id[:12], "Domainname": "", "User": cfg.user,
+            "AttachStdin": False, "AttachStdout": False, "AttachStderr": False,
+            **({"ExposedPorts": {k: {} for k in cfg.exposed_ports}} if cfg.exposed_ports else {}),
+            "Tty": cfg.tty, "OpenStdin": cfg.open_stdin, "StdinOnce": cfg.stdin_once,
+            "Env": env, "Cmd": c.args[len(cfg.entrypoint if cfg.entrypoint_set else
+                                        (image_config.entrypoint or [] if image_config else [])):] or None,
+            "Image": c.image_ref, "Volumes": None,
+            "WorkingDir": cfg.workdir or (image_config.workdir if image_config else "") or "",
+            "Entrypoint": (cfg.entrypoint if cfg.entrypoint_set else
+                           (list(image_config.entrypoint or []) if image_config else [])) or None,
+            "OnBuild": None, "Labels": {**img_labels, **cfg.labels},
+            **({"StopSignal": cfg.stop_signal} if cfg.stop_signal else {}),
+            **({"StopTimeout": cfg.stop_timeout} if cfg.stop_timeout else {}),
+        },
+        "NetworkSettings": {
+            "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": False,
+            "LinkLocalIPv6Address": "", "LinkLocalIPv6PrefixLen": 0,
+            "Ports": _port_map(c),
+            "SecondaryIPAddresses": None, "SecondaryIPv6Addresses": None,
+            "EndpointID": c.id if c.endpoint else "", "Gateway": (c.endpoint or {}).get("gateway", ""),
+            "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": c.ip_address,
+            "IPPrefixLen": int((c.endpoint or {}).get("prefixlen", 0) or 0), "IPv6Gateway": "",
+            "MacAddress": (c.endpoint or {}).get("mac", ""),
+            "Networks": {cfg.network_mode: _network(c)},
+        },
+    }
+
+
+def image_summary(i: Any, containers: int) -> dict[str, Any]:
+    return {
+        "Id": i.id, "ParentId": "", "RepoTags": list(i.repo_tags), "RepoDigests": list(i.repo_digests),
+        "Created": int(i.created), "Size": i.size, "SharedSize": -1, "VirtualSize": i.size,
+        "Labels": dict(i.config.labels or {}) or None, "Containers": containers,
+    }
+
+
+def image_inspect(i: Any, parent: str) -> dict[str, Any]:
+    oci = i.config.to_oci() if hasattr(i.config, "to_oci") else {}
+    config = {
+        "Hostname": "", "Domainname": "", "User": oci.get("User", ""), "AttachStdin": False,
+        "AttachStdout": False, "AttachStderr": False, "Tty": False, "OpenStdin": False, "StdinOnce": False,
+        "Env": oci.get("Env"), "Cmd": oci.get("Cmd"), "Image": "", "Volumes": oci.get("Volumes"),
+        "WorkingDir": oci.get("WorkingDir", ""), "Entrypoint": oci.get("Entrypoint"), "OnBuild": None,
+        "Labels": oci.get("Labels"),
+        **({"ExposedPorts": oci["ExposedPorts"]} if oci.get("ExposedPorts") else {}),
+        **({"StopSignal": oci["StopSignal"]} if oci.get("StopSignal") else {}),
+    }
+    return {
+        "Id": i.id, "RepoTags": list(i.repo_tags), "RepoDigests": list(i.repo_digests), "Parent": parent,
+        "Comment": "", "Created": iso(i.created), "DockerVersion": "", "Author": "",
+        "Config": config, "Architecture": i.architecture, "Os": i.os, "Size": i.size, "VirtualSize": i.size,
+        "GraphDriver": {"Name": "overlay2", "Data": None},
+        "RootFS": {"Type": "layers", "Layers": list(i.diff_ids)},
+        "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+    }

@@ -1,0 +1,379 @@
+"""Docker's Engine API on a real agent (agent/dockerapi), driven by the real docker CLI (28.2, at
+/usr/local/bin/docker) and docker-py, as a user drives them with DOCKER_HOST."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import shutil
+import socket
+import struct
+import subprocess
+import tarfile
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.agent_harness import AgentProcess
+
+pytestmark = pytest.mark.root
+
+DOCKER = shutil.which("docker") or "/usr/local/bin/docker"
+
+
+@pytest.fixture(scope="module")
+def dconf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("docker-config")   # the CLI's config dir: not the user's ~/.docker
+
+
+@pytest.fixture
+def da(clean_agent: AgentProcess, dconf: Path) -> Iterator[AgentProcess]:
+    if not os.access(DOCKER, os.X_OK):
+        pytest.skip("the docker CLI is not installed")
+    yield clean_agent
+
+
+def denv(a: AgentProcess, dconf: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+    env.update(DOCKER_HOST=f"unix://{a.docker_socket}", DOCKER_CONFIG=str(dconf), DOCKER_BUILDKIT="0")
+    return env
+
+
+def docker(a: AgentProcess, dconf: Path, *args: str, input: str | None = None, timeout: float = 30,
+           check: bool = True) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([DOCKER, *args], input=input, capture_output=True, text=True, timeout=timeout,
+                       env=denv(a, dconf))
+    if check and r.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} exited {r.returncode}:\n{r.stdout}\n{r.stderr}")
+    return r
+
+
+def raw(a: AgentProcess, request: bytes, timeout: float = 5) -> bytes:
+    """One request on the socket, the whole answer (the server closes or we stop at a full body)."""
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(timeout)
+        s.connect(str(a.docker_socket))
+        s.sendall(request)
+        data = b""
+        while True:
+            head, sep, body = data.partition(b"\r\n\r\n")
+            if sep:
+                length = [int(ln.split(b":")[1]) for ln in head.split(b"\r\n") if ln.lower().startswith(b"content-length:")]
+                if (length and len(body) >= length[0]) or head.startswith(b"HEAD") or \
+                        (b" 304 " in head.split(b"\r\n")[0]) or request.startswith(b"HEAD"):
+                    return data
+            chunk = s.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+
+
+def split(resp: bytes) -> tuple[int, dict[str, str], bytes]:
+    head, _, body = resp.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines[1:])}
+    return int(lines[0].split()[1]), headers, body
+
+
+# --- step 1: ping, version, info, versions, errors ------------------------------------------------
+
+def test_ping_version_info_and_errors(da: AgentProcess, dconf: Path) -> None:
+    code, h, body = split(raw(da, b"GET /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"))
+    assert (code, body) == (200, b"OK") and h["api-version"] == "1.45" and h["ostype"] == "linux"
+    code, h, body = split(raw(da, b"HEAD /_ping HTTP/1.1\r\nHost: docker\r\n\r\n"))
+    assert code == 200 and h["api-version"] == "1.45" and body == b""
+    for prefix in ("", "/v1.41", "/v1.45"):
+        code, h, body = split(raw(da, f"GET {prefix}/version HTTP/1.1\r\nHost: d\r\n\r\n".encode()))
+        v = json.loads(body)
+        assert code == 200 and v["ApiVersion"] == "1.45" and v["MinAPIVersion"] == "1.24" and v["Os"] == "linux"
+    code, _, body = split(raw(da, b"GET /v1.99/version HTTP/1.1\r\nHost: d\r\n\r\n"))
+    assert code == 400 and json.loads(body)["message"] == \
+        "client version 1.99 is too new. Maximum supported API version is 1.45"
+    code, _, body = split(raw(da, b"GET /v1.12/info HTTP/1.1\r\nHost: d\r\n\r\n"))
+    assert code == 400 and "too old" in json.loads(body)["message"]
+    code, _, body = split(raw(da, b"GET /containers/nosuch/json HTTP/1.1\r\nHost: d\r\n\r\n"))
+    assert code == 404 and json.loads(body) == {"message": "No such container: nosuch"}
+    code, _, body = split(raw(da, b"GET /nothing/here HTTP/1.1\r\nHost: d\r\n\r\n"))
+    assert code == 404 and "message" in json.loads(body)
+    code, _, body = split(raw(da, b"GET /swarm HTTP/1.1\r\nHost: d\r\n\r\n"))
+    assert code == 503 and "not a swarm manager" in json.loads(body)["message"]
+    # the real CLI
+    v = json.loads(docker(da, dconf, "version", "--format", "{{json .Server}}").stdout)
+    assert v["ApiVersion"] == "1.45" and v["Os"] == "linux"
+    info = json.loads(docker(da, dconf, "info", "--format", "{{json .}}").stdout)
+    assert info["Images"] >= 1 and info["OSType"] == "linux" and info["CgroupVersion"] in ("1", "2")
+    # the socket is root's alone: the API is root on this host
+    assert os.stat(da.docker_socket).st_mode & 0o777 == 0o600
+
+
+def test_agent_flags_for_the_docker_socket(tmp_path: Path) -> None:
+    from tests.agent_harness import CLI, REPO, _env
+
+    r = subprocess.run([*CLI, "agent", "--docker-tcp", "0.0.0.0:2375", "--root", str(tmp_path)],
+                       capture_output=True, text=True, env=_env(), cwd=REPO, timeout=30)
+    assert r.returncode != 0 and "only a loopback address" in r.stderr
+    assert not (tmp_path / "containers").exists()   # refused before anything was made
+
+
+# --- step 2: containers with the docker CLI -------------------------------------------------------
+
+def test_docker_run_rm_ps_logs(da: AgentProcess, dconf: Path) -> None:
+    assert docker(da, dconf, "run", "--rm", "busybox", "echo", "hi").stdout == "hi\n"
+    r = docker(da, dconf, "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
+    assert (r.returncode, r.stdout, r.stderr) == (3, "out\n", "err\n")
+    assert docker(da, dconf, "run", "--rm", "-i", "busybox", "cat", input="piped\n").stdout == "piped\n"
+    assert docker(da, dconf, "ps", "-aq").stdout == ""   # --rm removed them
+    cid = docker(da, dconf, "run", "-d", "--name", "web", "-l", "app=x", "busybox", "sh", "-c",
+                 "for i in 1 2 3; do echo line $i; sleep 0.2; done; sleep 30").stdout.strip()
+    assert len(cid) == 64
+    ps = docker(da, dconf, "ps", "--format", "{{.ID}} {{.Names}} {{.Status}}", "--filter", "label=app=x").stdout
+    assert ps.startswith(cid[:12] + " web Up")
+    da.wait_for(lambda: "line 3" in docker(da, dconf, "logs", "web").stdout, what="the third line")
+    # -f follows until the container ends; kill it meanwhile
+    follow = subprocess.Popen([DOCKER, "logs", "-f", "-t", "web"], stdout=subprocess.PIPE, text=True,
+                              env=denv(da, dconf))
+    time.sleep(0.5)
+    docker(da, dconf, "kill", "web")
+    out, _ = follow.communicate(timeout=15)
+    assert follow.returncode == 0 and [ln.split(" ", 1)[1] for ln in out.splitlines()] == \
+        ["line 1", "line 2", "line 3"]
+    assert out.splitlines()[0][:4].isdigit() and "Z " in out.splitlines()[0]
+    assert docker(da, dconf, "logs", "--tail", "1", "web").stdout == "line 3\n"
+    doc = json.loads(docker(da, dconf, "inspect", "web").stdout)[0]
+    assert doc["State"]["Status"] == "exited" and doc["State"]["ExitCode"] == 137
+    assert doc["Name"] == "/web" and doc["Config"]["Labels"]["app"] == "x" and doc["HostConfig"]["LogConfig"]["Type"] == "json-file"
+    r = docker(da, dconf, "rm", "nosuch", check=False)
+    assert r.returncode != 0 and "No such container: nosuch" in r.stderr
+
+
+def test_refused_with_the_field_named(da: AgentProcess, dconf: Path) -> None:
+    r = docker(da, dconf, "run", "--rm", "--privileged", "busybox", "true", check=False)
+    assert r.returncode == 125 and "HostConfig.Privileged is not supported by dockyard" in r.stderr
+    r = docker(da, dconf, "run", "--rm", "--log-driver", "syslog", "busybox", "true", check=False)
+    assert r.returncode == 125 and "no log driver named 'syslog' is registered" in r.stderr
+    r = docker(da, dconf, "run", "--rm", "--cap-add", "NET_ADMIN", "busybox", "true", check=False)
+    assert r.returncode == 125 and "HostConfig.CapAdd is not supported" in r.stderr
+    assert docker(da, dconf, "ps", "-aq").stdout == ""   # nothing half-made
+
+
+def test_running_container_verbs(da: AgentProcess, dconf: Path) -> None:
+    docker(da, dconf, "run", "-d", "--name", "srv", "-p", "127.0.0.1::80", "busybox", "httpd", "-f", "-p", "80",
+           "-h", "/etc")
+    port = docker(da, dconf, "port", "srv", "80").stdout.strip()
+    assert port.startswith("127.0.0.1:")
+    import urllib.request
+
+    hostname = urllib.request.urlopen(f"http://{port}/hostname", timeout=5).read().decode().strip()
+    cid = docker(da, dconf, "inspect", "-f", "{{.Id}}", "srv").stdout.strip()
+    assert hostname == cid[:12]
+    assert "httpd -f -p 80" in docker(da, dconf, "top", "srv").stdout
+    st = docker(da, dconf, "stats", "--no-stream", "--format", "{{.Name}} {{.PIDs}}", "srv").stdout.split()
+    assert st == ["srv", "1"]
+    assert docker(da, dconf, "exec", "srv", "cat", "/etc/hostname").stdout.strip() == cid[:12]
+    assert docker(da, dconf, "exec", "-i", "srv", "cat", input="to exec\n").stdout == "to exec\n"
+    assert docker(da, dconf, "exec", "srv", "sh", "-c", "exit 5", check=False).returncode == 5
+    docker(da, dconf, "pause", "srv")
+    assert "(Paused)" in docker(da, dconf, "ps", "--format", "{{.Status}}").stdout
+    r = docker(da, dconf, "rm", "srv", check=False)
+    assert r.returncode != 0 and "Stop the container before attempting removal or force remove" in r.stderr
+    docker(da, dconf, "unpause", "srv")
+    docker(da, dconf, "rename", "srv", "srv2")
+    docker(da, dconf, "restart", "-t", "1", "srv2")
+    assert docker(da, dconf, "inspect", "-f", "{{.State.Running}}", "srv2").stdout.strip() == "true"
+    docker(da, dconf, "stop", "-t", "1", "srv2")
+    code, _, _ = split(raw(da, f"POST /containers/{cid}/stop HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n".encode()))
+    assert code == 304
+    docker(da, dconf, "rm", "srv2")
+
+
+def test_export_and_archive(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    docker(da, dconf, "run", "--name", "fs", "busybox", "sh", "-c", "mkdir -p /data/d && echo content > /data/d/f")
+    docker(da, dconf, "export", "-o", str(tmp_path / "fs.tar"), "fs")
+    with tarfile.open(tmp_path / "fs.tar") as t:
+        f = t.extractfile("data/d/f")
+        assert f is not None and f.read() == b"content\n"
+        assert "bin/busybox" in t.getnames()
+    docker(da, dconf, "cp", "fs:/data", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "d" / "f").read_text() == "content\n"
+    r = docker(da, dconf, "cp", "fs:/nope", str(tmp_path / "x"), check=False)
+    assert r.returncode != 0 and "Could not find the file /nope" in r.stderr
+
+
+# --- terminals ---------------------------------------------------------------------------------------
+
+class Terminal:
+    """The docker CLI on the slave side of a pty, as on a person's terminal."""
+
+    def __init__(self, a: AgentProcess, dconf: Path, *args: str, rows: int = 24, cols: int = 80) -> None:
+        self.master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        self.proc = subprocess.Popen([DOCKER, *args], stdin=slave, stdout=slave, stderr=slave,
+                                     env=denv(a, dconf), start_new_session=True)
+        os.close(slave)
+        self.screen = b""
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def expect(self, needle: str, timeout: float = 15) -> str:
+        deadline = time.monotonic() + timeout
+        while needle.encode() not in self.screen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AssertionError(f"{needle!r} not seen; screen was {self.screen[-500:]!r}")
+            r, _, _ = select.select([self.master], [], [], left)
+            if r:
+                try:
+                    self.screen += os.read(self.master, 4096)
+                except OSError:
+                    break
+        return self.screen.decode(errors="replace")
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+        os.killpg(self.proc.pid, 28)  # SIGWINCH, as the terminal emulator would send it
+
+    def wait(self, timeout: float = 15) -> int:
+        deadline = time.monotonic() + timeout
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            r, _, _ = select.select([self.master], [], [], 0.1)
+            if r:
+                try:
+                    self.screen += os.read(self.master, 4096)
+                except OSError:
+                    pass
+        try:
+            return self.proc.wait(timeout=1)
+        finally:
+            os.close(self.master)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def test_docker_run_it_and_exec_it(da: AgentProcess, dconf: Path) -> None:
+    t = Terminal(da, dconf, "run", "-it", "--name", "shell", "busybox", "sh", rows=30, cols=100)
+    try:
+        t.expect("# ")
+        t.type("echo $((6*7)); tty; stty size\n")
+        screen = t.expect("30 100")
+        assert "42" in screen and "/dev/pts/0" in screen
+        t.resize(40, 120)
+        time.sleep(0.5)
+        t.type("stty size\n")
+        t.expect("40 120")
+        e = Terminal(da, dconf, "exec", "-it", "shell", "sh", rows=20, cols=70)
+        try:
+            e.expect("# ")
+            e.type("stty size; echo $$\n")
+            e.expect("20 70")
+            e.type("exit 7\n")
+            assert e.wait() == 7
+        finally:
+            e.kill()
+        t.type("\x10\x11")   # Ctrl-P Ctrl-Q: detach, the container goes on
+        assert t.wait() == 0
+        assert docker(da, dconf, "inspect", "-f", "{{.State.Status}}", "shell").stdout.strip() == "running"
+    finally:
+        t.kill()
+    a = Terminal(da, dconf, "attach", "shell")
+    try:
+        a.type("\n")
+        a.expect("# ")
+        a.type("exit 4\n")
+        assert a.wait() == 4
+    finally:
+        a.kill()
+
+
+# --- docker-py -----------------------------------------------------------------------------------------
+
+@pytest.fixture
+def client(da: AgentProcess) -> Iterator[Any]:
+    docker_py = pytest.importorskip("docker")
+    c = docker_py.DockerClient(base_url=f"unix://{da.docker_socket}", version="auto", timeout=30)
+    yield c
+    c.close()
+
+
+def test_docker_py_run_exec_attach_wait(client: Any) -> None:
+    import docker as docker_py
+
+    assert client.ping() is True
+    assert client.containers.run("busybox", "echo hi", remove=True) == b"hi\n"
+    with pytest.raises(docker_py.errors.ContainerError) as exc:
+        client.containers.run("busybox", ["sh", "-c", "echo bad >&2; exit 2"], remove=True)
+    assert exc.value.exit_status == 2 and b"bad" in exc.value.stderr
+    with pytest.raises(docker_py.errors.ImageNotFound):
+        client.containers.create("nosuchimage:1")
+    c = client.containers.run("busybox", "sh -c 'echo started; sleep 30'", detach=True, name="pyc",
+                              environment={"A": "1"}, labels={"k": "v"}, mem_limit="64m")
+    try:
+        c.reload()
+        assert c.status == "running" and c.attrs["HostConfig"]["Memory"] == 64 << 20
+        assert "A=1" in c.attrs["Config"]["Env"] and c.labels == {"k": "v"}
+        code, out = c.exec_run("sh -c 'echo $A; echo e >&2; exit 3'", demux=True)
+        assert code == 3 and out == (b"1\n", b"e\n")
+        assert [x.name for x in client.containers.list(filters={"label": "k=v"})] == ["pyc"]
+        sock = client.api.attach_socket(c.id, params={"stdout": 1, "stderr": 1, "stream": 1, "logs": 1})
+        c.kill()
+        data = b""
+        raw_sock = sock._sock
+        raw_sock.settimeout(10)
+        while chunk := raw_sock.recv(4096):
+            data += chunk
+        sock.close()
+        assert data == b"\x01\x00\x00\x00\x00\x00\x00\x08started\n"
+        assert c.wait(timeout=10)["StatusCode"] == 137
+        assert c.logs() == b"started\n"
+    finally:
+        c.remove(force=True)
+    with pytest.raises(docker_py.errors.NotFound):
+        client.containers.get("pyc")
+
+
+# --- step 3: images ----------------------------------------------------------------------------------
+
+def test_images_tag_history_save_load_build_rmi(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    docker(da, dconf, "tag", "busybox", "mine:1")
+    rows = docker(da, dconf, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
+    assert {"busybox:latest", "mine:1"} <= set(rows)
+    assert "Imported from -" in docker(da, dconf, "history", "mine:1").stdout
+    docker(da, dconf, "save", "-o", str(tmp_path / "img.tar"), "mine:1")
+    with tarfile.open(tmp_path / "img.tar") as t:
+        assert "manifest.json" in t.getnames()
+    assert docker(da, dconf, "rmi", "mine:1").stdout == "Untagged: mine:1\n"
+    assert "Loaded image: mine:1" in docker(da, dconf, "load", "-i", str(tmp_path / "img.tar")).stdout
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text('FROM busybox\nARG WHO=nobody\nRUN echo "built by $WHO" > /b\nCMD ["cat", "/b"]\n')
+    out = docker(da, dconf, "build", "-t", "app:1", "--build-arg", "WHO=test", str(ctx), timeout=60).stdout
+    assert "Step 2/4 : ARG WHO=nobody" in out and "Successfully tagged app:1" in out
+    assert docker(da, dconf, "run", "--rm", "app:1").stdout == "built by test\n"
+    again = docker(da, dconf, "build", "-t", "app:1", "--build-arg", "WHO=test", str(ctx), timeout=60).stdout
+    assert "CACHED" in again
+    (ctx / "Dockerfile").write_text("FROM busybox\nRUN exit 3\n")
+    r = docker(da, dconf, "build", str(ctx), check=False, timeout=60)
+    assert r.returncode != 0 and "exit" in (r.stdout + r.stderr).lower()
+    df = docker(da, dconf, "system", "df", "--format", "{{.Type}} {{.TotalCount}}").stdout
+    assert "Images" in df
+    r = docker(da, dconf, "rmi", "nosuch:9", check=False)
+    assert r.returncode != 0 and "No such image: nosuch:9" in r.stderr
+    docker(da, dconf, "rmi", "app:1", "mine:1")
+
+
+def test_events_stream(da: AgentProcess, dconf: Path) -> None:
+    since = str(int(time.time()) - 1)
+    docker(da, dconf, "run", "--rm", "--name", "evt", "busybox", "true")
+    out = docker(da, dconf, "events", "--since", since, "--until", str(int(time.time()) + 1),
+                 "--filter", "container=evt", "--format", "{{.Action}}").stdout.split()
+    assert out[:1] == ["create"] and "start" in out and "die" in out and out[-1] == "destroy"
