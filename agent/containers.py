@@ -33,6 +33,7 @@ from agent.model import (
     StartFailed,
     Unavailable,
 )
+from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace
@@ -90,6 +91,7 @@ class ContainerManager:
         self._pulling: set[str] = set()  # restored, pages still coming: never restarted here
         self.on_change: list[Callable[[Container], None]] = []
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
+        self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -279,7 +281,8 @@ class ContainerManager:
             cgroup_root=getattr(self.cg, "root", "/sys/fs/cgroup"),
             network=c.endpoint, network_state_dir=str(getattr(self.network, "state_dir", "")),
             bridge=getattr(self.network, "name", ""), subnet=str(getattr(self.network, "subnet", "")),
-            etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log),
+            etc_hosts=hosts, log_path=str(files.log),
+            etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None else _resolv_conf(),
         )
 
     async def _torn_down(self, c: Container) -> None:
@@ -378,6 +381,12 @@ class ContainerManager:
 
         assert c.endpoint is not None
         self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)
+        if c.config.overlays and self.resolvers is not None:
+            try:
+                self.resolvers.open(c.id, tuple(o.network for o in c.config.overlays), pid)
+            except OSError as e:
+                self.network.detach(network.Endpoint.from_dict(c.endpoint))
+                raise network.NetworkError(str(e)) from e
 
     def _detach_network(self, endpoint: dict[str, Any]) -> None:
         from agent.runtime import network

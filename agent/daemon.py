@@ -23,6 +23,7 @@ from agent.cluster import ClusterMember
 from agent.containers import ContainerManager
 from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serve_metrics
 from agent.netsync import NetworkSync
+from agent.resolver import Resolvers
 from agent.runtime import cgroups
 from agent.runtime.network.overlay import Overlays, underlay_host
 from agent.runtime.zygote_client import Zygote
@@ -85,8 +86,11 @@ class Agent:
         images = ImageStore(self.root / "images")
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
         await asyncio.to_thread(net.ensure, o.ip_forward, o.ip_masq)
+        resolvers = None
         if o.join:  # cluster networks: the VXLAN endpoint is the address other agents reach us at
             net.overlays = Overlays(o.bridge, underlay_host(o.advertise or o.listen))
+            resolvers = Resolvers()
+            resolvers.loop = asyncio.get_running_loop()
         driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
         self.cgroup_driver = driver
         if o.cgroup_favor_dynmods:
@@ -95,7 +99,16 @@ class Agent:
         _remove_spare_cgroups(driver)  # a killed agent's zygote may have left its spare's
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
+        self.manager.resolvers = resolvers
         await self.manager.adopt()
+        if resolvers is not None:
+            self.manager.on_change.append(resolvers.on_change)
+            for c in self.manager.containers.values():  # adopted: the old agent's sockets died with it
+                if c.config.overlays and c.state.status in ("running", "paused") and c.state.pid:
+                    try:
+                        resolvers.open(c.id, tuple(o.network for o in c.config.overlays), c.state.pid)
+                    except OSError as e:
+                        log.error("container %s: no resolver at 127.0.0.11: %s", c.name, e)
         if o.metrics_addr:
             # Scrapes read the kernel on the server's own thread, never on the event loop. A taken
             # port must not keep the agent from adopting and running containers: say so and go on.
@@ -133,7 +146,8 @@ class Agent:
                 lazy_pages=lambda: servicer.lazy_pages)
             self.member.start()
             assert net.overlays is not None
-            self.netsync = NetworkSync(o.name, net.overlays, self.member.stub)
+            self.netsync = NetworkSync(o.name, net.overlays, self.member.stub,
+                                       on_map=resolvers.update if resolvers is not None else None)
             self.netsync.start()
         log.info("agent %s serving on %s (root %s, cgroup v%d)", o.name, o.socket, self.root, driver.version)
 
@@ -144,6 +158,8 @@ class Agent:
     async def stop(self) -> None:
         if self.netsync is not None:  # the kernel keeps its tables: containers stay connected
             await self.netsync.stop()
+        if self.manager is not None and self.manager.resolvers is not None:
+            self.manager.resolvers.close_all()
         if self.member is not None:
             await self.member.stop()
         if self.docker_api is not None:

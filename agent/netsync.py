@@ -50,8 +50,10 @@ def desired_of(msg: pb.NetworkMap, node: str) -> Desired:
 
 
 class NetworkSync:
-    def __init__(self, node: str, overlays: Overlays, stub: Callable[[], Any], *, period: float = PERIOD) -> None:
+    def __init__(self, node: str, overlays: Overlays, stub: Callable[[], Any], *, period: float = PERIOD,
+                 on_map: Callable[[pb.NetworkMap], None] | None = None) -> None:
         self.node = node
+        self.on_map = on_map  # the resolvers' records come from the same map
         self.overlays = overlays
         self.stub = stub  # -> the current scheduler replica's stub (the join loop moves it on)
         self.period = period
@@ -80,6 +82,8 @@ class NetworkSync:
                 async for msg in call:
                     self.desired = desired_of(msg, self.node)
                     self._wake.set()
+                    if self.on_map is not None:
+                        self.on_map(msg)
             except asyncio.CancelledError:
                 raise
             except grpc.aio.AioRpcError as e:

@@ -39,7 +39,7 @@ class NetworkRef(_message.Message):
     def __init__(self, name: _Optional[str] = ...) -> None: ...
 
 class EndpointInfo(_message.Message):
-    __slots__ = ("task_id", "task", "service", "ip", "mac", "node", "vtep")
+    __slots__ = ("task_id", "task", "service", "ip", "mac", "node", "vtep", "names", "ready", "container")
     TASK_ID_FIELD_NUMBER: _ClassVar[int]
     TASK_FIELD_NUMBER: _ClassVar[int]
     SERVICE_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,9 @@ class EndpointInfo(_message.Message):
     MAC_FIELD_NUMBER: _ClassVar[int]
     NODE_FIELD_NUMBER: _ClassVar[int]
     VTEP_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
     task_id: str
     task: str
     service: str
@@ -54,7 +57,10 @@ class EndpointInfo(_message.Message):
     mac: str
     node: str
     vtep: str
-    def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ..., service: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., node: _Optional[str] = ..., vtep: _Optional[str] = ...) -> None: ...
+    names: _containers.RepeatedScalarFieldContainer[str]
+    ready: bool
+    container: str
+    def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ..., service: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., node: _Optional[str] = ..., vtep: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., container: _Optional[str] = ...) -> None: ...
 
 class NetworkInfo(_message.Message):
     __slots__ = ("name", "driver", "subnet", "gateway", "vni", "mtu", "attachable", "internal", "labels", "created_at", "services", "endpoints")

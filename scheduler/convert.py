@@ -146,4 +146,5 @@ def network_info(n: Network, services: Iterable[str] = (), endpoints: Iterable[E
         attachable=n.attachable, internal=n.internal, labels=n.labels, created_at=n.created_at,
         services=list(services),
         endpoints=[pb.EndpointInfo(task_id=e.task_id, task=e.task, service=e.service, ip=e.ip, mac=e.mac,
-                                   node=e.node, vtep=e.vtep) for e in endpoints])
+                                   node=e.node, vtep=e.vtep, names=e.names, ready=e.ready, container=e.container)
+                   for e in endpoints])

@@ -325,18 +325,37 @@ class EndpointView:
     service: str
     node: str
     vtep: str  # the node's underlay address
+    names: tuple[str, ...] = ()  # the service's names on this network: full, short (in its stack), aliases
+    ready: bool = False  # running and not unhealthy: DNS answers with it
+    container: str = ""  # the task's container name
+
+STACK_LABEL = "com.docker.stack.namespace"
+
+
+def service_names(svc: Service | None, network: str, service: str) -> tuple[str, ...]:
+    names = [service]
+    if svc is not None:
+        stack = dict(svc.spec.labels).get(STACK_LABEL, "")
+        if stack and service.startswith(stack + "_"):
+            names.append(service[len(stack) + 1:])
+        for att in svc.spec.networks:
+            if att.name == network:
+                names.extend(att.aliases)
+    return tuple(dict.fromkeys(names))
 
 
 def endpoints(networks: Mapping[str, Network], allocations: Iterable[Allocation], tasks: Mapping[str, Task],
-              node_addresses: Mapping[str, str]) -> list[EndpointView]:
+              node_addresses: Mapping[str, str], services: Mapping[str, Service] | None = None) -> list[EndpointView]:
     """The endpoints hosts must reach: each allocation whose task has a node (and that node's VTEP)."""
     out = []
     for a in allocations:
         t = tasks.get(a.task_id)
         if a.network not in networks or t is None or t.node is None or not _wants(t):
             continue
+        ready = t.state is TaskState.RUNNING and t.healthy is not False
+        names = service_names((services or {}).get(t.service), a.network, t.service)
         out.append(EndpointView(a.network, a.ip, mac_for(a.ip), t.id, t.name, t.service, t.node,
-                                vtep_of(node_addresses.get(t.node, ""))))
+                                vtep_of(node_addresses.get(t.node, "")), names, ready, f"{t.name}.{t.id}"))
     out.sort(key=lambda e: (e.network, ipaddress.IPv4Address(e.ip)))
     return out
 

@@ -557,7 +557,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         eps: list[netmod.EndpointView] = []
         if with_endpoints:
             eps = netmod.endpoints({net.name: net}, [a for a in v.allocations.values() if a.network == net.name],
-                                   v.tasks, {n.name: n.address for n in v.nodes.values()})
+                                   v.tasks, {n.name: n.address for n in v.nodes.values()}, v.services)
         return convert.network_info(net, users, eps)
 
     def _network(self, name: str) -> netmod.Network:

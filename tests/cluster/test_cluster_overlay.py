@@ -1,12 +1,14 @@
 """A cluster network end to end on 3 hosts made of network namespaces (tests/multihost.py): a real
 etcd and a scheduler, an agent joined on every host. `dockyard network create`, a stack whose
 service is on it with one task per host, each task's eth1 with its allocated address and MTU,
-TCP between tasks on different hosts over VXLAN, the agents' reconcile repairing an FDB entry
-deleted behind their back, and the network's removal leaving no link behind."""
+TCP between tasks on different hosts over VXLAN, names at 127.0.0.11 (task, service, alias,
+tasks.NAME; another stack's private network invisible), the agents' reconcile repairing an FDB
+entry deleted behind their back, and the network's removal leaving no link behind."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,12 +29,24 @@ services:
   web:
     image: busybox:latest
     command: ["sh", "-c", "hostname > /tmp/name; exec httpd -f -p 80 -h /tmp"]
-    networks: [appnet]
+    networks:
+      appnet:
+        aliases: [www]
     deploy:
       replicas: 3
       placement: {max_replicas_per_node: 1}
 networks:
   appnet: {external: true}
+"""
+
+PRIVATE = """
+services:
+  db:
+    image: busybox:latest
+    command: ["sleep", "3600"]
+    networks: [private]
+networks:
+  private: {}
 """
 
 
@@ -44,6 +58,11 @@ class Env:
         r = cli(self.sched.address, *args)
         assert r.returncode == 0, f"dockyard {' '.join(args)}: {r.stdout}\n{r.stderr}"
         return r.stdout
+
+    def stack_file(self, name: str, text: str) -> Path:
+        p = self.tmp / f"{name}.yaml"
+        p.write_text(text)
+        return p
 
     def host(self, name: str) -> Host:
         return next(h for h in self.c if h.name == name)
@@ -108,9 +127,31 @@ def test_tasks_on_three_hosts_reach_each_other_over_the_overlay(env: Env) -> Non
 
     wait_for(all_reach, 30, "every task reaching the others", every=0.5)
 
-    # an FDB entry deleted behind the agent's back is put back by its periodic reconcile
+    # names, from the resolver at 127.0.0.11 inside each container
+    env.ok("deploy", "-f", str(env.stack_file("p", PRIVATE)), "--name", "p")
+    db = wait_for(lambda: running(env.sched, "p_db"), 60, "p_db running")[0]
+    db_ip = json.loads(env.ok("network", "inspect", "p_private"))[0]["endpoints"][0]["ip"]
+    t1 = next(t for t in ts if t.node == "host1")
     h1 = env.host("host1")
+    assert "nameserver 127.0.0.11" in str(h1.cli("exec", t1.container_id, "cat", "/etc/resolv.conf").stdout)
+
+    seen: list[str] = []
+
+    def lookup(name: str) -> list[str]:
+        r = h1.cli("exec", t1.container_id, "nslookup", name, timeout=30)
+        seen.append(f"{name}: {r.stdout!r} {r.stderr!r}")
+        return sorted(set(re.findall(r"10\.25[0-9]\.[0-9]+\.[0-9]+", str(r.stdout))))
+
+    every = sorted(ips.values())
+    wait_for(lambda: lookup("tasks.web") == every, 20, "tasks.web: every task")
+    assert lookup("web") == lookup("o_web") == lookup("www") == lookup("tasks.o_web") == every, seen
     t2 = next(t for t in ts if t.node == "host2")
+    assert lookup(t2.name) == [ips[t2.id]] and lookup(f"{t2.name}.{t2.id}") == [ips[t2.id]]
+    assert db_ip not in lookup("db") and db_ip not in lookup("p_db")  # another stack's private network
+    assert db.node  # (placed and running: the name exists, just not here)
+    env.ok("stack-rm", "p")
+
+    # an FDB entry deleted behind the agent's back is put back by its periodic reconcile
     mac = "02:42:" + ":".join(f"{int(b):02x}" for b in ips[t2.id].split("."))
     vx = next(ln.split(":")[1].strip().split("@")[0] for ln in h1.run("ip", "-o", "link", "show", "type",
                                                                        "vxlan").stdout.splitlines())
@@ -118,7 +159,6 @@ def test_tasks_on_three_hosts_reach_each_other_over_the_overlay(env: Env) -> Non
     h1.run("bridge", "fdb", "del", mac, "dev", vx, "self", check=True)
     wait_for(lambda: f"{mac} dst {env.host('host2').ip} self permanent" in
              h1.run("bridge", "fdb", "show", "dev", vx).stdout, 15, "the FDB entry repaired")
-    t1 = next(t for t in ts if t.node == "host1")
     assert t2.name in tcp_get(h1, t1.container_id, ips[t2.id])
 
     # removal: the stack, then the network; no overlay link is left on any host
