@@ -100,11 +100,44 @@ class Answerer:
     """The DNS logic, sockets apart: a query's bytes -> the reply's bytes."""
 
     def __init__(self, zone: Zone, upstream: list[tuple[str, int]], timeout: float = 2.0) -> None:
-        self.zone = zone
+        self._zone = zone
         self.upstream = upstream
         self.timeout = timeout
+        # Replies to our own names by the query's bytes after its id: a repeated query is answered
+        # without parsing (dnslib's parse and pack are most of an answer's cost).
+        self._cache: dict[bytes, bytes] = {}
+
+    @property
+    def zone(self) -> Zone:
+        return self._zone
+
+    @zone.setter
+    def zone(self, z: Zone) -> None:
+        self._zone = z
+        self._cache = {}
 
     async def answer(self, data: bytes) -> bytes | None:
+        data = bytes(data)
+        cached = self._cache.get(data[2:])
+        if cached is not None:
+            return data[:2] + cached
+        out = await self._answer(data)
+        if out is not None and self._ours(data) and len(self._cache) < 4096:
+            self._cache[data[2:]] = out[2:]
+        return out
+
+    def _ours(self, data: bytes) -> bool:
+        from dnslib import DNSRecord
+
+        with contextlib.suppress(Exception):
+            q = DNSRecord.parse(data)
+            name = str(q.questions[0].qname).lower().rstrip(".")
+            if name.endswith(".in-addr.arpa"):
+                return ".".join(reversed(name[: -len(".in-addr.arpa")].split("."))) in self._zone.ptr
+            return name in self._zone.a
+        return False
+
+    async def _answer(self, data: bytes) -> bytes | None:
         from dnslib import PTR as PTRrec
         from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 

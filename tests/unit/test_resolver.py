@@ -96,3 +96,15 @@ def test_host_nameservers(tmp_path: object) -> None:
     p = Path(str(tmp_path)) / "resolv.conf"
     p.write_text("search x\nnameserver 127.0.0.53\nnameserver fe80::1%eth0\nnameserver bad\n")
     assert host_nameservers(str(p)) == [("127.0.0.53", 53), ("fe80::1", 53)]
+
+
+def test_repeated_queries_keep_their_id_and_a_new_map_is_seen_at_once() -> None:
+    ans = Answerer(zone_of(RECORDS, ["s_front"]), [])
+    for qid in (1, 2, 0xBEEF):
+        q = DNSRecord.question("web")
+        q.header.id = qid
+        out = asyncio.run(ans.answer(q.pack()))
+        assert out is not None and DNSRecord.parse(out).header.id == qid
+        assert ips(DNSRecord.parse(out)) == ["10.0.0.2", "10.0.0.3"]
+    ans.zone = zone_of(RECORDS[1:], ["s_front"])
+    assert ips(ask(ans, "web")) == ["10.0.0.3"]
