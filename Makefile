@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: install up demo test test-fast test-unit test-kernel test-cluster lint bench protos
+.PHONY: install up demo test test-fast test-unit test-kernel test-cluster test-docker-api lint bench protos
 
 # A test whose call takes longer than this without the `slow` marker fails the run (tests/conftest.py).
 SLOW_LIMIT ?= 2
@@ -20,6 +20,11 @@ up: install
 test: install
 	$(MAKE) lint
 	$(PYTEST_RUN) tests --ignore=tests/bench
+	$(MAKE) test-docker-api
+
+# docker-py's own integration suite against a test agent's Docker API (tests/dockerpy_suite.py)
+test-docker-api:
+	$(PY) -m tests.dockerpy_suite
 
 # The quick ones, in every directory (a pure test beside kernel tests in one file runs too): ~25 s.
 test-fast:
@@ -35,7 +40,7 @@ test-cluster:
 	$(PYTEST_RUN) tests/cluster
 
 lint:
-	$(VENV)/bin/ruff check agent scheduler deploy protos tests
+	$(VENV)/bin/ruff check agent scheduler deploy protos tests common
 	$(VENV)/bin/mypy
 
 bench: install

@@ -27,6 +27,7 @@ import grpc
 
 from agent.checkpoint import host_features
 from agent.model import Container
+from common import transport
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from protos import cluster_pb2 as pb
@@ -106,9 +107,7 @@ class ClusterMember:
     def stub(self) -> pbg.SchedulerStub:
         if self._stub is None:
             addr = self.schedulers[self.current % len(self.schedulers)]
-            self._channel = grpc.aio.insecure_channel(
-                addr, options=[("grpc.enable_http_proxy", 0), ("grpc.initial_reconnect_backoff_ms", 100),
-                               ("grpc.max_reconnect_backoff_ms", 500)])
+            self._channel = transport.dial(addr, transport.AGENT, transport.Role.SCHEDULER)
             self._stub = pbg.SchedulerStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
@@ -293,7 +292,7 @@ class ClusterMember:
         start_period = float(cfg.get("start_period", 0))
         started = time.monotonic()
         fails = 0
-        channel = grpc.aio.insecure_channel(f"unix://{self.socket}")
+        channel = transport.dial(f"unix://{self.socket}", transport.AGENT, transport.Role.AGENT)
         stub = apbg.AgentStub(channel)  # type: ignore[no-untyped-call]
         try:
             while True:

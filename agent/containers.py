@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import datetime
 import json
 import logging
@@ -21,7 +22,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from agent import names
+from agent import names, restart
+from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.model import (
     AgentError,
     Conflict,
@@ -30,6 +32,8 @@ from agent.model import (
     InvalidArgument,
     NotFound,
     Port,
+    Resources,
+    RestartPolicy,
     StartFailed,
     Unavailable,
 )
@@ -42,7 +46,6 @@ from agent.runtime.zygote_client import Reply, Zygote
 
 log = logging.getLogger("dockyard.agent")
 
-RESTART_BACKOFF_MAX = 60.0
 USERNS_REMAP_BASE = 100000
 USERNS_REMAP_SIZE = 65536
 
@@ -183,8 +186,16 @@ class ContainerManager:
         return names.random_name() + "_" + names.new_id()[:6]
 
     def _validate(self, cfg: ContainerConfig) -> None:
+        if len(cfg.name) > names.MAX_NAME:
+            raise InvalidArgument(f"Invalid container name ({cfg.name[:20]}...): it is {len(cfg.name)} characters "
+                                  f"long, the most is {names.MAX_NAME}")
         if cfg.name and not names.valid_name(cfg.name):
             raise InvalidArgument(f'Invalid container name ({cfg.name}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed')
+        for e in cfg.env:
+            if not e.partition("=")[0]:
+                raise InvalidArgument(f"invalid environment variable: {e} (the name before '=' is empty)")
+        if cfg.workdir and not cfg.workdir.startswith("/"):
+            raise InvalidArgument(f"the working directory '{cfg.workdir}' is invalid, it needs to be an absolute path")
         if not cfg.image:
             raise InvalidArgument("an image is required")
         if cfg.network_mode not in ("", "bridge", "none", "host", "default"):
@@ -213,6 +224,9 @@ class ContainerManager:
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
         _security(cfg)
+        if cfg.privileged and cfg.userns_mode == "remap":
+            raise InvalidArgument("privileged mode is incompatible with user namespaces (use --userns=host)")
+        devices_for(cfg)
         parse_signal(cfg.stop_signal or None, signal.SIGTERM)
 
     @staticmethod
@@ -233,13 +247,25 @@ class ContainerManager:
         monitor serves as an attached client from the first byte of output (an Attach that
         starts the container); with `hold` the process waits for that client's RELEASE."""
         c = self.get(ref)
-        async with self._lock(c):
-            if c.state.status in ("running", "paused"):
-                if hold or client >= 0:
-                    raise Conflict(f"container {c.name} is already running")
-                return c
-            await self._start_locked(c, hold, client=client)
-            return c
+        try:
+            async with self._lock(c):
+                if c.state.status in ("running", "paused"):
+                    if hold or client >= 0:
+                        raise Conflict(f"container {c.name} is already running")
+                    return c
+                await self._start_locked(c, hold, client=client)
+        except StartFailed:
+            if c.config.auto_remove:
+                await self.wait_removed(c)  # (_start_locked has begun it)
+            raise
+        except Exception:
+            # docker: a --rm container that could not start (a taken port, a device gone) is
+            # removed, not left "Created"
+            if c.config.auto_remove and c.state.status == "created":
+                with contextlib.suppress(AgentError):
+                    await self.remove(c.id, force=True)
+            raise
+        return c
 
     def _runtime_spec(self, c: Container) -> RuntimeSpec:
         cfg = c.config
@@ -268,7 +294,10 @@ class ContainerManager:
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         if c.endpoint:
             hosts += f"{c.endpoint['ip']}\t{hostname}\n"
-        return RuntimeSpec(
+        nodes, rules = devices_for(cfg)
+        resources = _resources_kwargs(cfg, as_json=True)
+        resources["devices"] = [r.to_dict() for r in rules]
+        spec = RuntimeSpec(
             id=c.id, state_dir=str(files.dir), rootfs=str(files.dir / "rootfs"), mounts=mounts,
             process=ProcessSpec(
                 args=c.args, env=[f"{k}={v}" for k, v in env.items()],
@@ -277,13 +306,20 @@ class ContainerManager:
                 seccomp=sec["seccomp"], no_new_privileges=sec["no_new_privileges"],
             ),
             hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
-            cgroup=_resources_kwargs(cfg, as_json=True), cgroup_parent=self.cg.parent,
+            cgroup=resources, cgroup_parent=self.cg.parent,
             cgroup_root=getattr(self.cg, "root", "/sys/fs/cgroup"),
             network=c.endpoint, network_state_dir=str(getattr(self.network, "state_dir", "")),
             bridge=getattr(self.network, "name", ""), subnet=str(getattr(self.network, "subnet", "")),
-            etc_hosts=hosts, log_path=str(files.log),
+            etc_hosts=hosts, log_path=str(files.log), devices=nodes,
             etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None else _resolv_conf(),
         )
+        if cfg.privileged:
+            # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
+            # /sys hidden or read-only
+            spec.process.capabilities = list(ALL_CAPABILITIES)
+            spec.process.seccomp = False
+            spec.masked_paths, spec.readonly_paths, spec.readonly_sysfs = [], [], False
+        return spec
 
     async def _torn_down(self, c: Container) -> None:
         """The exit is reported before the teardown (so that `wait` is quick); a new run of the
@@ -490,24 +526,13 @@ class ContainerManager:
             finally:
                 self._removed(c)
             return
-        if self._should_restart(c):
+        if restart.should_restart(c.state, c.config.restart_policy, pulling=c.id in self._pulling):
             c.state.status = "restarting"
             self._save(c)
             self._spawn(self._restart_later(c))
 
-    def _should_restart(self, c: Container) -> bool:
-        policy = c.config.restart_policy
-        if c.state.stopped_by_user or c.id in self._pulling:
-            return False
-        if policy.name == "always" or policy.name == "unless-stopped":
-            return True
-        if policy.name == "on-failure" and c.state.exit_code != 0:
-            return policy.max_retries == 0 or c.state.restart_count < policy.max_retries
-        return False
-
     async def _restart_later(self, c: Container) -> None:
-        delay = min(RESTART_BACKOFF_MAX, 0.1 * (2 ** min(c.state.restart_count, 10)))
-        await asyncio.sleep(delay)
+        await asyncio.sleep(restart.backoff(c.state.restart_count))
         if c.id not in self.containers or c.state.status != "restarting" or c.state.stopped_by_user:
             return
         c.state.restart_count += 1
@@ -938,7 +963,7 @@ class ContainerManager:
             trace("agent: unpacked")
             with open(tmp / "rootfs-diff.tar", "rb") as f:
                 chain, _ = await asyncio.to_thread(self.images.snapshotter.apply, image.chain_id, f, None,
-                                                   "rootfs-diff.tar")
+                                                   "rootfs-diff.tar", self.images.limits.budget().bound())
             await asyncio.to_thread(self.images.snapshotter.prepare, cid, chain)
             if not cold:
                 os.rename(tmp / "checkpoint", cdir / "checkpoint")
@@ -1014,10 +1039,32 @@ class ContainerManager:
         finally:
             self._pulling.discard(c.id)
 
+    async def update(self, ref: str, resources: Resources | None = None,
+                     restart_policy: RestartPolicy | None = None) -> Container:
+        """docker update: new limits (applied to a live cgroup at once) and restart policy."""
+        c = self.get(ref)
+        cfg = copy.deepcopy(c.config)
+        if resources is not None:
+            cfg.resources = resources
+        if restart_policy is not None:
+            cfg.restart_policy = restart_policy
+        self._validate(cfg)
+        if resources is not None and c.state.status in ("running", "paused") and self.cg.exists(c.id):
+            try:
+                await asyncio.to_thread(self.cg.update, c.id, cgroups.Resources(**_resources_kwargs(cfg)))
+            except cgroups.CgroupError as e:
+                raise InvalidArgument(str(e)) from e
+        c.config = cfg
+        self._save(c)
+        return c
+
     def rename(self, ref: str, new: str) -> None:
         c = self.get(ref)
+        if len(new) > names.MAX_NAME:
+            raise InvalidArgument(f"Invalid container name ({new[:20]}...): it is {len(new)} characters long, "
+                                  f"the most is {names.MAX_NAME}")
         if not names.valid_name(new):
-            raise InvalidArgument(f"Invalid container name ({new})")
+            raise InvalidArgument(f"Invalid container name ({new}), only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
         if any(o.name == new.lstrip("/") for o in self.containers.values() if o is not c):
             raise Conflict(f'Conflict. The container name "/{new}" is already in use')
         c.name = new.lstrip("/")
@@ -1092,6 +1139,8 @@ class ContainerManager:
             proc.cwd = c.config.workdir or image.config.workdir or "/"
         sec = _security(c.config)
         proc.seccomp, proc.no_new_privileges = sec["seccomp"], sec["no_new_privileges"]
+        if c.config.privileged:  # (as docker: an exec has its container's privileges)
+            proc.capabilities, proc.seccomp = list(ALL_CAPABILITIES), False
         info = self._init_info(c)
         req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": proc,
                "cgroup": {"root": getattr(self.cg, "root", "/sys/fs/cgroup"), "parent": self.cg.parent,

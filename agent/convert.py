@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from typing import Any
 
-from agent.model import Container, ContainerConfig, DeviceRate, Overlay, Port, Resources, RestartPolicy
+from agent import attachsession
+from agent.model import (
+    Container,
+    ContainerConfig,
+    DeviceMapping,
+    DeviceRate,
+    Overlay,
+    Port,
+    Resources,
+    RestartPolicy,
+)
+from agent.runtime.spec import ProcessSpec
 from protos import agent_pb2 as pb
 
 
@@ -26,6 +38,8 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         restart_policy=RestartPolicy(m.restart_policy.name or "no", m.restart_policy.max_retries),
         auto_remove=m.auto_remove, init=m.init, stop_timeout=m.stop_timeout, stop_signal=m.stop_signal,
         security_opt=list(m.security_opt),
+        devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
+        privileged=m.privileged,
         overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu) for o in m.overlays],
     )
 
@@ -46,6 +60,9 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         restart_policy=pb.RestartPolicy(name=c.restart_policy.name, max_retries=c.restart_policy.max_retries),
         auto_remove=c.auto_remove, init=c.init, stop_timeout=c.stop_timeout, stop_signal=c.stop_signal,
         security_opt=c.security_opt,
+        devices=[pb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
+                                  permissions=d.permissions) for d in c.devices],
+        privileged=c.privileged,
         overlays=[pb.OverlayAttachment(network=o.network, vni=o.vni, subnet=o.subnet, ip=o.ip, mac=o.mac, mtu=o.mtu)
                   for o in c.overlays],
     )
@@ -103,6 +120,9 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "NetworkMode": cfg.network_mode, "PidMode": cfg.pid_mode, "IpcMode": cfg.ipc_mode or "private",
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
             "SecurityOpt": list(cfg.security_opt) or None,
+            "Privileged": cfg.privileged,
+            "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container or d.path_on_host,
+                         "CgroupPermissions": d.permissions} for d in cfg.devices] or None,
             "RestartPolicy": {"Name": cfg.restart_policy.name, "MaximumRetryCount": cfg.restart_policy.max_retries},
             "PortBindings": {f"{p.container_port}/{p.protocol}": [{"HostIp": p.host_ip, "HostPort": str(p.host_port or "")}]
                              for p in cfg.ports},
@@ -121,3 +141,42 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
         },
         **extra,
     }
+
+
+# --- attach and exec sessions (agent/attachsession.py) -----------------------------------------------
+
+
+def session_size(o: pb.OpenStream) -> attachsession.Resize | None:
+    return attachsession.Resize(o.size.rows, o.size.cols) if o.HasField("size") and o.size.rows else None
+
+
+def attach_options(o: pb.OpenStream) -> attachsession.AttachOptions:
+    return attachsession.AttachOptions(container=o.container, start=o.start, tty=o.tty, stdin=o.stdin,
+                                  create=config_from_pb(o.create) if o.HasField("create") else None,
+                                  size=session_size(o))
+
+
+def exec_process(o: pb.OpenStream) -> ProcessSpec:
+    return ProcessSpec(args=list(o.exec.cmd), env=list(o.exec.env), cwd=o.exec.workdir, user=o.exec.user,
+                       tty=o.tty, stdin=o.stdin)
+
+
+async def session_inputs(requests: AsyncIterator[pb.StreamInput]) -> AsyncIterator[attachsession.Input]:
+    async for msg in requests:
+        kind = msg.WhichOneof("kind")
+        if kind == "stdin":
+            yield attachsession.Stdin(msg.stdin)
+        elif kind == "close_stdin":
+            yield attachsession.CloseStdin()
+        elif kind == "resize":
+            yield attachsession.Resize(msg.resize.rows, msg.resize.cols)
+        elif kind == "signal":
+            yield attachsession.Signal(msg.signal)
+
+
+def stream_output(ev: attachsession.Event) -> pb.StreamOutput:
+    if isinstance(ev, attachsession.Output):
+        return pb.StreamOutput(stdout=ev.data) if ev.stream == "stdout" else pb.StreamOutput(stderr=ev.data)
+    if isinstance(ev, attachsession.Started):
+        return pb.StreamOutput(started=ev.container)
+    return pb.StreamOutput(exit=pb.ExitStatus(exit_code=ev.exit_code, oom_killed=ev.oom_killed, error=ev.error))

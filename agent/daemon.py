@@ -28,13 +28,14 @@ from agent.runtime import cgroups
 from agent.runtime.network.overlay import Overlays, underlay_host
 from agent.runtime.zygote_client import Zygote
 from agent.server import AgentServicer
+from common import settings, transport
 from protos import agent_pb2_grpc as pbg
 
 log = logging.getLogger("dockyard.agent")
 
-DEFAULT_ROOT = "/var/lib/dockyard"
-DEFAULT_SOCKET = "/run/dockyard/agent.sock"
-DEFAULT_DOCKER_SOCKET = "/run/dockyard/docker.sock"
+DEFAULT_ROOT = settings.ROOT
+DEFAULT_SOCKET = settings.AGENT_SOCKET
+DEFAULT_DOCKER_SOCKET = settings.DOCKER_SOCKET
 
 
 @dataclass
@@ -43,17 +44,19 @@ class AgentOptions:
     socket: str = DEFAULT_SOCKET
     listen: str = ""                 # host:port for TCP (scheduler and other agents)
     name: str = field(default_factory=_socket.gethostname)
-    bridge: str = "dockyard0"
-    subnet: str = "172.29.0.0/16"
+    bridge: str = settings.BRIDGE
+    subnet: str = settings.SUBNET
     cgroup_parent: str | None = None
     cgroup_root: str = "/sys/fs/cgroup"
     labels: dict[str, str] = field(default_factory=dict)
-    metrics_addr: str = "127.0.0.1:9323"  # HTTP /metrics, as dockerd's; "" serves none
+    metrics_addr: str = settings.AGENT_METRICS  # HTTP /metrics, as dockerd's; "" serves none
     join: str = ""                   # scheduler replicas host:port[,host:port...] (agent/cluster.py)
     advertise: str = ""              # the address the scheduler reaches this agent at (default: listen)
     cgroup_favor_dynmods: bool = False  # agent/runtime/cgroups/_dynmods.py
     docker_socket: str = DEFAULT_DOCKER_SOCKET   # Docker's Engine API (agent/dockerapi); "" serves none
     docker_tcp: str = ""             # and on loopback TCP, HOST:PORT (opt-in: no TLS yet)
+    max_layer_size: int | None = None  # bytes a layer may expand to on import/load/pull/restore (None: no bound)
+    max_image_size: int | None = None  # and all the layers of one image
     ip_forward: bool = True          # docker's --ip-forward: turn on net.ipv4.ip_forward
     ip_masq: bool = True             # docker's --ip-masq: masquerade the bridge's subnet (egress)
 
@@ -72,6 +75,7 @@ class Agent:
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
+        from agent.images.layers import Limits
         from agent.runtime import monitor, network
 
         o = self.opts
@@ -84,6 +88,7 @@ class Agent:
                 from e
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         images = ImageStore(self.root / "images")
+        images.limits = Limits(o.max_layer_size, o.max_image_size)
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
         await asyncio.to_thread(net.ensure, o.ip_forward, o.ip_masq)
         resolvers = None
@@ -120,16 +125,15 @@ class Agent:
         servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, False, o.labels)
         # `criu check` takes a second: answer requests meanwhile, report the capability once known.
         self._criu_task = asyncio.get_running_loop().create_task(self._check_criu(servicer))
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                               ("grpc.max_send_message_length", 64 << 20)])
+        self.server = transport.server(transport.AGENT)
         pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server(self.server, self.manager, images)
         Path(o.socket).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(o.socket)
-        self.server.add_insecure_port(f"unix://{o.socket}")
+        transport.serve(self.server, f"unix://{o.socket}", transport.AGENT)
         if o.listen:
-            self.server.add_insecure_port(o.listen)
+            transport.serve(self.server, o.listen, transport.AGENT)
         await self.server.start()
         os.chmod(o.socket, 0o660)
         if o.docker_socket or o.docker_tcp:

@@ -90,7 +90,8 @@ class ExecSession:
                 return
             if msg.get("op") == "pty":
                 self._queue.put_nowait(("pty", fds[0]))
-            elif msg.get("op") == "error":
+            elif msg.get("op") == "error":   # it could not be run: said on its stderr
+                self.error = str(msg["error"])
                 self._queue.put_nowait(("stderr", (msg["error"] + "\n").encode()))
             elif msg.get("op") == "exit" or "exit_code" in msg:
                 self._queue.put_nowait(("exit", msg))
@@ -122,7 +123,7 @@ class ExecSession:
                 yield kind, value
         assert exit_msg is not None
         self.exit_code = int(exit_msg.get("exit_code", 126))
-        self.error = str(exit_msg.get("error", ""))
+        self.error = str(exit_msg.get("error", "")) or self.error
 
     async def write(self, data: bytes) -> None:
         target = self._master if self._master >= 0 else self._stdin

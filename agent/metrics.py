@@ -28,20 +28,21 @@ import contextlib
 import errno
 import logging
 import os
-import socket
-import socketserver
 import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from agent.runtime import cgroups
+from common.http import MetricsAddressError as MetricsAddressError  # re-exported: the agent's users
+from common.http import MetricsServer as MetricsServer
+from common.http import QuietHandler, start_http
+from common.http import parse_addr as parse_addr
 
 if TYPE_CHECKING:
     from agent.containers import ContainerManager
@@ -464,72 +465,6 @@ class AgentMetrics:
 
 
 # --- serving ------------------------------------------------------------------------------------
-
-class MetricsAddressError(ValueError):
-    pass
-
-
-def parse_addr(addr: str, option: str = "--metrics-addr") -> tuple[str, int]:
-    """HOST:PORT (IPv6 as [::1]:PORT) -> (host, port); raises MetricsAddressError naming the option."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise MetricsAddressError(f"{option} {addr!r}: expected HOST:PORT, e.g. 127.0.0.1:9323")
-    return host.removeprefix("[").removesuffix("]"), int(port)
-
-
-@dataclass
-class MetricsServer:
-    """A running /metrics endpoint: an HTTP server on its own daemon threads."""
-
-    httpd: ThreadingHTTPServer
-    thread: threading.Thread
-
-    @property
-    def address(self) -> tuple[str, int]:
-        a: Any = self.httpd.server_address
-        return str(a[0]), int(a[1])
-
-    def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
-
-
-class QuietHandler(BaseHTTPRequestHandler):
-    """A request handler that logs nothing (scrapes every few seconds would drown the log)."""
-
-    def reply(self, code: int, content_type: str, body: bytes) -> None:
-        self.send_response(code)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-def start_http(addr: str, handler: type[BaseHTTPRequestHandler]) -> MetricsServer:
-    """An HTTP server on HOST:PORT on daemon threads (the agent's and the scheduler's /metrics)."""
-    host, port = parse_addr(addr)
-
-    class Server(ThreadingHTTPServer):
-        daemon_threads = True
-        address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
-
-        def server_bind(self) -> None:
-            # HTTPServer.server_bind looks up the host's FQDN: with no DNS that stalls ~10 s.
-            socketserver.TCPServer.server_bind(self)
-            self.server_name, self.server_port = str(self.server_address[0]), int(self.server_address[1])
-
-    try:
-        httpd = Server((host, port), handler)
-    except OSError as e:
-        raise MetricsAddressError(f"--metrics-addr {addr}: {e.strerror or e}") from e
-    thread = threading.Thread(target=httpd.serve_forever, name="metrics-http", daemon=True)
-    thread.start()
-    return MetricsServer(httpd, thread)
-
 
 def serve_metrics(addr: str, metrics: AgentMetrics) -> MetricsServer:
     """Serve GET /metrics on HOST:PORT from a daemon thread; scrapes never touch the event loop."""

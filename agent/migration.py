@@ -34,6 +34,7 @@ import grpc
 from agent.containers import ContainerManager
 from agent.model import AgentError, Conflict, NotFound, Unavailable
 from agent.runtime.shim import trace
+from common import transport
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
@@ -122,7 +123,7 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
     if c.state.status not in ("running", "paused") and live:
         raise Conflict(f"container {c.name} is not running: nothing to migrate live (use cold)")
     t0 = time.monotonic()
-    channel = grpc.aio.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20)])
+    channel = transport.dial(target, transport.AGENT, transport.Role.AGENT)
     try:
         try:
             info = await pbg.AgentStub(channel).Info(pb.Empty(), timeout=5)  # type: ignore[no-untyped-call]

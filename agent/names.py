@@ -30,5 +30,8 @@ def random_name() -> str:
     return f"{secrets.choice(_LEFT)}_{secrets.choice(_RIGHT)}"
 
 
+MAX_NAME = 128
+
+
 def valid_name(name: str) -> bool:
-    return bool(NAME_RE.match(name)) and len(name) <= 128
+    return bool(NAME_RE.match(name)) and len(name) <= MAX_NAME

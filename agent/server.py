@@ -7,14 +7,12 @@ CLI shows the message as is and exits non-zero.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import hashlib
 import json
 import logging
 import os
 import platform
-import socket
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -22,15 +20,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from agent import convert, metrics
+from agent import attachsession, convert, metrics
 from agent.checkpoint import host_features
 from agent.containers import ContainerManager
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
-from agent.model import AgentError, Conflict, InvalidArgument, NotFound, StartFailed, Unavailable
-from agent.runtime import frames
+from agent.model import AgentError, Conflict, InvalidArgument, NotFound, Unavailable
 from agent.runtime.shim import trace
-from agent.runtime.spec import ProcessSpec
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
@@ -107,6 +103,9 @@ class AgentServicer(pbg.AgentServicer):
         self.lazy_pages = False  # known, like criu, once `criu check` ran
         self.labels = labels
         self.host = host_features.probe()
+        from agent.dockerapi.events import Events
+
+        self.events = Events(manager)  # the Docker API's event source, for `dockyard system events`
 
     # --- containers ---------------------------------------------------------------------------
 
@@ -204,6 +203,18 @@ class AgentServicer(pbg.AgentServicer):
         return pb.TopResponse(titles=titles, processes=[pb.ProcessRow(fields=r) for r in rows])
 
     @_mapped_stream
+    async def Events(self, request: pb.EventsRequest, context: Any) -> AsyncIterator[pb.Event]:
+        since = request.since or None
+        until = request.until or None
+        if until is not None and since is None and until <= time.time():
+            return  # only past events were asked for, and there is no `since` to start them from
+        async for ev in self.events.subscribe(since, until, lambda ev: True):
+            actor = ev["Actor"]
+            yield pb.Event(type=ev["Type"], action=ev["Action"], actor_id=actor["ID"],
+                           attributes={str(k): str(v) for k, v in actor["Attributes"].items()},
+                           time_nano=ev["timeNano"])
+
+    @_mapped_stream
     async def Stats(self, request: pb.StatsRequest, context: Any) -> AsyncIterator[pb.StatsResponse]:
         prev: dict[str, tuple[int, float]] = {}
 
@@ -251,80 +262,13 @@ class AgentServicer(pbg.AgentServicer):
         if first is None or not first.HasField("open"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
             return
-        o = first.open
+        events = attachsession.attach(self.m, convert.attach_options(first.open),
+                                      convert.session_inputs(request_iterator))
         try:
-            start = o.start or o.HasField("create")
-            if o.HasField("create"):
-                c = await asyncio.to_thread(self.m.create, convert.config_from_pb(o.create))
-            else:
-                c = self.m.get(o.container)
-            if start:
-                # Attached from birth: the monitor gets our socket's other end with the start, so
-                # no output is missed and the process need not wait for us. A terminal still
-                # waits for our RELEASE, so that it starts at the client's size.
-                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-                try:
-                    await self.m.start(c.id, hold=o.tty, client=theirs.fileno())
-                except BaseException:
-                    ours.close()
-                    raise
-                finally:
-                    theirs.close()
-                reader, writer = await asyncio.open_unix_connection(sock=ours)
-            else:
-                reader, writer = await self.m.attach(c.id)
-        except StartFailed as e:
-            yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=e.exit_code, error=f"Error response from daemon: {e}"))
-            return
+            async for ev in events:
+                yield convert.stream_output(ev)
         except (AgentError, ImageError) as e:
             await context.abort(_status(e), str(e))
-            return
-        if o.HasField("size") and o.size.rows:
-            writer.write(frames.encode_json(frames.RESIZE, {"rows": o.size.rows, "cols": o.size.cols}))
-        if start and o.tty:
-            writer.write(frames.encode(frames.RELEASE))
-        await writer.drain()
-
-        async def pump_in() -> None:
-            async for msg in request_iterator:
-                kind = msg.WhichOneof("kind")
-                if kind == "stdin" and o.stdin:
-                    writer.write(frames.encode(frames.STDIN, msg.stdin))
-                elif kind == "close_stdin" and o.stdin:
-                    writer.write(frames.encode(frames.CLOSE_STDIN))
-                elif kind == "resize":
-                    writer.write(frames.encode_json(frames.RESIZE, {"rows": msg.resize.rows, "cols": msg.resize.cols}))
-                elif kind == "signal":
-                    with contextlib.suppress(AgentError):
-                        await self.m.kill(c.id, msg.signal)
-                await writer.drain()
-
-        pump = asyncio.ensure_future(pump_in())
-        dec = frames.Decoder()
-        try:
-            exited = False
-            while not exited:
-                data = await reader.read(65536)
-                if not data:
-                    break
-                for kind, payload in dec.feed(data):
-                    if kind == frames.STDOUT:
-                        yield pb.StreamOutput(stdout=payload)
-                    elif kind == frames.STDERR:
-                        yield pb.StreamOutput(stderr=payload)
-                    elif kind == frames.HELLO:
-                        yield pb.StreamOutput(started=c.id)
-                    elif kind == frames.EXIT:
-                        exited = True
-            # The exit status as the agent recorded it: the monitor's, with the OOM count added.
-            c = await self.m.wait_for(c)
-            if c.config.auto_remove:
-                await self.m.wait_removed(c)
-            yield pb.StreamOutput(exit=pb.ExitStatus(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed,
-                                                     error=c.state.error))
-        finally:
-            pump.cancel()
-            writer.close()
 
     # --- exec ---------------------------------------------------------------------------------
 
@@ -338,10 +282,8 @@ class AgentServicer(pbg.AgentServicer):
         if not o.exec.cmd:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "exec needs a command")
             return
-        proc = ProcessSpec(args=list(o.exec.cmd), env=list(o.exec.env), cwd=o.exec.workdir, user=o.exec.user,
-                           tty=o.tty, stdin=o.stdin)
-        size = (o.size.rows, o.size.cols) if o.HasField("size") and o.size.rows else None
-        session = ExecSession(self.m, o.container, proc, size)
+        size = convert.session_size(o)
+        session = ExecSession(self.m, o.container, convert.exec_process(o), (size.rows, size.cols) if size else None)
         try:
             session.start()
         except AgentError as e:

@@ -45,6 +45,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from common import settings
+
 REPO = Path(__file__).resolve().parent.parent
 MANIFEST = ".dockyard-files"     # the bundle's file list: lets a bootstrapped copy bootstrap again
 MARKER = ".dockyard-bundle"      # in project_dir: the sha256 of the bundle it was made from
@@ -77,10 +79,10 @@ class HostSpec:
     advertise: str = ""               # the address other hosts reach this one at (default: address)
     sudo: bool = False
     project_dir: str = "/opt/dockyard"
-    state_dir: str = "/var/lib/dockyard"
+    state_dir: str = settings.ROOT
     python: str = ""                  # default: <project_dir>/.venv/bin/python (made by install.sh)
-    socket: str = "/run/dockyard/agent.sock"
-    scheduler_port: int = 2377
+    socket: str = settings.AGENT_SOCKET
+    scheduler_port: int = settings.SCHEDULER_PORT
     agent_port: int = 7070
     agent_args: list[str] = field(default_factory=list)
     scheduler_args: list[str] = field(default_factory=list)
@@ -151,7 +153,11 @@ class _Checker:
 
 def _compose(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:
     """The document as plain data, and the line of every node in it (1-based)."""
-    loader = yaml.SafeLoader(text)
+    from deploy.compose.yamlload import Loader, YAMLLimitError
+
+    # the stack files' bounded loader: depth and alias expansion limited while composing, so the
+    # walk below (which expands aliases) stays small; YAML 1.2 numbers, as Compose reads them
+    loader: Any = Loader(text)  # type: ignore[call-arg]
     lines: dict[Path_, int] = {}
 
     def walk(node: yaml.Node, path: Path_) -> Any:
@@ -178,6 +184,8 @@ def _compose(text: str, file: Path) -> tuple[Any, dict[Path_, int]]:
     try:
         node = loader.get_single_node()
         return (walk(node, ()) if node is not None else None), lines
+    except YAMLLimitError as e:
+        raise InventoryError([f"{file}:{e.line}: {e.problem}"]) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         where = f"{mark.line + 1}:{mark.column + 1}" if mark else "1"
@@ -466,6 +474,7 @@ def _ready(req: dict[str, Any]) -> bool:
     """The started process answers: a scheduler (Status) or a node that is ready (ListNodes)."""
     import grpc
 
+    from common import transport
     from protos import agent_pb2 as apb
     from protos import agent_pb2_grpc as apbg
     from protos import cluster_pb2 as cpb
@@ -474,13 +483,13 @@ def _ready(req: dict[str, Any]) -> bool:
     if "agent" in req:
         # The agent itself first: the scheduler may still list the node as ready from before (its
         # lease has not run out yet) while this new process has already failed.
-        with grpc.insecure_channel(str(req["agent"]), options=[("grpc.enable_http_proxy", 0)]) as ch:
+        with transport.dial_blocking(str(req["agent"]), transport.CLI, transport.Role.AGENT) as ch:
             try:
                 apbg.AgentStub(ch).Info(apb.Empty(), timeout=2)  # type: ignore[no-untyped-call]
             except grpc.RpcError:
                 return False
     for addr in str(req["scheduler"]).split(","):
-        with grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as ch:
+        with transport.dial_blocking(addr, transport.CLI, transport.Role.SCHEDULER) as ch:
             stub = cpbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
             try:
                 if "node" not in req:

@@ -18,20 +18,19 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from common import settings, transport
 from deploy import display
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
-DEFAULT_HOST = "unix:///run/dockyard/agent.sock"
+DEFAULT_HOST = f"unix://{settings.AGENT_SOCKET}"
 CHUNK = 256 * 1024
 
 
 class Client:
     def __init__(self, host: str) -> None:
         self.host = host
-        target = host if host.startswith("unix:") else host.removeprefix("tcp://")
-        self.channel = grpc.insecure_channel(target, options=[("grpc.max_receive_message_length", 64 << 20),
-                                                              ("grpc.max_send_message_length", 64 << 20)])
+        self.channel = transport.dial_blocking(host, transport.CLI, transport.Role.AGENT)
         self.stub = pbg.AgentStub(self.channel)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any, **kw: Any) -> Any:
@@ -49,9 +48,47 @@ def fail_rpc(e: grpc.RpcError, host: str) -> NoReturn:
     fail(f"Error response from daemon: {e.details()}")  # type: ignore[attr-defined]
 
 
-def fail(msg: str, code: int = 1) -> NoReturn:
+def fail(msg: str, code: int | None = None) -> NoReturn:
+    """Print and exit: with `code`, else the command's exit status for its own errors (1; `run`'s
+    is 125, as docker's, so that they do not pass for the container's)."""
+    if code is None:
+        ctx = click.get_current_context(silent=True)
+        code = int((ctx.find_root().obj or {}).get("error_exit", 1)) if ctx is not None else 1
     click.echo(msg, err=True)
     sys.exit(code)
+
+
+# docker run's exit status when the container's command could not be run (docker/cli's
+# runStartContainerErr): 127 not found, 126 not invocable, 125 anything else that failed.
+def start_error_code(error: str) -> int:
+    if any(s in error for s in ("executable file not found", "no such file or directory")):
+        return 127
+    if any(s in error for s in ("permission denied", "is a directory")):
+        return 126
+    return 125
+
+
+class _RunUsageError(click.UsageError):
+    exit_code = 125
+
+
+class RunCommand(click.Command):
+    """`run`: its own errors, a bad flag included, exit 125 as docker's do (see fail)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.find_root().obj = {**(ctx.find_root().obj or {}), "error_exit": 125}
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as e:
+            raise _RunUsageError(e.format_message(), e.ctx) from None
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.UsageError as e:
+            if isinstance(e, _RunUsageError):
+                raise
+            raise _RunUsageError(e.format_message(), e.ctx) from None
 
 
 def client(ctx: click.Context) -> Client:
@@ -74,24 +111,29 @@ def main(ctx: click.Context, host: str) -> None:
 
 # --- the agent --------------------------------------------------------------------------------
 
-@main.command("agent")
-@click.option("--root", default="/var/lib/dockyard", show_default=True, help="State directory")
-@click.option("--socket", "sock", default="/run/dockyard/agent.sock", show_default=True)
+@main.command("agent", context_settings=settings.context("agent"))
+@settings.config_option("agent")
+@click.option("--root", default=settings.ROOT, show_default=True, help="State directory")
+@click.option("--socket", "sock", default=settings.AGENT_SOCKET, show_default=True)
 @click.option("--listen", default="", help="Also serve on TCP host:port")
 @click.option("--name", default="", help="Node name (default: the hostname)")
-@click.option("--bridge", default="dockyard0", show_default=True)
-@click.option("--subnet", default="172.29.0.0/16", show_default=True)
+@click.option("--bridge", default=settings.BRIDGE, show_default=True)
+@click.option("--subnet", default=settings.SUBNET, show_default=True)
 @click.option("--cgroup-parent", default=None)
 @click.option("--label", "labels", multiple=True, help="Node label k=v")
-@click.option("--metrics-addr", default="127.0.0.1:9323", show_default=True,
+@click.option("--metrics-addr", default=settings.AGENT_METRICS, show_default=True,
               help='HOST:PORT for Prometheus /metrics over HTTP; "" disables it')
 @click.option("--join", default="", help="Join the cluster of these scheduler(s): HOST:PORT[,HOST:PORT...]")
 @click.option("--advertise", default="", help="HOST:PORT the scheduler reaches this agent at (default: --listen)")
 @click.option("--cgroup-favor-dynmods", is_flag=True,
               help="Make cgroup joins cheap (kernel favordynmods; forks and exits host-wide pay a little)")
-@click.option("--docker-socket", default="/run/dockyard/docker.sock", show_default=True,
+@click.option("--docker-socket", default=settings.DOCKER_SOCKET, show_default=True,
               help='Serve Docker\'s Engine API (docker, docker-py, compose) on this unix socket; "" serves none')
 @click.option("--docker-tcp", default="", help="Also serve Docker's API on loopback TCP HOST:PORT (no TLS yet)")
+@click.option("--max-layer-size", default="",
+              help="Refuse a layer that expands to more than this on import, load, pull or restore (e.g. 10g; "
+                   "default: no bound, as docker)")
+@click.option("--max-image-size", default="", help="The same for all the layers of one image")
 @click.option("--ip-forward", type=bool, default=True, show_default=True,
               help="Turn on net.ipv4.ip_forward (published ports from other hosts, the routing mesh); as docker's")
 @click.option("--ip-masq", type=bool, default=True, show_default=True,
@@ -99,12 +141,13 @@ def main(ctx: click.Context, host: str) -> None:
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
               advertise: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
-              docker_tcp: str = "", ip_forward: bool = True, ip_masq: bool = True) -> None:
+              docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "", ip_forward: bool = True,
+              ip_masq: bool = True) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
     from agent.daemon import AgentOptions, run
-    from agent.metrics import parse_addr
+    from common.http import parse_addr
 
     if metrics_addr:
         try:
@@ -120,23 +163,24 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
             raise click.BadParameter(str(e), param_hint="--docker-tcp") from None
 
     if join and not listen:
-        listen = "127.0.0.1:7070"  # --join implies --listen: the scheduler calls the agent over TCP
+        listen = settings.AGENT_JOIN_LISTEN  # --join implies --listen: the scheduler calls the agent over TCP
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
                      join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods,
-                     docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward,
-                     ip_masq=ip_masq))
+                     docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward, ip_masq=ip_masq,
+                     max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
+                     max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 
 
 @main.command("up")
-@click.option("--root", default="/var/lib/dockyard", show_default=True, help="State directory")
-@click.option("--socket", "sock", default="/run/dockyard/agent.sock", show_default=True)
+@click.option("--root", default=settings.ROOT, show_default=True, help="State directory")
+@click.option("--socket", "sock", default=settings.AGENT_SOCKET, show_default=True)
 @click.option("--example/--no-example", default=True, show_default=True,
               help="Deploy the example stack (deploy/examples/stack.yaml)")
-@click.option("--port", default=2377, show_default=True, help="The scheduler's port on 127.0.0.1")
-@click.option("--bridge", default="dockyard0", show_default=True, help="The agent's container bridge")
-@click.option("--subnet", default="172.29.0.0/16", show_default=True, help="The agent's container subnet")
+@click.option("--port", default=settings.SCHEDULER_PORT, show_default=True, help="The scheduler's port on 127.0.0.1")
+@click.option("--bridge", default=settings.BRIDGE, show_default=True, help="The agent's container bridge")
+@click.option("--subnet", default=settings.SUBNET, show_default=True, help="The agent's container subnet")
 @click.option("--cgroup-parent", default=None, help="The agent's cgroup parent")
 @click.option("--exit", "exit_after", is_flag=True, help="Check that everything answers, then stop it all")
 def up_cmd(root: str, sock: str, example: bool, port: int, bridge: str, subnet: str, cgroup_parent: str | None,
@@ -195,6 +239,18 @@ def _device_rates(specs: tuple[str, ...], flag: str) -> list[pb.DeviceRate]:
     return out
 
 
+def parse_device(spec: str) -> pb.DeviceMapping:
+    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's CLI splits it."""
+    from agent.model import DeviceMapping
+
+    try:
+        d = DeviceMapping.parse(spec)
+    except ValueError as e:
+        raise click.BadParameter(str(e), param_hint="'--device'") from None
+    return pb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
+                            permissions=d.permissions)
+
+
 def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
     opts = [
         click.option("--name", default="", help="Assign a name to the container"),
@@ -227,6 +283,8 @@ def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--stop-signal", default="", help="Signal to stop the container"),
         click.option("--security-opt", multiple=True,
                      help="Security options: seccomp=unconfined|builtin, no-new-privileges[=true|false]"),
+        click.option("--device", multiple=True, help="Add a host device to the container (HOST[:CONTAINER][:rwm])"),
+        click.option("--privileged", is_flag=True, help="Give extended privileges to this container"),
     ]
     for o in reversed(opts):
         f = o(f)
@@ -243,6 +301,12 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
                 continue
             e = f"{e}={val}"
         env_list.append(e)
+    for e in env_list:
+        if not e.partition("=")[0]:
+            raise click.BadParameter(f"invalid environment variable: {e}", param_hint="'-e' / '--env'")
+    if o["workdir"] and not o["workdir"].startswith("/"):
+        raise click.BadParameter(f"the working directory '{o['workdir']}' is invalid, it needs to be an absolute path",
+                                 param_hint="'-w' / '--workdir'")
     res = pb.Resources()
     if o["memory"]:
         res.memory = display.parse_size(o["memory"], "-m, --memory")
@@ -277,11 +341,12 @@ def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.
         network_mode=o["network"], pid_mode=o["pid_mode"], ipc_mode=o["ipc_mode"], userns_mode=o["userns_mode"],
         restart_policy=pb.RestartPolicy(name=rname, max_retries=int(rmax or 0)), auto_remove=o["auto_remove"],
         init=o["init"], stop_timeout=o["stop_timeout"], stop_signal=o["stop_signal"],
-        security_opt=list(o["security_opt"]),
+        security_opt=list(o["security_opt"]), devices=[parse_device(d) for d in o["device"]],
+        privileged=o["privileged"],
     )
 
 
-@main.command(context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
+@main.command(cls=RunCommand, context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
 @container_options
 @click.option("-d", "--detach", is_flag=True, help="Run container in background and print container ID")
 @click.argument("image")
@@ -314,6 +379,8 @@ def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool,
     if code is None:
         click.echo("\r\nread escape sequence", err=True)
         return 0
+    if create is not None and sess.error:  # it never ran: run's own error
+        return start_error_code(sess.error)
     return code
 
 

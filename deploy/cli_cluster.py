@@ -17,12 +17,13 @@ from typing import Any, NoReturn
 import click
 import grpc
 
+from common import settings, transport
 from deploy import display
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
 
-DEFAULT_SCHEDULER = "127.0.0.1:2377"
+DEFAULT_SCHEDULER = settings.SCHEDULER_LISTEN
 TIMEOUT = 15.0
 
 
@@ -44,7 +45,7 @@ class SchedulerClient:
     def stub(self, addr: str) -> pbg.SchedulerStub:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = grpc.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)])
+            ch = self._channels[addr] = transport.dial_blocking(addr, transport.CLI, transport.Role.SCHEDULER)
         return pbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any, timeout: float = TIMEOUT) -> Any:
@@ -105,13 +106,14 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 
 # --- the scheduler itself ----------------------------------------------------------------------
 
-@click.command("scheduler")
+@click.command("scheduler", context_settings=settings.context("scheduler"))
+@settings.config_option("scheduler")
 @click.option("--etcd", default="", help="etcd client URLs (http://h:2379,...); default: start our own")
-@click.option("--listen", default="127.0.0.1:2377", show_default=True, help="gRPC HOST:PORT for agents and the CLI")
+@click.option("--listen", default=settings.SCHEDULER_LISTEN, show_default=True, help="gRPC HOST:PORT for agents and the CLI")
 @click.option("--advertise", default="", help="HOST:PORT others reach this replica at (default: --listen)")
-@click.option("--metrics-addr", default="127.0.0.1:9324", show_default=True,
+@click.option("--metrics-addr", default=settings.SCHEDULER_METRICS, show_default=True,
               help='HOST:PORT for /metrics and /sd over HTTP; "" disables it')
-@click.option("--state-dir", default="/var/lib/dockyard-scheduler", show_default=True,
+@click.option("--state-dir", default=settings.SCHEDULER_STATE, show_default=True,
               help="State directory (the embedded etcd's data lives here)")
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
 def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, state_dir: str, ttl: int) -> None:

@@ -7,6 +7,7 @@ objects under `dockyard container ...`, `network ...` and `system ...`, so `dock
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -105,6 +106,58 @@ def system_prune(ctx: click.Context, all_: bool, force: bool) -> None:
         sys.exit(1)
 
 
+@click.command("events")
+@click.option("--since", default="", help="Show events created since this time (unix seconds, RFC 3339, or 10m)")
+@click.option("--until", default="", help="Stream events until this time")
+@click.option("-f", "--filter", "filters", multiple=True,
+              help="Filter output: container=NAME|ID, event=start, type=container, label=k[=v], image=REF")
+@click.option("--format", "fmt", default="", help="'json' to print one JSON object per line")
+@click.pass_context
+def system_events(ctx: click.Context, since: str, until: str, filters: tuple[str, ...], fmt: str) -> None:
+    """Get real time events from the agent (containers: create, start, die, pause, rename, destroy, ...)."""
+    import json
+    import time
+
+    import grpc
+
+    from deploy.cli import _time_arg, client, fail_rpc
+    from protos import agent_pb2 as pb
+
+    wanted: dict[str, list[str]] = {}
+    for f in filters:
+        k, sep, v = f.partition("=")
+        if not sep or k not in ("container", "event", "type", "label", "image"):
+            raise click.BadParameter(f"{f!r}: use container=, event=, type=, label= or image=", param_hint="--filter")
+        wanted.setdefault(k, []).append(v)
+
+    def match(ev: pb.Event) -> bool:
+        a = ev.attributes
+        checks: dict[str, Callable[[str], bool]] = {"type": lambda v: ev.type == v, "event": lambda v: ev.action == v,
+                  "container": lambda v: ev.actor_id.startswith(v) or a.get("name") == v.lstrip("/"),
+                  "image": lambda v: a.get("image") == v,
+                  "label": lambda v: v.partition("=")[0] in a and (not v.partition("=")[1]
+                                                                   or a[v.partition("=")[0]] == v.partition("=")[2])}
+        # values of one key are alternatives; different keys must all match (docker's rule)
+        return all(any(checks[k](v) for v in vs) for k, vs in wanted.items())
+
+    cl = client(ctx)
+    try:
+        for ev in cl.stub.Events(pb.EventsRequest(since=_time_arg(since), until=_time_arg(until))):
+            if not match(ev):
+                continue
+            if fmt == "json":
+                click.echo(json.dumps({"Type": ev.type, "Action": ev.action, "Actor": {
+                    "ID": ev.actor_id, "Attributes": dict(ev.attributes)}, "timeNano": ev.time_nano}))
+                continue
+            when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(ev.time_nano // 1_000_000_000))
+            attrs = ", ".join(f"{k}={v}" for k, v in sorted(ev.attributes.items()))
+            click.echo(f"{when}.{ev.time_nano % 1_000_000_000:09d}Z {ev.type} {ev.action} {ev.actor_id} ({attrs})")
+    except grpc.RpcError as e:
+        fail_rpc(e, cl.host)
+    except KeyboardInterrupt:
+        pass
+
+
 def _install() -> None:
     from deploy import cli_images  # noqa: F401 - its `system` group and image commands first
     from deploy.cli_cluster import _cli_modules
@@ -124,6 +177,7 @@ def _install() -> None:
         system = commands["system"]
         system.add_command(commands["info"], "info")
         system.add_command(system_prune, "prune")
+        system.add_command(system_events, "events")
         image = commands["image"]
         image.add_command(commands["images"], "list")
 

@@ -124,9 +124,15 @@ def build(ctx: click.Context, tags: tuple[str, ...], file: str, build_args: tupl
         fail(f"unable to prepare context: path {context_dir!r} not found")
     df_path = Path(file) if file else root / "Dockerfile"
     try:
-        dockerfile = df_path.read_text()
+        raw = df_path.read_bytes()
     except OSError as e:
         fail(f"failed to read Dockerfile {df_path}: {e.strerror}")
+    try:
+        dockerfile = raw.decode()
+    except UnicodeDecodeError as e:
+        line = raw[: e.start].count(b"\n") + 1
+        fail(f"failed to read Dockerfile {df_path}: line {line}: not valid UTF-8 (byte {raw[e.start]:#04x} "
+             f"at offset {e.start}); save it as UTF-8")
     for t in tags:
         try:
             reference.parse(t)
@@ -146,7 +152,7 @@ def build(ctx: click.Context, tags: tuple[str, ...], file: str, build_args: tupl
     cl, stub = _stub(ctx)
     image_id = ""
     with tempfile.TemporaryFile() as tar:
-        write_context(root, tar, rel_df)
+        write_context(root, tar, rel_df, warn=lambda msg: click.echo(f"WARNING: {msg}", err=True))
         size = tar.tell()
         tar.seek(0)
         if not quiet:

@@ -358,30 +358,31 @@ def build_service_spec(image: str, command: tuple[str, ...], o: dict[str, Any]) 
 
 
 def _converge(ctx: click.Context, name: str, quiet: bool, timeout: float = 120.0) -> None:
-    """As docker's service create without -d: wait until every task wanted runs (or a task fails)."""
-    deadline = time.monotonic() + timeout
+    """As docker's service create without -d: wait until every task wanted runs; stop at a task that
+    fails or is rejected, and say why tasks are pending while it waits."""
+    start = time.monotonic()
     last = ""
     while True:
         info = sched(ctx).call("InspectService", pb.ServiceRef(name=name))
-        line = f"overall progress: {info.running} out of {info.replicas} tasks"
+        tasks = sched(ctx).call("ListTasks", pb.ListTasksRequest(services=[name], all=False)).tasks
+        pending = [t.error for t in tasks if t.state == "pending" and t.error]
+        line = f"overall progress: {info.running} out of {info.replicas} tasks" + (f" ({pending[0]})" if pending else "")
         if line != last and not quiet:
             click.echo(line, err=True)
             last = line
         # a global service's count is its tasks: none yet may only mean the leader has not placed them
-        settled = info.replicas > 0 or info.mode != "global" or time.monotonic() > deadline - timeout + 3
+        settled = info.replicas > 0 or info.mode != "global" or time.monotonic() - start > 3
         if info.running >= info.replicas and settled:
             if not quiet:
                 click.echo("verify: Service converged", err=True)
             return
-        tasks = sched(ctx).call("ListTasks", pb.ListTasksRequest(services=[name], all=False)).tasks
         bad = [t for t in tasks if t.state in ("rejected", "failed") and t.desired_state == "running"]
         if bad:
             fail(f"{bad[0].name}: {bad[0].state}: {bad[0].error} (the service exists: see "
                  f"`dockyard service ps {name}`)")
-        pending = [t for t in tasks if t.state == "pending" and t.error]
-        if time.monotonic() > deadline:
-            why = f": {pending[0].error}" if pending else ""
-            fail(f"{name} did not converge in {timeout:.0f} s{why} (see `dockyard service ps {name}`)")
+        if time.monotonic() - start > timeout:
+            fail(f"{name} did not converge in {timeout:.0f} s" + (f": {pending[0]}" if pending else "")
+                 + f" (the service exists: see `dockyard service ps {name}`)")
         time.sleep(0.3)
 
 

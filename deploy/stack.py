@@ -324,7 +324,7 @@ _UNSUPPORTED_TOP = {
 }
 _SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file", "ports", "deploy", "healthcheck",
                       "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
-                      "stdin_open", "init", "networks"})
+                      "stdin_open", "init", "devices", "privileged", "networks"})
 _ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
 _UNSUPPORTED_SERVICE = {
     "build": "build the image first with `dockyard image build -t NAME .` and name it in `image:`",
@@ -335,7 +335,7 @@ _UNSUPPORTED_SERVICE = {
     "restart": "use deploy.restart_policy", "scale": "use deploy.replicas",
     "expose": "every port of a task is reachable from the node; publish it with `ports:`",
     "volumes": "", "volumes_from": "", "tmpfs": "", "configs": "", "secrets": "",
-    "devices": _ON_THE_NODE, "device_cgroup_rules": _ON_THE_NODE, "privileged": _ON_THE_NODE,
+    "device_cgroup_rules": _ON_THE_NODE,
     "cap_add": _ON_THE_NODE, "cap_drop": _ON_THE_NODE, "security_opt": _ON_THE_NODE, "read_only": _ON_THE_NODE,
     "ulimits": _ON_THE_NODE, "sysctls": _ON_THE_NODE, "extra_hosts": _ON_THE_NODE, "dns": _ON_THE_NODE,
     "dns_search": _ON_THE_NODE, "dns_opt": _ON_THE_NODE, "shm_size": _ON_THE_NODE, "group_add": _ON_THE_NODE,
@@ -477,9 +477,12 @@ def _networks(at: _At | None, stack: str) -> dict[str, StackNetwork]:
                         ipaddress.IPv4Network(subnet, strict=True)
                     except ValueError as e:
                         sub.fail(f"invalid subnet {subnet!r}: {e}")
-        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet,
-                                attachable=_opt(n, "attachable", _At.boolean, False),
-                                internal=_opt(n, "internal", _At.boolean, False), labels=_labels(n.child("labels")))
+        for flag, why in (("attachable", "plain containers cannot join cluster networks yet"),
+                          ("internal", "a task keeps its host bridge's egress")):
+            f_at = n.child(flag)
+            if f_at is not None and f_at.boolean():
+                f_at.fail(f"not supported yet: {why}")
+        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet, labels=_labels(n.child("labels")))
     return out
 
 
@@ -549,6 +552,8 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
     if stop_signal and not _SIGNAL.match(stop_signal):
         (at.child("stop_signal") or at).fail(f"invalid signal {stop_signal!r} (a name like SIGINT or a number)")
 
+    devices = _devices(at.child("devices"))
+
     replicas, resources, placement, pids = 1, ResourceSpec(), PlacementSpec(), 0
     mode = ServiceMode.REPLICATED
     update, rollback, restart = UpdateConfig(), UpdateConfig(), RestartPolicy()
@@ -573,8 +578,24 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
         user=_opt(at, "user", _At.string, ""), workdir=workdir, stop_signal=stop_signal, stop_grace_period=grace,
         tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
         init=_opt(at, "init", _At.boolean, False), pids_limit=pids,
-        container_labels=tuple(sorted(dict(container_labels).items())),
+        container_labels=tuple(sorted(dict(container_labels).items())), devices=devices,
+        privileged=_opt(at, "privileged", _At.boolean, False),
     )
+
+
+def _devices(at: _At | None) -> tuple[str, ...]:
+    """`devices:` as Compose's short syntax, HOST[:CONTAINER][:rwm] (the node checks the host's path)."""
+    from agent.model import DeviceMapping
+
+    out = []
+    for el in at.elements() if at is not None else []:
+        text = el.string()
+        try:
+            DeviceMapping.parse(text)
+        except ValueError as e:
+            el.fail(str(e))
+        out.append(text)
+    return tuple(out)
 
 
 def _opt(at: _At, key: str, read: Callable[..., Any], default: Any = None) -> Any:

@@ -39,6 +39,7 @@ class Session:
         self.tty = tty and sys.stdin.isatty()
         self.q: queue.Queue[pb.StreamInput | None] = queue.Queue()
         self.detached = False
+        self.error = ""   # why the container did not run, when it did not (the exit's error)
         self._call: Any = None
 
     def _requests(self) -> Iterator[pb.StreamInput]:
@@ -106,6 +107,7 @@ class Session:
                     on_started()
                 elif kind == "exit":
                     code = out.exit.exit_code
+                    self.error = out.exit.error
                     if out.exit.error:
                         err = out.exit.error
                         if self.tty:

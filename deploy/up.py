@@ -23,6 +23,7 @@ from pathlib import Path
 import click
 import grpc
 
+from common import settings, transport
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 from protos import cluster_pb2 as cpb
@@ -110,8 +111,8 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
             proc.wait()
 
 
-def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, *, bridge: str = "dockyard0",
-       subnet: str = "172.29.0.0/16", cgroup_parent: str | None = None) -> None:
+def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, *, bridge: str = settings.BRIDGE,
+       subnet: str = settings.SUBNET, cgroup_parent: str | None = None) -> None:
     root_p = Path(root)
     root_p.mkdir(parents=True, exist_ok=True)
     sched_addr = f"127.0.0.1:{port}"
@@ -122,8 +123,8 @@ def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, 
         scheduler = subprocess.Popen([*cli, "scheduler", "--listen", sched_addr, "--state-dir", str(root_p / "scheduler")],
                                      stdout=f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, env=env)
     agent: subprocess.Popen[bytes] | None = None
-    sched = cpbg.SchedulerStub(grpc.insecure_channel(sched_addr))  # type: ignore[no-untyped-call]
-    stub = pbg.AgentStub(grpc.insecure_channel(f"unix://{socket_path}"))  # type: ignore[no-untyped-call]
+    sched = cpbg.SchedulerStub(transport.dial_blocking(sched_addr, transport.CLI, transport.Role.SCHEDULER))  # type: ignore[no-untyped-call]
+    stub = pbg.AgentStub(transport.dial_blocking(f"unix://{socket_path}", transport.CLI, transport.Role.AGENT))  # type: ignore[no-untyped-call]
     stopping = False
 
     def stop(*_: object) -> None:

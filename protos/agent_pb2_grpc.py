@@ -114,6 +114,11 @@ class AgentStub:
                 request_serializer=protos_dot_agent__pb2.StatsRequest.SerializeToString,
                 response_deserializer=protos_dot_agent__pb2.StatsResponse.FromString,
                 _registered_method=True)
+        self.Events = channel.unary_stream(
+                '/dockyard.agent.Agent/Events',
+                request_serializer=protos_dot_agent__pb2.EventsRequest.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.Event.FromString,
+                _registered_method=True)
         self.Attach = channel.stream_stream(
                 '/dockyard.agent.Agent/Attach',
                 request_serializer=protos_dot_agent__pb2.StreamInput.SerializeToString,
@@ -267,6 +272,14 @@ class AgentServicer:
 
     def Stats(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Events(self, request, context):
+        """Container events (create, start, die, pause, unpause, rename, oom, destroy), as docker's:
+        those kept since `since` (unix seconds; 0 = none), then live ones until `until` (0 = forever).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -427,6 +440,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.Stats,
                     request_deserializer=protos_dot_agent__pb2.StatsRequest.FromString,
                     response_serializer=protos_dot_agent__pb2.StatsResponse.SerializeToString,
+            ),
+            'Events': grpc.unary_stream_rpc_method_handler(
+                    servicer.Events,
+                    request_deserializer=protos_dot_agent__pb2.EventsRequest.FromString,
+                    response_serializer=protos_dot_agent__pb2.Event.SerializeToString,
             ),
             'Attach': grpc.stream_stream_rpc_method_handler(
                     servicer.Attach,
@@ -916,6 +934,33 @@ class Agent:
             '/dockyard.agent.Agent/Stats',
             protos_dot_agent__pb2.StatsRequest.SerializeToString,
             protos_dot_agent__pb2.StatsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Events(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dockyard.agent.Agent/Events',
+            protos_dot_agent__pb2.EventsRequest.SerializeToString,
+            protos_dot_agent__pb2.Event.FromString,
             options,
             channel_credentials,
             insecure,

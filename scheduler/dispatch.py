@@ -24,6 +24,8 @@ from collections.abc import Callable
 
 import grpc
 
+from agent.model import DeviceMapping
+from common import transport
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState
@@ -81,6 +83,11 @@ def container_config(t: Task, spec: ServiceSpec, stack: str,
         stop_timeout=stop_timeout(spec),
         overlays=overlays or [],
     )
+    for text in spec.devices:  # (checked when the stack was read)
+        d = DeviceMapping.parse(text)
+        cfg.devices.append(apb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
+                                             permissions=d.permissions))
+    cfg.privileged = spec.privileged
     if spec.command is not None:
         cfg.cmd.extend(spec.command)
     if spec.entrypoint is not None:
@@ -111,10 +118,7 @@ class Agents:
     def stub(self, address: str) -> apbg.AgentStub:
         ch = self._channels.get(address)
         if ch is None:
-            ch = self._channels[address] = grpc.aio.insecure_channel(
-                address.removeprefix("tcp://"),
-                options=[("grpc.enable_http_proxy", 0), ("grpc.max_receive_message_length", 64 << 20),
-                         ("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 1000)])
+            ch = self._channels[address] = transport.dial(address, transport.SCHEDULER, transport.Role.AGENT)
         return apbg.AgentStub(ch)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import grpc
 
+from common import settings, transport
 from protos import cluster_pb2_grpc as pbg
 from scheduler import metrics as metrics_mod
 from scheduler.dispatch import Agents, Dispatcher
@@ -39,10 +40,10 @@ from scheduler.view import View, cancel
 
 log = logging.getLogger("dockyard.scheduler")
 
-DEFAULT_LISTEN = "127.0.0.1:2377"
-DEFAULT_METRICS = "127.0.0.1:9324"
-DEFAULT_STATE = "/var/lib/dockyard-scheduler"
-ETCD_BIN = os.environ.get("DOCKYARD_ETCD", "/usr/bin/etcd")
+DEFAULT_LISTEN = settings.SCHEDULER_LISTEN
+DEFAULT_METRICS = settings.SCHEDULER_METRICS
+DEFAULT_STATE = settings.SCHEDULER_STATE
+ETCD_BIN = os.environ.get("DOCKYARD_ETCD", settings.ETCD)
 
 
 class SchedulerError(Exception):
@@ -191,15 +192,12 @@ class Scheduler:
                                      ttl=o.ttl, heartbeat=o.heartbeat)
         migrator = self.migrator = Migrator(view, store, self.agents, m, replica=self.replica)
         servicer.migrator = migrator
-        self.server = grpc.aio.server(options=[("grpc.max_receive_message_length", 64 << 20),
-                                               ("grpc.max_send_message_length", 64 << 20)])
+        self.server = transport.server(transport.SCHEDULER)
         pbg.add_SchedulerServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         try:
-            self.port = self.server.add_insecure_port(o.listen)
-        except RuntimeError as e:
-            raise SchedulerError(f"--listen {o.listen}: cannot bind ({e})") from e
-        if not self.port:
-            raise SchedulerError(f"--listen {o.listen}: cannot bind (address in use?)")
+            self.port = transport.serve(self.server, o.listen, transport.SCHEDULER)
+        except (transport.BindError, ValueError) as e:
+            raise SchedulerError(f"--listen {o.listen}: cannot bind ({getattr(e, 'reason', e)})") from e
         self.tasks = [asyncio.create_task(view.run(), name="view")]
         await asyncio.wait_for(view.loaded.wait(), 10)
         active = lambda: election.is_leader  # noqa: E731

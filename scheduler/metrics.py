@@ -37,10 +37,11 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from agent.metrics import MetricsServer as MetricsServer  # re-exported for scheduler.main
-from agent.metrics import QuietHandler, start_http
+from common import settings
+from common.http import MetricsServer as MetricsServer  # re-exported for scheduler.main
+from common.http import QuietHandler, start_http
 
-AGENT_METRICS_PORT = 9323  # the agent's default --metrics-addr port, as dockerd's
+AGENT_METRICS_PORT = settings.AGENT_METRICS_PORT  # the agent's default --metrics-addr port
 NODE_STATUSES = ("ready", "down")
 ATTEMPT_RESULTS = ("scheduled", "unschedulable", "error")
 MIGRATION_MODES = ("cold", "live")

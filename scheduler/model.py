@@ -231,6 +231,8 @@ class ServiceSpec:
     init: bool = False
     pids_limit: int = 0  # 0 = no limit
     container_labels: tuple[tuple[str, str], ...] = ()  # the service's `labels:`, on every container
+    devices: tuple[str, ...] = ()  # docker's --device syntax, HOST[:CONTAINER][:rwm] (agent.model.DeviceMapping)
+    privileged: bool = False
     networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
 
     @property
@@ -258,7 +260,8 @@ _NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels")
 # Fields added to ServiceSpec after tasks were first stored, with their encoded defaults.
 _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "", "workdir": "", "stop_signal": "",
                                  "stop_grace_period": None, "tty": False, "stdin_open": False, "init": False,
-                                 "pids_limit": 0, "container_labels": [], "networks": []}
+                                 "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
+                                 "networks": []}
 
 
 class UpdateState(enum.StrEnum):

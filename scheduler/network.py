@@ -128,6 +128,13 @@ def new_network(name: str, existing: Iterable[Network], *, subnet: str = "", dri
         raise NetworkError(f"network {name} already exists")
     if driver not in DRIVERS:
         raise NetworkError(f"driver {driver!r}: dockyard's cluster networks are {', '.join(DRIVERS)}")
+    # Kept in the record (the wire and etcd have them), refused until they do something: a plain
+    # container cannot join a cluster network yet, and a task's eth0 on its host's bridge still
+    # reaches beyond the host, so neither would be honoured.
+    if attachable:
+        raise NetworkError("--attachable: plain containers cannot join cluster networks yet (only services' tasks)")
+    if internal:
+        raise NetworkError("--internal: not supported yet (a task keeps its host bridge's egress)")
     if mtu and not 576 <= mtu <= 9000:
         raise NetworkError(f"mtu {mtu}: between 576 and 9000")
     taken = [n.network for n in nets]

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 
+from common import transport
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
@@ -492,7 +493,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
             if not addr or addr == self.election.address:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "no scheduler leader right now; try again")
                 return
-            async with grpc.aio.insecure_channel(addr, options=[("grpc.enable_http_proxy", 0)]) as ch:
+            async with transport.dial(addr, transport.SCHEDULER, transport.Role.SCHEDULER) as ch:
                 call = getattr(pbg.SchedulerStub(ch), method)(request)  # type: ignore[no-untyped-call]
                 try:
                     async for p in call:

@@ -27,6 +27,7 @@ from typing import Any
 import grpc
 import pytest
 
+from common import transport
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
@@ -139,7 +140,7 @@ class AgentProcess:
     @property
     def stub(self) -> pbg.AgentStub:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.host)
+            self._channel = transport.dial_blocking(self.host, transport.CLI, transport.Role.AGENT)
         return pbg.AgentStub(self._channel)  # type: ignore[no-untyped-call]
 
     def cli(self, *args: str, input: bytes | str | None = None, timeout: float = 60,

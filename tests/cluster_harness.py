@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 
+from common import transport
 from protos import cluster_pb2 as cpb
 from protos import cluster_pb2_grpc as cpbg
 from tests.agent_harness import CLI, REPO, STARTED, AgentProcess, _env, free_port
@@ -87,7 +88,7 @@ class SchedulerProcess:
     @property
     def stub(self) -> cpbg.SchedulerStub:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.address, options=[("grpc.enable_http_proxy", 0)])
+            self._channel = transport.dial_blocking(self.address, transport.CLI, transport.Role.SCHEDULER)
         return cpbg.SchedulerStub(self._channel)  # type: ignore[no-untyped-call]
 
     def status(self) -> cpb.SchedulerStatus:

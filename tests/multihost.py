@@ -65,6 +65,7 @@ from pathlib import Path
 import grpc
 import pytest
 
+from common import transport
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 from tests.agent_harness import CLI, REPO, AgentProcess, _env, _own_cgroup, import_busybox
@@ -305,7 +306,7 @@ class Host(AgentProcess):
     def tcp_stub(self) -> pbg.AgentStub:
         """The agent over TCP at host.address, as the scheduler and other agents reach it."""
         if self._tcp is None:
-            self._tcp = grpc.insecure_channel(self.address, options=[("grpc.enable_http_proxy", 0)])
+            self._tcp = transport.dial_blocking(self.address, transport.CLI, transport.Role.AGENT)
         return pbg.AgentStub(self._tcp)  # type: ignore[no-untyped-call]
 
     def _close_channels(self) -> None:

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import containers, images, system
+from . import containers, images, networks, system
 from .events import Events
 from .http import Server
 from .router import API_VERSION, Router
@@ -45,6 +45,7 @@ class DockerAPI:
         system.register(self.router, self)
         containers.register(self.router, self)
         images.register(self.router, self)
+        networks.register(self.router, self)
         self.server = Server(self.router, self.common_headers)
 
     def common_headers(self) -> list[tuple[str, str]]:
@@ -94,7 +95,7 @@ class DockerAPI:
             "ContainersRunning": sum(c.state.status == "running" for c in cs),
             "ContainersPaused": sum(c.state.status == "paused" for c in cs),
             "ContainersStopped": sum(c.state.status not in ("running", "paused") for c in cs),
-            "Images": len(self.images.list()), "Driver": "overlay2", "DriverStatus": [],
+            "Images": len(self.images.list(True)), "Driver": "overlay2", "DriverStatus": [],
             "DockerRootDir": self.root, "Plugins": {"Volume": [], "Network": ["bridge", "host", "null"],
                                                      "Authorization": None, "Log": ["json-file"]},
             "MemoryLimit": True, "SwapLimit": True, "CpuCfsPeriod": True, "CpuCfsQuota": True,

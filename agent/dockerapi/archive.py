@@ -80,3 +80,75 @@ def _add(tar: tarfile.TarFile, tree: MergedTree, parts: list[str], arcname: str)
         info.type = tarfile.FIFOTYPE
         tar.addfile(info)
     # sockets and devices are not archived (docker skips sockets; a container's /dev is the runtime's)
+
+
+def changes(layers: list[Path]) -> list[dict[str, Any]]:
+    """GET /containers/{id}/changes: the writable layer against the image's (Kind 0 modified,
+    1 added, 2 deleted), read from the upper directory as overlay wrote it."""
+    upper, lower = layers[0], MergedTree(layers[1:])
+    out: list[dict[str, Any]] = []
+    for dirpath, dirnames, filenames in os.walk(upper):
+        rel = os.path.relpath(dirpath, upper)
+        base = [] if rel == "." else rel.split(os.sep)
+        for name in sorted(dirnames + filenames):
+            parts = [*base, name]
+            st = os.lstat(os.path.join(dirpath, name))
+            if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
+                kind = 2
+            else:
+                kind = 0 if lower.lookup(parts) is not None else 1
+            out.append({"Path": "/" + "/".join(parts), "Kind": kind})
+    # The runtime writes these for each run, where docker bind-mounts them: not the container's changes.
+    out = [d for d in out if d["Path"] not in RUNTIME_FILES]
+    out = [d for d in out if not (d["Path"] == "/etc" and d["Kind"] == 0
+                                  and not any(str(x["Path"]).startswith("/etc/") for x in out))]
+    return sorted(out, key=lambda d: str(d["Path"]))
+
+
+RUNTIME_FILES = {"/etc/hostname", "/etc/hosts", "/etc/resolv.conf"}
+
+
+def put_archive(layers: list[Path], mounted: Path | None, path: str, tar: IO[bytes],
+                no_overwrite_dir_non_dir: bool) -> None:
+    """PUT /containers/{id}/archive: extract `tar` into the directory `path` of the container, with
+    the layer checks (agent/images/layers.py apply_tree: no member escapes, nothing is written
+    through a symlink). A running container is written through its mounted rootfs; a stopped one
+    into its writable layer, the directories on the way copied up with their attributes."""
+    from agent.images.layers import apply_tree
+    from agent.model import Conflict, InvalidArgument
+
+    tree = MergedTree(layers)
+    resolved = tree.resolve(split(path))
+    found = tree.lookup(resolved)
+    if found is None:
+        raise NotFound(f"Could not find the file {path} in container")
+    if not stat.S_ISDIR(found[1].st_mode):
+        raise InvalidArgument(f"extraction point is not a directory: {path}")
+
+    def check(parts: list[str], m: tarfile.TarInfo) -> None:
+        if not no_overwrite_dir_non_dir:
+            return
+        there = tree.lookup(parts)
+        if there is None:
+            return
+        is_dir = stat.S_ISDIR(there[1].st_mode)
+        if is_dir and not m.isdir():
+            raise Conflict(f"cannot overwrite directory \"/{'/'.join(parts)}\" with non-directory \"{m.name}\"")
+        if m.isdir() and not is_dir:
+            raise Conflict(f"cannot overwrite non-directory \"/{'/'.join(parts)}\" with directory \"{m.name}\"")
+
+    if mounted is not None:
+        apply_tree(tar, mounted, resolved, "archive", check)
+        return
+    upper = layers[0]
+    for i in range(1, len(resolved) + 1):   # copy up the directories on the way
+        target = upper.joinpath(*resolved[:i])
+        if target.is_symlink() or (target.exists() and not target.is_dir()):
+            raise InvalidArgument(f"extraction point {path}: /{'/'.join(resolved[:i])} is not a directory")
+        if not target.exists():
+            st = tree.lookup(resolved[:i])
+            assert st is not None
+            os.mkdir(target, stat.S_IMODE(st[1].st_mode))
+            os.chown(target, st[1].st_uid, st[1].st_gid, follow_symlinks=False)
+            os.chmod(target, stat.S_IMODE(st[1].st_mode))
+    apply_tree(tar, upper, resolved, "archive", check)

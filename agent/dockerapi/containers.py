@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import datetime
 import json
+import os
 import secrets
 import socket
 import time
@@ -16,12 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from agent.execsession import ExecSession
 from agent.images.errors import ImageNotFound
-from agent.model import AgentError, Conflict, Container, NotFound
+from agent.model import AgentError, Conflict, Container, NotFound, RestartPolicy
 from agent.runtime import frames
 from agent.runtime.spec import ProcessSpec
 
 from . import convert
-from .http import Body, Hijack, HTTPError, Json, Request, Response, Stream, file_chunks, spooled
+from .http import Body, Hijack, HTTPError, Json, Request, Response, Stream, file_chunks, receive, spooled
 from .streams import DEFAULT_DETACH, STDERR, STDOUT, DetachScanner, mux, parse_detach_keys, relay_attach
 from .system import check_filters, parse_filters, parse_time
 
@@ -170,11 +172,18 @@ def register(r: Any, api: DockerAPI) -> None:
 
     async def kill(req: Request) -> Response:
         c = get(req)
+        sig = req.arg("signal") or "KILL"
+        died = api.events.future_of(c.id, {"die", "destroy"})
         try:
-            await m.kill(c.id, req.arg("signal") or "KILL")
+            await m.kill(c.id, sig)
         except Conflict:
+            died.cancel()
             raise HTTPError(409, f"Cannot kill container: {req.params['id']}: Container {c.id} is not running") \
                 from None
+        if sig.upper().removeprefix("SIG") in ("KILL", "9"):   # as dockerd: a SIGKILL returns once it is dead
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(died), 10)
+        died.cancel()
         return Body(204, b"")
 
     async def pause(req: Request) -> Response:
@@ -231,15 +240,20 @@ def register(r: Any, api: DockerAPI) -> None:
         check_filters(filters, {"until", "label"})
         until = parse_time(filters["until"][0], "until") if filters.get("until") else None
         deleted = []
+        reclaimed = 0
         for c in list(m.containers.values()):
             if c.state.status in RUNNING or (until is not None and c.created >= until):
                 continue
             if not _labels_match(c, filters.get("label", [])):
                 continue
+            used = 0
+            with contextlib.suppress(Exception):
+                used = await asyncio.to_thread(api.images.snapshotter.usage, c.snapshot)
             with contextlib.suppress(AgentError):
                 await m.remove(c.id)
                 deleted.append(c.id)
-        return Json(200, {"ContainersDeleted": deleted or None, "SpaceReclaimed": 0})
+                reclaimed += used
+        return Json(200, {"ContainersDeleted": deleted or None, "SpaceReclaimed": reclaimed})
 
     # --- output and input -------------------------------------------------------------------------
 
@@ -398,6 +412,55 @@ def register(r: Any, api: DockerAPI) -> None:
         tmp = await spooled(api.images.tmp, lambda f: tar_path(layers, path, f))
         return Stream(200, file_chunks(tmp), "application/x-tar", [header])
 
+    async def changes(req: Request) -> Response:
+        from .archive import changes as diff
+
+        c = get(req)
+        rows = await asyncio.to_thread(diff, api.images.snapshotter.layer_dirs(c.snapshot))
+        return Json(200, rows or None)
+
+    async def update(req: Request) -> Response:
+        c = get(req)
+        body = await req.json() or {}
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the update body must be a JSON object")
+        res_keys = {"Memory": "memory", "MemorySwap": "memory_swap", "NanoCpus": "nano_cpus",
+                    "CpuShares": "cpu_shares", "PidsLimit": "pids_limit", "BlkioWeight": "blkio_weight"}
+        for k, v in body.items():
+            if k not in res_keys and k != "RestartPolicy" and not convert.empty(v):
+                raise HTTPError(400, f"update: {k} is not supported by dockyard (got {v!r})")
+        resources = None
+        if any(body.get(k) is not None for k in res_keys):
+            resources = dataclasses.replace(c.config.resources)
+            for k, attr in res_keys.items():
+                if body.get(k) is not None:
+                    v = convert._int(body[k], k)
+                    setattr(resources, attr, 0 if attr == "pids_limit" and v < 0 else v)
+        policy = None
+        if body.get("RestartPolicy"):
+            rp = body["RestartPolicy"]
+            policy = RestartPolicy(convert._str(rp.get("Name"), "RestartPolicy.Name") or "no",
+                                   convert._int(rp.get("MaximumRetryCount"), "RestartPolicy.MaximumRetryCount"))
+        await m.update(c.id, resources, policy)
+        return Json(200, {"Warnings": []})
+
+    async def archive_put(req: Request) -> Response:
+        from .archive import put_archive
+
+        c = get(req)
+        path = req.arg("path")
+        if not path:
+            raise HTTPError(400, "archive needs a path (?path=)")
+        if req.flag("copyUIDGID"):
+            raise HTTPError(400, "copyUIDGID is not supported by dockyard: the tar's owners are kept")
+        layers = api.images.snapshotter.layer_dirs(c.snapshot)
+        rootfs = m.files(c).dir / "rootfs"
+        running = c.state.status in ("running", "paused") and os.path.ismount(rootfs)
+        with await receive(req, api.images.tmp) as tmp:
+            await asyncio.to_thread(put_archive, layers, rootfs if running else None, path, tmp,
+                                    req.flag("noOverwriteDirNonDir"))
+        return Body(200, b"")
+
     # --- exec -------------------------------------------------------------------------------------
 
     async def exec_create(req: Request) -> Response:
@@ -407,7 +470,8 @@ def register(r: Any, api: DockerAPI) -> None:
             raise HTTPError(400, "the exec body must be a JSON object")
         for k, v in body.items():
             if k not in ("AttachStdin", "AttachStdout", "AttachStderr", "DetachKeys", "Tty", "Env", "Cmd",
-                         "WorkingDir", "User", "Privileged", "ConsoleSize", "Container") and not convert.empty(v):
+                         "WorkingDir", "User", "Privileged", "ConsoleSize", "Container", "detachKeys") \
+                    and not convert.empty(v):
                 raise HTTPError(400, f"exec: {k} is not supported by dockyard (got {v!r})")
         if body.get("Privileged"):
             raise HTTPError(400, "exec: Privileged is not supported by dockyard")
@@ -426,7 +490,7 @@ def register(r: Any, api: DockerAPI) -> None:
                            stdin=bool(body.get("AttachStdin")))
         e = ExecRecord(secrets.token_hex(32), c.id, proc, bool(body.get("AttachStdout")),
                        bool(body.get("AttachStderr")),
-                       parse_detach_keys(body.get("DetachKeys") or DEFAULT_DETACH))
+                       parse_detach_keys(body.get("DetachKeys") or body.get("detachKeys") or DEFAULT_DETACH))
         api.execs[e.id] = e
         return Json(201, {"Id": e.id})
 
@@ -441,8 +505,7 @@ def register(r: Any, api: DockerAPI) -> None:
         body = await req.json() or {}
         if e.running or e.exit_code is not None:
             raise HTTPError(409, f"Error: Exec command {e.id} has already run")
-        if "Tty" in body and bool(body["Tty"]) != e.proc.tty:
-            e.proc.tty = bool(body["Tty"])
+        # (the body's Tty is the client's own framing choice: the process has the terminal exec create asked for)
         size = body.get("ConsoleSize")
         sz = (size[0], size[1]) if isinstance(size, list) and len(size) == 2 and size[0] else None
         s = ExecSession(m, e.container, e.proc, sz)
@@ -450,7 +513,8 @@ def register(r: Any, api: DockerAPI) -> None:
         e.session, e.running = s, True
 
         async def finish() -> None:
-            e.exit_code = s.exit_code if s.exit_code is not None else 126
+            # dockerd's 126: the command could not be run at all (not found, not executable)
+            e.exit_code = 126 if s.exit_code is None or s.error else s.exit_code
             e.running = False
             s.close()
 
@@ -464,7 +528,9 @@ def register(r: Any, api: DockerAPI) -> None:
 
             api.spawn(detached())
             return Body(200, b"")
-        tty = e.proc.tty
+        # dockerd frames the stream by the start body's Tty (the client's choice), whatever terminal
+        # the process got from exec create
+        tty = bool(body.get("Tty", e.proc.tty))
 
         async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             async def pump_in() -> None:
@@ -537,6 +603,9 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("GET", "/containers/{id}/stats", stats)
     r.add("GET", "/containers/{id}/export", export)
     r.add("GET", "/containers/{id}/archive", archive)
+    r.add("PUT", "/containers/{id}/archive", archive_put)
+    r.add("GET", "/containers/{id}/changes", changes)
+    r.add("POST", "/containers/{id}/update", update)
     r.add("POST", "/containers/{id}/exec", exec_create)
     r.add("POST", "/exec/{id}/start", exec_start)
     r.add("POST", "/exec/{id}/resize", exec_resize)

@@ -12,7 +12,7 @@ import shlex
 import time
 from typing import Any
 
-from agent.model import Container, ContainerConfig, DeviceRate, Port, Resources, RestartPolicy
+from agent.model import Container, ContainerConfig, DeviceMapping, DeviceRate, Port, Resources, RestartPolicy
 
 from .http import HTTPError
 
@@ -29,7 +29,7 @@ _HOST_MAPPED = {
     "PortBindings", "PublishAllPorts", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "MemorySwap",
     "NanoCpus", "CpuShares", "PidsLimit", "BlkioWeight", "BlkioDeviceReadBps", "BlkioDeviceWriteBps",
     "PidMode", "IpcMode", "UsernsMode", "Init", "SecurityOpt", "LogConfig", "ConsoleSize", "CgroupnsMode",
-    "Isolation",
+    "Isolation", "Privileged", "Devices",
 }
 
 
@@ -46,11 +46,13 @@ def empty(v: Any) -> bool:
 
 # Fields whose "not set" is not their zero value (docker's CLI sends them so).
 _NOT_SET = {"MemorySwappiness": -1}
+# Maps whose keys carry the meaning ({"/scratch": ""} is a tmpfs): set as soon as they have a key.
+_MAPS = {"Tmpfs", "Sysctls", "StorageOpt", "Volumes", "Annotations", "DriverOpts", "ExposedPorts"}
 
 
 def _refuse_unmapped(obj: dict[str, Any], mapped: set[str], where: str) -> None:
     for k, v in obj.items():
-        if k not in mapped and not empty(v) and _NOT_SET.get(k) != v:
+        if k not in mapped and (bool(v) if k in _MAPS else not empty(v)) and _NOT_SET.get(k) != v:
             raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
 
 
@@ -131,6 +133,17 @@ def _rates(v: Any, field: str) -> list[DeviceRate]:
         if not isinstance(d, dict) or "Path" not in d:
             raise HTTPError(400, f"HostConfig.{field}: each entry needs Path and Rate (got {d!r})")
         out.append(DeviceRate(str(d["Path"]), _int(d.get("Rate"), f"HostConfig.{field}.Rate")))
+    return out
+
+
+def _devices(v: Any) -> list[DeviceMapping]:
+    out = []
+    for d in v or []:
+        if not isinstance(d, dict) or not d.get("PathOnHost"):
+            raise HTTPError(400, f"HostConfig.Devices: each entry needs PathOnHost (got {d!r})")
+        out.append(DeviceMapping(_str(d["PathOnHost"], "HostConfig.Devices.PathOnHost"),
+                                 _str(d.get("PathInContainer"), "HostConfig.Devices.PathInContainer"),
+                                 _str(d.get("CgroupPermissions"), "HostConfig.Devices.CgroupPermissions") or "rwm"))
     return out
 
 
@@ -219,6 +232,8 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         stop_timeout=_int(body.get("StopTimeout"), "Config.StopTimeout"),
         stop_signal=_str(body.get("StopSignal"), "Config.StopSignal"),
         security_opt=_strs(host.get("SecurityOpt"), "HostConfig.SecurityOpt"),
+        devices=_devices(host.get("Devices")),
+        privileged=_bool(host.get("Privileged"), "HostConfig.Privileged"),
     )
     size = host.get("ConsoleSize")
     console = None
@@ -370,7 +385,7 @@ def inspect(c: Container, log_path: str, image_config: Any) -> dict[str, Any]:
             "ConsoleSize": [0, 0], "CapAdd": None, "CapDrop": None, "CgroupnsMode": "host",
             "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None,
             "IpcMode": cfg.ipc_mode or "private", "Cgroup": "", "Links": None, "OomScoreAdj": 0,
-            "PidMode": cfg.pid_mode, "Privileged": False, "PublishAllPorts": False,
+            "PidMode": cfg.pid_mode, "Privileged": cfg.privileged, "PublishAllPorts": False,
             "ReadonlyRootfs": False, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": "",
             "UsernsMode": cfg.userns_mode, "ShmSize": 67108864, "Runtime": "dockyard", "Isolation": "",
             "CpuShares": r.cpu_shares, "Memory": r.memory, "NanoCpus": r.nano_cpus, "CgroupParent": "",
@@ -379,7 +394,9 @@ def inspect(c: Container, log_path: str, image_config: Any) -> dict[str, Any]:
             "BlkioDeviceWriteBps": [{"Path": d.path, "Rate": d.rate} for d in r.device_write_bps],
             "BlkioDeviceReadIOps": [], "BlkioDeviceWriteIOps": [], "CpuPeriod": 0, "CpuQuota": 0,
             "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "",
-            "Devices": [], "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
+            "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container or d.path_on_host,
+                         "CgroupPermissions": d.permissions} for d in cfg.devices],
+            "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
             "MemorySwap": r.memory_swap, "MemorySwappiness": None, "OomKillDisable": False,
             "PidsLimit": r.pids_limit or None, "Ulimits": [], "CpuCount": 0, "CpuPercent": 0,
             "IOMaximumIOps": 0, "IOMaximumBandwidth": 0, "Init": cfg.init or None,

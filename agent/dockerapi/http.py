@@ -90,15 +90,16 @@ class Request:
         self.version = ""                  # the /vX.YY prefix, if any
 
     def arg(self, name: str, default: str = "") -> str:
+        """The first value, as Go's FormValue reads it (docker-py repeats some, e.g. dockerfile)."""
         v = self.query.get(name)
-        return v[-1] if v else default
+        return v[0] if v else default
 
     def flag(self, name: str, default: bool = False) -> bool:
         """Docker's query booleans: the CLI sends 1/true, docker-py True/False; false is '', 0, no, false, none."""
         v = self.query.get(name)
         if not v:
             return default
-        return v[-1].strip().lower() not in ("", "0", "no", "false", "none")
+        return v[0].strip().lower() not in ("", "0", "no", "false", "none")
 
     def int_arg(self, name: str, default: int | None = None) -> int | None:
         v = self.arg(name)
@@ -334,6 +335,19 @@ async def spooled(tmpdir: Any, fill: Callable[[Any], None]) -> Any:
     f = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 (handed to the response, which closes it)
     try:
         await asyncio.to_thread(fill, f)
+        f.seek(0)
+    except BaseException:
+        f.close()
+        raise
+    return f
+
+
+async def receive(req: Request, tmpdir: Any) -> Any:
+    """The request body in a temporary file, rewound (the caller closes it)."""
+    f = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 (the caller's to close)
+    try:
+        async for chunk in req.stream():
+            await asyncio.to_thread(f.write, chunk)
         f.seek(0)
     except BaseException:
         f.close()

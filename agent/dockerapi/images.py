@@ -10,7 +10,6 @@ import json
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -18,7 +17,7 @@ from agent.images import registry
 from agent.images.errors import ImageError, ImageNotFound
 
 from . import convert
-from .http import Body, HTTPError, Json, Request, Response, Stream, file_chunks, spooled
+from .http import Body, HTTPError, Json, Request, Response, Stream, file_chunks, receive, spooled
 from .system import check_filters, parse_filters
 
 if TYPE_CHECKING:
@@ -212,7 +211,7 @@ def register(r: Any, api: DockerAPI) -> None:
         ref = (f"{repo}:{tag_}" if tag_ else repo) or None
         changes = req.query.get("changes", [])
         message = req.arg("message")
-        tmp = await _receive(req, store.tmp)
+        tmp = await receive(req, store.tmp)
 
         async def chunks() -> AsyncIterator[bytes]:
             try:
@@ -245,18 +244,23 @@ def register(r: Any, api: DockerAPI) -> None:
 
     async def load(req: Request) -> Response:
         # (?quiet only hides progress bars, which a load from a file has none of: the names still go out)
-        with await _receive(req, store.tmp) as tmp:
+        tmp = await receive(req, store.tmp)
+
+        async def chunks() -> AsyncIterator[bytes]:
             try:
                 imgs = await asyncio.to_thread(store.load, tmp)
-            except ImageError as e:
-                raise HTTPError(400, str(e)) from e
-        lines = b""
-        for i in imgs:
-            api.events.emit("image", "load", i.id, {"name": ",".join(i.repo_tags)})
-            for t in i.repo_tags or [i.id]:
-                word = "image" if t in i.repo_tags else "image ID"
-                lines += _line({"stream": f"Loaded {word}: {t}\n"})
-        return Body(200, lines, "application/json")
+            except ImageError as e:   # dockerd: a 200, and the error in the stream
+                yield _error(e)
+                return
+            finally:
+                tmp.close()
+            for i in imgs:
+                api.events.emit("image", "load", i.id, {"name": ",".join(i.repo_tags)})
+                for t in i.repo_tags or [i.id]:
+                    word = "image" if t in i.repo_tags else "image ID"
+                    yield _line({"stream": f"Loaded {word}: {t}\n"})
+
+        return Stream(200, chunks())
 
     async def commit(req: Request) -> Response:
         c = api.m.get(req.arg("container"))
@@ -338,12 +342,20 @@ def register(r: Any, api: DockerAPI) -> None:
             return await asyncio.to_thread(registry.pull, store, ref, auth)
 
         async def chunks() -> AsyncIterator[bytes]:
+            held: list[bytes] = []   # "Successfully built/tagged" come after the aux line, as dockerd sends them
             try:
                 async for ev in Builder(store, api.m, puller).build(work / "context", opts):
                     if ev.kind == "result":
                         yield _line({"aux": {"ID": ev.image_id}})
-                    elif ev.text and (not quiet or ev.text.startswith("Successfully built")):
-                        yield _line({"stream": ev.text})
+                        if quiet:   # docker build -q prints the id alone
+                            yield _line({"stream": ev.image_id + "\n"})
+                        for line in held:
+                            yield line
+                    elif ev.text and not quiet:
+                        if ev.text.startswith("Successfully "):
+                            held.append(_line({"stream": ev.text}))
+                        else:
+                            yield _line({"stream": ev.text})
             except Exception as e:
                 yield _error(e)
             finally:
@@ -351,6 +363,23 @@ def register(r: Any, api: DockerAPI) -> None:
 
         return Stream(200, chunks())
 
+    async def auth(req: Request) -> Response:
+        body = await req.json() or {}
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the auth body must be a JSON object")
+        server = str(body.get("serveraddress") or registry.DOCKER_INDEX_SERVER)
+        host = server.removeprefix("https://").removeprefix("http://").rstrip("/").removesuffix("/v1")
+        if host == "index.docker.io":
+            host = "docker.io"
+        a = registry.Auth(str(body.get("username") or ""), str(body.get("password") or ""),
+                          str(body.get("identitytoken") or ""))
+        try:
+            status = await asyncio.to_thread(registry.login, host, a)
+        except registry.Unauthorized as e:
+            raise HTTPError(401, str(e)) from e
+        return Json(200, {"Status": status or "Login Succeeded", "IdentityToken": ""})
+
+    r.add("POST", "/auth", auth)
     r.add("GET", "/images/json", listing)
     r.add("POST", "/images/create", create)
     r.add("POST", "/images/load", load)
@@ -371,15 +400,3 @@ def _ref_match(tag: str, pattern: str) -> bool:
 
     return fnmatch.fnmatch(tag, pattern) or fnmatch.fnmatch(tag, pattern + ":*") or tag == pattern
 
-
-async def _receive(req: Request, tmpdir: Any) -> Any:
-    """The request body in a temporary file, rewound (the caller closes it)."""
-    f = tempfile.TemporaryFile(dir=tmpdir)  # noqa: SIM115 (the caller's to close)
-    try:
-        async for chunk in req.stream():
-            await asyncio.to_thread(f.write, chunk)
-        f.seek(0)
-    except BaseException:
-        f.close()
-        raise
-    return f

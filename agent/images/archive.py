@@ -12,12 +12,14 @@ and layers it added.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
 import shutil
 import stat
 import tarfile
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,9 +37,10 @@ from .config import (
     ImageConfig,
     chain_ids,
     host_architecture,
+    load_json,
 )
 from .errors import ImageError, InvalidArchive, InvalidReference
-from .layers import CHUNK, TarReader, decompressed, member_parts, reading_errors
+from .layers import CHUNK, HashingReader, TarReader, decompressed, member_parts, reading_errors
 from .safefs import Root, UnsafePath
 from .store import check_digest, sha256_bytes
 
@@ -87,10 +90,7 @@ class _Archive:
         path = self.resolve(name, what)
         if path.stat().st_size > MAX_JSON:
             raise InvalidArchive(f"{what}: {name} is larger than {MAX_JSON} bytes")
-        try:
-            return json.loads(path.read_bytes())
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise InvalidArchive(f"{what}: {name} is not valid JSON: {e}") from None
+        return load_json(path.read_bytes(), f"{what}: {name}")
 
 
 def _clean(name: str, what: str) -> list[str]:
@@ -205,8 +205,12 @@ def load(store: ImageStore, fileobj: BinaryIO) -> list[Image]:
         if not pending:
             raise InvalidArchive("archive: it holds no images")
         images: list[Image] = []
+        # Each layer file of the archive is removed once its last user is installed, so the disk
+        # holds the archive's layers or the store's copy, not both: load peaks at about the
+        # image's size in the store plus one layer, not three times the image.
+        uses = Counter(s.path for p in pending for s in p.layers)
         for p in pending:
-            images.append(_install(store, p, created_blobs, created_chains))
+            images.append(_install(store, p, created_blobs, created_chains, uses))
         return images
     except BaseException:
         store._forget_new(created_blobs, created_chains)
@@ -224,10 +228,7 @@ def _as_str_list(value: Any, what: str) -> list[str]:
 
 
 def _parse_config(config_bytes: bytes, what: str, layer_count: int) -> list[str]:
-    try:
-        cfg = json.loads(config_bytes)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidArchive(f"{what}: not valid JSON: {e}") from None
+    cfg = load_json(config_bytes, what)
     if not isinstance(cfg, dict):
         raise InvalidArchive(f"{what}: must be a JSON object")
     rootfs = cfg.get("rootfs")
@@ -295,10 +296,7 @@ def _verified_json(archive: _Archive, desc: Any, what: str) -> tuple[bytes, Any]
     data = path.read_bytes()
     if sha256_bytes(data) != digest:
         raise InvalidArchive(f"{what}: blob {digest} fails its digest (content is {sha256_bytes(data)})")
-    try:
-        return data, json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise InvalidArchive(f"{what}: blob {digest} is not valid JSON: {e}") from None
+    return data, load_json(data, f"{what}: blob {digest}")
 
 
 def _platform_ok(desc: dict[str, Any]) -> bool:
@@ -385,22 +383,30 @@ def _name_from_annotations(annotations: Any, what: str) -> str:
     return ""
 
 
-def _install(store: ImageStore, p: _Pending, created_blobs: list[str], created_chains: list[str]) -> Image:
+def _install(store: ImageStore, p: _Pending, created_blobs: list[str], created_chains: list[str],
+             uses: Counter[Path] | None = None) -> Image:
 
     diff_ids = [s.diff_id for s in p.layers]
     chains = chain_ids(diff_ids)
     recorded: list[tuple[str, int, str]] = []
     parent = ""
+    budget = store.limits.budget()
     for source, chain in zip(p.layers, chains, strict=True):
+        bound = budget.bound()
         if source.digest:
             # OCI: keep the blob as it is (compressed or not), verified against its descriptor.
             if not store.content.exists(source.digest):
-                with open(source.path, "rb") as f:
-                    store.content.ingest(f, source.digest, source.size, what=source.what)
+                if uses is not None and uses[source.path] == 1:
+                    # Its last user: verified where it lies and moved into the store, not copied.
+                    store.content.adopt(source.path, source.digest, source.size, what=source.what)
+                else:
+                    with open(source.path, "rb") as f:
+                        store.content.ingest(f, source.digest, source.size, what=source.what)
                 created_blobs.append(source.digest)
             if not store.snapshotter.exists(chain):
                 with store.content.open(source.digest) as f:
-                    store.snapshotter.apply(parent, f, source.diff_id, what=source.what)
+                    _, stats = store.snapshotter.apply(parent, f, source.diff_id, what=source.what, bound=bound)
+                budget.spend(stats.tar_size)
                 created_chains.append(chain)
             recorded.append((source.digest, source.size, source.media_type))
         else:
@@ -412,16 +418,24 @@ def _install(store: ImageStore, p: _Pending, created_blobs: list[str], created_c
                     tee = _tee(stream, w)
                     if store.snapshotter.exists(chain):
                         with reading_errors(source.what):
-                            while tee.read(CHUNK):
+                            counted = HashingReader(tee, bound, source.what)  # type: ignore[arg-type]
+                            while counted.read(CHUNK):
                                 pass
                     else:
-                        store.snapshotter.apply(parent, tee, source.diff_id, what=source.what)  # type: ignore[arg-type]
+                        _, stats = store.snapshotter.apply(parent, tee, source.diff_id,  # type: ignore[arg-type]
+                                                           what=source.what, bound=bound)
+                        budget.spend(stats.tar_size)
                         created_chains.append(chain)
                     w.commit(source.diff_id, what=source.what)
                     if not have_blob:
                         created_blobs.append(source.diff_id)
             recorded.append((source.diff_id, store.content.size(source.diff_id), MEDIA_OCI_LAYER))
         parent = chain
+        if uses is not None:
+            uses[source.path] -= 1
+            if uses[source.path] == 0:
+                with contextlib.suppress(FileNotFoundError):
+                    source.path.unlink()
     return store._record_image(p.config_bytes, recorded, p.names, manifest_bytes=p.manifest_bytes)
 
 

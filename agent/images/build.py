@@ -43,6 +43,7 @@ from .dockerfile import Dockerfile, DockerfileError, Instruction, Stage
 from .errors import ImageError, ImageNotFound
 from .imagestore import ImageStore
 from .layers import apply_layer, compression_of, decompressed
+from .safefs import Root, UnsafePath, set_attrs, set_attrs_fd, write_all
 from .tree import MergedTree, OutsideRoot, clean, split
 
 DEFAULT_SHELL = ("/bin/sh", "-c")
@@ -443,20 +444,11 @@ class Builder:
         try:
             upper = self.store.snapshotter.layer_dirs(snap)[0]
             writer = _LayerWriter(upper, lower)
-            dest_dir_exists = _is_dir(lower, split(dest_abs))
-            for _src, resolved in entries:
-                found = source.lookup(resolved)
-                assert found is not None
-                path, st = found
-                if stat.S_ISDIR(st.st_mode):
-                    writer.copy_tree(source, resolved, split(dest_abs), uid_gid, chmod)
-                elif kw == "ADD" and stat.S_ISREG(st.st_mode) and _is_archive(path):
-                    self._extract(path, writer, split(dest_abs), uid_gid)
-                else:
-                    target = split(dest_abs)
-                    if dest_is_dir or dest_dir_exists:
-                        target = [*target, resolved[-1]] if resolved else target
-                    writer.copy_entry(source, resolved, target, uid_gid, chmod)
+            try:
+                self._write(writer, kw, source, entries, writer.resolve_dest(split(dest_abs)), dest_is_dir,
+                            uid_gid, chmod)
+            finally:
+                writer.close()
             kind = "dir" if len(entries) == 1 and entries[0][1] and _is_dir(source, entries[0][1]) else "file"
             if len(entries) > 1:
                 kind = "multi"
@@ -467,6 +459,23 @@ class Builder:
                 self.store.snapshotter.remove(snap)
         self.cache.put(key, img.id, self._alive)
         return img.id, False
+
+    def _write(self, writer: _LayerWriter, kw: str, source: MergedTree, entries: list[tuple[str, list[str]]],
+               dest: list[str], dest_is_dir: bool, uid_gid: tuple[int, int] | None, chmod: int | None) -> None:
+        dest_dir_exists = _is_dir(writer.view, dest)
+        for _src, resolved in entries:
+            found = source.lookup(resolved)
+            assert found is not None
+            path, st = found
+            if stat.S_ISDIR(st.st_mode):
+                writer.copy_tree(source, resolved, dest, uid_gid, chmod)
+            elif kw == "ADD" and stat.S_ISREG(st.st_mode) and _is_archive(path):
+                self._extract(path, writer, dest, uid_gid)
+            else:
+                target = dest
+                if dest_is_dir or dest_dir_exists:
+                    target = [*dest, resolved[-1]] if resolved else dest
+                writer.copy_entry(source, resolved, target, uid_gid, chmod)
 
     def _layer_dirs(self, image_id: str | None) -> list[Path]:
         if not image_id:
@@ -491,32 +500,52 @@ EXPANDED_DISPLAY = ("ENV", "LABEL", "EXPOSE", "USER", "WORKDIR", "STOPSIGNAL")
 
 
 class _LayerWriter:
-    """Writes copied files into a snapshot's upper dir; parent directories that exist in the layers
-    below are created with their attributes (as overlay's copy-up would), new ones 0755 root."""
+    """Writes copied files into a snapshot's upper dir, through safefs (no link is ever followed on
+    the host side). Destinations are resolved inside the image's root first, as docker does: a
+    path under a symlinked directory of the base image (merged-/usr's /lib -> usr/lib) lands where
+    the link leads, and the link stays. Parent directories that exist in the layers below are
+    created in the upper dir with their attributes (as overlay's copy-up would), new ones 0755 root."""
 
     def __init__(self, upper: Path, lower: MergedTree) -> None:
         self.upper = upper
         self.lower = lower
+        self.root = Root(upper)
+        self.view = MergedTree([upper, *lower.layers])
 
-    def _parents(self, parts: Sequence[str]) -> Path:
-        p = self.upper
-        for i, comp in enumerate(parts):
-            p = p / comp
-            st = _lstat(p)
-            if st is not None and stat.S_ISDIR(st.st_mode):
-                continue
-            if st is not None:
-                p.unlink()
+    def close(self) -> None:
+        self.root.close()
+
+    def resolve_dest(self, parts: Sequence[str]) -> list[str]:
+        """``parts`` with its symlinks followed inside the root; a final symlink only when it leads
+        to a directory (copying *into* it), else the link itself is replaced."""
+        near = self.view.resolve(parts, follow_final=False)
+        full = self.view.resolve(near)
+        if full != near:
+            found = self.view.lookup(full)
+            if found is not None and stat.S_ISDIR(found[1].st_mode):
+                return full
+        return near
+
+    def _copy_up(self, parts: Sequence[str]) -> Callable[[int, str, int], None]:
+        def made(parent: int, name: str, i: int) -> None:
             below = self.lower.lookup(list(parts[: i + 1]))
-            os.mkdir(p)
             if below is not None and stat.S_ISDIR(below[1].st_mode):
                 bst = below[1]
-                os.chmod(p, stat.S_IMODE(bst.st_mode))
-                os.lchown(p, bst.st_uid, bst.st_gid)
-                os.utime(p, ns=(bst.st_atime_ns, bst.st_mtime_ns))
-            else:
-                os.chmod(p, 0o755)
-        return p
+                set_attrs(parent, name, stat.S_IMODE(bst.st_mode), (bst.st_uid, bst.st_gid),
+                          (bst.st_atime_ns, bst.st_mtime_ns))
+        return made
+
+    def _replace_file(self, parent: int, name: str, st: os.stat_result) -> bool:
+        self.root.remove(parent, name, st)  # a file where a directory must be: the directory wins
+        os.mkdir(name, 0o755, dir_fd=parent)
+        return True
+
+    def _parents(self, parts: Sequence[str]) -> int:
+        """A descriptor of the upper dir at (resolved) ``parts``, made as needed; the caller closes it."""
+        try:
+            return self.root.opendir(parts, create=True, replace=self._replace_file, made=self._copy_up(parts))
+        except UnsafePath as e:
+            raise ImageError(f"cannot copy to /{'/'.join(parts)}: /{e.where} is a symlink") from None
 
     def copy_entry(self, src: MergedTree, src_parts: Sequence[str], dest: Sequence[str],
                    owner: tuple[int, int] | None, chmod: int | None, keep_owner: bool = False) -> None:
@@ -529,55 +558,68 @@ class _LayerWriter:
             return
         if not dest:
             raise ImageError(f"cannot copy a file onto / ({'/'.join(src_parts)})")
-        parent = self._parents(dest[:-1])
-        target = parent / dest[-1]
-        existing = _lstat(target)
-        if existing is not None:
-            shutil.rmtree(target) if stat.S_ISDIR(existing.st_mode) else target.unlink()
-        uid, gid = owner if owner is not None else ((st.st_uid, st.st_gid) if keep_owner else (0, 0))
-        if stat.S_ISLNK(st.st_mode):
-            os.symlink(os.readlink(path), target)
-            os.lchown(target, uid, gid)
-            return
-        if stat.S_ISFIFO(st.st_mode):
-            os.mkfifo(target, stat.S_IMODE(st.st_mode))
-        elif stat.S_ISREG(st.st_mode):
-            with open(path, "rb") as fin, open(target, "xb") as fout:
-                shutil.copyfileobj(fin, fout, 1 << 20)
-        else:
+        if not (stat.S_ISLNK(st.st_mode) or stat.S_ISFIFO(st.st_mode) or stat.S_ISREG(st.st_mode)):
             return  # sockets and devices are not copied
-        os.chown(target, uid, gid)
-        os.chmod(target, chmod if chmod is not None else stat.S_IMODE(st.st_mode))
-        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        base = dest[-1]
+        parent = self._parents(dest[:-1])
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                self.root.remove(parent, base)
+            uid, gid = owner if owner is not None else ((st.st_uid, st.st_gid) if keep_owner else (0, 0))
+            times = (st.st_atime_ns, st.st_mtime_ns)
+            mode = chmod if chmod is not None else stat.S_IMODE(st.st_mode)
+            if stat.S_ISLNK(st.st_mode):
+                os.symlink(os.readlink(path), base, dir_fd=parent)
+                set_attrs(parent, base, None, (uid, gid), None, symlink=True)
+            elif stat.S_ISFIFO(st.st_mode):
+                os.mkfifo(base, 0o600, dir_fd=parent)
+                set_attrs(parent, base, mode, (uid, gid), times)
+            else:
+                fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=parent)
+                try:
+                    with open(path, "rb") as fin:
+                        while chunk := fin.read(1 << 20):
+                            write_all(fd, chunk)
+                    set_attrs_fd(fd, mode, (uid, gid), times)
+                finally:
+                    os.close(fd)
+        finally:
+            os.close(parent)
 
     def copy_tree(self, src: MergedTree, src_parts: Sequence[str], dest: Sequence[str],
                   owner: tuple[int, int] | None, chmod: int | None, keep_owner: bool = False) -> None:
         """The contents of directory ``src_parts`` into directory ``dest`` (COPY dir/ /dest/)."""
-        d = self._parents(dest)
         found = src.lookup(list(src_parts)) if src_parts else None
-        if found is not None and dest:
-            st = found[1]
-            uid, gid = owner if owner is not None else ((st.st_uid, st.st_gid) if keep_owner else (0, 0))
-            os.chown(d, uid, gid)
-            os.chmod(d, chmod if chmod is not None else stat.S_IMODE(st.st_mode))
+        d = self._parents(dest)
+        try:
+            if found is not None and dest:
+                st = found[1]
+                uid, gid = owner if owner is not None else ((st.st_uid, st.st_gid) if keep_owner else (0, 0))
+                set_attrs(d, ".", chmod if chmod is not None else stat.S_IMODE(st.st_mode), (uid, gid), None)
+        finally:
+            os.close(d)
         for name in src.listdir(list(src_parts)):
             child = [*src_parts, name]
             entry = src.lookup(child)
             if entry is None:
                 continue
             if stat.S_ISDIR(entry[1].st_mode):
-                target = d / name
-                tst = _lstat(target)
-                if tst is not None and not stat.S_ISDIR(tst.st_mode):
-                    target.unlink()
-                if tst is None or not stat.S_ISDIR(tst.st_mode):
-                    os.mkdir(target)
-                self.copy_tree(src, child, [*dest, name], owner, chmod, keep_owner)
-                os.utime(target, ns=(entry[1].st_atime_ns, entry[1].st_mtime_ns))
+                target = self.resolve_dest([*dest, name])
+                self.copy_tree(src, child, target, owner, chmod, keep_owner)
+                d = self._parents(target)
+                try:
+                    set_attrs(d, ".", None, None, (entry[1].st_atime_ns, entry[1].st_mtime_ns))
+                finally:
+                    os.close(d)
             else:
                 self.copy_entry(src, child, [*dest, name], owner, chmod, keep_owner)
         if found is not None and dest:
-            os.utime(d, ns=(found[1].st_atime_ns, found[1].st_mtime_ns))
+            d = self._parents(dest)
+            try:
+                set_attrs(d, ".", None, None, (found[1].st_atime_ns, found[1].st_mtime_ns))
+            finally:
+                os.close(d)
 
 
 def _lstat(p: Path) -> os.stat_result | None:
@@ -785,12 +827,18 @@ def iter_context(root: Path, dockerfile: str = "Dockerfile") -> Iterator[str]:
                 yield rel
 
 
-def write_context(root: Path, out: IO[bytes], dockerfile: str = "Dockerfile") -> int:
-    """Tar the context (owner 0:0 as docker sends it); returns the number of entries."""
+def write_context(root: Path, out: IO[bytes], dockerfile: str = "Dockerfile",
+                  warn: Callable[[str], None] | None = None) -> int:
+    """Tar the context (owner 0:0 as docker sends it); returns the number of entries. Sockets
+    cannot be archived: docker's CLI skips them with a warning, and so does this (``warn``)."""
     n = 0
     with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
         for rel in iter_context(root, dockerfile):
             info = tf.gettarinfo(str(root / rel), arcname=rel)
+            if info is None:  # tarfile's answer for a socket
+                if warn is not None:
+                    warn(f"archive: skipping {str(root / rel)!r} since it is a socket")
+                continue
             info.uid = info.gid = 0
             info.uname = info.gname = ""
             if info.islnk():  # a hardlink: send the content again, as a plain file

@@ -54,6 +54,31 @@ def host_architecture() -> str:
             "s390x": "s390x", "riscv64": "riscv64"}.get(machine, machine)
 
 
+MAX_JSON_DEPTH = 64  # manifests, indexes and configs nest about 5 deep; 64 leaves room and no more
+
+
+def load_json(data: bytes | str, what: str, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """json.loads for what comes from outside (manifest.json, index.json, image configs, registry
+    manifests): invalid JSON or nesting deeper than ``max_depth`` is an InvalidArchive naming
+    ``what``, never a RecursionError (the C decoder's own limit is the interpreter's stack)."""
+    try:
+        value = json.loads(data)
+    except RecursionError:
+        raise InvalidArchive(f"{what}: JSON nested deeper than {max_depth} levels") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InvalidArchive(f"{what}: not valid JSON: {e}") from None
+    todo: list[tuple[Any, int]] = [(value, 1)]
+    while todo:
+        v, depth = todo.pop()
+        if depth > max_depth:
+            raise InvalidArchive(f"{what}: JSON nested deeper than {max_depth} levels")
+        if isinstance(v, dict):
+            todo.extend((c, depth + 1) for c in v.values() if isinstance(c, (dict, list)))
+        elif isinstance(v, list):
+            todo.extend((c, depth + 1) for c in v if isinstance(c, (dict, list)))
+    return value
+
+
 @dataclass
 class ImageConfig:
     env: list[str] = field(default_factory=list)

@@ -35,7 +35,7 @@ from .config import (
     parse_time,
 )
 from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
-from .layers import decompressed
+from .layers import Limits, decompressed
 from .snapshotter import Snapshotter
 from .store import ContentStore, Writer, check_digest
 
@@ -72,6 +72,9 @@ class ImageStore:
         self.root.mkdir(parents=True, exist_ok=True)
         self.content = ContentStore(self.root)
         self.snapshotter = Snapshotter(self.root / "snapshots")
+        # How far layers may expand on import, load, pull and restore (the agent's
+        # --max-layer-size / --max-image-size; none by default, as docker).
+        self.limits = Limits()
         self._lock_path = self.root / "images.lock"
         self._lock_path.touch(exist_ok=True)
         self.tmp = self.root / "tmp"
@@ -224,7 +227,8 @@ class ImageStore:
         created = time.time()
         with self.content.writer() as blob:
             stream, _ = decompressed(fileobj)
-            _, stats = self.snapshotter.apply("", _Tee(stream, blob), what="import")  # type: ignore[arg-type]
+            _, stats = self.snapshotter.apply("", _Tee(stream, blob), what="import",  # type: ignore[arg-type]
+                                              bound=self.limits.budget().bound())
             layer_digest = blob.commit(stats.diff_id, what="import layer")
         history = [{"created": _rfc3339(created), "comment": message or "Imported from -"}]
         return self._commit_image(

@@ -5,9 +5,15 @@ Applying (``apply_layer``) never uses tarfile.extract*: every member is checked 
 The rules, each with a test in tests/kernel/test_images_layers.py:
 
 * a member name that is absolute (``/etc/x``) or has a ``..`` component is refused;
-* a member whose parent path is a symlink (placed by an earlier member) is refused; the final
-  component is created with O_EXCL|O_NOFOLLOW after removing what was there, so nothing is ever
-  written through a link;
+* every path is resolved below the root through safefs.Root (openat2 RESOLVE_BENEATH |
+  RESOLVE_NO_SYMLINKS): a member whose path goes through a symlink at any component (placed by an
+  earlier member) is refused; the final component is created through its parent's descriptor
+  (O_EXCL|O_NOFOLLOW after removing what was there) and its attributes are set on a descriptor, so
+  nothing is ever written, chmod'ed, chown'ed or touched through a link;
+* directories get their mode, owner and times at the end of the layer, on the directory found
+  again below the root: one a later member replaced (by a symlink or a file) gets nothing, and the
+  replacing entry keeps its own attributes (the 6777/4242 symlink attack of issue 17);
+* with a Bound, a layer that expands past it is refused as it streams;
 * a symlink's target is kept as written when absolute (it means the container's root, and nothing on
   the host follows it); a relative target that climbs above the root (``../../etc``) is refused;
 * a hardlink must name a member inside the root, already extracted in this same layer, not a
@@ -37,14 +43,14 @@ import os
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import zstandard
 
-from .errors import InvalidArchive
+from .errors import ImageError, InvalidArchive
 from .safefs import Root, UnsafePath, open_dir_rd, set_attrs, set_attrs_fd, write_all
 
 WHITEOUT_PREFIX = ".wh."
@@ -67,13 +73,59 @@ _DECOMPRESS_ERRORS: tuple[type[BaseException], ...] = (
 
 # --- streams --------------------------------------------------------------------------------------
 
-class HashingReader(io.RawIOBase):
-    """Passes a stream through while hashing it: the diff_id of a layer is the sha256 of its tar."""
+@dataclass(frozen=True)
+class Bound:
+    """How far a layer may expand (uncompressed tar bytes), and what to say when it goes further."""
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    limit: int
+    reason: str  # "the agent's maximum for a layer (--max-layer-size 1GiB)"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Maximum expanded size per layer and per image; None is no bound (docker's default)."""
+
+    layer: int | None = None
+    image: int | None = None
+
+    def budget(self) -> Budget:
+        return Budget(self)
+
+
+@dataclass
+class Budget:
+    """One image's limits as its layers are unpacked one after the other."""
+
+    limits: Limits
+    used: int = 0
+
+    def bound(self) -> Bound | None:
+        """The bound for the next layer: the smaller of the per-layer one and what the image has left."""
+        layer, image = self.limits.layer, self.limits.image
+        left = None if image is None else max(image - self.used, 0)
+        if layer is not None and (left is None or layer <= left):
+            return Bound(layer, f"the agent's maximum for a layer (--max-layer-size {layer})")
+        if left is not None:
+            return Bound(left, f"the agent's maximum for an image (--max-image-size {image}; "
+                               f"{self.used} bytes in the layers before it)")
+        return None
+
+    def spend(self, n: int) -> None:
+        self.used += n
+
+
+class HashingReader(io.RawIOBase):
+    """Passes a stream through while hashing it: the diff_id of a layer is the sha256 of its tar.
+    With a ``bound``, the stream is refused as soon as it expands past it (a compression bomb stops
+    there, not at the end of the disk)."""
+
+    def __init__(self, raw: IO[bytes], bound: Bound | None = None, what: str = "layer") -> None:
         self._raw = raw
         self._hash = hashlib.sha256()
         self.size = 0
+        self._limit = bound.limit if bound is not None else -1
+        self._bound = bound
+        self._what = what
 
     def readable(self) -> bool:
         return True
@@ -84,7 +136,14 @@ class HashingReader(io.RawIOBase):
         b[:n] = data
         self._hash.update(data)
         self.size += n
+        if self._limit >= 0 and self.size > self._limit:
+            self._over()
         return n
+
+    def _over(self) -> None:
+        assert self._bound is not None
+        raise InvalidArchive(f"{self._what}: expands to more than {self._bound.limit} bytes, "
+                             f"{self._bound.reason}; refused")
 
     def digest(self) -> str:
         return "sha256:" + self._hash.hexdigest()
@@ -97,6 +156,8 @@ class HashingReader(io.RawIOBase):
                 break
             self._hash.update(data)
             self.size += len(data)
+            if self._limit >= 0 and self.size > self._limit:
+                self._over()
         return self.digest()
 
 
@@ -438,8 +499,9 @@ class TarReader:
     the uncompressed stream is hashed, so ``diff_id`` is known when ``members()`` is exhausted.
     """
 
-    def __init__(self, fileobj: IO[bytes], what: str) -> None:
+    def __init__(self, fileobj: IO[bytes], what: str, bound: Bound | None = None) -> None:
         self.what = what
+        self.bound = bound
         self.compression = ""
         self.diff_id = ""
         self.size = 0
@@ -449,7 +511,7 @@ class TarReader:
         what = self.what
         with reading_errors(what):
             stream, self.compression = decompressed(self._fileobj)
-            hashing = HashingReader(stream)
+            hashing = HashingReader(stream, self.bound, what)
             reader = io.BufferedReader(hashing, CHUNK)
             tail = _TailReader(reader)
             with tarfile.open(fileobj=tail, mode="r|", errorlevel=2) as tf:  # type: ignore[call-overload]
@@ -480,14 +542,15 @@ def reading_errors(what: str, member: str = "") -> Iterator[None]:
         raise InvalidArchive(f"{where}: corrupt or truncated stream: {type(e).__name__}: {e}") from None
 
 
-def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer") -> LayerStats:
-    """Apply a layer tarball (plain or compressed) to ``dest``, a fresh directory, in overlay format.
+def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer", bound: Bound | None = None) -> LayerStats:
+    """Apply a layer tarball (plain or compressed) to ``dest``, a fresh directory, in overlay format;
+    refused (InvalidArchive naming ``what``) once it expands past ``bound``.
 
     Returns the stats, with ``diff_id`` the sha256 of the uncompressed tar. On error the directory
     is left partially written: the caller owns it and removes it (it is always a private temp dir).
     """
     stats = LayerStats()
-    reader = TarReader(fileobj, what)
+    reader = TarReader(fileobj, what, bound)
     with Root(dest) as root:
         applier = _Applier(root, what)
         for tf, m in reader.members():
@@ -495,6 +558,32 @@ def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer") -> LayerSta
                 applier.member(tf, m, stats)
         applier.finish()
     stats.diff_id, stats.tar_size, stats.compression = reader.diff_id, reader.size, reader.compression
+    return stats
+
+
+def apply_tree(fileobj: IO[bytes], dest: Path, under: Sequence[str], what: str,
+               check: Callable[[list[str], tarfile.TarInfo], None] | None = None) -> LayerStats:
+    """Extract a plain tar (docker cp's, PUT /containers/{id}/archive) into ``dest``, an existing
+    tree, below the directory ``under`` (components, no symlinks: the caller resolved them), with the
+    layer checks. It is not a layer: names that would be whiteouts are refused. ``check(parts, m)``
+    may refuse a member (docker's noOverwriteDirNonDir) before anything of it is written."""
+    stats = LayerStats()
+    reader = TarReader(fileobj, what)
+    with Root(dest) as root:
+        applier = _Applier(root, what)
+        for tf, m in reader.members():
+            with reading_errors(what, m.name):
+                parts = member_parts(m.name, what)
+                if parts and parts[-1].startswith(WHITEOUT_PREFIX):
+                    raise InvalidArchive(f"{what}: member {m.name!r}: names starting with {WHITEOUT_PREFIX!r} "
+                                         "are overlay whiteouts and cannot be copied into a container")
+                if check is not None:
+                    check([*under, *parts], m)
+                m.name = "/".join([*under, *parts]) or "."
+                if m.islnk():
+                    m.linkname = "/".join([*under, *member_parts(m.linkname, what)])
+                applier.member(tf, m, stats)
+        applier.finish()
     return stats
 
 
@@ -562,6 +651,13 @@ def _is_whiteout_entry(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
 
+def _is_opaque_fd(fd: int) -> bool:
+    try:
+        return os.getxattr(fd, OPAQUE_XATTR) == b"y"
+    except OSError:
+        return False
+
+
 def _is_opaque(path: Path) -> bool:
     try:
         return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
@@ -576,7 +672,9 @@ class _TarWriter:
             fileobj=self.hashing, mode="w|", format=tarfile.PAX_FORMAT)  # type: ignore[call-overload]
         self.links: dict[tuple[int, int], str] = {}
 
-    def add(self, name: str, path: Path, st: os.stat_result) -> None:
+    def add(self, name: str, path: Path, st: os.stat_result, dir_fd: int | None = None) -> None:
+        """One entry; with ``dir_fd``, ``path`` is a name in that directory, opened O_NOFOLLOW and
+        checked to be the inode ``st`` describes (a running container may swap it for a link)."""
         info = tarfile.TarInfo(name)
         info.mode = stat.S_IMODE(st.st_mode)
         info.uid, info.gid = st.st_uid, st.st_gid
@@ -593,14 +691,22 @@ class _TarWriter:
                 self.links[key] = name
             info.type = tarfile.REGTYPE
             info.size = st.st_size
-            with open(path, "rb") as f:
+            if dir_fd is None:
+                with open(path, "rb") as f:
+                    self.tf.addfile(info, f)
+                return
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+            with os.fdopen(fd, "rb") as f:
+                now = os.fstat(fd)
+                if (now.st_dev, now.st_ino, now.st_size) != (st.st_dev, st.st_ino, st.st_size):
+                    raise ImageError(f"{name} changed while it was archived; try again")
                 self.tf.addfile(info, f)
             return
         if stat.S_ISDIR(st.st_mode):
             info.type = tarfile.DIRTYPE
         elif stat.S_ISLNK(st.st_mode):
             info.type = tarfile.SYMTYPE
-            info.linkname = os.readlink(path)
+            info.linkname = os.readlink(path, dir_fd=dir_fd)
         elif stat.S_ISFIFO(st.st_mode):
             info.type = tarfile.FIFOTYPE
         elif stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode):
@@ -622,11 +728,6 @@ class _TarWriter:
         return self.hashing.digest()
 
 
-def _entries(path: Path) -> list[os.DirEntry[str]]:
-    with os.scandir(path) as it:
-        return sorted(it, key=lambda e: e.name)
-
-
 def write_diff(upper: Path, out: IO[bytes] | None) -> str:
     """Tar of an overlay upper (or layer) directory with overlay whiteouts turned into OCI ones.
 
@@ -635,21 +736,36 @@ def write_diff(upper: Path, out: IO[bytes] | None) -> str:
     """
     writer = _TarWriter(out)
 
-    def walk(directory: Path, prefix: str) -> None:
-        for entry in _entries(directory):
-            path = Path(entry.path)
-            name = prefix + entry.name
-            st = os.lstat(path)
+    # Walked with directory descriptors and O_NOFOLLOW at every step: the upper dir of a running
+    # container changes under us, and a directory swapped for a symlink to / must not put the
+    # host's files in the tar.
+    def walk(dfd: int, prefix: str) -> None:
+        with os.scandir(dfd) as it:
+            names = sorted(e.name for e in it)
+        for base in names:
+            name = prefix + base
+            try:
+                st = os.stat(base, dir_fd=dfd, follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # removed since it was listed
             if _is_whiteout_entry(st):
-                writer.whiteout(prefix + WHITEOUT_PREFIX + entry.name, st)
+                writer.whiteout(prefix + WHITEOUT_PREFIX + base, st)
                 continue
-            writer.add(name, path, st)
+            writer.add(name, Path(base), st, dir_fd=dfd)
             if stat.S_ISDIR(st.st_mode):
-                if _is_opaque(path):
-                    writer.whiteout(name + "/" + WHITEOUT_OPAQUE, st)
-                walk(path, name + "/")
+                cfd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dfd)
+                try:
+                    if _is_opaque_fd(cfd):
+                        writer.whiteout(name + "/" + WHITEOUT_OPAQUE, st)
+                    walk(cfd, name + "/")
+                finally:
+                    os.close(cfd)
 
-    walk(Path(upper), "")
+    top = os.open(upper, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        walk(top, "")
+    finally:
+        os.close(top)
     return writer.close()
 
 

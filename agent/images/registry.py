@@ -45,6 +45,7 @@ from .config import (
     MEDIA_OCI_MANIFEST,
     chain_ids,
     host_architecture,
+    load_json,
 )
 from .errors import ImageError, ImageNotFound, InvalidArchive
 from .imagestore import ImageStore
@@ -55,6 +56,9 @@ MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIF
 MAX_MANIFEST = 4 << 20
 CHUNK_SIZE = 8 << 20            # upload chunk (PATCH) size
 READ = 1 << 20
+DRAIN_MAX = 64 << 10            # a response body left unread up to this is read to keep its connection,
+DRAIN_SECONDS = 0.5             # if it comes within this
+MIN_RATE = 64 << 10             # bytes/s: a blob download may take timeout + size / MIN_RATE at most
 DOCKER_HUB = "registry-1.docker.io"
 DOCKER_INDEX_SERVER = "https://index.docker.io/v1/"
 
@@ -148,8 +152,25 @@ class _Response:
         return self.resp.read(n) if n >= 0 else self.resp.read()
 
     def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.resp.read()
+        """Done with the response. What is left of a short body is read so the connection can be
+        reused; anything longer (or of unknown length) is never read: the connection is closed
+        instead, since a registry that lies about a blob's size may stream without end."""
+        left = self.resp.length
+        if not self.resp.isclosed() and left is not None and left <= DRAIN_MAX:
+            deadline = time.monotonic() + DRAIN_SECONDS  # and a body that trickles in is not waited for
+            sock = self.conn.sock
+            with contextlib.suppress(Exception):
+                while not self.resp.isclosed() and (wait := deadline - time.monotonic()) > 0:
+                    if sock is not None:
+                        sock.settimeout(wait)
+                    if not self.resp.read1(DRAIN_MAX):
+                        break
+            if sock is not None and self.resp.isclosed():
+                with contextlib.suppress(OSError):
+                    sock.settimeout(self.conn.timeout)
+        if not self.resp.isclosed():
+            self.resp.close()
+            self.conn.close()  # the next request on it opens a new one (http.client's auto_open)
         self.resp.close()
 
 
@@ -193,7 +214,7 @@ class Client:
         try:
             conn = http.client.HTTPSConnection(self.host, timeout=5, context=ssl._create_unverified_context())
             conn.request("GET", "/v2/")
-            conn.getresponse().read()
+            conn.getresponse().read(DRAIN_MAX)  # only whether TLS answers matters, never the whole body
             conn.close()
             self.scheme = "https"
         except (ssl.SSLError, ConnectionError, OSError, http.client.HTTPException):
@@ -299,9 +320,9 @@ class Client:
         if resp.status != 200:
             raise RegistryError(f"{self.host}: token server {realm} answered {resp.status}")
         try:
-            doc = json.loads(data)
+            doc = load_json(data, f"{self.host}: token server {realm}")
             token = doc.get("token") or doc.get("access_token") or ""
-        except (json.JSONDecodeError, AttributeError):
+        except (InvalidArchive, AttributeError):
             raise RegistryError(f"{self.host}: token server {realm} did not answer JSON") from None
         if not isinstance(token, str):
             raise RegistryError(f"{self.host}: token server {realm}: token is not a string")
@@ -332,10 +353,7 @@ class Client:
         header = resp.headers.get("docker-content-digest", "")
         if header and header.startswith("sha256:") and header != digest:
             raise InvalidArchive(f"manifest {path}:{ref}: Docker-Content-Digest {header} does not match its content ({digest})")
-        try:
-            doc = json.loads(body)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InvalidArchive(f"manifest {path}:{ref}: not valid JSON") from None
+        doc = load_json(body, f"manifest {path}:{ref}")
         if not isinstance(doc, dict):
             raise InvalidArchive(f"manifest {path}:{ref}: must be a JSON object")
         media = resp.headers.get("content-type", "").split(";")[0].strip()
@@ -409,9 +427,9 @@ class Client:
 def _status_error(status: int, method: str, path: str, text: str, host: str) -> RegistryError:
     detail = text.strip()
     try:
-        errs = json.loads(text).get("errors") or []
+        errs = load_json(text, "error").get("errors") or []
         detail = "; ".join(f"{e.get('code', '')}: {e.get('message', '')}" for e in errs) or detail
-    except (json.JSONDecodeError, AttributeError):
+    except (InvalidArchive, AttributeError, TypeError):
         pass
     msg = f"{host}: {method} {path}: {status} {detail[:500]}".rstrip()
     if status == 401:
@@ -462,14 +480,28 @@ def _reporter(emit: ProgressFn, short: str, status: str, total: int) -> Callable
 
 
 class _Counting:
-    def __init__(self, raw: Any, cb: Callable[[int], None]) -> None:
+    """A blob's body as it downloads: progress, an overall deadline (a registry that trickles a
+    byte a minute never trips the socket's timeout), and transport errors as RegistryUnavailable."""
+
+    def __init__(self, raw: Any, cb: Callable[[int], None], what: str = "blob", size: int = 0,
+                 timeout: float = 60.0) -> None:
         self.raw = raw
         self.n = 0
         self.cb = cb
         self.last = 0.0
+        self.what = what
+        self.budget = timeout + size / MIN_RATE
+        self.deadline = time.monotonic() + self.budget
 
     def read(self, n: int = -1) -> bytes:
-        data: bytes = self.raw.read(n)
+        if time.monotonic() > self.deadline:
+            raise RegistryUnavailable(f"{self.what}: download did not finish within {self.budget:.0f} s "
+                                      f"({self.n} bytes received)")
+        try:
+            # read1: what has arrived (one socket read), so the deadline is checked as bytes trickle in.
+            data: bytes = self.raw.read1(n) if hasattr(self.raw, "read1") else self.raw.read(n)
+        except (OSError, http.client.HTTPException) as e:
+            raise RegistryUnavailable(f"{self.what}: download failed after {self.n} bytes: {e}") from None
         self.n += len(data)
         now = time.monotonic()
         if now - self.last > 0.1 or not data:
@@ -508,15 +540,16 @@ def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
         if not store.content.exists(cdigest):
             resp = cl.open_blob(r.path, cdigest)
             try:
-                store.content.ingest(resp.resp, cdigest, csize, what=f"config {cdigest}")  # type: ignore[arg-type]
+                cbody = _Counting(resp.resp, lambda n: None, f"config {cdigest}", csize, cl.timeout)
+                store.content.ingest(cbody, cdigest, csize, what=f"config {cdigest}")  # type: ignore[arg-type]
             finally:
                 resp.close()
             created_blobs.append(cdigest)
         config_bytes = store.content.read_bytes(cdigest)
         try:
-            cfg = json.loads(config_bytes)
+            cfg = load_json(config_bytes, f"config {cdigest}")
             diff_ids = cfg["rootfs"]["diff_ids"]
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (KeyError, TypeError):
             raise InvalidArchive(f"config {cdigest}: no rootfs.diff_ids") from None
         if not isinstance(diff_ids, list) or len(diff_ids) != len(doc["layers"]):
             raise InvalidArchive(f"config {cdigest}: {len(diff_ids)} diff_ids for {len(doc['layers'])} layers")
@@ -525,6 +558,7 @@ def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
         layers: list[tuple[str, int, str]] = []
         chains = chain_ids(diff_ids)
         parent = ""
+        budget = store.limits.budget()
         for i, (ldesc, diff_id, chain) in enumerate(zip(doc["layers"], diff_ids, chains, strict=True)):
             ldigest, lsize, lmedia = _descriptor(ldesc, f"layer {i}")
             if lmedia and lmedia not in LAYER_MEDIA_TYPES:
@@ -539,7 +573,8 @@ def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
                 emit(Progress(short, "Pulling fs layer", 0, lsize))
                 resp = cl.open_blob(r.path, ldigest)
                 try:
-                    counting = _Counting(resp.resp, _reporter(emit, short, "Downloading", lsize))
+                    counting = _Counting(resp.resp, _reporter(emit, short, "Downloading", lsize),
+                                         f"layer {ldigest}", lsize, cl.timeout)
                     store.content.ingest(counting, ldigest, lsize, what=f"layer {ldigest}")  # type: ignore[arg-type]
                 finally:
                     resp.close()
@@ -549,7 +584,9 @@ def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
                 emit(Progress(short, "Extracting", 0, lsize))
                 with store.content.open(ldigest) as f:
                     stream, _ = decompressed(f)
-                    store.snapshotter.apply(parent, stream, diff_id, what=f"layer {ldigest}")
+                    _, stats = store.snapshotter.apply(parent, stream, diff_id, what=f"layer {ldigest}",
+                                                       bound=budget.bound())
+                budget.spend(stats.tar_size)
                 created_chains.append(chain)
             emit(Progress(short, "Pull complete", lsize, lsize))
             parent = chain

@@ -83,6 +83,8 @@ def _is_whiteout(st: os.stat_result) -> bool:
 # Called with (parent fd, name, lstat) for a component on the way that is not a directory; returns
 # True after replacing it with a directory (the layer applier does so for its own whiteouts).
 Replacer = Callable[[int, str, os.stat_result], bool]
+# Called with (parent fd, name, index in parts) for each directory opendir makes.
+Made = Callable[[int, str, int], None]
 
 
 class Root:
@@ -119,7 +121,7 @@ class Root:
             return UnsafePath(f"{where!r} is a symlink", where, "symlink")
         return UnsafePath(f"{where!r} is not a directory", where, "not a directory")
 
-    def _walk(self, parts: Sequence[str], create: bool, replace: Replacer | None) -> int:
+    def _walk(self, parts: Sequence[str], create: bool, replace: Replacer | None, made: Made | None) -> int:
         """Component by component with O_NOFOLLOW descriptors: creates, replaces, names errors."""
         fd = os.dup(self.fd)
         try:
@@ -134,6 +136,9 @@ class Root:
                         os.mkdir(comp, 0o755, dir_fd=fd)
                     except FileExistsError:
                         pass  # made meanwhile: checked just below like any other
+                    else:
+                        if made is not None:
+                            made(fd, comp, i)
                     nfd = os.open(comp, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
                 st = os.fstat(nfd)
                 if not stat.S_ISDIR(st.st_mode):
@@ -153,12 +158,14 @@ class Root:
             os.close(fd)
             raise
 
-    def opendir(self, parts: Sequence[str], *, create: bool = False, replace: Replacer | None = None) -> int:
+    def opendir(self, parts: Sequence[str], *, create: bool = False, replace: Replacer | None = None,
+                made: Made | None = None) -> int:
         """A descriptor (O_PATH) of the directory at ``parts``, owned by the caller.
 
         Missing components are made (0755) when ``create``; a component that is not a directory is
         handed to ``replace`` (which may turn it into one), else UnsafePath; FileNotFoundError when
-        a component is missing and not ``create``.
+        a component is missing and not ``create``. ``made(parent fd, name, index)`` is called for
+        each directory made.
         """
         key = tuple(parts)
         cached = self._dirs.get(key)
@@ -174,7 +181,7 @@ class Root:
             except OSError as e:
                 if e.errno not in (errno.ENOSYS, errno.EPERM, errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
                     raise
-                fd = self._walk(parts, create, replace)
+                fd = self._walk(parts, create, replace, made)
         if len(self._dirs) >= _CACHE_MAX:
             self.forget()
         self._dirs[key] = os.dup(fd)

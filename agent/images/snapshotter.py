@@ -39,7 +39,7 @@ from typing import IO, Any
 from agent.runtime.spec import write_atomic
 
 from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive
-from .layers import LayerStats, apply_layer, tree_size, write_diff, write_flattened
+from .layers import Bound, LayerStats, apply_layer, tree_size, write_diff, write_flattened
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _LINK_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -266,7 +266,8 @@ class Snapshotter:
     # --- used by the image store ---------------------------------------------------------------------
 
     def apply(
-        self, parent_chain_id: str, stream: IO[bytes], expected_diff_id: str | None = None, what: str = "layer"
+        self, parent_chain_id: str, stream: IO[bytes], expected_diff_id: str | None = None, what: str = "layer",
+        bound: Bound | None = None,
     ) -> tuple[str, LayerStats]:
         """Unpack a layer tarball on top of ``parent_chain_id`` as a committed snapshot.
 
@@ -280,7 +281,7 @@ class Snapshotter:
         try:
             (tmp / "fs").mkdir(parents=True)
             os.chmod(tmp / "fs", 0o755)
-            stats = apply_layer(stream, tmp / "fs", what)
+            stats = apply_layer(stream, tmp / "fs", what, bound)
             if expected_diff_id and stats.diff_id != expected_diff_id:
                 raise InvalidArchive(
                     f"{what}: diff_id mismatch: config says {expected_diff_id}, content is {stats.diff_id}"

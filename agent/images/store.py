@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 import secrets
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
@@ -160,6 +161,34 @@ class ContentStore:
             if size is not None and src.read(1):
                 raise InvalidArchive(f"{what}: longer than its declared size {size}")
             return w.commit(expected, size, what)
+
+    def adopt(self, path: Path, expected: str, size: int, what: str = "blob") -> str:
+        """Move a file on the store's filesystem into the store as blob ``expected``, after checking
+        its size and digest where it lies (no copy); on a mismatch it stays where it was."""
+        check_digest(expected, what)
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise InvalidArchive(f"{what}: not a regular file")
+            if st.st_size != size:
+                raise InvalidArchive(f"{what}: size mismatch: expected {size} bytes, got {st.st_size}")
+            h = hashlib.sha256()
+            while chunk := os.read(fd, CHUNK):
+                h.update(chunk)
+            actual = "sha256:" + h.hexdigest()
+            if actual != expected:
+                raise InvalidArchive(f"{what}: digest mismatch: expected {expected}, got {actual}")
+            os.fsync(fd)
+            os.fchmod(fd, 0o444)
+        finally:
+            os.close(fd)
+        target = self.path(actual)
+        if target.exists():
+            path.unlink()
+        else:
+            os.rename(path, target)
+        return actual
 
     def write_bytes(self, data: bytes, expected: str | None = None, what: str = "blob") -> str:
         with self.writer() as w:

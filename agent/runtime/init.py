@@ -160,7 +160,7 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any], lo_up: bool = False) -> N
     if "uts" in spec.namespaces and spec.hostname:
         sc.sethostname(spec.hostname)
     # The rootfs is our working directory (the shim's stage A entered it before unshare).
-    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net)
+    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net, spec.devices, spec.readonly_sysfs)
     trace("init: kernel filesystems mounted")
     rootfs.pivot(".")
     trace("init: pivoted")

@@ -112,6 +112,19 @@ def prepare(spec: ProcessSpec, hostname: str) -> Prepared:
     return Prepared(path, spec.args, env, ident)
 
 
+def _bounding() -> set[int]:
+    """Our own bounding set (read once, in the zygote): no container can get more."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("CapBnd:"):
+                bits = int(line.split()[1], 16)
+                return {n for n in range(sc.last_cap() + 1) if bits >> n & 1}
+    return set(range(sc.last_cap() + 1))
+
+
+_BOUNDING = _bounding()
+
+
 def become(spec: ProcessSpec, p: Prepared) -> None:
     """Drop to the target identity and capability set. Irreversible; call right before execve."""
     if spec.seccomp:
@@ -125,6 +138,8 @@ def become(spec: ProcessSpec, p: Prepared) -> None:
     except OSError as e:
         raise ProcessSetupError(f"chdir to cwd ({spec.cwd}) set in config.json failed: {e.strerror}", 126) from e
     keep = {CAPABILITY_NUMBERS[c] for c in spec.capabilities if c in CAPABILITY_NUMBERS}
+    if set(spec.capabilities) >= set(CAPABILITY_NUMBERS):
+        keep &= _BOUNDING  # --privileged asks for every one: those this kernel knows and we hold
     sc.drop_bounding(keep)
     os.setgroups(p.ident.groups)
     os.setgid(p.ident.gid)

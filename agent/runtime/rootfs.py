@@ -14,7 +14,7 @@ import os
 import stat
 
 from agent.runtime import syscalls as sc
-from agent.runtime.spec import MountSpec
+from agent.runtime.spec import DeviceNode, MountSpec
 
 _DEVICES = [  # name, major, minor (docker's default devices)
     ("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0),
@@ -104,8 +104,10 @@ def _mount_idmapped(mounts: list[MountSpec], target: str, userns_fd: int, root_i
                 os.rmdir(scratch)
 
 
-def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool) -> None:
-    """Everything before pivot_root: private propagation, then the kernel filesystems in rootfs.
+def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool, devices: list[DeviceNode] | None = None,
+                         readonly_sysfs: bool = True) -> None:
+    """Everything before pivot_root: private propagation, then the kernel filesystems in rootfs,
+    docker's default device nodes and `devices` (--device, --privileged) in its /dev.
 
     Called with the rootfs as working directory; `rootfs` is its absolute path on the host.
     """
@@ -117,18 +119,24 @@ def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool) -> None:
     rootfs = "."
 
     def under(p: str) -> str:
-        path = os.path.join(rootfs, p.lstrip("/"))
-        os.makedirs(path, exist_ok=True)
+        path = in_root(rootfs, p)
+        try:
+            os.makedirs(path, exist_ok=True)
+        except OSError as e:
+            raise OSError(e.errno, f"the image's {p} ({os.path.relpath(path, rootfs)} in it) cannot be made a "
+                          f"directory to mount on: {e.strerror}") from None
         return path
 
     nosuid_nodev_noexec = sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC
     sc.mount("proc", under("/proc"), "proc", nosuid_nodev_noexec)
+    ro = sc.MS_RDONLY if readonly_sysfs else 0
     if share_net:
         # --network host: a new sysfs needs its own net namespace; borrow the host's, read-only.
         sc.mount("/sys", under("/sys"), None, sc.MS_BIND | sc.MS_REC)
-        sc.mount(None, under("/sys"), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
+        if ro:
+            sc.mount(None, under("/sys"), None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | sc.MS_REC)
     else:
-        sc.mount("sysfs", under("/sys"), "sysfs", nosuid_nodev_noexec | sc.MS_RDONLY)
+        sc.mount("sysfs", under("/sys"), "sysfs", nosuid_nodev_noexec | ro)
     dev = under("/dev")
     sc.mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_STRICTATIME, "mode=755,size=65536k")
     for name, major, minor in _DEVICES:
@@ -142,10 +150,63 @@ def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool) -> None:
             os.chmod(path, 0o666)
     for src, name in _DEV_LINKS:
         os.symlink(src, os.path.join(dev, name))
+    for node in devices or ():
+        _make_node(dev, node, userns)
     sc.mount("devpts", under("/dev/pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5"))
     sc.mount("shm", under("/dev/shm"), "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k")
     sc.mount("mqueue", under("/dev/mqueue"), "mqueue", nosuid_nodev_noexec)
+
+
+def in_root(root: str, path: str) -> str:
+    """path resolved inside root as if root were "/": every symlink on the way is followed and
+    re-rooted (an absolute target, a ".." above the top), never out of root, as runc's securejoin
+    resolves mount points. An image whose /dev is a link (dangling or not) gets its mount where the
+    link points, inside the rootfs."""
+    todo = [x for x in path.split("/") if x]
+    done: list[str] = []
+    links = 0
+    while todo:
+        part = todo.pop(0)
+        if part == ".":
+            continue
+        if part == "..":
+            if done:
+                done.pop()
+            continue
+        here = os.path.join(root, *done, part)
+        if os.path.islink(here):
+            links += 1
+            if links > 40:
+                raise OSError(errno.ELOOP, f"{path} in the image: too many levels of symbolic links")
+            target = os.readlink(here)
+            if target.startswith("/"):
+                done = []
+            todo = [x for x in target.split("/") if x] + todo
+            continue
+        done.append(part)
+    return os.path.join(root, *done)
+
+
+def _make_node(dev: str, node: DeviceNode, userns: bool) -> None:
+    """One node under the container's /dev (a tmpfs of its own, so nothing of the image is in the
+    way): made with mknod as the host has it, or, in a user namespace (no mknod there), the
+    host's node bound on an empty file."""
+    rel = os.path.normpath(node.path).lstrip("/")
+    if not rel.startswith("dev/") or ".." in rel.split("/"):
+        raise OSError(errno.EINVAL, f"device {node.path}: must be a path under /dev")
+    path = os.path.join(dev, rel[len("dev/"):])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)  # (a default node the rule replaces, e.g. --device /dev/null)
+    if userns:
+        open(path, "a").close()
+        sc.mount(node.host_path or node.path, path, None, sc.MS_BIND)
+        return
+    kind = stat.S_IFBLK if node.type == "b" else stat.S_IFCHR
+    os.mknod(path, node.mode | kind, os.makedev(node.major, node.minor))
+    os.chmod(path, node.mode)
+    os.chown(path, node.uid, node.gid)
 
 
 def pivot(rootfs: str) -> None:

@@ -66,6 +66,21 @@ class MountSpec:
 
 
 @dataclass
+class DeviceNode:
+    """A device node the init makes in the container's /dev beyond docker's default ones (--device,
+    --privileged); the devices cgroup's rules, in the cgroup resources, are what let it be opened."""
+
+    path: str          # absolute, in the container (under /dev)
+    type: str          # "c" or "b"
+    major: int
+    minor: int
+    mode: int = 0o666  # permission bits, as the host's node has them
+    uid: int = 0
+    gid: int = 0
+    host_path: str = ""  # bound instead in a user namespace (no mknod there)
+
+
+@dataclass
 class IdMap:
     container: int
     host: int
@@ -99,6 +114,8 @@ class RuntimeSpec:
     restore: dict[str, Any] | None = None
     masked_paths: list[str] = field(default_factory=lambda: list(MASKED_PATHS))
     readonly_paths: list[str] = field(default_factory=lambda: list(READONLY_PATHS))
+    devices: list[DeviceNode] = field(default_factory=list)
+    readonly_sysfs: bool = True                  # False with --privileged
 
     def to_json(self) -> str:
         return dumps(self)
@@ -110,6 +127,7 @@ class RuntimeSpec:
         d["mounts"] = [MountSpec(**m) for m in d.get("mounts", [])]
         d["uid_map"] = [IdMap(**m) for m in d.get("uid_map", [])]
         d["gid_map"] = [IdMap(**m) for m in d.get("gid_map", [])]
+        d["devices"] = [DeviceNode(**n) for n in d.get("devices", [])]
         return cls(**d)
 
     @classmethod

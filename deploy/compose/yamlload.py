@@ -69,8 +69,9 @@ _FLOAT = re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+][0-9]+)?
                     |\.(?:nan|NaN|NAN))$""", re.X)
 
 
-class Loader(yaml.SafeLoader):
-    """SafeLoader with limits, YAML 1.2 numbers, Compose merge keys and line numbers."""
+class _Bounded(yaml.composer.Composer):
+    """PyYAML's composer with limits, YAML 1.2 numbers, Compose merge keys and line numbers; the
+    scanner and parser under it are libyaml's (C) where PyYAML has it, else PyYAML's own."""
 
     yaml_implicit_resolvers = {
         first: [(tag, _INT if tag == _INT_TAG else _FLOAT if tag == _FLOAT_TAG else rx)
@@ -78,15 +79,14 @@ class Loader(yaml.SafeLoader):
         for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
     }
 
-    def __init__(self, stream: str) -> None:
-        super().__init__(stream)
+    def _init_bounds(self) -> None:
         self._depth = 0
         # per composed node (by id): (values once aliases are expanded, depth once expanded)
         self._sizes: dict[int, tuple[int, int]] = {}
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:  # type: ignore[override]
-        if self.check_event(yaml.AliasEvent):  # type: ignore[no-untyped-call]
-            event = self.peek_event()  # type: ignore[no-untyped-call]
+        if self.check_event(yaml.AliasEvent):  # type: ignore[attr-defined]
+            event = self.peek_event()  # type: ignore[attr-defined]
             node: Node = super().compose_node(parent, index)  # type: ignore[no-untyped-call,assignment]
             if id(node) not in self._sizes:
                 raise YAMLLimitError(event.start_mark.line + 1,
@@ -94,7 +94,7 @@ class Loader(yaml.SafeLoader):
             return node
         self._depth += 1
         if self._depth > MAX_DEPTH:
-            mark = self.peek_event().start_mark  # type: ignore[no-untyped-call]
+            mark = self.peek_event().start_mark  # type: ignore[attr-defined]
             raise YAMLLimitError(mark.line + 1, f"nested more than {MAX_DEPTH} levels deep")
         try:
             node = super().compose_node(parent, index)  # type: ignore[no-untyped-call,assignment]
@@ -131,7 +131,7 @@ class Loader(yaml.SafeLoader):
         self._sizes[id(node)] = (size, depth)
 
 
-def _construct_map(loader: Loader, node: MappingNode) -> LineMap:
+def _construct_map(loader: Any, node: MappingNode) -> LineMap:
     out = LineMap()
     out.line = node.start_mark.line + 1
     out.lines = {}
@@ -157,7 +157,7 @@ def _construct_map(loader: Loader, node: MappingNode) -> LineMap:
     return out
 
 
-def _merge_sources(loader: Loader, node: Node) -> list[tuple[Any, Any, int]]:
+def _merge_sources(loader: Any, node: Node) -> list[tuple[Any, Any, int]]:
     sources = node.value if isinstance(node, SequenceNode) else [node]
     out: list[tuple[Any, Any, int]] = []
     for src in sources:
@@ -169,7 +169,7 @@ def _merge_sources(loader: Loader, node: Node) -> list[tuple[Any, Any, int]]:
     return out
 
 
-def _construct_seq(loader: Loader, node: SequenceNode) -> LineSeq:
+def _construct_seq(loader: Any, node: SequenceNode) -> LineSeq:
     out = LineSeq()
     out.line = node.start_mark.line + 1
     out.lines = []
@@ -179,8 +179,31 @@ def _construct_seq(loader: Loader, node: SequenceNode) -> LineSeq:
     return out
 
 
-Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)  # type: ignore[arg-type]
-Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)  # type: ignore[arg-type]
+class PyLoader(_Bounded, yaml.SafeLoader):
+    def __init__(self, stream: str) -> None:
+        yaml.SafeLoader.__init__(self, stream)
+        self._init_bounds()
+
+
+Loader: type[_Bounded] = PyLoader
+if getattr(yaml, "__with_libyaml__", False):
+    from yaml._yaml import CParser
+
+    class CLoader(_Bounded, CParser, yaml.constructor.SafeConstructor, yaml.resolver.Resolver):
+        """libyaml's events (about 10x faster than PyYAML's scanner) through our composer above."""
+
+        def __init__(self, stream: str) -> None:
+            CParser.__init__(self, stream)
+            yaml.composer.Composer.__init__(self)  # type: ignore[no-untyped-call]
+            yaml.constructor.SafeConstructor.__init__(self)  # type: ignore[no-untyped-call]
+            yaml.resolver.Resolver.__init__(self)  # type: ignore[no-untyped-call]
+            self._init_bounds()
+
+    Loader = CLoader
+
+for _cls in {PyLoader, Loader}:
+    _cls.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_map)  # type: ignore[attr-defined]
+    _cls.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_seq)  # type: ignore[attr-defined]
 
 
 class YAMLError(ValueError):
@@ -191,11 +214,11 @@ class YAMLError(ValueError):
         super().__init__(f"{line}: {problem}" if line else problem)
 
 
-def load(text: str) -> Any:
+def load(text: str, loader_class: type[_Bounded] | None = None) -> Any:
     """One YAML document, bounded; raises YAMLError(line, problem) for anything else."""
     if len(text) > MAX_BYTES:
         raise YAMLError(0, f"larger than {MAX_BYTES >> 20} MiB")
-    loader = Loader(text)
+    loader: Any = (loader_class or Loader)(text)  # type: ignore[call-arg]
     try:
         node = loader.get_single_node()  # type: ignore[no-untyped-call]
         if node is None:
@@ -205,7 +228,10 @@ def load(text: str) -> Any:
         raise YAMLError(e.line, e.problem) from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
-        raise YAMLError(mark.line + 1 if mark is not None else 0, f"not valid YAML: {e.problem or e}") from None
+        line = mark.line + 1 if mark is not None else 0
+        if "maximum nesting depth" in str(e.problem):  # libyaml's own bound, below ours in a flow
+            raise YAMLError(line, f"nested more than {MAX_DEPTH} levels deep") from None
+        raise YAMLError(line, f"not valid YAML: {e.problem or e}") from None
     except yaml.YAMLError as e:
         raise YAMLError(0, f"not valid YAML: {e}") from None
     except (ValueError, OverflowError) as e:  # a constructor's conversion (e.g. int of a huge literal)

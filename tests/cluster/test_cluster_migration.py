@@ -26,7 +26,7 @@ from tests.multihost import Cluster, Host, cluster, http_get, join, multihost_se
 pytestmark = [pytest.mark.multinode, pytest.mark.criu, pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
 COUNTER = ("echo hi > /tmp/index.html; httpd -p 80 -h /tmp; i=0; "
-           "while :; do i=$((i+1)); echo $$i; sleep 0.05; done")  # $$: compose interpolation
+           "while :; do i=$$((i+1)); echo $$i; sleep 0.05; done")  # $$: compose interpolation
 
 
 def service(name: str, *, replicas: int = 1, port: str = "", pause: str = "") -> str:

@@ -50,11 +50,11 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
 
 def test_create_ls_inspect_rm_and_bad_input(env: Env) -> None:
     assert env.ok("network", "create", "-d", "overlay", "appnet").strip() == "appnet"
-    env.ok("network", "create", "--subnet", "10.99.0.0/24", "--attachable", "--internal", "-o", "mtu=1400", "other")
+    env.ok("network", "create", "--subnet", "10.99.0.0/24", "-o", "mtu=1400", "--label", "tier=db", "other")
     a, o = env.inspect("appnet"), env.inspect("other")
     assert (a["subnet"], a["vni"], a["mtu"], a["gateway"], a["driver"]) == (
         "10.240.0.0/24", 4096, 1450, "10.240.0.1", "overlay")
-    assert (o["subnet"], o["vni"], o["mtu"], o["attachable"], o["internal"]) == ("10.99.0.0/24", 4097, 1400, True, True)
+    assert (o["subnet"], o["vni"], o["mtu"], o["labels"]) == ("10.99.0.0/24", 4097, 1400, {"tier": "db"})
     ls = env.ok("network", "ls")
     assert ls.splitlines()[0].split() == ["NAME", "DRIVER", "SCOPE", "SUBNET", "VNI", "ENDPOINTS", "SERVICES"]
     rows = [ln.split() for ln in ls.splitlines()[1:]]
@@ -71,6 +71,9 @@ def test_create_ls_inspect_rm_and_bad_input(env: Env) -> None:
         (("--subnet", "10.1.2.0/33", "x"), "subnet '10.1.2.0/33'"),
         (("-d", "bridge", "x"), "driver 'bridge'"),
         (("bad/name",), "network name 'bad/name'"),
+        (("--attachable", "x"), "--attachable: plain containers cannot join cluster networks yet"),
+        (("--internal", "x"), "--internal: not supported yet"),
+        (("-o", "foo=1", "x"), "the only driver option is mtu=N"),
     ]:
         code, _, err = env.run("network", "create", *args)
         assert code != 0 and message in err, (args, err)

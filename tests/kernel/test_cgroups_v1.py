@@ -432,3 +432,27 @@ def test_spare_is_made_ahead_and_taken_by_rename(driver: V1Driver, spawn: Spawne
     assert sorted(devices.rules(driver.paths("c1")["devices"])) == sorted(str(r) for r in DEFAULT_DEVICE_RULES)
     with pytest.raises(CgroupError, match=re.escape("must start with '.'")):
         driver.make_spare("visible", p.pid)
+
+
+def test_device_rule_updates_never_deny_what_stays_allowed(driver: V1Driver, spawn: Spawner) -> None:
+    """An update moves a deny-by-default list by its difference (new rules first): a process that
+    keeps opening /dev/null meanwhile is never refused (a pre-cloned init makes its /dev while its
+    spare cgroup is taken over with the container's rules)."""
+    driver.create("race", Resources())
+    code = ("import os, sys\nsys.stdin.readline()\nbad = 0\n"
+            "for _ in range(20000):\n"
+            "    try:\n        os.close(os.open('/dev/null', os.O_RDWR))\n"
+            "    except PermissionError:\n        bad += 1\n"
+            "print(bad, flush=True)")
+    p = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    spawn.procs.append(p)  # type: ignore[arg-type]
+    driver.add_process("race", p.pid)
+    assert p.stdin is not None and p.stdout is not None
+    p.stdin.write("go\n")
+    p.stdin.flush()
+    extra = (*DEFAULT_DEVICE_RULES, DeviceRule("b", 7, 0, "r"), DeviceRule("c", 1, 3, "r"))
+    while p.poll() is None:
+        driver.update("race", Resources(devices=extra))
+        driver.update("race", Resources())
+    assert p.stdout.read().strip() == "0"
+    assert sorted(devices.rules(driver.paths("race")["devices"])) == sorted(str(r) for r in DEFAULT_DEVICE_RULES)

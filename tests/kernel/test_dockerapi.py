@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 
+from protos import agent_pb2 as pb
 from tests.agent_harness import AgentProcess
 
 pytestmark = pytest.mark.root
@@ -113,6 +114,7 @@ def test_ping_version_info_and_errors(da: AgentProcess, dconf: Path) -> None:
     assert os.stat(da.docker_socket).st_mode & 0o777 == 0o600
 
 
+@pytest.mark.slow
 def test_agent_flags_for_the_docker_socket(tmp_path: Path) -> None:
     from tests.agent_harness import CLI, REPO, _env
 
@@ -124,6 +126,7 @@ def test_agent_flags_for_the_docker_socket(tmp_path: Path) -> None:
 
 # --- step 2: containers with the docker CLI -------------------------------------------------------
 
+@pytest.mark.slow
 def test_docker_run_rm_ps_logs(da: AgentProcess, dconf: Path) -> None:
     assert docker(da, dconf, "run", "--rm", "busybox", "echo", "hi").stdout == "hi\n"
     r = docker(da, dconf, "run", "--rm", "busybox", "sh", "-c", "echo out; echo err >&2; exit 3", check=False)
@@ -153,16 +156,42 @@ def test_docker_run_rm_ps_logs(da: AgentProcess, dconf: Path) -> None:
     assert r.returncode != 0 and "No such container: nosuch" in r.stderr
 
 
+def test_docker_run_device_and_privileged(da: AgentProcess, dconf: Path) -> None:
+    """docker's --device and --privileged through the Docker API (agent/devices.py does the work)."""
+    r = docker(da, dconf, "run", "--rm", "--device", "/dev/loop0:/dev/xloop:r", "busybox", "sh", "-c",
+               "head -c1 /dev/xloop >/dev/null && echo read; true >/dev/xloop 2>/dev/null || echo nowrite")
+    assert r.stdout.split() == ["read", "nowrite"], r.stdout + r.stderr
+    with open("/proc/self/status") as f:
+        caps = next(line.split()[1] for line in f if line.startswith("CapEff:"))
+    r = docker(da, dconf, "run", "--rm", "--privileged", "busybox", "grep", "CapEff", "/proc/self/status")
+    assert r.stdout.split() == ["CapEff:", caps]
+    cid = docker(da, dconf, "create", "--privileged", "--device", "/dev/net/tun", "busybox", "true").stdout.strip()
+    host = json.loads(docker(da, dconf, "inspect", cid).stdout)[0]["HostConfig"]
+    assert host["Privileged"] is True
+    assert host["Devices"] == [{"PathOnHost": "/dev/net/tun", "PathInContainer": "/dev/net/tun",
+                                "CgroupPermissions": "rwm"}]
+    docker(da, dconf, "rm", cid)
+
+
 def test_refused_with_the_field_named(da: AgentProcess, dconf: Path) -> None:
-    r = docker(da, dconf, "run", "--rm", "--privileged", "busybox", "true", check=False)
-    assert r.returncode == 125 and "HostConfig.Privileged is not supported by dockyard" in r.stderr
+    r = docker(da, dconf, "run", "--rm", "--device", "/etc/hostname", "busybox", "true", check=False)
+    assert r.returncode == 125 and "/etc/hostname is not a device node" in r.stderr
+    r = docker(da, dconf, "run", "--rm", "--tmpfs", "/scratch", "busybox", "true", check=False)
+    assert r.returncode == 125 and "HostConfig.Tmpfs is not supported by dockyard" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--log-driver", "syslog", "busybox", "true", check=False)
     assert r.returncode == 125 and "no log driver named 'syslog' is registered" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--cap-add", "NET_ADMIN", "busybox", "true", check=False)
     assert r.returncode == 125 and "HostConfig.CapAdd is not supported" in r.stderr
     assert docker(da, dconf, "ps", "-aq").stdout == ""   # nothing half-made
+    # what dockyard has, mapped: --device, --privileged
+    out = docker(da, dconf, "run", "--rm", "--device", "/dev/null:/dev/mynull", "busybox", "sh", "-c",
+                 "echo x > /dev/mynull && ls -l /dev/mynull").stdout
+    assert out.startswith("c") and "1,   3" in out
+    assert docker(da, dconf, "run", "--rm", "--privileged", "busybox", "sh", "-c",
+                  "grep CapEff /proc/self/status").stdout.split()[1] != "00000000a80425fb"
 
 
+@pytest.mark.slow
 def test_running_container_verbs(da: AgentProcess, dconf: Path) -> None:
     docker(da, dconf, "run", "-d", "--name", "srv", "-p", "127.0.0.1::80", "busybox", "httpd", "-f", "-p", "80",
            "-h", "/etc")
@@ -260,6 +289,7 @@ class Terminal:
             self.proc.wait()
 
 
+@pytest.mark.slow
 def test_docker_run_it_and_exec_it(da: AgentProcess, dconf: Path) -> None:
     t = Terminal(da, dconf, "run", "-it", "--name", "shell", "busybox", "sh", rows=30, cols=100)
     try:
@@ -343,6 +373,7 @@ def test_docker_py_run_exec_attach_wait(client: Any) -> None:
 
 # --- step 3: images ----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_images_tag_history_save_load_build_rmi(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
     docker(da, dconf, "tag", "busybox", "mine:1")
     rows = docker(da, dconf, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
@@ -377,3 +408,151 @@ def test_events_stream(da: AgentProcess, dconf: Path) -> None:
     out = docker(da, dconf, "events", "--since", since, "--until", str(int(time.time()) + 1),
                  "--filter", "container=evt", "--format", "{{.Action}}").stdout.split()
     assert out[:1] == ["create"] and "start" in out and "die" in out and out[-1] == "destroy"
+
+
+def test_networks_and_volumes_as_far_as_dockyard_has_them(da: AgentProcess, dconf: Path) -> None:
+    names = docker(da, dconf, "network", "ls", "--format", "{{.Name}} {{.Driver}}").stdout.split("\n")
+    assert {"bridge bridge", "host host", "none null"} <= set(names)
+    docker(da, dconf, "run", "-d", "--name", "onnet", "busybox", "sleep", "30")
+    net = json.loads(docker(da, dconf, "network", "inspect", "bridge").stdout)[0]
+    assert net["IPAM"]["Config"][0]["Subnet"] == da.subnet
+    assert [c["Name"] for c in net["Containers"].values()] == ["onnet"]
+    r = docker(da, dconf, "network", "create", "mine", check=False)
+    assert r.returncode != 0 and "user-defined networks are not supported" in r.stderr
+    assert docker(da, dconf, "volume", "ls", "-q").stdout == ""
+    r = docker(da, dconf, "volume", "create", "v1", check=False)
+    assert r.returncode != 0 and "named volumes are not supported" in r.stderr
+
+
+def _tar(members: list[tuple[str, bytes | None, str]]) -> bytes:
+    """(name, data or None for a symlink, link target) -> a tar's bytes."""
+    import io
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as t:
+        for name, data, target in members:
+            info = tarfile.TarInfo(name)
+            if data is None:
+                info.type, info.linkname = tarfile.SYMTYPE, target
+                t.addfile(info)
+            else:
+                info.size = len(data)
+                t.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def _put(a: AgentProcess, cid: str, path: str, body: bytes) -> tuple[int, bytes]:
+    req = (f"PUT /containers/{cid}/archive?path={path}&noOverwriteDirNonDir=true HTTP/1.1\r\nHost: d\r\n"
+           f"Content-Type: application/x-tar\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    code, _, out = split(raw(a, req))
+    return code, out
+
+
+@pytest.mark.slow
+def test_copy_into_containers_running_and_stopped(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    (tmp_path / "in.txt").write_text("copied in\n")
+    docker(da, dconf, "run", "-d", "--name", "cpr", "busybox", "sleep", "30")
+    docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cpr:/tmp/")
+    assert docker(da, dconf, "exec", "cpr", "cat", "/tmp/in.txt").stdout == "copied in\n"
+    docker(da, dconf, "create", "--name", "cps", "busybox", "cat", "/tmp/in.txt", "/etc/motd")
+    r = docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cps:/usr/share/x/", check=False)
+    assert r.returncode != 0 and "no such directory" in r.stderr   # the CLI asks HEAD first
+    docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cps:/tmp/")
+    docker(da, dconf, "cp", str(tmp_path / "in.txt"), "cps:/etc/motd")
+    assert docker(da, dconf, "start", "-a", "cps").stdout == "copied in\ncopied in\n"
+    st = docker(da, dconf, "exec", "cpr", "stat", "-c", "%a", "/tmp").stdout.strip()
+    assert st == "1777"
+    assert docker(da, dconf, "run", "--rm", "busybox", "ls", "/tmp").stdout == ""   # the image is untouched
+    cid = docker(da, dconf, "inspect", "-f", "{{.Id}}", "cpr").stdout.strip()
+    # hostile archives: refused, nothing written outside the container
+    code, out = _put(da, cid, "/tmp", _tar([("../../escape", b"x", "")]))
+    assert code == 400 and b"escape" in out
+    code, out = _put(da, cid, "/tmp", _tar([("link", None, "/"), ("link/etc/evil", b"x", "")]))
+    assert code == 400 and b"symlink" in out
+    assert not Path("/etc/evil").exists()
+    code, out = _put(da, cid, "/tmp", _tar([(".wh.in.txt", b"", "")]))
+    assert code == 400 and b"whiteout" in out
+    code, out = _put(da, cid, "/", _tar([("tmp", b"not a dir", "")]))
+    assert code == 409 and b"cannot overwrite directory" in out
+    assert docker(da, dconf, "exec", "cpr", "cat", "/tmp/in.txt").stdout == "copied in\n"
+
+
+@pytest.mark.slow
+@pytest.mark.peer
+def test_docker_compose_up_ps_logs_down(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose (Debian's 1.29) is not installed")
+    (tmp_path / "docker-compose.yml").write_text(
+        'version: "3"\nservices:\n'
+        '  web:\n    image: busybox\n    command: httpd -f -p 80 -h /etc\n    network_mode: bridge\n'
+        '    ports: ["127.0.0.1::80"]\n'
+        '  worker:\n    image: busybox\n    command: sh -c "echo worker up; sleep 300"\n    network_mode: bridge\n')
+    env = denv(da, dconf)
+
+    def dc(*args: str) -> str:
+        r = subprocess.run([compose, "-p", "dyk", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, f"docker-compose {' '.join(args)}: {r.stdout}\n{r.stderr}"
+        return r.stdout + r.stderr
+
+    try:
+        dc("up", "-d")
+        ps = dc("ps")
+        assert "dyk_web_1" in ps and "dyk_worker_1" in ps and ps.count(" Up ") == 2
+        port = docker(da, dconf, "port", "dyk_web_1", "80").stdout.strip()
+        import urllib.request
+
+        assert urllib.request.urlopen(f"http://{port}/hostname", timeout=5).status == 200
+        da.wait_for(lambda: "worker up" in dc("logs", "worker"), what="the worker's log")
+    finally:
+        dc("down", "-t", "1")
+    assert docker(da, dconf, "ps", "-aq").stdout == ""
+
+
+@pytest.mark.slow
+def test_testcontainers_python(da: AgentProcess, monkeypatch: pytest.MonkeyPatch) -> None:
+    tc = pytest.importorskip("testcontainers.core.container")
+    strategies = pytest.importorskip("testcontainers.core.wait_strategies")
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{da.docker_socket}")
+    # Ryuk (its reaper) bind-mounts the Docker socket into a container: no bind mounts yet
+    monkeypatch.setenv("TESTCONTAINERS_RYUK_DISABLED", "true")
+    import urllib.request
+
+    c = tc.DockerContainer("busybox").with_command("sh -c 'echo ready; exec httpd -f -p 80 -h /etc'") \
+        .with_exposed_ports(80).waiting_for(strategies.LogMessageWaitStrategy("ready"))
+    with c:
+        port = c.get_exposed_port(80)
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/hostname", timeout=5).status == 200
+        out, _err = c.get_logs()
+        assert out == b"ready\n"
+        cid = c.get_wrapped_container().id
+    assert cid not in [x.id for x in da.stub.ListContainers(pb.ListContainersRequest(all=True)).containers]
+
+
+@pytest.mark.slow
+@pytest.mark.peer
+def test_login_push_pull_through_a_loopback_registry(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    from tests.kernel.test_images_registry import USERS, Registry
+
+    reg = Registry(tmp_path / "registry", "basic", USERS)
+    try:
+        reg.start()
+        ref = f"{reg.host}/team/bb:1"
+        docker(da, dconf, "tag", "busybox", ref)
+        r = docker(da, dconf, "push", ref, check=False)
+        assert r.returncode != 0 and ("unauthorized" in (r.stdout + r.stderr).lower()
+                                      or "authentication" in (r.stdout + r.stderr).lower())
+        r = docker(da, dconf, "login", "-u", "alice", "--password-stdin", reg.host, input="wrong\n", check=False)
+        assert r.returncode != 0
+        out = docker(da, dconf, "login", "-u", "alice", "--password-stdin", reg.host, input="s3cret-pw\n").stdout
+        assert "Login Succeeded" in out
+        out = docker(da, dconf, "push", ref, timeout=60).stdout
+        assert "digest: sha256:" in out or "Pushed" in out
+        docker(da, dconf, "rmi", ref)
+        out = docker(da, dconf, "pull", ref, timeout=60).stdout
+        assert ref in out or "Downloaded" in out or "up to date" in out.lower()
+        assert docker(da, dconf, "run", "--rm", ref, "echo", "pulled").stdout == "pulled\n"
+        docker(da, dconf, "rmi", ref)
+    finally:
+        reg.stop()

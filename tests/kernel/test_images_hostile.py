@@ -14,12 +14,16 @@ from __future__ import annotations
 import asyncio
 import gzip
 import hashlib
+import http.server
 import io
 import json
 import os
 import stat
 import tarfile
-from collections.abc import Callable
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,8 +32,9 @@ import pytest
 
 from agent.images import ImageError, ImageStore, InvalidArchive, safefs
 from agent.images import archive as image_archive
+from agent.images import registry as reg
 from agent.images.build import Builder, BuildOptions
-from agent.images.layers import OPAQUE_XATTR, apply_layer
+from agent.images.layers import OPAQUE_XATTR, Limits, apply_layer
 
 pytestmark = pytest.mark.root
 
@@ -95,6 +100,11 @@ class Host:
 
 @pytest.fixture
 def host(tmp_path: Path) -> Host:
+    return make_host(tmp_path)
+
+
+def make_host(tmp_path: Path) -> Host:
+    """The victims under tmp_path/host and an empty tmp_path/store."""
     h = Host(tmp_path, tmp_path / "store", tmp_path / "host" / "victim", tmp_path / "host" / "vdir")
     h.vdir.mkdir(parents=True)
     (h.vdir / "q").mkdir()
@@ -351,3 +361,222 @@ def test_opaque_and_whiteouts_still_work_through_the_safe_path(host: Host) -> No
     assert os.getxattr(top / "o", OPAQUE_XATTR) == b"y"
     st = os.lstat(top / "gone")
     assert stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
+
+
+# --- pull: a registry that lies ----------------------------------------------------------------------
+
+class LyingRegistry:
+    """A tiny registry on loopback: path -> (status, headers, body) where body is bytes or a function
+    writing the body itself (to stream without end, or trickle). Counts the bytes it sent."""
+
+    def __init__(self) -> None:
+        self.routes: dict[str, tuple[int, dict[str, str], Any]] = {}
+        self.sent = 0
+        fake = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                status, headers, body = fake.routes.get(urllib.parse.urlsplit(self.path).path,
+                                                        (404, {}, b'{"errors":[{"code":"NOT_FOUND"}]}'))
+                self.send_response(status)
+                for k, v in headers.items():
+                    self.send_header(k, v)
+                if isinstance(body, bytes):
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    self.wfile.write(body)
+                    fake.sent += len(body)
+                    return
+                self.end_headers()
+                try:
+                    body(self.wfile, fake)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.host = f"127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def image(self, repo: str, tag: str, tars: list[bytes]) -> dict[str, Any]:
+        blobs, manifest = oci_blobs(tars)
+        for d, b in blobs.items():
+            self.routes[f"/v2/{repo}/blobs/{d}"] = (200, {}, b)
+        self.manifest(repo, tag, json.dumps(manifest).encode())
+        return manifest
+
+    def manifest(self, repo: str, tag: str, body: bytes) -> None:
+        self.routes[f"/v2/{repo}/manifests/{tag}"] = (
+            200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json"}, body)
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def registry() -> Iterator[LyingRegistry]:
+    r = LyingRegistry()
+    try:
+        yield r
+    finally:
+        r.close()
+
+
+def via_pull(h: Host, tars: list[bytes]) -> Path:
+    r = LyingRegistry()
+    try:
+        r.image("evil", "1", tars)
+        store = ImageStore(h.store / "images")
+        image = store.get(reg.pull(store, f"{r.host}/evil:1"))
+    finally:
+        r.close()
+    return store.snapshotter.layer_dirs(image.chain_id)[0]
+
+
+ENTRY_POINTS["pull"] = via_pull
+
+
+def _endless(out: Any, fake: LyingRegistry) -> None:
+    chunk = b"\0" * (1 << 20)
+    while fake.sent < 4 << 30:  # 4 GiB: far more than anything may read
+        out.write(chunk)
+        fake.sent += len(chunk)
+
+
+@pytest.mark.slow  # waits on a deadline / a socket close by design
+def test_a_blob_longer_than_declared_is_cut_without_reading_the_rest(host: Host, registry: LyingRegistry) -> None:
+    manifest = registry.image("evil", "1", [layer_tar([("file", "f", b"x")])])
+    layer = manifest["layers"][0]
+    # Same digest and declared size, but the body is endless (no Content-Length: read to the close).
+    registry.routes[f"/v2/evil/blobs/{layer['digest']}"] = (200, {"Connection": "close"}, _endless)
+    store = ImageStore(host.store / "images")
+    before = time.monotonic()
+    with pytest.raises(InvalidArchive, match=r"longer than its declared size"):
+        reg.pull(store, f"{registry.host}/evil:1")
+    assert time.monotonic() - before < 10
+    # What the server managed to push before the close: socket buffers, not gigabytes.
+    assert registry.sent < 256 << 20, registry.sent
+    assert store.snapshotter.list() == [] and list(store.content.list()) == []
+
+
+@pytest.mark.slow  # waits on a deadline / a socket close by design
+def test_a_trickling_blob_runs_into_the_download_deadline(host: Host, registry: LyingRegistry) -> None:
+    manifest = registry.image("evil", "1", [layer_tar([("file", "f", b"x")])])
+    layer = manifest["layers"][0]
+
+    def trickle(out: Any, fake: LyingRegistry) -> None:
+        for _ in range(layer["size"]):
+            out.write(b"\0")
+            out.flush()
+            time.sleep(0.2)
+
+    registry.routes[f"/v2/evil/blobs/{layer['digest']}"] = (
+        200, {"Content-Length": str(layer["size"])}, trickle)
+    store = ImageStore(host.store / "images")
+    client = reg.Client(registry.host, timeout=1.0)
+    before = time.monotonic()
+    with pytest.raises(reg.RegistryUnavailable, match=r"did not finish within 1 s"):
+        reg.pull(store, f"{registry.host}/evil:1", client=client)
+    client.close()
+    assert time.monotonic() - before < 5
+    assert store.snapshotter.list() == []
+
+
+# --- compression bombs --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("entry", ["import", "load-docker-archive", "load-oci-layout", "pull"])
+def test_a_compression_bomb_stops_at_the_layer_bound(host: Host, entry: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """16 MiB of zeros (a few KB gzip'd, as import, the OCI layout and the registry carry it) against
+    a bound of 1 MiB: refused while streaming, naming the layer, with nothing big left on disk."""
+    limits = Limits(layer=1 << 20)
+    real_init = ImageStore.__init__
+
+    def init(self: ImageStore, root: Path) -> None:
+        real_init(self, root)
+        self.limits = limits
+
+    monkeypatch.setattr(ImageStore, "__init__", init)
+    tars = [layer_tar([("file", "zeros", bytes(16 << 20))])]
+    with pytest.raises(InvalidArchive, match=r"(import|layer .*): expands to more than 1048576 bytes, "
+                                             r"the agent's maximum for a layer \(--max-layer-size 1048576\); refused"):
+        ENTRY_POINTS[entry](host, tars)
+    store = ImageStore(host.store / "images")
+    assert store.snapshotter.list() == []
+    leftovers = [p for p in (host.store / "images").rglob("*") if p.is_file() and p.stat().st_size > 1 << 20]
+    assert leftovers == []
+
+
+def test_the_image_bound_counts_every_layer_and_names_it(host: Host) -> None:
+    store = ImageStore(host.store / "images")
+    store.limits = Limits(image=3 << 20)
+    one = layer_tar([("file", "a", bytes(2 << 20))])
+    two = layer_tar([("file", "b", bytes(2 << 20))])
+    with pytest.raises(InvalidArchive, match=r"layer .*: expands to more than \d+ bytes, the agent's maximum "
+                                             r"for an image \(--max-image-size 3145728; \d+ bytes in the layers"):
+        image_archive.load(store, io.BytesIO(_oci_layout([one, two])))
+    assert store.snapshotter.list() == []
+    # Within the bound, it loads.
+    store.limits = Limits(layer=3 << 20, image=5 << 20)
+    image_archive.load(store, io.BytesIO(_oci_layout([one, two])))
+
+
+def test_load_removes_each_archive_layer_once_it_is_in_the_store(host: Host, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The disk peak of load: when layer k is unpacked, the archive's copies of layers < k are gone,
+    so the disk holds about the image (blobs + layers) and one layer of the archive, not 3x."""
+    from agent.images.snapshotter import Snapshotter
+
+    tars = [layer_tar([("file", f"f{i}", bytes(1 << 20))]) for i in range(3)]
+    store = ImageStore(host.store / "images")
+    seen: list[int] = []
+    real = Snapshotter.apply
+
+    def spy(self: Snapshotter, *args: Any, **kw: Any) -> Any:
+        seen.append(sum(p.stat().st_size for p in store.tmp.rglob("*") if p.is_file()))
+        return real(self, *args, **kw)
+
+    monkeypatch.setattr(Snapshotter, "apply", spy)
+    for maker in (_docker_archive, _oci_layout):
+        seen.clear()
+        image_archive.load(store, io.BytesIO(maker(tars)))
+        assert len(seen) == 3
+        assert seen[0] > seen[1] > seen[2], seen  # each layer's file left the archive as it went in
+        assert seen[2] < (3 << 20) // 2, seen
+        assert list(store.tmp.iterdir()) == []
+        for image in store.list():
+            store.remove(image.id, force=True)
+
+
+# --- deeply nested JSON -------------------------------------------------------------------------------
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+
+
+def test_deeply_nested_json_is_a_clear_error_everywhere(host: Host, registry: LyingRegistry) -> None:
+    store = ImageStore(host.store / "images")
+    tars = [layer_tar([("file", "f", b"x")])]
+    # docker-archive manifest.json
+    with pytest.raises(InvalidArchive, match=r"manifest.json.*nested deeper than 64 levels"):
+        image_archive.load(store, io.BytesIO(_tar_of({"manifest.json": DEEP})))
+    # OCI index.json
+    with pytest.raises(InvalidArchive, match=r"index.json.*nested deeper than 64 levels"):
+        image_archive.load(store, io.BytesIO(_tar_of({"oci-layout": b'{"imageLayoutVersion": "1.0.0"}',
+                                                      "index.json": b'{"manifests": ' + DEEP + b"}"})))
+    # an image config, 100 levels of objects (valid for the C parser, deeper than the bound)
+    cfg = b'{"a":' * 100 + b"1" + b"}" * 100
+    name = hashlib.sha256(cfg).hexdigest() + ".json"
+    with pytest.raises(InvalidArchive, match=r"config .*nested deeper than 64 levels"):
+        image_archive.load(store, io.BytesIO(_tar_of({name: cfg, "layer.tar": tars[0], "manifest.json": json.dumps(
+            [{"Config": name, "Layers": ["layer.tar"]}]).encode()})))
+    # a registry manifest
+    registry.manifest("evil", "deep", b'{"layers": ' + DEEP + b"}")
+    with pytest.raises(InvalidArchive, match=r"manifest evil:deep.*nested deeper than 64 levels"):
+        reg.pull(store, f"{registry.host}/evil:deep")
+    assert store.snapshotter.list() == []

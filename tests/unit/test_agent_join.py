@@ -12,6 +12,7 @@ import pytest
 
 from agent.cluster import ClusterMember
 from agent.model import Container, ContainerConfig
+from common import transport
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
 
@@ -46,9 +47,9 @@ class Manager:
 
 
 async def _serve(servicer: Replica) -> tuple[grpc.aio.Server, str]:
-    server = grpc.aio.server()
+    server = transport.server(transport.SCHEDULER)
     pbg.add_SchedulerServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = transport.serve(server, "127.0.0.1:0", transport.SCHEDULER)
     await server.start()
     return server, f"127.0.0.1:{port}"
 

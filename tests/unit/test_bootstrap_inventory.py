@@ -213,3 +213,20 @@ def test_vagrant_validate(tmp_path: Path) -> None:
     assert bad.returncode != 0 and "DOCKYARD_NODES" in bad.stdout + bad.stderr
     sh = subprocess.run(["bash", "-n", str(REPO / "vagrant" / "build-box.sh")], capture_output=True, text=True)
     assert sh.returncode == 0, sh.stderr
+
+
+@pytest.mark.parametrize(("extra", "want"), [
+    ("x: " + "[" * 3000 + "]" * 3000 + "\n", "nesting depth"),  # libyaml's bound comes first in a flow
+    ("x:\n" + "".join("  " * (i + 1) + "a:\n" for i in range(100)), "nested more than 64 levels deep"),
+    ("x0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1]\n" + "".join(
+        f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 9) + "]\n" for i in range(1, 10)), "once aliases are expanded"),
+    ("x: &loop [*loop]\n", "a cycle"),
+], ids=["deep flow", "deep block", "billion laughs", "cycle"])
+def test_hostile_inventory_is_refused_quickly(tmp_path: Path, extra: str, want: str) -> None:
+    import time
+
+    t = time.monotonic()
+    with pytest.raises(b.InventoryError) as e:
+        parse(GOOD + extra, tmp_path)
+    assert time.monotonic() - t < 2.0
+    assert want in str(e.value) and str(e.value).startswith(str(tmp_path / "hosts.yaml") + ":")

@@ -45,8 +45,8 @@ def test_defaults_pick_a_free_subnet_and_the_lowest_free_vni() -> None:
     assert (a.subnet, a.vni, a.mtu, a.gateway) == ("10.240.0.0/24", 4096, 1450, "10.240.0.1")
     b = new_network("b", [a])
     assert (b.subnet, b.vni) == ("10.240.1.0/24", 4097)
-    c = new_network("c", [a, replace(b, vni=4100)], subnet="192.168.7.0/24", attachable=True, internal=True)
-    assert (c.subnet, c.vni, c.attachable, c.internal) == ("192.168.7.0/24", 4097, True, True)
+    c = new_network("c", [a, replace(b, vni=4100)], subnet="192.168.7.0/24", mtu=1400)
+    assert (c.subnet, c.vni, c.mtu) == ("192.168.7.0/24", 4097, 1400)
     assert Network.decode(c.encode(), 7) == replace(c, mod_revision=7)
 
 
@@ -60,6 +60,8 @@ def test_defaults_pick_a_free_subnet_and_the_lowest_free_vni() -> None:
     ({"name": "x", "subnet": "8.8.8.0/24"}, "not a private range"),
     ({"name": "x", "driver": "macvlan"}, "driver 'macvlan'"),
     ({"name": "x", "mtu": 100}, "mtu 100"),
+    ({"name": "x", "attachable": True}, "--attachable: plain containers cannot join cluster networks yet"),
+    ({"name": "x", "internal": True}, "--internal: not supported yet"),
 ])
 def test_bad_requests_name_what_is_wrong(kwargs: dict[str, object], message: str) -> None:
     existing = [new_network("a", [])]

@@ -400,6 +400,13 @@ BAD = [
             external: true
             driver: overlay
         """, 4, "networks.shared", "driver cannot be set here"),
+    ("internal network", """\
+        services:
+          web: {image: nginx}
+        networks:
+          back:
+            internal: true
+        """, 5, "networks.back.internal", "not supported yet"),
     ("network driver", """\
         services:
           web: {image: nginx}
@@ -440,17 +447,16 @@ def test_networks_top_level_and_per_service(tmp_path: Path) -> None:
         networks:
           front:
             driver: overlay
-            attachable: true
             ipam: {config: [{subnet: 10.77.0.0/24}]}
           back:
-            internal: true
+            labels: {tier: db}
           shared:
             external: true
             name: company-net
         """), "bar")
     nets = {n.key: n for n in stack.networks}
-    assert (nets["front"].name, nets["front"].subnet, nets["front"].attachable) == ("bar_front", "10.77.0.0/24", True)
-    assert (nets["back"].name, nets["back"].internal) == ("bar_back", True)
+    assert (nets["front"].name, nets["front"].subnet) == ("bar_front", "10.77.0.0/24")
+    assert (nets["back"].name, nets["back"].labels) == ("bar_back", (("tier", "db"),))
     assert (nets["shared"].name, nets["shared"].external) == ("company-net", True)
     assert stack.service("web").networks == (NetworkAttachment("bar_front", ("www", "site")),
                                               NetworkAttachment("company-net"))
@@ -494,3 +500,41 @@ def test_service_keys_reach_the_container_config(tmp_path: Path) -> None:
     assert cfg.hostname == "s_web.1" and cfg.stop_timeout == 2 and cfg.resources.pids_limit == 64
     assert cfg.labels["team"] == "a" and cfg.labels["dockyard.task"] == "t1"  # ours win over the file's
     assert stop_timeout(stack.service("plain")) == STOP_TIMEOUT
+
+
+def test_devices_and_privileged_reach_the_container_config(tmp_path: Path) -> None:
+    """`devices:` in Compose's short syntax (docker's --device) and `privileged:`."""
+    from scheduler.dispatch import container_config
+    from scheduler.model import Task
+
+    stack = load_stack(write(tmp_path, """\
+        services:
+          web:
+            image: nginx
+            devices: ["/dev/loop0:/dev/xloop:r", /dev/net/tun]
+            privileged: true
+          plain: {image: nginx}
+        """), "s")
+    web = stack.service("web")
+    assert web.devices == ("/dev/loop0:/dev/xloop:r", "/dev/net/tun") and web.privileged
+    cfg = container_config(Task(service="s_web", slot=1, id="t1", spec_version=web.digest), web, "s")
+    assert [(d.path_on_host, d.path_in_container, d.permissions) for d in cfg.devices] == [
+        ("/dev/loop0", "/dev/xloop", "r"), ("/dev/net/tun", "/dev/net/tun", "rwm")]
+    assert cfg.privileged
+    plain = stack.service("plain")
+    assert not container_config(Task(service="s_plain", slot=1, id="t2", spec_version=plain.digest), plain,
+                                "s").devices
+
+
+@pytest.mark.parametrize(("value", "fragment"), [
+    ("[/dev/loop0:/dev/x:rwz]", "invalid device mode 'rwz'"),
+    ("[dev/loop0]", "bad format for path: dev/loop0"),
+    ("[/a:/b:rw:x]", "invalid device specification"),
+    ("/dev/loop0", "expected a list"),
+])
+def test_bad_devices_name_the_entry(tmp_path: Path, value: str, fragment: str) -> None:
+    path = write(tmp_path, f"services:\n  web:\n    image: nginx\n    devices: {value}\n")
+    with pytest.raises(StackError) as e:
+        load_stack(path, "s")
+    assert e.value.line == 4 and e.value.field.startswith("services.web.devices"), str(e.value)
+    assert fragment in str(e.value)

@@ -266,3 +266,19 @@ def test_dotenv_errors_name_file_and_line(tmp_path: Path, line: str, fragment: s
         dotenv.project_environment(str(tmp_path / "stack.yaml"), {})
     assert e.value.line == 2 and str(e.value).startswith(f"{tmp_path / '.env'}:2: ")
     assert fragment in str(e.value)
+
+
+@pytest.mark.parametrize("loader", ["PyLoader", "Loader"])
+def test_pure_python_and_libyaml_loaders_agree(loader: str) -> None:
+    from deploy.compose import yamlload
+
+    cls = getattr(yamlload, loader)
+    doc = yamlload.load("x-b: &b {image: a, n: 1}\nweb:\n  <<: *b\n  image: b\n  ports: [22:22, 80]\n  d: 2024-01-01\n",
+                        cls)
+    assert doc == {"x-b": {"image": "a", "n": 1}, "web": {"image": "b", "n": 1, "ports": ["22:22", 80],
+                                                          "d": "2024-01-01"}}
+    assert doc["web"].lines == {"image": 4, "n": 1, "ports": 5, "d": 6}
+    for text, fragment in ((laughs(), "once aliases are expanded"), ("a: " + "[" * 3000 + "]" * 3000, "levels deep"),
+                           ("a: &x [*x]", "a cycle"), ("a: {b: 1\n", "not valid YAML"), ("a: 1\na: 2\n", "duplicate")):
+        with pytest.raises(yamlload.YAMLError, match=fragment):
+            yamlload.load(text, cls)

@@ -25,6 +25,7 @@ from agent.runtime.network.ipam import Ipam, mac_for
 from agent.runtime.network.model import Endpoint, NetworkError, OverlayEndpoint, PortMapping
 from agent.runtime.network.overlay import OverlayNet, Overlays
 from agent.runtime.network.ports import resolve_ports
+from common import settings
 
 ENODEV = 19
 EEXIST = 17
@@ -52,7 +53,7 @@ def host_ifname(bridge: str, container_id: str) -> str:
 
 
 class BridgeNetwork:
-    def __init__(self, state_dir: Path, name: str = "dockyard0", subnet: str = "172.29.0.0/16") -> None:
+    def __init__(self, state_dir: Path, name: str = settings.BRIDGE, subnet: str = settings.SUBNET) -> None:
         if not _IFNAME.match(name):
             raise NetworkError(f"bridge name {name!r}: 1-15 letters, digits, '_', '.' or '-'")
         try:

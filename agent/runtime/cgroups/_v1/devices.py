@@ -2,13 +2,15 @@
 
 A new cgroup inherits its parent's list (all allowed, under the host's root). Writing "a" to
 devices.deny empties the list and makes it deny by default; each rule then goes to devices.allow.
-An update that changes nothing writes nothing: the deny-all step would refuse a running
-container's opens for an instant.
+A cgroup that already denies by default (a spare taken over, an update) is moved by the
+difference instead, new rules allowed before old ones are denied: its processes (a pre-cloned
+init making its /dev) never see an instant of deny-all.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 
 from .. import _fs
 from .._resources import Resources, Stats
@@ -21,19 +23,25 @@ class Devices:
         pass
 
     def apply(self, path: str, r: Resources) -> None:
-        wanted = [str(rule) for rule in r.devices]
-        if "a *:* rwm" in wanted:
-            wanted = ["a *:* rwm"]
-        current = _fs.read(os.path.join(path, "devices.list")).split("\n")
-        if sorted(x for x in current if x) == sorted(set(wanted)):
+        wanted = _merged(str(rule) for rule in r.devices)
+        current = _merged(rules(path))
+        if wanted == current:
             return
-        if wanted == ["a *:* rwm"]:
-            _fs.write(os.path.join(path, "devices.allow"), "a")
-            return
-        _fs.write(os.path.join(path, "devices.deny"), "a")
         allow = os.path.join(path, "devices.allow")
-        for rule in wanted:
-            _fs.write(allow, rule)
+        deny = os.path.join(path, "devices.deny")
+        if "a *:*" in wanted:
+            _fs.write(allow, "a")
+            return
+        if "a *:*" in current:
+            _fs.write(deny, "a")
+            current = {}
+        for key, access in wanted.items():
+            if access != current.get(key, ""):
+                _fs.write(allow, f"{key} {access}")
+        for key, access in current.items():
+            extra = "".join(c for c in access if c not in wanted.get(key, ""))
+            if extra:
+                _fs.write(deny, f"{key} {extra}")  # (the kernel takes just these bits off the entry)
 
     def stat(self, path: str, s: Stats) -> None:
         pass
@@ -42,3 +50,13 @@ class Devices:
 def rules(path: str) -> list[str]:
     """devices.list of a cgroup: what its processes may open now."""
     return [x for x in _fs.read(os.path.join(path, "devices.list")).split("\n") if x]
+
+
+def _merged(lines: Iterable[str]) -> dict[str, str]:
+    """"TYPE MAJ:MIN" -> access, entries of one device merged as the kernel merges them."""
+    out: dict[str, str] = {}
+    for line in lines:
+        key, _, access = line.rpartition(" ")
+        have = out.get(key, "") + access
+        out[key] = "".join(c for c in "rwm" if c in have)
+    return out

@@ -1,0 +1,150 @@
+"""An attach session: the relay between a client and a container's monitor, as plain events, so
+that the gRPC servicer only converts (execsession.py does the same for exec).
+
+``attach(manager, options, inputs)`` is an async generator: it takes the client's ``Input`` events
+(stdin, close-stdin, resize, signal) and yields ``Output``, ``Started`` and finally one ``Exited``.
+Errors before the stream begins (no such container, not running, a bad config to create) are raised
+as the AgentError or ImageError they are; a start that fails is an ``Exited`` with the error, as
+docker reports it. The monitor (agent/runtime/monitor) speaks frames (runtime/frames.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from agent.containers import ContainerManager
+from agent.model import AgentError, ContainerConfig, StartFailed
+from agent.runtime import frames
+
+# --- what the client sends --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Stdin:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class CloseStdin:
+    pass
+
+
+@dataclass(frozen=True)
+class Resize:
+    rows: int
+    cols: int
+
+
+@dataclass(frozen=True)
+class Signal:
+    signal: str
+
+
+Input = Stdin | CloseStdin | Resize | Signal
+
+# --- what the session yields ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Output:
+    stream: str  # "stdout" or "stderr"
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Started:
+    container: str
+
+
+@dataclass(frozen=True)
+class Exited:
+    exit_code: int
+    oom_killed: bool = False
+    error: str = ""
+
+
+Event = Output | Started | Exited
+
+
+@dataclass(frozen=True)
+class AttachOptions:
+    """container: a reference, or create: a config to create it from; start: start it attached."""
+
+    container: str = ""
+    create: ContainerConfig | None = None
+    start: bool = False
+    tty: bool = False
+    stdin: bool = False
+    size: Resize | None = None
+
+
+async def attach(m: ContainerManager, o: AttachOptions, inputs: AsyncIterator[Input]) -> AsyncIterator[Event]:
+    start = o.start or o.create is not None
+    try:
+        c = await asyncio.to_thread(m.create, o.create) if o.create is not None else m.get(o.container)
+        if start:
+            # Attached from birth: the monitor gets our socket's other end with the start, so no
+            # output is missed and the process need not wait for us. A terminal still waits for
+            # our RELEASE, so that it starts at the client's size.
+            ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                await m.start(c.id, hold=o.tty, client=theirs.fileno())
+            except BaseException:
+                ours.close()
+                raise
+            finally:
+                theirs.close()
+            reader, writer = await asyncio.open_unix_connection(sock=ours)
+        else:
+            reader, writer = await m.attach(c.id)
+    except StartFailed as e:
+        yield Exited(exit_code=e.exit_code, error=f"Error response from daemon: {e}")
+        return
+    if o.size is not None and o.size.rows:
+        writer.write(frames.encode_json(frames.RESIZE, {"rows": o.size.rows, "cols": o.size.cols}))
+    if start and o.tty:
+        writer.write(frames.encode(frames.RELEASE))
+    await writer.drain()
+
+    async def pump_in() -> None:
+        async for msg in inputs:
+            if isinstance(msg, Stdin) and o.stdin:
+                writer.write(frames.encode(frames.STDIN, msg.data))
+            elif isinstance(msg, CloseStdin) and o.stdin:
+                writer.write(frames.encode(frames.CLOSE_STDIN))
+            elif isinstance(msg, Resize):
+                writer.write(frames.encode_json(frames.RESIZE, {"rows": msg.rows, "cols": msg.cols}))
+            elif isinstance(msg, Signal):
+                with contextlib.suppress(AgentError):
+                    await m.kill(c.id, msg.signal)
+            await writer.drain()
+
+    pump = asyncio.ensure_future(pump_in())
+    dec = frames.Decoder()
+    try:
+        exited = False
+        while not exited:
+            data = await reader.read(65536)
+            if not data:
+                break
+            for kind, payload in dec.feed(data):
+                if kind == frames.STDOUT:
+                    yield Output("stdout", payload)
+                elif kind == frames.STDERR:
+                    yield Output("stderr", payload)
+                elif kind == frames.HELLO:
+                    yield Started(c.id)
+                elif kind == frames.EXIT:
+                    exited = True
+        # The exit status as the agent recorded it: the monitor's, with the OOM count added.
+        c = await m.wait_for(c)
+        if c.config.auto_remove:
+            await m.wait_removed(c)
+        yield Exited(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed, error=c.state.error)
+    finally:
+        pump.cancel()
+        writer.close()

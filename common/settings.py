@@ -1,0 +1,122 @@
+"""Settings: every default once, and where the agent's and the scheduler's options come from.
+
+An option of ``dockyard agent`` or ``dockyard scheduler`` is taken, first that has it:
+1. the command line (``--bridge br0``);
+2. the environment: ``DOCKYARD_AGENT_<PARAM>`` / ``DOCKYARD_SCHEDULER_<PARAM>`` (``DOCKYARD_AGENT_BRIDGE=br0``);
+3. the TOML file given by ``--config FILE`` (or ``DOCKYARD_AGENT_CONFIG`` / ``DOCKYARD_SCHEDULER_CONFIG``),
+   its ``[agent]`` or ``[scheduler]`` table, keys as the options are spelt (``bridge = "br0"``,
+   ``metrics-addr = "127.0.0.1:9400"``, ``label = ["zone=a"]``);
+4. the defaults below.
+A key the command does not have, or a file that is not TOML, is an error naming the file and key.
+ENVIRONMENT lists every other DOCKYARD_* variable; README.md ("Settings") shows them all.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable
+from typing import Any
+
+# --- defaults -----------------------------------------------------------------------------------
+
+ROOT = "/var/lib/dockyard"                    # the agent's state
+AGENT_SOCKET = "/run/dockyard/agent.sock"     # the node API, for the CLI
+DOCKER_SOCKET = "/run/dockyard/docker.sock"   # Docker's Engine API
+BRIDGE = "dockyard0"
+SUBNET = "172.29.0.0/16"
+AGENT_METRICS_PORT = 9323                     # as dockerd's
+AGENT_METRICS = f"127.0.0.1:{AGENT_METRICS_PORT}"
+AGENT_JOIN_LISTEN = "127.0.0.1:7070"          # --join without --listen: the scheduler calls the agent here
+SCHEDULER_PORT = 2377                         # as swarm's
+SCHEDULER_LISTEN = f"127.0.0.1:{SCHEDULER_PORT}"
+SCHEDULER_METRICS = "127.0.0.1:9324"
+SCHEDULER_STATE = "/var/lib/dockyard-scheduler"
+ETCD = "/usr/bin/etcd"
+
+# --- the environment ----------------------------------------------------------------------------
+
+# Every DOCKYARD_* variable besides the per-option ones of agent and scheduler (tests/unit/test_settings.py
+# fails when the code reads one that is not here).
+ENVIRONMENT: dict[str, str] = {
+    "DOCKYARD_HOST": "the agent the CLI talks to (-H): unix:///path or tcp://host:port",
+    "DOCKYARD_SCHEDULER": "the scheduler(s) the cluster verbs talk to: HOST:PORT[,HOST:PORT...]",
+    "DOCKYARD_CONFIG": "the CLI's directory for registry credentials (default ~/.dockyard)",
+    "DOCKYARD_AGENT_CONFIG": "the agent's TOML settings file ([agent] table), as --config",
+    "DOCKYARD_SCHEDULER_CONFIG": "the scheduler's TOML settings file ([scheduler] table), as --config",
+    "DOCKYARD_LOG": "log level of the agent and the scheduler (INFO)",
+    "DOCKYARD_ETCD": f"the etcd binary the scheduler starts for itself ({ETCD})",
+    "DOCKYARD_CRIU": "the criu binary to use instead of the one found (deploy/install-criu.sh)",
+    "DOCKYARD_TRACE": "FILE: time stamps of each step of the start and exit path (agent, shim)",
+    "DOCKYARD_FAULT_INJECTION": "1: tests may pause a migration at a named step (never in production)",
+    "DOCKYARD_ZYGOTE_CGROUPS": "internal: the cgroup driver's root and parent, agent to zygote",
+    "DOCKYARD_FORCE_UPDATE": "internal: a label the scheduler sets on a task to roll it (service update --force)",
+    "DOCKYARD_TEST_INVENTORY": "tests: an inventory of real hosts for tests/cluster/test_bootstrap.py",
+}
+
+
+def env_prefix(command: str) -> str:
+    """The prefix of the per-option variables of ``dockyard agent`` / ``dockyard scheduler``."""
+    return f"DOCKYARD_{command.upper()}"
+
+
+# --- the TOML file ------------------------------------------------------------------------------
+
+
+class SettingsError(ValueError):
+    """A settings file that cannot be used: the message names the file and the key."""
+
+
+def load_file(path: str, section: str, names: dict[str, str]) -> dict[str, Any]:
+    """The ``[section]`` table of a TOML file, keyed by parameter name. ``names`` maps every
+    accepted key (an option's spelling, ``metrics-addr``, or its parameter, ``metrics_addr``) to
+    its parameter name."""
+    try:
+        with open(path, "rb") as f:
+            doc = tomllib.load(f)
+    except OSError as e:
+        raise SettingsError(f"{path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SettingsError(f"{path}: not valid TOML: {e}") from None
+    unknown = sorted(set(doc) - {"agent", "scheduler"})
+    if unknown:
+        raise SettingsError(f"{path}: unknown table [{unknown[0]}] (known: [agent], [scheduler])")
+    table = doc.get(section, {})
+    if not isinstance(table, dict):
+        raise SettingsError(f"{path}: [{section}] must be a table")
+    out: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in names:
+            known = ", ".join(sorted(n for n in names if "_" not in n))
+            raise SettingsError(f"{path}: [{section}] {key}: not an option of `dockyard {section}` (known: {known})")
+        out[names[key]] = value
+    return out
+
+
+# --- the click glue (imported lazily: the agent's runtime imports this module for its defaults) ----
+
+
+def config_option(section: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """The ``--config FILE`` option of ``dockyard agent|scheduler``: read first (eager), so that the
+    file's values become the defaults every other option falls back to."""
+    import click
+
+    def callback(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value:
+            names: dict[str, str] = {}
+            for p in ctx.command.params:
+                if isinstance(p, click.Option) and p.name and p.name != "config":
+                    names[p.name] = p.name
+                    names.update((o.lstrip("-"), p.name) for o in p.opts if o.startswith("--"))
+            try:
+                ctx.default_map = {**(ctx.default_map or {}), **load_file(value, section, names)}
+            except SettingsError as e:
+                raise click.BadParameter(str(e), param_hint="--config") from None
+        return value
+
+    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+                        callback=callback, help=f"TOML file whose [{section}] table sets these options")
+
+
+def context(command: str) -> dict[str, Any]:
+    """click context settings for ``dockyard agent|scheduler``: every option also from the environment."""
+    return {"auto_envvar_prefix": env_prefix(command)}
