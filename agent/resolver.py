@@ -8,7 +8,9 @@ container's /etc/resolv.conf says `nameserver 127.0.0.11`, `search .` and `optio
 Answers come from the map the scheduler streams (agent/netsync.py), for the container's own
 networks only (another stack's private network is invisible):
     <task>          web.1 style task name, and the container's name   -> its address
-    <service>       full name (st_web), name in its stack (web), aliases -> every ready task's address
+    <service>       full name (st_web), name in its stack (web), aliases -> its virtual IP on the
+                    network (agent/runtime/network/vip.py DNATs it to a ready task), or, without
+                    one, every ready task's address
     tasks.<service> the same, by any of those names                  -> every ready task's address
     PTR             of an address on those networks                 -> its task name
 A ready task is running and not unhealthy. Everything else is forwarded to the host's resolvers
@@ -19,6 +21,7 @@ A ready task is running and not unhealthy. Everything else is forwarded to the h
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import ipaddress
 import logging
@@ -32,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtime import syscalls
+from agent.runtime.network import vip
+from agent.runtime.network.model import NetworkError
 
 log = logging.getLogger("dockyard.agent.resolver")
 
@@ -68,9 +73,22 @@ class Zone:
             ips.append(ip)
 
 
-def zone_of(records: Iterable[Record], networks: Iterable[str]) -> Zone:
+@dataclass(frozen=True, slots=True)
+class Vip:
+    network: str
+    ip: str
+    names: tuple[str, ...]
+
+
+def zone_of(records: Iterable[Record], networks: Iterable[str], vips: Iterable[Vip] = ()) -> Zone:
     nets = set(networks)
     z = Zone()
+    by_vip: set[str] = set()
+    for v in vips:  # a service with a virtual IP answers with it; tasks.NAME with its tasks
+        if v.network in nets:
+            for n in v.names:
+                z.add(n, v.ip)
+                by_vip.add(n.lower())
     for r in sorted(records, key=lambda r: (r.network, ipaddress.IPv4Address(r.ip))):
         if r.network not in nets:
             continue
@@ -80,7 +98,8 @@ def zone_of(records: Iterable[Record], networks: Iterable[str]) -> Zone:
         if not r.ready:
             continue
         for n in r.names:
-            z.add(n, r.ip)
+            if n.lower() not in by_vip:
+                z.add(n, r.ip)
             z.add(f"tasks.{n}", r.ip)
     return z
 
@@ -252,8 +271,10 @@ class _Udp(asyncio.DatagramProtocol):
 class ContainerResolver:
     """127.0.0.11 of one container."""
 
-    def __init__(self, container_id: str, networks: tuple[str, ...], answerer: Answerer) -> None:
+    def __init__(self, container_id: str, networks: tuple[str, ...], answerer: Answerer, pid: int = 0) -> None:
         self.container_id = container_id
+        self.pid = pid
+        self.vip_rules = ""  # the DY-VIP ruleset last applied in its namespace
         self.networks = networks
         self.answerer = answerer
         self._udp: asyncio.DatagramTransport | None = None
@@ -300,21 +321,58 @@ class Resolvers:
 
     def __init__(self) -> None:
         self.records: list[Record] = []
+        self.vips: list[Vip] = []
+        self._vip_thread = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="vip")
         self.upstream = host_nameservers()
         self.by_container: dict[str, ContainerResolver] = {}
         self.loop: asyncio.AbstractEventLoop | None = None
 
-    def set_records(self, records: list[Record]) -> None:
+    def set_records(self, records: list[Record], vips: list[Vip] | None = None) -> None:
         self.records = records
+        self.vips = vips if vips is not None else self.vips
+        stale = []
         for r in self.by_container.values():
-            r.answerer.zone = zone_of(records, r.networks)
+            r.answerer.zone = zone_of(records, r.networks, self.vips)
+            text = self._vip_rules(r.networks)
+            if text != r.vip_rules:
+                r.vip_rules = text
+                stale.append((r.pid, text))
+        if stale and self.loop is not None:  # one thread: rulesets land in the order they were made
+            self.loop.run_in_executor(self._vip_thread, self._apply_vips, stale)
+
+    @staticmethod
+    def _apply_vips(stale: list[tuple[int, str]]) -> None:
+        for pid, text in stale:
+            try:
+                vip.apply(pid, text, first=False)
+            except NetworkError as e:
+                log.warning("%s", e)
+
+    def _vip_backends(self, networks: tuple[str, ...]) -> list[tuple[str, list[str]]]:
+        out = []
+        for v in self.vips:
+            if v.network in networks and v.names:
+                out.append((v.ip, [r.ip for r in self.records
+                                   if r.network == v.network and r.ready and v.names[0] in r.names]))
+        return out
+
+    def _vip_rules(self, networks: tuple[str, ...]) -> str:
+        return vip.ruleset(self._vip_backends(networks), first=False)
 
     def open(self, container_id: str, networks: tuple[str, ...], pid: int) -> None:
         """From any thread (the agent wires a container's namespace in one): bind now, so queries
         sent before the loop serves them wait in the socket instead of being refused."""
         assert self.loop is not None
         udp, tcp = sockets_in(pid)
-        res = ContainerResolver(container_id, networks, Answerer(zone_of(self.records, networks), self.upstream))
+        res = ContainerResolver(container_id, networks,
+                                Answerer(zone_of(self.records, networks, self.vips), self.upstream), pid)
+        try:
+            res.vip_rules = self._vip_rules(networks)
+            vip.apply(pid, vip.ruleset(self._vip_backends(networks), first=True), first=True)
+        except NetworkError as e:
+            udp.close()
+            tcp.close()
+            raise OSError(str(e)) from e
 
         def start() -> None:
             old = self.by_container.pop(container_id, None)
@@ -333,7 +391,8 @@ class Resolvers:
     def update(self, msg: Any) -> None:
         """A network map (protos NetworkMap) -> the records every zone is built from."""
         self.set_records([Record(n.name, e.ip, e.task, e.container, tuple(e.names), e.ready)
-                          for n in msg.networks for e in n.endpoints])
+                          for n in msg.networks for e in n.endpoints],
+                         [Vip(n.name, v.ip, tuple(v.names)) for n in msg.networks for v in n.vips])
 
     def on_change(self, c: Any) -> None:
         """ContainerManager.on_change: a container that no longer runs has no resolver."""

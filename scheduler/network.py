@@ -273,6 +273,22 @@ def plan_addresses(networks: Mapping[str, Network], allocations: Iterable[Alloca
             held[net_name, t.id] = new
             handed.add((net_name, ip))
             ops.append(Assign(new))
+    # a virtual IP per service and network: the service's name answers with it, and every host
+    # DNATs it to the service's ready tasks (agent/runtime/network/vip.py)
+    for name, svc in sorted(services.items()):
+        for att in svc.spec.networks:
+            net = networks.get(att.name)
+            vip = vip_owner(name)
+            if net is None or (att.name, vip) in held or att.name in exhausted:
+                continue
+            ip = _free_ip(net, by_net[att.name], resting.get(att.name, set()), top=True)
+            if ip is None:
+                continue  # no VIP: the name answers with the tasks' addresses instead
+            new = Allocation(att.name, ip, vip, name, 0)
+            by_net[att.name][ip] = new
+            held[att.name, vip] = new
+            handed.add((att.name, ip))
+            ops.append(Assign(new))
     for net_map in by_net.values():
         for a in net_map.values():
             if a.mod_revision and (a.network, a.ip) not in handed and _slot_gone(a, tasks, services):
@@ -280,9 +296,20 @@ def plan_addresses(networks: Mapping[str, Network], allocations: Iterable[Alloca
     return ops
 
 
+VIP_PREFIX = "vip:"
+
+
+def vip_owner(service: str) -> str:
+    """The owner an address allocation records for a service's virtual IP."""
+    return VIP_PREFIX + service
+
+
 def _slot_gone(a: Allocation, tasks: Mapping[str, Task], services: Mapping[str, Service]) -> bool:
     """The address is free again: its task is removed, or ended and its slot (or the service's use
-    of the network) is gone, so no successor will come for it."""
+    of the network) is gone, so no successor will come for it. A VIP: its service left the network."""
+    if a.task_id.startswith(VIP_PREFIX):
+        svc = services.get(a.task_id[len(VIP_PREFIX):])
+        return svc is None or all(n.name != a.network for n in svc.spec.networks)
     owner = tasks.get(a.task_id)
     if owner is None:
         return True
@@ -292,11 +319,12 @@ def _slot_gone(a: Allocation, tasks: Mapping[str, Task], services: Mapping[str, 
     return svc is None or a.slot > svc.spec.replicas or all(n.name != a.network for n in svc.spec.networks)
 
 
-def _free_ip(net: Network, used: Mapping[str, Allocation], resting: set[str]) -> str | None:
+def _free_ip(net: Network, used: Mapping[str, Allocation], resting: set[str], top: bool = False) -> str | None:
+    """The lowest free address (tasks), or the highest (VIPs: so the two stay apart)."""
     subnet = net.network
     first = int(subnet.network_address) + 2  # +1 is the reserved gateway
     last = int(subnet.broadcast_address) - 1
-    for n in range(first, last + 1):
+    for n in (range(last, first - 1, -1) if top else range(first, last + 1)):
         ip = str(ipaddress.IPv4Address(n))
         if ip not in used and ip not in resting:
             return ip
@@ -364,6 +392,26 @@ def endpoints(networks: Mapping[str, Network], allocations: Iterable[Allocation]
         out.append(EndpointView(a.network, a.ip, mac_for(a.ip), t.id, t.name, t.service, t.node,
                                 vtep_of(node_addresses.get(t.node, "")), names, ready, f"{t.name}.{t.id}"))
     out.sort(key=lambda e: (e.network, ipaddress.IPv4Address(e.ip)))
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class VipView:
+    network: str
+    service: str
+    ip: str
+    names: tuple[str, ...]
+
+
+def vips(networks: Mapping[str, Network], allocations: Iterable[Allocation],
+         services: Mapping[str, Service]) -> list[VipView]:
+    out = []
+    for a in allocations:
+        if a.network in networks and a.task_id.startswith(VIP_PREFIX):
+            svc = services.get(a.service)
+            if svc is not None:
+                out.append(VipView(a.network, a.service, a.ip, service_names(svc, a.network, a.service)))
+    out.sort(key=lambda v: (v.network, v.service))
     return out
 
 

@@ -556,10 +556,13 @@ class SchedulerServicer(pbg.SchedulerServicer):
                        if any(a.name == net.name for spec in (svc.spec, svc.previous_spec) if spec is not None
                               for a in spec.networks))
         eps: list[netmod.EndpointView] = []
+        vips: list[netmod.VipView] = []
         if with_endpoints:
-            eps = netmod.endpoints({net.name: net}, [a for a in v.allocations.values() if a.network == net.name],
-                                   v.tasks, {n.name: n.address for n in v.nodes.values()}, v.services)
-        return convert.network_info(net, users, eps)
+            mine = [a for a in v.allocations.values() if a.network == net.name]
+            eps = netmod.endpoints({net.name: net}, mine, v.tasks, {n.name: n.address for n in v.nodes.values()},
+                                   v.services)
+            vips = netmod.vips({net.name: net}, mine, v.services)
+        return convert.network_info(net, users, eps, vips)
 
     def _network(self, name: str) -> netmod.Network:
         net = self.view.networks.get(name)

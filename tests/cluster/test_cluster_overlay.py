@@ -144,7 +144,13 @@ def test_tasks_on_three_hosts_reach_each_other_over_the_overlay(env: Env) -> Non
 
     every = sorted(ips.values())
     wait_for(lambda: lookup("tasks.web") == every, 20, "tasks.web: every task")
-    assert lookup("web") == lookup("o_web") == lookup("www") == lookup("tasks.o_web") == every, seen
+    assert lookup("tasks.o_web") == lookup("tasks.www") == every, seen
+    vip = net["vips"][0]["ip"] if net.get("vips") else json.loads(env.ok("network", "inspect", "appnet"))[0]["vips"][0]["ip"]
+    assert vip not in every and vip.startswith("10.252.0.")
+    assert lookup("web") == lookup("o_web") == lookup("www") == [vip], seen
+    # the VIP: each connection DNATed (in the client's own namespace) to one of the ready tasks
+    answered = {tcp_get(h1, t1.container_id, vip).strip().splitlines()[-1] for _ in range(12)}
+    assert len(answered) >= 2 and answered <= {t.name for t in ts}, answered
     t2 = next(t for t in ts if t.node == "host2")
     assert lookup(t2.name) == [ips[t2.id]] and lookup(f"{t2.name}.{t2.id}") == [ips[t2.id]]
     assert db_ip not in lookup("db") and db_ip not in lookup("p_db")  # another stack's private network

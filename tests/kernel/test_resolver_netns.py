@@ -69,6 +69,9 @@ def test_sockets_inside_the_namespace_answer_udp_and_tcp(netns_pid: int) -> None
                              timeout=30)
         assert out.stdout.split("\n")[:2] == ["10.0.0.2 10.0.0.3", "10.0.0.2 10.0.0.3"], out.stderr
         assert "127.0.0.11:53" in subprocess.run([*ns, "ss", "-lnu"], capture_output=True, text=True).stdout
+        # and the virtual IPs' chain, hooked into the namespace's own nat OUTPUT
+        assert "-A OUTPUT -j DY-VIP" in subprocess.run([*ns, "iptables", "-t", "nat", "-S"], capture_output=True,
+                                                      text=True).stdout
         # the map changes: the next answer follows
         r.set_records([Record("n", "10.0.0.3", "s_web.2", "s_web.2.y", ("s_web", "web"), True)])
         out = subprocess.run([*ns, sys.executable, "-c", QUERY, "web"], capture_output=True, text=True, timeout=30)

@@ -121,7 +121,8 @@ def test_each_task_gets_an_address_once() -> None:
     w.tasks = {"t1": task("t1", 1, spec), "t2": task("t2", 2, spec)}
     ops = w.write()
     assert sorted((type(o).__name__, o.allocation.ip, o.allocation.task_id) for o in ops
-                  if isinstance(o, Assign)) == [("Assign", "10.250.0.2", "t1"), ("Assign", "10.250.0.3", "t2")]
+                  if isinstance(o, Assign)) == [("Assign", "10.250.0.2", "t1"), ("Assign", "10.250.0.3", "t2"),
+                                                ("Assign", "10.250.0.6", "vip:s_web")]  # VIPs from the top
     assert w.plan() == []  # nothing more to do: idempotent
 
 
@@ -148,7 +149,7 @@ def test_a_start_first_copy_running_beside_the_old_gets_its_own_address() -> Non
     w.write()
     w.tasks["t2"] = task("t2", 1, spec, state=TaskState.ASSIGNED)
     w.write()
-    assert (w.ip_of("t1"), w.ip_of("t2")) == ("10.250.0.2", "10.250.0.3")
+    assert (w.ip_of("t1"), w.ip_of("vip:s_web"), w.ip_of("t2")) == ("10.250.0.2", "10.250.0.6", "10.250.0.3")
 
 
 def test_scaled_away_slots_free_their_address_into_quarantine_then_reuse() -> None:
@@ -180,6 +181,12 @@ def test_an_exhausted_pool_leaves_tasks_pending_with_the_reason() -> None:
     assigned = [o for o in ops if isinstance(o, Assign)]
     exhausted = [o for o in ops if isinstance(o, Exhausted)]
     assert len(assigned) == 5 and [o.task.id for o in exhausted] == ["t6", "t7"]
+    assert not [o for o in assigned if o.allocation.task_id.startswith("vip:")]  # no room left for a VIP
+    # a VIP that is there first keeps its address: one task fewer fits
+    w2 = World(replicas=7)
+    w2.write()  # the service alone: its VIP
+    w2.tasks = dict(w.tasks)
+    assert [o.task.id for o in w2.write() if isinstance(o, Exhausted)] == ["t5", "t6", "t7"]
     again = netmod.pending_again(exhausted[0], 5.0)
     assert again is not None and (again.node, again.state, again.error) == (
         None, TaskState.PENDING, "pending: no free address in appnet")
@@ -207,6 +214,22 @@ def test_reconcile_keeps_a_blocked_service_pending_without_churn() -> None:
     assert [(a.task.id, a.task.node) for a in some.actions if isinstance(a, Place)] == [(first, "n1")]
     unblocked = reconcile(services, tasks.values(), nodes, 2.0, new_id=lambda: next(ids), rng=random.Random(1))
     assert sum(1 for a in unblocked.actions if isinstance(a, Place) and a.task.node == "n1") == 3
+
+
+def test_a_service_has_a_vip_per_network_until_it_leaves_it() -> None:
+    w = World()
+    spec = w.services["s_web"].spec
+    w.tasks = {"t1": task("t1", 1, spec)}
+    w.write()
+    assert w.ip_of("vip:s_web") == "10.250.0.6"
+    vs = netmod.vips({"appnet": NET}, w.allocs.values(), w.services)
+    assert [(v.service, v.ip, v.names) for v in vs] == [("s_web", "10.250.0.6", ("s_web",))]
+    assert w.plan() == []
+    # the service leaves the network: its VIP is freed with the rest
+    w.services["s_web"] = replace(w.services["s_web"], spec=replace(spec, networks=()))
+    w.tasks["t1"] = w.tasks["t1"].with_(state=TaskState.SHUTDOWN, desired_state=DesiredState.SHUTDOWN)
+    released = {o.allocation.ip for o in w.write(now=5.0) if isinstance(o, Release)}
+    assert released == {"10.250.0.2", "10.250.0.6"}
 
 
 def test_endpoints_follow_the_tasks_node() -> None:

@@ -12,7 +12,8 @@ from collections.abc import Iterator
 import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
-from agent.resolver import Answerer, Record, host_nameservers, zone_of
+from agent.resolver import Answerer, Record, Vip, host_nameservers, zone_of
+from agent.runtime.network.vip import ruleset
 
 RECORDS = [
     Record("s_front", "10.0.0.2", "s_web.1", "s_web.1.aa", ("s_web", "web", "www"), True),
@@ -108,3 +109,23 @@ def test_repeated_queries_keep_their_id_and_a_new_map_is_seen_at_once() -> None:
         assert ips(DNSRecord.parse(out)) == ["10.0.0.2", "10.0.0.3"]
     ans.zone = zone_of(RECORDS[1:], ["s_front"])
     assert ips(ask(ans, "web")) == ["10.0.0.3"]
+
+
+def test_a_service_with_a_vip_answers_with_it_and_tasks_name_with_its_tasks() -> None:
+    vips = [Vip("s_front", "10.0.0.250", ("s_web", "web", "www")), Vip("t_back", "10.9.0.250", ("t_db", "db"))]
+    ans = Answerer(zone_of(RECORDS, ["s_front"], vips), [])
+    assert ips(ask(ans, "web")) == ips(ask(ans, "www")) == ["10.0.0.250"]
+    assert ips(ask(ans, "tasks.web")) == ["10.0.0.2", "10.0.0.3"]
+    assert ask(ans, "db").header.rcode == RCODE.SERVFAIL  # not this container's network, and no upstream
+
+
+def test_vip_ruleset_spreads_over_the_backends() -> None:
+    text = ruleset([("10.0.0.250", ["10.0.0.2", "10.0.0.3", "10.0.0.4"]), ("10.0.0.251", [])], first=True)
+    assert text.splitlines() == [
+        "*nat", ":PREROUTING ACCEPT [0:0]", ":INPUT ACCEPT [0:0]", ":OUTPUT ACCEPT [0:0]", ":POSTROUTING ACCEPT [0:0]",
+        ":DY-VIP - [0:0]", "-A OUTPUT -j DY-VIP",
+        "-A DY-VIP -d 10.0.0.250/32 -m statistic --mode random --probability 0.33333333 -j DNAT --to-destination 10.0.0.2",
+        "-A DY-VIP -d 10.0.0.250/32 -m statistic --mode random --probability 0.50000000 -j DNAT --to-destination 10.0.0.3",
+        "-A DY-VIP -d 10.0.0.250/32 -j DNAT --to-destination 10.0.0.4",
+        "COMMIT"]
+    assert ruleset([], first=False).splitlines() == ["*nat", ":DY-VIP - [0:0]", "COMMIT"]
