@@ -19,8 +19,10 @@ from typing import Any
 
 import grpc
 
+from agent import local_wire
 from agent.cluster import ClusterMember
 from agent.containers import ContainerManager
+from agent.local_api import LocalApi
 from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serve_metrics
 from agent.netsync import NetworkSync
 from agent.resolver import Resolvers
@@ -71,7 +73,9 @@ class Agent:
         self.metrics_server: MetricsServer | None = None
         self.member: ClusterMember | None = None
         self.netsync: NetworkSync | None = None  # with --join
+        self.local_api: LocalApi | None = None
         self.docker_api: Any = None
+        self.health: Any = None
 
     async def start(self) -> None:
         from agent.images.imagestore import ImageStore
@@ -114,6 +118,10 @@ class Agent:
                         resolvers.open(c.id, tuple(o.network for o in c.config.overlays), c.state.pid)
                     except OSError as e:
                         log.error("container %s: no resolver at 127.0.0.11: %s", c.name, e)
+
+        from agent.health import HealthMonitor
+
+        self.health = HealthMonitor(self.manager)   # HEALTHCHECKs of the containers that have one
         if o.metrics_addr:
             # Scrapes read the kernel on the server's own thread, never on the event loop. A taken
             # port must not keep the agent from adopting and running containers: say so and go on.
@@ -136,11 +144,14 @@ class Agent:
             transport.serve(self.server, o.listen, transport.AGENT)
         await self.server.start()
         os.chmod(o.socket, 0o660)
+        # The same API for the CLI's fast commands, without gRPC (agent/local_api.py).
+        self.local_api = LocalApi(servicer, local_wire.socket_path(o.socket))
+        await self.local_api.start()
         if o.docker_socket or o.docker_tcp:
             from agent import dockerapi
 
             self.docker_api = await dockerapi.start(self.manager, images, o.name, str(self.root), driver.version,
-                                                    o.docker_socket, o.docker_tcp)
+                                                    o.docker_socket, o.docker_tcp, self.health)
         if o.join:
             self.member = ClusterMember(
                 schedulers=[a.strip() for a in o.join.split(",") if a.strip()], name=o.name,
@@ -166,6 +177,8 @@ class Agent:
             self.manager.resolvers.close_all()
         if self.member is not None:
             await self.member.stop()
+        if self.local_api is not None:
+            await self.local_api.stop()
         if self.docker_api is not None:
             await self.docker_api.close(self.opts.docker_socket)
         if self.server is not None:
@@ -173,6 +186,8 @@ class Agent:
         if self.metrics_server is not None:
             await asyncio.to_thread(self.metrics_server.close)
             self.metrics_server = None
+        if self.health is not None:
+            self.health.close()
         if self.manager is not None:
             await self.manager.shutdown()
         self.zygote.stop()

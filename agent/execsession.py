@@ -141,6 +141,12 @@ class ExecSession:
             with contextlib.suppress(OSError):
                 fcntl.ioctl(self._master, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
 
+    def kill(self) -> None:
+        """SIGKILL the process (a health probe past its timeout)."""
+        if self.pid:
+            with contextlib.suppress(OSError):
+                os.kill(self.pid, 9)
+
     def close(self) -> None:
         if self._rtask is not None:
             self._rtask.cancel()

@@ -99,6 +99,17 @@ class DeviceMapping:
 
 
 @dataclass
+class HealthCheck:
+    """docker's HEALTHCHECK / --health-*: test is ["CMD", args...] or ["CMD-SHELL", command]."""
+
+    test: list[str]
+    interval: float = 30.0      # seconds between probes
+    timeout: float = 30.0       # a probe running longer fails
+    retries: int = 3            # consecutive failures that make it unhealthy
+    start_period: float = 0.0   # failures in this time after the start do not count
+
+
+@dataclass
 class RestartPolicy:
     name: str = "no"
     max_retries: int = 0
@@ -145,6 +156,7 @@ class ContainerConfig:
     privileged: bool = False
     exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
+    healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
 
 
@@ -210,7 +222,8 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 
 _NESTED: dict[str, Any] = {
-    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "Resources": Resources,
+    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
+    "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
     "Overlay": Overlay,
 }

@@ -7,6 +7,7 @@ Errors from the agent are printed as "Error response from daemon: ..." with a no
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import os
 import shlex
@@ -19,11 +20,12 @@ import click
 import grpc
 
 from common import settings, transport
-from deploy import display
+from deploy import containers, display, options
+from deploy.containers import start_error_code
+from deploy.entry import DEFAULT_HOST, VERSION
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
-DEFAULT_HOST = f"unix://{settings.AGENT_SOCKET}"
 CHUNK = 256 * 1024
 
 
@@ -58,16 +60,6 @@ def fail(msg: str, code: int | None = None) -> NoReturn:
     sys.exit(code)
 
 
-# docker run's exit status when the container's command could not be run (docker/cli's
-# runStartContainerErr): 127 not found, 126 not invocable, 125 anything else that failed.
-def start_error_code(error: str) -> int:
-    if any(s in error for s in ("executable file not found", "no such file or directory")):
-        return 127
-    if any(s in error for s in ("permission denied", "is a directory")):
-        return 126
-    return 125
-
-
 class _RunUsageError(click.UsageError):
     exit_code = 125
 
@@ -99,14 +91,45 @@ def client(ctx: click.Context) -> Client:
     return c
 
 
-@click.group(context_settings={"help_option_names": ["--help"]})
+# Commands other modules add to `main`, imported only when one of them runs (or --help lists
+# them all): command -> the modules that define it or add to it (`image ls` is here, `image
+# build` in cli_images; exec's route through the scheduler is cli_cluster's). A new command
+# module: list its commands here; it adds them to main itself, as cli_images.py does.
+_IMAGES, _CLUSTER, _GROUPS = "deploy.cli_images", "deploy.cli_cluster", "deploy.cli_groups"
+LAZY: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("build", "history", "save", "load", "pull", "push", "login", "logout"), (_IMAGES,)),
+    **dict.fromkeys(("image", "system"), (_IMAGES, _GROUPS)),
+    **dict.fromkeys(("scheduler", "node", "deploy", "stack-rm", "rebalance", "migrations", "exec"), (_CLUSTER,)),
+    "service": (_CLUSTER, "deploy.cli_stack"),
+    "stack": ("deploy.cli_stack",),
+    "container": (_GROUPS,),
+    "network": (_GROUPS, "deploy.cli_network"),
+    "cluster": ("deploy.cli_bootstrap",),
+}
+
+
+class _Commands(click.Group):
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        for module in LAZY.get(cmd_name, ()):
+            importlib.import_module(module)
+        return super().get_command(ctx, cmd_name)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        for module in sorted({m for ms in LAZY.values() for m in ms}):
+            importlib.import_module(module)
+        return super().list_commands(ctx)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["--help"]})
 @click.option("-H", "--host", envvar="DOCKYARD_HOST", default=DEFAULT_HOST, show_default=True,
               help="The agent to talk to: unix:///path/to/agent.sock or tcp://host:port")
-@click.version_option("0.1.0", prog_name="dockyard")
+@click.option("--scheduler", envvar="DOCKYARD_SCHEDULER", default="",
+              help="Scheduler replica(s) for cluster commands: HOST:PORT[,HOST:PORT...]")
+@click.version_option(VERSION, prog_name="dockyard")
 @click.pass_context
-def main(ctx: click.Context, host: str) -> None:
+def main(ctx: click.Context, host: str, scheduler: str) -> None:
     """dockyard: containers on one host, and a cluster of hosts."""
-    ctx.obj = {"host": host}
+    ctx.obj = {"host": host, "scheduler": scheduler}
 
 
 # --- the agent --------------------------------------------------------------------------------
@@ -194,161 +217,28 @@ def up_cmd(root: str, sock: str, example: bool, port: int, bridge: str, subnet: 
 # --- run and create ---------------------------------------------------------------------------
 
 def _env_file(path: str) -> list[str]:
-    out = []
+    """--env-file's lines (deploy/containers.py), an unreadable file reported as click's commands do."""
     try:
-        with open(path) as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line or line.startswith("#"):
-                    continue
-                if "=" not in line:
-                    val = os.environ.get(line)
-                    if val is None:
-                        continue
-                    line = f"{line}={val}"
-                if line.startswith("="):
-                    fail(f"poorly formatted environment: {path}:{n}: variable name is empty")
-                out.append(line)
-    except OSError as e:
-        fail(f"open {path}: {e.strerror}")
-    return out
-
-
-def _parse_ports(specs: tuple[str, ...]) -> list[pb.PortMapping]:
-    from agent.runtime.network.model import NetworkError
-    from agent.runtime.network.ports import parse_publish
-
-    out = []
-    for s in specs:
-        try:
-            for p in parse_publish(s):
-                out.append(pb.PortMapping(host_ip=p.host_ip, host_port=p.host_port,
-                                          container_port=p.container_port, protocol=p.protocol))
-        except NetworkError as e:
-            raise click.BadParameter(str(e), param_hint="'-p' / '--publish'") from e
-    return out
-
-
-def _device_rates(specs: tuple[str, ...], flag: str) -> list[pb.DeviceRate]:
-    out = []
-    for s in specs:
-        path, sep, rate = s.rpartition(":")
-        if not sep or not path.startswith("/dev/"):
-            raise click.BadParameter(f"{s}: expected /dev/DEVICE:RATE", param_hint=f"'{flag}'")
-        out.append(pb.DeviceRate(path=path, rate=display.parse_size(rate, flag)))
-    return out
-
-
-def parse_device(spec: str) -> pb.DeviceMapping:
-    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's CLI splits it."""
-    from agent.model import DeviceMapping
-
-    try:
-        d = DeviceMapping.parse(spec)
-    except ValueError as e:
-        raise click.BadParameter(str(e), param_hint="'--device'") from None
-    return pb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
-                            permissions=d.permissions)
-
-
-def container_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    opts = [
-        click.option("--name", default="", help="Assign a name to the container"),
-        click.option("-e", "--env", multiple=True, help="Set environment variables"),
-        click.option("--env-file", multiple=True, help="Read in a file of environment variables"),
-        click.option("-w", "--workdir", default="", help="Working directory inside the container"),
-        click.option("-u", "--user", default="", help="Username or UID (format: <name|uid>[:<group|gid>])"),
-        click.option("-h", "--hostname", default="", help="Container host name"),
-        click.option("--entrypoint", default=None, help="Overwrite the default ENTRYPOINT of the image"),
-        click.option("--init", is_flag=True, help="Run an init inside the container that forwards signals and reaps processes"),
-        click.option("-i", "--interactive", is_flag=True, help="Keep STDIN open even if not attached"),
-        click.option("-t", "--tty", is_flag=True, help="Allocate a pseudo-TTY"),
-        click.option("-p", "--publish", multiple=True, help="Publish a container's port(s) to the host"),
-        click.option("-m", "--memory", default="", help="Memory limit"),
-        click.option("--memory-swap", default="", help="Swap limit equal to memory plus swap: '-1' to enable unlimited swap"),
-        click.option("--cpus", default="", help="Number of CPUs"),
-        click.option("-c", "--cpu-shares", type=int, default=0, help="CPU shares (relative weight)"),
-        click.option("--pids-limit", type=int, default=0, help="Tune container pids limit (-1 for unlimited)"),
-        click.option("--blkio-weight", type=int, default=0, help="Block IO (relative weight), between 10 and 1000"),
-        click.option("--device-read-bps", multiple=True, help="Limit read rate (bytes per second) from a device"),
-        click.option("--device-write-bps", multiple=True, help="Limit write rate (bytes per second) to a device"),
-        click.option("--network", "--net", "network", default="bridge", help="Connect a container to a network: bridge, none, host"),
-        click.option("--pid", "pid_mode", default="", help="PID namespace to use"),
-        click.option("--ipc", "ipc_mode", default="", help="IPC mode to use"),
-        click.option("--userns", "userns_mode", default="", help="User namespace to use (remap, host)"),
-        click.option("--restart", default="no", help="Restart policy to apply when a container exits"),
-        click.option("--rm", "auto_remove", is_flag=True, help="Automatically remove the container when it exits"),
-        click.option("-l", "--label", multiple=True, help="Set meta data on a container"),
-        click.option("--stop-timeout", type=int, default=0, help="Timeout (in seconds) to stop a container"),
-        click.option("--stop-signal", default="", help="Signal to stop the container"),
-        click.option("--security-opt", multiple=True,
-                     help="Security options: seccomp=unconfined|builtin, no-new-privileges[=true|false]"),
-        click.option("--device", multiple=True, help="Add a host device to the container (HOST[:CONTAINER][:rwm])"),
-        click.option("--privileged", is_flag=True, help="Give extended privileges to this container"),
-    ]
-    for o in reversed(opts):
-        f = o(f)
-    return f
+        return containers.env_file(path)
+    except containers.BadOption as e:
+        fail(str(e))
 
 
 def build_config(image: str, command: tuple[str, ...], o: dict[str, Any]) -> pb.ContainerConfig:
-    env = [*(_env_file(p) for p in o["env_file"])]
-    env_list = [e for group in env for e in group]
-    for e in o["env"]:
-        if "=" not in e:
-            val = os.environ.get(e)
-            if val is None:
-                continue
-            e = f"{e}={val}"
-        env_list.append(e)
-    for e in env_list:
-        if not e.partition("=")[0]:
-            raise click.BadParameter(f"invalid environment variable: {e}", param_hint="'-e' / '--env'")
-    if o["workdir"] and not o["workdir"].startswith("/"):
-        raise click.BadParameter(f"the working directory '{o['workdir']}' is invalid, it needs to be an absolute path",
-                                 param_hint="'-w' / '--workdir'")
-    res = pb.Resources()
-    if o["memory"]:
-        res.memory = display.parse_size(o["memory"], "-m, --memory")
-    if o["memory_swap"]:
-        res.memory_swap = -1 if o["memory_swap"] == "-1" else display.parse_size(o["memory_swap"], "--memory-swap")
-    if o["cpus"]:
-        try:
-            cpus = float(o["cpus"])
-        except ValueError:
-            raise click.BadParameter(f'invalid argument "{o["cpus"]}" for "--cpus" flag: not a number') from None
-        if cpus <= 0 or cpus > (os.cpu_count() or 1):
-            raise click.BadParameter(f"range of CPUs is from 0.01 to {float(os.cpu_count() or 1):.2f}, as there are only {os.cpu_count()} CPUs available", param_hint="'--cpus'")
-        res.nano_cpus = int(cpus * 1e9)
-    res.cpu_shares = o["cpu_shares"]
-    res.pids_limit = 0 if o["pids_limit"] < 0 else o["pids_limit"]
-    res.blkio_weight = o["blkio_weight"]
-    res.device_read_bps.extend(_device_rates(o["device_read_bps"], "--device-read-bps"))
-    res.device_write_bps.extend(_device_rates(o["device_write_bps"], "--device-write-bps"))
-    restart = o["restart"] or "no"
-    rname, _, rmax = restart.partition(":")
-    if rname not in ("no", "always", "on-failure", "unless-stopped") or (rmax and (rname != "on-failure" or not rmax.isdigit())):
-        raise click.BadParameter(f"invalid restart policy '{restart}'", param_hint="'--restart'")
-    labels = dict(label.partition("=")[::2] for label in o["label"])
-    entry: list[str] = []
-    entry_set = o["entrypoint"] is not None
-    if entry_set and o["entrypoint"]:
-        entry = [o["entrypoint"]]
-    return pb.ContainerConfig(
-        name=o["name"], image=image, cmd=list(command), entrypoint=entry, entrypoint_set=entry_set,
-        env=env_list, workdir=o["workdir"], user=o["user"], hostname=o["hostname"], tty=o["tty"],
-        open_stdin=o["interactive"], labels=labels, ports=_parse_ports(o["publish"]), resources=res,
-        network_mode=o["network"], pid_mode=o["pid_mode"], ipc_mode=o["ipc_mode"], userns_mode=o["userns_mode"],
-        restart_policy=pb.RestartPolicy(name=rname, max_retries=int(rmax or 0)), auto_remove=o["auto_remove"],
-        init=o["init"], stop_timeout=o["stop_timeout"], stop_signal=o["stop_signal"],
-        security_opt=list(o["security_opt"]), devices=[parse_device(d) for d in o["device"]],
-        privileged=o["privileged"],
-    )
+    """deploy/containers.py's config as the message, its BadOption as click's errors."""
+    from google.protobuf.json_format import ParseDict
+
+    try:
+        cfg = containers.build_config(image, command, o)
+    except containers.BadOption as e:
+        if e.usage:
+            raise click.BadParameter(str(e), param_hint=e.hint or None) from None
+        fail(str(e))
+    return ParseDict(cfg, pb.ContainerConfig())
 
 
 @main.command(cls=RunCommand, context_settings={"ignore_unknown_options": False, "allow_interspersed_args": False})
-@container_options
-@click.option("-d", "--detach", is_flag=True, help="Run container in background and print container ID")
+@options.click_options(options.RUN)
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -385,7 +275,7 @@ def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool,
 
 
 @main.command(context_settings={"allow_interspersed_args": False})
-@container_options
+@options.click_options(options.CONTAINER)
 @click.argument("image")
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @click.pass_context
@@ -426,53 +316,19 @@ def _each(cl: Client, refs: tuple[str, ...], fn: Callable[[str], Any], echo: boo
 
 # --- inspection --------------------------------------------------------------------------------
 
-def _status(c: pb.ContainerSummary) -> str:
-    now = time.time()
-    if c.state == "running":
-        return f"Up {display.human_duration(now - c.started_at)}"
-    if c.state == "paused":
-        return f"Up {display.human_duration(now - c.started_at)} (Paused)"
-    if c.state == "restarting":
-        return f"Restarting ({c.exit_code}) {display.ago(c.finished_at)}"
-    if c.state == "exited":
-        if not c.finished_at:
-            return "Created"
-        return f"Exited ({c.exit_code}) {display.ago(c.finished_at)}"
-    return c.state.capitalize()
-
-
-def _ports(ports: Any) -> str:
-    out = []
-    for p in ports:
-        host = p.host_ip or "0.0.0.0"
-        out.append(f"{host}:{p.host_port}->{p.container_port}/{p.protocol}")
-    return ", ".join(out)
-
-
 @main.command()
-@click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default shows just running)")
-@click.option("-q", "--quiet", is_flag=True, help="Only display container IDs")
-@click.option("--no-trunc", is_flag=True, help="Don't truncate output")
-@click.option("-f", "--filter", "filters", multiple=True, help="Filter output (name=, status=, label=)")
-@click.option("--format", "fmt", default="", help="'json' to print JSON")
+@options.click_options(options.PS)
 @click.pass_context
 def ps(ctx: click.Context, all_: bool, quiet: bool, no_trunc: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List containers."""
+    from google.protobuf.json_format import MessageToDict
+
+    from deploy.cli_local import print_containers
+
     f = dict(x.partition("=")[::2] for x in filters)
     resp = client(ctx).call("ListContainers", pb.ListContainersRequest(all=all_, filters=f))
-    cs = resp.containers
-    if quiet:
-        for c in cs:
-            click.echo(c.id if no_trunc else c.id[:12])
-        return
-    if fmt == "json":
-        from google.protobuf.json_format import MessageToDict
-
-        display.emit_json([MessageToDict(c, preserving_proto_field_name=True) for c in cs])
-        return
-    rows = [[c.id if no_trunc else c.id[:12], c.image, c.command if no_trunc else display.trunc_command(c.command),
-             display.ago(c.created), _status(c), _ports(c.ports), c.name] for c in cs]
-    display.table(["CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS", "NAMES"], rows)
+    print_containers([MessageToDict(c, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+                      for c in resp.containers], quiet, no_trunc, fmt)
 
 
 @main.command()
@@ -1021,7 +877,7 @@ def shell_join(args: list[str]) -> str:
     return " ".join(shlex.quote(a) for a in args)
 
 
-from deploy import cli_bootstrap, cli_cluster, cli_groups, cli_images, cli_network, cli_stack  # noqa: E402,F401
+if __name__ == "__main__":  # `python -m deploy.cli`, as the tests run it: the same way as `dockyard`
+    from deploy.entry import main as _entry
 
-if __name__ == "__main__":
-    main()
+    sys.exit(_entry(click_main=main))

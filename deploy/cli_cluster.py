@@ -540,26 +540,10 @@ def _cli_modules() -> list[Any]:
 
 
 def _install() -> None:
-    import functools
-
     for mod in _cli_modules():
         main = mod.main
         for cmd in (scheduler_cmd, node, deploy, service, stack_rm, rebalance, migrations_ls):
             main.add_command(cmd)
-        if not any(p.name == "scheduler" for p in main.params):
-            main.params.append(click.Option(
-                ["--scheduler"], envvar="DOCKYARD_SCHEDULER", default="",
-                help="Scheduler replica(s) for cluster commands: HOST:PORT[,HOST:PORT...]"))
-            callback = main.callback
-
-            @functools.wraps(callback)
-            def with_scheduler(*args: Any, _cb: Any = callback, **kw: Any) -> Any:
-                scheduler = kw.pop("scheduler", "")
-                out = _cb(*args, **kw)
-                click.get_current_context().obj["scheduler"] = scheduler
-                return out
-
-            main.callback = with_scheduler
         if exec_route not in mod.EXEC_ROUTES:
             mod.EXEC_ROUTES.append(exec_route)
 

@@ -41,5 +41,7 @@ fi
 .venv/bin/pip install -q --upgrade pip
 .venv/bin/pip install -q -e '.[test]'
 .venv/bin/python -m agent.runtime.monitor >/dev/null   # the C container monitor (agent/runtime/monitor)
-ln -sf "$here/.venv/bin/dockyard" /usr/local/bin/dockyard
+# The command: a launcher that skips site's start-up (deploy/launcher.py), not pip's console script.
+.venv/bin/python -m deploy.launcher "$here/.venv/bin/dockyard-launcher"
+ln -sf "$here/.venv/bin/dockyard-launcher" /usr/local/bin/dockyard
 echo "install: done ($(.venv/bin/dockyard --version 2>/dev/null || echo dockyard))"

@@ -31,6 +31,7 @@ from scheduler.model import (
     Node,
     Resources,
     Service,
+    ServiceMode,
     Task,
     TaskState,
 )
@@ -309,6 +310,9 @@ class SchedulerServicer(pbg.SchedulerServicer):
     @_mapped
     async def ScaleService(self, request: pb.ScaleRequest, context: Any) -> pb.ServiceInfo:
         _check_replicas(request.replicas)
+        svc = self._service(request.name)
+        if svc.spec.mode is ServiceMode.GLOBAL:
+            raise Invalid(f"{request.name}: scale can only be used with replicated mode (it runs one task per node)")
         svc = await self._write_service(request.name, lambda s: replace(s, spec=replace(s.spec,
                                                                                          replicas=request.replicas)))
         return convert.service_info(svc, self._running(svc.name), self._live(svc.name))
@@ -330,6 +334,8 @@ class SchedulerServicer(pbg.SchedulerServicer):
                     env[k] = v
                 spec = replace(spec, env=tuple(sorted(env.items())))
             if request.has_replicas:
+                if spec.mode is ServiceMode.GLOBAL:
+                    raise Invalid(f"{s.name}: replicas can only be used with replicated mode")
                 spec = replace(spec, replicas=request.replicas)
             _check_replicas(spec.replicas)
             if request.force:

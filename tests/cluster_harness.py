@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +187,29 @@ def tasks(s: SchedulerProcess, *services: str, all_: bool = False) -> list[cpb.T
 
 def running(s: SchedulerProcess, service: str) -> list[cpb.TaskInfo]:
     return [t for t in tasks(s, service) if t.desired_state == "running" and t.state == "running"]
+
+
+@contextlib.contextmanager
+def one_node_cluster(base: Path, busybox_tar: Path, name: str = "solo"
+                     ) -> Iterator[tuple[Any, SchedulerProcess, JoinedAgent]]:
+    """A real etcd, a scheduler on it and one agent joined to it (busybox imported, node ready);
+    every process stopped by its PID afterwards, the agent's containers removed."""
+    from tests.agent_harness import import_busybox
+    from tests.etcd_server import EtcdServer
+
+    etcd = EtcdServer.start()
+    sched = SchedulerProcess(base / "sched", etcd=etcd.endpoint)
+    agent = JoinedAgent(base / "agent", join=sched.address, name=name)
+    try:
+        sched.start()
+        agent.start()
+        import_busybox(agent, busybox_tar)
+        wait_for(lambda: [n for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes if n.status == "ready"],
+                 20, "the node ready")
+        yield etcd, sched, agent
+    finally:
+        try:
+            agent.destroy()
+        finally:
+            sched.stop()
+            etcd.stop()

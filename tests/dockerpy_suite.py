@@ -141,12 +141,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     "Runtime 'runc': dockyard is its own runtime": [
         'api_container_test.py::ContainerCPUTest::test_create_with_runtime',
     ],
-    'HEALTHCHECK / Config.Healthcheck: no health checks on a dockyard agent yet': [
-        'api_healthcheck_test.py::HealthcheckTest::test_healthcheck_fails',
-        'api_healthcheck_test.py::HealthcheckTest::test_healthcheck_passes',
-        'api_healthcheck_test.py::HealthcheckTest::test_healthcheck_shell_command',
-        'api_healthcheck_test.py::HealthcheckTest::test_healthcheck_start_period',
-    ],
     "image inspect's Container/ContainerConfig of a commit: the image store does not record them": [
         'api_image_test.py::CommitTest::test_commit',
         'api_image_test.py::CommitTest::test_commit_with_changes',

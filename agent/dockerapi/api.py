@@ -28,13 +28,17 @@ VERSION = "0.1.0"
 
 
 class DockerAPI:
-    def __init__(self, manager: Any, images_store: Any, name: str, root: str, cgroup_version: int) -> None:
+    def __init__(self, manager: Any, images_store: Any, name: str, root: str, cgroup_version: int,
+                 health: Any = None) -> None:
         self.m = manager
+        self.health = health   # agent/health.py's HealthMonitor
         self.images = images_store
         self.name = name
         self.root = root
         self.cgroup_version = cgroup_version
         self.events = Events(manager)
+        if health is not None:
+            health.on_status.append(lambda c, status: self.events.container(c, f"health_status: {status}"))
         self.started = time.time()
         self.pending: dict[str, list[containers.PendingAttach]] = {}
         self.sessions: dict[str, list[Any]] = {}   # container id -> live attach writers (for resize)
@@ -176,10 +180,10 @@ def _os_name() -> str:
 
 
 async def start(manager: Any, images_store: Any, name: str, root: str, cgroup_version: int,
-                socket_path: str, tcp: str) -> DockerAPI | None:
+                socket_path: str, tcp: str, health: Any = None) -> DockerAPI | None:
     """The agent's Docker API, or None (said in the log) when its socket or port cannot be had:
     that must not keep the agent from running its containers."""
-    api = DockerAPI(manager, images_store, name, root, cgroup_version)
+    api = DockerAPI(manager, images_store, name, root, cgroup_version, health)
     try:
         await api.serve(socket_path, tcp)
     except (OSError, ValueError) as e:

@@ -97,7 +97,7 @@ def register(r: Any, api: DockerAPI) -> None:
 
     async def listing(req: Request) -> Response:
         filters = parse_filters(req)
-        check_filters(filters, {"id", "name", "label", "status", "ancestor", "exited", "before", "since"})
+        check_filters(filters, {"id", "name", "label", "status", "ancestor", "exited", "before", "since", "health"})
         limit = req.int_arg("limit", -1) or -1
         cs: list[Container] = m.listing(req.flag("all") or limit > 0 or "status" in filters or "exited" in filters)
         cs = [c for c in cs if _matches(api, c, filters)]
@@ -111,7 +111,7 @@ def register(r: Any, api: DockerAPI) -> None:
                 with contextlib.suppress(Exception):
                     used = await asyncio.to_thread(api.images.snapshotter.usage, c.snapshot)
                     sz = (used, used + api.images.get(c.image_id).size)
-            rows.append(convert.summary(c, sz))
+            rows.append(convert.summary(c, sz, _health_of(api, c)))
         return Json(200, rows)
 
     async def inspect(req: Request) -> Response:
@@ -119,7 +119,8 @@ def register(r: Any, api: DockerAPI) -> None:
         ic = None
         with contextlib.suppress(Exception):
             ic = api.images.config_of(c.image_id)
-        doc = convert.inspect(c, str(m.files(c).log), ic)
+        health = api.health.health.get(c.id) if api.health is not None else None
+        doc = convert.inspect(c, str(m.files(c).log), ic, health)
         doc["ExecIDs"] = [e.id for e in api.execs.values() if e.container == c.id] or None
         if req.flag("size"):
             with contextlib.suppress(Exception):
@@ -612,6 +613,11 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("GET", "/exec/{id}/json", exec_inspect)
 
 
+def _health_of(api: DockerAPI, c: Container) -> str:
+    h = api.health.health.get(c.id) if api.health is not None else None
+    return str(h.status) if h is not None else ""
+
+
 def _labels_match(c: Container, wanted: list[str]) -> bool:
     for lab in wanted:
         k, eq, v = lab.partition("=")
@@ -630,6 +636,8 @@ def _matches(api: DockerAPI, c: Container, f: dict[str, list[str]]) -> bool:
     if "exited" in f and not (c.state.status == "exited" and str(c.state.exit_code) in f["exited"]):
         return False
     if not _labels_match(c, f.get("label", [])):
+        return False
+    if "health" in f and (_health_of(api, c) or "none") not in f["health"]:
         return False
     if "ancestor" in f:
         ok = False

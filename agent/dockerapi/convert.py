@@ -12,7 +12,16 @@ import shlex
 import time
 from typing import Any
 
-from agent.model import Container, ContainerConfig, DeviceMapping, DeviceRate, Port, Resources, RestartPolicy
+from agent.model import (
+    Container,
+    ContainerConfig,
+    DeviceMapping,
+    DeviceRate,
+    HealthCheck,
+    Port,
+    Resources,
+    RestartPolicy,
+)
 
 from .http import HTTPError
 
@@ -21,7 +30,7 @@ SUPPORTED_LOG_DRIVERS = ("json-file",)
 # Config (the container's own) keys that are mapped; every other key must hold its zero value.
 _CONFIG_MAPPED = {
     "Hostname", "User", "Env", "Cmd", "Entrypoint", "Image", "WorkingDir", "Labels", "Tty", "OpenStdin",
-    "StdinOnce", "StopSignal", "StopTimeout", "ExposedPorts", "HostConfig", "NetworkingConfig",
+    "StdinOnce", "StopSignal", "StopTimeout", "ExposedPorts", "HostConfig", "NetworkingConfig", "Healthcheck",
     # The client's own attach choices (it attaches with /attach), and docker's Windows-only flag.
     "AttachStdin", "AttachStdout", "AttachStderr", "ArgsEscaped",
 }
@@ -147,6 +156,47 @@ def _devices(v: Any) -> list[DeviceMapping]:
     return out
 
 
+NS = 1_000_000_000
+
+
+def _healthcheck(v: Any) -> HealthCheck | None:
+    """Config.Healthcheck: Test (["NONE"] | ["CMD", ...] | ["CMD-SHELL", cmd]), durations in ns."""
+    if v is None or empty(v):
+        return None
+    if not isinstance(v, dict):
+        raise HTTPError(400, "Config.Healthcheck must be an object")
+    test = v.get("Test") or []
+    if isinstance(test, str):
+        test = ["CMD-SHELL", test]
+    test = _strs(test, "Config.Healthcheck.Test")
+    if not test or test[0] not in ("NONE", "CMD", "CMD-SHELL") or (test[0] != "NONE" and len(test) < 2):
+        raise HTTPError(400, f"Config.Healthcheck.Test: want [\"NONE\"], [\"CMD\", ...] or "
+                             f"[\"CMD-SHELL\", command] (got {test!r})")
+    for k in v:
+        if k not in ("Test", "Interval", "Timeout", "Retries", "StartPeriod", "StartInterval"):
+            raise HTTPError(400, f"Config.Healthcheck.{k} is not supported by dockyard")
+    if not empty(v.get("StartInterval")):
+        raise HTTPError(400, "Config.Healthcheck.StartInterval is not supported by dockyard")
+    for k in ("Interval", "Timeout", "StartPeriod"):
+        n = _int(v.get(k), f"Config.Healthcheck.{k}")
+        if n and n < NS // 1000:
+            raise HTTPError(400, f"Config.Healthcheck.{k} in nanoseconds must be at least 1ms (got {n})")
+    def secs(k: str, default: float) -> float:
+        n = _int(v.get(k), f"Config.Healthcheck.{k}")
+        return n / NS if n else default
+
+    retries = _int(v.get("Retries"), "Config.Healthcheck.Retries")
+    if retries < 0:
+        raise HTTPError(400, "Config.Healthcheck.Retries must not be negative")
+    return HealthCheck(test=test, interval=secs("Interval", 30.0), timeout=secs("Timeout", 30.0),
+                       retries=retries or 3, start_period=secs("StartPeriod", 0.0))
+
+
+def health_json(hc: HealthCheck) -> dict[str, Any]:
+    return {"Test": list(hc.test), "Interval": round(hc.interval * NS), "Timeout": round(hc.timeout * NS),
+            "Retries": hc.retries, "StartPeriod": round(hc.start_period * NS)}
+
+
 def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int, int] | None]:
     """A create body -> (ContainerConfig, the terminal's initial (rows, cols) if given)."""
     if not isinstance(body, dict):
@@ -234,6 +284,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         security_opt=_strs(host.get("SecurityOpt"), "HostConfig.SecurityOpt"),
         devices=_devices(host.get("Devices")),
         privileged=_bool(host.get("Privileged"), "HostConfig.Privileged"),
+        healthcheck=_healthcheck(body.get("Healthcheck")),
     )
     size = host.get("ConsoleSize")
     console = None
@@ -278,13 +329,15 @@ def _network(c: Container) -> dict[str, Any]:
     }
 
 
-def status_text(c: Container, now: float | None = None) -> str:
-    """`docker ps`'s STATUS: "Up 5 minutes", "Exited (0) 2 seconds ago", "Created"."""
+def status_text(c: Container, now: float | None = None, health: str = "") -> str:
+    """`docker ps`'s STATUS: "Up 5 minutes (healthy)", "Exited (0) 2 seconds ago", "Created"."""
     s = c.state
     now = now or time.time()
     if s.status in ("running", "paused"):
         text = "Up " + _human(now - s.started_at)
-        return text + " (Paused)" if s.status == "paused" else text
+        if s.status == "paused":
+            return text + " (Paused)"
+        return text + (f" (health: {health})" if health == "starting" else f" ({health})" if health else "")
     if s.status == "restarting":
         return f"Restarting ({s.exit_code}) {_human(now - s.finished_at)} ago"
     if s.status == "exited" or s.finished_at:
@@ -320,7 +373,7 @@ def command_of(c: Container) -> str:
     return " ".join(shlex.quote(a) if " " in a else a for a in c.args)
 
 
-def summary(c: Container, size: tuple[int, int] | None = None) -> dict[str, Any]:
+def summary(c: Container, size: tuple[int, int] | None = None, health: str = "") -> dict[str, Any]:
     """One row of GET /containers/json."""
     ports = []
     if c.state.status in ("running", "paused"):
@@ -335,7 +388,7 @@ def summary(c: Container, size: tuple[int, int] | None = None) -> dict[str, Any]
     row: dict[str, Any] = {
         "Id": c.id, "Names": ["/" + c.name], "Image": c.image_ref, "ImageID": c.image_id,
         "Command": command_of(c), "Created": int(c.created), "Ports": ports, "Labels": c.config.labels,
-        "State": c.state.status, "Status": status_text(c),
+        "State": c.state.status, "Status": status_text(c, health=health),
         "HostConfig": {"NetworkMode": c.config.network_mode},
         "NetworkSettings": {"Networks": {c.config.network_mode: _network(c)}},
         "Mounts": [],
@@ -345,7 +398,7 @@ def summary(c: Container, size: tuple[int, int] | None = None) -> dict[str, Any]
     return row
 
 
-def inspect(c: Container, log_path: str, image_config: Any) -> dict[str, Any]:
+def inspect(c: Container, log_path: str, image_config: Any, health: Any = None) -> dict[str, Any]:
     """GET /containers/{id}/json: Docker's keys, with Docker's defaults where dockyard has no such thing."""
     s, cfg = c.state, c.config
     r = cfg.resources
@@ -353,7 +406,11 @@ def inspect(c: Container, log_path: str, image_config: Any) -> dict[str, Any]:
     keys = {e.partition("=")[0] for e in cfg.env}
     env = [e for e in env if e.partition("=")[0] not in keys] + list(cfg.env)
     img_labels = dict(getattr(image_config, "labels", None) or {})
-    health = None
+    state_health = None
+    if health is not None:
+        state_health = {"Status": health.status, "FailingStreak": health.failing_streak, "Log": [
+            {"Start": iso(p.start), "End": iso(p.end), "ExitCode": p.exit_code, "Output": p.output}
+            for p in health.log]}
     return {
         "Id": c.id,
         "Created": iso(c.created),
@@ -363,7 +420,7 @@ def inspect(c: Container, log_path: str, image_config: Any) -> dict[str, Any]:
             "Status": s.status, "Running": s.status in ("running", "paused"), "Paused": s.status == "paused",
             "Restarting": s.status == "restarting", "OOMKilled": s.oom_killed, "Dead": s.status == "dead",
             "Pid": s.pid, "ExitCode": s.exit_code, "Error": s.error, "StartedAt": iso(s.started_at),
-            "FinishedAt": iso(s.finished_at), **({"Health": health} if health else {}),
+            "FinishedAt": iso(s.finished_at), **({"Health": state_health} if state_health else {}),
         },
         "Image": c.image_id,
         "ResolvConfPath": "", "HostnamePath": "", "HostsPath": "",
@@ -418,6 +475,7 @@ def inspect(c: Container, log_path: str, image_config: Any) -> dict[str, Any]:
             "OnBuild": None, "Labels": {**img_labels, **cfg.labels},
             **({"StopSignal": cfg.stop_signal} if cfg.stop_signal else {}),
             **({"StopTimeout": cfg.stop_timeout} if cfg.stop_timeout else {}),
+            **({"Healthcheck": health_json(cfg.healthcheck)} if cfg.healthcheck else {}),
         },
         "NetworkSettings": {
             "Bridge": "", "SandboxID": "", "SandboxKey": "", "HairpinMode": False,

@@ -32,6 +32,7 @@ import secrets
 import shutil
 import stat
 import tarfile
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -124,6 +125,76 @@ def unpack_context(fileobj: IO[bytes], dest: Path) -> None:
     apply_layer(stream, dest, what="build context")
 
 
+class ContextCache:
+    """Unpacked build contexts by the digest of their tar, kept for the next build of the same
+    context: a rebuild whose steps are all cached then neither unpacks nor removes a file (for a
+    context of 1,000 small files that was most of the build). The KEEP most recently used are kept,
+    each of at most MAX_BYTES of tar, below the image store's tmp/ (which the agent empties when it
+    starts); a context in use by a build is never removed. Builds only read their context."""
+
+    KEEP = 2
+    MAX_BYTES = 256 << 20
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self._lock = threading.Lock()
+        self._in_use: dict[Path, int] = {}
+        self._digests: dict[tuple[Path, object], str] = {}
+
+    def digest(self, context: Path, what: object, compute: Callable[[], str]) -> str:
+        """The digest of sources `what` in this context: remembered for a kept context, which is
+        named by its own digest and never changes (a cached COPY of 1,000 files read them all)."""
+        if context.parent != self.root:
+            return compute()
+        key = (context, what)
+        with self._lock:
+            known = self._digests.get(key)
+        if known is None:
+            known = self._digests[key] = compute()
+        return known
+
+    def acquire(self, tar: Path, digest: str, work: Path) -> Path:
+        """The unpacked context of this tar (unpacked into `work` first if not cached); release() it."""
+        d = self.root / digest.removeprefix("sha256:")
+        with self._lock:
+            hit = d.is_dir()
+            if hit:
+                self._in_use[d] = self._in_use.get(d, 0) + 1
+                os.utime(d)
+        if hit:
+            return d
+        fresh = work / "context"
+        with open(tar, "rb") as f:
+            unpack_context(f, fresh)
+        if tar.stat().st_size > self.MAX_BYTES:
+            return fresh
+        self.root.mkdir(exist_ok=True)
+        with self._lock:
+            try:
+                os.rename(fresh, d)
+            except OSError:  # a build of the same context published it meanwhile: ours goes with `work`
+                if not d.is_dir():
+                    return fresh
+            self._in_use[d] = self._in_use.get(d, 0) + 1
+        return d
+
+    def release(self, context: Path) -> None:
+        with self._lock:
+            if context in self._in_use:
+                self._in_use[context] -= 1
+                if not self._in_use[context]:
+                    del self._in_use[context]
+            try:
+                kept = sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
+            except FileNotFoundError:
+                return
+            old = [p for p in kept[self.KEEP:] if p not in self._in_use]
+            for key in [k for k in self._digests if k[0] in old]:
+                del self._digests[key]
+        for p in old:
+            shutil.rmtree(p, ignore_errors=True)
+
+
 # --- the executor ------------------------------------------------------------------------------------
 
 @dataclass
@@ -137,11 +208,12 @@ class _State:
 
 class Builder:
     def __init__(self, store: ImageStore, runner: ContainerRunner | None = None,
-                 pull: Puller | None = None) -> None:
+                 pull: Puller | None = None, contexts: ContextCache | None = None) -> None:
         self.store = store
         self.runner = runner
         self.pull = pull
         self.cache = BuildCache(store.root / CACHE_FILE)
+        self.contexts = contexts  # where a kept context's COPY digests are remembered
 
     def _alive(self, image_id: str) -> bool:
         try:
@@ -428,11 +500,18 @@ class Builder:
         uid_gid = _chown(ins.flags.get("chown", ""), lower, ins, name) if "chown" in ins.flags else None
         chmod = _chmod(ins.flags.get("chmod", ""), ins, name) if "chmod" in ins.flags else None
         # The cache key covers every byte and attribute that would be copied.
-        h = hashlib.sha256()
-        for src, resolved in entries:
-            h.update(f"{src}\0".encode())
-            _digest_tree(source, resolved, h, kw == "ADD")
-        digest = "sha256:" + h.hexdigest()
+        def content_digest() -> str:
+            h = hashlib.sha256()
+            for src, resolved in entries:
+                h.update(f"{src}\0".encode())
+                _digest_tree(source, resolved, h, kw == "ADD")
+            return "sha256:" + h.hexdigest()
+
+        what = (kw, tuple((src, tuple(resolved)) for src, resolved in entries))
+        if source is ctx_tree and self.contexts is not None:
+            digest = self.contexts.digest(ctx_tree.layers[0], what, content_digest)
+        else:
+            digest = content_digest()
         key = cache_key(state.image or "scratch", kw, clean(dest_abs) + ("/" if dest_is_dir else ""),
                         [s for s, _ in entries], digest, uid_gid, chmod)
         cached_id = None if opts.no_cache else self.cache.get(key)
@@ -830,24 +909,60 @@ def iter_context(root: Path, dockerfile: str = "Dockerfile") -> Iterator[str]:
 def write_context(root: Path, out: IO[bytes], dockerfile: str = "Dockerfile",
                   warn: Callable[[str], None] | None = None) -> int:
     """Tar the context (owner 0:0 as docker sends it); returns the number of entries. Sockets
-    cannot be archived: docker's CLI skips them with a warning, and so does this (``warn``)."""
+    cannot be archived: docker's CLI skips them with a warning, and so does this (``warn``).
+
+    Headers are ustar, written here from lstat with whole-second mtimes (tarfile's took ~0.5 ms a
+    member: an owner lookup and a PAX header each); a member whose name or link does not fit ustar
+    gets tarfile's PAX header. The content of a hardlink is sent again, as a plain file."""
     n = 0
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tf:
-        for rel in iter_context(root, dockerfile):
-            info = tf.gettarinfo(str(root / rel), arcname=rel)
-            if info is None:  # tarfile's answer for a socket
-                if warn is not None:
-                    warn(f"archive: skipping {str(root / rel)!r} since it is a socket")
-                continue
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            if info.islnk():  # a hardlink: send the content again, as a plain file
-                info.type, info.linkname = tarfile.REGTYPE, ""
-                info.size = os.stat(root / rel).st_size
-            if info.isreg():
-                with open(root / rel, "rb") as f:
-                    tf.addfile(info, f)
-            elif info.isdir() or info.issym() or info.islnk():
-                tf.addfile(info)
-            n += 1
+    for rel in iter_context(root, dockerfile):
+        path = os.path.join(root, rel)
+        st = os.lstat(path)
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            kind, size, link = tarfile.REGTYPE, st.st_size, ""
+        elif stat.S_ISDIR(mode):
+            kind, size, link = tarfile.DIRTYPE, 0, ""
+        elif stat.S_ISLNK(mode):
+            kind, size, link = tarfile.SYMTYPE, 0, os.readlink(path)
+        else:
+            if stat.S_ISSOCK(mode) and warn is not None:
+                warn(f"archive: skipping {path!r} since it is a socket")
+            continue  # nor fifos and devices, as before
+        name = rel + "/" if kind == tarfile.DIRTYPE else rel
+        out.write(_ustar_header(name, stat.S_IMODE(mode), size, int(st.st_mtime), kind, link)
+                  or _pax_header(name, stat.S_IMODE(mode), size, int(st.st_mtime), kind, link))
+        if size:
+            with open(path, "rb") as f:
+                left = size
+                while left > 0 and (chunk := f.read(min(left, 1 << 20))):
+                    out.write(chunk)
+                    left -= len(chunk)
+            if left:  # it shrank while we read: what the header promised, in zeros
+                out.write(b"\0" * left)
+            out.write(b"\0" * (-size % tarfile.BLOCKSIZE))
+        n += 1
+    out.write(b"\0" * (2 * tarfile.BLOCKSIZE))
     return n
+
+
+def _ustar_header(name: str, mode: int, size: int, mtime: int, kind: bytes, link: str) -> bytes | None:
+    raw, linkb = name.encode("utf-8", "surrogateescape"), link.encode("utf-8", "surrogateescape")
+    prefix = b""
+    if len(raw) > 100:
+        cut = raw.rfind(b"/", 0, 156)
+        if cut <= 0 or len(raw) - cut - 1 > 100:
+            return None
+        prefix, raw = raw[:cut], raw[cut + 1:]
+    if len(linkb) > 100 or size >= 8 ** 11 or not (0 <= mtime < 8 ** 11):
+        return None
+    head = b"".join((raw.ljust(100, b"\0"), b"%07o\0" % mode, b"0000000\0", b"0000000\0", b"%011o\0" % size,
+                     b"%011o\0" % mtime, b" " * 8, kind, linkb.ljust(100, b"\0"), b"ustar\x0000", b"\0" * 64,
+                     b"0000000\0", b"0000000\0", prefix.ljust(155, b"\0"), b"\0" * 12))
+    return head[:148] + b"%06o\0 " % sum(head) + head[156:]
+
+
+def _pax_header(name: str, mode: int, size: int, mtime: int, kind: bytes, link: str) -> bytes:
+    info = tarfile.TarInfo(name)
+    info.mode, info.size, info.mtime, info.type, info.linkname = mode, size, mtime, kind, link
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")

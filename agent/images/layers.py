@@ -658,13 +658,6 @@ def _is_opaque_fd(fd: int) -> bool:
         return False
 
 
-def _is_opaque(path: Path) -> bool:
-    try:
-        return os.getxattr(path, OPAQUE_XATTR, follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
 class _TarWriter:
     def __init__(self, out: IO[bytes] | None) -> None:
         self.hashing = HashingWriter(out)
@@ -774,42 +767,63 @@ def write_flattened(layers: Sequence[Path], out: IO[bytes]) -> str:
     would show it, without mounting anything. Returns the sha256 of the tar written."""
     writer = _TarWriter(out)
 
-    def walk(stack: list[Path], prefix: str) -> None:
+    # Directory descriptors opened O_NOFOLLOW, as in write_diff: the top layer of a running
+    # container changes while it is exported.
+    def walk(stack: list[int], prefix: str) -> None:
         names: set[str] = set()
-        for d in stack:
-            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-                names.update(os.listdir(d))
+        for fd in stack:
+            names.update(os.listdir(fd))
         for name in sorted(names):
-            top: tuple[Path, os.stat_result] | None = None
-            below: list[Path] = []
-            for d in stack:
-                p = d / name
-                try:
-                    st = os.lstat(p)
-                except (FileNotFoundError, NotADirectoryError):
-                    continue
-                if top is None:
-                    top = (p, st)
-                    if not stat.S_ISDIR(st.st_mode) or _is_opaque(p):
-                        if stat.S_ISDIR(st.st_mode):
-                            below.append(p)
+            top: tuple[int, os.stat_result] | None = None
+            below: list[int] = []
+            try:
+                for fd in stack:
+                    try:
+                        st = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        continue
+                    if top is not None and not stat.S_ISDIR(st.st_mode):
+                        break  # a whiteout or file below a directory ends the merge
+                    if top is None:
+                        top = (fd, st)
+                        if not stat.S_ISDIR(st.st_mode):
+                            break
+                    cfd = _open_dir(fd, name)
+                    if cfd < 0:
                         break
-                    below.append(p)
+                    below.append(cfd)
+                    if _is_opaque_fd(cfd):
+                        break
+                if top is None or _is_whiteout_entry(top[1]):
                     continue
-                if not stat.S_ISDIR(st.st_mode):
-                    break  # a whiteout or file below a directory ends the merge
-                below.append(p)
-                if _is_opaque(p):
-                    break
-            if top is None or _is_whiteout_entry(top[1]):
-                continue
-            path, st = top
-            writer.add(prefix + name, path, st)
-            if stat.S_ISDIR(st.st_mode):
-                walk(below, prefix + name + "/")
+                writer.add(prefix + name, Path(name), top[1], dir_fd=top[0])
+                if stat.S_ISDIR(top[1].st_mode):
+                    walk(below, prefix + name + "/")
+            finally:
+                for cfd in below:
+                    os.close(cfd)
 
-    walk([Path(p) for p in layers], "")
+    tops: list[int] = []
+    try:
+        for layer in layers:
+            tops.append(os.open(layer, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC))
+        walk(tops, "")
+    finally:
+        for fd in tops:
+            os.close(fd)
     return writer.close()
+
+
+def _open_dir(parent: int, name: str) -> int:
+    """A descriptor of the directory ``name`` in ``parent``, or -1 if it is one no longer."""
+    try:
+        return os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=parent)
+    except (NotADirectoryError, FileNotFoundError):
+        return -1
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return -1
+        raise
 
 
 def iter_files(root: Path) -> Iterator[tuple[str, os.stat_result]]:

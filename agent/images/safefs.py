@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import errno
 import os
+import resource
 import shutil
 import stat
 from collections.abc import Callable, Sequence
@@ -35,7 +36,10 @@ from .errors import ImageError
 
 _RESOLVE = syscalls.RESOLVE_BENEATH | syscalls.RESOLVE_NO_SYMLINKS | syscalls.RESOLVE_NO_MAGICLINKS
 _DIR_FLAGS = os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
-_CACHE_MAX = 32
+# Directory descriptors kept per Root: enough that a layer whose files alternate between a few
+# hundred directories hits the cache (BENCHMARKS.md), and at most 1/16 of the process's descriptor
+# limit (1024 under systemd's default: 64), since several layers may be applied at once.
+_CACHE_MAX = max(16, min(512, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 16))
 
 # None until probed; False when the kernel lacks openat2 (ENOSYS) or a sandbox refuses it (EPERM).
 _have_openat2: bool | None = None
@@ -168,8 +172,9 @@ class Root:
         each directory made.
         """
         key = tuple(parts)
-        cached = self._dirs.get(key)
+        cached = self._dirs.pop(key, None)
         if cached is not None:
+            self._dirs[key] = cached  # most recently used: last
             return os.dup(cached)
         if not parts:
             fd = os.dup(self.fd)
@@ -179,16 +184,20 @@ class Root:
             try:
                 fd = _openat2(self.fd, "/".join(parts), _DIR_FLAGS)
             except OSError as e:
+                if e.errno == errno.EMFILE and self._dirs:
+                    self.forget()  # our cache is what holds them: give them back and try again
+                    return self.opendir(parts, create=create, replace=replace, made=made)
                 if e.errno not in (errno.ENOSYS, errno.EPERM, errno.ENOENT, errno.ELOOP, errno.ENOTDIR, errno.EXDEV):
                     raise
                 fd = self._walk(parts, create, replace, made)
-        if len(self._dirs) >= _CACHE_MAX:
-            self.forget()
+        if len(self._dirs) >= _CACHE_MAX:  # the least recently used goes (callers hold dups)
+            os.close(self._dirs.pop(next(iter(self._dirs))))
         self._dirs[key] = os.dup(fd)
         return fd
 
     def open(self, parts: Sequence[str], flags: int, mode: int = 0) -> int:
-        """openat of ``parts`` (not the root itself) with O_NOFOLLOW at every component."""
+        """openat of ``parts`` (not the root itself) with O_NOFOLLOW at every component; OSError
+        (ELOOP: a symlink on the way, ENOTDIR, ENOENT) otherwise, with openat2 or without."""
         if not parts:
             raise ValueError("open of the root itself")
         check_name(parts[-1])
@@ -197,7 +206,11 @@ class Root:
         except OSError as e:
             if e.errno not in (errno.ENOSYS, errno.EPERM):
                 raise
-        parent = self.opendir(parts[:-1])
+        try:
+            parent = self.opendir(parts[:-1])
+        except UnsafePath as e:  # the same errors as openat2's
+            code = errno.ELOOP if e.kind == "symlink" else errno.ENOTDIR
+            raise OSError(code, os.strerror(code), "/".join(parts)) from None
         try:
             return os.open(parts[-1], flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=parent)
         finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import os
 import secrets
 import shutil
@@ -22,7 +23,7 @@ from protos import images_pb2 as pb
 from protos import images_pb2_grpc as pbg
 
 from . import registry
-from .build import Builder, BuildOptions, unpack_context
+from .build import Builder, BuildOptions, ContextCache
 from .dockerfile import DockerfileError
 from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
 from .imagestore import ImageStore
@@ -74,6 +75,7 @@ class ImagesServicer(pbg.ImagesServicer):
     def __init__(self, manager: Any, store: ImageStore) -> None:
         self.m = manager
         self.store = store
+        self.contexts = ContextCache(store.tmp / "contexts")
 
     def _in_use(self, image_id: str) -> list[str]:
         if self.m is None:
@@ -114,21 +116,23 @@ class ImagesServicer(pbg.ImagesServicer):
 
     # --- build ----------------------------------------------------------------------------------------
 
-    async def Build(self, request_iterator: AsyncIterator[pb.BuildInput], context: Any) -> AsyncIterator[pb.BuildEvent]:
+    async def Build(self, request_iterator: AsyncIterator[pb.BuildInput],
+                    grpc_context: Any) -> AsyncIterator[pb.BuildEvent]:
         work = self.store.tmp / f"build-{os.getpid()}-{secrets.token_hex(6)}"
         work.mkdir()
         try:
             options: pb.BuildOptions | None = None
+            digest = hashlib.sha256()  # hashed as it arrives: the unpacked context is kept by it
             with open(work / "context.tar", "wb") as ctx:
                 async for msg in request_iterator:
                     if msg.HasField("options"):
                         options = msg.options
                     else:
                         ctx.write(msg.context)
+                        digest.update(msg.context)
             if options is None:
                 raise ImageError("build: the stream did not start with the build options")
-            with open(work / "context.tar", "rb") as ctx_in:
-                await asyncio.to_thread(unpack_context, ctx_in, work / "context")
+            context = await asyncio.to_thread(self.contexts.acquire, work / "context.tar", digest.hexdigest(), work)
             (work / "context.tar").unlink()
             opts = BuildOptions(
                 dockerfile=options.dockerfile, dockerfile_name=options.dockerfile_name or "Dockerfile",
@@ -144,13 +148,16 @@ class ImagesServicer(pbg.ImagesServicer):
                 auth = auths.get(registry.config_key(r.domain)) or auths.get(r.domain) or registry.Auth()
                 return await asyncio.to_thread(registry.pull, self.store, ref, auth)
 
-            builder = Builder(self.store, self.m, puller)
-            async for ev in builder.build(work / "context", opts):
-                yield pb.BuildEvent(stream=ev.text, step=ev.step, total=ev.total, cached=ev.cached,
-                                    image_id=ev.image_id)
+            builder = Builder(self.store, self.m, puller, self.contexts)
+            try:
+                async for ev in builder.build(context, opts):
+                    yield pb.BuildEvent(stream=ev.text, step=ev.step, total=ev.total, cached=ev.cached,
+                                        image_id=ev.image_id)
+            finally:
+                await asyncio.to_thread(self.contexts.release, context)
         except BaseException as e:
             if _expected(e):
-                await context.abort(_code(e), str(e))
+                await grpc_context.abort(_code(e), str(e))
             raise
         finally:
             await asyncio.to_thread(shutil.rmtree, work, True)

@@ -136,6 +136,9 @@ def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | Non
         detail = f"{type(e).__name__}: {e}"
         if not isinstance(e, OSError):
             detail += "\n" + traceback.format_exc(limit=3)
+        from agent.runtime.shim import trace
+
+        trace("init failed: " + traceback.format_exc().replace("\n", " | "))  # (DOCKYARD_TRACE: where)
         _report(ctl, f"container init failed: {detail}", code)
     os._exit(code)
 

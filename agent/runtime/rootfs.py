@@ -151,7 +151,11 @@ def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool, devices: li
     for src, name in _DEV_LINKS:
         os.symlink(src, os.path.join(dev, name))
     for node in devices or ():
-        _make_node(dev, node, userns)
+        try:
+            _make_node(dev, node, userns)
+        except OSError as e:
+            raise OSError(e.errno, f"device {node.path} ({node.type} {node.major}:{node.minor}): "
+                          f"{e.strerror or e}") from None
     sc.mount("devpts", under("/dev/pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5"))
     sc.mount("shm", under("/dev/shm"), "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k")

@@ -323,11 +323,18 @@ RESOLVE_IN_ROOT = 0x10
 _OPEN_HOW = struct.Struct("=QQQ")  # flags, mode, resolve
 
 
+_hows: dict[tuple[int, int, int], ctypes.Array[ctypes.c_char]] = {}  # a layer apply uses two or three
+_HOW_SIZE = ctypes.c_size_t(_OPEN_HOW.size)
+
+
 def openat2(dir_fd: int, path: str, flags: int, mode: int = 0, resolve: int = 0) -> int:
     """A new descriptor for ``path`` below ``dir_fd``; OSError with the kernel's errno otherwise
     (ELOOP: a symlink on the way, EXDEV: it would leave dir_fd, ENOSYS: a kernel before 5.6)."""
-    how = ctypes.create_string_buffer(_OPEN_HOW.pack(flags, mode, resolve), _OPEN_HOW.size)
-    ret = _libc.syscall(SYS_openat2, ctypes.c_int(dir_fd), _b(path), how, ctypes.c_size_t(_OPEN_HOW.size))
+    key = (flags, mode, resolve)
+    how = _hows.get(key)
+    if how is None:
+        how = _hows[key] = ctypes.create_string_buffer(_OPEN_HOW.pack(flags, mode, resolve), _OPEN_HOW.size)
+    ret = _libc.syscall(SYS_openat2, dir_fd, os.fsencode(path), how, _HOW_SIZE)
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)

@@ -59,7 +59,7 @@ def docker_version(sock: Path, conf: Path) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     env.update(DOCKER_HOST=f"unix://{sock}", DOCKER_CONFIG=str(conf))
     t0 = time.perf_counter()
-    subprocess.run(["docker", "version", "--format", "{{.Server.ApiVersion}}"], env=env, capture_output=True,
+    subprocess.run(["docker", "version", "--format", "{{.Server.APIVersion}}"], env=env, capture_output=True,
                    check=True, timeout=60)
     return time.perf_counter() - t0
 

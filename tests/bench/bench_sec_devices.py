@@ -29,12 +29,12 @@ def _run_rm(a: AgentProcess, **extra: object) -> float:
     cfg = pb.ContainerConfig(image="busybox:latest", cmd=["/bin/true"], network_mode="none", auto_remove=True,
                              **extra)  # type: ignore[arg-type]
     t0 = time.perf_counter()
-    code = None
+    code, error = None, ""
     for out in a.stub.Attach(iter([pb.StreamInput(open=pb.OpenStream(create=cfg))])):
         if out.HasField("exit"):
-            code = out.exit.exit_code
+            code, error = out.exit.exit_code, out.exit.error
     took = time.perf_counter() - t0
-    assert code == 0, code
+    assert code == 0, f"exit {code}: {error}"
     return took
 
 

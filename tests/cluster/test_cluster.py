@@ -14,8 +14,16 @@ import grpc
 import pytest
 
 from protos import cluster_pb2 as cpb
-from tests.agent_harness import free_port, import_busybox
-from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, running, tasks, wait_for
+from tests.agent_harness import free_port
+from tests.cluster_harness import (
+    JoinedAgent,
+    SchedulerProcess,
+    cli,
+    one_node_cluster,
+    running,
+    tasks,
+    wait_for,
+)
 from tests.etcd_server import EtcdServer
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
@@ -63,22 +71,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path) -> Ite
     if os.geteuid() != 0:
         pytest.skip("the agent needs root")
     base = tmp_path_factory.mktemp("cluster")
-    etcd = EtcdServer.start()
-    sched = SchedulerProcess(base / "sched", etcd=etcd.endpoint)
-    agent = JoinedAgent(base / "agent", join=sched.address, name="solo")
-    try:
-        sched.start()
-        agent.start()
-        import_busybox(agent, busybox_tar_path)
-        wait_for(lambda: [n for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes if n.status == "ready"],
-                 20, "the node ready")
+    with one_node_cluster(base, busybox_tar_path) as (etcd, sched, agent):
         yield Env(etcd, sched, agent, base)
-    finally:
-        try:
-            agent.destroy()
-        finally:
-            sched.stop()
-            etcd.stop()
 
 
 def test_deploy_runs_tasks_with_labels_and_is_idempotent(env: Env) -> None:

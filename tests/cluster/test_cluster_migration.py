@@ -31,13 +31,14 @@ COUNTER = ("echo hi > /tmp/index.html; httpd -p 80 -h /tmp; i=0; "
 
 def service(name: str, *, replicas: int = 1, port: str = "", pause: str = "") -> str:
     ports = f"\n    ports: [\"{port}\"]" if port else ""
-    labels = f"\n    labels: {{dockyard.fault.pause: \"{pause}\"}}" if pause else ""
+    # a service label (deploy.labels, as Swarm's); `labels:` would label the containers
+    labels = f"\n      labels: {{dockyard.fault.pause: \"{pause}\"}}" if pause else ""
     return f"""
 services:
   {name}:
     image: busybox:latest
-    command: ["sh", "-c", "{COUNTER}"]{ports}{labels}
-    deploy:
+    command: ["sh", "-c", "{COUNTER}"]{ports}
+    deploy:{labels}
       replicas: {replicas}
       restart_policy: {{condition: any, delay: 1s}}
 """

@@ -15,9 +15,8 @@ import pytest
 
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as cpb
-from tests.agent_harness import CLI, REPO, _env, import_busybox
-from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, running, wait_for
-from tests.etcd_server import EtcdServer
+from tests.agent_harness import CLI, REPO, _env
+from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, one_node_cluster, running, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -74,22 +73,8 @@ def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path) -> Ite
     if os.geteuid() != 0:
         pytest.skip("the agent needs root")
     base = tmp_path_factory.mktemp("stackcli")
-    etcd = EtcdServer.start()
-    sched = SchedulerProcess(base / "sched", etcd=etcd.endpoint)
-    agent = JoinedAgent(base / "agent", join=sched.address, name="solo")
-    try:
-        sched.start()
-        agent.start()
-        import_busybox(agent, busybox_tar_path)
-        wait_for(lambda: [n for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes if n.status == "ready"],
-                 20, "the node ready")
+    with one_node_cluster(base, busybox_tar_path) as (_, sched, agent):
         yield Env(sched, agent, base)
-    finally:
-        try:
-            agent.destroy()
-        finally:
-            sched.stop()
-            etcd.stop()
 
 
 def test_stack_deploy_reads_the_shell_and_dotenv_and_every_key_reaches_the_container(env: Env) -> None:
@@ -177,6 +162,10 @@ def test_service_create_global(env: Env) -> None:
     ls = env.ok("service", "ls")
     row = next(line.split() for line in ls.splitlines() if line.startswith("everywhere "))
     assert row[1:3] == ["global", "1/1"]
+    r = env.cli("service", "scale", "everywhere=3")
+    assert r.returncode == 1 and "scale can only be used with replicated mode" in r.stderr, r.stderr
+    r = env.cli("service", "update", "--replicas", "3", "everywhere")
+    assert r.returncode == 1 and "replicas can only be used with replicated mode" in r.stderr, r.stderr
     env.ok("service", "rm", "everywhere")
     wait_for(lambda: not env.containers("everywhere"), 30, "everywhere stopped")
 

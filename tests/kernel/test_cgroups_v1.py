@@ -378,7 +378,10 @@ def test_device_rules_default_update_and_privileged(driver: V1Driver, spawn: Spa
     assert p2.stdout is not None
     assert p2.stdout.readline() == b"opened\n"
     driver.update("dev", Resources(devices=ALL_DEVICES))
-    assert devices.rules(path) == ["a *:* rwm"]
+    assert sorted(devices.rules(path)) == ["b *:* rwm", "c *:* rwm"]  # every device, with no instant of none
+    p3 = spawn.python(driver, "dev", probe)
+    assert p3.stdout is not None
+    assert p3.stdout.readline() == b"opened\n"
     driver.update("dev", Resources())
     assert sorted(devices.rules(path)) == sorted(str(r) for r in DEFAULT_DEVICE_RULES)
 
@@ -453,6 +456,7 @@ def test_device_rule_updates_never_deny_what_stays_allowed(driver: V1Driver, spa
     extra = (*DEFAULT_DEVICE_RULES, DeviceRule("b", 7, 0, "r"), DeviceRule("c", 1, 3, "r"))
     while p.poll() is None:
         driver.update("race", Resources(devices=extra))
+        driver.update("race", Resources(devices=ALL_DEVICES))  # (--privileged)
         driver.update("race", Resources())
     assert p.stdout.read().strip() == "0"
     assert sorted(devices.rules(driver.paths("race")["devices"])) == sorted(str(r) for r in DEFAULT_DEVICE_RULES)

@@ -556,3 +556,23 @@ def test_login_push_pull_through_a_loopback_registry(da: AgentProcess, dconf: Pa
         docker(da, dconf, "rmi", ref)
     finally:
         reg.stop()
+
+
+@pytest.mark.slow
+def test_healthchecks(da: AgentProcess, dconf: Path) -> None:
+    docker(da, dconf, "run", "-d", "--name", "ok", "--health-cmd", "test -e /bin/sh", "--health-interval", "200ms",
+           "--health-retries", "1", "busybox", "sleep", "60")
+    docker(da, dconf, "run", "-d", "--name", "bad", "--health-cmd", "echo nope; exit 1", "--health-interval",
+           "200ms", "--health-retries", "2", "busybox", "sleep", "60")
+
+    def status(name: str) -> str:
+        return docker(da, dconf, "inspect", "-f", "{{.State.Health.Status}}", name).stdout.strip()
+
+    assert status("ok") in ("starting", "healthy")
+    da.wait_for(lambda: status("ok") == "healthy", timeout=20, what="ok to be healthy")
+    da.wait_for(lambda: status("bad") == "unhealthy", timeout=20, what="bad to be unhealthy")
+    doc = json.loads(docker(da, dconf, "inspect", "bad").stdout)[0]
+    assert doc["Config"]["Healthcheck"]["Test"] == ["CMD-SHELL", "echo nope; exit 1"]
+    assert doc["State"]["Health"]["FailingStreak"] >= 2
+    assert doc["State"]["Health"]["Log"][-1]["ExitCode"] == 1 and doc["State"]["Health"]["Log"][-1]["Output"] == "nope\n"
+    assert "(healthy)" in docker(da, dconf, "ps", "--filter", "name=ok", "--format", "{{.Status}}").stdout

@@ -1,10 +1,12 @@
 """Restore of a checkpoint archive with a hostile rootfs-diff.tar, through a real agent: the archive
 (cold: no CRIU images, so no CRIU is needed) goes to RestoreContainer as a migration's target gets
 it; the diff is applied as a layer with the same checks as any image layer. The host is checked
-after each case, and a refused archive leaves no container behind."""
+after each case, and a refused archive leaves no container behind. And the agent's
+--max-layer-size, end to end through `dockyard import` and `dockyard load`."""
 
 from __future__ import annotations
 
+import gzip
 import io
 import json
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 from agent.checkpoint import archive as ckpt
 from protos import agent_pb2 as pb
 from tests.agent_harness import AgentProcess
-from tests.kernel.test_images_hostile import CASES, Host, _layers, make_host
+from tests.kernel.test_images_hostile import CASES, Host, _layers, _oci_layout, layer_tar, make_host
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -60,3 +62,26 @@ def test_hostile_rootfs_diff_in_a_checkpoint_archive(clean_agent: AgentProcess, 
     else:
         assert outcome != "refused", f"{case}: restored, should be refused"
     assert host.snapshot() == before
+
+
+def test_agent_max_layer_size_refuses_a_bomb_end_to_end(tmp_path: Path) -> None:
+    """`dockyard agent --max-layer-size 1m`, then `dockyard import` and `dockyard load` of a layer of
+    16 MiB of zeros (16 KB gzip'd): a clear error naming the layer and the flag, nothing stored."""
+    a = AgentProcess(tmp_path / "agent")
+    a.extra_args = ["--max-layer-size", "1m"]
+    try:
+        a.start()
+        bomb = gzip.compress(layer_tar([("file", "zeros", bytes(16 << 20))]))
+        bomb_file = tmp_path / "bomb.tar.gz"
+        bomb_file.write_bytes(bomb)
+        r = a.cli("import", str(bomb_file), "bomb:1")
+        assert r.returncode != 0
+        assert "import: expands to more than 1048576 bytes" in r.stderr and "--max-layer-size" in r.stderr
+        assert "Traceback" not in r.stderr
+        oci = tmp_path / "bomb-oci.tar"
+        oci.write_bytes(_oci_layout([layer_tar([("file", "zeros", bytes(16 << 20))])]))
+        r = a.cli("load", "-i", str(oci))
+        assert r.returncode != 0 and "expands to more than 1048576 bytes" in r.stderr, r.stderr
+        assert a.cli("images", "-q", check=True).stdout.strip() == ""
+    finally:
+        a.destroy()

@@ -30,8 +30,13 @@ class Devices:
         allow = os.path.join(path, "devices.allow")
         deny = os.path.join(path, "devices.deny")
         if "a *:*" in wanted:
-            _fs.write(allow, "a")
-            return
+            if "a *:*" in current:
+                return
+            # Every device, as two wildcard rules: writing "a" to devices.allow empties the list
+            # before it flips the default, and an open or mknod in between is refused.
+            wanted = {"c *:*": "rwm", "b *:*": "rwm"}
+            if wanted == current:
+                return
         if "a *:*" in current:
             _fs.write(deny, "a")
             current = {}
