@@ -38,6 +38,7 @@ from agent.model import (
     RestartPolicy,
     StartFailed,
 )
+from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace
@@ -92,6 +93,7 @@ class ContainerManager:
         self.checkpoints = Checkpoints(self)  # checkpoint, restore, migration dumps (checkpointing.py)
         self.on_change: list[Callable[[Container], None]] = []
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
+        self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -207,6 +209,8 @@ class ContainerManager:
             raise InvalidArgument(f"invalid restart policy '{cfg.restart_policy.name}'")
         if cfg.auto_remove and cfg.restart_policy.name not in ("", "no"):
             raise InvalidArgument("conflicting options: --restart and --rm")
+        if cfg.overlays and cfg.network_mode not in ("", "bridge", "default"):
+            raise InvalidArgument(f"conflicting options: cluster networks and the {cfg.network_mode} network mode")
         if cfg.network_mode in ("none", "host") and cfg.ports:
             raise InvalidArgument(f"conflicting options: port publishing and the {cfg.network_mode} network mode")
         for p in cfg.ports:
@@ -305,7 +309,8 @@ class ContainerManager:
             cgroup_root=getattr(self.cg, "root", "/sys/fs/cgroup"),
             network=c.endpoint, network_state_dir=str(getattr(self.network, "state_dir", "")),
             bridge=getattr(self.network, "name", ""), subnet=str(getattr(self.network, "subnet", "")),
-            etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log), devices=nodes,
+            etc_hosts=hosts, log_path=str(files.log), devices=nodes,
+            etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None else _resolv_conf(),
         )
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
@@ -341,6 +346,15 @@ class ContainerManager:
                 raise Conflict(str(e)) from e
             except network.NetworkError as e:
                 raise InvalidArgument(str(e)) from e
+            if c.config.overlays:
+                from dataclasses import replace as _replace
+
+                try:
+                    ep = _replace(ep, overlays=self.network.overlay_endpoints(
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                except network.NetworkError as e:
+                    await asyncio.to_thread(self.network.release, c.id)
+                    raise InvalidArgument(str(e)) from e
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
@@ -402,6 +416,12 @@ class ContainerManager:
 
         assert c.endpoint is not None
         self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)
+        if c.config.overlays and self.resolvers is not None:
+            try:
+                self.resolvers.open(c.id, tuple(o.network for o in c.config.overlays), pid)
+            except OSError as e:
+                self.network.detach(network.Endpoint.from_dict(c.endpoint))
+                raise network.NetworkError(str(e)) from e
 
     def _detach_network(self, endpoint: dict[str, Any]) -> None:
         from agent.runtime import network
