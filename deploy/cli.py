@@ -103,7 +103,7 @@ LAZY: dict[str, tuple[str, ...]] = {
     "service": (_CLUSTER, "deploy.cli_stack"),
     "stack": ("deploy.cli_stack",),
     "container": (_GROUPS,),
-    "network": (_GROUPS,),
+    "network": (_GROUPS, "deploy.cli_network"),
     "cluster": ("deploy.cli_bootstrap",),
 }
 
@@ -157,10 +157,15 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
               help="Refuse a layer that expands to more than this on import, load, pull or restore (e.g. 10g; "
                    "default: no bound, as docker)")
 @click.option("--max-image-size", default="", help="The same for all the layers of one image")
+@click.option("--ip-forward", type=bool, default=True, show_default=True,
+              help="Turn on net.ipv4.ip_forward (published ports from other hosts, the routing mesh); as docker's")
+@click.option("--ip-masq", type=bool, default=True, show_default=True,
+              help="Masquerade the containers' subnet so they reach beyond the host; as docker's")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
               advertise: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
-              docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "") -> None:
+              docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "", ip_forward: bool = True,
+              ip_masq: bool = True) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -186,7 +191,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
                      join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods,
-                     docker_socket=docker_socket, docker_tcp=docker_tcp,
+                     docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward, ip_masq=ip_masq,
                      max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
                      max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 
