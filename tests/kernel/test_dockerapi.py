@@ -122,6 +122,20 @@ def test_agent_flags_for_the_docker_socket(tmp_path: Path) -> None:
                        capture_output=True, text=True, env=_env(), cwd=REPO, timeout=30)
     assert r.returncode != 0 and "only a loopback address" in r.stderr
     assert not (tmp_path / "containers").exists()   # refused before anything was made
+    # --docker-socket "" serves no socket; --docker-tcp serves loopback TCP
+    from tests.agent_harness import free_port
+
+    a = AgentProcess(tmp_path / "agent")
+    port = free_port()
+    a.extra_args = ["--docker-socket", "", "--docker-tcp", f"127.0.0.1:{port}"]
+    try:
+        a.start()
+        assert not a.docker_socket.exists()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"GET /_ping HTTP/1.1\r\nHost: d\r\n\r\n")
+            assert s.recv(4096).startswith(b"HTTP/1.1 200 ")
+    finally:
+        a.destroy()
 
 
 # --- step 2: containers with the docker CLI -------------------------------------------------------
