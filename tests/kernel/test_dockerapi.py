@@ -105,6 +105,8 @@ def test_ping_version_info_and_errors(da: AgentProcess, dconf: Path) -> None:
     assert code == 404 and "message" in json.loads(body)
     code, _, body = split(raw(da, b"GET /swarm HTTP/1.1\r\nHost: d\r\n\r\n"))
     assert code == 503 and "not a swarm manager" in json.loads(body)["message"]
+    code, _, body = split(raw(da, b"POST /session HTTP/1.1\r\nHost: d\r\nContent-Length: 0\r\n\r\n"))
+    assert code == 501 and "DOCKER_BUILDKIT=0" in json.loads(body)["message"]
     # the real CLI
     v = json.loads(docker(da, dconf, "version", "--format", "{{json .Server}}").stdout)
     assert v["ApiVersion"] == "1.45" and v["Os"] == "linux"
