@@ -18,9 +18,11 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from scheduler import netalloc
 from scheduler.executor import Executor
 from scheduler.metrics import SchedulerMetrics
-from scheduler.model import DesiredState, TaskState
+from scheduler.model import DesiredState, Task, TaskState
+from scheduler.network import Exhausted, full_networks
 from scheduler.reconcile import Action, Migrate, Place, Remove, Stop, Update, reconcile
 from scheduler.store import Store, StoreError
 from scheduler.view import View
@@ -34,6 +36,14 @@ def _touches(a: Action) -> set[str]:
     if isinstance(a, (Stop, Remove)):
         return {a.task.id}
     return set()
+
+
+def _tasks_of(a: Action) -> list[Task]:
+    if isinstance(a, (Update, Migrate)):
+        return [a.old, a.new]
+    if isinstance(a, (Stop, Remove, Place)):
+        return [a.task]
+    return []
 
 
 def new_task_id() -> str:
@@ -74,13 +84,28 @@ class LeaderLoop:
     async def one_pass(self) -> float | None:
         now = self.clock()
         v = self.view
+        # Addresses first: a service whose network is full stays pending (reconcile is told so);
+        # tasks this pass creates get theirs in the next pass (the dispatcher waits for them).
+        addresses = netalloc.plan(v, now)
+        blocked: dict[str, str] = {}
+        addressed: set[str] = set()
+        if addresses:
+            blocked = full_networks(addresses)
+            waiting = {op.task.id for op in addresses if isinstance(op, Exhausted)}
+            addressed = {a.task_id for a in v.allocations.values()} - waiting
         with self.metrics.reconcile():
             plan = reconcile(v.services, list(v.tasks.values()), v.node_list(), now, new_id=new_task_id,
-                             rng=self.rng)
+                             rng=self.rng, blocked=blocked, addressed=addressed)
         self.passes += 1
         migrating = v.migrating()
         if migrating:  # a task being moved is the migration's: act on it once its record is gone
             plan.actions = [a for a in plan.actions if not (_touches(a) & migrating)]
+        if addresses:
+            touched = {t.id for a in plan.actions for t in _tasks_of(a)}
+            rev = await netalloc.write(self.store, [op for op in addresses if not (
+                isinstance(op, Exhausted) and op.task.id in touched)], now)
+            if rev:
+                await v.wait_revision(rev)
         if not plan.actions:
             return plan.wake_at
         for a in plan.actions:

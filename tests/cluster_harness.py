@@ -159,7 +159,8 @@ class JoinedAgent(AgentProcess):
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
                  "--subnet", self.subnet, "--name", self.node, "--cgroup-parent", self.cgroup_parent,
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--listen", self.listen, "--join", self.join,
-                 "--docker-socket", str(self.docker_socket)],
+                 "--docker-socket", str(self.docker_socket),
+                 "--ip-forward=false", "--ip-masq=false"],  # the machine's own namespace: left alone
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30
         from protos import agent_pb2 as pb
