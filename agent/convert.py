@@ -9,16 +9,17 @@ from agent import attachsession
 from agent.model import (
     Container,
     ContainerConfig,
-    DeviceMapping,
     DeviceRate,
     HealthCheck,
     Mount,
+    Overlay,
     Port,
     Resources,
     RestartPolicy,
     Ulimit,
 )
 from agent.runtime.spec import ProcessSpec
+from common.devices import DeviceMapping
 from protos import agent_pb2 as pb
 
 
@@ -42,6 +43,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         security_opt=list(m.security_opt),
         devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
         privileged=m.privileged,
+        overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu) for o in m.overlays],
         mounts=[mount_from_pb(x) for x in m.mounts], read_only=m.read_only,
         cap_add=list(m.cap_add), cap_drop=list(m.cap_drop),
         ulimits=[Ulimit(u.name, u.soft, u.hard) for u in m.ulimits], dns=list(m.dns), dns_search=list(m.dns_search),
@@ -86,6 +88,8 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         devices=[pb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
                                   permissions=d.permissions) for d in c.devices],
         privileged=c.privileged,
+        overlays=[pb.OverlayAttachment(network=o.network, vni=o.vni, subnet=o.subnet, ip=o.ip, mac=o.mac, mtu=o.mtu)
+                  for o in c.overlays],
         mounts=[mount_to_pb(x) for x in c.mounts], read_only=c.read_only,
         cap_add=c.cap_add, cap_drop=c.cap_drop,
         ulimits=[pb.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in c.ulimits], dns=c.dns,

@@ -151,6 +151,13 @@ class PortSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkAttachment:
+    """A service on a cluster network (scheduler/network.py), with extra names it answers to there."""
+    name: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ResourceSpec:
     limits: Resources = Resources()
     reservations: Resources = Resources()
@@ -260,6 +267,7 @@ class ServiceSpec:
     sysctls: tuple[tuple[str, str], ...] = ()
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
+    networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
 
     @property
     def digest(self) -> str:
@@ -289,7 +297,7 @@ _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "
                                  "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
                                  "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
                                  "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
-                                 "sysctls": [], "shm_size": 0, "group_add": []}
+                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": []}
 
 
 class UpdateState(enum.StrEnum):
