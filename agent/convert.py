@@ -6,17 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent import attachsession
-from agent.model import (
-    Container,
-    ContainerConfig,
-    DeviceMapping,
-    DeviceRate,
-    Overlay,
-    Port,
-    Resources,
-    RestartPolicy,
-)
+from agent.model import Container, ContainerConfig, DeviceRate, Overlay, Port, Resources, RestartPolicy
 from agent.runtime.spec import ProcessSpec
+from common.devices import DeviceMapping
 from protos import agent_pb2 as pb
 
 

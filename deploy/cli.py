@@ -286,8 +286,7 @@ def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any
 
 
 @main.command()
-@click.option("-a", "--attach", is_flag=True, help="Attach STDOUT/STDERR and forward signals")
-@click.option("-i", "--interactive", is_flag=True, help="Attach container's STDIN")
+@options.click_options(options.START)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
 def start(ctx: click.Context, containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
@@ -481,7 +480,7 @@ def stats(ctx: click.Context, all_: bool, no_stream: bool, fmt: str, containers:
 # --- lifecycle ---------------------------------------------------------------------------------
 
 @main.command()
-@click.option("-t", "--time", "timeout", type=int, default=-1, help="Seconds to wait before killing the container")
+@options.click_options(options.STOP)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
 def stop(ctx: click.Context, timeout: int, containers: tuple[str, ...]) -> None:
@@ -501,7 +500,7 @@ def restart(ctx: click.Context, timeout: int, containers: tuple[str, ...]) -> No
 
 
 @main.command()
-@click.option("-s", "--signal", "sig", default="KILL", help="Signal to send to the container")
+@options.click_options(options.KILL)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
 def kill(ctx: click.Context, sig: str, containers: tuple[str, ...]) -> None:
@@ -529,7 +528,7 @@ def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("-f", "--force", is_flag=True, help="Force the removal of a running container (uses SIGKILL)")
+@options.click_options(options.RM)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
 def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:

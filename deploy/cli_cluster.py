@@ -299,15 +299,12 @@ def load_stacks(files: tuple[str, ...], name: str | None) -> tuple[str, dict[str
 
 
 def load_stack_files(files: tuple[str, ...], name: str | None) -> tuple[str, dict[str, Any], list[Any]]:
-    """load_stacks, with the parsed Stack of each file (its networks: too)."""
+    """load_stacks, with the merged Stack itself (its networks: too)."""
     import os
 
     from deploy.compose.dotenv import DotEnvError, project_environment
-    from deploy.stack import StackError, load_stack
+    from deploy.stack import StackError, load_stacks
 
-    specs: dict[str, Any] = {}
-    stack_name = name
-    stacks = []
     env_warnings: list[str] = []
     try:
         # As Compose: the .env beside the first file, the shell's variables over it
@@ -316,19 +313,15 @@ def load_stack_files(files: tuple[str, ...], name: str | None) -> tuple[str, dic
         fail(f"dockyard deploy: {e}")
     for w in env_warnings:
         click.echo(f"warning: {w}", err=True)
-    for f in files:
-        try:
-            stack = load_stack(f, stack_name, environ=environ)
-        except StackError as e:
-            fail(f"dockyard deploy: {e}")
-        for w in stack.warnings:
-            click.echo(f"warning: {w}", err=True)
-        stack_name = stack.name
-        stacks.append(stack)
-        for s in stack.services:
-            specs[s.name] = s
-    assert stack_name is not None
-    return stack_name, specs, stacks
+    try:
+        stack = load_stacks(files, name, environ=environ)  # later files override earlier ones
+    except StackError as e:
+        fail(f"dockyard deploy: {e}")
+    for w in stack.warnings:
+        click.echo(f"warning: {w}", err=True)
+    stack_name = stack.name
+    specs = {s.name: s for s in stack.services}
+    return stack_name, specs, [stack]
 
 
 def deploy_stack(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: bool) -> None:

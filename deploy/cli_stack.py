@@ -282,6 +282,8 @@ def build_service_spec(image: str, command: tuple[str, ...], o: dict[str, Any]) 
         except constraint_lang.ConstraintError as e:
             raise click.BadParameter(str(e), param_hint="--placement-pref") from None
         spread.append(key)
+    if mode is ServiceMode.GLOBAL and o["replicas_max_per_node"]:
+        raise click.UsageError("--replicas-max-per-node can only be used with replicated mode")
     if o["replicas_max_per_node"] < 0:
         raise click.BadParameter("must be 0 or more", param_hint="--replicas-max-per-node")
     ports = tuple(p for spec in o["publish"] for p in _checked(functools.partial(_publish, spec)))

@@ -21,7 +21,7 @@ import math
 import os
 import re
 import shlex
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
@@ -109,16 +109,17 @@ class _At:
         m = self.value
         if key not in m or m[key] is None:
             return None
-        return _At(self.file, f"{self.field}.{key}" if self.field else key, m.lines.get(key, m.line), m[key])
+        return _At(_file_of(m, key, self.file), f"{self.field}.{key}" if self.field else key,
+                   m.lines.get(key, m.line), m[key])
 
     def items(self) -> list[tuple[str, _At]]:
         m = self.mapping()
-        return [(k, _At(self.file, f"{self.field}.{k}" if self.field else k, m.lines.get(k, m.line), v))
-                for k, v in m.items()]
+        return [(k, _At(_file_of(m, k, self.file), f"{self.field}.{k}" if self.field else k,
+                        m.lines.get(k, m.line), v)) for k, v in m.items()]
 
     def elements(self) -> list[_At]:
         s = self.seq()
-        return [_At(self.file, f"{self.field}[{i}]", s.lines[i] if i < len(s.lines) else s.line, v)
+        return [_At(_file_of(s, i, self.file), f"{self.field}[{i}]", s.lines[i] if i < len(s.lines) else s.line, v)
                 for i, v in enumerate(s)]
 
     def mapping(self, allowed: frozenset[str] | None = None, unsupported: Mapping[str, str] | None = None) -> _Map:
@@ -195,6 +196,16 @@ class _At:
             except ValueError as e:
                 self.fail(f"cannot split {self.value!r}: {e}")
         return tuple(e.string() for e in self.elements())
+
+
+def _file_of(node: _Map | _Seq, key: Any, default: str) -> str:
+    """The file a value came from: a merged stack (several -c files) records it per key or item."""
+    files = getattr(node, "files", None)
+    if not files:
+        return default
+    if isinstance(node, _Seq):
+        return str(files[key]) if key < len(files) and files[key] else default
+    return str(files.get(key, default))
 
 
 def _kind(v: Any) -> str:
@@ -370,18 +381,41 @@ _UNSUPPORTED_PORT = {"host_ip": "a published port binds every address of the nod
 
 
 def load_stack(path: str, name: str | None = None, *, environ: Mapping[str, str] | None = None) -> Stack:
-    try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except OSError as e:
-        raise StackError(path, 0, "", f"cannot read: {e.strerror or e}") from e
-    except UnicodeDecodeError as e:
-        raise StackError(path, 0, "", f"not UTF-8 text: {e}") from e
-    return parse_stack(text, name, file=path, environ=environ)
+    return load_stacks([path], name, environ=environ)
+
+
+def load_stacks(paths: Sequence[str], name: str | None = None, *,
+                environ: Mapping[str, str] | None = None) -> Stack:
+    """One stack from several files, as `docker stack deploy -c a.yaml -c b.yaml`: each later file
+    overrides the ones before (_merge), and every error still names the file its value came from."""
+    warnings: list[str] = []
+    merged: _At | None = None
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as e:
+            raise StackError(path, 0, "", f"cannot read: {e.strerror or e}") from e
+        except UnicodeDecodeError as e:
+            raise StackError(path, 0, "", f"not UTF-8 text: {e}") from e
+        root = _document(text, path, environ or {}, warnings)
+        if merged is None:
+            merged = root
+        else:
+            _merge(merged.value, root.value, path, ())
+    if merged is None:
+        raise StackError("", 0, "", "no stack file given")
+    return _stack(merged, name, environ or {}, warnings)
 
 
 def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
                 environ: Mapping[str, str] | None = None) -> Stack:
+    warnings: list[str] = []
+    return _stack(_document(text, file, environ or {}, warnings), name, environ or {}, warnings)
+
+
+def _document(text: str, file: str, environ: Mapping[str, str], warnings: list[str]) -> _At:
+    """One file read, its top-level keys checked and its values interpolated."""
     try:
         doc = load_yaml(text)  # safe types only, bounded depth and alias expansion
     except YAMLError as e:
@@ -389,9 +423,89 @@ def parse_stack(text: str, name: str | None = None, *, file: str = "<stack>",
     if doc is None:
         raise StackError(file, 1, "", "empty file: a stack needs `services:`")
     root = _At(file, "", getattr(doc, "line", 1), doc)
-    warnings: list[str] = []
     top = root.mapping(_TOP, _UNSUPPORTED_TOP)
-    _interpolate_tree(top, file, environ or {}, warnings)
+    _interpolate_tree(top, file, environ, warnings)
+    return root
+
+
+# How a later file's value joins an earlier one's (docker stack deploy's merge): mappings merge key by
+# key, `environment` and `labels` by name in either form, these lists are replaced, every other list
+# is appended to (ports without repeats), and anything else is replaced.
+_REPLACED = frozenset({"command", "entrypoint", "test"})
+_BY_NAME = frozenset({"environment", "labels"})
+
+
+def _merge(base: _Map, over: _Map, over_file: str, path: tuple[str, ...]) -> None:
+    files: dict[Any, str] = getattr(base, "files", None) or {}
+    base.files = files  # type: ignore[attr-defined]
+    for k, v in over.items():
+        line = over.lines.get(k, over.line)
+        old = base.get(k)
+        if isinstance(old, _Map) and isinstance(v, _Map) and k not in _BY_NAME:
+            base[k] = old = _copy(old)  # written below: it may be shared through an anchor
+            _merge(old, v, over_file, (*path, k))
+            continue
+        if old is not None and k in _BY_NAME and isinstance(old, _Map | _Seq) and isinstance(v, _Map | _Seq):
+            base[k] = _by_name(old, v, over_file)  # the key keeps its first place; items say their file
+            continue
+        if isinstance(old, _Seq) and isinstance(v, _Seq) and k not in _REPLACED:
+            base[k] = _appended(old, v, over_file, unique=k == "ports")
+            continue
+        base[k] = v
+        base.lines[k] = line
+        files[k] = over_file
+
+
+def _copy(m: _Map) -> _Map:
+    out = _Map(m)
+    out.line, out.lines = m.line, dict(m.lines)
+    if getattr(m, "files", None):
+        out.files = dict(m.files)  # type: ignore[attr-defined]
+    return out
+
+
+def _by_name(old: _Map | _Seq, new: _Map | _Seq, new_file: str) -> _Map:
+    """environment/labels of two files as one mapping (a list's NAME=value items by NAME)."""
+    def as_map(v: _Map | _Seq) -> _Map:
+        if isinstance(v, _Map):
+            return v
+        out = _Map()
+        out.line, out.lines = v.line, {}
+        for i, item in enumerate(v):
+            k, sep, val = str(item).partition("=")
+            out[k] = val if sep else None
+            out.lines[k] = v.lines[i] if i < len(v.lines) else v.line
+        return out
+
+    merged, extra = as_map(old), as_map(new)
+    if merged is old:
+        merged = _copy(merged)  # the earlier file's mapping may be shared through an anchor
+    files: dict[Any, str] = dict(getattr(merged, "files", None) or {})
+    for k, val in extra.items():
+        merged[k] = val
+        merged.lines[k] = extra.lines.get(k, extra.line)
+        files[k] = new_file
+    merged.files = files  # type: ignore[attr-defined]
+    return merged
+
+
+def _appended(old: _Seq, new: _Seq, new_file: str, unique: bool) -> _Seq:
+    out = _Seq(old)
+    out.line, out.lines = old.line, list(old.lines)
+    out_files: list[str] = list(getattr(old, "files", None) or [""] * len(old))
+    for i, item in enumerate(new):
+        if unique and item in out:
+            continue
+        out.append(item)
+        out.lines.append(new.lines[i] if i < len(new.lines) else new.line)
+        out_files.append(new_file)
+    out.files = out_files  # type: ignore[attr-defined]
+    return out
+
+
+def _stack(root: _At, name: str | None, environ: Mapping[str, str], warnings: list[str]) -> Stack:
+    file = root.file
+    top = root.value
     version = root.child("version")
     if version is not None:
         _version(version)
@@ -566,6 +680,10 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
             (deploy.child("replicas") or deploy).fail("a global service runs one task per node: leave replicas out")
         resources, pids = _resources(deploy.child("resources"))
         placement = _placement(deploy.child("placement"))
+        placement_at = deploy.child("placement")
+        per_node = placement_at.child("max_replicas_per_node") if placement_at is not None else None
+        if mode is ServiceMode.GLOBAL and per_node is not None:
+            per_node.fail("a global service runs one task per node: max_replicas_per_node is for replicated ones")
         update = _update(deploy.child("update_config"), UpdateConfig())
         rollback = _update(deploy.child("rollback_config"), UpdateConfig())
         restart = _restart(deploy.child("restart_policy"))
@@ -585,7 +703,7 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
 
 def _devices(at: _At | None) -> tuple[str, ...]:
     """`devices:` as Compose's short syntax, HOST[:CONTAINER][:rwm] (the node checks the host's path)."""
-    from agent.model import DeviceMapping
+    from common.devices import DeviceMapping
 
     out = []
     for el in at.elements() if at is not None else []:

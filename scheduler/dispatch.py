@@ -24,8 +24,8 @@ from collections.abc import Callable
 
 import grpc
 
-from agent.model import DeviceMapping
 from common import transport
+from common.devices import DeviceMapping
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState

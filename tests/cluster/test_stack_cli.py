@@ -174,6 +174,7 @@ def test_bad_service_create_flags_call_nothing(env: Env) -> None:
     for args, fragment in ((["--limit-memory", "12X"], "--limit-memory: invalid size '12X'"),
                            (["--limit-cpu", "nan"], "--limit-cpu: invalid cpus 'nan'"),
                            (["--mode", "global", "--replicas", "2"], "--replicas can only be used with replicated"),
+                           (["--mode", "global", "--replicas-max-per-node", "1"], "can only be used with replicated"),
                            (["-p", "1-65535:1-65535", "-p", "80:80"], "host port 80/tcp published twice")):
         r = env.cli("service", "create", "--name", "bad", *args, "busybox:latest")
         assert r.returncode == 2 and fragment in r.stderr, (args, r.stderr)

@@ -356,6 +356,20 @@ BAD = [
             image: nginx
             env_file: [nope.env]
         """, 4, "services.web.env_file[0]", "not found"),
+    ("global with replicas", """\
+        services:
+          web:
+            image: nginx
+            deploy: {mode: global, replicas: 2}
+        """, 4, "services.web.deploy.replicas", "one task per node"),
+    ("global with max per node", """\
+        services:
+          web:
+            image: nginx
+            deploy:
+              mode: global
+              placement: {max_replicas_per_node: 2}
+        """, 6, "services.web.deploy.placement.max_replicas_per_node", "for replicated ones"),
     ("service is a list", """\
         services:
           web: [nginx]
@@ -538,3 +552,66 @@ def test_bad_devices_name_the_entry(tmp_path: Path, value: str, fragment: str) -
         load_stack(path, "s")
     assert e.value.line == 4 and e.value.field.startswith("services.web.devices"), str(e.value)
     assert fragment in str(e.value)
+
+
+def test_later_files_override_as_docker_stack_deploy_merges(tmp_path: Path) -> None:
+    from deploy.stack import load_stacks
+
+    base = write(tmp_path, """\
+        name: shop
+        x-common: &common
+          deploy: {replicas: 2, resources: {limits: {memory: 64M}}}
+        services:
+          web:
+            <<: *common
+            image: nginx:1
+            command: ["nginx", "-g", "daemon off;"]
+            environment: [A=1, B=1]
+            labels: {team: a}
+            ports: ["80:80"]
+          api:
+            <<: *common
+            image: api:1
+        """, "base.yaml")
+    over = write(tmp_path, """\
+        services:
+          web:
+            image: nginx:2
+            command: ["nginx"]
+            environment: {B: "2", C: "3"}
+            ports: ["80:80", "443:443"]
+            deploy: {replicas: 5}
+          worker: {image: worker:1}
+        """, "prod.yaml")
+    stack = load_stacks([base, over])
+    web, api = stack.service("web"), stack.service("api")
+    assert stack.name == "shop" and [s.name for s in stack.services] == ["shop_web", "shop_api", "shop_worker"]
+    assert (web.image, web.command, web.replicas) == ("nginx:2", ("nginx",), 5)
+    assert web.resources.limits.memory_bytes == 64 << 20  # kept from the first file's deploy
+    assert web.env == (("A", "1"), ("B", "2"), ("C", "3"))
+    assert web.container_labels == (("team", "a"),)
+    assert [(p.published, p.target) for p in web.ports] == [(80, 80), (443, 443)]
+    assert api.replicas == 2  # the anchor both services share was not changed by web's override
+
+
+def test_an_error_in_a_merged_stack_names_the_file_it_came_from(tmp_path: Path) -> None:
+    from deploy.stack import load_stacks
+
+    base = write(tmp_path, "services:\n  web:\n    image: nginx\n    environment: [A=1]\n", "base.yaml")
+    over = write(tmp_path, "services:\n  web:\n    deploy:\n      replicas: many\n", "over.yaml")
+    with pytest.raises(StackError) as e:
+        load_stacks([base, over], "s")
+    assert (e.value.file, e.value.line, e.value.field) == (over, 4, "services.web.deploy.replicas")
+    env = write(tmp_path, "services:\n  web:\n    environment: [B]\n", "env.yaml")
+    with pytest.raises(StackError) as e:
+        load_stacks([base, env], "s", environ={})
+    assert (e.value.file, e.value.line, e.value.field) == (env, 3, "services.web.environment.B")
+    assert load_stacks([base, env], "s", environ={"B": "b"}).services[0].env == (("A", "1"), ("B", "b"))
+    bad_base = write(tmp_path, "services:\n  web:\n    image: nginx\n    ports: ['80:99999']\n", "bad.yaml")
+    ok = write(tmp_path, "services:\n  web:\n    ports: ['81:81']\n", "ok.yaml")
+    with pytest.raises(StackError) as e:
+        load_stacks([bad_base, ok], "s")
+    assert (e.value.file, e.value.line, e.value.field) == (bad_base, 4, "services.web.ports[0]")
+    with pytest.raises(StackError) as e:
+        load_stacks([ok, bad_base], "s")
+    assert (e.value.file, e.value.line, e.value.field) == (bad_base, 4, "services.web.ports[1]")
