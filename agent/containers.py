@@ -40,8 +40,9 @@ from agent.model import (
 )
 from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames
+from agent.runtime.procs import pid_start_time, process_alive, trace
 from agent.runtime.rootfs import unmount
-from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace
+from agent.runtime.shim import ShimFiles
 from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 

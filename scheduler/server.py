@@ -46,6 +46,10 @@ if TYPE_CHECKING:
 log = logging.getLogger("dockyard.scheduler.server")
 T = TypeVar("T")
 
+# How old a node's full report can be when it is handled: the agent's longest call deadline
+# (agent/cluster.py CALL_DEADLINE), which the listing it sends was taken just before.
+FULL_REPORT_AGE = 5.0
+
 
 class ClusterError(Exception):
     code = grpc.StatusCode.UNKNOWN
@@ -697,8 +701,14 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if request.full:
             # A task this node should be running whose container it no longer has (a host that
             # rebooted, a container removed by hand): failed, so the restart policy replaces it.
+            # The listing was taken before the call, which may have waited seconds on a loaded
+            # host: a task that came to this node since (a migration finished onto it, a start)
+            # is not in it yet, and is not gone. A task that changed within the report's longest
+            # age is left to the next full report.
             migrating = self.view.migrating()
             for t in self.view.tasks_on(request.node):
+                if now - t.state_at < FULL_REPORT_AGE:
+                    continue
                 if t.id not in seen and t.id not in migrating and t.state in (TaskState.STARTING, TaskState.RUNNING):
                     gone = ContainerReport(task_id=t.id, service=t.service, container_id=t.container_id,
                                            state="removed")

@@ -47,8 +47,9 @@ def wait_for(pred: Any, timeout: float = 20, what: str = "condition", every: flo
 
 class SchedulerProcess:
     def __init__(self, base: Path, etcd: str = "", listen: str = "", metrics: bool = True,
-                 netns: str = "") -> None:
+                 netns: str = "", ttl: int = 0) -> None:
         self.base = base
+        self.ttl = ttl  # node and leader lease TTL, seconds (0: the scheduler's default)
         self.etcd = etcd
         self.address = listen or f"127.0.0.1:{free_port()}"
         self.metrics_addr = f"127.0.0.1:{free_port()}" if metrics else ""
@@ -62,6 +63,8 @@ class SchedulerProcess:
                 "--metrics-addr", self.metrics_addr]
         if self.etcd:
             args += ["--etcd", self.etcd]
+        if self.ttl:
+            args += ["--ttl", str(self.ttl)]
         return args
 
     def spawn(self) -> None:
