@@ -327,7 +327,7 @@ class ContainerManager:
             ),
             hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
             cgroup=resources, cgroup_parent=self.cg.parent,
-            cgroup_root=getattr(self.cg, "root", "/sys/fs/cgroup"),
+            cgroup_root=self.cg.root,
             network=c.endpoint, network_state_dir=str(self.network.state_dir),
             bridge=self.network.name, subnet=str(self.network.subnet),
             etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log), devices=nodes,
@@ -861,7 +861,7 @@ class ContainerManager:
             proc.capabilities, proc.seccomp = list(ALL_CAPABILITIES), False
         info = self._init_info(c)
         req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": proc,
-               "cgroup": {"root": getattr(self.cg, "root", "/sys/fs/cgroup"), "parent": self.cg.parent,
+               "cgroup": {"root": self.cg.root, "parent": self.cg.parent,
                           "name": c.id}}
         return self.zygote.request(req, fds)
 
