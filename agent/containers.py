@@ -38,6 +38,7 @@ from agent.model import (
     RestartPolicy,
     StartFailed,
 )
+from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames
 from agent.runtime.procs import pid_start_time, process_alive, trace
 from agent.runtime.rootfs import unmount
@@ -51,6 +52,7 @@ if TYPE_CHECKING:
 
     from agent.images.imagestore import ImageStore
     from agent.runtime.network import Endpoint, PortMapping
+    from agent.runtime.network.model import OverlayEndpoint
 
 log = logging.getLogger("dockyard.agent")
 
@@ -70,6 +72,8 @@ class ContainerNetwork(Protocol):
     def release(self, container_id: str) -> None: ...
     def attach(self, endpoint: Endpoint, pid: int) -> None: ...
     def detach(self, endpoint: Endpoint) -> None: ...
+    def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
+                          ) -> tuple[OverlayEndpoint, ...]: ...
 
 USERNS_REMAP_BASE = 100000
 USERNS_REMAP_SIZE = 65536
@@ -117,6 +121,7 @@ class ContainerManager:
         self.checkpoints = Checkpoints(self)  # checkpoint, restore, migration dumps (checkpointing.py)
         self.on_change: list[Callable[[Container], None]] = []
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
+        self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -232,6 +237,8 @@ class ContainerManager:
             raise InvalidArgument(f"invalid restart policy '{cfg.restart_policy.name}'")
         if cfg.auto_remove and cfg.restart_policy.name not in ("", "no"):
             raise InvalidArgument("conflicting options: --restart and --rm")
+        if cfg.overlays and cfg.network_mode not in ("", "bridge", "default"):
+            raise InvalidArgument(f"conflicting options: cluster networks and the {cfg.network_mode} network mode")
         if cfg.network_mode in ("none", "host") and cfg.ports:
             raise InvalidArgument(f"conflicting options: port publishing and the {cfg.network_mode} network mode")
         for p in cfg.ports:
@@ -330,7 +337,8 @@ class ContainerManager:
             cgroup_root=self.cg.root,
             network=c.endpoint, network_state_dir=str(self.network.state_dir),
             bridge=self.network.name, subnet=str(self.network.subnet),
-            etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log), devices=nodes,
+            etc_hosts=hosts, log_path=str(files.log), devices=nodes,
+            etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None else _resolv_conf(),
         )
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
@@ -366,6 +374,15 @@ class ContainerManager:
                 raise Conflict(str(e)) from e
             except network.NetworkError as e:
                 raise InvalidArgument(str(e)) from e
+            if c.config.overlays:
+                from dataclasses import replace as _replace
+
+                try:
+                    ep = _replace(ep, overlays=self.network.overlay_endpoints(
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                except network.NetworkError as e:
+                    await asyncio.to_thread(self.network.release, c.id)
+                    raise InvalidArgument(str(e)) from e
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
@@ -427,6 +444,12 @@ class ContainerManager:
 
         assert c.endpoint is not None
         self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)
+        if c.config.overlays and self.resolvers is not None:
+            try:
+                self.resolvers.open(c.id, tuple(o.network for o in c.config.overlays), pid)
+            except OSError as e:
+                self.network.detach(network.Endpoint.from_dict(c.endpoint))
+                raise network.NetworkError(str(e)) from e
 
     def _detach_network(self, endpoint: dict[str, Any]) -> None:
         from agent.runtime import network

@@ -83,6 +83,17 @@ class RestartPolicy:
 
 
 @dataclass
+class Overlay:
+    """The container's address on a cluster network, as the scheduler allocated it."""
+    network: str = ""
+    vni: int = 0
+    subnet: str = ""
+    ip: str = ""
+    mac: str = ""
+    mtu: int = 0
+
+
+@dataclass
 class ContainerConfig:
     name: str = ""
     image: str = ""
@@ -113,6 +124,7 @@ class ContainerConfig:
     exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
     healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
+    overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
 
 
 @dataclass
@@ -180,4 +192,5 @@ _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
+    "Overlay": Overlay,
 }

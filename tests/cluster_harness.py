@@ -47,8 +47,9 @@ def wait_for(pred: Any, timeout: float = 20, what: str = "condition", every: flo
 
 class SchedulerProcess:
     def __init__(self, base: Path, etcd: str = "", listen: str = "", metrics: bool = True,
-                 netns: str = "") -> None:
+                 netns: str = "", ttl: int = 0) -> None:
         self.base = base
+        self.ttl = ttl  # node and leader lease TTL, seconds (0: the scheduler's default)
         self.etcd = etcd
         self.address = listen or f"127.0.0.1:{free_port()}"
         self.metrics_addr = f"127.0.0.1:{free_port()}" if metrics else ""
@@ -62,6 +63,8 @@ class SchedulerProcess:
                 "--metrics-addr", self.metrics_addr]
         if self.etcd:
             args += ["--etcd", self.etcd]
+        if self.ttl:
+            args += ["--ttl", str(self.ttl)]
         return args
 
     def spawn(self) -> None:
@@ -156,7 +159,8 @@ class JoinedAgent(AgentProcess):
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
                  "--subnet", self.subnet, "--name", self.node, "--cgroup-parent", self.cgroup_parent,
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--listen", self.listen, "--join", self.join,
-                 "--docker-socket", str(self.docker_socket)],
+                 "--docker-socket", str(self.docker_socket),
+                 "--ip-forward=false", "--ip-masq=false"],  # the machine's own namespace: left alone
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30
         from protos import agent_pb2 as pb
