@@ -17,6 +17,8 @@ from __future__ import annotations
 import contextvars
 import enum
 import inspect
+import socket
+import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -149,6 +151,31 @@ def dial_join(address: str, ca_pem: bytes) -> grpc.aio.Channel:
     joiner read from the handshake and checked against its token's digest)."""
     options: list[tuple[str, Any]] = [*_BASE, ("grpc.ssl_target_name_override", pki.SCHEDULER_NAME)]
     return grpc.aio.secure_channel(target(address), grpc.ssl_channel_credentials(ca_pem), options=options)
+
+
+_ENCODING_DER = 2  # _ssl.ENCODING_DER (PEM is 1): how 3.11's _ssl.Certificate.public_bytes names DER
+
+
+def read_server_ca(address: str, timeout: float = 5.0) -> bytes:
+    """The root (last) certificate a TLS server presents, PEM, read without verifying anything: the
+    joiner hashes it against its token's digest before trusting it or sending any secret (Swarm's
+    DownloadRootCA). Our servers present leaf + CA."""
+    host, _, port = target(address).rpartition(":")
+    if not port.isdigit():
+        raise ValueError(f"{address}: expected host:port")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # nothing is trusted yet: the digest check decides
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw, \
+            ctx.wrap_socket(raw, server_hostname=pki.SCHEDULER_NAME) as tls:
+        sslobj: Any = tls._sslobj  # type: ignore[attr-defined]  # public as get_unverified_chain() in 3.13
+        chain = sslobj.get_unverified_chain() or []
+    if not chain:
+        raise ssl.SSLError(f"{address} presented no certificate")
+    last = chain[-1]
+    der = last.public_bytes(_ENCODING_DER) if hasattr(last, "public_bytes") else bytes(last)  # 3.11 | 3.13
+    return ssl.DER_cert_to_PEM_cert(der).encode()
 
 
 def server(identity: Identity, authorize: grpc.aio.ServerInterceptor | None = None) -> grpc.aio.Server:

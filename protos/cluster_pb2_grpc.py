@@ -1052,3 +1052,87 @@ class Scheduler:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class JoinStub:
+    """The join port (server-side TLS only; grpcio cannot make client certificates optional on the
+    mutual-TLS port): a node that holds a join token gets its certificate. The joiner has already
+    read the CA from this port's handshake and checked it against its token's digest, so the token's
+    secret only ever goes to the cluster it names. scheduler/tls.py serves it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.IssueNodeCertificate = channel.unary_unary(
+                '/dockyard.cluster.Join/IssueNodeCertificate',
+                request_serializer=protos_dot_cluster__pb2.IssueRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.IssueResponse.FromString,
+                _registered_method=True)
+
+
+class JoinServicer:
+    """The join port (server-side TLS only; grpcio cannot make client certificates optional on the
+    mutual-TLS port): a node that holds a join token gets its certificate. The joiner has already
+    read the CA from this port's handshake and checked it against its token's digest, so the token's
+    secret only ever goes to the cluster it names. scheduler/tls.py serves it.
+    """
+
+    def IssueNodeCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JoinServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'IssueNodeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueNodeCertificate,
+                    request_deserializer=protos_dot_cluster__pb2.IssueRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.IssueResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dockyard.cluster.Join', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dockyard.cluster.Join', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Join:
+    """The join port (server-side TLS only; grpcio cannot make client certificates optional on the
+    mutual-TLS port): a node that holds a join token gets its certificate. The joiner has already
+    read the CA from this port's handshake and checked it against its token's digest, so the token's
+    secret only ever goes to the cluster it names. scheduler/tls.py serves it.
+    """
+
+    @staticmethod
+    def IssueNodeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Join/IssueNodeCertificate',
+            protos_dot_cluster__pb2.IssueRequest.SerializeToString,
+            protos_dot_cluster__pb2.IssueResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
