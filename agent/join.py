@@ -26,8 +26,26 @@ from protos import cluster_pb2_grpc as pbg
 log = logging.getLogger("dockyard.agent.join")
 
 
-class JoinError(Exception):
+class JoinError(RuntimeError):
     """A join that cannot go on: the message says why, for the user."""
+
+
+def join_address(scheduler: str) -> str:
+    """A scheduler's join port: its cluster port + 1 (2377 -> 2378, as `dockyard scheduler --tls` serves it)."""
+    host, sep, port = scheduler.removeprefix("tcp://").rpartition(":")
+    if not sep or not port.isdigit():
+        raise JoinError(f"--join {scheduler!r}: expected HOST:PORT")
+    return f"{host}:{int(port) + 1}"
+
+
+def local_bundle(tls_dir: Path) -> pki.Bundle | None:
+    """The certificate this node got at an earlier join, if any (a key others may read is refused)."""
+    if not (tls_dir / pki.CERT_FILE).exists():
+        return None
+    try:
+        return pki.read_bundle(tls_dir)
+    except pki.PKIError as e:
+        raise JoinError(str(e)) from None
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from common.transport import SCHEDULER_NAME, node_name
+
+__all__ = ["SCHEDULER_NAME", "node_name"]  # and the rest: names of where each belongs
+
 TOKEN_PREFIX = "DYTKN-1-"
 ROLES = ("agent", "scheduler", "admin")
 TOKEN_ROLES = ("worker", "manager")  # the role a join token admits: worker -> agent, manager -> scheduler
-SCHEDULER_NAME = "scheduler.dockyard"  # every scheduler's certificate carries it; agents and CLIs dial it
 CA_LIFETIME = dt.timedelta(days=3650)
 CERT_LIFETIME = dt.timedelta(days=90)
 BACKDATE = dt.timedelta(hours=1)  # clocks a little behind still accept a fresh certificate
@@ -43,11 +46,6 @@ _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
 class PKIError(ValueError):
     """A certificate, request, token or key file that cannot be used: the message says which and why."""
-
-
-def node_name(node_id: str) -> str:
-    """The DNS SAN a node's certificate carries and its peers dial it by."""
-    return f"{node_id}.node.dockyard"
 
 
 @dataclass(frozen=True)

@@ -21,12 +21,20 @@ import socket
 import ssl
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import grpc.aio
 
-from common import pki
+if TYPE_CHECKING:  # cryptography is imported only by a process that uses TLS (the CLI's start stays fast)
+    from common import pki
+
+SCHEDULER_NAME = "scheduler.dockyard"  # every scheduler's certificate carries it; agents and CLIs dial it
+
+
+def node_name(node_id: str) -> str:
+    """The DNS SAN a node's certificate carries and its peers dial it by."""
+    return f"{node_id}.node.dockyard"
 
 # Image layers, checkpoint archives and log chunks cross in single messages (gRPC's default is 4 MiB).
 MAX_MESSAGE = 64 << 20
@@ -110,10 +118,10 @@ def peer_name(peer: Role, node_id: str = "") -> str:
     """The name a peer's certificate must carry: we dial by identity, never by IP
     (``ssl_target_name_override``), so a host that answers with another node's certificate fails."""
     if peer is Role.SCHEDULER:
-        return pki.SCHEDULER_NAME
+        return SCHEDULER_NAME
     if not node_id:
         raise ValueError(f"dialling a {peer.value} over TLS needs its node id (its certificate's name)")
-    return pki.node_name(node_id)
+    return node_name(node_id)
 
 
 def _secure(address: str, identity: Identity) -> pki.Bundle | None:
@@ -149,7 +157,7 @@ def dial_blocking(address: str, identity: Identity, peer: Role, node_id: str = "
 def dial_join(address: str, ca_pem: bytes) -> grpc.aio.Channel:
     """A channel to a scheduler's join port: server TLS only, trusting only ``ca_pem`` (the CA the
     joiner read from the handshake and checked against its token's digest)."""
-    options: list[tuple[str, Any]] = [*_BASE, ("grpc.ssl_target_name_override", pki.SCHEDULER_NAME)]
+    options: list[tuple[str, Any]] = [*_BASE, ("grpc.ssl_target_name_override", SCHEDULER_NAME)]
     return grpc.aio.secure_channel(target(address), grpc.ssl_channel_credentials(ca_pem), options=options)
 
 
@@ -168,7 +176,7 @@ def read_server_ca(address: str, timeout: float = 5.0) -> bytes:
     ctx.verify_mode = ssl.CERT_NONE  # nothing is trusted yet: the digest check decides
     ctx.set_alpn_protocols(["h2"])
     with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw, \
-            ctx.wrap_socket(raw, server_hostname=pki.SCHEDULER_NAME) as tls:
+            ctx.wrap_socket(raw, server_hostname=SCHEDULER_NAME) as tls:
         sslobj: Any = tls._sslobj  # type: ignore[attr-defined]  # public as get_unverified_chain() in 3.13
         chain = sslobj.get_unverified_chain() or []
     if not chain:

@@ -490,6 +490,20 @@ class ListMigrationsResponse(_message.Message):
     migrations: _containers.RepeatedCompositeFieldContainer[MigrationInfo]
     def __init__(self, migrations: _Optional[_Iterable[_Union[MigrationInfo, _Mapping]]] = ...) -> None: ...
 
+class JoinTokenRequest(_message.Message):
+    __slots__ = ("role", "rotate")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    rotate: bool
+    def __init__(self, role: _Optional[str] = ..., rotate: _Optional[bool] = ...) -> None: ...
+
+class JoinTokenResponse(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
 class IssueRequest(_message.Message):
     __slots__ = ("token", "csr", "name")
     TOKEN_FIELD_NUMBER: _ClassVar[int]

@@ -135,6 +135,11 @@ class SchedulerStub:
                 request_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.ListMigrationsResponse.FromString,
                 _registered_method=True)
+        self.JoinToken = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/JoinToken',
+                request_serializer=protos_dot_cluster__pb2.JoinTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.JoinTokenResponse.FromString,
+                _registered_method=True)
         self.Register = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/Register',
                 request_serializer=protos_dot_cluster__pb2.RegisterRequest.SerializeToString,
@@ -284,6 +289,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinToken(self, request, context):
+        """`dockyard cluster join-token worker|manager [--rotate]` (a scheduler with --tls)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Register(self, request, context):
         """--- agents ---
         """
@@ -405,6 +417,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListMigrations,
                     request_deserializer=protos_dot_cluster__pb2.Empty.FromString,
                     response_serializer=protos_dot_cluster__pb2.ListMigrationsResponse.SerializeToString,
+            ),
+            'JoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinToken,
+                    request_deserializer=protos_dot_cluster__pb2.JoinTokenRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.JoinTokenResponse.SerializeToString,
             ),
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
@@ -962,6 +979,33 @@ class Scheduler:
             '/dockyard.cluster.Scheduler/ListMigrations',
             protos_dot_cluster__pb2.Empty.SerializeToString,
             protos_dot_cluster__pb2.ListMigrationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def JoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/JoinToken',
+            protos_dot_cluster__pb2.JoinTokenRequest.SerializeToString,
+            protos_dot_cluster__pb2.JoinTokenResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -136,6 +136,7 @@ AUTHORIZATION: dict[str, frozenset[str]] = {
         "Status", "ListNodes", "InspectNode", "UpdateNode", "RemoveNode", "Deploy", "CreateService",
         "ListServices", "InspectService", "ListTasks", "ScaleService", "UpdateService", "RollbackService",
         "RemoveServices", "Logs", "Exec", "MigrateTask", "DrainNode", "Rebalance", "ListMigrations")},
+    S + "JoinToken": frozenset({"admin"}),
 }
 
 
