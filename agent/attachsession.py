@@ -125,6 +125,7 @@ async def attach(m: ContainerManager, o: AttachOptions, inputs: AsyncIterator[In
 
     pump = asyncio.ensure_future(pump_in())
     dec = frames.Decoder()
+    told: list[bytes] = []  # the stderr frames, while few: the monitor's own line is one of them
     try:
         exited = False
         while not exited:
@@ -135,6 +136,8 @@ async def attach(m: ContainerManager, o: AttachOptions, inputs: AsyncIterator[In
                 if kind == frames.STDOUT:
                     yield Output("stdout", payload)
                 elif kind == frames.STDERR:
+                    if len(told) < 64:
+                        told.append(payload)
                     yield Output("stderr", payload)
                 elif kind == frames.HELLO:
                     yield Started(c.id)
@@ -144,7 +147,13 @@ async def attach(m: ContainerManager, o: AttachOptions, inputs: AsyncIterator[In
         c = await m.wait_for(c)
         if c.config.auto_remove:
             await m.wait_removed(c)
-        yield Exited(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed, error=c.state.error)
+        # It started, so an error here is its init's (an execve that failed after the start, as
+        # monitor.c logs it): part of its output, not the session's "it never ran" (which makes
+        # the client print it and exit with run's own status). The monitor's line normally came
+        # on stderr; if it did not (this session attached after it), it comes now, once.
+        if c.state.error and not any(c.state.error.encode() in p for p in told):
+            yield Output("stderr", c.state.error.rstrip("\n").encode() + b"\n")
+        yield Exited(exit_code=c.state.exit_code, oom_killed=c.state.oom_killed)
     finally:
         pump.cancel()
         writer.close()

@@ -23,7 +23,9 @@ from pathlib import Path
 from typing import Any
 
 from agent import names, restart
+from agent.checkpointing import Checkpoints
 from agent.devices import ALL_CAPABILITIES, devices_for
+from agent.images.errors import ImageError
 from agent.model import (
     AgentError,
     Conflict,
@@ -35,11 +37,12 @@ from agent.model import (
     Resources,
     RestartPolicy,
     StartFailed,
-    Unavailable,
 )
+from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames
+from agent.runtime.procs import pid_start_time, process_alive, trace
 from agent.runtime.rootfs import unmount
-from agent.runtime.shim import ShimFiles, pid_start_time, process_alive, trace
+from agent.runtime.shim import ShimFiles
 from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 
@@ -88,11 +91,10 @@ class ContainerManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._files: dict[str, ShimFiles] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._checkpointing: set[str] = set()
-        self._lazy_restores: set[str] = set()  # restoring with lazy pages (post-copy)
-        self._pulling: set[str] = set()  # restored, pages still coming: never restarted here
+        self.checkpoints = Checkpoints(self)  # checkpoint, restore, migration dumps (checkpointing.py)
         self.on_change: list[Callable[[Container], None]] = []
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
+        self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -153,7 +155,7 @@ class ContainerManager:
                            f'"{other.id}". You have to remove (or rename) that container to be able to reuse that name.')
         try:
             image = self.images.get(cfg.image)
-        except Exception as e:
+        except ImageError as e:
             raise NotFound(f"Unable to find image '{cfg.image}' locally: {e}") from e
         cid = names.new_id()
         args = self._args(cfg, image.config)
@@ -208,6 +210,8 @@ class ContainerManager:
             raise InvalidArgument(f"invalid restart policy '{cfg.restart_policy.name}'")
         if cfg.auto_remove and cfg.restart_policy.name not in ("", "no"):
             raise InvalidArgument("conflicting options: --restart and --rm")
+        if cfg.overlays and cfg.network_mode not in ("", "bridge", "default"):
+            raise InvalidArgument(f"conflicting options: cluster networks and the {cfg.network_mode} network mode")
         if cfg.network_mode in ("none", "host") and cfg.ports:
             raise InvalidArgument(f"conflicting options: port publishing and the {cfg.network_mode} network mode")
         for p in cfg.ports:
@@ -306,7 +310,8 @@ class ContainerManager:
             cgroup_root=getattr(self.cg, "root", "/sys/fs/cgroup"),
             network=c.endpoint, network_state_dir=str(getattr(self.network, "state_dir", "")),
             bridge=getattr(self.network, "name", ""), subnet=str(getattr(self.network, "subnet", "")),
-            etc_hosts=hosts, etc_resolv=_resolv_conf(), log_path=str(files.log), devices=nodes,
+            etc_hosts=hosts, log_path=str(files.log), devices=nodes,
+            etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None else _resolv_conf(),
         )
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
@@ -342,6 +347,15 @@ class ContainerManager:
                 raise Conflict(str(e)) from e
             except network.NetworkError as e:
                 raise InvalidArgument(str(e)) from e
+            if c.config.overlays:
+                from dataclasses import replace as _replace
+
+                try:
+                    ep = _replace(ep, overlays=self.network.overlay_endpoints(
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                except network.NetworkError as e:
+                    await asyncio.to_thread(self.network.release, c.id)
+                    raise InvalidArgument(str(e)) from e
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
@@ -351,7 +365,7 @@ class ContainerManager:
         if restore:
             spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key,
                             "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
-                            "lazy": c.id in self._lazy_restores}
+                            "lazy": self.checkpoints.restoring_lazily(c)}
         # (The shim writes it to runtime.json once the container runs.)
         reply = self.zygote.request({"op": "start", "spec": spec,
                                      "files": {"dir": str(files.dir), "socket": str(files.socket)}},
@@ -403,6 +417,12 @@ class ContainerManager:
 
         assert c.endpoint is not None
         self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)
+        if c.config.overlays and self.resolvers is not None:
+            try:
+                self.resolvers.open(c.id, tuple(o.network for o in c.config.overlays), pid)
+            except OSError as e:
+                self.network.detach(network.Endpoint.from_dict(c.endpoint))
+                raise network.NetworkError(str(e)) from e
 
     def _detach_network(self, endpoint: dict[str, Any]) -> None:
         from agent.runtime import network
@@ -488,7 +508,7 @@ class ContainerManager:
         if result.get("error"):
             c.state.error = str(result["error"])
         self._monitors.pop(c.id, None)
-        if c.id in self._checkpointing:
+        if self.checkpoints.dumping(c):
             # CRIU ended the process: not a failure, and the address stays for the restore.
             c.state.exit_code = 0
             self._save(c)
@@ -506,7 +526,7 @@ class ContainerManager:
             finally:
                 self._removed(c)
             return
-        if restart.should_restart(c.state, c.config.restart_policy, pulling=c.id in self._pulling):
+        if restart.should_restart(c.state, c.config.restart_policy, pulling=self.checkpoints.pulling(c)):
             c.state.status = "restarting"
             self._save(c)
             self._spawn(self._restart_later(c))
@@ -570,7 +590,7 @@ class ContainerManager:
                 continue
             self.containers[c.id] = c
             if (d / "lazy-dump.json").exists():
-                self._spawn(self._end_stale_lazy_dump(c))
+                self._spawn(self.checkpoints.end_stale_lazy_dump(c))
             if c.state.status in ("running", "paused", "restarting"):
                 if self._shim_alive(c):
                     with contextlib.suppress(Exception):
@@ -732,292 +752,6 @@ class ContainerManager:
     def _purge(self, trash: list[Path]) -> None:
         for path in trash:
             self.images.snapshotter.purge(path)
-
-    # --- checkpoint and restore (CRIU) ---------------------------------------------------------
-
-    def _dump_plan(self, ref: str) -> tuple[Container, Any, int, list[str]]:
-        """What a CRIU dump of the container needs: (container, criu, init's host pid, externals).
-        Records the container's stdio and netns keys, which its restore maps back."""
-        from agent.checkpoint.criu import find_criu
-
-        c = self.get(ref)
-        if c.state.status != "running":
-            raise Conflict(f"container {c.name} is not running")
-        if c.config.tty:
-            raise InvalidArgument(f"container {c.name} has a terminal (-t): checkpointing it is not supported")
-        if c.config.userns_mode == "remap":
-            raise InvalidArgument(f"container {c.name} runs in a user namespace: checkpointing it is not supported")
-        criu = find_criu()
-        if criu is None:
-            raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")
-        pid = int(self._init_info(c)["pid"])
-        c.stdio_keys = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)]
-        external = []
-        c.netns_key = ""
-        if c.config.network_mode != "host":
-            ino = os.stat(f"/proc/{pid}/ns/net").st_ino
-            c.netns_key = "extnetns"
-            external.append(f"net[{ino}]:{c.netns_key}")
-        return c, criu, pid, external
-
-    async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,
-                         level: int = 3) -> dict[str, Any]:
-        """CRIU-dump the container's process tree; with `export`, write a checkpoint archive to it."""
-        c, criu, pid, external = self._dump_plan(ref)
-        images = self.dir / c.id / "checkpoint"
-        shutil.rmtree(images, ignore_errors=True)
-        async with self._lock(c):
-            if not leave_running:
-                self._checkpointing.add(c.id)
-            try:
-                seconds = await asyncio.to_thread(
-                    criu.dump, pid, images, root=str(self.files(c).dir / "rootfs"), leave_running=leave_running,
-                    tcp_established=True, file_locks=True, external=external,
-                    log_file=self.dir / c.id / "dump.log")
-            except Exception as e:
-                self._checkpointing.discard(c.id)
-                raise AgentError(f"checkpoint of {c.name} failed: {e}") from e
-            c.state.checkpoint = str(images)
-            self._save(c)
-            if not leave_running:
-                await asyncio.wait_for(self._event(c).wait(), 30)
-                self._checkpointing.discard(c.id)
-        stats = {"dump_seconds": seconds, "container": c.id}
-        if export is not None:
-            await asyncio.to_thread(self._export_checkpoint, c, export, stats, images, level)
-        return stats
-
-    async def checkpoint_lazy(self, ref: str, address: str, port: int, export: Any, level: int = 1) -> Any:
-        """Post-copy: freeze and dump the container without its memory pages, which CRIU keeps and
-        serves on address:port (agent/checkpoint/lazy.py), and write the archive to `export`.
-
-        Returns the running LazyDump; give it to lazy_dump_ended once it ends. The images are not
-        a checkpoint this host could restore from (the pages are not in them), so they are kept
-        apart from c.state.checkpoint and removed at the end.
-        """
-        from agent.checkpoint.lazy import LazyDump
-
-        c, criu, pid, external = self._dump_plan(ref)
-        images = self.dir / c.id / "lazy-checkpoint"
-        shutil.rmtree(images, ignore_errors=True)
-        async with self._lock(c):
-            self._checkpointing.add(c.id)
-            start = time.monotonic()
-            try:
-                trace("agent: lazy dump")
-                dump = await LazyDump.start(criu, pid, images, root=str(self.files(c).dir / "rootfs"),
-                                            address=address, port=port, external=external,
-                                            log_file=self.dir / c.id / "dump.log")
-            except Exception as e:
-                self._checkpointing.discard(c.id)
-                shutil.rmtree(images, ignore_errors=True)
-                raise AgentError(f"checkpoint of {c.name} failed: {e}") from e
-            trace("agent: lazy dump ready")
-            # For the next agent, should this one die before the dump ends (see adopt).
-            (self.dir / c.id / "lazy-dump.json").write_text(json.dumps(
-                {"pid": dump.proc.pid, "start_time": pid_start_time(dump.proc.pid), "address": address,
-                 "port": port}))
-            self._save(c)
-        stats = {"dump_seconds": time.monotonic() - start, "container": c.id, "lazy_pages": dump.page_server}
-        try:
-            await asyncio.to_thread(self._export_checkpoint, c, export, stats, images, level)
-        except BaseException:
-            await dump.abort()
-            await self.lazy_dump_ended(c.id, ok=False)
-            raise
-        return dump
-
-    async def lazy_dump_ended(self, ref: str, ok: bool) -> bool:
-        """ok: the target took every page and CRIU ended the tree here (wait for that exit); else
-        CRIU should have unfrozen the tree. Returns whether it runs here (a failure after CRIU
-        ended the tree is seen within a second). The container may be gone already: a scheduler
-        that saw the target run it removes the source copy, pages pulled or not."""
-        from agent.checkpoint.lazy import unlock_network
-
-        c = self.containers.get(ref)
-        if c is None:
-            self._checkpointing.discard(ref)
-            return False
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._event(c).wait(), 30 if ok else 1)
-            running = c.state.status in ("running", "paused")
-            if running and not ok:
-                await asyncio.to_thread(unlock_network, int(self._init_info(c)["pid"]))
-            return running
-        finally:
-            self._checkpointing.discard(c.id)
-            shutil.rmtree(self.dir / c.id / "lazy-checkpoint", ignore_errors=True)
-            with contextlib.suppress(FileNotFoundError):
-                (self.dir / c.id / "lazy-dump.json").unlink()
-
-    async def _end_stale_lazy_dump(self, c: Container) -> None:
-        """After a restart: a lazy dump the previous agent left. If its target never connected, the
-        abort makes CRIU unfreeze the container; if the target is pulling pages, the dump ends when
-        it has them (and CRIU ends the container here, which then reads as exited)."""
-        from agent.checkpoint.lazy import abort_page_server
-
-        path = self.dir / c.id / "lazy-dump.json"
-        try:
-            info = json.loads(path.read_text())
-        except (OSError, ValueError):
-            return
-        pid, start = int(info["pid"]), int(info["start_time"])
-        if process_alive(pid, start):
-            log.warning("%s: ending the lazy dump (criu pid %d) the previous agent left", c.name, pid)
-            await abort_page_server(str(info["address"]), int(info["port"]))
-            while process_alive(pid, start):
-                await asyncio.sleep(0.2)
-        if c.state.status in ("running", "paused") and self._shim_alive(c):
-            from agent.checkpoint.lazy import unlock_network
-
-            with contextlib.suppress(KeyError, ValueError):
-                await asyncio.to_thread(unlock_network, int(self._init_info(c)["pid"]))
-        shutil.rmtree(self.dir / c.id / "lazy-checkpoint", ignore_errors=True)
-        path.unlink(missing_ok=True)
-
-    def export_cold(self, ref: str, out: Any, level: int = 3) -> None:
-        """A stopped container's writable layer and config, in the checkpoint archive's layout."""
-        c = self.get(ref)
-        if c.state.status in ("running", "paused", "restarting"):
-            raise Conflict(f"container {c.name} must be stopped for a cold export")
-        self._export_checkpoint(c, out, {"cold": True}, None, level=level)
-
-    def _export_checkpoint(self, c: Container, out: Any, stats: dict[str, Any], images_dir: Path | None,
-                           level: int = 3) -> None:
-        import tempfile
-
-        from agent.checkpoint import archive
-
-        with tempfile.TemporaryDirectory(dir=self.root) as tmp:
-            diff = Path(tmp) / "rootfs-diff.tar"
-            with open(diff, "wb") as f:
-                self.images.snapshotter.diff(c.snapshot, f)
-            spec = json.loads(self.files(c).spec.read_text()) if self.files(c).spec.exists() else {}
-            archive.pack(out, config=asdict(c), spec=spec,
-                         images_dir=images_dir, rootfs_diff=diff,
-                         network=c.endpoint, stats=stats, level=level)
-
-    async def restore(self, ref: str) -> Container:
-        """Bring back a container from its last checkpoint on this host."""
-        c = self.get(ref)
-        async with self._lock(c):
-            if c.state.status in ("running", "paused"):
-                raise Conflict(f"container {c.name} is running")
-            if not c.state.checkpoint or not Path(c.state.checkpoint).is_dir():
-                raise Conflict(f"container {c.name} has no checkpoint to restore")
-            c.state.stopped_by_user = False
-            await self._start_locked(c, hold=False, restore=True)
-        return c
-
-    async def restore_archive(self, src: Any, name: str = "", cold: bool = False, page_server: str = "") -> Container:
-        """A new container from a checkpoint archive (`dockyard restore -i`), here or on another host.
-
-        cold: the archive holds a stopped container (no CRIU images): create it and start it fresh.
-        page_server: post-copy; the archive's images lack the memory pages, which come from the
-        source's CRIU page server at host:port once the container runs (agent/checkpoint/lazy.py).
-        """
-        from agent.checkpoint import archive
-        from agent.model import from_dict
-
-        cid = names.new_id()
-        cdir = self.dir / cid
-        tmp = cdir / "unpack"
-        trace("agent: unpack")
-        try:
-            meta = await asyncio.to_thread(archive.unpack, src, tmp, cold)
-        except archive.ArchiveError as e:
-            shutil.rmtree(cdir, ignore_errors=True)
-            raise InvalidArgument(str(e)) from e
-        try:
-            old = from_dict(Container, meta["config"])
-            cfg = old.config
-            cfg.name = name or cfg.name
-            if any(o.name == cfg.name for o in self.containers.values()):
-                raise Conflict(f'the container name "/{cfg.name}" is already in use: restore with --name')
-            try:
-                image = self.images.get(old.image_id)
-            except Exception as e:
-                raise NotFound(f"the checkpoint needs image {old.image_ref} ({old.image_id[:19]}), "
-                               f"which is not on this host: pull or load it first") from e
-            trace("agent: unpacked")
-            with open(tmp / "rootfs-diff.tar", "rb") as f:
-                chain, _ = await asyncio.to_thread(self.images.snapshotter.apply, image.chain_id, f, None,
-                                                   "rootfs-diff.tar", self.images.limits.budget().bound())
-            await asyncio.to_thread(self.images.snapshotter.prepare, cid, chain)
-            if not cold:
-                os.rename(tmp / "checkpoint", cdir / "checkpoint")
-            c = Container(id=cid, name=cfg.name, created=time.time(), config=cfg, image_id=image.id,
-                          image_ref=old.image_ref, snapshot=cid, args=old.args,
-                          ports=[Port(**asdict(p)) for p in cfg.ports], stdio_keys=old.stdio_keys,
-                          netns_key=old.netns_key, restored_from_ip=str((meta.get("network") or {}).get("ip", "")))
-            if not cold:
-                c.state.checkpoint = str(cdir / "checkpoint")
-            shutil.rmtree(tmp, ignore_errors=True)
-            self._save(c)
-            trace("agent: layer applied")
-        except BaseException:
-            with contextlib.suppress(Exception):
-                self.images.snapshotter.remove(cid)
-            shutil.rmtree(cdir, ignore_errors=True)
-            raise
-        self.containers[cid] = c
-        try:
-            if cold:
-                await self.start(cid)
-            elif page_server:
-                await self._restore_lazy(c, page_server)
-            else:
-                await self.restore(cid)
-        except BaseException:
-            await self.remove(cid, force=True)
-            raise
-        return c
-
-    async def _restore_lazy(self, c: Container, page_server: str) -> None:
-        """Start the lazy-pages daemon, then restore with --lazy-pages: the container runs when this
-        returns, while its memory still comes in; a watcher follows the daemon to its end."""
-        from agent.checkpoint.criu import find_criu
-        from agent.checkpoint.lazy import PageDaemon
-
-        criu = find_criu()
-        if criu is None:
-            raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")
-        trace("agent: lazy-pages daemon")
-        try:
-            daemon = await PageDaemon.start(criu, Path(c.state.checkpoint), page_server,
-                                            restore_pidfile=self.files(c).dir / "restore.pid",
-                                            log_file=self.dir / c.id / "lazy-pages.log")
-        except Exception as e:
-            raise AgentError(f"restore of {c.name}: no lazy-pages daemon: {e}") from e
-        trace("agent: lazy-pages daemon ready")
-        self._lazy_restores.add(c.id)
-        self._pulling.add(c.id)
-        try:
-            await self.restore(c.id)
-        except BaseException:
-            daemon.stop()
-            self._pulling.discard(c.id)
-            raise
-        finally:
-            self._lazy_restores.discard(c.id)
-        self._spawn(self._follow_page_daemon(c, daemon))
-
-    async def _follow_page_daemon(self, c: Container, daemon: Any) -> None:
-        from agent.checkpoint.criu import CriuError
-
-        t0 = time.monotonic()
-        try:
-            await daemon.wait()
-            log.info("%s: every page pulled from the source in %.2f s", c.name, time.monotonic() - t0)
-        except CriuError as e:
-            # Its watchdog killed the container: it would have run on with zeros for memory.
-            c.state.stopped_by_user = True
-            c.state.error = f"its memory could not all be pulled from the source, so it was killed: {e}"
-            self._save(c)
-            log.error("%s: %s", c.name, c.state.error)
-        finally:
-            self._pulling.discard(c.id)
 
     async def update(self, ref: str, resources: Resources | None = None,
                      restart_policy: RestartPolicy | None = None) -> Container:

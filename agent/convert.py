@@ -6,8 +6,9 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent import attachsession
-from agent.model import Container, ContainerConfig, DeviceMapping, DeviceRate, Port, Resources, RestartPolicy
+from agent.model import Container, ContainerConfig, DeviceRate, Overlay, Port, Resources, RestartPolicy
 from agent.runtime.spec import ProcessSpec
+from common.devices import DeviceMapping
 from protos import agent_pb2 as pb
 
 
@@ -31,6 +32,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         security_opt=list(m.security_opt),
         devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
         privileged=m.privileged,
+        overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu) for o in m.overlays],
     )
 
 
@@ -53,6 +55,8 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         devices=[pb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
                                   permissions=d.permissions) for d in c.devices],
         privileged=c.privileged,
+        overlays=[pb.OverlayAttachment(network=o.network, vni=o.vni, subnet=o.subnet, ip=o.ip, mac=o.mac, mtu=o.mtu)
+                  for o in c.overlays],
     )
 
 

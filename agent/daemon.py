@@ -24,7 +24,10 @@ from agent.cluster import ClusterMember
 from agent.containers import ContainerManager
 from agent.local_api import LocalApi
 from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serve_metrics
+from agent.netsync import NetworkSync
+from agent.resolver import Resolvers
 from agent.runtime import cgroups
+from agent.runtime.network.overlay import Overlays, underlay_host
 from agent.runtime.zygote_client import Zygote
 from agent.server import AgentServicer
 from common import pki, settings, transport
@@ -59,6 +62,8 @@ class AgentOptions:
     docker_tcp: str = ""             # and on loopback TCP, HOST:PORT (opt-in: no TLS yet)
     max_layer_size: int | None = None  # bytes a layer may expand to on import/load/pull/restore (None: no bound)
     max_image_size: int | None = None  # and all the layers of one image
+    ip_forward: bool = True          # docker's --ip-forward: turn on net.ipv4.ip_forward
+    ip_masq: bool = True             # docker's --ip-masq: masquerade the bridge's subnet (egress)
 
 
 class Agent:
@@ -71,6 +76,7 @@ class Agent:
         self.zygote = Zygote()
         self.metrics_server: MetricsServer | None = None
         self.member: ClusterMember | None = None
+        self.netsync: NetworkSync | None = None  # with --join
         self.local_api: LocalApi | None = None
         self.docker_api: Any = None
         self.health: Any = None
@@ -93,7 +99,12 @@ class Agent:
         images = ImageStore(self.root / "images")
         images.limits = Limits(o.max_layer_size, o.max_image_size)
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
-        await asyncio.to_thread(net.ensure)
+        await asyncio.to_thread(net.ensure, o.ip_forward, o.ip_masq)
+        resolvers = None
+        if o.join:  # cluster networks: the VXLAN endpoint is the address other agents reach us at
+            net.overlays = Overlays(o.bridge, underlay_host(o.advertise or o.listen))
+            resolvers = Resolvers()
+            resolvers.loop = asyncio.get_running_loop()
         driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
         self.cgroup_driver = driver
         if o.cgroup_favor_dynmods:
@@ -102,7 +113,17 @@ class Agent:
         _remove_spare_cgroups(driver)  # a killed agent's zygote may have left its spare's
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
+        self.manager.resolvers = resolvers
         await self.manager.adopt()
+        if resolvers is not None:
+            self.manager.on_change.append(resolvers.on_change)
+            for c in self.manager.containers.values():  # adopted: the old agent's sockets died with it
+                if c.config.overlays and c.state.status in ("running", "paused") and c.state.pid:
+                    try:
+                        resolvers.open(c.id, tuple(o.network for o in c.config.overlays), c.state.pid)
+                    except OSError as e:
+                        log.error("container %s: no resolver at 127.0.0.11: %s", c.name, e)
+
         from agent.health import HealthMonitor
 
         self.health = HealthMonitor(self.manager)   # HEALTHCHECKs of the containers that have one
@@ -154,6 +175,10 @@ class Agent:
                 cgroup_version=driver.version, criu=lambda: servicer.criu,
                 lazy_pages=lambda: servicer.lazy_pages, identity=identity)
             self.member.start()
+            assert net.overlays is not None
+            self.netsync = NetworkSync(o.name, net.overlays, self.member.stub,
+                                       on_map=resolvers.update if resolvers is not None else None)
+            self.netsync.start()
         log.info("agent %s serving on %s (root %s, cgroup v%d)", o.name, o.socket, self.root, driver.version)
 
     async def _identity(self) -> transport.Identity:
@@ -182,6 +207,10 @@ class Agent:
         servicer.criu, servicer.lazy_pages = await asyncio.to_thread(_criu_works)
 
     async def stop(self) -> None:
+        if self.netsync is not None:  # the kernel keeps its tables: containers stay connected
+            await self.netsync.stop()
+        if self.manager is not None and self.manager.resolvers is not None:
+            self.manager.resolvers.close_all()
         if self.member is not None:
             await self.member.stop()
         if self.tls_server is not None:

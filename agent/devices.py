@@ -10,9 +10,10 @@ from __future__ import annotations
 import os
 import stat
 
-from agent.model import ContainerConfig, DeviceMapping, InvalidArgument
+from agent.model import ContainerConfig, InvalidArgument
 from agent.runtime import cgroups
 from agent.runtime.spec import CAPABILITY_NUMBERS, DeviceNode
+from common.devices import DeviceMapping
 
 # What --privileged does not take from the host's /dev: the container's own devpts, shm and
 # mqueue, the /proc links, its own console (none) and ptmx (its devpts's), and the nodes every

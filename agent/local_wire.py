@@ -26,7 +26,7 @@ END = b"E"
 ERROR = b"X"
 
 HEADER_SIZE = 5
-MAX_FRAME = 64 << 20  # as the gRPC server's max message length
+MAX_FRAME = 64 << 20  # common.transport.MAX_MESSAGE (not imported: grpc); a test checks they agree
 
 
 def _no_default(obj: object) -> object:

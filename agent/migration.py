@@ -33,8 +33,8 @@ import grpc
 
 from agent.containers import ContainerManager
 from agent.model import AgentError, Conflict, NotFound, Unavailable
-from agent.runtime.shim import trace
-from common import transport
+from agent.runtime.procs import trace
+from common import faults, transport
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
@@ -138,19 +138,19 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
             out = HashingWriter(tmp)
             if live:
                 emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU"))
-                await m.checkpoint(c.id, export=out, level=1)
+                await m.checkpoints.checkpoint(c.id, export=out, level=1)
             else:
                 if was_running:
                     emit(pb.MigrateProgress(phase="stop", message=f"stopping {c.name}"))
                     await m.stop(c.id)
-                await asyncio.to_thread(m.export_cold, c.id, out, 1)
+                await asyncio.to_thread(m.checkpoints.export_cold, c.id, out, 1)
             try:
                 new_id = await _send_archive(channel, tmp, c.name, not live, emit, out.hexdigest())
             except (grpc.aio.AioRpcError, OSError) as e:
                 detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
                 emit(pb.MigrateProgress(phase="rollback", message=f"target failed ({detail}): bringing {c.name} back here"))
                 if live:
-                    await m.restore(c.id)
+                    await m.checkpoints.restore(c.id)
                 elif was_running:
                     c.state.stopped_by_user = False
                     await m.start(c.id)
@@ -162,17 +162,6 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
                                   total_seconds=time.monotonic() - t0)
     finally:
         await channel.close()
-
-
-# A pause after the dump, before the archive goes (DOCKYARD_FAULT_INJECTION=1 and this file in the
-# agent's root, holding seconds): tests kill the agent there, with CRIU's dump still running.
-FAULT_PAUSE_AFTER_DUMP = "fault-pause-after-dump"
-
-
-async def _fault_pause(m: ContainerManager) -> None:
-    path = m.root / FAULT_PAUSE_AFTER_DUMP
-    if os.environ.get("DOCKYARD_FAULT_INJECTION") == "1" and path.exists():
-        await asyncio.sleep(float(path.read_text() or 0))
 
 
 async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str,
@@ -188,16 +177,16 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         out = HashingWriter(tmp)
         emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU (post-copy)"))
         # Level 1: the archive holds the small images and the writable layer, not the memory.
-        dump = await m.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1)
+        dump = await m.checkpoints.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1)
         trace("migrate: archive written")
-        await _fault_pause(m)
+        await faults.FAULTS.pause_after_dump(m.root)  # tests kill the agent here (common/faults.py)
         try:
             new_id = await _send_archive(channel, tmp, c.name, False, emit, out.hexdigest(), dump.page_server)
         except (grpc.aio.AioRpcError, OSError) as e:
             detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
             emit(pb.MigrateProgress(phase="rollback", message=f"target failed ({detail}): {c.name} runs on here"))
             await dump.abort()
-            await m.lazy_dump_ended(c.id, ok=False)
+            await m.checkpoints.lazy_dump_ended(c.id, ok=False)
             raise MigrationFailed(f"migration of {c.name} to {target} failed, rolled back: {detail}") from e
         downtime = time.monotonic() - down
         trace("migrate: the target runs it")
@@ -205,7 +194,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
     try:
         await dump.wait(timeout=600)
     except CriuError as e:
-        if not await m.lazy_dump_ended(c.id, ok=False):
+        if not await m.checkpoints.lazy_dump_ended(c.id, ok=False):
             # CRIU failed after it had ended the tree here (or someone removed it): the target's
             # copy is the one left.
             log.warning("%s: criu dump failed after the move (%s); the target's copy is kept", c.name, e)
@@ -218,7 +207,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
                 pb.RemoveContainerRequest(id=new_id, force=True), timeout=30)
         raise MigrationFailed(f"migration of {c.name} to {target} failed while its memory was pulled, "
                               f"rolled back: {e}") from e
-    await m.lazy_dump_ended(c.id, ok=True)
+    await m.checkpoints.lazy_dump_ended(c.id, ok=True)
     emit(pb.MigrateProgress(phase="cleanup", message=f"removing {c.name} here"))
     await _remove_source_copy(m, c.id)
     return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,

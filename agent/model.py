@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.runtime.spec import dumps, write_atomic
+from common.devices import DeviceMapping as DeviceMapping  # re-exported: the agent's users
 
 
 class AgentError(Exception):
@@ -65,40 +66,6 @@ class Resources:
 
 
 @dataclass
-class DeviceMapping:
-    """--device HOST[:CONTAINER][:PERMISSIONS], as docker's HostConfig.Devices."""
-
-    path_on_host: str
-    path_in_container: str = ""   # "" = path_on_host
-    permissions: str = "rwm"
-
-    @classmethod
-    def parse(cls, text: str) -> DeviceMapping:
-        """docker's --device syntax (opts.ParseDevice), also a stack file's `devices:` entries;
-        ValueError with docker's words. Where the host's node is, is checked on the node."""
-        def mode(x: str) -> bool:
-            return bool(x) and not set(x) - set("rwm") and len(set(x)) == len(x)
-
-        parts = text.split(":")
-        if not 1 <= len(parts) <= 3 or not parts[0]:
-            raise ValueError(f"invalid device specification: {text}")
-        src, dst, perms = parts[0], "", "rwm"
-        if len(parts) == 3:
-            dst, perms = parts[1], parts[2]
-            if not mode(perms):
-                raise ValueError(f"invalid device mode {perms!r} in {text} (a combination of r, w and m)")
-        elif len(parts) == 2:
-            if mode(parts[1]):
-                perms = parts[1]
-            else:
-                dst = parts[1]
-        for path in (src, dst or src):
-            if not path.startswith("/"):
-                raise ValueError(f"bad format for path: {path}")
-        return cls(src, dst or src, perms)
-
-
-@dataclass
 class HealthCheck:
     """docker's HEALTHCHECK / --health-*: test is ["CMD", args...] or ["CMD-SHELL", command]."""
 
@@ -113,6 +80,17 @@ class HealthCheck:
 class RestartPolicy:
     name: str = "no"
     max_retries: int = 0
+
+
+@dataclass
+class Overlay:
+    """The container's address on a cluster network, as the scheduler allocated it."""
+    network: str = ""
+    vni: int = 0
+    subnet: str = ""
+    ip: str = ""
+    mac: str = ""
+    mtu: int = 0
 
 
 @dataclass
@@ -146,6 +124,7 @@ class ContainerConfig:
     exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
     healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
+    overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
 
 
 @dataclass
@@ -213,4 +192,5 @@ _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
+    "Overlay": Overlay,
 }

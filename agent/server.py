@@ -20,13 +20,13 @@ from typing import Any, TypeVar
 
 import grpc
 
-from agent import attachsession, convert, metrics
+from agent import attachsession, convert, metrics, status
 from agent.checkpoint import host_features
 from agent.containers import ContainerManager
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
-from agent.model import AgentError, Conflict, InvalidArgument, NotFound, Unavailable
-from agent.runtime.shim import trace
+from agent.model import AgentError, InvalidArgument
+from agent.runtime.procs import trace
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
@@ -35,24 +35,7 @@ VERSION = "0.1.0"
 CHUNK = 256 * 1024
 
 
-def _status(e: Exception) -> grpc.StatusCode:
-    from agent.images import errors as images
-
-    table: list[tuple[type[Exception], grpc.StatusCode]] = [
-        (NotFound, grpc.StatusCode.NOT_FOUND),
-        (images.ImageNotFound, grpc.StatusCode.NOT_FOUND),
-        (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
-        (images.ImageInUse, grpc.StatusCode.FAILED_PRECONDITION),
-        (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
-        (images.InvalidArchive, grpc.StatusCode.INVALID_ARGUMENT),
-        (Unavailable, grpc.StatusCode.UNAVAILABLE),
-        (images.ImageError, grpc.StatusCode.INVALID_ARGUMENT),
-        (AgentError, grpc.StatusCode.UNKNOWN),
-    ]
-    for cls, code in table:
-        if isinstance(e, cls):
-            return code
-    return grpc.StatusCode.INTERNAL
+_status = status.code  # the agent's one table (agent/status.py)
 
 
 def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
@@ -315,11 +298,11 @@ class AgentServicer(pbg.AgentServicer):
                                   context: grpc.aio.ServicerContext) -> AsyncIterator[pb.CheckpointChunk]:
         try:
             if not request.export:
-                stats = await self.m.checkpoint(request.id, request.leave_running)
+                stats = await self.m.checkpoints.checkpoint(request.id, request.leave_running)
                 yield pb.CheckpointChunk(stats_json=json.dumps(stats))
                 return
             with tempfile.TemporaryFile(dir=self.root) as tmp:
-                stats = await self.m.checkpoint(request.id, request.leave_running, export=tmp)
+                stats = await self.m.checkpoints.checkpoint(request.id, request.leave_running, export=tmp)
                 yield pb.CheckpointChunk(stats_json=json.dumps(stats))
                 tmp.seek(0)
                 while data := tmp.read(CHUNK):
@@ -344,13 +327,13 @@ class AgentServicer(pbg.AgentServicer):
             if header is None:
                 raise InvalidArgument("restore: the stream did not start with a header")
             if not got_data:
-                return convert.summary(await self.m.restore(header.id))
+                return convert.summary(await self.m.checkpoints.restore(header.id))
             if header.sha256:
                 got = digest.hexdigest()
                 if got != header.sha256:
                     raise InvalidArgument(f"restore: the archive's sha256 is {got}, the sender said {header.sha256}")
             tmp.seek(0)
-            return convert.summary(await self.m.restore_archive(tmp, header.name, header.cold, header.page_server))
+            return convert.summary(await self.m.checkpoints.restore_archive(tmp, header.name, header.cold, header.page_server))
 
     async def MigrateContainer(self, request: pb.MigrateRequest,
                                context: grpc.aio.ServicerContext) -> AsyncIterator[pb.MigrateProgress]:

@@ -103,7 +103,7 @@ LAZY: dict[str, tuple[str, ...]] = {
     "service": (_CLUSTER, "deploy.cli_stack"),
     "stack": ("deploy.cli_stack",),
     "container": (_GROUPS,),
-    "network": (_GROUPS,),
+    "network": (_GROUPS, "deploy.cli_network"),
     "cluster": ("deploy.cli_bootstrap",),
 }
 
@@ -159,10 +159,15 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
               help="Refuse a layer that expands to more than this on import, load, pull or restore (e.g. 10g; "
                    "default: no bound, as docker)")
 @click.option("--max-image-size", default="", help="The same for all the layers of one image")
+@click.option("--ip-forward", type=bool, default=True, show_default=True,
+              help="Turn on net.ipv4.ip_forward (published ports from other hosts, the routing mesh); as docker's")
+@click.option("--ip-masq", type=bool, default=True, show_default=True,
+              help="Masquerade the containers' subnet so they reach beyond the host; as docker's")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
               advertise: str = "", token: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
-              docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "") -> None:
+              docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "", ip_forward: bool = True,
+              ip_masq: bool = True) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -188,7 +193,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
                      join=join, advertise=advertise, token=token, cgroup_favor_dynmods=cgroup_favor_dynmods,
-                     docker_socket=docker_socket, docker_tcp=docker_tcp,
+                     docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward, ip_masq=ip_masq,
                      max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
                      max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 
@@ -283,8 +288,7 @@ def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any
 
 
 @main.command()
-@click.option("-a", "--attach", is_flag=True, help="Attach STDOUT/STDERR and forward signals")
-@click.option("-i", "--interactive", is_flag=True, help="Attach container's STDIN")
+@options.click_options(options.START)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
 def start(ctx: click.Context, containers: tuple[str, ...], attach: bool, interactive: bool) -> None:
@@ -478,7 +482,7 @@ def stats(ctx: click.Context, all_: bool, no_stream: bool, fmt: str, containers:
 # --- lifecycle ---------------------------------------------------------------------------------
 
 @main.command()
-@click.option("-t", "--time", "timeout", type=int, default=-1, help="Seconds to wait before killing the container")
+@options.click_options(options.STOP)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
 def stop(ctx: click.Context, timeout: int, containers: tuple[str, ...]) -> None:
@@ -498,7 +502,7 @@ def restart(ctx: click.Context, timeout: int, containers: tuple[str, ...]) -> No
 
 
 @main.command()
-@click.option("-s", "--signal", "sig", default="KILL", help="Signal to send to the container")
+@options.click_options(options.KILL)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
 def kill(ctx: click.Context, sig: str, containers: tuple[str, ...]) -> None:
@@ -526,7 +530,7 @@ def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
 
 
 @main.command()
-@click.option("-f", "--force", is_flag=True, help="Force the removal of a running container (uses SIGKILL)")
+@options.click_options(options.RM)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
 def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:

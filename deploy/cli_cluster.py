@@ -324,6 +324,12 @@ def deploy(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: 
 def load_stacks(files: tuple[str, ...], name: str | None) -> tuple[str, dict[str, Any]]:
     """The stack's name and its services (ServiceSpecs by name) from its files, warnings printed;
     a bad file ends the command with `dockyard deploy: file:line: field: problem`."""
+    stack_name, specs, _ = load_stack_files(files, name)
+    return stack_name, specs
+
+
+def load_stack_files(files: tuple[str, ...], name: str | None) -> tuple[str, dict[str, Any], list[Any]]:
+    """load_stacks, with the merged Stack itself (its networks: too)."""
     import os
 
     from deploy.compose.dotenv import DotEnvError, project_environment
@@ -345,13 +351,16 @@ def load_stacks(files: tuple[str, ...], name: str | None) -> tuple[str, dict[str
         click.echo(f"warning: {w}", err=True)
     stack_name = stack.name
     specs = {s.name: s for s in stack.services}
-    return stack_name, specs
+    return stack_name, specs, [stack]
 
 
 def deploy_stack(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: bool) -> None:
+    from deploy.cli_network import ensure_stack_networks
     from scheduler.convert import spec_to_pb
 
-    stack_name, specs = load_stacks(files, name)
+    stack_name, specs, stacks = load_stack_files(files, name)
+    for stack in stacks:
+        ensure_stack_networks(ctx, stack)
     r = sched(ctx).call("Deploy", pb.DeployRequest(stack=stack_name, services=[spec_to_pb(s) for s in specs.values()],
                                                    prune=prune), timeout=30)
     verbs = {"created": "Creating service", "updated": "Updating service", "unchanged": "Unchanged service",

@@ -17,7 +17,7 @@ import time
 from deploy import display
 from deploy.containers import RUN_ERROR, BadOption, build_config, start_error_code
 from deploy.local import Call, CallError, LocalClient, NotServed, daemon_error
-from deploy.options import PS, RUN, Unsupported, parse
+from deploy.options import KILL, PS, RM, RUN, START, STOP, Opt, Unsupported, parse
 
 TYPE_CHECKING = False  # typing costs ~4 ms of a fast command's start: only for mypy (deploy/entry.py)
 if TYPE_CHECKING:
@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def run(host: str, argv: Sequence[str]) -> int | None:
     try:
         o, args = parse(RUN, argv, interspersed=False)
-        if not args or o["interactive"] or o["tty"]:
+        if not args or o["tty"]:  # a terminal: click's session (deploy/streams.py) sets it up
             return None
         cfg = build_config(args[0], args[1:], o)
         cl = LocalClient(host)
@@ -47,8 +47,8 @@ def run(host: str, argv: Sequence[str]) -> int | None:
             return 0
         # One call creates, starts and streams it, and ends with its exit status (after its removal
         # with --rm, as docker's run waits for).
-        call.send({"open": {"create": cfg, "start": True}})
-        return _attached(call)
+        call.send({"open": {"create": cfg, "start": True, "stdin": o["interactive"]}})
+        return _attached(call, o["interactive"])
     except CallError as e:
         return _failed(e, host, RUN_ERROR)
     except NotServed as e:
@@ -85,16 +85,69 @@ def ps(host: str, argv: Sequence[str]) -> int | None:
     return 0
 
 
+def start(host: str, argv: Sequence[str]) -> int | None:
+    return _each(host, argv, START, "StartContainer",
+                 lambda o, ref: None if o["attach"] or o["interactive"] else {"id": ref})
+
+
+def stop(host: str, argv: Sequence[str]) -> int | None:
+    return _each(host, argv, STOP, "StopContainer", lambda o, ref: {"id": ref, "timeout": o["timeout"]})
+
+
+def kill(host: str, argv: Sequence[str]) -> int | None:
+    return _each(host, argv, KILL, "KillContainer", lambda o, ref: {"id": ref, "signal": o["sig"]})
+
+
+def rm(host: str, argv: Sequence[str]) -> int | None:
+    return _each(host, argv, RM, "RemoveContainer", lambda o, ref: {"id": ref, "force": o["force"]})
+
+
+def _each(host: str, argv: Sequence[str], opts: Sequence[Opt], method: str,
+          request: Callable[[dict[str, Any], str], dict[str, Any] | None]) -> int | None:
+    """docker's multi-container verbs (deploy/cli.py _each): go on after an error, print each
+    container that worked, exit 1 if any failed."""
+    try:
+        o, refs = parse(opts, argv)
+        if not refs or any(request(o, ref) is None for ref in refs):
+            return None
+        cl = LocalClient(host)
+        first = cl.open(method)  # nothing listens: None, before anything was asked
+    except (Unsupported, NotServed):
+        return None
+    failed = False
+    for i, ref in enumerate(refs):
+        try:
+            call = first if i == 0 else cl.open(method)
+            try:
+                call.send(request(o, ref) or {})
+                for _ in call:
+                    pass
+            finally:
+                call.close()
+            display.echo(ref)
+        except CallError as e:
+            _failed(e, host)
+            failed = True
+        except NotServed as e:
+            _failed(CallError("UNAVAILABLE", str(e)), host)
+            failed = True
+    return 1 if failed else 0
+
+
 def _failed(e: CallError, host: str, code: int = 1) -> int:
     sys.stderr.write(daemon_error(e.code, e.details, host) + "\n")
     return code
 
 
-def _attached(call: Call) -> int:
+def _attached(call: Call, stdin: bool) -> int:
     """Stream the container's output to ours until its exit status comes; our SIGINT, SIGTERM and
-    SIGHUP go to the container (as the gRPC session proxies them)."""
+    SIGHUP go to the container, and with -i our stdin to its (as the gRPC session does)."""
 
     names = {_signal.SIGINT: "SIGINT", _signal.SIGTERM: "SIGTERM", _signal.SIGHUP: "SIGHUP"}
+    if stdin:
+        import _thread  # not threading: its import is a few ms, and this thread must not hold the exit
+
+        _thread.start_new_thread(_pump_stdin, (call,))
 
     def proxy(signum: int, _frame: object) -> None:
         call.send({"signal": names[signum]})
@@ -118,6 +171,17 @@ def _attached(call: Call) -> int:
         for s, h in old.items():
             _signal.signal(s, h)
         call.close()
+
+
+def _pump_stdin(call: Call) -> None:
+    from binascii import b2a_base64
+
+    try:
+        while data := os.read(0, 32768):
+            call.send({"stdin": b2a_base64(data, newline=False).decode()})
+        call.send({"close_stdin": True})
+    except OSError:
+        pass  # the call ended (its socket closed) while we read, or stdin is unreadable
 
 
 # --- printing, shared with the click commands -------------------------------------------------

@@ -98,7 +98,7 @@ def devices(specs: tuple[str, ...]) -> list[dict[str, Any]]:
     """--device HOST[:CONTAINER][:PERMISSIONS], as docker's CLI splits it."""
     if not specs:
         return []
-    from agent.model import DeviceMapping
+    from common.devices import DeviceMapping
 
     out = []
     for spec in specs:

@@ -7,7 +7,7 @@ main(): site and its .pth files cost about as much as the interpreter itself her
 
 Whole-process figures on this 2-core machine (BENCHMARKS.md): the interpreter alone ~12 ms, click
 ~30 ms, protobuf with agent.proto ~40 ms, grpc ~75 ms of CPU. So a command in FAST imports only
-deploy.cli_local and what it imports; the test in tests/test_cli_startup.py keeps it so.
+deploy.cli_local and what it imports; tests/kernel/test_cli_startup.py keeps it so.
 """
 
 import sys
@@ -22,9 +22,9 @@ DEFAULT_HOST = "unix:///run/dockyard/agent.sock"  # common.settings.AGENT_SOCKET
 
 # command -> its fast version, deploy/cli_local.py's function of that name: (host, argv after the
 # command) -> exit status, or None to let click run the command.
-FAST = ("run", "create", "ps")
+FAST = ("run", "create", "ps", "start", "stop", "kill", "rm")
 # docker's group forms of the same commands (deploy/cli_groups.py): `container run` is `run`
-GROUPED = {"container": {"run": "run", "create": "create", "ps": "ps", "ls": "ps", "list": "ps"}}
+GROUPED = {"container": {**{c: c for c in FAST}, "ls": "ps", "list": "ps"}}
 
 
 def _split(argv: "Sequence[str]") -> "tuple[str, str, list[str]] | None":

@@ -17,6 +17,7 @@ pkgs=(
   docker-registry skopeo umoci                          # registry and image-format peers
   runc crun docker.io                                   # baselines for the benchmarks
   docker-compose                                        # a Docker API client the tests drive (compose 1.29)
+  iperf3                                                # the overlay network bench (tests/bench/bench_network.py)
   openssh-server openssh-client                         # cluster bootstrap over SSH
   vagrant vagrant-libvirt                               # vagrant/ (validated offline by the tests)
   zstd curl ca-certificates

@@ -39,12 +39,17 @@ class Call:
     """One call on its own connection: send() request messages, iterate the responses."""
 
     def __init__(self, sock: _socket.socket, method: str) -> None:
+        import _thread
+
         self.sock = sock
         self._buf = b""
+        self._sending = _thread.allocate_lock()  # a stdin pump and a signal handler send too: whole frames
         sock.sendall(wire.encode(wire.CALL, {"method": method}))
 
     def send(self, msg: dict[str, Any]) -> None:
-        self.sock.sendall(wire.encode(wire.MESSAGE, msg))
+        frame = wire.encode(wire.MESSAGE, msg)
+        with self._sending:
+            self.sock.sendall(frame)
 
     def done_sending(self) -> None:
         self.sock.sendall(wire.encode(wire.END))

@@ -99,6 +99,22 @@ PS: tuple[Opt, ...] = (
 )
 
 
+START: tuple[Opt, ...] = (
+    opt("-a", "--attach", flag=True, help="Attach STDOUT/STDERR and forward signals"),
+    opt("-i", "--interactive", flag=True, help="Attach container's STDIN"),
+)
+
+STOP: tuple[Opt, ...] = (
+    opt("-t", "--time", dest="timeout", type=int, default=-1, help="Seconds to wait before killing the container"),
+)
+
+KILL: tuple[Opt, ...] = (opt("-s", "--signal", dest="sig", default="KILL", help="Signal to send to the container"),)
+
+RM: tuple[Opt, ...] = (
+    opt("-f", "--force", flag=True, help="Force the removal of a running container (uses SIGKILL)"),
+)
+
+
 def click_options(opts: Sequence[Opt]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The table as click options, in the same order (for a click command's decorators)."""
     import click

@@ -36,6 +36,7 @@ from scheduler.model import (
     NANO,
     FailureAction,
     HealthCheck,
+    NetworkAttachment,
     PlacementSpec,
     PortSpec,
     Resources,
@@ -66,10 +67,25 @@ class StackError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class StackNetwork:
+    """A top-level `networks:` entry. `name` is the cluster network's full name: <stack>_<key>, or
+    the key (or its `name:`) when `external: true` (it must exist already; deploy does not make it)."""
+    key: str
+    name: str
+    external: bool = False
+    driver: str = "overlay"
+    subnet: str = ""
+    attachable: bool = False
+    internal: bool = False
+    labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Stack:
     name: str
     services: tuple[ServiceSpec, ...]
     warnings: tuple[str, ...] = ()
+    networks: tuple[StackNetwork, ...] = ()
 
     def service(self, short: str) -> ServiceSpec:
         full = f"{self.name}_{short}"
@@ -311,23 +327,22 @@ def _interpolate_tree(root: _Map, file: str, environ: Mapping[str, str], warning
 # Every key either works or is refused: `supported` sets list what is read; the `_UNSUPPORTED_*`
 # maps list what Compose has and dockyard does not do (yet), each with a hint; anything else is an
 # unknown field. Nothing is read and then dropped.
-_TOP = frozenset({"version", "name", "services"})
+_TOP = frozenset({"version", "name", "services", "networks"})
 _UNSUPPORTED_TOP = {
-    "networks": "every task joins the node's bridge network; leave `networks:` out",
     "volumes": "",
     "configs": "",
     "secrets": "",
 }
 _SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file", "ports", "deploy", "healthcheck",
                       "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
-                      "stdin_open", "init", "devices", "privileged"})
+                      "stdin_open", "init", "devices", "privileged", "networks"})
 _ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
 _UNSUPPORTED_SERVICE = {
     "build": "build the image first with `dockyard image build -t NAME .` and name it in `image:`",
     "container_name": "tasks are named <stack>_<service>.<slot>",
     "depends_on": "a stack's services start in any order; make each one wait for what it needs",
     "links": "services reach each other by published ports", "external_links": "",
-    "network_mode": "", "networks": "every task joins the node's bridge network",
+    "network_mode": "",
     "restart": "use deploy.restart_policy", "scale": "use deploy.replicas",
     "expose": "every port of a task is reachable from the node; publish it with `ports:`",
     "volumes": "", "volumes_from": "", "tmpfs": "", "configs": "", "secrets": "",
@@ -356,6 +371,10 @@ _UPDATE = frozenset({"parallelism", "delay", "order", "failure_action", "monitor
 _RESTART = frozenset({"condition", "delay", "max_attempts", "window"})
 _HEALTH = frozenset({"test", "interval", "timeout", "retries", "start_period", "disable"})
 _UNSUPPORTED_HEALTH = {"start_interval": "checks run every `interval` from the start"}
+_NETWORK = frozenset({"driver", "driver_opts", "ipam", "attachable", "internal", "external", "name", "labels"})
+_IPAM = frozenset({"driver", "config"})
+_IPAM_CONFIG = frozenset({"subnet"})
+_SERVICE_NETWORK = frozenset({"aliases"})
 _PORT_LONG = frozenset({"target", "published", "protocol", "mode"})
 _UNSUPPORTED_PORT = {"host_ip": "a published port binds every address of the node", "name": "",
                      "app_protocol": ""}
@@ -502,14 +521,15 @@ def _stack(root: _At, name: str | None, environ: Mapping[str, str], warnings: li
     services_at = root.child("services")
     if services_at is None:
         raise StackError(file, 1, "services", "missing: a stack needs at least one service")
+    networks = _networks(root.child("networks"), stack_name)
     specs = []
     for short, at in services_at.items():
         if not _NAME.match(short):
             raise StackError(file, at.line, at.field, f"invalid service name {short!r}")
-        specs.append(_service(at, f"{stack_name}_{short}", environ or {}, warnings))
+        specs.append(_service(at, f"{stack_name}_{short}", environ or {}, warnings, networks))
     if not specs:
         raise StackError(file, services_at.line, "services", "no services defined")
-    return Stack(stack_name, tuple(specs), tuple(warnings))
+    return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()))
 
 
 _VERSION = re.compile(r"^3(?:\.[0-9])?$")
@@ -526,7 +546,91 @@ def _version(at: _At) -> None:
                 "or leave `version:` out")
 
 
-def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list[str]) -> ServiceSpec:
+def _networks(at: _At | None, stack: str) -> dict[str, StackNetwork]:
+    out: dict[str, StackNetwork] = {}
+    if at is None:
+        return out
+    for key, n in at.items():
+        if not _NAME.match(key):
+            n.fail(f"invalid network name {key!r}")
+        if n.value is None:
+            out[key] = StackNetwork(key, f"{stack}_{key}")
+            continue
+        n.mapping(_NETWORK)
+        external = _opt(n, "external", _At.boolean, False)
+        name_at = n.child("name")
+        name = name_at.string() if name_at is not None else (key if external else f"{stack}_{key}")
+        if external:
+            for f in ("driver", "ipam", "attachable", "internal", "driver_opts"):
+                if n.child(f) is not None:
+                    n.fail(f"an external network is made outside the stack: {f} cannot be set here")
+            out[key] = StackNetwork(key, name, external=True)
+            continue
+        driver_at = n.child("driver")
+        driver = driver_at.choice(("overlay",)) if driver_at is not None else "overlay"
+        if n.child("driver_opts") is not None:
+            n.child("driver_opts").fail("no driver options are supported")  # type: ignore[union-attr]
+        subnet = ""
+        ipam = n.child("ipam")
+        if ipam is not None:
+            ipam.mapping(_IPAM)
+            if ipam.child("driver") is not None:
+                ipam.child("driver").choice(("default",))  # type: ignore[union-attr]
+            configs = ipam.child("config")
+            elements = configs.elements() if configs is not None else []
+            if len(elements) > 1:
+                configs.fail("one subnet per network")  # type: ignore[union-attr]
+            for c in elements:
+                c.mapping(_IPAM_CONFIG)
+                sub = c.child("subnet")
+                if sub is not None:
+                    subnet = sub.string()
+                    import ipaddress
+
+                    try:
+                        ipaddress.IPv4Network(subnet, strict=True)
+                    except ValueError as e:
+                        sub.fail(f"invalid subnet {subnet!r}: {e}")
+        for flag, why in (("attachable", "plain containers cannot join cluster networks yet"),
+                          ("internal", "a task keeps its host bridge's egress")):
+            f_at = n.child(flag)
+            if f_at is not None and f_at.boolean():
+                f_at.fail(f"not supported yet: {why}")
+        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet, labels=_labels(n.child("labels")))
+    return out
+
+
+def _service_networks(at: _At | None, declared: Mapping[str, StackNetwork]) -> tuple[NetworkAttachment, ...]:
+    if at is None:
+        return ()
+    entries: list[tuple[str, _At, _At | None]] = []
+    if isinstance(at.value, _Seq):
+        entries = [(e.string(), e, None) for e in at.elements()]
+    else:
+        entries = [(k, e, e if e.value is not None else None) for k, e in at.items()]
+    out: list[NetworkAttachment] = []
+    for key, where, body in entries:
+        net = declared.get(key)
+        if net is None:
+            where.fail(f"network {key!r} is not declared under the top-level networks:"
+                       + (f" (declared: {', '.join(sorted(declared))})" if declared else ""))
+        aliases: tuple[str, ...] = ()
+        if body is not None:
+            body.mapping(_SERVICE_NETWORK)
+            al = body.child("aliases")
+            if al is not None:
+                aliases = tuple(a.string() for a in al.elements())
+                for a, e in zip(aliases, al.elements(), strict=True):
+                    if not _NAME.match(a):
+                        e.fail(f"invalid alias {a!r}")
+        if any(x.name == net.name for x in out):
+            where.fail(f"network {key!r} listed twice")
+        out.append(NetworkAttachment(net.name, aliases))
+    return tuple(out)
+
+
+def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list[str],
+             networks: Mapping[str, StackNetwork]) -> ServiceSpec:
     at.mapping(_SERVICE, _UNSUPPORTED_SERVICE)
     image_at = at.child("image")
     if image_at is None:
@@ -549,6 +653,7 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
     container_labels = _labels(at.child("labels"))
     labels: tuple[tuple[str, str], ...] = ()
     healthcheck = _healthcheck(at.child("healthcheck"))
+    attachments = _service_networks(at.child("networks"), networks)
     grace = _opt(at, "stop_grace_period", parse_duration)
     hostname = _opt(at, "hostname", _At.string, "")
     if hostname and not _HOSTNAME.match(hostname):
@@ -587,7 +692,7 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
         name=full_name, image=image, command=command, entrypoint=entrypoint, env=tuple(sorted(env.items())), ports=ports,
         replicas=replicas, resources=resources, placement=placement, update_config=update,
         rollback_config=rollback, restart_policy=restart, healthcheck=healthcheck,
-        labels=tuple(sorted(dict(labels).items())), mode=mode, hostname=hostname,
+        labels=tuple(sorted(dict(labels).items())), mode=mode, hostname=hostname, networks=attachments,
         user=_opt(at, "user", _At.string, ""), workdir=workdir, stop_signal=stop_signal, stop_grace_period=grace,
         tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
         init=_opt(at, "init", _At.boolean, False), pids_limit=pids,
@@ -598,7 +703,7 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
 
 def _devices(at: _At | None) -> tuple[str, ...]:
     """`devices:` as Compose's short syntax, HOST[:CONTAINER][:rwm] (the node checks the host's path)."""
-    from agent.model import DeviceMapping
+    from common.devices import DeviceMapping
 
     out = []
     for el in at.elements() if at is not None else []:

@@ -7,6 +7,128 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class CreateNetworkRequest(_message.Message):
+    __slots__ = ("name", "driver", "subnet", "attachable", "internal", "mtu", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    ATTACHABLE_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    driver: str
+    subnet: str
+    attachable: bool
+    internal: bool
+    mtu: int
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., attachable: _Optional[bool] = ..., internal: _Optional[bool] = ..., mtu: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class NetworkRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class EndpointInfo(_message.Message):
+    __slots__ = ("task_id", "task", "service", "ip", "mac", "node", "vtep", "names", "ready", "container")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    MAC_FIELD_NUMBER: _ClassVar[int]
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    VTEP_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    READY_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    task: str
+    service: str
+    ip: str
+    mac: str
+    node: str
+    vtep: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    ready: bool
+    container: str
+    def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ..., service: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., node: _Optional[str] = ..., vtep: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., container: _Optional[str] = ...) -> None: ...
+
+class NetworkInfo(_message.Message):
+    __slots__ = ("name", "driver", "subnet", "gateway", "vni", "mtu", "attachable", "internal", "labels", "created_at", "services", "endpoints", "vips")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DRIVER_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    VNI_FIELD_NUMBER: _ClassVar[int]
+    MTU_FIELD_NUMBER: _ClassVar[int]
+    ATTACHABLE_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
+    VIPS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    driver: str
+    subnet: str
+    gateway: str
+    vni: int
+    mtu: int
+    attachable: bool
+    internal: bool
+    labels: _containers.ScalarMap[str, str]
+    created_at: float
+    services: _containers.RepeatedScalarFieldContainer[str]
+    endpoints: _containers.RepeatedCompositeFieldContainer[EndpointInfo]
+    vips: _containers.RepeatedCompositeFieldContainer[VipInfo]
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., vni: _Optional[int] = ..., mtu: _Optional[int] = ..., attachable: _Optional[bool] = ..., internal: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointInfo, _Mapping]]] = ..., vips: _Optional[_Iterable[_Union[VipInfo, _Mapping]]] = ...) -> None: ...
+
+class VipInfo(_message.Message):
+    __slots__ = ("service", "ip", "names")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    NAMES_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    ip: str
+    names: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, service: _Optional[str] = ..., ip: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ListNetworksResponse(_message.Message):
+    __slots__ = ("networks",)
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    networks: _containers.RepeatedCompositeFieldContainer[NetworkInfo]
+    def __init__(self, networks: _Optional[_Iterable[_Union[NetworkInfo, _Mapping]]] = ...) -> None: ...
+
+class WatchNetworksRequest(_message.Message):
+    __slots__ = ("node",)
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    def __init__(self, node: _Optional[str] = ...) -> None: ...
+
+class NetworkMap(_message.Message):
+    __slots__ = ("revision", "networks")
+    REVISION_FIELD_NUMBER: _ClassVar[int]
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    revision: int
+    networks: _containers.RepeatedCompositeFieldContainer[NetworkInfo]
+    def __init__(self, revision: _Optional[int] = ..., networks: _Optional[_Iterable[_Union[NetworkInfo, _Mapping]]] = ...) -> None: ...
+
 class Empty(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

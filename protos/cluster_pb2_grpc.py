@@ -140,6 +140,26 @@ class SchedulerStub:
                 request_serializer=protos_dot_cluster__pb2.JoinTokenRequest.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.JoinTokenResponse.FromString,
                 _registered_method=True)
+        self.CreateNetwork = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/CreateNetwork',
+                request_serializer=protos_dot_cluster__pb2.CreateNetworkRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.NetworkInfo.FromString,
+                _registered_method=True)
+        self.ListNetworks = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/ListNetworks',
+                request_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.ListNetworksResponse.FromString,
+                _registered_method=True)
+        self.InspectNetwork = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/InspectNetwork',
+                request_serializer=protos_dot_cluster__pb2.NetworkRef.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.NetworkInfo.FromString,
+                _registered_method=True)
+        self.RemoveNetwork = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/RemoveNetwork',
+                request_serializer=protos_dot_cluster__pb2.NetworkRef.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.Empty.FromString,
+                _registered_method=True)
         self.Register = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/Register',
                 request_serializer=protos_dot_cluster__pb2.RegisterRequest.SerializeToString,
@@ -154,6 +174,11 @@ class SchedulerStub:
                 '/dockyard.cluster.Scheduler/ReportTasks',
                 request_serializer=protos_dot_cluster__pb2.ReportTasksRequest.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.Empty.FromString,
+                _registered_method=True)
+        self.WatchNetworks = channel.unary_stream(
+                '/dockyard.cluster.Scheduler/WatchNetworks',
+                request_serializer=protos_dot_cluster__pb2.WatchNetworksRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.NetworkMap.FromString,
                 _registered_method=True)
 
 
@@ -296,6 +321,32 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def CreateNetwork(self, request, context):
+        """--- cluster networks (/dockyard/net/; scheduler/network.py) ---
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListNetworks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InspectNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveNetwork(self, request, context):
+        """Refused while a service uses the network or an address on it is held.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Register(self, request, context):
         """--- agents ---
         """
@@ -311,6 +362,14 @@ class SchedulerServicer:
 
     def ReportTasks(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchNetworks(self, request, context):
+        """Every network and endpoint the node must program: the whole map at once, then again on each
+        change (coalesced). A new stream starts with the whole map, so a reconnect is a relist.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -423,6 +482,26 @@ def add_SchedulerServicer_to_server(servicer, server):
                     request_deserializer=protos_dot_cluster__pb2.JoinTokenRequest.FromString,
                     response_serializer=protos_dot_cluster__pb2.JoinTokenResponse.SerializeToString,
             ),
+            'CreateNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateNetwork,
+                    request_deserializer=protos_dot_cluster__pb2.CreateNetworkRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.NetworkInfo.SerializeToString,
+            ),
+            'ListNetworks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListNetworks,
+                    request_deserializer=protos_dot_cluster__pb2.Empty.FromString,
+                    response_serializer=protos_dot_cluster__pb2.ListNetworksResponse.SerializeToString,
+            ),
+            'InspectNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectNetwork,
+                    request_deserializer=protos_dot_cluster__pb2.NetworkRef.FromString,
+                    response_serializer=protos_dot_cluster__pb2.NetworkInfo.SerializeToString,
+            ),
+            'RemoveNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveNetwork,
+                    request_deserializer=protos_dot_cluster__pb2.NetworkRef.FromString,
+                    response_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
+            ),
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
                     request_deserializer=protos_dot_cluster__pb2.RegisterRequest.FromString,
@@ -437,6 +516,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ReportTasks,
                     request_deserializer=protos_dot_cluster__pb2.ReportTasksRequest.FromString,
                     response_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
+            ),
+            'WatchNetworks': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchNetworks,
+                    request_deserializer=protos_dot_cluster__pb2.WatchNetworksRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.NetworkMap.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -1017,6 +1101,114 @@ class Scheduler:
             _registered_method=True)
 
     @staticmethod
+    def CreateNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/CreateNetwork',
+            protos_dot_cluster__pb2.CreateNetworkRequest.SerializeToString,
+            protos_dot_cluster__pb2.NetworkInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListNetworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/ListNetworks',
+            protos_dot_cluster__pb2.Empty.SerializeToString,
+            protos_dot_cluster__pb2.ListNetworksResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/InspectNetwork',
+            protos_dot_cluster__pb2.NetworkRef.SerializeToString,
+            protos_dot_cluster__pb2.NetworkInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/RemoveNetwork',
+            protos_dot_cluster__pb2.NetworkRef.SerializeToString,
+            protos_dot_cluster__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def Register(request,
             target,
             options=(),
@@ -1087,6 +1279,33 @@ class Scheduler:
             '/dockyard.cluster.Scheduler/ReportTasks',
             protos_dot_cluster__pb2.ReportTasksRequest.SerializeToString,
             protos_dot_cluster__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchNetworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/WatchNetworks',
+            protos_dot_cluster__pb2.WatchNetworksRequest.SerializeToString,
+            protos_dot_cluster__pb2.NetworkMap.FromString,
             options,
             channel_credentials,
             insecure,

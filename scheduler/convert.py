@@ -19,6 +19,7 @@ from scheduler.model import (
     ServiceSpec,
     Task,
 )
+from scheduler.network import EndpointView, Network, VipView
 from scheduler.observe import ContainerReport
 
 STACK_LABEL = "com.docker.stack.namespace"
@@ -135,3 +136,17 @@ def report_from_pb(r: pb.TaskReport) -> ContainerReport:
 
 def log_line(t: Task, entry: apb.LogEntry) -> pb.LogLine:
     return pb.LogLine(task=t.name, task_id=t.id, node=t.node or "", entry=entry)
+
+
+# --- cluster networks ----------------------------------------------------------------------------
+
+def network_info(n: Network, services: Iterable[str] = (), endpoints: Iterable[EndpointView] = (),
+                 vips: Iterable[VipView] = ()) -> pb.NetworkInfo:
+    return pb.NetworkInfo(
+        name=n.name, driver=n.driver, subnet=n.subnet, gateway=n.gateway, vni=n.vni, mtu=n.mtu,
+        attachable=n.attachable, internal=n.internal, labels=n.labels, created_at=n.created_at,
+        services=list(services),
+        endpoints=[pb.EndpointInfo(task_id=e.task_id, task=e.task, service=e.service, ip=e.ip, mac=e.mac,
+                                   node=e.node, vtep=e.vtep, names=e.names, ready=e.ready, container=e.container)
+                   for e in endpoints],
+        vips=[pb.VipInfo(service=v.service, ip=v.ip, names=v.names) for v in vips])

@@ -24,11 +24,12 @@ from collections.abc import Callable
 
 import grpc
 
-from agent.model import DeviceMapping
 from common import transport
+from common.devices import DeviceMapping
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState
+from scheduler.network import mac_for
 from scheduler.observe import ContainerReport, observed
 from scheduler.store import Conflict, Store, StoreError
 from scheduler.view import View
@@ -48,6 +49,19 @@ def container_name(t: Task) -> str:
     return f"{t.name}.{t.id}"
 
 
+def overlays_of(t: Task, spec: ServiceSpec, view: View) -> list[apb.OverlayAttachment] | None:
+    """The task's addresses on its networks, or None while one is not allocated yet."""
+    out = []
+    for att in spec.networks:
+        net = view.networks.get(att.name)
+        ip = next((a.ip for a in view.allocations.values() if a.network == att.name and a.task_id == t.id), None)
+        if net is None or ip is None:
+            return None
+        out.append(apb.OverlayAttachment(network=net.name, vni=net.vni, subnet=net.subnet, ip=ip, mac=mac_for(ip),
+                                         mtu=net.mtu))
+    return out
+
+
 def stop_timeout(spec: ServiceSpec | None) -> int:
     """Seconds from SIGTERM to SIGKILL for a task of `spec` (its stop_grace_period, rounded up)."""
     if spec is None or spec.stop_grace_period is None:
@@ -55,7 +69,8 @@ def stop_timeout(spec: ServiceSpec | None) -> int:
     return math.ceil(spec.stop_grace_period)
 
 
-def container_config(t: Task, spec: ServiceSpec, stack: str) -> apb.ContainerConfig:
+def container_config(t: Task, spec: ServiceSpec, stack: str,
+                     overlays: list[apb.OverlayAttachment] | None = None) -> apb.ContainerConfig:
     labels = dict(spec.container_labels)
     labels.update({SERVICE_LABEL: t.service, TASK_LABEL: t.id, SLOT_LABEL: str(t.slot), STACK_LABEL: stack})
     cfg = apb.ContainerConfig(
@@ -66,6 +81,7 @@ def container_config(t: Task, spec: ServiceSpec, stack: str) -> apb.ContainerCon
                                 nano_cpus=spec.resources.limits.nano_cpus, pids_limit=spec.pids_limit),
         restart_policy=apb.RestartPolicy(name="no"),  # restarts are the scheduler's (restart_policy)
         stop_timeout=stop_timeout(spec),
+        overlays=overlays or [],
     )
     for text in spec.devices:  # (checked when the stack was read)
         d = DeviceMapping.parse(text)
@@ -220,7 +236,10 @@ class Dispatcher:
         if svc.previous_spec is not None and svc.previous_spec.digest == t.spec_version:
             spec = svc.previous_spec
         stack = dict(spec.labels).get("com.docker.stack.namespace", "")
-        cfg = container_config(t, spec, stack)
+        overlays = overlays_of(t, spec, self.view)
+        if overlays is None:
+            return  # its addresses are being allocated: the view's change brings the next pass
+        cfg = container_config(t, spec, stack, overlays)
         try:
             c = await stub.CreateContainer(apb.CreateContainerRequest(config=cfg), timeout=CALL_TIMEOUT * 4)
         except grpc.aio.AioRpcError as e:

@@ -18,9 +18,13 @@ import time
 from collections import Counter
 from collections.abc import Callable
 
+from scheduler import netalloc
 from scheduler.executor import Executor
 from scheduler.metrics import SchedulerMetrics
-from scheduler.model import DesiredState, TaskState
+from scheduler.model import DesiredState, Task, TaskState
+from scheduler.network import Exhausted, full_networks
+from scheduler.placement.pipeline import Decision, Pipeline
+from scheduler.placement.state import ClusterState, PlacementRequest
 from scheduler.reconcile import Action, Migrate, Place, Remove, Stop, Update, reconcile
 from scheduler.store import Store, StoreError
 from scheduler.view import View
@@ -34,6 +38,14 @@ def _touches(a: Action) -> set[str]:
     if isinstance(a, (Stop, Remove)):
         return {a.task.id}
     return set()
+
+
+def _tasks_of(a: Action) -> list[Task]:
+    if isinstance(a, (Update, Migrate)):
+        return [a.old, a.new]
+    if isinstance(a, (Stop, Remove, Place)):
+        return [a.task]
+    return []
 
 
 def new_task_id() -> str:
@@ -51,6 +63,7 @@ class LeaderLoop:
         self.idle = idle
         self.rng = random.Random()
         self.passes = 0
+        self.pipeline = TimedPipeline(metrics.placement_seconds.observe)
 
     async def run(self, active: Callable[[], bool]) -> None:
         wake_at: float | None = None
@@ -74,13 +87,28 @@ class LeaderLoop:
     async def one_pass(self) -> float | None:
         now = self.clock()
         v = self.view
+        # Addresses first: a service whose network is full stays pending (reconcile is told so);
+        # tasks this pass creates get theirs in the next pass (the dispatcher waits for them).
+        addresses = netalloc.plan(v, now)
+        blocked: dict[str, str] = {}
+        addressed: set[str] = set()
+        if addresses:
+            blocked = full_networks(addresses)
+            waiting = {op.task.id for op in addresses if isinstance(op, Exhausted)}
+            addressed = {a.task_id for a in v.allocations.values()} - waiting
         with self.metrics.reconcile():
             plan = reconcile(v.services, list(v.tasks.values()), v.node_list(), now, new_id=new_task_id,
-                             rng=self.rng)
+                             rng=self.rng, blocked=blocked, addressed=addressed, pipeline=self.pipeline)
         self.passes += 1
         migrating = v.migrating()
         if migrating:  # a task being moved is the migration's: act on it once its record is gone
             plan.actions = [a for a in plan.actions if not (_touches(a) & migrating)]
+        if addresses:
+            touched = {t.id for a in plan.actions for t in _tasks_of(a)}
+            rev = await netalloc.write(self.store, [op for op in addresses if not (
+                isinstance(op, Exhausted) and op.task.id in touched)], now)
+            if rev:
+                await v.wait_revision(rev)
         if not plan.actions:
             return plan.wake_at
         for a in plan.actions:
@@ -104,3 +132,33 @@ class LeaderLoop:
         m.set_services({s.name: s.spec.replicas for s in v.services.values()},
                        {name: running.get(name, 0) for name in v.services})
         m.set_pending(sum(1 for t in live if t.state is TaskState.PENDING))
+
+
+class TimedPipeline(Pipeline):
+    """The placement pipeline with the time of each task's placement observed (the
+    dockyard_scheduler_placement_seconds histogram): the clock is read here, at the edge, so the
+    decisions stay pure. place_many's time is shared evenly by the tasks it placed."""
+
+    def __init__(self, observe: Callable[[float], None], *, clock: Callable[[], float] = time.perf_counter) -> None:
+        super().__init__()
+        self._observe, self._clock = observe, clock
+        self._depth = 0  # place_many may call place: only the outermost call is timed
+
+    def place(self, cluster: ClusterState, req: PlacementRequest) -> Decision:
+        return self._timed(lambda: [super(TimedPipeline, self).place(cluster, req)])[0]
+
+    def place_many(self, cluster: ClusterState, req: PlacementRequest, count: int) -> list[Decision]:
+        return self._timed(lambda: super(TimedPipeline, self).place_many(cluster, req, count))
+
+    def _timed(self, f: Callable[[], list[Decision]]) -> list[Decision]:
+        self._depth += 1
+        t0 = self._clock()
+        try:
+            out = f()
+        finally:
+            self._depth -= 1
+        if self._depth == 0 and out:
+            each = (self._clock() - t0) / len(out)
+            for _ in out:
+                self._observe(each)
+        return out

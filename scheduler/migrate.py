@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from common import faults
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
 from scheduler.dispatch import TASK_LABEL, Agents
@@ -115,22 +116,14 @@ class Migrator:
         self.clock = clock
         self.recover_every = recover_every
         self.running: dict[str, asyncio.Task[Any]] = {}  # migration id -> its runner, here
-        # Fault injection for tests, only with DOCKYARD_FAULT_INJECTION=1 in the scheduler's
-        # environment: a service labelled dockyard.fault.pause=<phase>:<seconds> has its migrations
-        # wait that long at that phase (running: before the agent is called; finishing: after the
-        # agent moved it, before the task is moved in etcd), so a test can kill something there.
-        import os
-
-        self.faults = os.environ.get("DOCKYARD_FAULT_INJECTION") == "1"
+        self.faults = faults.FAULTS  # tests pause migrations at a phase (common/faults.py)
 
     async def _pause(self, m: Migration, phase: str) -> None:
         svc = self.view.services.get(m.service)
-        if not self.faults or svc is None:
-            return
-        at, _, secs = dict(svc.spec.labels).get("dockyard.fault.pause", "").partition(":")
-        if at == phase:
+        secs = self.faults.migration_pause(dict(svc.spec.labels), phase) if svc is not None else 0.0
+        if secs:
             log.warning("fault injection: migration %s pauses %s s at phase %s", m.id, secs, phase)
-            await asyncio.sleep(float(secs or 0))
+            await asyncio.sleep(secs)
 
     # --- deciding ------------------------------------------------------------------------------
 

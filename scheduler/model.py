@@ -151,6 +151,13 @@ class PortSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NetworkAttachment:
+    """A service on a cluster network (scheduler/network.py), with extra names it answers to there."""
+    name: str
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class ResourceSpec:
     limits: Resources = Resources()
     reservations: Resources = Resources()
@@ -226,6 +233,7 @@ class ServiceSpec:
     container_labels: tuple[tuple[str, str], ...] = ()  # the service's `labels:`, on every container
     devices: tuple[str, ...] = ()  # docker's --device syntax, HOST[:CONTAINER][:rwm] (agent.model.DeviceMapping)
     privileged: bool = False
+    networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
 
     @property
     def digest(self) -> str:
@@ -252,7 +260,8 @@ _NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels")
 # Fields added to ServiceSpec after tasks were first stored, with their encoded defaults.
 _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "", "workdir": "", "stop_signal": "",
                                  "stop_grace_period": None, "tty": False, "stdin_open": False, "init": False,
-                                 "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False}
+                                 "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
+                                 "networks": []}
 
 
 class UpdateState(enum.StrEnum):

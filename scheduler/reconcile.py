@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import random
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 
 from scheduler import constraints as constraint_lang
@@ -143,7 +143,8 @@ def _restart_due(task: Task, spec: ServiceSpec) -> tuple[bool, float, int]:
 class _Pass:
     def __init__(self, services: Mapping[str, Service], tasks: list[Task], nodes: list[Node], now: float,
                  new_id: IdFactory, rng: random.Random, pipeline: Pipeline, history: int,
-                 cluster: ClusterState | None) -> None:
+                 cluster: ClusterState | None, blocked: Mapping[str, str] | None = None,
+                 addressed: Collection[str] = ()) -> None:
         self.services = services
         self.tasks = tasks
         self.nodes = {n.name: n for n in nodes}
@@ -155,6 +156,10 @@ class _Pass:
         # A service whose task fit nowhere will not fit for its next replica either, until
         # something is released: skip the full scan for the rest of its replicas.
         self.pending: dict[str, Pending] = {}
+        # services whose new tasks cannot be placed whatever the nodes (their network has no free
+        # address); their tasks that already hold their addresses (`addressed`) are placed as usual
+        self.blocked = {name: Pending((), note=why) for name, why in (blocked or {}).items()}
+        self.addressed = addressed
         self.digests: dict[int, str] = {}  # by id(): specs live as long as the pass
         self.service_action: dict[str, int] = {}  # service -> index of its SetService in the plan
         self.by_digest: dict[tuple[str, str], ServiceSpec] = {}
@@ -195,7 +200,7 @@ class _Pass:
         return d
 
     def new_task(self, spec: ServiceSpec, slot: int, attempt: int = 0) -> tuple[Task, Placed | None]:
-        decision = self.decide(spec)
+        decision = self.blocked.get(spec.name) or self.decide(spec)
         if isinstance(decision, Placed):
             return Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=self.digest(spec),
                         node=decision.node, state=TaskState.ASSIGNED, created_at=self.now, state_at=self.now,
@@ -207,7 +212,7 @@ class _Pass:
         """New tasks for many slots of one service at once (Pipeline.place_many)."""
         if not slots:
             return []
-        memo = self.pending.get(spec.name)
+        memo = self.blocked.get(spec.name) or self.pending.get(spec.name)
         decisions: list[Placed | Pending]
         if memo is not None:
             decisions = [memo] * len(slots)
@@ -221,7 +226,8 @@ class _Pass:
                 out.append((Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=digest, node=d.node,
                                  state=TaskState.ASSIGNED, created_at=now, state_at=now), d))
             else:
-                self.pending[spec.name] = d
+                if d is not self.blocked.get(spec.name):
+                    self.pending[spec.name] = d
                 out.append((Task(service=spec.name, slot=slot, id=self.new_id(), spec_version=digest,
                                  created_at=now, state_at=now, error=d.message), None))
         return out
@@ -236,7 +242,8 @@ class _Pass:
         return decision
 
     def assign(self, spec: ServiceSpec, task: Task) -> tuple[Task, Placed | None]:
-        decision = self.decide(spec)
+        blocked = None if task.id in self.addressed else self.blocked.get(spec.name)
+        decision = blocked or self.decide(spec)
         if isinstance(decision, Placed):
             return task.with_(node=decision.node, state=TaskState.ASSIGNED, state_at=self.now, error=""), decision
         return task.with_(node=None, state=TaskState.PENDING, error=decision.message), None
@@ -560,15 +567,18 @@ class _Pass:
 
 def reconcile(services: Mapping[str, Service], tasks: Iterable[Task], nodes: Iterable[Node], now: float, *,
               new_id: IdFactory, rng: random.Random, pipeline: Pipeline | None = None,
-              history: int = 5, cluster: ClusterState | None = None) -> Plan:
+              history: int = 5, cluster: ClusterState | None = None,
+              blocked: Mapping[str, str] | None = None, addressed: Collection[str] = ()) -> Plan:
     """Decide what has to change so that `tasks` on `nodes` become what `services` ask for.
 
     `cluster` lets a long-running scheduler keep node usage between passes (updated as plans are
     applied) instead of rebuilding it from every task each time; it must already count `tasks`
-    of other services. Without it, usage is computed from `tasks`.
+    of other services. Without it, usage is computed from `tasks`. `blocked` (service -> why) keeps
+    a service's new and pending tasks pending whatever the nodes (no free address on its network),
+    except its tasks in `addressed` (ids of tasks that hold all their addresses).
     """
     return _Pass(services, list(tasks), list(nodes), now, new_id, rng, pipeline or Pipeline(), history,
-                 cluster).run()
+                 cluster, blocked, addressed).run()
 
 
 def apply(plan: Plan, services: Mapping[str, Service], tasks: Iterable[Task]

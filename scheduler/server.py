@@ -21,6 +21,7 @@ from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
 from scheduler import convert
+from scheduler import network as netmod
 from scheduler.dispatch import Agents, container_name, write_observed
 from scheduler.leader import Election
 from scheduler.model import (
@@ -44,6 +45,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dockyard.scheduler.server")
 T = TypeVar("T")
+
+# How old a node's full report can be when it is handled: the agent's longest call deadline
+# (agent/cluster.py CALL_DEADLINE), which the listing it sends was taken just before.
+FULL_REPORT_AGE = 5.0
 
 
 class ClusterError(Exception):
@@ -206,6 +211,10 @@ class SchedulerServicer(pbg.SchedulerServicer):
             labels = dict(spec.labels)
             labels[convert.STACK_LABEL] = request.stack
             specs.append(replace(spec, labels=tuple(sorted(labels.items()))))
+            missing = netmod.unknown_networks(spec, self.view.networks)
+            if missing:
+                raise Invalid(f"service {spec.name}: network {', '.join(missing)} not found (dockyard network "
+                              f"create -d overlay NAME, or declare it under the stack's networks:)")
         current = {s.name: s for s in await self.store.list_services()}
         ops: list[Op] = []
         changes = []
@@ -559,6 +568,108 @@ class SchedulerServicer(pbg.SchedulerServicer):
                              mode=m.mode, phase=m.phase, started_at=m.started_at, leader=m.leader)
             for m in sorted(self.view.migrations.values(), key=lambda m: m.started_at)])
 
+    # --- cluster networks --------------------------------------------------------------------------
+
+    def _network_info(self, net: netmod.Network, with_endpoints: bool = True) -> pb.NetworkInfo:
+        v = self.view
+        users = sorted(name for name, svc in v.services.items()
+                       if any(a.name == net.name for spec in (svc.spec, svc.previous_spec) if spec is not None
+                              for a in spec.networks))
+        eps: list[netmod.EndpointView] = []
+        vips: list[netmod.VipView] = []
+        if with_endpoints:
+            mine = [a for a in v.allocations.values() if a.network == net.name]
+            eps = netmod.endpoints({net.name: net}, mine, v.tasks, {n.name: n.address for n in v.nodes.values()},
+                                   v.services)
+            vips = netmod.vips({net.name: net}, mine, v.services)
+        return convert.network_info(net, users, eps, vips)
+
+    def _network(self, name: str) -> netmod.Network:
+        net = self.view.networks.get(name)
+        if net is None:
+            raise NotFound(f"network {name} not found")
+        return net
+
+    @_mapped
+    async def CreateNetwork(self, request: pb.CreateNetworkRequest, context: Any) -> pb.NetworkInfo:
+        k = self.store.keys
+        for _ in range(5):
+            rev, kvs = await self.store.range(k.network())
+            existing = [netmod.Network.decode(kv.value, kv.mod_revision) for kv in kvs]
+            stamp = await self.store.get_raw(k.net() + b"version")
+            try:
+                net = netmod.new_network(request.name, existing, subnet=request.subnet,
+                                         driver=request.driver or "overlay", attachable=request.attachable,
+                                         internal=request.internal, mtu=request.mtu, labels=dict(request.labels),
+                                         now=self.clock())
+            except netmod.NetworkError as e:
+                raise (Exists if "already exists" in str(e) else Invalid)(str(e)) from None
+            # one version key guards every create: two at once cannot pick the same subnet or VNI
+            ops: list[Op] = [Put(k.network(net.name), net.encode(), 0),
+                             Put(k.net() + b"version", str(rev).encode(), stamp[1] if stamp else 0)]
+            try:
+                wrote = await self.store.commit(ops)
+            except Conflict:
+                continue
+            await self.view.wait_revision(wrote)
+            return self._network_info(self.view.networks.get(net.name, net))
+        raise Refused("networks keep changing; try again")
+
+    @_mapped
+    async def ListNetworks(self, request: pb.Empty, context: Any) -> pb.ListNetworksResponse:
+        return pb.ListNetworksResponse(networks=[self._network_info(n) for n in
+                                                 sorted(self.view.networks.values(), key=lambda n: n.name)])
+
+    @_mapped
+    async def InspectNetwork(self, request: pb.NetworkRef, context: Any) -> pb.NetworkInfo:
+        return self._network_info(self._network(request.name))
+
+    @_mapped
+    async def RemoveNetwork(self, request: pb.NetworkRef, context: Any) -> pb.Empty:
+        k = self.store.keys
+        got = await self.store.get_raw(k.network(request.name))
+        if got is None:
+            raise NotFound(f"network {request.name} not found")
+        info = self._network_info(netmod.Network.decode(got[0], got[1]))
+        if info.services:
+            raise Refused(f"network {request.name} is in use by service {', '.join(info.services)}")
+        _, held = await self.store.range(k.ipam(request.name))
+        if held:
+            raise Refused(f"network {request.name} has {len(held)} endpoint{'s' if len(held) != 1 else ''} "
+                          "attached (tasks still being removed); try again when they are gone")
+        _, resting = await self.store.range(k.quarantine(request.name))
+        ops: list[Op] = [Delete(k.network(request.name), got[1])]
+        ops += [Delete(bytes(kv.key), None) for kv in resting[:127]]
+        rev = await self.store.commit(ops)
+        await self.view.wait_revision(rev)
+        return pb.Empty()
+
+    async def WatchNetworks(self, request: pb.WatchNetworksRequest,
+                            context: grpc.aio.ServicerContext) -> AsyncIterator[pb.NetworkMap]:
+        try:
+            self._own_node(request.node)
+        except Forbidden as e:
+            await context.abort(e.code, str(e))
+        changed = asyncio.Event()
+        changed.set()
+        self.view.net_listeners.append(changed.set)
+        last = b""
+        try:
+            await self.view.loaded.wait()
+            while True:
+                await changed.wait()
+                await asyncio.sleep(0.01)  # coalesce a burst (a deploy, a node lost) into one map
+                changed.clear()
+                msg = pb.NetworkMap(revision=self.view.revision,
+                                    networks=[self._network_info(n) for n in
+                                              sorted(self.view.networks.values(), key=lambda n: n.name)])
+                body = pb.NetworkMap(networks=msg.networks).SerializeToString(deterministic=True)
+                if body != last:
+                    last = body
+                    yield msg
+        finally:
+            self.view.net_listeners.remove(changed.set)
+
     # --- agents ----------------------------------------------------------------------------------
 
     @_mapped
@@ -634,8 +745,14 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if request.full:
             # A task this node should be running whose container it no longer has (a host that
             # rebooted, a container removed by hand): failed, so the restart policy replaces it.
+            # The listing was taken before the call, which may have waited seconds on a loaded
+            # host: a task that came to this node since (a migration finished onto it, a start)
+            # is not in it yet, and is not gone. A task that changed within the report's longest
+            # age is left to the next full report.
             migrating = self.view.migrating()
             for t in self.view.tasks_on(request.node):
+                if now - t.state_at < FULL_REPORT_AGE:
+                    continue
                 if t.id not in seen and t.id not in migrating and t.state in (TaskState.STARTING, TaskState.RUNNING):
                     gone = ContainerReport(task_id=t.id, service=t.service, container_id=t.container_id,
                                            state="removed")

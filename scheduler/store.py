@@ -6,6 +6,7 @@ Layout (DESIGN.md):
     /dockyard/services/<name>       Service (spec, previous spec, update progress)
     /dockyard/tasks/<service>/<id>  Task
     /dockyard/migrations/<id>       migration phase (JSON, owned by the migration module)
+    /dockyard/net/...               cluster networks, address allocations, quarantine (scheduler/network.py)
     /dockyard/leader                election
 
 Every write is a transaction guarded by the key's mod_revision as the writer last read it
@@ -29,6 +30,7 @@ from aetcd import rpc
 
 from scheduler import codec
 from scheduler.model import Migration, Node, NodeStatus, Service, Task
+from scheduler.network import Allocation, Network, Quarantined
 
 ROOT = b"/dockyard/"
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -91,6 +93,19 @@ class Keys:
         """The cluster CA (``root``), the join tokens (``tokens/<role>``), removed nodes (``denied/<id>``)."""
         return self.root + b"ca/" + name.encode()
 
+    def net(self) -> bytes:
+        return self.root + b"net/"
+
+    def network(self, name: str = "") -> bytes:
+        return self.root + b"net/networks/" + name.encode()
+
+    def ipam(self, network: str | None = None, ip: str = "") -> bytes:
+        return self.root + b"net/ipam/" + (network.encode() + b"/" + ip.encode() if network is not None else b"")
+
+    def quarantine(self, network: str | None = None, ip: str = "") -> bytes:
+        return self.root + b"net/quarantine/" + (network.encode() + b"/" + ip.encode()
+                                                 if network is not None else b"")
+
     def name_of(self, key: bytes, prefix: bytes) -> str:
         return key[len(prefix):].decode()
 
@@ -130,6 +145,9 @@ class Snapshot:
     tasks: dict[str, Task] = field(default_factory=dict)
     alive: set[str] = field(default_factory=set)
     migrations: dict[str, Migration] = field(default_factory=dict)
+    networks: dict[str, Network] = field(default_factory=dict)
+    allocations: dict[tuple[str, str], Allocation] = field(default_factory=dict)  # (network, ip)
+    quarantine: dict[tuple[str, str], Quarantined] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -358,10 +376,39 @@ class Store:
                 with contextlib.suppress(ValueError, TypeError, KeyError):
                     m = Migration.decode(kv.value, int(kv.mod_revision))
                     snap.migrations[m.id] = m
+            elif key.startswith(self.keys.net()):
+                self.net_record(key, bytes(kv.value), int(kv.mod_revision), snap)
         for n in nodes:
             n.status = NodeStatus.READY if n.name in snap.alive else NodeStatus.DOWN
             snap.nodes[n.name] = n
         return snap
+
+    def net_record(self, key: bytes, raw: bytes | None, rev: int, into: Snapshot | Any) -> None:
+        """Apply one /dockyard/net/ key (raw None: deleted) to `into`'s networks, allocations and
+        quarantine (a Snapshot or the view). A value that does not decode is logged away, not fatal:
+        one bad record must not stop a replica from loading the rest."""
+        k = self.keys
+        try:
+            if key.startswith(k.network()):
+                name = k.name_of(key, k.network())
+                into.networks.pop(name, None)
+                if raw is not None:
+                    into.networks[name] = Network.decode(raw, rev)
+                return
+            if key.startswith(k.ipam()):
+                network, _, ip = k.name_of(key, k.ipam()).partition("/")
+                into.allocations.pop((network, ip), None)
+                if raw is not None:
+                    into.allocations[network, ip] = Allocation.decode(network, ip, raw, rev)
+            elif key.startswith(k.quarantine()):
+                network, _, ip = k.name_of(key, k.quarantine()).partition("/")
+                into.quarantine.pop((network, ip), None)
+                if raw is not None:
+                    into.quarantine[network, ip] = Quarantined.decode(network, ip, raw, rev)
+        except (ValueError, TypeError, KeyError) as e:
+            import logging
+
+            logging.getLogger("dockyard.scheduler.store").warning("%s: %s", key.decode(errors="replace"), e)
 
     def _node(self, raw: bytes, rev: int, key: bytes) -> Node:
         try:

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable
 
 from scheduler.model import Migration, Node, NodeStatus, Service, Task
+from scheduler.network import Allocation, Network, Quarantined
 from scheduler.store import Store, StoreError, WatchEvent
 
 log = logging.getLogger("dockyard.scheduler.view")
@@ -27,6 +28,10 @@ class View:
         self.tasks: dict[str, Task] = {}
         self.alive: set[str] = set()
         self.migrations: dict[str, Migration] = {}  # /dockyard/migrations/: tasks being moved
+        self.networks: dict[str, Network] = {}  # /dockyard/net/: cluster networks and addresses
+        self.allocations: dict[tuple[str, str], Allocation] = {}
+        self.quarantine: dict[tuple[str, str], Quarantined] = {}
+        self.net_listeners: list[Callable[[], None]] = []  # called on every change that moves an endpoint
         self.revision = 0
         self.etcd_ok = False
         self.loaded = asyncio.Event()
@@ -69,6 +74,7 @@ class View:
             try:
                 snap = await self.store.snapshot()
                 self.migrations = snap.migrations
+                self.networks, self.allocations, self.quarantine = snap.networks, snap.allocations, snap.quarantine
                 self._load(snap.revision, snap.nodes, snap.services, snap.tasks, snap.alive)
                 async for ev in self.store.watch(self.store.keys.root, start_revision=snap.revision + 1):
                     self._event(ev)
@@ -97,6 +103,8 @@ class View:
                      revision, len(nodes), len(services), len(tasks))
         self.loaded.set()
         self._advance(revision, touched)
+        for cb in self.net_listeners:
+            cb()
 
     def _advance(self, revision: int, touched: set[str]) -> None:
         self.revision = max(self.revision, revision)
@@ -156,7 +164,13 @@ class View:
             self.services.pop(name, None)
             if isinstance(rec, Service):
                 self.services[name] = rec
+        elif ev.key.startswith(k.net()):
+            self.store.net_record(ev.key, ev.value if ev.kind == "put" else None, ev.mod_revision, self)
         self._advance(ev.mod_revision, touched)
+        if self.net_listeners and (ev.key.startswith(k.net()) or ev.key.startswith(k.tasks())
+                                   or ev.key.startswith(k.nodes())):
+            for cb in self.net_listeners:
+                cb()
 
 
 async def cancel(task: asyncio.Task[None] | None) -> None:

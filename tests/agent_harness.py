@@ -100,7 +100,8 @@ class AgentProcess:
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
                  "--subnet", self.subnet, "--name", f"test-{self.bridge}", "--cgroup-parent", self.cgroup_parent,
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--docker-socket", str(self.docker_socket),
-                 *self.extra_args],
+                 # in the machine's own namespace: leave its forwarding and NAT alone (the network rule)
+                 "--ip-forward=false", "--ip-masq=false", *self.extra_args],
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -62,8 +62,9 @@ def free_port_pair() -> int:
 
 class SchedulerProcess:
     def __init__(self, base: Path, etcd: str = "", listen: str = "", metrics: bool = True,
-                 netns: str = "", tls: bool = False) -> None:
+                 netns: str = "", ttl: int = 0, tls: bool = False) -> None:
         self.base = base
+        self.ttl = ttl  # node and leader lease TTL, seconds (0: the scheduler's default)
         self.etcd = etcd
         self.tls = tls  # --tls: mutual TLS; this harness talks to it with the admin bundle it writes
         self.address = listen or f"127.0.0.1:{free_port_pair() if tls else free_port()}"
@@ -80,6 +81,8 @@ class SchedulerProcess:
             args += ["--etcd", self.etcd]
         if self.tls:
             args += ["--tls"]
+        if self.ttl:
+            args += ["--ttl", str(self.ttl)]
         return args
 
     @property
@@ -187,7 +190,8 @@ class JoinedAgent(AgentProcess):
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
                  "--subnet", self.subnet, "--name", self.node, "--cgroup-parent", self.cgroup_parent,
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--listen", self.listen, "--join", self.join,
-                 "--docker-socket", str(self.docker_socket), *(["--token", self.token] if self.token else [])],
+                 "--docker-socket", str(self.docker_socket), *(["--token", self.token] if self.token else []),
+                 "--ip-forward=false", "--ip-masq=false"],  # the machine's own namespace: left alone
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30
         from protos import agent_pb2 as pb

@@ -140,6 +140,21 @@ class EtcdServer:
 
         asyncio.run(_wipe())
 
+    def range(self, prefix: str | bytes) -> list[tuple[bytes, bytes]]:
+        """(key, value) of every key under `prefix`, through etcd's client API."""
+        import asyncio
+
+        import aetcd
+
+        raw = prefix.encode() if isinstance(prefix, str) else prefix
+
+        async def _range() -> list[tuple[bytes, bytes]]:
+            async with aetcd.Client(host=self.host, port=self.port) as client:
+                got = await client.get_prefix(raw)
+                return [(bytes(kv.key), bytes(kv.value)) for kv in got]
+
+        return asyncio.run(_range())
+
     def __enter__(self) -> EtcdServer:
         return self
 

@@ -15,13 +15,13 @@ from typing import Any
 from agent.model import (
     Container,
     ContainerConfig,
-    DeviceMapping,
     DeviceRate,
     HealthCheck,
     Port,
     Resources,
     RestartPolicy,
 )
+from common.devices import DeviceMapping
 
 from .http import HTTPError
 

@@ -262,17 +262,24 @@ class Connection:
             await self._send(h11.EndOfMessage())
             return
         # The client going away (docker run -d drops its `wait`) ends the stream: watch for EOF.
-        gone = asyncio.ensure_future(self.reader.read(1))
+        gone: asyncio.Future[bytes] | None = asyncio.ensure_future(self.reader.read(1))
+        ahead = b""   # what the client sent meanwhile: the start of its next request
         chunks = resp.chunks
         try:
             while True:
                 nxt = asyncio.ensure_future(anext(chunks))
-                done, _ = await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
-                    with contextlib.suppress(BaseException):
-                        await nxt
-                    raise ConnectionResetError("the client went away")
+                waits: set[asyncio.Future[Any]] = {nxt} if gone is None else {nxt, gone}
+                done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+                if gone is not None and gone in done:
+                    ahead = gone.result()
+                    gone = None
+                    if not ahead:   # EOF: the client went away
+                        nxt.cancel()
+                        with contextlib.suppress(BaseException):
+                            await nxt
+                        raise ConnectionResetError("the client went away")
+                    if nxt not in done:
+                        done, _ = await asyncio.wait({nxt})
                 try:
                     chunk = nxt.result()
                 except StopAsyncIteration:
@@ -281,10 +288,10 @@ class Connection:
                     await self._send(h11.Data(data=chunk))
             await self._send(h11.EndOfMessage())
         finally:
-            if not gone.done():
+            if gone is not None:
                 gone.cancel()
-            elif gone.result():  # the next request had begun: give h11 its first byte back
-                self.conn.receive_data(gone.result())
+            if ahead:  # the next request had begun: give h11 its first byte back
+                self.conn.receive_data(ahead)
             with contextlib.suppress(BaseException):
                 await chunks.aclose()  # type: ignore[attr-defined]
 
@@ -310,9 +317,9 @@ class Connection:
         return False
 
 
-async def _peer_read(writer: asyncio.StreamWriter, limit: float = 0.1) -> None:
+async def _peer_read(writer: asyncio.StreamWriter, limit: float = 2.0) -> None:
     """Until the client has read what we sent (the socket's send queue is empty), at most `limit`
-    seconds. docker-py reads a hijacked stream from the raw socket and loses bytes that came in
+    seconds (clients read the headers at once; on a loaded machine that can take a while). docker-py reads a hijacked stream from the raw socket and loses bytes that came in
     the same read as the response headers (docker-py #1732, #2466): send output only after."""
     sock = writer.get_extra_info("socket")
     if sock is None or sock.family != socket.AF_UNIX:

@@ -343,7 +343,14 @@ class Client:
         if length > MAX_MANIFEST:
             resp.close()
             raise InvalidArchive(f"manifest {path}:{ref} is larger than {MAX_MANIFEST} bytes")
-        body = resp.read(MAX_MANIFEST + 1)
+        # Read as it arrives, under the download deadline: a manifest that trickles is cut too.
+        reader = _Counting(resp.resp, lambda n: None, f"manifest {path}:{ref}", length or MAX_MANIFEST, self.timeout)
+        parts: list[bytes] = []
+        got = 0
+        while got <= MAX_MANIFEST and (chunk := reader.read(MAX_MANIFEST + 1 - got)):
+            parts.append(chunk)
+            got += len(chunk)
+        body = b"".join(parts)
         resp.close()
         if len(body) > MAX_MANIFEST:
             raise InvalidArchive(f"manifest {path}:{ref} is larger than {MAX_MANIFEST} bytes")

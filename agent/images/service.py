@@ -19,41 +19,20 @@ from typing import Any, TypeVar
 
 import grpc
 
+from agent import status
 from protos import images_pb2 as pb
 from protos import images_pb2_grpc as pbg
 
 from . import registry
 from .build import Builder, BuildOptions, ContextCache
-from .dockerfile import DockerfileError
-from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
+from .errors import ImageError
 from .imagestore import ImageStore
 
 T = TypeVar("T")
 CHUNK = 256 * 1024
 
 
-def _code(e: BaseException) -> grpc.StatusCode:
-    table: list[tuple[type[BaseException], grpc.StatusCode]] = [
-        (registry.Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
-        (registry.RegistryUnavailable, grpc.StatusCode.UNAVAILABLE),
-        (ImageNotFound, grpc.StatusCode.NOT_FOUND),
-        (ImageInUse, grpc.StatusCode.FAILED_PRECONDITION),
-        (DockerfileError, grpc.StatusCode.INVALID_ARGUMENT),
-        (InvalidArchive, grpc.StatusCode.INVALID_ARGUMENT),
-        (InvalidReference, grpc.StatusCode.INVALID_ARGUMENT),
-        (registry.RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
-        (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
-        (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
-    ]
-    for cls, code in table:
-        if isinstance(e, cls):
-            return code
-    try:
-        from agent.server import _status
-
-        return _status(e)  # type: ignore[arg-type]
-    except Exception:
-        return grpc.StatusCode.INTERNAL
+_code = status.code  # the agent's one table (agent/status.py)
 
 
 def _expected(e: BaseException) -> bool:

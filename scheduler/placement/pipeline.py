@@ -31,9 +31,12 @@ class Placed:
 @dataclass(frozen=True, slots=True)
 class Pending:
     reasons: tuple[tuple[int, Reason], ...]  # (how many nodes, why), most common first
+    note: str = ""  # a cause no node can fix ("no free address in appnet"): said instead of reasons
 
     @property
     def message(self) -> str:
+        if self.note:
+            return f"pending: {self.note}"
         if not self.reasons:
             return "pending: no nodes in the cluster"
         parts = [f"{n} node{' ' + r.singular if n == 1 else 's ' + r.plural}" for n, r in self.reasons]

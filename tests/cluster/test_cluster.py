@@ -101,9 +101,22 @@ def test_deploy_runs_tasks_with_labels_and_is_idempotent(env: Env) -> None:
     assert {c.id for c in env.agent.task_containers() if c.labels.get("dockyard.stack") == "s1"} == {c.id for c in cs}
 
 
+def _placements(sched: SchedulerProcess) -> float:
+    """The count of the scheduler's placement latency histogram, from its /metrics."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://{sched.metrics_addr}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return sum(float(ln.split()[-1]) for ln in text.splitlines()
+               if ln.startswith("dockyard_scheduler_placement_seconds_count"))
+
+
 def test_scale_up_and_down(env: Env) -> None:
+    before = _placements(env.sched)
+    assert before >= 3  # the deploy's three tasks were placed: each one timed
     env.ok("service", "scale", "s1_web=4")
     wait_for(lambda: len(running(env.sched, "s1_web")) == 4, 30, "4 running")
+    assert _placements(env.sched) >= before + 2  # the two new tasks
     env.ok("service", "scale", "s1_web=1")
     wait_for(lambda: len(running(env.sched, "s1_web")) == 1, 30, "1 running")
     wait_for(lambda: len([c for c in env.agent.task_containers()

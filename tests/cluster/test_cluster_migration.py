@@ -23,6 +23,8 @@ from tests.cluster_harness import SchedulerProcess, cli, running, tasks, wait_fo
 from tests.etcd_server import EtcdServer
 from tests.multihost import Cluster, Host, cluster, http_get, join, multihost_session_check_fixture  # noqa: F401
 
+NODE_TTL = 10
+
 pytestmark = [pytest.mark.multinode, pytest.mark.criu, pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
 COUNTER = ("echo hi > /tmp/index.html; httpd -p 80 -h /tmp; i=0; "
@@ -129,8 +131,12 @@ def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path,
     try:
         with cluster(3, base, busybox_tar_path) as c:
             etcd = EtcdServer.start()
-            scheds = [SchedulerProcess(base / f"s{i}", etcd=etcd.endpoint, listen=f"{c.gateway}:{free_port()}")
-                      for i in (1, 2)]
+            # A node lease longer than the default 3 s: the tests that kill an agent and start it
+            # again expect a rollback, which needs the agent back before its node is declared down,
+            # and on a loaded machine (load 10-20) a restarted agent takes 3-6 s to register again.
+            # (Within the lease or not is the only difference: the down path has its own test.)
+            scheds = [SchedulerProcess(base / f"s{i}", etcd=etcd.endpoint, listen=f"{c.gateway}:{free_port()}",
+                                       ttl=NODE_TTL) for i in (1, 2)]
             try:
                 for s in scheds:
                     s.start()
@@ -279,7 +285,10 @@ def test_source_agent_killed_during_the_criu_dump_leaves_one_copy(env: Env) -> N
     pause.write_text("30")
     try:
         proc = _migrate_in_background(env, t.name, to, "--live")
-        wait_for(lambda: _lazy_dumps(src.root), 30, "criu dump running on the source")
+        # ready: the tree frozen, its images written, the agent's note for its successor written
+        # (agent/containers.py checkpoint_lazy); a kill before that is a dump that fails on its own
+        wait_for(lambda: _lazy_dumps(src.root) and list((src.root / "containers").glob("*/lazy-dump.json")),
+                 30, "criu dump running on the source")
         assert src.inspect(name)["State"]["Running"]
         frozen_at = _numbers(src, name)[-1]
         src.kill9()

@@ -49,11 +49,14 @@ def _site() -> list[str]:
     return site.getsitepackages()
 
 
-def test_the_default_agent_is_the_settings_one() -> None:
-    from common import settings
+def test_the_fast_path_constants_are_the_settings_ones() -> None:
+    """Written out where they are used, because importing their modules costs more than a fast
+    command may (common.settings: tomllib, typing; common.transport: grpc)."""
+    from common import settings, transport
     from deploy import entry
 
     assert f"unix://{settings.AGENT_SOCKET}" == entry.DEFAULT_HOST
+    assert transport.MAX_MESSAGE == wire.MAX_FRAME
 
 
 def test_version_imports_nothing_heavy() -> None:
@@ -90,6 +93,16 @@ def test_ps_parser_agrees_with_click() -> None:
     argv = ["-a", "-q", "--no-trunc", "-f", "name=x", "--filter=label=a=b", "--format", "json"]
     ctx = cli.ps.make_context("ps", list(argv))
     assert options.parse(options.PS, argv) == (ctx.params, [])
+
+
+@pytest.mark.parametrize(("command", "table", "argv"), [
+    ("start", "START", ["-a", "-i", "c1", "c2"]), ("stop", "STOP", ["-t", "3", "c1"]),
+    ("stop", "STOP", ["--time=-1", "c1"]), ("kill", "KILL", ["-s", "TERM", "c1"]), ("rm", "RM", ["-f", "a", "b"]),
+])
+def test_lifecycle_parsers_agree_with_click(command: str, table: str, argv: list[str]) -> None:
+    ctx = getattr(cli, command).make_context(command, list(argv))
+    values, refs = options.parse(getattr(options, table), argv)
+    assert {**values, "containers": tuple(refs)} == ctx.params
 
 
 def test_launcher_script(tmp_path: Path) -> None:
@@ -141,6 +154,30 @@ def test_launcher_runs_the_fast_path(clean_agent: AgentProcess, tmp_path: Path) 
     r = subprocess.run([str(path), "-H", clean_agent.host, "run", "--rm", "no-such-image:1"],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 125 and r.stderr.startswith("Error response from daemon: ") and "no-such-image" in r.stderr
+
+
+@pytest.mark.root
+def test_fast_run_pipes_stdin(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    from deploy import launcher
+
+    path = tmp_path / "dockyard"
+    launcher.write(str(path))
+    r = subprocess.run([str(path), "-H", clean_agent.host, "run", "-i", "--rm", "busybox", "wc", "-c"],
+                       input=b"x" * 1_000_000, capture_output=True, timeout=60)
+    assert (r.returncode, r.stdout.strip()) == (0, b"1000000"), r.stderr
+    rc, heavy, _ = _imports_of(["-H", clean_agent.host, "run", "-i", "--rm", "busybox", "true"])
+    assert (rc, heavy) == (0, [])
+
+
+@pytest.mark.root
+def test_lifecycle_verbs_go_the_fast_way(clean_agent: AgentProcess) -> None:
+    cid = clean_agent.run_detached("--name", "verbs", "busybox", "sleep", "60")
+    for argv, out in ((["stop", "-t", "0", "verbs"], "verbs\n"), (["start", "verbs"], "verbs\n"),
+                      (["kill", "-s", "KILL", cid[:12]], f"{cid[:12]}\n"), (["rm", "-f", "verbs", "nope"], "verbs\n")):
+        rc, heavy, stdout = _imports_of(["-H", clean_agent.host, *argv])
+        assert heavy == [] and stdout == out, (argv, heavy, stdout)
+        assert rc == (1 if "nope" in argv else 0)
+    assert clean_agent.cli("ps", "-a", "-q").stdout == ""
 
 
 def _local_call(a: AgentProcess, frames: list[bytes]) -> list[tuple[bytes, Any]]:

@@ -489,6 +489,27 @@ def test_a_trickling_blob_runs_into_the_download_deadline(host: Host, registry: 
     assert store.snapshotter.list() == []
 
 
+@pytest.mark.slow  # waits on the deadline by design
+def test_a_trickling_manifest_runs_into_the_deadline(host: Host, registry: LyingRegistry) -> None:
+    body = json.dumps(oci_blobs([layer_tar([("file", "f", b"x")])])[1]).encode()
+
+    def trickle(out: Any, fake: LyingRegistry) -> None:
+        for b in body:
+            out.write(bytes([b]))
+            out.flush()
+            time.sleep(0.2)
+
+    registry.routes["/v2/evil/manifests/slow"] = (
+        200, {"Content-Type": "application/vnd.oci.image.manifest.v1+json", "Content-Length": str(len(body))},
+        trickle)
+    client = reg.Client(registry.host, timeout=1.0)
+    before = time.monotonic()
+    with pytest.raises(reg.RegistryUnavailable, match=r"manifest evil:slow: download did not finish within"):
+        reg.pull(ImageStore(host.store / "images"), f"{registry.host}/evil:slow", client=client)
+    client.close()
+    assert time.monotonic() - before < 5
+
+
 # --- compression bombs --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry", ["import", "load-docker-archive", "load-oci-layout", "pull"])

@@ -2,7 +2,8 @@
 mixed over a small set of names, changes anything outside the root it is applied to. Hypothesis
 generates the streams (one or two layers, applied through the snapshotter as pull/load/import do,
 with openat2 and with the O_NOFOLLOW walk); a host tree of victims is compared before and after
-each (mode, owner, times, ctime, content). Bounded: 200 examples, about 20 s on this machine."""
+each (mode, owner, times, ctime, content). Bounded: 200 examples, 15-25 s on this machine. With the fix undone (attributes by path, pending
+directories kept when replaced) it fails within the first few dozen examples."""
 
 from __future__ import annotations
 
@@ -21,23 +22,25 @@ from tests.kernel.test_images_hostile import Host, layer_tar, make_host
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
-NAMES = ["a", "b", "a/b", "a/c", "b/a", "a/b/c", ".wh.a", "a/.wh.b", "a/.wh..wh..opq", ".wh..wh..opq"]
+# Small sets on purpose: the attacks need the same name twice in a layer (a directory, then a link),
+# and hypothesis finds such pairs among few names (checked: with the fix undone it fails in seconds).
+NAMES = ["a", "a/b", "b", "a/b/c", ".wh.a", "a/.wh.b", "a/.wh..wh..opq"]
 # V and D are replaced by the host's victim file and directory (absolute: as a container would mean them).
-TARGETS = ["V", "D", "D/q", "..", "../..", "../../host", "a", "a/b", "/", "/a", ".", "b/../..", "c"]
+TARGETS = ["V", "D", "D/q", "..", "../../host", "a", "/a", "."]
 
 
 def _entry() -> st.SearchStrategy[tuple[Any, ...]]:
     name = st.sampled_from(NAMES)
     return st.one_of(
-        st.tuples(st.just("dir"), name, st.sampled_from([0o755, 0o6777, 0o700]), st.sampled_from([0, 4242])),
+        st.tuples(st.just("dir"), name, st.sampled_from([0o6777, 0o700]), st.sampled_from([4242, 0])),
         st.tuples(st.just("file"), name, st.just(b"pwned"), st.sampled_from([0o644, 0o6777]),
                   st.sampled_from([0, 4242])),
         st.tuples(st.just("sym"), name, st.sampled_from(TARGETS)),
-        st.tuples(st.just("link"), name, st.sampled_from([*NAMES, "V", "../host/victim"])),
+        st.tuples(st.just("link"), name, st.sampled_from(["a", "a/b", "b", "V", "../host/victim"])),
     )
 
 
-LAYERS = st.lists(st.lists(_entry(), min_size=1, max_size=8), min_size=1, max_size=2)
+LAYERS = st.lists(st.lists(_entry(), min_size=1, max_size=10), min_size=1, max_size=2)
 
 
 def _resolve(h: Host, layers: list[list[tuple[Any, ...]]]) -> list[bytes]:

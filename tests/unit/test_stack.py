@@ -11,6 +11,7 @@ from deploy.stack import StackError, load_stack, parse_stack
 from scheduler.model import (
     NANO,
     FailureAction,
+    NetworkAttachment,
     PortSpec,
     Resources,
     RestartCondition,
@@ -126,7 +127,7 @@ def test_minimal_file_and_name_from_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("key", "value", "hint"), [
     ("build", ".", "dockyard image build"), ("depends_on", "[db]", "any order"), ("volumes", "[/a:/b]", ""),
     ("restart", "always", "deploy.restart_policy"), ("cap_add", "[NET_ADMIN]", "does not pass on"),
-    ("configs", "[c]", ""), ("secrets", "[s]", ""), ("networks", "[front]", "bridge"),
+    ("configs", "[c]", ""), ("secrets", "[s]", ""),
 ])
 def test_unsupported_service_keys_are_refused(tmp_path: Path, key: str, value: str, hint: str) -> None:
     path = write(tmp_path, f"services:\n  web:\n    image: nginx\n    {key}: {value}\n")
@@ -139,7 +140,7 @@ def test_unsupported_service_keys_are_refused(tmp_path: Path, key: str, value: s
 
 @pytest.mark.parametrize(("text", "line", "field"), [
     ("volumes: {data: {}}\n", 4, "volumes"), ("configs: {c: {file: ./c}}\n", 4, "configs"),
-    ("secrets: {s: {file: ./s}}\n", 4, "secrets"), ("networks: {front: {}}\n", 4, "networks"),
+    ("secrets: {s: {file: ./s}}\n", 4, "secrets"),
     ("    deploy: {endpoint_mode: vip}\n", 4, "services.web.deploy.endpoint_mode"),
     ("    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n", 4, "services.web.healthcheck.start_interval"),
     ("    ports: [{target: 80, host_ip: 127.0.0.1}]\n", 4, "services.web.ports[0].host_ip"),
@@ -387,6 +388,45 @@ BAD = [
         services:
           web: {image: nginx
         """, 3, "", "not valid YAML"),
+    ("undeclared network", """\
+        services:
+          web:
+            image: nginx
+            networks: [front, back]
+        networks:
+          front: {}
+        """, 4, "services.web.networks[1]", "network 'back' is not declared under the top-level networks: "
+                                              "(declared: front)"),
+    ("bad subnet", """\
+        services:
+          web: {image: nginx}
+        networks:
+          front:
+            ipam:
+              config:
+                - subnet: 10.1.0.0/33
+        """, 7, "networks.front.ipam.config[0].subnet", "invalid subnet '10.1.0.0/33'"),
+    ("external with driver", """\
+        services:
+          web: {image: nginx}
+        networks:
+          shared:
+            external: true
+            driver: overlay
+        """, 4, "networks.shared", "driver cannot be set here"),
+    ("internal network", """\
+        services:
+          web: {image: nginx}
+        networks:
+          back:
+            internal: true
+        """, 5, "networks.back.internal", "not supported yet"),
+    ("network driver", """\
+        services:
+          web: {image: nginx}
+        networks:
+          front: {driver: bridge}
+        """, 4, "networks.front.driver", "'bridge' is not one of overlay"),
 ]
 
 
@@ -402,6 +442,40 @@ def test_bad_files_name_file_line_field(tmp_path: Path, name: str, body: str, li
     assert err.field == field, f"{name}: {err}"
     assert fragment in str(err), f"{name}: {err}"
     assert str(err).startswith(f"{path}:{line}: ")
+
+
+def test_networks_top_level_and_per_service(tmp_path: Path) -> None:
+    stack = load_stack(write(tmp_path, """\
+        services:
+          web:
+            image: nginx
+            networks:
+              front:
+                aliases: [www, site]
+              shared:
+          db:
+            image: postgres
+            networks: [back]
+          solo:
+            image: busybox
+        networks:
+          front:
+            driver: overlay
+            ipam: {config: [{subnet: 10.77.0.0/24}]}
+          back:
+            labels: {tier: db}
+          shared:
+            external: true
+            name: company-net
+        """), "bar")
+    nets = {n.key: n for n in stack.networks}
+    assert (nets["front"].name, nets["front"].subnet) == ("bar_front", "10.77.0.0/24")
+    assert (nets["back"].name, nets["back"].labels) == ("bar_back", (("tier", "db"),))
+    assert (nets["shared"].name, nets["shared"].external) == ("company-net", True)
+    assert stack.service("web").networks == (NetworkAttachment("bar_front", ("www", "site")),
+                                              NetworkAttachment("company-net"))
+    assert stack.service("db").networks == (NetworkAttachment("bar_back"),)
+    assert stack.service("solo").networks == ()
 
 
 def test_missing_file_and_empty_file(tmp_path: Path) -> None:

@@ -134,3 +134,14 @@ def test_dialling_a_node_over_tls_needs_its_id(ca: pki.CA) -> None:
         transport.dial_blocking("127.0.0.1:1", agent, Role.AGENT)
     # A unix socket stays local trust, whatever the identity.
     transport.dial_blocking("unix:///nonexistent.sock", agent, Role.AGENT).close()
+
+
+def test_every_method_has_a_row_in_the_tables() -> None:
+    # Deny by default means a new RPC nobody listed is refused under --tls: this test says which.
+    from agent.daemon import agent_authorization
+    from scheduler.tls import AUTHORIZATION
+
+    scheduler = pb.DESCRIPTOR.services_by_name["Scheduler"]
+    assert sorted(f"/{scheduler.full_name}/{m.name}" for m in scheduler.methods) == sorted(AUTHORIZATION)
+    assert all("agent" not in roles for roles in agent_authorization().values())
+    assert "/dockyard.agent.Agent/RestoreContainer" in agent_authorization()

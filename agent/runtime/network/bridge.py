@@ -22,7 +22,8 @@ from typing import Any
 
 from agent.runtime.network import iptables
 from agent.runtime.network.ipam import Ipam, mac_for
-from agent.runtime.network.model import Endpoint, NetworkError, PortMapping
+from agent.runtime.network.model import Endpoint, NetworkError, OverlayEndpoint, PortMapping
+from agent.runtime.network.overlay import OverlayNet, Overlays
 from agent.runtime.network.ports import resolve_ports
 from common import settings
 
@@ -67,10 +68,14 @@ class BridgeNetwork:
         self.gateway = net.network_address + 1
         self._ipam = Ipam(self.state_dir, name, net)
         self._rng = random.Random()
+        self.overlays: Overlays | None = None  # cluster networks, once the agent joined a scheduler
 
     # ---- the bridge and its chains
 
-    def ensure(self) -> None:
+    def ensure(self, ip_forward: bool = False, ip_masq: bool = False) -> None:
+        """The bridge, its address and chains. ip_forward turns on the host's net.ipv4.ip_forward
+        (never off: another service may need it); ip_masq masquerades the subnet towards every
+        other interface (docker's --ip-forward and --ip-masq; the agent's defaults are on)."""
         with self._ipam.locked():
             self._ipam.load()  # refuses a state file made for another subnet
             with _ipr() as ipr:
@@ -93,7 +98,9 @@ class BridgeNetwork:
                     ipr.addr("add", index=index, address=str(self.gateway), prefixlen=self.subnet.prefixlen)
                 ipr.link("set", index=index, state="up")
             self._sysctl(f"net/ipv4/conf/{self.name}/route_localnet", "1")
-            iptables.ensure_base(self.name)
+            if ip_forward:
+                self._sysctl("net/ipv4/ip_forward", "1")
+            iptables.ensure_base(self.name, str(self.subnet), ip_masq)
 
     def _check_subnet_free(self, ipr: Any) -> None:
         for a in ipr.get_addr(family=2):
@@ -232,12 +239,39 @@ class BridgeNetwork:
                 except Exception as e2:
                     raise NetworkError(f"veth {endpoint.host_ifname} into pid {pid}: {e2}") from e2
         try:
+            for ov in endpoint.overlays:
+                if self.overlays is None:
+                    raise NetworkError(f"container {endpoint.container_id}: network {ov.network} is a cluster "
+                                       "network, and this agent has not joined a cluster (--join)")
+                self.overlays.attach(OverlayNet(ov.network, ov.vni, ov.subnet, ov.mtu), endpoint.container_id, pid,
+                                     ov.ifname, ov.mac)
             iptables.publish(endpoint)
         except NetworkError:
             self.detach(endpoint)
             raise
 
+    def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
+                          ) -> tuple[OverlayEndpoint, ...]:
+        """(network, vni, subnet, mtu, ip, mac) -> the container's eth1, eth2, ... on them."""
+        out = []
+        for i, (network, vni, subnet, mtu, ip, mac) in enumerate(overlays, 1):
+            try:
+                net = ipaddress.IPv4Network(subnet, strict=True)
+                if ipaddress.IPv4Address(ip) not in net:
+                    raise ValueError(f"{ip} is not in {subnet}")
+            except ValueError as e:
+                raise NetworkError(f"network {network}: {e}") from None
+            if net.overlaps(self.subnet):
+                raise NetworkError(f"network {network}: subnet {subnet} overlaps this host's bridge {self.name} "
+                                   f"({self.subnet})")
+            host = self.overlays.veth_name(vni, container_id) if self.overlays is not None else ""
+            out.append(OverlayEndpoint(network, vni, subnet, mtu, ip, net.prefixlen, mac, f"eth{i}", host))
+        return tuple(out)
+
     def detach(self, endpoint: Endpoint) -> None:
+        for ov in endpoint.overlays:
+            if self.overlays is not None:
+                self.overlays.detach(ov.vni, endpoint.container_id)
         if endpoint.ports:  # (listing the rules runs iptables-save twice: ~5 ms for nothing otherwise)
             iptables.unpublish(endpoint.bridge, endpoint.container_id)
         with _ipr() as ipr:

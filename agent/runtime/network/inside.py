@@ -17,9 +17,13 @@ def configure_inside(endpoint: Endpoint) -> None:
         syscalls.set_ipv4_address("eth0", endpoint.ip, endpoint.prefixlen)
         syscalls.set_interface_up("eth0")
         syscalls.add_default_route(endpoint.gateway)
+        for ov in endpoint.overlays:  # cluster networks: their subnet only, no default route
+            syscalls.set_ipv4_address(ov.ifname, ov.ip, ov.prefixlen)
+            syscalls.set_interface_up(ov.ifname)
     except OSError as e:
         if e.errno == 19:  # ENODEV
-            raise NetworkError(f"container {endpoint.container_id}: no eth0 in its network namespace") from None
+            raise NetworkError(f"container {endpoint.container_id}: an interface is missing in its network "
+                               f"namespace: {e.strerror}") from None
         raise NetworkError(f"container {endpoint.container_id}: {e.strerror}") from None
 
 

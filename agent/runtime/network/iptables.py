@@ -1,6 +1,6 @@
 """iptables rules of one bridge: a chain of our own per table, every rule tagged with a comment.
 
-Model: docker with --userland-proxy=false, minus outbound NAT.
+Model: docker with --userland-proxy=false (and, with --ip-masq, its outbound NAT).
   nat    PREROUTING  -m addrtype --dst-type LOCAL -j DY-<br>       (published ports, from outside)
   nat    OUTPUT      -m addrtype --dst-type LOCAL -j DY-<br>       (the host's own connections)
   nat    POSTROUTING -s 127.0.0.0/8 -o <br> -j MASQUERADE          (127.0.0.1:PORT works, with
@@ -9,7 +9,10 @@ Model: docker with --userland-proxy=false, minus outbound NAT.
   filter FORWARD     -o <br> -j DY-<br>                            (inserted first, so a DROP
   filter DY-<br>     -i <br> -o <br> -j ACCEPT                      policy elsewhere cannot cut
                      ESTABLISHED,RELATED / published ports ACCEPT   container-to-container traffic)
-Nothing is ever NATed or forwarded towards another interface of the host.
+With masquerading (the agent's --ip-masq, on by default as docker's):
+  nat    POSTROUTING -s <subnet> ! -o <br> -j MASQUERADE         containers reach beyond the host
+  filter FORWARD     -i <br> ! -o <br> -j ACCEPT                 (inserted first)
+Without it nothing is NATed or forwarded towards another interface of the host.
 
 Each change is one iptables-restore --noflush run (atomic per table, and one process however
 many ports), which keeps attach on the container start path fast.
@@ -80,7 +83,10 @@ def restore(tables: Mapping[str, Sequence[str]]) -> None:
         raise NetworkError(f"iptables-restore failed: {r.stderr.strip()}\n{text}")
 
 
-def base_rules(bridge: str) -> dict[str, list[tuple[str, str]]]:
+EGRESS = ("masquerade", "egress")  # the rules --ip-masq adds (and removes when it is off)
+
+
+def base_rules(bridge: str, subnet: str = "", masq: bool = False) -> dict[str, list[tuple[str, str]]]:
     """Per table: (comment naming the rule, rule). Each rule has its own comment so that ensure can
     tell exactly which are missing whatever spelling `iptables -S` prints them in."""
     chain = chain_name(bridge)
@@ -93,11 +99,14 @@ def base_rules(bridge: str) -> dict[str, list[tuple[str, str]]]:
             (_quoted(network_tag(bridge) + ":" + what), rule.format(tag=tag(what))) for what, rule in pairs
         ]
 
+    egress_nat = [("masquerade", f"-A POSTROUTING -s {subnet} ! -o {bridge} {{tag}} -j MASQUERADE")] if masq else []
+    egress_filter = [("egress", f"-I FORWARD 1 -i {bridge} ! -o {bridge} {{tag}} -j ACCEPT")] if masq else []
     return {
         "nat": rules(
             ("from-outside", f"-A PREROUTING -m addrtype --dst-type LOCAL {{tag}} -j {chain}"),
             ("from-host", f"-A OUTPUT -m addrtype --dst-type LOCAL {{tag}} -j {chain}"),
             ("localhost", f"-A POSTROUTING -s 127.0.0.0/8 -o {bridge} {{tag}} -j MASQUERADE"),
+            *egress_nat,
         ),
         "filter": rules(
             ("forward", f"-I FORWARD 1 -o {bridge} {{tag}} -j {chain}"),
@@ -106,20 +115,25 @@ def base_rules(bridge: str) -> dict[str, list[tuple[str, str]]]:
                 "replies",
                 f"-A {chain} -o {bridge} -m conntrack --ctstate RELATED,ESTABLISHED {{tag}} -j ACCEPT",
             ),
+            *egress_filter,
         ),
     }
 
 
-def ensure_base(bridge: str) -> None:
-    """Creates our chains and the rules that lead to them, adding only what is missing."""
+def ensure_base(bridge: str, subnet: str = "", masq: bool = False) -> None:
+    """Creates our chains and the rules that lead to them, adding only what is missing (and taking
+    the egress rules away when masquerading is off)."""
     chain = chain_name(bridge)
     todo: dict[str, list[str]] = {}
-    for table, rules in base_rules(bridge).items():
+    unwanted = [] if masq else [_quoted(f"{network_tag(bridge)}:{what}") for what in EGRESS]
+    for table, rules in base_rules(bridge, subnet, masq).items():
         present = list_rules(table) or []
         lines = [] if f"-N {chain}" in present else [f":{chain} - [0:0]"]
         for comment, rule in rules:
             if not any(f"--comment {comment}" in line for line in present):
                 lines.append(rule)
+        lines += ["-D" + line[2:] for line in present
+                  if line.startswith("-A ") and any(f"--comment {c}" in line for c in unwanted)]
         todo[table] = lines
     restore(todo)
 

@@ -29,6 +29,31 @@ class PortMapping:
 
 
 @dataclass(frozen=True)
+class OverlayEndpoint:
+    """The container's interface on a cluster network: `ifname` in its netns, `host_ifname` on the
+    network's bridge (agent/runtime/network/overlay.py)."""
+
+    network: str
+    vni: int
+    subnet: str
+    mtu: int
+    ip: str
+    prefixlen: int
+    mac: str
+    ifname: str
+    host_ifname: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"network": self.network, "vni": self.vni, "subnet": self.subnet, "mtu": self.mtu, "ip": self.ip,
+                "prefixlen": self.prefixlen, "mac": self.mac, "ifname": self.ifname, "host_ifname": self.host_ifname}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> OverlayEndpoint:
+        return cls(str(d["network"]), int(d["vni"]), str(d["subnet"]), int(d["mtu"]), str(d["ip"]),
+                   int(d["prefixlen"]), str(d["mac"]), str(d["ifname"]), str(d["host_ifname"]))
+
+
+@dataclass(frozen=True)
 class Endpoint:
     """A container's place on a bridge: its address, its MAC, the host end of its veth, its ports."""
 
@@ -40,10 +65,12 @@ class Endpoint:
     host_ifname: str
     bridge: str
     ports: tuple[PortMapping, ...]
+    overlays: tuple[OverlayEndpoint, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for handing the endpoint to the container init in another process."""
-        return {
+        extra = {"overlays": [o.to_dict() for o in self.overlays]} if self.overlays else {}
+        return {**extra,
             "container_id": self.container_id,
             "ip": self.ip,
             "prefixlen": self.prefixlen,
@@ -65,4 +92,5 @@ class Endpoint:
             host_ifname=str(d["host_ifname"]),
             bridge=str(d["bridge"]),
             ports=tuple(PortMapping(str(h), int(hp), int(cp), str(pr)) for h, hp, cp, pr in d["ports"]),
+            overlays=tuple(OverlayEndpoint.from_dict(o) for o in d.get("overlays", ())),
         )

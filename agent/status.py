@@ -1,0 +1,37 @@
+"""The agent's one table from its errors to gRPC status codes, for every servicer of the process
+(server.py, images/service.py). Most specific first: a registry's "not found" is NOT_FOUND before it
+is a RegistryError. What no row names is INTERNAL: a bug, not the client's doing."""
+
+from __future__ import annotations
+
+import grpc
+
+from agent.images import registry
+from agent.images.dockerfile import DockerfileError
+from agent.images.errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
+from agent.model import AgentError, Conflict, InvalidArgument, NotFound, Unavailable
+
+TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
+    (registry.Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
+    (registry.RegistryUnavailable, grpc.StatusCode.UNAVAILABLE),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
+    (ImageNotFound, grpc.StatusCode.NOT_FOUND),
+    (Conflict, grpc.StatusCode.FAILED_PRECONDITION),
+    (ImageInUse, grpc.StatusCode.FAILED_PRECONDITION),
+    (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
+    (DockerfileError, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidArchive, grpc.StatusCode.INVALID_ARGUMENT),
+    (InvalidReference, grpc.StatusCode.INVALID_ARGUMENT),
+    (registry.RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
+    (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
+    (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
+    (AgentError, grpc.StatusCode.UNKNOWN),
+]
+
+
+def code(e: BaseException) -> grpc.StatusCode:
+    for cls, status in TABLE:
+        if isinstance(e, cls):
+            return status
+    return grpc.StatusCode.INTERNAL

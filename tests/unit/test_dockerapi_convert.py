@@ -1,0 +1,154 @@
+"""The Docker API's pure parts: the create body -> ContainerConfig mapping (and its refusals),
+inspect's echo, API versions on paths, query booleans and filters, stream framing, detach keys."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+from typing import Any
+
+import pytest
+
+from agent.dockerapi import convert
+from agent.dockerapi.http import HTTPError, Json, Request
+from agent.dockerapi.router import Router
+from agent.dockerapi.streams import DetachScanner, mux, parse_detach_keys
+from agent.dockerapi.system import parse_filters
+from agent.model import Container
+
+# What the docker CLI 28.2 sends for `docker run -d -p 8080:80 -e A=1 -m 64m --restart on-failure:3 busybox sh`
+CLI_BODY: dict[str, Any] = {
+    "Hostname": "", "Domainname": "", "User": "", "AttachStdin": False, "AttachStdout": False,
+    "AttachStderr": False, "ExposedPorts": {"80/tcp": {}}, "Tty": False, "OpenStdin": False, "StdinOnce": False,
+    "Env": ["A=1"], "Cmd": ["sh"], "Image": "busybox", "Volumes": {}, "WorkingDir": "", "Entrypoint": None,
+    "OnBuild": None, "Labels": {},
+    "HostConfig": {
+        "Binds": None, "ContainerIDFile": "", "LogConfig": {"Type": "", "Config": {}}, "NetworkMode": "default",
+        "PortBindings": {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]},
+        "RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 3}, "AutoRemove": False,
+        "VolumeDriver": "", "VolumesFrom": None, "ConsoleSize": [24, 80], "CapAdd": None, "CapDrop": None,
+        "CgroupnsMode": "", "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None,
+        "IpcMode": "", "Cgroup": "", "Links": None, "OomScoreAdj": 0, "PidMode": "", "Privileged": False,
+        "PublishAllPorts": False, "ReadonlyRootfs": False, "SecurityOpt": None, "UTSMode": "", "UsernsMode": "",
+        "ShmSize": 0, "Isolation": "", "CpuShares": 0, "Memory": 67108864, "NanoCpus": 0, "CgroupParent": "",
+        "BlkioWeight": 0, "BlkioWeightDevice": [], "BlkioDeviceReadBps": [], "BlkioDeviceWriteBps": [],
+        "BlkioDeviceReadIOps": [], "BlkioDeviceWriteIOps": [], "CpuPeriod": 0, "CpuQuota": 0,
+        "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "", "Devices": [],
+        "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0, "MemorySwap": 0,
+        "MemorySwappiness": -1, "OomKillDisable": False, "PidsLimit": 0, "Ulimits": [], "CpuCount": 0,
+        "CpuPercent": 0, "IOMaximumIOps": 0, "IOMaximumBandwidth": 0, "MaskedPaths": None, "ReadonlyPaths": None,
+    },
+    "NetworkingConfig": {"EndpointsConfig": {"default": {"IPAMConfig": None, "Links": None, "Aliases": None,
+                                                          "MacAddress": "", "DriverOpts": None, "NetworkID": "",
+                                                          "EndpointID": "", "Gateway": "", "IPAddress": "",
+                                                          "IPPrefixLen": 0, "DNSNames": None}}},
+}
+
+
+def test_the_clis_create_body_maps_onto_dockyard() -> None:
+    cfg, console = convert.config_from_docker(CLI_BODY, "web")
+    assert (cfg.name, cfg.image, cfg.cmd, cfg.env, cfg.network_mode) == ("web", "busybox", ["sh"], ["A=1"], "bridge")
+    assert [(p.host_port, p.container_port, p.protocol) for p in cfg.ports] == [(8080, 80, "tcp")]
+    assert cfg.resources.memory == 64 << 20 and cfg.restart_policy.name == "on-failure"
+    assert cfg.restart_policy.max_retries == 3 and cfg.exposed_ports == ["80/tcp"] and console == (24, 80)
+    assert not cfg.entrypoint_set
+
+
+@pytest.mark.parametrize("path,value,message", [
+    (("HostConfig", "Binds"), ["/a:/b"], "HostConfig.Binds is not supported"),
+    (("HostConfig", "Tmpfs"), {"/x": ""}, "HostConfig.Tmpfs is not supported"),
+    (("HostConfig", "CapAdd"), ["NET_ADMIN"], "HostConfig.CapAdd is not supported"),
+    (("HostConfig", "MemorySwappiness"), 40, "HostConfig.MemorySwappiness is not supported"),
+    (("HostConfig", "LogConfig"), {"Type": "syslog"}, "no log driver named 'syslog' is registered"),
+    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-size": "1m"}}, "LogConfig.Config"),
+    (("HostConfig", "CgroupnsMode"), "private", "CgroupnsMode"),
+    (("Volumes",), {"/data": {}}, "Config.Volumes is not supported"),
+    (("MacAddress",), "02:42:ac:11:00:0a", "Config.MacAddress"),
+    (("NetworkingConfig", "EndpointsConfig"), {"bridge": {"Aliases": ["x"]}}, "EndpointsConfig.bridge"),
+    (("HostConfig", "Memory"), "64m", "HostConfig.Memory must be an integer"),
+    (("Healthcheck",), {"Test": ["WHAT"]}, "Config.Healthcheck.Test"),
+])
+def test_what_dockyard_cannot_do_is_refused_by_name(path: tuple[str, ...], value: Any, message: str) -> None:
+    body = json.loads(json.dumps(CLI_BODY))
+    target = body
+    for k in path[:-1]:
+        target = target[k]
+    target[path[-1]] = value
+    with pytest.raises(HTTPError) as e:
+        convert.config_from_docker(body, "")
+    assert e.value.status == 400 and message in e.value.message
+
+
+def test_entrypoint_reset_and_healthcheck() -> None:
+    body = {"Image": "busybox", "Entrypoint": [""], "Cmd": "echo hi",
+            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Interval": 2_000_000_000, "Retries": 2}}
+    cfg, _ = convert.config_from_docker(body, "")
+    assert cfg.entrypoint_set and cfg.entrypoint == [] and cfg.cmd == ["echo", "hi"]
+    assert cfg.healthcheck is not None and cfg.healthcheck.interval == 2.0 and cfg.healthcheck.retries == 2
+    assert convert.health_json(cfg.healthcheck)["Interval"] == 2_000_000_000
+
+
+def test_inspect_echoes_the_create() -> None:
+    cfg, _ = convert.config_from_docker(CLI_BODY, "web")
+    c = Container(id="a" * 64, name="web", created=1.0, config=cfg, image_id="sha256:" + "b" * 64,
+                  image_ref="busybox", snapshot="a" * 64, args=["sh"])
+    doc = convert.inspect(c, "/log", None)
+    hc = doc["HostConfig"]
+    assert hc["Memory"] == 64 << 20 and hc["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    assert hc["PortBindings"] == {"80/tcp": [{"HostIp": "", "HostPort": "8080"}]}
+    assert hc["LogConfig"]["Type"] == "json-file" and doc["Name"] == "/web" and doc["Config"]["Env"] == ["A=1"]
+    assert doc["Config"]["ExposedPorts"] == {"80/tcp": {}} and doc["State"]["Status"] == "created"
+    row = convert.summary(c)
+    assert row["Names"] == ["/web"] and row["Status"] == "Created" and row["Ports"] == [{"PrivatePort": 80,
+                                                                                          "Type": "tcp"}]
+
+
+def _request(path: str) -> Request:
+    async def no_body() -> Any:
+        if False:
+            yield b""
+
+    return Request("GET", path, [], no_body)
+
+
+def test_versions_on_paths() -> None:
+    r = Router()
+
+    async def version(req: Request) -> Json:
+        return Json(200, {"v": req.version, "p": req.path})
+
+    r.add("GET", "/version", version)
+    got = asyncio.run(r(_request("/v1.41/version")))
+    assert isinstance(got, Json) and got.value == {"v": "1.41", "p": "/version"}
+    got = asyncio.run(r(_request("/version")))
+    assert isinstance(got, Json) and got.value["v"] == "1.45"
+    with pytest.raises(HTTPError) as e:
+        asyncio.run(r(_request("/v1.46/version")))
+    assert e.value.status == 400 and "too new. Maximum supported API version is 1.45" in e.value.message
+    with pytest.raises(HTTPError) as e:
+        asyncio.run(r(_request("/v1.23/version")))
+    assert "too old" in e.value.message
+    with pytest.raises(HTTPError) as e:
+        asyncio.run(r(_request("/nope")))
+    assert e.value.status == 404
+
+
+def test_query_booleans_and_both_filter_forms() -> None:
+    req = _request('/x?all=True&force=False&v=0&stream=1&filters={"label":{"a=b":true},"status":["exited"]}')
+    assert req.flag("all") and req.flag("stream") and not req.flag("force") and not req.flag("v")
+    assert parse_filters(req) == {"label": ["a=b"], "status": ["exited"]}
+    with pytest.raises(HTTPError):
+        parse_filters(_request("/x?filters=notjson"))
+
+
+def test_framing_and_detach_keys() -> None:
+    assert mux(1, b"hi") == struct.pack(">BxxxI", 1, 2) + b"hi"
+    keys = parse_detach_keys("ctrl-p,ctrl-q")
+    assert keys == b"\x10\x11"
+    s = DetachScanner(keys)
+    assert s.feed(b"ab\x10") == (b"ab", False)          # a partial match is held back
+    assert s.feed(b"c") == (b"\x10c", False)            # ... and let go when it does not go on
+    assert s.feed(b"x\x10\x11rest") == (b"x", True)
+    with pytest.raises(HTTPError):
+        parse_detach_keys("ctrl-1")
