@@ -24,6 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -174,6 +175,7 @@ class Scheduler:
         self.join_server: grpc.aio.Server | None = None
         self.join_port = 0
         self.identity = transport.SCHEDULER
+        self.denied: Any = None  # scheduler/tls.py DenyList, with --tls
 
     async def start(self) -> None:
         o = self.opts
@@ -207,6 +209,8 @@ class Scheduler:
         except (transport.BindError, ValueError) as e:
             raise SchedulerError(f"--listen {o.listen}: cannot bind ({getattr(e, 'reason', e)})") from e
         self.tasks = [asyncio.create_task(view.run(), name="view")]
+        if self.denied is not None:
+            self.tasks.append(asyncio.create_task(self.denied.run(), name="denied-nodes"))
         await asyncio.wait_for(view.loaded.wait(), 10)
         active = lambda: election.is_leader  # noqa: E731
         self.tasks += [asyncio.create_task(election.run(), name="election"),
@@ -243,7 +247,9 @@ class Scheduler:
             raise SchedulerError(f"the join port {self.opts.join_listen}: cannot bind ({getattr(e, 'reason', e)})") from e
         log.info("cluster %s: mutual TLS on %s, join port %s, admin bundle in %s", cca.ca.cluster_id,
                  self.opts.listen, self.opts.join_listen, state / "client")
-        return tls.authorizer(cca)
+        self.denied = tls.DenyList(self.store)
+        await self.denied.load()
+        return tls.authorizer(cca, self.denied)
 
     async def stop(self) -> None:
         if hasattr(self, "election"):

@@ -190,8 +190,13 @@ class SchedulerServicer(pbg.SchedulerServicer):
             raise NotFound(f"node {request.name} not found")
         if request.name in await self.store.alive_nodes() and not request.force:
             raise Refused(f"node {request.name} is up: drain it and stop its agent first, or use --force")
-        rev = await self.store.commit([Delete(self.store.keys.node(n.name), n.mod_revision),
-                                       Delete(self.store.keys.alive(n.name), None)])
+        ops: list[Op] = [Delete(self.store.keys.node(n.name), n.mod_revision),
+                         Delete(self.store.keys.alive(n.name), None)]
+        if transport.caller() is not None and n.agent_id:
+            from scheduler import tls  # its certificate is refused from now on, on every replica
+
+            ops.append(tls.denied_op(self.store, n.agent_id))
+        rev = await self.store.commit(ops)
         await self.view.wait_revision(rev)
         return pb.Empty()
 

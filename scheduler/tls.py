@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import logging
@@ -27,7 +28,7 @@ import grpc
 from common import pki, transport
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
-from scheduler.store import Conflict, Put, Store
+from scheduler.store import Conflict, Put, Store, StoreError
 
 log = logging.getLogger("dockyard.scheduler.tls")
 
@@ -141,5 +142,45 @@ AUTHORIZATION: dict[str, frozenset[str]] = {
 }
 
 
-def authorizer(cca: ClusterCA) -> transport.Authorizer:
-    return transport.Authorizer(AUTHORIZATION, cca.ca.cluster_id)
+class DenyList:
+    """Node ids removed from the cluster (``/dockyard/ca/denied/<id>``, written by ``node rm`` in the
+    same transaction that deletes the node), kept in memory from a watch so the Authorizer checks it
+    on every RPC without a round trip: a removed node's open channel is refused at its next call."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.ids: set[str] = set()
+
+    def __contains__(self, node_id: object) -> bool:
+        return node_id in self.ids
+
+    async def load(self) -> int:
+        prefix = self.store.keys.ca("denied/")
+        rev, items = await self.store.range(prefix)
+        self.ids = {bytes(kv.key)[len(prefix):].decode() for kv in items}
+        return rev
+
+    async def run(self, retry: float = 0.5) -> None:
+        prefix = self.store.keys.ca("denied/")
+        while True:
+            try:
+                rev = await self.load()
+                async for ev in self.store.watch(prefix, start_revision=rev + 1):
+                    name = ev.key[len(prefix):].decode()
+                    if ev.kind == "put":
+                        self.ids.add(name)
+                    else:
+                        self.ids.discard(name)
+            except StoreError as e:
+                log.warning("denied-node watch: %s; retrying", e)
+            await asyncio.sleep(retry)
+
+
+def denied_op(store: Store, node_id: str) -> Put:
+    return Put(store.keys.ca(f"denied/{node_id}"), b"", None)
+
+
+def authorizer(cca: ClusterCA, denied: DenyList | None = None) -> transport.Authorizer:
+    if denied is None:
+        return transport.Authorizer(AUTHORIZATION, cca.ca.cluster_id)
+    return transport.Authorizer(AUTHORIZATION, cca.ca.cluster_id, denied.__contains__)

@@ -160,3 +160,25 @@ def test_hostile_calls_on_the_real_ports(env: Env, tmp_path: Path) -> None:
     with pytest.raises(JoinError, match="refusing to join"):
         asyncio.run(join(join_port, pki.make_token(pki.make_ca("x").cert_pem), name="x", tls_dir=tmp_path / "o"))
     assert (asyncio.run(join(join_port, new.strip(), name="x", tls_dir=tmp_path / "new"))).role == "agent"
+
+
+def test_a_removed_node_is_refused_on_its_next_call(env: Env) -> None:
+    # Last in the module: the node is gone afterwards.
+    agent_bundle = pki.read_bundle(env.agent.root / "tls")
+    agent_id = pki.subject_of(agent_bundle.cert_pem).node_id
+    with transport.dial_blocking(env.sched.address, transport.Identity(Role.AGENT, agent_bundle),
+                                 Role.SCHEDULER) as ch:
+        stub = cpbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
+        stub.Heartbeat(cpb.HeartbeatRequest(name="tls1", lease_id=1), timeout=3)  # its own node: allowed
+        code, out = env.cli("node", "rm", "--force", "tls1")
+        assert code == 0, out
+
+        def refused() -> bool:
+            try:
+                stub.Heartbeat(cpb.HeartbeatRequest(name="tls1", lease_id=1), timeout=3)
+            except grpc.RpcError as e:
+                return e.code() is grpc.StatusCode.PERMISSION_DENIED and \
+                    "removed from the cluster" in (e.details() or "")  # type: ignore[attr-defined]
+            return False
+
+        wait_for(refused, 5, f"{agent_id}'s certificate refused on the open channel")
