@@ -7,6 +7,7 @@ agent's certificate calling admin methods or speaking for another node, the CLI 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Iterator
@@ -182,3 +183,45 @@ def test_a_removed_node_is_refused_on_its_next_call(env: Env) -> None:
             return False
 
         wait_for(refused, 5, f"{agent_id}'s certificate refused on the open channel")
+
+
+def test_up_tls_is_one_command(tmp_path: Path, busybox_tar_path: Path) -> None:
+    # `dockyard up --tls --exit`: scheduler --tls, the agent joined by token, the example stack over
+    # mutual TLS, and the admin bundle in ~/.dockyard (HOME is a temporary directory here).
+    import socket
+    import subprocess
+
+    from tests.agent_harness import CLI, REPO, STARTED, AgentProcess, _env
+
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    a = AgentProcess(tmp_path / "up")  # only for its names and its cleanup
+    STARTED.append(a)
+    a.base.mkdir(parents=True)
+    home = tmp_path / "home"
+    home.mkdir()
+    port = 0
+    for _ in range(50):
+        from tests.agent_harness import free_port
+
+        port = free_port()
+        with contextlib.ExitStack() as stack:
+            try:
+                for p in (port + 1, port + 2):
+                    s = stack.enter_context(socket.socket())
+                    s.bind(("127.0.0.1", p))
+                break
+            except OSError:
+                continue
+    try:
+        r = subprocess.run([*CLI, "up", "--tls", "--exit", "--root", str(a.root), "--socket", str(a.socket),
+                            "--port", str(port), "--bridge", a.bridge, "--subnet", a.subnet,
+                            "--cgroup-parent", a.cgroup_parent],
+                           capture_output=True, text=True, timeout=180, env={**_env(), "HOME": str(home)}, cwd=REPO)
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+        assert r.stdout.count("answers '<h1>hello from example_web.") == 2, r.stdout
+        assert f"admin TLS bundle written to {home / '.dockyard'}" in r.stdout, r.stdout
+        assert os.stat(home / ".dockyard" / "key.pem").st_mode & 0o777 == 0o600
+        assert pki.subject_of((a.root / "tls" / "cert.pem").read_bytes()).role == "agent"
+    finally:
+        a.destroy()
