@@ -216,7 +216,7 @@ def test_up_tls_is_one_command(tmp_path: Path, busybox_tar_path: Path) -> None:
     try:
         r = subprocess.run([*CLI, "up", "--tls", "--exit", "--root", str(a.root), "--socket", str(a.socket),
                             "--port", str(port), "--bridge", a.bridge, "--subnet", a.subnet,
-                            "--cgroup-parent", a.cgroup_parent],
+                            "--cgroup-parent", a.cgroup_parent, "--ip-forward=false", "--ip-masq=false"],
                            capture_output=True, text=True, timeout=180, env={**_env(), "HOME": str(home)}, cwd=REPO)
         assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
         assert r.stdout.count("answers '<h1>hello from example_web.") == 2, r.stdout
