@@ -224,7 +224,7 @@ class Migrator:
             m = await self._set_phase(m, "running")
             await self._pause(m, "running")
             source, target = self.view.nodes[m.source], self.view.nodes[m.target]
-            stub = self.agents.stub(source.address)
+            stub = self.agents.stub(source.address, source.agent_id)
             done: apb.MigrateProgress | None = None
             call = stub.MigrateContainer(apb.MigrateRequest(id=self._container(m), target=target.address,
                                                             live=m.mode == "live"), timeout=600)
@@ -317,7 +317,7 @@ class Migrator:
     async def _held(self, node: Node, task_id: str) -> list[apb.ContainerSummary] | None:
         """The task's containers on the node; None when its agent does not answer."""
         try:
-            r = await self.agents.stub(node.address).ListContainers(
+            r = await self.agents.stub(node.address, node.agent_id).ListContainers(
                 apb.ListContainersRequest(all=True, filters={"label": f"{TASK_LABEL}={task_id}"}),
                 timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError:
@@ -339,7 +339,7 @@ class Migrator:
                 return ""  # wait for the source agent (or for its node to be declared down)
             assert source is not None
             for c in on_source:
-                await self.agents.stub(source.address).RemoveContainer(
+                await self.agents.stub(source.address, source.agent_id).RemoveContainer(
                     apb.RemoveContainerRequest(id=c.id, force=True), timeout=CALL_TIMEOUT)
             await self._finish(m, running_target[0].id)
             return "finished"
@@ -359,7 +359,7 @@ class Migrator:
         assert source is not None
         if on_target and target is not None:
             await self._remove_all(target, on_target)
-        stub = self.agents.stub(source.address)
+        stub = self.agents.stub(source.address, source.agent_id)
         for c in on_source:
             if c.state in ("running", "paused"):
                 break
@@ -396,7 +396,7 @@ class Migrator:
 
     async def _remove_all(self, node: Node, cs: list[apb.ContainerSummary]) -> None:
         for c in cs:
-            await self.agents.stub(node.address).RemoveContainer(apb.RemoveContainerRequest(id=c.id, force=True),
+            await self.agents.stub(node.address, node.agent_id).RemoveContainer(apb.RemoveContainerRequest(id=c.id, force=True),
                                                                  timeout=CALL_TIMEOUT)
 
     # --- many at once ---------------------------------------------------------------------------
