@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import names
 from agent.model import AgentError, Conflict, Container, InvalidArgument, NotFound, Port, Unavailable
-from agent.runtime.shim import pid_start_time, process_alive, trace
+from agent.runtime.procs import pid_start_time, process_alive, trace
 
 if TYPE_CHECKING:
     from agent.containers import ContainerManager

@@ -74,7 +74,7 @@ def _being_cancelled() -> bool:
 class ClusterMember:
     def __init__(self, *, schedulers: list[str], name: str, address: str, labels: dict[str, str], root: Path,
                  manager: Any, socket: str, metrics_addr: str, cgroup_version: int, criu: Any,
-                 lazy_pages: Any = lambda: False) -> None:
+                 lazy_pages: Any = lambda: False, identity: transport.Identity = transport.AGENT) -> None:
         self.schedulers = schedulers
         self.name = name
         self.address = address
@@ -86,6 +86,7 @@ class ClusterMember:
         self.cgroup_version = cgroup_version
         self.criu = criu  # callable -> bool (known once `criu check` ran)
         self.lazy_pages = lazy_pages  # callable -> bool (likewise)
+        self.identity = identity  # with a certificate: mutual TLS to the schedulers
         self.host = host_features.probe()
         self.agent_id = agent_id(root)
         self.current = 0
@@ -107,7 +108,7 @@ class ClusterMember:
     def stub(self) -> pbg.SchedulerStub:
         if self._stub is None:
             addr = self.schedulers[self.current % len(self.schedulers)]
-            self._channel = transport.dial(addr, transport.AGENT, transport.Role.SCHEDULER)
+            self._channel = transport.dial(addr, self.identity, transport.Role.SCHEDULER)
             self._stub = pbg.SchedulerStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 

@@ -30,8 +30,10 @@ from agent.runtime import cgroups
 from agent.runtime.network.overlay import Overlays, underlay_host
 from agent.runtime.zygote_client import Zygote
 from agent.server import AgentServicer
-from common import settings, transport
+from common import pki, settings, transport
+from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as pbg
+from protos import images_pb2 as ipb
 
 log = logging.getLogger("dockyard.agent")
 
@@ -54,6 +56,7 @@ class AgentOptions:
     metrics_addr: str = settings.AGENT_METRICS  # HTTP /metrics, as dockerd's; "" serves none
     join: str = ""                   # scheduler replicas host:port[,host:port...] (agent/cluster.py)
     advertise: str = ""              # the address the scheduler reaches this agent at (default: listen)
+    token: str = ""                  # a join token: mutual TLS with the cluster (agent/join.py)
     cgroup_favor_dynmods: bool = False  # agent/runtime/cgroups/_dynmods.py
     docker_socket: str = DEFAULT_DOCKER_SOCKET   # Docker's Engine API (agent/dockerapi); "" serves none
     docker_tcp: str = ""             # and on loopback TCP, HOST:PORT (opt-in: no TLS yet)
@@ -68,6 +71,7 @@ class Agent:
         self.opts = opts
         self.root = Path(opts.root)
         self.server: grpc.aio.Server | None = None
+        self.tls_server: grpc.aio.Server | None = None  # the TCP port under mutual TLS
         self.manager: ContainerManager | None = None
         self.zygote = Zygote()
         self.metrics_server: MetricsServer | None = None
@@ -91,6 +95,7 @@ class Agent:
             raise RuntimeError(f"the containers' seccomp filter cannot be built (is libseccomp2 installed?): {e}") \
                 from e
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
+        identity = await self._identity()  # a join refused or a readable key: nothing started yet
         images = ImageStore(self.root / "images")
         images.limits = Limits(o.max_layer_size, o.max_image_size)
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
@@ -134,13 +139,23 @@ class Agent:
         # `criu check` takes a second: answer requests meanwhile, report the capability once known.
         self._criu_task = asyncio.get_running_loop().create_task(self._check_criu(servicer))
         self.server = transport.server(transport.AGENT)
+        add_images = __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server
         pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
-        __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server(self.server, self.manager, images)
+        add_images(self.server, self.manager, images)
         Path(o.socket).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(o.socket)
         transport.serve(self.server, f"unix://{o.socket}", transport.AGENT)
-        if o.listen:
+        if o.listen and identity.tls is not None:
+            # Mutual TLS on TCP is a server of its own: "no certificate" on it can never pass for the
+            # unix socket's local trust.
+            self.tls_server = transport.server(identity, transport.Authorizer(
+                agent_authorization(), pki.subject_of(identity.tls.cert_pem).cluster_id))
+            pbg.add_AgentServicer_to_server(servicer, self.tls_server)  # type: ignore[no-untyped-call]
+            add_images(self.tls_server, self.manager, images)
+            transport.serve(self.tls_server, o.listen, identity)
+            await self.tls_server.start()
+        elif o.listen:
             transport.serve(self.server, o.listen, transport.AGENT)
         await self.server.start()
         os.chmod(o.socket, 0o660)
@@ -158,13 +173,34 @@ class Agent:
                 address=o.advertise or o.listen, labels=o.labels, root=self.root, manager=self.manager,
                 socket=o.socket, metrics_addr=o.metrics_addr if self.metrics_server else "",
                 cgroup_version=driver.version, criu=lambda: servicer.criu,
-                lazy_pages=lambda: servicer.lazy_pages)
+                lazy_pages=lambda: servicer.lazy_pages, identity=identity)
             self.member.start()
             assert net.overlays is not None
             self.netsync = NetworkSync(o.name, net.overlays, self.member.stub,
                                        on_map=resolvers.update if resolvers is not None else None)
             self.netsync.start()
         log.info("agent %s serving on %s (root %s, cgroup v%d)", o.name, o.socket, self.root, driver.version)
+
+    async def _identity(self) -> transport.Identity:
+        """With a join token (or a certificate from an earlier join) the agent is a TLS member of the
+        cluster: its certificate's CN becomes its node id."""
+        from agent import join
+
+        o = self.opts
+        tls_dir = self.root / "tls"
+        bundle = join.local_bundle(tls_dir)
+        if bundle is None and o.token:
+            if not o.join:
+                raise join.JoinError("--token needs --join HOST:PORT")
+            first = next(a.strip() for a in o.join.split(",") if a.strip())
+            bundle = (await join.join(join.join_address(first), o.token, name=o.name, tls_dir=tls_dir)).bundle
+        if bundle is None:
+            return transport.AGENT
+        node_id = pki.subject_of(bundle.cert_pem).node_id
+        tmp = self.root / "node-id.tmp"
+        tmp.write_text(node_id + "\n")
+        os.replace(tmp, self.root / "node-id")
+        return transport.AGENT.with_tls(bundle)
 
     @staticmethod
     async def _check_criu(servicer: AgentServicer) -> None:
@@ -177,6 +213,8 @@ class Agent:
             self.manager.resolvers.close_all()
         if self.member is not None:
             await self.member.stop()
+        if self.tls_server is not None:
+            await self.tls_server.stop(grace=1)
         if self.local_api is not None:
             await self.local_api.stop()
         if self.docker_api is not None:
@@ -229,6 +267,18 @@ def own_cgroup() -> str:
             if len(path) > len(own):
                 own = path
     return own
+
+
+def agent_authorization() -> dict[str, frozenset[str]]:
+    """Who may call the agent's TCP port under mutual TLS: the scheduler (placement, logs, exec,
+    migration steps) and an admin, every method of both services; another agent nothing (agent to
+    agent migration streams need a scheduler-signed grant, not built yet); deny by default."""
+    table = {}
+    for file in (apb.DESCRIPTOR, ipb.DESCRIPTOR):
+        for svc in file.services_by_name.values():
+            for m in svc.methods:
+                table[f"/{svc.full_name}/{m.name}"] = frozenset({"scheduler", "admin"})
+    return table
 
 
 def _cgroup_parent(root: Path, configured: str | None) -> str:

@@ -51,6 +51,7 @@ def command_of(hc: HealthCheck) -> list[str]:
 class HealthMonitor:
     def __init__(self, manager: Any) -> None:
         self.m = manager
+        self._loop = asyncio.get_running_loop()
         self.health: dict[str, Health] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self.on_status: list[Callable[[Container, str], None]] = []
@@ -66,7 +67,8 @@ class HealthMonitor:
         if c.state.status == "running":
             if c.id not in self._tasks:
                 self.health[c.id] = Health()
-                self._tasks[c.id] = asyncio.get_running_loop().create_task(self._probe_loop(c, hc))
+                # (the loop's own call: containers start and exit on the loop, never in a thread)
+                self._tasks[c.id] = self._loop.create_task(self._probe_loop(c, hc))
         elif c.state.status != "paused" and (t := self._tasks.pop(c.id, None)) is not None:
             t.cancel()
 

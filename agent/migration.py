@@ -33,8 +33,8 @@ import grpc
 
 from agent.containers import ContainerManager
 from agent.model import AgentError, Conflict, NotFound, Unavailable
-from agent.runtime.shim import trace
-from common import transport
+from agent.runtime.procs import trace
+from common import faults, transport
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
@@ -164,17 +164,6 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
         await channel.close()
 
 
-# A pause after the dump, before the archive goes (DOCKYARD_FAULT_INJECTION=1 and this file in the
-# agent's root, holding seconds): tests kill the agent there, with CRIU's dump still running.
-FAULT_PAUSE_AFTER_DUMP = "fault-pause-after-dump"
-
-
-async def _fault_pause(m: ContainerManager) -> None:
-    path = m.root / FAULT_PAUSE_AFTER_DUMP
-    if os.environ.get("DOCKYARD_FAULT_INJECTION") == "1" and path.exists():
-        await asyncio.sleep(float(path.read_text() or 0))
-
-
 async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str,
                              emit: Progress, t0: float) -> pb.MigrateProgress:
     from agent.checkpoint.criu import CriuError
@@ -190,7 +179,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         # Level 1: the archive holds the small images and the writable layer, not the memory.
         dump = await m.checkpoints.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1)
         trace("migrate: archive written")
-        await _fault_pause(m)
+        await faults.FAULTS.pause_after_dump(m.root)  # tests kill the agent here (common/faults.py)
         try:
             new_id = await _send_archive(channel, tmp, c.name, False, emit, out.hexdigest(), dump.page_server)
         except (grpc.aio.AioRpcError, OSError) as e:

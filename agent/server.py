@@ -26,7 +26,7 @@ from agent.containers import ContainerManager
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
 from agent.model import AgentError, InvalidArgument
-from agent.runtime.shim import trace
+from agent.runtime.procs import trace
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 

@@ -29,6 +29,7 @@ AGENT_METRICS = f"127.0.0.1:{AGENT_METRICS_PORT}"
 AGENT_JOIN_LISTEN = "127.0.0.1:7070"          # --join without --listen: the scheduler calls the agent here
 SCHEDULER_PORT = 2377                         # as swarm's
 SCHEDULER_LISTEN = f"127.0.0.1:{SCHEDULER_PORT}"
+SCHEDULER_JOIN_PORT = SCHEDULER_PORT + 1      # --tls: the join port (server TLS only: CA and issuance)
 SCHEDULER_METRICS = "127.0.0.1:9324"
 SCHEDULER_STATE = "/var/lib/dockyard-scheduler"
 ETCD = "/usr/bin/etcd"
@@ -40,6 +41,8 @@ ETCD = "/usr/bin/etcd"
 ENVIRONMENT: dict[str, str] = {
     "DOCKYARD_HOST": "the agent the CLI talks to (-H): unix:///path or tcp://host:port",
     "DOCKYARD_SCHEDULER": "the scheduler(s) the cluster verbs talk to: HOST:PORT[,HOST:PORT...]",
+    "DOCKYARD_CERT_PATH": "the CLI's TLS client bundle (ca.pem, cert.pem, key.pem; default ~/.dockyard)",
+    "DOCKYARD_JOIN_TOKEN": "the join token of `dockyard agent --join` (as --token)",
     "DOCKYARD_CONFIG": "the CLI's directory for registry credentials (default ~/.dockyard)",
     "DOCKYARD_AGENT_CONFIG": "the agent's TOML settings file ([agent] table), as --config",
     "DOCKYARD_SCHEDULER_CONFIG": "the scheduler's TOML settings file ([scheduler] table), as --config",

@@ -148,6 +148,8 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
               help='HOST:PORT for Prometheus /metrics over HTTP; "" disables it')
 @click.option("--join", default="", help="Join the cluster of these scheduler(s): HOST:PORT[,HOST:PORT...]")
 @click.option("--advertise", default="", help="HOST:PORT the scheduler reaches this agent at (default: --listen)")
+@click.option("--token", default="", envvar="DOCKYARD_JOIN_TOKEN",
+              help="Join token (`dockyard cluster join-token worker`): mutual TLS with a --tls scheduler")
 @click.option("--cgroup-favor-dynmods", is_flag=True,
               help="Make cgroup joins cheap (kernel favordynmods; forks and exits host-wide pay a little)")
 @click.option("--docker-socket", default=settings.DOCKER_SOCKET, show_default=True,
@@ -163,7 +165,7 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
               help="Masquerade the containers' subnet so they reach beyond the host; as docker's")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
-              advertise: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
+              advertise: str = "", token: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
               docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "", ip_forward: bool = True,
               ip_masq: bool = True) -> None:
     """Run the per-host agent."""
@@ -190,7 +192,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
-                     join=join, advertise=advertise, cgroup_favor_dynmods=cgroup_favor_dynmods,
+                     join=join, advertise=advertise, token=token, cgroup_favor_dynmods=cgroup_favor_dynmods,
                      docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward, ip_masq=ip_masq,
                      max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
                      max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
@@ -206,12 +208,14 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
 @click.option("--subnet", default=settings.SUBNET, show_default=True, help="The agent's container subnet")
 @click.option("--cgroup-parent", default=None, help="The agent's cgroup parent")
 @click.option("--exit", "exit_after", is_flag=True, help="Check that everything answers, then stop it all")
+@click.option("--tls", is_flag=True, help="Mutual TLS (scheduler --tls; the agent joins by token; the admin bundle "
+              "goes to ~/.dockyard when that has none); the agent then listens on --port + 2")
 def up_cmd(root: str, sock: str, example: bool, port: int, bridge: str, subnet: str, cgroup_parent: str | None,
-           exit_after: bool) -> None:
+           exit_after: bool, tls: bool = False) -> None:
     """Run etcd, a scheduler and an agent on this host in the foreground (Ctrl-C stops them all)."""
     from deploy.up import up
 
-    up(root, sock, example, port, exit_after, bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent)
+    up(root, sock, example, port, exit_after, bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent, tls=tls)
 
 
 # --- run and create ---------------------------------------------------------------------------

@@ -121,6 +121,25 @@ def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: flo
                   f"Try: dockyard --scheduler {inv.join} node ls", highlight=False, soft_wrap=True)
 
 
+@cluster.command("join-token")
+@click.argument("role", type=click.Choice(["worker", "manager"]))
+@click.option("--rotate", is_flag=True, help="Make a new token: the old one is refused from now on")
+@click.option("-q", "--quiet", is_flag=True, help="Print the token only")
+@click.pass_context
+def join_token(ctx: click.Context, role: str, rotate: bool, quiet: bool) -> None:
+    """Print the token that joins a node to this cluster as a worker (agent) or a manager (scheduler)."""
+    from deploy.cli_cluster import sched
+    from protos import cluster_pb2 as pb
+
+    token = sched(ctx).call("JoinToken", pb.JoinTokenRequest(role=role, rotate=rotate)).token
+    if quiet:
+        click.echo(token)
+        return
+    what = "an agent" if role == "worker" else "a scheduler replica"
+    click.echo(f"To add {what} to this cluster, run:\n\n    dockyard agent --join HOST:PORT --token {token}\n"
+               if role == "worker" else f"The {role} token (for {what}):\n\n    {token}\n")
+
+
 @cluster.command("down")
 @inventory_opt
 @timeout_opt

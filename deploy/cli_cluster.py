@@ -10,8 +10,10 @@ tasks are bar_web.1, bar_web.2, ... (containers on the nodes: bar_web.1.<task id
 from __future__ import annotations
 
 import json
+import os
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, NoReturn
 
 import click
@@ -32,6 +34,27 @@ def fail(msg: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+def cert_path() -> Path:
+    """Where the CLI's client bundle is: DOCKYARD_CERT_PATH, else ~/.dockyard (docker's DOCKER_CERT_PATH)."""
+    return Path(os.environ.get("DOCKYARD_CERT_PATH") or Path.home() / ".dockyard")
+
+
+def cli_identity() -> transport.Identity:
+    """The admin bundle if there is one (mutual TLS to the scheduler), else plaintext. A
+    DOCKYARD_CERT_PATH without a whole bundle, or a key others may read, is an error naming it."""
+    from common import pki  # cryptography: only when there is TLS to do
+
+    d = cert_path()
+    present = [n for n in (pki.CA_FILE, pki.CERT_FILE, pki.KEY_FILE) if (d / n).exists()]
+    if not present and not os.environ.get("DOCKYARD_CERT_PATH"):
+        return transport.CLI
+    try:
+        return transport.CLI.with_tls(pki.read_bundle(d))
+    except pki.PKIError as e:
+        fail(f"dockyard: no usable TLS client bundle: {e} (DOCKYARD_CERT_PATH, else ~/.dockyard; "
+             f"`dockyard scheduler --tls` writes one to <state-dir>/client)")
+
+
 class SchedulerClient:
     """Calls any scheduler replica of a list; moves on when one is down."""
 
@@ -41,11 +64,12 @@ class SchedulerClient:
             fail("no scheduler address: give --scheduler HOST:PORT or set DOCKYARD_SCHEDULER")
         self.current = 0
         self._channels: dict[str, grpc.Channel] = {}
+        self.identity = cli_identity()
 
     def stub(self, addr: str) -> pbg.SchedulerStub:
         ch = self._channels.get(addr)
         if ch is None:
-            ch = self._channels[addr] = transport.dial_blocking(addr, transport.CLI, transport.Role.SCHEDULER)
+            ch = self._channels[addr] = transport.dial_blocking(addr, self.identity, transport.Role.SCHEDULER)
         return pbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
 
     def call(self, method: str, request: Any, timeout: float = TIMEOUT) -> Any:
@@ -63,8 +87,11 @@ class SchedulerClient:
                     errors.append(f"{addr}: {e.details()}")  # type: ignore[attr-defined]
                     continue
                 fail(f"Error response from scheduler: {e.details()}")  # type: ignore[attr-defined]
+        hint = "" if self.identity.tls is not None else (
+            f" If it runs with --tls, the CLI needs ca.pem, cert.pem and key.pem: none in {cert_path()}"
+            " (looked in DOCKYARD_CERT_PATH, else ~/.dockyard; the scheduler writes them to <state-dir>/client).")
         fail("Cannot connect to the dockyard scheduler at " + ", ".join(self.addresses)
-             + ". Is it running? (" + "; ".join(errors) + ")")
+             + ". Is it running? (" + "; ".join(errors) + ")" + hint)
 
     def live_stub(self) -> pbg.SchedulerStub:
         """The stub of the first replica that answers Status (for streams)."""
@@ -116,7 +143,10 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--state-dir", default=settings.SCHEDULER_STATE, show_default=True,
               help="State directory (the embedded etcd's data lives here)")
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
-def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, state_dir: str, ttl: int) -> None:
+@click.option("--tls", is_flag=True, help="Mutual TLS: a cluster CA in etcd, join tokens, a join port at --listen's port + 1, "
+              "an admin client bundle in <state-dir>/client")
+def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, state_dir: str, ttl: int,
+                  tls: bool = False) -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
     from scheduler.main import SchedulerError, SchedulerOptions, run
 
@@ -124,7 +154,7 @@ def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, sta
         raise click.BadParameter("at least 2 seconds (etcd's minimum lease)", param_hint="--ttl")
     try:
         run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
-                             state_dir=state_dir, ttl=ttl))
+                             state_dir=state_dir, ttl=ttl, tls=tls))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
 

@@ -111,8 +111,25 @@ def _stop(proc: subprocess.Popen[bytes], timeout: float = 20) -> None:
             proc.wait()
 
 
+def _admin_bundle(client: Path, scheduler: subprocess.Popen[bytes], log: Path) -> transport.Identity:
+    """The admin bundle a --tls scheduler writes, once it is there; offered to ~/.dockyard when that
+    has none (docker's DOCKER_CERT_PATH convention), else the export line is printed."""
+    from common import pki
+
+    _wait("scheduler's client bundle", lambda: (client / pki.KEY_FILE).exists(), scheduler, log)
+    bundle = pki.read_bundle(client)
+    home = Path.home() / ".dockyard"
+    if not any((home / n).exists() for n in (pki.CA_FILE, pki.CERT_FILE, pki.KEY_FILE)) \
+            and not os.environ.get("DOCKYARD_CERT_PATH"):
+        pki.write_bundle(home, bundle)
+        click.echo(f"admin TLS bundle written to {home} (the CLI finds it there)")
+    else:
+        click.echo(f"admin TLS bundle in {client}: export DOCKYARD_CERT_PATH={client}")
+    return transport.CLI.with_tls(bundle)
+
+
 def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, *, bridge: str = settings.BRIDGE,
-       subnet: str = settings.SUBNET, cgroup_parent: str | None = None) -> None:
+       subnet: str = settings.SUBNET, cgroup_parent: str | None = None, tls: bool = False) -> None:
     root_p = Path(root)
     root_p.mkdir(parents=True, exist_ok=True)
     sched_addr = f"127.0.0.1:{port}"
@@ -120,10 +137,12 @@ def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, 
     cli = [sys.executable, "-m", "deploy.cli"]
     sched_log, agent_log = root_p / "scheduler.log", root_p / "agent.log"
     with open(sched_log, "ab") as f:
-        scheduler = subprocess.Popen([*cli, "scheduler", "--listen", sched_addr, "--state-dir", str(root_p / "scheduler")],
+        scheduler = subprocess.Popen([*cli, "scheduler", "--listen", sched_addr, "--state-dir", str(root_p / "scheduler"),
+                                      *(["--tls"] if tls else [])],
                                      stdout=f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, env=env)
     agent: subprocess.Popen[bytes] | None = None
-    sched = cpbg.SchedulerStub(transport.dial_blocking(sched_addr, transport.CLI, transport.Role.SCHEDULER))  # type: ignore[no-untyped-call]
+    identity = _admin_bundle(root_p / "scheduler" / "client", scheduler, sched_log) if tls else transport.CLI
+    sched = cpbg.SchedulerStub(transport.dial_blocking(sched_addr, identity, transport.Role.SCHEDULER))  # type: ignore[no-untyped-call]
     stub = pbg.AgentStub(transport.dial_blocking(f"unix://{socket_path}", transport.CLI, transport.Role.AGENT))  # type: ignore[no-untyped-call]
     stopping = False
 
@@ -136,9 +155,13 @@ def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, 
     try:
         _wait("scheduler", lambda: sched.Status(cpb.Empty(), timeout=1).leader, scheduler, sched_log)
         click.echo(f"scheduler: pid {scheduler.pid}, {sched_addr}, etcd under {root_p / 'scheduler'} (log {sched_log})")
+        # With --tls the scheduler's join port is port + 1, so the agent listens on port + 2.
         agent_args = [*cli, "agent", "--root", root, "--socket", socket_path, "--bridge", bridge, "--subnet", subnet,
-                      "--listen", f"127.0.0.1:{port + 1}", "--join", sched_addr,
+                      "--listen", f"127.0.0.1:{port + (2 if tls else 1)}", "--join", sched_addr,
                       "--docker-socket", str(Path(socket_path).parent / "docker.sock")]
+        if tls:
+            token = sched.JoinToken(cpb.JoinTokenRequest(role="worker"), timeout=5).token
+            agent_args += ["--token", token]
         if cgroup_parent:
             agent_args += ["--cgroup-parent", cgroup_parent]
         with open(agent_log, "ab") as f:

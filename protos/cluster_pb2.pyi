@@ -611,3 +611,39 @@ class ListMigrationsResponse(_message.Message):
     MIGRATIONS_FIELD_NUMBER: _ClassVar[int]
     migrations: _containers.RepeatedCompositeFieldContainer[MigrationInfo]
     def __init__(self, migrations: _Optional[_Iterable[_Union[MigrationInfo, _Mapping]]] = ...) -> None: ...
+
+class JoinTokenRequest(_message.Message):
+    __slots__ = ("role", "rotate")
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    ROTATE_FIELD_NUMBER: _ClassVar[int]
+    role: str
+    rotate: bool
+    def __init__(self, role: _Optional[str] = ..., rotate: _Optional[bool] = ...) -> None: ...
+
+class JoinTokenResponse(_message.Message):
+    __slots__ = ("token",)
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    def __init__(self, token: _Optional[str] = ...) -> None: ...
+
+class IssueRequest(_message.Message):
+    __slots__ = ("token", "csr", "name")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    csr: bytes
+    name: str
+    def __init__(self, token: _Optional[str] = ..., csr: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+
+class IssueResponse(_message.Message):
+    __slots__ = ("node_id", "role", "certificate", "ca")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
+    CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    CA_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    role: str
+    certificate: bytes
+    ca: bytes
+    def __init__(self, node_id: _Optional[str] = ..., role: _Optional[str] = ..., certificate: _Optional[bytes] = ..., ca: _Optional[bytes] = ...) -> None: ...

@@ -135,6 +135,11 @@ class SchedulerStub:
                 request_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.ListMigrationsResponse.FromString,
                 _registered_method=True)
+        self.JoinToken = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/JoinToken',
+                request_serializer=protos_dot_cluster__pb2.JoinTokenRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.JoinTokenResponse.FromString,
+                _registered_method=True)
         self.CreateNetwork = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/CreateNetwork',
                 request_serializer=protos_dot_cluster__pb2.CreateNetworkRequest.SerializeToString,
@@ -309,6 +314,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def JoinToken(self, request, context):
+        """`dockyard cluster join-token worker|manager [--rotate]` (a scheduler with --tls)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateNetwork(self, request, context):
         """--- cluster networks (/dockyard/net/; scheduler/network.py) ---
         """
@@ -464,6 +476,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.ListMigrations,
                     request_deserializer=protos_dot_cluster__pb2.Empty.FromString,
                     response_serializer=protos_dot_cluster__pb2.ListMigrationsResponse.SerializeToString,
+            ),
+            'JoinToken': grpc.unary_unary_rpc_method_handler(
+                    servicer.JoinToken,
+                    request_deserializer=protos_dot_cluster__pb2.JoinTokenRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.JoinTokenResponse.SerializeToString,
             ),
             'CreateNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateNetwork,
@@ -1057,6 +1074,33 @@ class Scheduler:
             _registered_method=True)
 
     @staticmethod
+    def JoinToken(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/JoinToken',
+            protos_dot_cluster__pb2.JoinTokenRequest.SerializeToString,
+            protos_dot_cluster__pb2.JoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
     def CreateNetwork(request,
             target,
             options=(),
@@ -1262,6 +1306,90 @@ class Scheduler:
             '/dockyard.cluster.Scheduler/WatchNetworks',
             protos_dot_cluster__pb2.WatchNetworksRequest.SerializeToString,
             protos_dot_cluster__pb2.NetworkMap.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
+class JoinStub:
+    """The join port (server-side TLS only; grpcio cannot make client certificates optional on the
+    mutual-TLS port): a node that holds a join token gets its certificate. The joiner has already
+    read the CA from this port's handshake and checked it against its token's digest, so the token's
+    secret only ever goes to the cluster it names. scheduler/tls.py serves it.
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.IssueNodeCertificate = channel.unary_unary(
+                '/dockyard.cluster.Join/IssueNodeCertificate',
+                request_serializer=protos_dot_cluster__pb2.IssueRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.IssueResponse.FromString,
+                _registered_method=True)
+
+
+class JoinServicer:
+    """The join port (server-side TLS only; grpcio cannot make client certificates optional on the
+    mutual-TLS port): a node that holds a join token gets its certificate. The joiner has already
+    read the CA from this port's handshake and checked it against its token's digest, so the token's
+    secret only ever goes to the cluster it names. scheduler/tls.py serves it.
+    """
+
+    def IssueNodeCertificate(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_JoinServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'IssueNodeCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.IssueNodeCertificate,
+                    request_deserializer=protos_dot_cluster__pb2.IssueRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.IssueResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'dockyard.cluster.Join', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('dockyard.cluster.Join', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Join:
+    """The join port (server-side TLS only; grpcio cannot make client certificates optional on the
+    mutual-TLS port): a node that holds a join token gets its certificate. The joiner has already
+    read the CA from this port's handshake and checked it against its token's digest, so the token's
+    secret only ever goes to the cluster it names. scheduler/tls.py serves it.
+    """
+
+    @staticmethod
+    def IssueNodeCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Join/IssueNodeCertificate',
+            protos_dot_cluster__pb2.IssueRequest.SerializeToString,
+            protos_dot_cluster__pb2.IssueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -112,13 +112,16 @@ def _code(e: grpc.aio.AioRpcError) -> grpc.StatusCode:
 class Agents:
     """One channel per agent address, shared by the dispatcher and the log/exec proxies."""
 
-    def __init__(self) -> None:
-        self._channels: dict[str, grpc.aio.Channel] = {}
+    def __init__(self, identity: transport.Identity = transport.SCHEDULER) -> None:
+        self.identity = identity
+        self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
 
-    def stub(self, address: str) -> apbg.AgentStub:
-        ch = self._channels.get(address)
+    def stub(self, address: str, node_id: str = "") -> apbg.AgentStub:
+        """``node_id`` (the node's agent id, its certificate's CN) is the name a TLS agent must show."""
+        ch = self._channels.get((address, node_id))
         if ch is None:
-            ch = self._channels[address] = transport.dial(address, transport.SCHEDULER, transport.Role.AGENT)
+            ch = self._channels[(address, node_id)] = transport.dial(address, self.identity, transport.Role.AGENT,
+                                                                     node_id)
         return apbg.AgentStub(ch)  # type: ignore[no-untyped-call]
 
     async def close(self) -> None:
@@ -175,7 +178,7 @@ class Dispatcher:
                 t.cancel()
 
     async def _sync(self, node: Node, active: Callable[[], bool]) -> None:
-        stub = self.agents.stub(node.address)
+        stub = self.agents.stub(node.address, node.agent_id)
         try:
             resp = await stub.ListContainers(apb.ListContainersRequest(all=True, filters={"label": TASK_LABEL}),
                                              timeout=CALL_TIMEOUT)

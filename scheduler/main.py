@@ -24,6 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 
@@ -59,6 +60,8 @@ class SchedulerOptions:
     ttl: int = 3  # node and leader lease TTL, seconds
     heartbeat: float = 1.0
     advertise: str = ""  # the address agents and CLIs should use for this replica (default: listen)
+    tls: bool = False  # mutual TLS on --listen, the CA in etcd, a join port (scheduler/tls.py)
+    join_listen: str = ""  # the join port; "" = --listen's port + 1 (where `agent --join` looks)
 
 
 # --- the embedded etcd --------------------------------------------------------------------------
@@ -169,6 +172,10 @@ class Scheduler:
         self.agents = Agents()
         self.etcd_url = ""
         self.port = 0
+        self.join_server: grpc.aio.Server | None = None
+        self.join_port = 0
+        self.identity = transport.SCHEDULER
+        self.denied: Any = None  # scheduler/tls.py DenyList, with --tls
 
     async def start(self) -> None:
         o = self.opts
@@ -192,13 +199,18 @@ class Scheduler:
                                      ttl=o.ttl, heartbeat=o.heartbeat)
         migrator = self.migrator = Migrator(view, store, self.agents, m, replica=self.replica)
         servicer.migrator = migrator
-        self.server = transport.server(transport.SCHEDULER)
+        authorize = None
+        if o.tls:
+            authorize = await self._start_tls(state)
+        self.server = transport.server(self.identity, authorize)
         pbg.add_SchedulerServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         try:
-            self.port = transport.serve(self.server, o.listen, transport.SCHEDULER)
+            self.port = transport.serve(self.server, o.listen, self.identity)
         except (transport.BindError, ValueError) as e:
             raise SchedulerError(f"--listen {o.listen}: cannot bind ({getattr(e, 'reason', e)})") from e
         self.tasks = [asyncio.create_task(view.run(), name="view")]
+        if self.denied is not None:
+            self.tasks.append(asyncio.create_task(self.denied.run(), name="denied-nodes"))
         await asyncio.wait_for(view.loaded.wait(), 10)
         active = lambda: election.is_leader  # noqa: E731
         self.tasks += [asyncio.create_task(election.run(), name="election"),
@@ -206,6 +218,8 @@ class Scheduler:
                        asyncio.create_task(dispatcher.run(active), name="dispatch"),
                        asyncio.create_task(migrator.watch(active), name="migrations")]
         await self.server.start()
+        if self.join_server is not None:
+            await self.join_server.start()
         if o.metrics_addr:
             try:
                 self.metrics_server = metrics_mod.serve(o.metrics_addr, m.registry, nodes=view.node_list)
@@ -213,9 +227,35 @@ class Scheduler:
                 log.error("no /metrics: %s", e)
         log.info("scheduler %s serving on %s (etcd %s)", self.replica, o.listen, self.etcd_url)
 
+    async def _start_tls(self, state: Path) -> transport.Authorizer:
+        """The cluster CA (made by the first replica), this replica's certificate, the admin client
+        bundle in <state>/client, and the join port beside the mutual-TLS one."""
+        from scheduler import tls
+
+        assert self.store is not None
+        cca = await tls.ensure_ca(self.store)
+        if not self.opts.join_listen:
+            host, _, port = self.opts.listen.removeprefix("tcp://").rpartition(":")
+            self.opts.join_listen = f"{host}:{int(port) + 1}" if port.isdigit() and int(port) else f"{host}:0"
+        self.identity = transport.Identity(transport.Role.SCHEDULER, tls.write_local_bundles(state, cca, self.replica))
+        self.agents.identity = self.identity
+        self.join_server = transport.server(self.identity)
+        pbg.add_JoinServicer_to_server(tls.JoinServicer(self.store), self.join_server)  # type: ignore[no-untyped-call]
+        try:
+            self.join_port = transport.serve(self.join_server, self.opts.join_listen, self.identity, client_auth=False)
+        except (transport.BindError, ValueError) as e:
+            raise SchedulerError(f"the join port {self.opts.join_listen}: cannot bind ({getattr(e, 'reason', e)})") from e
+        log.info("cluster %s: mutual TLS on %s, join port %s, admin bundle in %s", cca.ca.cluster_id,
+                 self.opts.listen, self.opts.join_listen, state / "client")
+        self.denied = tls.DenyList(self.store)
+        await self.denied.load()
+        return tls.authorizer(cca, self.denied)
+
     async def stop(self) -> None:
         if hasattr(self, "election"):
             await self.election.resign()
+        if self.join_server is not None:
+            await self.join_server.stop(grace=0)
         if self.server is not None:
             await self.server.stop(grace=1)
         for t in reversed(self.tasks):

@@ -31,6 +31,7 @@ from typing import Any
 
 import grpc
 
+from common import faults
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
 from scheduler.dispatch import TASK_LABEL, Agents
@@ -115,22 +116,14 @@ class Migrator:
         self.clock = clock
         self.recover_every = recover_every
         self.running: dict[str, asyncio.Task[Any]] = {}  # migration id -> its runner, here
-        # Fault injection for tests, only with DOCKYARD_FAULT_INJECTION=1 in the scheduler's
-        # environment: a service labelled dockyard.fault.pause=<phase>:<seconds> has its migrations
-        # wait that long at that phase (running: before the agent is called; finishing: after the
-        # agent moved it, before the task is moved in etcd), so a test can kill something there.
-        import os
-
-        self.faults = os.environ.get("DOCKYARD_FAULT_INJECTION") == "1"
+        self.faults = faults.FAULTS  # tests pause migrations at a phase (common/faults.py)
 
     async def _pause(self, m: Migration, phase: str) -> None:
         svc = self.view.services.get(m.service)
-        if not self.faults or svc is None:
-            return
-        at, _, secs = dict(svc.spec.labels).get("dockyard.fault.pause", "").partition(":")
-        if at == phase:
+        secs = self.faults.migration_pause(dict(svc.spec.labels), phase) if svc is not None else 0.0
+        if secs:
             log.warning("fault injection: migration %s pauses %s s at phase %s", m.id, secs, phase)
-            await asyncio.sleep(float(secs or 0))
+            await asyncio.sleep(secs)
 
     # --- deciding ------------------------------------------------------------------------------
 
@@ -231,7 +224,7 @@ class Migrator:
             m = await self._set_phase(m, "running")
             await self._pause(m, "running")
             source, target = self.view.nodes[m.source], self.view.nodes[m.target]
-            stub = self.agents.stub(source.address)
+            stub = self.agents.stub(source.address, source.agent_id)
             done: apb.MigrateProgress | None = None
             call = stub.MigrateContainer(apb.MigrateRequest(id=self._container(m), target=target.address,
                                                             live=m.mode == "live"), timeout=600)
@@ -324,7 +317,7 @@ class Migrator:
     async def _held(self, node: Node, task_id: str) -> list[apb.ContainerSummary] | None:
         """The task's containers on the node; None when its agent does not answer."""
         try:
-            r = await self.agents.stub(node.address).ListContainers(
+            r = await self.agents.stub(node.address, node.agent_id).ListContainers(
                 apb.ListContainersRequest(all=True, filters={"label": f"{TASK_LABEL}={task_id}"}),
                 timeout=CALL_TIMEOUT)
         except grpc.aio.AioRpcError:
@@ -346,7 +339,7 @@ class Migrator:
                 return ""  # wait for the source agent (or for its node to be declared down)
             assert source is not None
             for c in on_source:
-                await self.agents.stub(source.address).RemoveContainer(
+                await self.agents.stub(source.address, source.agent_id).RemoveContainer(
                     apb.RemoveContainerRequest(id=c.id, force=True), timeout=CALL_TIMEOUT)
             await self._finish(m, running_target[0].id)
             return "finished"
@@ -366,7 +359,7 @@ class Migrator:
         assert source is not None
         if on_target and target is not None:
             await self._remove_all(target, on_target)
-        stub = self.agents.stub(source.address)
+        stub = self.agents.stub(source.address, source.agent_id)
         for c in on_source:
             if c.state in ("running", "paused"):
                 break
@@ -403,7 +396,7 @@ class Migrator:
 
     async def _remove_all(self, node: Node, cs: list[apb.ContainerSummary]) -> None:
         for c in cs:
-            await self.agents.stub(node.address).RemoveContainer(apb.RemoveContainerRequest(id=c.id, force=True),
+            await self.agents.stub(node.address, node.agent_id).RemoveContainer(apb.RemoveContainerRequest(id=c.id, force=True),
                                                                  timeout=CALL_TIMEOUT)
 
     # --- many at once ---------------------------------------------------------------------------

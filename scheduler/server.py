@@ -71,6 +71,16 @@ class Refused(ClusterError):
     code = grpc.StatusCode.FAILED_PRECONDITION
 
 
+class Forbidden(ClusterError):
+    code = grpc.StatusCode.PERMISSION_DENIED
+
+
+def _agent_caller() -> str:
+    """The node id of the agent certificate calling, or "" (a plaintext scheduler, or not an agent)."""
+    who = transport.caller()
+    return who.node_id if who is not None and who.role == "agent" else ""
+
+
 def _status(e: Exception) -> tuple[grpc.StatusCode, str]:
     if isinstance(e, ClusterError):
         return e.code, str(e)
@@ -180,8 +190,13 @@ class SchedulerServicer(pbg.SchedulerServicer):
             raise NotFound(f"node {request.name} not found")
         if request.name in await self.store.alive_nodes() and not request.force:
             raise Refused(f"node {request.name} is up: drain it and stop its agent first, or use --force")
-        rev = await self.store.commit([Delete(self.store.keys.node(n.name), n.mod_revision),
-                                       Delete(self.store.keys.alive(n.name), None)])
+        ops: list[Op] = [Delete(self.store.keys.node(n.name), n.mod_revision),
+                         Delete(self.store.keys.alive(n.name), None)]
+        if transport.caller() is not None and n.agent_id:
+            from scheduler import tls  # its certificate is refused from now on, on every replica
+
+            ops.append(tls.denied_op(self.store, n.agent_id))
+        rev = await self.store.commit(ops)
         await self.view.wait_revision(rev)
         return pb.Empty()
 
@@ -416,7 +431,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if t.node is None:
             raise Refused(f"task {t.name} is not on a node ({t.state.value}: {t.error})")
         node = self._node(t.node)
-        return node, self.agents.stub(node.address)
+        return node, self.agents.stub(node.address, node.agent_id)
 
     async def Logs(self, request: pb.LogsRequest, context: grpc.aio.ServicerContext) -> AsyncIterator[pb.LogLine]:
         try:
@@ -503,7 +518,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
             if not addr or addr == self.election.address:
                 await context.abort(grpc.StatusCode.UNAVAILABLE, "no scheduler leader right now; try again")
                 return
-            async with transport.dial(addr, transport.SCHEDULER, transport.Role.SCHEDULER) as ch:
+            async with transport.dial(addr, self.agents.identity, transport.Role.SCHEDULER) as ch:
                 call = getattr(pbg.SchedulerStub(ch), method)(request)  # type: ignore[no-untyped-call]
                 try:
                     async for p in call:
@@ -636,6 +651,10 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     async def WatchNetworks(self, request: pb.WatchNetworksRequest,
                             context: grpc.aio.ServicerContext) -> AsyncIterator[pb.NetworkMap]:
+        try:
+            self._own_node(request.node)
+        except Forbidden as e:
+            await context.abort(e.code, str(e))
         changed = asyncio.Event()
         changed.set()
         self.view.net_listeners.append(changed.set)
@@ -663,15 +682,22 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if not request.name or not request.address:
             raise Invalid("register needs a node name and an address")
         node = convert.node_from_register(request)
+        cn = _agent_caller()
+        if cn and node.agent_id != cn:
+            raise Forbidden(f"agent {cn} may register only as itself, not as {node.agent_id or 'no id'}")
         old = await self.store.get_node(node.name)
         alive = node.name in await self.store.alive_nodes()
         if old is not None:
+            if cn and old.agent_id and old.agent_id != cn:
+                # Over TLS a name belongs to the certificate that registered it first, alive or not.
+                raise Forbidden(f"node name {node.name} belongs to agent {old.agent_id}, not {cn}")
             if alive and old.agent_id and old.agent_id != node.agent_id:
                 raise Exists(f"node name {node.name} is taken by a live agent at {old.address}; "
                              f"give this one another --name")
-            # what operators set stays: availability, and labels added with `node label`
+            # what operators set stays: availability, and labels added with `node label`; over TLS
+            # the labels are frozen at admission (they steer workloads: only an admin changes them)
             node.availability = old.availability
-            node.labels = {**old.labels, **node.labels}
+            node.labels = dict(old.labels) if cn else {**old.labels, **node.labels}
             node.mod_revision = old.mod_revision
         lease = await self.store.grant_lease(self.ttl)
         ops: list[Op] = [self.store.put_node_op(node), Put(self.store.keys.alive(node.name), b"", None, lease=lease)]
@@ -686,12 +712,35 @@ class SchedulerServicer(pbg.SchedulerServicer):
         return pb.RegisterResponse(lease_id=lease, heartbeat_ms=int(self.heartbeat * 1000), ttl_s=self.ttl)
 
     @_mapped
+    async def JoinToken(self, request: pb.JoinTokenRequest, context: Any) -> pb.JoinTokenResponse:
+        from scheduler import tls
+
+        if request.role not in tls.TOKEN_ROLE:
+            raise Invalid(f"join token role {request.role!r}: expected worker or manager")
+        if transport.caller() is None:
+            raise Refused("this scheduler runs without --tls: there are no join tokens")
+        if request.rotate:
+            return pb.JoinTokenResponse(token=await tls.rotate_token(self.store, request.role))
+        return pb.JoinTokenResponse(token=(await tls.ensure_ca(self.store)).tokens[request.role])
+
+    def _own_node(self, name: str) -> None:
+        """An agent certificate speaks only for the node it registered (its CN is the node's agent id)."""
+        cn = _agent_caller()
+        if not cn:
+            return
+        node = self.view.nodes.get(name)
+        if node is None or node.agent_id != cn:
+            raise Forbidden(f"agent {cn} may not act for node {name or '(none)'}")
+
+    @_mapped
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
+        self._own_node(request.name)
         ok = await self.store.keep_alive(request.lease_id)
         return pb.HeartbeatResponse(ok=ok)
 
     @_mapped
     async def ReportTasks(self, request: pb.ReportTasksRequest, context: Any) -> pb.Empty:
+        self._own_node(request.node)
         now = self.clock()
         seen = set()
         for r in request.tasks:

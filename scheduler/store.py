@@ -90,6 +90,10 @@ class Keys:
     def leader(self) -> bytes:
         return self.root + b"leader"
 
+    def ca(self, name: str = "") -> bytes:
+        """The cluster CA (``root``), the join tokens (``tokens/<role>``), removed nodes (``denied/<id>``)."""
+        return self.root + b"ca/" + name.encode()
+
     def net(self) -> bytes:
         return self.root + b"net/"
 

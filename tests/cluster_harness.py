@@ -26,9 +26,12 @@ from tests.agent_harness import CLI, REPO, STARTED, AgentProcess, _env, free_por
 BUSYBOX = "busybox:latest"
 
 
-def cli(scheduler: str, *args: str, timeout: float = 60, host: str = "") -> subprocess.CompletedProcess[str]:
+def cli(scheduler: str, *args: str, timeout: float = 60, host: str = "",
+        cert_path: str = "") -> subprocess.CompletedProcess[str]:
     env = _env()
     env["DOCKYARD_SCHEDULER"] = scheduler
+    if cert_path:
+        env["DOCKYARD_CERT_PATH"] = cert_path
     pre = ["-H", host] if host else []
     return subprocess.run([*CLI, *pre, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=REPO)
 
@@ -45,13 +48,26 @@ def wait_for(pred: Any, timeout: float = 20, what: str = "condition", every: flo
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
 
 
+def free_port_pair() -> int:
+    """A free loopback port whose successor is free too (a --tls scheduler's join port is port + 1)."""
+    import socket
+
+    for _ in range(50):
+        port = free_port()
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port + 1))
+            return port
+    raise RuntimeError("no two free consecutive loopback ports")
+
+
 class SchedulerProcess:
     def __init__(self, base: Path, etcd: str = "", listen: str = "", metrics: bool = True,
-                 netns: str = "", ttl: int = 0) -> None:
+                 netns: str = "", ttl: int = 0, tls: bool = False) -> None:
         self.base = base
         self.ttl = ttl  # node and leader lease TTL, seconds (0: the scheduler's default)
         self.etcd = etcd
-        self.address = listen or f"127.0.0.1:{free_port()}"
+        self.tls = tls  # --tls: mutual TLS; this harness talks to it with the admin bundle it writes
+        self.address = listen or f"127.0.0.1:{free_port_pair() if tls else free_port()}"
         self.metrics_addr = f"127.0.0.1:{free_port()}" if metrics else ""
         self.netns = netns
         self.proc: subprocess.Popen[bytes] | None = None
@@ -63,9 +79,23 @@ class SchedulerProcess:
                 "--metrics-addr", self.metrics_addr]
         if self.etcd:
             args += ["--etcd", self.etcd]
+        if self.tls:
+            args += ["--tls"]
         if self.ttl:
             args += ["--ttl", str(self.ttl)]
         return args
+
+    @property
+    def cert_path(self) -> Path:
+        """The admin client bundle a --tls scheduler writes (DOCKYARD_CERT_PATH for the CLI)."""
+        return self.base / "state" / "client"
+
+    def identity(self) -> transport.Identity:
+        if not self.tls:
+            return transport.CLI
+        from common import pki
+
+        return transport.CLI.with_tls(pki.read_bundle(self.cert_path))
 
     def spawn(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -83,7 +113,7 @@ class SchedulerProcess:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"scheduler exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
-            with contextlib.suppress(grpc.RpcError):
+            with contextlib.suppress(grpc.RpcError, OSError, ValueError):  # a --tls bundle not written yet
                 self.status()
                 return
             time.sleep(0.1)
@@ -92,7 +122,7 @@ class SchedulerProcess:
     @property
     def stub(self) -> cpbg.SchedulerStub:
         if self._channel is None:
-            self._channel = transport.dial_blocking(self.address, transport.CLI, transport.Role.SCHEDULER)
+            self._channel = transport.dial_blocking(self.address, self.identity(), transport.Role.SCHEDULER)
         return cpbg.SchedulerStub(self._channel)  # type: ignore[no-untyped-call]
 
     def status(self) -> cpb.SchedulerStatus:
@@ -143,9 +173,10 @@ class SchedulerProcess:
 class JoinedAgent(AgentProcess):
     """A test agent (tests/agent_harness.py) that also serves TCP and joins a scheduler."""
 
-    def __init__(self, base: Path, join: str, name: str = "") -> None:
+    def __init__(self, base: Path, join: str, name: str = "", token: str = "") -> None:
         super().__init__(base)
         self.join = join
+        self.token = token  # a join token: the agent joins a --tls scheduler by it
         self.listen = f"127.0.0.1:{free_port()}"
         self.node = name or f"node-{self.bridge}"
 
@@ -159,7 +190,7 @@ class JoinedAgent(AgentProcess):
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
                  "--subnet", self.subnet, "--name", self.node, "--cgroup-parent", self.cgroup_parent,
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--listen", self.listen, "--join", self.join,
-                 "--docker-socket", str(self.docker_socket),
+                 "--docker-socket", str(self.docker_socket), *(["--token", self.token] if self.token else []),
                  "--ip-forward=false", "--ip-masq=false"],  # the machine's own namespace: left alone
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -23,31 +24,43 @@ class Events:
         self.recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=KEEP)
         for c in manager.containers.values():
             self._last[c.id] = (c.state.status, c.name)
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.get_ident()
         manager.on_change.append(self._changed)
         manager.on_remove.append(self._removed)
 
     def _changed(self, c: Container) -> None:
+        # The manager saves from worker threads too (a create runs in one): hand it to the loop.
+        if threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self._seen, c, c.state.status, c.name)
+        else:
+            self._seen(c, c.state.status, c.name)
+
+    def _seen(self, c: Container, now: str, now_name: str) -> None:
         before = self._last.get(c.id)
-        self._last[c.id] = (c.state.status, c.name)
+        self._last[c.id] = (now, now_name)
         if before is None:
             self.container(c, "create")
-            if c.state.status == "running":
+            if now == "running":
                 self.container(c, "start")
             return
         status, name = before
-        if name != c.name:
+        if name != now_name:
             self.container(c, "rename", oldName="/" + name)
-        if status == c.state.status:
+        if status == now:
             return
-        if status == "paused" and c.state.status == "running":
+        if status == "paused" and now == "running":
             self.container(c, "unpause")
-        elif c.state.status in _ACTIONS:
-            extra = {"exitCode": str(c.state.exit_code)} if _ACTIONS[c.state.status] == "die" else {}
-            if c.state.status == "exited" and c.state.oom_killed:
+        elif now in _ACTIONS:
+            extra = {"exitCode": str(c.state.exit_code)} if _ACTIONS[now] == "die" else {}
+            if now == "exited" and c.state.oom_killed:
                 self.container(c, "oom")
-            self.container(c, _ACTIONS[c.state.status], **extra)
+            self.container(c, _ACTIONS[now], **extra)
 
     def _removed(self, c: Container) -> None:
+        if threading.get_ident() != self._thread:
+            self._loop.call_soon_threadsafe(self._removed, c)
+            return
         self._last.pop(c.id, None)
         self.container(c, "destroy")
 

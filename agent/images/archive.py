@@ -42,10 +42,10 @@ from .config import (
 from .errors import ImageError, InvalidArchive, InvalidReference
 from .layers import CHUNK, HashingReader, TarReader, decompressed, member_parts, reading_errors
 from .safefs import Root, UnsafePath
-from .store import check_digest, sha256_bytes
+from .store import Tee, check_digest, sha256_bytes
 
 if TYPE_CHECKING:
-    from .imagestore import ImageStore, _Tee
+    from .imagestore import ImageStore
 
 MAX_JSON = 16 << 20  # manifests and configs larger than this are refused
 
@@ -439,10 +439,8 @@ def _install(store: ImageStore, p: _Pending, created_blobs: list[str], created_c
     return store._record_image(p.config_bytes, recorded, p.names, manifest_bytes=p.manifest_bytes)
 
 
-def _tee(stream: IO[bytes], writer: Any) -> _Tee:
-    from .imagestore import _Tee
-
-    return _Tee(stream, writer)
+def _tee(stream: IO[bytes], writer: Any) -> Tee:
+    return Tee(stream, writer)
 
 
 # --- save -------------------------------------------------------------------------------------------------

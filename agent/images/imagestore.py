@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import Any, BinaryIO
 
 from . import reference as _ref
 from .config import (
@@ -37,27 +37,9 @@ from .config import (
 from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
 from .layers import Limits, decompressed
 from .snapshotter import Snapshotter
-from .store import ContentStore, Writer, check_digest
+from .store import ContentStore, Tee, check_digest
 
 _RUNNING_STATES = ("(running)", "(paused)", "(restarting)")
-
-
-class _Tee:
-    """Reads from ``src`` and copies every byte to a content-store writer."""
-
-    def __init__(self, src: IO[bytes], writer: Writer) -> None:
-        self._src = src
-        self._writer = writer
-
-    def read(self, n: int = -1) -> bytes:
-        data = self._src.read(n)
-        if data:
-            self._writer.write(data)
-        return data
-
-    def peek(self, n: int = 0) -> bytes:
-        # No compression sniffing through the tee: the stream is already plain tar.
-        return b"\0" * 8
 
 
 @dataclass
@@ -227,7 +209,7 @@ class ImageStore:
         created = time.time()
         with self.content.writer() as blob:
             stream, _ = decompressed(fileobj)
-            _, stats = self.snapshotter.apply("", _Tee(stream, blob), what="import",  # type: ignore[arg-type]
+            _, stats = self.snapshotter.apply("", Tee(stream, blob), what="import",  # type: ignore[arg-type]
                                               bound=self.limits.budget().bound())
             layer_digest = blob.commit(stats.diff_id, what="import layer")
         history = [{"created": _rfc3339(created), "comment": message or "Imported from -"}]

@@ -18,7 +18,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from .errors import ImageNotFound, InvalidArchive
 
@@ -218,3 +218,21 @@ class ContentStore:
 
     def total_size(self) -> int:
         return sum(e.stat().st_size for e in (self.root / "blobs" / "sha256").iterdir())
+
+
+class Tee:
+    """Reads from ``src`` and copies every byte to a content-store writer."""
+
+    def __init__(self, src: IO[bytes], writer: Writer) -> None:
+        self._src = src
+        self._writer = writer
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._src.read(n)
+        if data:
+            self._writer.write(data)
+        return data
+
+    def peek(self, n: int = 0) -> bytes:
+        # No compression sniffing through the tee: the stream is already plain tar.
+        return b"\0" * 8

@@ -136,7 +136,7 @@ def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | Non
         detail = f"{type(e).__name__}: {e}"
         if not isinstance(e, OSError):
             detail += "\n" + traceback.format_exc(limit=3)
-        from agent.runtime.shim import trace
+        from agent.runtime.procs import trace
 
         trace("init failed: " + traceback.format_exc().replace("\n", " | "))  # (DOCKYARD_TRACE: where)
         _report(ctl, f"container init failed: {detail}", code)
@@ -150,7 +150,7 @@ def _report(ctl: socket.socket, message: str, code: int) -> None:
 
 def _configure(spec: RuntimeSpec, msg: dict[str, Any], lo_up: bool = False) -> None:
     from agent.runtime import network
-    from agent.runtime.shim import trace
+    from agent.runtime.procs import trace
 
     share_net = "net" not in spec.namespaces
     if not share_net:

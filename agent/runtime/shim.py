@@ -30,16 +30,10 @@ from typing import Any, NoReturn
 
 from agent.runtime import cgroups, frames, init, monitor, rootfs
 from agent.runtime import syscalls as sc
+from agent.runtime.procs import pid_start_time as pid_start_time  # re-exported: the agent's users
+from agent.runtime.procs import process_alive as process_alive
+from agent.runtime.procs import trace as trace
 from agent.runtime.spec import RuntimeSpec, write_atomic
-
-_TRACE = os.environ.get("DOCKYARD_TRACE")
-
-
-def trace(what: str) -> None:
-    """DOCKYARD_TRACE=FILE: time stamps of the start and exit path, for finding slow steps."""
-    if _TRACE:
-        with contextlib.suppress(OSError), open(_TRACE, "a") as f:
-            f.write(f"{time.monotonic():.6f} {os.getpid()} {what}\n")
 
 
 class ShimFiles:
@@ -54,13 +48,6 @@ class ShimFiles:
         self.socket = Path(socket_path)
 
 
-def pid_start_time(pid: int) -> int:
-    """Field 22 of /proc/PID/stat: with the pid it names one process, even after pid reuse."""
-    with open(f"/proc/{pid}/stat") as f:
-        data = f.read()
-    return int(data[data.rindex(")") + 2:].split()[19])
-
-
 def resources_from_dict(d: dict[str, Any]) -> cgroups.Resources:
     d = dict(d)
     for key in ("device_read_bps", "device_write_bps"):
@@ -68,17 +55,6 @@ def resources_from_dict(d: dict[str, Any]) -> cgroups.Resources:
     if "devices" in d:  # (a spec written before device rules has none: docker's default then)
         d["devices"] = tuple(cgroups.DeviceRule(**r) for r in d["devices"])
     return cgroups.Resources(**d)
-
-
-def process_alive(pid: int, start_time: int) -> bool:
-    """This very process (pid and start time) exists and has not exited (a zombie has)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            data = f.read()
-    except OSError:
-        return False
-    rest = data[data.rindex(")") + 2:].split()
-    return rest[0] not in ("Z", "X") and int(rest[19]) == start_time
 
 
 # The cgroup driver of the agent's (root, parent), detected by the zygote before it forks us.
