@@ -20,7 +20,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import names, restart
 from agent.checkpointing import Checkpoints
@@ -46,7 +46,34 @@ from agent.runtime.shim import ShimFiles
 from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 
+if TYPE_CHECKING:
+    import ipaddress
+    from collections.abc import Sequence
+
+    from agent.images.imagestore import ImageStore
+    from agent.runtime.network import Endpoint, PortMapping
+    from agent.runtime.network.model import OverlayEndpoint
+
 log = logging.getLogger("dockyard.agent")
+
+
+class ContainerNetwork(Protocol):
+    """What the manager needs of the containers' network: runtime/network/bridge.py's BridgeNetwork
+    today; an overlay network is a second implementation of these."""
+
+    @property
+    def state_dir(self) -> Path: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def subnet(self) -> ipaddress.IPv4Network: ...
+
+    def allocate(self, container_id: str, ports: Sequence[PortMapping]) -> Endpoint: ...
+    def release(self, container_id: str) -> None: ...
+    def attach(self, endpoint: Endpoint, pid: int) -> None: ...
+    def detach(self, endpoint: Endpoint) -> None: ...
+    def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
+                          ) -> tuple[OverlayEndpoint, ...]: ...
 
 USERNS_REMAP_BASE = 100000
 USERNS_REMAP_SIZE = 65536
@@ -70,7 +97,7 @@ def parse_signal(sig: str | int | None, default: int = signal.SIGKILL) -> int:
 
 
 class ContainerManager:
-    def __init__(self, root: Path, images: Any, network: Any, cgroup_driver: cgroups.CgroupDriver,
+    def __init__(self, root: Path, images: ImageStore, network: ContainerNetwork, cgroup_driver: cgroups.CgroupDriver,
                  zygote: Zygote, run_dir: Path) -> None:
         self.root = root
         self.dir = root / "containers"
@@ -307,9 +334,9 @@ class ContainerManager:
             ),
             hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
             cgroup=resources, cgroup_parent=self.cg.parent,
-            cgroup_root=getattr(self.cg, "root", "/sys/fs/cgroup"),
-            network=c.endpoint, network_state_dir=str(getattr(self.network, "state_dir", "")),
-            bridge=getattr(self.network, "name", ""), subnet=str(getattr(self.network, "subnet", "")),
+            cgroup_root=self.cg.root,
+            network=c.endpoint, network_state_dir=str(self.network.state_dir),
+            bridge=self.network.name, subnet=str(self.network.subnet),
             etc_hosts=hosts, log_path=str(files.log), devices=nodes,
             etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None else _resolv_conf(),
         )
@@ -857,7 +884,7 @@ class ContainerManager:
             proc.capabilities, proc.seccomp = list(ALL_CAPABILITIES), False
         info = self._init_info(c)
         req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": proc,
-               "cgroup": {"root": getattr(self.cg, "root", "/sys/fs/cgroup"), "parent": self.cg.parent,
+               "cgroup": {"root": self.cg.root, "parent": self.cg.parent,
                           "name": c.id}}
         return self.zygote.request(req, fds)
 

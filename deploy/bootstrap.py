@@ -100,6 +100,10 @@ class HostSpec:
         return f"{self.advertise}:{self.agent_port}"
 
 
+ETCD_CLIENT_PORT, ETCD_PEER_PORT = 2379, 2380
+ETCD_MEMBERS = 3  # raft: 3 members survive the loss of any one
+
+
 @dataclass
 class Inventory:
     path: Path
@@ -109,6 +113,19 @@ class Inventory:
     @property
     def schedulers(self) -> list[HostSpec]:
         return [h for h in self.hosts if h.is_scheduler]
+
+    @property
+    def etcd_members(self) -> list[HostSpec]:
+        """The hosts `cluster up` runs an etcd member on: with no `etcd:` of the user's and three
+        hosts or more, the scheduler hosts first, then the others in order, three of them."""
+        if self.etcd or len(self.hosts) < ETCD_MEMBERS:
+            return []
+        return (self.schedulers + [h for h in self.hosts if not h.is_scheduler])[:ETCD_MEMBERS]
+
+    @property
+    def etcd_urls(self) -> str:
+        """What the schedulers are given as --etcd: the user's, or our members' client URLs."""
+        return self.etcd or ",".join(f"http://{h.advertise}:{ETCD_CLIENT_PORT}" for h in self.etcd_members)
 
     @property
     def join(self) -> str:
@@ -352,7 +369,7 @@ def parse_inventory(text: str, file: Path, check_files: bool = True) -> Inventor
     if not c.problems:
         if n_sched == 0:
             c.bad(("hosts",), "no host has `role: scheduler`: one host must run the scheduler")
-        elif n_sched > 1 and not etcd:
+        elif n_sched > 1 and not etcd and len(hosts) < ETCD_MEMBERS:
             second = [i for i, h in enumerate(hosts_v) if isinstance(h, dict) and h.get("role") == "scheduler"][1:2]
             c.bad(("hosts", *second, "role"), f"{n_sched} hosts have `role: scheduler`: replicas share one etcd, so give "
                               "`etcd: http://HOST:PORT,...` (with no etcd, each scheduler starts its own "
@@ -471,7 +488,16 @@ def _dirs(state_dir: str) -> tuple[Path, Path]:
 
 
 def _ready(req: dict[str, Any]) -> bool:
-    """The started process answers: a scheduler (Status) or a node that is ready (ListNodes)."""
+    """The started process answers: an etcd member (healthy: its cluster has a quorum), a
+    scheduler (Status) or a node that is ready (ListNodes)."""
+    if "etcd" in req:
+        import urllib.request
+
+        try:
+            with urllib.request.urlopen(f"{req['etcd']}/health", timeout=2) as r:
+                return b'"health":"true"' in r.read()
+        except OSError:
+            return False
     import grpc
 
     from common import transport
@@ -556,8 +582,11 @@ def remote_start(req: dict[str, Any]) -> dict[str, Any]:
             why = f"exited with code {code}"
             break
         if time.monotonic() > deadline:
-            what = f"node {req['ready']['node']} ready" if "node" in req["ready"] else "the scheduler answering"
-            why = f"not ready after {req.get('timeout', 60)} s (waited for {what} at {req['ready']['scheduler']})"
+            rd = req["ready"]
+            what = (f"etcd healthy at {rd['etcd']} (its members' quorum)" if "etcd" in rd else
+                    f"node {rd['node']} ready at {rd['scheduler']}" if "node" in rd else
+                    f"the scheduler answering at {rd['scheduler']}")
+            why = f"not ready after {req.get('timeout', 60)} s (waited for {what})"
             break
         time.sleep(0.2)
     # Not half-started: what did not come up is stopped again.
@@ -605,7 +634,10 @@ def remote_check(req: dict[str, Any]) -> dict[str, Any]:
 
 
 def readiness(inv: Inventory, h: HostSpec, what: str) -> dict[str, str]:
-    """What `start` waits for: the scheduler answering, or the agent answering and its node ready."""
+    """What `start` waits for: the etcd member healthy, the scheduler answering, or the agent
+    answering and its node ready."""
+    if what == "etcd":
+        return {"etcd": f"http://{h.advertise}:{ETCD_CLIENT_PORT}"}
     if what == "scheduler":
         return {"scheduler": h.scheduler_addr}
     return {"scheduler": inv.join, "node": h.name, "agent": h.agent_addr}
@@ -619,8 +651,8 @@ def up_local(req: dict[str, Any]) -> dict[str, Any]:
     if h is None:
         return {"error": f"{req['inventory']}: no host named {req['host']!r}"}
     out: dict[str, Any] = {}
-    for what in (["scheduler"] if h.is_scheduler else []) + ["agent"]:
-        argv = scheduler_argv(inv, h) if what == "scheduler" else agent_argv(inv, h)
+    for what in (["etcd"] if h in inv.etcd_members else []) + (["scheduler"] if h.is_scheduler else []) + ["agent"]:
+        argv = _argv(inv, h, what)
         ready = readiness(inv, h, what)
         out[what] = remote_start({"name": what, "argv": argv, "cwd": h.project_dir, "state_dir": h.state_dir,
                                   "ready": ready, "timeout": req.get("timeout", 60)})
@@ -855,9 +887,23 @@ async def _prepare(s: Session, bundle: Bundle, o: Options) -> None:
 def scheduler_argv(inv: Inventory, h: HostSpec) -> list[str]:
     argv = [h.python, "-m", "deploy.cli", "scheduler", "--listen", h.scheduler_addr,
             "--state-dir", str(PurePosixPath(h.state_dir) / "scheduler")]
-    if inv.etcd:
-        argv += ["--etcd", inv.etcd]
+    if inv.etcd_urls:
+        argv += ["--etcd", inv.etcd_urls]
     return [*argv, *h.scheduler_args]
+
+
+def etcd_argv(inv: Inventory, h: HostSpec) -> list[str]:
+    """One member of the cluster's etcd (Debian's etcd-server, installed by deploy/install.sh),
+    on the host's advertised address; its data under the host's state dir. The initial-cluster
+    flags only count the first time: a member with data rejoins its cluster as it was."""
+    peers = ",".join(f"{m.name}=http://{m.advertise}:{ETCD_PEER_PORT}" for m in inv.etcd_members)
+    token = "dockyard-" + hashlib.sha256(peers.encode()).hexdigest()[:16]
+    client, peer = f"http://{h.advertise}:{ETCD_CLIENT_PORT}", f"http://{h.advertise}:{ETCD_PEER_PORT}"
+    return [settings.ETCD, "--logger=zap", "--log-level=warn", "--name", h.name,
+            "--data-dir", str(PurePosixPath(h.state_dir) / "etcd"),
+            "--listen-client-urls", client, "--advertise-client-urls", client,
+            "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+            "--initial-cluster", peers, "--initial-cluster-token", token, "--initial-cluster-state", "new"]
 
 
 def agent_argv(inv: Inventory, h: HostSpec) -> list[str]:
@@ -872,7 +918,7 @@ def agent_argv(inv: Inventory, h: HostSpec) -> list[str]:
 async def _start(s: Session, inv: Inventory, what: str, o: Options) -> dict[str, Any]:
     h, step = s.spec, f"start {what}"
     s.reporter.begin(h.name, step)
-    argv = scheduler_argv(inv, h) if what == "scheduler" else agent_argv(inv, h)
+    argv = _argv(inv, h, what)
     ready = readiness(inv, h, what)
     req = {"op": "start", "name": what, "argv": argv, "cwd": h.project_dir, "state_dir": h.state_dir,
            "ready": ready, "timeout": o.ready_timeout}
@@ -880,9 +926,15 @@ async def _start(s: Session, inv: Inventory, what: str, o: Options) -> dict[str,
     if "error" in out:
         raise StepFailed(h.name, step, str(out["error"]))
     detail = f"pid {out['pid']}" + (", already running" if out.get("already") else "") + \
-             (f", {h.scheduler_addr}" if what == "scheduler" else f", node {h.name} ready")
+             (f", {h.scheduler_addr}" if what == "scheduler" else
+              f", member of {len(inv.etcd_members)}" if what == "etcd" else f", node {h.name} ready")
     s.reporter.ok(h.name, step, detail)
     return out
+
+
+def _argv(inv: Inventory, h: HostSpec, what: str) -> list[str]:
+    return etcd_argv(inv, h) if what == "etcd" else scheduler_argv(inv, h) if what == "scheduler" \
+        else agent_argv(inv, h)
 
 
 async def _stop(s: Session, what: str, o: Options) -> dict[str, Any]:
@@ -929,12 +981,16 @@ async def up(inv: Inventory, reporter: Reporter, o: Options, bundle: Bundle | No
         if failed:
             return failed
         started: list[tuple[Session, str]] = []
-        for what, hosts in (("scheduler", inv.schedulers), ("agent", inv.hosts)):
+        # etcd's members all at once (each is healthy only once a quorum of them runs)
+        for what, hosts in (("etcd", inv.etcd_members), ("scheduler", inv.schedulers), ("agent", inv.hosts)):
+            if not hosts:
+                continue
             done, failed = await _on_each([sessions[h.name] for h in hosts], _start_one(inv, what, o), reporter)
             started += [(sessions[name], what) for name, out in done.items() if not out.get("already")]
             if failed:
-                # Roll back: agents first, then schedulers; what was running before this run stays.
-                for kind in ("agent", "scheduler"):
+                # Roll back: agents first, then schedulers, then etcd; what was running before
+                # this run stays.
+                for kind in ("agent", "scheduler", "etcd"):
                     await _on_each([s for s, w in started if w == kind], _stop_one(kind, o), reporter)
                 return failed
         return []
@@ -943,11 +999,16 @@ async def up(inv: Inventory, reporter: Reporter, o: Options, bundle: Bundle | No
 
 
 async def down(inv: Inventory, reporter: Reporter, o: Options) -> list[StepFailed]:
-    """Agents stopped on every host that answers, then the schedulers."""
+    """Agents stopped on every host that answers, then the schedulers, then etcd's members (their
+    data stays in the state dir: the next `up` finds the cluster's state as it was)."""
     sessions, failed = await _connect_all(inv, reporter, o)
     try:
-        for what in ("agent", "scheduler"):
-            hosts = [s for s in sessions.values() if what == "agent" or s.spec.is_scheduler]
+        members = {h.name for h in inv.etcd_members}
+        for what in ("agent", "scheduler", "etcd"):
+            hosts = [s for s in sessions.values() if what == "agent" or (s.spec.is_scheduler if what == "scheduler"
+                                                                          else s.spec.name in members)]
+            if not hosts:
+                continue
             _, f = await _on_each(hosts, _stop_one(what, o), reporter)
             failed += f
         return failed

@@ -149,13 +149,13 @@ def parse_endpoints(urls: str) -> list[tuple[str, int]]:
 
 
 async def connect(endpoints: list[tuple[str, int]], timeout: float = 5.0) -> Store:
-    errors = []
-    for host, port in endpoints:
-        try:
-            return await Store.connect(host, port, timeout=timeout)
-        except Unavailable as e:
-            errors.append(str(e))
-    raise SchedulerError("; ".join(errors))
+    """One store over every member: it fails over to the next when the one it uses dies."""
+    try:
+        return await Store.connect(endpoints=endpoints, timeout=timeout)
+    except ValueError as e:
+        raise SchedulerError(f"--etcd: {e}") from e
+    except Unavailable as e:
+        raise SchedulerError(str(e)) from e
 
 
 # --- one replica ---------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,25 +179,61 @@ def _range_end(prefix: bytes) -> bytes:
     return bytes(aetcd.utils.prefix_range_end(prefix))
 
 
+def grpc_target(endpoints: Sequence[tuple[str, int]]) -> str:
+    """One gRPC target naming every etcd member ("ipv4:a:p,b:q,..."): the channel's pick_first
+    policy connects to the first member that answers and, when that one fails, to the next, so
+    every request and watch goes on through any member left (as etcd's own clientv3 does).
+    Names are resolved here: gRPC's static address lists take addresses only."""
+    if not endpoints:
+        raise ValueError("no etcd endpoint given")
+    if len(endpoints) == 1:
+        host, port = endpoints[0]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    v4: list[str] = []
+    v6: list[str] = []
+    for host, port in endpoints:
+        try:
+            infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        except socket.gaierror as e:
+            raise ValueError(f"etcd endpoint {host}:{port}: {e.strerror}") from e
+        fam, *_, addr = infos[0]
+        (v6 if fam == socket.AF_INET6 else v4).append(f"[{addr[0]}]:{port}" if fam == socket.AF_INET6
+                                                      else f"{addr[0]}:{port}")
+    if v4 and v6:
+        raise ValueError("etcd endpoints mix IPv4 and IPv6 addresses: give one family")
+    return ("ipv4:" + ",".join(v4)) if v4 else ("ipv6:" + ",".join(v6))
+
+
+def _client(target: str, options: dict[str, Any]) -> Any:
+    """aetcd's client on a gRPC target of several members: it builds its channel from
+    f"{host}:{port}", so the target is split at its last colon to come out whole."""
+    host, _, port = target.rpartition(":")
+    return aetcd.Client(host=host, port=int(port), options=options)
+
+
 class Store:
     def __init__(self, host: str = "127.0.0.1", port: int = 2379, *, root: bytes = ROOT,
-                 timeout: float = 10.0) -> None:
-        self.host, self.port, self.timeout = host, port, timeout
+                 timeout: float = 10.0, endpoints: Sequence[tuple[str, int]] = ()) -> None:
+        """endpoints: every etcd member (host, port); without them, the one at host:port."""
+        self.endpoints = list(endpoints) or [(host, port)]
+        self.host, self.port = self.endpoints[0]
+        self.timeout = timeout
+        self.where = ",".join(f"{h}:{p}" for h, p in self.endpoints)  # for errors
         self.keys = Keys(root)
-        self.client = aetcd.Client(host=host, port=port, options=_GRPC_OPTIONS)
+        self.client = _client(grpc_target(self.endpoints), _GRPC_OPTIONS)
 
     @classmethod
     async def connect(cls, host: str = "127.0.0.1", port: int = 2379, *, root: bytes = ROOT,
-                      timeout: float = 5.0) -> Store:
+                      timeout: float = 5.0, endpoints: Sequence[tuple[str, int]] = ()) -> Store:
         """A store whose etcd answered; Unavailable with the address if it does not within `timeout`."""
-        store = cls(host, port, root=root, timeout=timeout)
+        store = cls(host, port, root=root, timeout=timeout, endpoints=endpoints)
         try:
             await store.client.connect()
             await asyncio.wait_for(store.client.kvstub.Range(rpc.RangeRequest(key=store.keys.leader())),
                                    timeout)
         except (TimeoutError, grpc.aio.AioRpcError, aetcd.exceptions.ClientError) as e:
             await store.close()
-            raise Unavailable(f"etcd at {host}:{port} does not answer: {_why(e)}") from e
+            raise Unavailable(f"etcd at {store.where} does not answer: {_why(e)}") from e
         return store
 
     async def close(self) -> None:
@@ -285,7 +322,7 @@ class Store:
             return await method(request, timeout=self.timeout)
         except grpc.aio.AioRpcError as e:
             if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise Unavailable(f"etcd at {self.host}:{self.port}: {_why(e)}") from e
+                raise Unavailable(f"etcd at {self.where}: {_why(e)}") from e
             raise StoreError(f"etcd: {_why(e)}") from e
 
     async def range(self, prefix: bytes, *, revision: int = 0) -> tuple[int, list[Any]]:
@@ -444,7 +481,7 @@ class Store:
             await self.client.connect()
             reply = await self.client.refresh_lease(lease_id)
         except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError) as e:
-            raise Unavailable(f"etcd at {self.host}:{self.port}: {_why(e)}") from e
+            raise Unavailable(f"etcd at {self.where}: {_why(e)}") from e
         return reply is not None and int(reply.TTL) > 0
 
     async def revoke_lease(self, lease_id: int) -> None:
@@ -461,7 +498,7 @@ class Store:
             await self.client.connect()
             w = await self.client.watch_prefix(prefix, start_revision=start_revision)
         except (grpc.aio.AioRpcError, aetcd.exceptions.ClientError) as e:
-            raise Unavailable(f"etcd at {self.host}:{self.port}: {_why(e)}") from e
+            raise Unavailable(f"etcd at {self.where}: {_why(e)}") from e
         try:
             async for ev in w:
                 kind = "put" if ev.kind == "PUT" else "delete"

@@ -208,10 +208,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     'volume drivers: no volumes in dockyard yet': [
         'models_containers_test.py::ContainerTest::test_create_with_volume_driver',
     ],
-    'save of one tag writes every tag of the image (agent/images/archive.py)': [
-        'models_images_test.py::ImageCollectionTest::test_save_and_load',
-        'models_images_test.py::ImageCollectionTest::test_save_and_load_repo_name',
-    ],
 }
 
 

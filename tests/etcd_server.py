@@ -162,6 +162,88 @@ class EtcdServer:
         self.stop()
 
 
+class EtcdCluster:
+    """`size` etcd members on free loopback ports, one raft cluster (a random token): members[i]
+    is an EtcdServer; kill9(i) ends one by its PID; stop() ends every member and removes its data."""
+
+    def __init__(self, size: int = 3) -> None:
+        self.members: list[EtcdServer] = []
+        self.size = size
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(m.endpoint for m in self.members)
+
+    def start(self, timeout: float = 30.0) -> EtcdCluster:
+        if not os.access(ETCD, os.X_OK):
+            pytest.skip(f"{ETCD} not installed (apt-get install etcd-server)")
+        names = [f"m{i}" for i in range(1, self.size + 1)]
+        ports = [(free_port(), free_port()) for _ in names]
+        initial = ",".join(f"{n}=http://127.0.0.1:{peer}" for n, (_, peer) in zip(names, ports, strict=True))
+        token = f"dockyard-test-{os.urandom(4).hex()}"
+        try:
+            for name, (port, peer) in zip(names, ports, strict=True):
+                data_dir = tempfile.mkdtemp(prefix=f"dockyard-etcd-{name}-")
+                os.chmod(data_dir, 0o700)
+                log_path = os.path.join(data_dir, "etcd.log")
+                args = [
+                    ETCD, "--logger=zap", "--log-level=warn", "--name", name,
+                    "--data-dir", os.path.join(data_dir, "data"),
+                    "--listen-client-urls", f"http://127.0.0.1:{port}",
+                    "--advertise-client-urls", f"http://127.0.0.1:{port}",
+                    "--listen-peer-urls", f"http://127.0.0.1:{peer}",
+                    "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
+                    "--initial-cluster", initial, "--initial-cluster-token", token,
+                    "--initial-cluster-state", "new",
+                ]
+                with open(log_path, "wb") as log:
+                    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                            start_new_session=True)
+                self.members.append(EtcdServer("127.0.0.1", port, peer, data_dir, proc, log_path))
+            for m in self.members:  # each member is healthy once a quorum has formed
+                if not m._wait_ready(timeout):
+                    raise RuntimeError(f"etcd member {m.endpoint} did not start: {m._log_tail()}")
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def kill9(self, i: int) -> None:
+        p = self.members[i].process
+        if p.poll() is None:
+            p.kill()
+            p.wait(timeout=10)
+
+    def leader(self) -> int:
+        """The index of the raft leader among the live members (etcd's maintenance status)."""
+        import json
+
+        ids: dict[int, int] = {}
+        leader = 0
+        for i, m in enumerate(self.members):
+            if m.process.poll() is not None:
+                continue
+            req = urllib.request.Request(f"{m.endpoint}/v3/maintenance/status", data=b"{}", method="POST")
+            with contextlib.suppress(OSError, ValueError):
+                with urllib.request.urlopen(req, timeout=2) as r:
+                    st = json.loads(r.read())
+                ids[int(st["header"]["member_id"])] = i
+                leader = int(st["leader"])
+        if leader not in ids:
+            raise RuntimeError("no etcd member names a live leader")
+        return ids[leader]
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def __enter__(self) -> EtcdCluster:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
 @contextlib.contextmanager
 def running_etcd(**kwargs: Any) -> Iterator[EtcdServer]:
     server = EtcdServer.start(**kwargs)

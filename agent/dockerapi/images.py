@@ -246,6 +246,8 @@ def register(r: Any, api: DockerAPI) -> None:
         # (?quiet only hides progress bars, which a load from a file has none of: the names still go out)
         tmp = await receive(req, store.tmp)
 
+        names = await asyncio.to_thread(_archive_names, tmp)
+
         async def chunks() -> AsyncIterator[bytes]:
             try:
                 imgs = await asyncio.to_thread(store.load, tmp)
@@ -254,10 +256,13 @@ def register(r: Any, api: DockerAPI) -> None:
                 return
             finally:
                 tmp.close()
+            named = set(names or [])
             for i in imgs:
                 api.events.emit("image", "load", i.id, {"name": ",".join(i.repo_tags)})
-                for t in i.repo_tags or [i.id]:
-                    word = "image" if t in i.repo_tags else "image ID"
+                # what the archive named, as dockerd says it (not every tag the image has here)
+                tags = [t for t in i.repo_tags if t in named] if names is not None else list(i.repo_tags)
+                for t in tags or [i.id]:
+                    word = "image" if tags else "image ID"
                     yield _line({"stream": f"Loaded {word}: {t}\n"})
 
         return Stream(200, chunks())
@@ -393,6 +398,40 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("POST", "/images/{name:path}/tag", tag)
     r.add("POST", "/images/{name:path}/push", push)
     r.add("DELETE", "/images/{name:path}", remove)
+
+
+def _archive_names(f: Any) -> list[str] | None:
+    """The names a docker-archive (manifest.json RepoTags) or OCI layout (index.json annotations)
+    gives its images, normalised as the store names them; None when it cannot be read here (the
+    load itself then says what is wrong). The file is rewound."""
+    import tarfile
+
+    from agent.images import reference as refs
+
+    try:
+        out: list[str] = []
+        with tarfile.open(fileobj=f, mode="r:*") as t:
+            for member in ("manifest.json", "index.json"):
+                try:
+                    m = t.extractfile(member)
+                except KeyError:
+                    continue
+                if m is None:
+                    continue
+                doc = json.loads(m.read(1 << 20))
+                if member == "manifest.json":
+                    out += [str(tag) for e in doc for tag in (e.get("RepoTags") or [])]
+                else:
+                    for e in doc.get("manifests", []):
+                        ann = e.get("annotations") or {}
+                        if ann.get("io.containerd.image.name"):
+                            out.append(str(ann["io.containerd.image.name"]))
+                return [refs.parse(n).familiar() for n in out]
+        return None
+    except (tarfile.TarError, ValueError, OSError, AttributeError, ImageError):
+        return None
+    finally:
+        f.seek(0)
 
 
 def _ref_match(tag: str, pattern: str) -> bool:

@@ -167,6 +167,13 @@ def test_tasks_on_three_hosts_reach_each_other_over_the_overlay(env: Env) -> Non
              h1.run("bridge", "fdb", "show", "dev", vx).stdout, 15, "the FDB entry repaired")
     assert t2.name in tcp_get(h1, t1.container_id, ips[t2.id])
 
+    # the agent killed (kill -9) and started again: the tables were never touched, the adopted
+    # container's resolver is back, the stream of names and connections goes on
+    h1.restart_agent(hard=True)
+    wait_for(lambda: t2.name in tcp_get(h1, t1.container_id, ips[t2.id]), 20, "TCP after the agent's restart")
+    wait_for(lambda: lookup("tasks.web") == every, 20, "names again after the agent's restart")
+    assert f"{mac} dst {env.host('host2').ip} self permanent" in h1.run("bridge", "fdb", "show", "dev", vx).stdout
+
     # removal: the stack, then the network; no overlay link is left on any host
     r = cli(env.sched.address, "network", "rm", "appnet")
     assert r.returncode != 0 and "in use by service o_web" in r.stderr

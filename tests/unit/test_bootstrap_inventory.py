@@ -48,6 +48,31 @@ def test_inventory_good(tmp_path: Path) -> None:
     assert argv[argv.index("--join") + 1] == "10.0.0.1:2377" and argv[argv.index("--name") + 1] == "10.0.0.2"
 
 
+def test_three_hosts_or_more_run_a_three_member_etcd(tmp_path: Path) -> None:
+    inv = parse("hosts:\n  - {name: a, address: 10.0.0.1}\n  - {name: s1, address: 10.0.0.2, role: scheduler}\n"
+                "  - {name: s2, address: 10.0.0.3, role: scheduler}\n  - {name: c, address: 10.0.0.4}\n"
+                "  - {name: d, address: 10.0.0.5}\n", tmp_path)  # two schedulers, no etcd: ours
+    assert [h.name for h in inv.etcd_members] == ["s1", "s2", "a"]  # the schedulers' hosts first
+    urls = "http://10.0.0.2:2379,http://10.0.0.3:2379,http://10.0.0.1:2379"
+    assert inv.etcd_urls == urls
+    sched = b.scheduler_argv(inv, inv.hosts[1])
+    assert sched[sched.index("--etcd") + 1] == urls  # every replica is given every member
+    argv = b.etcd_argv(inv, inv.hosts[0])
+    flag = {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("--")}
+    assert flag["--name"] == "a" and flag["--initial-cluster-state"] == "new"
+    assert flag["--initial-cluster"] == "s1=http://10.0.0.2:2380,s2=http://10.0.0.3:2380,a=http://10.0.0.1:2380"
+    assert flag["--listen-client-urls"] == flag["--advertise-client-urls"] == "http://10.0.0.1:2379"
+    assert flag["--listen-peer-urls"] == flag["--initial-advertise-peer-urls"] == "http://10.0.0.1:2380"
+    assert flag["--data-dir"] == "/var/lib/dockyard/etcd"
+    assert flag["--initial-cluster-token"] == b.etcd_argv(inv, inv.hosts[2])[argv.index("--initial-cluster-token") + 1]
+    assert b.readiness(inv, inv.hosts[0], "etcd") == {"etcd": "http://10.0.0.1:2379"}
+    # two hosts: no members of ours (one scheduler starts its own etcd); the user's etcd: theirs
+    assert not parse("hosts:\n  - {address: a, role: scheduler}\n  - {address: b}\n", tmp_path).etcd_members
+    theirs = parse("etcd: http://e:2379\nhosts:\n  - {address: a, role: scheduler}\n  - {address: b}\n"
+                   "  - {address: c}\n", tmp_path)
+    assert not theirs.etcd_members and theirs.etcd_urls == "http://e:2379"
+
+
 def test_inventory_defaults_and_keys(tmp_path: Path) -> None:
     (tmp_path / "id").write_text("not checked here\n")
     inv = parse("defaults: {user: vagrant, key: id, known_hosts: false, project_dir: /srv/dy}\n"

@@ -16,6 +16,7 @@ class CgroupDriver(ABC):
 
     version: int
     parent: str
+    root: str = "/sys/fs/cgroup"  # the hierarchy's mount (v2: the unified one; v1: their parent)
 
     @abstractmethod
     def create(self, name: str, resources: Resources) -> None:
