@@ -72,6 +72,11 @@ class Checkpoints:
             ino = os.stat(f"/proc/{pid}/ns/net").st_ino
             c.netns_key = "extnetns"
             external.append(f"net[{ino}]:{c.netns_key}")
+        # Volumes and bind mounts come from the host: CRIU names them, and the restore maps each
+        # name to the source there (shim._restore).
+        from agent.containers import mount_key
+
+        external += [f"mnt[{m.target}]:{mount_key(m.target)}" for m in c.config.mounts if m.type != "tmpfs"]
         return c, criu, pid, external
 
     async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,
@@ -208,9 +213,12 @@ class Checkpoints:
             with open(diff, "wb") as f:
                 self.m.images.snapshotter.diff(c.snapshot, f)
             spec = json.loads(self.m.files(c).spec.read_text()) if self.m.files(c).spec.exists() else {}
+            from agent.containers import volume_names
+
             archive.pack(out, config=asdict(c), spec=spec,
                          images_dir=images_dir, rootfs_diff=diff,
-                         network=c.endpoint, stats=stats, level=level)
+                         network=c.endpoint, stats=stats, level=level,
+                         volumes={n: self.m.volumes.carried(n) for n in volume_names(c)})
 
     async def restore(self, ref: str) -> Container:
         """Bring back a container from its last checkpoint on this host."""
@@ -237,6 +245,7 @@ class Checkpoints:
         cid = names.new_id()
         cdir = self.m.dir / cid
         tmp = cdir / "unpack"
+        adopted: list[str] = []   # volumes that came with it: removed again if it does not run here
         trace("agent: unpack")
         try:
             meta = await asyncio.to_thread(archive.unpack, src, tmp, cold)
@@ -255,6 +264,15 @@ class Checkpoints:
                 raise NotFound(f"the checkpoint needs image {old.image_ref} ({old.image_id[:19]}), "
                                f"which is not on this host: pull or load it first") from e
             trace("agent: unpacked")
+            # A volume of that name here is the one to use (a checkpoint restored on its own host);
+            # a migration asked first that none is here (ContainerManager.migration_problems).
+            for vname, rec in meta.get("volumes", {}).items():
+                if self.m.volumes.exists(vname):
+                    continue
+                await asyncio.to_thread(self.m.volumes.adopt, vname, dict(rec.get("labels") or {}),
+                                        dict(rec.get("options") or {}), bool(rec.get("anonymous")),
+                                        tmp / "volumes" / vname if rec.get("carried") else None)
+                adopted.append(vname)
             with open(tmp / "rootfs-diff.tar", "rb") as f:
                 chain, _ = await asyncio.to_thread(self.m.images.snapshotter.apply, image.chain_id, f, None,
                                                    "rootfs-diff.tar", self.m.images.limits.budget().bound())
@@ -274,6 +292,7 @@ class Checkpoints:
             with contextlib.suppress(Exception):
                 self.m.images.snapshotter.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
+            await asyncio.to_thread(self.m.remove_volumes, adopted)
             raise
         self.m.containers[cid] = c
         try:
@@ -285,6 +304,7 @@ class Checkpoints:
                 await self.restore(cid)
         except BaseException:
             await self.m.remove(cid, force=True)
+            await asyncio.to_thread(self.m.remove_volumes, adopted)
             raise
         return c
 

@@ -6,20 +6,18 @@ labelled dockyard.task): at once on every change (ContainerManager.on_change) an
 few seconds. When a replica stops answering it moves on to the next one. Whatever happens to the
 schedulers or etcd, the containers keep running: this loop only reports and retries.
 
-It also runs the health checks of task containers (the dockyard.healthcheck label the scheduler
-sets from the service's healthcheck) with the agent's own Exec, and reports healthy/unhealthy.
+Task containers' health (the service's healthcheck, typed in their config) is checked by the
+container manager, as for every container (agent/health.py); this module reports it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,8 +26,6 @@ import grpc
 from agent.checkpoint import host_features
 from agent.model import Container
 from common import transport
-from protos import agent_pb2 as apb
-from protos import agent_pb2_grpc as apbg
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
 
@@ -37,7 +33,6 @@ log = logging.getLogger("dockyard.agent.cluster")
 
 TASK_LABEL = "dockyard.task"
 SERVICE_LABEL = "dockyard.service"
-HEALTH_LABEL = "dockyard.healthcheck"
 FULL_REPORT = 3.0
 CALL_DEADLINE = 5.0  # the longest deadline of a call to a scheduler replica
 
@@ -56,13 +51,15 @@ def agent_id(root: Path) -> str:
     return new
 
 
-def report_of(c: Container, healthy: bool | None) -> pb.TaskReport:
+def report_of(c: Container) -> pb.TaskReport:
+    """The task's state as the scheduler reads it; health as the agent's checks found it
+    (agent/health.py: "" while starting or without a check)."""
     s = c.state
     return pb.TaskReport(
         task_id=c.config.labels.get(TASK_LABEL, ""), service=c.config.labels.get(SERVICE_LABEL, ""),
         container_id=c.id, container_state=s.status, exit_code=s.exit_code, error=s.error,
         started_at=s.started_at, finished_at=s.finished_at,
-        healthy="" if healthy is None else ("healthy" if healthy else "unhealthy"))
+        healthy=s.health if s.health in ("healthy", "unhealthy") else "")
 
 
 def _being_cancelled() -> bool:
@@ -97,8 +94,6 @@ class ClusterMember:
         self._changed: dict[str, Container] = {}
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
-        self.health: dict[str, bool | None] = {}  # container id -> verdict
-        self._health_tasks: dict[str, asyncio.Task[None]] = {}
         self.refused = ""
         self._closing: set[asyncio.Task[None]] = set()
         self._registered_criu = (False, False)
@@ -138,15 +133,14 @@ class ClusterMember:
         self.manager.on_change.append(self._on_change)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._membership(), name="join"),
-                       loop.create_task(self._reporter(), name="report"),
-                       loop.create_task(self._health_loop(), name="health")]
+                       loop.create_task(self._reporter(), name="report")]
 
     async def stop(self) -> None:
         with contextlib.suppress(ValueError):
             self.manager.on_change.remove(self._on_change)
-        for t in [*self._tasks, *self._health_tasks.values(), *self._closing]:
+        for t in [*self._tasks, *self._closing]:
             t.cancel()
-        for t in [*self._tasks, *self._health_tasks.values(), *self._closing]:
+        for t in [*self._tasks, *self._closing]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         if self._channel is not None:
@@ -245,7 +239,7 @@ class ClusterMember:
             else:
                 cs, self._changed = list(self._changed.values()), {}
             req = pb.ReportTasksRequest(node=self.name, full=full,
-                                        tasks=[report_of(c, self.health.get(c.id)) for c in cs])
+                                        tasks=[report_of(c) for c in cs])
             try:
                 await self.stub().ReportTasks(req, timeout=CALL_DEADLINE)
                 if full:
@@ -264,65 +258,3 @@ class ClusterMember:
                 self._changed.setdefault(c.id, c)
             self._wake.set()  # again soon, with whatever was not delivered
             await asyncio.sleep(0.3)
-
-    # --- health checks -------------------------------------------------------------------------
-
-    async def _health_loop(self) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            running = {c.id: c for c in self.manager.listing(False)
-                       if HEALTH_LABEL in c.config.labels and c.state.status == "running"}
-            for cid in list(self._health_tasks):
-                if cid not in running:
-                    self._health_tasks.pop(cid).cancel()
-                    self.health.pop(cid, None)
-            for cid, c in running.items():
-                if cid not in self._health_tasks:
-                    self._health_tasks[cid] = asyncio.create_task(self._check(c))
-
-    async def _check(self, c: Container) -> None:
-        cfg = json.loads(c.config.labels[HEALTH_LABEL])
-        test = list(cfg.get("test") or [])
-        if not test:
-            return
-        kind, args = test[0], test[1:]
-        cmd = ["sh", "-c", " ".join(args)] if kind == "CMD-SHELL" else (args if kind == "CMD" else test)
-        interval = max(0.2, float(cfg.get("interval", 30)))
-        timeout = max(0.2, float(cfg.get("timeout", 30)))
-        retries = max(1, int(cfg.get("retries", 3)))
-        start_period = float(cfg.get("start_period", 0))
-        started = time.monotonic()
-        fails = 0
-        channel = transport.dial(f"unix://{self.socket}", transport.AGENT, transport.Role.AGENT)
-        stub = apbg.AgentStub(channel)  # type: ignore[no-untyped-call]
-        try:
-            while True:
-                await asyncio.sleep(interval)
-                code = await self._exec(stub, c.id, cmd, timeout)
-                if code == 0:
-                    fails = 0
-                    verdict: bool | None = True
-                else:
-                    fails += 1
-                    in_grace = time.monotonic() - started < start_period
-                    verdict = False if fails >= retries and not in_grace else self.health.get(c.id)
-                if verdict != self.health.get(c.id):
-                    self.health[c.id] = verdict
-                    self._changed[c.id] = c
-                    self._wake.set()
-        finally:
-            await channel.close()
-
-    @staticmethod
-    async def _exec(stub: apbg.AgentStub, cid: str, cmd: list[str], timeout: float) -> int:
-        async def inputs() -> AsyncIterator[apb.StreamInput]:
-            yield apb.StreamInput(open=apb.OpenStream(container=cid, exec=apb.ExecSpec(cmd=cmd)))
-
-        try:
-            code = -1
-            async for out in stub.Exec(inputs(), timeout=timeout):
-                if out.HasField("exit"):
-                    code = out.exit.exit_code
-            return code
-        except grpc.aio.AioRpcError:
-            return -1

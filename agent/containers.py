@@ -22,7 +22,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import names, restart
+from agent import hostconfig, names, restart
 from agent.checkpointing import Checkpoints
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
@@ -32,6 +32,7 @@ from agent.model import (
     Container,
     ContainerConfig,
     InvalidArgument,
+    Mount,
     NotFound,
     Port,
     Resources,
@@ -43,8 +44,10 @@ from agent.runtime import cgroups, frames
 from agent.runtime.procs import pid_start_time, process_alive, trace
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
-from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
+from agent.runtime.spec import ContainerMount, IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
+from agent.volumes import specs as mount_specs
+from agent.volumes.store import VolumeStore
 
 if TYPE_CHECKING:
     import ipaddress
@@ -120,6 +123,8 @@ class ContainerManager:
         self._tasks: set[asyncio.Task[Any]] = set()
         self.checkpoints = Checkpoints(self)  # checkpoint, restore, migration dumps (checkpointing.py)
         self.on_change: list[Callable[[Container], None]] = []
+        self.volumes = VolumeStore(root / "volumes")
+        self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
 
@@ -171,6 +176,10 @@ class ContainerManager:
     def users_of_image(self, image_id: str) -> list[str]:
         return [f"{c.name} ({c.state.status})" for c in self.containers.values() if c.image_id == image_id]
 
+    def volume_users(self, name: str) -> list[str]:
+        return [f"{c.name} ({c.state.status})" for c in list(self.containers.values())
+                if any(m.type == "volume" and m.source == name for m in c.config.mounts)]
+
     # --- create -------------------------------------------------------------------------------
 
     def create(self, cfg: ContainerConfig) -> Container:
@@ -188,9 +197,19 @@ class ContainerManager:
         args = self._args(cfg, image.config)
         if not args:
             raise InvalidArgument("no command specified: the image has no Cmd or Entrypoint and none was given")
+        # The image's HEALTHCHECK under the run's (docker merges them at create): a complete check, or none.
+        from agent.health import from_image, resolve
+
+        cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
+        # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
+        covered = {os.path.normpath(m.target) for m in cfg.mounts}
+        for path in getattr(image.config, "volumes", None) or []:
+            if os.path.normpath(path) not in covered and os.path.normpath(path) != "/":
+                cfg.mounts.append(Mount(type="volume", target=os.path.normpath(path), anonymous=True))
+        made = self._prepare_mounts(cfg)
         cdir = self.dir / cid
-        cdir.mkdir(parents=True)
         try:
+            cdir.mkdir(parents=True)
             self.images.snapshotter.prepare(cid, image.chain_id)
             c = Container(id=cid, name=name, created=time.time(), config=cfg, image_id=image.id,
                           image_ref=cfg.image, snapshot=cid, args=args,
@@ -200,9 +219,40 @@ class ContainerManager:
             with contextlib.suppress(Exception):
                 self.images.snapshotter.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
+            for name in made:
+                with contextlib.suppress(AgentError):
+                    self.volumes.remove(name, force=True)
             raise
         self.containers[cid] = c
         return c
+
+    def _prepare_mounts(self, cfg: ContainerConfig) -> list[str]:
+        """What the mounts need on this host, before the container is made: bind sources (-v makes
+        a missing one, --mount refuses it), named volumes (made if missing, as docker run does)
+        and anonymous ones. Returns the volumes made here, for an undo."""
+        for m in cfg.mounts:
+            if m.type == "bind" and not m.create_source and not os.path.lexists(m.source):
+                raise InvalidArgument(f'invalid mount config for type "bind": bind source path does not exist: '
+                                      f"{m.source}")
+            if m.type == "volume" and m.external and not self.volumes.exists(m.source):
+                raise NotFound(f"external volume {m.source} does not exist on this host (volume create it first)")
+        made: list[str] = []
+        try:
+            for m in cfg.mounts:
+                if m.type == "bind" and not os.path.lexists(m.source):
+                    os.makedirs(m.source, 0o755, exist_ok=True)
+                elif m.type == "volume" and (m.anonymous and not m.source):
+                    m.source = self.volumes.create(anonymous=True).name
+                    made.append(m.source)
+                elif m.type == "volume" and not self.volumes.exists(m.source):
+                    self.volumes.create(m.source, m.volume_driver or "local", m.volume_labels, m.volume_options)
+                    made.append(m.source)
+        except BaseException:
+            for name in made:
+                with contextlib.suppress(AgentError):
+                    self.volumes.remove(name, force=True)
+            raise
+        return made
 
     def _free_name(self) -> str:
         taken = {c.name for c in self.containers.values()}
@@ -250,11 +300,15 @@ class ContainerManager:
             cgroups.Resources(**_resources_kwargs(cfg)).validate()
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
-        _security(cfg)
+        hostconfig.check(cfg)
+        from agent.health import check as check_health
+
+        check_health(cfg.healthcheck)
         if cfg.privileged and cfg.userns_mode == "remap":
             raise InvalidArgument("privileged mode is incompatible with user namespaces (use --userns=host)")
         devices_for(cfg)
         parse_signal(cfg.stop_signal or None, signal.SIGTERM)
+        mount_specs.check_all(cfg.mounts)
 
     @staticmethod
     def _args(cfg: ContainerConfig, ic: Any) -> list[str]:
@@ -316,11 +370,14 @@ class ContainerManager:
             namespaces.insert(0, "user")
             uid_map = [IdMap(0, USERNS_REMAP_BASE, USERNS_REMAP_SIZE)]
         files = self.files(c)
-        sec = _security(cfg)
+        caps = hostconfig.capabilities(cfg)
+        sec = hostconfig.security(cfg)
         mounts = [MountSpec(m.type, m.source, list(m.options)) for m in self.images.snapshotter.mounts(c.snapshot)]
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         if c.endpoint:
             hosts += f"{c.endpoint['ip']}\t{hostname}\n"
+        if cfg.extra_hosts:
+            hosts += hostconfig.extra_hosts(cfg, str(getattr(self.network, "gateway", "")))
         nodes, rules = devices_for(cfg)
         resources = _resources_kwargs(cfg, as_json=True)
         resources["devices"] = [r.to_dict() for r in rules]
@@ -330,7 +387,10 @@ class ContainerManager:
                 args=c.args, env=[f"{k}={v}" for k, v in env.items()],
                 cwd=cfg.workdir or ic.workdir or "/", user=cfg.user or ic.user or "",
                 tty=cfg.tty, stdin=cfg.open_stdin, init=cfg.init,
-                seccomp=sec["seccomp"], no_new_privileges=sec["no_new_privileges"],
+                seccomp=sec.seccomp, no_new_privileges=sec.no_new_privileges, capabilities=caps,
+                seccomp_program=hostconfig.seccomp_program(sec, caps),
+                rlimits=[[hostconfig.ULIMITS[u.name], u.soft, u.hard] for u in cfg.ulimits],
+                additional_groups=list(cfg.group_add),
             ),
             hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
             cgroup=resources, cgroup_parent=self.cg.parent,
@@ -338,7 +398,10 @@ class ContainerManager:
             network=c.endpoint, network_state_dir=str(self.network.state_dir),
             bridge=self.network.name, subnet=str(self.network.subnet),
             etc_hosts=hosts, log_path=str(files.log), devices=nodes,
-            etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None else _resolv_conf(),
+            etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None
+            else hostconfig.resolv_conf(cfg, _resolv_conf()),
+            sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
+            volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
@@ -347,6 +410,60 @@ class ContainerManager:
             spec.process.seccomp = False
             spec.masked_paths, spec.readonly_paths, spec.readonly_sysfs = [], [], False
         return spec
+
+    def _container_mounts(self, c: Container) -> list[ContainerMount]:
+        out = []
+        for m in c.config.mounts:
+            if m.type == "tmpfs":
+                out.append(ContainerMount("tmpfs", "", m.target, m.readonly, list(m.tmpfs_options)))
+                continue
+            source = str(self.volumes.path(m.source)) if m.type == "volume" else m.source
+            out.append(ContainerMount("bind", source, m.target, m.readonly, [],
+                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target)))
+        return out
+
+    async def _acquire_volumes(self, c: Container) -> None:
+        """Volumes of the local driver with a device (-o type=... device=...) are mounted on
+        their directory while a running container uses them."""
+        for m in c.config.mounts:
+            if m.type == "volume" and self.volumes.get(m.source).options:
+                await asyncio.to_thread(self.volumes.acquire, m.source)
+
+    def _has_device_volume(self, c: Container) -> bool:
+        """Whether a volume of c's is the local driver's with a device (mounted while in use)."""
+        for m in c.config.mounts:
+            if m.type == "volume":
+                with contextlib.suppress(AgentError):
+                    if self.volumes.get(m.source).options:
+                        return True
+        return False
+
+    def _release_volumes(self, c: Container) -> None:
+        running = [o for o in list(self.containers.values()) if o is not c and o.state.status in ("running", "paused")]
+        for m in c.config.mounts:
+            if m.type != "volume":
+                continue
+            if not any(any(x.type == "volume" and x.source == m.source for x in o.config.mounts) for o in running):
+                self.volumes.release(m.source)
+
+    def mounts_info(self, c: Container) -> list[dict[str, Any]]:
+        """docker inspect's Mounts."""
+        out: list[dict[str, Any]] = []
+        for m in c.config.mounts:
+            if m.type == "tmpfs":
+                out.append({"Type": "tmpfs", "Source": "", "Destination": m.target, "Mode": ",".join(m.tmpfs_options),
+                            "RW": not m.readonly, "Propagation": ""})
+                continue
+            d: dict[str, Any] = {"Type": m.type}
+            if m.type == "volume":
+                d.update(Name=m.source, Source=str(self.volumes.path(m.source)), Driver="local")
+            else:
+                d["Source"] = m.source
+            mode = [x for x in ("ro" if m.readonly else "", m.selinux, "nocopy" if m.nocopy else "") if x]
+            d.update(Destination=m.target, Mode=",".join(mode), RW=not m.readonly,
+                     Propagation=(m.propagation or "rprivate") if m.type == "bind" else "")
+            out.append(d)
+        return out
 
     async def _torn_down(self, c: Container) -> None:
         """The exit is reported before the teardown (so that `wait` is quick); a new run of the
@@ -386,6 +503,12 @@ class ContainerManager:
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
+        if c.config.mounts:
+            try:
+                await self._acquire_volumes(c)
+            except BaseException:
+                self._release_network(c)
+                raise
         spec = self._runtime_spec(c)
         trace("agent: spec built")
         spec.hold = hold
@@ -417,6 +540,8 @@ class ContainerManager:
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
+            if c.config.mounts and self._has_device_volume(c):
+                await asyncio.to_thread(self._release_volumes, c)
             err = (msg or {}).get("error", "the shim exited before it reported")
             c.state.error = err
             c.state.exit_code = int((msg or {}).get("exit_code", 128))
@@ -438,6 +563,10 @@ class ContainerManager:
         self._save(c)
         self._watch(c)
         trace("agent: started")
+
+    def health_changed(self, c: Container) -> None:
+        """agent/health.py found a new health status: on_change listeners (a node's reporter) learn it."""
+        self._save(c, write=False)
 
     def _attach_network(self, c: Container, pid: int) -> None:
         from agent.runtime import network
@@ -549,7 +678,7 @@ class ContainerManager:
         if c.config.auto_remove:
             try:
                 with contextlib.suppress(AgentError):
-                    await self.remove(c.id, force=True)
+                    await self.remove(c.id, force=True, volumes=True)
             finally:
                 self._removed(c)
             return
@@ -591,6 +720,8 @@ class ContainerManager:
         rootfs = str(self.files(c).dir / "rootfs")
         if self.cg.exists(c.id) or os.path.ismount(rootfs) or endpoint:
             await asyncio.to_thread(self._teardown_rest, c, rootfs, endpoint)
+        if c.config.mounts and c.state.status not in ("running", "paused") and self._has_device_volume(c):
+            await asyncio.to_thread(self._release_volumes, c)
         trace("agent: teardown done")
 
     def _teardown_rest(self, c: Container, rootfs: str, endpoint: dict[str, Any] | None) -> None:
@@ -723,7 +854,8 @@ class ContainerManager:
         if (gone := self._gone.pop(c.id, None)) is not None:
             gone.set()
 
-    async def remove(self, ref: str, force: bool = False) -> None:
+    async def remove(self, ref: str, force: bool = False, volumes: bool = False) -> None:
+        """docker rm; with `volumes` (-v, and --rm) the container's anonymous volumes go too."""
         c = self.get(ref)
         if c.state.status in ("running", "paused", "restarting"):
             if not force:
@@ -746,6 +878,9 @@ class ContainerManager:
         # would cost as much again while the loop is busy; the deletion itself is the purge's.
         trash = self._remove_files(c)
         self._spawn(asyncio.to_thread(self._purge, trash))
+        anonymous = [m.source for m in c.config.mounts if m.type == "volume" and m.anonymous and m.source]
+        if volumes and anonymous:
+            await asyncio.to_thread(self.remove_volumes, anonymous)
         trace("agent: removed")
         self._exited.pop(c.id, None)
         self._removed(c)
@@ -776,9 +911,27 @@ class ContainerManager:
             self.files(c).socket.unlink()
         return trash
 
+    def remove_volumes(self, names: list[str]) -> None:
+        for name in names:
+            try:
+                self.volumes.remove(name, force=True)
+            except AgentError as e:  # another container mounts it too: it stays, as in docker
+                log.info("volume %s kept: %s", name, e)
+
     def _purge(self, trash: list[Path]) -> None:
         for path in trash:
             self.images.snapshotter.purge(path)
+
+    def migration_problems(self, binds: list[str], volumes: list[str]) -> list[str]:
+        """What keeps a container with these mounts from moving here (asked before anything stops)."""
+        problems = [f"bind mount source {b} does not exist on this host" for b in binds if not os.path.lexists(b)]
+        problems += [f"volume {v} already exists on this host" for v in volumes if self.volumes.exists(v)]
+        return problems
+
+    def volumes_shared(self, c: Container) -> list[str]:
+        """This container's volumes that other containers here mount too: they cannot move with it."""
+        return [f"volume {n} is also used by {', '.join(u)}" for n in volume_names(c)
+                if (u := [x for x in self.volume_users(n) if not x.startswith(f"{c.name} (")])]
 
     async def update(self, ref: str, resources: Resources | None = None,
                      restart_policy: RestartPolicy | None = None) -> Container:
@@ -878,8 +1031,12 @@ class ContainerManager:
             proc.user = c.config.user or image.config.user or ""
         if not proc.cwd:
             proc.cwd = c.config.workdir or image.config.workdir or "/"
-        sec = _security(c.config)
-        proc.seccomp, proc.no_new_privileges = sec["seccomp"], sec["no_new_privileges"]
+        # docker exec: the container's capabilities, filter and groups
+        caps = hostconfig.capabilities(c.config)
+        sec = hostconfig.security(c.config)
+        proc.seccomp, proc.no_new_privileges = sec.seccomp, sec.no_new_privileges
+        proc.capabilities, proc.seccomp_program = caps, hostconfig.seccomp_program(sec, caps)
+        proc.additional_groups = list(c.config.group_add)
         if c.config.privileged:  # (as docker: an exec has its container's privileges)
             proc.capabilities, proc.seccomp = list(ALL_CAPABILITIES), False
         info = self._init_info(c)
@@ -919,6 +1076,7 @@ class ContainerManager:
             t.cancel()
 
 
+
 async def _exited(pid: int, start_time: int, timeout: float) -> None:
     """Until this very process (pid and start time) has exited, or `timeout` seconds: a pidfd
     becomes readable at the exit, which the loop watches with no thread."""
@@ -946,23 +1104,15 @@ async def _exited(pid: int, start_time: int, timeout: float) -> None:
         os.close(fd)
 
 
-def _security(cfg: ContainerConfig) -> dict[str, bool]:
-    """--security-opt, as docker spells it: seccomp=unconfined|builtin, no-new-privileges[=true|false].
-    Containers get the seccomp filter and no_new_privs unless told otherwise."""
-    out = {"seccomp": True, "no_new_privileges": True}
-    for opt in cfg.security_opt:
-        key, _, value = opt.partition("=")
-        if key == "seccomp" and value in ("unconfined", "builtin"):
-            out["seccomp"] = value == "builtin"
-        elif key == "seccomp":
-            raise InvalidArgument(f"--security-opt {opt}: custom seccomp profiles are not supported "
-                                  "(use seccomp=unconfined or seccomp=builtin)")
-        elif key == "no-new-privileges" and value in ("", "true", "false"):
-            out["no_new_privileges"] = value != "false"
-        else:
-            raise InvalidArgument(f"--security-opt {opt}: must be seccomp=unconfined|builtin "
-                                  "or no-new-privileges[=true|false]")
-    return out
+def volume_names(c: Container) -> list[str]:
+    return list(dict.fromkeys(m.source for m in c.config.mounts if m.type == "volume" and m.source))
+
+
+def mount_key(target: str) -> str:
+    """CRIU's name for the container's mount at `target`: the same on every host."""
+    import hashlib
+
+    return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
 
 
 def _resources_kwargs(cfg: ContainerConfig, as_json: bool = False) -> dict[str, Any]:

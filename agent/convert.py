@@ -6,7 +6,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from agent import attachsession
-from agent.model import Container, ContainerConfig, DeviceRate, Overlay, Port, Resources, RestartPolicy
+from agent.model import (
+    Container,
+    ContainerConfig,
+    DeviceRate,
+    HealthCheck,
+    Mount,
+    Overlay,
+    Port,
+    Resources,
+    RestartPolicy,
+    Ulimit,
+)
 from agent.runtime.spec import ProcessSpec
 from common.devices import DeviceMapping
 from protos import agent_pb2 as pb
@@ -33,7 +44,29 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
         privileged=m.privileged,
         overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu) for o in m.overlays],
+        mounts=[mount_from_pb(x) for x in m.mounts], read_only=m.read_only,
+        cap_add=list(m.cap_add), cap_drop=list(m.cap_drop),
+        ulimits=[Ulimit(u.name, u.soft, u.hard) for u in m.ulimits], dns=list(m.dns), dns_search=list(m.dns_search),
+        dns_options=list(m.dns_options), extra_hosts=list(m.extra_hosts), sysctls=dict(m.sysctls),
+        shm_size=m.shm_size, group_add=list(m.group_add),
+        healthcheck=HealthCheck(list(m.healthcheck.test), m.healthcheck.interval, m.healthcheck.timeout,
+                                m.healthcheck.retries, m.healthcheck.start_period, m.healthcheck.start_interval)
+        if m.HasField("healthcheck") else None,
     )
+
+
+def mount_from_pb(m: pb.Mount) -> Mount:
+    return Mount(type=m.type or "volume", source=m.source, target=m.target, readonly=m.readonly,
+                 propagation=m.propagation, selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source,
+                 anonymous=m.anonymous, tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
+                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options), external=m.external)
+
+
+def mount_to_pb(m: Mount) -> pb.Mount:
+    return pb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.readonly, propagation=m.propagation,
+                    selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source, anonymous=m.anonymous,
+                    tmpfs_options=m.tmpfs_options, volume_driver=m.volume_driver, volume_labels=m.volume_labels,
+                    volume_options=m.volume_options, external=m.external)
 
 
 def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
@@ -57,6 +90,15 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         privileged=c.privileged,
         overlays=[pb.OverlayAttachment(network=o.network, vni=o.vni, subnet=o.subnet, ip=o.ip, mac=o.mac, mtu=o.mtu)
                   for o in c.overlays],
+        mounts=[mount_to_pb(x) for x in c.mounts], read_only=c.read_only,
+        cap_add=c.cap_add, cap_drop=c.cap_drop,
+        ulimits=[pb.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in c.ulimits], dns=c.dns,
+        dns_search=c.dns_search, dns_options=c.dns_options, extra_hosts=c.extra_hosts, sysctls=c.sysctls,
+        shm_size=c.shm_size, group_add=c.group_add,
+        healthcheck=pb.HealthCheck(test=c.healthcheck.test, interval=c.healthcheck.interval,
+                                   timeout=c.healthcheck.timeout, retries=c.healthcheck.retries,
+                                   start_period=c.healthcheck.start_period,
+                                   start_interval=c.healthcheck.start_interval) if c.healthcheck else None,
     )
 
 
@@ -73,6 +115,7 @@ def summary(c: Container) -> pb.ContainerSummary:
         ports=[port_to_pb(p) for p in c.ports] if s.status in ("running", "paused") else [],
         started_at=s.started_at, finished_at=s.finished_at, pid=s.pid, oom_killed=s.oom_killed,
         labels=c.config.labels, ip_address=c.ip_address, error=s.error, restart_count=s.restart_count,
+        health=s.health if s.status in ("running", "paused") else "",
     )
 
 
@@ -102,6 +145,10 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "Restarting": s.status == "restarting", "OOMKilled": s.oom_killed, "Dead": s.status == "dead",
             "Pid": s.pid, "ExitCode": s.exit_code, "Error": s.error, "StartedAt": _iso(s.started_at),
             "FinishedAt": _iso(s.finished_at),
+            **({"Health": {"Status": s.health, "FailingStreak": s.health_failing,
+                           "Log": [{"Start": _iso(e["Start"]), "End": _iso(e["End"]), "ExitCode": e["ExitCode"],
+                                    "Output": e["Output"]} for e in s.health_log]}}
+               if s.health and s.status in ("running", "paused") else {}),
         },
         "Image": c.image_id,
         "Name": "/" + c.name,
@@ -112,6 +159,15 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "NetworkMode": cfg.network_mode, "PidMode": cfg.pid_mode, "IpcMode": cfg.ipc_mode or "private",
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
             "SecurityOpt": list(cfg.security_opt) or None,
+            "ReadonlyRootfs": cfg.read_only,
+            "CapAdd": list(cfg.cap_add) or None, "CapDrop": list(cfg.cap_drop) or None,
+            "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits] or None,
+            "Dns": list(cfg.dns), "DnsSearch": list(cfg.dns_search), "DnsOptions": list(cfg.dns_options),
+            "ExtraHosts": list(cfg.extra_hosts) or None, "Sysctls": dict(cfg.sysctls) or None,
+            "ShmSize": cfg.shm_size or 64 << 20, "GroupAdd": list(cfg.group_add) or None,
+            "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "")
+                      for m in cfg.mounts if m.type in ("bind", "volume") and not m.anonymous] or None,
+            "Tmpfs": {m.target: ",".join(m.tmpfs_options) for m in cfg.mounts if m.type == "tmpfs"} or None,
             "Privileged": cfg.privileged,
             "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container or d.path_on_host,
                          "CgroupPermissions": d.permissions} for d in cfg.devices] or None,

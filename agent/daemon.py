@@ -142,6 +142,9 @@ class Agent:
         add_images = __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server
         pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         add_images(self.server, self.manager, images)
+        from agent.volumes import service as volumes_service
+
+        volumes_service.add_to_server(self.server, self.manager)
         Path(o.socket).parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             os.unlink(o.socket)

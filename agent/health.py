@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from agent.execsession import ExecSession
-from agent.model import AgentError, Container, HealthCheck
+from agent.model import AgentError, Container, HealthCheck, InvalidArgument
 from agent.runtime.spec import ProcessSpec
 
 log = logging.getLogger("dockyard.health")
@@ -67,6 +67,7 @@ class HealthMonitor:
         if c.state.status == "running":
             if c.id not in self._tasks:
                 self.health[c.id] = Health()
+                self._mirror(c, self.health[c.id])
                 # (the loop's own call: containers start and exit on the loop, never in a thread)
                 self._tasks[c.id] = self._loop.create_task(self._probe_loop(c, hc))
         elif c.state.status != "paused" and (t := self._tasks.pop(c.id, None)) is not None:
@@ -87,7 +88,8 @@ class HealthMonitor:
         h = self.health[c.id]
         try:
             while True:
-                await asyncio.sleep(max(0.1, hc.interval))
+                starting = hc.start_period and h.status == "starting" and time.monotonic() - started < hc.start_period
+                await asyncio.sleep(max(0.1, hc.start_interval if starting else hc.interval))
                 if c.state.status == "paused":
                     continue
                 if c.state.status != "running":
@@ -106,10 +108,20 @@ class HealthMonitor:
         except Exception:
             log.exception("health checks of %s", c.name)
 
+    def _mirror(self, c: Container, h: Health) -> None:
+        """Into the container's own state (inspect, ps, a node's reports to the scheduler)."""
+        c.state.health, c.state.health_failing = h.status, h.failing_streak
+        c.state.health_log = [{"Start": p.start, "End": p.end, "ExitCode": p.exit_code, "Output": p.output}
+                              for p in h.log]
+
     def _set(self, c: Container, h: Health, status: str) -> None:
+        self._mirror(c, h)
         if h.status == status:
             return
         h.status = status
+        c.state.health = status
+        with contextlib.suppress(Exception):
+            self.m.health_changed(c)
         for cb in self.on_status:
             with contextlib.suppress(Exception):
                 cb(c, status)
@@ -138,3 +150,47 @@ class HealthMonitor:
         finally:
             s.close()
         return Probe(t0, time.time(), code, text)
+
+
+# --- the container's check, from its own flags and its image's HEALTHCHECK --------------------------
+
+def from_image(h: dict[str, Any] | None) -> HealthCheck | None:
+    """An image config's Healthcheck (docker's shape, nanoseconds; 0 = the default)."""
+    if not h or not h.get("Test"):
+        return None
+    ns = 1e-9
+    return HealthCheck(test=list(h["Test"]), interval=h.get("Interval", 0) * ns or 30.0,
+                       timeout=h.get("Timeout", 0) * ns or 30.0, retries=int(h.get("Retries", 0)) or 3,
+                       start_period=h.get("StartPeriod", 0) * ns, start_interval=h.get("StartInterval", 0) * ns or 5.0)
+
+
+def resolve(own: HealthCheck | None, image: HealthCheck | None) -> HealthCheck | None:
+    """What the container runs, as docker merges it at create: the run's fields over the image's,
+    a 0 (not given: the CLI sends 0) taking the image's or docker's default; NONE stays NONE."""
+    if own is None:
+        return image
+    if own.test and own.test[0] == "NONE":
+        return own
+    base = image or HealthCheck(test=[])
+    test = own.test or base.test
+    if not test:
+        return None  # only durations given, and the image has no test
+    return HealthCheck(test=list(test), interval=own.interval or base.interval or 30.0,
+                       timeout=own.timeout or base.timeout or 30.0, retries=own.retries or base.retries or 3,
+                       start_period=own.start_period or base.start_period,
+                       start_interval=own.start_interval or base.start_interval or 5.0)
+
+
+def check(h: HealthCheck | None) -> None:
+    if h is None:
+        return
+    if h.test and h.test[0] not in ("CMD", "CMD-SHELL", "NONE"):
+        raise InvalidArgument(f"health check test {h.test!r}: must start with CMD, CMD-SHELL or NONE")
+    if h.test and h.test[0] in ("CMD", "CMD-SHELL") and not [a for a in h.test[1:] if a.strip()]:
+        raise InvalidArgument("health check: --health-cmd has no command")
+    for name in ("interval", "timeout", "start_period", "start_interval"):
+        v = getattr(h, name)
+        if v < 0 or (name != "start_period" and 0 < v < 0.001):
+            raise InvalidArgument(f"--health-{name.replace('_', '-')}: {v}s is out of range (0, or at least 1ms)")
+    if h.retries < 0:
+        raise InvalidArgument(f"--health-retries: {h.retries} is negative")

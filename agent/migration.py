@@ -129,6 +129,7 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
             info = await pbg.AgentStub(channel).Info(pb.Empty(), timeout=5)  # type: ignore[no-untyped-call]
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"target agent {target} does not answer: {e.details()}") from e
+        await _check_mounts(m, c.id, channel, target)
         await _ensure_image(m, channel, c.image_id, c.image_ref, emit)
         if live and lazy_pages and info.lazy_pages and c.state.status == "running":
             return await _migrate_post_copy(m, c.id, channel, target, emit, t0)
@@ -158,10 +159,42 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
             downtime = time.monotonic() - down
         emit(pb.MigrateProgress(phase="cleanup", message=f"removing {c.name} here"))
         await m.remove(c.id, force=True)
+        await _remove_moved_volumes(m, c)
         return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
                                   total_seconds=time.monotonic() - t0)
     finally:
         await channel.close()
+
+
+async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str) -> None:
+    """Before anything stops: the container's volumes move with it (none may be shared with another
+    container here, none may exist on the target), and its bind sources must exist there."""
+    from agent.containers import volume_names
+    from protos import volumes_pb2 as vpb
+    from protos import volumes_pb2_grpc as vpbg
+
+    c = m.get(cid)
+    if not c.config.mounts:
+        return
+    problems = m.volumes_shared(c)
+    binds = [x.source for x in c.config.mounts if x.type == "bind"]
+    try:
+        r = await vpbg.VolumesStub(channel).CheckMigration(  # type: ignore[no-untyped-call]
+            vpb.MigrationCheck(bind_sources=binds, volumes=volume_names(c)), timeout=30)
+    except grpc.aio.AioRpcError as e:
+        raise Unavailable(f"target agent {target} cannot say whether {c.name}'s mounts fit: {e.details()}") from e
+    problems += [f"{p} ({target})" for p in r.problems]
+    if problems:
+        raise Conflict(f"cannot move {c.name} to {target}: " + "; ".join(problems))
+
+
+async def _remove_moved_volumes(m: ContainerManager, c: Any) -> None:
+    """Its volumes went with it: their copies here go once the target runs it."""
+    from agent.containers import volume_names
+
+    names = volume_names(c)
+    if names:
+        await asyncio.to_thread(m.remove_volumes, names)
 
 
 async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str,
@@ -199,6 +232,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
             # copy is the one left.
             log.warning("%s: criu dump failed after the move (%s); the target's copy is kept", c.name, e)
             await _remove_source_copy(m, c.id)
+            await _remove_moved_volumes(m, c)
             return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
                                       total_seconds=time.monotonic() - t0)
         # The target's copy lost its page source: its watchdog killed it, and CRIU unfroze ours.
@@ -210,6 +244,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
     await m.checkpoints.lazy_dump_ended(c.id, ok=True)
     emit(pb.MigrateProgress(phase="cleanup", message=f"removing {c.name} here"))
     await _remove_source_copy(m, c.id)
+    await _remove_moved_volumes(m, c)
     return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
                               total_seconds=time.monotonic() - t0)
 

@@ -66,6 +66,35 @@ class Resources:
 
 
 @dataclass
+class Mount:
+    """One of the container's own mounts: a volume, a host path (bind) or a tmpfs.
+
+    Parsed from docker's three spellings (-v, --mount, --tmpfs) by agent/volumes/specs.py, which
+    checks them; an anonymous volume gets its name at create."""
+    type: str = "volume"            # volume | bind | tmpfs
+    source: str = ""                # the volume's name ("" until an anonymous one is made) or a host path
+    target: str = ""                # absolute, in the container
+    readonly: bool = False
+    propagation: str = ""           # bind: "" = rprivate (only private and rprivate are supported)
+    selinux: str = ""               # -v's z or Z (a relabel, which a host without SELinux does not need)
+    nocopy: bool = False            # volume: no copy-up of the image's content at the target
+    create_source: bool = False     # bind from -v: a missing host path is made (docker); --mount refuses
+    anonymous: bool = False         # volume: made for this container (-v /path); `rm -v` and --rm remove it
+    external: bool = False          # volume: must exist already (a stack's `external: true`), never made
+    tmpfs_options: list[str] = field(default_factory=list)   # size=BYTES, mode=OCTAL, noexec, ...
+    volume_driver: str = ""         # a volume made by this mount: "" or local
+    volume_labels: dict[str, str] = field(default_factory=dict)
+    volume_options: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class Ulimit:
+    name: str           # nofile, nproc, core, ... (agent/hostconfig.py ULIMITS)
+    soft: int           # -1: unlimited
+    hard: int
+
+
+@dataclass
 class HealthCheck:
     """docker's HEALTHCHECK / --health-*: test is ["CMD", args...] or ["CMD-SHELL", command]."""
 
@@ -74,6 +103,7 @@ class HealthCheck:
     timeout: float = 30.0       # a probe running longer fails
     retries: int = 3            # consecutive failures that make it unhealthy
     start_period: float = 0.0   # failures in this time after the start do not count
+    start_interval: float = 5.0  # between probes during start_period (docker 25's --health-start-interval)
 
 
 @dataclass
@@ -119,6 +149,18 @@ class ContainerConfig:
     stop_timeout: int = 0
     stop_signal: str = ""
     security_opt: list[str] = field(default_factory=list)
+    mounts: list[Mount] = field(default_factory=list)
+    read_only: bool = False         # --read-only: the rootfs is read-only (volumes and tmpfs are not)
+    cap_add: list[str] = field(default_factory=list)    # names, with or without CAP_, or ALL
+    cap_drop: list[str] = field(default_factory=list)
+    ulimits: list[Ulimit] = field(default_factory=list)
+    dns: list[str] = field(default_factory=list)
+    dns_search: list[str] = field(default_factory=list)
+    dns_options: list[str] = field(default_factory=list)
+    extra_hosts: list[str] = field(default_factory=list)  # NAME:IP, or NAME:host-gateway
+    sysctls: dict[str, str] = field(default_factory=dict)
+    shm_size: int = 0               # bytes of /dev/shm; 0: 64 MiB (docker's)
+    group_add: list[str] = field(default_factory=list)
     devices: list[DeviceMapping] = field(default_factory=list)
     privileged: bool = False
     exposed_ports: list[str] = field(default_factory=list)   # "80/tcp": recorded, as docker's EXPOSE
@@ -139,6 +181,9 @@ class ContainerState:
     restart_count: int = 0
     stopped_by_user: bool = False    # for unless-stopped and for on-failure after `stop`
     checkpoint: str = ""             # CRIU images of the last checkpoint, until restored or removed
+    health: str = ""                 # "" (no check) | starting | healthy | unhealthy
+    health_failing: int = 0          # consecutive failed checks
+    health_log: list[dict[str, Any]] = field(default_factory=list)   # the last 5: Start, End, ExitCode, Output
 
 
 @dataclass
@@ -192,5 +237,5 @@ _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
-    "Overlay": Overlay,
+    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit,
 }

@@ -132,7 +132,7 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def InspectContainer(self, request: pb.ContainerRef, context: Any) -> pb.JsonDocument:
         c = self.m.get(request.id)
-        extra = {"LogPath": str(self.m.files(c).log), "Driver": "overlay"}
+        extra = {"LogPath": str(self.m.files(c).log), "Driver": "overlay", "Mounts": self.m.mounts_info(c)}
         return pb.JsonDocument(json=json.dumps(convert.inspect(c, extra)))
 
     @_mapped
@@ -159,7 +159,7 @@ class AgentServicer(pbg.AgentServicer):
 
     @_mapped
     async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: Any) -> pb.Empty:
-        await self.m.remove(request.id, request.force)
+        await self.m.remove(request.id, request.force, request.volumes)
         return pb.Empty()
 
     @_mapped

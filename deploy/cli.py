@@ -105,6 +105,7 @@ LAZY: dict[str, tuple[str, ...]] = {
     "container": (_GROUPS,),
     "network": (_GROUPS, "deploy.cli_network"),
     "cluster": ("deploy.cli_bootstrap",),
+    "volume": ("deploy.cli_volumes",),
 }
 
 
@@ -253,14 +254,29 @@ def run(ctx: click.Context, /, image: str, command: tuple[str, ...], detach: boo
     """Create and run a new container from an image."""
     cfg = build_config(image, command, o)
     cl = client(ctx)
-    if detach:
+    cidfile = o.get("cidfile") or ""
+    if cidfile and os.path.exists(cidfile):
+        fail(f"Container ID file found, make sure the other container isn't running or delete {cidfile}", 125)
+    if detach or cidfile:
         created = cl.call("CreateContainer", pb.CreateContainerRequest(config=cfg))
+        if cidfile:
+            _write_cidfile(cidfile, created.id)
+        if not detach:
+            sys.exit(_attach_session(cl, created.id, start=True, tty=cfg.tty, stdin=cfg.open_stdin))
         cl.call("StartContainer", pb.ContainerRef(id=created.id))
         click.echo(created.id)
         return
     # One call creates, starts and streams it, and ends with its exit status (after its removal
     # with --rm, as docker's run waits for).
     sys.exit(_attach_session(cl, "", start=True, tty=cfg.tty, stdin=cfg.open_stdin, create=cfg))
+
+
+def _write_cidfile(path: str, cid: str) -> None:
+    try:
+        with open(path, "x") as f:
+            f.write(cid)
+    except OSError as e:
+        fail(f"failed to write the container ID to {path}: {e.strerror}", 125)
 
 
 def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool,
@@ -288,7 +304,12 @@ def _attach_session(cl: Client, cid: str, start: bool, tty: bool, stdin: bool,
 @click.pass_context
 def create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any) -> None:
     """Create a new container."""
+    cidfile = o.get("cidfile") or ""
+    if cidfile and os.path.exists(cidfile):
+        fail(f"Container ID file found, make sure the other container isn't running or delete {cidfile}", 125)
     created = client(ctx).call("CreateContainer", pb.CreateContainerRequest(config=build_config(image, command, o)))
+    if cidfile:
+        _write_cidfile(cidfile, created.id)
     click.echo(created.id)
 
 
@@ -538,10 +559,11 @@ def unpause(ctx: click.Context, containers: tuple[str, ...]) -> None:
 @options.click_options(options.RM)
 @click.argument("containers", nargs=-1, required=True)
 @click.pass_context
-def rm(ctx: click.Context, force: bool, containers: tuple[str, ...]) -> None:
+def rm(ctx: click.Context, force: bool, volumes: bool, containers: tuple[str, ...]) -> None:
     """Remove one or more containers."""
     cl = client(ctx)
-    _each(cl, containers, lambda ref: cl.call("RemoveContainer", pb.RemoveContainerRequest(id=ref, force=force)))
+    _each(cl, containers, lambda ref: cl.call("RemoveContainer",
+                                              pb.RemoveContainerRequest(id=ref, force=force, volumes=volumes)))
 
 
 @main.command()

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def run(host: str, argv: Sequence[str]) -> int | None:
     try:
         o, args = parse(RUN, argv, interspersed=False)
-        if not args or o["tty"]:  # a terminal: click's session (deploy/streams.py) sets it up
+        if not args or o["tty"] or o.get("cidfile"):  # a terminal: click's session (deploy/streams.py) sets it up
             return None
         cfg = build_config(args[0], args[1:], o)
         cl = LocalClient(host)
@@ -58,7 +58,7 @@ def run(host: str, argv: Sequence[str]) -> int | None:
 def create(host: str, argv: Sequence[str]) -> int | None:
     try:
         o, args = parse(RUN[:-1], argv, interspersed=False)  # RUN without -d: CONTAINER
-        if not args:
+        if not args or o.get("cidfile"):
             return None
         cfg = build_config(args[0], args[1:], o)
         created = LocalClient(host).call("CreateContainer", {"config": cfg})
@@ -99,7 +99,7 @@ def kill(host: str, argv: Sequence[str]) -> int | None:
 
 
 def rm(host: str, argv: Sequence[str]) -> int | None:
-    return _each(host, argv, RM, "RemoveContainer", lambda o, ref: {"id": ref, "force": o["force"]})
+    return _each(host, argv, RM, "RemoveContainer", lambda o, ref: {"id": ref, "force": o["force"], "volumes": o["volumes"]})
 
 
 def _each(host: str, argv: Sequence[str], opts: Sequence[Opt], method: str,
@@ -189,7 +189,9 @@ def _pump_stdin(call: Call) -> None:
 def _status(c: dict[str, Any], now: float) -> str:
     state = c["state"]
     if state == "running":
-        return f"Up {display.human_duration(now - c['started_at'])}"
+        health = c.get("health", "")
+        note = {"": "", "starting": " (health: starting)"}.get(health, f" ({health})")
+        return f"Up {display.human_duration(now - c['started_at'])}{note}"
     if state == "paused":
         return f"Up {display.human_duration(now - c['started_at'])} (Paused)"
     if state == "restarting":

@@ -160,10 +160,143 @@ def build_config(image: str, command: tuple[str, ...] | list[str], o: dict[str, 
         "name": o["name"], "image": image, "cmd": list(command),
         "entrypoint": [o["entrypoint"]] if entry_set and o["entrypoint"] else [], "entrypoint_set": entry_set,
         "env": env_list, "workdir": o["workdir"], "user": o["user"], "hostname": o["hostname"], "tty": o["tty"],
-        "open_stdin": o["interactive"], "labels": dict(label.partition("=")[::2] for label in o["label"]),
+        "open_stdin": o["interactive"],
+        "labels": {**label_files(o.get("label_file") or ()), **dict(label.partition("=")[::2] for label in o["label"])},
         "ports": ports(o["publish"]), "resources": resources(o), "network_mode": o["network"],
         "pid_mode": o["pid_mode"], "ipc_mode": o["ipc_mode"], "userns_mode": o["userns_mode"],
         "restart_policy": {"name": rname, "max_retries": int(rmax or 0)}, "auto_remove": o["auto_remove"],
         "init": o["init"], "stop_timeout": o["stop_timeout"], "stop_signal": o["stop_signal"],
-        "security_opt": list(o["security_opt"]), "devices": devices(o["device"]), "privileged": o["privileged"],
+        "security_opt": security_opts(o["security_opt"]), "devices": devices(o["device"]), "privileged": o["privileged"],
+        **run_extras(o),
     }
+
+
+# --- volumes and the rest of docker run (imported only when one of these options is given) -------
+
+_EXTRAS = ("volumes", "mounts", "tmpfs", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search",
+           "dns_options", "add_hosts", "sysctls", "shm_size", "group_add", "label_file", "health_cmd",
+           "health_interval", "health_timeout", "health_retries", "health_start_period", "health_start_interval",
+           "no_healthcheck")
+
+
+def run_extras(o: dict[str, Any]) -> dict[str, Any]:
+    """The ContainerConfig fields of the options above, proto3 JSON names; {} when none is given."""
+    if not any(o.get(k) not in (None, "", 0, False, (), []) for k in _EXTRAS):
+        return {}
+    from dataclasses import asdict
+
+    from agent.hostconfig import check_ulimit, parse_ulimit
+    from agent.model import InvalidArgument
+    from agent.volumes import specs
+
+    out: dict[str, Any] = {}
+    mounts = []
+    for flag, key, parse in (("'-v' / '--volume'", "volumes", specs.parse_volume),
+                             ("'--mount'", "mounts", specs.parse_mount), ("'--tmpfs'", "tmpfs", specs.parse_tmpfs)):
+        for spec in o.get(key) or ():
+            try:
+                m = parse(spec)
+                specs.check(m)
+            except InvalidArgument as e:
+                raise BadOption(str(e), flag) from None
+            mounts.append(asdict(m))
+    if mounts:
+        out["mounts"] = mounts
+    if o.get("read_only"):
+        out["read_only"] = True
+    for key, name in (("cap_add", "cap_add"), ("cap_drop", "cap_drop"), ("dns", "dns"), ("dns_search", "dns_search"),
+                      ("dns_options", "dns_options"), ("add_hosts", "extra_hosts"), ("group_add", "group_add")):
+        if o.get(key):
+            out[name] = list(o[key])
+    ulimits = []
+    for s in o.get("ulimits") or ():
+        try:
+            u = parse_ulimit(s)
+            check_ulimit(u)
+        except InvalidArgument as e:
+            raise BadOption(str(e), "'--ulimit'") from None
+        ulimits.append({"name": u.name, "soft": u.soft, "hard": u.hard})
+    if ulimits:
+        out["ulimits"] = ulimits
+    sysctls = {}
+    for s in o.get("sysctls") or ():
+        k, sep, v = s.partition("=")
+        if not sep or not k:
+            raise BadOption(f"{s!r}: expected KEY=VALUE", "'--sysctl'")
+        sysctls[k] = v
+    if sysctls:
+        out["sysctls"] = sysctls
+    if o.get("shm_size"):
+        out["shm_size"] = parse_size(o["shm_size"], "--shm-size")
+    health = healthcheck(o)
+    if health is not None:
+        out["healthcheck"] = health
+    return out
+
+
+def label_files(paths: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """docker's --label-file: KEY=VALUE lines; blank lines and # comments skipped."""
+    out = {}
+    for path in paths:
+        try:
+            with open(path) as f:
+                for line in f:
+                    line = line.strip()
+                    if line and not line.startswith("#"):
+                        k, _, v = line.partition("=")
+                        out[k] = v
+        except OSError as e:
+            raise BadOption(f"open {path}: {e.strerror}", usage=False) from None
+    return out
+
+
+def security_opts(opts: tuple[str, ...] | list[str]) -> list[str]:
+    """seccomp=FILE is read here and sent as the profile's JSON, as docker's CLI does."""
+    out = []
+    for opt in opts:
+        key, sep, value = opt.partition("=")
+        if key == "seccomp" and sep and value not in ("unconfined", "builtin", "default") \
+                and not value.lstrip().startswith("{"):
+            try:
+                with open(value) as f:
+                    value = f.read()
+            except OSError as e:
+                raise BadOption(f"opening seccomp profile ({value}) failed: {e.strerror}", "'--security-opt'") from None
+            opt = f"seccomp={value}"
+        out.append(opt)
+    return out
+
+
+def _duration(text: str, flag: str) -> float:
+    import re
+
+    units = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+    parts = re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise BadOption(f"invalid duration {text!r} (like 30s, 1m30s, 500ms)", f"'{flag}'")
+    return sum(float(n) * units[u] for n, u in parts)
+
+
+def healthcheck(o: dict[str, Any]) -> dict[str, Any] | None:
+    """--health-* and --no-healthcheck as a HealthCheck (0 for what is not given: the image's or
+    docker's default, filled in by the agent)."""
+    keys = ("health_cmd", "health_interval", "health_timeout", "health_retries", "health_start_period",
+            "health_start_interval")
+    given = any(o.get(k) not in (None, "", 0) for k in keys)
+    if o.get("no_healthcheck"):
+        if given:
+            raise BadOption("--no-healthcheck conflicts with --health-* options", "'--no-healthcheck'")
+        return {"test": ["NONE"]}
+    if not given:
+        return None
+    if o.get("health_cmd") is not None and not o["health_cmd"].strip():
+        raise BadOption("the health command is empty", "'--health-cmd'")
+    if (o.get("health_retries") or 0) < 0:
+        raise BadOption("must be 0 or more", "'--health-retries'")
+    h: dict[str, Any] = {"test": ["CMD-SHELL", o["health_cmd"]] if o.get("health_cmd") else [],
+                         "retries": o.get("health_retries") or 0}
+    for key in ("interval", "timeout", "start_period", "start_interval"):
+        text = o.get(f"health_{key}") or ""
+        if text:
+            h[key] = _duration(text, f"--health-{key.replace('_', '-')}")
+    return h

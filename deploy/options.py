@@ -83,6 +83,32 @@ CONTAINER: tuple[Opt, ...] = (
         help="Security options: seccomp=unconfined|builtin, no-new-privileges[=true|false]"),
     opt("--device", multiple=True, help="Add a host device to the container (HOST[:CONTAINER][:rwm])"),
     opt("--privileged", flag=True, help="Give extended privileges to this container"),
+    # volumes and the rest of docker run (deploy/containers.py reads them; agent/volumes, agent/hostconfig.py)
+    opt("-v", "--volume", dest="volumes", multiple=True,
+        help="Bind mount a volume: NAME:/path[:ro], /host:/path[:ro|rw,z,Z,rprivate], or /path"),
+    opt("--mount", dest="mounts", multiple=True,
+        help="Attach a filesystem mount: type=volume|bind|tmpfs,src=...,dst=...[,readonly]"),
+    opt("--tmpfs", multiple=True, help="Mount a tmpfs directory: /path[:size=64m,mode=1777,...]"),
+    opt("--read-only", flag=True, help="Mount the container's root filesystem as read only"),
+    opt("--cap-add", multiple=True, help="Add Linux capabilities (or ALL)"),
+    opt("--cap-drop", multiple=True, help="Drop Linux capabilities (or ALL)"),
+    opt("--ulimit", dest="ulimits", multiple=True, help="Ulimit options: NAME=SOFT[:HARD]"),
+    opt("--dns", multiple=True, help="Set custom DNS servers"),
+    opt("--dns-search", multiple=True, help="Set custom DNS search domains"),
+    opt("--dns-option", dest="dns_options", multiple=True, help="Set DNS options"),
+    opt("--add-host", dest="add_hosts", multiple=True, help="Add a custom host-to-IP mapping (host:ip)"),
+    opt("--sysctl", dest="sysctls", multiple=True, help="Sysctl options: KEY=VALUE (namespaced ones)"),
+    opt("--shm-size", help="Size of /dev/shm"),
+    opt("--group-add", multiple=True, help="Add additional groups to join"),
+    opt("--cidfile", help="Write the container ID to the file"),
+    opt("--label-file", multiple=True, help="Read in a line delimited file of labels"),
+    opt("--health-cmd", default=None, help="Command to run to check health"),
+    opt("--health-interval", help="Time between running the check (ms|s|m|h)"),
+    opt("--health-timeout", help="Maximum time to allow one check to run (ms|s|m|h)"),
+    opt("--health-retries", type=int, default=0, help="Consecutive failures needed to report unhealthy"),
+    opt("--health-start-period", help="Start period for the container to initialize"),
+    opt("--health-start-interval", help="Time between checks during the start period"),
+    opt("--no-healthcheck", flag=True, help="Disable any container-specified HEALTHCHECK"),
 )
 
 RUN: tuple[Opt, ...] = (
@@ -112,6 +138,7 @@ KILL: tuple[Opt, ...] = (opt("-s", "--signal", dest="sig", default="KILL", help=
 
 RM: tuple[Opt, ...] = (
     opt("-f", "--force", flag=True, help="Force the removal of a running container (uses SIGKILL)"),
+    opt("-v", "--volumes", flag=True, help="Remove anonymous volumes associated with the container"),
 )
 
 

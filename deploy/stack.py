@@ -327,15 +327,16 @@ def _interpolate_tree(root: _Map, file: str, environ: Mapping[str, str], warning
 # Every key either works or is refused: `supported` sets list what is read; the `_UNSUPPORTED_*`
 # maps list what Compose has and dockyard does not do (yet), each with a hint; anything else is an
 # unknown field. Nothing is read and then dropped.
-_TOP = frozenset({"version", "name", "services", "networks"})
+_TOP = frozenset({"version", "name", "services", "networks", "volumes"})
 _UNSUPPORTED_TOP = {
-    "volumes": "",
     "configs": "",
     "secrets": "",
 }
 _SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file", "ports", "deploy", "healthcheck",
                       "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
-                      "stdin_open", "init", "devices", "privileged", "networks"})
+                      "stdin_open", "init", "devices", "privileged", "networks", "volumes", "tmpfs", "read_only",
+                      "cap_add", "cap_drop", "security_opt", "ulimits", "dns", "dns_search", "dns_opt", "extra_hosts",
+                      "sysctls", "shm_size", "group_add"})
 _ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
 _UNSUPPORTED_SERVICE = {
     "build": "build the image first with `dockyard image build -t NAME .` and name it in `image:`",
@@ -345,11 +346,8 @@ _UNSUPPORTED_SERVICE = {
     "network_mode": "",
     "restart": "use deploy.restart_policy", "scale": "use deploy.replicas",
     "expose": "every port of a task is reachable from the node; publish it with `ports:`",
-    "volumes": "", "volumes_from": "", "tmpfs": "", "configs": "", "secrets": "",
+    "volumes_from": "", "configs": "", "secrets": "",
     "device_cgroup_rules": _ON_THE_NODE,
-    "cap_add": _ON_THE_NODE, "cap_drop": _ON_THE_NODE, "security_opt": _ON_THE_NODE, "read_only": _ON_THE_NODE,
-    "ulimits": _ON_THE_NODE, "sysctls": _ON_THE_NODE, "extra_hosts": _ON_THE_NODE, "dns": _ON_THE_NODE,
-    "dns_search": _ON_THE_NODE, "dns_opt": _ON_THE_NODE, "shm_size": _ON_THE_NODE, "group_add": _ON_THE_NODE,
     "logging": _ON_THE_NODE, "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
     "uts": "", "isolation": "", "domainname": "", "mac_address": "", "oom_score_adj": "",
     "oom_kill_disable": "", "storage_opt": "", "runtime": "", "platform": "", "profiles": "",
@@ -522,11 +520,14 @@ def _stack(root: _At, name: str | None, environ: Mapping[str, str], warnings: li
     if services_at is None:
         raise StackError(file, 1, "services", "missing: a stack needs at least one service")
     networks = _networks(root.child("networks"), stack_name)
+    from deploy.stack_volumes import top_volumes
+
+    volumes = top_volumes(root.child("volumes"), stack_name)
     specs = []
     for short, at in services_at.items():
         if not _NAME.match(short):
             raise StackError(file, at.line, at.field, f"invalid service name {short!r}")
-        specs.append(_service(at, f"{stack_name}_{short}", environ or {}, warnings, networks))
+        specs.append(_service(at, f"{stack_name}_{short}", environ or {}, warnings, networks, volumes))
     if not specs:
         raise StackError(file, services_at.line, "services", "no services defined")
     return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()))
@@ -630,7 +631,9 @@ def _service_networks(at: _At | None, declared: Mapping[str, StackNetwork]) -> t
 
 
 def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list[str],
-             networks: Mapping[str, StackNetwork]) -> ServiceSpec:
+             networks: Mapping[str, StackNetwork], volumes: dict[str, Any] | None = None) -> ServiceSpec:
+    from deploy.stack_volumes import service_mounts
+
     at.mapping(_SERVICE, _UNSUPPORTED_SERVICE)
     image_at = at.child("image")
     if image_at is None:
@@ -654,6 +657,11 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
     labels: tuple[tuple[str, str], ...] = ()
     healthcheck = _healthcheck(at.child("healthcheck"))
     attachments = _service_networks(at.child("networks"), networks)
+    mounts = service_mounts(at, volumes or {})
+    read_only = _opt(at, "read_only", _At.boolean, False)
+    from deploy import stack_hostconfig
+
+    host_settings = stack_hostconfig.read(at)
     grace = _opt(at, "stop_grace_period", parse_duration)
     hostname = _opt(at, "hostname", _At.string, "")
     if hostname and not _HOSTNAME.match(hostname):
@@ -697,7 +705,8 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
         tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
         init=_opt(at, "init", _At.boolean, False), pids_limit=pids,
         container_labels=tuple(sorted(dict(container_labels).items())), devices=devices,
-        privileged=_opt(at, "privileged", _At.boolean, False),
+        privileged=_opt(at, "privileged", _At.boolean, False), mounts=mounts, read_only=read_only,
+        **host_settings,
     )
 
 

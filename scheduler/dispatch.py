@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import math
 import time
@@ -40,7 +39,6 @@ TASK_LABEL = "dockyard.task"
 SERVICE_LABEL = "dockyard.service"
 SLOT_LABEL = "dockyard.slot"
 STACK_LABEL = "dockyard.stack"
-HEALTH_LABEL = "dockyard.healthcheck"  # the service's health check, run by the agent's join loop
 STOP_TIMEOUT = 3  # seconds from SIGTERM to SIGKILL when a task is stopped
 CALL_TIMEOUT = 5.0
 
@@ -97,10 +95,32 @@ def container_config(t: Task, spec: ServiceSpec, stack: str,
         # A published port binds the host; an unpublished one gets a free host port from the agent
         # (docker's `-p 80`), so replicas of one service can share a host.
         cfg.ports.append(apb.PortMapping(host_port=p.published or 0, container_port=p.target, protocol=p.protocol))
-    if spec.healthcheck is not None and spec.healthcheck.enabled:
+    for m in spec.mounts:
+        cfg.mounts.append(apb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.read_only,
+                                    nocopy=m.nocopy, propagation=m.propagation, external=m.external,
+                                    create_source=m.create_host_path,
+                                    anonymous=m.type == "volume" and not m.source,
+                                    tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
+                                    volume_options=dict(m.volume_options), volume_labels=dict(m.volume_labels)))
+    cfg.read_only = spec.read_only
+    cfg.cap_add.extend(spec.cap_add)
+    cfg.cap_drop.extend(spec.cap_drop)
+    cfg.security_opt.extend(spec.security_opt)
+    cfg.ulimits.extend(apb.Ulimit(name=n, soft=s, hard=h) for n, s, h in spec.ulimits)
+    cfg.dns.extend(spec.dns)
+    cfg.dns_search.extend(spec.dns_search)
+    cfg.dns_options.extend(spec.dns_options)
+    cfg.extra_hosts.extend(spec.extra_hosts)
+    cfg.sysctls.update(dict(spec.sysctls))
+    cfg.shm_size = spec.shm_size
+    cfg.group_add.extend(spec.group_add)
+    if spec.healthcheck is not None:
+        # run by the node's agent like any container's (agent/health.py); disabled: not even the image's
         h = spec.healthcheck
-        cfg.labels[HEALTH_LABEL] = json.dumps({"test": list(h.test), "interval": h.interval, "timeout": h.timeout,
-                                               "retries": h.retries, "start_period": h.start_period})
+        test = list(h.test) if h.test and h.test[0] in ("CMD", "CMD-SHELL", "NONE") else ["CMD", *h.test]
+        cfg.healthcheck.CopyFrom(apb.HealthCheck(
+            test=test if h.enabled else ["NONE"], interval=h.interval, timeout=h.timeout, retries=h.retries,
+            start_period=h.start_period))
     return cfg
 
 

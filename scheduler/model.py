@@ -189,6 +189,25 @@ class RestartPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class MountSpec:
+    """A task's volume, bind mount or tmpfs (a stack's `volumes:` and `tmpfs:`), as the agent's
+    Mount: a named volume is local to each node that runs a task of the service (and moves with
+    the task when it migrates); a bind source must exist on the node."""
+    type: str = "volume"                                 # volume | bind | tmpfs
+    source: str = ""                                     # volume name ("" = anonymous) or host path
+    target: str = ""
+    read_only: bool = False
+    nocopy: bool = False
+    propagation: str = ""
+    external: bool = False                               # the volume must exist on the node already
+    create_host_path: bool = False                       # bind: a missing source is made on the node
+    tmpfs_options: tuple[str, ...] = ()
+    volume_driver: str = ""
+    volume_options: tuple[tuple[str, str], ...] = ()
+    volume_labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class HealthCheck:
     test: tuple[str, ...] = ()
     interval: float = 30.0
@@ -233,6 +252,21 @@ class ServiceSpec:
     container_labels: tuple[tuple[str, str], ...] = ()  # the service's `labels:`, on every container
     devices: tuple[str, ...] = ()  # docker's --device syntax, HOST[:CONTAINER][:rwm] (agent.model.DeviceMapping)
     privileged: bool = False
+    mounts: tuple[MountSpec, ...] = ()
+    read_only: bool = False
+    # docker run's host settings (agent/hostconfig.py checks them): capabilities, security options,
+    # ulimits (name, soft, hard), DNS, extra /etc/hosts lines, namespaced sysctls, /dev/shm, groups.
+    cap_add: tuple[str, ...] = ()
+    cap_drop: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()
+    ulimits: tuple[tuple[str, int, int], ...] = ()
+    dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
+    extra_hosts: tuple[str, ...] = ()
+    sysctls: tuple[tuple[str, str], ...] = ()
+    shm_size: int = 0
+    group_add: tuple[str, ...] = ()
     networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
 
     @property
@@ -261,7 +295,9 @@ _NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels")
 _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "", "workdir": "", "stop_signal": "",
                                  "stop_grace_period": None, "tty": False, "stdin_open": False, "init": False,
                                  "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
-                                 "networks": []}
+                                 "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
+                                 "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
+                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": []}
 
 
 class UpdateState(enum.StrEnum):

@@ -367,6 +367,9 @@ class Builder:
         if kw in ("CMD", "ENTRYPOINT"):
             new = apply_change(cfg, f"{kw} {ins.args}", shell=state.shell)
             return new
+        if kw == "HEALTHCHECK":
+            flags = " ".join(f"--{k}={v}" for k, v in ins.flags.items())
+            return apply_change(cfg, f"HEALTHCHECK {flags} {ins.args}".replace("  ", " "), shell=state.shell)
         # EXPOSE, USER, WORKDIR, STOPSIGNAL: expanded here, "$" kept literal for apply_change.
         text = df.expand(ins.args, env, escape)
         if kw != "EXPOSE":

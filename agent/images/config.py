@@ -45,7 +45,10 @@ LAYER_MEDIA_TYPES = {
     "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip",
 }
 
-CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "STOPSIGNAL", "USER", "WORKDIR")
+CHANGE_INSTRUCTIONS = ("CMD", "ENTRYPOINT", "ENV", "EXPOSE", "LABEL", "STOPSIGNAL", "USER", "WORKDIR", "VOLUME",
+                       "HEALTHCHECK")
+_HEALTH_FLAGS = {"interval": "Interval", "timeout": "Timeout", "start-period": "StartPeriod",
+                 "start-interval": "StartInterval", "retries": "Retries"}
 
 
 def host_architecture() -> str:
@@ -89,6 +92,8 @@ class ImageConfig:
     exposed_ports: list[str] = field(default_factory=list)
     labels: dict[str, str] = field(default_factory=dict)
     stop_signal: str = ""
+    volumes: list[str] = field(default_factory=list)          # VOLUME: anonymous volumes at run
+    healthcheck: dict[str, Any] | None = None                 # HEALTHCHECK, docker's shape (ns durations)
 
     def to_oci(self) -> dict[str, Any]:
         """The ``config`` object of an OCI image config; empty fields are left out as docker does."""
@@ -109,6 +114,10 @@ class ImageConfig:
             out["Labels"] = dict(self.labels)
         if self.stop_signal:
             out["StopSignal"] = self.stop_signal
+        if self.volumes:
+            out["Volumes"] = {v: {} for v in self.volumes}
+        if self.healthcheck:
+            out["Healthcheck"] = dict(self.healthcheck)
         return out
 
     @classmethod
@@ -142,6 +151,16 @@ class ImageConfig:
             isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
         ):
             raise InvalidArchive(f"{what}.Labels: must be an object of strings")
+        volumes = data.get("Volumes") or {}
+        if not isinstance(volumes, dict) or not all(isinstance(k, str) and k.startswith("/") for k in volumes):
+            raise InvalidArchive(f"{what}.Volumes: must be an object of absolute paths")
+        health = data.get("Healthcheck")
+        if health is not None:
+            test = health.get("Test") if isinstance(health, dict) else None
+            if not isinstance(test, list) or not all(isinstance(t, str) for t in test) or not all(
+                    isinstance(health.get(k, 0), int) and not isinstance(health.get(k, 0), bool)
+                    for k in _HEALTH_FLAGS.values()):
+                raise InvalidArchive(f"{what}.Healthcheck: must have a Test list and whole-number durations")
         return cls(
             env=strings("Env"),
             cmd=strings("Cmd"),
@@ -151,6 +170,8 @@ class ImageConfig:
             exposed_ports=sorted(ports),
             labels=dict(labels),
             stop_signal=string("StopSignal"),
+            volumes=sorted(volumes),
+            healthcheck=dict(health) if health else None,
         )
 
     def env_dict(self) -> dict[str, str]:
@@ -380,6 +401,14 @@ def apply_change(config: ImageConfig, line: str, shell: Sequence[str] = ("/bin/s
         if not (sig.isdigit() or re.fullmatch(r"(SIG)?[A-Z0-9+-]+", sig.upper())):
             raise InvalidChange(f"STOPSIGNAL: invalid signal {sig!r}")
         return replace(config, stop_signal=sig)
+    if instr == "VOLUME":
+        exec_form = _json_array(args)
+        paths = exec_form if exec_form is not None else _words(_expand(args, env), instr)
+        if not paths or not all(paths):
+            raise InvalidChange("VOLUME requires at least one argument")
+        return replace(config, volumes=sorted({*config.volumes, *(_clean_path(p) for p in paths)}))
+    if instr == "HEALTHCHECK":
+        return replace(config, healthcheck=_healthcheck(args, shell))
     raise InvalidChange(
         f"{instr} is not a valid change command (allowed: {', '.join(CHANGE_INSTRUCTIONS)})"
     )
@@ -398,6 +427,43 @@ def apply_changes(config: ImageConfig, changes: Sequence[str]) -> ImageConfig:
         elif instr == "ENTRYPOINT" and cmd_set:
             config = replace(config, cmd=before)
     return config
+
+
+def _duration_ns(text: str, flag: str) -> int:
+    m = re.fullmatch(r"((?:\d+(?:\.\d+)?(?:ns|us|ms|s|m|h))+)", text)
+    if not m:
+        raise InvalidChange(f"HEALTHCHECK --{flag}: invalid duration {text!r} (like 30s, 1m30s)")
+    units = {"ns": 1, "us": 1_000, "ms": 1_000_000, "s": 1_000_000_000, "m": 60_000_000_000, "h": 3_600_000_000_000}
+    return int(sum(float(n) * units[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)", text)))
+
+
+def _healthcheck(args: str, shell: Sequence[str]) -> dict[str, Any]:
+    """HEALTHCHECK [--interval=D --timeout=D --start-period=D --start-interval=D --retries=N] CMD ... | NONE"""
+    out: dict[str, Any] = {}
+    rest = args.strip()
+    while rest.startswith("--"):
+        word, _, rest = rest.partition(" ")
+        rest = rest.strip()
+        key, eq, value = word[2:].partition("=")
+        if key not in _HEALTH_FLAGS or not eq:
+            raise InvalidChange(f"HEALTHCHECK: unknown flag or missing value: {word}")
+        if key == "retries":
+            if not value.isdigit():
+                raise InvalidChange(f"HEALTHCHECK --retries: {value!r} is not a number")
+            out["Retries"] = int(value)
+        else:
+            out[_HEALTH_FLAGS[key]] = _duration_ns(value, key)
+    kind, _, cmd = rest.partition(" ")
+    kind = kind.upper()
+    if kind == "NONE":
+        if cmd.strip() or out:
+            raise InvalidChange("HEALTHCHECK NONE takes no arguments")
+        return {"Test": ["NONE"]}
+    if kind != "CMD" or not cmd.strip():
+        raise InvalidChange(f"HEALTHCHECK: expected CMD COMMAND or NONE, got {rest!r}")
+    exec_form = _json_array(cmd)
+    out["Test"] = ["CMD", *exec_form] if exec_form is not None else ["CMD-SHELL", cmd.strip()]
+    return out
 
 
 def _port(word: str) -> str:

@@ -26,18 +26,19 @@ from .errors import ImageError
 # Instructions dockyard builds; the others docker knows are refused with a clear "not supported".
 SUPPORTED = (
     "FROM", "COPY", "ADD", "RUN", "WORKDIR", "ENV", "ARG", "EXPOSE", "CMD", "ENTRYPOINT", "USER", "LABEL",
-    "STOPSIGNAL", "SHELL", "MAINTAINER",
+    "STOPSIGNAL", "SHELL", "MAINTAINER", "VOLUME", "HEALTHCHECK",
 )
-KNOWN_UNSUPPORTED = ("VOLUME", "HEALTHCHECK", "ONBUILD")
+KNOWN_UNSUPPORTED = ("ONBUILD",)
 # Flags each instruction accepts (docker rejects unknown flags the same way).
 FLAGS: dict[str, tuple[str, ...]] = {
     "FROM": ("platform",),
     "COPY": ("from", "chown", "chmod", "link"),
     "ADD": ("chown", "chmod", "link", "checksum"),
     "RUN": ("network",),
+    "HEALTHCHECK": ("interval", "timeout", "start-period", "start-interval", "retries"),
 }
 # Instructions whose arguments get variable expansion.
-EXPANDED = ("FROM", "COPY", "ADD", "ENV", "ARG", "LABEL", "EXPOSE", "USER", "WORKDIR", "STOPSIGNAL")
+EXPANDED = ("FROM", "COPY", "ADD", "ENV", "ARG", "LABEL", "EXPOSE", "USER", "WORKDIR", "STOPSIGNAL", "VOLUME")
 
 
 class DockerfileError(ImageError):

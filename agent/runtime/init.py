@@ -24,7 +24,7 @@ import termios
 import traceback
 from typing import Any, NoReturn
 
-from agent.runtime import frames, process, rootfs
+from agent.runtime import frames, mounts, process, rootfs
 from agent.runtime import syscalls as sc
 from agent.runtime.spec import RuntimeSpec
 
@@ -163,12 +163,27 @@ def _configure(spec: RuntimeSpec, msg: dict[str, Any], lo_up: bool = False) -> N
     if "uts" in spec.namespaces and spec.hostname:
         sc.sethostname(spec.hostname)
     # The rootfs is our working directory (the shim's stage A entered it before unshare).
-    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net, spec.devices, spec.readonly_sysfs)
+    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net, spec.devices, spec.readonly_sysfs,
+                                spec.shm_size)
     trace("init: kernel filesystems mounted")
-    rootfs.pivot(".")
+    held = mounts.open_sources(spec.volumes) if spec.volumes else []
+    try:
+        rootfs.pivot(".")
+    except BaseException:
+        mounts.close(held)
+        raise
     trace("init: pivoted")
+    for key, value in spec.sysctls.items():  # before /proc/sys is made read-only
+        try:
+            with open("/proc/sys/" + key.replace(".", "/"), "w") as f:
+                f.write(value)
+        except OSError as e:
+            raise OSError(e.errno, f"--sysctl {key}={value}: {e.strerror}") from None
     rootfs.mask_paths(spec.masked_paths, spec.readonly_paths)
     trace("init: masked")
+    if spec.volumes or spec.read_only:
+        mounts.attach(spec.volumes, held, spec.read_only)
+        trace("init: volumes mounted")
 
 
 def _reaper(spec: RuntimeSpec, prepared: process.Prepared, ctl: socket.socket) -> NoReturn:

@@ -7,7 +7,9 @@ $PATH"), so they are raised as ProcessSetupError with docker's wording and exit 
 
 from __future__ import annotations
 
+import base64
 import os
+import resource as resource_mod
 from dataclasses import dataclass
 
 from agent.runtime import syscalls as sc
@@ -97,11 +99,27 @@ class Prepared:
     ident: Identity
 
 
+def _add_groups(ident: Identity, groups: list[str]) -> None:
+    """--group-add: names from the container's /etc/group, or numbers."""
+    db = _read_db("/etc/group")
+    for g in groups:
+        entry = next((e for e in db if len(e) >= 3 and e[0] == g), None)
+        if entry is not None:
+            gid = int(entry[2])
+        elif g.isdigit():
+            gid = int(g)
+        else:
+            raise ProcessSetupError(f"unable to find group {g}: no matching entries in group file", 126)
+        if gid not in ident.groups:
+            ident.groups.append(gid)
+
+
 def prepare(spec: ProcessSpec, hostname: str) -> Prepared:
     """Resolve everything that can fail with a user error, before anything irreversible."""
     if not spec.args:
         raise ProcessSetupError("no command specified", 126)
     ident = resolve_user(spec.user)
+    _add_groups(ident, spec.additional_groups)
     env = build_env(spec, ident, hostname)
     path = find_executable(spec.args[0], env.get("PATH", DEFAULT_PATH))
     if spec.cwd and spec.cwd != "/":
@@ -127,19 +145,36 @@ _BOUNDING = _bounding()
 
 def become(spec: ProcessSpec, p: Prepared) -> None:
     """Drop to the target identity and capability set. Irreversible; call right before execve."""
+    program = b""
     if spec.seccomp:
-        # First, while we still hold CAP_SYS_ADMIN (no no_new_privs needed); nothing below is
-        # a syscall the filter refuses.
         from agent.runtime import seccomp
 
-        sc.seccomp_set_filter(seccomp.DEFAULT)
+        program = base64.b64decode(spec.seccomp_program) if spec.seccomp_program else seccomp.DEFAULT
+    # A profile of the user's is loaded last (it may refuse what the steps below need), which
+    # no_new_privs allows; the default one, and any without no_new_privs, first, while we still hold
+    # CAP_SYS_ADMIN (nothing below is a syscall the default refuses).
+    late = bool(spec.seccomp_program) and spec.no_new_privileges
+    if program and not late:
+        sc.seccomp_set_filter(program)
     try:
         os.chdir(spec.cwd or "/")
     except OSError as e:
         raise ProcessSetupError(f"chdir to cwd ({spec.cwd}) set in config.json failed: {e.strerror}", 126) from e
+    for resource, soft, hard in spec.rlimits:
+        try:
+            resource_mod.setrlimit(resource, (resource_mod.RLIM_INFINITY if soft < 0 else soft,
+                                              resource_mod.RLIM_INFINITY if hard < 0 else hard))
+        except (OSError, ValueError) as e:
+            raise ProcessSetupError(f"--ulimit {_RLIMIT_NAMES.get(resource, resource)}={soft}:{hard}: {e} "
+                                    "(raising a hard limit needs CAP_SYS_RESOURCE on the host)", 126) from e
     keep = {CAPABILITY_NUMBERS[c] for c in spec.capabilities if c in CAPABILITY_NUMBERS}
     if set(spec.capabilities) >= set(CAPABILITY_NUMBERS):
-        keep &= _BOUNDING  # --privileged asks for every one: those this kernel knows and we hold
+        keep &= _BOUNDING  # --privileged or --cap-add ALL: every one this kernel knows and we hold
+    else:
+        missing = sorted(c for c in spec.capabilities if CAPABILITY_NUMBERS.get(c, -1) not in _BOUNDING)
+        if missing:
+            raise ProcessSetupError(f"capabilities {', '.join(missing)} are not available: the agent itself "
+                                    "lacks them on this host", 126)
     sc.drop_bounding(keep)
     os.setgroups(p.ident.groups)
     os.setgid(p.ident.gid)
@@ -149,6 +184,12 @@ def become(spec: ProcessSpec, p: Prepared) -> None:
         sc.capset(keep, keep, keep)
     if spec.no_new_privileges:
         sc.set_no_new_privs()
+    if program and late:
+        sc.seccomp_set_filter(program)
+
+
+_RLIMIT_NAMES = {4: "core", 0: "cpu", 2: "data", 1: "fsize", 10: "locks", 8: "memlock", 12: "msgqueue", 13: "nice",
+                 7: "nofile", 6: "nproc", 5: "rss", 14: "rtprio", 15: "rttime", 11: "sigpending", 3: "stack", 9: "as"}
 
 
 def execute(p: Prepared) -> None:

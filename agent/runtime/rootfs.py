@@ -105,9 +105,10 @@ def _mount_idmapped(mounts: list[MountSpec], target: str, userns_fd: int, root_i
 
 
 def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool, devices: list[DeviceNode] | None = None,
-                         readonly_sysfs: bool = True) -> None:
+                         readonly_sysfs: bool = True, shm_size: int = 0) -> None:
     """Everything before pivot_root: private propagation, then the kernel filesystems in rootfs,
-    docker's default device nodes and `devices` (--device, --privileged) in its /dev.
+    docker's default device nodes and `devices` (--device, --privileged) in its /dev, and /dev/shm
+    of shm_size bytes (0: docker's 64 MiB).
 
     Called with the rootfs as working directory; `rootfs` is its absolute path on the host.
     """
@@ -158,7 +159,8 @@ def prepare_in_namespace(rootfs: str, userns: bool, share_net: bool, devices: li
                           f"{e.strerror or e}") from None
     sc.mount("devpts", under("/dev/pts"), "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
              "newinstance,ptmxmode=0666,mode=0620" + ("" if userns else ",gid=5"))
-    sc.mount("shm", under("/dev/shm"), "tmpfs", nosuid_nodev_noexec, "mode=1777,size=65536k")
+    sc.mount("shm", under("/dev/shm"), "tmpfs", nosuid_nodev_noexec,
+             f"mode=1777,size={shm_size}" if shm_size else "mode=1777,size=65536k")
     sc.mount("mqueue", under("/dev/mqueue"), "mqueue", nosuid_nodev_noexec)
 
 

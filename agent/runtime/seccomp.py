@@ -29,6 +29,7 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from typing import Any
 
 import pyseccomp as sp
 
@@ -166,8 +167,11 @@ AF_VSOCK = 40  # socket(2) for any family but this one (host/guest sockets are n
 NAMESPACE_FLAGS = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
 
 
-def compile_default() -> bytes:
-    """The filter as a classic BPF program (struct sock_filter[]), for this machine's architectures."""
+def compile_default(capabilities: list[str] | None = None) -> bytes:
+    """The filter as a classic BPF program (struct sock_filter[]), for this machine's architectures.
+    capabilities: the container's (--cap-add/--cap-drop), which open docker's capability-gated
+    entries; the default set if None."""
+    caps = DEFAULT_CAPABILITIES if capabilities is None else capabilities
     f = sp.SyscallFilter(sp.ERRNO(errno.EPERM))
     # A binary search on the syscall number instead of a linear scan of ~330 of them: the kernel
     # loads it in about 0.9 ms instead of 1.4 (it runs the filter for every syscall number when it
@@ -187,19 +191,97 @@ def compile_default() -> bytes:
     if x86:
         allowed += ALLOWED_X86
     for cap, names in ALLOWED_WITH_CAPABILITY.items():
-        if cap in DEFAULT_CAPABILITIES:
+        if cap in caps:
             allowed += names
     for name in allowed:
         _rule(f, sp.ALLOW, name)
     for persona in PERSONALITIES:
         _rule(f, sp.ALLOW, "personality", sp.Arg(0, sp.EQ, persona))
     _rule(f, sp.ALLOW, "socket", sp.Arg(0, sp.NE, AF_VSOCK))
-    _rule(f, sp.ALLOW, "clone", sp.Arg(0, sp.MASKED_EQ, NAMESPACE_FLAGS, 0))
-    _rule(f, sp.ERRNO(errno.ENOSYS), "clone3")
+    if "CAP_SYS_ADMIN" not in caps:  # (with it, clone and clone3 are on the list as they are)
+        _rule(f, sp.ALLOW, "clone", sp.Arg(0, sp.MASKED_EQ, NAMESPACE_FLAGS, 0))
+        _rule(f, sp.ERRNO(errno.ENOSYS), "clone3")
+    return _export(f)
+
+
+def _export(f: sp.SyscallFilter) -> bytes:
     with tempfile.TemporaryFile() as out:
         f.export_bpf(out)
         out.seek(0)
         return out.read()
+
+
+# docker's profile format: actions, comparison operators, architecture names.
+_OPS = {"SCMP_CMP_NE": sp.NE, "SCMP_CMP_LT": sp.LT, "SCMP_CMP_LE": sp.LE, "SCMP_CMP_EQ": sp.EQ,
+        "SCMP_CMP_GE": sp.GE, "SCMP_CMP_GT": sp.GT, "SCMP_CMP_MASKED_EQ": sp.MASKED_EQ}
+_ARCHES = {"amd64": "SCMP_ARCH_X86_64", "x86_64": "SCMP_ARCH_X86_64", "x86": "SCMP_ARCH_X86", "386": "SCMP_ARCH_X86",
+           "x32": "SCMP_ARCH_X32", "arm64": "SCMP_ARCH_AARCH64", "aarch64": "SCMP_ARCH_AARCH64"}
+
+
+def _action(name: str, errno_ret: int | None, default_errno: int) -> int:
+    if name == "SCMP_ACT_ALLOW":
+        return int(sp.ALLOW)
+    if name == "SCMP_ACT_ERRNO":
+        return int(sp.ERRNO(errno_ret if errno_ret is not None else default_errno))
+    if name in ("SCMP_ACT_KILL", "SCMP_ACT_KILL_THREAD"):
+        return int(sp.KILL)
+    if name == "SCMP_ACT_KILL_PROCESS":
+        return int(sp.KILL_PROCESS)
+    if name == "SCMP_ACT_TRAP":
+        return int(sp.TRAP)
+    if name == "SCMP_ACT_LOG":
+        return int(sp.LOG)
+    if name == "SCMP_ACT_TRACE":
+        return int(sp.TRACE(errno_ret or 0))
+    raise ValueError(f"unknown action {name!r}")
+
+
+def _applies(cond: dict[str, Any] | None, capabilities: list[str], arch: str) -> bool:
+    """docker's includes/excludes: all of its caps held, this arch among its arches, a new enough kernel."""
+    if not cond:
+        return True
+    caps: list[str] = list(cond.get("caps") or [])
+    arches: list[str] = list(cond.get("arches") or [])
+    min_kernel = str(cond.get("minKernel") or "")
+    ok = all(c in capabilities or f"CAP_{c}" in capabilities for c in caps)
+    if arches:
+        ok = ok and any(_ARCHES.get(str(a)) == arch for a in arches)
+    if min_kernel:
+        parts = min_kernel.split(".")
+        ok = ok and _kernel_at_least(int(parts[0]), int(parts[1]) if len(parts) > 1 else 0)
+    return ok
+
+
+def compile_profile(profile: dict[str, Any], capabilities: list[str]) -> bytes:
+    """A docker seccomp profile (its JSON, parsed; agent/hostconfig.py checks its shape) as a
+    classic BPF program for this machine."""
+    default_errno = int(profile.get("defaultErrnoRet") or errno.EPERM)
+    f = sp.SyscallFilter(_action(str(profile["defaultAction"]), None, default_errno))
+    arch = "SCMP_ARCH_X86_64" if sp.system_arch() == sp.Arch.X86_64 else ""
+    for rule in profile.get("syscalls") or []:
+        if not _applies(rule.get("includes"), capabilities, arch):
+            continue
+        if rule.get("excludes") and _applies(rule.get("excludes"), capabilities, arch):
+            continue
+        action = _action(rule["action"], rule.get("errnoRet"), default_errno)
+        names = rule.get("names") or [rule["name"]]
+        args = [sp.Arg(a["index"], _OPS[a["op"]], int(a.get("value", 0)), int(a.get("valueTwo", 0)))
+                for a in rule.get("args") or []]
+        indexes = [a["index"] for a in rule.get("args") or []]
+        # docker: arguments on distinct indexes are one rule (all must match); several on the same
+        # index are one rule each (any may match).
+        groups = [args] if len(set(indexes)) == len(indexes) else [[a] for a in args]
+        for name in names:
+            for g in groups or [[]]:
+                try:
+                    f.add_rule(action, name, *g)
+                except OSError as e:
+                    # EACCES: the rule is the default action (nothing to add); EINVAL: a syscall this
+                    # libseccomp does not know on this architecture, which runc skips as well.
+                    if e.errno in (errno.EACCES, errno.EINVAL):
+                        continue
+                    raise ValueError(f"syscall {name}: {e}") from None
+    return _export(f)
 
 
 def _rule(f: sp.SyscallFilter, action: int, name: str, *args: sp.Arg) -> None:

@@ -504,6 +504,8 @@ class _Shim:
         try:
             pid = criu.restore(r["images_dir"], root=spec.rootfs, inherit_fds=inherit, tcp_established=True,
                                file_locks=True, manage_cgroups="ignore",
+                               # the container's volumes and bind mounts, by the names given at dump
+                               external=[f"mnt[{v.key}]:{v.source}" for v in spec.volumes if v.key],
                                pidfile=os.path.join(spec.state_dir, "restore.pid"),
                                log_file=os.path.join(spec.state_dir, "restore.log"),
                                # post-copy: memory comes from the agent's lazy-pages daemon

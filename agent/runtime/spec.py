@@ -56,6 +56,9 @@ class ProcessSpec:
     capabilities: list[str] = field(default_factory=lambda: list(DEFAULT_CAPABILITIES))
     no_new_privileges: bool = True
     seccomp: bool = True          # the default filter (agent/runtime/seccomp.py); False: unconfined
+    seccomp_program: str = ""     # base64 BPF compiled by the agent (other caps, a profile); "": the default
+    rlimits: list[list[int]] = field(default_factory=list)   # [resource, soft, hard] (-1: unlimited)
+    additional_groups: list[str] = field(default_factory=list)   # --group-add: names or gids
 
 
 @dataclass
@@ -63,6 +66,18 @@ class MountSpec:
     type: str
     source: str
     options: list[str]
+
+
+@dataclass
+class ContainerMount:
+    """A volume, bind or tmpfs the init mounts in the container (agent/runtime/mounts.py)."""
+    type: str                    # bind (volumes too: their directory on the host) | tmpfs
+    source: str                  # host path; "" for a tmpfs
+    target: str                  # in the container
+    readonly: bool = False
+    options: list[str] = field(default_factory=list)   # tmpfs: mount(8) options
+    copy_up: bool = False        # an empty volume is filled from the image's content at target
+    key: str = ""                # CRIU's name for it (external on dump, mapped to source on restore)
 
 
 @dataclass
@@ -114,6 +129,10 @@ class RuntimeSpec:
     restore: dict[str, Any] | None = None
     masked_paths: list[str] = field(default_factory=lambda: list(MASKED_PATHS))
     readonly_paths: list[str] = field(default_factory=lambda: list(READONLY_PATHS))
+    volumes: list[ContainerMount] = field(default_factory=list)   # the container's own mounts
+    read_only: bool = False                      # --read-only rootfs
+    sysctls: dict[str, str] = field(default_factory=dict)   # namespaced ones (agent/hostconfig.py checks)
+    shm_size: int = 0                            # bytes; 0: 64 MiB
     devices: list[DeviceNode] = field(default_factory=list)
     readonly_sysfs: bool = True                  # False with --privileged
 
@@ -127,6 +146,7 @@ class RuntimeSpec:
         d["mounts"] = [MountSpec(**m) for m in d.get("mounts", [])]
         d["uid_map"] = [IdMap(**m) for m in d.get("uid_map", [])]
         d["gid_map"] = [IdMap(**m) for m in d.get("gid_map", [])]
+        d["volumes"] = [ContainerMount(**m) for m in d.get("volumes", [])]
         d["devices"] = [DeviceNode(**n) for n in d.get("devices", [])]
         return cls(**d)
 

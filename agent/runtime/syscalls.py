@@ -311,6 +311,29 @@ def idmapped_bind(source: str, target: str, userns_fd: int) -> None:
         os.close(fd)
 
 
+# A container's own mounts (volumes, binds): cloned as detached trees before pivot_root, while the
+# host's paths are still in view, and attached under the new root after it (agent/runtime/mounts.py).
+MOUNT_ATTR_RDONLY = 0x1
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+
+
+def open_tree(path: str, recursive: bool = True) -> int:
+    """A detached copy of the mount tree at `path` (a bind not yet attached anywhere): an fd."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | (AT_RECURSIVE if recursive else 0)
+    return _check(_libc.syscall(SYS_open_tree, AT_FDCWD, _b(path), flags), f"open_tree {path}", path)
+
+
+def set_tree_readonly(fd: int) -> None:
+    """Every mount of a detached tree read-only (mount_setattr, recursively)."""
+    attr = ctypes.create_string_buffer(_MOUNT_ATTR.pack(MOUNT_ATTR_RDONLY, 0, 0, 0), _MOUNT_ATTR.size)
+    _check(_libc.syscall(SYS_mount_setattr, fd, b"", AT_EMPTY_PATH | AT_RECURSIVE, attr,
+                         ctypes.c_size_t(_MOUNT_ATTR.size)), "mount_setattr read-only")
+
+
+def move_mount(fd: int, target: str) -> None:
+    """Attach the detached tree `fd` at `target`."""
+    _check(_libc.syscall(SYS_move_mount, fd, b"", AT_FDCWD, _b(target), MOVE_MOUNT_F_EMPTY_PATH),
+           f"move_mount to {target}", target)
 # openat2(2) (Linux 5.6): resolve a path inside a directory fd with the kernel's own checks, so no
 # symlink at any component (RESOLVE_NO_SYMLINKS) and no `..` above it (RESOLVE_BENEATH) can lead
 # elsewhere. Unlike the wrappers above, it touches no process-wide state: safe in any process.

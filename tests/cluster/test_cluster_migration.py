@@ -376,3 +376,45 @@ def test_leader_killed_after_the_checkpoint_restores_the_source_copy_from_it(env
     assert nums.count(1) == 1 and before + 1 in nums  # went on from where it was, not from 1
     assert not list((src.root / "containers").glob("*/checkpoint"))  # no checkpoint data left
     leader.start()
+
+
+VOLUME_STACK = """
+services:
+  vol:
+    image: busybox:latest
+    command: ["sh", "-c", "exec 3>>/data/log; while :; do echo tick >&3; sleep 0.1; done"]
+    volumes: ["pgdata:/data", "/scratch"]
+    tmpfs: /run
+    deploy:
+      restart_policy: {condition: any, delay: 1s}
+volumes:
+  pgdata:
+    labels: {app: db}
+"""
+
+
+@pytest.mark.parametrize("how", ["--live", "--cold"])
+def test_migration_through_the_scheduler_moves_the_task_volumes(env: Env, how: str) -> None:
+    stack = "vl" if how == "--live" else "vc"
+    (t,) = env.deploy(stack, VOLUME_STACK)
+    src = env.host(t.node)
+    name = f"{t.name}.{t.id}"
+    r = src.cli("exec", name, "sh", "-c", "head -c 8388608 /dev/urandom > /data/blob; sha256sum /data/blob")
+    assert r.returncode == 0, r.stderr
+    digest = r.stdout.split()[0]
+    assert f"{stack}_pgdata" in src.cli("volume", "ls", "-q").stdout.split()
+    to = _other(env, t.node)
+    r = cli(env.addresses, "migrate", t.name, "--to", to, how)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert env.settled(t.id) == to
+    dst = env.host(to)
+    assert dst.cli("exec", name, "sha256sum", "/data/blob").stdout.split()[0] == digest
+    assert f"{stack}_pgdata" in dst.cli("volume", "ls", "-q").stdout.split()
+    assert src.cli("volume", "ls", "-q").stdout.split() == []  # moved, not copied
+    r = cli(env.addresses, "stack-rm", stack)
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: not env.copies(t.id), 30, "the task removed")
+    for h in (src, dst):
+        names = h.cli("volume", "ls", "-q").stdout.split()
+        if names:
+            h.cli("volume", "rm", "-f", *names)

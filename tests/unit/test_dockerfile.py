@@ -28,7 +28,8 @@ def test_parse_escape_directive() -> None:
 
 @pytest.mark.parametrize(("text", "line", "message"), [
     ("FROM busybox\nFOO bar\n", 2, "unknown instruction: FOO"),
-    ("FROM busybox\n\nHEALTHCHECK CMD true\n", 3, "HEALTHCHECK is not supported"),
+    ("FROM busybox\n\nONBUILD RUN true\n", 3, "ONBUILD is not supported"),
+    ("FROM busybox\nHEALTHCHECK --every=5s CMD true\n", 2, "unknown flag: --every"),
     ("RUN true\n", 1, "RUN before FROM"),
     ("FROM busybox\nCOPY --frm=a b c\n", 2, "unknown flag: --frm"),
     ("FROM busybox\nRUN\n", 2, "RUN requires at least one argument"),

@@ -125,8 +125,8 @@ def test_minimal_file_and_name_from_file(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(("key", "value", "hint"), [
-    ("build", ".", "dockyard image build"), ("depends_on", "[db]", "any order"), ("volumes", "[/a:/b]", ""),
-    ("restart", "always", "deploy.restart_policy"), ("cap_add", "[NET_ADMIN]", "does not pass on"),
+    ("build", ".", "dockyard image build"), ("depends_on", "[db]", "any order"), ("volumes_from", "[db]", ""),
+    ("restart", "always", "deploy.restart_policy"), ("device_cgroup_rules", "['c 1:3 r']", "does not pass on"),
     ("configs", "[c]", ""), ("secrets", "[s]", ""),
 ])
 def test_unsupported_service_keys_are_refused(tmp_path: Path, key: str, value: str, hint: str) -> None:
@@ -139,7 +139,7 @@ def test_unsupported_service_keys_are_refused(tmp_path: Path, key: str, value: s
 
 
 @pytest.mark.parametrize(("text", "line", "field"), [
-    ("volumes: {data: {}}\n", 4, "volumes"), ("configs: {c: {file: ./c}}\n", 4, "configs"),
+    ("configs: {c: {file: ./c}}\n", 4, "configs"),
     ("secrets: {s: {file: ./s}}\n", 4, "secrets"),
     ("    deploy: {endpoint_mode: vip}\n", 4, "services.web.deploy.endpoint_mode"),
     ("    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n", 4, "services.web.healthcheck.start_interval"),
