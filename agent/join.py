@@ -43,9 +43,13 @@ def local_bundle(tls_dir: Path) -> pki.Bundle | None:
     if not (tls_dir / pki.CERT_FILE).exists():
         return None
     try:
-        return pki.read_bundle(tls_dir)
+        bundle = pki.read_bundle(tls_dir)
+        pki.check_valid(bundle.cert_pem)
     except pki.PKIError as e:
-        raise JoinError(str(e)) from None
+        # Said here, at start: a scheduler refuses a bad certificate in the handshake, which the
+        # agent would only see as UNAVAILABLE, retried forever.
+        raise JoinError(f"{tls_dir}: {e}") from None
+    return bundle
 
 
 @dataclass(frozen=True)

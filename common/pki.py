@@ -172,6 +172,18 @@ def subject_of(cert_pem: bytes) -> Subject:
                    _attr(s, NameOID.ORGANIZATION_NAME))
 
 
+def check_valid(cert_pem: bytes, *, now: dt.datetime | None = None) -> None:
+    """PKIError when a certificate is expired or not valid yet, naming the date."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    now = now or _now()
+    if now >= cert.not_valid_after_utc:
+        raise PKIError(f"the certificate expired at {cert.not_valid_after_utc:%Y-%m-%d %H:%M} UTC; "
+                       "join again with a token (remove the tls directory first)")
+    if now < cert.not_valid_before_utc:
+        raise PKIError(f"the certificate is valid only from {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC "
+                       "(is this host's clock right?)")
+
+
 def verify_issued(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> Subject:
     """Check that ``cert_pem`` was signed by the CA and is over ``key_pem``'s public key (what a
     joiner checks of the certificate it was handed)."""

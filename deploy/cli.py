@@ -211,12 +211,15 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
 @click.option("--exit", "exit_after", is_flag=True, help="Check that everything answers, then stop it all")
 @click.option("--tls", is_flag=True, help="Mutual TLS (scheduler --tls; the agent joins by token; the admin bundle "
               "goes to ~/.dockyard when that has none); the agent then listens on --port + 2")
+@click.option("--ip-forward", type=bool, default=True, show_default=True, help="The agent's --ip-forward")
+@click.option("--ip-masq", type=bool, default=True, show_default=True, help="The agent's --ip-masq")
 def up_cmd(root: str, sock: str, example: bool, port: int, bridge: str, subnet: str, cgroup_parent: str | None,
-           exit_after: bool, tls: bool = False) -> None:
+           exit_after: bool, tls: bool = False, ip_forward: bool = True, ip_masq: bool = True) -> None:
     """Run etcd, a scheduler and an agent on this host in the foreground (Ctrl-C stops them all)."""
     from deploy.up import up
 
-    up(root, sock, example, port, exit_after, bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent, tls=tls)
+    up(root, sock, example, port, exit_after, bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent, tls=tls,
+       ip_forward=ip_forward, ip_masq=ip_masq)
 
 
 # --- run and create ---------------------------------------------------------------------------

@@ -129,7 +129,8 @@ def _admin_bundle(client: Path, scheduler: subprocess.Popen[bytes], log: Path) -
 
 
 def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, *, bridge: str = settings.BRIDGE,
-       subnet: str = settings.SUBNET, cgroup_parent: str | None = None, tls: bool = False) -> None:
+       subnet: str = settings.SUBNET, cgroup_parent: str | None = None, tls: bool = False,
+       ip_forward: bool = True, ip_masq: bool = True) -> None:
     root_p = Path(root)
     root_p.mkdir(parents=True, exist_ok=True)
     sched_addr = f"127.0.0.1:{port}"
@@ -158,7 +159,8 @@ def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, 
         # With --tls the scheduler's join port is port + 1, so the agent listens on port + 2.
         agent_args = [*cli, "agent", "--root", root, "--socket", socket_path, "--bridge", bridge, "--subnet", subnet,
                       "--listen", f"127.0.0.1:{port + (2 if tls else 1)}", "--join", sched_addr,
-                      "--docker-socket", str(Path(socket_path).parent / "docker.sock")]
+                      "--docker-socket", str(Path(socket_path).parent / "docker.sock"),
+                      f"--ip-forward={str(ip_forward).lower()}", f"--ip-masq={str(ip_masq).lower()}"]
         if tls:
             token = sched.JoinToken(cpb.JoinTokenRequest(role="worker"), timeout=5).token
             agent_args += ["--token", token]

@@ -195,7 +195,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if transport.caller() is not None and n.agent_id:
             from scheduler import tls  # its certificate is refused from now on, on every replica
 
-            ops.append(tls.denied_op(self.store, n.agent_id))
+            ops.append(await tls.denied_op(self.store, n.agent_id))
         rev = await self.store.commit(ops)
         await self.view.wait_revision(rev)
         return pb.Empty()

@@ -176,8 +176,11 @@ class DenyList:
             await asyncio.sleep(retry)
 
 
-def denied_op(store: Store, node_id: str) -> Put:
-    return Put(store.keys.ca(f"denied/{node_id}"), b"", None)
+async def denied_op(store: Store, node_id: str) -> Put:
+    """The denylist entry of a removed node, on a lease as long as any certificate it holds can live
+    (every one is issued for at most CERT_LIFETIME): after that the entry expires by itself."""
+    lease = await store.grant_lease(int((pki.CERT_LIFETIME + pki.BACKDATE).total_seconds()))
+    return Put(store.keys.ca(f"denied/{node_id}"), b"", None, lease=lease)
 
 
 def authorizer(cca: ClusterCA, denied: DenyList | None = None) -> transport.Authorizer:

@@ -668,12 +668,13 @@ def cluster(n: int, base: Path, busybox_tar: Path | None = None) -> Iterator[Clu
         yield c
 
 
-def join(h: Host, addresses: str) -> None:
-    """Restart the agent of host h joined to the schedulers at addresses (comma-separated)."""
+def join(h: Host, addresses: str, token: str = "") -> None:
+    """Restart the agent of host h joined to the schedulers at addresses (comma-separated); with a
+    join token, over mutual TLS (a --tls scheduler)."""
     base = Host.agent_argv
 
     def argv(h: Host = h) -> list[str]:
-        return [*base(h), "--join", addresses]
+        return [*base(h), "--join", addresses, *(["--token", token] if token else [])]
 
     h.agent_argv = argv  # type: ignore[method-assign]
     h.restart_agent()

@@ -21,6 +21,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -78,9 +79,12 @@ class Env:
 
     def inventory(self, name: str = "hosts.yaml", *, agent_extra: dict[int, list[str]] | None = None,
                   host: dict[int, dict[str, Any]] | None = None, install_dir: str = "project",
-                  defaults: dict[str, Any] | None = None) -> Path:
+                  defaults: dict[str, Any] | None = None, only: int = 2) -> Path:
+        """An inventory of the first `only` hosts (the third is for the etcd cluster's test)."""
         hosts = []
         for h in self.c:
+            if h.n > only:
+                continue
             spec: dict[str, Any] = {
                 "name": h.name, "address": h.ip, "port": self.ports[h.n],
                 "role": "scheduler" if h.n == 1 else "agent", "labels": {"zone": f"z{h.n}"},
@@ -134,7 +138,7 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Env]:
     made_privsep = not os.path.isdir("/run/sshd")  # sshd wants its privilege separation directory
     if made_privsep:
         os.makedirs("/run/sshd", mode=0o755)
-    c = SshCluster(2, tmp / "net").start()
+    c = SshCluster(3, tmp / "net").start()
     e = Env(c, tmp, {}, {})
     try:
         known = []
@@ -215,7 +219,7 @@ def _up_status_down(env: Env, inv: Path) -> None:
     # The project was copied into each host's directory and is what runs there. (Compared with the
     # sha256 `up` printed: others may change tracked files of this checkout meanwhile.)
     sent = r.stdout.split("sha256 ")[1].split()[0]
-    for h in env.c:
+    for h in env.c.hosts[:2]:
         proj = env.host_dir(h.n, "project")
         assert (proj / b.MARKER).read_text().strip().startswith(sent)
         assert (proj / "deploy" / "bootstrap.py").read_bytes() == (REPO / "deploy" / "bootstrap.py").read_bytes()
@@ -226,7 +230,7 @@ def _up_status_down(env: Env, inv: Path) -> None:
     nodes = json.loads(dockyard("--scheduler", sched, "node", "ls", "--format", "json").stdout)
     by_name = {n["name"]: n for n in nodes}
     assert set(by_name) == {"host1", "host2"}, nodes
-    for h in env.c:
+    for h in env.c.hosts[:2]:
         assert by_name[h.name]["status"] == "ready", nodes
         assert by_name[h.name]["address"] == f"{h.ip}:7070"
         assert by_name[h.name]["labels"] == {"zone": f"z{h.n}"}
@@ -236,7 +240,7 @@ def _up_status_down(env: Env, inv: Path) -> None:
     st = status(inv)
     assert set(st["host1"]) == {"scheduler", "agent"} and set(st["host2"]) == {"agent"}, st
     pids = {}
-    for h in env.c:
+    for h in env.c.hosts[:2]:
         for name, p in st[h.name].items():
             assert p["running"], st
             assert p["pid"] in env.netns_pids(h)
@@ -257,7 +261,7 @@ def _up_status_down(env: Env, inv: Path) -> None:
         assert r2.stdout.count("up to date") == 2, r2.stdout  # (unless the checkout changed meanwhile)
     st2 = status(inv)
     assert {(h, n): p["pid"] for h, procs in st2.items() for n, p in procs.items()} == pids
-    assert sum(1 for h in env.c for p in env.netns_pids(h)
+    assert sum(1 for h in env.c.hosts[:2] for p in env.netns_pids(h)
                if "deploy.cli" in Path(f"/proc/{p}/cmdline").read_text(errors="replace")) == 3
 
     # Down: agents, then the scheduler (and its etcd), stopped; nothing is left in the hosts.
@@ -266,12 +270,66 @@ def _up_status_down(env: Env, inv: Path) -> None:
     assert r3.stdout.count("stop agent: stopped") == 2 and r3.stdout.count("stop scheduler: stopped") == 1, r3.stdout
     for pid in pids.values():
         assert not alive(pid)
-    for h in env.c:
+    for h in env.c.hosts[:2]:
         wait_for(functools.partial(env.host_empty, h), 10, f"{h.name}'s processes to end")
     assert status(inv) == {"host1": {}, "host2": {}}
     r4 = dockyard("cluster", "down", "-i", str(inv))  # down twice is fine too
     assert r4.returncode == 0 and r4.stdout.count("not running") == 3, r4.stdout
     print(f"cluster up of 2 hosts over SSH: {took:.1f} s")
+
+
+def _etcd_members(ip: str) -> list[str]:
+    """The member names etcd on this test host lists (its v3 JSON gateway)."""
+    import urllib.request
+
+    req = urllib.request.Request(f"http://{ip}:{b.ETCD_CLIENT_PORT}/v3/cluster/member/list", data=b"{}",
+                                 method="POST")
+    with urllib.request.urlopen(req, timeout=5) as r:
+        return sorted(m["name"] for m in json.loads(r.read())["members"])
+
+
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.multinode
+def test_up_of_three_hosts_runs_a_three_member_etcd_that_survives_one(env: Env) -> None:
+    """Three hosts, two schedulers, no etcd given: up starts one etcd member per host (one raft
+    cluster), both schedulers on all three; one member killed: the control plane answers and
+    writes, the nodes stay ready; down stops everything."""
+    inv = env.inventory("three.yaml", only=3, host={2: {"role": "scheduler"}})
+    try:
+        r = dockyard("cluster", "up", "-i", str(inv), "--no-install")
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+        print(r.stdout)
+        for n in (1, 2, 3):
+            assert f"host{n}  start etcd" in r.stdout, r.stdout
+        assert _etcd_members(env.c[3].ip) == ["host1", "host2", "host3"]
+        st = status(inv)
+        assert set(st["host1"]) == set(st["host2"]) == {"etcd", "scheduler", "agent"}, st
+        assert set(st["host3"]) == {"etcd", "agent"}, st
+        urls = ",".join(f"http://{env.c[n].ip}:2379" for n in (1, 2, 3))
+        for n in (1, 2):
+            argv = st[f"host{n}"]["scheduler"]["argv"]
+            assert argv[argv.index("--etcd") + 1] == urls, argv
+        join = ",".join(f"{env.c[n].ip}:2377" for n in (1, 2))
+
+        def ready() -> set[str]:
+            out = dockyard("--scheduler", join, "node", "ls", "--format", "json", timeout=60)
+            return {n["name"] for n in json.loads(out.stdout or "[]") if n["status"] == "ready"}
+
+        wait_for(lambda: ready() == {"host1", "host2", "host3"}, 60, "3 nodes ready")
+        # The member next to the first scheduler (the first of every --etcd list) dies.
+        os.kill(st["host1"]["etcd"]["pid"], signal.SIGKILL)
+        time.sleep(8)  # a few of the nodes' 3 s leases
+        assert ready() == {"host1", "host2", "host3"}
+        for verb in ("drain", "activate"):  # writes, through the two members left
+            w = dockyard("--scheduler", join, "node", verb, "host3", timeout=60)
+            assert w.returncode == 0, w.stdout + w.stderr
+    finally:
+        d = dockyard("cluster", "down", "-i", str(inv))
+    assert d.returncode == 0, d.stdout + d.stderr
+    assert d.stdout.count("stop etcd:") == 3, d.stdout
+    for h in env.c:
+        wait_for(functools.partial(env.host_empty, h), 15, f"{h.name}'s processes to end")
 
 
 async def _check_module(inv: Path) -> dict[int, str]:
@@ -358,7 +416,7 @@ def test_agent_that_cannot_start_rolls_back(env: Env) -> None:
     # host1's scheduler and agent were started by this run: stopped again.
     assert "host1  stop agent: stopped" in r.stdout and "host1  stop scheduler: stopped" in r.stdout, r.stdout
     assert status(inv) == {"host1": {}, "host2": {}}
-    for h in env.c:
+    for h in env.c.hosts[:2]:
         wait_for(functools.partial(env.host_empty, h), 10, f"{h.name}'s processes to end")
 
 

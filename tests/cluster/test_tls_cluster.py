@@ -90,6 +90,8 @@ def test_cli_lists_the_node_over_mutual_tls_and_a_task_runs_there(env: Env, tmp_
     assert code == 0, out
     try:
         wait_for(lambda: running(env.sched, "t_w"), 30, "t_w running on the TLS node")
+        code, out = env.cli("migrate", "t_w.1", "--to", "tls1")
+        assert code != 0 and "not available with --tls yet" in out, out
     finally:
         env.cli("stack-rm", "t")
         wait_for(lambda: not env.agent.task_containers(), 30, "t's containers gone")
@@ -216,7 +218,7 @@ def test_up_tls_is_one_command(tmp_path: Path, busybox_tar_path: Path) -> None:
     try:
         r = subprocess.run([*CLI, "up", "--tls", "--exit", "--root", str(a.root), "--socket", str(a.socket),
                             "--port", str(port), "--bridge", a.bridge, "--subnet", a.subnet,
-                            "--cgroup-parent", a.cgroup_parent],
+                            "--cgroup-parent", a.cgroup_parent, "--ip-forward=false", "--ip-masq=false"],
                            capture_output=True, text=True, timeout=180, env={**_env(), "HOME": str(home)}, cwd=REPO)
         assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
         assert r.stdout.count("answers '<h1>hello from example_web.") == 2, r.stdout

@@ -100,3 +100,26 @@ def test_bundles_are_written_private_and_readable_keys_refused(tmp_path: Path, c
     (d / "cert.pem").unlink()
     with pytest.raises(pki.PKIError, match=r"no cert\.pem"):
         pki.read_bundle(d)
+
+
+def test_an_expired_or_future_certificate_is_named(ca: pki.CA, tmp_path: Path) -> None:
+    import datetime as dt
+
+    from agent.join import JoinError, local_bundle
+
+    key, csr = pki.make_key_and_csr()
+    old = pki.sign(ca, csr, node_id="n1", role="agent", sans=[], lifetime=dt.timedelta(hours=1),
+                   now=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+    with pytest.raises(pki.PKIError, match="expired at"):
+        pki.check_valid(old)
+    with pytest.raises(pki.PKIError, match="valid only from"):
+        pki.check_valid(old, now=dt.datetime.now(dt.UTC) - dt.timedelta(days=3))
+    pki.write_bundle(tmp_path / "tls", pki.Bundle(ca.cert_pem, old, key))
+    with pytest.raises(JoinError, match="expired at"):
+        local_bundle(tmp_path / "tls")
+    good = pki.issue_bundle(ca, node_id="n1", role="agent", sans=[])
+    pki.write_bundle(tmp_path / "tls", good)
+    assert local_bundle(tmp_path / "tls") == good
+    os.chmod(tmp_path / "tls" / "key.pem", 0o644)  # a key others may read: the agent refuses to start
+    with pytest.raises(JoinError, match="mode 0644"):
+        local_bundle(tmp_path / "tls")

@@ -128,6 +128,49 @@ def test_a_host_with_another_nodes_certificate_is_refused_by_name(ca: pki.CA) ->
     asyncio.run(main())
 
 
+@pytest.mark.slow
+def test_an_expired_client_certificate_is_refused(ca: pki.CA) -> None:
+    import datetime as dt
+
+    async def main() -> None:
+        sched = _ident(ca, Role.SCHEDULER, "s1", "scheduler", [pki.SCHEDULER_NAME])
+        srv = transport.server(sched, transport.Authorizer(TABLE, ca.cluster_id))
+        pbg.add_SchedulerServicer_to_server(Servicer(), srv)  # type: ignore[no-untyped-call]
+        port = transport.serve(srv, "127.0.0.1:0", sched)
+        await srv.start()
+        key, csr = pki.make_key_and_csr()
+        old = pki.sign(ca, csr, node_id="admin", role="admin", sans=[], lifetime=dt.timedelta(hours=1),
+                       now=dt.datetime.now(dt.UTC) - dt.timedelta(days=2))
+        expired = transport.Identity(Role.CLI, pki.Bundle(ca.cert_pem, old, key))
+        try:
+            async with transport.dial(f"127.0.0.1:{port}", expired, Role.SCHEDULER) as ch:
+                assert (await _status(ch))[0] is grpc.StatusCode.UNAVAILABLE
+        finally:
+            await srv.stop(None)
+
+    asyncio.run(main())
+
+
+@pytest.mark.slow
+def test_a_certificate_of_another_cluster_is_denied(ca: pki.CA) -> None:
+    # The right CA, but the server belongs to another cluster id (research case 2: PERMISSION_DENIED).
+    async def main() -> None:
+        sched = _ident(ca, Role.SCHEDULER, "s1", "scheduler", [pki.SCHEDULER_NAME])
+        srv = transport.server(sched, transport.Authorizer(TABLE, "another-cluster"))
+        pbg.add_SchedulerServicer_to_server(Servicer(), srv)  # type: ignore[no-untyped-call]
+        port = transport.serve(srv, "127.0.0.1:0", sched)
+        await srv.start()
+        try:
+            async with transport.dial(f"127.0.0.1:{port}", _ident(ca, Role.CLI, "admin", "admin", []),
+                                      Role.SCHEDULER) as ch:
+                code, details = await _status(ch)
+                assert code is grpc.StatusCode.PERMISSION_DENIED and "not of this cluster" in details
+        finally:
+            await srv.stop(None)
+
+    asyncio.run(main())
+
+
 def test_dialling_a_node_over_tls_needs_its_id(ca: pki.CA) -> None:
     agent = _ident(ca, Role.AGENT, "n1", "agent", [])
     with pytest.raises(ValueError, match="needs its node id"):
