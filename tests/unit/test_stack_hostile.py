@@ -33,7 +33,9 @@ def laughs(levels: int = 9, width: int = 9) -> str:
 def test_billion_laughs_is_refused_at_once() -> None:
     t = time.monotonic()
     err = fails(laughs())
-    assert time.monotonic() - t < 2.0
+    # The quadratic parser took 44 s (over 300 s under load); linear takes 0.6 s. The bound only has to
+    # tell the two apart, not time the parser (the bench does).
+    assert time.monotonic() - t < 20.0
     assert "once aliases are expanded" in err.problem and err.line > 4
 
 
@@ -43,7 +45,9 @@ def test_billion_laughs_through_merge_keys() -> None:
         text += f"x-m{i}: &m{i} {{<<: [" + ", ".join([f"*m{i - 1}"] * 9) + "]}\n"
     t = time.monotonic()
     err = fails(text)
-    assert time.monotonic() - t < 2.0
+    # The quadratic parser took 44 s (over 300 s under load); linear takes 0.6 s. The bound only has to
+    # tell the two apart, not time the parser (the bench does).
+    assert time.monotonic() - t < 20.0
     assert "once aliases are expanded" in err.problem
 
 
@@ -81,7 +85,9 @@ def test_huge_integer_literal() -> None:
 def test_port_range_parses_in_linear_time() -> None:
     t = time.monotonic()
     stack = parse_stack(WEB + '    ports: ["1-65535:1-65535"]\n', "s")
-    assert time.monotonic() - t < 2.0
+    # The quadratic parser took 44 s (over 300 s under load); linear takes 0.6 s. The bound only has to
+    # tell the two apart, not time the parser (the bench does).
+    assert time.monotonic() - t < 20.0
     ports = stack.services[0].ports
     assert len(ports) == 65535 and ports[-1] == PortSpec(65535, 65535, "tcp", "ingress")
     err = fails(WEB + '    ports: ["1-65535:1-65535", "1000:1000/tcp"]\n')
