@@ -253,5 +253,5 @@ def test_hostile_inventory_is_refused_quickly(tmp_path: Path, extra: str, want: 
     t = time.monotonic()
     with pytest.raises(b.InventoryError) as e:
         parse(GOOD + extra, tmp_path)
-    assert time.monotonic() - t < 2.0
+    assert time.monotonic() - t < 20.0  # refused in ~1 ms; a hang is what this catches
     assert want in str(e.value) and str(e.value).startswith(str(tmp_path / "hosts.yaml") + ":")
