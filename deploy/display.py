@@ -6,6 +6,8 @@ from __future__ import annotations
 import sys
 import time
 
+from common.humanize import human_duration as human_duration
+
 TYPE_CHECKING = False  # typing costs ~4 ms of a fast command's start: only for mypy (deploy/entry.py)
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -39,34 +41,6 @@ def human_bytes_binary(n: float) -> str:
             return f"{n:.4g}{unit}"
         n /= 1024
     return f"{n}B"
-
-
-def human_duration(seconds: float) -> str:
-    """go-units HumanDuration, as docker ps prints it."""
-    s = int(seconds)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    if h < 24 * 7 * 2:
-        return f"{h // 24} days"
-    if h < 24 * 30 * 2:
-        return f"{h // 24 // 7} weeks"
-    if h < 24 * 365 * 2:
-        return f"{h // 24 // 30} months"
-    return f"{h // 24 // 365} years"
 
 
 def ago(t: float) -> str:

@@ -22,6 +22,7 @@ from agent.model import (
     RestartPolicy,
 )
 from common.devices import DeviceMapping
+from common.humanize import human_duration
 
 from .http import HTTPError
 
@@ -334,39 +335,15 @@ def status_text(c: Container, now: float | None = None, health: str = "") -> str
     s = c.state
     now = now or time.time()
     if s.status in ("running", "paused"):
-        text = "Up " + _human(now - s.started_at)
+        text = "Up " + human_duration(now - s.started_at)
         if s.status == "paused":
             return text + " (Paused)"
         return text + (f" (health: {health})" if health == "starting" else f" ({health})" if health else "")
     if s.status == "restarting":
-        return f"Restarting ({s.exit_code}) {_human(now - s.finished_at)} ago"
+        return f"Restarting ({s.exit_code}) {human_duration(now - s.finished_at)} ago"
     if s.status == "exited" or s.finished_at:
-        return f"Exited ({s.exit_code}) {_human(now - s.finished_at)} ago"
+        return f"Exited ({s.exit_code}) {human_duration(now - s.finished_at)} ago"
     return "Created"
-
-
-def _human(secs: float) -> str:
-    # docker's units.HumanDuration
-    s = int(secs)
-    if s < 1:
-        return "Less than a second"
-    if s == 1:
-        return "1 second"
-    if s < 60:
-        return f"{s} seconds"
-    m = s // 60
-    if m == 1:
-        return "About a minute"
-    if m < 60:
-        return f"{m} minutes"
-    h = round(s / 3600)
-    if h == 1:
-        return "About an hour"
-    if h < 48:
-        return f"{h} hours"
-    if h < 24 * 7 * 2:
-        return f"{h // 24} days"
-    return f"{h // (24 * 7)} weeks"
 
 
 def command_of(c: Container) -> str:
