@@ -685,9 +685,10 @@ def remote_main(argv: list[str]) -> int:
 class StepFailed(Exception):
     """One host's step failed: the host and the step are named in the message."""
 
-    def __init__(self, host: str, step: str, message: str) -> None:
+    def __init__(self, host: str, step: str, message: str, output: str = "") -> None:
         super().__init__(f"{host}: {step}: {message}")
         self.host, self.step, self.message = host, step, message
+        self.output = output  # a failed command's whole output (the message shows its end only)
 
 
 class Reporter(Protocol):
@@ -737,7 +738,7 @@ class Session:
         if r.exit_status != 0:
             out = (str(r.stdout or "") + str(r.stderr or "")).strip()
             raise StepFailed(self.spec.name, step, f"`{shlex.join(argv)[:120]}` exited with {r.exit_status}"
-                             + (f":\n{out[-3000:]}" if out else ""))
+                             + (f":\n{out[-3000:]}" if out else ""), output=out)
         return str(r.stdout or "")
 
     async def installed(self, step: str) -> bool:
@@ -760,8 +761,9 @@ class Session:
         try:
             text = await self.run(step, argv, timeout)
         except StepFailed as e:
-            # A helper that ran reports its error as JSON; anything else (no python...) is shown as is.
-            last = e.message.rstrip().splitlines()[-1] if e.message.strip() else ""
+            # A helper that ran reports its error as JSON on its last line, which may be longer than
+            # the message keeps (a log tail); anything else (no python...) is shown as is.
+            last = e.output.rstrip().splitlines()[-1] if e.output.strip() else ""
             with contextlib.suppress(ValueError):
                 err = json.loads(last).get("error")
                 if err:
