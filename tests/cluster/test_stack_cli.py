@@ -124,10 +124,10 @@ def test_stack_ls_services_ps_and_rm(env: Env) -> None:
 
 def test_stack_deploy_refuses_an_unsupported_key_and_writes_nothing(env: Env) -> None:
     f = env.tmp / "bad.yaml"
-    f.write_text("services:\n  web:\n    image: busybox:latest\n    volumes: [/srv:/srv]\n")
+    f.write_text("services:\n  web:\n    image: busybox:latest\n    build: .\n")
     r = env.cli("stack", "deploy", "-c", str(f), "bad")
     assert r.returncode == 1
-    assert f"{f}:4: services.web.volumes: not supported" in r.stderr, r.stderr
+    assert f"{f}:4: services.web.build: not supported" in r.stderr, r.stderr
     assert "Traceback" not in r.stderr
     assert not env.sched.stub.ListServices(cpb.ListServicesRequest(stack="bad"), timeout=5).services
 
