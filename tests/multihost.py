@@ -179,13 +179,20 @@ def pids_in_cgroups(parent: str) -> set[int]:
     return out
 
 
-def remove_cgroup_tree(parent: str) -> None:
-    for d in cgroup_dirs(parent):
-        for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(str(p)), reverse=True):
+def remove_cgroup_tree(parent: str, timeout: float = 3.0) -> None:
+    # A cgroup refuses rmdir (EBUSY) until its last killed task has fully exited, which can lag the
+    # kill by a moment on a busy machine: go over the tree again until it is gone or time is up.
+    deadline = time.monotonic() + timeout
+    while True:
+        for d in cgroup_dirs(parent):
+            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(str(p)), reverse=True):
+                with contextlib.suppress(OSError):
+                    sub.rmdir()
             with contextlib.suppress(OSError):
-                sub.rmdir()
-        with contextlib.suppress(OSError):
-            d.rmdir()
+                d.rmdir()
+        if not any(d.exists() for d in cgroup_dirs(parent)) or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def mounts_under(path: Path) -> list[str]:
