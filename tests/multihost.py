@@ -170,12 +170,19 @@ def cgroup_dirs(parent: str) -> list[Path]:
     return [d for d in dirs if d.is_dir()]
 
 
+def _subdirs(d: Path) -> list[Path]:
+    """Every directory below d, deepest first. os.walk, not rglob: a cgroup (a zygote's spare) may
+    vanish while we walk, and os.walk skips what it cannot list instead of raising."""
+    found = [Path(top) / n for top, dirs, _ in os.walk(d) for n in dirs]
+    return sorted(found, key=lambda p: len(str(p)), reverse=True)
+
+
 def pids_in_cgroups(parent: str) -> set[int]:
     out: set[int] = set()
     for d in cgroup_dirs(parent):
-        for procs in d.rglob("cgroup.procs"):
+        for cg in [d, *_subdirs(d)]:
             with contextlib.suppress(OSError, ValueError):
-                out.update(int(x) for x in procs.read_text().split())
+                out.update(int(x) for x in (cg / "cgroup.procs").read_text().split())
     return out
 
 
@@ -185,7 +192,7 @@ def remove_cgroup_tree(parent: str, timeout: float = 3.0) -> None:
     deadline = time.monotonic() + timeout
     while True:
         for d in cgroup_dirs(parent):
-            for sub in sorted((p for p in d.rglob("*") if p.is_dir()), key=lambda p: len(str(p)), reverse=True):
+            for sub in _subdirs(d):
                 with contextlib.suppress(OSError):
                     sub.rmdir()
             with contextlib.suppress(OSError):
