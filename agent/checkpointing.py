@@ -37,6 +37,7 @@ class Checkpoints:
         self._checkpointing: set[str] = set()
         self._lazy_restores: set[str] = set()  # restoring with lazy pages (post-copy)
         self._pulling: set[str] = set()  # restored, pages still coming: never restarted here
+        self.page_tls: Path | None = None  # <root>/tls with a cluster certificate: criu's page server over TLS
 
     def dumping(self, c: Container) -> bool:
         """CRIU is dumping it: its exit is CRIU's, not a failure, and its address stays."""
@@ -126,7 +127,7 @@ class Checkpoints:
                 trace("agent: lazy dump")
                 dump = await LazyDump.start(criu, pid, images, root=str(self.m.files(c).dir / "rootfs"),
                                             address=address, port=port, external=external,
-                                            log_file=self.m.dir / c.id / "dump.log")
+                                            log_file=self.m.dir / c.id / "dump.log", tls_dir=self.page_tls)
             except Exception as e:
                 self._checkpointing.discard(c.id)
                 shutil.rmtree(images, ignore_errors=True)
@@ -321,7 +322,7 @@ class Checkpoints:
         try:
             daemon = await PageDaemon.start(criu, Path(c.state.checkpoint), page_server,
                                             restore_pidfile=self.m.files(c).dir / "restore.pid",
-                                            log_file=self.m.dir / c.id / "lazy-pages.log")
+                                            log_file=self.m.dir / c.id / "lazy-pages.log", tls_dir=self.page_tls)
         except Exception as e:
             raise AgentError(f"restore of {c.name}: no lazy-pages daemon: {e}") from e
         trace("agent: lazy-pages daemon ready")

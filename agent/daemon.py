@@ -31,9 +31,7 @@ from agent.runtime.network.overlay import Overlays, underlay_host
 from agent.runtime.zygote_client import Zygote
 from agent.server import AgentServicer
 from common import pki, settings, transport
-from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as pbg
-from protos import images_pb2 as ipb
 
 log = logging.getLogger("dockyard.agent")
 
@@ -136,6 +134,9 @@ class Agent:
             except MetricsAddressError as e:
                 log.error("no /metrics: %s", e)
         servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, False, o.labels)
+        servicer.identity = identity  # it dials a migration's target with this node's certificate
+        if identity.tls is not None:
+            self.manager.checkpoints.page_tls = self.root / "tls"
         # `criu check` takes a second: answer requests meanwhile, report the capability once known.
         self._criu_task = asyncio.get_running_loop().create_task(self._check_criu(servicer))
         self.server = transport.server(transport.AGENT)
@@ -151,11 +152,14 @@ class Agent:
         transport.serve(self.server, f"unix://{o.socket}", transport.AGENT)
         if o.listen and identity.tls is not None:
             # Mutual TLS on TCP is a server of its own: "no certificate" on it can never pass for the
-            # unix socket's local trust.
-            self.tls_server = transport.server(identity, transport.Authorizer(
-                agent_authorization(), pki.subject_of(identity.tls.cert_pem).cluster_id))
+            # unix socket's local trust. Peers reach only what a migration grant lets them (agent/authz.py).
+            from agent import authz
+
+            bundle = identity.tls
+            self.tls_server = transport.server(identity, authz.authorizer(lambda: bundle))
             pbg.add_AgentServicer_to_server(servicer, self.tls_server)  # type: ignore[no-untyped-call]
             add_images(self.tls_server, self.manager, images)
+            volumes_service.add_to_server(self.tls_server, self.manager)
             transport.serve(self.tls_server, o.listen, identity)
             await self.tls_server.start()
         elif o.listen:
@@ -207,7 +211,8 @@ class Agent:
 
     @staticmethod
     async def _check_criu(servicer: AgentServicer) -> None:
-        servicer.criu, servicer.lazy_pages = await asyncio.to_thread(_criu_works)
+        tls_dir = servicer.m.checkpoints.page_tls
+        servicer.criu, servicer.lazy_pages = await asyncio.to_thread(_criu_works, tls_dir)
 
     async def stop(self) -> None:
         if self.netsync is not None:  # the kernel keeps its tables: containers stay connected
@@ -272,18 +277,6 @@ def own_cgroup() -> str:
     return own
 
 
-def agent_authorization() -> dict[str, frozenset[str]]:
-    """Who may call the agent's TCP port under mutual TLS: the scheduler (placement, logs, exec,
-    migration steps) and an admin, every method of both services; another agent nothing (agent to
-    agent migration streams need a scheduler-signed grant, not built yet); deny by default."""
-    table = {}
-    for file in (apb.DESCRIPTOR, ipb.DESCRIPTOR):
-        for svc in file.services_by_name.values():
-            for m in svc.methods:
-                table[f"/{svc.full_name}/{m.name}"] = frozenset({"scheduler", "admin"})
-    return table
-
-
 def _cgroup_parent(root: Path, configured: str | None) -> str:
     """Where this agent's container cgroups live, the same in every controller, fixed at first start.
 
@@ -302,8 +295,9 @@ def _cgroup_parent(root: Path, configured: str | None) -> str:
     return parent
 
 
-def _criu_works() -> tuple[bool, bool]:
-    """(criu works, post-copy with lazy pages works)."""
+def _criu_works(tls_dir: Path | None = None) -> tuple[bool, bool]:
+    """(criu works, post-copy with lazy pages works). With ``tls_dir`` post-copy also needs a criu
+    whose page server speaks TLS (else a live move sends its checkpoint over mutual-TLS gRPC)."""
     try:
         from agent.checkpoint.criu import find_criu
         from agent.checkpoint.lazy import pipes_ready
@@ -321,6 +315,11 @@ def _criu_works() -> tuple[bool, bool]:
             lazy, why = pipes_ready()
             if not lazy:
                 log.warning("no post-copy migration: %s", why)
+        if lazy and tls_dir is not None:
+            from agent.checkpoint.lazy import tls_works
+
+            lazy, why = tls_works(c, tls_dir)  # type: ignore[arg-type]  # c is set: caps.works
+            (log.info if lazy else log.warning)("post-copy over TLS: %s", why)
         return True, lazy
     except Exception:
         return False, False

@@ -27,6 +27,7 @@ import os
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -42,6 +43,28 @@ log = logging.getLogger("dockyard.agent.migration")
 
 CHUNK = 1 << 20
 Progress = Callable[[pb.MigrateProgress], None]
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where a container moves: the target agent's address and, over TLS, its node id (the name its
+    certificate must carry) and the leader's grant, sent with every call (common/grants.py)."""
+
+    address: str
+    node_id: str = ""
+    grant: bytes = b""
+
+    @property
+    def metadata(self) -> tuple[tuple[str, bytes], ...]:
+        from common import grants
+
+        return ((grants.METADATA, self.grant),) if self.grant else ()
+
+    def dial(self, identity: transport.Identity) -> grpc.aio.Channel:
+        if identity.tls is not None and not (self.node_id and self.grant):
+            raise Unavailable("over TLS a migration needs the target's node id and a grant from the scheduler "
+                              "(is the scheduler older than this agent?)")
+        return transport.dial(self.address, identity, transport.Role.AGENT, self.node_id)
 
 
 class MigrationFailed(AgentError):
@@ -67,10 +90,10 @@ class HashingWriter:
 
 
 async def _ensure_image(m: ContainerManager, channel: grpc.aio.Channel, image_id: str, ref: str,
-                        emit: Progress) -> None:
+                        emit: Progress, md: Any) -> None:
     stub = pbg.AgentStub(channel)  # type: ignore[no-untyped-call]
     try:
-        await stub.InspectImage(pb.ImageRef(ref=image_id), timeout=30)
+        await stub.InspectImage(pb.ImageRef(ref=image_id), timeout=30, metadata=md)
         return
     except grpc.aio.AioRpcError as e:
         if e.code() != grpc.StatusCode.NOT_FOUND:
@@ -93,11 +116,11 @@ async def _ensure_image(m: ContainerManager, channel: grpc.aio.Channel, image_id
                 yield ipb.Chunk(data=data)
 
         istub = ipbg.ImagesStub(channel)  # type: ignore[no-untyped-call]
-        await istub.Load(chunks(), timeout=600)
+        await istub.Load(chunks(), timeout=600, metadata=md)
 
 
 async def _send_archive(channel: grpc.aio.Channel, f: Any, name: str, cold: bool, emit: Progress,
-                        digest: str, page_server: str = "") -> str:
+                        digest: str, md: Any, page_server: str = "") -> str:
     f.seek(0, os.SEEK_END)
     total = f.tell()
     f.seek(0)
@@ -112,27 +135,29 @@ async def _send_archive(channel: grpc.aio.Channel, f: Any, name: str, cold: bool
             yield pb.RestoreChunk(data=data)
 
     stub = pbg.AgentStub(channel)  # type: ignore[no-untyped-call]
-    summary = await stub.RestoreContainer(chunks(), timeout=600)
+    summary = await stub.RestoreContainer(chunks(), timeout=600, metadata=md)
     return str(summary.id)
 
 
-async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: Progress,
-                  lazy_pages: bool = False) -> pb.MigrateProgress:
-    """lazy_pages: post-copy is possible on this host (the target says for itself)."""
+async def migrate(m: ContainerManager, ref: str, to: Target, live: bool, emit: Progress,
+                  lazy_pages: bool = False, identity: transport.Identity = transport.AGENT) -> pb.MigrateProgress:
+    """lazy_pages: post-copy is possible on this host (the target says for itself). ``identity``:
+    this node's, whose certificate the target checks against the grant's source."""
     c = m.get(ref)
     if c.state.status not in ("running", "paused") and live:
         raise Conflict(f"container {c.name} is not running: nothing to migrate live (use cold)")
     t0 = time.monotonic()
-    channel = transport.dial(target, transport.AGENT, transport.Role.AGENT)
+    target, md = to.address, to.metadata
+    channel = to.dial(identity)
     try:
         try:
-            info = await pbg.AgentStub(channel).Info(pb.Empty(), timeout=5)  # type: ignore[no-untyped-call]
+            info = await pbg.AgentStub(channel).Info(pb.Empty(), timeout=5, metadata=md)  # type: ignore[no-untyped-call]
         except grpc.aio.AioRpcError as e:
             raise Unavailable(f"target agent {target} does not answer: {e.details()}") from e
-        await _check_mounts(m, c.id, channel, target)
-        await _ensure_image(m, channel, c.image_id, c.image_ref, emit)
-        if live and lazy_pages and info.lazy_pages and c.state.status == "running":
-            return await _migrate_post_copy(m, c.id, channel, target, emit, t0)
+        await _check_mounts(m, c.id, channel, target, md)
+        await _ensure_image(m, channel, c.image_id, c.image_ref, emit, md)
+        if live and lazy_pages and info.lazy_pages and c.state.status == "running" and _pages_servable(identity, target):
+            return await _migrate_post_copy(m, c.id, channel, target, emit, t0, md)
         was_running = c.state.status in ("running", "paused")
         with tempfile.TemporaryFile(dir=m.root) as tmp:
             down = time.monotonic()
@@ -146,7 +171,7 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
                     await m.stop(c.id)
                 await asyncio.to_thread(m.checkpoints.export_cold, c.id, out, 1)
             try:
-                new_id = await _send_archive(channel, tmp, c.name, not live, emit, out.hexdigest())
+                new_id = await _send_archive(channel, tmp, c.name, not live, emit, out.hexdigest(), md)
             except (grpc.aio.AioRpcError, OSError) as e:
                 detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
                 emit(pb.MigrateProgress(phase="rollback", message=f"target failed ({detail}): bringing {c.name} back here"))
@@ -166,7 +191,25 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
         await channel.close()
 
 
-async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str) -> None:
+def _pages_servable(identity: transport.Identity, target: str) -> bool:
+    """Over TLS the target checks our page server's certificate against the address it dials, so
+    post-copy needs this node's certificate to name the address the target sees us by (an older
+    certificate without it: the checkpoint goes as an archive over mutual-TLS gRPC instead)."""
+    if identity.tls is None:
+        return True
+    from agent.checkpoint.lazy import local_address_towards
+    from common import pki
+
+    host, _, port = target.rpartition(":")
+    address = local_address_towards(host.strip("[]"), int(port))
+    if address in pki.ip_sans(identity.tls.cert_pem):
+        return True
+    log.warning("post-copy off for this move: this node's certificate does not name %s (join again to get it)",
+                address)
+    return False
+
+
+async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str, md: Any) -> None:
     """Before anything stops: the container's volumes move with it (none may be shared with another
     container here, none may exist on the target), and its bind sources must exist there."""
     from agent.containers import volume_names
@@ -180,7 +223,7 @@ async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel
     binds = [x.source for x in c.config.mounts if x.type == "bind"]
     try:
         r = await vpbg.VolumesStub(channel).CheckMigration(  # type: ignore[no-untyped-call]
-            vpb.MigrationCheck(bind_sources=binds, volumes=volume_names(c)), timeout=30)
+            vpb.MigrationCheck(bind_sources=binds, volumes=volume_names(c)), timeout=30, metadata=md)
     except grpc.aio.AioRpcError as e:
         raise Unavailable(f"target agent {target} cannot say whether {c.name}'s mounts fit: {e.details()}") from e
     problems += [f"{p} ({target})" for p in r.problems]
@@ -198,7 +241,7 @@ async def _remove_moved_volumes(m: ContainerManager, c: Any) -> None:
 
 
 async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str,
-                             emit: Progress, t0: float) -> pb.MigrateProgress:
+                             emit: Progress, t0: float, md: Any) -> pb.MigrateProgress:
     from agent.checkpoint.criu import CriuError
     from agent.checkpoint.lazy import free_port, local_address_towards
 
@@ -214,7 +257,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         trace("migrate: archive written")
         await faults.FAULTS.pause_after_dump(m.root)  # tests kill the agent here (common/faults.py)
         try:
-            new_id = await _send_archive(channel, tmp, c.name, False, emit, out.hexdigest(), dump.page_server)
+            new_id = await _send_archive(channel, tmp, c.name, False, emit, out.hexdigest(), md, dump.page_server)
         except (grpc.aio.AioRpcError, OSError) as e:
             detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
             emit(pb.MigrateProgress(phase="rollback", message=f"target failed ({detail}): {c.name} runs on here"))
@@ -238,7 +281,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         # The target's copy lost its page source: its watchdog killed it, and CRIU unfroze ours.
         with contextlib.suppress(grpc.aio.AioRpcError):
             await pbg.AgentStub(channel).RemoveContainer(  # type: ignore[no-untyped-call]
-                pb.RemoveContainerRequest(id=new_id, force=True), timeout=30)
+                pb.RemoveContainerRequest(id=new_id, force=True), timeout=30, metadata=md)
         raise MigrationFailed(f"migration of {c.name} to {target} failed while its memory was pulled, "
                               f"rolled back: {e}") from e
     await m.checkpoints.lazy_dump_ended(c.id, ok=True)

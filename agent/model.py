@@ -31,6 +31,10 @@ class Unavailable(AgentError):
     pass
 
 
+class Forbidden(AgentError):
+    """A verified peer asked for what its grant does not cover (agent/authz.py)."""
+
+
 class StartFailed(AgentError):
     """The container's process could not be started; exit_code is docker's (127: no such command)."""
 

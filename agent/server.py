@@ -21,12 +21,14 @@ from typing import Any, TypeVar
 import grpc
 
 from agent import attachsession, convert, metrics, status
+from agent.authz import PeerGrants
 from agent.checkpoint import host_features
 from agent.containers import ContainerManager
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
 from agent.model import AgentError, InvalidArgument
 from agent.runtime.procs import trace
+from common import transport
 from protos import agent_pb2 as pb
 from protos import agent_pb2_grpc as pbg
 
@@ -89,6 +91,8 @@ class AgentServicer(pbg.AgentServicer):
         from agent.dockerapi.events import Events
 
         self.events = Events(manager)  # the Docker API's event source, for `dockyard system events`
+        self.identity = transport.AGENT  # with TLS, this node's certificate (agent/daemon.py sets it)
+        self.peers = PeerGrants()  # what a peer agent's migration grant lets it do here
 
     # --- containers ---------------------------------------------------------------------------
 
@@ -159,6 +163,8 @@ class AgentServicer(pbg.AgentServicer):
 
     @_mapped
     async def RemoveContainer(self, request: pb.RemoveContainerRequest, context: Any) -> pb.Empty:
+        if self.peers.peer_grant() is not None:
+            self.peers.check_container(self.m.get(request.id).name)
         await self.m.remove(request.id, request.force, request.volumes)
         return pb.Empty()
 
@@ -326,6 +332,7 @@ class AgentServicer(pbg.AgentServicer):
                     got_data = True
             if header is None:
                 raise InvalidArgument("restore: the stream did not start with a header")
+            self.peers.check_restore(header.name, header.id, time.time())
             if not got_data:
                 return convert.summary(await self.m.checkpoints.restore(header.id))
             if header.sha256:
@@ -352,8 +359,9 @@ class AgentServicer(pbg.AgentServicer):
 
         async def run() -> None:
             try:
-                queue.put_nowait(await migration.migrate(self.m, request.id, request.target, request.live, emit,
-                                                          lazy_pages=self.lazy_pages))
+                queue.put_nowait(await migration.migrate(
+                    self.m, request.id, migration.Target(request.target, request.target_node, request.grant),
+                    request.live, emit, lazy_pages=self.lazy_pages, identity=self.identity))
             except BaseException as e:
                 queue.put_nowait(e)
 

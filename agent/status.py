@@ -9,7 +9,7 @@ import grpc
 from agent.images import registry
 from agent.images.dockerfile import DockerfileError
 from agent.images.errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
-from agent.model import AgentError, Conflict, InvalidArgument, NotFound, Unavailable
+from agent.model import AgentError, Conflict, Forbidden, InvalidArgument, NotFound, Unavailable
 
 TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (registry.Unauthorized, grpc.StatusCode.UNAUTHENTICATED),
@@ -24,6 +24,7 @@ TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidReference, grpc.StatusCode.INVALID_ARGUMENT),
     (registry.RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
     (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
     (AgentError, grpc.StatusCode.UNKNOWN),

@@ -20,9 +20,11 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import hmac
+import ipaddress
 import os
 import secrets
 import stat
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,9 +115,10 @@ def make_key_and_csr() -> tuple[bytes, bytes]:
     return _pem_key(key), csr.public_bytes(serialization.Encoding.PEM)
 
 
-def sign(ca: CA, csr_pem: bytes, *, node_id: str, role: str, sans: list[str],
+def sign(ca: CA, csr_pem: bytes, *, node_id: str, role: str, sans: list[str], ips: Sequence[str] = (),
          lifetime: dt.timedelta = CERT_LIFETIME, now: dt.datetime | None = None) -> bytes:
-    """A certificate for ``node_id`` in ``role`` over the CSR's public key and nothing else of it."""
+    """A certificate for ``node_id`` in ``role`` over the CSR's public key and nothing else of it.
+    ``ips``: IP SANs, only where a peer checks by address (CRIU's page server: agent/checkpoint/lazy.py)."""
     if role not in ROLES:
         raise PKIError(f"role {role!r}: expected one of {', '.join(ROLES)}")
     if not node_id or any(c not in _B36 + "-" for c in node_id):
@@ -145,9 +148,10 @@ def sign(ca: CA, csr_pem: bytes, *, node_id: str, role: str, sans: list[str],
                .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
                               critical=False))
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(s) for s in sans]),
-                                        critical=False)
+    names: list[x509.GeneralName] = [x509.DNSName(s) for s in sans]
+    names += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    if names:
+        builder = builder.add_extension(x509.SubjectAlternativeName(names), critical=False)
     return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
@@ -170,6 +174,16 @@ def subject_of(cert_pem: bytes) -> Subject:
     s = cert.subject
     return Subject(_attr(s, NameOID.COMMON_NAME), _attr(s, NameOID.ORGANIZATIONAL_UNIT_NAME),
                    _attr(s, NameOID.ORGANIZATION_NAME))
+
+
+def ip_sans(cert_pem: bytes) -> list[str]:
+    """The IP addresses a certificate names (its IP SANs)."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    try:
+        ext = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+    except x509.ExtensionNotFound:
+        return []
+    return [str(ip) for ip in ext.value.get_values_for_type(x509.IPAddress)]
 
 
 def check_valid(cert_pem: bytes, *, now: dt.datetime | None = None) -> None:

@@ -221,6 +221,12 @@ class Caller:
 
     node_id: str
     role: str
+    grant: Any = None  # what a ``vouch`` check found (an agent caller's migration grant: common/grants.py)
+
+
+# A role whose certificate alone is not enough for the methods it is listed on: the check reads
+# what else the call carries (metadata) and returns the Caller with it, or raises PermissionError.
+Vouch = Callable[[Caller, str, Mapping[str, bytes]], Caller]
 
 
 _caller: contextvars.ContextVar[Caller | None] = contextvars.ContextVar("dockyard_caller", default=None)
@@ -248,13 +254,16 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
     """Deny by default: ``table`` maps a full method name (``/dockyard.cluster.Scheduler/Deploy``) to
     the roles (certificate OUs) that may call it. The caller's O must be the cluster, its CN not
     ``denied``. The verified ``Caller`` is handed to the servicer through ``caller()``. Wraps all
-    four kinds of handler, so a streaming method is as guarded as a unary one."""
+    four kinds of handler, so a streaming method is as guarded as a unary one. ``vouch[role]``, when
+    given, must also pass for every call of that role (an agent calling a peer needs a grant)."""
 
     def __init__(self, table: Mapping[str, frozenset[str]], cluster_id: str,
-                 denied: Callable[[str], bool] = lambda node_id: False) -> None:
+                 denied: Callable[[str], bool] = lambda node_id: False,
+                 vouch: Mapping[str, Vouch] | None = None) -> None:
         self.table = table
         self.cluster_id = cluster_id
         self.denied = denied
+        self.vouch = dict(vouch or {})
 
     def check(self, method: str, context: grpc.aio.ServicerContext) -> Caller:
         auth = context.auth_context()
@@ -269,6 +278,10 @@ class Authorizer(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         roles = self.table.get(method)
         if roles is None or who.role not in roles:
             raise PermissionError(f"{who.role or 'no role'} {who.node_id} may not call {method.rsplit('/', 1)[-1]}")
+        vouch = self.vouch.get(who.role)
+        if vouch is not None:
+            metadata = {k: v for k, v in (context.invocation_metadata() or ())}
+            who = vouch(who, method, metadata)
         return who
 
     async def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], Any],

@@ -34,7 +34,7 @@ import grpc
 from common import faults
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
-from scheduler.dispatch import TASK_LABEL, Agents
+from scheduler.dispatch import TASK_LABEL, Agents, container_name
 from scheduler.metrics import SchedulerMetrics
 from scheduler.model import Availability, DesiredState, Migration, Node, NodeStatus, Task, TaskState
 from scheduler.store import Conflict, Delete, Op, Put, Store, StoreError
@@ -43,6 +43,7 @@ from scheduler.view import View
 log = logging.getLogger("dockyard.scheduler.migrate")
 
 CALL_TIMEOUT = 10.0
+GRANT_SECONDS = 300.0  # a migration's agent-to-agent calls all start within this (common/grants.py)
 
 
 class MigrationError(Exception):
@@ -129,12 +130,6 @@ class Migrator:
 
     def plan(self, t: Task, to: str, asked: str) -> Migration:
         v = self.view
-        if getattr(getattr(self.agents, "identity", None), "tls", None) is not None:  # agents: None in plan tests
-            # Said plainly rather than failing half-way: the source agent would dial the target's
-            # mutual-TLS port without a certificate, and an agent's certificate alone must not let
-            # it drive another node (that needs a leader-signed migration grant, not built yet).
-            raise MigrationError("moving a task between nodes is not available with --tls yet "
-                                 "(agent-to-agent streams need a scheduler-signed migration grant)")
         if t.desired_state is not DesiredState.RUNNING or t.state is not TaskState.RUNNING or not t.node:
             raise MigrationError(f"{t.name} is not running on a node ({t.state.value})")
         if any(m.task_id == t.id for m in v.migrations.values()):
@@ -233,7 +228,8 @@ class Migrator:
             stub = self.agents.stub(source.address, source.agent_id)
             done: apb.MigrateProgress | None = None
             call = stub.MigrateContainer(apb.MigrateRequest(id=self._container(m), target=target.address,
-                                                            live=m.mode == "live"), timeout=600)
+                                                            live=m.mode == "live", target_node=target.agent_id,
+                                                            grant=self._grant(m, source, target)), timeout=600)
             async for p in call:
                 if p.phase == "done":
                     done = p
@@ -258,6 +254,19 @@ class Migrator:
             self.metrics.migration(m.mode, "failed" if outcome != "finished" else "succeeded")
             phase = {"rolled": "rolled_back"}.get(outcome.split(" ")[0], outcome.split(" ")[0])
             emit(progress(m, phase, f"{m.task_name}: {outcome}", total_seconds=time.monotonic() - t0))
+
+    def _grant(self, m: Migration, source: Node, target: Node) -> bytes:
+        """Over TLS, what lets the source agent drive the target for this one move: signed with this
+        replica's scheduler key, for this container, source and target, for GRANT_SECONDS."""
+        bundle = getattr(getattr(self.agents, "identity", None), "tls", None)  # agents: a fake in plan tests
+        if bundle is None:
+            return b""
+        from common import grants
+
+        t = self.view.tasks.get(m.task_id)
+        name = container_name(t) if t is not None else f"{m.task_name}.{m.task_id}"
+        return grants.sign(bundle, grants.Grant(migration=m.id, container=name, source=source.agent_id,
+                                                target=target.agent_id, not_after=self.clock() + GRANT_SECONDS))
 
     def _container(self, m: Migration) -> str:
         t = self.view.tasks.get(m.task_id)

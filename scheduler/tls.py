@@ -98,6 +98,22 @@ def write_local_bundles(state_dir: Path, cca: ClusterCA, replica: str) -> pki.Bu
     return own
 
 
+def peer_ips(peer: str) -> list[str]:
+    """The IP SAN a joiner gets: the address it joined from, as the scheduler saw it (never what it
+    asks for), which is where its CRIU page server answers peers ("ipv4:10.0.0.5:4242" -> 10.0.0.5)."""
+    import ipaddress
+    from urllib.parse import unquote
+
+    kind, _, rest = unquote(peer).partition(":")
+    if kind not in ("ipv4", "ipv6"):
+        return []
+    host = rest.rpartition(":")[0].strip("[]").split("%")[0]
+    try:
+        return [str(ipaddress.ip_address(host))]
+    except ValueError:
+        return []
+
+
 class JoinServicer(pbg.JoinServicer):
     def __init__(self, store: Store, *, lifetime: dt.timedelta = pki.CERT_LIFETIME) -> None:
         self.store = store
@@ -120,7 +136,8 @@ class JoinServicer(pbg.JoinServicer):
         node_id = secrets.token_hex(8)
         sans = [pki.node_name(node_id)] + ([pki.SCHEDULER_NAME] if role == "scheduler" else [])
         try:
-            cert = pki.sign(cca.ca, request.csr, node_id=node_id, role=role, sans=sans, lifetime=self.lifetime)
+            cert = pki.sign(cca.ca, request.csr, node_id=node_id, role=role, sans=sans, ips=peer_ips(context.peer()),
+                            lifetime=self.lifetime)
         except pki.PKIError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         log.info("issued %s certificate %s to %s (%s)", role, node_id, request.name or "?", context.peer())

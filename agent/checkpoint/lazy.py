@@ -15,6 +15,14 @@ pages read as zeros: the restored tree would run on with wrong memory. So the da
 a watchdog (a shell, so that it does not depend on the agent living) that SIGKILLs the restored
 tree when the daemon fails; the source, whose dump then fails too, runs on instead.
 
+Over TLS (an agent with a cluster certificate, ``tls_dir`` = <root>/tls) both ends run with
+``criu --tls`` and the node's CA, certificate and key, so the pages cross encrypted and only a
+holder of a cluster certificate can connect. The source is the TLS server and cannot name-check its
+client (criu checks a client against the server's own --address), so it runs ``--tls-no-cn-verify``;
+the target checks the source's certificate against the page server's address, which the source's
+certificate carries as an IP SAN (given at join). A criu built without GnuTLS silently ignores
+``--tls``, so ``tls_works`` proves it with a real handshake before post-copy is offered.
+
 Why pipe-max-size: the dump's page server copies pages through a pipe it sizes to criu's
 PIPE_MAX_SIZE (819 pages, rounded to 4 MiB) and ignores the failure. Without CAP_SYS_RESOURCE, a
 pipe above /proc/sys/fs/pipe-max-size (1 MiB by default) is refused with EPERM, the pipe stays at
@@ -90,6 +98,54 @@ def pipes_ready(raise_limit: bool = True) -> tuple[bool, str]:
     return True, ""
 
 
+def tls_args(tls_dir: Path | None, *, server: bool) -> list[str]:
+    """criu's TLS options for the page server (``server``: the dump side) or its client."""
+    if tls_dir is None:
+        return []
+    from common import pki
+
+    args = ["--tls", "--tls-cacert", str(tls_dir / pki.CA_FILE), "--tls-cert", str(tls_dir / pki.CERT_FILE),
+            "--tls-key", str(tls_dir / pki.KEY_FILE)]
+    return args + (["--tls-no-cn-verify"] if server else [])
+
+
+def tls_works(criu: Criu, tls_dir: Path, timeout: float = 5.0) -> tuple[bool, str]:
+    """Does this criu speak TLS? A `criu page-server --tls` on loopback must complete a handshake
+    with this node's certificate: a criu without GnuTLS ignores --tls and never answers one."""
+    import ssl
+    import tempfile
+
+    from common import pki
+
+    with tempfile.TemporaryDirectory(prefix="dockyard-criu-tls-") as work:
+        port = free_port("127.0.0.1")
+        status_r, status_w = os.pipe()
+        proc = subprocess.Popen(
+            [criu.path, "page-server", "--address", "127.0.0.1", "--port", str(port), "--images-dir", work,
+             "--log-file", f"{work}/ps.log", "-v4", "--status-fd", str(status_w), *tls_args(tls_dir, server=True)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, pass_fds=(status_w,))
+        os.close(status_w)
+        try:
+            with os.fdopen(status_r, "rb", buffering=0) as status:
+                if not status.read(1):
+                    return False, f"criu page-server --tls exited {proc.wait()}: {_first_error(_tail(Path(work) / 'ps.log'))}"
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False  # criu's own address; what is checked here is that it speaks TLS
+            ctx.load_verify_locations(str(tls_dir / pki.CA_FILE))
+            ctx.load_cert_chain(str(tls_dir / pki.CERT_FILE), str(tls_dir / pki.KEY_FILE))
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \
+                        ctx.wrap_socket(raw) as tls:
+                    version = tls.version()
+            except (OSError, ssl.SSLError) as e:
+                return False, f"criu page-server --tls did not complete a TLS handshake ({e}): built without GnuTLS?"
+            return True, f"criu page server speaks {version}"
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            proc.wait()
+
+
 def local_address_towards(host: str, port: int) -> str:
     """The address of this host that `host` sees us by (the route's source address)."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -143,7 +199,8 @@ class LazyDump:
 
     @classmethod
     async def start(cls, criu: Criu, pid: int, images_dir: Path, *, root: str, address: str, port: int,
-                    external: Iterable[str] = (), log_file: Path, ready_timeout: float = 120.0) -> LazyDump:
+                    external: Iterable[str] = (), log_file: Path, ready_timeout: float = 120.0,
+                    tls_dir: Path | None = None) -> LazyDump:
         """Returns once the images are written (the tree frozen, the page server listening)."""
         ok, why = pipes_ready()
         if not ok:
@@ -152,7 +209,7 @@ class LazyDump:
         status_r, status_w = os.pipe()
         args = ["dump", "--tree", str(pid), "--images-dir", str(images_dir), "--root", root,
                 "--log-file", str(log_file.absolute()), "-v4", "--lazy-pages", "--address", address,
-                "--port", str(port), "--status-fd", str(status_w)]
+                "--port", str(port), "--status-fd", str(status_w), *tls_args(tls_dir, server=True)]
         args += _common_args(tcp_established=True, ext_mounts=(), external=external, ext_unix_sk=False,
                              file_locks=True, manage_cgroups=None, work_dir=None)
         # Its own session: the agent's process group may be signalled, the dump must end its own way
@@ -238,7 +295,7 @@ class PageDaemon:
 
     @classmethod
     async def start(cls, criu: Criu, images_dir: Path, page_server: str, *, restore_pidfile: Path,
-                    log_file: Path, ready_timeout: float = 60.0) -> PageDaemon:
+                    log_file: Path, ready_timeout: float = 60.0, tls_dir: Path | None = None) -> PageDaemon:
         host, _, port = page_server.rpartition(":")
         host = host.strip("[]")
         status_r, status_w = os.pipe()
@@ -246,7 +303,7 @@ class PageDaemon:
         args: Sequence[str] = [
             criu.path, "lazy-pages", "--page-server", "--address", host, "--port", port,
             "--images-dir", str(images_dir), "--log-file", str(log_file.absolute()), "-v4",
-            "--status-fd", str(status_w)]
+            "--status-fd", str(status_w), *tls_args(tls_dir, server=False)]
         # A session of its own and no parent-death signal: it must go on (and keep its watchdog)
         # if the agent dies while pages are still coming.
         proc = await asyncio.create_subprocess_exec(

@@ -123,3 +123,20 @@ def test_an_expired_or_future_certificate_is_named(ca: pki.CA, tmp_path: Path) -
     os.chmod(tmp_path / "tls" / "key.pem", 0o644)  # a key others may read: the agent refuses to start
     with pytest.raises(JoinError, match="mode 0644"):
         local_bundle(tmp_path / "tls")
+
+
+def test_an_ip_san_is_the_address_the_joiner_came_from_never_what_it_asks(ca: pki.CA) -> None:
+    from scheduler.tls import peer_ips
+
+    # The page server's name check (CRIU) needs the source's address in its certificate: the
+    # scheduler takes it from the join connection's peer, whatever the CSR says.
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
+           .add_extension(x509.SubjectAlternativeName([x509.IPAddress(__import__("ipaddress").ip_address("10.9.9.9"))]),
+                          critical=False).sign(key, hashes.SHA256()))
+    pem = pki.sign(ca, csr.public_bytes(Encoding.PEM), node_id="n1", role="agent", sans=[pki.node_name("n1")],
+                   ips=peer_ips("ipv4:10.0.0.5:41234"))
+    assert pki.ip_sans(pem) == ["10.0.0.5"]
+    assert peer_ips("ipv6:%5B::1%5D:5000") == ["::1"] and peer_ips("ipv6:[fe80::1%eth0]:1") == ["fe80::1"]
+    assert peer_ips("unix:/run/x.sock") == [] and peer_ips("ipv4:not-an-ip:1") == []
+    assert pki.ip_sans(pki.issue_bundle(ca, node_id="n2", role="agent", sans=[]).cert_pem) == []
