@@ -38,7 +38,7 @@ from common.transport import SCHEDULER_NAME, node_name
 __all__ = ["SCHEDULER_NAME", "node_name"]  # and the rest: names of where each belongs
 
 TOKEN_PREFIX = "DYTKN-1-"
-ROLES = ("agent", "scheduler", "admin")
+ROLES = ("agent", "scheduler", "admin", "etcd")  # etcd: certificates of etcd's own CA (scheduler/etcd_tls.py)
 TOKEN_ROLES = ("worker", "manager")  # the role a join token admits: worker -> agent, manager -> scheduler
 CA_LIFETIME = dt.timedelta(days=3650)
 CERT_LIFETIME = dt.timedelta(days=90)
@@ -90,12 +90,12 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def make_ca(cluster_id: str, *, now: dt.datetime | None = None) -> CA:
+def make_ca(cluster_id: str, *, now: dt.datetime | None = None, common_name: str = "dockyard cluster CA") -> CA:
     """A new cluster root: P-256, self-signed, O = ``cluster_id``."""
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
-                      x509.NameAttribute(NameOID.COMMON_NAME, "dockyard cluster CA")])
+                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
             .serial_number(x509.random_serial_number())
             .not_valid_before(now - BACKDATE).not_valid_after(now + CA_LIFETIME)
@@ -155,11 +155,12 @@ def sign(ca: CA, csr_pem: bytes, *, node_id: str, role: str, sans: list[str], ip
     return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
-def issue_bundle(ca: CA, *, node_id: str, role: str, sans: list[str],
+def issue_bundle(ca: CA, *, node_id: str, role: str, sans: list[str], ips: Sequence[str] = (),
                  lifetime: dt.timedelta = CERT_LIFETIME) -> Bundle:
     """A key made here and its certificate: for the scheduler's own and the admin's bundle."""
     key_pem, csr_pem = make_key_and_csr()
-    return Bundle(ca.cert_pem, sign(ca, csr_pem, node_id=node_id, role=role, sans=sans, lifetime=lifetime), key_pem)
+    return Bundle(ca.cert_pem, sign(ca, csr_pem, node_id=node_id, role=role, sans=sans, ips=ips, lifetime=lifetime),
+                  key_pem)
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,18 @@ def dial_blocking(address: str, identity: Identity, peer: Role, node_id: str = "
     return grpc.secure_channel(target(address), _channel_credentials(tls), options=options)
 
 
+def dial_etcd(target_: str, tls: pki.Bundle | None, options: Mapping[str, Any], server_name: str = "") -> grpc.aio.Channel:
+    """The scheduler's channel to etcd (``target_`` as grpc takes it: ``ipv4:a:p,b:p``). With ``tls``
+    (etcd's own CA and the scheduler's client certificate: scheduler/etcd_tls.py) mutual TLS,
+    checked against ``server_name`` when given (our etcd's ``etcd.dockyard``), else the address."""
+    opts: list[tuple[str, Any]] = [("grpc.enable_http_proxy", 0), *options.items()]
+    if tls is None:
+        return grpc.aio.insecure_channel(target_, options=opts)
+    if server_name:
+        opts.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(target_, _channel_credentials(tls), options=opts)
+
+
 def dial_join(address: str, ca_pem: bytes) -> grpc.aio.Channel:
     """A channel to a scheduler's join port: server TLS only, trusting only ``ca_pem`` (the CA the
     joiner read from the handshake and checked against its token's digest)."""

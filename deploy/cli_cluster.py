@@ -135,7 +135,11 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 
 @click.command("scheduler", context_settings=settings.context("scheduler"))
 @settings.config_option("scheduler")
-@click.option("--etcd", default="", help="etcd client URLs (http://h:2379,...); default: start our own")
+@click.option("--etcd", default="", help="etcd client URLs (http://h:2379,... or https://); default: start our own "
+              "(with --tls: https, client certificates of a CA of its own)")
+@click.option("--etcd-cacert", default="", help="An external etcd over TLS: the CA its certificate is from")
+@click.option("--etcd-cert", default="", help="An external etcd over TLS: this scheduler's client certificate")
+@click.option("--etcd-key", default="", help="An external etcd over TLS: that certificate's key (mode 0600)")
 @click.option("--listen", default=settings.SCHEDULER_LISTEN, show_default=True, help="gRPC HOST:PORT for agents and the CLI")
 @click.option("--advertise", default="", help="HOST:PORT others reach this replica at (default: --listen)")
 @click.option("--metrics-addr", default=settings.SCHEDULER_METRICS, show_default=True,
@@ -145,8 +149,8 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
 @click.option("--tls", is_flag=True, help="Mutual TLS: a cluster CA in etcd, join tokens, a join port at --listen's port + 1, "
               "an admin client bundle in <state-dir>/client")
-def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, state_dir: str, ttl: int,
-                  tls: bool = False) -> None:
+def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, listen: str, advertise: str,
+                  metrics_addr: str, state_dir: str, ttl: int, tls: bool = False) -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
     from scheduler.main import SchedulerError, SchedulerOptions, run
 
@@ -154,7 +158,8 @@ def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, sta
         raise click.BadParameter("at least 2 seconds (etcd's minimum lease)", param_hint="--ttl")
     try:
         run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
-                             state_dir=state_dir, ttl=ttl, tls=tls))
+                             state_dir=state_dir, ttl=ttl, tls=tls, etcd_cacert=etcd_cacert, etcd_cert=etcd_cert,
+                             etcd_key=etcd_key))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
 

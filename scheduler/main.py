@@ -24,7 +24,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -38,6 +38,10 @@ from scheduler.migrate import Migrator
 from scheduler.server import SchedulerServicer
 from scheduler.store import Store, Unavailable
 from scheduler.view import View, cancel
+
+if TYPE_CHECKING:  # cryptography is loaded only by a scheduler that uses TLS
+    from common import pki
+    from scheduler import etcd_tls
 
 log = logging.getLogger("dockyard.scheduler")
 
@@ -62,6 +66,9 @@ class SchedulerOptions:
     advertise: str = ""  # the address agents and CLIs should use for this replica (default: listen)
     tls: bool = False  # mutual TLS on --listen, the CA in etcd, a join port (scheduler/tls.py)
     join_listen: str = ""  # the join port; "" = --listen's port + 1 (where `agent --join` looks)
+    etcd_cacert: str = ""  # an external etcd over TLS: its CA, our client certificate and key
+    etcd_cert: str = ""
+    etcd_key: str = ""
 
 
 # --- the embedded etcd --------------------------------------------------------------------------
@@ -76,10 +83,23 @@ def _free_port() -> int:
 class EmbeddedEtcd:
     """A real etcd, our child; stopped by its PID."""
 
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, tls: etcd_tls.EtcdPKI | None = None) -> None:
         self.dir = state_dir / "etcd"
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.tls = tls  # https and client-certificate auth, etcd's own CA (scheduler/etcd_tls.py)
+
+    def _health(self, url: str) -> bool:
+        ctx = None
+        if self.tls is not None:
+            import ssl
+
+            ctx = ssl.create_default_context(cafile=str(self.tls.server / "ca.pem"))
+            ctx.check_hostname = False  # the CA is etcd's alone; its name is checked by the store
+            ctx.load_cert_chain(str(self.tls.dir / "client" / "cert.pem"), str(self.tls.dir / "client" / "key.pem"))
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=1, context=ctx) as r:
+            return b'"health":"true"' in r.read()
+        return False
 
     def start(self, timeout: float = 20.0) -> str:
         if not os.access(ETCD_BIN, os.X_OK):
@@ -96,13 +116,15 @@ class EmbeddedEtcd:
             tmp.write_text(json.dumps(ports))
             os.replace(tmp, ports_file)
         self.port, peer = ports["client"], ports["peer"]
-        url = f"http://127.0.0.1:{self.port}"
+        scheme = "https" if self.tls is not None else "http"
+        url = f"{scheme}://127.0.0.1:{self.port}"
         args = [ETCD_BIN, "--logger=zap", "--log-level=warn", "--name", "dockyard",
                 "--data-dir", str(self.dir / "data"),
                 "--listen-client-urls", url, "--advertise-client-urls", url,
-                "--listen-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-advertise-peer-urls", f"http://127.0.0.1:{peer}",
-                "--initial-cluster", f"dockyard=http://127.0.0.1:{peer}"]
+                "--listen-peer-urls", f"{scheme}://127.0.0.1:{peer}",
+                "--initial-advertise-peer-urls", f"{scheme}://127.0.0.1:{peer}",
+                "--initial-cluster", f"dockyard={scheme}://127.0.0.1:{peer}",
+                *(self.tls.server_args() if self.tls is not None else [])]
         with open(self.dir.parent / "etcd.log", "ab") as logf:
             self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                          start_new_session=True)
@@ -112,10 +134,9 @@ class EmbeddedEtcd:
                 tail = (self.dir.parent / "etcd.log").read_bytes()[-1500:].decode(errors="replace")
                 self.proc = None
                 raise SchedulerError(f"the embedded etcd exited at start (port {self.port} taken?):\n{tail}")
-            with contextlib.suppress(OSError), urllib.request.urlopen(f"{url}/health", timeout=1) as r:
-                if b'"health":"true"' in r.read():
-                    log.info("embedded etcd pid %d on %s, data in %s", self.proc.pid, url, self.dir)
-                    return url
+            if self._health(url):
+                log.info("embedded etcd pid %d on %s, data in %s", self.proc.pid, url, self.dir)
+                return url
             time.sleep(0.05)
         self.stop()
         raise SchedulerError(f"the embedded etcd did not become healthy on {url} within {timeout:.0f} s")
@@ -148,10 +169,11 @@ def parse_endpoints(urls: str) -> list[tuple[str, int]]:
     return out
 
 
-async def connect(endpoints: list[tuple[str, int]], timeout: float = 5.0) -> Store:
+async def connect(endpoints: list[tuple[str, int]], timeout: float = 5.0, tls: pki.Bundle | None = None,
+                  server_name: str = "") -> Store:
     """One store over every member: it fails over to the next when the one it uses dies."""
     try:
-        return await Store.connect(endpoints=endpoints, timeout=timeout)
+        return await Store.connect(endpoints=endpoints, timeout=timeout, tls=tls, server_name=server_name)
     except ValueError as e:
         raise SchedulerError(f"--etcd: {e}") from e
     except Unavailable as e:
@@ -181,14 +203,34 @@ class Scheduler:
         o = self.opts
         state = Path(o.state_dir)
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
+        etcd_client: pki.Bundle | None = None
+        etcd_name = ""
         if o.etcd:
             endpoints = parse_endpoints(o.etcd)
+            if o.etcd.strip().startswith("https://") or o.etcd_cacert or o.etcd_cert or o.etcd_key:
+                from common.pki import PKIError
+                from scheduler.etcd_tls import external_bundle
+
+                try:
+                    etcd_client = external_bundle(o.etcd_cacert, o.etcd_cert, o.etcd_key)
+                except PKIError as e:
+                    raise SchedulerError(f"--etcd {o.etcd}: {e}") from e
         else:
-            self.etcd = EmbeddedEtcd(state)
+            # With --tls our own etcd takes only the client certificate of a CA of its own.
+            pki_ = None
+            if o.tls:
+                from scheduler import etcd_tls as _etcd_tls
+
+                pki_ = _etcd_tls.ensure(state)
+                etcd_name = _etcd_tls.ETCD_NAME
+            self.etcd = EmbeddedEtcd(state, pki_)
             await asyncio.to_thread(self.etcd.start)
             endpoints = [("127.0.0.1", self.etcd.port)]
-        self.etcd_url = ",".join(f"http://{h}:{p}" for h, p in endpoints)
-        self.store = store = await connect(endpoints)
+            if pki_ is not None:
+                etcd_client = pki_.client_bundle()
+        scheme = "https" if etcd_client is not None else "http"
+        self.etcd_url = ",".join(f"{scheme}://{h}:{p}" for h, p in endpoints)
+        self.store = store = await connect(endpoints, tls=etcd_client, server_name=etcd_name)
         m = self.metrics = metrics_mod.SchedulerMetrics()
         view = self.view = View(store)
         advertise = o.advertise or o.listen

@@ -23,15 +23,19 @@ import json
 import socket
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aetcd
 import grpc
 from aetcd import rpc
 
+from common import transport
 from scheduler import codec
 from scheduler.model import Migration, Node, NodeStatus, Service, Task
 from scheduler.network import Allocation, Network, Quarantined
+
+if TYPE_CHECKING:
+    from common import pki
 
 ROOT = b"/dockyard/"
 MAX_TXN_OPS = 128  # etcd's default --max-txn-ops
@@ -204,29 +208,60 @@ def grpc_target(endpoints: Sequence[tuple[str, int]]) -> str:
     return ("ipv4:" + ",".join(v4)) if v4 else ("ipv6:" + ",".join(v6))
 
 
-def _client(target: str, options: dict[str, Any]) -> Any:
+class _TLSClient(aetcd.Client):  # type: ignore[misc]
+    """aetcd 1.0.0 opens only plaintext channels (martyanov/aetcd#37): the same client whose
+    connect() builds its stubs on a mutual-TLS channel from common/transport.py. Pinned to
+    aetcd==1.0.0 in pyproject.toml, since this repeats that version's connect()."""
+
+    def __init__(self, *args: Any, tls: pki.Bundle, server_name: str, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self._tls = tls
+        self._server_name = server_name
+
+    async def connect(self) -> None:
+        if self._connected.is_set():
+            return
+        from aetcd import watcher
+
+        self.channel = transport.dial_etcd(f"{self._host}:{self._port}", self._tls, self._options,
+                                           self._server_name)
+        self.kvstub = rpc.KVStub(self.channel)
+        self.clusterstub = rpc.ClusterStub(self.channel)
+        self.leasestub = rpc.LeaseStub(self.channel)
+        self.maintenancestub = rpc.MaintenanceStub(self.channel)
+        self._watcher = watcher.Watcher(rpc.WatchStub(self.channel), timeout=self._timeout, metadata=self.metadata)
+        self._connected.set()
+
+
+def _client(target: str, options: dict[str, Any], tls: pki.Bundle | None = None, server_name: str = "") -> Any:
     """aetcd's client on a gRPC target of several members: it builds its channel from
     f"{host}:{port}", so the target is split at its last colon to come out whole."""
     host, _, port = target.rpartition(":")
+    if tls is not None:
+        return _TLSClient(host=host, port=int(port), options=options, tls=tls, server_name=server_name)
     return aetcd.Client(host=host, port=int(port), options=options)
 
 
 class Store:
     def __init__(self, host: str = "127.0.0.1", port: int = 2379, *, root: bytes = ROOT,
-                 timeout: float = 10.0, endpoints: Sequence[tuple[str, int]] = ()) -> None:
-        """endpoints: every etcd member (host, port); without them, the one at host:port."""
+                 timeout: float = 10.0, endpoints: Sequence[tuple[str, int]] = (),
+                 tls: pki.Bundle | None = None, server_name: str = "") -> None:
+        """endpoints: every etcd member (host, port); without them, the one at host:port. ``tls``:
+        etcd's CA and our client certificate (scheduler/etcd_tls.py), ``server_name`` the name
+        etcd's certificate must carry (else its address)."""
         self.endpoints = list(endpoints) or [(host, port)]
         self.host, self.port = self.endpoints[0]
         self.timeout = timeout
         self.where = ",".join(f"{h}:{p}" for h, p in self.endpoints)  # for errors
         self.keys = Keys(root)
-        self.client = _client(grpc_target(self.endpoints), _GRPC_OPTIONS)
+        self.client = _client(grpc_target(self.endpoints), _GRPC_OPTIONS, tls, server_name)
 
     @classmethod
     async def connect(cls, host: str = "127.0.0.1", port: int = 2379, *, root: bytes = ROOT,
-                      timeout: float = 5.0, endpoints: Sequence[tuple[str, int]] = ()) -> Store:
+                      timeout: float = 5.0, endpoints: Sequence[tuple[str, int]] = (),
+                      tls: pki.Bundle | None = None, server_name: str = "") -> Store:
         """A store whose etcd answered; Unavailable with the address if it does not within `timeout`."""
-        store = cls(host, port, root=root, timeout=timeout, endpoints=endpoints)
+        store = cls(host, port, root=root, timeout=timeout, endpoints=endpoints, tls=tls, server_name=server_name)
         try:
             await store.client.connect()
             await asyncio.wait_for(store.client.kvstub.Range(rpc.RangeRequest(key=store.keys.leader())),

@@ -62,8 +62,9 @@ def free_port_pair() -> int:
 
 class SchedulerProcess:
     def __init__(self, base: Path, etcd: str = "", listen: str = "", metrics: bool = True,
-                 netns: str = "", ttl: int = 0, tls: bool = False) -> None:
+                 netns: str = "", ttl: int = 0, tls: bool = False, extra_args: tuple[str, ...] = ()) -> None:
         self.base = base
+        self.extra_args = extra_args
         self.ttl = ttl  # node and leader lease TTL, seconds (0: the scheduler's default)
         self.etcd = etcd
         self.tls = tls  # --tls: mutual TLS; this harness talks to it with the admin bundle it writes
@@ -83,7 +84,7 @@ class SchedulerProcess:
             args += ["--tls"]
         if self.ttl:
             args += ["--ttl", str(self.ttl)]
-        return args
+        return args + list(self.extra_args)
 
     @property
     def cert_path(self) -> Path:
@@ -165,7 +166,8 @@ class SchedulerProcess:
                 continue
             with contextlib.suppress(OSError):
                 cmd = (p / "cmdline").read_bytes().split(b"\0")
-                if cmd and cmd[0].endswith(b"etcd") and f"http://127.0.0.1:{port}".encode() in cmd:
+                if cmd and cmd[0].endswith(b"etcd") and any(f"{s}://127.0.0.1:{port}".encode() in cmd
+                                                            for s in ("http", "https")):
                     return int(p.name)
         return None
 

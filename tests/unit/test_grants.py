@@ -114,7 +114,6 @@ class Target(pbg.AgentServicer):
         return pb.ContainerSummary(id="restored", name=header.name)
 
 
-@pytest.mark.slow
 def test_a_peer_agent_needs_the_leaders_grant_over_mutual_tls(ca: pki.CA, leader: pki.Bundle) -> None:
     target = pki.issue_bundle(ca, node_id="n2", role="agent", sans=[pki.node_name("n2")])
     source = transport.Identity(Role.AGENT, pki.issue_bundle(ca, node_id="n1", role="agent", sans=[pki.node_name("n1")]))
