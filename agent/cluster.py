@@ -107,10 +107,19 @@ class ClusterMember:
             self._stub = pbg.SchedulerStub(self._channel)  # type: ignore[no-untyped-call]
         return self._stub
 
+    def reconnect(self, identity: transport.Identity) -> None:
+        """Dial the same replica again as ``identity`` (a renewed certificate); the old channel is
+        closed once calls in flight on it are done."""
+        self.identity = identity
+        self._retire()
+
     async def next_replica(self) -> None:
         if len(self.schedulers) > 1:
             self.current += 1
             log.info("moving on to scheduler %s", self.schedulers[self.current % len(self.schedulers)])
+        self._retire()
+
+    def _retire(self) -> None:
         ch, self._channel, self._stub = self._channel, None, None
         if ch is not None:
             # Not closed now: the reporter may have a call in flight on it, and closing a grpc.aio

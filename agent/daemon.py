@@ -70,6 +70,8 @@ class Agent:
         self.root = Path(opts.root)
         self.server: grpc.aio.Server | None = None
         self.tls_server: grpc.aio.Server | None = None  # the TCP port under mutual TLS
+        self.cert_slot: transport.CertSlot | None = None  # the certificate it serves, renewed in place
+        self._renewal: asyncio.Task[None] | None = None
         self.manager: ContainerManager | None = None
         self.zygote = Zygote()
         self.metrics_server: MetricsServer | None = None
@@ -155,12 +157,12 @@ class Agent:
             # unix socket's local trust. Peers reach only what a migration grant lets them (agent/authz.py).
             from agent import authz
 
-            bundle = identity.tls
-            self.tls_server = transport.server(identity, authz.authorizer(lambda: bundle))
+            slot = self.cert_slot = transport.CertSlot(identity.tls)
+            self.tls_server = transport.server(identity, authz.authorizer(lambda: slot.bundle))
             pbg.add_AgentServicer_to_server(servicer, self.tls_server)  # type: ignore[no-untyped-call]
             add_images(self.tls_server, self.manager, images)
             volumes_service.add_to_server(self.tls_server, self.manager)
-            transport.serve(self.tls_server, o.listen, identity)
+            transport.serve(self.tls_server, o.listen, identity, slot=slot)
             await self.tls_server.start()
         elif o.listen:
             transport.serve(self.server, o.listen, transport.AGENT)
@@ -182,6 +184,8 @@ class Agent:
                 cgroup_version=driver.version, criu=lambda: servicer.criu,
                 lazy_pages=lambda: servicer.lazy_pages, identity=identity)
             self.member.start()
+            if identity.tls is not None:
+                self._renewal = asyncio.get_running_loop().create_task(self._keep_renewed(servicer), name="renewal")
             assert net.overlays is not None
             self.netsync = NetworkSync(o.name, net.overlays, self.member.stub,
                                        on_map=resolvers.update if resolvers is not None else None)
@@ -209,6 +213,26 @@ class Agent:
         os.replace(tmp, self.root / "node-id")
         return transport.AGENT.with_tls(bundle)
 
+    async def _keep_renewed(self, servicer: AgentServicer) -> None:
+        """This node's certificate, renewed through the scheduler before it expires and swapped in:
+        the TLS port serves it from the next handshake, and the scheduler channel is dialled again."""
+        from agent import join
+        from common import renewal
+
+        member = self.member
+        assert member is not None and member.identity.tls is not None
+        slot = self.cert_slot or transport.CertSlot(member.identity.tls)
+
+        async def renew() -> pki.Bundle:
+            return await join.renew(member.stub(), self.root / "tls", pki.subject_of(slot.bundle.cert_pem).node_id)
+
+        def swap(bundle: pki.Bundle) -> None:
+            slot.set(bundle)
+            servicer.identity = transport.AGENT.with_tls(bundle)
+            member.reconnect(servicer.identity)
+
+        await renewal.keep_renewed(lambda: slot.bundle, renew, swap, what=f"agent {self.opts.name}")
+
     @staticmethod
     async def _check_criu(servicer: AgentServicer) -> None:
         tls_dir = servicer.m.checkpoints.page_tls
@@ -219,6 +243,8 @@ class Agent:
             await self.netsync.stop()
         if self.manager is not None and self.manager.resolvers is not None:
             self.manager.resolvers.close_all()
+        if self._renewal is not None:
+            self._renewal.cancel()
         if self.member is not None:
             await self.member.stop()
         if self.tls_server is not None:

@@ -92,3 +92,16 @@ async def join(address: str, token: str, *, name: str, tls_dir: Path, timeout: f
     pki.write_bundle(tls_dir, bundle)
     log.info("joined cluster %s as %s %s; certificate in %s", subject.cluster_id, r.role, r.node_id, tls_dir)
     return Joined(r.node_id, r.role, bundle)
+
+
+async def renew(stub: pbg.SchedulerStub, tls_dir: Path, node_id: str, timeout: float = 10.0) -> pki.Bundle:
+    """A new key and certificate for this node over its mutual-TLS channel (the scheduler takes the
+    id and role from the certificate it sees), checked as at join and written to ``tls_dir``."""
+    key_pem, csr_pem = pki.make_key_and_csr()
+    r = await stub.RenewCertificate(pb.RenewRequest(csr=csr_pem), timeout=timeout)
+    subject = pki.verify_issued(r.ca, r.certificate, key_pem)
+    if subject.node_id != node_id:
+        raise JoinError(f"the scheduler renewed the certificate as {subject.node_id}, not this node's {node_id}")
+    bundle = pki.Bundle(r.ca, r.certificate, key_pem)
+    pki.write_bundle(tls_dir, bundle)
+    return bundle

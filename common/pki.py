@@ -187,6 +187,14 @@ def ip_sans(cert_pem: bytes) -> list[str]:
     return [str(ip) for ip in ext.value.get_values_for_type(x509.IPAddress)]
 
 
+def renew_at(cert_pem: bytes, fraction: float) -> dt.datetime:
+    """When to renew: ``fraction`` (Swarm draws it from 0.5-0.8, so nodes do not renew at once) of
+    the way from issue (its NotBefore less the backdate) to NotAfter."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    issued = cert.not_valid_before_utc + BACKDATE
+    return issued + (cert.not_valid_after_utc - issued) * fraction
+
+
 def check_valid(cert_pem: bytes, *, now: dt.datetime | None = None) -> None:
     """PKIError when a certificate is expired or not valid yet, naming the date."""
     cert = x509.load_pem_x509_certificate(cert_pem)

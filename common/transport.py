@@ -204,19 +204,47 @@ def server(identity: Identity, authorize: grpc.aio.ServerInterceptor | None = No
     return grpc.aio.server(options=list(_SERVER_OPTIONS), interceptors=[authorize] if authorize else None)
 
 
-def serve(srv: grpc.aio.Server, address: str, identity: Identity, *, client_auth: bool = True) -> int:
+class CertSlot:
+    """The certificate a TLS server presents, swapped without a restart: a renewed (or, during a CA
+    rotation, re-issued) bundle set here is served from the next handshake on (gRPC asks the
+    fetcher on every new connection; open connections keep theirs)."""
+
+    def __init__(self, bundle: pki.Bundle) -> None:
+        self.bundle = bundle
+
+    def set(self, bundle: pki.Bundle) -> None:
+        self.bundle = bundle
+
+    def credentials(self, client_auth: bool) -> grpc.ServerCredentials:
+        def config(b: pki.Bundle) -> Any:
+            return grpc.ssl_server_certificate_configuration(
+                [(b.key_pem, b.cert_pem + b.ca_pem)], root_certificates=b.ca_pem if client_auth else None)
+
+        served = [self.bundle]
+
+        def fetch() -> Any:  # non-blocking: it runs inside the handshake
+            if self.bundle is served[0]:
+                return None
+            served[0] = self.bundle
+            return config(self.bundle)
+
+        return grpc.dynamic_ssl_server_credentials(config(self.bundle), fetch,
+                                                   require_client_authentication=client_auth)
+
+
+def serve(srv: grpc.aio.Server, address: str, identity: Identity, *, client_auth: bool = True,
+          slot: CertSlot | None = None) -> int:
     """Bind ``srv`` to ``address`` (``host:port``, ``host:0`` for a free port, or ``unix:///path``);
     returns the port (for a unix socket, whatever nonzero number gRPC gives). With a TLS identity a
     TCP port requires a client certificate from the cluster CA; ``client_auth=False`` is the join
-    port's server-only TLS (grpcio cannot make client certificates optional on one port)."""
+    port's server-only TLS (grpcio cannot make client certificates optional on one port). With a
+    ``slot``, the certificate served is the slot's at each handshake (renewal without a restart)."""
     tls = _secure(address, identity)
     try:
         if tls is None:
             port: int = srv.add_insecure_port(target(address))
         else:
-            creds = grpc.ssl_server_credentials([(tls.key_pem, tls.cert_pem + tls.ca_pem)],
-                                                root_certificates=tls.ca_pem if client_auth else None,
-                                                require_client_auth=client_auth)
+            creds = (slot or CertSlot(tls)).credentials(client_auth)
             port = srv.add_secure_port(target(address), creds)
     except RuntimeError as e:
         raise BindError(address, str(e)) from e

@@ -149,19 +149,37 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
 @click.option("--tls", is_flag=True, help="Mutual TLS: a cluster CA in etcd, join tokens, a join port at --listen's port + 1, "
               "an admin client bundle in <state-dir>/client")
+@click.option("--cert-lifetime", default="90d", show_default=True,
+              help="How long node certificates issued here live (renewed at 50-80 %): 90d, 12h, 30m, 60s")
 def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, listen: str, advertise: str,
-                  metrics_addr: str, state_dir: str, ttl: int, tls: bool = False) -> None:
+                  metrics_addr: str, state_dir: str, ttl: int, tls: bool = False, cert_lifetime: str = "90d") -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
     from scheduler.main import SchedulerError, SchedulerOptions, run
 
     if ttl < 2:
         raise click.BadParameter("at least 2 seconds (etcd's minimum lease)", param_hint="--ttl")
+    lifetime = _lifetime(cert_lifetime)
     try:
         run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
                              state_dir=state_dir, ttl=ttl, tls=tls, etcd_cacert=etcd_cacert, etcd_cert=etcd_cert,
-                             etcd_key=etcd_key))
+                             etcd_key=etcd_key, cert_lifetime=lifetime))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
+
+
+def _lifetime(text: str) -> float:
+    """"90d" / "12h" / "30m" / "60s" / "60" -> seconds; at least 10 s (renewal needs time to act)."""
+    units = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    t = text.strip().lower()
+    num, unit = (t[:-1], units[t[-1]]) if t and t[-1] in units else (t, 1)
+    try:
+        secs = float(num) * unit
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: expected a duration such as 90d, 12h, 30m or 60s",
+                                 param_hint="--cert-lifetime") from None
+    if not 10 <= secs <= 3650 * 86400:
+        raise click.BadParameter(f"{text!r}: between 10s and 3650d", param_hint="--cert-lifetime")
+    return secs
 
 
 # --- nodes -------------------------------------------------------------------------------------

@@ -636,6 +636,12 @@ class IssueRequest(_message.Message):
     name: str
     def __init__(self, token: _Optional[str] = ..., csr: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
 
+class RenewRequest(_message.Message):
+    __slots__ = ("csr",)
+    CSR_FIELD_NUMBER: _ClassVar[int]
+    csr: bytes
+    def __init__(self, csr: _Optional[bytes] = ...) -> None: ...
+
 class IssueResponse(_message.Message):
     __slots__ = ("node_id", "role", "certificate", "ca")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]

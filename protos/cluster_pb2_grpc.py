@@ -165,6 +165,11 @@ class SchedulerStub:
                 request_serializer=protos_dot_cluster__pb2.RegisterRequest.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.RegisterResponse.FromString,
                 _registered_method=True)
+        self.RenewCertificate = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/RenewCertificate',
+                request_serializer=protos_dot_cluster__pb2.RenewRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.IssueResponse.FromString,
+                _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/Heartbeat',
                 request_serializer=protos_dot_cluster__pb2.HeartbeatRequest.SerializeToString,
@@ -354,6 +359,14 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RenewCertificate(self, request, context):
+        """A node's new certificate before its own expires: the same id and role, from the caller's
+        verified certificate (never from the request); a removed node is refused.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Heartbeat(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -506,6 +519,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.Register,
                     request_deserializer=protos_dot_cluster__pb2.RegisterRequest.FromString,
                     response_serializer=protos_dot_cluster__pb2.RegisterResponse.SerializeToString,
+            ),
+            'RenewCertificate': grpc.unary_unary_rpc_method_handler(
+                    servicer.RenewCertificate,
+                    request_deserializer=protos_dot_cluster__pb2.RenewRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.IssueResponse.SerializeToString,
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
@@ -1225,6 +1243,33 @@ class Scheduler:
             '/dockyard.cluster.Scheduler/Register',
             protos_dot_cluster__pb2.RegisterRequest.SerializeToString,
             protos_dot_cluster__pb2.RegisterResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RenewCertificate(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/RenewCertificate',
+            protos_dot_cluster__pb2.RenewRequest.SerializeToString,
+            protos_dot_cluster__pb2.IssueResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -41,6 +41,7 @@ SLOT_LABEL = "dockyard.slot"
 STACK_LABEL = "dockyard.stack"
 STOP_TIMEOUT = 3  # seconds from SIGTERM to SIGKILL when a task is stopped
 CALL_TIMEOUT = 5.0
+RETIRE_SECONDS = 60.0  # a replaced channel (renewed certificate) lives on this long for calls in flight
 
 
 def container_name(t: Task) -> str:
@@ -135,6 +136,8 @@ class Agents:
     def __init__(self, identity: transport.Identity = transport.SCHEDULER) -> None:
         self.identity = identity
         self._channels: dict[tuple[str, str], grpc.aio.Channel] = {}
+        self._retired: list[grpc.aio.Channel] = []
+        self._closing: set[asyncio.Task[None]] = set()
 
     def stub(self, address: str, node_id: str = "") -> apbg.AgentStub:
         """``node_id`` (the node's agent id, its certificate's CN) is the name a TLS agent must show."""
@@ -144,8 +147,27 @@ class Agents:
                                                                      node_id)
         return apbg.AgentStub(ch)  # type: ignore[no-untyped-call]
 
+    def reset(self, identity: transport.Identity) -> None:
+        """Dial every agent again as ``identity`` (a renewed certificate). The old channels stay
+        open a minute for calls in flight (a log stream may outlive that: it is cut, as a restart would)."""
+        self.identity = identity
+        old, self._channels = list(self._channels.values()), {}
+        self._retired.extend(old)
+        loop = asyncio.get_running_loop()
+
+        async def close_old() -> None:
+            await asyncio.sleep(RETIRE_SECONDS)
+            for ch in old:
+                self._retired.remove(ch)
+                with contextlib.suppress(Exception):
+                    await ch.close()
+
+        t = loop.create_task(close_old())
+        self._closing.add(t)
+        t.add_done_callback(self._closing.discard)
+
     async def close(self) -> None:
-        for ch in self._channels.values():
+        for ch in [*self._channels.values(), *self._retired]:
             with contextlib.suppress(Exception):
                 await ch.close()
         self._channels.clear()

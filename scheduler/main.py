@@ -66,6 +66,7 @@ class SchedulerOptions:
     advertise: str = ""  # the address agents and CLIs should use for this replica (default: listen)
     tls: bool = False  # mutual TLS on --listen, the CA in etcd, a join port (scheduler/tls.py)
     join_listen: str = ""  # the join port; "" = --listen's port + 1 (where `agent --join` looks)
+    cert_lifetime: float = 0.0  # seconds a node certificate issued here lives (0: 90 days); renewed at 50-80 %
     etcd_cacert: str = ""  # an external etcd over TLS: its CA, our client certificate and key
     etcd_cert: str = ""
     etcd_key: str = ""
@@ -197,6 +198,7 @@ class Scheduler:
         self.join_server: grpc.aio.Server | None = None
         self.join_port = 0
         self.identity = transport.SCHEDULER
+        self.cert_slot: transport.CertSlot | None = None  # with --tls: the certificate both ports serve
         self.denied: Any = None  # scheduler/tls.py DenyList, with --tls
 
     async def start(self) -> None:
@@ -241,18 +243,20 @@ class Scheduler:
                                      ttl=o.ttl, heartbeat=o.heartbeat)
         migrator = self.migrator = Migrator(view, store, self.agents, m, replica=self.replica)
         servicer.migrator = migrator
+        servicer.cert_lifetime = o.cert_lifetime
         authorize = None
         if o.tls:
             authorize = await self._start_tls(state)
         self.server = transport.server(self.identity, authorize)
         pbg.add_SchedulerServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
         try:
-            self.port = transport.serve(self.server, o.listen, self.identity)
+            self.port = transport.serve(self.server, o.listen, self.identity, slot=self.cert_slot)
         except (transport.BindError, ValueError) as e:
             raise SchedulerError(f"--listen {o.listen}: cannot bind ({getattr(e, 'reason', e)})") from e
         self.tasks = [asyncio.create_task(view.run(), name="view")]
         if self.denied is not None:
             self.tasks.append(asyncio.create_task(self.denied.run(), name="denied-nodes"))
+            self.tasks.append(asyncio.create_task(self._keep_renewed(state), name="renewal"))
         await asyncio.wait_for(view.loaded.wait(), 10)
         active = lambda: election.is_leader  # noqa: E731
         self.tasks += [asyncio.create_task(election.run(), name="election"),
@@ -279,12 +283,18 @@ class Scheduler:
         if not self.opts.join_listen:
             host, _, port = self.opts.listen.removeprefix("tcp://").rpartition(":")
             self.opts.join_listen = f"{host}:{int(port) + 1}" if port.isdigit() and int(port) else f"{host}:0"
-        self.identity = transport.Identity(transport.Role.SCHEDULER, tls.write_local_bundles(state, cca, self.replica))
+        lifetime = self.cert_lifetime()
+        self.identity = transport.Identity(transport.Role.SCHEDULER,
+                                           tls.write_local_bundles(state, cca, self.replica, lifetime))
         self.agents.identity = self.identity
+        assert self.identity.tls is not None
+        self.cert_slot = transport.CertSlot(self.identity.tls)
         self.join_server = transport.server(self.identity)
-        pbg.add_JoinServicer_to_server(tls.JoinServicer(self.store), self.join_server)  # type: ignore[no-untyped-call]
+        pbg.add_JoinServicer_to_server(tls.JoinServicer(self.store, lifetime=lifetime),  # type: ignore[no-untyped-call]
+                                       self.join_server)
         try:
-            self.join_port = transport.serve(self.join_server, self.opts.join_listen, self.identity, client_auth=False)
+            self.join_port = transport.serve(self.join_server, self.opts.join_listen, self.identity, client_auth=False,
+                                             slot=self.cert_slot)
         except (transport.BindError, ValueError) as e:
             raise SchedulerError(f"the join port {self.opts.join_listen}: cannot bind ({getattr(e, 'reason', e)})") from e
         log.info("cluster %s: mutual TLS on %s, join port %s, admin bundle in %s", cca.ca.cluster_id,
@@ -292,6 +302,34 @@ class Scheduler:
         self.denied = tls.DenyList(self.store)
         await self.denied.load()
         return tls.authorizer(cca, self.denied)
+
+    def cert_lifetime(self) -> Any:
+        import datetime as dt
+
+        from common import pki
+
+        return dt.timedelta(seconds=self.opts.cert_lifetime) if self.opts.cert_lifetime else pki.CERT_LIFETIME
+
+    async def _keep_renewed(self, state: Path) -> None:
+        """This replica's own certificate, re-issued from the CA before it expires and swapped in:
+        both ports serve it from the next handshake, and channels to agents are dialled again."""
+        from common import pki, renewal
+        from scheduler import tls
+
+        assert self.store is not None and self.cert_slot is not None
+        slot, store = self.cert_slot, self.store
+
+        async def renew() -> pki.Bundle:
+            bundle = tls.scheduler_bundle(await tls.ensure_ca(store), self.replica, self.cert_lifetime())
+            pki.write_bundle(state / "tls", bundle)
+            return bundle
+
+        def swap(bundle: pki.Bundle) -> None:
+            slot.set(bundle)
+            self.identity = self.identity.with_tls(bundle)
+            self.agents.reset(self.identity)
+
+        await renewal.keep_renewed(lambda: slot.bundle, renew, swap, what=f"scheduler {self.replica}")
 
     async def stop(self) -> None:
         if hasattr(self, "election"):

@@ -127,6 +127,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         self.etcd = etcd
         self.ttl = ttl
         self.heartbeat = heartbeat
+        self.cert_lifetime = 0.0  # seconds a certificate issued here lives (0: pki.CERT_LIFETIME); --cert-lifetime
         self.clock = clock
         self.migrator: Migrator | None = None  # set by main: the leader runs migrations
 
@@ -710,6 +711,22 @@ class SchedulerServicer(pbg.SchedulerServicer):
         await self.view.wait_revision(rev, timeout=2)
         log.info("node %s registered from %s (lease %x)", node.name, node.address, lease)
         return pb.RegisterResponse(lease_id=lease, heartbeat_ms=int(self.heartbeat * 1000), ttl_s=self.ttl)
+
+    @_mapped
+    async def RenewCertificate(self, request: pb.RenewRequest, context: Any) -> pb.IssueResponse:
+        import datetime as dt
+
+        from common import pki
+        from scheduler import tls
+
+        who = transport.caller()
+        if who is None:
+            raise Refused("this scheduler runs without --tls: there are no certificates to renew")
+        try:
+            return await tls.renew(self.store, request.csr, who, context.peer(),
+                                   dt.timedelta(seconds=self.cert_lifetime) if self.cert_lifetime else pki.CERT_LIFETIME)
+        except pki.PKIError as e:
+            raise Invalid(str(e)) from None
 
     @_mapped
     async def JoinToken(self, request: pb.JoinTokenRequest, context: Any) -> pb.JoinTokenResponse:

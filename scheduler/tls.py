@@ -89,10 +89,11 @@ def scheduler_bundle(cca: ClusterCA, replica: str, lifetime: dt.timedelta = pki.
                             sans=[pki.SCHEDULER_NAME, pki.node_name(replica)], lifetime=lifetime)
 
 
-def write_local_bundles(state_dir: Path, cca: ClusterCA, replica: str) -> pki.Bundle:
+def write_local_bundles(state_dir: Path, cca: ClusterCA, replica: str,
+                        lifetime: dt.timedelta = pki.CERT_LIFETIME) -> pki.Bundle:
     """This replica's own bundle in <state>/tls and an admin client bundle in <state>/client (the
     CLI reads it through DOCKYARD_CERT_PATH or ~/.dockyard)."""
-    own = scheduler_bundle(cca, replica)
+    own = scheduler_bundle(cca, replica, lifetime)
     pki.write_bundle(state_dir / "tls", own)
     pki.write_bundle(state_dir / "client", pki.issue_bundle(cca.ca, node_id="admin", role="admin", sans=[]))
     return own
@@ -144,6 +145,20 @@ class JoinServicer(pbg.JoinServicer):
         return pb.IssueResponse(node_id=node_id, role=role, certificate=cert, ca=cca.ca.cert_pem)
 
 
+async def renew(store: Store, csr_pem: bytes, who: transport.Caller, peer: str,
+                lifetime: dt.timedelta = pki.CERT_LIFETIME) -> pb.IssueResponse:
+    """A caller's new certificate: its id and role come from the certificate it called with (the
+    Authorizer verified it, and refused it if the node was removed), only the CSR's key is new."""
+    cca = await ensure_ca(store)
+    if who.role not in TOKEN_ROLE.values():
+        raise pki.PKIError(f"{who.role or 'no role'} certificates are not renewed here")
+    sans = [pki.node_name(who.node_id)] + ([pki.SCHEDULER_NAME] if who.role == "scheduler" else [])
+    cert = pki.sign(cca.ca, csr_pem, node_id=who.node_id, role=who.role, sans=sans, ips=peer_ips(peer),
+                    lifetime=lifetime)
+    log.info("renewed the %s certificate of %s (%s)", who.role, who.node_id, peer)
+    return pb.IssueResponse(node_id=who.node_id, role=who.role, certificate=cert, ca=cca.ca.cert_pem)
+
+
 S = "/dockyard.cluster.Scheduler/"
 _AGENT = frozenset({"agent"})
 _ADMIN_OR_SCHEDULER = frozenset({"admin", "scheduler"})  # a follower forwards to the leader
@@ -156,6 +171,7 @@ AUTHORIZATION: dict[str, frozenset[str]] = {
         "RemoveServices", "Logs", "Exec", "MigrateTask", "DrainNode", "Rebalance", "ListMigrations",
         "CreateNetwork", "ListNetworks", "InspectNetwork", "RemoveNetwork")},
     S + "JoinToken": frozenset({"admin"}),
+    S + "RenewCertificate": frozenset({"agent", "scheduler"}),
 }
 
 

@@ -1,0 +1,129 @@
+"""Certificates renew themselves and are swapped in without a restart (common/renewal.py): a
+`--tls --cert-lifetime 30s` scheduler, an agent joined by token, a task on it. Well past the first
+certificates' expiry, the node is still ready, the task still runs, the CLI and the scheduler still
+reach the agent; the agent's and the scheduler's certificates on disk are new ones for the same ids,
+and each TCP port serves its new certificate to a new connection. A removed node's renewal is refused."""
+
+from __future__ import annotations
+
+import os
+import socket
+import ssl
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from cryptography import x509
+
+from common import pki, transport
+from protos import cluster_pb2 as cpb
+from protos import cluster_pb2_grpc as cpbg
+from tests.agent_harness import import_busybox
+from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, running, wait_for
+from tests.etcd_server import EtcdServer
+
+pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
+
+LIFETIME = 30
+
+
+def _served(address: str, client: Path) -> x509.Certificate:
+    """The certificate a TLS port presents to a new connection."""
+    host, _, port = address.rpartition(":")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    ctx.load_cert_chain(str(client / "cert.pem"), str(client / "key.pem"))
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, int(port)), timeout=5) as raw, ctx.wrap_socket(raw) as s:
+        der = s.getpeercert(binary_form=True)
+    assert der is not None
+    return x509.load_der_x509_certificate(der)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path) -> Iterator[tuple[SchedulerProcess, JoinedAgent]]:
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    base = tmp_path_factory.mktemp("renew")
+    etcd = EtcdServer.start()
+    sched = SchedulerProcess(base / "s", etcd=etcd.endpoint, tls=True, extra_args=("--cert-lifetime", f"{LIFETIME}s"))
+    agent: JoinedAgent | None = None
+    try:
+        sched.start()
+        r = cli(sched.address, "cluster", "join-token", "worker", "-q", cert_path=str(sched.cert_path))
+        assert r.returncode == 0, r.stderr
+        agent = JoinedAgent(base / "a", join=sched.address, name="renew1", token=r.stdout.strip())
+        agent.start()
+        wait_for(lambda: [n for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes if n.status == "ready"],
+                 20, "the node ready")
+        import_busybox(agent, busybox_tar_path)
+        yield sched, agent
+    finally:
+        try:
+            if agent is not None:
+                agent.destroy()
+        finally:
+            sched.stop()
+            etcd.stop()
+
+
+def test_certificates_renew_and_are_swapped_in_without_a_restart(env: tuple[SchedulerProcess, JoinedAgent],
+                                                                 tmp_path: Path) -> None:
+    sched, agent = env
+    admin = sched.cert_path
+    first_agent = x509.load_pem_x509_certificate((agent.root / "tls" / "cert.pem").read_bytes())
+    first_sched = x509.load_pem_x509_certificate((sched.base / "state" / "tls" / "cert.pem").read_bytes())
+    assert first_agent.not_valid_after_utc.timestamp() - time.time() <= LIFETIME + 1
+    stack = tmp_path / "r.yaml"
+    stack.write_text("services:\n  w:\n    image: busybox:latest\n    command: [\"sleep\", \"600\"]\n")
+    r = cli(sched.address, "deploy", "-f", str(stack), "--name", "r", cert_path=str(admin))
+    assert r.returncode == 0, r.stderr
+    wait_for(lambda: running(sched, "r_w"), 30, "r_w running")
+    agent_pid, sched_pid = agent.proc.pid if agent.proc else 0, sched.proc.pid if sched.proc else 0
+    # Past the first certificates' NotAfter (renewal is due at 50-80 % of their life).
+    deadline = first_agent.not_valid_after_utc.timestamp() + 5
+    while time.time() < deadline:
+        time.sleep(1)
+    now_agent = x509.load_pem_x509_certificate((agent.root / "tls" / "cert.pem").read_bytes())
+    now_sched = x509.load_pem_x509_certificate((sched.base / "state" / "tls" / "cert.pem").read_bytes())
+    assert now_agent.serial_number != first_agent.serial_number and now_agent.subject == first_agent.subject
+    assert now_sched.serial_number != first_sched.serial_number and now_sched.subject == first_sched.subject
+    assert now_agent.not_valid_after_utc > first_agent.not_valid_after_utc
+    assert (agent.root / "tls" / "key.pem").stat().st_mode & 0o777 == 0o600
+    # The same processes, serving the new certificates to new connections.
+    assert agent.proc is not None and agent.proc.pid == agent_pid and agent.proc.poll() is None
+    assert sched.proc is not None and sched.proc.pid == sched_pid and sched.proc.poll() is None
+    assert _served(agent.listen, admin).serial_number == \
+        x509.load_pem_x509_certificate((agent.root / "tls" / "cert.pem").read_bytes()).serial_number
+    assert _served(sched.address, admin).not_valid_after_utc > first_sched.not_valid_after_utc
+    # Everything still talks: heartbeats (the node stays ready), the dispatcher, a new CLI call.
+    nodes = sched.stub.ListNodes(cpb.Empty(), timeout=5).nodes
+    assert [n.status for n in nodes] == ["ready"], nodes
+    assert running(sched, "r_w")
+    r = cli(sched.address, "service", "ps", "r_w", cert_path=str(admin))
+    assert r.returncode == 0 and "Running" in r.stdout, r.stdout + r.stderr
+    assert "certificate renewed" in agent.log.read_text()
+    cli(sched.address, "stack-rm", "r", cert_path=str(admin))
+
+
+def test_a_removed_nodes_renewal_is_refused(env: tuple[SchedulerProcess, JoinedAgent]) -> None:
+    sched, agent = env
+    bundle = pki.read_bundle(agent.root / "tls")
+    r = cli(sched.address, "node", "rm", "--force", "renew1", cert_path=str(sched.cert_path))
+    assert r.returncode == 0, r.stdout + r.stderr
+    _, csr = pki.make_key_and_csr()
+    with transport.dial_blocking(sched.address, transport.Identity(transport.Role.AGENT, bundle),
+                                 transport.Role.SCHEDULER) as ch:
+        stub = cpbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
+        err = wait_for(lambda: _refused(stub, csr), 10, "the renewal refused")
+    assert err.code() is grpc.StatusCode.PERMISSION_DENIED and "removed from the cluster" in (err.details() or "")
+
+
+def _refused(stub: cpbg.SchedulerStub, csr: bytes) -> grpc.RpcError | None:
+    try:
+        stub.RenewCertificate(cpb.RenewRequest(csr=csr), timeout=5)
+    except grpc.RpcError as e:
+        return e
+    return None
