@@ -97,6 +97,7 @@ class ClusterMember:
         self.refused = ""
         self._closing: set[asyncio.Task[None]] = set()
         self._registered_criu = (False, False)
+        self.renew_now = asyncio.Event()  # the scheduler asked for a new certificate (CA rotated)
 
     # --- connection to a scheduler replica -----------------------------------------------------
 
@@ -214,6 +215,9 @@ class ClusterMember:
                 r = await self.stub().Heartbeat(pb.HeartbeatRequest(name=self.name, lease_id=self.lease),
                                                 timeout=max(0.5, self.heartbeat))
                 failures = 0
+                if r.renew_certificate and not self.renew_now.is_set():
+                    log.warning("the cluster CA was rotated: renewing this node's certificate now")
+                    self.renew_now.set()  # the agent's renewal (agent/daemon.py) wakes up
                 if not r.ok:
                     log.warning("lease %x expired: registering again", self.lease)
                     return

@@ -231,7 +231,8 @@ class Agent:
             servicer.identity = transport.AGENT.with_tls(bundle)
             member.reconnect(servicer.identity)
 
-        await renewal.keep_renewed(lambda: slot.bundle, renew, swap, what=f"agent {self.opts.name}")
+        await renewal.keep_renewed(lambda: slot.bundle, renew, swap, what=f"agent {self.opts.name}",
+                                   wake=member.renew_now)
 
     @staticmethod
     async def _check_criu(servicer: AgentServicer) -> None:

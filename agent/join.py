@@ -88,7 +88,10 @@ async def join(address: str, token: str, *, name: str, tls_dir: Path, timeout: f
     if subject.node_id != r.node_id or subject.role != r.role:
         raise JoinError(f"the scheduler at {address} sent a certificate for {subject.node_id}/{subject.role}, "
                         f"not the {r.node_id}/{r.role} it named")
-    bundle = pki.Bundle(ca_pem, r.certificate, key_pem)
+    # The trust bundle it sends (the root and, during a rotation, the previous one) came over the
+    # channel pinned to the token's root: kept if it holds that root.
+    trust = r.ca if pki.ca_digest(ca_pem) in pki.bundle_digests(r.ca) else ca_pem
+    bundle = pki.Bundle(trust, r.certificate, key_pem)
     pki.write_bundle(tls_dir, bundle)
     log.info("joined cluster %s as %s %s; certificate in %s", subject.cluster_id, r.role, r.node_id, tls_dir)
     return Joined(r.node_id, r.role, bundle)

@@ -210,18 +210,27 @@ def check_valid(cert_pem: bytes, *, now: dt.datetime | None = None) -> None:
 def verify_issued(ca_pem: bytes, cert_pem: bytes, key_pem: bytes) -> Subject:
     """Check that ``cert_pem`` was signed by the CA and is over ``key_pem``'s public key (what a
     joiner checks of the certificate it was handed)."""
-    ca = x509.load_pem_x509_certificate(ca_pem)
     cert = x509.load_pem_x509_certificate(cert_pem)
-    try:
-        cert.verify_directly_issued_by(ca)
-    except Exception as e:  # InvalidSignature, ValueError, TypeError: no common base but Exception
-        raise PKIError(f"the issued certificate is not signed by the cluster CA ({e or type(e).__name__})") from None
+    if not issued_by_any(cert_pem, ca_pem):
+        raise PKIError("the issued certificate is not signed by the cluster CA")
     key = serialization.load_pem_private_key(key_pem, None)
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
     if cert.public_key().public_bytes(serialization.Encoding.DER, pub) != \
             key.public_key().public_bytes(serialization.Encoding.DER, pub):
         raise PKIError("the issued certificate is not over this node's key")
     return subject_of(cert_pem)
+
+
+def issued_by_any(cert_pem: bytes, ca_pem: bytes) -> bool:
+    """Whether a CA of the trust bundle ``ca_pem`` (one root, or two while one is rotated) signed it."""
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    for ca in x509.load_pem_x509_certificates(ca_pem):
+        try:
+            cert.verify_directly_issued_by(ca)
+            return True
+        except Exception:  # InvalidSignature, ValueError, TypeError: no common base but Exception
+            continue
+    return False
 
 
 # --- join tokens --------------------------------------------------------------------------------
@@ -239,6 +248,11 @@ def ca_digest(ca_pem: bytes) -> str:
     """sha256 over the CA certificate's DER (not its PEM text, which may be re-wrapped), base36."""
     der = x509.load_pem_x509_certificate(ca_pem).public_bytes(serialization.Encoding.DER)
     return _base36(hashlib.sha256(der).digest(), 50)
+
+
+def bundle_digests(bundle_pem: bytes) -> list[str]:
+    """ca_digest of each certificate of a trust bundle."""
+    return [ca_digest(c.public_bytes(serialization.Encoding.PEM)) for c in x509.load_pem_x509_certificates(bundle_pem)]
 
 
 def make_token(ca_pem: bytes) -> str:

@@ -23,12 +23,19 @@ RETRY = 30.0  # seconds between failed renewals, at most (sooner near the end of
 
 async def keep_renewed(current: Callable[[], pki.Bundle], renew: Callable[[], Awaitable[pki.Bundle]],
                        swap: Callable[[pki.Bundle], None], *, what: str, rng: random.Random | None = None,
-                       now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)) -> None:
+                       now: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+                       wake: asyncio.Event | None = None) -> None:
+    """``wake``: set to renew at once (the scheduler says the cluster CA was rotated)."""
     rng = rng or random.Random()
+    wake = wake or asyncio.Event()
     while True:
         cert = current().cert_pem
         at = pki.renew_at(cert, rng.uniform(0.5, 0.8))
-        await asyncio.sleep(max(0.0, (at - now()).total_seconds()))
+        try:
+            await asyncio.wait_for(wake.wait(), max(0.0, (at - now()).total_seconds()))
+        except TimeoutError:
+            pass
+        wake.clear()
         while True:
             try:
                 new = await renew()

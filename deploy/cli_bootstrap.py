@@ -140,6 +140,23 @@ def join_token(ctx: click.Context, role: str, rotate: bool, quiet: bool) -> None
                if role == "worker" else f"The {role} token (for {what}):\n\n    {token}\n")
 
 
+@cluster.command("ca")
+@click.option("--rotate", is_flag=True, help="Make a new root CA: trusted beside the old one, every node re-issued "
+              "from it at its next heartbeat, both join tokens made anew; no task stops")
+@click.pass_context
+def cluster_ca(ctx: click.Context, rotate: bool) -> None:
+    """Rotate the cluster's root CA (`--rotate`)."""
+    from deploy.cli_cluster import sched
+    from protos import cluster_pb2 as pb
+
+    if not rotate:
+        raise click.UsageError("say --rotate to make a new root CA (nothing else is done here yet)")
+    r = sched(ctx).call("RotateCA", pb.Empty())
+    click.echo(f"new root CA {r.digest[:12]}...: {r.nodes} node(s) are re-issued from it at their next heartbeat.\n"
+               "Both join tokens were made anew (`dockyard cluster join-token worker`); the old ones join nothing.\n"
+               "The scheduler rewrote its admin bundle (<state-dir>/client): copy it again where the CLI reads it.")
+
+
 @cluster.command("down")
 @inventory_opt
 @timeout_opt

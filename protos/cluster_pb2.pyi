@@ -495,10 +495,12 @@ class HeartbeatRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[int] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
-    __slots__ = ("ok",)
+    __slots__ = ("ok", "renew_certificate")
     OK_FIELD_NUMBER: _ClassVar[int]
+    RENEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     ok: bool
-    def __init__(self, ok: _Optional[bool] = ...) -> None: ...
+    renew_certificate: bool
+    def __init__(self, ok: _Optional[bool] = ..., renew_certificate: _Optional[bool] = ...) -> None: ...
 
 class TaskReport(_message.Message):
     __slots__ = ("task_id", "service", "container_id", "container_state", "exit_code", "error", "started_at", "finished_at", "healthy")
@@ -635,6 +637,14 @@ class IssueRequest(_message.Message):
     csr: bytes
     name: str
     def __init__(self, token: _Optional[str] = ..., csr: _Optional[bytes] = ..., name: _Optional[str] = ...) -> None: ...
+
+class RotateCAResponse(_message.Message):
+    __slots__ = ("digest", "nodes")
+    DIGEST_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    digest: str
+    nodes: int
+    def __init__(self, digest: _Optional[str] = ..., nodes: _Optional[int] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
     __slots__ = ("csr",)

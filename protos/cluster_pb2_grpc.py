@@ -140,6 +140,11 @@ class SchedulerStub:
                 request_serializer=protos_dot_cluster__pb2.JoinTokenRequest.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.JoinTokenResponse.FromString,
                 _registered_method=True)
+        self.RotateCA = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/RotateCA',
+                request_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.RotateCAResponse.FromString,
+                _registered_method=True)
         self.CreateNetwork = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/CreateNetwork',
                 request_serializer=protos_dot_cluster__pb2.CreateNetworkRequest.SerializeToString,
@@ -326,6 +331,14 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RotateCA(self, request, context):
+        """A new root CA (same cluster): trusted beside the old one, every node re-issued from it at its
+        next heartbeat, both join tokens regenerated; no task stops.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateNetwork(self, request, context):
         """--- cluster networks (/dockyard/net/; scheduler/network.py) ---
         """
@@ -494,6 +507,11 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.JoinToken,
                     request_deserializer=protos_dot_cluster__pb2.JoinTokenRequest.FromString,
                     response_serializer=protos_dot_cluster__pb2.JoinTokenResponse.SerializeToString,
+            ),
+            'RotateCA': grpc.unary_unary_rpc_method_handler(
+                    servicer.RotateCA,
+                    request_deserializer=protos_dot_cluster__pb2.Empty.FromString,
+                    response_serializer=protos_dot_cluster__pb2.RotateCAResponse.SerializeToString,
             ),
             'CreateNetwork': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateNetwork,
@@ -1108,6 +1126,33 @@ class Scheduler:
             '/dockyard.cluster.Scheduler/JoinToken',
             protos_dot_cluster__pb2.JoinTokenRequest.SerializeToString,
             protos_dot_cluster__pb2.JoinTokenResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RotateCA(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/RotateCA',
+            protos_dot_cluster__pb2.Empty.SerializeToString,
+            protos_dot_cluster__pb2.RotateCAResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -198,7 +198,8 @@ class Scheduler:
         self.join_server: grpc.aio.Server | None = None
         self.join_port = 0
         self.identity = transport.SCHEDULER
-        self.cert_slot: transport.CertSlot | None = None  # with --tls: the certificate both ports serve
+        self.cert_slot: transport.CertSlot | None = None  # with --tls: the certificate the main port serves
+        self.join_slot: Any = None  # and the join port's (the current root's, alone in its chain)
         self.denied: Any = None  # scheduler/tls.py DenyList, with --tls
 
     async def start(self) -> None:
@@ -239,8 +240,8 @@ class Scheduler:
         election = self.election = Election(store, self.replica, advertise, ttl=o.ttl)
         loop = self.loop = LeaderLoop(view, store, m)
         dispatcher = self.dispatcher = Dispatcher(view, store, self.agents)
-        servicer = SchedulerServicer(store, view, election, self.agents, replica=self.replica, etcd=self.etcd_url,
-                                     ttl=o.ttl, heartbeat=o.heartbeat)
+        servicer = self.servicer = SchedulerServicer(store, view, election, self.agents, replica=self.replica,
+                                                     etcd=self.etcd_url, ttl=o.ttl, heartbeat=o.heartbeat)
         migrator = self.migrator = Migrator(view, store, self.agents, m, replica=self.replica)
         servicer.migrator = migrator
         servicer.cert_lifetime = o.cert_lifetime
@@ -257,6 +258,7 @@ class Scheduler:
         if self.denied is not None:
             self.tasks.append(asyncio.create_task(self.denied.run(), name="denied-nodes"))
             self.tasks.append(asyncio.create_task(self._keep_renewed(state), name="renewal"))
+            self.tasks.append(asyncio.create_task(self._follow_ca(state), name="ca-rotation"))
         await asyncio.wait_for(view.loaded.wait(), 10)
         active = lambda: election.is_leader  # noqa: E731
         self.tasks += [asyncio.create_task(election.run(), name="election"),
@@ -289,12 +291,14 @@ class Scheduler:
         self.agents.identity = self.identity
         assert self.identity.tls is not None
         self.cert_slot = transport.CertSlot(self.identity.tls)
+        self.join_slot = transport.CertSlot(tls.join_bundle(cca, self.replica, lifetime))
+        self.servicer.cca = cca
         self.join_server = transport.server(self.identity)
         pbg.add_JoinServicer_to_server(tls.JoinServicer(self.store, lifetime=lifetime),  # type: ignore[no-untyped-call]
                                        self.join_server)
         try:
             self.join_port = transport.serve(self.join_server, self.opts.join_listen, self.identity, client_auth=False,
-                                             slot=self.cert_slot)
+                                             slot=self.join_slot)
         except (transport.BindError, ValueError) as e:
             raise SchedulerError(f"the join port {self.opts.join_listen}: cannot bind ({getattr(e, 'reason', e)})") from e
         log.info("cluster %s: mutual TLS on %s, join port %s, admin bundle in %s", cca.ca.cluster_id,
@@ -319,17 +323,56 @@ class Scheduler:
         assert self.store is not None and self.cert_slot is not None
         slot, store = self.cert_slot, self.store
 
+        next_join: list[pki.Bundle] = []
+
         async def renew() -> pki.Bundle:
-            bundle = tls.scheduler_bundle(await tls.ensure_ca(store), self.replica, self.cert_lifetime())
+            cca = await tls.ensure_ca(store)
+            bundle = tls.scheduler_bundle(cca, self.replica, self.cert_lifetime())
+            next_join[:] = [tls.join_bundle(cca, self.replica, self.cert_lifetime())]
             pki.write_bundle(state / "tls", bundle)
             return bundle
 
         def swap(bundle: pki.Bundle) -> None:
             slot.set(bundle)
+            self.join_slot.set(next_join[0])
             self.identity = self.identity.with_tls(bundle)
             self.agents.reset(self.identity)
 
         await renewal.keep_renewed(lambda: slot.bundle, renew, swap, what=f"scheduler {self.replica}")
+
+    async def _follow_ca(self, state: Path, retry: float = 0.5) -> None:
+        """After `cluster ca --rotate` (on any replica): trust the new root beside the old one on
+        both ports and toward agents, serve a certificate of the new root on the join port (new
+        tokens pin it), rewrite the admin bundle, and tell nodes to renew (Heartbeat). This
+        replica's own main-port certificate stays the old root's until it renews: agents not yet
+        re-issued trust only the old root."""
+        from dataclasses import replace
+
+        from common import pki
+        from scheduler import tls
+
+        assert self.store is not None and self.cert_slot is not None
+        key = self.store.keys.ca("root")
+        while True:
+            try:
+                rev, _ = await self.store.range(key)
+                async for _ev in self.store.watch(key, start_revision=rev + 1):
+                    cca = await tls.ensure_ca(self.store)
+                    if cca.ca.cert_pem == self.servicer.cca.ca.cert_pem:
+                        continue
+                    self.servicer.cca = cca
+                    own = replace(self.cert_slot.bundle, ca_pem=cca.trust)
+                    self.cert_slot.set(own)
+                    self.join_slot.set(tls.join_bundle(cca, self.replica, self.cert_lifetime()))
+                    self.identity = self.identity.with_tls(own)
+                    self.agents.reset(self.identity)
+                    pki.write_bundle(state / "tls", own)
+                    tls.write_admin_bundle(state, cca)
+                    log.warning("cluster CA rotated: trusting root %s... beside the previous one",
+                                cca.ca.digest()[:12])
+            except Exception as e:  # a watch that breaks is taken up again, as the denylist's
+                log.warning("CA watch: %s; retrying", e)
+            await asyncio.sleep(retry)
 
     async def stop(self) -> None:
         if hasattr(self, "election"):

@@ -127,6 +127,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         self.etcd = etcd
         self.ttl = ttl
         self.heartbeat = heartbeat
+        self.cca: Any = None  # under TLS, the cluster CA as of now (scheduler/tls.py ClusterCA; main follows rotations)
         self.cert_lifetime = 0.0  # seconds a certificate issued here lives (0: pki.CERT_LIFETIME); --cert-lifetime
         self.clock = clock
         self.migrator: Migrator | None = None  # set by main: the leader runs migrations
@@ -729,6 +730,15 @@ class SchedulerServicer(pbg.SchedulerServicer):
             raise Invalid(str(e)) from None
 
     @_mapped
+    async def RotateCA(self, request: pb.Empty, context: Any) -> pb.RotateCAResponse:
+        from scheduler import tls
+
+        if transport.caller() is None:
+            raise Refused("this scheduler runs without --tls: there is no cluster CA")
+        cca = await tls.rotate_ca(self.store)
+        return pb.RotateCAResponse(digest=cca.ca.digest(), nodes=len(self.view.nodes))
+
+    @_mapped
     async def JoinToken(self, request: pb.JoinTokenRequest, context: Any) -> pb.JoinTokenResponse:
         from scheduler import tls
 
@@ -753,7 +763,13 @@ class SchedulerServicer(pbg.SchedulerServicer):
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         self._own_node(request.name)
         ok = await self.store.keep_alive(request.lease_id)
-        return pb.HeartbeatResponse(ok=ok)
+        renew = False
+        if self.cca is not None:  # under TLS: a certificate from before `cluster ca --rotate` is re-issued
+            from scheduler import tls
+
+            pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
+            renew = tls.needs_renewal(self.cca, pem)
+        return pb.HeartbeatResponse(ok=ok, renew_certificate=renew)
 
     @_mapped
     async def ReportTasks(self, request: pb.ReportTasksRequest, context: Any) -> pb.Empty:

@@ -19,7 +19,7 @@ import datetime as dt
 import json
 import logging
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +37,14 @@ TOKEN_ROLE = {"worker": "agent", "manager": "scheduler"}  # a token admits a nod
 
 @dataclass(frozen=True)
 class ClusterCA:
-    ca: pki.CA
+    ca: pki.CA  # the current root: it signs every certificate issued from now on
     tokens: dict[str, str]  # worker|manager -> token
+    previous: bytes = b""  # after `cluster ca --rotate`: the old root, still trusted (its certificates live on)
+
+    @property
+    def trust(self) -> bytes:
+        """What every process trusts: the current root and, during a rotation, the previous one."""
+        return self.ca.cert_pem + self.previous
 
 
 async def ensure_ca(store: Store, *, make: Any = None) -> ClusterCA:
@@ -71,7 +77,36 @@ async def _read(store: Store) -> ClusterCA | None:
         t = await store.get_raw(store.keys.ca(f"tokens/{r}"))
         if t is not None:
             tokens[r] = t[0].decode()
-    return ClusterCA(pki.CA(record["cert"].encode(), record["key"].encode()), tokens)
+    return ClusterCA(pki.CA(record["cert"].encode(), record["key"].encode()), tokens,
+                     record.get("previous", "").encode())
+
+
+async def rotate_ca(store: Store) -> ClusterCA:
+    """A new root for the same cluster, in one transaction guarded by the old record: the old root
+    stays trusted (``previous``) so no certificate in use stops working, every node is re-issued
+    from the new one at its next heartbeat (``needs_renewal``), and both join tokens are made anew
+    for the new root's digest: an old token, stolen or not, joins nothing. The old key is dropped."""
+    raw = await store.get_raw(store.keys.ca("root"))
+    if raw is None:
+        raise StoreError("there is no cluster CA to rotate (a scheduler without --tls?)")
+    old = json.loads(raw[0])
+    ca = pki.make_ca(pki.CA(old["cert"].encode(), b"").cluster_id)
+    record = json.dumps({"cert": ca.cert_pem.decode(), "key": ca.key_pem.decode(), "previous": old["cert"]}).encode()
+    ops = [Put(store.keys.ca("root"), record, raw[1])]
+    for r in TOKEN_ROLE:
+        t = await store.get_raw(store.keys.ca(f"tokens/{r}"))
+        ops.append(Put(store.keys.ca(f"tokens/{r}"), pki.make_token(ca.cert_pem).encode(), t[1] if t else 0))
+    await store.commit(ops)
+    log.warning("rotated the cluster CA of %s: new root %s...; nodes are re-issued at their next heartbeat",
+                ca.cluster_id, ca.digest()[:12])
+    got = await _read(store)
+    assert got is not None
+    return got
+
+
+def needs_renewal(cca: ClusterCA, cert_pem: bytes) -> bool:
+    """A caller's certificate that the current root did not sign (issued before a rotation)."""
+    return bool(cert_pem) and not pki.issued_by_any(cert_pem, cca.ca.cert_pem)
 
 
 async def rotate_token(store: Store, role: str) -> str:
@@ -85,8 +120,15 @@ async def rotate_token(store: Store, role: str) -> str:
 
 
 def scheduler_bundle(cca: ClusterCA, replica: str, lifetime: dt.timedelta = pki.CERT_LIFETIME) -> pki.Bundle:
-    return pki.issue_bundle(cca.ca, node_id=replica, role="scheduler",
-                            sans=[pki.SCHEDULER_NAME, pki.node_name(replica)], lifetime=lifetime)
+    b = pki.issue_bundle(cca.ca, node_id=replica, role="scheduler",
+                         sans=[pki.SCHEDULER_NAME, pki.node_name(replica)], lifetime=lifetime)
+    return replace(b, ca_pem=cca.trust)
+
+
+def join_bundle(cca: ClusterCA, replica: str, lifetime: dt.timedelta = pki.CERT_LIFETIME) -> pki.Bundle:
+    """What the join port serves: a certificate of the current root and that root alone, last in
+    the chain, since the joiner hashes the last certificate against its token's digest."""
+    return replace(scheduler_bundle(cca, replica, lifetime), ca_pem=cca.ca.cert_pem)
 
 
 def write_local_bundles(state_dir: Path, cca: ClusterCA, replica: str,
@@ -95,7 +137,7 @@ def write_local_bundles(state_dir: Path, cca: ClusterCA, replica: str,
     CLI reads it through DOCKYARD_CERT_PATH or ~/.dockyard)."""
     own = scheduler_bundle(cca, replica, lifetime)
     pki.write_bundle(state_dir / "tls", own)
-    pki.write_bundle(state_dir / "client", pki.issue_bundle(cca.ca, node_id="admin", role="admin", sans=[]))
+    write_admin_bundle(state_dir, cca)
     return own
 
 
@@ -113,6 +155,12 @@ def peer_ips(peer: str) -> list[str]:
         return [str(ipaddress.ip_address(host))]
     except ValueError:
         return []
+
+
+def write_admin_bundle(state_dir: Path, cca: ClusterCA) -> None:
+    """The CLI's bundle in <state>/client: an admin certificate of the current root, trusting ``trust``."""
+    pki.write_bundle(state_dir / "client", replace(pki.issue_bundle(cca.ca, node_id="admin", role="admin", sans=[]),
+                                                   ca_pem=cca.trust))
 
 
 class JoinServicer(pbg.JoinServicer):
@@ -142,7 +190,7 @@ class JoinServicer(pbg.JoinServicer):
         except pki.PKIError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
         log.info("issued %s certificate %s to %s (%s)", role, node_id, request.name or "?", context.peer())
-        return pb.IssueResponse(node_id=node_id, role=role, certificate=cert, ca=cca.ca.cert_pem)
+        return pb.IssueResponse(node_id=node_id, role=role, certificate=cert, ca=cca.trust)
 
 
 async def renew(store: Store, csr_pem: bytes, who: transport.Caller, peer: str,
@@ -156,7 +204,7 @@ async def renew(store: Store, csr_pem: bytes, who: transport.Caller, peer: str,
     cert = pki.sign(cca.ca, csr_pem, node_id=who.node_id, role=who.role, sans=sans, ips=peer_ips(peer),
                     lifetime=lifetime)
     log.info("renewed the %s certificate of %s (%s)", who.role, who.node_id, peer)
-    return pb.IssueResponse(node_id=who.node_id, role=who.role, certificate=cert, ca=cca.ca.cert_pem)
+    return pb.IssueResponse(node_id=who.node_id, role=who.role, certificate=cert, ca=cca.trust)
 
 
 S = "/dockyard.cluster.Scheduler/"
@@ -171,6 +219,7 @@ AUTHORIZATION: dict[str, frozenset[str]] = {
         "RemoveServices", "Logs", "Exec", "MigrateTask", "DrainNode", "Rebalance", "ListMigrations",
         "CreateNetwork", "ListNetworks", "InspectNetwork", "RemoveNetwork")},
     S + "JoinToken": frozenset({"admin"}),
+    S + "RotateCA": frozenset({"admin"}),
     S + "RenewCertificate": frozenset({"agent", "scheduler"}),
 }
 
