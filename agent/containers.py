@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -201,6 +201,7 @@ class ContainerManager:
         from agent.health import from_image, resolve
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
+        cfg.mounts += self._volumes_from(cfg)
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:
@@ -225,6 +226,24 @@ class ContainerManager:
             raise
         self.containers[cid] = c
         return c
+
+    def _volumes_from(self, cfg: ContainerConfig) -> list[Mount]:
+        """--volumes-from CONTAINER[:ro|rw]: that container's volumes and binds at the same targets
+        (ro/rw overrides their mode), under this run's own mounts; never its tmpfs (docker's rule)."""
+        covered = {os.path.normpath(m.target) for m in cfg.mounts}
+        out: list[Mount] = []
+        for spec in cfg.volumes_from:
+            ref, _, mode = spec.partition(":")
+            if mode not in ("", "ro", "rw"):
+                raise InvalidArgument(f"--volumes-from {spec}: invalid mode {mode!r} (ro or rw)")
+            other = self.get(ref)
+            for m in other.config.mounts:
+                if m.type == "tmpfs" or os.path.normpath(m.target) in covered:
+                    continue
+                covered.add(os.path.normpath(m.target))
+                out.append(replace(m, readonly=(mode == "ro") if mode else m.readonly, anonymous=False,
+                                   create_source=False, origin="", spec="", volume_labels={}, volume_options={}))
+        return out
 
     def _prepare_mounts(self, cfg: ContainerConfig) -> list[str]:
         """What the mounts need on this host, before the container is made: bind sources (-v makes

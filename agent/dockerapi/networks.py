@@ -87,21 +87,6 @@ def register(r: Any, api: DockerAPI) -> None:
     async def prune(req: Request) -> Response:
         return Json(200, {"NetworksDeleted": None})
 
-    async def volumes(req: Request) -> Response:
-        return Json(200, {"Volumes": [], "Warnings": None})
-
-    async def no_volume(req: Request) -> Response:
-        if req.method in ("GET", "DELETE"):   # there are none
-            raise HTTPError(404, f"get {req.params.get('name', '')}: no such volume")
-        body = (await req.json() or {}) if req.method == "POST" else {}
-        driver = body.get("Driver") or "local"
-        if driver != "local":
-            raise HTTPError(404, f'error looking up volume plugin {driver}: plugin "{driver}" not found')
-        raise HTTPError(501, "named volumes are not supported by a dockyard agent yet")
-
-    async def volume_prune(req: Request) -> Response:
-        return Json(200, {"VolumesDeleted": None, "SpaceReclaimed": 0})
-
     r.add("GET", "/networks", listing)
     r.add("POST", "/networks/create", create)
     r.add("POST", "/networks/prune", prune)
@@ -109,7 +94,3 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("DELETE", "/networks/{id}", change)
     r.add("POST", "/networks/{id}/connect", change)
     r.add("POST", "/networks/{id}/disconnect", change)
-    r.add("GET", "/volumes", volumes)
-    r.add("POST", "/volumes/create", no_volume)
-    r.add("POST", "/volumes/prune", volume_prune)
-    r.add("GET|DELETE|PUT", "/volumes/{name}", no_volume)
