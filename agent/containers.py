@@ -26,6 +26,7 @@ from agent import hostconfig, names, restart
 from agent.checkpointing import Checkpoints
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
+from agent.localnets import LocalNetworks
 from agent.model import (
     AgentError,
     Conflict,
@@ -127,6 +128,8 @@ class ContainerManager:
         self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
+        self.localnets = LocalNetworks(root, lambda: list(self.containers.values()))   # user-defined networks
+        self.on_change.append(self.localnets.on_change)
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -295,7 +298,16 @@ class ContainerManager:
         if not cfg.image:
             raise InvalidArgument("an image is required")
         if cfg.network_mode not in ("", "bridge", "none", "host", "default"):
-            raise InvalidArgument(f"--network {cfg.network_mode}: must be bridge, none or host")
+            n = self.localnets.find(cfg.network_mode)
+            if n is None:
+                raise NotFound(f"network {cfg.network_mode} not found")
+            cfg.network_mode = n.name   # (it may have been given by id)
+        if cfg.network_aliases and not self.localnets.is_local(cfg.network_mode):
+            raise InvalidArgument("network-scoped aliases are only supported for user-defined networks")
+        for link in cfg.links:
+            name, _, alias = link.partition(":")
+            if not name or (alias and not names.valid_name(alias.lstrip("/"))):
+                raise InvalidArgument(f"--link {link}: expected CONTAINER[:ALIAS]")
         if cfg.pid_mode not in ("", "host"):
             raise InvalidArgument(f"--pid {cfg.pid_mode}: must be host or empty")
         if cfg.ipc_mode not in ("", "host", "private", "shareable"):
@@ -395,8 +407,10 @@ class ContainerManager:
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         if c.endpoint:
             hosts += f"{c.endpoint['ip']}\t{hostname}\n"
+        bridge = self._bridge_of(c) or self.network
+        hosts += self._link_hosts(cfg)
         if cfg.extra_hosts:
-            hosts += hostconfig.extra_hosts(cfg, str(getattr(self.network, "gateway", "")))
+            hosts += hostconfig.extra_hosts(cfg, str(getattr(bridge, "gateway", "")))
         nodes, rules = devices_for(cfg)
         resources = _resources_kwargs(cfg, as_json=True)
         resources["devices"] = [r.to_dict() for r in rules]
@@ -414,11 +428,11 @@ class ContainerManager:
             hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
             cgroup=resources, cgroup_parent=self.cg.parent,
             cgroup_root=self.cg.root,
-            network=c.endpoint, network_state_dir=str(self.network.state_dir),
-            bridge=self.network.name, subnet=str(self.network.subnet),
+            network=c.endpoint, network_state_dir=str(bridge.state_dir),
+            bridge=bridge.name, subnet=str(bridge.subnet),
             etc_hosts=hosts, log_path=str(files.log), devices=nodes,
-            etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None
-            else hostconfig.resolv_conf(cfg, _resolv_conf()),
+            etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
+            or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
@@ -429,6 +443,20 @@ class ContainerManager:
             spec.process.seccomp = False
             spec.masked_paths, spec.readonly_paths, spec.readonly_sysfs = [], [], False
         return spec
+
+    def _link_hosts(self, cfg: ContainerConfig) -> str:
+        """--link NAME[:ALIAS]: the running container's address under both names, in /etc/hosts."""
+        out = ""
+        for link in cfg.links:
+            name, _, alias = link.partition(":")
+            other = self.get(name)
+            if other.state.status not in ("running", "paused") or not other.ip_address:
+                raise InvalidArgument(f"Cannot link to a non running container: /{other.name} AS {alias or name}")
+            if other.config.network_mode != cfg.network_mode:
+                raise InvalidArgument(f"--link {link}: /{other.name} is on network {other.config.network_mode}, "
+                                      f"not {cfg.network_mode or 'bridge'}")
+            out += f"{other.ip_address}\t{' '.join(dict.fromkeys(x for x in (alias, other.name) if x))}\n"
+        return out
 
     def _container_mounts(self, c: Container) -> list[ContainerMount]:
         out = []
@@ -499,13 +527,16 @@ class ContainerManager:
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
-        if c.endpoint is None and c.config.network_mode in ("", "bridge", "default"):
+        bridge = self._bridge_of(c)
+        if c.endpoint is None and bridge is not None:
             from agent.runtime import network
 
             mappings = [network.PortMapping(p.host_ip, p.host_port, p.container_port, p.protocol)
                         for p in c.config.ports]
+            if self.localnets.is_local(c.config.network_mode):
+                self.localnets.loop = asyncio.get_running_loop()
             try:
-                ep = await asyncio.to_thread(self.network.allocate, c.id, mappings)
+                ep = await asyncio.to_thread(bridge.allocate, c.id, mappings)
             except network.PortInUse as e:
                 raise Conflict(str(e)) from e
             except network.NetworkError as e:
@@ -517,7 +548,7 @@ class ContainerManager:
                     ep = _replace(ep, overlays=self.network.overlay_endpoints(
                         c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
                 except network.NetworkError as e:
-                    await asyncio.to_thread(self.network.release, c.id)
+                    await asyncio.to_thread(bridge.release, c.id)
                     raise InvalidArgument(str(e)) from e
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
@@ -591,7 +622,13 @@ class ContainerManager:
         from agent.runtime import network
 
         assert c.endpoint is not None
-        self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)
+        self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)   # (on the endpoint's own bridge)
+        if self.localnets.is_local(c.config.network_mode):
+            try:
+                self.localnets.open_resolver(c, pid)
+            except (OSError, network.NetworkError) as e:
+                self.network.detach(network.Endpoint.from_dict(c.endpoint))
+                raise network.NetworkError(f"its resolver at 127.0.0.11: {e}") from e
         if c.config.overlays and self.resolvers is not None:
             try:
                 self.resolvers.open(c.id, tuple(o.network for o in c.config.overlays), pid)
@@ -605,10 +642,19 @@ class ContainerManager:
         with contextlib.suppress(Exception):
             self.network.detach(network.Endpoint.from_dict(endpoint))
 
+    def _bridge_of(self, c: Container) -> Any:
+        """The bridge the container's eth0 is on: the agent's, a user network's, or None (host, none)."""
+        mode = c.config.network_mode
+        if mode in ("", "bridge", "default"):
+            return self.network
+        n = self.localnets.find(mode) if mode not in ("host", "none") else None
+        return self.localnets.bridge_of(n) if n is not None else None
+
     def _release_network(self, c: Container) -> None:
         if c.endpoint is not None:
             with contextlib.suppress(Exception):
-                self.network.release(c.id)
+                bridge = self._bridge_of(c) or self.network
+                bridge.release(c.id)
             c.endpoint = None
             c.ip_address = ""
 

@@ -174,6 +174,8 @@ class ContainerConfig:
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
     volumes_from: list[str] = field(default_factory=list)   # CONTAINER[:ro|rw], as given (its mounts are copied)
     log_options: dict[str, str] = field(default_factory=dict)   # json-file's max-size, max-file, compress
+    network_aliases: list[str] = field(default_factory=list)    # more names on a user network (127.0.0.11)
+    links: list[str] = field(default_factory=list)   # CONTAINER[:ALIAS]: /etc/hosts entries, as docker's --link
 
 
 @dataclass

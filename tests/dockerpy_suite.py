@@ -83,9 +83,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     'build networkmode of a user-defined network: no such networks yet': [
         'api_build_test.py::BuildTest::test_build_with_network_mode',
     ],
-    'VolumesFrom: no volumes in dockyard yet': [
-        'api_container_test.py::CreateContainerTest::test_create_container_with_volumes_from',
-    ],
     "cgroup namespaces: dockyard's containers share the host's": [
         'api_container_test.py::CreateContainerTest::test_create_with_cgroupns',
     ],
@@ -105,37 +102,11 @@ UNSUPPORTED: dict[str, list[str]] = {
     "MemorySwappiness: not in dockyard's cgroup drivers": [
         'api_container_test.py::CreateContainerTest::test_create_with_memory_constraints_with_int',
     ],
-    'Tmpfs mounts: not in dockyard yet': [
-        'api_container_test.py::CreateContainerTest::test_create_with_tmpfs',
-    ],
     'UTSMode host without the host network: not in dockyard': [
         'api_container_test.py::CreateContainerTest::test_create_with_uts_mode',
     ],
-    "GroupAdd (supplementary groups): not in dockyard's process spec": [
-        'api_container_test.py::CreateContainerTest::test_group_id_ints',
-        'api_container_test.py::CreateContainerTest::test_group_id_strings',
-    ],
-    'json-file options (max-size, max-file): the monitor does not rotate': [
-        'api_container_test.py::CreateContainerTest::test_valid_log_driver_and_log_opt',
-    ],
-    'json-file options (max-file): the monitor does not rotate': [
-        'api_container_test.py::CreateContainerTest::test_valid_no_log_driver_specified',
-    ],
-    'bind mounts and named volumes: not in dockyard yet': [
-        'api_container_test.py::VolumeBindTest::test_create_with_binds_ro',
-        'api_container_test.py::VolumeBindTest::test_create_with_binds_rw',
+    "bind propagation rshared: the runtime makes binds rprivate or private only (refused by name)": [
         'api_container_test.py::VolumeBindTest::test_create_with_binds_rw_rshared',
-        'api_container_test.py::VolumeBindTest::test_create_with_mounts',
-        'api_container_test.py::VolumeBindTest::test_create_with_mounts_ro',
-        'api_container_test.py::VolumeBindTest::test_create_with_volume_mount',
-    ],
-    'archive PUT: waits for the safe rootfs writer (agent/images, the sec-unpack issue)': [
-        'api_container_test.py::ArchiveTest::test_copy_directory_to_container',
-        'api_container_test.py::ArchiveTest::test_copy_file_to_container',
-    ],
-    'the test reads a file of a bind-mounted volume (/vol1): no volumes yet': [
-        'api_container_test.py::ArchiveTest::test_get_file_archive_from_container',
-        'api_container_test.py::ArchiveTest::test_get_file_stat_from_container',
     ],
     "CpusetCpus: not in dockyard's cgroup drivers": [
         'api_container_test.py::ContainerCPUTest::test_container_cpuset',
@@ -176,19 +147,6 @@ UNSUPPORTED: dict[str, list[str]] = {
         'api_network_test.py::TestNetworks::test_prune_networks',
         'api_network_test.py::TestNetworks::test_remove_network',
     ],
-    'named volumes: not in dockyard yet (the volumes issue)': [
-        'api_volume_test.py::TestVolumes::test_create_volume',
-        'api_volume_test.py::TestVolumes::test_force_remove_volume',
-        'api_volume_test.py::TestVolumes::test_inspect_volume',
-        'api_volume_test.py::TestVolumes::test_list_volumes',
-        'api_volume_test.py::TestVolumes::test_prune_volumes',
-        'api_volume_test.py::TestVolumes::test_remove_volume',
-        'models_volumes_test.py::VolumesTest::test_create_get',
-        'models_volumes_test.py::VolumesTest::test_list_remove',
-    ],
-    'named volumes: not in dockyard yet': [
-        'models_containers_test.py::ContainerCollectionTest::test_run_with_named_volume',
-    ],
     'user-defined networks: not in dockyard yet': [
         'models_containers_test.py::ContainerCollectionTest::test_run_with_network',
         'models_containers_test.py::ContainerCollectionTest::test_run_with_networking_config',
@@ -201,12 +159,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     ],
     "the 'none' log driver: the monitor always keeps the log": [
         'models_containers_test.py::ContainerCollectionTest::test_run_with_none_driver',
-    ],
-    'bind mounts: not in dockyard yet': [
-        'models_containers_test.py::ContainerCollectionTest::test_run_with_volume',
-    ],
-    'volume drivers: no volumes in dockyard yet': [
-        'models_containers_test.py::ContainerTest::test_create_with_volume_driver',
     ],
 }
 
