@@ -276,6 +276,18 @@ class ContainerManager:
             raise
         return made
 
+    def set_network(self, c: Container, mode: str, aliases: list[str], links: list[str]) -> None:
+        """docker network connect/disconnect of a container that is not running: its one network
+        (checked as at create), its aliases there and its links."""
+        if c.state.status in ("running", "paused", "restarting") and mode != c.config.network_mode:
+            raise Conflict(f"container {c.name} is running: its network cannot change until it stops")
+        cfg = replace(c.config, network_mode=mode, network_aliases=list(aliases), links=list(links))
+        if cfg.ports and mode in ("none", "host"):
+            cfg.ports = []   # docker keeps the bindings but publishes nothing without a network
+        self._validate(cfg)
+        c.config = cfg
+        self._save(c)
+
     def _free_name(self) -> str:
         taken = {c.name for c in self.containers.values()}
         for _ in range(100):

@@ -120,7 +120,7 @@ def register(r: Any, api: DockerAPI) -> None:
         with contextlib.suppress(Exception):
             ic = api.images.config_of(c.image_id)
         health = api.health.health.get(c.id) if api.health is not None else None
-        doc = convert.inspect(c, str(m.files(c).log), ic, health, m.mounts_info(c))
+        doc = convert.inspect(c, str(m.files(c).log), ic, health, m.mounts_info(c), req.version)
         doc["ExecIDs"] = [e.id for e in api.execs.values() if e.container == c.id] or None
         if req.flag("size"):
             with contextlib.suppress(Exception):

@@ -47,7 +47,7 @@ _HOST_MAPPED = {
     "PidMode", "IpcMode", "UsernsMode", "Init", "SecurityOpt", "LogConfig", "ConsoleSize", "CgroupnsMode",
     "Isolation", "Privileged", "Devices", "Binds", "Mounts", "Tmpfs", "ReadonlyRootfs", "CapAdd", "CapDrop",
     "Ulimits", "Dns", "DnsSearch", "DnsOptions", "ExtraHosts", "Sysctls", "ShmSize", "GroupAdd", "VolumesFrom",
-    "VolumeDriver",
+    "VolumeDriver", "Links",
 }
 
 
@@ -247,6 +247,33 @@ def _mount_obj(obj: Any, where: str) -> Mount:
     return m
 
 
+def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
+    """NetworkingConfig.EndpointsConfig: the container's own network (one here), its Aliases and
+    Links; a second network, or an address or MAC asked for, is refused by name."""
+    endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+    if not isinstance(endpoints, dict):
+        raise HTTPError(400, "NetworkingConfig.EndpointsConfig must be an object")
+    aliases: list[str] = []
+    links: list[str] = []
+    for netname, ep in endpoints.items():
+        where = f"NetworkingConfig.EndpointsConfig.{netname}"
+        if netname not in (net, "default") and not (net == "bridge" and netname == "bridge"):
+            raise HTTPError(400, f"{where}: a dockyard container has one network, its NetworkMode ({net}); "
+                                 "connect it to no other at create")
+        for k, v in (ep or {}).items():
+            if k in ("Aliases", "Links"):
+                (aliases if k == "Aliases" else links).extend(_strs(v, f"{where}.{k}"))
+            elif k not in ("NetworkID", "EndpointID") and not empty(v):
+                raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
+    return aliases, links
+
+
+def _link(v: str) -> str:
+    """docker's link forms: NAME, NAME:ALIAS and the daemon's own /NAME:/THIS/ALIAS."""
+    name, _, alias = v.partition(":")
+    return name.lstrip("/") + (":" + alias.rsplit("/", 1)[-1] if alias else "")
+
+
 def _str_map(v: Any, field: str) -> dict[str, str]:
     if v is None:
         return {}
@@ -379,11 +406,8 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
     net = _str(host.get("NetworkMode"), "HostConfig.NetworkMode") or "bridge"
     if net == "default":
         net = "bridge"
-    endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
-    for netname, ep in endpoints.items():
-        if netname not in (net, "default", "bridge") or not empty(ep):
-            raise HTTPError(400, f"NetworkingConfig.EndpointsConfig.{netname}: only the container's own "
-                                 f"network ({net}) without settings is supported")
+    aliases, links = _endpoint(body, net)
+    links += _strs(host.get("Links"), "HostConfig.Links")
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise HTTPError(400, "Config.Labels must be an object of strings")
@@ -442,6 +466,8 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         group_add=_groups(host.get("GroupAdd")),
         volumes_from=_strs(host.get("VolumesFrom"), "HostConfig.VolumesFrom"),
         log_options=log_options,
+        network_aliases=aliases,
+        links=[_link(x) for x in links],
     )
     size = host.get("ConsoleSize")
     console = None
@@ -476,14 +502,26 @@ def _bindings(cfg: ContainerConfig) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def _network(c: Container) -> dict[str, Any]:
+def endpoint_json(c: Container, version: str = "1.45") -> dict[str, Any]:
+    """NetworkSettings.Networks[its network] of a container: its address there, its aliases and
+    the names other containers find it by (at API <= 1.44 docker lists the short id among the
+    aliases too, and docker-compose 1.29 relies on it)."""
     ep = c.endpoint or {}
+    user = c.config.network_mode not in ("", "bridge", "default", "host", "none")
+    aliases = list(c.config.network_aliases)
+    if user and tuple(int(x) for x in version.split(".")) <= (1, 44):
+        aliases.append(c.id[:12])
     return {
-        "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": ep.get("mac", ""),
-        "NetworkID": c.config.network_mode, "EndpointID": c.id if ep else "", "Gateway": ep.get("gateway", ""),
-        "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0), "IPv6Gateway": "",
-        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None, "DNSNames": None,
+        "IPAMConfig": None, "Links": list(c.config.links) or None, "Aliases": aliases or None,
+        "MacAddress": ep.get("mac", ""), "NetworkID": "", "EndpointID": c.id if ep else "",
+        "Gateway": ep.get("gateway", ""), "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0),
+        "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None,
+        "DNSNames": [c.name, c.id[:12], *c.config.network_aliases] if user else None,
     }
+
+
+def _netname(c: Container) -> str:
+    return c.config.network_mode if c.config.network_mode not in ("", "default") else "bridge"
 
 
 def status_text(c: Container, now: float | None = None, health: str = "") -> str:
@@ -524,7 +562,7 @@ def summary(c: Container, size: tuple[int, int] | None = None, health: str = "",
         "Command": command_of(c), "Created": int(c.created), "Ports": ports, "Labels": c.config.labels,
         "State": c.state.status, "Status": status_text(c, health=health),
         "HostConfig": {"NetworkMode": c.config.network_mode},
-        "NetworkSettings": {"Networks": {c.config.network_mode: _network(c)}},
+        "NetworkSettings": {"Networks": {_netname(c): endpoint_json(c)}},
         "Mounts": mounts or [],
     }
     if size is not None:
@@ -533,7 +571,7 @@ def summary(c: Container, size: tuple[int, int] | None = None, health: str = "",
 
 
 def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
-            mounts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+            mounts: list[dict[str, Any]] | None = None, version: str = "1.45") -> dict[str, Any]:
     """GET /containers/{id}/json: Docker's keys, with Docker's defaults where dockyard has no such
     thing. mounts: the manager's mounts_info (docker's top-level Mounts)."""
     s, cfg = c.state, c.config
@@ -580,7 +618,9 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
             "CgroupnsMode": "host", "Dns": list(cfg.dns), "DnsOptions": list(cfg.dns_options),
             "DnsSearch": list(cfg.dns_search), "ExtraHosts": list(cfg.extra_hosts) or None,
             "GroupAdd": list(cfg.group_add) or None, "Sysctls": dict(cfg.sysctls) or None,
-            "IpcMode": cfg.ipc_mode or "private", "Cgroup": "", "Links": None, "OomScoreAdj": 0,
+            "IpcMode": cfg.ipc_mode or "private", "Cgroup": "",
+            "Links": [f"/{x.partition(':')[0]}:/{c.name}/{x.partition(':')[2] or x.partition(':')[0]}"
+                      for x in cfg.links] or None, "OomScoreAdj": 0,
             "PidMode": cfg.pid_mode, "Privileged": cfg.privileged, "PublishAllPorts": False,
             "ReadonlyRootfs": cfg.read_only, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": "",
             "UsernsMode": cfg.userns_mode, "ShmSize": cfg.shm_size or 64 << 20, "Runtime": "dockyard",
@@ -628,7 +668,7 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": c.ip_address,
             "IPPrefixLen": int((c.endpoint or {}).get("prefixlen", 0) or 0), "IPv6Gateway": "",
             "MacAddress": (c.endpoint or {}).get("mac", ""),
-            "Networks": {cfg.network_mode: _network(c)},
+            "Networks": {_netname(c): endpoint_json(c, version)},
         },
     }
 
