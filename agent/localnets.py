@@ -53,6 +53,7 @@ class LocalNetwork:
     labels: dict[str, str] = field(default_factory=dict)
     options: dict[str, str] = field(default_factory=dict)
     ipam_given: bool = False       # the subnet came from the user's IPAM config (inspect echoes it)
+    attachable: bool = False       # as asked (a local bridge always takes standalone containers)
 
     @property
     def bridge(self) -> str:
@@ -147,7 +148,7 @@ class LocalNetworks:
         return None
 
     def create(self, name: str, subnet: str = "", gateway: str = "", labels: dict[str, str] | None = None,
-               options: dict[str, str] | None = None) -> LocalNetwork:
+               options: dict[str, str] | None = None, attachable: bool = False) -> LocalNetwork:
         if not NAME.match(name):
             raise InvalidArgument(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
         if name in BUILTIN:
@@ -177,7 +178,8 @@ class LocalNetworks:
                         raise last
                     continue
                 n = LocalNetwork(name=name, id=nid, subnet=str(net), gateway=gw, created=time.time(),
-                                 labels=dict(labels or {}), options=dict(options or {}), ipam_given=bool(subnet))
+                                 labels=dict(labels or {}), options=dict(options or {}), ipam_given=bool(subnet),
+                                 attachable=attachable)
                 b = BridgeNetwork(self.state, bridge, str(net))
                 try:
                     b.ensure(False, self.ip_masq)

@@ -80,9 +80,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     "build extrahosts: not in dockyard's builder": [
         'api_build_test.py::BuildTest::test_build_with_extra_hosts',
     ],
-    'build networkmode of a user-defined network: no such networks yet': [
-        'api_build_test.py::BuildTest::test_build_with_network_mode',
-    ],
     "cgroup namespaces: dockyard's containers share the host's": [
         'api_container_test.py::CreateContainerTest::test_create_with_cgroupns',
     ],
@@ -91,10 +88,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     ],
     'Isolation (a Windows setting): refused': [
         'api_container_test.py::CreateContainerTest::test_create_with_isolation',
-    ],
-    'container links: legacy, not in dockyard': [
-        'api_container_test.py::CreateContainerTest::test_create_with_links',
-        'api_container_test.py::LinkTest::test_remove_link',
     ],
     'MacAddress: dockyard derives the MAC from the address': [
         'api_container_test.py::CreateContainerTest::test_create_with_mac_address',
@@ -117,45 +110,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     "image inspect's Container/ContainerConfig of a commit: the image store does not record them": [
         'api_image_test.py::CommitTest::test_commit',
         'api_image_test.py::CommitTest::test_commit_with_changes',
-    ],
-    'user-defined networks (create, connect, aliases, IPAM): not in dockyard yet': [
-        'api_network_test.py::TestNetworks::test_connect_and_disconnect_container',
-        'api_network_test.py::TestNetworks::test_connect_and_force_disconnect_container',
-        'api_network_test.py::TestNetworks::test_connect_on_container_create',
-        'api_network_test.py::TestNetworks::test_connect_with_aliases',
-        'api_network_test.py::TestNetworks::test_connect_with_ipv4_address',
-        'api_network_test.py::TestNetworks::test_connect_with_ipv6_address',
-        'api_network_test.py::TestNetworks::test_connect_with_links',
-        'api_network_test.py::TestNetworks::test_connect_with_mac_address',
-        'api_network_test.py::TestNetworks::test_create_check_duplicate',
-        'api_network_test.py::TestNetworks::test_create_inspect_network_with_scope',
-        'api_network_test.py::TestNetworks::test_create_internal_networks',
-        'api_network_test.py::TestNetworks::test_create_network_attachable',
-        'api_network_test.py::TestNetworks::test_create_network_ingress',
-        'api_network_test.py::TestNetworks::test_create_network_ipv6_enabled',
-        'api_network_test.py::TestNetworks::test_create_network_with_ipam_config',
-        'api_network_test.py::TestNetworks::test_create_network_with_labels',
-        'api_network_test.py::TestNetworks::test_create_remove_network_with_space_in_name',
-        'api_network_test.py::TestNetworks::test_create_with_aliases',
-        'api_network_test.py::TestNetworks::test_create_with_driveropt',
-        'api_network_test.py::TestNetworks::test_create_with_ipv4_address',
-        'api_network_test.py::TestNetworks::test_create_with_ipv6_address',
-        'api_network_test.py::TestNetworks::test_create_with_linklocal_ips',
-        'api_network_test.py::TestNetworks::test_create_with_links',
-        'api_network_test.py::TestNetworks::test_inspect_network',
-        'api_network_test.py::TestNetworks::test_list_networks',
-        'api_network_test.py::TestNetworks::test_prune_networks',
-        'api_network_test.py::TestNetworks::test_remove_network',
-    ],
-    'user-defined networks: not in dockyard yet': [
-        'models_containers_test.py::ContainerCollectionTest::test_run_with_network',
-        'models_containers_test.py::ContainerCollectionTest::test_run_with_networking_config',
-        'models_containers_test.py::ContainerCollectionTest::test_run_with_networking_config_only_undeclared_network',
-        'models_containers_test.py::ContainerCollectionTest::test_run_with_networking_config_with_undeclared_network',
-        'models_networks_test.py::NetworkCollectionTest::test_create',
-        'models_networks_test.py::NetworkCollectionTest::test_get',
-        'models_networks_test.py::NetworkCollectionTest::test_list_remove',
-        'models_networks_test.py::NetworkTest::test_connect_disconnect',
     ],
     "the 'none' log driver: the monitor always keeps the log": [
         'models_containers_test.py::ContainerCollectionTest::test_run_with_none_driver',

@@ -57,7 +57,7 @@ def register(r: Any, api: DockerAPI) -> None:
                 "EnableIPv6": False,
                 "IPAM": {"Driver": "default", "Options": {} if n.ipam_given else None,
                          "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
-                "Internal": False, "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""},
+                "Internal": False, "Attachable": n.attachable, "Ingress": False, "ConfigFrom": {"Network": ""},
                 "ConfigOnly": False, "Containers": containers_on(n.name), "Options": dict(n.options),
                 "Labels": dict(n.labels)}
 
@@ -113,7 +113,8 @@ def register(r: Any, api: DockerAPI) -> None:
         name = body.get("Name")
         if not isinstance(name, str) or not name:
             raise HTTPError(400, "network create: Name is required")
-        known = {"Name", "CheckDuplicate", "Driver", "IPAM", "Options", "Labels", "Scope", "EnableIPv4"}
+        # Attachable: on a local bridge standalone containers may always join (compose 3 asks for it)
+        known = {"Name", "CheckDuplicate", "Driver", "IPAM", "Options", "Labels", "Scope", "EnableIPv4", "Attachable"}
         for k, v in body.items():
             if k not in known and v not in (None, False, "", {}, []):
                 raise HTTPError(400, f"network create: {k} is not supported by dockyard (got {v!r})")
@@ -154,7 +155,8 @@ def register(r: Any, api: DockerAPI) -> None:
                 raise HTTPError(400, f"network create: {what} must be an object of strings")
         if name in BUILTIN:
             raise HTTPError(409, f"network with name {name} already exists")
-        n = await asyncio.to_thread(local.create, name, subnet, gateway, dict(labels), dict(options))
+        n = await asyncio.to_thread(local.create, name, subnet, gateway, dict(labels), dict(options),
+                                    bool(body.get("Attachable")))
         return Json(201, {"Id": n.id, "Warning": ""})
 
     async def remove(req: Request) -> Response:

@@ -5,15 +5,17 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import docker as dockerpy
 import pytest
 
 from tests.agent_harness import AgentProcess
-from tests.kernel.test_dockerapi import da, dconf, docker  # noqa: F401  (fixtures)
+from tests.kernel.test_dockerapi import da, dconf, denv, docker  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.root
 
@@ -176,3 +178,52 @@ def test_user_networks_names_aliases_links_and_isolation(da: AgentProcess, dconf
     assert docker(da, dconf, "network", "ls", "--filter", "type=custom", "-q").stdout == ""
     bridges = subprocess.run(["ip", "-o", "link", "show", "type", "bridge"], capture_output=True, text=True).stdout
     assert not any(n["Id"][:12] in bridges for n in [net])
+
+
+@pytest.mark.slow
+def test_docker_compose_with_networks_and_a_named_volume(da: AgentProcess, dconf: Path,  # noqa: F811
+                                                          tmp_path: Path) -> None:
+    compose = shutil.which("docker-compose")
+    if compose is None:
+        pytest.skip("docker-compose (Debian's 1.29) is not installed")
+    (tmp_path / "docker-compose.yml").write_text(
+        'version: "3"\nservices:\n'
+        '  db:\n    image: busybox\n    command: sh -c "echo from-the-volume > /data/index.html; httpd -f -p 80 -h /data"\n'
+        '    volumes: ["dbdata:/data"]\n    networks: [back]\n'
+        '  web:\n    image: busybox\n    command: sleep 300\n    networks: [back]\n    depends_on: [db]\n'
+        '  worker:\n    image: busybox\n    command: sh -c "echo worker up; sleep 300"\n'
+        'networks:\n  back: {}\nvolumes:\n  dbdata: {}\n')
+    env = denv(da, dconf)
+
+    def dc(*args: str, check: bool = True) -> str:
+        r = subprocess.run([compose, "-p", "dyc", *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0 or not check, f"docker-compose {' '.join(args)}: {r.stdout}\n{r.stderr}"
+        return r.stdout + r.stderr
+
+    try:
+        dc("up", "-d")
+        ps = dc("ps")
+        assert ps.count(" Up ") == 3, ps
+        nets = docker(da, dconf, "network", "ls", "--format", "{{.Name}}").stdout.split()
+        assert "dyc_back" in nets and "dyc_default" in nets
+        assert "dyc_dbdata" in docker(da, dconf, "volume", "ls", "-q").stdout.split()
+        # web finds db by its service name on their network, and reads what db wrote into the volume
+        out = ""
+        for _ in range(50):
+            out = dc("exec", "-T", "web", "wget", "-qO-", "http://db/", check=False)
+            if "from-the-volume" in out:
+                break
+            time.sleep(0.1)
+        assert "from-the-volume" in out, out
+        # the worker, on the project's default network, does not see db
+        # (nslookup: busybox-static's getaddrinfo crashes on a name nobody knows, under dockerd too)
+        r = docker(da, dconf, "exec", "dyc_worker_1", "nslookup", "db", check=False)
+        assert r.returncode != 0 and "Address" not in r.stdout.partition("Name:")[2], r
+        da.wait_for(lambda: "worker up" in dc("logs", "worker"), what="the worker's log")
+    finally:
+        dc("down", "-v", "-t", "1", check=False)
+    assert docker(da, dconf, "ps", "-aq").stdout == ""
+    assert "dyc_dbdata" not in docker(da, dconf, "volume", "ls", "-q").stdout
+    assert not [n for n in docker(da, dconf, "network", "ls", "--format", "{{.Name}}").stdout.split()
+                if n.startswith("dyc_")]
