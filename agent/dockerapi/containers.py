@@ -110,7 +110,7 @@ def register(r: Any, api: DockerAPI) -> None:
                 with contextlib.suppress(Exception):
                     used = await asyncio.to_thread(api.images.snapshotter.usage, c.snapshot)
                     sz = (used, used + api.images.get(c.image_id).size)
-            rows.append(convert.summary(c, sz, _health_of(api, c)))
+            rows.append(convert.summary(c, sz, _health_of(api, c), m.mounts_info(c)))
         return Json(200, rows)
 
     async def inspect(req: Request) -> Response:
@@ -119,7 +119,7 @@ def register(r: Any, api: DockerAPI) -> None:
         with contextlib.suppress(Exception):
             ic = api.images.config_of(c.image_id)
         health = api.health.health.get(c.id) if api.health is not None else None
-        doc = convert.inspect(c, str(m.files(c).log), ic, health)
+        doc = convert.inspect(c, str(m.files(c).log), ic, health, m.mounts_info(c), req.version)
         doc["ExecIDs"] = [e.id for e in api.execs.values() if e.container == c.id] or None
         if req.flag("size"):
             with contextlib.suppress(Exception):
@@ -397,6 +397,20 @@ def register(r: Any, api: DockerAPI) -> None:
         tmp = await spooled(api.images.tmp, lambda f: api.images.export_container(c.snapshot, f))
         return Stream(200, file_chunks(tmp), "application/x-tar")
 
+    def _filesystem_of(c: Container, path: str) -> tuple[list[Any], str]:
+        """Where a path of the container lives: a volume's or bind's directory (as one layer) when
+        it is below that mount's target, else the snapshot's layers."""
+        from pathlib import Path
+
+        from .archive import in_mount
+
+        mounts = [(x.target, str(m.volumes.path(x.source)) if x.type == "volume" else x.source)
+                  for x in c.config.mounts if x.type in ("volume", "bind") and x.source]
+        found = in_mount(mounts, path)
+        if found is not None:
+            return [Path(found[0])], found[1]
+        return list(api.images.snapshotter.layer_dirs(c.snapshot)), path
+
     async def archive(req: Request) -> Response:
         from .archive import path_stat, tar_path
 
@@ -404,7 +418,7 @@ def register(r: Any, api: DockerAPI) -> None:
         path = req.arg("path")
         if not path:
             raise HTTPError(400, "archive needs a path (?path=)")
-        layers = api.images.snapshotter.layer_dirs(c.snapshot)
+        layers, path = _filesystem_of(c, path)
         st = await asyncio.to_thread(path_stat, layers, path)
         header = ("X-Docker-Container-Path-Stat", base64.b64encode(json.dumps(st).encode()).decode())
         if req.method == "HEAD":
@@ -451,9 +465,10 @@ def register(r: Any, api: DockerAPI) -> None:
             raise HTTPError(400, "archive needs a path (?path=)")
         if req.flag("copyUIDGID"):
             raise HTTPError(400, "copyUIDGID is not supported by dockyard: the tar's owners are kept")
-        layers = api.images.snapshotter.layer_dirs(c.snapshot)
+        layers, path = _filesystem_of(c, path)
         rootfs = m.files(c).dir / "rootfs"
-        running = c.state.status in ("running", "paused") and os.path.ismount(rootfs)
+        running = c.state.status in ("running", "paused") and os.path.ismount(rootfs) \
+            and layers[0] == api.images.snapshotter.layer_dirs(c.snapshot)[0]
         with await receive(req, api.images.tmp) as tmp:
             await asyncio.to_thread(put_archive, layers, rootfs if running else None, path, tmp,
                                     req.flag("noOverwriteDirNonDir"))
