@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import logging
@@ -17,7 +18,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -36,12 +37,11 @@ from agent.model import (
     Mount,
     NotFound,
     Port,
-    Resources,
     RestartPolicy,
     StartFailed,
 )
 from agent.resolver import RESOLV_CONF
-from agent.runtime import cgroups, frames
+from agent.runtime import cgroups, frames, messages
 from agent.runtime.procs import pid_start_time, process_alive, trace
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
@@ -60,6 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dockyard.agent")
 
+
+# What `update` may change (docker update's resource flags; device rates and rules are set at create).
+UPDATABLE_LIMITS = frozenset({"memory", "memory_swap", "nano_cpus", "cpu_shares", "pids_limit", "blkio_weight"})
 
 class ContainerNetwork(Protocol):
     """What the manager needs of the containers' network: runtime/network/bridge.py's BridgeNetwork
@@ -340,7 +343,7 @@ class ContainerManager:
             if p.protocol not in ("tcp", "udp"):
                 raise InvalidArgument(f"invalid protocol {p.protocol!r} for port {p.container_port}")
         try:
-            cgroups.Resources(**_resources_kwargs(cfg)).validate()
+            cfg.resources.validate()
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
         hostconfig.check(cfg)
@@ -424,8 +427,7 @@ class ContainerManager:
         if cfg.extra_hosts:
             hosts += hostconfig.extra_hosts(cfg, str(getattr(bridge, "gateway", "")))
         nodes, rules = devices_for(cfg)
-        resources = _resources_kwargs(cfg, as_json=True)
-        resources["devices"] = [r.to_dict() for r in rules]
+        resources = dataclasses.replace(cfg.resources, devices=rules)
         spec = RuntimeSpec(
             id=c.id, state_dir=str(files.dir), rootfs=str(files.dir / "rootfs"), mounts=mounts,
             process=ProcessSpec(
@@ -579,41 +581,46 @@ class ContainerManager:
                             "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
                             "lazy": self.checkpoints.restoring_lazily(c)}
         # (The shim writes it to runtime.json once the container runs.)
-        reply = self.zygote.request({"op": "start", "spec": spec,
-                                     "files": {"dir": str(files.dir), "socket": str(files.socket)}},
+        reply = self.zygote.request(messages.Start(spec, str(files.dir), str(files.socket)),
                                     [client] if client >= 0 else None)
         attached = False
+        msg: messages.Message | None
         try:
             while True:
-                msg, _ = await reply.recv(timeout=60)
-                if msg is None or msg.get("op") != "attach":
+                try:
+                    msg, _ = await reply.recv(messages.Attach, messages.Started, messages.Failed, timeout=60)
+                except messages.ProtocolError as e:
+                    msg = messages.Failed(f"shim: {e}")
+                if not isinstance(msg, messages.Attach):
                     break
                 # The shim asks us to wire the veth into its init's network namespace: the bridge
                 # and pyroute2 are ours (shim.py _ask_attach).
                 try:
-                    await asyncio.to_thread(self._attach_network, c, int(msg["pid"]))
+                    await asyncio.to_thread(self._attach_network, c, msg.pid)
                     attached = True
-                    reply.send({"op": "attached"})
+                    reply.send(messages.Attached())
                 except Exception as e:
-                    reply.send({"op": "error", "error": str(e)})
+                    reply.send(messages.Error(str(e)))
         finally:
             reply.close()
-        if msg is None or "error" in msg:
+        if not isinstance(msg, messages.Started):
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
             if c.config.mounts and self._has_device_volume(c):
                 await asyncio.to_thread(self._release_volumes, c)
-            err = (msg or {}).get("error", "the shim exited before it reported")
+            failed = msg if isinstance(msg, messages.Failed) else \
+                messages.Failed("the shim exited before it reported")
+            err = failed.error
             c.state.error = err
-            c.state.exit_code = int((msg or {}).get("exit_code", 128))
+            c.state.exit_code = failed.exit_code
             self._save(c)
             if c.config.auto_remove:
                 self._spawn(self.remove(c.id, force=True))
             raise StartFailed(f"failed to start container {c.name}: {err}", c.state.exit_code)
         trace("agent: shim replied")
         c.state.status = "running"
-        c.state.pid = int(msg["pid"])
+        c.state.pid = msg.pid
         c.state.started_at = time.time()
         if c.state.checkpoint:
             shutil.rmtree(c.state.checkpoint, ignore_errors=True)  # used, or made stale by a fresh start
@@ -1010,19 +1017,29 @@ class ContainerManager:
         return [f"volume {n} is also used by {', '.join(u)}" for n in volume_names(c)
                 if (u := [x for x in self.volume_users(n) if not x.startswith(f"{c.name} (")])]
 
-    async def update(self, ref: str, resources: Resources | None = None,
+    async def update(self, ref: str, limits: Mapping[str, int] | None = None,
                      restart_policy: RestartPolicy | None = None) -> Container:
-        """docker update: new limits (applied to a live cgroup at once) and restart policy."""
+        """docker update: the limits named in `limits` (Resources fields: memory, nano_cpus, ...)
+        change, the others keep their values; applied to a live cgroup at once. The device rules
+        stay those the container started with: an update changes limits, not what it may open."""
         c = self.get(ref)
         cfg = copy.deepcopy(c.config)
-        if resources is not None:
-            cfg.resources = resources
+        if limits:
+            unknown = sorted(set(limits) - UPDATABLE_LIMITS)
+            if unknown:
+                raise InvalidArgument(f"update: {', '.join(unknown)} cannot be updated")
+            changes: dict[str, Any] = dict(limits)
+            cfg.resources = dataclasses.replace(cfg.resources, **changes)
         if restart_policy is not None:
             cfg.restart_policy = restart_policy
         self._validate(cfg)
-        if resources is not None and c.state.status in ("running", "paused") and self.cg.exists(c.id):
+        if limits and c.state.status in ("running", "paused") and self.cg.exists(c.id):
             try:
-                await asyncio.to_thread(self.cg.update, c.id, cgroups.Resources(**_resources_kwargs(cfg)))
+                started = RuntimeSpec.load(self.files(c).spec).cgroup.devices
+            except (OSError, ValueError, KeyError, TypeError):
+                started = devices_for(cfg)[1]   # (no spec left: what its flags give)
+            try:
+                await asyncio.to_thread(self.cg.update, c.id, dataclasses.replace(cfg.resources, devices=started))
             except cgroups.CgroupError as e:
                 raise InvalidArgument(str(e)) from e
         c.config = cfg
@@ -1117,9 +1134,8 @@ class ContainerManager:
         if c.config.privileged:  # (as docker: an exec has its container's privileges)
             proc.capabilities, proc.seccomp = list(ALL_CAPABILITIES), False
         info = self._init_info(c)
-        req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": proc,
-               "cgroup": {"root": self.cg.root, "parent": self.cg.parent,
-                          "name": c.id}}
+        req = messages.Exec(int(info.get("pid", c.state.pid)), proc,
+                            messages.CgroupRef(self.cg.root, self.cg.parent, c.id))
         return self.zygote.request(req, fds)
 
     # --- top and stats ------------------------------------------------------------------------
@@ -1190,21 +1206,6 @@ def mount_key(target: str) -> str:
     import hashlib
 
     return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
-
-
-def _resources_kwargs(cfg: ContainerConfig, as_json: bool = False) -> dict[str, Any]:
-    r = cfg.resources
-    out: dict[str, Any] = {
-        "memory": r.memory, "memory_swap": r.memory_swap, "nano_cpus": r.nano_cpus,
-        "cpu_shares": r.cpu_shares, "pids_limit": r.pids_limit, "blkio_weight": r.blkio_weight,
-    }
-    if as_json:
-        out["device_read_bps"] = [asdict(d) for d in r.device_read_bps]
-        out["device_write_bps"] = [asdict(d) for d in r.device_write_bps]
-    else:
-        out["device_read_bps"] = tuple(cgroups.DeviceRate(d.path, d.rate) for d in r.device_read_bps)
-        out["device_write_bps"] = tuple(cgroups.DeviceRate(d.path, d.rate) for d in r.device_write_bps)
-    return out
 
 
 def _resolv_conf() -> str:
