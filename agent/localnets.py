@@ -36,7 +36,8 @@ from agent.runtime.spec import write_atomic
 from common import settings
 
 BUILTIN = ("bridge", "host", "none", "default")
-NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]*$")
+# docker takes almost any name ("test 01"); the bridge and the record are named by the id
+NAME = re.compile(r"^[^/\x00-\x1f]{1,128}$")
 # Options docker's bridge driver takes that mean what dockyard's bridge does anyway, echoed back.
 KNOWN_OPTIONS = {"com.docker.network.bridge.enable_icc": "true",
                  "com.docker.network.bridge.enable_ip_masquerade": None,
@@ -150,7 +151,7 @@ class LocalNetworks:
     def create(self, name: str, subnet: str = "", gateway: str = "", labels: dict[str, str] | None = None,
                options: dict[str, str] | None = None, attachable: bool = False) -> LocalNetwork:
         if not NAME.match(name):
-            raise InvalidArgument(f"invalid network name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed")
+            raise InvalidArgument(f"invalid network name {name!r}: 1 to 128 characters, no '/' or control characters")
         if name in BUILTIN:
             raise Conflict(f"network with name {name} already exists (it is built in)")
         for k, v in (options or {}).items():

@@ -22,7 +22,19 @@ from agent.runtime import frames
 from agent.runtime.spec import ProcessSpec
 
 from . import convert
-from .http import Body, Hijack, HTTPError, Json, Request, Response, Stream, file_chunks, receive, spooled
+from .http import (
+    Body,
+    Hijack,
+    HTTPError,
+    Json,
+    Request,
+    Response,
+    Stream,
+    WebSocket,
+    file_chunks,
+    receive,
+    spooled,
+)
 from .streams import DEFAULT_DETACH, STDERR, STDOUT, DetachScanner, mux, parse_detach_keys, relay_attach
 from .system import check_filters, parse_filters, parse_time
 
@@ -283,7 +295,9 @@ def register(r: Any, api: DockerAPI) -> None:
 
         return Stream(200, chunks(), _stream_type(req, tty))
 
-    async def attach(req: Request) -> Response:
+    def attach_session(req: Request, raw: bool) -> Any:
+        """The session of one attach: replayed logs, then the live relay. raw: output unframed
+        (a terminal's, or a websocket's, which docker never multiplexes)."""
         c = get(req)
         detach = parse_detach_keys(req.arg("detachKeys") or DEFAULT_DETACH)
         want_in, want_out, want_err = req.flag("stdin"), req.flag("stdout"), req.flag("stderr")
@@ -291,17 +305,18 @@ def register(r: Any, api: DockerAPI) -> None:
         if not (replay or live):
             raise HTTPError(400, "attach needs stream=1 or logs=1")
         tty = c.config.tty
+        plain = tty or raw
         pend: PendingAttach | None = None
         if live and c.state.status not in ("running", "paused"):
             pend = PendingAttach()
             api.pending.setdefault(c.id, []).append(pend)
 
-        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def session(reader: asyncio.StreamReader, writer: Any) -> None:
             try:
                 if replay:
                     async for stream, data, _t in m.logs(c.id, False):
                         if (stream == "stdout" and want_out) or (stream == "stderr" and want_err):
-                            writer.write(data if tty else mux(STDOUT if stream == "stdout" else STDERR, data))
+                            writer.write(data if plain else mux(STDOUT if stream == "stdout" else STDERR, data))
                     await writer.drain()
                 if not live:
                     return
@@ -326,7 +341,7 @@ def register(r: Any, api: DockerAPI) -> None:
                     mon_r, mon_w = await m.attach(c.id)
                 api.sessions.setdefault(c.id, []).append(mon_w)
                 try:
-                    await relay_attach(mon_r, mon_w, reader, writer, tty=tty, stdin=want_in,
+                    await relay_attach(mon_r, mon_w, reader, writer, tty=plain, stdin=want_in,
                                        stdin_once=c.config.stdin_once, stdout=want_out, stderr=want_err,
                                        detach=detach)
                 finally:
@@ -338,7 +353,16 @@ def register(r: Any, api: DockerAPI) -> None:
                         api.pending[c.id].remove(pend)
                     pend.close()
 
+        return session, tty
+
+    async def attach(req: Request) -> Response:
+        session, tty = attach_session(req, raw=False)
         return Hijack(session, _stream_type(req, tty))
+
+    async def attach_ws(req: Request) -> Response:
+        session, _tty = attach_session(req, raw=True)
+        major, _, minor = req.version.partition(".")
+        return WebSocket(session, binary=(int(major), int(minor)) >= (1, 42))
 
     async def resize(req: Request) -> Response:
         c = get(req)
@@ -611,6 +635,7 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("POST", "/containers/{id}/rename", rename)
     r.add("GET", "/containers/{id}/logs", logs)
     r.add("POST", "/containers/{id}/attach", attach)
+    r.add("GET|POST", "/containers/{id}/attach/ws", attach_ws)
     r.add("POST", "/containers/{id}/resize", resize)
     r.add("GET", "/containers/{id}/top", top)
     r.add("GET", "/containers/{id}/stats", stats)

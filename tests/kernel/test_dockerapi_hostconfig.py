@@ -3,6 +3,7 @@ driven by the real docker CLI: each option is checked inside the container, not 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -227,3 +228,44 @@ def test_docker_compose_with_networks_and_a_named_volume(da: AgentProcess, dconf
     assert "dyc_dbdata" not in docker(da, dconf, "volume", "ls", "-q").stdout
     assert not [n for n in docker(da, dconf, "network", "ls", "--format", "{{.Name}}").stdout.split()
                 if n.startswith("dyc_")]
+
+
+@pytest.mark.slow
+def test_attach_over_a_websocket(da: AgentProcess, dconf: Path) -> None:  # noqa: F811
+    import socket
+
+    import websocket
+
+    def ws(cid: str, query: str) -> websocket.WebSocket:
+        s = socket.socket(socket.AF_UNIX)
+        s.connect(str(da.docker_socket))
+        return websocket.create_connection(f"ws://localhost/v1.45/containers/{cid}/attach/ws?{query}", socket=s,
+                                           timeout=10)
+
+    # before the start, as docker-py's test does: the first output arrives whole, unframed, binary
+    cid = docker(da, dconf, "create", "busybox", "printf", "hi there").stdout.strip()
+    conn = ws(cid, "stdout=1&stream=1&logs=1")
+    docker(da, dconf, "start", cid)
+    op, data = conn.recv_data()
+    assert (op, data) == (websocket.ABNF.OPCODE_BINARY, b"hi there")
+    conn.close()
+    # stdin through the websocket; the container's exit closes it
+    cid = docker(da, dconf, "run", "-d", "-i", "busybox", "sh", "-c", "read x; echo got-$x").stdout.strip()
+    conn = ws(cid, "stdin=1&stdout=1&stream=1")
+    conn.send_binary(b"hello\n")
+    got = b""
+    with contextlib.suppress(websocket.WebSocketConnectionClosedException):
+        while b"got-hello" not in got:
+            got += conn.recv_data()[1]
+    assert b"got-hello\n" in got
+    conn.close()
+    docker(da, dconf, "rm", "-f", cid)
+    # an old client (API 1.41) gets text messages, as docker's
+    cid = docker(da, dconf, "create", "busybox", "printf", "old").stdout.strip()
+    s = socket.socket(socket.AF_UNIX)
+    s.connect(str(da.docker_socket))
+    conn = websocket.create_connection(f"ws://localhost/v1.41/containers/{cid}/attach/ws?stdout=1&stream=1",
+                                       socket=s, timeout=10)
+    docker(da, dconf, "start", cid)
+    assert conn.recv_data() == (websocket.ABNF.OPCODE_TEXT, b"old")
+    conn.close()
