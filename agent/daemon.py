@@ -62,6 +62,7 @@ class AgentOptions:
     max_image_size: int | None = None  # and all the layers of one image
     ip_forward: bool = True          # docker's --ip-forward: turn on net.ipv4.ip_forward
     ip_masq: bool = True             # docker's --ip-masq: masquerade the bridge's subnet (egress)
+    metrics_tls: bool = False        # /metrics over mutual-TLS HTTPS with the node's certificate
 
 
 class Agent:
@@ -96,6 +97,10 @@ class Agent:
                 from e
         self.root.mkdir(parents=True, exist_ok=True, mode=0o711)
         identity = await self._identity()  # a join refused or a readable key: nothing started yet
+        if o.metrics_tls and identity.tls is None:
+            from agent.join import JoinError
+
+            raise JoinError("--metrics-tls needs this node's certificate: join with --join and --token")
         images = ImageStore(self.root / "images")
         images.limits = Limits(o.max_layer_size, o.max_image_size)
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
@@ -140,7 +145,8 @@ class Agent:
             # Scrapes read the kernel on the server's own thread, never on the event loop. A taken
             # port must not keep the agent from adopting and running containers: say so and go on.
             try:
-                self.metrics_server = serve_metrics(o.metrics_addr, AgentMetrics(o.name, self.manager))
+                self.metrics_server = serve_metrics(o.metrics_addr, AgentMetrics(o.name, self.manager),
+                                                    self.root / "tls" if o.metrics_tls else None)
                 log.info("metrics on http://%s:%d/metrics", *self.metrics_server.address)
             except MetricsAddressError as e:
                 log.error("no /metrics: %s", e)
@@ -237,6 +243,8 @@ class Agent:
 
         def swap(bundle: pki.Bundle) -> None:
             slot.set(bundle)
+            if self.metrics_server is not None:
+                self.metrics_server.reload_tls()
             servicer.identity = transport.AGENT.with_tls(bundle)
             member.reconnect(servicer.identity)
 

@@ -32,6 +32,7 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram
@@ -466,7 +467,7 @@ class AgentMetrics:
 
 # --- serving ------------------------------------------------------------------------------------
 
-def serve_metrics(addr: str, metrics: AgentMetrics) -> MetricsServer:
+def serve_metrics(addr: str, metrics: AgentMetrics, tls_dir: Path | None = None) -> MetricsServer:
     """Serve GET /metrics on HOST:PORT from a daemon thread; scrapes never touch the event loop."""
 
     class Handler(QuietHandler):
@@ -482,4 +483,4 @@ def serve_metrics(addr: str, metrics: AgentMetrics) -> MetricsServer:
                 return
             self.reply(200, CONTENT_TYPE_LATEST, body)
 
-    return start_http(addr, Handler)
+    return start_http(addr, Handler, tls_dir)

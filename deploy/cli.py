@@ -164,11 +164,13 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
               help="Turn on net.ipv4.ip_forward (published ports from other hosts, the routing mesh); as docker's")
 @click.option("--ip-masq", type=bool, default=True, show_default=True,
               help="Masquerade the containers' subnet so they reach beyond the host; as docker's")
+@click.option("--metrics-tls", is_flag=True,
+              help="Serve /metrics over HTTPS with this node's certificate, scrapers showing a cluster one")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
               advertise: str = "", token: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
               docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "", ip_forward: bool = True,
-              ip_masq: bool = True) -> None:
+              ip_masq: bool = True, metrics_tls: bool = False) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -195,7 +197,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
                      join=join, advertise=advertise, token=token, cgroup_favor_dynmods=cgroup_favor_dynmods,
                      docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward, ip_masq=ip_masq,
-                     max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
+                     metrics_tls=metrics_tls, max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
                      max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 
 

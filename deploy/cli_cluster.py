@@ -149,10 +149,13 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
 @click.option("--tls", is_flag=True, help="Mutual TLS: a cluster CA in etcd, join tokens, a join port at --listen's port + 1, "
               "an admin client bundle in <state-dir>/client")
+@click.option("--metrics-tls", is_flag=True,
+              help="Serve /metrics and /sd over HTTPS with this replica's certificate (needs --tls)")
 @click.option("--cert-lifetime", default="90d", show_default=True,
               help="How long node certificates issued here live (renewed at 50-80 %): 90d, 12h, 30m, 60s")
 def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, listen: str, advertise: str,
-                  metrics_addr: str, state_dir: str, ttl: int, tls: bool = False, cert_lifetime: str = "90d") -> None:
+                  metrics_addr: str, state_dir: str, ttl: int, tls: bool = False, metrics_tls: bool = False,
+                  cert_lifetime: str = "90d") -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
     from scheduler.main import SchedulerError, SchedulerOptions, run
 
@@ -162,7 +165,7 @@ def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, li
     try:
         run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
                              state_dir=state_dir, ttl=ttl, tls=tls, etcd_cacert=etcd_cacert, etcd_cert=etcd_cert,
-                             etcd_key=etcd_key, cert_lifetime=lifetime))
+                             etcd_key=etcd_key, cert_lifetime=lifetime, metrics_tls=metrics_tls))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
 

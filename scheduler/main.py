@@ -66,6 +66,7 @@ class SchedulerOptions:
     advertise: str = ""  # the address agents and CLIs should use for this replica (default: listen)
     tls: bool = False  # mutual TLS on --listen, the CA in etcd, a join port (scheduler/tls.py)
     join_listen: str = ""  # the join port; "" = --listen's port + 1 (where `agent --join` looks)
+    metrics_tls: bool = False  # /metrics and /sd over mutual-TLS HTTPS with this replica's certificate
     cert_lifetime: float = 0.0  # seconds a node certificate issued here lives (0: 90 days); renewed at 50-80 %
     etcd_cacert: str = ""  # an external etcd over TLS: its CA, our client certificate and key
     etcd_cert: str = ""
@@ -205,6 +206,8 @@ class Scheduler:
     async def start(self) -> None:
         o = self.opts
         state = Path(o.state_dir)
+        if o.metrics_tls and not o.tls:
+            raise SchedulerError("--metrics-tls needs --tls (it serves this replica's certificate)")
         state.mkdir(parents=True, exist_ok=True, mode=0o700)
         etcd_client: pki.Bundle | None = None
         etcd_name = ""
@@ -270,7 +273,8 @@ class Scheduler:
             await self.join_server.start()
         if o.metrics_addr:
             try:
-                self.metrics_server = metrics_mod.serve(o.metrics_addr, m.registry, nodes=view.node_list)
+                self.metrics_server = metrics_mod.serve(o.metrics_addr, m.registry, nodes=view.node_list,
+                                                        tls_dir=state / "tls" if o.metrics_tls else None)
             except ValueError as e:
                 log.error("no /metrics: %s", e)
         log.info("scheduler %s serving on %s (etcd %s)", self.replica, o.listen, self.etcd_url)
@@ -335,6 +339,8 @@ class Scheduler:
         def swap(bundle: pki.Bundle) -> None:
             slot.set(bundle)
             self.join_slot.set(next_join[0])
+            if self.metrics_server is not None:
+                self.metrics_server.reload_tls()
             self.identity = self.identity.with_tls(bundle)
             self.agents.reset(self.identity)
 
@@ -402,7 +408,8 @@ async def serve(opts: SchedulerOptions) -> None:
     try:
         await sched.start()
         print(f"dockyard scheduler {sched.replica}: listening on {opts.listen}, etcd {sched.etcd_url}"
-              + (f", metrics on http://{opts.metrics_addr}/metrics" if sched.metrics_server else ""), flush=True)
+              + (f", metrics on http{'s' if opts.metrics_tls else ''}://{opts.metrics_addr}/metrics"
+                 if sched.metrics_server else ""), flush=True)
         await stop.wait()
     finally:
         await sched.stop()

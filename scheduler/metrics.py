@@ -32,6 +32,7 @@ import re
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -219,7 +220,8 @@ NodesSource = Callable[[], Iterable[Any] | Awaitable[Iterable[Any]]]
 
 
 def serve(addr: str, registry: CollectorRegistry, nodes: NodesSource | None = None,
-          loop: asyncio.AbstractEventLoop | None = None, timeout: float = 5.0) -> MetricsServer:
+          loop: asyncio.AbstractEventLoop | None = None, timeout: float = 5.0,
+          tls_dir: Path | None = None) -> MetricsServer:
     """Serve GET /metrics (the registry) and, when `nodes` is given, GET /sd on HOST:PORT from a
     daemon thread. `nodes` may be an async function if `loop` (the loop it belongs to) is given."""
     def current_nodes() -> Iterable[Any]:
@@ -250,4 +252,4 @@ def serve(addr: str, registry: CollectorRegistry, nodes: NodesSource | None = No
             except Exception as e:  # Prometheus keeps the last good targets on a failed /sd
                 self.reply(500, "text/plain", f"{type(e).__name__}: {e}\n".encode())
 
-    return start_http(addr, Handler)
+    return start_http(addr, Handler, tls_dir)

@@ -209,6 +209,29 @@ def test_a_page_server_client_without_a_cluster_certificate_gets_no_pages(env: E
     assert _numbers(src, name).count(1) == 1  # went on, never started over
 
 
+def test_a_tampered_archive_is_refused_before_anything_is_made(env: Env) -> None:
+    """A source holding a real grant (signed here with the leader's key, as the leader would) sends
+    an archive whose bytes are not the ones its header's sha256 names: refused, nothing made."""
+    import hashlib
+
+    h1, h2 = env.c[1], env.c[2]
+    me = transport.Identity(transport.Role.AGENT, pki.read_bundle(h1.root / "tls"))
+    n2 = pki.subject_of((h2.root / "tls" / "cert.pem").read_bytes()).node_id
+    leader = pki.read_bundle(env.s.base / "state" / "tls")
+    g = grants.sign(leader, grants.Grant("mt", "evil.1.x", me_id(me), n2, time.time() + 60))
+    before = {c.name for c in h2.stub.ListContainers(apb.ListContainersRequest(all=True), timeout=10).containers}
+    archive = b"\0" * 4096
+    chunks = [apb.RestoreChunk(header=apb.RestoreHeader(name="evil.1.x", sha256=hashlib.sha256(archive).hexdigest())),
+              apb.RestoreChunk(data=archive[:-1] + b"\1")]
+    with transport.dial_blocking(h2.address, me, transport.Role.AGENT, n2) as ch, \
+            pytest.raises(grpc.RpcError) as e:
+        apbg.AgentStub(ch).RestoreContainer(iter(chunks), timeout=30,  # type: ignore[no-untyped-call]
+                                            metadata=((grants.METADATA, g),))
+    assert e.value.code() is grpc.StatusCode.INVALID_ARGUMENT and "the sender said" in (e.value.details() or ""), e.value
+    after = {c.name for c in h2.stub.ListContainers(apb.ListContainersRequest(all=True), timeout=10).containers}
+    assert after == before
+
+
 def me_id(ident: transport.Identity) -> str:
     assert ident.tls is not None
     return pki.subject_of(ident.tls.cert_pem).node_id
