@@ -109,6 +109,8 @@ class Inventory:
     path: Path
     hosts: list[HostSpec]
     etcd: str = ""
+    tls: bool = False        # `cluster up --tls`: schedulers --tls, agents join by the worker token
+    join_token: str = ""     # that token, read from the first scheduler once it runs
 
     @property
     def schedulers(self) -> list[HostSpec]:
@@ -506,6 +508,23 @@ def _ready(req: dict[str, Any]) -> bool:
     from protos import cluster_pb2 as cpb
     from protos import cluster_pb2_grpc as cpbg
 
+    if "agent_socket" in req:
+        # Under TLS this host holds no admin certificate: the agent answers on its own socket, and
+        # the operator's side waits for the node to be ready with the admin bundle (wait_nodes_ready).
+        with transport.dial_blocking(f"unix://{req['agent_socket']}", transport.CLI, transport.Role.AGENT) as ch:
+            try:
+                apbg.AgentStub(ch).Info(apb.Empty(), timeout=2)  # type: ignore[no-untyped-call]
+                return True
+            except grpc.RpcError:
+                return False
+    identity = transport.CLI
+    if req.get("cert_path"):  # a --tls scheduler on this host: its admin bundle
+        from common import pki
+
+        try:
+            identity = transport.CLI.with_tls(pki.read_bundle(Path(req["cert_path"])))
+        except pki.PKIError:
+            return False  # not written yet
     if "agent" in req:
         # The agent itself first: the scheduler may still list the node as ready from before (its
         # lease has not run out yet) while this new process has already failed.
@@ -515,7 +534,7 @@ def _ready(req: dict[str, Any]) -> bool:
             except grpc.RpcError:
                 return False
     for addr in str(req["scheduler"]).split(","):
-        with transport.dial_blocking(addr, transport.CLI, transport.Role.SCHEDULER) as ch:
+        with transport.dial_blocking(addr, identity, transport.Role.SCHEDULER) as ch:
             stub = cpbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
             try:
                 if "node" not in req:
@@ -633,14 +652,34 @@ def remote_check(req: dict[str, Any]) -> dict[str, Any]:
     return {"python": sys.executable, "version": sys.version.split()[0], "module": deploy.cli.__file__}
 
 
+def admin_path(h: HostSpec) -> str:
+    """Where a --tls scheduler on ``h`` writes the admin bundle (its state dir's client/)."""
+    return str(PurePosixPath(h.state_dir) / "scheduler" / "client")
+
+
 def readiness(inv: Inventory, h: HostSpec, what: str) -> dict[str, str]:
     """What `start` waits for: the etcd member healthy, the scheduler answering, or the agent
-    answering and its node ready."""
+    answering and its node ready (under TLS: answering on its socket; wait_nodes_ready does the rest)."""
     if what == "etcd":
         return {"etcd": f"http://{h.advertise}:{ETCD_CLIENT_PORT}"}
     if what == "scheduler":
-        return {"scheduler": h.scheduler_addr}
+        return {"scheduler": h.scheduler_addr, **({"cert_path": admin_path(h)} if inv.tls else {})}
+    if inv.tls:
+        return {"agent_socket": h.socket}
     return {"scheduler": inv.join, "node": h.name, "agent": h.agent_addr}
+
+
+def remote_admin(req: dict[str, Any]) -> dict[str, Any]:
+    """On a --tls scheduler's host: its admin bundle and the worker join token (read with it), for
+    `cluster up` to start the agents with and to hand the operator (over SSH, which encrypts it)."""
+    from common import pki, transport
+    from protos import cluster_pb2 as cpb
+    from protos import cluster_pb2_grpc as cpbg
+
+    bundle = pki.read_bundle(Path(req["cert_path"]))
+    with transport.dial_blocking(req["scheduler"], transport.CLI.with_tls(bundle), transport.Role.SCHEDULER) as ch:
+        token = cpbg.SchedulerStub(ch).JoinToken(cpb.JoinTokenRequest(role="worker"), timeout=10).token  # type: ignore[no-untyped-call]
+    return {"token": token, "ca": bundle.ca_pem.decode(), "cert": bundle.cert_pem.decode(), "key": bundle.key_pem.decode()}
 
 
 def up_local(req: dict[str, Any]) -> dict[str, Any]:
@@ -663,7 +702,7 @@ def up_local(req: dict[str, Any]) -> dict[str, Any]:
 
 REMOTE_OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "start": remote_start, "stop": remote_stop, "status": remote_status, "check": remote_check,
-    "up-local": up_local}
+    "up-local": up_local, "admin": remote_admin}
 
 
 def remote_main(argv: list[str]) -> int:
@@ -715,6 +754,7 @@ class Options:
     ready_timeout: float = 60.0
     install_timeout: float = 1800.0
     stop_timeout: float = 20.0
+    admin_dir: Path | None = None  # --tls: where the operator's admin bundle is written (ca, cert, key)
 
 
 class Session:
@@ -891,6 +931,8 @@ def scheduler_argv(inv: Inventory, h: HostSpec) -> list[str]:
             "--state-dir", str(PurePosixPath(h.state_dir) / "scheduler")]
     if inv.etcd_urls:
         argv += ["--etcd", inv.etcd_urls]
+    if inv.tls:
+        argv += ["--tls"]
     return [*argv, *h.scheduler_args]
 
 
@@ -912,6 +954,8 @@ def agent_argv(inv: Inventory, h: HostSpec) -> list[str]:
     argv = [h.python, "-m", "deploy.cli", "agent", "--root", str(PurePosixPath(h.state_dir) / "agent"),
             "--socket", h.socket, "--listen", h.agent_addr, "--advertise", h.agent_addr, "--name", h.name,
             "--join", inv.join, "--docker-socket", str(PurePosixPath(h.socket).parent / "docker.sock")]
+    if inv.join_token:  # first start only: a restarted agent keeps its certificate in <root>/tls
+        argv += ["--token", inv.join_token]
     for k, v in sorted(h.labels.items()):
         argv += ["--label", f"{k}={v}"]
     return [*argv, *h.agent_args]
@@ -929,7 +973,8 @@ async def _start(s: Session, inv: Inventory, what: str, o: Options) -> dict[str,
         raise StepFailed(h.name, step, str(out["error"]))
     detail = f"pid {out['pid']}" + (", already running" if out.get("already") else "") + \
              (f", {h.scheduler_addr}" if what == "scheduler" else
-              f", member of {len(inv.etcd_members)}" if what == "etcd" else f", node {h.name} ready")
+              f", member of {len(inv.etcd_members)}" if what == "etcd" else
+              ", answering (its node's readiness: below)" if inv.tls else f", node {h.name} ready")
     s.reporter.ok(h.name, step, detail)
     return out
 
@@ -987,8 +1032,17 @@ async def up(inv: Inventory, reporter: Reporter, o: Options, bundle: Bundle | No
         for what, hosts in (("etcd", inv.etcd_members), ("scheduler", inv.schedulers), ("agent", inv.hosts)):
             if not hosts:
                 continue
-            done, failed = await _on_each([sessions[h.name] for h in hosts], _start_one(inv, what, o), reporter)
-            started += [(sessions[name], what) for name, out in done.items() if not out.get("already")]
+            if what == "agent" and inv.tls:
+                try:
+                    inv = await _admin(sessions[inv.schedulers[0].name], inv, o)
+                except StepFailed as e:
+                    reporter.failed(e.host, e.step, e.message)
+                    failed = [e]
+            if not failed:
+                done, failed = await _on_each([sessions[h.name] for h in hosts], _start_one(inv, what, o), reporter)
+                started += [(sessions[name], what) for name, out in done.items() if not out.get("already")]
+            if not failed and what == "agent" and inv.tls:
+                failed = await _wait_nodes_ready(inv, o, reporter)
             if failed:
                 # Roll back: agents first, then schedulers, then etcd; what was running before
                 # this run stays.
@@ -998,6 +1052,57 @@ async def up(inv: Inventory, reporter: Reporter, o: Options, bundle: Bundle | No
         return []
     finally:
         await _close_all(sessions)
+
+
+async def _admin(s: Session, inv: Inventory, o: Options) -> Inventory:
+    """The worker token and the admin bundle from the first scheduler's host; the bundle written to
+    o.admin_dir (0600 key in a 0700 directory) for the operator's CLI."""
+    from dataclasses import replace
+
+    from common import pki
+
+    h = s.spec
+    s.reporter.begin(h.name, "admin bundle")
+    out = await s.helper("admin bundle", {"op": "admin", "cert_path": admin_path(h), "scheduler": h.scheduler_addr}, 60)
+    if "error" in out:
+        raise StepFailed(h.name, "admin bundle", str(out["error"]))
+    if o.admin_dir is not None:
+        pki.write_bundle(o.admin_dir, pki.Bundle(out["ca"].encode(), out["cert"].encode(), out["key"].encode()))
+    s.reporter.ok(h.name, "admin bundle", f"worker token read; admin bundle in {o.admin_dir}" if o.admin_dir else
+                  "worker token read")
+    return replace(inv, join_token=str(out["token"]))
+
+
+async def _wait_nodes_ready(inv: Inventory, o: Options, reporter: Reporter) -> list[StepFailed]:
+    """Under TLS, from here with the admin bundle: every host's node ready in the scheduler."""
+    import grpc
+
+    from common import pki, transport
+    from protos import cluster_pb2 as cpb
+    from protos import cluster_pb2_grpc as cpbg
+
+    if o.admin_dir is None:
+        return []
+    ident = transport.CLI.with_tls(pki.read_bundle(o.admin_dir))
+    want = {h.name for h in inv.hosts}
+    deadline = time.monotonic() + o.ready_timeout
+    ready: set[str] = set()
+    while time.monotonic() < deadline:
+        for addr in inv.join.split(","):
+            with transport.dial_blocking(addr, ident, transport.Role.SCHEDULER) as ch:
+                try:
+                    nodes = await asyncio.to_thread(cpbg.SchedulerStub(ch).ListNodes, cpb.Empty(), timeout=5)  # type: ignore[no-untyped-call]
+                except grpc.RpcError:
+                    continue
+                ready = {n.name for n in nodes.nodes if n.status == "ready"}
+                break
+        if want <= ready:
+            for name in sorted(want):
+                reporter.ok(name, "node ready", "over mutual TLS")
+            return []
+        await asyncio.sleep(0.5)
+    return [StepFailed(name, "node ready", f"not ready in the scheduler within {o.ready_timeout:.0f} s")
+            for name in sorted(want - ready)]
 
 
 async def down(inv: Inventory, reporter: Reporter, o: Options) -> list[StepFailed]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import click
@@ -100,7 +101,9 @@ timeout_opt = click.option("--timeout", default=15.0, show_default=True, help="S
 @click.option("--install/--no-install", default=True, show_default=True,
               help="Run deploy/install.sh on every host (--no-install: assume it is installed)")
 @click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds a scheduler or agent has to be ready")
-def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: float) -> None:
+@click.option("--tls", is_flag=True, help="Mutual TLS: schedulers --tls, agents joined by the worker token, the "
+              "admin bundle next to the inventory (and in ~/.dockyard when that has none)")
+def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: float, tls: bool = False) -> None:
     """Copy the project to every host, install it, start the scheduler(s) and an agent per host.
 
     Safe to run again: what is running stays running. When a host or a step fails, nothing is
@@ -112,11 +115,18 @@ def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: flo
     except OSError as e:
         click.echo(f"dockyard cluster up: cannot bundle the project: {e}", err=True)
         sys.exit(1)
-    o = b.Options(install=install, connect_timeout=timeout, ready_timeout=ready_timeout)
+    admin = Path(inventory).resolve().with_suffix(".admin") if tls else None
+    inv.tls = tls
+    o = b.Options(install=install, connect_timeout=timeout, ready_timeout=ready_timeout, admin_dir=admin)
     with RichReporter(console, [h.name for h in inv.hosts]) as r:
         failed = asyncio.run(b.up(inv, r, o, bundle))
     if failed:
         _report(failed, console, "cluster up")
+    if admin is not None:
+        from common import pki
+        from deploy.up import offer_admin_bundle
+
+        offer_admin_bundle(admin, pki.read_bundle(admin))
     console.print(f"[bold green]cluster up[/]: {len(inv.schedulers)} scheduler(s), {len(inv.hosts)} agent(s). "
                   f"Try: dockyard --scheduler {inv.join} node ls", highlight=False, soft_wrap=True)
 

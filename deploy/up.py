@@ -19,6 +19,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import click
 import grpc
@@ -118,14 +119,22 @@ def _admin_bundle(client: Path, scheduler: subprocess.Popen[bytes], log: Path) -
 
     _wait("scheduler's client bundle", lambda: (client / pki.KEY_FILE).exists(), scheduler, log)
     bundle = pki.read_bundle(client)
+    offer_admin_bundle(client, bundle)
+    return transport.CLI.with_tls(bundle)
+
+
+def offer_admin_bundle(where: Path, bundle: Any) -> None:
+    """An admin bundle (in ``where``) copied to ~/.dockyard when that has none and DOCKYARD_CERT_PATH
+    is unset (docker's DOCKER_CERT_PATH convention), else the export line is printed."""
+    from common import pki
+
     home = Path.home() / ".dockyard"
     if not any((home / n).exists() for n in (pki.CA_FILE, pki.CERT_FILE, pki.KEY_FILE)) \
             and not os.environ.get("DOCKYARD_CERT_PATH"):
         pki.write_bundle(home, bundle)
         click.echo(f"admin TLS bundle written to {home} (the CLI finds it there)")
     else:
-        click.echo(f"admin TLS bundle in {client}: export DOCKYARD_CERT_PATH={client}")
-    return transport.CLI.with_tls(bundle)
+        click.echo(f"admin TLS bundle in {where}: export DOCKYARD_CERT_PATH={where}")
 
 
 def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, *, bridge: str = settings.BRIDGE,

@@ -278,6 +278,45 @@ def _up_status_down(env: Env, inv: Path) -> None:
     print(f"cluster up of 2 hosts over SSH: {took:.1f} s")
 
 
+@pytest.mark.slow
+@pytest.mark.root
+@pytest.mark.multinode
+def test_up_with_tls(env: Env) -> None:
+    """`cluster up --tls`: the scheduler runs --tls, the agents join by the worker token read on the
+    scheduler's host, the operator gets the admin bundle beside the inventory, every node is ready
+    over mutual TLS; a plaintext CLI is refused; down stops it all."""
+    from common import pki
+
+    inv = env.inventory("tls.yaml")
+    admin = inv.resolve().with_suffix(".admin")
+    e = _env()
+    e["DOCKYARD_CERT_PATH"] = str(env.tmp / "elsewhere")  # so ~/.dockyard is left alone (the export line is printed)
+    try:
+        r = subprocess.run([*CLI, "cluster", "up", "-i", str(inv), "--no-install", "--tls"], capture_output=True,
+                           text=True, env=e, cwd=REPO, timeout=240)
+        assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
+        print(r.stdout)
+        assert "host1  admin bundle" in r.stdout and f"export DOCKYARD_CERT_PATH={admin}" in r.stdout, r.stdout
+        assert (admin / "key.pem").stat().st_mode & 0o777 == 0o600
+        assert pki.subject_of((admin / "cert.pem").read_bytes()).role == "admin"
+        sched = f"{env.c[1].ip}:2377"
+        e["DOCKYARD_CERT_PATH"] = str(admin)
+        got = subprocess.run([*CLI, "--scheduler", sched, "node", "ls", "--format", "json"], capture_output=True,
+                             text=True, env=e, cwd=REPO, timeout=60)
+        nodes = json.loads(got.stdout)
+        assert {n["name"]: n["status"] for n in nodes} == {"host1": "ready", "host2": "ready"}, nodes
+        for h in env.c.hosts[:2]:
+            tls = env.host_dir(h.n, "state") / "agent" / "tls"
+            assert pki.subject_of((tls / "cert.pem").read_bytes()).role == "agent"
+            assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
+        e["DOCKYARD_CERT_PATH"] = str(env.tmp / "none")
+        plain = subprocess.run([*CLI, "--scheduler", sched, "node", "ls"], capture_output=True, text=True, env=e,
+                               cwd=REPO, timeout=60)
+        assert plain.returncode != 0
+    finally:
+        dockyard("cluster", "down", "-i", str(inv))
+
+
 def _etcd_members(ip: str) -> list[str]:
     """The member names etcd on this test host lists (its v3 JSON gateway)."""
     import urllib.request
