@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextvars
 import enum
 import inspect
+import os
 import socket
 import ssl
 from collections.abc import Callable, Mapping
@@ -195,6 +196,33 @@ def read_server_ca(address: str, timeout: float = 5.0) -> bytes:
         raise ssl.SSLError(f"{address} presented no certificate")
     last = chain[-1]
     der = last.public_bytes(_ENCODING_DER) if hasattr(last, "public_bytes") else bytes(last)  # 3.11 | 3.13
+    return ssl.DER_cert_to_PEM_cert(der).encode()
+
+
+def served_certificate(address: str, identity: Identity, timeout: float = 5.0) -> bytes:
+    """The leaf certificate a mutual-TLS port serves to ``identity`` (PEM), its chain not checked:
+    what `cluster ca --rotate --finish` reads of each node to see which root issued it."""
+    host, _, port = target(address).rpartition(":")
+    if identity.tls is None or not port.isdigit():
+        raise ValueError(f"{address}: a TLS identity and host:port are needed")
+    import tempfile
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the issuer is what is looked at, by the caller
+    ctx.set_alpn_protocols(["h2"])
+    with tempfile.TemporaryDirectory() as d:  # ssl loads a client key from files only
+        cert, key = f"{d}/cert.pem", f"{d}/key.pem"
+        with open(cert, "wb") as f:
+            f.write(identity.tls.cert_pem)
+        with open(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as f:
+            f.write(identity.tls.key_pem)
+        ctx.load_cert_chain(cert, key)
+    with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as raw, \
+            ctx.wrap_socket(raw) as tls:
+        der = tls.getpeercert(binary_form=True)
+    if not der:
+        raise ssl.SSLError(f"{address} presented no certificate")
     return ssl.DER_cert_to_PEM_cert(der).encode()
 
 

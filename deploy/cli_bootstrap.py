@@ -153,14 +153,21 @@ def join_token(ctx: click.Context, role: str, rotate: bool, quiet: bool) -> None
 @cluster.command("ca")
 @click.option("--rotate", is_flag=True, help="Make a new root CA: trusted beside the old one, every node re-issued "
               "from it at its next heartbeat, both join tokens made anew; no task stops")
+@click.option("--finish", is_flag=True, help="After --rotate, once every node is re-issued: trust the new root alone "
+              "(refused, naming them, while a node still serves a certificate of the old one)")
 @click.pass_context
-def cluster_ca(ctx: click.Context, rotate: bool) -> None:
-    """Rotate the cluster's root CA (`--rotate`)."""
+def cluster_ca(ctx: click.Context, rotate: bool, finish: bool) -> None:
+    """Rotate the cluster's root CA (`--rotate`, then `--finish`)."""
     from deploy.cli_cluster import sched
     from protos import cluster_pb2 as pb
 
-    if not rotate:
-        raise click.UsageError("say --rotate to make a new root CA (nothing else is done here yet)")
+    if rotate == finish:
+        raise click.UsageError("say --rotate (a new root CA) or --finish (drop the old root after a rotation)")
+    if finish:
+        r = sched(ctx).call("FinishCARotation", pb.Empty())
+        click.echo(f"only root CA {r.digest[:12]}... is trusted now ({r.nodes} node(s) serve its certificates).\n"
+                   "The scheduler rewrote its admin bundle (<state-dir>/client): copy it again where the CLI reads it.")
+        return
     r = sched(ctx).call("RotateCA", pb.Empty())
     click.echo(f"new root CA {r.digest[:12]}...: {r.nodes} node(s) are re-issued from it at their next heartbeat.\n"
                "Both join tokens were made anew (`dockyard cluster join-token worker`); the old ones join nothing.\n"

@@ -145,6 +145,11 @@ class SchedulerStub:
                 request_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.RotateCAResponse.FromString,
                 _registered_method=True)
+        self.FinishCARotation = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/FinishCARotation',
+                request_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.RotateCAResponse.FromString,
+                _registered_method=True)
         self.CreateNetwork = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/CreateNetwork',
                 request_serializer=protos_dot_cluster__pb2.CreateNetworkRequest.SerializeToString,
@@ -339,6 +344,13 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FinishCARotation(self, request, context):
+        """After RotateCA, once every ready node serves a certificate of the new root: trust it alone.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def CreateNetwork(self, request, context):
         """--- cluster networks (/dockyard/net/; scheduler/network.py) ---
         """
@@ -510,6 +522,11 @@ def add_SchedulerServicer_to_server(servicer, server):
             ),
             'RotateCA': grpc.unary_unary_rpc_method_handler(
                     servicer.RotateCA,
+                    request_deserializer=protos_dot_cluster__pb2.Empty.FromString,
+                    response_serializer=protos_dot_cluster__pb2.RotateCAResponse.SerializeToString,
+            ),
+            'FinishCARotation': grpc.unary_unary_rpc_method_handler(
+                    servicer.FinishCARotation,
                     request_deserializer=protos_dot_cluster__pb2.Empty.FromString,
                     response_serializer=protos_dot_cluster__pb2.RotateCAResponse.SerializeToString,
             ),
@@ -1151,6 +1168,33 @@ class Scheduler:
             request,
             target,
             '/dockyard.cluster.Scheduler/RotateCA',
+            protos_dot_cluster__pb2.Empty.SerializeToString,
+            protos_dot_cluster__pb2.RotateCAResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FinishCARotation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/FinishCARotation',
             protos_dot_cluster__pb2.Empty.SerializeToString,
             protos_dot_cluster__pb2.RotateCAResponse.FromString,
             options,

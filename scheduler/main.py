@@ -364,9 +364,19 @@ class Scheduler:
                 rev, _ = await self.store.range(key)
                 async for _ev in self.store.watch(key, start_revision=rev + 1):
                     cca = await tls.ensure_ca(self.store)
-                    if cca.ca.cert_pem == self.servicer.cca.ca.cert_pem:
+                    was = self.servicer.cca
+                    if (cca.ca.cert_pem, cca.previous) == (was.ca.cert_pem, was.previous):
                         continue
                     self.servicer.cca = cca
+                    if cca.ca.cert_pem == was.ca.cert_pem:  # `--finish`: the old root is dropped
+                        own = tls.scheduler_bundle(cca, self.replica, self.cert_lifetime())
+                        self.cert_slot.set(own)
+                        self.identity = self.identity.with_tls(own)
+                        self.agents.reset(self.identity)
+                        pki.write_bundle(state / "tls", own)
+                        tls.write_admin_bundle(state, cca)
+                        log.warning("cluster CA rotation finished: only root %s... is trusted", cca.ca.digest()[:12])
+                        continue
                     own = replace(self.cert_slot.bundle, ca_pem=cca.trust)
                     self.cert_slot.set(own)
                     self.join_slot.set(tls.join_bundle(cca, self.replica, self.cert_lifetime()))

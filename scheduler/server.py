@@ -29,6 +29,7 @@ from scheduler.model import (
     Availability,
     DesiredState,
     Node,
+    NodeStatus,
     Resources,
     Service,
     ServiceMode,
@@ -737,6 +738,35 @@ class SchedulerServicer(pbg.SchedulerServicer):
             raise Refused("this scheduler runs without --tls: there is no cluster CA")
         cca = await tls.rotate_ca(self.store)
         return pb.RotateCAResponse(digest=cca.ca.digest(), nodes=len(self.view.nodes))
+
+    @_mapped
+    async def FinishCARotation(self, request: pb.Empty, context: Any) -> pb.RotateCAResponse:
+        """Refused while a ready node serves a certificate the new root did not sign (or cannot be
+        asked): dropping the old root would cut it off."""
+        from common import pki
+        from scheduler import tls
+
+        if transport.caller() is None or self.cca is None:
+            raise Refused("this scheduler runs without --tls: there is no cluster CA")
+        cca = await tls.ensure_ca(self.store)
+        behind = []
+        nodes = [n for n in self.view.nodes.values() if n.status is NodeStatus.READY and n.address]
+        for n in nodes:
+            try:
+                pem = await asyncio.to_thread(transport.served_certificate, n.address, self.agents.identity)
+            except (OSError, ValueError) as e:
+                behind.append(f"{n.name} (cannot be asked: {e})")
+                continue
+            if not pki.issued_by_any(pem, cca.ca.cert_pem):
+                behind.append(n.name)
+        if behind:
+            raise Refused(f"not yet re-issued from the new root: {', '.join(behind)}; they renew at their next "
+                          "heartbeat, try again in a few seconds")
+        try:
+            cca = await tls.finish_rotation(self.store)
+        except pki.PKIError as e:
+            raise Refused(str(e)) from None
+        return pb.RotateCAResponse(digest=cca.ca.digest(), nodes=len(nodes))
 
     @_mapped
     async def JoinToken(self, request: pb.JoinTokenRequest, context: Any) -> pb.JoinTokenResponse:

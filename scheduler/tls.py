@@ -104,6 +104,23 @@ async def rotate_ca(store: Store) -> ClusterCA:
     return got
 
 
+async def finish_rotation(store: Store) -> ClusterCA:
+    """Drop the previous root: from now on only the current one is trusted (the caller has checked
+    that every node serves a certificate of it). One transaction guarded by the record."""
+    raw = await store.get_raw(store.keys.ca("root"))
+    if raw is None:
+        raise StoreError("there is no cluster CA (a scheduler without --tls?)")
+    record = json.loads(raw[0])
+    if not record.get("previous"):
+        raise pki.PKIError("no rotation to finish: only one root is trusted")
+    record.pop("previous")
+    await store.commit([Put(store.keys.ca("root"), json.dumps(record).encode(), raw[1])])
+    got = await _read(store)
+    assert got is not None
+    log.warning("finished the CA rotation of %s: the previous root is no longer trusted", got.ca.cluster_id)
+    return got
+
+
 def needs_renewal(cca: ClusterCA, cert_pem: bytes) -> bool:
     """A caller's certificate that the current root did not sign (issued before a rotation)."""
     return bool(cert_pem) and not pki.issued_by_any(cert_pem, cca.ca.cert_pem)
@@ -220,6 +237,7 @@ AUTHORIZATION: dict[str, frozenset[str]] = {
         "CreateNetwork", "ListNetworks", "InspectNetwork", "RemoveNetwork")},
     S + "JoinToken": frozenset({"admin"}),
     S + "RotateCA": frozenset({"admin"}),
+    S + "FinishCARotation": frozenset({"admin"}),
     S + "RenewCertificate": frozenset({"agent", "scheduler"}),
 }
 

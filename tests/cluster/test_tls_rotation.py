@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from agent.join import JoinError, join, join_address
-from common import pki
+from common import pki, transport
 from protos import cluster_pb2 as cpb
 from tests.agent_harness import import_busybox
 from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, running, wait_for
@@ -101,4 +101,19 @@ def test_rotating_the_root_reissues_nodes_and_stops_no_task(env: tuple[Scheduler
     assert not (tmp_path / "thief").exists()
     got = asyncio.run(join(join_address(sched.address), new_token, name="late", tls_dir=tmp_path / "late"))
     assert got.role == "agent" and len(_roots(got.bundle.ca_pem)) == 2
+
+    # --finish: every node serves a new-root certificate, so the old root is dropped. The scheduler
+    # then serves a certificate of the new root, still reaches the node, and a bundle of the old
+    # root is refused.
+    r = cli(sched.address, "cluster", "ca", "--finish", cert_path=admin)
+    assert r.returncode == 0 and "is trusted now" in r.stdout, r.stdout + r.stderr
+    wait_for(lambda: pki.issued_by_any(transport.served_certificate(sched.address, transport.CLI.with_tls(
+        pki.read_bundle(sched.cert_path))), new_root.public_bytes(Encoding.PEM)), 10, "the scheduler on the new root")
+    assert _roots((sched.cert_path / "ca.pem").read_bytes()) == [new_root]
+    assert cli(sched.address, "service", "scale", "r_w=3", cert_path=admin).returncode == 0
+    wait_for(lambda: len(running(sched, "r_w")) == 3, 30, "a task placed after the rotation finished")
+    old = cli(sched.address, "node", "ls", cert_path=str(tmp_path / "old-admin"))
+    assert old.returncode != 0, old.stdout
+    r = cli(sched.address, "cluster", "ca", "--finish", cert_path=admin)
+    assert r.returncode != 0 and "no rotation to finish" in r.stdout + r.stderr, r.stdout + r.stderr
     cli(sched.address, "stack-rm", "r", cert_path=admin)
