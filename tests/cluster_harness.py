@@ -249,3 +249,33 @@ def one_node_cluster(base: Path, busybox_tar: Path, name: str = "solo"
         finally:
             sched.stop()
             etcd.stop()
+
+
+@contextlib.contextmanager
+def tls_one_node_cluster(base: Path, busybox_tar: Path, name: str, sched_args: tuple[str, ...] = ()
+                         ) -> Iterator[tuple[SchedulerProcess, JoinedAgent]]:
+    """A real etcd, a `--tls` scheduler on it (``sched_args`` added) and one agent joined by the
+    worker token (busybox imported, node ready); every process stopped by its PID afterwards."""
+    from tests.agent_harness import import_busybox
+    from tests.etcd_server import EtcdServer
+
+    etcd = EtcdServer.start()
+    sched = SchedulerProcess(base / "s", etcd=etcd.endpoint, tls=True, extra_args=sched_args)
+    agent: JoinedAgent | None = None
+    try:
+        sched.start()
+        r = cli(sched.address, "cluster", "join-token", "worker", "-q", cert_path=str(sched.cert_path))
+        assert r.returncode == 0, r.stderr
+        agent = JoinedAgent(base / "a", join=sched.address, name=name, token=r.stdout.strip())
+        agent.start()
+        wait_for(lambda: [n for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes if n.status == "ready"],
+                 20, "the node ready")
+        import_busybox(agent, busybox_tar)
+        yield sched, agent
+    finally:
+        try:
+            if agent is not None:
+                agent.destroy()
+        finally:
+            sched.stop()
+            etcd.stop()

@@ -20,9 +20,7 @@ from cryptography import x509
 from common import pki, transport
 from protos import cluster_pb2 as cpb
 from protos import cluster_pb2_grpc as cpbg
-from tests.agent_harness import import_busybox
-from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, running, wait_for
-from tests.etcd_server import EtcdServer
+from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, running, tls_one_node_cluster, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -46,27 +44,8 @@ def _served(address: str, client: Path) -> x509.Certificate:
 def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path) -> Iterator[tuple[SchedulerProcess, JoinedAgent]]:
     if os.geteuid() != 0:
         pytest.skip("the agent needs root")
-    base = tmp_path_factory.mktemp("renew")
-    etcd = EtcdServer.start()
-    sched = SchedulerProcess(base / "s", etcd=etcd.endpoint, tls=True, extra_args=("--cert-lifetime", f"{LIFETIME}s"))
-    agent: JoinedAgent | None = None
-    try:
-        sched.start()
-        r = cli(sched.address, "cluster", "join-token", "worker", "-q", cert_path=str(sched.cert_path))
-        assert r.returncode == 0, r.stderr
-        agent = JoinedAgent(base / "a", join=sched.address, name="renew1", token=r.stdout.strip())
-        agent.start()
-        wait_for(lambda: [n for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes if n.status == "ready"],
-                 20, "the node ready")
-        import_busybox(agent, busybox_tar_path)
-        yield sched, agent
-    finally:
-        try:
-            if agent is not None:
-                agent.destroy()
-        finally:
-            sched.stop()
-            etcd.stop()
+    with tls_one_node_cluster(tmp_path_factory.mktemp("renew"), busybox_tar_path, "renew1", ("--cert-lifetime", f"{LIFETIME}s")) as got:
+        yield got
 
 
 def test_certificates_renew_and_are_swapped_in_without_a_restart(env: tuple[SchedulerProcess, JoinedAgent],

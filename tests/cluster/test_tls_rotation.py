@@ -20,9 +20,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from agent.join import JoinError, join, join_address
 from common import pki, transport
 from protos import cluster_pb2 as cpb
-from tests.agent_harness import import_busybox
-from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, running, wait_for
-from tests.etcd_server import EtcdServer
+from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, running, tls_one_node_cluster, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -31,27 +29,8 @@ pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path) -> Iterator[tuple[SchedulerProcess, JoinedAgent]]:
     if os.geteuid() != 0:
         pytest.skip("the agent needs root")
-    base = tmp_path_factory.mktemp("rot")
-    etcd = EtcdServer.start()
-    sched = SchedulerProcess(base / "s", etcd=etcd.endpoint, tls=True)
-    agent: JoinedAgent | None = None
-    try:
-        sched.start()
-        r = cli(sched.address, "cluster", "join-token", "worker", "-q", cert_path=str(sched.cert_path))
-        assert r.returncode == 0, r.stderr
-        agent = JoinedAgent(base / "a", join=sched.address, name="rot1", token=r.stdout.strip())
-        agent.start()
-        wait_for(lambda: [n for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes if n.status == "ready"],
-                 20, "the node ready")
-        import_busybox(agent, busybox_tar_path)
-        yield sched, agent
-    finally:
-        try:
-            if agent is not None:
-                agent.destroy()
-        finally:
-            sched.stop()
-            etcd.stop()
+    with tls_one_node_cluster(tmp_path_factory.mktemp("rot"), busybox_tar_path, "rot1", ()) as got:
+        yield got
 
 
 def _roots(pem: bytes) -> list[x509.Certificate]:
