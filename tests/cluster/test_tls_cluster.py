@@ -136,9 +136,13 @@ def test_hostile_calls_on_the_real_ports(env: Env, tmp_path: Path) -> None:
         stub = cpbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
         for method, req in (("ListNodes", cpb.Empty()), ("RemoveNode", cpb.RemoveNodeRequest(name="tls1")),
                             ("JoinToken", cpb.JoinTokenRequest(role="manager")),
-                            ("Deploy", cpb.DeployRequest())):
+                            ("Deploy", cpb.DeployRequest()), ("RotateCA", cpb.Empty()),
+                            ("FinishCARotation", cpb.Empty()), ("MigrateTask", cpb.MigrateTaskRequest()),
+                            ("DrainNode", cpb.DrainRequest())):
             with pytest.raises(grpc.RpcError) as e:
-                getattr(stub, method)(req, timeout=3)
+                out = getattr(stub, method)(req, timeout=3)
+                if hasattr(out, "__next__"):  # a streaming method fails on its first read
+                    list(out)
             assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED, method  # type: ignore[attr-defined]
         with pytest.raises(grpc.RpcError) as e:
             stub.Register(cpb.RegisterRequest(name="tls1", agent_id="someone-else", address="127.0.0.1:1"), timeout=3)
