@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from common.registries import DOCKER_HUB, DOCKER_INDEX_SERVER, config_key
+
 from . import reference as refs
 from .config import (
     LAYER_MEDIA_TYPES,
@@ -64,8 +66,6 @@ READ = 1 << 20
 DRAIN_MAX = 64 << 10            # a response body left unread up to this is read to keep its connection,
 DRAIN_SECONDS = 0.5             # if it comes within this
 MIN_RATE = 64 << 10             # bytes/s: a blob download may take timeout + size / MIN_RATE at most
-DOCKER_HUB = "registry-1.docker.io"
-DOCKER_INDEX_SERVER = "https://index.docker.io/v1/"
 
 
 class RegistryError(ImageError):
@@ -104,11 +104,6 @@ ProgressFn = Callable[[Progress], None]
 def registry_host(domain: str) -> str:
     """The host to talk to for a reference's domain (docker.io -> registry-1.docker.io)."""
     return DOCKER_HUB if domain == refs.DEFAULT_DOMAIN else domain
-
-
-def config_key(domain: str) -> str:
-    """The key of a registry in config.json's "auths" (docker.io's is its v1 index URL, as docker's)."""
-    return DOCKER_INDEX_SERVER if domain in (refs.DEFAULT_DOMAIN, DOCKER_HUB, "index.docker.io") else domain
 
 
 def _is_loopback(host: str) -> bool:
@@ -873,4 +868,5 @@ def iter_chunks(f: IO[bytes], n: int = READ) -> Iterator[bytes]:
         yield chunk
 
 
-__all__ = ["Auth", "Client", "Progress", "RegistryError", "Unauthorized", "login", "pull", "push"]
+__all__ = ["DOCKER_HUB", "DOCKER_INDEX_SERVER", "Auth", "Client", "Progress", "RegistryError", "Unauthorized",
+           "config_key", "login", "pull", "push"]

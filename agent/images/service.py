@@ -235,6 +235,8 @@ class ImagesServicer(pbg.ImagesServicer):
         return pb.LoginResponse(status=status)
 
 
-def add_to_server(server: grpc.aio.Server, manager: Any, store: ImageStore) -> None:
+def add_to_server(server: grpc.aio.Server, manager: Any, store: ImageStore) -> ImagesServicer:
     """Serve dockyard.images.Images on ``server`` (called by agent/daemon.py)."""
-    pbg.add_ImagesServicer_to_server(ImagesServicer(manager, store), server)  # type: ignore[no-untyped-call]
+    servicer = ImagesServicer(manager, store)
+    pbg.add_ImagesServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    return servicer
