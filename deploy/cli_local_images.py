@@ -204,8 +204,9 @@ def _upload(call: Call, src: BinaryIO) -> dict[str, Any]:
 def _plain_tag(tag: str) -> bool:
     """A tag surely valid in docker's grammar (lowercase path, optional host:port and tag); the
     others go to click's path, which parses them fully and words any error."""
-    name, _, t = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "")
-    if t and not (len(t) <= 128 and t[0] not in ".-" and all(c.isalnum() or c in "_.-" for c in t) and t.isascii()):
+    name, colon, t = tag.rpartition(":") if ":" in tag.rsplit("/", 1)[-1] else (tag, "", "")
+    if colon and not (t and len(t) <= 128 and t[0] not in ".-" and t.isascii()
+                      and all(c.isalnum() or c in "_.-" for c in t)):
         return False
     parts = name.split("/")
     if len(parts) > 1 and (":" in parts[0] or "." in parts[0] or parts[0] == "localhost"):
