@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
-import datetime
 import json
 import logging
 import os
@@ -22,7 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, names, restart
+from agent import hostconfig, logs, names, restart
 from agent.checkpointing import Checkpoints
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
@@ -32,6 +31,7 @@ from agent.model import (
     Container,
     ContainerConfig,
     InvalidArgument,
+    LogConfig,
     Mount,
     NotFound,
     Port,
@@ -127,6 +127,7 @@ class ContainerManager:
         self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
+        self.log_default = LogConfig("json-file")  # --log-driver/--log-opt, daemon.json (agent/daemon.py)
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -201,6 +202,7 @@ class ContainerManager:
         from agent.health import from_image, resolve
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
+        cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:
@@ -397,12 +399,16 @@ class ContainerManager:
             cgroup_root=self.cg.root,
             network=c.endpoint, network_state_dir=str(self.network.state_dir),
             bridge=self.network.name, subnet=str(self.network.subnet),
-            etc_hosts=hosts, log_path=str(files.log), devices=nodes,
+            etc_hosts=hosts, devices=nodes,
             etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None
             else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
+        if cfg.log_config.type != "none":
+            rot = logs.rotation(cfg.log_config)
+            spec.log_path = str(files.log)
+            spec.log_max_size, spec.log_max_file, spec.log_compress = rot.max_size, rot.max_file, rot.compress
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
             # /sys hidden or read-only
@@ -968,44 +974,18 @@ class ContainerManager:
 
     async def logs(self, ref: str, follow: bool = False, tail: int = -1, since: float = 0,
                    until: float = 0) -> AsyncIterator[tuple[str, bytes, float]]:
+        """The container's log across its rotated files (agent/logs.py)."""
         c = self.get(ref)
-        path = self.files(c).log
-        lines: list[bytes] = []
-        pos = 0
-        if path.exists():
-            with open(path, "rb") as f:
-                data = f.read()
-                pos = f.tell()
-            lines = data.splitlines()
-            if tail >= 0:
-                lines = lines[-tail:] if tail else []
-        for raw in lines:
-            rec = _parse_log(raw)
-            if rec and (not since or rec[2] >= since) and (not until or rec[2] <= until):
-                yield rec
-        if not follow:
-            return
+        if c.config.log_config.type == "none":
+            raise logs.ReadNotSupported("configured logging driver does not support reading")
         ev = self._event(c)
-        buf = b""
-        while True:
-            running = c.state.status in ("running", "paused", "restarting") and c.id in self.containers
-            chunk = b""
-            if path.exists():
-                with open(path, "rb") as f:
-                    f.seek(pos)
-                    chunk = f.read()
-                    pos = f.tell()
-            buf += chunk
-            *complete, buf = buf.split(b"\n")
-            for raw in complete:
-                rec = _parse_log(raw)
-                if rec and (not until or rec[2] <= until):
-                    yield rec
-            if not running and not chunk:
-                return
-            if not chunk:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(ev.wait()), 0.1)
+
+        def running() -> bool:
+            return c.state.status in ("running", "paused", "restarting") and c.id in self.containers
+
+        async for rec in logs.entries(self.files(c).log, logs.rotation(c.config.log_config), follow, tail, since,
+                                      until, running, lambda: ev):
+            yield rec
 
     # --- attach and exec ----------------------------------------------------------------------
 
@@ -1139,20 +1119,6 @@ def _resolv_conf() -> str:
     keep = [ln for ln in text.splitlines()
             if not (ln.startswith("nameserver") and (" 127." in ln or " ::1" in ln))]
     return "\n".join(keep) + "\n"
-
-
-def _parse_log(raw: bytes) -> tuple[str, bytes, float] | None:
-    try:
-        rec = json.loads(raw)
-    except ValueError:
-        return None
-    ts = rec.get("time", "")
-    try:
-        t = datetime.datetime.strptime(ts[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(
-            tzinfo=datetime.UTC).timestamp() if ts else 0.0
-    except ValueError:
-        t = 0.0
-    return rec.get("stream", "stdout"), rec.get("log", "").encode(), t
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

@@ -11,6 +11,7 @@ from agent.model import (
     ContainerConfig,
     DeviceRate,
     HealthCheck,
+    LogConfig,
     Mount,
     Overlay,
     Port,
@@ -52,6 +53,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         healthcheck=HealthCheck(list(m.healthcheck.test), m.healthcheck.interval, m.healthcheck.timeout,
                                 m.healthcheck.retries, m.healthcheck.start_period, m.healthcheck.start_interval)
         if m.HasField("healthcheck") else None,
+        log_config=LogConfig(m.log_config.type, dict(m.log_config.config)),
     )
 
 
@@ -99,6 +101,7 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
                                    timeout=c.healthcheck.timeout, retries=c.healthcheck.retries,
                                    start_period=c.healthcheck.start_period,
                                    start_interval=c.healthcheck.start_interval) if c.healthcheck else None,
+        log_config=pb.LogConfig(type=c.log_config.type, config=c.log_config.config),
     )
 
 

@@ -124,6 +124,15 @@ class Overlay:
 
 
 @dataclass
+class LogConfig:
+    """docker's HostConfig.LogConfig: the driver and its options (agent/logs.py checks them).
+    At create it becomes the effective one (the agent's default merged in), as docker records it."""
+
+    type: str = ""                  # json-file | local | none; "" = the agent's default
+    config: dict[str, str] = field(default_factory=dict)   # max-size, max-file, compress
+
+
+@dataclass
 class ContainerConfig:
     name: str = ""
     image: str = ""
@@ -167,6 +176,7 @@ class ContainerConfig:
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
     healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
+    log_config: LogConfig = field(default_factory=LogConfig)   # --log-driver, --log-opt
 
 
 @dataclass
@@ -237,5 +247,5 @@ _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
-    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit,
+    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit, "LogConfig": LogConfig,
 }

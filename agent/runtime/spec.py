@@ -122,7 +122,10 @@ class RuntimeSpec:
     subnet: str = ""
     etc_hosts: str = ""
     etc_resolv: str = ""
-    log_path: str = ""
+    log_path: str = ""                           # "": no log (the none driver)
+    log_max_size: int = 0                        # rotate before the log passes this many bytes; 0 = never
+    log_max_file: int = 1                        # files kept in all (1: truncated instead)
+    log_compress: bool = False                   # gzip the rotated files
     hold: bool = False                           # wait for an attach client's release before exec
     # Set to restore a CRIU checkpoint instead of starting the process: {"images_dir": str,
     # "stdio": ["pipe:[N]", "pipe:[N]", "pipe:[N]"] (the dumped keys of fds 0-2), "netns_key": str}
