@@ -38,6 +38,7 @@ from agent.model import (
     Resources,
     RestartPolicy,
     StartFailed,
+    Ulimit,
 )
 from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames
@@ -127,7 +128,11 @@ class ContainerManager:
         self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
-        self.log_default = LogConfig("json-file")  # --log-driver/--log-opt, daemon.json (agent/daemon.py)
+        # the agent's defaults for what a container does not set (--log-driver/--log-opt,
+        # --default-ulimit, --dns, or daemon.json: agent/engine.py), merged in at create as docker does
+        self.log_default = LogConfig("json-file")
+        self.default_ulimits: list[Ulimit] = []
+        self.default_dns: list[str] = []
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -203,6 +208,10 @@ class ContainerManager:
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
         cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
+        own = {u.name for u in cfg.ulimits}
+        cfg.ulimits += [copy.copy(u) for u in self.default_ulimits if u.name not in own]
+        if not cfg.dns and cfg.network_mode != "host" and not cfg.overlays:
+            cfg.dns = list(self.default_dns)
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:

@@ -163,6 +163,7 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
             "SecurityOpt": list(cfg.security_opt) or None,
             "ReadonlyRootfs": cfg.read_only,
+            "LogConfig": {"Type": cfg.log_config.type or "json-file", "Config": dict(cfg.log_config.config)},
             "CapAdd": list(cfg.cap_add) or None, "CapDrop": list(cfg.cap_drop) or None,
             "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits] or None,
             "Dns": list(cfg.dns), "DnsSearch": list(cfg.dns_search), "DnsOptions": list(cfg.dns_options),

@@ -410,7 +410,7 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None) 
         "ExecIDs": None,
         "HostConfig": {
             "Binds": None, "ContainerIDFile": "",
-            "LogConfig": {"Type": "json-file", "Config": {}},
+            "LogConfig": {"Type": cfg.log_config.type or "json-file", "Config": dict(cfg.log_config.config)},
             "NetworkMode": cfg.network_mode,
             "PortBindings": _bindings(cfg),
             "RestartPolicy": {"Name": cfg.restart_policy.name or "no",
