@@ -73,8 +73,10 @@ def _bool(text: str) -> bool:
     raise ValueError(f'strconv.ParseBool: parsing "{text}": invalid syntax')
 
 
-def rotation(cfg: LogConfig) -> Rotation:
-    """Check a driver and its options (a clear error naming the bad one) and give the rotation."""
+def rotation(cfg: LogConfig, complete: bool = True) -> Rotation:
+    """Check a driver and its options (a clear error naming the bad one) and give the rotation.
+    `complete=False`: options that a host's default may still complete (a stack's, checked at
+    deploy): the rules between options (max-file needs max-size, compress needs both) wait."""
     driver = cfg.type or "json-file"
     if driver not in DRIVERS:
         raise InvalidArgument(f'logging driver "{driver}" is not supported (supported: {", ".join(DRIVERS)})')
@@ -101,7 +103,7 @@ def rotation(cfg: LogConfig) -> Rotation:
         files = int(text)
         if files < 1:
             raise InvalidArgument(f"log opt max-file={text}: max-file cannot be less than 1")
-        if not size:
+        if not size and complete:
             raise InvalidArgument(f"log opt max-file={text} needs max-size (without it the log is never rotated)")
     compress = bool(_LOCAL_DEFAULTS["compress"]) if local else False
     if "compress" in opts:
@@ -109,7 +111,7 @@ def rotation(cfg: LogConfig) -> Rotation:
             compress = _bool(opts["compress"])
         except ValueError as e:
             raise InvalidArgument(f"log opt compress={opts['compress']}: {e}") from None
-        if compress and (files < 2 or not size):
+        if compress and (files < 2 or not size) and complete:
             raise InvalidArgument("log opt compress=true: compress cannot be true when max-file is less than 2 "
                                   "or max-size is not set")
     if local and compress and files < 2:
