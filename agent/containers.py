@@ -245,6 +245,7 @@ class ContainerManager:
             if m.type == "bind" and not m.create_source and not os.path.lexists(m.source):
                 raise InvalidArgument(f'invalid mount config for type "bind": bind source path does not exist: '
                                       f"{m.source}")
+            mount_specs.check_source_propagation(m)  # (a missing -v path: the mount it would be made on)
             if m.type == "volume" and m.external and not self.volumes.exists(m.source):
                 raise NotFound(f"external volume {m.source} does not exist on this host (volume create it first)")
         made: list[str] = []
@@ -434,7 +435,8 @@ class ContainerManager:
                 continue
             source = str(self.volumes.path(m.source)) if m.type == "volume" else m.source
             out.append(ContainerMount("bind", source, m.target, m.readonly, [],
-                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target)))
+                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target),
+                                      propagation=(m.propagation or "rprivate") if m.type == "bind" else "rprivate"))
         return out
 
     async def _acquire_volumes(self, c: Container) -> None:

@@ -78,6 +78,7 @@ class ContainerMount:
     options: list[str] = field(default_factory=list)   # tmpfs: mount(8) options
     copy_up: bool = False        # an empty volume is filled from the image's content at target
     key: str = ""                # CRIU's name for it (external on dump, mapped to source on restore)
+    propagation: str = "rprivate"  # a bind's: [r]private, [r]shared, [r]slave (set once it is attached)
 
 
 @dataclass
