@@ -187,16 +187,25 @@ def _read_whole(p: Path) -> bytes:
         return b""   # a truncated .gz (a crash mid-compress): what is left is unreadable
 
 
-def _lines_newest_first(path: Path, max_file: int, current: BinaryIO | None) -> Iterator[list[bytes]]:
-    """The lines of each file, from the current one back to the oldest. `current`: PATH as opened
-    by the follower, read to its end here; a rotated file that is that same file (rotated since)
-    is skipped."""
+def _complete(data: bytes) -> tuple[list[bytes], bytes]:
+    """The whole lines of `data`, and what follows the last newline (an entry being written)."""
+    *lines, rest = data.split(b"\n")
+    return lines, rest
+
+
+def _lines_newest_first(path: Path, max_file: int, current: BinaryIO | None,
+                        partial: list[bytes]) -> Iterator[list[bytes]]:
+    """The whole lines of each file, from the current one back to the oldest. `current`: PATH as
+    opened by the follower, read to its end here; a rotated file that is that same file (rotated
+    since) is skipped. What the current file holds past its last newline goes into `partial`."""
     if current is not None:
-        yield current.read().splitlines()
+        lines, rest = _complete(current.read())
         ino = os.fstat(current.fileno()).st_ino
     else:
-        yield _read_whole(path).splitlines()
+        lines, rest = _complete(_read_whole(path))
         ino = -1
+    partial.append(rest)
+    yield lines
     for i in range(1, max(max_file, 1) + 64):   # (past max-file too: files of a larger setting)
         p = _rotated(path, i)
         if p is None:
@@ -204,23 +213,25 @@ def _lines_newest_first(path: Path, max_file: int, current: BinaryIO | None) -> 
         with contextlib.suppress(FileNotFoundError):
             if os.stat(p).st_ino == ino:
                 continue
-        yield _read_whole(p).splitlines()
+        yield _complete(_read_whole(p))[0]
 
 
-def read(path: Path, max_file: int, tail: int = -1, current: BinaryIO | None = None) -> list[bytes]:
-    """Every line of the log, oldest first, or the last `tail` of them (reading only as many
-    files back as that takes)."""
+def read(path: Path, max_file: int, tail: int = -1, current: BinaryIO | None = None) -> tuple[list[bytes], bytes]:
+    """Every whole line of the log, oldest first, or the last `tail` of them (reading only as many
+    files back as that takes); and the start of an entry being written at the end of the current
+    file (a follower goes on from it)."""
     chunks: list[list[bytes]] = []
+    partial: list[bytes] = []
     have = 0
-    for lines in _lines_newest_first(path, max_file, current):
+    for lines in _lines_newest_first(path, max_file, current, partial):
         chunks.append(lines)
         have += len(lines)
         if tail >= 0 and have >= tail:
             break
     out = [ln for lines in reversed(chunks) for ln in lines]
     if tail >= 0:
-        return out[-tail:] if tail else []
-    return out
+        out = out[-tail:] if tail else []
+    return out, partial[0] if partial else b""
 
 
 class Follower:
@@ -303,14 +314,13 @@ async def entries(path: Path, rotation_: Rotation, follow: bool, tail: int, sinc
         # Following: PATH is opened first and read to its end with the rest, so what is written
         # after that is read from the same file, neither lost nor read twice.
         current = fol.open() if follow else None
-        lines = await asyncio.to_thread(read, path, rotation_.max_file, tail, current)
+        lines, buf = await asyncio.to_thread(read, path, rotation_.max_file, tail, current)
         for raw in lines:
             rec = parse_entry(raw)
             if rec and (not since or rec[2] >= since) and (not until or rec[2] <= until):
                 yield rec
         if not follow:
             return
-        buf = b""
         ev = changed()
         while True:
             alive = running()

@@ -149,3 +149,21 @@ def test_bad_log_options_are_refused_by_name(clean_agent: AgentProcess, args: li
     r = clean_agent.cli("run", "--rm", *args, "busybox", "true")
     assert r.returncode != 0 and message in r.stderr, r.stderr
     assert clean_agent.cli("ps", "-aq", check=True).stdout == before   # nothing made
+
+
+def test_hostile_settings_stay_bounded(clean_agent: AgentProcess) -> None:
+    a = clean_agent
+    # a huge max-file costs nothing per rotation (only existing files are renamed)
+    cid = a.cli("run", "-d", "--log-opt", "max-size=2k", "--log-opt", "max-file=1000000", "busybox", "sh", "-c",
+                _lines(400, 20), check=True).stdout.strip()
+    a.wait_for(lambda: a.inspect(cid)["State"]["Status"] == "exited", 30, "the writer to finish")
+    assert len(_log_files(a, cid)) > 10
+    nums = [int(line.split("-")[1]) for line in a.cli("logs", cid, check=True).stdout.splitlines()]
+    assert nums == list(range(400))
+    # one line longer than max-size: it goes to a file of its own, whole, and logs gives it back whole
+    cid = a.cli("run", "-d", "--log-opt", "max-size=1k", "--log-opt", "max-file=2", "busybox", "sh", "-c",
+                "echo before; head -c 5000 /dev/zero | tr '\\0' y; echo; echo after", check=True).stdout.strip()
+    a.wait_for(lambda: a.inspect(cid)["State"]["Status"] == "exited", 30, "the writer to finish")
+    out = a.cli("logs", cid, check=True).stdout
+    assert out.endswith("y" * 5000 + "\nafter\n"), out[-80:]
+    assert len(_log_files(a, cid)) == 2

@@ -87,6 +87,7 @@ static struct {
     int log_fd, sig_fd;
     long long log_size, log_max_size;   /* bytes in the current file; 0 = no rotation */
     int log_max_file, log_compress;
+    int log_rotated;                    /* PATH.1 ... PATH.N exist: only those are renamed */
     pid_t compress_pid;                 /* the child gzipping PATH.1, until reaped */
     struct client clients[MAX_CLIENTS];
     int nclients;
@@ -432,7 +433,9 @@ static void log_rotate(void) {
     }
     wait_compress();
     char from[4096], to[4096];
-    for (int i = m.log_max_file - 1; i > 1; i--) {
+    /* (from the newest file that exists, not from max-file: a huge max-file costs nothing) */
+    int top = m.log_rotated + 1 < m.log_max_file - 1 ? m.log_rotated + 1 : m.log_max_file - 1;
+    for (int i = top; i > 1; i--) {
         rotated_name(from, sizeof(from), i - 1, m.log_compress);
         rotated_name(to, sizeof(to), i, m.log_compress);
         rename(from, to);
@@ -446,6 +449,8 @@ static void log_rotate(void) {
     close(m.log_fd);
     m.log_fd = fd;
     m.log_size = 0;
+    if (m.log_rotated < m.log_max_file - 1)
+        m.log_rotated++;
     if (m.log_compress)
         compress_rotated();
 }
@@ -818,6 +823,14 @@ int main(int argc, char **argv) {
     }
     if (m.log_max_file < 1)
         m.log_max_file = 1;
+    for (int i = 1; m.log_fd >= 0 && i < m.log_max_file; i++) {   /* a restarted container's files */
+        char p[4096], gz[4096];
+        rotated_name(p, sizeof(p), i, 0);
+        rotated_name(gz, sizeof(gz), i, 1);
+        if (access(p, F_OK) != 0 && access(gz, F_OK) != 0)
+            break;
+        m.log_rotated = i;
+    }
     signal(SIGPIPE, SIG_IGN);
     sigset_t chld;
     sigemptyset(&chld);
