@@ -116,6 +116,16 @@ async def _send_archive(channel: grpc.aio.Channel, f: Any, name: str, cold: bool
     return str(summary.id)
 
 
+def _frozen(name: str, emit: Progress) -> Callable[[], None]:
+    """The "frozen" phase: the tree is in CRIU's images and its network locked here, so nothing of
+    it answers on this host any more. The scheduler points its cluster addresses at the target
+    then (scheduler/migrate.py), while the archive goes and the target restores."""
+    def dumped() -> None:
+        emit(pb.MigrateProgress(phase="frozen", message=f"{name} is frozen here"))
+
+    return dumped
+
+
 async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: Progress,
                   lazy_pages: bool = False) -> pb.MigrateProgress:
     """lazy_pages: post-copy is possible on this host (the target says for itself)."""
@@ -139,7 +149,7 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
             out = HashingWriter(tmp)
             if live:
                 emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU"))
-                await m.checkpoints.checkpoint(c.id, export=out, level=1)
+                await m.checkpoints.checkpoint(c.id, export=out, level=1, dumped=_frozen(c.name, emit))
             else:
                 if was_running:
                     emit(pb.MigrateProgress(phase="stop", message=f"stopping {c.name}"))
@@ -210,7 +220,8 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         out = HashingWriter(tmp)
         emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU (post-copy)"))
         # Level 1: the archive holds the small images and the writable layer, not the memory.
-        dump = await m.checkpoints.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1)
+        dump = await m.checkpoints.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1,
+                                                   dumped=_frozen(c.name, emit))
         trace("migrate: archive written")
         await faults.FAULTS.pause_after_dump(m.root)  # tests kill the agent here (common/faults.py)
         try:
