@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from protos import cluster_pb2 as cpb
 from tests.cluster_harness import running, wait_for
 from tests.multihost import Host, multihost_session_check_fixture  # noqa: F401
 from tests.overlay_moves import Env, live_move_with_echoes, overlay_cluster, stall
@@ -102,3 +104,95 @@ def test_live_migration_keeps_an_echo_going_in_both_directions(env: Env) -> None
     worst = max(stall(s, 0) for s in got.values())
     print(f"\n{out.strip()}\nlongest gap between echoes {worst * 1000:.0f} ms (downtime {downtime * 1000:.0f} ms)")
     assert worst <= downtime + 1.0, f"echoes stalled {worst:.2f} s for a downtime of {downtime:.2f} s"
+
+
+WEB = """
+services:
+  web:
+    image: busybox:latest
+    command: ["sh", "-c", "echo hello > /tmp/index.html; httpd -f -p 80 -h /tmp"]
+    networks: [{net}]
+    deploy:
+      restart_policy: {{condition: any, delay: 1s}}
+      placement: {{constraints: ["node.hostname != {avoid}"]}}
+networks:
+  {net}: {{external: true}}
+"""
+
+PROBE = """
+services:
+  probe:
+    image: busybox:latest
+    command: ["sleep", "3600"]
+    networks: [{net}]
+    deploy:
+      restart_policy: {{condition: none}}
+      placement: {{constraints: ["node.hostname == {on}"]}}
+networks:
+  {net}: {{external: true}}
+"""
+
+
+def fetch(h: Host, cid: str, url: str) -> str:
+    return str(h.cli("exec", cid, "wget", "-qO-", "-T", "2", url, timeout=20).stdout).strip()
+
+
+def address_of(env: Env, net: str, task_id: str) -> str:
+    return str(next(e["ip"] for e in json.loads(env.ok("network", "inspect", net))[0]["endpoints"]
+                    if e["task_id"] == task_id))
+
+
+def test_cold_migration_keeps_the_overlay_address(env: Env) -> None:
+    """Cold: the task stops, its writable layer and config (with its overlays) move, it starts on
+    the target with the same address; a client on a third host reaches it there by address and by
+    name (tasks.NAME and the service's VIP)."""
+    env.ok("network", "create", "--subnet", "10.253.2.0/24", "coldnet")
+    client_host = env.c[0].name
+    probe = env.deploy("pc", PROBE.format(net="coldnet", on=client_host))
+    web = env.deploy("wc", WEB.format(net="coldnet", avoid=client_host))
+    ip = address_of(env, "coldnet", web.id)
+    ch = env.host(client_host)
+    assert wait_for(lambda: fetch(ch, probe.container_id, f"http://{ip}/") == "hello", 30, "web reachable")
+    target = next(h.name for h in env.c if h.name not in (web.node, client_host))
+    out = env.ok("migrate", web.name, "--to", target, "--cold", timeout=180)
+    assert f"to {target} (cold)" in out, out
+    moved = wait_for(lambda: [t for t in running(env.sched, "wc_web") if t.node == target], 60, "running on target")[0]
+    assert address_of(env, "coldnet", moved.id) == ip
+    assert f"inet {ip}/" in str(env.host(target).cli("exec", moved.container_id, "ip", "-o", "addr", "show",
+                                                      "eth1").stdout)
+    for url in (f"http://{ip}/", "http://tasks.web/", "http://web/"):
+        assert wait_for(lambda u=url: fetch(ch, probe.container_id, u) == "hello", 30, f"{url} after the move")
+    for name in ("wc", "pc"):
+        env.ok("stack", "rm", name)
+
+
+def test_a_task_rescheduled_off_a_dead_host_keeps_its_address_and_names(env: Env) -> None:
+    """The host of a task dies (power cut): the task is placed on another host with the address it
+    had, and a client reaches it by address, tasks.NAME and the VIP soon after (printed: seconds
+    from the power cut). Last in this module: the host is brought back at the end."""
+    env.ok("network", "create", "--subnet", "10.253.3.0/24", "deadnet")
+    client_host = env.c[0].name
+    probe = env.deploy("pd", PROBE.format(net="deadnet", on=client_host))
+    web = env.deploy("wd", WEB.format(net="deadnet", avoid=client_host))
+    ip = address_of(env, "deadnet", web.id)
+    ch = env.host(client_host)
+    assert wait_for(lambda: fetch(ch, probe.container_id, "http://tasks.web/") == "hello", 30, "web reachable")
+    dead = env.host(web.node)
+    t0 = time.monotonic()
+    dead.kill()
+    try:
+        again = wait_for(lambda: [t for t in running(env.sched, "wd_web") if t.node != dead.name], 60,
+                         "the task running elsewhere")[0]
+        placed = time.monotonic() - t0
+        assert address_of(env, "deadnet", again.id) == ip
+        reached = {}
+        for url in (f"http://{ip}/", "http://tasks.web/", "http://web/"):
+            assert wait_for(lambda u=url: fetch(ch, probe.container_id, u) == "hello", 30, f"{url} after the host died")
+            reached[url] = time.monotonic() - t0
+        print(f"\nhost {dead.name} died: task running on {again.node} after {placed:.1f} s; reached by "
+              + ", ".join(f"{u} {s:.1f} s" for u, s in reached.items()))
+        assert max(reached.values()) - placed < 10, reached
+    finally:
+        dead.revive()
+        wait_for(lambda: any(n.name == dead.name and n.status == "ready"
+                             for n in env.sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes), 60, "host back")
