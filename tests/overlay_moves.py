@@ -27,7 +27,7 @@ from pathlib import Path
 
 from protos import cluster_pb2 as cpb
 from tests.agent_harness import free_port
-from tests.cluster_harness import SchedulerProcess, cli, running, wait_for
+from tests.cluster_harness import SchedulerProcess, cli, running, tasks, wait_for
 from tests.etcd_server import EtcdServer
 from tests.multihost import Cluster, Host, cluster, join
 
@@ -51,7 +51,7 @@ services:
     networks: [{net}]
     deploy:
       restart_policy: {{condition: none}}
-      placement: {{constraints: ["node.hostname != {avoid}"]}}
+      placement: {{constraints: ["node.name != {avoid}"]}}
 networks:
   {net}: {{external: true}}
 """
@@ -100,7 +100,11 @@ class Env:
         return self.running_task(svc)
 
     def running_task(self, svc: str) -> cpb.TaskInfo:
-        found: list[cpb.TaskInfo] = wait_for(lambda: running(self.sched, svc), 60, f"{svc} running")
+        try:
+            found: list[cpb.TaskInfo] = wait_for(lambda: running(self.sched, svc), 60, f"{svc} running")
+        except AssertionError as e:
+            states = [(t.name, t.node, t.state, t.error) for t in tasks(self.sched, svc, all_=True)]
+            raise AssertionError(f"{e}; its tasks: {states}") from None
         return found[0]
 
 

@@ -49,7 +49,7 @@ services:
     networks: [mignet]
     deploy:
       restart_policy: {{condition: none}}
-      placement: {{constraints: ["node.hostname != {avoid}"]}}
+      placement: {{constraints: ["node.name != {avoid}"]}}
 networks:
   mignet: {{external: true}}
 """
@@ -114,7 +114,7 @@ services:
     networks: [{net}]
     deploy:
       restart_policy: {{condition: any, delay: 1s}}
-      placement: {{constraints: ["node.hostname != {avoid}"]}}
+      placement: {{constraints: ["node.name != {avoid}"]}}
 networks:
   {net}: {{external: true}}
 """
@@ -127,14 +127,29 @@ services:
     networks: [{net}]
     deploy:
       restart_policy: {{condition: none}}
-      placement: {{constraints: ["node.hostname == {on}"]}}
+      placement: {{constraints: ["node.name == {on}"]}}
 networks:
   {net}: {{external: true}}
 """
 
 
 def fetch(h: Host, cid: str, url: str) -> str:
-    return str(h.cli("exec", cid, "wget", "-qO-", "-T", "2", url, timeout=20).stdout).strip()
+    r = h.cli("exec", cid, "timeout", "3", "wget", "-qO-", url, timeout=20)  # (busybox wget -T crashes)
+    return str(r.stdout).strip() or f"(exit {r.returncode}: {str(r.stderr).strip()})"
+
+
+def reach(h: Host, cid: str, url: str, what: str, timeout: float = 30) -> None:
+    """Until `url` answers "hello" from the container; else fail with its last answer."""
+    seen = [""]
+
+    def ok() -> bool:
+        seen[0] = fetch(h, cid, url)
+        return seen[0] == "hello"
+
+    try:
+        wait_for(ok, timeout, what, every=0.2)
+    except AssertionError as e:
+        raise AssertionError(f"{e}: {url} answered {seen[0]!r}") from None
 
 
 def address_of(env: Env, net: str, task_id: str) -> str:
@@ -147,12 +162,12 @@ def test_cold_migration_keeps_the_overlay_address(env: Env) -> None:
     the target with the same address; a client on a third host reaches it there by address and by
     name (tasks.NAME and the service's VIP)."""
     env.ok("network", "create", "--subnet", "10.253.2.0/24", "coldnet")
-    client_host = env.c[0].name
+    client_host = env.c[1].name
     probe = env.deploy("pc", PROBE.format(net="coldnet", on=client_host))
     web = env.deploy("wc", WEB.format(net="coldnet", avoid=client_host))
     ip = address_of(env, "coldnet", web.id)
     ch = env.host(client_host)
-    assert wait_for(lambda: fetch(ch, probe.container_id, f"http://{ip}/") == "hello", 30, "web reachable")
+    reach(ch, probe.container_id, f"http://{ip}/", "web reachable")
     target = next(h.name for h in env.c if h.name not in (web.node, client_host))
     out = env.ok("migrate", web.name, "--to", target, "--cold", timeout=180)
     assert f"to {target} (cold)" in out, out
@@ -161,7 +176,7 @@ def test_cold_migration_keeps_the_overlay_address(env: Env) -> None:
     assert f"inet {ip}/" in str(env.host(target).cli("exec", moved.container_id, "ip", "-o", "addr", "show",
                                                       "eth1").stdout)
     for url in (f"http://{ip}/", "http://tasks.web/", "http://web/"):
-        assert wait_for(lambda u=url: fetch(ch, probe.container_id, u) == "hello", 30, f"{url} after the move")
+        reach(ch, probe.container_id, url, f"{url} after the move")
     for name in ("wc", "pc"):
         env.ok("stack", "rm", name)
 
@@ -171,12 +186,12 @@ def test_a_task_rescheduled_off_a_dead_host_keeps_its_address_and_names(env: Env
     had, and a client reaches it by address, tasks.NAME and the VIP soon after (printed: seconds
     from the power cut). Last in this module: the host is brought back at the end."""
     env.ok("network", "create", "--subnet", "10.253.3.0/24", "deadnet")
-    client_host = env.c[0].name
+    client_host = env.c[1].name
     probe = env.deploy("pd", PROBE.format(net="deadnet", on=client_host))
     web = env.deploy("wd", WEB.format(net="deadnet", avoid=client_host))
     ip = address_of(env, "deadnet", web.id)
     ch = env.host(client_host)
-    assert wait_for(lambda: fetch(ch, probe.container_id, "http://tasks.web/") == "hello", 30, "web reachable")
+    reach(ch, probe.container_id, "http://tasks.web/", "web reachable")
     dead = env.host(web.node)
     t0 = time.monotonic()
     dead.kill()
@@ -187,7 +202,7 @@ def test_a_task_rescheduled_off_a_dead_host_keeps_its_address_and_names(env: Env
         assert address_of(env, "deadnet", again.id) == ip
         reached = {}
         for url in (f"http://{ip}/", "http://tasks.web/", "http://web/"):
-            assert wait_for(lambda u=url: fetch(ch, probe.container_id, u) == "hello", 30, f"{url} after the host died")
+            reach(ch, probe.container_id, url, f"{url} after the host died")
             reached[url] = time.monotonic() - t0
         print(f"\nhost {dead.name} died: task running on {again.node} after {placed:.1f} s; reached by "
               + ", ".join(f"{u} {s:.1f} s" for u, s in reached.items()))
