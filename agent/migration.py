@@ -223,6 +223,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         dump = await m.checkpoints.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1,
                                                    dumped=_frozen(c.name, emit))
         trace("migrate: archive written")
+        await _withdraw(m, c, back=False)
         await faults.FAULTS.pause_after_dump(m.root)  # tests kill the agent here (common/faults.py)
         try:
             new_id = await _send_archive(channel, tmp, c.name, False, emit, out.hexdigest(), dump.page_server)
@@ -230,7 +231,8 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
             detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
             emit(pb.MigrateProgress(phase="rollback", message=f"target failed ({detail}): {c.name} runs on here"))
             await dump.abort()
-            await m.checkpoints.lazy_dump_ended(c.id, ok=False)
+            if await m.checkpoints.lazy_dump_ended(c.id, ok=False):
+                await _withdraw(m, c, back=True)
             raise MigrationFailed(f"migration of {c.name} to {target} failed, rolled back: {detail}") from e
         downtime = time.monotonic() - down
         trace("migrate: the target runs it")
@@ -247,6 +249,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
             return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
                                       total_seconds=time.monotonic() - t0)
         # The target's copy lost its page source: its watchdog killed it, and CRIU unfroze ours.
+        await _withdraw(m, c, back=True)
         with contextlib.suppress(grpc.aio.AioRpcError):
             await pbg.AgentStub(channel).RemoveContainer(  # type: ignore[no-untyped-call]
                 pb.RemoveContainerRequest(id=new_id, force=True), timeout=30)
@@ -258,6 +261,20 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
     await _remove_moved_volumes(m, c)
     return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
                               total_seconds=time.monotonic() - t0)
+
+
+async def _withdraw(m: ContainerManager, c: Any, back: bool) -> None:
+    """Post-copy keeps the frozen tree here while the target runs it: its cluster ports go down,
+    so this host's containers reach it on the target (the source withdraws); back up on a rollback.
+    Best effort: the container's removal takes the ports anyway."""
+    if not c.endpoint or not c.endpoint.get("overlays"):
+        return
+    from agent.runtime.network import Endpoint
+
+    try:
+        await asyncio.to_thread(m.network.withdraw, Endpoint.from_dict(c.endpoint), back)
+    except Exception as e:
+        log.warning("%s: cluster ports %s: %s", c.name, "up" if back else "down", e)
 
 
 async def _remove_source_copy(m: ContainerManager, cid: str) -> None:

@@ -47,11 +47,11 @@ ECHO_CLIENT = """
 services:
   talk:
     image: busybox:latest
-    command: ["sh", "-c", "for p in $$(seq 7001 {last}); do (i=0; while :; do i=$$((i+1)); echo \\"$$p $$i\\"; sleep {interval}; done | nc {ip} $$p) & done; wait"]
+    command: ["sh", "-c", "for p in $$(seq {first} {last}); do (i=0; while :; do i=$$((i+1)); echo \\"$$p $$i\\"; sleep {interval}; done | nc {ip} $$p) & done; wait"]
     networks: [{net}]
     deploy:
       restart_policy: {{condition: none}}
-      placement: {{constraints: ["node.name != {avoid}"]}}
+      placement: {{constraints: ["{where}"]}}
 networks:
   {net}: {{external: true}}
 """
@@ -131,22 +131,47 @@ def overlay_cluster(base: Path, busybox_tar: Path) -> Iterator[Env]:
 
 
 def live_move_with_echoes(env: Env, net: str, subnet: str, conns: int, interval: float, pause: str = "",
-                          tag: str = "") -> tuple[dict[int, list[tuple[float, int]]], float, float, str]:
+                          tag: str = "", source_client: bool = False
+                          ) -> tuple[dict[int, list[tuple[float, int]]], float, float, str]:
     """An echo server task with `conns` listeners, a client task on another host with one connection
     to each, a live move of the server to the third host. Returns (echoes per connection, the
     migration's reported downtime and total seconds, the migrate output). `pause`: the scheduler
     waits there (common/faults.py), e.g. "finishing:3". `tag` names the stacks (default: conns);
-    they are removed at the end, the network is left."""
+    they are removed at the end, the network is left. source_client: one more client task on the
+    server's own host (on the ports after the others'): it must reach the server where it went."""
     env.ok("network", "create", "--subnet", subnet, net)
-    last = 7000 + conns
+    name = tag or str(conns)
     labels = f"\n      labels: {{dockyard.fault.pause: \"{pause}\"}}" if pause else ""
-    srv = env.deploy(f"e{tag or conns}", ECHO_SERVER.format(net=net, last=last, labels=labels))
+    # one listener per connection (nc -l takes one): the source client's are the next ports
+    last = 7000 + conns * (2 if source_client else 1)
+    srv = env.deploy(f"e{name}", ECHO_SERVER.format(net=net, last=last, labels=labels))
     ip = next(e["ip"] for e in json.loads(env.ok("network", "inspect", net))[0]["endpoints"] if e["task_id"] == srv.id)
-    client = env.deploy(f"t{tag or conns}", ECHO_CLIENT.format(net=net, last=last, ip=ip, interval=interval, avoid=srv.node))
-    ch = env.host(client.node)
-    wait_for(lambda: len(echoes(ch, client.container_id)) == conns
-             and all(len(v) > 10 for v in echoes(ch, client.container_id).values()), 60, "every echo flowing")
-    target = next(h.name for h in env.c if h.name not in (srv.node, client.node))
+    stacks = {f"t{name}": (7001, f"node.name != {srv.node}")}
+    if source_client:
+        stacks[f"s{name}"] = (7001 + conns, f"node.name == {srv.node}")
+    clients = {st: env.deploy(st, ECHO_CLIENT.format(net=net, first=first, last=first + conns - 1, ip=ip,
+                                                     interval=interval, where=where))
+               for st, (first, where) in stacks.items()}
+    remote = clients[f"t{name}"]
+
+    def all_echoes() -> dict[int, list[tuple[float, int]]]:
+        got: dict[int, list[tuple[float, int]]] = {}
+        for c in clients.values():
+            got.update(echoes(env.host(c.node), c.container_id))
+        return got
+
+    seen: list[dict[int, int]] = [{}]
+
+    def flowing() -> bool:
+        seen[0] = {p: len(v) for p, v in all_echoes().items()}
+        return len(seen[0]) == conns * len(clients) and all(n > 10 for n in seen[0].values())
+
+    try:
+        wait_for(flowing, 60, "every echo flowing")
+    except AssertionError as e:
+        where = {st: c.node for st, c in clients.items()}
+        raise AssertionError(f"{e}: echoes per connection {seen[0]}; server on {srv.node}, clients {where}") from None
+    target = next(h.name for h in env.c if h.name not in (srv.node, remote.node))
     moved_at = time.time()
     out = env.ok("migrate", srv.name, "--to", target, "--live", timeout=180)
     m = re.search(r"downtime (\d+) ms, total ([\d.]+) s", out)
@@ -154,14 +179,14 @@ def live_move_with_echoes(env: Env, net: str, subnet: str, conns: int, interval:
     moved = wait_for(lambda: [t for t in running(env.sched, srv.service) if t.node == target], 60, "running on target")[0]
     th = env.host(target)
     assert f"inet {ip}/" in str(th.cli("exec", moved.container_id, "ip", "-o", "addr", "show", "eth1").stdout)
-    counts = {p: len(v) for p, v in echoes(ch, client.container_id).items()}
-    wait_for(lambda: all(len(v) > counts[p] + 10 for p, v in echoes(ch, client.container_id).items()), 30,
+    counts = {p: len(v) for p, v in all_echoes().items()}
+    wait_for(lambda: all(len(v) > counts[p] + 10 for p, v in all_echoes().items()), 30,
              "every echo going on after the move")
-    got = echoes(ch, client.container_id)
+    got = all_echoes()
     for p, series in got.items():
         nums = [n for _, n in series]
         assert nums == list(range(1, len(nums) + 1)), f"port {p}: numbers lost, repeated or the connection reopened"
-    for name in (f"t{tag or conns}", f"e{tag or conns}"):
-        env.ok("stack", "rm", name)
+    for st in [*clients, f"e{name}"]:
+        env.ok("stack", "rm", st)
     return {p: [x for x in s if x[0] >= moved_at - 2] for p, s in got.items()}, int(m.group(1)) / 1000, \
         float(m.group(2)), out
