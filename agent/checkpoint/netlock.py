@@ -9,6 +9,11 @@ host while the restore runs (scheduler/migrate.py, phase "switched"): a packet r
 namespace with the address but not yet the socket would be answered with a reset and end the
 connection. Locked, it is dropped instead and the peer retransmits; the restored socket takes the
 retransmission once the lock is gone.
+
+Who lifts it: CRIU's restore does, with the same chain, in network_unlock after the sockets are out
+of repair mode and before the tasks resume (its restore.log: "net: Unlock network", then "Restore
+finished successfully. Tasks resumed."; seen with criu 4.2 here). The shim runs unlock_here()
+after the restore anyway, for a criu that does not.
 """
 
 from __future__ import annotations
