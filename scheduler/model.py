@@ -405,7 +405,7 @@ class Migration:
     source: str
     target: str
     mode: str  # live | cold
-    phase: str  # recorded | running | recovering
+    phase: str  # recorded | running | switched (live: its addresses are the target's) | recovering
     reason: str = ""  # why cold, when live was not possible
     started_at: float = 0.0
     leader: str = ""
