@@ -358,8 +358,8 @@ _UNSUPPORTED_SERVICE = {
                      "mem_swappiness", "pids_limit"), "use deploy.resources.limits and reservations"),
 }
 _DEPLOY = frozenset({"mode", "replicas", "resources", "placement", "update_config", "rollback_config",
-                     "restart_policy", "labels"})
-_UNSUPPORTED_DEPLOY = {"endpoint_mode": "tasks are reached at their node's published ports (no virtual IP)"}
+                     "restart_policy", "labels", "endpoint_mode"})
+_UNSUPPORTED_DEPLOY: dict[str, str] = {}
 _RESOURCES = frozenset({"limits", "reservations"})
 _LIMITS = frozenset({"cpus", "memory", "pids"})
 _RESERVATIONS = frozenset({"cpus", "memory"})
@@ -678,10 +678,17 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
 
     replicas, resources, placement, pids = 1, ResourceSpec(), PlacementSpec(), 0
     mode = ServiceMode.REPLICATED
+    endpoint_mode = "vip"
     update, rollback, restart = UpdateConfig(), UpdateConfig(), RestartPolicy()
     deploy = at.child("deploy")
     if deploy is not None:
         deploy.mapping(_DEPLOY, _UNSUPPORTED_DEPLOY)
+        endpoint_mode = _opt(deploy, "endpoint_mode", lambda a: a.choice(("vip", "dnsrr")), "vip")
+        em_at = deploy.child("endpoint_mode")
+        meshed = next((p for p in ports if p.meshed), None)
+        if endpoint_mode == "dnsrr" and meshed is not None and em_at is not None:
+            em_at.fail(f"port {meshed.published}/{meshed.protocol} is published in ingress mode, which needs "
+                       "endpoint_mode vip (publish it with mode: host for dnsrr)")
         mode = ServiceMode(_opt(deploy, "mode", lambda a: a.choice(("replicated", "global")), "replicated"))
         replicas = _opt(deploy, "replicas", lambda a: a.integer(0, MAX_REPLICAS), 1)
         if mode is ServiceMode.GLOBAL and deploy.child("replicas") is not None:
@@ -701,6 +708,7 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
         replicas=replicas, resources=resources, placement=placement, update_config=update,
         rollback_config=rollback, restart_policy=restart, healthcheck=healthcheck,
         labels=tuple(sorted(dict(labels).items())), mode=mode, hostname=hostname, networks=attachments,
+        endpoint_mode=endpoint_mode,
         user=_opt(at, "user", _At.string, ""), workdir=workdir, stop_signal=stop_signal, stop_grace_period=grace,
         tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
         init=_opt(at, "init", _At.boolean, False), pids_limit=pids,

@@ -257,6 +257,33 @@ class Overlays:
             if _code(e) not in (ENOENT, ENODEV):
                 raise NetworkError(f"{args[0]} {kw}: {e}") from e
 
+    # --- the host's own address on a network (the routing mesh's source address)
+
+    def set_address(self, vni: int, ip: str, prefixlen: int) -> bool:
+        """The bridge of `vni` holds exactly this IPv4 address (others removed), and may carry
+        127.0.0.1-sourced packets DNATed onto it (route_localnet); True when it changed."""
+        changed = False
+        with _ipr() as ipr:
+            bidx = self._lookup(ipr, self.bridge_name(vni))
+            if bidx is None:
+                raise NetworkError(f"VNI {vni}: no bridge {self.bridge_name(vni)} (ensure it first)")
+            have = {(str(a.get_attr("IFA_ADDRESS")), int(a["prefixlen"])) for a in ipr.get_addr(index=bidx, family=2)}
+            for addr, plen in have - {(ip, prefixlen)}:
+                self._quiet(ipr.addr, "del", index=bidx, address=addr, prefixlen=plen)
+                changed = True
+            if (ip, prefixlen) not in have:
+                ipr.addr("replace", index=bidx, address=ip, prefixlen=prefixlen)
+                changed = True
+        path = f"/proc/sys/net/ipv4/conf/{self.bridge_name(vni)}/route_localnet"
+        try:
+            with open(path, "r+") as f:
+                if f.read().strip() != "1":
+                    f.seek(0)
+                    f.write("1")
+        except OSError as e:
+            raise NetworkError(f"sysctl {path}: {e}") from e
+        return changed
+
     # --- a container's interface on the network
 
     def attach(self, net: OverlayNet, container_id: str, pid: int, ifname: str, mac: str) -> str:
