@@ -1,0 +1,135 @@
+"""The routing mesh end to end on 3 hosts made of network namespaces (tests/multihost.py), a real
+etcd and a scheduler: a service publishing 8080 (ingress mode, the default) with tasks on host1
+and host2 only answers on all three hosts' addresses, host3's included where no task runs, from
+outside (the root namespace, as a client would) and from the host itself (its address and
+127.0.0.1), spread over both tasks; a task going away (scale 2 -> 1) stops receiving; `mode: host`
+answers only where a task runs; a second service cannot take the same port; `service rm` leaves no
+mesh rule, ingress bridge or address behind on any host."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from protos import cluster_pb2 as cpb
+from tests.agent_harness import free_port
+from tests.cluster_harness import SchedulerProcess, cli, running, wait_for
+from tests.etcd_server import EtcdServer
+from tests.multihost import Cluster, Host, cluster, http_get, join, multihost_session_check_fixture  # noqa: F401
+
+pytestmark = [pytest.mark.multinode, pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
+
+STACK = """
+services:
+  web:
+    image: busybox:latest
+    command: ["sh", "-c", "hostname > /tmp/name; exec httpd -f -p 80 -h /tmp"]
+    ports: ["{port}:80"]
+    deploy:
+      replicas: 2
+      placement: {{max_replicas_per_node: 1, constraints: ["node.name != host3"]}}
+  local:
+    image: busybox:latest
+    command: ["sh", "-c", "hostname > /tmp/name; exec httpd -f -p 81 -h /tmp"]
+    ports: [{{target: 81, published: {hport}, mode: host}}]
+    deploy:
+      placement: {{constraints: ["node.name == host1"]}}
+"""
+
+
+class Env:
+    def __init__(self, c: Cluster, sched: SchedulerProcess, tmp: Path) -> None:
+        self.c, self.sched, self.tmp = c, sched, tmp
+
+    def ok(self, *args: str) -> str:
+        r = cli(self.sched.address, *args)
+        assert r.returncode == 0, f"dockyard {' '.join(args)}: {r.stdout}\n{r.stderr}"
+        return r.stdout
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.c if h.name == name)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path,
+        multihost_session_check: None) -> Iterator[Env]:
+    base = tmp_path_factory.mktemp("mesh")
+    with cluster(3, base, busybox_tar_path) as c:
+        etcd = EtcdServer.start()
+        sched = SchedulerProcess(base / "s", etcd=etcd.endpoint, listen=f"{c.gateway}:{free_port()}", metrics=False)
+        try:
+            sched.start()
+            for h in c:
+                join(h, sched.address)
+            wait_for(lambda: len([n for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes
+                                  if n.status == "ready"]) == 3, 30, "3 nodes ready")
+            yield Env(c, sched, base)
+        finally:
+            sched.stop()
+            etcd.stop()
+
+
+def get(url: str) -> str:
+    with contextlib.suppress(OSError):
+        return http_get(url, timeout=3).strip()
+    return ""
+
+
+def mesh_rules(h: Host) -> str:
+    return "\n".join(ln for table in ("nat", "filter")
+                     for ln in h.run("iptables", "-w", "-t", table, "-S").stdout.splitlines() if "DY-MESH" in ln)
+
+
+def test_a_published_port_answers_on_every_node_and_follows_the_tasks(env: Env) -> None:
+    port, hport = 18080 + free_port() % 1000, 19080 + free_port() % 1000
+    f = env.tmp / "m.yaml"
+    f.write_text(STACK.format(port=port, hport=hport))
+    env.ok("deploy", "-f", str(f), "--name", "m")
+    web = wait_for(lambda: len(running(env.sched, "m_web")) == 2 and running(env.sched, "m_web"), 60, "2 web tasks")
+    wait_for(lambda: running(env.sched, "m_local"), 60, "the host-mode task")
+    assert sorted(t.node for t in web) == ["host1", "host2"]
+    names = {t.name for t in web}
+    h1, h2, h3 = env.host("host1"), env.host("host2"), env.host("host3")
+
+    # every node answers, host3 (no task) included, and the answers come from both tasks
+    for h in env.c:
+        wait_for(lambda h=h: get(f"http://{h.ip}:{port}/name") in names, 30, f"the mesh on {h.name}")
+    seen = {get(f"http://{h3.ip}:{port}/name") for _ in range(16)}
+    assert seen == names, seen
+    # from the node itself: its own address and 127.0.0.1
+    assert h3.http_get(f"http://{h3.ip}:{port}/name").strip() in names
+    assert h3.http_get(f"http://127.0.0.1:{port}/name").strip() in names
+    # the task sees the entry node's ingress address (the SNAT that brings replies back through it)
+    ingress = json.loads(env.ok("network", "inspect", "ingress"))[0]
+    assert ingress["ingress"] and ingress["services"] == ["m_web"]
+    node_ips = {e["node"]: e["ip"] for e in ingress["endpoints"] if e["task_id"].startswith("node:")}
+    assert set(node_ips) == {"host1", "host2", "host3"}
+    assert node_ips["host3"] in h3.run("ip", "-o", "addr").stdout
+    # host mode: only host1, where its task runs, answers
+    assert wait_for(lambda: get(f"http://{h1.ip}:{hport}/name"), 30, "host-mode port on host1") == "m_local.1"
+    assert get(f"http://{h2.ip}:{hport}/name") == "" and get(f"http://{h3.ip}:{hport}/name") == ""
+
+    # the port is the mesh's on every node: another service cannot publish it, in either mode
+    r = cli(env.sched.address, "service", "create", "--name", "other", "-p", f"{port}:80", "busybox:latest",
+            "sleep", "60")
+    assert r.returncode != 0 and f"port {port}/tcp is already published by service m_web" in r.stderr, r.stderr
+
+    # a task going away stops receiving: scaled to one, every answer is the one left
+    env.ok("service", "scale", "m_web=1")
+    left = wait_for(lambda: len(running(env.sched, "m_web")) == 1 and running(env.sched, "m_web"), 60, "one task")
+    wait_for(lambda: {get(f"http://{h3.ip}:{port}/name") for _ in range(8)} == {left[0].name}, 30,
+             "only the remaining task answering")
+    assert {get(f"http://{h.ip}:{port}/name") for h in env.c for _ in range(4)} == {left[0].name}
+
+    # removed: no mesh rule, no ingress bridge or address left on any host; the port is closed
+    env.ok("stack-rm", "m")
+    wait_for(lambda: all(not mesh_rules(h) for h in env.c), 30, "mesh rules gone on every host")
+    wait_for(lambda: all(node_ips[h.name] not in h.run("ip", "-o", "addr").stdout for h in env.c), 30,
+             "ingress addresses gone")
+    wait_for(lambda: all(not h.run("ip", "-o", "link", "show", "type", "vxlan").stdout.strip() for h in env.c), 30,
+             "no VXLAN device left")
+    assert get(f"http://{h3.ip}:{port}/name") == ""
