@@ -17,6 +17,7 @@ stack file (deploy/compose/dotenv.py). An unset variable becomes "" with a warni
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -531,6 +532,23 @@ def _stack(root: _At, name: str | None, environ: Mapping[str, str], warnings: li
     if not specs:
         raise StackError(file, services_at.line, "services", "no services defined")
     return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()))
+
+
+DEFAULT_NETWORK = "default"
+
+
+def with_default_network(stack: Stack) -> Stack:
+    """As Swarm: every service that names no network joins the stack's own `<stack>_default`
+    overlay (or the stack's `default:` entry, when the file configures one), so services reach
+    each other by name with no `networks:` written at all."""
+    if all(s.networks for s in stack.services):
+        return stack
+    nets = {n.key: n for n in stack.networks}
+    net = nets.get(DEFAULT_NETWORK) or StackNetwork(DEFAULT_NETWORK, f"{stack.name}_{DEFAULT_NETWORK}")
+    nets[DEFAULT_NETWORK] = net
+    services = tuple(s if s.networks else dataclasses.replace(s, networks=(NetworkAttachment(net.name),))
+                     for s in stack.services)
+    return dataclasses.replace(stack, services=services, networks=tuple(nets.values()))
 
 
 _VERSION = re.compile(r"^3(?:\.[0-9])?$")

@@ -3,13 +3,16 @@ etcd and a scheduler: a service publishing 8080 (ingress mode, the default) with
 and host2 only answers on all three hosts' addresses, host3's included where no task runs, from
 outside (the root namespace, as a client would) and from the host itself (its address and
 127.0.0.1), spread over both tasks; a task going away (scale 2 -> 1) stops receiving; `mode: host`
-answers only where a task runs; a second service cannot take the same port; `service rm` leaves no
-mesh rule, ingress bridge or address behind on any host."""
+answers only where a task runs; a second service cannot take the same port. The stack names no
+network, so its services share `m_default` (as Swarm's) and reach each other by name; `db` is in
+dnsrr mode (its name answers with its tasks' addresses, no VIP). `stack-rm` removes the default
+network too, and leaves no mesh rule, ingress bridge or address behind on any host."""
 
 from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -38,6 +41,12 @@ services:
     ports: [{{target: 81, published: {hport}, mode: host}}]
     deploy:
       placement: {{constraints: ["node.name == host1"]}}
+  db:
+    image: busybox:latest
+    command: ["sleep", "3600"]
+    deploy:
+      replicas: 2
+      endpoint_mode: dnsrr
 """
 
 
@@ -113,6 +122,30 @@ def test_a_published_port_answers_on_every_node_and_follows_the_tasks(env: Env) 
     assert wait_for(lambda: get(f"http://{h1.ip}:{hport}/name"), 30, "host-mode port on host1") == "m_local.1"
     assert get(f"http://{h2.ip}:{hport}/name") == "" and get(f"http://{h3.ip}:{hport}/name") == ""
 
+    # the stack's default network: every service on it, names between them, dnsrr without a VIP
+    default = json.loads(env.ok("network", "inspect", "m_default"))[0]
+    assert default["services"] == ["m_db", "m_local", "m_web"] and default["labels"]["com.docker.stack.namespace"] == "m"
+    assert [v["service"] for v in default["vips"]] == ["m_local", "m_web"]  # none for dnsrr's m_db
+    w1 = next(t for t in web if t.node == "host1")
+
+    def by_name() -> str:
+        r = h1.cli("exec", w1.container_id, "sh", "-c",
+                   "printf 'GET /name HTTP/1.0\\r\\n\\r\\n' | nc -w 3 local 81", timeout=30)
+        return str(r.stdout)
+
+    assert "m_local.1" in wait_for(lambda: "m_local.1" in by_name() and by_name(), 30, "web reaching local by name")
+    wait_for(lambda: len(running(env.sched, "m_db")) == 2, 60, "2 db tasks")
+    db_ips = sorted(e["ip"] for e in json.loads(env.ok("network", "inspect", "m_default"))[0]["endpoints"]
+                    if e["service"] == "m_db")
+    assert len(db_ips) == 2
+
+    def lookup(name: str) -> list[str]:
+        out = h1.cli("exec", w1.container_id, "nslookup", name, timeout=30).stdout
+        return sorted(set(re.findall(r"10\.2[0-9]{2}\.[0-9]+\.[0-9]+", str(out))))
+
+    assert wait_for(lambda: lookup("db") == db_ips and lookup("db"), 30, "db: its tasks' addresses") == db_ips
+    assert lookup("tasks.db") == db_ips
+
     # the port is the mesh's on every node: another service cannot publish it, in either mode
     r = cli(env.sched.address, "service", "create", "--name", "other", "-p", f"{port}:80", "busybox:latest",
             "sleep", "60")
@@ -133,3 +166,4 @@ def test_a_published_port_answers_on_every_node_and_follows_the_tasks(env: Env) 
     wait_for(lambda: all(not h.run("ip", "-o", "link", "show", "type", "vxlan").stdout.strip() for h in env.c), 30,
              "no VXLAN device left")
     assert get(f"http://{h3.ip}:{port}/name") == ""
+    assert "m_default" not in env.ok("network", "ls")

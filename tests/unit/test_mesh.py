@@ -194,3 +194,20 @@ def test_a_stack_sets_endpoint_mode_and_refuses_dnsrr_with_an_ingress_port(tmp_p
         load_stack(write(tmp_path, "services:\n  web:\n    image: busybox\n    deploy: {endpoint_mode: anycast}\n"),
                    "s")
     assert e.value.field == "services.web.deploy.endpoint_mode"
+
+
+def test_services_naming_no_network_join_the_stacks_default_one(tmp_path: Path) -> None:
+    from deploy.stack import with_default_network
+
+    st = load_stack(write(tmp_path, "services:\n  a:\n    image: busybox\n  b:\n    image: busybox\n"
+                                    "    networks: [own]\nnetworks:\n  own: {}\n"), "s")
+    d = with_default_network(st)
+    assert [x.networks for x in d.services] == [(NetworkAttachment("s_default"),), (NetworkAttachment("s_own"),)]
+    assert {n.key: n.name for n in d.networks} == {"own": "s_own", "default": "s_default"}
+    every = load_stack(write(tmp_path, "services:\n  b:\n    image: busybox\n    networks: [own]\n"
+                                       "networks:\n  own: {}\n"), "s")
+    assert with_default_network(every) is every  # nothing to add
+    # a `default:` entry of the file configures it (here: an existing network)
+    ext = load_stack(write(tmp_path, "services:\n  a:\n    image: busybox\nnetworks:\n"
+                                     "  default: {external: true, name: shared}\n"), "s")
+    assert with_default_network(ext).services[0].networks == (NetworkAttachment("shared"),)
