@@ -357,10 +357,23 @@ def build_service_spec(image: str, command: tuple[str, ...], o: dict[str, Any]) 
 
     attachments = []
     for n in o.get("networks", ()):
-        name, _, alias = n.partition(",alias=") if ",alias=" in n else (n.removeprefix("name="), "", "")
-        if not st._NAME.match(name.removeprefix("name=")):
-            raise click.BadParameter(f"invalid network {n!r}", param_hint="--network")
-        attachments.append(NetworkAttachment(name.removeprefix("name="), (alias,) if alias else ()))
+        # docker's --network NAME, or its long form name=NAME,alias=A[,alias=B]
+        fields = dict.fromkeys(("name",), "") if "=" in n else {"name": n}
+        aliases: list[str] = []
+        if "=" in n:
+            for part in n.split(","):
+                k, _, v = part.partition("=")
+                if k == "alias":
+                    aliases.append(v)
+                elif k == "name":
+                    fields["name"] = v
+                else:
+                    raise click.BadParameter(f"{n!r}: unknown field {k!r} (name=NET,alias=A)", param_hint="--network")
+        net = fields["name"]
+        for x in (net, *aliases):
+            if not st._NAME.match(x):
+                raise click.BadParameter(f"{n!r}: invalid name {x!r}", param_hint="--network")
+        attachments.append(NetworkAttachment(net, tuple(aliases)))
     return ServiceSpec(
         name=name, image=image, command=command or None, entrypoint=entrypoint, env=tuple(sorted(env.items())),
         ports=ports, replicas=replicas, mode=mode,

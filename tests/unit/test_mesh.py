@@ -211,3 +211,23 @@ def test_services_naming_no_network_join_the_stacks_default_one(tmp_path: Path) 
     ext = load_stack(write(tmp_path, "services:\n  a:\n    image: busybox\nnetworks:\n"
                                      "  default: {external: true, name: shared}\n"), "s")
     assert with_default_network(ext).services[0].networks == (NetworkAttachment("shared"),)
+
+
+def test_service_create_reads_networks_endpoint_mode_and_ingress_ports() -> None:
+    import click
+
+    from deploy.cli_stack import build_service_spec, service_create
+
+    def spec_of(*args: str) -> ServiceSpec:
+        ctx = service_create.make_context("create", list(args))
+        p = dict(ctx.params)
+        return build_service_spec(p.pop("image"), p.pop("command"), p)  # type: ignore[no-any-return]
+
+    s = spec_of("--name", "web", "--network", "appnet", "--network", "name=other,alias=www,alias=w2",
+                "-p", "8080:80", "-p", "published=81,target=81,mode=host", "busybox", "httpd")
+    assert s.name == "web" and s.networks == (NetworkAttachment("appnet"), NetworkAttachment("other", ("www", "w2")))
+    assert [p.meshed for p in s.ports] == [True, False] and s.endpoint_mode == "vip"
+    with pytest.raises(click.UsageError, match="needs --endpoint-mode vip"):
+        spec_of("--name", "web", "--endpoint-mode", "dnsrr", "-p", "8080:80", "busybox")
+    with pytest.raises(click.BadParameter, match="unknown field 'bogus'"):
+        spec_of("--name", "web", "--network", "name=a,bogus=1", "busybox")
