@@ -118,6 +118,11 @@ def test_a_published_port_answers_on_every_node_and_follows_the_tasks(env: Env) 
     node_ips = {e["node"]: e["ip"] for e in ingress["endpoints"] if e["task_id"].startswith("node:")}
     assert set(node_ips) == {"host1", "host2", "host3"}
     assert node_ips["host3"] in h3.run("ip", "-o", "addr").stdout
+    # host3 reaches a task's ingress address itself: its bridge answers to the MAC its peers were
+    # told (02:42 + the address), not the random one a bridge starts with
+    task_ips = [e["ip"] for e in ingress["endpoints"] if e["service"] == "m_web"]
+    assert len(task_ips) == 2
+    assert all(h3.http_get(f"http://{ip}/name").strip() in names for ip in task_ips)
     # host mode: only host1, where its task runs, answers
     assert wait_for(lambda: get(f"http://{h1.ip}:{hport}/name"), 30, "host-mode port on host1") == "m_local.1"
     assert get(f"http://{h2.ip}:{hport}/name") == "" and get(f"http://{h3.ip}:{hport}/name") == ""
