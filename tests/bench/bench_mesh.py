@@ -201,12 +201,12 @@ def main(argv: list[str] | None = None) -> int:
 
                     # one task killed: gone from every host's mesh and every client's VIP rules
                     tasks = running(s, name)
-                    victim = next(t for t in tasks if t.node == "host1")
+                    victim = tasks[0]
                     net = json.loads(ok("network", "inspect", "benchnet"))[0]
                     ing = json.loads(ok("network", "inspect", "ingress"))[0]
-                    vip_ip = next(e["ip"] for e in net["endpoints"] if e["task_id"] == victim.id)
-                    ing_ip = next(e["ip"] for e in ing["endpoints"] if e["task_id"] == victim.id)
-                    h1 = next(h for h in c if h.name == "host1")
+                    vip_ip = {e["task_id"]: e["ip"] for e in net["endpoints"]}[victim.id]
+                    ing_ip = {e["task_id"]: e["ip"] for e in ing["endpoints"]}[victim.id]
+                    h1 = next(h for h in c if h.name == victim.node)
                     t1 = time.time()
                     h1.cli("kill", f"{victim.name}.{victim.id}")
                     rules = [lambda h=h: f"{ing_ip}:80" not in h.run("iptables", "-w", "-t", "nat", "-S").stdout
