@@ -31,7 +31,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("-d", "--driver", default="overlay", show_default=True, help="Network driver (overlay)")
 @click.option("--subnet", default="", help="Subnet in CIDR form (default: a free /24 of 10.240.0.0/12)")
 @click.option("--attachable", is_flag=True, help="Plain containers may join it (not supported yet: refused)")
-@click.option("--internal", is_flag=True, help="No access beyond the network (not supported yet: refused)")
+@click.option("--internal", is_flag=True, help="No route out: a task only on internal networks reaches nothing beyond them")
 @click.option("--opt", "-o", "opts", multiple=True, help="Driver option: mtu=N")
 @click.option("--label", "labels", multiple=True, help="Set metadata on the network: KEY=VALUE")
 @click.argument("name")

@@ -610,12 +610,12 @@ def _networks(at: _At | None, stack: str) -> dict[str, StackNetwork]:
                         ipaddress.IPv4Network(subnet, strict=True)
                     except ValueError as e:
                         sub.fail(f"invalid subnet {subnet!r}: {e}")
-        for flag, why in (("attachable", "plain containers cannot join cluster networks yet"),
-                          ("internal", "a task keeps its host bridge's egress")):
-            f_at = n.child(flag)
-            if f_at is not None and f_at.boolean():
-                f_at.fail(f"not supported yet: {why}")
-        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet, labels=_labels(n.child("labels")))
+        f_at = n.child("attachable")
+        if f_at is not None and f_at.boolean():
+            f_at.fail("not supported yet: plain containers cannot join cluster networks yet")
+        internal = _opt(n, "internal", _At.boolean, False)
+        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet, internal=internal,
+                                labels=_labels(n.child("labels")))
     return out
 
 

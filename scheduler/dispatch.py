@@ -28,7 +28,7 @@ from common.devices import DeviceMapping
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState
-from scheduler.network import attached, mac_for
+from scheduler.network import INGRESS, attached, mac_for
 from scheduler.observe import ContainerReport, observed
 from scheduler.store import Conflict, Store, StoreError
 from scheduler.view import View
@@ -56,7 +56,10 @@ def overlays_of(t: Task, spec: ServiceSpec, view: View) -> list[apb.OverlayAttac
         if net is None or ip is None:
             return None
         out.append(apb.OverlayAttachment(network=net.name, vni=net.vni, subnet=net.subnet, ip=ip, mac=mac_for(ip),
-                                         mtu=net.mtu))
+                                         mtu=net.mtu, internal=net.internal))
+    if any(o.internal for o in out) and all(o.internal or o.network == INGRESS for o in out):
+        for o in out:  # the mesh's replies go back over the ingress network: it needs no route out either
+            o.internal = True
     return out
 
 

@@ -141,8 +141,6 @@ def new_network(name: str, existing: Iterable[Network], *, subnet: str = "", dri
     # reaches beyond the host, so neither would be honoured.
     if attachable:
         raise NetworkError("--attachable: plain containers cannot join cluster networks yet (only services' tasks)")
-    if internal:
-        raise NetworkError("--internal: not supported yet (a task keeps its host bridge's egress)")
     if mtu and not 576 <= mtu <= 9000:
         raise NetworkError(f"mtu {mtu}: between 576 and 9000")
     taken = [n.network for n in nets]
@@ -183,16 +181,27 @@ def attached(spec: ServiceSpec) -> tuple[str, ...]:
     return (*names, INGRESS) if spec.mesh_ports and INGRESS not in names else names
 
 
-def check_endpoint(spec: ServiceSpec, others: Iterable[ServiceSpec]) -> None:
+def host_ports_isolated(spec: ServiceSpec, networks: Mapping[str, Network]) -> bool:
+    nets = [networks[a.name] for a in spec.networks if a.name in networks]
+    return bool(nets) and all(n.internal for n in nets) and bool(spec.host_ports)
+
+
+def check_endpoint(spec: ServiceSpec, others: Iterable[ServiceSpec],
+                   networks: Mapping[str, Network] | None = None) -> None:
     """A service's endpoint against the rest of the cluster (Swarm's checks): a port published
     through the mesh belongs to one service on every node, so no other service may publish it in
     any mode; dnsrr has no virtual IP for the mesh to reach."""
     if spec.endpoint_mode not in ("vip", "dnsrr"):
         raise NetworkError(f"service {spec.name}: endpoint_mode {spec.endpoint_mode!r}: vip or dnsrr")
+    networks = networks or {}
     if spec.endpoint_mode == "dnsrr" and spec.mesh_ports:
         p = spec.mesh_ports[0]
         raise NetworkError(f"service {spec.name}: port {p.published}/{p.protocol} is published in ingress mode, "
                            "which needs endpoint_mode vip (publish it with mode: host for dnsrr)")
+    if host_ports_isolated(spec, networks):
+        p = next(p for p in spec.ports if p.published is not None and not p.meshed)
+        raise NetworkError(f"service {spec.name}: port {p.published}/{p.protocol} in host mode needs a route out of "
+                           f"the node, and every network of the service is internal (publish it in ingress mode)")
     if any(a.name == INGRESS for a in spec.networks):
         raise NetworkError(f"service {spec.name}: network {INGRESS} is the routing mesh's; a service joins it by "
                            "publishing a port")

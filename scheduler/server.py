@@ -650,7 +650,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         pool = [svc.spec for name, svc in self.view.services.items() if name not in new] + specs
         for spec in specs:
             try:
-                netmod.check_endpoint(spec, pool)
+                netmod.check_endpoint(spec, pool, self.view.networks)
             except netmod.NetworkError as e:
                 raise Invalid(str(e)) from None
         if not any(s.mesh_ports for s in specs):

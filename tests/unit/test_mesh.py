@@ -231,3 +231,34 @@ def test_service_create_reads_networks_endpoint_mode_and_ingress_ports() -> None
         spec_of("--name", "web", "--endpoint-mode", "dnsrr", "-p", "8080:80", "busybox")
     with pytest.raises(click.BadParameter, match="unknown field 'bogus'"):
         spec_of("--name", "web", "--network", "name=a,bogus=1", "busybox")
+
+
+def test_internal_networks_isolate_a_task_and_refuse_host_ports(tmp_path: Path) -> None:
+    from agent.model import Overlay, isolated
+    from scheduler.dispatch import overlays_of
+    from scheduler.view import View
+
+    back = netmod.new_network("back", [INGRESS, APP], internal=True)
+    st = load_stack(write(tmp_path, "services:\n  db:\n    image: busybox\n    networks: [back]\n"
+                                    "networks:\n  back: {internal: true}\n"), "s")
+    assert st.networks[0].internal
+    nets = {"back": back, "ingress": INGRESS, "appnet": APP}
+    with pytest.raises(NetworkError, match="every network of the service is internal"):
+        check_endpoint(spec("db", host(8080), networks=("back",)), [], nets)
+    check_endpoint(spec("db", mesh(8080), networks=("back",)), [], nets)  # the mesh needs no route out
+    check_endpoint(spec("db", host(8080), networks=("back", "appnet")), [], nets)
+
+    # the dispatcher marks a task isolated only when all its networks are internal (ingress aside)
+    view = View.__new__(View)
+    view.networks = nets
+    s = spec("db", mesh(8080), networks=("back",))
+    t = task("t1", 1, s)
+    view.allocations = {("back", "10.240.2.2"): Allocation("back", "10.240.2.2", "t1", "db", 1),
+                        ("ingress", "10.255.0.2"): Allocation("ingress", "10.255.0.2", "t1", "db", 1),
+                        ("appnet", "10.240.1.2"): Allocation("appnet", "10.240.1.2", "t1", "db", 1)}
+    out = overlays_of(t, s, view)
+    assert out is not None and [(o.network, o.internal) for o in out] == [("back", True), ("ingress", True)]
+    mixed = overlays_of(t, spec("db", networks=("back", "appnet")), view)
+    assert mixed is not None and [o.internal for o in mixed] == [True, False]
+    assert isolated([Overlay("back", internal=True), Overlay("ingress", internal=True)])
+    assert not isolated([Overlay("back", internal=True), Overlay("appnet")]) and not isolated([])

@@ -413,13 +413,13 @@ BAD = [
             external: true
             driver: overlay
         """, 4, "networks.shared", "driver cannot be set here"),
-    ("internal network", """\
+    ("attachable network", """\
         services:
           web: {image: nginx}
         networks:
           back:
-            internal: true
-        """, 5, "networks.back.internal", "not supported yet"),
+            attachable: true
+        """, 5, "networks.back.attachable", "not supported yet"),
     ("network driver", """\
         services:
           web: {image: nginx}
