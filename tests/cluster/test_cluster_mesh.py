@@ -152,7 +152,9 @@ def test_a_published_port_answers_on_every_node_and_follows_the_tasks(env: Env) 
     try:
         wait_for(reached, 60, "web reaching local by name")
     except AssertionError:
-        raise AssertionError(f"{seen[-3:]}; {h1.cli('exec', w1.container_id, 'nslookup', 'local').stdout}") from None
+        log = [ln for ln in h1.log.read_text().splitlines() if "resolver" in ln or "ERROR" in ln or "Traceback" in ln]
+        raise AssertionError(f"{seen[-3:]}; {h1.cli('exec', w1.container_id, 'nslookup', 'local').stdout}; "
+                             f"{h1.cli('exec', w1.container_id, 'cat', '/etc/resolv.conf').stdout}; {log[-20:]}") from None
     wait_for(lambda: len(running(env.sched, "m_db")) == 2, 60, "2 db tasks")
     db_ips = sorted(e["ip"] for e in json.loads(env.ok("network", "inspect", "m_default"))[0]["endpoints"]
                     if e["service"] == "m_db")
