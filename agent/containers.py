@@ -40,6 +40,7 @@ from agent.model import (
     RestartPolicy,
     StartFailed,
     Ulimit,
+    isolated,
 )
 from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames, messages
@@ -578,7 +579,8 @@ class ContainerManager:
 
                 try:
                     ep = _replace(ep, overlays=self.network.overlay_endpoints(
-                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]),
+                        isolated=isolated(c.config.overlays))
                 except network.NetworkError as e:
                     await asyncio.to_thread(bridge.release, c.id)
                     raise InvalidArgument(str(e)) from e

@@ -110,6 +110,13 @@ class Overlay:
     ip: str = ""
     mac: str = ""
     mtu: int = 0
+    internal: bool = False
+
+
+def isolated(overlays: list[Overlay]) -> bool:
+    """Only on internal networks (the scheduler marks the ingress attachment of such a task
+    internal too): the container gets no route out of them."""
+    return bool(overlays) and all(o.internal for o in overlays)
 
 
 @dataclass
