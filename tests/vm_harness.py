@@ -123,7 +123,12 @@ class VM:
         self.sh(f"dev=$(ls /sys/class/net | grep -E '^(ens|enp0s){LINK_NIC_SLOT}$' | head -n 1); "
                 f"[ -n \"$dev\" ] || {{ ls /sys/class/net >&2; exit 1; }}; "
                 f"ip link set \"$dev\" up && ip addr add {self.address}/24 dev \"$dev\" && "
-                f"hostnamectl set-hostname {self.name} 2>/dev/null || hostname {self.name}")
+                f"hostname {self.name} && echo {self.name} > /etc/hostname && "
+                f"echo '127.0.1.1 {self.name}' >> /etc/hosts")
+        # What the box's packages start at boot and dockyard does not use, off: under TCG every
+        # idle daemon is CPU the agent lacks (Debian's etcd-server starts its own etcd).
+        self.sh("systemctl stop etcd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer "
+                "fstrim.timer dpkg-db-backup.timer 2>/dev/null; true")
 
     def _ssh_ok(self) -> bool:
         return subprocess.run(self.ssh_argv("true"), capture_output=True, timeout=30).returncode == 0
@@ -174,12 +179,14 @@ class VMCluster:
             with contextlib.suppress(OSError):
                 (vm.dir / "disk.qcow2").unlink()
 
-    def inventory(self, path: Path, agent_args: list[str] | None = None) -> Path:
-        """hosts.yaml: SSH to each VM's forwarded port, advertise its link address, node1 the scheduler."""
+    def inventory(self, path: Path, agent_args: list[str] | None = None, ttl: int = 10) -> Path:
+        """hosts.yaml: SSH to each VM's forwarded port, advertise its link address, node1 the scheduler.
+        ttl: the scheduler's node and leader leases (default 3 s): a TCG guest's scheduler at load
+        misses 3 s refreshes (its leadership flapped in the first runs)."""
         hosts = [{"name": vm.name, "address": "127.0.0.1", "port": vm.ssh_port, "advertise": vm.address,
                   "role": "scheduler" if vm.index == 1 else "agent"} for vm in self.vms]
         doc = {"defaults": {"user": "vagrant", "key": str(self.box.key), "known_hosts": False, "sudo": True,
-                            "agent_args": agent_args or []},
+                            "agent_args": agent_args or [], "scheduler_args": ["--ttl", str(ttl)]},
                "hosts": hosts}
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path
