@@ -45,6 +45,12 @@ test-cluster:
 test-vm:
 	DOCKYARD_TEST_VM=full $(PYTEST_RUN) -s tests/vm
 
+# Faults from a seeded schedule on 3 netns hosts, 2 schedulers and a 3-member etcd, the invariants
+# checked all along (tests/soak.py): SOAK_S seconds (default 600), SOAK_SEED to replay a run.
+SOAK_S ?= 600
+soak:
+	SOAK_S=$(SOAK_S) $(PY) -m tests.soak
+
 lint:
 	$(VENV)/bin/ruff check agent scheduler deploy protos tests common
 	$(VENV)/bin/mypy

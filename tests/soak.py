@@ -45,7 +45,7 @@ from pathlib import Path
 from protos import cluster_pb2 as cpb
 from tests.cluster_harness import SchedulerProcess, cli, tasks
 from tests.etcd_server import EtcdCluster, EtcdServer
-from tests.multihost import Cluster, Host, alive, cluster, join
+from tests.multihost import Cluster, Host, alive, cluster, join, wait_for
 
 NODE_TTL = 3              # the scheduler's default node lease
 RECOVERY_BOUND = 60.0     # seconds from a fault's heal to the stack converged again
@@ -70,6 +70,11 @@ class Fault:
     healed: float = 0.0
     recovered: float = 0.0     # seconds from heal to converged; 0 while not yet
 
+    @property
+    def outage(self) -> float:
+        """Seconds from the fault's start to converged (includes the time it was held)."""
+        return self.healed - self.at + self.recovered if self.recovered else 0.0
+
 
 @dataclass
 class Report:
@@ -79,14 +84,17 @@ class Report:
     violations: list[str] = field(default_factory=list)
 
     def table(self) -> str:
-        rows = ["| fault | injected | recovered | worst recovery s | p50 s |", "| --- | --- | --- | --- | --- |"]
+        rows = ["| fault | injected | recovered | after heal: p50 s | worst s | from the start: p50 s | worst s |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
         for kind in KINDS:
             fs = [f for f in self.faults if f.kind == kind]
             if not fs:
                 continue
             rec = [f.recovered for f in fs if f.recovered]
-            rows.append(f"| {kind} | {len(fs)} | {len(rec)} | {max(rec, default=0):.1f} | "
-                        f"{statistics.median(rec) if rec else 0:.1f} |")
+            out = [f.outage for f in fs if f.recovered]
+            rows.append(f"| {kind} | {len(fs)} | {len(rec)} | {statistics.median(rec) if rec else 0:.1f} | "
+                        f"{max(rec, default=0):.1f} | {statistics.median(out) if out else 0:.1f} | "
+                        f"{max(out, default=0):.1f} |")
         rec = sorted(f.recovered for f in self.faults if f.recovered)
         p99 = rec[min(len(rec) - 1, int(len(rec) * 0.99))] if rec else 0.0
         by = Counter(v.split(":", 1)[0] for v in self.violations)
@@ -140,21 +148,26 @@ class Soak:
     def addresses(self) -> str:
         return ",".join(s.address for s in self.scheds)
 
-    def converged(self) -> bool:
-        """Every service at its count, running, one copy per slot over all hosts, on the task's node."""
+    def gap(self) -> str:
+        """What keeps the stack from being converged ("" when it is): every service at its count,
+        running, one copy per task over all hosts' kernels, on the task's node."""
         try:
-            s = self.live_scheduler()
-            ts = [t for t in tasks(s) if t.desired_state == "running"]
-        except Exception:
-            return False
-        per = Counter(t.service.split("_", 1)[-1] for t in ts if t.state == "running")
-        if any(per.get(name, 0) != n for name, n in self.desired.items()):
-            return False
+            ts = [t for t in tasks(self.live_scheduler()) if t.desired_state == "running"]
+        except Exception as e:
+            return f"no scheduler answers ({type(e).__name__})"
+        per = Counter(t.service.removeprefix("soak_") for t in ts if t.state == "running")
+        short = [f"{name} {per.get(name, 0)}/{n}" for name, n in self.desired.items() if per.get(name, 0) != n]
+        if short:
+            return "running: " + ", ".join(short)
         where: dict[str, list[str]] = {}
         for h in self.c:
             for _, task in self.copies(h):
                 where.setdefault(task, []).append(h.name)
-        return all(where.get(t.id) == [t.node] for t in ts)
+        wrong = [f"{t.name} on {t.node} has copies on {where.get(t.id, [])}" for t in ts if where.get(t.id) != [t.node]]
+        wanted = {t.id for t in ts}
+        wrong += [f"a stale copy of task {task[:12]} runs on {hosts}" for task, hosts in where.items()
+                  if task not in wanted]
+        return "; ".join(wrong[:3])
 
     def check_doubles(self) -> None:
         now = time.monotonic()
@@ -250,12 +263,14 @@ class Soak:
 
     def wait_recovered(self, f: Fault) -> None:
         deadline = f.healed + RECOVERY_BOUND
+        why = ""
         while time.monotonic() < deadline:
-            if self.converged():
-                f.recovered = time.monotonic() - f.healed
+            why = self.gap()
+            if not why:
+                f.recovered = max(time.monotonic() - f.healed, 0.001)
                 return
             time.sleep(0.5)
-        self.violation(f"recovery: not converged {RECOVERY_BOUND:.0f} s after {f.kind} {f.target}")
+        self.violation(f"recovery: not converged {RECOVERY_BOUND:.0f} s after {f.kind} {f.target}: {why}")
 
     # --- the run
 
@@ -277,8 +292,9 @@ class Soak:
                 kind = self.rng.choice(KINDS)
                 f = self.inject(kind)
                 self.wait_recovered(f)
-                print(f"soak: {time.monotonic() - start:6.1f} s  {f.kind:<12} {f.target:<22} "
-                      f"recovered in {f.recovered:.1f} s" if f.recovered else "", flush=True)
+                print(f"soak: {time.monotonic() - start:6.1f} s  {f.kind:<12} {f.target:<22} held "
+                      f"{f.healed - f.at:4.1f} s, converged {f.recovered:.1f} s after" if f.recovered else
+                      f"soak: {f.kind} {f.target}: not converged", flush=True)
                 time.sleep(self.rng.uniform(0.5, 2.0))
         finally:
             self.stop.set()
@@ -326,6 +342,8 @@ def soak_cluster(base: Path, busybox_tar: Path, seed: int) -> Iterator[Soak]:
             addresses = ",".join(s.address for s in scheds)
             for h in c:
                 join(h, addresses)
+            wait_for(lambda: len([n for n in scheds[0].stub.ListNodes(cpb.Empty(), timeout=5).nodes
+                                  if n.status == "ready"]) == 3, 60, "3 nodes ready")
             yield Soak(c, etcd, scheds, base, seed)
         finally:
             for s in scheds:

@@ -45,7 +45,7 @@ class VMDockyard:
         self.timings[what] = time.monotonic() - t0
         return self.timings[what]
 
-    def dy(self, vm: VM, *args: str, timeout: float = 180, check: bool = True, input: str | None = None) -> str:
+    def dy(self, vm: VM, *args: str, timeout: float = 600, check: bool = True, input: str | None = None) -> str:
         cmd = (f"cd {GUEST_PROJECT} && DOCKYARD_SCHEDULER={self.scheduler} .venv/bin/python -m deploy.cli "
                + " ".join(shlex.quote(a) for a in args))
         return vm.sh(cmd, timeout=timeout, check=check, input=input)
@@ -53,10 +53,11 @@ class VMDockyard:
     def up(self) -> str:
         t0 = time.monotonic()
         p = subprocess.run([*CLI, "cluster", "up", "-i", str(self.inventory), "--no-install", "--timeout", "60",
-                            "--ready-timeout", "300"], capture_output=True, text=True, cwd=REPO, timeout=900)
+                            "--ready-timeout", "900"], capture_output=True, text=True, cwd=REPO, timeout=2400)
         self.timed("cluster up over SSH", t0)
         if p.returncode != 0:
             raise RuntimeError(f"cluster up failed ({p.returncode}):\n{p.stdout}\n{p.stderr}")
+        print("\n" + p.stdout.strip())  # each host's steps with their times
         return p.stdout
 
     def import_busybox(self) -> None:
