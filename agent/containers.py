@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import logging
@@ -17,8 +18,8 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +27,7 @@ from agent import hostconfig, names, restart
 from agent.checkpointing import Checkpoints
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
+from agent.localnets import LocalNetworks
 from agent.model import (
     AgentError,
     Conflict,
@@ -35,12 +37,11 @@ from agent.model import (
     Mount,
     NotFound,
     Port,
-    Resources,
     RestartPolicy,
     StartFailed,
 )
 from agent.resolver import RESOLV_CONF
-from agent.runtime import cgroups, frames
+from agent.runtime import cgroups, frames, messages
 from agent.runtime.procs import pid_start_time, process_alive, trace
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
@@ -59,6 +60,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dockyard.agent")
 
+
+# What `update` may change (docker update's resource flags; device rates and rules are set at create).
+UPDATABLE_LIMITS = frozenset({"memory", "memory_swap", "nano_cpus", "cpu_shares", "pids_limit", "blkio_weight"})
 
 class ContainerNetwork(Protocol):
     """What the manager needs of the containers' network: runtime/network/bridge.py's BridgeNetwork
@@ -127,6 +131,8 @@ class ContainerManager:
         self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
+        self.localnets = LocalNetworks(root, lambda: list(self.containers.values()))   # user-defined networks
+        self.on_change.append(self.localnets.on_change)
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -201,6 +207,7 @@ class ContainerManager:
         from agent.health import from_image, resolve
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
+        cfg.mounts += self._volumes_from(cfg)
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:
@@ -225,6 +232,24 @@ class ContainerManager:
             raise
         self.containers[cid] = c
         return c
+
+    def _volumes_from(self, cfg: ContainerConfig) -> list[Mount]:
+        """--volumes-from CONTAINER[:ro|rw]: that container's volumes and binds at the same targets
+        (ro/rw overrides their mode), under this run's own mounts; never its tmpfs (docker's rule)."""
+        covered = {os.path.normpath(m.target) for m in cfg.mounts}
+        out: list[Mount] = []
+        for spec in cfg.volumes_from:
+            ref, _, mode = spec.partition(":")
+            if mode not in ("", "ro", "rw"):
+                raise InvalidArgument(f"--volumes-from {spec}: invalid mode {mode!r} (ro or rw)")
+            other = self.get(ref)
+            for m in other.config.mounts:
+                if m.type == "tmpfs" or os.path.normpath(m.target) in covered:
+                    continue
+                covered.add(os.path.normpath(m.target))
+                out.append(replace(m, readonly=(mode == "ro") if mode else m.readonly, anonymous=False,
+                                   create_source=False, origin="", spec="", volume_labels={}, volume_options={}))
+        return out
 
     def _prepare_mounts(self, cfg: ContainerConfig) -> list[str]:
         """What the mounts need on this host, before the container is made: bind sources (-v makes
@@ -254,6 +279,18 @@ class ContainerManager:
             raise
         return made
 
+    def set_network(self, c: Container, mode: str, aliases: list[str], links: list[str]) -> None:
+        """docker network connect/disconnect of a container that is not running: its one network
+        (checked as at create), its aliases there and its links."""
+        if c.state.status in ("running", "paused", "restarting") and mode != c.config.network_mode:
+            raise Conflict(f"container {c.name} is running: its network cannot change until it stops")
+        cfg = replace(c.config, network_mode=mode, network_aliases=list(aliases), links=list(links))
+        if cfg.ports and mode in ("none", "host"):
+            cfg.ports = []   # docker keeps the bindings but publishes nothing without a network
+        self._validate(cfg)
+        c.config = cfg
+        self._save(c)
+
     def _free_name(self) -> str:
         taken = {c.name for c in self.containers.values()}
         for _ in range(100):
@@ -276,7 +313,16 @@ class ContainerManager:
         if not cfg.image:
             raise InvalidArgument("an image is required")
         if cfg.network_mode not in ("", "bridge", "none", "host", "default"):
-            raise InvalidArgument(f"--network {cfg.network_mode}: must be bridge, none or host")
+            n = self.localnets.find(cfg.network_mode)
+            if n is None:
+                raise NotFound(f"network {cfg.network_mode} not found")
+            cfg.network_mode = n.name   # (it may have been given by id)
+        if cfg.network_aliases and not self.localnets.is_local(cfg.network_mode):
+            raise InvalidArgument("network-scoped aliases are only supported for user-defined networks")
+        for link in cfg.links:
+            name, _, alias = link.partition(":")
+            if not name or (alias and not names.valid_name(alias.lstrip("/"))):
+                raise InvalidArgument(f"--link {link}: expected CONTAINER[:ALIAS]")
         if cfg.pid_mode not in ("", "host"):
             raise InvalidArgument(f"--pid {cfg.pid_mode}: must be host or empty")
         if cfg.ipc_mode not in ("", "host", "private", "shareable"):
@@ -297,7 +343,7 @@ class ContainerManager:
             if p.protocol not in ("tcp", "udp"):
                 raise InvalidArgument(f"invalid protocol {p.protocol!r} for port {p.container_port}")
         try:
-            cgroups.Resources(**_resources_kwargs(cfg)).validate()
+            cfg.resources.validate()
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
         hostconfig.check(cfg)
@@ -376,11 +422,12 @@ class ContainerManager:
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         if c.endpoint:
             hosts += f"{c.endpoint['ip']}\t{hostname}\n"
+        bridge = self._bridge_of(c) or self.network
+        hosts += self._link_hosts(cfg)
         if cfg.extra_hosts:
-            hosts += hostconfig.extra_hosts(cfg, str(getattr(self.network, "gateway", "")))
+            hosts += hostconfig.extra_hosts(cfg, str(getattr(bridge, "gateway", "")))
         nodes, rules = devices_for(cfg)
-        resources = _resources_kwargs(cfg, as_json=True)
-        resources["devices"] = [r.to_dict() for r in rules]
+        resources = dataclasses.replace(cfg.resources, devices=rules)
         spec = RuntimeSpec(
             id=c.id, state_dir=str(files.dir), rootfs=str(files.dir / "rootfs"), mounts=mounts,
             process=ProcessSpec(
@@ -395,11 +442,11 @@ class ContainerManager:
             hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
             cgroup=resources, cgroup_parent=self.cg.parent,
             cgroup_root=self.cg.root,
-            network=c.endpoint, network_state_dir=str(self.network.state_dir),
-            bridge=self.network.name, subnet=str(self.network.subnet),
+            network=c.endpoint, network_state_dir=str(bridge.state_dir),
+            bridge=bridge.name, subnet=str(bridge.subnet),
             etc_hosts=hosts, log_path=str(files.log), devices=nodes,
-            etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None
-            else hostconfig.resolv_conf(cfg, _resolv_conf()),
+            etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
+            or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
@@ -410,6 +457,20 @@ class ContainerManager:
             spec.process.seccomp = False
             spec.masked_paths, spec.readonly_paths, spec.readonly_sysfs = [], [], False
         return spec
+
+    def _link_hosts(self, cfg: ContainerConfig) -> str:
+        """--link NAME[:ALIAS]: the running container's address under both names, in /etc/hosts."""
+        out = ""
+        for link in cfg.links:
+            name, _, alias = link.partition(":")
+            other = self.get(name)
+            if other.state.status not in ("running", "paused") or not other.ip_address:
+                raise InvalidArgument(f"Cannot link to a non running container: /{other.name} AS {alias or name}")
+            if other.config.network_mode != cfg.network_mode:
+                raise InvalidArgument(f"--link {link}: /{other.name} is on network {other.config.network_mode}, "
+                                      f"not {cfg.network_mode or 'bridge'}")
+            out += f"{other.ip_address}\t{' '.join(dict.fromkeys(x for x in (alias, other.name) if x))}\n"
+        return out
 
     def _container_mounts(self, c: Container) -> list[ContainerMount]:
         out = []
@@ -480,13 +541,16 @@ class ContainerManager:
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
-        if c.endpoint is None and c.config.network_mode in ("", "bridge", "default"):
+        bridge = self._bridge_of(c)
+        if c.endpoint is None and bridge is not None:
             from agent.runtime import network
 
             mappings = [network.PortMapping(p.host_ip, p.host_port, p.container_port, p.protocol)
                         for p in c.config.ports]
+            if self.localnets.is_local(c.config.network_mode):
+                self.localnets.loop = asyncio.get_running_loop()
             try:
-                ep = await asyncio.to_thread(self.network.allocate, c.id, mappings)
+                ep = await asyncio.to_thread(bridge.allocate, c.id, mappings)
             except network.PortInUse as e:
                 raise Conflict(str(e)) from e
             except network.NetworkError as e:
@@ -498,7 +562,7 @@ class ContainerManager:
                     ep = _replace(ep, overlays=self.network.overlay_endpoints(
                         c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
                 except network.NetworkError as e:
-                    await asyncio.to_thread(self.network.release, c.id)
+                    await asyncio.to_thread(bridge.release, c.id)
                     raise InvalidArgument(str(e)) from e
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
@@ -517,41 +581,46 @@ class ContainerManager:
                             "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
                             "lazy": self.checkpoints.restoring_lazily(c)}
         # (The shim writes it to runtime.json once the container runs.)
-        reply = self.zygote.request({"op": "start", "spec": spec,
-                                     "files": {"dir": str(files.dir), "socket": str(files.socket)}},
+        reply = self.zygote.request(messages.Start(spec, str(files.dir), str(files.socket)),
                                     [client] if client >= 0 else None)
         attached = False
+        msg: messages.Message | None
         try:
             while True:
-                msg, _ = await reply.recv(timeout=60)
-                if msg is None or msg.get("op") != "attach":
+                try:
+                    msg, _ = await reply.recv(messages.Attach, messages.Started, messages.Failed, timeout=60)
+                except messages.ProtocolError as e:
+                    msg = messages.Failed(f"shim: {e}")
+                if not isinstance(msg, messages.Attach):
                     break
                 # The shim asks us to wire the veth into its init's network namespace: the bridge
                 # and pyroute2 are ours (shim.py _ask_attach).
                 try:
-                    await asyncio.to_thread(self._attach_network, c, int(msg["pid"]))
+                    await asyncio.to_thread(self._attach_network, c, msg.pid)
                     attached = True
-                    reply.send({"op": "attached"})
+                    reply.send(messages.Attached())
                 except Exception as e:
-                    reply.send({"op": "error", "error": str(e)})
+                    reply.send(messages.Error(str(e)))
         finally:
             reply.close()
-        if msg is None or "error" in msg:
+        if not isinstance(msg, messages.Started):
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
             if c.config.mounts and self._has_device_volume(c):
                 await asyncio.to_thread(self._release_volumes, c)
-            err = (msg or {}).get("error", "the shim exited before it reported")
+            failed = msg if isinstance(msg, messages.Failed) else \
+                messages.Failed("the shim exited before it reported")
+            err = failed.error
             c.state.error = err
-            c.state.exit_code = int((msg or {}).get("exit_code", 128))
+            c.state.exit_code = failed.exit_code
             self._save(c)
             if c.config.auto_remove:
                 self._spawn(self.remove(c.id, force=True))
             raise StartFailed(f"failed to start container {c.name}: {err}", c.state.exit_code)
         trace("agent: shim replied")
         c.state.status = "running"
-        c.state.pid = int(msg["pid"])
+        c.state.pid = msg.pid
         c.state.started_at = time.time()
         if c.state.checkpoint:
             shutil.rmtree(c.state.checkpoint, ignore_errors=True)  # used, or made stale by a fresh start
@@ -572,7 +641,13 @@ class ContainerManager:
         from agent.runtime import network
 
         assert c.endpoint is not None
-        self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)
+        self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)   # (on the endpoint's own bridge)
+        if self.localnets.is_local(c.config.network_mode):
+            try:
+                self.localnets.open_resolver(c, pid)
+            except (OSError, network.NetworkError) as e:
+                self.network.detach(network.Endpoint.from_dict(c.endpoint))
+                raise network.NetworkError(f"its resolver at 127.0.0.11: {e}") from e
         if c.config.overlays and self.resolvers is not None:
             try:
                 self.resolvers.open(c.id, tuple(o.network for o in c.config.overlays), pid)
@@ -586,10 +661,19 @@ class ContainerManager:
         with contextlib.suppress(Exception):
             self.network.detach(network.Endpoint.from_dict(endpoint))
 
+    def _bridge_of(self, c: Container) -> Any:
+        """The bridge the container's eth0 is on: the agent's, a user network's, or None (host, none)."""
+        mode = c.config.network_mode
+        if mode in ("", "bridge", "default"):
+            return self.network
+        n = self.localnets.find(mode) if mode not in ("host", "none") else None
+        return self.localnets.bridge_of(n) if n is not None else None
+
     def _release_network(self, c: Container) -> None:
         if c.endpoint is not None:
             with contextlib.suppress(Exception):
-                self.network.release(c.id)
+                bridge = self._bridge_of(c) or self.network
+                bridge.release(c.id)
             c.endpoint = None
             c.ip_address = ""
 
@@ -933,19 +1017,29 @@ class ContainerManager:
         return [f"volume {n} is also used by {', '.join(u)}" for n in volume_names(c)
                 if (u := [x for x in self.volume_users(n) if not x.startswith(f"{c.name} (")])]
 
-    async def update(self, ref: str, resources: Resources | None = None,
+    async def update(self, ref: str, limits: Mapping[str, int] | None = None,
                      restart_policy: RestartPolicy | None = None) -> Container:
-        """docker update: new limits (applied to a live cgroup at once) and restart policy."""
+        """docker update: the limits named in `limits` (Resources fields: memory, nano_cpus, ...)
+        change, the others keep their values; applied to a live cgroup at once. The device rules
+        stay those the container started with: an update changes limits, not what it may open."""
         c = self.get(ref)
         cfg = copy.deepcopy(c.config)
-        if resources is not None:
-            cfg.resources = resources
+        if limits:
+            unknown = sorted(set(limits) - UPDATABLE_LIMITS)
+            if unknown:
+                raise InvalidArgument(f"update: {', '.join(unknown)} cannot be updated")
+            changes: dict[str, Any] = dict(limits)
+            cfg.resources = dataclasses.replace(cfg.resources, **changes)
         if restart_policy is not None:
             cfg.restart_policy = restart_policy
         self._validate(cfg)
-        if resources is not None and c.state.status in ("running", "paused") and self.cg.exists(c.id):
+        if limits and c.state.status in ("running", "paused") and self.cg.exists(c.id):
             try:
-                await asyncio.to_thread(self.cg.update, c.id, cgroups.Resources(**_resources_kwargs(cfg)))
+                started = RuntimeSpec.load(self.files(c).spec).cgroup.devices
+            except (OSError, ValueError, KeyError, TypeError):
+                started = devices_for(cfg)[1]   # (no spec left: what its flags give)
+            try:
+                await asyncio.to_thread(self.cg.update, c.id, dataclasses.replace(cfg.resources, devices=started))
             except cgroups.CgroupError as e:
                 raise InvalidArgument(str(e)) from e
         c.config = cfg
@@ -1040,9 +1134,8 @@ class ContainerManager:
         if c.config.privileged:  # (as docker: an exec has its container's privileges)
             proc.capabilities, proc.seccomp = list(ALL_CAPABILITIES), False
         info = self._init_info(c)
-        req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": proc,
-               "cgroup": {"root": self.cg.root, "parent": self.cg.parent,
-                          "name": c.id}}
+        req = messages.Exec(int(info.get("pid", c.state.pid)), proc,
+                            messages.CgroupRef(self.cg.root, self.cg.parent, c.id))
         return self.zygote.request(req, fds)
 
     # --- top and stats ------------------------------------------------------------------------
@@ -1113,21 +1206,6 @@ def mount_key(target: str) -> str:
     import hashlib
 
     return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
-
-
-def _resources_kwargs(cfg: ContainerConfig, as_json: bool = False) -> dict[str, Any]:
-    r = cfg.resources
-    out: dict[str, Any] = {
-        "memory": r.memory, "memory_swap": r.memory_swap, "nano_cpus": r.nano_cpus,
-        "cpu_shares": r.cpu_shares, "pids_limit": r.pids_limit, "blkio_weight": r.blkio_weight,
-    }
-    if as_json:
-        out["device_read_bps"] = [asdict(d) for d in r.device_read_bps]
-        out["device_write_bps"] = [asdict(d) for d in r.device_write_bps]
-    else:
-        out["device_read_bps"] = tuple(cgroups.DeviceRate(d.path, d.rate) for d in r.device_read_bps)
-        out["device_write_bps"] = tuple(cgroups.DeviceRate(d.path, d.rate) for d in r.device_write_bps)
-    return out
 
 
 def _resolv_conf() -> str:

@@ -19,6 +19,7 @@ from agent.model import (
     Ulimit,
 )
 from agent.runtime.spec import ProcessSpec
+from agent.volumes.specs import docker_spelling
 from common.devices import DeviceMapping
 from protos import agent_pb2 as pb
 
@@ -33,12 +34,12 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         resources=Resources(
             memory=r.memory, memory_swap=r.memory_swap, nano_cpus=r.nano_cpus, cpu_shares=r.cpu_shares,
             pids_limit=r.pids_limit, blkio_weight=r.blkio_weight,
-            device_read_bps=[DeviceRate(d.path, d.rate) for d in r.device_read_bps],
-            device_write_bps=[DeviceRate(d.path, d.rate) for d in r.device_write_bps],
+            device_read_bps=tuple(DeviceRate(d.path, d.rate) for d in r.device_read_bps),
+            device_write_bps=tuple(DeviceRate(d.path, d.rate) for d in r.device_write_bps),
         ),
         network_mode=m.network_mode or "bridge", pid_mode=m.pid_mode, ipc_mode=m.ipc_mode,
         userns_mode=m.userns_mode,
-        restart_policy=RestartPolicy(m.restart_policy.name or "no", m.restart_policy.max_retries),
+        restart_policy=restart_policy_from_pb(m.restart_policy),
         auto_remove=m.auto_remove, init=m.init, stop_timeout=m.stop_timeout, stop_signal=m.stop_signal,
         security_opt=list(m.security_opt),
         devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
@@ -59,14 +60,19 @@ def mount_from_pb(m: pb.Mount) -> Mount:
     return Mount(type=m.type or "volume", source=m.source, target=m.target, readonly=m.readonly,
                  propagation=m.propagation, selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source,
                  anonymous=m.anonymous, tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
-                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options), external=m.external)
+                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options), external=m.external,
+                 origin=m.origin, spec=m.spec)
 
 
 def mount_to_pb(m: Mount) -> pb.Mount:
     return pb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.readonly, propagation=m.propagation,
                     selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source, anonymous=m.anonymous,
                     tmpfs_options=m.tmpfs_options, volume_driver=m.volume_driver, volume_labels=m.volume_labels,
-                    volume_options=m.volume_options, external=m.external)
+                    volume_options=m.volume_options, external=m.external, origin=m.origin, spec=m.spec)
+
+
+def restart_policy_from_pb(p: pb.RestartPolicy) -> RestartPolicy:
+    return RestartPolicy(p.name or "no", p.max_retries)
 
 
 def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
@@ -165,9 +171,7 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "Dns": list(cfg.dns), "DnsSearch": list(cfg.dns_search), "DnsOptions": list(cfg.dns_options),
             "ExtraHosts": list(cfg.extra_hosts) or None, "Sysctls": dict(cfg.sysctls) or None,
             "ShmSize": cfg.shm_size or 64 << 20, "GroupAdd": list(cfg.group_add) or None,
-            "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "")
-                      for m in cfg.mounts if m.type in ("bind", "volume") and not m.anonymous] or None,
-            "Tmpfs": {m.target: ",".join(m.tmpfs_options) for m in cfg.mounts if m.type == "tmpfs"} or None,
+            **docker_spelling(cfg.mounts),
             "Privileged": cfg.privileged,
             "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container or d.path_on_host,
                          "CgroupPermissions": d.permissions} for d in cfg.devices] or None,

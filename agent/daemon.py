@@ -114,7 +114,16 @@ class Agent:
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         self.manager.resolvers = resolvers
+        self.manager.localnets.ip_masq = o.ip_masq
+        self.manager.localnets.loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.manager.localnets.ensure_all)
         await self.manager.adopt()
+        for c in self.manager.containers.values():   # adopted on a user network: its 127.0.0.11 anew
+            if self.manager.localnets.is_local(c.config.network_mode) and c.state.status in ("running", "paused"):
+                try:
+                    await asyncio.to_thread(self.manager.localnets.open_resolver, c, c.state.pid)
+                except (OSError, network.NetworkError) as e:
+                    log.error("container %s: no resolver at 127.0.0.11: %s", c.name, e)
         if resolvers is not None:
             self.manager.on_change.append(resolvers.on_change)
             for c in self.manager.containers.values():  # adopted: the old agent's sockets died with it
@@ -141,7 +150,7 @@ class Agent:
         self.server = transport.server(transport.AGENT)
         add_images = __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server
         pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
-        add_images(self.server, self.manager, images)
+        images_servicer = add_images(self.server, self.manager, images)
         from agent.volumes import service as volumes_service
 
         volumes_service.add_to_server(self.server, self.manager)
@@ -163,7 +172,7 @@ class Agent:
         await self.server.start()
         os.chmod(o.socket, 0o660)
         # The same API for the CLI's fast commands, without gRPC (agent/local_api.py).
-        self.local_api = LocalApi(servicer, local_wire.socket_path(o.socket))
+        self.local_api = LocalApi(servicer, local_wire.socket_path(o.socket), images_servicer)
         await self.local_api.start()
         if o.docker_socket or o.docker_tcp:
             from agent import dockerapi
@@ -214,6 +223,8 @@ class Agent:
             await self.netsync.stop()
         if self.manager is not None and self.manager.resolvers is not None:
             self.manager.resolvers.close_all()
+        if self.manager is not None:
+            self.manager.localnets.close_resolvers()
         if self.member is not None:
             await self.member.stop()
         if self.tls_server is not None:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent.runtime.cgroups import DeviceRate as DeviceRate  # re-exported: the agent's users
+from agent.runtime.cgroups import Resources as Resources  # one type, from the CLI to the cgroup
 from agent.runtime.spec import dumps, write_atomic
 from common.devices import DeviceMapping as DeviceMapping  # re-exported: the agent's users
 
@@ -48,24 +50,6 @@ class Port:
 
 
 @dataclass
-class DeviceRate:
-    path: str
-    rate: int
-
-
-@dataclass
-class Resources:
-    memory: int = 0
-    memory_swap: int = 0
-    nano_cpus: int = 0
-    cpu_shares: int = 0
-    pids_limit: int = 0
-    blkio_weight: int = 0
-    device_read_bps: list[DeviceRate] = field(default_factory=list)
-    device_write_bps: list[DeviceRate] = field(default_factory=list)
-
-
-@dataclass
 class Mount:
     """One of the container's own mounts: a volume, a host path (bind) or a tmpfs.
 
@@ -85,6 +69,11 @@ class Mount:
     volume_driver: str = ""         # a volume made by this mount: "" or local
     volume_labels: dict[str, str] = field(default_factory=dict)
     volume_options: dict[str, str] = field(default_factory=dict)
+    # How it was asked for, so that inspect says it back in the same words: "-v" (HostConfig.Binds),
+    # "--mount" (HostConfig.Mounts), "--tmpfs" (HostConfig.Tmpfs); "" for an image's VOLUME, a
+    # Config.Volumes entry or a --volumes-from copy. spec: the user's own text of a -v or --tmpfs.
+    origin: str = ""
+    spec: str = ""
 
 
 @dataclass
@@ -138,7 +127,7 @@ class ContainerConfig:
     open_stdin: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     ports: list[Port] = field(default_factory=list)
-    resources: Resources = field(default_factory=Resources)
+    resources: Resources = field(default_factory=Resources)   # its devices: derived at start (devices_for)
     network_mode: str = "bridge"
     pid_mode: str = ""
     ipc_mode: str = ""
@@ -167,6 +156,10 @@ class ContainerConfig:
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
     healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
+    volumes_from: list[str] = field(default_factory=list)   # CONTAINER[:ro|rw], as given (its mounts are copied)
+    log_options: dict[str, str] = field(default_factory=dict)   # json-file's max-size, max-file, compress
+    network_aliases: list[str] = field(default_factory=list)    # more names on a user network (127.0.0.11)
+    links: list[str] = field(default_factory=list)   # CONTAINER[:ALIAS]: /etc/hosts entries, as docker's --link
 
 
 @dataclass
@@ -225,7 +218,9 @@ def from_dict(cls: Any, data: Any) -> Any:
         value = data[name]
         t = str(typ)
         target = _NESTED.get(t.replace("list[", "").replace("]", "").replace(" | None", ""))
-        if target is not None and t.startswith("list["):
+        if target is Resources and isinstance(value, dict):
+            value = Resources.from_dict(value)   # (frozen, with tuples: its own reader)
+        elif target is not None and t.startswith("list["):
             value = [from_dict(target, v) for v in value]
         elif target is not None:
             value = from_dict(target, value)
@@ -234,7 +229,7 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 
 _NESTED: dict[str, Any] = {
-    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
+    "Port": Port, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
     "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit,

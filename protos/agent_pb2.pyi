@@ -234,7 +234,7 @@ class Ulimit(_message.Message):
     def __init__(self, name: _Optional[str] = ..., soft: _Optional[int] = ..., hard: _Optional[int] = ...) -> None: ...
 
 class Mount(_message.Message):
-    __slots__ = ("type", "source", "target", "readonly", "propagation", "selinux", "nocopy", "create_source", "anonymous", "tmpfs_options", "volume_driver", "volume_labels", "volume_options", "external")
+    __slots__ = ("type", "source", "target", "readonly", "propagation", "selinux", "nocopy", "create_source", "anonymous", "tmpfs_options", "volume_driver", "volume_labels", "volume_options", "external", "origin", "spec")
     class VolumeLabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -263,6 +263,8 @@ class Mount(_message.Message):
     VOLUME_LABELS_FIELD_NUMBER: _ClassVar[int]
     VOLUME_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     EXTERNAL_FIELD_NUMBER: _ClassVar[int]
+    ORIGIN_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
     type: str
     source: str
     target: str
@@ -277,7 +279,9 @@ class Mount(_message.Message):
     volume_labels: _containers.ScalarMap[str, str]
     volume_options: _containers.ScalarMap[str, str]
     external: bool
-    def __init__(self, type: _Optional[str] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., readonly: _Optional[bool] = ..., propagation: _Optional[str] = ..., selinux: _Optional[str] = ..., nocopy: _Optional[bool] = ..., create_source: _Optional[bool] = ..., anonymous: _Optional[bool] = ..., tmpfs_options: _Optional[_Iterable[str]] = ..., volume_driver: _Optional[str] = ..., volume_labels: _Optional[_Mapping[str, str]] = ..., volume_options: _Optional[_Mapping[str, str]] = ..., external: _Optional[bool] = ...) -> None: ...
+    origin: str
+    spec: str
+    def __init__(self, type: _Optional[str] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., readonly: _Optional[bool] = ..., propagation: _Optional[str] = ..., selinux: _Optional[str] = ..., nocopy: _Optional[bool] = ..., create_source: _Optional[bool] = ..., anonymous: _Optional[bool] = ..., tmpfs_options: _Optional[_Iterable[str]] = ..., volume_driver: _Optional[str] = ..., volume_labels: _Optional[_Mapping[str, str]] = ..., volume_options: _Optional[_Mapping[str, str]] = ..., external: _Optional[bool] = ..., origin: _Optional[str] = ..., spec: _Optional[str] = ...) -> None: ...
 
 class OverlayAttachment(_message.Message):
     __slots__ = ("network", "vni", "subnet", "ip", "mac", "mtu")
@@ -418,6 +422,26 @@ class RenameContainerRequest(_message.Message):
     id: str
     new_name: str
     def __init__(self, id: _Optional[str] = ..., new_name: _Optional[str] = ...) -> None: ...
+
+class UpdateContainerRequest(_message.Message):
+    __slots__ = ("id", "memory", "memory_swap", "nano_cpus", "cpu_shares", "pids_limit", "blkio_weight", "restart_policy")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SWAP_FIELD_NUMBER: _ClassVar[int]
+    NANO_CPUS_FIELD_NUMBER: _ClassVar[int]
+    CPU_SHARES_FIELD_NUMBER: _ClassVar[int]
+    PIDS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BLKIO_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    memory: int
+    memory_swap: int
+    nano_cpus: int
+    cpu_shares: int
+    pids_limit: int
+    blkio_weight: int
+    restart_policy: RestartPolicy
+    def __init__(self, id: _Optional[str] = ..., memory: _Optional[int] = ..., memory_swap: _Optional[int] = ..., nano_cpus: _Optional[int] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ..., blkio_weight: _Optional[int] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ...) -> None: ...
 
 class WaitResponse(_message.Message):
     __slots__ = ("exit_code", "oom_killed", "error")
