@@ -125,12 +125,18 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+# ed25519 only: an RSA key takes tens of seconds under qemu's software emulation
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
 
 [Install]
 WantedBy=multi-user.target
 UNIT
 chroot "$root" systemctl enable ssh-host-keys.service ssh.service
+printf 'HostKey /etc/ssh/ssh_host_ed25519_key\n' > "$root/etc/ssh/sshd_config.d/10-host-key.conf"
+# Debian's etcd-server starts an etcd of its own at boot: dockyard runs its own (the scheduler's, or
+# cluster up's members). The periodic jobs only cost a slow guest CPU.
+chroot "$root" systemctl disable etcd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
+  fstrim.timer dpkg-db-backup.timer 2>/dev/null || true
 
 chroot "$root" useradd --create-home --shell /bin/bash --groups sudo vagrant
 install -d -m 0700 "$root/home/vagrant/.ssh"
