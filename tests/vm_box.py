@@ -111,7 +111,17 @@ def box(log: Path | None = None) -> Box:
             tail = logfile.read_text(errors="replace")[-3000:]
             raise BoxError(f"vagrant/build-box.sh failed (exit {proc.returncode}), log {logfile}:\n{tail}")
         shutil.rmtree(d / "wheels", ignore_errors=True)
+        _prune(keep=2)
     return Box(disk, key)
+
+
+def _prune(keep: int) -> None:
+    """Boxes of older inputs go, but the newest `keep` (two worktrees on different inputs would
+    otherwise rebuild each other's box every run); a box's overlays live with the tests, not here."""
+    boxes = sorted((p for p in CACHE.glob("box-*") if (p / "disk.qcow2").exists()),
+                   key=lambda p: (p / "disk.qcow2").stat().st_mtime, reverse=True)
+    for old in boxes[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 if __name__ == "__main__":
