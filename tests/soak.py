@@ -11,6 +11,8 @@
       etcd-hang       SIGSTOP an etcd member (alive but silent), then SIGCONT
       leader-kill     SIGKILL the leading scheduler, start it again
       scale           change a service's replicas (up or down), as a user would
+      migrate         write a file in a task's container, migrate it (live where CRIU works, else
+                      cold) to another host: the file must be there, one copy left
 
 An observer checks the invariants twice a second, from the hosts' kernels (the containers' init
 processes and their labels on disk, not the scheduler's view) and from the scheduler:
@@ -59,7 +61,7 @@ STACK = "".join(f"""
       replicas: {n}
       restart_policy: {{condition: any, delay: 1s}}
 """ for name, n in SERVICES.items())
-KINDS = ("agent-kill", "host-stop", "partition", "etcd-kill", "etcd-hang", "leader-kill", "scale")
+KINDS = ("agent-kill", "host-stop", "partition", "etcd-kill", "etcd-hang", "leader-kill", "scale", "migrate")
 
 
 @dataclass
@@ -115,6 +117,9 @@ class Soak:
         self.faulty: dict[str, float] = {}   # host -> until when its copies may be doubled
         self.lock = threading.Lock()
         self.stop = threading.Event()
+        from agent.checkpoint.criu import find_criu
+
+        self.criu = find_criu() is not None
 
     # --- what runs, seen from the hosts' kernels
 
@@ -248,6 +253,8 @@ class Soak:
             time.sleep(rng.uniform(1, 4))
             s.start(timeout=60)
             f.healed = time.monotonic()
+        elif kind == "migrate":
+            f = self.migrate()
         else:
             name = rng.choice(list(SERVICES))
             n = rng.choice([x for x in (1, 2, 3, 4) if x != self.desired[name]])
@@ -259,6 +266,33 @@ class Soak:
                 self.desired[name] = n
             f.healed = time.monotonic()
         self.report.faults.append(f)
+        return f
+
+    def migrate(self) -> Fault:
+        ts = [t for t in tasks(self.live_scheduler(), "soak_solo") if t.state == "running"]
+        f = Fault("migrate", "soak_solo", time.monotonic())
+        if not ts:
+            f.healed = time.monotonic()
+            return f
+        t = ts[0]
+        src = next(h for h in self.c if h.name == t.node)
+        to = self.rng.choice([h.name for h in self.c if h.name != t.node])
+        how = self.rng.choice(["--live", "--cold"]) if self.criu else "--cold"
+        f.target = f"{t.name} {how[2:]} to {to}"
+        name, token = f"{t.name}.{t.id}", f"{self.rng.getrandbits(64):016x}"
+        r = src.cli("exec", name, "sh", "-c", f"echo {token} > /root/soak")
+        if r.returncode != 0:
+            self.violation(f"migrate: writing the file in {name} on {src.name} failed: {r.stderr.strip()[-200:]}")
+        m = cli(self.addresses, "migrate", t.name, "--to", to, how, timeout=180)
+        f.healed = time.monotonic()
+        if m.returncode != 0:
+            self.violation(f"migrate: {t.name} {how} to {to} failed: {(m.stdout + m.stderr).strip()[-300:]}")
+            return f
+        dst = next(h for h in self.c if h.name == to)
+        got = dst.cli("exec", name, "cat", "/root/soak")
+        if got.stdout.strip() != token:
+            self.violation(f"lost: {name}'s /root/soak after {how} migration to {to}: {got.stdout.strip()!r} "
+                           f"{got.stderr.strip()[-200:]}")
         return f
 
     def wait_recovered(self, f: Fault) -> None:
@@ -342,8 +376,12 @@ def soak_cluster(base: Path, busybox_tar: Path, seed: int) -> Iterator[Soak]:
             addresses = ",".join(s.address for s in scheds)
             for h in c:
                 join(h, addresses)
+            from agent.checkpoint.criu import find_criu
+
+            criu = find_criu() is not None  # then agents re-register once `criu check` has run
             wait_for(lambda: len([n for n in scheds[0].stub.ListNodes(cpb.Empty(), timeout=5).nodes
-                                  if n.status == "ready"]) == 3, 60, "3 nodes ready")
+                                  if n.status == "ready" and (n.capabilities.criu or not criu)]) == 3, 60,
+                     "3 nodes ready" + (" with CRIU" if criu else ""))
             yield Soak(c, etcd, scheds, base, seed)
         finally:
             for s in scheds:
