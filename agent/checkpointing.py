@@ -77,6 +77,7 @@ class Checkpoints:
         from agent.containers import mount_key
 
         external += [f"mnt[{m.target}]:{mount_key(m.target)}" for m in c.config.mounts if m.type != "tmpfs"]
+        external += [f"mnt[{f.target}]:{mount_key(f.target)}" for f in c.config.task_files]
         return c, criu, pid, external
 
     async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,

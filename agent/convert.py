@@ -16,6 +16,7 @@ from agent.model import (
     Port,
     Resources,
     RestartPolicy,
+    TaskFile,
     Ulimit,
 )
 from agent.runtime.spec import ProcessSpec
@@ -52,6 +53,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         healthcheck=HealthCheck(list(m.healthcheck.test), m.healthcheck.interval, m.healthcheck.timeout,
                                 m.healthcheck.retries, m.healthcheck.start_period, m.healthcheck.start_interval)
         if m.HasField("healthcheck") else None,
+        task_files=[TaskFile(f.kind, f.name, f.target, f.uid, f.gid, f.mode) for f in m.task_files],
     )
 
 
@@ -99,6 +101,8 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
                                    timeout=c.healthcheck.timeout, retries=c.healthcheck.retries,
                                    start_period=c.healthcheck.start_period,
                                    start_interval=c.healthcheck.start_interval) if c.healthcheck else None,
+        task_files=[pb.TaskFile(kind=f.kind, name=f.name, target=f.target, uid=f.uid, gid=f.gid, mode=f.mode)
+                    for f in c.task_files],
     )
 
 

@@ -88,6 +88,18 @@ class Mount:
 
 
 @dataclass
+class TaskFile:
+    """A cluster secret or config the container gets as a read-only file (agent/taskfiles.py): only
+    where it goes is kept here; the data lives on a tmpfs while the container exists."""
+    kind: str = "secret"            # secret | config
+    name: str = ""
+    target: str = ""                # absolute, in the container
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o444
+
+
+@dataclass
 class Ulimit:
     name: str           # nofile, nproc, core, ... (agent/hostconfig.py ULIMITS)
     soft: int           # -1: unlimited
@@ -167,6 +179,7 @@ class ContainerConfig:
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
     healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
+    task_files: list[TaskFile] = field(default_factory=list)  # a task's secrets and configs
 
 
 @dataclass
@@ -237,5 +250,5 @@ _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
-    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit,
+    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit, "TaskFile": TaskFile,
 }

@@ -145,8 +145,10 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
 @click.option("--tls", is_flag=True, help="Mutual TLS: a cluster CA in etcd, join tokens, a join port at --listen's port + 1, "
               "an admin client bundle in <state-dir>/client")
+@click.option("--secrets-key", default="", help="The key that seals secrets in etcd (32 bytes, mode 0600; "
+              "made if missing; every replica needs the same file) [default: <state-dir>/secrets.key]")
 def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, state_dir: str, ttl: int,
-                  tls: bool = False) -> None:
+                  tls: bool = False, secrets_key: str = "") -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
     from scheduler.main import SchedulerError, SchedulerOptions, run
 
@@ -154,7 +156,7 @@ def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, sta
         raise click.BadParameter("at least 2 seconds (etcd's minimum lease)", param_hint="--ttl")
     try:
         run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
-                             state_dir=state_dir, ttl=ttl, tls=tls))
+                             state_dir=state_dir, ttl=ttl, tls=tls, secrets_key=secrets_key))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
 

@@ -103,6 +103,10 @@ def container_config(t: Task, spec: ServiceSpec, stack: str,
                                     tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
                                     volume_options=dict(m.volume_options), volume_labels=dict(m.volume_labels)))
     cfg.read_only = spec.read_only
+    for kind, refs in (("secret", spec.secrets), ("config", spec.configs)):
+        # where each goes; the agent fetches the data itself (Scheduler.TaskFiles), for this task only
+        cfg.task_files.extend(apb.TaskFile(kind=kind, name=r.source, target=r.target, uid=r.uid, gid=r.gid,
+                                           mode=r.mode) for r in refs)
     cfg.cap_add.extend(spec.cap_add)
     cfg.cap_drop.extend(spec.cap_drop)
     cfg.security_opt.extend(spec.security_opt)

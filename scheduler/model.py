@@ -208,6 +208,18 @@ class MountSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FileRef:
+    """A service's use of a cluster secret or config (`secrets:`/`configs:`, `--secret`/`--config`):
+    delivered as a file on a tmpfs of the node that runs the task, never written to its disk.
+    A secret's target is a name under /run/secrets or an absolute path; a config's is absolute."""
+    source: str                                          # the secret's or config's name in the cluster
+    target: str
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o444
+
+
+@dataclass(frozen=True, slots=True)
 class HealthCheck:
     test: tuple[str, ...] = ()
     interval: float = 30.0
@@ -268,6 +280,8 @@ class ServiceSpec:
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
     networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
+    secrets: tuple[FileRef, ...] = ()
+    configs: tuple[FileRef, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -297,7 +311,8 @@ _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "
                                  "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
                                  "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
                                  "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
-                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": []}
+                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": [],
+                                 "secrets": [], "configs": []}
 
 
 class UpdateState(enum.StrEnum):
