@@ -363,8 +363,16 @@ def deploy_stack(ctx: click.Context, files: tuple[str, ...], name: str | None, p
     stack_name, specs, stacks = load_stack_files(files, name)
     for stack in stacks:
         ensure_stack_networks(ctx, stack)
+    # the stack's own secrets and configs go with the deploy (made in its transaction); external ones
+    # are checked there to exist
+    objects = [pb.FileObject(kind=o.kind, name=o.name, data=o.data,
+                             labels={**dict(o.labels), "com.docker.stack.namespace": stack_name})
+               for stack in stacks for o in stack.objects if not o.external]
     r = sched(ctx).call("Deploy", pb.DeployRequest(stack=stack_name, services=[spec_to_pb(s) for s in specs.values()],
-                                                   prune=prune), timeout=30)
+                                                   prune=prune, objects=objects), timeout=30)
+    for c in r.objects:
+        if c.action == "created":
+            click.echo(f"Creating {c.service}")
     verbs = {"created": "Creating service", "updated": "Updating service", "unchanged": "Unchanged service",
              "removed": "Removing service"}
     for c in r.changes:

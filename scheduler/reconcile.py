@@ -260,6 +260,11 @@ class _Pass:
                 if t.desired_state is DesiredState.RUNNING:
                     self.release(t)
                     self.plan.actions.append(Stop(t, f"service {name} removed"))
+                elif t.state.terminal or t.state is TaskState.PENDING or t.node not in self.nodes:
+                    # As Swarm: a removed service's tasks go once stopped, and with them their
+                    # containers (the dispatcher removes a container whose task is gone), its
+                    # volumes' holds and its secrets' tmpfs.
+                    self.plan.actions.append(Remove(t, f"service {name} removed"))
         for name in sorted(self.services):
             self.service(self.services[name], by_service.get(name, []))
         self.forget(by_service)
@@ -549,7 +554,9 @@ class _Pass:
             self.plan.actions.append(Update(old, new, stop_old=stop_first))
 
     def forget(self, by_service: dict[str, list[Task]]) -> None:
-        for tasks in by_service.values():
+        for name, tasks in by_service.items():
+            if name not in self.services:
+                continue  # removed service: run() has its tasks
             per_slot: dict[int, list[Task]] = defaultdict(list)
             for t in tasks:
                 if t.desired_state is not DesiredState.SHUTDOWN:
