@@ -84,12 +84,13 @@ def make_ref(kind: str, source: str, target: str = "", uid: int = 0, gid: int = 
     elif not target.startswith("/"):
         if kind == "config":
             raise ObjectError(f"config {source}: target {target!r} is not an absolute path")
+        if "/" in target or target in (".", ".."):
+            raise ObjectError(f"secret {source}: invalid target {target!r}: a file name under {SECRETS_DIR}, "
+                              "or an absolute path")
         target = f"{SECRETS_DIR}/{target}"
     norm = os.path.normpath(target)
     if norm != target.rstrip("/") or ".." in target.split("/") or norm == "/" or "\0" in target:
         raise ObjectError(f"{kind} {source}: invalid target {target!r}")
-    if kind == "secret" and os.path.dirname(norm) == SECRETS_DIR and "/" in norm[len(SECRETS_DIR) + 1:]:
-        raise ObjectError(f"secret {source}: invalid target {target!r}")
     for what, v in (("uid", uid), ("gid", gid)):
         if not 0 <= v < 1 << 32:
             raise ObjectError(f"{kind} {source}: {what} {v} is out of range")
