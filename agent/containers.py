@@ -40,7 +40,7 @@ from agent.model import (
     StartFailed,
 )
 from agent.resolver import RESOLV_CONF
-from agent.runtime import cgroups, frames
+from agent.runtime import cgroups, frames, messages
 from agent.runtime.procs import pid_start_time, process_alive, trace
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
@@ -530,41 +530,46 @@ class ContainerManager:
                             "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
                             "lazy": self.checkpoints.restoring_lazily(c)}
         # (The shim writes it to runtime.json once the container runs.)
-        reply = self.zygote.request({"op": "start", "spec": spec,
-                                     "files": {"dir": str(files.dir), "socket": str(files.socket)}},
+        reply = self.zygote.request(messages.Start(spec, str(files.dir), str(files.socket)),
                                     [client] if client >= 0 else None)
         attached = False
+        msg: messages.Message | None
         try:
             while True:
-                msg, _ = await reply.recv(timeout=60)
-                if msg is None or msg.get("op") != "attach":
+                try:
+                    msg, _ = await reply.recv(messages.Attach, messages.Started, messages.Failed, timeout=60)
+                except messages.ProtocolError as e:
+                    msg = messages.Failed(f"shim: {e}")
+                if not isinstance(msg, messages.Attach):
                     break
                 # The shim asks us to wire the veth into its init's network namespace: the bridge
                 # and pyroute2 are ours (shim.py _ask_attach).
                 try:
-                    await asyncio.to_thread(self._attach_network, c, int(msg["pid"]))
+                    await asyncio.to_thread(self._attach_network, c, msg.pid)
                     attached = True
-                    reply.send({"op": "attached"})
+                    reply.send(messages.Attached())
                 except Exception as e:
-                    reply.send({"op": "error", "error": str(e)})
+                    reply.send(messages.Error(str(e)))
         finally:
             reply.close()
-        if msg is None or "error" in msg:
+        if not isinstance(msg, messages.Started):
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
             if c.config.mounts and self._has_device_volume(c):
                 await asyncio.to_thread(self._release_volumes, c)
-            err = (msg or {}).get("error", "the shim exited before it reported")
+            failed = msg if isinstance(msg, messages.Failed) else \
+                messages.Failed("the shim exited before it reported")
+            err = failed.error
             c.state.error = err
-            c.state.exit_code = int((msg or {}).get("exit_code", 128))
+            c.state.exit_code = failed.exit_code
             self._save(c)
             if c.config.auto_remove:
                 self._spawn(self.remove(c.id, force=True))
             raise StartFailed(f"failed to start container {c.name}: {err}", c.state.exit_code)
         trace("agent: shim replied")
         c.state.status = "running"
-        c.state.pid = int(msg["pid"])
+        c.state.pid = msg.pid
         c.state.started_at = time.time()
         if c.state.checkpoint:
             shutil.rmtree(c.state.checkpoint, ignore_errors=True)  # used, or made stale by a fresh start
@@ -1058,9 +1063,8 @@ class ContainerManager:
         if c.config.privileged:  # (as docker: an exec has its container's privileges)
             proc.capabilities, proc.seccomp = list(ALL_CAPABILITIES), False
         info = self._init_info(c)
-        req = {"op": "exec", "pid": int(info.get("pid", c.state.pid)), "process": proc,
-               "cgroup": {"root": self.cg.root, "parent": self.cg.parent,
-                          "name": c.id}}
+        req = messages.Exec(int(info.get("pid", c.state.pid)), proc,
+                            messages.CgroupRef(self.cg.root, self.cg.parent, c.id))
         return self.zygote.request(req, fds)
 
     # --- top and stats ------------------------------------------------------------------------

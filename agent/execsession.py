@@ -13,7 +13,7 @@ import termios
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agent.runtime import frames
+from agent.runtime import frames, messages
 from agent.runtime.spec import ProcessSpec
 
 
@@ -84,26 +84,31 @@ class ExecSession:
 
     async def _replies(self) -> None:
         while True:
-            msg, fds = await self._reply.recv()
-            if msg is None:
-                self._queue.put_nowait(("exit", {"exit_code": 126, "error": "exec process vanished"}))
+            try:
+                msg, fds = await self._reply.recv(messages.Pty, messages.Started, messages.Error,
+                                                  messages.Exit, messages.Failed)
+            except messages.ProtocolError as e:
+                self._queue.put_nowait(("exit", messages.Failed(f"exec: {e}", 126)))
                 return
-            if msg.get("op") == "pty":
+            if msg is None:
+                self._queue.put_nowait(("exit", messages.Failed("exec process vanished", 126)))
+                return
+            if isinstance(msg, messages.Pty):
                 self._queue.put_nowait(("pty", fds[0]))
-            elif msg.get("op") == "error":   # it could not be run: said on its stderr
-                self.error = str(msg["error"])
-                self._queue.put_nowait(("stderr", (msg["error"] + "\n").encode()))
-            elif msg.get("op") == "exit" or "exit_code" in msg:
+            elif isinstance(msg, messages.Error):   # it could not be run: said on its stderr
+                self.error = msg.error
+                self._queue.put_nowait(("stderr", (msg.error + "\n").encode()))
+            elif isinstance(msg, messages.Exit | messages.Failed):
                 self._queue.put_nowait(("exit", msg))
                 return
-            elif "pid" in msg:
-                self.pid = int(msg["pid"])
+            elif isinstance(msg, messages.Started):
+                self.pid = msg.pid
 
     async def output(self) -> AsyncIterator[tuple[str, bytes]]:
         """("stdout" | "stderr", bytes) until the process has exited and its output is read;
         exit_code and error are set then."""
         open_streams = len(self._ours)
-        exit_msg: dict[str, Any] | None = None
+        exit_msg: messages.Exit | messages.Failed | None = None
         while exit_msg is None or open_streams > 0:
             try:
                 kind, value = await asyncio.wait_for(self._queue.get(), 2.0 if exit_msg else None)
@@ -122,8 +127,9 @@ class ExecSession:
             else:
                 yield kind, value
         assert exit_msg is not None
-        self.exit_code = int(exit_msg.get("exit_code", 126))
-        self.error = str(exit_msg.get("error", "")) or self.error
+        self.exit_code = exit_msg.exit_code
+        if isinstance(exit_msg, messages.Failed):
+            self.error = exit_msg.error or self.error
 
     async def write(self, data: bytes) -> None:
         target = self._master if self._master >= 0 else self._stdin

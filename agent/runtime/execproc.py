@@ -10,22 +10,20 @@ reports the exit code on the reply socket.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from agent.runtime import cgroups, init, process
+from agent.runtime import cgroups, init, messages, process
 from agent.runtime import syscalls as sc
-from agent.runtime.spec import ProcessSpec
 
 # setns order: the user namespace first (it owns the others), mnt last (it moves our root).
 _ORDER = ["user", "ipc", "uts", "net", "pid", "cgroup", "mnt"]
 
 
-def run(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> NoReturn:
-    pid = int(req["pid"])
-    spec = ProcessSpec(**req["process"])
+def run(req: messages.Exec, reply: socket.socket, stdio: list[int]) -> NoReturn:
+    pid = req.pid
+    spec = req.process
     own = {ns: os.stat(f"/proc/self/ns/{ns}").st_ino for ns in _ORDER if os.path.exists(f"/proc/self/ns/{ns}")}
     nsfds: list[tuple[str, int]] = []
     for ns in _ORDER:
@@ -33,10 +31,10 @@ def run(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> NoReturn
         if ns in own and os.stat(path).st_ino != own[ns]:  # only the ones the container has of its own
             nsfds.append((ns, os.open(path, os.O_RDONLY | os.O_CLOEXEC)))
     procs: list[int] = []
-    cg = req.get("cgroup")
-    if cg:
-        driver = cgroups.detect(cg["root"], cg["parent"])
-        for d in set(driver.paths(cg["name"]).values()):
+    cg = req.cgroup
+    if cg is not None:
+        driver = cgroups.detect(cg.root, cg.parent)
+        for d in set(driver.paths(cg.name).values()):
             with contextlib.suppress(OSError):
                 procs.append(os.open(os.path.join(d, "cgroup.procs"), os.O_WRONLY | os.O_CLOEXEC))
     for ns, fd in nsfds:
@@ -46,7 +44,7 @@ def run(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> NoReturn
     slave = -1
     if spec.tty:
         master, slave = init._open_pty()
-        init.send(reply, {"op": "pty"}, [master])
+        messages.send(reply, messages.Pty(), [master])
         os.close(master)
     child = os.fork()
     if child == 0:
@@ -65,20 +63,20 @@ def run(req: dict[str, Any], reply: socket.socket, stdio: list[int]) -> NoReturn
             process.execute(prepared)
         except process.ProcessSetupError as e:
             with contextlib.suppress(OSError):
-                init.send(reply, {"op": "error", "error": str(e), "exit_code": e.exit_code})
+                messages.send(reply, messages.Error(str(e), e.exit_code))
             os._exit(e.exit_code)
         except BaseException as e:
             with contextlib.suppress(OSError):
-                init.send(reply, {"op": "error", "error": f"exec failed: {e}", "exit_code": 126})
+                messages.send(reply, messages.Error(f"exec failed: {e}", 126))
             os._exit(126)
         os._exit(127)
     for fd in [*procs, *stdio]:
         os.close(fd)
     if slave >= 0:
         os.close(slave)
-    init.send(reply, {"op": "started", "pid": child})
+    messages.send(reply, messages.Started(child))
     _, status = os.waitpid(child, 0)
     code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status)
     with contextlib.suppress(OSError):
-        reply.send(json.dumps({"op": "exit", "exit_code": code}).encode())
+        messages.send(reply, messages.Exit(code))
     os._exit(0)

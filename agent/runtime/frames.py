@@ -7,10 +7,8 @@ One byte of type, four bytes of big-endian length, the payload. Types:
 
 from __future__ import annotations
 
-import array
 import json
 import os
-import socket
 import struct
 import time
 from typing import Any
@@ -55,32 +53,6 @@ class Decoder:
             out.append((kind, bytes(self._buf[HEADER_SIZE:HEADER_SIZE + length])))
             del self._buf[:HEADER_SIZE + length]
         return out
-
-
-# --- JSON messages with file descriptors, on SEQPACKET sockets (zygote, shim, init, exec) ---------
-
-def send_json(sock: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-    data = json.dumps(msg).encode()
-    if fds:
-        sock.sendmsg([data], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
-    else:
-        sock.send(data)
-
-
-def recv_json(sock: socket.socket, size: int = 1 << 20, max_fds: int = 8) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message and the descriptors that came with it (close-on-exec); (None, fds) at EOF.
-
-    On a non-blocking socket with nothing to read, BlockingIOError propagates to the caller.
-    """
-    fds = array.array("i")
-    data, anc, _flags, _addr = sock.recvmsg(size, socket.CMSG_SPACE(max_fds * fds.itemsize),
-                                            socket.MSG_CMSG_CLOEXEC)
-    for level, kind, cdata in anc:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(cdata[: len(cdata) - (len(cdata) % fds.itemsize)])
-    if not data:
-        return None, list(fds)
-    return json.loads(data), list(fds)
 
 
 def write_all(fd: int, data: bytes) -> bool:

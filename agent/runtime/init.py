@@ -1,14 +1,14 @@
 """The container init: pid 1 of the new pid namespace, from fork to execve.
 
 It runs in a process the shim cloned into the container's new namespaces (or one cloned ahead of
-need: run_precloned), and talks to the shim over a SEQPACKET control socket (JSON messages, and
-the pty master passed back with SCM_RIGHTS). The stages:
+need: run_precloned), and talks to the shim over a SEQPACKET control socket (agent/runtime/
+messages.py, the pty master passed back with SCM_RIGHTS). The stages:
 
-  shim: "configure" (cgroup joined, veth moved in) -> init: network, hostname, mounts, pivot_root,
-  pty, resolve user and command -> "ready" -> shim: "go" -> init: drop privileges, execve.
+  shim: Configure (cgroup joined, veth moved in) -> init: network, hostname, mounts, pivot_root,
+  pty, resolve user and command -> Ready -> shim: Go -> init: drop privileges, execve.
 
-An error at any stage is sent as {"error", "exit_code"} and the process exits; the shim sees EOF
-on the socket (it is close-on-exec) when execve succeeds.
+An error at any stage is sent as an Error and the process exits; the shim sees EOF on the socket
+(it is close-on-exec) when execve succeeds.
 """
 
 from __future__ import annotations
@@ -16,26 +16,16 @@ from __future__ import annotations
 import array
 import contextlib
 import fcntl
-import json
 import os
 import signal
 import socket
 import termios
 import traceback
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from agent.runtime import frames, mounts, process, rootfs
+from agent.runtime import messages, mounts, process, rootfs
 from agent.runtime import syscalls as sc
 from agent.runtime.spec import RuntimeSpec
-
-
-def send(ctl: socket.socket, msg: dict[str, Any], fds: list[int] | None = None) -> None:
-    frames.send_json(ctl, msg, fds)
-
-
-def recv(ctl: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    return frames.recv_json(ctl, 65536, 4)
-
 
 _TIOCSPTLCK = 0x40045431  # unlockpt(); not in Python's termios module
 _TIOCGPTN = 0x80045430    # ptsname()'s number
@@ -61,8 +51,8 @@ def _take_terminal(slave: int) -> None:
 
 def run_precloned(ctl: socket.socket) -> NoReturn:
     """Entry point of an init cloned before its container existed (shim.Precloned): in new uts,
-    ipc, pid and net namespaces, it waits for {"op": "spec"} with the stdio descriptors, then for
-    {"op": "mounted"}; it enters the rootfs and unshares its mount namespace (whose copy now holds
+    ipc, pid and net namespaces, it waits for InitSpec with the stdio descriptors, then for
+    Mounted; it enters the rootfs and unshares its mount namespace (whose copy now holds
     the rootfs mount), and goes on as run() does.
 
     What it inherited from the zygote's child that made it, the agent's request socket among
@@ -80,17 +70,16 @@ def run_precloned(ctl: socket.socket) -> NoReturn:
         network.loopback_up()
         lo_up = True
     try:
-        msg, fds = recv(ctl)
-    except OSError:
+        msg, fds = messages.recv(ctl, messages.InitSpec, size=65536, max_fds=4)
+    except (OSError, messages.ProtocolError):
         os._exit(1)
-    if msg is None or msg.get("op") != "spec":
+    if not isinstance(msg, messages.InitSpec):
         os._exit(0)  # the spare that made us ended, or took another request
     try:
-        # Read while the shim mounts the rootfs; "mounted" then lets us in.
-        spec = RuntimeSpec.from_dict(json.loads(msg["spec"]))
+        # Read while the shim mounts the rootfs; Mounted then lets us in.
+        spec = msg.spec
         stdio = (fds[0], fds[1], fds[2]) if len(fds) == 3 else None
-        msg, _ = recv(ctl)
-        if msg is None or msg.get("op") != "mounted":
+        if messages.recv(ctl, messages.Mounted, size=65536, max_fds=4)[0] is None:
             os._exit(1)
         os.chdir(spec.rootfs)
         sc.unshare(sc.CLONE_NEWNS)
@@ -105,19 +94,18 @@ def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | Non
     code = 127
     try:
         os.setsid()  # CRIU needs the container's tree to be its own session
-        msg, _ = recv(ctl)
-        if msg is None or msg.get("op") != "configure":
+        configure, _ = messages.recv(ctl, messages.Configure, size=65536, max_fds=4)
+        if not isinstance(configure, messages.Configure):
             os._exit(1)
-        _configure(spec, msg, lo_up)
+        _configure(spec, configure, lo_up)
         pty_slave = -1
         if spec.process.tty:
             master, pty_slave = _open_pty()
-            send(ctl, {"op": "pty"}, [master])
+            messages.send(ctl, messages.Pty(), [master])
             os.close(master)
         prepared = process.prepare(spec.process, spec.hostname)
-        send(ctl, {"op": "ready"})
-        msg, _ = recv(ctl)
-        if msg is None or msg.get("op") != "go":
+        messages.send(ctl, messages.Ready())
+        if messages.recv(ctl, messages.Go, size=65536, max_fds=4)[0] is None:
             os._exit(1)
         if pty_slave >= 0:
             _take_terminal(pty_slave)
@@ -145,16 +133,16 @@ def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | Non
 
 def _report(ctl: socket.socket, message: str, code: int) -> None:
     with contextlib.suppress(OSError):
-        send(ctl, {"op": "error", "error": message, "exit_code": code})
+        messages.send(ctl, messages.Error(message, code))
 
 
-def _configure(spec: RuntimeSpec, msg: dict[str, Any], lo_up: bool = False) -> None:
+def _configure(spec: RuntimeSpec, msg: messages.Configure, lo_up: bool = False) -> None:
     from agent.runtime import network
     from agent.runtime.procs import trace
 
     share_net = "net" not in spec.namespaces
     if not share_net:
-        endpoint = msg.get("endpoint")
+        endpoint = msg.endpoint
         if endpoint:
             network.configure_inside(network.Endpoint.from_dict(endpoint))
         elif not lo_up:

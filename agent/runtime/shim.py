@@ -28,7 +28,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from agent.runtime import cgroups, frames, init, monitor, rootfs
+from agent.runtime import cgroups, frames, init, messages, monitor, rootfs
 from agent.runtime import syscalls as sc
 from agent.runtime.procs import pid_start_time as pid_start_time  # re-exported: the agent's users
 from agent.runtime.procs import process_alive as process_alive
@@ -150,7 +150,7 @@ class SpareCgroup:
 
 def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket, pre: Precloned | None = None,
           clients: Sequence[int] = ()) -> NoReturn:
-    """Runs in the forked shim. Replies {"pid", "shim_pid"} or {"error"} on `reply`, then execs the
+    """Runs in the forked shim. Replies Started or Failed on `reply`, then execs the
     monitor, which keeps this pid (the agent knows the shim by it) and serves `clients` (connected
     sockets) as attached from the start."""
     try:
@@ -165,9 +165,9 @@ def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket, pre: Preclo
         with contextlib.suppress(OSError):
             files.socket.unlink()
         with contextlib.suppress(OSError):
-            reply.send(json.dumps({"error": msg, "exit_code": code}).encode())
+            messages.send(reply, messages.Failed(msg, code))
         os._exit(1)
-    reply.send(json.dumps({"pid": pid, "shim_pid": os.getpid()}).encode())
+    messages.send(reply, messages.Started(pid, os.getpid()))
     reply.close()
     shim.become_monitor()
 
@@ -257,7 +257,7 @@ class _Shim:
         released = not self.spec.hold
         if released and self.ctl is not None and not self.join_error:
             with contextlib.suppress(OSError):
-                init.send(self.ctl, {"op": "go"})
+                messages.send(self.ctl, messages.Go())
         tty = self.spec.process.tty
         fds = {"--listen": self.listener.fileno(), "--ctl": self.ctl.fileno() if self.ctl is not None else -1,
                "--stdout": -1 if tty else self.outputs[0], "--stderr": -1 if tty else self.outputs[1],
@@ -299,25 +299,26 @@ class _Shim:
             self.listener.close()
             try:
                 pid, _, _ = self._launch(stdio)
-                init.send(theirs, {"op": "launched", "pid": pid})
+                messages.send(theirs, messages.Launched(pid))
                 os._exit(0)
             except BaseException as e:
                 msg = e.args[0] if isinstance(e, _LaunchError) else f"{type(e).__name__}: {e}"
                 code = e.args[1] if isinstance(e, _LaunchError) else 128
                 self._undo()
                 with contextlib.suppress(OSError):
-                    init.send(theirs, {"op": "error", "error": msg, "exit_code": code})
+                    messages.send(theirs, messages.Error(msg, code))
                 os._exit(1)
         theirs.close()
         try:
-            msg, _ = init.recv(ours)
+            msg, _ = messages.recv(ours, messages.Launched, messages.Error)
         finally:
             ours.close()
             os.waitpid(child, 0)
-        if msg is None or msg.get("op") != "launched":
-            err = (msg or {}).get("error", "the restore died")
-            raise _LaunchError(err, int((msg or {}).get("exit_code", 128)))
-        return int(msg["pid"])
+        if isinstance(msg, messages.Error):
+            raise _LaunchError(msg.error, msg.exit_code)
+        if not isinstance(msg, messages.Launched):
+            raise _LaunchError("the restore died", 128)
+        return msg.pid
 
     def _launch(self, stdio: tuple[int, int, int] | None) -> tuple[int, socket.socket | None, int]:
         """Cgroup, rootfs, namespaces, network; returns (pid, control socket, pty)."""
@@ -333,7 +334,7 @@ class _Shim:
             elif self.pre.cgroup is not None:
                 self.pre.cgroup.drop()
             self.pre = None
-            init.send(self.ctl, {"op": "spec", "spec": spec.to_json()}, list(stdio) if stdio else None)
+            messages.send(self.ctl, messages.InitSpec(spec), list(stdio) if stdio else None)
             if spec.network is not None:
                 self._ask_attach(self.pid)
         os.makedirs(spec.rootfs, exist_ok=True)
@@ -360,18 +361,16 @@ class _Shim:
         if self.ctl is not None:
             # Made ahead: it enters the rootfs and unshares its mount namespace on this message.
             parent_ctl = self.ctl
-            init.send(parent_ctl, {"op": "mounted"})
+            messages.send(parent_ctl, messages.Mounted())
         else:
             parent_ctl = self._clone(stdio)
         trace("forked")
-        configure: dict[str, Any] = {"op": "configure"}
         if spec.network is not None:
             if not self.asked_attach:
                 self._ask_attach(self.pid)
             self._attached()
             trace("attached net")
-            configure["endpoint"] = spec.network
-        init.send(parent_ctl, configure)
+        messages.send(parent_ctl, messages.Configure(spec.network))
         # While the init sets itself up: our state files. The monitor must be exec'd as soon as the
         # init may run, for it is what notices the exit of a short-lived command.
         self._write_state()
@@ -384,14 +383,15 @@ class _Shim:
         self.joining.start()
         pty = -1
         while True:
-            msg, fds = init.recv(parent_ctl)
+            msg, fds = messages.recv(parent_ctl, messages.Pty, messages.Error, messages.Ready,
+                                     size=65536, max_fds=4)
             if msg is None:
                 raise _LaunchError("container init exited during setup", 128)
-            if msg["op"] == "pty":
+            if isinstance(msg, messages.Pty):
                 pty = fds[0]
-            elif msg["op"] == "error":
-                raise _LaunchError(msg["error"], int(msg.get("exit_code", 127)))
-            elif msg["op"] == "ready":
+            elif isinstance(msg, messages.Error):
+                raise _LaunchError(msg.error, msg.exit_code)
+            else:
                 break
         return self.pid, parent_ctl, pty
 
@@ -420,7 +420,7 @@ class _Shim:
                 init.run(spec, child_ctl, stdio)
             except BaseException as e:
                 with contextlib.suppress(OSError):
-                    init.send(child_ctl, {"op": "error", "error": f"container init: {e}", "exit_code": 128})
+                    messages.send(child_ctl, messages.Error(f"container init: {e}", 128))
             os._exit(1)
         child_ctl.close()
         os.close(uid_r)
@@ -437,14 +437,16 @@ class _Shim:
         bridge and holds pyroute2, which would double this process's size and every fork's and
         exec's cost): ask it on the reply socket; _attached() waits for its answer."""
         assert self.reply is not None
-        init.send(self.reply, {"op": "attach", "pid": pid})
+        messages.send(self.reply, messages.Attach(pid))
         self.asked_attach = True
 
     def _attached(self) -> None:
         assert self.reply is not None
-        msg, _ = init.recv(self.reply)
-        if msg is None or msg.get("op") != "attached":
-            raise _LaunchError("network: " + str((msg or {}).get("error", "the agent went away during the start")), 128)
+        msg, _ = messages.recv(self.reply, messages.Attached, messages.Error)
+        if isinstance(msg, messages.Error):
+            raise _LaunchError("network: " + msg.error, 128)
+        if msg is None:
+            raise _LaunchError("network: the agent went away during the start", 128)
 
     def _write_state(self) -> None:
         write_atomic(self.files.init_pid, json.dumps(

@@ -4,16 +4,16 @@ The agent is an asyncio gRPC server with threads, which must never fork or unsha
 The zygote has imported the runtime and frozen its heap (gc.freeze), so each child it forks shares
 most of its memory pages with the others. It keeps one child forked ahead of the next request.
 
-Protocol, on a SOCK_SEQPACKET pair: the agent sends one JSON request with file descriptors
-(SCM_RIGHTS); the first descriptor is a fresh socket for that request's replies, so requests run
-concurrently. The request is read by a child the zygote forked ahead of it (_fork_spare).
+Protocol, on a SOCK_SEQPACKET pair: the agent sends one request (agent/runtime/messages.py) with
+file descriptors (SCM_RIGHTS); the first descriptor is a fresh socket for that request's replies,
+so requests run concurrently. The request is read by a child the zygote forked ahead of it
+(_fork_spare).
 
-  {"op": "start", "spec": RuntimeSpec, "files": {...}}         -> {"pid", "shim_pid"} | {"error"}
-        (before it, with a bridge network: {"op": "attach", "pid"}, answered by the agent with
-        {"op": "attached"} or {"op": "error"} once the veth is in that pid's namespace)
-        + fds [reply] or [reply, client] (a socket the monitor serves as an attached client)
-  {"op": "exec", "pid": N, "process": ProcessSpec, "namespaces": [...], "cgroup": {...}}
-        + fds [reply, stdin, stdout, stderr] (or [reply] with tty)  -> {"pid"} ... {"exit_code"}
+  Start + fds [reply] or [reply, client] (a socket the monitor serves as an attached client)
+        -> Started | Failed (before it, with a bridge network: Attach, answered by the agent with
+        Attached or Error once the veth is in that pid's namespace)
+  Exec + fds [reply, stdin, stdout, stderr] (or [reply] with a tty) -> [Pty] Started ... Exit
+  anything else -> Failed, naming it
 """
 
 from __future__ import annotations
@@ -26,42 +26,36 @@ import select
 import signal
 import socket
 import sys
-from typing import Any, NoReturn
+from typing import NoReturn
 
-from agent.runtime import execproc, frames, init, shim
+from agent.runtime import execproc, init, messages, shim
 from agent.runtime import syscalls as sc
-from agent.runtime.spec import ProcessSpec, RuntimeSpec
+from agent.runtime.spec import ProcessSpec
 
 
-def _recv_request(sock: socket.socket) -> tuple[dict[str, Any] | None, list[int]]:
-    return frames.recv_json(sock, 1 << 20, 8)
-
-
-def _handle(req: dict[str, Any], fds: list[int], pre: shim.Precloned | None = None) -> NoReturn:
+def _handle(data: bytes, fds: list[int], pre: shim.Precloned | None = None) -> NoReturn:
     reply = socket.socket(fileno=fds[0])
     try:
-        if req["op"] != "start" and pre is not None:
+        req = messages.decode(data, messages.Start, messages.Exec)
+        if not isinstance(req, messages.Start) and pre is not None:
             pre.discard()
-        if req["op"] == "start":
+        if isinstance(req, messages.Start):
             shim.trace("zygote: forked")
             # The shim is our child (we reap it); its own session keeps it clear of the agent's
             # signals. If the agent dies we die too, and shims are adopted by init.
             os.setsid()
-            spec = RuntimeSpec.from_dict(req["spec"])
-            files = shim.ShimFiles(req["files"]["dir"], req["files"]["socket"])
+            spec = req.spec
+            files = shim.ShimFiles(req.dir, req.socket)
             devnull = os.open("/dev/null", os.O_RDWR)
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
             shim.start(spec, files, reply, pre, clients=fds[1:])
-        elif req["op"] == "exec":
+        elif isinstance(req, messages.Exec):
             execproc.run(req, reply, fds[1:])
-        elif req["op"] == "ping":
-            reply.send(b'{"ok": true}')
-            os._exit(0)
-        raise ValueError(f"unknown op {req.get('op')!r}")
+        raise AssertionError("unreachable: decode admits only Start and Exec")
     except BaseException as e:
         with contextlib.suppress(OSError):
-            reply.send(json.dumps({"error": f"{type(e).__name__}: {e}", "exit_code": 128}).encode())
+            messages.send(reply, messages.Failed(f"{type(e).__name__}: {e}", 128))
         os._exit(1)
 
 
@@ -93,19 +87,19 @@ def _fork_spare(sock: socket.socket) -> socket.socket:
                 pre = shim.Precloned(next(iter(shim.DETECTED.values()), None))
         while True:
             try:
-                req, fds = _recv_request(sock)
+                data, fds = messages.recv_raw(sock)
                 break
             except InterruptedError:
                 continue
         sock.close()
-        if req is None:
+        if not data:
             if pre is not None:
                 pre.discard()
             theirs.send(b"e")
             os._exit(0)
         theirs.send(b"t")
         theirs.close()
-        _handle(req, fds, pre)
+        _handle(data, fds, pre)
     theirs.close()
     return ours
 

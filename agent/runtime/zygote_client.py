@@ -14,10 +14,8 @@ import socket
 import subprocess
 import sys
 import threading
-from typing import Any
 
-from agent.runtime import frames
-from agent.runtime.spec import dumps
+from agent.runtime import messages
 
 
 class ZygoteError(Exception):
@@ -25,13 +23,15 @@ class ZygoteError(Exception):
 
 
 class Reply:
-    """The agent's end of one request: a stream of JSON messages, possibly carrying fds."""
+    """The agent's end of one request: a stream of messages, possibly carrying fds."""
 
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         sock.setblocking(False)
 
-    async def recv(self, timeout: float | None = None) -> tuple[dict[str, Any] | None, list[int]]:
+    async def recv(self, *expected: type[messages.Message],
+                   timeout: float | None = None) -> tuple[messages.Message | None, list[int]]:
+        """The next message, one of `expected` (else ProtocolError, naming it), and its fds."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[None] = loop.create_future()
 
@@ -41,7 +41,7 @@ class Reply:
 
         while True:
             try:
-                return frames.recv_json(self.sock, 1 << 20, 4)
+                return messages.recv(self.sock, *expected, max_fds=4)
             except BlockingIOError:
                 loop.add_reader(self.sock.fileno(), ready)
                 try:
@@ -50,9 +50,9 @@ class Reply:
                     loop.remove_reader(self.sock.fileno())
                 fut = loop.create_future()
 
-    def send(self, msg: dict[str, Any]) -> None:
+    def send(self, msg: messages.Message) -> None:
         """An answer to the other end (a short message: the socket has room for it)."""
-        frames.send_json(self.sock, msg)
+        messages.send(self.sock, msg)
 
     def close(self) -> None:
         self.sock.close()
@@ -87,12 +87,12 @@ class Zygote:
                     self._sock.close()
                 self._spawn()
 
-    def request(self, req: dict[str, Any], fds: list[int] | None = None) -> Reply:
+    def request(self, req: messages.Start | messages.Exec, fds: list[int] | None = None) -> Reply:
         """Send a request; the caller owns (and closes) the fds it passed, and the Reply."""
         self.ensure()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         try:
-            payload = dumps(req).encode()
+            payload = messages.encode(req)
             with self._lock:
                 assert self._sock is not None
                 self._sock.sendmsg([payload], [(socket.SOL_SOCKET, socket.SCM_RIGHTS,
