@@ -220,6 +220,8 @@ class Dispatcher:
                 continue
             c = held.get(t.id)
             if c is None and t.state is TaskState.ASSIGNED:
+                if self._stopping_first(t):
+                    continue  # the view's change when the old one stops brings the next pass
                 self._spawn(t.id, self._create(node, stub, t))
             elif c is not None and c.state == "created":
                 self._spawn(t.id, self._start(node, stub, t, c.id))
@@ -236,6 +238,18 @@ class Dispatcher:
                 self._spawn(c.id, self._stop(stub, c.id, remove=owner is None, grace=grace))
             elif owner is None:
                 self._spawn(c.id, self._remove(stub, c.id))
+
+    def _stopping_first(self, t: Task) -> bool:
+        """A stop-first update's new task starts once the task it replaces has stopped (as Swarm's:
+        so at most `parallelism` slots are down at once, and a published host port is free again).
+        The old task counts while its node is up to report it; a task on a lost node is not waited for."""
+        for o in self.view.tasks_of(t.service):
+            if o.slot == t.slot and o.id != t.id and o.desired_state is DesiredState.SHUTDOWN \
+                    and o.error == "updated" and o.state.active and o.node is not None:
+                n = self.view.nodes.get(o.node)
+                if n is not None and n.status is NodeStatus.READY:
+                    return True
+        return False
 
     def _spawn(self, key: str, coro: object) -> None:
         self._inflight.add(key)
