@@ -240,6 +240,29 @@ def test_an_agent_gets_only_the_files_of_its_own_tasks(env: Env) -> None:
         env.cli("secret", "rm", "own")
 
 
+def test_restarts_keep_the_files_and_the_key(env: Env) -> None:
+    env.ok("secret", "create", "kept", "-", stdin=SECRET)
+    try:
+        env.ok("service", "create", "--name", "svc_kept", "--secret", "kept", "-q", "busybox:latest", "sleep", "3600")
+        (c,) = env.containers("svc_kept")
+        # the agent killed and started again: the container is adopted, its tmpfs is still there
+        env.agent.kill9()
+        env.agent.start()
+        wait_for(lambda: [x for x in env.containers("svc_kept") if x.id == c.id], 30, "the container adopted")
+        assert _exec(env, c.id, "cat", "/run/secrets/kept").encode() == SECRET
+        # the scheduler restarted: the same key file opens what it sealed, for a new task too
+        env.sched.stop()
+        env.sched.start()
+        env.ok("service", "scale", "svc_kept=2")
+        wait_for(lambda: len(env.containers("svc_kept")) == 2, 60, "a second task")
+        for x in env.containers("svc_kept"):
+            assert _exec(env, x.id, "cat", "/run/secrets/kept").encode() == SECRET
+    finally:
+        env.cli("service", "rm", "svc_kept")
+        wait_for(lambda: not env.containers("svc_kept"), 30, "svc_kept removed")
+        wait_for(lambda: env.cli("secret", "rm", "kept").returncode == 0, 20, "kept removed")
+
+
 def test_a_bad_stack_secret_is_refused_with_its_line(env: Env) -> None:
     f = env.tmp / "bad.yaml"
     f.write_text(textwrap.dedent("""\
