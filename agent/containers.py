@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import dataclasses
 import datetime
 import json
 import logging
@@ -35,7 +36,6 @@ from agent.model import (
     Mount,
     NotFound,
     Port,
-    Resources,
     RestartPolicy,
     StartFailed,
 )
@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dockyard.agent")
 
+
+# What `update` may change (docker update's resource flags; device rates and rules are set at create).
+UPDATABLE_LIMITS = frozenset({"memory", "memory_swap", "nano_cpus", "cpu_shares", "pids_limit", "blkio_weight"})
 
 class ContainerNetwork(Protocol):
     """What the manager needs of the containers' network: runtime/network/bridge.py's BridgeNetwork
@@ -309,7 +312,7 @@ class ContainerManager:
             if p.protocol not in ("tcp", "udp"):
                 raise InvalidArgument(f"invalid protocol {p.protocol!r} for port {p.container_port}")
         try:
-            cgroups.Resources(**_resources_kwargs(cfg)).validate()
+            cfg.resources.validate()
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
         hostconfig.check(cfg)
@@ -392,8 +395,7 @@ class ContainerManager:
         if cfg.extra_hosts:
             hosts += hostconfig.extra_hosts(cfg, str(getattr(self.network, "gateway", "")))
         nodes, rules = devices_for(cfg)
-        resources = _resources_kwargs(cfg, as_json=True)
-        resources["devices"] = [r.to_dict() for r in rules]
+        resources = dataclasses.replace(cfg.resources, devices=rules)
         spec = RuntimeSpec(
             id=c.id, state_dir=str(files.dir), rootfs=str(files.dir / "rootfs"), mounts=mounts,
             process=ProcessSpec(
@@ -956,19 +958,29 @@ class ContainerManager:
         return [f"volume {n} is also used by {', '.join(u)}" for n in volume_names(c)
                 if (u := [x for x in self.volume_users(n) if not x.startswith(f"{c.name} (")])]
 
-    async def update(self, ref: str, resources: Resources | None = None,
+    async def update(self, ref: str, limits: Mapping[str, int] | None = None,
                      restart_policy: RestartPolicy | None = None) -> Container:
-        """docker update: new limits (applied to a live cgroup at once) and restart policy."""
+        """docker update: the limits named in `limits` (Resources fields: memory, nano_cpus, ...)
+        change, the others keep their values; applied to a live cgroup at once. The device rules
+        stay those the container started with: an update changes limits, not what it may open."""
         c = self.get(ref)
         cfg = copy.deepcopy(c.config)
-        if resources is not None:
-            cfg.resources = resources
+        if limits:
+            unknown = sorted(set(limits) - UPDATABLE_LIMITS)
+            if unknown:
+                raise InvalidArgument(f"update: {', '.join(unknown)} cannot be updated")
+            changes: dict[str, Any] = dict(limits)
+            cfg.resources = dataclasses.replace(cfg.resources, **changes)
         if restart_policy is not None:
             cfg.restart_policy = restart_policy
         self._validate(cfg)
-        if resources is not None and c.state.status in ("running", "paused") and self.cg.exists(c.id):
+        if limits and c.state.status in ("running", "paused") and self.cg.exists(c.id):
             try:
-                await asyncio.to_thread(self.cg.update, c.id, cgroups.Resources(**_resources_kwargs(cfg)))
+                started = RuntimeSpec.load(self.files(c).spec).cgroup.devices
+            except (OSError, ValueError, KeyError, TypeError):
+                started = devices_for(cfg)[1]   # (no spec left: what its flags give)
+            try:
+                await asyncio.to_thread(self.cg.update, c.id, dataclasses.replace(cfg.resources, devices=started))
             except cgroups.CgroupError as e:
                 raise InvalidArgument(str(e)) from e
         c.config = cfg
@@ -1135,21 +1147,6 @@ def mount_key(target: str) -> str:
     import hashlib
 
     return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
-
-
-def _resources_kwargs(cfg: ContainerConfig, as_json: bool = False) -> dict[str, Any]:
-    r = cfg.resources
-    out: dict[str, Any] = {
-        "memory": r.memory, "memory_swap": r.memory_swap, "nano_cpus": r.nano_cpus,
-        "cpu_shares": r.cpu_shares, "pids_limit": r.pids_limit, "blkio_weight": r.blkio_weight,
-    }
-    if as_json:
-        out["device_read_bps"] = [asdict(d) for d in r.device_read_bps]
-        out["device_write_bps"] = [asdict(d) for d in r.device_write_bps]
-    else:
-        out["device_read_bps"] = tuple(cgroups.DeviceRate(d.path, d.rate) for d in r.device_read_bps)
-        out["device_write_bps"] = tuple(cgroups.DeviceRate(d.path, d.rate) for d in r.device_write_bps)
-    return out
 
 
 def _resolv_conf() -> str:

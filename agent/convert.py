@@ -34,12 +34,12 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         resources=Resources(
             memory=r.memory, memory_swap=r.memory_swap, nano_cpus=r.nano_cpus, cpu_shares=r.cpu_shares,
             pids_limit=r.pids_limit, blkio_weight=r.blkio_weight,
-            device_read_bps=[DeviceRate(d.path, d.rate) for d in r.device_read_bps],
-            device_write_bps=[DeviceRate(d.path, d.rate) for d in r.device_write_bps],
+            device_read_bps=tuple(DeviceRate(d.path, d.rate) for d in r.device_read_bps),
+            device_write_bps=tuple(DeviceRate(d.path, d.rate) for d in r.device_write_bps),
         ),
         network_mode=m.network_mode or "bridge", pid_mode=m.pid_mode, ipc_mode=m.ipc_mode,
         userns_mode=m.userns_mode,
-        restart_policy=RestartPolicy(m.restart_policy.name or "no", m.restart_policy.max_retries),
+        restart_policy=restart_policy_from_pb(m.restart_policy),
         auto_remove=m.auto_remove, init=m.init, stop_timeout=m.stop_timeout, stop_signal=m.stop_signal,
         security_opt=list(m.security_opt),
         devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
@@ -69,6 +69,10 @@ def mount_to_pb(m: Mount) -> pb.Mount:
                     selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source, anonymous=m.anonymous,
                     tmpfs_options=m.tmpfs_options, volume_driver=m.volume_driver, volume_labels=m.volume_labels,
                     volume_options=m.volume_options, external=m.external)
+
+
+def restart_policy_from_pb(p: pb.RestartPolicy) -> RestartPolicy:
+    return RestartPolicy(p.name or "no", p.max_retries)
 
 
 def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:

@@ -7,6 +7,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent.runtime.cgroups import DeviceRate as DeviceRate  # re-exported: the agent's users
+from agent.runtime.cgroups import Resources as Resources  # one type, from the CLI to the cgroup
 from agent.runtime.spec import dumps, write_atomic
 from common.devices import DeviceMapping as DeviceMapping  # re-exported: the agent's users
 
@@ -45,24 +47,6 @@ class Port:
     host_port: int = 0
     container_port: int = 0
     protocol: str = "tcp"
-
-
-@dataclass
-class DeviceRate:
-    path: str
-    rate: int
-
-
-@dataclass
-class Resources:
-    memory: int = 0
-    memory_swap: int = 0
-    nano_cpus: int = 0
-    cpu_shares: int = 0
-    pids_limit: int = 0
-    blkio_weight: int = 0
-    device_read_bps: list[DeviceRate] = field(default_factory=list)
-    device_write_bps: list[DeviceRate] = field(default_factory=list)
 
 
 @dataclass
@@ -150,7 +134,7 @@ class ContainerConfig:
     open_stdin: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     ports: list[Port] = field(default_factory=list)
-    resources: Resources = field(default_factory=Resources)
+    resources: Resources = field(default_factory=Resources)   # its devices: derived at start (devices_for)
     network_mode: str = "bridge"
     pid_mode: str = ""
     ipc_mode: str = ""
@@ -238,7 +222,9 @@ def from_dict(cls: Any, data: Any) -> Any:
         value = data[name]
         t = str(typ)
         target = _NESTED.get(t.replace("list[", "").replace("]", "").replace(" | None", ""))
-        if target is not None and t.startswith("list["):
+        if target is Resources and isinstance(value, dict):
+            value = Resources.from_dict(value)   # (frozen, with tuples: its own reader)
+        elif target is not None and t.startswith("list["):
             value = [from_dict(target, v) for v in value]
         elif target is not None:
             value = from_dict(target, value)
@@ -247,7 +233,7 @@ def from_dict(cls: Any, data: Any) -> Any:
 
 
 _NESTED: dict[str, Any] = {
-    "Port": Port, "DeviceRate": DeviceRate, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
+    "Port": Port, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
     "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit, "TaskFile": TaskFile,

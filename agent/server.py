@@ -22,7 +22,7 @@ import grpc
 
 from agent import attachsession, convert, metrics, status
 from agent.checkpoint import host_features
-from agent.containers import ContainerManager
+from agent.containers import UPDATABLE_LIMITS, ContainerManager
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
 from agent.model import AgentError, InvalidArgument
@@ -176,6 +176,12 @@ class AgentServicer(pbg.AgentServicer):
     async def RenameContainer(self, request: pb.RenameContainerRequest, context: Any) -> pb.Empty:
         self.m.rename(request.id, request.new_name)
         return pb.Empty()
+
+    @_mapped
+    async def UpdateContainer(self, request: pb.UpdateContainerRequest, context: Any) -> pb.ContainerSummary:
+        limits = {f: getattr(request, f) for f in sorted(UPDATABLE_LIMITS) if request.HasField(f)}
+        policy = convert.restart_policy_from_pb(request.restart_policy) if request.HasField("restart_policy") else None
+        return convert.summary(await self.m.update(request.id, limits, policy))
 
     @_mapped_stream
     async def ContainerLogs(self, request: pb.LogsRequest, context: Any) -> AsyncIterator[pb.LogEntry]:

@@ -586,6 +586,25 @@ def rename(ctx: click.Context, container: str, new_name: str) -> None:
     client(ctx).call("RenameContainer", pb.RenameContainerRequest(id=container, new_name=new_name))
 
 
+@main.command()
+@options.click_options(options.UPDATE)
+@click.argument("refs", nargs=-1, required=True, metavar="CONTAINER...")
+@click.pass_context
+def update(ctx: click.Context, /, refs: tuple[str, ...], **o: Any) -> None:
+    """Update configuration of one or more containers (limits apply to a running one at once)."""
+    from google.protobuf.json_format import ParseDict
+
+    try:
+        fields = containers.update_request(o)
+    except containers.BadOption as e:
+        if e.hint:
+            raise click.BadParameter(str(e), param_hint=e.hint) from None
+        raise click.UsageError(str(e)) from None
+    cl = client(ctx)
+    _each(cl, refs, lambda ref: cl.call(
+        "UpdateContainer", ParseDict({**fields, "id": ref}, pb.UpdateContainerRequest())))
+
+
 # Other command modules may route `exec` elsewhere (deploy/cli_cluster.py: a task through the
 # scheduler): a route gets (ctx, container) and returns the Exec call to use, or None for the agent's.
 EXEC_ROUTES: list[Callable[[click.Context, str], Any]] = []

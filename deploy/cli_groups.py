@@ -166,7 +166,7 @@ def _install() -> None:
         main = mod.main
         commands: dict[str, Any] = main.commands
         for name in ("attach", "create", "exec", "export", "inspect", "kill", "logs", "pause", "port", "rename",
-                     "restart", "rm", "run", "start", "stats", "stop", "top", "unpause", "wait", "checkpoint",
+                     "restart", "rm", "run", "start", "stats", "stop", "top", "unpause", "update", "wait", "checkpoint",
                      "restore"):
             container.add_command(commands[name], name)
         for alias in ("ls", "ps", "list"):

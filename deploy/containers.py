@@ -111,6 +111,48 @@ def devices(specs: tuple[str, ...]) -> list[dict[str, Any]]:
     return out
 
 
+def nano_cpus(text: str) -> int:
+    try:
+        cpus = float(text)
+    except ValueError:
+        raise BadOption(f'invalid argument "{text}" for "--cpus" flag: not a number') from None
+    n = os.cpu_count() or 1
+    if cpus <= 0 or cpus > n:
+        raise BadOption(f"range of CPUs is from 0.01 to {float(n):.2f}, as there are only {n} CPUs available",
+                        "'--cpus'")
+    return int(cpus * 1e9)
+
+
+def restart_policy(text: str) -> dict[str, Any]:
+    """--restart no|always|unless-stopped|on-failure[:N] as the proto's RestartPolicy fields."""
+    rname, _, rmax = text.partition(":")
+    if rname not in RESTART_POLICIES or (rmax and (rname != "on-failure" or not rmax.isdigit())):
+        raise BadOption(f"invalid restart policy '{text}'", "'--restart'")
+    return {"name": rname, "max_retries": int(rmax or 0)}
+
+
+def update_request(o: dict[str, Any]) -> dict[str, Any]:
+    """`dockyard update`'s flags (deploy/options.py UPDATE) as UpdateContainerRequest fields: only
+    those given, for the agent changes only those."""
+    req: dict[str, Any] = {}
+    if o["memory"]:
+        req["memory"] = parse_size(o["memory"], "-m, --memory")
+    if o["memory_swap"]:
+        req["memory_swap"] = -1 if o["memory_swap"] == "-1" else parse_size(o["memory_swap"], "--memory-swap")
+    if o["cpus"]:
+        req["nano_cpus"] = nano_cpus(o["cpus"])
+    for key in ("cpu_shares", "blkio_weight"):
+        if o[key] is not None:
+            req[key] = o[key]
+    if o["pids_limit"] is not None:
+        req["pids_limit"] = 0 if o["pids_limit"] < 0 else o["pids_limit"]
+    if o["restart"]:
+        req["restart_policy"] = restart_policy(o["restart"])
+    if not req:
+        raise BadOption("you must provide one or more flags when using this command", usage=True)
+    return req
+
+
 def resources(o: dict[str, Any]) -> dict[str, Any]:
     res: dict[str, Any] = {}
     if o["memory"]:
@@ -118,15 +160,7 @@ def resources(o: dict[str, Any]) -> dict[str, Any]:
     if o["memory_swap"]:
         res["memory_swap"] = -1 if o["memory_swap"] == "-1" else parse_size(o["memory_swap"], "--memory-swap")
     if o["cpus"]:
-        try:
-            cpus = float(o["cpus"])
-        except ValueError:
-            raise BadOption(f'invalid argument "{o["cpus"]}" for "--cpus" flag: not a number') from None
-        n = os.cpu_count() or 1
-        if cpus <= 0 or cpus > n:
-            raise BadOption(f"range of CPUs is from 0.01 to {float(n):.2f}, as there are only {n} CPUs available",
-                            "'--cpus'")
-        res["nano_cpus"] = int(cpus * 1e9)
+        res["nano_cpus"] = nano_cpus(o["cpus"])
     res["cpu_shares"] = o["cpu_shares"]
     res["pids_limit"] = 0 if o["pids_limit"] < 0 else o["pids_limit"]
     res["blkio_weight"] = o["blkio_weight"]
@@ -151,10 +185,6 @@ def build_config(image: str, command: tuple[str, ...] | list[str], o: dict[str, 
     if o["workdir"] and not o["workdir"].startswith("/"):
         raise BadOption(f"the working directory '{o['workdir']}' is invalid, it needs to be an absolute path",
                         "'-w' / '--workdir'")
-    restart = o["restart"] or "no"
-    rname, _, rmax = restart.partition(":")
-    if rname not in RESTART_POLICIES or (rmax and (rname != "on-failure" or not rmax.isdigit())):
-        raise BadOption(f"invalid restart policy '{restart}'", "'--restart'")
     entry_set = o["entrypoint"] is not None
     return {
         "name": o["name"], "image": image, "cmd": list(command),
@@ -164,7 +194,7 @@ def build_config(image: str, command: tuple[str, ...] | list[str], o: dict[str, 
         "labels": {**label_files(o.get("label_file") or ()), **dict(label.partition("=")[::2] for label in o["label"])},
         "ports": ports(o["publish"]), "resources": resources(o), "network_mode": o["network"],
         "pid_mode": o["pid_mode"], "ipc_mode": o["ipc_mode"], "userns_mode": o["userns_mode"],
-        "restart_policy": {"name": rname, "max_retries": int(rmax or 0)}, "auto_remove": o["auto_remove"],
+        "restart_policy": restart_policy(o["restart"] or "no"), "auto_remove": o["auto_remove"],
         "init": o["init"], "stop_timeout": o["stop_timeout"], "stop_signal": o["stop_signal"],
         "security_opt": security_opts(o["security_opt"]), "devices": devices(o["device"]), "privileged": o["privileged"],
         **run_extras(o),

@@ -136,6 +136,17 @@ STOP: tuple[Opt, ...] = (
 
 KILL: tuple[Opt, ...] = (opt("-s", "--signal", dest="sig", default="KILL", help="Signal to send to the container"),)
 
+# docker update's flags that dockyard has (None: not given, so left as it is).
+UPDATE: tuple[Opt, ...] = (
+    opt("-m", "--memory", help="Memory limit"),
+    opt("--memory-swap", help="Swap limit equal to memory plus swap: '-1' to enable unlimited swap"),
+    opt("--cpus", help="Number of CPUs"),
+    opt("-c", "--cpu-shares", type=int, default=None, help="CPU shares (relative weight)"),
+    opt("--pids-limit", type=int, default=None, help="Tune container pids limit (-1 for unlimited)"),
+    opt("--blkio-weight", type=int, default=None, help="Block IO (relative weight), between 10 and 1000"),
+    opt("--restart", help="Restart policy to apply when a container exits"),
+)
+
 RM: tuple[Opt, ...] = (
     opt("-f", "--force", flag=True, help="Force the removal of a running container (uses SIGKILL)"),
     opt("-v", "--volumes", flag=True, help="Remove anonymous volumes associated with the container"),

@@ -437,6 +437,26 @@ class RenameContainerRequest(_message.Message):
     new_name: str
     def __init__(self, id: _Optional[str] = ..., new_name: _Optional[str] = ...) -> None: ...
 
+class UpdateContainerRequest(_message.Message):
+    __slots__ = ("id", "memory", "memory_swap", "nano_cpus", "cpu_shares", "pids_limit", "blkio_weight", "restart_policy")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SWAP_FIELD_NUMBER: _ClassVar[int]
+    NANO_CPUS_FIELD_NUMBER: _ClassVar[int]
+    CPU_SHARES_FIELD_NUMBER: _ClassVar[int]
+    PIDS_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    BLKIO_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    RESTART_POLICY_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    memory: int
+    memory_swap: int
+    nano_cpus: int
+    cpu_shares: int
+    pids_limit: int
+    blkio_weight: int
+    restart_policy: RestartPolicy
+    def __init__(self, id: _Optional[str] = ..., memory: _Optional[int] = ..., memory_swap: _Optional[int] = ..., nano_cpus: _Optional[int] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ..., blkio_weight: _Optional[int] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ...) -> None: ...
+
 class WaitResponse(_message.Message):
     __slots__ = ("exit_code", "oom_killed", "error")
     EXIT_CODE_FIELD_NUMBER: _ClassVar[int]

@@ -99,6 +99,11 @@ class AgentStub:
                 request_serializer=protos_dot_agent__pb2.RenameContainerRequest.SerializeToString,
                 response_deserializer=protos_dot_agent__pb2.Empty.FromString,
                 _registered_method=True)
+        self.UpdateContainer = channel.unary_unary(
+                '/dockyard.agent.Agent/UpdateContainer',
+                request_serializer=protos_dot_agent__pb2.UpdateContainerRequest.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.ContainerSummary.FromString,
+                _registered_method=True)
         self.ContainerLogs = channel.unary_stream(
                 '/dockyard.agent.Agent/ContainerLogs',
                 request_serializer=protos_dot_agent__pb2.LogsRequest.SerializeToString,
@@ -254,6 +259,13 @@ class AgentServicer:
 
     def RenameContainer(self, request, context):
         """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def UpdateContainer(self, request, context):
+        """docker update
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -425,6 +437,11 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.RenameContainer,
                     request_deserializer=protos_dot_agent__pb2.RenameContainerRequest.FromString,
                     response_serializer=protos_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'UpdateContainer': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateContainer,
+                    request_deserializer=protos_dot_agent__pb2.UpdateContainerRequest.FromString,
+                    response_serializer=protos_dot_agent__pb2.ContainerSummary.SerializeToString,
             ),
             'ContainerLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.ContainerLogs,
@@ -853,6 +870,33 @@ class Agent:
             '/dockyard.agent.Agent/RenameContainer',
             protos_dot_agent__pb2.RenameContainerRequest.SerializeToString,
             protos_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateContainer(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.agent.Agent/UpdateContainer',
+            protos_dot_agent__pb2.UpdateContainerRequest.SerializeToString,
+            protos_dot_agent__pb2.ContainerSummary.FromString,
             options,
             channel_credentials,
             insecure,

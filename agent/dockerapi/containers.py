@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import dataclasses
 import datetime
 import json
 import os
@@ -430,19 +429,17 @@ def register(r: Any, api: DockerAPI) -> None:
         for k, v in body.items():
             if k not in res_keys and k != "RestartPolicy" and not convert.empty(v):
                 raise HTTPError(400, f"update: {k} is not supported by dockyard (got {v!r})")
-        resources = None
-        if any(body.get(k) is not None for k in res_keys):
-            resources = dataclasses.replace(c.config.resources)
-            for k, attr in res_keys.items():
-                if body.get(k) is not None:
-                    v = convert._int(body[k], k)
-                    setattr(resources, attr, 0 if attr == "pids_limit" and v < 0 else v)
+        limits: dict[str, int] = {}
+        for k, attr in res_keys.items():
+            if body.get(k) is not None:
+                v = convert._int(body[k], k)
+                limits[attr] = 0 if attr == "pids_limit" and v < 0 else v
         policy = None
         if body.get("RestartPolicy"):
             rp = body["RestartPolicy"]
             policy = RestartPolicy(convert._str(rp.get("Name"), "RestartPolicy.Name") or "no",
                                    convert._int(rp.get("MaximumRetryCount"), "RestartPolicy.MaximumRetryCount"))
-        await m.update(c.id, resources, policy)
+        await m.update(c.id, limits, policy)
         return Json(200, {"Warnings": []})
 
     async def archive_put(req: Request) -> Response:

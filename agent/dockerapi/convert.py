@@ -137,13 +137,13 @@ def _port_key(key: str) -> tuple[int, str]:
     return port, proto
 
 
-def _rates(v: Any, field: str) -> list[DeviceRate]:
+def _rates(v: Any, field: str) -> tuple[DeviceRate, ...]:
     out = []
     for d in v or []:
         if not isinstance(d, dict) or "Path" not in d:
             raise HTTPError(400, f"HostConfig.{field}: each entry needs Path and Rate (got {d!r})")
         out.append(DeviceRate(str(d["Path"]), _int(d.get("Rate"), f"HostConfig.{field}.Rate")))
-    return out
+    return tuple(out)
 
 
 def _devices(v: Any) -> list[DeviceMapping]:

@@ -48,15 +48,6 @@ class ShimFiles:
         self.socket = Path(socket_path)
 
 
-def resources_from_dict(d: dict[str, Any]) -> cgroups.Resources:
-    d = dict(d)
-    for key in ("device_read_bps", "device_write_bps"):
-        d[key] = tuple(cgroups.DeviceRate(path=r["path"], rate=int(r["rate"])) for r in d.get(key, ()))
-    if "devices" in d:  # (a spec written before device rules has none: docker's default then)
-        d["devices"] = tuple(cgroups.DeviceRule(**r) for r in d["devices"])
-    return cgroups.Resources(**d)
-
-
 # The cgroup driver of the agent's (root, parent), detected by the zygote before it forks us.
 DETECTED: dict[tuple[str, str | None], cgroups.CgroupDriver] = {}
 
@@ -348,7 +339,7 @@ class _Shim:
             rootfs.mount_rootfs(spec.mounts, spec.rootfs)
         self.mounted = True
         if spec.restore is not None:
-            self.cg.create(spec.id, resources_from_dict(spec.cgroup))
+            self.cg.create(spec.id, spec.cgroup)
             return self._restore(stdio)
         if "user" in spec.namespaces and spec.uid_map:
             # Through idmapped layers a file is created as the mapped owner: host root is not in
@@ -457,7 +448,7 @@ class _Shim:
     def _join_cgroup(self) -> None:
         assert self.cg is not None
         try:
-            resources = resources_from_dict(self.spec.cgroup)
+            resources = self.spec.cgroup
             if self.spare is not None and self.spare.take(self.spec.id, resources):
                 trace("cgroup taken from the spare")
                 return

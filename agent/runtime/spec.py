@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
+from agent.runtime.cgroups import Resources
+
 # Docker's default capability set (moby/oci/caps/defaults.go).
 DEFAULT_CAPABILITIES = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
@@ -113,7 +115,7 @@ class RuntimeSpec:
     namespaces: list[str] = field(default_factory=lambda: ["mnt", "uts", "ipc", "pid", "net"])
     uid_map: list[IdMap] = field(default_factory=list)   # set when "user" is among namespaces
     gid_map: list[IdMap] = field(default_factory=list)
-    cgroup: dict[str, Any] = field(default_factory=dict)   # Resources fields for the cgroup driver
+    cgroup: Resources = field(default_factory=Resources)   # the container's cgroup, its device rules in
     cgroup_parent: str | None = None
     cgroup_root: str = "/sys/fs/cgroup"
     network: dict[str, Any] | None = None        # an Endpoint (bridge mode) as a dict
@@ -148,6 +150,7 @@ class RuntimeSpec:
         d["gid_map"] = [IdMap(**m) for m in d.get("gid_map", [])]
         d["volumes"] = [ContainerMount(**m) for m in d.get("volumes", [])]
         d["devices"] = [DeviceNode(**n) for n in d.get("devices", [])]
+        d["cgroup"] = Resources.from_dict(d.get("cgroup") or {})
         return cls(**d)
 
     @classmethod

@@ -157,3 +157,18 @@ def test_privileged_with_userns_remap_is_refused(clean_agent: AgentProcess) -> N
     r = clean_agent.cli("run", "--rm", "--privileged", "--userns", "remap", "busybox", "true")
     assert r.returncode == 125
     assert "privileged mode is incompatible with user namespaces" in r.stderr
+
+
+def test_update_keeps_the_device_rules_of_device_and_privileged(clean_agent: AgentProcess) -> None:
+    """`update -m` rewrites the cgroup's limits, not what the container may open: a --device or
+    --privileged container keeps its devices (update() applies every field of the resources)."""
+    _host_opens(*CHAR)
+    dev = clean_agent.run_detached("--network", "none", "--device", "/dev/net/tun", "busybox", "sleep", "60")
+    priv = clean_agent.run_detached("--network", "none", "--privileged", "busybox", "sleep", "60")
+    for cid in (dev, priv):
+        r = clean_agent.cli("update", "-m", "64m", cid)
+        assert r.returncode == 0, r.stderr
+    r = clean_agent.cli("exec", dev, "sh", "-c", "true >/dev/net/tun && echo opened; " + _try(*BLOCK, "r"))
+    assert r.stdout == "opened\nrefused\n", r.stdout + r.stderr
+    r = clean_agent.cli("exec", priv, "sh", "-c", _try(*BLOCK, "r"))
+    assert r.stdout == "opened\n", r.stdout + r.stderr

@@ -388,6 +388,36 @@ def test_resource_flags_reach_the_cgroup(clean_agent: AgentProcess) -> None:
 
 
 @pytest.mark.slow
+def test_update_changes_only_the_limits_given_on_a_running_container(clean_agent: AgentProcess) -> None:
+    """docker update: -m, --cpus, --pids-limit and --restart reach the live cgroup and the record;
+    what is not named keeps its value; bad input names the flag and changes nothing."""
+    cid = clean_agent.run_detached("--network", "none", "--cpu-shares", "512", "-m", "32m", "--pids-limit", "77",
+                                   "busybox", "sleep", "60")
+    pid = _pid(clean_agent, cid)
+    r = clean_agent.cli("update", "-m", "48m", "--memory-swap", "96m", "--cpus", "0.5", "--pids-limit", "40",
+                        "--restart", "on-failure:3", cid)
+    assert (r.returncode, r.stdout) == (0, cid + "\n"), r.stderr
+    mem = _cgroup_dir(pid, "memory")
+    assert int((mem / "memory.limit_in_bytes").read_text()) == 48 << 20
+    assert (_cgroup_dir(pid, "pids") / "pids.max").read_text().strip() == "40"
+    assert (_cgroup_dir(pid, "cpu") / "cpu.cfs_quota_us").read_text().strip() == "50000"
+    assert (_cgroup_dir(pid, "cpu") / "cpu.shares").read_text().strip() == "512"   # not named: kept
+    doc = clean_agent.inspect(cid)["HostConfig"]
+    assert (doc["Memory"], doc["MemorySwap"], doc["NanoCpus"], doc["CpuShares"], doc["PidsLimit"]) == \
+        (48 << 20, 96 << 20, 500_000_000, 512, 40)
+    assert doc["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+    for argv, message in ([[], "you must provide one or more flags"],
+                          [["-m", "1m"], "below the minimum of 6 MiB"],
+                          [["--restart", "sometimes"], "invalid restart policy 'sometimes'"],
+                          [["--cpus", "lots"], 'invalid argument "lots" for "--cpus" flag']):
+        r = clean_agent.cli("update", *argv, cid)
+        assert r.returncode != 0 and message in r.stderr, (argv, r.stderr)
+    assert int((mem / "memory.limit_in_bytes").read_text()) == 48 << 20   # the refusals changed nothing
+    r = clean_agent.cli("update", "-m", "64m", "no-such-container")
+    assert r.returncode == 1 and "no-such-container" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
 def test_create_then_start_and_rename(clean_agent: AgentProcess) -> None:
     cid = clean_agent.cli("create", "--name", "later", "busybox", "sh", "-c", "echo started-late", check=True).stdout.strip()
     assert clean_agent.inspect(cid)["State"]["Status"] == "created"

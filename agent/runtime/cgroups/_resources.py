@@ -8,7 +8,8 @@ field, and 0 means "unlimited" or "kernel default", never "leave as it is" (merg
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 from ._devices import DEFAULT_DEVICE_RULES, DeviceRule
 from ._errors import CgroupError
@@ -52,6 +53,18 @@ class Resources:
     device_write_bps: tuple[DeviceRate, ...] = ()
     devices: tuple[DeviceRule, ...] = DEFAULT_DEVICE_RULES
     """what the container may open (all else is denied); docker's default unless told otherwise"""
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Resources:
+        """From its JSON (dumps of a Resources: a container's record, a runtime spec); keys this
+        version does not know are ignored, and a record written before device rules gets docker's."""
+        known = {f.name for f in fields(cls)}
+        kw = {k: v for k, v in d.items() if k in known}
+        for key in ("device_read_bps", "device_write_bps"):
+            kw[key] = tuple(DeviceRate(str(r["path"]), int(r["rate"])) for r in kw.get(key, ()))
+        if "devices" in kw:
+            kw["devices"] = tuple(DeviceRule(**r) for r in kw["devices"])
+        return cls(**kw)
 
     def validate(self) -> None:
         """Raise CgroupError naming the first bad field, with docker's rules."""
