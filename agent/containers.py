@@ -18,7 +18,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -130,6 +130,8 @@ class ContainerManager:
         self.on_change: list[Callable[[Container], None]] = []
         self.volumes = VolumeStore(root / "volumes")
         self.taskfiles = TaskFiles(root / "taskfiles")  # tasks' secrets and configs, on a tmpfs each
+        # With --join: a task's secrets and configs by task id, from the scheduler (agent/cluster.py)
+        self.task_files_source: Callable[[str], Awaitable[dict[tuple[str, str], bytes]]] | None = None
         self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
@@ -187,6 +189,14 @@ class ContainerManager:
                 if any(m.type == "volume" and m.source == name for m in c.config.mounts)]
 
     # --- create -------------------------------------------------------------------------------
+
+    async def fetch_task_files(self, cfg: ContainerConfig) -> dict[tuple[str, str], bytes]:
+        """The data of cfg.task_files, from the cluster's scheduler (which gives them only to the
+        task's node, or the node it is being migrated to)."""
+        if self.task_files_source is None:
+            raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent is not "
+                                  "joined to one (--join)")
+        return await self.task_files_source(cfg.labels.get("dockyard.task", ""))
 
     def create(self, cfg: ContainerConfig, files: Mapping[tuple[str, str], bytes] | None = None) -> Container:
         """``files``: the data of cfg.task_files by (kind, name), fetched from the scheduler."""

@@ -32,7 +32,7 @@ from typing import Any
 import grpc
 
 from agent.containers import ContainerManager
-from agent.model import AgentError, Conflict, InvalidArgument, NotFound, Unavailable
+from agent.model import AgentError, Conflict, NotFound, Unavailable
 from agent.runtime.procs import trace
 from common import faults, transport
 from protos import agent_pb2 as pb
@@ -122,10 +122,6 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
     c = m.get(ref)
     if c.state.status not in ("running", "paused") and live:
         raise Conflict(f"container {c.name} is not running: nothing to migrate live (use cold)")
-    if c.config.task_files:
-        # the target would need the task's secrets from the scheduler first (not built yet)
-        raise InvalidArgument(f"container {c.name} has secrets or configs: moving it is not supported yet "
-                              "(its tmpfs files would not follow)")
     t0 = time.monotonic()
     channel = transport.dial(target, transport.AGENT, transport.Role.AGENT)
     try:

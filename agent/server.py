@@ -89,8 +89,6 @@ class AgentServicer(pbg.AgentServicer):
         from agent.dockerapi.events import Events
 
         self.events = Events(manager)  # the Docker API's event source, for `dockyard system events`
-        # With --join: fetches a task's secrets and configs from the scheduler (agent/cluster.py)
-        self.task_files: Callable[[str], Awaitable[dict[tuple[str, str], bytes]]] | None = None
 
     # --- containers ---------------------------------------------------------------------------
 
@@ -111,9 +109,7 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.ContainerSummary:
         cfg = convert.config_from_pb(request.config)
-        files = None
-        if cfg.task_files and self.task_files is not None:
-            files = await self.task_files(cfg.labels.get("dockyard.task", ""))
+        files = await self.m.fetch_task_files(cfg) if cfg.task_files else None
         c = await asyncio.to_thread(self.m.create, cfg, files)
         return convert.summary(c)
 

@@ -799,15 +799,21 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def TaskFiles(self, request: pb.TaskFilesRequest, context: Any) -> pb.TaskFilesResponse:
-        """Only for a task placed on the asking node (over TLS: the node of the caller's certificate),
-        and only the files of the spec that task runs."""
+        """Only for a task placed on the asking node or being migrated to it (over TLS: the node of the
+        caller's certificate), and only the files of the spec that task runs."""
         self._own_node(request.node)
+
+        def placed_there(t: Task | None) -> bool:
+            # its node, or the target of its migration (the restore there needs the files first)
+            return t is not None and (t.node == request.node or any(
+                m.task_id == t.id and m.target == request.node for m in self.view.migrations.values()))
+
         t = self.view.tasks.get(request.task_id)
         deadline = time.monotonic() + 3.0  # the leader's dispatch may be a moment ahead of this replica's view
-        while (t is None or t.node != request.node) and time.monotonic() < deadline:
+        while not placed_there(t) and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
             t = self.view.tasks.get(request.task_id)
-        if t is None or t.node != request.node or t.desired_state is not DesiredState.RUNNING:
+        if t is None or not placed_there(t) or t.desired_state is not DesiredState.RUNNING:
             raise Forbidden(f"task {request.task_id} is not placed on node {request.node or '(none)'}: "
                             "its secrets and configs go only to its own node")
         svc = self._service(t.service)
