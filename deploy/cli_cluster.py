@@ -651,6 +651,8 @@ def stack_rm(ctx: click.Context, stacks: tuple[str, ...]) -> None:
     r = sched(ctx).call("RemoveServices", pb.RemoveServicesRequest(names=list(stacks), stack=True))
     for n in r.removed:
         click.echo(f"Removing service {n}")
+    for n in r.removed_objects:
+        click.echo(f"Removing {n}")
 
 
 # --- exec into a task through the scheduler -----------------------------------------------------

@@ -508,10 +508,12 @@ class RemoveServicesRequest(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ..., stack: _Optional[bool] = ...) -> None: ...
 
 class RemoveServicesResponse(_message.Message):
-    __slots__ = ("removed",)
+    __slots__ = ("removed", "removed_objects")
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     removed: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
+    removed_objects: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ..., removed_objects: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
     __slots__ = ("target", "follow", "tail", "timestamps")

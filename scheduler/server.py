@@ -458,6 +458,16 @@ class SchedulerServicer(pbg.SchedulerServicer):
         # The services go now; their tasks are wanted shut down in the same transaction, so no
         # reconcile pass ever sees a task without its service, and the dispatcher stops them.
         ops: list[Op] = [self.store.delete_service_op(s) for s in doomed]
+        gone_objects: list[str] = []
+        if request.stack:  # and the stacks' own secrets and configs, unless another service uses one
+            names = {s.name for s in doomed}
+            others = [sp for svc in self.view.services.values() if svc.name not in names
+                      for sp in (svc.spec, svc.previous_spec) if sp is not None]
+            for kind in objects.KINDS:
+                for st in await self.store.list_objects(kind):
+                    if st.labels.get(convert.STACK_LABEL) in request.names and not objects.users(kind, st.name, others):
+                        ops.append(Delete(self.store.keys.object(kind, st.name), st.mod_revision))
+                        gone_objects.append(f"{kind} {st.name}")
         for s in doomed:
             for t in await self.store.list_tasks(s.name):
                 if t.desired_state is DesiredState.RUNNING:
@@ -469,7 +479,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         for batch in chunks(ops):
             rev = await self.store.commit(batch)
         await self.view.wait_revision(rev)
-        return pb.RemoveServicesResponse(removed=[s.name for s in doomed])
+        return pb.RemoveServicesResponse(removed=[s.name for s in doomed], removed_objects=gone_objects)
 
     # --- tasks: logs and exec through the agent --------------------------------------------------
 

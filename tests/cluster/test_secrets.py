@@ -191,14 +191,17 @@ def test_a_stack_gets_its_secrets_as_files_only_in_memory(env: Env) -> None:
         r = env.cli("stack", "deploy", "-c", str(d / "stack.yaml"), "shop")
         assert r.returncode != 0 and "secret shop_token exists with other data" in r.stderr, r.stderr
     finally:
-        env.cli("stack", "rm", "shop")
+        out = env.ok("stack", "rm", "shop")
+    # as docker stack rm: the stack's own secrets and configs go with it, an external one stays
+    assert "Removing secret shop_token" in out and "Removing config shop_app" in out, out
+    assert "db_pw" not in out
     wait_for(lambda: not env.containers("shop_web"), 30, "shop_web removed")
     wait_for(lambda: f"{env.agent.root / 'taskfiles'}/" not in Path("/proc/mounts").read_text(), 10,
              "the tmpfs unmounted")
     assert not list((env.agent.root / "taskfiles").iterdir())
-    for kind, name in (("secret", "shop_token"), ("config", "shop_app"), ("secret", "db_pw")):
-        env.ok(kind, "rm", name)
-    assert "db_pw" not in env.ok("secret", "ls")
+    assert "shop_app" not in env.ok("config", "ls")
+    env.ok("secret", "rm", "db_pw")
+    assert "db_pw" not in env.ok("secret", "ls") and "shop_token" not in env.ok("secret", "ls")
 
 
 def test_service_create_with_secret_flags(env: Env) -> None:
