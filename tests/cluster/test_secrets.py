@@ -217,10 +217,19 @@ def test_service_create_with_secret_flags(env: Env) -> None:
                "-q", "busybox:latest", "sleep", "3600")
         (c,) = env.containers("svc_s")
         assert _exec(env, c.id, "cat", "/etc/pw").encode() == SECRET
+        # service update: a secret added, the first one's target moved; the task is replaced
+        env.ok("secret", "create", "second", "-", stdin=b"two")
+        env.ok("service", "update", "--secret-add", "second", "--secret-rm", "flagged", "--secret-add",
+               "source=flagged,target=/etc/pw2", "-q", "svc_s")
+        (c2,) = env.containers("svc_s")
+        assert c2.id != c.id
+        assert _exec(env, c2.id, "cat", "/run/secrets/second") == "two"
+        assert _exec(env, c2.id, "cat", "/etc/pw2").encode() == SECRET
+        assert env.cli("exec", c2.id, "cat", "/etc/pw").returncode != 0
     finally:
         env.cli("service", "rm", "svc_s")
         wait_for(lambda: not env.containers("svc_s"), 30, "svc_s removed")
-        env.cli("secret", "rm", "flagged")
+        wait_for(lambda: env.cli("secret", "rm", "flagged", "second").returncode == 0, 30, "both removed")
 
 
 def test_an_agent_gets_only_the_files_of_its_own_tasks(env: Env) -> None:
