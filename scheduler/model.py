@@ -279,6 +279,8 @@ class ServiceSpec:
     sysctls: tuple[tuple[str, str], ...] = ()
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
+    log_driver: str = ""   # the stack's logging: driver and options ("" = each node's default)
+    log_options: tuple[tuple[str, str], ...] = ()
     networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
     secrets: tuple[FileRef, ...] = ()
     configs: tuple[FileRef, ...] = ()
@@ -311,8 +313,8 @@ _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "
                                  "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
                                  "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
                                  "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
-                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": [],
-                                 "secrets": [], "configs": []}
+                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": [], "log_driver": "",
+                                 "log_options": [], "secrets": [], "configs": []}
 
 
 class UpdateState(enum.StrEnum):
