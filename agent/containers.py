@@ -11,19 +11,18 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import datetime
 import json
 import logging
 import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, names, restart
+from agent import hostconfig, logs, names, restart
 from agent.checkpointing import Checkpoints
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
@@ -34,11 +33,14 @@ from agent.model import (
     Container,
     ContainerConfig,
     InvalidArgument,
+    LogConfig,
     Mount,
     NotFound,
     Port,
     RestartPolicy,
     StartFailed,
+    Ulimit,
+    isolated,
 )
 from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames, messages
@@ -47,6 +49,8 @@ from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
 from agent.runtime.spec import ContainerMount, IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
+from agent.taskfiles import TaskFiles
+from agent.taskfiles import check as check_task_files
 from agent.volumes import specs as mount_specs
 from agent.volumes.store import VolumeStore
 
@@ -79,6 +83,7 @@ class ContainerNetwork(Protocol):
     def release(self, container_id: str) -> None: ...
     def attach(self, endpoint: Endpoint, pid: int) -> None: ...
     def detach(self, endpoint: Endpoint) -> None: ...
+    def withdraw(self, endpoint: Endpoint, back: bool = False) -> None: ...
     def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
                           ) -> tuple[OverlayEndpoint, ...]: ...
 
@@ -128,11 +133,19 @@ class ContainerManager:
         self.checkpoints = Checkpoints(self)  # checkpoint, restore, migration dumps (checkpointing.py)
         self.on_change: list[Callable[[Container], None]] = []
         self.volumes = VolumeStore(root / "volumes")
+        self.taskfiles = TaskFiles(root / "taskfiles")  # tasks' secrets and configs, on a tmpfs each
+        # With --join: a task's secrets and configs by task id, from the scheduler (agent/cluster.py)
+        self.task_files_source: Callable[[str], Awaitable[dict[tuple[str, str], bytes]]] | None = None
         self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
         self.localnets = LocalNetworks(root, lambda: list(self.containers.values()))   # user-defined networks
         self.on_change.append(self.localnets.on_change)
+        # the agent's defaults for what a container does not set (--log-driver/--log-opt,
+        # --default-ulimit, --dns, or daemon.json: agent/engine.py), merged in at create as docker does
+        self.log_default = LogConfig("json-file")
+        self.default_ulimits: list[Ulimit] = []
+        self.default_dns: list[str] = []
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -188,8 +201,20 @@ class ContainerManager:
 
     # --- create -------------------------------------------------------------------------------
 
-    def create(self, cfg: ContainerConfig) -> Container:
+    async def fetch_task_files(self, cfg: ContainerConfig) -> dict[tuple[str, str], bytes]:
+        """The data of cfg.task_files, from the cluster's scheduler (which gives them only to the
+        task's node, or the node it is being migrated to)."""
+        if self.task_files_source is None:
+            raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent is not "
+                                  "joined to one (--join)")
+        return await self.task_files_source(cfg.labels.get("dockyard.task", ""))
+
+    def create(self, cfg: ContainerConfig, files: Mapping[tuple[str, str], bytes] | None = None) -> Container:
+        """``files``: the data of cfg.task_files by (kind, name), fetched from the scheduler."""
         self._validate(cfg)
+        if cfg.task_files and files is None:
+            raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent got none "
+                                  "(is it joined with --join?)")
         name = cfg.name.lstrip("/") if cfg.name else self._free_name()
         if any(c.name == name for c in self.containers.values()):
             other = next(c for c in self.containers.values() if c.name == name)
@@ -208,6 +233,11 @@ class ContainerManager:
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
         cfg.mounts += self._volumes_from(cfg)
+        cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
+        own = {u.name for u in cfg.ulimits}
+        cfg.ulimits += [copy.copy(u) for u in self.default_ulimits if u.name not in own]
+        if not cfg.dns and cfg.network_mode != "host" and not cfg.overlays:
+            cfg.dns = list(self.default_dns)
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:
@@ -217,6 +247,9 @@ class ContainerManager:
         cdir = self.dir / cid
         try:
             cdir.mkdir(parents=True)
+            if cfg.task_files:
+                assert files is not None
+                self.taskfiles.write(cid, cfg.task_files, files)
             self.images.snapshotter.prepare(cid, image.chain_id)
             c = Container(id=cid, name=name, created=time.time(), config=cfg, image_id=image.id,
                           image_ref=cfg.image, snapshot=cid, args=args,
@@ -225,6 +258,8 @@ class ContainerManager:
         except BaseException:
             with contextlib.suppress(Exception):
                 self.images.snapshotter.remove(cid)
+            with contextlib.suppress(OSError):
+                self.taskfiles.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
             for name in made:
                 with contextlib.suppress(AgentError):
@@ -259,6 +294,7 @@ class ContainerManager:
             if m.type == "bind" and not m.create_source and not os.path.lexists(m.source):
                 raise InvalidArgument(f'invalid mount config for type "bind": bind source path does not exist: '
                                       f"{m.source}")
+            mount_specs.check_source_propagation(m)  # (a missing -v path: the mount it would be made on)
             if m.type == "volume" and m.external and not self.volumes.exists(m.source):
                 raise NotFound(f"external volume {m.source} does not exist on this host (volume create it first)")
         made: list[str] = []
@@ -355,6 +391,7 @@ class ContainerManager:
         devices_for(cfg)
         parse_signal(cfg.stop_signal or None, signal.SIGTERM)
         mount_specs.check_all(cfg.mounts)
+        check_task_files(cfg.task_files)
 
     @staticmethod
     def _args(cfg: ContainerConfig, ic: Any) -> list[str]:
@@ -444,12 +481,16 @@ class ContainerManager:
             cgroup_root=self.cg.root,
             network=c.endpoint, network_state_dir=str(bridge.state_dir),
             bridge=bridge.name, subnet=str(bridge.subnet),
-            etc_hosts=hosts, log_path=str(files.log), devices=nodes,
+            etc_hosts=hosts, devices=nodes,
             etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
             or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
+        if cfg.log_config.type != "none":
+            rot = logs.rotation(cfg.log_config)
+            spec.log_path = str(files.log)
+            spec.log_max_size, spec.log_max_file, spec.log_compress = rot.max_size, rot.max_file, rot.compress
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
             # /sys hidden or read-only
@@ -480,8 +521,9 @@ class ContainerManager:
                 continue
             source = str(self.volumes.path(m.source)) if m.type == "volume" else m.source
             out.append(ContainerMount("bind", source, m.target, m.readonly, [],
-                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target)))
-        return out
+                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target),
+                                      propagation=(m.propagation or "rprivate") if m.type == "bind" else "rprivate"))
+        return out + self.taskfiles.mounts(c.id, c.config.task_files)
 
     async def _acquire_volumes(self, c: Container) -> None:
         """Volumes of the local driver with a device (-o type=... device=...) are mounted on
@@ -560,7 +602,8 @@ class ContainerManager:
 
                 try:
                     ep = _replace(ep, overlays=self.network.overlay_endpoints(
-                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]),
+                        isolated=isolated(c.config.overlays))
                 except network.NetworkError as e:
                     await asyncio.to_thread(bridge.release, c.id)
                     raise InvalidArgument(str(e)) from e
@@ -977,6 +1020,11 @@ class ContainerManager:
 
     def _remove_files(self, c: Container) -> list[Path]:
         unmount(str(self.files(c).dir / "rootfs"))
+        if c.config.task_files:
+            try:
+                self.taskfiles.remove(c.id)
+            except OSError as e:
+                log.warning("container %s: its secrets' tmpfs %s: %s", c.name, self.taskfiles.dir(c.id), e)
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
         trash: list[Path] = []
@@ -1062,44 +1110,18 @@ class ContainerManager:
 
     async def logs(self, ref: str, follow: bool = False, tail: int = -1, since: float = 0,
                    until: float = 0) -> AsyncIterator[tuple[str, bytes, float]]:
+        """The container's log across its rotated files (agent/logs.py)."""
         c = self.get(ref)
-        path = self.files(c).log
-        lines: list[bytes] = []
-        pos = 0
-        if path.exists():
-            with open(path, "rb") as f:
-                data = f.read()
-                pos = f.tell()
-            lines = data.splitlines()
-            if tail >= 0:
-                lines = lines[-tail:] if tail else []
-        for raw in lines:
-            rec = _parse_log(raw)
-            if rec and (not since or rec[2] >= since) and (not until or rec[2] <= until):
-                yield rec
-        if not follow:
-            return
+        if c.config.log_config.type == "none":
+            raise logs.ReadNotSupported("configured logging driver does not support reading")
         ev = self._event(c)
-        buf = b""
-        while True:
-            running = c.state.status in ("running", "paused", "restarting") and c.id in self.containers
-            chunk = b""
-            if path.exists():
-                with open(path, "rb") as f:
-                    f.seek(pos)
-                    chunk = f.read()
-                    pos = f.tell()
-            buf += chunk
-            *complete, buf = buf.split(b"\n")
-            for raw in complete:
-                rec = _parse_log(raw)
-                if rec and (not until or rec[2] <= until):
-                    yield rec
-            if not running and not chunk:
-                return
-            if not chunk:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(ev.wait()), 0.1)
+
+        def running() -> bool:
+            return c.state.status in ("running", "paused", "restarting") and c.id in self.containers
+
+        async for rec in logs.entries(self.files(c).log, logs.rotation(c.config.log_config), follow, tail, since,
+                                      until, running, lambda: ev):
+            yield rec
 
     # --- attach and exec ----------------------------------------------------------------------
 
@@ -1217,20 +1239,6 @@ def _resolv_conf() -> str:
     keep = [ln for ln in text.splitlines()
             if not (ln.startswith("nameserver") and (" 127." in ln or " ::1" in ln))]
     return "\n".join(keep) + "\n"
-
-
-def _parse_log(raw: bytes) -> tuple[str, bytes, float] | None:
-    try:
-        rec = json.loads(raw)
-    except ValueError:
-        return None
-    ts = rec.get("time", "")
-    try:
-        t = datetime.datetime.strptime(ts[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(
-            tzinfo=datetime.UTC).timestamp() if ts else 0.0
-    except ValueError:
-        t = 0.0
-    return rec.get("stream", "stdout"), rec.get("log", "").encode(), t
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

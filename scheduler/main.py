@@ -71,6 +71,7 @@ class SchedulerOptions:
     etcd_cacert: str = ""  # an external etcd over TLS: its CA, our client certificate and key
     etcd_cert: str = ""
     etcd_key: str = ""
+    secrets_key: str = ""  # the file of the key that seals secrets in etcd; "" = <state-dir>/secrets.key
 
 
 # --- the embedded etcd --------------------------------------------------------------------------
@@ -248,6 +249,14 @@ class Scheduler:
         migrator = self.migrator = Migrator(view, store, self.agents, m, replica=self.replica)
         servicer.migrator = migrator
         servicer.cert_lifetime = o.cert_lifetime
+        from scheduler.objects import Sealer
+
+        key_file = Path(o.secrets_key) if o.secrets_key else state / "secrets.key"
+        try:
+            servicer.sealer = await asyncio.to_thread(Sealer.from_file, key_file)
+        except (OSError, ValueError) as e:
+            raise SchedulerError(f"--secrets-key {key_file}: {e}") from e
+        log.info("secrets are sealed in etcd with the key in %s (key id %s)", key_file, servicer.sealer.key_id)
         authorize = None
         if o.tls:
             authorize = await self._start_tls(state)
