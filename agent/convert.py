@@ -11,6 +11,7 @@ from agent.model import (
     ContainerConfig,
     DeviceRate,
     HealthCheck,
+    LogConfig,
     Mount,
     Overlay,
     Port,
@@ -19,6 +20,7 @@ from agent.model import (
     Ulimit,
 )
 from agent.runtime.spec import ProcessSpec
+from agent.volumes.specs import docker_spelling
 from common.devices import DeviceMapping
 from protos import agent_pb2 as pb
 
@@ -52,6 +54,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         healthcheck=HealthCheck(list(m.healthcheck.test), m.healthcheck.interval, m.healthcheck.timeout,
                                 m.healthcheck.retries, m.healthcheck.start_period, m.healthcheck.start_interval)
         if m.HasField("healthcheck") else None,
+        log_config=LogConfig(m.log_config.type, dict(m.log_config.config)),
     )
 
 
@@ -59,14 +62,15 @@ def mount_from_pb(m: pb.Mount) -> Mount:
     return Mount(type=m.type or "volume", source=m.source, target=m.target, readonly=m.readonly,
                  propagation=m.propagation, selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source,
                  anonymous=m.anonymous, tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
-                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options), external=m.external)
+                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options), external=m.external,
+                 origin=m.origin, spec=m.spec)
 
 
 def mount_to_pb(m: Mount) -> pb.Mount:
     return pb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.readonly, propagation=m.propagation,
                     selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source, anonymous=m.anonymous,
                     tmpfs_options=m.tmpfs_options, volume_driver=m.volume_driver, volume_labels=m.volume_labels,
-                    volume_options=m.volume_options, external=m.external)
+                    volume_options=m.volume_options, external=m.external, origin=m.origin, spec=m.spec)
 
 
 def restart_policy_from_pb(p: pb.RestartPolicy) -> RestartPolicy:
@@ -103,6 +107,7 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
                                    timeout=c.healthcheck.timeout, retries=c.healthcheck.retries,
                                    start_period=c.healthcheck.start_period,
                                    start_interval=c.healthcheck.start_interval) if c.healthcheck else None,
+        log_config=pb.LogConfig(type=c.log_config.type, config=c.log_config.config),
     )
 
 
@@ -164,14 +169,13 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
             "SecurityOpt": list(cfg.security_opt) or None,
             "ReadonlyRootfs": cfg.read_only,
+            "LogConfig": {"Type": cfg.log_config.type or "json-file", "Config": dict(cfg.log_config.config)},
             "CapAdd": list(cfg.cap_add) or None, "CapDrop": list(cfg.cap_drop) or None,
             "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits] or None,
             "Dns": list(cfg.dns), "DnsSearch": list(cfg.dns_search), "DnsOptions": list(cfg.dns_options),
             "ExtraHosts": list(cfg.extra_hosts) or None, "Sysctls": dict(cfg.sysctls) or None,
             "ShmSize": cfg.shm_size or 64 << 20, "GroupAdd": list(cfg.group_add) or None,
-            "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "")
-                      for m in cfg.mounts if m.type in ("bind", "volume") and not m.anonymous] or None,
-            "Tmpfs": {m.target: ",".join(m.tmpfs_options) for m in cfg.mounts if m.type == "tmpfs"} or None,
+            **docker_spelling(cfg.mounts),
             "Privileged": cfg.privileged,
             "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container or d.path_on_host,
                          "CgroupPermissions": d.permissions} for d in cfg.devices] or None,

@@ -1,6 +1,7 @@
 """docker's three spellings of a container's mounts, parsed into one type (model.Mount) and checked.
 
-    -v NAME:/path[:opts]   -v /host:/path[:opts]   -v /path        (opts: ro rw z Z nocopy private rprivate)
+    -v NAME:/path[:opts]   -v /host:/path[:opts]   -v /path
+        (opts: ro rw z Z nocopy, and for binds a propagation: [r]private [r]shared [r]slave)
     --mount type=volume|bind|tmpfs,src=...,dst=...,readonly,volume-opt=k=v,tmpfs-size=64m,...
     --tmpfs /run[:size=64m,mode=1777,noexec,...]
 
@@ -17,7 +18,6 @@ import re
 from agent.model import InvalidArgument, Mount
 
 VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-_PROPAGATIONS = ("private", "rprivate")          # what the runtime can do today
 _ALL_PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 # tmpfs: docker's allowed flags, and the key=value options the kernel's tmpfs takes.
 _TMPFS_FLAGS = {"ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev", "sync", "async", "dirsync",
@@ -56,7 +56,7 @@ def parse_volume(spec: str) -> Mount:
         source, target = parts
     else:
         source, target, mode = parts
-    m = Mount(target=target)
+    m = Mount(target=target, origin="-v", spec=spec)
     if not source:
         m.type, m.anonymous = "volume", True
     elif source.startswith("/"):
@@ -103,7 +103,7 @@ def _bool(value: str | None, key: str, spec: str) -> bool:
 
 def parse_mount(spec: str) -> Mount:
     """--mount: comma-separated key=value fields, as docker's (no CSV quoting)."""
-    m = Mount(type="volume")
+    m = Mount(type="volume", origin="--mount")
     typed = False
     fields: list[tuple[str, str | None]] = []
     for field in spec.split(","):
@@ -170,7 +170,38 @@ def parse_tmpfs(spec: str) -> Mount:
     options = list(TMPFS_DEFAULT_FLAGS)
     for opt in filter(None, opts.split(",")):
         options.append(opt)
-    return Mount(type="tmpfs", target=target, tmpfs_options=options)
+    return Mount(type="tmpfs", target=target, tmpfs_options=options, origin="--tmpfs", spec=spec)
+
+
+# --- back in docker's words (inspect) ---------------------------------------------------------------
+
+def docker_spelling(mounts: list[Mount]) -> dict[str, object]:
+    """HostConfig's Binds, Mounts and Tmpfs as the user gave them (docker inspect echoes its input);
+    mounts nobody asked for by name (an image's VOLUME, a --volumes-from copy) are in none of them."""
+    binds: list[str] = []
+    tmpfs: dict[str, str] = {}
+    objs: list[dict[str, object]] = []
+    for m in mounts:
+        if m.origin == "--mount":
+            o: dict[str, object] = {"Type": m.type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly}
+            if m.propagation:
+                o["BindOptions"] = {"Propagation": m.propagation}
+            if m.nocopy or m.volume_labels or m.volume_options or m.volume_driver:
+                o["VolumeOptions"] = {"NoCopy": m.nocopy, "Labels": dict(m.volume_labels) or None,
+                                      "DriverConfig": {"Name": m.volume_driver or "local",
+                                                       "Options": dict(m.volume_options) or None}}
+            if m.type == "tmpfs":
+                opts = dict(x.partition("=")[::2] for x in m.tmpfs_options)
+                o["TmpfsOptions"] = {k: v for k, v in (("SizeBytes", int(opts.get("size", "0") or 0)),
+                                                       ("Mode", int(opts.get("mode", "0") or "0", 8))) if v}
+            objs.append(o)
+        elif m.type == "tmpfs" and m.origin in ("--tmpfs", ""):
+            tmpfs[m.target] = m.spec.partition(":")[2] if m.spec else ",".join(m.tmpfs_options)
+        elif m.origin == "-v" and m.spec and not m.anonymous:   # `-v /path` is Config.Volumes
+            binds.append(m.spec)
+        elif m.origin == "" and not m.anonymous:   # a container made before origin was recorded
+            binds.append(f"{m.source}:{m.target}" + (":ro" if m.readonly else ""))
+    return {"Binds": binds or None, "Mounts": objs or None, "Tmpfs": tmpfs or None}
 
 
 # --- the agent's check -----------------------------------------------------------------------------
@@ -235,10 +266,8 @@ def check(m: Mount) -> None:
         if m.type != "bind":
             raise InvalidArgument(f"{what}: propagation ({m.propagation}) applies to bind mounts only")
         if m.propagation not in _ALL_PROPAGATIONS:
-            raise InvalidArgument(f"{what}: invalid propagation {m.propagation!r}")
-        if m.propagation not in _PROPAGATIONS:
-            raise InvalidArgument(f"{what}: propagation {m.propagation} is not supported by dockyard yet "
-                                  f"(only {' and '.join(_PROPAGATIONS)})")
+            raise InvalidArgument(f"{what}: invalid propagation {m.propagation!r} (one of "
+                                  f"{', '.join(_ALL_PROPAGATIONS)})")
     if m.selinux:
         if m.selinux not in ("z", "Z"):
             raise InvalidArgument(f"{what}: invalid SELinux relabel {m.selinux!r} (z or Z)")
@@ -289,3 +318,27 @@ def check_all(mounts: list[Mount]) -> None:
         if target in seen:
             raise InvalidArgument(f"duplicate mount point: {target}")
         seen.add(target)
+
+
+def check_source_propagation(m: Mount, mountinfo: str = "/proc/self/mountinfo") -> None:
+    """docker's rule for a bind's shared or slave propagation: the host mount its source lies on
+    must be shared (for [r]shared) or shared or a slave (for [r]slave), else nothing could propagate
+    and the option would be a no-op. Read from this process's mount table (the agent's, the host's)."""
+    if m.type != "bind" or m.propagation not in ("shared", "rshared", "slave", "rslave"):
+        return
+    path = os.path.realpath(m.source)
+    best, fields = "", ""
+    with open(mountinfo) as f:
+        for line in f:
+            parts = line.split(" - ")[0].split()
+            point = parts[4].replace("\\040", " ")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, fields = point, " ".join(parts[6:])
+    shared, slave = "shared:" in fields, "master:" in fields
+    if m.propagation.endswith("shared") and not shared:
+        raise InvalidArgument(f"{_describe(m)}: path {m.source} is mounted on {best} but it is not a shared mount "
+                              f"(make it one: mount --make-shared {best})")
+    if m.propagation.endswith("slave") and not (shared or slave):
+        raise InvalidArgument(f"{_describe(m)}: path {m.source} is mounted on {best} but it is not a shared or "
+                              f"slave mount (make it one: mount --make-shared {best})")
