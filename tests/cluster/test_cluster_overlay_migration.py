@@ -220,6 +220,8 @@ def test_a_live_move_that_fails_after_the_switch_points_the_address_back(env: En
     client = env.deploy("tf", ECHO_CLIENT.format(net="failnet", first=7001, last=7001, ip=ip, interval=0.05,
                                                  where=f"node.name != {srv.node}"))
     ch, src = env.host(client.node), env.host(srv.node)
+    # for the new connection after the rollback (the echo client exits with its lost connection)
+    probe = env.deploy("pf", PROBE.format(net="failnet", on=client.node))
     wait_for(lambda: len(echoes(ch, client.container_id).get(7001, [])) > 10, 60, "the echo flowing")
     th = next(h for h in env.c if h.name not in (srv.node, client.node))
     mac = mac_for(ip)
@@ -261,11 +263,11 @@ def test_a_live_move_that_fails_after_the_switch_points_the_address_back(env: En
     assert back_at < returned - 1.0, f"pointed back at the source only {back_at - returned:+.2f} s from the end"
     back = wait_for(lambda: [t for t in running(env.sched, "ef_echo") if t.node == srv.node], 60, "running on the source")
     assert back[0].id == srv.id and address_of(env, "failnet", srv.id) == ip
-    r2 = ch.cli("exec", client.container_id, "sh", "-c", f"echo again | timeout 5 nc {ip} 7002", timeout=20)
+    r2 = ch.cli("exec", probe.container_id, "sh", "-c", f"echo again | timeout 5 nc {ip} 7002", timeout=20)
     assert "again" in str(r2.stdout), (r2.stdout, r2.stderr)
     wait_for(lambda: any(n.name == th.name and n.status == "ready"
                          for n in env.sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes), 60, "target back")
-    for name in ("tf", "ef"):
+    for name in ("pf", "tf", "ef"):
         env.ok("stack", "rm", name)
 
 
