@@ -61,7 +61,6 @@ def test_defaults_pick_a_free_subnet_and_the_lowest_free_vni() -> None:
     ({"name": "x", "driver": "macvlan"}, "driver 'macvlan'"),
     ({"name": "x", "mtu": 100}, "mtu 100"),
     ({"name": "x", "attachable": True}, "--attachable: plain containers cannot join cluster networks yet"),
-    ({"name": "x", "internal": True}, "--internal: not supported yet"),
 ])
 def test_bad_requests_name_what_is_wrong(kwargs: dict[str, object], message: str) -> None:
     existing = [new_network("a", [])]

@@ -19,7 +19,8 @@ def configure_inside(endpoint: Endpoint) -> None:
     try:
         syscalls.set_ipv4_address("eth0", endpoint.ip, endpoint.prefixlen)
         syscalls.set_interface_up("eth0")
-        syscalls.add_default_route(endpoint.gateway)
+        if not endpoint.isolated:
+            syscalls.add_default_route(endpoint.gateway)
         for ov in endpoint.overlays:  # cluster networks: their subnet only, no default route
             syscalls.set_ipv4_address(ov.ifname, ov.ip, ov.prefixlen)
             syscalls.set_interface_up(ov.ifname)

@@ -24,6 +24,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.runtime.network.ipam import mac_for
 from agent.runtime.network.model import NetworkError
 
 log = logging.getLogger("dockyard.agent.overlay")
@@ -264,6 +265,39 @@ class Overlays:
         except Exception as e:
             if _code(e) not in (ENOENT, ENODEV):
                 raise NetworkError(f"{args[0]} {kw}: {e}") from e
+
+    # --- the host's own address on a network (the routing mesh's source address)
+
+    def set_address(self, vni: int, ip: str, prefixlen: int) -> bool:
+        """The bridge of `vni` holds exactly this IPv4 address (others removed) and the MAC derived
+        from it, which is the one every peer's FDB and neighbour entries name (a bridge's own MAC
+        follows its ports otherwise, and a frame to another MAC is not the host's); and may carry
+        127.0.0.1-sourced packets DNATed onto it (route_localnet). True when it changed."""
+        changed = False
+        mac = mac_for(ipaddress.IPv4Address(ip))
+        with _ipr() as ipr:
+            bidx = self._lookup(ipr, self.bridge_name(vni))
+            if bidx is None:
+                raise NetworkError(f"VNI {vni}: no bridge {self.bridge_name(vni)} (ensure it first)")
+            if str(ipr.link("get", index=bidx)[0].get_attr("IFLA_ADDRESS")) != mac:
+                ipr.link("set", index=bidx, address=mac)
+                changed = True
+            have = {(str(a.get_attr("IFA_ADDRESS")), int(a["prefixlen"])) for a in ipr.get_addr(index=bidx, family=2)}
+            for addr, plen in have - {(ip, prefixlen)}:
+                self._quiet(ipr.addr, "del", index=bidx, address=addr, prefixlen=plen)
+                changed = True
+            if (ip, prefixlen) not in have:
+                ipr.addr("replace", index=bidx, address=ip, prefixlen=prefixlen)
+                changed = True
+        path = f"/proc/sys/net/ipv4/conf/{self.bridge_name(vni)}/route_localnet"
+        try:
+            with open(path, "r+") as f:
+                if f.read().strip() != "1":
+                    f.seek(0)
+                    f.write("1")
+        except OSError as e:
+            raise NetworkError(f"sysctl {path}: {e}") from e
+        return changed
 
     # --- a container's interface on the network
 
