@@ -136,6 +136,8 @@ class ContainerManager:
         self.log_default = LogConfig("json-file")
         self.default_ulimits: list[Ulimit] = []
         self.default_dns: list[str] = []
+        self.default_dns_search: list[str] = []
+        self.default_dns_options: list[str] = []
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -213,8 +215,10 @@ class ContainerManager:
         cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
         own = {u.name for u in cfg.ulimits}
         cfg.ulimits += [copy.copy(u) for u in self.default_ulimits if u.name not in own]
-        if not cfg.dns and cfg.network_mode != "host" and not cfg.overlays:
-            cfg.dns = list(self.default_dns)
+        if cfg.network_mode != "host" and not cfg.overlays:  # (the cluster's resolver serves overlays)
+            cfg.dns = cfg.dns or list(self.default_dns)
+            cfg.dns_search = cfg.dns_search or list(self.default_dns_search)
+            cfg.dns_options = cfg.dns_options or list(self.default_dns_options)
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:

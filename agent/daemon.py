@@ -121,6 +121,8 @@ class Agent:
         self.manager.log_default = o.engine.log
         self.manager.default_ulimits = list(o.engine.ulimits)
         self.manager.default_dns = list(o.engine.dns)
+        self.manager.default_dns_search = list(o.engine.dns_search)
+        self.manager.default_dns_options = list(o.engine.dns_options)
         await self.manager.adopt()
         if resolvers is not None:
             self.manager.on_change.append(resolvers.on_change)

@@ -109,7 +109,8 @@ class AgentServicer(pbg.AgentServicer):
             arch=self.host.arch, cpu_features=self.host.cpu_features,
             config_file=self.config_file, registry_mirrors=self.engine.registries.mirrors,
             insecure_registries=self.engine.registries.insecure, log_driver=self.engine.log.type,
-            log_opts=self.engine.log.config, dns=self.engine.dns,
+            log_opts=self.engine.log.config, dns=self.engine.dns, dns_search=self.engine.dns_search,
+            dns_options=self.engine.dns_options,
             default_ulimits=[f"{u.name}={u.soft}:{u.hard}" for u in self.engine.ulimits],
         )
 
