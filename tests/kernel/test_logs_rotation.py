@@ -167,3 +167,22 @@ def test_hostile_settings_stay_bounded(clean_agent: AgentProcess) -> None:
     out = a.cli("logs", cid, check=True).stdout
     assert out.endswith("y" * 5000 + "\nafter\n"), out[-80:]
     assert len(_log_files(a, cid)) == 2
+
+
+def test_a_restart_appends_and_keeps_the_bound(clean_agent: AgentProcess) -> None:
+    a = clean_agent
+    cid = a.cli("create", "--log-opt", "max-size=3k", "--log-opt", "max-file=3", "busybox", "sh", "-c",
+                "n=$(cat /runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > /runs; "
+                "i=0; while [ $i -lt 60 ]; do echo run-$n-$i; i=$((i+1)); done",
+                check=True).stdout.strip()
+    for _ in range(3):
+        a.cli("start", cid, check=True)
+        a.wait_for(lambda: a.inspect(cid)["State"]["Status"] == "exited", 30, "the run to end")
+    files = _log_files(a, cid)
+    assert set(files) == {"container.log", "container.log.1", "container.log.2"}, files
+    assert all(size <= 3000 for size in files.values()), files
+    out = a.cli("logs", cid, check=True).stdout.splitlines()
+    assert out[-1] == "run-3-59" and len(out) > 40
+    # in order: each run's numbers rise, and a run never goes back to an earlier one's
+    runs = [(int(line.split("-")[1]), int(line.split("-")[2])) for line in out]
+    assert runs == sorted(runs)
