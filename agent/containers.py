@@ -18,7 +18,7 @@ import shutil
 import signal
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -26,6 +26,7 @@ from agent import hostconfig, logs, names, restart
 from agent.checkpointing import Checkpoints
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
+from agent.localnets import LocalNetworks
 from agent.model import (
     AgentError,
     Conflict,
@@ -39,6 +40,7 @@ from agent.model import (
     RestartPolicy,
     StartFailed,
     Ulimit,
+    isolated,
 )
 from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames, messages
@@ -79,6 +81,7 @@ class ContainerNetwork(Protocol):
     def release(self, container_id: str) -> None: ...
     def attach(self, endpoint: Endpoint, pid: int) -> None: ...
     def detach(self, endpoint: Endpoint) -> None: ...
+    def withdraw(self, endpoint: Endpoint, back: bool = False) -> None: ...
     def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
                           ) -> tuple[OverlayEndpoint, ...]: ...
 
@@ -131,6 +134,8 @@ class ContainerManager:
         self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
+        self.localnets = LocalNetworks(root, lambda: list(self.containers.values()))   # user-defined networks
+        self.on_change.append(self.localnets.on_change)
         # the agent's defaults for what a container does not set (--log-driver/--log-opt,
         # --default-ulimit, --dns, or daemon.json: agent/engine.py), merged in at create as docker does
         self.log_default = LogConfig("json-file")
@@ -212,6 +217,7 @@ class ContainerManager:
         from agent.health import from_image, resolve
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
+        cfg.mounts += self._volumes_from(cfg)
         cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
         own = {u.name for u in cfg.ulimits}
         cfg.ulimits += [copy.copy(u) for u in self.default_ulimits if u.name not in own]
@@ -244,6 +250,24 @@ class ContainerManager:
         self.containers[cid] = c
         return c
 
+    def _volumes_from(self, cfg: ContainerConfig) -> list[Mount]:
+        """--volumes-from CONTAINER[:ro|rw]: that container's volumes and binds at the same targets
+        (ro/rw overrides their mode), under this run's own mounts; never its tmpfs (docker's rule)."""
+        covered = {os.path.normpath(m.target) for m in cfg.mounts}
+        out: list[Mount] = []
+        for spec in cfg.volumes_from:
+            ref, _, mode = spec.partition(":")
+            if mode not in ("", "ro", "rw"):
+                raise InvalidArgument(f"--volumes-from {spec}: invalid mode {mode!r} (ro or rw)")
+            other = self.get(ref)
+            for m in other.config.mounts:
+                if m.type == "tmpfs" or os.path.normpath(m.target) in covered:
+                    continue
+                covered.add(os.path.normpath(m.target))
+                out.append(replace(m, readonly=(mode == "ro") if mode else m.readonly, anonymous=False,
+                                   create_source=False, origin="", spec="", volume_labels={}, volume_options={}))
+        return out
+
     def _prepare_mounts(self, cfg: ContainerConfig) -> list[str]:
         """What the mounts need on this host, before the container is made: bind sources (-v makes
         a missing one, --mount refuses it), named volumes (made if missing, as docker run does)
@@ -273,6 +297,18 @@ class ContainerManager:
             raise
         return made
 
+    def set_network(self, c: Container, mode: str, aliases: list[str], links: list[str]) -> None:
+        """docker network connect/disconnect of a container that is not running: its one network
+        (checked as at create), its aliases there and its links."""
+        if c.state.status in ("running", "paused", "restarting") and mode != c.config.network_mode:
+            raise Conflict(f"container {c.name} is running: its network cannot change until it stops")
+        cfg = replace(c.config, network_mode=mode, network_aliases=list(aliases), links=list(links))
+        if cfg.ports and mode in ("none", "host"):
+            cfg.ports = []   # docker keeps the bindings but publishes nothing without a network
+        self._validate(cfg)
+        c.config = cfg
+        self._save(c)
+
     def _free_name(self) -> str:
         taken = {c.name for c in self.containers.values()}
         for _ in range(100):
@@ -295,7 +331,16 @@ class ContainerManager:
         if not cfg.image:
             raise InvalidArgument("an image is required")
         if cfg.network_mode not in ("", "bridge", "none", "host", "default"):
-            raise InvalidArgument(f"--network {cfg.network_mode}: must be bridge, none or host")
+            n = self.localnets.find(cfg.network_mode)
+            if n is None:
+                raise NotFound(f"network {cfg.network_mode} not found")
+            cfg.network_mode = n.name   # (it may have been given by id)
+        if cfg.network_aliases and not self.localnets.is_local(cfg.network_mode):
+            raise InvalidArgument("network-scoped aliases are only supported for user-defined networks")
+        for link in cfg.links:
+            name, _, alias = link.partition(":")
+            if not name or (alias and not names.valid_name(alias.lstrip("/"))):
+                raise InvalidArgument(f"--link {link}: expected CONTAINER[:ALIAS]")
         if cfg.pid_mode not in ("", "host"):
             raise InvalidArgument(f"--pid {cfg.pid_mode}: must be host or empty")
         if cfg.ipc_mode not in ("", "host", "private", "shareable"):
@@ -395,8 +440,10 @@ class ContainerManager:
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         if c.endpoint:
             hosts += f"{c.endpoint['ip']}\t{hostname}\n"
+        bridge = self._bridge_of(c) or self.network
+        hosts += self._link_hosts(cfg)
         if cfg.extra_hosts:
-            hosts += hostconfig.extra_hosts(cfg, str(getattr(self.network, "gateway", "")))
+            hosts += hostconfig.extra_hosts(cfg, str(getattr(bridge, "gateway", "")))
         nodes, rules = devices_for(cfg)
         resources = dataclasses.replace(cfg.resources, devices=rules)
         spec = RuntimeSpec(
@@ -413,11 +460,11 @@ class ContainerManager:
             hostname=hostname, namespaces=namespaces, uid_map=uid_map, gid_map=list(uid_map),
             cgroup=resources, cgroup_parent=self.cg.parent,
             cgroup_root=self.cg.root,
-            network=c.endpoint, network_state_dir=str(self.network.state_dir),
-            bridge=self.network.name, subnet=str(self.network.subnet),
+            network=c.endpoint, network_state_dir=str(bridge.state_dir),
+            bridge=bridge.name, subnet=str(bridge.subnet),
             etc_hosts=hosts, devices=nodes,
-            etc_resolv=RESOLV_CONF if cfg.overlays and self.resolvers is not None
-            else hostconfig.resolv_conf(cfg, _resolv_conf()),
+            etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
+            or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
@@ -432,6 +479,20 @@ class ContainerManager:
             spec.process.seccomp = False
             spec.masked_paths, spec.readonly_paths, spec.readonly_sysfs = [], [], False
         return spec
+
+    def _link_hosts(self, cfg: ContainerConfig) -> str:
+        """--link NAME[:ALIAS]: the running container's address under both names, in /etc/hosts."""
+        out = ""
+        for link in cfg.links:
+            name, _, alias = link.partition(":")
+            other = self.get(name)
+            if other.state.status not in ("running", "paused") or not other.ip_address:
+                raise InvalidArgument(f"Cannot link to a non running container: /{other.name} AS {alias or name}")
+            if other.config.network_mode != cfg.network_mode:
+                raise InvalidArgument(f"--link {link}: /{other.name} is on network {other.config.network_mode}, "
+                                      f"not {cfg.network_mode or 'bridge'}")
+            out += f"{other.ip_address}\t{' '.join(dict.fromkeys(x for x in (alias, other.name) if x))}\n"
+        return out
 
     def _container_mounts(self, c: Container) -> list[ContainerMount]:
         out = []
@@ -503,13 +564,16 @@ class ContainerManager:
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
-        if c.endpoint is None and c.config.network_mode in ("", "bridge", "default"):
+        bridge = self._bridge_of(c)
+        if c.endpoint is None and bridge is not None:
             from agent.runtime import network
 
             mappings = [network.PortMapping(p.host_ip, p.host_port, p.container_port, p.protocol)
                         for p in c.config.ports]
+            if self.localnets.is_local(c.config.network_mode):
+                self.localnets.loop = asyncio.get_running_loop()
             try:
-                ep = await asyncio.to_thread(self.network.allocate, c.id, mappings)
+                ep = await asyncio.to_thread(bridge.allocate, c.id, mappings)
             except network.PortInUse as e:
                 raise Conflict(str(e)) from e
             except network.NetworkError as e:
@@ -519,9 +583,10 @@ class ContainerManager:
 
                 try:
                     ep = _replace(ep, overlays=self.network.overlay_endpoints(
-                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]),
+                        isolated=isolated(c.config.overlays))
                 except network.NetworkError as e:
-                    await asyncio.to_thread(self.network.release, c.id)
+                    await asyncio.to_thread(bridge.release, c.id)
                     raise InvalidArgument(str(e)) from e
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
@@ -600,7 +665,13 @@ class ContainerManager:
         from agent.runtime import network
 
         assert c.endpoint is not None
-        self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)
+        self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)   # (on the endpoint's own bridge)
+        if self.localnets.is_local(c.config.network_mode):
+            try:
+                self.localnets.open_resolver(c, pid)
+            except (OSError, network.NetworkError) as e:
+                self.network.detach(network.Endpoint.from_dict(c.endpoint))
+                raise network.NetworkError(f"its resolver at 127.0.0.11: {e}") from e
         if c.config.overlays and self.resolvers is not None:
             try:
                 self.resolvers.open(c.id, tuple(o.network for o in c.config.overlays), pid)
@@ -614,10 +685,19 @@ class ContainerManager:
         with contextlib.suppress(Exception):
             self.network.detach(network.Endpoint.from_dict(endpoint))
 
+    def _bridge_of(self, c: Container) -> Any:
+        """The bridge the container's eth0 is on: the agent's, a user network's, or None (host, none)."""
+        mode = c.config.network_mode
+        if mode in ("", "bridge", "default"):
+            return self.network
+        n = self.localnets.find(mode) if mode not in ("host", "none") else None
+        return self.localnets.bridge_of(n) if n is not None else None
+
     def _release_network(self, c: Container) -> None:
         if c.endpoint is not None:
             with contextlib.suppress(Exception):
-                self.network.release(c.id)
+                bridge = self._bridge_of(c) or self.network
+                bridge.release(c.id)
             c.endpoint = None
             c.ip_address = ""
 

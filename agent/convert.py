@@ -20,6 +20,7 @@ from agent.model import (
     Ulimit,
 )
 from agent.runtime.spec import ProcessSpec
+from agent.volumes.specs import docker_spelling
 from common.devices import DeviceMapping
 from protos import agent_pb2 as pb
 
@@ -44,7 +45,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         security_opt=list(m.security_opt),
         devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
         privileged=m.privileged,
-        overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu) for o in m.overlays],
+        overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu, o.internal) for o in m.overlays],
         mounts=[mount_from_pb(x) for x in m.mounts], read_only=m.read_only,
         cap_add=list(m.cap_add), cap_drop=list(m.cap_drop),
         ulimits=[Ulimit(u.name, u.soft, u.hard) for u in m.ulimits], dns=list(m.dns), dns_search=list(m.dns_search),
@@ -61,14 +62,15 @@ def mount_from_pb(m: pb.Mount) -> Mount:
     return Mount(type=m.type or "volume", source=m.source, target=m.target, readonly=m.readonly,
                  propagation=m.propagation, selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source,
                  anonymous=m.anonymous, tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
-                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options), external=m.external)
+                 volume_labels=dict(m.volume_labels), volume_options=dict(m.volume_options), external=m.external,
+                 origin=m.origin, spec=m.spec)
 
 
 def mount_to_pb(m: Mount) -> pb.Mount:
     return pb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.readonly, propagation=m.propagation,
                     selinux=m.selinux, nocopy=m.nocopy, create_source=m.create_source, anonymous=m.anonymous,
                     tmpfs_options=m.tmpfs_options, volume_driver=m.volume_driver, volume_labels=m.volume_labels,
-                    volume_options=m.volume_options, external=m.external)
+                    volume_options=m.volume_options, external=m.external, origin=m.origin, spec=m.spec)
 
 
 def restart_policy_from_pb(p: pb.RestartPolicy) -> RestartPolicy:
@@ -94,8 +96,8 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         devices=[pb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
                                   permissions=d.permissions) for d in c.devices],
         privileged=c.privileged,
-        overlays=[pb.OverlayAttachment(network=o.network, vni=o.vni, subnet=o.subnet, ip=o.ip, mac=o.mac, mtu=o.mtu)
-                  for o in c.overlays],
+        overlays=[pb.OverlayAttachment(network=o.network, vni=o.vni, subnet=o.subnet, ip=o.ip, mac=o.mac, mtu=o.mtu,
+                                       internal=o.internal) for o in c.overlays],
         mounts=[mount_to_pb(x) for x in c.mounts], read_only=c.read_only,
         cap_add=c.cap_add, cap_drop=c.cap_drop,
         ulimits=[pb.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in c.ulimits], dns=c.dns,
@@ -173,9 +175,7 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "Dns": list(cfg.dns), "DnsSearch": list(cfg.dns_search), "DnsOptions": list(cfg.dns_options),
             "ExtraHosts": list(cfg.extra_hosts) or None, "Sysctls": dict(cfg.sysctls) or None,
             "ShmSize": cfg.shm_size or 64 << 20, "GroupAdd": list(cfg.group_add) or None,
-            "Binds": [f"{m.source}:{m.target}" + (":ro" if m.readonly else "")
-                      for m in cfg.mounts if m.type in ("bind", "volume") and not m.anonymous] or None,
-            "Tmpfs": {m.target: ",".join(m.tmpfs_options) for m in cfg.mounts if m.type == "tmpfs"} or None,
+            **docker_spelling(cfg.mounts),
             "Privileged": cfg.privileged,
             "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container or d.path_on_host,
                          "CgroupPermissions": d.permissions} for d in cfg.devices] or None,

@@ -109,7 +109,7 @@ class Agent:
             net.overlays = Overlays(o.bridge, underlay_host(o.advertise or o.listen))
             resolvers = Resolvers()
             resolvers.loop = asyncio.get_running_loop()
-        driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
+        driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent, o.cgroup_root))
         self.cgroup_driver = driver
         if o.cgroup_favor_dynmods:
             cgroups.favor_dynmods(str(self.root / "cgroup-dynmods"))
@@ -118,12 +118,21 @@ class Agent:
         self.zygote.ensure()
         self.manager = ContainerManager(self.root, images, net, driver, self.zygote, self.root / "run")
         self.manager.resolvers = resolvers
+        self.manager.localnets.ip_masq = o.ip_masq
+        self.manager.localnets.loop = asyncio.get_running_loop()
+        await asyncio.to_thread(self.manager.localnets.ensure_all)
         self.manager.log_default = o.engine.log
         self.manager.default_ulimits = list(o.engine.ulimits)
         self.manager.default_dns = list(o.engine.dns)
         self.manager.default_dns_search = list(o.engine.dns_search)
         self.manager.default_dns_options = list(o.engine.dns_options)
         await self.manager.adopt()
+        for c in self.manager.containers.values():   # adopted on a user network: its 127.0.0.11 anew
+            if self.manager.localnets.is_local(c.config.network_mode) and c.state.status in ("running", "paused"):
+                try:
+                    await asyncio.to_thread(self.manager.localnets.open_resolver, c, c.state.pid)
+                except (OSError, network.NetworkError) as e:
+                    log.error("container %s: no resolver at 127.0.0.11: %s", c.name, e)
         if resolvers is not None:
             self.manager.on_change.append(resolvers.on_change)
             for c in self.manager.containers.values():  # adopted: the old agent's sockets died with it
@@ -151,7 +160,7 @@ class Agent:
         self.server = transport.server(transport.AGENT)
         add_images = __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server
         pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
-        add_images(self.server, self.manager, images)
+        images_servicer = add_images(self.server, self.manager, images)
         from agent.volumes import service as volumes_service
 
         volumes_service.add_to_server(self.server, self.manager)
@@ -173,7 +182,7 @@ class Agent:
         await self.server.start()
         os.chmod(o.socket, 0o660)
         # The same API for the CLI's fast commands, without gRPC (agent/local_api.py).
-        self.local_api = LocalApi(servicer, local_wire.socket_path(o.socket))
+        self.local_api = LocalApi(servicer, local_wire.socket_path(o.socket), images_servicer)
         await self.local_api.start()
         if o.docker_socket or o.docker_tcp:
             from agent import dockerapi
@@ -224,6 +233,8 @@ class Agent:
             await self.netsync.stop()
         if self.manager is not None and self.manager.resolvers is not None:
             self.manager.resolvers.close_all()
+        if self.manager is not None:
+            self.manager.localnets.close_resolvers()
         if self.member is not None:
             await self.member.stop()
         if self.tls_server is not None:
@@ -294,7 +305,7 @@ def agent_authorization() -> dict[str, frozenset[str]]:
     return table
 
 
-def _cgroup_parent(root: Path, configured: str | None) -> str:
+def _cgroup_parent(root: Path, configured: str | None, cgroup_root: str) -> str:
     """Where this agent's container cgroups live, the same in every controller, fixed at first start.
 
     By default they nest under the agent's own cgroup (the deepest of its controller paths: here the
@@ -307,7 +318,7 @@ def _cgroup_parent(root: Path, configured: str | None) -> str:
         return configured.strip("/")
     if saved.exists():
         return saved.read_text().strip()
-    parent = (own_cgroup().rstrip("/") + "/dockyard").strip("/")
+    parent = cgroups.nesting_parent(cgroup_root, own_cgroup())
     saved.write_text(parent + "\n")
     return parent
 

@@ -69,6 +69,11 @@ class Mount:
     volume_driver: str = ""         # a volume made by this mount: "" or local
     volume_labels: dict[str, str] = field(default_factory=dict)
     volume_options: dict[str, str] = field(default_factory=dict)
+    # How it was asked for, so that inspect says it back in the same words: "-v" (HostConfig.Binds),
+    # "--mount" (HostConfig.Mounts), "--tmpfs" (HostConfig.Tmpfs); "" for an image's VOLUME, a
+    # Config.Volumes entry or a --volumes-from copy. spec: the user's own text of a -v or --tmpfs.
+    origin: str = ""
+    spec: str = ""
 
 
 @dataclass
@@ -105,6 +110,13 @@ class Overlay:
     ip: str = ""
     mac: str = ""
     mtu: int = 0
+    internal: bool = False
+
+
+def isolated(overlays: list[Overlay]) -> bool:
+    """Only on internal networks (the scheduler marks the ingress attachment of such a task
+    internal too): the container gets no route out of them."""
+    return bool(overlays) and all(o.internal for o in overlays)
 
 
 @dataclass
@@ -160,6 +172,9 @@ class ContainerConfig:
     stdin_once: bool = False         # the container's stdin closes when the first attached client's does
     healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
+    volumes_from: list[str] = field(default_factory=list)   # CONTAINER[:ro|rw], as given (its mounts are copied)
+    network_aliases: list[str] = field(default_factory=list)    # more names on a user network (127.0.0.11)
+    links: list[str] = field(default_factory=list)   # CONTAINER[:ALIAS]: /etc/hosts entries, as docker's --link
     log_config: LogConfig = field(default_factory=LogConfig)   # --log-driver, --log-opt
 
 

@@ -29,6 +29,7 @@ AGENT_SOCKET = "/run/dockyard/agent.sock"     # the node API, for the CLI
 DOCKER_SOCKET = "/run/dockyard/docker.sock"   # Docker's Engine API
 BRIDGE = "dockyard0"
 SUBNET = "172.29.0.0/16"
+LOCAL_NETWORK_POOL = "10.222.0.0/16"           # user-defined networks of an agent: a /24 each
 AGENT_METRICS_PORT = 9323                     # as dockerd's
 AGENT_METRICS = f"127.0.0.1:{AGENT_METRICS_PORT}"
 AGENT_JOIN_LISTEN = "127.0.0.1:7070"          # --join without --listen: the scheduler calls the agent here

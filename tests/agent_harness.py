@@ -206,6 +206,10 @@ class AgentProcess:
 
         with contextlib.suppress(Exception):
             network.BridgeNetwork(self.root / "network", self.bridge, self.subnet).destroy()
+        with contextlib.suppress(Exception):   # user-defined networks (docker network create)
+            from agent.localnets import LocalNetworks
+
+            LocalNetworks(self.root).destroy_all()
         with open("/proc/mounts") as f:
             mounts = [ln.split()[1] for ln in f if str(self.root) in ln.split()[1]]
         for m in sorted(mounts, key=len, reverse=True):

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import containers, images, networks, system
+from . import containers, images, networks, system, volumes
 from .events import Events
 from .http import Server
 from .router import API_VERSION, Router
@@ -50,6 +50,7 @@ class DockerAPI:
         containers.register(self.router, self)
         images.register(self.router, self)
         networks.register(self.router, self)
+        volumes.register(self.router, self)
         self.server = Server(self.router, self.common_headers)
 
     def common_headers(self) -> list[tuple[str, str]]:
@@ -100,7 +101,7 @@ class DockerAPI:
             "ContainersPaused": sum(c.state.status == "paused" for c in cs),
             "ContainersStopped": sum(c.state.status not in ("running", "paused") for c in cs),
             "Images": len(self.images.list(True)), "Driver": "overlay2", "DriverStatus": [],
-            "DockerRootDir": self.root, "Plugins": {"Volume": [], "Network": ["bridge", "host", "null"],
+            "DockerRootDir": self.root, "Plugins": {"Volume": ["local"], "Network": ["bridge", "host", "null"],
                                                      "Authorization": None, "Log": ["json-file"]},
             "MemoryLimit": True, "SwapLimit": True, "CpuCfsPeriod": True, "CpuCfsQuota": True,
             "CPUShares": True, "CPUSet": False, "PidsLimit": True, "IPv4Forwarding": True,

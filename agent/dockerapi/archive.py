@@ -14,6 +14,27 @@ from agent.images.tree import MergedTree, split
 from agent.model import NotFound
 
 
+def in_mount(mounts: list[tuple[str, str]], path: str) -> tuple[str, str] | None:
+    """(target, host directory) of the container's volumes and binds -> (the directory, the path
+    inside it) when `path` is at or below a target (the deepest wins), as the container sees it."""
+    norm = os.path.normpath("/" + path.lstrip("/"))
+    best: tuple[str, str] | None = None
+    for target, source in mounts:
+        t = os.path.normpath(target)
+        if (norm == t or norm.startswith(t.rstrip("/") + "/")) and (best is None or len(t) > len(best[0])):
+            best = (t, source)
+    if best is None or not os.path.isdir(best[1]):
+        return None
+    rest = norm[len(best[0]):] or "/"
+    if path.endswith("/.") and rest != "/":
+        rest += "/."
+    elif path.endswith("/") and rest != "/":
+        rest += "/"
+    elif path.endswith("/.") or path.endswith("/"):
+        rest = "/."
+    return best[1], rest
+
+
 def _find(layers: list[Path], path: str) -> tuple[MergedTree, list[str], Path, os.stat_result]:
     tree = MergedTree(layers)
     parts = split(path)

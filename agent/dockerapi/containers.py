@@ -22,7 +22,19 @@ from agent.runtime import frames
 from agent.runtime.spec import ProcessSpec
 
 from . import convert
-from .http import Body, Hijack, HTTPError, Json, Request, Response, Stream, file_chunks, receive, spooled
+from .http import (
+    Body,
+    Hijack,
+    HTTPError,
+    Json,
+    Request,
+    Response,
+    Stream,
+    WebSocket,
+    file_chunks,
+    receive,
+    spooled,
+)
 from .streams import DEFAULT_DETACH, STDERR, STDOUT, DetachScanner, mux, parse_detach_keys, relay_attach
 from .system import check_filters, parse_filters, parse_time
 
@@ -110,7 +122,7 @@ def register(r: Any, api: DockerAPI) -> None:
                 with contextlib.suppress(Exception):
                     used = await asyncio.to_thread(api.images.snapshotter.usage, c.snapshot)
                     sz = (used, used + api.images.get(c.image_id).size)
-            rows.append(convert.summary(c, sz, _health_of(api, c)))
+            rows.append(convert.summary(c, sz, _health_of(api, c), m.mounts_info(c)))
         return Json(200, rows)
 
     async def inspect(req: Request) -> Response:
@@ -119,7 +131,7 @@ def register(r: Any, api: DockerAPI) -> None:
         with contextlib.suppress(Exception):
             ic = api.images.config_of(c.image_id)
         health = api.health.health.get(c.id) if api.health is not None else None
-        doc = convert.inspect(c, str(m.files(c).log), ic, health)
+        doc = convert.inspect(c, str(m.files(c).log), ic, health, m.mounts_info(c), req.version)
         doc["ExecIDs"] = [e.id for e in api.execs.values() if e.container == c.id] or None
         if req.flag("size"):
             with contextlib.suppress(Exception):
@@ -283,7 +295,9 @@ def register(r: Any, api: DockerAPI) -> None:
 
         return Stream(200, chunks(), _stream_type(req, tty))
 
-    async def attach(req: Request) -> Response:
+    def attach_session(req: Request, raw: bool) -> Any:
+        """The session of one attach: replayed logs, then the live relay. raw: output unframed
+        (a terminal's, or a websocket's, which docker never multiplexes)."""
         c = get(req)
         detach = parse_detach_keys(req.arg("detachKeys") or DEFAULT_DETACH)
         want_in, want_out, want_err = req.flag("stdin"), req.flag("stdout"), req.flag("stderr")
@@ -291,17 +305,18 @@ def register(r: Any, api: DockerAPI) -> None:
         if not (replay or live):
             raise HTTPError(400, "attach needs stream=1 or logs=1")
         tty = c.config.tty
+        plain = tty or raw
         pend: PendingAttach | None = None
         if live and c.state.status not in ("running", "paused"):
             pend = PendingAttach()
             api.pending.setdefault(c.id, []).append(pend)
 
-        async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        async def session(reader: asyncio.StreamReader, writer: Any) -> None:
             try:
                 if replay:
                     async for stream, data, _t in m.logs(c.id, False):
                         if (stream == "stdout" and want_out) or (stream == "stderr" and want_err):
-                            writer.write(data if tty else mux(STDOUT if stream == "stdout" else STDERR, data))
+                            writer.write(data if plain else mux(STDOUT if stream == "stdout" else STDERR, data))
                     await writer.drain()
                 if not live:
                     return
@@ -326,7 +341,7 @@ def register(r: Any, api: DockerAPI) -> None:
                     mon_r, mon_w = await m.attach(c.id)
                 api.sessions.setdefault(c.id, []).append(mon_w)
                 try:
-                    await relay_attach(mon_r, mon_w, reader, writer, tty=tty, stdin=want_in,
+                    await relay_attach(mon_r, mon_w, reader, writer, tty=plain, stdin=want_in,
                                        stdin_once=c.config.stdin_once, stdout=want_out, stderr=want_err,
                                        detach=detach)
                 finally:
@@ -338,7 +353,16 @@ def register(r: Any, api: DockerAPI) -> None:
                         api.pending[c.id].remove(pend)
                     pend.close()
 
+        return session, tty
+
+    async def attach(req: Request) -> Response:
+        session, tty = attach_session(req, raw=False)
         return Hijack(session, _stream_type(req, tty))
+
+    async def attach_ws(req: Request) -> Response:
+        session, _tty = attach_session(req, raw=True)
+        major, _, minor = req.version.partition(".")
+        return WebSocket(session, binary=(int(major), int(minor)) >= (1, 42))
 
     async def resize(req: Request) -> Response:
         c = get(req)
@@ -397,6 +421,20 @@ def register(r: Any, api: DockerAPI) -> None:
         tmp = await spooled(api.images.tmp, lambda f: api.images.export_container(c.snapshot, f))
         return Stream(200, file_chunks(tmp), "application/x-tar")
 
+    def _filesystem_of(c: Container, path: str) -> tuple[list[Any], str]:
+        """Where a path of the container lives: a volume's or bind's directory (as one layer) when
+        it is below that mount's target, else the snapshot's layers."""
+        from pathlib import Path
+
+        from .archive import in_mount
+
+        mounts = [(x.target, str(m.volumes.path(x.source)) if x.type == "volume" else x.source)
+                  for x in c.config.mounts if x.type in ("volume", "bind") and x.source]
+        found = in_mount(mounts, path)
+        if found is not None:
+            return [Path(found[0])], found[1]
+        return list(api.images.snapshotter.layer_dirs(c.snapshot)), path
+
     async def archive(req: Request) -> Response:
         from .archive import path_stat, tar_path
 
@@ -404,7 +442,7 @@ def register(r: Any, api: DockerAPI) -> None:
         path = req.arg("path")
         if not path:
             raise HTTPError(400, "archive needs a path (?path=)")
-        layers = api.images.snapshotter.layer_dirs(c.snapshot)
+        layers, path = _filesystem_of(c, path)
         st = await asyncio.to_thread(path_stat, layers, path)
         header = ("X-Docker-Container-Path-Stat", base64.b64encode(json.dumps(st).encode()).decode())
         if req.method == "HEAD":
@@ -451,9 +489,10 @@ def register(r: Any, api: DockerAPI) -> None:
             raise HTTPError(400, "archive needs a path (?path=)")
         if req.flag("copyUIDGID"):
             raise HTTPError(400, "copyUIDGID is not supported by dockyard: the tar's owners are kept")
-        layers = api.images.snapshotter.layer_dirs(c.snapshot)
+        layers, path = _filesystem_of(c, path)
         rootfs = m.files(c).dir / "rootfs"
-        running = c.state.status in ("running", "paused") and os.path.ismount(rootfs)
+        running = c.state.status in ("running", "paused") and os.path.ismount(rootfs) \
+            and layers[0] == api.images.snapshotter.layer_dirs(c.snapshot)[0]
         with await receive(req, api.images.tmp) as tmp:
             await asyncio.to_thread(put_archive, layers, rootfs if running else None, path, tmp,
                                     req.flag("noOverwriteDirNonDir"))
@@ -596,6 +635,7 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("POST", "/containers/{id}/rename", rename)
     r.add("GET", "/containers/{id}/logs", logs)
     r.add("POST", "/containers/{id}/attach", attach)
+    r.add("GET|POST", "/containers/{id}/attach/ws", attach_ws)
     r.add("POST", "/containers/{id}/resize", resize)
     r.add("GET", "/containers/{id}/top", top)
     r.add("GET", "/containers/{id}/stats", stats)

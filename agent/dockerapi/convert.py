@@ -8,30 +8,36 @@ holds its zero value (the docker CLI and docker-py send many fields at their def
 from __future__ import annotations
 
 import datetime
+import os
 import shlex
 import time
 from typing import Any
 
+from agent import logs
 from agent.model import (
     Container,
     ContainerConfig,
     DeviceRate,
     HealthCheck,
+    InvalidArgument,
+    LogConfig,
+    Mount,
     Port,
     Resources,
     RestartPolicy,
+    Ulimit,
 )
+from agent.volumes import specs as mount_specs
 from common.devices import DeviceMapping
 from common.humanize import human_duration
 
 from .http import HTTPError
 
-SUPPORTED_LOG_DRIVERS = ("json-file",)
-
 # Config (the container's own) keys that are mapped; every other key must hold its zero value.
 _CONFIG_MAPPED = {
     "Hostname", "User", "Env", "Cmd", "Entrypoint", "Image", "WorkingDir", "Labels", "Tty", "OpenStdin",
     "StdinOnce", "StopSignal", "StopTimeout", "ExposedPorts", "HostConfig", "NetworkingConfig", "Healthcheck",
+    "Volumes",
     # The client's own attach choices (it attaches with /attach), and docker's Windows-only flag.
     "AttachStdin", "AttachStdout", "AttachStderr", "ArgsEscaped",
 }
@@ -39,7 +45,9 @@ _HOST_MAPPED = {
     "PortBindings", "PublishAllPorts", "RestartPolicy", "AutoRemove", "NetworkMode", "Memory", "MemorySwap",
     "NanoCpus", "CpuShares", "PidsLimit", "BlkioWeight", "BlkioDeviceReadBps", "BlkioDeviceWriteBps",
     "PidMode", "IpcMode", "UsernsMode", "Init", "SecurityOpt", "LogConfig", "ConsoleSize", "CgroupnsMode",
-    "Isolation", "Privileged", "Devices",
+    "Isolation", "Privileged", "Devices", "Binds", "Mounts", "Tmpfs", "ReadonlyRootfs", "CapAdd", "CapDrop",
+    "Ulimits", "Dns", "DnsSearch", "DnsOptions", "ExtraHosts", "Sysctls", "ShmSize", "GroupAdd", "VolumesFrom",
+    "VolumeDriver", "Links",
 }
 
 
@@ -157,6 +165,143 @@ def _devices(v: Any) -> list[DeviceMapping]:
     return out
 
 
+def _mounts(body: dict[str, Any], host: dict[str, Any]) -> list[Mount]:
+    """Binds (-v's text), Mounts (--mount's objects), Tmpfs ({path: options}) and Config.Volumes
+    (anonymous volumes where no other mount is) -> the agent's mounts, parsed by the CLI's parsers."""
+    out: list[Mount] = []
+    try:
+        binds = host.get("Binds")
+        if isinstance(binds, str):
+            raise HTTPError(400, "HostConfig.Binds must be a list of SOURCE:TARGET[:MODE] strings")
+        for spec in _strs(binds, "HostConfig.Binds"):
+            out.append(mount_specs.parse_volume(spec))
+        for i, obj in enumerate(host.get("Mounts") or []):
+            out.append(_mount_obj(obj, f"HostConfig.Mounts[{i}]"))
+        tmpfs = host.get("Tmpfs") or {}
+        if not isinstance(tmpfs, dict) or not all(isinstance(v, str) for v in tmpfs.values()):
+            raise HTTPError(400, "HostConfig.Tmpfs must be an object of path: options strings")
+        for path, opts in tmpfs.items():
+            out.append(mount_specs.parse_tmpfs(f"{path}:{opts}" if opts else path))
+    except InvalidArgument as e:
+        raise HTTPError(400, str(e)) from None
+    volumes = body.get("Volumes") or {}
+    if not isinstance(volumes, dict):
+        raise HTTPError(400, "Config.Volumes must be an object of paths")
+    driver = _str(host.get("VolumeDriver"), "HostConfig.VolumeDriver")
+    if driver not in ("", "local"):
+        raise HTTPError(400, f"HostConfig.VolumeDriver {driver!r}: volume plugin not found (only local)")
+    covered = {os.path.normpath(m.target) for m in out if m.target}
+    for path in volumes:
+        if os.path.normpath(path) not in covered:
+            out.append(Mount(type="volume", target=path, anonymous=True))
+    return out
+
+
+def _mount_obj(obj: Any, where: str) -> Mount:
+    """One of HostConfig.Mounts: {Type, Source, Target, ReadOnly, BindOptions, VolumeOptions, TmpfsOptions}."""
+    if not isinstance(obj, dict):
+        raise HTTPError(400, f"{where} must be an object")
+    known = {"Type", "Source", "Target", "ReadOnly", "Consistency", "BindOptions", "VolumeOptions", "TmpfsOptions"}
+    for k, v in obj.items():
+        if k not in known and not empty(v):
+            raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
+    kind = _str(obj.get("Type"), f"{where}.Type") or "volume"
+    if kind not in ("volume", "bind", "tmpfs"):
+        raise HTTPError(400, f"{where}.Type {kind!r}: mount type unknown (volume, bind or tmpfs; "
+                             "npipe and cluster are not supported)")
+    if (obj.get("Consistency") or "default") not in ("default", "consistent", "cached", "delegated"):
+        raise HTTPError(400, f"{where}.Consistency {obj['Consistency']!r}: unknown")
+    m = Mount(type=kind, source=_str(obj.get("Source"), f"{where}.Source"),
+              target=_str(obj.get("Target"), f"{where}.Target"), readonly=_bool(obj.get("ReadOnly"), f"{where}.ReadOnly"),
+              origin="--mount")
+    for key, allowed in (("BindOptions", {"Propagation"}), ("VolumeOptions", {"NoCopy", "Labels", "DriverConfig"}),
+                         ("TmpfsOptions", {"SizeBytes", "Mode"})):
+        opts = obj.get(key) or {}
+        if not isinstance(opts, dict):
+            raise HTTPError(400, f"{where}.{key} must be an object")
+        for k, v in opts.items():
+            if k not in allowed and not empty(v):
+                raise HTTPError(400, f"{where}.{key}.{k} is not supported by dockyard (got {v!r})")
+        if opts and not empty(opts) and key.lower() != kind + "options":
+            raise HTTPError(400, f"{where}.{key} does not apply to a {kind} mount")
+    m.propagation = _str((obj.get("BindOptions") or {}).get("Propagation"), f"{where}.BindOptions.Propagation")
+    vo = obj.get("VolumeOptions") or {}
+    m.nocopy = _bool(vo.get("NoCopy"), f"{where}.VolumeOptions.NoCopy")
+    m.volume_labels = _str_map(vo.get("Labels"), f"{where}.VolumeOptions.Labels")
+    dc = vo.get("DriverConfig") or {}
+    m.volume_driver = _str(dc.get("Name"), f"{where}.VolumeOptions.DriverConfig.Name")
+    m.volume_options = _str_map(dc.get("Options"), f"{where}.VolumeOptions.DriverConfig.Options")
+    if m.type == "volume" and not m.source:
+        m.anonymous = True
+    if m.type == "tmpfs":
+        to = obj.get("TmpfsOptions") or {}
+        m.tmpfs_options = list(mount_specs.TMPFS_DEFAULT_FLAGS)
+        size = _int(to.get("SizeBytes"), f"{where}.TmpfsOptions.SizeBytes")
+        mode = _int(to.get("Mode"), f"{where}.TmpfsOptions.Mode")
+        if size < 0:
+            raise HTTPError(400, f"{where}.TmpfsOptions.SizeBytes must not be negative")
+        if size:
+            m.tmpfs_options.append(f"size={size}")
+        if mode:
+            m.tmpfs_options.append(f"mode={mode:o}")
+    return m
+
+
+def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
+    """NetworkingConfig.EndpointsConfig: the container's own network (one here), its Aliases and
+    Links; a second network, or an address or MAC asked for, is refused by name."""
+    endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+    if not isinstance(endpoints, dict):
+        raise HTTPError(400, "NetworkingConfig.EndpointsConfig must be an object")
+    aliases: list[str] = []
+    links: list[str] = []
+    for netname, ep in endpoints.items():
+        where = f"NetworkingConfig.EndpointsConfig.{netname}"
+        if netname not in (net, "default") and not (net == "bridge" and netname == "bridge"):
+            raise HTTPError(400, f"{where}: a dockyard container has one network, its NetworkMode ({net}); "
+                                 "connect it to no other at create")
+        for k, v in (ep or {}).items():
+            if k in ("Aliases", "Links"):
+                (aliases if k == "Aliases" else links).extend(_strs(v, f"{where}.{k}"))
+            elif k not in ("NetworkID", "EndpointID") and not empty(v):
+                raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
+    return aliases, links
+
+
+def _link(v: str) -> str:
+    """docker's link forms: NAME, NAME:ALIAS and the daemon's own /NAME:/THIS/ALIAS."""
+    name, _, alias = v.partition(":")
+    return name.lstrip("/") + (":" + alias.rsplit("/", 1)[-1] if alias else "")
+
+
+def _str_map(v: Any, field: str) -> dict[str, str]:
+    if v is None:
+        return {}
+    if not isinstance(v, dict) or not all(isinstance(k, str) and isinstance(x, str) for k, x in v.items()):
+        raise HTTPError(400, f"{field} must be an object of strings (got {v!r})")
+    return dict(v)
+
+
+def _ulimits(v: Any) -> list[Ulimit]:
+    out = []
+    for u in v or []:
+        if not isinstance(u, dict) or not isinstance(u.get("Name"), str):
+            raise HTTPError(400, f"HostConfig.Ulimits: each entry needs Name, Soft and Hard (got {u!r})")
+        soft = _int(u.get("Soft"), f"HostConfig.Ulimits.{u['Name']}.Soft")
+        out.append(Ulimit(u["Name"], soft, _int(u["Hard"], f"HostConfig.Ulimits.{u['Name']}.Hard")
+                          if u.get("Hard") is not None else soft))
+    return out
+
+
+def _groups(v: Any) -> list[str]:
+    """GroupAdd: names or numbers (docker-py sends numbers as strings, other clients as numbers)."""
+    if v is None:
+        return []
+    if not isinstance(v, list) or not all(isinstance(g, (str, int)) and not isinstance(g, bool) for g in v):
+        raise HTTPError(400, f"HostConfig.GroupAdd must be a list of group names or numbers (got {v!r})")
+    return [str(g) for g in v]
+
+
 NS = 1_000_000_000
 
 
@@ -211,11 +356,12 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         raise HTTPError(400, "Config.Image is required")
 
     log = host.get("LogConfig") or {}
-    ltype = log.get("Type") or "json-file"
-    if ltype not in SUPPORTED_LOG_DRIVERS:
-        raise HTTPError(400, f"logger: no log driver named '{ltype}' is registered")
-    if not empty(log.get("Config")):
-        raise HTTPError(400, f"HostConfig.LogConfig.Config is not supported by dockyard (got {log.get('Config')!r})")
+    log_config = LogConfig(_str(log.get("Type"), "HostConfig.LogConfig.Type"),
+                           _str_map(log.get("Config") or None, "HostConfig.LogConfig.Config"))
+    try:   # (the agent's one check, agent/logs.py; the agent's default options may complete these)
+        logs.rotation(log_config, complete=False)
+    except InvalidArgument as bad:
+        raise HTTPError(400, f"HostConfig.LogConfig: {bad}") from None
     if (host.get("CgroupnsMode") or "host") != "host":
         raise HTTPError(400, f"HostConfig.CgroupnsMode {host['CgroupnsMode']!r} is not supported: "
                              "dockyard's containers share the host's cgroup namespace")
@@ -237,11 +383,8 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
     net = _str(host.get("NetworkMode"), "HostConfig.NetworkMode") or "bridge"
     if net == "default":
         net = "bridge"
-    endpoints = ((body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {})
-    for netname, ep in endpoints.items():
-        if netname not in (net, "default", "bridge") or not empty(ep):
-            raise HTTPError(400, f"NetworkingConfig.EndpointsConfig.{netname}: only the container's own "
-                                 f"network ({net}) without settings is supported")
+    aliases, links = _endpoint(body, net)
+    links += _strs(host.get("Links"), "HostConfig.Links")
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
         raise HTTPError(400, "Config.Labels must be an object of strings")
@@ -286,6 +429,22 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         devices=_devices(host.get("Devices")),
         privileged=_bool(host.get("Privileged"), "HostConfig.Privileged"),
         healthcheck=_healthcheck(body.get("Healthcheck")),
+        mounts=_mounts(body, host),
+        read_only=_bool(host.get("ReadonlyRootfs"), "HostConfig.ReadonlyRootfs"),
+        cap_add=_strs(host.get("CapAdd"), "HostConfig.CapAdd"),
+        cap_drop=_strs(host.get("CapDrop"), "HostConfig.CapDrop"),
+        ulimits=_ulimits(host.get("Ulimits")),
+        dns=_strs(host.get("Dns"), "HostConfig.Dns"),
+        dns_search=_strs(host.get("DnsSearch"), "HostConfig.DnsSearch"),
+        dns_options=_strs(host.get("DnsOptions"), "HostConfig.DnsOptions"),
+        extra_hosts=_strs(host.get("ExtraHosts"), "HostConfig.ExtraHosts"),
+        sysctls=_str_map(host.get("Sysctls"), "HostConfig.Sysctls"),
+        shm_size=_int(host.get("ShmSize"), "HostConfig.ShmSize"),
+        group_add=_groups(host.get("GroupAdd")),
+        volumes_from=_strs(host.get("VolumesFrom"), "HostConfig.VolumesFrom"),
+        log_config=log_config,
+        network_aliases=aliases,
+        links=[_link(x) for x in links],
     )
     size = host.get("ConsoleSize")
     console = None
@@ -320,14 +479,26 @@ def _bindings(cfg: ContainerConfig) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def _network(c: Container) -> dict[str, Any]:
+def endpoint_json(c: Container, version: str = "1.45") -> dict[str, Any]:
+    """NetworkSettings.Networks[its network] of a container: its address there, its aliases and
+    the names other containers find it by (at API <= 1.44 docker lists the short id among the
+    aliases too, and docker-compose 1.29 relies on it)."""
     ep = c.endpoint or {}
+    user = c.config.network_mode not in ("", "bridge", "default", "host", "none")
+    aliases = list(c.config.network_aliases)
+    if user and tuple(int(x) for x in version.split(".")) <= (1, 44):
+        aliases.append(c.id[:12])
     return {
-        "IPAMConfig": None, "Links": None, "Aliases": None, "MacAddress": ep.get("mac", ""),
-        "NetworkID": c.config.network_mode, "EndpointID": c.id if ep else "", "Gateway": ep.get("gateway", ""),
-        "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0), "IPv6Gateway": "",
-        "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None, "DNSNames": None,
+        "IPAMConfig": None, "Links": list(c.config.links) or None, "Aliases": aliases or None,
+        "MacAddress": ep.get("mac", ""), "NetworkID": "", "EndpointID": c.id if ep else "",
+        "Gateway": ep.get("gateway", ""), "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0),
+        "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None,
+        "DNSNames": [c.name, c.id[:12], *c.config.network_aliases] if user else None,
     }
+
+
+def _netname(c: Container) -> str:
+    return c.config.network_mode if c.config.network_mode not in ("", "default") else "bridge"
 
 
 def status_text(c: Container, now: float | None = None, health: str = "") -> str:
@@ -350,7 +521,8 @@ def command_of(c: Container) -> str:
     return " ".join(shlex.quote(a) if " " in a else a for a in c.args)
 
 
-def summary(c: Container, size: tuple[int, int] | None = None, health: str = "") -> dict[str, Any]:
+def summary(c: Container, size: tuple[int, int] | None = None, health: str = "",
+            mounts: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     """One row of GET /containers/json."""
     ports = []
     if c.state.status in ("running", "paused"):
@@ -367,17 +539,20 @@ def summary(c: Container, size: tuple[int, int] | None = None, health: str = "")
         "Command": command_of(c), "Created": int(c.created), "Ports": ports, "Labels": c.config.labels,
         "State": c.state.status, "Status": status_text(c, health=health),
         "HostConfig": {"NetworkMode": c.config.network_mode},
-        "NetworkSettings": {"Networks": {c.config.network_mode: _network(c)}},
-        "Mounts": [],
+        "NetworkSettings": {"Networks": {_netname(c): endpoint_json(c)}},
+        "Mounts": mounts or [],
     }
     if size is not None:
         row["SizeRw"], row["SizeRootFs"] = size
     return row
 
 
-def inspect(c: Container, log_path: str, image_config: Any, health: Any = None) -> dict[str, Any]:
-    """GET /containers/{id}/json: Docker's keys, with Docker's defaults where dockyard has no such thing."""
+def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
+            mounts: list[dict[str, Any]] | None = None, version: str = "1.45") -> dict[str, Any]:
+    """GET /containers/{id}/json: Docker's keys, with Docker's defaults where dockyard has no such
+    thing. mounts: the manager's mounts_info (docker's top-level Mounts)."""
     s, cfg = c.state, c.config
+    given = mount_specs.docker_spelling(cfg.mounts)
     r = cfg.resources
     env = list(image_config.env or []) if image_config is not None else []
     keys = {e.partition("=")[0] for e in cfg.env}
@@ -409,19 +584,24 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None) 
         "MountLabel": "", "ProcessLabel": "", "AppArmorProfile": "",
         "ExecIDs": None,
         "HostConfig": {
-            "Binds": None, "ContainerIDFile": "",
+            "Binds": given["Binds"], "Mounts": given["Mounts"], "Tmpfs": given["Tmpfs"], "ContainerIDFile": "",
             "LogConfig": {"Type": cfg.log_config.type or "json-file", "Config": dict(cfg.log_config.config)},
             "NetworkMode": cfg.network_mode,
             "PortBindings": _bindings(cfg),
             "RestartPolicy": {"Name": cfg.restart_policy.name or "no",
                               "MaximumRetryCount": cfg.restart_policy.max_retries},
-            "AutoRemove": cfg.auto_remove, "VolumeDriver": "", "VolumesFrom": None,
-            "ConsoleSize": [0, 0], "CapAdd": None, "CapDrop": None, "CgroupnsMode": "host",
-            "Dns": [], "DnsOptions": [], "DnsSearch": [], "ExtraHosts": None, "GroupAdd": None,
-            "IpcMode": cfg.ipc_mode or "private", "Cgroup": "", "Links": None, "OomScoreAdj": 0,
+            "AutoRemove": cfg.auto_remove, "VolumeDriver": "", "VolumesFrom": list(cfg.volumes_from) or None,
+            "ConsoleSize": [0, 0], "CapAdd": list(cfg.cap_add) or None, "CapDrop": list(cfg.cap_drop) or None,
+            "CgroupnsMode": "host", "Dns": list(cfg.dns), "DnsOptions": list(cfg.dns_options),
+            "DnsSearch": list(cfg.dns_search), "ExtraHosts": list(cfg.extra_hosts) or None,
+            "GroupAdd": list(cfg.group_add) or None, "Sysctls": dict(cfg.sysctls) or None,
+            "IpcMode": cfg.ipc_mode or "private", "Cgroup": "",
+            "Links": [f"/{x.partition(':')[0]}:/{c.name}/{x.partition(':')[2] or x.partition(':')[0]}"
+                      for x in cfg.links] or None, "OomScoreAdj": 0,
             "PidMode": cfg.pid_mode, "Privileged": cfg.privileged, "PublishAllPorts": False,
-            "ReadonlyRootfs": False, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": "",
-            "UsernsMode": cfg.userns_mode, "ShmSize": 67108864, "Runtime": "dockyard", "Isolation": "",
+            "ReadonlyRootfs": cfg.read_only, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": "",
+            "UsernsMode": cfg.userns_mode, "ShmSize": cfg.shm_size or 64 << 20, "Runtime": "dockyard",
+            "Isolation": "",
             "CpuShares": r.cpu_shares, "Memory": r.memory, "NanoCpus": r.nano_cpus, "CgroupParent": "",
             "BlkioWeight": r.blkio_weight, "BlkioWeightDevice": [],
             "BlkioDeviceReadBps": [{"Path": d.path, "Rate": d.rate} for d in r.device_read_bps],
@@ -432,12 +612,14 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None) 
                          "CgroupPermissions": d.permissions} for d in cfg.devices],
             "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
             "MemorySwap": r.memory_swap, "MemorySwappiness": None, "OomKillDisable": False,
-            "PidsLimit": r.pids_limit or None, "Ulimits": [], "CpuCount": 0, "CpuPercent": 0,
+            "PidsLimit": r.pids_limit or None,
+            "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits] or None,
+            "CpuCount": 0, "CpuPercent": 0,
             "IOMaximumIOps": 0, "IOMaximumBandwidth": 0, "Init": cfg.init or None,
             "MaskedPaths": None, "ReadonlyPaths": None,
         },
         "GraphDriver": {"Name": "overlay2", "Data": None},
-        "Mounts": [],
+        "Mounts": mounts or [],
         "Config": {
             "Hostname": cfg.hostname or c.id[:12], "Domainname": "", "User": cfg.user,
             "AttachStdin": False, "AttachStdout": False, "AttachStderr": False,
@@ -445,7 +627,7 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None) 
             "Tty": cfg.tty, "OpenStdin": cfg.open_stdin, "StdinOnce": cfg.stdin_once,
             "Env": env, "Cmd": c.args[len(cfg.entrypoint if cfg.entrypoint_set else
                                         (image_config.entrypoint or [] if image_config else [])):] or None,
-            "Image": c.image_ref, "Volumes": None,
+            "Image": c.image_ref, "Volumes": {m.target: {} for m in cfg.mounts if m.anonymous} or None,
             "WorkingDir": cfg.workdir or (image_config.workdir if image_config else "") or "",
             "Entrypoint": (cfg.entrypoint if cfg.entrypoint_set else
                            (list(image_config.entrypoint or []) if image_config else [])) or None,
@@ -463,7 +645,7 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None) 
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": c.ip_address,
             "IPPrefixLen": int((c.endpoint or {}).get("prefixlen", 0) or 0), "IPv6Gateway": "",
             "MacAddress": (c.endpoint or {}).get("mac", ""),
-            "Networks": {cfg.network_mode: _network(c)},
+            "Networks": {_netname(c): endpoint_json(c, version)},
         },
     }
 

@@ -10,6 +10,7 @@ A handler takes a Request and returns one of:
                              the iterator is closed when the client goes away
   Hijack(fn, ctype)          101 UPGRADED (or 200 without an Upgrade request), then fn(reader, writer)
                              owns the connection, which is closed when fn returns
+  WebSocket(fn, binary)      the websocket handshake, then fn(input, writer) with one message a write
 Errors: raise HTTPError(status, message): the client gets Docker's {"message": ...}.
 """
 
@@ -74,7 +75,14 @@ class Hijack:
     content_type: str = "application/vnd.docker.raw-stream"
 
 
-Response = Json | Body | Stream | Hijack
+@dataclass
+class WebSocket:
+    """A websocket session: fn(client input, output writer) after the handshake (attach/ws)."""
+    fn: Callable[[asyncio.StreamReader, Any], Awaitable[None]]
+    binary: bool = True
+
+
+Response = Json | Body | Stream | Hijack | WebSocket
 
 
 class Request:
@@ -236,6 +244,9 @@ class Connection:
         if isinstance(resp, Hijack):
             await self._drain_body()
             return await self._hijack(req, resp)
+        if isinstance(resp, WebSocket):
+            await self._drain_body()
+            return await self._websocket(req, resp)
         await self._drain_body()
         if isinstance(resp, Json):
             body = json.dumps(resp.value).encode() + b"\n"
@@ -314,6 +325,32 @@ class Connection:
             await resp.fn(self.reader, self.writer)
         except (ConnectionError, asyncio.IncompleteReadError):
             pass
+        return False
+
+
+    async def _websocket(self, req: Request, resp: WebSocket) -> bool:
+        from .websocket import accept_headers, open_session
+
+        key = req.headers.get("sec-websocket-key", "")
+        if req.headers.get("upgrade", "").lower() != "websocket" or not key \
+                or req.headers.get("sec-websocket-version", "") != "13":
+            await self._error(400, "a websocket handshake is needed (Upgrade: websocket, Sec-WebSocket-Key, "
+                                   "Sec-WebSocket-Version: 13)", False)
+            return False
+        head = accept_headers(key) + "".join(f"{k}: {v}\r\n" for k, v in self.common()).encode("latin-1")
+        self.writer.write(head + b"\r\n")
+        await self.writer.drain()
+        trailing, _closed = self.conn.trailing_data
+        if trailing:
+            self.reader._buffer[:0] = trailing  # type: ignore[attr-defined]
+        inbound, out, pump = await open_session(self.reader, self.writer, resp.binary)
+        try:
+            await resp.fn(inbound, out)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            pump.cancel()
+            out.close()
         return False
 
 

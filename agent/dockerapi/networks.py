@@ -1,115 +1,241 @@
-"""Networks and volumes as far as a dockyard agent has them: the three built-in networks (its
-bridge, host, none) listed and inspected with the containers on them; creating networks and
-volumes is refused with what is missing (dockyard has no user-defined networks or named volumes
-on one agent yet), never pretended."""
+"""/networks: the three built-in networks (the agent's bridge, host, none) and the agent's
+user-defined bridge networks (agent/localnets.py), with the containers on each.
+
+A container has one network here (its eth0): connect and disconnect change a container that is
+not running (docker-compose re-connects a created container with its aliases); a running
+container's networks cannot change yet, and that is said, never pretended."""
 
 from __future__ import annotations
 
-import hashlib
+import asyncio
+import datetime
 from typing import TYPE_CHECKING, Any
 
-from .http import HTTPError, Json, Request, Response
+from agent.localnets import LocalNetwork, network_id
+from agent.model import Container, NotFound
+
+from .http import Body, HTTPError, Json, Request, Response
 from .system import check_filters, parse_filters
 
 if TYPE_CHECKING:
     from .api import DockerAPI
 
 BUILTIN = ("bridge", "host", "none")
+RUNNING = ("running", "paused", "restarting")
 
-
-def network_id(name: str, agent: str) -> str:
-    return hashlib.sha256(f"dockyard-network:{agent}:{name}".encode()).hexdigest()
 
 
 def register(r: Any, api: DockerAPI) -> None:
     net = api.m.network
+    local = api.m.localnets
 
-    def doc(name: str) -> dict[str, Any]:
+    def containers_on(name: str) -> dict[str, Any]:
+        out = {}
+        for c in list(api.m.containers.values()):
+            if c.config.network_mode == name and c.state.status in ("running", "paused"):
+                ep = c.endpoint or {}
+                out[c.id] = {"Name": c.name, "EndpointID": c.id if ep else "", "MacAddress": ep.get("mac", ""),
+                             "IPv4Address": f"{c.ip_address}/{ep.get('prefixlen', '')}" if ep else "",
+                             "IPv6Address": ""}
+        return out
+
+    def builtin_doc(name: str) -> dict[str, Any]:
         driver = {"bridge": "bridge", "host": "host", "none": "null"}[name]
         ipam: dict[str, Any] = {"Driver": "default", "Options": None, "Config": []}
         options: dict[str, str] = {}
         if name == "bridge":
             ipam["Config"] = [{"Subnet": str(net.subnet), "Gateway": str(net.gateway)}]
             options = {"com.docker.network.bridge.name": net.name}
-        containers = {}
-        for c in api.m.containers.values():
-            if c.config.network_mode == name and c.state.status in ("running", "paused"):
-                ep = c.endpoint or {}
-                containers[c.id] = {"Name": c.name, "EndpointID": c.id if ep else "", "MacAddress": ep.get("mac", ""),
-                                    "IPv4Address": f"{c.ip_address}/{ep.get('prefixlen', '')}" if ep else "",
-                                    "IPv6Address": ""}
         return {"Name": name, "Id": network_id(name, api.name), "Created": "0001-01-01T00:00:00Z",
                 "Scope": "local", "Driver": driver, "EnableIPv6": False, "IPAM": ipam, "Internal": False,
                 "Attachable": False, "Ingress": False, "ConfigFrom": {"Network": ""}, "ConfigOnly": False,
-                "Containers": containers, "Options": options, "Labels": {}}
+                "Containers": containers_on(name), "Options": options, "Labels": {}}
 
-    def find(ref: str) -> str:
+    def local_doc(n: LocalNetwork) -> dict[str, Any]:
+        created = datetime.datetime.fromtimestamp(n.created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        return {"Name": n.name, "Id": n.id, "Created": created, "Scope": "local", "Driver": "bridge",
+                "EnableIPv6": False,
+                "IPAM": {"Driver": "default", "Options": {} if n.ipam_given else None,
+                         "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
+                "Internal": False, "Attachable": n.attachable, "Ingress": False, "ConfigFrom": {"Network": ""},
+                "ConfigOnly": False, "Containers": containers_on(n.name), "Options": dict(n.options),
+                "Labels": dict(n.labels)}
+
+    def find(ref: str) -> tuple[str, LocalNetwork | None]:
         for name in BUILTIN:
-            if ref == name or (len(ref) >= 1 and network_id(name, api.name).startswith(ref)):
-                return name
+            if ref == name or network_id(name, api.name) == ref:
+                return name, None
+        n = local.find(ref)
+        if n is not None:
+            return n.name, n
+        for name in BUILTIN:
+            if network_id(name, api.name).startswith(ref):
+                return name, None
         raise HTTPError(404, f"network {ref} not found")
+
+    def docs() -> list[dict[str, Any]]:
+        return [builtin_doc(n) for n in BUILTIN] + [local_doc(n) for n in list(local.nets.values())]
 
     async def listing(req: Request) -> Response:
         filters = parse_filters(req)
-        check_filters(filters, {"name", "id", "driver", "type", "scope", "label"})
+        check_filters(filters, {"name", "id", "driver", "type", "scope", "label", "dangling"})
         out = []
-        for name in BUILTIN:
-            d = doc(name)
-            if "name" in filters and not any(f in name for f in filters["name"]):
+        for d in docs():
+            builtin = d["Name"] in BUILTIN
+            if "name" in filters and not any(f in d["Name"] for f in filters["name"]):
                 continue
             if "id" in filters and not any(d["Id"].startswith(f) for f in filters["id"]):
                 continue
             if "driver" in filters and d["Driver"] not in filters["driver"]:
                 continue
-            if "type" in filters and "builtin" not in filters["type"]:
+            if "type" in filters and ("builtin" if builtin else "custom") not in filters["type"]:
                 continue
             if "scope" in filters and "local" not in filters["scope"]:
                 continue
-            if filters.get("label"):
+            if not all(k in d["Labels"] and (not eq or d["Labels"][k] == v)
+                       for k, eq, v in (f.partition("=") for f in filters.get("label", []))):
                 continue
+            if "dangling" in filters:
+                want = filters["dangling"][0].lower() in ("true", "1")
+                if builtin or want != (not any(c.config.network_mode == d["Name"] for c in api.m.containers.values())):
+                    continue
             out.append(d)
         return Json(200, out)
 
     async def inspect(req: Request) -> Response:
-        return Json(200, doc(find(req.params["id"])))
+        name, n = find(req.params["id"])
+        return Json(200, builtin_doc(name) if n is None else local_doc(n))
 
     async def create(req: Request) -> Response:
         body = await req.json() or {}
-        raise HTTPError(501, f"network create {body.get('Name', '')!r}: user-defined networks are not supported "
-                             "by a dockyard agent yet (bridge, host and none are built in)")
+        if not isinstance(body, dict):
+            raise HTTPError(400, "the network create body must be a JSON object")
+        name = body.get("Name")
+        if not isinstance(name, str) or not name:
+            raise HTTPError(400, "network create: Name is required")
+        # Attachable: on a local bridge standalone containers may always join (compose 3 asks for it)
+        known = {"Name", "CheckDuplicate", "Driver", "IPAM", "Options", "Labels", "Scope", "EnableIPv4", "Attachable"}
+        for k, v in body.items():
+            if k not in known and v not in (None, False, "", {}, []):
+                raise HTTPError(400, f"network create: {k} is not supported by dockyard (got {v!r})")
+        driver = body.get("Driver") or "bridge"
+        if driver != "bridge":
+            hint = " (cluster networks: dockyard network create -d overlay, through the scheduler)" \
+                if driver == "overlay" else ""
+            raise HTTPError(400 if driver in ("host", "null", "overlay") else 404,
+                            f"network create {name}: driver {driver!r} is not supported on a dockyard agent, only "
+                            f"bridge{hint}" if driver in ("host", "null", "overlay")
+                            else f'could not find plugin {driver} in v1 plugin registry: plugin not found')
+        if (body.get("Scope") or "local") != "local":
+            raise HTTPError(400, f"network create {name}: scope {body['Scope']!r}: only local")
+        if body.get("EnableIPv4") is False:
+            raise HTTPError(400, f"network create {name}: EnableIPv4 false is not supported")
+        ipam = body.get("IPAM") or {}
+        if not isinstance(ipam, dict):
+            raise HTTPError(400, "network create: IPAM must be an object")
+        if (ipam.get("Driver") or "default") != "default":
+            raise HTTPError(400, f"network create {name}: IPAM driver {ipam['Driver']!r}: only default")
+        if ipam.get("Options"):
+            raise HTTPError(400, f"network create {name}: IPAM.Options are not supported by dockyard")
+        pools = ipam.get("Config") or []
+        if len(pools) > 1:
+            raise HTTPError(400, f"network create {name}: one IPAM pool at most (dockyard's bridges are IPv4 only)")
+        subnet = gateway = ""
+        for pool in pools:
+            for k, v in pool.items():
+                if k not in ("Subnet", "Gateway") and v:
+                    raise HTTPError(400, f"network create {name}: IPAM.Config.{k} is not supported by dockyard "
+                                         f"(got {v!r})")
+            subnet, gateway = str(pool.get("Subnet") or ""), str(pool.get("Gateway") or "")
+            if ":" in subnet:
+                raise HTTPError(400, f"network create {name}: IPv6 subnets are not supported by dockyard")
+        labels, options = body.get("Labels") or {}, body.get("Options") or {}
+        for what, d in (("Labels", labels), ("Options", options)):
+            if not isinstance(d, dict) or not all(isinstance(x, str) for x in d.values()):
+                raise HTTPError(400, f"network create: {what} must be an object of strings")
+        if name in BUILTIN:
+            raise HTTPError(409, f"network with name {name} already exists")
+        n = await asyncio.to_thread(local.create, name, subnet, gateway, dict(labels), dict(options),
+                                    bool(body.get("Attachable")))
+        return Json(201, {"Id": n.id, "Warning": ""})
 
-    async def change(req: Request) -> Response:
-        name = find(req.params["id"])
-        raise HTTPError(403 if name in BUILTIN else 501,
-                        f"{name} is a built-in network: containers join it at create (NetworkMode), and "
-                        "dockyard cannot connect or disconnect a container afterwards")
+    async def remove(req: Request) -> Response:
+        name, n = find(req.params["id"])
+        if n is None:
+            raise HTTPError(403, f"{name} is a pre-defined network and cannot be removed")
+        users = local.users(n)
+        if users:
+            raise HTTPError(403, f"error while removing network: network {n.name} id {n.id} has active "
+                                 f"endpoints ({', '.join(c.name for c in users)})")
+        await asyncio.to_thread(local.remove, n)
+        return Body(204, b"")
+
+    def _container(ref: Any) -> Container:
+        if not isinstance(ref, str) or not ref:
+            raise HTTPError(400, "Container is required")
+        try:
+            c: Container = api.m.get(ref)
+        except NotFound:
+            raise HTTPError(404, f"No such container: {ref}") from None
+        return c
+
+    async def connect(req: Request) -> Response:
+        name, n = find(req.params["id"])
+        body = await req.json() or {}
+        c = _container(body.get("Container"))
+        ep = body.get("EndpointConfig") or {}
+        for k, v in ep.items():
+            if k not in ("Aliases", "Links", "NetworkID", "EndpointID") and v not in (None, "", [], {}, 0):
+                raise HTTPError(400, f"network connect: EndpointConfig.{k} is not supported by dockyard (got {v!r})")
+        if c.config.network_mode == name:
+            pass
+        elif c.state.status in RUNNING:
+            raise HTTPError(400, f"network connect {name}: container {c.name} is running on {c.config.network_mode}; "
+                                 "dockyard cannot add a network to a running container yet (a container has one "
+                                 "network here: stop it, or give --network at create)")
+        elif c.config.network_mode not in ("none",):
+            raise HTTPError(400, f"network connect {name}: container {c.name} is on {c.config.network_mode or 'bridge'}"
+                                 "; a dockyard container has one network: disconnect it first")
+        aliases = ep.get("Aliases") or []
+        if aliases and n is None:
+            raise HTTPError(400, "network-scoped aliases are only supported for user-defined networks")
+        if c.state.status in RUNNING and aliases and list(aliases) != list(c.config.network_aliases):
+            raise HTTPError(400, f"network connect {name}: container {c.name} is running; its aliases cannot "
+                                 "change until it is restarted")
+        api.m.set_network(c, name, [str(a) for a in aliases if a != c.id[:12]],
+                          [str(x) for x in ep.get("Links") or []] or list(c.config.links))
+        return Body(200, b"")
+
+    async def disconnect(req: Request) -> Response:
+        name, _n = find(req.params["id"])
+        body = await req.json() or {}
+        c = _container(body.get("Container"))
+        if c.config.network_mode != name and not (name == "bridge" and c.config.network_mode in ("", "default")):
+            raise HTTPError(400, f"container {c.id} is not connected to network {name}")
+        if c.state.status in RUNNING:
+            raise HTTPError(400, f"network disconnect {name}: container {c.name} is running; dockyard cannot "
+                                 "take a running container off its network yet (stop it first)")
+        api.m.set_network(c, "none", [], [])
+        return Body(200, b"")
 
     async def prune(req: Request) -> Response:
-        return Json(200, {"NetworksDeleted": None})
-
-    async def volumes(req: Request) -> Response:
-        return Json(200, {"Volumes": [], "Warnings": None})
-
-    async def no_volume(req: Request) -> Response:
-        if req.method in ("GET", "DELETE"):   # there are none
-            raise HTTPError(404, f"get {req.params.get('name', '')}: no such volume")
-        body = (await req.json() or {}) if req.method == "POST" else {}
-        driver = body.get("Driver") or "local"
-        if driver != "local":
-            raise HTTPError(404, f'error looking up volume plugin {driver}: plugin "{driver}" not found')
-        raise HTTPError(501, "named volumes are not supported by a dockyard agent yet")
-
-    async def volume_prune(req: Request) -> Response:
-        return Json(200, {"VolumesDeleted": None, "SpaceReclaimed": 0})
+        filters = parse_filters(req)
+        check_filters(filters, {"label", "until"})
+        removed = []
+        for n in list(local.nets.values()):
+            if local.users(n):
+                continue
+            if not all(k in n.labels and (not eq or n.labels[k] == v)
+                       for k, eq, v in (f.partition("=") for f in filters.get("label", []))):
+                continue
+            await asyncio.to_thread(local.remove, n)
+            removed.append(n.name)
+        return Json(200, {"NetworksDeleted": removed or None})
 
     r.add("GET", "/networks", listing)
     r.add("POST", "/networks/create", create)
     r.add("POST", "/networks/prune", prune)
     r.add("GET", "/networks/{id}", inspect)
-    r.add("DELETE", "/networks/{id}", change)
-    r.add("POST", "/networks/{id}/connect", change)
-    r.add("POST", "/networks/{id}/disconnect", change)
-    r.add("GET", "/volumes", volumes)
-    r.add("POST", "/volumes/create", no_volume)
-    r.add("POST", "/volumes/prune", volume_prune)
-    r.add("GET|DELETE|PUT", "/volumes/{name}", no_volume)
+    r.add("DELETE", "/networks/{id}", remove)
+    r.add("POST", "/networks/{id}/connect", connect)
+    r.add("POST", "/networks/{id}/disconnect", disconnect)

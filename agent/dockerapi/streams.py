@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from typing import Protocol
 
 from agent.runtime import frames
 
@@ -71,8 +72,18 @@ class DetachScanner:
         return bytes(out), False
 
 
+class Sink(Protocol):
+    """Where the client's output goes: the hijacked socket's writer, or a websocket's."""
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
 async def relay_attach(mon_r: asyncio.StreamReader, mon_w: asyncio.StreamWriter,
-                       cli_r: asyncio.StreamReader, cli_w: asyncio.StreamWriter, *, tty: bool,
+                       cli_r: asyncio.StreamReader, cli_w: Sink, *, tty: bool,
                        stdin: bool, stdin_once: bool, stdout: bool, stderr: bool, detach: bytes) -> None:
     """Copy the monitor's output to the client (raw with a TTY, framed without) until the process
     exits, and the client's input to the monitor. The client's half-close closes the container's

@@ -133,16 +133,12 @@ def register(r: Router, api: DockerAPI) -> None:
         raise HTTPError(501, "BuildKit (/session, /grpc) is not served by dockyard: build with the legacy builder "
                              "(DOCKER_BUILDKIT=0)")
 
-    async def ws_attach(req: Request) -> Response:
-        raise HTTPError(501, "websocket attach is not served by dockyard: use POST /containers/{id}/attach")
-
     async def distribution(req: Request) -> Response:
         raise HTTPError(501, "distribution inspect is not served by dockyard")
 
     r.add("GET", "/_ping", ping)
     r.add("POST|GET", "/session", buildkit)
     r.add("POST|GET", "/grpc", buildkit)
-    r.add("GET", "/containers/{id}/attach/ws", ws_attach)
     r.add("GET", "/distribution/{name:path}/json", distribution)
     r.add("GET", "/version", version)
     r.add("GET", "/info", info)

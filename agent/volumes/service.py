@@ -17,7 +17,7 @@ from agent.model import AgentError
 from protos import volumes_pb2 as pb
 from protos import volumes_pb2_grpc as pbg
 
-from .store import Volume, VolumeStore
+from .store import Volume, VolumeStore, matches
 
 T = TypeVar("T")
 
@@ -54,24 +54,9 @@ class VolumesServicer(pbg.VolumesServicer):
 
     @_mapped
     async def List(self, request: pb.ListRequest, context: Any) -> pb.ListResponse:
-        f = dict(request.filters)
-        out = []
-        for v in await asyncio.to_thread(self.store.list):
-            if "name" in f and f["name"] not in v.name:
-                continue
-            if "driver" in f and f["driver"] != v.driver:
-                continue
-            if "label" in f:
-                k, eq, want = f["label"].partition("=")
-                if k not in v.labels or (eq and v.labels[k] != want):
-                    continue
-            if "dangling" in f:
-                if f["dangling"] not in ("true", "false", "1", "0"):
-                    raise ValueError(f"invalid filter 'dangling={f['dangling']}': true or false")
-                if bool(self.store.users(v.name)) == (f["dangling"] in ("true", "1")):
-                    continue
-            out.append(self._pb(v))
-        return pb.ListResponse(volumes=out)
+        f = {k: [v] for k, v in request.filters.items()}
+        return pb.ListResponse(volumes=[self._pb(v) for v in await asyncio.to_thread(self.store.list)
+                                        if matches(v, bool(self.store.users(v.name)), f)])
 
     @_mapped
     async def Inspect(self, request: pb.VolumeRef, context: Any) -> pb.Volume:

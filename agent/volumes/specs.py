@@ -56,7 +56,7 @@ def parse_volume(spec: str) -> Mount:
         source, target = parts
     else:
         source, target, mode = parts
-    m = Mount(target=target)
+    m = Mount(target=target, origin="-v", spec=spec)
     if not source:
         m.type, m.anonymous = "volume", True
     elif source.startswith("/"):
@@ -103,7 +103,7 @@ def _bool(value: str | None, key: str, spec: str) -> bool:
 
 def parse_mount(spec: str) -> Mount:
     """--mount: comma-separated key=value fields, as docker's (no CSV quoting)."""
-    m = Mount(type="volume")
+    m = Mount(type="volume", origin="--mount")
     typed = False
     fields: list[tuple[str, str | None]] = []
     for field in spec.split(","):
@@ -170,7 +170,38 @@ def parse_tmpfs(spec: str) -> Mount:
     options = list(TMPFS_DEFAULT_FLAGS)
     for opt in filter(None, opts.split(",")):
         options.append(opt)
-    return Mount(type="tmpfs", target=target, tmpfs_options=options)
+    return Mount(type="tmpfs", target=target, tmpfs_options=options, origin="--tmpfs", spec=spec)
+
+
+# --- back in docker's words (inspect) ---------------------------------------------------------------
+
+def docker_spelling(mounts: list[Mount]) -> dict[str, object]:
+    """HostConfig's Binds, Mounts and Tmpfs as the user gave them (docker inspect echoes its input);
+    mounts nobody asked for by name (an image's VOLUME, a --volumes-from copy) are in none of them."""
+    binds: list[str] = []
+    tmpfs: dict[str, str] = {}
+    objs: list[dict[str, object]] = []
+    for m in mounts:
+        if m.origin == "--mount":
+            o: dict[str, object] = {"Type": m.type, "Source": m.source, "Target": m.target, "ReadOnly": m.readonly}
+            if m.propagation:
+                o["BindOptions"] = {"Propagation": m.propagation}
+            if m.nocopy or m.volume_labels or m.volume_options or m.volume_driver:
+                o["VolumeOptions"] = {"NoCopy": m.nocopy, "Labels": dict(m.volume_labels) or None,
+                                      "DriverConfig": {"Name": m.volume_driver or "local",
+                                                       "Options": dict(m.volume_options) or None}}
+            if m.type == "tmpfs":
+                opts = dict(x.partition("=")[::2] for x in m.tmpfs_options)
+                o["TmpfsOptions"] = {k: v for k, v in (("SizeBytes", int(opts.get("size", "0") or 0)),
+                                                       ("Mode", int(opts.get("mode", "0") or "0", 8))) if v}
+            objs.append(o)
+        elif m.type == "tmpfs" and m.origin in ("--tmpfs", ""):
+            tmpfs[m.target] = m.spec.partition(":")[2] if m.spec else ",".join(m.tmpfs_options)
+        elif m.origin == "-v" and m.spec and not m.anonymous:   # `-v /path` is Config.Volumes
+            binds.append(m.spec)
+        elif m.origin == "" and not m.anonymous:   # a container made before origin was recorded
+            binds.append(f"{m.source}:{m.target}" + (":ro" if m.readonly else ""))
+    return {"Binds": binds or None, "Mounts": objs or None, "Tmpfs": tmpfs or None}
 
 
 # --- the agent's check -----------------------------------------------------------------------------

@@ -65,6 +65,29 @@ def check_options(driver: str, options: dict[str, str]) -> None:
             raise InvalidArgument(f"a bind volume's device {options['device']} does not exist on this host")
 
 
+def matches(v: Volume, in_use: bool, filters: dict[str, list[str]]) -> bool:
+    """docker's volume filters (each key: any of its values; every key must hold): name (a
+    substring), driver, label (KEY or KEY=VALUE), dangling (true: no container uses it)."""
+    for key, values in filters.items():
+        if key == "name":
+            ok = any(f in v.name for f in values)
+        elif key == "driver":
+            ok = v.driver in values
+        elif key == "label":
+            ok = all(k in v.labels and (not eq or v.labels[k] == want)
+                     for k, eq, want in (f.partition("=") for f in values))
+        elif key == "dangling":
+            for f in values:
+                if f.lower() not in ("true", "false", "1", "0"):
+                    raise InvalidArgument(f"invalid filter 'dangling={f}': true or false")
+            ok = any(in_use != (f.lower() in ("true", "1")) for f in values)
+        else:
+            raise InvalidArgument(f"invalid filter '{key}'")
+        if not ok:
+            return False
+    return True
+
+
 class VolumeStore:
     def __init__(self, root: Path) -> None:
         self.root = root

@@ -14,6 +14,7 @@ import os
 import socket
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -42,15 +43,27 @@ def _ms(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * q))] * 1000
 
 
-def docker_run(sock: Path, conf: Path, network: str) -> float:
+def docker_run(sock: Path, conf: Path, network: str, *extra: str) -> float:
     env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
     env.update(DOCKER_HOST=f"unix://{sock}", DOCKER_CONFIG=str(conf))
     t0 = time.perf_counter()
-    r = subprocess.run(["docker", "run", "--rm", "--network", network, "busybox", "true"], env=env,
+    r = subprocess.run(["docker", "run", "--rm", "--network", network, *extra, "busybox", "true"], env=env,
                        capture_output=True, text=True, timeout=60)
     took = time.perf_counter() - t0
     if r.returncode != 0:
         raise RuntimeError(f"docker run against {sock} failed: {r.stderr}")
+    return took
+
+
+def dockyard_run(agent: AgentProcess) -> float:
+    """dockyard's own CLI, the installed entry point (what a user types), on the same agent."""
+    cli = Path(sys.executable).parent / "dockyard"
+    t0 = time.perf_counter()
+    r = subprocess.run([str(cli), "-H", agent.host, "run", "--rm", "--network", "none", "busybox", "true"],
+                       capture_output=True, text=True, timeout=60)
+    took = time.perf_counter() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"dockyard run failed: {r.stderr}")
     return took
 
 
@@ -91,17 +104,30 @@ def main() -> int:
         dy_none: list[float] = []
         dk_none: list[float] = []
         dy_bridge: list[float] = []
+        dy_cli: list[float] = []
+        dy_vol: list[float] = []
+        dk_vol: list[float] = []
         floor: list[float] = []
+        vol = ("-v", "benchvol:/data")
         docker_run(agent.docker_socket, conf, "none")
         docker_run(dockerd.sock, conf, "none")
+        docker_run(agent.docker_socket, conf, "none", *vol)
+        docker_run(dockerd.sock, conf, "none", *vol)
+        dockyard_run(agent)
         for _ in range(RUNS):
             dy_none.append(docker_run(agent.docker_socket, conf, "none"))
             dk_none.append(docker_run(dockerd.sock, conf, "none"))
+            dy_cli.append(dockyard_run(agent))
             dy_bridge.append(docker_run(agent.docker_socket, conf, "bridge"))
+            dy_vol.append(docker_run(agent.docker_socket, conf, "none", *vol))
+            dk_vol.append(docker_run(dockerd.sock, conf, "none", *vol))
             floor.append(docker_version(agent.docker_socket, conf))
         rows += [("docker run --rm --network none busybox true -> dockyard", dy_none),
                  ("docker run --rm --network none busybox true -> dockerd", dk_none),
+                 ("dockyard run --rm --network none busybox true (own CLI)", dy_cli),
                  ("docker run --rm busybox true (bridge) -> dockyard", dy_bridge),
+                 ("docker run --rm --network none -v benchvol:/data ... -> dockyard", dy_vol),
+                 ("docker run --rm --network none -v benchvol:/data ... -> dockerd", dk_vol),
                  ("docker version (the CLI's floor: its start + one call) -> dockyard", floor)]
 
         # the API's own cost: container inspect over HTTP vs over gRPC, one connection each
@@ -127,7 +153,9 @@ def main() -> int:
         for name, xs in rows:
             print(f"{name:60} {statistics.median(xs) * 1000:10.1f} {_ms(xs, 0.9):8.1f}")
         ratio = statistics.median(dy_none) / statistics.median(dk_none)
-        print(f"dockyard / dockerd (network none): {ratio:.2f}x")
+        print(f"dockyard / dockerd (network none): {ratio:.2f}x; with a named volume: "
+              f"{statistics.median(dy_vol) / statistics.median(dk_vol):.2f}x; the docker CLI on dockyard / "
+              f"dockyard's own CLI: {statistics.median(dy_none) / statistics.median(dy_cli):.2f}x")
         print(f"{'inspect, one call':60} {'p50 ms':>10} {'p99 ms':>8}")
         print(f"{'  Docker API (HTTP, keep-alive)':60} {_ms(http_t, 0.5):10.2f} {_ms(http_t, 0.99):8.2f}")
         print(f"{'  native gRPC (InspectContainer)':60} {_ms(grpc_t, 0.5):10.2f} {_ms(grpc_t, 0.99):8.2f}")

@@ -56,16 +56,29 @@ def test_the_clis_create_body_maps_onto_dockyard() -> None:
 
 
 @pytest.mark.parametrize("path,value,message", [
-    (("HostConfig", "Binds"), ["/a:/b"], "HostConfig.Binds is not supported"),
-    (("HostConfig", "Tmpfs"), {"/x": ""}, "HostConfig.Tmpfs is not supported"),
-    (("HostConfig", "CapAdd"), ["NET_ADMIN"], "HostConfig.CapAdd is not supported"),
+    (("HostConfig", "Binds"), ["/a:/b:zz"], "invalid mode 'zz'"),
+    (("HostConfig", "Binds"), "/a:/b", "HostConfig.Binds must be a list"),
+    (("HostConfig", "Mounts"), [{"Type": "npipe", "Target": "/x"}], "HostConfig.Mounts[0].Type 'npipe'"),
+    (("HostConfig", "Mounts"), [{"Type": "bind", "Source": "/a", "Target": "/b", "TmpfsOptions": {"SizeBytes": 1}}],
+     "HostConfig.Mounts[0].TmpfsOptions does not apply to a bind mount"),
+    (("HostConfig", "Mounts"), [{"Type": "volume", "Target": "/b", "VolumeOptions": {"Subpath": "x"}}],
+     "HostConfig.Mounts[0].VolumeOptions.Subpath is not supported"),
+    (("HostConfig", "Tmpfs"), {"/x": 3}, "HostConfig.Tmpfs must be an object of path: options strings"),
+    (("HostConfig", "Ulimits"), [{"Soft": 1}], "HostConfig.Ulimits: each entry needs Name"),
+    (("HostConfig", "GroupAdd"), [True], "HostConfig.GroupAdd must be a list"),
+    (("HostConfig", "VolumeDriver"), "flocker", "HostConfig.VolumeDriver 'flocker'"),
     (("HostConfig", "MemorySwappiness"), 40, "HostConfig.MemorySwappiness is not supported"),
-    (("HostConfig", "LogConfig"), {"Type": "syslog"}, "no log driver named 'syslog' is registered"),
-    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-size": "1m"}}, "LogConfig.Config"),
+    (("HostConfig", "LogConfig"), {"Type": "syslog"}, "logging driver \"syslog\" is not supported"),
+    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"labels": "a"}},
+     "unknown log opt 'labels' for json-file log driver"),
+    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-file": "0"}}, "log opt max-file=0: max-file cannot be less than 1"),
+    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-size": "big"}}, "log opt max-size=big"),
     (("HostConfig", "CgroupnsMode"), "private", "CgroupnsMode"),
-    (("Volumes",), {"/data": {}}, "Config.Volumes is not supported"),
+    (("Volumes",), ["/data"], "Config.Volumes must be an object"),
     (("MacAddress",), "02:42:ac:11:00:0a", "Config.MacAddress"),
-    (("NetworkingConfig", "EndpointsConfig"), {"bridge": {"Aliases": ["x"]}}, "EndpointsConfig.bridge"),
+    (("NetworkingConfig", "EndpointsConfig"), {"other": {}}, "EndpointsConfig.other: a dockyard container has one"),
+    (("NetworkingConfig", "EndpointsConfig"), {"default": {"IPAMConfig": {"IPv4Address": "10.0.0.5"}}},
+     "EndpointsConfig.default.IPAMConfig is not supported"),
     (("HostConfig", "Memory"), "64m", "HostConfig.Memory must be an integer"),
     (("Healthcheck",), {"Test": ["WHAT"]}, "Config.Healthcheck.Test"),
 ])
@@ -102,6 +115,47 @@ def test_inspect_echoes_the_create() -> None:
     row = convert.summary(c)
     assert row["Names"] == ["/web"] and row["Status"] == "Created" and row["Ports"] == [{"PrivatePort": 80,
                                                                                           "Type": "tcp"}]
+
+
+def test_mounts_and_the_rest_of_hostconfig_map_and_are_echoed_as_given() -> None:
+    body = json.loads(json.dumps(CLI_BODY))
+    body["Volumes"] = {"/anon": {}, "/mnt": {}}
+    body["HostConfig"].update({
+        "Binds": ["/srv/a:/mnt:ro", "data:/data"],
+        "Mounts": [{"Type": "volume", "Source": "v1", "Target": "/v1", "VolumeOptions": {"Labels": {"k": "x"}}},
+                   {"Type": "tmpfs", "Target": "/t2", "TmpfsOptions": {"SizeBytes": 1 << 20, "Mode": 0o700}}],
+        "Tmpfs": {"/tmp1": "size=3M"}, "ReadonlyRootfs": True, "CapAdd": ["NET_ADMIN"], "CapDrop": ["MKNOD"],
+        "Ulimits": [{"Name": "nofile", "Soft": 100, "Hard": 200}], "Dns": ["10.0.0.1"], "DnsSearch": ["ex.org"],
+        "DnsOptions": ["ndots:2"], "ExtraHosts": ["db:10.0.0.2"], "Sysctls": {"net.core.somaxconn": "1024"},
+        "ShmSize": 1 << 20, "GroupAdd": [1000, "wheel"], "VolumesFrom": ["other:ro"],
+        "LogConfig": {"Type": "", "Config": {"max-file": "100", "max-size": "10m"}},
+    })
+    cfg, _ = convert.config_from_docker(body, "web")
+    got = [(m.type, m.source, m.target, m.readonly, m.anonymous, m.origin) for m in cfg.mounts]
+    assert got == [("bind", "/srv/a", "/mnt", True, False, "-v"), ("volume", "data", "/data", False, False, "-v"),
+                   ("volume", "v1", "/v1", False, False, "--mount"), ("tmpfs", "", "/t2", False, False, "--mount"),
+                   ("tmpfs", "", "/tmp1", False, False, "--tmpfs"), ("volume", "", "/anon", False, True, "")]
+    assert cfg.mounts[2].volume_labels == {"k": "x"} and "size=1048576" in cfg.mounts[3].tmpfs_options
+    assert "mode=700" in cfg.mounts[3].tmpfs_options
+    assert cfg.read_only and cfg.cap_add == ["NET_ADMIN"] and cfg.cap_drop == ["MKNOD"]
+    assert [(u.name, u.soft, u.hard) for u in cfg.ulimits] == [("nofile", 100, 200)]
+    assert (cfg.dns, cfg.dns_search, cfg.dns_options, cfg.extra_hosts) == (["10.0.0.1"], ["ex.org"], ["ndots:2"],
+                                                                            ["db:10.0.0.2"])
+    assert cfg.sysctls == {"net.core.somaxconn": "1024"} and cfg.shm_size == 1 << 20
+    assert cfg.group_add == ["1000", "wheel"] and cfg.volumes_from == ["other:ro"]
+    assert (cfg.log_config.type, cfg.log_config.config) == ("", {"max-file": "100", "max-size": "10m"})
+    c = Container(id="a" * 64, name="web", created=1.0, config=cfg, image_id="sha256:" + "b" * 64,
+                  image_ref="busybox", snapshot="a" * 64, args=["sh"])
+    hc = convert.inspect(c, "/log", None)["HostConfig"]
+    assert hc["Binds"] == ["/srv/a:/mnt:ro", "data:/data"] and hc["Tmpfs"] == {"/tmp1": "size=3M"}
+    assert hc["Mounts"][0] == {"Type": "volume", "Source": "v1", "Target": "/v1", "ReadOnly": False,
+                               "VolumeOptions": {"NoCopy": False, "Labels": {"k": "x"},
+                                                 "DriverConfig": {"Name": "local", "Options": None}}}
+    assert hc["Mounts"][1]["TmpfsOptions"] == {"SizeBytes": 1 << 20, "Mode": 0o700}
+    assert hc["LogConfig"] == {"Type": "json-file", "Config": {"max-file": "100", "max-size": "10m"}}
+    assert hc["ReadonlyRootfs"] and hc["CapAdd"] == ["NET_ADMIN"] and hc["ShmSize"] == 1 << 20
+    assert hc["Ulimits"] == [{"Name": "nofile", "Soft": 100, "Hard": 200}] and hc["VolumesFrom"] == ["other:ro"]
+    assert hc["GroupAdd"] == ["1000", "wheel"] and hc["Sysctls"] == {"net.core.somaxconn": "1024"}
 
 
 def _request(path: str) -> Request:

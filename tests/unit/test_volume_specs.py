@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -19,7 +20,7 @@ from agent.volumes import specs
                                       propagation="rprivate")),
 ])
 def test_volume_flag(spec: str, want: Mount) -> None:
-    assert specs.parse_volume(spec) == want
+    assert specs.parse_volume(spec) == replace(want, origin="-v", spec=spec)   # the spec, for inspect's Binds
     specs.check(specs.parse_volume(spec))
 
 
@@ -62,7 +63,8 @@ def test_duplicate_targets_refused() -> None:
 
 def test_mount_flag() -> None:
     m = specs.parse_mount("type=bind,src=/srv,dst=/srv,readonly,bind-propagation=private")
-    assert m == Mount(type="bind", source="/srv", target="/srv", readonly=True, propagation="private")
+    assert m == Mount(type="bind", source="/srv", target="/srv", readonly=True, propagation="private",
+                     origin="--mount")
     m = specs.parse_mount("source=pg,target=/d,volume-opt=type=tmpfs,volume-opt=device=tmpfs,volume-label=a=b,"
                           "volume-nocopy=true")
     assert (m.type, m.source, m.volume_options, m.volume_labels, m.nocopy) == \
