@@ -1,7 +1,7 @@
 """docker's daemon.json for the agent (--config-file): a loopback registry as the mirror of docker.io
 names (the next mirror asked when one lacks the image), data-root, default ulimits, log driver and
 options, DNS, all shown by `dockyard info` and applied to containers. (Bad files and conflicts with
-flags: tests/unit/test_daemon_json.py.)"""
+flags: tests/unit/test_daemon_json_refusals.py.)"""
 
 from __future__ import annotations
 
