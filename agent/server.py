@@ -23,8 +23,10 @@ import grpc
 from agent import attachsession, convert, metrics, status
 from agent.checkpoint import host_features
 from agent.containers import UPDATABLE_LIMITS, ContainerManager
+from agent.engine import EngineSettings
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
+from agent.images.pipes import consume
 from agent.model import AgentError, InvalidArgument
 from agent.runtime.procs import trace
 from protos import agent_pb2 as pb
@@ -86,6 +88,8 @@ class AgentServicer(pbg.AgentServicer):
         self.lazy_pages = False  # known, like criu, once `criu check` ran
         self.labels = labels
         self.host = host_features.probe()
+        self.engine = EngineSettings()   # set by the daemon: what `info` shows of its settings
+        self.config_file = ""
         from agent.dockerapi.events import Events
 
         self.events = Events(manager)  # the Docker API's event source, for `dockyard system events`
@@ -104,6 +108,10 @@ class AgentServicer(pbg.AgentServicer):
             containers_stopped=sum(c.state.status not in ("running", "paused") for c in cs),
             images=len(self.images.list()), labels=self.labels, lazy_pages=self.lazy_pages,
             arch=self.host.arch, cpu_features=self.host.cpu_features,
+            config_file=self.config_file, registry_mirrors=self.engine.registries.mirrors,
+            insecure_registries=self.engine.registries.insecure, log_driver=self.engine.log.type,
+            log_opts=self.engine.log.config, dns=self.engine.dns,
+            default_ulimits=[f"{u.name}={u.soft}:{u.hard}" for u in self.engine.ulimits],
         )
 
     @_mapped
@@ -132,7 +140,8 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def InspectContainer(self, request: pb.ContainerRef, context: Any) -> pb.JsonDocument:
         c = self.m.get(request.id)
-        extra = {"LogPath": str(self.m.files(c).log), "Driver": "overlay", "Mounts": self.m.mounts_info(c)}
+        log = "" if c.config.log_config.type == "none" else str(self.m.files(c).log)
+        extra = {"LogPath": log, "Driver": "overlay", "Mounts": self.m.mounts_info(c)}
         return pb.JsonDocument(json=json.dumps(convert.inspect(c, extra)))
 
     @_mapped
@@ -382,18 +391,21 @@ class AgentServicer(pbg.AgentServicer):
 
     @_mapped
     async def ImportImage(self, request_iterator: AsyncIterator[pb.DataChunk], context: Any) -> pb.ImageSummary:
-        header: pb.ImportHeader | None = None
-        with tempfile.TemporaryFile(dir=self.root) as tmp:
-            async for chunk in request_iterator:
+        # Unpacked as it arrives (no temporary file of the whole tar); the header comes first.
+        it = request_iterator.__aiter__()
+        first = await anext(it, None)
+        if first is None or not first.HasField("import_header"):
+            raise InvalidArgument("import: the stream did not start with a header")
+        header = first.import_header
+
+        async def data() -> AsyncIterator[bytes]:
+            async for chunk in it:
                 if chunk.HasField("import_header"):
-                    header = chunk.import_header
-                else:
-                    tmp.write(chunk.data)
-            tmp.seek(0)
-            if header is None:
-                raise InvalidArgument("import: the stream did not start with a header")
-            image = await asyncio.to_thread(self.images.import_tar, tmp, header.reference or None,
-                                            list(header.changes), header.message)
+                    raise InvalidArgument("import: a second header in the stream")
+                yield chunk.data
+
+        image = await consume(data(), lambda f: self.images.import_tar(
+            f, header.reference or None, list(header.changes), header.message))
         return self._image_summary(image)
 
     async def ExportContainer(self, request: pb.ContainerRef, context: Any) -> AsyncIterator[pb.DataChunk]:

@@ -8,7 +8,7 @@ cd "$here"
 
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(
-  python3 python3-venv python3-dev gcc libc6-dev make git   # the agent, its C monitor, the scheduler
+  python3 python3-venv python3-dev gcc libc6-dev zlib1g-dev make git   # the agent, its C monitor (zlib: compressed logs), the scheduler
   iproute2 iptables procps util-linux kmod              # namespaces, bridge, veth, port publishing
   libseccomp2                                           # the containers' seccomp filter (pyseccomp)
   busybox-static                                        # the base image (deploy/images/busybox.sh)
@@ -22,8 +22,11 @@ pkgs=(
   vagrant vagrant-libvirt                               # vagrant/ (validated offline by the tests)
   zstd curl ca-certificates
 )
+# The VM tests (tests/vm): qemu's emulator and what vagrant/build-box.sh builds the guests' box with.
+# Apart from pkgs, which build-box.sh reads as the guests' own list.
+vm_pkgs=(qemu-system-x86 qemu-utils debootstrap fdisk e2fsprogs)
 missing=()
-for p in "${pkgs[@]}"; do
+for p in "${pkgs[@]}" "${vm_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -273,6 +273,8 @@ class ServiceSpec:
     sysctls: tuple[tuple[str, str], ...] = ()
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
+    log_driver: str = ""   # the stack's logging: driver and options ("" = each node's default)
+    log_options: tuple[tuple[str, str], ...] = ()
     networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
     endpoint_mode: str = "vip"  # vip: the name answers with one virtual IP; dnsrr: with the tasks' addresses
 
@@ -311,7 +313,8 @@ _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "
                                  "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
                                  "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
                                  "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
-                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": []}
+                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": [], "log_driver": "",
+                                 "log_options": []}
 
 
 class UpdateState(enum.StrEnum):
@@ -416,7 +419,7 @@ class Migration:
     source: str
     target: str
     mode: str  # live | cold
-    phase: str  # recorded | running | recovering
+    phase: str  # recorded | running | switched (live: its addresses are the target's) | recovering
     reason: str = ""  # why cold, when live was not possible
     started_at: float = 0.0
     leader: str = ""

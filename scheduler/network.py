@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
-from scheduler.model import DesiredState, Service, ServiceSpec, Task, TaskState
+from scheduler.model import DesiredState, Migration, Service, ServiceSpec, Task, TaskState
 
 DEFAULT_POOL = ipaddress.IPv4Network("10.240.0.0/12")  # default subnets are /24s of this
 DEFAULT_PREFIX = 24
@@ -471,9 +471,17 @@ def service_names(svc: Service | None, network: str, service: str) -> tuple[str,
     return tuple(dict.fromkeys(names))
 
 
+def moved_endpoints(migrations: Iterable[Migration]) -> dict[str, str]:
+    """Task id -> the node its addresses are on, for live moves past the switch (scheduler/migrate.py):
+    the target's, though the task is still the source's until the move finishes."""
+    return {m.task_id: m.target for m in migrations if m.phase == "switched"}
+
+
 def endpoints(networks: Mapping[str, Network], allocations: Iterable[Allocation], tasks: Mapping[str, Task],
-              node_addresses: Mapping[str, str], services: Mapping[str, Service] | None = None) -> list[EndpointView]:
-    """The endpoints hosts must reach: each allocation whose task has a node (and that node's VTEP)."""
+              node_addresses: Mapping[str, str], services: Mapping[str, Service] | None = None,
+              moved: Mapping[str, str] | None = None) -> list[EndpointView]:
+    """The endpoints hosts must reach: each allocation whose task has a node (and that node's VTEP);
+    `moved` (moved_endpoints) overrides the node of tasks being moved live."""
     out = []
     for a in allocations:
         if a.task_id.startswith(NODE_PREFIX) and a.network in networks:  # a node's own ingress address
@@ -486,8 +494,9 @@ def endpoints(networks: Mapping[str, Network], allocations: Iterable[Allocation]
             continue
         ready = t.state is TaskState.RUNNING and t.healthy is not False
         names = service_names((services or {}).get(t.service), a.network, t.service)
-        out.append(EndpointView(a.network, a.ip, mac_for(a.ip), t.id, t.name, t.service, t.node,
-                                vtep_of(node_addresses.get(t.node, "")), names, ready, f"{t.name}.{t.id}"))
+        node = (moved or {}).get(t.id, t.node)
+        out.append(EndpointView(a.network, a.ip, mac_for(a.ip), t.id, t.name, t.service, node,
+                                vtep_of(node_addresses.get(node, "")), names, ready, f"{t.name}.{t.id}"))
     out.sort(key=lambda e: (e.network, ipaddress.IPv4Address(e.ip)))
     return out
 

@@ -595,7 +595,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if with_endpoints:
             mine = [a for a in v.allocations.values() if a.network == net.name]
             eps = netmod.endpoints({net.name: net}, mine, v.tasks, {n.name: n.address for n in v.nodes.values()},
-                                   v.services)
+                                   v.services, netmod.moved_endpoints(v.migrations.values()))
             vips = netmod.vips({net.name: net}, mine, v.services)
         mesh = netmod.mesh_ports(v.services) if net.ingress else []
         if net.ingress:

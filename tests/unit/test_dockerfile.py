@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.images import dockerfile as df
-from agent.images.dockerignore import Matcher
+from deploy.dockerignore import Matcher
 
 
 def test_parse_continuations_comments_and_lines() -> None:

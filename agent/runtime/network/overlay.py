@@ -309,6 +309,15 @@ class Overlays:
                 ipr.link("add", **spec)
         return host
 
+    def set_port(self, vni: int, container_id: str, up: bool) -> None:
+        """A container's port on the network's bridge up or down (gone: nothing to do). Down, the
+        bridge forgets the MAC it learned there and floods its frames to the VXLAN port, whose FDB
+        entry points at the host the container moved to; up again if it stays here after all."""
+        with _ipr() as ipr:
+            idx = self._lookup(ipr, self.veth_name(vni, container_id))
+            if idx is not None:
+                ipr.link("set", index=idx, state="up" if up else "down")
+
     def detach(self, vni: int, container_id: str) -> None:
         with _ipr() as ipr:
             try:
