@@ -78,6 +78,7 @@ class Checkpoints:
         from agent.containers import mount_key
 
         external += [f"mnt[{m.target}]:{mount_key(m.target)}" for m in c.config.mounts if m.type != "tmpfs"]
+        external += [f"mnt[{f.target}]:{mount_key(f.target)}" for f in c.config.task_files]
         return c, criu, pid, external
 
     async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,
@@ -292,12 +293,17 @@ class Checkpoints:
                           netns_key=old.netns_key, restored_from_ip=str((meta.get("network") or {}).get("ip", "")))
             if not cold:
                 c.state.checkpoint = str(cdir / "checkpoint")
+            if cfg.task_files:  # a task's secrets and configs: from the scheduler, onto this node's tmpfs
+                files = await self.m.fetch_task_files(cfg)
+                await asyncio.to_thread(self.m.taskfiles.write, cid, cfg.task_files, files)
             shutil.rmtree(tmp, ignore_errors=True)
             self.m._save(c)
             trace("agent: layer applied")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.m.images.snapshotter.remove(cid)
+            with contextlib.suppress(OSError):
+                self.m.taskfiles.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
             await asyncio.to_thread(self.m.remove_volumes, adopted)
             raise

@@ -17,6 +17,7 @@ from agent.model import (
     Port,
     Resources,
     RestartPolicy,
+    TaskFile,
     Ulimit,
 )
 from agent.runtime.spec import ProcessSpec
@@ -55,6 +56,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
                                 m.healthcheck.retries, m.healthcheck.start_period, m.healthcheck.start_interval)
         if m.HasField("healthcheck") else None,
         log_config=LogConfig(m.log_config.type, dict(m.log_config.config)),
+        task_files=[TaskFile(f.kind, f.name, f.target, f.uid, f.gid, f.mode) for f in m.task_files],
     )
 
 
@@ -108,6 +110,8 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
                                    start_period=c.healthcheck.start_period,
                                    start_interval=c.healthcheck.start_interval) if c.healthcheck else None,
         log_config=pb.LogConfig(type=c.log_config.type, config=c.log_config.config),
+        task_files=[pb.TaskFile(kind=f.kind, name=f.name, target=f.target, uid=f.uid, gid=f.gid, mode=f.mode)
+                    for f in c.task_files],
     )
 
 

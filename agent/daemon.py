@@ -195,6 +195,7 @@ class Agent:
                 cgroup_version=driver.version, criu=lambda: servicer.criu,
                 lazy_pages=lambda: servicer.lazy_pages, identity=identity)
             self.member.start()
+            self.manager.task_files_source = self.member.task_files
             assert net.overlays is not None
             self.netsync = NetworkSync(o.name, net.overlays, self.member.stub,
                                        on_map=resolvers.update if resolvers is not None else None)

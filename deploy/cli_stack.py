@@ -203,6 +203,10 @@ def _pairs(values: tuple[str, ...], flag: str, from_env: bool = False) -> tuple[
 @click.option("--health-retries", type=int, default=None, help="Consecutive failures needed to report unhealthy")
 @click.option("--health-start-period", default="", help="Start period for the container to initialize (ms|s|m|h)")
 @click.option("--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK")
+@click.option("--secret", "secrets", multiple=True,
+              help="Specify secrets to expose to the service: NAME or source=NAME,target=T,uid=,gid=,mode=")
+@click.option("--config", "configs", multiple=True,
+              help="Specify configurations to expose to the service: NAME or source=NAME,target=/PATH,uid=,gid=,mode=")
 @click.option("-d", "--detach", is_flag=True, help="Exit immediately instead of waiting for the service to converge")
 @click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
 @click.argument("image")
@@ -374,7 +378,14 @@ def build_service_spec(image: str, command: tuple[str, ...], o: dict[str, Any]) 
             if not st._NAME.match(x):
                 raise click.BadParameter(f"{n!r}: invalid name {x!r}", param_hint="--network")
         attachments.append(NetworkAttachment(net, tuple(aliases)))
-    return ServiceSpec(
+    from deploy.stack_files import parse_flag
+    from scheduler.objects import ObjectError, check_refs
+
+    try:
+        refs = {kind: tuple(parse_flag(kind, t) for t in o[f"{kind}s"]) for kind in ("secret", "config")}
+    except ObjectError as e:
+        raise click.UsageError(str(e)) from None
+    spec = ServiceSpec(
         name=name, image=image, command=command or None, entrypoint=entrypoint, env=tuple(sorted(env.items())),
         ports=ports, replicas=replicas, mode=mode,
         resources=ResourceSpec(limits=limits, reservations=reservations),
@@ -385,7 +396,13 @@ def build_service_spec(image: str, command: tuple[str, ...], o: dict[str, Any]) 
         hostname=hostname, user=o["user"], workdir=workdir, stop_signal=stop_signal,
         stop_grace_period=duration("--stop-grace-period", "stop_grace_period"), tty=o["tty"], init=o["init"],
         pids_limit=o["limit_pids"], networks=tuple(attachments), endpoint_mode=o.get("endpoint_mode", "vip"),
+        secrets=refs["secret"], configs=refs["config"],
     )
+    try:
+        check_refs(spec)
+    except ObjectError as e:
+        raise click.UsageError(str(e)) from None
+    return spec
 
 
 def _converge(ctx: click.Context, name: str, quiet: bool, timeout: float = 120.0) -> None:

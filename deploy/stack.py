@@ -49,6 +49,7 @@ from scheduler.model import (
     UpdateConfig,
     UpdateOrder,
 )
+from scheduler.objects import ObjectError, check_refs
 
 # Bounds of values (a clear error instead of an overflow further down, or a hang placing them).
 INT32_MAX = (1 << 31) - 1  # counts travel as int32 in the protos
@@ -87,6 +88,7 @@ class Stack:
     services: tuple[ServiceSpec, ...]
     warnings: tuple[str, ...] = ()
     networks: tuple[StackNetwork, ...] = ()
+    objects: tuple[Any, ...] = ()  # its secrets and configs (deploy/stack_files.py StackObject)
 
     def service(self, short: str) -> ServiceSpec:
         full = f"{self.name}_{short}"
@@ -328,16 +330,13 @@ def _interpolate_tree(root: _Map, file: str, environ: Mapping[str, str], warning
 # Every key either works or is refused: `supported` sets list what is read; the `_UNSUPPORTED_*`
 # maps list what Compose has and dockyard does not do (yet), each with a hint; anything else is an
 # unknown field. Nothing is read and then dropped.
-_TOP = frozenset({"version", "name", "services", "networks", "volumes"})
-_UNSUPPORTED_TOP = {
-    "configs": "",
-    "secrets": "",
-}
+_TOP = frozenset({"version", "name", "services", "networks", "volumes", "secrets", "configs"})
+_UNSUPPORTED_TOP: dict[str, str] = {}
 _SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file", "ports", "deploy", "healthcheck",
                       "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
                       "stdin_open", "init", "devices", "privileged", "networks", "volumes", "tmpfs", "read_only",
                       "cap_add", "cap_drop", "security_opt", "ulimits", "dns", "dns_search", "dns_opt", "extra_hosts",
-                      "sysctls", "shm_size", "group_add", "logging"})
+                      "sysctls", "shm_size", "group_add", "logging", "secrets", "configs"})
 _ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
 _UNSUPPORTED_SERVICE = {
     "build": "build the image first with `dockyard image build -t NAME .` and name it in `image:`",
@@ -347,7 +346,7 @@ _UNSUPPORTED_SERVICE = {
     "network_mode": "",
     "restart": "use deploy.restart_policy", "scale": "use deploy.replicas",
     "expose": "every port of a task is reachable from the node; publish it with `ports:`",
-    "volumes_from": "", "configs": "", "secrets": "",
+    "volumes_from": "",
     "device_cgroup_rules": _ON_THE_NODE,
     "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
     "uts": "", "isolation": "", "domainname": "", "mac_address": "", "oom_score_adj": "",
@@ -524,14 +523,24 @@ def _stack(root: _At, name: str | None, environ: Mapping[str, str], warnings: li
     from deploy.stack_volumes import top_volumes
 
     volumes = top_volumes(root.child("volumes"), stack_name)
+    from deploy.stack_files import top_objects
+
+    declared = {kind: top_objects(root.child(f"{kind}s"), kind, stack_name) for kind in ("secret", "config")}
     specs = []
     for short, at in services_at.items():
         if not _NAME.match(short):
             raise StackError(file, at.line, at.field, f"invalid service name {short!r}")
-        specs.append(_service(at, f"{stack_name}_{short}", environ or {}, warnings, networks, volumes))
+        spec = _service(at, f"{stack_name}_{short}", environ or {}, warnings, networks, volumes, declared)
+        try:
+            check_refs(spec)
+        except ObjectError as e:
+            at.fail(str(e))
+        specs.append(spec)
     if not specs:
         raise StackError(file, services_at.line, "services", "no services defined")
-    return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()))
+    used = {(k, r.source) for s in specs for k, refs in (("secret", s.secrets), ("config", s.configs)) for r in refs}
+    objects = tuple(o for d in declared.values() for o in d.values() if (o.kind, o.name) in used)
+    return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()), objects)
 
 
 DEFAULT_NETWORK = "default"
@@ -649,7 +658,9 @@ def _service_networks(at: _At | None, declared: Mapping[str, StackNetwork]) -> t
 
 
 def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list[str],
-             networks: Mapping[str, StackNetwork], volumes: dict[str, Any] | None = None) -> ServiceSpec:
+             networks: Mapping[str, StackNetwork], volumes: dict[str, Any] | None = None,
+             declared: Mapping[str, dict[str, Any]] | None = None) -> ServiceSpec:
+    from deploy.stack_files import service_refs
     from deploy.stack_volumes import service_mounts
 
     at.mapping(_SERVICE, _UNSUPPORTED_SERVICE)
@@ -676,6 +687,8 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
     healthcheck = _healthcheck(at.child("healthcheck"))
     attachments = _service_networks(at.child("networks"), networks)
     mounts = service_mounts(at, volumes or {})
+    secrets = service_refs(at.child("secrets"), "secret", (declared or {}).get("secret", {}))
+    configs = service_refs(at.child("configs"), "config", (declared or {}).get("config", {}))
     read_only = _opt(at, "read_only", _At.boolean, False)
     from deploy import stack_hostconfig
 
@@ -732,7 +745,7 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
         init=_opt(at, "init", _At.boolean, False), pids_limit=pids,
         container_labels=tuple(sorted(dict(container_labels).items())), devices=devices,
         privileged=_opt(at, "privileged", _At.boolean, False), mounts=mounts, read_only=read_only,
-        **host_settings,
+        secrets=secrets, configs=configs, **host_settings,
     )
 
 

@@ -109,6 +109,10 @@ def container_config(t: Task, spec: ServiceSpec, stack: str,
                                     tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
                                     volume_options=dict(m.volume_options), volume_labels=dict(m.volume_labels)))
     cfg.read_only = spec.read_only
+    for kind, refs in (("secret", spec.secrets), ("config", spec.configs)):
+        # where each goes; the agent fetches the data itself (Scheduler.TaskFiles), for this task only
+        cfg.task_files.extend(apb.TaskFile(kind=kind, name=r.source, target=r.target, uid=r.uid, gid=r.gid,
+                                           mode=r.mode) for r in refs)
     cfg.cap_add.extend(spec.cap_add)
     cfg.cap_drop.extend(spec.cap_drop)
     cfg.security_opt.extend(spec.security_opt)
@@ -224,6 +228,8 @@ class Dispatcher:
                 continue
             c = held.get(t.id)
             if c is None and t.state is TaskState.ASSIGNED:
+                if self._stopping_first(t):
+                    continue  # the view's change when the old one stops brings the next pass
                 self._spawn(t.id, self._create(node, stub, t))
             elif c is not None and c.state == "created":
                 self._spawn(t.id, self._start(node, stub, t, c.id))
@@ -240,6 +246,18 @@ class Dispatcher:
                 self._spawn(c.id, self._stop(stub, c.id, remove=owner is None, grace=grace))
             elif owner is None:
                 self._spawn(c.id, self._remove(stub, c.id))
+
+    def _stopping_first(self, t: Task) -> bool:
+        """A stop-first update's new task starts once the task it replaces has stopped (as Swarm's:
+        so at most `parallelism` slots are down at once, and a published host port is free again).
+        The old task counts while its node is up to report it; a task on a lost node is not waited for."""
+        for o in self.view.tasks_of(t.service):
+            if o.slot == t.slot and o.id != t.id and o.desired_state is DesiredState.SHUTDOWN \
+                    and o.error == "updated" and o.state.active and o.node is not None:
+                n = self.view.nodes.get(o.node)
+                if n is not None and n.status is NodeStatus.READY:
+                    return True
+        return False
 
     def _spawn(self, key: str, coro: object) -> None:
         self._inflight.add(key)

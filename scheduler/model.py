@@ -214,6 +214,18 @@ class MountSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FileRef:
+    """A service's use of a cluster secret or config (`secrets:`/`configs:`, `--secret`/`--config`):
+    delivered as a file on a tmpfs of the node that runs the task, never written to its disk.
+    A secret's target is a name under /run/secrets or an absolute path; a config's is absolute."""
+    source: str                                          # the secret's or config's name in the cluster
+    target: str
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o444
+
+
+@dataclass(frozen=True, slots=True)
 class HealthCheck:
     test: tuple[str, ...] = ()
     interval: float = 30.0
@@ -277,6 +289,8 @@ class ServiceSpec:
     log_options: tuple[tuple[str, str], ...] = ()
     networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
     endpoint_mode: str = "vip"  # vip: the name answers with one virtual IP; dnsrr: with the tasks' addresses
+    secrets: tuple[FileRef, ...] = ()
+    configs: tuple[FileRef, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -314,7 +328,7 @@ _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "
                                  "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
                                  "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
                                  "sysctls": [], "shm_size": 0, "group_add": [], "networks": [], "log_driver": "",
-                                 "log_options": []}
+                                 "log_options": [], "secrets": [], "configs": []}
 
 
 class UpdateState(enum.StrEnum):
