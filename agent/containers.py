@@ -651,6 +651,8 @@ class ContainerManager:
         finally:
             reply.close()
         if not isinstance(msg, messages.Started):
+            if self.resolvers is not None:  # opened while it was wired, for a start that failed
+                self.resolvers.close(c.id)
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
