@@ -91,8 +91,8 @@ class Overlays:
         self.local_ip = local_ip  # "" until the agent knows its underlay address
         self.port = port
         self._known: set[int] = set()  # every VNI ensure() was asked for
-        # ensure() runs from the reconcile thread and from containers' attach at once: both would
-        # see no bridge and both add it (EEXIST, a failed start); one at a time
+        # ensure() runs from the network sync and from container starts at once (threads): two
+        # makers of one bridge or VXLAN device would both see none and one fail with EEXIST
         self._ensuring = threading.Lock()
 
     # --- names
