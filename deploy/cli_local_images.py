@@ -15,7 +15,7 @@ import sys
 
 from deploy import display
 from deploy.local import Call, CallError, LocalClient, NotServed, daemon_error
-from deploy.options import BUILD, IMPORT, LOAD, SAVE, Unsupported, parse
+from deploy.options import BUILD, IMPORT, LOAD, PULL, SAVE, Unsupported, parse
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -186,6 +186,49 @@ def build(host: str, argv: Sequence[str]) -> int | None:
     if o["quiet"]:
         display.echo(image_id)
     return 0
+
+
+def pull(host: str, argv: Sequence[str]) -> int | None:
+    """`pull -q`, or docker's status lines when stdout is no terminal (a terminal gets click's bars)."""
+    from deploy import credentials
+
+    try:
+        o, args = parse(PULL, argv)
+        if len(args) != 1 or not _plain_tag(args[0]) or (not o["quiet"] and os.isatty(1)):
+            return None
+        ref = args[0]
+        auth = credentials.auth_for(_domain(ref))
+        call = LocalClient(host).open("Pull", IMAGES)
+    except (Unsupported, credentials.BadConfig, NotServed):
+        return None
+    shown: dict[str, str] = {}
+    reference = ""
+    try:
+        call.send({"ref": ref, "auth": auth})
+        for p in call:
+            reference = p.get("reference") or reference
+            if o["quiet"]:
+                continue
+            if not p.get("id"):
+                display.echo(p.get("status", ""))
+            elif shown.get(p["id"]) != p.get("status") and p.get("status") not in ("Downloading", "Extracting"):
+                shown[p["id"]] = p.get("status", "")
+                display.echo(f"{p['id']}: {p.get('status', '')}")
+    except CallError as e:
+        return _failed(e, host)
+    finally:
+        call.close()
+    display.echo(reference)
+    return 0
+
+
+def _domain(ref: str) -> str:
+    """The registry of a reference, as docker splits it (its first component when that has a dot or
+    a port or is localhost), for the credentials to send."""
+    first, slash, _ = ref.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
 
 
 def _upload(call: Call, src: BinaryIO) -> dict[str, Any]:

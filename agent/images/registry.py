@@ -96,6 +96,7 @@ class Progress:
     total: int = 0
     image_id: str = ""
     digest: str = ""
+    reference: str = ""
 
 
 ProgressFn = Callable[[Progress], None]
@@ -586,7 +587,7 @@ def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
                                     repo_digests=[f"{r.familiar_name}@{manifest_digest}"])
         emit(Progress("", f"Digest: {manifest_digest}", digest=manifest_digest))
         emit(Progress("", f"Status: Downloaded newer image for {r.familiar()}", image_id=image.id,
-                      digest=manifest_digest))
+                      digest=manifest_digest, reference=str(r)))
         return image.id
     except BaseException:
         store._forget_new(created_blobs, created_chains)

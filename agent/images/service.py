@@ -47,7 +47,7 @@ def _auth(a: pb.AuthConfig) -> registry.Auth:
 
 def _progress(p: registry.Progress) -> pb.Progress:
     return pb.Progress(id=p.id, status=p.status, current=p.current, total=p.total, image_id=p.image_id,
-                       digest=p.digest)
+                       digest=p.digest, reference=p.reference)
 
 
 class ImagesServicer(pbg.ImagesServicer):

@@ -128,3 +128,38 @@ def test_save_load_import_build_the_fast_way(clean_agent: AgentProcess, tmp_path
     assert rc != 0 and "repository name must be lowercase" in err
     for ref in ("fastbuild:1", "fastimport:1"):
         clean_agent.cli("rmi", ref, check=True)
+
+
+def test_pull_parser_agrees_with_click() -> None:
+    ctx = cli_images.pull.make_context("pull", ["-q", "h:5000/a:1"])
+    values, args = options.parse(options.PULL, ["-q", "h:5000/a:1"])
+    assert {**values, "ref": args[0]} == ctx.params
+
+
+@pytest.mark.root
+@pytest.mark.slow  # a registry, a push and two pulls
+def test_pull_the_fast_way(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    from tests.kernel.test_images_registry import Registry
+
+    registry = Registry(tmp_path / "registry")
+    registry.start()
+    try:
+        ref = f"{registry.host}/fast/busybox:1"
+        clean_agent.cli("tag", "busybox", ref, check=True)
+        clean_agent.cli("push", "-q", ref, check=True)
+        clean_agent.cli("rmi", ref, check=True)
+        rc, heavy, out, err = _run(["-H", clean_agent.host, "pull", "-q", ref])
+        assert (rc, heavy, out) == (0, [], f"{ref}\n".encode()), err
+        clean_agent.cli("rmi", ref, check=True)
+        rc, heavy, out, err = _run(["-H", clean_agent.host, "image", "pull", ref])  # stdout is no terminal
+        lines = out.decode().splitlines()
+        assert (rc, heavy) == (0, []), err
+        assert lines[0] == f"1: Pulling from {registry.host}/fast/busybox" and lines[-1] == ref
+        assert any(line.endswith(": Already exists") for line in lines)  # busybox's layer is here
+        assert any(line.startswith("Status: Downloaded newer image for") for line in lines)
+        # not a plain reference: click's path words the error
+        rc, heavy, _, err = _run(["-H", clean_agent.host, "pull", "-q", "fast/UPPER:1"])
+        assert rc != 0 and "invalid reference format" in err
+        clean_agent.cli("rmi", ref, check=True)
+    finally:
+        registry.stop()
