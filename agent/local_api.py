@@ -16,7 +16,9 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+import socket
+import stat
+import struct
 from typing import Any, NoReturn
 
 import grpc
@@ -67,6 +69,19 @@ class _Requests:
         self.cls = cls
         self.call = call
         self.data_field = _bytes_field(cls)
+        # The client's own file, when it named one of its descriptors in the CALL: a servicer that
+        # reads a stream (Load, ImportImage) reads it from here itself, on its thread, instead of
+        # the bytes coming through this socket, the event loop and a pipe.
+        self.file: Any = None
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Message:
+        msg = await self.next()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
 
     async def next(self) -> Message | None:
         try:
@@ -90,9 +105,17 @@ class _Requests:
         except (json_format.ParseError, ValueError) as e:
             raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"bad {self.cls.__name__}: {e}") from None
 
-    async def __aiter__(self) -> AsyncIterator[Message]:
-        while (msg := await self.next()) is not None:
-            yield msg
+
+def _peer_file(writer: asyncio.StreamWriter, fd: int) -> Any:
+    """The regular file the connected client has open as descriptor ``fd``, opened again through
+    /proc/PID/fd of the peer the kernel names (SO_PEERCRED): only the client's own files."""
+    sock = writer.get_extra_info("socket")
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    f = open(f"/proc/{pid}/fd/{int(fd)}", "rb", buffering=1 << 20)  # noqa: SIM115 - closed by _serve
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise OSError(f"descriptor {fd} is not a regular file")
+    return f
 
 
 class LocalApi:
@@ -129,7 +152,19 @@ class LocalApi:
                 return
             task = asyncio.current_task()
             requests = _Requests(reader, message_factory.GetMessageClass(method.input_type), task)
-            await self._call(self.servicers[service], method, requests, writer)
+            assert isinstance(call, dict)
+            if isinstance(call.get("file"), int) and method.client_streaming:
+                try:
+                    requests.file = _peer_file(writer, call["file"])
+                except OSError as e:
+                    writer.write(wire.encode(wire.ERROR, {"code": "FAILED_PRECONDITION",
+                                                          "message": f"file: the client's descriptor: {e}"}))
+                    return
+            try:
+                await self._call(self.servicers[service], method, requests, writer)
+            finally:
+                if requests.file is not None:
+                    requests.file.close()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass  # the client went away or spoke nonsense: nothing to answer
         except asyncio.CancelledError:

@@ -77,16 +77,12 @@ def load(host: str, argv: Sequence[str]) -> int | None:
     except OSError as e:
         return _fail(f"open {o['input_']}: {e.strerror}")
     try:
-        call = LocalClient(host).open("Load", IMAGES)
+        resp = _stream(LocalClient(host), "Load", IMAGES, None, src)
     except NotServed:
-        src.close()
         return None
-    try:
-        resp = _upload(call, src)
     except CallError as e:
         return _failed(e, host)
     finally:
-        call.close()
         src.close()
     if not o["quiet"]:
         for i in resp.get("images", []):
@@ -108,18 +104,14 @@ def import_(host: str, argv: Sequence[str]) -> int | None:
         return None
     except OSError as e:
         return _fail(f"open {source}: {e.strerror}")
+    header = {"import_header": {"reference": reference, "changes": list(o["change"]), "message": o["message"]}}
     try:
-        call = LocalClient(host).open("ImportImage")
+        resp = _stream(LocalClient(host), "ImportImage", "", header, src)
     except NotServed:
-        src.close()
         return None
-    try:
-        call.send({"import_header": {"reference": reference, "changes": list(o["change"]), "message": o["message"]}})
-        resp = _upload(call, src)
     except CallError as e:
         return _failed(e, host)
     finally:
-        call.close()
         src.close()
     display.echo(resp["id"])
     return 0
@@ -229,6 +221,35 @@ def _domain(ref: str) -> str:
     if slash and ("." in first or ":" in first or first == "localhost"):
         return first
     return "docker.io"
+
+
+def _stream(cl: LocalClient, method: str, service: str, first: dict[str, Any] | None, src: BinaryIO) -> dict[str, Any]:
+    """The call with ``src`` as its stream: a regular file is named by its descriptor and read by the
+    agent itself (no copy through the socket); anything else, or an agent that cannot open it, gets
+    the bytes as DATA frames. NotServed before anything was asked."""
+    import stat
+
+    if stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+        call = cl.open(method, service, file=src.fileno())
+        try:
+            if first is not None:
+                call.send(first)
+            call.done_sending()
+            for resp in call:
+                return resp
+            raise CallError("INTERNAL", "no response")
+        except CallError as e:
+            if not (e.code == "FAILED_PRECONDITION" and e.details.startswith("file:")):
+                raise
+        finally:
+            call.close()
+    call = cl.open(method, service)
+    try:
+        if first is not None:
+            call.send(first)
+        return _upload(call, src)
+    finally:
+        call.close()
 
 
 def _upload(call: Call, src: BinaryIO) -> dict[str, Any]:

@@ -159,8 +159,12 @@ class ImagesServicer(pbg.ImagesServicer):
 
     async def Load(self, request_iterator: AsyncIterator[pb.Chunk], context: Any) -> pb.LoadResponse:
         # Read as it arrives: each layer is unpacked as it streams past (archive.load).
+        source = getattr(request_iterator, "file", None)  # the local API's client's own file
         try:
-            images = await consume((chunk.data async for chunk in request_iterator), self.store.load)
+            if source is not None:
+                images = await asyncio.to_thread(self.store.load, source)
+            else:
+                images = await consume((chunk.data async for chunk in request_iterator), self.store.load)
         except Exception as e:
             if _expected(e):
                 await context.abort(_code(e), str(e))

@@ -163,3 +163,36 @@ def test_pull_the_fast_way(clean_agent: AgentProcess, tmp_path: Path) -> None:
         clean_agent.cli("rmi", ref, check=True)
     finally:
         registry.stop()
+
+
+@pytest.mark.root
+def test_the_agent_reads_the_clients_own_file(clean_agent: AgentProcess, tmp_path: Path,
+                                              busybox_tar_path: Path) -> None:
+    """load -i / import FILE name their descriptor (the agent opens /proc/PID/fd/N of its peer);
+    a descriptor that is no regular file, or none, is refused, and the CLI then sends the bytes."""
+    import os
+
+    from deploy.local import CallError, LocalClient
+
+    cl = LocalClient(clean_agent.host)
+    with open(busybox_tar_path, "rb") as f:
+        call = cl.open("ImportImage", file=f.fileno())
+        call.send({"import_header": {"reference": "byfd:1"}})
+        call.done_sending()
+        [summary] = list(call)
+        call.close()
+    assert summary["repo_tags"] == ["byfd:1"]
+    r, w = os.pipe()
+    try:
+        for fd, why in ((r, "is not a regular file"), (987, "No such file or directory")):
+            call = cl.open("Load", "images", file=fd)
+            call.done_sending()
+            with pytest.raises(CallError) as e:
+                list(call)
+            call.close()
+            assert e.value.code == "FAILED_PRECONDITION" and e.value.details.startswith("file:")
+            assert why in e.value.details
+    finally:
+        os.close(r)
+        os.close(w)
+    clean_agent.cli("rmi", "byfd:1", check=True)
