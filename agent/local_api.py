@@ -107,10 +107,15 @@ class _Requests:
 
 
 def _peer_file(writer: asyncio.StreamWriter, fd: int) -> Any:
-    """The regular file the connected client has open as descriptor ``fd``, opened again through
-    /proc/PID/fd of the peer the kernel names (SO_PEERCRED): only the client's own files."""
+    """The regular file the connected client has open for reading as descriptor ``fd``, opened
+    again through /proc/PID/fd of the peer the kernel names (SO_PEERCRED): only what the client
+    itself may read (its descriptor's access mode is checked: one open only for writing is not)."""
     sock = writer.get_extra_info("socket")
     pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    with open(f"/proc/{pid}/fdinfo/{int(fd)}") as info:
+        flags = next((int(line.split()[1], 8) for line in info if line.startswith("flags:")), os.O_WRONLY)
+    if flags & os.O_ACCMODE not in (os.O_RDONLY, os.O_RDWR):
+        raise OSError(f"descriptor {fd} is not open for reading")
     f = open(f"/proc/{pid}/fd/{int(fd)}", "rb", buffering=1 << 20)  # noqa: SIM115 - closed by _serve
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()

@@ -196,3 +196,18 @@ def test_the_agent_reads_the_clients_own_file(clean_agent: AgentProcess, tmp_pat
         os.close(r)
         os.close(w)
     clean_agent.cli("rmi", "byfd:1", check=True)
+
+
+@pytest.mark.root
+def test_a_descriptor_open_only_for_writing_is_not_read(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    """The client may not make the agent read what it could not read itself."""
+    from deploy.local import CallError, LocalClient
+
+    secret = tmp_path / "secret.tar"
+    secret.write_bytes(b"x" * 1024)
+    with open(secret, "ab") as f:  # write-only
+        call = LocalClient(clean_agent.host).open("Load", "images", file=f.fileno())
+        call.done_sending()
+        with pytest.raises(CallError, match="not open for reading"):
+            list(call)
+        call.close()
