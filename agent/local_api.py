@@ -50,7 +50,10 @@ class _Aborted(Exception):
 
 
 class _Context:
-    """What the servicer's methods use of grpc.aio.ServicerContext: abort()."""
+    """What the servicer's methods use of grpc.aio.ServicerContext: abort(); and the client's own
+    file a server stream may be written into instead (Save), when it named one."""
+
+    file: Any = None
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
         raise _Aborted(code, details)
@@ -106,17 +109,20 @@ class _Requests:
             raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"bad {self.cls.__name__}: {e}") from None
 
 
-def _peer_file(writer: asyncio.StreamWriter, fd: int) -> Any:
-    """The regular file the connected client has open for reading as descriptor ``fd``, opened
-    again through /proc/PID/fd of the peer the kernel names (SO_PEERCRED): only what the client
-    itself may read (its descriptor's access mode is checked: one open only for writing is not)."""
+def _peer_file(writer: asyncio.StreamWriter, fd: int, write: bool = False) -> Any:
+    """The regular file the connected client has open as descriptor ``fd`` for reading (or with
+    ``write``, for writing), opened again through /proc/PID/fd of the peer the kernel names
+    (SO_PEERCRED): only what the client itself may do (its descriptor's access mode is checked)."""
     sock = writer.get_extra_info("socket")
     pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
     with open(f"/proc/{pid}/fdinfo/{int(fd)}") as info:
         flags = next((int(line.split()[1], 8) for line in info if line.startswith("flags:")), os.O_WRONLY)
-    if flags & os.O_ACCMODE not in (os.O_RDONLY, os.O_RDWR):
-        raise OSError(f"descriptor {fd} is not open for reading")
-    f = open(f"/proc/{pid}/fd/{int(fd)}", "rb", buffering=1 << 20)  # noqa: SIM115 - closed by _serve
+    if flags & os.O_ACCMODE not in ((os.O_WRONLY, os.O_RDWR) if write else (os.O_RDONLY, os.O_RDWR)):
+        raise OSError(f"descriptor {fd} is not open for {'writing' if write else 'reading'}")
+    if write:
+        f = os.fdopen(os.open(f"/proc/{pid}/fd/{int(fd)}", os.O_WRONLY | os.O_CLOEXEC), "wb", buffering=1 << 20)
+    else:
+        f = open(f"/proc/{pid}/fd/{int(fd)}", "rb", buffering=1 << 20)  # noqa: SIM115 - closed by _serve
     if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
         f.close()
         raise OSError(f"descriptor {fd} is not a regular file")
@@ -158,9 +164,10 @@ class LocalApi:
             task = asyncio.current_task()
             requests = _Requests(reader, message_factory.GetMessageClass(method.input_type), task)
             assert isinstance(call, dict)
-            if isinstance(call.get("file"), int) and method.client_streaming:
+            if isinstance(call.get("file"), int) and (method.client_streaming or method.server_streaming):
+                # a stream in (Load, ImportImage) read from it, or one out (Save) written into it
                 try:
-                    requests.file = _peer_file(writer, call["file"])
+                    requests.file = _peer_file(writer, call["file"], write=not method.client_streaming)
                 except OSError as e:
                     writer.write(wire.encode(wire.ERROR, {"code": "FAILED_PRECONDITION",
                                                           "message": f"file: the client's descriptor: {e}"}))
@@ -185,6 +192,7 @@ class LocalApi:
         out_fields = method.output_type.fields
         data_field = out_fields[0].name if len(out_fields) == 1 and out_fields[0].type == FieldDescriptor.TYPE_BYTES else ""
         ctx = _Context()
+        ctx.file = requests.file if not method.client_streaming else None
         try:
             if method.client_streaming:
                 arg: Any = aiter(requests)

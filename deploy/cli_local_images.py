@@ -38,10 +38,30 @@ def save(host: str, argv: Sequence[str]) -> int | None:
     tmp = output + ".partial"  # a failed save leaves no half archive under the asked name
     try:
         try:
-            call.send({"refs": list(refs), "format": o["fmt"]})
             out = open(tmp, "wb") if output else None  # noqa: SIM115 - closed below
         except OSError as e:
             return _fail(f"failed to save to {output}: {e.strerror}")
+        if out is not None:
+            # The agent writes the archive into our file itself (agent/local_wire.py "file"); if it
+            # cannot, the bytes come as DATA frames as to stdout.
+            call.close()
+            call = LocalClient(host).open("Save", IMAGES, file=out.fileno())
+            call.send({"refs": list(refs), "format": o["fmt"]})
+            try:
+                for _ in call:
+                    pass
+                out.close()
+                os.replace(tmp, output)
+                return 0
+            except CallError as e:
+                if not (e.code == "FAILED_PRECONDITION" and e.details.startswith("file:")):
+                    out.close()
+                    raise
+            call.close()
+            out.seek(0)
+            out.truncate()
+            call = LocalClient(host).open("Save", IMAGES)
+        call.send({"refs": list(refs), "format": o["fmt"]})
         try:
             for msg in call:
                 data = msg.get("", b"")

@@ -148,8 +148,14 @@ class ImagesServicer(pbg.ImagesServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"save: unknown format {request.format!r} (docker or oci)")
         fmt = "oci" if request.format.startswith("oci") else "docker"
-        # Streamed as it is written: no temporary file of the whole archive.
+        # Streamed as it is written: no temporary file of the whole archive. A local client's own
+        # file (agent/local_api.py) is written directly, and nothing is sent.
+        out_file = getattr(context, "file", None)
         try:
+            if out_file is not None:
+                await asyncio.to_thread(self.store.save, list(request.refs), out_file, fmt)
+                await asyncio.to_thread(out_file.flush)
+                return
             async for data in produce(lambda out: self.store.save(list(request.refs), out, fmt), CHUNK):
                 yield pb.Chunk(data=data)
         except Exception as e:

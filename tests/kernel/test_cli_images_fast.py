@@ -211,3 +211,19 @@ def test_a_descriptor_open_only_for_writing_is_not_read(clean_agent: AgentProces
         with pytest.raises(CallError, match="not open for reading"):
             list(call)
         call.close()
+
+
+@pytest.mark.root
+def test_save_writes_only_into_a_file_open_for_writing(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    """Nor write what it could not write: a save into a read-only descriptor is refused untouched."""
+    from deploy.local import CallError, LocalClient
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    with open(victim, "rb") as f:
+        call = LocalClient(clean_agent.host).open("Save", "images", file=f.fileno())
+        call.send({"refs": ["busybox"]})
+        with pytest.raises(CallError, match="not open for writing"):
+            list(call)
+        call.close()
+    assert victim.read_bytes() == b"keep"
