@@ -406,8 +406,11 @@ class AgentServicer(pbg.AgentServicer):
                     raise InvalidArgument("import: a second header in the stream")
                 yield chunk.data
 
-        image = await consume(data(), lambda f: self.images.import_tar(
-            f, header.reference or None, list(header.changes), header.message))
+        def run(f: Any) -> Any:
+            return self.images.import_tar(f, header.reference or None, list(header.changes), header.message)
+
+        source = getattr(request_iterator, "file", None)  # the local API's client's own file
+        image = await (asyncio.to_thread(run, source) if source is not None else consume(data(), run))
         return self._image_summary(image)
 
     async def ExportContainer(self, request: pb.ContainerRef, context: Any) -> AsyncIterator[pb.DataChunk]:

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from agent.images import registry
 from agent.images.errors import ImageError, ImageNotFound
+from agent.images.pipes import produce
 
 from . import convert
-from .http import Body, HTTPError, Json, Request, Response, Stream, file_chunks, receive, spooled
+from .http import Body, HTTPError, Json, Request, Response, Stream, receive
 from .system import check_filters, parse_filters
 
 if TYPE_CHECKING:
@@ -239,8 +240,8 @@ def register(r: Any, api: DockerAPI) -> None:
             raise HTTPError(400, "save needs at least one image (?names=)")
         for n in names:
             image(n)
-        tmp = await spooled(store.tmp, lambda f: store.save(names, f, "docker"))
-        return Stream(200, file_chunks(tmp), "application/x-tar")
+        # streamed as it is written (no temporary archive); every name was checked above
+        return Stream(200, produce(lambda out: store.save(names, out, "docker")), "application/x-tar")
 
     async def load(req: Request) -> Response:
         # (?quiet only hides progress bars, which a load from a file has none of: the names still go out)
