@@ -217,7 +217,13 @@ def test_running_container_verbs(da: AgentProcess, dconf: Path) -> None:
     assert port.startswith("127.0.0.1:")
     import urllib.request
 
-    hostname = urllib.request.urlopen(f"http://{port}/hostname", timeout=5).read().decode().strip()
+    def fetch() -> str:   # (httpd may not listen yet when `run -d` returns: wait on it, not a sleep)
+        try:
+            return str(urllib.request.urlopen(f"http://{port}/hostname", timeout=5).read().decode().strip())
+        except OSError:
+            return ""
+
+    hostname = da.wait_for(fetch, what="httpd in srv")
     cid = docker(da, dconf, "inspect", "-f", "{{.Id}}", "srv").stdout.strip()
     assert hostname == cid[:12]
     assert "httpd -f -p 80" in docker(da, dconf, "top", "srv").stdout
@@ -437,8 +443,6 @@ def test_builtin_networks(da: AgentProcess, dconf: Path) -> None:
     net = json.loads(docker(da, dconf, "network", "inspect", "bridge").stdout)[0]
     assert net["IPAM"]["Config"][0]["Subnet"] == da.subnet
     assert [c["Name"] for c in net["Containers"].values()] == ["onnet"]
-    r = docker(da, dconf, "network", "create", "mine", check=False)
-    assert r.returncode != 0 and "user-defined networks are not supported" in r.stderr
 
 
 def _tar(members: list[tuple[str, bytes | None, str]]) -> bytes:
