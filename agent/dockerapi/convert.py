@@ -673,15 +673,22 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
     }
 
 
-def image_summary(i: Any, containers: int) -> dict[str, Any]:
+def _old(version: str) -> bool:
+    """Before API 1.44, which dropped VirtualSize (the same as Size since 1.43)."""
+    major, _, minor = version.partition(".")
+    return (int(major), int(minor)) < (1, 44)
+
+
+def image_summary(i: Any, containers: int, version: str = "1.45") -> dict[str, Any]:
     return {
         "Id": i.id, "ParentId": "", "RepoTags": list(i.repo_tags), "RepoDigests": list(i.repo_digests),
-        "Created": int(i.created), "Size": i.size, "SharedSize": -1, "VirtualSize": i.size,
+        "Created": int(i.created), "Size": i.size, "SharedSize": -1,
+        **({"VirtualSize": i.size} if _old(version) else {}),
         "Labels": dict(i.config.labels or {}) or None, "Containers": containers,
     }
 
 
-def image_inspect(i: Any, parent: str) -> dict[str, Any]:
+def image_inspect(i: Any, parent: str, version: str = "1.45") -> dict[str, Any]:
     oci = i.config.to_oci() if hasattr(i.config, "to_oci") else {}
     config = {
         "Hostname": "", "Domainname": "", "User": oci.get("User", ""), "AttachStdin": False,
@@ -695,7 +702,8 @@ def image_inspect(i: Any, parent: str) -> dict[str, Any]:
     return {
         "Id": i.id, "RepoTags": list(i.repo_tags), "RepoDigests": list(i.repo_digests), "Parent": parent,
         "Comment": "", "Created": iso(i.created), "DockerVersion": "", "Author": "",
-        "Config": config, "Architecture": i.architecture, "Os": i.os, "Size": i.size, "VirtualSize": i.size,
+        "Config": config, "Architecture": i.architecture, "Os": i.os, "Size": i.size,
+        **({"VirtualSize": i.size} if _old(version) else {}),
         "GraphDriver": {"Name": "overlay2", "Data": None},
         "RootFS": {"Type": "layers", "Layers": list(i.diff_ids)},
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
