@@ -150,7 +150,7 @@ class Agent:
         self.server = transport.server(transport.AGENT)
         add_images = __import__("agent.images.service", fromlist=["add_to_server"]).add_to_server
         pbg.add_AgentServicer_to_server(servicer, self.server)  # type: ignore[no-untyped-call]
-        add_images(self.server, self.manager, images)
+        images_servicer = add_images(self.server, self.manager, images)
         from agent.volumes import service as volumes_service
 
         volumes_service.add_to_server(self.server, self.manager)
@@ -172,7 +172,7 @@ class Agent:
         await self.server.start()
         os.chmod(o.socket, 0o660)
         # The same API for the CLI's fast commands, without gRPC (agent/local_api.py).
-        self.local_api = LocalApi(servicer, local_wire.socket_path(o.socket))
+        self.local_api = LocalApi(servicer, local_wire.socket_path(o.socket), images_servicer)
         await self.local_api.start()
         if o.docker_socket or o.docker_tcp:
             from agent import dockerapi

@@ -1,8 +1,9 @@
 """The node API on a second unix socket, for clients on this host that must start fast: the CLI's
 common commands cannot afford gRPC's import (about 70 ms of a 12 ms interpreter start here) nor
 protobuf's (about 40 ms). The same servicer (agent/server.py) answers: each call is dispatched to
-the AgentServicer method of its name, with the message converted from and to its proto3 JSON form
-at this edge, so the API, its checks and its errors are gRPC's, only the encoding differs.
+the AgentServicer method of its name (or the images servicer's, for images.proto's calls), with the
+message converted from and to its proto3 JSON form at this edge, so the API, its checks and its
+errors are gRPC's, only the encoding differs; bytes of images and archives go as DATA frames.
 
 The wire is agent/local_wire.py. The socket sits beside the gRPC one (agent.sock ->
 agent.local.sock) with the same mode; the agent removes it when it stops.
@@ -20,14 +21,23 @@ from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format, message_factory
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 
 from agent import local_wire as wire
 from protos import agent_pb2 as pb
+from protos import images_pb2 as ipb
 
 log = logging.getLogger("dockyard.agent.local")
 
-_METHODS = pb.DESCRIPTOR.services_by_name["Agent"].methods_by_name
+# CALL's "service" -> that service's methods ("" is the node API, agent.proto's Agent)
+_SERVICES = {"": pb.DESCRIPTOR.services_by_name["Agent"].methods_by_name,
+             "images": ipb.DESCRIPTOR.services_by_name["Images"].methods_by_name}
+
+
+def _bytes_field(cls: type[Message]) -> str:
+    """The message's bytes field, which a DATA frame fills ("" when it has none)."""
+    return next((f.name for f in cls.DESCRIPTOR.fields if f.type == FieldDescriptor.TYPE_BYTES), "")
 
 
 class _Aborted(Exception):
@@ -56,6 +66,7 @@ class _Requests:
         self.reader = reader
         self.cls = cls
         self.call = call
+        self.data_field = _bytes_field(cls)
 
     async def next(self) -> Message | None:
         try:
@@ -68,6 +79,10 @@ class _Requests:
             return None
         if kind == wire.END:
             return None
+        if kind == wire.DATA and self.data_field:
+            msg = self.cls()
+            setattr(msg, self.data_field, payload)
+            return msg
         if kind != wire.MESSAGE:
             raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"expected a message frame, got {kind!r}")
         try:
@@ -81,8 +96,8 @@ class _Requests:
 
 
 class LocalApi:
-    def __init__(self, servicer: Any, path: str) -> None:
-        self.servicer = servicer
+    def __init__(self, servicer: Any, path: str, images: Any = None) -> None:
+        self.servicers = {"": servicer, "images": images}
         self.path = path
         self.server: asyncio.Server | None = None
 
@@ -105,13 +120,16 @@ class LocalApi:
             head = await reader.readexactly(wire.HEADER_SIZE)
             kind, length = wire.header(head)
             call = json.loads(await reader.readexactly(length)) if length else None
-            method = _METHODS.get(call.get("method", "")) if kind == wire.CALL and isinstance(call, dict) else None
+            method = None
+            service = call.get("service", "") if isinstance(call, dict) else ""
+            if kind == wire.CALL and isinstance(call, dict) and self.servicers.get(service) is not None:
+                method = _SERVICES[service].get(call.get("method", ""))
             if method is None:
                 writer.write(wire.encode(wire.ERROR, {"code": "UNIMPLEMENTED", "message": f"no such call: {call!r}"}))
                 return
             task = asyncio.current_task()
             requests = _Requests(reader, message_factory.GetMessageClass(method.input_type), task)
-            await self._call(method, requests, writer)
+            await self._call(self.servicers[service], method, requests, writer)
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass  # the client went away or spoke nonsense: nothing to answer
         except asyncio.CancelledError:
@@ -120,8 +138,12 @@ class LocalApi:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _call(self, method: Any, requests: _Requests, writer: asyncio.StreamWriter) -> None:
-        handler = getattr(self.servicer, method.name)
+    async def _call(self, servicer: Any, method: Any, requests: _Requests, writer: asyncio.StreamWriter) -> None:
+        handler = getattr(servicer, method.name)
+        # Answers go as DATA frames only where the message is nothing but bytes (images.proto's Chunk):
+        # a client that does not ask for them still reads every other answer as a MESSAGE.
+        out_fields = method.output_type.fields
+        data_field = out_fields[0].name if len(out_fields) == 1 and out_fields[0].type == FieldDescriptor.TYPE_BYTES else ""
         ctx = _Context()
         try:
             if method.client_streaming:
@@ -134,7 +156,10 @@ class LocalApi:
                 stream = handler(arg, ctx)
                 try:
                     async for resp in stream:
-                        writer.write(wire.encode(wire.MESSAGE, _to_json(resp)))
+                        if data_field:
+                            writer.write(wire.data_frame(getattr(resp, data_field)))
+                        else:
+                            writer.write(wire.encode(wire.MESSAGE, _to_json(resp)))
                         await writer.drain()
                 finally:
                     await stream.aclose()

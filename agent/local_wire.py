@@ -7,7 +7,12 @@ A frame is one byte of type, four bytes of big-endian length, and a JSON payload
   agent -> client: a MESSAGE per response (a unary call has one), then END; or ERROR
                    {"code": "NOT_FOUND", "message": "..."} (grpc's status names), which ends the call.
 Messages are agent.proto's, in their proto3 JSON form with the .proto's field names (bytes fields
-are base64, int64 fields strings, as that form has them).
+are base64, int64 fields strings, as that form has them). A CALL may name another service of the
+agent: {"method": "Save", "service": "images"} (images.proto's Images).
+  DATA: a message of just its bytes field, the bytes as the payload itself, so images and archives
+        travel as they are, neither base64'd nor parsed as JSON: the client may send one for any
+        request message with a bytes field (Chunk.data, BuildInput.context, DataChunk.data); the
+        agent answers with them for a message that is nothing but bytes (images.proto's Chunk).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ CALL = b"C"
 MESSAGE = b"M"
 END = b"E"
 ERROR = b"X"
+DATA = b"D"
 
 HEADER_SIZE = 5
 MAX_FRAME = 64 << 20  # common.transport.MAX_MESSAGE (not imported: grpc); a test checks they agree
@@ -70,6 +76,10 @@ def loads(text: str | bytes) -> Any:
 def encode(kind: bytes, obj: Any = None) -> bytes:
     payload = b"" if obj is None else dumps(obj).encode()
     return kind + len(payload).to_bytes(4, "big") + payload
+
+
+def data_frame(payload: bytes) -> bytes:
+    return DATA + len(payload).to_bytes(4, "big") + payload
 
 
 def header(data: bytes) -> tuple[bytes, int]:

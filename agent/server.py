@@ -25,6 +25,7 @@ from agent.checkpoint import host_features
 from agent.containers import UPDATABLE_LIMITS, ContainerManager
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
+from agent.images.pipes import consume
 from agent.model import AgentError, InvalidArgument
 from agent.runtime.procs import trace
 from protos import agent_pb2 as pb
@@ -382,18 +383,21 @@ class AgentServicer(pbg.AgentServicer):
 
     @_mapped
     async def ImportImage(self, request_iterator: AsyncIterator[pb.DataChunk], context: Any) -> pb.ImageSummary:
-        header: pb.ImportHeader | None = None
-        with tempfile.TemporaryFile(dir=self.root) as tmp:
-            async for chunk in request_iterator:
+        # Unpacked as it arrives (no temporary file of the whole tar); the header comes first.
+        it = request_iterator.__aiter__()
+        first = await anext(it, None)
+        if first is None or not first.HasField("import_header"):
+            raise InvalidArgument("import: the stream did not start with a header")
+        header = first.import_header
+
+        async def data() -> AsyncIterator[bytes]:
+            async for chunk in it:
                 if chunk.HasField("import_header"):
-                    header = chunk.import_header
-                else:
-                    tmp.write(chunk.data)
-            tmp.seek(0)
-            if header is None:
-                raise InvalidArgument("import: the stream did not start with a header")
-            image = await asyncio.to_thread(self.images.import_tar, tmp, header.reference or None,
-                                            list(header.changes), header.message)
+                    raise InvalidArgument("import: a second header in the stream")
+                yield chunk.data
+
+        image = await consume(data(), lambda f: self.images.import_tar(
+            f, header.reference or None, list(header.changes), header.message))
         return self._image_summary(image)
 
     async def ExportContainer(self, request: pb.ContainerRef, context: Any) -> AsyncIterator[pb.DataChunk]:

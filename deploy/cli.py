@@ -753,8 +753,7 @@ def _upload(cl: Client, fileobj: Any, header: pb.ImportHeader) -> pb.ImageSummar
 
 
 @main.command("import")
-@click.option("-c", "--change", multiple=True, help="Apply Dockerfile instruction to the created image")
-@click.option("-m", "--message", default="", help="Set commit message for imported image")
+@options.click_options(options.IMPORT)
 @click.argument("source")
 @click.argument("reference", required=False, default="")
 @click.pass_context

@@ -23,7 +23,7 @@ from typing import Any
 import click
 import grpc
 
-from deploy import display
+from deploy import credentials, display, options
 from deploy.cli import Client, client, fail, fail_rpc
 from protos import images_pb2 as ipb
 from protos import images_pb2_grpc as ipbg
@@ -38,23 +38,15 @@ def _stub(ctx: click.Context) -> tuple[Client, ipbg.ImagesStub]:
 
 # --- credentials (client side) --------------------------------------------------------------------
 
-def config_path() -> Path:
-    base = os.environ.get("DOCKYARD_CONFIG") or str(Path.home() / ".dockyard")
-    return Path(base) / "config.json"
-
-
 def _read_config() -> dict[str, Any]:
     try:
-        data = json.loads(config_path().read_text())
-    except FileNotFoundError:
-        return {}
-    except json.JSONDecodeError as e:
-        fail(f"{config_path()}: not valid JSON: {e}")
-    return data if isinstance(data, dict) else {}
+        return credentials.read_config()
+    except credentials.BadConfig as e:
+        fail(str(e))
 
 
 def _write_config(data: dict[str, Any]) -> None:
-    path = config_path()
+    path = credentials.config_path()
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".config.json.")
     with os.fdopen(fd, "w") as f:
@@ -64,25 +56,16 @@ def _write_config(data: dict[str, Any]) -> None:
 
 
 def _key(registry: str) -> str:
-    from agent.images.registry import config_key
-
-    return config_key(registry.removeprefix("https://").removeprefix("http://").rstrip("/"))
+    return credentials.key(registry)
 
 
 def _auth_for(domain: str) -> ipb.AuthConfig:
-    entry = (_read_config().get("auths") or {}).get(_key(domain)) or {}
-    if not isinstance(entry, dict):
-        return ipb.AuthConfig()
-    user = pw = ""
-    if entry.get("auth"):
-        with contextlib.suppress(ValueError):
-            user, _, pw = base64.b64decode(entry["auth"]).decode().partition(":")
-    return ipb.AuthConfig(username=entry.get("username", user), password=entry.get("password", pw),
-                          identity_token=entry.get("identitytoken", ""), registry_token=entry.get("registrytoken", ""))
+    return ipb.AuthConfig(**credentials.auth_for(domain, _read_config()))
 
 
 def _all_auths() -> dict[str, ipb.AuthConfig]:
-    return {k: _auth_for(k) for k in (_read_config().get("auths") or {})}
+    cfg = _read_config()
+    return {k: ipb.AuthConfig(**credentials.auth_for(k, cfg)) for k in (cfg.get("auths") or {})}
 
 
 def _domain(ref: str) -> str:
@@ -103,21 +86,14 @@ def _context_chunks(options: ipb.BuildOptions, tar: Any) -> Iterator[ipb.BuildIn
 
 
 @click.command("build")
-@click.option("-t", "--tag", "tags", multiple=True, help="Name and optionally a tag (name:tag)")
-@click.option("-f", "--file", "file", default="", help="Name of the Dockerfile (default: CONTEXT/Dockerfile)")
-@click.option("--build-arg", "build_args", multiple=True, help="Set build-time variables (K=V)")
-@click.option("--no-cache", is_flag=True, help="Do not use cache when building the image")
-@click.option("--target", default="", help="Set the target build stage to build")
-@click.option("--network", default="", help="Networking mode for the RUN instructions (bridge, none, host)")
-@click.option("--label", "labels", multiple=True, help="Set metadata for an image (K=V)")
-@click.option("-q", "--quiet", is_flag=True, help="Suppress the build output and print image ID on success")
+@options.click_options(options.BUILD)
 @click.argument("context_dir", metavar="CONTEXT")
 @click.pass_context
 def build(ctx: click.Context, tags: tuple[str, ...], file: str, build_args: tuple[str, ...], no_cache: bool,
           target: str, network: str, labels: tuple[str, ...], quiet: bool, context_dir: str) -> None:
     """Build an image from a Dockerfile."""
     from agent.images import reference
-    from agent.images.build import write_context
+    from deploy.buildcontext import write_context
 
     root = Path(context_dir)
     if not root.is_dir():
@@ -278,9 +254,7 @@ def system_df(ctx: click.Context, verbose: bool, fmt: str) -> None:
 # --- save and load ----------------------------------------------------------------------------------
 
 @click.command("save")
-@click.option("-o", "--output", default="", help="Write to a file, instead of STDOUT")
-@click.option("--format", "fmt", type=click.Choice(["docker", "oci"]), default="docker", show_default=True,
-              help="docker-archive (docker load reads it) or an OCI image layout")
+@options.click_options(options.SAVE)
 @click.argument("images", nargs=-1, required=True)
 @click.pass_context
 def save(ctx: click.Context, output: str, fmt: str, images: tuple[str, ...]) -> None:
@@ -311,8 +285,7 @@ def save(ctx: click.Context, output: str, fmt: str, images: tuple[str, ...]) -> 
 
 
 @click.command("load")
-@click.option("-i", "--input", "input_", default="", help="Read from tar archive file, instead of STDIN")
-@click.option("-q", "--quiet", is_flag=True, help="Suppress the load output")
+@options.click_options(options.LOAD)
 @click.pass_context
 def load(ctx: click.Context, input_: str, quiet: bool) -> None:
     """Load an image from a tar archive (docker-archive or OCI layout) or STDIN."""

@@ -23,8 +23,11 @@ DEFAULT_HOST = "unix:///run/dockyard/agent.sock"  # common.settings.AGENT_SOCKET
 # command -> its fast version, deploy/cli_local.py's function of that name: (host, argv after the
 # command) -> exit status, or None to let click run the command.
 FAST = ("run", "create", "ps", "start", "stop", "kill", "rm")
+# image commands -> deploy/cli_local_images.py's function of that name, the same way
+FAST_IMAGES = {"build": "build", "save": "save", "load": "load", "import": "import_"}
 # docker's group forms of the same commands (deploy/cli_groups.py): `container run` is `run`
-GROUPED = {"container": {**{c: c for c in FAST}, "ls": "ps", "list": "ps"}}
+GROUPED = {"container": {**{c: c for c in FAST}, "ls": "ps", "list": "ps"},
+           "image": {c: c for c in FAST_IMAGES}}
 
 
 def _split(argv: "Sequence[str]") -> "tuple[str, str, list[str]] | None":
@@ -54,10 +57,14 @@ def main(argv: "Sequence[str] | None" = None, click_main: "Callable[..., object]
     split = _split(args)
     if split is not None and split[1] in GROUPED and split[2] and split[2][0] in GROUPED[split[1]]:
         split = (split[0], GROUPED[split[1]][split[2][0]], split[2][1:])
-    if split is not None and split[1] in FAST:
-        from deploy import cli_local
-
+    if split is not None and (split[1] in FAST or split[1] in FAST_IMAGES):
         host, command, rest = split
+        if command in FAST:
+            from deploy import cli_local
+        else:
+            from deploy import cli_local_images as cli_local  # type: ignore[no-redef]
+
+            command = FAST_IMAGES[command]
         try:
             code = getattr(cli_local, command)(host, rest)
         except BrokenPipeError:

@@ -38,18 +38,22 @@ def daemon_error(code: str, details: str, host: str) -> str:
 class Call:
     """One call on its own connection: send() request messages, iterate the responses."""
 
-    def __init__(self, sock: _socket.socket, method: str) -> None:
+    def __init__(self, sock: _socket.socket, method: str, service: str = "") -> None:
         import _thread
 
         self.sock = sock
         self._buf = b""
         self._sending = _thread.allocate_lock()  # a stdin pump and a signal handler send too: whole frames
-        sock.sendall(wire.encode(wire.CALL, {"method": method}))
+        sock.sendall(wire.encode(wire.CALL, {"method": method, "service": service} if service else {"method": method}))
 
     def send(self, msg: dict[str, Any]) -> None:
         frame = wire.encode(wire.MESSAGE, msg)
         with self._sending:
             self.sock.sendall(frame)
+
+    def send_data(self, data: bytes) -> None:
+        """A message of just the request's bytes field (an archive's, a context's chunk)."""
+        self.sock.sendall(wire.data_frame(data))
 
     def done_sending(self) -> None:
         self.sock.sendall(wire.encode(wire.END))
@@ -66,6 +70,9 @@ class Call:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         while True:
             kind, length = wire.header(self._read(wire.HEADER_SIZE))
+            if kind == wire.DATA:
+                yield {"": self._read(length)}  # a message of just its bytes field, not base64'd
+                continue
             payload: dict[str, Any] = wire.loads(self._read(length)) if length else {}
             if kind == wire.MESSAGE:
                 yield payload
@@ -87,7 +94,7 @@ class LocalClient:
         self.host = host
         self.path = wire.socket_path(host.removeprefix("unix://"))
 
-    def open(self, method: str) -> Call:
+    def open(self, method: str, service: str = "") -> Call:
         """A call on a new connection; NotServed if nothing listens at the local API's socket."""
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
@@ -95,7 +102,7 @@ class LocalClient:
         except (FileNotFoundError, ConnectionRefusedError) as e:
             s.close()
             raise NotServed(f"{self.path}: {e.strerror}") from None
-        return Call(s, method)
+        return Call(s, method, service)
 
     def call(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
         c = self.open(method)

@@ -26,10 +26,10 @@ class Unsupported(Exception):
 class Opt:
     """One option (a plain class: dataclasses imports inspect, typing.NamedTuple typing)."""
 
-    __slots__ = ("decls", "default", "dest", "flag", "help", "multiple", "type")
+    __slots__ = ("choices", "decls", "default", "dest", "flag", "help", "multiple", "type")
 
     def __init__(self, decls: tuple[str, ...], dest: str, help: str, default: Any, flag: bool, multiple: bool,
-                 type: type) -> None:
+                 type: type, choices: tuple[str, ...] = ()) -> None:
         self.decls = decls        # "-e", "--env"
         self.dest = dest          # the name the command's function gets the value under
         self.help = help
@@ -37,16 +37,17 @@ class Opt:
         self.flag = flag
         self.multiple = multiple
         self.type = type          # str or int
+        self.choices = choices    # the values allowed, when only some are
 
 
 def opt(*decls: str, dest: str = "", help: str = "", default: Any = "", flag: bool = False,
-        multiple: bool = False, type: type = str) -> Opt:
+        multiple: bool = False, type: type = str, choices: tuple[str, ...] = ()) -> Opt:
     name = dest or max(decls, key=len).lstrip("-").replace("-", "_")
     if flag:
         default = False
     elif multiple:
         default = ()
-    return Opt(tuple(decls), name, help, default, flag, multiple, type)
+    return Opt(tuple(decls), name, help, default, flag, multiple, type, choices)
 
 
 CONTAINER: tuple[Opt, ...] = (
@@ -153,6 +154,35 @@ RM: tuple[Opt, ...] = (
 )
 
 
+# The image commands with a fast version (deploy/cli_local_images.py): no click, grpc or protobuf.
+BUILD: tuple[Opt, ...] = (
+    opt("-t", "--tag", dest="tags", multiple=True, help="Name and optionally a tag (name:tag)"),
+    opt("-f", "--file", dest="file", help="Name of the Dockerfile (default: CONTEXT/Dockerfile)"),
+    opt("--build-arg", dest="build_args", multiple=True, help="Set build-time variables (K=V)"),
+    opt("--no-cache", flag=True, help="Do not use cache when building the image"),
+    opt("--target", help="Set the target build stage to build"),
+    opt("--network", help="Networking mode for the RUN instructions (bridge, none, host)"),
+    opt("--label", dest="labels", multiple=True, help="Set metadata for an image (K=V)"),
+    opt("-q", "--quiet", flag=True, help="Suppress the build output and print image ID on success"),
+)
+
+SAVE: tuple[Opt, ...] = (
+    opt("-o", "--output", help="Write to a file, instead of STDOUT"),
+    opt("--format", dest="fmt", default="docker", choices=("docker", "oci"),
+        help="docker-archive (docker load reads it) or an OCI image layout"),
+)
+
+LOAD: tuple[Opt, ...] = (
+    opt("-i", "--input", dest="input_", help="Read from tar archive file, instead of STDIN"),
+    opt("-q", "--quiet", flag=True, help="Suppress the load output"),
+)
+
+IMPORT: tuple[Opt, ...] = (
+    opt("-c", "--change", multiple=True, help="Apply Dockerfile instruction to the created image"),
+    opt("-m", "--message", help="Set commit message for imported image"),
+)
+
+
 def click_options(opts: Sequence[Opt]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """The table as click options, in the same order (for a click command's decorators)."""
     import click
@@ -168,6 +198,8 @@ def click_options(opts: Sequence[Opt]) -> Callable[[Callable[..., Any]], Callabl
                 kw["default"] = o.default
                 if o.type is not str:
                     kw["type"] = o.type
+                if o.choices:
+                    kw["type"], kw["show_default"] = click.Choice(list(o.choices)), True
             f = click.option(*o.decls, o.dest, **kw)(f)
         return f
 
@@ -191,6 +223,8 @@ def parse(opts: Sequence[Opt], argv: Sequence[str], interspersed: bool = True) -
             if not value.lstrip("-").isdigit():
                 raise Unsupported(value)
             values[o.dest] = int(value)
+        elif o.choices and value not in o.choices:
+            raise Unsupported(value)  # click says which are allowed
         else:
             values[o.dest] = value
 

@@ -2,24 +2,27 @@
 (oci-layout, index.json, blobs/sha256/...), both ways.
 
 ``load`` accepts what ``docker save`` (20.10 and 25+), ``skopeo copy ... docker-archive:`` and
-``oci-archive:`` write, plain or gzip/zstd compressed. The archive is unpacked into a private temp
-dir first (regular files and directories only; symlinks, which docker save uses for repeated
-layers, are kept as a table and resolved inside the archive, never on disk). Everything is
-checked before any layer is unpacked: JSON shapes, that every named file or blob exists, digests
-and sizes of blobs, and each layer's diff_id against the config. A failed load removes the blobs
-and layers it added.
+``oci-archive:`` write, plain or gzip/zstd compressed. The archive is read once, as it streams:
+a member that is a layer tar (plain or compressed) is unpacked as it passes into a temp dir of the
+snapshotter (layers.py, the one unpack path), hashing it; the other members (JSON) go to a private
+temp dir (regular files and directories only; symlinks, which docker save uses for repeated layers,
+are kept as a table and resolved inside the archive, never on disk). Everything is checked before a
+layer becomes a snapshot: JSON shapes, that every named file or blob exists, digests and sizes of
+blobs, and each layer's diff_id against the config. A failed load removes the layers it added.
+
+``save`` streams each layer into the archive: a blob as stored, or the tar made again from the
+snapshot by its tar-split (tarsplit.py), checked against the diff_id as it goes.
 """
 
 from __future__ import annotations
 
-import contextlib
+import io
 import json
 import os
 import secrets
 import shutil
 import stat
 import tarfile
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,26 +43,52 @@ from .config import (
     load_json,
 )
 from .errors import ImageError, InvalidArchive, InvalidReference
-from .layers import CHUNK, HashingReader, TarReader, decompressed, member_parts, reading_errors
+from .layers import (
+    CHUNK,
+    Budget,
+    HashingReader,
+    LayerStats,
+    TarReader,
+    compression_of,
+    decompressed,
+    member_parts,
+    reading_errors,
+)
 from .safefs import Root, UnsafePath
-from .store import Tee, check_digest, sha256_bytes
+from .store import check_digest, sha256_bytes
+from .tarsplit import tar_member
 
 if TYPE_CHECKING:
-    from .imagestore import ImageStore
+    from .imagestore import ImageStore, LocalLayer
+    from .snapshotter import Snapshotter
 
 MAX_JSON = 16 << 20  # manifests and configs larger than this are refused
 
 
-# --- unpacking an archive safely ---------------------------------------------------------------------
+# --- reading an archive as it streams --------------------------------------------------------------------
+
+@dataclass
+class _Unpacked:
+    """A member of the archive that is a layer tar (plain or compressed), unpacked as it streamed
+    past into a temp dir of the snapshotter, before any manifest said where it goes."""
+
+    dir: Path
+    stats: LayerStats
+    digest: str  # sha256 of the member as it is in the archive (an OCI layer blob's digest)
+    size: int
+    error: InvalidArchive | None = None
+    chain: str = ""  # the snapshot it became, once installed
+
 
 @dataclass
 class _Archive:
     root: Path
     symlinks: dict[str, str] = field(default_factory=dict)
     hardlinks: dict[str, str] = field(default_factory=dict)
+    layers: dict[str, _Unpacked] = field(default_factory=dict)
 
-    def resolve(self, name: str, what: str) -> Path:
-        """The extracted file an archive path names, following the archive's links inside it."""
+    def resolve(self, name: str, what: str) -> str:
+        """The member an archive path names, following the archive's links inside it."""
         parts = _clean(name, what)
         for _ in range(40):
             for i in range(1, len(parts) + 1):
@@ -73,10 +102,13 @@ class _Archive:
                     parts = _clean(self.hardlinks[prefix], what)
                     break
             else:
+                member = "/".join(parts)
+                if member in self.layers:
+                    return member
                 path = self.root.joinpath(*parts) if parts else self.root
                 if not path.is_file() or path.is_symlink():
                     raise InvalidArchive(f"{what}: names {name!r}, which is not in the archive")
-                return path
+                return member
         raise InvalidArchive(f"{what}: too many levels of links resolving {name!r}")
 
     def exists(self, name: str) -> bool:
@@ -86,11 +118,25 @@ class _Archive:
         except InvalidArchive:
             return False
 
-    def read_json(self, name: str, what: str) -> Any:
-        path = self.resolve(name, what)
+    def size(self, member: str) -> int:
+        layer = self.layers.get(member)
+        return layer.size if layer is not None else self.root.joinpath(member).stat().st_size
+
+    def read_bytes(self, name: str, what: str) -> bytes:
+        member = self.resolve(name, what)
+        if member in self.layers:
+            raise InvalidArchive(f"{what}: {name} is a layer tar, not JSON")
+        path = self.root.joinpath(member)
         if path.stat().st_size > MAX_JSON:
             raise InvalidArchive(f"{what}: {name} is larger than {MAX_JSON} bytes")
-        return load_json(path.read_bytes(), f"{what}: {name}")
+        return path.read_bytes()
+
+    def read_json(self, name: str, what: str) -> Any:
+        return load_json(self.read_bytes(name, what), f"{what}: {name}")
+
+    def discard(self, snapshotter: Snapshotter) -> None:
+        for layer in self.layers.values():
+            snapshotter.discard(layer.dir)
 
 
 def _clean(name: str, what: str) -> list[str]:
@@ -108,19 +154,36 @@ def _clean(name: str, what: str) -> list[str]:
     return out
 
 
-def _unpack(fileobj: IO[bytes], dest: Path) -> _Archive:
+def _looks_like_layer(head: bytes, size: int) -> bool:
+    """A tar (ustar or GNU magic, or an empty tar's zero blocks) or a compressed stream."""
+    if compression_of(head):
+        return True
+    if len(head) >= 263 and head[257:262] == b"ustar":
+        return True
+    return size >= 1024 and len(head) >= 512 and head[:512] == bytes(512)
+
+
+def _stream_archive(store: ImageStore, fileobj: IO[bytes], dest: Path, budget: Budget) -> _Archive:
+    """Read the archive once: every member that is a layer is unpacked as it passes (through the
+    one unpack path, layers.py), the rest (JSON, small) written below ``dest``; links kept as tables.
+    Nothing of a layer is written twice, and nothing is read back."""
     archive = _Archive(dest)
     reader = TarReader(fileobj, "archive")
-    with Root(dest) as root:
-        for tf, m in reader.members():
-            with reading_errors("archive", m.name):
-                _unpack_member(root, archive, tf, m)
+    try:
+        with Root(dest) as root:
+            for tf, m in reader.members():
+                with reading_errors("archive", m.name):
+                    _stream_member(store, root, archive, tf, m, budget)
+    except BaseException:
+        archive.discard(store.snapshotter)
+        raise
     return archive
 
 
-def _unpack_member(root: Root, archive: _Archive, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
-    """Directories and regular files go to disk below the root (safefs: never through a link);
-    links only into the archive's tables."""
+def _stream_member(store: ImageStore, root: Root, archive: _Archive, tf: tarfile.TarFile, m: tarfile.TarInfo,
+                   budget: Budget) -> None:
+    """Directories and regular files go to disk below the root (safefs: never through a link), layer
+    tars into the snapshotter's temp dirs; links only into the archive's tables."""
     parts = member_parts(m.name, "archive")
     if not parts:
         return
@@ -145,6 +208,8 @@ def _unpack_member(root: Root, archive: _Archive, tf: tarfile.TarFile, m: tarfil
         except FileNotFoundError:
             st = None
         if m.isdir():
+            if name in archive.layers:
+                raise InvalidArchive(f"archive: member {m.name!r} would replace a file")
             if st is None:
                 os.mkdir(parts[-1], 0o755, dir_fd=parent)
             elif not stat.S_ISDIR(st.st_mode):
@@ -154,11 +219,17 @@ def _unpack_member(root: Root, archive: _Archive, tf: tarfile.TarFile, m: tarfil
             if stat.S_ISDIR(st.st_mode):
                 raise InvalidArchive(f"archive: member {m.name!r} would replace a directory")
             os.unlink(parts[-1], dir_fd=parent)
+        old = archive.layers.pop(name, None)
+        if old is not None:  # the last member of a name wins, as on disk
+            store.snapshotter.discard(old.dir)
+        src = tf.extractfile(m)
+        assert src is not None
+        if _looks_like_layer(src.peek(512)[:512], m.size):  # type: ignore[attr-defined]
+            archive.layers[name] = _unpack_layer(store, src, m, budget)
+            return
         fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent)
         with os.fdopen(fd, "wb") as f:
-            src = tf.extractfile(m)
-            assert src is not None
             shutil.copyfileobj(src, f, CHUNK)
             if f.tell() != m.size:
                 raise InvalidArchive(f"archive: member {m.name!r} is truncated")
@@ -166,11 +237,31 @@ def _unpack_member(root: Root, archive: _Archive, tf: tarfile.TarFile, m: tarfil
         os.close(parent)
 
 
+def _unpack_layer(store: ImageStore, src: IO[bytes], m: tarfile.TarInfo, budget: Budget) -> _Unpacked:
+    what = f"layer {m.name}"
+    raw = HashingReader(src, None, what)
+    try:
+        tmp, stats = store.snapshotter.unpack(io.BufferedReader(raw, CHUNK), what, budget.bound())
+    except InvalidArchive as e:
+        # Kept as this member's error: it matters only if a manifest names it as a layer. Past the
+        # agent's bounds, nothing more is read, whatever it is.
+        if "expands to more than" in str(e):
+            raise
+        raw.finish()
+        return _Unpacked(Path("/nonexistent"), LayerStats(), raw.digest(), raw.size, error=e)
+    digest = raw.finish()
+    budget.spend(stats.tar_size)
+    if raw.size != m.size:
+        store.snapshotter.discard(tmp)
+        raise InvalidArchive(f"archive: member {m.name!r} is truncated")
+    return _Unpacked(tmp, stats, digest, raw.size)
+
+
 # --- load -----------------------------------------------------------------------------------------------
 
 @dataclass
 class _LayerSource:
-    path: Path  # file in the unpacked archive
+    member: str  # the archive member holding the layer
     diff_id: str
     media_type: str = MEDIA_OCI_LAYER
     digest: str = ""  # OCI: the blob digest (compressed or not); docker-archive: unknown until read
@@ -188,12 +279,16 @@ class _Pending:
 
 
 def load(store: ImageStore, fileobj: BinaryIO) -> list[Image]:
+    """Load a docker-archive or OCI layout. The archive is read once, as it comes: each layer is
+    unpacked as it passes (the archive's own copy of a layer is never written), and everything is
+    checked (JSON shapes, named files, digests, sizes, diff_ids against the configs) before a
+    layer becomes a snapshot. A failed load removes what it added."""
     tmp = store.tmp / f"load-{os.getpid()}-{secrets.token_hex(6)}"
     tmp.mkdir()
-    created_blobs: list[str] = []
     created_chains: list[str] = []
+    archive: _Archive | None = None
     try:
-        archive = _unpack(fileobj, tmp)
+        archive = _stream_archive(store, fileobj, tmp, store.limits.budget())
         if archive.exists("manifest.json"):
             pending = _read_docker_archive(archive)
         elif archive.exists("index.json"):
@@ -204,18 +299,13 @@ def load(store: ImageStore, fileobj: BinaryIO) -> list[Image]:
             )
         if not pending:
             raise InvalidArchive("archive: it holds no images")
-        images: list[Image] = []
-        # Each layer file of the archive is removed once its last user is installed, so the disk
-        # holds the archive's layers or the store's copy, not both: load peaks at about the
-        # image's size in the store plus one layer, not three times the image.
-        uses = Counter(s.path for p in pending for s in p.layers)
-        for p in pending:
-            images.append(_install(store, p, created_blobs, created_chains, uses))
-        return images
+        return [_install(store, archive, p, created_chains) for p in pending]
     except BaseException:
-        store._forget_new(created_blobs, created_chains)
+        store._forget_new([], created_chains)
         raise
     finally:
+        if archive is not None:
+            archive.discard(store.snapshotter)
         shutil.rmtree(tmp, ignore_errors=True)
 
 
@@ -254,8 +344,7 @@ def _read_docker_archive(archive: _Archive) -> list[_Pending]:
             raise InvalidArchive(f"{what}: Config must be a file name")
         layers = _as_str_list(entry.get("Layers"), f"{what}.Layers")
         tags = _as_str_list(entry.get("RepoTags"), f"{what}.RepoTags")
-        config_path = archive.resolve(entry["Config"], f"{what}.Config")
-        config_bytes = config_path.read_bytes()
+        config_bytes = archive.read_bytes(entry["Config"], f"{what}.Config")
         diff_ids = _parse_config(config_bytes, f"config {entry['Config']}", len(layers))
         names = []
         for tag in tags:
@@ -271,7 +360,7 @@ def _read_docker_archive(archive: _Archive) -> list[_Pending]:
     return pending
 
 
-def _blob(archive: _Archive, desc: Any, what: str) -> tuple[Path, str, int, str]:
+def _blob(archive: _Archive, desc: Any, what: str) -> tuple[str, str, int, str]:
     if not isinstance(desc, dict):
         raise InvalidArchive(f"{what}: descriptor must be an object")
     digest = desc.get("digest")
@@ -283,17 +372,17 @@ def _blob(archive: _Archive, desc: Any, what: str) -> tuple[Path, str, int, str]
     name = "blobs/sha256/" + digest.removeprefix("sha256:")
     if not archive.exists(name):
         raise InvalidArchive(f"{what} names missing blob {digest}")
-    path = archive.resolve(name, what)
-    if path.stat().st_size != size:
-        raise InvalidArchive(f"{what}: blob {digest} is {path.stat().st_size} bytes, descriptor says {size}")
-    return path, digest, size, str(media_type)
+    member = archive.resolve(name, what)
+    if archive.size(member) != size:
+        raise InvalidArchive(f"{what}: blob {digest} is {archive.size(member)} bytes, descriptor says {size}")
+    return member, digest, size, str(media_type)
 
 
 def _verified_json(archive: _Archive, desc: Any, what: str) -> tuple[bytes, Any]:
-    path, digest, size, _ = _blob(archive, desc, what)
+    member, digest, size, _ = _blob(archive, desc, what)
     if size > MAX_JSON:
         raise InvalidArchive(f"{what}: blob {digest} is larger than {MAX_JSON} bytes")
-    data = path.read_bytes()
+    data = archive.read_bytes(member, what)
     if sha256_bytes(data) != digest:
         raise InvalidArchive(f"{what}: blob {digest} fails its digest (content is {sha256_bytes(data)})")
     return data, load_json(data, f"{what}: blob {digest}")
@@ -343,10 +432,10 @@ def _read_oci_layout(archive: _Archive) -> list[_Pending]:
         sources = []
         for j, (ldesc, diff_id) in enumerate(zip(layer_descs, diff_ids, strict=True)):
             lwhat = f"{what}: layer {j}"
-            path, digest, size, lmedia = _blob(archive, ldesc, f"manifest {sha256_bytes(manifest_bytes)} layer {j}")
+            member, digest, size, lmedia = _blob(archive, ldesc, f"manifest {sha256_bytes(manifest_bytes)} layer {j}")
             if lmedia not in LAYER_MEDIA_TYPES:
                 raise InvalidArchive(f"{lwhat}: unsupported layer media type {lmedia!r}")
-            sources.append(_LayerSource(path, diff_id, lmedia, digest, size, what=f"{lwhat} ({digest})"))
+            sources.append(_LayerSource(member, diff_id, lmedia, digest, size, what=f"{lwhat} ({digest})"))
         pending.append(_Pending(config_bytes, sources, [name] if name else [], manifest_bytes, what))
     return _merge_names(pending)
 
@@ -383,64 +472,40 @@ def _name_from_annotations(annotations: Any, what: str) -> str:
     return ""
 
 
-def _install(store: ImageStore, p: _Pending, created_blobs: list[str], created_chains: list[str],
-             uses: Counter[Path] | None = None) -> Image:
-
+def _install(store: ImageStore, archive: _Archive, p: _Pending, created_chains: list[str]) -> Image:
+    """The image's layers, unpacked while the archive streamed, become snapshots in order; then its
+    config, manifest and record. No layer blob is kept: a tar-split makes each tar again."""
     diff_ids = [s.diff_id for s in p.layers]
-    chains = chain_ids(diff_ids)
     recorded: list[tuple[str, int, str]] = []
     parent = ""
-    budget = store.limits.budget()
-    for source, chain in zip(p.layers, chains, strict=True):
-        bound = budget.bound()
+    for source, chain in zip(p.layers, chain_ids(diff_ids), strict=True):
+        layer = archive.layers.get(source.member)
+        if layer is None:
+            raise InvalidArchive(f"{source.what}: {source.member} is not a layer tar")
+        if layer.error is not None:
+            raise layer.error
+        if source.digest and layer.digest != source.digest:
+            raise InvalidArchive(f"{source.what}: digest mismatch: expected {source.digest}, got {layer.digest}")
+        if layer.stats.diff_id != source.diff_id:
+            raise InvalidArchive(f"{source.what}: diff_id mismatch: config says {source.diff_id}, "
+                                 f"content is {layer.stats.diff_id}")
+        if not store.snapshotter.exists(chain):
+            if not layer.chain:
+                layer.chain = store.snapshotter.install(layer.dir, parent, layer.stats)
+            else:
+                # The same layer on another parent in this archive: its tar again, from the first copy.
+                again = store.snapshotter.open_tar(layer.chain, layer.stats.diff_id, source.what)
+                assert again is not None
+                with again:
+                    store.snapshotter.apply(parent, again, layer.stats.diff_id, what=source.what)
+            created_chains.append(chain)
         if source.digest:
-            # OCI: keep the blob as it is (compressed or not), verified against its descriptor.
-            if not store.content.exists(source.digest):
-                if uses is not None and uses[source.path] == 1:
-                    # Its last user: verified where it lies and moved into the store, not copied.
-                    store.content.adopt(source.path, source.digest, source.size, what=source.what)
-                else:
-                    with open(source.path, "rb") as f:
-                        store.content.ingest(f, source.digest, source.size, what=source.what)
-                created_blobs.append(source.digest)
-            if not store.snapshotter.exists(chain):
-                with store.content.open(source.digest) as f:
-                    _, stats = store.snapshotter.apply(parent, f, source.diff_id, what=source.what, bound=bound)
-                budget.spend(stats.tar_size)
-                created_chains.append(chain)
+            # OCI: the manifest is kept as it came; its blobs are made again from the layers on save.
             recorded.append((source.digest, source.size, source.media_type))
         else:
-            # docker-archive: keep the uncompressed tar, whose digest is the diff_id.
-            have_blob = store.content.exists(source.diff_id)
-            if not store.snapshotter.exists(chain) or not have_blob:
-                with store.content.writer() as w, open(source.path, "rb") as f:
-                    stream, _ = decompressed(f)
-                    tee = _tee(stream, w)
-                    if store.snapshotter.exists(chain):
-                        with reading_errors(source.what):
-                            counted = HashingReader(tee, bound, source.what)  # type: ignore[arg-type]
-                            while counted.read(CHUNK):
-                                pass
-                    else:
-                        _, stats = store.snapshotter.apply(parent, tee, source.diff_id,  # type: ignore[arg-type]
-                                                           what=source.what, bound=bound)
-                        budget.spend(stats.tar_size)
-                        created_chains.append(chain)
-                    w.commit(source.diff_id, what=source.what)
-                    if not have_blob:
-                        created_blobs.append(source.diff_id)
-            recorded.append((source.diff_id, store.content.size(source.diff_id), MEDIA_OCI_LAYER))
+            recorded.append((source.diff_id, layer.stats.tar_size, MEDIA_OCI_LAYER))
         parent = chain
-        if uses is not None:
-            uses[source.path] -= 1
-            if uses[source.path] == 0:
-                with contextlib.suppress(FileNotFoundError):
-                    source.path.unlink()
     return store._record_image(p.config_bytes, recorded, p.names, manifest_bytes=p.manifest_bytes)
-
-
-def _tee(stream: IO[bytes], writer: Any) -> Tee:
-    return Tee(stream, writer)
 
 
 # --- save -------------------------------------------------------------------------------------------------
@@ -503,6 +568,15 @@ def save(store: ImageStore, refs_: Sequence[str], out: BinaryIO, format: str = "
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def _add_layer(store: ImageStore, tf: tarfile.TarFile, name: str, layer: LocalLayer) -> None:
+    """One layer streamed into the archive: a blob as stored, or its tar made again from the
+    snapshot, whose digest is checked once the last byte is out (a mismatch fails the save)."""
+    with store.open_layer(layer) as f:
+        tf.addfile(tar_member(name, layer.size), f)
+        if f.read(1):
+            raise ImageError(f"layer {layer.digest}: longer than its {layer.size} bytes")
+
+
 def _save_docker(store: ImageStore, items: list[tuple[Image, list[str]]], tf: tarfile.TarFile, tmp: Path) -> None:
     written: set[str] = set()
     manifest = []
@@ -514,17 +588,17 @@ def _save_docker(store: ImageStore, items: list[tuple[Image, list[str]]], tf: ta
             _add_file(tf, config_name, store.content.path(image.id))
             written.add(config_name)
         layer_names = []
-        for diff_id, blob in zip(image.diff_ids, _layer_blobs(store, image), strict=True):
+        for diff_id, layer in zip(image.diff_ids, store.local_layers(image), strict=True):
             name = f"{diff_id.removeprefix('sha256:')}.tar"
             layer_names.append(name)
             if name in written:
                 continue
-            if blob == diff_id:
-                _add_file(tf, name, store.content.path(blob))
+            if layer.digest == diff_id:
+                _add_layer(store, tf, name, layer)
             else:
-                # A compressed blob (from an OCI load): docker-archive layers are plain tars.
+                # A compressed blob (an OCI load by an older agent): docker-archive layers are plain tars.
                 plain = tmp / name
-                with store.content.open(blob) as src, open(plain, "wb") as dst:
+                with store.open_layer(layer) as src, open(plain, "wb") as dst:
                     stream, _ = decompressed(src)
                     shutil.copyfileobj(stream, dst, CHUNK)
                 _add_file(tf, name, plain)
@@ -540,16 +614,6 @@ def _save_docker(store: ImageStore, items: list[tuple[Image, list[str]]], tf: ta
         _add_bytes(tf, "repositories", json.dumps(repositories).encode())
 
 
-def _layer_blobs(store: ImageStore, image: Image) -> list[str]:
-    blobs = image.layer_digests or list(image.diff_ids)
-    if len(blobs) != len(image.diff_ids):
-        raise ImageError(f"image {image.id}: {len(blobs)} layer blobs for {len(image.diff_ids)} diff_ids")
-    for b in blobs:
-        if not store.content.exists(b):
-            raise ImageError(f"image {image.id}: layer blob {b} is missing from the content store")
-    return blobs
-
-
 def _save_oci(store: ImageStore, items: list[tuple[Image, list[str]]], tf: tarfile.TarFile) -> None:
     _add_bytes(tf, "oci-layout", json.dumps({"imageLayoutVersion": "1.0.0"}).encode())
     _add_dir(tf, "blobs")
@@ -557,15 +621,19 @@ def _save_oci(store: ImageStore, items: list[tuple[Image, list[str]]], tf: tarfi
     written: set[str] = set()
     descriptors = []
     for image, names in items:
-        _layer_blobs(store, image)
-        manifest_digest = image.manifest_digest
-        manifest_bytes = store.content.read_bytes(manifest_digest)
+        layers = store.local_layers(image)
+        manifest_bytes = store.manifest_for(image, layers)
+        manifest_digest = sha256_bytes(manifest_bytes)
         manifest = json.loads(manifest_bytes)
-        blobs = [manifest_digest, manifest["config"]["digest"], *[ld["digest"] for ld in manifest["layers"]]]
-        for blob in blobs:
-            if blob not in written:
-                _add_file(tf, "blobs/sha256/" + blob.removeprefix("sha256:"), store.content.path(blob))
-                written.add(blob)
+        for digest, data in ((manifest_digest, manifest_bytes),
+                             (image.id, store.content.read_bytes(image.id))):
+            if digest not in written:
+                _add_bytes(tf, "blobs/sha256/" + digest.removeprefix("sha256:"), data)
+                written.add(digest)
+        for layer in layers:
+            if layer.digest not in written:
+                _add_layer(store, tf, "blobs/sha256/" + layer.digest.removeprefix("sha256:"), layer)
+                written.add(layer.digest)
         base = {
             "mediaType": manifest.get("mediaType") or MEDIA_OCI_MANIFEST,
             "digest": manifest_digest,

@@ -35,11 +35,26 @@ from .config import (
     parse_time,
 )
 from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
-from .layers import Limits, decompressed
+from .layers import Limits
+from .pipes import piped
 from .snapshotter import Snapshotter
-from .store import ContentStore, Tee, check_digest
+from .store import ContentStore, check_digest
 
 _RUNNING_STATES = ("(running)", "(paused)", "(restarting)")
+
+
+@dataclass(frozen=True)
+class LocalLayer:
+    """Where one layer of an image can be read on this host: its blob as the manifest names it, or,
+    when the blob is not kept (every layer unpacked with a tar-split), its tar made again from the
+    snapshot: uncompressed, digest = diff_id."""
+
+    digest: str
+    size: int
+    media_type: str
+    diff_id: str
+    chain: str
+    from_blob: bool
 
 
 @dataclass
@@ -207,16 +222,13 @@ class ImageStore:
             raise InvalidReference(f"import needs a name:tag, not a digest reference: {reference}")
         config = apply_changes(ImageConfig(), changes)
         created = time.time()
-        with self.content.writer() as blob:
-            stream, _ = decompressed(fileobj)
-            _, stats = self.snapshotter.apply("", Tee(stream, blob), what="import",  # type: ignore[arg-type]
-                                              bound=self.limits.budget().bound())
-            layer_digest = blob.commit(stats.diff_id, what="import layer")
+        # The layer is unpacked once; its tar is not kept, a tar-split makes it again (tarsplit.py).
+        _, stats = self.snapshotter.apply("", fileobj, what="import", bound=self.limits.budget().bound())
         history = [{"created": _rfc3339(created), "comment": message or "Imported from -"}]
         return self._commit_image(
             config=config,
             diff_ids=[stats.diff_id],
-            layers=[(layer_digest, blob.size, MEDIA_OCI_LAYER)],
+            layers=[(stats.diff_id, stats.tar_size, MEDIA_OCI_LAYER)],
             history=history,
             created=created,
             names=[named] if named else [],
@@ -248,18 +260,19 @@ class ImageStore:
             )
         config = apply_changes(base_image.config if base_image else ImageConfig(), changes)
         created = time.time()
-        with self.content.writer() as blob:
-            diff_id = self.snapshotter.diff(snapshot_key, blob)  # type: ignore[arg-type]
-            layer_digest = blob.commit(diff_id, what=f"diff of {snapshot_key}")
-        created_chain = not self.snapshotter.exists(chain_id([parent_chain, diff_id]) if parent_chain else diff_id)
+        # The diff is unpacked as a committed layer as it is written (no blob, no temporary file).
+        with piped(lambda out: self.snapshotter.diff(snapshot_key, out), "diff") as (tar, written):
+            chain, stats = self.snapshotter.apply(parent_chain, tar, what=f"diff of {snapshot_key}")
+        diff_id = written.result()
         try:
-            with self.content.open(layer_digest) as f:
-                self.snapshotter.apply(parent_chain, f, diff_id, what=f"diff of {snapshot_key}")
+            if stats.diff_id != diff_id:
+                raise ImageError(f"diff of {snapshot_key}: unpacked as {stats.diff_id}, written as {diff_id}")
             entry: dict[str, Any] = {"created": _rfc3339(created), "created_by": created_by}
             if message:
                 entry["comment"] = message
             history = [*(base_image.history if base_image else []), entry]
-            layers = [*(self._layer_descriptors(base_image) if base_image else []), (layer_digest, blob.size, MEDIA_OCI_LAYER)]
+            layers = [*(self._layer_descriptors(base_image) if base_image else []),
+                      (diff_id, stats.tar_size, MEDIA_OCI_LAYER)]
             return self._commit_image(
                 config=config,
                 diff_ids=[*(base_image.diff_ids if base_image else []), diff_id],
@@ -271,7 +284,7 @@ class ImageStore:
                 parent=base_image.id if base_image else "",
             )
         except BaseException:
-            self._forget_new([layer_digest], [chain_id([parent_chain, diff_id]) if parent_chain else diff_id] if created_chain else [])
+            self._forget_new([], [chain] if stats.unpacked else [])
             raise
 
     def derive(
@@ -379,6 +392,47 @@ class ImageStore:
         deleted += [d for d in self.gc() if d not in deleted]
         after = self.content.total_size() + sum(s.size for s in self.snapshotter.list() if s.kind == "committed")
         return untagged, deleted, max(0, before - after)
+
+    def local_layers(self, image: Image) -> builtins.list[LocalLayer]:
+        out = []
+        for (digest, size, media), diff_id, chain in zip(self._layer_descriptors(image), image.diff_ids,
+                                                          chain_ids(image.diff_ids), strict=True):
+            if self.content.exists(digest):
+                out.append(LocalLayer(digest, size, media, diff_id, chain, True))
+                continue
+            try:
+                info = self.snapshotter.stat(chain)
+            except ImageNotFound:
+                info = None
+            if info is None or info.tar_size < 0:
+                raise ImageError(f"image {_short(image.id)}: layer {digest} has neither its blob nor its "
+                                 "unpacked layer with a tar-split on this host")
+            out.append(LocalLayer(diff_id, info.tar_size, MEDIA_OCI_LAYER, diff_id, chain, False))
+        return out
+
+    def open_layer(self, layer: LocalLayer) -> BinaryIO:
+        """The layer's bytes as ``layer`` describes them (checked against its digest as read when
+        made again from the snapshot)."""
+        if layer.from_blob:
+            return self.content.open(layer.digest)
+        f = self.snapshotter.open_tar(layer.chain, layer.diff_id, what=f"layer {layer.diff_id}")
+        if f is None:
+            raise ImageError(f"layer {layer.diff_id}: no tar-split beside its unpacked layer")
+        return f
+
+    def manifest_for(self, image: Image, layers: Sequence[LocalLayer]) -> bytes:
+        """The image's manifest as stored, or, when some of its layers are read from their snapshots,
+        the same manifest naming those uncompressed (its digest then differs, as docker's does after
+        a pull and a push)."""
+        stored = self.content.read_bytes(image.manifest_digest)
+        if all(la.from_blob for la in layers):
+            return stored
+        manifest = json.loads(stored)
+        manifest["layers"] = [{"mediaType": la.media_type, "digest": la.digest, "size": la.size} for la in layers]
+        if manifest.get("mediaType") == "application/vnd.docker.distribution.manifest.v2+json":
+            manifest["mediaType"] = MEDIA_OCI_MANIFEST
+            manifest["config"]["mediaType"] = MEDIA_OCI_CONFIG
+        return canonical_json(manifest)
 
     def _layer_descriptors(self, image: Image) -> builtins.list[tuple[str, int, str]]:
         manifest = json.loads(self.content.read_bytes(image.manifest_digest))

@@ -52,6 +52,7 @@ import zstandard
 
 from .errors import ImageError, InvalidArchive
 from .safefs import Root, UnsafePath, open_dir_rd, set_attrs, set_attrs_fd, write_all
+from .tarsplit import Recorder
 
 WHITEOUT_PREFIX = ".wh."
 WHITEOUT_OPAQUE = ".wh..wh..opq"
@@ -119,8 +120,10 @@ class HashingReader(io.RawIOBase):
     With a ``bound``, the stream is refused as soon as it expands past it (a compression bomb stops
     there, not at the end of the disk)."""
 
-    def __init__(self, raw: IO[bytes], bound: Bound | None = None, what: str = "layer") -> None:
+    def __init__(self, raw: IO[bytes], bound: Bound | None = None, what: str = "layer",
+                 tap: Callable[[bytes], None] | None = None) -> None:
         self._raw = raw
+        self._tap = tap
         self._hash = hashlib.sha256()
         self.size = 0
         self._limit = bound.limit if bound is not None else -1
@@ -135,6 +138,8 @@ class HashingReader(io.RawIOBase):
         n = len(data)
         b[:n] = data
         self._hash.update(data)
+        if self._tap is not None:
+            self._tap(data)
         self.size += n
         if self._limit >= 0 and self.size > self._limit:
             self._over()
@@ -155,6 +160,8 @@ class HashingReader(io.RawIOBase):
             if not data:
                 break
             self._hash.update(data)
+            if self._tap is not None:
+                self._tap(data)
             self.size += len(data)
             if self._limit >= 0 and self.size > self._limit:
                 self._over()
@@ -250,6 +257,7 @@ class LayerStats:
     size: int = 0  # bytes of regular file content
     whiteouts: int = 0
     compression: str = ""
+    unpacked: bool = False  # Snapshotter.apply made the snapshot (False: it was there already)
 
 
 def _ns(t: float) -> tuple[int, int]:
@@ -265,6 +273,9 @@ class _Applier:
 
     root: Root
     what: str
+    # Records what the layer's tar holds besides file contents, so the tar can be made again from
+    # the layer (tarsplit.py); it only ever reads what this applier wrote.
+    recorder: Recorder | None = None
     is_root: bool = field(default_factory=lambda: os.geteuid() == 0)
     dirs: dict[tuple[str, ...], tarfile.TarInfo] = field(default_factory=dict)
     created_whiteouts: set[str] = field(default_factory=set)
@@ -309,6 +320,8 @@ class _Applier:
             st = os.stat(base, dir_fd=parent, follow_symlinks=False)
         except FileNotFoundError:
             return False, False
+        if self.recorder is not None and not (new_is_dir and stat.S_ISDIR(st.st_mode)):
+            self.recorder.removing(self.root, parts, stat.S_ISDIR(st.st_mode))
         if stat.S_ISDIR(st.st_mode):
             if new_is_dir:
                 return True, False
@@ -415,6 +428,8 @@ class _Applier:
         if m.isreg():
             fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                          dir_fd=parent)
+            if self.recorder is not None and not m.issparse():
+                self.recorder.content(m.offset_data, m.size, parts)
             written = 0
             try:
                 src = tf.extractfile(m)
@@ -499,8 +514,10 @@ class TarReader:
     the uncompressed stream is hashed, so ``diff_id`` is known when ``members()`` is exhausted.
     """
 
-    def __init__(self, fileobj: IO[bytes], what: str, bound: Bound | None = None) -> None:
+    def __init__(self, fileobj: IO[bytes], what: str, bound: Bound | None = None,
+                 tap: Callable[[bytes], None] | None = None) -> None:
         self.what = what
+        self.tap = tap
         self.bound = bound
         self.compression = ""
         self.diff_id = ""
@@ -511,7 +528,7 @@ class TarReader:
         what = self.what
         with reading_errors(what):
             stream, self.compression = decompressed(self._fileobj)
-            hashing = HashingReader(stream, self.bound, what)
+            hashing = HashingReader(stream, self.bound, what, self.tap)
             reader = io.BufferedReader(hashing, CHUNK)
             tail = _TailReader(reader)
             with tarfile.open(fileobj=tail, mode="r|", errorlevel=2) as tf:  # type: ignore[call-overload]
@@ -542,21 +559,31 @@ def reading_errors(what: str, member: str = "") -> Iterator[None]:
         raise InvalidArchive(f"{where}: corrupt or truncated stream: {type(e).__name__}: {e}") from None
 
 
-def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer", bound: Bound | None = None) -> LayerStats:
+def apply_layer(fileobj: IO[bytes], dest: Path, what: str = "layer", bound: Bound | None = None,
+                split: Path | None = None) -> LayerStats:
     """Apply a layer tarball (plain or compressed) to ``dest``, a fresh directory, in overlay format;
-    refused (InvalidArchive naming ``what``) once it expands past ``bound``.
+    refused (InvalidArchive naming ``what``) once it expands past ``bound``. With ``split`` (a
+    directory), the tar-split that makes the tar again from ``dest`` is written there.
 
     Returns the stats, with ``diff_id`` the sha256 of the uncompressed tar. On error the directory
     is left partially written: the caller owns it and removes it (it is always a private temp dir).
     """
     stats = LayerStats()
-    reader = TarReader(fileobj, what, bound)
-    with Root(dest) as root:
-        applier = _Applier(root, what)
-        for tf, m in reader.members():
-            with reading_errors(what, m.name):
-                applier.member(tf, m, stats)
-        applier.finish()
+    recorder = Recorder(split) if split is not None else None
+    reader = TarReader(fileobj, what, bound, recorder.tap if recorder is not None else None)
+    try:
+        with Root(dest) as root:
+            applier = _Applier(root, what, recorder)
+            for tf, m in reader.members():
+                with reading_errors(what, m.name):
+                    applier.member(tf, m, stats)
+            applier.finish()
+    except BaseException:
+        if recorder is not None:
+            recorder.abort()
+        raise
+    if recorder is not None:
+        recorder.close()
     stats.diff_id, stats.tar_size, stats.compression = reader.diff_id, reader.size, reader.compression
     return stats
 

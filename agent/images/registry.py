@@ -8,10 +8,11 @@ anonymous when there are none), cached per scope, then the request again with it
 Plain HTTP is used only for loopback registries (https is tried first), as docker treats them.
 
 Pull: manifest (an index -> the manifest for linux/<host arch>), every digest checked: the manifest
-against the digest asked for and Docker-Content-Digest, config and layers through the content
-store's verified writer (a wrong digest or size keeps nothing). Layers already unpacked and stored
-are skipped ("Already exists"); gzip, zstd and plain layers are unpacked by the snapshotter. A failed
-pull removes every blob and layer it added.
+against the digest asked for and Docker-Content-Digest, the config through the content store's
+verified writer. Layers already unpacked are skipped ("Already exists"); the others stream from the
+socket into the snapshotter's unpack (gzip, zstd, plain), hashed on the way, up to three at once,
+and become snapshots, in order, only when size, digest and diff_id all match. No layer blob is
+kept: the layer's tar-split makes it again for push and save. A failed pull removes what it added.
 
 Push: for each blob, HEAD (the registry has it: "Layer already exists"), else a cross-repository
 mount from a repository of the same registry the image came from or went to, else a chunked upload
@@ -26,14 +27,20 @@ import base64
 import contextlib
 import hashlib
 import http.client
+import io
 import ipaddress
 import json
 import ssl
+import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import IO, Any
+
+from common.registries import DOCKER_HUB, DOCKER_INDEX_SERVER, config_key
 
 from . import reference as refs
 from .config import (
@@ -48,8 +55,8 @@ from .config import (
     load_json,
 )
 from .errors import ImageError, ImageNotFound, InvalidArchive
-from .imagestore import ImageStore
-from .layers import decompressed
+from .imagestore import ImageStore, LocalLayer
+from .layers import Bound, LayerStats
 from .store import check_digest, sha256_bytes
 
 MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST])
@@ -59,8 +66,6 @@ READ = 1 << 20
 DRAIN_MAX = 64 << 10            # a response body left unread up to this is read to keep its connection,
 DRAIN_SECONDS = 0.5             # if it comes within this
 MIN_RATE = 64 << 10             # bytes/s: a blob download may take timeout + size / MIN_RATE at most
-DOCKER_HUB = "registry-1.docker.io"
-DOCKER_INDEX_SERVER = "https://index.docker.io/v1/"
 
 
 class RegistryError(ImageError):
@@ -99,11 +104,6 @@ ProgressFn = Callable[[Progress], None]
 def registry_host(domain: str) -> str:
     """The host to talk to for a reference's domain (docker.io -> registry-1.docker.io)."""
     return DOCKER_HUB if domain == refs.DEFAULT_DOMAIN else domain
-
-
-def config_key(domain: str) -> str:
-    """The key of a registry in config.json's "auths" (docker.io's is its v1 index URL, as docker's)."""
-    return DOCKER_INDEX_SERVER if domain in (refs.DEFAULT_DOMAIN, DOCKER_HUB, "index.docker.io") else domain
 
 
 def _is_loopback(host: str) -> bool:
@@ -203,6 +203,11 @@ class Client:
         for conn in self._conns.values():
             conn.close()
         self._conns.clear()
+
+    def fork(self) -> Client:
+        """Another client of the same registry with the tokens got so far and its own connections
+        (one per parallel download)."""
+        return Client(self.host, self.auth, self.timeout, self.scheme, dict(self._tokens), self._basic)
 
     def _scheme(self) -> str:
         if self.scheme:
@@ -415,6 +420,8 @@ class Client:
             location = self._location(resp)
             offset += len(data)
             progress(offset)
+        if size and src.read(1):  # also where a layer made again from its snapshot checks its digest
+            raise InvalidArchive(f"blob {digest}: the store's copy is longer than {size} bytes")
         sep = "&" if "?" in location else "?"
         resp = self.request("PUT", f"{location}{sep}digest={urllib.parse.quote(digest)}",
                             {"Content-Length": "0"}, b"", scope=scope, ok=(201, 204))
@@ -491,8 +498,9 @@ class _Counting:
     byte a minute never trips the socket's timeout), and transport errors as RegistryUnavailable."""
 
     def __init__(self, raw: Any, cb: Callable[[int], None], what: str = "blob", size: int = 0,
-                 timeout: float = 60.0) -> None:
+                 timeout: float = 60.0, abort: threading.Event | None = None) -> None:
         self.raw = raw
+        self.abort = abort
         self.n = 0
         self.cb = cb
         self.last = 0.0
@@ -501,6 +509,8 @@ class _Counting:
         self.deadline = time.monotonic() + self.budget
 
     def read(self, n: int = -1) -> bytes:
+        if self.abort is not None and self.abort.is_set():
+            raise _Aborted(f"{self.what}: stopped, another layer of the pull failed")
         if time.monotonic() > self.deadline:
             raise RegistryUnavailable(f"{self.what}: download did not finish within {self.budget:.0f} s "
                                       f"({self.n} bytes received)")
@@ -563,40 +573,14 @@ def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
         for d in diff_ids:
             check_digest(d, f"config {cdigest}: rootfs.diff_ids")
         layers: list[tuple[str, int, str]] = []
-        chains = chain_ids(diff_ids)
-        parent = ""
-        budget = store.limits.budget()
-        for i, (ldesc, diff_id, chain) in enumerate(zip(doc["layers"], diff_ids, chains, strict=True)):
+        wanted: list[_Wanted] = []
+        for i, (ldesc, diff_id) in enumerate(zip(doc["layers"], diff_ids, strict=True)):
             ldigest, lsize, lmedia = _descriptor(ldesc, f"layer {i}")
             if lmedia and lmedia not in LAYER_MEDIA_TYPES:
                 raise InvalidArchive(f"layer {i} ({ldigest}): unsupported media type {lmedia!r}")
-            short = ldigest.removeprefix("sha256:")[:12]
             layers.append((ldigest, lsize, lmedia or MEDIA_OCI_LAYER))
-            if store.snapshotter.exists(chain) and store.content.exists(ldigest):
-                emit(Progress(short, "Already exists", lsize, lsize))
-                parent = chain
-                continue
-            if not store.content.exists(ldigest):
-                emit(Progress(short, "Pulling fs layer", 0, lsize))
-                resp = cl.open_blob(r.path, ldigest)
-                try:
-                    counting = _Counting(resp.resp, _reporter(emit, short, "Downloading", lsize),
-                                         f"layer {ldigest}", lsize, cl.timeout)
-                    store.content.ingest(counting, ldigest, lsize, what=f"layer {ldigest}")  # type: ignore[arg-type]
-                finally:
-                    resp.close()
-                created_blobs.append(ldigest)
-                emit(Progress(short, "Download complete", lsize, lsize))
-            if not store.snapshotter.exists(chain):
-                emit(Progress(short, "Extracting", 0, lsize))
-                with store.content.open(ldigest) as f:
-                    stream, _ = decompressed(f)
-                    _, stats = store.snapshotter.apply(parent, stream, diff_id, what=f"layer {ldigest}",
-                                                       bound=budget.bound())
-                budget.spend(stats.tar_size)
-                created_chains.append(chain)
-            emit(Progress(short, "Pull complete", lsize, lsize))
-            parent = chain
+            wanted.append(_Wanted(ldigest, lsize, diff_id))
+        _fetch_layers(store, cl, r.path, wanted, emit, created_chains)
         names = [str(r)]
         image = store._record_image(config_bytes, layers, names, manifest_bytes=body,
                                     repo_digests=[f"{r.familiar_name}@{manifest_digest}"])
@@ -610,6 +594,168 @@ def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
     finally:
         if client is None:
             cl.close()
+
+
+@dataclass
+class _Wanted:
+    digest: str
+    size: int
+    diff_id: str
+    tmp: Path | None = None  # unpacked, not yet installed
+    stats: LayerStats | None = None
+
+    @property
+    def short(self) -> str:
+        return self.digest.removeprefix("sha256:")[:12]
+
+
+PARALLEL = 3  # layers downloaded and unpacked at once, as dockerd's max-concurrent-downloads
+
+
+def _fetch_layers(store: ImageStore, cl: Client, path: str, wanted: list[_Wanted], emit: ProgressFn,
+                  created_chains: list[str]) -> None:
+    """Download and unpack the layers not here yet, each streamed from the socket through its digest
+    check into the snapshotter (no blob file, nothing read back: a tar-split keeps what push and
+    save need), up to PARALLEL at once; then install them in order. An image bound (which counts
+    the layers in order) makes it one at a time."""
+    chains = chain_ids([w.diff_id for w in wanted])
+    todo = []
+    for w, chain in zip(wanted, chains, strict=True):
+        if store.snapshotter.exists(chain):
+            emit(Progress(w.short, "Already exists", w.size, w.size))
+        else:
+            todo.append(w)
+    budget = store.limits.budget()
+    abort = threading.Event()
+
+    def fetch(w: _Wanted, client: Client) -> None:
+        what = f"layer {w.digest}"
+        emit(Progress(w.short, "Pulling fs layer", 0, w.size))
+        if store.content.exists(w.digest):  # a blob an older agent kept
+            with store.content.open(w.digest) as f:
+                w.tmp, w.stats = store.snapshotter.unpack(f, what, budget.bound())
+        else:
+            w.tmp, w.stats = _download_unpacked(store, client, path, w, emit, abort, budget.bound())
+        budget.spend(w.stats.tar_size)
+        if w.stats.diff_id != w.diff_id:
+            raise InvalidArchive(f"{what}: diff_id mismatch: config says {w.diff_id}, content is {w.stats.diff_id}")
+        emit(Progress(w.short, "Download complete", w.size, w.size))
+
+    try:
+        if len(todo) <= 1 or store.limits.image is not None:
+            for w in todo:
+                fetch(w, cl)
+        else:
+            clients = [cl.fork() for _ in range(min(PARALLEL, len(todo)))]
+            free = list(clients)
+            lock = threading.Lock()
+
+            def run(w: _Wanted) -> None:
+                with lock:
+                    client = free.pop()
+                try:
+                    fetch(w, client)
+                except BaseException:
+                    abort.set()
+                    raise
+                finally:
+                    with lock:
+                        free.append(client)
+
+            try:
+                with ThreadPoolExecutor(len(clients), thread_name_prefix="pull") as pool:
+                    futures = [pool.submit(run, w) for w in todo]
+                    errors = [f.exception() for f in futures]
+            finally:
+                for c in clients:
+                    c.close()
+            first = next((e for e in errors if e is not None and not isinstance(e, _Aborted)), None)
+            if first is not None:
+                raise first
+        parent = ""
+        for w, chain in zip(wanted, chains, strict=True):
+            if w.tmp is not None and w.stats is not None:
+                store.snapshotter.install(w.tmp, parent, w.stats)
+                if w.stats.unpacked:
+                    created_chains.append(chain)
+                emit(Progress(w.short, "Pull complete", w.size, w.size))
+            parent = chain
+    finally:
+        for w in wanted:
+            if w.tmp is not None:
+                store.snapshotter.discard(w.tmp)
+
+
+class _Aborted(RegistryError):
+    """Another layer of the same pull failed; this one stopped."""
+
+
+class _Body(io.RawIOBase):
+    """A blob's body as the unpack reads it: at most its declared size, hashed as it passes."""
+
+    def __init__(self, raw: _Counting, size: int) -> None:
+        self._raw = raw
+        self.left = size
+        self.size = 0
+        self._hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b: Any) -> int:
+        if self.left <= 0:
+            return 0
+        data = self._raw.read(min(len(b), self.left))
+        n = len(data)
+        b[:n] = data
+        self._hash.update(data)
+        self.left -= n
+        self.size += n
+        return n
+
+    def drain(self) -> None:
+        while self.left > 0 and (data := self._raw.read(min(READ, self.left))):
+            self._hash.update(data)
+            self.left -= len(data)
+            self.size += len(data)
+
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def _download_unpacked(store: ImageStore, cl: Client, path: str, w: _Wanted, emit: ProgressFn,
+                       abort: threading.Event, bound: Bound | None) -> tuple[Path, LayerStats]:
+    what = f"layer {w.digest}"
+    resp = cl.open_blob(path, w.digest)
+    try:
+        counting = _Counting(resp.resp, _reporter(emit, w.short, "Downloading", w.size), what, w.size,
+                             cl.timeout, abort)
+        body = _Body(counting, w.size)
+
+        def check() -> None:
+            body.drain()
+            if body.size != w.size:
+                raise InvalidArchive(f"{what}: truncated stream: {w.size - body.size} of {w.size} bytes missing")
+            if counting.read(1):
+                raise InvalidArchive(f"{what}: longer than its declared size {w.size}")
+            if body.digest() != w.digest:
+                raise InvalidArchive(f"{what}: digest mismatch: expected {w.digest}, got {body.digest()}")
+
+        try:
+            tmp, stats = store.snapshotter.unpack(io.BufferedReader(body, READ), what, bound)
+        except InvalidArchive as e:
+            if "expands to more than" in str(e):
+                raise
+            check()  # a blob that is not what the registry said: say that, not what its bytes broke
+            raise
+        try:
+            check()
+        except BaseException:
+            store.snapshotter.discard(tmp)
+            raise
+        return tmp, stats
+    finally:
+        resp.close()
 
 
 # --- push ----------------------------------------------------------------------------------------------
@@ -636,18 +782,13 @@ def push(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
     scope = f"repository:{r.path}:pull,push"
     try:
         emit(Progress("", f"The push refers to repository [{r.familiar_name if r.domain == refs.DEFAULT_DOMAIN else r.name}]"))
-        manifest_bytes = store.content.read_bytes(image.manifest_digest)
-        manifest = json.loads(manifest_bytes)
-        media = str(manifest.get("mediaType") or MEDIA_OCI_MANIFEST)
-        blobs = [(d["digest"], int(d["size"])) for d in manifest["layers"]]
-        blobs.append((manifest["config"]["digest"], int(manifest["config"]["size"])))
         sources = _mount_sources(store, image.repo_digests, r.domain, r.path)
-        for digest, size in blobs:
-            short = digest.removeprefix("sha256:")[:12]
-            emit(Progress(short, "Preparing", 0, size))
+
+        def place(digest: str, size: int, short: str) -> str | None:
+            """None when the registry has the blob (or mounted it); else an upload location."""
             if cl.has_blob(r.path, digest, scope):
                 emit(Progress(short, "Layer already exists", size, size))
-                continue
+                return None
             location = None
             for src in sources:
                 try:
@@ -656,14 +797,46 @@ def push(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
                     continue
                 if location is None:
                     emit(Progress(short, f"Mounted from {src}", size, size))
-                    break
+                    return None
+            return location or cl.start_upload(r.path)
+
+        chosen = []
+        for layer, (odigest, osize, omedia) in zip(store.local_layers(image), store._layer_descriptors(image),
+                                                   strict=True):
+            short = odigest.removeprefix("sha256:")[:12]
+            emit(Progress(short, "Preparing", 0, osize))
+            if not layer.from_blob:
+                # Its blob is not kept here; the registry may have it still (pushed back where it came
+                # from): then the manifest stays the one pulled. Else the tar made again, uncompressed.
+                original = LocalLayer(odigest, osize, omedia, layer.diff_id, layer.chain, True)
+                location = place(odigest, osize, short)
+                if location is None:
+                    chosen.append(original)
+                    continue
+                short = layer.digest.removeprefix("sha256:")[:12]
+                if cl.has_blob(r.path, layer.digest, scope):
+                    emit(Progress(short, "Layer already exists", layer.size, layer.size))
+                    chosen.append(layer)
+                    continue
             else:
-                location = location or cl.start_upload(r.path)
+                location = place(layer.digest, layer.size, short)
+            chosen.append(layer)
             if location is None:
                 continue
-            with store.content.open(digest) as f:
-                cl.upload(r.path, location, f, digest, size, _reporter(emit, short, "Pushing", size), chunk_size)
-            emit(Progress(short, "Pushed", size, size))
+            with store.open_layer(layer) as f:
+                cl.upload(r.path, location, f, layer.digest, layer.size,
+                          _reporter(emit, short, "Pushing", layer.size), chunk_size)
+            emit(Progress(short, "Pushed", layer.size, layer.size))
+        cdigest = image.id
+        csize = store.content.size(cdigest)
+        short = cdigest.removeprefix("sha256:")[:12]
+        location = place(cdigest, csize, short)
+        if location is not None:
+            with store.content.open(cdigest) as f:
+                cl.upload(r.path, location, f, cdigest, csize, _reporter(emit, short, "Pushing", csize), chunk_size)
+            emit(Progress(short, "Pushed", csize, csize))
+        manifest_bytes = store.manifest_for(image, chosen)
+        media = str(json.loads(manifest_bytes).get("mediaType") or MEDIA_OCI_MANIFEST)
         digest = cl.put_manifest(r.path, r.tag, manifest_bytes, media)
         with store._locked() as records:
             rec = records.images.get(image.id)
@@ -695,4 +868,5 @@ def iter_chunks(f: IO[bytes], n: int = READ) -> Iterator[bytes]:
         yield chunk
 
 
-__all__ = ["Auth", "Client", "Progress", "RegistryError", "Unauthorized", "login", "pull", "push"]
+__all__ = ["DOCKER_HUB", "DOCKER_INDEX_SERVER", "Auth", "Client", "Progress", "RegistryError", "Unauthorized",
+           "config_key", "login", "pull", "push"]

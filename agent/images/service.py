@@ -13,7 +13,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any, TypeVar
 
@@ -27,6 +26,7 @@ from . import registry
 from .build import Builder, BuildOptions, ContextCache
 from .errors import ImageError
 from .imagestore import ImageStore
+from .pipes import consume, produce
 
 T = TypeVar("T")
 CHUNK = 256 * 1024
@@ -148,28 +148,23 @@ class ImagesServicer(pbg.ImagesServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"save: unknown format {request.format!r} (docker or oci)")
         fmt = "oci" if request.format.startswith("oci") else "docker"
-        with tempfile.TemporaryFile(dir=self.store.tmp) as tmp:
-            try:
-                await asyncio.to_thread(self.store.save, list(request.refs), tmp, fmt)
-            except Exception as e:
-                if _expected(e):
-                    await context.abort(_code(e), str(e))
-                raise
-            tmp.seek(0)
-            while data := tmp.read(CHUNK):
+        # Streamed as it is written: no temporary file of the whole archive.
+        try:
+            async for data in produce(lambda out: self.store.save(list(request.refs), out, fmt), CHUNK):
                 yield pb.Chunk(data=data)
+        except Exception as e:
+            if _expected(e):
+                await context.abort(_code(e), str(e))
+            raise
 
     async def Load(self, request_iterator: AsyncIterator[pb.Chunk], context: Any) -> pb.LoadResponse:
-        with tempfile.TemporaryFile(dir=self.store.tmp) as tmp:
-            async for chunk in request_iterator:
-                tmp.write(chunk.data)
-            tmp.seek(0)
-            try:
-                images = await asyncio.to_thread(self.store.load, tmp)  # type: ignore[arg-type]
-            except Exception as e:
-                if _expected(e):
-                    await context.abort(_code(e), str(e))
-                raise
+        # Read as it arrives: each layer is unpacked as it streams past (archive.load).
+        try:
+            images = await consume((chunk.data async for chunk in request_iterator), self.store.load)
+        except Exception as e:
+            if _expected(e):
+                await context.abort(_code(e), str(e))
+            raise
         return pb.LoadResponse(images=[pb.LoadedImage(id=i.id, repo_tags=i.repo_tags) for i in images])
 
     # --- listings -------------------------------------------------------------------------------------
@@ -240,6 +235,8 @@ class ImagesServicer(pbg.ImagesServicer):
         return pb.LoginResponse(status=status)
 
 
-def add_to_server(server: grpc.aio.Server, manager: Any, store: ImageStore) -> None:
+def add_to_server(server: grpc.aio.Server, manager: Any, store: ImageStore) -> ImagesServicer:
     """Serve dockyard.images.Images on ``server`` (called by agent/daemon.py)."""
-    pbg.add_ImagesServicer_to_server(ImagesServicer(manager, store), server)  # type: ignore[no-untyped-call]
+    servicer = ImagesServicer(manager, store)
+    pbg.add_ImagesServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    return servicer

@@ -34,12 +34,13 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 from agent.runtime.spec import write_atomic
 
 from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive
 from .layers import Bound, LayerStats, apply_layer, tree_size, write_diff, write_flattened
+from .tarsplit import has_split, open_layer_tar
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 _LINK_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
@@ -78,6 +79,7 @@ class SnapshotInfo:
     created: float
     size: int
     link: str
+    tar_size: int = -1  # bytes of the layer's tar, when a tar-split can make it again (tarsplit.py)
 
 
 def _chain(parent: str, diff_id: str) -> str:
@@ -276,34 +278,66 @@ class Snapshotter:
         """
         if parent_chain_id and not self.exists(parent_chain_id):
             raise ImageNotFound(f"parent layer {parent_chain_id} is not unpacked")
-        sid = secrets.token_hex(12)
-        tmp = self.root / f"tmp-{os.getpid()}-{sid}"
+        tmp, stats = self.unpack(stream, what, bound)
         try:
-            (tmp / "fs").mkdir(parents=True)
-            os.chmod(tmp / "fs", 0o755)
-            stats = apply_layer(stream, tmp / "fs", what, bound)
             if expected_diff_id and stats.diff_id != expected_diff_id:
                 raise InvalidArchive(
                     f"{what}: diff_id mismatch: config says {expected_diff_id}, content is {stats.diff_id}"
                 )
-            chain = _chain(parent_chain_id, stats.diff_id)
-            with self._locked() as meta:
-                if chain in meta:
-                    return chain, stats
-                link = self._new_link()
-                os.rename(tmp, self.root / sid)
-                os.symlink(f"../{sid}/fs", self.root / "l" / link)
-                meta[chain] = {
-                    "id": sid,
-                    "kind": KIND_COMMITTED,
-                    "parent": parent_chain_id,
-                    "created": time.time(),
-                    "size": stats.size,
-                    "link": link,
-                }
-            return chain, stats
+            return self.install(tmp, parent_chain_id, stats), stats
         finally:
             _remove_path(tmp)
+
+    def unpack(self, stream: IO[bytes], what: str = "layer", bound: Bound | None = None) -> tuple[Path, LayerStats]:
+        """The first half of apply: the layer unpacked into a private temp dir (with its tar-split),
+        before its parent is known (a layer's directory does not depend on the layers below it, so
+        load unpacks an archive's layers as they stream past, before its manifest). The caller
+        install()s it or removes it; one of a dead process is swept at the next start."""
+        tmp = self.root / f"tmp-{os.getpid()}-{secrets.token_hex(12)}"
+        try:
+            (tmp / "fs").mkdir(parents=True)
+            os.chmod(tmp / "fs", 0o755)
+            return tmp, apply_layer(stream, tmp / "fs", what, bound, split=tmp)
+        except BaseException:
+            _remove_path(tmp)
+            raise
+
+    def discard(self, tmp: Path) -> None:
+        _remove_path(tmp)
+
+    def install(self, tmp: Path, parent_chain_id: str, stats: LayerStats) -> str:
+        """The second half: ``tmp`` (from unpack) becomes the committed snapshot of ``stats.diff_id``
+        on ``parent_chain_id``; when that exists already, ``tmp`` is left for the caller to remove."""
+        chain = _chain(parent_chain_id, stats.diff_id)
+        with self._locked() as meta:
+            if chain in meta:
+                return chain
+            if parent_chain_id and parent_chain_id not in meta:
+                raise ImageNotFound(f"parent layer {parent_chain_id} is not unpacked")
+            sid = secrets.token_hex(12)
+            link = self._new_link()
+            os.rename(tmp, self.root / sid)
+            os.symlink(f"../{sid}/fs", self.root / "l" / link)
+            meta[chain] = {
+                "id": sid,
+                "kind": KIND_COMMITTED,
+                "parent": parent_chain_id,
+                "created": time.time(),
+                "size": stats.size,
+                "link": link,
+                "tar_size": stats.tar_size,
+            }
+            stats.unpacked = True
+        return chain
+
+    def open_tar(self, chain: str, diff_id: str, what: str = "layer") -> BinaryIO | None:
+        """The committed layer's tar, made again from its directory and checked against ``diff_id``
+        as it is read; None when the layer was unpacked without a tar-split."""
+        info = self.stat(chain)
+        d = self.root / info.id
+        if info.kind != KIND_COMMITTED or info.tar_size < 0 or not has_split(d):
+            return None
+        return open_layer_tar(d, diff_id, info.tar_size, what)  # type: ignore[return-value]
 
     def layer_dirs(self, key: str) -> builtins.list[Path]:
         """Directories of the snapshot and its parents, top first (for docker export)."""

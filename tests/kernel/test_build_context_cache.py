@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from agent.images import build
-from agent.images.build import ContextCache, write_context
+from agent.images.build import ContextCache
+from deploy.buildcontext import write_context
 
 pytestmark = pytest.mark.root  # the unpack sets owners, as a layer's does
 

@@ -443,6 +443,7 @@ def test_builtin_networks(da: AgentProcess, dconf: Path) -> None:
     net = json.loads(docker(da, dconf, "network", "inspect", "bridge").stdout)[0]
     assert net["IPAM"]["Config"][0]["Subnet"] == da.subnet
     assert [c["Name"] for c in net["Containers"].values()] == ["onnet"]
+    # (user-defined networks, now served: test_dockerapi_hostconfig.py)
 
 
 def _tar(members: list[tuple[str, bytes | None, str]]) -> bytes:
