@@ -206,3 +206,19 @@ def test_framing_and_detach_keys() -> None:
     assert s.feed(b"x\x10\x11rest") == (b"x", True)
     with pytest.raises(HTTPError):
         parse_detach_keys("ctrl-1")
+
+
+def test_archive_paths_below_a_mount_go_to_its_directory(tmp_path: Any) -> None:
+    from agent.dockerapi.archive import in_mount
+
+    vol, deep = tmp_path / "vol", tmp_path / "deep"
+    vol.mkdir()
+    deep.mkdir()
+    mounts = [("/vol1", str(vol)), ("/vol1/deeper", str(deep))]
+    assert in_mount(mounts, "/vol1/data.txt") == (str(vol), "/data.txt")
+    assert in_mount(mounts, "/vol1") == (str(vol), "/")
+    assert in_mount(mounts, "/vol1/") == (str(vol), "/.")
+    assert in_mount(mounts, "/vol1/deeper/x/") == (str(deep), "/x/")
+    assert in_mount(mounts, "/vol10/x") is None                      # a prefix of the name is not below it
+    assert in_mount(mounts, "/vol1/../etc/passwd") is None           # '..' leaves the mount: the rootfs
+    assert in_mount([("/f", str(tmp_path / "nofile"))], "/f") is None   # a bind of a file: the rootfs's rules
