@@ -159,6 +159,7 @@ class ContainerConfig:
     volumes_from: list[str] = field(default_factory=list)   # CONTAINER[:ro|rw], as given (its mounts are copied)
     log_options: dict[str, str] = field(default_factory=dict)   # json-file's max-size, max-file, compress
     network_aliases: list[str] = field(default_factory=list)    # more names on a user network (127.0.0.11)
+    ipv4_address: str = ""          # docker's --ip: this address on its user network, not the next free one
     links: list[str] = field(default_factory=list)   # CONTAINER[:ALIAS]: /etc/hosts entries, as docker's --link
 
 

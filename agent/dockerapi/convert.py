@@ -247,7 +247,7 @@ def _mount_obj(obj: Any, where: str) -> Mount:
     return m
 
 
-def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
+def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str], str]:
     """NetworkingConfig.EndpointsConfig: the container's own network (one here), its Aliases and
     Links; a second network, or an address or MAC asked for, is refused by name."""
     endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
@@ -255,6 +255,7 @@ def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
         raise HTTPError(400, "NetworkingConfig.EndpointsConfig must be an object")
     aliases: list[str] = []
     links: list[str] = []
+    ip = ""
     for netname, ep in endpoints.items():
         where = f"NetworkingConfig.EndpointsConfig.{netname}"
         if netname not in (net, "default") and not (net == "bridge" and netname == "bridge"):
@@ -263,9 +264,21 @@ def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
         for k, v in (ep or {}).items():
             if k in ("Aliases", "Links"):
                 (aliases if k == "Aliases" else links).extend(_strs(v, f"{where}.{k}"))
+            elif k == "IPAMConfig" and v:
+                ip = ipam_address(v, where)
             elif k not in ("NetworkID", "EndpointID") and not empty(v):
                 raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
-    return aliases, links
+    return aliases, links, ip
+
+
+def ipam_address(v: Any, where: str) -> str:
+    """An endpoint's IPAMConfig: IPv4Address only (dockyard's bridges are IPv4; no link-local extras)."""
+    if not isinstance(v, dict):
+        raise HTTPError(400, f"{where}.IPAMConfig must be an object")
+    for k, x in v.items():
+        if k != "IPv4Address" and not empty(x):
+            raise HTTPError(400, f"{where}.IPAMConfig.{k} is not supported by dockyard (got {x!r})")
+    return _str(v.get("IPv4Address"), f"{where}.IPAMConfig.IPv4Address")
 
 
 def _link(v: str) -> str:
@@ -406,7 +419,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
     net = _str(host.get("NetworkMode"), "HostConfig.NetworkMode") or "bridge"
     if net == "default":
         net = "bridge"
-    aliases, links = _endpoint(body, net)
+    aliases, links, ipv4 = _endpoint(body, net)
     links += _strs(host.get("Links"), "HostConfig.Links")
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
@@ -467,6 +480,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         volumes_from=_strs(host.get("VolumesFrom"), "HostConfig.VolumesFrom"),
         log_options=log_options,
         network_aliases=aliases,
+        ipv4_address=ipv4,
         links=[_link(x) for x in links],
     )
     size = host.get("ConsoleSize")
@@ -512,7 +526,8 @@ def endpoint_json(c: Container, version: str = "1.45") -> dict[str, Any]:
     if user and tuple(int(x) for x in version.split(".")) <= (1, 44):
         aliases.append(c.id[:12])
     return {
-        "IPAMConfig": None, "Links": list(c.config.links) or None, "Aliases": aliases or None,
+        "IPAMConfig": {"IPv4Address": c.config.ipv4_address} if c.config.ipv4_address else None,
+        "Links": list(c.config.links) or None, "Aliases": aliases or None,
         "MacAddress": ep.get("mac", ""), "NetworkID": "", "EndpointID": c.id if ep else "",
         "Gateway": ep.get("gateway", ""), "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0),
         "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None,

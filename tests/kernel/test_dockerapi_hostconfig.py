@@ -303,3 +303,26 @@ def test_hostile_mounts_names_and_handshakes(da: AgentProcess, dconf: Path) -> N
                   "Upgrade: websocket\r\n\r\n".encode())
         assert s.recv(4096).startswith(b"HTTP/1.1 400 ")
     docker(da, dconf, "rm", cid)
+
+
+@pytest.mark.slow
+def test_a_fixed_address_on_a_user_network(da: AgentProcess, dconf: Path) -> None:  # noqa: F811
+    import random
+
+    net = f"10.223.{random.randrange(256)}"   # (a subnet of its own: other runs may be beside this one)
+    docker(da, dconf, "network", "create", "--subnet", f"{net}.0/24", "dyip")
+    try:
+        docker(da, dconf, "run", "-d", "--name", "fixed", "--network", "dyip", "--ip", f"{net}.50", "busybox",
+               "sleep", "60")
+        ep = json.loads(docker(da, dconf, "inspect", "fixed").stdout)[0]["NetworkSettings"]["Networks"]["dyip"]
+        assert ep["IPAddress"] == f"{net}.50" and ep["IPAMConfig"] == {"IPv4Address": f"{net}.50"}
+        out = docker(da, dconf, "exec", "fixed", "ip", "-4", "-o", "addr", "show", "eth0").stdout
+        assert f"{net}.50/24" in out
+        for args, error in ((["--network", "dyip", "--ip", f"{net}.50"], "already in use"),
+                            (["--network", "dyip", "--ip", "10.9.9.9"], "not an address of network dyip"),
+                            (["--ip", "172.29.0.9"], "user defined networks only")):
+            r = docker(da, dconf, "run", "--rm", *args, "busybox", "true", check=False)
+            assert r.returncode == 125 and error in r.stderr, (args, r.stderr)
+    finally:
+        docker(da, dconf, "rm", "-f", "fixed", check=False)
+        docker(da, dconf, "network", "rm", "dyip", check=False)
