@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import datetime
 import json
 import logging
 import os
@@ -23,7 +22,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, names, restart
+from agent import hostconfig, logs, names, restart
 from agent.checkpointing import Checkpoints
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
@@ -34,11 +33,13 @@ from agent.model import (
     Container,
     ContainerConfig,
     InvalidArgument,
+    LogConfig,
     Mount,
     NotFound,
     Port,
     RestartPolicy,
     StartFailed,
+    Ulimit,
 )
 from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames, messages
@@ -133,6 +134,11 @@ class ContainerManager:
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
         self.localnets = LocalNetworks(root, lambda: list(self.containers.values()))   # user-defined networks
         self.on_change.append(self.localnets.on_change)
+        # the agent's defaults for what a container does not set (--log-driver/--log-opt,
+        # --default-ulimit, --dns, or daemon.json: agent/engine.py), merged in at create as docker does
+        self.log_default = LogConfig("json-file")
+        self.default_ulimits: list[Ulimit] = []
+        self.default_dns: list[str] = []
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -208,6 +214,11 @@ class ContainerManager:
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
         cfg.mounts += self._volumes_from(cfg)
+        cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
+        own = {u.name for u in cfg.ulimits}
+        cfg.ulimits += [copy.copy(u) for u in self.default_ulimits if u.name not in own]
+        if not cfg.dns and cfg.network_mode != "host" and not cfg.overlays:
+            cfg.dns = list(self.default_dns)
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:
@@ -259,6 +270,7 @@ class ContainerManager:
             if m.type == "bind" and not m.create_source and not os.path.lexists(m.source):
                 raise InvalidArgument(f'invalid mount config for type "bind": bind source path does not exist: '
                                       f"{m.source}")
+            mount_specs.check_source_propagation(m)  # (a missing -v path: the mount it would be made on)
             if m.type == "volume" and m.external and not self.volumes.exists(m.source):
                 raise NotFound(f"external volume {m.source} does not exist on this host (volume create it first)")
         made: list[str] = []
@@ -453,12 +465,16 @@ class ContainerManager:
             cgroup_root=self.cg.root,
             network=c.endpoint, network_state_dir=str(bridge.state_dir),
             bridge=bridge.name, subnet=str(bridge.subnet),
-            etc_hosts=hosts, log_path=str(files.log), devices=nodes,
+            etc_hosts=hosts, devices=nodes,
             etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
             or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
+        if cfg.log_config.type != "none":
+            rot = logs.rotation(cfg.log_config)
+            spec.log_path = str(files.log)
+            spec.log_max_size, spec.log_max_file, spec.log_compress = rot.max_size, rot.max_file, rot.compress
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
             # /sys hidden or read-only
@@ -489,7 +505,8 @@ class ContainerManager:
                 continue
             source = str(self.volumes.path(m.source)) if m.type == "volume" else m.source
             out.append(ContainerMount("bind", source, m.target, m.readonly, [],
-                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target)))
+                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target),
+                                      propagation=(m.propagation or "rprivate") if m.type == "bind" else "rprivate"))
         return out
 
     async def _acquire_volumes(self, c: Container) -> None:
@@ -1071,44 +1088,18 @@ class ContainerManager:
 
     async def logs(self, ref: str, follow: bool = False, tail: int = -1, since: float = 0,
                    until: float = 0) -> AsyncIterator[tuple[str, bytes, float]]:
+        """The container's log across its rotated files (agent/logs.py)."""
         c = self.get(ref)
-        path = self.files(c).log
-        lines: list[bytes] = []
-        pos = 0
-        if path.exists():
-            with open(path, "rb") as f:
-                data = f.read()
-                pos = f.tell()
-            lines = data.splitlines()
-            if tail >= 0:
-                lines = lines[-tail:] if tail else []
-        for raw in lines:
-            rec = _parse_log(raw)
-            if rec and (not since or rec[2] >= since) and (not until or rec[2] <= until):
-                yield rec
-        if not follow:
-            return
+        if c.config.log_config.type == "none":
+            raise logs.ReadNotSupported("configured logging driver does not support reading")
         ev = self._event(c)
-        buf = b""
-        while True:
-            running = c.state.status in ("running", "paused", "restarting") and c.id in self.containers
-            chunk = b""
-            if path.exists():
-                with open(path, "rb") as f:
-                    f.seek(pos)
-                    chunk = f.read()
-                    pos = f.tell()
-            buf += chunk
-            *complete, buf = buf.split(b"\n")
-            for raw in complete:
-                rec = _parse_log(raw)
-                if rec and (not until or rec[2] <= until):
-                    yield rec
-            if not running and not chunk:
-                return
-            if not chunk:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(ev.wait()), 0.1)
+
+        def running() -> bool:
+            return c.state.status in ("running", "paused", "restarting") and c.id in self.containers
+
+        async for rec in logs.entries(self.files(c).log, logs.rotation(c.config.log_config), follow, tail, since,
+                                      until, running, lambda: ev):
+            yield rec
 
     # --- attach and exec ----------------------------------------------------------------------
 
@@ -1226,20 +1217,6 @@ def _resolv_conf() -> str:
     keep = [ln for ln in text.splitlines()
             if not (ln.startswith("nameserver") and (" 127." in ln or " ::1" in ln))]
     return "\n".join(keep) + "\n"
-
-
-def _parse_log(raw: bytes) -> tuple[str, bytes, float] | None:
-    try:
-        rec = json.loads(raw)
-    except ValueError:
-        return None
-    ts = rec.get("time", "")
-    try:
-        t = datetime.datetime.strptime(ts[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(
-            tzinfo=datetime.UTC).timestamp() if ts else 0.0
-    except ValueError:
-        t = 0.0
-    return rec.get("stream", "stdout"), rec.get("log", "").encode(), t
 
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")

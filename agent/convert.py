@@ -11,6 +11,7 @@ from agent.model import (
     ContainerConfig,
     DeviceRate,
     HealthCheck,
+    LogConfig,
     Mount,
     Overlay,
     Port,
@@ -53,6 +54,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         healthcheck=HealthCheck(list(m.healthcheck.test), m.healthcheck.interval, m.healthcheck.timeout,
                                 m.healthcheck.retries, m.healthcheck.start_period, m.healthcheck.start_interval)
         if m.HasField("healthcheck") else None,
+        log_config=LogConfig(m.log_config.type, dict(m.log_config.config)),
     )
 
 
@@ -105,6 +107,7 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
                                    timeout=c.healthcheck.timeout, retries=c.healthcheck.retries,
                                    start_period=c.healthcheck.start_period,
                                    start_interval=c.healthcheck.start_interval) if c.healthcheck else None,
+        log_config=pb.LogConfig(type=c.log_config.type, config=c.log_config.config),
     )
 
 
@@ -166,6 +169,7 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
             "SecurityOpt": list(cfg.security_opt) or None,
             "ReadonlyRootfs": cfg.read_only,
+            "LogConfig": {"Type": cfg.log_config.type or "json-file", "Config": dict(cfg.log_config.config)},
             "CapAdd": list(cfg.cap_add) or None, "CapDrop": list(cfg.cap_drop) or None,
             "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits] or None,
             "Dns": list(cfg.dns), "DnsSearch": list(cfg.dns_search), "DnsOptions": list(cfg.dns_options),

@@ -113,6 +113,15 @@ class Overlay:
 
 
 @dataclass
+class LogConfig:
+    """docker's HostConfig.LogConfig: the driver and its options (agent/logs.py checks them).
+    At create it becomes the effective one (the agent's default merged in), as docker records it."""
+
+    type: str = ""                  # json-file | local | none; "" = the agent's default
+    config: dict[str, str] = field(default_factory=dict)   # max-size, max-file, compress
+
+
+@dataclass
 class ContainerConfig:
     name: str = ""
     image: str = ""
@@ -157,10 +166,10 @@ class ContainerConfig:
     healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
     volumes_from: list[str] = field(default_factory=list)   # CONTAINER[:ro|rw], as given (its mounts are copied)
-    log_options: dict[str, str] = field(default_factory=dict)   # json-file's max-size, max-file, compress
     network_aliases: list[str] = field(default_factory=list)    # more names on a user network (127.0.0.11)
     ipv4_address: str = ""          # docker's --ip: this address on its user network, not the next free one
     links: list[str] = field(default_factory=list)   # CONTAINER[:ALIAS]: /etc/hosts entries, as docker's --link
+    log_config: LogConfig = field(default_factory=LogConfig)   # --log-driver, --log-opt
 
 
 @dataclass
@@ -233,5 +242,5 @@ _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
-    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit,
+    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit, "LogConfig": LogConfig,
 }

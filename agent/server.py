@@ -23,6 +23,7 @@ import grpc
 from agent import attachsession, convert, metrics, status
 from agent.checkpoint import host_features
 from agent.containers import UPDATABLE_LIMITS, ContainerManager
+from agent.engine import EngineSettings
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
 from agent.images.pipes import consume
@@ -87,6 +88,8 @@ class AgentServicer(pbg.AgentServicer):
         self.lazy_pages = False  # known, like criu, once `criu check` ran
         self.labels = labels
         self.host = host_features.probe()
+        self.engine = EngineSettings()   # set by the daemon: what `info` shows of its settings
+        self.config_file = ""
         from agent.dockerapi.events import Events
 
         self.events = Events(manager)  # the Docker API's event source, for `dockyard system events`
@@ -105,6 +108,10 @@ class AgentServicer(pbg.AgentServicer):
             containers_stopped=sum(c.state.status not in ("running", "paused") for c in cs),
             images=len(self.images.list()), labels=self.labels, lazy_pages=self.lazy_pages,
             arch=self.host.arch, cpu_features=self.host.cpu_features,
+            config_file=self.config_file, registry_mirrors=self.engine.registries.mirrors,
+            insecure_registries=self.engine.registries.insecure, log_driver=self.engine.log.type,
+            log_opts=self.engine.log.config, dns=self.engine.dns,
+            default_ulimits=[f"{u.name}={u.soft}:{u.hard}" for u in self.engine.ulimits],
         )
 
     @_mapped
@@ -133,7 +140,8 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def InspectContainer(self, request: pb.ContainerRef, context: Any) -> pb.JsonDocument:
         c = self.m.get(request.id)
-        extra = {"LogPath": str(self.m.files(c).log), "Driver": "overlay", "Mounts": self.m.mounts_info(c)}
+        log = "" if c.config.log_config.type == "none" else str(self.m.files(c).log)
+        extra = {"LogPath": log, "Driver": "overlay", "Mounts": self.m.mounts_info(c)}
         return pb.JsonDocument(json=json.dumps(convert.inspect(c, extra)))
 
     @_mapped

@@ -110,6 +110,8 @@ CONTAINER: tuple[Opt, ...] = (
     opt("--health-start-period", help="Start period for the container to initialize"),
     opt("--health-start-interval", help="Time between checks during the start period"),
     opt("--no-healthcheck", flag=True, help="Disable any container-specified HEALTHCHECK"),
+    opt("--log-driver", help="Logging driver for the container: json-file, local, none (default: the agent's)"),
+    opt("--log-opt", dest="log_opts", multiple=True, help="Log driver options: max-size=10m, max-file=3, compress=true"),
 )
 
 RUN: tuple[Opt, ...] = (

@@ -336,7 +336,7 @@ _SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file
                       "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
                       "stdin_open", "init", "devices", "privileged", "networks", "volumes", "tmpfs", "read_only",
                       "cap_add", "cap_drop", "security_opt", "ulimits", "dns", "dns_search", "dns_opt", "extra_hosts",
-                      "sysctls", "shm_size", "group_add"})
+                      "sysctls", "shm_size", "group_add", "logging"})
 _ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
 _UNSUPPORTED_SERVICE = {
     "build": "build the image first with `dockyard image build -t NAME .` and name it in `image:`",
@@ -348,7 +348,7 @@ _UNSUPPORTED_SERVICE = {
     "expose": "every port of a task is reachable from the node; publish it with `ports:`",
     "volumes_from": "", "configs": "", "secrets": "",
     "device_cgroup_rules": _ON_THE_NODE,
-    "logging": _ON_THE_NODE, "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
+    "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
     "uts": "", "isolation": "", "domainname": "", "mac_address": "", "oom_score_adj": "",
     "oom_kill_disable": "", "storage_opt": "", "runtime": "", "platform": "", "profiles": "",
     "pull_policy": "", "extends": "", "credential_spec": "", "gpus": "", "annotations": "", "label_file": "",

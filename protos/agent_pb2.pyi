@@ -17,8 +17,15 @@ class JsonDocument(_message.Message):
     def __init__(self, json: _Optional[str] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("name", "version", "kernel", "cgroup_version", "memory_bytes", "cpus", "criu", "root", "containers", "containers_running", "containers_paused", "containers_stopped", "images", "labels", "lazy_pages", "arch", "cpu_features")
+    __slots__ = ("name", "version", "kernel", "cgroup_version", "memory_bytes", "cpus", "criu", "root", "containers", "containers_running", "containers_paused", "containers_stopped", "images", "labels", "lazy_pages", "arch", "cpu_features", "config_file", "registry_mirrors", "insecure_registries", "log_driver", "log_opts", "default_ulimits", "dns")
     class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class LogOptsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -42,6 +49,13 @@ class AgentInfo(_message.Message):
     LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
     ARCH_FIELD_NUMBER: _ClassVar[int]
     CPU_FEATURES_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FILE_FIELD_NUMBER: _ClassVar[int]
+    REGISTRY_MIRRORS_FIELD_NUMBER: _ClassVar[int]
+    INSECURE_REGISTRIES_FIELD_NUMBER: _ClassVar[int]
+    LOG_DRIVER_FIELD_NUMBER: _ClassVar[int]
+    LOG_OPTS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_ULIMITS_FIELD_NUMBER: _ClassVar[int]
+    DNS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     kernel: str
@@ -59,7 +73,14 @@ class AgentInfo(_message.Message):
     lazy_pages: bool
     arch: str
     cpu_features: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kernel: _Optional[str] = ..., cgroup_version: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., criu: _Optional[bool] = ..., root: _Optional[str] = ..., containers: _Optional[int] = ..., containers_running: _Optional[int] = ..., containers_paused: _Optional[int] = ..., containers_stopped: _Optional[int] = ..., images: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., lazy_pages: _Optional[bool] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ...) -> None: ...
+    config_file: str
+    registry_mirrors: _containers.RepeatedScalarFieldContainer[str]
+    insecure_registries: _containers.RepeatedScalarFieldContainer[str]
+    log_driver: str
+    log_opts: _containers.ScalarMap[str, str]
+    default_ulimits: _containers.RepeatedScalarFieldContainer[str]
+    dns: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kernel: _Optional[str] = ..., cgroup_version: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., criu: _Optional[bool] = ..., root: _Optional[str] = ..., containers: _Optional[int] = ..., containers_running: _Optional[int] = ..., containers_paused: _Optional[int] = ..., containers_stopped: _Optional[int] = ..., images: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., lazy_pages: _Optional[bool] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., config_file: _Optional[str] = ..., registry_mirrors: _Optional[_Iterable[str]] = ..., insecure_registries: _Optional[_Iterable[str]] = ..., log_driver: _Optional[str] = ..., log_opts: _Optional[_Mapping[str, str]] = ..., default_ulimits: _Optional[_Iterable[str]] = ..., dns: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PortMapping(_message.Message):
     __slots__ = ("host_ip", "host_port", "container_port", "protocol")
@@ -110,7 +131,7 @@ class RestartPolicy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class ContainerConfig(_message.Message):
-    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "devices", "privileged", "overlays", "mounts", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search", "dns_options", "extra_hosts", "sysctls", "shm_size", "group_add", "healthcheck")
+    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "devices", "privileged", "overlays", "mounts", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search", "dns_options", "extra_hosts", "sysctls", "shm_size", "group_add", "healthcheck", "log_config")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -165,6 +186,7 @@ class ContainerConfig(_message.Message):
     SHM_SIZE_FIELD_NUMBER: _ClassVar[int]
     GROUP_ADD_FIELD_NUMBER: _ClassVar[int]
     HEALTHCHECK_FIELD_NUMBER: _ClassVar[int]
+    LOG_CONFIG_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     cmd: _containers.RepeatedScalarFieldContainer[str]
@@ -205,7 +227,23 @@ class ContainerConfig(_message.Message):
     shm_size: int
     group_add: _containers.RepeatedScalarFieldContainer[str]
     healthcheck: HealthCheck
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[DeviceMapping, _Mapping]]] = ..., privileged: _Optional[bool] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., shm_size: _Optional[int] = ..., group_add: _Optional[_Iterable[str]] = ..., healthcheck: _Optional[_Union[HealthCheck, _Mapping]] = ...) -> None: ...
+    log_config: LogConfig
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[DeviceMapping, _Mapping]]] = ..., privileged: _Optional[bool] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., shm_size: _Optional[int] = ..., group_add: _Optional[_Iterable[str]] = ..., healthcheck: _Optional[_Union[HealthCheck, _Mapping]] = ..., log_config: _Optional[_Union[LogConfig, _Mapping]] = ...) -> None: ...
+
+class LogConfig(_message.Message):
+    __slots__ = ("type", "config")
+    class ConfigEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    type: str
+    config: _containers.ScalarMap[str, str]
+    def __init__(self, type: _Optional[str] = ..., config: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class HealthCheck(_message.Message):
     __slots__ = ("test", "interval", "timeout", "retries", "start_period", "start_interval")

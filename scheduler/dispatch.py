@@ -114,6 +114,8 @@ def container_config(t: Task, spec: ServiceSpec, stack: str,
     cfg.sysctls.update(dict(spec.sysctls))
     cfg.shm_size = spec.shm_size
     cfg.group_add.extend(spec.group_add)
+    if spec.log_driver or spec.log_options:
+        cfg.log_config.CopyFrom(apb.LogConfig(type=spec.log_driver, config=dict(spec.log_options)))
     if spec.healthcheck is not None:
         # run by the node's agent like any container's (agent/health.py); disabled: not even the image's
         h = spec.healthcheck

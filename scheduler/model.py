@@ -267,6 +267,8 @@ class ServiceSpec:
     sysctls: tuple[tuple[str, str], ...] = ()
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
+    log_driver: str = ""   # the stack's logging: driver and options ("" = each node's default)
+    log_options: tuple[tuple[str, str], ...] = ()
     networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
 
     @property
@@ -297,7 +299,8 @@ _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "
                                  "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
                                  "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
                                  "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
-                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": []}
+                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": [], "log_driver": "",
+                                 "log_options": []}
 
 
 class UpdateState(enum.StrEnum):

@@ -13,12 +13,14 @@ import shlex
 import time
 from typing import Any
 
+from agent import logs
 from agent.model import (
     Container,
     ContainerConfig,
     DeviceRate,
     HealthCheck,
     InvalidArgument,
+    LogConfig,
     Mount,
     Port,
     Resources,
@@ -30,8 +32,6 @@ from common.devices import DeviceMapping
 from common.humanize import human_duration
 
 from .http import HTTPError
-
-SUPPORTED_LOG_DRIVERS = ("json-file",)
 
 # Config (the container's own) keys that are mapped; every other key must hold its zero value.
 _CONFIG_MAPPED = {
@@ -315,31 +315,6 @@ def _groups(v: Any) -> list[str]:
     return [str(g) for g in v]
 
 
-# json-file's options (docker's), checked here; the log's rotation is the agent's (agent/runtime/monitor).
-LOG_OPTIONS = ("max-size", "max-file", "compress")
-
-
-def _log_options(v: Any) -> dict[str, str]:
-    opts = _str_map(v, "HostConfig.LogConfig.Config")
-    for k in opts:
-        if k not in LOG_OPTIONS:
-            raise HTTPError(400, f"unknown log opt '{k}' for json-file log driver")
-    if "max-size" in opts:
-        try:
-            if mount_specs.parse_size(opts["max-size"], "max-size") <= 0:
-                raise HTTPError(400, f"invalid value for max-size: {opts['max-size']!r} (must be positive)")
-        except InvalidArgument:
-            raise HTTPError(400, f"invalid value for max-size: {opts['max-size']!r} (a size such as 10m)") from None
-    if "max-file" in opts:
-        if not opts["max-file"].lstrip("-").isdigit():
-            raise HTTPError(400, f"invalid value for max-file: {opts['max-file']!r}")
-        if int(opts["max-file"]) < 1:
-            raise HTTPError(400, "max-file cannot be less than 1")
-    if "compress" in opts and opts["compress"] not in ("true", "false", "1", "0"):
-        raise HTTPError(400, f"invalid value for compress: {opts['compress']!r} (true or false)")
-    return opts
-
-
 NS = 1_000_000_000
 
 
@@ -394,10 +369,12 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         raise HTTPError(400, "Config.Image is required")
 
     log = host.get("LogConfig") or {}
-    ltype = log.get("Type") or "json-file"
-    if ltype not in SUPPORTED_LOG_DRIVERS:
-        raise HTTPError(400, f"logger: no log driver named '{ltype}' is registered")
-    log_options = _log_options(log.get("Config") or None)
+    log_config = LogConfig(_str(log.get("Type"), "HostConfig.LogConfig.Type"),
+                           _str_map(log.get("Config") or None, "HostConfig.LogConfig.Config"))
+    try:   # (the agent's one check, agent/logs.py; the agent's default options may complete these)
+        logs.rotation(log_config, complete=False)
+    except InvalidArgument as bad:
+        raise HTTPError(400, f"HostConfig.LogConfig: {bad}") from None
     if (host.get("CgroupnsMode") or "host") != "host":
         raise HTTPError(400, f"HostConfig.CgroupnsMode {host['CgroupnsMode']!r} is not supported: "
                              "dockyard's containers share the host's cgroup namespace")
@@ -478,7 +455,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         shm_size=_int(host.get("ShmSize"), "HostConfig.ShmSize"),
         group_add=_groups(host.get("GroupAdd")),
         volumes_from=_strs(host.get("VolumesFrom"), "HostConfig.VolumesFrom"),
-        log_options=log_options,
+        log_config=log_config,
         network_aliases=aliases,
         ipv4_address=ipv4,
         links=[_link(x) for x in links],
@@ -623,7 +600,7 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
         "ExecIDs": None,
         "HostConfig": {
             "Binds": given["Binds"], "Mounts": given["Mounts"], "Tmpfs": given["Tmpfs"], "ContainerIDFile": "",
-            "LogConfig": {"Type": "json-file", "Config": dict(cfg.log_options)},
+            "LogConfig": {"Type": cfg.log_config.type or "json-file", "Config": dict(cfg.log_config.config)},
             "NetworkMode": cfg.network_mode,
             "PortBindings": _bindings(cfg),
             "RestartPolicy": {"Name": cfg.restart_policy.name or "no",

@@ -255,7 +255,9 @@ class _Shim:
                "--pty": self.pty, "--stdin": self.stdin_w}
         args = [str(monitor.BINARY), "--pid", str(self.pid), "--started-at", f"{self.started_at:.6f}",
                 "--tty", str(int(tty)), "--released", str(int(released)),
-                "--socket", str(self.files.socket), "--log", self.spec.log_path or str(self.files.log),
+                "--socket", str(self.files.socket), "--log", self.spec.log_path,
+                "--log-max-size", str(self.spec.log_max_size), "--log-max-file", str(self.spec.log_max_file),
+                "--log-compress", str(int(self.spec.log_compress)),
                 "--exit", str(self.files.exit), "--error", self.join_error, "--rootfs", self.spec.rootfs]
         if self.cg is not None:
             paths = self.cg.paths(self.spec.id)

@@ -68,11 +68,11 @@ def test_the_clis_create_body_maps_onto_dockyard() -> None:
     (("HostConfig", "GroupAdd"), [True], "HostConfig.GroupAdd must be a list"),
     (("HostConfig", "VolumeDriver"), "flocker", "HostConfig.VolumeDriver 'flocker'"),
     (("HostConfig", "MemorySwappiness"), 40, "HostConfig.MemorySwappiness is not supported"),
-    (("HostConfig", "LogConfig"), {"Type": "syslog"}, "no log driver named 'syslog' is registered"),
+    (("HostConfig", "LogConfig"), {"Type": "syslog"}, "logging driver \"syslog\" is not supported"),
     (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"labels": "a"}},
      "unknown log opt 'labels' for json-file log driver"),
-    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-file": "0"}}, "max-file cannot be less than 1"),
-    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-size": "big"}}, "invalid value for max-size"),
+    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-file": "0"}}, "log opt max-file=0: max-file cannot be less than 1"),
+    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-size": "big"}}, "log opt max-size=big"),
     (("HostConfig", "CgroupnsMode"), "private", "CgroupnsMode"),
     (("Volumes",), ["/data"], "Config.Volumes must be an object"),
     (("MacAddress",), "02:42:ac:11:00:0a", "Config.MacAddress"),
@@ -143,7 +143,7 @@ def test_mounts_and_the_rest_of_hostconfig_map_and_are_echoed_as_given() -> None
                                                                             ["db:10.0.0.2"])
     assert cfg.sysctls == {"net.core.somaxconn": "1024"} and cfg.shm_size == 1 << 20
     assert cfg.group_add == ["1000", "wheel"] and cfg.volumes_from == ["other:ro"]
-    assert cfg.log_options == {"max-file": "100", "max-size": "10m"}
+    assert (cfg.log_config.type, cfg.log_config.config) == ("", {"max-file": "100", "max-size": "10m"})
     c = Container(id="a" * 64, name="web", created=1.0, config=cfg, image_id="sha256:" + "b" * 64,
                   image_ref="busybox", snapshot="a" * 64, args=["sh"])
     hc = convert.inspect(c, "/log", None)["HostConfig"]
