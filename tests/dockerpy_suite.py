@@ -148,9 +148,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     "build networkmode: dockyard's builder runs RUN steps without a network choice": [
         'api_build_test.py::BuildTest::test_build_with_network_mode',
     ],
-    "bind propagation rshared: the runtime makes binds rprivate or private only (refused by name)": [
-        'api_container_test.py::VolumeBindTest::test_create_with_binds_rw_rshared',
-    ],
     "CpusetCpus: not in dockyard's cgroup drivers": [
         'api_container_test.py::ContainerCPUTest::test_container_cpuset',
     ],
@@ -160,9 +157,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     "image inspect's Container/ContainerConfig of a commit: the image store does not record them": [
         'api_image_test.py::CommitTest::test_commit',
         'api_image_test.py::CommitTest::test_commit_with_changes',
-    ],
-    "the 'none' log driver: the monitor always keeps the log": [
-        'models_containers_test.py::ContainerCollectionTest::test_run_with_none_driver',
     ],
 }
 
