@@ -371,6 +371,8 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
     log = host.get("LogConfig") or {}
     log_config = LogConfig(_str(log.get("Type"), "HostConfig.LogConfig.Type"),
                            _str_map(log.get("Config") or None, "HostConfig.LogConfig.Config"))
+    if log_config.type and log_config.type not in logs.DRIVERS:   # clients parse docker's own text
+        raise HTTPError(400, f"logger: no log driver named '{log_config.type}' is registered")
     try:   # (the agent's one check, agent/logs.py; the agent's default options may complete these)
         logs.rotation(log_config, complete=False)
     except InvalidArgument as bad:
