@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,6 +40,7 @@ from agent.model import (
     RestartPolicy,
     StartFailed,
     Ulimit,
+    isolated,
 )
 from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames, messages
@@ -48,6 +49,8 @@ from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
 from agent.runtime.spec import ContainerMount, IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
+from agent.taskfiles import TaskFiles
+from agent.taskfiles import check as check_task_files
 from agent.volumes import specs as mount_specs
 from agent.volumes.store import VolumeStore
 
@@ -80,6 +83,7 @@ class ContainerNetwork(Protocol):
     def release(self, container_id: str) -> None: ...
     def attach(self, endpoint: Endpoint, pid: int) -> None: ...
     def detach(self, endpoint: Endpoint) -> None: ...
+    def withdraw(self, endpoint: Endpoint, back: bool = False) -> None: ...
     def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
                           ) -> tuple[OverlayEndpoint, ...]: ...
 
@@ -129,6 +133,9 @@ class ContainerManager:
         self.checkpoints = Checkpoints(self)  # checkpoint, restore, migration dumps (checkpointing.py)
         self.on_change: list[Callable[[Container], None]] = []
         self.volumes = VolumeStore(root / "volumes")
+        self.taskfiles = TaskFiles(root / "taskfiles")  # tasks' secrets and configs, on a tmpfs each
+        # With --join: a task's secrets and configs by task id, from the scheduler (agent/cluster.py)
+        self.task_files_source: Callable[[str], Awaitable[dict[tuple[str, str], bytes]]] | None = None
         self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
@@ -194,8 +201,20 @@ class ContainerManager:
 
     # --- create -------------------------------------------------------------------------------
 
-    def create(self, cfg: ContainerConfig) -> Container:
+    async def fetch_task_files(self, cfg: ContainerConfig) -> dict[tuple[str, str], bytes]:
+        """The data of cfg.task_files, from the cluster's scheduler (which gives them only to the
+        task's node, or the node it is being migrated to)."""
+        if self.task_files_source is None:
+            raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent is not "
+                                  "joined to one (--join)")
+        return await self.task_files_source(cfg.labels.get("dockyard.task", ""))
+
+    def create(self, cfg: ContainerConfig, files: Mapping[tuple[str, str], bytes] | None = None) -> Container:
+        """``files``: the data of cfg.task_files by (kind, name), fetched from the scheduler."""
         self._validate(cfg)
+        if cfg.task_files and files is None:
+            raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent got none "
+                                  "(is it joined with --join?)")
         name = cfg.name.lstrip("/") if cfg.name else self._free_name()
         if any(c.name == name for c in self.containers.values()):
             other = next(c for c in self.containers.values() if c.name == name)
@@ -228,6 +247,9 @@ class ContainerManager:
         cdir = self.dir / cid
         try:
             cdir.mkdir(parents=True)
+            if cfg.task_files:
+                assert files is not None
+                self.taskfiles.write(cid, cfg.task_files, files)
             self.images.snapshotter.prepare(cid, image.chain_id)
             c = Container(id=cid, name=name, created=time.time(), config=cfg, image_id=image.id,
                           image_ref=cfg.image, snapshot=cid, args=args,
@@ -236,6 +258,8 @@ class ContainerManager:
         except BaseException:
             with contextlib.suppress(Exception):
                 self.images.snapshotter.remove(cid)
+            with contextlib.suppress(OSError):
+                self.taskfiles.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
             for name in made:
                 with contextlib.suppress(AgentError):
@@ -376,6 +400,7 @@ class ContainerManager:
         devices_for(cfg)
         parse_signal(cfg.stop_signal or None, signal.SIGTERM)
         mount_specs.check_all(cfg.mounts)
+        check_task_files(cfg.task_files)
 
     @staticmethod
     def _args(cfg: ContainerConfig, ic: Any) -> list[str]:
@@ -507,7 +532,7 @@ class ContainerManager:
             out.append(ContainerMount("bind", source, m.target, m.readonly, [],
                                       copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target),
                                       propagation=(m.propagation or "rprivate") if m.type == "bind" else "rprivate"))
-        return out
+        return out + self.taskfiles.mounts(c.id, c.config.task_files)
 
     async def _acquire_volumes(self, c: Container) -> None:
         """Volumes of the local driver with a device (-o type=... device=...) are mounted on
@@ -586,7 +611,8 @@ class ContainerManager:
 
                 try:
                     ep = _replace(ep, overlays=self.network.overlay_endpoints(
-                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]),
+                        isolated=isolated(c.config.overlays))
                 except network.NetworkError as e:
                     await asyncio.to_thread(bridge.release, c.id)
                     raise InvalidArgument(str(e)) from e
@@ -1003,6 +1029,11 @@ class ContainerManager:
 
     def _remove_files(self, c: Container) -> list[Path]:
         unmount(str(self.files(c).dir / "rootfs"))
+        if c.config.task_files:
+            try:
+                self.taskfiles.remove(c.id)
+            except OSError as e:
+                log.warning("container %s: its secrets' tmpfs %s: %s", c.name, self.taskfiles.dir(c.id), e)
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
         trash: list[Path] = []

@@ -109,7 +109,7 @@ class Agent:
             net.overlays = Overlays(o.bridge, underlay_host(o.advertise or o.listen))
             resolvers = Resolvers()
             resolvers.loop = asyncio.get_running_loop()
-        driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
+        driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent, o.cgroup_root))
         self.cgroup_driver = driver
         if o.cgroup_favor_dynmods:
             cgroups.favor_dynmods(str(self.root / "cgroup-dynmods"))
@@ -195,6 +195,7 @@ class Agent:
                 cgroup_version=driver.version, criu=lambda: servicer.criu,
                 lazy_pages=lambda: servicer.lazy_pages, identity=identity)
             self.member.start()
+            self.manager.task_files_source = self.member.task_files
             assert net.overlays is not None
             self.netsync = NetworkSync(o.name, net.overlays, self.member.stub,
                                        on_map=resolvers.update if resolvers is not None else None)
@@ -303,7 +304,7 @@ def agent_authorization() -> dict[str, frozenset[str]]:
     return table
 
 
-def _cgroup_parent(root: Path, configured: str | None) -> str:
+def _cgroup_parent(root: Path, configured: str | None, cgroup_root: str) -> str:
     """Where this agent's container cgroups live, the same in every controller, fixed at first start.
 
     By default they nest under the agent's own cgroup (the deepest of its controller paths: here the
@@ -316,7 +317,7 @@ def _cgroup_parent(root: Path, configured: str | None) -> str:
         return configured.strip("/")
     if saved.exists():
         return saved.read_text().strip()
-    parent = (own_cgroup().rstrip("/") + "/dockyard").strip("/")
+    parent = cgroups.nesting_parent(cgroup_root, own_cgroup())
     saved.write_text(parent + "\n")
     return parent
 

@@ -77,6 +77,18 @@ class Mount:
 
 
 @dataclass
+class TaskFile:
+    """A cluster secret or config the container gets as a read-only file (agent/taskfiles.py): only
+    where it goes is kept here; the data lives on a tmpfs while the container exists."""
+    kind: str = "secret"            # secret | config
+    name: str = ""
+    target: str = ""                # absolute, in the container
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o444
+
+
+@dataclass
 class Ulimit:
     name: str           # nofile, nproc, core, ... (agent/hostconfig.py ULIMITS)
     soft: int           # -1: unlimited
@@ -110,6 +122,13 @@ class Overlay:
     ip: str = ""
     mac: str = ""
     mtu: int = 0
+    internal: bool = False
+
+
+def isolated(overlays: list[Overlay]) -> bool:
+    """Only on internal networks (the scheduler marks the ingress attachment of such a task
+    internal too): the container gets no route out of them."""
+    return bool(overlays) and all(o.internal for o in overlays)
 
 
 @dataclass
@@ -170,6 +189,7 @@ class ContainerConfig:
     ipv4_address: str = ""          # docker's --ip: this address on its user network, not the next free one
     links: list[str] = field(default_factory=list)   # CONTAINER[:ALIAS]: /etc/hosts entries, as docker's --link
     log_config: LogConfig = field(default_factory=LogConfig)   # --log-driver, --log-opt
+    task_files: list[TaskFile] = field(default_factory=list)  # a task's secrets and configs
 
 
 @dataclass
@@ -242,5 +262,5 @@ _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
-    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit, "LogConfig": LogConfig,
+    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit, "LogConfig": LogConfig, "TaskFile": TaskFile,
 }

@@ -117,7 +117,8 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.ContainerSummary:
         cfg = convert.config_from_pb(request.config)
-        c = await asyncio.to_thread(self.m.create, cfg)
+        files = await self.m.fetch_task_files(cfg) if cfg.task_files else None
+        c = await asyncio.to_thread(self.m.create, cfg, files)
         return convert.summary(c)
 
     @_mapped

@@ -106,6 +106,7 @@ LAZY: dict[str, tuple[str, ...]] = {
     "network": (_GROUPS, "deploy.cli_network"),
     "cluster": ("deploy.cli_bootstrap",),
     "volume": ("deploy.cli_volumes",),
+    **dict.fromkeys(("secret", "config"), ("deploy.cli_objects",)),
 }
 
 

@@ -131,7 +131,7 @@ class RestartPolicy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class ContainerConfig(_message.Message):
-    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "devices", "privileged", "overlays", "mounts", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search", "dns_options", "extra_hosts", "sysctls", "shm_size", "group_add", "healthcheck", "log_config")
+    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "devices", "privileged", "overlays", "mounts", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search", "dns_options", "extra_hosts", "sysctls", "shm_size", "group_add", "healthcheck", "log_config", "task_files")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,7 @@ class ContainerConfig(_message.Message):
     GROUP_ADD_FIELD_NUMBER: _ClassVar[int]
     HEALTHCHECK_FIELD_NUMBER: _ClassVar[int]
     LOG_CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TASK_FILES_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     cmd: _containers.RepeatedScalarFieldContainer[str]
@@ -228,7 +229,8 @@ class ContainerConfig(_message.Message):
     group_add: _containers.RepeatedScalarFieldContainer[str]
     healthcheck: HealthCheck
     log_config: LogConfig
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[DeviceMapping, _Mapping]]] = ..., privileged: _Optional[bool] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., shm_size: _Optional[int] = ..., group_add: _Optional[_Iterable[str]] = ..., healthcheck: _Optional[_Union[HealthCheck, _Mapping]] = ..., log_config: _Optional[_Union[LogConfig, _Mapping]] = ...) -> None: ...
+    task_files: _containers.RepeatedCompositeFieldContainer[TaskFile]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[DeviceMapping, _Mapping]]] = ..., privileged: _Optional[bool] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., shm_size: _Optional[int] = ..., group_add: _Optional[_Iterable[str]] = ..., healthcheck: _Optional[_Union[HealthCheck, _Mapping]] = ..., log_config: _Optional[_Union[LogConfig, _Mapping]] = ..., task_files: _Optional[_Iterable[_Union[TaskFile, _Mapping]]] = ...) -> None: ...
 
 class LogConfig(_message.Message):
     __slots__ = ("type", "config")
@@ -244,6 +246,22 @@ class LogConfig(_message.Message):
     type: str
     config: _containers.ScalarMap[str, str]
     def __init__(self, type: _Optional[str] = ..., config: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class TaskFile(_message.Message):
+    __slots__ = ("kind", "name", "target", "uid", "gid", "mode")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    target: str
+    uid: int
+    gid: int
+    mode: int
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., target: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mode: _Optional[int] = ...) -> None: ...
 
 class HealthCheck(_message.Message):
     __slots__ = ("test", "interval", "timeout", "retries", "start_period", "start_interval")
@@ -322,20 +340,22 @@ class Mount(_message.Message):
     def __init__(self, type: _Optional[str] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., readonly: _Optional[bool] = ..., propagation: _Optional[str] = ..., selinux: _Optional[str] = ..., nocopy: _Optional[bool] = ..., create_source: _Optional[bool] = ..., anonymous: _Optional[bool] = ..., tmpfs_options: _Optional[_Iterable[str]] = ..., volume_driver: _Optional[str] = ..., volume_labels: _Optional[_Mapping[str, str]] = ..., volume_options: _Optional[_Mapping[str, str]] = ..., external: _Optional[bool] = ..., origin: _Optional[str] = ..., spec: _Optional[str] = ...) -> None: ...
 
 class OverlayAttachment(_message.Message):
-    __slots__ = ("network", "vni", "subnet", "ip", "mac", "mtu")
+    __slots__ = ("network", "vni", "subnet", "ip", "mac", "mtu", "internal")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     VNI_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
     MTU_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
     network: str
     vni: int
     subnet: str
     ip: str
     mac: str
     mtu: int
-    def __init__(self, network: _Optional[str] = ..., vni: _Optional[int] = ..., subnet: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ...) -> None: ...
+    internal: bool
+    def __init__(self, network: _Optional[str] = ..., vni: _Optional[int] = ..., subnet: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ...) -> None: ...
 
 class DeviceMapping(_message.Message):
     __slots__ = ("path_on_host", "path_in_container", "permissions")

@@ -269,6 +269,13 @@ class BridgeNetwork:
             out.append(OverlayEndpoint(network, vni, subnet, mtu, ip, net.prefixlen, mac, f"eth{i}", host))
         return tuple(out)
 
+    def withdraw(self, endpoint: Endpoint, back: bool = False) -> None:
+        """A container moving away (frozen here while the target runs it): its cluster ports down,
+        so this host's other containers reach it where it went; back=True undoes it (rolled back)."""
+        for ov in endpoint.overlays:
+            if self.overlays is not None:
+                self.overlays.set_port(ov.vni, endpoint.container_id, up=back)
+
     def detach(self, endpoint: Endpoint) -> None:
         for ov in endpoint.overlays:
             if self.overlays is not None:
