@@ -68,7 +68,7 @@ def test_the_clis_create_body_maps_onto_dockyard() -> None:
     (("HostConfig", "GroupAdd"), [True], "HostConfig.GroupAdd must be a list"),
     (("HostConfig", "VolumeDriver"), "flocker", "HostConfig.VolumeDriver 'flocker'"),
     (("HostConfig", "MemorySwappiness"), 40, "HostConfig.MemorySwappiness is not supported"),
-    (("HostConfig", "LogConfig"), {"Type": "syslog"}, "logging driver \"syslog\" is not supported"),
+    (("HostConfig", "LogConfig"), {"Type": "syslog"}, "logger: no log driver named 'syslog' is registered"),
     (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"labels": "a"}},
      "unknown log opt 'labels' for json-file log driver"),
     (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-file": "0"}}, "log opt max-file=0: max-file cannot be less than 1"),
