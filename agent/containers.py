@@ -900,6 +900,9 @@ class ContainerManager:
                     self._spawn(self._restart_later(c))
                 else:
                     await self._on_exit(c)
+        # a tmpfs of secrets whose container is gone (removed while the agent was down, or a create
+        # that never finished): unmounted now, so no secret stays in memory for nothing
+        await asyncio.to_thread(self.taskfiles.prune, set(self.containers))
 
     # --- stop, kill, pause --------------------------------------------------------------------
 
