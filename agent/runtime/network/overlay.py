@@ -92,7 +92,7 @@ class Overlays:
         self.port = port
         self._known: set[int] = set()  # every VNI ensure() was asked for
         # ensure() runs from the network sync and from container starts at once (threads): two
-        # makers of one VXLAN device would see EEXIST, read as a foreign device holding the VNI
+        # makers of one bridge or VXLAN device would both see none and one fail with EEXIST
         self._ensuring = threading.Lock()
 
     # --- names
