@@ -396,8 +396,10 @@ class Resolvers:
                          [Vip(n.name, v.ip, tuple(v.names)) for n in nets for v in n.vips])
 
     def on_change(self, c: Any) -> None:
-        """ContainerManager.on_change: a container that no longer runs has no resolver."""
-        if c.id in self.by_container and c.state.status not in ("running", "paused"):
+        """ContainerManager.on_change: a container that no longer runs has no resolver. "created"
+        keeps it: the resolver is opened while the container starts (its namespace wired, the
+        status not yet running), and a save of the container in that window must not close it."""
+        if c.id in self.by_container and c.state.status not in ("created", "running", "paused"):
             self.close(c.id)
 
     def close_all(self) -> None:

@@ -96,3 +96,13 @@ class TaskFiles:
                 sc.umount(str(d), sc.MNT_DETACH)
         with contextlib.suppress(FileNotFoundError):
             shutil.rmtree(d)  # the mount point (files are only ever written on the tmpfs)
+
+    def prune(self, keep: set[str]) -> list[str]:
+        """Remove every container's tmpfs but those of `keep` (container ids); returns the removed."""
+        gone = []
+        with contextlib.suppress(FileNotFoundError):
+            for d in self.root.iterdir():
+                if d.name not in keep:
+                    self.remove(d.name)
+                    gone.append(d.name)
+        return gone

@@ -238,6 +238,8 @@ class Migrator:
                     continue
                 if p.phase == "frozen" and m.mode == "live":
                     m = await self._switch(m)
+                elif p.phase == "rollback" and m.phase == "switched":
+                    m = await self._switch(m, back=True)
                 emit(progress(m, p.phase, p.message, bytes=p.bytes, total=p.total))
             if done is None:
                 raise StoreError("the source agent ended the migration without a result")
@@ -272,18 +274,21 @@ class Migrator:
         return grants.sign(bundle, grants.Grant(migration=m.id, container=name, source=source.agent_id,
                                                 target=target.agent_id, not_after=self.clock() + GRANT_SECONDS))
 
-    async def _switch(self, m: Migration) -> Migration:
+    async def _switch(self, m: Migration, back: bool = False) -> Migration:
         """The source froze the task and locked its network: from now on every host sends to its
         cluster addresses on the target (the network map follows this phase, scheduler/network.py
         endpoints), while the archive goes and the target restores behind its own lock (agent/
         checkpoint/netlock.py). So peers are pointed at the target before the restored sockets
-        take packets, and none is sent to a host where nothing can answer any more. A rollback
-        deletes the record, and the map points back at the source."""
+        take packets, and none is sent to a host where nothing can answer any more.
+
+        back: the source reports a rollback (the target failed; its own copy runs on): the
+        addresses point at the source again at once, not only once recovery has settled the
+        record (which waits for an unreachable target to answer or be declared down)."""
         t0 = time.monotonic()
-        m = await self._set_phase(m, "switched")
+        m = await self._set_phase(m, "running" if back else "switched")
         await self.view.wait_revision(m.mod_revision)
-        log.info("migration %s: %s's addresses point at %s (%.0f ms)", m.id, m.task_name, m.target,
-                 (time.monotonic() - t0) * 1000)
+        log.info("migration %s: %s's addresses point at %s (%.0f ms)", m.id, m.task_name,
+                 m.source if back else m.target, (time.monotonic() - t0) * 1000)
         return m
 
     def _container(self, m: Migration) -> str:

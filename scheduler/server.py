@@ -827,7 +827,8 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def ListObjects(self, request: pb.ListObjectsRequest, context: Any) -> pb.ListObjectsResponse:
-        objects.check_name(request.kind, "x")
+        if request.kind not in objects.KINDS:
+            raise Invalid(f"unknown kind {request.kind!r}: expected secret or config")
         found = sorted(await self.store.list_objects(request.kind), key=lambda st: st.name)
         return pb.ListObjectsResponse(objects=[self._object_info(st, with_data=False) for st in found])
 

@@ -262,3 +262,20 @@ def test_internal_networks_isolate_a_task_and_refuse_host_ports(tmp_path: Path) 
     assert mixed is not None and [o.internal for o in mixed] == [True, False]
     assert isolated([Overlay("back", internal=True), Overlay("ingress", internal=True)])
     assert not isolated([Overlay("back", internal=True), Overlay("appnet")]) and not isolated([])
+
+
+def test_a_starting_container_keeps_its_resolver_until_it_stops() -> None:
+    """The resolver opens while the container is wired (status still "created"): a save of the
+    container in that window must not close it; an exit does."""
+    from types import SimpleNamespace
+
+    from agent.resolver import Resolvers
+
+    closed: list[str] = []
+    r = Resolvers()
+    r.by_container["c1"] = SimpleNamespace(close=lambda: closed.append("c1"))  # type: ignore[assignment]
+    for status in ("created", "running", "paused"):
+        r.on_change(SimpleNamespace(id="c1", state=SimpleNamespace(status=status)))
+    assert closed == [] and "c1" in r.by_container
+    r.on_change(SimpleNamespace(id="c1", state=SimpleNamespace(status="exited")))
+    assert closed == ["c1"] and "c1" not in r.by_container

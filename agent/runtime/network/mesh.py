@@ -26,10 +26,14 @@ named from the agent's bridge (`<h>`), so agents side by side in one namespace k
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+import logging
+import socket
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from agent.runtime.network import iptables
+
+log = logging.getLogger("dockyard.agent.mesh")
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,9 +92,17 @@ class Mesh:
     def __init__(self, owner: str) -> None:
         self.chains = Chains.of(owner)
         self._applied: dict[str, list[str]] | None = None
+        self._ports: tuple[MeshPort, ...] = ()
 
     def apply(self, bridge: str, source: str, ports: Sequence[MeshPort]) -> bool:
-        """Make the rules exactly these; True when something was (re)written."""
+        """Make the rules exactly these; True when something was (re)written. UDP flows to a
+        backend that left are forgotten (conntrack would keep sending a client's datagrams to it
+        for as long as they keep coming: kubernetes#48370)."""
+        left = {(p.protocol, b) for p in self._ports for b in p.backends} - {
+            (p.protocol, b) for p in ports for b in p.backends}
+        self._ports = tuple(ports)
+        if any(proto == "udp" for proto, _ in left):
+            forget_udp(b for proto, b in left if proto == "udp")
         want = chain_rules(self.chains, bridge, source, ports)
         todo: dict[str, list[str]] = {}
         for table, rules in _jumps(self.chains).items():
@@ -124,3 +136,26 @@ class Mesh:
     def installed(self) -> bool:
         present = iptables.list_rules("nat") or []
         return f"-N {self.chains.dnat}" in present
+
+
+def forget_udp(backends: Iterable[str]) -> int:
+    """Delete the conntrack entries of UDP flows DNATed to these "ip:port" backends (their reply
+    direction comes from the backend); how many went. In the caller's network namespace."""
+    from pyroute2 import Conntrack
+    from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
+
+    n = 0
+    for b in backends:
+        ip, _, port = b.rpartition(":")
+        # one socket per request: pyroute2's synchronous Conntrack ends its event loop after each
+        with Conntrack() as ct:
+            entries = list(ct.dump_entries(tuple_reply=NFCTAttrTuple(proto=socket.IPPROTO_UDP, saddr=ip,
+                                                                     sport=int(port))))
+        for entry in entries:
+            try:
+                with Conntrack() as ct:
+                    ct.delete(entry)
+                n += 1
+            except Exception as e:  # gone meanwhile (it timed out): nothing to forget
+                log.debug("conntrack delete %s: %s", entry, e)
+    return n

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -90,6 +91,9 @@ class Overlays:
         self.local_ip = local_ip  # "" until the agent knows its underlay address
         self.port = port
         self._known: set[int] = set()  # every VNI ensure() was asked for
+        # ensure() runs from the network sync and from container starts at once (threads): two
+        # makers of one bridge or VXLAN device would both see none and one fail with EEXIST
+        self._ensuring = threading.Lock()
 
     # --- names
 
@@ -109,6 +113,10 @@ class Overlays:
 
     def ensure(self, net: OverlayNet) -> int:
         """Bridge and VXLAN port of `net` (made or checked); the bridge's ifindex."""
+        with self._ensuring:
+            return self._ensure(net)
+
+    def _ensure(self, net: OverlayNet) -> int:
         self._known.add(net.vni)
         if not self.local_ip:
             raise NetworkError(f"network {net.name}: this agent has no underlay address (give --advertise "
