@@ -362,6 +362,10 @@ class ContainerManager:
             cfg.network_mode = n.name   # (it may have been given by id)
         if cfg.network_aliases and not self.localnets.is_local(cfg.network_mode):
             raise InvalidArgument("network-scoped aliases are only supported for user-defined networks")
+        if self.localnets.is_local(cfg.network_mode) and (cfg.dns or cfg.dns_search or cfg.dns_options):
+            # refused, not ignored: its resolv.conf is 127.0.0.11, which forwards to the host's resolvers
+            raise InvalidArgument(f"--dns, --dns-search and --dns-option on user network {cfg.network_mode} are not "
+                                  "supported by dockyard yet (its containers ask 127.0.0.11)")
         if cfg.ipv4_address:
             n = self.localnets.find(cfg.network_mode) if self.localnets.is_local(cfg.network_mode) else None
             if n is None:

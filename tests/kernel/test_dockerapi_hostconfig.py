@@ -320,7 +320,8 @@ def test_a_fixed_address_on_a_user_network(da: AgentProcess, dconf: Path) -> Non
         assert f"{net}.50/24" in out
         for args, error in ((["--network", "dyip", "--ip", f"{net}.50"], "already in use"),
                             (["--network", "dyip", "--ip", "10.9.9.9"], "not an address of network dyip"),
-                            (["--ip", "172.29.0.9"], "user defined networks only")):
+                            (["--ip", "172.29.0.9"], "user defined networks only"),
+                            (["--network", "dyip", "--dns", "10.0.0.1"], "not supported by dockyard yet")):
             r = docker(da, dconf, "run", "--rm", *args, "busybox", "true", check=False)
             assert r.returncode == 125 and error in r.stderr, (args, r.stderr)
     finally:

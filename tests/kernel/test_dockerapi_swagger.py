@@ -22,7 +22,7 @@ def test_main_objects_match_dockers_schemas(clean_agent: AgentProcess) -> None:
         net = c.create_network("swnet", labels={"k": "v"})["Id"]
         hc = c.create_host_config(
             binds=["swv:/data"], tmpfs={"/t": "size=1m"}, port_bindings={80: ("127.0.0.1", None)},
-            cap_add=["NET_ADMIN"], dns=["10.0.0.1"], extra_hosts={"db": "10.0.0.2"}, shm_size="2m",
+            cap_add=["NET_ADMIN"], extra_hosts={"db": "10.0.0.2"}, shm_size="2m",
             ulimits=[dockerpy.types.Ulimit(name="nofile", soft=100, hard=200)], group_add=["1000"],
             sysctls={"net.core.somaxconn": "512"}, read_only=False, network_mode="swnet",
             log_config=dockerpy.types.LogConfig(type="json-file", config={"max-size": "1m"}),
