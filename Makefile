@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: install up demo test test-fast test-unit test-kernel test-cluster test-docker-api lint bench protos
+.PHONY: install up demo test test-fast test-unit test-kernel test-cluster test-docker-api test-vm soak lint bench protos
 
 # A test whose call takes longer than this without the `slow` marker fails the run (tests/conftest.py).
 SLOW_LIMIT ?= 2
@@ -38,6 +38,18 @@ test-kernel:
 
 test-cluster:
 	$(PYTEST_RUN) tests/cluster
+
+# Two Debian 12 VMs under qemu (TCG): cluster up over SSH, cgroup v2 limits, live and cold migration
+# VM to VM, a VM killed (tests/vm). The box is built once into /var/cache/dockyard-vm (~5 min).
+# `make test` runs only the one-VM smoke (tests/vm/test_vm_smoke.py).
+test-vm:
+	DOCKYARD_TEST_VM=full $(PYTEST_RUN) -s tests/vm
+
+# Faults from a seeded schedule on 3 netns hosts, 2 schedulers and a 3-member etcd, the invariants
+# checked all along (tests/soak.py): SOAK_S seconds (default 600), SOAK_SEED to replay a run.
+SOAK_S ?= 600
+soak:
+	SOAK_S=$(SOAK_S) $(PY) -m tests.soak
 
 lint:
 	$(VENV)/bin/ruff check agent scheduler deploy protos tests common

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,8 +82,9 @@ class Checkpoints:
         return c, criu, pid, external
 
     async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,
-                         level: int = 3) -> dict[str, Any]:
-        """CRIU-dump the container's process tree; with `export`, write a checkpoint archive to it."""
+                         level: int = 3, dumped: Callable[[], None] | None = None) -> dict[str, Any]:
+        """CRIU-dump the container's process tree; with `export`, write a checkpoint archive to it.
+        `dumped` is called once the tree is frozen in the images (before the archive is written)."""
         c, criu, pid, external = self._dump_plan(ref)
         images = self.m.dir / c.id / "checkpoint"
         shutil.rmtree(images, ignore_errors=True)
@@ -103,11 +105,14 @@ class Checkpoints:
                 await asyncio.wait_for(self.m._event(c).wait(), 30)
                 self._checkpointing.discard(c.id)
         stats = {"dump_seconds": seconds, "container": c.id}
+        if dumped is not None:
+            dumped()
         if export is not None:
             await asyncio.to_thread(self._export_checkpoint, c, export, stats, images, level)
         return stats
 
-    async def checkpoint_lazy(self, ref: str, address: str, port: int, export: Any, level: int = 1) -> Any:
+    async def checkpoint_lazy(self, ref: str, address: str, port: int, export: Any, level: int = 1,
+                              dumped: Callable[[], None] | None = None) -> Any:
         """Post-copy: freeze and dump the container without its memory pages, which CRIU keeps and
         serves on address:port (agent/checkpoint/lazy.py), and write the archive to `export`.
 
@@ -139,6 +144,8 @@ class Checkpoints:
                  "port": port}))
             self.m._save(c)
         stats = {"dump_seconds": time.monotonic() - start, "container": c.id, "lazy_pages": dump.page_server}
+        if dumped is not None:
+            dumped()
         try:
             await asyncio.to_thread(self._export_checkpoint, c, export, stats, images, level)
         except BaseException:

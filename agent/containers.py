@@ -40,6 +40,7 @@ from agent.model import (
     RestartPolicy,
     StartFailed,
     Ulimit,
+    isolated,
 )
 from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames, messages
@@ -82,6 +83,7 @@ class ContainerNetwork(Protocol):
     def release(self, container_id: str) -> None: ...
     def attach(self, endpoint: Endpoint, pid: int) -> None: ...
     def detach(self, endpoint: Endpoint) -> None: ...
+    def withdraw(self, endpoint: Endpoint, back: bool = False) -> None: ...
     def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
                           ) -> tuple[OverlayEndpoint, ...]: ...
 
@@ -144,6 +146,8 @@ class ContainerManager:
         self.log_default = LogConfig("json-file")
         self.default_ulimits: list[Ulimit] = []
         self.default_dns: list[str] = []
+        self.default_dns_search: list[str] = []
+        self.default_dns_options: list[str] = []
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -234,8 +238,10 @@ class ContainerManager:
         cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
         own = {u.name for u in cfg.ulimits}
         cfg.ulimits += [copy.copy(u) for u in self.default_ulimits if u.name not in own]
-        if not cfg.dns and cfg.network_mode != "host" and not cfg.overlays:
-            cfg.dns = list(self.default_dns)
+        if cfg.network_mode != "host" and not cfg.overlays:  # (the cluster's resolver serves overlays)
+            cfg.dns = cfg.dns or list(self.default_dns)
+            cfg.dns_search = cfg.dns_search or list(self.default_dns_search)
+            cfg.dns_options = cfg.dns_options or list(self.default_dns_options)
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:
@@ -313,12 +319,15 @@ class ContainerManager:
             raise
         return made
 
-    def set_network(self, c: Container, mode: str, aliases: list[str], links: list[str]) -> None:
+    def set_network(self, c: Container, mode: str, aliases: list[str], links: list[str], ip: str = "") -> None:
         """docker network connect/disconnect of a container that is not running: its one network
         (checked as at create), its aliases there and its links."""
-        if c.state.status in ("running", "paused", "restarting") and mode != c.config.network_mode:
-            raise Conflict(f"container {c.name} is running: its network cannot change until it stops")
-        cfg = replace(c.config, network_mode=mode, network_aliases=list(aliases), links=list(links))
+        now = (c.config.network_mode, c.config.network_aliases, c.config.links, c.config.ipv4_address)
+        if c.state.status in ("running", "paused", "restarting") and (mode, aliases, links, ip) != now:
+            raise Conflict(f"container {c.name} is running: its network, aliases, links and address cannot "
+                           "change until it stops")
+        cfg = replace(c.config, network_mode=mode, network_aliases=list(aliases), links=list(links),
+                      ipv4_address=ip)
         if cfg.ports and mode in ("none", "host"):
             cfg.ports = []   # docker keeps the bindings but publishes nothing without a network
         self._validate(cfg)
@@ -353,6 +362,12 @@ class ContainerManager:
             cfg.network_mode = n.name   # (it may have been given by id)
         if cfg.network_aliases and not self.localnets.is_local(cfg.network_mode):
             raise InvalidArgument("network-scoped aliases are only supported for user-defined networks")
+        if cfg.ipv4_address:
+            n = self.localnets.find(cfg.network_mode) if self.localnets.is_local(cfg.network_mode) else None
+            if n is None:
+                raise InvalidArgument("user specified IP address is supported on user defined networks only")
+            if not _in_subnet(cfg.ipv4_address, n.subnet):
+                raise InvalidArgument(f"--ip {cfg.ipv4_address}: not an address of network {n.name} ({n.subnet})")
         for link in cfg.links:
             name, _, alias = link.partition(":")
             if not name or (alias and not names.valid_name(alias.lstrip("/"))):
@@ -590,7 +605,7 @@ class ContainerManager:
             if self.localnets.is_local(c.config.network_mode):
                 self.localnets.loop = asyncio.get_running_loop()
             try:
-                ep = await asyncio.to_thread(bridge.allocate, c.id, mappings)
+                ep = await asyncio.to_thread(bridge.allocate, c.id, mappings, c.config.ipv4_address)
             except network.PortInUse as e:
                 raise Conflict(str(e)) from e
             except network.NetworkError as e:
@@ -600,7 +615,8 @@ class ContainerManager:
 
                 try:
                     ep = _replace(ep, overlays=self.network.overlay_endpoints(
-                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]),
+                        isolated=isolated(c.config.overlays))
                 except network.NetworkError as e:
                     await asyncio.to_thread(bridge.release, c.id)
                     raise InvalidArgument(str(e)) from e
@@ -644,6 +660,8 @@ class ContainerManager:
         finally:
             reply.close()
         if not isinstance(msg, messages.Started):
+            if self.resolvers is not None:  # opened while it was wired, for a start that failed
+                self.resolvers.close(c.id)
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
@@ -1265,3 +1283,11 @@ def _ps_row(pid: int) -> list[str] | None:
     return [user, str(pid), ppid, "0", started, "?", f"{cpu // 3600:02d}:{cpu // 60 % 60:02d}:{cpu % 60:02d}",
             cmdline or f"[{comm}]"]
 
+
+def _in_subnet(ip: str, subnet: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(subnet)
+    except ValueError:
+        return False

@@ -109,7 +109,7 @@ class Agent:
             net.overlays = Overlays(o.bridge, underlay_host(o.advertise or o.listen))
             resolvers = Resolvers()
             resolvers.loop = asyncio.get_running_loop()
-        driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent))
+        driver = cgroups.detect(o.cgroup_root, _cgroup_parent(self.root, o.cgroup_parent, o.cgroup_root))
         self.cgroup_driver = driver
         if o.cgroup_favor_dynmods:
             cgroups.favor_dynmods(str(self.root / "cgroup-dynmods"))
@@ -124,6 +124,8 @@ class Agent:
         self.manager.log_default = o.engine.log
         self.manager.default_ulimits = list(o.engine.ulimits)
         self.manager.default_dns = list(o.engine.dns)
+        self.manager.default_dns_search = list(o.engine.dns_search)
+        self.manager.default_dns_options = list(o.engine.dns_options)
         await self.manager.adopt()
         for c in self.manager.containers.values():   # adopted on a user network: its 127.0.0.11 anew
             if self.manager.localnets.is_local(c.config.network_mode) and c.state.status in ("running", "paused"):
@@ -304,7 +306,7 @@ def agent_authorization() -> dict[str, frozenset[str]]:
     return table
 
 
-def _cgroup_parent(root: Path, configured: str | None) -> str:
+def _cgroup_parent(root: Path, configured: str | None, cgroup_root: str) -> str:
     """Where this agent's container cgroups live, the same in every controller, fixed at first start.
 
     By default they nest under the agent's own cgroup (the deepest of its controller paths: here the
@@ -317,7 +319,7 @@ def _cgroup_parent(root: Path, configured: str | None) -> str:
         return configured.strip("/")
     if saved.exists():
         return saved.read_text().strip()
-    parent = (own_cgroup().rstrip("/") + "/dockyard").strip("/")
+    parent = cgroups.nesting_parent(cgroup_root, own_cgroup())
     saved.write_text(parent + "\n")
     return parent
 

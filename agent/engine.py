@@ -1,6 +1,7 @@
 """The engine settings dockerd has and the agent takes, from its flags or from daemon.json
 (common/settings.py reads the file): registry mirrors and insecure registries, the containers'
-default log driver and options, default ulimits and DNS servers, the bridge's address (bip).
+default log driver and options, default ulimits, DNS servers, search domains and options, the
+bridge's address (bip).
 Checked here once, whichever way they came; a bad one is named by where it came from
 (``--registry-mirror`` or ``/etc/dockyard/daemon.json: registry-mirrors``).
 """
@@ -27,6 +28,8 @@ class EngineSettings:
     log: LogConfig = field(default_factory=lambda: LogConfig("json-file"))
     ulimits: tuple[Ulimit, ...] = ()
     dns: tuple[str, ...] = ()
+    dns_search: tuple[str, ...] = ()
+    dns_options: tuple[str, ...] = ()
 
 
 def mirror(url: str) -> str:
@@ -109,7 +112,24 @@ def settings(values: dict[str, Sequence[str] | str], origin: Callable[[str], str
         except InvalidArgument as e:
             raise EngineSettingError(f"{origin('default_ulimits')}: {str(e).removeprefix('--ulimit ')}") from None
         ulimits.append(u)
-    return EngineSettings(RegistryConfig(mirrors, insecure), log, tuple(ulimits), dns)
+    search = check("dns_search", _search_domain)
+    options = check("dns_options", _dns_option)
+    return EngineSettings(RegistryConfig(mirrors, insecure), log, tuple(ulimits), dns, search, options)
+
+
+def _search_domain(text: str) -> str:
+    # dockerd's ValidateDNSSearch: "." alone, or a domain of labels of at most 63 characters
+    name = text.rstrip(".") if text != "." else text
+    if text != "." and (not name or len(name) > 255
+                        or not all(0 < len(p) <= 63 and p.replace("-", "").isalnum() for p in name.split("."))):
+        raise EngineSettingError(f"{text!r} is not a valid domain")
+    return text
+
+
+def _dns_option(text: str) -> str:
+    if not text or any(c.isspace() for c in text):
+        raise EngineSettingError(f"{text!r} is not a resolv.conf option (like ndots:2)")
+    return text
 
 
 def _dns(text: str) -> str:

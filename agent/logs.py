@@ -314,7 +314,13 @@ async def entries(path: Path, rotation_: Rotation, follow: bool, tail: int, sinc
         # Following: PATH is opened first and read to its end with the rest, so what is written
         # after that is read from the same file, neither lost nor read twice.
         current = fol.open() if follow else None
-        lines, buf = await asyncio.to_thread(read, path, rotation_.max_file, tail, current)
+        lines: list[bytes]
+        if follow and current is None:
+            # No log yet when we looked: the follower reads it from its first byte once it is
+            # there. Reading PATH here too would read a log made in between twice.
+            lines, buf = [], b""
+        else:
+            lines, buf = await asyncio.to_thread(read, path, rotation_.max_file, tail, current)
         for raw in lines:
             rec = parse_entry(raw)
             if rec and (not since or rec[2] >= since) and (not until or rec[2] <= until):

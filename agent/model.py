@@ -122,6 +122,13 @@ class Overlay:
     ip: str = ""
     mac: str = ""
     mtu: int = 0
+    internal: bool = False
+
+
+def isolated(overlays: list[Overlay]) -> bool:
+    """Only on internal networks (the scheduler marks the ingress attachment of such a task
+    internal too): the container gets no route out of them."""
+    return bool(overlays) and all(o.internal for o in overlays)
 
 
 @dataclass
@@ -179,6 +186,7 @@ class ContainerConfig:
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
     volumes_from: list[str] = field(default_factory=list)   # CONTAINER[:ro|rw], as given (its mounts are copied)
     network_aliases: list[str] = field(default_factory=list)    # more names on a user network (127.0.0.11)
+    ipv4_address: str = ""          # docker's --ip: this address on its user network, not the next free one
     links: list[str] = field(default_factory=list)   # CONTAINER[:ALIAS]: /etc/hosts entries, as docker's --link
     log_config: LogConfig = field(default_factory=LogConfig)   # --log-driver, --log-opt
     task_files: list[TaskFile] = field(default_factory=list)  # a task's secrets and configs

@@ -110,7 +110,8 @@ class AgentServicer(pbg.AgentServicer):
             arch=self.host.arch, cpu_features=self.host.cpu_features,
             config_file=self.config_file, registry_mirrors=self.engine.registries.mirrors,
             insecure_registries=self.engine.registries.insecure, log_driver=self.engine.log.type,
-            log_opts=self.engine.log.config, dns=self.engine.dns,
+            log_opts=self.engine.log.config, dns=self.engine.dns, dns_search=self.engine.dns_search,
+            dns_options=self.engine.dns_options,
             default_ulimits=[f"{u.name}={u.soft}:{u.hard}" for u in self.engine.ulimits],
         )
 
@@ -405,8 +406,11 @@ class AgentServicer(pbg.AgentServicer):
                     raise InvalidArgument("import: a second header in the stream")
                 yield chunk.data
 
-        image = await consume(data(), lambda f: self.images.import_tar(
-            f, header.reference or None, list(header.changes), header.message))
+        def run(f: Any) -> Any:
+            return self.images.import_tar(f, header.reference or None, list(header.changes), header.message)
+
+        source = getattr(request_iterator, "file", None)  # the local API's client's own file
+        image = await (asyncio.to_thread(run, source) if source is not None else consume(data(), run))
         return self._image_summary(image)
 
     async def ExportContainer(self, request: pb.ContainerRef, context: Any) -> AsyncIterator[pb.DataChunk]:

@@ -115,6 +115,8 @@ DAEMON_KEYS: dict[str, tuple[str, str]] = {
     "log-opts": ("log_opts", "object"),
     "default-ulimits": ("default_ulimits", "ulimits"),
     "dns": ("dns", "list"),
+    "dns-search": ("dns_search", "list"),
+    "dns-opts": ("dns_options", "list"),
     "bip": ("bip", "string"),
 }
 # dockerd's keys that dockyard's agent does not do: refused with this reason, not ignored
@@ -122,7 +124,7 @@ DAEMON_UNSUPPORTED: dict[str, str] = {
     "default-address-pools": "user-defined networks take --subnet; the agent's bridge takes bip",
     "storage-driver": "dockyard always uses overlayfs", "exec-opts": "", "exec-root": "", "hosts": "use --socket",
     "iptables": "", "ip-forward": "use --ip-forward", "ip-masq": "use --ip-masq", "bridge": "use --bridge",
-    "fixed-cidr": "use bip", "dns-search": "", "dns-opts": "", "default-runtime": "", "runtimes": "",
+    "fixed-cidr": "use bip", "default-runtime": "", "runtimes": "",
     "live-restore": "containers always outlive the agent", "userns-remap": "", "debug": "use DOCKYARD_LOG=DEBUG",
     "log-level": "use DOCKYARD_LOG", "max-concurrent-downloads": "", "max-concurrent-uploads": "",
     "experimental": "", "features": "", "labels": "use --label", "cgroup-parent": "use --cgroup-parent",

@@ -140,7 +140,7 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
 @settings.config_option("agent")
 @click.option("--config-file", default=None,
               help=f"docker's daemon.json: registry-mirrors, insecure-registries, data-root, default-ulimits, "
-                   f"log-driver, log-opts, dns, bip (default: {settings.DAEMON_JSON}, if it exists)")
+                   f"log-driver, log-opts, dns, dns-search, dns-opts, bip (default: {settings.DAEMON_JSON}, if it exists)")
 @click.option("--root", "--data-root", "root", default=settings.ROOT, show_default=True, help="State directory")
 @click.option("--socket", "sock", default=settings.AGENT_SOCKET, show_default=True)
 @click.option("--listen", default="", help="Also serve on TCP host:port")
@@ -178,6 +178,8 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
 @click.option("--default-ulimit", "default_ulimits", multiple=True,
               help="Default ulimits for containers: NAME=SOFT[:HARD]")
 @click.option("--dns", multiple=True, help="DNS servers for containers that name none")
+@click.option("--dns-search", multiple=True, help="DNS search domains for containers that name none")
+@click.option("--dns-opt", "dns_options", multiple=True, help="resolv.conf options for containers that name none")
 @click.option("--bip", default="", help="The bridge's address and prefix (172.29.0.1/16), as --subnet")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
@@ -202,7 +204,10 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
             from_file = settings.load_daemon_json(path)
         except settings.SettingsError as e:
             raise click.BadParameter(str(e), param_hint="--config-file") from None
-        both = [f"{settings.daemon_option_name(p)}: (from flag: {values[p]}, from file: {v})"
+        def show(v: Any) -> str:
+            return ", ".join(v) if isinstance(v, tuple) else str(v)
+
+        both = [f"{settings.daemon_option_name(p)}: (from flag: {show(values[p])}, from file: {show(v)})"
                 for p, v in from_file.items() if ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT]
         if both:
             raise click.UsageError(f"unable to configure the agent with file {path}: the following directives are "
@@ -213,7 +218,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
         if param in from_file:
             return f"{path}: {settings.daemon_option_name(param)}"
         return "--" + {"registry_mirrors": "registry-mirror", "insecure_registries": "insecure-registry",
-                       "log_opts": "log-opt", "default_ulimits": "default-ulimit"}.get(param, param.replace("_", "-"))
+                       "log_opts": "log-opt", "default_ulimits": "default-ulimit", "dns_options": "dns-opt"}.get(param, param.replace("_", "-"))
 
     root = values["root"]
     try:
@@ -974,6 +979,8 @@ def info(ctx: click.Context) -> None:
                  ("Logging Driver", i.log_driver + "".join(f" {k}={v}" for k, v in sorted(i.log_opts.items()))),
                  ("Default Ulimits", " ".join(i.default_ulimits) or "none"),
                  ("DNS", " ".join(i.dns) or "the host's"),
+                 ("DNS Search", " ".join(i.dns_search) or "the host's"),
+                 ("DNS Options", " ".join(i.dns_options) or "the host's"),
                  ("Insecure Registries", " ".join(i.insecure_registries) or "none (loopback only)"),
                  ("Registry Mirrors", " ".join(i.registry_mirrors) or "none")]:
         click.echo(f"{k}: {v}")

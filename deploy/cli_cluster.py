@@ -73,7 +73,9 @@ class SchedulerClient:
             ch = self._channels[addr] = transport.dial_blocking(addr, self.identity, transport.Role.SCHEDULER)
         return pbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
 
-    def call(self, method: str, request: Any, timeout: float = TIMEOUT) -> Any:
+    def call(self, method: str, request: Any, timeout: float = TIMEOUT, fatal: bool = True) -> Any:
+        """The first replica's answer; an error from it ends the CLI with its message (or, with
+        fatal=False, is raised for the caller to handle)."""
         errors = []
         n = len(self.addresses)
         for i in range(n):
@@ -87,6 +89,8 @@ class SchedulerClient:
                 if code == grpc.StatusCode.UNAVAILABLE and "etcd" not in (e.details() or ""):  # type: ignore[attr-defined]
                     errors.append(f"{addr}: {e.details()}")  # type: ignore[attr-defined]
                     continue
+                if not fatal:
+                    raise
                 fail(f"Error response from scheduler: {e.details()}")  # type: ignore[attr-defined]
         hint = "" if self.identity.tls is not None else (
             f" If it runs with --tls, the CLI needs ca.pem, cert.pem and key.pem: none in {cert_path()}"
@@ -358,10 +362,12 @@ def load_stack_files(files: tuple[str, ...], name: str | None) -> tuple[str, dic
 
 
 def deploy_stack(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: bool) -> None:
-    from deploy.cli_network import ensure_stack_networks
+    from deploy.cli_network import ensure_stack_networks, with_default_network
     from scheduler.convert import spec_to_pb
 
     stack_name, specs, stacks = load_stack_files(files, name)
+    stacks = [with_default_network(ctx, st) for st in stacks]
+    specs = {s.name: s for st in stacks for s in st.services}
     for stack in stacks:
         ensure_stack_networks(ctx, stack)
     # the stack's own secrets and configs go with the deploy (made in its transaction); external ones
@@ -648,11 +654,14 @@ def service_logs(ctx: click.Context, follow: bool, tail: str, raw: bool, target:
 @click.pass_context
 def stack_rm(ctx: click.Context, stacks: tuple[str, ...]) -> None:
     """Remove every service of stacks."""
+    from deploy.cli_network import remove_stack_networks
+
     r = sched(ctx).call("RemoveServices", pb.RemoveServicesRequest(names=list(stacks), stack=True))
     for n in r.removed:
         click.echo(f"Removing service {n}")
     for n in r.removed_objects:
         click.echo(f"Removing {n}")
+    remove_stack_networks(ctx, stacks)
 
 
 # --- exec into a task through the scheduler -----------------------------------------------------

@@ -22,8 +22,11 @@ pkgs=(
   vagrant vagrant-libvirt                               # vagrant/ (validated offline by the tests)
   zstd curl ca-certificates
 )
+# The VM tests (tests/vm): qemu's emulator and what vagrant/build-box.sh builds the guests' box with.
+# Apart from pkgs, which build-box.sh reads as the guests' own list.
+vm_pkgs=(qemu-system-x86 qemu-utils debootstrap fdisk e2fsprogs)
 missing=()
-for p in "${pkgs[@]}"; do
+for p in "${pkgs[@]}" "${vm_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if [ ${#missing[@]} -gt 0 ]; then

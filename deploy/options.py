@@ -179,6 +179,8 @@ LOAD: tuple[Opt, ...] = (
     opt("-q", "--quiet", flag=True, help="Suppress the load output"),
 )
 
+PULL: tuple[Opt, ...] = (opt("-q", "--quiet", flag=True, help="Suppress verbose output"),)
+
 IMPORT: tuple[Opt, ...] = (
     opt("-c", "--change", multiple=True, help="Apply Dockerfile instruction to the created image"),
     opt("-m", "--message", help="Set commit message for imported image"),

@@ -17,6 +17,7 @@ stack file (deploy/compose/dotenv.py). An unset variable becomes "" with a warni
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -357,8 +358,8 @@ _UNSUPPORTED_SERVICE = {
                      "mem_swappiness", "pids_limit"), "use deploy.resources.limits and reservations"),
 }
 _DEPLOY = frozenset({"mode", "replicas", "resources", "placement", "update_config", "rollback_config",
-                     "restart_policy", "labels"})
-_UNSUPPORTED_DEPLOY = {"endpoint_mode": "tasks are reached at their node's published ports (no virtual IP)"}
+                     "restart_policy", "labels", "endpoint_mode"})
+_UNSUPPORTED_DEPLOY: dict[str, str] = {}
 _RESOURCES = frozenset({"limits", "reservations"})
 _LIMITS = frozenset({"cpus", "memory", "pids"})
 _RESERVATIONS = frozenset({"cpus", "memory"})
@@ -542,6 +543,23 @@ def _stack(root: _At, name: str | None, environ: Mapping[str, str], warnings: li
     return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()), objects)
 
 
+DEFAULT_NETWORK = "default"
+
+
+def with_default_network(stack: Stack) -> Stack:
+    """As Swarm: every service that names no network joins the stack's own `<stack>_default`
+    overlay (or the stack's `default:` entry, when the file configures one), so services reach
+    each other by name with no `networks:` written at all."""
+    if all(s.networks for s in stack.services):
+        return stack
+    nets = {n.key: n for n in stack.networks}
+    net = nets.get(DEFAULT_NETWORK) or StackNetwork(DEFAULT_NETWORK, f"{stack.name}_{DEFAULT_NETWORK}")
+    nets[DEFAULT_NETWORK] = net
+    services = tuple(s if s.networks else dataclasses.replace(s, networks=(NetworkAttachment(net.name),))
+                     for s in stack.services)
+    return dataclasses.replace(stack, services=services, networks=tuple(nets.values()))
+
+
 _VERSION = re.compile(r"^3(?:\.[0-9])?$")
 
 
@@ -601,12 +619,12 @@ def _networks(at: _At | None, stack: str) -> dict[str, StackNetwork]:
                         ipaddress.IPv4Network(subnet, strict=True)
                     except ValueError as e:
                         sub.fail(f"invalid subnet {subnet!r}: {e}")
-        for flag, why in (("attachable", "plain containers cannot join cluster networks yet"),
-                          ("internal", "a task keeps its host bridge's egress")):
-            f_at = n.child(flag)
-            if f_at is not None and f_at.boolean():
-                f_at.fail(f"not supported yet: {why}")
-        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet, labels=_labels(n.child("labels")))
+        f_at = n.child("attachable")
+        if f_at is not None and f_at.boolean():
+            f_at.fail("not supported yet: plain containers cannot join cluster networks yet")
+        internal = _opt(n, "internal", _At.boolean, False)
+        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet, internal=internal,
+                                labels=_labels(n.child("labels")))
     return out
 
 
@@ -691,10 +709,17 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
 
     replicas, resources, placement, pids = 1, ResourceSpec(), PlacementSpec(), 0
     mode = ServiceMode.REPLICATED
+    endpoint_mode = "vip"
     update, rollback, restart = UpdateConfig(), UpdateConfig(), RestartPolicy()
     deploy = at.child("deploy")
     if deploy is not None:
         deploy.mapping(_DEPLOY, _UNSUPPORTED_DEPLOY)
+        endpoint_mode = _opt(deploy, "endpoint_mode", lambda a: a.choice(("vip", "dnsrr")), "vip")
+        em_at = deploy.child("endpoint_mode")
+        meshed = next((p for p in ports if p.meshed), None)
+        if endpoint_mode == "dnsrr" and meshed is not None and em_at is not None:
+            em_at.fail(f"port {meshed.published}/{meshed.protocol} is published in ingress mode, which needs "
+                       "endpoint_mode vip (publish it with mode: host for dnsrr)")
         mode = ServiceMode(_opt(deploy, "mode", lambda a: a.choice(("replicated", "global")), "replicated"))
         replicas = _opt(deploy, "replicas", lambda a: a.integer(0, MAX_REPLICAS), 1)
         if mode is ServiceMode.GLOBAL and deploy.child("replicas") is not None:
@@ -714,6 +739,7 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
         replicas=replicas, resources=resources, placement=placement, update_config=update,
         rollback_config=rollback, restart_policy=restart, healthcheck=healthcheck,
         labels=tuple(sorted(dict(labels).items())), mode=mode, hostname=hostname, networks=attachments,
+        endpoint_mode=endpoint_mode,
         user=_opt(at, "user", _At.string, ""), workdir=workdir, stop_signal=stop_signal, stop_grace_period=grace,
         tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
         init=_opt(at, "init", _At.boolean, False), pids_limit=pids,

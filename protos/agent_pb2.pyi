@@ -17,7 +17,7 @@ class JsonDocument(_message.Message):
     def __init__(self, json: _Optional[str] = ...) -> None: ...
 
 class AgentInfo(_message.Message):
-    __slots__ = ("name", "version", "kernel", "cgroup_version", "memory_bytes", "cpus", "criu", "root", "containers", "containers_running", "containers_paused", "containers_stopped", "images", "labels", "lazy_pages", "arch", "cpu_features", "config_file", "registry_mirrors", "insecure_registries", "log_driver", "log_opts", "default_ulimits", "dns")
+    __slots__ = ("name", "version", "kernel", "cgroup_version", "memory_bytes", "cpus", "criu", "root", "containers", "containers_running", "containers_paused", "containers_stopped", "images", "labels", "lazy_pages", "arch", "cpu_features", "config_file", "registry_mirrors", "insecure_registries", "log_driver", "log_opts", "default_ulimits", "dns", "dns_search", "dns_options")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,8 @@ class AgentInfo(_message.Message):
     LOG_OPTS_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_ULIMITS_FIELD_NUMBER: _ClassVar[int]
     DNS_FIELD_NUMBER: _ClassVar[int]
+    DNS_SEARCH_FIELD_NUMBER: _ClassVar[int]
+    DNS_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     version: str
     kernel: str
@@ -80,7 +82,9 @@ class AgentInfo(_message.Message):
     log_opts: _containers.ScalarMap[str, str]
     default_ulimits: _containers.RepeatedScalarFieldContainer[str]
     dns: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kernel: _Optional[str] = ..., cgroup_version: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., criu: _Optional[bool] = ..., root: _Optional[str] = ..., containers: _Optional[int] = ..., containers_running: _Optional[int] = ..., containers_paused: _Optional[int] = ..., containers_stopped: _Optional[int] = ..., images: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., lazy_pages: _Optional[bool] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., config_file: _Optional[str] = ..., registry_mirrors: _Optional[_Iterable[str]] = ..., insecure_registries: _Optional[_Iterable[str]] = ..., log_driver: _Optional[str] = ..., log_opts: _Optional[_Mapping[str, str]] = ..., default_ulimits: _Optional[_Iterable[str]] = ..., dns: _Optional[_Iterable[str]] = ...) -> None: ...
+    dns_search: _containers.RepeatedScalarFieldContainer[str]
+    dns_options: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[str] = ..., kernel: _Optional[str] = ..., cgroup_version: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., cpus: _Optional[int] = ..., criu: _Optional[bool] = ..., root: _Optional[str] = ..., containers: _Optional[int] = ..., containers_running: _Optional[int] = ..., containers_paused: _Optional[int] = ..., containers_stopped: _Optional[int] = ..., images: _Optional[int] = ..., labels: _Optional[_Mapping[str, str]] = ..., lazy_pages: _Optional[bool] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ..., config_file: _Optional[str] = ..., registry_mirrors: _Optional[_Iterable[str]] = ..., insecure_registries: _Optional[_Iterable[str]] = ..., log_driver: _Optional[str] = ..., log_opts: _Optional[_Mapping[str, str]] = ..., default_ulimits: _Optional[_Iterable[str]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class PortMapping(_message.Message):
     __slots__ = ("host_ip", "host_port", "container_port", "protocol")
@@ -340,20 +344,22 @@ class Mount(_message.Message):
     def __init__(self, type: _Optional[str] = ..., source: _Optional[str] = ..., target: _Optional[str] = ..., readonly: _Optional[bool] = ..., propagation: _Optional[str] = ..., selinux: _Optional[str] = ..., nocopy: _Optional[bool] = ..., create_source: _Optional[bool] = ..., anonymous: _Optional[bool] = ..., tmpfs_options: _Optional[_Iterable[str]] = ..., volume_driver: _Optional[str] = ..., volume_labels: _Optional[_Mapping[str, str]] = ..., volume_options: _Optional[_Mapping[str, str]] = ..., external: _Optional[bool] = ..., origin: _Optional[str] = ..., spec: _Optional[str] = ...) -> None: ...
 
 class OverlayAttachment(_message.Message):
-    __slots__ = ("network", "vni", "subnet", "ip", "mac", "mtu")
+    __slots__ = ("network", "vni", "subnet", "ip", "mac", "mtu", "internal")
     NETWORK_FIELD_NUMBER: _ClassVar[int]
     VNI_FIELD_NUMBER: _ClassVar[int]
     SUBNET_FIELD_NUMBER: _ClassVar[int]
     IP_FIELD_NUMBER: _ClassVar[int]
     MAC_FIELD_NUMBER: _ClassVar[int]
     MTU_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
     network: str
     vni: int
     subnet: str
     ip: str
     mac: str
     mtu: int
-    def __init__(self, network: _Optional[str] = ..., vni: _Optional[int] = ..., subnet: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ...) -> None: ...
+    internal: bool
+    def __init__(self, network: _Optional[str] = ..., vni: _Optional[int] = ..., subnet: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., mtu: _Optional[int] = ..., internal: _Optional[bool] = ...) -> None: ...
 
 class DeviceMapping(_message.Message):
     __slots__ = ("path_on_host", "path_in_container", "permissions")

@@ -63,7 +63,7 @@ class EndpointInfo(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ..., service: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., node: _Optional[str] = ..., vtep: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., container: _Optional[str] = ...) -> None: ...
 
 class NetworkInfo(_message.Message):
-    __slots__ = ("name", "driver", "subnet", "gateway", "vni", "mtu", "attachable", "internal", "labels", "created_at", "services", "endpoints", "vips")
+    __slots__ = ("name", "driver", "subnet", "gateway", "vni", "mtu", "attachable", "internal", "labels", "created_at", "services", "endpoints", "vips", "ingress", "mesh_ports")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,8 @@ class NetworkInfo(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     VIPS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    MESH_PORTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     driver: str
     subnet: str
@@ -97,7 +99,21 @@ class NetworkInfo(_message.Message):
     services: _containers.RepeatedScalarFieldContainer[str]
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointInfo]
     vips: _containers.RepeatedCompositeFieldContainer[VipInfo]
-    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., vni: _Optional[int] = ..., mtu: _Optional[int] = ..., attachable: _Optional[bool] = ..., internal: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointInfo, _Mapping]]] = ..., vips: _Optional[_Iterable[_Union[VipInfo, _Mapping]]] = ...) -> None: ...
+    ingress: bool
+    mesh_ports: _containers.RepeatedCompositeFieldContainer[MeshPort]
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., vni: _Optional[int] = ..., mtu: _Optional[int] = ..., attachable: _Optional[bool] = ..., internal: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointInfo, _Mapping]]] = ..., vips: _Optional[_Iterable[_Union[VipInfo, _Mapping]]] = ..., ingress: _Optional[bool] = ..., mesh_ports: _Optional[_Iterable[_Union[MeshPort, _Mapping]]] = ...) -> None: ...
+
+class MeshPort(_message.Message):
+    __slots__ = ("service", "protocol", "published", "target")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    protocol: str
+    published: int
+    target: int
+    def __init__(self, service: _Optional[str] = ..., protocol: _Optional[str] = ..., published: _Optional[int] = ..., target: _Optional[int] = ...) -> None: ...
 
 class VipInfo(_message.Message):
     __slots__ = ("service", "ip", "names")

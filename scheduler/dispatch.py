@@ -28,7 +28,7 @@ from common.devices import DeviceMapping
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState
-from scheduler.network import mac_for
+from scheduler.network import INGRESS, attached, mac_for
 from scheduler.observe import ContainerReport, observed
 from scheduler.store import Conflict, Store, StoreError
 from scheduler.view import View
@@ -50,13 +50,16 @@ def container_name(t: Task) -> str:
 def overlays_of(t: Task, spec: ServiceSpec, view: View) -> list[apb.OverlayAttachment] | None:
     """The task's addresses on its networks, or None while one is not allocated yet."""
     out = []
-    for att in spec.networks:
-        net = view.networks.get(att.name)
-        ip = next((a.ip for a in view.allocations.values() if a.network == att.name and a.task_id == t.id), None)
+    for name in attached(spec):
+        net = view.networks.get(name)
+        ip = next((a.ip for a in view.allocations.values() if a.network == name and a.task_id == t.id), None)
         if net is None or ip is None:
             return None
         out.append(apb.OverlayAttachment(network=net.name, vni=net.vni, subnet=net.subnet, ip=ip, mac=mac_for(ip),
-                                         mtu=net.mtu))
+                                         mtu=net.mtu, internal=net.internal))
+    if any(o.internal for o in out) and all(o.internal or o.network == INGRESS for o in out):
+        for o in out:  # the mesh's replies go back over the ingress network: it needs no route out either
+            o.internal = True
     return out
 
 
@@ -92,8 +95,11 @@ def container_config(t: Task, spec: ServiceSpec, stack: str,
         cfg.entrypoint.extend(spec.entrypoint)
         cfg.entrypoint_set = True
     for p in spec.ports:
-        # A published port binds the host; an unpublished one gets a free host port from the agent
-        # (docker's `-p 80`), so replicas of one service can share a host.
+        # A published port in host mode binds the host; an unpublished one gets a free host port from
+        # the agent (docker's `-p 80`), so replicas of one service can share a host. One in ingress
+        # mode binds no host port: every node's mesh DNATs it to the task's ingress address.
+        if p.meshed:
+            continue
         cfg.ports.append(apb.PortMapping(host_port=p.published or 0, container_port=p.target, protocol=p.protocol))
     for m in spec.mounts:
         cfg.mounts.append(apb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.read_only,

@@ -32,6 +32,7 @@ from scheduler.model import (
     Resources,
     Service,
     ServiceMode,
+    ServiceSpec,
     Task,
     TaskState,
 )
@@ -228,6 +229,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         for spec in specs:
             objects.check_refs(spec)
         ops += await self._object_guards(specs, made)
+        await self._admit_endpoints(specs)
         current = {s.name: s for s in await self.store.list_services()}
         changes = []
         for spec in specs:
@@ -320,6 +322,11 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if await self.store.get_service(spec.name) is not None:
             raise Exists(f"service {spec.name} already exists")
         objects.check_refs(spec)
+        missing = netmod.unknown_networks(spec, self.view.networks)
+        if missing:
+            raise Invalid(f"service {spec.name}: network {', '.join(missing)} not found (dockyard network create "
+                          "-d overlay NAME)")
+        await self._admit_endpoints([spec])
         svc = new_service(spec, self.clock())
         try:
             rev = await self.store.commit([self.store.put_service_op(svc), *await self._object_guards([spec])])
@@ -403,6 +410,9 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def UpdateService(self, request: pb.UpdateServiceRequest, context: Any) -> pb.ServiceInfo:
+        if request.spec_json:
+            await self._admit_endpoints([convert.spec_from_json(request.spec_json)])
+
         def change(s: Service) -> Service | None:
             spec = convert.spec_from_json(request.spec_json) if request.spec_json else s.spec
             if request.expect_version and request.expect_version != s.version:
@@ -663,9 +673,12 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if with_endpoints:
             mine = [a for a in v.allocations.values() if a.network == net.name]
             eps = netmod.endpoints({net.name: net}, mine, v.tasks, {n.name: n.address for n in v.nodes.values()},
-                                   v.services)
+                                   v.services, netmod.moved_endpoints(v.migrations.values()))
             vips = netmod.vips({net.name: net}, mine, v.services)
-        return convert.network_info(net, users, eps, vips)
+        mesh = netmod.mesh_ports(v.services) if net.ingress else []
+        if net.ingress:
+            users = sorted({m.service for m in mesh})
+        return convert.network_info(net, users, eps, vips, mesh)
 
     def _network(self, name: str) -> netmod.Network:
         net = self.view.networks.get(name)
@@ -675,16 +688,26 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def CreateNetwork(self, request: pb.CreateNetworkRequest, context: Any) -> pb.NetworkInfo:
+        if request.name == netmod.INGRESS:
+            raise Invalid(f"network name {netmod.INGRESS} is the routing mesh's: the scheduler makes it when a "
+                          "service publishes a port in ingress mode")
+
+        def make(existing: list[netmod.Network]) -> netmod.Network:
+            return netmod.new_network(request.name, existing, subnet=request.subnet,
+                                      driver=request.driver or "overlay", attachable=request.attachable,
+                                      internal=request.internal, mtu=request.mtu, labels=dict(request.labels),
+                                      now=self.clock())
+
+        return self._network_info(await self._create_network(make))
+
+    async def _create_network(self, make: Callable[[list[netmod.Network]], netmod.Network]) -> netmod.Network:
         k = self.store.keys
         for _ in range(5):
             rev, kvs = await self.store.range(k.network())
             existing = [netmod.Network.decode(kv.value, kv.mod_revision) for kv in kvs]
             stamp = await self.store.get_raw(k.net() + b"version")
             try:
-                net = netmod.new_network(request.name, existing, subnet=request.subnet,
-                                         driver=request.driver or "overlay", attachable=request.attachable,
-                                         internal=request.internal, mtu=request.mtu, labels=dict(request.labels),
-                                         now=self.clock())
+                net = make(existing)
             except netmod.NetworkError as e:
                 raise (Exists if "already exists" in str(e) else Invalid)(str(e)) from None
             # one version key guards every create: two at once cannot pick the same subnet or VNI
@@ -695,8 +718,30 @@ class SchedulerServicer(pbg.SchedulerServicer):
             except Conflict:
                 continue
             await self.view.wait_revision(wrote)
-            return self._network_info(self.view.networks.get(net.name, net))
+            return self.view.networks.get(net.name, net)
         raise Refused("networks keep changing; try again")
+
+    async def _admit_endpoints(self, specs: list[ServiceSpec]) -> None:
+        """Published ports and endpoint modes checked against every other service; the ingress
+        network made when one of `specs` is the first to publish through the routing mesh."""
+        new = {s.name for s in specs}
+        pool = [svc.spec for name, svc in self.view.services.items() if name not in new] + specs
+        for spec in specs:
+            try:
+                netmod.check_endpoint(spec, pool, self.view.networks)
+            except netmod.NetworkError as e:
+                raise Invalid(str(e)) from None
+        if not any(s.mesh_ports for s in specs):
+            return
+        net = self.view.networks.get(netmod.INGRESS)
+        if net is not None and not net.ingress:
+            raise Invalid(f"network {netmod.INGRESS} exists and is not the routing mesh's: remove it to publish "
+                          "ports in ingress mode (or publish them with mode: host)")
+        if net is None:
+            try:
+                await self._create_network(lambda existing: netmod.ingress_network(existing, self.clock()))
+            except Exists:
+                pass  # made by a deploy beside this one
 
     @_mapped
     async def ListNetworks(self, request: pb.Empty, context: Any) -> pb.ListNetworksResponse:

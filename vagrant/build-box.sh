@@ -13,6 +13,16 @@
 #
 # Environment: MIRROR (default: the Debian mirror apt uses here), SIZE (default 4G),
 # WORK (scratch directory, default a new one under /var/tmp), KEEP=1 keeps it.
+# For plain qemu (tests/vm_harness.py builds its box this way):
+#   PACKAGES=a,b,c   the extra Debian packages instead of deploy/install.sh's whole list
+#   WHEELS=DIR       a virtualenv at /opt/dockyard/.venv with the project's dependencies from the
+#                    wheels in DIR (offline), so `dockyard cluster up --no-install` needs no network
+#   UNMANAGED=NAMES  NICs systemd-networkd leaves alone (a test gives them static addresses)
+#   CRIU_PREFIX=DIR  copy this machine's private CRIU (deploy/install-criu.sh's /opt/dockyard/criu,
+#                    self-contained) to the same place in the guest: dockyard wants criu >= 4 and
+#                    the offline guest cannot fetch one (Debian 12 ships 3.17)
+#   DEBS=DIR         keep the downloaded .debs there (debootstrap --cache-dir) for the next build
+#   IMAGE=FILE       write the qcow2 disk to FILE instead of a Vagrant box
 set -euo pipefail
 
 here=$(cd "$(dirname "$0")" && pwd)
@@ -43,7 +53,7 @@ insecure_key=${VAGRANT_INSECURE_KEY:-$(find /usr/share/rubygems-integration /usr
 
 # Debian packages: the guest's own, and deploy/install.sh's list (so that it installs nothing).
 base_pkgs=systemd-sysv,udev,dbus,openssh-server,sudo,python3,linux-image-amd64,initramfs-tools,iproute2,kmod,procps,netbase,criu,rsync
-install_pkgs=$(sed -n '/^pkgs=(/,/^)/p' "$repo/deploy/install.sh" | sed -e 's/#.*//' -e 's/pkgs=(//' -e 's/)//' | xargs | tr ' ' ',')
+install_pkgs=${PACKAGES:-$(sed -n '/^pkgs=(/,/^)/p' "$repo/deploy/install.sh" | sed -e 's/#.*//' -e 's/pkgs=(//' -e 's/)//' | xargs | tr ' ' ',')}
 [ -n "$install_pkgs" ] || die "could not read the package list from deploy/install.sh"
 
 work=${WORK:-$(mktemp -d /var/tmp/dockyard-box.XXXXXX)}
@@ -54,7 +64,7 @@ loop=""
 
 cleanup() {
   set +e
-  for m in "$mnt/dev" "$mnt/proc" "$mnt/sys" "$mnt" "$root/dev" "$root/proc" "$root/sys"; do
+  for m in "$mnt/dev" "$mnt/proc" "$mnt/sys" "$mnt" "$root/tmp/wheels" "$root/dev" "$root/proc" "$root/sys"; do
     mountpoint -q "$m" && umount -l "$m"
   done
   [ -n "$loop" ] && { partx -d "$loop" 2>/dev/null; losetup -d "$loop"; }
@@ -73,7 +83,12 @@ unbind_system() {
 
 echo "build-box: debootstrap bookworm from $mirror into $root"
 mkdir -p "$root" "$mnt"
-debootstrap --variant=minbase --include="$base_pkgs,$install_pkgs" bookworm "$root" "$mirror"
+cache_opt=()
+if [ -n "${DEBS:-}" ]; then
+  mkdir -p "$DEBS"
+  cache_opt=(--cache-dir="$(realpath "$DEBS")")
+fi
+debootstrap "${cache_opt[@]}" --variant=minbase --include="$base_pkgs,$install_pkgs" bookworm "$root" "$mirror"
 
 echo "build-box: configuring the guest"
 echo dockyard > "$root/etc/hostname"
@@ -95,6 +110,9 @@ DHCP=ipv4
 # Identify by MAC, not by machine-id: clones must not share a lease.
 ClientIdentifier=mac
 NET
+if [ -n "${UNMANAGED:-}" ]; then
+  printf '[Match]\nName=%s\n\n[Link]\nUnmanaged=yes\n' "$UNMANAGED" > "$root/etc/systemd/network/10-unmanaged.network"
+fi
 chroot "$root" systemctl enable systemd-networkd.service
 
 # Host keys: none in the box; each VM makes its own at first boot, before sshd starts.
@@ -107,12 +125,18 @@ ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+# ed25519 only: an RSA key takes tens of seconds under qemu's software emulation
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N "" -f /etc/ssh/ssh_host_ed25519_key
 
 [Install]
 WantedBy=multi-user.target
 UNIT
 chroot "$root" systemctl enable ssh-host-keys.service ssh.service
+printf 'HostKey /etc/ssh/ssh_host_ed25519_key\n' > "$root/etc/ssh/sshd_config.d/10-host-key.conf"
+# Debian's etcd-server starts an etcd of its own at boot: dockyard runs its own (the scheduler's, or
+# cluster up's members). The periodic jobs only cost a slow guest CPU.
+chroot "$root" systemctl disable etcd.service apt-daily.timer apt-daily-upgrade.timer e2scrub_all.timer \
+  fstrim.timer dpkg-db-backup.timer 2>/dev/null || true
 
 chroot "$root" useradd --create-home --shell /bin/bash --groups sudo vagrant
 install -d -m 0700 "$root/home/vagrant/.ssh"
@@ -135,8 +159,25 @@ GRUB_SERIAL_COMMAND="serial --speed=115200"
 GRUB_DISABLE_OS_PROBER=true
 GRUB
 chroot "$root" apt-get clean
+if [ -n "${WHEELS:-}" ]; then
+  echo "build-box: /opt/dockyard/.venv from $WHEELS"
+  mkdir -p "$root/opt/dockyard" "$root/tmp/wheels"
+  mount --bind "$WHEELS" "$root/tmp/wheels"
+  reqs=$(python3 -c 'import sys, tomllib; print(" ".join(tomllib.load(open(sys.argv[1], "rb"))["project"]["dependencies"]))' "$repo/pyproject.toml")
+  chroot "$root" python3 -m venv /opt/dockyard/.venv
+  # shellcheck disable=SC2086  # the requirements are words
+  chroot "$root" env PIP_CONFIG_FILE=/dev/null /opt/dockyard/.venv/bin/pip install -q --no-index \
+    --find-links /tmp/wheels $reqs
+  umount "$root/tmp/wheels"
+  rmdir "$root/tmp/wheels"
+fi
 unbind_system "$root"
 rm -rf "$root"/var/lib/apt/lists/*
+if [ -n "${CRIU_PREFIX:-}" ]; then
+  [ -x "$CRIU_PREFIX/bin/criu" ] || die "CRIU_PREFIX=$CRIU_PREFIX has no bin/criu"
+  mkdir -p "$root$CRIU_PREFIX"
+  cp -a "$CRIU_PREFIX/." "$root$CRIU_PREFIX/"
+fi
 
 echo "build-box: a $size disk with one partition"
 truncate -s "$size" "$raw"
@@ -165,6 +206,11 @@ loop=""
 echo "build-box: qcow2 and the box"
 qemu-img convert -c -O qcow2 "$raw" "$work/box.img"
 rm -f "$raw"
+if [ -n "${IMAGE:-}" ]; then
+  mv "$work/box.img" "$IMAGE.tmp" && mv "$IMAGE.tmp" "$IMAGE"
+  echo "build-box: $IMAGE ($(du -h "$IMAGE" | cut -f1))"
+  exit 0
+fi
 virtual_size=$(( $(numfmt --from=iec "$size") / 1024 / 1024 / 1024 ))
 printf '{"provider": "libvirt", "format": "qcow2", "virtual_size": %d}\n' "$virtual_size" > "$work/metadata.json"
 cat > "$work/Vagrantfile" <<'BOXVF'

@@ -247,7 +247,7 @@ def _mount_obj(obj: Any, where: str) -> Mount:
     return m
 
 
-def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
+def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str], str]:
     """NetworkingConfig.EndpointsConfig: the container's own network (one here), its Aliases and
     Links; a second network, or an address or MAC asked for, is refused by name."""
     endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
@@ -255,6 +255,7 @@ def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
         raise HTTPError(400, "NetworkingConfig.EndpointsConfig must be an object")
     aliases: list[str] = []
     links: list[str] = []
+    ip = ""
     for netname, ep in endpoints.items():
         where = f"NetworkingConfig.EndpointsConfig.{netname}"
         if netname not in (net, "default") and not (net == "bridge" and netname == "bridge"):
@@ -263,9 +264,21 @@ def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
         for k, v in (ep or {}).items():
             if k in ("Aliases", "Links"):
                 (aliases if k == "Aliases" else links).extend(_strs(v, f"{where}.{k}"))
+            elif k == "IPAMConfig" and v:
+                ip = ipam_address(v, where)
             elif k not in ("NetworkID", "EndpointID") and not empty(v):
                 raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
-    return aliases, links
+    return aliases, links, ip
+
+
+def ipam_address(v: Any, where: str) -> str:
+    """An endpoint's IPAMConfig: IPv4Address only (dockyard's bridges are IPv4; no link-local extras)."""
+    if not isinstance(v, dict):
+        raise HTTPError(400, f"{where}.IPAMConfig must be an object")
+    for k, x in v.items():
+        if k != "IPv4Address" and not empty(x):
+            raise HTTPError(400, f"{where}.IPAMConfig.{k} is not supported by dockyard (got {x!r})")
+    return _str(v.get("IPv4Address"), f"{where}.IPAMConfig.IPv4Address")
 
 
 def _link(v: str) -> str:
@@ -358,6 +371,8 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
     log = host.get("LogConfig") or {}
     log_config = LogConfig(_str(log.get("Type"), "HostConfig.LogConfig.Type"),
                            _str_map(log.get("Config") or None, "HostConfig.LogConfig.Config"))
+    if log_config.type and log_config.type not in logs.DRIVERS:   # clients parse docker's own text
+        raise HTTPError(400, f"logger: no log driver named '{log_config.type}' is registered")
     try:   # (the agent's one check, agent/logs.py; the agent's default options may complete these)
         logs.rotation(log_config, complete=False)
     except InvalidArgument as bad:
@@ -383,7 +398,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
     net = _str(host.get("NetworkMode"), "HostConfig.NetworkMode") or "bridge"
     if net == "default":
         net = "bridge"
-    aliases, links = _endpoint(body, net)
+    aliases, links, ipv4 = _endpoint(body, net)
     links += _strs(host.get("Links"), "HostConfig.Links")
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
@@ -444,6 +459,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         volumes_from=_strs(host.get("VolumesFrom"), "HostConfig.VolumesFrom"),
         log_config=log_config,
         network_aliases=aliases,
+        ipv4_address=ipv4,
         links=[_link(x) for x in links],
     )
     size = host.get("ConsoleSize")
@@ -489,7 +505,8 @@ def endpoint_json(c: Container, version: str = "1.45") -> dict[str, Any]:
     if user and tuple(int(x) for x in version.split(".")) <= (1, 44):
         aliases.append(c.id[:12])
     return {
-        "IPAMConfig": None, "Links": list(c.config.links) or None, "Aliases": aliases or None,
+        "IPAMConfig": {"IPv4Address": c.config.ipv4_address} if c.config.ipv4_address else None,
+        "Links": list(c.config.links) or None, "Aliases": aliases or None,
         "MacAddress": ep.get("mac", ""), "NetworkID": "", "EndpointID": c.id if ep else "",
         "Gateway": ep.get("gateway", ""), "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0),
         "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None,
@@ -650,15 +667,22 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
     }
 
 
-def image_summary(i: Any, containers: int) -> dict[str, Any]:
+def _old(version: str) -> bool:
+    """Before API 1.44, which dropped VirtualSize (the same as Size since 1.43)."""
+    major, _, minor = version.partition(".")
+    return (int(major), int(minor)) < (1, 44)
+
+
+def image_summary(i: Any, containers: int, version: str = "1.45") -> dict[str, Any]:
     return {
         "Id": i.id, "ParentId": "", "RepoTags": list(i.repo_tags), "RepoDigests": list(i.repo_digests),
-        "Created": int(i.created), "Size": i.size, "SharedSize": -1, "VirtualSize": i.size,
+        "Created": int(i.created), "Size": i.size, "SharedSize": -1,
+        **({"VirtualSize": i.size} if _old(version) else {}),
         "Labels": dict(i.config.labels or {}) or None, "Containers": containers,
     }
 
 
-def image_inspect(i: Any, parent: str) -> dict[str, Any]:
+def image_inspect(i: Any, parent: str, version: str = "1.45") -> dict[str, Any]:
     oci = i.config.to_oci() if hasattr(i.config, "to_oci") else {}
     config = {
         "Hostname": "", "Domainname": "", "User": oci.get("User", ""), "AttachStdin": False,
@@ -672,7 +696,8 @@ def image_inspect(i: Any, parent: str) -> dict[str, Any]:
     return {
         "Id": i.id, "RepoTags": list(i.repo_tags), "RepoDigests": list(i.repo_digests), "Parent": parent,
         "Comment": "", "Created": iso(i.created), "DockerVersion": "", "Author": "",
-        "Config": config, "Architecture": i.architecture, "Os": i.os, "Size": i.size, "VirtualSize": i.size,
+        "Config": config, "Architecture": i.architecture, "Os": i.os, "Size": i.size,
+        **({"VirtualSize": i.size} if _old(version) else {}),
         "GraphDriver": {"Name": "overlay2", "Data": None},
         "RootFS": {"Type": "layers", "Layers": list(i.diff_ids)},
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},

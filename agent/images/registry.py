@@ -102,6 +102,7 @@ class Progress:
     total: int = 0
     image_id: str = ""
     digest: str = ""
+    reference: str = ""
 
 
 ProgressFn = Callable[[Progress], None]
@@ -622,7 +623,7 @@ def _pull(store: ImageStore, r: refs.Reference, progress: ProgressFn | None, cl:
                                     repo_digests=[f"{r.familiar_name}@{manifest_digest}"])
         emit(Progress("", f"Digest: {manifest_digest}", digest=manifest_digest))
         emit(Progress("", f"Status: Downloaded newer image for {r.familiar()}", image_id=image.id,
-                      digest=manifest_digest))
+                      digest=manifest_digest, reference=str(r)))
         return image.id
     except BaseException:
         store._forget_new(created_blobs, created_chains)

@@ -17,6 +17,7 @@ import re
 
 from agent.model import InvalidArgument, Mount
 
+MAX_VOLUME_NAME = 200
 VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 _ALL_PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 # tmpfs: docker's allowed flags, and the key=value options the kernel's tmpfs takes.
@@ -308,6 +309,8 @@ def check_volume_name(name: str) -> None:
     if not VOLUME_NAME.match(name):
         raise InvalidArgument(f"invalid volume name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, "
                               "and at least two characters")
+    if len(name) > MAX_VOLUME_NAME:   # a directory of that name, and its temporary ".NAME.XXXXXXXX" siblings
+        raise InvalidArgument(f"invalid volume name {name[:20]}...: {len(name)} characters, at most {MAX_VOLUME_NAME}")
 
 
 def check_all(mounts: list[Mount]) -> None:

@@ -1,7 +1,7 @@
 """docker's daemon.json for the agent (--config-file): a loopback registry as the mirror of docker.io
 names (the next mirror asked when one lacks the image), data-root, default ulimits, log driver and
 options, DNS, all shown by `dockyard info` and applied to containers. (Bad files and conflicts with
-flags: tests/unit/test_daemon_json.py.)"""
+flags: tests/unit/test_daemon_json_refusals.py.)"""
 
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def test_daemon_json_mirrors_root_ulimits_logs_dns(tmp_path: Path, busybox_tar_p
         "insecure-registries": ["10.99.0.0/16"],
         "default-ulimits": {"nofile": {"Name": "nofile", "Soft": 1234, "Hard": 2345}},
         "log-driver": "json-file", "log-opts": {"max-size": "2k", "max-file": "2"},
-        "dns": ["192.0.2.53"],
+        "dns": ["192.0.2.53"], "dns-search": ["corp.example"], "dns-opts": ["ndots:3"],
     }))
     a.root_flag = False
     a.extra_args = ["--config-file", str(conf)]
@@ -59,6 +59,7 @@ def test_daemon_json_mirrors_root_ulimits_logs_dns(tmp_path: Path, busybox_tar_p
         assert "Insecure Registries: 10.99.0.0/16" in info
         assert "Logging Driver: json-file max-file=2 max-size=2k" in info
         assert "Default Ulimits: nofile=1234:2345" in info and "DNS: 192.0.2.53" in info
+        assert "DNS Search: corp.example" in info and "DNS Options: ndots:3" in info
         assert f"Docker Root Dir: {a.root}" in info
         assert (a.root / "containers").is_dir()   # data-root is where the state went
         r = a.cli("pull", "busybox:mirrored", check=True)
@@ -70,6 +71,7 @@ def test_daemon_json_mirrors_root_ulimits_logs_dns(tmp_path: Path, busybox_tar_p
                     "grep 'open files' /proc/self/limits; cat /etc/resolv.conf; "
                     "i=0; while [ $i -lt 300 ]; do echo line-$i; i=$((i+1)); done", check=True).stdout
         assert "1234" in out and "2345" in out and "nameserver 192.0.2.53" in out
+        assert "search corp.example" in out and "options ndots:3" in out
         cid = a.inspect("defaults")["Id"]
         files = sorted(p.name for p in (a.root / "containers" / cid).glob("container.log*"))
         assert files == ["container.log", "container.log.1"]

@@ -8,12 +8,14 @@ from __future__ import annotations
 import contextlib
 import gzip
 import json
+import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from tests.agent_harness import AgentProcess
+from tests.agent_harness import CLI, REPO, AgentProcess, _env
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -104,14 +106,30 @@ def test_compress_gzips_the_rotated_files_and_logs_reads_them(clean_agent: Agent
     assert nums == list(range(nums[0], 1500)) and len(nums) > 300
 
 
-def test_follow_goes_on_across_rotations(clean_agent: AgentProcess) -> None:
+def test_follow_goes_on_across_rotations(clean_agent: AgentProcess, tmp_path: Path) -> None:
     a = clean_agent
-    cid = a.run_detached("--log-opt", "max-size=4k", "--log-opt", "max-file=5", "busybox", "sh", "-c",
-                         "sleep 1; i=0; while [ $i -lt 600 ]; do echo follow-$i; i=$((i+1)); "
+    gate = tmp_path / "gate"
+    gate.mkdir()
+    # the container says "ready", waits until the follower has seen that, then writes ~10 files' worth
+    cid = a.run_detached("--log-opt", "max-size=4k", "--log-opt", "max-file=5", "-v", f"{gate}:/gate", "busybox",
+                         "sh", "-c", "echo ready; while [ ! -e /gate/go ]; do sleep 0.05; done; "
+                         "i=0; while [ $i -lt 600 ]; do echo follow-$i; i=$((i+1)); "
                          "[ $((i % 50)) = 0 ] && sleep 0.05; done")
-    # started before the container writes: every line must come through -f, across ~5 rotations
-    p = a.cli("logs", "-f", cid, timeout=60)
-    got = p.stdout.splitlines()
+    p = subprocess.Popen([*CLI, "-H", a.host, "logs", "-f", cid], stdout=subprocess.PIPE, text=True, env=_env(),
+                         cwd=REPO)
+    guard = threading.Timer(60, p.kill)   # (a hang fails the test instead of stalling the run)
+    guard.start()
+    try:
+        assert p.stdout is not None
+        assert p.stdout.readline() == "ready\n"
+        (gate / "go").touch()
+        got = p.stdout.read().splitlines()
+        assert p.wait(timeout=60) == 0
+    finally:
+        guard.cancel()
+        if p.poll() is None:
+            p.kill()
+            p.wait()
     assert got == [f"follow-{i}" for i in range(600)], (len(got), got[:3], got[-3:])
     assert "container.log.4" in _log_files(a, cid)
 
@@ -167,3 +185,22 @@ def test_hostile_settings_stay_bounded(clean_agent: AgentProcess) -> None:
     out = a.cli("logs", cid, check=True).stdout
     assert out.endswith("y" * 5000 + "\nafter\n"), out[-80:]
     assert len(_log_files(a, cid)) == 2
+
+
+def test_a_restart_appends_and_keeps_the_bound(clean_agent: AgentProcess) -> None:
+    a = clean_agent
+    cid = a.cli("create", "--log-opt", "max-size=3k", "--log-opt", "max-file=3", "busybox", "sh", "-c",
+                "n=$(cat /runs 2>/dev/null || echo 0); n=$((n+1)); echo $n > /runs; "
+                "i=0; while [ $i -lt 60 ]; do echo run-$n-$i; i=$((i+1)); done",
+                check=True).stdout.strip()
+    for _ in range(3):
+        a.cli("start", cid, check=True)
+        a.wait_for(lambda: a.inspect(cid)["State"]["Status"] == "exited", 30, "the run to end")
+    files = _log_files(a, cid)
+    assert set(files) == {"container.log", "container.log.1", "container.log.2"}, files
+    assert all(size <= 3000 for size in files.values()), files
+    out = a.cli("logs", cid, check=True).stdout.splitlines()
+    assert out[-1] == "run-3-59" and len(out) > 40
+    # in order: each run's numbers rise, and a run never goes back to an earlier one's
+    runs = [(int(line.split("-")[1]), int(line.split("-")[2])) for line in out]
+    assert runs == sorted(runs)

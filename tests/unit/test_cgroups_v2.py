@@ -31,7 +31,7 @@ from agent.runtime.cgroups import (
     V2Driver,
     _fs,
 )
-from agent.runtime.cgroups._detect import _detect
+from agent.runtime.cgroups._detect import _detect, nesting_parent
 from agent.runtime.cgroups._v2 import devices as v2_devices
 from agent.runtime.cgroups._v2.cpu import shares_to_weight
 from agent.runtime.cgroups._v2.io import blkio_to_io_weight
@@ -401,6 +401,37 @@ def test_detect_v2_nests_under_own_cgroup(tmp_path: Path) -> None:
     d = _detect(str(root), "/custom/parent", *files)
     assert isinstance(d, V2Driver)
     assert d.paths("x")["unified"] == f"{root}/custom/parent/x"
+
+
+def test_nesting_parent_on_v2_skips_cgroups_with_processes(tmp_path: Path) -> None:
+    """An agent started from an SSH login on a systemd host (found on the VMs' kernel): its own
+    session scope holds sshd and the shell, so controllers cannot be delegated below it (EBUSY).
+    The containers go under the nearest ancestor without processes, here the user's slice."""
+    root = tmp_path / "fs"
+    scope = root / "user.slice" / "user-1000.slice" / "session-3.scope"
+    scope.mkdir(parents=True)
+    (root / "cgroup.controllers").write_text("cpuset cpu io memory pids\n")
+    (root / "cgroup.procs").write_text("1\n")  # the root may hold processes: it is exempt
+    (root / "user.slice" / "cgroup.procs").write_text("")
+    (root / "user.slice" / "user-1000.slice" / "cgroup.procs").write_text("")
+    (scope / "cgroup.procs").write_text("812\n813\n")
+    assert nesting_parent(str(root), "/user.slice/user-1000.slice/session-3.scope") == \
+        "user.slice/user-1000.slice/dockyard"
+    (scope / "cgroup.procs").write_text("")  # a leaf of its own (a delegated service): under it
+    assert nesting_parent(str(root), "/user.slice/user-1000.slice/session-3.scope") == \
+        "user.slice/user-1000.slice/session-3.scope/dockyard"
+    (root / "user.slice" / "cgroup.procs").write_text("9\n")  # only the root is left
+    (scope / "cgroup.procs").write_text("812\n")
+    (root / "user.slice" / "user-1000.slice" / "cgroup.procs").write_text("7\n")
+    assert nesting_parent(str(root), "/user.slice/user-1000.slice/session-3.scope") == "dockyard"
+
+
+def test_nesting_parent_on_v1_is_the_own_cgroup(tmp_path: Path) -> None:
+    root = tmp_path / "fs"
+    (root / "unified").mkdir(parents=True)
+    (root / "unified" / "cgroup.controllers").write_text("hugetlb\n")
+    assert nesting_parent(str(root / "unified"), "/process_api/abc") == "process_api/abc/dockyard"
+    assert nesting_parent(str(root), "/") == "dockyard"
 
 
 def test_detect_hybrid_with_only_hugetlb_in_v2_is_v1(tmp_path: Path) -> None:

@@ -9,6 +9,7 @@ import gzip
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,3 +168,35 @@ def test_entries_filters_by_time(tmp_path: Path) -> None:
     assert [e[1] for e in asyncio.run(collect(0, 0))] == [b"n0\n", b"n1\n"]
     assert [e[1] for e in asyncio.run(collect(ten + 1, 0))] == [b"n1\n"]
     assert [e[1] for e in asyncio.run(collect(0, ten + 1))] == [b"n0\n"]
+
+
+def test_a_log_made_between_the_followers_look_and_the_first_read_is_read_once(tmp_path: Path,
+                                                                                monkeypatch: Any) -> None:
+    """The race docker-py's containers.run hit (b'hello\\nhello\\n'): no log when the follower
+    looked, one by the time the first read ran."""
+    import asyncio
+
+    from agent import logs as logs_mod
+
+    path = tmp_path / "container.log"
+    line = b'{"log":"hello\\n","stream":"stdout","time":"2026-12-03T00:00:00.000000000Z"}\n'
+    real_open = logs_mod.Follower.open
+
+    def open_then_the_log_appears(self: Any) -> Any:
+        f = real_open(self)
+        path.write_bytes(line)
+        return f
+
+    monkeypatch.setattr(logs_mod.Follower, "open", open_then_the_log_appears)
+    state = {"alive": True}
+
+    async def collect() -> list[Any]:
+        out = []
+        ev = asyncio.Event()
+        async for e in logs_mod.entries(path, logs_mod.rotation(logs_mod.LogConfig()), True, -1, 0, 0,
+                                        lambda: state.pop("alive", False), lambda: ev):
+            out.append(e)
+        return out
+
+    got = asyncio.run(collect())
+    assert [e[1] for e in got] == [b"hello\n"]

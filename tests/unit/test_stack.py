@@ -140,7 +140,6 @@ def test_unsupported_service_keys_are_refused(tmp_path: Path, key: str, value: s
 @pytest.mark.parametrize(("text", "line", "field"), [
     ("configs: {c: {content: x}}\n", 4, "configs.c.content"),  # (secrets and configs: tests/unit/test_objects.py)
     ("secrets: {s: {environment: X}}\n", 4, "secrets.s.environment"),
-    ("    deploy: {endpoint_mode: vip}\n", 4, "services.web.deploy.endpoint_mode"),
     ("    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n", 4, "services.web.healthcheck.start_interval"),
     ("    ports: [{target: 80, host_ip: 127.0.0.1}]\n", 4, "services.web.ports[0].host_ip"),
     ("    deploy: {resources: {reservations: {generic_resources: []}}}\n", 4,
@@ -413,13 +412,13 @@ BAD = [
             external: true
             driver: overlay
         """, 4, "networks.shared", "driver cannot be set here"),
-    ("internal network", """\
+    ("attachable network", """\
         services:
           web: {image: nginx}
         networks:
           back:
-            internal: true
-        """, 5, "networks.back.internal", "not supported yet"),
+            attachable: true
+        """, 5, "networks.back.attachable", "not supported yet"),
     ("network driver", """\
         services:
           web: {image: nginx}

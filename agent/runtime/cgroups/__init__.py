@@ -11,7 +11,7 @@ is a CgroupError naming the operation and the path. Each driver is one manager i
 per-controller modules (_v1/*.py, _v2/*.py), as runc's libcontainer/cgroups is built.
 """
 
-from ._detect import detect
+from ._detect import detect, nesting_parent
 from ._devices import ALL_DEVICES, DEFAULT_DEVICE_RULES, DeviceRule
 from ._driver import CgroupDriver
 from ._dynmods import favor_dynmods
@@ -35,5 +35,6 @@ __all__ = [
     "V2Driver",
     "detect",
     "favor_dynmods",
+    "nesting_parent",
     "release_dynmods",
 ]

@@ -30,16 +30,34 @@ def detect(root: str = "/sys/fs/cgroup", parent: str | None = None) -> CgroupDri
     return _detect(root, parent, "/proc/self/cgroup", "/proc/self/mountinfo")
 
 
+def _is_v2(root: str) -> bool:
+    controllers = os.path.join(root, "cgroup.controllers")
+    return _fs.exists(controllers) and bool(set(_fs.read(controllers).split()) & {c.name for c in V2_CONTROLLERS})
+
+
+def nesting_parent(root: str, own: str) -> str:
+    """The default parent of an agent's containers, relative to root: a "dockyard" child of the
+    agent's own cgroup `own`, so the host's limits on the agent apply to them too.
+
+    On cgroup v2 a cgroup that holds processes cannot hand controllers down to children (the
+    kernel's "no internal processes" rule, EBUSY), and an agent's own cgroup always holds the agent
+    (and, started from a login, the session's shell and sshd): there the containers nest under the
+    nearest ancestor without processes of its own instead (a systemd slice; at worst the root).
+    """
+    rel = own.strip("/")
+    if _is_v2(os.path.normpath(root)):
+        while rel and _fs.read(os.path.join(root, rel, "cgroup.procs")).strip():
+            rel = os.path.dirname(rel)
+    return f"{rel}/{DEFAULT_PARENT}".strip("/")
+
+
 def _detect(root: str, parent: str | None, cgroup_file: str, mountinfo_file: str) -> CgroupDriver:
     root = os.path.normpath(root)
     own = _own_cgroups(_fs.read(cgroup_file))
-    controllers = os.path.join(root, "cgroup.controllers")
-    if _fs.exists(controllers):
-        have = set(_fs.read(controllers).split())
-        if have & {c.name for c in V2_CONTROLLERS}:
-            if parent is None:
-                return V2Driver(root, _join(root, own.get("", "/")), DEFAULT_PARENT)
-            return V2Driver(root, root, parent)
+    if _is_v2(root):
+        if parent is None:
+            return V2Driver(root, _join(root, own.get("", "/")), DEFAULT_PARENT)
+        return V2Driver(root, root, parent)
     bases: dict[str, str] = {}
     for mount in _v1_mounts(_fs.read(mountinfo_file), root):
         for c in mount.controllers & set(V1_CONTROLLERS):

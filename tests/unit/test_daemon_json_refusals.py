@@ -46,6 +46,9 @@ def _agent(tmp_path: Path, doc: object, *flags: str) -> tuple[int, str]:
     ({"default-ulimits": {"bogus": {"Soft": 1, "Hard": 1}}}, [], "default-ulimits: bogus: unknown limit"),
     ({"default-ulimits": {"nofile": {"Name": "nproc", "Soft": 1, "Hard": 1}}}, [], "its Name is 'nproc'"),
     ({"dns": ["dns.example"]}, [], "dns: 'dns.example' is not an IP address"),
+    ({"dns-search": ["bad domain"]}, [], "dns-search: 'bad domain' is not a valid domain"),
+    ({"dns-opts": ["a b"]}, [], "dns-opts: 'a b' is not a resolv.conf option"),
+    ({"dns-search": ["a.example"]}, ["--dns-search", "b.example"], "dns-search: (from flag: b.example, from file: a.example)"),
     ({"bip": "172.29.0.9/16"}, [], "bip: '172.29.0.9/16': the bridge takes its subnet's first address"),
     ({"bip": "172.29.0.1"}, [], "a prefix of /30 or shorter"),
 ])

@@ -1,0 +1,423 @@
+"""A fault-injection soak on netns hosts: `make soak` (SOAK_S seconds, default 600) or
+`python -m tests.soak --seconds N [--seed S]`; tests/cluster/test_soak.py runs a short one.
+
+    three netns hosts (tests/multihost.py), a 3-member etcd on loopback, two scheduler replicas
+    using all three members, a stack of three services; then, from a seeded schedule, one fault
+    at a time, each healed after a while:
+      agent-kill      SIGKILL a host's agent, start it again (its containers run on meanwhile)
+      host-stop       SIGSTOP a host's agent for longer than its node lease, then SIGCONT
+      partition       drop the host's traffic with iptables inside its netns (eth0 in and out)
+      etcd-kill       SIGKILL an etcd member, start it again on its data
+      etcd-hang       SIGSTOP an etcd member (alive but silent), then SIGCONT
+      leader-kill     SIGKILL the leading scheduler, start it again
+      scale           change a service's replicas (up or down), as a user would
+      migrate         write a file in a task's container, migrate it (live where CRIU works, else
+                      cold) to another host: the file must be there, one copy left
+
+An observer checks the invariants twice a second, from the hosts' kernels (the containers' init
+processes and their labels on disk, not the scheduler's view) and from the scheduler:
+  double     two running copies of one task slot on different hosts, outside a fault and its
+             fencing grace (a partitioned or stopped host keeps its containers until it is back)
+  recovery   after a fault is healed, every service back at its desired count, one copy per
+             slot, within RECOVERY_BOUND seconds (p50/p99 reported)
+  orphan     at the end: a running container the scheduler does not have running on that node
+  lost       at the end: a service or a desired replica of the stack missing
+The seed is printed first, so a failing run can be replayed with --seed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from protos import cluster_pb2 as cpb
+from tests.cluster_harness import SchedulerProcess, cli, tasks
+from tests.etcd_server import EtcdCluster, EtcdServer
+from tests.multihost import Cluster, Host, alive, cluster, join, wait_for
+
+NODE_TTL = 3              # the scheduler's default node lease
+RECOVERY_BOUND = 60.0     # seconds from a fault's heal to the stack converged again
+FENCING_GRACE = 20.0      # after a host is back: its stale copies are stopped within this
+SERVICES = {"web": 3, "worker": 2, "solo": 1}
+STACK = "".join(f"""
+  {name}:
+    image: busybox:latest
+    command: ["sh", "-c", "trap 'exit 0' TERM; while :; do sleep 1 & wait; done"]
+    deploy:
+      replicas: {n}
+      restart_policy: {{condition: any, delay: 1s}}
+""" for name, n in SERVICES.items())
+KINDS = ("agent-kill", "host-stop", "partition", "etcd-kill", "etcd-hang", "leader-kill", "scale", "migrate")
+
+
+@dataclass
+class Fault:
+    kind: str
+    target: str
+    at: float
+    healed: float = 0.0
+    recovered: float = 0.0     # seconds from heal to converged; 0 while not yet
+
+    @property
+    def outage(self) -> float:
+        """Seconds from the fault's start to converged (includes the time it was held)."""
+        return self.healed - self.at + self.recovered if self.recovered else 0.0
+
+
+@dataclass
+class Report:
+    seed: int
+    seconds: float
+    faults: list[Fault] = field(default_factory=list)
+    violations: list[str] = field(default_factory=list)
+
+    def table(self) -> str:
+        rows = ["| fault | injected | recovered | after heal: p50 s | worst s | from the start: p50 s | worst s |",
+                "| --- | --- | --- | --- | --- | --- | --- |"]
+        for kind in KINDS:
+            fs = [f for f in self.faults if f.kind == kind]
+            if not fs:
+                continue
+            rec = [f.recovered for f in fs if f.recovered]
+            out = [f.outage for f in fs if f.recovered]
+            rows.append(f"| {kind} | {len(fs)} | {len(rec)} | {statistics.median(rec) if rec else 0:.1f} | "
+                        f"{max(rec, default=0):.1f} | {statistics.median(out) if out else 0:.1f} | "
+                        f"{max(out, default=0):.1f} |")
+        rec = sorted(f.recovered for f in self.faults if f.recovered)
+        p99 = rec[min(len(rec) - 1, int(len(rec) * 0.99))] if rec else 0.0
+        by = Counter(v.split(":", 1)[0] for v in self.violations)
+        return "\n".join([f"soak: seed {self.seed}, {self.seconds:.0f} s, load {os.getloadavg()[0]:.1f}",
+                          *rows, f"recovery p50 {statistics.median(rec) if rec else 0:.1f} s, p99 {p99:.1f} s",
+                          f"violations by kind: {dict(by) or 'none'}",
+                          *[f"  {v}" for v in self.violations[:20]],
+                          f"faults injected: {len(self.faults)}", f"violations: {len(self.violations)}"])
+
+
+class Soak:
+    def __init__(self, c: Cluster, etcd: EtcdCluster, scheds: list[SchedulerProcess], base: Path,
+                 seed: int) -> None:
+        self.c, self.etcd, self.scheds, self.base = c, etcd, scheds, base
+        self.rng = random.Random(seed)
+        self.report = Report(seed, 0.0)
+        self.desired = dict(SERVICES)
+        self.faulty: dict[str, float] = {}   # host -> until when its copies may be doubled
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        from agent.checkpoint.criu import find_criu
+
+        self.criu = find_criu() is not None
+
+    # --- what runs, seen from the hosts' kernels
+
+    @staticmethod
+    def copies(h: Host) -> list[tuple[str, str]]:
+        """(service.slot, task id) of every container whose init process is alive on host h."""
+        out = []
+        for pidfile in (h.root / "containers").glob("*/init.pid"):
+            with contextlib.suppress(OSError, ValueError, KeyError):
+                info = json.loads(pidfile.read_text())
+                if not alive(int(info["pid"]), info.get("start_time")):
+                    continue
+                cfg = json.loads((pidfile.parent / "config.json").read_text())
+                labels = cfg.get("labels") or cfg.get("config", {}).get("labels") or {}
+                if "dockyard.task" in labels:
+                    out.append((f"{labels['dockyard.service']}.{labels['dockyard.slot']}", labels["dockyard.task"]))
+        return out
+
+    def leader(self) -> SchedulerProcess:
+        for s in self.scheds:
+            if s.proc is not None and s.proc.poll() is None:
+                with contextlib.suppress(Exception):
+                    if s.status().leader:
+                        return s
+        raise RuntimeError("no leading scheduler")
+
+    def live_scheduler(self) -> SchedulerProcess:
+        return next(s for s in self.scheds if s.proc is not None and s.proc.poll() is None)
+
+    @property
+    def addresses(self) -> str:
+        return ",".join(s.address for s in self.scheds)
+
+    def gap(self) -> str:
+        """What keeps the stack from being converged ("" when it is): every service at its count,
+        running, one copy per task over all hosts' kernels, on the task's node."""
+        try:
+            ts = [t for t in tasks(self.live_scheduler()) if t.desired_state == "running"]
+        except Exception as e:
+            return f"no scheduler answers ({type(e).__name__})"
+        per = Counter(t.service.removeprefix("soak_") for t in ts if t.state == "running")
+        short = [f"{name} {per.get(name, 0)}/{n}" for name, n in self.desired.items() if per.get(name, 0) != n]
+        if short:
+            return "running: " + ", ".join(short)
+        where: dict[str, list[str]] = {}
+        for h in self.c:
+            for _, task in self.copies(h):
+                where.setdefault(task, []).append(h.name)
+        wrong = [f"{t.name} on {t.node} has copies on {where.get(t.id, [])}" for t in ts if where.get(t.id) != [t.node]]
+        wanted = {t.id for t in ts}
+        wrong += [f"a stale copy of task {task[:12]} runs on {hosts}" for task, hosts in where.items()
+                  if task not in wanted]
+        return "; ".join(wrong[:3])
+
+    def check_doubles(self) -> None:
+        now = time.monotonic()
+        slots: dict[str, set[str]] = {}
+        for h in self.c:
+            for slot, _ in self.copies(h):
+                slots.setdefault(slot, set()).add(h.name)
+        with self.lock:
+            excused = {h for h, until in self.faulty.items() if until > now}
+        for slot, hosts in slots.items():
+            if len(hosts) > 1 and not hosts & excused:
+                self.violation(f"double: {slot} runs on {sorted(hosts)}")
+
+    def violation(self, what: str) -> None:
+        with self.lock:
+            if what not in self.report.violations:
+                self.report.violations.append(what)
+        print(f"soak: VIOLATION {what}", flush=True)
+
+    def observe(self) -> None:
+        while not self.stop.wait(0.5):
+            with contextlib.suppress(OSError):
+                self.check_doubles()
+
+    # --- faults
+
+    def excuse(self, host: str, until: float) -> None:
+        with self.lock:
+            self.faulty[host] = max(self.faulty.get(host, 0.0), until)
+
+    def inject(self, kind: str) -> Fault:
+        rng = self.rng
+        hold = rng.uniform(NODE_TTL + 2, NODE_TTL + 6)  # longer than a lease: the node goes down
+        if kind in ("agent-kill", "host-stop", "partition"):
+            h = rng.choice(list(self.c))
+            f = Fault(kind, h.name, time.monotonic())
+            self.excuse(h.name, float("inf"))
+            if kind == "agent-kill":
+                assert h.proc is not None
+                h.proc.kill()
+                h.proc.wait()
+                time.sleep(hold)
+                h.restart_agent()
+            elif kind == "host-stop":
+                assert h.proc is not None
+                os.kill(h.proc.pid, signal.SIGSTOP)
+                time.sleep(hold)
+                os.kill(h.proc.pid, signal.SIGCONT)
+            else:
+                rules = [["INPUT", "-i", "eth0"], ["OUTPUT", "-o", "eth0"]]
+                for r in rules:
+                    h.run("iptables", "-I", *r, "-j", "DROP", check=True)
+                time.sleep(hold)
+                for r in rules:
+                    h.run("iptables", "-D", *r, "-j", "DROP", check=True)
+            f.healed = time.monotonic()
+            self.excuse(h.name, f.healed + FENCING_GRACE)
+        elif kind in ("etcd-kill", "etcd-hang"):
+            i = rng.randrange(len(self.etcd.members))
+            m = self.etcd.members[i]
+            f = Fault(kind, f"etcd{i + 1}", time.monotonic())
+            if kind == "etcd-kill":
+                argv = Path(f"/proc/{m.process.pid}/cmdline").read_bytes().decode().split("\0")[:-1]
+                self.etcd.kill9(i)
+                time.sleep(hold)
+                restart_member(m, argv)
+            else:
+                os.kill(m.process.pid, signal.SIGSTOP)
+                time.sleep(hold)
+                os.kill(m.process.pid, signal.SIGCONT)
+            f.healed = time.monotonic()
+        elif kind == "leader-kill":
+            s = self.leader()
+            f = Fault(kind, s.address, time.monotonic())
+            assert s.proc is not None
+            s.proc.kill()
+            s.proc.wait()
+            time.sleep(rng.uniform(1, 4))
+            s.start(timeout=60)
+            f.healed = time.monotonic()
+        elif kind == "migrate":
+            f = self.migrate()
+        else:
+            name = rng.choice(list(SERVICES))
+            n = rng.choice([x for x in (1, 2, 3, 4) if x != self.desired[name]])
+            f = Fault(kind, f"{name}={n}", time.monotonic())
+            r = cli(self.addresses, "service", "scale", f"soak_{name}={n}", timeout=60)
+            if r.returncode != 0:
+                self.violation(f"scale: `service scale soak_{name}={n}` failed: {r.stderr.strip()[-300:]}")
+            else:
+                self.desired[name] = n
+            f.healed = time.monotonic()
+        self.report.faults.append(f)
+        return f
+
+    def migrate(self) -> Fault:
+        ts = [t for t in tasks(self.live_scheduler(), "soak_solo") if t.state == "running"]
+        f = Fault("migrate", "soak_solo", time.monotonic())
+        if not ts:
+            f.healed = time.monotonic()
+            return f
+        t = ts[0]
+        src = next(h for h in self.c if h.name == t.node)
+        to = self.rng.choice([h.name for h in self.c if h.name != t.node])
+        how = self.rng.choice(["--live", "--cold"]) if self.criu else "--cold"
+        f.target = f"{t.name} {how[2:]} to {to}"
+        name, token = f"{t.name}.{t.id}", f"{self.rng.getrandbits(64):016x}"
+        r = src.cli("exec", name, "sh", "-c", f"echo {token} > /root/soak")
+        if r.returncode != 0:
+            self.violation(f"migrate: writing the file in {name} on {src.name} failed: {r.stderr.strip()[-200:]}")
+        m = cli(self.addresses, "migrate", t.name, "--to", to, how, timeout=180)
+        f.healed = time.monotonic()
+        if m.returncode != 0:
+            self.violation(f"migrate: {t.name} {how} to {to} failed: {(m.stdout + m.stderr).strip()[-300:]}")
+            return f
+        dst = next(h for h in self.c if h.name == to)
+        got = dst.cli("exec", name, "cat", "/root/soak")
+        if got.stdout.strip() != token:
+            self.violation(f"lost: {name}'s /root/soak after {how} migration to {to}: {got.stdout.strip()!r} "
+                           f"{got.stderr.strip()[-200:]}")
+        return f
+
+    def wait_recovered(self, f: Fault) -> None:
+        deadline = f.healed + RECOVERY_BOUND
+        why = ""
+        while time.monotonic() < deadline:
+            why = self.gap()
+            if not why:
+                f.recovered = max(time.monotonic() - f.healed, 0.001)
+                return
+            time.sleep(0.5)
+        self.violation(f"recovery: not converged {RECOVERY_BOUND:.0f} s after {f.kind} {f.target}: {why}")
+
+    # --- the run
+
+    def run(self, seconds: float) -> Report:
+        p = self.base / "soak.yaml"
+        p.write_text("services:" + STACK)
+        r = cli(self.addresses, "deploy", "-f", str(p), "--name", "soak", timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"deploy failed: {r.stderr}")
+        t0 = time.monotonic()
+        first = Fault("deploy", "soak", t0, healed=t0)
+        self.wait_recovered(first)
+        print(f"soak: the stack converged in {first.recovered:.1f} s", flush=True)
+        watcher = threading.Thread(target=self.observe, daemon=True)
+        watcher.start()
+        start = time.monotonic()
+        try:
+            while time.monotonic() - start < seconds:
+                kind = self.rng.choice(KINDS)
+                f = self.inject(kind)
+                self.wait_recovered(f)
+                print(f"soak: {time.monotonic() - start:6.1f} s  {f.kind:<12} {f.target:<22} held "
+                      f"{f.healed - f.at:4.1f} s, converged {f.recovered:.1f} s after" if f.recovered else
+                      f"soak: {f.kind} {f.target}: not converged", flush=True)
+                time.sleep(self.rng.uniform(0.5, 2.0))
+        finally:
+            self.stop.set()
+            watcher.join(timeout=10)
+        self.report.seconds = time.monotonic() - start
+        self.final_checks()
+        return self.report
+
+    def final_checks(self) -> None:
+        s = self.live_scheduler()
+        ts = tasks(s)
+        running = {(t.id, t.node) for t in ts if t.desired_state == "running" and t.state == "running"}
+        for h in self.c:
+            for slot, task in self.copies(h):
+                if (task, h.name) not in running:
+                    self.violation(f"orphan: {slot} (task {task[:12]}) runs on {h.name}, the scheduler "
+                                   "does not have it running there")
+        names = {sv.name for sv in s.stub.ListServices(cpb.ListServicesRequest(), timeout=10).services}
+        for name, n in self.desired.items():
+            if f"soak_{name}" not in names:
+                self.violation(f"lost: service soak_{name} is gone")
+            got = len([t for t in ts if t.service == f"soak_{name}" and t.state == "running"
+                       and t.desired_state == "running"])
+            if got != n:
+                self.violation(f"lost: soak_{name} has {got} of {n} replicas running at the end")
+
+
+def restart_member(m: EtcdServer, argv: list[str]) -> None:
+    """A killed member starts again on its data, with its original flags: it rejoins its cluster."""
+    with open(m.log_path, "ab") as log:
+        m.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     start_new_session=True)
+    if not m._wait_ready(30):
+        raise RuntimeError(f"etcd member {m.endpoint} did not come back: {m._log_tail()}")
+
+
+@contextlib.contextmanager
+def soak_cluster(base: Path, busybox_tar: Path, seed: int) -> Iterator[Soak]:
+    with cluster(3, base, busybox_tar) as c, EtcdCluster(3).start() as etcd:
+        scheds = [SchedulerProcess(base / f"s{i}", etcd=etcd.endpoints, listen=f"{c.gateway}:{_port()}")
+                  for i in (1, 2)]
+        try:
+            for s in scheds:
+                s.start()
+            addresses = ",".join(s.address for s in scheds)
+            for h in c:
+                join(h, addresses)
+            from agent.checkpoint.criu import find_criu
+
+            criu = find_criu() is not None  # then agents re-register once `criu check` has run
+            wait_for(lambda: len([n for n in scheds[0].stub.ListNodes(cpb.Empty(), timeout=5).nodes
+                                  if n.status == "ready" and (n.capabilities.criu or not criu)]) == 3, 60,
+                     "3 nodes ready" + (" with CRIU" if criu else ""))
+            yield Soak(c, etcd, scheds, base, seed)
+        finally:
+            for s in scheds:
+                if s.proc is not None and s.proc.poll() is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(s.proc.pid, signal.SIGCONT)
+                s.stop()
+            for m in etcd.members:
+                with contextlib.suppress(ProcessLookupError):
+                    if m.process.poll() is None:
+                        os.kill(m.process.pid, signal.SIGCONT)
+
+
+def _port() -> int:
+    from tests.agent_harness import free_port
+
+    return free_port()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m tests.soak", description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seconds", type=float, default=float(os.environ.get("SOAK_S", "600")))
+    ap.add_argument("--seed", type=int, default=int(os.environ.get("SOAK_SEED", "0")) or None)
+    a = ap.parse_args(argv)
+    seed = a.seed if a.seed is not None else random.SystemRandom().randrange(1, 2**31)
+    print(f"soak: seed {seed} (replay: python -m tests.soak --seed {seed} --seconds {a.seconds:g})", flush=True)
+    from tests.images import busybox_tar
+
+    with tempfile.TemporaryDirectory(prefix="dockyard-soak-") as tmp:
+        base = Path(tmp)
+        tar = busybox_tar(base / "busybox.tar")
+        with soak_cluster(base / "c", tar, seed) as s:
+            report = s.run(a.seconds)
+    print(report.table(), flush=True)
+    return 1 if report.violations else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
