@@ -222,8 +222,8 @@ def test_a_live_move_that_fails_after_the_switch_points_the_address_back(env: En
     it reports the rollback, well before recovery settles the migration (which waits for the dead
     target's node to be declared down); a new connection from a third host reaches it.
 
-    (The connection that was open does not survive this rollback: after CRIU's aborted post-copy
-    dump the unfrozen tree has no TCP socket left. A CRIU-side finding, reported in issue 18.)"""
+    (The connection that was open does not survive this rollback: afterwards the task's netns holds
+    a fresh listener and no established socket. Not solved yet: agent/runtime/network/README.md.)"""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
