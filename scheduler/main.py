@@ -257,6 +257,7 @@ class Scheduler:
         except (OSError, ValueError) as e:
             raise SchedulerError(f"--secrets-key {key_file}: {e}") from e
         log.info("secrets are sealed in etcd with the key in %s (key id %s)", key_file, servicer.sealer.key_id)
+        servicer.sealer_problem = await self._check_secrets_key(servicer.sealer.key_id, key_file)
         authorize = None
         if o.tls:
             authorize = await self._start_tls(state)
@@ -287,6 +288,27 @@ class Scheduler:
             except ValueError as e:
                 log.error("no /metrics: %s", e)
         log.info("scheduler %s serving on %s (etcd %s)", self.replica, o.listen, self.etcd_url)
+
+    async def _check_secrets_key(self, key_id: str, key_file: Path) -> str:
+        """Replicas on one etcd must hold the same secrets key: the first records its id, a later one
+        with another key says so at once, and seals nothing (what it sealed the others could not
+        open). Returns that problem, or ""."""
+        from scheduler.store import Conflict, Put, StoreError
+
+        assert self.store is not None
+        key = self.store.keys.secrets_key_id()
+        try:
+            await self.store.commit([Put(key, key_id.encode(), 0)])
+        except Conflict:
+            raw = await self.store.get_raw(key)
+            if raw is not None and raw[0].decode() != key_id:
+                problem = (f"this scheduler's secrets key {key_id} ({key_file}) is not the cluster's "
+                           f"({raw[0].decode()}): give every replica the same --secrets-key file")
+                log.error("%s; secrets sealed by the others will not open here, and this one seals none", problem)
+                return problem
+        except StoreError as e:
+            log.warning("could not check the secrets key against the cluster's: %s", e)
+        return ""
 
     async def _start_tls(self, state: Path) -> transport.Authorizer:
         """The cluster CA (made by the first replica), this replica's certificate, the admin client

@@ -26,9 +26,6 @@ import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
 from scheduler.model import FileRef, ServiceSpec
 
 KINDS = ("secret", "config")
@@ -125,6 +122,10 @@ class Sealer:
     def __init__(self, key: bytes) -> None:
         if len(key) != 32:
             raise ValueError(f"a secrets key is 32 bytes, not {len(key)}")
+        # imported here: the CLI reads secret references through this module, and cryptography
+        # costs it ~150 ms at start
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
         self._aead = AESGCM(key)
         self.key_id = hashlib.sha256(key).hexdigest()[:16]
 
@@ -174,6 +175,8 @@ class Sealer:
         if record.get("key_id") != self.key_id:
             raise KeyMismatch(f"{kind} {name} was sealed with secrets key {record.get('key_id')}, and this "
                               f"scheduler holds key {self.key_id}: give every replica the same --secrets-key file")
+        from cryptography.exceptions import InvalidTag
+
         try:
             return self._aead.decrypt(base64.b64decode(record["nonce"]), base64.b64decode(record["sealed"]),
                                       f"{kind}/{name}".encode())

@@ -136,6 +136,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         self.clock = clock
         self.migrator: Migrator | None = None  # set by main: the leader runs migrations
         self.sealer: objects.Sealer | None = None  # set by main: the secrets key (scheduler/objects.py)
+        self.sealer_problem = ""  # set by main: why this replica may not seal (another key than the cluster's)
 
     # --- status and nodes ------------------------------------------------------------------------
 
@@ -286,6 +287,8 @@ class SchedulerServicer(pbg.SchedulerServicer):
         return ops, changes, made
 
     def _sealer_for(self, kind: str) -> objects.Sealer | None:
+        if kind == "secret" and self.sealer_problem:
+            raise Refused(self.sealer_problem)
         if kind == "secret" and self.sealer is None:
             raise Refused("this scheduler has no secrets key")
         return self.sealer

@@ -103,6 +103,10 @@ class Keys:
     def net(self) -> bytes:
         return self.root + b"net/"
 
+    def secrets_key_id(self) -> bytes:
+        """The id of the key the cluster's secrets are sealed with (the first replica's)."""
+        return self.root + b"secrets-key-id"
+
     def object(self, kind: str, name: str = "") -> bytes:
         """A secret (``secrets/<name>``) or config (``configs/<name>``): scheduler/objects.py."""
         if kind not in ("secret", "config"):

@@ -128,6 +128,9 @@ def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path,
     base = tmp_path_factory.mktemp("mig")
     old = os.environ.get("DOCKYARD_FAULT_INJECTION")
     os.environ["DOCKYARD_FAULT_INJECTION"] = "1"  # the schedulers' hook (scheduler/migrate.py)
+    # Replicas on one etcd share the secrets key, as an operator must give them (README, "Secrets"):
+    # whichever replica seals a secret, the other opens it.
+    os.environ["DOCKYARD_SCHEDULER_SECRETS_KEY"] = str(base / "secrets.key")
     try:
         with cluster(3, base, busybox_tar_path) as c:
             etcd = EtcdServer.start()
@@ -153,6 +156,7 @@ def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path,
                     s.stop()
                 etcd.stop()
     finally:
+        os.environ.pop("DOCKYARD_SCHEDULER_SECRETS_KEY", None)
         if old is None:
             os.environ.pop("DOCKYARD_FAULT_INJECTION", None)
         else:
@@ -449,7 +453,11 @@ def test_migration_brings_the_task_secrets_from_the_scheduler(env: Env, how: str
         r = cli(env.addresses, kind, "create", name, str(env.tmp / path))
         assert r.returncode == 0, r.stderr
     try:
-        (t,) = env.deploy(stack, SECRET_STACK)
+        try:
+            (t,) = env.deploy(stack, SECRET_STACK)
+        except AssertionError as e:
+            ps = cli(env.addresses, "service", "ps", "--no-trunc", f"{stack}_sec")
+            raise AssertionError(f"{e}\n{ps.stdout}{ps.stderr}") from None
         src = env.host(t.node)
         name = f"{t.name}.{t.id}"
         assert src.cli("exec", name, "cat", "/run/secrets/mpw").stdout == value

@@ -275,6 +275,19 @@ def test_restarts_keep_the_files_and_the_key(env: Env) -> None:
         wait_for(lambda: env.cli("secret", "rm", "kept").returncode == 0, 20, "kept removed")
 
 
+def test_a_replica_with_another_key_seals_nothing(env: Env) -> None:
+    other = SchedulerProcess(env.tmp / "other", etcd=env.etcd.endpoint)  # type: ignore[attr-defined]
+    try:
+        other.start()
+        r = subprocess.run([*CLI, "secret", "create", "x", "-"], input=b"x", capture_output=True, timeout=60,
+                           env={**_env(), "DOCKYARD_SCHEDULER": other.address}, cwd=REPO)
+        assert r.returncode != 0, r.stdout
+        assert b"is not the cluster's" in r.stderr and b"same --secrets-key file" in r.stderr, r.stderr
+        assert b"is not the cluster's" in other.log.read_bytes()
+    finally:
+        other.stop()
+
+
 def test_a_bad_stack_secret_is_refused_with_its_line(env: Env) -> None:
     f = env.tmp / "bad.yaml"
     f.write_text(textwrap.dedent("""\
