@@ -72,7 +72,9 @@ Event = Output | Started | Exited
 
 @dataclass(frozen=True)
 class AttachOptions:
-    """container: a reference, or create: a config to create it from; start: start it attached."""
+    """container: a reference, or create: a config to create it from; start: start it attached.
+    monitor: a connection to the container's monitor already open (the Docker API's attach that came
+    before the start holds one end of the socket pair the start gave the monitor)."""
 
     container: str = ""
     create: ContainerConfig | None = None
@@ -80,13 +82,16 @@ class AttachOptions:
     tty: bool = False
     stdin: bool = False
     size: Resize | None = None
+    monitor: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
 
 
 async def attach(m: ContainerManager, o: AttachOptions, inputs: AsyncIterator[Input]) -> AsyncIterator[Event]:
     start = o.start or o.create is not None
     try:
         c = await asyncio.to_thread(m.create, o.create) if o.create is not None else m.get(o.container)
-        if start:
+        if o.monitor is not None:
+            reader, writer = o.monitor
+        elif start:
             # Attached from birth: the monitor gets our socket's other end with the start, so no
             # output is missed and the process need not wait for us. A terminal still waits for
             # our RELEASE, so that it starts at the client's size.

@@ -17,6 +17,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -77,11 +78,13 @@ class Checkpoints:
         from agent.containers import mount_key
 
         external += [f"mnt[{m.target}]:{mount_key(m.target)}" for m in c.config.mounts if m.type != "tmpfs"]
+        external += [f"mnt[{f.target}]:{mount_key(f.target)}" for f in c.config.task_files]
         return c, criu, pid, external
 
     async def checkpoint(self, ref: str, leave_running: bool = False, export: Any = None,
-                         level: int = 3) -> dict[str, Any]:
-        """CRIU-dump the container's process tree; with `export`, write a checkpoint archive to it."""
+                         level: int = 3, dumped: Callable[[], None] | None = None) -> dict[str, Any]:
+        """CRIU-dump the container's process tree; with `export`, write a checkpoint archive to it.
+        `dumped` is called once the tree is frozen in the images (before the archive is written)."""
         c, criu, pid, external = self._dump_plan(ref)
         images = self.m.dir / c.id / "checkpoint"
         shutil.rmtree(images, ignore_errors=True)
@@ -102,11 +105,14 @@ class Checkpoints:
                 await asyncio.wait_for(self.m._event(c).wait(), 30)
                 self._checkpointing.discard(c.id)
         stats = {"dump_seconds": seconds, "container": c.id}
+        if dumped is not None:
+            dumped()
         if export is not None:
             await asyncio.to_thread(self._export_checkpoint, c, export, stats, images, level)
         return stats
 
-    async def checkpoint_lazy(self, ref: str, address: str, port: int, export: Any, level: int = 1) -> Any:
+    async def checkpoint_lazy(self, ref: str, address: str, port: int, export: Any, level: int = 1,
+                              dumped: Callable[[], None] | None = None) -> Any:
         """Post-copy: freeze and dump the container without its memory pages, which CRIU keeps and
         serves on address:port (agent/checkpoint/lazy.py), and write the archive to `export`.
 
@@ -138,6 +144,8 @@ class Checkpoints:
                  "port": port}))
             self.m._save(c)
         stats = {"dump_seconds": time.monotonic() - start, "container": c.id, "lazy_pages": dump.page_server}
+        if dumped is not None:
+            dumped()
         try:
             await asyncio.to_thread(self._export_checkpoint, c, export, stats, images, level)
         except BaseException:
@@ -285,12 +293,17 @@ class Checkpoints:
                           netns_key=old.netns_key, restored_from_ip=str((meta.get("network") or {}).get("ip", "")))
             if not cold:
                 c.state.checkpoint = str(cdir / "checkpoint")
+            if cfg.task_files:  # a task's secrets and configs: from the scheduler, onto this node's tmpfs
+                files = await self.m.fetch_task_files(cfg)
+                await asyncio.to_thread(self.m.taskfiles.write, cid, cfg.task_files, files)
             shutil.rmtree(tmp, ignore_errors=True)
             self.m._save(c)
             trace("agent: layer applied")
         except BaseException:
             with contextlib.suppress(Exception):
                 self.m.images.snapshotter.remove(cid)
+            with contextlib.suppress(OSError):
+                self.m.taskfiles.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
             await asyncio.to_thread(self.m.remove_volumes, adopted)
             raise

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from agent.checkpoint import host_features
-from agent.model import Container
+from agent.model import Container, InvalidArgument, Unavailable
 from common import transport
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
@@ -146,6 +146,21 @@ class ClusterMember:
         if self._channel is not None:
             with contextlib.suppress(Exception):
                 await self._channel.close()
+
+    async def task_files(self, task_id: str) -> dict[tuple[str, str], bytes]:
+        """The data of a task's secrets and configs, from a scheduler replica (which gives them only
+        to the node the task is placed on). Kept in memory and on the container's tmpfs only."""
+        if not task_id:
+            raise InvalidArgument("a container with secrets or configs must be a cluster task (label dockyard.task)")
+        try:
+            resp = await self.stub().TaskFiles(pb.TaskFilesRequest(node=self.name, task_id=task_id),
+                                               timeout=CALL_DEADLINE)
+        except grpc.aio.AioRpcError as e:
+            if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                await self.next_replica()
+                raise Unavailable(f"the task's secrets and configs: scheduler unreachable ({e.details()})") from e
+            raise InvalidArgument(f"the task's secrets and configs: {e.details()}") from e
+        return {(f.kind, f.name): bytes(f.data) for f in resp.files}
 
     def _on_change(self, c: Container) -> None:
         if TASK_LABEL in c.config.labels:

@@ -11,19 +11,18 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import datetime
 import json
 import logging
 import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, names, restart
+from agent import hostconfig, logs, names, restart
 from agent.checkpointing import Checkpoints
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
@@ -34,11 +33,14 @@ from agent.model import (
     Container,
     ContainerConfig,
     InvalidArgument,
+    LogConfig,
     Mount,
     NotFound,
     Port,
     RestartPolicy,
     StartFailed,
+    Ulimit,
+    isolated,
 )
 from agent.resolver import RESOLV_CONF
 from agent.runtime import cgroups, frames, messages
@@ -47,6 +49,8 @@ from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
 from agent.runtime.spec import ContainerMount, IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
+from agent.taskfiles import TaskFiles
+from agent.taskfiles import check as check_task_files
 from agent.volumes import specs as mount_specs
 from agent.volumes.store import VolumeStore
 
@@ -79,6 +83,7 @@ class ContainerNetwork(Protocol):
     def release(self, container_id: str) -> None: ...
     def attach(self, endpoint: Endpoint, pid: int) -> None: ...
     def detach(self, endpoint: Endpoint) -> None: ...
+    def withdraw(self, endpoint: Endpoint, back: bool = False) -> None: ...
     def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
                           ) -> tuple[OverlayEndpoint, ...]: ...
 
@@ -128,11 +133,21 @@ class ContainerManager:
         self.checkpoints = Checkpoints(self)  # checkpoint, restore, migration dumps (checkpointing.py)
         self.on_change: list[Callable[[Container], None]] = []
         self.volumes = VolumeStore(root / "volumes")
+        self.taskfiles = TaskFiles(root / "taskfiles")  # tasks' secrets and configs, on a tmpfs each
+        # With --join: a task's secrets and configs by task id, from the scheduler (agent/cluster.py)
+        self.task_files_source: Callable[[str], Awaitable[dict[tuple[str, str], bytes]]] | None = None
         self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
         self.localnets = LocalNetworks(root, lambda: list(self.containers.values()))   # user-defined networks
         self.on_change.append(self.localnets.on_change)
+        # the agent's defaults for what a container does not set (--log-driver/--log-opt,
+        # --default-ulimit, --dns, or daemon.json: agent/engine.py), merged in at create as docker does
+        self.log_default = LogConfig("json-file")
+        self.default_ulimits: list[Ulimit] = []
+        self.default_dns: list[str] = []
+        self.default_dns_search: list[str] = []
+        self.default_dns_options: list[str] = []
 
     # --- bookkeeping --------------------------------------------------------------------------
 
@@ -188,8 +203,20 @@ class ContainerManager:
 
     # --- create -------------------------------------------------------------------------------
 
-    def create(self, cfg: ContainerConfig) -> Container:
+    async def fetch_task_files(self, cfg: ContainerConfig) -> dict[tuple[str, str], bytes]:
+        """The data of cfg.task_files, from the cluster's scheduler (which gives them only to the
+        task's node, or the node it is being migrated to)."""
+        if self.task_files_source is None:
+            raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent is not "
+                                  "joined to one (--join)")
+        return await self.task_files_source(cfg.labels.get("dockyard.task", ""))
+
+    def create(self, cfg: ContainerConfig, files: Mapping[tuple[str, str], bytes] | None = None) -> Container:
+        """``files``: the data of cfg.task_files by (kind, name), fetched from the scheduler."""
         self._validate(cfg)
+        if cfg.task_files and files is None:
+            raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent got none "
+                                  "(is it joined with --join?)")
         name = cfg.name.lstrip("/") if cfg.name else self._free_name()
         if any(c.name == name for c in self.containers.values()):
             other = next(c for c in self.containers.values() if c.name == name)
@@ -208,6 +235,13 @@ class ContainerManager:
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
         cfg.mounts += self._volumes_from(cfg)
+        cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
+        own = {u.name for u in cfg.ulimits}
+        cfg.ulimits += [copy.copy(u) for u in self.default_ulimits if u.name not in own]
+        if cfg.network_mode != "host" and not cfg.overlays:  # (the cluster's resolver serves overlays)
+            cfg.dns = cfg.dns or list(self.default_dns)
+            cfg.dns_search = cfg.dns_search or list(self.default_dns_search)
+            cfg.dns_options = cfg.dns_options or list(self.default_dns_options)
         # The image's VOLUMEs that no mount of the run covers: anonymous volumes, as docker makes.
         covered = {os.path.normpath(m.target) for m in cfg.mounts}
         for path in getattr(image.config, "volumes", None) or []:
@@ -217,6 +251,9 @@ class ContainerManager:
         cdir = self.dir / cid
         try:
             cdir.mkdir(parents=True)
+            if cfg.task_files:
+                assert files is not None
+                self.taskfiles.write(cid, cfg.task_files, files)
             self.images.snapshotter.prepare(cid, image.chain_id)
             c = Container(id=cid, name=name, created=time.time(), config=cfg, image_id=image.id,
                           image_ref=cfg.image, snapshot=cid, args=args,
@@ -225,6 +262,8 @@ class ContainerManager:
         except BaseException:
             with contextlib.suppress(Exception):
                 self.images.snapshotter.remove(cid)
+            with contextlib.suppress(OSError):
+                self.taskfiles.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
             for name in made:
                 with contextlib.suppress(AgentError):
@@ -259,6 +298,7 @@ class ContainerManager:
             if m.type == "bind" and not m.create_source and not os.path.lexists(m.source):
                 raise InvalidArgument(f'invalid mount config for type "bind": bind source path does not exist: '
                                       f"{m.source}")
+            mount_specs.check_source_propagation(m)  # (a missing -v path: the mount it would be made on)
             if m.type == "volume" and m.external and not self.volumes.exists(m.source):
                 raise NotFound(f"external volume {m.source} does not exist on this host (volume create it first)")
         made: list[str] = []
@@ -279,12 +319,15 @@ class ContainerManager:
             raise
         return made
 
-    def set_network(self, c: Container, mode: str, aliases: list[str], links: list[str]) -> None:
+    def set_network(self, c: Container, mode: str, aliases: list[str], links: list[str], ip: str = "") -> None:
         """docker network connect/disconnect of a container that is not running: its one network
         (checked as at create), its aliases there and its links."""
-        if c.state.status in ("running", "paused", "restarting") and mode != c.config.network_mode:
-            raise Conflict(f"container {c.name} is running: its network cannot change until it stops")
-        cfg = replace(c.config, network_mode=mode, network_aliases=list(aliases), links=list(links))
+        now = (c.config.network_mode, c.config.network_aliases, c.config.links, c.config.ipv4_address)
+        if c.state.status in ("running", "paused", "restarting") and (mode, aliases, links, ip) != now:
+            raise Conflict(f"container {c.name} is running: its network, aliases, links and address cannot "
+                           "change until it stops")
+        cfg = replace(c.config, network_mode=mode, network_aliases=list(aliases), links=list(links),
+                      ipv4_address=ip)
         if cfg.ports and mode in ("none", "host"):
             cfg.ports = []   # docker keeps the bindings but publishes nothing without a network
         self._validate(cfg)
@@ -319,6 +362,12 @@ class ContainerManager:
             cfg.network_mode = n.name   # (it may have been given by id)
         if cfg.network_aliases and not self.localnets.is_local(cfg.network_mode):
             raise InvalidArgument("network-scoped aliases are only supported for user-defined networks")
+        if cfg.ipv4_address:
+            n = self.localnets.find(cfg.network_mode) if self.localnets.is_local(cfg.network_mode) else None
+            if n is None:
+                raise InvalidArgument("user specified IP address is supported on user defined networks only")
+            if not _in_subnet(cfg.ipv4_address, n.subnet):
+                raise InvalidArgument(f"--ip {cfg.ipv4_address}: not an address of network {n.name} ({n.subnet})")
         for link in cfg.links:
             name, _, alias = link.partition(":")
             if not name or (alias and not names.valid_name(alias.lstrip("/"))):
@@ -355,6 +404,7 @@ class ContainerManager:
         devices_for(cfg)
         parse_signal(cfg.stop_signal or None, signal.SIGTERM)
         mount_specs.check_all(cfg.mounts)
+        check_task_files(cfg.task_files)
 
     @staticmethod
     def _args(cfg: ContainerConfig, ic: Any) -> list[str]:
@@ -444,12 +494,16 @@ class ContainerManager:
             cgroup_root=self.cg.root,
             network=c.endpoint, network_state_dir=str(bridge.state_dir),
             bridge=bridge.name, subnet=str(bridge.subnet),
-            etc_hosts=hosts, log_path=str(files.log), devices=nodes,
+            etc_hosts=hosts, devices=nodes,
             etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
             or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self._container_mounts(c), read_only=cfg.read_only,
         )
+        if cfg.log_config.type != "none":
+            rot = logs.rotation(cfg.log_config)
+            spec.log_path = str(files.log)
+            spec.log_max_size, spec.log_max_file, spec.log_compress = rot.max_size, rot.max_file, rot.compress
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
             # /sys hidden or read-only
@@ -480,8 +534,9 @@ class ContainerManager:
                 continue
             source = str(self.volumes.path(m.source)) if m.type == "volume" else m.source
             out.append(ContainerMount("bind", source, m.target, m.readonly, [],
-                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target)))
-        return out
+                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target),
+                                      propagation=(m.propagation or "rprivate") if m.type == "bind" else "rprivate"))
+        return out + self.taskfiles.mounts(c.id, c.config.task_files)
 
     async def _acquire_volumes(self, c: Container) -> None:
         """Volumes of the local driver with a device (-o type=... device=...) are mounted on
@@ -550,7 +605,7 @@ class ContainerManager:
             if self.localnets.is_local(c.config.network_mode):
                 self.localnets.loop = asyncio.get_running_loop()
             try:
-                ep = await asyncio.to_thread(bridge.allocate, c.id, mappings)
+                ep = await asyncio.to_thread(bridge.allocate, c.id, mappings, c.config.ipv4_address)
             except network.PortInUse as e:
                 raise Conflict(str(e)) from e
             except network.NetworkError as e:
@@ -560,7 +615,8 @@ class ContainerManager:
 
                 try:
                     ep = _replace(ep, overlays=self.network.overlay_endpoints(
-                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]))
+                        c.id, [(o.network, o.vni, o.subnet, o.mtu, o.ip, o.mac) for o in c.config.overlays]),
+                        isolated=isolated(c.config.overlays))
                 except network.NetworkError as e:
                     await asyncio.to_thread(bridge.release, c.id)
                     raise InvalidArgument(str(e)) from e
@@ -604,6 +660,8 @@ class ContainerManager:
         finally:
             reply.close()
         if not isinstance(msg, messages.Started):
+            if self.resolvers is not None:  # opened while it was wired, for a start that failed
+                self.resolvers.close(c.id)
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
@@ -842,6 +900,9 @@ class ContainerManager:
                     self._spawn(self._restart_later(c))
                 else:
                     await self._on_exit(c)
+        # a tmpfs of secrets whose container is gone (removed while the agent was down, or a create
+        # that never finished): unmounted now, so no secret stays in memory for nothing
+        await asyncio.to_thread(self.taskfiles.prune, set(self.containers))
 
     # --- stop, kill, pause --------------------------------------------------------------------
 
@@ -977,6 +1038,11 @@ class ContainerManager:
 
     def _remove_files(self, c: Container) -> list[Path]:
         unmount(str(self.files(c).dir / "rootfs"))
+        if c.config.task_files:
+            try:
+                self.taskfiles.remove(c.id)
+            except OSError as e:
+                log.warning("container %s: its secrets' tmpfs %s: %s", c.name, self.taskfiles.dir(c.id), e)
         with contextlib.suppress(Exception):
             self.cg.destroy(c.id)
         trash: list[Path] = []
@@ -1062,44 +1128,18 @@ class ContainerManager:
 
     async def logs(self, ref: str, follow: bool = False, tail: int = -1, since: float = 0,
                    until: float = 0) -> AsyncIterator[tuple[str, bytes, float]]:
+        """The container's log across its rotated files (agent/logs.py)."""
         c = self.get(ref)
-        path = self.files(c).log
-        lines: list[bytes] = []
-        pos = 0
-        if path.exists():
-            with open(path, "rb") as f:
-                data = f.read()
-                pos = f.tell()
-            lines = data.splitlines()
-            if tail >= 0:
-                lines = lines[-tail:] if tail else []
-        for raw in lines:
-            rec = _parse_log(raw)
-            if rec and (not since or rec[2] >= since) and (not until or rec[2] <= until):
-                yield rec
-        if not follow:
-            return
+        if c.config.log_config.type == "none":
+            raise logs.ReadNotSupported("configured logging driver does not support reading")
         ev = self._event(c)
-        buf = b""
-        while True:
-            running = c.state.status in ("running", "paused", "restarting") and c.id in self.containers
-            chunk = b""
-            if path.exists():
-                with open(path, "rb") as f:
-                    f.seek(pos)
-                    chunk = f.read()
-                    pos = f.tell()
-            buf += chunk
-            *complete, buf = buf.split(b"\n")
-            for raw in complete:
-                rec = _parse_log(raw)
-                if rec and (not until or rec[2] <= until):
-                    yield rec
-            if not running and not chunk:
-                return
-            if not chunk:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(ev.wait()), 0.1)
+
+        def running() -> bool:
+            return c.state.status in ("running", "paused", "restarting") and c.id in self.containers
+
+        async for rec in logs.entries(self.files(c).log, logs.rotation(c.config.log_config), follow, tail, since,
+                                      until, running, lambda: ev):
+            yield rec
 
     # --- attach and exec ----------------------------------------------------------------------
 
@@ -1219,20 +1259,6 @@ def _resolv_conf() -> str:
     return "\n".join(keep) + "\n"
 
 
-def _parse_log(raw: bytes) -> tuple[str, bytes, float] | None:
-    try:
-        rec = json.loads(raw)
-    except ValueError:
-        return None
-    ts = rec.get("time", "")
-    try:
-        t = datetime.datetime.strptime(ts[:26], "%Y-%m-%dT%H:%M:%S.%f").replace(
-            tzinfo=datetime.UTC).timestamp() if ts else 0.0
-    except ValueError:
-        t = 0.0
-    return rec.get("stream", "stdout"), rec.get("log", "").encode(), t
-
-
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -1257,3 +1283,11 @@ def _ps_row(pid: int) -> list[str] | None:
     return [user, str(pid), ppid, "0", started, "?", f"{cpu // 3600:02d}:{cpu // 60 % 60:02d}:{cpu % 60:02d}",
             cmdline or f"[{comm}]"]
 
+
+def _in_subnet(ip: str, subnet: str) -> bool:
+    import ipaddress
+
+    try:
+        return ipaddress.IPv4Address(ip) in ipaddress.IPv4Network(subnet)
+    except ValueError:
+        return False

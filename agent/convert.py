@@ -11,11 +11,13 @@ from agent.model import (
     ContainerConfig,
     DeviceRate,
     HealthCheck,
+    LogConfig,
     Mount,
     Overlay,
     Port,
     Resources,
     RestartPolicy,
+    TaskFile,
     Ulimit,
 )
 from agent.runtime.spec import ProcessSpec
@@ -44,7 +46,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         security_opt=list(m.security_opt),
         devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
         privileged=m.privileged,
-        overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu) for o in m.overlays],
+        overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu, o.internal) for o in m.overlays],
         mounts=[mount_from_pb(x) for x in m.mounts], read_only=m.read_only,
         cap_add=list(m.cap_add), cap_drop=list(m.cap_drop),
         ulimits=[Ulimit(u.name, u.soft, u.hard) for u in m.ulimits], dns=list(m.dns), dns_search=list(m.dns_search),
@@ -53,6 +55,8 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         healthcheck=HealthCheck(list(m.healthcheck.test), m.healthcheck.interval, m.healthcheck.timeout,
                                 m.healthcheck.retries, m.healthcheck.start_period, m.healthcheck.start_interval)
         if m.HasField("healthcheck") else None,
+        log_config=LogConfig(m.log_config.type, dict(m.log_config.config)),
+        task_files=[TaskFile(f.kind, f.name, f.target, f.uid, f.gid, f.mode) for f in m.task_files],
     )
 
 
@@ -94,8 +98,8 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         devices=[pb.DeviceMapping(path_on_host=d.path_on_host, path_in_container=d.path_in_container,
                                   permissions=d.permissions) for d in c.devices],
         privileged=c.privileged,
-        overlays=[pb.OverlayAttachment(network=o.network, vni=o.vni, subnet=o.subnet, ip=o.ip, mac=o.mac, mtu=o.mtu)
-                  for o in c.overlays],
+        overlays=[pb.OverlayAttachment(network=o.network, vni=o.vni, subnet=o.subnet, ip=o.ip, mac=o.mac, mtu=o.mtu,
+                                       internal=o.internal) for o in c.overlays],
         mounts=[mount_to_pb(x) for x in c.mounts], read_only=c.read_only,
         cap_add=c.cap_add, cap_drop=c.cap_drop,
         ulimits=[pb.Ulimit(name=u.name, soft=u.soft, hard=u.hard) for u in c.ulimits], dns=c.dns,
@@ -105,6 +109,9 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
                                    timeout=c.healthcheck.timeout, retries=c.healthcheck.retries,
                                    start_period=c.healthcheck.start_period,
                                    start_interval=c.healthcheck.start_interval) if c.healthcheck else None,
+        log_config=pb.LogConfig(type=c.log_config.type, config=c.log_config.config),
+        task_files=[pb.TaskFile(kind=f.kind, name=f.name, target=f.target, uid=f.uid, gid=f.gid, mode=f.mode)
+                    for f in c.task_files],
     )
 
 
@@ -166,6 +173,7 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
             "SecurityOpt": list(cfg.security_opt) or None,
             "ReadonlyRootfs": cfg.read_only,
+            "LogConfig": {"Type": cfg.log_config.type or "json-file", "Config": dict(cfg.log_config.config)},
             "CapAdd": list(cfg.cap_add) or None, "CapDrop": list(cfg.cap_drop) or None,
             "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits] or None,
             "Dns": list(cfg.dns), "DnsSearch": list(cfg.dns_search), "DnsOptions": list(cfg.dns_options),

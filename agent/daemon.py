@@ -22,6 +22,7 @@ import grpc
 from agent import local_wire
 from agent.cluster import ClusterMember
 from agent.containers import ContainerManager
+from agent.engine import EngineSettings
 from agent.local_api import LocalApi
 from agent.metrics import AgentMetrics, MetricsAddressError, MetricsServer, serve_metrics
 from agent.netsync import NetworkSync
@@ -64,6 +65,8 @@ class AgentOptions:
     max_image_size: int | None = None  # and all the layers of one image
     ip_forward: bool = True          # docker's --ip-forward: turn on net.ipv4.ip_forward
     ip_masq: bool = True             # docker's --ip-masq: masquerade the bridge's subnet (egress)
+    engine: EngineSettings = field(default_factory=EngineSettings)  # mirrors, log and ulimit defaults, DNS
+    config_file: str = ""            # the daemon.json read ("" = none)
 
 
 class Agent:
@@ -98,6 +101,7 @@ class Agent:
         identity = await self._identity()  # a join refused or a readable key: nothing started yet
         images = ImageStore(self.root / "images")
         images.limits = Limits(o.max_layer_size, o.max_image_size)
+        images.registries = o.engine.registries
         net = network.BridgeNetwork(self.root / "network", o.bridge, o.subnet)
         await asyncio.to_thread(net.ensure, o.ip_forward, o.ip_masq)
         resolvers = None
@@ -117,6 +121,11 @@ class Agent:
         self.manager.localnets.ip_masq = o.ip_masq
         self.manager.localnets.loop = asyncio.get_running_loop()
         await asyncio.to_thread(self.manager.localnets.ensure_all)
+        self.manager.log_default = o.engine.log
+        self.manager.default_ulimits = list(o.engine.ulimits)
+        self.manager.default_dns = list(o.engine.dns)
+        self.manager.default_dns_search = list(o.engine.dns_search)
+        self.manager.default_dns_options = list(o.engine.dns_options)
         await self.manager.adopt()
         for c in self.manager.containers.values():   # adopted on a user network: its 127.0.0.11 anew
             if self.manager.localnets.is_local(c.config.network_mode) and c.state.status in ("running", "paused"):
@@ -145,6 +154,7 @@ class Agent:
             except MetricsAddressError as e:
                 log.error("no /metrics: %s", e)
         servicer = AgentServicer(o.name, str(self.root), self.manager, images, driver.version, False, o.labels)
+        servicer.engine, servicer.config_file = o.engine, o.config_file
         # `criu check` takes a second: answer requests meanwhile, report the capability once known.
         self._criu_task = asyncio.get_running_loop().create_task(self._check_criu(servicer))
         self.server = transport.server(transport.AGENT)
@@ -187,6 +197,7 @@ class Agent:
                 cgroup_version=driver.version, criu=lambda: servicer.criu,
                 lazy_pages=lambda: servicer.lazy_pages, identity=identity)
             self.member.start()
+            self.manager.task_files_source = self.member.task_files
             assert net.overlays is not None
             self.netsync = NetworkSync(o.name, net.overlays, self.member.stub,
                                        on_map=resolvers.update if resolvers is not None else None)

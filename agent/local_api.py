@@ -16,7 +16,9 @@ import contextlib
 import json
 import logging
 import os
-from collections.abc import AsyncIterator
+import socket
+import stat
+import struct
 from typing import Any, NoReturn
 
 import grpc
@@ -48,7 +50,10 @@ class _Aborted(Exception):
 
 
 class _Context:
-    """What the servicer's methods use of grpc.aio.ServicerContext: abort()."""
+    """What the servicer's methods use of grpc.aio.ServicerContext: abort(); and the client's own
+    file a server stream may be written into instead (Save), when it named one."""
+
+    file: Any = None
 
     async def abort(self, code: grpc.StatusCode, details: str = "") -> NoReturn:
         raise _Aborted(code, details)
@@ -67,6 +72,19 @@ class _Requests:
         self.cls = cls
         self.call = call
         self.data_field = _bytes_field(cls)
+        # The client's own file, when it named one of its descriptors in the CALL: a servicer that
+        # reads a stream (Load, ImportImage) reads it from here itself, on its thread, instead of
+        # the bytes coming through this socket, the event loop and a pipe.
+        self.file: Any = None
+
+    def __aiter__(self) -> _Requests:
+        return self
+
+    async def __anext__(self) -> Message:
+        msg = await self.next()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
 
     async def next(self) -> Message | None:
         try:
@@ -90,9 +108,25 @@ class _Requests:
         except (json_format.ParseError, ValueError) as e:
             raise _Aborted(grpc.StatusCode.INVALID_ARGUMENT, f"bad {self.cls.__name__}: {e}") from None
 
-    async def __aiter__(self) -> AsyncIterator[Message]:
-        while (msg := await self.next()) is not None:
-            yield msg
+
+def _peer_file(writer: asyncio.StreamWriter, fd: int, write: bool = False) -> Any:
+    """The regular file the connected client has open as descriptor ``fd`` for reading (or with
+    ``write``, for writing), opened again through /proc/PID/fd of the peer the kernel names
+    (SO_PEERCRED): only what the client itself may do (its descriptor's access mode is checked)."""
+    sock = writer.get_extra_info("socket")
+    pid, _uid, _gid = struct.unpack("3i", sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    with open(f"/proc/{pid}/fdinfo/{int(fd)}") as info:
+        flags = next((int(line.split()[1], 8) for line in info if line.startswith("flags:")), os.O_WRONLY)
+    if flags & os.O_ACCMODE not in ((os.O_WRONLY, os.O_RDWR) if write else (os.O_RDONLY, os.O_RDWR)):
+        raise OSError(f"descriptor {fd} is not open for {'writing' if write else 'reading'}")
+    if write:
+        f = os.fdopen(os.open(f"/proc/{pid}/fd/{int(fd)}", os.O_WRONLY | os.O_CLOEXEC), "wb", buffering=1 << 20)
+    else:
+        f = open(f"/proc/{pid}/fd/{int(fd)}", "rb", buffering=1 << 20)  # noqa: SIM115 - closed by _serve
+    if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+        f.close()
+        raise OSError(f"descriptor {fd} is not a regular file")
+    return f
 
 
 class LocalApi:
@@ -129,7 +163,20 @@ class LocalApi:
                 return
             task = asyncio.current_task()
             requests = _Requests(reader, message_factory.GetMessageClass(method.input_type), task)
-            await self._call(self.servicers[service], method, requests, writer)
+            assert isinstance(call, dict)
+            if isinstance(call.get("file"), int) and (method.client_streaming or method.server_streaming):
+                # a stream in (Load, ImportImage) read from it, or one out (Save) written into it
+                try:
+                    requests.file = _peer_file(writer, call["file"], write=not method.client_streaming)
+                except OSError as e:
+                    writer.write(wire.encode(wire.ERROR, {"code": "FAILED_PRECONDITION",
+                                                          "message": f"file: the client's descriptor: {e}"}))
+                    return
+            try:
+                await self._call(self.servicers[service], method, requests, writer)
+            finally:
+                if requests.file is not None:
+                    requests.file.close()
         except (asyncio.IncompleteReadError, ConnectionError, ValueError):
             pass  # the client went away or spoke nonsense: nothing to answer
         except asyncio.CancelledError:
@@ -145,6 +192,7 @@ class LocalApi:
         out_fields = method.output_type.fields
         data_field = out_fields[0].name if len(out_fields) == 1 and out_fields[0].type == FieldDescriptor.TYPE_BYTES else ""
         ctx = _Context()
+        ctx.file = requests.file if not method.client_streaming else None
         try:
             if method.client_streaming:
                 arg: Any = aiter(requests)

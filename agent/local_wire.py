@@ -9,6 +9,10 @@ A frame is one byte of type, four bytes of big-endian length, and a JSON payload
 Messages are agent.proto's, in their proto3 JSON form with the .proto's field names (bytes fields
 are base64, int64 fields strings, as that form has them). A CALL may name another service of the
 agent: {"method": "Save", "service": "images"} (images.proto's Images).
+  A client streaming a regular file it has open (load -i, import FILE) may name it instead:
+        CALL {"method": "Load", "service": "images", "file": FD}; the agent opens /proc/PID/fd/FD
+        of the peer (SO_PEERCRED) and reads it itself; FAILED_PRECONDITION if it cannot (the client
+        then sends the bytes).
   DATA: a message of just its bytes field, the bytes as the payload itself, so images and archives
         travel as they are, neither base64'd nor parsed as JSON: the client may send one for any
         request message with a bytes field (Chunk.data, BuildInput.context, DataChunk.data); the

@@ -116,6 +116,16 @@ async def _send_archive(channel: grpc.aio.Channel, f: Any, name: str, cold: bool
     return str(summary.id)
 
 
+def _frozen(name: str, emit: Progress) -> Callable[[], None]:
+    """The "frozen" phase: the tree is in CRIU's images and its network locked here, so nothing of
+    it answers on this host any more. The scheduler points its cluster addresses at the target
+    then (scheduler/migrate.py), while the archive goes and the target restores."""
+    def dumped() -> None:
+        emit(pb.MigrateProgress(phase="frozen", message=f"{name} is frozen here"))
+
+    return dumped
+
+
 async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: Progress,
                   lazy_pages: bool = False) -> pb.MigrateProgress:
     """lazy_pages: post-copy is possible on this host (the target says for itself)."""
@@ -139,7 +149,7 @@ async def migrate(m: ContainerManager, ref: str, target: str, live: bool, emit: 
             out = HashingWriter(tmp)
             if live:
                 emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU"))
-                await m.checkpoints.checkpoint(c.id, export=out, level=1)
+                await m.checkpoints.checkpoint(c.id, export=out, level=1, dumped=_frozen(c.name, emit))
             else:
                 if was_running:
                     emit(pb.MigrateProgress(phase="stop", message=f"stopping {c.name}"))
@@ -210,8 +220,10 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         out = HashingWriter(tmp)
         emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU (post-copy)"))
         # Level 1: the archive holds the small images and the writable layer, not the memory.
-        dump = await m.checkpoints.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1)
+        dump = await m.checkpoints.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1,
+                                                   dumped=_frozen(c.name, emit))
         trace("migrate: archive written")
+        await _withdraw(m, c, back=False)
         await faults.FAULTS.pause_after_dump(m.root)  # tests kill the agent here (common/faults.py)
         try:
             new_id = await _send_archive(channel, tmp, c.name, False, emit, out.hexdigest(), dump.page_server)
@@ -219,7 +231,8 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
             detail = e.details() if isinstance(e, grpc.aio.AioRpcError) else str(e)
             emit(pb.MigrateProgress(phase="rollback", message=f"target failed ({detail}): {c.name} runs on here"))
             await dump.abort()
-            await m.checkpoints.lazy_dump_ended(c.id, ok=False)
+            if await m.checkpoints.lazy_dump_ended(c.id, ok=False):
+                await _withdraw(m, c, back=True)
             raise MigrationFailed(f"migration of {c.name} to {target} failed, rolled back: {detail}") from e
         downtime = time.monotonic() - down
         trace("migrate: the target runs it")
@@ -236,6 +249,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
             return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
                                       total_seconds=time.monotonic() - t0)
         # The target's copy lost its page source: its watchdog killed it, and CRIU unfroze ours.
+        await _withdraw(m, c, back=True)
         with contextlib.suppress(grpc.aio.AioRpcError):
             await pbg.AgentStub(channel).RemoveContainer(  # type: ignore[no-untyped-call]
                 pb.RemoveContainerRequest(id=new_id, force=True), timeout=30)
@@ -247,6 +261,20 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
     await _remove_moved_volumes(m, c)
     return pb.MigrateProgress(phase="done", new_id=new_id, downtime_seconds=downtime,
                               total_seconds=time.monotonic() - t0)
+
+
+async def _withdraw(m: ContainerManager, c: Any, back: bool) -> None:
+    """Post-copy keeps the frozen tree here while the target runs it: its cluster ports go down,
+    so this host's containers reach it on the target (the source withdraws); back up on a rollback.
+    Best effort: the container's removal takes the ports anyway."""
+    if not c.endpoint or not c.endpoint.get("overlays"):
+        return
+    from agent.runtime.network import Endpoint
+
+    try:
+        await asyncio.to_thread(m.network.withdraw, Endpoint.from_dict(c.endpoint), back)
+    except Exception as e:
+        log.warning("%s: cluster ports %s: %s", c.name, "up" if back else "down", e)
 
 
 async def _remove_source_copy(m: ContainerManager, cid: str) -> None:

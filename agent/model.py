@@ -77,6 +77,18 @@ class Mount:
 
 
 @dataclass
+class TaskFile:
+    """A cluster secret or config the container gets as a read-only file (agent/taskfiles.py): only
+    where it goes is kept here; the data lives on a tmpfs while the container exists."""
+    kind: str = "secret"            # secret | config
+    name: str = ""
+    target: str = ""                # absolute, in the container
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o444
+
+
+@dataclass
 class Ulimit:
     name: str           # nofile, nproc, core, ... (agent/hostconfig.py ULIMITS)
     soft: int           # -1: unlimited
@@ -110,6 +122,22 @@ class Overlay:
     ip: str = ""
     mac: str = ""
     mtu: int = 0
+    internal: bool = False
+
+
+def isolated(overlays: list[Overlay]) -> bool:
+    """Only on internal networks (the scheduler marks the ingress attachment of such a task
+    internal too): the container gets no route out of them."""
+    return bool(overlays) and all(o.internal for o in overlays)
+
+
+@dataclass
+class LogConfig:
+    """docker's HostConfig.LogConfig: the driver and its options (agent/logs.py checks them).
+    At create it becomes the effective one (the agent's default merged in), as docker records it."""
+
+    type: str = ""                  # json-file | local | none; "" = the agent's default
+    config: dict[str, str] = field(default_factory=dict)   # max-size, max-file, compress
 
 
 @dataclass
@@ -157,9 +185,11 @@ class ContainerConfig:
     healthcheck: HealthCheck | None = None   # probed by agent/health.py while the container runs
     overlays: list[Overlay] = field(default_factory=list)  # eth1, eth2, ... on cluster networks
     volumes_from: list[str] = field(default_factory=list)   # CONTAINER[:ro|rw], as given (its mounts are copied)
-    log_options: dict[str, str] = field(default_factory=dict)   # json-file's max-size, max-file, compress
     network_aliases: list[str] = field(default_factory=list)    # more names on a user network (127.0.0.11)
+    ipv4_address: str = ""          # docker's --ip: this address on its user network, not the next free one
     links: list[str] = field(default_factory=list)   # CONTAINER[:ALIAS]: /etc/hosts entries, as docker's --link
+    log_config: LogConfig = field(default_factory=LogConfig)   # --log-driver, --log-opt
+    task_files: list[TaskFile] = field(default_factory=list)  # a task's secrets and configs
 
 
 @dataclass
@@ -232,5 +262,5 @@ _NESTED: dict[str, Any] = {
     "Port": Port, "DeviceMapping": DeviceMapping, "HealthCheck": HealthCheck,
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
-    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit,
+    "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit, "LogConfig": LogConfig, "TaskFile": TaskFile,
 }

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from agent.runtime.network.mesh import Mesh, MeshPort
 from agent.runtime.network.model import NetworkError
 from agent.runtime.network.overlay import Diff, OverlayNet, Overlays, Peer
 from protos import cluster_pb2 as pb
@@ -32,12 +33,25 @@ log = logging.getLogger("dockyard.agent.netsync")
 PERIOD = 5.0  # seconds between repairs of the kernel tables
 
 
+@dataclass(frozen=True, slots=True)
+class MeshPlan:
+    """This node's part of the routing mesh: its own address on the ingress network, the ports."""
+    network: str
+    address: str
+    prefixlen: int
+    ports: tuple[MeshPort, ...]
+
+
 @dataclass(slots=True)
 class Desired:
     revision: int = 0
     networks: dict[str, OverlayNet] = field(default_factory=dict)
     local: dict[str, set[str]] = field(default_factory=dict)  # network -> ips of endpoints on this node
     peers: dict[str, list[Peer]] = field(default_factory=dict)  # network -> remote endpoints
+    mesh: MeshPlan | None = None
+
+
+NODE_PREFIX = "node:"  # (scheduler/network.py) an endpoint that is a node's own address
 
 
 def desired_of(msg: pb.NetworkMap, node: str) -> Desired:
@@ -46,6 +60,12 @@ def desired_of(msg: pb.NetworkMap, node: str) -> Desired:
         d.networks[n.name] = OverlayNet(n.name, n.vni, n.subnet, n.mtu)
         d.local[n.name] = {e.ip for e in n.endpoints if e.node == node}
         d.peers[n.name] = [Peer(e.ip, e.mac, e.vtep) for e in n.endpoints if e.node != node and e.vtep]
+        own = next((e.ip for e in n.endpoints if e.node == node and e.task_id == NODE_PREFIX + node), "")
+        if n.ingress and own:
+            ports = tuple(MeshPort(m.protocol, m.published,
+                                   tuple(f"{e.ip}:{m.target}" for e in n.endpoints if e.service == m.service and e.ready))
+                          for m in n.mesh_ports)
+            d.mesh = MeshPlan(n.name, own, int(n.subnet.rsplit("/", 1)[1]), ports)
     return d
 
 
@@ -55,6 +75,7 @@ class NetworkSync:
         self.node = node
         self.on_map = on_map  # the resolvers' records come from the same map
         self.overlays = overlays
+        self.mesh = Mesh(overlays.owner)
         self.stub = stub  # -> the current scheduler replica's stub (the join loop moves it on)
         self.period = period
         self.desired: Desired | None = None
@@ -130,7 +151,26 @@ class NetworkSync:
             if diff.changes and self.passes:
                 log.info("network %s: %d kernel entries repaired or updated (%s)", name, diff.changes,
                          ", ".join(diff.details[:6]))
+        self._mesh(d, diffs)
         self.passes += 1
         self.last_diff = diffs
         log.debug("network reconcile at revision %d in %.1f ms", d.revision, (time.monotonic() - t0) * 1000)
         return diffs
+
+    def _mesh(self, d: Desired, diffs: dict[str, Diff]) -> None:
+        """The routing mesh's rules, once the ingress bridge is there (else none: a DNAT to a
+        network this host cannot reach would swallow the port)."""
+        plan = d.mesh
+        try:
+            if plan is None or plan.network not in diffs:
+                if self.mesh.installed():
+                    log.info("routing mesh: no port published here any more; rules removed")
+                    self.mesh.remove()
+                return
+            vni = d.networks[plan.network].vni
+            self.overlays.set_address(vni, plan.address, plan.prefixlen)
+            if self.mesh.apply(self.overlays.bridge_name(vni), plan.address, plan.ports):
+                log.info("routing mesh: %s", ", ".join(f"{p.published}/{p.protocol} -> {len(p.backends)} task(s)"
+                                                       for p in plan.ports) or "no ports")
+        except NetworkError as e:
+            log.error("routing mesh: %s", e)

@@ -390,13 +390,16 @@ class Resolvers:
 
     def update(self, msg: Any) -> None:
         """A network map (protos NetworkMap) -> the records every zone is built from."""
+        nets = [n for n in msg.networks if not n.ingress]  # the mesh's network carries no names (as Swarm's)
         self.set_records([Record(n.name, e.ip, e.task, e.container, tuple(e.names), e.ready)
-                          for n in msg.networks for e in n.endpoints],
-                         [Vip(n.name, v.ip, tuple(v.names)) for n in msg.networks for v in n.vips])
+                          for n in nets for e in n.endpoints if e.task],
+                         [Vip(n.name, v.ip, tuple(v.names)) for n in nets for v in n.vips])
 
     def on_change(self, c: Any) -> None:
-        """ContainerManager.on_change: a container that no longer runs has no resolver."""
-        if c.id in self.by_container and c.state.status not in ("running", "paused"):
+        """ContainerManager.on_change: a container that no longer runs has no resolver. "created"
+        keeps it: the resolver is opened while the container starts (its namespace wired, the
+        status not yet running), and a save of the container in that window must not close it."""
+        if c.id in self.by_container and c.state.status not in ("created", "running", "paused"):
             self.close(c.id)
 
     def close_all(self) -> None:

@@ -23,6 +23,7 @@ import grpc
 from agent import attachsession, convert, metrics, status
 from agent.checkpoint import host_features
 from agent.containers import UPDATABLE_LIMITS, ContainerManager
+from agent.engine import EngineSettings
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
 from agent.images.pipes import consume
@@ -87,6 +88,8 @@ class AgentServicer(pbg.AgentServicer):
         self.lazy_pages = False  # known, like criu, once `criu check` ran
         self.labels = labels
         self.host = host_features.probe()
+        self.engine = EngineSettings()   # set by the daemon: what `info` shows of its settings
+        self.config_file = ""
         from agent.dockerapi.events import Events
 
         self.events = Events(manager)  # the Docker API's event source, for `dockyard system events`
@@ -105,12 +108,18 @@ class AgentServicer(pbg.AgentServicer):
             containers_stopped=sum(c.state.status not in ("running", "paused") for c in cs),
             images=len(self.images.list()), labels=self.labels, lazy_pages=self.lazy_pages,
             arch=self.host.arch, cpu_features=self.host.cpu_features,
+            config_file=self.config_file, registry_mirrors=self.engine.registries.mirrors,
+            insecure_registries=self.engine.registries.insecure, log_driver=self.engine.log.type,
+            log_opts=self.engine.log.config, dns=self.engine.dns, dns_search=self.engine.dns_search,
+            dns_options=self.engine.dns_options,
+            default_ulimits=[f"{u.name}={u.soft}:{u.hard}" for u in self.engine.ulimits],
         )
 
     @_mapped
     async def CreateContainer(self, request: pb.CreateContainerRequest, context: Any) -> pb.ContainerSummary:
         cfg = convert.config_from_pb(request.config)
-        c = await asyncio.to_thread(self.m.create, cfg)
+        files = await self.m.fetch_task_files(cfg) if cfg.task_files else None
+        c = await asyncio.to_thread(self.m.create, cfg, files)
         return convert.summary(c)
 
     @_mapped
@@ -133,7 +142,8 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def InspectContainer(self, request: pb.ContainerRef, context: Any) -> pb.JsonDocument:
         c = self.m.get(request.id)
-        extra = {"LogPath": str(self.m.files(c).log), "Driver": "overlay", "Mounts": self.m.mounts_info(c)}
+        log = "" if c.config.log_config.type == "none" else str(self.m.files(c).log)
+        extra = {"LogPath": log, "Driver": "overlay", "Mounts": self.m.mounts_info(c)}
         return pb.JsonDocument(json=json.dumps(convert.inspect(c, extra)))
 
     @_mapped
@@ -396,8 +406,11 @@ class AgentServicer(pbg.AgentServicer):
                     raise InvalidArgument("import: a second header in the stream")
                 yield chunk.data
 
-        image = await consume(data(), lambda f: self.images.import_tar(
-            f, header.reference or None, list(header.changes), header.message))
+        def run(f: Any) -> Any:
+            return self.images.import_tar(f, header.reference or None, list(header.changes), header.message)
+
+        source = getattr(request_iterator, "file", None)  # the local API's client's own file
+        image = await (asyncio.to_thread(run, source) if source is not None else consume(data(), run))
         return self._image_summary(image)
 
     async def ExportContainer(self, request: pb.ContainerRef, context: Any) -> AsyncIterator[pb.DataChunk]:

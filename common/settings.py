@@ -8,6 +8,11 @@ An option of ``dockyard agent`` or ``dockyard scheduler`` is taken, first that h
    ``metrics-addr = "127.0.0.1:9400"``, ``label = ["zone=a"]``);
 4. the defaults below.
 A key the command does not have, or a file that is not TOML, is an error naming the file and key.
+
+``dockyard agent`` also reads docker's daemon.json (``DAEMON_JSON``, or ``--config-file PATH``) with
+dockerd's rules: the keys that apply (``DAEMON_KEYS``) stand for their flags; an unknown key, a
+value of the wrong type, or a key also given as a flag (or its variable) is refused at start,
+naming it (``load_daemon_json``).
 ENVIRONMENT lists every other DOCKYARD_* variable; README.md ("Settings") shows them all.
 """
 
@@ -34,6 +39,8 @@ SCHEDULER_JOIN_PORT = SCHEDULER_PORT + 1      # --tls: the join port (server TLS
 SCHEDULER_METRICS = "127.0.0.1:9324"
 SCHEDULER_STATE = "/var/lib/dockyard-scheduler"
 ETCD = "/usr/bin/etcd"
+DAEMON_JSON = "/etc/dockyard/daemon.json"    # docker's daemon.json keys (read if it exists)
+LOG_DRIVER = "json-file"                      # the containers' log driver when neither they nor the agent say
 
 # --- the environment ----------------------------------------------------------------------------
 
@@ -94,6 +101,103 @@ def load_file(path: str, section: str, names: dict[str, str]) -> dict[str, Any]:
             raise SettingsError(f"{path}: [{section}] {key}: not an option of `dockyard {section}` (known: {known})")
         out[names[key]] = value
     return out
+
+
+# --- docker's daemon.json ----------------------------------------------------------------------
+
+# daemon.json key -> (the agent's parameter, the JSON type it must have). A list or an object
+# becomes the strings its flag would be given (log-opts {"max-size": "10m"} -> ("max-size=10m",)).
+DAEMON_KEYS: dict[str, tuple[str, str]] = {
+    "data-root": ("root", "string"),
+    "registry-mirrors": ("registry_mirrors", "list"),
+    "insecure-registries": ("insecure_registries", "list"),
+    "log-driver": ("log_driver", "string"),
+    "log-opts": ("log_opts", "object"),
+    "default-ulimits": ("default_ulimits", "ulimits"),
+    "dns": ("dns", "list"),
+    "dns-search": ("dns_search", "list"),
+    "dns-opts": ("dns_options", "list"),
+    "bip": ("bip", "string"),
+}
+# dockerd's keys that dockyard's agent does not do: refused with this reason, not ignored
+DAEMON_UNSUPPORTED: dict[str, str] = {
+    "default-address-pools": "user-defined networks take --subnet; the agent's bridge takes bip",
+    "storage-driver": "dockyard always uses overlayfs", "exec-opts": "", "exec-root": "", "hosts": "use --socket",
+    "iptables": "", "ip-forward": "use --ip-forward", "ip-masq": "use --ip-masq", "bridge": "use --bridge",
+    "fixed-cidr": "use bip", "default-runtime": "", "runtimes": "",
+    "live-restore": "containers always outlive the agent", "userns-remap": "", "debug": "use DOCKYARD_LOG=DEBUG",
+    "log-level": "use DOCKYARD_LOG", "max-concurrent-downloads": "", "max-concurrent-uploads": "",
+    "experimental": "", "features": "", "labels": "use --label", "cgroup-parent": "use --cgroup-parent",
+    "mtu": "", "tls": "", "tlsverify": "", "tlscacert": "", "tlscert": "", "tlskey": "",
+}
+
+
+def load_daemon_json(path: str) -> dict[str, Any]:
+    """daemon.json's settings, by the agent's parameter name, each as its flag would give it."""
+    import json
+
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise SettingsError(f"{path}: {e.strerror or e}") from None
+    try:
+        doc = json.loads(raw or b"{}")
+    except ValueError as e:
+        raise SettingsError(f"{path}: not valid JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise SettingsError(f"{path}: must be a JSON object")
+    unknown = sorted(k for k in doc if k not in DAEMON_KEYS)
+    if unknown:
+        reasons = [f"{k} ({DAEMON_UNSUPPORTED[k] or 'not supported by dockyard'})" if k in DAEMON_UNSUPPORTED else k
+                   for k in unknown]
+        raise SettingsError(f"{path}: the following directives don't match any configuration option: "
+                            + ", ".join(reasons))
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        param, kind = DAEMON_KEYS[key]
+        out[param] = _daemon_value(path, key, kind, value)
+    return out
+
+
+def _daemon_value(path: str, key: str, kind: str, value: Any) -> Any:
+    where = f"{path}: {key}"
+    if kind == "string":
+        if not isinstance(value, str):
+            raise SettingsError(f"{where}: must be a string, not {json_type(value)}")
+        return value
+    if kind == "list":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise SettingsError(f"{where}: must be a list of strings")
+        return tuple(value)
+    if kind == "object":
+        if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+            raise SettingsError(f'{where}: must be an object of strings (like {{"max-size": "10m"}})')
+        return tuple(f"{k}={v}" for k, v in value.items())
+    # default-ulimits: {"nofile": {"Name": "nofile", "Soft": 1024, "Hard": 2048}}, as dockerd's
+    if not isinstance(value, dict):
+        raise SettingsError(f'{where}: must be an object (like {{"nofile": {{"Name": "nofile", "Soft": 1024, '
+                            f'"Hard": 2048}}}})')
+    out = []
+    for name, u in value.items():
+        if not isinstance(u, dict) or set(u) - {"Name", "Soft", "Hard"} or not {"Soft", "Hard"} <= set(u):
+            raise SettingsError(f"{where}: {name}: must be an object with Soft and Hard (and Name)")
+        if u.get("Name", name) != name:
+            raise SettingsError(f"{where}: {name}: its Name is {u['Name']!r}")
+        if not all(isinstance(u[k], int) and not isinstance(u[k], bool) for k in ("Soft", "Hard")):
+            raise SettingsError(f"{where}: {name}: Soft and Hard must be integers")
+        out.append(f"{name}={u['Soft']}:{u['Hard']}")
+    return tuple(out)
+
+
+def json_type(value: Any) -> str:
+    return {bool: "a boolean", int: "a number", float: "a number", list: "a list", dict: "an object",
+            type(None): "null"}.get(type(value), "a string")
+
+
+def daemon_option_name(param: str) -> str:
+    """The daemon.json key of a parameter (for messages)."""
+    return next(k for k, (p, _) in DAEMON_KEYS.items() if p == param)
 
 
 # --- the click glue (imported lazily: the agent's runtime imports this module for its defaults) ----

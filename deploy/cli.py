@@ -106,6 +106,7 @@ LAZY: dict[str, tuple[str, ...]] = {
     "network": (_GROUPS, "deploy.cli_network"),
     "cluster": ("deploy.cli_bootstrap",),
     "volume": ("deploy.cli_volumes",),
+    **dict.fromkeys(("secret", "config"), ("deploy.cli_objects",)),
 }
 
 
@@ -137,7 +138,10 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
 
 @main.command("agent", context_settings=settings.context("agent"))
 @settings.config_option("agent")
-@click.option("--root", default=settings.ROOT, show_default=True, help="State directory")
+@click.option("--config-file", default=None,
+              help=f"docker's daemon.json: registry-mirrors, insecure-registries, data-root, default-ulimits, "
+                   f"log-driver, log-opts, dns, dns-search, dns-opts, bip (default: {settings.DAEMON_JSON}, if it exists)")
+@click.option("--root", "--data-root", "root", default=settings.ROOT, show_default=True, help="State directory")
 @click.option("--socket", "sock", default=settings.AGENT_SOCKET, show_default=True)
 @click.option("--listen", default="", help="Also serve on TCP host:port")
 @click.option("--name", default="", help="Node name (default: the hostname)")
@@ -164,16 +168,70 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
               help="Turn on net.ipv4.ip_forward (published ports from other hosts, the routing mesh); as docker's")
 @click.option("--ip-masq", type=bool, default=True, show_default=True,
               help="Masquerade the containers' subnet so they reach beyond the host; as docker's")
+@click.option("--registry-mirror", "registry_mirrors", multiple=True,
+              help="A registry mirror for docker.io images, tried before Docker Hub (http(s)://host[:port])")
+@click.option("--insecure-registry", "insecure_registries", multiple=True,
+              help="A registry (host[:port] or CIDR) reached without verifying TLS, or over plain HTTP")
+@click.option("--log-driver", default=settings.LOG_DRIVER, show_default=True,
+              help="The containers' default log driver: json-file, local, none")
+@click.option("--log-opt", "log_opts", multiple=True, help="Default log driver options: max-size=10m, max-file=3, ...")
+@click.option("--default-ulimit", "default_ulimits", multiple=True,
+              help="Default ulimits for containers: NAME=SOFT[:HARD]")
+@click.option("--dns", multiple=True, help="DNS servers for containers that name none")
+@click.option("--dns-search", multiple=True, help="DNS search domains for containers that name none")
+@click.option("--dns-opt", "dns_options", multiple=True, help="resolv.conf options for containers that name none")
+@click.option("--bip", default="", help="The bridge's address and prefix (172.29.0.1/16), as --subnet")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
               advertise: str = "", token: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
               docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "", ip_forward: bool = True,
-              ip_masq: bool = True) -> None:
+              ip_masq: bool = True, config_file: str | None = None, **engine_values: Any) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
+    from agent import engine
     from agent.daemon import AgentOptions, run
     from common.http import parse_addr
+
+    # docker's daemon.json: its keys stand for flags; one given both ways is refused, as dockerd does
+    ctx = click.get_current_context()
+    values: dict[str, Any] = {"root": root, "subnet": subnet, **engine_values}
+    from_file: dict[str, Any] = {}
+    path = config_file if config_file is not None else (settings.DAEMON_JSON if os.path.exists(settings.DAEMON_JSON)
+                                                         else "")
+    if path:
+        try:
+            from_file = settings.load_daemon_json(path)
+        except settings.SettingsError as e:
+            raise click.BadParameter(str(e), param_hint="--config-file") from None
+        def show(v: Any) -> str:
+            return ", ".join(v) if isinstance(v, tuple) else str(v)
+
+        both = [f"{settings.daemon_option_name(p)}: (from flag: {show(values[p])}, from file: {show(v)})"
+                for p, v in from_file.items() if ctx.get_parameter_source(p) != click.core.ParameterSource.DEFAULT]
+        if both:
+            raise click.UsageError(f"unable to configure the agent with file {path}: the following directives are "
+                                   f"specified both as a flag and in the configuration file: {', '.join(both)}")
+        values.update(from_file)
+
+    def origin(param: str) -> str:
+        if param in from_file:
+            return f"{path}: {settings.daemon_option_name(param)}"
+        return "--" + {"registry_mirrors": "registry-mirror", "insecure_registries": "insecure-registry",
+                       "log_opts": "log-opt", "default_ulimits": "default-ulimit", "dns_options": "dns-opt"}.get(param, param.replace("_", "-"))
+
+    root = values["root"]
+    try:
+        eng = engine.settings(values, origin)
+        if values.get("bip"):
+            if ctx.get_parameter_source("subnet") != click.core.ParameterSource.DEFAULT:
+                raise engine.EngineSettingError(f"{origin('bip')} and --subnet: give one of them")
+            try:
+                subnet = engine.bridge_subnet(values["bip"])
+            except engine.EngineSettingError as e:
+                raise engine.EngineSettingError(f"{origin('bip')}: {e}") from None
+    except engine.EngineSettingError as e:
+        raise click.UsageError(str(e)) from None
 
     if metrics_addr:
         try:
@@ -195,6 +253,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
                      join=join, advertise=advertise, token=token, cgroup_favor_dynmods=cgroup_favor_dynmods,
                      docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward, ip_masq=ip_masq,
+                     engine=eng, config_file=path,
                      max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
                      max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 
@@ -915,7 +974,15 @@ def info(ctx: click.Context) -> None:
                  (" Stopped", i.containers_stopped), ("Images", i.images), ("Docker Root Dir", i.root),
                  ("CRIU", "yes" if i.criu else "no"),
                  ("Post-copy migration", "yes" if i.lazy_pages else "no"), ("Architecture", i.arch),
-                 ("CPU features", " ".join(i.cpu_features))]:
+                 ("CPU features", " ".join(i.cpu_features)),
+                 ("Config File", i.config_file or "none"),
+                 ("Logging Driver", i.log_driver + "".join(f" {k}={v}" for k, v in sorted(i.log_opts.items()))),
+                 ("Default Ulimits", " ".join(i.default_ulimits) or "none"),
+                 ("DNS", " ".join(i.dns) or "the host's"),
+                 ("DNS Search", " ".join(i.dns_search) or "the host's"),
+                 ("DNS Options", " ".join(i.dns_options) or "the host's"),
+                 ("Insecure Registries", " ".join(i.insecure_registries) or "none (loopback only)"),
+                 ("Registry Mirrors", " ".join(i.registry_mirrors) or "none")]:
         click.echo(f"{k}: {v}")
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -72,7 +73,9 @@ class SchedulerClient:
             ch = self._channels[addr] = transport.dial_blocking(addr, self.identity, transport.Role.SCHEDULER)
         return pbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
 
-    def call(self, method: str, request: Any, timeout: float = TIMEOUT) -> Any:
+    def call(self, method: str, request: Any, timeout: float = TIMEOUT, fatal: bool = True) -> Any:
+        """The first replica's answer; an error from it ends the CLI with its message (or, with
+        fatal=False, is raised for the caller to handle)."""
         errors = []
         n = len(self.addresses)
         for i in range(n):
@@ -86,6 +89,8 @@ class SchedulerClient:
                 if code == grpc.StatusCode.UNAVAILABLE and "etcd" not in (e.details() or ""):  # type: ignore[attr-defined]
                     errors.append(f"{addr}: {e.details()}")  # type: ignore[attr-defined]
                     continue
+                if not fatal:
+                    raise
                 fail(f"Error response from scheduler: {e.details()}")  # type: ignore[attr-defined]
         hint = "" if self.identity.tls is not None else (
             f" If it runs with --tls, the CLI needs ca.pem, cert.pem and key.pem: none in {cert_path()}"
@@ -145,8 +150,10 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
 @click.option("--tls", is_flag=True, help="Mutual TLS: a cluster CA in etcd, join tokens, a join port at --listen's port + 1, "
               "an admin client bundle in <state-dir>/client")
+@click.option("--secrets-key", default="", help="The key that seals secrets in etcd (32 bytes, mode 0600; "
+              "made if missing; every replica needs the same file) [default: <state-dir>/secrets.key]")
 def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, state_dir: str, ttl: int,
-                  tls: bool = False) -> None:
+                  tls: bool = False, secrets_key: str = "") -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
     from scheduler.main import SchedulerError, SchedulerOptions, run
 
@@ -154,7 +161,7 @@ def scheduler_cmd(etcd: str, listen: str, advertise: str, metrics_addr: str, sta
         raise click.BadParameter("at least 2 seconds (etcd's minimum lease)", param_hint="--ttl")
     try:
         run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
-                             state_dir=state_dir, ttl=ttl, tls=tls))
+                             state_dir=state_dir, ttl=ttl, tls=tls, secrets_key=secrets_key))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
 
@@ -355,14 +362,24 @@ def load_stack_files(files: tuple[str, ...], name: str | None) -> tuple[str, dic
 
 
 def deploy_stack(ctx: click.Context, files: tuple[str, ...], name: str | None, prune: bool) -> None:
-    from deploy.cli_network import ensure_stack_networks
+    from deploy.cli_network import ensure_stack_networks, with_default_network
     from scheduler.convert import spec_to_pb
 
     stack_name, specs, stacks = load_stack_files(files, name)
+    stacks = [with_default_network(ctx, st) for st in stacks]
+    specs = {s.name: s for st in stacks for s in st.services}
     for stack in stacks:
         ensure_stack_networks(ctx, stack)
+    # the stack's own secrets and configs go with the deploy (made in its transaction); external ones
+    # are checked there to exist
+    objects = [pb.FileObject(kind=o.kind, name=o.name, data=o.data,
+                             labels={**dict(o.labels), "com.docker.stack.namespace": stack_name})
+               for stack in stacks for o in stack.objects if not o.external]
     r = sched(ctx).call("Deploy", pb.DeployRequest(stack=stack_name, services=[spec_to_pb(s) for s in specs.values()],
-                                                   prune=prune), timeout=30)
+                                                   prune=prune, objects=objects), timeout=30)
+    for c in r.objects:
+        if c.action == "created":
+            click.echo(f"Creating {c.service}")
     verbs = {"created": "Creating service", "updated": "Updating service", "unchanged": "Unchanged service",
              "removed": "Removing service"}
     for c in r.changes:
@@ -461,29 +478,140 @@ def service_scale(ctx: click.Context, pairs: tuple[str, ...]) -> None:
         click.echo(f"{name} scaled to {n}")
 
 
+def _policy_options(prefix: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--update-* / --rollback-*: docker's rolling-update policy flags."""
+    what = "updates" if prefix == "update" else "rollbacks"
+
+    def add(f: Callable[..., Any]) -> Callable[..., Any]:
+        for opt in reversed([
+            click.option(f"--{prefix}-parallelism", type=int, default=None,
+                         help=f"Maximum number of tasks in {what} at once (0 to update all at once)"),
+            click.option(f"--{prefix}-delay", default="", help=f"Delay between {what} (ns|us|ms|s|m|h)"),
+            click.option(f"--{prefix}-monitor", default="",
+                         help="Duration after each task update to monitor for failure (ns|us|ms|s|m|h)"),
+            click.option(f"--{prefix}-order", type=click.Choice(["start-first", "stop-first"]), default=None,
+                         help=f"{prefix.capitalize()} order"),
+            click.option(f"--{prefix}-failure-action", default=None,
+                         type=click.Choice(["pause", "continue", "rollback"] if prefix == "update"
+                                           else ["pause", "continue"]),
+                         help=f"Action on {prefix} failure"),
+            click.option(f"--{prefix}-max-failure-ratio", type=float, default=None,
+                         help=f"Failure rate to tolerate during an {prefix}"),
+        ]):
+            f = opt(f)
+        return f
+
+    return add
+
+
 @service.command("update")
-@click.option("--image", default="", help="Service image")
+@click.option("--image", default="", help="Service image tag")
+@click.option("--replicas", type=int, default=None, help="Number of tasks")
 @click.option("--env-add", multiple=True, help="Add or update an environment variable KEY=VALUE")
-@click.option("--replicas", type=int, default=None)
-@click.option("--force", is_flag=True, help="Restart the tasks even if nothing changed")
+@click.option("--env-rm", multiple=True, help="Remove an environment variable")
+@click.option("--label-add", multiple=True, help="Add or update a service label KEY=VALUE")
+@click.option("--label-rm", multiple=True, help="Remove a label by its key")
+@click.option("--container-label-add", multiple=True, help="Add or update a container label KEY=VALUE")
+@click.option("--container-label-rm", multiple=True, help="Remove a container label by its key")
+@click.option("--publish-add", multiple=True, help="Add or update a published port: 8080:80[/udp]")
+@click.option("--publish-rm", multiple=True, help="Remove a published port by its target: 80[/udp] or 8080:80")
+@click.option("--secret-add", multiple=True, help="Add or update a secret: NAME or source=NAME,target=...")
+@click.option("--secret-rm", multiple=True, help="Remove a secret (by name or target)")
+@click.option("--config-add", multiple=True, help="Add or update a config: NAME or source=NAME,target=/PATH")
+@click.option("--config-rm", multiple=True, help="Remove a config (by name or target)")
+@_policy_options("update")
+@_policy_options("rollback")
+@click.option("--rollback", "rollback_now", is_flag=True, help="Roll back to the previous specification")
+@click.option("--force", is_flag=True, help="Force update even if no changes require it")
+@click.option("-d", "--detach", is_flag=True, help="Exit immediately instead of waiting for the update to finish")
+@click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
 @click.argument("name")
 @click.pass_context
-def service_update(ctx: click.Context, image: str, env_add: tuple[str, ...], replicas: int | None, force: bool,
-                   name: str) -> None:
-    """Update a service (a rolling update, as its update_config says)."""
-    sched(ctx).call("UpdateService", pb.UpdateServiceRequest(name=name, image=image, env_add=list(env_add),
-                                                             replicas=replicas or 0, has_replicas=replicas is not None,
-                                                             force=force))
+def service_update(ctx: click.Context, /, name: str, rollback_now: bool, force: bool, detach: bool, quiet: bool,
+                   **o: Any) -> None:
+    """Update a service: a rolling update, `--update-parallelism` tasks at a time."""
+    from deploy.service_update import EditError, edit
+    from scheduler import convert
+    from scheduler.objects import ObjectError
+
+    if rollback_now:
+        if any(v for v in o.values()) or force:
+            fail("dockyard service update: --rollback goes back to the previous spec; give no other change with it")
+        service_rollback_now(ctx, name, detach, quiet)
+        return
+    from deploy import stack as st
+    from deploy.cli_stack import _checked, _flag, _publish
+    from deploy.stack_files import parse_flag
+
+    info = sched(ctx).call("InspectService", pb.ServiceRef(name=name))
+    spec = convert.spec_from_json(info.spec_json)
+    try:
+        new = edit(spec, o, publish=lambda text: _checked(lambda: _publish(text)),
+                   duration=lambda flag, v: _checked(lambda: st.parse_duration(_flag(flag, v))), file_ref=parse_flag)
+    except (EditError, ObjectError) as e:
+        fail(f"dockyard service update: {e}")
+    if new == spec and not force:
+        click.echo(name)
+        if not quiet:
+            click.echo("verify: nothing to change", err=True)
+        return
+    after = sched(ctx).call("UpdateService", pb.UpdateServiceRequest(name=name, spec_json=convert.spec_json(new),
+                                                                     expect_version=info.version, force=force))
     click.echo(name)
+    if not detach:
+        _wait_update(ctx, name, quiet, want=convert.spec_from_json(after.spec_json).digest)
+
+
+def service_rollback_now(ctx: click.Context, name: str, detach: bool, quiet: bool) -> None:
+    sched(ctx).call("RollbackService", pb.ServiceRef(name=name))
+    click.echo(name)
+    if not detach:
+        _wait_update(ctx, name, quiet)
+
+
+def _wait_update(ctx: click.Context, name: str, quiet: bool, timeout: float = 300.0, want: str = "") -> None:
+    """As docker's service update without -d: progress until every task runs the new spec; a paused
+    update, or one rolled back from `want` (the digest it went to), is an error that says why."""
+    from scheduler import convert
+
+    start = time.monotonic()
+    last = ""
+    while True:
+        info = sched(ctx).call("InspectService", pb.ServiceRef(name=name))
+        digest = convert.spec_from_json(info.spec_json).digest
+        tasks = sched(ctx).call("ListTasks", pb.ListTasksRequest(services=[name])).tasks
+        live = [t for t in tasks if t.desired_state == "running"
+                and t.state not in ("complete", "failed", "rejected", "shutdown")]
+        done = [t for t in live if t.spec_version == digest and t.state == "running" and t.healthy != "unhealthy"]
+        pending = [t.error for t in live if t.state == "pending" and t.error]
+        line = f"overall progress: {len(done)} out of {info.replicas} tasks" + (
+            f" ({info.update_state.replace('_', ' ')})" if info.update_state else "") + (
+            f": {pending[0]}" if pending else "")
+        if line != last and not quiet:
+            click.echo(line, err=True)
+            last = line
+        if info.update_state in ("paused", "rollback_paused"):
+            fail(f"{name}: {info.update_message} (see `dockyard service ps {name}`)")
+        if want and digest != want and info.update_state == "rollback_completed":
+            fail(f"{name}: the update was rolled back: {info.update_message}")
+        if info.update_state not in ("updating", "rollback_started") and len(done) >= info.replicas \
+                and len(live) == len(done):
+            if not quiet:
+                click.echo("verify: Service converged", err=True)
+            return
+        if time.monotonic() - start > timeout:
+            fail(f"{name}: the update did not finish in {timeout:.0f} s (it goes on: see `dockyard service ps {name}`)")
+        time.sleep(0.3)
 
 
 @service.command("rollback")
+@click.option("-d", "--detach", is_flag=True, help="Exit immediately instead of waiting for the rollback to finish")
+@click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
 @click.argument("name")
 @click.pass_context
-def service_rollback(ctx: click.Context, name: str) -> None:
-    """Go back to a service's previous spec."""
-    sched(ctx).call("RollbackService", pb.ServiceRef(name=name))
-    click.echo(name)
+def service_rollback(ctx: click.Context, name: str, detach: bool, quiet: bool) -> None:
+    """Go back to a service's previous spec (rolled out as its rollback_config says)."""
+    service_rollback_now(ctx, name, detach, quiet)
 
 
 @service.command("rm")
@@ -526,9 +654,14 @@ def service_logs(ctx: click.Context, follow: bool, tail: str, raw: bool, target:
 @click.pass_context
 def stack_rm(ctx: click.Context, stacks: tuple[str, ...]) -> None:
     """Remove every service of stacks."""
+    from deploy.cli_network import remove_stack_networks
+
     r = sched(ctx).call("RemoveServices", pb.RemoveServicesRequest(names=list(stacks), stack=True))
     for n in r.removed:
         click.echo(f"Removing service {n}")
+    for n in r.removed_objects:
+        click.echo(f"Removing {n}")
+    remove_stack_networks(ctx, stacks)
 
 
 # --- exec into a task through the scheduler -----------------------------------------------------

@@ -368,7 +368,7 @@ class _ProgressView:
 
 
 @click.command("pull")
-@click.option("-q", "--quiet", is_flag=True, help="Suppress verbose output")
+@options.click_options(options.PULL)
 @click.argument("ref", metavar="NAME[:TAG|@DIGEST]")
 @click.pass_context
 def pull(ctx: click.Context, quiet: bool, ref: str) -> None:

@@ -15,7 +15,7 @@ import sys
 
 from deploy import display
 from deploy.local import Call, CallError, LocalClient, NotServed, daemon_error
-from deploy.options import BUILD, IMPORT, LOAD, SAVE, Unsupported, parse
+from deploy.options import BUILD, IMPORT, LOAD, PULL, SAVE, Unsupported, parse
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -38,10 +38,30 @@ def save(host: str, argv: Sequence[str]) -> int | None:
     tmp = output + ".partial"  # a failed save leaves no half archive under the asked name
     try:
         try:
-            call.send({"refs": list(refs), "format": o["fmt"]})
             out = open(tmp, "wb") if output else None  # noqa: SIM115 - closed below
         except OSError as e:
             return _fail(f"failed to save to {output}: {e.strerror}")
+        if out is not None:
+            # The agent writes the archive into our file itself (agent/local_wire.py "file"); if it
+            # cannot, the bytes come as DATA frames as to stdout.
+            call.close()
+            call = LocalClient(host).open("Save", IMAGES, file=out.fileno())
+            call.send({"refs": list(refs), "format": o["fmt"]})
+            try:
+                for _ in call:
+                    pass
+                out.close()
+                os.replace(tmp, output)
+                return 0
+            except CallError as e:
+                if not (e.code == "FAILED_PRECONDITION" and e.details.startswith("file:")):
+                    out.close()
+                    raise
+            call.close()
+            out.seek(0)
+            out.truncate()
+            call = LocalClient(host).open("Save", IMAGES)
+        call.send({"refs": list(refs), "format": o["fmt"]})
         try:
             for msg in call:
                 data = msg.get("", b"")
@@ -77,16 +97,12 @@ def load(host: str, argv: Sequence[str]) -> int | None:
     except OSError as e:
         return _fail(f"open {o['input_']}: {e.strerror}")
     try:
-        call = LocalClient(host).open("Load", IMAGES)
+        resp = _stream(LocalClient(host), "Load", IMAGES, None, src)
     except NotServed:
-        src.close()
         return None
-    try:
-        resp = _upload(call, src)
     except CallError as e:
         return _failed(e, host)
     finally:
-        call.close()
         src.close()
     if not o["quiet"]:
         for i in resp.get("images", []):
@@ -108,18 +124,14 @@ def import_(host: str, argv: Sequence[str]) -> int | None:
         return None
     except OSError as e:
         return _fail(f"open {source}: {e.strerror}")
+    header = {"import_header": {"reference": reference, "changes": list(o["change"]), "message": o["message"]}}
     try:
-        call = LocalClient(host).open("ImportImage")
+        resp = _stream(LocalClient(host), "ImportImage", "", header, src)
     except NotServed:
-        src.close()
         return None
-    try:
-        call.send({"import_header": {"reference": reference, "changes": list(o["change"]), "message": o["message"]}})
-        resp = _upload(call, src)
     except CallError as e:
         return _failed(e, host)
     finally:
-        call.close()
         src.close()
     display.echo(resp["id"])
     return 0
@@ -186,6 +198,78 @@ def build(host: str, argv: Sequence[str]) -> int | None:
     if o["quiet"]:
         display.echo(image_id)
     return 0
+
+
+def pull(host: str, argv: Sequence[str]) -> int | None:
+    """`pull -q`, or docker's status lines when stdout is no terminal (a terminal gets click's bars)."""
+    from deploy import credentials
+
+    try:
+        o, args = parse(PULL, argv)
+        if len(args) != 1 or not _plain_tag(args[0]) or (not o["quiet"] and os.isatty(1)):
+            return None
+        ref = args[0]
+        auth = credentials.auth_for(_domain(ref))
+        call = LocalClient(host).open("Pull", IMAGES)
+    except (Unsupported, credentials.BadConfig, NotServed):
+        return None
+    shown: dict[str, str] = {}
+    reference = ""
+    try:
+        call.send({"ref": ref, "auth": auth})
+        for p in call:
+            reference = p.get("reference") or reference
+            if o["quiet"]:
+                continue
+            if not p.get("id"):
+                display.echo(p.get("status", ""))
+            elif shown.get(p["id"]) != p.get("status") and p.get("status") not in ("Downloading", "Extracting"):
+                shown[p["id"]] = p.get("status", "")
+                display.echo(f"{p['id']}: {p.get('status', '')}")
+    except CallError as e:
+        return _failed(e, host)
+    finally:
+        call.close()
+    display.echo(reference)
+    return 0
+
+
+def _domain(ref: str) -> str:
+    """The registry of a reference, as docker splits it (its first component when that has a dot or
+    a port or is localhost), for the credentials to send."""
+    first, slash, _ = ref.partition("/")
+    if slash and ("." in first or ":" in first or first == "localhost"):
+        return first
+    return "docker.io"
+
+
+def _stream(cl: LocalClient, method: str, service: str, first: dict[str, Any] | None, src: BinaryIO) -> dict[str, Any]:
+    """The call with ``src`` as its stream: a regular file is named by its descriptor and read by the
+    agent itself (no copy through the socket); anything else, or an agent that cannot open it, gets
+    the bytes as DATA frames. NotServed before anything was asked."""
+    import stat
+
+    if stat.S_ISREG(os.fstat(src.fileno()).st_mode):
+        call = cl.open(method, service, file=src.fileno())
+        try:
+            if first is not None:
+                call.send(first)
+            call.done_sending()
+            for resp in call:
+                return resp
+            raise CallError("INTERNAL", "no response")
+        except CallError as e:
+            if not (e.code == "FAILED_PRECONDITION" and e.details.startswith("file:")):
+                raise
+        finally:
+            call.close()
+    call = cl.open(method, service)
+    try:
+        if first is not None:
+            call.send(first)
+        return _upload(call, src)
+    finally:
+        call.close()
 
 
 def _upload(call: Call, src: BinaryIO) -> dict[str, Any]:

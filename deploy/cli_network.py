@@ -31,7 +31,7 @@ def _labels(items: tuple[str, ...]) -> dict[str, str]:
 @click.option("-d", "--driver", default="overlay", show_default=True, help="Network driver (overlay)")
 @click.option("--subnet", default="", help="Subnet in CIDR form (default: a free /24 of 10.240.0.0/12)")
 @click.option("--attachable", is_flag=True, help="Plain containers may join it (not supported yet: refused)")
-@click.option("--internal", is_flag=True, help="No access beyond the network (not supported yet: refused)")
+@click.option("--internal", is_flag=True, help="No route out: a task only on internal networks reaches nothing beyond them")
 @click.option("--opt", "-o", "opts", multiple=True, help="Driver option: mtu=N")
 @click.option("--label", "labels", multiple=True, help="Set metadata on the network: KEY=VALUE")
 @click.argument("name")
@@ -95,6 +95,62 @@ def network_rm(ctx: click.Context, names: tuple[str, ...]) -> None:
     for n in names:
         sched(ctx).call("RemoveNetwork", pb.NetworkRef(name=n))
         click.echo(n)
+
+
+def loopback_nodes(ctx: click.Context) -> list[str]:
+    """Nodes whose agent address is a loopback one: they cannot carry a cluster network (a VXLAN
+    endpoint there reaches no other host), so a stack on them gets no default network."""
+    import ipaddress
+
+    out = []
+    for n in sched(ctx).call("ListNodes", pb.Empty()).nodes:
+        host = n.address.removeprefix("tcp://").rsplit(":", 1)[0].strip("[]")
+        try:
+            if ipaddress.ip_address(host).is_loopback:
+                out.append(n.name)
+        except ValueError:
+            continue
+    return out
+
+
+def with_default_network(ctx: click.Context, stack: Stack) -> Stack:
+    """The stack with `<stack>_default` for its services that name no network (Swarm's rule),
+    unless the cluster's nodes are on loopback addresses (one host for tests or a laptop: then
+    services reach each other through published ports, and the CLI says so)."""
+    from deploy.stack import with_default_network as add_default
+
+    added = add_default(stack)
+    if added is stack:
+        return stack
+    loop = loopback_nodes(ctx)
+    if loop:
+        click.echo(f"note: no network {stack.name}_default: node {', '.join(loop[:3])} listens on a loopback address, "
+                   "which cannot carry a cluster network (give the agents --advertise HOST:PORT)", err=True)
+        return stack
+    return added
+
+
+def remove_stack_networks(ctx: click.Context, stacks: tuple[str, ...], timeout: float = 30.0) -> None:
+    """The stacks' own networks (labelled with their namespace), once their endpoints are gone:
+    the tasks are being stopped, so a network still holding addresses is tried again a while."""
+    import time
+
+    import grpc
+
+    doomed = [n.name for n in sched(ctx).call("ListNetworks", pb.Empty()).networks
+              if n.labels.get("com.docker.stack.namespace") in stacks]
+    deadline = time.monotonic() + timeout
+    for name in doomed:
+        while True:
+            try:
+                sched(ctx).call("RemoveNetwork", pb.NetworkRef(name=name), fatal=False)
+                click.echo(f"Removing network {name}")
+                break
+            except grpc.RpcError as e:
+                if e.code() not in (grpc.StatusCode.FAILED_PRECONDITION,) or time.monotonic() > deadline:  # type: ignore[attr-defined]
+                    click.echo(f"Failed to remove network {name}: {e.details()}", err=True)  # type: ignore[attr-defined]
+                    break
+                time.sleep(0.3)
 
 
 def ensure_stack_networks(ctx: click.Context, stack: Stack) -> None:

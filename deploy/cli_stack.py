@@ -163,7 +163,11 @@ def _pairs(values: tuple[str, ...], flag: str, from_env: bool = False) -> tuple[
 @click.option("--replicas", type=int, default=None, help="Number of tasks (replicated mode)")
 @click.option("--mode", type=click.Choice(["replicated", "global"]), default="replicated", show_default=True,
               help="Service mode: replicated, or global (one task on every node that fits)")
-@click.option("-p", "--publish", multiple=True, help="Publish a port: 8080:80[/udp], or published=8080,target=80")
+@click.option("-p", "--publish", multiple=True,
+              help="Publish a port on every node (routing mesh): 8080:80[/udp], or published=8080,target=80[,mode=host]")
+@click.option("--network", "networks", multiple=True, help="Network attachments (cluster networks)")
+@click.option("--endpoint-mode", type=click.Choice(["vip", "dnsrr"]), default="vip", show_default=True,
+              help="Endpoint mode: one virtual IP for the service, or DNS round robin over its tasks")
 @click.option("-e", "--env", multiple=True, help="Set environment variables")
 @click.option("--env-file", multiple=True, help="Read in a file of environment variables")
 @click.option("-l", "--label", multiple=True, help="Service labels")
@@ -199,6 +203,10 @@ def _pairs(values: tuple[str, ...], flag: str, from_env: bool = False) -> tuple[
 @click.option("--health-retries", type=int, default=None, help="Consecutive failures needed to report unhealthy")
 @click.option("--health-start-period", default="", help="Start period for the container to initialize (ms|s|m|h)")
 @click.option("--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK")
+@click.option("--secret", "secrets", multiple=True,
+              help="Specify secrets to expose to the service: NAME or source=NAME,target=T,uid=,gid=,mode=")
+@click.option("--config", "configs", multiple=True,
+              help="Specify configurations to expose to the service: NAME or source=NAME,target=/PATH,uid=,gid=,mode=")
 @click.option("-d", "--detach", is_flag=True, help="Exit immediately instead of waiting for the service to converge")
 @click.option("-q", "--quiet", is_flag=True, help="Suppress progress output")
 @click.argument("image")
@@ -345,7 +353,39 @@ def build_service_spec(image: str, command: tuple[str, ...], o: dict[str, Any]) 
     if hostname and not st._HOSTNAME.match(hostname):
         raise click.BadParameter(f"invalid hostname {hostname!r}", param_hint="--hostname")
     entrypoint = None if o["entrypoint"] is None else ((o["entrypoint"],) if o["entrypoint"] else ())
-    return ServiceSpec(
+    meshed = next((p for p in ports if p.meshed), None)
+    if o.get("endpoint_mode") == "dnsrr" and meshed is not None:
+        raise click.UsageError(f"port {meshed.published}/{meshed.protocol} is published in ingress mode, which needs "
+                               "--endpoint-mode vip (publish it with mode=host for dnsrr)")
+    from scheduler.model import NetworkAttachment
+
+    attachments = []
+    for n in o.get("networks", ()):
+        # docker's --network NAME, or its long form name=NAME,alias=A[,alias=B]
+        fields = dict.fromkeys(("name",), "") if "=" in n else {"name": n}
+        aliases: list[str] = []
+        if "=" in n:
+            for part in n.split(","):
+                k, _, v = part.partition("=")
+                if k == "alias":
+                    aliases.append(v)
+                elif k == "name":
+                    fields["name"] = v
+                else:
+                    raise click.BadParameter(f"{n!r}: unknown field {k!r} (name=NET,alias=A)", param_hint="--network")
+        net = fields["name"]
+        for x in (net, *aliases):
+            if not st._NAME.match(x):
+                raise click.BadParameter(f"{n!r}: invalid name {x!r}", param_hint="--network")
+        attachments.append(NetworkAttachment(net, tuple(aliases)))
+    from deploy.stack_files import parse_flag
+    from scheduler.objects import ObjectError, check_refs
+
+    try:
+        refs = {kind: tuple(parse_flag(kind, t) for t in o[f"{kind}s"]) for kind in ("secret", "config")}
+    except ObjectError as e:
+        raise click.UsageError(str(e)) from None
+    spec = ServiceSpec(
         name=name, image=image, command=command or None, entrypoint=entrypoint, env=tuple(sorted(env.items())),
         ports=ports, replicas=replicas, mode=mode,
         resources=ResourceSpec(limits=limits, reservations=reservations),
@@ -355,8 +395,14 @@ def build_service_spec(image: str, command: tuple[str, ...], o: dict[str, Any]) 
         labels=_pairs(o["label"], "-l, --label"), container_labels=_pairs(o["container_label"], "--container-label"),
         hostname=hostname, user=o["user"], workdir=workdir, stop_signal=stop_signal,
         stop_grace_period=duration("--stop-grace-period", "stop_grace_period"), tty=o["tty"], init=o["init"],
-        pids_limit=o["limit_pids"],
+        pids_limit=o["limit_pids"], networks=tuple(attachments), endpoint_mode=o.get("endpoint_mode", "vip"),
+        secrets=refs["secret"], configs=refs["config"],
     )
+    try:
+        check_refs(spec)
+    except ObjectError as e:
+        raise click.UsageError(str(e)) from None
+    return spec
 
 
 def _converge(ctx: click.Context, name: str, quiet: bool, timeout: float = 120.0) -> None:

@@ -206,7 +206,7 @@ def build_config(image: str, command: tuple[str, ...] | list[str], o: dict[str, 
 _EXTRAS = ("volumes", "mounts", "tmpfs", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search",
            "dns_options", "add_hosts", "sysctls", "shm_size", "group_add", "label_file", "health_cmd",
            "health_interval", "health_timeout", "health_retries", "health_start_period", "health_start_interval",
-           "no_healthcheck")
+           "no_healthcheck", "log_driver", "log_opts")
 
 
 def run_extras(o: dict[str, Any]) -> dict[str, Any]:
@@ -261,6 +261,15 @@ def run_extras(o: dict[str, Any]) -> dict[str, Any]:
     health = healthcheck(o)
     if health is not None:
         out["healthcheck"] = health
+    if o.get("log_driver") or o.get("log_opts"):
+        from agent import logs
+
+        try:
+            opts = logs.parse_opts(o.get("log_opts") or ())
+        except InvalidArgument as e:
+            raise BadOption(str(e), "'--log-opt'") from None
+        # checked by the agent, once its default options are merged in (max-size may come from there)
+        out["log_config"] = {"type": o.get("log_driver") or "", "config": opts}
     return out
 
 

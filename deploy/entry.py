@@ -24,7 +24,7 @@ DEFAULT_HOST = "unix:///run/dockyard/agent.sock"  # common.settings.AGENT_SOCKET
 # command) -> exit status, or None to let click run the command.
 FAST = ("run", "create", "ps", "start", "stop", "kill", "rm")
 # image commands -> deploy/cli_local_images.py's function of that name, the same way
-FAST_IMAGES = {"build": "build", "save": "save", "load": "load", "import": "import_"}
+FAST_IMAGES = {"build": "build", "save": "save", "load": "load", "import": "import_", "pull": "pull"}
 # docker's group forms of the same commands (deploy/cli_groups.py): `container run` is `run`
 GROUPED = {"container": {**{c: c for c in FAST}, "ls": "ps", "list": "ps"},
            "image": {c: c for c in FAST_IMAGES}}

@@ -8,7 +8,7 @@ cd "$here"
 
 export DEBIAN_FRONTEND=noninteractive
 pkgs=(
-  python3 python3-venv python3-dev gcc libc6-dev make git   # the agent, its C monitor, the scheduler
+  python3 python3-venv python3-dev gcc libc6-dev zlib1g-dev make git   # the agent, its C monitor (zlib: compressed logs), the scheduler
   iproute2 iptables procps util-linux kmod              # namespaces, bridge, veth, port publishing
   libseccomp2                                           # the containers' seccomp filter (pyseccomp)
   busybox-static                                        # the base image (deploy/images/busybox.sh)

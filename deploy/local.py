@@ -38,13 +38,18 @@ def daemon_error(code: str, details: str, host: str) -> str:
 class Call:
     """One call on its own connection: send() request messages, iterate the responses."""
 
-    def __init__(self, sock: _socket.socket, method: str, service: str = "") -> None:
+    def __init__(self, sock: _socket.socket, method: str, service: str = "", file: int = -1) -> None:
         import _thread
 
         self.sock = sock
         self._buf = b""
         self._sending = _thread.allocate_lock()  # a stdin pump and a signal handler send too: whole frames
-        sock.sendall(wire.encode(wire.CALL, {"method": method, "service": service} if service else {"method": method}))
+        call: dict[str, Any] = {"method": method}
+        if service:
+            call["service"] = service
+        if file >= 0:
+            call["file"] = file  # the agent reads this descriptor of ours itself (agent/local_wire.py)
+        sock.sendall(wire.encode(wire.CALL, call))
 
     def send(self, msg: dict[str, Any]) -> None:
         frame = wire.encode(wire.MESSAGE, msg)
@@ -94,7 +99,7 @@ class LocalClient:
         self.host = host
         self.path = wire.socket_path(host.removeprefix("unix://"))
 
-    def open(self, method: str, service: str = "") -> Call:
+    def open(self, method: str, service: str = "", file: int = -1) -> Call:
         """A call on a new connection; NotServed if nothing listens at the local API's socket."""
         s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
@@ -102,7 +107,7 @@ class LocalClient:
         except (FileNotFoundError, ConnectionRefusedError) as e:
             s.close()
             raise NotServed(f"{self.path}: {e.strerror}") from None
-        return Call(s, method, service)
+        return Call(s, method, service, file)
 
     def call(self, method: str, request: dict[str, Any]) -> dict[str, Any]:
         c = self.open(method)

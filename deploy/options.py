@@ -110,6 +110,8 @@ CONTAINER: tuple[Opt, ...] = (
     opt("--health-start-period", help="Start period for the container to initialize"),
     opt("--health-start-interval", help="Time between checks during the start period"),
     opt("--no-healthcheck", flag=True, help="Disable any container-specified HEALTHCHECK"),
+    opt("--log-driver", help="Logging driver for the container: json-file, local, none (default: the agent's)"),
+    opt("--log-opt", dest="log_opts", multiple=True, help="Log driver options: max-size=10m, max-file=3, compress=true"),
 )
 
 RUN: tuple[Opt, ...] = (
@@ -176,6 +178,8 @@ LOAD: tuple[Opt, ...] = (
     opt("-i", "--input", dest="input_", help="Read from tar archive file, instead of STDIN"),
     opt("-q", "--quiet", flag=True, help="Suppress the load output"),
 )
+
+PULL: tuple[Opt, ...] = (opt("-q", "--quiet", flag=True, help="Suppress verbose output"),)
 
 IMPORT: tuple[Opt, ...] = (
     opt("-c", "--change", multiple=True, help="Apply Dockerfile instruction to the created image"),

@@ -17,6 +17,7 @@ stack file (deploy/compose/dotenv.py). An unset variable becomes "" with a warni
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import re
@@ -48,6 +49,7 @@ from scheduler.model import (
     UpdateConfig,
     UpdateOrder,
 )
+from scheduler.objects import ObjectError, check_refs
 
 # Bounds of values (a clear error instead of an overflow further down, or a hang placing them).
 INT32_MAX = (1 << 31) - 1  # counts travel as int32 in the protos
@@ -86,6 +88,7 @@ class Stack:
     services: tuple[ServiceSpec, ...]
     warnings: tuple[str, ...] = ()
     networks: tuple[StackNetwork, ...] = ()
+    objects: tuple[Any, ...] = ()  # its secrets and configs (deploy/stack_files.py StackObject)
 
     def service(self, short: str) -> ServiceSpec:
         full = f"{self.name}_{short}"
@@ -327,16 +330,13 @@ def _interpolate_tree(root: _Map, file: str, environ: Mapping[str, str], warning
 # Every key either works or is refused: `supported` sets list what is read; the `_UNSUPPORTED_*`
 # maps list what Compose has and dockyard does not do (yet), each with a hint; anything else is an
 # unknown field. Nothing is read and then dropped.
-_TOP = frozenset({"version", "name", "services", "networks", "volumes"})
-_UNSUPPORTED_TOP = {
-    "configs": "",
-    "secrets": "",
-}
+_TOP = frozenset({"version", "name", "services", "networks", "volumes", "secrets", "configs"})
+_UNSUPPORTED_TOP: dict[str, str] = {}
 _SERVICE = frozenset({"image", "command", "entrypoint", "environment", "env_file", "ports", "deploy", "healthcheck",
                       "labels", "hostname", "user", "working_dir", "stop_signal", "stop_grace_period", "tty",
                       "stdin_open", "init", "devices", "privileged", "networks", "volumes", "tmpfs", "read_only",
                       "cap_add", "cap_drop", "security_opt", "ulimits", "dns", "dns_search", "dns_opt", "extra_hosts",
-                      "sysctls", "shm_size", "group_add"})
+                      "sysctls", "shm_size", "group_add", "logging", "secrets", "configs"})
 _ON_THE_NODE = "a node's setting that dockyard deploy does not pass on yet"
 _UNSUPPORTED_SERVICE = {
     "build": "build the image first with `dockyard image build -t NAME .` and name it in `image:`",
@@ -346,9 +346,9 @@ _UNSUPPORTED_SERVICE = {
     "network_mode": "",
     "restart": "use deploy.restart_policy", "scale": "use deploy.replicas",
     "expose": "every port of a task is reachable from the node; publish it with `ports:`",
-    "volumes_from": "", "configs": "", "secrets": "",
+    "volumes_from": "",
     "device_cgroup_rules": _ON_THE_NODE,
-    "logging": _ON_THE_NODE, "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
+    "userns_mode": "", "cgroup_parent": "", "cgroup": "", "pid": "", "ipc": "",
     "uts": "", "isolation": "", "domainname": "", "mac_address": "", "oom_score_adj": "",
     "oom_kill_disable": "", "storage_opt": "", "runtime": "", "platform": "", "profiles": "",
     "pull_policy": "", "extends": "", "credential_spec": "", "gpus": "", "annotations": "", "label_file": "",
@@ -358,8 +358,8 @@ _UNSUPPORTED_SERVICE = {
                      "mem_swappiness", "pids_limit"), "use deploy.resources.limits and reservations"),
 }
 _DEPLOY = frozenset({"mode", "replicas", "resources", "placement", "update_config", "rollback_config",
-                     "restart_policy", "labels"})
-_UNSUPPORTED_DEPLOY = {"endpoint_mode": "tasks are reached at their node's published ports (no virtual IP)"}
+                     "restart_policy", "labels", "endpoint_mode"})
+_UNSUPPORTED_DEPLOY: dict[str, str] = {}
 _RESOURCES = frozenset({"limits", "reservations"})
 _LIMITS = frozenset({"cpus", "memory", "pids"})
 _RESERVATIONS = frozenset({"cpus", "memory"})
@@ -523,14 +523,41 @@ def _stack(root: _At, name: str | None, environ: Mapping[str, str], warnings: li
     from deploy.stack_volumes import top_volumes
 
     volumes = top_volumes(root.child("volumes"), stack_name)
+    from deploy.stack_files import top_objects
+
+    declared = {kind: top_objects(root.child(f"{kind}s"), kind, stack_name) for kind in ("secret", "config")}
     specs = []
     for short, at in services_at.items():
         if not _NAME.match(short):
             raise StackError(file, at.line, at.field, f"invalid service name {short!r}")
-        specs.append(_service(at, f"{stack_name}_{short}", environ or {}, warnings, networks, volumes))
+        spec = _service(at, f"{stack_name}_{short}", environ or {}, warnings, networks, volumes, declared)
+        try:
+            check_refs(spec)
+        except ObjectError as e:
+            at.fail(str(e))
+        specs.append(spec)
     if not specs:
         raise StackError(file, services_at.line, "services", "no services defined")
-    return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()))
+    used = {(k, r.source) for s in specs for k, refs in (("secret", s.secrets), ("config", s.configs)) for r in refs}
+    objects = tuple(o for d in declared.values() for o in d.values() if (o.kind, o.name) in used)
+    return Stack(stack_name, tuple(specs), tuple(warnings), tuple(networks.values()), objects)
+
+
+DEFAULT_NETWORK = "default"
+
+
+def with_default_network(stack: Stack) -> Stack:
+    """As Swarm: every service that names no network joins the stack's own `<stack>_default`
+    overlay (or the stack's `default:` entry, when the file configures one), so services reach
+    each other by name with no `networks:` written at all."""
+    if all(s.networks for s in stack.services):
+        return stack
+    nets = {n.key: n for n in stack.networks}
+    net = nets.get(DEFAULT_NETWORK) or StackNetwork(DEFAULT_NETWORK, f"{stack.name}_{DEFAULT_NETWORK}")
+    nets[DEFAULT_NETWORK] = net
+    services = tuple(s if s.networks else dataclasses.replace(s, networks=(NetworkAttachment(net.name),))
+                     for s in stack.services)
+    return dataclasses.replace(stack, services=services, networks=tuple(nets.values()))
 
 
 _VERSION = re.compile(r"^3(?:\.[0-9])?$")
@@ -592,12 +619,12 @@ def _networks(at: _At | None, stack: str) -> dict[str, StackNetwork]:
                         ipaddress.IPv4Network(subnet, strict=True)
                     except ValueError as e:
                         sub.fail(f"invalid subnet {subnet!r}: {e}")
-        for flag, why in (("attachable", "plain containers cannot join cluster networks yet"),
-                          ("internal", "a task keeps its host bridge's egress")):
-            f_at = n.child(flag)
-            if f_at is not None and f_at.boolean():
-                f_at.fail(f"not supported yet: {why}")
-        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet, labels=_labels(n.child("labels")))
+        f_at = n.child("attachable")
+        if f_at is not None and f_at.boolean():
+            f_at.fail("not supported yet: plain containers cannot join cluster networks yet")
+        internal = _opt(n, "internal", _At.boolean, False)
+        out[key] = StackNetwork(key, name, driver=driver, subnet=subnet, internal=internal,
+                                labels=_labels(n.child("labels")))
     return out
 
 
@@ -631,7 +658,9 @@ def _service_networks(at: _At | None, declared: Mapping[str, StackNetwork]) -> t
 
 
 def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list[str],
-             networks: Mapping[str, StackNetwork], volumes: dict[str, Any] | None = None) -> ServiceSpec:
+             networks: Mapping[str, StackNetwork], volumes: dict[str, Any] | None = None,
+             declared: Mapping[str, dict[str, Any]] | None = None) -> ServiceSpec:
+    from deploy.stack_files import service_refs
     from deploy.stack_volumes import service_mounts
 
     at.mapping(_SERVICE, _UNSUPPORTED_SERVICE)
@@ -658,6 +687,8 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
     healthcheck = _healthcheck(at.child("healthcheck"))
     attachments = _service_networks(at.child("networks"), networks)
     mounts = service_mounts(at, volumes or {})
+    secrets = service_refs(at.child("secrets"), "secret", (declared or {}).get("secret", {}))
+    configs = service_refs(at.child("configs"), "config", (declared or {}).get("config", {}))
     read_only = _opt(at, "read_only", _At.boolean, False)
     from deploy import stack_hostconfig
 
@@ -678,10 +709,17 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
 
     replicas, resources, placement, pids = 1, ResourceSpec(), PlacementSpec(), 0
     mode = ServiceMode.REPLICATED
+    endpoint_mode = "vip"
     update, rollback, restart = UpdateConfig(), UpdateConfig(), RestartPolicy()
     deploy = at.child("deploy")
     if deploy is not None:
         deploy.mapping(_DEPLOY, _UNSUPPORTED_DEPLOY)
+        endpoint_mode = _opt(deploy, "endpoint_mode", lambda a: a.choice(("vip", "dnsrr")), "vip")
+        em_at = deploy.child("endpoint_mode")
+        meshed = next((p for p in ports if p.meshed), None)
+        if endpoint_mode == "dnsrr" and meshed is not None and em_at is not None:
+            em_at.fail(f"port {meshed.published}/{meshed.protocol} is published in ingress mode, which needs "
+                       "endpoint_mode vip (publish it with mode: host for dnsrr)")
         mode = ServiceMode(_opt(deploy, "mode", lambda a: a.choice(("replicated", "global")), "replicated"))
         replicas = _opt(deploy, "replicas", lambda a: a.integer(0, MAX_REPLICAS), 1)
         if mode is ServiceMode.GLOBAL and deploy.child("replicas") is not None:
@@ -701,12 +739,13 @@ def _service(at: _At, full_name: str, environ: Mapping[str, str], warnings: list
         replicas=replicas, resources=resources, placement=placement, update_config=update,
         rollback_config=rollback, restart_policy=restart, healthcheck=healthcheck,
         labels=tuple(sorted(dict(labels).items())), mode=mode, hostname=hostname, networks=attachments,
+        endpoint_mode=endpoint_mode,
         user=_opt(at, "user", _At.string, ""), workdir=workdir, stop_signal=stop_signal, stop_grace_period=grace,
         tty=_opt(at, "tty", _At.boolean, False), stdin_open=_opt(at, "stdin_open", _At.boolean, False),
         init=_opt(at, "init", _At.boolean, False), pids_limit=pids,
         container_labels=tuple(sorted(dict(container_labels).items())), devices=devices,
         privileged=_opt(at, "privileged", _At.boolean, False), mounts=mounts, read_only=read_only,
-        **host_settings,
+        secrets=secrets, configs=configs, **host_settings,
     )
 
 

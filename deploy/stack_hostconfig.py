@@ -1,5 +1,5 @@
 """A stack service's `docker run` keys: cap_add, cap_drop, security_opt, ulimits, dns, dns_search,
-dns_opt, extra_hosts, sysctls, shm_size, group_add. Read here (deploy/stack.py calls `read`),
+dns_opt, extra_hosts, sysctls, shm_size, group_add, logging. Read here (deploy/stack.py calls `read`),
 checked by the agent's own rules (agent/hostconfig.py) so a stack is refused at deploy for what
 `docker run` would refuse, and carried in ServiceSpec to every task's container.
 
@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agent import hostconfig
-from agent.model import ContainerConfig, InvalidArgument, Ulimit
+from agent import hostconfig, logs
+from agent.model import ContainerConfig, InvalidArgument, LogConfig, Ulimit
 
 if TYPE_CHECKING:
     from deploy.stack import _At
 
 KEYS = ("cap_add", "cap_drop", "security_opt", "ulimits", "dns", "dns_search", "dns_opt", "extra_hosts",
-        "sysctls", "shm_size", "group_add")
+        "sysctls", "shm_size", "group_add", "logging")
 
 
 def _strings(at: _At | None) -> tuple[str, ...]:
@@ -95,6 +95,29 @@ def _ulimits(at: _At | None) -> tuple[tuple[str, int, int], ...]:
     return tuple(out)
 
 
+def _logging(at: _At | None) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """Compose's `logging: {driver, options}` (a number in options is its string, as Compose reads
+    `max-file: 3`). Checked on its own here; the node merges in its default options and checks again
+    (`max-file` without `max-size` may be completed by a node's default)."""
+    if at is None:
+        return "", ()
+    at.mapping(frozenset({"driver", "options"}))
+    driver_at, opts_at = at.child("driver"), at.child("options")
+    driver = driver_at.string() if driver_at is not None else ""
+    opts: list[tuple[str, str]] = []
+    if opts_at is not None:
+        for k, v in opts_at.items():
+            if isinstance(v.value, bool) or not isinstance(v.value, (str, int, float)):
+                v.fail("a log option's value is a string")
+            opts.append((k, v.value if isinstance(v.value, str) else str(v.value)))
+    try:
+        logs.rotation(LogConfig(driver, dict(opts)), complete=False)
+    except InvalidArgument as e:
+        target = driver_at if "driver" in str(e) and driver_at is not None else opts_at
+        (target or at).fail(str(e))
+    return driver, tuple(sorted(opts))
+
+
 def read(at: _At) -> dict[str, Any]:
     """The ServiceSpec fields of these keys, checked; a bad one fails at its file:line: field."""
     from deploy.stack import parse_size
@@ -109,6 +132,7 @@ def read(at: _At) -> dict[str, Any]:
         "sysctls": tuple(sorted(_pairs(at.child("sysctls"), "="))), "shm_size": parse_size(shm) if shm else 0,
         "group_add": _strings(at.child("group_add")),
     }
+    fields["log_driver"], fields["log_options"] = _logging(at.child("logging"))
     cfg = ContainerConfig(
         cap_add=list(fields["cap_add"]), cap_drop=list(fields["cap_drop"]), security_opt=list(fields["security_opt"]),
         ulimits=[Ulimit(n, s, h) for n, s, h in fields["ulimits"]], dns=list(fields["dns"]),

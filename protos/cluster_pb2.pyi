@@ -63,7 +63,7 @@ class EndpointInfo(_message.Message):
     def __init__(self, task_id: _Optional[str] = ..., task: _Optional[str] = ..., service: _Optional[str] = ..., ip: _Optional[str] = ..., mac: _Optional[str] = ..., node: _Optional[str] = ..., vtep: _Optional[str] = ..., names: _Optional[_Iterable[str]] = ..., ready: _Optional[bool] = ..., container: _Optional[str] = ...) -> None: ...
 
 class NetworkInfo(_message.Message):
-    __slots__ = ("name", "driver", "subnet", "gateway", "vni", "mtu", "attachable", "internal", "labels", "created_at", "services", "endpoints", "vips")
+    __slots__ = ("name", "driver", "subnet", "gateway", "vni", "mtu", "attachable", "internal", "labels", "created_at", "services", "endpoints", "vips", "ingress", "mesh_ports")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -84,6 +84,8 @@ class NetworkInfo(_message.Message):
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     ENDPOINTS_FIELD_NUMBER: _ClassVar[int]
     VIPS_FIELD_NUMBER: _ClassVar[int]
+    INGRESS_FIELD_NUMBER: _ClassVar[int]
+    MESH_PORTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     driver: str
     subnet: str
@@ -97,7 +99,21 @@ class NetworkInfo(_message.Message):
     services: _containers.RepeatedScalarFieldContainer[str]
     endpoints: _containers.RepeatedCompositeFieldContainer[EndpointInfo]
     vips: _containers.RepeatedCompositeFieldContainer[VipInfo]
-    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., vni: _Optional[int] = ..., mtu: _Optional[int] = ..., attachable: _Optional[bool] = ..., internal: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointInfo, _Mapping]]] = ..., vips: _Optional[_Iterable[_Union[VipInfo, _Mapping]]] = ...) -> None: ...
+    ingress: bool
+    mesh_ports: _containers.RepeatedCompositeFieldContainer[MeshPort]
+    def __init__(self, name: _Optional[str] = ..., driver: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., vni: _Optional[int] = ..., mtu: _Optional[int] = ..., attachable: _Optional[bool] = ..., internal: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., services: _Optional[_Iterable[str]] = ..., endpoints: _Optional[_Iterable[_Union[EndpointInfo, _Mapping]]] = ..., vips: _Optional[_Iterable[_Union[VipInfo, _Mapping]]] = ..., ingress: _Optional[bool] = ..., mesh_ports: _Optional[_Iterable[_Union[MeshPort, _Mapping]]] = ...) -> None: ...
+
+class MeshPort(_message.Message):
+    __slots__ = ("service", "protocol", "published", "target")
+    SERVICE_FIELD_NUMBER: _ClassVar[int]
+    PROTOCOL_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    service: str
+    protocol: str
+    published: int
+    target: int
+    def __init__(self, service: _Optional[str] = ..., protocol: _Optional[str] = ..., published: _Optional[int] = ..., target: _Optional[int] = ...) -> None: ...
 
 class VipInfo(_message.Message):
     __slots__ = ("service", "ip", "names")
@@ -254,14 +270,16 @@ class ServiceSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., spec_json: _Optional[str] = ...) -> None: ...
 
 class DeployRequest(_message.Message):
-    __slots__ = ("stack", "services", "prune")
+    __slots__ = ("stack", "services", "prune", "objects")
     STACK_FIELD_NUMBER: _ClassVar[int]
     SERVICES_FIELD_NUMBER: _ClassVar[int]
     PRUNE_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
     stack: str
     services: _containers.RepeatedCompositeFieldContainer[ServiceSpec]
     prune: bool
-    def __init__(self, stack: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceSpec, _Mapping]]] = ..., prune: _Optional[bool] = ...) -> None: ...
+    objects: _containers.RepeatedCompositeFieldContainer[FileObject]
+    def __init__(self, stack: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceSpec, _Mapping]]] = ..., prune: _Optional[bool] = ..., objects: _Optional[_Iterable[_Union[FileObject, _Mapping]]] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("service", "action", "fields")
@@ -274,10 +292,100 @@ class Change(_message.Message):
     def __init__(self, service: _Optional[str] = ..., action: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class DeployResponse(_message.Message):
-    __slots__ = ("changes",)
+    __slots__ = ("changes", "objects")
     CHANGES_FIELD_NUMBER: _ClassVar[int]
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
     changes: _containers.RepeatedCompositeFieldContainer[Change]
-    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+    objects: _containers.RepeatedCompositeFieldContainer[Change]
+    def __init__(self, changes: _Optional[_Iterable[_Union[Change, _Mapping]]] = ..., objects: _Optional[_Iterable[_Union[Change, _Mapping]]] = ...) -> None: ...
+
+class FileObject(_message.Message):
+    __slots__ = ("kind", "name", "data", "labels")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    data: bytes
+    labels: _containers.ScalarMap[str, str]
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ..., labels: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ObjectRef(_message.Message):
+    __slots__ = ("kind", "name")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ...) -> None: ...
+
+class ListObjectsRequest(_message.Message):
+    __slots__ = ("kind",)
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    def __init__(self, kind: _Optional[str] = ...) -> None: ...
+
+class ObjectInfo(_message.Message):
+    __slots__ = ("kind", "name", "labels", "created_at", "size", "services", "data")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    SERVICES_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    labels: _containers.ScalarMap[str, str]
+    created_at: float
+    size: int
+    services: _containers.RepeatedScalarFieldContainer[str]
+    data: bytes
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., created_at: _Optional[float] = ..., size: _Optional[int] = ..., services: _Optional[_Iterable[str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ListObjectsResponse(_message.Message):
+    __slots__ = ("objects",)
+    OBJECTS_FIELD_NUMBER: _ClassVar[int]
+    objects: _containers.RepeatedCompositeFieldContainer[ObjectInfo]
+    def __init__(self, objects: _Optional[_Iterable[_Union[ObjectInfo, _Mapping]]] = ...) -> None: ...
+
+class TaskFilesRequest(_message.Message):
+    __slots__ = ("node", "task_id")
+    NODE_FIELD_NUMBER: _ClassVar[int]
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    node: str
+    task_id: str
+    def __init__(self, node: _Optional[str] = ..., task_id: _Optional[str] = ...) -> None: ...
+
+class TaskFileData(_message.Message):
+    __slots__ = ("kind", "name", "data")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    name: str
+    data: bytes
+    def __init__(self, kind: _Optional[str] = ..., name: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class TaskFilesResponse(_message.Message):
+    __slots__ = ("files",)
+    FILES_FIELD_NUMBER: _ClassVar[int]
+    files: _containers.RepeatedCompositeFieldContainer[TaskFileData]
+    def __init__(self, files: _Optional[_Iterable[_Union[TaskFileData, _Mapping]]] = ...) -> None: ...
 
 class ServiceRef(_message.Message):
     __slots__ = ("name",)
@@ -388,7 +496,7 @@ class ScaleRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class UpdateServiceRequest(_message.Message):
-    __slots__ = ("name", "image", "env_add", "replicas", "has_replicas", "force", "spec_json")
+    __slots__ = ("name", "image", "env_add", "replicas", "has_replicas", "force", "spec_json", "expect_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ENV_ADD_FIELD_NUMBER: _ClassVar[int]
@@ -396,6 +504,7 @@ class UpdateServiceRequest(_message.Message):
     HAS_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
     SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    EXPECT_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     env_add: _containers.RepeatedScalarFieldContainer[str]
@@ -403,7 +512,8 @@ class UpdateServiceRequest(_message.Message):
     has_replicas: bool
     force: bool
     spec_json: str
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., env_add: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., has_replicas: _Optional[bool] = ..., force: _Optional[bool] = ..., spec_json: _Optional[str] = ...) -> None: ...
+    expect_version: int
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., env_add: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., has_replicas: _Optional[bool] = ..., force: _Optional[bool] = ..., spec_json: _Optional[str] = ..., expect_version: _Optional[int] = ...) -> None: ...
 
 class RemoveServicesRequest(_message.Message):
     __slots__ = ("names", "stack")
@@ -414,10 +524,12 @@ class RemoveServicesRequest(_message.Message):
     def __init__(self, names: _Optional[_Iterable[str]] = ..., stack: _Optional[bool] = ...) -> None: ...
 
 class RemoveServicesResponse(_message.Message):
-    __slots__ = ("removed",)
+    __slots__ = ("removed", "removed_objects")
     REMOVED_FIELD_NUMBER: _ClassVar[int]
+    REMOVED_OBJECTS_FIELD_NUMBER: _ClassVar[int]
     removed: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, removed: _Optional[_Iterable[str]] = ...) -> None: ...
+    removed_objects: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, removed: _Optional[_Iterable[str]] = ..., removed_objects: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
     __slots__ = ("target", "follow", "tail", "timestamps")

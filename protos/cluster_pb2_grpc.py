@@ -160,6 +160,31 @@ class SchedulerStub:
                 request_serializer=protos_dot_cluster__pb2.NetworkRef.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.Empty.FromString,
                 _registered_method=True)
+        self.CreateObject = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/CreateObject',
+                request_serializer=protos_dot_cluster__pb2.FileObject.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.ObjectInfo.FromString,
+                _registered_method=True)
+        self.ListObjects = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/ListObjects',
+                request_serializer=protos_dot_cluster__pb2.ListObjectsRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.ListObjectsResponse.FromString,
+                _registered_method=True)
+        self.InspectObject = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/InspectObject',
+                request_serializer=protos_dot_cluster__pb2.ObjectRef.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.ObjectInfo.FromString,
+                _registered_method=True)
+        self.RemoveObject = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/RemoveObject',
+                request_serializer=protos_dot_cluster__pb2.ObjectRef.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.Empty.FromString,
+                _registered_method=True)
+        self.TaskFiles = channel.unary_unary(
+                '/dockyard.cluster.Scheduler/TaskFiles',
+                request_serializer=protos_dot_cluster__pb2.TaskFilesRequest.SerializeToString,
+                response_deserializer=protos_dot_cluster__pb2.TaskFilesResponse.FromString,
+                _registered_method=True)
         self.Register = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/Register',
                 request_serializer=protos_dot_cluster__pb2.RegisterRequest.SerializeToString,
@@ -347,9 +372,43 @@ class SchedulerServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def Register(self, request, context):
-        """--- agents ---
+    def CreateObject(self, request, context):
+        """--- secrets and configs (/dockyard/secrets/, /dockyard/configs/; scheduler/objects.py) ---
+        ALREADY_EXISTS when the name is taken: an object never changes (a new value is a new name).
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListObjects(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def InspectObject(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveObject(self, request, context):
+        """Refused while a service uses it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def TaskFiles(self, request, context):
+        """--- agents ---
+        The data of the secrets and configs of one task placed on `node` (and only such a task's).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Register(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -501,6 +560,31 @@ def add_SchedulerServicer_to_server(servicer, server):
                     servicer.RemoveNetwork,
                     request_deserializer=protos_dot_cluster__pb2.NetworkRef.FromString,
                     response_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
+            ),
+            'CreateObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateObject,
+                    request_deserializer=protos_dot_cluster__pb2.FileObject.FromString,
+                    response_serializer=protos_dot_cluster__pb2.ObjectInfo.SerializeToString,
+            ),
+            'ListObjects': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListObjects,
+                    request_deserializer=protos_dot_cluster__pb2.ListObjectsRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.ListObjectsResponse.SerializeToString,
+            ),
+            'InspectObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.InspectObject,
+                    request_deserializer=protos_dot_cluster__pb2.ObjectRef.FromString,
+                    response_serializer=protos_dot_cluster__pb2.ObjectInfo.SerializeToString,
+            ),
+            'RemoveObject': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveObject,
+                    request_deserializer=protos_dot_cluster__pb2.ObjectRef.FromString,
+                    response_serializer=protos_dot_cluster__pb2.Empty.SerializeToString,
+            ),
+            'TaskFiles': grpc.unary_unary_rpc_method_handler(
+                    servicer.TaskFiles,
+                    request_deserializer=protos_dot_cluster__pb2.TaskFilesRequest.FromString,
+                    response_serializer=protos_dot_cluster__pb2.TaskFilesResponse.SerializeToString,
             ),
             'Register': grpc.unary_unary_rpc_method_handler(
                     servicer.Register,
@@ -1198,6 +1282,141 @@ class Scheduler:
             '/dockyard.cluster.Scheduler/RemoveNetwork',
             protos_dot_cluster__pb2.NetworkRef.SerializeToString,
             protos_dot_cluster__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/CreateObject',
+            protos_dot_cluster__pb2.FileObject.SerializeToString,
+            protos_dot_cluster__pb2.ObjectInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListObjects(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/ListObjects',
+            protos_dot_cluster__pb2.ListObjectsRequest.SerializeToString,
+            protos_dot_cluster__pb2.ListObjectsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def InspectObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/InspectObject',
+            protos_dot_cluster__pb2.ObjectRef.SerializeToString,
+            protos_dot_cluster__pb2.ObjectInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveObject(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/RemoveObject',
+            protos_dot_cluster__pb2.ObjectRef.SerializeToString,
+            protos_dot_cluster__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def TaskFiles(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.cluster.Scheduler/TaskFiles',
+            protos_dot_cluster__pb2.TaskFilesRequest.SerializeToString,
+            protos_dot_cluster__pb2.TaskFilesResponse.FromString,
             options,
             channel_credentials,
             insecure,

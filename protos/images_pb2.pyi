@@ -216,20 +216,22 @@ class PushRequest(_message.Message):
     def __init__(self, ref: _Optional[str] = ..., auth: _Optional[_Union[AuthConfig, _Mapping]] = ...) -> None: ...
 
 class Progress(_message.Message):
-    __slots__ = ("id", "status", "current", "total", "image_id", "digest")
+    __slots__ = ("id", "status", "current", "total", "image_id", "digest", "reference")
     ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     CURRENT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_FIELD_NUMBER: _ClassVar[int]
     IMAGE_ID_FIELD_NUMBER: _ClassVar[int]
     DIGEST_FIELD_NUMBER: _ClassVar[int]
+    REFERENCE_FIELD_NUMBER: _ClassVar[int]
     id: str
     status: str
     current: int
     total: int
     image_id: str
     digest: str
-    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., current: _Optional[int] = ..., total: _Optional[int] = ..., image_id: _Optional[str] = ..., digest: _Optional[str] = ...) -> None: ...
+    reference: str
+    def __init__(self, id: _Optional[str] = ..., status: _Optional[str] = ..., current: _Optional[int] = ..., total: _Optional[int] = ..., image_id: _Optional[str] = ..., digest: _Optional[str] = ..., reference: _Optional[str] = ...) -> None: ...
 
 class LoginRequest(_message.Message):
     __slots__ = ("registry", "auth")

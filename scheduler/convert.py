@@ -19,7 +19,7 @@ from scheduler.model import (
     ServiceSpec,
     Task,
 )
-from scheduler.network import EndpointView, Network, VipView
+from scheduler.network import EndpointView, MeshPort, Network, VipView
 from scheduler.observe import ContainerReport
 
 STACK_LABEL = "com.docker.stack.namespace"
@@ -141,7 +141,7 @@ def log_line(t: Task, entry: apb.LogEntry) -> pb.LogLine:
 # --- cluster networks ----------------------------------------------------------------------------
 
 def network_info(n: Network, services: Iterable[str] = (), endpoints: Iterable[EndpointView] = (),
-                 vips: Iterable[VipView] = ()) -> pb.NetworkInfo:
+                 vips: Iterable[VipView] = (), mesh_ports: Iterable[MeshPort] = ()) -> pb.NetworkInfo:
     return pb.NetworkInfo(
         name=n.name, driver=n.driver, subnet=n.subnet, gateway=n.gateway, vni=n.vni, mtu=n.mtu,
         attachable=n.attachable, internal=n.internal, labels=n.labels, created_at=n.created_at,
@@ -149,4 +149,7 @@ def network_info(n: Network, services: Iterable[str] = (), endpoints: Iterable[E
         endpoints=[pb.EndpointInfo(task_id=e.task_id, task=e.task, service=e.service, ip=e.ip, mac=e.mac,
                                    node=e.node, vtep=e.vtep, names=e.names, ready=e.ready, container=e.container)
                    for e in endpoints],
-        vips=[pb.VipInfo(service=v.service, ip=v.ip, names=v.names) for v in vips])
+        vips=[pb.VipInfo(service=v.service, ip=v.ip, names=v.names) for v in vips],
+        ingress=n.ingress,
+        mesh_ports=[pb.MeshPort(service=m.service, protocol=m.protocol, published=m.published, target=m.target)
+                    for m in mesh_ports])

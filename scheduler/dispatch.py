@@ -28,7 +28,7 @@ from common.devices import DeviceMapping
 from protos import agent_pb2 as apb
 from protos import agent_pb2_grpc as apbg
 from scheduler.model import DesiredState, Node, NodeStatus, ServiceSpec, Task, TaskState
-from scheduler.network import mac_for
+from scheduler.network import INGRESS, attached, mac_for
 from scheduler.observe import ContainerReport, observed
 from scheduler.store import Conflict, Store, StoreError
 from scheduler.view import View
@@ -50,13 +50,16 @@ def container_name(t: Task) -> str:
 def overlays_of(t: Task, spec: ServiceSpec, view: View) -> list[apb.OverlayAttachment] | None:
     """The task's addresses on its networks, or None while one is not allocated yet."""
     out = []
-    for att in spec.networks:
-        net = view.networks.get(att.name)
-        ip = next((a.ip for a in view.allocations.values() if a.network == att.name and a.task_id == t.id), None)
+    for name in attached(spec):
+        net = view.networks.get(name)
+        ip = next((a.ip for a in view.allocations.values() if a.network == name and a.task_id == t.id), None)
         if net is None or ip is None:
             return None
         out.append(apb.OverlayAttachment(network=net.name, vni=net.vni, subnet=net.subnet, ip=ip, mac=mac_for(ip),
-                                         mtu=net.mtu))
+                                         mtu=net.mtu, internal=net.internal))
+    if any(o.internal for o in out) and all(o.internal or o.network == INGRESS for o in out):
+        for o in out:  # the mesh's replies go back over the ingress network: it needs no route out either
+            o.internal = True
     return out
 
 
@@ -92,8 +95,11 @@ def container_config(t: Task, spec: ServiceSpec, stack: str,
         cfg.entrypoint.extend(spec.entrypoint)
         cfg.entrypoint_set = True
     for p in spec.ports:
-        # A published port binds the host; an unpublished one gets a free host port from the agent
-        # (docker's `-p 80`), so replicas of one service can share a host.
+        # A published port in host mode binds the host; an unpublished one gets a free host port from
+        # the agent (docker's `-p 80`), so replicas of one service can share a host. One in ingress
+        # mode binds no host port: every node's mesh DNATs it to the task's ingress address.
+        if p.meshed:
+            continue
         cfg.ports.append(apb.PortMapping(host_port=p.published or 0, container_port=p.target, protocol=p.protocol))
     for m in spec.mounts:
         cfg.mounts.append(apb.Mount(type=m.type, source=m.source, target=m.target, readonly=m.read_only,
@@ -103,6 +109,10 @@ def container_config(t: Task, spec: ServiceSpec, stack: str,
                                     tmpfs_options=list(m.tmpfs_options), volume_driver=m.volume_driver,
                                     volume_options=dict(m.volume_options), volume_labels=dict(m.volume_labels)))
     cfg.read_only = spec.read_only
+    for kind, refs in (("secret", spec.secrets), ("config", spec.configs)):
+        # where each goes; the agent fetches the data itself (Scheduler.TaskFiles), for this task only
+        cfg.task_files.extend(apb.TaskFile(kind=kind, name=r.source, target=r.target, uid=r.uid, gid=r.gid,
+                                           mode=r.mode) for r in refs)
     cfg.cap_add.extend(spec.cap_add)
     cfg.cap_drop.extend(spec.cap_drop)
     cfg.security_opt.extend(spec.security_opt)
@@ -114,6 +124,8 @@ def container_config(t: Task, spec: ServiceSpec, stack: str,
     cfg.sysctls.update(dict(spec.sysctls))
     cfg.shm_size = spec.shm_size
     cfg.group_add.extend(spec.group_add)
+    if spec.log_driver or spec.log_options:
+        cfg.log_config.CopyFrom(apb.LogConfig(type=spec.log_driver, config=dict(spec.log_options)))
     if spec.healthcheck is not None:
         # run by the node's agent like any container's (agent/health.py); disabled: not even the image's
         h = spec.healthcheck
@@ -216,6 +228,8 @@ class Dispatcher:
                 continue
             c = held.get(t.id)
             if c is None and t.state is TaskState.ASSIGNED:
+                if self._stopping_first(t):
+                    continue  # the view's change when the old one stops brings the next pass
                 self._spawn(t.id, self._create(node, stub, t))
             elif c is not None and c.state == "created":
                 self._spawn(t.id, self._start(node, stub, t, c.id))
@@ -232,6 +246,18 @@ class Dispatcher:
                 self._spawn(c.id, self._stop(stub, c.id, remove=owner is None, grace=grace))
             elif owner is None:
                 self._spawn(c.id, self._remove(stub, c.id))
+
+    def _stopping_first(self, t: Task) -> bool:
+        """A stop-first update's new task starts once the task it replaces has stopped (as Swarm's:
+        so at most `parallelism` slots are down at once, and a published host port is free again).
+        The old task counts while its node is up to report it; a task on a lost node is not waited for."""
+        for o in self.view.tasks_of(t.service):
+            if o.slot == t.slot and o.id != t.id and o.desired_state is DesiredState.SHUTDOWN \
+                    and o.error == "updated" and o.state.active and o.node is not None:
+                n = self.view.nodes.get(o.node)
+                if n is not None and n.status is NodeStatus.READY:
+                    return True
+        return False
 
     def _spawn(self, key: str, coro: object) -> None:
         self._inflight.add(key)

@@ -62,6 +62,7 @@ class SchedulerOptions:
     advertise: str = ""  # the address agents and CLIs should use for this replica (default: listen)
     tls: bool = False  # mutual TLS on --listen, the CA in etcd, a join port (scheduler/tls.py)
     join_listen: str = ""  # the join port; "" = --listen's port + 1 (where `agent --join` looks)
+    secrets_key: str = ""  # the file of the key that seals secrets in etcd; "" = <state-dir>/secrets.key
 
 
 # --- the embedded etcd --------------------------------------------------------------------------
@@ -199,6 +200,14 @@ class Scheduler:
                                      ttl=o.ttl, heartbeat=o.heartbeat)
         migrator = self.migrator = Migrator(view, store, self.agents, m, replica=self.replica)
         servicer.migrator = migrator
+        from scheduler.objects import Sealer
+
+        key_file = Path(o.secrets_key) if o.secrets_key else state / "secrets.key"
+        try:
+            servicer.sealer = await asyncio.to_thread(Sealer.from_file, key_file)
+        except (OSError, ValueError) as e:
+            raise SchedulerError(f"--secrets-key {key_file}: {e}") from e
+        log.info("secrets are sealed in etcd with the key in %s (key id %s)", key_file, servicer.sealer.key_id)
         authorize = None
         if o.tls:
             authorize = await self._start_tls(state)

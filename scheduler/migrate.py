@@ -5,6 +5,8 @@
     run       the leader calls the source agent's MigrateContainer(target = the target node's address):
               the agent keeps the container's name (so the dispatcher matches it on the target), and
               removes its own copy only once the target runs it, rolling back otherwise
+    switch    (live) once the source says the task is frozen: phase "switched", and the network map
+              points the task's cluster addresses at the target (before the target restores it)
     finish    one txn: the task's node and container id move to the target, the record is deleted
     recover   a record with no migration running for it (a new leader, or this one after an error):
               the container running on the target -> finish (and make sure the source copy is gone);
@@ -237,8 +239,12 @@ class Migrator:
             async for p in call:
                 if p.phase == "done":
                     done = p
-                else:
-                    emit(progress(m, p.phase, p.message, bytes=p.bytes, total=p.total))
+                    continue
+                if p.phase == "frozen" and m.mode == "live":
+                    m = await self._switch(m)
+                elif p.phase == "rollback" and m.phase == "switched":
+                    m = await self._switch(m, back=True)
+                emit(progress(m, p.phase, p.message, bytes=p.bytes, total=p.total))
             if done is None:
                 raise StoreError("the source agent ended the migration without a result")
             await self._pause(m, "finishing")
@@ -258,6 +264,23 @@ class Migrator:
             self.metrics.migration(m.mode, "failed" if outcome != "finished" else "succeeded")
             phase = {"rolled": "rolled_back"}.get(outcome.split(" ")[0], outcome.split(" ")[0])
             emit(progress(m, phase, f"{m.task_name}: {outcome}", total_seconds=time.monotonic() - t0))
+
+    async def _switch(self, m: Migration, back: bool = False) -> Migration:
+        """The source froze the task and locked its network: from now on every host sends to its
+        cluster addresses on the target (the network map follows this phase, scheduler/network.py
+        endpoints), while the archive goes and the target restores behind its own lock (agent/
+        checkpoint/netlock.py). So peers are pointed at the target before the restored sockets
+        take packets, and none is sent to a host where nothing can answer any more.
+
+        back: the source reports a rollback (the target failed; its own copy runs on): the
+        addresses point at the source again at once, not only once recovery has settled the
+        record (which waits for an unreachable target to answer or be declared down)."""
+        t0 = time.monotonic()
+        m = await self._set_phase(m, "running" if back else "switched")
+        await self.view.wait_revision(m.mod_revision)
+        log.info("migration %s: %s's addresses point at %s (%.0f ms)", m.id, m.task_name,
+                 m.source if back else m.target, (time.monotonic() - t0) * 1000)
+        return m
 
     def _container(self, m: Migration) -> str:
         t = self.view.tasks.get(m.task_id)

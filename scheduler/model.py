@@ -147,7 +147,13 @@ class PortSpec:
     target: int
     published: int | None = None  # None: no host port (not reachable from outside the node)
     protocol: str = "tcp"
-    mode: str = "host"  # dockyard has no routing mesh; "ingress" is accepted and binds the host
+    # ingress: the routing mesh answers on every node (scheduler/network.py, agent mesh.py);
+    # host: only the node running the task binds it (one task per port per node)
+    mode: str = "host"
+
+    @property
+    def meshed(self) -> bool:
+        return self.published is not None and self.mode == "ingress"
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +211,18 @@ class MountSpec:
     volume_driver: str = ""
     volume_options: tuple[tuple[str, str], ...] = ()
     volume_labels: tuple[tuple[str, str], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class FileRef:
+    """A service's use of a cluster secret or config (`secrets:`/`configs:`, `--secret`/`--config`):
+    delivered as a file on a tmpfs of the node that runs the task, never written to its disk.
+    A secret's target is a name under /run/secrets or an absolute path; a config's is absolute."""
+    source: str                                          # the secret's or config's name in the cluster
+    target: str
+    uid: int = 0
+    gid: int = 0
+    mode: int = 0o444
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,7 +285,12 @@ class ServiceSpec:
     sysctls: tuple[tuple[str, str], ...] = ()
     shm_size: int = 0
     group_add: tuple[str, ...] = ()
+    log_driver: str = ""   # the stack's logging: driver and options ("" = each node's default)
+    log_options: tuple[tuple[str, str], ...] = ()
     networks: tuple[NetworkAttachment, ...] = ()  # cluster networks; each task gets an address on each
+    endpoint_mode: str = "vip"  # vip: the name answers with one virtual IP; dnsrr: with the tasks' addresses
+    secrets: tuple[FileRef, ...] = ()
+    configs: tuple[FileRef, ...] = ()
 
     @property
     def digest(self) -> str:
@@ -287,17 +310,25 @@ class ServiceSpec:
 
     @property
     def host_ports(self) -> tuple[tuple[int, str], ...]:
-        return tuple((p.published, p.protocol) for p in self.ports if p.published is not None)
+        """Ports bound on the task's own node (mode host): the placement filter keeps them apart.
+        Ingress ports are the routing mesh's, on every node, and bind no node port."""
+        return tuple((p.published, p.protocol) for p in self.ports if p.published is not None and not p.meshed)
+
+    @property
+    def mesh_ports(self) -> tuple[PortSpec, ...]:
+        return tuple(p for p in self.ports if p.meshed)
 
 
-_NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels")
+# endpoint_mode is the service's, not its tasks' (Swarm's EndpointSpec): changing it moves no task
+_NOT_IN_TASK = ("replicas", "update_config", "rollback_config", "labels", "endpoint_mode")
 # Fields added to ServiceSpec after tasks were first stored, with their encoded defaults.
 _ADDED_FIELDS: dict[str, Any] = {"mode": "replicated", "hostname": "", "user": "", "workdir": "", "stop_signal": "",
                                  "stop_grace_period": None, "tty": False, "stdin_open": False, "init": False,
                                  "pids_limit": 0, "container_labels": [], "devices": [], "privileged": False,
                                  "mounts": [], "read_only": False, "cap_add": [], "cap_drop": [], "security_opt": [],
                                  "ulimits": [], "dns": [], "dns_search": [], "dns_options": [], "extra_hosts": [],
-                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": []}
+                                 "sysctls": [], "shm_size": 0, "group_add": [], "networks": [], "log_driver": "",
+                                 "log_options": [], "secrets": [], "configs": []}
 
 
 class UpdateState(enum.StrEnum):
@@ -402,7 +433,7 @@ class Migration:
     source: str
     target: str
     mode: str  # live | cold
-    phase: str  # recorded | running | recovering
+    phase: str  # recorded | running | switched (live: its addresses are the target's) | recovering
     reason: str = ""  # why cold, when live was not possible
     started_at: float = 0.0
     leader: str = ""

@@ -22,7 +22,7 @@ def plan(view: View, now: float) -> list[netmod.AddressOp]:
     if not view.networks and not view.allocations and not view.quarantine:
         return []
     return netmod.plan_addresses(view.networks, view.allocations.values(), view.quarantine.values(), view.tasks,
-                                 view.services, now)
+                                 view.services, now, nodes=view.nodes)
 
 
 def ops_of(store: Store, op: netmod.AddressOp, now: float) -> list[Op]:
@@ -63,7 +63,7 @@ async def write(store: Store, ops: list[netmod.AddressOp], now: float) -> int:
         revision = max(revision, rev)
         if isinstance(op, netmod.Assign | netmod.Transfer):
             a = op.allocation
-            log.info("%s %s -> task %s (%s.%d)", a.network, a.ip, a.task_id, a.service, a.slot)
+            log.info("%s %s -> %s (%s.%d)", a.network, a.ip, a.task_id, a.service, a.slot)
         elif isinstance(op, netmod.Release):
             log.info("%s %s freed (task %s removed); quarantined", op.allocation.network, op.allocation.ip,
                      op.allocation.task_id)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 
-from scheduler.model import DesiredState, Service, ServiceSpec, Task, TaskState
+from scheduler.model import DesiredState, Migration, Service, ServiceSpec, Task, TaskState
 
 DEFAULT_POOL = ipaddress.IPv4Network("10.240.0.0/12")  # default subnets are /24s of this
 DEFAULT_PREFIX = 24
@@ -31,6 +31,12 @@ MAX_VNI = (1 << 24) - 1
 DEFAULT_MTU = 1450  # a 1500-byte underlay minus VXLAN's 50 bytes
 QUARANTINE = 60.0  # seconds a freed address rests before reuse
 DRIVERS = ("overlay",)
+# The routing mesh (Swarm's `ingress`): a service's tasks with a published `mode: ingress` port get an
+# address on it, so does every node; any node DNATs the port to a ready task's address there and
+# SNATs to its own, so the reply comes back through it (agent/runtime/network/mesh.py).
+INGRESS = "ingress"
+INGRESS_SUBNET = "10.255.0.0/16"  # as Swarm's; a free /24 of the pool when it is taken
+NODE_PREFIX = "node:"  # the owner an allocation records for a node's own address on the ingress network
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
 
 
@@ -49,6 +55,7 @@ class Network:
     internal: bool = False
     labels: dict[str, str] = field(default_factory=dict)
     created_at: float = 0.0
+    ingress: bool = False  # the routing mesh's network (INGRESS): made by the scheduler, joined by every node
     mod_revision: int = 0  # etcd metadata
 
     @property
@@ -71,7 +78,8 @@ class Network:
         return cls(name=str(d["name"]), subnet=str(d["subnet"]), vni=int(d["vni"]), driver=str(d.get("driver", "overlay")),
                    mtu=int(d.get("mtu", DEFAULT_MTU)), attachable=bool(d.get("attachable", False)),
                    internal=bool(d.get("internal", False)), labels=dict(d.get("labels", {})),
-                   created_at=float(d.get("created_at", 0.0)), mod_revision=rev)
+                   created_at=float(d.get("created_at", 0.0)), ingress=bool(d.get("ingress", False)),
+                   mod_revision=rev)
 
 
 @dataclass(slots=True)
@@ -133,8 +141,6 @@ def new_network(name: str, existing: Iterable[Network], *, subnet: str = "", dri
     # reaches beyond the host, so neither would be honoured.
     if attachable:
         raise NetworkError("--attachable: plain containers cannot join cluster networks yet (only services' tasks)")
-    if internal:
-        raise NetworkError("--internal: not supported yet (a task keeps its host bridge's egress)")
     if mtu and not 576 <= mtu <= 9000:
         raise NetworkError(f"mtu {mtu}: between 576 and 9000")
     taken = [n.network for n in nets]
@@ -166,6 +172,61 @@ def new_network(name: str, existing: Iterable[Network], *, subnet: str = "", dri
 
 def unknown_networks(spec: ServiceSpec, networks: Mapping[str, Network]) -> list[str]:
     return [a.name for a in spec.networks if a.name not in networks]
+
+
+def attached(spec: ServiceSpec) -> tuple[str, ...]:
+    """Every network a task of `spec` has an address on: its own, and the ingress network when it
+    publishes a port through the routing mesh."""
+    names = tuple(a.name for a in spec.networks)
+    return (*names, INGRESS) if spec.mesh_ports and INGRESS not in names else names
+
+
+def host_ports_isolated(spec: ServiceSpec, networks: Mapping[str, Network]) -> bool:
+    nets = [networks[a.name] for a in spec.networks if a.name in networks]
+    return bool(nets) and all(n.internal for n in nets) and bool(spec.host_ports)
+
+
+def check_endpoint(spec: ServiceSpec, others: Iterable[ServiceSpec],
+                   networks: Mapping[str, Network] | None = None) -> None:
+    """A service's endpoint against the rest of the cluster (Swarm's checks): a port published
+    through the mesh belongs to one service on every node, so no other service may publish it in
+    any mode; dnsrr has no virtual IP for the mesh to reach."""
+    if spec.endpoint_mode not in ("vip", "dnsrr"):
+        raise NetworkError(f"service {spec.name}: endpoint_mode {spec.endpoint_mode!r}: vip or dnsrr")
+    networks = networks or {}
+    if spec.endpoint_mode == "dnsrr" and spec.mesh_ports:
+        p = spec.mesh_ports[0]
+        raise NetworkError(f"service {spec.name}: port {p.published}/{p.protocol} is published in ingress mode, "
+                           "which needs endpoint_mode vip (publish it with mode: host for dnsrr)")
+    if host_ports_isolated(spec, networks):
+        p = next(p for p in spec.ports if p.published is not None and not p.meshed)
+        raise NetworkError(f"service {spec.name}: port {p.published}/{p.protocol} in host mode needs a route out of "
+                           f"the node, and every network of the service is internal (publish it in ingress mode)")
+    if any(a.name == INGRESS for a in spec.networks):
+        raise NetworkError(f"service {spec.name}: network {INGRESS} is the routing mesh's; a service joins it by "
+                           "publishing a port")
+    mine = {(p.published, p.protocol): p for p in spec.ports if p.published is not None}
+    for other in others:
+        if other.name == spec.name:
+            continue
+        for p in other.ports:
+            key = (p.published, p.protocol)
+            if p.published is None or key not in mine:
+                continue
+            if p.meshed or mine[key].meshed:
+                raise NetworkError(f"port {p.published}/{p.protocol} is already published by service {other.name}"
+                                   f" ({'ingress' if p.meshed else 'host'} mode)")
+
+
+def ingress_network(existing: Iterable[Network], now: float = 0.0) -> Network:
+    """The routing mesh's network, to create: INGRESS_SUBNET, or a free /24 when it overlaps one."""
+    nets = list(existing)
+    subnet = INGRESS_SUBNET
+    if any(n.network.overlaps(ipaddress.IPv4Network(subnet)) for n in nets):
+        subnet = ""
+    net = new_network(INGRESS, nets, subnet=subnet, now=now)
+    net.ingress = True
+    return net
 
 
 # --- addresses -------------------------------------------------------------------------------
@@ -220,13 +281,20 @@ def networks_of(task: Task, services: Mapping[str, Service]) -> tuple[str, ...]:
     spec = svc.spec
     if svc.previous_spec is not None and svc.previous_spec.digest == task.spec_version:
         spec = svc.previous_spec
-    return tuple(a.name for a in spec.networks)
+    return attached(spec)
+
+
+def meshed(services: Mapping[str, Service]) -> bool:
+    """Some service publishes a port through the routing mesh (then every node joins it)."""
+    return any(s.spec.mesh_ports for s in services.values())
 
 
 def plan_addresses(networks: Mapping[str, Network], allocations: Iterable[Allocation],
                    quarantine: Iterable[Quarantined], tasks: Mapping[str, Task], services: Mapping[str, Service],
-                   now: float, *, rest: float = QUARANTINE) -> list[AddressOp]:
-    """What to write so that every task wanted running holds one address on each of its networks."""
+                   now: float, *, rest: float = QUARANTINE, nodes: Iterable[str] = ()) -> list[AddressOp]:
+    """What to write so that every task wanted running holds one address on each of its networks,
+    each service a virtual IP on each (vip mode), and each node one on the ingress network while a
+    service publishes through the mesh."""
     ops: list[AddressOp] = []
     by_net: dict[str, dict[str, Allocation]] = {n: {} for n in networks}
     held: dict[tuple[str, str], Allocation] = {}  # (network, task id) -> its allocation
@@ -273,9 +341,28 @@ def plan_addresses(networks: Mapping[str, Network], allocations: Iterable[Alloca
             held[net_name, t.id] = new
             handed.add((net_name, ip))
             ops.append(Assign(new))
+    # every node's own address on the ingress network: the source of the mesh's SNAT
+    ingress = networks.get(INGRESS)
+    wanted_nodes = set(nodes) if ingress is not None and ingress.ingress and meshed(services) else set()
+    for node in sorted(wanted_nodes):
+        node_owner = NODE_PREFIX + node
+        if (INGRESS, node_owner) in held or INGRESS in exhausted or ingress is None:
+            continue
+        ip = _free_ip(ingress, by_net[INGRESS], resting.get(INGRESS, set()))
+        if ip is None:
+            exhausted.add(INGRESS)
+            continue
+        new = Allocation(INGRESS, ip, node_owner, "", 0)
+        by_net[INGRESS][ip] = new
+        held[INGRESS, node_owner] = new
+        handed.add((INGRESS, ip))
+        ops.append(Assign(new))
     # a virtual IP per service and network: the service's name answers with it, and every host
-    # DNATs it to the service's ready tasks (agent/runtime/network/vip.py)
+    # DNATs it to the service's ready tasks (agent/runtime/network/vip.py); none in dnsrr mode,
+    # none on the ingress network (the mesh DNATs to the tasks themselves)
     for name, svc in sorted(services.items()):
+        if svc.spec.endpoint_mode == "dnsrr":
+            continue
         for att in svc.spec.networks:
             net = networks.get(att.name)
             vip = vip_owner(name)
@@ -291,7 +378,7 @@ def plan_addresses(networks: Mapping[str, Network], allocations: Iterable[Alloca
             ops.append(Assign(new))
     for net_map in by_net.values():
         for a in net_map.values():
-            if a.mod_revision and (a.network, a.ip) not in handed and _slot_gone(a, tasks, services):
+            if a.mod_revision and (a.network, a.ip) not in handed and _slot_gone(a, tasks, services, wanted_nodes):
                 ops.append(Release(a, now))
     return ops
 
@@ -304,19 +391,24 @@ def vip_owner(service: str) -> str:
     return VIP_PREFIX + service
 
 
-def _slot_gone(a: Allocation, tasks: Mapping[str, Task], services: Mapping[str, Service]) -> bool:
+def _slot_gone(a: Allocation, tasks: Mapping[str, Task], services: Mapping[str, Service],
+               nodes: set[str] | frozenset[str] = frozenset()) -> bool:
     """The address is free again: its task is removed, or ended and its slot (or the service's use
-    of the network) is gone, so no successor will come for it. A VIP: its service left the network."""
+    of the network) is gone, so no successor will come for it. A VIP: its service left the network
+    (or went to dnsrr). A node's: the node is gone, or no service publishes through the mesh."""
+    if a.task_id.startswith(NODE_PREFIX):
+        return a.task_id[len(NODE_PREFIX):] not in nodes
     if a.task_id.startswith(VIP_PREFIX):
         svc = services.get(a.task_id[len(VIP_PREFIX):])
-        return svc is None or all(n.name != a.network for n in svc.spec.networks)
+        return (svc is None or svc.spec.endpoint_mode == "dnsrr"
+                or all(n.name != a.network for n in svc.spec.networks))
     owner = tasks.get(a.task_id)
     if owner is None:
         return True
     if _wants(owner):
         return False
     svc = services.get(a.service)
-    return svc is None or a.slot > svc.spec.replicas or all(n.name != a.network for n in svc.spec.networks)
+    return svc is None or a.slot > svc.spec.replicas or a.network not in attached(svc.spec)
 
 
 def _free_ip(net: Network, used: Mapping[str, Allocation], resting: set[str], top: bool = False) -> str | None:
@@ -379,18 +471,32 @@ def service_names(svc: Service | None, network: str, service: str) -> tuple[str,
     return tuple(dict.fromkeys(names))
 
 
+def moved_endpoints(migrations: Iterable[Migration]) -> dict[str, str]:
+    """Task id -> the node its addresses are on, for live moves past the switch (scheduler/migrate.py):
+    the target's, though the task is still the source's until the move finishes."""
+    return {m.task_id: m.target for m in migrations if m.phase == "switched"}
+
+
 def endpoints(networks: Mapping[str, Network], allocations: Iterable[Allocation], tasks: Mapping[str, Task],
-              node_addresses: Mapping[str, str], services: Mapping[str, Service] | None = None) -> list[EndpointView]:
-    """The endpoints hosts must reach: each allocation whose task has a node (and that node's VTEP)."""
+              node_addresses: Mapping[str, str], services: Mapping[str, Service] | None = None,
+              moved: Mapping[str, str] | None = None) -> list[EndpointView]:
+    """The endpoints hosts must reach: each allocation whose task has a node (and that node's VTEP);
+    `moved` (moved_endpoints) overrides the node of tasks being moved live."""
     out = []
     for a in allocations:
+        if a.task_id.startswith(NODE_PREFIX) and a.network in networks:  # a node's own ingress address
+            node = a.task_id[len(NODE_PREFIX):]
+            out.append(EndpointView(a.network, a.ip, mac_for(a.ip), a.task_id, "", "", node,
+                                    vtep_of(node_addresses.get(node, ""))))
+            continue
         t = tasks.get(a.task_id)
         if a.network not in networks or t is None or t.node is None or not _wants(t):
             continue
         ready = t.state is TaskState.RUNNING and t.healthy is not False
         names = service_names((services or {}).get(t.service), a.network, t.service)
-        out.append(EndpointView(a.network, a.ip, mac_for(a.ip), t.id, t.name, t.service, t.node,
-                                vtep_of(node_addresses.get(t.node, "")), names, ready, f"{t.name}.{t.id}"))
+        node = (moved or {}).get(t.id, t.node)
+        out.append(EndpointView(a.network, a.ip, mac_for(a.ip), t.id, t.name, t.service, node,
+                                vtep_of(node_addresses.get(node, "")), names, ready, f"{t.name}.{t.id}"))
     out.sort(key=lambda e: (e.network, ipaddress.IPv4Address(e.ip)))
     return out
 
@@ -413,6 +519,21 @@ def vips(networks: Mapping[str, Network], allocations: Iterable[Allocation],
                 out.append(VipView(a.network, a.service, a.ip, service_names(svc, a.network, a.service)))
     out.sort(key=lambda v: (v.network, v.service))
     return out
+
+
+@dataclass(frozen=True, slots=True)
+class MeshPort:
+    """A port the routing mesh publishes on every node, for a service."""
+    service: str
+    protocol: str
+    published: int
+    target: int
+
+
+def mesh_ports(services: Mapping[str, Service]) -> list[MeshPort]:
+    return sorted((MeshPort(name, p.protocol, p.published, p.target) for name, svc in services.items()
+                   for p in svc.spec.mesh_ports if p.published is not None),
+                  key=lambda m: (m.published, m.protocol, m.service))
 
 
 def vtep_of(address: str) -> str:

@@ -260,6 +260,11 @@ class _Pass:
                 if t.desired_state is DesiredState.RUNNING:
                     self.release(t)
                     self.plan.actions.append(Stop(t, f"service {name} removed"))
+                elif t.state.terminal or t.state is TaskState.PENDING or t.node not in self.nodes:
+                    # As Swarm: a removed service's tasks go once stopped, and with them their
+                    # containers (the dispatcher removes a container whose task is gone), its
+                    # volumes' holds and its secrets' tmpfs.
+                    self.plan.actions.append(Remove(t, f"service {name} removed"))
         for name in sorted(self.services):
             self.service(self.services[name], by_service.get(name, []))
         self.forget(by_service)
@@ -522,8 +527,11 @@ class _Pass:
             current = all(any(t.live and t.spec_version == digest for t in slots.get(s, [])) for s in live_slots)
             if not in_flight and current:
                 done = UpdateState.ROLLBACK_COMPLETED if status.state.rolling_back else UpdateState.COMPLETED
+                message = done.value.replace("_", " ")
+                if status.message.startswith("rollback: update failed"):  # keep why it rolled back
+                    message += ": " + status.message.removeprefix("rollback: ")
                 self.set_service(SetService(
-                    replace(svc, update=replace(status, state=done, message=f"{done.value.replace('_', ' ')}")),
+                    replace(svc, update=replace(status, state=done, message=message)),
                     f"{spec.name} is at {digest}"))
             return
         if in_flight:
@@ -549,7 +557,9 @@ class _Pass:
             self.plan.actions.append(Update(old, new, stop_old=stop_first))
 
     def forget(self, by_service: dict[str, list[Task]]) -> None:
-        for tasks in by_service.values():
+        for name, tasks in by_service.items():
+            if name not in self.services:
+                continue  # removed service: run() has its tasks
             per_slot: dict[int, list[Task]] = defaultdict(list)
             for t in tasks:
                 if t.desired_state is not DesiredState.SHUTDOWN:
@@ -633,7 +643,10 @@ def update_service(svc: Service, spec: ServiceSpec) -> Service:
     """`service update` / a redeploy: the new spec, the old one kept for rollback. Unchanged -> same."""
     if spec == svc.spec:
         return svc
-    status = svc.update if not svc.update.state.paused else replace(svc.update, state=UpdateState.NONE, target="")
+    # A new spec after a paused update or a rollback is a new update (rolled out with update_config),
+    # not the rollback going on.
+    done = svc.update.state.paused or svc.update.state.rolling_back
+    status = replace(svc.update, state=UpdateState.NONE, target="") if done else svc.update
     return replace(svc, spec=spec, version=svc.version + 1, previous_spec=svc.spec, update=status)
 
 

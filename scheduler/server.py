@@ -10,7 +10,7 @@ import functools
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -20,7 +20,7 @@ from common import transport
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
-from scheduler import convert
+from scheduler import convert, objects
 from scheduler import network as netmod
 from scheduler.dispatch import Agents, container_name, write_observed
 from scheduler.leader import Election
@@ -32,6 +32,7 @@ from scheduler.model import (
     Resources,
     Service,
     ServiceMode,
+    ServiceSpec,
     Task,
     TaskState,
 )
@@ -90,6 +91,8 @@ def _status(e: Exception) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.ABORTED, f"{e}; try again"
     if isinstance(e, StoreError):
         return grpc.StatusCode.INTERNAL, str(e)
+    if isinstance(e, objects.KeyMismatch):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(e)
     if isinstance(e, ValueError):
         return grpc.StatusCode.INVALID_ARGUMENT, str(e)
     return grpc.StatusCode.INTERNAL, f"{type(e).__name__}: {e}"
@@ -108,7 +111,7 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
             return await fn(self, request, context)
-        except (ClusterError, StoreError, ValueError) as e:
+        except (ClusterError, StoreError, ValueError, objects.KeyMismatch) as e:
             code, msg = _status(e)
             await context.abort(code, msg)
             raise AssertionError("unreachable") from e
@@ -129,6 +132,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         self.heartbeat = heartbeat
         self.clock = clock
         self.migrator: Migrator | None = None  # set by main: the leader runs migrations
+        self.sealer: objects.Sealer | None = None  # set by main: the secrets key (scheduler/objects.py)
 
     # --- status and nodes ------------------------------------------------------------------------
 
@@ -220,8 +224,12 @@ class SchedulerServicer(pbg.SchedulerServicer):
             if missing:
                 raise Invalid(f"service {spec.name}: network {', '.join(missing)} not found (dockyard network "
                               f"create -d overlay NAME, or declare it under the stack's networks:)")
+        ops, object_changes, made = await self._stack_objects(request.objects)
+        for spec in specs:
+            objects.check_refs(spec)
+        ops += await self._object_guards(specs, made)
+        await self._admit_endpoints(specs)
         current = {s.name: s for s in await self.store.list_services()}
-        ops: list[Op] = []
         changes = []
         for spec in specs:
             old = current.get(spec.name)
@@ -242,11 +250,62 @@ class SchedulerServicer(pbg.SchedulerServicer):
                     ops.append(self.store.delete_service_op(svc))
                     changes.append(pb.Change(service=svc.name, action="removed"))
         if len(ops) > 128:
-            raise Invalid(f"{len(ops)} services in one deploy: at most 128")
+            raise Invalid(f"{len(ops)} services, secrets and configs in one deploy: at most 128")
         if ops:
-            rev = await self.store.commit(ops)
+            try:
+                rev = await self.store.commit(ops)
+            except Conflict as e:
+                raise Refused(f"the stack's services, secrets or configs changed meanwhile ({e})") from None
             await self.view.wait_revision(rev)
-        return pb.DeployResponse(changes=changes)
+        return pb.DeployResponse(changes=changes, objects=object_changes)
+
+    async def _stack_objects(self, msgs: Iterable[pb.FileObject]) -> tuple[list[Op], list[pb.Change], set[tuple[str, str]]]:
+        """A deploy's own secrets and configs: made if absent, left alone if equal, else refused."""
+        ops: list[Op] = []
+        changes = []
+        made: set[tuple[str, str]] = set()
+        for msg in msgs:
+            obj = objects.FileObject(msg.kind, msg.name, bytes(msg.data), dict(msg.labels), self.clock())
+            objects.check_object(obj)
+            if (obj.kind, obj.name) in made:
+                raise Invalid(f"{obj.kind} {obj.name} given twice")
+            old = await self.store.get_object(obj.kind, obj.name)
+            if old is not None:
+                if old.open(self._sealer_for(obj.kind)).data != obj.data:
+                    raise Refused(f"{obj.kind} {obj.name} exists with other data, and a {obj.kind} never changes: "
+                                  f"give the new one another name (`name:` in the stack file), or remove the old "
+                                  f"one once no service uses it")
+                changes.append(pb.Change(service=f"{obj.kind} {obj.name}", action="unchanged"))
+                continue
+            ops.append(Put(self.store.keys.object(obj.kind, obj.name), objects.encode(obj, self._sealer_for(obj.kind)), 0))
+            made.add((obj.kind, obj.name))
+            changes.append(pb.Change(service=f"{obj.kind} {obj.name}", action="created"))
+        return ops, changes, made
+
+    def _sealer_for(self, kind: str) -> objects.Sealer | None:
+        if kind == "secret" and self.sealer is None:
+            raise Refused("this scheduler has no secrets key")
+        return self.sealer
+
+    async def _object_guards(self, specs: Iterable[Any], made: Iterable[tuple[str, str]] = ()) -> list[Op]:
+        """Every secret and config the specs use must exist; each is re-put unchanged, guarded by its
+        revision, in the services' transaction, so a concurrent `secret rm` (guarded the same way)
+        and this write cannot both succeed."""
+        ops: list[Op] = []
+        seen: set[tuple[str, str]] = set(made)
+        for spec in specs:
+            for kind, refs in (("secret", spec.secrets), ("config", spec.configs)):
+                for r in refs:
+                    if (kind, r.source) in seen:
+                        continue
+                    seen.add((kind, r.source))
+                    key = self.store.keys.object(kind, r.source)
+                    raw = await self.store.get_raw(key)
+                    if raw is None:
+                        raise NotFound(f"service {spec.name}: {kind} not found: {r.source} "
+                                       f"(dockyard {kind} create {r.source} FILE)")
+                    ops.append(Put(key, raw[0], raw[1]))
+        return ops
 
     def _live(self, name: str) -> int:
         return sum(1 for t in self.view.tasks_of(name) if t.live)
@@ -259,10 +318,18 @@ class SchedulerServicer(pbg.SchedulerServicer):
         _check_replicas(spec.replicas, spec.name)
         if await self.store.get_service(spec.name) is not None:
             raise Exists(f"service {spec.name} already exists")
+        objects.check_refs(spec)
+        missing = netmod.unknown_networks(spec, self.view.networks)
+        if missing:
+            raise Invalid(f"service {spec.name}: network {', '.join(missing)} not found (dockyard network create "
+                          "-d overlay NAME)")
+        await self._admit_endpoints([spec])
         svc = new_service(spec, self.clock())
         try:
-            rev = await self.store.commit([self.store.put_service_op(svc)])
+            rev = await self.store.commit([self.store.put_service_op(svc), *await self._object_guards([spec])])
         except Conflict:
+            if await self.store.get_service(spec.name) is None:
+                raise Refused(f"a secret or config of {spec.name} changed meanwhile; try again") from None
             raise Exists(f"service {spec.name} already exists") from None
         await self.view.wait_revision(rev)
         return convert.service_info(svc, 0, 0)
@@ -318,8 +385,10 @@ class SchedulerServicer(pbg.SchedulerServicer):
             new = change(svc)
             if new is None or new is svc:
                 return svc
+            objects.check_refs(new.spec)
+            guards = await self._object_guards([new.spec])
             try:
-                rev = await self.store.commit([self.store.put_service_op(new)])
+                rev = await self.store.commit([self.store.put_service_op(new), *guards])
             except Conflict:
                 continue
             await self.view.wait_revision(rev)
@@ -338,8 +407,14 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def UpdateService(self, request: pb.UpdateServiceRequest, context: Any) -> pb.ServiceInfo:
+        if request.spec_json:
+            await self._admit_endpoints([convert.spec_from_json(request.spec_json)])
+
         def change(s: Service) -> Service | None:
             spec = convert.spec_from_json(request.spec_json) if request.spec_json else s.spec
+            if request.expect_version and request.expect_version != s.version:
+                raise Refused(f"service {s.name} changed while it was being edited (version {request.expect_version} "
+                              f"-> {s.version}); try again")
             if spec.name != s.name:
                 raise Invalid(f"the spec is named {spec.name}, not {s.name}")
             if request.image:
@@ -393,6 +468,16 @@ class SchedulerServicer(pbg.SchedulerServicer):
         # The services go now; their tasks are wanted shut down in the same transaction, so no
         # reconcile pass ever sees a task without its service, and the dispatcher stops them.
         ops: list[Op] = [self.store.delete_service_op(s) for s in doomed]
+        gone_objects: list[str] = []
+        if request.stack:  # and the stacks' own secrets and configs, unless another service uses one
+            names = {s.name for s in doomed}
+            others = [sp for svc in self.view.services.values() if svc.name not in names
+                      for sp in (svc.spec, svc.previous_spec) if sp is not None]
+            for kind in objects.KINDS:
+                for st in await self.store.list_objects(kind):
+                    if st.labels.get(convert.STACK_LABEL) in request.names and not objects.users(kind, st.name, others):
+                        ops.append(Delete(self.store.keys.object(kind, st.name), st.mod_revision))
+                        gone_objects.append(f"{kind} {st.name}")
         for s in doomed:
             for t in await self.store.list_tasks(s.name):
                 if t.desired_state is DesiredState.RUNNING:
@@ -404,7 +489,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         for batch in chunks(ops):
             rev = await self.store.commit(batch)
         await self.view.wait_revision(rev)
-        return pb.RemoveServicesResponse(removed=[s.name for s in doomed])
+        return pb.RemoveServicesResponse(removed=[s.name for s in doomed], removed_objects=gone_objects)
 
     # --- tasks: logs and exec through the agent --------------------------------------------------
 
@@ -585,9 +670,12 @@ class SchedulerServicer(pbg.SchedulerServicer):
         if with_endpoints:
             mine = [a for a in v.allocations.values() if a.network == net.name]
             eps = netmod.endpoints({net.name: net}, mine, v.tasks, {n.name: n.address for n in v.nodes.values()},
-                                   v.services)
+                                   v.services, netmod.moved_endpoints(v.migrations.values()))
             vips = netmod.vips({net.name: net}, mine, v.services)
-        return convert.network_info(net, users, eps, vips)
+        mesh = netmod.mesh_ports(v.services) if net.ingress else []
+        if net.ingress:
+            users = sorted({m.service for m in mesh})
+        return convert.network_info(net, users, eps, vips, mesh)
 
     def _network(self, name: str) -> netmod.Network:
         net = self.view.networks.get(name)
@@ -597,16 +685,26 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def CreateNetwork(self, request: pb.CreateNetworkRequest, context: Any) -> pb.NetworkInfo:
+        if request.name == netmod.INGRESS:
+            raise Invalid(f"network name {netmod.INGRESS} is the routing mesh's: the scheduler makes it when a "
+                          "service publishes a port in ingress mode")
+
+        def make(existing: list[netmod.Network]) -> netmod.Network:
+            return netmod.new_network(request.name, existing, subnet=request.subnet,
+                                      driver=request.driver or "overlay", attachable=request.attachable,
+                                      internal=request.internal, mtu=request.mtu, labels=dict(request.labels),
+                                      now=self.clock())
+
+        return self._network_info(await self._create_network(make))
+
+    async def _create_network(self, make: Callable[[list[netmod.Network]], netmod.Network]) -> netmod.Network:
         k = self.store.keys
         for _ in range(5):
             rev, kvs = await self.store.range(k.network())
             existing = [netmod.Network.decode(kv.value, kv.mod_revision) for kv in kvs]
             stamp = await self.store.get_raw(k.net() + b"version")
             try:
-                net = netmod.new_network(request.name, existing, subnet=request.subnet,
-                                         driver=request.driver or "overlay", attachable=request.attachable,
-                                         internal=request.internal, mtu=request.mtu, labels=dict(request.labels),
-                                         now=self.clock())
+                net = make(existing)
             except netmod.NetworkError as e:
                 raise (Exists if "already exists" in str(e) else Invalid)(str(e)) from None
             # one version key guards every create: two at once cannot pick the same subnet or VNI
@@ -617,8 +715,30 @@ class SchedulerServicer(pbg.SchedulerServicer):
             except Conflict:
                 continue
             await self.view.wait_revision(wrote)
-            return self._network_info(self.view.networks.get(net.name, net))
+            return self.view.networks.get(net.name, net)
         raise Refused("networks keep changing; try again")
+
+    async def _admit_endpoints(self, specs: list[ServiceSpec]) -> None:
+        """Published ports and endpoint modes checked against every other service; the ingress
+        network made when one of `specs` is the first to publish through the routing mesh."""
+        new = {s.name for s in specs}
+        pool = [svc.spec for name, svc in self.view.services.items() if name not in new] + specs
+        for spec in specs:
+            try:
+                netmod.check_endpoint(spec, pool, self.view.networks)
+            except netmod.NetworkError as e:
+                raise Invalid(str(e)) from None
+        if not any(s.mesh_ports for s in specs):
+            return
+        net = self.view.networks.get(netmod.INGRESS)
+        if net is not None and not net.ingress:
+            raise Invalid(f"network {netmod.INGRESS} exists and is not the routing mesh's: remove it to publish "
+                          "ports in ingress mode (or publish them with mode: host)")
+        if net is None:
+            try:
+                await self._create_network(lambda existing: netmod.ingress_network(existing, self.clock()))
+            except Exists:
+                pass  # made by a deploy beside this one
 
     @_mapped
     async def ListNetworks(self, request: pb.Empty, context: Any) -> pb.ListNetworksResponse:
@@ -674,6 +794,94 @@ class SchedulerServicer(pbg.SchedulerServicer):
                     yield msg
         finally:
             self.view.net_listeners.remove(changed.set)
+
+    # --- secrets and configs (scheduler/objects.py) ----------------------------------------------
+
+    def _object_users(self, kind: str, name: str) -> list[str]:
+        specs = [sp for svc in self.view.services.values() for sp in (svc.spec, svc.previous_spec) if sp is not None]
+        return objects.users(kind, name, specs)
+
+    def _object_info(self, st: objects.Stored, with_data: bool) -> pb.ObjectInfo:
+        info = pb.ObjectInfo(kind=st.kind, name=st.name, labels=st.labels, created_at=st.created_at, size=st.size,
+                             services=self._object_users(st.kind, st.name))
+        if with_data and st.kind == "config":  # never a secret's: it leaves the scheduler only for its tasks
+            info.data = st.open(None).data
+        return info
+
+    @_mapped
+    async def CreateObject(self, request: pb.FileObject, context: Any) -> pb.ObjectInfo:
+        obj = objects.FileObject(request.kind, request.name, bytes(request.data), dict(request.labels), self.clock())
+        objects.check_object(obj)
+        try:
+            await self.store.commit([Put(self.store.keys.object(obj.kind, obj.name),
+                                         objects.encode(obj, self._sealer_for(obj.kind)), 0)])
+        except Conflict:
+            raise Exists(f"{obj.kind} {obj.name} already exists") from None
+        st = await self.store.get_object(obj.kind, obj.name)
+        if st is None:
+            raise NotFound(f"{obj.kind} {obj.name} was removed right after it was made")
+        return self._object_info(st, with_data=False)
+
+    @_mapped
+    async def ListObjects(self, request: pb.ListObjectsRequest, context: Any) -> pb.ListObjectsResponse:
+        if request.kind not in objects.KINDS:
+            raise Invalid(f"unknown kind {request.kind!r}: expected secret or config")
+        found = sorted(await self.store.list_objects(request.kind), key=lambda st: st.name)
+        return pb.ListObjectsResponse(objects=[self._object_info(st, with_data=False) for st in found])
+
+    async def _stored(self, kind: str, name: str) -> objects.Stored:
+        objects.check_name(kind, name)
+        st = await self.store.get_object(kind, name)
+        if st is None:
+            raise NotFound(f"{kind} not found: {name}")
+        return st
+
+    @_mapped
+    async def InspectObject(self, request: pb.ObjectRef, context: Any) -> pb.ObjectInfo:
+        return self._object_info(await self._stored(request.kind, request.name), with_data=True)
+
+    @_mapped
+    async def RemoveObject(self, request: pb.ObjectRef, context: Any) -> pb.Empty:
+        st = await self._stored(request.kind, request.name)
+        users = self._object_users(st.kind, st.name)
+        if users:
+            raise Refused(f"{st.kind} {st.name} is in use by the following service"
+                          f"{'s' if len(users) > 1 else ''}: {', '.join(users)}")
+        try:
+            await self.store.commit([Delete(self.store.keys.object(st.kind, st.name), st.mod_revision)])
+        except Conflict:
+            raise Refused(f"{st.kind} {st.name} was just taken into use or changed; try again") from None
+        return pb.Empty()
+
+    @_mapped
+    async def TaskFiles(self, request: pb.TaskFilesRequest, context: Any) -> pb.TaskFilesResponse:
+        """Only for a task placed on the asking node or being migrated to it (over TLS: the node of the
+        caller's certificate), and only the files of the spec that task runs."""
+        self._own_node(request.node)
+
+        def placed_there(t: Task | None) -> bool:
+            # its node, or the target of its migration (the restore there needs the files first)
+            return t is not None and (t.node == request.node or any(
+                m.task_id == t.id and m.target == request.node for m in self.view.migrations.values()))
+
+        t = self.view.tasks.get(request.task_id)
+        deadline = time.monotonic() + 3.0  # the leader's dispatch may be a moment ahead of this replica's view
+        while not placed_there(t) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            t = self.view.tasks.get(request.task_id)
+        if t is None or not placed_there(t) or t.desired_state is not DesiredState.RUNNING:
+            raise Forbidden(f"task {request.task_id} is not placed on node {request.node or '(none)'}: "
+                            "its secrets and configs go only to its own node")
+        svc = self._service(t.service)
+        spec = svc.previous_spec if svc.previous_spec is not None and svc.previous_spec.digest == t.spec_version \
+            else svc.spec
+        out = []
+        for kind, refs in (("secret", spec.secrets), ("config", spec.configs)):
+            for name in dict.fromkeys(r.source for r in refs):
+                obj = (await self._stored(kind, name)).open(self.sealer)
+                out.append(pb.TaskFileData(kind=kind, name=name, data=obj.data))
+        log.info("node %s fetched the %d secrets and configs of task %s", request.node, len(out), t.name)
+        return pb.TaskFilesResponse(files=out)
 
     # --- agents ----------------------------------------------------------------------------------
 

@@ -7,6 +7,8 @@ Layout (DESIGN.md):
     /dockyard/tasks/<service>/<id>  Task
     /dockyard/migrations/<id>       migration phase (JSON, owned by the migration module)
     /dockyard/net/...               cluster networks, address allocations, quarantine (scheduler/network.py)
+    /dockyard/secrets/<name>        a secret, sealed with the scheduler's key (scheduler/objects.py)
+    /dockyard/configs/<name>        a config
     /dockyard/leader                election
 
 Every write is a transaction guarded by the key's mod_revision as the writer last read it
@@ -29,7 +31,7 @@ import aetcd
 import grpc
 from aetcd import rpc
 
-from scheduler import codec
+from scheduler import codec, objects
 from scheduler.model import Migration, Node, NodeStatus, Service, Task
 from scheduler.network import Allocation, Network, Quarantined
 
@@ -96,6 +98,12 @@ class Keys:
 
     def net(self) -> bytes:
         return self.root + b"net/"
+
+    def object(self, kind: str, name: str = "") -> bytes:
+        """A secret (``secrets/<name>``) or config (``configs/<name>``): scheduler/objects.py."""
+        if kind not in ("secret", "config"):
+            raise ValueError(f"unknown object kind {kind!r}")
+        return self.root + kind.encode() + b"s/" + name.encode()
 
     def network(self, name: str = "") -> bytes:
         return self.root + b"net/networks/" + name.encode()
@@ -336,6 +344,15 @@ class Store:
         if not resp.kvs:
             return None
         return bytes(resp.kvs[0].value), int(resp.kvs[0].mod_revision)
+
+    async def list_objects(self, kind: str) -> list[objects.Stored]:
+        prefix = self.keys.object(kind)
+        _, items = await self.range(prefix)
+        return [objects.decode(kind, bytes(kv.value), int(kv.mod_revision)) for kv in items]
+
+    async def get_object(self, kind: str, name: str) -> objects.Stored | None:
+        raw = await self.get_raw(self.keys.object(kind, name))
+        return None if raw is None else objects.decode(kind, raw[0], raw[1])
 
     # -- typed ops (build guarded writes from records; mod_revision 0 means "create") ----------
 

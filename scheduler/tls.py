@@ -132,12 +132,13 @@ _AGENT = frozenset({"agent"})
 _ADMIN_OR_SCHEDULER = frozenset({"admin", "scheduler"})  # a follower forwards to the leader
 # The agent RPCs, the rest are the CLI's (and a forwarding replica's).
 AUTHORIZATION: dict[str, frozenset[str]] = {
-    **{S + m: _AGENT for m in ("Register", "Heartbeat", "ReportTasks", "WatchNetworks")},
+    **{S + m: _AGENT for m in ("Register", "Heartbeat", "ReportTasks", "WatchNetworks", "TaskFiles")},
     **{S + m: _ADMIN_OR_SCHEDULER for m in (
         "Status", "ListNodes", "InspectNode", "UpdateNode", "RemoveNode", "Deploy", "CreateService",
         "ListServices", "InspectService", "ListTasks", "ScaleService", "UpdateService", "RollbackService",
         "RemoveServices", "Logs", "Exec", "MigrateTask", "DrainNode", "Rebalance", "ListMigrations",
-        "CreateNetwork", "ListNetworks", "InspectNetwork", "RemoveNetwork")},
+        "CreateNetwork", "ListNetworks", "InspectNetwork", "RemoveNetwork",
+        "CreateObject", "ListObjects", "InspectObject", "RemoveObject")},
     S + "JoinToken": frozenset({"admin"}),
 }
 

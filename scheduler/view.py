@@ -168,7 +168,8 @@ class View:
             self.store.net_record(ev.key, ev.value if ev.kind == "put" else None, ev.mod_revision, self)
         self._advance(ev.mod_revision, touched)
         if self.net_listeners and (ev.key.startswith(k.net()) or ev.key.startswith(k.tasks())
-                                   or ev.key.startswith(k.nodes())):
+                                   or ev.key.startswith(k.nodes()) or ev.key.startswith(k.migration())
+                                   or ev.key.startswith(k.service())):
             for cb in self.net_listeners:
                 cb()
 

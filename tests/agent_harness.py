@@ -78,6 +78,7 @@ class AgentProcess:
         self.host = f"unix://{self.socket}"
         self.cgroup_parent = _own_cgroup().strip("/") + f"/dockyard-test-{tag}"  # ours alone
         self.extra_args: list[str] = []
+        self.root_flag = True   # False: the root comes from elsewhere (daemon.json's data-root)
         self.proc: subprocess.Popen[bytes] | None = None
         self.log = base / "agent.log"
         self._channel: grpc.Channel | None = None
@@ -97,7 +98,8 @@ class AgentProcess:
         self.metrics_port = free_port()
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
-                [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
+                [*CLI, "agent", *(["--root", str(self.root)] if self.root_flag else []), "--socket", str(self.socket),
+                 "--bridge", self.bridge,
                  "--subnet", self.subnet, "--name", f"test-{self.bridge}", "--cgroup-parent", self.cgroup_parent,
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--docker-socket", str(self.docker_socket),
                  # in the machine's own namespace: leave its forwarding and NAT alone (the network rule)

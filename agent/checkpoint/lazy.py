@@ -31,7 +31,6 @@ import logging
 import os
 import signal
 import socket
-import subprocess
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -205,16 +204,6 @@ async def abort_page_server(address: str, port: int) -> None:
             await w.wait_closed()
 
 
-# The rules `criu dump --tcp-established` adds to lock the tree's network (criu/net.c), undone.
-_UNLOCK_RULES = """*filter
--D INPUT -j CRIU
--D OUTPUT -j CRIU
--F CRIU
--X CRIU
-COMMIT
-"""
-
-
 def unlock_network(pid: int) -> None:
     """Remove CRIU's network lock from the netns of `pid` after a failed lazy dump.
 
@@ -222,10 +211,9 @@ def unlock_network(pid: int) -> None:
     so when that transfer fails it unfreezes the tree but leaves its DROP rules: the container
     would run on with no network at all. Without the rules this does nothing (restore fails as a
     whole)."""
-    for tool in ("iptables-restore", "ip6tables-restore"):
-        with contextlib.suppress(OSError, subprocess.TimeoutExpired):
-            subprocess.run(["nsenter", "-t", str(pid), "-n", tool, "--noflush", "-w"], input=_UNLOCK_RULES,
-                           text=True, capture_output=True, timeout=30, check=False)
+    from agent.checkpoint.netlock import unlock_pid
+
+    unlock_pid(pid)
 
 
 class PageDaemon:

@@ -13,12 +13,14 @@ import shlex
 import time
 from typing import Any
 
+from agent import logs
 from agent.model import (
     Container,
     ContainerConfig,
     DeviceRate,
     HealthCheck,
     InvalidArgument,
+    LogConfig,
     Mount,
     Port,
     Resources,
@@ -30,8 +32,6 @@ from common.devices import DeviceMapping
 from common.humanize import human_duration
 
 from .http import HTTPError
-
-SUPPORTED_LOG_DRIVERS = ("json-file",)
 
 # Config (the container's own) keys that are mapped; every other key must hold its zero value.
 _CONFIG_MAPPED = {
@@ -247,7 +247,7 @@ def _mount_obj(obj: Any, where: str) -> Mount:
     return m
 
 
-def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
+def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str], str]:
     """NetworkingConfig.EndpointsConfig: the container's own network (one here), its Aliases and
     Links; a second network, or an address or MAC asked for, is refused by name."""
     endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
@@ -255,6 +255,7 @@ def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
         raise HTTPError(400, "NetworkingConfig.EndpointsConfig must be an object")
     aliases: list[str] = []
     links: list[str] = []
+    ip = ""
     for netname, ep in endpoints.items():
         where = f"NetworkingConfig.EndpointsConfig.{netname}"
         if netname not in (net, "default") and not (net == "bridge" and netname == "bridge"):
@@ -263,9 +264,21 @@ def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str]]:
         for k, v in (ep or {}).items():
             if k in ("Aliases", "Links"):
                 (aliases if k == "Aliases" else links).extend(_strs(v, f"{where}.{k}"))
+            elif k == "IPAMConfig" and v:
+                ip = ipam_address(v, where)
             elif k not in ("NetworkID", "EndpointID") and not empty(v):
                 raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
-    return aliases, links
+    return aliases, links, ip
+
+
+def ipam_address(v: Any, where: str) -> str:
+    """An endpoint's IPAMConfig: IPv4Address only (dockyard's bridges are IPv4; no link-local extras)."""
+    if not isinstance(v, dict):
+        raise HTTPError(400, f"{where}.IPAMConfig must be an object")
+    for k, x in v.items():
+        if k != "IPv4Address" and not empty(x):
+            raise HTTPError(400, f"{where}.IPAMConfig.{k} is not supported by dockyard (got {x!r})")
+    return _str(v.get("IPv4Address"), f"{where}.IPAMConfig.IPv4Address")
 
 
 def _link(v: str) -> str:
@@ -300,31 +313,6 @@ def _groups(v: Any) -> list[str]:
     if not isinstance(v, list) or not all(isinstance(g, (str, int)) and not isinstance(g, bool) for g in v):
         raise HTTPError(400, f"HostConfig.GroupAdd must be a list of group names or numbers (got {v!r})")
     return [str(g) for g in v]
-
-
-# json-file's options (docker's), checked here; the log's rotation is the agent's (agent/runtime/monitor).
-LOG_OPTIONS = ("max-size", "max-file", "compress")
-
-
-def _log_options(v: Any) -> dict[str, str]:
-    opts = _str_map(v, "HostConfig.LogConfig.Config")
-    for k in opts:
-        if k not in LOG_OPTIONS:
-            raise HTTPError(400, f"unknown log opt '{k}' for json-file log driver")
-    if "max-size" in opts:
-        try:
-            if mount_specs.parse_size(opts["max-size"], "max-size") <= 0:
-                raise HTTPError(400, f"invalid value for max-size: {opts['max-size']!r} (must be positive)")
-        except InvalidArgument:
-            raise HTTPError(400, f"invalid value for max-size: {opts['max-size']!r} (a size such as 10m)") from None
-    if "max-file" in opts:
-        if not opts["max-file"].lstrip("-").isdigit():
-            raise HTTPError(400, f"invalid value for max-file: {opts['max-file']!r}")
-        if int(opts["max-file"]) < 1:
-            raise HTTPError(400, "max-file cannot be less than 1")
-    if "compress" in opts and opts["compress"] not in ("true", "false", "1", "0"):
-        raise HTTPError(400, f"invalid value for compress: {opts['compress']!r} (true or false)")
-    return opts
 
 
 NS = 1_000_000_000
@@ -381,10 +369,14 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         raise HTTPError(400, "Config.Image is required")
 
     log = host.get("LogConfig") or {}
-    ltype = log.get("Type") or "json-file"
-    if ltype not in SUPPORTED_LOG_DRIVERS:
-        raise HTTPError(400, f"logger: no log driver named '{ltype}' is registered")
-    log_options = _log_options(log.get("Config") or None)
+    log_config = LogConfig(_str(log.get("Type"), "HostConfig.LogConfig.Type"),
+                           _str_map(log.get("Config") or None, "HostConfig.LogConfig.Config"))
+    if log_config.type and log_config.type not in logs.DRIVERS:   # clients parse docker's own text
+        raise HTTPError(400, f"logger: no log driver named '{log_config.type}' is registered")
+    try:   # (the agent's one check, agent/logs.py; the agent's default options may complete these)
+        logs.rotation(log_config, complete=False)
+    except InvalidArgument as bad:
+        raise HTTPError(400, f"HostConfig.LogConfig: {bad}") from None
     if (host.get("CgroupnsMode") or "host") != "host":
         raise HTTPError(400, f"HostConfig.CgroupnsMode {host['CgroupnsMode']!r} is not supported: "
                              "dockyard's containers share the host's cgroup namespace")
@@ -406,7 +398,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
     net = _str(host.get("NetworkMode"), "HostConfig.NetworkMode") or "bridge"
     if net == "default":
         net = "bridge"
-    aliases, links = _endpoint(body, net)
+    aliases, links, ipv4 = _endpoint(body, net)
     links += _strs(host.get("Links"), "HostConfig.Links")
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
@@ -465,8 +457,9 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         shm_size=_int(host.get("ShmSize"), "HostConfig.ShmSize"),
         group_add=_groups(host.get("GroupAdd")),
         volumes_from=_strs(host.get("VolumesFrom"), "HostConfig.VolumesFrom"),
-        log_options=log_options,
+        log_config=log_config,
         network_aliases=aliases,
+        ipv4_address=ipv4,
         links=[_link(x) for x in links],
     )
     size = host.get("ConsoleSize")
@@ -512,7 +505,8 @@ def endpoint_json(c: Container, version: str = "1.45") -> dict[str, Any]:
     if user and tuple(int(x) for x in version.split(".")) <= (1, 44):
         aliases.append(c.id[:12])
     return {
-        "IPAMConfig": None, "Links": list(c.config.links) or None, "Aliases": aliases or None,
+        "IPAMConfig": {"IPv4Address": c.config.ipv4_address} if c.config.ipv4_address else None,
+        "Links": list(c.config.links) or None, "Aliases": aliases or None,
         "MacAddress": ep.get("mac", ""), "NetworkID": "", "EndpointID": c.id if ep else "",
         "Gateway": ep.get("gateway", ""), "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0),
         "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None,
@@ -608,7 +602,7 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
         "ExecIDs": None,
         "HostConfig": {
             "Binds": given["Binds"], "Mounts": given["Mounts"], "Tmpfs": given["Tmpfs"], "ContainerIDFile": "",
-            "LogConfig": {"Type": "json-file", "Config": dict(cfg.log_options)},
+            "LogConfig": {"Type": cfg.log_config.type or "json-file", "Config": dict(cfg.log_config.config)},
             "NetworkMode": cfg.network_mode,
             "PortBindings": _bindings(cfg),
             "RestartPolicy": {"Name": cfg.restart_policy.name or "no",
@@ -673,15 +667,22 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
     }
 
 
-def image_summary(i: Any, containers: int) -> dict[str, Any]:
+def _old(version: str) -> bool:
+    """Before API 1.44, which dropped VirtualSize (the same as Size since 1.43)."""
+    major, _, minor = version.partition(".")
+    return (int(major), int(minor)) < (1, 44)
+
+
+def image_summary(i: Any, containers: int, version: str = "1.45") -> dict[str, Any]:
     return {
         "Id": i.id, "ParentId": "", "RepoTags": list(i.repo_tags), "RepoDigests": list(i.repo_digests),
-        "Created": int(i.created), "Size": i.size, "SharedSize": -1, "VirtualSize": i.size,
+        "Created": int(i.created), "Size": i.size, "SharedSize": -1,
+        **({"VirtualSize": i.size} if _old(version) else {}),
         "Labels": dict(i.config.labels or {}) or None, "Containers": containers,
     }
 
 
-def image_inspect(i: Any, parent: str) -> dict[str, Any]:
+def image_inspect(i: Any, parent: str, version: str = "1.45") -> dict[str, Any]:
     oci = i.config.to_oci() if hasattr(i.config, "to_oci") else {}
     config = {
         "Hostname": "", "Domainname": "", "User": oci.get("User", ""), "AttachStdin": False,
@@ -695,7 +696,8 @@ def image_inspect(i: Any, parent: str) -> dict[str, Any]:
     return {
         "Id": i.id, "RepoTags": list(i.repo_tags), "RepoDigests": list(i.repo_digests), "Parent": parent,
         "Comment": "", "Created": iso(i.created), "DockerVersion": "", "Author": "",
-        "Config": config, "Architecture": i.architecture, "Os": i.os, "Size": i.size, "VirtualSize": i.size,
+        "Config": config, "Architecture": i.architecture, "Os": i.os, "Size": i.size,
+        **({"VirtualSize": i.size} if _old(version) else {}),
         "GraphDriver": {"Name": "overlay2", "Data": None},
         "RootFS": {"Type": "layers", "Layers": list(i.diff_ids)},
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},

@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any
 
 from agent.images import registry
 from agent.images.errors import ImageError, ImageNotFound
+from agent.images.pipes import produce
 
 from . import convert
-from .http import Body, HTTPError, Json, Request, Response, Stream, file_chunks, receive, spooled
+from .http import Body, HTTPError, Json, Request, Response, Stream, receive
 from .system import check_filters, parse_filters
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ async def threaded_progress(fn: Callable[[Callable[[registry.Progress], None]], 
         yield _error(e)
 
 
-async def disk_usage(api: DockerAPI) -> dict[str, Any]:
+async def disk_usage(api: DockerAPI, version: str = "1.45") -> dict[str, Any]:
     du = await asyncio.to_thread(api.images.disk_usage)
     imgs = {i.id: i for i in await asyncio.to_thread(api.images.list, True)}
     cs = list(api.m.containers.values())
@@ -95,7 +96,7 @@ async def disk_usage(api: DockerAPI) -> dict[str, Any]:
         i = imgs.get(it["id"])
         if i is None:
             continue
-        row = convert.image_summary(i, sum(1 for c in cs if c.image_id == i.id))
+        row = convert.image_summary(i, sum(1 for c in cs if c.image_id == i.id), version)
         row["SharedSize"] = it["shared_size"]
         images.append(row)
     containers = []
@@ -139,7 +140,7 @@ def register(r: Any, api: DockerAPI) -> None:
                 continue
             if "reference" in filters and not any(_ref_match(t, f) for t in i.repo_tags for f in filters["reference"]):
                 continue
-            out.append(convert.image_summary(i, count(i.id)))
+            out.append(convert.image_summary(i, count(i.id), req.version))
         return Json(200, out)
 
     async def inspect(req: Request) -> Response:
@@ -147,7 +148,7 @@ def register(r: Any, api: DockerAPI) -> None:
         parent = ""
         with contextlib.suppress(Exception):
             parent = store.parent(i.id)
-        return Json(200, convert.image_inspect(i, parent))
+        return Json(200, convert.image_inspect(i, parent, req.version))
 
     async def history(req: Request) -> Response:
         image(req.params["name"])
@@ -239,8 +240,8 @@ def register(r: Any, api: DockerAPI) -> None:
             raise HTTPError(400, "save needs at least one image (?names=)")
         for n in names:
             image(n)
-        tmp = await spooled(store.tmp, lambda f: store.save(names, f, "docker"))
-        return Stream(200, file_chunks(tmp), "application/x-tar")
+        # streamed as it is written (no temporary archive); every name was checked above
+        return Stream(200, produce(lambda out: store.save(names, out, "docker")), "application/x-tar")
 
     async def load(req: Request) -> Response:
         # (?quiet only hides progress bars, which a load from a file has none of: the names still go out)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from agent.localnets import LocalNetwork, network_id
 from agent.model import Container, NotFound
 
+from . import convert
 from .http import Body, HTTPError, Json, Request, Response
 from .system import check_filters, parse_filters
 
@@ -185,7 +186,7 @@ def register(r: Any, api: DockerAPI) -> None:
         c = _container(body.get("Container"))
         ep = body.get("EndpointConfig") or {}
         for k, v in ep.items():
-            if k not in ("Aliases", "Links", "NetworkID", "EndpointID") and v not in (None, "", [], {}, 0):
+            if k not in ("Aliases", "Links", "NetworkID", "EndpointID", "IPAMConfig") and v not in (None, "", [], {}, 0):
                 raise HTTPError(400, f"network connect: EndpointConfig.{k} is not supported by dockyard (got {v!r})")
         if c.config.network_mode == name:
             pass
@@ -202,8 +203,9 @@ def register(r: Any, api: DockerAPI) -> None:
         if c.state.status in RUNNING and aliases and list(aliases) != list(c.config.network_aliases):
             raise HTTPError(400, f"network connect {name}: container {c.name} is running; its aliases cannot "
                                  "change until it is restarted")
+        ip = convert.ipam_address(ep["IPAMConfig"], "EndpointConfig") if ep.get("IPAMConfig") else ""
         api.m.set_network(c, name, [str(a) for a in aliases if a != c.id[:12]],
-                          [str(x) for x in ep.get("Links") or []] or list(c.config.links))
+                          [str(x) for x in ep.get("Links") or []] or list(c.config.links), ip)
         return Body(200, b"")
 
     async def disconnect(req: Request) -> Response:

@@ -1,14 +1,13 @@
-"""Docker's stream formats: the multiplexed framing of stdout/stderr without a TTY, the relay between
-a hijacked client connection and a container's monitor socket, and detach keys."""
+"""Docker's stream formats: the multiplexed framing of stdout/stderr without a TTY, a hijacked (or
+websocket) client's side of the attach session (agent/attachsession.py), and detach keys."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import struct
-from typing import Protocol
-
-from agent.runtime import frames
+from collections.abc import AsyncIterator
+from typing import Any, Protocol
 
 from .http import HTTPError
 
@@ -82,64 +81,57 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-async def relay_attach(mon_r: asyncio.StreamReader, mon_w: asyncio.StreamWriter,
+async def relay_attach(m: Any, container: str, monitor: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                        cli_r: asyncio.StreamReader, cli_w: Sink, *, tty: bool,
                        stdin: bool, stdin_once: bool, stdout: bool, stderr: bool, detach: bytes) -> None:
-    """Copy the monitor's output to the client (raw with a TTY, framed without) until the process
-    exits, and the client's input to the monitor. The client's half-close closes the container's
-    stdin when the container was created with StdinOnce; output goes on until the exit either way."""
+    """The client's side of agent/attachsession.py's session (the one relay, the gRPC Attach's too):
+    its output to the client, raw with a TTY (or a websocket), framed without; the client's input
+    to the container, until the detach keys. The client's half-close closes the container's stdin
+    when it was created with StdinOnce; output goes on until the exit either way."""
+    from agent.attachsession import AttachOptions, CloseStdin, Exited, Input, Output, Stdin, attach
+
     detached = asyncio.Event()
 
-    async def pump_in() -> None:
+    async def inputs() -> AsyncIterator[Input]:
         scan = DetachScanner(detach)
         while True:
             data = await cli_r.read(65536)
             if not data:
                 if stdin and stdin_once:
-                    mon_w.write(frames.encode(frames.CLOSE_STDIN))
-                    await mon_w.drain()
+                    yield CloseStdin()
                 return
             if not stdin:
                 continue
             data, hit = scan.feed(data)
             if data:
-                mon_w.write(frames.encode(frames.STDIN, data))
-                await mon_w.drain()
+                yield Stdin(data)
             if hit:
                 detached.set()
                 return
 
-    inbound = asyncio.ensure_future(pump_in())
+    events = attach(m, AttachOptions(container=container, stdin=stdin, monitor=monitor), inputs())
     stop = asyncio.ensure_future(detached.wait())
-    dec = frames.Decoder()
     try:
         while True:
-            read = asyncio.ensure_future(mon_r.read(65536))
-            done, _ = await asyncio.wait({read, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if read not in done:
-                read.cancel()
+            nxt = asyncio.ensure_future(anext(events))
+            done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt not in done:
+                nxt.cancel()
+                with contextlib.suppress(BaseException):
+                    await nxt
                 return
-            data = read.result()
-            if not data:
+            try:
+                ev = nxt.result()
+            except StopAsyncIteration:
                 return
-            out = bytearray()
-            ended = False
-            for kind, payload in dec.feed(data):
-                if kind == frames.STDOUT and stdout:
-                    out += payload if tty else mux(STDOUT, payload)
-                elif kind == frames.STDERR and stderr:
-                    out += payload if tty else mux(STDERR, payload)
-                elif kind == frames.EXIT:
-                    ended = True
-            if out:
-                cli_w.write(bytes(out))
+            if isinstance(ev, Output) and (stdout if ev.stream == "stdout" else stderr):
+                cli_w.write(ev.data if tty else mux(STDOUT if ev.stream == "stdout" else STDERR, ev.data))
                 await cli_w.drain()
-            if ended:
+            elif isinstance(ev, Exited):
                 return
     finally:
-        inbound.cancel()
         stop.cancel()
-        with contextlib.suppress(Exception):
-            mon_w.close()
+        with contextlib.suppress(BaseException):
+            await events.aclose()  # type: ignore[attr-defined]  # (an async generator)
         with contextlib.suppress(Exception):
             cli_w.close()

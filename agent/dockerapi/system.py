@@ -119,7 +119,7 @@ def register(r: Router, api: DockerAPI) -> None:
     async def df(req: Request) -> Response:
         from . import images
 
-        return Json(200, await images.disk_usage(api))
+        return Json(200, await images.disk_usage(api, req.version))
 
     async def not_swarm(req: Request) -> Response:
         raise HTTPError(503, SWARM_MESSAGE)

@@ -168,7 +168,7 @@ def _stream_archive(store: ImageStore, fileobj: IO[bytes], dest: Path, budget: B
     one unpack path, layers.py), the rest (JSON, small) written below ``dest``; links kept as tables.
     Nothing of a layer is written twice, and nothing is read back."""
     archive = _Archive(dest)
-    reader = TarReader(fileobj, "archive")
+    reader = TarReader(fileobj, "archive", hashed=False)
     try:
         with Root(dest) as root:
             for tf, m in reader.members():
@@ -224,8 +224,9 @@ def _stream_member(store: ImageStore, root: Root, archive: _Archive, tf: tarfile
             store.snapshotter.discard(old.dir)
         src = tf.extractfile(m)
         assert src is not None
-        if _looks_like_layer(src.peek(512)[:512], m.size):  # type: ignore[attr-defined]
-            archive.layers[name] = _unpack_layer(store, src, m, budget)
+        head = src.peek(512)[:512]  # type: ignore[attr-defined]
+        if _looks_like_layer(head, m.size):
+            archive.layers[name] = _unpack_layer(store, src, m, budget, plain=not compression_of(head))
             return
         fd = os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent)
@@ -237,9 +238,10 @@ def _stream_member(store: ImageStore, root: Root, archive: _Archive, tf: tarfile
         os.close(parent)
 
 
-def _unpack_layer(store: ImageStore, src: IO[bytes], m: tarfile.TarInfo, budget: Budget) -> _Unpacked:
+def _unpack_layer(store: ImageStore, src: IO[bytes], m: tarfile.TarInfo, budget: Budget, plain: bool) -> _Unpacked:
     what = f"layer {m.name}"
-    raw = HashingReader(src, None, what)
+    # A plain tar's digest is its diff_id, which the unpack computes: hashed once, not twice.
+    raw = HashingReader(src, None, what, hashed=not plain)
     try:
         tmp, stats = store.snapshotter.unpack(io.BufferedReader(raw, CHUNK), what, budget.bound())
     except InvalidArchive as e:
@@ -249,7 +251,8 @@ def _unpack_layer(store: ImageStore, src: IO[bytes], m: tarfile.TarInfo, budget:
             raise
         raw.finish()
         return _Unpacked(Path("/nonexistent"), LayerStats(), raw.digest(), raw.size, error=e)
-    digest = raw.finish()
+    raw.finish()
+    digest = stats.diff_id if plain else raw.digest()
     budget.spend(stats.tar_size)
     if raw.size != m.size:
         store.snapshotter.discard(tmp)

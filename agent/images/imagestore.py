@@ -37,6 +37,7 @@ from .config import (
 from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
 from .layers import Limits
 from .pipes import piped
+from .registryconfig import RegistryConfig
 from .snapshotter import Snapshotter
 from .store import ContentStore, check_digest
 
@@ -72,6 +73,7 @@ class ImageStore:
         # How far layers may expand on import, load, pull and restore (the agent's
         # --max-layer-size / --max-image-size; none by default, as docker).
         self.limits = Limits()
+        self.registries = RegistryConfig()   # mirrors and insecure registries, for pulls (registry.py)
         self._lock_path = self.root / "images.lock"
         self._lock_path.touch(exist_ok=True)
         self.tmp = self.root / "tmp"

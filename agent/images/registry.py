@@ -5,7 +5,10 @@ Authentication, as docker does it: a request answered 401 carries ``WWW-Authenti
 ``Basic`` -> the credentials on every request; ``Bearer realm=..,service=..,scope=..`` -> a token
 from the realm (GET with basic credentials, or POST grant_type=refresh_token with an identity token,
 anonymous when there are none), cached per scope, then the request again with it.
-Plain HTTP is used only for loopback registries (https is tried first), as docker treats them.
+Plain HTTP is used only for loopback registries and those named insecure (https is tried first, an
+insecure one's certificate unchecked), as docker treats them. A docker.io name is pulled from the
+registry mirrors first, in order, and from Docker Hub only when none of them has it
+(registryconfig.py; no credentials are sent to a mirror).
 
 Pull: manifest (an index -> the manifest for linux/<host arch>), every digest checked: the manifest
 against the digest asked for and Docker-Content-Digest, the config through the content store's
@@ -30,6 +33,7 @@ import http.client
 import io
 import ipaddress
 import json
+import logging
 import ssl
 import threading
 import time
@@ -58,6 +62,8 @@ from .errors import ImageError, ImageNotFound, InvalidArchive
 from .imagestore import ImageStore, LocalLayer
 from .layers import Bound, LayerStats
 from .store import check_digest, sha256_bytes
+
+log = logging.getLogger("dockyard.images")
 
 MANIFEST_ACCEPT = ", ".join([MEDIA_OCI_INDEX, MEDIA_DOCKER_LIST, MEDIA_OCI_MANIFEST, MEDIA_DOCKER_MANIFEST])
 MAX_MANIFEST = 4 << 20
@@ -96,6 +102,7 @@ class Progress:
     total: int = 0
     image_id: str = ""
     digest: str = ""
+    reference: str = ""
 
 
 ProgressFn = Callable[[Progress], None]
@@ -182,6 +189,7 @@ class Client:
     auth: Auth = field(default_factory=Auth)
     timeout: float = 60.0
     scheme: str = ""
+    insecure: bool = False      # an insecure registry: https unverified, else plain http
     _tokens: dict[str, str] = field(default_factory=dict)
     _basic: bool = False
     _conns: dict[tuple[str, str], http.client.HTTPConnection] = field(default_factory=dict)
@@ -193,7 +201,8 @@ class Client:
         conn = self._conns.get(key)
         if conn is None:
             if scheme == "https":
-                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=ssl.create_default_context())
+                ctx = ssl._create_unverified_context() if self.insecure else ssl.create_default_context()
+                conn = http.client.HTTPSConnection(netloc, timeout=self.timeout, context=ctx)
             else:
                 conn = http.client.HTTPConnection(netloc, timeout=self.timeout)
             self._conns[key] = conn
@@ -207,15 +216,16 @@ class Client:
     def fork(self) -> Client:
         """Another client of the same registry with the tokens got so far and its own connections
         (one per parallel download)."""
-        return Client(self.host, self.auth, self.timeout, self.scheme, dict(self._tokens), self._basic)
+        return Client(self.host, self.auth, self.timeout, self.scheme, self.insecure, dict(self._tokens), self._basic)
 
     def _scheme(self) -> str:
         if self.scheme:
             return self.scheme
-        if not _is_loopback(self.host):
+        if not _is_loopback(self.host) and not self.insecure:
             self.scheme = "https"
             return self.scheme
-        # Loopback registries may be plain HTTP (docker's default insecure registries).
+        # Loopback registries may be plain HTTP (docker's default insecure registries), as may those
+        # named insecure.
         try:
             conn = http.client.HTTPSConnection(self.host, timeout=5, context=ssl._create_unverified_context())
             conn.request("GET", "/v2/")
@@ -527,12 +537,39 @@ class _Counting:
         return data
 
 
+def client_for(store: ImageStore, domain: str, auth: Auth | None = None) -> Client:
+    """A client of the registry that serves a reference's domain, insecure if the store's settings
+    say so."""
+    host = registry_host(domain)
+    return Client(host, auth or Auth(), insecure=store.registries.is_insecure(host))
+
+
 def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: ProgressFn | None = None,
          client: Client | None = None) -> str:
-    """Pull ``ref`` into the store; returns the image id."""
-    emit = progress or (lambda p: None)
+    """Pull ``ref`` into the store; returns the image id. A docker.io name goes to each registry
+    mirror first: the first that has it serves the whole pull; one that fails (lacks it, is down,
+    serves something broken) leaves nothing behind, and the next is asked, Docker Hub last."""
     r = refs.parse(ref)
-    cl = client or Client(registry_host(r.domain), auth or Auth())
+    if client is None and r.domain == refs.DEFAULT_DOMAIN:
+        for url in store.registries.mirrors:
+            u = urllib.parse.urlsplit(url)
+            cl = Client(u.netloc, Auth(), scheme=u.scheme, insecure=store.registries.is_insecure(u.netloc))
+            try:
+                return _pull(store, r, progress, cl)
+            except ImageError as e:
+                log.info("pull %s: mirror %s: %s; trying the next", ref, url, e)
+            finally:
+                cl.close()
+    cl = client or client_for(store, r.domain, auth)
+    try:
+        return _pull(store, r, progress, cl)
+    finally:
+        if client is None:
+            cl.close()
+
+
+def _pull(store: ImageStore, r: refs.Reference, progress: ProgressFn | None, cl: Client) -> str:
+    emit = progress or (lambda p: None)
     created_blobs: list[str] = []
     created_chains: list[str] = []
     try:
@@ -586,14 +623,11 @@ def pull(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
                                     repo_digests=[f"{r.familiar_name}@{manifest_digest}"])
         emit(Progress("", f"Digest: {manifest_digest}", digest=manifest_digest))
         emit(Progress("", f"Status: Downloaded newer image for {r.familiar()}", image_id=image.id,
-                      digest=manifest_digest))
+                      digest=manifest_digest, reference=str(r)))
         return image.id
     except BaseException:
         store._forget_new(created_blobs, created_chains)
         raise
-    finally:
-        if client is None:
-            cl.close()
 
 
 @dataclass
@@ -778,7 +812,7 @@ def push(store: ImageStore, ref: str, auth: Auth | None = None, progress: Progre
     if r.digest and not r.tag:
         raise ImageError(f"push needs a tag: {ref}")
     image = store.get(ref)
-    cl = client or Client(registry_host(r.domain), auth or Auth())
+    cl = client or client_for(store, r.domain, auth)
     scope = f"repository:{r.path}:pull,push"
     try:
         emit(Progress("", f"The push refers to repository [{r.familiar_name if r.domain == refs.DEFAULT_DOMAIN else r.name}]"))

@@ -47,7 +47,7 @@ def _auth(a: pb.AuthConfig) -> registry.Auth:
 
 def _progress(p: registry.Progress) -> pb.Progress:
     return pb.Progress(id=p.id, status=p.status, current=p.current, total=p.total, image_id=p.image_id,
-                       digest=p.digest)
+                       digest=p.digest, reference=p.reference)
 
 
 class ImagesServicer(pbg.ImagesServicer):
@@ -148,8 +148,14 @@ class ImagesServicer(pbg.ImagesServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                 f"save: unknown format {request.format!r} (docker or oci)")
         fmt = "oci" if request.format.startswith("oci") else "docker"
-        # Streamed as it is written: no temporary file of the whole archive.
+        # Streamed as it is written: no temporary file of the whole archive. A local client's own
+        # file (agent/local_api.py) is written directly, and nothing is sent.
+        out_file = getattr(context, "file", None)
         try:
+            if out_file is not None:
+                await asyncio.to_thread(self.store.save, list(request.refs), out_file, fmt)
+                await asyncio.to_thread(out_file.flush)
+                return
             async for data in produce(lambda out: self.store.save(list(request.refs), out, fmt), CHUNK):
                 yield pb.Chunk(data=data)
         except Exception as e:
@@ -159,8 +165,12 @@ class ImagesServicer(pbg.ImagesServicer):
 
     async def Load(self, request_iterator: AsyncIterator[pb.Chunk], context: Any) -> pb.LoadResponse:
         # Read as it arrives: each layer is unpacked as it streams past (archive.load).
+        source = getattr(request_iterator, "file", None)  # the local API's client's own file
         try:
-            images = await consume((chunk.data async for chunk in request_iterator), self.store.load)
+            if source is not None:
+                images = await asyncio.to_thread(self.store.load, source)
+            else:
+                images = await consume((chunk.data async for chunk in request_iterator), self.store.load)
         except Exception as e:
             if _expected(e):
                 await context.abort(_code(e), str(e))

@@ -150,11 +150,18 @@ def _configure(spec: RuntimeSpec, msg: messages.Configure, lo_up: bool = False) 
     trace("init: network configured")
     if "uts" in spec.namespaces and spec.hostname:
         sc.sethostname(spec.hostname)
-    # The rootfs is our working directory (the shim's stage A entered it before unshare).
-    rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net, spec.devices, spec.readonly_sysfs,
-                                spec.shm_size)
-    trace("init: kernel filesystems mounted")
+    # The volumes' and binds' sources are cloned first, while this namespace's copy of the host's
+    # mounts is still in the host's peer groups, so a shared or slave bind can stay in (or become a
+    # slave of) its source's group; each clone's own propagation is set once attached (rprivate
+    # unless asked). The rootfs is our working directory (the shim's stage A entered it before unshare).
     held = mounts.open_sources(spec.volumes) if spec.volumes else []
+    try:
+        rootfs.prepare_in_namespace(spec.rootfs, "user" in spec.namespaces, share_net, spec.devices,
+                                    spec.readonly_sysfs, spec.shm_size)
+    except BaseException:
+        mounts.close(held)
+        raise
+    trace("init: kernel filesystems mounted")
     try:
         rootfs.pivot(".")
     except BaseException:

@@ -4,7 +4,10 @@ Two steps around pivot_root (init._configure): before it, while the host's paths
 each volume or bind source is cloned as a detached mount tree (open_tree), read-only if asked, so
 no path on the host is resolved after the container's root is in place; after it, each target is
 made *inside* the new root (a link the image planted resolves within the container, never to the
-host) and the tree attached there (move_mount), parents before children. Then tmpfs mounts, and
+host) and the tree attached there (move_mount), parents before children, and given its
+propagation (docker's -v :rshared etc.; rprivate by default). The clones are taken before the
+namespace is made private, so a clone of a shared host mount is in its peer group: shared stays
+in it, slave becomes its slave, private leaves it. Then tmpfs mounts, and
 last the root itself is made read-only with --read-only: its submounts (/proc, /dev, the volumes,
 the tmpfs) keep their own flags.
 
@@ -30,6 +33,7 @@ _FLAGS = {
     "sync": 16, "dirsync": 128, "noatime": 1024, "nodiratime": 2048, "relatime": sc.MS_RELATIME,
     "strictatime": sc.MS_STRICTATIME,
 }
+_PROPAGATION = {"private": sc.MS_PRIVATE, "shared": sc.MS_SHARED, "slave": sc.MS_SLAVE}
 _CLEARS = {"rw", "suid", "dev", "exec", "async", "atime", "diratime", "norelatime", "nostrictatime"}
 
 
@@ -106,6 +110,8 @@ def attach(mounts: list[ContainerMount], held: list[Held], read_only: bool) -> N
             sc.move_mount(h.tree, m.target)
             os.close(h.tree)
             h.tree = -1
+            prop = m.propagation or "rprivate"
+            sc.mount(None, m.target, None, _PROPAGATION[prop.removeprefix("r")] | (sc.MS_REC if prop[0] == "r" else 0))
     finally:
         close(held)
     if read_only:

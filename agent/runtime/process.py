@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import os
 import resource as resource_mod
+import signal
 from dataclasses import dataclass
 
 from agent.runtime import syscalls as sc
@@ -193,6 +194,12 @@ _RLIMIT_NAMES = {4: "core", 0: "cpu", 2: "data", 1: "fsize", 10: "locks", 8: "me
 
 
 def execute(p: Prepared) -> None:
+    # What CPython changed at its start survives execve: it ignores SIGPIPE and SIGXFSZ, so `yes | head`
+    # would never end and a write past RLIMIT_FSIZE would get EFBIG instead of the signal. A container's
+    # command starts as runc starts it: every signal at its default, none blocked.
+    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
     try:
         os.execve(p.path, p.args, p.env)
     except OSError as e:

@@ -255,7 +255,9 @@ class _Shim:
                "--pty": self.pty, "--stdin": self.stdin_w}
         args = [str(monitor.BINARY), "--pid", str(self.pid), "--started-at", f"{self.started_at:.6f}",
                 "--tty", str(int(tty)), "--released", str(int(released)),
-                "--socket", str(self.files.socket), "--log", self.spec.log_path or str(self.files.log),
+                "--socket", str(self.files.socket), "--log", self.spec.log_path,
+                "--log-max-size", str(self.spec.log_max_size), "--log-max-file", str(self.spec.log_max_file),
+                "--log-compress", str(int(self.spec.log_compress)),
                 "--exit", str(self.files.exit), "--error", self.join_error, "--rootfs", self.spec.rootfs]
         if self.cg is not None:
             paths = self.cg.paths(self.spec.id)
@@ -513,7 +515,32 @@ class _Shim:
                     os.waitpid(holder, 0)
         self.pid = pid
         trace("restored")
+        if self._moved_here():
+            self._arrive(pid)
         return pid, None, -1
+
+    def _moved_here(self) -> bool:
+        """A restore with cluster interfaces: peers may already be sending to this host."""
+        return bool(self.spec.restore and self.spec.network and self.spec.network.get("overlays"))
+
+    def _arrive(self, pid: int) -> None:
+        """In the restored tree's netns (this short-lived child exits next, so the setns stays
+        here): lift the lock _netns_holder set, should CRIU not have, and announce the addresses."""
+        from agent.checkpoint import netlock
+        from agent.runtime import network
+
+        assert self.spec.network is not None
+        try:
+            fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                sc.setns(fd, sc.CLONE_NEWNET)
+            finally:
+                os.close(fd)
+        except OSError:
+            return  # the tree is gone already: the agent sees its exit
+        network.announce(network.Endpoint.from_dict(self.spec.network))
+        netlock.unlock_here()
+        trace("moved: announced, unlocked")
 
     def _fork_unshared(self, flag: int, inside: Callable[[], None] | None = None) -> tuple[int, int, int]:
         """A child in a new namespace (`flag`), for us to wire up and open; returns (pid, r_up, w_go).
@@ -555,6 +582,10 @@ class _Shim:
             if spec.network is None:
                 network.loopback_up()
                 return
+            if self._moved_here():
+                from agent.checkpoint import netlock
+
+                netlock.lock_here()  # before any address is up: see agent/checkpoint/netlock.py
             network.configure_inside(network.Endpoint.from_dict(spec.network))
             old_ip = (spec.restore or {}).get("old_ip")
             if old_ip:

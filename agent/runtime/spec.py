@@ -80,6 +80,7 @@ class ContainerMount:
     options: list[str] = field(default_factory=list)   # tmpfs: mount(8) options
     copy_up: bool = False        # an empty volume is filled from the image's content at target
     key: str = ""                # CRIU's name for it (external on dump, mapped to source on restore)
+    propagation: str = "rprivate"  # a bind's: [r]private, [r]shared, [r]slave (set once it is attached)
 
 
 @dataclass
@@ -124,7 +125,10 @@ class RuntimeSpec:
     subnet: str = ""
     etc_hosts: str = ""
     etc_resolv: str = ""
-    log_path: str = ""
+    log_path: str = ""                           # "": no log (the none driver)
+    log_max_size: int = 0                        # rotate before the log passes this many bytes; 0 = never
+    log_max_file: int = 1                        # files kept in all (1: truncated instead)
+    log_compress: bool = False                   # gzip the rotated files
     hold: bool = False                           # wait for an attach client's release before exec
     # Set to restore a CRIU checkpoint instead of starting the process: {"images_dir": str,
     # "stdio": ["pipe:[N]", "pipe:[N]", "pipe:[N]"] (the dumped keys of fds 0-2), "netns_key": str}

@@ -1,6 +1,7 @@
 """docker's three spellings of a container's mounts, parsed into one type (model.Mount) and checked.
 
-    -v NAME:/path[:opts]   -v /host:/path[:opts]   -v /path        (opts: ro rw z Z nocopy private rprivate)
+    -v NAME:/path[:opts]   -v /host:/path[:opts]   -v /path
+        (opts: ro rw z Z nocopy, and for binds a propagation: [r]private [r]shared [r]slave)
     --mount type=volume|bind|tmpfs,src=...,dst=...,readonly,volume-opt=k=v,tmpfs-size=64m,...
     --tmpfs /run[:size=64m,mode=1777,noexec,...]
 
@@ -16,8 +17,8 @@ import re
 
 from agent.model import InvalidArgument, Mount
 
+MAX_VOLUME_NAME = 200
 VOLUME_NAME = re.compile(r"^[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
-_PROPAGATIONS = ("private", "rprivate")          # what the runtime can do today
 _ALL_PROPAGATIONS = ("private", "rprivate", "shared", "rshared", "slave", "rslave")
 # tmpfs: docker's allowed flags, and the key=value options the kernel's tmpfs takes.
 _TMPFS_FLAGS = {"ro", "rw", "noexec", "exec", "nosuid", "suid", "nodev", "dev", "sync", "async", "dirsync",
@@ -266,10 +267,8 @@ def check(m: Mount) -> None:
         if m.type != "bind":
             raise InvalidArgument(f"{what}: propagation ({m.propagation}) applies to bind mounts only")
         if m.propagation not in _ALL_PROPAGATIONS:
-            raise InvalidArgument(f"{what}: invalid propagation {m.propagation!r}")
-        if m.propagation not in _PROPAGATIONS:
-            raise InvalidArgument(f"{what}: propagation {m.propagation} is not supported by dockyard yet "
-                                  f"(only {' and '.join(_PROPAGATIONS)})")
+            raise InvalidArgument(f"{what}: invalid propagation {m.propagation!r} (one of "
+                                  f"{', '.join(_ALL_PROPAGATIONS)})")
     if m.selinux:
         if m.selinux not in ("z", "Z"):
             raise InvalidArgument(f"{what}: invalid SELinux relabel {m.selinux!r} (z or Z)")
@@ -310,6 +309,8 @@ def check_volume_name(name: str) -> None:
     if not VOLUME_NAME.match(name):
         raise InvalidArgument(f"invalid volume name {name!r}: only [a-zA-Z0-9][a-zA-Z0-9_.-] are allowed, "
                               "and at least two characters")
+    if len(name) > MAX_VOLUME_NAME:   # a directory of that name, and its temporary ".NAME.XXXXXXXX" siblings
+        raise InvalidArgument(f"invalid volume name {name[:20]}...: {len(name)} characters, at most {MAX_VOLUME_NAME}")
 
 
 def check_all(mounts: list[Mount]) -> None:
@@ -320,3 +321,27 @@ def check_all(mounts: list[Mount]) -> None:
         if target in seen:
             raise InvalidArgument(f"duplicate mount point: {target}")
         seen.add(target)
+
+
+def check_source_propagation(m: Mount, mountinfo: str = "/proc/self/mountinfo") -> None:
+    """docker's rule for a bind's shared or slave propagation: the host mount its source lies on
+    must be shared (for [r]shared) or shared or a slave (for [r]slave), else nothing could propagate
+    and the option would be a no-op. Read from this process's mount table (the agent's, the host's)."""
+    if m.type != "bind" or m.propagation not in ("shared", "rshared", "slave", "rslave"):
+        return
+    path = os.path.realpath(m.source)
+    best, fields = "", ""
+    with open(mountinfo) as f:
+        for line in f:
+            parts = line.split(" - ")[0].split()
+            point = parts[4].replace("\\040", " ")
+            inside = path == point or path.startswith(point.rstrip("/") + "/")
+            if inside and len(point) >= len(best):
+                best, fields = point, " ".join(parts[6:])
+    shared, slave = "shared:" in fields, "master:" in fields
+    if m.propagation.endswith("shared") and not shared:
+        raise InvalidArgument(f"{_describe(m)}: path {m.source} is mounted on {best} but it is not a shared mount "
+                              f"(make it one: mount --make-shared {best})")
+    if m.propagation.endswith("slave") and not (shared or slave):
+        raise InvalidArgument(f"{_describe(m)}: path {m.source} is mounted on {best} but it is not a shared or "
+                              f"slave mount (make it one: mount --make-shared {best})")

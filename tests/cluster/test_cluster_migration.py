@@ -421,3 +421,51 @@ def test_migration_through_the_scheduler_moves_the_task_volumes(env: Env, how: s
         names = [n for n in h.cli("volume", "ls", "-q").stdout.split() if n.startswith(f"{stack}_")]
         if names:
             h.cli("volume", "rm", "-f", *names, check=True)
+
+
+SECRET_STACK = """
+services:
+  sec:
+    image: busybox:latest
+    command: ["sleep", "3600"]
+    secrets: [{source: mpw, mode: 0400}]
+    configs: [{source: mconf, target: /etc/app.conf}]
+secrets:
+  mpw: {external: true}
+configs:
+  mconf: {external: true}
+"""
+
+
+@pytest.mark.parametrize("how", ["--live", "--cold"])
+def test_migration_brings_the_task_secrets_from_the_scheduler(env: Env, how: str) -> None:
+    """The target's agent fetches the task's secrets and configs itself (TaskFiles allows the
+    migration's target); they are not in the archive, and the source's tmpfs goes with its copy."""
+    stack = "sl" if how == "--live" else "sc"
+    value = os.urandom(12).hex()
+    (env.tmp / f"{stack}.pw").write_text(value)
+    (env.tmp / f"{stack}.conf").write_text("conf\n")
+    for kind, name, path in (("secret", "mpw", f"{stack}.pw"), ("config", "mconf", f"{stack}.conf")):
+        r = cli(env.addresses, kind, "create", name, str(env.tmp / path))
+        assert r.returncode == 0, r.stderr
+    try:
+        (t,) = env.deploy(stack, SECRET_STACK)
+        src = env.host(t.node)
+        name = f"{t.name}.{t.id}"
+        assert src.cli("exec", name, "cat", "/run/secrets/mpw").stdout == value
+        src_tmpfs = [m for m in Path("/proc/mounts").read_text().split("\n") if f"{src.root}/taskfiles/" in m]
+        assert len(src_tmpfs) == 1, src_tmpfs
+        to = _other(env, t.node)
+        r = cli(env.addresses, "migrate", t.name, "--to", to, how)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert env.settled(t.id) == to
+        dst = env.host(to)
+        assert dst.cli("exec", name, "cat", "/run/secrets/mpw").stdout == value
+        assert dst.cli("exec", name, "stat", "-c", "%a", "/run/secrets/mpw").stdout.strip() == "400"
+        assert dst.cli("exec", name, "cat", "/etc/app.conf").stdout == "conf\n"
+        wait_for(lambda: f"{src.root}/taskfiles/" not in Path("/proc/mounts").read_text(), 20,
+                 "the source's tmpfs unmounted with its copy")
+    finally:
+        cli(env.addresses, "stack-rm", stack)
+        wait_for(lambda: cli(env.addresses, "secret", "rm", "mpw").returncode == 0, 60, "the secret removed")
+        wait_for(lambda: cli(env.addresses, "config", "rm", "mconf").returncode == 0, 60, "the config removed")

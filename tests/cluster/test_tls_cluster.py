@@ -165,6 +165,43 @@ def test_hostile_calls_on_the_real_ports(env: Env, tmp_path: Path) -> None:
     assert (asyncio.run(join(join_port, new.strip(), name="x", tls_dir=tmp_path / "new"))).role == "agent"
 
 
+def test_a_worker_gets_only_the_secrets_of_its_own_tasks(env: Env, tmp_path: Path) -> None:
+    (tmp_path / "pw").write_bytes(b"tls-secret-value")
+    code, out = env.cli("secret", "create", "tlspw", str(tmp_path / "pw"))
+    assert code == 0, out
+    code, out = env.cli("service", "create", "--name", "tsec", "--secret", "tlspw", "-q", "busybox:latest",
+                        "sleep", "300")
+    try:
+        assert code == 0, out
+        (t,) = running(env.sched, "tsec")
+        own = transport.Identity(Role.AGENT, pki.read_bundle(env.agent.root / "tls"))
+        # another worker: a valid certificate of this cluster (joined with the worker token), another node
+        code, token = env.cli("cluster", "join-token", "worker", "-q")
+        other = asyncio.run(join(join_address(env.sched.address), token.strip(), name="intruder",
+                                 tls_dir=tmp_path / "intruder"))
+        intruder = transport.Identity(Role.AGENT, pki.read_bundle(tmp_path / "intruder"))
+        req = cpb.TaskFilesRequest(node="tls1", task_id=t.id)
+        with transport.dial_blocking(env.sched.address, own, Role.SCHEDULER) as ch:
+            got = cpbg.SchedulerStub(ch).TaskFiles(req, timeout=10)  # type: ignore[no-untyped-call]
+            assert [(f.name, f.data) for f in got.files] == [("tlspw", b"tls-secret-value")]
+        with transport.dial_blocking(env.sched.address, intruder, Role.SCHEDULER) as ch:
+            stub = cpbg.SchedulerStub(ch)  # type: ignore[no-untyped-call]
+            for ask in (req, cpb.TaskFilesRequest(node=other.node_id, task_id=t.id)):
+                with pytest.raises(grpc.RpcError) as e:
+                    stub.TaskFiles(ask, timeout=10)
+                assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED, ask  # type: ignore[attr-defined]
+        # the admin's certificate is not an agent's: it may not fetch a task's files either
+        admin = transport.Identity(Role.CLI, pki.read_bundle(env.sched.cert_path))
+        with transport.dial_blocking(env.sched.address, admin, Role.SCHEDULER) as ch, \
+                pytest.raises(grpc.RpcError) as e:
+            cpbg.SchedulerStub(ch).TaskFiles(req, timeout=10)  # type: ignore[no-untyped-call]
+        assert e.value.code() is grpc.StatusCode.PERMISSION_DENIED  # type: ignore[attr-defined]
+    finally:
+        env.cli("service", "rm", "tsec")
+        wait_for(lambda: not env.agent.task_containers(), 30, "tsec's containers gone")
+        wait_for(lambda: env.cli("secret", "rm", "tlspw")[0] == 0, 20, "the secret removed")
+
+
 def test_a_removed_node_is_refused_on_its_next_call(env: Env) -> None:
     # Last in the module: the node is gone afterwards.
     agent_bundle = pki.read_bundle(env.agent.root / "tls")

@@ -128,3 +128,102 @@ def test_save_load_import_build_the_fast_way(clean_agent: AgentProcess, tmp_path
     assert rc != 0 and "repository name must be lowercase" in err
     for ref in ("fastbuild:1", "fastimport:1"):
         clean_agent.cli("rmi", ref, check=True)
+
+
+def test_pull_parser_agrees_with_click() -> None:
+    ctx = cli_images.pull.make_context("pull", ["-q", "h:5000/a:1"])
+    values, args = options.parse(options.PULL, ["-q", "h:5000/a:1"])
+    assert {**values, "ref": args[0]} == ctx.params
+
+
+@pytest.mark.root
+@pytest.mark.slow  # a registry, a push and two pulls
+def test_pull_the_fast_way(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    from tests.kernel.test_images_registry import Registry
+
+    registry = Registry(tmp_path / "registry")
+    registry.start()
+    try:
+        ref = f"{registry.host}/fast/busybox:1"
+        clean_agent.cli("tag", "busybox", ref, check=True)
+        clean_agent.cli("push", "-q", ref, check=True)
+        clean_agent.cli("rmi", ref, check=True)
+        rc, heavy, out, err = _run(["-H", clean_agent.host, "pull", "-q", ref])
+        assert (rc, heavy, out) == (0, [], f"{ref}\n".encode()), err
+        clean_agent.cli("rmi", ref, check=True)
+        rc, heavy, out, err = _run(["-H", clean_agent.host, "image", "pull", ref])  # stdout is no terminal
+        lines = out.decode().splitlines()
+        assert (rc, heavy) == (0, []), err
+        assert lines[0] == f"1: Pulling from {registry.host}/fast/busybox" and lines[-1] == ref
+        assert any(line.endswith(": Already exists") for line in lines)  # busybox's layer is here
+        assert any(line.startswith("Status: Downloaded newer image for") for line in lines)
+        # not a plain reference: click's path words the error
+        rc, heavy, _, err = _run(["-H", clean_agent.host, "pull", "-q", "fast/UPPER:1"])
+        assert rc != 0 and "invalid reference format" in err
+        clean_agent.cli("rmi", ref, check=True)
+    finally:
+        registry.stop()
+
+
+@pytest.mark.root
+def test_the_agent_reads_the_clients_own_file(clean_agent: AgentProcess, tmp_path: Path,
+                                              busybox_tar_path: Path) -> None:
+    """load -i / import FILE name their descriptor (the agent opens /proc/PID/fd/N of its peer);
+    a descriptor that is no regular file, or none, is refused, and the CLI then sends the bytes."""
+    import os
+
+    from deploy.local import CallError, LocalClient
+
+    cl = LocalClient(clean_agent.host)
+    with open(busybox_tar_path, "rb") as f:
+        call = cl.open("ImportImage", file=f.fileno())
+        call.send({"import_header": {"reference": "byfd:1"}})
+        call.done_sending()
+        [summary] = list(call)
+        call.close()
+    assert summary["repo_tags"] == ["byfd:1"]
+    r, w = os.pipe()
+    try:
+        for fd, why in ((r, "is not a regular file"), (987, "No such file or directory")):
+            call = cl.open("Load", "images", file=fd)
+            call.done_sending()
+            with pytest.raises(CallError) as e:
+                list(call)
+            call.close()
+            assert e.value.code == "FAILED_PRECONDITION" and e.value.details.startswith("file:")
+            assert why in e.value.details
+    finally:
+        os.close(r)
+        os.close(w)
+    clean_agent.cli("rmi", "byfd:1", check=True)
+
+
+@pytest.mark.root
+def test_a_descriptor_open_only_for_writing_is_not_read(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    """The client may not make the agent read what it could not read itself."""
+    from deploy.local import CallError, LocalClient
+
+    secret = tmp_path / "secret.tar"
+    secret.write_bytes(b"x" * 1024)
+    with open(secret, "ab") as f:  # write-only
+        call = LocalClient(clean_agent.host).open("Load", "images", file=f.fileno())
+        call.done_sending()
+        with pytest.raises(CallError, match="not open for reading"):
+            list(call)
+        call.close()
+
+
+@pytest.mark.root
+def test_save_writes_only_into_a_file_open_for_writing(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    """Nor write what it could not write: a save into a read-only descriptor is refused untouched."""
+    from deploy.local import CallError, LocalClient
+
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"keep")
+    with open(victim, "rb") as f:
+        call = LocalClient(clean_agent.host).open("Save", "images", file=f.fileno())
+        call.send({"refs": ["busybox"]})
+        with pytest.raises(CallError, match="not open for writing"):
+            list(call)
+        call.close()
+    assert victim.read_bytes() == b"keep"

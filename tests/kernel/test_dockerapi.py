@@ -195,7 +195,7 @@ def test_refused_with_the_field_named(da: AgentProcess, dconf: Path) -> None:
     r = docker(da, dconf, "run", "--rm", "--tmpfs", "/scratch:bogus", "busybox", "true", check=False)
     assert r.returncode == 125 and "unknown tmpfs option 'bogus'" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--log-driver", "syslog", "busybox", "true", check=False)
-    assert r.returncode == 125 and "no log driver named 'syslog' is registered" in r.stderr
+    assert r.returncode == 125 and "logger: no log driver named 'syslog' is registered" in r.stderr  # docker's words
     r = docker(da, dconf, "run", "--rm", "--cap-add", "NET_WIZARD", "busybox", "true", check=False)
     assert r.returncode == 125 and "--cap-add CAP_NET_WIZARD: unknown capability" in r.stderr
     r = docker(da, dconf, "run", "--rm", "--log-opt", "tag=x", "busybox", "true", check=False)
@@ -217,7 +217,13 @@ def test_running_container_verbs(da: AgentProcess, dconf: Path) -> None:
     assert port.startswith("127.0.0.1:")
     import urllib.request
 
-    hostname = urllib.request.urlopen(f"http://{port}/hostname", timeout=5).read().decode().strip()
+    def fetch() -> str:   # (httpd may not listen yet when `run -d` returns: wait on it, not a sleep)
+        try:
+            return str(urllib.request.urlopen(f"http://{port}/hostname", timeout=5).read().decode().strip())
+        except OSError:
+            return ""
+
+    hostname = da.wait_for(fetch, what="httpd in srv")
     cid = docker(da, dconf, "inspect", "-f", "{{.Id}}", "srv").stdout.strip()
     assert hostname == cid[:12]
     assert "httpd -f -p 80" in docker(da, dconf, "top", "srv").stdout

@@ -269,3 +269,60 @@ def test_attach_over_a_websocket(da: AgentProcess, dconf: Path) -> None:  # noqa
     docker(da, dconf, "start", cid)
     assert conn.recv_data() == (websocket.ABNF.OPCODE_TEXT, b"old")
     conn.close()
+
+
+@pytest.mark.slow
+def test_hostile_mounts_names_and_handshakes(da: AgentProcess, dconf: Path) -> None:  # noqa: F811
+    import socket
+
+    with dockerpy.APIClient(base_url=f"unix://{da.docker_socket}", version="1.45") as c:
+        for hc, error in (({"binds": ["/etc/../etc:/x"]}, "has a '..' in it"),
+                          ({"mounts": [dockerpy.types.Mount("/", "dyv", type="volume")]}, "the target cannot be /"),
+                          ({"mounts": [dockerpy.types.Mount("/x/../..", "dyv")]}, "the target cannot be /"),
+                          ({"binds": ["../dyv:/x"]}, "relative"),
+                          ({"tmpfs": {"/t": "size=1m,exec=/bin/sh"}}, "unknown tmpfs option"),
+                          ({"volumes_from": ["nosuch-dy"]}, "No such container: nosuch-dy")):
+            with pytest.raises(dockerpy.errors.APIError) as e:
+                c.create_container("busybox", "true", host_config=c.create_host_config(**hc))
+            assert e.value.status_code in (400, 404) and error in str(e.value.explanation), (hc, e.value.explanation)
+        for name, error in (("../x", "invalid volume name"), ("a" * 300, "invalid volume name")):
+            with pytest.raises(dockerpy.errors.APIError, match=error):
+                c.create_volume(name)
+        with pytest.raises(dockerpy.errors.APIError, match="invalid network name"):
+            c.create_network("a/b")
+        with pytest.raises(dockerpy.errors.APIError, match="network with name bridge already exists"):
+            c.create_network("bridge")
+        assert c.volumes()["Volumes"] in (None, []) and not [n for n in c.networks() if n["Name"] == "a/b"]
+        assert not os.path.exists("/x") and c.containers(all=True) == []
+    # a websocket handshake without its key is refused, not half-opened
+    cid = docker(da, dconf, "create", "busybox", "true").stdout.strip()
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(5)
+        s.connect(str(da.docker_socket))
+        s.sendall(f"GET /containers/{cid}/attach/ws?stream=1 HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\n"
+                  "Upgrade: websocket\r\n\r\n".encode())
+        assert s.recv(4096).startswith(b"HTTP/1.1 400 ")
+    docker(da, dconf, "rm", cid)
+
+
+@pytest.mark.slow
+def test_a_fixed_address_on_a_user_network(da: AgentProcess, dconf: Path) -> None:  # noqa: F811
+    import random
+
+    net = f"10.223.{random.randrange(256)}"   # (a subnet of its own: other runs may be beside this one)
+    docker(da, dconf, "network", "create", "--subnet", f"{net}.0/24", "dyip")
+    try:
+        docker(da, dconf, "run", "-d", "--name", "fixed", "--network", "dyip", "--ip", f"{net}.50", "busybox",
+               "sleep", "60")
+        ep = json.loads(docker(da, dconf, "inspect", "fixed").stdout)[0]["NetworkSettings"]["Networks"]["dyip"]
+        assert ep["IPAddress"] == f"{net}.50" and ep["IPAMConfig"] == {"IPv4Address": f"{net}.50"}
+        out = docker(da, dconf, "exec", "fixed", "ip", "-4", "-o", "addr", "show", "eth0").stdout
+        assert f"{net}.50/24" in out
+        for args, error in ((["--network", "dyip", "--ip", f"{net}.50"], "already in use"),
+                            (["--network", "dyip", "--ip", "10.9.9.9"], "not an address of network dyip"),
+                            (["--ip", "172.29.0.9"], "user defined networks only")):
+            r = docker(da, dconf, "run", "--rm", *args, "busybox", "true", check=False)
+            assert r.returncode == 125 and error in r.stderr, (args, r.stderr)
+    finally:
+        docker(da, dconf, "rm", "-f", "fixed", check=False)
+        docker(da, dconf, "network", "rm", "dyip", check=False)

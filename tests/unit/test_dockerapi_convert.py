@@ -68,17 +68,17 @@ def test_the_clis_create_body_maps_onto_dockyard() -> None:
     (("HostConfig", "GroupAdd"), [True], "HostConfig.GroupAdd must be a list"),
     (("HostConfig", "VolumeDriver"), "flocker", "HostConfig.VolumeDriver 'flocker'"),
     (("HostConfig", "MemorySwappiness"), 40, "HostConfig.MemorySwappiness is not supported"),
-    (("HostConfig", "LogConfig"), {"Type": "syslog"}, "no log driver named 'syslog' is registered"),
+    (("HostConfig", "LogConfig"), {"Type": "syslog"}, "logger: no log driver named 'syslog' is registered"),
     (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"labels": "a"}},
      "unknown log opt 'labels' for json-file log driver"),
-    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-file": "0"}}, "max-file cannot be less than 1"),
-    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-size": "big"}}, "invalid value for max-size"),
+    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-file": "0"}}, "log opt max-file=0: max-file cannot be less than 1"),
+    (("HostConfig", "LogConfig"), {"Type": "json-file", "Config": {"max-size": "big"}}, "log opt max-size=big"),
     (("HostConfig", "CgroupnsMode"), "private", "CgroupnsMode"),
     (("Volumes",), ["/data"], "Config.Volumes must be an object"),
     (("MacAddress",), "02:42:ac:11:00:0a", "Config.MacAddress"),
     (("NetworkingConfig", "EndpointsConfig"), {"other": {}}, "EndpointsConfig.other: a dockyard container has one"),
-    (("NetworkingConfig", "EndpointsConfig"), {"default": {"IPAMConfig": {"IPv4Address": "10.0.0.5"}}},
-     "EndpointsConfig.default.IPAMConfig is not supported"),
+    (("NetworkingConfig", "EndpointsConfig"), {"default": {"IPAMConfig": {"IPv6Address": "fd00::5"}}},
+     "EndpointsConfig.default.IPAMConfig.IPv6Address is not supported"),
     (("HostConfig", "Memory"), "64m", "HostConfig.Memory must be an integer"),
     (("Healthcheck",), {"Test": ["WHAT"]}, "Config.Healthcheck.Test"),
 ])
@@ -143,7 +143,7 @@ def test_mounts_and_the_rest_of_hostconfig_map_and_are_echoed_as_given() -> None
                                                                             ["db:10.0.0.2"])
     assert cfg.sysctls == {"net.core.somaxconn": "1024"} and cfg.shm_size == 1 << 20
     assert cfg.group_add == ["1000", "wheel"] and cfg.volumes_from == ["other:ro"]
-    assert cfg.log_options == {"max-file": "100", "max-size": "10m"}
+    assert (cfg.log_config.type, cfg.log_config.config) == ("", {"max-file": "100", "max-size": "10m"})
     c = Container(id="a" * 64, name="web", created=1.0, config=cfg, image_id="sha256:" + "b" * 64,
                   image_ref="busybox", snapshot="a" * 64, args=["sh"])
     hc = convert.inspect(c, "/log", None)["HostConfig"]
@@ -206,3 +206,19 @@ def test_framing_and_detach_keys() -> None:
     assert s.feed(b"x\x10\x11rest") == (b"x", True)
     with pytest.raises(HTTPError):
         parse_detach_keys("ctrl-1")
+
+
+def test_archive_paths_below_a_mount_go_to_its_directory(tmp_path: Any) -> None:
+    from agent.dockerapi.archive import in_mount
+
+    vol, deep = tmp_path / "vol", tmp_path / "deep"
+    vol.mkdir()
+    deep.mkdir()
+    mounts = [("/vol1", str(vol)), ("/vol1/deeper", str(deep))]
+    assert in_mount(mounts, "/vol1/data.txt") == (str(vol), "/data.txt")
+    assert in_mount(mounts, "/vol1") == (str(vol), "/")
+    assert in_mount(mounts, "/vol1/") == (str(vol), "/.")
+    assert in_mount(mounts, "/vol1/deeper/x/") == (str(deep), "/x/")
+    assert in_mount(mounts, "/vol10/x") is None                      # a prefix of the name is not below it
+    assert in_mount(mounts, "/vol1/../etc/passwd") is None           # '..' leaves the mount: the rootfs
+    assert in_mount([("/f", str(tmp_path / "nofile"))], "/f") is None   # a bind of a file: the rootfs's rules

@@ -4,9 +4,9 @@ tests/kernel/test_images_build.py."""
 from __future__ import annotations
 
 import pytest
-from agent.images.dockerignore import Matcher
 
 from agent.images import dockerfile as df
+from deploy.dockerignore import Matcher
 
 
 def test_parse_continuations_comments_and_lines() -> None:

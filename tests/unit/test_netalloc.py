@@ -61,7 +61,6 @@ def test_defaults_pick_a_free_subnet_and_the_lowest_free_vni() -> None:
     ({"name": "x", "driver": "macvlan"}, "driver 'macvlan'"),
     ({"name": "x", "mtu": 100}, "mtu 100"),
     ({"name": "x", "attachable": True}, "--attachable: plain containers cannot join cluster networks yet"),
-    ({"name": "x", "internal": True}, "--internal: not supported yet"),
 ])
 def test_bad_requests_name_what_is_wrong(kwargs: dict[str, object], message: str) -> None:
     existing = [new_network("a", [])]
@@ -242,6 +241,29 @@ def test_endpoints_follow_the_tasks_node() -> None:
     assert [(e.ip, e.mac, e.node, e.vtep, e.task) for e in eps] == [
         ("10.250.0.2", "02:42:0a:fa:00:02", "n1", "192.0.2.1", "s_web.1"),
         ("10.250.0.3", "02:42:0a:fa:00:03", "n2", "192.0.2.2", "s_web.2")]
+
+
+def test_a_live_move_past_the_switch_points_the_endpoint_at_the_target() -> None:
+    """From phase "switched" on (the source froze the task) every host sends to the target, though
+    the task is still the source's; before it, and once the record is gone (rolled back), the source."""
+    from scheduler.model import Migration
+
+    w = World()
+    spec = w.services["s_web"].spec
+    w.tasks = {"t1": task("t1", 1, spec), "t2": task("t2", 2, spec, node="n2")}
+    w.write()
+    addrs = {"n1": "192.0.2.1:7070", "n2": "192.0.2.2:7070", "n3": "192.0.2.3:7070"}
+
+    def where(phase: str | None) -> list[tuple[str, str, str]]:
+        ms = [] if phase is None else [Migration("m1", "t1", "s_web", 1, "n1", "n3", "live", phase)]
+        eps = netmod.endpoints({"appnet": NET}, w.allocs.values(), w.tasks, addrs,
+                               moved=netmod.moved_endpoints(ms))
+        return [(e.task, e.node, e.vtep) for e in eps]
+
+    at_source = [("s_web.1", "n1", "192.0.2.1"), ("s_web.2", "n2", "192.0.2.2")]
+    assert where(None) == at_source
+    assert where("running") == at_source
+    assert where("switched") == [("s_web.1", "n3", "192.0.2.3"), ("s_web.2", "n2", "192.0.2.2")]
 
 
 def test_specs_without_networks_keep_their_digest() -> None:

@@ -339,8 +339,11 @@ def test_removed_service_is_stopped_and_forgotten() -> None:
     plan = sim.step()
     assert len(plan.of(Stop)) == 3
     plan = sim.step()
-    assert len(plan.of(Remove)) == 0  # history is kept up to the limit
-    assert not sim.running("web")
+    # once stopped they go (as in Swarm), so the dispatcher removes their containers and whatever
+    # the node held for them (the secrets' tmpfs)
+    assert len(plan.of(Remove)) == 3 and {a.why for a in plan.of(Remove)} == {"service web removed"}
+    assert not sim.running("web") and not [t for t in sim.tasks.values() if t.service == "web"]
+    assert not sim.step().actions
 
 
 def test_history_is_bounded() -> None:

@@ -127,7 +127,6 @@ def test_minimal_file_and_name_from_file(tmp_path: Path) -> None:
 @pytest.mark.parametrize(("key", "value", "hint"), [
     ("build", ".", "dockyard image build"), ("depends_on", "[db]", "any order"), ("volumes_from", "[db]", ""),
     ("restart", "always", "deploy.restart_policy"), ("device_cgroup_rules", "['c 1:3 r']", "does not pass on"),
-    ("configs", "[c]", ""), ("secrets", "[s]", ""),
 ])
 def test_unsupported_service_keys_are_refused(tmp_path: Path, key: str, value: str, hint: str) -> None:
     path = write(tmp_path, f"services:\n  web:\n    image: nginx\n    {key}: {value}\n")
@@ -139,9 +138,8 @@ def test_unsupported_service_keys_are_refused(tmp_path: Path, key: str, value: s
 
 
 @pytest.mark.parametrize(("text", "line", "field"), [
-    ("configs: {c: {file: ./c}}\n", 4, "configs"),
-    ("secrets: {s: {file: ./s}}\n", 4, "secrets"),
-    ("    deploy: {endpoint_mode: vip}\n", 4, "services.web.deploy.endpoint_mode"),
+    ("configs: {c: {content: x}}\n", 4, "configs.c.content"),  # (secrets and configs: tests/unit/test_objects.py)
+    ("secrets: {s: {environment: X}}\n", 4, "secrets.s.environment"),
     ("    healthcheck: {test: [CMD, 'true'], start_interval: 1s}\n", 4, "services.web.healthcheck.start_interval"),
     ("    ports: [{target: 80, host_ip: 127.0.0.1}]\n", 4, "services.web.ports[0].host_ip"),
     ("    deploy: {resources: {reservations: {generic_resources: []}}}\n", 4,
@@ -414,13 +412,13 @@ BAD = [
             external: true
             driver: overlay
         """, 4, "networks.shared", "driver cannot be set here"),
-    ("internal network", """\
+    ("attachable network", """\
         services:
           web: {image: nginx}
         networks:
           back:
-            internal: true
-        """, 5, "networks.back.internal", "not supported yet"),
+            attachable: true
+        """, 5, "networks.back.attachable", "not supported yet"),
     ("network driver", """\
         services:
           web: {image: nginx}

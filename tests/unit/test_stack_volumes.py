@@ -82,12 +82,17 @@ def test_mounts_change_the_task_digest_and_old_specs_keep_theirs() -> None:
     assert plain.digest != ServiceSpec(name="s", image="busybox", mounts=(MountSpec(target="/d"),)).digest
 
 
+def test_shared_propagation_is_read_and_checked_on_the_node() -> None:
+    svc = parse_stack('services:\n  web:\n    image: busybox\n    volumes: ["/a:/b:rshared"]\n', "s").service("web")
+    assert [(m.source, m.propagation) for m in svc.mounts] == [("/a", "rshared")]
+
+
 @pytest.mark.parametrize(("volumes", "top", "line", "error"), [
     ('["nope:/data"]', "", 4, "refers to undefined volume nope"),
     ('["./rel:/data"]', "", 4, "relative"),
     ('["~/x:/data"]', "", 4, "must be absolute"),
     ('["/data:ro"]', "", 4, "a mode needs SOURCE:TARGET:MODE"),
-    ('["/a:/b:rshared"]', "", 4, "not supported by dockyard yet"),
+    ('["/a:/b:sideways"]', "", 4, "invalid mode 'sideways'"),
     ('["/a:/d", "/b:/d"]', "", 4, "duplicate mount point: /d"),
     ('[{type: volume, target: /d, tmpfs: {size: 1m}}]', "", 4, "tmpfs options on a volume mount"),
     ('[{type: nfs, target: /d}]', "", 4, "is not one of volume, bind, tmpfs"),

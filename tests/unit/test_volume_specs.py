@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -43,7 +44,6 @@ def test_volume_flag_refusals(spec: str, error: str) -> None:
     (Mount(type="volume", source="p", target="/a"), "invalid volume name 'p'"),
     (Mount(type="volume", source="pg", target="/a", volume_driver="nfs"), "volume driver 'nfs' not found"),
     (Mount(type="bind", source="srv", target="/a"), "must be an absolute host path"),
-    (Mount(type="bind", source="/srv", target="/a", propagation="rshared"), "not supported by dockyard yet"),
     (Mount(type="bind", source="/srv", target="/a", propagation="sideways"), "invalid propagation"),
     (Mount(type="volume", source="pg", target="/a", propagation="private"), "bind mounts only"),
     (Mount(type="tmpfs", target="/t", tmpfs_options=["size=lots"]), "invalid size 'lots'"),
@@ -121,3 +121,30 @@ def test_health_check_merging_and_checks() -> None:
                        (HealthCheck(test=["CMD", "x"], retries=-1), "negative")]:
         with pytest.raises(InvalidArgument, match=error):
             health.check(bad)
+
+
+_MOUNTINFO = """\
+21 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+30 21 0:40 / /srv rw,relatime - tmpfs tmpfs rw
+31 30 0:41 / /srv/shared rw,relatime shared:7 - tmpfs tmpfs rw
+32 30 0:42 / /srv/slave rw,relatime master:7 - tmpfs tmpfs rw
+"""
+
+
+@pytest.mark.parametrize(("source", "propagation", "error"), [
+    ("/srv/shared/a", "rshared", ""), ("/srv/shared", "slave", ""), ("/srv/slave/x", "rslave", ""),
+    ("/srv/a", "rprivate", ""), ("/opt/a", "shared", ""),   # / is shared
+    ("/srv/a", "rshared", "path /srv/a is mounted on /srv but it is not a shared mount"),
+    ("/srv/slave/x", "shared", "mounted on /srv/slave but it is not a shared mount"),
+    ("/srv/b", "rslave", "mounted on /srv but it is not a shared or slave mount"),
+])
+def test_shared_and_slave_need_a_shared_source_mount(tmp_path: Path, source: str, propagation: str,
+                                                     error: str) -> None:
+    info = tmp_path / "mountinfo"
+    info.write_text(_MOUNTINFO)
+    m = Mount(type="bind", source=source, target="/x", propagation=propagation)
+    if not error:
+        specs.check_source_propagation(m, str(info))
+        return
+    with pytest.raises(InvalidArgument, match=error):
+        specs.check_source_propagation(m, str(info))

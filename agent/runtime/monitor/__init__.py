@@ -17,6 +17,7 @@ from pathlib import Path
 SOURCE = Path(__file__).with_name("monitor.c")
 BINARY = Path(__file__).with_name("dockyard-monitor")
 CFLAGS = ["-O2", "-Wall", "-Wextra", "-Werror", "-D_FORTIFY_SOURCE=2"]
+LIBS = ["-lz"]  # zlib: compressed rotated logs (--log-opt compress=true)
 
 
 class MonitorError(Exception):
@@ -44,7 +45,7 @@ def build() -> None:
     fd, tmp = tempfile.mkstemp(prefix=".dockyard-monitor-", dir=BINARY.parent)
     os.close(fd)
     try:
-        r = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True)
+        r = subprocess.run([cc, *CFLAGS, "-o", tmp, str(SOURCE), *LIBS], capture_output=True, text=True)
         if r.returncode != 0:
             raise MonitorError(f"building {SOURCE} failed:\n{r.stderr.strip()}")
         os.chmod(tmp, 0o755)

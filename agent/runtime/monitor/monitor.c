@@ -27,7 +27,12 @@
  *   --ctl FD | -1        the init's control socket (SOCK_SEQPACKET; -1 once exec'd or restored)
  *   --stdout FD --stderr FD   output pipes (-1 with a tty)   --pty FD | -1   the pty master
  *   --stdin FD | -1      the write end of the init's stdin pipe
- *   --log PATH           container.log                        --exit PATH   exit.json
+ *   --log PATH | ""      container.log ("": the none driver, no log)    --exit PATH   exit.json
+ *   --log-max-size N     optional: rotate the log before it would grow past N bytes (docker's
+ *                        json-file max-size); 0 = never
+ *   --log-max-file K     optional: keep K files in all (PATH, PATH.1 ... PATH.K-1, the oldest
+ *                        dropped); 1 = truncate PATH instead (as docker)
+ *   --log-compress 0|1   optional: gzip PATH.1 after each rotation, in a child (PATH.1.gz)
  *   --error TEXT         optional: why the container was ended before it could run (for exit.json)
  *   --rootfs PATH        optional: the rootfs mount to detach after the exit
  *   --cgroup DIR         optional, repeated: cgroup directories to remove after the exit
@@ -52,10 +57,12 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <termios.h>
 #include <time.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #define MAX_CLIENTS 64
 #define MAX_FRAME (1u << 20)
@@ -78,13 +85,18 @@ static struct {
     const char *cgroups[MAX_CGROUPS];
     int ncgroups;
     int log_fd, sig_fd;
+    long long log_size, log_max_size;   /* bytes in the current file; 0 = no rotation */
+    int log_max_file, log_compress;
+    int log_rotated;                    /* PATH.1 ... PATH.N exist: only those are renamed */
+    pid_t compress_pid;                 /* the child gzipping PATH.1, until reaped */
     struct client clients[MAX_CLIENTS];
     int nclients;
     struct buf stdin_buf;
     int close_stdin_pending;
     char *exec_error;            /* UTF-8, as the init reported it */
     int exited, status;
-} m = { .ctl = -1, .out = -1, .err = -1, .pty = -1, .in_w = -1, .listen_fd = -1 };
+} m = { .ctl = -1, .out = -1, .err = -1, .pty = -1, .in_w = -1, .listen_fd = -1, .log_fd = -1,
+        .log_max_file = 1 };
 
 static void die(const char *fmt, ...) {
     va_list ap;
@@ -361,9 +373,102 @@ static void now_rfc3339(char out[40]) {
     snprintf(out + n, 40 - n, ".%06ldZ", (long)tv.tv_usec);
 }
 
+/* PATH.i, or PATH.i.gz when the rotated files are compressed. */
+static void rotated_name(char *out, size_t n, int i, int gz) {
+    snprintf(out, n, "%s.%d%s", m.log_path, i, gz ? ".gz" : "");
+}
+
+/* Gzip PATH.1 into PATH.1.gz (through a temporary name, so a reader sees one or the other whole)
+ * and remove PATH.1. In a forked child, as docker does it in a goroutine: the container's output
+ * goes on meanwhile. The next rotation waits for it, so the renames never race the child. */
+static void compress_rotated(void) {
+    pid_t p = fork();
+    if (p != 0) {
+        if (p > 0)
+            m.compress_pid = p;
+        return;
+    }
+    char src[4096], dst[4096], tmp[4200];
+    rotated_name(src, sizeof(src), 1, 0);
+    rotated_name(dst, sizeof(dst), 1, 1);
+    snprintf(tmp, sizeof(tmp), "%s.tmp", dst);
+    int in = open(src, O_RDONLY | O_CLOEXEC);
+    if (in < 0)
+        _exit(1);
+    gzFile out = gzopen(tmp, "wb1");   /* the fastest level: it competes with the writer for CPU */
+    if (!out)
+        _exit(1);
+    char data[65536];
+    ssize_t r;
+    while ((r = read(in, data, sizeof(data))) > 0) {
+        if (gzwrite(out, data, (unsigned)r) != (int)r) {
+            gzclose(out);
+            unlink(tmp);
+            _exit(1);
+        }
+    }
+    if (gzclose(out) != Z_OK || r < 0 || rename(tmp, dst) != 0) {
+        unlink(tmp);
+        _exit(1);
+    }
+    unlink(src);
+    _exit(0);
+}
+
+static void wait_compress(void) {
+    if (m.compress_pid > 0) {
+        int st;
+        while (waitpid(m.compress_pid, &st, 0) < 0 && errno == EINTR) {}
+        m.compress_pid = 0;
+    }
+}
+
+/* docker's json-file rotation: PATH.K-2 -> PATH.K-1 ... PATH -> PATH.1, then a new PATH (the oldest
+ * is overwritten by the first rename); with one file, PATH is truncated instead. */
+static void log_rotate(void) {
+    if (m.log_max_file < 2) {
+        if (ftruncate(m.log_fd, 0) == 0)
+            m.log_size = 0;
+        return;
+    }
+    wait_compress();
+    char from[4096], to[4096];
+    /* (from the newest file that exists, not from max-file: a huge max-file costs nothing) */
+    int top = m.log_rotated + 1 < m.log_max_file - 1 ? m.log_rotated + 1 : m.log_max_file - 1;
+    for (int i = top; i > 1; i--) {
+        rotated_name(from, sizeof(from), i - 1, m.log_compress);
+        rotated_name(to, sizeof(to), i, m.log_compress);
+        rename(from, to);
+    }
+    rotated_name(to, sizeof(to), 1, 0);
+    if (rename(m.log_path, to) != 0)
+        return;   /* keep writing where we are rather than lose output */
+    int fd = open(m.log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+    if (fd < 0)
+        return;   /* the same: the renamed file goes on growing until the next try */
+    close(m.log_fd);
+    m.log_fd = fd;
+    m.log_size = 0;
+    if (m.log_rotated < m.log_max_file - 1)
+        m.log_rotated++;
+    if (m.log_compress)
+        compress_rotated();
+}
+
+static void log_flush(struct buf *b) {
+    if (b->len) {
+        write_all(m.log_fd, b->p, b->len);
+        m.log_size += (long long)b->len;
+        b->len = 0;
+    }
+}
+
 /* One json-file entry per line; a chunk that does not end in a newline ends in a partial entry,
- * as docker's json-file driver writes it. */
+ * as docker's json-file driver writes it. An entry that would take the file past max-size goes
+ * into the next file (so a file only passes max-size by an entry larger than max-size). */
 static void log_write(const char *stream, const char *data, size_t n) {
+    if (m.log_fd < 0)
+        return;
     char ts[40];
     now_rfc3339(ts);
     struct buf b = { 0 };
@@ -371,6 +476,7 @@ static void log_write(const char *stream, const char *data, size_t n) {
     while (start < n) {
         const char *nl = memchr(data + start, '\n', n - start);
         size_t end = nl ? (size_t)(nl - data) + 1 : n;
+        size_t before = b.len;
         buf_add(&b, "{\"log\": \"", 9);
         json_escape(&b, (const unsigned char *)data + start, end - start);
         buf_add(&b, "\", \"stream\": \"", 14);
@@ -378,10 +484,19 @@ static void log_write(const char *stream, const char *data, size_t n) {
         buf_add(&b, "\", \"time\": \"", 12);
         buf_add(&b, ts, strlen(ts));
         buf_add(&b, "\"}\n", 3);
+        if (m.log_max_size > 0 && m.log_size + (long long)b.len > m.log_max_size
+                && m.log_size + (long long)before > 0) {
+            /* write what fits, rotate, and start the new file with this entry */
+            size_t entry = b.len - before;
+            b.len = before;
+            log_flush(&b);
+            log_rotate();
+            memmove(b.p, b.p + before, entry);
+            b.len = entry;
+        }
         start = end;
     }
-    if (b.len)
-        write_all(m.log_fd, b.p, b.len);
+    log_flush(&b);
     buf_free(&b);
 }
 
@@ -544,6 +659,8 @@ static void reap(void) {
         pid_t p = waitpid(-1, &status, WNOHANG);
         if (p <= 0)
             return;
+        if (p == m.compress_pid)
+            m.compress_pid = 0;
         if (p == m.pid && !m.exited) {
             m.exited = 1;
             m.status = status;
@@ -679,6 +796,9 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--pty")) m.pty = fd_arg(v);
         else if (!strcmp(k, "--stdin")) m.in_w = fd_arg(v);
         else if (!strcmp(k, "--log")) m.log_path = v;
+        else if (!strcmp(k, "--log-max-size")) m.log_max_size = strtoll(v, NULL, 10);
+        else if (!strcmp(k, "--log-max-file")) m.log_max_file = atoi(v);
+        else if (!strcmp(k, "--log-compress")) m.log_compress = atoi(v);
         else if (!strcmp(k, "--exit")) m.exit_path = v;
         else if (!strcmp(k, "--error")) m.exec_error = *v ? strdup(v) : NULL;
         else if (!strcmp(k, "--rootfs")) m.rootfs = v;
@@ -693,9 +813,24 @@ int main(int argc, char **argv) {
     if (m.trace_path && !*m.trace_path)
         m.trace_path = NULL;
 
-    m.log_fd = open(m.log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
-    if (m.log_fd < 0)
-        die("open %s: %s", m.log_path, strerror(errno));
+    if (*m.log_path) {
+        m.log_fd = open(m.log_path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0640);
+        if (m.log_fd < 0)
+            die("open %s: %s", m.log_path, strerror(errno));
+        struct stat st;
+        if (fstat(m.log_fd, &st) == 0)
+            m.log_size = st.st_size;   /* a restart appends to the file it had */
+    }
+    if (m.log_max_file < 1)
+        m.log_max_file = 1;
+    for (int i = 1; m.log_fd >= 0 && i < m.log_max_file; i++) {   /* a restarted container's files */
+        char p[4096], gz[4096];
+        rotated_name(p, sizeof(p), i, 0);
+        rotated_name(gz, sizeof(gz), i, 1);
+        if (access(p, F_OK) != 0 && access(gz, F_OK) != 0)
+            break;
+        m.log_rotated = i;
+    }
     signal(SIGPIPE, SIG_IGN);
     sigset_t chld;
     sigemptyset(&chld);
@@ -748,6 +883,7 @@ int main(int argc, char **argv) {
         drop_client(m.nclients - 1);
     reap();
     teardown();
+    wait_compress();   /* so the container's rotated files are whole once we are gone */
     trace("monitor: torn down");
     return 0;
 }

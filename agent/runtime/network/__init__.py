@@ -4,7 +4,7 @@ See README.md for the flow and the iptables model; bridge.py holds the lifecycle
 """
 
 from agent.runtime.network.bridge import BridgeNetwork
-from agent.runtime.network.inside import configure_inside, loopback_up
+from agent.runtime.network.inside import announce, configure_inside, loopback_up
 from agent.runtime.network.model import Endpoint, NetworkError, PortInUse, PortMapping
 from agent.runtime.network.ports import parse_publish
 
@@ -14,6 +14,7 @@ __all__ = [
     "NetworkError",
     "PortInUse",
     "PortMapping",
+    "announce",
     "configure_inside",
     "loopback_up",
     "parse_publish",

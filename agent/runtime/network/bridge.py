@@ -140,7 +140,8 @@ class BridgeNetwork:
 
     # ---- addresses and ports
 
-    def allocate(self, container_id: str, ports: Sequence[PortMapping]) -> Endpoint:
+    def allocate(self, container_id: str, ports: Sequence[PortMapping], ip: str = "") -> Endpoint:
+        """An address (the next free one, or `ip` if asked for and free) and the published ports."""
         if not _CONTAINER_ID.match(container_id):
             raise NetworkError(f"container id {container_id!r}: letters, digits, '_', '.', '-' (at most 128)")
         with self._ipam.locked():
@@ -159,13 +160,13 @@ class BridgeNetwork:
                         ours.setdefault(m, "of another dockyard network")
                         taken.append(m)
             resolved = resolve_ports(ports, taken, self._rng, ours)
-            ip = self._ipam.next_free(data)
+            addr = self._ipam.next_free(data) if not ip else self._ipam.take(data, ip)
             ep = Endpoint(
                 container_id=container_id,
-                ip=str(ip),
+                ip=str(addr),
                 prefixlen=self.subnet.prefixlen,
                 gateway=str(self.gateway),
-                mac=mac_for(ip),
+                mac=mac_for(addr),
                 host_ifname=host_ifname(self.name, container_id),
                 bridge=self.name,
                 ports=tuple(resolved),
@@ -267,6 +268,13 @@ class BridgeNetwork:
             host = self.overlays.veth_name(vni, container_id) if self.overlays is not None else ""
             out.append(OverlayEndpoint(network, vni, subnet, mtu, ip, net.prefixlen, mac, f"eth{i}", host))
         return tuple(out)
+
+    def withdraw(self, endpoint: Endpoint, back: bool = False) -> None:
+        """A container moving away (frozen here while the target runs it): its cluster ports down,
+        so this host's other containers reach it where it went; back=True undoes it (rolled back)."""
+        for ov in endpoint.overlays:
+            if self.overlays is not None:
+                self.overlays.set_port(ov.vni, endpoint.container_id, up=back)
 
     def detach(self, endpoint: Endpoint) -> None:
         for ov in endpoint.overlays:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+import struct
+
 from agent.runtime import syscalls
 from agent.runtime.network.model import Endpoint, NetworkError
 
@@ -16,7 +19,8 @@ def configure_inside(endpoint: Endpoint) -> None:
     try:
         syscalls.set_ipv4_address("eth0", endpoint.ip, endpoint.prefixlen)
         syscalls.set_interface_up("eth0")
-        syscalls.add_default_route(endpoint.gateway)
+        if not endpoint.isolated:
+            syscalls.add_default_route(endpoint.gateway)
         for ov in endpoint.overlays:  # cluster networks: their subnet only, no default route
             syscalls.set_ipv4_address(ov.ifname, ov.ip, ov.prefixlen)
             syscalls.set_interface_up(ov.ifname)
@@ -30,3 +34,26 @@ def configure_inside(endpoint: Endpoint) -> None:
 def loopback_up() -> None:
     """For --network none: just lo, with the classic ioctls."""
     syscalls.set_interface_up("lo")
+
+
+ETH_P_ARP = 0x0806
+
+
+def garp_frame(mac: str, ip: str) -> bytes:
+    """A gratuitous ARP request (RFC 5227 announcement): who-has IP tell IP, from MAC, broadcast."""
+    hw, addr = bytes.fromhex(mac.replace(":", "")), socket.inet_aton(ip)
+    return (b"\xff" * 6 + hw + struct.pack("!H", ETH_P_ARP)
+            + struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + hw + addr + b"\x00" * 6 + addr)
+
+
+def announce(endpoint: Endpoint) -> None:
+    """A gratuitous ARP out of each cluster interface, in the current netns: after a move, the new
+    host's bridge learns the container's port at once (MACs follow addresses, so no peer's ARP
+    entry changes; remote hosts are told through their FDB). Best effort: a failure is only slower."""
+    for ov in endpoint.overlays:
+        try:
+            with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as s:
+                s.bind((ov.ifname, ETH_P_ARP))
+                s.send(garp_frame(ov.mac, ov.ip))
+        except OSError:
+            continue

@@ -93,6 +93,20 @@ class Ipam:
                 return cand
         raise NetworkError(f"network {self.name}: no free address left in {self.subnet}")
 
+    def take(self, data: dict[str, Any], ip: str) -> ipaddress.IPv4Address:
+        """The address a container asked for (docker's --ip), if it is a free host address here."""
+        try:
+            addr = ipaddress.IPv4Address(ip)
+        except ValueError:
+            raise NetworkError(f"invalid IPv4 address {ip!r}") from None
+        first = self.subnet.network_address + 2
+        if addr not in self.subnet or addr < first or addr == self.subnet.broadcast_address:
+            raise NetworkError(f"address {ip} is not a container address of {self.subnet} "
+                               f"(from {first} to {self.subnet.broadcast_address - 1})")
+        if str(addr) in {e["ip"] for e in data["endpoints"].values()}:
+            raise NetworkError(f"address {ip} is already in use on network {self.name}")
+        return addr
+
     def remove(self) -> None:
         for p in (self.path, self.lock_path):
             try:

@@ -66,10 +66,14 @@ class Endpoint:
     bridge: str
     ports: tuple[PortMapping, ...]
     overlays: tuple[OverlayEndpoint, ...] = ()
+    # only on internal cluster networks: eth0 gets no default route (nothing leaves the cluster)
+    isolated: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for handing the endpoint to the container init in another process."""
-        extra = {"overlays": [o.to_dict() for o in self.overlays]} if self.overlays else {}
+        extra: dict[str, Any] = {"overlays": [o.to_dict() for o in self.overlays]} if self.overlays else {}
+        if self.isolated:
+            extra["isolated"] = True
         return {**extra,
             "container_id": self.container_id,
             "ip": self.ip,
@@ -93,4 +97,5 @@ class Endpoint:
             bridge=str(d["bridge"]),
             ports=tuple(PortMapping(str(h), int(hp), int(cp), str(pr)) for h, hp, cp, pr in d["ports"]),
             overlays=tuple(OverlayEndpoint.from_dict(o) for o in d.get("overlays", ())),
+            isolated=bool(d.get("isolated", False)),
         )

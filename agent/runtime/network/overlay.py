@@ -18,11 +18,13 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import logging
+import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from agent.runtime.network.ipam import mac_for
 from agent.runtime.network.model import NetworkError
 
 log = logging.getLogger("dockyard.agent.overlay")
@@ -89,6 +91,9 @@ class Overlays:
         self.local_ip = local_ip  # "" until the agent knows its underlay address
         self.port = port
         self._known: set[int] = set()  # every VNI ensure() was asked for
+        # ensure() runs from the network sync and from container starts at once (threads): two
+        # makers of one bridge or VXLAN device would both see none and one fail with EEXIST
+        self._ensuring = threading.Lock()
 
     # --- names
 
@@ -108,6 +113,10 @@ class Overlays:
 
     def ensure(self, net: OverlayNet) -> int:
         """Bridge and VXLAN port of `net` (made or checked); the bridge's ifindex."""
+        with self._ensuring:
+            return self._ensure(net)
+
+    def _ensure(self, net: OverlayNet) -> int:
         self._known.add(net.vni)
         if not self.local_ip:
             raise NetworkError(f"network {net.name}: this agent has no underlay address (give --advertise "
@@ -257,6 +266,39 @@ class Overlays:
             if _code(e) not in (ENOENT, ENODEV):
                 raise NetworkError(f"{args[0]} {kw}: {e}") from e
 
+    # --- the host's own address on a network (the routing mesh's source address)
+
+    def set_address(self, vni: int, ip: str, prefixlen: int) -> bool:
+        """The bridge of `vni` holds exactly this IPv4 address (others removed) and the MAC derived
+        from it, which is the one every peer's FDB and neighbour entries name (a bridge's own MAC
+        follows its ports otherwise, and a frame to another MAC is not the host's); and may carry
+        127.0.0.1-sourced packets DNATed onto it (route_localnet). True when it changed."""
+        changed = False
+        mac = mac_for(ipaddress.IPv4Address(ip))
+        with _ipr() as ipr:
+            bidx = self._lookup(ipr, self.bridge_name(vni))
+            if bidx is None:
+                raise NetworkError(f"VNI {vni}: no bridge {self.bridge_name(vni)} (ensure it first)")
+            if str(ipr.link("get", index=bidx)[0].get_attr("IFLA_ADDRESS")) != mac:
+                ipr.link("set", index=bidx, address=mac)
+                changed = True
+            have = {(str(a.get_attr("IFA_ADDRESS")), int(a["prefixlen"])) for a in ipr.get_addr(index=bidx, family=2)}
+            for addr, plen in have - {(ip, prefixlen)}:
+                self._quiet(ipr.addr, "del", index=bidx, address=addr, prefixlen=plen)
+                changed = True
+            if (ip, prefixlen) not in have:
+                ipr.addr("replace", index=bidx, address=ip, prefixlen=prefixlen)
+                changed = True
+        path = f"/proc/sys/net/ipv4/conf/{self.bridge_name(vni)}/route_localnet"
+        try:
+            with open(path, "r+") as f:
+                if f.read().strip() != "1":
+                    f.seek(0)
+                    f.write("1")
+        except OSError as e:
+            raise NetworkError(f"sysctl {path}: {e}") from e
+        return changed
+
     # --- a container's interface on the network
 
     def attach(self, net: OverlayNet, container_id: str, pid: int, ifname: str, mac: str) -> str:
@@ -274,6 +316,15 @@ class Overlays:
                 ipr.link("del", ifname=host)  # a leftover of a crashed agent
                 ipr.link("add", **spec)
         return host
+
+    def set_port(self, vni: int, container_id: str, up: bool) -> None:
+        """A container's port on the network's bridge up or down (gone: nothing to do). Down, the
+        bridge forgets the MAC it learned there and floods its frames to the VXLAN port, whose FDB
+        entry points at the host the container moved to; up again if it stays here after all."""
+        with _ipr() as ipr:
+            idx = self._lookup(ipr, self.veth_name(vni, container_id))
+            if idx is not None:
+                ipr.link("set", index=idx, state="up" if up else "down")
 
     def detach(self, vni: int, container_id: str) -> None:
         with _ipr() as ipr:
