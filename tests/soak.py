@@ -283,8 +283,17 @@ class Soak:
         r = src.cli("exec", name, "sh", "-c", f"echo {token} > /root/soak")
         if r.returncode != 0:
             self.violation(f"migrate: writing the file in {name} on {src.name} failed: {r.stderr.strip()[-200:]}")
+        # While it moves, the source's copy is frozen (and, live, kept until the target has its
+        # pages) beside the target's: two init processes of one slot, not two running copies.
+        # Once the command returns exactly one copy must be left (gap() checks it).
+        before = {h: self.faulty.get(h, 0.0) for h in (src.name, to)}
+        for h in (src.name, to):
+            self.excuse(h, float("inf"))
         m = cli(self.addresses, "migrate", t.name, "--to", to, how, timeout=180)
         f.healed = time.monotonic()
+        for h in (src.name, to):
+            with self.lock:
+                self.faulty[h] = max(before[h], f.healed + 2.0)
         if m.returncode != 0:
             self.violation(f"migrate: {t.name} {how} to {to} failed: {(m.stdout + m.stderr).strip()[-300:]}")
             return f

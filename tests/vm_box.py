@@ -26,9 +26,9 @@ REPO = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("DOCKYARD_VM_CACHE", "/var/cache/dockyard-vm"))
 BUILD_SCRIPT = REPO / "vagrant" / "build-box.sh"
 # What the agent, scheduler and etcd need beyond build-box.sh's base (which has python3, criu,
-# iproute2, openssh-server, sudo): the venv module, a C compiler for the container monitor,
+# iproute2, openssh-server, sudo): the venv module, a C compiler (and zlib's header) for the container monitor,
 # iptables, libseccomp, busybox for the base image, Debian's etcd.
-PACKAGES = ("python3-venv,gcc,libc6-dev,iptables,util-linux,libseccomp2,busybox-static,"
+PACKAGES = ("python3-venv,gcc,libc6-dev,zlib1g-dev,iptables,util-linux,libseccomp2,busybox-static,"
             "etcd-server,etcd-client")
 # The NIC a test links the guests with (PCI slot 5): networkd leaves it alone, the test
 # gives it a static address. ens5 under the pc machine's ACPI slot names, enp0s5 otherwise.
