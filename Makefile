@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: install up demo test test-fast test-unit test-kernel test-cluster test-docker-api test-vm soak lint bench protos
+.PHONY: install up demo test test-fast test-unit test-kernel test-cluster test-docker-api test-vm test-vm-smoke soak lint bench protos
 
 # A test whose call takes longer than this without the `slow` marker fails the run (tests/conftest.py).
 SLOW_LIMIT ?= 2
@@ -41,9 +41,12 @@ test-cluster:
 
 # Two Debian 12 VMs under qemu (TCG): cluster up over SSH, cgroup v2 limits, live and cold migration
 # VM to VM, a VM killed (tests/vm). The box is built once into /var/cache/dockyard-vm (~5 min).
-# `make test` runs only the one-VM smoke (tests/vm/test_vm_smoke.py).
+# `make test-vm-smoke` runs only the one-VM smoke (tests/vm/test_vm_smoke.py; not yet in `make test`).
 test-vm:
 	DOCKYARD_TEST_VM=full $(PYTEST_RUN) -s tests/vm
+
+test-vm-smoke:
+	DOCKYARD_TEST_VM=smoke $(PYTEST_RUN) -s tests/vm/test_vm_smoke.py
 
 # Faults from a seeded schedule on 3 netns hosts, 2 schedulers and a 3-member etcd, the invariants
 # checked all along (tests/soak.py): SOAK_S seconds (default 600), SOAK_SEED to replay a run.
