@@ -56,6 +56,10 @@ soak:
 
 lint:
 	$(VENV)/bin/ruff check agent scheduler deploy protos tests common
+	@# pytest imports test modules by basename (rootdir-relative, no packages): two files with one
+	@# name stop collection, so name them apart here, before the long run starts.
+	@dups=$$(find tests -name 'test_*.py' -printf '%f\n' | sort | uniq -d); \
+	  if [ -n "$$dups" ]; then echo "test files share a basename: $$dups" >&2; exit 1; fi
 	$(VENV)/bin/mypy
 
 bench: install
