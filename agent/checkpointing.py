@@ -23,8 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import names
+from agent.containermounts import volume_names
 from agent.model import AgentError, Conflict, Container, InvalidArgument, NotFound, Port, Unavailable
 from agent.runtime.procs import pid_start_time, process_alive, trace
+from agent.runtime.spec import mount_key
 
 if TYPE_CHECKING:
     from agent.containers import ContainerManager
@@ -76,7 +78,6 @@ class Checkpoints:
             external.append(f"net[{ino}]:{c.netns_key}")
         # Volumes and bind mounts come from the host: CRIU names them, and the restore maps each
         # name to the source there (shim._restore).
-        from agent.containers import mount_key
 
         external += [f"mnt[{m.target}]:{mount_key(m.target)}" for m in c.config.mounts if m.type != "tmpfs"]
         external += [f"mnt[{f.target}]:{mount_key(f.target)}" for f in c.config.task_files]
@@ -222,7 +223,6 @@ class Checkpoints:
             with open(diff, "wb") as f:
                 self.m.images.snapshotter.diff(c.snapshot, f)
             spec = json.loads(self.m.files(c).spec.read_text()) if self.m.files(c).spec.exists() else {}
-            from agent.containers import volume_names
 
             archive.pack(out, config=asdict(c), spec=spec,
                          images_dir=images_dir, rootfs_diff=diff,
@@ -274,7 +274,7 @@ class Checkpoints:
                                f"which is not on this host: pull or load it first") from e
             trace("agent: unpacked")
             # A volume of that name here is the one to use (a checkpoint restored on its own host);
-            # a migration asked first that none is here (ContainerManager.migration_problems).
+            # a migration asked first that none is here (ContainerMounts.migration_problems).
             for vname, rec in meta.get("volumes", {}).items():
                 if self.m.volumes.exists(vname):
                     continue
@@ -306,7 +306,7 @@ class Checkpoints:
             with contextlib.suppress(OSError):
                 self.m.taskfiles.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
-            await asyncio.to_thread(self.m.remove_volumes, adopted)
+            await asyncio.to_thread(self.m.mounts.remove, adopted)
             raise
         self.m.containers[cid] = c
         try:
@@ -318,7 +318,7 @@ class Checkpoints:
                 await self.restore(cid)
         except BaseException:
             await self.m.remove(cid, force=True)
-            await asyncio.to_thread(self.m.remove_volumes, adopted)
+            await asyncio.to_thread(self.m.mounts.remove, adopted)
             raise
         return c
 

@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from agent import hostconfig, logs, names, restart
 from agent.checkpointing import Checkpoints
+from agent.containermounts import ContainerMounts
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
 from agent.localnets import LocalNetworks
@@ -47,7 +48,7 @@ from agent.runtime import cgroups, frames, messages
 from agent.runtime.procs import pid_start_time, process_alive, trace
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
-from agent.runtime.spec import ContainerMount, IdMap, MountSpec, ProcessSpec, RuntimeSpec
+from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 from agent.taskfiles import TaskFiles
 from agent.taskfiles import check as check_task_files
@@ -134,9 +135,9 @@ class ContainerManager:
         self.on_change: list[Callable[[Container], None]] = []
         self.volumes = VolumeStore(root / "volumes")
         self.taskfiles = TaskFiles(root / "taskfiles")  # tasks' secrets and configs, on a tmpfs each
+        self.mounts = ContainerMounts(self.volumes, self.taskfiles, lambda: self.containers.values())
         # With --join: a task's secrets and configs by task id, from the scheduler (agent/cluster.py)
         self.task_files_source: Callable[[str], Awaitable[dict[tuple[str, str], bytes]]] | None = None
-        self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
         self.localnets = LocalNetworks(root, lambda: list(self.containers.values()))   # user-defined networks
@@ -197,10 +198,6 @@ class ContainerManager:
     def users_of_image(self, image_id: str) -> list[str]:
         return [f"{c.name} ({c.state.status})" for c in self.containers.values() if c.image_id == image_id]
 
-    def volume_users(self, name: str) -> list[str]:
-        return [f"{c.name} ({c.state.status})" for c in list(self.containers.values())
-                if any(m.type == "volume" and m.source == name for m in c.config.mounts)]
-
     # --- create -------------------------------------------------------------------------------
 
     async def fetch_task_files(self, cfg: ContainerConfig) -> dict[tuple[str, str], bytes]:
@@ -234,7 +231,7 @@ class ContainerManager:
         from agent.health import from_image, resolve
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
-        cfg.mounts += self._volumes_from(cfg)
+        cfg.mounts += self.mounts.volumes_from(cfg, self.get)
         cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
         own = {u.name for u in cfg.ulimits}
         cfg.ulimits += [copy.copy(u) for u in self.default_ulimits if u.name not in own]
@@ -247,7 +244,7 @@ class ContainerManager:
         for path in getattr(image.config, "volumes", None) or []:
             if os.path.normpath(path) not in covered and os.path.normpath(path) != "/":
                 cfg.mounts.append(Mount(type="volume", target=os.path.normpath(path), anonymous=True))
-        made = self._prepare_mounts(cfg)
+        made = self.mounts.prepare(cfg)
         cdir = self.dir / cid
         try:
             cdir.mkdir(parents=True)
@@ -265,59 +262,10 @@ class ContainerManager:
             with contextlib.suppress(OSError):
                 self.taskfiles.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
-            for name in made:
-                with contextlib.suppress(AgentError):
-                    self.volumes.remove(name, force=True)
+            self.mounts.undo(made)
             raise
         self.containers[cid] = c
         return c
-
-    def _volumes_from(self, cfg: ContainerConfig) -> list[Mount]:
-        """--volumes-from CONTAINER[:ro|rw]: that container's volumes and binds at the same targets
-        (ro/rw overrides their mode), under this run's own mounts; never its tmpfs (docker's rule)."""
-        covered = {os.path.normpath(m.target) for m in cfg.mounts}
-        out: list[Mount] = []
-        for spec in cfg.volumes_from:
-            ref, _, mode = spec.partition(":")
-            if mode not in ("", "ro", "rw"):
-                raise InvalidArgument(f"--volumes-from {spec}: invalid mode {mode!r} (ro or rw)")
-            other = self.get(ref)
-            for m in other.config.mounts:
-                if m.type == "tmpfs" or os.path.normpath(m.target) in covered:
-                    continue
-                covered.add(os.path.normpath(m.target))
-                out.append(replace(m, readonly=(mode == "ro") if mode else m.readonly, anonymous=False,
-                                   create_source=False, origin="", spec="", volume_labels={}, volume_options={}))
-        return out
-
-    def _prepare_mounts(self, cfg: ContainerConfig) -> list[str]:
-        """What the mounts need on this host, before the container is made: bind sources (-v makes
-        a missing one, --mount refuses it), named volumes (made if missing, as docker run does)
-        and anonymous ones. Returns the volumes made here, for an undo."""
-        for m in cfg.mounts:
-            if m.type == "bind" and not m.create_source and not os.path.lexists(m.source):
-                raise InvalidArgument(f'invalid mount config for type "bind": bind source path does not exist: '
-                                      f"{m.source}")
-            mount_specs.check_source_propagation(m)  # (a missing -v path: the mount it would be made on)
-            if m.type == "volume" and m.external and not self.volumes.exists(m.source):
-                raise NotFound(f"external volume {m.source} does not exist on this host (volume create it first)")
-        made: list[str] = []
-        try:
-            for m in cfg.mounts:
-                if m.type == "bind" and not os.path.lexists(m.source):
-                    os.makedirs(m.source, 0o755, exist_ok=True)
-                elif m.type == "volume" and (m.anonymous and not m.source):
-                    m.source = self.volumes.create(anonymous=True).name
-                    made.append(m.source)
-                elif m.type == "volume" and not self.volumes.exists(m.source):
-                    self.volumes.create(m.source, m.volume_driver or "local", m.volume_labels, m.volume_options)
-                    made.append(m.source)
-        except BaseException:
-            for name in made:
-                with contextlib.suppress(AgentError):
-                    self.volumes.remove(name, force=True)
-            raise
-        return made
 
     def set_network(self, c: Container, mode: str, aliases: list[str], links: list[str], ip: str = "") -> None:
         """docker network connect/disconnect of a container that is not running: its one network
@@ -502,7 +450,7 @@ class ContainerManager:
             etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
             or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
-            volumes=self._container_mounts(c), read_only=cfg.read_only,
+            volumes=self.mounts.for_shim(c), read_only=cfg.read_only,
         )
         if cfg.log_config.type != "none":
             rot = logs.rotation(cfg.log_config)
@@ -528,61 +476,6 @@ class ContainerManager:
                 raise InvalidArgument(f"--link {link}: /{other.name} is on network {other.config.network_mode}, "
                                       f"not {cfg.network_mode or 'bridge'}")
             out += f"{other.ip_address}\t{' '.join(dict.fromkeys(x for x in (alias, other.name) if x))}\n"
-        return out
-
-    def _container_mounts(self, c: Container) -> list[ContainerMount]:
-        out = []
-        for m in c.config.mounts:
-            if m.type == "tmpfs":
-                out.append(ContainerMount("tmpfs", "", m.target, m.readonly, list(m.tmpfs_options)))
-                continue
-            source = str(self.volumes.path(m.source)) if m.type == "volume" else m.source
-            out.append(ContainerMount("bind", source, m.target, m.readonly, [],
-                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target),
-                                      propagation=(m.propagation or "rprivate") if m.type == "bind" else "rprivate"))
-        return out + self.taskfiles.mounts(c.id, c.config.task_files)
-
-    async def _acquire_volumes(self, c: Container) -> None:
-        """Volumes of the local driver with a device (-o type=... device=...) are mounted on
-        their directory while a running container uses them."""
-        for m in c.config.mounts:
-            if m.type == "volume" and self.volumes.get(m.source).options:
-                await asyncio.to_thread(self.volumes.acquire, m.source)
-
-    def _has_device_volume(self, c: Container) -> bool:
-        """Whether a volume of c's is the local driver's with a device (mounted while in use)."""
-        for m in c.config.mounts:
-            if m.type == "volume":
-                with contextlib.suppress(AgentError):
-                    if self.volumes.get(m.source).options:
-                        return True
-        return False
-
-    def _release_volumes(self, c: Container) -> None:
-        running = [o for o in list(self.containers.values()) if o is not c and o.state.status in ("running", "paused")]
-        for m in c.config.mounts:
-            if m.type != "volume":
-                continue
-            if not any(any(x.type == "volume" and x.source == m.source for x in o.config.mounts) for o in running):
-                self.volumes.release(m.source)
-
-    def mounts_info(self, c: Container) -> list[dict[str, Any]]:
-        """docker inspect's Mounts."""
-        out: list[dict[str, Any]] = []
-        for m in c.config.mounts:
-            if m.type == "tmpfs":
-                out.append({"Type": "tmpfs", "Source": "", "Destination": m.target, "Mode": ",".join(m.tmpfs_options),
-                            "RW": not m.readonly, "Propagation": ""})
-                continue
-            d: dict[str, Any] = {"Type": m.type}
-            if m.type == "volume":
-                d.update(Name=m.source, Source=str(self.volumes.path(m.source)), Driver="local")
-            else:
-                d["Source"] = m.source
-            mode = [x for x in ("ro" if m.readonly else "", m.selinux, "nocopy" if m.nocopy else "") if x]
-            d.update(Destination=m.target, Mode=",".join(mode), RW=not m.readonly,
-                     Propagation=(m.propagation or "rprivate") if m.type == "bind" else "")
-            out.append(d)
         return out
 
     async def _torn_down(self, c: Container) -> None:
@@ -629,7 +522,7 @@ class ContainerManager:
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
         if c.config.mounts:
             try:
-                await self._acquire_volumes(c)
+                await self.mounts.acquire(c)
             except BaseException:
                 self._release_network(c)
                 raise
@@ -669,8 +562,8 @@ class ContainerManager:
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
-            if c.config.mounts and self._has_device_volume(c):
-                await asyncio.to_thread(self._release_volumes, c)
+            if c.config.mounts and self.mounts.has_device_volume(c):
+                await asyncio.to_thread(self.mounts.release, c)
             failed = msg if isinstance(msg, messages.Failed) else \
                 messages.Failed("the shim exited before it reported")
             err = failed.error
@@ -866,8 +759,8 @@ class ContainerManager:
         rootfs = str(self.files(c).dir / "rootfs")
         if self.cg.exists(c.id) or os.path.ismount(rootfs) or endpoint:
             await asyncio.to_thread(self._teardown_rest, c, rootfs, endpoint)
-        if c.config.mounts and c.state.status not in ("running", "paused") and self._has_device_volume(c):
-            await asyncio.to_thread(self._release_volumes, c)
+        if c.config.mounts and c.state.status not in ("running", "paused") and self.mounts.has_device_volume(c):
+            await asyncio.to_thread(self.mounts.release, c)
         trace("agent: teardown done")
 
     def _teardown_rest(self, c: Container, rootfs: str, endpoint: dict[str, Any] | None) -> None:
@@ -1029,7 +922,7 @@ class ContainerManager:
         self._spawn(asyncio.to_thread(self._purge, trash))
         anonymous = [m.source for m in c.config.mounts if m.type == "volume" and m.anonymous and m.source]
         if volumes and anonymous:
-            await asyncio.to_thread(self.remove_volumes, anonymous)
+            await asyncio.to_thread(self.mounts.remove, anonymous)
         trace("agent: removed")
         self._exited.pop(c.id, None)
         self._removed(c)
@@ -1065,27 +958,9 @@ class ContainerManager:
             self.files(c).socket.unlink()
         return trash
 
-    def remove_volumes(self, names: list[str]) -> None:
-        for name in names:
-            try:
-                self.volumes.remove(name, force=True)
-            except AgentError as e:  # another container mounts it too: it stays, as in docker
-                log.info("volume %s kept: %s", name, e)
-
     def _purge(self, trash: list[Path]) -> None:
         for path in trash:
             self.images.snapshotter.purge(path)
-
-    def migration_problems(self, binds: list[str], volumes: list[str]) -> list[str]:
-        """What keeps a container with these mounts from moving here (asked before anything stops)."""
-        problems = [f"bind mount source {b} does not exist on this host" for b in binds if not os.path.lexists(b)]
-        problems += [f"volume {v} already exists on this host" for v in volumes if self.volumes.exists(v)]
-        return problems
-
-    def volumes_shared(self, c: Container) -> list[str]:
-        """This container's volumes that other containers here mount too: they cannot move with it."""
-        return [f"volume {n} is also used by {', '.join(u)}" for n in volume_names(c)
-                if (u := [x for x in self.volume_users(n) if not x.startswith(f"{c.name} (")])]
 
     async def update(self, ref: str, limits: Mapping[str, int] | None = None,
                      restart_policy: RestartPolicy | None = None) -> Container:
@@ -1239,17 +1114,6 @@ async def _exited(pid: int, start_time: int, timeout: float) -> None:
             loop.remove_reader(fd)
     finally:
         os.close(fd)
-
-
-def volume_names(c: Container) -> list[str]:
-    return list(dict.fromkeys(m.source for m in c.config.mounts if m.type == "volume" and m.source))
-
-
-def mount_key(target: str) -> str:
-    """CRIU's name for the container's mount at `target`: the same on every host."""
-    import hashlib
-
-    return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
 
 
 def _resolv_conf() -> str:
