@@ -68,7 +68,7 @@ class Checkpoints:
         criu = find_criu()
         if criu is None:
             raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")
-        pid = int(self.m._init_info(c)["pid"])
+        pid = int(self.m.supervisor.init_info(c)["pid"])
         c.stdio_keys = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)]
         external = []
         c.netns_key = ""
@@ -172,7 +172,7 @@ class Checkpoints:
                 await asyncio.wait_for(self.m._event(c).wait(), 30 if ok else 1)
             running = c.state.status in ("running", "paused")
             if running and not ok:
-                await asyncio.to_thread(unlock_network, int(self.m._init_info(c)["pid"]))
+                await asyncio.to_thread(unlock_network, int(self.m.supervisor.init_info(c)["pid"]))
             return running
         finally:
             self._checkpointing.discard(c.id)
@@ -197,11 +197,11 @@ class Checkpoints:
             await abort_page_server(str(info["address"]), int(info["port"]))
             while process_alive(pid, start):
                 await asyncio.sleep(0.2)
-        if c.state.status in ("running", "paused") and self.m._shim_alive(c):
+        if c.state.status in ("running", "paused") and self.m.supervisor.shim_alive(c):
             from agent.checkpoint.lazy import unlock_network
 
             with contextlib.suppress(KeyError, ValueError):
-                await asyncio.to_thread(unlock_network, int(self.m._init_info(c)["pid"]))
+                await asyncio.to_thread(unlock_network, int(self.m.supervisor.init_info(c)["pid"]))
         shutil.rmtree(self.m.dir / c.id / "lazy-checkpoint", ignore_errors=True)
         path.unlink(missing_ok=True)
 

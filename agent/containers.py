@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import os
 import shutil
@@ -22,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, logs, names, restart
+from agent import hostconfig, logs, names
 from agent.checkpointing import Checkpoints
 from agent.containermounts import ContainerMounts
 from agent.devices import ALL_CAPABILITIES, devices_for
@@ -44,12 +43,13 @@ from agent.model import (
     isolated,
 )
 from agent.resolver import RESOLV_CONF
-from agent.runtime import cgroups, frames, messages
-from agent.runtime.procs import pid_start_time, process_alive, trace
+from agent.runtime import cgroups, messages
+from agent.runtime.procs import pid_start_time, trace
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
 from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
+from agent.supervision import Supervisor
 from agent.taskfiles import TaskFiles
 from agent.taskfiles import check as check_task_files
 from agent.volumes import specs as mount_specs
@@ -126,11 +126,10 @@ class ContainerManager:
         self.containers: dict[str, Container] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._gone: dict[str, asyncio.Event] = {}   # set once removed: `run --rm` returns after it
-        self._monitors: dict[str, asyncio.Task[None]] = {}
-        self._teardowns: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._files: dict[str, ShimFiles] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.supervisor = Supervisor(self)    # exits, teardowns, restarts, adoption (supervision.py)
         self.checkpoints = Checkpoints(self)  # checkpoint, restore, migration dumps (checkpointing.py)
         self.on_change: list[Callable[[Container], None]] = []
         self.volumes = VolumeStore(root / "volumes")
@@ -478,18 +477,9 @@ class ContainerManager:
             out += f"{other.ip_address}\t{' '.join(dict.fromkeys(x for x in (alias, other.name) if x))}\n"
         return out
 
-    async def _torn_down(self, c: Container) -> None:
-        """The exit is reported before the teardown (so that `wait` is quick); a new run of the
-        same container, or its removal, waits for that teardown, which would otherwise remove the
-        new run's cgroup and port rules (they are named after the container)."""
-        t = self._teardowns.get(c.id)
-        if t is not None:
-            with contextlib.suppress(Exception):
-                await t
-
     async def _start_locked(self, c: Container, hold: bool, restore: bool = False, client: int = -1) -> None:
         trace("agent: start")
-        await self._torn_down(c)
+        await self.supervisor.torn_down(c)
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
@@ -585,7 +575,7 @@ class ContainerManager:
         c.state.error = ""
         self._event(c).clear()
         self._save(c)
-        self._watch(c)
+        self.supervisor.watch(c)
         trace("agent: started")
 
     def health_changed(self, c: Container) -> None:
@@ -632,179 +622,10 @@ class ContainerManager:
             c.endpoint = None
             c.ip_address = ""
 
-    # --- exit monitoring ----------------------------------------------------------------------
-
-    def _watch(self, c: Container) -> None:
-        old = self._monitors.get(c.id)
-        if old is not None and not old.done():
-            return
-        self._monitors[c.id] = asyncio.get_running_loop().create_task(self._monitor(c))
-
-    async def _monitor(self, c: Container) -> None:
-        files = self.files(c)
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(files.socket))
-        except OSError:
-            reader = None
-        if reader is not None:
-            dec = frames.Decoder()
-            try:
-                while True:
-                    data = await reader.read(65536)
-                    if not data:
-                        break
-                    if any(kind == frames.EXIT for kind, _ in dec.feed(data)):
-                        break
-            except (OSError, ValueError):
-                pass
-            writer.close()
-        # The shim writes exit.json before it says EXIT or closes; wait for it briefly if it died.
-        for _ in range(50):
-            if files.exit.exists() or not self._shim_alive(c):
-                break
-            await asyncio.sleep(0.1)
-        await self._on_exit(c)
-
-    def _shim_alive(self, c: Container) -> bool:
-        info = self._init_info(c)
-        if not info:
-            return False
-        try:
-            return process_alive(int(info["shim_pid"]), int(info["shim_start_time"]))
-        except (ValueError, KeyError):
-            return False
-
-    def _init_info(self, c: Container) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.files(c).init_pid.read_text()))
-        except (OSError, ValueError):
-            return {}
-
-    async def _on_exit(self, c: Container) -> None:
-        files = self.files(c)
-        try:
-            result = json.loads(files.exit.read_text())
-        except (OSError, ValueError):
-            result = {"exit_code": 255, "finished_at": time.time(),
-                      "error": "the container's shim died without recording an exit status"}
-        if "oom_killed" not in result:  # (a restored container's monitor does not know its cgroup)
-            try:
-                # One small read of a kernel file: not worth a thread hop on the way to `wait`.
-                result["oom_killed"] = self.cg.oom_kills(c.id) > 0
-            except Exception:
-                result["oom_killed"] = False
-        trace("agent: exit seen")
-        self._teardowns[c.id] = asyncio.get_running_loop().create_task(self._teardown(c, c.endpoint))
-        c.state.status = "exited"
-        c.state.pid = 0
-        c.state.exit_code = int(result["exit_code"])
-        c.state.oom_killed = bool(result.get("oom_killed"))
-        c.state.finished_at = float(result.get("finished_at") or time.time())
-        if result.get("error"):
-            c.state.error = str(result["error"])
-        self._monitors.pop(c.id, None)
-        if self.checkpoints.dumping(c):
-            # CRIU ended the process: not a failure, and the address stays for the restore.
-            c.state.exit_code = 0
-            self._save(c)
-            self._event(c).set()
-            return
-        self._release_network(c)
-        # A --rm container's record is about to go: not worth a file write (about a millisecond
-        # here) on the way to its removal. An agent killed meanwhile finds exit.json at adoption.
-        self._save(c, write=not c.config.auto_remove)
-        self._event(c).set()
-        if c.config.auto_remove:
-            try:
-                with contextlib.suppress(AgentError):
-                    await self.remove(c.id, force=True, volumes=True)
-            finally:
-                self._removed(c)
-            return
-        if restart.should_restart(c.state, c.config.restart_policy, pulling=self.checkpoints.pulling(c)):
-            c.state.status = "restarting"
-            self._save(c)
-            self._spawn(self._restart_later(c))
-
-    async def _restart_later(self, c: Container) -> None:
-        await asyncio.sleep(restart.backoff(c.state.restart_count))
-        if c.id not in self.containers or c.state.status != "restarting" or c.state.stopped_by_user:
-            return
-        c.state.restart_count += 1
-        async with self._lock(c):
-            try:
-                await self._start_locked(c, hold=False)
-            except AgentError as e:
-                log.warning("restart of %s failed: %s", c.name, e)
-                c.state.status = "exited"
-                self._save(c)
-
-    async def _teardown(self, c: Container, endpoint: dict[str, Any] | None) -> None:
-        """Undo a run once its init has exited (or its shim was killed, and the init with it): the
-        cgroup (killing what is left in it), the rootfs mount, the veth and port rules.
-
-        The monitor has started on the first two (monitor.c): wait for it to finish first, so that
-        it cannot unmount or remove what a new run of this container makes. It has usually done
-        them: what is left to check is a few syscalls, done here; a thread does the rest, if any
-        (a thread hop costs a millisecond or more while the loop is busy, for a GIL handoff)."""
-        info = self._init_info(c)
-        with contextlib.suppress(KeyError, ValueError):
-            await _exited(int(info["shim_pid"]), int(info["shim_start_time"]), 5)
-        trace("agent: teardown")
-        pid = int(info.get("pid", 0))
-        if pid:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                if pid_start_time(pid) == int(info["start_time"]):
-                    os.kill(pid, signal.SIGKILL)
-        rootfs = str(self.files(c).dir / "rootfs")
-        if self.cg.exists(c.id) or os.path.ismount(rootfs) or endpoint:
-            await asyncio.to_thread(self._teardown_rest, c, rootfs, endpoint)
-        if c.config.mounts and c.state.status not in ("running", "paused") and self.mounts.has_device_volume(c):
-            await asyncio.to_thread(self.mounts.release, c)
-        trace("agent: teardown done")
-
-    def _teardown_rest(self, c: Container, rootfs: str, endpoint: dict[str, Any] | None) -> None:
-        with contextlib.suppress(Exception):
-            self.cg.destroy(c.id)
-        unmount(rootfs)
-        if endpoint:  # as it was at the exit: the caller may release it meanwhile
-            self._detach_network(endpoint)
-
-    # --- adoption -----------------------------------------------------------------------------
-
-    async def adopt(self) -> None:
-        """After a restart: load every container; reconnect to live shims; settle the rest."""
-        self._spawn(asyncio.to_thread(self._purge, list(self.trash.iterdir())))
-        for d in sorted(self.dir.iterdir()):
-            cfg = d / "config.json"
-            if not cfg.exists():
-                shutil.rmtree(d, ignore_errors=True)  # a create that never finished
-                continue
-            try:
-                c = Container.load(cfg)
-            except (OSError, ValueError, TypeError) as e:
-                log.error("cannot read %s: %s", cfg, e)
-                continue
-            self.containers[c.id] = c
-            if (d / "lazy-dump.json").exists():
-                self._spawn(self.checkpoints.end_stale_lazy_dump(c))
-            if c.state.status in ("running", "paused", "restarting"):
-                if self._shim_alive(c):
-                    with contextlib.suppress(Exception):
-                        c.state.status = "paused" if self.cg.frozen(c.id) else "running"
-                    self._watch(c)
-                elif c.state.status == "restarting":
-                    self._spawn(self._restart_later(c))
-                else:
-                    await self._on_exit(c)
-        # a tmpfs of secrets whose container is gone (removed while the agent was down, or a create
-        # that never finished): unmounted now, so no secret stays in memory for nothing
-        await asyncio.to_thread(self.taskfiles.prune, set(self.containers))
-
     # --- stop, kill, pause --------------------------------------------------------------------
 
     def _signal(self, c: Container, sig: int) -> None:
-        info = self._init_info(c)
+        info = self.supervisor.init_info(c)
         pid = int(info.get("pid", 0) or c.state.pid)
         if not pid:
             raise Conflict(f"Container {c.id[:12]} is not running")
@@ -911,7 +732,7 @@ class ContainerManager:
                     await asyncio.to_thread(self.cg.thaw, c.id)
                 await asyncio.wait_for(self._event(c).wait(), 30)
         trace("agent: remove")
-        await self._torn_down(c)
+        await self.supervisor.torn_down(c)
         trace("agent: torn down")
         if self.containers.pop(c.id, None) is None:
             return
@@ -931,7 +752,7 @@ class ContainerManager:
                 cb(c)
         self._files.pop(c.id, None)
         self._locks.pop(c.id, None)
-        self._teardowns.pop(c.id, None)
+        self.supervisor.teardowns.pop(c.id, None)
 
     def _remove_files(self, c: Container) -> list[Path]:
         unmount(str(self.files(c).dir / "rootfs"))
@@ -1052,7 +873,7 @@ class ContainerManager:
         proc.additional_groups = list(c.config.group_add)
         if c.config.privileged:  # (as docker: an exec has its container's privileges)
             proc.capabilities, proc.seccomp = list(ALL_CAPABILITIES), False
-        info = self._init_info(c)
+        info = self.supervisor.init_info(c)
         req = messages.Exec(int(info.get("pid", c.state.pid)), proc,
                             messages.CgroupRef(self.cg.root, self.cg.parent, c.id))
         return self.zygote.request(req, fds)
@@ -1070,7 +891,7 @@ class ContainerManager:
     def stats(self, c: Container) -> dict[str, Any]:
         st = self.cg.stats(c.id)
         rx = tx = 0
-        info = self._init_info(c)
+        info = self.supervisor.init_info(c)
         pid = int(info.get("pid", 0))
         if pid and c.config.network_mode != "host":
             with contextlib.suppress(OSError):
@@ -1084,36 +905,9 @@ class ContainerManager:
         return {"stats": st, "rx": rx, "tx": tx}
 
     async def shutdown(self) -> None:
-        for t in list(self._monitors.values()) + list(self._tasks):
+        for t in list(self.supervisor.monitors.values()) + list(self._tasks):
             t.cancel()
 
-
-
-async def _exited(pid: int, start_time: int, timeout: float) -> None:
-    """Until this very process (pid and start time) has exited, or `timeout` seconds: a pidfd
-    becomes readable at the exit, which the loop watches with no thread."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:  # gone (ESRCH)
-        return
-    try:
-        if not process_alive(pid, start_time):  # checked after the open: the pidfd is this process's
-            return
-        loop = asyncio.get_running_loop()
-        gone: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not gone.done():
-                gone.set_result(None)
-
-        loop.add_reader(fd, readable)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gone, timeout)
-        finally:
-            loop.remove_reader(fd)
-    finally:
-        os.close(fd)
 
 
 def _resolv_conf() -> str:
