@@ -47,7 +47,7 @@ from agent.runtime import cgroups, messages
 from agent.runtime.procs import pid_start_time, trace
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
-from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
+from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, Restore, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 from agent.supervision import Supervisor
 from agent.taskfiles import TaskFiles
@@ -520,9 +520,9 @@ class ContainerManager:
         trace("agent: spec built")
         spec.hold = hold
         if restore:
-            spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key,
-                            "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
-                            "lazy": self.checkpoints.restoring_lazily(c)}
+            spec.restore = Restore(c.state.checkpoint, list(c.stdio_keys), c.netns_key,
+                                   old_ip=c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
+                                   lazy=self.checkpoints.restoring_lazily(c))
         # (The shim writes it to runtime.json once the container runs.)
         reply = self.zygote.request(messages.Start(spec, str(files.dir), str(files.socket)),
                                     [client] if client >= 0 else None)
