@@ -50,12 +50,6 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
                 return await fn(self, request, context)
         except (AgentError, ValueError, OSError) as e:
             await context.abort(_status(e), str(e))
-        except Exception as e:
-            from agent.images import errors as images
-
-            if isinstance(e, images.ImageError):
-                await context.abort(_status(e), str(e))
-            raise
         raise AssertionError("unreachable")
 
     return wrapper
@@ -68,12 +62,8 @@ def _mapped_stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIt
             with metrics.observe(fn.__name__):
                 async for item in fn(self, request, context):
                     yield item
-        except Exception as e:
-            from agent.images import errors as images
-
-            if isinstance(e, (AgentError, ValueError, OSError, images.ImageError)):
-                await context.abort(_status(e), str(e))
-            raise
+        except (AgentError, ValueError, OSError) as e:
+            await context.abort(_status(e), str(e))
 
     return wrapper
 
