@@ -17,7 +17,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -597,6 +597,10 @@ class ContainerManager:
     async def _start_locked(self, c: Container, hold: bool, restore: bool = False, client: int = -1) -> None:
         trace("agent: start")
         await self._torn_down(c)
+        for m in c.config.mounts:
+            # at every start, as docker does: the host's source may have been made private since the
+            # create, and a restored shared bind could not rejoin its peer group (checkpoint/sharing.py)
+            mount_specs.check_source_propagation(m)
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
@@ -1076,9 +1080,17 @@ class ContainerManager:
         for path in trash:
             self.images.snapshotter.purge(path)
 
-    def migration_problems(self, binds: list[str], volumes: list[str]) -> list[str]:
-        """What keeps a container with these mounts from moving here (asked before anything stops)."""
+    def migration_problems(self, binds: list[str], volumes: list[str], propagation: Sequence[str] = ()) -> list[str]:
+        """What keeps a container with these mounts from moving here (asked before anything stops):
+        a bind's source must exist, and be a shared (or slave) mount here too if its propagation
+        says so (as at any start: a restore could not give the bind its peer group otherwise)."""
         problems = [f"bind mount source {b} does not exist on this host" for b in binds if not os.path.lexists(b)]
+        for b, mode in zip(binds, propagation, strict=False):
+            if mode and os.path.lexists(b):
+                try:
+                    mount_specs.check_source_propagation(Mount(type="bind", source=b, propagation=mode))
+                except InvalidArgument as e:
+                    problems.append(str(e).replace(f"bind mount {b}:: ", f"bind mount source {b}: "))
         problems += [f"volume {v} already exists on this host" for v in volumes if self.volumes.exists(v)]
         return problems
 
