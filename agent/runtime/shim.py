@@ -258,7 +258,8 @@ class _Shim:
                 "--tty", str(int(tty)), "--released", str(int(released)),
                 "--socket", str(self.files.socket), "--log", self.spec.log_path,
                 "--log-max-size", str(self.spec.log_max_size), "--log-max-file", str(self.spec.log_max_file),
-                "--log-compress", str(int(self.spec.log_compress)),
+                "--log-compress", str(int(self.spec.log_compress)), "--log-format", self.spec.log_format,
+                *[a for k, v in self.spec.log_attrs for a in ("--log-attr", f"{k}={v}")],
                 "--exit", str(self.files.exit), "--error", self.join_error, "--rootfs", self.spec.rootfs]
         if self.cg is not None:
             paths = self.cg.paths(self.spec.id)
