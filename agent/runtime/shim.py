@@ -491,7 +491,8 @@ class _Shim:
         from agent.checkpoint.criu import find_criu
 
         spec = self.spec
-        r = spec.restore or {}
+        r = spec.restore
+        assert r is not None
         if stdio is None:
             raise _LaunchError("restoring a container with a terminal (-t) is not supported", 128)
         criu = find_criu()
@@ -500,18 +501,18 @@ class _Shim:
         assert self.cg is not None
         self.cg.add_process(spec.id, os.getpid())
         self.in_cgroup = True
-        inherit = [(fd, key) for fd, key in zip(stdio, r["stdio"], strict=True) if key]
+        inherit = [(fd, key) for fd, key in zip(stdio, r.stdio, strict=True) if key]
         holder = -1
-        if r.get("netns_key"):
+        if r.netns_key:
             holder, netns_fd = self._netns_holder()
-            inherit.append((netns_fd, r["netns_key"]))
+            inherit.append((netns_fd, r.netns_key))
         log_file = os.path.join(spec.state_dir, "restore.log")
-        extra = ["--lazy-pages"] if r.get("lazy") else []  # post-copy: memory comes from the agent's lazy-pages daemon
+        extra = ["--lazy-pages"] if r.lazy else []  # post-copy: memory comes from the agent's lazy-pages daemon
         binds = [(v.target, v.source) for v in spec.volumes if v.key and sharing.shared(v.propagation)]
         if binds:
             extra += ["--action-script", sharing.write_hook(spec.state_dir, binds, log_file)]
         try:
-            pid = criu.restore(r["images_dir"], root=spec.rootfs, inherit_fds=inherit, tcp_established=True,
+            pid = criu.restore(r.images_dir, root=spec.rootfs, inherit_fds=inherit, tcp_established=True,
                                file_locks=True, manage_cgroups="ignore",
                                # the container's volumes and bind mounts, by the names given at dump
                                external=[f"mnt[{v.key}]:{v.source}" for v in spec.volumes if v.key],
@@ -599,7 +600,7 @@ class _Shim:
 
                 netlock.lock_here()  # before any address is up: see agent/checkpoint/netlock.py
             network.configure_inside(network.Endpoint.from_dict(spec.network))
-            old_ip = (spec.restore or {}).get("old_ip")
+            old_ip = spec.restore.old_ip if spec.restore is not None else ""
             if old_ip:
                 # Moved from another host: keep its old address too, so that CRIU can put back
                 # sockets bound to it (their peers cannot reach it here; see README). An alias
