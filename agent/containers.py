@@ -16,7 +16,7 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -455,6 +455,8 @@ class ContainerManager:
             rot = logs.rotation(cfg.log_config)
             spec.log_path = str(files.log)
             spec.log_max_size, spec.log_max_file, spec.log_compress = rot.max_size, rot.max_file, rot.compress
+            spec.log_format = "local" if cfg.log_config.type == "local" else "json"
+            spec.log_attrs = [[k, v] for k, v in logs.attributes(cfg.log_config, self._log_subject(c)).items()]
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
             # /sys hidden or read-only
@@ -462,6 +464,15 @@ class ContainerManager:
             spec.process.seccomp = False
             spec.masked_paths, spec.readonly_paths, spec.readonly_sysfs = [], [], False
         return spec
+
+    def _log_subject(self, c: Container) -> logs.Subject:
+        """What the log's tag and attrs may name of the container (docker's logger.Info)."""
+        try:
+            image_env = list(self.images.get(c.image_id).config.env or [])
+        except Exception:
+            image_env = []   # (an image removed under a stopped container: its own env still counts)
+        return logs.Subject(c.id, c.name, c.image_id, c.image_ref, list(c.args), dict(c.config.labels),
+                            [*image_env, *c.config.env])
 
     def _link_hosts(self, cfg: ContainerConfig) -> str:
         """--link NAME[:ALIAS]: the running container's address under both names, in /etc/hosts."""
@@ -480,6 +491,10 @@ class ContainerManager:
     async def _start_locked(self, c: Container, hold: bool, restore: bool = False, client: int = -1) -> None:
         trace("agent: start")
         await self.supervisor.torn_down(c)
+        for m in c.config.mounts:
+            # at every start, as docker does: the host's source may have been made private since the
+            # create, and a restored shared bind could not rejoin its peer group (checkpoint/sharing.py)
+            mount_specs.check_source_propagation(m)
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
@@ -827,8 +842,9 @@ class ContainerManager:
     # --- logs ---------------------------------------------------------------------------------
 
     async def logs(self, ref: str, follow: bool = False, tail: int = -1, since: float = 0,
-                   until: float = 0) -> AsyncIterator[tuple[str, bytes, float]]:
-        """The container's log across its rotated files (agent/logs.py)."""
+                   until: float = 0, details: bool = False) -> AsyncIterator[tuple[str, bytes, float]]:
+        """The container's log across its rotated files (agent/logs.py); `details`: each entry's
+        data starts with its attrs (docker's `logs --details`)."""
         c = self.get(ref)
         if c.config.log_config.type == "none":
             raise logs.ReadNotSupported("configured logging driver does not support reading")
@@ -838,7 +854,8 @@ class ContainerManager:
             return c.state.status in ("running", "paused", "restarting") and c.id in self.containers
 
         async for rec in logs.entries(self.files(c).log, logs.rotation(c.config.log_config), follow, tail, since,
-                                      until, running, lambda: ev):
+                                      until, running, lambda: ev, logs.file_format(c.config.log_config.type),
+                                      details):
             yield rec
 
     # --- attach and exec ----------------------------------------------------------------------
