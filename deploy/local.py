@@ -61,7 +61,10 @@ class Call:
         self.sock.sendall(wire.data_frame(data))
 
     def done_sending(self) -> None:
-        self.sock.sendall(wire.encode(wire.END))
+        try:
+            self.sock.sendall(wire.encode(wire.END))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the agent answered early (a refusal) and closed: its answer is still to be read
 
     def _read(self, n: int) -> bytes:
         while len(self._buf) < n:
