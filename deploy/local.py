@@ -54,7 +54,10 @@ class Call:
     def send(self, msg: dict[str, Any]) -> None:
         frame = wire.encode(wire.MESSAGE, msg)
         with self._sending:
-            self.sock.sendall(frame)
+            try:
+                self.sock.sendall(frame)
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the agent answered early (a refusal) and closed: its answer is still to be read
 
     def send_data(self, data: bytes) -> None:
         """A message of just the request's bytes field (an archive's, a context's chunk)."""

@@ -51,6 +51,7 @@ from typing import IO, Any, cast
 import zstandard
 
 from .errors import ImageError, InvalidArchive
+from .hashing import StreamHash
 from .safefs import Root, UnsafePath, open_dir_rd, set_attrs, set_attrs_fd, write_all
 from .tarsplit import Recorder
 
@@ -126,7 +127,7 @@ class HashingReader(io.RawIOBase):
         self._tap = tap
         # sha256 is most of the CPU of a load: a stream whose digest nobody needs (an archive around
         # its layers) is only counted and bounded.
-        self._hash: Any = hashlib.sha256() if hashed else _NoHash()
+        self._hash: Any = StreamHash() if hashed else _NoHash()
         self.size = 0
         self._limit = bound.limit if bound is not None else -1
         self._bound = bound
