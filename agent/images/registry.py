@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from agent.errors import Unavailable
 from common.registries import DOCKER_HUB, DOCKER_INDEX_SERVER, config_key
 
 from . import reference as refs
@@ -83,7 +84,7 @@ class Unauthorized(RegistryError):
     pass
 
 
-class RegistryUnavailable(RegistryError):
+class RegistryUnavailable(RegistryError, Unavailable):
     pass
 
 

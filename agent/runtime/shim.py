@@ -483,7 +483,8 @@ class _Shim:
         from agent.checkpoint.criu import find_criu
 
         spec = self.spec
-        r = spec.restore or {}
+        r = spec.restore
+        assert r is not None
         if stdio is None:
             raise _LaunchError("restoring a container with a terminal (-t) is not supported", 128)
         criu = find_criu()
@@ -491,20 +492,20 @@ class _Shim:
             raise _LaunchError("CRIU is not installed (deploy/install-criu.sh)", 128)
         assert self.cg is not None
         self.cg.add_process(spec.id, os.getpid())
-        inherit = [(fd, key) for fd, key in zip(stdio, r["stdio"], strict=True) if key]
+        inherit = [(fd, key) for fd, key in zip(stdio, r.stdio, strict=True) if key]
         holder = -1
-        if r.get("netns_key"):
+        if r.netns_key:
             holder, netns_fd = self._netns_holder()
-            inherit.append((netns_fd, r["netns_key"]))
+            inherit.append((netns_fd, r.netns_key))
         try:
-            pid = criu.restore(r["images_dir"], root=spec.rootfs, inherit_fds=inherit, tcp_established=True,
+            pid = criu.restore(r.images_dir, root=spec.rootfs, inherit_fds=inherit, tcp_established=True,
                                file_locks=True, manage_cgroups="ignore",
                                # the container's volumes and bind mounts, by the names given at dump
                                external=[f"mnt[{v.key}]:{v.source}" for v in spec.volumes if v.key],
                                pidfile=os.path.join(spec.state_dir, "restore.pid"),
                                log_file=os.path.join(spec.state_dir, "restore.log"),
                                # post-copy: memory comes from the agent's lazy-pages daemon
-                               extra_args=["--lazy-pages"] if r.get("lazy") else [])
+                               extra_args=["--lazy-pages"] if r.lazy else [])
         except Exception as e:
             raise _LaunchError(f"restore failed: {e}", 128) from e
         finally:
@@ -587,7 +588,7 @@ class _Shim:
 
                 netlock.lock_here()  # before any address is up: see agent/checkpoint/netlock.py
             network.configure_inside(network.Endpoint.from_dict(spec.network))
-            old_ip = (spec.restore or {}).get("old_ip")
+            old_ip = spec.restore.old_ip if spec.restore is not None else ""
             if old_ip:
                 # Moved from another host: keep its old address too, so that CRIU can put back
                 # sockets bound to it (their peers cannot reach it here; see README). An alias
