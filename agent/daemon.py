@@ -132,7 +132,7 @@ class Agent:
         self.manager.default_dns = list(o.engine.dns)
         self.manager.default_dns_search = list(o.engine.dns_search)
         self.manager.default_dns_options = list(o.engine.dns_options)
-        await self.manager.adopt()
+        await self.manager.supervisor.adopt()
         for c in self.manager.containers.values():   # adopted on a user network: its 127.0.0.11 anew
             if self.manager.localnets.is_local(c.config.network_mode) and c.state.status in ("running", "paused"):
                 try:

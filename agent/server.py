@@ -147,7 +147,7 @@ class AgentServicer(pbg.AgentServicer):
     async def InspectContainer(self, request: pb.ContainerRef, context: Any) -> pb.JsonDocument:
         c = self.m.get(request.id)
         log = "" if c.config.log_config.type == "none" else str(self.m.files(c).log)
-        extra = {"LogPath": log, "Driver": "overlay", "Mounts": self.m.mounts_info(c)}
+        extra = {"LogPath": log, "Driver": "overlay", "Mounts": self.m.mounts.info(c)}
         return pb.JsonDocument(json=json.dumps(convert.inspect(c, extra)))
 
     @_mapped

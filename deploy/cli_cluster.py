@@ -9,7 +9,6 @@ tasks are bar_web.1, bar_web.2, ... (containers on the nodes: bar_web.1.<task id
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -443,8 +442,8 @@ def service_ls(ctx: click.Context, fmt: str, stack: str) -> None:
     items = []
     for s in r.services:
         d = _msg_dict(s)
-        d.pop("spec_json", None)
-        d.pop("previous_spec_json", None)
+        d.pop("spec", None)
+        d.pop("previous_spec", None)
         items.append(d)
     _json_or_table(fmt, items, ["NAME", "MODE", "REPLICAS", "IMAGE", "PORTS", "UPDATE"],
                    lambda s: [s["name"], s["mode"] or "replicated", f"{s['running']}/{s['replicas']}", s["image"],
@@ -488,13 +487,16 @@ def service_ps(ctx: click.Context, fmt: str, no_trunc: bool, running: bool, serv
 @click.pass_context
 def service_inspect(ctx: click.Context, pretty: bool, services: tuple[str, ...]) -> None:
     """Display detailed information on services."""
+    from scheduler import convert
+
     out = []
     for name in services:
         s = sched(ctx).call("InspectService", pb.ServiceRef(name=name))
         d = _msg_dict(s)
-        d["spec"] = json.loads(d.pop("spec_json"))
-        prev = d.pop("previous_spec_json")
-        d["previous_spec"] = json.loads(prev) if prev else None
+        # the spec as the scheduler's JSON (snake_case keys, numbers as numbers), not protobuf's mapping
+        d["spec"] = convert.spec_dict(convert.spec_from_pb(s.spec))
+        d["previous_spec"] = convert.spec_dict(convert.spec_from_pb(s.previous_spec)) \
+            if s.HasField("previous_spec") else None
         out.append(d)
     if pretty:
         for d in out:
@@ -583,7 +585,7 @@ def service_update(ctx: click.Context, /, name: str, rollback_now: bool, force: 
     from deploy.stack_files import parse_flag
 
     info = sched(ctx).call("InspectService", pb.ServiceRef(name=name))
-    spec = convert.spec_from_json(info.spec_json)
+    spec = convert.spec_from_pb(info.spec)
     try:
         new = edit(spec, o, publish=lambda text: _checked(lambda: _publish(text)),
                    duration=lambda flag, v: _checked(lambda: st.parse_duration(_flag(flag, v))), file_ref=parse_flag)
@@ -594,11 +596,11 @@ def service_update(ctx: click.Context, /, name: str, rollback_now: bool, force: 
         if not quiet:
             click.echo("verify: nothing to change", err=True)
         return
-    after = sched(ctx).call("UpdateService", pb.UpdateServiceRequest(name=name, spec_json=convert.spec_json(new),
+    after = sched(ctx).call("UpdateService", pb.UpdateServiceRequest(name=name, spec=convert.spec_to_pb(new),
                                                                      expect_version=info.version, force=force))
     click.echo(name)
     if not detach:
-        _wait_update(ctx, name, quiet, want=convert.spec_from_json(after.spec_json).digest)
+        _wait_update(ctx, name, quiet, want=convert.spec_from_pb(after.spec).digest)
 
 
 def service_rollback_now(ctx: click.Context, name: str, detach: bool, quiet: bool) -> None:
@@ -617,7 +619,7 @@ def _wait_update(ctx: click.Context, name: str, quiet: bool, timeout: float = 30
     last = ""
     while True:
         info = sched(ctx).call("InspectService", pb.ServiceRef(name=name))
-        digest = convert.spec_from_json(info.spec_json).digest
+        digest = convert.spec_from_pb(info.spec).digest
         tasks = sched(ctx).call("ListTasks", pb.ListTasksRequest(services=[name])).tasks
         live = [t for t in tasks if t.desired_state == "running"
                 and t.state not in ("complete", "failed", "rejected", "shutdown")]

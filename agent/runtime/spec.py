@@ -7,6 +7,7 @@ checkpoint can carry it (like runc's config.json under containerd).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field, is_dataclass
@@ -69,6 +70,12 @@ class MountSpec:
     source: str
     options: list[str]
 
+
+
+def mount_key(target: str) -> str:
+    """CRIU's name for a container's mount at `target` (a ContainerMount's key): the same on every
+    host, so that a restore elsewhere finds the mount by it."""
+    return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
 
 @dataclass
 class ContainerMount:

@@ -39,7 +39,7 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 class VolumesServicer(pbg.VolumesServicer):
     def __init__(self, store: VolumeStore, problems: Callable[[list[str], list[str]], list[str]]) -> None:
         self.store = store
-        self.problems = problems   # the container manager's migration_problems
+        self.problems = problems   # ContainerMounts.migration_problems
 
     def _pb(self, v: Volume, size: int = -1) -> pb.Volume:
         return pb.Volume(name=v.name, driver=v.driver, mountpoint=str(self.store.path(v.name)), labels=v.labels,
@@ -87,5 +87,5 @@ class VolumesServicer(pbg.VolumesServicer):
 
 def add_to_server(server: grpc.aio.Server, manager: Any) -> None:
     """Serve dockyard.volumes.Volumes on ``server`` (called by agent/daemon.py)."""
-    servicer = VolumesServicer(manager.volumes, manager.migration_problems)
+    servicer = VolumesServicer(manager.volumes, manager.mounts.migration_problems)
     pbg.add_VolumesServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
