@@ -321,11 +321,12 @@ def test_up_with_tls(env: Env) -> None:
         assert plain.returncode != 0
     finally:
         dockyard("cluster", "down", "-i", str(inv))
-        # The hosts' agents keep their node identity after `down` (a restart must find it), and an
-        # agent with one speaks TLS: the plaintext tests after this one start on clean hosts.
-        # (A plaintext `cluster up` on hosts that were once TLS fails the handshake: see the notes.)
+        # The tests after this one run --insecure on these hosts, which a TLS cluster's state refuses
+        # by design (its scheduler holds the CA; its agents, their certificates): that state goes, as
+        # an operator leaving TLS would remove it (the refusals name the directories).
         for h in env.c.hosts[:2]:
             shutil.rmtree(env.host_dir(h.n, "state") / "agent" / "tls", ignore_errors=True)
+        shutil.rmtree(env.host_dir(1, "state") / "scheduler", ignore_errors=True)
 
 
 def _etcd_members(ip: str) -> list[str]:
