@@ -344,8 +344,14 @@ class ContainerManager:
                 raise InvalidArgument(f"invalid port mapping {p.host_port}:{p.container_port}")
             if p.protocol not in ("tcp", "udp"):
                 raise InvalidArgument(f"invalid protocol {p.protocol!r} for port {p.container_port}")
+        if cfg.cgroupns_mode not in ("", "host", "private"):
+            raise InvalidArgument(f"--cgroupns {cfg.cgroupns_mode}: must be host or private")
+        if cfg.uts_mode not in ("", "host"):
+            raise InvalidArgument(f"--uts {cfg.uts_mode}: must be host or empty")
+        if cfg.uts_mode == "host" and cfg.hostname:
+            raise InvalidArgument("conflicting options: hostname and the UTS mode")
         try:
-            cfg.resources.validate()
+            self.cg.check(cfg.resources)
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
         hostconfig.check(cfg)
@@ -410,10 +416,15 @@ class ContainerManager:
             namespaces.remove("net")
             namespaces.remove("uts")
             hostname = os.uname().nodename
+        elif cfg.uts_mode == "host":
+            namespaces.remove("uts")
+            hostname = os.uname().nodename
         if cfg.pid_mode == "host":
             namespaces.remove("pid")
         if cfg.ipc_mode == "host":
             namespaces.remove("ipc")
+        if cfg.cgroupns_mode == "private":
+            namespaces.append("cgroup")   # (entered by the init once it has joined its cgroup)
         uid_map: list[IdMap] = []
         if cfg.userns_mode == "remap":
             namespaces.insert(0, "user")

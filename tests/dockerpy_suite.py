@@ -81,24 +81,12 @@ UNSUPPORTED: dict[str, list[str]] = {
     "build extrahosts: not in dockyard's builder": [
         'api_build_test.py::BuildTest::test_build_with_extra_hosts',
     ],
-    "cgroup namespaces: dockyard's containers share the host's": [
-        'api_container_test.py::CreateContainerTest::test_create_with_cgroupns',
-    ],
-    "device cgroup rules: the runtime's /dev is fixed": [
-        'api_container_test.py::CreateContainerTest::test_create_with_device_cgroup_rules',
-    ],
     'Isolation (a Windows setting): refused': [
         'api_container_test.py::CreateContainerTest::test_create_with_isolation',
     ],
     'MacAddress: dockyard derives the MAC from the address': [
         'api_container_test.py::CreateContainerTest::test_create_with_mac_address',
         'api_network_test.py::TestNetworks::test_connect_with_mac_address',
-    ],
-    "MemorySwappiness: not in dockyard's cgroup drivers": [
-        'api_container_test.py::CreateContainerTest::test_create_with_memory_constraints_with_int',
-    ],
-    'UTSMode host without the host network: not in dockyard': [
-        'api_container_test.py::CreateContainerTest::test_create_with_uts_mode',
     ],
     "json-file max-file without max-size: dockyard refuses it by name (the log would never rotate; "
     "docker takes it and does nothing)": [
@@ -147,9 +135,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     ],
     "build networkmode: dockyard's builder runs RUN steps without a network choice": [
         'api_build_test.py::BuildTest::test_build_with_network_mode',
-    ],
-    "CpusetCpus: not in dockyard's cgroup drivers": [
-        'api_container_test.py::ContainerCPUTest::test_container_cpuset',
     ],
     "Runtime 'runc': dockyard is its own runtime": [
         'api_container_test.py::ContainerCPUTest::test_create_with_runtime',

@@ -401,7 +401,8 @@ class _Shim:
         parent_ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         flags = 0
         for ns in spec.namespaces:
-            flags |= sc.NAMESPACE_FLAGS[ns]
+            if ns != "cgroup":  # a cgroup namespace is rooted where it is made: the init makes it
+                flags |= sc.NAMESPACE_FLAGS[ns]  # once it has joined its cgroup (init.run)
         uid_r, uid_w = os.pipe()
         # Enter the rootfs while still host root: in a user namespace its path may cross
         # directories (mode 0700) that the remapped root cannot search. A new mount namespace
