@@ -55,31 +55,14 @@ DESELECTED = {
 # Tests of what dockyard does not do (yet): each refused with a clear 400/501, never faked. They
 # are left out so that a run passes only when everything else does; the reasons are the to-do list.
 UNSUPPORTED: dict[str, list[str]] = {
-    "ONBUILD: refused by dockyard's builder": [
-        'api_build_test.py::BuildTest::test_build_container_with_target',
-    ],
-    'the test reads logs right after start, without waiting (races a fast start); and .dockerignore is not applied by the daemon': [
+    'the test reads logs right after start, without waiting (races a fast start)': [
         'api_build_test.py::BuildTest::test_build_in_context_dockerfile',
         'api_build_test.py::BuildTest::test_build_in_context_nested_dockerfile',
         'api_build_test.py::BuildTest::test_build_in_context_abs_dockerfile',
-    ],
-    'the test reads logs right after start, without waiting (races a fast start)': [
         'api_build_test.py::BuildTest::test_build_out_of_context_dockerfile',
-    ],
-    "build shmsize: not in dockyard's builder": [
-        'api_build_test.py::BuildTest::test_build_shmsize',
     ],
     "build: RUN's stderr is not coloured apart from stdout in dockyard's build output": [
         'api_build_test.py::BuildTest::test_build_stderr_data',
-    ],
-    "build cachefrom: not in dockyard's builder": [
-        'api_build_test.py::BuildTest::test_build_with_cache_from',
-    ],
-    "build: the daemon does not apply .dockerignore (the docker CLI and dockyard's do, client side)": [
-        'api_build_test.py::BuildTest::test_build_with_dockerignore',
-    ],
-    "build extrahosts: not in dockyard's builder": [
-        'api_build_test.py::BuildTest::test_build_with_extra_hosts',
     ],
     'Isolation (a Windows setting): refused': [
         'api_container_test.py::CreateContainerTest::test_create_with_isolation',
@@ -132,9 +115,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     ],
     "VolumeDriver of a plugin ('foo'): only the local driver (refused by name)": [
         'models_containers_test.py::ContainerTest::test_create_with_volume_driver',
-    ],
-    "build networkmode: dockyard's builder runs RUN steps without a network choice": [
-        'api_build_test.py::BuildTest::test_build_with_network_mode',
     ],
     "Runtime 'runc': dockyard is its own runtime": [
         'api_container_test.py::ContainerCPUTest::test_create_with_runtime',

@@ -722,7 +722,7 @@ def image_inspect(i: Any, parent: str, version: str = "1.45") -> dict[str, Any]:
         "Hostname": "", "Domainname": "", "User": oci.get("User", ""), "AttachStdin": False,
         "AttachStdout": False, "AttachStderr": False, "Tty": False, "OpenStdin": False, "StdinOnce": False,
         "Env": oci.get("Env"), "Cmd": oci.get("Cmd"), "Image": "", "Volumes": oci.get("Volumes"),
-        "WorkingDir": oci.get("WorkingDir", ""), "Entrypoint": oci.get("Entrypoint"), "OnBuild": None,
+        "WorkingDir": oci.get("WorkingDir", ""), "Entrypoint": oci.get("Entrypoint"), "OnBuild": oci.get("OnBuild"),
         "Labels": oci.get("Labels"),
         **({"ExposedPorts": oci["ExposedPorts"]} if oci.get("ExposedPorts") else {}),
         **({"StopSignal": oci["StopSignal"]} if oci.get("StopSignal") else {}),
