@@ -107,10 +107,8 @@ UNSUPPORTED: dict[str, list[str]] = {
         'api_network_test.py::TestNetworks::test_create_with_driveropt',
         'models_containers_test.py::ContainerCollectionTest::test_run_with_networking_config',
     ],
-    "legacy links' environment variables (ALIAS_NAME, ALIAS_ENV_*), DELETE of a link, and a link to a "
-    "container that starts later: dockyard's --link is an /etc/hosts entry written at the start": [
-        'api_container_test.py::CreateContainerTest::test_create_with_links',
-        'api_container_test.py::LinkTest::test_remove_link',
+    "a link on a user network to a container that starts later (the network helper's part): dockyard "
+    "resolves a link at the start": [
         'api_network_test.py::TestNetworks::test_create_with_links',
     ],
     "VolumeDriver of a plugin ('foo'): only the local driver (refused by name)": [

@@ -119,3 +119,24 @@ def test_bad_values_are_refused_by_name(da: AgentProcess, dconf: Path) -> None: 
             assert e.value.status_code == 400 and words in str(e.value.explanation), (hc, e.value)
     finally:
         c.close()
+
+
+@pytest.mark.slow
+def test_legacy_link_variables_and_rm_link(da: AgentProcess, dconf: Path) -> None:  # noqa: F811
+    docker(da, dconf, "run", "-d", "--name", "dylsrv", "-e", "FOO=1", "--expose", "5432", "busybox", "sleep", "60")
+    ip = json.loads(docker(da, dconf, "inspect", "dylsrv").stdout)[0]["NetworkSettings"]["IPAddress"]
+    assert "DB_ENV_FOO=1" in docker(da, dconf, "run", "--rm", "--link", "dylsrv:db", "busybox", "env").stdout
+    docker(da, dconf, "run", "-d", "--name", "dylcli", "--link", "dylsrv:db", "busybox", "sleep", "60")
+    env = docker(da, dconf, "exec", "dylcli", "env").stdout.splitlines()
+    # (exec gets the container's environment, the link variables in it, as docker's)
+    assert "DB_NAME=/dylcli/db" in env and "DB_ENV_FOO=1" in env, env
+    assert f"DB_PORT=tcp://{ip}:5432" in env and f"DB_PORT_5432_TCP_ADDR={ip}" in env, env
+    assert not [e for e in env if e.startswith("DB_ENV_PATH=")]
+    assert f"{ip}\tdb dylsrv" in docker(da, dconf, "exec", "dylcli", "cat", "/etc/hosts").stdout
+    # docker rm --link PARENT/ALIAS takes it out of the config; the next start has neither
+    docker(da, dconf, "rm", "--link", "dylcli/db")
+    assert json.loads(docker(da, dconf, "inspect", "dylcli").stdout)[0]["HostConfig"]["Links"] is None
+    docker(da, dconf, "restart", "-t", "0", "dylcli")
+    assert "DB_NAME" not in docker(da, dconf, "exec", "dylcli", "env").stdout
+    r = docker(da, dconf, "rm", "--link", "dylcli/db", check=False)
+    assert r.returncode != 0 and "No such container: /dylcli/db" in r.stderr, r.stderr
