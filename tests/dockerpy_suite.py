@@ -45,8 +45,6 @@ DESELECTED = {
     "models_images_test.py::ImageCollectionTest::test_list": "pulls from Docker Hub",
     "models_images_test.py::ImageCollectionTest::test_list_with_repository": "pulls from Docker Hub",
     "models_images_test.py::ImageTest::test_tag_and_remove": "pulls from Docker Hub",
-    "models_containers_test.py::ContainerTest::test_top":
-        "flaky here: dockyard's start returns before its init's execve, so a top at once can show the init",
     "api_container_test.py::AttachContainerTest::test_run_container_reading_socket_ws":
         "docker-py's websocket attach works over tcp:// only (on a unix socket it hands websocket-client an "
         "http+docker:// URL); attach/ws itself is tested in tests/kernel/test_dockerapi_hostconfig.py",

@@ -140,3 +140,20 @@ def test_legacy_link_variables_and_rm_link(da: AgentProcess, dconf: Path) -> Non
     assert "DB_NAME" not in docker(da, dconf, "exec", "dylcli", "env").stdout
     r = docker(da, dconf, "rm", "--link", "dylcli/db", check=False)
     assert r.returncode != 0 and "No such container: /dylcli/db" in r.stderr, r.stderr
+
+
+@pytest.mark.slow
+def test_start_returns_with_the_command_running(da: AgentProcess) -> None:  # noqa: F811
+    # docker-py's ContainerTest.test_top: top at once after start must show the command, not the
+    # init still on its way to execve (start used to answer before the init was let go)
+    c = dockerpy.APIClient(base_url=f"unix://{da.docker_socket}", version="1.45")
+    try:
+        for i in range(8):
+            ctr = c.create_container("busybox", ["sleep", "60"], name=f"dytop{i}",
+                                     host_config=c.create_host_config(network_mode="none"))
+            c.start(ctr)
+            procs = c.top(ctr)["Processes"]
+            assert [p[-1] for p in procs] == ["sleep 60"], procs
+            c.remove_container(ctr, force=True)
+    finally:
+        c.close()
