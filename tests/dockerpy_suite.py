@@ -59,9 +59,6 @@ UNSUPPORTED: dict[str, list[str]] = {
         'api_build_test.py::BuildTest::test_build_in_context_abs_dockerfile',
         'api_build_test.py::BuildTest::test_build_out_of_context_dockerfile',
     ],
-    "build: RUN's stderr is not coloured apart from stdout in dockyard's build output": [
-        'api_build_test.py::BuildTest::test_build_stderr_data',
-    ],
     'Isolation (a Windows setting): refused': [
         'api_container_test.py::CreateContainerTest::test_create_with_isolation',
     ],

@@ -469,8 +469,10 @@ class Builder:
                 await runner.start(c.id)
             except Exception as e:
                 raise DockerfileError(f"RUN: {e}", ins.line, name) from None
-            async for _stream, data, _ts in runner.logs(c.id, follow=True):
-                yield BuildEvent("output", data.decode(errors="replace"))
+            async for stream, data, _ts in runner.logs(c.id, follow=True):
+                text = data.decode(errors="replace")
+                # the classic builder's marking of a RUN's stderr: bright red, reset after
+                yield BuildEvent("output", f"\x1b[91m{text}\x1b[0m" if stream == "stderr" else text)
             done = await runner.wait(c.id)
             code = int(done.state.exit_code)
             if code != 0:

@@ -76,6 +76,10 @@ def test_shmsize_extrahosts_and_a_failed_runs_code(api: dockerpy.APIClient) -> N
     text = ok(build(api, "FROM busybox\nRUN df -k /dev/shm | tail -1; grep dy-extra /etc/hosts\n", "dy-bopts",
                     shmsize=2 * 1024 * 1024, extra_hosts={"dy-extra.test": "127.0.0.2"}, nocache=True))
     assert " 2048 " in text and "127.0.0.2\tdy-extra.test" in text, text
+    # a RUN's stderr comes marked red, as the classic builder sends it (stdout plain)
+    streams = [o.get("stream") for o in build(api, "FROM busybox\nRUN echo out; echo err >&2\n", "dy-bstderr",
+                                              nocache=True)]
+    assert "\x1b[91merr\n\x1b[0m" in streams and "out\n" in streams, streams
     out = build(api, "FROM busybox\nRUN exit 3\n", "dy-bfail")
     assert out[-1]["errorDetail"]["code"] == 3 and "returned a non-zero code: 3" in out[-1]["error"]
     with pytest.raises(dockerpy.errors.APIError, match="shmsize"):
