@@ -112,10 +112,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     "Runtime 'runc': dockyard is its own runtime": [
         'api_container_test.py::ContainerCPUTest::test_create_with_runtime',
     ],
-    "image inspect's Container/ContainerConfig of a commit: the image store does not record them": [
-        'api_image_test.py::CommitTest::test_commit',
-        'api_image_test.py::CommitTest::test_commit_with_changes',
-    ],
 }
 
 

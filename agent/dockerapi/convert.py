@@ -735,4 +735,6 @@ def image_inspect(i: Any, parent: str, version: str = "1.45") -> dict[str, Any]:
         "GraphDriver": {"Name": "overlay2", "Data": None},
         "RootFS": {"Type": "layers", "Layers": list(i.diff_ids)},
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+        # (a committed image's origin, as docker records it; API 1.45 dropped them for others)
+        **({"Container": i.container, "ContainerConfig": i.container_config} if getattr(i, "container", "") else {}),
     }

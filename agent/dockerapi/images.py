@@ -282,7 +282,12 @@ def register(r: Any, api: DockerAPI) -> None:
                                      "use ?changes= (Dockerfile instructions)")
         repo, tag_ = req.arg("repo"), req.arg("tag")
         ref = (f"{repo}:{tag_}" if tag_ else repo) or None
-        i = await asyncio.to_thread(store.commit, c.snapshot, c.image_id, ref, changes, req.arg("comment"))
+        cc = c.config
+        origin = {"Hostname": cc.hostname or c.id[:12], "User": cc.user, "Env": list(cc.env) or None,
+                  "Cmd": list(c.args) or None, "Image": c.image_ref, "WorkingDir": cc.workdir,
+                  "Labels": dict(cc.labels), "Tty": cc.tty, "OpenStdin": cc.open_stdin}
+        i = await asyncio.to_thread(store.commit, c.snapshot, c.image_id, ref, changes, req.arg("comment"),
+                                    container=c.id, container_config=origin)
         return Json(201, {"Id": i.id})
 
     async def build(req: Request) -> Response:

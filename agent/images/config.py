@@ -201,6 +201,8 @@ class Image:
     os: str
     manifest_digest: str = ""
     layer_digests: list[str] = field(default_factory=list)
+    container: str = ""            # docker commit's: the container it was made from, and that one's config
+    container_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def short_id(self) -> str:

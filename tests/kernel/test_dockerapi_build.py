@@ -1,6 +1,7 @@
 """POST /build's legacy-builder options through docker-py, each checked in what the build made:
 ONBUILD (stored, then triggered by a build FROM the image), shmsize, extrahosts, cachefrom, the
-daemon's own .dockerignore, and a failed RUN's exit code in errorDetail."""
+daemon's own .dockerignore, a failed RUN's exit code in errorDetail; and POST /commit's record of
+the container an image was made from."""
 
 from __future__ import annotations
 
@@ -115,3 +116,20 @@ def test_the_daemon_applies_dockerignore(api: dockerpy.APIClient) -> None:
     ok(list(api.build(fileobj=ctx, custom_context=True, tag="dy-ignore", decode=True)))
     found = sorted(output(api, "dy-ignore", "find", "/test", "-type", "f").split())
     assert found == ["/test/ignored/keep", "/test/kept", "/test/sub/b.log"]
+
+
+def test_commit_records_its_container(api: dockerpy.APIClient) -> None:
+    ctr = api.create_container("busybox", ["touch", "/committed"], environment={"K": "v"})
+    try:
+        api.start(ctr)
+        api.wait(ctr, timeout=60)
+        api.made.append("dy-committed")  # type: ignore[attr-defined]
+        img = api.inspect_image(api.commit(ctr, repository="dy-committed", changes=["EXPOSE 8000"])["Id"])
+        assert img["Container"] == ctr["Id"]
+        cc = img["ContainerConfig"]
+        assert (cc["Image"], cc["Cmd"], cc["Env"]) == ("busybox", ["touch", "/committed"], ["K=v"])
+        assert "8000/tcp" in img["Config"]["ExposedPorts"]
+        assert img["Parent"] == api.inspect_image("busybox")["Id"]
+        assert "Container" not in api.inspect_image("busybox")   # only a commit has an origin
+    finally:
+        api.remove_container(ctr, force=True)
