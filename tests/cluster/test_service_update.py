@@ -17,7 +17,15 @@ import pytest
 
 from protos import cluster_pb2 as cpb
 from scheduler import convert
-from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, one_node_cluster, running, tasks, wait_for
+from tests.cluster_harness import (
+    JoinedAgent,
+    SchedulerProcess,
+    cli,
+    one_node_cluster,
+    running,
+    tasks,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
