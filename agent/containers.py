@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, logs, names
+from agent import hostconfig, logs, names, netattach
 from agent.checkpointing import Checkpoints
 from agent.containermounts import ContainerMounts
 from agent.devices import ALL_CAPABILITIES, devices_for
@@ -309,7 +309,9 @@ class ContainerManager:
             cfg.network_mode = n.name   # (it may have been given by id)
         if cfg.network_aliases and not self.localnets.is_local(cfg.network_mode):
             raise InvalidArgument("network-scoped aliases are only supported for user-defined networks")
-        if self.localnets.is_local(cfg.network_mode) and (cfg.dns or cfg.dns_search or cfg.dns_options):
+        netattach.check(self, cfg)
+        if (self.localnets.is_local(cfg.network_mode) or cfg.networks) and (cfg.dns or cfg.dns_search
+                                                                             or cfg.dns_options):
             # refused, not ignored: its resolv.conf is 127.0.0.11, which forwards to the host's resolvers
             raise InvalidArgument(f"--dns, --dns-search and --dns-option on user network {cfg.network_mode} are not "
                                   "supported by dockyard yet (its containers ask 127.0.0.11)")
@@ -421,8 +423,7 @@ class ContainerManager:
         sec = hostconfig.security(cfg)
         mounts = [MountSpec(m.type, m.source, list(m.options)) for m in self.images.snapshotter.mounts(c.snapshot)]
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        if c.endpoint:
-            hosts += f"{c.endpoint['ip']}\t{hostname}\n"
+        hosts += netattach.hosts_lines(c, hostname)
         bridge = self._bridge_of(c) or self.network
         hosts += self._link_hosts(cfg)
         if cfg.extra_hosts:
@@ -447,7 +448,7 @@ class ContainerManager:
             bridge=bridge.name, subnet=str(bridge.subnet),
             etc_hosts=hosts, devices=nodes,
             etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
-            or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
+            or self.localnets.local_of(c) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self.mounts.for_shim(c), read_only=cfg.read_only,
         )
@@ -525,6 +526,13 @@ class ContainerManager:
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
+        if c.config.networks and not c.extra_endpoints:
+            self.localnets.loop = asyncio.get_running_loop()
+            try:
+                await asyncio.to_thread(netattach.allocate_all, self, c)
+            except BaseException:
+                self._release_network(c)
+                raise
         if c.config.mounts:
             try:
                 await self.mounts.acquire(c)
@@ -602,7 +610,12 @@ class ContainerManager:
 
         assert c.endpoint is not None
         self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)   # (on the endpoint's own bridge)
-        if self.localnets.is_local(c.config.network_mode):
+        try:
+            netattach.plug_all(self, c, pid)
+        except network.NetworkError:
+            self.network.detach(network.Endpoint.from_dict(c.endpoint))
+            raise
+        if self.localnets.local_of(c):
             try:
                 self.localnets.open_resolver(c, pid)
             except (OSError, network.NetworkError) as e:
@@ -630,6 +643,8 @@ class ContainerManager:
         return self.localnets.bridge_of(n) if n is not None else None
 
     def _release_network(self, c: Container) -> None:
+        if c.extra_endpoints:
+            netattach.release_all(self, c)
         if c.endpoint is not None:
             with contextlib.suppress(Exception):
                 bridge = self._bridge_of(c) or self.network

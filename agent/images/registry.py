@@ -60,6 +60,7 @@ from .config import (
     load_json,
 )
 from .errors import ImageError, ImageNotFound, InvalidArchive
+from .hashing import StreamHash
 from .imagestore import ImageStore, LocalLayer
 from .layers import Bound, LayerStats
 from .store import check_digest, sha256_bytes
@@ -732,7 +733,7 @@ class _Body(io.RawIOBase):
         self._raw = raw
         self.left = size
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._hash = StreamHash()  # beside the unpack, on its own thread (hashing.py)
 
     def readable(self) -> bool:
         return True

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import struct
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -65,6 +66,7 @@ SYS_pidfd_open = 434
 SYS_capset = 126
 SYS_capget = 125
 SYS_seccomp = 317
+SYS_rt_sigaction = 13
 SECCOMP_SET_MODE_FILTER = 1
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -186,6 +188,16 @@ def clear_ambient() -> None:
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass
+
+
+def default_signals() -> None:
+    """Every signal's disposition back to SIG_DFL (but KILL and STOP, which have no other), with the
+    raw rt_sigaction: glibc's sigaction refuses its own 32 and 33, which a parent that is no glibc
+    program may have left ignored, and an ignored signal survives execve."""
+    sa = ctypes.create_string_buffer(32)   # struct kernel_sigaction: handler 0 = SIG_DFL, no flags, empty mask
+    for sig in range(1, 65):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            _libc.syscall(SYS_rt_sigaction, sig, sa, None, 8)
 
 
 def set_no_new_privs() -> None:

@@ -76,7 +76,7 @@ def test_the_clis_create_body_maps_onto_dockyard() -> None:
     (("HostConfig", "CgroupnsMode"), "private", "CgroupnsMode"),
     (("Volumes",), ["/data"], "Config.Volumes must be an object"),
     (("MacAddress",), "02:42:ac:11:00:0a", "Config.MacAddress"),
-    (("NetworkingConfig", "EndpointsConfig"), {"other": {}}, "EndpointsConfig.other: a dockyard container has one"),
+    (("NetworkingConfig", "EndpointsConfig"), {"host": {}}, "EndpointsConfig.host: a further network must be a user-defined"),
     (("NetworkingConfig", "EndpointsConfig"), {"default": {"IPAMConfig": {"IPv6Address": "fd00::5"}}},
      "EndpointsConfig.default.IPAMConfig.IPv6Address is not supported"),
     (("HostConfig", "Memory"), "64m", "HostConfig.Memory must be an integer"),
