@@ -1,6 +1,7 @@
 """Volumes: named (docker's local driver), anonymous, bind mounts and tmpfs, as containers use them.
 
-    specs.py    docker's -v, --mount and --tmpfs spellings -> model.Mount, and the agent's checks
+    specs.py    docker's -v, --mount and --tmpfs spellings -> model.Mount, and the agent's checks (the
+                CLI sends its flags as typed, ContainerConfig.volume_flags..., parsed here: from_flags)
     store.py    the volume store: <root>/volumes/<name>/_data, records, local-driver mounts, prune
     service.py  the gRPC servicer of protos/volumes.proto (create, ls, inspect, rm, prune)
 
