@@ -195,3 +195,23 @@ def test_an_unhealthy_task_is_ended_and_replaced(env: Env) -> None:
     finally:
         env.cli("service", "rm", "sick")
         wait_for(lambda: not [c for c in env.agent.task_containers() if "sick" in str(c)], 60, "sick's containers gone")
+
+
+def test_service_create_mount_reaches_the_task(env: Env) -> None:
+    import json
+
+    env.ok("service", "create", "--name", "vol", "--mount", "type=volume,src=svcdata,dst=/data", "--mount",
+           "type=tmpfs,dst=/scratch,tmpfs-size=1m", "-q", "busybox:latest", "sh", "-c",
+           "echo hi > /data/f; df /scratch | tail -1 > /data/df; sleep 3600")
+    try:
+        t = wait_for(lambda: running(env.sched, "vol"), 60, "vol running")[0]
+        mounts = json.loads(env.cli("inspect", t.container_id).stdout)[0]["Mounts"]
+        assert {(m["Type"], m.get("Name", ""), m["Destination"]) for m in mounts} == \
+            {("volume", "svcdata", "/data"), ("tmpfs", "", "/scratch")}, mounts
+        where = Path(json.loads(env.cli("volume", "inspect", "svcdata").stdout)[0]["Mountpoint"])
+        wait_for(lambda: (where / "df").exists() and (where / "df").read_text().strip(), 30, "the task's writes")
+        assert (where / "f").read_text() == "hi\n" and (where / "df").read_text().split()[1] == "1024"
+    finally:
+        env.cli("service", "rm", "vol")
+        wait_for(lambda: not [c for c in env.agent.task_containers() if "vol." in str(c)], 60, "vol's containers gone")
+        env.cli("volume", "rm", "-f", "svcdata")
