@@ -284,7 +284,8 @@ def _up_status_down(env: Env, inv: Path) -> None:
 def test_up_with_tls(env: Env) -> None:
     """`cluster up` (TLS is the default): the scheduler runs --tls, the agents join by the worker token read on the
     scheduler's host, the operator gets the admin bundle beside the inventory, every node is ready
-    over mutual TLS; a plaintext CLI is refused; down stops it all."""
+    over mutual TLS; a plaintext CLI is refused; down stops it all. It runs on hosts where the test
+    before ran an --insecure cluster: their node names are admitted anew by certificate."""
     from common import pki
 
     inv = env.inventory("tls.yaml")
