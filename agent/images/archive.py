@@ -309,11 +309,12 @@ class _Pending:
     what: str = ""
 
 
-def load(store: ImageStore, fileobj: BinaryIO) -> list[Image]:
+def load(store: ImageStore, fileobj: BinaryIO, named: list[str] | None = None) -> list[Image]:
     """Load a docker-archive or OCI layout. The archive is read once, as it comes: each layer is
     unpacked as it passes (the archive's own copy of a layer is never written), and everything is
     checked (JSON shapes, named files, digests, sizes, diff_ids against the configs) before a
-    layer becomes a snapshot. A failed load removes what it added."""
+    layer becomes a snapshot. A failed load removes what it added. ``named`` gets the names the
+    archive itself gives its images, familiar form (docker's load reports those, not every tag)."""
     tmp = store.tmp / f"load-{os.getpid()}-{secrets.token_hex(6)}"
     tmp.mkdir()
     created_chains: list[str] = []
@@ -330,6 +331,8 @@ def load(store: ImageStore, fileobj: BinaryIO) -> list[Image]:
             )
         if not pending:
             raise InvalidArchive("archive: it holds no images")
+        if named is not None:
+            named.extend(refs.parse(n).familiar() for p in pending for n in p.names)
         return [_install(store, archive, p, created_chains) for p in pending]
     except BaseException:
         store._forget_new([], created_chains)

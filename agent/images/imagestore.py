@@ -643,10 +643,10 @@ class ImageStore:
 
         save(self, refs, out, format)
 
-    def load(self, fileobj: BinaryIO) -> builtins.list[Image]:
+    def load(self, fileobj: BinaryIO, named: builtins.list[str] | None = None) -> builtins.list[Image]:
         from .archive import load
 
-        return load(self, fileobj)
+        return load(self, fileobj, named)
 
     def export_container(self, snapshot_key: str, out: BinaryIO) -> None:
         """docker export: the flattened filesystem of a container's snapshot."""
