@@ -92,16 +92,17 @@ def network_ls(quiet: bool, fmt: str) -> None:
 @click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
 @click.pass_context
 def system_prune(ctx: click.Context, all_: bool, force: bool) -> None:
-    """Remove stopped containers and dangling images (with -a: every image no container uses)."""
-    from deploy.cli_images import prune as image_prune
+    """Remove stopped containers, dangling images (with -a: every image no container uses) and the
+    build cache."""
+    from deploy.cli_images import prune_images
 
     if not force:
         images = "all images without at least one container associated to them" if all_ else "all dangling images"
-        if not click.confirm(f"WARNING! This will remove:\n  - all stopped containers\n  - {images}\n\n"
-                             "Are you sure you want to continue?"):
+        if not click.confirm(f"WARNING! This will remove:\n  - all stopped containers\n  - {images}\n"
+                             "  - all build cache\n\nAre you sure you want to continue?"):
             return
     _, failed = prune_containers(ctx, True)
-    ctx.invoke(image_prune, all_=all_, force=True, fmt="")
+    prune_images(ctx, all_, "", build_cache=True)
     if failed:
         sys.exit(1)
 
