@@ -34,6 +34,7 @@ import grpc
 
 from agent.containermounts import volume_names
 from agent.containers import ContainerManager
+from agent.images.errors import ImageError
 from agent.model import AgentError, Conflict, NotFound, Unavailable
 from agent.runtime.procs import trace
 from common import faults, transport
@@ -104,7 +105,7 @@ async def _ensure_image(m: ContainerManager, channel: grpc.aio.Channel, image_id
 
     try:
         tagged = m.images.get(ref).id == image_id
-    except Exception:
+    except ImageError:   # not here by that name (or not a name at all): sent by its id
         tagged = False
     with tempfile.TemporaryFile(dir=m.root) as tmp:
         await asyncio.to_thread(m.images.save, [ref if tagged else image_id], tmp)
@@ -230,10 +231,11 @@ async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel
     if not c.config.mounts:
         return
     problems = m.mounts.shared(c)
-    binds = [x.source for x in c.config.mounts if x.type == "bind"]
+    binds = [x for x in c.config.mounts if x.type == "bind"]
     try:
         r = await vpbg.VolumesStub(channel).CheckMigration(  # type: ignore[no-untyped-call]
-            vpb.MigrationCheck(bind_sources=binds, volumes=volume_names(c)), timeout=30, metadata=md)
+            vpb.MigrationCheck(bind_sources=[x.source for x in binds], volumes=volume_names(c),
+                               bind_propagation=[x.propagation for x in binds]), timeout=30, metadata=md)
     except grpc.aio.AioRpcError as e:
         raise Unavailable(f"target agent {target} cannot say whether {c.name}'s mounts fit: {e.details()}") from e
     problems += [f"{p} ({target})" for p in r.problems]

@@ -189,7 +189,8 @@ class AgentServicer(pbg.AgentServicer):
     async def ContainerLogs(self, request: pb.LogsRequest, context: Any) -> AsyncIterator[pb.LogEntry]:
         want = {s for s, on in (("stdout", request.stdout), ("stderr", request.stderr)) if on} or {"stdout", "stderr"}
         tail = request.tail if request.tail >= 0 else -1
-        async for stream, data, t in self.m.logs(request.id, request.follow, tail, request.since, request.until):
+        async for stream, data, t in self.m.logs(request.id, request.follow, tail, request.since, request.until,
+                                                request.details):
             if stream in want:
                 yield pb.LogEntry(stream=stream, data=data, time=t)
 

@@ -52,7 +52,7 @@ def cli_identity() -> transport.Identity:
         return transport.CLI.with_tls(pki.read_bundle(d))
     except pki.PKIError as e:
         fail(f"dockyard: no usable TLS client bundle: {e} (DOCKYARD_CERT_PATH, else ~/.dockyard; "
-             f"`dockyard scheduler --tls` writes one to <state-dir>/client)")
+             f"`dockyard scheduler` writes one to <state-dir>/client)")
 
 
 class SchedulerClient:
@@ -92,7 +92,7 @@ class SchedulerClient:
                     raise
                 fail(f"Error response from scheduler: {e.details()}")  # type: ignore[attr-defined]
         hint = "" if self.identity.tls is not None else (
-            f" If it runs with --tls, the CLI needs ca.pem, cert.pem and key.pem: none in {cert_path()}"
+            f" It runs with TLS unless started --insecure, and then the CLI needs ca.pem, cert.pem and key.pem: none in {cert_path()}"
             " (looked in DOCKYARD_CERT_PATH, else ~/.dockyard; the scheduler writes them to <state-dir>/client).")
         fail("Cannot connect to the dockyard scheduler at " + ", ".join(self.addresses)
              + ". Is it running? (" + "; ".join(errors) + ")" + hint)
@@ -140,7 +140,7 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.command("scheduler", context_settings=settings.context("scheduler"))
 @settings.config_option("scheduler")
 @click.option("--etcd", default="", help="etcd client URLs (http://h:2379,... or https://); default: start our own "
-              "(with --tls: https, client certificates of a CA of its own)")
+              "(https, client certificates of a CA of its own; plain http with --insecure)")
 @click.option("--etcd-cacert", default="", help="An external etcd over TLS: the CA its certificate is from")
 @click.option("--etcd-cert", default="", help="An external etcd over TLS: this scheduler's client certificate")
 @click.option("--etcd-key", default="", help="An external etcd over TLS: that certificate's key (mode 0600)")
@@ -151,20 +151,24 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--state-dir", default=settings.SCHEDULER_STATE, show_default=True,
               help="State directory (the embedded etcd's data lives here)")
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
-@click.option("--tls", is_flag=True, help="Mutual TLS: a cluster CA in etcd, join tokens, a join port at --listen's port + 1, "
-              "an admin client bundle in <state-dir>/client")
+@click.option("--tls", is_flag=True, help="Mutual TLS (the default): a cluster CA in etcd, join tokens, a join port at "
+              "--listen's port + 1, an admin client bundle in <state-dir>/client")
+@click.option("--insecure", is_flag=True, help="Plaintext gRPC and etcd, no authentication: anyone who reaches the "
+              "port owns the cluster (refused once the cluster has a CA)")
 @click.option("--metrics-tls", is_flag=True,
-              help="Serve /metrics and /sd over HTTPS with this replica's certificate (needs --tls)")
+              help="Serve /metrics and /sd over HTTPS with this replica's certificate (not with --insecure)")
 @click.option("--cert-lifetime", default="90d", show_default=True,
               help="How long node certificates issued here live (renewed at 50-80 %): 90d, 12h, 30m, 60s")
 @click.option("--secrets-key", default="", help="The key that seals secrets in etcd (32 bytes, mode 0600; "
               "made if missing; every replica needs the same file) [default: <state-dir>/secrets.key]")
 def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, listen: str, advertise: str,
-                  metrics_addr: str, state_dir: str, ttl: int, tls: bool = False, metrics_tls: bool = False,
-                  cert_lifetime: str = "90d", secrets_key: str = "") -> None:
+                  metrics_addr: str, state_dir: str, ttl: int, tls: bool = False, insecure: bool = False,
+                  metrics_tls: bool = False, cert_lifetime: str = "90d", secrets_key: str = "") -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
     from scheduler.main import SchedulerError, SchedulerOptions, run
 
+    tls = secure_by_default(tls, insecure, f"the scheduler serves {listen} without TLS or authentication: "
+                                           "anyone who can reach it owns the cluster")
     if ttl < 2:
         raise click.BadParameter("at least 2 seconds (etcd's minimum lease)", param_hint="--ttl")
     lifetime = _lifetime(cert_lifetime)
@@ -174,6 +178,15 @@ def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, li
                              etcd_key=etcd_key, cert_lifetime=lifetime, metrics_tls=metrics_tls, secrets_key=secrets_key))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
+
+
+def secure_by_default(tls: bool, insecure: bool, what: str) -> bool:
+    """TLS unless --insecure (docker's wording: a warning says what that opens); both is an error."""
+    if tls and insecure:
+        raise click.UsageError("--tls and --insecure: give one of them (TLS is the default)")
+    if insecure:
+        click.echo(f"WARNING: --insecure: {what}.", err=True)
+    return not insecure
 
 
 def _lifetime(text: str) -> float:
@@ -568,7 +581,7 @@ def service_update(ctx: click.Context, /, name: str, rollback_now: bool, force: 
         service_rollback_now(ctx, name, detach, quiet)
         return
     from deploy import stack as st
-    from deploy.cli_stack import _checked, _flag, _publish
+    from deploy.service_flags import _checked, _flag, _publish
     from deploy.stack_files import parse_flag
 
     info = sched(ctx).call("InspectService", pb.ServiceRef(name=name))

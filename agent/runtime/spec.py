@@ -146,6 +146,8 @@ class RuntimeSpec:
     log_max_size: int = 0                        # rotate before the log passes this many bytes; 0 = never
     log_max_file: int = 1                        # files kept in all (1: truncated instead)
     log_compress: bool = False                   # gzip the rotated files
+    log_format: str = "json"                     # json (json-file's lines) | local (docker local's records)
+    log_attrs: list[list[str]] = field(default_factory=list)  # [key, value] in every entry (tag, labels, env)
     hold: bool = False                           # wait for an attach client's release before exec
     restore: Restore | None = None               # set: restore a checkpoint, not start
     masked_paths: list[str] = field(default_factory=lambda: list(MASKED_PATHS))
