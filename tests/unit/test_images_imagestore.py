@@ -439,3 +439,39 @@ def test_a_known_layer_gone_before_the_install_is_named(busybox_store: tuple[Ima
     with pytest.raises(ImageError, match="was removed meanwhile; load the archive again"):
         store.load(io.BytesIO(out.getvalue()))
     assert _state(store) == before
+
+
+def test_hostile_archives_over_a_layer_this_host_has(busybox_store: tuple[ImageStore, Image]) -> None:
+    """The read-whole-first path of a known layer: an archive cut inside that layer, and one whose
+    config gives that layer another diff_id, are refused and leave the store as it was."""
+    store, image = busybox_store
+    web = _web_on_busybox(store, image)
+    out = io.BytesIO()
+    store.save(["web:1"], out)
+    store.remove("web:1")
+    data = out.getvalue()
+    layer = image.diff_ids[0].removeprefix("sha256:") + ".tar"
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        m = tf.getmember(layer)
+    before = _state(store)
+    with pytest.raises(InvalidArchive, match="truncated"):
+        store.load(io.BytesIO(data[: m.offset_data + m.size // 2]))
+    assert _state(store) == before
+    # the same archive with the config's diff_ids swapped: each layer is there, under the wrong name
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=buf, mode="w") as dst:
+        for member in src:
+            f = src.extractfile(member)
+            content = f.read() if f is not None else b""
+            if member.name == f"{web.id.removeprefix('sha256:')}.json":
+                cfg = json.loads(content)
+                cfg["rootfs"]["diff_ids"].reverse()
+                content = json.dumps(cfg).encode()
+                member.name = "swapped.json"
+            if member.name == "manifest.json":
+                content = content.replace(f"{web.id.removeprefix('sha256:')}.json".encode(), b"swapped.json")
+            member.size = len(content)
+            dst.addfile(member, io.BytesIO(content))
+    with pytest.raises(InvalidArchive, match="diff_id mismatch"):
+        store.load(io.BytesIO(buf.getvalue()))
+    assert _state(store) == before
