@@ -7,42 +7,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentError as AgentError  # the agent's error family (agent/errors.py)
+from agent.errors import Conflict as Conflict
+from agent.errors import Forbidden as Forbidden
+from agent.errors import InvalidArgument as InvalidArgument
+from agent.errors import NotFound as NotFound
+from agent.errors import StartFailed as StartFailed
+from agent.errors import Unavailable as Unavailable
 from agent.runtime.cgroups import DeviceRate as DeviceRate  # re-exported: the agent's users
 from agent.runtime.cgroups import Resources as Resources  # one type, from the CLI to the cgroup
 from agent.runtime.spec import dumps, write_atomic
 from common.devices import DeviceMapping as DeviceMapping  # re-exported: the agent's users
-
-
-class AgentError(Exception):
-    """Base of the agent's errors; the servicer maps each subclass to one gRPC status code."""
-
-
-class NotFound(AgentError):
-    pass
-
-
-class Conflict(AgentError):
-    pass
-
-
-class InvalidArgument(AgentError):
-    pass
-
-
-class Unavailable(AgentError):
-    pass
-
-
-class Forbidden(AgentError):
-    """A verified peer asked for what its grant does not cover (agent/authz.py)."""
-
-
-class StartFailed(AgentError):
-    """The container's process could not be started; exit_code is docker's (127: no such command)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass

@@ -590,7 +590,7 @@ def summary(c: Container, size: tuple[int, int] | None = None, health: str = "",
 def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
             mounts: list[dict[str, Any]] | None = None, version: str = "1.45") -> dict[str, Any]:
     """GET /containers/{id}/json: Docker's keys, with Docker's defaults where dockyard has no such
-    thing. mounts: the manager's mounts_info (docker's top-level Mounts)."""
+    thing. mounts: the manager's mounts.info (docker's top-level Mounts)."""
     s, cfg = c.state, c.config
     given = mount_specs.docker_spelling(cfg.mounts)
     r = cfg.resources
