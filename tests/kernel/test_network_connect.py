@@ -200,3 +200,30 @@ def test_the_dockyard_cli_bridge_networks_internal_and_ipam(da: AgentProcess) ->
     rules = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     assert ids and not any("dyn" + i[:12] in rules + links for i in ids)   # bridges and rules gone
+
+
+def test_an_agent_restart_keeps_a_second_network(da: AgentProcess, dconf: Path) -> None:  # noqa: F811
+    """Killed and started again, the agent adopts the container with its eth1: the names of that
+    network answer again from a fresh 127.0.0.11, and a disconnect still frees the address."""
+    tag = f"{random.randrange(16**4):04x}"
+    na, nb = f"dra{tag}", f"drb{tag}"
+    a1, b1 = f"ra{tag}", f"rb{tag}"
+    docker(da, dconf, "network", "create", na)
+    docker(da, dconf, "network", "create", nb)
+    try:
+        docker(da, dconf, "run", "-d", "--name", a1, "--network", na, "busybox", "sleep", "120")
+        docker(da, dconf, "run", "-d", "--name", b1, "--network", nb, "busybox", "sleep", "120")
+        docker(da, dconf, "network", "connect", nb, a1)
+        b_ip = nets(da, dconf, b1)[nb]["IPAddress"]
+        da.kill9()
+        da.start()
+        assert list(nets(da, dconf, a1)) == [na, nb]
+        out = sh(da, dconf, a1, f"nslookup {b1}; ip -o link show eth1")
+        assert f"Address: {b_ip}" in out and "eth1" in out, out
+        docker(da, dconf, "network", "disconnect", nb, a1)
+        assert "eth1" not in sh(da, dconf, a1, "ip -o link")
+        docker(da, dconf, "rm", "-f", b1)
+        docker(da, dconf, "network", "rm", nb)   # nothing left holding it
+    finally:
+        docker(da, dconf, "rm", "-f", a1, b1, check=False)
+        docker(da, dconf, "network", "rm", na, nb, check=False)
