@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 from agent import names
 from agent.containermounts import volume_names
+from agent.images.errors import ImageNotFound
 from agent.model import AgentError, Conflict, Container, InvalidArgument, NotFound, Port, Unavailable
 from agent.runtime.procs import pid_start_time, process_alive, trace
 from agent.runtime.spec import mount_key
@@ -269,7 +270,7 @@ class Checkpoints:
                 raise Conflict(f'the container name "/{cfg.name}" is already in use: restore with --name')
             try:
                 image = self.m.images.get(old.image_id)
-            except Exception as e:
+            except ImageNotFound as e:
                 raise NotFound(f"the checkpoint needs image {old.image_ref} ({old.image_id[:19]}), "
                                f"which is not on this host: pull or load it first") from e
             trace("agent: unpacked")

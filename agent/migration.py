@@ -34,6 +34,7 @@ import grpc
 
 from agent.containermounts import volume_names
 from agent.containers import ContainerManager
+from agent.images.errors import ImageError
 from agent.model import AgentError, Conflict, NotFound, Unavailable
 from agent.runtime.procs import trace
 from common import faults, transport
@@ -104,7 +105,7 @@ async def _ensure_image(m: ContainerManager, channel: grpc.aio.Channel, image_id
 
     try:
         tagged = m.images.get(ref).id == image_id
-    except Exception:
+    except ImageError:   # not here by that name (or not a name at all): sent by its id
         tagged = False
     with tempfile.TemporaryFile(dir=m.root) as tmp:
         await asyncio.to_thread(m.images.save, [ref if tagged else image_id], tmp)
