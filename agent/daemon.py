@@ -135,7 +135,7 @@ class Agent:
         self.manager.default_dns_options = list(o.engine.dns_options)
         await self.manager.supervisor.adopt()
         for c in self.manager.containers.values():   # adopted on a user network: its 127.0.0.11 anew
-            if self.manager.localnets.is_local(c.config.network_mode) and c.state.status in ("running", "paused"):
+            if self.manager.localnets.local_of(c) and c.state.status in ("running", "paused"):
                 try:
                     await asyncio.to_thread(self.manager.localnets.open_resolver, c, c.state.pid)
                 except (OSError, network.NetworkError) as e:

@@ -28,7 +28,7 @@ from agent.engine import EngineSettings
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
 from agent.images.pipes import consume
-from agent.model import AgentError, InvalidArgument
+from agent.model import AgentError, Conflict, InvalidArgument
 from agent.runtime.procs import trace
 from common import transport
 from protos import agent_pb2 as pb
@@ -177,6 +177,50 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def RenameContainer(self, request: pb.RenameContainerRequest, context: Any) -> pb.Empty:
         self.m.rename(request.id, request.new_name)
+        return pb.Empty()
+
+    # --- user-defined bridge networks of this agent (agent/localnets.py, agent/netattach.py)
+
+    def _local_network_info(self, n: Any) -> pb.LocalNetworkInfo:
+        return pb.LocalNetworkInfo(name=n.name, id=n.id, subnet=n.subnet, gateway=n.gateway, labels=n.labels,
+                                   containers=sorted(c.name for c in self.m.localnets.users(n)),
+                                   internal=n.internal, ip_range=n.ip_range, aux_addresses=n.aux)
+
+    @_mapped
+    async def CreateLocalNetwork(self, request: pb.LocalNetworkSpec, context: Any) -> pb.LocalNetworkInfo:
+        n = await asyncio.to_thread(self.m.localnets.create, request.name, request.subnet, request.gateway,
+                                    dict(request.labels), {}, False, request.internal, request.ip_range,
+                                    dict(request.aux_addresses))
+        return self._local_network_info(n)
+
+    @_mapped
+    async def ListLocalNetworks(self, request: pb.Empty, context: Any) -> pb.LocalNetworkList:
+        nets = sorted(self.m.localnets.nets.values(), key=lambda n: n.name)
+        return pb.LocalNetworkList(networks=[self._local_network_info(n) for n in nets])
+
+    @_mapped
+    async def RemoveLocalNetwork(self, request: pb.LocalNetworkRef, context: Any) -> pb.Empty:
+        n = self.m.localnets.get(request.name)
+        users = self.m.localnets.users(n)
+        if users:
+            raise Conflict(f"error while removing network: network {n.name} id {n.id} has active endpoints "
+                           f"({', '.join(c.name for c in users)})")
+        await asyncio.to_thread(self.m.localnets.remove, n)
+        return pb.Empty()
+
+    @_mapped
+    async def ConnectNetwork(self, request: pb.NetworkConnectRequest, context: Any) -> pb.Empty:
+        from agent import netattach
+
+        await netattach.connect(self.m, self.m.get(request.container), request.network, list(request.aliases),
+                                request.ip)
+        return pb.Empty()
+
+    @_mapped
+    async def DisconnectNetwork(self, request: pb.NetworkConnectRequest, context: Any) -> pb.Empty:
+        from agent import netattach
+
+        await netattach.disconnect(self.m, self.m.get(request.container), request.network)
         return pb.Empty()
 
     @_mapped
