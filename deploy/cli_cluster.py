@@ -144,6 +144,8 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--etcd-cacert", default="", help="An external etcd over TLS: the CA its certificate is from")
 @click.option("--etcd-cert", default="", help="An external etcd over TLS: this scheduler's client certificate")
 @click.option("--etcd-key", default="", help="An external etcd over TLS: that certificate's key (mode 0600)")
+@click.option("--etcd-server-name", default="", help="An external etcd over TLS: the name its certificate must "
+              "carry (default: the address dialled; `cluster up`'s members carry etcd.dockyard)")
 @click.option("--listen", default=settings.SCHEDULER_LISTEN, show_default=True, help="gRPC HOST:PORT for agents and the CLI")
 @click.option("--advertise", default="", help="HOST:PORT others reach this replica at (default: --listen)")
 @click.option("--metrics-addr", default=settings.SCHEDULER_METRICS, show_default=True,
@@ -161,7 +163,8 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
               help="How long node certificates issued here live (renewed at 50-80 %): 90d, 12h, 30m, 60s")
 @click.option("--secrets-key", default="", help="The key that seals secrets in etcd (32 bytes, mode 0600; "
               "made if missing; every replica needs the same file) [default: <state-dir>/secrets.key]")
-def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, listen: str, advertise: str,
+def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, etcd_server_name: str, listen: str,
+                  advertise: str,
                   metrics_addr: str, state_dir: str, ttl: int, tls: bool = False, insecure: bool = False,
                   metrics_tls: bool = False, cert_lifetime: str = "90d", secrets_key: str = "") -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
@@ -175,7 +178,8 @@ def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, li
     try:
         run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
                              state_dir=state_dir, ttl=ttl, tls=tls, etcd_cacert=etcd_cacert, etcd_cert=etcd_cert,
-                             etcd_key=etcd_key, cert_lifetime=lifetime, metrics_tls=metrics_tls, secrets_key=secrets_key))
+                             etcd_key=etcd_key, etcd_server_name=etcd_server_name, cert_lifetime=lifetime,
+                             metrics_tls=metrics_tls, secrets_key=secrets_key))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
 

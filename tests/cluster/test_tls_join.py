@@ -106,3 +106,33 @@ def test_join_by_token_digest_check_wrong_secret_and_rotation(etcd: EtcdServer, 
             await store.close()
 
     asyncio.run(main())
+
+
+def test_the_crl_lists_every_certificate_of_a_removed_node_and_no_other(etcd: EtcdServer, tmp_path: Path) -> None:
+    """What the leader sends with a move for CRIU's page server (scheduler/tls.py revocation_list):
+    signed by the cluster CA, listing the serials issued to a node on the denylist, its renewed
+    certificate too, and none of a node still in the cluster."""
+    from cryptography import x509
+
+    async def main() -> None:
+        store = await Store.connect(etcd.host, etcd.port)
+        cca = await tls.ensure_ca(store)
+        srv, addr, _ = await _join_port(store, cca)
+        try:
+            gone = await join(addr, cca.tokens["worker"], name="h1", tls_dir=tmp_path / "a")
+            kept = await join(addr, cca.tokens["worker"], name="h2", tls_dir=tmp_path / "b")
+            _, csr = pki.make_key_and_csr()
+            renewed = await tls.renew(store, csr, transport.Caller(gone.node_id, "agent"),
+                                      "ipv4:127.0.0.1:1")
+            assert x509.load_pem_x509_crl(await tls.revocation_list(store)).__len__() == 0
+            await store.commit([await tls.denied_op(store, gone.node_id)])
+            crl = x509.load_pem_x509_crl(await tls.revocation_list(store))
+            assert crl.is_signature_valid(cca.ca.cert.public_key())  # type: ignore[arg-type]
+            assert {r.serial_number for r in crl} == {pki.serial_of(gone.bundle.cert_pem),
+                                                     pki.serial_of(renewed.certificate)}
+            assert crl.get_revoked_certificate_by_serial_number(pki.serial_of(kept.bundle.cert_pem)) is None
+        finally:
+            await srv.stop(None)
+            await store.close()
+
+    asyncio.run(main())
