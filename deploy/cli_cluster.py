@@ -65,6 +65,7 @@ class SchedulerClient:
         self.current = 0
         self._channels: dict[str, grpc.Channel] = {}
         self.identity = cli_identity()
+        self._renewed = False
 
     def stub(self, addr: str) -> pbg.SchedulerStub:
         ch = self._channels.get(addr)
@@ -82,6 +83,7 @@ class SchedulerClient:
             try:
                 out = getattr(self.stub(addr), method)(request, timeout=timeout, wait_for_ready=False)
                 self.current = (self.current + i) % n
+                self._renew_if_due(addr)
                 return out
             except grpc.RpcError as e:
                 code = e.code()  # type: ignore[attr-defined]
@@ -96,6 +98,37 @@ class SchedulerClient:
             " (looked in DOCKYARD_CERT_PATH, else ~/.dockyard; the scheduler writes them to <state-dir>/client).")
         fail("Cannot connect to the dockyard scheduler at " + ", ".join(self.addresses)
              + ". Is it running? (" + "; ".join(errors) + ")" + hint)
+
+    RENEW_AT = 2 / 3  # of the admin certificate's life: the CLI renews it on a call after that
+
+    def _renew_if_due(self, addr: str) -> None:
+        """The admin bundle past RENEW_AT of its life: a new key and certificate from the scheduler
+        (same CN and role: it takes them from the certificate it sees), written in place (0600).
+        Once per process; a failure is said and the old one goes on working until it expires."""
+        import datetime as dt
+
+        from common import pki
+
+        bundle = self.identity.tls
+        if bundle is None or self._renewed or dt.datetime.now(dt.UTC) < pki.renew_at(bundle.cert_pem,
+                                                                                                self.RENEW_AT):
+            return
+        self._renewed = True
+        d = cert_path()
+        try:
+            key_pem, csr_pem = pki.make_key_and_csr()
+            r = self.stub(addr).RenewCertificate(pb.RenewRequest(csr=csr_pem), timeout=TIMEOUT)
+            subject = pki.verify_issued(r.ca, r.certificate, key_pem)
+            if subject.role != "admin":
+                raise pki.PKIError(f"the scheduler renewed it as a {subject.role} certificate")
+            pki.write_bundle(d, pki.Bundle(r.ca, r.certificate, key_pem))
+        except (grpc.RpcError, pki.PKIError, OSError) as e:
+            why = e.details() if isinstance(e, grpc.RpcError) else str(e)  # type: ignore[attr-defined]
+            click.echo(f"dockyard: the admin certificate in {d} is near its end and was not renewed: {why}", err=True)
+            return
+        until = pki.renew_at(r.certificate, 1.0)
+        click.echo(f"dockyard: renewed the admin certificate in {d} (valid until {until:%Y-%m-%d %H:%M:%S} UTC)",
+                   err=True)
 
     def live_stub(self) -> pbg.SchedulerStub:
         """The stub of the first replica that answers Status (for streams)."""
