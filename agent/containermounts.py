@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -167,9 +167,17 @@ class ContainerMounts:
             out.append(d)
         return out
 
-    def migration_problems(self, binds: list[str], volumes: list[str]) -> list[str]:
-        """What keeps a container with these mounts from moving here (asked before anything stops)."""
+    def migration_problems(self, binds: list[str], volumes: list[str], propagation: Sequence[str] = ()) -> list[str]:
+        """What keeps a container with these mounts from moving here (asked before anything stops):
+        a bind's source must exist, and be a shared (or slave) mount here too if its propagation
+        says so (as at any start: a restore could not give the bind its peer group otherwise)."""
         problems = [f"bind mount source {b} does not exist on this host" for b in binds if not os.path.lexists(b)]
+        for b, mode in zip(binds, propagation, strict=False):
+            if mode and os.path.lexists(b):
+                try:
+                    mount_specs.check_source_propagation(Mount(type="bind", source=b, propagation=mode))
+                except InvalidArgument as e:
+                    problems.append(str(e).replace(f"bind mount {b}:: ", f"bind mount source {b}: "))
         problems += [f"volume {v} already exists on this host" for v in volumes if self.volumes.exists(v)]
         return problems
 

@@ -16,12 +16,12 @@ import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, logs, names
+from agent import hostconfig, logs, names, netattach
 from agent.checkpointing import Checkpoints
 from agent.containermounts import ContainerMounts
 from agent.devices import ALL_CAPABILITIES, devices_for
@@ -47,7 +47,7 @@ from agent.runtime import cgroups, messages
 from agent.runtime.procs import pid_start_time, trace
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
-from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, RuntimeSpec
+from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, Restore, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
 from agent.supervision import Supervisor
 from agent.taskfiles import TaskFiles
@@ -309,7 +309,9 @@ class ContainerManager:
             cfg.network_mode = n.name   # (it may have been given by id)
         if cfg.network_aliases and not self.localnets.is_local(cfg.network_mode):
             raise InvalidArgument("network-scoped aliases are only supported for user-defined networks")
-        if self.localnets.is_local(cfg.network_mode) and (cfg.dns or cfg.dns_search or cfg.dns_options):
+        netattach.check(self, cfg)
+        if (self.localnets.is_local(cfg.network_mode) or cfg.networks) and (cfg.dns or cfg.dns_search
+                                                                             or cfg.dns_options):
             # refused, not ignored: its resolv.conf is 127.0.0.11, which forwards to the host's resolvers
             raise InvalidArgument(f"--dns, --dns-search and --dns-option on user network {cfg.network_mode} are not "
                                   "supported by dockyard yet (its containers ask 127.0.0.11)")
@@ -421,8 +423,7 @@ class ContainerManager:
         sec = hostconfig.security(cfg)
         mounts = [MountSpec(m.type, m.source, list(m.options)) for m in self.images.snapshotter.mounts(c.snapshot)]
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        if c.endpoint:
-            hosts += f"{c.endpoint['ip']}\t{hostname}\n"
+        hosts += netattach.hosts_lines(c, hostname)
         bridge = self._bridge_of(c) or self.network
         hosts += self._link_hosts(cfg)
         if cfg.extra_hosts:
@@ -447,7 +448,7 @@ class ContainerManager:
             bridge=bridge.name, subnet=str(bridge.subnet),
             etc_hosts=hosts, devices=nodes,
             etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
-            or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
+            or self.localnets.local_of(c) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
             volumes=self.mounts.for_shim(c), read_only=cfg.read_only,
         )
@@ -455,6 +456,8 @@ class ContainerManager:
             rot = logs.rotation(cfg.log_config)
             spec.log_path = str(files.log)
             spec.log_max_size, spec.log_max_file, spec.log_compress = rot.max_size, rot.max_file, rot.compress
+            spec.log_format = "local" if cfg.log_config.type == "local" else "json"
+            spec.log_attrs = [[k, v] for k, v in logs.attributes(cfg.log_config, self._log_subject(c)).items()]
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
             # /sys hidden or read-only
@@ -462,6 +465,15 @@ class ContainerManager:
             spec.process.seccomp = False
             spec.masked_paths, spec.readonly_paths, spec.readonly_sysfs = [], [], False
         return spec
+
+    def _log_subject(self, c: Container) -> logs.Subject:
+        """What the log's tag and attrs may name of the container (docker's logger.Info)."""
+        try:
+            image_env = list(self.images.get(c.image_id).config.env or [])
+        except Exception:
+            image_env = []   # (an image removed under a stopped container: its own env still counts)
+        return logs.Subject(c.id, c.name, c.image_id, c.image_ref, list(c.args), dict(c.config.labels),
+                            [*image_env, *c.config.env])
 
     def _link_hosts(self, cfg: ContainerConfig) -> str:
         """--link NAME[:ALIAS]: the running container's address under both names, in /etc/hosts."""
@@ -480,6 +492,10 @@ class ContainerManager:
     async def _start_locked(self, c: Container, hold: bool, restore: bool = False, client: int = -1) -> None:
         trace("agent: start")
         await self.supervisor.torn_down(c)
+        for m in c.config.mounts:
+            # at every start, as docker does: the host's source may have been made private since the
+            # create, and a restored shared bind could not rejoin its peer group (checkpoint/sharing.py)
+            mount_specs.check_source_propagation(m)
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
@@ -510,6 +526,13 @@ class ContainerManager:
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
+        if c.config.networks and not c.extra_endpoints:
+            self.localnets.loop = asyncio.get_running_loop()
+            try:
+                await asyncio.to_thread(netattach.allocate_all, self, c)
+            except BaseException:
+                self._release_network(c)
+                raise
         if c.config.mounts:
             try:
                 await self.mounts.acquire(c)
@@ -520,9 +543,9 @@ class ContainerManager:
         trace("agent: spec built")
         spec.hold = hold
         if restore:
-            spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key,
-                            "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
-                            "lazy": self.checkpoints.restoring_lazily(c)}
+            spec.restore = Restore(c.state.checkpoint, list(c.stdio_keys), c.netns_key,
+                                   old_ip=c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
+                                   lazy=self.checkpoints.restoring_lazily(c))
         # (The shim writes it to runtime.json once the container runs.)
         reply = self.zygote.request(messages.Start(spec, str(files.dir), str(files.socket)),
                                     [client] if client >= 0 else None)
@@ -587,7 +610,12 @@ class ContainerManager:
 
         assert c.endpoint is not None
         self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)   # (on the endpoint's own bridge)
-        if self.localnets.is_local(c.config.network_mode):
+        try:
+            netattach.plug_all(self, c, pid)
+        except network.NetworkError:
+            self.network.detach(network.Endpoint.from_dict(c.endpoint))
+            raise
+        if self.localnets.local_of(c):
             try:
                 self.localnets.open_resolver(c, pid)
             except (OSError, network.NetworkError) as e:
@@ -615,6 +643,8 @@ class ContainerManager:
         return self.localnets.bridge_of(n) if n is not None else None
 
     def _release_network(self, c: Container) -> None:
+        if c.extra_endpoints:
+            netattach.release_all(self, c)
         if c.endpoint is not None:
             with contextlib.suppress(Exception):
                 bridge = self._bridge_of(c) or self.network
@@ -827,8 +857,9 @@ class ContainerManager:
     # --- logs ---------------------------------------------------------------------------------
 
     async def logs(self, ref: str, follow: bool = False, tail: int = -1, since: float = 0,
-                   until: float = 0) -> AsyncIterator[tuple[str, bytes, float]]:
-        """The container's log across its rotated files (agent/logs.py)."""
+                   until: float = 0, details: bool = False) -> AsyncIterator[tuple[str, bytes, float]]:
+        """The container's log across its rotated files (agent/logs.py); `details`: each entry's
+        data starts with its attrs (docker's `logs --details`)."""
         c = self.get(ref)
         if c.config.log_config.type == "none":
             raise logs.ReadNotSupported("configured logging driver does not support reading")
@@ -838,7 +869,8 @@ class ContainerManager:
             return c.state.status in ("running", "paused", "restarting") and c.id in self.containers
 
         async for rec in logs.entries(self.files(c).log, logs.rotation(c.config.log_config), follow, tail, since,
-                                      until, running, lambda: ev):
+                                      until, running, lambda: ev, logs.file_format(c.config.log_config.type),
+                                      details):
             yield rec
 
     # --- attach and exec ----------------------------------------------------------------------

@@ -231,10 +231,11 @@ async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel
     if not c.config.mounts:
         return
     problems = m.mounts.shared(c)
-    binds = [x.source for x in c.config.mounts if x.type == "bind"]
+    binds = [x for x in c.config.mounts if x.type == "bind"]
     try:
         r = await vpbg.VolumesStub(channel).CheckMigration(  # type: ignore[no-untyped-call]
-            vpb.MigrationCheck(bind_sources=binds, volumes=volume_names(c)), timeout=30, metadata=md)
+            vpb.MigrationCheck(bind_sources=[x.source for x in binds], volumes=volume_names(c),
+                               bind_propagation=[x.propagation for x in binds]), timeout=30, metadata=md)
     except grpc.aio.AioRpcError as e:
         raise Unavailable(f"target agent {target} cannot say whether {c.name}'s mounts fit: {e.details()}") from e
     problems += [f"{p} ({target})" for p in r.problems]

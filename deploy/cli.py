@@ -442,15 +442,17 @@ def ps(ctx: click.Context, all_: bool, quiet: bool, no_trunc: bool, filters: tup
 @click.option("-t", "--timestamps", is_flag=True, help="Show timestamps")
 @click.option("--since", default="", help="Show logs since timestamp (unix seconds) or relative (e.g. 42s, 5m)")
 @click.option("--until", default="", help="Show logs before a timestamp or relative")
+@click.option("--details", is_flag=True, help="Show extra details provided to logs (the log opts' tag, labels, env)")
 @click.argument("container")
 @click.pass_context
-def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps: bool, since: str, until: str) -> None:
+def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps: bool, since: str, until: str,
+         details: bool) -> None:
     """Fetch the logs of a container."""
     n = -1 if tail == "all" else int(tail) if tail.lstrip("-").isdigit() else None
     if n is None:
         fail(f'invalid value for "--tail": {tail}')
     req = pb.LogsRequest(id=container, follow=follow, tail=n, since=_time_arg(since), until=_time_arg(until),
-                         stdout=True, stderr=True)
+                         stdout=True, stderr=True, details=details)
     cl = client(ctx)
     try:
         for entry in cl.stub.ContainerLogs(req):

@@ -618,7 +618,7 @@ def service_update(ctx: click.Context, /, name: str, rollback_now: bool, force: 
         service_rollback_now(ctx, name, detach, quiet)
         return
     from deploy import stack as st
-    from deploy.cli_stack import _checked, _flag, _publish
+    from deploy.service_flags import _checked, _flag, _publish
     from deploy.stack_files import parse_flag
 
     info = sched(ctx).call("InspectService", pb.ServiceRef(name=name))

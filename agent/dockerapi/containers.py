@@ -286,7 +286,7 @@ def register(r: Any, api: DockerAPI) -> None:
         want = {s for s, on in (("stdout", out), ("stderr", err)) if on}
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for stream, data, t in m.logs(c.id, req.flag("follow"), tail, since, until):
+            async for stream, data, t in m.logs(c.id, req.flag("follow"), tail, since, until, req.flag("details")):
                 if stream not in want:
                     continue
                 if stamps:

@@ -37,7 +37,7 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
 
 
 class VolumesServicer(pbg.VolumesServicer):
-    def __init__(self, store: VolumeStore, problems: Callable[[list[str], list[str]], list[str]]) -> None:
+    def __init__(self, store: VolumeStore, problems: Callable[[list[str], list[str], list[str]], list[str]]) -> None:
         self.store = store
         self.problems = problems   # ContainerMounts.migration_problems
 
@@ -82,7 +82,8 @@ class VolumesServicer(pbg.VolumesServicer):
 
     @_mapped
     async def CheckMigration(self, request: pb.MigrationCheck, context: Any) -> pb.MigrationCheckResult:
-        return pb.MigrationCheckResult(problems=self.problems(list(request.bind_sources), list(request.volumes)))
+        return pb.MigrationCheckResult(problems=self.problems(list(request.bind_sources), list(request.volumes),
+                                                                  list(request.bind_propagation)))
 
 
 def add_to_server(server: grpc.aio.Server, manager: Any) -> None:

@@ -111,3 +111,20 @@ def _try_connect(ip: str, port: int):  # type: ignore[no-untyped-def]
         return socket.create_connection((ip, port), timeout=1)
     except OSError:
         return None
+
+
+def test_a_failed_criu_restore_ends_promptly_and_leaves_nothing(clean_agent: AgentProcess) -> None:
+    """criu itself failing the restore (here a checkpoint image gone): the error comes back at once
+    and the container's cgroup goes. The shim's restore child sits in that cgroup, and used to
+    freeze itself removing it (the CLI then hung until its timeout, the shim forever)."""
+    a = clean_agent
+    cid = a.run_detached("busybox", "sleep", "300")
+    a.cli("checkpoint", cid, check=True)
+    images = Path(a.inspect(cid)["State"].get("Checkpoint") or a.root / "containers" / cid / "checkpoint")
+    for core in images.glob("core-*.img"):
+        core.unlink()
+    t0 = time.monotonic()
+    r = a.cli("restore", cid, timeout=30)
+    assert r.returncode != 0 and "restore failed: criu restore" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 15
+    assert not a.inspect(cid)["State"]["Running"]
