@@ -58,8 +58,10 @@ def bench_cli_process(base: Path) -> dict[str, list[float]]:
     try:
         for s in scheds.values():
             s.start()
-        envs = {k: {**os.environ, "DOCKYARD_SCHEDULER": s.address,
-                    "DOCKYARD_CERT_PATH": str(s.cert_path if s.tls else base / "none")} for k, s in scheds.items()}
+        (base / "home").mkdir()
+        plain = {k: v for k, v in os.environ.items() if k != "DOCKYARD_CERT_PATH"}
+        envs = {k: {**plain, "DOCKYARD_SCHEDULER": s.address, "HOME": str(base / "home"),  # no ~/.dockyard
+                    **({"DOCKYARD_CERT_PATH": str(s.cert_path)} if s.tls else {})} for k, s in scheds.items()}
         for i in range(CLI_RUNS + 2):  # two warm-up rounds
             for k in scheds:
                 wall, _ = timed_wait4([dy, "node", "ls"], envs[k])

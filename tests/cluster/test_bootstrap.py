@@ -320,12 +320,9 @@ def test_up_with_tls(env: Env) -> None:
                                cwd=REPO, timeout=60)
         assert plain.returncode != 0
     finally:
+        # The agents keep their node identity after `down` (a restart must find it) in state-tls/,
+        # apart from the plaintext tests' state/ (an --insecure agent refuses to start beside one).
         dockyard("cluster", "down", "-i", str(inv))
-        # The hosts' agents keep their node identity after `down` (a restart must find it), and an
-        # agent with one speaks TLS: the plaintext tests after this one start on clean hosts.
-        # (A plaintext `cluster up` on hosts that were once TLS fails the handshake: see the notes.)
-        for h in env.c.hosts[:2]:
-            shutil.rmtree(env.host_dir(h.n, "state") / "agent" / "tls", ignore_errors=True)
 
 
 def _etcd_ssl(bundle: Path | None) -> Any:
