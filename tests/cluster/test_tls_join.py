@@ -136,3 +136,35 @@ def test_the_crl_lists_every_certificate_of_a_removed_node_and_no_other(etcd: Et
             await store.close()
 
     asyncio.run(main())
+
+
+def test_a_renewal_asking_for_another_id_or_role_gets_its_own(etcd: EtcdServer) -> None:
+    """Research case 8: the CSR of a renewal asks for another node's CN, the admin role and the
+    scheduler's name; the certificate carries the caller's id and role, as its old one did."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    async def main() -> None:
+        store = await Store.connect(etcd.host, etcd.port)
+        try:
+            await tls.ensure_ca(store)
+            key = ec.generate_private_key(ec.SECP256R1())
+            csr = (x509.CertificateSigningRequestBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other-node"),
+                                            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admin")]))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(pki.SCHEDULER_NAME)]), critical=False)
+                   .sign(key, hashes.SHA256()))
+            r = await tls.renew(store, csr.public_bytes(Encoding.PEM), transport.Caller("n1", "agent"),
+                                "ipv4:127.0.0.1:1")
+            s = pki.subject_of(r.certificate)
+            assert (r.node_id, r.role, s.node_id, s.role) == ("n1", "agent", "n1", "agent")
+            sans = x509.load_pem_x509_certificate(r.certificate).extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+            assert sans == ["n1.node.dockyard"]
+        finally:
+            await store.close()
+
+    asyncio.run(main())
