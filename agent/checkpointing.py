@@ -115,7 +115,7 @@ class Checkpoints:
         return stats
 
     async def checkpoint_lazy(self, ref: str, address: str, port: int, export: Any, level: int = 1,
-                              dumped: Callable[[], None] | None = None) -> Any:
+                              dumped: Callable[[], None] | None = None, crl: bytes = b"") -> Any:
         """Post-copy: freeze and dump the container without its memory pages, which CRIU keeps and
         serves on address:port (agent/checkpoint/lazy.py), and write the archive to `export`.
 
@@ -133,9 +133,14 @@ class Checkpoints:
             start = time.monotonic()
             try:
                 trace("agent: lazy dump")
+                crl_file = None
+                if crl and self.page_tls is not None:  # the scheduler's list of removed nodes' certificates
+                    crl_file = self.m.dir / c.id / "page-server-crl.pem"
+                    crl_file.write_bytes(crl)
                 dump = await LazyDump.start(criu, pid, images, root=str(self.m.files(c).dir / "rootfs"),
                                             address=address, port=port, external=external,
-                                            log_file=self.m.dir / c.id / "dump.log", tls_dir=self.page_tls)
+                                            log_file=self.m.dir / c.id / "dump.log", tls_dir=self.page_tls,
+                                            crl_file=crl_file)
             except Exception as e:
                 self._checkpointing.discard(c.id)
                 shutil.rmtree(images, ignore_errors=True)

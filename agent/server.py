@@ -412,7 +412,7 @@ class AgentServicer(pbg.AgentServicer):
         async def run() -> None:
             try:
                 queue.put_nowait(await migration.migrate(
-                    self.m, request.id, migration.Target(request.target, request.target_node, request.grant),
+                    self.m, request.id, migration.Target(request.target, request.target_node, request.grant, request.crl),
                     request.live, emit, lazy_pages=self.lazy_pages, identity=self.identity))
             except BaseException as e:
                 queue.put_nowait(e)
