@@ -174,9 +174,12 @@ def check_cpu_limit(d: VMDockyard, vm: VM) -> dict[str, Any]:
 
 
 def check_pids_limit(d: VMDockyard, vm: VM) -> dict[str, Any]:
-    """--pids-limit 5: pids.max is 5, the sixth fork is refused (EAGAIN), pids.events counts it."""
+    """--pids-limit 5: pids.max is 5, a fork past it is refused (EAGAIN), pids.events counts it.
+    The forks are made in a subshell: busybox sh exits when a fork fails, and the container must live
+    on to be read (its cgroup goes with it); `exec sleep` at the end needs no fork."""
     cg = run_detached(d, vm, "forks", "--pids-limit", "5", "busybox", "sh", "-c",
-                      "exec 2>&1; for i in 1 2 3 4 5 6 7 8; do sleep 100000 & done; echo forked; sleep 100000")
+                      "exec 2>&1; (for i in 1 2 3 4 5 6 7 8; do sleep 100000 & done); echo forked; "
+                      "exec sleep 100000")
     assert vm.sh(f"cat {cg}/pids.max").strip() == "5"
     logs = wait_until("the loop's end", lambda: "forked" in (o := d.dy(vm, "logs", "forks")) and o, 60)
     assert "can't fork" in logs or "Resource temporarily unavailable" in logs, logs
