@@ -186,6 +186,8 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--state-dir", default=settings.SCHEDULER_STATE, show_default=True,
               help="State directory (the embedded etcd's data lives here)")
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
+@click.option("--heartbeat", default=1.0, show_default=True,
+              help="Seconds between an agent's heartbeats (each one's deadline too); at most a third of --ttl")
 @click.option("--tls", is_flag=True, help="Mutual TLS (the default): a cluster CA in etcd, join tokens, a join port at "
               "--listen's port + 1, an admin client bundle in <state-dir>/client")
 @click.option("--insecure", is_flag=True, help="Plaintext gRPC and etcd, no authentication: anyone who reaches the "
@@ -198,7 +200,8 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
               "made if missing; every replica needs the same file) [default: <state-dir>/secrets.key]")
 def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, etcd_server_name: str, listen: str,
                   advertise: str,
-                  metrics_addr: str, state_dir: str, ttl: int, tls: bool = False, insecure: bool = False,
+                  metrics_addr: str, state_dir: str, ttl: int, heartbeat: float = 1.0, tls: bool = False,
+                  insecure: bool = False,
                   metrics_tls: bool = False, cert_lifetime: str = "90d", secrets_key: str = "") -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
     from scheduler.main import SchedulerError, SchedulerOptions, run
@@ -207,12 +210,16 @@ def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, et
                                            "anyone who can reach it owns the cluster")
     if ttl < 2:
         raise click.BadParameter("at least 2 seconds (etcd's minimum lease)", param_hint="--ttl")
+    # Three heartbeats per lease: one lost or late heartbeat must not cost a node its lease.
+    if not 0.2 <= heartbeat <= ttl / 3:
+        raise click.BadParameter(f"{heartbeat:g}: from 0.2 s to a third of --ttl ({ttl / 3:g} s)",
+                                 param_hint="--heartbeat")
     lifetime = _lifetime(cert_lifetime)
     try:
         run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
-                             state_dir=state_dir, ttl=ttl, tls=tls, etcd_cacert=etcd_cacert, etcd_cert=etcd_cert,
-                             etcd_key=etcd_key, etcd_server_name=etcd_server_name, cert_lifetime=lifetime,
-                             metrics_tls=metrics_tls, secrets_key=secrets_key))
+                             state_dir=state_dir, ttl=ttl, heartbeat=heartbeat, tls=tls, etcd_cacert=etcd_cacert,
+                             etcd_cert=etcd_cert, etcd_key=etcd_key, etcd_server_name=etcd_server_name,
+                             cert_lifetime=lifetime, metrics_tls=metrics_tls, secrets_key=secrets_key))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
 
