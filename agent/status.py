@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import grpc
 
+from agent.diskspace import DiskFull
 from agent.images import registry
 from agent.images.dockerfile import DockerfileError
 from agent.images.errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, InvalidReference
@@ -24,6 +25,7 @@ TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidReference, grpc.StatusCode.INVALID_ARGUMENT),
     (registry.RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (DiskFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
     (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),
