@@ -201,7 +201,10 @@ class Soak:
                       and (t.healthy == "healthy" or t.service.removeprefix("soak_") not in HEALTHY))
         short = [f"{name} {per.get(name, 0)}/{n}" for name, n in self.desired.items() if per.get(name, 0) != n]
         if short:
-            return "running (and healthy where checked): " + ", ".join(short)
+            odd = [f"{t.name} on {t.node or '-'} {t.state}{' ' + t.healthy if t.healthy else ''}"
+                   f"{': ' + t.error[:120] if t.error else ''}" for t in ts
+                   if t.state != "running" or (t.healthy != "healthy" and t.service.removeprefix("soak_") in HEALTHY)]
+            return "running (and healthy where checked): " + ", ".join(short) + (f" ({'; '.join(odd[:4])})" if odd else "")
         where: dict[str, list[str]] = {}
         for h in self.c:
             for _, task in self.copies(h):
