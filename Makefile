@@ -19,7 +19,7 @@ up: install
 
 test: install
 	$(MAKE) lint
-	$(PYTEST_RUN) tests --ignore=tests/bench
+	$(PYTEST_RUN) --durations=30 tests --ignore=tests/bench
 	$(MAKE) test-docker-api
 
 # docker-py's own integration suite against a test agent's Docker API (tests/dockerpy_suite.py)

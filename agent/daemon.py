@@ -56,6 +56,7 @@ class AgentOptions:
     join: str = ""                   # scheduler replicas host:port[,host:port...] (agent/cluster.py)
     advertise: str = ""              # the address the scheduler reaches this agent at (default: listen)
     token: str = ""                  # a join token: mutual TLS with the cluster (agent/join.py)
+    insecure: bool = False           # --insecure: --listen and --join in plaintext (else they need a certificate)
     cgroup_favor_dynmods: bool = False  # agent/runtime/cgroups/_dynmods.py
     docker_socket: str = DEFAULT_DOCKER_SOCKET   # Docker's Engine API (agent/dockerapi); "" serves none
     docker_tcp: str = ""             # and on loopback TCP, HOST:PORT (opt-in: no TLS yet)
@@ -133,7 +134,7 @@ class Agent:
         self.manager.default_dns = list(o.engine.dns)
         self.manager.default_dns_search = list(o.engine.dns_search)
         self.manager.default_dns_options = list(o.engine.dns_options)
-        await self.manager.adopt()
+        await self.manager.supervisor.adopt()
         for c in self.manager.containers.values():   # adopted on a user network: its 127.0.0.11 anew
             if self.manager.localnets.is_local(c.config.network_mode) and c.state.status in ("running", "paused"):
                 try:
@@ -234,7 +235,15 @@ class Agent:
             first = next(a.strip() for a in o.join.split(",") if a.strip())
             bundle = (await join.join(join.join_address(first), o.token, name=o.name, tls_dir=tls_dir)).bundle
         if bundle is None:
+            if (o.join or o.listen) and not o.insecure:
+                raise join.JoinError(
+                    f"{'--join' if o.join else '--listen'} serves and calls over mutual TLS, and this node has no "
+                    f"certificate in {tls_dir}: give the join token (--token or DOCKYARD_JOIN_TOKEN; "
+                    "`dockyard cluster join-token worker` prints it), or --insecure for a scheduler run with --insecure")
             return transport.AGENT
+        if o.insecure:
+            raise join.JoinError(f"--insecure, but this node holds a cluster certificate in {tls_dir} (it joined by "
+                                 "token): run it without --insecure, or remove that directory to leave the cluster")
         node_id = pki.subject_of(bundle.cert_pem).node_id
         tmp = self.root / "node-id.tmp"
         tmp.write_text(node_id + "\n")

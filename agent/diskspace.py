@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from agent.model import AgentError
+from agent.errors import AgentError
 
 
 class DiskFull(AgentError):

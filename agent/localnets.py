@@ -105,19 +105,31 @@ class LocalNetworks:
         return mode not in BUILTIN and mode != "" and any(n.name == mode for n in self.nets.values())
 
     def users(self, n: LocalNetwork) -> list[Container]:
-        return [c for c in self.containers() if c.config.network_mode == n.name]
+        from agent.netattach import networks_of
+
+        return [c for c in self.containers() if n.name in networks_of(c)]
+
+    def local_of(self, c: Container) -> tuple[str, ...]:
+        """The user networks of this agent the container is on, its first one first."""
+        from agent.netattach import networks_of
+
+        return tuple(name for name in networks_of(c) if self.is_local(name))
 
     # --- names at 127.0.0.11 -----------------------------------------------------------------------
 
     def _records(self, also: Container | None = None) -> list[Any]:
+        from agent.netattach import attached, attachment
         from agent.resolver import Record
 
         out = []
         for c in self.containers():
-            live = c is also or c.state.status in ("running", "paused")
-            if live and c.ip_address and self.is_local(c.config.network_mode):
-                out.append(Record(c.config.network_mode, c.ip_address, c.name, c.id[:12],
-                                  tuple(c.config.network_aliases), True))
+            if not (c is also or c.state.status in ("running", "paused")):
+                continue
+            for net, ep in attached(c).items():
+                if ep.get("ip") and self.is_local(net):
+                    a = attachment(c, net)
+                    aliases = a.aliases if a is not None else c.config.network_aliases
+                    out.append(Record(net, str(ep["ip"]), c.name, c.id[:12], tuple(aliases), True, c.name))
         return out
 
     def open_resolver(self, c: Container, pid: int) -> None:
@@ -131,11 +143,26 @@ class LocalNetworks:
             self._resolvers = Resolvers()
             self._resolvers.loop = self.loop
         self._resolvers.set_records(self._records(also=c))
-        self._resolvers.open(c.id, (c.config.network_mode,), pid)
+        self._resolvers.open(c.id, self.local_of(c), pid, links_of(c))
+
+    def refresh(self, c: Container) -> bool:
+        """A running container joined or left a network: every zone and its resolver's networks
+        (one opened if it had none: its first network is the bridge). True if it now has one."""
+        nets = self.local_of(c)
+        if self._resolvers is None or c.id not in self._resolvers.by_container:
+            if not nets:
+                if self._resolvers is not None:
+                    self._resolvers.set_records(self._records())
+                return False
+            self.open_resolver(c, c.state.pid)
+            return True
+        self._resolvers.set_networks(c.id, nets, links_of(c))
+        self._resolvers.set_records(self._records())
+        return True
 
     def on_change(self, c: Container) -> None:
         """ContainerManager.on_change: every zone learns of a start or an exit at once."""
-        if self._resolvers is not None and self.is_local(c.config.network_mode):
+        if self._resolvers is not None and self.local_of(c):
             self._resolvers.on_change(c)
             self._resolvers.set_records(self._records())
 
@@ -216,6 +243,15 @@ class LocalNetworks:
         for n in list(self.nets.values()):
             with contextlib.suppress(NetworkError, OSError):
                 self.remove(n)
+
+
+def links_of(c: Container) -> tuple[tuple[str, str], ...]:
+    """--link NAME[:ALIAS] -> (alias, name) and (name, name): names of this container's resolver."""
+    out = []
+    for link in c.config.links:
+        name, _, alias = link.partition(":")
+        out += [(alias.lstrip("/") or name, name.lstrip("/")), (name.lstrip("/"), name.lstrip("/"))]
+    return tuple(dict.fromkeys(out))
 
 
 def network_id(name: str, agent: str) -> str:

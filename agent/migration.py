@@ -32,7 +32,9 @@ from typing import Any
 
 import grpc
 
+from agent.containermounts import volume_names
 from agent.containers import ContainerManager
+from agent.images.errors import ImageError
 from agent.model import AgentError, Conflict, NotFound, Unavailable
 from agent.runtime.procs import trace
 from common import faults, transport
@@ -103,7 +105,7 @@ async def _ensure_image(m: ContainerManager, channel: grpc.aio.Channel, image_id
 
     try:
         tagged = m.images.get(ref).id == image_id
-    except Exception:
+    except ImageError:   # not here by that name (or not a name at all): sent by its id
         tagged = False
     with tempfile.TemporaryFile(dir=m.root) as tmp:
         await asyncio.to_thread(m.images.save, [ref if tagged else image_id], tmp)
@@ -222,18 +224,18 @@ def _pages_servable(identity: transport.Identity, target: str) -> bool:
 async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str, md: Any) -> None:
     """Before anything stops: the container's volumes move with it (none may be shared with another
     container here, none may exist on the target), and its bind sources must exist there."""
-    from agent.containers import volume_names
     from protos import volumes_pb2 as vpb
     from protos import volumes_pb2_grpc as vpbg
 
     c = m.get(cid)
     if not c.config.mounts:
         return
-    problems = m.volumes_shared(c)
-    binds = [x.source for x in c.config.mounts if x.type == "bind"]
+    problems = m.mounts.shared(c)
+    binds = [x for x in c.config.mounts if x.type == "bind"]
     try:
         r = await vpbg.VolumesStub(channel).CheckMigration(  # type: ignore[no-untyped-call]
-            vpb.MigrationCheck(bind_sources=binds, volumes=volume_names(c)), timeout=30, metadata=md)
+            vpb.MigrationCheck(bind_sources=[x.source for x in binds], volumes=volume_names(c),
+                               bind_propagation=[x.propagation for x in binds]), timeout=30, metadata=md)
     except grpc.aio.AioRpcError as e:
         raise Unavailable(f"target agent {target} cannot say whether {c.name}'s mounts fit: {e.details()}") from e
     problems += [f"{p} ({target})" for p in r.problems]
@@ -243,11 +245,10 @@ async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel
 
 async def _remove_moved_volumes(m: ContainerManager, c: Any) -> None:
     """Its volumes went with it: their copies here go once the target runs it."""
-    from agent.containers import volume_names
 
     names = volume_names(c)
     if names:
-        await asyncio.to_thread(m.remove_volumes, names)
+        await asyncio.to_thread(m.mounts.remove, names)
 
 
 async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str,

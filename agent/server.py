@@ -50,12 +50,6 @@ def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
                 return await fn(self, request, context)
         except (AgentError, ValueError, OSError) as e:
             await context.abort(_status(e), str(e))
-        except Exception as e:
-            from agent.images import errors as images
-
-            if isinstance(e, images.ImageError):
-                await context.abort(_status(e), str(e))
-            raise
         raise AssertionError("unreachable")
 
     return wrapper
@@ -68,12 +62,8 @@ def _mapped_stream(fn: Callable[..., AsyncIterator[T]]) -> Callable[..., AsyncIt
             with metrics.observe(fn.__name__):
                 async for item in fn(self, request, context):
                     yield item
-        except Exception as e:
-            from agent.images import errors as images
-
-            if isinstance(e, (AgentError, ValueError, OSError, images.ImageError)):
-                await context.abort(_status(e), str(e))
-            raise
+        except (AgentError, ValueError, OSError) as e:
+            await context.abort(_status(e), str(e))
 
     return wrapper
 
@@ -147,7 +137,7 @@ class AgentServicer(pbg.AgentServicer):
     async def InspectContainer(self, request: pb.ContainerRef, context: Any) -> pb.JsonDocument:
         c = self.m.get(request.id)
         log = "" if c.config.log_config.type == "none" else str(self.m.files(c).log)
-        extra = {"LogPath": log, "Driver": "overlay", "Mounts": self.m.mounts_info(c)}
+        extra = {"LogPath": log, "Driver": "overlay", "Mounts": self.m.mounts.info(c)}
         return pb.JsonDocument(json=json.dumps(convert.inspect(c, extra)))
 
     @_mapped
@@ -199,7 +189,8 @@ class AgentServicer(pbg.AgentServicer):
     async def ContainerLogs(self, request: pb.LogsRequest, context: Any) -> AsyncIterator[pb.LogEntry]:
         want = {s for s, on in (("stdout", request.stdout), ("stderr", request.stderr)) if on} or {"stdout", "stderr"}
         tail = request.tail if request.tail >= 0 else -1
-        async for stream, data, t in self.m.logs(request.id, request.follow, tail, request.since, request.until):
+        async for stream, data, t in self.m.logs(request.id, request.follow, tail, request.since, request.until,
+                                                request.details):
             if stream in want:
                 yield pb.LogEntry(stream=stream, data=data, time=t)
 

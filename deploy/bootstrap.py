@@ -109,7 +109,7 @@ class Inventory:
     path: Path
     hosts: list[HostSpec]
     etcd: str = ""
-    tls: bool = False        # `cluster up --tls`: schedulers --tls, agents join by the worker token
+    tls: bool = False        # `cluster up` (unless --insecure): schedulers --tls, agents join by the worker token
     join_token: str = ""     # that token, read from the first scheduler once it runs
 
     @property
@@ -706,9 +706,10 @@ REMOTE_OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
 
 
 def remote_main(argv: list[str]) -> int:
-    """One request (JSON in argv[0]), one JSON answer on stdout; exit 1 when it carries an error."""
+    """One request (JSON in argv[0], or on stdin when that is "-"), one JSON answer on stdout; exit 1
+    when it carries an error."""
     try:
-        req = json.loads(argv[0])
+        req = json.loads(sys.stdin.read() if argv[0] == "-" else argv[0])
         out = REMOTE_OPS[req["op"]](req)
     except Exception as e:  # the answer must still be JSON, for the side that parses it
         out = {"error": f"{type(e).__name__}: {e}"}
@@ -766,11 +767,12 @@ class Session:
     def _prefix(self) -> list[str]:
         return ["sudo", "-n", "--"] if self.spec.sudo else []
 
-    async def run(self, step: str, argv: list[str], timeout: float) -> str:
+    async def run(self, step: str, argv: list[str], timeout: float, stdin: str | None = None) -> str:
         import asyncssh
 
         try:
-            r = await asyncio.wait_for(self.conn.run(shlex.join([*self._prefix(), *argv]), check=False), timeout)
+            r = await asyncio.wait_for(self.conn.run(shlex.join([*self._prefix(), *argv]), input=stdin, check=False),
+                                       timeout)
         except TimeoutError:
             raise StepFailed(self.spec.name, step, f"no answer after {timeout:.0f} s") from None
         except (OSError, asyncssh.Error) as e:
@@ -796,10 +798,10 @@ class Session:
     async def helper(self, step: str, req: dict[str, Any], timeout: float) -> dict[str, Any]:
         """This module's remote_main on the host, from its copy of the project."""
         s = self.spec
-        argv = ["env", "-C", s.project_dir, f"PYTHONPATH={s.project_dir}", s.python, "-m", "deploy.bootstrap",
-                json.dumps(req)]
+        # The request on stdin, not in the argv: it may carry the join token, and `ps` shows argvs to all.
+        argv = ["env", "-C", s.project_dir, f"PYTHONPATH={s.project_dir}", s.python, "-m", "deploy.bootstrap", "-"]
         try:
-            text = await self.run(step, argv, timeout)
+            text = await self.run(step, argv, timeout, stdin=json.dumps(req))
         except StepFailed as e:
             # A helper that ran reports its error as JSON on its last line, which may be longer than
             # the message keeps (a log tail); anything else (no python...) is shown as is.
@@ -931,8 +933,7 @@ def scheduler_argv(inv: Inventory, h: HostSpec) -> list[str]:
             "--state-dir", str(PurePosixPath(h.state_dir) / "scheduler")]
     if inv.etcd_urls:
         argv += ["--etcd", inv.etcd_urls]
-    if inv.tls:
-        argv += ["--tls"]
+    argv += ["--tls" if inv.tls else "--insecure"]
     return [*argv, *h.scheduler_args]
 
 
@@ -954,11 +955,17 @@ def agent_argv(inv: Inventory, h: HostSpec) -> list[str]:
     argv = [h.python, "-m", "deploy.cli", "agent", "--root", str(PurePosixPath(h.state_dir) / "agent"),
             "--socket", h.socket, "--listen", h.agent_addr, "--advertise", h.agent_addr, "--name", h.name,
             "--join", inv.join, "--docker-socket", str(PurePosixPath(h.socket).parent / "docker.sock")]
-    if inv.join_token:  # first start only: a restarted agent keeps its certificate in <root>/tls
-        argv += ["--token", inv.join_token]
+    if not inv.tls:
+        argv += ["--insecure"]
     for k, v in sorted(h.labels.items()):
         argv += ["--label", f"{k}={v}"]
     return [*argv, *h.agent_args]
+
+
+def agent_env(inv: Inventory) -> dict[str, str]:
+    """The join token in the agent's environment, never its argv (`ps` shows argvs to every user).
+    It counts at the first start only: a restarted agent keeps its certificate in <root>/tls."""
+    return {"DOCKYARD_JOIN_TOKEN": inv.join_token} if inv.join_token else {}
 
 
 async def _start(s: Session, inv: Inventory, what: str, o: Options) -> dict[str, Any]:
@@ -967,7 +974,7 @@ async def _start(s: Session, inv: Inventory, what: str, o: Options) -> dict[str,
     argv = _argv(inv, h, what)
     ready = readiness(inv, h, what)
     req = {"op": "start", "name": what, "argv": argv, "cwd": h.project_dir, "state_dir": h.state_dir,
-           "ready": ready, "timeout": o.ready_timeout}
+           "ready": ready, "timeout": o.ready_timeout, "env": agent_env(inv) if what == "agent" else {}}
     out = await s.helper(step, req, o.ready_timeout + 30)
     if "error" in out:
         raise StepFailed(h.name, step, str(out["error"]))

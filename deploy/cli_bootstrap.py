@@ -101,13 +101,19 @@ timeout_opt = click.option("--timeout", default=15.0, show_default=True, help="S
 @click.option("--install/--no-install", default=True, show_default=True,
               help="Run deploy/install.sh on every host (--no-install: assume it is installed)")
 @click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds a scheduler or agent has to be ready")
-@click.option("--tls", is_flag=True, help="Mutual TLS: schedulers --tls, agents joined by the worker token, the "
+@click.option("--tls", is_flag=True, help="Mutual TLS, the default: agents joined by the worker token, the "
               "admin bundle next to the inventory (and in ~/.dockyard when that has none)")
-def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: float, tls: bool = False) -> None:
+@click.option("--insecure", is_flag=True, help="Plaintext and no authentication on every scheduler and agent port")
+def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: float, tls: bool = False,
+               insecure: bool = False) -> None:
     """Copy the project to every host, install it, start the scheduler(s) and an agent per host.
 
     Safe to run again: what is running stays running. When a host or a step fails, nothing is
     started (or what this run started is stopped again) and the host and the step are named."""
+    from deploy.cli_cluster import secure_by_default
+
+    tls = secure_by_default(tls, insecure, "every scheduler and agent of the inventory serves without TLS or "
+                                           "authentication: anyone who can reach a port owns the cluster")
     inv = _load(inventory)
     console = _console()
     try:

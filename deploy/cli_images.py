@@ -70,10 +70,11 @@ def _all_auths() -> dict[str, ipb.AuthConfig]:
 
 def _domain(ref: str) -> str:
     from agent.images import reference
+    from agent.images.errors import ImageError
 
     try:
         return reference.parse(ref).domain
-    except Exception as e:
+    except ImageError as e:
         fail(f"invalid reference format: {e}")
 
 

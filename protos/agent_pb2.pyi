@@ -516,7 +516,7 @@ class WaitResponse(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("id", "follow", "tail", "since", "until", "stdout", "stderr")
+    __slots__ = ("id", "follow", "tail", "since", "until", "stdout", "stderr", "details")
     ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
@@ -524,6 +524,7 @@ class LogsRequest(_message.Message):
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
     id: str
     follow: bool
     tail: int
@@ -531,7 +532,8 @@ class LogsRequest(_message.Message):
     until: float
     stdout: bool
     stderr: bool
-    def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., stdout: _Optional[bool] = ..., stderr: _Optional[bool] = ...) -> None: ...
+    details: bool
+    def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., stdout: _Optional[bool] = ..., stderr: _Optional[bool] = ..., details: _Optional[bool] = ...) -> None: ...
 
 class LogEntry(_message.Message):
     __slots__ = ("stream", "data", "time")

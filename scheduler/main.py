@@ -225,6 +225,9 @@ class Scheduler:
         else:
             # With --tls our own etcd takes only the client certificate of a CA of its own.
             pki_ = None
+            if not o.tls and (state / "etcd-tls").exists():
+                raise SchedulerError(f"{state} holds a TLS cluster (etcd-tls/): an --insecure scheduler would serve "
+                                     "its etcd, and the cluster CA's key in it, to anyone; run it without --insecure")
             if o.tls:
                 from scheduler import etcd_tls as _etcd_tls
 
@@ -238,6 +241,9 @@ class Scheduler:
         scheme = "https" if etcd_client is not None else "http"
         self.etcd_url = ",".join(f"{scheme}://{h}:{p}" for h, p in endpoints)
         self.store = store = await connect(endpoints, tls=etcd_client, server_name=etcd_name)
+        if not o.tls and await store.get_raw(store.keys.ca("root")) is not None:
+            raise SchedulerError(f"etcd {self.etcd_url} holds a cluster CA (the cluster runs with TLS): an --insecure "
+                                 "replica would let anyone in; run it without --insecure")
         m = self.metrics = metrics_mod.SchedulerMetrics()
         view = self.view = View(store)
         advertise = o.advertise or o.listen

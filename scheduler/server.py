@@ -20,6 +20,7 @@ from common import transport
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
+from protos import service_pb2 as spb
 from scheduler import convert, objects
 from scheduler import network as netmod
 from scheduler.dispatch import Agents, container_name, write_observed
@@ -317,7 +318,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         return sum(1 for t in self.view.tasks_of(name) if t.live)
 
     @_mapped
-    async def CreateService(self, request: pb.ServiceSpec, context: Any) -> pb.ServiceInfo:
+    async def CreateService(self, request: spb.ServiceSpec, context: Any) -> pb.ServiceInfo:
         spec = convert.spec_from_pb(request)
         if not _SERVICE_NAME.match(spec.name):
             raise Invalid(f"invalid service name {spec.name!r} (letters, digits, '_', '.', '-')")
@@ -413,11 +414,12 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def UpdateService(self, request: pb.UpdateServiceRequest, context: Any) -> pb.ServiceInfo:
-        if request.spec_json:
-            await self._admit_endpoints([convert.spec_from_json(request.spec_json)])
+        new = convert.spec_from_pb(request.spec) if request.HasField("spec") else None
+        if new is not None:
+            await self._admit_endpoints([new])
 
         def change(s: Service) -> Service | None:
-            spec = convert.spec_from_json(request.spec_json) if request.spec_json else s.spec
+            spec = new if new is not None else s.spec
             if request.expect_version and request.expect_version != s.version:
                 raise Refused(f"service {s.name} changed while it was being edited (version {request.expect_version} "
                               f"-> {s.version}); try again")
@@ -1054,12 +1056,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
 
 def _changed_fields(old: Service, spec: Any) -> list[str]:
-    a, b = convert.spec_json(old.spec), convert.spec_json(spec)
-    if a == b:
-        return []
-    import json
-
-    da, db = json.loads(a), json.loads(b)
+    da, db = convert.spec_dict(old.spec), convert.spec_dict(spec)
     return sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
 
 

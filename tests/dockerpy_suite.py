@@ -114,15 +114,6 @@ UNSUPPORTED: dict[str, list[str]] = {
         'api_network_test.py::TestNetworks::test_create_network_ingress',
         'api_network_test.py::TestNetworks::test_create_inspect_network_with_scope',
     ],
-    "a dockyard container has one network: a running one cannot be connected to another or "
-    "disconnected (refused by name; a created one can move)": [
-        'api_network_test.py::TestNetworks::test_connect_and_disconnect_container',
-        'api_network_test.py::TestNetworks::test_connect_and_force_disconnect_container',
-        'api_network_test.py::TestNetworks::test_connect_on_container_create',
-        'api_network_test.py::TestNetworks::test_connect_with_aliases',
-        'api_network_test.py::TestNetworks::test_connect_with_links',
-        'models_networks_test.py::NetworkTest::test_connect_disconnect',
-    ],
     "the test puts a public subnet (132.124.0.0/16) on this host's bridge: against the network rule "
     "(--ip itself works: tests/kernel/test_dockerapi_hostconfig.py)": [
         'api_network_test.py::TestNetworks::test_create_with_ipv4_address',

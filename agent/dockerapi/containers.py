@@ -122,7 +122,7 @@ def register(r: Any, api: DockerAPI) -> None:
                 with contextlib.suppress(Exception):
                     used = await asyncio.to_thread(api.images.snapshotter.usage, c.snapshot)
                     sz = (used, used + api.images.get(c.image_id).size)
-            rows.append(convert.summary(c, sz, _health_of(api, c), m.mounts_info(c)))
+            rows.append(convert.summary(c, sz, _health_of(api, c), m.mounts.info(c)))
         return Json(200, rows)
 
     async def inspect(req: Request) -> Response:
@@ -131,7 +131,7 @@ def register(r: Any, api: DockerAPI) -> None:
         with contextlib.suppress(Exception):
             ic = api.images.config_of(c.image_id)
         health = api.health.health.get(c.id) if api.health is not None else None
-        doc = convert.inspect(c, str(m.files(c).log), ic, health, m.mounts_info(c), req.version)
+        doc = convert.inspect(c, str(m.files(c).log), ic, health, m.mounts.info(c), req.version)
         doc["ExecIDs"] = [e.id for e in api.execs.values() if e.container == c.id] or None
         if req.flag("size"):
             with contextlib.suppress(Exception):
@@ -286,7 +286,7 @@ def register(r: Any, api: DockerAPI) -> None:
         want = {s for s, on in (("stdout", out), ("stderr", err)) if on}
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for stream, data, t in m.logs(c.id, req.flag("follow"), tail, since, until):
+            async for stream, data, t in m.logs(c.id, req.flag("follow"), tail, since, until, req.flag("details")):
                 if stream not in want:
                     continue
                 if stamps:

@@ -22,6 +22,7 @@ from agent.model import (
     InvalidArgument,
     LogConfig,
     Mount,
+    NetworkAttachment,
     Port,
     Resources,
     RestartPolicy,
@@ -247,28 +248,37 @@ def _mount_obj(obj: Any, where: str) -> Mount:
     return m
 
 
-def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str], str]:
-    """NetworkingConfig.EndpointsConfig: the container's own network (one here), its Aliases and
-    Links; a second network, or an address or MAC asked for, is refused by name."""
+def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str], str, list[NetworkAttachment]]:
+    """NetworkingConfig.EndpointsConfig: the container's own network (its NetworkMode), its Aliases
+    and Links, and the further user networks it joins at create (API 1.44: several at once)."""
     endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
     if not isinstance(endpoints, dict):
         raise HTTPError(400, "NetworkingConfig.EndpointsConfig must be an object")
     aliases: list[str] = []
     links: list[str] = []
     ip = ""
+    more: list[NetworkAttachment] = []
     for netname, ep in endpoints.items():
         where = f"NetworkingConfig.EndpointsConfig.{netname}"
-        if netname not in (net, "default") and not (net == "bridge" and netname == "bridge"):
-            raise HTTPError(400, f"{where}: a dockyard container has one network, its NetworkMode ({net}); "
-                                 "connect it to no other at create")
+        first = netname in (net, "default") or (net == "bridge" and netname == "bridge")
+        if not first and netname in ("bridge", "host", "none", "default"):
+            raise HTTPError(400, f"{where}: a further network must be a user-defined one (NetworkMode is {net})")
+        a = NetworkAttachment(netname)
         for k, v in (ep or {}).items():
-            if k in ("Aliases", "Links"):
-                (aliases if k == "Aliases" else links).extend(_strs(v, f"{where}.{k}"))
+            if k == "Aliases":
+                (aliases if first else a.aliases).extend(_strs(v, f"{where}.{k}"))
+            elif k == "Links" and first:
+                links.extend(_strs(v, f"{where}.{k}"))
             elif k == "IPAMConfig" and v:
-                ip = ipam_address(v, where)
+                if first:
+                    ip = ipam_address(v, where)
+                else:
+                    a.ipv4_address = ipam_address(v, where)
             elif k not in ("NetworkID", "EndpointID") and not empty(v):
                 raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
-    return aliases, links, ip
+        if not first:
+            more.append(a)
+    return aliases, links, ip, more
 
 
 def ipam_address(v: Any, where: str) -> str:
@@ -398,7 +408,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
     net = _str(host.get("NetworkMode"), "HostConfig.NetworkMode") or "bridge"
     if net == "default":
         net = "bridge"
-    aliases, links, ipv4 = _endpoint(body, net)
+    aliases, links, ipv4, more = _endpoint(body, net)
     links += _strs(host.get("Links"), "HostConfig.Links")
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
@@ -459,7 +469,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         volumes_from=_strs(host.get("VolumesFrom"), "HostConfig.VolumesFrom"),
         log_config=log_config,
         network_aliases=aliases,
-        ipv4_address=ipv4,
+        ipv4_address=ipv4, networks=more,
         links=[_link(x) for x in links],
     )
     size = host.get("ConsoleSize")
@@ -495,23 +505,36 @@ def _bindings(cfg: ContainerConfig) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def endpoint_json(c: Container, version: str = "1.45") -> dict[str, Any]:
-    """NetworkSettings.Networks[its network] of a container: its address there, its aliases and
-    the names other containers find it by (at API <= 1.44 docker lists the short id among the
-    aliases too, and docker-compose 1.29 relies on it)."""
-    ep = c.endpoint or {}
-    user = c.config.network_mode not in ("", "bridge", "default", "host", "none")
-    aliases = list(c.config.network_aliases)
+def endpoint_json(c: Container, version: str = "1.45", network: str = "") -> dict[str, Any]:
+    """NetworkSettings.Networks[network] of a container (its first network by default): its
+    address there, its aliases and the names other containers find it by (at API <= 1.44 docker
+    lists the short id among the aliases too, and docker-compose 1.29 relies on it)."""
+    from agent.netattach import attached, attachment
+
+    network = network or _netname(c)
+    a = attachment(c, network)
+    ep = attached(c).get(network) or {}
+    user = network not in ("", "bridge", "default", "host", "none")
+    aliases = list(a.aliases if a is not None else c.config.network_aliases)
+    ip = a.ipv4_address if a is not None else c.config.ipv4_address
+    names = list(aliases)
     if user and tuple(int(x) for x in version.split(".")) <= (1, 44):
         aliases.append(c.id[:12])
     return {
-        "IPAMConfig": {"IPv4Address": c.config.ipv4_address} if c.config.ipv4_address else None,
-        "Links": list(c.config.links) or None, "Aliases": aliases or None,
+        "IPAMConfig": {"IPv4Address": ip} if ip else None,
+        "Links": list(c.config.links) or None if a is None else None, "Aliases": aliases or None,
         "MacAddress": ep.get("mac", ""), "NetworkID": "", "EndpointID": c.id if ep else "",
-        "Gateway": ep.get("gateway", ""), "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0),
+        "Gateway": ep.get("gateway", ""), "IPAddress": ep.get("ip", ""), "IPPrefixLen": int(ep.get("prefixlen", 0) or 0),
         "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None,
-        "DNSNames": [c.name, c.id[:12], *c.config.network_aliases] if user else None,
+        "DNSNames": [c.name, c.id[:12], *names] if user else None,
     }
+
+
+def networks_json(c: Container, version: str = "1.45") -> dict[str, Any]:
+    """NetworkSettings.Networks: every network of the container, its first one first."""
+    from agent.netattach import networks_of
+
+    return {n: endpoint_json(c, version, n) for n in networks_of(c) or [_netname(c)]}
 
 
 def _netname(c: Container) -> str:
@@ -556,7 +579,7 @@ def summary(c: Container, size: tuple[int, int] | None = None, health: str = "",
         "Command": command_of(c), "Created": int(c.created), "Ports": ports, "Labels": c.config.labels,
         "State": c.state.status, "Status": status_text(c, health=health),
         "HostConfig": {"NetworkMode": c.config.network_mode},
-        "NetworkSettings": {"Networks": {_netname(c): endpoint_json(c)}},
+        "NetworkSettings": {"Networks": networks_json(c)},
         "Mounts": mounts or [],
     }
     if size is not None:
@@ -567,7 +590,7 @@ def summary(c: Container, size: tuple[int, int] | None = None, health: str = "",
 def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
             mounts: list[dict[str, Any]] | None = None, version: str = "1.45") -> dict[str, Any]:
     """GET /containers/{id}/json: Docker's keys, with Docker's defaults where dockyard has no such
-    thing. mounts: the manager's mounts_info (docker's top-level Mounts)."""
+    thing. mounts: the manager's mounts.info (docker's top-level Mounts)."""
     s, cfg = c.state, c.config
     given = mount_specs.docker_spelling(cfg.mounts)
     r = cfg.resources
@@ -662,7 +685,7 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": c.ip_address,
             "IPPrefixLen": int((c.endpoint or {}).get("prefixlen", 0) or 0), "IPv6Gateway": "",
             "MacAddress": (c.endpoint or {}).get("mac", ""),
-            "Networks": {_netname(c): endpoint_json(c, version)},
+            "Networks": networks_json(c, version),
         },
     }
 

@@ -26,7 +26,7 @@ import tarfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, BinaryIO, cast
 
 from . import reference as refs
 from .config import (
@@ -48,6 +48,7 @@ from .layers import (
     Budget,
     HashingReader,
     LayerStats,
+    MemberReader,
     TarReader,
     compression_of,
     decompressed,
@@ -222,9 +223,8 @@ def _stream_member(store: ImageStore, root: Root, archive: _Archive, tf: tarfile
         old = archive.layers.pop(name, None)
         if old is not None:  # the last member of a name wins, as on disk
             store.snapshotter.discard(old.dir)
-        src = tf.extractfile(m)
-        assert src is not None
-        head = src.peek(512)[:512]  # type: ignore[attr-defined]
+        src = io.BufferedReader(MemberReader(tf, m), CHUNK)
+        head = src.peek(512)[:512]
         if _looks_like_layer(head, m.size):
             archive.layers[name] = _unpack_layer(store, src, m, budget, plain=not compression_of(head))
             return
@@ -243,7 +243,8 @@ def _unpack_layer(store: ImageStore, src: IO[bytes], m: tarfile.TarInfo, budget:
     # A plain tar's digest is its diff_id, which the unpack computes: hashed once, not twice.
     raw = HashingReader(src, None, what, hashed=not plain)
     try:
-        tmp, stats = store.snapshotter.unpack(io.BufferedReader(raw, CHUNK), what, budget.bound())
+        # the reader itself (it has peek), not a BufferedReader around it: one copy of the layer fewer
+        tmp, stats = store.snapshotter.unpack(cast("IO[bytes]", raw), what, budget.bound())
     except InvalidArchive as e:
         # Kept as this member's error: it matters only if a manifest names it as a layer. Past the
         # agent's bounds, nothing more is read, whatever it is.

@@ -730,7 +730,7 @@ def _is_archive(path: Path) -> bool:
             else:
                 f.seek(0)
                 head = f.read(512)
-    except Exception:
+    except Exception:   # a corrupt stream (gzip's OSError, lzma's LZMAError, zstd's own): copied as docker does
         return False
     return len(head) >= 262 and head[257:262] == b"ustar"
 

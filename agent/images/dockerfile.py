@@ -21,6 +21,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from agent.errors import InvalidArgument
+
 from .errors import ImageError
 
 # Instructions dockyard builds; the others docker knows are refused with a clear "not supported".
@@ -41,7 +43,7 @@ FLAGS: dict[str, tuple[str, ...]] = {
 EXPANDED = ("FROM", "COPY", "ADD", "ENV", "ARG", "LABEL", "EXPOSE", "USER", "WORKDIR", "STOPSIGNAL", "VOLUME")
 
 
-class DockerfileError(ImageError):
+class DockerfileError(ImageError, InvalidArgument):
     """A Dockerfile that cannot be parsed or built; the message names the file and line."""
 
     def __init__(self, message: str, line: int = 0, filename: str = "Dockerfile") -> None:

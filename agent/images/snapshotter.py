@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, BinaryIO
 
+from agent.errors import Conflict
 from agent.runtime.spec import write_atomic
 
 from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive
@@ -66,7 +67,7 @@ class Mount:
 _FLAG_OPTIONS = {"ro", "rw", "bind", "rbind"}
 
 
-class SnapshotExists(ImageError):
+class SnapshotExists(ImageError, Conflict):
     pass
 
 

@@ -98,7 +98,7 @@ def bench_migration(tmp: Path, tar: Path) -> None:
     src, dst = AgentProcess(tmp / "src"), AgentProcess(tmp / "dst")
     for x in (src, dst):
         x.tcp = f"127.0.0.1:{free_port()}"  # type: ignore[attr-defined]
-        x.extra_args = ["--listen", x.tcp]  # type: ignore[attr-defined]
+        x.extra_args = ["--listen", x.tcp, "--insecure"]  # type: ignore[attr-defined]
     try:
         src.start()
         dst.start()

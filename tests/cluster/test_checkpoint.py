@@ -131,3 +131,20 @@ def test_files_written_before_an_earlier_move_survive_the_next(clean_agent: Agen
     last = a.cli("restore", "-i", str(again), "--name", "twice-2", check=True).stdout.strip()
     r = a.cli("exec", last, "sh", "-c", "cat /root/first /root/second; test -e /bin/vi || echo vi-gone")
     assert r.stdout.split() == ["first", "second", "vi-gone"], r.stdout + r.stderr
+
+
+def test_a_failed_criu_restore_ends_promptly_and_leaves_nothing(clean_agent: AgentProcess) -> None:
+    """criu itself failing the restore (here a checkpoint image gone): the error comes back at once
+    and the container's cgroup goes. The shim's restore child sits in that cgroup, and used to
+    freeze itself removing it (the CLI then hung until its timeout, the shim forever)."""
+    a = clean_agent
+    cid = a.run_detached("busybox", "sleep", "300")
+    a.cli("checkpoint", cid, check=True)
+    images = Path(a.inspect(cid)["State"].get("Checkpoint") or a.root / "containers" / cid / "checkpoint")
+    for core in images.glob("core-*.img"):
+        core.unlink()
+    t0 = time.monotonic()
+    r = a.cli("restore", cid, timeout=30)
+    assert r.returncode != 0 and "restore failed: criu restore" in r.stderr, r.stderr
+    assert time.monotonic() - t0 < 15
+    assert not a.inspect(cid)["State"]["Running"]

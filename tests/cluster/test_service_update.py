@@ -5,7 +5,6 @@ without a running task (stop-first), and none is with start-first."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import threading
@@ -17,6 +16,7 @@ import grpc
 import pytest
 
 from protos import cluster_pb2 as cpb
+from scheduler import convert
 from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, one_node_cluster, running, wait_for
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
@@ -38,8 +38,7 @@ class Env:
 
     def spec(self, name: str) -> dict[str, object]:
         info = self.sched.stub.InspectService(cpb.ServiceRef(name=name), timeout=5)
-        out: dict[str, object] = json.loads(info.spec_json)
-        return out
+        return convert.spec_dict(convert.spec_from_pb(info.spec))
 
 
 @pytest.fixture(scope="module")
@@ -164,7 +163,7 @@ def test_rollback_and_a_failed_update_that_rolls_back(env: Env) -> None:
 def test_a_stale_edit_is_refused(env: Env) -> None:
     info = env.sched.stub.InspectService(cpb.ServiceRef(name="roll"), timeout=5)
     with pytest.raises(grpc.RpcError) as e:
-        env.sched.stub.UpdateService(cpb.UpdateServiceRequest(name="roll", spec_json=info.spec_json,
+        env.sched.stub.UpdateService(cpb.UpdateServiceRequest(name="roll", spec=info.spec,
                                                               expect_version=info.version - 1), timeout=5)
     assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
     assert "changed while it was being edited" in e.value.details()  # type: ignore[attr-defined]

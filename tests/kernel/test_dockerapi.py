@@ -172,6 +172,15 @@ def test_docker_run_rm_ps_logs(da: AgentProcess, dconf: Path) -> None:
     assert r.returncode != 0 and "No such container: nosuch" in r.stderr
 
 
+@pytest.mark.slow
+def test_docker_logs_details_shows_the_log_opts_attrs(da: AgentProcess, dconf: Path) -> None:
+    docker(da, dconf, "run", "-d", "--name", "tagged", "-e", "STAGE=prod", "--log-opt", "tag={{.Name}}",
+           "--log-opt", "env=STAGE", "busybox", "echo", "hi")
+    da.wait_for(lambda: docker(da, dconf, "logs", "tagged").stdout == "hi\n", what="the line")
+    assert docker(da, dconf, "logs", "--details", "tagged").stdout == "STAGE=prod,tag=tagged hi\n"
+    docker(da, dconf, "rm", "tagged")
+
+
 def test_docker_run_device_and_privileged(da: AgentProcess, dconf: Path) -> None:
     """docker's --device and --privileged through the Docker API (agent/devices.py does the work)."""
     r = docker(da, dconf, "run", "--rm", "--device", "/dev/loop0:/dev/xloop:r", "busybox", "sh", "-c",

@@ -158,7 +158,9 @@ def test_max_file_1_truncates_and_none_keeps_nothing(clean_agent: AgentProcess) 
     (["--log-opt", "max-file=3"], "max-file=3 needs max-size"),
     (["--log-opt", "compress=true"], "compress cannot be true"),
     (["--log-opt", "max-size=1m", "--log-opt", "max-file=2", "--log-opt", "compress=maybe"], "compress=maybe"),
-    (["--log-opt", "tag={{.Name}}"], "unknown log opt 'tag' for json-file log driver"),
+    (["--log-opt", "tag={{.Nmae}}"], "log opt tag={{.Nmae}}: no field Nmae"),
+    (["--log-opt", "mode=non-blocking"], "unknown log opt 'mode' for json-file log driver (not supported by"),
+    (["--log-driver", "local", "--log-opt", "env-regex=("], "log opt env-regex=(: not a regular expression"),
     (["--log-driver", "none", "--log-opt", "max-size=1m"], "unknown log opt 'max-size' for none log driver"),
     (["--log-opt", "max-size"], "expected KEY=VALUE"),
 ])

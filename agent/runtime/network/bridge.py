@@ -11,6 +11,7 @@ not routed. ip_forward stays as the host has it; see README.md for what would ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -140,8 +141,10 @@ class BridgeNetwork:
 
     # ---- addresses and ports
 
-    def allocate(self, container_id: str, ports: Sequence[PortMapping], ip: str = "") -> Endpoint:
-        """An address (the next free one, or `ip` if asked for and free) and the published ports."""
+    def allocate(self, container_id: str, ports: Sequence[PortMapping], ip: str = "", ifname: str = "eth0"
+                 ) -> Endpoint:
+        """An address (the next free one, or `ip` if asked for and free) and the published ports;
+        `ifname` is the interface's name in the container (eth1 ... for a further network)."""
         if not _CONTAINER_ID.match(container_id):
             raise NetworkError(f"container id {container_id!r}: letters, digits, '_', '.', '-' (at most 128)")
         with self._ipam.locked():
@@ -170,6 +173,7 @@ class BridgeNetwork:
                 host_ifname=host_ifname(self.name, container_id),
                 bridge=self.name,
                 ports=tuple(resolved),
+                ifname=ifname,
             )
             stored = ep.to_dict()
             data["endpoints"][container_id] = {k: stored[k] for k in ("ip", "mac", "host_ifname", "ports")}
@@ -250,6 +254,34 @@ class BridgeNetwork:
         except NetworkError:
             self.detach(endpoint)
             raise
+
+    def plug(self, endpoint: Endpoint, pid: int) -> None:
+        """A further interface (endpoint.ifname: eth1 ...) into the netns of a container whose init
+        already runs: the veth, then its address and state from the agent through netlink (the init
+        configured eth0 itself before it exec'd). A default route only if the container has none
+        (its first network keeps it); no ports: docker publishes on the first network only."""
+        if endpoint.ports:
+            raise NetworkError(f"{endpoint.ifname} of {endpoint.container_id}: ports are published on the first "
+                               "network only")
+        from agent.runtime.network.inside import configure_more, in_netns
+
+        with _ipr() as ipr:
+            try:
+                bridge_index = ipr.link("get", ifname=endpoint.bridge)[0]["index"]
+            except Exception as e:
+                raise NetworkError(f"bridge {endpoint.bridge}: {e}") from e
+            with contextlib.suppress(Exception):   # a leftover of a crashed agent: the name is ours
+                ipr.link("del", ifname=endpoint.host_ifname)
+            try:
+                ipr.link("add", ifname=endpoint.host_ifname, kind="veth", master=bridge_index, state="up",
+                         peer={"ifname": endpoint.ifname, "address": endpoint.mac, "net_ns_pid": pid})
+            except Exception as e:
+                raise NetworkError(f"veth {endpoint.host_ifname} into pid {pid} as {endpoint.ifname}: {e}") from e
+        try:
+            in_netns(pid, lambda: configure_more(endpoint))
+        except (OSError, NetworkError) as e:
+            self.detach(endpoint)
+            raise NetworkError(f"{endpoint.ifname} of {endpoint.container_id} in pid {pid}: {e}") from e
 
     def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
                           ) -> tuple[OverlayEndpoint, ...]:
