@@ -288,10 +288,11 @@ class Checkpoints:
                                         dict(rec.get("options") or {}), bool(rec.get("anonymous")),
                                         tmp / "volumes" / vname if rec.get("carried") else None)
                 adopted.append(vname)
+            # the diff becomes the new container's own writable layer, as it was on the source
+            await asyncio.to_thread(self.m.images.snapshotter.prepare, cid, image.chain_id)
             with open(tmp / "rootfs-diff.tar", "rb") as f:
-                chain, _ = await asyncio.to_thread(self.m.images.snapshotter.apply, image.chain_id, f, None,
-                                                   "rootfs-diff.tar", self.m.images.limits.budget().bound())
-            await asyncio.to_thread(self.m.images.snapshotter.prepare, cid, chain)
+                await asyncio.to_thread(self.m.images.snapshotter.fill, cid, f, "rootfs-diff.tar",
+                                        self.m.images.limits.budget().bound())
             if not cold:
                 os.rename(tmp / "checkpoint", cdir / "checkpoint")
             c = Container(id=cid, name=cfg.name, created=time.time(), config=cfg, image_id=image.id,

@@ -256,7 +256,8 @@ def node() -> None:
 
 
 def _node_row(n: dict[str, Any]) -> list[Any]:
-    return [n["name"], n["address"], n["status"].capitalize(), n["availability"].capitalize(), n["tasks"],
+    status = n["status"].capitalize() + (" (disk almost full)" if n.get("pressure") else "")  # inspect says more
+    return [n["name"], n["address"], status, n["availability"].capitalize(), n["tasks"],
             display.human_bytes_binary(int(n["memory_bytes"])), f"{int(n['nano_cpus']) / 1e9:g}",
             ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))]
 

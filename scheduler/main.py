@@ -250,7 +250,7 @@ class Scheduler:
         view = self.view = View(store)
         advertise = o.advertise or o.listen
         election = self.election = Election(store, self.replica, advertise, ttl=o.ttl)
-        loop = self.loop = LeaderLoop(view, store, m)
+        loop = self.loop = LeaderLoop(view, store, m, grace=2 * o.ttl)  # a lease and a bit to register again
         dispatcher = self.dispatcher = Dispatcher(view, store, self.agents)
         servicer = self.servicer = SchedulerServicer(store, view, election, self.agents, replica=self.replica,
                                                      etcd=self.etcd_url, ttl=o.ttl, heartbeat=o.heartbeat)
