@@ -955,7 +955,7 @@ class ContainerManager:
                             messages.CgroupRef(self.cg.root, self.cg.parent, c.id))
         return self.zygote.request(req, fds)
 
-    # --- top and stats ------------------------------------------------------------------------
+    # --- top ------------------------------------------------------------------------
 
     def top(self, ref: str) -> tuple[list[str], list[list[str]]]:
         c = self.get(ref)
@@ -964,22 +964,6 @@ class ContainerManager:
         pids = sorted(self.cg.procs(c.id))
         rows = [r for r in (_ps_row(p) for p in pids) if r is not None]
         return ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], rows
-
-    def stats(self, c: Container) -> dict[str, Any]:
-        st = self.cg.stats(c.id)
-        rx = tx = 0
-        info = self.supervisor.init_info(c)
-        pid = int(info.get("pid", 0))
-        if pid and c.config.network_mode != "host":
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
-                    iface, _, rest = line.partition(":")
-                    if iface.strip() == "lo":
-                        continue
-                    vals = rest.split()
-                    rx += int(vals[0])
-                    tx += int(vals[8])
-        return {"stats": st, "rx": rx, "tx": tx}
 
     async def shutdown(self) -> None:
         for t in list(self.supervisor.monitors.values()) + list(self._tasks):
