@@ -97,7 +97,7 @@ def client(ctx: click.Context) -> Client:
 # module: list its commands here; it adds them to main itself, as cli_images.py does.
 _IMAGES, _CLUSTER, _GROUPS = "deploy.cli_images", "deploy.cli_cluster", "deploy.cli_groups"
 LAZY: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("build", "history", "save", "load", "pull", "push", "login", "logout"), (_IMAGES,)),
+    **dict.fromkeys(("build", "builder", "history", "save", "load", "pull", "push", "login", "logout"), (_IMAGES,)),
     **dict.fromkeys(("image", "system"), (_IMAGES, _GROUPS)),
     **dict.fromkeys(("scheduler", "node", "deploy", "stack-rm", "rebalance", "migrations", "exec"), (_CLUSTER,)),
     "service": (_CLUSTER, "deploy.cli_stack"),
