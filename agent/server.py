@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from agent import attachsession, convert, metrics, status
+from agent import attachsession, convert, diskspace, metrics, status
 from agent.authz import PeerGrants
 from agent.checkpoint import host_features
 from agent.containers import UPDATABLE_LIMITS, ContainerManager
@@ -372,6 +372,8 @@ class AgentServicer(pbg.AgentServicer):
     async def RestoreContainer(self, request_iterator: AsyncIterator[pb.RestoreChunk], context: Any) -> pb.ContainerSummary:
         header: pb.RestoreHeader | None = None
         trace("agent: restore stream")
+        # before a byte of the archive lands: the source then rolls back and keeps its copy
+        diskspace.refuse_if_full(self.m.root, self.m.min_free_disk, "restore a migrated container")
         with tempfile.TemporaryFile(dir=self.root) as tmp:
             got_data = False
             digest = hashlib.sha256()
@@ -412,7 +414,7 @@ class AgentServicer(pbg.AgentServicer):
         async def run() -> None:
             try:
                 queue.put_nowait(await migration.migrate(
-                    self.m, request.id, migration.Target(request.target, request.target_node, request.grant),
+                    self.m, request.id, migration.Target(request.target, request.target_node, request.grant, request.crl),
                     request.live, emit, lazy_pages=self.lazy_pages, identity=self.identity))
             except BaseException as e:
                 queue.put_nowait(e)

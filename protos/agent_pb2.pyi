@@ -861,18 +861,20 @@ class RestoreHeader(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cold: _Optional[bool] = ..., sha256: _Optional[str] = ..., page_server: _Optional[str] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("id", "target", "live", "target_node", "grant")
+    __slots__ = ("id", "target", "live", "target_node", "grant", "crl")
     ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODE_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     id: str
     target: str
     live: bool
     target_node: str
     grant: bytes
-    def __init__(self, id: _Optional[str] = ..., target: _Optional[str] = ..., live: _Optional[bool] = ..., target_node: _Optional[str] = ..., grant: _Optional[bytes] = ...) -> None: ...
+    crl: bytes
+    def __init__(self, id: _Optional[str] = ..., target: _Optional[str] = ..., live: _Optional[bool] = ..., target_node: _Optional[str] = ..., grant: _Optional[bytes] = ..., crl: _Optional[bytes] = ...) -> None: ...
 
 class MigrateProgress(_message.Message):
     __slots__ = ("phase", "bytes", "total", "downtime_seconds", "total_seconds", "new_id", "message")
