@@ -161,6 +161,7 @@ def test_max_file_1_truncates_and_none_keeps_nothing(clean_agent: AgentProcess) 
     (["--log-opt", "tag={{.Nmae}}"], "log opt tag={{.Nmae}}: no field Nmae"),
     (["--log-opt", "mode=non-blocking"], "unknown log opt 'mode' for json-file log driver (not supported by"),
     (["--log-driver", "local", "--log-opt", "env-regex=("], "log opt env-regex=(: not a regular expression"),
+    (["--log-driver", "local", "--log-opt", "max-file=1"], "compression cannot be enabled when max file count is 1"),
     (["--log-driver", "none", "--log-opt", "max-size=1m"], "unknown log opt 'max-size' for none log driver"),
     (["--log-opt", "max-size"], "expected KEY=VALUE"),
 ])
