@@ -166,6 +166,12 @@ def resources(o: dict[str, Any]) -> dict[str, Any]:
     res["blkio_weight"] = o["blkio_weight"]
     res["device_read_bps"] = device_rates(o["device_read_bps"], "--device-read-bps")
     res["device_write_bps"] = device_rates(o["device_write_bps"], "--device-write-bps")
+    res["cpuset_cpus"], res["cpuset_mems"] = o["cpuset_cpus"], o["cpuset_mems"]
+    if o["memory_swappiness"] != -1:
+        if not 0 <= o["memory_swappiness"] <= 100:
+            raise BadOption(f"invalid value: {o['memory_swappiness']}. Valid memory swappiness range is 0-100",
+                            "'--memory-swappiness'")
+        res["memory_swappiness"] = o["memory_swappiness"]
     return res
 
 
@@ -194,6 +200,8 @@ def build_config(image: str, command: tuple[str, ...] | list[str], o: dict[str, 
         "labels": {**label_files(o.get("label_file") or ()), **dict(label.partition("=")[::2] for label in o["label"])},
         "ports": ports(o["publish"]), "resources": resources(o), "network_mode": o["network"],
         "pid_mode": o["pid_mode"], "ipc_mode": o["ipc_mode"], "userns_mode": o["userns_mode"],
+        "cgroupns_mode": o["cgroupns_mode"], "uts_mode": o["uts_mode"],
+        "device_cgroup_rules": list(o["device_cgroup_rules"]),
         "restart_policy": restart_policy(o["restart"] or "no"), "auto_remove": o["auto_remove"],
         "init": o["init"], "stop_timeout": o["stop_timeout"], "stop_signal": o["stop_signal"],
         "security_opt": security_opts(o["security_opt"]), "devices": devices(o["device"]), "privileged": o["privileged"],
