@@ -192,6 +192,12 @@ class ContainerManager:
             raise InvalidArgument(f"multiple containers match the prefix {ref!r}: be more specific")
         raise NotFound(f"No such container: {ref}")
 
+    def _find(self, ref: str) -> Container | None:
+        try:
+            return self.get(ref)
+        except (NotFound, InvalidArgument):
+            return None
+
     def listing(self, all_: bool = False) -> list[Container]:
         cs = sorted(self.containers.values(), key=lambda c: c.created, reverse=True)
         return cs if all_ else [c for c in cs if c.state.status in ("running", "paused", "restarting")]
@@ -513,7 +519,13 @@ class ContainerManager:
         return out
 
     def _link_hosts(self, cfg: ContainerConfig) -> str:
-        """The linked containers' addresses under both names, in /etc/hosts."""
+        """The linked containers' addresses under both names, in /etc/hosts. On a user network a
+        link is also a name at 127.0.0.11 (localnets.links_of), answered once its container runs:
+        one that is not running yet, or not made yet, is no error there (docker's rule)."""
+        if self.localnets.is_local(cfg.network_mode):
+            ready = [x for x in cfg.links if (o := self._find(x.partition(":")[0])) is not None
+                     and o.state.status in ("running", "paused") and o.ip_address]
+            cfg = dataclasses.replace(cfg, links=ready)
         return "".join(f"{o.ip_address}\t{' '.join(dict.fromkeys((alias, o.name)))}\n"
                        for o, alias in self._linked(cfg))
 
