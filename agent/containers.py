@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, links, logs, names, netattach
+from agent import diskspace, hostconfig, links, logs, names, netattach
 from agent.checkpointing import Checkpoints
 from agent.containermounts import ContainerMounts
 from agent.devices import ALL_CAPABILITIES, devices_for
@@ -54,6 +54,7 @@ from agent.taskfiles import TaskFiles
 from agent.taskfiles import check as check_task_files
 from agent.volumes import specs as mount_specs
 from agent.volumes.store import VolumeStore
+from common import settings
 
 if TYPE_CHECKING:
     import ipaddress
@@ -113,6 +114,7 @@ class ContainerManager:
     def __init__(self, root: Path, images: ImageStore, network: ContainerNetwork, cgroup_driver: cgroups.CgroupDriver,
                  zygote: Zygote, run_dir: Path) -> None:
         self.root = root
+        self.min_free_disk = settings.MIN_FREE_DISK  # percent (agent/diskspace.py); the daemon sets it
         self.dir = root / "containers"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
@@ -210,6 +212,7 @@ class ContainerManager:
     def create(self, cfg: ContainerConfig, files: Mapping[tuple[str, str], bytes] | None = None) -> Container:
         """``files``: the data of cfg.task_files by (kind, name), fetched from the scheduler."""
         self._validate(cfg)
+        diskspace.refuse_if_full(self.root, self.min_free_disk, "create a container")
         if cfg.task_files and files is None:
             raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent got none "
                                   "(is it joined with --join?)")

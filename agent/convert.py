@@ -21,7 +21,7 @@ from agent.model import (
     Ulimit,
 )
 from agent.runtime.spec import ProcessSpec
-from agent.volumes.specs import docker_spelling
+from agent.volumes.specs import docker_spelling, from_flags
 from common.devices import DeviceMapping
 from protos import agent_pb2 as pb
 
@@ -63,7 +63,9 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
         privileged=m.privileged,
         overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu, o.internal) for o in m.overlays],
-        mounts=[mount_from_pb(x) for x in m.mounts], read_only=m.read_only,
+        mounts=[*(mount_from_pb(x) for x in m.mounts),
+                *from_flags(list(m.volume_flags), list(m.mount_flags), list(m.tmpfs_flags))],
+        read_only=m.read_only,
         cap_add=list(m.cap_add), cap_drop=list(m.cap_drop),
         ulimits=[Ulimit(u.name, u.soft, u.hard) for u in m.ulimits], dns=list(m.dns), dns_search=list(m.dns_search),
         dns_options=list(m.dns_options), extra_hosts=list(m.extra_hosts), sysctls=dict(m.sysctls),

@@ -221,25 +221,15 @@ def run_extras(o: dict[str, Any]) -> dict[str, Any]:
     """The ContainerConfig fields of the options above, proto3 JSON names; {} when none is given."""
     if not any(o.get(k) not in (None, "", 0, False, (), []) for k in _EXTRAS):
         return {}
-    from dataclasses import asdict
-
-    from agent.hostconfig import check_ulimit, parse_ulimit
-    from agent.model import InvalidArgument
-    from agent.volumes import specs
+    # (each module below is imported only when its options are given: the start of `run` is what
+    # the user waits for)
+    from agent.errors import InvalidArgument
 
     out: dict[str, Any] = {}
-    mounts = []
-    for flag, key, parse in (("'-v' / '--volume'", "volumes", specs.parse_volume),
-                             ("'--mount'", "mounts", specs.parse_mount), ("'--tmpfs'", "tmpfs", specs.parse_tmpfs)):
-        for spec in o.get(key) or ():
-            try:
-                m = parse(spec)
-                specs.check(m)
-            except InvalidArgument as e:
-                raise BadOption(str(e), flag) from None
-            mounts.append(asdict(m))
-    if mounts:
-        out["mounts"] = mounts
+    # -v, --mount and --tmpfs go as typed: the agent parses them (agent/volumes/specs.py from_flags)
+    for key, field in (("volumes", "volume_flags"), ("mounts", "mount_flags"), ("tmpfs", "tmpfs_flags")):
+        if o.get(key):
+            out[field] = list(o[key])
     if o.get("read_only"):
         out["read_only"] = True
     for key, name in (("cap_add", "cap_add"), ("cap_drop", "cap_drop"), ("dns", "dns"), ("dns_search", "dns_search"),
@@ -247,6 +237,8 @@ def run_extras(o: dict[str, Any]) -> dict[str, Any]:
         if o.get(key):
             out[name] = list(o[key])
     ulimits = []
+    if o.get("ulimits"):
+        from agent.hostconfig import check_ulimit, parse_ulimit
     for s in o.get("ulimits") or ():
         try:
             u = parse_ulimit(s)

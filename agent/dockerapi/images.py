@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from agent.images import registry
 from agent.images.errors import ImageError, ImageNotFound
-from agent.images.pipes import produce
+from agent.images.pipes import consume, produce
 
 from . import convert
-from .http import Body, HTTPError, Json, Request, Response, Stream, receive
+from .http import Body, HTTPError, Json, Request, Response, Stream
 from .system import check_filters, parse_filters
 
 if TYPE_CHECKING:
+    from agent.images.config import Image
+
     from .api import DockerAPI
 
 
@@ -214,17 +216,19 @@ def register(r: Any, api: DockerAPI) -> None:
         ref = (f"{repo}:{tag_}" if tag_ else repo) or None
         changes = req.query.get("changes", [])
         message = req.arg("message")
-        tmp = await receive(req, store.tmp)
+        # unpacked as the body arrives (no temporary file), as the CLI's import
+        try:
+            i: Image | None = await consume(req.stream(), lambda f: store.import_tar(f, ref, changes, message))
+            failed: Exception | None = None
+        except (ImageError, OSError) as e:   # dockerd: a 200, and the error in the stream
+            i, failed = None, e
 
         async def chunks() -> AsyncIterator[bytes]:
-            try:
-                i = await asyncio.to_thread(store.import_tar, tmp, ref, changes, message)
-                api.events.emit("image", "import", i.id, {"name": ref or ""})
-                yield _line({"status": i.id})
-            except Exception as e:
-                yield _error(e)
-            finally:
-                tmp.close()
+            if i is None:
+                yield _error(failed or ImageError("import failed"))
+                return
+            api.events.emit("image", "import", i.id, {"name": ref or ""})
+            yield _line({"status": i.id})
 
         return Stream(200, chunks())
 
@@ -247,23 +251,23 @@ def register(r: Any, api: DockerAPI) -> None:
 
     async def load(req: Request) -> Response:
         # (?quiet only hides progress bars, which a load from a file has none of: the names still go out)
-        tmp = await receive(req, store.tmp)
-
-        names = await asyncio.to_thread(_archive_names, tmp)
+        # The body is read as it arrives, each layer unpacked as it passes: no temporary archive.
+        names: list[str] = []
+        try:
+            imgs = await consume(req.stream(), lambda f: store.load(f, names))
+            failed: ImageError | None = None
+        except ImageError as e:   # dockerd: a 200, and the error in the stream
+            imgs, failed = [], e
 
         async def chunks() -> AsyncIterator[bytes]:
-            try:
-                imgs = await asyncio.to_thread(store.load, tmp)
-            except ImageError as e:   # dockerd: a 200, and the error in the stream
-                yield _error(e)
+            if failed is not None:
+                yield _error(failed)
                 return
-            finally:
-                tmp.close()
-            named = set(names or [])
+            named = set(names)
             for i in imgs:
                 api.events.emit("image", "load", i.id, {"name": ",".join(i.repo_tags)})
                 # what the archive named, as dockerd says it (not every tag the image has here)
-                tags = [t for t in i.repo_tags if t in named] if names is not None else list(i.repo_tags)
+                tags = [t for t in i.repo_tags if t in named]
                 for t in tags or [i.id]:
                     word = "image" if tags else "image ID"
                     yield _line({"stream": f"Loaded {word}: {t}\n"})
@@ -436,39 +440,6 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("POST", "/images/{name:path}/push", push)
     r.add("DELETE", "/images/{name:path}", remove)
 
-
-def _archive_names(f: Any) -> list[str] | None:
-    """The names a docker-archive (manifest.json RepoTags) or OCI layout (index.json annotations)
-    gives its images, normalised as the store names them; None when it cannot be read here (the
-    load itself then says what is wrong). The file is rewound."""
-    import tarfile
-
-    from agent.images import reference as refs
-
-    try:
-        out: list[str] = []
-        with tarfile.open(fileobj=f, mode="r:*") as t:
-            for member in ("manifest.json", "index.json"):
-                try:
-                    m = t.extractfile(member)
-                except KeyError:
-                    continue
-                if m is None:
-                    continue
-                doc = json.loads(m.read(1 << 20))
-                if member == "manifest.json":
-                    out += [str(tag) for e in doc for tag in (e.get("RepoTags") or [])]
-                else:
-                    for e in doc.get("manifests", []):
-                        ann = e.get("annotations") or {}
-                        if ann.get("io.containerd.image.name"):
-                            out.append(str(ann["io.containerd.image.name"]))
-                return [refs.parse(n).familiar() for n in out]
-        return None
-    except (tarfile.TarError, ValueError, OSError, AttributeError, ImageError):
-        return None
-    finally:
-        f.seek(0)
 
 
 def _ref_match(tag: str, pattern: str) -> bool:

@@ -42,7 +42,7 @@ from .config import ImageConfig, apply_change
 from .dockerfile import Dockerfile, DockerfileError, Instruction, Stage
 from .errors import ImageError, ImageNotFound
 from .imagestore import ImageStore
-from .layers import apply_layer, compression_of, decompressed
+from .layers import apply_layer, compression_of, decompressed, tree_size
 from .safefs import Root, UnsafePath, set_attrs, set_attrs_fd, write_all
 from .tree import MergedTree, OutsideRoot, clean, split
 
@@ -180,20 +180,60 @@ class ContextCache:
             self._in_use[d] = self._in_use.get(d, 0) + 1
         return d
 
+    def _kept(self) -> list[Path]:
+        try:
+            return [p for p in self.root.iterdir() if p.is_dir() and not p.is_symlink() and not p.name.startswith(".")]
+        except FileNotFoundError:
+            return []
+
+    def usage(self) -> tuple[int, int, int, int]:
+        """(contexts kept, of them in use by a build now, bytes of their files, bytes of those no
+        build uses): system df's Build Cache row, so the disk they take is not hidden."""
+        with self._lock:
+            in_use = set(self._in_use)
+        count = active = size = free = 0
+        for p in self._kept():
+            n = tree_size(p)
+            count += 1
+            size += n
+            if p in in_use:
+                active += 1
+            else:
+                free += n
+        return count, active, size, free
+
+    def prune(self) -> int:
+        """Remove every kept context no build uses now; the bytes of their files."""
+        with self._lock:
+            trash = self._drop([p for p in self._kept() if p not in self._in_use])
+        freed = 0
+        for p in trash:
+            freed += tree_size(p)
+            shutil.rmtree(p, ignore_errors=True)
+        return freed
+
+    def _drop(self, old: list[Path]) -> list[Path]:
+        """Under the lock: the contexts are renamed out of the cache's names at once (a build that
+        asks for one now unpacks its own), their files are removed after, outside the lock."""
+        trash = []
+        for p in old:
+            for key in [k for k in self._digests if k[0] == p]:
+                del self._digests[key]
+            gone = p.with_name(f".gone-{p.name}-{secrets.token_hex(4)}")
+            with contextlib.suppress(OSError):
+                os.rename(p, gone)
+                trash.append(gone)
+        return trash
+
     def release(self, context: Path) -> None:
         with self._lock:
             if context in self._in_use:
                 self._in_use[context] -= 1
                 if not self._in_use[context]:
                     del self._in_use[context]
-            try:
-                kept = sorted(self.root.iterdir(), key=lambda p: p.stat().st_mtime, reverse=True)
-            except FileNotFoundError:
-                return
-            old = [p for p in kept[self.KEEP:] if p not in self._in_use]
-            for key in [k for k in self._digests if k[0] in old]:
-                del self._digests[key]
-        for p in old:
+            kept = sorted(self._kept(), key=lambda p: p.stat().st_mtime, reverse=True)
+            trash = self._drop([p for p in kept[self.KEEP:] if p not in self._in_use])
+        for p in trash:
             shutil.rmtree(p, ignore_errors=True)
 
 

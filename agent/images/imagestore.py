@@ -38,7 +38,7 @@ from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, Inval
 from .layers import Limits
 from .pipes import piped
 from .registryconfig import RegistryConfig
-from .snapshotter import Snapshotter
+from .snapshotter import KIND_COMMITTED, Snapshotter
 from .store import ContentStore, check_digest
 
 _RUNNING_STATES = ("(running)", "(paused)", "(restarting)")
@@ -402,6 +402,21 @@ class ImageStore:
         after = self.content.total_size() + sum(s.size for s in self.snapshotter.list() if s.kind == "committed")
         return untagged, deleted, max(0, before - after)
 
+    def layer_chains(self) -> dict[str, str]:
+        """diff_id -> chain id of a committed snapshot of this host that holds that layer and can
+        make its tar again (a tar-split): what a load need not unpack a second time."""
+        records = self._read_shared()
+        snapshots = {s.key: s for s in self.snapshotter.list()}
+        out: dict[str, str] = {}
+        for image_id in records.images:
+            with contextlib.suppress(OSError, ValueError, ImageError):
+                diff_ids = list(self._config_json(image_id).get("rootfs", {}).get("diff_ids", []))
+                for diff_id, chain in zip(diff_ids, chain_ids(diff_ids), strict=True):
+                    info = snapshots.get(chain)
+                    if info is not None and info.kind == KIND_COMMITTED and info.tar_size >= 0:
+                        out.setdefault(diff_id, chain)
+        return out
+
     def local_layers(self, image: Image) -> builtins.list[LocalLayer]:
         out = []
         for (digest, size, media), diff_id, chain in zip(self._layer_descriptors(image), image.diff_ids,
@@ -636,10 +651,10 @@ class ImageStore:
 
         save(self, refs, out, format)
 
-    def load(self, fileobj: BinaryIO) -> builtins.list[Image]:
+    def load(self, fileobj: BinaryIO, named: builtins.list[str] | None = None) -> builtins.list[Image]:
         from .archive import load
 
-        return load(self, fileobj)
+        return load(self, fileobj, named)
 
     def export_container(self, snapshot_key: str, out: BinaryIO) -> None:
         """docker export: the flattened filesystem of a container's snapshot."""

@@ -409,6 +409,41 @@ def test_docker_py_run_exec_attach_wait(client: Any) -> None:
 # --- step 3: images ----------------------------------------------------------------------------------
 
 @pytest.mark.slow
+def test_load_and_import_stream_the_body(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
+    """POST /images/load and /images/create?fromSrc=- unpack the body as it arrives: the agent writes
+    the layer once, not also the archive into a temporary file first (its write_bytes tell); a
+    refused archive is docker's 200 with the error in the stream, which the CLI prints."""
+    assert da.proc is not None
+    pid = da.proc.pid
+
+    def written() -> int:
+        for line in Path(f"/proc/{pid}/io").read_text().splitlines():
+            if line.startswith("write_bytes:"):
+                return int(line.split()[1])
+        raise AssertionError("no write_bytes")
+
+    size = 8 << 20
+    with open(tmp_path / "blob", "wb") as f:
+        f.write(os.urandom(size))
+    with tarfile.open(tmp_path / "rootfs.tar", "w") as t:
+        t.add(tmp_path / "blob", "blob")
+    before = written()
+    assert docker(da, dconf, "import", str(tmp_path / "rootfs.tar"), "imported:1").stdout.startswith("sha256:")
+    assert size <= written() - before < 1.5 * size  # the layer, not a spooled copy as well
+    docker(da, dconf, "save", "-o", str(tmp_path / "img.tar"), "imported:1")
+    docker(da, dconf, "rmi", "imported:1")
+    before = written()
+    assert "Loaded image: imported:1" in docker(da, dconf, "load", "-i", str(tmp_path / "img.tar")).stdout
+    assert size <= written() - before < 1.5 * size
+    (tmp_path / "junk.tar").write_bytes(b"not a tar" * 1000)
+    r = docker(da, dconf, "load", "-i", str(tmp_path / "junk.tar"), check=False)
+    assert r.returncode != 0 and "archive" in r.stderr, r.stderr
+    r = docker(da, dconf, "import", str(tmp_path / "junk.tar"), "junk:1", check=False)
+    assert r.returncode != 0 and "tar" in r.stderr, r.stderr
+    docker(da, dconf, "rmi", "imported:1")
+
+
+@pytest.mark.slow
 def test_images_tag_history_save_load_build_rmi(da: AgentProcess, dconf: Path, tmp_path: Path) -> None:
     docker(da, dconf, "tag", "busybox", "mine:1")
     rows = docker(da, dconf, "images", "--format", "{{.Repository}}:{{.Tag}}").stdout.split()
