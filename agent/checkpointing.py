@@ -66,6 +66,11 @@ class Checkpoints:
             raise InvalidArgument(f"container {c.name} has a terminal (-t): checkpointing it is not supported")
         if c.config.userns_mode == "remap":
             raise InvalidArgument(f"container {c.name} runs in a user namespace: checkpointing it is not supported")
+        if c.config.networks or c.extra_endpoints:
+            # (its restore would rebuild eth0 only: the further interfaces are not carried yet)
+            raise InvalidArgument(f"container {c.name} is on more than one network "
+                                  f"({', '.join(a.name for a in c.config.networks)} beside its first): "
+                                  "checkpointing it is not supported yet (network disconnect them first)")
         criu = find_criu()
         if criu is None:
             raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")

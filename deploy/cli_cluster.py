@@ -626,14 +626,14 @@ def service_update(ctx: click.Context, /, name: str, rollback_now: bool, force: 
         service_rollback_now(ctx, name, detach, quiet)
         return
     from deploy import stack as st
-    from deploy.service_flags import _checked, _flag, _publish
+    from deploy.service_flags import checked, flag, publish
     from deploy.stack_files import parse_flag
 
     info = sched(ctx).call("InspectService", pb.ServiceRef(name=name))
     spec = convert.spec_from_pb(info.spec)
     try:
-        new = edit(spec, o, publish=lambda text: _checked(lambda: _publish(text)),
-                   duration=lambda flag, v: _checked(lambda: st.parse_duration(_flag(flag, v))), file_ref=parse_flag)
+        new = edit(spec, o, publish=lambda text: checked(lambda: publish(text)),
+                   duration=lambda name, v: checked(lambda: st.parse_duration(flag(name, v))), file_ref=parse_flag)
     except (EditError, ObjectError) as e:
         fail(f"dockyard service update: {e}")
     if new == spec and not force:

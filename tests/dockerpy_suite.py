@@ -90,10 +90,6 @@ UNSUPPORTED: dict[str, list[str]] = {
         'api_network_test.py::TestNetworks::test_create_with_driveropt',
         'models_containers_test.py::ContainerCollectionTest::test_run_with_networking_config',
     ],
-    "a link on a user network to a container that starts later (the network helper's part): dockyard "
-    "resolves a link at the start": [
-        'api_network_test.py::TestNetworks::test_create_with_links',
-    ],
     "VolumeDriver of a plugin ('foo'): only the local driver (refused by name)": [
         'models_containers_test.py::ContainerTest::test_create_with_volume_driver',
     ],

@@ -192,6 +192,8 @@ def test_the_dockyard_cli_bridge_networks_internal_and_ipam(da: AgentProcess) ->
         assert r.returncode != 0 and "internal" in r.stderr, r.stderr
         r = da.cli("network", "rm", inner)
         assert r.returncode != 0 and "active endpoints" in r.stderr
+        r = da.cli("checkpoint", c1)   # (refused by name, not half-restored without its eth1)
+        assert r.returncode != 0 and "more than one network" in r.stderr, r.stderr
         cli("network", "disconnect", inner, c1)
         assert "eth1" not in cli("exec", c1, "ip", "-o", "link")
     finally:
