@@ -553,7 +553,8 @@ def port(ctx: click.Context, container: str, private_port: str | None) -> None:
 @main.command()
 @click.option("-a", "--all", "all_", is_flag=True, help="Show all containers (default shows just running)")
 @click.option("--no-stream", is_flag=True, help="Disable streaming stats and only pull the first result")
-@click.option("--format", "fmt", default="")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]),
+              help="json: print JSON (Go templates are not supported)")
 @click.argument("containers", nargs=-1)
 @click.pass_context
 def stats(ctx: click.Context, all_: bool, no_stream: bool, fmt: str, containers: tuple[str, ...]) -> None:
@@ -907,7 +908,8 @@ def _images_table(ctx: click.Context, quiet: bool, fmt: str, all_: bool = False)
 @main.command()
 @click.option("-q", "--quiet", is_flag=True)
 @click.option("-a", "--all", "all_", is_flag=True)
-@click.option("--format", "fmt", default="")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]),
+              help="json: print JSON (Go templates are not supported)")
 @click.pass_context
 def images(ctx: click.Context, quiet: bool, all_: bool, fmt: str) -> None:
     """List images."""
@@ -957,7 +959,8 @@ def image() -> None:
 
 @image.command("ls")
 @click.option("-q", "--quiet", is_flag=True)
-@click.option("--format", "fmt", default="")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]),
+              help="json: print JSON (Go templates are not supported)")
 @click.pass_context
 def image_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
     """List images."""

@@ -208,7 +208,7 @@ def _uptime(s: Any) -> str:
 @cluster.command("status")
 @inventory_opt
 @timeout_opt
-@click.option("--format", "fmt", default="", help="'json' for JSON")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
 def cluster_status(inventory: str, timeout: float, fmt: str) -> None:
     """Each host's dockyard processes: pid, running or not, uptime, log file."""
     inv = _load(inventory)

@@ -73,7 +73,7 @@ _BUILTIN = (("bridge", "bridge"), ("host", "host"), ("none", "null"))
 
 @network.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only display network names")
-@click.option("--format", "fmt", default="", help="'json' to print JSON")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
 def network_ls(quiet: bool, fmt: str) -> None:
     """List networks."""
     if quiet:
@@ -118,7 +118,7 @@ def system_prune(ctx: click.Context, all_: bool, force: bool, volumes: bool) -> 
 @click.option("--until", default="", help="Stream events until this time")
 @click.option("-f", "--filter", "filters", multiple=True,
               help="Filter output: container=NAME|ID, event=start, type=container, label=k[=v], image=REF")
-@click.option("--format", "fmt", default="", help="'json' to print one JSON object per line")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
 @click.pass_context
 def system_events(ctx: click.Context, since: str, until: str, filters: tuple[str, ...], fmt: str) -> None:
     """Get real time events from the agent (containers: create, start, die, pause, rename, destroy, ...)."""

@@ -154,7 +154,7 @@ def build(ctx: click.Context, tags: tuple[str, ...], file: str, build_args: tupl
 @click.option("--no-trunc", is_flag=True, help="Don't truncate output")
 @click.option("-q", "--quiet", is_flag=True, help="Only show image IDs")
 @click.option("-H", "--human", default=True, help="Print sizes and dates in human readable format")
-@click.option("--format", "fmt", default="", help="'json' to print JSON")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
 @click.argument("image_ref", metavar="IMAGE")
 @click.pass_context
 def history(ctx: click.Context, no_trunc: bool, quiet: bool, human: bool, fmt: str, image_ref: str) -> None:
@@ -184,7 +184,7 @@ def history(ctx: click.Context, no_trunc: bool, quiet: bool, human: bool, fmt: s
 @click.command("prune")
 @click.option("-a", "--all", "all_", is_flag=True, help="Remove all unused images, not just dangling ones")
 @click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
-@click.option("--format", "fmt", default="", help="'json' to print JSON")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
 @click.pass_context
 def prune(ctx: click.Context, all_: bool, force: bool, fmt: str) -> None:
     """Remove unused images."""
@@ -202,7 +202,7 @@ def builder() -> None:
 
 @builder.command("prune")
 @click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
-@click.option("--format", "fmt", default="", help="'json' to print JSON")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
 @click.pass_context
 def builder_prune(ctx: click.Context, force: bool, fmt: str) -> None:
     """Remove the build cache: the build contexts the agent keeps unpacked for the next build."""
@@ -240,7 +240,7 @@ def system() -> None:
 
 @system.command("df")
 @click.option("-v", "--verbose", is_flag=True, help="Show detailed information on space usage")
-@click.option("--format", "fmt", default="", help="'json' to print JSON")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
 @click.pass_context
 def system_df(ctx: click.Context, verbose: bool, fmt: str) -> None:
     """Show dockyard disk usage."""

@@ -131,7 +131,7 @@ network.commands.pop("ls", None)  # the local-only listing of cli_groups: replac
 
 @network.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only display network names")
-@click.option("--format", "fmt", default="", help="'json' to print JSON")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
 @click.pass_context
 def network_ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
     """List networks: this node's built-in ones and, with a scheduler, the cluster's."""

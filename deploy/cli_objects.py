@@ -58,7 +58,7 @@ def _group(kind: str) -> click.Group:
 
     @group.command("ls")
     @click.option("-q", "--quiet", is_flag=True, help="Only display names")
-    @click.option("--format", "fmt", default="", help="'json' to print JSON")
+    @click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
     @click.pass_context
     def ls(ctx: click.Context, quiet: bool, fmt: str) -> None:
         found = sched(ctx).call("ListObjects", pb.ListObjectsRequest(kind=kind)).objects

@@ -73,7 +73,7 @@ def volume_create(ctx: click.Context, driver: str, labels: tuple[str, ...], opts
 @volume.command("ls")
 @click.option("-q", "--quiet", is_flag=True, help="Only display volume names")
 @click.option("-f", "--filter", "filters", multiple=True, help="Filter: dangling=true, name=, label=K[=V], driver=")
-@click.option("--format", "fmt", default="", help="json")
+@click.option("--format", "fmt", default=None, type=click.Choice(["json"]), help="json: print JSON (Go templates are not supported)")
 @click.pass_context
 def volume_ls(ctx: click.Context, quiet: bool, filters: tuple[str, ...], fmt: str) -> None:
     """List volumes."""

@@ -131,7 +131,8 @@ PS: tuple[Opt, ...] = (
     opt("-q", "--quiet", flag=True, help="Only display container IDs"),
     opt("--no-trunc", flag=True, help="Don't truncate output"),
     opt("-f", "--filter", dest="filters", multiple=True, help="Filter output (name=, status=, label=)"),
-    opt("--format", dest="fmt", help="'json' to print JSON"),
+    opt("--format", dest="fmt", default=None, help="json: print JSON (Go templates are not supported)",
+        choices=("json",)),
 )
 
 
