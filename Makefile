@@ -20,7 +20,7 @@ up: install
 test: install
 	$(MAKE) lint
 	@# DOCKYARD_TEST_VM=smoke: the one-VM smoke (tests/vm/test_vm_smoke.py, 3-8 min) runs with the rest
-	DOCKYARD_TEST_VM=smoke $(PYTEST_RUN) tests --ignore=tests/bench
+	DOCKYARD_TEST_VM=smoke $(PYTEST_RUN) --durations=30 tests --ignore=tests/bench
 	$(MAKE) test-docker-api
 
 # docker-py's own integration suite against a test agent's Docker API (tests/dockerpy_suite.py)

@@ -23,8 +23,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from agent import names
+from agent.containermounts import volume_names
+from agent.images.errors import ImageNotFound
 from agent.model import AgentError, Conflict, Container, InvalidArgument, NotFound, Port, Unavailable
 from agent.runtime.procs import pid_start_time, process_alive, trace
+from agent.runtime.spec import mount_key
 
 if TYPE_CHECKING:
     from agent.containers import ContainerManager
@@ -63,10 +66,15 @@ class Checkpoints:
             raise InvalidArgument(f"container {c.name} has a terminal (-t): checkpointing it is not supported")
         if c.config.userns_mode == "remap":
             raise InvalidArgument(f"container {c.name} runs in a user namespace: checkpointing it is not supported")
+        if c.config.networks or c.extra_endpoints:
+            # (its restore would rebuild eth0 only: the further interfaces are not carried yet)
+            raise InvalidArgument(f"container {c.name} is on more than one network "
+                                  f"({', '.join(a.name for a in c.config.networks)} beside its first): "
+                                  "checkpointing it is not supported yet (network disconnect them first)")
         criu = find_criu()
         if criu is None:
             raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")
-        pid = int(self.m._init_info(c)["pid"])
+        pid = int(self.m.supervisor.init_info(c)["pid"])
         c.stdio_keys = [os.readlink(f"/proc/{pid}/fd/{fd}") for fd in (0, 1, 2)]
         external = []
         c.netns_key = ""
@@ -76,7 +84,6 @@ class Checkpoints:
             external.append(f"net[{ino}]:{c.netns_key}")
         # Volumes and bind mounts come from the host: CRIU names them, and the restore maps each
         # name to the source there (shim._restore).
-        from agent.containers import mount_key
 
         external += [f"mnt[{m.target}]:{mount_key(m.target)}" for m in c.config.mounts if m.type != "tmpfs"]
         external += [f"mnt[{f.target}]:{mount_key(f.target)}" for f in c.config.task_files]
@@ -113,7 +120,7 @@ class Checkpoints:
         return stats
 
     async def checkpoint_lazy(self, ref: str, address: str, port: int, export: Any, level: int = 1,
-                              dumped: Callable[[], None] | None = None) -> Any:
+                              dumped: Callable[[], None] | None = None, crl: bytes = b"") -> Any:
         """Post-copy: freeze and dump the container without its memory pages, which CRIU keeps and
         serves on address:port (agent/checkpoint/lazy.py), and write the archive to `export`.
 
@@ -131,9 +138,14 @@ class Checkpoints:
             start = time.monotonic()
             try:
                 trace("agent: lazy dump")
+                crl_file = None
+                if crl and self.page_tls is not None:  # the scheduler's list of removed nodes' certificates
+                    crl_file = self.m.dir / c.id / "page-server-crl.pem"
+                    crl_file.write_bytes(crl)
                 dump = await LazyDump.start(criu, pid, images, root=str(self.m.files(c).dir / "rootfs"),
                                             address=address, port=port, external=external,
-                                            log_file=self.m.dir / c.id / "dump.log", tls_dir=self.page_tls)
+                                            log_file=self.m.dir / c.id / "dump.log", tls_dir=self.page_tls,
+                                            crl_file=crl_file)
             except Exception as e:
                 self._checkpointing.discard(c.id)
                 shutil.rmtree(images, ignore_errors=True)
@@ -171,7 +183,7 @@ class Checkpoints:
                 await asyncio.wait_for(self.m._event(c).wait(), 30 if ok else 1)
             running = c.state.status in ("running", "paused")
             if running and not ok:
-                await asyncio.to_thread(unlock_network, int(self.m._init_info(c)["pid"]))
+                await asyncio.to_thread(unlock_network, int(self.m.supervisor.init_info(c)["pid"]))
             return running
         finally:
             self._checkpointing.discard(c.id)
@@ -196,11 +208,11 @@ class Checkpoints:
             await abort_page_server(str(info["address"]), int(info["port"]))
             while process_alive(pid, start):
                 await asyncio.sleep(0.2)
-        if c.state.status in ("running", "paused") and self.m._shim_alive(c):
+        if c.state.status in ("running", "paused") and self.m.supervisor.shim_alive(c):
             from agent.checkpoint.lazy import unlock_network
 
             with contextlib.suppress(KeyError, ValueError):
-                await asyncio.to_thread(unlock_network, int(self.m._init_info(c)["pid"]))
+                await asyncio.to_thread(unlock_network, int(self.m.supervisor.init_info(c)["pid"]))
         shutil.rmtree(self.m.dir / c.id / "lazy-checkpoint", ignore_errors=True)
         path.unlink(missing_ok=True)
 
@@ -222,7 +234,6 @@ class Checkpoints:
             with open(diff, "wb") as f:
                 self.m.images.snapshotter.diff(c.snapshot, f)
             spec = json.loads(self.m.files(c).spec.read_text()) if self.m.files(c).spec.exists() else {}
-            from agent.containers import volume_names
 
             archive.pack(out, config=asdict(c), spec=spec,
                          images_dir=images_dir, rootfs_diff=diff,
@@ -269,12 +280,12 @@ class Checkpoints:
                 raise Conflict(f'the container name "/{cfg.name}" is already in use: restore with --name')
             try:
                 image = self.m.images.get(old.image_id)
-            except Exception as e:
+            except ImageNotFound as e:
                 raise NotFound(f"the checkpoint needs image {old.image_ref} ({old.image_id[:19]}), "
                                f"which is not on this host: pull or load it first") from e
             trace("agent: unpacked")
             # A volume of that name here is the one to use (a checkpoint restored on its own host);
-            # a migration asked first that none is here (ContainerManager.migration_problems).
+            # a migration asked first that none is here (ContainerMounts.migration_problems).
             for vname, rec in meta.get("volumes", {}).items():
                 if self.m.volumes.exists(vname):
                     continue
@@ -282,10 +293,11 @@ class Checkpoints:
                                         dict(rec.get("options") or {}), bool(rec.get("anonymous")),
                                         tmp / "volumes" / vname if rec.get("carried") else None)
                 adopted.append(vname)
+            # the diff becomes the new container's own writable layer, as it was on the source
+            await asyncio.to_thread(self.m.images.snapshotter.prepare, cid, image.chain_id)
             with open(tmp / "rootfs-diff.tar", "rb") as f:
-                chain, _ = await asyncio.to_thread(self.m.images.snapshotter.apply, image.chain_id, f, None,
-                                                   "rootfs-diff.tar", self.m.images.limits.budget().bound())
-            await asyncio.to_thread(self.m.images.snapshotter.prepare, cid, chain)
+                await asyncio.to_thread(self.m.images.snapshotter.fill, cid, f, "rootfs-diff.tar",
+                                        self.m.images.limits.budget().bound())
             if not cold:
                 os.rename(tmp / "checkpoint", cdir / "checkpoint")
             c = Container(id=cid, name=cfg.name, created=time.time(), config=cfg, image_id=image.id,
@@ -306,7 +318,7 @@ class Checkpoints:
             with contextlib.suppress(OSError):
                 self.m.taskfiles.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
-            await asyncio.to_thread(self.m.remove_volumes, adopted)
+            await asyncio.to_thread(self.m.mounts.remove, adopted)
             raise
         self.m.containers[cid] = c
         try:
@@ -318,7 +330,7 @@ class Checkpoints:
                 await self.restore(cid)
         except BaseException:
             await self.m.remove(cid, force=True)
-            await asyncio.to_thread(self.m.remove_volumes, adopted)
+            await asyncio.to_thread(self.m.mounts.remove, adopted)
             raise
         return c
 

@@ -11,19 +11,19 @@ import asyncio
 import contextlib
 import copy
 import dataclasses
-import json
 import logging
 import os
 import shutil
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, logs, names, restart
+from agent import diskspace, hostconfig, links, logs, names, netattach
 from agent.checkpointing import Checkpoints
+from agent.containermounts import ContainerMounts
 from agent.devices import ALL_CAPABILITIES, devices_for
 from agent.images.errors import ImageError
 from agent.localnets import LocalNetworks
@@ -43,16 +43,18 @@ from agent.model import (
     isolated,
 )
 from agent.resolver import RESOLV_CONF
-from agent.runtime import cgroups, frames, messages
-from agent.runtime.procs import pid_start_time, process_alive, trace
+from agent.runtime import cgroups, messages
+from agent.runtime.procs import pid_start_time, trace
 from agent.runtime.rootfs import unmount
 from agent.runtime.shim import ShimFiles
-from agent.runtime.spec import ContainerMount, IdMap, MountSpec, ProcessSpec, RuntimeSpec
+from agent.runtime.spec import IdMap, MountSpec, ProcessSpec, Restore, RuntimeSpec
 from agent.runtime.zygote_client import Reply, Zygote
+from agent.supervision import Supervisor
 from agent.taskfiles import TaskFiles
 from agent.taskfiles import check as check_task_files
 from agent.volumes import specs as mount_specs
 from agent.volumes.store import VolumeStore
+from common import settings
 
 if TYPE_CHECKING:
     import ipaddress
@@ -112,6 +114,7 @@ class ContainerManager:
     def __init__(self, root: Path, images: ImageStore, network: ContainerNetwork, cgroup_driver: cgroups.CgroupDriver,
                  zygote: Zygote, run_dir: Path) -> None:
         self.root = root
+        self.min_free_disk = settings.MIN_FREE_DISK  # percent (agent/diskspace.py); the daemon sets it
         self.dir = root / "containers"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
@@ -125,18 +128,17 @@ class ContainerManager:
         self.containers: dict[str, Container] = {}
         self._exited: dict[str, asyncio.Event] = {}
         self._gone: dict[str, asyncio.Event] = {}   # set once removed: `run --rm` returns after it
-        self._monitors: dict[str, asyncio.Task[None]] = {}
-        self._teardowns: dict[str, asyncio.Task[None]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
         self._files: dict[str, ShimFiles] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.supervisor = Supervisor(self)    # exits, teardowns, restarts, adoption (supervision.py)
         self.checkpoints = Checkpoints(self)  # checkpoint, restore, migration dumps (checkpointing.py)
         self.on_change: list[Callable[[Container], None]] = []
         self.volumes = VolumeStore(root / "volumes")
         self.taskfiles = TaskFiles(root / "taskfiles")  # tasks' secrets and configs, on a tmpfs each
+        self.mounts = ContainerMounts(self.volumes, self.taskfiles, lambda: self.containers.values())
         # With --join: a task's secrets and configs by task id, from the scheduler (agent/cluster.py)
         self.task_files_source: Callable[[str], Awaitable[dict[tuple[str, str], bytes]]] | None = None
-        self.volumes.users = self.volume_users
         self.on_remove: list[Callable[[Container], None]] = []   # after a container's record is gone
         self.resolvers: Any = None  # agent.resolver.Resolvers, with --join: 127.0.0.11 of cluster networks
         self.localnets = LocalNetworks(root, lambda: list(self.containers.values()))   # user-defined networks
@@ -190,16 +192,18 @@ class ContainerManager:
             raise InvalidArgument(f"multiple containers match the prefix {ref!r}: be more specific")
         raise NotFound(f"No such container: {ref}")
 
+    def _find(self, ref: str) -> Container | None:
+        try:
+            return self.get(ref)
+        except (NotFound, InvalidArgument):
+            return None
+
     def listing(self, all_: bool = False) -> list[Container]:
         cs = sorted(self.containers.values(), key=lambda c: c.created, reverse=True)
         return cs if all_ else [c for c in cs if c.state.status in ("running", "paused", "restarting")]
 
     def users_of_image(self, image_id: str) -> list[str]:
         return [f"{c.name} ({c.state.status})" for c in self.containers.values() if c.image_id == image_id]
-
-    def volume_users(self, name: str) -> list[str]:
-        return [f"{c.name} ({c.state.status})" for c in list(self.containers.values())
-                if any(m.type == "volume" and m.source == name for m in c.config.mounts)]
 
     # --- create -------------------------------------------------------------------------------
 
@@ -214,6 +218,7 @@ class ContainerManager:
     def create(self, cfg: ContainerConfig, files: Mapping[tuple[str, str], bytes] | None = None) -> Container:
         """``files``: the data of cfg.task_files by (kind, name), fetched from the scheduler."""
         self._validate(cfg)
+        diskspace.refuse_if_full(self.root, self.min_free_disk, "create a container")
         if cfg.task_files and files is None:
             raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent got none "
                                   "(is it joined with --join?)")
@@ -234,7 +239,7 @@ class ContainerManager:
         from agent.health import from_image, resolve
 
         cfg.healthcheck = resolve(cfg.healthcheck, from_image(getattr(image.config, "healthcheck", None)))
-        cfg.mounts += self._volumes_from(cfg)
+        cfg.mounts += self.mounts.volumes_from(cfg, self.get)
         cfg.log_config = logs.merged(cfg.log_config, self.log_default)  # the effective one, as docker records
         own = {u.name for u in cfg.ulimits}
         cfg.ulimits += [copy.copy(u) for u in self.default_ulimits if u.name not in own]
@@ -247,7 +252,7 @@ class ContainerManager:
         for path in getattr(image.config, "volumes", None) or []:
             if os.path.normpath(path) not in covered and os.path.normpath(path) != "/":
                 cfg.mounts.append(Mount(type="volume", target=os.path.normpath(path), anonymous=True))
-        made = self._prepare_mounts(cfg)
+        made = self.mounts.prepare(cfg)
         cdir = self.dir / cid
         try:
             cdir.mkdir(parents=True)
@@ -265,59 +270,10 @@ class ContainerManager:
             with contextlib.suppress(OSError):
                 self.taskfiles.remove(cid)
             shutil.rmtree(cdir, ignore_errors=True)
-            for name in made:
-                with contextlib.suppress(AgentError):
-                    self.volumes.remove(name, force=True)
+            self.mounts.undo(made)
             raise
         self.containers[cid] = c
         return c
-
-    def _volumes_from(self, cfg: ContainerConfig) -> list[Mount]:
-        """--volumes-from CONTAINER[:ro|rw]: that container's volumes and binds at the same targets
-        (ro/rw overrides their mode), under this run's own mounts; never its tmpfs (docker's rule)."""
-        covered = {os.path.normpath(m.target) for m in cfg.mounts}
-        out: list[Mount] = []
-        for spec in cfg.volumes_from:
-            ref, _, mode = spec.partition(":")
-            if mode not in ("", "ro", "rw"):
-                raise InvalidArgument(f"--volumes-from {spec}: invalid mode {mode!r} (ro or rw)")
-            other = self.get(ref)
-            for m in other.config.mounts:
-                if m.type == "tmpfs" or os.path.normpath(m.target) in covered:
-                    continue
-                covered.add(os.path.normpath(m.target))
-                out.append(replace(m, readonly=(mode == "ro") if mode else m.readonly, anonymous=False,
-                                   create_source=False, origin="", spec="", volume_labels={}, volume_options={}))
-        return out
-
-    def _prepare_mounts(self, cfg: ContainerConfig) -> list[str]:
-        """What the mounts need on this host, before the container is made: bind sources (-v makes
-        a missing one, --mount refuses it), named volumes (made if missing, as docker run does)
-        and anonymous ones. Returns the volumes made here, for an undo."""
-        for m in cfg.mounts:
-            if m.type == "bind" and not m.create_source and not os.path.lexists(m.source):
-                raise InvalidArgument(f'invalid mount config for type "bind": bind source path does not exist: '
-                                      f"{m.source}")
-            mount_specs.check_source_propagation(m)  # (a missing -v path: the mount it would be made on)
-            if m.type == "volume" and m.external and not self.volumes.exists(m.source):
-                raise NotFound(f"external volume {m.source} does not exist on this host (volume create it first)")
-        made: list[str] = []
-        try:
-            for m in cfg.mounts:
-                if m.type == "bind" and not os.path.lexists(m.source):
-                    os.makedirs(m.source, 0o755, exist_ok=True)
-                elif m.type == "volume" and (m.anonymous and not m.source):
-                    m.source = self.volumes.create(anonymous=True).name
-                    made.append(m.source)
-                elif m.type == "volume" and not self.volumes.exists(m.source):
-                    self.volumes.create(m.source, m.volume_driver or "local", m.volume_labels, m.volume_options)
-                    made.append(m.source)
-        except BaseException:
-            for name in made:
-                with contextlib.suppress(AgentError):
-                    self.volumes.remove(name, force=True)
-            raise
-        return made
 
     def set_network(self, c: Container, mode: str, aliases: list[str], links: list[str], ip: str = "") -> None:
         """docker network connect/disconnect of a container that is not running: its one network
@@ -332,6 +288,15 @@ class ContainerManager:
             cfg.ports = []   # docker keeps the bindings but publishes nothing without a network
         self._validate(cfg)
         c.config = cfg
+        self._save(c)
+
+    def remove_link(self, c: Container, alias: str) -> None:
+        """docker rm --link PARENT/ALIAS: the link goes from the container's config (running or not,
+        as docker's: a running one keeps its /etc/hosts line and variables until it restarts)."""
+        kept = [x for x in c.config.links if (x.partition(":")[2] or x.partition(":")[0]) != alias]
+        if len(kept) == len(c.config.links):
+            raise NotFound(f"No such container: /{c.name}/{alias}")
+        c.config = replace(c.config, links=kept)
         self._save(c)
 
     def _free_name(self) -> str:
@@ -362,7 +327,9 @@ class ContainerManager:
             cfg.network_mode = n.name   # (it may have been given by id)
         if cfg.network_aliases and not self.localnets.is_local(cfg.network_mode):
             raise InvalidArgument("network-scoped aliases are only supported for user-defined networks")
-        if self.localnets.is_local(cfg.network_mode) and (cfg.dns or cfg.dns_search or cfg.dns_options):
+        netattach.check(self, cfg)
+        if (self.localnets.is_local(cfg.network_mode) or cfg.networks) and (cfg.dns or cfg.dns_search
+                                                                             or cfg.dns_options):
             # refused, not ignored: its resolv.conf is 127.0.0.11, which forwards to the host's resolvers
             raise InvalidArgument(f"--dns, --dns-search and --dns-option on user network {cfg.network_mode} are not "
                                   "supported by dockyard yet (its containers ask 127.0.0.11)")
@@ -395,8 +362,14 @@ class ContainerManager:
                 raise InvalidArgument(f"invalid port mapping {p.host_port}:{p.container_port}")
             if p.protocol not in ("tcp", "udp"):
                 raise InvalidArgument(f"invalid protocol {p.protocol!r} for port {p.container_port}")
+        if cfg.cgroupns_mode not in ("", "host", "private"):
+            raise InvalidArgument(f"--cgroupns {cfg.cgroupns_mode}: must be host or private")
+        if cfg.uts_mode not in ("", "host"):
+            raise InvalidArgument(f"--uts {cfg.uts_mode}: must be host or empty")
+        if cfg.uts_mode == "host" and cfg.hostname:
+            raise InvalidArgument("conflicting options: hostname and the UTS mode")
         try:
-            cfg.resources.validate()
+            self.cg.check(cfg.resources)
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
         hostconfig.check(cfg)
@@ -452,7 +425,7 @@ class ContainerManager:
         cfg = c.config
         ic = self.images.config_of(c.image_id)
         env: dict[str, str] = {}
-        for item in [*(ic.env or []), *cfg.env]:
+        for item in [*self._link_env(c), *(ic.env or []), *cfg.env]:   # (its own env wins, as docker's)
             k, _, v = item.partition("=")
             env[k] = v
         hostname = cfg.hostname or c.id[:12]
@@ -461,10 +434,15 @@ class ContainerManager:
             namespaces.remove("net")
             namespaces.remove("uts")
             hostname = os.uname().nodename
+        elif cfg.uts_mode == "host":
+            namespaces.remove("uts")
+            hostname = os.uname().nodename
         if cfg.pid_mode == "host":
             namespaces.remove("pid")
         if cfg.ipc_mode == "host":
             namespaces.remove("ipc")
+        if cfg.cgroupns_mode == "private":
+            namespaces.append("cgroup")   # (entered by the init once it has joined its cgroup)
         uid_map: list[IdMap] = []
         if cfg.userns_mode == "remap":
             namespaces.insert(0, "user")
@@ -474,8 +452,7 @@ class ContainerManager:
         sec = hostconfig.security(cfg)
         mounts = [MountSpec(m.type, m.source, list(m.options)) for m in self.images.snapshotter.mounts(c.snapshot)]
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
-        if c.endpoint:
-            hosts += f"{c.endpoint['ip']}\t{hostname}\n"
+        hosts += netattach.hosts_lines(c, hostname)
         bridge = self._bridge_of(c) or self.network
         hosts += self._link_hosts(cfg)
         if cfg.extra_hosts:
@@ -500,14 +477,16 @@ class ContainerManager:
             bridge=bridge.name, subnet=str(bridge.subnet),
             etc_hosts=hosts, devices=nodes,
             etc_resolv=RESOLV_CONF if (cfg.overlays and self.resolvers is not None)
-            or self.localnets.is_local(cfg.network_mode) else hostconfig.resolv_conf(cfg, _resolv_conf()),
+            or self.localnets.local_of(c) else hostconfig.resolv_conf(cfg, _resolv_conf()),
             sysctls=dict(cfg.sysctls), shm_size=cfg.shm_size,
-            volumes=self._container_mounts(c), read_only=cfg.read_only,
+            volumes=self.mounts.for_shim(c), read_only=cfg.read_only,
         )
         if cfg.log_config.type != "none":
             rot = logs.rotation(cfg.log_config)
             spec.log_path = str(files.log)
             spec.log_max_size, spec.log_max_file, spec.log_compress = rot.max_size, rot.max_file, rot.compress
+            spec.log_format = "local" if cfg.log_config.type == "local" else "json"
+            spec.log_attrs = [[k, v] for k, v in logs.attributes(cfg.log_config, self._log_subject(c)).items()]
         if cfg.privileged:
             # docker's --privileged: every capability and device, no seccomp, nothing of /proc or
             # /sys hidden or read-only
@@ -516,9 +495,18 @@ class ContainerManager:
             spec.masked_paths, spec.readonly_paths, spec.readonly_sysfs = [], [], False
         return spec
 
-    def _link_hosts(self, cfg: ContainerConfig) -> str:
-        """--link NAME[:ALIAS]: the running container's address under both names, in /etc/hosts."""
-        out = ""
+    def _log_subject(self, c: Container) -> logs.Subject:
+        """What the log's tag and attrs may name of the container (docker's logger.Info)."""
+        try:
+            image_env = list(self.images.get(c.image_id).config.env or [])
+        except Exception:
+            image_env = []   # (an image removed under a stopped container: its own env still counts)
+        return logs.Subject(c.id, c.name, c.image_id, c.image_ref, list(c.args), dict(c.config.labels),
+                            [*image_env, *c.config.env])
+
+    def _linked(self, cfg: ContainerConfig) -> list[tuple[Container, str]]:
+        """--link NAME[:ALIAS]: each running container linked to, with its alias (its name if none)."""
+        out = []
         for link in cfg.links:
             name, _, alias = link.partition(":")
             other = self.get(name)
@@ -527,76 +515,40 @@ class ContainerManager:
             if other.config.network_mode != cfg.network_mode:
                 raise InvalidArgument(f"--link {link}: /{other.name} is on network {other.config.network_mode}, "
                                       f"not {cfg.network_mode or 'bridge'}")
-            out += f"{other.ip_address}\t{' '.join(dict.fromkeys(x for x in (alias, other.name) if x))}\n"
+            out.append((other, alias or other.name))
         return out
 
-    def _container_mounts(self, c: Container) -> list[ContainerMount]:
-        out = []
-        for m in c.config.mounts:
-            if m.type == "tmpfs":
-                out.append(ContainerMount("tmpfs", "", m.target, m.readonly, list(m.tmpfs_options)))
-                continue
-            source = str(self.volumes.path(m.source)) if m.type == "volume" else m.source
-            out.append(ContainerMount("bind", source, m.target, m.readonly, [],
-                                      copy_up=m.type == "volume" and not m.nocopy, key=mount_key(m.target),
-                                      propagation=(m.propagation or "rprivate") if m.type == "bind" else "rprivate"))
-        return out + self.taskfiles.mounts(c.id, c.config.task_files)
+    def _link_hosts(self, cfg: ContainerConfig) -> str:
+        """The linked containers' addresses under both names, in /etc/hosts. On a user network a
+        link is also a name at 127.0.0.11 (localnets.links_of), answered once its container runs:
+        one that is not running yet, or not made yet, is no error there (docker's rule)."""
+        if self.localnets.is_local(cfg.network_mode):
+            ready = [x for x in cfg.links if (o := self._find(x.partition(":")[0])) is not None
+                     and o.state.status in ("running", "paused") and o.ip_address]
+            cfg = dataclasses.replace(cfg, links=ready)
+        return "".join(f"{o.ip_address}\t{' '.join(dict.fromkeys((alias, o.name)))}\n"
+                       for o, alias in self._linked(cfg))
 
-    async def _acquire_volumes(self, c: Container) -> None:
-        """Volumes of the local driver with a device (-o type=... device=...) are mounted on
-        their directory while a running container uses them."""
-        for m in c.config.mounts:
-            if m.type == "volume" and self.volumes.get(m.source).options:
-                await asyncio.to_thread(self.volumes.acquire, m.source)
-
-    def _has_device_volume(self, c: Container) -> bool:
-        """Whether a volume of c's is the local driver's with a device (mounted while in use)."""
-        for m in c.config.mounts:
-            if m.type == "volume":
-                with contextlib.suppress(AgentError):
-                    if self.volumes.get(m.source).options:
-                        return True
-        return False
-
-    def _release_volumes(self, c: Container) -> None:
-        running = [o for o in list(self.containers.values()) if o is not c and o.state.status in ("running", "paused")]
-        for m in c.config.mounts:
-            if m.type != "volume":
-                continue
-            if not any(any(x.type == "volume" and x.source == m.source for x in o.config.mounts) for o in running):
-                self.volumes.release(m.source)
-
-    def mounts_info(self, c: Container) -> list[dict[str, Any]]:
-        """docker inspect's Mounts."""
-        out: list[dict[str, Any]] = []
-        for m in c.config.mounts:
-            if m.type == "tmpfs":
-                out.append({"Type": "tmpfs", "Source": "", "Destination": m.target, "Mode": ",".join(m.tmpfs_options),
-                            "RW": not m.readonly, "Propagation": ""})
-                continue
-            d: dict[str, Any] = {"Type": m.type}
-            if m.type == "volume":
-                d.update(Name=m.source, Source=str(self.volumes.path(m.source)), Driver="local")
-            else:
-                d["Source"] = m.source
-            mode = [x for x in ("ro" if m.readonly else "", m.selinux, "nocopy" if m.nocopy else "") if x]
-            d.update(Destination=m.target, Mode=",".join(mode), RW=not m.readonly,
-                     Propagation=(m.propagation or "rprivate") if m.type == "bind" else "")
-            out.append(d)
+    def _link_env(self, c: Container) -> list[str]:
+        """docker's legacy link variables (agent/links.py) of every container this one links to; none
+        on a user network, as docker's (its links are names at 127.0.0.11 there)."""
+        out: list[str] = []
+        if self.localnets.is_local(c.config.network_mode):
+            return out
+        for o, alias in self._linked(c.config):
+            ic = self.images.config_of(o.image_id)
+            exposed = [*(ic.exposed_ports or []), *o.config.exposed_ports,
+                       *(f"{p.container_port}/{p.protocol}" for p in o.config.ports)]
+            out += links.link_env(c.name, alias, o.ip_address, exposed, [*(ic.env or []), *o.config.env])
         return out
-
-    async def _torn_down(self, c: Container) -> None:
-        """The exit is reported before the teardown (so that `wait` is quick); a new run of the
-        same container, or its removal, waits for that teardown, which would otherwise remove the
-        new run's cgroup and port rules (they are named after the container)."""
-        t = self._teardowns.get(c.id)
-        if t is not None:
-            with contextlib.suppress(Exception):
-                await t
 
     async def _start_locked(self, c: Container, hold: bool, restore: bool = False, client: int = -1) -> None:
         trace("agent: start")
-        await self._torn_down(c)
+        await self.supervisor.torn_down(c)
+        for m in c.config.mounts:
+            # at every start, as docker does: the host's source may have been made private since the
+            # create, and a restored shared bind could not rejoin its peer group (checkpoint/sharing.py)
+            mount_specs.check_source_propagation(m)
         files = self.files(c)
         with contextlib.suppress(FileNotFoundError):
             files.exit.unlink()
@@ -627,9 +579,16 @@ class ContainerManager:
             c.endpoint = ep.to_dict()
             c.ip_address = ep.ip
             c.ports = [Port(p.host_ip, p.host_port, p.container_port, p.protocol) for p in ep.ports]
+        if c.config.networks and not c.extra_endpoints:
+            self.localnets.loop = asyncio.get_running_loop()
+            try:
+                await asyncio.to_thread(netattach.allocate_all, self, c)
+            except BaseException:
+                self._release_network(c)
+                raise
         if c.config.mounts:
             try:
-                await self._acquire_volumes(c)
+                await self.mounts.acquire(c)
             except BaseException:
                 self._release_network(c)
                 raise
@@ -637,9 +596,9 @@ class ContainerManager:
         trace("agent: spec built")
         spec.hold = hold
         if restore:
-            spec.restore = {"images_dir": c.state.checkpoint, "stdio": c.stdio_keys, "netns_key": c.netns_key,
-                            "old_ip": c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
-                            "lazy": self.checkpoints.restoring_lazily(c)}
+            spec.restore = Restore(c.state.checkpoint, list(c.stdio_keys), c.netns_key,
+                                   old_ip=c.restored_from_ip if c.restored_from_ip != c.ip_address else "",
+                                   lazy=self.checkpoints.restoring_lazily(c))
         # (The shim writes it to runtime.json once the container runs.)
         reply = self.zygote.request(messages.Start(spec, str(files.dir), str(files.socket)),
                                     [client] if client >= 0 else None)
@@ -669,8 +628,8 @@ class ContainerManager:
             if attached and c.endpoint is not None:
                 await asyncio.to_thread(self._detach_network, c.endpoint)
             self._release_network(c)
-            if c.config.mounts and self._has_device_volume(c):
-                await asyncio.to_thread(self._release_volumes, c)
+            if c.config.mounts and self.mounts.has_device_volume(c):
+                await asyncio.to_thread(self.mounts.release, c)
             failed = msg if isinstance(msg, messages.Failed) else \
                 messages.Failed("the shim exited before it reported")
             err = failed.error
@@ -692,7 +651,7 @@ class ContainerManager:
         c.state.error = ""
         self._event(c).clear()
         self._save(c)
-        self._watch(c)
+        self.supervisor.watch(c)
         trace("agent: started")
 
     def health_changed(self, c: Container) -> None:
@@ -704,7 +663,12 @@ class ContainerManager:
 
         assert c.endpoint is not None
         self.network.attach(network.Endpoint.from_dict(c.endpoint), pid)   # (on the endpoint's own bridge)
-        if self.localnets.is_local(c.config.network_mode):
+        try:
+            netattach.plug_all(self, c, pid)
+        except network.NetworkError:
+            self.network.detach(network.Endpoint.from_dict(c.endpoint))
+            raise
+        if self.localnets.local_of(c):
             try:
                 self.localnets.open_resolver(c, pid)
             except (OSError, network.NetworkError) as e:
@@ -732,6 +696,8 @@ class ContainerManager:
         return self.localnets.bridge_of(n) if n is not None else None
 
     def _release_network(self, c: Container) -> None:
+        if c.extra_endpoints:
+            netattach.release_all(self, c)
         if c.endpoint is not None:
             with contextlib.suppress(Exception):
                 bridge = self._bridge_of(c) or self.network
@@ -739,179 +705,10 @@ class ContainerManager:
             c.endpoint = None
             c.ip_address = ""
 
-    # --- exit monitoring ----------------------------------------------------------------------
-
-    def _watch(self, c: Container) -> None:
-        old = self._monitors.get(c.id)
-        if old is not None and not old.done():
-            return
-        self._monitors[c.id] = asyncio.get_running_loop().create_task(self._monitor(c))
-
-    async def _monitor(self, c: Container) -> None:
-        files = self.files(c)
-        try:
-            reader, writer = await asyncio.open_unix_connection(str(files.socket))
-        except OSError:
-            reader = None
-        if reader is not None:
-            dec = frames.Decoder()
-            try:
-                while True:
-                    data = await reader.read(65536)
-                    if not data:
-                        break
-                    if any(kind == frames.EXIT for kind, _ in dec.feed(data)):
-                        break
-            except (OSError, ValueError):
-                pass
-            writer.close()
-        # The shim writes exit.json before it says EXIT or closes; wait for it briefly if it died.
-        for _ in range(50):
-            if files.exit.exists() or not self._shim_alive(c):
-                break
-            await asyncio.sleep(0.1)
-        await self._on_exit(c)
-
-    def _shim_alive(self, c: Container) -> bool:
-        info = self._init_info(c)
-        if not info:
-            return False
-        try:
-            return process_alive(int(info["shim_pid"]), int(info["shim_start_time"]))
-        except (ValueError, KeyError):
-            return False
-
-    def _init_info(self, c: Container) -> dict[str, Any]:
-        try:
-            return dict(json.loads(self.files(c).init_pid.read_text()))
-        except (OSError, ValueError):
-            return {}
-
-    async def _on_exit(self, c: Container) -> None:
-        files = self.files(c)
-        try:
-            result = json.loads(files.exit.read_text())
-        except (OSError, ValueError):
-            result = {"exit_code": 255, "finished_at": time.time(),
-                      "error": "the container's shim died without recording an exit status"}
-        if "oom_killed" not in result:  # (a restored container's monitor does not know its cgroup)
-            try:
-                # One small read of a kernel file: not worth a thread hop on the way to `wait`.
-                result["oom_killed"] = self.cg.oom_kills(c.id) > 0
-            except Exception:
-                result["oom_killed"] = False
-        trace("agent: exit seen")
-        self._teardowns[c.id] = asyncio.get_running_loop().create_task(self._teardown(c, c.endpoint))
-        c.state.status = "exited"
-        c.state.pid = 0
-        c.state.exit_code = int(result["exit_code"])
-        c.state.oom_killed = bool(result.get("oom_killed"))
-        c.state.finished_at = float(result.get("finished_at") or time.time())
-        if result.get("error"):
-            c.state.error = str(result["error"])
-        self._monitors.pop(c.id, None)
-        if self.checkpoints.dumping(c):
-            # CRIU ended the process: not a failure, and the address stays for the restore.
-            c.state.exit_code = 0
-            self._save(c)
-            self._event(c).set()
-            return
-        self._release_network(c)
-        # A --rm container's record is about to go: not worth a file write (about a millisecond
-        # here) on the way to its removal. An agent killed meanwhile finds exit.json at adoption.
-        self._save(c, write=not c.config.auto_remove)
-        self._event(c).set()
-        if c.config.auto_remove:
-            try:
-                with contextlib.suppress(AgentError):
-                    await self.remove(c.id, force=True, volumes=True)
-            finally:
-                self._removed(c)
-            return
-        if restart.should_restart(c.state, c.config.restart_policy, pulling=self.checkpoints.pulling(c)):
-            c.state.status = "restarting"
-            self._save(c)
-            self._spawn(self._restart_later(c))
-
-    async def _restart_later(self, c: Container) -> None:
-        await asyncio.sleep(restart.backoff(c.state.restart_count))
-        if c.id not in self.containers or c.state.status != "restarting" or c.state.stopped_by_user:
-            return
-        c.state.restart_count += 1
-        async with self._lock(c):
-            try:
-                await self._start_locked(c, hold=False)
-            except AgentError as e:
-                log.warning("restart of %s failed: %s", c.name, e)
-                c.state.status = "exited"
-                self._save(c)
-
-    async def _teardown(self, c: Container, endpoint: dict[str, Any] | None) -> None:
-        """Undo a run once its init has exited (or its shim was killed, and the init with it): the
-        cgroup (killing what is left in it), the rootfs mount, the veth and port rules.
-
-        The monitor has started on the first two (monitor.c): wait for it to finish first, so that
-        it cannot unmount or remove what a new run of this container makes. It has usually done
-        them: what is left to check is a few syscalls, done here; a thread does the rest, if any
-        (a thread hop costs a millisecond or more while the loop is busy, for a GIL handoff)."""
-        info = self._init_info(c)
-        with contextlib.suppress(KeyError, ValueError):
-            await _exited(int(info["shim_pid"]), int(info["shim_start_time"]), 5)
-        trace("agent: teardown")
-        pid = int(info.get("pid", 0))
-        if pid:
-            with contextlib.suppress(OSError, ValueError, KeyError):
-                if pid_start_time(pid) == int(info["start_time"]):
-                    os.kill(pid, signal.SIGKILL)
-        rootfs = str(self.files(c).dir / "rootfs")
-        if self.cg.exists(c.id) or os.path.ismount(rootfs) or endpoint:
-            await asyncio.to_thread(self._teardown_rest, c, rootfs, endpoint)
-        if c.config.mounts and c.state.status not in ("running", "paused") and self._has_device_volume(c):
-            await asyncio.to_thread(self._release_volumes, c)
-        trace("agent: teardown done")
-
-    def _teardown_rest(self, c: Container, rootfs: str, endpoint: dict[str, Any] | None) -> None:
-        with contextlib.suppress(Exception):
-            self.cg.destroy(c.id)
-        unmount(rootfs)
-        if endpoint:  # as it was at the exit: the caller may release it meanwhile
-            self._detach_network(endpoint)
-
-    # --- adoption -----------------------------------------------------------------------------
-
-    async def adopt(self) -> None:
-        """After a restart: load every container; reconnect to live shims; settle the rest."""
-        self._spawn(asyncio.to_thread(self._purge, list(self.trash.iterdir())))
-        for d in sorted(self.dir.iterdir()):
-            cfg = d / "config.json"
-            if not cfg.exists():
-                shutil.rmtree(d, ignore_errors=True)  # a create that never finished
-                continue
-            try:
-                c = Container.load(cfg)
-            except (OSError, ValueError, TypeError) as e:
-                log.error("cannot read %s: %s", cfg, e)
-                continue
-            self.containers[c.id] = c
-            if (d / "lazy-dump.json").exists():
-                self._spawn(self.checkpoints.end_stale_lazy_dump(c))
-            if c.state.status in ("running", "paused", "restarting"):
-                if self._shim_alive(c):
-                    with contextlib.suppress(Exception):
-                        c.state.status = "paused" if self.cg.frozen(c.id) else "running"
-                    self._watch(c)
-                elif c.state.status == "restarting":
-                    self._spawn(self._restart_later(c))
-                else:
-                    await self._on_exit(c)
-        # a tmpfs of secrets whose container is gone (removed while the agent was down, or a create
-        # that never finished): unmounted now, so no secret stays in memory for nothing
-        await asyncio.to_thread(self.taskfiles.prune, set(self.containers))
-
     # --- stop, kill, pause --------------------------------------------------------------------
 
     def _signal(self, c: Container, sig: int) -> None:
-        info = self._init_info(c)
+        info = self.supervisor.init_info(c)
         pid = int(info.get("pid", 0) or c.state.pid)
         if not pid:
             raise Conflict(f"Container {c.id[:12]} is not running")
@@ -1018,7 +815,7 @@ class ContainerManager:
                     await asyncio.to_thread(self.cg.thaw, c.id)
                 await asyncio.wait_for(self._event(c).wait(), 30)
         trace("agent: remove")
-        await self._torn_down(c)
+        await self.supervisor.torn_down(c)
         trace("agent: torn down")
         if self.containers.pop(c.id, None) is None:
             return
@@ -1029,7 +826,7 @@ class ContainerManager:
         self._spawn(asyncio.to_thread(self._purge, trash))
         anonymous = [m.source for m in c.config.mounts if m.type == "volume" and m.anonymous and m.source]
         if volumes and anonymous:
-            await asyncio.to_thread(self.remove_volumes, anonymous)
+            await asyncio.to_thread(self.mounts.remove, anonymous)
         trace("agent: removed")
         self._exited.pop(c.id, None)
         self._removed(c)
@@ -1038,7 +835,7 @@ class ContainerManager:
                 cb(c)
         self._files.pop(c.id, None)
         self._locks.pop(c.id, None)
-        self._teardowns.pop(c.id, None)
+        self.supervisor.teardowns.pop(c.id, None)
 
     def _remove_files(self, c: Container) -> list[Path]:
         unmount(str(self.files(c).dir / "rootfs"))
@@ -1065,27 +862,9 @@ class ContainerManager:
             self.files(c).socket.unlink()
         return trash
 
-    def remove_volumes(self, names: list[str]) -> None:
-        for name in names:
-            try:
-                self.volumes.remove(name, force=True)
-            except AgentError as e:  # another container mounts it too: it stays, as in docker
-                log.info("volume %s kept: %s", name, e)
-
     def _purge(self, trash: list[Path]) -> None:
         for path in trash:
             self.images.snapshotter.purge(path)
-
-    def migration_problems(self, binds: list[str], volumes: list[str]) -> list[str]:
-        """What keeps a container with these mounts from moving here (asked before anything stops)."""
-        problems = [f"bind mount source {b} does not exist on this host" for b in binds if not os.path.lexists(b)]
-        problems += [f"volume {v} already exists on this host" for v in volumes if self.volumes.exists(v)]
-        return problems
-
-    def volumes_shared(self, c: Container) -> list[str]:
-        """This container's volumes that other containers here mount too: they cannot move with it."""
-        return [f"volume {n} is also used by {', '.join(u)}" for n in volume_names(c)
-                if (u := [x for x in self.volume_users(n) if not x.startswith(f"{c.name} (")])]
 
     async def update(self, ref: str, limits: Mapping[str, int] | None = None,
                      restart_policy: RestartPolicy | None = None) -> Container:
@@ -1131,8 +910,9 @@ class ContainerManager:
     # --- logs ---------------------------------------------------------------------------------
 
     async def logs(self, ref: str, follow: bool = False, tail: int = -1, since: float = 0,
-                   until: float = 0) -> AsyncIterator[tuple[str, bytes, float]]:
-        """The container's log across its rotated files (agent/logs.py)."""
+                   until: float = 0, details: bool = False) -> AsyncIterator[tuple[str, bytes, float]]:
+        """The container's log across its rotated files (agent/logs.py); `details`: each entry's
+        data starts with its attrs (docker's `logs --details`)."""
         c = self.get(ref)
         if c.config.log_config.type == "none":
             raise logs.ReadNotSupported("configured logging driver does not support reading")
@@ -1142,7 +922,8 @@ class ContainerManager:
             return c.state.status in ("running", "paused", "restarting") and c.id in self.containers
 
         async for rec in logs.entries(self.files(c).log, logs.rotation(c.config.log_config), follow, tail, since,
-                                      until, running, lambda: ev):
+                                      until, running, lambda: ev, logs.file_format(c.config.log_config.type),
+                                      details):
             yield rec
 
     # --- attach and exec ----------------------------------------------------------------------
@@ -1161,7 +942,11 @@ class ContainerManager:
             raise Conflict(f"Container {c.id} is not running")
         image = self.images.get(c.image_id)
         env: dict[str, str] = {}
-        for item in [*(image.config.env or []), *c.config.env, *proc.env]:
+        try:
+            linked = self._link_env(c)   # as docker's exec, the link variables too
+        except (InvalidArgument, NotFound):
+            linked = []                  # (a linked container since stopped or gone: docker refuses the exec)
+        for item in [*linked, *(image.config.env or []), *c.config.env, *proc.env]:
             k, _, v = item.partition("=")
             env[k] = v
         proc.env = [f"{k}={v}" for k, v in env.items()]
@@ -1177,12 +962,12 @@ class ContainerManager:
         proc.additional_groups = list(c.config.group_add)
         if c.config.privileged:  # (as docker: an exec has its container's privileges)
             proc.capabilities, proc.seccomp = list(ALL_CAPABILITIES), False
-        info = self._init_info(c)
+        info = self.supervisor.init_info(c)
         req = messages.Exec(int(info.get("pid", c.state.pid)), proc,
                             messages.CgroupRef(self.cg.root, self.cg.parent, c.id))
         return self.zygote.request(req, fds)
 
-    # --- top and stats ------------------------------------------------------------------------
+    # --- top ------------------------------------------------------------------------
 
     def top(self, ref: str) -> tuple[list[str], list[list[str]]]:
         c = self.get(ref)
@@ -1192,64 +977,10 @@ class ContainerManager:
         rows = [r for r in (_ps_row(p) for p in pids) if r is not None]
         return ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], rows
 
-    def stats(self, c: Container) -> dict[str, Any]:
-        st = self.cg.stats(c.id)
-        rx = tx = 0
-        info = self._init_info(c)
-        pid = int(info.get("pid", 0))
-        if pid and c.config.network_mode != "host":
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
-                    iface, _, rest = line.partition(":")
-                    if iface.strip() == "lo":
-                        continue
-                    vals = rest.split()
-                    rx += int(vals[0])
-                    tx += int(vals[8])
-        return {"stats": st, "rx": rx, "tx": tx}
-
     async def shutdown(self) -> None:
-        for t in list(self._monitors.values()) + list(self._tasks):
+        for t in list(self.supervisor.monitors.values()) + list(self._tasks):
             t.cancel()
 
-
-
-async def _exited(pid: int, start_time: int, timeout: float) -> None:
-    """Until this very process (pid and start time) has exited, or `timeout` seconds: a pidfd
-    becomes readable at the exit, which the loop watches with no thread."""
-    try:
-        fd = os.pidfd_open(pid)
-    except OSError:  # gone (ESRCH)
-        return
-    try:
-        if not process_alive(pid, start_time):  # checked after the open: the pidfd is this process's
-            return
-        loop = asyncio.get_running_loop()
-        gone: asyncio.Future[None] = loop.create_future()
-
-        def readable() -> None:
-            if not gone.done():
-                gone.set_result(None)
-
-        loop.add_reader(fd, readable)
-        try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(gone, timeout)
-        finally:
-            loop.remove_reader(fd)
-    finally:
-        os.close(fd)
-
-
-def volume_names(c: Container) -> list[str]:
-    return list(dict.fromkeys(m.source for m in c.config.mounts if m.type == "volume" and m.source))
-
-
-def mount_key(target: str) -> str:
-    """CRIU's name for the container's mount at `target`: the same on every host."""
-    import hashlib
-
-    return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
 
 
 def _resolv_conf() -> str:

@@ -56,11 +56,13 @@ class AgentOptions:
     join: str = ""                   # scheduler replicas host:port[,host:port...] (agent/cluster.py)
     advertise: str = ""              # the address the scheduler reaches this agent at (default: listen)
     token: str = ""                  # a join token: mutual TLS with the cluster (agent/join.py)
+    insecure: bool = False           # --insecure: --listen and --join in plaintext (else they need a certificate)
     cgroup_favor_dynmods: bool = False  # agent/runtime/cgroups/_dynmods.py
     docker_socket: str = DEFAULT_DOCKER_SOCKET   # Docker's Engine API (agent/dockerapi); "" serves none
     docker_tcp: str = ""             # and on loopback TCP, HOST:PORT (opt-in: no TLS yet)
     max_layer_size: int | None = None  # bytes a layer may expand to on import/load/pull/restore (None: no bound)
     max_image_size: int | None = None  # and all the layers of one image
+    min_free_disk: float = settings.MIN_FREE_DISK  # percent of the root's disk kept free (agent/diskspace.py)
     ip_forward: bool = True          # docker's --ip-forward: turn on net.ipv4.ip_forward
     ip_masq: bool = True             # docker's --ip-masq: masquerade the bridge's subnet (egress)
     metrics_tls: bool = False        # /metrics over mutual-TLS HTTPS with the node's certificate
@@ -76,6 +78,7 @@ class Agent:
         self.tls_server: grpc.aio.Server | None = None  # the TCP port under mutual TLS
         self.cert_slot: transport.CertSlot | None = None  # the certificate it serves, renewed in place
         self._renewal: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()   # unhealthy cluster tasks being ended
         self.manager: ContainerManager | None = None
         self.zygote = Zygote()
         self.metrics_server: MetricsServer | None = None
@@ -128,12 +131,13 @@ class Agent:
         await asyncio.to_thread(self.manager.localnets.ensure_all)
         self.manager.log_default = o.engine.log
         self.manager.default_ulimits = list(o.engine.ulimits)
+        self.manager.min_free_disk = o.min_free_disk
         self.manager.default_dns = list(o.engine.dns)
         self.manager.default_dns_search = list(o.engine.dns_search)
         self.manager.default_dns_options = list(o.engine.dns_options)
-        await self.manager.adopt()
+        await self.manager.supervisor.adopt()
         for c in self.manager.containers.values():   # adopted on a user network: its 127.0.0.11 anew
-            if self.manager.localnets.is_local(c.config.network_mode) and c.state.status in ("running", "paused"):
+            if self.manager.localnets.local_of(c) and c.state.status in ("running", "paused"):
                 try:
                     await asyncio.to_thread(self.manager.localnets.open_resolver, c, c.state.pid)
                 except (OSError, network.NetworkError) as e:
@@ -150,6 +154,7 @@ class Agent:
         from agent.health import HealthMonitor
 
         self.health = HealthMonitor(self.manager)   # HEALTHCHECKs of the containers that have one
+        self.health.on_status.append(self._end_unhealthy_task)
         if o.metrics_addr:
             # Scrapes read the kernel on the server's own thread, never on the event loop. A taken
             # port must not keep the agent from adopting and running containers: say so and go on.
@@ -232,7 +237,15 @@ class Agent:
             first = next(a.strip() for a in o.join.split(",") if a.strip())
             bundle = (await join.join(join.join_address(first), o.token, name=o.name, tls_dir=tls_dir)).bundle
         if bundle is None:
+            if (o.join or o.listen) and not o.insecure:
+                raise join.JoinError(
+                    f"{'--join' if o.join else '--listen'} serves and calls over mutual TLS, and this node has no "
+                    f"certificate in {tls_dir}: give the join token (--token or DOCKYARD_JOIN_TOKEN; "
+                    "`dockyard cluster join-token worker` prints it), or --insecure for a scheduler run with --insecure")
             return transport.AGENT
+        if o.insecure:
+            raise join.JoinError(f"--insecure, but this node holds a cluster certificate in {tls_dir} (it joined by "
+                                 "token): run it without --insecure, or remove that directory to leave the cluster")
         node_id = pki.subject_of(bundle.cert_pem).node_id
         tmp = self.root / "node-id.tmp"
         tmp.write_text(node_id + "\n")
@@ -266,6 +279,28 @@ class Agent:
     async def _check_criu(servicer: AgentServicer) -> None:
         tls_dir = servicer.m.checkpoints.page_tls
         servicer.criu, servicer.lazy_pages = await asyncio.to_thread(_criu_works, tls_dir)
+
+    def _end_unhealthy_task(self, c: Any, status: str) -> None:
+        """Swarm's rule: a cluster task whose container turns unhealthy is ended here (its report
+        says failed, unhealthy) and the scheduler replaces it as its restart policy says. A plain
+        container only shows the status, as docker's does."""
+        from agent.cluster import TASK_LABEL
+
+        if status != "unhealthy" or TASK_LABEL not in c.config.labels:
+            return
+        log.warning("task %s (%s) is unhealthy: ending it, so that the scheduler replaces it",
+                    c.config.labels[TASK_LABEL], c.name)
+
+        manager = self.manager
+        assert manager is not None
+
+        async def end() -> None:
+            with contextlib.suppress(Exception):   # (gone or stopped meanwhile: nothing to end)
+                await manager.kill(c.id)
+
+        t = asyncio.get_running_loop().create_task(end())
+        self._ending.add(t)
+        t.add_done_callback(self._ending.discard)
 
     async def stop(self) -> None:
         if self.netsync is not None:  # the kernel keeps its tables: containers stay connected

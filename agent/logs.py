@@ -7,10 +7,16 @@ Drivers:
   (container.log, .1, ... the oldest dropped; one file: truncated), ``compress=true`` gzips the
   rotated ones (.1.gz ...). Without max-size the log is not bounded (docker's default), unless the
   agent's default options (``--log-opt``, daemon.json ``log-opts``) bound it.
-- ``local``: docker's local driver's rotation: max-size 20 MiB (binary units), max-file 5,
-  compress on, unless given. The files are the same json lines as json-file's (docker's local
-  format is private to dockerd; nothing reads it but ``logs``).
+- ``local``: docker's local driver: its defaults (max-size 20 MiB, binary units; max-file 5;
+  compress on) and its file format, a protobuf LogEntry per record (source, time_nano, line
+  without its newline, partial pieces with their metadata, attrs) framed by its size, big-endian,
+  before and after (moby's daemon/logger/local). Smaller than json lines; read through ``logs``.
 - ``none``: nothing is written; ``logs`` says the driver cannot be read, as docker does.
+Both file drivers take docker's attribute options, written into every entry (json's "attrs",
+local's LogAttr) and shown by ``logs --details``: ``labels``/``env`` (comma lists of the
+container's label keys and environment names), ``labels-regex``/``env-regex``, and ``tag``
+(docker's template of {{.ID}}, {{.FullID}}, {{.Name}}, {{.ImageID}}, {{.ImageFullID}},
+{{.ImageName}}, {{.Command}}, {{.DaemonName}}, {{.Hostname}}; other template actions are refused).
 Merging with the agent's default is docker's: a container without a driver takes the agent's
 driver, and, when that is the agent's driver, every default option it does not set itself.
 """
@@ -24,7 +30,10 @@ import gzip
 import json
 import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+import socket
+import struct
+import urllib.parse
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -32,10 +41,14 @@ from typing import BinaryIO
 from agent.model import InvalidArgument, LogConfig
 
 DRIVERS = ("json-file", "local", "none")
-_OPTS = {"json-file": ("max-size", "max-file", "compress"), "local": ("max-size", "max-file", "compress"),
-         "none": ()}
+_ATTR_OPTS = ("labels", "labels-regex", "env", "env-regex", "tag")
+_OPTS = {"json-file": ("max-size", "max-file", "compress", *_ATTR_OPTS),
+         "local": ("max-size", "max-file", "compress", *_ATTR_OPTS), "none": ()}
 # docker's options that dockyard does not implement: refused by name rather than accepted and ignored
-_NOT_YET = ("labels", "labels-regex", "env", "env-regex", "tag", "mode", "max-buffer-size")
+_NOT_YET = ("mode", "max-buffer-size")
+# docker's log tag template: the fields of its logger.Info a tag may name
+_TAG_FIELD = re.compile(r"\{\{\s*\.(\w+)\s*\}\}")
+TAG_FIELDS = ("ID", "FullID", "Name", "ImageID", "ImageFullID", "ImageName", "Command", "DaemonName", "Hostname")
 _LOCAL_DEFAULTS = {"max-size": 20 << 20, "max-file": 5, "compress": True}
 
 _SIZE = re.compile(r"^(\d+(?:\.\d+)?) ?([kmgtp])?(i)?b?$", re.IGNORECASE)
@@ -87,6 +100,7 @@ def rotation(cfg: LogConfig, complete: bool = True) -> Rotation:
     if driver == "none":
         return Rotation()
     opts = cfg.config
+    _check_attribute_opts(opts)
     local = driver == "local"
     try:
         size = parse_size(opts["max-size"], local) if "max-size" in opts else (_LOCAL_DEFAULTS["max-size"]
@@ -114,9 +128,77 @@ def rotation(cfg: LogConfig, complete: bool = True) -> Rotation:
         if compress and (files < 2 or not size) and complete:
             raise InvalidArgument("log opt compress=true: compress cannot be true when max-file is less than 2 "
                                   "or max-size is not set")
-    if local and compress and files < 2:
-        compress = False  # docker's local driver: one file is never compressed
+    if local and compress and files < 2 and complete:
+        # moby's local driver (validateConfig): its default compress=true needs rotated files
+        raise InvalidArgument("log opt max-file=1: compression cannot be enabled when max file count is 1 "
+                              "(the local driver compresses by default: add --log-opt compress=false)")
     return Rotation(size, files, compress)
+
+
+def _check_attribute_opts(opts: Mapping[str, str]) -> None:
+    for key in ("labels-regex", "env-regex"):
+        if key in opts:
+            try:
+                re.compile(opts[key])
+            except re.error as e:
+                raise InvalidArgument(f"log opt {key}={opts[key]}: not a regular expression: {e}") from None
+    if "tag" in opts:
+        left = _TAG_FIELD.sub("", opts["tag"])
+        unknown = [f for f in _TAG_FIELD.findall(opts["tag"]) if f not in TAG_FIELDS]
+        if unknown or "{{" in left or "}}" in left:
+            what = f"no field {unknown[0]}" if unknown else "only plain {{.Field}} actions are supported"
+            raise InvalidArgument(f"log opt tag={opts['tag']}: {what} (fields: "
+                                  + ", ".join("{{." + f + "}}" for f in TAG_FIELDS) + ")")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What docker's logger.Info tells a log driver about its container (for tag and attrs)."""
+
+    id: str
+    name: str
+    image_id: str        # sha256:...
+    image_name: str      # as the user named it
+    argv: Sequence[str]  # entrypoint and arguments
+    labels: Mapping[str, str]
+    env: Sequence[str]   # KEY=VALUE, the image's and the container's
+
+
+def attributes(cfg: LogConfig, who: Subject) -> dict[str, str]:
+    """docker's ExtraAttributes and ParseLogTag: the attrs every entry carries, sorted by key."""
+    opts = cfg.config
+    out: dict[str, str] = {}
+    for key in filter(None, opts.get("labels", "").split(",")):
+        if key in who.labels:
+            out[key] = who.labels[key]
+    if opts.get("labels-regex"):
+        rx = re.compile(opts["labels-regex"])
+        out.update({k: v for k, v in who.labels.items() if rx.search(k)})
+    env: dict[str, str] = {}
+    for item in who.env:
+        k, sep, v = item.partition("=")
+        if sep:
+            env[k] = v
+    for key in filter(None, opts.get("env", "").split(",")):
+        if key in env:
+            out[key] = env[key]
+    if opts.get("env-regex"):
+        rx = re.compile(opts["env-regex"])
+        out.update({k: v for k, v in env.items() if rx.search(k)})
+    if opts.get("tag"):
+        # (docker's ImageID is the first 12 characters of "sha256:...", its prefix included)
+        fields = {"ID": who.id[:12], "FullID": who.id, "Name": who.name.lstrip("/"), "ImageID": who.image_id[:12],
+                  "ImageFullID": who.image_id, "ImageName": who.image_name, "Command": " ".join(who.argv),
+                  "DaemonName": "docker", "Hostname": socket.gethostname()}
+        out["tag"] = _TAG_FIELD.sub(lambda mt: fields[mt.group(1)], opts["tag"])
+    return dict(sorted(out.items()))
+
+
+def details(attrs: Mapping[str, str]) -> bytes:
+    """`logs --details`: docker's prefix of an entry, its attrs as k=v (query-escaped, sorted),
+    comma-separated, then a space (a space alone when there are none)."""
+    return ",".join(f"{urllib.parse.quote_plus(k)}={urllib.parse.quote_plus(v)}"
+                    for k, v in sorted(attrs.items())).encode() + b" "
 
 
 def merged(cfg: LogConfig, default: LogConfig) -> LogConfig:
@@ -145,9 +227,11 @@ def parse_opts(items: list[str] | tuple[str, ...], flag: str = "--log-opt") -> d
 # --- reading ------------------------------------------------------------------------------------
 
 Entry = tuple[str, bytes, float]   # stream, data, unix time
+Record = tuple[str, bytes, float, dict[str, str]]   # and the entry's attrs
 
 
-def parse_entry(raw: bytes) -> Entry | None:
+def parse_entry(raw: bytes) -> Record | None:
+    """One json-file line."""
     try:
         rec = json.loads(raw)
     except ValueError:
@@ -158,7 +242,107 @@ def parse_entry(raw: bytes) -> Entry | None:
             tzinfo=datetime.UTC).timestamp() if ts else 0.0
     except ValueError:
         t = 0.0
-    return rec.get("stream", "stdout"), rec.get("log", "").encode(), t
+    attrs = rec.get("attrs")
+    return rec.get("stream", "stdout"), rec.get("log", "").encode(), t, attrs if isinstance(attrs, dict) else {}
+
+
+def _split_lines(data: bytes) -> tuple[list[bytes], bytes]:
+    """The whole lines of `data`, and what follows the last newline (an entry being written)."""
+    *lines, rest = data.split(b"\n")
+    return lines, rest
+
+
+_SIZE_PREFIX = struct.Struct(">I")
+
+
+def _split_frames(data: bytes) -> tuple[list[bytes], bytes]:
+    """docker local's records: size, LogEntry, size. What follows the last whole one is a record
+    being written; a frame whose two sizes differ ends the readable part of the file."""
+    out: list[bytes] = []
+    at = 0
+    while len(data) - at >= 8:
+        (n,) = _SIZE_PREFIX.unpack_from(data, at)
+        if len(data) - at < n + 8:
+            break
+        if _SIZE_PREFIX.unpack_from(data, at + 4 + n)[0] != n:
+            return out, b""
+        out.append(data[at + 4:at + 4 + n])
+        at += n + 8
+    return out, data[at:]
+
+
+def _varint(b: bytes, i: int) -> tuple[int, int]:
+    v = shift = 0
+    while True:
+        if i >= len(b) or shift > 63:
+            raise ValueError("truncated varint")
+        c = b[i]
+        i += 1
+        v |= (c & 0x7F) << shift
+        shift += 7
+        if not c & 0x80:
+            return v, i
+
+
+def _fields(b: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """A protobuf message's (field, value): varints as ints, length-delimited as bytes."""
+    i = 0
+    while i < len(b):
+        key, i = _varint(b, i)
+        kind = key & 7
+        if kind == 0:
+            v, i = _varint(b, i)
+            yield key >> 3, v
+        elif kind == 2:
+            n, i = _varint(b, i)
+            if i + n > len(b):
+                raise ValueError("truncated field")
+            yield key >> 3, b[i:i + n]
+            i += n
+        elif kind in (1, 5):
+            i += 8 if kind == 1 else 4
+        else:
+            raise ValueError(f"wire type {kind}")
+
+
+def parse_local(raw: bytes) -> Record | None:
+    """One local record (LogEntry: 1 source, 2 time_nano, 3 line, 4 partial, 5 its metadata with
+    1 last, 6 attrs of 1 key, 2 value). The newline goes back after a whole line or a last piece."""
+    stream, line, t, partial, last, attrs = "stdout", b"", 0.0, False, False, {}
+    try:
+        for f, v in _fields(raw):
+            if f == 1 and isinstance(v, bytes):
+                stream = v.decode("utf-8", "replace")
+            elif f == 2 and isinstance(v, int):
+                t = v / 1e9
+            elif f == 3 and isinstance(v, bytes):
+                line = v
+            elif f == 4 and isinstance(v, int):
+                partial = bool(v)
+            elif f == 5 and isinstance(v, bytes):
+                last = any(g == 1 and w for g, w in _fields(v))
+            elif f == 6 and isinstance(v, bytes):
+                kv = {g: w for g, w in _fields(v) if isinstance(w, bytes)}
+                attrs[kv.get(1, b"").decode("utf-8", "replace")] = kv.get(2, b"").decode("utf-8", "replace")
+    except ValueError:
+        return None
+    return stream, line + (b"\n" if not partial or last else b""), t, attrs
+
+
+@dataclass(frozen=True)
+class Format:
+    """How a driver's file is cut into records and read."""
+
+    split: Callable[[bytes], tuple[list[bytes], bytes]]
+    parse: Callable[[bytes], Record | None]
+
+
+JSON_FILE = Format(_split_lines, parse_entry)
+LOCAL = Format(_split_frames, parse_local)
+
+
+def file_format(driver: str) -> Format:
+    return LOCAL if driver == "local" else JSON_FILE
 
 
 def _rotated(path: Path, i: int) -> Path | None:
@@ -187,22 +371,16 @@ def _read_whole(p: Path) -> bytes:
         return b""   # a truncated .gz (a crash mid-compress): what is left is unreadable
 
 
-def _complete(data: bytes) -> tuple[list[bytes], bytes]:
-    """The whole lines of `data`, and what follows the last newline (an entry being written)."""
-    *lines, rest = data.split(b"\n")
-    return lines, rest
-
-
 def _lines_newest_first(path: Path, max_file: int, current: BinaryIO | None,
-                        partial: list[bytes]) -> Iterator[list[bytes]]:
-    """The whole lines of each file, from the current one back to the oldest. `current`: PATH as
+                        partial: list[bytes], fmt: Format = JSON_FILE) -> Iterator[list[bytes]]:
+    """The whole records of each file, from the current one back to the oldest. `current`: PATH as
     opened by the follower, read to its end here; a rotated file that is that same file (rotated
-    since) is skipped. What the current file holds past its last newline goes into `partial`."""
+    since) is skipped. What the current file holds past its last record goes into `partial`."""
     if current is not None:
-        lines, rest = _complete(current.read())
+        lines, rest = fmt.split(current.read())
         ino = os.fstat(current.fileno()).st_ino
     else:
-        lines, rest = _complete(_read_whole(path))
+        lines, rest = fmt.split(_read_whole(path))
         ino = -1
     partial.append(rest)
     yield lines
@@ -213,17 +391,18 @@ def _lines_newest_first(path: Path, max_file: int, current: BinaryIO | None,
         with contextlib.suppress(FileNotFoundError):
             if os.stat(p).st_ino == ino:
                 continue
-        yield _complete(_read_whole(p))[0]
+        yield fmt.split(_read_whole(p))[0]
 
 
-def read(path: Path, max_file: int, tail: int = -1, current: BinaryIO | None = None) -> tuple[list[bytes], bytes]:
-    """Every whole line of the log, oldest first, or the last `tail` of them (reading only as many
-    files back as that takes); and the start of an entry being written at the end of the current
-    file (a follower goes on from it)."""
+def read(path: Path, max_file: int, tail: int = -1, current: BinaryIO | None = None,
+         fmt: Format = JSON_FILE) -> tuple[list[bytes], bytes]:
+    """Every whole record of the log, oldest first, or the last `tail` of them (reading only as
+    many files back as that takes); and the start of an entry being written at the end of the
+    current file (a follower goes on from it)."""
     chunks: list[list[bytes]] = []
     partial: list[bytes] = []
     have = 0
-    for lines in _lines_newest_first(path, max_file, current, partial):
+    for lines in _lines_newest_first(path, max_file, current, partial, fmt):
         chunks.append(lines)
         have += len(lines)
         if tail >= 0 and have >= tail:
@@ -306,9 +485,18 @@ class Follower:
 
 
 async def entries(path: Path, rotation_: Rotation, follow: bool, tail: int, since: float, until: float,
-                  running: Callable[[], bool], changed: Callable[[], asyncio.Event]) -> AsyncIterator[Entry]:
+                  running: Callable[[], bool], changed: Callable[[], asyncio.Event],
+                  fmt: Format = JSON_FILE, with_details: bool = False) -> AsyncIterator[Entry]:
     """The log's entries, oldest first, filtered by time; with `follow`, then what is written until
-    the container stops (`running` false and nothing new)."""
+    the container stops (`running` false and nothing new). `with_details`: each entry's data
+    starts with its attrs, as `logs --details` shows them."""
+    def entry(raw: bytes) -> Entry | None:
+        rec = fmt.parse(raw)
+        if rec is None:
+            return None
+        stream, data, t, attrs = rec
+        return stream, details(attrs) + data if with_details else data, t
+
     fol = Follower(path)
     try:
         # Following: PATH is opened first and read to its end with the rest, so what is written
@@ -320,9 +508,9 @@ async def entries(path: Path, rotation_: Rotation, follow: bool, tail: int, sinc
             # there. Reading PATH here too would read a log made in between twice.
             lines, buf = [], b""
         else:
-            lines, buf = await asyncio.to_thread(read, path, rotation_.max_file, tail, current)
+            lines, buf = await asyncio.to_thread(read, path, rotation_.max_file, tail, current, fmt)
         for raw in lines:
-            rec = parse_entry(raw)
+            rec = entry(raw)
             if rec and (not since or rec[2] >= since) and (not until or rec[2] <= until):
                 yield rec
         if not follow:
@@ -332,9 +520,9 @@ async def entries(path: Path, rotation_: Rotation, follow: bool, tail: int, sinc
             alive = running()
             chunk = fol.read()
             buf += chunk
-            *complete, buf = buf.split(b"\n")
+            complete, buf = fmt.split(buf)
             for raw in complete:
-                rec = parse_entry(raw)
+                rec = entry(raw)
                 if rec and (not until or rec[2] <= until):
                     yield rec
             if not alive and not chunk:

@@ -32,7 +32,9 @@ from typing import Any
 
 import grpc
 
+from agent.containermounts import volume_names
 from agent.containers import ContainerManager
+from agent.images.errors import ImageError
 from agent.model import AgentError, Conflict, NotFound, Unavailable
 from agent.runtime.procs import trace
 from common import faults, transport
@@ -53,6 +55,7 @@ class Target:
     address: str
     node_id: str = ""
     grant: bytes = b""
+    crl: bytes = b""  # over TLS: removed nodes' certificates, refused by our CRIU page server
 
     @property
     def metadata(self) -> tuple[tuple[str, bytes], ...]:
@@ -103,7 +106,7 @@ async def _ensure_image(m: ContainerManager, channel: grpc.aio.Channel, image_id
 
     try:
         tagged = m.images.get(ref).id == image_id
-    except Exception:
+    except ImageError:   # not here by that name (or not a name at all): sent by its id
         tagged = False
     with tempfile.TemporaryFile(dir=m.root) as tmp:
         await asyncio.to_thread(m.images.save, [ref if tagged else image_id], tmp)
@@ -167,7 +170,7 @@ async def migrate(m: ContainerManager, ref: str, to: Target, live: bool, emit: P
         await _check_mounts(m, c.id, channel, target, md)
         await _ensure_image(m, channel, c.image_id, c.image_ref, emit, md)
         if live and lazy_pages and info.lazy_pages and c.state.status == "running" and _pages_servable(identity, target):
-            return await _migrate_post_copy(m, c.id, channel, target, emit, t0, md)
+            return await _migrate_post_copy(m, c.id, channel, target, emit, t0, md, to.crl)
         was_running = c.state.status in ("running", "paused")
         with tempfile.TemporaryFile(dir=m.root) as tmp:
             down = time.monotonic()
@@ -222,18 +225,18 @@ def _pages_servable(identity: transport.Identity, target: str) -> bool:
 async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str, md: Any) -> None:
     """Before anything stops: the container's volumes move with it (none may be shared with another
     container here, none may exist on the target), and its bind sources must exist there."""
-    from agent.containers import volume_names
     from protos import volumes_pb2 as vpb
     from protos import volumes_pb2_grpc as vpbg
 
     c = m.get(cid)
     if not c.config.mounts:
         return
-    problems = m.volumes_shared(c)
-    binds = [x.source for x in c.config.mounts if x.type == "bind"]
+    problems = m.mounts.shared(c)
+    binds = [x for x in c.config.mounts if x.type == "bind"]
     try:
         r = await vpbg.VolumesStub(channel).CheckMigration(  # type: ignore[no-untyped-call]
-            vpb.MigrationCheck(bind_sources=binds, volumes=volume_names(c)), timeout=30, metadata=md)
+            vpb.MigrationCheck(bind_sources=[x.source for x in binds], volumes=volume_names(c),
+                               bind_propagation=[x.propagation for x in binds]), timeout=30, metadata=md)
     except grpc.aio.AioRpcError as e:
         raise Unavailable(f"target agent {target} cannot say whether {c.name}'s mounts fit: {e.details()}") from e
     problems += [f"{p} ({target})" for p in r.problems]
@@ -243,15 +246,14 @@ async def _check_mounts(m: ContainerManager, cid: str, channel: grpc.aio.Channel
 
 async def _remove_moved_volumes(m: ContainerManager, c: Any) -> None:
     """Its volumes went with it: their copies here go once the target runs it."""
-    from agent.containers import volume_names
 
     names = volume_names(c)
     if names:
-        await asyncio.to_thread(m.remove_volumes, names)
+        await asyncio.to_thread(m.mounts.remove, names)
 
 
 async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str,
-                             emit: Progress, t0: float, md: Any) -> pb.MigrateProgress:
+                             emit: Progress, t0: float, md: Any, crl: bytes = b"") -> pb.MigrateProgress:
     from agent.checkpoint.criu import CriuError
     from agent.checkpoint.lazy import free_port, local_address_towards
 
@@ -264,7 +266,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU (post-copy)"))
         # Level 1: the archive holds the small images and the writable layer, not the memory.
         dump = await m.checkpoints.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1,
-                                                   dumped=_frozen(c.name, emit))
+                                                   dumped=_frozen(c.name, emit), crl=crl)
         trace("migrate: archive written")
         await _withdraw(m, c, back=False)
         await faults.FAULTS.pause_after_dump(m.root)  # tests kill the agent here (common/faults.py)

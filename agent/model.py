@@ -7,42 +7,17 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from agent.errors import AgentError as AgentError  # the agent's error family (agent/errors.py)
+from agent.errors import Conflict as Conflict
+from agent.errors import Forbidden as Forbidden
+from agent.errors import InvalidArgument as InvalidArgument
+from agent.errors import NotFound as NotFound
+from agent.errors import StartFailed as StartFailed
+from agent.errors import Unavailable as Unavailable
 from agent.runtime.cgroups import DeviceRate as DeviceRate  # re-exported: the agent's users
 from agent.runtime.cgroups import Resources as Resources  # one type, from the CLI to the cgroup
 from agent.runtime.spec import dumps, write_atomic
 from common.devices import DeviceMapping as DeviceMapping  # re-exported: the agent's users
-
-
-class AgentError(Exception):
-    """Base of the agent's errors; the servicer maps each subclass to one gRPC status code."""
-
-
-class NotFound(AgentError):
-    pass
-
-
-class Conflict(AgentError):
-    pass
-
-
-class InvalidArgument(AgentError):
-    pass
-
-
-class Unavailable(AgentError):
-    pass
-
-
-class Forbidden(AgentError):
-    """A verified peer asked for what its grant does not cover (agent/authz.py)."""
-
-
-class StartFailed(AgentError):
-    """The container's process could not be started; exit_code is docker's (127: no such command)."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 @dataclass
@@ -136,6 +111,15 @@ def isolated(overlays: list[Overlay]) -> bool:
 
 
 @dataclass
+class NetworkAttachment:
+    """One more user network of a container (a second --network, docker's `network connect`): its
+    interface eth1, eth2 ... there. The first network stays `network_mode` (eth0, default route)."""
+    name: str = ""
+    aliases: list[str] = field(default_factory=list)
+    ipv4_address: str = ""
+
+
+@dataclass
 class LogConfig:
     """docker's HostConfig.LogConfig: the driver and its options (agent/logs.py checks them).
     At create it becomes the effective one (the agent's default merged in), as docker records it."""
@@ -192,8 +176,12 @@ class ContainerConfig:
     network_aliases: list[str] = field(default_factory=list)    # more names on a user network (127.0.0.11)
     ipv4_address: str = ""          # docker's --ip: this address on its user network, not the next free one
     links: list[str] = field(default_factory=list)   # CONTAINER[:ALIAS]: /etc/hosts entries, as docker's --link
+    networks: list[NetworkAttachment] = field(default_factory=list)   # user networks beyond network_mode
     log_config: LogConfig = field(default_factory=LogConfig)   # --log-driver, --log-opt
     task_files: list[TaskFile] = field(default_factory=list)  # a task's secrets and configs
+    cgroupns_mode: str = ""         # "" | host: the host's cgroup namespace; private: its own (docker's --cgroupns)
+    uts_mode: str = ""              # "" | host: the host's hostname (docker's --uts)
+    device_cgroup_rules: list[str] = field(default_factory=list)   # 'c 1:3 rwm': more devices it may open
 
 
 @dataclass
@@ -226,6 +214,7 @@ class Container:
     ports: list[Port] = field(default_factory=list)   # resolved host ports
     ip_address: str = ""
     endpoint: dict[str, Any] | None = None
+    extra_endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # network -> its eth1, eth2 ...
     args: list[str] = field(default_factory=list)      # entrypoint + cmd, as run
     stdio_keys: list[str] = field(default_factory=list)   # CRIU's names for fds 0-2 at the last dump
     netns_key: str = ""
@@ -267,4 +256,5 @@ _NESTED: dict[str, Any] = {
     "Resources": Resources,
     "RestartPolicy": RestartPolicy, "ContainerConfig": ContainerConfig, "ContainerState": ContainerState,
     "Overlay": Overlay, "Mount": Mount, "Ulimit": Ulimit, "LogConfig": LogConfig, "TaskFile": TaskFile,
+    "NetworkAttachment": NetworkAttachment,
 }

@@ -25,17 +25,15 @@ import concurrent.futures
 import contextlib
 import ipaddress
 import logging
-import os
 import socket
 import struct
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.runtime import syscalls
 from agent.runtime.network import vip
+from agent.runtime.network.inside import in_netns
 from agent.runtime.network.model import NetworkError
 
 log = logging.getLogger("dockyard.agent.resolver")
@@ -59,6 +57,7 @@ class Record:
     container: str
     names: tuple[str, ...]
     ready: bool
+    container_name: str = ""   # (a plain container's own name: what a --link names)
 
 
 @dataclass(slots=True)
@@ -80,7 +79,11 @@ class Vip:
     names: tuple[str, ...]
 
 
-def zone_of(records: Iterable[Record], networks: Iterable[str], vips: Iterable[Vip] = ()) -> Zone:
+def zone_of(records: Iterable[Record], networks: Iterable[str], vips: Iterable[Vip] = (),
+            links: Iterable[tuple[str, str]] = ()) -> Zone:
+    """links: (alias, container name) of this container only (docker's --link on a user network:
+    the alias answers with the linked container's address, once it runs)."""
+    records = list(records)
     nets = set(networks)
     z = Zone()
     by_vip: set[str] = set()
@@ -101,6 +104,10 @@ def zone_of(records: Iterable[Record], networks: Iterable[str], vips: Iterable[V
             if n.lower() not in by_vip:
                 z.add(n, r.ip)
             z.add(f"tasks.{n}", r.ip)
+    for alias, target in links:
+        for r in records:
+            if r.network in nets and r.container_name == target:
+                z.add(alias, r.ip)
     return z
 
 
@@ -209,43 +216,26 @@ class Answerer:
 def sockets_in(pid: int) -> tuple[socket.socket, socket.socket]:
     """UDP and TCP sockets on 127.0.0.11:53 in pid's network namespace, made by a thread of its own
     that setns()es there and ends (a thread's namespace is its own; the agent's stays put)."""
-    out: dict[str, Any] = {}
-
-    def work() -> None:
-        own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    def work() -> tuple[socket.socket, socket.socket]:
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
-            syscalls.setns(target, CLONE_NEWNET)
-            try:
-                udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-                tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                try:
-                    for sock in (udp, tcp):  # lo may not be up yet: the init brings it up
-                        sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
-                    udp.bind((ADDRESS, PORT))
-                    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                    tcp.bind((ADDRESS, PORT))
-                    tcp.listen(64)
-                except OSError:
-                    udp.close()
-                    tcp.close()
-                    raise
-                out["socks"] = (udp, tcp)
-            finally:
-                syscalls.setns(own, CLONE_NEWNET)
-        except OSError as e:
-            out["error"] = e
-        finally:
-            os.close(own)
-            os.close(target)
+            for sock in (udp, tcp):  # lo may not be up yet: the init brings it up
+                sock.setsockopt(socket.IPPROTO_IP, IP_FREEBIND, 1)
+            udp.bind((ADDRESS, PORT))
+            tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            tcp.bind((ADDRESS, PORT))
+            tcp.listen(64)
+        except OSError:
+            udp.close()
+            tcp.close()
+            raise
+        return udp, tcp
 
-    t = threading.Thread(target=work, name=f"dns-sockets-{pid}")
-    t.start()
-    t.join()
-    if "error" in out:
-        err: OSError = out["error"]
-        raise OSError(err.errno, f"resolver sockets in the namespace of pid {pid}: {err.strerror}")
-    socks: tuple[socket.socket, socket.socket] = out["socks"]
+    try:
+        socks = in_netns(pid, work)
+    except OSError as err:
+        raise OSError(err.errno, f"resolver sockets in the namespace of pid {pid}: {err.strerror}") from None
     for s in socks:
         s.setblocking(False)
     return socks
@@ -276,6 +266,7 @@ class ContainerResolver:
         self.pid = pid
         self.vip_rules = ""  # the DY-VIP ruleset last applied in its namespace
         self.networks = networks
+        self.links: tuple[tuple[str, str], ...] = ()
         self.answerer = answerer
         self._udp: asyncio.DatagramTransport | None = None
         self._tcp: asyncio.Server | None = None
@@ -332,7 +323,7 @@ class Resolvers:
         self.vips = vips if vips is not None else self.vips
         stale = []
         for r in self.by_container.values():
-            r.answerer.zone = zone_of(records, r.networks, self.vips)
+            r.answerer.zone = zone_of(records, r.networks, self.vips, r.links)
             text = self._vip_rules(r.networks)
             if text != r.vip_rules:
                 r.vip_rules = text
@@ -359,13 +350,15 @@ class Resolvers:
     def _vip_rules(self, networks: tuple[str, ...]) -> str:
         return vip.ruleset(self._vip_backends(networks), first=False)
 
-    def open(self, container_id: str, networks: tuple[str, ...], pid: int) -> None:
+    def open(self, container_id: str, networks: tuple[str, ...], pid: int,
+             links: tuple[tuple[str, str], ...] = ()) -> None:
         """From any thread (the agent wires a container's namespace in one): bind now, so queries
         sent before the loop serves them wait in the socket instead of being refused."""
         assert self.loop is not None
         udp, tcp = sockets_in(pid)
         res = ContainerResolver(container_id, networks,
-                                Answerer(zone_of(self.records, networks, self.vips), self.upstream), pid)
+                                Answerer(zone_of(self.records, networks, self.vips, links), self.upstream), pid)
+        res.links = links
         try:
             res.vip_rules = self._vip_rules(networks)
             vip.apply(pid, vip.ruleset(self._vip_backends(networks), first=True), first=True)
@@ -382,6 +375,13 @@ class Resolvers:
             res.spawn(res.serve(udp, tcp))
 
         self.loop.call_soon_threadsafe(start)
+
+    def set_networks(self, container_id: str, networks: tuple[str, ...],
+                     links: tuple[tuple[str, str], ...] = ()) -> None:
+        """A running container joined or left a network (the zones follow at set_records)."""
+        res = self.by_container.get(container_id)
+        if res is not None:
+            res.networks, res.links = networks, links
 
     def close(self, container_id: str) -> None:
         res = self.by_container.pop(container_id, None)

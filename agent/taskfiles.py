@@ -24,7 +24,7 @@ from pathlib import Path
 
 from agent.model import InvalidArgument, TaskFile
 from agent.runtime import syscalls as sc
-from agent.runtime.spec import ContainerMount
+from agent.runtime.spec import ContainerMount, mount_key
 
 KINDS = ("secret", "config")
 # Room for a task's files: docker's limit is 500 KiB an object; a tmpfs only uses what it holds.
@@ -82,8 +82,6 @@ class TaskFiles:
 
     def mounts(self, cid: str, files: list[TaskFile]) -> list[ContainerMount]:
         d = self.dir(cid)
-        from agent.containers import mount_key  # CRIU's name for it, as a bind's
-
         return [ContainerMount("bind", str(d / str(i)), f.target, readonly=True, key=mount_key(f.target))
                 for i, f in enumerate(files)]
 

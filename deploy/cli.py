@@ -97,7 +97,7 @@ def client(ctx: click.Context) -> Client:
 # module: list its commands here; it adds them to main itself, as cli_images.py does.
 _IMAGES, _CLUSTER, _GROUPS = "deploy.cli_images", "deploy.cli_cluster", "deploy.cli_groups"
 LAZY: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("build", "history", "save", "load", "pull", "push", "login", "logout"), (_IMAGES,)),
+    **dict.fromkeys(("build", "builder", "history", "save", "load", "pull", "push", "login", "logout"), (_IMAGES,)),
     **dict.fromkeys(("image", "system"), (_IMAGES, _GROUPS)),
     **dict.fromkeys(("scheduler", "node", "deploy", "stack-rm", "rebalance", "migrations", "exec"), (_CLUSTER,)),
     "service": (_CLUSTER, "deploy.cli_stack"),
@@ -154,7 +154,9 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
 @click.option("--join", default="", help="Join the cluster of these scheduler(s): HOST:PORT[,HOST:PORT...]")
 @click.option("--advertise", default="", help="HOST:PORT the scheduler reaches this agent at (default: --listen)")
 @click.option("--token", default="", envvar="DOCKYARD_JOIN_TOKEN",
-              help="Join token (`dockyard cluster join-token worker`): mutual TLS with a --tls scheduler")
+              help="Join token (`dockyard cluster join-token worker`): mutual TLS with the scheduler")
+@click.option("--insecure", is_flag=True, help="Join an --insecure scheduler, and serve --listen, in plaintext with "
+              "no authentication: anyone who reaches the port is root on this host")
 @click.option("--cgroup-favor-dynmods", is_flag=True,
               help="Make cgroup joins cheap (kernel favordynmods; forks and exits host-wide pay a little)")
 @click.option("--docker-socket", default=settings.DOCKER_SOCKET, show_default=True,
@@ -164,6 +166,9 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
               help="Refuse a layer that expands to more than this on import, load, pull or restore (e.g. 10g; "
                    "default: no bound, as docker)")
 @click.option("--max-image-size", default="", help="The same for all the layers of one image")
+@click.option("--min-free-disk", type=click.FloatRange(0, 99), default=settings.MIN_FREE_DISK, show_default=True,
+              help="Percent of the state directory's disk kept free: below it the agent creates and restores no "
+                   "container and the scheduler places nothing here (0: no check)")
 @click.option("--ip-forward", type=bool, default=True, show_default=True,
               help="Turn on net.ipv4.ip_forward (published ports from other hosts, the routing mesh); as docker's")
 @click.option("--ip-masq", type=bool, default=True, show_default=True,
@@ -185,10 +190,11 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
 @click.option("--bip", default="", help="The bridge's address and prefix (172.29.0.1/16), as --subnet")
 def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet: str,
               cgroup_parent: str | None, labels: tuple[str, ...], metrics_addr: str, join: str = "",
-              advertise: str = "", token: str = "", cgroup_favor_dynmods: bool = False, docker_socket: str = "",
+              advertise: str = "", token: str = "", insecure: bool = False, cgroup_favor_dynmods: bool = False,
+              docker_socket: str = "",
               docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "", ip_forward: bool = True,
               ip_masq: bool = True, metrics_tls: bool = False, config_file: str | None = None,
-              **engine_values: Any) -> None:
+              min_free_disk: float = settings.MIN_FREE_DISK, **engine_values: Any) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -251,12 +257,18 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
 
     if join and not listen:
         listen = settings.AGENT_JOIN_LISTEN  # --join implies --listen: the scheduler calls the agent over TCP
+    if insecure and token:
+        raise click.UsageError("--token and --insecure: a join token joins over mutual TLS; give one of them")
+    if insecure and listen:
+        click.echo(f"WARNING: --insecure: the agent serves {listen} without TLS or authentication: "
+                   "anyone who can reach it is root on this host.", err=True)
     run(AgentOptions(root=root, socket=sock, listen=listen, name=name or _socket.gethostname(),
                      bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent,
                      labels=dict(label.partition("=")[::2] for label in labels), metrics_addr=metrics_addr,
-                     join=join, advertise=advertise, token=token, cgroup_favor_dynmods=cgroup_favor_dynmods,
+                     join=join, advertise=advertise, token=token, insecure=insecure,
+                     cgroup_favor_dynmods=cgroup_favor_dynmods,
                      docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward, ip_masq=ip_masq,
-                     metrics_tls=metrics_tls, engine=eng, config_file=path,
+                     metrics_tls=metrics_tls, engine=eng, config_file=path, min_free_disk=min_free_disk,
                      max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
                      max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 
@@ -271,14 +283,21 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
 @click.option("--subnet", default=settings.SUBNET, show_default=True, help="The agent's container subnet")
 @click.option("--cgroup-parent", default=None, help="The agent's cgroup parent")
 @click.option("--exit", "exit_after", is_flag=True, help="Check that everything answers, then stop it all")
-@click.option("--tls", is_flag=True, help="Mutual TLS (scheduler --tls; the agent joins by token; the admin bundle "
-              "goes to ~/.dockyard when that has none); the agent then listens on --port + 2")
+@click.option("--tls", is_flag=True, help="Mutual TLS, the default: the agent joins by token (passed in its "
+              "environment), the admin bundle goes to ~/.dockyard when that has none; the agent listens on --port + 2")
+@click.option("--insecure", is_flag=True, help="Plaintext and no authentication (scheduler and agent --insecure); "
+              "the agent listens on --port + 1")
 @click.option("--ip-forward", type=bool, default=True, show_default=True, help="The agent's --ip-forward")
 @click.option("--ip-masq", type=bool, default=True, show_default=True, help="The agent's --ip-masq")
 def up_cmd(root: str, sock: str, example: bool, port: int, bridge: str, subnet: str, cgroup_parent: str | None,
-           exit_after: bool, tls: bool = False, ip_forward: bool = True, ip_masq: bool = True) -> None:
+           exit_after: bool, tls: bool = False, insecure: bool = False, ip_forward: bool = True,
+           ip_masq: bool = True) -> None:
     """Run etcd, a scheduler and an agent on this host in the foreground (Ctrl-C stops them all)."""
+    from deploy.cli_cluster import secure_by_default
     from deploy.up import up
+
+    tls = secure_by_default(tls, insecure, f"the scheduler (127.0.0.1:{port}) and the agent serve without TLS "
+                                           "or authentication: anyone on this host who reaches them is root")
 
     up(root, sock, example, port, exit_after, bridge=bridge, subnet=subnet, cgroup_parent=cgroup_parent, tls=tls,
        ip_forward=ip_forward, ip_masq=ip_masq)
@@ -426,15 +445,17 @@ def ps(ctx: click.Context, all_: bool, quiet: bool, no_trunc: bool, filters: tup
 @click.option("-t", "--timestamps", is_flag=True, help="Show timestamps")
 @click.option("--since", default="", help="Show logs since timestamp (unix seconds) or relative (e.g. 42s, 5m)")
 @click.option("--until", default="", help="Show logs before a timestamp or relative")
+@click.option("--details", is_flag=True, help="Show extra details provided to logs (the log opts' tag, labels, env)")
 @click.argument("container")
 @click.pass_context
-def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps: bool, since: str, until: str) -> None:
+def logs(ctx: click.Context, container: str, follow: bool, tail: str, timestamps: bool, since: str, until: str,
+         details: bool) -> None:
     """Fetch the logs of a container."""
     n = -1 if tail == "all" else int(tail) if tail.lstrip("-").isdigit() else None
     if n is None:
         fail(f'invalid value for "--tail": {tail}')
     req = pb.LogsRequest(id=container, follow=follow, tail=n, since=_time_arg(since), until=_time_arg(until),
-                         stdout=True, stderr=True)
+                         stdout=True, stderr=True, details=details)
     cl = client(ctx)
     try:
         for entry in cl.stub.ContainerLogs(req):

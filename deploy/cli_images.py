@@ -70,10 +70,11 @@ def _all_auths() -> dict[str, ipb.AuthConfig]:
 
 def _domain(ref: str) -> str:
     from agent.images import reference
+    from agent.images.errors import ImageError
 
     try:
         return reference.parse(ref).domain
-    except Exception as e:
+    except ImageError as e:
         fail(f"invalid reference format: {e}")
 
 
@@ -191,9 +192,32 @@ def prune(ctx: click.Context, all_: bool, force: bool, fmt: str) -> None:
         what = "all images without at least one container associated to them" if all_ else "all dangling images"
         if not click.confirm(f"WARNING! This will remove {what}.\nAre you sure you want to continue?"):
             return
+    prune_images(ctx, all_, fmt)
+
+
+@click.group("builder")
+def builder() -> None:
+    """Manage builds."""
+
+
+@builder.command("prune")
+@click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
+@click.option("--format", "fmt", default="", help="'json' to print JSON")
+@click.pass_context
+def builder_prune(ctx: click.Context, force: bool, fmt: str) -> None:
+    """Remove the build cache: the build contexts the agent keeps unpacked for the next build."""
+    if not force and not click.confirm("WARNING! This will remove all build cache.\nAre you sure you want to continue?"):
+        return
+    prune_images(ctx, False, fmt, only_build_cache=True)
+
+
+def prune_images(ctx: click.Context, all_: bool, fmt: str, build_cache: bool = False,
+                 only_build_cache: bool = False) -> None:
+    """image prune (with ``build_cache``: system prune's, the build cache too; ``only_build_cache``:
+    builder prune's)."""
     cl, stub = _stub(ctx)
     try:
-        r = stub.Prune(ipb.PruneRequest(all=all_))
+        r = stub.Prune(ipb.PruneRequest(all=all_, build_cache=build_cache, only_build_cache=only_build_cache))
     except grpc.RpcError as e:
         fail_rpc(e, cl.host)
     if fmt == "json":
@@ -472,3 +496,4 @@ for _mod in _cli_modules():
     for _cmd in (system, login, logout):
         _mod.main.add_command(_cmd)
     _mod.image.add_command(prune)
+    _mod.main.add_command(builder)

@@ -182,10 +182,13 @@ def build(host: str, argv: Sequence[str]) -> int | None:
             tar.seek(0)
             if not o["quiet"]:
                 display.echo(f"Sending build context to dockyard agent  {display.human_size(size)}")
-            call.send({"options": options})
-            while data := tar.read(CHUNK):
-                call.send_data(data)
-            call.done_sending()
+            try:
+                call.send({"options": options})
+                while data := tar.read(CHUNK):
+                    call.send_data(data)
+                call.done_sending()
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # the agent refused and closed: its error is in the answer
         for ev in call:
             image_id = ev.get("image_id") or image_id
             if ev.get("stream") and not o["quiet"]:

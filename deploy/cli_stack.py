@@ -10,9 +10,7 @@
 
 from __future__ import annotations
 
-import functools
 import time
-from collections.abc import Callable
 from typing import Any
 
 import click
@@ -106,57 +104,6 @@ stack.add_command(stack_rm, "rm")
 
 # --- service create --------------------------------------------------------------------------------
 
-def _flag(flag: str, value: Any) -> Any:
-    """A cursor for the stack parser's checks, so a bad value reads `--limit-memory: invalid size '1X'`."""
-    from deploy.stack import _At
-
-    return _At(flag, "", 0, value)
-
-
-def _checked(read: Callable[[], Any]) -> Any:
-    from deploy.stack import StackError
-
-    try:
-        return read()
-    except StackError as e:
-        raise click.UsageError(str(e)) from None
-
-
-def _publish(spec: str) -> list[Any]:
-    """-p 8080:80[/udp], or docker's long form -p published=8080,target=80,protocol=udp,mode=host."""
-    from deploy import stack as st
-    from deploy.compose.yamlload import LineMap
-
-    if "=" not in spec:
-        return list(st._ports(_flag("-p, --publish", spec)))
-    fields = LineMap()
-    fields.line, fields.lines = 0, {}
-    for part in spec.split(","):
-        k, sep, v = part.partition("=")
-        if not sep or not k:
-            raise click.UsageError(f"-p, --publish: {spec!r}: expected KEY=VALUE pairs separated by commas")
-        fields[k.strip()] = v.strip()
-    return list(st._ports(_flag("-p, --publish", fields)))
-
-
-def _pairs(values: tuple[str, ...], flag: str, from_env: bool = False) -> tuple[tuple[str, str], ...]:
-    import os
-
-    out: dict[str, str] = {}
-    for v in values:
-        k, sep, val = v.partition("=")
-        if not k:
-            raise click.UsageError(f"{flag}: {v!r}: expected KEY=VALUE")
-        if not sep:
-            if from_env:
-                if k not in os.environ:
-                    continue  # as docker: a name alone passes the variable only when it is set
-                val = os.environ[k]
-            else:
-                val = ""
-        out[k] = val
-    return tuple(sorted(out.items()))
-
 
 @service.command("create", context_settings={"allow_interspersed_args": False})
 @click.option("--name", required=True, help="Service name")
@@ -203,6 +150,8 @@ def _pairs(values: tuple[str, ...], flag: str, from_env: bool = False) -> tuple[
 @click.option("--health-retries", type=int, default=None, help="Consecutive failures needed to report unhealthy")
 @click.option("--health-start-period", default="", help="Start period for the container to initialize (ms|s|m|h)")
 @click.option("--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK")
+@click.option("--mount", "mounts", multiple=True,
+              help="Attach a filesystem mount to the service: type=volume|bind|tmpfs,src=...,dst=...[,readonly]")
 @click.option("--secret", "secrets", multiple=True,
               help="Specify secrets to expose to the service: NAME or source=NAME,target=T,uid=,gid=,mode=")
 @click.option("--config", "configs", multiple=True,
@@ -214,6 +163,7 @@ def _pairs(values: tuple[str, ...], flag: str, from_env: bool = False) -> tuple[
 @click.pass_context
 def service_create(ctx: click.Context, /, image: str, command: tuple[str, ...], **o: Any) -> None:
     """Create a new service."""
+    from deploy.service_flags import build_service_spec
     from scheduler.convert import spec_to_pb
 
     spec = build_service_spec(image, command, o)
@@ -221,188 +171,6 @@ def service_create(ctx: click.Context, /, image: str, command: tuple[str, ...], 
     click.echo(info.name)
     if not o["detach"]:
         _converge(ctx, info.name, o["quiet"])
-
-
-def build_service_spec(image: str, command: tuple[str, ...], o: dict[str, Any]) -> Any:
-    """ServiceSpec from `service create`'s flags, checked by the same code as stack files."""
-    from dataclasses import replace
-
-    from deploy import stack as st
-    from deploy.cli import _env_file
-    from scheduler import constraints as constraint_lang
-    from scheduler.model import (
-        MAX_REPLICAS,
-        FailureAction,
-        HealthCheck,
-        PlacementSpec,
-        Resources,
-        ResourceSpec,
-        RestartCondition,
-        RestartPolicy,
-        ServiceMode,
-        ServiceSpec,
-        UpdateConfig,
-        UpdateOrder,
-    )
-
-    name = o["name"]
-    if not st._NAME.match(name):
-        raise click.BadParameter(f"invalid service name {name!r} (letters, digits, '_', '.', '-')", param_hint="--name")
-    mode = ServiceMode(o["mode"])
-    if mode is ServiceMode.GLOBAL and o["replicas"] is not None:
-        raise click.UsageError("--replicas can only be used with replicated mode")
-    replicas = 1 if o["replicas"] is None else o["replicas"]
-    if not 0 <= replicas <= MAX_REPLICAS:
-        raise click.BadParameter(f"must be between 0 and {MAX_REPLICAS:,}, got {replicas:,}", param_hint="--replicas")
-    if not image.strip() or any(c.isspace() for c in image):
-        raise click.BadParameter(f"invalid reference format: {image!r}", param_hint="IMAGE")
-
-    def duration(flag: str, key: str) -> float | None:
-        v = o[key]
-        return None if not v else _checked(lambda: st.parse_duration(_flag(flag, v)))
-
-    def resources(cpu_flag: str, cpu: str, mem_flag: str, mem: str) -> Resources:
-        nano = _checked(lambda: st.parse_cpus(_flag(cpu_flag, cpu))) if cpu else 0
-        memory = _checked(lambda: st.parse_size(_flag(mem_flag, mem))) if mem else 0
-        if mem and memory <= 0:
-            raise click.BadParameter("must be more than 0", param_hint=mem_flag)
-        return Resources(nano, memory)
-
-    limits = resources("--limit-cpu", o["limit_cpu"], "--limit-memory", o["limit_memory"])
-    reservations = resources("--reserve-cpu", o["reserve_cpu"], "--reserve-memory", o["reserve_memory"])
-    for what, lim, res in (("cpu", limits.nano_cpus, reservations.nano_cpus),
-                           ("memory", limits.memory_bytes, reservations.memory_bytes)):
-        if lim and res > lim:
-            raise click.UsageError(f"--reserve-{what} is more than --limit-{what}")
-    constraints = []
-    for c in o["constraint"]:
-        try:
-            constraints.append(constraint_lang.parse(c).text)
-        except constraint_lang.ConstraintError as e:
-            raise click.BadParameter(str(e), param_hint="--constraint") from None
-    spread = []
-    for p in o["placement_pref"]:
-        kind, sep, key = p.partition("=")
-        if kind != "spread" or not sep:
-            raise click.BadParameter(f"{p!r}: expected spread=node.labels.NAME", param_hint="--placement-pref")
-        try:
-            constraint_lang.check_key(key, "spread key")
-        except constraint_lang.ConstraintError as e:
-            raise click.BadParameter(str(e), param_hint="--placement-pref") from None
-        spread.append(key)
-    if mode is ServiceMode.GLOBAL and o["replicas_max_per_node"]:
-        raise click.UsageError("--replicas-max-per-node can only be used with replicated mode")
-    if o["replicas_max_per_node"] < 0:
-        raise click.BadParameter("must be 0 or more", param_hint="--replicas-max-per-node")
-    ports = tuple(p for spec in o["publish"] for p in _checked(functools.partial(_publish, spec)))
-    seen: set[tuple[int, str]] = set()
-    for port in ports:
-        if port.published is not None:
-            if (port.published, port.protocol) in seen:
-                raise click.BadParameter(f"host port {port.published}/{port.protocol} published twice",
-                                         param_hint="-p, --publish")
-            seen.add((port.published, port.protocol))
-    env = dict(_pairs(tuple(e for f in o["env_file"] for e in _env_file(f)), "--env-file"))
-    env.update(_pairs(o["env"], "-e, --env", from_env=True))
-    workdir = o["workdir"]
-    if workdir and not workdir.startswith("/"):
-        raise click.BadParameter(f"{workdir!r} is not an absolute path", param_hint="-w, --workdir")
-    if o["limit_pids"] < 0:
-        raise click.BadParameter("must be 0 or more", param_hint="--limit-pids")
-    restart = RestartPolicy()
-    restart = replace(restart, condition=RestartCondition(o["restart_condition"] or restart.condition.value),
-                      delay=duration("--restart-delay", "restart_delay") or restart.delay,
-                      max_attempts=restart.max_attempts if o["restart_max_attempts"] is None
-                      else o["restart_max_attempts"],
-                      window=duration("--restart-window", "restart_window") or restart.window)
-    if restart.max_attempts < 0:
-        raise click.BadParameter("must be 0 or more", param_hint="--restart-max-attempts")
-    update = UpdateConfig()
-    update = replace(update, parallelism=update.parallelism if o["update_parallelism"] is None
-                     else o["update_parallelism"],
-                     delay=duration("--update-delay", "update_delay") or update.delay,
-                     order=UpdateOrder(o["update_order"] or update.order.value),
-                     failure_action=FailureAction(o["update_failure_action"] or update.failure_action.value))
-    if update.parallelism < 0:
-        raise click.BadParameter("must be 0 or more", param_hint="--update-parallelism")
-    health = None
-    if o["no_healthcheck"]:
-        if o["health_cmd"] is not None:
-            raise click.UsageError("--no-healthcheck conflicts with --health-* options")
-        health = HealthCheck(test=("NONE",), disable=True)
-    elif o["health_cmd"] is not None:
-        if not o["health_cmd"].strip():
-            raise click.BadParameter("a health command needs a command", param_hint="--health-cmd")
-        d = HealthCheck()
-        retries = d.retries if o["health_retries"] is None else o["health_retries"]
-        if retries < 0:
-            raise click.BadParameter("must be 0 or more", param_hint="--health-retries")
-        health = HealthCheck(test=("CMD-SHELL", o["health_cmd"]),
-                             interval=duration("--health-interval", "health_interval") or d.interval,
-                             timeout=duration("--health-timeout", "health_timeout") or d.timeout,
-                             retries=retries,
-                             start_period=duration("--health-start-period", "health_start_period") or d.start_period)
-    elif any(o[k] for k in ("health_interval", "health_timeout", "health_start_period")) \
-            or o["health_retries"] is not None:
-        raise click.UsageError("--health-interval, --health-timeout, --health-retries and --health-start-period "
-                               "need --health-cmd")
-    stop_signal = o["stop_signal"]
-    if stop_signal and not st._SIGNAL.match(stop_signal):
-        raise click.BadParameter(f"invalid signal {stop_signal!r}", param_hint="--stop-signal")
-    hostname = o["hostname"]
-    if hostname and not st._HOSTNAME.match(hostname):
-        raise click.BadParameter(f"invalid hostname {hostname!r}", param_hint="--hostname")
-    entrypoint = None if o["entrypoint"] is None else ((o["entrypoint"],) if o["entrypoint"] else ())
-    meshed = next((p for p in ports if p.meshed), None)
-    if o.get("endpoint_mode") == "dnsrr" and meshed is not None:
-        raise click.UsageError(f"port {meshed.published}/{meshed.protocol} is published in ingress mode, which needs "
-                               "--endpoint-mode vip (publish it with mode=host for dnsrr)")
-    from scheduler.model import NetworkAttachment
-
-    attachments = []
-    for n in o.get("networks", ()):
-        # docker's --network NAME, or its long form name=NAME,alias=A[,alias=B]
-        fields = dict.fromkeys(("name",), "") if "=" in n else {"name": n}
-        aliases: list[str] = []
-        if "=" in n:
-            for part in n.split(","):
-                k, _, v = part.partition("=")
-                if k == "alias":
-                    aliases.append(v)
-                elif k == "name":
-                    fields["name"] = v
-                else:
-                    raise click.BadParameter(f"{n!r}: unknown field {k!r} (name=NET,alias=A)", param_hint="--network")
-        net = fields["name"]
-        for x in (net, *aliases):
-            if not st._NAME.match(x):
-                raise click.BadParameter(f"{n!r}: invalid name {x!r}", param_hint="--network")
-        attachments.append(NetworkAttachment(net, tuple(aliases)))
-    from deploy.stack_files import parse_flag
-    from scheduler.objects import ObjectError, check_refs
-
-    try:
-        refs = {kind: tuple(parse_flag(kind, t) for t in o[f"{kind}s"]) for kind in ("secret", "config")}
-    except ObjectError as e:
-        raise click.UsageError(str(e)) from None
-    spec = ServiceSpec(
-        name=name, image=image, command=command or None, entrypoint=entrypoint, env=tuple(sorted(env.items())),
-        ports=ports, replicas=replicas, mode=mode,
-        resources=ResourceSpec(limits=limits, reservations=reservations),
-        placement=PlacementSpec(constraints=tuple(constraints), spread=tuple(spread),
-                                max_replicas_per_node=o["replicas_max_per_node"]),
-        update_config=update, restart_policy=restart, healthcheck=health,
-        labels=_pairs(o["label"], "-l, --label"), container_labels=_pairs(o["container_label"], "--container-label"),
-        hostname=hostname, user=o["user"], workdir=workdir, stop_signal=stop_signal,
-        stop_grace_period=duration("--stop-grace-period", "stop_grace_period"), tty=o["tty"], init=o["init"],
-        pids_limit=o["limit_pids"], networks=tuple(attachments), endpoint_mode=o.get("endpoint_mode", "vip"),
-        secrets=refs["secret"], configs=refs["config"],
-    )
-    try:
-        check_refs(spec)
-    except ObjectError as e:
-        raise click.UsageError(str(e)) from None
-    return spec
 
 
 def _converge(ctx: click.Context, name: str, quiet: bool, timeout: float = 120.0) -> None:

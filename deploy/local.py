@@ -49,19 +49,30 @@ class Call:
             call["service"] = service
         if file >= 0:
             call["file"] = file  # the agent reads this descriptor of ours itself (agent/local_wire.py)
-        sock.sendall(wire.encode(wire.CALL, call))
+        self._refused = False
+        self._sendall(wire.encode(wire.CALL, call))
+
+    def _sendall(self, frame: bytes) -> None:
+        """The agent may answer before it has read all we send (an error, then it closes): what it
+        said is read by iterating, so a closed pipe here ends the sending, not the call."""
+        if self._refused:
+            return
+        try:
+            self.sock.sendall(frame)
+        except (BrokenPipeError, ConnectionResetError):
+            self._refused = True
 
     def send(self, msg: dict[str, Any]) -> None:
         frame = wire.encode(wire.MESSAGE, msg)
         with self._sending:
-            self.sock.sendall(frame)
+            self._sendall(frame)
 
     def send_data(self, data: bytes) -> None:
         """A message of just the request's bytes field (an archive's, a context's chunk)."""
-        self.sock.sendall(wire.data_frame(data))
+        self._sendall(wire.data_frame(data))
 
     def done_sending(self) -> None:
-        self.sock.sendall(wire.encode(wire.END))
+        self._sendall(wire.encode(wire.END))
 
     def _read(self, n: int) -> bytes:
         while len(self._buf) < n:

@@ -5,7 +5,8 @@ joined to it (state under <root>), makes the busybox base image from Debian's bu
 the agent has none, and deploys deploy/examples/stack.yaml (a busybox httpd `web` with 2 replicas
 and a `worker`) unless --no-example. On the way out the scheduler (and with it etcd) is stopped,
 the agent's task containers are removed (the services stay in etcd and come back with the next
-`dockyard up`), and the agent is stopped; each by its PID. The agent listens on 127.0.0.1:port+1.
+`dockyard up`), and the agent is stopped; each by its PID. Mutual TLS unless --insecure: the
+scheduler's join port is 127.0.0.1:port+1 and the agent listens on port+2 (with --insecure: port+1).
 """
 
 from __future__ import annotations
@@ -148,7 +149,7 @@ def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, 
     sched_log, agent_log = root_p / "scheduler.log", root_p / "agent.log"
     with open(sched_log, "ab") as f:
         scheduler = subprocess.Popen([*cli, "scheduler", "--listen", sched_addr, "--state-dir", str(root_p / "scheduler"),
-                                      *(["--tls"] if tls else [])],
+                                      "--tls" if tls else "--insecure"],
                                      stdout=f, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True, env=env)
     agent: subprocess.Popen[bytes] | None = None
     identity = _admin_bundle(root_p / "scheduler" / "client", scheduler, sched_log) if tls else transport.CLI
@@ -170,14 +171,16 @@ def up(root: str, socket_path: str, example: bool, port: int, exit_after: bool, 
                       "--listen", f"127.0.0.1:{port + (2 if tls else 1)}", "--join", sched_addr,
                       "--docker-socket", str(Path(socket_path).parent / "docker.sock"),
                       f"--ip-forward={str(ip_forward).lower()}", f"--ip-masq={str(ip_masq).lower()}"]
-        if tls:
-            token = sched.JoinToken(cpb.JoinTokenRequest(role="worker"), timeout=5).token
-            agent_args += ["--token", token]
+        agent_env = dict(env)
+        if tls:  # in the environment, not the argv: `ps` shows every user an argv
+            agent_env["DOCKYARD_JOIN_TOKEN"] = sched.JoinToken(cpb.JoinTokenRequest(role="worker"), timeout=5).token
+        else:
+            agent_args += ["--insecure"]
         if cgroup_parent:
             agent_args += ["--cgroup-parent", cgroup_parent]
         with open(agent_log, "ab") as f:
             agent = subprocess.Popen(agent_args, stdout=f, stderr=subprocess.STDOUT, cwd=REPO,
-                                     start_new_session=True, env=env)
+                                     start_new_session=True, env=agent_env)
         _wait("agent", lambda: stub.Info(pb.Empty(), timeout=1) is not None, agent, agent_log)
         _wait("agent's registration",
               lambda: any(n.status == "ready" for n in sched.ListNodes(cpb.Empty(), timeout=1).nodes), agent, agent_log)

@@ -107,7 +107,7 @@ class DeviceRate(_message.Message):
     def __init__(self, path: _Optional[str] = ..., rate: _Optional[int] = ...) -> None: ...
 
 class Resources(_message.Message):
-    __slots__ = ("memory", "memory_swap", "nano_cpus", "cpu_shares", "pids_limit", "blkio_weight", "device_read_bps", "device_write_bps")
+    __slots__ = ("memory", "memory_swap", "nano_cpus", "cpu_shares", "pids_limit", "blkio_weight", "device_read_bps", "device_write_bps", "cpuset_cpus", "cpuset_mems", "memory_swappiness")
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     MEMORY_SWAP_FIELD_NUMBER: _ClassVar[int]
     NANO_CPUS_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,9 @@ class Resources(_message.Message):
     BLKIO_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_READ_BPS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_WRITE_BPS_FIELD_NUMBER: _ClassVar[int]
+    CPUSET_CPUS_FIELD_NUMBER: _ClassVar[int]
+    CPUSET_MEMS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SWAPPINESS_FIELD_NUMBER: _ClassVar[int]
     memory: int
     memory_swap: int
     nano_cpus: int
@@ -124,7 +127,10 @@ class Resources(_message.Message):
     blkio_weight: int
     device_read_bps: _containers.RepeatedCompositeFieldContainer[DeviceRate]
     device_write_bps: _containers.RepeatedCompositeFieldContainer[DeviceRate]
-    def __init__(self, memory: _Optional[int] = ..., memory_swap: _Optional[int] = ..., nano_cpus: _Optional[int] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ..., blkio_weight: _Optional[int] = ..., device_read_bps: _Optional[_Iterable[_Union[DeviceRate, _Mapping]]] = ..., device_write_bps: _Optional[_Iterable[_Union[DeviceRate, _Mapping]]] = ...) -> None: ...
+    cpuset_cpus: str
+    cpuset_mems: str
+    memory_swappiness: int
+    def __init__(self, memory: _Optional[int] = ..., memory_swap: _Optional[int] = ..., nano_cpus: _Optional[int] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ..., blkio_weight: _Optional[int] = ..., device_read_bps: _Optional[_Iterable[_Union[DeviceRate, _Mapping]]] = ..., device_write_bps: _Optional[_Iterable[_Union[DeviceRate, _Mapping]]] = ..., cpuset_cpus: _Optional[str] = ..., cpuset_mems: _Optional[str] = ..., memory_swappiness: _Optional[int] = ...) -> None: ...
 
 class RestartPolicy(_message.Message):
     __slots__ = ("name", "max_retries")
@@ -135,7 +141,7 @@ class RestartPolicy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class ContainerConfig(_message.Message):
-    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "devices", "privileged", "overlays", "mounts", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search", "dns_options", "extra_hosts", "sysctls", "shm_size", "group_add", "healthcheck", "log_config", "task_files")
+    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "devices", "privileged", "overlays", "mounts", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search", "dns_options", "extra_hosts", "sysctls", "shm_size", "group_add", "healthcheck", "log_config", "task_files", "cgroupns_mode", "uts_mode", "device_cgroup_rules", "volume_flags", "mount_flags", "tmpfs_flags")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +198,12 @@ class ContainerConfig(_message.Message):
     HEALTHCHECK_FIELD_NUMBER: _ClassVar[int]
     LOG_CONFIG_FIELD_NUMBER: _ClassVar[int]
     TASK_FILES_FIELD_NUMBER: _ClassVar[int]
+    CGROUPNS_MODE_FIELD_NUMBER: _ClassVar[int]
+    UTS_MODE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_CGROUP_RULES_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    TMPFS_FLAGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     cmd: _containers.RepeatedScalarFieldContainer[str]
@@ -234,7 +246,13 @@ class ContainerConfig(_message.Message):
     healthcheck: HealthCheck
     log_config: LogConfig
     task_files: _containers.RepeatedCompositeFieldContainer[TaskFile]
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[DeviceMapping, _Mapping]]] = ..., privileged: _Optional[bool] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., shm_size: _Optional[int] = ..., group_add: _Optional[_Iterable[str]] = ..., healthcheck: _Optional[_Union[HealthCheck, _Mapping]] = ..., log_config: _Optional[_Union[LogConfig, _Mapping]] = ..., task_files: _Optional[_Iterable[_Union[TaskFile, _Mapping]]] = ...) -> None: ...
+    cgroupns_mode: str
+    uts_mode: str
+    device_cgroup_rules: _containers.RepeatedScalarFieldContainer[str]
+    volume_flags: _containers.RepeatedScalarFieldContainer[str]
+    mount_flags: _containers.RepeatedScalarFieldContainer[str]
+    tmpfs_flags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[DeviceMapping, _Mapping]]] = ..., privileged: _Optional[bool] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., shm_size: _Optional[int] = ..., group_add: _Optional[_Iterable[str]] = ..., healthcheck: _Optional[_Union[HealthCheck, _Mapping]] = ..., log_config: _Optional[_Union[LogConfig, _Mapping]] = ..., task_files: _Optional[_Iterable[_Union[TaskFile, _Mapping]]] = ..., cgroupns_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., device_cgroup_rules: _Optional[_Iterable[str]] = ..., volume_flags: _Optional[_Iterable[str]] = ..., mount_flags: _Optional[_Iterable[str]] = ..., tmpfs_flags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogConfig(_message.Message):
     __slots__ = ("type", "config")
@@ -516,7 +534,7 @@ class WaitResponse(_message.Message):
     def __init__(self, exit_code: _Optional[int] = ..., oom_killed: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class LogsRequest(_message.Message):
-    __slots__ = ("id", "follow", "tail", "since", "until", "stdout", "stderr")
+    __slots__ = ("id", "follow", "tail", "since", "until", "stdout", "stderr", "details")
     ID_FIELD_NUMBER: _ClassVar[int]
     FOLLOW_FIELD_NUMBER: _ClassVar[int]
     TAIL_FIELD_NUMBER: _ClassVar[int]
@@ -524,6 +542,7 @@ class LogsRequest(_message.Message):
     UNTIL_FIELD_NUMBER: _ClassVar[int]
     STDOUT_FIELD_NUMBER: _ClassVar[int]
     STDERR_FIELD_NUMBER: _ClassVar[int]
+    DETAILS_FIELD_NUMBER: _ClassVar[int]
     id: str
     follow: bool
     tail: int
@@ -531,7 +550,8 @@ class LogsRequest(_message.Message):
     until: float
     stdout: bool
     stderr: bool
-    def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., stdout: _Optional[bool] = ..., stderr: _Optional[bool] = ...) -> None: ...
+    details: bool
+    def __init__(self, id: _Optional[str] = ..., follow: _Optional[bool] = ..., tail: _Optional[int] = ..., since: _Optional[float] = ..., until: _Optional[float] = ..., stdout: _Optional[bool] = ..., stderr: _Optional[bool] = ..., details: _Optional[bool] = ...) -> None: ...
 
 class LogEntry(_message.Message):
     __slots__ = ("stream", "data", "time")
@@ -841,18 +861,20 @@ class RestoreHeader(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cold: _Optional[bool] = ..., sha256: _Optional[str] = ..., page_server: _Optional[str] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("id", "target", "live", "target_node", "grant")
+    __slots__ = ("id", "target", "live", "target_node", "grant", "crl")
     ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODE_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     id: str
     target: str
     live: bool
     target_node: str
     grant: bytes
-    def __init__(self, id: _Optional[str] = ..., target: _Optional[str] = ..., live: _Optional[bool] = ..., target_node: _Optional[str] = ..., grant: _Optional[bytes] = ...) -> None: ...
+    crl: bytes
+    def __init__(self, id: _Optional[str] = ..., target: _Optional[str] = ..., live: _Optional[bool] = ..., target_node: _Optional[str] = ..., grant: _Optional[bytes] = ..., crl: _Optional[bytes] = ...) -> None: ...
 
 class MigrateProgress(_message.Message):
     __slots__ = ("phase", "bytes", "total", "downtime_seconds", "total_seconds", "new_id", "message")
@@ -879,3 +901,95 @@ class RestoreChunk(_message.Message):
     header: RestoreHeader
     data: bytes
     def __init__(self, header: _Optional[_Union[RestoreHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class LocalNetworkSpec(_message.Message):
+    __slots__ = ("name", "subnet", "gateway", "labels", "internal", "ip_range", "aux_addresses")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AuxAddressesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    IP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    AUX_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    subnet: str
+    gateway: str
+    labels: _containers.ScalarMap[str, str]
+    internal: bool
+    ip_range: str
+    aux_addresses: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., internal: _Optional[bool] = ..., ip_range: _Optional[str] = ..., aux_addresses: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class LocalNetworkInfo(_message.Message):
+    __slots__ = ("name", "id", "subnet", "gateway", "labels", "containers", "internal", "ip_range", "aux_addresses")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AuxAddressesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    IP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    AUX_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    subnet: str
+    gateway: str
+    labels: _containers.ScalarMap[str, str]
+    containers: _containers.RepeatedScalarFieldContainer[str]
+    internal: bool
+    ip_range: str
+    aux_addresses: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., containers: _Optional[_Iterable[str]] = ..., internal: _Optional[bool] = ..., ip_range: _Optional[str] = ..., aux_addresses: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class LocalNetworkList(_message.Message):
+    __slots__ = ("networks",)
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    networks: _containers.RepeatedCompositeFieldContainer[LocalNetworkInfo]
+    def __init__(self, networks: _Optional[_Iterable[_Union[LocalNetworkInfo, _Mapping]]] = ...) -> None: ...
+
+class LocalNetworkRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class NetworkConnectRequest(_message.Message):
+    __slots__ = ("network", "container", "aliases", "ip")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    container: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    ip: str
+    def __init__(self, network: _Optional[str] = ..., container: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., ip: _Optional[str] = ...) -> None: ...

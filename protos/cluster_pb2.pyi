@@ -1,4 +1,5 @@
 from protos import agent_pb2 as _agent_pb2
+from protos import service_pb2 as _service_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
@@ -182,7 +183,7 @@ class Capabilities(_message.Message):
     def __init__(self, criu: _Optional[bool] = ..., cgroup_version: _Optional[int] = ..., lazy_pages: _Optional[bool] = ..., kernel: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("name", "address", "hostname", "labels", "nano_cpus", "memory_bytes", "status", "availability", "role", "capabilities", "metrics_addr", "tasks", "reserved_nano_cpus", "reserved_memory_bytes", "engine_version")
+    __slots__ = ("name", "address", "hostname", "labels", "nano_cpus", "memory_bytes", "status", "availability", "role", "capabilities", "metrics_addr", "tasks", "reserved_nano_cpus", "reserved_memory_bytes", "engine_version", "pressure")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -205,6 +206,7 @@ class NodeInfo(_message.Message):
     RESERVED_NANO_CPUS_FIELD_NUMBER: _ClassVar[int]
     RESERVED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     ENGINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRESSURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     hostname: str
@@ -220,7 +222,8 @@ class NodeInfo(_message.Message):
     reserved_nano_cpus: int
     reserved_memory_bytes: int
     engine_version: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., nano_cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., status: _Optional[str] = ..., availability: _Optional[str] = ..., role: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics_addr: _Optional[str] = ..., tasks: _Optional[int] = ..., reserved_nano_cpus: _Optional[int] = ..., reserved_memory_bytes: _Optional[int] = ..., engine_version: _Optional[str] = ...) -> None: ...
+    pressure: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., nano_cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., status: _Optional[str] = ..., availability: _Optional[str] = ..., role: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics_addr: _Optional[str] = ..., tasks: _Optional[int] = ..., reserved_nano_cpus: _Optional[int] = ..., reserved_memory_bytes: _Optional[int] = ..., engine_version: _Optional[str] = ..., pressure: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -261,14 +264,6 @@ class RemoveNodeRequest(_message.Message):
     force: bool
     def __init__(self, name: _Optional[str] = ..., force: _Optional[bool] = ...) -> None: ...
 
-class ServiceSpec(_message.Message):
-    __slots__ = ("name", "spec_json")
-    NAME_FIELD_NUMBER: _ClassVar[int]
-    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
-    name: str
-    spec_json: str
-    def __init__(self, name: _Optional[str] = ..., spec_json: _Optional[str] = ...) -> None: ...
-
 class DeployRequest(_message.Message):
     __slots__ = ("stack", "services", "prune", "objects")
     STACK_FIELD_NUMBER: _ClassVar[int]
@@ -276,10 +271,10 @@ class DeployRequest(_message.Message):
     PRUNE_FIELD_NUMBER: _ClassVar[int]
     OBJECTS_FIELD_NUMBER: _ClassVar[int]
     stack: str
-    services: _containers.RepeatedCompositeFieldContainer[ServiceSpec]
+    services: _containers.RepeatedCompositeFieldContainer[_service_pb2.ServiceSpec]
     prune: bool
     objects: _containers.RepeatedCompositeFieldContainer[FileObject]
-    def __init__(self, stack: _Optional[str] = ..., services: _Optional[_Iterable[_Union[ServiceSpec, _Mapping]]] = ..., prune: _Optional[bool] = ..., objects: _Optional[_Iterable[_Union[FileObject, _Mapping]]] = ...) -> None: ...
+    def __init__(self, stack: _Optional[str] = ..., services: _Optional[_Iterable[_Union[_service_pb2.ServiceSpec, _Mapping]]] = ..., prune: _Optional[bool] = ..., objects: _Optional[_Iterable[_Union[FileObject, _Mapping]]] = ...) -> None: ...
 
 class Change(_message.Message):
     __slots__ = ("service", "action", "fields")
@@ -400,13 +395,13 @@ class ListServicesRequest(_message.Message):
     def __init__(self, stack: _Optional[str] = ...) -> None: ...
 
 class ServiceInfo(_message.Message):
-    __slots__ = ("name", "image", "replicas", "running", "spec_json", "previous_spec_json", "version", "update_state", "update_message", "ports", "stack", "created_at", "mode")
+    __slots__ = ("name", "image", "replicas", "running", "spec", "previous_spec", "version", "update_state", "update_message", "ports", "stack", "created_at", "mode")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_FIELD_NUMBER: _ClassVar[int]
-    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
-    PREVIOUS_SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    PREVIOUS_SPEC_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     UPDATE_STATE_FIELD_NUMBER: _ClassVar[int]
     UPDATE_MESSAGE_FIELD_NUMBER: _ClassVar[int]
@@ -418,8 +413,8 @@ class ServiceInfo(_message.Message):
     image: str
     replicas: int
     running: int
-    spec_json: str
-    previous_spec_json: str
+    spec: _service_pb2.ServiceSpec
+    previous_spec: _service_pb2.ServiceSpec
     version: int
     update_state: str
     update_message: str
@@ -427,7 +422,7 @@ class ServiceInfo(_message.Message):
     stack: str
     created_at: float
     mode: str
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., spec_json: _Optional[str] = ..., previous_spec_json: _Optional[str] = ..., version: _Optional[int] = ..., update_state: _Optional[str] = ..., update_message: _Optional[str] = ..., ports: _Optional[str] = ..., stack: _Optional[str] = ..., created_at: _Optional[float] = ..., mode: _Optional[str] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., replicas: _Optional[int] = ..., running: _Optional[int] = ..., spec: _Optional[_Union[_service_pb2.ServiceSpec, _Mapping]] = ..., previous_spec: _Optional[_Union[_service_pb2.ServiceSpec, _Mapping]] = ..., version: _Optional[int] = ..., update_state: _Optional[str] = ..., update_message: _Optional[str] = ..., ports: _Optional[str] = ..., stack: _Optional[str] = ..., created_at: _Optional[float] = ..., mode: _Optional[str] = ...) -> None: ...
 
 class ListServicesResponse(_message.Message):
     __slots__ = ("services",)
@@ -496,14 +491,14 @@ class ScaleRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., replicas: _Optional[int] = ...) -> None: ...
 
 class UpdateServiceRequest(_message.Message):
-    __slots__ = ("name", "image", "env_add", "replicas", "has_replicas", "force", "spec_json", "expect_version")
+    __slots__ = ("name", "image", "env_add", "replicas", "has_replicas", "force", "spec", "expect_version")
     NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     ENV_ADD_FIELD_NUMBER: _ClassVar[int]
     REPLICAS_FIELD_NUMBER: _ClassVar[int]
     HAS_REPLICAS_FIELD_NUMBER: _ClassVar[int]
     FORCE_FIELD_NUMBER: _ClassVar[int]
-    SPEC_JSON_FIELD_NUMBER: _ClassVar[int]
+    SPEC_FIELD_NUMBER: _ClassVar[int]
     EXPECT_VERSION_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
@@ -511,9 +506,9 @@ class UpdateServiceRequest(_message.Message):
     replicas: int
     has_replicas: bool
     force: bool
-    spec_json: str
+    spec: _service_pb2.ServiceSpec
     expect_version: int
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., env_add: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., has_replicas: _Optional[bool] = ..., force: _Optional[bool] = ..., spec_json: _Optional[str] = ..., expect_version: _Optional[int] = ...) -> None: ...
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., env_add: _Optional[_Iterable[str]] = ..., replicas: _Optional[int] = ..., has_replicas: _Optional[bool] = ..., force: _Optional[bool] = ..., spec: _Optional[_Union[_service_pb2.ServiceSpec, _Mapping]] = ..., expect_version: _Optional[int] = ...) -> None: ...
 
 class RemoveServicesRequest(_message.Message):
     __slots__ = ("names", "stack")
@@ -599,12 +594,14 @@ class RegisterResponse(_message.Message):
     def __init__(self, lease_id: _Optional[int] = ..., heartbeat_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., schedulers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("name", "lease_id")
+    __slots__ = ("name", "lease_id", "pressure")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    PRESSURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     lease_id: int
-    def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[int] = ...) -> None: ...
+    pressure: str
+    def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[int] = ..., pressure: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("ok", "renew_certificate")

@@ -5,6 +5,7 @@ import warnings
 
 from protos import agent_pb2 as protos_dot_agent__pb2
 from protos import cluster_pb2 as protos_dot_cluster__pb2
+from protos import service_pb2 as protos_dot_service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -67,7 +68,7 @@ class SchedulerStub:
                 _registered_method=True)
         self.CreateService = channel.unary_unary(
                 '/dockyard.cluster.Scheduler/CreateService',
-                request_serializer=protos_dot_cluster__pb2.ServiceSpec.SerializeToString,
+                request_serializer=protos_dot_service__pb2.ServiceSpec.SerializeToString,
                 response_deserializer=protos_dot_cluster__pb2.ServiceInfo.FromString,
                 _registered_method=True)
         self.ListServices = channel.unary_unary(
@@ -506,7 +507,7 @@ def add_SchedulerServicer_to_server(servicer, server):
             ),
             'CreateService': grpc.unary_unary_rpc_method_handler(
                     servicer.CreateService,
-                    request_deserializer=protos_dot_cluster__pb2.ServiceSpec.FromString,
+                    request_deserializer=protos_dot_service__pb2.ServiceSpec.FromString,
                     response_serializer=protos_dot_cluster__pb2.ServiceInfo.SerializeToString,
             ),
             'ListServices': grpc.unary_unary_rpc_method_handler(
@@ -847,7 +848,7 @@ class Scheduler:
             request,
             target,
             '/dockyard.cluster.Scheduler/CreateService',
-            protos_dot_cluster__pb2.ServiceSpec.SerializeToString,
+            protos_dot_service__pb2.ServiceSpec.SerializeToString,
             protos_dot_cluster__pb2.ServiceInfo.FromString,
             options,
             channel_credentials,

@@ -140,10 +140,14 @@ class HistoryResponse(_message.Message):
     def __init__(self, entries: _Optional[_Iterable[_Union[HistoryEntry, _Mapping]]] = ...) -> None: ...
 
 class PruneRequest(_message.Message):
-    __slots__ = ("all",)
+    __slots__ = ("all", "build_cache", "only_build_cache")
     ALL_FIELD_NUMBER: _ClassVar[int]
+    BUILD_CACHE_FIELD_NUMBER: _ClassVar[int]
+    ONLY_BUILD_CACHE_FIELD_NUMBER: _ClassVar[int]
     all: bool
-    def __init__(self, all: _Optional[bool] = ...) -> None: ...
+    build_cache: bool
+    only_build_cache: bool
+    def __init__(self, all: _Optional[bool] = ..., build_cache: _Optional[bool] = ..., only_build_cache: _Optional[bool] = ...) -> None: ...
 
 class PruneResponse(_message.Message):
     __slots__ = ("untagged", "deleted", "reclaimed")

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/volumes.proto\x12\x10\x64ockyard.volumes\"7\n\x0eMigrationCheck\x12\x14\n\x0c\x62ind_sources\x18\x01 \x03(\t\x12\x0f\n\x07volumes\x18\x02 \x03(\t\"(\n\x14MigrationCheckResult\x12\x10\n\x08problems\x18\x01 \x03(\t\"\xca\x02\n\x06Volume\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x12\n\nmountpoint\x18\x03 \x01(\t\x12\x34\n\x06labels\x18\x04 \x03(\x0b\x32$.dockyard.volumes.Volume.LabelsEntry\x12\x36\n\x07options\x18\x05 \x03(\x0b\x32%.dockyard.volumes.Volume.OptionsEntry\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\x12\x11\n\tanonymous\x18\x07 \x01(\x08\x12\x0f\n\x07used_by\x18\x08 \x03(\t\x12\x0c\n\x04size\x18\t \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x02\n\rCreateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12;\n\x06labels\x18\x03 \x03(\x0b\x32+.dockyard.volumes.CreateRequest.LabelsEntry\x12=\n\x07options\x18\x04 \x03(\x0b\x32,.dockyard.volumes.CreateRequest.OptionsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x0bListRequest\x12;\n\x07\x66ilters\x18\x01 \x03(\x0b\x32*.dockyard.volumes.ListRequest.FiltersEntry\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x0cListResponse\x12)\n\x07volumes\x18\x01 \x03(\x0b\x32\x18.dockyard.volumes.Volume\"\x19\n\tVolumeRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\rRemoveRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"1\n\x0eRemoveResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\"\x86\x01\n\x0cPruneRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.dockyard.volumes.PruneRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\rPruneResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x17\n\x0fspace_reclaimed\x18\x02 \x01(\x03\x32\xca\x03\n\x07Volumes\x12\x43\n\x06\x43reate\x12\x1f.dockyard.volumes.CreateRequest\x1a\x18.dockyard.volumes.Volume\x12\x45\n\x04List\x12\x1d.dockyard.volumes.ListRequest\x1a\x1e.dockyard.volumes.ListResponse\x12@\n\x07Inspect\x12\x1b.dockyard.volumes.VolumeRef\x1a\x18.dockyard.volumes.Volume\x12K\n\x06Remove\x12\x1f.dockyard.volumes.RemoveRequest\x1a .dockyard.volumes.RemoveResponse\x12H\n\x05Prune\x12\x1e.dockyard.volumes.PruneRequest\x1a\x1f.dockyard.volumes.PruneResponse\x12Z\n\x0e\x43heckMigration\x12 .dockyard.volumes.MigrationCheck\x1a&.dockyard.volumes.MigrationCheckResultb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x14protos/volumes.proto\x12\x10\x64ockyard.volumes\"Q\n\x0eMigrationCheck\x12\x14\n\x0c\x62ind_sources\x18\x01 \x03(\t\x12\x0f\n\x07volumes\x18\x02 \x03(\t\x12\x18\n\x10\x62ind_propagation\x18\x03 \x03(\t\"(\n\x14MigrationCheckResult\x12\x10\n\x08problems\x18\x01 \x03(\t\"\xca\x02\n\x06Volume\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12\x12\n\nmountpoint\x18\x03 \x01(\t\x12\x34\n\x06labels\x18\x04 \x03(\x0b\x32$.dockyard.volumes.Volume.LabelsEntry\x12\x36\n\x07options\x18\x05 \x03(\x0b\x32%.dockyard.volumes.Volume.OptionsEntry\x12\x0f\n\x07\x63reated\x18\x06 \x01(\x01\x12\x11\n\tanonymous\x18\x07 \x01(\x08\x12\x0f\n\x07used_by\x18\x08 \x03(\t\x12\x0c\n\x04size\x18\t \x01(\x03\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x88\x02\n\rCreateRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06\x64river\x18\x02 \x01(\t\x12;\n\x06labels\x18\x03 \x03(\x0b\x32+.dockyard.volumes.CreateRequest.LabelsEntry\x12=\n\x07options\x18\x04 \x03(\x0b\x32,.dockyard.volumes.CreateRequest.OptionsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x1a.\n\x0cOptionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"z\n\x0bListRequest\x12;\n\x07\x66ilters\x18\x01 \x03(\x0b\x32*.dockyard.volumes.ListRequest.FiltersEntry\x1a.\n\x0c\x46iltersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\x0cListResponse\x12)\n\x07volumes\x18\x01 \x03(\x0b\x32\x18.dockyard.volumes.Volume\"\x19\n\tVolumeRef\x12\x0c\n\x04name\x18\x01 \x01(\t\"-\n\rRemoveRequest\x12\r\n\x05names\x18\x01 \x03(\t\x12\r\n\x05\x66orce\x18\x02 \x01(\x08\"1\n\x0eRemoveResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x0e\n\x06\x65rrors\x18\x02 \x03(\t\"\x86\x01\n\x0cPruneRequest\x12\x0b\n\x03\x61ll\x18\x01 \x01(\x08\x12:\n\x06labels\x18\x02 \x03(\x0b\x32*.dockyard.volumes.PruneRequest.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"9\n\rPruneResponse\x12\x0f\n\x07removed\x18\x01 \x03(\t\x12\x17\n\x0fspace_reclaimed\x18\x02 \x01(\x03\x32\xca\x03\n\x07Volumes\x12\x43\n\x06\x43reate\x12\x1f.dockyard.volumes.CreateRequest\x1a\x18.dockyard.volumes.Volume\x12\x45\n\x04List\x12\x1d.dockyard.volumes.ListRequest\x1a\x1e.dockyard.volumes.ListResponse\x12@\n\x07Inspect\x12\x1b.dockyard.volumes.VolumeRef\x1a\x18.dockyard.volumes.Volume\x12K\n\x06Remove\x12\x1f.dockyard.volumes.RemoveRequest\x1a .dockyard.volumes.RemoveResponse\x12H\n\x05Prune\x12\x1e.dockyard.volumes.PruneRequest\x1a\x1f.dockyard.volumes.PruneResponse\x12Z\n\x0e\x43heckMigration\x12 .dockyard.volumes.MigrationCheck\x1a&.dockyard.volumes.MigrationCheckResultb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -44,39 +44,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PRUNEREQUEST_LABELSENTRY']._loaded_options = None
   _globals['_PRUNEREQUEST_LABELSENTRY']._serialized_options = b'8\001'
   _globals['_MIGRATIONCHECK']._serialized_start=42
-  _globals['_MIGRATIONCHECK']._serialized_end=97
-  _globals['_MIGRATIONCHECKRESULT']._serialized_start=99
-  _globals['_MIGRATIONCHECKRESULT']._serialized_end=139
-  _globals['_VOLUME']._serialized_start=142
-  _globals['_VOLUME']._serialized_end=472
-  _globals['_VOLUME_LABELSENTRY']._serialized_start=379
-  _globals['_VOLUME_LABELSENTRY']._serialized_end=424
-  _globals['_VOLUME_OPTIONSENTRY']._serialized_start=426
-  _globals['_VOLUME_OPTIONSENTRY']._serialized_end=472
-  _globals['_CREATEREQUEST']._serialized_start=475
-  _globals['_CREATEREQUEST']._serialized_end=739
-  _globals['_CREATEREQUEST_LABELSENTRY']._serialized_start=379
-  _globals['_CREATEREQUEST_LABELSENTRY']._serialized_end=424
-  _globals['_CREATEREQUEST_OPTIONSENTRY']._serialized_start=426
-  _globals['_CREATEREQUEST_OPTIONSENTRY']._serialized_end=472
-  _globals['_LISTREQUEST']._serialized_start=741
-  _globals['_LISTREQUEST']._serialized_end=863
-  _globals['_LISTREQUEST_FILTERSENTRY']._serialized_start=817
-  _globals['_LISTREQUEST_FILTERSENTRY']._serialized_end=863
-  _globals['_LISTRESPONSE']._serialized_start=865
-  _globals['_LISTRESPONSE']._serialized_end=922
-  _globals['_VOLUMEREF']._serialized_start=924
-  _globals['_VOLUMEREF']._serialized_end=949
-  _globals['_REMOVEREQUEST']._serialized_start=951
-  _globals['_REMOVEREQUEST']._serialized_end=996
-  _globals['_REMOVERESPONSE']._serialized_start=998
-  _globals['_REMOVERESPONSE']._serialized_end=1047
-  _globals['_PRUNEREQUEST']._serialized_start=1050
-  _globals['_PRUNEREQUEST']._serialized_end=1184
-  _globals['_PRUNEREQUEST_LABELSENTRY']._serialized_start=379
-  _globals['_PRUNEREQUEST_LABELSENTRY']._serialized_end=424
-  _globals['_PRUNERESPONSE']._serialized_start=1186
-  _globals['_PRUNERESPONSE']._serialized_end=1243
-  _globals['_VOLUMES']._serialized_start=1246
-  _globals['_VOLUMES']._serialized_end=1704
+  _globals['_MIGRATIONCHECK']._serialized_end=123
+  _globals['_MIGRATIONCHECKRESULT']._serialized_start=125
+  _globals['_MIGRATIONCHECKRESULT']._serialized_end=165
+  _globals['_VOLUME']._serialized_start=168
+  _globals['_VOLUME']._serialized_end=498
+  _globals['_VOLUME_LABELSENTRY']._serialized_start=405
+  _globals['_VOLUME_LABELSENTRY']._serialized_end=450
+  _globals['_VOLUME_OPTIONSENTRY']._serialized_start=452
+  _globals['_VOLUME_OPTIONSENTRY']._serialized_end=498
+  _globals['_CREATEREQUEST']._serialized_start=501
+  _globals['_CREATEREQUEST']._serialized_end=765
+  _globals['_CREATEREQUEST_LABELSENTRY']._serialized_start=405
+  _globals['_CREATEREQUEST_LABELSENTRY']._serialized_end=450
+  _globals['_CREATEREQUEST_OPTIONSENTRY']._serialized_start=452
+  _globals['_CREATEREQUEST_OPTIONSENTRY']._serialized_end=498
+  _globals['_LISTREQUEST']._serialized_start=767
+  _globals['_LISTREQUEST']._serialized_end=889
+  _globals['_LISTREQUEST_FILTERSENTRY']._serialized_start=843
+  _globals['_LISTREQUEST_FILTERSENTRY']._serialized_end=889
+  _globals['_LISTRESPONSE']._serialized_start=891
+  _globals['_LISTRESPONSE']._serialized_end=948
+  _globals['_VOLUMEREF']._serialized_start=950
+  _globals['_VOLUMEREF']._serialized_end=975
+  _globals['_REMOVEREQUEST']._serialized_start=977
+  _globals['_REMOVEREQUEST']._serialized_end=1022
+  _globals['_REMOVERESPONSE']._serialized_start=1024
+  _globals['_REMOVERESPONSE']._serialized_end=1073
+  _globals['_PRUNEREQUEST']._serialized_start=1076
+  _globals['_PRUNEREQUEST']._serialized_end=1210
+  _globals['_PRUNEREQUEST_LABELSENTRY']._serialized_start=405
+  _globals['_PRUNEREQUEST_LABELSENTRY']._serialized_end=450
+  _globals['_PRUNERESPONSE']._serialized_start=1212
+  _globals['_PRUNERESPONSE']._serialized_end=1269
+  _globals['_VOLUMES']._serialized_start=1272
+  _globals['_VOLUMES']._serialized_end=1730
 # @@protoc_insertion_point(module_scope)

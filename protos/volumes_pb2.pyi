@@ -7,12 +7,14 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class MigrationCheck(_message.Message):
-    __slots__ = ("bind_sources", "volumes")
+    __slots__ = ("bind_sources", "volumes", "bind_propagation")
     BIND_SOURCES_FIELD_NUMBER: _ClassVar[int]
     VOLUMES_FIELD_NUMBER: _ClassVar[int]
+    BIND_PROPAGATION_FIELD_NUMBER: _ClassVar[int]
     bind_sources: _containers.RepeatedScalarFieldContainer[str]
     volumes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, bind_sources: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ...) -> None: ...
+    bind_propagation: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, bind_sources: _Optional[_Iterable[str]] = ..., volumes: _Optional[_Iterable[str]] = ..., bind_propagation: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class MigrationCheckResult(_message.Message):
     __slots__ = ("problems",)

@@ -3,12 +3,13 @@ knows the cluster messages, besides the thin servicer and the agent dispatcher a
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
+from typing import Any
 
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
-from scheduler import codec
+from protos import service_pb2 as spb
+from scheduler import codec, specpb
 from scheduler.model import (
     Availability,
     Capabilities,
@@ -50,7 +51,7 @@ def node_info(n: Node, tasks: Iterable[Task] = (), reserved: Resources = Resourc
                                      arch=n.arch, cpu_features=n.capabilities.cpu_features),
         metrics_addr=n.metrics_addr, tasks=sum(1 for _ in tasks),
         reserved_nano_cpus=reserved.nano_cpus, reserved_memory_bytes=reserved.memory_bytes,
-        engine_version=n.engine_labels.get("version", ""),
+        engine_version=n.engine_labels.get("version", ""), pressure=n.pressure,
     )
 
 
@@ -63,21 +64,18 @@ def availability(text: str) -> Availability:
 
 # --- services ----------------------------------------------------------------------------------
 
-def spec_to_pb(spec: ServiceSpec) -> pb.ServiceSpec:
-    return pb.ServiceSpec(name=spec.name, spec_json=spec_json(spec))
+def spec_to_pb(spec: ServiceSpec) -> spb.ServiceSpec:
+    out = specpb.to_message(spec, spb.ServiceSpec())
+    assert isinstance(out, spb.ServiceSpec)
+    return out
 
 
-def spec_json(spec: ServiceSpec) -> str:
-    return json.dumps(codec.encode(spec), sort_keys=True)
-
-
-def spec_from_json(text: str) -> ServiceSpec:
-    """A spec from its JSON; ValueError naming the bad field."""
+def spec_from_pb(msg: spb.ServiceSpec) -> ServiceSpec:
+    """A spec from the wire; ValueError naming the service and the bad field."""
     try:
-        data = json.loads(text)
-    except ValueError as e:
-        raise ValueError(f"spec_json: not JSON: {e}") from e
-    spec = codec.decode(ServiceSpec, data)
+        spec = specpb.from_message(msg, ServiceSpec)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"service {msg.name or '?'}: {e}") from None
     if not spec.name or not spec.image:
         raise ValueError("a service needs a name and an image")
     if spec.replicas < 0:
@@ -85,11 +83,11 @@ def spec_from_json(text: str) -> ServiceSpec:
     return spec
 
 
-def spec_from_pb(msg: pb.ServiceSpec) -> ServiceSpec:
-    spec = spec_from_json(msg.spec_json)
-    if msg.name and msg.name != spec.name:
-        raise ValueError(f"service {msg.name!r}: its spec is named {spec.name!r}")
-    return spec
+def spec_dict(spec: ServiceSpec) -> dict[str, Any]:
+    """The spec as `service inspect` prints it (the scheduler's JSON, scheduler/codec.py)."""
+    out = codec.encode(spec)
+    assert isinstance(out, dict)
+    return out
 
 
 def ports_text(spec: ServiceSpec) -> str:
@@ -106,8 +104,8 @@ def service_info(svc: Service, running: int, live: int = 0) -> pb.ServiceInfo:
     replicas = live if svc.spec.mode is ServiceMode.GLOBAL else svc.spec.replicas
     return pb.ServiceInfo(
         name=svc.name, image=svc.spec.image, replicas=replicas, running=running, mode=svc.spec.mode.value,
-        spec_json=spec_json(svc.spec),
-        previous_spec_json=spec_json(svc.previous_spec) if svc.previous_spec is not None else "",
+        spec=spec_to_pb(svc.spec),
+        previous_spec=spec_to_pb(svc.previous_spec) if svc.previous_spec is not None else None,
         version=svc.version, update_state=svc.update.state.value, update_message=svc.update.message,
         ports=ports_text(svc.spec), stack=stack_of(svc.spec), created_at=svc.created_at,
     )

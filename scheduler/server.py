@@ -20,6 +20,7 @@ from common import transport
 from protos import agent_pb2 as apb
 from protos import cluster_pb2 as pb
 from protos import cluster_pb2_grpc as pbg
+from protos import service_pb2 as spb
 from scheduler import convert, objects
 from scheduler import network as netmod
 from scheduler.dispatch import Agents, container_name, write_observed
@@ -317,7 +318,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
         return sum(1 for t in self.view.tasks_of(name) if t.live)
 
     @_mapped
-    async def CreateService(self, request: pb.ServiceSpec, context: Any) -> pb.ServiceInfo:
+    async def CreateService(self, request: spb.ServiceSpec, context: Any) -> pb.ServiceInfo:
         spec = convert.spec_from_pb(request)
         if not _SERVICE_NAME.match(spec.name):
             raise Invalid(f"invalid service name {spec.name!r} (letters, digits, '_', '.', '-')")
@@ -413,11 +414,12 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
     @_mapped
     async def UpdateService(self, request: pb.UpdateServiceRequest, context: Any) -> pb.ServiceInfo:
-        if request.spec_json:
-            await self._admit_endpoints([convert.spec_from_json(request.spec_json)])
+        new = convert.spec_from_pb(request.spec) if request.HasField("spec") else None
+        if new is not None:
+            await self._admit_endpoints([new])
 
         def change(s: Service) -> Service | None:
-            spec = convert.spec_from_json(request.spec_json) if request.spec_json else s.spec
+            spec = new if new is not None else s.spec
             if request.expect_version and request.expect_version != s.version:
                 raise Refused(f"service {s.name} changed while it was being edited (version {request.expect_version} "
                               f"-> {s.version}); try again")
@@ -901,17 +903,19 @@ class SchedulerServicer(pbg.SchedulerServicer):
             raise Forbidden(f"agent {cn} may register only as itself, not as {node.agent_id or 'no id'}")
         old = await self.store.get_node(node.name)
         alive = node.name in await self.store.alive_nodes()
+        node.certified = bool(cn)
         if old is not None:
-            if cn and old.agent_id and old.agent_id != cn:
+            if cn and old.certified and old.agent_id != cn:
                 # Over TLS a name belongs to the certificate that registered it first, alive or not.
                 raise Forbidden(f"node name {node.name} belongs to agent {old.agent_id}, not {cn}")
             if alive and old.agent_id and old.agent_id != node.agent_id:
                 raise Exists(f"node name {node.name} is taken by a live agent at {old.address}; "
                              f"give this one another --name")
             # what operators set stays: availability, and labels added with `node label`; over TLS
-            # the labels are frozen at admission (they steer workloads: only an admin changes them)
+            # the labels are frozen at admission (they steer workloads: only an admin changes them).
+            # A name an --insecure agent had (the same hosts, once run plaintext) is admitted anew.
             node.availability = old.availability
-            node.labels = dict(old.labels) if cn else {**old.labels, **node.labels}
+            node.labels = dict(old.labels) if cn and old.certified else {**old.labels, **node.labels}
             node.mod_revision = old.mod_revision
         lease = await self.store.grant_lease(self.ttl)
         ops: list[Op] = [self.store.put_node_op(node), Put(self.store.keys.alive(node.name), b"", None, lease=lease)]
@@ -1004,6 +1008,9 @@ class SchedulerServicer(pbg.SchedulerServicer):
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         self._own_node(request.name)
         ok = await self.store.keep_alive(request.lease_id)
+        n = self.view.nodes.get(request.name)
+        if ok and n is not None and n.pressure != request.pressure:
+            await self._set_pressure(request.name, request.pressure)
         renew = False
         if self.cca is not None:  # under TLS: a certificate from before `cluster ca --rotate` is re-issued
             from scheduler import tls
@@ -1011,6 +1018,17 @@ class SchedulerServicer(pbg.SchedulerServicer):
             pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
             renew = tls.needs_renewal(self.cca, pem)
         return pb.HeartbeatResponse(ok=ok, renew_certificate=renew)
+
+    async def _set_pressure(self, name: str, pressure: str) -> None:
+        """Record what the agent's heartbeat says about its room for new work; placement reads it.
+        A lost race is left to the next heartbeat, which says it again."""
+        n = await self.store.get_node(name)
+        if n is None or n.pressure == pressure:
+            return
+        n.pressure = pressure
+        with contextlib.suppress(Conflict):
+            await self.store.commit([self.store.put_node_op(n)])
+            log.warning("node %s: %s", name, pressure or "has room for new work again")
 
     @_mapped
     async def ReportTasks(self, request: pb.ReportTasksRequest, context: Any) -> pb.Empty:
@@ -1040,12 +1058,7 @@ class SchedulerServicer(pbg.SchedulerServicer):
 
 
 def _changed_fields(old: Service, spec: Any) -> list[str]:
-    a, b = convert.spec_json(old.spec), convert.spec_json(spec)
-    if a == b:
-        return []
-    import json
-
-    da, db = json.loads(a), json.loads(b)
+    da, db = convert.spec_dict(old.spec), convert.spec_dict(spec)
     return sorted(k for k in set(da) | set(db) if da.get(k) != db.get(k))
 
 

@@ -80,8 +80,8 @@ class SchedulerProcess:
                 "--metrics-addr", self.metrics_addr]
         if self.etcd:
             args += ["--etcd", self.etcd]
-        if self.tls:
-            args += ["--tls"]
+        # TLS is the scheduler's default; the plaintext tests say so (TLS's own: tests/cluster/test_tls_*.py)
+        args += ["--tls" if self.tls else "--insecure"]
         if self.ttl:
             args += ["--ttl", str(self.ttl)]
         return args + list(self.extra_args)
@@ -192,7 +192,7 @@ class JoinedAgent(AgentProcess):
                 [*CLI, "agent", "--root", str(self.root), "--socket", str(self.socket), "--bridge", self.bridge,
                  "--subnet", self.subnet, "--name", self.node, "--cgroup-parent", self.cgroup_parent,
                  "--metrics-addr", f"127.0.0.1:{self.metrics_port}", "--listen", self.listen, "--join", self.join,
-                 "--docker-socket", str(self.docker_socket), *(["--token", self.token] if self.token else []),
+                 "--docker-socket", str(self.docker_socket), *(["--token", self.token] if self.token else ["--insecure"]),
                  "--ip-forward=false", "--ip-masq=false"],  # the machine's own namespace: left alone
                 stdout=log, stderr=subprocess.STDOUT, env=_env(), cwd=REPO, start_new_session=True)
         deadline = time.monotonic() + 30

@@ -289,7 +289,7 @@ class Host(AgentProcess):
                 *CLI, "agent", "--root", str(self.root), "--socket", str(self.socket),
                 "--bridge", self.bridge, "--subnet", self.subnet, "--cgroup-parent", self.cgroup_parent,
                 "--listen", self.address, "--name", self.name, "--metrics-addr", f"{self.ip}:{self.metrics_port}",
-                "--docker-socket", str(self.docker_socket)]
+                "--docker-socket", str(self.docker_socket), "--insecure"]  # join(h, ..., token) drops it
 
     def spawn(self) -> None:
         self.base.mkdir(parents=True, exist_ok=True)
@@ -688,7 +688,9 @@ def join(h: Host, addresses: str, token: str = "") -> None:
     base = Host.agent_argv
 
     def argv(h: Host = h) -> list[str]:
-        return [*base(h), "--join", addresses, *(["--token", token] if token else [])]
+        plain = base(h)
+        return [*(a for a in plain if a != "--insecure" or not token), "--join", addresses,
+                *(["--token", token] if token else [])]
 
     h.agent_argv = argv  # type: ignore[method-assign]
     h.restart_agent()

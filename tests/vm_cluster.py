@@ -52,7 +52,7 @@ class VMDockyard:
 
     def up(self) -> str:
         t0 = time.monotonic()
-        p = subprocess.run([*CLI, "cluster", "up", "-i", str(self.inventory), "--no-install", "--timeout", "60",
+        p = subprocess.run([*CLI, "cluster", "up", "-i", str(self.inventory), "--no-install", "--insecure", "--timeout", "60",
                             "--ready-timeout", "900"], capture_output=True, text=True, cwd=REPO, timeout=2400)
         self.timed("cluster up over SSH", t0)
         if p.returncode != 0:

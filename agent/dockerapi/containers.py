@@ -122,7 +122,7 @@ def register(r: Any, api: DockerAPI) -> None:
                 with contextlib.suppress(Exception):
                     used = await asyncio.to_thread(api.images.snapshotter.usage, c.snapshot)
                     sz = (used, used + api.images.get(c.image_id).size)
-            rows.append(convert.summary(c, sz, _health_of(api, c), m.mounts_info(c)))
+            rows.append(convert.summary(c, sz, _health_of(api, c), m.mounts.info(c)))
         return Json(200, rows)
 
     async def inspect(req: Request) -> Response:
@@ -131,7 +131,7 @@ def register(r: Any, api: DockerAPI) -> None:
         with contextlib.suppress(Exception):
             ic = api.images.config_of(c.image_id)
         health = api.health.health.get(c.id) if api.health is not None else None
-        doc = convert.inspect(c, str(m.files(c).log), ic, health, m.mounts_info(c), req.version)
+        doc = convert.inspect(c, str(m.files(c).log), ic, health, m.mounts.info(c), req.version)
         doc["ExecIDs"] = [e.id for e in api.execs.values() if e.container == c.id] or None
         if req.flag("size"):
             with contextlib.suppress(Exception):
@@ -233,11 +233,18 @@ def register(r: Any, api: DockerAPI) -> None:
     async def remove(req: Request) -> Response:
         c = get(req)
         if req.flag("link"):
-            raise HTTPError(400, "links are not supported by dockyard")
+            raise HTTPError(400, f"Conflict, cannot remove the default link name of the container {c.name}")
         await m.remove(c.id, req.flag("force"))
         api.console.pop(c.id, None)
         for eid in [e.id for e in api.execs.values() if e.container == c.id]:
             api.execs.pop(eid, None)
+        return Body(204, b"")
+
+    async def remove_link(req: Request) -> Response:
+        """DELETE /containers/PARENT/ALIAS?link=1: a legacy link of PARENT."""
+        if not req.flag("link"):
+            raise HTTPError(404, f"No such container: {req.params['parent']}/{req.params['alias']}")
+        await asyncio.to_thread(m.remove_link, m.get(req.params["parent"]), req.params["alias"])
         return Body(204, b"")
 
     async def rename(req: Request) -> Response:
@@ -286,7 +293,7 @@ def register(r: Any, api: DockerAPI) -> None:
         want = {s for s, on in (("stdout", out), ("stderr", err)) if on}
 
         async def chunks() -> AsyncIterator[bytes]:
-            async for stream, data, t in m.logs(c.id, req.flag("follow"), tail, since, until):
+            async for stream, data, t in m.logs(c.id, req.flag("follow"), tail, since, until, req.flag("details")):
                 if stream not in want:
                     continue
                 if stamps:
@@ -632,6 +639,7 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("POST", "/containers/{id}/unpause", unpause)
     r.add("POST", "/containers/{id}/wait", wait)
     r.add("DELETE", "/containers/{id}", remove)
+    r.add("DELETE", "/containers/{parent}/{alias}", remove_link)
     r.add("POST", "/containers/{id}/rename", rename)
     r.add("GET", "/containers/{id}/logs", logs)
     r.add("POST", "/containers/{id}/attach", attach)

@@ -22,6 +22,7 @@ from agent.model import (
     InvalidArgument,
     LogConfig,
     Mount,
+    NetworkAttachment,
     Port,
     Resources,
     RestartPolicy,
@@ -47,7 +48,7 @@ _HOST_MAPPED = {
     "PidMode", "IpcMode", "UsernsMode", "Init", "SecurityOpt", "LogConfig", "ConsoleSize", "CgroupnsMode",
     "Isolation", "Privileged", "Devices", "Binds", "Mounts", "Tmpfs", "ReadonlyRootfs", "CapAdd", "CapDrop",
     "Ulimits", "Dns", "DnsSearch", "DnsOptions", "ExtraHosts", "Sysctls", "ShmSize", "GroupAdd", "VolumesFrom",
-    "VolumeDriver", "Links",
+    "VolumeDriver", "Links", "CpusetCpus", "CpusetMems", "MemorySwappiness", "UTSMode", "DeviceCgroupRules",
 }
 
 
@@ -82,6 +83,13 @@ def _strs(v: Any, field: str) -> list[str]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise HTTPError(400, f"{field} must be a list of strings (got {v!r})")
     return list(v)
+
+
+def _str_list(v: Any, field: str) -> list[str]:
+    """A JSON array of strings only (docker's []string, not its StrSlice that also takes one string)."""
+    if v is not None and not isinstance(v, list):
+        raise HTTPError(400, f"{field} must be a list of strings (got {v!r})")
+    return _strs(v, field)
 
 
 def _int(v: Any, field: str) -> int:
@@ -247,28 +255,37 @@ def _mount_obj(obj: Any, where: str) -> Mount:
     return m
 
 
-def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str], str]:
-    """NetworkingConfig.EndpointsConfig: the container's own network (one here), its Aliases and
-    Links; a second network, or an address or MAC asked for, is refused by name."""
+def _endpoint(body: dict[str, Any], net: str) -> tuple[list[str], list[str], str, list[NetworkAttachment]]:
+    """NetworkingConfig.EndpointsConfig: the container's own network (its NetworkMode), its Aliases
+    and Links, and the further user networks it joins at create (API 1.44: several at once)."""
     endpoints = (body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
     if not isinstance(endpoints, dict):
         raise HTTPError(400, "NetworkingConfig.EndpointsConfig must be an object")
     aliases: list[str] = []
     links: list[str] = []
     ip = ""
+    more: list[NetworkAttachment] = []
     for netname, ep in endpoints.items():
         where = f"NetworkingConfig.EndpointsConfig.{netname}"
-        if netname not in (net, "default") and not (net == "bridge" and netname == "bridge"):
-            raise HTTPError(400, f"{where}: a dockyard container has one network, its NetworkMode ({net}); "
-                                 "connect it to no other at create")
+        first = netname in (net, "default") or (net == "bridge" and netname == "bridge")
+        if not first and netname in ("bridge", "host", "none", "default"):
+            raise HTTPError(400, f"{where}: a further network must be a user-defined one (NetworkMode is {net})")
+        a = NetworkAttachment(netname)
         for k, v in (ep or {}).items():
-            if k in ("Aliases", "Links"):
-                (aliases if k == "Aliases" else links).extend(_strs(v, f"{where}.{k}"))
+            if k == "Aliases":
+                (aliases if first else a.aliases).extend(_strs(v, f"{where}.{k}"))
+            elif k == "Links" and first:
+                links.extend(_strs(v, f"{where}.{k}"))
             elif k == "IPAMConfig" and v:
-                ip = ipam_address(v, where)
+                if first:
+                    ip = ipam_address(v, where)
+                else:
+                    a.ipv4_address = ipam_address(v, where)
             elif k not in ("NetworkID", "EndpointID") and not empty(v):
                 raise HTTPError(400, f"{where}.{k} is not supported by dockyard (got {v!r})")
-    return aliases, links, ip
+        if not first:
+            more.append(a)
+    return aliases, links, ip, more
 
 
 def ipam_address(v: Any, where: str) -> str:
@@ -377,9 +394,6 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         logs.rotation(log_config, complete=False)
     except InvalidArgument as bad:
         raise HTTPError(400, f"HostConfig.LogConfig: {bad}") from None
-    if (host.get("CgroupnsMode") or "host") != "host":
-        raise HTTPError(400, f"HostConfig.CgroupnsMode {host['CgroupnsMode']!r} is not supported: "
-                             "dockyard's containers share the host's cgroup namespace")
     if (host.get("Isolation") or "default") != "default":
         raise HTTPError(400, f"HostConfig.Isolation {host['Isolation']!r} is not supported (only default)")
 
@@ -398,7 +412,7 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
     net = _str(host.get("NetworkMode"), "HostConfig.NetworkMode") or "bridge"
     if net == "default":
         net = "bridge"
-    aliases, links, ipv4 = _endpoint(body, net)
+    aliases, links, ipv4, more = _endpoint(body, net)
     links += _strs(host.get("Links"), "HostConfig.Links")
     labels = body.get("Labels") or {}
     if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
@@ -429,6 +443,10 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
             blkio_weight=_int(host.get("BlkioWeight"), "HostConfig.BlkioWeight"),
             device_read_bps=_rates(host.get("BlkioDeviceReadBps"), "BlkioDeviceReadBps"),
             device_write_bps=_rates(host.get("BlkioDeviceWriteBps"), "BlkioDeviceWriteBps"),
+            cpuset_cpus=_str(host.get("CpusetCpus"), "HostConfig.CpusetCpus"),
+            cpuset_mems=_str(host.get("CpusetMems"), "HostConfig.CpusetMems"),
+            memory_swappiness=-1 if host.get("MemorySwappiness") is None
+            else _int(host.get("MemorySwappiness"), "HostConfig.MemorySwappiness"),
         ),
         network_mode=net,
         pid_mode=_str(host.get("PidMode"), "HostConfig.PidMode"),
@@ -459,8 +477,11 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         volumes_from=_strs(host.get("VolumesFrom"), "HostConfig.VolumesFrom"),
         log_config=log_config,
         network_aliases=aliases,
-        ipv4_address=ipv4,
+        ipv4_address=ipv4, networks=more,
         links=[_link(x) for x in links],
+        cgroupns_mode=_str(host.get("CgroupnsMode"), "HostConfig.CgroupnsMode"),
+        uts_mode=_str(host.get("UTSMode"), "HostConfig.UTSMode"),
+        device_cgroup_rules=_str_list(host.get("DeviceCgroupRules"), "HostConfig.DeviceCgroupRules"),
     )
     size = host.get("ConsoleSize")
     console = None
@@ -495,23 +516,36 @@ def _bindings(cfg: ContainerConfig) -> dict[str, list[dict[str, str]]]:
     return out
 
 
-def endpoint_json(c: Container, version: str = "1.45") -> dict[str, Any]:
-    """NetworkSettings.Networks[its network] of a container: its address there, its aliases and
-    the names other containers find it by (at API <= 1.44 docker lists the short id among the
-    aliases too, and docker-compose 1.29 relies on it)."""
-    ep = c.endpoint or {}
-    user = c.config.network_mode not in ("", "bridge", "default", "host", "none")
-    aliases = list(c.config.network_aliases)
+def endpoint_json(c: Container, version: str = "1.45", network: str = "") -> dict[str, Any]:
+    """NetworkSettings.Networks[network] of a container (its first network by default): its
+    address there, its aliases and the names other containers find it by (at API <= 1.44 docker
+    lists the short id among the aliases too, and docker-compose 1.29 relies on it)."""
+    from agent.netattach import attached, attachment
+
+    network = network or _netname(c)
+    a = attachment(c, network)
+    ep = attached(c).get(network) or {}
+    user = network not in ("", "bridge", "default", "host", "none")
+    aliases = list(a.aliases if a is not None else c.config.network_aliases)
+    ip = a.ipv4_address if a is not None else c.config.ipv4_address
+    names = list(aliases)
     if user and tuple(int(x) for x in version.split(".")) <= (1, 44):
         aliases.append(c.id[:12])
     return {
-        "IPAMConfig": {"IPv4Address": c.config.ipv4_address} if c.config.ipv4_address else None,
-        "Links": list(c.config.links) or None, "Aliases": aliases or None,
+        "IPAMConfig": {"IPv4Address": ip} if ip else None,
+        "Links": list(c.config.links) or None if a is None else None, "Aliases": aliases or None,
         "MacAddress": ep.get("mac", ""), "NetworkID": "", "EndpointID": c.id if ep else "",
-        "Gateway": ep.get("gateway", ""), "IPAddress": c.ip_address, "IPPrefixLen": int(ep.get("prefixlen", 0) or 0),
+        "Gateway": ep.get("gateway", ""), "IPAddress": ep.get("ip", ""), "IPPrefixLen": int(ep.get("prefixlen", 0) or 0),
         "IPv6Gateway": "", "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "DriverOpts": None,
-        "DNSNames": [c.name, c.id[:12], *c.config.network_aliases] if user else None,
+        "DNSNames": [c.name, c.id[:12], *names] if user else None,
     }
+
+
+def networks_json(c: Container, version: str = "1.45") -> dict[str, Any]:
+    """NetworkSettings.Networks: every network of the container, its first one first."""
+    from agent.netattach import networks_of
+
+    return {n: endpoint_json(c, version, n) for n in networks_of(c) or [_netname(c)]}
 
 
 def _netname(c: Container) -> str:
@@ -556,7 +590,7 @@ def summary(c: Container, size: tuple[int, int] | None = None, health: str = "",
         "Command": command_of(c), "Created": int(c.created), "Ports": ports, "Labels": c.config.labels,
         "State": c.state.status, "Status": status_text(c, health=health),
         "HostConfig": {"NetworkMode": c.config.network_mode},
-        "NetworkSettings": {"Networks": {_netname(c): endpoint_json(c)}},
+        "NetworkSettings": {"Networks": networks_json(c)},
         "Mounts": mounts or [],
     }
     if size is not None:
@@ -567,7 +601,7 @@ def summary(c: Container, size: tuple[int, int] | None = None, health: str = "",
 def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
             mounts: list[dict[str, Any]] | None = None, version: str = "1.45") -> dict[str, Any]:
     """GET /containers/{id}/json: Docker's keys, with Docker's defaults where dockyard has no such
-    thing. mounts: the manager's mounts_info (docker's top-level Mounts)."""
+    thing. mounts: the manager's mounts.info (docker's top-level Mounts)."""
     s, cfg = c.state, c.config
     given = mount_specs.docker_spelling(cfg.mounts)
     r = cfg.resources
@@ -609,14 +643,14 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
                               "MaximumRetryCount": cfg.restart_policy.max_retries},
             "AutoRemove": cfg.auto_remove, "VolumeDriver": "", "VolumesFrom": list(cfg.volumes_from) or None,
             "ConsoleSize": [0, 0], "CapAdd": list(cfg.cap_add) or None, "CapDrop": list(cfg.cap_drop) or None,
-            "CgroupnsMode": "host", "Dns": list(cfg.dns), "DnsOptions": list(cfg.dns_options),
+            "CgroupnsMode": cfg.cgroupns_mode or "host", "Dns": list(cfg.dns), "DnsOptions": list(cfg.dns_options),
             "DnsSearch": list(cfg.dns_search), "ExtraHosts": list(cfg.extra_hosts) or None,
             "GroupAdd": list(cfg.group_add) or None, "Sysctls": dict(cfg.sysctls) or None,
             "IpcMode": cfg.ipc_mode or "private", "Cgroup": "",
             "Links": [f"/{x.partition(':')[0]}:/{c.name}/{x.partition(':')[2] or x.partition(':')[0]}"
                       for x in cfg.links] or None, "OomScoreAdj": 0,
             "PidMode": cfg.pid_mode, "Privileged": cfg.privileged, "PublishAllPorts": False,
-            "ReadonlyRootfs": cfg.read_only, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": "",
+            "ReadonlyRootfs": cfg.read_only, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": cfg.uts_mode,
             "UsernsMode": cfg.userns_mode, "ShmSize": cfg.shm_size or 64 << 20, "Runtime": "dockyard",
             "Isolation": "",
             "CpuShares": r.cpu_shares, "Memory": r.memory, "NanoCpus": r.nano_cpus, "CgroupParent": "",
@@ -624,11 +658,11 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
             "BlkioDeviceReadBps": [{"Path": d.path, "Rate": d.rate} for d in r.device_read_bps],
             "BlkioDeviceWriteBps": [{"Path": d.path, "Rate": d.rate} for d in r.device_write_bps],
             "BlkioDeviceReadIOps": [], "BlkioDeviceWriteIOps": [], "CpuPeriod": 0, "CpuQuota": 0,
-            "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "",
+            "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": r.cpuset_cpus, "CpusetMems": r.cpuset_mems,
             "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container or d.path_on_host,
                          "CgroupPermissions": d.permissions} for d in cfg.devices],
-            "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
-            "MemorySwap": r.memory_swap, "MemorySwappiness": None, "OomKillDisable": False,
+            "DeviceCgroupRules": list(cfg.device_cgroup_rules) or None, "DeviceRequests": None, "MemoryReservation": 0,
+            "MemorySwap": r.memory_swap, "MemorySwappiness": None if r.memory_swappiness == -1 else r.memory_swappiness, "OomKillDisable": False,
             "PidsLimit": r.pids_limit or None,
             "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits] or None,
             "CpuCount": 0, "CpuPercent": 0,
@@ -662,7 +696,7 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
             "GlobalIPv6Address": "", "GlobalIPv6PrefixLen": 0, "IPAddress": c.ip_address,
             "IPPrefixLen": int((c.endpoint or {}).get("prefixlen", 0) or 0), "IPv6Gateway": "",
             "MacAddress": (c.endpoint or {}).get("mac", ""),
-            "Networks": {_netname(c): endpoint_json(c, version)},
+            "Networks": networks_json(c, version),
         },
     }
 
@@ -688,7 +722,7 @@ def image_inspect(i: Any, parent: str, version: str = "1.45") -> dict[str, Any]:
         "Hostname": "", "Domainname": "", "User": oci.get("User", ""), "AttachStdin": False,
         "AttachStdout": False, "AttachStderr": False, "Tty": False, "OpenStdin": False, "StdinOnce": False,
         "Env": oci.get("Env"), "Cmd": oci.get("Cmd"), "Image": "", "Volumes": oci.get("Volumes"),
-        "WorkingDir": oci.get("WorkingDir", ""), "Entrypoint": oci.get("Entrypoint"), "OnBuild": None,
+        "WorkingDir": oci.get("WorkingDir", ""), "Entrypoint": oci.get("Entrypoint"), "OnBuild": oci.get("OnBuild"),
         "Labels": oci.get("Labels"),
         **({"ExposedPorts": oci["ExposedPorts"]} if oci.get("ExposedPorts") else {}),
         **({"StopSignal": oci["StopSignal"]} if oci.get("StopSignal") else {}),
@@ -701,4 +735,6 @@ def image_inspect(i: Any, parent: str, version: str = "1.45") -> dict[str, Any]:
         "GraphDriver": {"Name": "overlay2", "Data": None},
         "RootFS": {"Type": "layers", "Layers": list(i.diff_ids)},
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+        # (a committed image's origin, as docker records it; API 1.45 dropped them for others)
+        **({"Container": i.container, "ContainerConfig": i.container_config} if getattr(i, "container", "") else {}),
     }

@@ -15,13 +15,15 @@ from typing import TYPE_CHECKING, Any
 
 from agent.images import registry
 from agent.images.errors import ImageError, ImageNotFound
-from agent.images.pipes import produce
+from agent.images.pipes import consume, produce
 
 from . import convert
-from .http import Body, HTTPError, Json, Request, Response, Stream, receive
+from .http import Body, HTTPError, Json, Request, Response, Stream
 from .system import check_filters, parse_filters
 
 if TYPE_CHECKING:
+    from agent.images.config import Image
+
     from .api import DockerAPI
 
 
@@ -32,7 +34,9 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 def _error(e: BaseException) -> bytes:
     msg = str(e)
-    return _line({"errorDetail": {"message": msg}, "error": msg})
+    code = getattr(e, "code", 0)   # a RUN's exit status, as dockerd gives it
+    return _line({"errorDetail": {"message": msg, **({"code": code} if isinstance(code, int) and code else {})},
+                  "error": msg})
 
 
 def decode_auth(header: str) -> registry.Auth:
@@ -212,17 +216,19 @@ def register(r: Any, api: DockerAPI) -> None:
         ref = (f"{repo}:{tag_}" if tag_ else repo) or None
         changes = req.query.get("changes", [])
         message = req.arg("message")
-        tmp = await receive(req, store.tmp)
+        # unpacked as the body arrives (no temporary file), as the CLI's import
+        try:
+            i: Image | None = await consume(req.stream(), lambda f: store.import_tar(f, ref, changes, message))
+            failed: Exception | None = None
+        except (ImageError, OSError) as e:   # dockerd: a 200, and the error in the stream
+            i, failed = None, e
 
         async def chunks() -> AsyncIterator[bytes]:
-            try:
-                i = await asyncio.to_thread(store.import_tar, tmp, ref, changes, message)
-                api.events.emit("image", "import", i.id, {"name": ref or ""})
-                yield _line({"status": i.id})
-            except Exception as e:
-                yield _error(e)
-            finally:
-                tmp.close()
+            if i is None:
+                yield _error(failed or ImageError("import failed"))
+                return
+            api.events.emit("image", "import", i.id, {"name": ref or ""})
+            yield _line({"status": i.id})
 
         return Stream(200, chunks())
 
@@ -245,23 +251,23 @@ def register(r: Any, api: DockerAPI) -> None:
 
     async def load(req: Request) -> Response:
         # (?quiet only hides progress bars, which a load from a file has none of: the names still go out)
-        tmp = await receive(req, store.tmp)
-
-        names = await asyncio.to_thread(_archive_names, tmp)
+        # The body is read as it arrives, each layer unpacked as it passes: no temporary archive.
+        names: list[str] = []
+        try:
+            imgs = await consume(req.stream(), lambda f: store.load(f, names))
+            failed: ImageError | None = None
+        except ImageError as e:   # dockerd: a 200, and the error in the stream
+            imgs, failed = [], e
 
         async def chunks() -> AsyncIterator[bytes]:
-            try:
-                imgs = await asyncio.to_thread(store.load, tmp)
-            except ImageError as e:   # dockerd: a 200, and the error in the stream
-                yield _error(e)
+            if failed is not None:
+                yield _error(failed)
                 return
-            finally:
-                tmp.close()
-            named = set(names or [])
+            named = set(names)
             for i in imgs:
                 api.events.emit("image", "load", i.id, {"name": ",".join(i.repo_tags)})
                 # what the archive named, as dockerd says it (not every tag the image has here)
-                tags = [t for t in i.repo_tags if t in named] if names is not None else list(i.repo_tags)
+                tags = [t for t in i.repo_tags if t in named]
                 for t in tags or [i.id]:
                     word = "image" if tags else "image ID"
                     yield _line({"stream": f"Loaded {word}: {t}\n"})
@@ -280,14 +286,20 @@ def register(r: Any, api: DockerAPI) -> None:
                                      "use ?changes= (Dockerfile instructions)")
         repo, tag_ = req.arg("repo"), req.arg("tag")
         ref = (f"{repo}:{tag_}" if tag_ else repo) or None
-        i = await asyncio.to_thread(store.commit, c.snapshot, c.image_id, ref, changes, req.arg("comment"))
+        cc = c.config
+        origin = {"Hostname": cc.hostname or c.id[:12], "User": cc.user, "Env": list(cc.env) or None,
+                  "Cmd": list(c.args) or None, "Image": c.image_ref, "WorkingDir": cc.workdir,
+                  "Labels": dict(cc.labels), "Tty": cc.tty, "OpenStdin": cc.open_stdin}
+        i = await asyncio.to_thread(store.commit, c.snapshot, c.image_id, ref, changes, req.arg("comment"),
+                                    container=c.id, container_config=origin)
         return Json(201, {"Id": i.id})
 
     async def build(req: Request) -> Response:
         from agent.images.build import Builder, BuildOptions, unpack_context
+        from common.dockerignore import remove_ignored
 
-        for unsupported in ("remote", "squash", "extrahosts", "platform", "cpusetcpus", "memory", "memswap",
-                            "cpushares", "cpuquota", "cpuperiod", "shmsize", "cachefrom", "outputs"):
+        for unsupported in ("remote", "squash", "platform", "cpusetcpus", "memory", "memswap",
+                            "cpushares", "cpuquota", "cpuperiod", "outputs"):
             v = req.arg(unsupported)
             if v and v not in ("0", "[]", "{}", "null", "false"):
                 raise HTTPError(400, f"build: {unsupported} is not supported by dockyard")
@@ -306,6 +318,30 @@ def register(r: Any, api: DockerAPI) -> None:
                 raise HTTPError(400, f"build: {key} must be a JSON object")
             return {str(k): str(v) for k, v in val.items() if v is not None}
 
+        def jlist(key: str) -> list[str]:
+            raw = req.arg(key)
+            if not raw:
+                return []
+            try:
+                val = json.loads(raw)
+            except ValueError:
+                raise HTTPError(400, f"build: {key} is not JSON") from None
+            if not isinstance(val, list) or not all(isinstance(x, str) for x in val):
+                raise HTTPError(400, f"build: {key} must be a JSON list of strings")
+            return val
+
+        try:
+            shm_size = int(req.arg("shmsize") or 0)
+        except ValueError:
+            raise HTTPError(400, f"build: shmsize {req.arg('shmsize')!r} is not a number of bytes") from None
+        if shm_size < 0:
+            raise HTTPError(400, "build: shmsize must not be negative")
+        # extrahosts: repeated NAME:IP (docker's CLI), or one comma-separated value
+        extra_hosts = [h for v in req.query.get("extrahosts", []) for h in v.split(",") if h]
+        for h in extra_hosts:
+            name_, sep, ip = h.partition(":")
+            if not sep or not name_ or not ip:
+                raise HTTPError(400, f"build: extrahosts {h!r}: expected NAME:IP")
         opts_tags = req.query.get("t", [])
         args, labels = jmap("buildargs"), jmap("labels")
         dockerfile_name = req.arg("dockerfile") or "Dockerfile"
@@ -331,12 +367,16 @@ def register(r: Any, api: DockerAPI) -> None:
             if not str(df_path).startswith(str((work / "context").resolve()) + os.sep) or not df_path.is_file():
                 raise HTTPError(400, f"Cannot locate specified Dockerfile: {dockerfile_name}")
             text = df_path.read_text()
+            # what a client sent despite its .dockerignore (the Dockerfile and .dockerignore
+            # themselves among them), as dockerd removes it, once the Dockerfile is read
+            await asyncio.to_thread(remove_ignored, work / "context")
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         opts = BuildOptions(dockerfile=text, dockerfile_name=dockerfile_name, tags=opts_tags, build_args=args,
                             no_cache=req.flag("nocache"), target=req.arg("target"),
-                            network=req.arg("networkmode") or "bridge", labels=labels)
+                            network=req.arg("networkmode") or "bridge", labels=labels, shm_size=shm_size,
+                            extra_hosts=extra_hosts, cache_from=jlist("cachefrom"))
         if opts.network == "default":
             opts.network = "bridge"
 
@@ -400,39 +440,6 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("POST", "/images/{name:path}/push", push)
     r.add("DELETE", "/images/{name:path}", remove)
 
-
-def _archive_names(f: Any) -> list[str] | None:
-    """The names a docker-archive (manifest.json RepoTags) or OCI layout (index.json annotations)
-    gives its images, normalised as the store names them; None when it cannot be read here (the
-    load itself then says what is wrong). The file is rewound."""
-    import tarfile
-
-    from agent.images import reference as refs
-
-    try:
-        out: list[str] = []
-        with tarfile.open(fileobj=f, mode="r:*") as t:
-            for member in ("manifest.json", "index.json"):
-                try:
-                    m = t.extractfile(member)
-                except KeyError:
-                    continue
-                if m is None:
-                    continue
-                doc = json.loads(m.read(1 << 20))
-                if member == "manifest.json":
-                    out += [str(tag) for e in doc for tag in (e.get("RepoTags") or [])]
-                else:
-                    for e in doc.get("manifests", []):
-                        ann = e.get("annotations") or {}
-                        if ann.get("io.containerd.image.name"):
-                            out.append(str(ann["io.containerd.image.name"]))
-                return [refs.parse(n).familiar() for n in out]
-        return None
-    except (tarfile.TarError, ValueError, OSError, AttributeError, ImageError):
-        return None
-    finally:
-        f.seek(0)
 
 
 def _ref_match(tag: str, pattern: str) -> bool:

@@ -1,9 +1,10 @@
 """/networks: the three built-in networks (the agent's bridge, host, none) and the agent's
 user-defined bridge networks (agent/localnets.py), with the containers on each.
 
-A container has one network here (its eth0): connect and disconnect change a container that is
-not running (docker-compose re-connects a created container with its aliases); a running
-container's networks cannot change yet, and that is said, never pretended."""
+A container's first network is its eth0; connect adds a user network (eth1, eth2 ...), to a
+created or a running container (agent/netattach.py), and disconnect takes any off, the first
+one too. docker-compose re-connects a created container to its first network with its aliases:
+that updates them."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ import asyncio
 import datetime
 from typing import TYPE_CHECKING, Any
 
+from agent import netattach
 from agent.localnets import LocalNetwork, network_id
 from agent.model import Container, NotFound
+from agent.netattach import attached, networks_of
 
 from . import convert
 from .http import Body, HTTPError, Json, Request, Response
@@ -33,8 +36,8 @@ def register(r: Any, api: DockerAPI) -> None:
     def containers_on(name: str) -> dict[str, Any]:
         out = {}
         for c in list(api.m.containers.values()):
-            if c.config.network_mode == name and c.state.status in ("running", "paused"):
-                ep = c.endpoint or {}
+            if c.state.status in ("running", "paused") and name in attached(c):
+                ep = attached(c)[name]
                 out[c.id] = {"Name": c.name, "EndpointID": c.id if ep else "", "MacAddress": ep.get("mac", ""),
                              "IPv4Address": f"{c.ip_address}/{ep.get('prefixlen', '')}" if ep else "",
                              "IPv6Address": ""}
@@ -56,9 +59,11 @@ def register(r: Any, api: DockerAPI) -> None:
         created = datetime.datetime.fromtimestamp(n.created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return {"Name": n.name, "Id": n.id, "Created": created, "Scope": "local", "Driver": "bridge",
                 "EnableIPv6": False,
-                "IPAM": {"Driver": "default", "Options": {} if n.ipam_given else None,
-                         "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
-                "Internal": False, "Attachable": n.attachable, "Ingress": False, "ConfigFrom": {"Network": ""},
+                "IPAM": {"Driver": "default", "Options": None,
+                         "Config": [{"Subnet": n.subnet, "Gateway": n.gateway,
+                                     **({"IPRange": n.ip_range} if n.ip_range else {}),
+                                     **({"AuxiliaryAddresses": dict(n.aux)} if n.aux else {})}]},
+                "Internal": n.internal, "Attachable": n.attachable, "Ingress": False, "ConfigFrom": {"Network": ""},
                 "ConfigOnly": False, "Containers": containers_on(n.name), "Options": dict(n.options),
                 "Labels": dict(n.labels)}
 
@@ -98,7 +103,7 @@ def register(r: Any, api: DockerAPI) -> None:
                 continue
             if "dangling" in filters:
                 want = filters["dangling"][0].lower() in ("true", "1")
-                if builtin or want != (not any(c.config.network_mode == d["Name"] for c in api.m.containers.values())):
+                if builtin or want != (not any(d["Name"] in networks_of(c) for c in api.m.containers.values())):
                     continue
             out.append(d)
         return Json(200, out)
@@ -115,7 +120,8 @@ def register(r: Any, api: DockerAPI) -> None:
         if not isinstance(name, str) or not name:
             raise HTTPError(400, "network create: Name is required")
         # Attachable: on a local bridge standalone containers may always join (compose 3 asks for it)
-        known = {"Name", "CheckDuplicate", "Driver", "IPAM", "Options", "Labels", "Scope", "EnableIPv4", "Attachable"}
+        known = {"Name", "CheckDuplicate", "Driver", "IPAM", "Options", "Labels", "Scope", "EnableIPv4", "Attachable",
+                 "Internal"}
         for k, v in body.items():
             if k not in known and v not in (None, False, "", {}, []):
                 raise HTTPError(400, f"network create: {k} is not supported by dockyard (got {v!r})")
@@ -141,13 +147,19 @@ def register(r: Any, api: DockerAPI) -> None:
         pools = ipam.get("Config") or []
         if len(pools) > 1:
             raise HTTPError(400, f"network create {name}: one IPAM pool at most (dockyard's bridges are IPv4 only)")
-        subnet = gateway = ""
+        subnet = gateway = ip_range = ""
+        aux: dict[str, str] = {}
         for pool in pools:
             for k, v in pool.items():
-                if k not in ("Subnet", "Gateway") and v:
+                if k not in ("Subnet", "Gateway", "IPRange", "AuxiliaryAddresses") and v:
                     raise HTTPError(400, f"network create {name}: IPAM.Config.{k} is not supported by dockyard "
                                          f"(got {v!r})")
             subnet, gateway = str(pool.get("Subnet") or ""), str(pool.get("Gateway") or "")
+            ip_range = str(pool.get("IPRange") or "")
+            aux = pool.get("AuxiliaryAddresses") or {}
+            if not isinstance(aux, dict) or not all(isinstance(x, str) for x in aux.values()):
+                raise HTTPError(400, f"network create {name}: IPAM.Config.AuxiliaryAddresses must be an object of "
+                                     "strings")
             if ":" in subnet:
                 raise HTTPError(400, f"network create {name}: IPv6 subnets are not supported by dockyard")
         labels, options = body.get("Labels") or {}, body.get("Options") or {}
@@ -157,7 +169,7 @@ def register(r: Any, api: DockerAPI) -> None:
         if name in BUILTIN:
             raise HTTPError(409, f"network with name {name} already exists")
         n = await asyncio.to_thread(local.create, name, subnet, gateway, dict(labels), dict(options),
-                                    bool(body.get("Attachable")))
+                                    bool(body.get("Attachable")), bool(body.get("Internal")), ip_range, dict(aux))
         return Json(201, {"Id": n.id, "Warning": ""})
 
     async def remove(req: Request) -> Response:
@@ -188,36 +200,26 @@ def register(r: Any, api: DockerAPI) -> None:
         for k, v in ep.items():
             if k not in ("Aliases", "Links", "NetworkID", "EndpointID", "IPAMConfig") and v not in (None, "", [], {}, 0):
                 raise HTTPError(400, f"network connect: EndpointConfig.{k} is not supported by dockyard (got {v!r})")
-        if c.config.network_mode == name:
-            pass
-        elif c.state.status in RUNNING:
-            raise HTTPError(400, f"network connect {name}: container {c.name} is running on {c.config.network_mode}; "
-                                 "dockyard cannot add a network to a running container yet (a container has one "
-                                 "network here: stop it, or give --network at create)")
-        elif c.config.network_mode not in ("none",):
-            raise HTTPError(400, f"network connect {name}: container {c.name} is on {c.config.network_mode or 'bridge'}"
-                                 "; a dockyard container has one network: disconnect it first")
-        aliases = ep.get("Aliases") or []
+        aliases = [str(a) for a in ep.get("Aliases") or []]
         if aliases and n is None:
             raise HTTPError(400, "network-scoped aliases are only supported for user-defined networks")
-        if c.state.status in RUNNING and aliases and list(aliases) != list(c.config.network_aliases):
-            raise HTTPError(400, f"network connect {name}: container {c.name} is running; its aliases cannot "
-                                 "change until it is restarted")
         ip = convert.ipam_address(ep["IPAMConfig"], "EndpointConfig") if ep.get("IPAMConfig") else ""
-        api.m.set_network(c, name, [str(a) for a in aliases if a != c.id[:12]],
-                          [str(x) for x in ep.get("Links") or []] or list(c.config.links), ip)
+        links = [str(x) for x in ep.get("Links") or []]
+        first = c.config.network_mode in ("none",) and not c.config.networks
+        if c.state.status not in RUNNING and (c.config.network_mode == name or first):
+            # (docker-compose: its first network again, with the aliases; or a container made with none)
+            api.m.set_network(c, name, [a for a in aliases if a != c.id[:12]], links or list(c.config.links), ip)
+            return Body(200, b"")
+        await netattach.connect(api.m, c, name, aliases, ip, links)
         return Body(200, b"")
 
     async def disconnect(req: Request) -> Response:
         name, _n = find(req.params["id"])
         body = await req.json() or {}
         c = _container(body.get("Container"))
-        if c.config.network_mode != name and not (name == "bridge" and c.config.network_mode in ("", "default")):
-            raise HTTPError(400, f"container {c.id} is not connected to network {name}")
-        if c.state.status in RUNNING:
-            raise HTTPError(400, f"network disconnect {name}: container {c.name} is running; dockyard cannot "
-                                 "take a running container off its network yet (stop it first)")
-        api.m.set_network(c, "none", [], [])
+        if c.state.status == "restarting":
+            raise HTTPError(409, f"container {c.name} is restarting: disconnect it once it runs or is stopped")
+        await netattach.disconnect(api.m, c, name)
         return Body(200, b"")
 
     async def prune(req: Request) -> Response:

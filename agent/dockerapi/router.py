@@ -29,10 +29,9 @@ def status_of(e: Exception) -> int:
     from agent.images import registry
 
     table: list[tuple[type[Exception], int]] = [
-        (NotFound, 404), (image_errors.ImageNotFound, 404),
-        (Conflict, 409), (image_errors.ImageInUse, 409),
-        (InvalidArgument, 400), (image_errors.ImageError, 400),
-        (registry.Unauthorized, 401), (registry.RegistryUnavailable, 503), (registry.RegistryError, 500),
+        (registry.Unauthorized, 401), (registry.RegistryUnavailable, 503),
+        (NotFound, 404), (Conflict, 409), (InvalidArgument, 400),
+        (registry.RegistryError, 500), (image_errors.ImageError, 400),
         (Unavailable, 503), (AgentError, 500), (ValueError, 400),
     ]
     for cls, code in table:
@@ -78,14 +77,8 @@ class Router:
                 return await handler(req)
             except HTTPError:
                 raise
-            except (AgentError, image_errors.ImageError, ValueError) as e:
+            except (AgentError, ValueError) as e:
                 raise HTTPError(status_of(e), str(e)) from e
-            except Exception as e:
-                from agent.images import registry
-
-                if isinstance(e, registry.RegistryError):
-                    raise HTTPError(status_of(e), str(e)) from e
-                raise
         if allowed:
             raise HTTPError(405, f"method {req.method} is not allowed on {req.path}")
         raise HTTPError(404, f"page not found: {req.method} {req.path}")

@@ -9,6 +9,7 @@ from typing import Any
 
 from agent import metrics
 from agent.model import Container
+from agent.runtime.cgroups import CgroupError
 
 from .convert import iso
 
@@ -39,7 +40,7 @@ async def sample(manager: Any, c: Container, prev: dict[str, Any] | None) -> dic
         return doc
     try:
         s = await asyncio.to_thread(metrics.read_container, manager, c)
-    except Exception:
+    except (OSError, CgroupError):
         return doc   # it exited a moment ago: docker sends the empty reading too
     st = s.stats
     doc["pids_stats"] = {"current": st.pids_current, **({"limit": st.pids_limit} if st.pids_limit else {})}

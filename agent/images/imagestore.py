@@ -38,7 +38,7 @@ from .errors import ImageError, ImageInUse, ImageNotFound, InvalidArchive, Inval
 from .layers import Limits
 from .pipes import piped
 from .registryconfig import RegistryConfig
-from .snapshotter import Snapshotter
+from .snapshotter import KIND_COMMITTED, Snapshotter
 from .store import ContentStore, check_digest
 
 _RUNNING_STATES = ("(running)", "(paused)", "(restarting)")
@@ -153,6 +153,8 @@ class ImageStore:
             os=str(cfg.get("os", "")),
             manifest_digest=rec.get("manifest", ""),
             layer_digests=list(rec.get("layers", [])),
+            container=str(cfg.get("container") or ""),
+            container_config=dict(cfg["container_config"]) if isinstance(cfg.get("container_config"), dict) else {},
         )
 
     def _resolve(self, records: _Records, ref: str) -> tuple[str, str | None]:
@@ -244,8 +246,12 @@ class ImageStore:
         changes: Sequence[str] = (),
         message: str = "",
         created_by: str = "",
+        container: str = "",
+        container_config: dict[str, Any] | None = None,
     ) -> Image:
         """docker commit: a new image = ``base`` + the snapshot's changes as one more layer.
+        ``container`` and ``container_config``: the committed container's id and config, kept in the
+        image config as docker's ``container`` and ``container_config`` (image inspect shows them).
 
         The container's snapshot is left as it is (its diff is unpacked again as a committed layer),
         so it keeps running; ``base`` must be the image the snapshot was prepared from (None for
@@ -284,6 +290,7 @@ class ImageStore:
                 names=[named] if named else [],
                 architecture=base_image.architecture if base_image else None,
                 parent=base_image.id if base_image else "",
+                origin={"container": container, "container_config": container_config} if container else None,
             )
         except BaseException:
             self._forget_new([], [chain] if stats.unpacked else [])
@@ -395,6 +402,21 @@ class ImageStore:
         after = self.content.total_size() + sum(s.size for s in self.snapshotter.list() if s.kind == "committed")
         return untagged, deleted, max(0, before - after)
 
+    def layer_chains(self) -> dict[str, str]:
+        """diff_id -> chain id of a committed snapshot of this host that holds that layer and can
+        make its tar again (a tar-split): what a load need not unpack a second time."""
+        records = self._read_shared()
+        snapshots = {s.key: s for s in self.snapshotter.list()}
+        out: dict[str, str] = {}
+        for image_id in records.images:
+            with contextlib.suppress(OSError, ValueError, ImageError):
+                diff_ids = list(self._config_json(image_id).get("rootfs", {}).get("diff_ids", []))
+                for diff_id, chain in zip(diff_ids, chain_ids(diff_ids), strict=True):
+                    info = snapshots.get(chain)
+                    if info is not None and info.kind == KIND_COMMITTED and info.tar_size >= 0:
+                        out.setdefault(diff_id, chain)
+        return out
+
     def local_layers(self, image: Image) -> builtins.list[LocalLayer]:
         out = []
         for (digest, size, media), diff_id, chain in zip(self._layer_descriptors(image), image.diff_ids,
@@ -450,8 +472,9 @@ class ImageStore:
         names: Sequence[str],
         architecture: str | None = None,
         parent: str = "",
+        origin: dict[str, Any] | None = None,
     ) -> Image:
-        cfg = build_oci_config(config, diff_ids, history, created, architecture)
+        cfg = {**build_oci_config(config, diff_ids, history, created, architecture), **(origin or {})}
         return self._record_image(canonical_json(cfg), layers, names, parent=parent)
 
     def _record_image(
@@ -628,10 +651,10 @@ class ImageStore:
 
         save(self, refs, out, format)
 
-    def load(self, fileobj: BinaryIO) -> builtins.list[Image]:
+    def load(self, fileobj: BinaryIO, named: builtins.list[str] | None = None) -> builtins.list[Image]:
         from .archive import load
 
-        return load(self, fileobj)
+        return load(self, fileobj, named)
 
     def export_container(self, snapshot_key: str, out: BinaryIO) -> None:
         """docker export: the flattened filesystem of a container's snapshot."""

@@ -46,11 +46,12 @@ import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 import zstandard
 
 from .errors import ImageError, InvalidArchive
+from .hashing import StreamHash
 from .safefs import Root, UnsafePath, open_dir_rd, set_attrs, set_attrs_fd, write_all
 from .tarsplit import Recorder
 
@@ -126,7 +127,7 @@ class HashingReader(io.RawIOBase):
         self._tap = tap
         # sha256 is most of the CPU of a load: a stream whose digest nobody needs (an archive around
         # its layers) is only counted and bounded.
-        self._hash: Any = hashlib.sha256() if hashed else _NoHash()
+        self._hash: Any = StreamHash() if hashed else _NoHash()
         self.size = 0
         self._limit = bound.limit if bound is not None else -1
         self._bound = bound
@@ -136,16 +137,26 @@ class HashingReader(io.RawIOBase):
         return True
 
     def readinto(self, b: Any) -> int:
-        data = self._raw.read(len(b))
+        data = self.read(len(b))
         n = len(data)
         b[:n] = data
+        return n
+
+    def peek(self, size: int = 0) -> bytes:
+        """What the next read returns, not consumed (so not hashed yet); needs a stream with peek."""
+        return bytes(cast(io.BufferedReader, self._raw).peek(size))
+
+    def read(self, size: int | None = -1) -> bytes:
+        # The stream's own bytes handed on as they are (RawIOBase.read would copy them through
+        # readinto): tarfile reads its blocks straight from here.
+        data = self._raw.read(-1 if size is None else size)
         self._hash.update(data)
         if self._tap is not None:
             self._tap(data)
-        self.size += n
+        self.size += len(data)
         if self._limit >= 0 and self.size > self._limit:
             self._over()
-        return n
+        return data
 
     def _over(self) -> None:
         assert self._bound is not None
@@ -442,12 +453,8 @@ class _Applier:
                 self.recorder.content(m.offset_data, m.size, parts)
             written = 0
             try:
-                src = tf.extractfile(m)
-                assert src is not None
-                while True:
-                    chunk = src.read(CHUNK)
-                    if not chunk:
-                        break
+                src = MemberReader(tf, m)
+                while chunk := src.read(CHUNK):
                     write_all(fd, chunk)
                     written += len(chunk)
                 if written != m.size:
@@ -504,6 +511,56 @@ class _Applier:
                 os.close(fd)
 
 
+class MemberReader(io.RawIOBase):
+    """The content of regular member ``m`` of a plain tar read in stream mode ("r|"), taken
+    straight from what tarfile reads from: its stream's buffer, then its file object. tarfile's own
+    path (extractfile -> _FileInFile -> _Stream) reads a big member in 32 KiB blocks that it joins and
+    slices again, two copies of every byte plus a BufferedReader's: most of the CPU of a load that
+    is not hashing. Once tarfile has handed the member out, its stream sits at the member's data, and
+    before the next header it seeks past whatever is left and the padding, so reading here is what
+    its own reader would have done, without the copies. A sparse member, or a stream that is not
+    tarfile's plain one where it should be (another Python's tarfile), goes through extractfile()."""
+
+    def __init__(self, tf: tarfile.TarFile, m: tarfile.TarInfo) -> None:
+        stream: Any = tf.fileobj
+        self._direct = (not m.issparse() and type(stream).__name__ == "_Stream"
+                        and getattr(stream, "comptype", "") == "tar" and isinstance(getattr(stream, "buf", None), bytes)
+                        and hasattr(stream, "fileobj") and stream.tell() == m.offset_data)
+        self._stream: Any = stream if self._direct else tf.extractfile(m)
+        self._left = m.size
+
+    @property
+    def direct(self) -> bool:
+        return self._direct
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        if not self._direct:
+            return bytes(self._stream.read(-1 if size is None else size))
+        n = self._left if size is None or size < 0 else min(size, self._left)
+        if n <= 0:
+            return b""
+        stream = self._stream
+        buf = stream.buf
+        if len(buf) >= n:
+            data = buf[:n]
+            stream.buf = buf[n:]
+        else:
+            rest = stream.fileobj.read(n - len(buf))
+            data = buf + rest if buf else rest
+            stream.buf = b""
+        stream.pos += len(data)
+        self._left = self._left - len(data) if data else 0  # an early end: the caller sees the shortfall
+        return bytes(data)
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
+        b[: len(data)] = data
+        return len(data)
+
+
 def _is_whiteout(st: os.stat_result) -> bool:
     return stat.S_ISCHR(st.st_mode) and st.st_rdev == 0
 
@@ -540,8 +597,7 @@ class TarReader:
         with reading_errors(what):
             stream, self.compression = decompressed(self._fileobj)
             hashing = HashingReader(stream, self.bound, what, self.tap, self.hashed)
-            reader = io.BufferedReader(hashing, CHUNK)
-            tail = _TailReader(reader)
+            tail = _TailReader(hashing)
             # 32 KiB reads, not tarfile's 10 KiB: a third of its Python-level calls on a big member; a
             # header read still slices at most that much (_TailReader keeps more than one read).
             with tarfile.open(fileobj=tail, mode="r|", errorlevel=2,  # type: ignore[call-overload]
@@ -550,7 +606,7 @@ class TarReader:
                     yield tf, m
                 tail.check_end(tf.offset, what)
             # What the tar reader left in its buffer plus the rest of the stream (zero padding).
-            self.diff_id = _finish_hash(reader, hashing)
+            self.diff_id = _finish_hash(hashing, hashing)
             self.size = hashing.size
 
 
@@ -634,7 +690,7 @@ class _TailReader:
 
     WINDOW = 1 << 16
 
-    def __init__(self, raw: IO[bytes]) -> None:
+    def __init__(self, raw: IO[bytes] | HashingReader) -> None:
         self._raw = raw
         # The chunks read last, kept as they came (not copied into one buffer: that copy was a
         # third of a big layer's load here), at least WINDOW bytes of them.

@@ -44,6 +44,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from agent.errors import Unavailable
 from common.registries import DOCKER_HUB, DOCKER_INDEX_SERVER, config_key
 
 from . import reference as refs
@@ -59,6 +60,7 @@ from .config import (
     load_json,
 )
 from .errors import ImageError, ImageNotFound, InvalidArchive
+from .hashing import StreamHash
 from .imagestore import ImageStore, LocalLayer
 from .layers import Bound, LayerStats
 from .store import check_digest, sha256_bytes
@@ -82,7 +84,7 @@ class Unauthorized(RegistryError):
     pass
 
 
-class RegistryUnavailable(RegistryError):
+class RegistryUnavailable(RegistryError, Unavailable):
     pass
 
 
@@ -731,7 +733,7 @@ class _Body(io.RawIOBase):
         self._raw = raw
         self.left = size
         self.size = 0
-        self._hash = hashlib.sha256()
+        self._hash = StreamHash()  # beside the unpack, on its own thread (hashing.py)
 
     def readable(self) -> bool:
         return True

@@ -30,6 +30,7 @@ import stat
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from agent.errors import InvalidArgument
 from agent.runtime import syscalls
 
 from .errors import ImageError
@@ -45,7 +46,7 @@ _CACHE_MAX = max(16, min(512, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 1
 _have_openat2: bool | None = None
 
 
-class UnsafePath(ImageError):
+class UnsafePath(ImageError, InvalidArgument):
     """A path inside the root goes through a symlink or a non-directory."""
 
     def __init__(self, message: str, where: str, kind: str) -> None:

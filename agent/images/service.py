@@ -192,7 +192,13 @@ class ImagesServicer(pbg.ImagesServicer):
 
     async def Prune(self, request: pb.PruneRequest, context: Any) -> pb.PruneResponse:
         try:
-            untagged, deleted, reclaimed = await asyncio.to_thread(self.store.prune, request.all, self._in_use)
+            untagged: list[str] = []
+            deleted: list[str] = []
+            reclaimed = 0
+            if not request.only_build_cache:
+                untagged, deleted, reclaimed = await asyncio.to_thread(self.store.prune, request.all, self._in_use)
+            if request.build_cache or request.only_build_cache:
+                reclaimed += await asyncio.to_thread(self.contexts.prune)
         except Exception as e:
             if _expected(e):
                 await context.abort(_code(e), str(e))
@@ -201,6 +207,8 @@ class ImagesServicer(pbg.ImagesServicer):
 
     async def SystemDf(self, request: pb.SystemDfRequest, context: Any) -> pb.SystemDfResponse:
         du = await asyncio.to_thread(self.store.disk_usage)
+        volume_rows = await asyncio.to_thread(self._volumes_row)
+        kept, kept_active, kept_size, kept_reclaimable = await asyncio.to_thread(self.contexts.usage)
         shown = {i.id for i in await asyncio.to_thread(self.store.list)}
         containers = list(getattr(self.m, "containers", {}).values()) if self.m is not None else []
         used_images = {c.image_id for c in containers}
@@ -214,14 +222,27 @@ class ImagesServicer(pbg.ImagesServicer):
             pb.DfRow(type="Containers", total=len(containers), active=len(running), size=du["containers"]["size"],
                      reclaimable=sum(it["size"] for it in du["containers"]["items"]
                                      if it["key"] not in {c.snapshot for c in running})),
-            pb.DfRow(type="Build Cache", total=len(cache), active=0,
-                     size=sum(i["unique_size"] for i in cache), reclaimable=sum(i["unique_size"] for i in cache)),
+            *volume_rows,
+            # build steps' images, and the contexts kept unpacked for the next build (build.py)
+            pb.DfRow(type="Build Cache", total=len(cache) + kept, active=kept_active,
+                     size=sum(i["unique_size"] for i in cache) + kept_size,
+                     reclaimable=sum(i["unique_size"] for i in cache) + kept_reclaimable),
         ]
         created = {i.id: i.created for i in await asyncio.to_thread(self.store.list, True)}
         images = [pb.DfImage(id=i["id"], repo_tags=i["repo_tags"], created=created.get(i["id"], 0.0), size=i["size"],
                              shared_size=i["shared_size"], unique_size=i["unique_size"],
                              containers=sum(1 for c in containers if c.image_id == i["id"])) for i in top]
         return pb.SystemDfResponse(rows=rows, images=images)
+
+    def _volumes_row(self) -> list[pb.DfRow]:
+        """docker's "Local Volumes": in use = mounted by any container; reclaimable = the others."""
+        volumes = getattr(self.m, "volumes", None)
+        if volumes is None:
+            return []
+        sizes = {v.name: (volumes.size(v.name), bool(volumes.users(v.name))) for v in volumes.list()}
+        return [pb.DfRow(type="Local Volumes", total=len(sizes), active=sum(1 for _, used in sizes.values() if used),
+                         size=sum(n for n, _ in sizes.values()),
+                         reclaimable=sum(n for n, used in sizes.values() if not used))]
 
     # --- registry -------------------------------------------------------------------------------------
 

@@ -14,13 +14,15 @@ import stat
 from collections.abc import Sequence
 from pathlib import Path
 
+from agent.errors import InvalidArgument
+
 from .errors import ImageError
 from .layers import OPAQUE_XATTR
 
 MAX_LINKS = 40
 
 
-class OutsideRoot(ImageError):
+class OutsideRoot(ImageError, InvalidArgument):
     """A path or symlink that leads outside the tree's root (the build context)."""
 
 

@@ -194,11 +194,11 @@ _RLIMIT_NAMES = {4: "core", 0: "cpu", 2: "data", 1: "fsize", 10: "locks", 8: "me
 
 
 def execute(p: Prepared) -> None:
-    # What CPython changed at its start survives execve: it ignores SIGPIPE and SIGXFSZ, so `yes | head`
-    # would never end and a write past RLIMIT_FSIZE would get EFBIG instead of the signal. A container's
-    # command starts as runc starts it: every signal at its default, none blocked.
-    for sig in (signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(sig, signal.SIG_DFL)
+    # An ignored signal survives execve: CPython ignores SIGPIPE and SIGXFSZ (so `yes | head` would
+    # never end, and a write past RLIMIT_FSIZE would get EFBIG instead of the signal), and the agent's
+    # own parent may have left others ignored (32, seen here). A container's command starts with every
+    # signal at its default, none blocked.
+    sc.default_signals()
     signal.pthread_sigmask(signal.SIG_SETMASK, ())
     try:
         os.execve(p.path, p.args, p.env)

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import stat
@@ -55,6 +56,9 @@ DETECTED: dict[tuple[str, str | None], cgroups.CgroupDriver] = {}
 # The namespaces of a container on the default settings, but for its mount namespace, which
 # cannot be made before its rootfs is mounted (the init unshares it then).
 PRECLONED = ("uts", "ipc", "pid", "net")
+# How long a start waits for the init's execve after Go (it has resolved the command already: only
+# privileges, seccomp and the execve itself are left); past it the start is answered anyway.
+EXEC_WAIT = 10.0
 
 
 class Precloned:
@@ -158,6 +162,7 @@ def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket, pre: Preclo
         with contextlib.suppress(OSError):
             messages.send(reply, messages.Failed(msg, code))
         os._exit(1)
+    shim.release()
     messages.send(reply, messages.Started(pid, os.getpid()))
     reply.close()
     shim.become_monitor()
@@ -188,6 +193,8 @@ class _Shim:
         self.mounted = False
         self.joining: threading.Thread | None = None
         self.join_error = ""
+        self.go_sent = False   # release() let the init exec
+        self.in_cgroup = False  # a restore's child, which joined the container's cgroup: it cannot remove it
 
     # --- launch -------------------------------------------------------------------------------
 
@@ -241,12 +248,29 @@ class _Shim:
         trace("ready")
         return self.pid
 
+    def release(self) -> None:
+        """Unless held for an attach client: let the init exec now, and wait until it has (its
+        control socket is close-on-exec: EOF) or has said why it could not, before the start is
+        answered. So a start returns with the container's command running, never its init still
+        on its way there (a `top` right after showed the init; runc's start also waits for its
+        init's last step before execve)."""
+        self._joined()
+        if self.spec.hold or self.ctl is None or self.join_error:
+            return
+        try:
+            messages.send(self.ctl, messages.Go())
+        except OSError:
+            return   # the init is gone: the monitor reads why on ctl
+        self.go_sent = True
+        # Readable at EOF (the execve) or with an Error, which is left for the monitor to read.
+        select.select([self.ctl], [], [], EXEC_WAIT)
+
     def become_monitor(self) -> NoReturn:
         """Let the container run, and exec the monitor with everything it serves (monitor.c)."""
         assert self.listener is not None
         self._joined()
         released = not self.spec.hold
-        if released and self.ctl is not None and not self.join_error:
+        if released and self.ctl is not None and not self.join_error and not self.go_sent:
             with contextlib.suppress(OSError):
                 messages.send(self.ctl, messages.Go())
         tty = self.spec.process.tty
@@ -257,7 +281,8 @@ class _Shim:
                 "--tty", str(int(tty)), "--released", str(int(released)),
                 "--socket", str(self.files.socket), "--log", self.spec.log_path,
                 "--log-max-size", str(self.spec.log_max_size), "--log-max-file", str(self.spec.log_max_file),
-                "--log-compress", str(int(self.spec.log_compress)),
+                "--log-compress", str(int(self.spec.log_compress)), "--log-format", self.spec.log_format,
+                *[a for k, v in self.spec.log_attrs for a in ("--log-attr", f"{k}={v}")],
                 "--exit", str(self.files.exit), "--error", self.join_error, "--rootfs", self.spec.rootfs]
         if self.cg is not None:
             paths = self.cg.paths(self.spec.id)
@@ -307,6 +332,11 @@ class _Shim:
         finally:
             ours.close()
             os.waitpid(child, 0)
+        if not isinstance(msg, messages.Launched):
+            # The child joined the container's cgroup, so it could not remove it (destroy
+            # freezes and kills what is in it: itself); it is gone now, and our _undo does.
+            self.cg = DETECTED.get((self.spec.cgroup_root, self.spec.cgroup_parent)) or \
+                cgroups.detect(self.spec.cgroup_root, self.spec.cgroup_parent)
         if isinstance(msg, messages.Error):
             raise _LaunchError(msg.error, msg.exit_code)
         if not isinstance(msg, messages.Launched):
@@ -394,7 +424,8 @@ class _Shim:
         parent_ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         flags = 0
         for ns in spec.namespaces:
-            flags |= sc.NAMESPACE_FLAGS[ns]
+            if ns != "cgroup":  # a cgroup namespace is rooted where it is made: the init makes it
+                flags |= sc.NAMESPACE_FLAGS[ns]  # once it has joined its cgroup (init.run)
         uid_r, uid_w = os.pipe()
         # Enter the rootfs while still host root: in a user namespace its path may cross
         # directories (mode 0700) that the remapped root cannot search. A new mount namespace
@@ -480,10 +511,12 @@ class _Shim:
         at dump time that the netns is external), and gets our stdio pipes in place of the dumped
         ones. Its init is re-parented to the shim, our subreaper parent, when CRIU exits.
         """
+        from agent.checkpoint import sharing
         from agent.checkpoint.criu import find_criu
 
         spec = self.spec
-        r = spec.restore or {}
+        r = spec.restore
+        assert r is not None
         if stdio is None:
             raise _LaunchError("restoring a container with a terminal (-t) is not supported", 128)
         criu = find_criu()
@@ -491,20 +524,24 @@ class _Shim:
             raise _LaunchError("CRIU is not installed (deploy/install-criu.sh)", 128)
         assert self.cg is not None
         self.cg.add_process(spec.id, os.getpid())
-        inherit = [(fd, key) for fd, key in zip(stdio, r["stdio"], strict=True) if key]
+        self.in_cgroup = True
+        inherit = [(fd, key) for fd, key in zip(stdio, r.stdio, strict=True) if key]
         holder = -1
-        if r.get("netns_key"):
+        if r.netns_key:
             holder, netns_fd = self._netns_holder()
-            inherit.append((netns_fd, r["netns_key"]))
+            inherit.append((netns_fd, r.netns_key))
+        log_file = os.path.join(spec.state_dir, "restore.log")
+        extra = ["--lazy-pages"] if r.lazy else []  # post-copy: memory comes from the agent's lazy-pages daemon
+        binds = [(v.target, v.source) for v in spec.volumes if v.key and sharing.shared(v.propagation)]
+        if binds:
+            extra += ["--action-script", sharing.write_hook(spec.state_dir, binds, log_file)]
         try:
-            pid = criu.restore(r["images_dir"], root=spec.rootfs, inherit_fds=inherit, tcp_established=True,
+            pid = criu.restore(r.images_dir, root=spec.rootfs, inherit_fds=inherit, tcp_established=True,
                                file_locks=True, manage_cgroups="ignore",
                                # the container's volumes and bind mounts, by the names given at dump
                                external=[f"mnt[{v.key}]:{v.source}" for v in spec.volumes if v.key],
                                pidfile=os.path.join(spec.state_dir, "restore.pid"),
-                               log_file=os.path.join(spec.state_dir, "restore.log"),
-                               # post-copy: memory comes from the agent's lazy-pages daemon
-                               extra_args=["--lazy-pages"] if r.get("lazy") else [])
+                               log_file=log_file, extra_args=extra)
         except Exception as e:
             raise _LaunchError(f"restore failed: {e}", 128) from e
         finally:
@@ -587,7 +624,7 @@ class _Shim:
 
                 netlock.lock_here()  # before any address is up: see agent/checkpoint/netlock.py
             network.configure_inside(network.Endpoint.from_dict(spec.network))
-            old_ip = (spec.restore or {}).get("old_ip")
+            old_ip = spec.restore.old_ip if spec.restore is not None else ""
             if old_ip:
                 # Moved from another host: keep its old address too, so that CRIU can put back
                 # sockets bound to it (their peers cannot reach it here; see README). An alias
@@ -687,7 +724,7 @@ class _Shim:
                 os.kill(self.pid, signal.SIGKILL)
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self.pid, 0)
-        if self.cg is not None:
+        if self.cg is not None and not self.in_cgroup:
             with contextlib.suppress(Exception):
                 self.cg.destroy(self.spec.id)
         with contextlib.suppress(OSError):

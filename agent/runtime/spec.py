@@ -7,6 +7,7 @@ checkpoint can carry it (like runc's config.json under containerd).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass, field, is_dataclass
@@ -70,6 +71,12 @@ class MountSpec:
     options: list[str]
 
 
+
+def mount_key(target: str) -> str:
+    """CRIU's name for a container's mount at `target` (a ContainerMount's key): the same on every
+    host, so that a restore elsewhere finds the mount by it."""
+    return "dym-" + hashlib.sha256(os.path.normpath(target).encode()).hexdigest()[:16]
+
 @dataclass
 class ContainerMount:
     """A volume, bind or tmpfs the init mounts in the container (agent/runtime/mounts.py)."""
@@ -106,6 +113,16 @@ class IdMap:
 
 
 @dataclass
+class Restore:
+    """Restore a CRIU checkpoint instead of starting the process."""
+    images_dir: str
+    stdio: list[str]                             # the dumped keys of fds 0-2 ("pipe:[N]"; "" = none)
+    netns_key: str = ""                          # the network namespace CRIU was told is external
+    old_ip: str = ""                             # moved from an address this host does not give it
+    lazy: bool = False                           # post-copy: memory from the agent's lazy-pages daemon
+
+
+@dataclass
 class RuntimeSpec:
     id: str
     state_dir: str
@@ -129,10 +146,10 @@ class RuntimeSpec:
     log_max_size: int = 0                        # rotate before the log passes this many bytes; 0 = never
     log_max_file: int = 1                        # files kept in all (1: truncated instead)
     log_compress: bool = False                   # gzip the rotated files
+    log_format: str = "json"                     # json (json-file's lines) | local (docker local's records)
+    log_attrs: list[list[str]] = field(default_factory=list)  # [key, value] in every entry (tag, labels, env)
     hold: bool = False                           # wait for an attach client's release before exec
-    # Set to restore a CRIU checkpoint instead of starting the process: {"images_dir": str,
-    # "stdio": ["pipe:[N]", "pipe:[N]", "pipe:[N]"] (the dumped keys of fds 0-2), "netns_key": str}
-    restore: dict[str, Any] | None = None
+    restore: Restore | None = None               # set: restore a checkpoint, not start
     masked_paths: list[str] = field(default_factory=lambda: list(MASKED_PATHS))
     readonly_paths: list[str] = field(default_factory=lambda: list(READONLY_PATHS))
     volumes: list[ContainerMount] = field(default_factory=list)   # the container's own mounts
@@ -155,6 +172,7 @@ class RuntimeSpec:
         d["volumes"] = [ContainerMount(**m) for m in d.get("volumes", [])]
         d["devices"] = [DeviceNode(**n) for n in d.get("devices", [])]
         d["cgroup"] = Resources.from_dict(d.get("cgroup") or {})
+        d["restore"] = Restore(**d["restore"]) if d.get("restore") else None
         return cls(**d)
 
     @classmethod

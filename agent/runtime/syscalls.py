@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import struct
 
 _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
@@ -65,6 +66,7 @@ SYS_pidfd_open = 434
 SYS_capset = 126
 SYS_capget = 125
 SYS_seccomp = 317
+SYS_rt_sigaction = 13
 SECCOMP_SET_MODE_FILTER = 1
 
 _libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
@@ -186,6 +188,16 @@ def clear_ambient() -> None:
         prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL)
     except OSError:
         pass
+
+
+def default_signals() -> None:
+    """Every signal's disposition back to SIG_DFL (but KILL and STOP, which have no other), with the
+    raw rt_sigaction: glibc's sigaction refuses its own 32 and 33, which a parent that is no glibc
+    program may have left ignored, and an ignored signal survives execve."""
+    sa = ctypes.create_string_buffer(32)   # struct kernel_sigaction: handler 0 = SIG_DFL, no flags, empty mask
+    for sig in range(1, 65):
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):
+            _libc.syscall(SYS_rt_sigaction, sig, sa, None, 8)
 
 
 def set_no_new_privs() -> None:
@@ -334,6 +346,27 @@ def move_mount(fd: int, target: str) -> None:
     """Attach the detached tree `fd` at `target`."""
     _check(_libc.syscall(SYS_move_mount, fd, b"", AT_FDCWD, _b(target), MOVE_MOUNT_F_EMPTY_PATH),
            f"move_mount to {target}", target)
+
+
+# Peer groups by descriptor (Linux 5.15): CRIU's restore puts a bind that shared the host source's
+# peer group into a group of its own; agent/checkpoint/sharing.py puts it back with these.
+MOVE_MOUNT_SET_GROUP = 0x100
+
+
+def set_propagation(fd: int, flag: int) -> None:
+    """MS_PRIVATE, MS_SHARED or MS_SLAVE on the one mount `fd` is the root of (not its children);
+    an attached mount must be in this process's mount namespace."""
+    attr = ctypes.create_string_buffer(_MOUNT_ATTR.pack(0, 0, flag, 0), _MOUNT_ATTR.size)
+    _check(_libc.syscall(SYS_mount_setattr, fd, b"", AT_EMPTY_PATH, attr, ctypes.c_size_t(_MOUNT_ATTR.size)),
+           f"mount_setattr propagation {flag:#x}")
+
+
+def join_peer_group(source_fd: int, target_fd: int) -> None:
+    """Make the private mount `target_fd` a peer of the mount `source_fd` (a slave of its master
+    too, if it has one): same filesystem, and the target's root at or below the source's."""
+    _check(_libc.syscall(SYS_move_mount, source_fd, b"", target_fd, b"",
+                         MOVE_MOUNT_SET_GROUP | MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH),
+           "move_mount set-group")
 # openat2(2) (Linux 5.6): resolve a path inside a directory fd with the kernel's own checks, so no
 # symlink at any component (RESOLVE_NO_SYMLINKS) and no `..` above it (RESOLVE_BENEATH) can lead
 # elsewhere. Unlike the wrappers above, it touches no process-wide state: safe in any process.

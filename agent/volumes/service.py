@@ -25,21 +25,21 @@ T = TypeVar("T")
 def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        from agent.server import _status
+        from agent import status  # (the agent's one table; not at load: status imports the images package)
 
         try:
             return await fn(self, request, context)
         except (AgentError, ValueError, OSError) as e:
-            await context.abort(_status(e), str(e))
+            await context.abort(status.code(e), str(e))
         raise AssertionError("unreachable")
 
     return wrapper
 
 
 class VolumesServicer(pbg.VolumesServicer):
-    def __init__(self, store: VolumeStore, problems: Callable[[list[str], list[str]], list[str]]) -> None:
+    def __init__(self, store: VolumeStore, problems: Callable[[list[str], list[str], list[str]], list[str]]) -> None:
         self.store = store
-        self.problems = problems   # the container manager's migration_problems
+        self.problems = problems   # ContainerMounts.migration_problems
 
     def _pb(self, v: Volume, size: int = -1) -> pb.Volume:
         return pb.Volume(name=v.name, driver=v.driver, mountpoint=str(self.store.path(v.name)), labels=v.labels,
@@ -82,10 +82,11 @@ class VolumesServicer(pbg.VolumesServicer):
 
     @_mapped
     async def CheckMigration(self, request: pb.MigrationCheck, context: Any) -> pb.MigrationCheckResult:
-        return pb.MigrationCheckResult(problems=self.problems(list(request.bind_sources), list(request.volumes)))
+        return pb.MigrationCheckResult(problems=self.problems(list(request.bind_sources), list(request.volumes),
+                                                                  list(request.bind_propagation)))
 
 
 def add_to_server(server: grpc.aio.Server, manager: Any) -> None:
     """Serve dockyard.volumes.Volumes on ``server`` (called by agent/daemon.py)."""
-    servicer = VolumesServicer(manager.volumes, manager.migration_problems)
+    servicer = VolumesServicer(manager.volumes, manager.mounts.migration_problems)
     pbg.add_VolumesServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]

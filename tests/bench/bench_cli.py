@@ -109,7 +109,7 @@ def scheduler_startup(base: Path) -> float:
     try:
         t = time.perf_counter()
         proc = subprocess.Popen([sys.executable, "-m", "deploy.cli", "scheduler", "--etcd", etcd.endpoint,
-                                 "--listen", f"127.0.0.1:{port}", "--metrics-addr", "",
+                                 "--listen", f"127.0.0.1:{port}", "--metrics-addr", "", "--insecure",
                                  "--state-dir", str(base / "sched")],
                                 cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
         deadline = time.monotonic() + 30

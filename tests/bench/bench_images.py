@@ -9,7 +9,8 @@ whole CLI process as a user types it (dockyard as installed: the `python -I -S` 
 * import of a 52 MB rootfs tar (busybox + 50 MB of random bytes).
 
 Beside each time: the bytes the daemon wrote (agent / dockerd and its children: /proc/PID/io
-write_bytes) plus the CLI's (ru_oublock), and the CLI's own CPU. Rounds are interleaved (one
+write_bytes) plus the CLI's (ru_oublock), the CLI's own CPU and the daemon's (its process tree's
+utime + stime: on a loaded machine the wall time follows it). Rounds are interleaved (one
 dockyard, one docker, alternating which goes first), medians of --repeat. dockerd is Debian's 20.10
 started by hand (FACTS.md), stopped by PID, with what it leaves behind removed.
 
@@ -103,6 +104,18 @@ def written(pid: int) -> int:
     return total
 
 
+def daemon_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread, and waited-for children) of pid and its descendants:
+    what the daemon side spent, which decides the wall time once the machine is loaded."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for p in _tree(pid):
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
 def du(path: Path) -> int:
     """Bytes of the blocks used under ``path`` (du -s --block-size=1: what the disk holds)."""
     out = subprocess.run(["du", "-s", "--block-size=1", str(path)], capture_output=True, text=True).stdout
@@ -113,6 +126,7 @@ def du(path: Path) -> int:
 class Sample:
     wall: float
     cpu: float  # the CLI's user + system
+    daemon_cpu: float  # the daemon's (agent / dockerd and its children) user + system
     written: int  # daemon write_bytes + CLI output blocks
 
 
@@ -136,6 +150,7 @@ class Side:
     def timed(self, key: str, *args: str) -> None:
         with tempfile.TemporaryFile() as errf:
             before = written(self.daemon_pid())
+            cpu0 = daemon_cpu(self.daemon_pid())
             t = time.perf_counter()
             proc = subprocess.Popen(self.cli(*args), stdout=subprocess.DEVNULL, stderr=errf, env=self.env)
             _, status, ru = os.wait4(proc.pid, 0)
@@ -146,7 +161,8 @@ class Side:
         if proc.returncode:
             raise RuntimeError(f"{self.name} {' '.join(args)} failed: {err[-1500:]}")
         w = written(self.daemon_pid()) - before + ru.ru_oublock * 512
-        self.samples.setdefault(key, []).append(Sample(wall, ru.ru_utime + ru.ru_stime, w))
+        dcpu = daemon_cpu(self.daemon_pid()) - cpu0
+        self.samples.setdefault(key, []).append(Sample(wall, ru.ru_utime + ru.ru_stime, dcpu, w))
 
     def rmi(self, ref: str) -> None:
         self.run("rmi", "-f", ref, check=False)
@@ -184,7 +200,7 @@ def report(dy: Side, dk: Side | None, repeat: int, loads: list[str]) -> None:
     print(f"\nimages benchmark, median of {repeat} interleaved rounds; whole CLI processes; "
           f"load average {' -> '.join(loads)}")
     print(f"{'what':<34}{'dockyard s':>11}{'docker s':>10}{'ratio':>7}{'dy CPU':>8}{'dk CPU':>8}"
-          f"{'dy written':>12}{'dk written':>12}")
+          f"{'dy dmn CPU':>11}{'dk dmn CPU':>11}{'dy written':>12}{'dk written':>12}")
     for key, label in ROWS:
         if key not in dy.samples:
             continue
@@ -193,9 +209,11 @@ def report(dy: Side, dk: Side | None, repeat: int, loads: list[str]) -> None:
         aw, bw = median([s.wall for s in a]), median([s.wall for s in b])
         ratio = f"{aw / bw:.2f}x" if b else "n/a"
         bcpu = f"{median([s.cpu for s in b]):.3f}" if b else "n/a"
+        bdcpu = f"{median([s.daemon_cpu for s in b]):.3f}" if b else "n/a"
         bwr = f"{median([s.written for s in b]) / 1e6:.1f} MB" if b else "n/a"
         print(f"{label:<34}{aw:>11.3f}{(f'{bw:.3f}' if b else 'n/a'):>10}{ratio:>7}"
-              f"{median([s.cpu for s in a]):>8.3f}{bcpu:>8}{median([s.written for s in a]) / 1e6:>9.1f} MB{bwr:>12}")
+              f"{median([s.cpu for s in a]):>8.3f}{bcpu:>8}{median([s.daemon_cpu for s in a]):>11.3f}{bdcpu:>11}"
+              f"{median([s.written for s in a]) / 1e6:>9.1f} MB{bwr:>12}")
     a_disk = median([float(x) for x in dy.disk])
     line = f"{'disk taken by the pulled image':<34}{a_disk / 1e6:>9.1f} MB"
     if dk is not None and dk.disk:

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     b.subnet = free_subnet({a.subnet.rsplit(".", 1)[0]})
     for x in (a, b):
         x.tcp = f"127.0.0.1:{free_port()}"  # type: ignore[attr-defined]
-        x.extra_args = ["--listen", x.tcp]  # type: ignore[attr-defined]
+        x.extra_args = ["--listen", x.tcp, "--insecure"]  # type: ignore[attr-defined]
     live: dict[tuple[str, int], Live] = {}
     cold: dict[str, list[tuple[float, ...]]] = {"dockyard": [], "docker": []}
     errors: list[str] = []

@@ -79,8 +79,9 @@ class Env:
 
     def inventory(self, name: str = "hosts.yaml", *, agent_extra: dict[int, list[str]] | None = None,
                   host: dict[int, dict[str, Any]] | None = None, install_dir: str = "project",
-                  defaults: dict[str, Any] | None = None, only: int = 2) -> Path:
-        """An inventory of the first `only` hosts (the third is for the etcd cluster's test)."""
+                  defaults: dict[str, Any] | None = None, only: int = 2, state: str = "state") -> Path:
+        """An inventory of the first `only` hosts (the third is for the etcd cluster's test); a TLS
+        cluster gets a ``state`` directory of its own (a node's identity and certificate live there)."""
         hosts = []
         for h in self.c:
             if h.n > only:
@@ -88,8 +89,8 @@ class Env:
             spec: dict[str, Any] = {
                 "name": h.name, "address": h.ip, "port": self.ports[h.n],
                 "role": "scheduler" if h.n == 1 else "agent", "labels": {"zone": f"z{h.n}"},
-                "project_dir": str(self.host_dir(h.n, install_dir)), "state_dir": str(self.host_dir(h.n, "state")),
-                "socket": str(self.host_dir(h.n, "state") / "agent.sock"),
+                "project_dir": str(self.host_dir(h.n, install_dir)), "state_dir": str(self.host_dir(h.n, state)),
+                "socket": str(self.host_dir(h.n, state) / "agent.sock"),
                 "agent_args": ["--bridge", h.bridge, "--subnet", h.subnet, "--cgroup-parent", h.cgroup_parent,
                                *(agent_extra or {}).get(h.n, [])]}
             spec.update((host or {}).get(h.n, {}))
@@ -208,7 +209,7 @@ def test_up_status_down(env: Env) -> None:
 
 def _up_status_down(env: Env, inv: Path) -> None:
     t0 = time.monotonic()
-    r = dockyard("cluster", "up", "-i", str(inv), "--no-install")
+    r = dockyard("cluster", "up", "-i", str(inv), "--no-install", "--insecure")
     took = time.monotonic() - t0
     assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
     print(r.stdout)
@@ -254,7 +255,7 @@ def _up_status_down(env: Env, inv: Path) -> None:
     # Up again: nothing sent, nothing started; one scheduler and one agent per host.
     there = (env.host_dir(1, "project") / b.MARKER).read_text().strip()
     unchanged = b.make_bundle().sha256 == there
-    r2 = dockyard("cluster", "up", "-i", str(inv), "--no-install")
+    r2 = dockyard("cluster", "up", "-i", str(inv), "--no-install", "--insecure")
     assert r2.returncode == 0, f"{r2.stdout}\n{r2.stderr}"
     assert r2.stdout.count("already running") == 3, r2.stdout
     if unchanged and b.make_bundle().sha256 == there:
@@ -282,17 +283,17 @@ def _up_status_down(env: Env, inv: Path) -> None:
 @pytest.mark.root
 @pytest.mark.multinode
 def test_up_with_tls(env: Env) -> None:
-    """`cluster up --tls`: the scheduler runs --tls, the agents join by the worker token read on the
+    """`cluster up` (TLS is the default): the scheduler runs --tls, the agents join by the worker token read on the
     scheduler's host, the operator gets the admin bundle beside the inventory, every node is ready
     over mutual TLS; a plaintext CLI is refused; down stops it all."""
     from common import pki
 
-    inv = env.inventory("tls.yaml")
+    inv = env.inventory("tls.yaml", state="state-tls")
     admin = inv.resolve().with_suffix(".admin")
     e = _env()
     e["DOCKYARD_CERT_PATH"] = str(env.tmp / "elsewhere")  # so ~/.dockyard is left alone (the export line is printed)
     try:
-        r = subprocess.run([*CLI, "cluster", "up", "-i", str(inv), "--no-install", "--tls"], capture_output=True,
+        r = subprocess.run([*CLI, "cluster", "up", "-i", str(inv), "--no-install"], capture_output=True,
                            text=True, env=e, cwd=REPO, timeout=240)
         assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
         print(r.stdout)
@@ -305,8 +306,13 @@ def test_up_with_tls(env: Env) -> None:
                              text=True, env=e, cwd=REPO, timeout=60)
         nodes = json.loads(got.stdout)
         assert {n["name"]: n["status"] for n in nodes} == {"host1": "ready", "host2": "ready"}, nodes
+        st = status(inv)
+        for n in (1, 2):  # the token reached the agents in their environment: `ps` does not show it
+            pid = st[f"host{n}"]["agent"]["pid"]
+            assert b"DYTKN" not in Path(f"/proc/{pid}/cmdline").read_bytes(), st
+            assert not any("DYTKN" in a for a in st[f"host{n}"]["agent"]["argv"]), st
         for h in env.c.hosts[:2]:
-            tls = env.host_dir(h.n, "state") / "agent" / "tls"
+            tls = env.host_dir(h.n, "state-tls") / "agent" / "tls"
             assert pki.subject_of((tls / "cert.pem").read_bytes()).role == "agent"
             assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
         e["DOCKYARD_CERT_PATH"] = str(env.tmp / "none")
@@ -314,17 +320,58 @@ def test_up_with_tls(env: Env) -> None:
                                cwd=REPO, timeout=60)
         assert plain.returncode != 0
     finally:
+        # The agents keep their node identity after `down` (a restart must find it) in state-tls/,
+        # apart from the plaintext tests' state/ (an --insecure agent refuses to start beside one).
         dockyard("cluster", "down", "-i", str(inv))
 
 
-def _etcd_members(ip: str) -> list[str]:
-    """The member names etcd on this test host lists (its v3 JSON gateway)."""
+def _etcd_ssl(bundle: Path | None) -> Any:
+    """A client TLS context trusting etcd's own CA (``bundle``'s), showing ``bundle``'s certificate."""
+    import ssl
+
+    if bundle is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(bundle / "ca.pem"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(bundle / "cert.pem"), str(bundle / "key.pem"))
+    return ctx
+
+
+def _etcd_members(ip: str, bundle: Path | None = None) -> list[str]:
+    """The member names etcd on this test host lists (its v3 JSON gateway; over TLS with ``bundle``)."""
     import urllib.request
 
-    req = urllib.request.Request(f"http://{ip}:{b.ETCD_CLIENT_PORT}/v3/cluster/member/list", data=b"{}",
-                                 method="POST")
-    with urllib.request.urlopen(req, timeout=5) as r:
+    req = urllib.request.Request(f"{'https' if bundle else 'http'}://{ip}:{b.ETCD_CLIENT_PORT}/v3/cluster/member/list",
+                                 data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=5, context=_etcd_ssl(bundle)) as r:
         return sorted(m["name"] for m in json.loads(r.read())["members"])
+
+
+def _etcd_refuses(ip: str, port: int, bundle: Path | None, ca: Path) -> str:
+    """How etcd's port refuses a client: plaintext (``bundle`` None, ``ca`` unused) or TLS trusting
+    etcd's CA ``ca`` and showing ``bundle`` (another CA's certificate, or an empty dir: none)."""
+    import ssl
+
+    if not ca.exists():
+        raise AssertionError(f"no {ca}")
+    with socket.create_connection((ip, port), timeout=5) as s:
+        if bundle is None:
+            try:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                return f"plaintext answered with {s.recv(200)[:60]!r}"  # a TLS port: 400, or nothing
+            except OSError as e:
+                return f"refused: {e}"
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.check_hostname = False
+        if (bundle / "cert.pem").exists():
+            ctx.load_cert_chain(str(bundle / "cert.pem"), str(bundle / "key.pem"))
+        try:
+            with ctx.wrap_socket(s) as t:
+                t.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = t.recv(200)
+                return f"answered: {got[:60]!r}" if got else "refused: closed without an answer"
+        except (ssl.SSLError, OSError) as e:
+            return f"refused: {e}"
 
 
 @pytest.mark.slow
@@ -334,25 +381,42 @@ def test_up_of_three_hosts_runs_a_three_member_etcd_that_survives_one(env: Env) 
     """Three hosts, two schedulers, no etcd given: up starts one etcd member per host (one raft
     cluster), both schedulers on all three; one member killed: the control plane answers and
     writes, the nodes stay ready; down stops everything."""
-    inv = env.inventory("three.yaml", only=3, host={2: {"role": "scheduler"}})
+    inv = env.inventory("three.yaml", only=3, host={2: {"role": "scheduler"}}, state="state-3")
+    admin = inv.resolve().with_suffix(".admin")
+    e = _env()
+    e["DOCKYARD_CERT_PATH"] = str(admin)  # ~/.dockyard is left alone
+
+    def dy(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e, cwd=REPO, timeout=timeout)
+
     try:
-        r = dockyard("cluster", "up", "-i", str(inv), "--no-install")
+        r = dy("cluster", "up", "-i", str(inv), "--no-install")  # TLS: the default
         assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
         print(r.stdout)
         for n in (1, 2, 3):
-            assert f"host{n}  start etcd" in r.stdout, r.stdout
-        assert _etcd_members(env.c[3].ip) == ["host1", "host2", "host3"]
+            assert f"host{n}  start etcd" in r.stdout and f"host{n}  etcd certificates" in r.stdout, r.stdout
+        member = {n: env.host_dir(n, "state-3") / "etcd-tls" / "member" for n in (1, 2, 3)}
+        assert _etcd_members(env.c[3].ip, member[3]) == ["host1", "host2", "host3"]
+        assert (member[1] / "key.pem").stat().st_mode & 0o777 == 0o600
+        assert not (env.host_dir(3, "state-3") / "etcd-tls" / "client").exists()  # no scheduler there
+        # etcd refuses plaintext, TLS without a client certificate, and the cluster CA's admin
+        # certificate, on its client port and (peer TLS) its peer port.
+        etcd_ca = member[1] / "ca.pem"
+        for port in (b.ETCD_CLIENT_PORT, b.ETCD_PEER_PORT):
+            assert "refused" in _etcd_refuses(env.c[1].ip, port, env.tmp / "no-cert", etcd_ca)
+            assert "refused" in _etcd_refuses(env.c[1].ip, port, admin, etcd_ca)
+            assert b"200 OK" not in _etcd_refuses(env.c[1].ip, port, None, etcd_ca).encode()
         st = status(inv)
         assert set(st["host1"]) == set(st["host2"]) == {"etcd", "scheduler", "agent"}, st
         assert set(st["host3"]) == {"etcd", "agent"}, st
-        urls = ",".join(f"http://{env.c[n].ip}:2379" for n in (1, 2, 3))
+        urls = ",".join(f"https://{env.c[n].ip}:2379" for n in (1, 2, 3))
         for n in (1, 2):
             argv = st[f"host{n}"]["scheduler"]["argv"]
             assert argv[argv.index("--etcd") + 1] == urls, argv
         join = ",".join(f"{env.c[n].ip}:2377" for n in (1, 2))
 
         def ready() -> set[str]:
-            out = dockyard("--scheduler", join, "node", "ls", "--format", "json", timeout=60)
+            out = dy("--scheduler", join, "node", "ls", "--format", "json", timeout=60)
             return {n["name"] for n in json.loads(out.stdout or "[]") if n["status"] == "ready"}
 
         wait_for(lambda: ready() == {"host1", "host2", "host3"}, 60, "3 nodes ready")
@@ -361,7 +425,7 @@ def test_up_of_three_hosts_runs_a_three_member_etcd_that_survives_one(env: Env) 
         time.sleep(8)  # a few of the nodes' 3 s leases
         assert ready() == {"host1", "host2", "host3"}
         for verb in ("drain", "activate"):  # writes, through the two members left
-            w = dockyard("--scheduler", join, "node", verb, "host3", timeout=60)
+            w = dy("--scheduler", join, "node", verb, "host3", timeout=60)
             assert w.returncode == 0, w.stdout + w.stderr
     finally:
         d = dockyard("cluster", "down", "-i", str(inv))
@@ -392,7 +456,7 @@ def _up(inv: Path, **kw: Any) -> list[b.StepFailed]:
 def test_host_that_does_not_answer(env: Env) -> None:
     closed = env.ports[2] + 1
     inv = env.inventory("dead.yaml", host={2: {"port": closed}})
-    r = dockyard("cluster", "up", "-i", str(inv), "--no-install", "--timeout", "5")
+    r = dockyard("cluster", "up", "-i", str(inv), "--no-install", "--insecure", "--timeout", "5")
     assert r.returncode == 1
     assert f"host2: connect: root@{env.c[2].ip}:{closed}:" in r.stdout, r.stdout
     assert status(env.inventory()) == {"host1": {}, "host2": {}}  # nothing started on host1 either
@@ -449,7 +513,7 @@ def test_failed_install_step_starts_nothing(env: Env, tmp_path: Path) -> None:
 def test_agent_that_cannot_start_rolls_back(env: Env) -> None:
     inv = env.inventory("badagent.yaml", agent_extra={2: ["--no-such-flag"]})
     assert status(inv) == {"host1": {}, "host2": {}}
-    r = dockyard("cluster", "up", "-i", str(inv), "--no-install", "--ready-timeout", "20")
+    r = dockyard("cluster", "up", "-i", str(inv), "--no-install", "--insecure", "--ready-timeout", "20")
     assert r.returncode == 1, r.stdout
     assert "host2: start agent: exited with code" in r.stdout, r.stdout
     # host1's scheduler and agent were started by this run: stopped again.

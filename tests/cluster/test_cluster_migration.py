@@ -461,7 +461,9 @@ def test_migration_brings_the_task_secrets_from_the_scheduler(env: Env, how: str
         src = env.host(t.node)
         name = f"{t.name}.{t.id}"
         assert src.cli("exec", name, "cat", "/run/secrets/mpw").stdout == value
-        src_tmpfs = [m for m in Path("/proc/mounts").read_text().split("\n") if f"{src.root}/taskfiles/" in m]
+        # (this task's: another test's task may still be going from this host)
+        mine = f"{src.root}/taskfiles/{t.container_id}"
+        src_tmpfs = [m for m in Path("/proc/mounts").read_text().split("\n") if mine in m]
         assert len(src_tmpfs) == 1, src_tmpfs
         to = _other(env, t.node)
         r = cli(env.addresses, "migrate", t.name, "--to", to, how)
@@ -471,8 +473,7 @@ def test_migration_brings_the_task_secrets_from_the_scheduler(env: Env, how: str
         assert dst.cli("exec", name, "cat", "/run/secrets/mpw").stdout == value
         assert dst.cli("exec", name, "stat", "-c", "%a", "/run/secrets/mpw").stdout.strip() == "400"
         assert dst.cli("exec", name, "cat", "/etc/app.conf").stdout == "conf\n"
-        wait_for(lambda: f"{src.root}/taskfiles/" not in Path("/proc/mounts").read_text(), 20,
-                 "the source's tmpfs unmounted with its copy")
+        wait_for(lambda: mine not in Path("/proc/mounts").read_text(), 20, "the source's tmpfs unmounted with its copy")
     finally:
         cli(env.addresses, "stack-rm", stack)
         wait_for(lambda: cli(env.addresses, "secret", "rm", "mpw").returncode == 0, 60, "the secret removed")

@@ -145,3 +145,13 @@ def test_tls_without_a_client_certificate_is_refused(sched: SchedulerProcess) ->
     ctx.check_hostname = False
     with pytest.raises((urllib.error.URLError, ssl.SSLError, ConnectionError)):
         urllib.request.urlopen(f"https://127.0.0.1:{_etcd_port(sched)}/health", timeout=5, context=ctx).read()
+
+
+def test_an_insecure_scheduler_will_not_serve_a_tls_clusters_etcd(sched: SchedulerProcess) -> None:
+    """--insecure on the state directory of a TLS scheduler: refused before its etcd (the cluster CA's
+    key is in it) could start in plaintext."""
+    r = subprocess.run([*CLI, "scheduler", "--insecure", "--listen", "127.0.0.1:0", "--metrics-addr", "",
+                        "--state-dir", str(sched.base / "state")],
+                       capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO)
+    assert r.returncode != 0 and "holds a TLS cluster (etcd-tls/)" in r.stderr, r.stderr
+    assert sched.status().leader

@@ -27,7 +27,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path) -> It
     b = AgentProcess(tmp_path_factory.mktemp("target"))
     for x in (a, b):
         x.tcp = f"127.0.0.1:{free_port()}"  # type: ignore[attr-defined]
-        x.extra_args = ["--listen", x.tcp]  # type: ignore[attr-defined]
+        x.extra_args = ["--listen", x.tcp, "--insecure"]  # type: ignore[attr-defined]
     try:
         a.start()
         b.start()

@@ -230,8 +230,8 @@ def test_a_removed_node_is_refused_on_its_next_call(env: Env) -> None:
         wait_for(refused, 5, f"{agent_id}'s certificate refused on the open channel")
 
 
-def test_up_tls_is_one_command(tmp_path: Path, busybox_tar_path: Path) -> None:
-    # `dockyard up --tls --exit`: scheduler --tls, the agent joined by token, the example stack over
+def test_up_is_tls_by_default_in_one_command(tmp_path: Path, busybox_tar_path: Path) -> None:
+    # `dockyard up --exit` (no flag: TLS is the default): scheduler --tls, the agent joined by token, the example stack over
     # mutual TLS, and the admin bundle in ~/.dockyard (HOME is a temporary directory here).
     import socket
     import subprocess
@@ -259,7 +259,7 @@ def test_up_tls_is_one_command(tmp_path: Path, busybox_tar_path: Path) -> None:
             except OSError:
                 continue
     try:
-        r = subprocess.run([*CLI, "up", "--tls", "--exit", "--root", str(a.root), "--socket", str(a.socket),
+        r = subprocess.run([*CLI, "up", "--exit", "--root", str(a.root), "--socket", str(a.socket),
                             "--port", str(port), "--bridge", a.bridge, "--subnet", a.subnet,
                             "--cgroup-parent", a.cgroup_parent, "--ip-forward=false", "--ip-masq=false"],
                            capture_output=True, text=True, timeout=180, env={**_env(), "HOME": str(home)}, cwd=REPO)
@@ -270,3 +270,60 @@ def test_up_tls_is_one_command(tmp_path: Path, busybox_tar_path: Path) -> None:
         assert pki.subject_of((a.root / "tls" / "cert.pem").read_bytes()).role == "agent"
     finally:
         a.destroy()
+
+
+def test_plaintext_needs_an_explicit_insecure(env: Env, tmp_path: Path) -> None:
+    """TLS is the default: an agent told to join with no token is refused before it starts, naming
+    the token and --insecure; an --insecure replica on this cluster's etcd (it holds the CA) is
+    refused, after the warning --insecure always prints."""
+    import subprocess
+
+    from tests.agent_harness import CLI, REPO, _env
+
+    r = subprocess.run([*CLI, "agent", "--root", str(tmp_path / "root"), "--socket", str(tmp_path / "a.sock"),
+                        "--join", env.sched.address, "--metrics-addr", "", "--docker-socket", "",
+                        "--ip-forward=false", "--ip-masq=false"],
+                       capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO)
+    assert r.returncode != 0 and "give the join token (--token or DOCKYARD_JOIN_TOKEN" in r.stderr, r.stderr
+    assert "or --insecure" in r.stderr and not (tmp_path / "a.sock").exists(), r.stderr
+    r = subprocess.run([*CLI, "scheduler", "--insecure", "--etcd", env.sched.etcd, "--listen", "127.0.0.1:0",
+                        "--state-dir", str(tmp_path / "s"), "--metrics-addr", ""],
+                       capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO)
+    assert r.returncode != 0 and "WARNING: --insecure: the scheduler serves 127.0.0.1:0 without TLS" in r.stderr
+    assert "holds a cluster CA (the cluster runs with TLS)" in r.stderr, r.stderr
+
+
+def test_a_name_an_insecure_agent_had_is_admitted_by_certificate(tmp_path: Path) -> None:
+    """The same etcd run --insecure first, then with TLS (an operator turning TLS on): the node name
+    the plaintext agent registered is not any certificate's, so the joining agent's certificate gets
+    it; from then on it is that certificate's alone."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    etcd = EtcdServer.start()
+    try:
+        plain = SchedulerProcess(tmp_path / "plain", etcd=etcd.endpoint)
+        plain.start()
+        a = JoinedAgent(tmp_path / "a-plain", join=plain.address, name="was-plain")
+        try:
+            a.start()
+            wait_for(lambda: [n for n in plain.stub.ListNodes(cpb.Empty(), timeout=2).nodes if n.status == "ready"],
+                     30, "the plaintext node ready")
+        finally:
+            a.destroy()
+            plain.stop()
+        sched = SchedulerProcess(tmp_path / "tls", etcd=etcd.endpoint, tls=True)
+        sched.start()
+        b: JoinedAgent | None = None
+        try:
+            r = cli(sched.address, "cluster", "join-token", "worker", "-q", cert_path=str(sched.cert_path))
+            assert r.returncode == 0, r.stderr
+            b = JoinedAgent(tmp_path / "a-tls", join=sched.address, name="was-plain", token=r.stdout.strip())
+            b.start()
+            wait_for(lambda: {n.name: n.status for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes}
+                     .get("was-plain") == "ready", 30, "the name admitted by certificate")
+        finally:
+            if b is not None:
+                b.destroy()
+            sched.stop()
+    finally:
+        etcd.stop()

@@ -8,12 +8,14 @@ import hashlib
 import json
 import os
 import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.agent_harness import AgentProcess, free_port, import_busybox
+from tests.kernel.test_mount_propagation import _optional_fields, shared_dir  # noqa: F401
 
 pytestmark = [pytest.mark.root, pytest.mark.criu, pytest.mark.slow]
 
@@ -30,7 +32,7 @@ def pair(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path) -> It
     b = AgentProcess(tmp_path_factory.mktemp("target"))
     for x in (a, b):
         x.tcp = f"127.0.0.1:{free_port()}"  # type: ignore[attr-defined]
-        x.extra_args = ["--listen", x.tcp]  # type: ignore[attr-defined]
+        x.extra_args = ["--listen", x.tcp, "--insecure"]  # type: ignore[attr-defined]
     try:
         a.start()
         b.start()
@@ -139,5 +141,28 @@ def test_migration_refused_before_anything_stops(pair: tuple[AgentProcess, Agent
         r = a.cli("migrate", "--cold", "--to", b.tcp, "clash")  # type: ignore[attr-defined]
         assert r.returncode != 0 and "volume keep is also used by other (running)" in r.stderr, r.stderr
         assert a.inspect("clash")["State"]["Running"]
+    finally:
+        _cleanup(a, b)
+
+
+def test_live_migration_keeps_a_shared_bind_in_its_peer_group(pair: tuple[AgentProcess, AgentProcess],
+                                                              shared_dir: Path) -> None:  # noqa: F811
+    """-v SRC:DST:rshared moved live: on the target the bind is a peer of the target host's SRC
+    (here the same host), not a peer group of its own as criu alone would restore it; and a target
+    whose SRC is not a shared mount is refused before anything stops."""
+    a, b = pair
+    try:
+        a.run_detached("--name", "peer", "-v", f"{shared_dir}:/mnt:rshared", "busybox", "sleep", "600")
+        subprocess.run(["mount", "--make-private", str(shared_dir)], check=True)
+        r = a.cli("migrate", "--live", "--to", b.tcp, "peer")  # type: ignore[attr-defined]
+        assert r.returncode != 0 and f"bind mount source {shared_dir}: path {shared_dir} is mounted on " \
+            f"{shared_dir} but it is not a shared mount" in r.stderr, r.stderr
+        assert a.inspect("peer")["State"]["Running"]  # never stopped
+        subprocess.run(["mount", "--make-shared", str(shared_dir)], check=True)
+        group = next(f for f in _optional_fields(Path("/proc/self/mountinfo").read_text(), str(shared_dir))
+                     if f.startswith("shared:"))
+        a.cli("migrate", "--live", "--to", b.tcp, "peer", check=True, timeout=120)  # type: ignore[attr-defined]
+        pid = b.inspect("peer")["State"]["Pid"]
+        assert _optional_fields(Path(f"/proc/{pid}/mountinfo").read_text(), "/mnt") == [group]
     finally:
         _cleanup(a, b)

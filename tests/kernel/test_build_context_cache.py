@@ -122,3 +122,30 @@ def test_digests_are_remembered_for_a_kept_context_only(tmp_path: Path) -> None:
     cache.digest(tmp_path / "w", ("COPY", ()), compute)
     assert len(calls) == 3
     cache.release(kept)
+
+
+def test_usage_and_prune_count_the_kept_files_and_spare_one_in_use(tmp_path: Path) -> None:
+    """system df's Build Cache row and builder prune: what the kept contexts take, and only what no
+    build is using goes."""
+    cache = ContextCache(tmp_path / "contexts")
+    assert cache.usage() == (0, 0, 0, 0) and cache.prune() == 0
+    tar_a, dig_a = _context(tmp_path, "a", "a" * 1000)
+    tar_b, dig_b = _context(tmp_path, "b", "b" * 50)
+    (tmp_path / "wa").mkdir()
+    (tmp_path / "wb").mkdir()
+    a = cache.acquire(tar_a, dig_a, tmp_path / "wa")
+    b = cache.acquire(tar_b, dig_b, tmp_path / "wb")
+    cache.release(b)  # a is still in use by its build
+    dockerfile = len(b"FROM busybox\n")
+    # regular files' bytes (as an image's size): the symlink and the directories count nothing
+    assert cache.usage() == (2, 1, 1000 + 50 + 2 * dockerfile, 50 + dockerfile)
+    assert cache.prune() == 50 + dockerfile
+    assert not b.exists() and (a / "d" / "f.txt").read_text() == "a" * 1000
+    assert cache.usage() == (1, 1, 1000 + dockerfile, 0)
+    (tmp_path / "wb2").mkdir()
+    again = cache.acquire(tar_b, dig_b, tmp_path / "wb2")  # pruned: unpacked again, whole
+    assert (again / "d" / "f.txt").read_text() == "b" * 50
+    cache.release(again)
+    cache.release(a)
+    assert cache.prune() == 1000 + 50 + 2 * dockerfile
+    assert list((tmp_path / "contexts").iterdir()) == []

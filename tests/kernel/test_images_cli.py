@@ -77,7 +77,21 @@ def test_history_prune_and_df(clean_agent: AgentProcess, tmp_path: Path) -> None
     assert f"deleted: {old}" in r.stdout
     assert "deleted: sha256:" in r.stdout and "Total reclaimed space:" in r.stdout
     df = json.loads(a.cli("system", "df", "--format", "json", check=True).stdout)
-    assert {r["type"]: r for r in df["rows"]}["Build Cache"]["total"] == 1  # the COPY step of "two"
+    cache = {r["type"]: r for r in df["rows"]}["Build Cache"]
+    # the COPY step of "two", and the two contexts kept unpacked for the next build (their files'
+    # bytes: a Dockerfile of 42 and a msg of 4 each), which image prune leaves and builder prune takes
+    assert cache["total"] == 3 and cache["active"] == 0
+    contexts = 2 * (len((tmp_path / "ctx-prune-me-1" / "Dockerfile").read_bytes()) + 4)
+    assert cache["size"] >= contexts and cache["reclaimable"] == cache["size"]
+    steps_size = cache["size"] - contexts
+    contexts_dir = a.root / "images" / "tmp" / "contexts"
+    assert len(list(contexts_dir.iterdir())) == 2
+    r = a.cli("builder", "prune", "-f", check=True)
+    assert r.stdout == f"Total reclaimed space: {contexts}B\n", r.stdout
+    assert list(contexts_dir.iterdir()) == []
+    df = json.loads(a.cli("system", "df", "--format", "json", check=True).stdout)
+    cache = {r["type"]: r for r in df["rows"]}["Build Cache"]
+    assert cache["total"] == 1 and cache["size"] == steps_size  # the COPY step alone
     a.cli("rmi", "prune-me:1", check=True)  # rmi takes the build steps below it along, as docker's
     df = json.loads(a.cli("system", "df", "--format", "json", check=True).stdout)
     assert {r["type"]: r for r in df["rows"]}["Build Cache"]["total"] == 0

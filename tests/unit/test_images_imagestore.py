@@ -17,6 +17,7 @@ import pytest
 import tests.images as _images
 from agent.images import (
     Image,
+    ImageError,
     ImageInUse,
     ImageNotFound,
     ImageStore,
@@ -347,3 +348,130 @@ def test_oci_tampered_manifest(tmp_path: Path, busybox_store: tuple[ImageStore, 
     with pytest.raises(InvalidArchive, match="fails its digest"):
         store.load(io.BytesIO(_pack(files)))
     assert store.list() == []
+
+
+def _web_on_busybox(store: ImageStore, image: Image) -> Image:
+    mounts = store.snapshotter.prepare("c-known", image.chain_id)
+    upper = Path(next(o for o in mounts[0].options if o.startswith("upperdir="))[len("upperdir="):])
+    (upper / "www").mkdir()
+    (upper / "www" / "index.html").write_bytes(b"<h1>known</h1>\n")
+    web = store.commit("c-known", base="busybox", reference="web:1")
+    store.snapshotter.remove("c-known")
+    return web
+
+
+@pytest.mark.parametrize("fmt", ["docker", "oci"])
+def test_load_does_not_unpack_a_layer_this_host_has(busybox_store: tuple[ImageStore, Image], fmt: str,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """As docker: the busybox layer under a loaded image is here already, so only the new layer is
+    unpacked; the image is whole, and saving it again gives the same bytes."""
+    store, image = busybox_store
+    web = _web_on_busybox(store, image)
+    out = io.BytesIO()
+    store.save(["web:1"], out, format=fmt)
+    store.remove("web:1")
+    unpacked: list[str] = []
+    real = store.snapshotter.unpack
+
+    def counting(stream: Any, what: str = "layer", bound: Any = None) -> Any:
+        unpacked.append(what)
+        return real(stream, what, bound)
+
+    monkeypatch.setattr(store.snapshotter, "unpack", counting)
+    snapshots = {s.key for s in store.snapshotter.list()}
+    [loaded] = store.load(io.BytesIO(out.getvalue()))
+    assert loaded.id == web.id and store.get("web:1").diff_ids == web.diff_ids
+    assert len(unpacked) == 1, unpacked  # the www layer only
+    assert {s.key for s in store.snapshotter.list()} == snapshots | {web.chain_id}
+    again = io.BytesIO()
+    store.save(["web:1"], again, format=fmt)
+    assert again.getvalue() == out.getvalue()
+    assert list(store.tmp.iterdir()) == []
+
+
+def test_a_known_layer_on_another_parent_is_made_again_from_the_one_here(
+        tmp_path: Path, busybox_store: tuple[ImageStore, Image]) -> None:
+    """The host's layer, in the archive on top of a layer it does not have: its snapshot on that new
+    parent is made from the tar-split of the one here (the archive's copy was not unpacked)."""
+    store, image = busybox_store
+    base_tar = make_tar(("file", "base.txt", b"base\n"))
+    other = ImageStore(tmp_path / "other")
+    base = other.import_tar(io.BytesIO(base_tar), "base:1")
+    bb_layer = io.BytesIO()
+    with store.open_layer(store.local_layers(image)[0]) as f:
+        bb_layer.write(f.read())
+    # base + busybox's layer as a second layer, loaded into the store that has busybox alone
+    cfg = json.loads(other.content.read_bytes(base.id))
+    cfg["rootfs"]["diff_ids"] = [base.diff_ids[0], image.diff_ids[0]]
+    config = json.dumps(cfg).encode()
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tf:
+        for name, data in (("base.tar", base_tar), ("bb.tar", bb_layer.getvalue()), ("c.json", config),
+                           ("manifest.json", json.dumps([{"Config": "c.json", "RepoTags": ["stack:1"],
+                                                          "Layers": ["base.tar", "bb.tar"]}]).encode())):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    [loaded] = store.load(io.BytesIO(buf.getvalue()))
+    assert loaded.diff_ids == [base.diff_ids[0], image.diff_ids[0]]
+    store.snapshotter.view("v-stack", loaded.chain_id)
+    top = store.snapshotter.layer_dirs("v-stack")[1]
+    assert (top / "bin" / "busybox").is_file() and not (top / "base.txt").exists()
+    store.snapshotter.remove("v-stack")
+    # and that layer's tar made again is the archive's, byte for byte
+    layer = store.local_layers(loaded)[1]
+    with store.open_layer(layer) as f:
+        assert f.read() == bb_layer.getvalue()
+
+
+def test_a_known_layer_gone_before_the_install_is_named(busybox_store: tuple[ImageStore, Image],
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    store, image = busybox_store
+    _web_on_busybox(store, image)
+    out = io.BytesIO()
+    store.save(["web:1", "busybox"], out)
+    store.remove("web:1")
+    store.remove("busybox")
+    assert store.list() == []
+    # The store still lists busybox's layer as here when the load starts, then it is gone.
+    monkeypatch.setattr(store, "layer_chains", lambda: {image.diff_ids[0]: "sha256:" + "0" * 64})
+    before = _state(store)
+    with pytest.raises(ImageError, match="was removed meanwhile; load the archive again"):
+        store.load(io.BytesIO(out.getvalue()))
+    assert _state(store) == before
+
+
+def test_hostile_archives_over_a_layer_this_host_has(busybox_store: tuple[ImageStore, Image]) -> None:
+    """The read-whole-first path of a known layer: an archive cut inside that layer, and one whose
+    config gives that layer another diff_id, are refused and leave the store as it was."""
+    store, image = busybox_store
+    web = _web_on_busybox(store, image)
+    out = io.BytesIO()
+    store.save(["web:1"], out)
+    store.remove("web:1")
+    data = out.getvalue()
+    layer = image.diff_ids[0].removeprefix("sha256:") + ".tar"
+    with tarfile.open(fileobj=io.BytesIO(data)) as tf:
+        m = tf.getmember(layer)
+    before = _state(store)
+    with pytest.raises(InvalidArchive, match="truncated"):
+        store.load(io.BytesIO(data[: m.offset_data + m.size // 2]))
+    assert _state(store) == before
+    # the same archive with the config's diff_ids swapped: each layer is there, under the wrong name
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=io.BytesIO(data)) as src, tarfile.open(fileobj=buf, mode="w") as dst:
+        for member in src:
+            f = src.extractfile(member)
+            content = f.read() if f is not None else b""
+            if member.name == f"{web.id.removeprefix('sha256:')}.json":
+                cfg = json.loads(content)
+                cfg["rootfs"]["diff_ids"].reverse()
+                content = json.dumps(cfg).encode()
+                member.name = "swapped.json"
+            if member.name == "manifest.json":
+                content = content.replace(f"{web.id.removeprefix('sha256:')}.json".encode(), b"swapped.json")
+            member.size = len(content)
+            dst.addfile(member, io.BytesIO(content))
+    with pytest.raises(InvalidArchive, match="diff_id mismatch"):
+        store.load(io.BytesIO(buf.getvalue()))
+    assert _state(store) == before

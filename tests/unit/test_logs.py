@@ -30,7 +30,7 @@ def test_sizes_as_go_units(text: str, binary: bool, want: int) -> None:
     (LogConfig("", {"max-size": "10m", "max-file": "3"}), logs.Rotation(10_000_000, 3)),
     (LogConfig("json-file", {"max-size": "1k", "max-file": "2", "compress": "true"}), logs.Rotation(1000, 2, True)),
     (LogConfig("local"), logs.Rotation(20 << 20, 5, True)),
-    (LogConfig("local", {"max-file": "1"}), logs.Rotation(20 << 20, 1, False)),
+    (LogConfig("local", {"max-file": "1", "compress": "false"}), logs.Rotation(20 << 20, 1, False)),
     (LogConfig("local", {"compress": "false", "max-size": "1m"}), logs.Rotation(1 << 20, 5, False)),
     (LogConfig("none"), logs.Rotation()),
 ])
@@ -46,8 +46,14 @@ def test_rotation(cfg: LogConfig, want: logs.Rotation) -> None:
     (LogConfig("json-file", {"max-size": "1m", "max-file": "-2"}), "max-file cannot be less than 1"),
     (LogConfig("json-file", {"max-file": "2"}), "needs max-size"),
     (LogConfig("json-file", {"max-size": "1m", "compress": "true"}), "compress cannot be true"),
-    (LogConfig("json-file", {"labels": "a"}), "unknown log opt 'labels' for json-file log driver (not supported"),
+    (LogConfig("json-file", {"mode": "non-blocking"}), "unknown log opt 'mode' for json-file log driver (not supported"),
+    (LogConfig("local", {"labels-regex": "a("}), "log opt labels-regex=a(: not a regular expression"),
+    (LogConfig("json-file", {"env-regex": "*"}), "log opt env-regex=*: not a regular expression"),
+    (LogConfig("json-file", {"tag": "{{.Nope}}"}), "log opt tag={{.Nope}}: no field Nope (fields: {{.ID}}"),
+    (LogConfig("local", {"tag": "{{upper .Name}}"}), "only plain {{.Field}} actions are supported"),
+    (LogConfig("json-file", {"tag": "x}}"}), "only plain {{.Field}} actions are supported"),
     (LogConfig("json-file", {"colour": "a"}), "unknown log opt 'colour' for json-file log driver"),
+    (LogConfig("local", {"max-file": "1"}), "compression cannot be enabled when max file count is 1"),
     (LogConfig("none", {"max-size": "1m"}), "unknown log opt 'max-size' for none log driver"),
 ])
 def test_bad_options_are_named(cfg: LogConfig, message: str) -> None:
@@ -200,3 +206,64 @@ def test_a_log_made_between_the_followers_look_and_the_first_read_is_read_once(t
 
     got = asyncio.run(collect())
     assert [e[1] for e in got] == [b"hello\n"]
+
+
+_WHO = logs.Subject(id="0123456789abcdef" * 4, name="/web", image_id="sha256:" + "ab" * 32, image_name="busybox",
+                    argv=["sh", "-c", "echo hi"], labels={"app": "shop", "team": "a b", "other": "x"},
+                    env=["PATH=/bin", "STAGE=prod", "REGION=eu", "EMPTY="])
+
+
+def test_attributes_are_dockers_extra_attributes_and_tag() -> None:
+    cfg = LogConfig("json-file", {"labels": "app,missing", "env": "STAGE,EMPTY,NOPE", "tag": "{{.Name}}/{{ .ID }}"})
+    assert logs.attributes(cfg, _WHO) == {"EMPTY": "", "STAGE": "prod", "app": "shop", "tag": "web/0123456789ab"}
+    assert logs.attributes(LogConfig("local", {"labels-regex": "^t", "env-regex": "^RE"}), _WHO) == \
+        {"REGION": "eu", "team": "a b"}
+    tag = "{{.FullID}} {{.ImageID}} {{.ImageFullID}} {{.ImageName}} {{.Command}} {{.DaemonName}}"
+    assert logs.attributes(LogConfig("json-file", {"tag": tag}), _WHO)["tag"] == \
+        f"{_WHO.id} sha256:ababa {_WHO.image_id} busybox sh -c echo hi docker"
+    assert logs.attributes(LogConfig("json-file", {"max-size": "1m"}), _WHO) == {}
+
+
+def test_details_prefix_is_dockers() -> None:
+    assert logs.details({"team": "a b", "app": "x=y,z"}) == b"app=x%3Dy%2Cz,team=a+b "
+    assert logs.details({}) == b" "
+
+
+def _local_record(line: bytes, stream: str = "stdout", partial: tuple[bool, int] | None = None,
+                  attrs: dict[str, str] | None = None, nano: int = 1_700_000_000_123_456_789) -> bytes:
+    """A docker local record built here from the .proto's field numbers (not by the code under test)."""
+    def varint(v: int) -> bytes:
+        out = b""
+        while True:
+            b, v = v & 0x7F, v >> 7
+            out += bytes([b | (0x80 if v else 0)])
+            if not v:
+                return out
+
+    def ld(field: int, data: bytes) -> bytes:
+        return varint(field << 3 | 2) + varint(len(data)) + data
+
+    msg = ld(1, stream.encode()) + varint(2 << 3) + varint(nano) + ld(3, line)
+    if partial is not None:
+        last, ordinal = partial
+        md = (varint(1 << 3) + varint(1) if last else b"") + ld(2, b"id1") + varint(3 << 3) + varint(ordinal)
+        msg += varint(4 << 3) + varint(1) + ld(5, md)
+    for k, v in (attrs or {}).items():
+        msg += ld(6, ld(1, k.encode()) + ld(2, v.encode()))
+    size = len(msg).to_bytes(4, "big")
+    return size + msg + size
+
+
+def test_local_records_read_back_with_their_newlines_and_attrs() -> None:
+    data = (_local_record(b"one") + _local_record(b"pie", "stderr", (False, 1))
+            + _local_record(b"ce", "stderr", (True, 2), {"tag": "web"}))
+    records, rest = logs.LOCAL.split(data + _local_record(b"half")[:7])
+    assert rest == _local_record(b"half")[:7] and len(records) == 3
+    got = [logs.LOCAL.parse(r) for r in records]
+    assert got == [("stdout", b"one\n", 1_700_000_000.1234567, {}), ("stderr", b"pie", 1_700_000_000.1234567, {}),
+                   ("stderr", b"ce\n", 1_700_000_000.1234567, {"tag": "web"})]
+    # a frame whose trailing size disagrees: nothing after it is taken for records
+    bad = bytearray(_local_record(b"x"))
+    bad[-1] ^= 1
+    assert logs.LOCAL.split(_local_record(b"ok") + bytes(bad) + _local_record(b"y"))[0] == [_local_record(b"ok")[4:-4]]
+    assert logs.LOCAL.parse(b"\x0a\xff") is None   # truncated: no record, no exception

@@ -216,12 +216,13 @@ def test_services_naming_no_network_join_the_stacks_default_one(tmp_path: Path) 
 def test_service_create_reads_networks_endpoint_mode_and_ingress_ports() -> None:
     import click
 
-    from deploy.cli_stack import build_service_spec, service_create
+    from deploy.cli_stack import service_create
+    from deploy.service_flags import build_service_spec
 
     def spec_of(*args: str) -> ServiceSpec:
         ctx = service_create.make_context("create", list(args))
         p = dict(ctx.params)
-        return build_service_spec(p.pop("image"), p.pop("command"), p)  # type: ignore[no-any-return]
+        return build_service_spec(p.pop("image"), p.pop("command"), p)
 
     s = spec_of("--name", "web", "--network", "appnet", "--network", "name=other,alias=www,alias=w2",
                 "-p", "8080:80", "-p", "published=81,target=81,mode=host", "busybox", "httpd")

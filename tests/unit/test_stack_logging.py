@@ -43,7 +43,8 @@ def test_logging_reaches_the_container_config() -> None:
 @pytest.mark.parametrize(("body", "error", "line"), [
     ("logging: {driver: syslog}", 'logging driver "syslog" is not supported', 4),
     ("logging: {driver: json-file, options: {max-size: big}}", "max-size=big: invalid size", 4),
-    ("logging: {options: {tag: web}}", "unknown log opt 'tag' for json-file log driver", 4),
+    ("logging: {options: {tag: '{{.Nope}}'}}", "log opt tag={{.Nope}}: no field Nope", 4),
+    ("logging: {options: {mode: non-blocking}}", "unknown log opt 'mode' for json-file log driver", 4),
     ("logging: {driver: none, options: {max-size: 1m}}", "unknown log opt 'max-size' for none log driver", 4),
     ("logging: {driver: json-file, colour: red}", "colour", 4),
     ("logging: {options: {max-size: [1]}}", "a log option's value is a string", 4),

@@ -33,6 +33,11 @@
  *   --log-max-file K     optional: keep K files in all (PATH, PATH.1 ... PATH.K-1, the oldest
  *                        dropped); 1 = truncate PATH instead (as docker)
  *   --log-compress 0|1   optional: gzip PATH.1 after each rotation, in a child (PATH.1.gz)
+ *   --log-format json|local   optional: docker's json-file lines (the default) or docker's local
+ *                        driver's records (a protobuf LogEntry framed by its size, big-endian, before
+ *                        and after: daemon/logger/local in moby)
+ *   --log-attr KEY=VALUE optional, repeated, sorted by KEY: the log opts tag/labels/env's attributes,
+ *                        written into every entry ("attrs" of a json line, LogAttr of a local record)
  *   --error TEXT         optional: why the container was ended before it could run (for exit.json)
  *   --rootfs PATH        optional: the rootfs mount to detach after the exit
  *   --cgroup DIR         optional, repeated: cgroup directories to remove after the exit
@@ -88,6 +93,9 @@ static struct {
     long long log_size, log_max_size;   /* bytes in the current file; 0 = no rotation */
     int log_max_file, log_compress;
     int log_rotated;                    /* PATH.1 ... PATH.N exist: only those are renamed */
+    int log_local;                      /* docker's local format, not json-file's */
+    struct buf log_attrs;               /* json: `, "attrs": {...}`; local: the LogAttr fields */
+    struct { char id[40]; int ordinal; } partial[2];  /* local: a stdout/stderr line in pieces */
     pid_t compress_pid;                 /* the child gzipping PATH.1, until reaped */
     struct client clients[MAX_CLIENTS];
     int nclients;
@@ -463,6 +471,92 @@ static void log_flush(struct buf *b) {
     }
 }
 
+/* --- docker's local format: protobuf by hand, for the few fields of its LogEntry ------------- */
+
+static void pb_varint(struct buf *b, uint64_t v) {
+    unsigned char c[10];
+    size_t n = 0;
+    do {
+        c[n] = (unsigned char)(v & 0x7f);
+        v >>= 7;
+        if (v)
+            c[n] |= 0x80;
+        n++;
+    } while (v);
+    buf_add(b, c, n);
+}
+
+static void pb_bytes(struct buf *b, unsigned field, const void *p, size_t n) {
+    pb_varint(b, field << 3 | 2);
+    pb_varint(b, n);
+    buf_add(b, p, n);
+}
+
+/* --log-attr KEY=VALUE, in the order given (the agent sorts them, as docker does). */
+static void log_attr(const char *kv) {
+    const char *eq = strchr(kv, '=');
+    if (!eq)
+        die("--log-attr %s: expected KEY=VALUE", kv);
+    size_t kn = (size_t)(eq - kv), vn = strlen(eq + 1);
+    struct buf *b = &m.log_attrs;
+    if (m.log_local) {
+        struct buf a = { 0 };
+        pb_bytes(&a, 1, kv, kn);
+        pb_bytes(&a, 2, eq + 1, vn);
+        pb_bytes(b, 6, a.p, a.len);
+        buf_free(&a);
+        return;
+    }
+    /* json: `, "attrs": {"k": "v", ...` here; the closing brace once all are in (main) */
+    buf_add(b, b->len ? ", \"" : ", \"attrs\": {\"", b->len ? 3 : 13);
+    json_escape(b, (const unsigned char *)kv, kn);
+    buf_add(b, "\": \"", 4);
+    json_escape(b, (const unsigned char *)eq + 1, vn);
+    buf_add(b, "\"", 1);
+}
+
+/* One local record: a line without its newline; a piece of a line (no newline yet) is partial,
+ * with docker's metadata (an id per line, the piece's ordinal from 1, last on the piece that ends
+ * it), so that a reader puts the pieces together and adds the newline after the last. */
+static void local_entry(struct buf *b, const char *stream, const char *p, size_t n) {
+    struct buf e = { 0 };
+    int idx = stream[3] == 'e';   /* "stderr" */
+    int ends = n && p[n - 1] == '\n';
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    pb_bytes(&e, 1, stream, strlen(stream));
+    pb_varint(&e, 2 << 3 | 0);
+    pb_varint(&e, (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec);
+    pb_bytes(&e, 3, p, ends ? n - 1 : n);
+    if (!ends || m.partial[idx].ordinal) {
+        if (!m.partial[idx].ordinal)
+            snprintf(m.partial[idx].id, sizeof(m.partial[idx].id), "%lx%09lx%d", (long)ts.tv_sec,
+                     ts.tv_nsec, idx);
+        struct buf md = { 0 };
+        if (ends) {
+            pb_varint(&md, 1 << 3 | 0);
+            pb_varint(&md, 1);
+        }
+        pb_bytes(&md, 2, m.partial[idx].id, strlen(m.partial[idx].id));
+        pb_varint(&md, 3 << 3 | 0);
+        pb_varint(&md, (uint64_t)++m.partial[idx].ordinal);
+        pb_varint(&e, 4 << 3 | 0);
+        pb_varint(&e, 1);
+        pb_bytes(&e, 5, md.p, md.len);
+        buf_free(&md);
+        if (ends)
+            m.partial[idx].ordinal = 0;
+    }
+    if (m.log_attrs.len)
+        buf_add(&e, m.log_attrs.p, m.log_attrs.len);
+    unsigned char size[4] = { (unsigned char)(e.len >> 24), (unsigned char)(e.len >> 16),
+                              (unsigned char)(e.len >> 8), (unsigned char)e.len };
+    buf_add(b, size, 4);
+    buf_add(b, e.p, e.len);
+    buf_add(b, size, 4);
+    buf_free(&e);
+}
+
 /* One json-file entry per line; a chunk that does not end in a newline ends in a partial entry,
  * as docker's json-file driver writes it. An entry that would take the file past max-size goes
  * into the next file (so a file only passes max-size by an entry larger than max-size). */
@@ -477,13 +571,20 @@ static void log_write(const char *stream, const char *data, size_t n) {
         const char *nl = memchr(data + start, '\n', n - start);
         size_t end = nl ? (size_t)(nl - data) + 1 : n;
         size_t before = b.len;
-        buf_add(&b, "{\"log\": \"", 9);
-        json_escape(&b, (const unsigned char *)data + start, end - start);
-        buf_add(&b, "\", \"stream\": \"", 14);
-        buf_add(&b, stream, strlen(stream));
-        buf_add(&b, "\", \"time\": \"", 12);
-        buf_add(&b, ts, strlen(ts));
-        buf_add(&b, "\"}\n", 3);
+        if (m.log_local) {
+            local_entry(&b, stream, data + start, end - start);
+        } else {
+            buf_add(&b, "{\"log\": \"", 9);
+            json_escape(&b, (const unsigned char *)data + start, end - start);
+            buf_add(&b, "\", \"stream\": \"", 14);
+            buf_add(&b, stream, strlen(stream));
+            buf_add(&b, "\"", 1);
+            if (m.log_attrs.len)   /* docker's order: log, stream, attrs, time */
+                buf_add(&b, m.log_attrs.p, m.log_attrs.len);
+            buf_add(&b, ", \"time\": \"", 11);
+            buf_add(&b, ts, strlen(ts));
+            buf_add(&b, "\"}\n", 3);
+        }
         if (m.log_max_size > 0 && m.log_size + (long long)b.len > m.log_max_size
                 && m.log_size + (long long)before > 0) {
             /* write what fits, rotate, and start the new file with this entry */
@@ -799,6 +900,14 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--log-max-size")) m.log_max_size = strtoll(v, NULL, 10);
         else if (!strcmp(k, "--log-max-file")) m.log_max_file = atoi(v);
         else if (!strcmp(k, "--log-compress")) m.log_compress = atoi(v);
+        else if (!strcmp(k, "--log-format")) {
+            if (strcmp(v, "json") && strcmp(v, "local"))
+                die("--log-format %s: json or local", v);
+            if (m.log_attrs.len)
+                die("--log-format must come before --log-attr");
+            m.log_local = !strcmp(v, "local");
+        }
+        else if (!strcmp(k, "--log-attr")) log_attr(v);
         else if (!strcmp(k, "--exit")) m.exit_path = v;
         else if (!strcmp(k, "--error")) m.exec_error = *v ? strdup(v) : NULL;
         else if (!strcmp(k, "--rootfs")) m.rootfs = v;
@@ -807,6 +916,8 @@ int main(int argc, char **argv) {
         else if (!strcmp(k, "--client") && nborn < MAX_CLIENTS) born[nborn++] = fd_arg(v);
         else die("unknown argument %s", k);
     }
+    if (m.log_attrs.len && !m.log_local)
+        buf_add(&m.log_attrs, "}", 1);
     if (m.pid <= 0 || m.listen_fd < 0 || !m.socket_path || !m.log_path || !m.exit_path)
         die("usage: dockyard-monitor --pid N --listen FD --socket PATH --log PATH --exit PATH ...");
     m.trace_path = getenv("DOCKYARD_TRACE");

@@ -11,6 +11,7 @@ not routed. ip_forward stays as the host has it; see README.md for what would ne
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
@@ -53,7 +54,11 @@ def host_ifname(bridge: str, container_id: str) -> str:
 
 
 class BridgeNetwork:
-    def __init__(self, state_dir: Path, name: str = settings.BRIDGE, subnet: str = settings.SUBNET) -> None:
+    def __init__(self, state_dir: Path, name: str = settings.BRIDGE, subnet: str = settings.SUBNET,
+                 gateway: str = "", ip_range: str = "", reserved: Sequence[str] = (), internal: bool = False) -> None:
+        """gateway: the bridge's address (the subnet's first by default); ip_range: where containers'
+        addresses come from; reserved: addresses never given; internal: no way out of the bridge
+        (no default route in its containers, no NAT, forwarding to and from it dropped)."""
         if not _IFNAME.match(name):
             raise NetworkError(f"bridge name {name!r}: 1-15 letters, digits, '_', '.' or '-'")
         try:
@@ -65,8 +70,17 @@ class BridgeNetwork:
         self.state_dir = Path(state_dir)
         self.name = name
         self.subnet = net
-        self.gateway = net.network_address + 1
-        self._ipam = Ipam(self.state_dir, name, net)
+        try:
+            self.gateway = ipaddress.IPv4Address(gateway) if gateway else net.network_address + 1
+            pool = ipaddress.IPv4Network(ip_range, strict=True) if ip_range else None
+        except ValueError as e:
+            raise NetworkError(f"network {name}: {e}") from None
+        if self.gateway not in net or self.gateway in (net.network_address, net.broadcast_address):
+            raise NetworkError(f"gateway {self.gateway} is not a host address of {net}")
+        if pool is not None and not pool.subnet_of(net):
+            raise NetworkError(f"ip range {pool} is not inside the subnet {net}")
+        self.internal = internal
+        self._ipam = Ipam(self.state_dir, name, net, pool, frozenset({str(self.gateway), *reserved}))
         self._rng = random.Random()
         self.overlays: Overlays | None = None  # cluster networks, once the agent joined a scheduler
 
@@ -100,7 +114,7 @@ class BridgeNetwork:
             self._sysctl(f"net/ipv4/conf/{self.name}/route_localnet", "1")
             if ip_forward:
                 self._sysctl("net/ipv4/ip_forward", "1")
-            iptables.ensure_base(self.name, str(self.subnet), ip_masq)
+            iptables.ensure_base(self.name, str(self.subnet), ip_masq and not self.internal, self.internal)
 
     def _check_subnet_free(self, ipr: Any) -> None:
         for a in ipr.get_addr(family=2):
@@ -140,10 +154,14 @@ class BridgeNetwork:
 
     # ---- addresses and ports
 
-    def allocate(self, container_id: str, ports: Sequence[PortMapping], ip: str = "") -> Endpoint:
-        """An address (the next free one, or `ip` if asked for and free) and the published ports."""
+    def allocate(self, container_id: str, ports: Sequence[PortMapping], ip: str = "", ifname: str = "eth0"
+                 ) -> Endpoint:
+        """An address (the next free one, or `ip` if asked for and free) and the published ports;
+        `ifname` is the interface's name in the container (eth1 ... for a further network)."""
         if not _CONTAINER_ID.match(container_id):
             raise NetworkError(f"container id {container_id!r}: letters, digits, '_', '.', '-' (at most 128)")
+        if ports and self.internal:
+            raise NetworkError(f"network {self.name} is internal: no port can be published from it")
         with self._ipam.locked():
             data = self._ipam.load()
             if container_id in data["endpoints"]:
@@ -170,6 +188,8 @@ class BridgeNetwork:
                 host_ifname=host_ifname(self.name, container_id),
                 bridge=self.name,
                 ports=tuple(resolved),
+                isolated=self.internal,
+                ifname=ifname,
             )
             stored = ep.to_dict()
             data["endpoints"][container_id] = {k: stored[k] for k in ("ip", "mac", "host_ifname", "ports")}
@@ -250,6 +270,34 @@ class BridgeNetwork:
         except NetworkError:
             self.detach(endpoint)
             raise
+
+    def plug(self, endpoint: Endpoint, pid: int) -> None:
+        """A further interface (endpoint.ifname: eth1 ...) into the netns of a container whose init
+        already runs: the veth, then its address and state from the agent through netlink (the init
+        configured eth0 itself before it exec'd). A default route only if the container has none
+        (its first network keeps it); no ports: docker publishes on the first network only."""
+        if endpoint.ports:
+            raise NetworkError(f"{endpoint.ifname} of {endpoint.container_id}: ports are published on the first "
+                               "network only")
+        from agent.runtime.network.inside import configure_more, in_netns
+
+        with _ipr() as ipr:
+            try:
+                bridge_index = ipr.link("get", ifname=endpoint.bridge)[0]["index"]
+            except Exception as e:
+                raise NetworkError(f"bridge {endpoint.bridge}: {e}") from e
+            with contextlib.suppress(Exception):   # a leftover of a crashed agent: the name is ours
+                ipr.link("del", ifname=endpoint.host_ifname)
+            try:
+                ipr.link("add", ifname=endpoint.host_ifname, kind="veth", master=bridge_index, state="up",
+                         peer={"ifname": endpoint.ifname, "address": endpoint.mac, "net_ns_pid": pid})
+            except Exception as e:
+                raise NetworkError(f"veth {endpoint.host_ifname} into pid {pid} as {endpoint.ifname}: {e}") from e
+        try:
+            in_netns(pid, lambda: configure_more(endpoint))
+        except (OSError, NetworkError) as e:
+            self.detach(endpoint)
+            raise NetworkError(f"{endpoint.ifname} of {endpoint.container_id} in pid {pid}: {e}") from e
 
     def overlay_endpoints(self, container_id: str, overlays: Sequence[tuple[str, int, str, int, str, str]]
                           ) -> tuple[OverlayEndpoint, ...]:

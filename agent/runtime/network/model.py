@@ -68,12 +68,15 @@ class Endpoint:
     overlays: tuple[OverlayEndpoint, ...] = ()
     # only on internal cluster networks: eth0 gets no default route (nothing leaves the cluster)
     isolated: bool = False
+    ifname: str = "eth0"   # in the container: eth1, eth2 ... for its further user networks
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form, for handing the endpoint to the container init in another process."""
         extra: dict[str, Any] = {"overlays": [o.to_dict() for o in self.overlays]} if self.overlays else {}
         if self.isolated:
             extra["isolated"] = True
+        if self.ifname != "eth0":
+            extra["ifname"] = self.ifname
         return {**extra,
             "container_id": self.container_id,
             "ip": self.ip,
@@ -98,4 +101,5 @@ class Endpoint:
             ports=tuple(PortMapping(str(h), int(hp), int(cp), str(pr)) for h, hp, cp, pr in d["ports"]),
             overlays=tuple(OverlayEndpoint.from_dict(o) for o in d.get("overlays", ())),
             isolated=bool(d.get("isolated", False)),
+            ifname=str(d.get("ifname", "eth0")),
         )
