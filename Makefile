@@ -19,7 +19,8 @@ up: install
 
 test: install
 	$(MAKE) lint
-	$(PYTEST_RUN) --durations=30 tests --ignore=tests/bench
+	@# DOCKYARD_TEST_VM=smoke: the one-VM smoke (tests/vm/test_vm_smoke.py, 3-8 min) runs with the rest
+	DOCKYARD_TEST_VM=smoke $(PYTEST_RUN) --durations=30 tests --ignore=tests/bench
 	$(MAKE) test-docker-api
 
 # docker-py's own integration suite against a test agent's Docker API (tests/dockerpy_suite.py)
@@ -41,7 +42,7 @@ test-cluster:
 
 # Two Debian 12 VMs under qemu (TCG): cluster up over SSH, cgroup v2 limits, live and cold migration
 # VM to VM, a VM killed (tests/vm). The box is built once into /var/cache/dockyard-vm (~5 min).
-# `make test-vm-smoke` runs only the one-VM smoke (tests/vm/test_vm_smoke.py; not yet in `make test`).
+# `make test-vm-smoke` runs only the one-VM smoke (tests/vm/test_vm_smoke.py; `make test` runs it too).
 test-vm:
 	DOCKYARD_TEST_VM=full $(PYTEST_RUN) -s tests/vm
 

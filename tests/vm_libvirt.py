@@ -65,13 +65,16 @@ class Libvirt:
         self.started_s = 0.0
 
     # -- commands in the namespace --------------------------------------------------------------
-    def prefix(self) -> list[str]:
+    def prefix(self, cwd: Path | None = None) -> list[str]:
+        """nsenter into the netns and libvirtd's mount namespace; entering a mount namespace moves
+        the working directory to its root, hence --wd."""
         assert self.proc is not None
-        return ["nsenter", f"--net=/run/netns/{self.netns}", f"--mount=/proc/{self.proc.pid}/ns/mnt"]
+        return ["nsenter", f"--net=/run/netns/{self.netns}", f"--mount=/proc/{self.proc.pid}/ns/mnt",
+                f"--wd={cwd or Path.cwd()}"]
 
     def run(self, argv: list[str], timeout: float = 120, check: bool = True, env: dict[str, str] | None = None,
             cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-        p = subprocess.run([*self.prefix(), *argv], capture_output=True, text=True, timeout=timeout,
+        p = subprocess.run([*self.prefix(cwd), *argv], capture_output=True, text=True, timeout=timeout,
                            env=env, cwd=cwd)
         if check and p.returncode != 0:
             raise RuntimeError(f"{' '.join(argv[:4])} exited {p.returncode}:\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")

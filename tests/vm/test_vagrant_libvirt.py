@@ -52,7 +52,7 @@ def test_vagrant_up_on_libvirt_boots_two_nodes_and_cluster_up_bootstraps_them(tm
             inv = yaml.safe_load(v.hosts.read_text())
             assert [h["name"] for h in inv["hosts"]] == ["node1", "node2"]
             out = v.vagrant("ssh", "node1", "-c", "hostname; stat -f -c %T /sys/fs/cgroup; "
-                            "busybox ping -c 1 -W 10 192.168.56.12 >/dev/null && echo reaches-node2", timeout=300)
+                            "sudo busybox ping -c 1 -W 10 192.168.56.12 >/dev/null && echo reaches-node2", timeout=300)
             assert out.split()[:3] == ["node1", "cgroup2fs", "reaches-node2"], out
 
             t0 = time.monotonic()
