@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, logs, names, netattach
+from agent import hostconfig, links, logs, names, netattach
 from agent.checkpointing import Checkpoints
 from agent.containermounts import ContainerMounts
 from agent.devices import ALL_CAPABILITIES, devices_for
@@ -281,6 +281,15 @@ class ContainerManager:
         c.config = cfg
         self._save(c)
 
+    def remove_link(self, c: Container, alias: str) -> None:
+        """docker rm --link PARENT/ALIAS: the link goes from the container's config (running or not,
+        as docker's: a running one keeps its /etc/hosts line and variables until it restarts)."""
+        kept = [x for x in c.config.links if (x.partition(":")[2] or x.partition(":")[0]) != alias]
+        if len(kept) == len(c.config.links):
+            raise NotFound(f"No such container: /{c.name}/{alias}")
+        c.config = replace(c.config, links=kept)
+        self._save(c)
+
     def _free_name(self) -> str:
         taken = {c.name for c in self.containers.values()}
         for _ in range(100):
@@ -344,8 +353,14 @@ class ContainerManager:
                 raise InvalidArgument(f"invalid port mapping {p.host_port}:{p.container_port}")
             if p.protocol not in ("tcp", "udp"):
                 raise InvalidArgument(f"invalid protocol {p.protocol!r} for port {p.container_port}")
+        if cfg.cgroupns_mode not in ("", "host", "private"):
+            raise InvalidArgument(f"--cgroupns {cfg.cgroupns_mode}: must be host or private")
+        if cfg.uts_mode not in ("", "host"):
+            raise InvalidArgument(f"--uts {cfg.uts_mode}: must be host or empty")
+        if cfg.uts_mode == "host" and cfg.hostname:
+            raise InvalidArgument("conflicting options: hostname and the UTS mode")
         try:
-            cfg.resources.validate()
+            self.cg.check(cfg.resources)
         except cgroups.CgroupError as e:
             raise InvalidArgument(str(e)) from e
         hostconfig.check(cfg)
@@ -401,7 +416,7 @@ class ContainerManager:
         cfg = c.config
         ic = self.images.config_of(c.image_id)
         env: dict[str, str] = {}
-        for item in [*(ic.env or []), *cfg.env]:
+        for item in [*self._link_env(c), *(ic.env or []), *cfg.env]:   # (its own env wins, as docker's)
             k, _, v = item.partition("=")
             env[k] = v
         hostname = cfg.hostname or c.id[:12]
@@ -410,10 +425,15 @@ class ContainerManager:
             namespaces.remove("net")
             namespaces.remove("uts")
             hostname = os.uname().nodename
+        elif cfg.uts_mode == "host":
+            namespaces.remove("uts")
+            hostname = os.uname().nodename
         if cfg.pid_mode == "host":
             namespaces.remove("pid")
         if cfg.ipc_mode == "host":
             namespaces.remove("ipc")
+        if cfg.cgroupns_mode == "private":
+            namespaces.append("cgroup")   # (entered by the init once it has joined its cgroup)
         uid_map: list[IdMap] = []
         if cfg.userns_mode == "remap":
             namespaces.insert(0, "user")
@@ -476,9 +496,9 @@ class ContainerManager:
         return logs.Subject(c.id, c.name, c.image_id, c.image_ref, list(c.args), dict(c.config.labels),
                             [*image_env, *c.config.env])
 
-    def _link_hosts(self, cfg: ContainerConfig) -> str:
-        """--link NAME[:ALIAS]: the running container's address under both names, in /etc/hosts."""
-        out = ""
+    def _linked(self, cfg: ContainerConfig) -> list[tuple[Container, str]]:
+        """--link NAME[:ALIAS]: each running container linked to, with its alias (its name if none)."""
+        out = []
         for link in cfg.links:
             name, _, alias = link.partition(":")
             other = self.get(name)
@@ -487,7 +507,25 @@ class ContainerManager:
             if other.config.network_mode != cfg.network_mode:
                 raise InvalidArgument(f"--link {link}: /{other.name} is on network {other.config.network_mode}, "
                                       f"not {cfg.network_mode or 'bridge'}")
-            out += f"{other.ip_address}\t{' '.join(dict.fromkeys(x for x in (alias, other.name) if x))}\n"
+            out.append((other, alias or other.name))
+        return out
+
+    def _link_hosts(self, cfg: ContainerConfig) -> str:
+        """The linked containers' addresses under both names, in /etc/hosts."""
+        return "".join(f"{o.ip_address}\t{' '.join(dict.fromkeys((alias, o.name)))}\n"
+                       for o, alias in self._linked(cfg))
+
+    def _link_env(self, c: Container) -> list[str]:
+        """docker's legacy link variables (agent/links.py) of every container this one links to; none
+        on a user network, as docker's (its links are names at 127.0.0.11 there)."""
+        out: list[str] = []
+        if self.localnets.is_local(c.config.network_mode):
+            return out
+        for o, alias in self._linked(c.config):
+            ic = self.images.config_of(o.image_id)
+            exposed = [*(ic.exposed_ports or []), *o.config.exposed_ports,
+                       *(f"{p.container_port}/{p.protocol}" for p in o.config.ports)]
+            out += links.link_env(c.name, alias, o.ip_address, exposed, [*(ic.env or []), *o.config.env])
         return out
 
     async def _start_locked(self, c: Container, hold: bool, restore: bool = False, client: int = -1) -> None:
@@ -890,7 +928,11 @@ class ContainerManager:
             raise Conflict(f"Container {c.id} is not running")
         image = self.images.get(c.image_id)
         env: dict[str, str] = {}
-        for item in [*(image.config.env or []), *c.config.env, *proc.env]:
+        try:
+            linked = self._link_env(c)   # as docker's exec, the link variables too
+        except (InvalidArgument, NotFound):
+            linked = []                  # (a linked container since stopped or gone: docker refuses the exec)
+        for item in [*linked, *(image.config.env or []), *c.config.env, *proc.env]:
             k, _, v = item.partition("=")
             env[k] = v
         proc.env = [f"{k}={v}" for k, v in env.items()]

@@ -21,24 +21,40 @@ from agent.model import (
     Ulimit,
 )
 from agent.runtime.spec import ProcessSpec
-from agent.volumes.specs import docker_spelling
+from agent.volumes.specs import docker_spelling, from_flags
 from common.devices import DeviceMapping
 from protos import agent_pb2 as pb
 
 
+def resources_from_pb(r: pb.Resources) -> Resources:
+    return Resources(
+        memory=r.memory, memory_swap=r.memory_swap, nano_cpus=r.nano_cpus, cpu_shares=r.cpu_shares,
+        pids_limit=r.pids_limit, blkio_weight=r.blkio_weight,
+        device_read_bps=tuple(DeviceRate(d.path, d.rate) for d in r.device_read_bps),
+        device_write_bps=tuple(DeviceRate(d.path, d.rate) for d in r.device_write_bps),
+        cpuset_cpus=r.cpuset_cpus, cpuset_mems=r.cpuset_mems,
+        memory_swappiness=r.memory_swappiness if r.HasField("memory_swappiness") else -1,
+    )
+
+
+def resources_to_pb(r: Resources) -> pb.Resources:
+    return pb.Resources(
+        memory=r.memory, memory_swap=r.memory_swap, nano_cpus=r.nano_cpus, cpu_shares=r.cpu_shares,
+        pids_limit=r.pids_limit, blkio_weight=r.blkio_weight,
+        device_read_bps=[pb.DeviceRate(path=d.path, rate=d.rate) for d in r.device_read_bps],
+        device_write_bps=[pb.DeviceRate(path=d.path, rate=d.rate) for d in r.device_write_bps],
+        cpuset_cpus=r.cpuset_cpus, cpuset_mems=r.cpuset_mems,
+        memory_swappiness=None if r.memory_swappiness == -1 else r.memory_swappiness,
+    )
+
+
 def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
-    r = m.resources
     return ContainerConfig(
         name=m.name, image=m.image, cmd=list(m.cmd), entrypoint=list(m.entrypoint),
         entrypoint_set=m.entrypoint_set, env=list(m.env), workdir=m.workdir, user=m.user,
         hostname=m.hostname, tty=m.tty, open_stdin=m.open_stdin, labels=dict(m.labels),
         ports=[Port(p.host_ip, p.host_port, p.container_port, p.protocol or "tcp") for p in m.ports],
-        resources=Resources(
-            memory=r.memory, memory_swap=r.memory_swap, nano_cpus=r.nano_cpus, cpu_shares=r.cpu_shares,
-            pids_limit=r.pids_limit, blkio_weight=r.blkio_weight,
-            device_read_bps=tuple(DeviceRate(d.path, d.rate) for d in r.device_read_bps),
-            device_write_bps=tuple(DeviceRate(d.path, d.rate) for d in r.device_write_bps),
-        ),
+        resources=resources_from_pb(m.resources),
         network_mode=m.network_mode or "bridge", pid_mode=m.pid_mode, ipc_mode=m.ipc_mode,
         userns_mode=m.userns_mode,
         restart_policy=restart_policy_from_pb(m.restart_policy),
@@ -47,7 +63,9 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         devices=[DeviceMapping(d.path_on_host, d.path_in_container, d.permissions or "rwm") for d in m.devices],
         privileged=m.privileged,
         overlays=[Overlay(o.network, o.vni, o.subnet, o.ip, o.mac, o.mtu, o.internal) for o in m.overlays],
-        mounts=[mount_from_pb(x) for x in m.mounts], read_only=m.read_only,
+        mounts=[*(mount_from_pb(x) for x in m.mounts),
+                *from_flags(list(m.volume_flags), list(m.mount_flags), list(m.tmpfs_flags))],
+        read_only=m.read_only,
         cap_add=list(m.cap_add), cap_drop=list(m.cap_drop),
         ulimits=[Ulimit(u.name, u.soft, u.hard) for u in m.ulimits], dns=list(m.dns), dns_search=list(m.dns_search),
         dns_options=list(m.dns_options), extra_hosts=list(m.extra_hosts), sysctls=dict(m.sysctls),
@@ -57,6 +75,7 @@ def config_from_pb(m: pb.ContainerConfig) -> ContainerConfig:
         if m.HasField("healthcheck") else None,
         log_config=LogConfig(m.log_config.type, dict(m.log_config.config)),
         task_files=[TaskFile(f.kind, f.name, f.target, f.uid, f.gid, f.mode) for f in m.task_files],
+        cgroupns_mode=m.cgroupns_mode, uts_mode=m.uts_mode, device_cgroup_rules=list(m.device_cgroup_rules),
     )
 
 
@@ -80,17 +99,11 @@ def restart_policy_from_pb(p: pb.RestartPolicy) -> RestartPolicy:
 
 
 def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
-    r = c.resources
     return pb.ContainerConfig(
         name=c.name, image=c.image, cmd=c.cmd, entrypoint=c.entrypoint, entrypoint_set=c.entrypoint_set,
         env=c.env, workdir=c.workdir, user=c.user, hostname=c.hostname, tty=c.tty,
         open_stdin=c.open_stdin, labels=c.labels, ports=[port_to_pb(p) for p in c.ports],
-        resources=pb.Resources(
-            memory=r.memory, memory_swap=r.memory_swap, nano_cpus=r.nano_cpus, cpu_shares=r.cpu_shares,
-            pids_limit=r.pids_limit, blkio_weight=r.blkio_weight,
-            device_read_bps=[pb.DeviceRate(path=d.path, rate=d.rate) for d in r.device_read_bps],
-            device_write_bps=[pb.DeviceRate(path=d.path, rate=d.rate) for d in r.device_write_bps],
-        ),
+        resources=resources_to_pb(c.resources),
         network_mode=c.network_mode, pid_mode=c.pid_mode, ipc_mode=c.ipc_mode, userns_mode=c.userns_mode,
         restart_policy=pb.RestartPolicy(name=c.restart_policy.name, max_retries=c.restart_policy.max_retries),
         auto_remove=c.auto_remove, init=c.init, stop_timeout=c.stop_timeout, stop_signal=c.stop_signal,
@@ -112,6 +125,7 @@ def config_to_pb(c: ContainerConfig) -> pb.ContainerConfig:
         log_config=pb.LogConfig(type=c.log_config.type, config=c.log_config.config),
         task_files=[pb.TaskFile(kind=f.kind, name=f.name, target=f.target, uid=f.uid, gid=f.gid, mode=f.mode)
                     for f in c.task_files],
+        cgroupns_mode=c.cgroupns_mode, uts_mode=c.uts_mode, device_cgroup_rules=c.device_cgroup_rules,
     )
 
 
@@ -169,6 +183,10 @@ def inspect(c: Container, extra: dict[str, Any]) -> dict[str, Any]:
         "HostConfig": {
             "Memory": r.memory, "MemorySwap": r.memory_swap, "NanoCpus": r.nano_cpus, "CpuShares": r.cpu_shares,
             "PidsLimit": r.pids_limit or None, "BlkioWeight": r.blkio_weight,
+            "CpusetCpus": r.cpuset_cpus, "CpusetMems": r.cpuset_mems,
+            "MemorySwappiness": None if r.memory_swappiness == -1 else r.memory_swappiness,
+            "CgroupnsMode": cfg.cgroupns_mode or "host", "UTSMode": cfg.uts_mode,
+            "DeviceCgroupRules": list(cfg.device_cgroup_rules) or None,
             "NetworkMode": cfg.network_mode, "PidMode": cfg.pid_mode, "IpcMode": cfg.ipc_mode or "private",
             "UsernsMode": cfg.userns_mode, "AutoRemove": cfg.auto_remove, "Init": cfg.init,
             "SecurityOpt": list(cfg.security_opt) or None,

@@ -77,6 +77,7 @@ class Agent:
         self.tls_server: grpc.aio.Server | None = None  # the TCP port under mutual TLS
         self.cert_slot: transport.CertSlot | None = None  # the certificate it serves, renewed in place
         self._renewal: asyncio.Task[None] | None = None
+        self._ending: set[asyncio.Task[None]] = set()   # unhealthy cluster tasks being ended
         self.manager: ContainerManager | None = None
         self.zygote = Zygote()
         self.metrics_server: MetricsServer | None = None
@@ -151,6 +152,7 @@ class Agent:
         from agent.health import HealthMonitor
 
         self.health = HealthMonitor(self.manager)   # HEALTHCHECKs of the containers that have one
+        self.health.on_status.append(self._end_unhealthy_task)
         if o.metrics_addr:
             # Scrapes read the kernel on the server's own thread, never on the event loop. A taken
             # port must not keep the agent from adopting and running containers: say so and go on.
@@ -275,6 +277,28 @@ class Agent:
     async def _check_criu(servicer: AgentServicer) -> None:
         tls_dir = servicer.m.checkpoints.page_tls
         servicer.criu, servicer.lazy_pages = await asyncio.to_thread(_criu_works, tls_dir)
+
+    def _end_unhealthy_task(self, c: Any, status: str) -> None:
+        """Swarm's rule: a cluster task whose container turns unhealthy is ended here (its report
+        says failed, unhealthy) and the scheduler replaces it as its restart policy says. A plain
+        container only shows the status, as docker's does."""
+        from agent.cluster import TASK_LABEL
+
+        if status != "unhealthy" or TASK_LABEL not in c.config.labels:
+            return
+        log.warning("task %s (%s) is unhealthy: ending it, so that the scheduler replaces it",
+                    c.config.labels[TASK_LABEL], c.name)
+
+        manager = self.manager
+        assert manager is not None
+
+        async def end() -> None:
+            with contextlib.suppress(Exception):   # (gone or stopped meanwhile: nothing to end)
+                await manager.kill(c.id)
+
+        t = asyncio.get_running_loop().create_task(end())
+        self._ending.add(t)
+        t.add_done_callback(self._ending.discard)
 
     async def stop(self) -> None:
         if self.netsync is not None:  # the kernel keeps its tables: containers stay connected

@@ -38,6 +38,11 @@ def devices_for(cfg: ContainerConfig, dev: str = "/dev") -> tuple[list[DeviceNod
             seen.add(node.path)
             nodes.append(node)
             rules.append(cgroups.DeviceRule(node.type, node.major, node.minor, d.permissions or "rwm"))
+    for text in cfg.device_cgroup_rules:   # docker's --device-cgroup-rule: only the rule, no node
+        try:
+            rules.append(cgroups.DeviceRule.parse(text, "--device-cgroup-rule"))
+        except cgroups.CgroupError as e:
+            raise InvalidArgument(str(e)) from None
     return nodes, tuple(rules)
 
 

@@ -179,6 +179,9 @@ class ContainerConfig:
     networks: list[NetworkAttachment] = field(default_factory=list)   # user networks beyond network_mode
     log_config: LogConfig = field(default_factory=LogConfig)   # --log-driver, --log-opt
     task_files: list[TaskFile] = field(default_factory=list)  # a task's secrets and configs
+    cgroupns_mode: str = ""         # "" | host: the host's cgroup namespace; private: its own (docker's --cgroupns)
+    uts_mode: str = ""              # "" | host: the host's hostname (docker's --uts)
+    device_cgroup_rules: list[str] = field(default_factory=list)   # 'c 1:3 rwm': more devices it may open
 
 
 @dataclass

@@ -259,9 +259,9 @@ class AgentServicer(pbg.AgentServicer):
         if first is None or not first.HasField("open"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "the first message must be `open`")
             return
-        events = attachsession.attach(self.m, convert.attach_options(first.open),
-                                      convert.session_inputs(request_iterator))
         try:
+            events = attachsession.attach(self.m, convert.attach_options(first.open),
+                                          convert.session_inputs(request_iterator))
             async for ev in events:
                 yield convert.stream_output(ev)
         except (AgentError, ImageError) as e:

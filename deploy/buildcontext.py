@@ -19,7 +19,7 @@ BLOCKSIZE = 512
 
 def iter_context(root: Path, dockerfile: str = "Dockerfile") -> Iterator[str]:
     """Relative paths of the context that .dockerignore keeps (the client sends only these)."""
-    from deploy.dockerignore import Matcher
+    from common.dockerignore import Matcher
 
     matcher = Matcher.from_file(root / ".dockerignore")
     for dirpath, dirnames, filenames in os.walk(root):

@@ -90,18 +90,24 @@ def network_ls(quiet: bool, fmt: str) -> None:
 @click.command("prune")
 @click.option("-a", "--all", "all_", is_flag=True, help="Remove all unused images, not just dangling ones")
 @click.option("-f", "--force", is_flag=True, help="Do not prompt for confirmation")
+@click.option("--volumes", is_flag=True, help="Prune anonymous volumes (with -a: every unused volume)")
 @click.pass_context
-def system_prune(ctx: click.Context, all_: bool, force: bool) -> None:
+def system_prune(ctx: click.Context, all_: bool, force: bool, volumes: bool) -> None:
     """Remove stopped containers, dangling images (with -a: every image no container uses) and the
-    build cache."""
+    build cache, and with --volumes the volumes no container uses (anonymous ones; with -a all)."""
     from deploy.cli_images import prune_images
+    from deploy.cli_volumes import volume_prune
 
     if not force:
         images = "all images without at least one container associated to them" if all_ else "all dangling images"
-        if not click.confirm(f"WARNING! This will remove:\n  - all stopped containers\n  - {images}\n"
+        vols = ("  - all volumes not used by at least one container\n" if all_ else
+                "  - all anonymous volumes not used by at least one container\n") if volumes else ""
+        if not click.confirm(f"WARNING! This will remove:\n  - all stopped containers\n{vols}  - {images}\n"
                              "  - all build cache\n\nAre you sure you want to continue?"):
             return
     _, failed = prune_containers(ctx, True)
+    if volumes:
+        ctx.invoke(volume_prune, all_=all_, force=True, filters=())
     prune_images(ctx, all_, "", build_cache=True)
     if failed:
         sys.exit(1)

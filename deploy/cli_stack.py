@@ -150,6 +150,8 @@ stack.add_command(stack_rm, "rm")
 @click.option("--health-retries", type=int, default=None, help="Consecutive failures needed to report unhealthy")
 @click.option("--health-start-period", default="", help="Start period for the container to initialize (ms|s|m|h)")
 @click.option("--no-healthcheck", is_flag=True, help="Disable any container-specified HEALTHCHECK")
+@click.option("--mount", "mounts", multiple=True,
+              help="Attach a filesystem mount to the service: type=volume|bind|tmpfs,src=...,dst=...[,readonly]")
 @click.option("--secret", "secrets", multiple=True,
               help="Specify secrets to expose to the service: NAME or source=NAME,target=T,uid=,gid=,mode=")
 @click.option("--config", "configs", multiple=True,

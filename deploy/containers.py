@@ -166,6 +166,12 @@ def resources(o: dict[str, Any]) -> dict[str, Any]:
     res["blkio_weight"] = o["blkio_weight"]
     res["device_read_bps"] = device_rates(o["device_read_bps"], "--device-read-bps")
     res["device_write_bps"] = device_rates(o["device_write_bps"], "--device-write-bps")
+    res["cpuset_cpus"], res["cpuset_mems"] = o["cpuset_cpus"], o["cpuset_mems"]
+    if o["memory_swappiness"] != -1:
+        if not 0 <= o["memory_swappiness"] <= 100:
+            raise BadOption(f"invalid value: {o['memory_swappiness']}. Valid memory swappiness range is 0-100",
+                            "'--memory-swappiness'")
+        res["memory_swappiness"] = o["memory_swappiness"]
     return res
 
 
@@ -194,6 +200,8 @@ def build_config(image: str, command: tuple[str, ...] | list[str], o: dict[str, 
         "labels": {**label_files(o.get("label_file") or ()), **dict(label.partition("=")[::2] for label in o["label"])},
         "ports": ports(o["publish"]), "resources": resources(o), "network_mode": o["network"],
         "pid_mode": o["pid_mode"], "ipc_mode": o["ipc_mode"], "userns_mode": o["userns_mode"],
+        "cgroupns_mode": o["cgroupns_mode"], "uts_mode": o["uts_mode"],
+        "device_cgroup_rules": list(o["device_cgroup_rules"]),
         "restart_policy": restart_policy(o["restart"] or "no"), "auto_remove": o["auto_remove"],
         "init": o["init"], "stop_timeout": o["stop_timeout"], "stop_signal": o["stop_signal"],
         "security_opt": security_opts(o["security_opt"]), "devices": devices(o["device"]), "privileged": o["privileged"],
@@ -213,25 +221,15 @@ def run_extras(o: dict[str, Any]) -> dict[str, Any]:
     """The ContainerConfig fields of the options above, proto3 JSON names; {} when none is given."""
     if not any(o.get(k) not in (None, "", 0, False, (), []) for k in _EXTRAS):
         return {}
-    from dataclasses import asdict
-
-    from agent.hostconfig import check_ulimit, parse_ulimit
-    from agent.model import InvalidArgument
-    from agent.volumes import specs
+    # (each module below is imported only when its options are given: the start of `run` is what
+    # the user waits for)
+    from agent.errors import InvalidArgument
 
     out: dict[str, Any] = {}
-    mounts = []
-    for flag, key, parse in (("'-v' / '--volume'", "volumes", specs.parse_volume),
-                             ("'--mount'", "mounts", specs.parse_mount), ("'--tmpfs'", "tmpfs", specs.parse_tmpfs)):
-        for spec in o.get(key) or ():
-            try:
-                m = parse(spec)
-                specs.check(m)
-            except InvalidArgument as e:
-                raise BadOption(str(e), flag) from None
-            mounts.append(asdict(m))
-    if mounts:
-        out["mounts"] = mounts
+    # -v, --mount and --tmpfs go as typed: the agent parses them (agent/volumes/specs.py from_flags)
+    for key, field in (("volumes", "volume_flags"), ("mounts", "mount_flags"), ("tmpfs", "tmpfs_flags")):
+        if o.get(key):
+            out[field] = list(o[key])
     if o.get("read_only"):
         out["read_only"] = True
     for key, name in (("cap_add", "cap_add"), ("cap_drop", "cap_drop"), ("dns", "dns"), ("dns_search", "dns_search"),
@@ -239,6 +237,8 @@ def run_extras(o: dict[str, Any]) -> dict[str, Any]:
         if o.get(key):
             out[name] = list(o[key])
     ulimits = []
+    if o.get("ulimits"):
+        from agent.hostconfig import check_ulimit, parse_ulimit
     for s in o.get("ulimits") or ():
         try:
             u = parse_ulimit(s)

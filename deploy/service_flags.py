@@ -16,6 +16,7 @@ import click
 if TYPE_CHECKING:
     from scheduler.model import (
         HealthCheck,
+        MountSpec,
         NetworkAttachment,
         PlacementSpec,
         PortSpec,
@@ -127,6 +128,7 @@ def build_service_spec(image: str, command: tuple[str, ...], o: Options) -> Serv
         refs = {kind: tuple(parse_flag(kind, t) for t in o[f"{kind}s"]) for kind in ("secret", "config")}
     except ObjectError as e:
         raise click.UsageError(str(e)) from None
+    mounts = _mounts(o.get("mounts") or ())
     spec = ServiceSpec(
         name=name, image=image, command=command or None, entrypoint=entrypoint, env=tuple(sorted(env.items())),
         ports=ports, replicas=replicas, mode=mode, resources=_resources(o), placement=_placement(o, mode),
@@ -136,13 +138,23 @@ def build_service_spec(image: str, command: tuple[str, ...], o: Options) -> Serv
         hostname=hostname, user=o["user"], workdir=workdir, stop_signal=stop_signal,
         stop_grace_period=duration("--stop-grace-period", "stop_grace_period"), tty=o["tty"], init=o["init"],
         pids_limit=o["limit_pids"], networks=_attachments(o), endpoint_mode=o.get("endpoint_mode", "vip"),
-        secrets=refs["secret"], configs=refs["config"],
+        secrets=refs["secret"], configs=refs["config"], mounts=mounts,
     )
     try:
         check_refs(spec)
     except ObjectError as e:
         raise click.UsageError(str(e)) from None
     return spec
+
+
+def _mounts(texts: tuple[str, ...]) -> tuple[MountSpec, ...]:
+    from agent.model import InvalidArgument
+    from deploy.stack_volumes import flag_mounts
+
+    try:
+        return flag_mounts(texts)
+    except InvalidArgument as e:
+        raise click.BadParameter(str(e), param_hint="--mount") from None
 
 
 def _resources(o: Options) -> ResourceSpec:

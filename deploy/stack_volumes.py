@@ -85,9 +85,19 @@ def top_volumes(at: _At | None, stack: str) -> dict[str, TopVolume]:
 
 def _checked(at: _At, m: Mount) -> MountSpec:
     try:
-        specs.check(m)
+        return _mount_spec(m)
     except InvalidArgument as e:
         at.fail(str(e))
+
+
+def flag_mounts(texts: tuple[str, ...] | list[str]) -> tuple[MountSpec, ...]:
+    """`service create --mount` (docker's --mount syntax): as Swarm, a named volume is made on each
+    node that runs a task (its name as given: no stack prefix), a bind's source must exist there."""
+    return tuple(_mount_spec(specs.parse_mount(t)) for t in texts)
+
+
+def _mount_spec(m: Mount) -> MountSpec:
+    specs.check(m)
     return MountSpec(type=m.type, source=m.source, target=m.target, read_only=m.readonly, nocopy=m.nocopy,
                      propagation=m.propagation, external=m.external, create_host_path=m.create_source,
                      tmpfs_options=tuple(m.tmpfs_options),

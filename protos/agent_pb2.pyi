@@ -107,7 +107,7 @@ class DeviceRate(_message.Message):
     def __init__(self, path: _Optional[str] = ..., rate: _Optional[int] = ...) -> None: ...
 
 class Resources(_message.Message):
-    __slots__ = ("memory", "memory_swap", "nano_cpus", "cpu_shares", "pids_limit", "blkio_weight", "device_read_bps", "device_write_bps")
+    __slots__ = ("memory", "memory_swap", "nano_cpus", "cpu_shares", "pids_limit", "blkio_weight", "device_read_bps", "device_write_bps", "cpuset_cpus", "cpuset_mems", "memory_swappiness")
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     MEMORY_SWAP_FIELD_NUMBER: _ClassVar[int]
     NANO_CPUS_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,9 @@ class Resources(_message.Message):
     BLKIO_WEIGHT_FIELD_NUMBER: _ClassVar[int]
     DEVICE_READ_BPS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_WRITE_BPS_FIELD_NUMBER: _ClassVar[int]
+    CPUSET_CPUS_FIELD_NUMBER: _ClassVar[int]
+    CPUSET_MEMS_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_SWAPPINESS_FIELD_NUMBER: _ClassVar[int]
     memory: int
     memory_swap: int
     nano_cpus: int
@@ -124,7 +127,10 @@ class Resources(_message.Message):
     blkio_weight: int
     device_read_bps: _containers.RepeatedCompositeFieldContainer[DeviceRate]
     device_write_bps: _containers.RepeatedCompositeFieldContainer[DeviceRate]
-    def __init__(self, memory: _Optional[int] = ..., memory_swap: _Optional[int] = ..., nano_cpus: _Optional[int] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ..., blkio_weight: _Optional[int] = ..., device_read_bps: _Optional[_Iterable[_Union[DeviceRate, _Mapping]]] = ..., device_write_bps: _Optional[_Iterable[_Union[DeviceRate, _Mapping]]] = ...) -> None: ...
+    cpuset_cpus: str
+    cpuset_mems: str
+    memory_swappiness: int
+    def __init__(self, memory: _Optional[int] = ..., memory_swap: _Optional[int] = ..., nano_cpus: _Optional[int] = ..., cpu_shares: _Optional[int] = ..., pids_limit: _Optional[int] = ..., blkio_weight: _Optional[int] = ..., device_read_bps: _Optional[_Iterable[_Union[DeviceRate, _Mapping]]] = ..., device_write_bps: _Optional[_Iterable[_Union[DeviceRate, _Mapping]]] = ..., cpuset_cpus: _Optional[str] = ..., cpuset_mems: _Optional[str] = ..., memory_swappiness: _Optional[int] = ...) -> None: ...
 
 class RestartPolicy(_message.Message):
     __slots__ = ("name", "max_retries")
@@ -135,7 +141,7 @@ class RestartPolicy(_message.Message):
     def __init__(self, name: _Optional[str] = ..., max_retries: _Optional[int] = ...) -> None: ...
 
 class ContainerConfig(_message.Message):
-    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "devices", "privileged", "overlays", "mounts", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search", "dns_options", "extra_hosts", "sysctls", "shm_size", "group_add", "healthcheck", "log_config", "task_files")
+    __slots__ = ("name", "image", "cmd", "entrypoint", "entrypoint_set", "env", "workdir", "user", "hostname", "tty", "open_stdin", "labels", "ports", "resources", "network_mode", "pid_mode", "ipc_mode", "userns_mode", "restart_policy", "auto_remove", "init", "stop_timeout", "stop_signal", "security_opt", "devices", "privileged", "overlays", "mounts", "read_only", "cap_add", "cap_drop", "ulimits", "dns", "dns_search", "dns_options", "extra_hosts", "sysctls", "shm_size", "group_add", "healthcheck", "log_config", "task_files", "cgroupns_mode", "uts_mode", "device_cgroup_rules", "volume_flags", "mount_flags", "tmpfs_flags")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +198,12 @@ class ContainerConfig(_message.Message):
     HEALTHCHECK_FIELD_NUMBER: _ClassVar[int]
     LOG_CONFIG_FIELD_NUMBER: _ClassVar[int]
     TASK_FILES_FIELD_NUMBER: _ClassVar[int]
+    CGROUPNS_MODE_FIELD_NUMBER: _ClassVar[int]
+    UTS_MODE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_CGROUP_RULES_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    MOUNT_FLAGS_FIELD_NUMBER: _ClassVar[int]
+    TMPFS_FLAGS_FIELD_NUMBER: _ClassVar[int]
     name: str
     image: str
     cmd: _containers.RepeatedScalarFieldContainer[str]
@@ -234,7 +246,13 @@ class ContainerConfig(_message.Message):
     healthcheck: HealthCheck
     log_config: LogConfig
     task_files: _containers.RepeatedCompositeFieldContainer[TaskFile]
-    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[DeviceMapping, _Mapping]]] = ..., privileged: _Optional[bool] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., shm_size: _Optional[int] = ..., group_add: _Optional[_Iterable[str]] = ..., healthcheck: _Optional[_Union[HealthCheck, _Mapping]] = ..., log_config: _Optional[_Union[LogConfig, _Mapping]] = ..., task_files: _Optional[_Iterable[_Union[TaskFile, _Mapping]]] = ...) -> None: ...
+    cgroupns_mode: str
+    uts_mode: str
+    device_cgroup_rules: _containers.RepeatedScalarFieldContainer[str]
+    volume_flags: _containers.RepeatedScalarFieldContainer[str]
+    mount_flags: _containers.RepeatedScalarFieldContainer[str]
+    tmpfs_flags: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, name: _Optional[str] = ..., image: _Optional[str] = ..., cmd: _Optional[_Iterable[str]] = ..., entrypoint: _Optional[_Iterable[str]] = ..., entrypoint_set: _Optional[bool] = ..., env: _Optional[_Iterable[str]] = ..., workdir: _Optional[str] = ..., user: _Optional[str] = ..., hostname: _Optional[str] = ..., tty: _Optional[bool] = ..., open_stdin: _Optional[bool] = ..., labels: _Optional[_Mapping[str, str]] = ..., ports: _Optional[_Iterable[_Union[PortMapping, _Mapping]]] = ..., resources: _Optional[_Union[Resources, _Mapping]] = ..., network_mode: _Optional[str] = ..., pid_mode: _Optional[str] = ..., ipc_mode: _Optional[str] = ..., userns_mode: _Optional[str] = ..., restart_policy: _Optional[_Union[RestartPolicy, _Mapping]] = ..., auto_remove: _Optional[bool] = ..., init: _Optional[bool] = ..., stop_timeout: _Optional[int] = ..., stop_signal: _Optional[str] = ..., security_opt: _Optional[_Iterable[str]] = ..., devices: _Optional[_Iterable[_Union[DeviceMapping, _Mapping]]] = ..., privileged: _Optional[bool] = ..., overlays: _Optional[_Iterable[_Union[OverlayAttachment, _Mapping]]] = ..., mounts: _Optional[_Iterable[_Union[Mount, _Mapping]]] = ..., read_only: _Optional[bool] = ..., cap_add: _Optional[_Iterable[str]] = ..., cap_drop: _Optional[_Iterable[str]] = ..., ulimits: _Optional[_Iterable[_Union[Ulimit, _Mapping]]] = ..., dns: _Optional[_Iterable[str]] = ..., dns_search: _Optional[_Iterable[str]] = ..., dns_options: _Optional[_Iterable[str]] = ..., extra_hosts: _Optional[_Iterable[str]] = ..., sysctls: _Optional[_Mapping[str, str]] = ..., shm_size: _Optional[int] = ..., group_add: _Optional[_Iterable[str]] = ..., healthcheck: _Optional[_Union[HealthCheck, _Mapping]] = ..., log_config: _Optional[_Union[LogConfig, _Mapping]] = ..., task_files: _Optional[_Iterable[_Union[TaskFile, _Mapping]]] = ..., cgroupns_mode: _Optional[str] = ..., uts_mode: _Optional[str] = ..., device_cgroup_rules: _Optional[_Iterable[str]] = ..., volume_flags: _Optional[_Iterable[str]] = ..., mount_flags: _Optional[_Iterable[str]] = ..., tmpfs_flags: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class LogConfig(_message.Message):
     __slots__ = ("type", "config")

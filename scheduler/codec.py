@@ -58,7 +58,8 @@ def encode(obj: Any) -> Any:
 _hints: dict[type, dict[str, Any]] = {}
 
 
-def _type_hints(cls: type) -> dict[str, Any]:
+def type_hints(cls: type) -> dict[str, Any]:
+    """A dataclass's resolved type hints, cached (scheduler/specpb.py uses them too)."""
     hints = _hints.get(cls)
     if hints is None:
         hints = _hints[cls] = typing.get_type_hints(cls)
@@ -100,7 +101,7 @@ def _decode(tp: Any, data: Any, where: str) -> Any:
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if not isinstance(data, dict):
             raise DecodeError(f"{where}: expected a mapping")
-        hints = _type_hints(tp)
+        hints = type_hints(tp)
         kwargs = {}
         for f in dataclasses.fields(tp):
             if f.name in data:
@@ -196,6 +197,7 @@ def decode_node(d: Any) -> Node:
             arch=d.get("arch", "x86_64"), engine_labels=_str_map(d.get("engine_labels", {}), "Node.engine_labels"),
             images=frozenset(str(i) for i in d.get("images", ())),
             metrics_addr=str(d.get("metrics_addr", "")), agent_id=str(d.get("agent_id", "")),
+            certified=bool(d.get("certified", False)),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(f"Node: {e}") from e

@@ -109,6 +109,9 @@ class Node:
     images: frozenset[str] = frozenset()  # images already on the node, for the locality scorer
     metrics_addr: str = ""  # the agent's /metrics host:port, for the scheduler's /sd
     agent_id: str = ""  # stable id of the agent that registered this name (a restart keeps it)
+    # registered over mutual TLS, agent_id being its certificate's CN: the name is that certificate's
+    # for good (an --insecure registration's id is the agent's own word, and binds no certificate)
+    certified: bool = False
     mod_revision: int = 0  # etcd metadata, not part of the value
 
     def __post_init__(self) -> None:

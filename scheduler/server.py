@@ -903,17 +903,19 @@ class SchedulerServicer(pbg.SchedulerServicer):
             raise Forbidden(f"agent {cn} may register only as itself, not as {node.agent_id or 'no id'}")
         old = await self.store.get_node(node.name)
         alive = node.name in await self.store.alive_nodes()
+        node.certified = bool(cn)
         if old is not None:
-            if cn and old.agent_id and old.agent_id != cn:
+            if cn and old.certified and old.agent_id != cn:
                 # Over TLS a name belongs to the certificate that registered it first, alive or not.
                 raise Forbidden(f"node name {node.name} belongs to agent {old.agent_id}, not {cn}")
             if alive and old.agent_id and old.agent_id != node.agent_id:
                 raise Exists(f"node name {node.name} is taken by a live agent at {old.address}; "
                              f"give this one another --name")
             # what operators set stays: availability, and labels added with `node label`; over TLS
-            # the labels are frozen at admission (they steer workloads: only an admin changes them)
+            # the labels are frozen at admission (they steer workloads: only an admin changes them).
+            # A name an --insecure agent had (the same hosts, once run plaintext) is admitted anew.
             node.availability = old.availability
-            node.labels = dict(old.labels) if cn else {**old.labels, **node.labels}
+            node.labels = dict(old.labels) if cn and old.certified else {**old.labels, **node.labels}
             node.mod_revision = old.mod_revision
         lease = await self.store.grant_lease(self.ttl)
         ops: list[Op] = [self.store.put_node_op(node), Put(self.store.keys.alive(node.name), b"", None, lease=lease)]

@@ -23,17 +23,12 @@ from typing import Any, TypeVar
 
 from google.protobuf.message import Message
 
+from scheduler import codec
+
 T = TypeVar("T")
 
 
-_HINTS: dict[type, dict[str, Any]] = {}
-
-
-def _hints(cls: type) -> dict[str, Any]:
-    h = _HINTS.get(cls)
-    if h is None:
-        h = _HINTS[cls] = typing.get_type_hints(cls)
-    return h
+_hints = codec.type_hints   # one cache of the dataclasses' resolved hints, the JSON codec's
 
 
 def _is_dataclass_type(tp: Any) -> bool:

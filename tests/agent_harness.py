@@ -186,7 +186,7 @@ class AgentProcess:
         with open("/proc/mounts") as f:
             out += [ln.split()[1] for ln in f if str(self.root) in ln.split()[1]]
         parent = self.cgroup_parent
-        for ctl in ("memory", "cpu", "pids", "freezer", "blkio", "devices"):
+        for ctl in ("memory", "cpu", "pids", "freezer", "blkio", "devices", "cpuset"):
             d = Path("/sys/fs/cgroup") / ctl / parent
             if d.is_dir():
                 # (not the spare a pre-cloned init waits in: shim.SpareCgroup; once the agent is

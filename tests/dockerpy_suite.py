@@ -45,8 +45,6 @@ DESELECTED = {
     "models_images_test.py::ImageCollectionTest::test_list": "pulls from Docker Hub",
     "models_images_test.py::ImageCollectionTest::test_list_with_repository": "pulls from Docker Hub",
     "models_images_test.py::ImageTest::test_tag_and_remove": "pulls from Docker Hub",
-    "models_containers_test.py::ContainerTest::test_top":
-        "flaky here: dockyard's start returns before its init's execve, so a top at once can show the init",
     "api_container_test.py::AttachContainerTest::test_run_container_reading_socket_ws":
         "docker-py's websocket attach works over tcp:// only (on a unix socket it hands websocket-client an "
         "http+docker:// URL); attach/ws itself is tested in tests/kernel/test_dockerapi_hostconfig.py",
@@ -55,37 +53,11 @@ DESELECTED = {
 # Tests of what dockyard does not do (yet): each refused with a clear 400/501, never faked. They
 # are left out so that a run passes only when everything else does; the reasons are the to-do list.
 UNSUPPORTED: dict[str, list[str]] = {
-    "ONBUILD: refused by dockyard's builder": [
-        'api_build_test.py::BuildTest::test_build_container_with_target',
-    ],
-    'the test reads logs right after start, without waiting (races a fast start); and .dockerignore is not applied by the daemon': [
+    'the test reads logs right after start, without waiting (races a fast start)': [
         'api_build_test.py::BuildTest::test_build_in_context_dockerfile',
         'api_build_test.py::BuildTest::test_build_in_context_nested_dockerfile',
         'api_build_test.py::BuildTest::test_build_in_context_abs_dockerfile',
-    ],
-    'the test reads logs right after start, without waiting (races a fast start)': [
         'api_build_test.py::BuildTest::test_build_out_of_context_dockerfile',
-    ],
-    "build shmsize: not in dockyard's builder": [
-        'api_build_test.py::BuildTest::test_build_shmsize',
-    ],
-    "build: RUN's stderr is not coloured apart from stdout in dockyard's build output": [
-        'api_build_test.py::BuildTest::test_build_stderr_data',
-    ],
-    "build cachefrom: not in dockyard's builder": [
-        'api_build_test.py::BuildTest::test_build_with_cache_from',
-    ],
-    "build: the daemon does not apply .dockerignore (the docker CLI and dockyard's do, client side)": [
-        'api_build_test.py::BuildTest::test_build_with_dockerignore',
-    ],
-    "build extrahosts: not in dockyard's builder": [
-        'api_build_test.py::BuildTest::test_build_with_extra_hosts',
-    ],
-    "cgroup namespaces: dockyard's containers share the host's": [
-        'api_container_test.py::CreateContainerTest::test_create_with_cgroupns',
-    ],
-    "device cgroup rules: the runtime's /dev is fixed": [
-        'api_container_test.py::CreateContainerTest::test_create_with_device_cgroup_rules',
     ],
     'Isolation (a Windows setting): refused': [
         'api_container_test.py::CreateContainerTest::test_create_with_isolation',
@@ -93,12 +65,6 @@ UNSUPPORTED: dict[str, list[str]] = {
     'MacAddress: dockyard derives the MAC from the address': [
         'api_container_test.py::CreateContainerTest::test_create_with_mac_address',
         'api_network_test.py::TestNetworks::test_connect_with_mac_address',
-    ],
-    "MemorySwappiness: not in dockyard's cgroup drivers": [
-        'api_container_test.py::CreateContainerTest::test_create_with_memory_constraints_with_int',
-    ],
-    'UTSMode host without the host network: not in dockyard': [
-        'api_container_test.py::CreateContainerTest::test_create_with_uts_mode',
     ],
     "json-file max-file without max-size: dockyard refuses it by name (the log would never rotate; "
     "docker takes it and does nothing)": [
@@ -136,27 +102,15 @@ UNSUPPORTED: dict[str, list[str]] = {
         'api_network_test.py::TestNetworks::test_create_with_driveropt',
         'models_containers_test.py::ContainerCollectionTest::test_run_with_networking_config',
     ],
-    "legacy links' environment variables (ALIAS_NAME, ALIAS_ENV_*), DELETE of a link, and a link to a "
-    "container that starts later: dockyard's --link is an /etc/hosts entry written at the start": [
-        'api_container_test.py::CreateContainerTest::test_create_with_links',
-        'api_container_test.py::LinkTest::test_remove_link',
+    "a link on a user network to a container that starts later (the network helper's part): dockyard "
+    "resolves a link at the start": [
         'api_network_test.py::TestNetworks::test_create_with_links',
     ],
     "VolumeDriver of a plugin ('foo'): only the local driver (refused by name)": [
         'models_containers_test.py::ContainerTest::test_create_with_volume_driver',
     ],
-    "build networkmode: dockyard's builder runs RUN steps without a network choice": [
-        'api_build_test.py::BuildTest::test_build_with_network_mode',
-    ],
-    "CpusetCpus: not in dockyard's cgroup drivers": [
-        'api_container_test.py::ContainerCPUTest::test_container_cpuset',
-    ],
     "Runtime 'runc': dockyard is its own runtime": [
         'api_container_test.py::ContainerCPUTest::test_create_with_runtime',
-    ],
-    "image inspect's Container/ContainerConfig of a commit: the image store does not record them": [
-        'api_image_test.py::CommitTest::test_commit',
-        'api_image_test.py::CommitTest::test_commit_with_changes',
     ],
 }
 

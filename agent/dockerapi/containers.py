@@ -233,11 +233,18 @@ def register(r: Any, api: DockerAPI) -> None:
     async def remove(req: Request) -> Response:
         c = get(req)
         if req.flag("link"):
-            raise HTTPError(400, "links are not supported by dockyard")
+            raise HTTPError(400, f"Conflict, cannot remove the default link name of the container {c.name}")
         await m.remove(c.id, req.flag("force"))
         api.console.pop(c.id, None)
         for eid in [e.id for e in api.execs.values() if e.container == c.id]:
             api.execs.pop(eid, None)
+        return Body(204, b"")
+
+    async def remove_link(req: Request) -> Response:
+        """DELETE /containers/PARENT/ALIAS?link=1: a legacy link of PARENT."""
+        if not req.flag("link"):
+            raise HTTPError(404, f"No such container: {req.params['parent']}/{req.params['alias']}")
+        await asyncio.to_thread(m.remove_link, m.get(req.params["parent"]), req.params["alias"])
         return Body(204, b"")
 
     async def rename(req: Request) -> Response:
@@ -632,6 +639,7 @@ def register(r: Any, api: DockerAPI) -> None:
     r.add("POST", "/containers/{id}/unpause", unpause)
     r.add("POST", "/containers/{id}/wait", wait)
     r.add("DELETE", "/containers/{id}", remove)
+    r.add("DELETE", "/containers/{parent}/{alias}", remove_link)
     r.add("POST", "/containers/{id}/rename", rename)
     r.add("GET", "/containers/{id}/logs", logs)
     r.add("POST", "/containers/{id}/attach", attach)

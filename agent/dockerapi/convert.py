@@ -48,7 +48,7 @@ _HOST_MAPPED = {
     "PidMode", "IpcMode", "UsernsMode", "Init", "SecurityOpt", "LogConfig", "ConsoleSize", "CgroupnsMode",
     "Isolation", "Privileged", "Devices", "Binds", "Mounts", "Tmpfs", "ReadonlyRootfs", "CapAdd", "CapDrop",
     "Ulimits", "Dns", "DnsSearch", "DnsOptions", "ExtraHosts", "Sysctls", "ShmSize", "GroupAdd", "VolumesFrom",
-    "VolumeDriver", "Links",
+    "VolumeDriver", "Links", "CpusetCpus", "CpusetMems", "MemorySwappiness", "UTSMode", "DeviceCgroupRules",
 }
 
 
@@ -83,6 +83,13 @@ def _strs(v: Any, field: str) -> list[str]:
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise HTTPError(400, f"{field} must be a list of strings (got {v!r})")
     return list(v)
+
+
+def _str_list(v: Any, field: str) -> list[str]:
+    """A JSON array of strings only (docker's []string, not its StrSlice that also takes one string)."""
+    if v is not None and not isinstance(v, list):
+        raise HTTPError(400, f"{field} must be a list of strings (got {v!r})")
+    return _strs(v, field)
 
 
 def _int(v: Any, field: str) -> int:
@@ -387,9 +394,6 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         logs.rotation(log_config, complete=False)
     except InvalidArgument as bad:
         raise HTTPError(400, f"HostConfig.LogConfig: {bad}") from None
-    if (host.get("CgroupnsMode") or "host") != "host":
-        raise HTTPError(400, f"HostConfig.CgroupnsMode {host['CgroupnsMode']!r} is not supported: "
-                             "dockyard's containers share the host's cgroup namespace")
     if (host.get("Isolation") or "default") != "default":
         raise HTTPError(400, f"HostConfig.Isolation {host['Isolation']!r} is not supported (only default)")
 
@@ -439,6 +443,10 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
             blkio_weight=_int(host.get("BlkioWeight"), "HostConfig.BlkioWeight"),
             device_read_bps=_rates(host.get("BlkioDeviceReadBps"), "BlkioDeviceReadBps"),
             device_write_bps=_rates(host.get("BlkioDeviceWriteBps"), "BlkioDeviceWriteBps"),
+            cpuset_cpus=_str(host.get("CpusetCpus"), "HostConfig.CpusetCpus"),
+            cpuset_mems=_str(host.get("CpusetMems"), "HostConfig.CpusetMems"),
+            memory_swappiness=-1 if host.get("MemorySwappiness") is None
+            else _int(host.get("MemorySwappiness"), "HostConfig.MemorySwappiness"),
         ),
         network_mode=net,
         pid_mode=_str(host.get("PidMode"), "HostConfig.PidMode"),
@@ -471,6 +479,9 @@ def config_from_docker(body: Any, name: str) -> tuple[ContainerConfig, tuple[int
         network_aliases=aliases,
         ipv4_address=ipv4, networks=more,
         links=[_link(x) for x in links],
+        cgroupns_mode=_str(host.get("CgroupnsMode"), "HostConfig.CgroupnsMode"),
+        uts_mode=_str(host.get("UTSMode"), "HostConfig.UTSMode"),
+        device_cgroup_rules=_str_list(host.get("DeviceCgroupRules"), "HostConfig.DeviceCgroupRules"),
     )
     size = host.get("ConsoleSize")
     console = None
@@ -632,14 +643,14 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
                               "MaximumRetryCount": cfg.restart_policy.max_retries},
             "AutoRemove": cfg.auto_remove, "VolumeDriver": "", "VolumesFrom": list(cfg.volumes_from) or None,
             "ConsoleSize": [0, 0], "CapAdd": list(cfg.cap_add) or None, "CapDrop": list(cfg.cap_drop) or None,
-            "CgroupnsMode": "host", "Dns": list(cfg.dns), "DnsOptions": list(cfg.dns_options),
+            "CgroupnsMode": cfg.cgroupns_mode or "host", "Dns": list(cfg.dns), "DnsOptions": list(cfg.dns_options),
             "DnsSearch": list(cfg.dns_search), "ExtraHosts": list(cfg.extra_hosts) or None,
             "GroupAdd": list(cfg.group_add) or None, "Sysctls": dict(cfg.sysctls) or None,
             "IpcMode": cfg.ipc_mode or "private", "Cgroup": "",
             "Links": [f"/{x.partition(':')[0]}:/{c.name}/{x.partition(':')[2] or x.partition(':')[0]}"
                       for x in cfg.links] or None, "OomScoreAdj": 0,
             "PidMode": cfg.pid_mode, "Privileged": cfg.privileged, "PublishAllPorts": False,
-            "ReadonlyRootfs": cfg.read_only, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": "",
+            "ReadonlyRootfs": cfg.read_only, "SecurityOpt": list(cfg.security_opt) or None, "UTSMode": cfg.uts_mode,
             "UsernsMode": cfg.userns_mode, "ShmSize": cfg.shm_size or 64 << 20, "Runtime": "dockyard",
             "Isolation": "",
             "CpuShares": r.cpu_shares, "Memory": r.memory, "NanoCpus": r.nano_cpus, "CgroupParent": "",
@@ -647,11 +658,11 @@ def inspect(c: Container, log_path: str, image_config: Any, health: Any = None,
             "BlkioDeviceReadBps": [{"Path": d.path, "Rate": d.rate} for d in r.device_read_bps],
             "BlkioDeviceWriteBps": [{"Path": d.path, "Rate": d.rate} for d in r.device_write_bps],
             "BlkioDeviceReadIOps": [], "BlkioDeviceWriteIOps": [], "CpuPeriod": 0, "CpuQuota": 0,
-            "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": "", "CpusetMems": "",
+            "CpuRealtimePeriod": 0, "CpuRealtimeRuntime": 0, "CpusetCpus": r.cpuset_cpus, "CpusetMems": r.cpuset_mems,
             "Devices": [{"PathOnHost": d.path_on_host, "PathInContainer": d.path_in_container or d.path_on_host,
                          "CgroupPermissions": d.permissions} for d in cfg.devices],
-            "DeviceCgroupRules": None, "DeviceRequests": None, "MemoryReservation": 0,
-            "MemorySwap": r.memory_swap, "MemorySwappiness": None, "OomKillDisable": False,
+            "DeviceCgroupRules": list(cfg.device_cgroup_rules) or None, "DeviceRequests": None, "MemoryReservation": 0,
+            "MemorySwap": r.memory_swap, "MemorySwappiness": None if r.memory_swappiness == -1 else r.memory_swappiness, "OomKillDisable": False,
             "PidsLimit": r.pids_limit or None,
             "Ulimits": [{"Name": u.name, "Soft": u.soft, "Hard": u.hard} for u in cfg.ulimits] or None,
             "CpuCount": 0, "CpuPercent": 0,
@@ -711,7 +722,7 @@ def image_inspect(i: Any, parent: str, version: str = "1.45") -> dict[str, Any]:
         "Hostname": "", "Domainname": "", "User": oci.get("User", ""), "AttachStdin": False,
         "AttachStdout": False, "AttachStderr": False, "Tty": False, "OpenStdin": False, "StdinOnce": False,
         "Env": oci.get("Env"), "Cmd": oci.get("Cmd"), "Image": "", "Volumes": oci.get("Volumes"),
-        "WorkingDir": oci.get("WorkingDir", ""), "Entrypoint": oci.get("Entrypoint"), "OnBuild": None,
+        "WorkingDir": oci.get("WorkingDir", ""), "Entrypoint": oci.get("Entrypoint"), "OnBuild": oci.get("OnBuild"),
         "Labels": oci.get("Labels"),
         **({"ExposedPorts": oci["ExposedPorts"]} if oci.get("ExposedPorts") else {}),
         **({"StopSignal": oci["StopSignal"]} if oci.get("StopSignal") else {}),
@@ -724,4 +735,6 @@ def image_inspect(i: Any, parent: str, version: str = "1.45") -> dict[str, Any]:
         "GraphDriver": {"Name": "overlay2", "Data": None},
         "RootFS": {"Type": "layers", "Layers": list(i.diff_ids)},
         "Metadata": {"LastTagTime": "0001-01-01T00:00:00Z"},
+        # (a committed image's origin, as docker records it; API 1.45 dropped them for others)
+        **({"Container": i.container, "ContainerConfig": i.container_config} if getattr(i, "container", "") else {}),
     }

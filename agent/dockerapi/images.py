@@ -34,7 +34,9 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 def _error(e: BaseException) -> bytes:
     msg = str(e)
-    return _line({"errorDetail": {"message": msg}, "error": msg})
+    code = getattr(e, "code", 0)   # a RUN's exit status, as dockerd gives it
+    return _line({"errorDetail": {"message": msg, **({"code": code} if isinstance(code, int) and code else {})},
+                  "error": msg})
 
 
 def decode_auth(header: str) -> registry.Auth:
@@ -284,14 +286,20 @@ def register(r: Any, api: DockerAPI) -> None:
                                      "use ?changes= (Dockerfile instructions)")
         repo, tag_ = req.arg("repo"), req.arg("tag")
         ref = (f"{repo}:{tag_}" if tag_ else repo) or None
-        i = await asyncio.to_thread(store.commit, c.snapshot, c.image_id, ref, changes, req.arg("comment"))
+        cc = c.config
+        origin = {"Hostname": cc.hostname or c.id[:12], "User": cc.user, "Env": list(cc.env) or None,
+                  "Cmd": list(c.args) or None, "Image": c.image_ref, "WorkingDir": cc.workdir,
+                  "Labels": dict(cc.labels), "Tty": cc.tty, "OpenStdin": cc.open_stdin}
+        i = await asyncio.to_thread(store.commit, c.snapshot, c.image_id, ref, changes, req.arg("comment"),
+                                    container=c.id, container_config=origin)
         return Json(201, {"Id": i.id})
 
     async def build(req: Request) -> Response:
         from agent.images.build import Builder, BuildOptions, unpack_context
+        from common.dockerignore import remove_ignored
 
-        for unsupported in ("remote", "squash", "extrahosts", "platform", "cpusetcpus", "memory", "memswap",
-                            "cpushares", "cpuquota", "cpuperiod", "shmsize", "cachefrom", "outputs"):
+        for unsupported in ("remote", "squash", "platform", "cpusetcpus", "memory", "memswap",
+                            "cpushares", "cpuquota", "cpuperiod", "outputs"):
             v = req.arg(unsupported)
             if v and v not in ("0", "[]", "{}", "null", "false"):
                 raise HTTPError(400, f"build: {unsupported} is not supported by dockyard")
@@ -310,6 +318,30 @@ def register(r: Any, api: DockerAPI) -> None:
                 raise HTTPError(400, f"build: {key} must be a JSON object")
             return {str(k): str(v) for k, v in val.items() if v is not None}
 
+        def jlist(key: str) -> list[str]:
+            raw = req.arg(key)
+            if not raw:
+                return []
+            try:
+                val = json.loads(raw)
+            except ValueError:
+                raise HTTPError(400, f"build: {key} is not JSON") from None
+            if not isinstance(val, list) or not all(isinstance(x, str) for x in val):
+                raise HTTPError(400, f"build: {key} must be a JSON list of strings")
+            return val
+
+        try:
+            shm_size = int(req.arg("shmsize") or 0)
+        except ValueError:
+            raise HTTPError(400, f"build: shmsize {req.arg('shmsize')!r} is not a number of bytes") from None
+        if shm_size < 0:
+            raise HTTPError(400, "build: shmsize must not be negative")
+        # extrahosts: repeated NAME:IP (docker's CLI), or one comma-separated value
+        extra_hosts = [h for v in req.query.get("extrahosts", []) for h in v.split(",") if h]
+        for h in extra_hosts:
+            name_, sep, ip = h.partition(":")
+            if not sep or not name_ or not ip:
+                raise HTTPError(400, f"build: extrahosts {h!r}: expected NAME:IP")
         opts_tags = req.query.get("t", [])
         args, labels = jmap("buildargs"), jmap("labels")
         dockerfile_name = req.arg("dockerfile") or "Dockerfile"
@@ -335,12 +367,16 @@ def register(r: Any, api: DockerAPI) -> None:
             if not str(df_path).startswith(str((work / "context").resolve()) + os.sep) or not df_path.is_file():
                 raise HTTPError(400, f"Cannot locate specified Dockerfile: {dockerfile_name}")
             text = df_path.read_text()
+            # what a client sent despite its .dockerignore (the Dockerfile and .dockerignore
+            # themselves among them), as dockerd removes it, once the Dockerfile is read
+            await asyncio.to_thread(remove_ignored, work / "context")
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
         opts = BuildOptions(dockerfile=text, dockerfile_name=dockerfile_name, tags=opts_tags, build_args=args,
                             no_cache=req.flag("nocache"), target=req.arg("target"),
-                            network=req.arg("networkmode") or "bridge", labels=labels)
+                            network=req.arg("networkmode") or "bridge", labels=labels, shm_size=shm_size,
+                            extra_hosts=extra_hosts, cache_from=jlist("cachefrom"))
         if opts.network == "default":
             opts.network = "bridge"
 

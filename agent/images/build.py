@@ -5,7 +5,7 @@ Flow of one build (docker's classic builder, with its output)::
     context tar (from the client) -> unpacked with the layer checks into tmp/build-*/context
     for each stage needed by --target, for each instruction:   "Step 2/4 : COPY test /tmp/test"
         cache key = sha256(parent image id, instruction as expanded, content digest, build args)
-        hit  -> " ---> CACHED", the step's image again
+        hit  -> " ---> Using cache" (the classic builder's words), the step's image again
         FROM      -> a local image, a pulled one, an earlier stage, or scratch (no image yet)
         COPY/ADD  -> prepare a snapshot on the parent's layers, write the files into its upper dir,
                      ImageStore.commit (one more layer), remove the snapshot
@@ -60,6 +60,9 @@ class BuildOptions:
     target: str = ""
     network: str = "bridge"                          # network mode of RUN containers
     labels: dict[str, str] = field(default_factory=dict)
+    shm_size: int = 0                                # bytes of RUN containers' /dev/shm; 0: 64 MiB
+    extra_hosts: list[str] = field(default_factory=list)  # NAME:IP lines of RUN containers' /etc/hosts
+    cache_from: list[str] = field(default_factory=list)   # set: only these images (and their parents) are cache
 
 
 @dataclass
@@ -253,6 +256,7 @@ class Builder:
         self.pull = pull
         self.cache = BuildCache(store.root / CACHE_FILE)
         self.contexts = contexts  # where a kept context's COPY digests are remembered
+        self._sources_of: tuple[tuple[str, ...], set[str]] = ((), set())   # cache_from -> its images
 
     def _alive(self, image_id: str) -> bool:
         try:
@@ -260,6 +264,35 @@ class Builder:
             return True
         except ImageError:
             return False
+
+    def _hit(self, key: str, opts: BuildOptions) -> str | None:
+        """The cached image of this step, if there is one the build may use: none with --no-cache;
+        with --cache-from, only one of those images' own chains (docker's classic builder)."""
+        if opts.no_cache:
+            return None
+        image_id = self.cache.get(key)
+        if not image_id or not self._alive(image_id):
+            return None
+        if opts.cache_from and image_id not in self._sources(opts.cache_from):
+            return None
+        return image_id
+
+    def _sources(self, refs: list[str]) -> set[str]:
+        """The images of --cache-from and every parent of theirs; names that resolve to nothing are
+        left out, as docker leaves them."""
+        key = tuple(refs)
+        if self._sources_of[0] != key:
+            ids: set[str] = set()
+            for ref in refs:
+                try:
+                    cur = self.store.get(ref).id
+                except ImageError:
+                    continue
+                while cur and cur not in ids:
+                    ids.add(cur)
+                    cur = self.store.parent(cur)
+            self._sources_of = (key, ids)
+        return self._sources_of[1]
 
     async def build(self, context: Path, opts: BuildOptions) -> AsyncIterator[BuildEvent]:
         dfile = df.parse(opts.dockerfile, opts.dockerfile_name)
@@ -288,6 +321,20 @@ class Builder:
                 img = await asyncio.to_thread(self.store.get, state.image)
                 state.config = img.config
                 yield BuildEvent("step", f" ---> {_short(state.image)}\n", step, total)
+            if state.config.on_build:
+                # the base's ONBUILD triggers run first, as docker runs them; they are not
+                # inherited further (the new image's OnBuild is its own ONBUILDs only)
+                triggers = state.config.on_build
+                state.config = replace(state.config, on_build=[])
+                yield BuildEvent("step", f"# Executing {len(triggers)} build trigger"
+                                 f"{'s' if len(triggers) > 1 else ''}\n", step, total)
+                for text in triggers:
+                    trig = df.trigger(text, ins.line, name)
+                    async for ev in self._step(state, trig, dfile, global_args, opts, ctx_tree, results, used_args):
+                        ev.step, ev.total = step, total
+                        yield ev
+                if state.image:
+                    yield BuildEvent("step", f" ---> {_short(state.image)}\n", step, total)
             for ins in stage.instructions:
                 step += 1
                 yield BuildEvent("step", f"Step {step}/{total} : {ins.original}\n", step, total)
@@ -369,16 +416,16 @@ class Builder:
                 image, cached = await asyncio.to_thread(
                     self._copy, state, ins, dfile, env, opts, ctx_tree, results)
                 if cached:
-                    yield BuildEvent("step", " ---> CACHED\n", cached=True)
+                    yield BuildEvent("step", " ---> Using cache\n", cached=True)
                 state.image = image
                 return
             # Config-only instructions.
             config = self._config_step(state, ins, env, dfile.escape)
             original = ins.original if kw not in EXPANDED_DISPLAY else f"{kw} {df.expand(ins.args, env, dfile.escape)}"
             key = cache_key(state.image or "scratch", "config", original, config.to_oci())
-            cached_id = None if opts.no_cache else self.cache.get(key)
-            if cached_id and self._alive(cached_id):
-                yield BuildEvent("step", " ---> CACHED\n", cached=True)
+            cached_id = self._hit(key, opts)
+            if cached_id:
+                yield BuildEvent("step", " ---> Using cache\n", cached=True)
                 state.image, state.config = cached_id, config
                 return
             img = await asyncio.to_thread(self.store.derive, state.image, config, f"/bin/sh -c #(nop)  {original}")
@@ -403,6 +450,8 @@ class Builder:
             return replace(cfg, labels={**cfg.labels, **dict(df.key_values("LABEL", ins.args, env, escape))})
         if kw == "MAINTAINER":
             return replace(cfg, labels={**cfg.labels, "maintainer": ins.args})
+        if kw == "ONBUILD":
+            return replace(cfg, on_build=[*cfg.on_build, ins.args])
         if kw in ("CMD", "ENTRYPOINT"):
             new = apply_change(cfg, f"{kw} {ins.args}", shell=state.shell)
             return new
@@ -430,9 +479,9 @@ class Builder:
         if arg_env:
             created_by = f"|{len(arg_env)} " + " ".join(f"{k}={v}" for k, v in arg_env.items()) + " " + created_by
         key = cache_key(state.image or "scratch", "RUN", argv, arg_env, ins.flags.get("network", opts.network))
-        cached_id = None if opts.no_cache else self.cache.get(key)
-        if cached_id and self._alive(cached_id):
-            yield BuildEvent("step", " ---> CACHED\n", cached=True)
+        cached_id = self._hit(key, opts)
+        if cached_id:
+            yield BuildEvent("step", " ---> Using cache\n", cached=True)
             state.image = cached_id
             return
         if self.runner is None:
@@ -447,6 +496,7 @@ class Builder:
             image=state.image, cmd=list(argv), entrypoint=[], entrypoint_set=True,
             env=[f"{k}={v}" for k, v in arg_env.items()], workdir=state.config.workdir,
             user=state.config.user, network_mode=network, labels={"dockyard.build": "1"},
+            shm_size=opts.shm_size, extra_hosts=list(opts.extra_hosts),
         )
         runner = self.runner
         try:
@@ -459,13 +509,16 @@ class Builder:
                 await runner.start(c.id)
             except Exception as e:
                 raise DockerfileError(f"RUN: {e}", ins.line, name) from None
-            async for _stream, data, _ts in runner.logs(c.id, follow=True):
-                yield BuildEvent("output", data.decode(errors="replace"))
+            async for stream, data, _ts in runner.logs(c.id, follow=True):
+                text = data.decode(errors="replace")
+                # the classic builder's marking of a RUN's stderr: bright red, reset after
+                yield BuildEvent("output", f"\x1b[91m{text}\x1b[0m" if stream == "stderr" else text)
             done = await runner.wait(c.id)
             code = int(done.state.exit_code)
             if code != 0:
                 shown = json.dumps(argv) if ins.json_args() is not None else " ".join(argv)
-                raise DockerfileError(f"The command '{shown}' returned a non-zero code: {code}", ins.line, name)
+                raise DockerfileError(f"The command '{shown}' returned a non-zero code: {code}", ins.line, name,
+                                      code=code)
             img = await asyncio.to_thread(self.store.commit, c.snapshot, state.image, None, (), "", created_by)
         finally:
             with contextlib.suppress(Exception):
@@ -556,8 +609,8 @@ class Builder:
             digest = content_digest()
         key = cache_key(state.image or "scratch", kw, clean(dest_abs) + ("/" if dest_is_dir else ""),
                         [s for s, _ in entries], digest, uid_gid, chmod)
-        cached_id = None if opts.no_cache else self.cache.get(key)
-        if cached_id and self._alive(cached_id):
+        cached_id = self._hit(key, opts)
+        if cached_id:
             return cached_id, True
         snap = f"build-{os.getpid()}-{secrets.token_hex(6)}"
         base_chain = self.store.get(state.image).chain_id if state.image else ""

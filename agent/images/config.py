@@ -94,6 +94,7 @@ class ImageConfig:
     stop_signal: str = ""
     volumes: list[str] = field(default_factory=list)          # VOLUME: anonymous volumes at run
     healthcheck: dict[str, Any] | None = None                 # HEALTHCHECK, docker's shape (ns durations)
+    on_build: list[str] = field(default_factory=list)         # ONBUILD triggers, run by a build FROM it
 
     def to_oci(self) -> dict[str, Any]:
         """The ``config`` object of an OCI image config; empty fields are left out as docker does."""
@@ -118,6 +119,8 @@ class ImageConfig:
             out["Volumes"] = {v: {} for v in self.volumes}
         if self.healthcheck:
             out["Healthcheck"] = dict(self.healthcheck)
+        if self.on_build:
+            out["OnBuild"] = list(self.on_build)
         return out
 
     @classmethod
@@ -172,6 +175,7 @@ class ImageConfig:
             stop_signal=string("StopSignal"),
             volumes=sorted(volumes),
             healthcheck=dict(health) if health else None,
+            on_build=strings("OnBuild"),
         )
 
     def env_dict(self) -> dict[str, str]:
@@ -197,6 +201,8 @@ class Image:
     os: str
     manifest_digest: str = ""
     layer_digests: list[str] = field(default_factory=list)
+    container: str = ""            # docker commit's: the container it was made from, and that one's config
+    container_config: dict[str, Any] = field(default_factory=dict)
 
     @property
     def short_id(self) -> str:

@@ -28,9 +28,9 @@ from .errors import ImageError
 # Instructions dockyard builds; the others docker knows are refused with a clear "not supported".
 SUPPORTED = (
     "FROM", "COPY", "ADD", "RUN", "WORKDIR", "ENV", "ARG", "EXPOSE", "CMD", "ENTRYPOINT", "USER", "LABEL",
-    "STOPSIGNAL", "SHELL", "MAINTAINER", "VOLUME", "HEALTHCHECK",
+    "STOPSIGNAL", "SHELL", "MAINTAINER", "VOLUME", "HEALTHCHECK", "ONBUILD",
 )
-KNOWN_UNSUPPORTED = ("ONBUILD",)
+KNOWN_UNSUPPORTED: tuple[str, ...] = ()
 # Flags each instruction accepts (docker rejects unknown flags the same way).
 FLAGS: dict[str, tuple[str, ...]] = {
     "FROM": ("platform",),
@@ -46,8 +46,9 @@ EXPANDED = ("FROM", "COPY", "ADD", "ENV", "ARG", "LABEL", "EXPOSE", "USER", "WOR
 class DockerfileError(ImageError, InvalidArgument):
     """A Dockerfile that cannot be parsed or built; the message names the file and line."""
 
-    def __init__(self, message: str, line: int = 0, filename: str = "Dockerfile") -> None:
+    def __init__(self, message: str, line: int = 0, filename: str = "Dockerfile", code: int = 0) -> None:
         self.line = line
+        self.code = code  # a RUN's exit status (docker's errorDetail.code), 0 otherwise
         self.filename = filename
         self.reason = message
         super().__init__(f"{filename} line {line}: {message}" if line else f"{filename}: {message}")
@@ -202,7 +203,18 @@ def _instruction(text: str, line: int, filename: str) -> Instruction:
         rest = rest[m.end():]
     if not rest and upper not in ("CMD", "ENTRYPOINT"):
         raise DockerfileError(f"{upper} requires at least one argument", line, filename)
+    if upper == "ONBUILD":
+        # the trigger is an instruction of its own, checked now as docker checks it (run later,
+        # by a build FROM this image)
+        inner = _instruction(rest, line, filename)
+        if inner.keyword in ("ONBUILD", "FROM", "MAINTAINER"):
+            raise DockerfileError(f"{inner.keyword} isn't allowed as an ONBUILD trigger", line, filename)
     return Instruction(line, upper, rest, flags, f"{upper} {text[len(keyword):].strip()}".strip())
+
+
+def trigger(text: str, line: int, filename: str) -> Instruction:
+    """One ONBUILD trigger of a base image, as an instruction of the build FROM it."""
+    return _instruction(text, line, filename)
 
 
 def _from_args(ins: Instruction, filename: str) -> tuple[str, str]:

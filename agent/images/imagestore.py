@@ -153,6 +153,8 @@ class ImageStore:
             os=str(cfg.get("os", "")),
             manifest_digest=rec.get("manifest", ""),
             layer_digests=list(rec.get("layers", [])),
+            container=str(cfg.get("container") or ""),
+            container_config=dict(cfg["container_config"]) if isinstance(cfg.get("container_config"), dict) else {},
         )
 
     def _resolve(self, records: _Records, ref: str) -> tuple[str, str | None]:
@@ -244,8 +246,12 @@ class ImageStore:
         changes: Sequence[str] = (),
         message: str = "",
         created_by: str = "",
+        container: str = "",
+        container_config: dict[str, Any] | None = None,
     ) -> Image:
         """docker commit: a new image = ``base`` + the snapshot's changes as one more layer.
+        ``container`` and ``container_config``: the committed container's id and config, kept in the
+        image config as docker's ``container`` and ``container_config`` (image inspect shows them).
 
         The container's snapshot is left as it is (its diff is unpacked again as a committed layer),
         so it keeps running; ``base`` must be the image the snapshot was prepared from (None for
@@ -284,6 +290,7 @@ class ImageStore:
                 names=[named] if named else [],
                 architecture=base_image.architecture if base_image else None,
                 parent=base_image.id if base_image else "",
+                origin={"container": container, "container_config": container_config} if container else None,
             )
         except BaseException:
             self._forget_new([], [chain] if stats.unpacked else [])
@@ -465,8 +472,9 @@ class ImageStore:
         names: Sequence[str],
         architecture: str | None = None,
         parent: str = "",
+        origin: dict[str, Any] | None = None,
     ) -> Image:
-        cfg = build_oci_config(config, diff_ids, history, created, architecture)
+        cfg = {**build_oci_config(config, diff_ids, history, created, architecture), **(origin or {})}
         return self._record_image(canonical_json(cfg), layers, names, parent=parent)
 
     def _record_image(

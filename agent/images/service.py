@@ -207,6 +207,7 @@ class ImagesServicer(pbg.ImagesServicer):
 
     async def SystemDf(self, request: pb.SystemDfRequest, context: Any) -> pb.SystemDfResponse:
         du = await asyncio.to_thread(self.store.disk_usage)
+        volume_rows = await asyncio.to_thread(self._volumes_row)
         kept, kept_active, kept_size, kept_reclaimable = await asyncio.to_thread(self.contexts.usage)
         shown = {i.id for i in await asyncio.to_thread(self.store.list)}
         containers = list(getattr(self.m, "containers", {}).values()) if self.m is not None else []
@@ -221,6 +222,7 @@ class ImagesServicer(pbg.ImagesServicer):
             pb.DfRow(type="Containers", total=len(containers), active=len(running), size=du["containers"]["size"],
                      reclaimable=sum(it["size"] for it in du["containers"]["items"]
                                      if it["key"] not in {c.snapshot for c in running})),
+            *volume_rows,
             # build steps' images, and the contexts kept unpacked for the next build (build.py)
             pb.DfRow(type="Build Cache", total=len(cache) + kept, active=kept_active,
                      size=sum(i["unique_size"] for i in cache) + kept_size,
@@ -231,6 +233,16 @@ class ImagesServicer(pbg.ImagesServicer):
                              shared_size=i["shared_size"], unique_size=i["unique_size"],
                              containers=sum(1 for c in containers if c.image_id == i["id"])) for i in top]
         return pb.SystemDfResponse(rows=rows, images=images)
+
+    def _volumes_row(self) -> list[pb.DfRow]:
+        """docker's "Local Volumes": in use = mounted by any container; reclaimable = the others."""
+        volumes = getattr(self.m, "volumes", None)
+        if volumes is None:
+            return []
+        sizes = {v.name: (volumes.size(v.name), bool(volumes.users(v.name))) for v in volumes.list()}
+        return [pb.DfRow(type="Local Volumes", total=len(sizes), active=sum(1 for _, used in sizes.values() if used),
+                         size=sum(n for n, _ in sizes.values()),
+                         reclaimable=sum(n for n, used in sizes.values() if not used))]
 
     # --- registry -------------------------------------------------------------------------------------
 

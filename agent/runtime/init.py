@@ -4,8 +4,9 @@ It runs in a process the shim cloned into the container's new namespaces (or one
 need: run_precloned), and talks to the shim over a SEQPACKET control socket (agent/runtime/
 messages.py, the pty master passed back with SCM_RIGHTS). The stages:
 
-  shim: Configure (cgroup joined, veth moved in) -> init: network, hostname, mounts, pivot_root,
-  pty, resolve user and command -> Ready -> shim: Go -> init: drop privileges, execve.
+  shim: Configure (veth moved in) -> init: network, hostname, mounts, pivot_root,
+  pty, resolve user and command -> Ready -> shim: Go (cgroup joined) -> init: its own cgroup
+  namespace (--cgroupns private), drop privileges, execve.
 
 An error at any stage is sent as an Error and the process exits; the shim sees EOF on the socket
 (it is close-on-exec) when execve succeeds.
@@ -107,6 +108,10 @@ def run(spec: RuntimeSpec, ctl: socket.socket, stdio: tuple[int, int, int] | Non
         messages.send(ctl, messages.Ready())
         if messages.recv(ctl, messages.Go, size=65536, max_fds=4)[0] is None:
             os._exit(1)
+        if "cgroup" in spec.namespaces:
+            # Go comes once the shim has joined us to the container's cgroup: a namespace made now
+            # has it as its root, so the container sees itself at / (/proc/self/cgroup "0::/").
+            sc.unshare(sc.CLONE_NEWCGROUP)
         if pty_slave >= 0:
             _take_terminal(pty_slave)
         elif stdio is not None:

@@ -19,6 +19,7 @@ import contextlib
 import errno
 import json
 import os
+import select
 import signal
 import socket
 import stat
@@ -55,6 +56,9 @@ DETECTED: dict[tuple[str, str | None], cgroups.CgroupDriver] = {}
 # The namespaces of a container on the default settings, but for its mount namespace, which
 # cannot be made before its rootfs is mounted (the init unshares it then).
 PRECLONED = ("uts", "ipc", "pid", "net")
+# How long a start waits for the init's execve after Go (it has resolved the command already: only
+# privileges, seccomp and the execve itself are left); past it the start is answered anyway.
+EXEC_WAIT = 10.0
 
 
 class Precloned:
@@ -158,6 +162,7 @@ def start(spec: RuntimeSpec, files: ShimFiles, reply: socket.socket, pre: Preclo
         with contextlib.suppress(OSError):
             messages.send(reply, messages.Failed(msg, code))
         os._exit(1)
+    shim.release()
     messages.send(reply, messages.Started(pid, os.getpid()))
     reply.close()
     shim.become_monitor()
@@ -188,6 +193,7 @@ class _Shim:
         self.mounted = False
         self.joining: threading.Thread | None = None
         self.join_error = ""
+        self.go_sent = False   # release() let the init exec
         self.in_cgroup = False  # a restore's child, which joined the container's cgroup: it cannot remove it
 
     # --- launch -------------------------------------------------------------------------------
@@ -242,12 +248,29 @@ class _Shim:
         trace("ready")
         return self.pid
 
+    def release(self) -> None:
+        """Unless held for an attach client: let the init exec now, and wait until it has (its
+        control socket is close-on-exec: EOF) or has said why it could not, before the start is
+        answered. So a start returns with the container's command running, never its init still
+        on its way there (a `top` right after showed the init; runc's start also waits for its
+        init's last step before execve)."""
+        self._joined()
+        if self.spec.hold or self.ctl is None or self.join_error:
+            return
+        try:
+            messages.send(self.ctl, messages.Go())
+        except OSError:
+            return   # the init is gone: the monitor reads why on ctl
+        self.go_sent = True
+        # Readable at EOF (the execve) or with an Error, which is left for the monitor to read.
+        select.select([self.ctl], [], [], EXEC_WAIT)
+
     def become_monitor(self) -> NoReturn:
         """Let the container run, and exec the monitor with everything it serves (monitor.c)."""
         assert self.listener is not None
         self._joined()
         released = not self.spec.hold
-        if released and self.ctl is not None and not self.join_error:
+        if released and self.ctl is not None and not self.join_error and not self.go_sent:
             with contextlib.suppress(OSError):
                 messages.send(self.ctl, messages.Go())
         tty = self.spec.process.tty
@@ -401,7 +424,8 @@ class _Shim:
         parent_ctl, child_ctl = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         flags = 0
         for ns in spec.namespaces:
-            flags |= sc.NAMESPACE_FLAGS[ns]
+            if ns != "cgroup":  # a cgroup namespace is rooted where it is made: the init makes it
+                flags |= sc.NAMESPACE_FLAGS[ns]  # once it has joined its cgroup (init.run)
         uid_r, uid_w = os.pipe()
         # Enter the rootfs while still host root: in a user namespace its path may cross
         # directories (mode 0700) that the remapped root cannot search. A new mount namespace

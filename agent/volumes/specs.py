@@ -323,6 +323,22 @@ def check_all(mounts: list[Mount]) -> None:
         seen.add(target)
 
 
+def from_flags(volumes: list[str], mounts: list[str], tmpfs: list[str]) -> list[Mount]:
+    """The CLI's -v, --mount and --tmpfs as the user typed them (ContainerConfig.volume_flags ...),
+    parsed and checked here, in the agent: the error names the flag."""
+    out = []
+    for flag, items, parse in (("-v/--volume", volumes, parse_volume), ("--mount", mounts, parse_mount),
+                               ("--tmpfs", tmpfs, parse_tmpfs)):
+        for spec in items:
+            try:
+                m = parse(spec)
+                check(m)
+            except InvalidArgument as e:
+                raise InvalidArgument(f"invalid value for {flag}: {e}") from None
+            out.append(m)
+    return out
+
+
 def check_source_propagation(m: Mount, mountinfo: str = "/proc/self/mountinfo") -> None:
     """docker's rule for a bind's shared or slave propagation: the host mount its source lies on
     must be shared (for [r]shared) or shared or a slave (for [r]slave), else nothing could propagate

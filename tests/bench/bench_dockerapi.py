@@ -1,7 +1,7 @@
 """The Docker Engine API (agent/dockerapi): `docker run --rm busybox true` through the dockyard
 agent's socket against the same docker CLI on a dockerd started by hand, same busybox rootfs,
 same run; and the API's added latency per call over the native gRPC path (container inspect,
-p50 and p99, one keep-alive connection each).
+ps, create + rm; p50 and p99, one keep-alive connection each, interleaved).
 
 dockerd runs with --bridge=none (FACTS.md), so the like-for-like row is --network none on both;
 dockyard's bridge network is reported beside it.
@@ -10,6 +10,7 @@ dockyard's bridge network is reported beside it.
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import socket
 import statistics
@@ -18,6 +19,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from protos import agent_pb2 as pb
 from tests.agent_harness import AgentProcess, import_busybox
@@ -130,23 +132,51 @@ def main() -> int:
                  ("docker run --rm --network none -v benchvol:/data ... -> dockerd", dk_vol),
                  ("docker version (the CLI's floor: its start + one call) -> dockyard", floor)]
 
-        # the API's own cost: container inspect over HTTP vs over gRPC, one connection each
+        # the API's own cost over the native gRPC path, one keep-alive connection each, interleaved:
+        # container inspect, ps (list; 5 containers), create + rm of a container
         cid = agent.run_detached("--network", "none", "busybox", "sleep", "600")
+        for _ in range(4):
+            agent.run_detached("--network", "none", "busybox", "sleep", "600")
         conn = _UnixHTTP(str(agent.docker_socket))
-        http_t: list[float] = []
-        grpc_t: list[float] = []
-        for i in range(CALLS + 10):
-            t0 = time.perf_counter()
-            conn.request("GET", f"/v1.45/containers/{cid}/json")
+
+        def http(method: str, path: str, body: bytes | None = None, want: int = 200) -> bytes:
+            conn.request(method, path, body=body, headers={"Content-Type": "application/json"} if body else {})
             resp = conn.getresponse()
-            resp.read()
-            t1 = time.perf_counter()
-            agent.stub.InspectContainer(pb.ContainerRef(id=cid))
-            t2 = time.perf_counter()
-            assert resp.status == 200
-            if i >= 10:
-                http_t.append(t1 - t0)
-                grpc_t.append(t2 - t1)
+            data = resp.read()
+            assert resp.status == want, (path, resp.status, data)
+            return data
+
+        def http_create_rm() -> None:
+            new = json.loads(http("POST", "/v1.45/containers/create", b'{"Image": "busybox", "Cmd": ["true"], '
+                                  b'"HostConfig": {"NetworkMode": "none"}}', 201))["Id"]
+            http("DELETE", f"/v1.45/containers/{new}", want=204)
+
+        def grpc_create_rm() -> None:
+            new = agent.stub.CreateContainer(pb.CreateContainerRequest(config=pb.ContainerConfig(
+                image="busybox", cmd=["true"], network_mode="none"))).id
+            agent.stub.RemoveContainer(pb.RemoveContainerRequest(id=new))
+
+        calls: dict[str, tuple[Any, Any, int]] = {
+            "container inspect": (lambda: http("GET", f"/v1.45/containers/{cid}/json"),
+                                  lambda: agent.stub.InspectContainer(pb.ContainerRef(id=cid)), CALLS),
+            "ps (5 containers)": (lambda: http("GET", "/v1.45/containers/json"),
+                                  lambda: agent.stub.ListContainers(pb.ListContainersRequest()), CALLS),
+            "create + rm": (http_create_rm, grpc_create_rm, max(20, CALLS // 10)),
+        }
+        lat: dict[str, tuple[list[float], list[float]]] = {}
+        for what, (via_http, via_grpc, n) in calls.items():
+            http_t: list[float] = []
+            grpc_t: list[float] = []
+            for i in range(n + 5):
+                t0 = time.perf_counter()
+                via_http()
+                t1 = time.perf_counter()
+                via_grpc()
+                t2 = time.perf_counter()
+                if i >= 5:
+                    http_t.append(t1 - t0)
+                    grpc_t.append(t2 - t1)
+            lat[what] = (http_t, grpc_t)
         conn.close()
         print(f"machine: {machine()}; {RUNS} runs, {CALLS} calls")
         print(f"{'what':60} {'median ms':>10} {'p90 ms':>8}")
@@ -156,11 +186,13 @@ def main() -> int:
         print(f"dockyard / dockerd (network none): {ratio:.2f}x; with a named volume: "
               f"{statistics.median(dy_vol) / statistics.median(dk_vol):.2f}x; the docker CLI on dockyard / "
               f"dockyard's own CLI: {statistics.median(dy_none) / statistics.median(dy_cli):.2f}x")
-        print(f"{'inspect, one call':60} {'p50 ms':>10} {'p99 ms':>8}")
-        print(f"{'  Docker API (HTTP, keep-alive)':60} {_ms(http_t, 0.5):10.2f} {_ms(http_t, 0.99):8.2f}")
-        print(f"{'  native gRPC (InspectContainer)':60} {_ms(grpc_t, 0.5):10.2f} {_ms(grpc_t, 0.99):8.2f}")
-        print(f"added by the Docker API: p50 {_ms(http_t, 0.5) - _ms(grpc_t, 0.5):+.2f} ms, "
-              f"p99 {_ms(http_t, 0.99) - _ms(grpc_t, 0.99):+.2f} ms; load average {load()}")
+        for what, (http_t, grpc_t) in lat.items():
+            print(f"{what + f', one call ({len(http_t)} each)':60} {'p50 ms':>10} {'p99 ms':>8}")
+            print(f"{'  Docker API (HTTP, keep-alive)':60} {_ms(http_t, 0.5):10.2f} {_ms(http_t, 0.99):8.2f}")
+            print(f"{'  native gRPC':60} {_ms(grpc_t, 0.5):10.2f} {_ms(grpc_t, 0.99):8.2f}")
+            print(f"  added by the Docker API: p50 {_ms(http_t, 0.5) - _ms(grpc_t, 0.5):+.2f} ms, "
+                  f"p99 {_ms(http_t, 0.99) - _ms(grpc_t, 0.99):+.2f} ms")
+        print(f"load average {load()}")
         return 0
     finally:
         agent.destroy()

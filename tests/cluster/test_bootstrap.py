@@ -284,7 +284,8 @@ def _up_status_down(env: Env, inv: Path) -> None:
 def test_up_with_tls(env: Env) -> None:
     """`cluster up` (TLS is the default): the scheduler runs --tls, the agents join by the worker token read on the
     scheduler's host, the operator gets the admin bundle beside the inventory, every node is ready
-    over mutual TLS; a plaintext CLI is refused; down stops it all."""
+    over mutual TLS; a plaintext CLI is refused; down stops it all. It runs on hosts where the test
+    before ran an --insecure cluster: their node names are admitted anew by certificate."""
     from common import pki
 
     inv = env.inventory("tls.yaml")
@@ -320,11 +321,12 @@ def test_up_with_tls(env: Env) -> None:
         assert plain.returncode != 0
     finally:
         dockyard("cluster", "down", "-i", str(inv))
-        # The hosts' agents keep their node identity after `down` (a restart must find it), and an
-        # agent with one speaks TLS: the plaintext tests after this one start on clean hosts.
-        # (A plaintext `cluster up` on hosts that were once TLS fails the handshake: see the notes.)
+        # The tests after this one run --insecure on these hosts, which a TLS cluster's state refuses
+        # by design (its scheduler holds the CA; its agents, their certificates): that state goes, as
+        # an operator leaving TLS would remove it (the refusals name the directories).
         for h in env.c.hosts[:2]:
             shutil.rmtree(env.host_dir(h.n, "state") / "agent" / "tls", ignore_errors=True)
+        shutil.rmtree(env.host_dir(1, "state") / "scheduler", ignore_errors=True)
 
 
 def _etcd_members(ip: str) -> list[str]:

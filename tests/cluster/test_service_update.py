@@ -17,7 +17,15 @@ import pytest
 
 from protos import cluster_pb2 as cpb
 from scheduler import convert
-from tests.cluster_harness import JoinedAgent, SchedulerProcess, cli, one_node_cluster, running, wait_for
+from tests.cluster_harness import (
+    JoinedAgent,
+    SchedulerProcess,
+    cli,
+    one_node_cluster,
+    running,
+    tasks,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.etcd, pytest.mark.root, pytest.mark.slow]
 
@@ -167,3 +175,43 @@ def test_a_stale_edit_is_refused(env: Env) -> None:
                                                               expect_version=info.version - 1), timeout=5)
     assert e.value.code() is grpc.StatusCode.FAILED_PRECONDITION  # type: ignore[attr-defined]
     assert "changed while it was being edited" in e.value.details()  # type: ignore[attr-defined]
+
+
+def test_an_unhealthy_task_is_ended_and_replaced(env: Env) -> None:
+    """Swarm's rule: the agent ends a task whose container turns unhealthy; the task is failed
+    ("unhealthy") and the restart policy gives the slot a new task."""
+    env.ok("service", "create", "--name", "sick", "--replicas", "1", "--restart-delay", "0s", "-q",
+           "--health-cmd", "test -f /ok", "--health-interval", "1s", "--health-retries", "1",
+           # healthy, then unhealthy 3 s later (and so is each replacement)
+           "busybox:latest", "sh", "-c", "touch /ok; sleep 3; rm /ok; sleep 3600")
+    try:
+        first = wait_for(lambda: [t for t in tasks(env.sched, "sick", all_=True) if t.healthy == "healthy"], 60,
+                         "the first task healthy")[0]
+        failed = wait_for(lambda: [t for t in tasks(env.sched, "sick", all_=True)
+                                   if t.id == first.id and t.state == "failed"], 60, "the first task ended")[0]
+        assert "unhealthy" in failed.error, failed
+        again = wait_for(lambda: [t for t in running(env.sched, "sick") if t.id != first.id], 60, "a replacement")
+        assert again[0].slot == first.slot
+    finally:
+        env.cli("service", "rm", "sick")
+        wait_for(lambda: not [c for c in env.agent.task_containers() if "sick" in str(c)], 60, "sick's containers gone")
+
+
+def test_service_create_mount_reaches_the_task(env: Env) -> None:
+    import json
+
+    env.ok("service", "create", "--name", "vol", "--mount", "type=volume,src=svcdata,dst=/data", "--mount",
+           "type=tmpfs,dst=/scratch,tmpfs-size=1m", "-q", "busybox:latest", "sh", "-c",
+           "echo hi > /data/f; df /scratch | tail -1 > /data/df; sleep 3600")
+    try:
+        t = wait_for(lambda: running(env.sched, "vol"), 60, "vol running")[0]
+        mounts = json.loads(env.cli("inspect", t.container_id).stdout)[0]["Mounts"]
+        assert {(m["Type"], m.get("Name", ""), m["Destination"]) for m in mounts} == \
+            {("volume", "svcdata", "/data"), ("tmpfs", "", "/scratch")}, mounts
+        where = Path(json.loads(env.cli("volume", "inspect", "svcdata").stdout)[0]["Mountpoint"])
+        wait_for(lambda: (where / "df").exists() and (where / "df").read_text().strip(), 30, "the task's writes")
+        assert (where / "f").read_text() == "hi\n" and (where / "df").read_text().split()[1] == "1024"
+    finally:
+        env.cli("service", "rm", "vol")
+        wait_for(lambda: not [c for c in env.agent.task_containers() if "vol." in str(c)], 60, "vol's containers gone")
+        env.cli("volume", "rm", "-f", "svcdata")

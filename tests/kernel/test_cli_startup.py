@@ -131,7 +131,10 @@ def test_no_agent_is_reported_through_grpc(tmp_path: Path) -> None:
 @pytest.mark.parametrize("argv", [["ps", "-a"], ["run", "--rm", "--network", "none", "busybox", "true"],
                                   ["create", "--name", "startup-c", "busybox", "true"],
                                   ["container", "ls", "-a"],  # docker's group forms take the same path
-                                  ["container", "run", "--rm", "--network", "none", "busybox", "true"]])
+                                  ["container", "run", "--rm", "--network", "none", "busybox", "true"],
+                                  # volumes and a tmpfs go as typed: the agent parses them
+                                  ["run", "--rm", "--network", "none", "-v", "startupv:/a", "--mount",
+                                   "type=tmpfs,dst=/m", "--tmpfs", "/t:size=1m", "busybox", "true"]])
 def test_fast_commands_import_nothing_heavy(clean_agent: AgentProcess, argv: list[str]) -> None:
     rc, heavy, out = _imports_of(["-H", clean_agent.host, *argv])
     assert rc == 0 and heavy == [], (rc, heavy, out)

@@ -77,6 +77,32 @@ def test_groups_and_short_forms_are_one_command(clean_agent: AgentProcess) -> No
     assert r.returncode == 2 and "No such command 'nosuch'" in r.stderr
 
 
+def test_system_df_counts_volumes_and_system_prune_volumes_removes_the_unused(clean_agent: AgentProcess) -> None:
+    a = clean_agent
+    a.cli("volume", "create", "named-keep", check=True)
+    a.cli("run", "--name", "anon-user", "-v", "/anon", "-v", "named-keep:/k", "busybox", "sh", "-c",
+          "head -c 50000 /dev/zero > /k/f", check=True)
+    a.run_detached("--name", "busy", "-v", "inuse:/u", "busybox", "sleep", "60")
+
+    def volumes_row() -> list[str]:
+        line = next(x for x in a.cli("system", "df", check=True).stdout.splitlines() if x.startswith("Local Volumes"))
+        return line.split()[2:]
+
+    # (as docker: a volume counts as active while any container has it, a stopped one too)
+    assert volumes_row()[:2] == ["3", "3"] and volumes_row()[3] == "0B"
+    a.cli("rm", "anon-user", check=True)
+    total, active, size, reclaimable = volumes_row()[:4]
+    assert (total, active) == ("3", "1") and reclaimable == size != "0B"   # named-keep's 50 kB and the empty one
+    out = a.cli("system", "prune", "-f", "--volumes", check=True).stdout
+    assert "Deleted Volumes:" in out
+    left = a.cli("volume", "ls", "-q", check=True).stdout.split()
+    assert sorted(left) == ["inuse", "named-keep"], left   # only anonymous unused ones go without -a
+    a.cli("rm", "-f", "busy", check=True)
+    # (-a would take the module's busybox image too: the volumes' -a is `volume prune -a`'s, tested there)
+    a.cli("volume", "prune", "-f", "-a", check=True)
+    assert a.cli("volume", "ls", "-q", check=True).stdout.split() == []
+
+
 def test_system_events(clean_agent: AgentProcess) -> None:
     import json
 

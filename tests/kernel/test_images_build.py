@@ -90,16 +90,16 @@ def test_cache_hits_then_misses_after_a_change(clean_agent: AgentProcess, tmp_pa
     _build(a, ctx, "-t", "cache:1")
     first = _image_id(a, "cache:1")
     out, _ = _build(a, ctx, "-t", "cache:2")
-    assert out.count("CACHED") == 2, out
+    assert out.count("Using cache") == 2, out
     assert "Running in" not in out
     assert _image_id(a, "cache:2") == first
     (ctx / "test").write_text("two\n")
     out, _ = _build(a, ctx, "-t", "cache:3")
-    assert "CACHED" not in out, out  # COPY misses, and so does everything after it
+    assert "Using cache" not in out, out  # COPY misses, and so does everything after it
     assert "Running in" in out
     assert _image_id(a, "cache:3") != first
     out, _ = _build(a, ctx, "--no-cache", "-t", "cache:4")
-    assert "CACHED" not in out
+    assert "Using cache" not in out
     assert a.cli("run", "--rm", "cache:4", "cat", "/tmp/test").stdout == "two\n"
     _no_build_containers(a)
 

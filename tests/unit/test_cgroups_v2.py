@@ -51,6 +51,7 @@ CONTROLLER_FILES = {
     "cpu": {"cpu.max": "max 100000\n", "cpu.weight": "100\n"},
     "pids": {"pids.max": "max\n", "pids.current": "0\n"},
     "io": {"io.weight": "default 100\n", "io.max": "", "io.stat": ""},
+    "cpuset": {"cpuset.cpus": "\n", "cpuset.mems": "\n", "cpuset.cpus.effective": "0-1\n"},
 }
 
 
@@ -163,8 +164,8 @@ def test_create_writes_exactly_these_files_for_full_resources(kernel: FakeKernel
     c = f"{PARENT}/c1"
     assert kernel.writes == [
         # controllers delegated down from the mount root, ours only (not hugetlb, rdma, ...)
-        ("cgroup.subtree_control", "+memory +cpu +pids +io"),
-        (f"{PARENT}/cgroup.subtree_control", "+memory +cpu +pids +io"),
+        ("cgroup.subtree_control", "+memory +cpu +pids +io +cpuset"),
+        (f"{PARENT}/cgroup.subtree_control", "+memory +cpu +pids +io +cpuset"),
         (f"{c}/memory.swap.max", str(256 * MIB)),  # v2 counts swap alone: 768 - 512 MiB
         (f"{c}/memory.max", str(512 * MIB)),
         (f"{c}/cpu.max", "150000 100000"),
@@ -177,6 +178,25 @@ def test_create_writes_exactly_these_files_for_full_resources(kernel: FakeKernel
     assert driver.exists("c1")
     assert driver.list() == ["c1"]
     assert set(driver.paths("c1").values()) == {str(kernel.root / c)}
+
+
+def test_cpuset_written_only_when_set(kernel: FakeKernel, driver: V2Driver) -> None:
+    driver.create("plain", Resources())
+    assert not [w for w in kernel.writes if "cpuset." in w[0]]
+    driver.create("pinned", Resources(cpuset_cpus="0", cpuset_mems="0"))
+    assert contents(kernel, "pinned", "cpuset.cpus") == "0"
+    assert contents(kernel, "pinned", "cpuset.mems") == "0"
+
+
+def test_cpuset_and_swappiness_refused_by_name(kernel: FakeKernel, driver: V2Driver) -> None:
+    (kernel.root / "cpuset.cpus.effective").write_text("0-1\n")
+    with pytest.raises(CgroupError, match=r"^cpuset_cpus: requested 0-3 are not available - available: 0-1"):
+        driver.create("c", Resources(cpuset_cpus="0-3"))
+    with pytest.raises(CgroupError, match=r"^cpuset_cpus: invalid value '1-0'"):
+        driver.create("c", Resources(cpuset_cpus="1-0"))
+    with pytest.raises(CgroupError, match=r"^memory_swappiness: not supported with cgroup v2"):
+        driver.create("c", Resources(memory_swappiness=40))
+    assert not driver.exists("c")
 
 
 def test_create_again_does_not_delegate_twice(kernel: FakeKernel, driver: V2Driver) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agent.images import dockerfile as df
-from deploy.dockerignore import Matcher
+from common.dockerignore import Matcher
 
 
 def test_parse_continuations_comments_and_lines() -> None:
@@ -28,7 +28,9 @@ def test_parse_escape_directive() -> None:
 
 @pytest.mark.parametrize(("text", "line", "message"), [
     ("FROM busybox\nFOO bar\n", 2, "unknown instruction: FOO"),
-    ("FROM busybox\n\nONBUILD RUN true\n", 3, "ONBUILD is not supported"),
+    ("FROM busybox\n\nONBUILD ONBUILD RUN true\n", 3, "ONBUILD isn't allowed as an ONBUILD trigger"),
+    ("FROM busybox\nONBUILD FROM alpine\n", 2, "FROM isn't allowed as an ONBUILD trigger"),
+    ("FROM busybox\nONBUILD FOO x\n", 2, "unknown instruction: FOO"),
     ("FROM busybox\nHEALTHCHECK --every=5s CMD true\n", 2, "unknown flag: --every"),
     ("RUN true\n", 1, "RUN before FROM"),
     ("FROM busybox\nCOPY --frm=a b c\n", 2, "unknown flag: --frm"),

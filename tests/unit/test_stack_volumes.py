@@ -170,3 +170,28 @@ def test_bad_docker_run_keys_are_refused_at_their_line(body: str, error: str) ->
     with pytest.raises(StackError, match=error) as e:
         parse_stack(f"services:\n  web:\n    image: busybox\n    {body}\n", "bar", file="s.yaml")
     assert e.value.line == 4, str(e.value)
+
+
+def test_service_create_mount_flag_gives_the_same_mount_specs() -> None:
+    import click
+
+    from deploy.cli_stack import service_create
+    from deploy.service_flags import build_service_spec
+
+    def spec_of(*args: str) -> ServiceSpec:
+        ctx = service_create.make_context("create", list(args))
+        p = dict(ctx.params)
+        return build_service_spec(p.pop("image"), p.pop("command"), p)
+
+    s = spec_of("--name", "db", "--mount", "type=volume,src=pgdata,dst=/var/lib/data", "--mount",
+                "type=bind,src=/srv/conf,dst=/etc/app,readonly", "--mount", "type=tmpfs,dst=/run,tmpfs-size=1m",
+                "busybox")
+    assert [(m.type, m.source, m.target, m.read_only) for m in s.mounts] == [
+        ("volume", "pgdata", "/var/lib/data", False), ("bind", "/srv/conf", "/etc/app", True), ("tmpfs", "", "/run", False)]
+    assert not s.mounts[1].create_host_path   # Swarm's rule: the node must have the path
+    for bad, why in [("type=bind,src=rel,dst=/a", "must be an absolute host path"),
+                     ("type=volume,src=vv,dst=/a,volume-driver=nfs", "volume driver 'nfs'"),
+                     ("type=volume,dst=a", "not an absolute path"),
+                     ("type=weird,dst=/a", "weird")]:
+        with pytest.raises(click.BadParameter, match=why):
+            spec_of("--name", "db", "--mount", bad, "busybox")

@@ -18,6 +18,11 @@ class CgroupDriver(ABC):
     parent: str
     root: str = "/sys/fs/cgroup"  # the hierarchy's mount (v2: the unified one; v1: their parent)
 
+    def check(self, resources: Resources) -> None:
+        """validate(), then refuse by name what this host's cgroups cannot do (a v1-only setting
+        on v2, CPUs the host does not have): before a container is created, not at its start."""
+        resources.validate()
+
     @abstractmethod
     def create(self, name: str, resources: Resources) -> None:
         """Make the cgroup and apply resources; idempotent; on failure removes what it made."""

@@ -53,6 +53,12 @@ class Resources:
     device_write_bps: tuple[DeviceRate, ...] = ()
     devices: tuple[DeviceRule, ...] = DEFAULT_DEVICE_RULES
     """what the container may open (all else is denied); docker's default unless told otherwise"""
+    cpuset_cpus: str = ""
+    """CPUs the container may run on, the kernel's list syntax ("0-2,5"); "" = its parent's"""
+    cpuset_mems: str = ""
+    """memory nodes (NUMA) it may allocate from, the same syntax; "" = its parent's"""
+    memory_swappiness: int = -1
+    """0..100, how eagerly the kernel swaps its anonymous pages (v1 only); -1 = its parent's"""
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Resources:
@@ -107,6 +113,14 @@ class Resources:
                 seen.add(d.path)
         for rule in self.devices:
             rule.validate()
+        for field, text in (("cpuset_cpus", self.cpuset_cpus), ("cpuset_mems", self.cpuset_mems)):
+            if text:
+                parse_cpu_list(text, field)
+        if not -1 <= self.memory_swappiness <= 100:
+            _bad("memory_swappiness", f"{self.memory_swappiness} is outside 0..100 (or -1 for the default)")
+
+    def needs_cpuset(self) -> bool:
+        return bool(self.cpuset_cpus or self.cpuset_mems)
 
     def swap_total(self) -> int:
         """memory+swap in bytes as the kernel should get it; -1 = unlimited."""
@@ -121,6 +135,33 @@ class Resources:
         if self.nano_cpus == 0:
             return -1, CFS_PERIOD_US
         return self.nano_cpus * CFS_PERIOD_US // 1_000_000_000, CFS_PERIOD_US
+
+
+def parse_cpu_list(text: str, field: str = "cpuset_cpus") -> list[int]:
+    """The kernel's list syntax ("0-3,7"; cpuset.cpus, cpuset.mems): the numbers it names, sorted.
+    Raises CgroupError naming the field (docker's own words: "invalid value ... for cpuset cpus")."""
+    out: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()):
+            _bad(field, f"invalid value {text!r}: expected a list like 0-3,7")
+        a, b = int(lo), int(hi) if sep else int(lo)
+        if b < a:
+            _bad(field, f"invalid value {text!r}: range {part} goes backwards")
+        if b >= 1 << 16:
+            _bad(field, f"invalid value {text!r}: {b} is too large")
+        out.update(range(a, b + 1))
+    return sorted(out)
+
+
+def check_available(field: str, wanted: str, available: str) -> None:
+    """docker's "Requested CPUs are not available": every CPU (or node) of `wanted` in `available`."""
+    if not wanted:
+        return
+    available = available.strip()
+    have = set(parse_cpu_list(available, field)) if available else set()
+    if not set(parse_cpu_list(wanted, field)) <= have:
+        _bad(field, f"requested {wanted} are not available - available: {available or 'none'}")
 
 
 def _bad(field: str, why: str) -> None:

@@ -8,7 +8,7 @@ import os
 from .. import _fs
 from .._driver import CgroupDriver, Controller
 from .._errors import CgroupError
-from .._resources import Resources, Stats
+from .._resources import Resources, Stats, check_available
 from . import freezer, memory
 from .blkio import Blkio
 from .cpu import Cpu
@@ -21,9 +21,9 @@ from .pids import Pids
 
 log = logging.getLogger(__name__)
 
-# The controllers a container joins. cpuset is left out until something configures it (no
-# --cpuset-cpus yet): each v1 hierarchy joined costs an RCU-synchronised attach, about 1.5 ms apiece
-# on this kernel (BENCHMARKS.md). devices is always joined: it is what keeps a container (whose root
+# The controllers every container joins. cpuset is joined only by a container that sets
+# --cpuset-cpus or --cpuset-mems: each v1 hierarchy joined costs an RCU-synchronised attach, about
+# 1.5 ms apiece on this kernel (BENCHMARKS.md). devices is always joined: it is what keeps a container (whose root
 # may mknod) from opening the host's disks; a pre-cloned init joins all of them ahead (make_spare).
 CONTROLLERS: tuple[Controller, ...] = (
     Memory(),
@@ -34,8 +34,9 @@ CONTROLLERS: tuple[Controller, ...] = (
     Freezer(),
     Devices(),
 )
-UNUSED_CONTROLLERS: tuple[Controller, ...] = (CpuSet(),)
-NAMES = tuple(c.name for c in CONTROLLERS)
+CPUSET = CpuSet()
+# every hierarchy the driver may use (detect() finds their mounts): cpuset is joined on demand
+NAMES = (*(c.name for c in CONTROLLERS), "cpuset")
 
 
 class V1Driver(CgroupDriver):
@@ -52,10 +53,27 @@ class V1Driver(CgroupDriver):
         self.freeze_timeout = freeze_timeout
         self._controllers = [c for c in CONTROLLERS if c.name in bases]
 
+    def check(self, resources: Resources) -> None:
+        resources.validate()
+        if resources.needs_cpuset():
+            if "cpuset" not in self.bases:
+                raise CgroupError("cpuset_cpus: the cpuset controller is not mounted on this host",
+                                  op="validate", field="cpuset_cpus")
+            root = self.bases["cpuset"]
+            for field, wanted, f in (("cpuset_cpus", resources.cpuset_cpus, "cpuset.effective_cpus"),
+                                     ("cpuset_mems", resources.cpuset_mems, "cpuset.effective_mems")):
+                check_available(field, wanted, _fs.read(os.path.join(root, f)))
+
+    def _with_cpuset(self, name: str) -> list[Controller]:
+        """The container's controllers: cpuset too when it has a cpuset cgroup (it asked for one)."""
+        if "cpuset" in self.bases and os.path.isdir(self._path(name, "cpuset")):
+            return [*self._controllers, CPUSET]
+        return self._controllers
+
     # where things are
     def paths(self, name: str) -> dict[str, str]:
         _check_name(name)
-        return {c.name: os.path.join(self.bases[c.name], self.parent, name) for c in self._controllers}
+        return {c.name: os.path.join(self.bases[c.name], self.parent, name) for c in self._with_cpuset(name)}
 
     def _dirs(self, name: str) -> list[str]:
         """Distinct directories: co-mounted controllers (cpu,cpuacct) share one."""
@@ -66,10 +84,11 @@ class V1Driver(CgroupDriver):
 
     # lifecycle
     def create(self, name: str, resources: Resources) -> None:
-        resources.validate()
+        self.check(resources)
         made: list[str] = []
+        joined = [*self._controllers, CPUSET] if resources.needs_cpuset() else self._controllers
         try:
-            for c in self._controllers:
+            for c in joined:
                 path = self.bases[c.name]
                 for part in [*self.parent.split("/"), name]:
                     if not part:
@@ -88,12 +107,15 @@ class V1Driver(CgroupDriver):
             raise
 
     def update(self, name: str, resources: Resources) -> None:
-        resources.validate()
+        self.check(resources)
         self._require(name)
+        if resources.needs_cpuset() and CPUSET not in self._with_cpuset(name):
+            raise CgroupError(f"cgroup {name}: cpuset_cpus/cpuset_mems can be changed only on a container "
+                              "started with one", op="update", field="cpuset_cpus")
         self._apply(name, resources)
 
     def _apply(self, name: str, resources: Resources) -> None:
-        for c in self._controllers:
+        for c in self._with_cpuset(name):
             c.apply(self._path(name, c.name), resources)
 
     def add_process(self, name: str, pid: int) -> None:
@@ -131,7 +153,7 @@ class V1Driver(CgroupDriver):
 
     def list(self) -> list[str]:
         names: set[str] = set()
-        for c in self._controllers:
+        for c in [*self._controllers, CPUSET] if "cpuset" in self.bases else self._controllers:
             d = os.path.join(self.bases[c.name], self.parent)
             if os.path.isdir(d):
                 names.update(e.name for e in os.scandir(d)
@@ -148,7 +170,9 @@ class V1Driver(CgroupDriver):
         return True
 
     def take_spare(self, tag: str, name: str, resources: Resources) -> bool:
-        resources.validate()
+        self.check(resources)
+        if resources.needs_cpuset():
+            return False  # the spare has no cpuset cgroup: the caller creates and joins all
         pairs = [(d, os.path.join(os.path.dirname(d), name)) for d in self._dirs(tag)]
         if not all(os.path.isdir(old) for old, _ in pairs) or any(os.path.exists(new) for _, new in pairs):
             return False

@@ -32,6 +32,8 @@ class Memory:
                     raise
 
     def apply(self, path: str, r: Resources) -> None:
+        if r.memory_swappiness >= 0:  # (-1: left as the new cgroup inherited it from its parent)
+            _fs.write(os.path.join(path, "memory.swappiness"), str(r.memory_swappiness))
         limit_file = os.path.join(path, "memory.limit_in_bytes")
         memsw_file = os.path.join(path, "memory.memsw.limit_in_bytes")
         memory = r.memory or -1

@@ -9,9 +9,10 @@ import os
 from .. import _fs
 from .._driver import CgroupDriver, Controller
 from .._errors import CgroupError
-from .._resources import Resources, Stats
+from .._resources import Resources, Stats, check_available
 from . import memory
 from .cpu import Cpu
+from .cpuset import CpuSet
 from .devices import Devices
 from .io import Io
 from .memory import Memory
@@ -19,7 +20,7 @@ from .pids import Pids
 
 log = logging.getLogger(__name__)
 
-CONTROLLERS: tuple[Controller, ...] = (Memory(), Cpu(), Pids(), Io())
+CONTROLLERS: tuple[Controller, ...] = (Memory(), Cpu(), Pids(), Io(), CpuSet())
 # Device rules are a BPF program on the cgroup, whatever controllers it has: applied to every one.
 DEVICES = Devices()
 
@@ -35,6 +36,8 @@ def _needs(r: Resources) -> set[str]:
         out.add("pids")
     if r.blkio_weight or r.device_read_bps or r.device_write_bps:
         out.add("io")
+    if r.needs_cpuset():
+        out.add("cpuset")
     return out
 
 
@@ -67,9 +70,23 @@ class V2Driver(CgroupDriver):
         d = self._path(name)
         return {"unified": d, **{c.name: d for c in CONTROLLERS}}
 
+    def check(self, resources: Resources) -> None:
+        resources.validate()
+        if resources.memory_swappiness != -1:
+            # cgroup v2 has no memory.swappiness; docker on v2 drops the setting with a warning,
+            # dockyard refuses it rather than accept and ignore it
+            raise CgroupError("memory_swappiness: not supported with cgroup v2 (the kernel has no "
+                              "per-cgroup swappiness there)", op="validate", field="memory_swappiness")
+        if resources.needs_cpuset():
+            for field, wanted, f in (("cpuset_cpus", resources.cpuset_cpus, "cpuset.cpus.effective"),
+                                     ("cpuset_mems", resources.cpuset_mems, "cpuset.mems.effective")):
+                eff = os.path.join(self.root, f)
+                if wanted and _fs.exists(eff):
+                    check_available(field, wanted, _fs.read(eff))
+
     # lifecycle
     def create(self, name: str, resources: Resources) -> None:
-        resources.validate()
+        self.check(resources)
         path = self._path(name)
         made: list[str] = []
         try:
@@ -120,7 +137,7 @@ class V2Driver(CgroupDriver):
                     ) from e
 
     def update(self, name: str, resources: Resources) -> None:
-        resources.validate()
+        self.check(resources)
         path = self._path(name)
         self._require(path)
         self._apply(path, resources)

@@ -117,3 +117,36 @@ class Matcher:
             ):
                 return True
         return False
+
+
+def remove_ignored(root: Path, keep: tuple[str, ...] = ()) -> int:
+    """Apply root/.dockerignore to an unpacked context on the daemon's side, as dockerd does for
+    a client that sent more than it should: every excluded entry is removed (the .dockerignore and
+    the Dockerfile too, when they are excluded; `keep` names paths to spare). Symlinks are removed,
+    never followed. Returns how many entries went."""
+    import os
+    import shutil
+
+    matcher = Matcher.from_file(root / ".dockerignore")
+    if not matcher.patterns:
+        return 0
+    gone = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = "" if rel_dir == "." else rel_dir
+        for d in list(dirnames):
+            rel = f"{rel_dir}/{d}" if rel_dir else d
+            path = os.path.join(dirpath, d)
+            if matcher.excluded(rel) and not matcher.may_include_below(rel) and rel not in keep:
+                if os.path.islink(path):
+                    os.unlink(path)
+                else:
+                    shutil.rmtree(path)
+                dirnames.remove(d)
+                gone += 1
+        for f in filenames:
+            rel = f"{rel_dir}/{f}" if rel_dir else f
+            if rel not in keep and matcher.excluded(rel):
+                os.unlink(os.path.join(dirpath, f))
+                gone += 1
+    return gone
