@@ -3,7 +3,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST := $(VENV)/bin/pytest
 
-.PHONY: install up demo test test-fast test-unit test-kernel test-cluster test-docker-api test-vm test-vm-smoke soak lint bench protos
+.PHONY: install up demo test test-fast test-unit test-kernel test-cluster test-docker-api test-vm test-vm-smoke test-vagrant soak lint bench protos
 
 # A test whose call takes longer than this without the `slow` marker fails the run (tests/conftest.py).
 SLOW_LIMIT ?= 2
@@ -47,6 +47,11 @@ test-vm:
 
 test-vm-smoke:
 	DOCKYARD_TEST_VM=smoke $(PYTEST_RUN) -s tests/vm/test_vm_smoke.py
+
+# `vagrant up` of vagrant/ on libvirt (2 nodes, the cached box), then `cluster up -i` on the inventory
+# it writes; libvirtd runs in a netns and mount namespace of the test (tests/vm/test_vagrant_libvirt.py).
+test-vagrant:
+	DOCKYARD_TEST_VM=vagrant $(PYTEST_RUN) -s tests/vm/test_vagrant_libvirt.py
 
 # Faults from a seeded schedule on 3 netns hosts, 2 schedulers and a 3-member etcd, the invariants
 # checked all along (tests/soak.py): SOAK_S seconds (default 600), SOAK_SEED to replay a run.

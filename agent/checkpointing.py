@@ -66,6 +66,11 @@ class Checkpoints:
             raise InvalidArgument(f"container {c.name} has a terminal (-t): checkpointing it is not supported")
         if c.config.userns_mode == "remap":
             raise InvalidArgument(f"container {c.name} runs in a user namespace: checkpointing it is not supported")
+        if c.config.networks or c.extra_endpoints:
+            # (its restore would rebuild eth0 only: the further interfaces are not carried yet)
+            raise InvalidArgument(f"container {c.name} is on more than one network "
+                                  f"({', '.join(a.name for a in c.config.networks)} beside its first): "
+                                  "checkpointing it is not supported yet (network disconnect them first)")
         criu = find_criu()
         if criu is None:
             raise Unavailable("CRIU is not installed on this host (deploy/install-criu.sh)")
@@ -115,7 +120,7 @@ class Checkpoints:
         return stats
 
     async def checkpoint_lazy(self, ref: str, address: str, port: int, export: Any, level: int = 1,
-                              dumped: Callable[[], None] | None = None) -> Any:
+                              dumped: Callable[[], None] | None = None, crl: bytes = b"") -> Any:
         """Post-copy: freeze and dump the container without its memory pages, which CRIU keeps and
         serves on address:port (agent/checkpoint/lazy.py), and write the archive to `export`.
 
@@ -133,9 +138,14 @@ class Checkpoints:
             start = time.monotonic()
             try:
                 trace("agent: lazy dump")
+                crl_file = None
+                if crl and self.page_tls is not None:  # the scheduler's list of removed nodes' certificates
+                    crl_file = self.m.dir / c.id / "page-server-crl.pem"
+                    crl_file.write_bytes(crl)
                 dump = await LazyDump.start(criu, pid, images, root=str(self.m.files(c).dir / "rootfs"),
                                             address=address, port=port, external=external,
-                                            log_file=self.m.dir / c.id / "dump.log", tls_dir=self.page_tls)
+                                            log_file=self.m.dir / c.id / "dump.log", tls_dir=self.page_tls,
+                                            crl_file=crl_file)
             except Exception as e:
                 self._checkpointing.discard(c.id)
                 shutil.rmtree(images, ignore_errors=True)
@@ -283,10 +293,11 @@ class Checkpoints:
                                         dict(rec.get("options") or {}), bool(rec.get("anonymous")),
                                         tmp / "volumes" / vname if rec.get("carried") else None)
                 adopted.append(vname)
+            # the diff becomes the new container's own writable layer, as it was on the source
+            await asyncio.to_thread(self.m.images.snapshotter.prepare, cid, image.chain_id)
             with open(tmp / "rootfs-diff.tar", "rb") as f:
-                chain, _ = await asyncio.to_thread(self.m.images.snapshotter.apply, image.chain_id, f, None,
-                                                   "rootfs-diff.tar", self.m.images.limits.budget().bound())
-            await asyncio.to_thread(self.m.images.snapshotter.prepare, cid, chain)
+                await asyncio.to_thread(self.m.images.snapshotter.fill, cid, f, "rootfs-diff.tar",
+                                        self.m.images.limits.budget().bound())
             if not cold:
                 os.rename(tmp / "checkpoint", cdir / "checkpoint")
             c = Container(id=cid, name=cfg.name, created=time.time(), config=cfg, image_id=image.id,

@@ -23,6 +23,7 @@ from typing import Any
 
 import grpc
 
+from agent import diskspace
 from agent.checkpoint import host_features
 from agent.model import Container, InvalidArgument, Unavailable
 from common import transport
@@ -227,7 +228,9 @@ class ClusterMember:
         while True:
             await asyncio.sleep(self.heartbeat)
             try:
-                r = await self.stub().Heartbeat(pb.HeartbeatRequest(name=self.name, lease_id=self.lease),
+                why = diskspace.pressure(self.root, self.manager.min_free_disk)
+                r = await self.stub().Heartbeat(pb.HeartbeatRequest(name=self.name, lease_id=self.lease,
+                                                                    pressure=why),
                                                 timeout=max(0.5, self.heartbeat))
                 failures = 0
                 if r.renew_certificate and not self.renew_now.is_set():

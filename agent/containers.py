@@ -21,7 +21,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
-from agent import hostconfig, links, logs, names, netattach
+from agent import diskspace, hostconfig, links, logs, names, netattach
 from agent.checkpointing import Checkpoints
 from agent.containermounts import ContainerMounts
 from agent.devices import ALL_CAPABILITIES, devices_for
@@ -54,6 +54,7 @@ from agent.taskfiles import TaskFiles
 from agent.taskfiles import check as check_task_files
 from agent.volumes import specs as mount_specs
 from agent.volumes.store import VolumeStore
+from common import settings
 
 if TYPE_CHECKING:
     import ipaddress
@@ -113,6 +114,7 @@ class ContainerManager:
     def __init__(self, root: Path, images: ImageStore, network: ContainerNetwork, cgroup_driver: cgroups.CgroupDriver,
                  zygote: Zygote, run_dir: Path) -> None:
         self.root = root
+        self.min_free_disk = settings.MIN_FREE_DISK  # percent (agent/diskspace.py); the daemon sets it
         self.dir = root / "containers"
         self.dir.mkdir(parents=True, exist_ok=True)
         self.run_dir = run_dir
@@ -190,6 +192,12 @@ class ContainerManager:
             raise InvalidArgument(f"multiple containers match the prefix {ref!r}: be more specific")
         raise NotFound(f"No such container: {ref}")
 
+    def _find(self, ref: str) -> Container | None:
+        try:
+            return self.get(ref)
+        except (NotFound, InvalidArgument):
+            return None
+
     def listing(self, all_: bool = False) -> list[Container]:
         cs = sorted(self.containers.values(), key=lambda c: c.created, reverse=True)
         return cs if all_ else [c for c in cs if c.state.status in ("running", "paused", "restarting")]
@@ -210,6 +218,7 @@ class ContainerManager:
     def create(self, cfg: ContainerConfig, files: Mapping[tuple[str, str], bytes] | None = None) -> Container:
         """``files``: the data of cfg.task_files by (kind, name), fetched from the scheduler."""
         self._validate(cfg)
+        diskspace.refuse_if_full(self.root, self.min_free_disk, "create a container")
         if cfg.task_files and files is None:
             raise InvalidArgument("secrets and configs come from the cluster's scheduler: this agent got none "
                                   "(is it joined with --join?)")
@@ -511,7 +520,13 @@ class ContainerManager:
         return out
 
     def _link_hosts(self, cfg: ContainerConfig) -> str:
-        """The linked containers' addresses under both names, in /etc/hosts."""
+        """The linked containers' addresses under both names, in /etc/hosts. On a user network a
+        link is also a name at 127.0.0.11 (localnets.links_of), answered once its container runs:
+        one that is not running yet, or not made yet, is no error there (docker's rule)."""
+        if self.localnets.is_local(cfg.network_mode):
+            ready = [x for x in cfg.links if (o := self._find(x.partition(":")[0])) is not None
+                     and o.state.status in ("running", "paused") and o.ip_address]
+            cfg = dataclasses.replace(cfg, links=ready)
         return "".join(f"{o.ip_address}\t{' '.join(dict.fromkeys((alias, o.name)))}\n"
                        for o, alias in self._linked(cfg))
 
@@ -953,7 +968,7 @@ class ContainerManager:
                             messages.CgroupRef(self.cg.root, self.cg.parent, c.id))
         return self.zygote.request(req, fds)
 
-    # --- top and stats ------------------------------------------------------------------------
+    # --- top ------------------------------------------------------------------------
 
     def top(self, ref: str) -> tuple[list[str], list[list[str]]]:
         c = self.get(ref)
@@ -962,22 +977,6 @@ class ContainerManager:
         pids = sorted(self.cg.procs(c.id))
         rows = [r for r in (_ps_row(p) for p in pids) if r is not None]
         return ["UID", "PID", "PPID", "C", "STIME", "TTY", "TIME", "CMD"], rows
-
-    def stats(self, c: Container) -> dict[str, Any]:
-        st = self.cg.stats(c.id)
-        rx = tx = 0
-        info = self.supervisor.init_info(c)
-        pid = int(info.get("pid", 0))
-        if pid and c.config.network_mode != "host":
-            with contextlib.suppress(OSError):
-                for line in Path(f"/proc/{pid}/net/dev").read_text().splitlines()[2:]:
-                    iface, _, rest = line.partition(":")
-                    if iface.strip() == "lo":
-                        continue
-                    vals = rest.split()
-                    rx += int(vals[0])
-                    tx += int(vals[8])
-        return {"stats": st, "rx": rx, "tx": tx}
 
     async def shutdown(self) -> None:
         for t in list(self.supervisor.monitors.values()) + list(self._tasks):

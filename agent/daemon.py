@@ -62,6 +62,7 @@ class AgentOptions:
     docker_tcp: str = ""             # and on loopback TCP, HOST:PORT (opt-in: no TLS yet)
     max_layer_size: int | None = None  # bytes a layer may expand to on import/load/pull/restore (None: no bound)
     max_image_size: int | None = None  # and all the layers of one image
+    min_free_disk: float = settings.MIN_FREE_DISK  # percent of the root's disk kept free (agent/diskspace.py)
     ip_forward: bool = True          # docker's --ip-forward: turn on net.ipv4.ip_forward
     ip_masq: bool = True             # docker's --ip-masq: masquerade the bridge's subnet (egress)
     metrics_tls: bool = False        # /metrics over mutual-TLS HTTPS with the node's certificate
@@ -130,12 +131,13 @@ class Agent:
         await asyncio.to_thread(self.manager.localnets.ensure_all)
         self.manager.log_default = o.engine.log
         self.manager.default_ulimits = list(o.engine.ulimits)
+        self.manager.min_free_disk = o.min_free_disk
         self.manager.default_dns = list(o.engine.dns)
         self.manager.default_dns_search = list(o.engine.dns_search)
         self.manager.default_dns_options = list(o.engine.dns_options)
         await self.manager.supervisor.adopt()
         for c in self.manager.containers.values():   # adopted on a user network: its 127.0.0.11 anew
-            if self.manager.localnets.is_local(c.config.network_mode) and c.state.status in ("running", "paused"):
+            if self.manager.localnets.local_of(c) and c.state.status in ("running", "paused"):
                 try:
                     await asyncio.to_thread(self.manager.localnets.open_resolver, c, c.state.pid)
                 except (OSError, network.NetworkError) as e:

@@ -55,6 +55,9 @@ class LocalNetwork:
     options: dict[str, str] = field(default_factory=dict)
     ipam_given: bool = False       # the subnet came from the user's IPAM config (inspect echoes it)
     attachable: bool = False       # as asked (a local bridge always takes standalone containers)
+    internal: bool = False         # no way out: no default route, no NAT, nothing forwarded in or out
+    ip_range: str = ""             # containers' addresses come from this part of the subnet
+    aux: dict[str, str] = field(default_factory=dict)   # docker's AuxiliaryAddresses: never given
 
     @property
     def bridge(self) -> str:
@@ -88,7 +91,8 @@ class LocalNetworks:
     def bridge_of(self, n: LocalNetwork) -> BridgeNetwork:
         b = self._bridges.get(n.id)
         if b is None:
-            b = self._bridges[n.id] = BridgeNetwork(self.state, n.bridge, n.subnet)
+            b = self._bridges[n.id] = BridgeNetwork(self.state, n.bridge, n.subnet, n.gateway, n.ip_range,
+                                                    tuple(n.aux.values()), n.internal)
         return b
 
     def get(self, ref: str) -> LocalNetwork:
@@ -176,11 +180,14 @@ class LocalNetworks:
         return None
 
     def create(self, name: str, subnet: str = "", gateway: str = "", labels: dict[str, str] | None = None,
-               options: dict[str, str] | None = None, attachable: bool = False) -> LocalNetwork:
+               options: dict[str, str] | None = None, attachable: bool = False, internal: bool = False,
+               ip_range: str = "", aux: dict[str, str] | None = None) -> LocalNetwork:
         if not NAME.match(name):
             raise InvalidArgument(f"invalid network name {name!r}: 1 to 128 characters, no '/' or control characters")
         if name in BUILTIN:
             raise Conflict(f"network with name {name} already exists (it is built in)")
+        if (gateway or ip_range or aux) and not subnet:
+            raise InvalidArgument(f"network {name}: a gateway, an ip range or auxiliary addresses need --subnet")
         for k, v in (options or {}).items():
             if k not in KNOWN_OPTIONS or (KNOWN_OPTIONS[k] is not None and v != KNOWN_OPTIONS[k]):
                 raise InvalidArgument(f"network option {k}={v} is not supported by dockyard's bridge driver")
@@ -196,10 +203,8 @@ class LocalNetworks:
                     net = ipaddress.IPv4Network(cand, strict=True)
                 except ValueError as e:
                     raise InvalidArgument(f"invalid subnet {cand!r}: {e}") from None
-                gw = str(net.network_address + 1)
-                if gateway and gateway != gw:
-                    raise InvalidArgument(f"gateway {gateway}: dockyard's bridge takes the subnet's first address "
-                                          f"as its gateway ({gw})")
+                gw = gateway or str(net.network_address + 1)
+                self._check_addresses(net, gw, ip_range, aux or {})
                 if any(ipaddress.IPv4Network(o.subnet).overlaps(net) for o in self.nets.values()):
                     last = InvalidArgument(f"subnet {net} overlaps another network of this agent")
                     if subnet:
@@ -207,8 +212,8 @@ class LocalNetworks:
                     continue
                 n = LocalNetwork(name=name, id=nid, subnet=str(net), gateway=gw, created=time.time(),
                                  labels=dict(labels or {}), options=dict(options or {}), ipam_given=bool(subnet),
-                                 attachable=attachable)
-                b = BridgeNetwork(self.state, bridge, str(net))
+                                 attachable=attachable, internal=internal, ip_range=ip_range, aux=dict(aux or {}))
+                b = BridgeNetwork(self.state, bridge, str(net), gw, ip_range, tuple((aux or {}).values()), internal)
                 try:
                     b.ensure(False, self.ip_masq)
                 except NetworkError as e:
@@ -223,6 +228,28 @@ class LocalNetworks:
                 self.nets[nid] = n
                 return n
         raise InvalidArgument(f"network {name}: no free subnet in the pool {self.pool} ({last})")
+
+    @staticmethod
+    def _check_addresses(net: ipaddress.IPv4Network, gateway: str, ip_range: str, aux: dict[str, str]) -> None:
+        """docker's IPAM pool: a gateway and auxiliary addresses that are host addresses of the
+        subnet (an auxiliary one is not the gateway), an ip range inside it."""
+        hosts = (net.network_address, net.broadcast_address)
+        for what, value in (("gateway", gateway), *((f"auxiliary address {k}", v) for k, v in aux.items())):
+            try:
+                addr = ipaddress.IPv4Address(value)
+            except ValueError:
+                raise InvalidArgument(f"invalid {what} {value!r}: not an IPv4 address") from None
+            if addr not in net or addr in hosts:
+                raise InvalidArgument(f"{what} {value} is not a host address of the subnet {net}")
+            if what != "gateway" and value == gateway:
+                raise InvalidArgument(f"{what} {value} is the gateway's address")
+        if ip_range:
+            try:
+                pool = ipaddress.IPv4Network(ip_range, strict=True)
+            except ValueError as e:
+                raise InvalidArgument(f"invalid ip range {ip_range!r}: {e}") from None
+            if not pool.subnet_of(net):
+                raise InvalidArgument(f"ip range {ip_range} is not inside the subnet {net}")
 
     def _free_subnets(self) -> list[str]:
         """The pool's /24s from a random start: agents side by side rarely try the same one first."""

@@ -128,8 +128,10 @@ def rotation(cfg: LogConfig, complete: bool = True) -> Rotation:
         if compress and (files < 2 or not size) and complete:
             raise InvalidArgument("log opt compress=true: compress cannot be true when max-file is less than 2 "
                                   "or max-size is not set")
-    if local and compress and files < 2:
-        compress = False  # docker's local driver: one file is never compressed
+    if local and compress and files < 2 and complete:
+        # moby's local driver (validateConfig): its default compress=true needs rotated files
+        raise InvalidArgument("log opt max-file=1: compression cannot be enabled when max file count is 1 "
+                              "(the local driver compresses by default: add --log-opt compress=false)")
     return Rotation(size, files, compress)
 
 

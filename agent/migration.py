@@ -55,6 +55,7 @@ class Target:
     address: str
     node_id: str = ""
     grant: bytes = b""
+    crl: bytes = b""  # over TLS: removed nodes' certificates, refused by our CRIU page server
 
     @property
     def metadata(self) -> tuple[tuple[str, bytes], ...]:
@@ -169,7 +170,7 @@ async def migrate(m: ContainerManager, ref: str, to: Target, live: bool, emit: P
         await _check_mounts(m, c.id, channel, target, md)
         await _ensure_image(m, channel, c.image_id, c.image_ref, emit, md)
         if live and lazy_pages and info.lazy_pages and c.state.status == "running" and _pages_servable(identity, target):
-            return await _migrate_post_copy(m, c.id, channel, target, emit, t0, md)
+            return await _migrate_post_copy(m, c.id, channel, target, emit, t0, md, to.crl)
         was_running = c.state.status in ("running", "paused")
         with tempfile.TemporaryFile(dir=m.root) as tmp:
             down = time.monotonic()
@@ -252,7 +253,7 @@ async def _remove_moved_volumes(m: ContainerManager, c: Any) -> None:
 
 
 async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Channel, target: str,
-                             emit: Progress, t0: float, md: Any) -> pb.MigrateProgress:
+                             emit: Progress, t0: float, md: Any, crl: bytes = b"") -> pb.MigrateProgress:
     from agent.checkpoint.criu import CriuError
     from agent.checkpoint.lazy import free_port, local_address_towards
 
@@ -265,7 +266,7 @@ async def _migrate_post_copy(m: ContainerManager, cid: str, channel: grpc.aio.Ch
         emit(pb.MigrateProgress(phase="checkpoint", message=f"dumping {c.name} with CRIU (post-copy)"))
         # Level 1: the archive holds the small images and the writable layer, not the memory.
         dump = await m.checkpoints.checkpoint_lazy(c.id, address, free_port(address), export=out, level=1,
-                                                   dumped=_frozen(c.name, emit))
+                                                   dumped=_frozen(c.name, emit), crl=crl)
         trace("migrate: archive written")
         await _withdraw(m, c, back=False)
         await faults.FAULTS.pause_after_dump(m.root)  # tests kill the agent here (common/faults.py)

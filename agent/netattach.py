@@ -201,6 +201,14 @@ def _is_ipv4(s: str) -> bool:
 
 async def connect(m: ContainerManager, c: Container, name: str, aliases: list[str], ip: str = "",
                   links: list[str] | None = None) -> None:
+    """Under the container's lock: a start, a checkpoint or another change waits (a container
+    half-way through its start would otherwise miss a network its config already has)."""
+    async with m._lock(c):
+        await _connect(m, c, name, aliases, ip, links)
+
+
+async def _connect(m: ContainerManager, c: Container, name: str, aliases: list[str], ip: str,
+                   links: list[str] | None) -> None:
     """docker network connect NAME CONTAINER [--alias A] [--ip IP]. A running container left with
     no network (every one disconnected) gets it as its first again: eth0, with the default route
     and the links; otherwise links belong to the first network only."""
@@ -270,7 +278,13 @@ async def _connect_first(m: ContainerManager, c: Container, name: str, aliases: 
 
 
 async def disconnect(m: ContainerManager, c: Container, name: str) -> None:
-    """docker network disconnect NAME CONTAINER: also of a running container and of its first network."""
+    """docker network disconnect NAME CONTAINER: also of a running container and of its first
+    network (under the container's lock, as connect)."""
+    async with m._lock(c):
+        await _disconnect(m, c, name)
+
+
+async def _disconnect(m: ContainerManager, c: Container, name: str) -> None:
     import asyncio
 
     n = m.localnets.find(name)

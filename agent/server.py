@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from agent import attachsession, convert, metrics, status
+from agent import attachsession, convert, diskspace, metrics, status
 from agent.authz import PeerGrants
 from agent.checkpoint import host_features
 from agent.containers import UPDATABLE_LIMITS, ContainerManager
@@ -28,7 +28,7 @@ from agent.engine import EngineSettings
 from agent.execsession import ExecSession
 from agent.images.errors import ImageError
 from agent.images.pipes import consume
-from agent.model import AgentError, InvalidArgument
+from agent.model import AgentError, Conflict, InvalidArgument
 from agent.runtime.procs import trace
 from common import transport
 from protos import agent_pb2 as pb
@@ -177,6 +177,50 @@ class AgentServicer(pbg.AgentServicer):
     @_mapped
     async def RenameContainer(self, request: pb.RenameContainerRequest, context: Any) -> pb.Empty:
         self.m.rename(request.id, request.new_name)
+        return pb.Empty()
+
+    # --- user-defined bridge networks of this agent (agent/localnets.py, agent/netattach.py)
+
+    def _local_network_info(self, n: Any) -> pb.LocalNetworkInfo:
+        return pb.LocalNetworkInfo(name=n.name, id=n.id, subnet=n.subnet, gateway=n.gateway, labels=n.labels,
+                                   containers=sorted(c.name for c in self.m.localnets.users(n)),
+                                   internal=n.internal, ip_range=n.ip_range, aux_addresses=n.aux)
+
+    @_mapped
+    async def CreateLocalNetwork(self, request: pb.LocalNetworkSpec, context: Any) -> pb.LocalNetworkInfo:
+        n = await asyncio.to_thread(self.m.localnets.create, request.name, request.subnet, request.gateway,
+                                    dict(request.labels), {}, False, request.internal, request.ip_range,
+                                    dict(request.aux_addresses))
+        return self._local_network_info(n)
+
+    @_mapped
+    async def ListLocalNetworks(self, request: pb.Empty, context: Any) -> pb.LocalNetworkList:
+        nets = sorted(self.m.localnets.nets.values(), key=lambda n: n.name)
+        return pb.LocalNetworkList(networks=[self._local_network_info(n) for n in nets])
+
+    @_mapped
+    async def RemoveLocalNetwork(self, request: pb.LocalNetworkRef, context: Any) -> pb.Empty:
+        n = self.m.localnets.get(request.name)
+        users = self.m.localnets.users(n)
+        if users:
+            raise Conflict(f"error while removing network: network {n.name} id {n.id} has active endpoints "
+                           f"({', '.join(c.name for c in users)})")
+        await asyncio.to_thread(self.m.localnets.remove, n)
+        return pb.Empty()
+
+    @_mapped
+    async def ConnectNetwork(self, request: pb.NetworkConnectRequest, context: Any) -> pb.Empty:
+        from agent import netattach
+
+        await netattach.connect(self.m, self.m.get(request.container), request.network, list(request.aliases),
+                                request.ip)
+        return pb.Empty()
+
+    @_mapped
+    async def DisconnectNetwork(self, request: pb.NetworkConnectRequest, context: Any) -> pb.Empty:
+        from agent import netattach
+
+        await netattach.disconnect(self.m, self.m.get(request.container), request.network)
         return pb.Empty()
 
     @_mapped
@@ -328,6 +372,8 @@ class AgentServicer(pbg.AgentServicer):
     async def RestoreContainer(self, request_iterator: AsyncIterator[pb.RestoreChunk], context: Any) -> pb.ContainerSummary:
         header: pb.RestoreHeader | None = None
         trace("agent: restore stream")
+        # before a byte of the archive lands: the source then rolls back and keeps its copy
+        diskspace.refuse_if_full(self.m.root, self.m.min_free_disk, "restore a migrated container")
         with tempfile.TemporaryFile(dir=self.root) as tmp:
             got_data = False
             digest = hashlib.sha256()
@@ -368,7 +414,7 @@ class AgentServicer(pbg.AgentServicer):
         async def run() -> None:
             try:
                 queue.put_nowait(await migration.migrate(
-                    self.m, request.id, migration.Target(request.target, request.target_node, request.grant),
+                    self.m, request.id, migration.Target(request.target, request.target_node, request.grant, request.crl),
                     request.live, emit, lazy_pages=self.lazy_pages, identity=self.identity))
             except BaseException as e:
                 queue.put_nowait(e)

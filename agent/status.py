@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import grpc
 
+from agent.diskspace import DiskFull
 from agent.errors import AgentError, Conflict, Forbidden, InvalidArgument, NotFound, Unavailable
 from agent.images import registry
 from agent.images.errors import ImageError
@@ -20,6 +21,7 @@ TABLE: list[tuple[type[BaseException], grpc.StatusCode]] = [
     (InvalidArgument, grpc.StatusCode.INVALID_ARGUMENT),
     (registry.RegistryError, grpc.StatusCode.FAILED_PRECONDITION),
     (Unavailable, grpc.StatusCode.UNAVAILABLE),
+    (DiskFull, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (Forbidden, grpc.StatusCode.PERMISSION_DENIED),
     (ImageError, grpc.StatusCode.INVALID_ARGUMENT),
     (ValueError, grpc.StatusCode.INVALID_ARGUMENT),

@@ -155,6 +155,25 @@ def sign(ca: CA, csr_pem: bytes, *, node_id: str, role: str, sans: list[str], ip
     return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
+def serial_of(cert_pem: bytes) -> int:
+    return x509.load_pem_x509_certificate(cert_pem).serial_number
+
+
+def make_crl(ca: CA, serials: Sequence[int], *, now: dt.datetime | None = None,
+             lifetime: dt.timedelta = CERT_LIFETIME) -> bytes:
+    """The CA's revocation list of these certificate serials (PEM), for peers that check one
+    (CRIU's page server: --tls-cacrl). Valid for ``lifetime``: a new one is made at each use."""
+    now = now or _now()
+    ca_key = serialization.load_pem_private_key(ca.key_pem, None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    b = (x509.CertificateRevocationListBuilder().issuer_name(ca.cert.subject)
+         .last_update(now - BACKDATE).next_update(now + lifetime))
+    for s in sorted(set(serials)):
+        b = b.add_revoked_certificate(x509.RevokedCertificateBuilder().serial_number(s)
+                                      .revocation_date(now - BACKDATE).build())
+    return b.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
 def issue_bundle(ca: CA, *, node_id: str, role: str, sans: list[str], ips: Sequence[str] = (),
                  lifetime: dt.timedelta = CERT_LIFETIME) -> Bundle:
     """A key made here and its certificate: for the scheduler's own and the admin's bundle."""

@@ -40,6 +40,7 @@ SCHEDULER_METRICS = "127.0.0.1:9324"
 SCHEDULER_STATE = "/var/lib/dockyard-scheduler"
 ETCD = "/usr/bin/etcd"
 DAEMON_JSON = "/etc/dockyard/daemon.json"    # docker's daemon.json keys (read if it exists)
+MIN_FREE_DISK = 5.0                           # percent of the agent's disk kept free: below, no new work
 LOG_DRIVER = "json-file"                      # the containers' log driver when neither they nor the agent say
 
 # --- the environment ----------------------------------------------------------------------------

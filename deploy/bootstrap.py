@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import gzip
 import hashlib
 import io
@@ -125,9 +126,15 @@ class Inventory:
         return (self.schedulers + [h for h in self.hosts if not h.is_scheduler])[:ETCD_MEMBERS]
 
     @property
+    def etcd_scheme(self) -> str:
+        """Our etcd members serve https with client-certificate auth (and peer TLS) unless --insecure."""
+        return "https" if self.tls else "http"
+
+    @property
     def etcd_urls(self) -> str:
         """What the schedulers are given as --etcd: the user's, or our members' client URLs."""
-        return self.etcd or ",".join(f"http://{h.advertise}:{ETCD_CLIENT_PORT}" for h in self.etcd_members)
+        return self.etcd or ",".join(f"{self.etcd_scheme}://{h.advertise}:{ETCD_CLIENT_PORT}"
+                                     for h in self.etcd_members)
 
     @property
     def join(self) -> str:
@@ -493,10 +500,17 @@ def _ready(req: dict[str, Any]) -> bool:
     """The started process answers: an etcd member (healthy: its cluster has a quorum), a
     scheduler (Status) or a node that is ready (ListNodes)."""
     if "etcd" in req:
+        import ssl
         import urllib.request
 
+        ctx = None
+        if req.get("etcd_tls"):  # the member's own certificate is a client one too (peer TLS)
+            d = Path(req["etcd_tls"])
+            ctx = ssl.create_default_context(cafile=str(d / "ca.pem"))
+            ctx.check_hostname = False  # the CA is etcd's own: any certificate of it is a member's
+            ctx.load_cert_chain(str(d / "cert.pem"), str(d / "key.pem"))
         try:
-            with urllib.request.urlopen(f"{req['etcd']}/health", timeout=2) as r:
+            with urllib.request.urlopen(f"{req['etcd']}/health", timeout=2, context=ctx) as r:
                 return b'"health":"true"' in r.read()
         except OSError:
             return False
@@ -652,6 +666,19 @@ def remote_check(req: dict[str, Any]) -> dict[str, Any]:
     return {"python": sys.executable, "version": sys.version.split()[0], "module": deploy.cli.__file__}
 
 
+def etcd_tls_dir(h: HostSpec) -> PurePosixPath:
+    """On a host: etcd's certificates from `cluster up` (member/: a member's, client/: a scheduler's)."""
+    return PurePosixPath(h.state_dir) / "etcd-tls"
+
+
+def remote_write_bundle(req: dict[str, Any]) -> dict[str, Any]:
+    """A CA, certificate and key written on this host (key 0600, directory 0700), sent on stdin."""
+    from common import pki
+
+    pki.write_bundle(Path(req["dir"]), pki.Bundle(req["ca"].encode(), req["cert"].encode(), req["key"].encode()))
+    return {"dir": req["dir"]}
+
+
 def admin_path(h: HostSpec) -> str:
     """Where a --tls scheduler on ``h`` writes the admin bundle (its state dir's client/)."""
     return str(PurePosixPath(h.state_dir) / "scheduler" / "client")
@@ -661,7 +688,8 @@ def readiness(inv: Inventory, h: HostSpec, what: str) -> dict[str, str]:
     """What `start` waits for: the etcd member healthy, the scheduler answering, or the agent
     answering and its node ready (under TLS: answering on its socket; wait_nodes_ready does the rest)."""
     if what == "etcd":
-        return {"etcd": f"http://{h.advertise}:{ETCD_CLIENT_PORT}"}
+        return {"etcd": f"{inv.etcd_scheme}://{h.advertise}:{ETCD_CLIENT_PORT}",
+                **({"etcd_tls": str(etcd_tls_dir(h) / "member")} if inv.tls else {})}
     if what == "scheduler":
         return {"scheduler": h.scheduler_addr, **({"cert_path": admin_path(h)} if inv.tls else {})}
     if inv.tls:
@@ -702,7 +730,7 @@ def up_local(req: dict[str, Any]) -> dict[str, Any]:
 
 REMOTE_OPS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "start": remote_start, "stop": remote_stop, "status": remote_status, "check": remote_check,
-    "up-local": up_local, "admin": remote_admin}
+    "up-local": up_local, "admin": remote_admin, "write-bundle": remote_write_bundle}
 
 
 def remote_main(argv: list[str]) -> int:
@@ -756,6 +784,7 @@ class Options:
     install_timeout: float = 1800.0
     stop_timeout: float = 20.0
     admin_dir: Path | None = None  # --tls: where the operator's admin bundle is written (ca, cert, key)
+    etcd_ca_dir: Path | None = None  # --tls with our etcd members: etcd's own CA, kept by the operator
 
 
 class Session:
@@ -933,6 +962,12 @@ def scheduler_argv(inv: Inventory, h: HostSpec) -> list[str]:
             "--state-dir", str(PurePosixPath(h.state_dir) / "scheduler")]
     if inv.etcd_urls:
         argv += ["--etcd", inv.etcd_urls]
+    if inv.tls and inv.etcd_members:
+        from scheduler.etcd_tls import ETCD_NAME
+
+        c = etcd_tls_dir(h) / "client"
+        argv += ["--etcd-cacert", str(c / "ca.pem"), "--etcd-cert", str(c / "cert.pem"), "--etcd-key",
+                 str(c / "key.pem"), "--etcd-server-name", ETCD_NAME]
     argv += ["--tls" if inv.tls else "--insecure"]
     return [*argv, *h.scheduler_args]
 
@@ -941,14 +976,20 @@ def etcd_argv(inv: Inventory, h: HostSpec) -> list[str]:
     """One member of the cluster's etcd (Debian's etcd-server, installed by deploy/install.sh),
     on the host's advertised address; its data under the host's state dir. The initial-cluster
     flags only count the first time: a member with data rejoins its cluster as it was."""
-    peers = ",".join(f"{m.name}=http://{m.advertise}:{ETCD_PEER_PORT}" for m in inv.etcd_members)
+    s = inv.etcd_scheme
+    peers = ",".join(f"{m.name}={s}://{m.advertise}:{ETCD_PEER_PORT}" for m in inv.etcd_members)
     token = "dockyard-" + hashlib.sha256(peers.encode()).hexdigest()[:16]
-    client, peer = f"http://{h.advertise}:{ETCD_CLIENT_PORT}", f"http://{h.advertise}:{ETCD_PEER_PORT}"
-    return [settings.ETCD, "--logger=zap", "--log-level=warn", "--name", h.name,
+    client, peer = f"{s}://{h.advertise}:{ETCD_CLIENT_PORT}", f"{s}://{h.advertise}:{ETCD_PEER_PORT}"
+    argv = [settings.ETCD, "--logger=zap", "--log-level=warn", "--name", h.name,
             "--data-dir", str(PurePosixPath(h.state_dir) / "etcd"),
             "--listen-client-urls", client, "--advertise-client-urls", client,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", peers, "--initial-cluster-token", token, "--initial-cluster-state", "new"]
+    if inv.tls:  # https and client certificates of etcd's own CA on both ports (scheduler/etcd_tls.py)
+        from scheduler.etcd_tls import EtcdPKI
+
+        argv += EtcdPKI(Path(etcd_tls_dir(h)), server_dir="member").server_args()
+    return argv
 
 
 def agent_argv(inv: Inventory, h: HostSpec) -> list[str]:
@@ -1039,6 +1080,13 @@ async def up(inv: Inventory, reporter: Reporter, o: Options, bundle: Bundle | No
         for what, hosts in (("etcd", inv.etcd_members), ("scheduler", inv.schedulers), ("agent", inv.hosts)):
             if not hosts:
                 continue
+            if what == "etcd" and inv.tls:
+                names = dict.fromkeys(x.name for x in inv.etcd_members + inv.schedulers)
+                _, failed = await _each([sessions[n] for n in names],
+                                        functools.partial(_send_etcd_certs, inv=inv, o=o), reporter,
+                                        lambda s: (s.spec.name, "etcd certificates"))
+                if failed:
+                    return failed
             if what == "agent" and inv.tls:
                 try:
                     inv = await _admin(sessions[inv.schedulers[0].name], inv, o)
@@ -1059,6 +1107,28 @@ async def up(inv: Inventory, reporter: Reporter, o: Options, bundle: Bundle | No
         return []
     finally:
         await _close_all(sessions)
+
+
+async def _send_etcd_certs(s: Session, inv: Inventory, o: Options) -> None:
+    """etcd's certificates from the operator's etcd CA (o.etcd_ca_dir, made on first use) to a host:
+    a member's (named by its address) to each etcd host, the client one to each scheduler host."""
+    from scheduler import etcd_tls
+
+    h = s.spec
+    s.reporter.begin(h.name, "etcd certificates")
+    if o.etcd_ca_dir is None:
+        raise StepFailed(h.name, "etcd certificates", "no directory for etcd's CA (Options.etcd_ca_dir)")
+    ca = etcd_tls.ca_in(o.etcd_ca_dir)
+    sent = []
+    for sub, bundle in (("member", etcd_tls.member_bundle(ca, h.name, [h.advertise]) if h in inv.etcd_members else None),
+                        ("client", etcd_tls.client_bundle(ca) if h.is_scheduler else None)):
+        if bundle is None:
+            continue
+        await s.helper("etcd certificates", {"op": "write-bundle", "dir": str(etcd_tls_dir(h) / sub),
+                                             "ca": bundle.ca_pem.decode(), "cert": bundle.cert_pem.decode(),
+                                             "key": bundle.key_pem.decode()}, 60)
+        sent.append(sub)
+    s.reporter.ok(h.name, "etcd certificates", f"{' and '.join(sent)} in {etcd_tls_dir(h)}")
 
 
 async def _admin(s: Session, inv: Inventory, o: Options) -> Inventory:

@@ -166,6 +166,9 @@ def main(ctx: click.Context, host: str, scheduler: str) -> None:
               help="Refuse a layer that expands to more than this on import, load, pull or restore (e.g. 10g; "
                    "default: no bound, as docker)")
 @click.option("--max-image-size", default="", help="The same for all the layers of one image")
+@click.option("--min-free-disk", type=click.FloatRange(0, 99), default=settings.MIN_FREE_DISK, show_default=True,
+              help="Percent of the state directory's disk kept free: below it the agent creates and restores no "
+                   "container and the scheduler places nothing here (0: no check)")
 @click.option("--ip-forward", type=bool, default=True, show_default=True,
               help="Turn on net.ipv4.ip_forward (published ports from other hosts, the routing mesh); as docker's")
 @click.option("--ip-masq", type=bool, default=True, show_default=True,
@@ -191,7 +194,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
               docker_socket: str = "",
               docker_tcp: str = "", max_layer_size: str = "", max_image_size: str = "", ip_forward: bool = True,
               ip_masq: bool = True, metrics_tls: bool = False, config_file: str | None = None,
-              **engine_values: Any) -> None:
+              min_free_disk: float = settings.MIN_FREE_DISK, **engine_values: Any) -> None:
     """Run the per-host agent."""
     import socket as _socket
 
@@ -265,7 +268,7 @@ def agent_cmd(root: str, sock: str, listen: str, name: str, bridge: str, subnet:
                      join=join, advertise=advertise, token=token, insecure=insecure,
                      cgroup_favor_dynmods=cgroup_favor_dynmods,
                      docker_socket=docker_socket, docker_tcp=docker_tcp, ip_forward=ip_forward, ip_masq=ip_masq,
-                     metrics_tls=metrics_tls, engine=eng, config_file=path,
+                     metrics_tls=metrics_tls, engine=eng, config_file=path, min_free_disk=min_free_disk,
                      max_layer_size=display.parse_size(max_layer_size, "--max-layer-size") if max_layer_size else None,
                      max_image_size=display.parse_size(max_image_size, "--max-image-size") if max_image_size else None))
 

@@ -102,7 +102,8 @@ timeout_opt = click.option("--timeout", default=15.0, show_default=True, help="S
               help="Run deploy/install.sh on every host (--no-install: assume it is installed)")
 @click.option("--ready-timeout", default=60.0, show_default=True, help="Seconds a scheduler or agent has to be ready")
 @click.option("--tls", is_flag=True, help="Mutual TLS, the default: agents joined by the worker token, the "
-              "admin bundle next to the inventory (and in ~/.dockyard when that has none)")
+              "admin bundle next to the inventory (and in ~/.dockyard when that has none); with 3 hosts or more "
+              "our etcd members use peer TLS and client certificates of etcd's own CA (kept in <inventory>.etcd-ca)")
 @click.option("--insecure", is_flag=True, help="Plaintext and no authentication on every scheduler and agent port")
 def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: float, tls: bool = False,
                insecure: bool = False) -> None:
@@ -123,7 +124,10 @@ def cluster_up(inventory: str, timeout: float, install: bool, ready_timeout: flo
         sys.exit(1)
     admin = Path(inventory).resolve().with_suffix(".admin") if tls else None
     inv.tls = tls
-    o = b.Options(install=install, connect_timeout=timeout, ready_timeout=ready_timeout, admin_dir=admin)
+    # etcd's own CA (for a 3-member etcd of ours) stays with the operator, beside the admin bundle.
+    etcd_ca = Path(inventory).resolve().with_suffix(".etcd-ca") if tls else None
+    o = b.Options(install=install, connect_timeout=timeout, ready_timeout=ready_timeout, admin_dir=admin,
+                  etcd_ca_dir=etcd_ca)
     with RichReporter(console, [h.name for h in inv.hosts]) as r:
         failed = asyncio.run(b.up(inv, r, o, bundle))
     if failed:

@@ -65,6 +65,7 @@ class SchedulerClient:
         self.current = 0
         self._channels: dict[str, grpc.Channel] = {}
         self.identity = cli_identity()
+        self._renewed = False
 
     def stub(self, addr: str) -> pbg.SchedulerStub:
         ch = self._channels.get(addr)
@@ -82,6 +83,7 @@ class SchedulerClient:
             try:
                 out = getattr(self.stub(addr), method)(request, timeout=timeout, wait_for_ready=False)
                 self.current = (self.current + i) % n
+                self._renew_if_due(addr)
                 return out
             except grpc.RpcError as e:
                 code = e.code()  # type: ignore[attr-defined]
@@ -96,6 +98,37 @@ class SchedulerClient:
             " (looked in DOCKYARD_CERT_PATH, else ~/.dockyard; the scheduler writes them to <state-dir>/client).")
         fail("Cannot connect to the dockyard scheduler at " + ", ".join(self.addresses)
              + ". Is it running? (" + "; ".join(errors) + ")" + hint)
+
+    RENEW_AT = 2 / 3  # of the admin certificate's life: the CLI renews it on a call after that
+
+    def _renew_if_due(self, addr: str) -> None:
+        """The admin bundle past RENEW_AT of its life: a new key and certificate from the scheduler
+        (same CN and role: it takes them from the certificate it sees), written in place (0600).
+        Once per process; a failure is said and the old one goes on working until it expires."""
+        import datetime as dt
+
+        from common import pki
+
+        bundle = self.identity.tls
+        if bundle is None or self._renewed or dt.datetime.now(dt.UTC) < pki.renew_at(bundle.cert_pem,
+                                                                                                self.RENEW_AT):
+            return
+        self._renewed = True
+        d = cert_path()
+        try:
+            key_pem, csr_pem = pki.make_key_and_csr()
+            r = self.stub(addr).RenewCertificate(pb.RenewRequest(csr=csr_pem), timeout=TIMEOUT)
+            subject = pki.verify_issued(r.ca, r.certificate, key_pem)
+            if subject.role != "admin":
+                raise pki.PKIError(f"the scheduler renewed it as a {subject.role} certificate")
+            pki.write_bundle(d, pki.Bundle(r.ca, r.certificate, key_pem))
+        except (grpc.RpcError, pki.PKIError, OSError) as e:
+            why = e.details() if isinstance(e, grpc.RpcError) else str(e)  # type: ignore[attr-defined]
+            click.echo(f"dockyard: the admin certificate in {d} is near its end and was not renewed: {why}", err=True)
+            return
+        until = pki.renew_at(r.certificate, 1.0)
+        click.echo(f"dockyard: renewed the admin certificate in {d} (valid until {until:%Y-%m-%d %H:%M:%S} UTC)",
+                   err=True)
 
     def live_stub(self) -> pbg.SchedulerStub:
         """The stub of the first replica that answers Status (for streams)."""
@@ -144,6 +177,8 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--etcd-cacert", default="", help="An external etcd over TLS: the CA its certificate is from")
 @click.option("--etcd-cert", default="", help="An external etcd over TLS: this scheduler's client certificate")
 @click.option("--etcd-key", default="", help="An external etcd over TLS: that certificate's key (mode 0600)")
+@click.option("--etcd-server-name", default="", help="An external etcd over TLS: the name its certificate must "
+              "carry (default: the address dialled; `cluster up`'s members carry etcd.dockyard)")
 @click.option("--listen", default=settings.SCHEDULER_LISTEN, show_default=True, help="gRPC HOST:PORT for agents and the CLI")
 @click.option("--advertise", default="", help="HOST:PORT others reach this replica at (default: --listen)")
 @click.option("--metrics-addr", default=settings.SCHEDULER_METRICS, show_default=True,
@@ -151,6 +186,8 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
 @click.option("--state-dir", default=settings.SCHEDULER_STATE, show_default=True,
               help="State directory (the embedded etcd's data lives here)")
 @click.option("--ttl", default=3, show_default=True, help="Node and leader lease TTL, seconds")
+@click.option("--heartbeat", default=1.0, show_default=True,
+              help="Seconds between an agent's heartbeats (each one's deadline too); at most a third of --ttl")
 @click.option("--tls", is_flag=True, help="Mutual TLS (the default): a cluster CA in etcd, join tokens, a join port at "
               "--listen's port + 1, an admin client bundle in <state-dir>/client")
 @click.option("--insecure", is_flag=True, help="Plaintext gRPC and etcd, no authentication: anyone who reaches the "
@@ -161,8 +198,10 @@ def _msg_dict(msg: Any) -> dict[str, Any]:
               help="How long node certificates issued here live (renewed at 50-80 %): 90d, 12h, 30m, 60s")
 @click.option("--secrets-key", default="", help="The key that seals secrets in etcd (32 bytes, mode 0600; "
               "made if missing; every replica needs the same file) [default: <state-dir>/secrets.key]")
-def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, listen: str, advertise: str,
-                  metrics_addr: str, state_dir: str, ttl: int, tls: bool = False, insecure: bool = False,
+def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, etcd_server_name: str, listen: str,
+                  advertise: str,
+                  metrics_addr: str, state_dir: str, ttl: int, heartbeat: float = 1.0, tls: bool = False,
+                  insecure: bool = False,
                   metrics_tls: bool = False, cert_lifetime: str = "90d", secrets_key: str = "") -> None:
     """Run a scheduler replica (with its own etcd unless --etcd is given)."""
     from scheduler.main import SchedulerError, SchedulerOptions, run
@@ -171,11 +210,16 @@ def scheduler_cmd(etcd: str, etcd_cacert: str, etcd_cert: str, etcd_key: str, li
                                            "anyone who can reach it owns the cluster")
     if ttl < 2:
         raise click.BadParameter("at least 2 seconds (etcd's minimum lease)", param_hint="--ttl")
+    # Three heartbeats per lease: one lost or late heartbeat must not cost a node its lease.
+    if not 0.2 <= heartbeat <= ttl / 3:
+        raise click.BadParameter(f"{heartbeat:g}: from 0.2 s to a third of --ttl ({ttl / 3:g} s)",
+                                 param_hint="--heartbeat")
     lifetime = _lifetime(cert_lifetime)
     try:
         run(SchedulerOptions(etcd=etcd, listen=listen, advertise=advertise, metrics_addr=metrics_addr,
-                             state_dir=state_dir, ttl=ttl, tls=tls, etcd_cacert=etcd_cacert, etcd_cert=etcd_cert,
-                             etcd_key=etcd_key, cert_lifetime=lifetime, metrics_tls=metrics_tls, secrets_key=secrets_key))
+                             state_dir=state_dir, ttl=ttl, heartbeat=heartbeat, tls=tls, etcd_cacert=etcd_cacert,
+                             etcd_cert=etcd_cert, etcd_key=etcd_key, etcd_server_name=etcd_server_name,
+                             cert_lifetime=lifetime, metrics_tls=metrics_tls, secrets_key=secrets_key))
     except SchedulerError as e:
         fail(f"dockyard scheduler: {e}")
 
@@ -212,7 +256,8 @@ def node() -> None:
 
 
 def _node_row(n: dict[str, Any]) -> list[Any]:
-    return [n["name"], n["address"], n["status"].capitalize(), n["availability"].capitalize(), n["tasks"],
+    status = n["status"].capitalize() + (" (disk almost full)" if n.get("pressure") else "")  # inspect says more
+    return [n["name"], n["address"], status, n["availability"].capitalize(), n["tasks"],
             display.human_bytes_binary(int(n["memory_bytes"])), f"{int(n['nano_cpus']) / 1e9:g}",
             ",".join(f"{k}={v}" for k, v in sorted(n["labels"].items()))]
 
@@ -581,14 +626,14 @@ def service_update(ctx: click.Context, /, name: str, rollback_now: bool, force: 
         service_rollback_now(ctx, name, detach, quiet)
         return
     from deploy import stack as st
-    from deploy.service_flags import _checked, _flag, _publish
+    from deploy.service_flags import checked, flag, publish
     from deploy.stack_files import parse_flag
 
     info = sched(ctx).call("InspectService", pb.ServiceRef(name=name))
     spec = convert.spec_from_pb(info.spec)
     try:
-        new = edit(spec, o, publish=lambda text: _checked(lambda: _publish(text)),
-                   duration=lambda flag, v: _checked(lambda: st.parse_duration(_flag(flag, v))), file_ref=parse_flag)
+        new = edit(spec, o, publish=lambda text: checked(lambda: publish(text)),
+                   duration=lambda name, v: checked(lambda: st.parse_duration(flag(name, v))), file_ref=parse_flag)
     except (EditError, ObjectError) as e:
         fail(f"dockyard service update: {e}")
     if new == spec and not force:

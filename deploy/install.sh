@@ -22,9 +22,11 @@ pkgs=(
   vagrant vagrant-libvirt                               # vagrant/ (validated offline by the tests)
   zstd curl ca-certificates
 )
-# The VM tests (tests/vm): qemu's emulator and what vagrant/build-box.sh builds the guests' box with.
+# The VM tests (tests/vm): qemu's emulator and what vagrant/build-box.sh builds the guests' box with;
+# libvirt for vagrant-libvirt, without libvirt-daemon-system (it adds a NAT network; FACTS.md).
 # Apart from pkgs, which build-box.sh reads as the guests' own list.
-vm_pkgs=(qemu-system-x86 qemu-utils debootstrap fdisk e2fsprogs)
+vm_pkgs=(qemu-system-x86 qemu-utils debootstrap fdisk e2fsprogs
+         libvirt-daemon libvirt-daemon-driver-qemu libvirt-clients dnsmasq-base)
 missing=()
 for p in "${pkgs[@]}" "${vm_pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -33,6 +35,11 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt-get update -q
   apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
+
+# libvirtd's qemu driver refuses to start without its user, even when qemu.conf runs qemu as root
+# (tests/vm_libvirt.py does); libvirt-daemon-system would make it.
+getent group libvirt-qemu >/dev/null || groupadd --system libvirt-qemu
+getent passwd libvirt-qemu >/dev/null || useradd --system -g libvirt-qemu -d /var/lib/libvirt -s /usr/sbin/nologin libvirt-qemu
 
 bash deploy/install-criu.sh || echo "install: CRIU could not be installed; live migration will be unavailable" >&2
 

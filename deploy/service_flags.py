@@ -31,14 +31,14 @@ Options = dict[str, Any]          # click's keyword arguments of `service create
 Duration = Callable[[str, str], "float | None"]
 
 
-def _flag(flag: str, value: Any) -> Any:
+def flag(name: str, value: Any) -> Any:
     """A cursor for the stack parser's checks, so a bad value reads `--limit-memory: invalid size '1X'`."""
     from deploy.stack import _At
 
-    return _At(flag, "", 0, value)
+    return _At(name, "", 0, value)
 
 
-def _checked(read: Callable[[], Any]) -> Any:
+def checked(read: Callable[[], Any]) -> Any:
     from deploy.stack import StackError
 
     try:
@@ -47,13 +47,13 @@ def _checked(read: Callable[[], Any]) -> Any:
         raise click.UsageError(str(e)) from None
 
 
-def _publish(spec: str) -> list[Any]:
+def publish(spec: str) -> list[Any]:
     """-p 8080:80[/udp], or docker's long form -p published=8080,target=80,protocol=udp,mode=host."""
     from deploy import stack as st
     from deploy.compose.yamlload import LineMap
 
     if "=" not in spec:
-        return list(st._ports(_flag("-p, --publish", spec)))
+        return list(st._ports(flag("-p, --publish", spec)))
     fields = LineMap()
     fields.line, fields.lines = 0, {}
     for part in spec.split(","):
@@ -61,15 +61,15 @@ def _publish(spec: str) -> list[Any]:
         if not sep or not k:
             raise click.UsageError(f"-p, --publish: {spec!r}: expected KEY=VALUE pairs separated by commas")
         fields[k.strip()] = v.strip()
-    return list(st._ports(_flag("-p, --publish", fields)))
+    return list(st._ports(flag("-p, --publish", fields)))
 
 
-def _pairs(values: tuple[str, ...], flag: str, from_env: bool = False) -> tuple[tuple[str, str], ...]:
+def pairs(values: tuple[str, ...], name: str, from_env: bool = False) -> tuple[tuple[str, str], ...]:
     out: dict[str, str] = {}
     for v in values:
         k, sep, val = v.partition("=")
         if not k:
-            raise click.UsageError(f"{flag}: {v!r}: expected KEY=VALUE")
+            raise click.UsageError(f"{name}: {v!r}: expected KEY=VALUE")
         if not sep:
             if from_env:
                 if k not in os.environ:
@@ -101,13 +101,13 @@ def build_service_spec(image: str, command: tuple[str, ...], o: Options) -> Serv
     if not image.strip() or any(c.isspace() for c in image):
         raise click.BadParameter(f"invalid reference format: {image!r}", param_hint="IMAGE")
 
-    def duration(flag: str, key: str) -> float | None:
+    def duration(name: str, key: str) -> float | None:
         v = o[key]
-        return None if not v else _checked(lambda: st.parse_duration(_flag(flag, v)))
+        return None if not v else checked(lambda: st.parse_duration(flag(name, v)))
 
     ports = _ports(o)
-    env = dict(_pairs(tuple(e for f in o["env_file"] for e in _env_file(f)), "--env-file"))
-    env.update(_pairs(o["env"], "-e, --env", from_env=True))
+    env = dict(pairs(tuple(e for f in o["env_file"] for e in _env_file(f)), "--env-file"))
+    env.update(pairs(o["env"], "-e, --env", from_env=True))
     workdir = o["workdir"]
     if workdir and not workdir.startswith("/"):
         raise click.BadParameter(f"{workdir!r} is not an absolute path", param_hint="-w, --workdir")
@@ -134,7 +134,7 @@ def build_service_spec(image: str, command: tuple[str, ...], o: Options) -> Serv
         ports=ports, replicas=replicas, mode=mode, resources=_resources(o), placement=_placement(o, mode),
         update_config=_update_config(o, duration), restart_policy=_restart_policy(o, duration),
         healthcheck=_healthcheck(o, duration),
-        labels=_pairs(o["label"], "-l, --label"), container_labels=_pairs(o["container_label"], "--container-label"),
+        labels=pairs(o["label"], "-l, --label"), container_labels=pairs(o["container_label"], "--container-label"),
         hostname=hostname, user=o["user"], workdir=workdir, stop_signal=stop_signal,
         stop_grace_period=duration("--stop-grace-period", "stop_grace_period"), tty=o["tty"], init=o["init"],
         pids_limit=o["limit_pids"], networks=_attachments(o), endpoint_mode=o.get("endpoint_mode", "vip"),
@@ -163,8 +163,8 @@ def _resources(o: Options) -> ResourceSpec:
     from scheduler.model import Resources, ResourceSpec
 
     def pair(cpu_flag: str, cpu: str, mem_flag: str, mem: str) -> Resources:
-        nano = _checked(lambda: st.parse_cpus(_flag(cpu_flag, cpu))) if cpu else 0
-        memory = _checked(lambda: st.parse_size(_flag(mem_flag, mem))) if mem else 0
+        nano = checked(lambda: st.parse_cpus(flag(cpu_flag, cpu))) if cpu else 0
+        memory = checked(lambda: st.parse_size(flag(mem_flag, mem))) if mem else 0
         if mem and memory <= 0:
             raise click.BadParameter("must be more than 0", param_hint=mem_flag)
         return Resources(nano, memory)
@@ -209,7 +209,7 @@ def _placement(o: Options, mode: ServiceMode) -> PlacementSpec:
 
 def _ports(o: Options) -> tuple[PortSpec, ...]:
     """-p in both of docker's forms; one host port published twice is refused."""
-    ports = tuple(p for spec in o["publish"] for p in _checked(functools.partial(_publish, spec)))
+    ports = tuple(p for spec in o["publish"] for p in checked(functools.partial(publish, spec)))
     seen: set[tuple[int, str]] = set()
     for port in ports:
         if port.published is not None:

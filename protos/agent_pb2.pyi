@@ -861,18 +861,20 @@ class RestoreHeader(_message.Message):
     def __init__(self, id: _Optional[str] = ..., name: _Optional[str] = ..., cold: _Optional[bool] = ..., sha256: _Optional[str] = ..., page_server: _Optional[str] = ...) -> None: ...
 
 class MigrateRequest(_message.Message):
-    __slots__ = ("id", "target", "live", "target_node", "grant")
+    __slots__ = ("id", "target", "live", "target_node", "grant", "crl")
     ID_FIELD_NUMBER: _ClassVar[int]
     TARGET_FIELD_NUMBER: _ClassVar[int]
     LIVE_FIELD_NUMBER: _ClassVar[int]
     TARGET_NODE_FIELD_NUMBER: _ClassVar[int]
     GRANT_FIELD_NUMBER: _ClassVar[int]
+    CRL_FIELD_NUMBER: _ClassVar[int]
     id: str
     target: str
     live: bool
     target_node: str
     grant: bytes
-    def __init__(self, id: _Optional[str] = ..., target: _Optional[str] = ..., live: _Optional[bool] = ..., target_node: _Optional[str] = ..., grant: _Optional[bytes] = ...) -> None: ...
+    crl: bytes
+    def __init__(self, id: _Optional[str] = ..., target: _Optional[str] = ..., live: _Optional[bool] = ..., target_node: _Optional[str] = ..., grant: _Optional[bytes] = ..., crl: _Optional[bytes] = ...) -> None: ...
 
 class MigrateProgress(_message.Message):
     __slots__ = ("phase", "bytes", "total", "downtime_seconds", "total_seconds", "new_id", "message")
@@ -899,3 +901,95 @@ class RestoreChunk(_message.Message):
     header: RestoreHeader
     data: bytes
     def __init__(self, header: _Optional[_Union[RestoreHeader, _Mapping]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class LocalNetworkSpec(_message.Message):
+    __slots__ = ("name", "subnet", "gateway", "labels", "internal", "ip_range", "aux_addresses")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AuxAddressesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    IP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    AUX_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    subnet: str
+    gateway: str
+    labels: _containers.ScalarMap[str, str]
+    internal: bool
+    ip_range: str
+    aux_addresses: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., internal: _Optional[bool] = ..., ip_range: _Optional[str] = ..., aux_addresses: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class LocalNetworkInfo(_message.Message):
+    __slots__ = ("name", "id", "subnet", "gateway", "labels", "containers", "internal", "ip_range", "aux_addresses")
+    class LabelsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    class AuxAddressesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    ID_FIELD_NUMBER: _ClassVar[int]
+    SUBNET_FIELD_NUMBER: _ClassVar[int]
+    GATEWAY_FIELD_NUMBER: _ClassVar[int]
+    LABELS_FIELD_NUMBER: _ClassVar[int]
+    CONTAINERS_FIELD_NUMBER: _ClassVar[int]
+    INTERNAL_FIELD_NUMBER: _ClassVar[int]
+    IP_RANGE_FIELD_NUMBER: _ClassVar[int]
+    AUX_ADDRESSES_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    id: str
+    subnet: str
+    gateway: str
+    labels: _containers.ScalarMap[str, str]
+    containers: _containers.RepeatedScalarFieldContainer[str]
+    internal: bool
+    ip_range: str
+    aux_addresses: _containers.ScalarMap[str, str]
+    def __init__(self, name: _Optional[str] = ..., id: _Optional[str] = ..., subnet: _Optional[str] = ..., gateway: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., containers: _Optional[_Iterable[str]] = ..., internal: _Optional[bool] = ..., ip_range: _Optional[str] = ..., aux_addresses: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class LocalNetworkList(_message.Message):
+    __slots__ = ("networks",)
+    NETWORKS_FIELD_NUMBER: _ClassVar[int]
+    networks: _containers.RepeatedCompositeFieldContainer[LocalNetworkInfo]
+    def __init__(self, networks: _Optional[_Iterable[_Union[LocalNetworkInfo, _Mapping]]] = ...) -> None: ...
+
+class LocalNetworkRef(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class NetworkConnectRequest(_message.Message):
+    __slots__ = ("network", "container", "aliases", "ip")
+    NETWORK_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    ALIASES_FIELD_NUMBER: _ClassVar[int]
+    IP_FIELD_NUMBER: _ClassVar[int]
+    network: str
+    container: str
+    aliases: _containers.RepeatedScalarFieldContainer[str]
+    ip: str
+    def __init__(self, network: _Optional[str] = ..., container: _Optional[str] = ..., aliases: _Optional[_Iterable[str]] = ..., ip: _Optional[str] = ...) -> None: ...

@@ -104,6 +104,31 @@ class AgentStub:
                 request_serializer=protos_dot_agent__pb2.UpdateContainerRequest.SerializeToString,
                 response_deserializer=protos_dot_agent__pb2.ContainerSummary.FromString,
                 _registered_method=True)
+        self.CreateLocalNetwork = channel.unary_unary(
+                '/dockyard.agent.Agent/CreateLocalNetwork',
+                request_serializer=protos_dot_agent__pb2.LocalNetworkSpec.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.LocalNetworkInfo.FromString,
+                _registered_method=True)
+        self.ListLocalNetworks = channel.unary_unary(
+                '/dockyard.agent.Agent/ListLocalNetworks',
+                request_serializer=protos_dot_agent__pb2.Empty.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.LocalNetworkList.FromString,
+                _registered_method=True)
+        self.RemoveLocalNetwork = channel.unary_unary(
+                '/dockyard.agent.Agent/RemoveLocalNetwork',
+                request_serializer=protos_dot_agent__pb2.LocalNetworkRef.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
+        self.ConnectNetwork = channel.unary_unary(
+                '/dockyard.agent.Agent/ConnectNetwork',
+                request_serializer=protos_dot_agent__pb2.NetworkConnectRequest.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
+        self.DisconnectNetwork = channel.unary_unary(
+                '/dockyard.agent.Agent/DisconnectNetwork',
+                request_serializer=protos_dot_agent__pb2.NetworkConnectRequest.SerializeToString,
+                response_deserializer=protos_dot_agent__pb2.Empty.FromString,
+                _registered_method=True)
         self.ContainerLogs = channel.unary_stream(
                 '/dockyard.agent.Agent/ContainerLogs',
                 request_serializer=protos_dot_agent__pb2.LogsRequest.SerializeToString,
@@ -266,6 +291,38 @@ class AgentServicer:
     def UpdateContainer(self, request, context):
         """docker update
         """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CreateLocalNetwork(self, request, context):
+        """This agent's user-defined bridge networks, and a container's place on them (docker network ...)
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListLocalNetworks(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RemoveLocalNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConnectNetwork(self, request, context):
+        """also of a running container
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DisconnectNetwork(self, request, context):
+        """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -442,6 +499,31 @@ def add_AgentServicer_to_server(servicer, server):
                     servicer.UpdateContainer,
                     request_deserializer=protos_dot_agent__pb2.UpdateContainerRequest.FromString,
                     response_serializer=protos_dot_agent__pb2.ContainerSummary.SerializeToString,
+            ),
+            'CreateLocalNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.CreateLocalNetwork,
+                    request_deserializer=protos_dot_agent__pb2.LocalNetworkSpec.FromString,
+                    response_serializer=protos_dot_agent__pb2.LocalNetworkInfo.SerializeToString,
+            ),
+            'ListLocalNetworks': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListLocalNetworks,
+                    request_deserializer=protos_dot_agent__pb2.Empty.FromString,
+                    response_serializer=protos_dot_agent__pb2.LocalNetworkList.SerializeToString,
+            ),
+            'RemoveLocalNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.RemoveLocalNetwork,
+                    request_deserializer=protos_dot_agent__pb2.LocalNetworkRef.FromString,
+                    response_serializer=protos_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'ConnectNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConnectNetwork,
+                    request_deserializer=protos_dot_agent__pb2.NetworkConnectRequest.FromString,
+                    response_serializer=protos_dot_agent__pb2.Empty.SerializeToString,
+            ),
+            'DisconnectNetwork': grpc.unary_unary_rpc_method_handler(
+                    servicer.DisconnectNetwork,
+                    request_deserializer=protos_dot_agent__pb2.NetworkConnectRequest.FromString,
+                    response_serializer=protos_dot_agent__pb2.Empty.SerializeToString,
             ),
             'ContainerLogs': grpc.unary_stream_rpc_method_handler(
                     servicer.ContainerLogs,
@@ -897,6 +979,141 @@ class Agent:
             '/dockyard.agent.Agent/UpdateContainer',
             protos_dot_agent__pb2.UpdateContainerRequest.SerializeToString,
             protos_dot_agent__pb2.ContainerSummary.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CreateLocalNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.agent.Agent/CreateLocalNetwork',
+            protos_dot_agent__pb2.LocalNetworkSpec.SerializeToString,
+            protos_dot_agent__pb2.LocalNetworkInfo.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListLocalNetworks(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.agent.Agent/ListLocalNetworks',
+            protos_dot_agent__pb2.Empty.SerializeToString,
+            protos_dot_agent__pb2.LocalNetworkList.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RemoveLocalNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.agent.Agent/RemoveLocalNetwork',
+            protos_dot_agent__pb2.LocalNetworkRef.SerializeToString,
+            protos_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConnectNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.agent.Agent/ConnectNetwork',
+            protos_dot_agent__pb2.NetworkConnectRequest.SerializeToString,
+            protos_dot_agent__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DisconnectNetwork(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dockyard.agent.Agent/DisconnectNetwork',
+            protos_dot_agent__pb2.NetworkConnectRequest.SerializeToString,
+            protos_dot_agent__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

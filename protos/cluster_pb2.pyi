@@ -183,7 +183,7 @@ class Capabilities(_message.Message):
     def __init__(self, criu: _Optional[bool] = ..., cgroup_version: _Optional[int] = ..., lazy_pages: _Optional[bool] = ..., kernel: _Optional[str] = ..., arch: _Optional[str] = ..., cpu_features: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("name", "address", "hostname", "labels", "nano_cpus", "memory_bytes", "status", "availability", "role", "capabilities", "metrics_addr", "tasks", "reserved_nano_cpus", "reserved_memory_bytes", "engine_version")
+    __slots__ = ("name", "address", "hostname", "labels", "nano_cpus", "memory_bytes", "status", "availability", "role", "capabilities", "metrics_addr", "tasks", "reserved_nano_cpus", "reserved_memory_bytes", "engine_version", "pressure")
     class LabelsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +206,7 @@ class NodeInfo(_message.Message):
     RESERVED_NANO_CPUS_FIELD_NUMBER: _ClassVar[int]
     RESERVED_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     ENGINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    PRESSURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     address: str
     hostname: str
@@ -221,7 +222,8 @@ class NodeInfo(_message.Message):
     reserved_nano_cpus: int
     reserved_memory_bytes: int
     engine_version: str
-    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., nano_cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., status: _Optional[str] = ..., availability: _Optional[str] = ..., role: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics_addr: _Optional[str] = ..., tasks: _Optional[int] = ..., reserved_nano_cpus: _Optional[int] = ..., reserved_memory_bytes: _Optional[int] = ..., engine_version: _Optional[str] = ...) -> None: ...
+    pressure: str
+    def __init__(self, name: _Optional[str] = ..., address: _Optional[str] = ..., hostname: _Optional[str] = ..., labels: _Optional[_Mapping[str, str]] = ..., nano_cpus: _Optional[int] = ..., memory_bytes: _Optional[int] = ..., status: _Optional[str] = ..., availability: _Optional[str] = ..., role: _Optional[str] = ..., capabilities: _Optional[_Union[Capabilities, _Mapping]] = ..., metrics_addr: _Optional[str] = ..., tasks: _Optional[int] = ..., reserved_nano_cpus: _Optional[int] = ..., reserved_memory_bytes: _Optional[int] = ..., engine_version: _Optional[str] = ..., pressure: _Optional[str] = ...) -> None: ...
 
 class ListNodesResponse(_message.Message):
     __slots__ = ("nodes",)
@@ -592,12 +594,14 @@ class RegisterResponse(_message.Message):
     def __init__(self, lease_id: _Optional[int] = ..., heartbeat_ms: _Optional[int] = ..., ttl_s: _Optional[int] = ..., schedulers: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class HeartbeatRequest(_message.Message):
-    __slots__ = ("name", "lease_id")
+    __slots__ = ("name", "lease_id", "pressure")
     NAME_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
+    PRESSURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     lease_id: int
-    def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[int] = ...) -> None: ...
+    pressure: str
+    def __init__(self, name: _Optional[str] = ..., lease_id: _Optional[int] = ..., pressure: _Optional[str] = ...) -> None: ...
 
 class HeartbeatResponse(_message.Message):
     __slots__ = ("ok", "renew_certificate")

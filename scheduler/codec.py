@@ -198,6 +198,7 @@ def decode_node(d: Any) -> Node:
             images=frozenset(str(i) for i in d.get("images", ())),
             metrics_addr=str(d.get("metrics_addr", "")), agent_id=str(d.get("agent_id", "")),
             certified=bool(d.get("certified", False)),
+            pressure=str(d.get("pressure", "")),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise DecodeError(f"Node: {e}") from e

@@ -51,7 +51,7 @@ def node_info(n: Node, tasks: Iterable[Task] = (), reserved: Resources = Resourc
                                      arch=n.arch, cpu_features=n.capabilities.cpu_features),
         metrics_addr=n.metrics_addr, tasks=sum(1 for _ in tasks),
         reserved_nano_cpus=reserved.nano_cpus, reserved_memory_bytes=reserved.memory_bytes,
-        engine_version=n.engine_labels.get("version", ""),
+        engine_version=n.engine_labels.get("version", ""), pressure=n.pressure,
     )
 
 

@@ -28,10 +28,11 @@ ETCD_NAME = "etcd.dockyard"  # etcd's certificate carries it; the scheduler dial
 @dataclass(frozen=True)
 class EtcdPKI:
     dir: Path
+    server_dir: str = "server"  # `cluster up`'s members keep theirs in member/
 
     @property
     def server(self) -> Path:
-        return self.dir / "server"
+        return self.dir / self.server_dir
 
     def client_bundle(self) -> pki.Bundle:
         return pki.read_bundle(self.dir / "client")
@@ -44,26 +45,41 @@ class EtcdPKI:
                 "--peer-client-cert-auth"]
 
 
-def ensure(state_dir: Path, ips: Sequence[str] = ("127.0.0.1",)) -> EtcdPKI:
-    """etcd's CA and its two certificates in <state>/etcd-tls, made on first use (and etcd's again
-    when it must name an address it does not)."""
-    d = state_dir / "etcd-tls"
+def ca_in(d: Path) -> pki.CA:
+    """etcd's CA in ``d``/ca (``d`` 0700), made on first use."""
     d.mkdir(parents=True, exist_ok=True, mode=0o700)
     d.chmod(0o700)
     if (d / "ca" / pki.KEY_FILE).exists():
         b = pki.read_bundle(d / "ca")
-        ca = pki.CA(b.cert_pem, b.key_pem)
-    else:
-        ca = pki.make_ca(f"etcd-{secrets.token_hex(4)}", common_name="dockyard etcd CA")
-        pki.write_bundle(d / "ca", pki.Bundle(ca.cert_pem, ca.cert_pem, ca.key_pem))
+        return pki.CA(b.cert_pem, b.key_pem)
+    ca = pki.make_ca(f"etcd-{secrets.token_hex(4)}", common_name="dockyard etcd CA")
+    pki.write_bundle(d / "ca", pki.Bundle(ca.cert_pem, ca.cert_pem, ca.key_pem))
+    return ca
+
+
+def member_bundle(ca: pki.CA, name: str, ips: Sequence[str]) -> pki.Bundle:
+    """An etcd member's certificate: server and peer (its EKU has both), named ``etcd.dockyard``
+    and by its addresses, so members and the scheduler can check it either way."""
+    return pki.issue_bundle(ca, node_id=name, role="etcd", sans=[ETCD_NAME], ips=list(dict.fromkeys(ips)))
+
+
+def client_bundle(ca: pki.CA) -> pki.Bundle:
+    """The schedulers' client certificate for etcd (the only one that is not a member's)."""
+    return pki.issue_bundle(ca, node_id="scheduler", role="etcd", sans=[])
+
+
+def ensure(state_dir: Path, ips: Sequence[str] = ("127.0.0.1",)) -> EtcdPKI:
+    """etcd's CA and its two certificates in <state>/etcd-tls, made on first use (and etcd's again
+    when it must name an address it does not)."""
+    d = state_dir / "etcd-tls"
+    ca = ca_in(d)
     out = EtcdPKI(d)
     server = d / "server" / pki.CERT_FILE
     if not server.exists() or not set(ips) <= set(pki.ip_sans(server.read_bytes())) \
             or pki.read_bundle(d / "server").ca_pem != ca.cert_pem:
-        pki.write_bundle(d / "server", pki.issue_bundle(ca, node_id="etcd", role="etcd", sans=[ETCD_NAME],
-                                                        ips=list(dict.fromkeys(ips))))
+        pki.write_bundle(d / "server", member_bundle(ca, "etcd", ips))
     if not (d / "client" / pki.CERT_FILE).exists() or pki.read_bundle(d / "client").ca_pem != ca.cert_pem:
-        pki.write_bundle(d / "client", pki.issue_bundle(ca, node_id="scheduler", role="etcd", sans=[]))
+        pki.write_bundle(d / "client", client_bundle(ca))
     return out
 
 

@@ -5,6 +5,13 @@ then waits until the view has seen its own writes before deciding again: a pass 
 from a view older than the last plan, so a slot is never filled twice. It runs on any change the
 watch brings (a report, a deploy, a node lost) and at the plan's wake_at (restart delays, update
 monitors); only while this replica is the leader.
+
+Nodes keep their leases through the schedulers' Heartbeat calls: with every replica gone for
+longer than a lease (one replica restarted on a loaded host), each lease ran out while nobody
+could renew it, and is not a sign the node is lost. So for `grace` seconds after it takes the
+lead, a new leader waits, doing nothing, while a node that has live tasks has no lease: its agent
+registers again as soon as it reaches a scheduler (as swarmkit's dispatcher gives every node a
+fresh heartbeat period after an election). A node still without a lease after that is lost.
 """
 
 from __future__ import annotations
@@ -16,12 +23,12 @@ import random
 import secrets
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 from scheduler import netalloc
 from scheduler.executor import Executor
 from scheduler.metrics import SchedulerMetrics
-from scheduler.model import DesiredState, Task, TaskState
+from scheduler.model import DesiredState, Node, NodeStatus, Task, TaskState
 from scheduler.network import Exhausted, full_networks
 from scheduler.placement.pipeline import Decision, Pipeline
 from scheduler.placement.state import ClusterState, PlacementRequest
@@ -48,13 +55,23 @@ def _tasks_of(a: Action) -> list[Task]:
     return []
 
 
+def awaited_nodes(nodes: Iterable[Node], tasks: Iterable[Task], lead_since: float | None, now: float,
+                  grace: float) -> list[str]:
+    """The nodes a new leader waits for (see above): without a lease, with live tasks, while
+    the grace after taking the lead lasts."""
+    if lead_since is None or now - lead_since >= grace:
+        return []
+    busy = {t.node for t in tasks if t.live and t.node}
+    return sorted(n.name for n in nodes if n.status is NodeStatus.DOWN and n.name in busy)
+
+
 def new_task_id() -> str:
     return secrets.token_hex(6)
 
 
 class LeaderLoop:
     def __init__(self, view: View, store: Store, metrics: SchedulerMetrics, *,
-                 clock: Callable[[], float] = time.time, idle: float = 1.0) -> None:
+                 clock: Callable[[], float] = time.time, idle: float = 1.0, grace: float = 0.0) -> None:
         self.view = view
         self.store = store
         self.metrics = metrics
@@ -64,6 +81,8 @@ class LeaderLoop:
         self.rng = random.Random()
         self.passes = 0
         self.pipeline = TimedPipeline(metrics.placement_seconds.observe)
+        self.grace = grace  # after taking the lead: how long a node without a lease may take to register
+        self.lead_since: float | None = None
 
     async def run(self, active: Callable[[], bool]) -> None:
         wake_at: float | None = None
@@ -72,8 +91,13 @@ class LeaderLoop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.view.changed.wait(), timeout)
             self.view.changed.clear()
-            self.update_gauges(active())
-            if not active() or not self.view.loaded.is_set() or not self.view.etcd_ok:
+            leading = active()
+            self.update_gauges(leading)
+            if not leading:
+                self.lead_since = None
+            elif self.lead_since is None:
+                self.lead_since = self.clock()
+            if not leading or not self.view.loaded.is_set() or not self.view.etcd_ok:
                 continue
             try:
                 wake_at = await self.one_pass()
@@ -87,6 +111,10 @@ class LeaderLoop:
     async def one_pass(self) -> float | None:
         now = self.clock()
         v = self.view
+        if away := awaited_nodes(v.node_list(), v.tasks.values(), self.lead_since, now, self.grace):
+            log.info("new leader: waiting up to %.0f s for %s to register again before moving their tasks",
+                     self.grace - (now - (self.lead_since or now)), ", ".join(away))
+            return (self.lead_since or now) + self.grace
         # Addresses first: a service whose network is full stays pending (reconcile is told so);
         # tasks this pass creates get theirs in the next pass (the dispatcher waits for them).
         addresses = netalloc.plan(v, now)

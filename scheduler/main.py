@@ -71,6 +71,7 @@ class SchedulerOptions:
     etcd_cacert: str = ""  # an external etcd over TLS: its CA, our client certificate and key
     etcd_cert: str = ""
     etcd_key: str = ""
+    etcd_server_name: str = ""  # the name an external etcd's certificate must carry ("": the address)
     secrets_key: str = ""  # the file of the key that seals secrets in etcd; "" = <state-dir>/secrets.key
 
 
@@ -222,6 +223,7 @@ class Scheduler:
                     etcd_client = external_bundle(o.etcd_cacert, o.etcd_cert, o.etcd_key)
                 except PKIError as e:
                     raise SchedulerError(f"--etcd {o.etcd}: {e}") from e
+                etcd_name = o.etcd_server_name
         else:
             # With --tls our own etcd takes only the client certificate of a CA of its own.
             pki_ = None
@@ -248,7 +250,7 @@ class Scheduler:
         view = self.view = View(store)
         advertise = o.advertise or o.listen
         election = self.election = Election(store, self.replica, advertise, ttl=o.ttl)
-        loop = self.loop = LeaderLoop(view, store, m)
+        loop = self.loop = LeaderLoop(view, store, m, grace=2 * o.ttl)  # a lease and a bit to register again
         dispatcher = self.dispatcher = Dispatcher(view, store, self.agents)
         servicer = self.servicer = SchedulerServicer(store, view, election, self.agents, replica=self.replica,
                                                      etcd=self.etcd_url, ttl=o.ttl, heartbeat=o.heartbeat)

@@ -229,9 +229,10 @@ class Migrator:
             source, target = self.view.nodes[m.source], self.view.nodes[m.target]
             stub = self.agents.stub(source.address, source.agent_id)
             done: apb.MigrateProgress | None = None
+            grant = self._grant(m, source, target)
             call = stub.MigrateContainer(apb.MigrateRequest(id=self._container(m), target=target.address,
                                                             live=m.mode == "live", target_node=target.agent_id,
-                                                            grant=self._grant(m, source, target)), timeout=600)
+                                                            grant=grant, crl=await self._crl(grant)), timeout=600)
             async for p in call:
                 if p.phase == "done":
                     done = p
@@ -260,6 +261,15 @@ class Migrator:
             self.metrics.migration(m.mode, "failed" if outcome != "finished" else "succeeded")
             phase = {"rolled": "rolled_back"}.get(outcome.split(" ")[0], outcome.split(" ")[0])
             emit(progress(m, phase, f"{m.task_name}: {outcome}", total_seconds=time.monotonic() - t0))
+
+    async def _crl(self, grant: bytes) -> bytes:
+        """Over TLS (a grant is made): the CRL of removed nodes' certificates, made now, that the
+        source's CRIU page server checks clients against (scheduler/tls.py revocation_list)."""
+        if not grant:
+            return b""
+        from scheduler.tls import revocation_list
+
+        return await revocation_list(self.store)
 
     def _grant(self, m: Migration, source: Node, target: Node) -> bytes:
         """Over TLS, what lets the source agent drive the target for this one move: signed with this

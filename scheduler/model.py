@@ -112,6 +112,7 @@ class Node:
     # registered over mutual TLS, agent_id being its certificate's CN: the name is that certificate's
     # for good (an --insecure registration's id is the agent's own word, and binds no certificate)
     certified: bool = False
+    pressure: str = ""  # why the agent takes no new work now ("disk almost full: ..."), from its heartbeats
     mod_revision: int = 0  # etcd metadata, not part of the value
 
     def __post_init__(self) -> None:

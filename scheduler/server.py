@@ -1008,6 +1008,9 @@ class SchedulerServicer(pbg.SchedulerServicer):
     async def Heartbeat(self, request: pb.HeartbeatRequest, context: Any) -> pb.HeartbeatResponse:
         self._own_node(request.name)
         ok = await self.store.keep_alive(request.lease_id)
+        n = self.view.nodes.get(request.name)
+        if ok and n is not None and n.pressure != request.pressure:
+            await self._set_pressure(request.name, request.pressure)
         renew = False
         if self.cca is not None:  # under TLS: a certificate from before `cluster ca --rotate` is re-issued
             from scheduler import tls
@@ -1015,6 +1018,17 @@ class SchedulerServicer(pbg.SchedulerServicer):
             pem = (context.auth_context().get("x509_pem_cert") or [b""])[0]
             renew = tls.needs_renewal(self.cca, pem)
         return pb.HeartbeatResponse(ok=ok, renew_certificate=renew)
+
+    async def _set_pressure(self, name: str, pressure: str) -> None:
+        """Record what the agent's heartbeat says about its room for new work; placement reads it.
+        A lost race is left to the next heartbeat, which says it again."""
+        n = await self.store.get_node(name)
+        if n is None or n.pressure == pressure:
+            return
+        n.pressure = pressure
+        with contextlib.suppress(Conflict):
+            await self.store.commit([self.store.put_node_op(n)])
+            log.warning("node %s: %s", name, pressure or "has room for new work again")
 
     @_mapped
     async def ReportTasks(self, request: pb.ReportTasksRequest, context: Any) -> pb.Empty:

@@ -206,6 +206,7 @@ class JoinServicer(pbg.JoinServicer):
                             lifetime=self.lifetime)
         except pki.PKIError as e:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+        await record_issued(self.store, node_id, cert)
         log.info("issued %s certificate %s to %s (%s)", role, node_id, request.name or "?", context.peer())
         return pb.IssueResponse(node_id=node_id, role=role, certificate=cert, ca=cca.trust)
 
@@ -215,11 +216,16 @@ async def renew(store: Store, csr_pem: bytes, who: transport.Caller, peer: str,
     """A caller's new certificate: its id and role come from the certificate it called with (the
     Authorizer verified it, and refused it if the node was removed), only the CSR's key is new."""
     cca = await ensure_ca(store)
+    if who.role == "admin":  # the CLI's bundle (deploy/cli_cluster.py renews it near its end): client only
+        cert = pki.sign(cca.ca, csr_pem, node_id=who.node_id, role="admin", sans=[], lifetime=lifetime)
+        log.info("renewed the admin certificate %s (%s)", who.node_id, peer)
+        return pb.IssueResponse(node_id=who.node_id, role="admin", certificate=cert, ca=cca.trust)
     if who.role not in TOKEN_ROLE.values():
         raise pki.PKIError(f"{who.role or 'no role'} certificates are not renewed here")
     sans = [pki.node_name(who.node_id)] + ([pki.SCHEDULER_NAME] if who.role == "scheduler" else [])
     cert = pki.sign(cca.ca, csr_pem, node_id=who.node_id, role=who.role, sans=sans, ips=peer_ips(peer),
                     lifetime=lifetime)
+    await record_issued(store, who.node_id, cert)
     log.info("renewed the %s certificate of %s (%s)", who.role, who.node_id, peer)
     return pb.IssueResponse(node_id=who.node_id, role=who.role, certificate=cert, ca=cca.trust)
 
@@ -239,7 +245,7 @@ AUTHORIZATION: dict[str, frozenset[str]] = {
     S + "JoinToken": frozenset({"admin"}),
     S + "RotateCA": frozenset({"admin"}),
     S + "FinishCARotation": frozenset({"admin"}),
-    S + "RenewCertificate": frozenset({"agent", "scheduler"}),
+    S + "RenewCertificate": frozenset({"agent", "scheduler", "admin"}),
 }
 
 
@@ -282,6 +288,27 @@ async def denied_op(store: Store, node_id: str) -> Put:
     (every one is issued for at most CERT_LIFETIME): after that the entry expires by itself."""
     lease = await store.grant_lease(int((pki.CERT_LIFETIME + pki.BACKDATE).total_seconds()))
     return Put(store.keys.ca(f"denied/{node_id}"), b"", None, lease=lease)
+
+
+async def record_issued(store: Store, node_id: str, cert_pem: bytes) -> None:
+    """Every certificate issued to a node, by serial (``/dockyard/ca/issued/<id>/<serial>``, on a
+    lease that ends with it), so that a removed node's certificates can be listed in a CRL."""
+    lease = await store.grant_lease(int((pki.CERT_LIFETIME + pki.BACKDATE).total_seconds()))
+    await store.commit([Put(store.keys.ca(f"issued/{node_id}/{pki.serial_of(cert_pem):x}"), b"", None, lease=lease)])
+
+
+async def revocation_list(store: Store) -> bytes:
+    """The current root's CRL of every certificate issued to a removed node (the denylist): for
+    CRIU's page server, which checks certificates itself (--tls-cacrl), not through the Authorizer."""
+    cca = await ensure_ca(store)
+    denied = store.keys.ca("denied/")
+    _, items = await store.range(denied)
+    serials = []
+    for kv in items:
+        prefix = store.keys.ca(f"issued/{bytes(kv.key)[len(denied):].decode()}/")
+        _, issued = await store.range(prefix)
+        serials += [int(bytes(i.key)[len(prefix):].decode(), 16) for i in issued]
+    return pki.make_crl(cca.ca, serials)
 
 
 def authorizer(cca: ClusterCA, denied: DenyList | None = None) -> transport.Authorizer:

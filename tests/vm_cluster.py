@@ -6,8 +6,8 @@
         d.timings                            # what each step took, printed at the end
 
 The guests have the project's dependencies and a CRIU 4 in their box, so `up` runs with
---no-install (copy, check, start); the busybox base image is made in each guest from its own
-busybox-static.
+--no-install (copy, check, start); the busybox base image's tar is made here and imported in
+each guest.
 """
 
 from __future__ import annotations
@@ -60,13 +60,22 @@ class VMDockyard:
         print("\n" + p.stdout.strip())  # each host's steps with their times
         return p.stdout
 
-    def import_busybox(self) -> None:
+    def import_busybox(self, tmp: Path) -> None:
+        """busybox:latest on every guest. The rootfs tar is made here, once, and streamed to each guest's
+        `dockyard import` over SSH: deploy/images/busybox.sh forks an ln and a dirname per applet (~400),
+        which took 189-600+ s on an emulated CPU; the import itself is a few seconds there."""
         t0 = time.monotonic()
-        # 214 s in the one-VM smoke at load 10; over 600 s on the scheduler's VM beside a second
-        # VM at load 15 (the guest runs etcd, the scheduler and the agent on one emulated CPU).
-        def one(vm: VM) -> str:
-            return vm.sh(f"cd {GUEST_PROJECT} && sh deploy/images/busybox.sh | .venv/bin/python -m deploy.cli "
-                         "import --change 'CMD [\"sh\"]' - busybox:latest", timeout=1500)
+        tar = tmp / "busybox.tar"
+        subprocess.run(["sh", str(REPO / "deploy" / "images" / "busybox.sh"), "-o", str(tar)], check=True,
+                       capture_output=True, timeout=120)
+        cmd = (f"cd {GUEST_PROJECT} && .venv/bin/python -m deploy.cli import --change 'CMD [\"sh\"]' "
+               "- busybox:latest")
+
+        def one(vm: VM) -> None:
+            with open(tar, "rb") as f:
+                p = subprocess.run(vm.ssh_argv(cmd), stdin=f, capture_output=True, text=True, timeout=900)
+            if p.returncode != 0:
+                raise RuntimeError(f"{vm.name}: import of busybox exited {p.returncode}: {p.stderr[-2000:]}")
 
         with ThreadPoolExecutor(len(self.vms)) as pool:  # side by side: each guest has its own CPU
             list(pool.map(one, self.vms))
@@ -101,7 +110,7 @@ def vm_dockyard(n: int, tmp: Path, memory_mib: int = 1024) -> Iterator[VMDockyar
         d = VMDockyard(c, c.inventory(tmp / "hosts.yaml"))
         try:
             d.up()
-            d.import_busybox()
+            d.import_busybox(tmp)
             yield d
         finally:
             print("\n" + d.report())
@@ -165,9 +174,12 @@ def check_cpu_limit(d: VMDockyard, vm: VM) -> dict[str, Any]:
 
 
 def check_pids_limit(d: VMDockyard, vm: VM) -> dict[str, Any]:
-    """--pids-limit 5: pids.max is 5, the sixth fork is refused (EAGAIN), pids.events counts it."""
+    """--pids-limit 5: pids.max is 5, a fork past it is refused (EAGAIN), pids.events counts it.
+    The forks are made in a subshell: busybox sh exits when a fork fails, and the container must live
+    on to be read (its cgroup goes with it); `exec sleep` at the end needs no fork."""
     cg = run_detached(d, vm, "forks", "--pids-limit", "5", "busybox", "sh", "-c",
-                      "exec 2>&1; for i in 1 2 3 4 5 6 7 8; do sleep 100000 & done; echo forked; sleep 100000")
+                      "exec 2>&1; (for i in 1 2 3 4 5 6 7 8; do sleep 100000 & done); echo forked; "
+                      "exec sleep 100000")
     assert vm.sh(f"cat {cg}/pids.max").strip() == "5"
     logs = wait_until("the loop's end", lambda: "forked" in (o := d.dy(vm, "logs", "forks")) and o, 60)
     assert "can't fork" in logs or "Resource temporarily unavailable" in logs, logs

@@ -179,14 +179,16 @@ class VMCluster:
             with contextlib.suppress(OSError):
                 (vm.dir / "disk.qcow2").unlink()
 
-    def inventory(self, path: Path, agent_args: list[str] | None = None, ttl: int = 10) -> Path:
+    def inventory(self, path: Path, agent_args: list[str] | None = None, ttl: int = 30, heartbeat: float = 3) -> Path:
         """hosts.yaml: SSH to each VM's forwarded port, advertise its link address, node1 the scheduler.
-        ttl: the scheduler's node and leader leases (default 3 s): a TCG guest's scheduler at load
-        misses 3 s refreshes (its leadership flapped in the first runs)."""
+        ttl, heartbeat: the scheduler's leases and the agents' heartbeat interval and deadline (default
+        3 s and 1 s). A TCG guest's scheduler at load misses 3 s leases (its leadership flapped), and
+        with 10 s and 1 s, at host load 19, it answered heartbeats late for minutes: every node was
+        marked down over and over and no task of the stack stayed running."""
         hosts = [{"name": vm.name, "address": "127.0.0.1", "port": vm.ssh_port, "advertise": vm.address,
                   "role": "scheduler" if vm.index == 1 else "agent"} for vm in self.vms]
         doc = {"defaults": {"user": "vagrant", "key": str(self.box.key), "known_hosts": False, "sudo": True,
-                            "agent_args": agent_args or [], "scheduler_args": ["--ttl", str(ttl)]},
+                            "agent_args": agent_args or [], "scheduler_args": ["--ttl", str(ttl), "--heartbeat", str(heartbeat)]},
                "hosts": hosts}
         path.write_text(yaml.safe_dump(doc, sort_keys=False))
         return path

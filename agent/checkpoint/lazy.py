@@ -98,14 +98,17 @@ def pipes_ready(raise_limit: bool = True) -> tuple[bool, str]:
     return True, ""
 
 
-def tls_args(tls_dir: Path | None, *, server: bool) -> list[str]:
-    """criu's TLS options for the page server (``server``: the dump side) or its client."""
+def tls_args(tls_dir: Path | None, *, server: bool, crl_file: Path | None = None) -> list[str]:
+    """criu's TLS options for the page server (``server``: the dump side) or its client; with
+    ``crl_file`` (the scheduler's CRL of removed nodes) the certificates it lists are refused."""
     if tls_dir is None:
         return []
     from common import pki
 
     args = ["--tls", "--tls-cacert", str(tls_dir / pki.CA_FILE), "--tls-cert", str(tls_dir / pki.CERT_FILE),
             "--tls-key", str(tls_dir / pki.KEY_FILE)]
+    if crl_file is not None:
+        args += ["--tls-cacrl", str(crl_file)]
     return args + (["--tls-no-cn-verify"] if server else [])
 
 
@@ -200,7 +203,7 @@ class LazyDump:
     @classmethod
     async def start(cls, criu: Criu, pid: int, images_dir: Path, *, root: str, address: str, port: int,
                     external: Iterable[str] = (), log_file: Path, ready_timeout: float = 120.0,
-                    tls_dir: Path | None = None) -> LazyDump:
+                    tls_dir: Path | None = None, crl_file: Path | None = None) -> LazyDump:
         """Returns once the images are written (the tree frozen, the page server listening)."""
         ok, why = pipes_ready()
         if not ok:
@@ -209,7 +212,7 @@ class LazyDump:
         status_r, status_w = os.pipe()
         args = ["dump", "--tree", str(pid), "--images-dir", str(images_dir), "--root", root,
                 "--log-file", str(log_file.absolute()), "-v4", "--lazy-pages", "--address", address,
-                "--port", str(port), "--status-fd", str(status_w), *tls_args(tls_dir, server=True)]
+                "--port", str(port), "--status-fd", str(status_w), *tls_args(tls_dir, server=True, crl_file=crl_file)]
         args += _common_args(tcp_established=True, ext_mounts=(), external=external, ext_unix_sk=False,
                              file_locks=True, manage_cgroups=None, work_dir=None)
         # Its own session: the agent's process group may be signalled, the dump must end its own way

@@ -59,9 +59,11 @@ def register(r: Any, api: DockerAPI) -> None:
         created = datetime.datetime.fromtimestamp(n.created, datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         return {"Name": n.name, "Id": n.id, "Created": created, "Scope": "local", "Driver": "bridge",
                 "EnableIPv6": False,
-                "IPAM": {"Driver": "default", "Options": {} if n.ipam_given else None,
-                         "Config": [{"Subnet": n.subnet, "Gateway": n.gateway}]},
-                "Internal": False, "Attachable": n.attachable, "Ingress": False, "ConfigFrom": {"Network": ""},
+                "IPAM": {"Driver": "default", "Options": None,
+                         "Config": [{"Subnet": n.subnet, "Gateway": n.gateway,
+                                     **({"IPRange": n.ip_range} if n.ip_range else {}),
+                                     **({"AuxiliaryAddresses": dict(n.aux)} if n.aux else {})}]},
+                "Internal": n.internal, "Attachable": n.attachable, "Ingress": False, "ConfigFrom": {"Network": ""},
                 "ConfigOnly": False, "Containers": containers_on(n.name), "Options": dict(n.options),
                 "Labels": dict(n.labels)}
 
@@ -118,7 +120,8 @@ def register(r: Any, api: DockerAPI) -> None:
         if not isinstance(name, str) or not name:
             raise HTTPError(400, "network create: Name is required")
         # Attachable: on a local bridge standalone containers may always join (compose 3 asks for it)
-        known = {"Name", "CheckDuplicate", "Driver", "IPAM", "Options", "Labels", "Scope", "EnableIPv4", "Attachable"}
+        known = {"Name", "CheckDuplicate", "Driver", "IPAM", "Options", "Labels", "Scope", "EnableIPv4", "Attachable",
+                 "Internal"}
         for k, v in body.items():
             if k not in known and v not in (None, False, "", {}, []):
                 raise HTTPError(400, f"network create: {k} is not supported by dockyard (got {v!r})")
@@ -144,13 +147,19 @@ def register(r: Any, api: DockerAPI) -> None:
         pools = ipam.get("Config") or []
         if len(pools) > 1:
             raise HTTPError(400, f"network create {name}: one IPAM pool at most (dockyard's bridges are IPv4 only)")
-        subnet = gateway = ""
+        subnet = gateway = ip_range = ""
+        aux: dict[str, str] = {}
         for pool in pools:
             for k, v in pool.items():
-                if k not in ("Subnet", "Gateway") and v:
+                if k not in ("Subnet", "Gateway", "IPRange", "AuxiliaryAddresses") and v:
                     raise HTTPError(400, f"network create {name}: IPAM.Config.{k} is not supported by dockyard "
                                          f"(got {v!r})")
             subnet, gateway = str(pool.get("Subnet") or ""), str(pool.get("Gateway") or "")
+            ip_range = str(pool.get("IPRange") or "")
+            aux = pool.get("AuxiliaryAddresses") or {}
+            if not isinstance(aux, dict) or not all(isinstance(x, str) for x in aux.values()):
+                raise HTTPError(400, f"network create {name}: IPAM.Config.AuxiliaryAddresses must be an object of "
+                                     "strings")
             if ":" in subnet:
                 raise HTTPError(400, f"network create {name}: IPv6 subnets are not supported by dockyard")
         labels, options = body.get("Labels") or {}, body.get("Options") or {}
@@ -160,7 +169,7 @@ def register(r: Any, api: DockerAPI) -> None:
         if name in BUILTIN:
             raise HTTPError(409, f"network with name {name} already exists")
         n = await asyncio.to_thread(local.create, name, subnet, gateway, dict(labels), dict(options),
-                                    bool(body.get("Attachable")))
+                                    bool(body.get("Attachable")), bool(body.get("Internal")), ip_range, dict(aux))
         return Json(201, {"Id": n.id, "Warning": ""})
 
     async def remove(req: Request) -> Response:

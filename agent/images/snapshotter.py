@@ -259,6 +259,18 @@ class Snapshotter:
             _remove_path(self.root / info.id / "work")
         return diff_id
 
+    def fill(self, key: str, stream: IO[bytes], what: str = "layer", bound: Bound | None = None) -> LayerStats:
+        """Unpack a layer tar into a new active snapshot's own (still empty) upper dir: a moved
+        container's writable layer as it was where it was written. Applied as a layer below a fresh
+        upper instead, it would drop out of the next diff() (and so out of the next move)."""
+        info = self.stat(key)
+        if info.kind != KIND_ACTIVE:
+            raise ImageError(f"snapshot {key!r} is {info.kind}, only an active snapshot can be filled")
+        fs = self.root / info.id / "fs"
+        if any(fs.iterdir()):
+            raise ImageError(f"snapshot {key!r} has changes of its own already")
+        return apply_layer(stream, fs, what, bound)
+
     def diff(self, key: str, out: IO[bytes]) -> str:
         """The snapshot's own changes (upper dir) as an OCI layer tar; returns its diff_id."""
         info = self.stat(key)

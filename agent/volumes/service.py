@@ -25,12 +25,12 @@ T = TypeVar("T")
 def _mapped(fn: Callable[..., Awaitable[T]]) -> Callable[..., Awaitable[T]]:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
-        from agent.server import _status
+        from agent import status  # (the agent's one table; not at load: status imports the images package)
 
         try:
             return await fn(self, request, context)
         except (AgentError, ValueError, OSError) as e:
-            await context.abort(_status(e), str(e))
+            await context.abort(status.code(e), str(e))
         raise AssertionError("unreachable")
 
     return wrapper

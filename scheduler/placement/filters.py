@@ -16,6 +16,7 @@ Filter = Callable[[NodeState, PlacementRequest], Reason | None]
 
 DOWN = Reason("down", "are down", "is down")
 DRAINED = Reason("drained", "are drained", "is drained")
+DISK_FULL = Reason("disk", "are almost out of disk", "is almost out of disk")
 
 
 def node_ready(node: NodeState, req: PlacementRequest) -> Reason | None:
@@ -24,6 +25,11 @@ def node_ready(node: NodeState, req: PlacementRequest) -> Reason | None:
 
 def node_active(node: NodeState, req: PlacementRequest) -> Reason | None:
     return None if node.active else DRAINED
+
+
+def node_has_room(node: NodeState, req: PlacementRequest) -> Reason | None:
+    """The agent said in its heartbeat that it takes no new work (agent/diskspace.py)."""
+    return DISK_FULL if node.pressure else None
 
 
 @lru_cache(maxsize=4096)

@@ -56,6 +56,7 @@ class Pipeline:
         self.node_filters: tuple[tuple[str, Filter], ...] = (
             ("ready", filters.node_ready),  # down nodes: no lease, so nothing else about them matters
             ("active", filters.node_active),  # drained nodes keep nothing new
+            ("room", filters.node_has_room),  # nor does a node whose agent says its disk is almost full
         )
         # Task filters, cheapest and most common rejection first; a node's reason is the first failure.
         self.filters: tuple[tuple[str, Filter], ...] = (

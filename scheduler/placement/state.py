@@ -67,13 +67,14 @@ class PlacementRequest:
 class NodeState:
     # The node's fixed facts are copied into slots: filters and scorers run ~30 times per
     # placement, and one attribute load is measurably cheaper than node.capacity.nano_cpus.
-    __slots__ = ("active", "cpu_cap", "cpu_used", "images", "mem_cap", "mem_used", "node", "ports", "ready",
-                 "service_tasks", "tasks")
+    __slots__ = ("active", "cpu_cap", "cpu_used", "images", "mem_cap", "mem_used", "node", "ports", "pressure",
+                 "ready", "service_tasks", "tasks")
 
     def __init__(self, node: Node) -> None:
         self.node = node
         self.ready = node.status is NodeStatus.READY
         self.active = node.availability is Availability.ACTIVE
+        self.pressure = node.pressure
         self.cpu_cap = node.capacity.nano_cpus
         self.mem_cap = node.capacity.memory_bytes
         self.images = node.images

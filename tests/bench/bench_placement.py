@@ -23,8 +23,11 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 from scheduler.executor import ApplyResult, Executor
 from scheduler.model import (
@@ -121,9 +124,9 @@ class Result:
 
 
 async def run(n_nodes: int, n_tasks: int, n_services: int, chunk: int, concurrency: int, host: str,
-              port: int, etcd_rss: Callable[[], int], etcd_pid: int) -> Result:
+              port: int, etcd_rss: Callable[[], int], etcd_pid: int, tls: Any = None, server_name: str = "") -> Result:
     rng = random.Random(42)
-    store = await Store.connect(host, port)
+    store = await Store.connect(host, port, tls=tls, server_name=server_name)
     nodes = make_nodes(n_nodes, rng)
     specs = make_services(n_services, n_tasks)
     services: dict[str, Service] = {s.name: new_service(s, 0.0) for s in specs}
@@ -249,6 +252,51 @@ def table(r: Result) -> str:
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
+@contextmanager
+def scheduler_etcd(tls: bool) -> Iterator[tuple[Any, int, Any, str]]:
+    """The scheduler's own embedded etcd (scheduler/main.py), plaintext or as `dockyard scheduler`
+    runs it by default: https with client certificates of etcd's own CA (scheduler/etcd_tls.py).
+    Yields (process, port, client bundle or None, server name)."""
+    import tempfile
+
+    from scheduler import etcd_tls
+    from scheduler.main import EmbeddedEtcd
+
+    with tempfile.TemporaryDirectory(prefix="dockyard-bench-etcd-") as d:
+        pki_ = etcd_tls.ensure(Path(d)) if tls else None
+        e = EmbeddedEtcd(Path(d), pki_)
+        e.start()
+        try:
+            assert e.proc is not None
+            yield (e.proc, e.port, pki_.client_bundle() if pki_ else None, etcd_tls.ETCD_NAME if pki_ else "")
+        finally:
+            e.stop()
+
+
+def compare_tls(args: argparse.Namespace) -> int:
+    """Plaintext and TLS etcd in the same run, alternating (plain, TLS, plain, TLS ...), each on a
+    fresh etcd; the ratio of the medians is what TLS costs placement (target >= 0.90)."""
+    rates: dict[bool, list[float]] = {False: [], True: []}
+    for i in range(args.rounds):
+        for tls in (False, True):
+            with scheduler_etcd(tls) as (proc, port, bundle, name):
+                def etcd_rss(pid: int = proc.pid) -> int:
+                    with open(f"/proc/{pid}/status") as f:
+                        return next((int(x.split()[1]) * 1024 for x in f if x.startswith("VmRSS:")), 0)
+                r = asyncio.run(asyncio.wait_for(
+                    run(args.nodes, args.tasks, args.services, args.chunk, args.concurrency, "127.0.0.1", port,
+                        etcd_rss, proc.pid, tls=bundle, server_name=name), timeout=280))
+            rate = r.tasks / r.seconds
+            rates[tls].append(rate)
+            print(f"round {i + 1} {'TLS      ' if tls else 'plaintext'}: {rate:,.0f} placements/s "
+                  f"({r.tasks:,} tasks, {r.seconds:.2f} s, load {r.load})", flush=True)
+    med = {k: sorted(v)[len(v) // 2] for k, v in rates.items()}
+    ratio = med[True] / med[False]
+    print(f"median plaintext {med[False]:,.0f}/s, TLS {med[True]:,.0f}/s: TLS = {ratio:.2f}x plaintext "
+          f"(target >= 0.90); load {os.getloadavg()[0]:.2f}")
+    return 0 if ratio >= 0.9 else 1
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     ap.add_argument("--nodes", type=int, default=5000)
@@ -256,7 +304,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--services", type=int, default=1000)
     ap.add_argument("--chunk", type=int, default=10, help="services per plan")
     ap.add_argument("--concurrency", type=int, default=8, help="transactions in flight")
+    ap.add_argument("--tls-compare", action="store_true",
+                    help="plaintext and mutual-TLS etcd (the scheduler's default) in the same run, alternating")
+    ap.add_argument("--rounds", type=int, default=2, help="with --tls-compare: rounds of (plaintext, TLS)")
     args = ap.parse_args(argv)
+    if args.tls_compare:
+        return compare_tls(args)
     with running_etcd(extra_args=("--quota-backend-bytes", str(4 << 30))) as server:
         r = asyncio.run(asyncio.wait_for(
             run(args.nodes, args.tasks, args.services, args.chunk, args.concurrency, server.host, server.port,

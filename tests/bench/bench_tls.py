@@ -9,6 +9,9 @@
 3. A migration's archive stream, agent to agent: 64 MiB in 1 MiB chunks into a target's
    RestoreContainer, plaintext vs mutual TLS with the leader's migration grant checked by the
    target's Authorizer (agent/authz.py), in the same run (issue target: >= 70 % of plaintext).
+4. A whole CLI process (`dockyard node ls`, the installed launcher) against a real `dockyard
+   scheduler` (TLS, the default) and a real `dockyard scheduler --insecure`, each with its own etcd,
+   alternating, CLI_RUNS rounds: what a user waits for, handshake and certificate loading included.
 """
 
 from __future__ import annotations
@@ -36,6 +39,38 @@ from tests.etcd_server import EtcdServer
 
 JOINS = 20
 CALLS = 200
+CLI_RUNS = 15
+
+
+def bench_cli_process(base: Path) -> dict[str, list[float]]:
+    """Wall seconds of `dockyard node ls` as a whole process, plaintext and TLS, alternating."""
+    import os
+
+    from deploy import launcher
+    from tests.bench.bench_cli import timed_wait4
+    from tests.cluster_harness import SchedulerProcess
+
+    dy = str(base / "dockyard")
+    launcher.write(dy)
+    scheds = {"plaintext": SchedulerProcess(base / "plain", tls=False, metrics=False),
+              "mutual TLS": SchedulerProcess(base / "tls", tls=True, metrics=False)}
+    out: dict[str, list[float]] = {k: [] for k in scheds}
+    try:
+        for s in scheds.values():
+            s.start()
+        (base / "home").mkdir()
+        plain = {k: v for k, v in os.environ.items() if k != "DOCKYARD_CERT_PATH"}
+        envs = {k: {**plain, "DOCKYARD_SCHEDULER": s.address, "HOME": str(base / "home"),  # no ~/.dockyard
+                    **({"DOCKYARD_CERT_PATH": str(s.cert_path)} if s.tls else {})} for k, s in scheds.items()}
+        for i in range(CLI_RUNS + 2):  # two warm-up rounds
+            for k in scheds:
+                wall, _ = timed_wait4([dy, "node", "ls"], envs[k])
+                if i >= 2:
+                    out[k].append(wall)
+    finally:
+        for s in scheds.values():
+            s.stop()
+    return out
 
 
 class Status(pbg.SchedulerServicer):
@@ -191,6 +226,14 @@ def main() -> int:
     print(f"CLI handshake: mutual TLS adds {added * 1000:.2f} ms to a new channel's first call "
           f"({statistics.median(tls_first) / statistics.median(plain_first):.2f}x plaintext); warm call "
           f"{statistics.median(tls_warm) / statistics.median(plain_warm):.2f}x plaintext; load {load()}")
+    with tempfile.TemporaryDirectory(prefix="bench-tls-cli-") as d:
+        procs = bench_cli_process(Path(d))
+    for name, xs in procs.items():
+        print(f"`dockyard node ls` whole process, {name}: {_ms(xs)}")
+    added = statistics.median(procs["mutual TLS"]) - statistics.median(procs["plaintext"])
+    print(f"CLI process: mutual TLS adds {added * 1000:.1f} ms "
+          f"({statistics.median(procs['mutual TLS']) / statistics.median(procs['plaintext']):.2f}x plaintext); "
+          f"load {load()}")
     streams = bench_stream()
     for name, xs in streams.items():
         print(f"archive stream {STREAM_MIB} MiB, {name}: median {statistics.median(xs):.0f} MiB/s "

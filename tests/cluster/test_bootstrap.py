@@ -79,8 +79,9 @@ class Env:
 
     def inventory(self, name: str = "hosts.yaml", *, agent_extra: dict[int, list[str]] | None = None,
                   host: dict[int, dict[str, Any]] | None = None, install_dir: str = "project",
-                  defaults: dict[str, Any] | None = None, only: int = 2) -> Path:
-        """An inventory of the first `only` hosts (the third is for the etcd cluster's test)."""
+                  defaults: dict[str, Any] | None = None, only: int = 2, state: str = "state") -> Path:
+        """An inventory of the first `only` hosts (the third is for the etcd cluster's test); a TLS
+        cluster gets a ``state`` directory of its own (a node's identity and certificate live there)."""
         hosts = []
         for h in self.c:
             if h.n > only:
@@ -88,8 +89,8 @@ class Env:
             spec: dict[str, Any] = {
                 "name": h.name, "address": h.ip, "port": self.ports[h.n],
                 "role": "scheduler" if h.n == 1 else "agent", "labels": {"zone": f"z{h.n}"},
-                "project_dir": str(self.host_dir(h.n, install_dir)), "state_dir": str(self.host_dir(h.n, "state")),
-                "socket": str(self.host_dir(h.n, "state") / "agent.sock"),
+                "project_dir": str(self.host_dir(h.n, install_dir)), "state_dir": str(self.host_dir(h.n, state)),
+                "socket": str(self.host_dir(h.n, state) / "agent.sock"),
                 "agent_args": ["--bridge", h.bridge, "--subnet", h.subnet, "--cgroup-parent", h.cgroup_parent,
                                *(agent_extra or {}).get(h.n, [])]}
             spec.update((host or {}).get(h.n, {}))
@@ -284,11 +285,10 @@ def _up_status_down(env: Env, inv: Path) -> None:
 def test_up_with_tls(env: Env) -> None:
     """`cluster up` (TLS is the default): the scheduler runs --tls, the agents join by the worker token read on the
     scheduler's host, the operator gets the admin bundle beside the inventory, every node is ready
-    over mutual TLS; a plaintext CLI is refused; down stops it all. It runs on hosts where the test
-    before ran an --insecure cluster: their node names are admitted anew by certificate."""
+    over mutual TLS; a plaintext CLI is refused; down stops it all."""
     from common import pki
 
-    inv = env.inventory("tls.yaml")
+    inv = env.inventory("tls.yaml", state="state-tls")
     admin = inv.resolve().with_suffix(".admin")
     e = _env()
     e["DOCKYARD_CERT_PATH"] = str(env.tmp / "elsewhere")  # so ~/.dockyard is left alone (the export line is printed)
@@ -312,7 +312,7 @@ def test_up_with_tls(env: Env) -> None:
             assert b"DYTKN" not in Path(f"/proc/{pid}/cmdline").read_bytes(), st
             assert not any("DYTKN" in a for a in st[f"host{n}"]["agent"]["argv"]), st
         for h in env.c.hosts[:2]:
-            tls = env.host_dir(h.n, "state") / "agent" / "tls"
+            tls = env.host_dir(h.n, "state-tls") / "agent" / "tls"
             assert pki.subject_of((tls / "cert.pem").read_bytes()).role == "agent"
             assert (tls / "key.pem").stat().st_mode & 0o777 == 0o600
         e["DOCKYARD_CERT_PATH"] = str(env.tmp / "none")
@@ -320,23 +320,58 @@ def test_up_with_tls(env: Env) -> None:
                                cwd=REPO, timeout=60)
         assert plain.returncode != 0
     finally:
+        # The agents keep their node identity after `down` (a restart must find it) in state-tls/,
+        # apart from the plaintext tests' state/ (an --insecure agent refuses to start beside one).
         dockyard("cluster", "down", "-i", str(inv))
-        # The tests after this one run --insecure on these hosts, which a TLS cluster's state refuses
-        # by design (its scheduler holds the CA; its agents, their certificates): that state goes, as
-        # an operator leaving TLS would remove it (the refusals name the directories).
-        for h in env.c.hosts[:2]:
-            shutil.rmtree(env.host_dir(h.n, "state") / "agent" / "tls", ignore_errors=True)
-        shutil.rmtree(env.host_dir(1, "state") / "scheduler", ignore_errors=True)
 
 
-def _etcd_members(ip: str) -> list[str]:
-    """The member names etcd on this test host lists (its v3 JSON gateway)."""
+def _etcd_ssl(bundle: Path | None) -> Any:
+    """A client TLS context trusting etcd's own CA (``bundle``'s), showing ``bundle``'s certificate."""
+    import ssl
+
+    if bundle is None:
+        return None
+    ctx = ssl.create_default_context(cafile=str(bundle / "ca.pem"))
+    ctx.check_hostname = False
+    ctx.load_cert_chain(str(bundle / "cert.pem"), str(bundle / "key.pem"))
+    return ctx
+
+
+def _etcd_members(ip: str, bundle: Path | None = None) -> list[str]:
+    """The member names etcd on this test host lists (its v3 JSON gateway; over TLS with ``bundle``)."""
     import urllib.request
 
-    req = urllib.request.Request(f"http://{ip}:{b.ETCD_CLIENT_PORT}/v3/cluster/member/list", data=b"{}",
-                                 method="POST")
-    with urllib.request.urlopen(req, timeout=5) as r:
+    req = urllib.request.Request(f"{'https' if bundle else 'http'}://{ip}:{b.ETCD_CLIENT_PORT}/v3/cluster/member/list",
+                                 data=b"{}", method="POST")
+    with urllib.request.urlopen(req, timeout=5, context=_etcd_ssl(bundle)) as r:
         return sorted(m["name"] for m in json.loads(r.read())["members"])
+
+
+def _etcd_refuses(ip: str, port: int, bundle: Path | None, ca: Path) -> str:
+    """How etcd's port refuses a client: plaintext (``bundle`` None, ``ca`` unused) or TLS trusting
+    etcd's CA ``ca`` and showing ``bundle`` (another CA's certificate, or an empty dir: none)."""
+    import ssl
+
+    if not ca.exists():
+        raise AssertionError(f"no {ca}")
+    with socket.create_connection((ip, port), timeout=5) as s:
+        if bundle is None:
+            try:
+                s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                return f"plaintext answered with {s.recv(200)[:60]!r}"  # a TLS port: 400, or nothing
+            except OSError as e:
+                return f"refused: {e}"
+        ctx = ssl.create_default_context(cafile=str(ca))
+        ctx.check_hostname = False
+        if (bundle / "cert.pem").exists():
+            ctx.load_cert_chain(str(bundle / "cert.pem"), str(bundle / "key.pem"))
+        try:
+            with ctx.wrap_socket(s) as t:
+                t.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = t.recv(200)
+                return f"answered: {got[:60]!r}" if got else "refused: closed without an answer"
+        except (ssl.SSLError, OSError) as e:
+            return f"refused: {e}"
 
 
 @pytest.mark.slow
@@ -346,25 +381,42 @@ def test_up_of_three_hosts_runs_a_three_member_etcd_that_survives_one(env: Env) 
     """Three hosts, two schedulers, no etcd given: up starts one etcd member per host (one raft
     cluster), both schedulers on all three; one member killed: the control plane answers and
     writes, the nodes stay ready; down stops everything."""
-    inv = env.inventory("three.yaml", only=3, host={2: {"role": "scheduler"}})
+    inv = env.inventory("three.yaml", only=3, host={2: {"role": "scheduler"}}, state="state-3")
+    admin = inv.resolve().with_suffix(".admin")
+    e = _env()
+    e["DOCKYARD_CERT_PATH"] = str(admin)  # ~/.dockyard is left alone
+
+    def dy(*args: str, timeout: float = 240) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*CLI, *args], capture_output=True, text=True, env=e, cwd=REPO, timeout=timeout)
+
     try:
-        r = dockyard("cluster", "up", "-i", str(inv), "--no-install", "--insecure")
+        r = dy("cluster", "up", "-i", str(inv), "--no-install")  # TLS: the default
         assert r.returncode == 0, f"{r.stdout}\n{r.stderr}"
         print(r.stdout)
         for n in (1, 2, 3):
-            assert f"host{n}  start etcd" in r.stdout, r.stdout
-        assert _etcd_members(env.c[3].ip) == ["host1", "host2", "host3"]
+            assert f"host{n}  start etcd" in r.stdout and f"host{n}  etcd certificates" in r.stdout, r.stdout
+        member = {n: env.host_dir(n, "state-3") / "etcd-tls" / "member" for n in (1, 2, 3)}
+        assert _etcd_members(env.c[3].ip, member[3]) == ["host1", "host2", "host3"]
+        assert (member[1] / "key.pem").stat().st_mode & 0o777 == 0o600
+        assert not (env.host_dir(3, "state-3") / "etcd-tls" / "client").exists()  # no scheduler there
+        # etcd refuses plaintext, TLS without a client certificate, and the cluster CA's admin
+        # certificate, on its client port and (peer TLS) its peer port.
+        etcd_ca = member[1] / "ca.pem"
+        for port in (b.ETCD_CLIENT_PORT, b.ETCD_PEER_PORT):
+            assert "refused" in _etcd_refuses(env.c[1].ip, port, env.tmp / "no-cert", etcd_ca)
+            assert "refused" in _etcd_refuses(env.c[1].ip, port, admin, etcd_ca)
+            assert b"200 OK" not in _etcd_refuses(env.c[1].ip, port, None, etcd_ca).encode()
         st = status(inv)
         assert set(st["host1"]) == set(st["host2"]) == {"etcd", "scheduler", "agent"}, st
         assert set(st["host3"]) == {"etcd", "agent"}, st
-        urls = ",".join(f"http://{env.c[n].ip}:2379" for n in (1, 2, 3))
+        urls = ",".join(f"https://{env.c[n].ip}:2379" for n in (1, 2, 3))
         for n in (1, 2):
             argv = st[f"host{n}"]["scheduler"]["argv"]
             assert argv[argv.index("--etcd") + 1] == urls, argv
         join = ",".join(f"{env.c[n].ip}:2377" for n in (1, 2))
 
         def ready() -> set[str]:
-            out = dockyard("--scheduler", join, "node", "ls", "--format", "json", timeout=60)
+            out = dy("--scheduler", join, "node", "ls", "--format", "json", timeout=60)
             return {n["name"] for n in json.loads(out.stdout or "[]") if n["status"] == "ready"}
 
         wait_for(lambda: ready() == {"host1", "host2", "host3"}, 60, "3 nodes ready")
@@ -373,7 +425,7 @@ def test_up_of_three_hosts_runs_a_three_member_etcd_that_survives_one(env: Env) 
         time.sleep(8)  # a few of the nodes' 3 s leases
         assert ready() == {"host1", "host2", "host3"}
         for verb in ("drain", "activate"):  # writes, through the two members left
-            w = dockyard("--scheduler", join, "node", verb, "host3", timeout=60)
+            w = dy("--scheduler", join, "node", verb, "host3", timeout=60)
             assert w.returncode == 0, w.stdout + w.stderr
     finally:
         d = dockyard("cluster", "down", "-i", str(inv))

@@ -113,6 +113,26 @@ def _try_connect(ip: str, port: int):  # type: ignore[no-untyped-def]
         return None
 
 
+def test_files_written_before_an_earlier_move_survive_the_next(clean_agent: AgentProcess, tmp_path: Path) -> None:
+    """A restored container's writable layer is all it wrote, wherever: moved twice, the file (and the
+    deletion) of before the first move is still there (found by the soak: a restored container's
+    changes sat in a read-only layer below a fresh upper dir, and the next move carried only that)."""
+    a = clean_agent
+    cid = a.run_detached("--name", "twice", "busybox", "sh", "-c", COUNTER)
+    a.cli("exec", cid, "sh", "-c", "echo first > /root/first; rm /bin/vi", check=True)
+    archive = tmp_path / "one.tar.zst"
+    a.cli("checkpoint", "-o", str(archive), cid, check=True)
+    a.cli("rm", cid, check=True)
+    moved = a.cli("restore", "-i", str(archive), "--name", "twice-1", check=True).stdout.strip()
+    a.cli("exec", moved, "sh", "-c", "echo second > /root/second", check=True)
+    again = tmp_path / "two.tar.zst"
+    a.cli("checkpoint", "-o", str(again), moved, check=True)
+    a.cli("rm", moved, check=True)
+    last = a.cli("restore", "-i", str(again), "--name", "twice-2", check=True).stdout.strip()
+    r = a.cli("exec", last, "sh", "-c", "cat /root/first /root/second; test -e /bin/vi || echo vi-gone")
+    assert r.stdout.split() == ["first", "second", "vi-gone"], r.stdout + r.stderr
+
+
 def test_a_failed_criu_restore_ends_promptly_and_leaves_nothing(clean_agent: AgentProcess) -> None:
     """criu itself failing the restore (here a checkpoint image gone): the error comes back at once
     and the container's cgroup goes. The shim's restore child sits in that cgroup, and used to

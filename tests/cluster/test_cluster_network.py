@@ -69,7 +69,7 @@ def test_create_ls_inspect_rm_and_bad_input(env: Env) -> None:
         (("appnet",), "network appnet already exists"),
         (("--subnet", "10.99.0.128/25", "x"), "overlaps 10.99.0.0/24 of network other"),
         (("--subnet", "10.1.2.0/33", "x"), "subnet '10.1.2.0/33'"),
-        (("-d", "bridge", "x"), "driver 'bridge'"),
+        (("-d", "macvlan", "x"), "driver 'macvlan'"),   # (-d bridge: the agent's own networks)
         (("bad/name",), "network name 'bad/name'"),
         (("--attachable", "x"), "--attachable: plain containers cannot join cluster networks yet"),
         (("-o", "foo=1", "x"), "the only driver option is mtu=N"),

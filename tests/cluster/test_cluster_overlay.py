@@ -74,7 +74,12 @@ def env(tmp_path_factory: pytest.TempPathFactory, busybox_tar_path: Path,
     base = tmp_path_factory.mktemp("ovl")
     with cluster(3, base, busybox_tar_path) as c:
         etcd = EtcdServer.start()
-        sched = SchedulerProcess(base / "s", etcd=etcd.endpoint, listen=f"{c.gateway}:{free_port()}", metrics=False)
+        # A 10 s node lease: the overlay test restarts host1's agent (kill -9) and expects its
+        # container adopted in place; under load the restart took longer than the default 3 s
+        # lease, the node went down, its task moved away and "TCP after the agent's restart"
+        # waited on a container that was being stopped. No test here needs a node lost.
+        sched = SchedulerProcess(base / "s", etcd=etcd.endpoint, listen=f"{c.gateway}:{free_port()}", metrics=False,
+                                 ttl=10)
         try:
             sched.start()
             for h in c:

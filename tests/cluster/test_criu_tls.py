@@ -60,12 +60,12 @@ c, _ = s.accept(); c.recv(24)
     assert time.monotonic() - t0 < 5
 
 
-def _page_server(criu: Criu, tls: Path, work: Path) -> tuple[subprocess.Popen[bytes], int]:
+def _page_server(criu: Criu, tls: Path, work: Path, crl: Path | None = None) -> tuple[subprocess.Popen[bytes], int]:
     port = free_port("127.0.0.1")
     r, w = os.pipe()
     proc = subprocess.Popen([criu.path, "page-server", "--address", "127.0.0.1", "--port", str(port),
                              "--images-dir", str(work), "--log-file", str(work / "ps.log"), "-v4",
-                             "--status-fd", str(w), *tls_args(tls, server=True)], pass_fds=(w,),
+                             "--status-fd", str(w), *tls_args(tls, server=True, crl_file=crl)], pass_fds=(w,),
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     os.close(w)
     with os.fdopen(r, "rb", buffering=0) as f:
@@ -116,6 +116,32 @@ def test_the_page_server_takes_only_a_cluster_certificate(criu: Criu, tmp_path: 
                     or "TLS handshake completed" not in log), log[-2000:]
             if who == "foreign CA":
                 assert "The certificate issuer is unknown" in log, log[-2000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+@pytest.mark.parametrize("who", ["removed", "kept"])
+def test_the_page_server_refuses_a_removed_nodes_certificate(criu: Criu, tmp_path: Path, who: str) -> None:
+    """Issue 13: the CRL the scheduler sends with a move (scheduler/tls.py revocation_list, made by
+    pki.make_crl) lists a removed node's certificate: CRIU refuses it after the handshake, and
+    still takes the certificate of a node that was not removed."""
+    ca = pki.make_ca("c1")
+    source = _bundle(tmp_path / "src", ca, "n1", ("127.0.0.1",))
+    removed, kept = _bundle(tmp_path / "rm", ca, "n2"), _bundle(tmp_path / "ok", ca, "n3")
+    crl = tmp_path / "crl.pem"
+    crl.write_bytes(pki.make_crl(ca, [pki.serial_of((removed / pki.CERT_FILE).read_bytes())]))
+    proc, port = _page_server(criu, source, tmp_path, crl)
+    try:
+        got = _handshake(port, removed if who == "removed" else kept, source / pki.CA_FILE)
+        rc = proc.wait(timeout=20)
+        log = (tmp_path / "ps.log").read_text(errors="replace")
+        if who == "kept":
+            assert "TLS handshake completed" in log and "NOT trusted" not in log, (got, log[-2000:])
+        else:
+            assert rc != 0 and "revoked" in log, (got, log[-2000:])
+            print(f"\n{[x for x in log.splitlines() if 'revoked' in x][:1]}")
     finally:
         if proc.poll() is None:
             proc.kill()

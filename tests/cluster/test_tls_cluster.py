@@ -291,3 +291,39 @@ def test_plaintext_needs_an_explicit_insecure(env: Env, tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=60, env=_env(), cwd=REPO)
     assert r.returncode != 0 and "WARNING: --insecure: the scheduler serves 127.0.0.1:0 without TLS" in r.stderr
     assert "holds a cluster CA (the cluster runs with TLS)" in r.stderr, r.stderr
+
+
+def test_a_name_an_insecure_agent_had_is_admitted_by_certificate(tmp_path: Path) -> None:
+    """The same etcd run --insecure first, then with TLS (an operator turning TLS on): the node name
+    the plaintext agent registered is not any certificate's, so the joining agent's certificate gets
+    it; from then on it is that certificate's alone."""
+    if os.geteuid() != 0:
+        pytest.skip("the agent needs root")
+    etcd = EtcdServer.start()
+    try:
+        plain = SchedulerProcess(tmp_path / "plain", etcd=etcd.endpoint)
+        plain.start()
+        a = JoinedAgent(tmp_path / "a-plain", join=plain.address, name="was-plain")
+        try:
+            a.start()
+            wait_for(lambda: [n for n in plain.stub.ListNodes(cpb.Empty(), timeout=2).nodes if n.status == "ready"],
+                     30, "the plaintext node ready")
+        finally:
+            a.destroy()
+            plain.stop()
+        sched = SchedulerProcess(tmp_path / "tls", etcd=etcd.endpoint, tls=True)
+        sched.start()
+        b: JoinedAgent | None = None
+        try:
+            r = cli(sched.address, "cluster", "join-token", "worker", "-q", cert_path=str(sched.cert_path))
+            assert r.returncode == 0, r.stderr
+            b = JoinedAgent(tmp_path / "a-tls", join=sched.address, name="was-plain", token=r.stdout.strip())
+            b.start()
+            wait_for(lambda: {n.name: n.status for n in sched.stub.ListNodes(cpb.Empty(), timeout=2).nodes}
+                     .get("was-plain") == "ready", 30, "the name admitted by certificate")
+        finally:
+            if b is not None:
+                b.destroy()
+            sched.stop()
+    finally:
+        etcd.stop()

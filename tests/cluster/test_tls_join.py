@@ -106,3 +106,65 @@ def test_join_by_token_digest_check_wrong_secret_and_rotation(etcd: EtcdServer, 
             await store.close()
 
     asyncio.run(main())
+
+
+def test_the_crl_lists_every_certificate_of_a_removed_node_and_no_other(etcd: EtcdServer, tmp_path: Path) -> None:
+    """What the leader sends with a move for CRIU's page server (scheduler/tls.py revocation_list):
+    signed by the cluster CA, listing the serials issued to a node on the denylist, its renewed
+    certificate too, and none of a node still in the cluster."""
+    from cryptography import x509
+
+    async def main() -> None:
+        store = await Store.connect(etcd.host, etcd.port)
+        cca = await tls.ensure_ca(store)
+        srv, addr, _ = await _join_port(store, cca)
+        try:
+            gone = await join(addr, cca.tokens["worker"], name="h1", tls_dir=tmp_path / "a")
+            kept = await join(addr, cca.tokens["worker"], name="h2", tls_dir=tmp_path / "b")
+            _, csr = pki.make_key_and_csr()
+            renewed = await tls.renew(store, csr, transport.Caller(gone.node_id, "agent"),
+                                      "ipv4:127.0.0.1:1")
+            assert x509.load_pem_x509_crl(await tls.revocation_list(store)).__len__() == 0
+            await store.commit([await tls.denied_op(store, gone.node_id)])
+            crl = x509.load_pem_x509_crl(await tls.revocation_list(store))
+            assert crl.is_signature_valid(cca.ca.cert.public_key())  # type: ignore[arg-type]
+            assert {r.serial_number for r in crl} == {pki.serial_of(gone.bundle.cert_pem),
+                                                     pki.serial_of(renewed.certificate)}
+            assert crl.get_revoked_certificate_by_serial_number(pki.serial_of(kept.bundle.cert_pem)) is None
+        finally:
+            await srv.stop(None)
+            await store.close()
+
+    asyncio.run(main())
+
+
+def test_a_renewal_asking_for_another_id_or_role_gets_its_own(etcd: EtcdServer) -> None:
+    """Research case 8: the CSR of a renewal asks for another node's CN, the admin role and the
+    scheduler's name; the certificate carries the caller's id and role, as its old one did."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding
+    from cryptography.x509.oid import NameOID
+
+    async def main() -> None:
+        store = await Store.connect(etcd.host, etcd.port)
+        try:
+            await tls.ensure_ca(store)
+            key = ec.generate_private_key(ec.SECP256R1())
+            csr = (x509.CertificateSigningRequestBuilder()
+                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "other-node"),
+                                            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "admin")]))
+                   .add_extension(x509.SubjectAlternativeName([x509.DNSName(pki.SCHEDULER_NAME)]), critical=False)
+                   .sign(key, hashes.SHA256()))
+            r = await tls.renew(store, csr.public_bytes(Encoding.PEM), transport.Caller("n1", "agent"),
+                                "ipv4:127.0.0.1:1")
+            s = pki.subject_of(r.certificate)
+            assert (r.node_id, r.role, s.node_id, s.role) == ("n1", "agent", "n1", "agent")
+            sans = x509.load_pem_x509_certificate(r.certificate).extensions.get_extension_for_class(
+                x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName)
+            assert sans == ["n1.node.dockyard"]
+        finally:
+            await store.close()
+
+    asyncio.run(main())

@@ -158,10 +158,39 @@ def test_a_peer_agent_without_a_grant_reaches_nothing(env: Env) -> None:
         ch.close()
 
 
-def test_a_page_server_client_without_a_cluster_certificate_gets_no_pages(env: Env) -> None:
-    """Research case 17: during a post-copy move, someone with another CA's certificate connects to
-    the source's page server first. The handshake is refused, CRIU's dump fails and unfreezes the
-    container, the move rolls back, and the container counts on where it was."""
+def _removed_nodes_certificate(env: Env) -> Path:
+    """A certificate the scheduler really issued (joined by the worker token), whose node is then on
+    the denylist as `node rm` leaves it: what a removed node still holds."""
+    import asyncio
+
+    from agent.join import join as join_cluster
+    from agent.join import join_address
+    from scheduler import tls
+    from scheduler.main import parse_endpoints
+    from scheduler.store import Store
+
+    token = env.ok("cluster", "join-token", "worker", "-q").strip()
+    d = env.tmp / f"removed-{time.monotonic_ns()}"
+
+    async def main() -> None:
+        joined = await join_cluster(join_address(env.s.address), token, name="gone", tls_dir=d)
+        (host, port), = parse_endpoints(env.s.etcd)
+        store = await Store.connect(host, port)
+        try:
+            await store.commit([await tls.denied_op(store, joined.node_id)])
+        finally:
+            await store.close()
+
+    asyncio.run(main())
+    return d
+
+
+@pytest.mark.parametrize("who", ["another CA", "a removed node"])
+def test_a_page_server_client_without_a_cluster_certificate_gets_no_pages(env: Env, who: str) -> None:
+    """Research case 17: during a post-copy move, someone with another CA's certificate, or with the
+    certificate of a node removed from the cluster (refused through the CRL the leader sends with the
+    move), connects to the source's page server first. The handshake is refused, CRIU's dump fails
+    and unfreezes the container, the move rolls back, and the container counts on where it was."""
     import json
     import socket
     import ssl
@@ -169,7 +198,10 @@ def test_a_page_server_client_without_a_cluster_certificate_gets_no_pages(env: E
 
     from tests.agent_harness import CLI, REPO, _env
 
-    (t,) = env.deploy("ps")
+    evil = _removed_nodes_certificate(env) if who == "a removed node" else env.tmp / "evil"
+    if who == "another CA":
+        pki.write_bundle(evil, pki.issue_bundle(pki.make_ca("x"), node_id="n9", role="agent", sans=[]))
+    (t,) = env.deploy("ps" if who == "another CA" else "pr")
     src, to = env.host(t.node), _other(env, t.node)
     name = f"{t.name}.{t.id}"
     wait_for(lambda: len(_numbers(src, name)) > 20, 20, "counting")
@@ -182,8 +214,6 @@ def test_a_page_server_client_without_a_cluster_certificate_gets_no_pages(env: E
     try:
         note = wait_for(lambda: list((src.root / "containers").glob("*/lazy-dump.json")), 30, "the lazy dump")
         where = json.loads(note[0].read_text())
-        evil = env.tmp / "evil"
-        pki.write_bundle(evil, pki.issue_bundle(pki.make_ca("x"), node_id="n9", role="agent", sans=[]))
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
         ctx.load_cert_chain(str(evil / "cert.pem"), str(evil / "key.pem"))
@@ -194,7 +224,7 @@ def test_a_page_server_client_without_a_cluster_certificate_gets_no_pages(env: E
                 tls.sendall(b"\0" * 24)
                 got = tls.recv(4096)
         except (OSError, ssl.SSLError) as err:
-            print(f"\nthe page server refused another CA's certificate: {err}")
+            print(f"\nthe page server refused {who}'s certificate: {err}")
         assert got == b""  # not one page
         out, _ = proc.communicate(timeout=90)
     finally:
@@ -203,6 +233,10 @@ def test_a_page_server_client_without_a_cluster_certificate_gets_no_pages(env: E
             proc.kill()
     print(out.strip())
     assert proc.returncode != 0 or "rolled back" in out, out
+    # Refused for the reason named (a client that got through would also end the one-shot dump).
+    log = (note[0].parent / "dump.log").read_text(errors="replace")
+    assert ("The certificate chain is revoked" if who == "a removed node" else "issuer is unknown") in log, \
+        log[-3000:]
     assert env.settled(t.id) == t.node  # rolled back: only the source runs it
     before = _numbers(src, name)[-1]
     wait_for(lambda: _numbers(src, name)[-1] > before + 5, 20, "counting on after the refused client")

@@ -87,6 +87,46 @@ def test_certificates_renew_and_are_swapped_in_without_a_restart(env: tuple[Sche
     cli(sched.address, "stack-rm", "r", cert_path=str(admin))
 
 
+def test_the_admin_bundle_renews_itself_near_its_end(env: tuple[SchedulerProcess, JoinedAgent],
+                                                      tmp_path: Path) -> None:
+    """The CLI's certificate past 2/3 of its life: a call renews it through the scheduler (same CN
+    and role, a new key) and writes it in place, 0600; the next call uses the new one."""
+    import asyncio
+    import datetime as dt
+
+    from scheduler import tls
+    from scheduler.main import parse_endpoints
+    from scheduler.store import Store
+
+    sched, _ = env
+
+    async def cluster_ca() -> pki.CA:
+        (host, port), = parse_endpoints(sched.etcd)
+        store = await Store.connect(host, port)
+        try:
+            return (await tls.ensure_ca(store)).ca
+        finally:
+            await store.close()
+
+    ca = asyncio.run(cluster_ca())
+    key, csr = pki.make_key_and_csr()
+    now = dt.datetime.now(dt.UTC)
+    old = pki.sign(ca, csr, node_id="admin", role="admin", sans=[], lifetime=dt.timedelta(seconds=60),
+                   now=now - dt.timedelta(seconds=45))  # 75 % of its life gone
+    d = tmp_path / "admin"
+    pki.write_bundle(d, pki.Bundle(ca.cert_pem, old, key))
+    r = cli(sched.address, "node", "ls", cert_path=str(d))
+    assert r.returncode == 0 and "renew1" in r.stdout, r.stdout + r.stderr
+    assert f"renewed the admin certificate in {d}" in r.stderr, r.stderr
+    new = x509.load_pem_x509_certificate((d / "cert.pem").read_bytes())
+    assert new.serial_number != x509.load_pem_x509_certificate(old).serial_number
+    assert new.not_valid_after_utc > x509.load_pem_x509_certificate(old).not_valid_after_utc
+    assert pki.subject_of((d / "cert.pem").read_bytes()).role == "admin"
+    assert (d / "key.pem").read_bytes() != key and (d / "key.pem").stat().st_mode & 0o777 == 0o600
+    again = cli(sched.address, "node", "ls", cert_path=str(d))
+    assert again.returncode == 0 and "renewed" not in again.stderr, again.stderr
+
+
 def test_a_removed_nodes_renewal_is_refused(env: tuple[SchedulerProcess, JoinedAgent]) -> None:
     sched, agent = env
     bundle = pki.read_bundle(agent.root / "tls")

@@ -135,8 +135,11 @@ def test_model(snaps: Snapshotter) -> None:
     assert view.type == "bind" and "ro" in view.options
     with pytest.raises(ImageError, match="only an active snapshot"):
         snaps.commit("v")
-    # Writing into the upper dir without mounting (what a container's writes end up as).
+    # Writing into the upper dir without mounting (what a container's writes end up as). The
+    # layer's tar records mtimes in whole seconds: both writes get one, or under load the second
+    # could fall in the next second and make another layer.
     (_upper(mounts) / "new").write_bytes(b"n")
+    os.utime(_upper(mounts) / "new", (1_700_000_000, 1_700_000_000))
     assert snaps.usage("c1") == 1
     diff = io.BytesIO()
     diff_id = snaps.diff("c1", diff)
@@ -153,6 +156,7 @@ def test_model(snaps: Snapshotter) -> None:
     # Committing the same change again gives the same layer, stored once.
     m2 = snaps.prepare("c2", base)
     (_upper(m2) / "new").write_bytes(b"n")
+    os.utime(_upper(m2) / "new", (1_700_000_000, 1_700_000_000))
     assert snaps.commit("c2") == diff_id
     assert [s.key for s in snaps.list() if s.kind == "committed"].count(top) == 1
     # Children before parents.
@@ -162,6 +166,27 @@ def test_model(snaps: Snapshotter) -> None:
         snaps.remove(key)
     assert snaps.list() == []
     assert list((snaps.root / "l").iterdir()) == []
+
+
+def test_fill_makes_a_layer_the_snapshots_own_changes(snaps: Snapshotter) -> None:
+    """A moved container's diff goes into its new snapshot's upper dir: diff() gives all of it back
+    (so the next move carries it), where a layer below a fresh upper would have dropped out."""
+    base, _ = snaps.apply("", io.BytesIO(BASE))
+    first = io.BytesIO()
+    m = snaps.prepare("c1", base)
+    (_upper(m) / "moved").write_bytes(b"m")
+    snaps.diff("c1", first)
+    snaps.prepare("c2", base)
+    snaps.fill("c2", io.BytesIO(first.getvalue()), "rootfs-diff.tar")
+    again = io.BytesIO()
+    snaps.diff("c2", again)
+    assert tar_names(again.getvalue()) == ["moved"]
+    with pytest.raises(ImageError, match="has changes of its own"):
+        snaps.fill("c2", io.BytesIO(first.getvalue()))
+    with pytest.raises(ImageError, match="only an active snapshot can be filled"):
+        snaps.fill(base, io.BytesIO(first.getvalue()))
+    for key in ("c1", "c2", base):
+        snaps.remove(key)
 
 
 def test_layers_are_unpacked_once(snaps: Snapshotter) -> None:

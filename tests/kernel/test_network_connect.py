@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
 from pathlib import Path
 
 import docker as dockerpy
@@ -131,3 +132,100 @@ def test_two_networks_at_create_and_connect_before_start(da: AgentProcess, dconf
                 c.remove_container(x, force=True)
             c.remove_network(na)
             c.remove_network(nb)
+
+
+def test_the_dockyard_cli_bridge_networks_internal_and_ipam(da: AgentProcess) -> None:  # noqa: F811
+    """`dockyard network create -d bridge` with an address range, a gateway that is not .1 and
+    auxiliary addresses; an --internal one with no way out; connect and disconnect of a running
+    container through the dockyard CLI."""
+    tag = f"{random.randrange(16**4):04x}"
+    x = random.randrange(256)
+    net, inner = f"dli{tag}", f"dlx{tag}"
+    c1 = f"c1{tag}"
+
+    def cli(*args: str) -> str:
+        return da.cli(*args, check=True).stdout
+
+    ids: list[str] = []
+    try:
+        cli("network", "create", "-d", "bridge", "--subnet", f"10.219.{x}.0/24", "--gateway", f"10.219.{x}.254",
+            "--ip-range", f"10.219.{x}.16/28", "--aux-address", f"r=10.219.{x}.16", "--label", "k=v", net)
+        cli("network", "create", "-d", "bridge", "--internal", inner)
+        doc = {n["Name"]: n for n in json.loads(cli("network", "ls", "--format", "json"))}
+        assert doc[net]["Driver"] == "bridge" and doc[net]["Scope"] == "local" and doc[inner]["Internal"]
+        info = json.loads(cli("network", "inspect", net))[0]
+        ids += [info["id"], json.loads(cli("network", "inspect", inner))[0]["id"]]
+        assert (info["gateway"], info["ip_range"], info["aux_addresses"]) == \
+            (f"10.219.{x}.254", f"10.219.{x}.16/28", {"r": f"10.219.{x}.16"})
+        # the first address given is the range's first that is not reserved; the gateway is .254
+        cli("run", "-d", "--name", c1, "--network", net, "busybox", "sleep", "120")
+        out = cli("exec", c1, "sh", "-c", "ip -4 -o addr show eth0; ip route")
+        assert f"inet 10.219.{x}.17/24" in out and f"default via 10.219.{x}.254" in out, out
+        # connect to the internal network: eth1, no second default route
+        cli("network", "connect", "--alias", "inside", inner, c1)
+        inner_info = json.loads(cli("network", "inspect", inner))[0]
+        assert inner_info["containers"] == [c1]
+        out = cli("exec", c1, "sh", "-c", "ip -4 -o addr show eth1; ip route")
+        assert "eth1" in out and out.count("default") == 1, out
+        # a container only on the internal network has no way out: not even to the agent's bridge
+        # address (a host-local address, reachable from any other network without forwarding)
+        gw_default = str(da.subnet).rsplit(".", 1)[0] + ".1"
+        r = da.cli("run", "--rm", "--network", inner, "busybox", "sh", "-c",
+                   f"ip route; ping -c1 -W1 {gw_default} 2>&1 || echo no-way-out", check=True).stdout
+        assert "default" not in r and "no-way-out" in r, r
+        r = da.cli("run", "--rm", "--network", net, "busybox", "sh", "-c",
+                   f"ping -c1 -W2 {gw_default} >/dev/null && echo out-ok", check=True).stdout
+        assert "out-ok" in r, r
+        rules = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
+        bridge = "dyn" + inner_info["id"][:12]
+        assert f"! -i {bridge} -o {bridge}" in rules and f"-i {bridge} ! -o {bridge}" in rules
+        # bad input, each named
+        for args, error in ((["-d", "bridge", "--subnet", f"10.219.{x}.0/24", "--gateway", "10.1.1.1", "bad1"],
+                             "is not a host address"),
+                            (["-d", "bridge", "--subnet", "10.218.0.0/24", "--ip-range", "10.218.1.0/28", "bad2"],
+                             "not inside the subnet"),
+                            (["-d", "bridge", "--ip-range", "10.218.1.0/28", "bad3"], "need --subnet"),
+                            (["--gateway", "10.218.1.1", "bad4"], "for -d bridge networks")):
+            r = da.cli("network", "create", *args)
+            assert r.returncode != 0 and error in r.stderr, (args, r.stderr)
+        r = da.cli("run", "--rm", "--network", inner, "-p", "8080:80", "busybox", "true")
+        assert r.returncode != 0 and "internal" in r.stderr, r.stderr
+        r = da.cli("network", "rm", inner)
+        assert r.returncode != 0 and "active endpoints" in r.stderr
+        r = da.cli("checkpoint", c1)   # (refused by name, not half-restored without its eth1)
+        assert r.returncode != 0 and "more than one network" in r.stderr, r.stderr
+        cli("network", "disconnect", inner, c1)
+        assert "eth1" not in cli("exec", c1, "ip", "-o", "link")
+    finally:
+        da.cli("rm", "-f", c1)
+        da.cli("network", "rm", net, inner)
+    rules = subprocess.run(["iptables", "-w", "-S", "FORWARD"], capture_output=True, text=True).stdout
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    assert ids and not any("dyn" + i[:12] in rules + links for i in ids)   # bridges and rules gone
+
+
+def test_an_agent_restart_keeps_a_second_network(da: AgentProcess, dconf: Path) -> None:  # noqa: F811
+    """Killed and started again, the agent adopts the container with its eth1: the names of that
+    network answer again from a fresh 127.0.0.11, and a disconnect still frees the address."""
+    tag = f"{random.randrange(16**4):04x}"
+    na, nb = f"dra{tag}", f"drb{tag}"
+    a1, b1 = f"ra{tag}", f"rb{tag}"
+    docker(da, dconf, "network", "create", na)
+    docker(da, dconf, "network", "create", nb)
+    try:
+        docker(da, dconf, "run", "-d", "--name", a1, "--network", na, "busybox", "sleep", "120")
+        docker(da, dconf, "run", "-d", "--name", b1, "--network", nb, "busybox", "sleep", "120")
+        docker(da, dconf, "network", "connect", nb, a1)
+        b_ip = nets(da, dconf, b1)[nb]["IPAddress"]
+        da.kill9()
+        da.start()
+        assert list(nets(da, dconf, a1)) == [na, nb]
+        out = sh(da, dconf, a1, f"nslookup {b1}; ip -o link show eth1")
+        assert f"Address: {b_ip}" in out and "eth1" in out, out
+        docker(da, dconf, "network", "disconnect", nb, a1)
+        assert "eth1" not in sh(da, dconf, a1, "ip -o link")
+        docker(da, dconf, "rm", "-f", b1)
+        docker(da, dconf, "network", "rm", nb)   # nothing left holding it
+    finally:
+        docker(da, dconf, "rm", "-f", a1, b1, check=False)
+        docker(da, dconf, "network", "rm", na, nb, check=False)

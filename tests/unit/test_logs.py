@@ -30,7 +30,7 @@ def test_sizes_as_go_units(text: str, binary: bool, want: int) -> None:
     (LogConfig("", {"max-size": "10m", "max-file": "3"}), logs.Rotation(10_000_000, 3)),
     (LogConfig("json-file", {"max-size": "1k", "max-file": "2", "compress": "true"}), logs.Rotation(1000, 2, True)),
     (LogConfig("local"), logs.Rotation(20 << 20, 5, True)),
-    (LogConfig("local", {"max-file": "1"}), logs.Rotation(20 << 20, 1, False)),
+    (LogConfig("local", {"max-file": "1", "compress": "false"}), logs.Rotation(20 << 20, 1, False)),
     (LogConfig("local", {"compress": "false", "max-size": "1m"}), logs.Rotation(1 << 20, 5, False)),
     (LogConfig("none"), logs.Rotation()),
 ])
@@ -53,6 +53,7 @@ def test_rotation(cfg: LogConfig, want: logs.Rotation) -> None:
     (LogConfig("local", {"tag": "{{upper .Name}}"}), "only plain {{.Field}} actions are supported"),
     (LogConfig("json-file", {"tag": "x}}"}), "only plain {{.Field}} actions are supported"),
     (LogConfig("json-file", {"colour": "a"}), "unknown log opt 'colour' for json-file log driver"),
+    (LogConfig("local", {"max-file": "1"}), "compression cannot be enabled when max file count is 1"),
     (LogConfig("none", {"max-size": "1m"}), "unknown log opt 'max-size' for none log driver"),
 ])
 def test_bad_options_are_named(cfg: LogConfig, message: str) -> None:

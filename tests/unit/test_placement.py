@@ -46,6 +46,7 @@ class N:
     labels: dict[str, str] = field(default_factory=dict)
     down: bool = False
     drained: bool = False
+    pressure: str = ""  # the agent's heartbeat: why it takes no new work
     role: str = "worker"
     images: frozenset[str] = frozenset()
     running: list[tuple[str, float, int, tuple[int, ...]]] = field(default_factory=list)  # service, cpus, mem, ports
@@ -54,7 +55,7 @@ class N:
         return Node(self.name, labels=self.labels, capacity=Resources(int(self.cpus * NANO), self.mem),
                     status=NodeStatus.DOWN if self.down else NodeStatus.READY,
                     availability=Availability.DRAIN if self.drained else Availability.ACTIVE,
-                    role=self.role, images=self.images)
+                    role=self.role, images=self.images, pressure=self.pressure)
 
 
 def spec(name: str = "web", cpus: float = 0, mem: int = 0, ports: tuple[int | tuple[int, str], ...] = (),
@@ -130,6 +131,10 @@ TABLE: list[tuple[str, list[N], ServiceSpec, set[str] | str]] = [
      "pending: 1 node already runs 1 task of web (max_replicas_per_node)"),
     ("udp port reason", [N("n1", running=[("dns", 0, 0, ())])], spec(ports=((53, "udp"),), name="dns2"), {"n1"}),
     ("no nodes", [], spec(), "pending: no nodes in the cluster"),
+    ("a full disk is left out", [N("n1", pressure="disk almost full: /var/lib/dockyard has 1.0 GiB free"), N("n2")],
+     spec(), {"n2"}),
+    ("full disks only", [N("n1", pressure="disk almost full"), N("n2", pressure="disk almost full"), N("n3", down=True)],
+     spec(), "pending: 2 nodes are almost out of disk, 1 node is down"),
 ]
 
 
@@ -150,6 +155,8 @@ FILTERS = [
     (filters.node_ready, N("n", down=True), spec(), "down"),
     (filters.node_ready, N("n"), spec(), None),
     (filters.node_active, N("n", drained=True), spec(), "drained"),
+    (filters.node_has_room, N("n", pressure="disk almost full"), spec(), "disk"),
+    (filters.node_has_room, N("n"), spec(), None),
     (filters.resources, N("n", mem=GiB), spec(mem=2 * GiB), "memory"),
     (filters.resources, N("n", cpus=1), spec(cpus=2), "cpu"),
     (filters.resources, N("n", cpus=1, mem=GiB), spec(cpus=1, mem=GiB), None),  # exactly full fits

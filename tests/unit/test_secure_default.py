@@ -64,3 +64,24 @@ def test_the_remote_helper_reads_its_request_from_stdin(monkeypatch: pytest.Monk
     monkeypatch.setattr("sys.stdin", io.StringIO('{"op": "no-such-op"}'))
     assert b.remote_main(["-"]) == 1
     assert "no-such-op" in capsys.readouterr().out
+
+
+def test_our_three_member_etcd_runs_peer_tls_and_client_certificates(tmp_path: Path) -> None:
+    f = tmp_path / "hosts.yaml"
+    f.write_text("hosts:\n  - {name: s, address: 10.0.0.1, role: scheduler}\n  - {name: a, address: 10.0.0.2}\n"
+                 "  - {name: c, address: 10.0.0.3}\n")
+    inv = b.load_inventory(f)
+    inv.tls = True
+    assert inv.etcd_urls == "https://10.0.0.1:2379,https://10.0.0.2:2379,https://10.0.0.3:2379"
+    argv = b.etcd_argv(inv, inv.hosts[1])
+    flag = {argv[i]: argv[i + 1] for i in range(1, len(argv) - 1) if argv[i].startswith("--")}
+    assert flag["--listen-peer-urls"] == "https://10.0.0.2:2380"
+    assert flag["--initial-cluster"] == "s=https://10.0.0.1:2380,a=https://10.0.0.2:2380,c=https://10.0.0.3:2380"
+    member = "/var/lib/dockyard/etcd-tls/member"
+    assert flag["--cert-file"] == flag["--peer-cert-file"] == f"{member}/cert.pem"
+    assert flag["--trusted-ca-file"] == flag["--peer-trusted-ca-file"] == f"{member}/ca.pem"
+    assert "--client-cert-auth" in argv and "--peer-client-cert-auth" in argv
+    sched = b.scheduler_argv(inv, inv.hosts[0])
+    assert sched[sched.index("--etcd-cert") + 1] == "/var/lib/dockyard/etcd-tls/client/cert.pem"
+    assert sched[sched.index("--etcd-server-name") + 1] == "etcd.dockyard"
+    assert b.readiness(inv, inv.hosts[1], "etcd") == {"etcd": "https://10.0.0.2:2379", "etcd_tls": member}

@@ -84,3 +84,14 @@ def test_every_environment_variable_is_listed_and_documented() -> None:
     assert not unlisted, f"add these to common/settings.py ENVIRONMENT: {unlisted}"
     undocumented = sorted(v for v in settings.ENVIRONMENT if v not in readme)
     assert not undocumented, f"README.md (Settings) does not list {undocumented}"
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--ttl", "3", "--heartbeat", "2"], "2: from 0.2 s to a third of --ttl (1 s)"),
+    (["--ttl", "30", "--heartbeat", "0.1"], "0.1: from 0.2 s to a third of --ttl (10 s)"),
+    (["--heartbeat", "soon"], "'soon' is not a valid float"),
+])
+def test_a_heartbeat_that_would_lose_leases_is_refused(args: list[str], message: str) -> None:
+    """Three heartbeats per lease at least: with fewer, one late answer costs a node its lease."""
+    r = CliRunner().invoke(cli.main, ["scheduler", *args])
+    assert r.exit_code == 2 and message in r.output, r.output

@@ -54,7 +54,11 @@ def host_ifname(bridge: str, container_id: str) -> str:
 
 
 class BridgeNetwork:
-    def __init__(self, state_dir: Path, name: str = settings.BRIDGE, subnet: str = settings.SUBNET) -> None:
+    def __init__(self, state_dir: Path, name: str = settings.BRIDGE, subnet: str = settings.SUBNET,
+                 gateway: str = "", ip_range: str = "", reserved: Sequence[str] = (), internal: bool = False) -> None:
+        """gateway: the bridge's address (the subnet's first by default); ip_range: where containers'
+        addresses come from; reserved: addresses never given; internal: no way out of the bridge
+        (no default route in its containers, no NAT, forwarding to and from it dropped)."""
         if not _IFNAME.match(name):
             raise NetworkError(f"bridge name {name!r}: 1-15 letters, digits, '_', '.' or '-'")
         try:
@@ -66,8 +70,17 @@ class BridgeNetwork:
         self.state_dir = Path(state_dir)
         self.name = name
         self.subnet = net
-        self.gateway = net.network_address + 1
-        self._ipam = Ipam(self.state_dir, name, net)
+        try:
+            self.gateway = ipaddress.IPv4Address(gateway) if gateway else net.network_address + 1
+            pool = ipaddress.IPv4Network(ip_range, strict=True) if ip_range else None
+        except ValueError as e:
+            raise NetworkError(f"network {name}: {e}") from None
+        if self.gateway not in net or self.gateway in (net.network_address, net.broadcast_address):
+            raise NetworkError(f"gateway {self.gateway} is not a host address of {net}")
+        if pool is not None and not pool.subnet_of(net):
+            raise NetworkError(f"ip range {pool} is not inside the subnet {net}")
+        self.internal = internal
+        self._ipam = Ipam(self.state_dir, name, net, pool, frozenset({str(self.gateway), *reserved}))
         self._rng = random.Random()
         self.overlays: Overlays | None = None  # cluster networks, once the agent joined a scheduler
 
@@ -101,7 +114,7 @@ class BridgeNetwork:
             self._sysctl(f"net/ipv4/conf/{self.name}/route_localnet", "1")
             if ip_forward:
                 self._sysctl("net/ipv4/ip_forward", "1")
-            iptables.ensure_base(self.name, str(self.subnet), ip_masq)
+            iptables.ensure_base(self.name, str(self.subnet), ip_masq and not self.internal, self.internal)
 
     def _check_subnet_free(self, ipr: Any) -> None:
         for a in ipr.get_addr(family=2):
@@ -147,6 +160,8 @@ class BridgeNetwork:
         `ifname` is the interface's name in the container (eth1 ... for a further network)."""
         if not _CONTAINER_ID.match(container_id):
             raise NetworkError(f"container id {container_id!r}: letters, digits, '_', '.', '-' (at most 128)")
+        if ports and self.internal:
+            raise NetworkError(f"network {self.name} is internal: no port can be published from it")
         with self._ipam.locked():
             data = self._ipam.load()
             if container_id in data["endpoints"]:
@@ -173,6 +188,7 @@ class BridgeNetwork:
                 host_ifname=host_ifname(self.name, container_id),
                 bridge=self.name,
                 ports=tuple(resolved),
+                isolated=self.internal,
                 ifname=ifname,
             )
             stored = ep.to_dict()

@@ -28,11 +28,16 @@ def mac_for(ip: ipaddress.IPv4Address) -> str:
 
 
 class Ipam:
-    def __init__(self, state_dir: Path, name: str, subnet: ipaddress.IPv4Network) -> None:
+    def __init__(self, state_dir: Path, name: str, subnet: ipaddress.IPv4Network,
+                 pool: ipaddress.IPv4Network | None = None, reserved: frozenset[str] = frozenset()) -> None:
+        """pool: the part of the subnet containers' addresses are given from (docker's IPRange; the
+        whole subnet by default); reserved: never given (the gateway, docker's AuxiliaryAddresses)."""
         self.path = state_dir / f"{name}.ipam.json"
         self.lock_path = state_dir / f"{name}.lock"
         self.name = name
         self.subnet = subnet
+        self.pool = pool or subnet
+        self.reserved = reserved or frozenset({str(subnet.network_address + 1)})
 
     @contextmanager
     def locked(self) -> Iterator[None]:
@@ -78,20 +83,25 @@ class Ipam:
     def next_free(self, data: dict[str, Any]) -> ipaddress.IPv4Address:
         """Round-robin from where the last allocation stopped, so a freed address rests a while
         before reuse (stale ARP entries in other containers then age out)."""
-        used = {e["ip"] for e in data["endpoints"].values()}
-        first = int(self.subnet.network_address) + 2  # +1 is the gateway
-        last = int(self.subnet.broadcast_address) - 1
+        used = {e["ip"] for e in data["endpoints"].values()} | self.reserved
+        base = int(self.subnet.network_address)
+        # "next" is the host index after the last address given (2: the first after a .1 gateway)
+        first = max(int(self.pool.network_address), base + 1) - base
+        last = min(int(self.pool.broadcast_address), int(self.subnet.broadcast_address) - 1) - base
         size = last - first + 1
         if size <= 0:
             raise NetworkError(f"subnet {self.subnet} has no room for containers")
         start = int(data.get("next", 2))
+        if not first <= start <= last:
+            start = first
         for i in range(size):
-            offset = (start - 2 + i) % size
-            cand = ipaddress.IPv4Address(first + offset)
+            index = first + (start - first + i) % size
+            cand = ipaddress.IPv4Address(base + index)
             if str(cand) not in used:
-                data["next"] = offset + 3
+                data["next"] = index + 1
                 return cand
-        raise NetworkError(f"network {self.name}: no free address left in {self.subnet}")
+        where = self.subnet if self.pool == self.subnet else f"{self.pool} (the range of {self.subnet})"
+        raise NetworkError(f"network {self.name}: no free address left in {where}")
 
     def take(self, data: dict[str, Any], ip: str) -> ipaddress.IPv4Address:
         """The address a container asked for (docker's --ip), if it is a free host address here."""
@@ -99,10 +109,13 @@ class Ipam:
             addr = ipaddress.IPv4Address(ip)
         except ValueError:
             raise NetworkError(f"invalid IPv4 address {ip!r}") from None
-        first = self.subnet.network_address + 2
+        first = self.subnet.network_address + 1
         if addr not in self.subnet or addr < first or addr == self.subnet.broadcast_address:
             raise NetworkError(f"address {ip} is not a container address of {self.subnet} "
                                f"(from {first} to {self.subnet.broadcast_address - 1})")
+        if str(addr) in self.reserved:
+            raise NetworkError(f"address {ip} is reserved on network {self.name} (its gateway or an auxiliary "
+                               "address)")
         if str(addr) in {e["ip"] for e in data["endpoints"].values()}:
             raise NetworkError(f"address {ip} is already in use on network {self.name}")
         return addr

@@ -12,7 +12,9 @@ Model: docker with --userland-proxy=false (and, with --ip-masq, its outbound NAT
 With masquerading (the agent's --ip-masq, on by default as docker's):
   nat    POSTROUTING -s <subnet> ! -o <br> -j MASQUERADE         containers reach beyond the host
   filter FORWARD     -i <br> ! -o <br> -j ACCEPT                 (inserted first)
-Without it nothing is NATed or forwarded towards another interface of the host.
+Without it nothing is NATed or forwarded towards another interface of the host. An internal
+network (--internal) gets neither, and instead, first in FORWARD:
+  filter FORWARD     ! -i <br> -o <br> -j DROP;  -i <br> ! -o <br> -j DROP
 
 Each change is one iptables-restore --noflush run (atomic per table, and one process however
 many ports), which keeps attach on the container start path fast.
@@ -86,7 +88,8 @@ def restore(tables: Mapping[str, Sequence[str]]) -> None:
 EGRESS = ("masquerade", "egress")  # the rules --ip-masq adds (and removes when it is off)
 
 
-def base_rules(bridge: str, subnet: str = "", masq: bool = False) -> dict[str, list[tuple[str, str]]]:
+def base_rules(bridge: str, subnet: str = "", masq: bool = False, internal: bool = False
+               ) -> dict[str, list[tuple[str, str]]]:
     """Per table: (comment naming the rule, rule). Each rule has its own comment so that ensure can
     tell exactly which are missing whatever spelling `iptables -S` prints them in."""
     chain = chain_name(bridge)
@@ -101,6 +104,11 @@ def base_rules(bridge: str, subnet: str = "", masq: bool = False) -> dict[str, l
 
     egress_nat = [("masquerade", f"-A POSTROUTING -s {subnet} ! -o {bridge} {{tag}} -j MASQUERADE")] if masq else []
     egress_filter = [("egress", f"-I FORWARD 1 -i {bridge} ! -o {bridge} {{tag}} -j ACCEPT")] if masq else []
+    # an internal network (docker's --internal): nothing is forwarded out of the bridge or into it,
+    # first in FORWARD, whatever another network's rules accept
+    if internal:
+        egress_filter = [("internal-out", f"-I FORWARD 1 -i {bridge} ! -o {bridge} {{tag}} -j DROP"),
+                         ("internal-in", f"-I FORWARD 1 ! -i {bridge} -o {bridge} {{tag}} -j DROP")]
     return {
         "nat": rules(
             ("from-outside", f"-A PREROUTING -m addrtype --dst-type LOCAL {{tag}} -j {chain}"),
@@ -120,13 +128,13 @@ def base_rules(bridge: str, subnet: str = "", masq: bool = False) -> dict[str, l
     }
 
 
-def ensure_base(bridge: str, subnet: str = "", masq: bool = False) -> None:
+def ensure_base(bridge: str, subnet: str = "", masq: bool = False, internal: bool = False) -> None:
     """Creates our chains and the rules that lead to them, adding only what is missing (and taking
     the egress rules away when masquerading is off)."""
     chain = chain_name(bridge)
     todo: dict[str, list[str]] = {}
     unwanted = [] if masq else [_quoted(f"{network_tag(bridge)}:{what}") for what in EGRESS]
-    for table, rules in base_rules(bridge, subnet, masq).items():
+    for table, rules in base_rules(bridge, subnet, masq, internal).items():
         present = list_rules(table) or []
         lines = [] if f"-N {chain}" in present else [f":{chain} - [0:0]"]
         for comment, rule in rules:
