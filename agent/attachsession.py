@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from agent.containers import ContainerManager
-from agent.model import AgentError, ContainerConfig, StartFailed
+from agent.model import AgentError, Container, ContainerConfig, StartFailed
 from agent.runtime import frames
 
 # --- what the client sends --------------------------------------------------------------------
@@ -83,12 +83,18 @@ class AttachOptions:
     stdin: bool = False
     size: Resize | None = None
     monitor: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+    known: Container | None = None
+    """with monitor: the container itself, as the caller found it when it opened that connection (a
+    --rm container may be run and gone before this session begins: its output is still on the socket)"""
 
 
 async def attach(m: ContainerManager, o: AttachOptions, inputs: AsyncIterator[Input]) -> AsyncIterator[Event]:
     start = o.start or o.create is not None
     try:
-        c = await asyncio.to_thread(m.create, o.create) if o.create is not None else m.get(o.container)
+        if o.monitor is not None and o.known is not None:
+            c = o.known
+        else:
+            c = await asyncio.to_thread(m.create, o.create) if o.create is not None else m.get(o.container)
         if o.monitor is not None:
             reader, writer = o.monitor
         elif start:

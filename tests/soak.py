@@ -490,6 +490,14 @@ class Soak:
             if r.returncode == 0 or "disk almost full" not in r.stderr:
                 self.violation(f"disk: `create` on {h.name} with its disk full was not refused for it: "
                                f"exit {r.returncode}, {(r.stdout + r.stderr).strip()[-200:]}")
+            # nor may a migration bring work there: refused, by the scheduler or the target's agent
+            away = [t for t in tasks(self.live_scheduler()) if t.node != h.name and t.state == "running"
+                    and t.desired_state == "running"]
+            if away:
+                m = cli(self.addresses, "migrate", away[0].name, "--to", h.name, "--cold", timeout=120)
+                if m.returncode == 0 or "disk" not in (m.stdout + m.stderr):
+                    self.violation(f"disk: `migrate {away[0].name} --to {h.name}` with its disk full was not "
+                                   f"refused for it: exit {m.returncode}, {(m.stdout + m.stderr).strip()[-200:]}")
             # a scale-up now must land elsewhere
             name = "worker"
             n = self.desired[name] + 1

@@ -348,7 +348,7 @@ def register(r: Any, api: DockerAPI) -> None:
                     mon_r, mon_w = await m.attach(c.id)
                 api.sessions.setdefault(c.id, []).append(mon_w)
                 try:
-                    await relay_attach(m, c.id, (mon_r, mon_w), reader, writer, tty=plain, stdin=want_in,
+                    await relay_attach(m, c, (mon_r, mon_w), reader, writer, tty=plain, stdin=want_in,
                                        stdin_once=c.config.stdin_once, stdout=want_out, stderr=want_err,
                                        detach=detach)
                 finally:

@@ -81,7 +81,7 @@ class Sink(Protocol):
     def close(self) -> None: ...
 
 
-async def relay_attach(m: Any, container: str, monitor: tuple[asyncio.StreamReader, asyncio.StreamWriter],
+async def relay_attach(m: Any, container: Any, monitor: tuple[asyncio.StreamReader, asyncio.StreamWriter],
                        cli_r: asyncio.StreamReader, cli_w: Sink, *, tty: bool,
                        stdin: bool, stdin_once: bool, stdout: bool, stderr: bool, detach: bytes) -> None:
     """The client's side of agent/attachsession.py's session (the one relay, the gRPC Attach's too):
@@ -109,7 +109,7 @@ async def relay_attach(m: Any, container: str, monitor: tuple[asyncio.StreamRead
                 detached.set()
                 return
 
-    events = attach(m, AttachOptions(container=container, stdin=stdin, monitor=monitor), inputs())
+    events = attach(m, AttachOptions(container=container.id, stdin=stdin, monitor=monitor, known=container), inputs())
     stop = asyncio.ensure_future(detached.wait())
     try:
         while True:

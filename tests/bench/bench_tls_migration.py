@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -115,6 +116,7 @@ def main(argv: list[str] | None = None) -> int:
         for x in agents:
             with contextlib.suppress(Exception):
                 x.destroy()
+        shutil.rmtree(work, ignore_errors=True)
     down = {m: med([r[0] for r in v]) for m, v in got.items()}
     total = {m: med([r[1] for r in v]) for m, v in got.items()}
     print(f"\nlive migration of {args.mib} MiB, median of {args.repeat} (load at the end {load()}):")

@@ -157,3 +157,15 @@ def test_start_returns_with_the_command_running(da: AgentProcess) -> None:  # no
             c.remove_container(ctr, force=True)
     finally:
         c.close()
+
+
+@pytest.mark.slow
+def test_run_rm_of_a_command_that_ends_at_once(da: AgentProcess, dconf: Path) -> None:  # noqa: F811
+    # `docker run --rm` attaches before it starts; with the start answered only after the execve,
+    # `true` is run and removed before the attach's session begins: its output and exit must still
+    # reach the client (it used to hang on an attach that looked the container up again)
+    for i in range(15):
+        r = docker(da, dconf, "run", "--rm", "--network", "none", "busybox", "sh", "-c", f"echo {i}", timeout=20)
+        assert r.stdout == f"{i}\n", r
+    r = docker(da, dconf, "run", "--rm", "--network", "none", "busybox", "sh", "-c", "exit 7", check=False)
+    assert r.returncode == 7
