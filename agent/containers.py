@@ -450,7 +450,8 @@ class ContainerManager:
         files = self.files(c)
         caps = hostconfig.capabilities(cfg)
         sec = hostconfig.security(cfg)
-        mounts = [MountSpec(m.type, m.source, list(m.options)) for m in self.images.snapshotter.mounts(c.snapshot)]
+        mounts = [MountSpec(m.type, m.source, list(m.options))
+                  for m in self.images.snapshotter.mounts(c.snapshot, volatile=cfg.auto_remove)]
         hosts = "127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n"
         hosts += netattach.hosts_lines(c, hostname)
         bridge = self._bridge_of(c) or self.network

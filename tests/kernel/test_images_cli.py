@@ -108,3 +108,25 @@ def test_build_error_exit_code_and_quiet(clean_agent: AgentProcess, tmp_path: Pa
     assert r.returncode == 1 and "Dockerfile line 1: FROM no-such-base:1" in r.stderr
     r = a.cli("build", str(tmp_path / "missing"))
     assert r.returncode == 1 and "not found" in r.stderr
+
+
+@pytest.mark.slow  # three containers from the CLI: over 2 s at load 20
+def test_run_rm_rootfs_is_volatile_and_a_kept_container_is_not(clean_agent: AgentProcess) -> None:
+    """`run --rm` (its writable layer goes at its exit) mounts its rootfs with overlay's volatile:
+    the exit's umount does not sync the host's filesystem. A container that stays does not."""
+    from agent.images.snapshotter import overlay_has_volatile
+
+    if not overlay_has_volatile():
+        pytest.skip("overlayfs here predates volatile (Linux 5.10)")
+    a = clean_agent
+
+    def root_options(*run: str) -> list[str]:
+        out = a.cli("run", *run, "--network", "none", "busybox", "cat", "/proc/self/mountinfo", check=True).stdout
+        line = next(ln for ln in out.splitlines() if ln.split()[4] == "/")
+        return line.split(" - ", 1)[1].split()[-1].split(",")
+
+    volatile = root_options("--rm")
+    assert "volatile" in volatile or "fsync=volatile" in volatile, volatile
+    kept = root_options("--name", "kept-rootfs")
+    assert "volatile" not in kept and "fsync=volatile" not in kept, kept
+    a.cli("rm", "kept-rootfs", check=True)

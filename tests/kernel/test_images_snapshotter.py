@@ -322,3 +322,36 @@ def test_prepare_mount_change_diff_apply_matches(tmp_path: Path) -> None:
     # Committing the container gives the same layer id the other store computed.
     assert snaps.commit("c1") == diff_id
     assert snaps.exists(top2)
+
+
+@root
+@needs_root
+def test_volatile_mounts_of_a_container_that_goes_with_its_exit(snaps: Snapshotter, tmp_path: Path) -> None:
+    """`run --rm`'s rootfs: overlay with `volatile` (its umount does not sync the host's filesystem
+    below); any other container's, and views, without."""
+    from agent.images.snapshotter import mount_all, overlay_has_volatile
+
+    if not overlay_has_volatile():
+        pytest.skip("overlayfs here predates volatile (Linux 5.10)")
+    base, _ = snaps.apply("", io.BytesIO(BASE))
+    snaps.prepare("rm-me", base)
+    snaps.prepare("keep-me", base)
+    volatile = snaps.mounts("rm-me", volatile=True)
+    assert volatile[0].options[-1] == "volatile"
+    assert "volatile" not in snaps.mounts("keep-me")[0].options
+    snaps.view("v", base)
+    assert all("volatile" not in m.options for m in snaps.mounts("v", volatile=True))
+    target = tmp_path / "mnt"
+    target.mkdir()
+
+    def mounted() -> str:
+        mount_all(volatile, str(target))
+        (target / "written").write_bytes(b"x")
+        line = next(ln for ln in Path("/proc/self/mountinfo").read_text().splitlines()
+                    if ln.split()[4] == str(target))
+        return line.split(" - ", 1)[1]
+
+    super_options = in_private_mount_ns(mounted)
+    shown = super_options.split()[-1].split(",")  # newer kernels show it as fsync=volatile
+    assert super_options.startswith("overlay ") and ("volatile" in shown or "fsync=volatile" in shown)
+    assert (_upper(snaps.mounts("rm-me")) / "written").read_bytes() == b"x"
