@@ -118,6 +118,7 @@ def main() -> None:
     print(f"imports inside functions: {len(inner)}")
     any_word = len(re.findall(r"\bAny\b", text_all))
     broad = len(re.findall(r"except Exception\b", text_all))
+    print(f"dict[str, Any]: {text_all.count('dict[str, Any]')}")
     print(f"Any (as a word): {any_word}")
     print(f"except Exception: {broad}")
 
