@@ -261,9 +261,11 @@ class _Udp(asyncio.DatagramProtocol):
 class ContainerResolver:
     """127.0.0.11 of one container."""
 
-    def __init__(self, container_id: str, networks: tuple[str, ...], answerer: Answerer, pid: int = 0) -> None:
+    def __init__(self, container_id: str, networks: tuple[str, ...], answerer: Answerer, pid: int = 0,
+                 netns: int = 0) -> None:
         self.container_id = container_id
         self.pid = pid
+        self.netns = netns  # its network namespace's inode: VIP rules go there only (vip.apply)
         self.vip_rules = ""  # the DY-VIP ruleset last applied in its namespace
         self.networks = networks
         self.links: tuple[tuple[str, str], ...] = ()
@@ -327,15 +329,15 @@ class Resolvers:
             text = self._vip_rules(r.networks)
             if text != r.vip_rules:
                 r.vip_rules = text
-                stale.append((r.pid, text))
+                stale.append((r.pid, r.netns, text))
         if stale and self.loop is not None:  # one thread: rulesets land in the order they were made
             self.loop.run_in_executor(self._vip_thread, self._apply_vips, stale)
 
     @staticmethod
-    def _apply_vips(stale: list[tuple[int, str]]) -> None:
-        for pid, text in stale:
+    def _apply_vips(stale: list[tuple[int, int, str]]) -> None:
+        for pid, netns, text in stale:
             try:
-                vip.apply(pid, text, first=False)
+                vip.apply(pid, text, first=False, netns=netns)
             except NetworkError as e:
                 log.warning("%s", e)
 
@@ -355,13 +357,15 @@ class Resolvers:
         """From any thread (the agent wires a container's namespace in one): bind now, so queries
         sent before the loop serves them wait in the socket instead of being refused."""
         assert self.loop is not None
+        netns = vip.netns_of(pid)
         udp, tcp = sockets_in(pid)
         res = ContainerResolver(container_id, networks,
-                                Answerer(zone_of(self.records, networks, self.vips, links), self.upstream), pid)
+                                Answerer(zone_of(self.records, networks, self.vips, links), self.upstream), pid,
+                                netns)
         res.links = links
         try:
             res.vip_rules = self._vip_rules(networks)
-            vip.apply(pid, vip.ruleset(self._vip_backends(networks), first=True), first=True)
+            vip.apply(pid, vip.ruleset(self._vip_backends(networks), first=True), first=True, netns=netns)
         except NetworkError as e:
             udp.close()
             tcp.close()

@@ -85,3 +85,21 @@ def test_sockets_inside_the_namespace_answer_udp_and_tcp(netns_pid: int) -> None
         loop.call_soon_threadsafe(loop.stop)
         t.join()
         loop.close()
+
+
+def test_vip_rules_go_only_into_the_namespace_the_resolver_opened() -> None:
+    """A container's pid may be another process's by the time a ruleset is applied (the agent's
+    own namespace's, even): nothing is written then. Before, such a write left a DY-VIP chain in
+    the machine's own nat table."""
+    from agent.runtime.network import vip
+    from agent.runtime.network.model import NetworkError
+
+    def nat() -> str:
+        return subprocess.run(["iptables-save", "-t", "nat"], capture_output=True, text=True, check=True).stdout
+
+    before = nat()
+    text = vip.ruleset([("10.254.0.254", ["10.254.0.2"])], first=False)
+    with pytest.raises(NetworkError, match="no longer in its container's network namespace"):
+        vip.apply(os.getpid(), text, first=False, netns=vip.netns_of(os.getpid()) + 1)
+    assert nat() == before
+    assert "DY-VIP" not in nat()

@@ -16,6 +16,7 @@ rule: a connection to it is not answered.
 
 from __future__ import annotations
 
+import os
 import subprocess
 from collections.abc import Sequence
 
@@ -42,11 +43,28 @@ def ruleset(vips: Sequence[tuple[str, Sequence[str]]], first: bool) -> str:
     return "\n".join(lines) + "\n"
 
 
-def apply(pid: int, text: str, first: bool) -> None:
-    """One iptables-restore in pid's network namespace (nsenter --net only: the rest is ours)."""
-    argv = ["nsenter", f"--net=/proc/{pid}/ns/net", "--", _bin("iptables-restore"), "-w"]
-    if not first:
-        argv.append("--noflush")
-    r = subprocess.run(argv, input=text, capture_output=True, text=True, check=False)
+def netns_of(pid: int) -> int:
+    """The inode of pid's network namespace (what apply checks it writes into)."""
+    return os.stat(f"/proc/{pid}/ns/net").st_ino
+
+
+def apply(pid: int, text: str, first: bool, netns: int) -> None:
+    """One iptables-restore in the network namespace `netns` (an inode from netns_of), reached
+    through pid (nsenter --net only: the rest is ours). A pid whose process is gone may be
+    another's by now, the agent's own namespace's even: the namespace is opened once, checked,
+    and entered by that descriptor, so a recycled pid gets nothing written."""
+    try:
+        fd = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as e:
+        raise NetworkError(f"virtual IPs in the namespace of pid {pid}: {e.strerror}") from None
+    try:
+        if os.fstat(fd).st_ino != netns:
+            raise NetworkError(f"virtual IPs: pid {pid} is no longer in its container's network namespace")
+        argv = ["nsenter", f"--net=/proc/self/fd/{fd}", "--", _bin("iptables-restore"), "-w"]
+        if not first:
+            argv.append("--noflush")
+        r = subprocess.run(argv, input=text, capture_output=True, text=True, check=False, pass_fds=(fd,))
+    finally:
+        os.close(fd)
     if r.returncode != 0:
         raise NetworkError(f"virtual IPs in the namespace of pid {pid}: {r.stderr.strip()}")
